@@ -1,0 +1,333 @@
+//! File handling: reading with named errors, private (0600) and public files written atomically,
+//! PEM parsing, and rolling back a half-written set of files.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+use crate::CertError;
+
+/// Who may read a file we write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Owner only (0600): private keys. The mode is set when the file is created, never afterwards.
+    Private,
+    /// World-readable (0644): certificates, CSRs, CRLs.
+    Public,
+}
+
+impl Access {
+    #[cfg(unix)]
+    fn mode(self) -> u32 {
+        match self {
+            Self::Private => 0o600,
+            Self::Public => 0o644,
+        }
+    }
+}
+
+/// Reads a whole file.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, CertError> {
+    fs::read(path).map_err(|source| CertError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Creates a directory (and its parents) if it is not there yet.
+pub(crate) fn ensure_dir(path: &Path) -> Result<(), CertError> {
+    fs::create_dir_all(path).map_err(|source| CertError::CreateDir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Fails with [`CertError::AlreadyExists`] naming the first of `paths` that exists (as a file, a
+/// directory, or even a dangling symbolic link).
+pub(crate) fn refuse_existing<'a>(
+    paths: impl IntoIterator<Item = &'a Path>,
+) -> Result<(), CertError> {
+    for path in paths {
+        match fs::symlink_metadata(path) {
+            Ok(_) => {
+                return Err(CertError::AlreadyExists {
+                    path: path.to_owned(),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(CertError::ReadFile {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a new file atomically, never replacing an existing one.
+///
+/// The contents go to a temporary sibling created with the final mode, are synced, and the
+/// temporary is then hard-linked to `path` (which fails if `path` exists) and removed. Readers see
+/// either no file or the complete file, and a private key is never readable by others, not even
+/// for a moment.
+pub(crate) fn write_new(path: &Path, contents: &[u8], access: Access) -> Result<(), CertError> {
+    let tmp = write_temp(path, contents, access)?;
+    let linked = fs::hard_link(&tmp, path);
+    // The temporary is only a staging name; failing to remove it loses nothing.
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => sync_parent(path),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(CertError::AlreadyExists {
+            path: path.to_owned(),
+        }),
+        Err(source) => Err(CertError::WriteFile {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes a file atomically, replacing any existing one (temporary sibling, sync, rename).
+pub(crate) fn write_replace(path: &Path, contents: &[u8], access: Access) -> Result<(), CertError> {
+    let tmp = write_temp(path, contents, access)?;
+    if let Err(source) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(CertError::WriteFile {
+            path: path.to_owned(),
+            source,
+        });
+    }
+    sync_parent(path)
+}
+
+/// Parses every `CERTIFICATE` block of a PEM file; at least one must be there.
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let bytes = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad_pem(path, e))?;
+    if certs.is_empty() {
+        return Err(CertError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Parses the first certificate of a PEM file.
+pub(crate) fn load_cert(path: &Path) -> Result<CertificateDer<'static>, CertError> {
+    let mut certs = load_certs(path)?;
+    // `load_certs` never returns an empty list.
+    Ok(certs.swap_remove(0))
+}
+
+/// Parses the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
+    let bytes = read(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => CertError::NoPrivateKey {
+            path: path.to_owned(),
+        },
+        e => bad_pem(path, e),
+    })
+}
+
+/// Parses every `X509 CRL` block of a PEM file; at least one must be there.
+pub(crate) fn load_crls(
+    path: &Path,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, CertError> {
+    let bytes = read(path)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad_pem(path, e))?;
+    if crls.is_empty() {
+        return Err(CertError::NoCrl {
+            path: path.to_owned(),
+        });
+    }
+    Ok(crls)
+}
+
+/// Files created so far by a multi-file operation; dropped without [`Rollback::commit`], it removes
+/// them, so a failed `init` or `dev` leaves nothing half-made behind.
+#[derive(Debug, Default)]
+pub(crate) struct Rollback {
+    /// Files this operation created, in order.
+    created: Vec<PathBuf>,
+}
+
+impl Rollback {
+    /// [`write_new`], remembering the file for rollback.
+    pub(crate) fn write_new(
+        &mut self,
+        path: &Path,
+        contents: &[u8],
+        access: Access,
+    ) -> Result<(), CertError> {
+        write_new(path, contents, access)?;
+        self.created.push(path.to_owned());
+        Ok(())
+    }
+
+    /// Keeps every file written.
+    pub(crate) fn commit(mut self) {
+        self.created.clear();
+    }
+}
+
+impl Drop for Rollback {
+    fn drop(&mut self) {
+        for path in self.created.iter().rev() {
+            // Best effort: the operation has already failed with a more useful error.
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+fn bad_pem(path: &Path, e: rustls_pki_types::pem::Error) -> CertError {
+    CertError::BadPem {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// Writes `contents` to a fresh temporary file next to `path`, created with the final mode.
+fn write_temp(path: &Path, contents: &[u8], access: Access) -> Result<PathBuf, CertError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let write_err = |source| CertError::WriteFile {
+        path: path.to_owned(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| write_err(io::Error::other("path has no file name")))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(
+        ".tmp.{}.{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = path.with_file_name(tmp_name);
+
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(access.mode());
+    }
+    #[cfg(not(unix))]
+    let _ = access;
+    let mut file = options.open(&tmp).map_err(write_err)?;
+    let written = file.write_all(contents).and_then(|()| file.sync_all());
+    if let Err(source) = written {
+        drop(file);
+        let _ = fs::remove_file(&tmp);
+        return Err(write_err(source));
+    }
+    Ok(tmp)
+}
+
+/// Syncs the directory holding `path`, so that a rename or link survives a crash.
+fn sync_parent(path: &Path) -> Result<(), CertError> {
+    #[cfg(unix)]
+    {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|source| CertError::WriteFile {
+                path: path.to_owned(),
+                source,
+            })?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn write_new_refuses_to_replace_and_leaves_no_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.key");
+        write_new(&path, b"first", Access::Private).unwrap();
+        let err = write_new(&path, b"second", Access::Private).unwrap_err();
+        assert!(matches!(err, CertError::AlreadyExists { path: p } if p == path));
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        #[cfg(unix)]
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn write_replace_replaces_with_public_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crl.pem");
+        write_replace(&path, b"one", Access::Public).unwrap();
+        write_replace(&path, b"two", Access::Public).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        #[cfg(unix)]
+        assert_eq!(mode(&path), 0o644);
+    }
+
+    #[test]
+    fn rollback_removes_files_unless_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        {
+            let mut rollback = Rollback::default();
+            rollback.write_new(&a, b"a", Access::Public).unwrap();
+        }
+        assert!(!a.exists());
+        let mut rollback = Rollback::default();
+        rollback.write_new(&b, b"b", Access::Public).unwrap();
+        rollback.commit();
+        assert!(b.exists());
+    }
+
+    #[test]
+    fn pem_loaders_reject_garbage_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk.pem");
+        fs::write(&path, b"\xff\x00 not pem at all").unwrap();
+        assert!(matches!(
+            load_certs(&path),
+            Err(CertError::NoCertificate { .. })
+        ));
+        assert!(matches!(
+            load_key(&path),
+            Err(CertError::NoPrivateKey { .. })
+        ));
+        assert!(matches!(load_crls(&path), Err(CertError::NoCrl { .. })));
+        fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(matches!(load_certs(&path), Err(CertError::BadPem { .. })));
+        assert!(matches!(
+            load_certs(&dir.path().join("missing.pem")),
+            Err(CertError::ReadFile { .. })
+        ));
+    }
+}

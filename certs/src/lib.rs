@@ -1,0 +1,60 @@
+//! Consortium PKI for medfed, and the one place that builds the rustls configurations the
+//! coordinator and the nodes use for mutual TLS.
+//!
+//! ```text
+//!   operator                               hospital
+//!   init_ca ──▶ ca.pem, ca.key, crl.pem
+//!                                          make_request ──▶ NODE.key (stays), NODE.csr.pem
+//!   sign_request(NODE.csr.pem) ──▶ NODE.pem ─────────────▶ NODE.pem
+//!   revoke(NODE.pem) ──▶ crl.pem (next CRL number)
+//!
+//!   coordinator: server_config(ca.pem, coordinator.pem/.key, crl.pem)   ◀── mutual TLS 1.3 ──▶
+//!   node:        client_config(ca.pem, NODE.pem/.key, crl.pem)
+//! ```
+//! A node's identity is its certificate's subject common name ([`subject_common_name`]). Node
+//! certificates carry the `clientAuth` extended key usage and the coordinator's `serverAuth`, so
+//! neither can stand in for the other. [`make_dev_consortium`] does all of it in one directory for
+//! local runs and tests.
+//!
+//! It also holds the secure channel both sides speak over ([`channel`]): QUIC endpoints built on
+//! those configurations and framed message streams, so the coordinator and the node share one
+//! implementation of "bytes on a stream ⇄ protocol messages".
+//!
+//! What this crate does *not* do: no protocol logic (that is `medfed-protocol`), no online revocation (OCSP) or CRL
+//! distribution (the operator copies `crl.pem` to the coordinator), no key escrow (a node's private
+//! key is generated where it is used and never read by the CA), and no locking of the CA directory
+//! against two operators signing or revoking at the same moment.
+//!
+//! All TLS configurations use the `ring` provider and TLS 1.3 only.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod ca;
+pub mod channel;
+mod crl;
+mod dev;
+mod error;
+mod files;
+mod names;
+mod request;
+mod show;
+mod tls;
+
+pub use ca::{Role, Validity, init_ca, sign_request, subject_common_name};
+pub use crl::{CRL_LIFETIME, revoke};
+pub use dev::{
+    COORDINATOR_NAME, DEV_CA_DAYS, DEV_CA_NAME, DEV_CERT_DAYS, DevConsortium, Party,
+    dev_node_names, make_dev_consortium,
+};
+pub use error::CertError;
+pub use request::make_request;
+pub use show::{CertSummary, describe_certificate};
+pub use tls::{TlsFiles, client_config, server_config};
+
+/// The CA certificate's file name in a CA directory.
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// The CA private key's file name in a CA directory (mode 0600).
+pub const CA_KEY_FILE: &str = "ca.key";
+/// The CRL's file name in a CA directory.
+pub const CRL_FILE: &str = "crl.pem";

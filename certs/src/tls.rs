@@ -1,0 +1,127 @@
+//! The rustls configurations for mutual TLS, built in one place for the coordinator and the nodes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::files;
+use crate::{CA_CERT_FILE, CRL_FILE, CertError};
+
+/// Paths to one party's TLS material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The consortium CA certificate(s), PEM: the only trust anchors.
+    pub ca_cert: PathBuf,
+    /// This party's certificate chain, PEM, leaf first.
+    pub cert: PathBuf,
+    /// This party's private key, PEM.
+    pub key: PathBuf,
+    /// The consortium CRL, PEM. When set, the file must exist, and the peer's (end-entity)
+    /// certificate is refused if revoked.
+    pub crl: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The files of party `name` in a directory laid out by `dev` (or by hand the same way):
+    /// `ca.pem`, `NAME.pem`, `NAME.key` and `crl.pem`.
+    pub fn in_dir(dir: &Path, name: &str) -> Self {
+        Self {
+            ca_cert: dir.join(CA_CERT_FILE),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+            crl: Some(dir.join(CRL_FILE)),
+        }
+    }
+}
+
+/// Server (coordinator) config: TLS 1.3 only, ring provider, client certificate required and
+/// verified with [`WebPkiClientVerifier`] against the consortium CA (and the CRL, if given, for the
+/// client's own certificate). `alpn` lists the protocols offered, in order of preference; a client
+/// that offers ALPN but none of these is refused with a `no_application_protocol` alert.
+pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, CertError> {
+    let provider = provider();
+    let roots = load_roots(&files.ca_cert)?;
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    if let Some(crl) = &files.crl {
+        verifier = verifier
+            .with_crls(files::load_crls(crl)?)
+            .only_check_end_entity_revocation();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|source| CertError::Verifier { source })?;
+    let (chain, key) = load_identity(files)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| CertError::Tls { source })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|source| identity_error(files, source))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// Client (node) config: TLS 1.3 only, ring provider, verifies the coordinator against the
+/// consortium CA (and the CRL, if given, for the coordinator's own certificate), presents the
+/// node's certificate. `alpn` lists the protocols offered.
+pub fn client_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ClientConfig, CertError> {
+    let provider = provider();
+    let roots = load_roots(&files.ca_cert)?;
+    let mut verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
+    if let Some(crl) = &files.crl {
+        verifier = verifier
+            .with_crls(files::load_crls(crl)?)
+            .only_check_end_entity_revocation();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|source| CertError::Verifier { source })?;
+    let (chain, key) = load_identity(files)?;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| CertError::Tls { source })?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(|source| identity_error(files, source))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// The ring provider with its defaults (TLS13_AES_128_GCM_SHA256 included, as QUIC requires).
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Every certificate in `path` as a trust anchor.
+fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, CertError> {
+    let mut roots = RootCertStore::empty();
+    for cert in files::load_certs(path)? {
+        roots.add(cert).map_err(|source| CertError::TrustAnchor {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn load_identity(
+    files: &TlsFiles,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CertError> {
+    Ok((
+        files::load_certs(&files.cert)?,
+        files::load_key(&files.key)?,
+    ))
+}
+
+fn identity_error(files: &TlsFiles, source: rustls::Error) -> CertError {
+    CertError::Identity {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        source,
+    }
+}

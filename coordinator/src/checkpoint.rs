@@ -1,0 +1,594 @@
+//! Model checkpoints as safetensors files, written atomically.
+//!
+//! Each completed round's global model is written to `dir/round-{round:05}.safetensors`, and the
+//! same bytes to `dir/latest.safetensors`. A file holds one `F32` tensor per entry of the model's
+//! [`ParamLayout`](medfed_protocol::model::ParamLayout), under the layout's PyTorch names (`0.weight`, `0.bias`, …), so
+//!
+//! ```python
+//! model.load_state_dict(safetensors.torch.load_file("latest.safetensors"))
+//! ```
+//!
+//! loads it into the equivalent `torch.nn.Sequential`. The header metadata carries
+//! `format = "pt"`, the [`ModelSpec`] as JSON (`medfed.model_spec`), the model's content hash in hex
+//! (`medfed.model_hash`) and the round number (`medfed.round`).
+//!
+//! Writes go to a temporary file in the same directory, which is fsynced, renamed over the target
+//! and followed by an fsync of the directory: a crash leaves either the old file or the new one,
+//! never a torn one. Reads check every tensor's presence, dtype and shape, and recompute the hash.
+//!
+//! This module does not decide which checkpoint is authoritative: the coordinator's store records
+//! the path of each completed round's checkpoint, and `latest.safetensors` is a convenience copy
+//! for people and tools.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use medfed_protocol::model::{Model, ModelError, ModelHash, ModelSpec};
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
+
+/// File name of the copy of the newest checkpoint in a checkpoint directory.
+pub const LATEST_FILE_NAME: &str = "latest.safetensors";
+
+/// Metadata key holding the model architecture as JSON.
+pub const META_MODEL_SPEC: &str = "medfed.model_spec";
+
+/// Metadata key holding the model's content hash in lower-case hex.
+pub const META_MODEL_HASH: &str = "medfed.model_hash";
+
+/// Metadata key holding the round number in decimal.
+pub const META_ROUND: &str = "medfed.round";
+
+/// File name of the checkpoint for `round`: `round-{round:05}.safetensors`.
+pub fn checkpoint_file_name(round: u64) -> String {
+    format!("round-{round:05}.safetensors")
+}
+
+/// Writes the checkpoint of `round` to `dir/round-{round:05}.safetensors` atomically and returns
+/// its path.
+///
+/// `dir/latest.safetensors` is then replaced, also atomically, by a copy, unless it already holds
+/// a later round. A crash between the two writes leaves `latest.safetensors` one round behind;
+/// the per-round file is always complete before this returns.
+pub fn write_checkpoint(dir: &Path, round: u64, model: &Model) -> Result<PathBuf, CheckpointError> {
+    let bytes = encode_checkpoint(round, model)?;
+    let path = dir.join(checkpoint_file_name(round));
+    write_atomically(dir, &path, &bytes)?;
+
+    let latest = dir.join(LATEST_FILE_NAME);
+    // An unreadable or foreign `latest` file is simply replaced.
+    let newer_exists = matches!(peek_round(&latest), Ok(Some(r)) if r > round);
+    if newer_exists {
+        tracing::debug!(
+            round,
+            "latest checkpoint holds a later round; left as it is"
+        );
+    } else {
+        write_atomically(dir, &latest, &bytes)?;
+    }
+    tracing::debug!(round, path = %path.display(), hash = %model.hash(), "checkpoint written");
+    Ok(path)
+}
+
+/// Reads a checkpoint written by [`write_checkpoint`] and returns its round and model.
+///
+/// Every tensor of the layout named by the metadata must be present as `F32` with the layout's
+/// shape, no other tensor may be present, and the hash of the rebuilt model must equal the
+/// recorded one.
+pub fn read_checkpoint(path: &Path) -> Result<(u64, Model), CheckpointError> {
+    let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode_checkpoint(&bytes)
+}
+
+/// Serialises a model as the bytes of a checkpoint file for `round` (see the module docs).
+pub fn encode_checkpoint(round: u64, model: &Model) -> Result<Vec<u8>, CheckpointError> {
+    let layout = model.spec.layout();
+    let hash = ModelHash::of(&model.spec, &model.params).ok_or(CheckpointError::InvalidModel(
+        ModelError::WrongLength {
+            expected: layout.len(),
+            actual: model.params.len(),
+        },
+    ))?;
+    let spec_json = serde_json::to_string(&model.spec).map_err(CheckpointError::SpecJson)?;
+    let metadata = HashMap::from([
+        ("format".to_owned(), "pt".to_owned()),
+        (META_MODEL_SPEC.to_owned(), spec_json),
+        (META_MODEL_HASH.to_owned(), hash.to_hex()),
+        (META_ROUND.to_owned(), round.to_string()),
+    ]);
+
+    // `ModelHash::of` succeeded, so the parameters fit the layout.
+    let pieces = layout.split(&model.params).unwrap_or_default();
+    let buffers: Vec<(String, Vec<usize>, Vec<u8>)> = pieces
+        .into_iter()
+        .map(|(tensor, values)| {
+            let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (tensor.name.clone(), tensor.shape.clone(), data)
+        })
+        .collect();
+    let mut views = Vec::with_capacity(buffers.len());
+    for (name, shape, data) in &buffers {
+        let view = TensorView::new(Dtype::F32, shape.clone(), data)
+            .map_err(CheckpointError::Safetensors)?;
+        views.push((name.as_str(), view));
+    }
+    safetensors::serialize(views, Some(metadata)).map_err(CheckpointError::Safetensors)
+}
+
+/// Parses the bytes of a checkpoint file; see [`read_checkpoint`] for the checks made.
+pub fn decode_checkpoint(bytes: &[u8]) -> Result<(u64, Model), CheckpointError> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(CheckpointError::Safetensors)?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(CheckpointError::Safetensors)?;
+    let empty = HashMap::new();
+    let meta = header.metadata().as_ref().unwrap_or(&empty);
+    let field = |key: &'static str| {
+        meta.get(key)
+            .map(String::as_str)
+            .ok_or(CheckpointError::MissingMetadata { key })
+    };
+
+    let round: u64 = field(META_ROUND)?
+        .parse()
+        .map_err(|_| CheckpointError::BadMetadata {
+            key: META_ROUND,
+            reason: "not a decimal round number".into(),
+        })?;
+    let spec: ModelSpec = serde_json::from_str(field(META_MODEL_SPEC)?).map_err(|e| {
+        CheckpointError::BadMetadata {
+            key: META_MODEL_SPEC,
+            reason: e.to_string(),
+        }
+    })?;
+    spec.validate().map_err(CheckpointError::InvalidModel)?;
+    let recorded = parse_hash(field(META_MODEL_HASH)?)?;
+
+    let layout = spec.layout();
+    let mut params = Vec::with_capacity(layout.len());
+    for tensor in layout.tensors() {
+        let view = match tensors.tensor(&tensor.name) {
+            Ok(view) => view,
+            Err(SafeTensorError::TensorNotFound(_)) => {
+                return Err(CheckpointError::MissingTensor {
+                    name: tensor.name.clone(),
+                });
+            }
+            Err(e) => return Err(CheckpointError::Safetensors(e)),
+        };
+        if view.dtype() != Dtype::F32 {
+            return Err(CheckpointError::WrongDtype {
+                name: tensor.name.clone(),
+                dtype: view.dtype().to_string(),
+            });
+        }
+        if view.shape() != tensor.shape.as_slice() {
+            return Err(CheckpointError::WrongShape {
+                name: tensor.name.clone(),
+                expected: tensor.shape.clone(),
+                actual: view.shape().to_vec(),
+            });
+        }
+        // The library checked that the data length matches shape × 4 bytes.
+        params.extend(
+            view.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+    }
+    if tensors.len() != layout.tensors().len() {
+        let known: Vec<&str> = layout.tensors().iter().map(|t| t.name.as_str()).collect();
+        let extra = tensors
+            .names()
+            .into_iter()
+            .find(|n| !known.contains(n))
+            .unwrap_or_default();
+        return Err(CheckpointError::UnexpectedTensor {
+            name: extra.to_owned(),
+        });
+    }
+
+    let actual = ModelHash::of(&spec, &params).ok_or(CheckpointError::InvalidModel(
+        ModelError::WrongLength {
+            expected: layout.len(),
+            actual: params.len(),
+        },
+    ))?;
+    if actual != recorded {
+        return Err(CheckpointError::HashMismatch { recorded, actual });
+    }
+    let model = Model::new(spec, params).map_err(CheckpointError::InvalidModel)?;
+    Ok((round, model))
+}
+
+/// A checkpoint that could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// A file system operation failed.
+    #[error("checkpoint I/O on {path}: {source}")]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The bytes are not a valid safetensors file (truncated, bad header, bad offsets, …).
+    #[error("not a valid safetensors file: {0}")]
+    Safetensors(#[source] SafeTensorError),
+    /// A required metadata entry is absent.
+    #[error("checkpoint metadata lacks `{key}`")]
+    MissingMetadata {
+        /// The missing key.
+        key: &'static str,
+    },
+    /// A metadata entry could not be parsed.
+    #[error("checkpoint metadata `{key}` is invalid: {reason}")]
+    BadMetadata {
+        /// The key concerned.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The model architecture could not be serialised.
+    #[error("cannot serialise the model spec: {0}")]
+    SpecJson(#[source] serde_json::Error),
+    /// The model does not fit its architecture.
+    #[error("invalid model: {0}")]
+    InvalidModel(#[source] ModelError),
+    /// A tensor of the layout is absent.
+    #[error("checkpoint lacks tensor `{name}`")]
+    MissingTensor {
+        /// The layout name of the tensor.
+        name: String,
+    },
+    /// A tensor not in the layout is present.
+    #[error("checkpoint holds tensor `{name}`, which the model's layout does not have")]
+    UnexpectedTensor {
+        /// Its name.
+        name: String,
+    },
+    /// A tensor is not stored as `F32`.
+    #[error("tensor `{name}` has dtype {dtype}, expected F32")]
+    WrongDtype {
+        /// The tensor.
+        name: String,
+        /// The dtype found.
+        dtype: String,
+    },
+    /// A tensor's shape differs from the layout's.
+    #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    WrongShape {
+        /// The tensor.
+        name: String,
+        /// Shape in the layout.
+        expected: Vec<usize>,
+        /// Shape in the file.
+        actual: Vec<usize>,
+    },
+    /// The parameters do not hash to the recorded model hash.
+    #[error("checkpoint records model hash {recorded} but its parameters hash to {actual}")]
+    HashMismatch {
+        /// Hash in the metadata.
+        recorded: ModelHash,
+        /// Hash of the parameters read.
+        actual: ModelHash,
+    },
+}
+
+/// Counter that keeps concurrent temporary file names in one process apart.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `target` (inside `dir`) via a fsynced temporary file, a rename and a
+/// directory fsync.
+fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CheckpointError::Io { path, source }
+    };
+    let written = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
+    if let Err(e) = fs::rename(&tmp, target) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(target)(e));
+    }
+    sync_dir(dir).map_err(io_err(dir))
+}
+
+/// Makes a rename inside `dir` durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Directories cannot be opened as files here; the rename is as durable as the platform allows.
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+/// Largest header [`peek_round`] reads (the safetensors limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// Reads only the header of a checkpoint file and returns its recorded round, if any.
+fn peek_round(path: &Path) -> io::Result<Option<u64>> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER_BYTES {
+        return Ok(None);
+    }
+    let mut header = Vec::new();
+    file.take(len).read_to_end(&mut header)?;
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&header) else {
+        return Ok(None);
+    };
+    Ok(json
+        .get("__metadata__")
+        .and_then(|m| m.get(META_ROUND))
+        .and_then(|r| r.as_str())
+        .and_then(|r| r.parse().ok()))
+}
+
+/// Parses a 64-character hex model hash.
+fn parse_hash(hex_str: &str) -> Result<ModelHash, CheckpointError> {
+    let bad = || CheckpointError::BadMetadata {
+        key: META_MODEL_HASH,
+        reason: "not 64 hex digits".into(),
+    };
+    let bytes = hex::decode(hex_str).map_err(|_| bad())?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
+    Ok(ModelHash(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medfed_protocol::model::ModelKind;
+
+    fn model() -> Model {
+        let spec = ModelSpec {
+            kind: ModelKind::Mlp { hidden: vec![4, 3] },
+            input_dim: 5,
+        };
+        let params = spec.initial_parameters(42);
+        Model::new(spec, params).unwrap()
+    }
+
+    /// Byte offset of the tensor data section and the header JSON.
+    fn header(bytes: &[u8]) -> (usize, serde_json::Value) {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        (8 + n, serde_json::from_slice(&bytes[8..8 + n]).unwrap())
+    }
+
+    #[test]
+    fn roundtrip_and_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = model();
+        let path = write_checkpoint(dir.path(), 3, &m).unwrap();
+        assert_eq!(path, dir.path().join("round-00003.safetensors"));
+        let (round, back) = read_checkpoint(&path).unwrap();
+        assert_eq!(round, 3);
+        assert_eq!(back, m);
+        assert_eq!(back.hash(), m.hash());
+
+        let latest = dir.path().join(LATEST_FILE_NAME);
+        assert_eq!(read_checkpoint(&latest).unwrap().0, 3);
+
+        let mut m2 = m.clone();
+        m2.params[0] += 0.5;
+        write_checkpoint(dir.path(), 4, &m2).unwrap();
+        assert_eq!(read_checkpoint(&latest).unwrap(), (4, m2.clone()));
+        // Rewriting an older round leaves `latest` at the newest.
+        write_checkpoint(dir.path(), 3, &m).unwrap();
+        assert_eq!(read_checkpoint(&latest).unwrap(), (4, m2));
+
+        // No temporary files are left behind.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    #[test]
+    fn truncated_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_checkpoint(dir.path(), 1, &model()).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        for cut in [0, 5, 8, 20, bytes.len() / 2, bytes.len() - 1] {
+            let err = decode_checkpoint(&bytes[..cut]).unwrap_err();
+            assert!(
+                matches!(err, CheckpointError::Safetensors(_)),
+                "cut {cut}: {err:?}"
+            );
+        }
+        fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        assert!(matches!(
+            read_checkpoint(&path),
+            Err(CheckpointError::Safetensors(_))
+        ));
+    }
+
+    #[test]
+    fn flipped_value_byte_is_a_hash_mismatch() {
+        let m = model();
+        let mut bytes = encode_checkpoint(7, &m).unwrap();
+        let (data_start, _) = header(&bytes);
+        // Flip a low mantissa bit: the value stays finite, only the hash can notice.
+        bytes[data_start + 12] ^= 0x01;
+        match decode_checkpoint(&bytes) {
+            Err(CheckpointError::HashMismatch { recorded, .. }) => assert_eq!(recorded, m.hash()),
+            other => panic!("expected a hash mismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_tensor_is_refused() {
+        let m = model();
+        let layout = m.spec.layout();
+        let pieces = layout.split(&m.params).unwrap();
+        let mut views = Vec::new();
+        let datas: Vec<Vec<u8>> = pieces
+            .iter()
+            .map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        for ((tensor, _), data) in pieces.iter().zip(&datas) {
+            if tensor.name != "2.bias" {
+                views.push((
+                    tensor.name.clone(),
+                    TensorView::new(Dtype::F32, tensor.shape.clone(), data).unwrap(),
+                ));
+            }
+        }
+        let meta = HashMap::from([
+            (
+                META_MODEL_SPEC.to_owned(),
+                serde_json::to_string(&m.spec).unwrap(),
+            ),
+            (META_MODEL_HASH.to_owned(), m.hash().to_hex()),
+            (META_ROUND.to_owned(), "1".to_owned()),
+        ]);
+        let bytes = safetensors::serialize(views, Some(meta)).unwrap();
+        match decode_checkpoint(&bytes) {
+            Err(CheckpointError::MissingTensor { name }) => assert_eq!(name, "2.bias"),
+            other => panic!("expected a missing tensor, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_or_bad_metadata_is_refused() {
+        let bytes = safetensors::serialize(
+            [(
+                "0.weight",
+                TensorView::new(Dtype::F32, vec![1], &[0; 4]).unwrap(),
+            )],
+            None,
+        )
+        .unwrap();
+        assert!(matches!(
+            decode_checkpoint(&bytes),
+            Err(CheckpointError::MissingMetadata { key: META_ROUND })
+        ));
+        let meta = HashMap::from([
+            (META_ROUND.to_owned(), "x".to_owned()),
+            (META_MODEL_SPEC.to_owned(), "{}".to_owned()),
+            (META_MODEL_HASH.to_owned(), "00".to_owned()),
+        ]);
+        let bytes = safetensors::serialize(
+            [(
+                "0.weight",
+                TensorView::new(Dtype::F32, vec![1], &[0; 4]).unwrap(),
+            )],
+            Some(meta),
+        )
+        .unwrap();
+        assert!(matches!(
+            decode_checkpoint(&bytes),
+            Err(CheckpointError::BadMetadata {
+                key: META_ROUND,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn file_layout_is_what_pytorch_expects() {
+        let m = model();
+        let bytes = encode_checkpoint(2, &m).unwrap();
+        let (_, json) = header(&bytes);
+        let meta = &json["__metadata__"];
+        assert_eq!(meta["format"], "pt");
+        assert_eq!(meta[META_ROUND], "2");
+        assert_eq!(meta[META_MODEL_HASH], m.hash().to_hex());
+        let spec: ModelSpec =
+            serde_json::from_str(meta[META_MODEL_SPEC].as_str().unwrap()).unwrap();
+        assert_eq!(spec, m.spec);
+
+        let expected = [
+            ("0.weight", vec![4, 5]),
+            ("0.bias", vec![4]),
+            ("2.weight", vec![3, 4]),
+            ("2.bias", vec![3]),
+            ("4.weight", vec![1, 3]),
+            ("4.bias", vec![1]),
+        ];
+        let obj = json.as_object().unwrap();
+        assert_eq!(obj.len(), expected.len() + 1);
+        for (name, shape) in expected {
+            assert_eq!(obj[name]["dtype"], "F32", "{name}");
+            let got: Vec<usize> = serde_json::from_value(obj[name]["shape"].clone()).unwrap();
+            assert_eq!(got, shape, "{name}");
+        }
+        // Weights are row-major [out, in]: the first row of `0.weight` is params[0..5].
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let w = st.tensor("0.weight").unwrap();
+        let first: Vec<f32> = w.data()[..20]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(first, m.params[..5]);
+    }
+
+    /// Loads a checkpoint into `torch.nn.Sequential` when python3 with torch and safetensors is
+    /// available; skipped otherwise.
+    #[test]
+    fn loads_into_pytorch_sequential_if_available() {
+        let probe = std::process::Command::new("python3")
+            .args(["-c", "import torch, safetensors.torch"])
+            .output();
+        if !matches!(probe, Ok(ref o) if o.status.success()) {
+            eprintln!("python3 with torch and safetensors not importable; skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let m = model();
+        let path = write_checkpoint(dir.path(), 1, &m).unwrap();
+        let script = r#"
+import sys, torch, safetensors.torch as st
+net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3),
+                          torch.nn.ReLU(), torch.nn.Linear(3, 1))
+net.load_state_dict(st.load_file(sys.argv[1]))
+print(float(net[0].weight[0, 0]))
+"#;
+        let out = std::process::Command::new("python3")
+            .args(["-c", script, path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let first: f32 = String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(first, m.params[0]);
+    }
+}

@@ -1,0 +1,311 @@
+//! The coordinator's configuration file (`coordinator.toml`).
+//!
+//! Relative paths are resolved against the folder holding the configuration file, so a
+//! consortium folder can be moved as a whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use medfed_certs::TlsFiles;
+use medfed_protocol::model::ModelConfig;
+use medfed_protocol::task::TrainingPlan;
+use serde::Deserialize;
+
+use crate::strategy::StrategyConfig;
+
+/// The whole configuration, as resolved.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Folder for the SQLite state and the checkpoints.
+    pub data_dir: PathBuf,
+    /// The consortium's data schema file.
+    pub schema: PathBuf,
+    /// The coordinator's TLS material and the consortium CA (and CRL).
+    pub tls: TlsFiles,
+    /// What to train and how.
+    pub task: TaskConfig,
+    /// Server-side optimiser.
+    pub strategy: StrategyConfig,
+}
+
+/// The training task.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    /// Architecture.
+    pub model: ModelConfig,
+    /// Number of training rounds.
+    pub rounds: u64,
+    /// A round needs at least this many nodes answering to be applied.
+    pub min_nodes: usize,
+    /// Seed of the initial model and of the nodes' batch orders.
+    #[serde(default)]
+    pub seed: u64,
+    /// Local training hyper-parameters.
+    #[serde(default)]
+    pub training: TrainingConfig,
+    /// Seconds a node has to answer a round; later answers count as a dropout.
+    #[serde(default = "default_round_deadline")]
+    pub round_deadline_secs: f64,
+    /// Seconds to wait for `min_nodes` nodes to connect before a round.
+    #[serde(default = "default_wait_for_nodes")]
+    pub wait_for_nodes_secs: f64,
+    /// Attempts at a round (after dropouts below `min_nodes`) before giving up.
+    #[serde(default = "default_round_attempts")]
+    pub round_attempts: u32,
+}
+
+/// Local training hyper-parameters sent to every node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    /// Local epochs per round.
+    #[serde(default = "default_epochs")]
+    pub local_epochs: u32,
+    /// Local SGD step size.
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    /// Mini-batch size.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        Self {
+            local_epochs: default_epochs(),
+            learning_rate: default_learning_rate(),
+            batch_size: default_batch_size(),
+        }
+    }
+}
+
+impl TaskConfig {
+    /// The training plan of a round: the configured hyper-parameters and a per-round seed.
+    pub fn plan(&self, round: u64) -> TrainingPlan {
+        TrainingPlan {
+            local_epochs: self.training.local_epochs,
+            learning_rate: self.training.learning_rate,
+            batch_size: self.training.batch_size,
+            seed: self.seed.wrapping_mul(1_000_003).wrapping_add(round),
+        }
+    }
+
+    /// The round deadline.
+    pub fn round_deadline(&self) -> Duration {
+        Duration::from_secs_f64(self.round_deadline_secs.max(0.0))
+    }
+
+    /// How long to wait for nodes.
+    pub fn wait_for_nodes(&self) -> Duration {
+        Duration::from_secs_f64(self.wait_for_nodes_secs.max(0.0))
+    }
+}
+
+fn default_round_deadline() -> f64 {
+    120.0
+}
+fn default_wait_for_nodes() -> f64 {
+    300.0
+}
+fn default_round_attempts() -> u32 {
+    3
+}
+fn default_epochs() -> u32 {
+    1
+}
+fn default_learning_rate() -> f64 {
+    0.05
+}
+fn default_batch_size() -> u32 {
+    32
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    schema: PathBuf,
+    tls: RawTls,
+    task: TaskConfig,
+    #[serde(default)]
+    strategy: Option<StrategyConfig>,
+}
+
+/// TLS paths as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_cert: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    crl: Option<PathBuf>,
+}
+
+impl CoordinatorConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path.parent().unwrap_or_else(|| Path::new(".")))
+            .map_err(|e| e.in_file(path))
+    }
+
+    /// Parses configuration text, resolving relative paths against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: None,
+            message: e.to_string(),
+        })?;
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let config = Self {
+            listen: raw.listen,
+            data_dir: resolve(raw.data_dir),
+            schema: resolve(raw.schema),
+            tls: TlsFiles {
+                ca_cert: resolve(raw.tls.ca_cert),
+                cert: resolve(raw.tls.cert),
+                key: resolve(raw.tls.key),
+                crl: raw.tls.crl.map(resolve),
+            },
+            task: raw.task,
+            strategy: raw.strategy.unwrap_or_default(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let task = &self.task;
+        let invalid = |message: &str| {
+            Err(ConfigError::Invalid {
+                message: message.to_owned(),
+            })
+        };
+        if task.min_nodes == 0 {
+            return invalid("task.min_nodes must be at least 1");
+        }
+        if task.training.batch_size == 0 {
+            return invalid("task.training.batch_size must be at least 1");
+        }
+        if task.training.local_epochs == 0 {
+            return invalid("task.training.local_epochs must be at least 1");
+        }
+        if !(task.training.learning_rate.is_finite() && task.training.learning_rate > 0.0) {
+            return invalid("task.training.learning_rate must be a positive number");
+        }
+        if !(task.round_deadline_secs.is_finite() && task.round_deadline_secs > 0.0) {
+            return invalid("task.round_deadline_secs must be positive");
+        }
+        if task.round_attempts == 0 {
+            return invalid("task.round_attempts must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this format.
+    #[error("{}: {message}", path.as_ref().map_or_else(|| "configuration".into(), |p| p.display().to_string()))]
+    Syntax {
+        /// The file, when known.
+        path: Option<PathBuf>,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {message}")]
+    Invalid {
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn in_file(self, file: &Path) -> Self {
+        match self {
+            Self::Syntax { message, .. } => Self::Syntax {
+                path: Some(file.to_owned()),
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use medfed_protocol::model::ModelKind;
+
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+listen = "127.0.0.1:7400"
+data_dir = "state"
+schema = "schema.toml"
+[tls]
+ca_cert = "certs/ca.pem"
+cert = "certs/coordinator.pem"
+key = "certs/coordinator.key"
+crl = "certs/crl.pem"
+[task]
+model = { kind = "mlp", hidden = [16, 8] }
+rounds = 5
+min_nodes = 2
+[task.training]
+local_epochs = 2
+[strategy]
+name = "fed_adam"
+"#;
+
+    #[test]
+    fn parses_and_resolves_relative_paths() {
+        let config = CoordinatorConfig::parse(EXAMPLE, Path::new("/etc/medfed")).unwrap();
+        assert_eq!(config.data_dir, Path::new("/etc/medfed/state"));
+        assert_eq!(
+            config.tls.crl.as_deref(),
+            Some(Path::new("/etc/medfed/certs/crl.pem"))
+        );
+        assert_eq!(
+            ModelKind::from(config.task.model),
+            ModelKind::Mlp {
+                hidden: vec![16, 8]
+            }
+        );
+        assert_eq!(config.task.training.local_epochs, 2);
+        assert_eq!(config.task.training.batch_size, 32);
+        assert!(matches!(config.strategy, StrategyConfig::FedAdam { .. }));
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_values() {
+        let typo = EXAMPLE.replace("min_nodes", "min_node");
+        assert!(matches!(
+            CoordinatorConfig::parse(&typo, Path::new(".")),
+            Err(ConfigError::Syntax { .. })
+        ));
+        let zero = EXAMPLE.replace("min_nodes = 2", "min_nodes = 0");
+        assert!(matches!(
+            CoordinatorConfig::parse(&zero, Path::new(".")),
+            Err(ConfigError::Invalid { .. })
+        ));
+    }
+}

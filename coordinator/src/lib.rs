@@ -1,0 +1,29 @@
+//! The medfed coordinator.
+//!
+//! It admits only nodes holding a certificate of the consortium CA (mutual TLS over QUIC), runs a
+//! federated-statistics round and then training rounds, sums the nodes' vectors, applies the
+//! server optimiser, checkpoints every round's model as safetensors and records its state in
+//! SQLite so that a restarted coordinator carries on after the last completed round.
+//!
+//! It does not link libtorch: the coordinator never trains or evaluates a model itself; every
+//! figure about patients comes from the nodes as a sum.
+//!
+//! ```text
+//!  listener ── mTLS handshake, Hello ──▶ registry of connected nodes
+//!  training ── for each round: push model, RoundStart ──▶ nodes ──▶ Σ contributions
+//!           ── strategy (FedAvg/FedAdam/FedYogi) ──▶ checkpoint ──▶ store (one transaction)
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod config;
+pub mod exchange;
+pub mod listener;
+pub mod registry;
+pub mod store;
+pub mod strategy;
+pub mod training;
+
+pub use config::CoordinatorConfig;
+pub use training::{CoordinatorError, RoundReport, RunningCoordinator, TrainingReport, start};

@@ -1,0 +1,168 @@
+//! Accepting node connections: the TLS handshake (done by quinn with the consortium's client
+//! verifier), then the node's `Hello`, then admission into the [`Registry`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use medfed_certs::channel::{MessageReader, peer_identity, send_message};
+use medfed_protocol::messages::{
+    Hello, Message, PROTOCOL_VERSION, RefusalReason, Refused, Welcome,
+};
+use medfed_protocol::model::ModelSpec;
+use tokio::sync::watch;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::registry::{NodeHandle, Registry};
+
+/// How long a node has to say `Hello` after its handshake.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest frame accepted before admission: a `Hello` is tiny.
+const HELLO_MAX_FRAME: usize = 64 * 1024;
+
+/// What admission checks a node against and tells it.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// This coordinator run.
+    pub session: u64,
+    /// Digest of the consortium schema.
+    pub schema_digest: [u8; 32],
+    /// Architecture of the model.
+    pub model_spec: ModelSpec,
+    /// Planned rounds.
+    pub rounds: u64,
+}
+
+/// Called for every admitted node (to record it in the coordinator's state).
+pub type OnAdmit = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    admission: Arc<Admission>,
+    registry: Arc<Registry>,
+    on_admit: OnAdmit,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            _ = shutdown.changed() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let remote = incoming.remote_address();
+        let (admission, registry, on_admit) =
+            (admission.clone(), registry.clone(), on_admit.clone());
+        tokio::spawn(
+            async move {
+                if let Err(reason) =
+                    handle_connection(incoming, &admission, &registry, &on_admit).await
+                {
+                    warn!(%reason, "node not admitted");
+                }
+            }
+            .instrument(info_span!("connection", %remote)),
+        );
+    }
+}
+
+async fn handle_connection(
+    incoming: quinn::Incoming,
+    admission: &Admission,
+    registry: &Registry,
+    on_admit: &OnAdmit,
+) -> Result<(), String> {
+    // The TLS handshake: certificates not issued by the consortium CA, revoked, expired or not
+    // yet valid fail here, with the TLS alert naming the reason.
+    let connection = incoming
+        .await
+        .map_err(|e| format!("handshake failed: {e}"))?;
+    let identity = peer_identity(&connection).map_err(|e| e.to_string())?;
+    let span = info_span!("node", node = %identity);
+    async {
+        let (mut send, recv) = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi())
+            .await
+            .map_err(|_| "no hello within the timeout".to_owned())?
+            .map_err(|e| format!("connection lost before hello: {e}"))?;
+        let mut reader = MessageReader::new(recv, HELLO_MAX_FRAME);
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, reader.expect()).await {
+            Ok(Ok(Message::Hello(hello))) => hello,
+            Ok(Ok(other)) => {
+                let reason = RefusalReason::UnexpectedMessage {
+                    got: other.kind().into(),
+                    expected: "hello".into(),
+                };
+                return Err(refuse(&connection, &mut send, admission, reason).await);
+            }
+            Ok(Err(e)) => {
+                connection.close(1u32.into(), b"bad hello");
+                return Err(format!("bad hello: {e}"));
+            }
+            Err(_) => return Err("no hello within the timeout".into()),
+        };
+        if let Some(reason) = check_hello(&hello, admission) {
+            return Err(refuse(&connection, &mut send, admission, reason).await);
+        }
+        let welcome = Welcome {
+            session: admission.session,
+            identity: identity.clone(),
+            model_spec: admission.model_spec.clone(),
+            rounds: admission.rounds,
+        };
+        send_message(&mut send, &Message::Welcome(welcome))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        registry.admit(Arc::new(NodeHandle::new(
+            identity.clone(),
+            connection.clone(),
+            hello.model_hash,
+        )));
+        on_admit(&identity);
+        info!("admitted");
+        let reason = connection.closed().await;
+        registry.remove(&identity, &connection);
+        info!(%reason, "disconnected");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Why a `Hello` is not acceptable, if it is not.
+fn check_hello(hello: &Hello, admission: &Admission) -> Option<RefusalReason> {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Some(RefusalReason::ProtocolVersion {
+            theirs: hello.protocol_version,
+            ours: PROTOCOL_VERSION,
+        });
+    }
+    if hello.schema_digest != admission.schema_digest {
+        return Some(RefusalReason::SchemaMismatch {
+            theirs: hex::encode(hello.schema_digest),
+            ours: hex::encode(admission.schema_digest),
+        });
+    }
+    None
+}
+
+/// Tells the node why it is refused and closes the connection; returns the reason for the log.
+async fn refuse(
+    connection: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    admission: &Admission,
+    reason: RefusalReason,
+) -> String {
+    let text = reason.to_string();
+    let refused = Message::Refused(Refused {
+        session: admission.session,
+        round: 0,
+        reason,
+    });
+    if send_message(send, &refused).await.is_ok() {
+        let _ = send.finish();
+        // Give the refusal a moment to reach the node before the connection closes.
+        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+    }
+    connection.close(2u32.into(), b"refused");
+    text
+}

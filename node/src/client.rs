@@ -1,0 +1,321 @@
+//! The node's network driver: connects to the coordinator over QUIC with mutual TLS, says
+//! `Hello`, then answers the coordinator's requests, each on the stream it came on, until the
+//! coordinator says training is finished. Lost connections are re-established with backoff.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use medfed_certs::channel::{ChannelError, MessageReader, client_endpoint, send_message};
+use medfed_protocol::codec::MAX_FRAME_LEN;
+use medfed_protocol::messages::{
+    Hello, Message, PROTOCOL_VERSION, RefusalReason, Refused, Welcome,
+};
+use medfed_protocol::transfer::ModelAssembler;
+use tokio::time::Instant;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::NodeConfig;
+use crate::hospital::Hospital;
+
+/// First wait before reconnecting; doubled after each failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long the coordinator has to answer `Hello`.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a node's run ended well.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeOutcome {
+    /// The identity the coordinator saw.
+    pub identity: String,
+    /// Last round the coordinator completed.
+    pub last_round: u64,
+    /// Hash of the final global model, which this node holds.
+    pub model_hash: String,
+}
+
+/// Runs the node until the coordinator finishes training, or a fatal error.
+pub async fn run(config: &NodeConfig, hospital: Hospital) -> Result<NodeOutcome, NodeError> {
+    let endpoint = client_endpoint(&config.tls)?;
+    let hospital = Arc::new(Mutex::new(hospital));
+    let mut backoff = MIN_BACKOFF;
+    let mut unreachable_since: Option<Instant> = None;
+    loop {
+        match session(&endpoint, config, &hospital).await {
+            Ok(outcome) => {
+                endpoint.close(0u32.into(), b"finished");
+                return Ok(outcome);
+            }
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= config.reconnect_for {
+                    return Err(NodeError::GaveUp {
+                        after: config.reconnect_for,
+                        last: e.to_string(),
+                    });
+                }
+                warn!(error = %e, retry_in = ?backoff, "connection to the coordinator lost");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// One connection: handshake, Hello, then requests until `Finished` or the connection drops.
+async fn session(
+    endpoint: &quinn::Endpoint,
+    config: &NodeConfig,
+    hospital: &Arc<Mutex<Hospital>>,
+) -> Result<NodeOutcome, NodeError> {
+    let connecting = endpoint
+        .connect(config.coordinator, &config.server_name)
+        .map_err(|e| NodeError::Connect(e.to_string()))?;
+    let connection = connecting.await.map_err(classify)?;
+    let welcome = hello(&connection, hospital).await?;
+    lock(hospital).enter_session(welcome.session);
+    let span = info_span!("node", node = %welcome.identity);
+    async {
+        info!(coordinator = %config.coordinator, rounds = welcome.rounds, "admitted by the coordinator");
+        loop {
+            let (send, recv) = connection.accept_bi().await.map_err(classify)?;
+            if let Some(outcome) = answer(send, recv, hospital, &welcome).await? {
+                connection.close(0u32.into(), b"finished");
+                return Ok(outcome);
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Sends `Hello` and waits for `Welcome`.
+async fn hello(
+    connection: &quinn::Connection,
+    hospital: &Arc<Mutex<Hospital>>,
+) -> Result<Welcome, NodeError> {
+    let (mut send, recv) = connection.open_bi().await.map_err(classify)?;
+    let message = {
+        let hospital = lock(hospital);
+        Message::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            schema_digest: hospital.schema_digest(),
+            model_hash: hospital.model_hash(),
+        })
+    };
+    send_message(&mut send, &message)
+        .await
+        .map_err(|e| transport(connection, e))?;
+    let _ = send.finish();
+    let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
+    let answer = tokio::time::timeout(WELCOME_TIMEOUT, reader.expect())
+        .await
+        .map_err(|_| NodeError::Connect("no answer to hello".into()))?
+        .map_err(|e| transport(connection, e))?;
+    match answer {
+        Message::Welcome(welcome) => Ok(welcome),
+        Message::Refused(refused) => Err(NodeError::Refused(refused.reason)),
+        other => Err(NodeError::Protocol(format!(
+            "expected welcome, got {}",
+            other.kind()
+        ))),
+    }
+}
+
+/// Answers one request stream; `Some` when the coordinator said training is finished.
+async fn answer(
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    hospital: &Arc<Mutex<Hospital>>,
+    welcome: &Welcome,
+) -> Result<Option<NodeOutcome>, NodeError> {
+    let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
+    let request = match reader.expect().await {
+        Ok(request) => request,
+        Err(e) => {
+            // A malformed request is the coordinator's fault: refuse it, keep the connection.
+            warn!(error = %e, "bad request from the coordinator");
+            return Ok(None);
+        }
+    };
+    let mut finished = None;
+    let reply = match request {
+        Message::StatsRequest(request) => {
+            info!("sending federated statistics");
+            lock(hospital).handle_stats(&request)
+        }
+        Message::ModelOffer(offer) => {
+            let (session, round) = (offer.session, offer.round);
+            match receive_model(offer, &mut reader).await {
+                Ok(model) => lock(hospital).accept_model(model, session, round),
+                Err(reason) => Message::Refused(Refused {
+                    session,
+                    round,
+                    reason,
+                }),
+            }
+        }
+        Message::RoundStart(start) => {
+            let hospital = hospital.clone();
+            let span = info_span!("round", round = start.round);
+            let reply = tokio::task::spawn_blocking(move || {
+                span.in_scope(|| lock(&hospital).handle_round(&start))
+            })
+            .await
+            .map_err(|e| NodeError::Protocol(format!("local computation panicked: {e}")))?;
+            if let Message::Declined(declined) = &reply {
+                warn!(reason = %declined.reason, "declining the round");
+            }
+            reply
+        }
+        Message::Finished(done) => {
+            let holds_final = lock(hospital).model_hash() == Some(done.model_hash);
+            info!(round = done.round, model = %done.model_hash, holds_final, "training finished");
+            finished = Some(NodeOutcome {
+                identity: welcome.identity.clone(),
+                last_round: done.round,
+                model_hash: done.model_hash.to_hex(),
+            });
+            Message::Finished(done)
+        }
+        other => Message::Refused(Refused {
+            session: welcome.session,
+            round: 0,
+            reason: RefusalReason::UnexpectedMessage {
+                got: other.kind().into(),
+                expected: "a request".into(),
+            },
+        }),
+    };
+    if let Err(e) = send_message(&mut send, &reply).await {
+        warn!(error = %e, "could not send the answer");
+    }
+    let _ = send.finish();
+    // Let the answer reach the coordinator before a finished node closes its connection.
+    if finished.is_some() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    }
+    Ok(finished)
+}
+
+/// Reads a model's chunks after its offer and checks it.
+async fn receive_model(
+    offer: medfed_protocol::messages::ModelOffer,
+    reader: &mut MessageReader,
+) -> Result<medfed_protocol::model::Model, RefusalReason> {
+    let mut assembler = ModelAssembler::new(offer)?;
+    while !assembler.is_complete() {
+        match reader.next().await {
+            Ok(Some(Message::ModelChunk(chunk))) => assembler.push(chunk)?,
+            Ok(Some(other)) => {
+                return Err(RefusalReason::UnexpectedMessage {
+                    got: other.kind().into(),
+                    expected: "model_chunk".into(),
+                });
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(RefusalReason::BadModel {
+                    detail: e.to_string(),
+                });
+            }
+        }
+    }
+    assembler.finish()
+}
+
+fn lock(hospital: &Mutex<Hospital>) -> std::sync::MutexGuard<'_, Hospital> {
+    hospital
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The error of a failed stream operation, preferring the connection's close reason.
+fn transport(connection: &quinn::Connection, error: ChannelError) -> NodeError {
+    match connection.close_reason() {
+        Some(reason) => classify(reason),
+        None => NodeError::Connect(error.to_string()),
+    }
+}
+
+/// Turns a connection error into a node error, recognising TLS refusals.
+fn classify(error: quinn::ConnectionError) -> NodeError {
+    use quinn::ConnectionError as E;
+    let code = match &error {
+        E::ConnectionClosed(close) => Some(u64::from(close.error_code)),
+        E::TransportError(e) => Some(u64::from(e.code)),
+        _ => None,
+    };
+    match code {
+        // QUIC carries TLS alerts as CRYPTO_ERROR codes 0x100 + alert.
+        Some(code) if (0x100..0x200).contains(&code) => NodeError::TlsRefused {
+            alert: tls_alert_name((code - 0x100) as u8),
+            detail: error.to_string(),
+        },
+        _ => NodeError::Connect(error.to_string()),
+    }
+}
+
+/// Human meaning of the TLS alerts a refused node sees.
+fn tls_alert_name(alert: u8) -> String {
+    let meaning = match alert {
+        42 => "bad certificate",
+        43 => "unsupported certificate",
+        44 => "certificate revoked",
+        45 => "certificate expired or not yet valid",
+        46 => "certificate unknown (not issued by the consortium CA?)",
+        48 => "unknown certificate authority",
+        116 => "certificate required",
+        120 => "no common application protocol (protocol version mismatch)",
+        40 => "handshake failure",
+        51 => "decrypt error (a signature did not verify: certificate from another CA?)",
+        _ => "TLS alert",
+    };
+    format!("{meaning} (TLS alert {alert})")
+}
+
+/// Why a node stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The secure channel could not be set up.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// The coordinator could not be reached or the connection dropped (retried).
+    #[error("cannot reach the coordinator: {0}")]
+    Connect(String),
+    /// The TLS handshake was refused (not retried: the certificate will not change by itself).
+    #[error("the TLS handshake was refused: {alert} ({detail})")]
+    TlsRefused {
+        /// Meaning of the TLS alert, with its number.
+        alert: String,
+        /// The transport's message.
+        detail: String,
+    },
+    /// The coordinator refused this node.
+    #[error("the coordinator refused this node: {0}")]
+    Refused(RefusalReason),
+    /// The coordinator broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The coordinator stayed unreachable.
+    #[error("gave up reaching the coordinator after {after:?}: {last}")]
+    GaveUp {
+        /// How long the node tried.
+        after: Duration,
+        /// The last error.
+        last: String,
+    },
+}
+
+impl NodeError {
+    /// Errors that retrying cannot fix.
+    fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Self::Channel(_) | Self::TlsRefused { .. } | Self::Refused(_)
+        )
+    }
+}

@@ -1,0 +1,198 @@
+//! The node's configuration file (`node.toml`).
+//!
+//! Relative paths are resolved against the folder holding the configuration file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use medfed_certs::TlsFiles;
+use serde::Deserialize;
+
+use crate::trainer::ComputeDevice;
+
+/// The whole configuration, as resolved.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The coordinator's UDP address.
+    pub coordinator: SocketAddr,
+    /// The name the coordinator's certificate must carry (a SAN).
+    pub server_name: String,
+    /// This node's TLS material and the consortium CA.
+    pub tls: TlsFiles,
+    /// The hospital's data.
+    pub data: DataConfig,
+    /// Where training runs.
+    pub device: ComputeDevice,
+    /// Folder for the node's own records.
+    pub state_dir: PathBuf,
+    /// How long to keep trying to reach the coordinator before giving up.
+    pub reconnect_for: Duration,
+}
+
+/// Where the data is and how it is split.
+#[derive(Clone, Debug)]
+pub struct DataConfig {
+    /// The CSV of patients.
+    pub csv: PathBuf,
+    /// The schema describing it (the consortium's schema).
+    pub schema: PathBuf,
+    /// Fraction of rows held out for evaluation.
+    pub holdout_fraction: f64,
+    /// Seed of the train/held-out split.
+    pub split_seed: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    coordinator: SocketAddr,
+    #[serde(default = "default_server_name")]
+    server_name: String,
+    tls: RawTls,
+    data: RawData,
+    #[serde(default)]
+    device: ComputeDevice,
+    state_dir: PathBuf,
+    #[serde(default = "default_reconnect_secs")]
+    reconnect_for_secs: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_cert: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawData {
+    csv: PathBuf,
+    schema: PathBuf,
+    #[serde(default = "default_holdout")]
+    holdout_fraction: f64,
+    #[serde(default)]
+    split_seed: u64,
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+fn default_reconnect_secs() -> f64 {
+    300.0
+}
+fn default_holdout() -> f64 {
+    0.25
+}
+
+impl NodeConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, NodeConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| NodeConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path.parent().unwrap_or_else(|| Path::new("."))).map_err(|e| match e {
+            NodeConfigError::Syntax { message, .. } => NodeConfigError::Syntax {
+                path: Some(path.to_owned()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses configuration text, resolving relative paths against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, NodeConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| NodeConfigError::Syntax {
+            path: None,
+            message: e.to_string(),
+        })?;
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        if !(0.0..1.0).contains(&raw.data.holdout_fraction) {
+            return Err(NodeConfigError::Invalid(
+                "data.holdout_fraction must be in [0, 1)".into(),
+            ));
+        }
+        if !(raw.reconnect_for_secs.is_finite() && raw.reconnect_for_secs >= 0.0) {
+            return Err(NodeConfigError::Invalid(
+                "reconnect_for_secs must be a non-negative number".into(),
+            ));
+        }
+        Ok(Self {
+            coordinator: raw.coordinator,
+            server_name: raw.server_name,
+            tls: TlsFiles {
+                ca_cert: resolve(raw.tls.ca_cert),
+                cert: resolve(raw.tls.cert),
+                key: resolve(raw.tls.key),
+                crl: None,
+            },
+            data: DataConfig {
+                csv: resolve(raw.data.csv),
+                schema: resolve(raw.data.schema),
+                holdout_fraction: raw.data.holdout_fraction,
+                split_seed: raw.data.split_seed,
+            },
+            device: raw.device,
+            state_dir: resolve(raw.state_dir),
+            reconnect_for: Duration::from_secs_f64(raw.reconnect_for_secs),
+        })
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for this format.
+    #[error("{}: {message}", path.as_ref().map_or_else(|| "configuration".into(), |p| p.display().to_string()))]
+    Syntax {
+        /// The file, when known.
+        path: Option<PathBuf>,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_defaults_and_resolves_paths() {
+        let text = r#"
+coordinator = "127.0.0.1:7400"
+state_dir = "state"
+[tls]
+ca_cert = "ca.pem"
+cert = "h1.pem"
+key = "h1.key"
+[data]
+csv = "/data/h1.csv"
+schema = "schema.toml"
+"#;
+        let config = NodeConfig::parse(text, Path::new("/site")).unwrap();
+        assert_eq!(config.data.csv, Path::new("/data/h1.csv"));
+        assert_eq!(config.data.schema, Path::new("/site/schema.toml"));
+        assert_eq!(config.server_name, "localhost");
+        assert_eq!(config.data.holdout_fraction, 0.25);
+        let bad = text.replace("[data]", "[data]\nholdout_fraction = 1.5");
+        assert!(matches!(
+            NodeConfig::parse(&bad, Path::new(".")),
+            Err(NodeConfigError::Invalid(_))
+        ));
+    }
+}

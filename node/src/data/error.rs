@@ -1,0 +1,162 @@
+//! Why a hospital's data was refused.
+
+use std::path::PathBuf;
+
+/// Why the CSV could not be loaded or the data split.
+///
+/// `row` numbers CSV records as a spreadsheet numbers rows: the header is row 1, the first data
+/// row is row 2, a record whose quoted cell spans several lines is one row, and blank lines
+/// (which the CSV reader skips) are not counted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// The file cannot be opened or read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not well-formed CSV (bad quoting, invalid UTF-8, …).
+    #[error("{}: row {row}: not valid CSV: {source}", path.display())]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// Row where the problem was found.
+        row: u64,
+        /// Cause.
+        source: csv::Error,
+    },
+    /// The header lacks a column that the schema declares (a feature column or the label).
+    #[error("{}: row 1 (header): column \"{column}\" required by the schema is missing", path.display())]
+    MissingColumn {
+        /// The file.
+        path: PathBuf,
+        /// The missing column.
+        column: String,
+    },
+    /// The header has a column that the schema neither declares nor drops.
+    #[error(
+        "{}: row 1 (header): column \"{column}\" is not described by the schema; list it under drop to ignore it",
+        path.display()
+    )]
+    UnexpectedColumn {
+        /// The file.
+        path: PathBuf,
+        /// The undescribed column.
+        column: String,
+    },
+    /// The header names a column twice.
+    #[error("{}: row 1 (header): column \"{column}\" appears more than once", path.display())]
+    DuplicateColumn {
+        /// The file.
+        path: PathBuf,
+        /// The repeated column.
+        column: String,
+    },
+    /// The file has a header but no data row.
+    #[error("{}: no data rows after the header", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A row has more or fewer cells than the header.
+    #[error("{}: row {row}: {found} cells, but the header has {expected} columns", path.display())]
+    FieldCount {
+        /// The file.
+        path: PathBuf,
+        /// The row.
+        row: u64,
+        /// Number of header columns.
+        expected: usize,
+        /// Number of cells in the row.
+        found: usize,
+    },
+    /// A feature cell is empty.
+    #[error("{}: row {row}, column \"{column}\": missing value (empty cell)", path.display())]
+    MissingValue {
+        /// The file.
+        path: PathBuf,
+        /// The row.
+        row: u64,
+        /// The column.
+        column: String,
+    },
+    /// A numeric cell is not a number.
+    #[error("{}: row {row}, column \"{column}\": \"{value}\" is not a number", path.display())]
+    NotNumeric {
+        /// The file.
+        path: PathBuf,
+        /// The row.
+        row: u64,
+        /// The column.
+        column: String,
+        /// The cell, trimmed.
+        value: String,
+    },
+    /// A numeric cell is NaN or infinite (or too large for `f32`).
+    #[error("{}: row {row}, column \"{column}\": \"{value}\" is not a finite number", path.display())]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// The row.
+        row: u64,
+        /// The column.
+        column: String,
+        /// The cell, trimmed.
+        value: String,
+    },
+    /// A categorical cell is not one of the column's levels.
+    #[error(
+        "{}: row {row}, column \"{column}\": \"{value}\" is not one of the levels {levels:?}",
+        path.display()
+    )]
+    UnknownCategory {
+        /// The file.
+        path: PathBuf,
+        /// The row.
+        row: u64,
+        /// The column.
+        column: String,
+        /// The cell, trimmed.
+        value: String,
+        /// The levels the schema allows.
+        levels: Vec<String>,
+    },
+    /// The label cell is empty.
+    #[error("{}: row {row}, column \"{column}\": missing label (empty cell)", path.display())]
+    MissingLabel {
+        /// The file.
+        path: PathBuf,
+        /// The row.
+        row: u64,
+        /// The label column.
+        column: String,
+    },
+    /// The label cell is in neither the positive nor the negative list.
+    #[error(
+        "{}: row {row}, column \"{column}\": label \"{value}\" is neither positive {positive:?} nor negative {negative:?}",
+        path.display()
+    )]
+    UnknownLabel {
+        /// The file.
+        path: PathBuf,
+        /// The row.
+        row: u64,
+        /// The label column.
+        column: String,
+        /// The cell, trimmed.
+        value: String,
+        /// Values meaning the positive class (boxed to keep the error small).
+        positive: Box<[String]>,
+        /// Values meaning the negative class.
+        negative: Box<[String]>,
+    },
+    /// The held-out fraction is not in `[0, 1)`.
+    #[error("held-out fraction {fraction} is not in [0, 1)")]
+    HoldoutFraction {
+        /// The fraction asked for.
+        fraction: f64,
+    },
+}

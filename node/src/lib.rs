@@ -1,0 +1,77 @@
+//! The medfed hospital node.
+//!
+//! It runs on-premise, next to the hospital's patient data. It validates the hospital's CSV
+//! against the consortium schema, splits it into a training and a held-out part, and answers the
+//! coordinator: federated statistics, evaluation counts and locally trained model updates —
+//! figures meant to be summed over hospitals, never rows of patient data.
+//!
+//! ```text
+//!  CSV + schema ─▶ data::load_csv ─▶ Dataset ─▶ split ─▶ Hospital ◀─▶ client (QUIC + mTLS)
+//!                                                 │
+//!                                                 └─ trainer (libtorch) : train, predict
+//! ```
+//! libtorch is used only behind the [`trainer::Trainer`] trait.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod data;
+pub mod examples;
+pub mod hospital;
+pub mod progress;
+pub mod trainer;
+
+use std::path::PathBuf;
+
+use medfed_protocol::schema::{Schema, SchemaError};
+
+pub use client::{NodeError, NodeOutcome, run};
+pub use config::NodeConfig;
+pub use hospital::Hospital;
+
+/// Loads the schema and the CSV and splits the data, failing before any network contact if the
+/// data is not valid.
+pub fn prepare(
+    config: &NodeConfig,
+    trainer: Box<dyn trainer::Trainer>,
+) -> Result<Hospital, PrepareError> {
+    let text = std::fs::read_to_string(&config.data.schema).map_err(|source| {
+        PrepareError::ReadSchema {
+            path: config.data.schema.clone(),
+            source,
+        }
+    })?;
+    let schema = Schema::parse(&text).map_err(|source| PrepareError::Schema {
+        path: config.data.schema.clone(),
+        source,
+    })?;
+    let dataset = data::load_csv(&config.data.csv, &schema)?;
+    let (train, held_out) = dataset.split(config.data.holdout_fraction, config.data.split_seed)?;
+    Ok(Hospital::new(schema, train, held_out, trainer))
+}
+
+/// Why the node's data could not be prepared.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrepareError {
+    /// The schema file cannot be read.
+    #[error("cannot read schema {}: {source}", path.display())]
+    ReadSchema {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The schema is invalid.
+    #[error("schema {}: {source}", path.display())]
+    Schema {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: SchemaError,
+    },
+    /// The CSV is invalid.
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+}

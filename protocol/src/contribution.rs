@@ -1,0 +1,167 @@
+//! The layout of a node's round vector, which the coordinator only ever sums over nodes.
+//!
+//! ```text
+//! [ evaluation counts of the round's model on the held-out split | n·(w_local − w_round) | n ]
+//!   EvalCounts::VECTOR_LEN values                                 params values         1
+//! ```
+//! The update block is present only in training rounds. Summed over nodes it yields the pooled
+//! evaluation and the example-weighted FedAvg update `Σ n_k (w_k − w) / Σ n_k`.
+
+use crate::evaluation::EvalCounts;
+
+/// Shape of a round vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundLayout {
+    /// Number of model parameters.
+    pub params: usize,
+    /// Whether the round trains (carries an update block).
+    pub train: bool,
+}
+
+/// A node's local result for one round, before it is flattened for summation.
+#[derive(Clone, Debug)]
+pub struct RoundResult<'a> {
+    /// Evaluation counts of the round's starting model on the node's held-out split.
+    pub eval: EvalCounts,
+    /// Local training outcome, in training rounds.
+    pub update: Option<LocalUpdate<'a>>,
+}
+
+/// A node's locally trained model and its weight.
+#[derive(Clone, Debug)]
+pub struct LocalUpdate<'a> {
+    /// The round's starting (global) parameters.
+    pub start: &'a [f32],
+    /// The parameters after local training.
+    pub trained: &'a [f32],
+    /// The weight of this node's update: its number of training examples.
+    pub weight: f64,
+}
+
+/// Sums of all nodes' round vectors, split back into their parts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundTotals {
+    /// Pooled evaluation counts.
+    pub eval: EvalCounts,
+    /// `Σ n_k (w_k − w)` and `Σ n_k`, in training rounds.
+    pub update: Option<(Vec<f64>, f64)>,
+}
+
+impl RoundLayout {
+    /// Length of the vector.
+    pub fn len(&self) -> usize {
+        EvalCounts::VECTOR_LEN + if self.train { self.params + 1 } else { 0 }
+    }
+
+    /// Never empty: the evaluation block is always there.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Flattens a node's result. Returns `None` if the result does not fit the layout (an update
+    /// in an evaluation-only round, none in a training round, or parameters of the wrong length).
+    pub fn encode(&self, result: &RoundResult<'_>) -> Option<Vec<f64>> {
+        let mut out = Vec::with_capacity(self.len());
+        result.eval.write_vector(&mut out);
+        match (&result.update, self.train) {
+            (None, false) => {}
+            (Some(update), true) => {
+                if update.start.len() != self.params || update.trained.len() != self.params {
+                    return None;
+                }
+                out.extend(
+                    update
+                        .trained
+                        .iter()
+                        .zip(update.start)
+                        .map(|(&t, &s)| update.weight * (f64::from(t) - f64::from(s))),
+                );
+                out.push(update.weight);
+            }
+            _ => return None,
+        }
+        Some(out)
+    }
+
+    /// Splits a summed vector; `None` if its length does not fit the layout.
+    pub fn decode(&self, sum: &[f64]) -> Option<RoundTotals> {
+        if sum.len() != self.len() {
+            return None;
+        }
+        let (eval, rest) = sum.split_at(EvalCounts::VECTOR_LEN);
+        let update = self.train.then(|| {
+            let (delta, weight) = rest.split_at(self.params);
+            (delta.to_vec(), weight[0])
+        });
+        Some(RoundTotals {
+            eval: EvalCounts::from_vector(eval)?,
+            update,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summed_vectors_give_weighted_average_update() {
+        let layout = RoundLayout {
+            params: 2,
+            train: true,
+        };
+        let start = [1.0f32, -1.0];
+        let a = RoundResult {
+            eval: EvalCounts::from_predictions(&[0.9], &[1.0]),
+            update: Some(LocalUpdate {
+                start: &start,
+                trained: &[2.0, -1.0],
+                weight: 3.0,
+            }),
+        };
+        let b = RoundResult {
+            eval: EvalCounts::from_predictions(&[0.2], &[0.0]),
+            update: Some(LocalUpdate {
+                start: &start,
+                trained: &[1.0, 1.0],
+                weight: 1.0,
+            }),
+        };
+        let (va, vb) = (layout.encode(&a).unwrap(), layout.encode(&b).unwrap());
+        let sum: Vec<f64> = va.iter().zip(&vb).map(|(x, y)| x + y).collect();
+        let totals = layout.decode(&sum).unwrap();
+        let (delta, weight) = totals.update.unwrap();
+        assert_eq!(weight, 4.0);
+        // FedAvg: (3·[2,-1] + 1·[1,1]) / 4 = [1.75, -0.5]; minus start = [0.75, 0.5].
+        assert_eq!([delta[0] / weight, delta[1] / weight], [0.75, 0.5]);
+        assert_eq!(totals.eval.n, 2.0);
+    }
+
+    #[test]
+    fn mismatched_results_are_refused() {
+        let train = RoundLayout {
+            params: 2,
+            train: true,
+        };
+        let eval_only = RoundLayout {
+            params: 2,
+            train: false,
+        };
+        let no_update = RoundResult {
+            eval: EvalCounts::zero(),
+            update: None,
+        };
+        assert!(train.encode(&no_update).is_none());
+        assert_eq!(eval_only.encode(&no_update).unwrap().len(), eval_only.len());
+        let short = RoundResult {
+            eval: EvalCounts::zero(),
+            update: Some(LocalUpdate {
+                start: &[0.0],
+                trained: &[0.0],
+                weight: 1.0,
+            }),
+        };
+        assert!(train.encode(&short).is_none());
+        assert!(train.decode(&[0.0; 3]).is_none());
+    }
+}

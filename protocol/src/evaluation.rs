@@ -1,0 +1,255 @@
+//! Federated evaluation: per-node counts that the coordinator only ever sums, and the pooled
+//! metrics (loss, accuracy, AUC) it computes from those sums.
+//!
+//! A node never reports its own accuracy or AUC: it reports additive counts — examples, summed log
+//! loss, a confusion matrix at the decision threshold and a histogram of predicted scores for each
+//! label. Summed over hospitals these give exactly the pooled confusion matrix and, within the
+//! histogram's resolution, the pooled AUC, as if all held-out patients were in one place.
+
+use serde::{Deserialize, Serialize};
+
+/// Number of equal-width score bins on [0, 1] in the per-label histograms.
+///
+/// The pooled AUC computed from the histograms counts two scores in the same bin as a tie, so it
+/// differs from the exact AUC by at most the fraction of positive/negative pairs sharing a bin.
+pub const SCORE_BINS: usize = 1000;
+
+/// Decision threshold on the predicted probability for accuracy and the confusion matrix.
+pub const DECISION_THRESHOLD: f32 = 0.5;
+
+/// Probabilities are clamped to `[EPS, 1 − EPS]` before the log loss.
+const LOG_LOSS_EPS: f64 = 1e-7;
+
+/// Additive evaluation counts over one set of examples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalCounts {
+    /// Number of examples.
+    pub n: f64,
+    /// Sum of binary cross-entropy losses.
+    pub loss_sum: f64,
+    /// True positives at [`DECISION_THRESHOLD`].
+    pub tp: f64,
+    /// False positives.
+    pub fp: f64,
+    /// True negatives.
+    pub tn: f64,
+    /// False negatives.
+    pub fn_: f64,
+    /// Histogram of scores of positive examples, [`SCORE_BINS`] bins.
+    pub positive_scores: Vec<f64>,
+    /// Histogram of scores of negative examples, [`SCORE_BINS`] bins.
+    pub negative_scores: Vec<f64>,
+}
+
+/// Pooled metrics computed from summed [`EvalCounts`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    /// Number of held-out examples over all nodes.
+    pub examples: u64,
+    /// Mean binary cross-entropy.
+    pub loss: f64,
+    /// Accuracy at the decision threshold.
+    pub accuracy: f64,
+    /// Area under the ROC curve from the score histograms; `None` if one class is absent.
+    pub auc: Option<f64>,
+    /// Fraction of positive examples.
+    pub prevalence: f64,
+}
+
+impl EvalCounts {
+    /// Length of the vector form.
+    pub const VECTOR_LEN: usize = 6 + 2 * SCORE_BINS;
+
+    /// Counts for predicted probabilities `scores` against 0/1 `labels`.
+    ///
+    /// Pairs where either value is not finite are skipped, and so are scores outside [0, 1].
+    pub fn from_predictions(scores: &[f32], labels: &[f32]) -> Self {
+        let mut counts = Self::zero();
+        for (&score, &label) in scores.iter().zip(labels) {
+            if !score.is_finite() || !(0.0..=1.0).contains(&score) || !label.is_finite() {
+                continue;
+            }
+            let positive = label >= 0.5;
+            let predicted = score >= DECISION_THRESHOLD;
+            let p = f64::from(score).clamp(LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS);
+            counts.n += 1.0;
+            counts.loss_sum -= if positive { p.ln() } else { (1.0 - p).ln() };
+            match (positive, predicted) {
+                (true, true) => counts.tp += 1.0,
+                (true, false) => counts.fn_ += 1.0,
+                (false, true) => counts.fp += 1.0,
+                (false, false) => counts.tn += 1.0,
+            }
+            let histogram = if positive {
+                &mut counts.positive_scores
+            } else {
+                &mut counts.negative_scores
+            };
+            histogram[score_bin(score)] += 1.0;
+        }
+        counts
+    }
+
+    /// All-zero counts.
+    pub fn zero() -> Self {
+        Self {
+            n: 0.0,
+            loss_sum: 0.0,
+            tp: 0.0,
+            fp: 0.0,
+            tn: 0.0,
+            fn_: 0.0,
+            positive_scores: vec![0.0; SCORE_BINS],
+            negative_scores: vec![0.0; SCORE_BINS],
+        }
+    }
+
+    /// Appends the vector form (the layout the coordinator sums) to `out`.
+    pub fn write_vector(&self, out: &mut Vec<f64>) {
+        out.extend_from_slice(&[self.n, self.loss_sum, self.tp, self.fp, self.tn, self.fn_]);
+        out.extend_from_slice(&self.positive_scores);
+        out.extend_from_slice(&self.negative_scores);
+    }
+
+    /// Reads the vector form; `None` if `v` is not [`Self::VECTOR_LEN`] long.
+    pub fn from_vector(v: &[f64]) -> Option<Self> {
+        if v.len() != Self::VECTOR_LEN {
+            return None;
+        }
+        let (head, hist) = v.split_at(6);
+        let (pos, neg) = hist.split_at(SCORE_BINS);
+        Some(Self {
+            n: head[0],
+            loss_sum: head[1],
+            tp: head[2],
+            fp: head[3],
+            tn: head[4],
+            fn_: head[5],
+            positive_scores: pos.to_vec(),
+            negative_scores: neg.to_vec(),
+        })
+    }
+
+    /// Pooled metrics; `None` when there are no examples.
+    pub fn metrics(&self) -> Option<EvalMetrics> {
+        if self.n <= 0.0 {
+            return None;
+        }
+        let positives = self.tp + self.fn_;
+        Some(EvalMetrics {
+            examples: self.n.round() as u64,
+            loss: self.loss_sum / self.n,
+            accuracy: (self.tp + self.tn) / self.n,
+            auc: histogram_auc(&self.positive_scores, &self.negative_scores),
+            prevalence: positives / self.n,
+        })
+    }
+}
+
+/// The histogram bin of a probability in [0, 1].
+fn score_bin(score: f32) -> usize {
+    ((f64::from(score) * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1)
+}
+
+/// AUC from per-label score histograms: the probability that a random positive scores above a
+/// random negative, counting pairs in the same bin as ties (½).
+pub fn histogram_auc(positive: &[f64], negative: &[f64]) -> Option<f64> {
+    let total_pos: f64 = positive.iter().sum();
+    let total_neg: f64 = negative.iter().sum();
+    if total_pos <= 0.0 || total_neg <= 0.0 || positive.len() != negative.len() {
+        return None;
+    }
+    let mut negatives_below = 0.0;
+    let mut concordant = 0.0;
+    for (&p, &n) in positive.iter().zip(negative) {
+        concordant += p * (negatives_below + 0.5 * n);
+        negatives_below += n;
+    }
+    Some(concordant / (total_pos * total_neg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exact AUC by comparing every positive/negative pair.
+    fn exact_auc(scores: &[f32], labels: &[f32]) -> f64 {
+        let (mut num, mut den) = (0.0, 0.0);
+        for (s1, l1) in scores.iter().zip(labels) {
+            for (s0, l0) in scores.iter().zip(labels) {
+                if *l1 == 1.0 && *l0 == 0.0 {
+                    den += 1.0;
+                    num += if s1 > s0 {
+                        1.0
+                    } else if s1 == s0 {
+                        0.5
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        num / den
+    }
+
+    fn sum(a: &EvalCounts, b: &EvalCounts) -> EvalCounts {
+        let (mut va, mut vb) = (Vec::new(), Vec::new());
+        a.write_vector(&mut va);
+        b.write_vector(&mut vb);
+        let summed: Vec<f64> = va.iter().zip(&vb).map(|(x, y)| x + y).collect();
+        EvalCounts::from_vector(&summed).unwrap()
+    }
+
+    #[test]
+    fn summed_counts_equal_pooled_counts() {
+        let scores_a = [0.91, 0.12, 0.55, 0.49, 0.73];
+        let labels_a = [1.0, 0.0, 0.0, 1.0, 1.0];
+        let scores_b = [0.05, 0.66, 0.31];
+        let labels_b = [0.0, 1.0, 1.0];
+        let a = EvalCounts::from_predictions(&scores_a, &labels_a);
+        let b = EvalCounts::from_predictions(&scores_b, &labels_b);
+        let pooled_scores: Vec<f32> = scores_a.iter().chain(&scores_b).copied().collect();
+        let pooled_labels: Vec<f32> = labels_a.iter().chain(&labels_b).copied().collect();
+        let pooled = EvalCounts::from_predictions(&pooled_scores, &pooled_labels);
+        let summed = sum(&a, &b);
+        assert_eq!(summed.tp, pooled.tp);
+        assert!((summed.loss_sum - pooled.loss_sum).abs() < 1e-12);
+        let m = summed.metrics().unwrap();
+        assert_eq!(m.examples, 8);
+        assert!((m.accuracy - 5.0 / 8.0).abs() < 1e-12);
+        let exact = exact_auc(&pooled_scores, &pooled_labels);
+        assert!((m.auc.unwrap() - exact).abs() < 1e-12, "{m:?} vs {exact}");
+    }
+
+    #[test]
+    fn histogram_auc_is_within_bin_resolution() {
+        // Many close scores: the histogram AUC may differ only by ties within a bin.
+        let scores: Vec<f32> = (0..400).map(|i| (i as f32 * 0.618_034).fract()).collect();
+        let labels: Vec<f32> = scores
+            .iter()
+            .map(|&s| if (s * 7.3).fract() < s { 1.0 } else { 0.0 })
+            .collect();
+        let counts = EvalCounts::from_predictions(&scores, &labels);
+        let auc = counts.metrics().unwrap().auc.unwrap();
+        assert!((auc - exact_auc(&scores, &labels)).abs() < 2.0 / SCORE_BINS as f64);
+    }
+
+    #[test]
+    fn auc_is_undefined_with_one_class() {
+        let counts = EvalCounts::from_predictions(&[0.2, 0.8], &[1.0, 1.0]);
+        assert_eq!(counts.metrics().unwrap().auc, None);
+        assert!(EvalCounts::zero().metrics().is_none());
+    }
+
+    #[test]
+    fn invalid_scores_are_skipped_and_vector_roundtrips() {
+        let counts = EvalCounts::from_predictions(&[f32::NAN, 1.5, 1.0], &[1.0, 0.0, 1.0]);
+        assert_eq!(counts.n, 1.0);
+        assert_eq!(counts.positive_scores[SCORE_BINS - 1], 1.0);
+        let mut v = Vec::new();
+        counts.write_vector(&mut v);
+        assert_eq!(v.len(), EvalCounts::VECTOR_LEN);
+        assert_eq!(EvalCounts::from_vector(&v), Some(counts));
+        assert_eq!(EvalCounts::from_vector(&v[1..]), None);
+    }
+}

@@ -1,0 +1,378 @@
+//! Every message that crosses the wire, in either direction.
+//!
+//! Each exchange is one bidirectional QUIC stream opened by the coordinator (except the node's
+//! opening `Hello`): a request, then the node's answer. Every request carries the coordinator's
+//! `session` (fresh random per coordinator start) and the `round`, and every answer echoes both,
+//! so a message from another round, another coordinator run, or a replay is recognised and
+//! refused.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ModelHash, ModelSpec};
+use crate::stats::Standardization;
+use crate::task::TrainingPlan;
+
+/// Version of the wire protocol; part of the ALPN string.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// ALPN identifier negotiated in the TLS handshake. A peer speaking another version fails the
+/// handshake with TLS's `no_application_protocol` alert.
+pub const ALPN: &[u8] = b"medfed/1";
+
+/// Size of one model chunk on the model stream.
+pub const MODEL_CHUNK_LEN: usize = 1 << 20;
+
+/// Any message of the protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Message {
+    /// Node → coordinator, first message on the first stream.
+    Hello(Hello),
+    /// Coordinator → node: admitted.
+    Welcome(Welcome),
+    /// Either side: the request or the connection is refused, with the reason.
+    Refused(Refused),
+    /// Coordinator → node: send your federated-statistics contribution.
+    StatsRequest(StatsRequest),
+    /// Coordinator → node: the model of a round follows in chunks on this stream.
+    ModelOffer(ModelOffer),
+    /// Coordinator → node: one piece of the model.
+    ModelChunk(ModelChunk),
+    /// Node → coordinator: the model arrived whole and its hash checks out.
+    ModelReceived(ModelReceived),
+    /// Coordinator → node: evaluate (and train, if asked) on the round's model.
+    RoundStart(RoundStart),
+    /// Node → coordinator: figures to be summed over nodes.
+    Contribution(Contribution),
+    /// Node → coordinator: the node sits this round out.
+    Declined(Declined),
+    /// Coordinator → node: training is over.
+    Finished(Finished),
+}
+
+impl Message {
+    /// Short name of the message kind, for logs and the egress log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "hello",
+            Self::Welcome(_) => "welcome",
+            Self::Refused(_) => "refused",
+            Self::StatsRequest(_) => "stats_request",
+            Self::ModelOffer(_) => "model_offer",
+            Self::ModelChunk(_) => "model_chunk",
+            Self::ModelReceived(_) => "model_received",
+            Self::RoundStart(_) => "round_start",
+            Self::Contribution(_) => "contribution",
+            Self::Declined(_) => "declined",
+            Self::Finished(_) => "finished",
+        }
+    }
+}
+
+/// A node introduces itself. Its identity is not in the message: it is the subject of the
+/// certificate it presented in the TLS handshake.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the node.
+    pub protocol_version: u32,
+    /// Digest of the node's data schema; must equal the coordinator's.
+    pub schema_digest: [u8; 32],
+    /// Hash of the model the node already holds, if any (saves a download after a reconnect).
+    pub model_hash: Option<ModelHash>,
+}
+
+/// The coordinator admits a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Random identifier of this coordinator run.
+    pub session: u64,
+    /// The identity the coordinator read from the node's certificate.
+    pub identity: String,
+    /// Architecture of the consortium model.
+    pub model_spec: ModelSpec,
+    /// Number of training rounds planned.
+    pub rounds: u64,
+}
+
+/// Why a request or a connection was refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Refused {
+    /// Session of the refused request, when known.
+    pub session: u64,
+    /// Round of the refused request, when known.
+    pub round: u64,
+    /// What was wrong.
+    pub reason: RefusalReason,
+}
+
+/// Reasons to refuse.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefusalReason {
+    /// The peer speaks another protocol version.
+    #[error("protocol version {theirs} is not supported (this side speaks {ours})")]
+    ProtocolVersion {
+        /// Version the peer announced.
+        theirs: u32,
+        /// Version this side speaks.
+        ours: u32,
+    },
+    /// The node's data schema differs from the consortium's.
+    #[error("the node's data schema does not match the consortium's (digest {theirs} vs {ours})")]
+    SchemaMismatch {
+        /// Hex digest of the node's schema.
+        theirs: String,
+        /// Hex digest of the coordinator's schema.
+        ours: String,
+    },
+    /// Another connection already holds this identity.
+    #[error("node {identity} is already connected")]
+    DuplicateIdentity {
+        /// The identity.
+        identity: String,
+    },
+    /// A message that was not expected at this point of the exchange.
+    #[error("unexpected {got} message (expected {expected})")]
+    UnexpectedMessage {
+        /// Kind received.
+        got: String,
+        /// Kind expected.
+        expected: String,
+    },
+    /// A message from another coordinator run.
+    #[error("message from session {got}, current session is {expected}")]
+    WrongSession {
+        /// Session in the message.
+        got: u64,
+        /// Current session.
+        expected: u64,
+    },
+    /// A message for another round.
+    #[error("message for round {got}, current round is {expected}")]
+    WrongRound {
+        /// Round in the message.
+        got: u64,
+        /// Current round.
+        expected: u64,
+    },
+    /// A request for a round the node already answered in this session (a replay).
+    #[error("round {round} was already answered in this session (replay)")]
+    Replay {
+        /// The repeated round.
+        round: u64,
+    },
+    /// The model does not match its announced hash or the architecture.
+    #[error("model rejected: {detail}")]
+    BadModel {
+        /// What was wrong.
+        detail: String,
+    },
+    /// A contribution of the wrong length or with non-finite values.
+    #[error("contribution rejected: {detail}")]
+    BadContribution {
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Request for the node's federated-statistics contribution (per-feature count, sum and sum of
+/// squares over its training split).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatsRequest {
+    /// Coordinator run.
+    pub session: u64,
+    /// Always 0: statistics precede training round 1.
+    pub round: u64,
+}
+
+/// Announces a model, whose chunks follow on the same stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelOffer {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round whose model this is.
+    pub round: u64,
+    /// Architecture.
+    pub spec: ModelSpec,
+    /// Hash of the whole model ([`ModelHash::of`]).
+    pub hash: ModelHash,
+    /// Number of parameters.
+    pub params: u64,
+    /// Number of [`ModelChunk`]s that follow.
+    pub chunks: u32,
+}
+
+/// A piece of a model: consecutive parameters as little-endian `f32`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelChunk {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round whose model this is.
+    pub round: u64,
+    /// Position of the chunk, from 0.
+    pub index: u32,
+    /// Parameter bytes (bincode writes a `Vec<u8>` as its length and the raw bytes).
+    pub bytes: Vec<u8>,
+}
+
+/// The node holds the offered model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelReceived {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// Hash the node computed over what it received.
+    pub hash: ModelHash,
+}
+
+/// Opens a round at a node: evaluate the round's model on the held-out split, then, if `train`,
+/// train locally from it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundStart {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round number, from 1.
+    pub round: u64,
+    /// Hash of the model to start from; the node must hold exactly this model.
+    pub model_hash: ModelHash,
+    /// Whether to train (false: the final, evaluation-only round).
+    pub train: bool,
+    /// Local training hyper-parameters.
+    pub plan: TrainingPlan,
+    /// Consortium-wide feature standardisation from the statistics round.
+    pub standardization: Standardization,
+}
+
+/// What kind of vector a [`Contribution`] carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContributionKind {
+    /// Federated statistics (`[n, sums…, sums of squares…]`).
+    Stats,
+    /// Round vector: evaluation counts, then (when training) the weighted update and its weight.
+    Round,
+}
+
+/// A vector that the coordinator only ever adds to the other nodes' vectors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Contribution {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// Layout of `values`.
+    pub kind: ContributionKind,
+    /// The figures.
+    pub values: Vec<f64>,
+}
+
+/// The node sits the round out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Declined {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// Why, for the operator's log.
+    pub reason: String,
+}
+
+/// Training is over; the node may disconnect.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finished {
+    /// Coordinator run.
+    pub session: u64,
+    /// Last completed round.
+    pub round: u64,
+    /// Hash of the final global model.
+    pub model_hash: ModelHash,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{FrameDecoder, MAX_FRAME_LEN, frame};
+    use crate::model::{Model, ModelKind};
+    use crate::transfer::split_model;
+
+    /// One message of every kind, with every nested type filled in.
+    fn every_message() -> Vec<Message> {
+        let spec = ModelSpec {
+            kind: ModelKind::Mlp { hidden: vec![4, 3] },
+            input_dim: 5,
+        };
+        let model = Model::new(spec.clone(), spec.initial_parameters(1)).unwrap();
+        let (offer, chunks) = split_model(&model, 7, 2);
+        let standardization = Standardization {
+            mean: vec![1.5, 0.0],
+            std: vec![2.0, 1.0],
+        };
+        vec![
+            Message::Hello(Hello {
+                protocol_version: 1,
+                schema_digest: [3; 32],
+                model_hash: Some(model.hash()),
+            }),
+            Message::Welcome(Welcome {
+                session: 7,
+                identity: "h".into(),
+                model_spec: spec,
+                rounds: 9,
+            }),
+            Message::Refused(Refused {
+                session: 7,
+                round: 2,
+                reason: RefusalReason::Replay { round: 2 },
+            }),
+            Message::StatsRequest(StatsRequest {
+                session: 7,
+                round: 0,
+            }),
+            Message::ModelOffer(offer),
+            Message::ModelChunk(chunks[0].clone()),
+            Message::ModelReceived(ModelReceived {
+                session: 7,
+                round: 2,
+                hash: model.hash(),
+            }),
+            Message::RoundStart(RoundStart {
+                session: 7,
+                round: 2,
+                model_hash: model.hash(),
+                train: true,
+                plan: TrainingPlan::default(),
+                standardization,
+            }),
+            Message::Contribution(Contribution {
+                session: 7,
+                round: 2,
+                kind: ContributionKind::Round,
+                values: vec![0.5, -1.0, 1e300],
+            }),
+            Message::Declined(Declined {
+                session: 7,
+                round: 2,
+                reason: "budget".into(),
+            }),
+            Message::Finished(Finished {
+                session: 7,
+                round: 2,
+                model_hash: model.hash(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_message_survives_the_codec() {
+        for message in every_message() {
+            let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+            decoder.feed(&frame(&message).unwrap());
+            assert_eq!(
+                decoder.next_message().unwrap().as_ref(),
+                Some(&message),
+                "{}",
+                message.kind()
+            );
+        }
+    }
+}

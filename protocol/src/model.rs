@@ -1,0 +1,386 @@
+//! The shared model: its architecture, the layout of its parameters as one flat vector, its
+//! deterministic initialisation and its content hash.
+//!
+//! Parameters travel and are aggregated as one `f32` vector. The layout names each tensor the way
+//! PyTorch's `nn.Sequential` would (`0.weight`, `0.bias`, `2.weight`, …, with a ReLU at every odd
+//! index), so a checkpoint loads into the equivalent PyTorch module unchanged.
+
+use std::fmt;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use ring::digest;
+use serde::{Deserialize, Serialize};
+
+/// The architecture of the consortium's model: a binary classifier producing one logit.
+///
+/// Serialised externally tagged (`{"mlp": {"hidden": [..]}}` in JSON), which bincode supports;
+/// configuration files use the friendlier [`ModelConfig`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// One linear layer: `Linear(input_dim, 1)`.
+    LogisticRegression,
+    /// Linear layers with the given hidden widths and a ReLU after each hidden layer.
+    Mlp {
+        /// Width of each hidden layer, input side first. Empty means logistic regression.
+        hidden: Vec<usize>,
+    },
+}
+
+/// An architecture as written in a configuration file: `{ kind = "mlp", hidden = [32, 16] }` or
+/// `{ kind = "logistic_regression" }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelConfig {
+    /// One linear layer.
+    LogisticRegression,
+    /// A multi-layer perceptron.
+    Mlp {
+        /// Width of each hidden layer, input side first.
+        hidden: Vec<usize>,
+    },
+}
+
+impl From<ModelConfig> for ModelKind {
+    fn from(config: ModelConfig) -> Self {
+        match config {
+            ModelConfig::LogisticRegression => Self::LogisticRegression,
+            ModelConfig::Mlp { hidden } => Self::Mlp { hidden },
+        }
+    }
+}
+
+/// An architecture applied to a given number of input features.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Which architecture.
+    pub kind: ModelKind,
+    /// Number of input features after encoding (one-hot categories included).
+    pub input_dim: usize,
+}
+
+/// One tensor of the model: its PyTorch-style name and its shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    /// Name as in a PyTorch `state_dict` of the equivalent `nn.Sequential`, e.g. `0.weight`.
+    pub name: String,
+    /// Shape, row-major: `[out, in]` for weights, `[out]` for biases.
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    /// Number of scalars in the tensor.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// One fully connected layer of the model, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearLayer {
+    /// Index of the layer inside `nn.Sequential` (0, 2, 4, …).
+    pub sequential_index: usize,
+    /// Input width.
+    pub fan_in: usize,
+    /// Output width.
+    pub fan_out: usize,
+    /// Whether a ReLU follows this layer (every layer but the last).
+    pub relu_after: bool,
+}
+
+/// Where each tensor lives inside the flat parameter vector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamLayout {
+    tensors: Vec<TensorSpec>,
+    layers: Vec<LinearLayer>,
+}
+
+impl ParamLayout {
+    /// Tensors in vector order: for each layer its weight then its bias.
+    pub fn tensors(&self) -> &[TensorSpec] {
+        &self.tensors
+    }
+
+    /// The linear layers, input side first.
+    pub fn layers(&self) -> &[LinearLayer] {
+        &self.layers
+    }
+
+    /// Total number of parameters.
+    pub fn len(&self) -> usize {
+        self.tensors.iter().map(TensorSpec::numel).sum()
+    }
+
+    /// Whether the model has no parameters (never true for a valid spec).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Splits a flat parameter vector into `(tensor, values)` pairs.
+    ///
+    /// Returns `None` if `params` does not have exactly [`Self::len`] values.
+    pub fn split<'a>(&'a self, params: &'a [f32]) -> Option<Vec<(&'a TensorSpec, &'a [f32])>> {
+        if params.len() != self.len() {
+            return None;
+        }
+        let mut rest = params;
+        let mut out = Vec::with_capacity(self.tensors.len());
+        for tensor in &self.tensors {
+            let (head, tail) = rest.split_at(tensor.numel());
+            out.push((tensor, head));
+            rest = tail;
+        }
+        Some(out)
+    }
+}
+
+impl ModelSpec {
+    /// Widths of the layers' outputs, input side first; the last is always 1 (one logit).
+    fn widths(&self) -> Vec<usize> {
+        let mut widths = match &self.kind {
+            ModelKind::LogisticRegression => Vec::new(),
+            ModelKind::Mlp { hidden } => hidden.clone(),
+        };
+        widths.push(1);
+        widths
+    }
+
+    /// Checks that every width is positive.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.input_dim == 0 {
+            return Err(ModelError::ZeroWidth {
+                what: "input".into(),
+            });
+        }
+        if let Some(pos) = self.widths().iter().position(|&w| w == 0) {
+            return Err(ModelError::ZeroWidth {
+                what: format!("hidden layer {pos}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The parameter layout of this architecture.
+    pub fn layout(&self) -> ParamLayout {
+        let widths = self.widths();
+        let mut tensors = Vec::new();
+        let mut layers = Vec::new();
+        let mut fan_in = self.input_dim;
+        for (i, &fan_out) in widths.iter().enumerate() {
+            let index = 2 * i;
+            tensors.push(TensorSpec {
+                name: format!("{index}.weight"),
+                shape: vec![fan_out, fan_in],
+            });
+            tensors.push(TensorSpec {
+                name: format!("{index}.bias"),
+                shape: vec![fan_out],
+            });
+            layers.push(LinearLayer {
+                sequential_index: index,
+                fan_in,
+                fan_out,
+                relu_after: i + 1 < widths.len(),
+            });
+            fan_in = fan_out;
+        }
+        ParamLayout { tensors, layers }
+    }
+
+    /// Initial parameters, as PyTorch's `nn.Linear` draws them (uniform in ±1/√fan_in for weights
+    /// and biases), from a ChaCha20 stream seeded with `seed`: every party derives the same model.
+    pub fn initial_parameters(&self, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let layout = self.layout();
+        let mut params = Vec::with_capacity(layout.len());
+        for layer in layout.layers() {
+            let bound = 1.0 / (layer.fan_in as f64).sqrt();
+            for _ in 0..layer.fan_in * layer.fan_out + layer.fan_out {
+                params.push(rng.random_range(-bound..bound) as f32);
+            }
+        }
+        params
+    }
+}
+
+/// SHA-256 content hash of a model: architecture, layout and parameter values.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ModelHash(pub [u8; 32]);
+
+impl ModelHash {
+    /// Hashes a model: each tensor's name and shape, then its values as little-endian `f32`.
+    ///
+    /// Returns `None` if `params` does not fit the spec's layout.
+    pub fn of(spec: &ModelSpec, params: &[f32]) -> Option<Self> {
+        let layout = spec.layout();
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(b"medfed-model-v1\n");
+        for (tensor, values) in layout.split(params)? {
+            ctx.update(tensor.name.as_bytes());
+            for dim in &tensor.shape {
+                ctx.update(&(*dim as u64).to_le_bytes());
+            }
+            for v in values {
+                ctx.update(&v.to_le_bytes());
+            }
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        Some(Self(out))
+    }
+
+    /// Lower-case hex form.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for ModelHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ModelHash({})", &self.to_hex()[..16])
+    }
+}
+
+impl fmt::Display for ModelHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// A model as it travels: architecture plus parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    /// Architecture and input width.
+    pub spec: ModelSpec,
+    /// Flat parameters in [`ParamLayout`] order.
+    pub params: Vec<f32>,
+}
+
+impl Model {
+    /// Builds a model, checking that the parameters fit the architecture.
+    pub fn new(spec: ModelSpec, params: Vec<f32>) -> Result<Self, ModelError> {
+        spec.validate()?;
+        let expected = spec.layout().len();
+        if params.len() != expected {
+            return Err(ModelError::WrongLength {
+                expected,
+                actual: params.len(),
+            });
+        }
+        if let Some(index) = params.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::NonFinite { index });
+        }
+        Ok(Self { spec, params })
+    }
+
+    /// The model's content hash.
+    pub fn hash(&self) -> ModelHash {
+        // `new` and every constructor keep `params` the layout's length.
+        ModelHash::of(&self.spec, &self.params).unwrap_or(ModelHash([0; 32]))
+    }
+}
+
+/// A model that does not fit its declared architecture.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// A layer of width zero.
+    #[error("the model's {what} width is zero")]
+    ZeroWidth {
+        /// Which layer.
+        what: String,
+    },
+    /// The parameter vector has the wrong length for the architecture.
+    #[error("model has {actual} parameters, its architecture needs {expected}")]
+    WrongLength {
+        /// Length the layout needs.
+        expected: usize,
+        /// Length received.
+        actual: usize,
+    },
+    /// A parameter is NaN or infinite.
+    #[error("model parameter {index} is not finite")]
+    NonFinite {
+        /// Position in the flat vector.
+        index: usize,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mlp() -> ModelSpec {
+        ModelSpec {
+            kind: ModelKind::Mlp { hidden: vec![8, 4] },
+            input_dim: 5,
+        }
+    }
+
+    #[test]
+    fn mlp_layout_uses_pytorch_sequential_names() {
+        let layout = mlp().layout();
+        let names: Vec<_> = layout.tensors().iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"
+            ]
+        );
+        assert_eq!(layout.tensors()[0].shape, vec![8, 5]);
+        assert_eq!(layout.tensors()[4].shape, vec![1, 4]);
+        assert_eq!(layout.len(), 8 * 5 + 8 + 4 * 8 + 4 + 4 + 1);
+        assert!(layout.layers()[1].relu_after && !layout.layers()[2].relu_after);
+    }
+
+    #[test]
+    fn logistic_regression_is_one_linear_layer() {
+        let spec = ModelSpec {
+            kind: ModelKind::LogisticRegression,
+            input_dim: 3,
+        };
+        let layout = spec.layout();
+        assert_eq!(layout.len(), 4);
+        assert_eq!(layout.layers().len(), 1);
+    }
+
+    #[test]
+    fn initialisation_is_deterministic_and_bounded() {
+        let spec = mlp();
+        let a = spec.initial_parameters(7);
+        assert_eq!(a, spec.initial_parameters(7));
+        assert_ne!(a, spec.initial_parameters(8));
+        let bound = 1.0 / 5f32.sqrt();
+        assert!(a[..48].iter().all(|v| v.abs() <= bound));
+    }
+
+    #[test]
+    fn hash_changes_with_any_parameter() {
+        let spec = mlp();
+        let mut params = spec.initial_parameters(1);
+        let before = ModelHash::of(&spec, &params).unwrap();
+        params[17] += 1e-6;
+        assert_ne!(before, ModelHash::of(&spec, &params).unwrap());
+        assert!(ModelHash::of(&spec, &params[1..]).is_none());
+    }
+
+    #[test]
+    fn model_rejects_wrong_length_and_nan() {
+        let spec = mlp();
+        let n = spec.layout().len();
+        assert_eq!(
+            Model::new(spec.clone(), vec![0.0; n - 1]),
+            Err(ModelError::WrongLength {
+                expected: n,
+                actual: n - 1
+            })
+        );
+        let mut params = vec![0.0; n];
+        params[3] = f32::NAN;
+        assert_eq!(
+            Model::new(spec, params),
+            Err(ModelError::NonFinite { index: 3 })
+        );
+    }
+}

@@ -1,0 +1,691 @@
+//! The consortium's data schema: which CSV columns exist, how each becomes model features, which
+//! column is the label and which attributes the bias audit groups by.
+//!
+//! Every hospital and the coordinator hold the same schema, written in TOML:
+//!
+//! ```toml
+//! drop = ["id", "dataset"]          # present in the CSV but ignored
+//! sensitive = ["sex", "age"]         # attributes the fairness audit groups by
+//! [label]
+//! column = "num"
+//! positive = ["1", "2", "3", "4"]    # raw cell values meaning the positive class
+//! negative = ["0"]
+//! [[columns]]
+//! name = "age"
+//! type = "numeric"
+//! [[columns]]
+//! name = "sex"
+//! type = "categorical"
+//! levels = ["Female", "Male"]
+//! ```
+//!
+//! Encoded features follow the declaration order of `columns`: a numeric column gives one feature
+//! named after the column, a categorical column one one-hot feature per level, named
+//! `column=level`. [`Schema::digest`] lets the parties check that they hold the same schema.
+//!
+//! This module only parses text; reading the file is the caller's job.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use ring::digest;
+use serde::Deserialize;
+
+/// A validated data schema. Build it with [`Schema::parse`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schema {
+    columns: Vec<Column>,
+    label: Label,
+    sensitive: Vec<String>,
+    dropped: Vec<String>,
+}
+
+/// One feature column of the schema.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    name: String,
+    kind: ColumnKind,
+}
+
+/// How a column's cells are read and encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// A number, encoded as one feature.
+    Numeric,
+    /// One of a fixed list of values, encoded one-hot with one feature per level.
+    Categorical {
+        /// The allowed cell values, in encoding order.
+        levels: Vec<String>,
+    },
+}
+
+/// The label column and the raw cell values that mean each class.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Label {
+    column: String,
+    positive: Vec<String>,
+    negative: Vec<String>,
+}
+
+/// Why a schema text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchemaError {
+    /// The text is not TOML, or does not have the schema's shape (unknown or missing keys).
+    #[error("schema is not valid: {message}")]
+    Syntax {
+        /// The TOML parser's explanation, with the location.
+        message: String,
+    },
+    /// The schema declares no feature column.
+    #[error("schema declares no feature column under [[columns]]")]
+    NoColumns,
+    /// A column, label or dropped name is empty.
+    #[error("schema names a column with an empty name")]
+    EmptyName,
+    /// A name appears more than once across `columns`, `label.column` and `drop`.
+    #[error(
+        "column \"{name}\" is named more than once in the schema (across columns, label and drop)"
+    )]
+    DuplicateColumn {
+        /// The repeated name.
+        name: String,
+    },
+    /// A categorical column lists no levels.
+    #[error("categorical column \"{column}\" lists no levels")]
+    NoLevels {
+        /// The column.
+        column: String,
+    },
+    /// A categorical column lists the same level twice.
+    #[error("categorical column \"{column}\" lists level \"{level}\" more than once")]
+    DuplicateLevel {
+        /// The column.
+        column: String,
+        /// The repeated level.
+        level: String,
+    },
+    /// A categorical level is empty (an empty cell is a missing value, never a level).
+    #[error("categorical column \"{column}\" has an empty level")]
+    EmptyLevel {
+        /// The column.
+        column: String,
+    },
+    /// A numeric column carries a `levels` list.
+    #[error("numeric column \"{column}\" has levels; only categorical columns take levels")]
+    LevelsOnNumeric {
+        /// The column.
+        column: String,
+    },
+    /// The label's positive or negative list is empty.
+    #[error("label lists no {class} values")]
+    EmptyLabelClass {
+        /// `"positive"` or `"negative"`.
+        class: &'static str,
+    },
+    /// A label value is empty, or listed twice, or listed as both positive and negative.
+    #[error("label value \"{value}\" is empty, repeated, or both positive and negative")]
+    BadLabelValue {
+        /// The offending value.
+        value: String,
+    },
+    /// A sensitive attribute is not a declared feature column, or is listed twice.
+    #[error(
+        "sensitive attribute \"{name}\" is not a declared feature column under [[columns]], or is listed twice"
+    )]
+    BadSensitive {
+        /// The offending name.
+        name: String,
+    },
+}
+
+impl Schema {
+    /// Parses and validates a schema from its TOML text.
+    pub fn parse(text: &str) -> Result<Self, SchemaError> {
+        let raw: RawSchema = toml::from_str(text).map_err(|e| SchemaError::Syntax {
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        raw.validate()
+    }
+
+    /// The feature columns, in declaration (and encoding) order.
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    /// The label column and its class values.
+    pub fn label(&self) -> &Label {
+        &self.label
+    }
+
+    /// The sensitive attributes, in declaration order; each names one of [`Self::columns`].
+    pub fn sensitive(&self) -> &[String] {
+        &self.sensitive
+    }
+
+    /// The CSV columns to ignore.
+    pub fn dropped(&self) -> &[String] {
+        &self.dropped
+    }
+
+    /// The name of every encoded feature, in encoding order: `column` for a numeric column,
+    /// `column=level` for each level of a categorical one.
+    pub fn feature_names(&self) -> Vec<String> {
+        let mut names = Vec::with_capacity(self.num_features());
+        for column in &self.columns {
+            match &column.kind {
+                ColumnKind::Numeric => names.push(column.name.clone()),
+                ColumnKind::Categorical { levels } => names.extend(
+                    levels
+                        .iter()
+                        .map(|level| format!("{}={level}", column.name)),
+                ),
+            }
+        }
+        names
+    }
+
+    /// The number of encoded features: the model's input width.
+    pub fn num_features(&self) -> usize {
+        self.columns.iter().map(Column::width).sum()
+    }
+
+    /// The length of one node's federated-statistics vector: `1 + 2 × num_features`
+    /// (see [`crate::stats::stats_contribution`]).
+    pub fn stats_len(&self) -> usize {
+        1 + 2 * self.num_features()
+    }
+
+    /// SHA-256 of the schema's meaning, so that the coordinator and the nodes can check that they
+    /// agree.
+    ///
+    /// It covers a canonical encoding, not the TOML text: whitespace, comments, key order and the
+    /// order of `drop` and of each label class list do not change it; the order of `columns`, of
+    /// each column's levels and of `sensitive` does, because it shapes the encoding and the audit.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut bytes = Vec::new();
+        put_str(&mut bytes, DIGEST_DOMAIN);
+        put_len(&mut bytes, self.columns.len());
+        for column in &self.columns {
+            put_str(&mut bytes, &column.name);
+            match &column.kind {
+                ColumnKind::Numeric => bytes.push(0),
+                ColumnKind::Categorical { levels } => {
+                    bytes.push(1);
+                    put_list(&mut bytes, levels.iter());
+                }
+            }
+        }
+        put_str(&mut bytes, &self.label.column);
+        put_list(&mut bytes, sorted(&self.label.positive).into_iter());
+        put_list(&mut bytes, sorted(&self.label.negative).into_iter());
+        put_list(&mut bytes, sorted(&self.dropped).into_iter());
+        put_list(&mut bytes, self.sensitive.iter());
+        let hash = digest::digest(&digest::SHA256, &bytes);
+        let mut out = [0; 32];
+        // Invariant: a SHA-256 digest is 32 bytes, so the lengths match.
+        out.copy_from_slice(hash.as_ref());
+        out
+    }
+}
+
+impl Column {
+    /// The column's name, as in the CSV header.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How the column is read and encoded.
+    pub fn kind(&self) -> &ColumnKind {
+        &self.kind
+    }
+
+    /// The number of encoded features this column gives.
+    pub fn width(&self) -> usize {
+        match &self.kind {
+            ColumnKind::Numeric => 1,
+            ColumnKind::Categorical { levels } => levels.len(),
+        }
+    }
+}
+
+impl Label {
+    /// The label column's name.
+    pub fn column(&self) -> &str {
+        &self.column
+    }
+
+    /// Raw cell values meaning the positive class.
+    pub fn positive(&self) -> &[String] {
+        &self.positive
+    }
+
+    /// Raw cell values meaning the negative class.
+    pub fn negative(&self) -> &[String] {
+        &self.negative
+    }
+
+    /// The class of a raw cell value: `Some(true)` positive, `Some(false)` negative, `None` if the
+    /// value is in neither list. The value is compared exactly; trim it first.
+    pub fn class_of(&self, value: &str) -> Option<bool> {
+        if self.positive.iter().any(|v| v == value) {
+            Some(true)
+        } else if self.negative.iter().any(|v| v == value) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for ColumnKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Numeric => f.write_str("numeric"),
+            Self::Categorical { .. } => f.write_str("categorical"),
+        }
+    }
+}
+
+/// Separates this encoding from any other use of SHA-256; bump it if the encoding changes.
+const DIGEST_DOMAIN: &str = "medfed-schema-v1";
+
+/// The schema as written, before validation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchema {
+    #[serde(default)]
+    drop: Vec<String>,
+    #[serde(default)]
+    sensitive: Vec<String>,
+    label: RawLabel,
+    #[serde(default)]
+    columns: Vec<RawColumn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLabel {
+    column: String,
+    positive: Vec<String>,
+    negative: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumn {
+    name: String,
+    #[serde(rename = "type")]
+    kind: RawKind,
+    levels: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawKind {
+    Numeric,
+    Categorical,
+}
+
+impl RawSchema {
+    fn validate(self) -> Result<Schema, SchemaError> {
+        if self.columns.is_empty() {
+            return Err(SchemaError::NoColumns);
+        }
+        let mut seen = HashSet::new();
+        let all_names = self
+            .columns
+            .iter()
+            .map(|c| &c.name)
+            .chain(std::iter::once(&self.label.column))
+            .chain(&self.drop);
+        for name in all_names {
+            if name.is_empty() {
+                return Err(SchemaError::EmptyName);
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(SchemaError::DuplicateColumn { name: name.clone() });
+            }
+        }
+
+        let columns = self
+            .columns
+            .into_iter()
+            .map(RawColumn::validate)
+            .collect::<Result<Vec<_>, _>>()?;
+        let label = self.label.validate()?;
+
+        let mut seen_sensitive = HashSet::new();
+        for name in &self.sensitive {
+            let declared = columns.iter().any(|c| &c.name == name);
+            if !declared || !seen_sensitive.insert(name.as_str()) {
+                return Err(SchemaError::BadSensitive { name: name.clone() });
+            }
+        }
+
+        Ok(Schema {
+            columns,
+            label,
+            sensitive: self.sensitive,
+            dropped: self.drop,
+        })
+    }
+}
+
+impl RawColumn {
+    fn validate(self) -> Result<Column, SchemaError> {
+        let kind = match (self.kind, self.levels) {
+            (RawKind::Numeric, None) => ColumnKind::Numeric,
+            (RawKind::Numeric, Some(_)) => {
+                return Err(SchemaError::LevelsOnNumeric { column: self.name });
+            }
+            (RawKind::Categorical, levels) => {
+                let levels = levels.unwrap_or_default();
+                if levels.is_empty() {
+                    return Err(SchemaError::NoLevels { column: self.name });
+                }
+                let mut seen = HashSet::new();
+                for level in &levels {
+                    if level.is_empty() {
+                        return Err(SchemaError::EmptyLevel { column: self.name });
+                    }
+                    if !seen.insert(level.as_str()) {
+                        return Err(SchemaError::DuplicateLevel {
+                            column: self.name,
+                            level: level.clone(),
+                        });
+                    }
+                }
+                ColumnKind::Categorical { levels }
+            }
+        };
+        Ok(Column {
+            name: self.name,
+            kind,
+        })
+    }
+}
+
+impl RawLabel {
+    fn validate(self) -> Result<Label, SchemaError> {
+        if self.positive.is_empty() {
+            return Err(SchemaError::EmptyLabelClass { class: "positive" });
+        }
+        if self.negative.is_empty() {
+            return Err(SchemaError::EmptyLabelClass { class: "negative" });
+        }
+        let mut seen = HashSet::new();
+        for value in self.positive.iter().chain(&self.negative) {
+            if value.is_empty() || !seen.insert(value.as_str()) {
+                return Err(SchemaError::BadLabelValue {
+                    value: value.clone(),
+                });
+            }
+        }
+        Ok(Label {
+            column: self.column,
+            positive: self.positive,
+            negative: self.negative,
+        })
+    }
+}
+
+fn sorted(values: &[String]) -> Vec<&String> {
+    let mut values: Vec<&String> = values.iter().collect();
+    values.sort();
+    values
+}
+
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(&(len as u64).to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_len(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_list<'a>(out: &mut Vec<u8>, items: impl ExactSizeIterator<Item = &'a String>) {
+    put_len(out, items.len());
+    for item in items {
+        put_str(out, item);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEART: &str = r#"
+drop = ["id", "dataset"]
+sensitive = ["sex", "age"]
+[label]
+column = "num"
+positive = ["1", "2", "3", "4"]
+negative = ["0"]
+[[columns]]
+name = "age"
+type = "numeric"
+[[columns]]
+name = "sex"
+type = "categorical"
+levels = ["Female", "Male"]
+[[columns]]
+name = "chol"
+type = "numeric"
+"#;
+
+    fn parse_err(text: &str) -> SchemaError {
+        Schema::parse(text).expect_err("schema should be refused")
+    }
+
+    #[test]
+    fn parses_and_lays_out_features() {
+        let schema = Schema::parse(HEART).unwrap();
+        assert_eq!(
+            schema.feature_names(),
+            ["age", "sex=Female", "sex=Male", "chol"]
+        );
+        assert_eq!(schema.num_features(), 4);
+        assert_eq!(schema.stats_len(), 9);
+        assert_eq!(schema.columns().len(), 3);
+        assert_eq!(schema.columns()[1].width(), 2);
+        assert_eq!(schema.label().column(), "num");
+        assert_eq!(schema.label().class_of("3"), Some(true));
+        assert_eq!(schema.label().class_of("0"), Some(false));
+        assert_eq!(schema.label().class_of("5"), None);
+        assert_eq!(schema.sensitive(), ["sex", "age"]);
+        assert_eq!(schema.dropped(), ["id", "dataset"]);
+    }
+
+    #[test]
+    fn duplicate_column_is_named() {
+        let text = HEART.replace("name = \"chol\"", "name = \"age\"");
+        let err = parse_err(&text);
+        assert_eq!(err, SchemaError::DuplicateColumn { name: "age".into() });
+        assert!(err.to_string().contains("\"age\""), "{err}");
+    }
+
+    #[test]
+    fn column_clashing_with_label_or_drop_is_named() {
+        let text = HEART.replace("name = \"chol\"", "name = \"num\"");
+        assert_eq!(
+            parse_err(&text),
+            SchemaError::DuplicateColumn { name: "num".into() }
+        );
+        let text = HEART.replace("drop = [\"id\", \"dataset\"]", "drop = [\"id\", \"chol\"]");
+        let err = parse_err(&text);
+        assert_eq!(
+            err,
+            SchemaError::DuplicateColumn {
+                name: "chol".into()
+            }
+        );
+        assert!(err.to_string().contains("\"chol\""), "{err}");
+    }
+
+    #[test]
+    fn sensitive_must_name_a_declared_feature_column() {
+        let text = HEART.replace("sensitive = [\"sex\", \"age\"]", "sensitive = [\"race\"]");
+        let err = parse_err(&text);
+        assert_eq!(
+            err,
+            SchemaError::BadSensitive {
+                name: "race".into()
+            }
+        );
+        assert!(err.to_string().contains("\"race\""), "{err}");
+        // Neither the label nor a dropped column is a feature column.
+        let text = HEART.replace("sensitive = [\"sex\", \"age\"]", "sensitive = [\"id\"]");
+        assert_eq!(
+            parse_err(&text),
+            SchemaError::BadSensitive { name: "id".into() }
+        );
+        let text = HEART.replace(
+            "sensitive = [\"sex\", \"age\"]",
+            "sensitive = [\"sex\", \"sex\"]",
+        );
+        assert_eq!(
+            parse_err(&text),
+            SchemaError::BadSensitive { name: "sex".into() }
+        );
+    }
+
+    #[test]
+    fn categorical_levels_are_checked() {
+        let text = HEART.replace("levels = [\"Female\", \"Male\"]", "levels = []");
+        assert_eq!(
+            parse_err(&text),
+            SchemaError::NoLevels {
+                column: "sex".into()
+            }
+        );
+        let text = HEART.replace("levels = [\"Female\", \"Male\"]", "");
+        assert_eq!(
+            parse_err(&text),
+            SchemaError::NoLevels {
+                column: "sex".into()
+            }
+        );
+        let text = HEART.replace("\"Female\", \"Male\"", "\"Male\", \"Male\"");
+        assert_eq!(
+            parse_err(&text),
+            SchemaError::DuplicateLevel {
+                column: "sex".into(),
+                level: "Male".into()
+            }
+        );
+        let text = HEART.replace("\"Female\", \"Male\"", "\"\", \"Male\"");
+        assert_eq!(
+            parse_err(&text),
+            SchemaError::EmptyLevel {
+                column: "sex".into()
+            }
+        );
+        let text = HEART.replace(
+            "name = \"chol\"\ntype = \"numeric\"",
+            "name = \"chol\"\ntype = \"numeric\"\nlevels = [\"a\"]",
+        );
+        assert_eq!(
+            parse_err(&text),
+            SchemaError::LevelsOnNumeric {
+                column: "chol".into()
+            }
+        );
+    }
+
+    #[test]
+    fn label_classes_are_checked() {
+        let text = HEART.replace("positive = [\"1\", \"2\", \"3\", \"4\"]", "positive = []");
+        assert_eq!(
+            parse_err(&text),
+            SchemaError::EmptyLabelClass { class: "positive" }
+        );
+        let text = HEART.replace("negative = [\"0\"]", "negative = []");
+        assert_eq!(
+            parse_err(&text),
+            SchemaError::EmptyLabelClass { class: "negative" }
+        );
+        let text = HEART.replace("negative = [\"0\"]", "negative = [\"0\", \"2\"]");
+        assert_eq!(
+            parse_err(&text),
+            SchemaError::BadLabelValue { value: "2".into() }
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_types_are_refused() {
+        let text = HEART.replace("drop =", "dorp =");
+        assert!(matches!(parse_err(&text), SchemaError::Syntax { .. }));
+        let text = HEART.replace("type = \"numeric\"", "type = \"number\"");
+        assert!(matches!(parse_err(&text), SchemaError::Syntax { .. }));
+        let text = HEART.replace(
+            "[[columns]]\nname = \"age\"",
+            "[[columns]]\nname = \"age\"\nunit = \"y\"",
+        );
+        assert!(matches!(parse_err(&text), SchemaError::Syntax { .. }));
+        assert!(matches!(
+            parse_err("not toml at all ["),
+            SchemaError::Syntax { .. }
+        ));
+    }
+
+    #[test]
+    fn no_columns_is_refused() {
+        let text = "[label]\ncolumn = \"y\"\npositive = [\"1\"]\nnegative = [\"0\"]\n";
+        assert_eq!(parse_err(text), SchemaError::NoColumns);
+    }
+
+    #[test]
+    fn digest_ignores_formatting() {
+        let reformatted = r#"
+# Same schema, other layout.
+sensitive = [ "sex" , "age" ]
+drop = ["dataset", "id"]   # order of drop does not matter
+
+[[columns]]
+type = "numeric"
+name = "age"
+
+[[columns]]
+name = "sex"
+levels = [
+    "Female",
+    "Male",
+]
+type = "categorical"
+
+[[columns]]
+name = "chol"
+type = "numeric"
+
+[label]
+negative = ["0"]
+positive = ["4", "3", "2", "1"]
+column = "num"
+"#;
+        let a = Schema::parse(HEART).unwrap();
+        let b = Schema::parse(reformatted).unwrap();
+        assert_eq!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn digest_changes_with_meaning() {
+        let base = Schema::parse(HEART).unwrap().digest();
+        let changes = [
+            HEART.replace("\"Female\", \"Male\"", "\"Female\", \"Male\", \"Other\""),
+            HEART.replace("\"Female\", \"Male\"", "\"Male\", \"Female\""),
+            HEART.replace("\"Female\", \"Male\"", "\"F\", \"M\""),
+            HEART.replace("negative = [\"0\"]", "negative = [\"0\", \"5\"]"),
+            HEART.replace("sensitive = [\"sex\", \"age\"]", "sensitive = [\"sex\"]"),
+            HEART.replace(
+                "name = \"chol\"\ntype = \"numeric\"",
+                "name = \"chol\"\ntype = \"categorical\"\nlevels = [\"hi\"]",
+            ),
+        ];
+        for text in &changes {
+            let other = Schema::parse(text).unwrap().digest();
+            assert_ne!(other, base, "digest unchanged for:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Hostile or broken peers: each is refused with a specific reason while the coordinator keeps
+//! serving the honest nodes.
+
+use std::time::Duration;
+
+use medfed_certs::channel::{MessageReader, client_endpoint, send_message};
+use medfed_e2e::{Consortium, subscribe};
+use medfed_protocol::codec::MAX_FRAME_LEN;
+use medfed_protocol::messages::{Contribution, Hello, Message, ModelReceived, PROTOCOL_VERSION};
+use medfed_protocol::schema::Schema;
+
+const HONEST: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
+
+/// A hand-driven client holding a valid consortium certificate.
+async fn connect_raw(
+    consortium: &Consortium,
+    name: &str,
+    addr: std::net::SocketAddr,
+) -> quinn::Connection {
+    let tls = consortium.certs.node_tls(name).unwrap();
+    let endpoint = client_endpoint(&medfed_certs::TlsFiles { crl: None, ..tls }).unwrap();
+    endpoint
+        .connect(addr, "localhost")
+        .unwrap()
+        .await
+        .expect("handshake with a valid certificate")
+}
+
+fn schema_digest(consortium: &Consortium) -> [u8; 32] {
+    Schema::parse(&std::fs::read_to_string(&consortium.schema).unwrap())
+        .unwrap()
+        .digest()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn frame_over_the_cap_closes_that_connection_only() {
+    subscribe();
+    let consortium = Consortium::new(&["hospital-a", "hospital-b", "hospital-c", "mallory"], 100);
+    let coordinator = consortium
+        .start_coordinator(consortium.coordinator_config(1, 3))
+        .await;
+    let addr = coordinator.local_addr();
+
+    let mallory = connect_raw(&consortium, "mallory", addr).await;
+    let (mut send, _recv) = mallory.open_bi().await.unwrap();
+    // A frame header announcing 100 MiB, then some of its bytes.
+    send.write_all(&(100u32 << 20).to_be_bytes()).await.unwrap();
+    send.write_all(&[0u8; 1024]).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), mallory.closed()).await;
+    assert!(
+        closed.is_ok(),
+        "the coordinator must close a connection that sends an oversized frame"
+    );
+
+    let honest: Vec<_> = HONEST
+        .iter()
+        .map(|n| consortium.spawn_node(consortium.node_config(n, addr)))
+        .collect();
+    let report = coordinator.wait().await.expect("honest nodes train");
+    assert_eq!(report.rounds[0].participants.len(), 3);
+    for node in honest {
+        node.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contribution_for_another_round_is_refused_and_the_round_goes_on() {
+    subscribe();
+    let consortium = Consortium::new(&["hospital-a", "hospital-b", "hospital-c", "mallory"], 100);
+    let coordinator = consortium
+        .start_coordinator(consortium.coordinator_config(1, 3))
+        .await;
+    let addr = coordinator.local_addr();
+
+    let mallory = connect_raw(&consortium, "mallory", addr).await;
+    let (mut send, recv) = mallory.open_bi().await.unwrap();
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        schema_digest: schema_digest(&consortium),
+        model_hash: None,
+    };
+    send_message(&mut send, &Message::Hello(hello))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let welcome = MessageReader::new(recv, MAX_FRAME_LEN)
+        .expect()
+        .await
+        .unwrap();
+    assert!(matches!(welcome, Message::Welcome(_)), "{welcome:?}");
+
+    // Mallory answers every request: it accepts the model, then contributes to the wrong round.
+    let mallory_task = tokio::spawn(async move {
+        while let Ok((mut send, recv)) = mallory.accept_bi().await {
+            let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
+            let reply = match reader.expect().await.unwrap() {
+                Message::ModelOffer(offer) => {
+                    while reader.next().await.unwrap().is_some() {}
+                    Message::ModelReceived(ModelReceived {
+                        session: offer.session,
+                        round: offer.round,
+                        hash: offer.hash,
+                    })
+                }
+                Message::StatsRequest(r) => Message::Contribution(Contribution {
+                    session: r.session,
+                    round: r.round + 1,
+                    kind: medfed_protocol::messages::ContributionKind::Stats,
+                    values: vec![0.0; 13],
+                }),
+                Message::RoundStart(start) => Message::Contribution(Contribution {
+                    session: start.session,
+                    round: start.round + 1,
+                    kind: medfed_protocol::messages::ContributionKind::Round,
+                    values: vec![1.0; 4],
+                }),
+                other => other,
+            };
+            let _ = send_message(&mut send, &reply).await;
+            let _ = send.finish();
+        }
+    });
+
+    let honest: Vec<_> = HONEST
+        .iter()
+        .map(|n| consortium.spawn_node(consortium.node_config(n, addr)))
+        .collect();
+    let report = coordinator
+        .wait()
+        .await
+        .expect("the round completes with the honest nodes");
+    let round = &report.rounds[0];
+    assert_eq!(round.participants, HONEST.map(String::from).to_vec());
+    let (who, why) = round
+        .dropped
+        .iter()
+        .find(|(who, _)| who == "mallory")
+        .expect("mallory dropped");
+    assert!(why.contains("round 2, current round is 1"), "{who}: {why}");
+    for node in honest {
+        node.await.unwrap().unwrap();
+    }
+    mallory_task.abort();
+}

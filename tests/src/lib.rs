@@ -1,0 +1,212 @@
+//! Fixtures for medfed's end-to-end tests: a development consortium (real certificates from
+//! `medfed-certs`), synthetic hospital CSVs with a known signal, and helpers that start a real
+//! coordinator and real nodes — with the libtorch trainer — talking QUIC on 127.0.0.1.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use medfed_certs::{DevConsortium, TlsFiles, make_dev_consortium};
+use medfed_coordinator::config::{TaskConfig, TrainingConfig};
+use medfed_coordinator::strategy::StrategyConfig;
+use medfed_coordinator::{CoordinatorConfig, RunningCoordinator};
+use medfed_node::config::DataConfig;
+use medfed_node::trainer::{ComputeDevice, TchTrainer};
+use medfed_node::{NodeConfig, NodeError, NodeOutcome};
+use medfed_protocol::model::ModelConfig;
+use tempfile::TempDir;
+
+/// The schema of the synthetic hospital files.
+pub const SCHEMA: &str = r#"
+drop = ["patient_id"]
+sensitive = ["sex", "age"]
+
+[label]
+column = "outcome"
+positive = ["1"]
+negative = ["0"]
+
+[[columns]]
+name = "age"
+type = "numeric"
+
+[[columns]]
+name = "sex"
+type = "categorical"
+levels = ["F", "M"]
+
+[[columns]]
+name = "blood_pressure"
+type = "numeric"
+
+[[columns]]
+name = "smoker"
+type = "categorical"
+levels = ["no", "yes"]
+"#;
+
+/// A consortium laid out in a temporary folder.
+pub struct Consortium {
+    /// Holds every file; removed on drop.
+    pub dir: TempDir,
+    /// The certificates.
+    pub certs: DevConsortium,
+    /// The schema file.
+    pub schema: PathBuf,
+}
+
+impl Consortium {
+    /// Certificates for `nodes` and a synthetic CSV of `rows` patients for each.
+    pub fn new(nodes: &[&str], rows: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let names: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
+        let certs = make_dev_consortium(&dir.path().join("certs"), &names).expect("dev consortium");
+        let schema = dir.path().join("schema.toml");
+        std::fs::write(&schema, SCHEMA).expect("schema");
+        for (i, name) in nodes.iter().enumerate() {
+            std::fs::write(
+                csv_path(dir.path(), name),
+                synthetic_csv(rows, i as u64 + 1),
+            )
+            .expect("csv");
+        }
+        Self { dir, certs, schema }
+    }
+
+    /// Where node `name`'s CSV is.
+    pub fn csv(&self, name: &str) -> PathBuf {
+        csv_path(self.dir.path(), name)
+    }
+
+    /// A coordinator configuration listening on an ephemeral loopback port.
+    pub fn coordinator_config(&self, rounds: u64, min_nodes: usize) -> CoordinatorConfig {
+        CoordinatorConfig {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            data_dir: self.dir.path().join("coordinator"),
+            schema: self.schema.clone(),
+            tls: self.certs.coordinator_tls(),
+            task: TaskConfig {
+                model: ModelConfig::Mlp { hidden: vec![8] },
+                rounds,
+                min_nodes,
+                seed: 11,
+                training: TrainingConfig {
+                    local_epochs: 2,
+                    learning_rate: 0.1,
+                    batch_size: 16,
+                },
+                round_deadline_secs: 60.0,
+                wait_for_nodes_secs: 60.0,
+                round_attempts: 3,
+            },
+            strategy: StrategyConfig::default(),
+        }
+    }
+
+    /// Node `name`'s configuration, with its own certificate.
+    pub fn node_config(&self, name: &str, coordinator: SocketAddr) -> NodeConfig {
+        let tls = self.certs.node_tls(name).expect("known node");
+        self.node_config_with_tls(name, coordinator, tls)
+    }
+
+    /// Node `name`'s configuration with the given TLS material (a foreign or revoked one, say).
+    pub fn node_config_with_tls(
+        &self,
+        name: &str,
+        coordinator: SocketAddr,
+        tls: TlsFiles,
+    ) -> NodeConfig {
+        NodeConfig {
+            coordinator,
+            server_name: "localhost".into(),
+            tls: TlsFiles { crl: None, ..tls },
+            data: DataConfig {
+                csv: self.csv(name),
+                schema: self.schema.clone(),
+                holdout_fraction: 0.25,
+                split_seed: 5,
+            },
+            device: ComputeDevice::Cpu,
+            state_dir: self.dir.path().join("nodes").join(name),
+            reconnect_for: Duration::from_secs(20),
+        }
+    }
+
+    /// Starts a coordinator.
+    pub async fn start_coordinator(&self, config: CoordinatorConfig) -> RunningCoordinator {
+        medfed_coordinator::start(config)
+            .await
+            .expect("coordinator starts")
+    }
+
+    /// Starts a node with the libtorch trainer, as a task.
+    pub fn spawn_node(
+        &self,
+        config: NodeConfig,
+    ) -> tokio::task::JoinHandle<Result<NodeOutcome, NodeError>> {
+        let trainer = TchTrainer::new(ComputeDevice::Cpu).expect("libtorch");
+        let hospital = medfed_node::prepare(&config, Box::new(trainer)).expect("valid data");
+        tokio::spawn(async move { medfed_node::run(&config, hospital).await })
+    }
+}
+
+fn csv_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.csv"))
+}
+
+/// A CSV of `rows` synthetic patients whose outcome follows a logistic model of age, blood
+/// pressure and smoking, with a hospital-specific shift in age (`site` varies it).
+pub fn synthetic_csv(rows: usize, site: u64) -> String {
+    let mut rng = SplitMix(site.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut out = String::from("patient_id,age,sex,blood_pressure,smoker,outcome\n");
+    for i in 0..rows {
+        let age = 40.0 + 5.0 * site as f64 + 12.0 * rng.normal();
+        let sex = if rng.uniform() < 0.5 { "F" } else { "M" };
+        let bp = 130.0 + 15.0 * rng.normal();
+        let smoker = rng.uniform() < 0.3;
+        let logit = 0.08 * (age - 55.0) + 0.05 * (bp - 130.0) + if smoker { 1.2 } else { -0.4 };
+        let outcome = u8::from(rng.uniform() < 1.0 / (1.0 + (-logit).exp()));
+        let _ = writeln!(
+            out,
+            "{site}-{i},{age:.1},{sex},{bp:.0},{},{outcome}",
+            if smoker { "yes" } else { "no" }
+        );
+    }
+    out
+}
+
+/// A small deterministic generator for test data (not for anything secret).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.uniform().max(1e-12), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// Sends `tracing` output to the test's captured output.
+pub fn subscribe() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
