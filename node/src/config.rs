@@ -3,6 +3,7 @@
 //! Relative paths are resolved against the folder holding the configuration file.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ pub struct NodeConfig {
     pub state_dir: PathBuf,
     /// How long to keep trying to reach the coordinator before giving up.
     pub reconnect_for: Duration,
+    /// libtorch's intra-op threads. Tabular models this size train fastest on one thread; more
+    /// threads spend their time synchronising.
+    pub threads: NonZeroUsize,
 }
 
 /// Where the data is and how it is split.
@@ -56,6 +60,8 @@ struct RawConfig {
     state_dir: PathBuf,
     #[serde(default = "default_reconnect_secs")]
     reconnect_for_secs: f64,
+    #[serde(default = "default_threads")]
+    threads: NonZeroUsize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +88,9 @@ fn default_server_name() -> String {
 }
 fn default_reconnect_secs() -> f64 {
     300.0
+}
+fn default_threads() -> NonZeroUsize {
+    NonZeroUsize::MIN
 }
 fn default_holdout() -> f64 {
     0.25
@@ -138,6 +147,7 @@ impl NodeConfig {
             device: raw.device,
             state_dir: resolve(raw.state_dir),
             reconnect_for: Duration::from_secs_f64(raw.reconnect_for_secs),
+            threads: raw.threads,
         })
     }
 }

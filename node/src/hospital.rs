@@ -7,14 +7,15 @@
 use std::collections::HashSet;
 
 use medfed_protocol::contribution::{LocalUpdate, RoundLayout, RoundResult};
-use medfed_protocol::evaluation::EvalCounts;
+use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::messages::{
     Contribution, ContributionKind, Message, ModelReceived, RefusalReason, Refused, RoundStart,
     StatsRequest,
 };
-use medfed_protocol::model::{Model, ModelHash};
+use medfed_protocol::model::{Model, ModelError, ModelHash, ModelKind, ModelSpec};
 use medfed_protocol::schema::Schema;
-use medfed_protocol::stats::stats_contribution;
+use medfed_protocol::stats::{Standardization, StatsError, stats_contribution};
+use medfed_protocol::task::TrainingPlan;
 
 use crate::data::Dataset;
 use crate::examples::Examples;
@@ -210,6 +211,58 @@ struct LocalOutcome {
     eval: EvalCounts,
     /// Trained parameters and their weight (the number of training examples), when training.
     trained: Option<(Vec<f32>, f64)>,
+}
+
+impl Hospital {
+    /// Trains on this hospital's data alone — standardised with its own statistics, from the
+    /// same initial model, for `rounds` rounds of `plan` — and evaluates on its own held-out
+    /// split: what the hospital would get without the consortium. Sends nothing.
+    pub fn local_only(
+        &mut self,
+        kind: ModelKind,
+        plan: &TrainingPlan,
+        rounds: u64,
+        seed: u64,
+    ) -> Result<Option<EvalMetrics>, LocalOnlyError> {
+        let train = &self.train.examples;
+        let sums = stats_contribution(&train.features, train.num_features)?;
+        let standardization = Standardization::from_summed_stats(&self.schema, &sums)?;
+        let spec = ModelSpec {
+            kind,
+            input_dim: self.schema.num_features(),
+        };
+        let mut model = Model::new(spec.clone(), spec.initial_parameters(seed))?;
+        let (mut train, mut held_out) = (train.clone(), self.held_out.examples.clone());
+        standardization.apply(&mut train.features);
+        standardization.apply(&mut held_out.features);
+        for round in 1..=rounds {
+            let plan = TrainingPlan {
+                seed: plan.seed.wrapping_add(round),
+                ..plan.clone()
+            };
+            let outcome = self
+                .trainer
+                .train(&spec, &model.params, &train, &plan, &mut |_| {})?;
+            model = Model::new(spec.clone(), outcome.params)?;
+        }
+        let scores = self.trainer.predict(&spec, &model.params, &held_out)?;
+        Ok(EvalCounts::from_predictions(&scores, &held_out.labels).metrics())
+    }
+}
+
+/// Why local-only training failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocalOnlyError {
+    /// Local statistics could not be computed.
+    #[error(transparent)]
+    Stats(#[from] StatsError),
+    /// The model does not fit its architecture.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Training or prediction failed.
+    #[error(transparent)]
+    Train(#[from] TrainError),
 }
 
 /// Evaluation counts of `model` on the (standardised) held-out split, and, when the round

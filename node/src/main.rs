@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use medfed_node::trainer::TchTrainer;
+use medfed_node::trainer::{TchTrainer, set_torch_threads};
 use medfed_node::{NodeConfig, prepare, run};
+use medfed_protocol::model::ModelKind;
+use medfed_protocol::task::TrainingPlan;
 
 /// A medfed hospital node: trains on local patient data and sends only aggregate-ready figures.
 #[derive(Debug, Parser)]
@@ -23,6 +25,31 @@ enum Command {
         /// The node configuration (TOML).
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Trains on this hospital's data alone and prints the held-out metrics, for comparison with
+    /// the consortium's model; sends nothing.
+    Local {
+        /// The node configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Rounds of local training (each `--local-epochs` epochs).
+        #[arg(long, default_value_t = 15)]
+        rounds: u64,
+        /// Epochs per round.
+        #[arg(long, default_value_t = 2)]
+        local_epochs: u32,
+        /// SGD step size.
+        #[arg(long, default_value_t = 0.05)]
+        learning_rate: f64,
+        /// Mini-batch size.
+        #[arg(long, default_value_t = 32)]
+        batch_size: u32,
+        /// Hidden layer widths, comma-separated; empty for logistic regression.
+        #[arg(long, value_delimiter = ',', default_value = "32,16")]
+        hidden: Vec<usize>,
+        /// Seed of the initial model and batch order.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
     },
     /// Validates the data against the schema and prints its size; sends nothing.
     Check {
@@ -47,6 +74,7 @@ fn run_cli() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Run { config } => {
             let config = NodeConfig::load(&config)?;
+            set_torch_threads(config.threads);
             let trainer = TchTrainer::new(config.device).context("cannot start libtorch")?;
             let hospital = prepare(&config, Box::new(trainer))?;
             let (train, held_out) = hospital.sizes();
@@ -58,6 +86,43 @@ fn run_cli() -> anyhow::Result<ExitCode> {
                 "{}: training finished after round {}; final model {}",
                 outcome.identity, outcome.last_round, outcome.model_hash
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Local {
+            config,
+            rounds,
+            local_epochs,
+            learning_rate,
+            batch_size,
+            hidden,
+            seed,
+        } => {
+            let config = NodeConfig::load(&config)?;
+            set_torch_threads(config.threads);
+            let trainer = TchTrainer::new(config.device).context("cannot start libtorch")?;
+            let mut hospital = prepare(&config, Box::new(trainer))?;
+            let kind = if hidden.is_empty() {
+                ModelKind::LogisticRegression
+            } else {
+                ModelKind::Mlp { hidden }
+            };
+            let plan = TrainingPlan {
+                local_epochs,
+                learning_rate,
+                batch_size,
+                seed,
+            };
+            match hospital.local_only(kind, &plan, rounds, seed)? {
+                Some(m) => println!(
+                    "{}: local-only held-out AUC {:.4}  accuracy {:.4}  loss {:.4}  ({} examples)",
+                    config.data.csv.display(),
+                    m.auc.unwrap_or(f64::NAN),
+                    m.accuracy,
+                    m.loss,
+                    m.examples
+                ),
+                None => println!("{}: no held-out examples", config.data.csv.display()),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {

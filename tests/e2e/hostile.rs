@@ -142,3 +142,73 @@ async fn contribution_for_another_round_is_refused_and_the_round_goes_on() {
     }
     mallory_task.abort();
 }
+
+#[test]
+fn node_refuses_replayed_and_foreign_session_requests() {
+    use medfed_node::trainer::{ComputeDevice, TchTrainer};
+    use medfed_protocol::messages::{RefusalReason, Refused, RoundStart};
+    use medfed_protocol::model::{Model, ModelKind, ModelSpec};
+    use medfed_protocol::stats::Standardization;
+    use medfed_protocol::task::TrainingPlan;
+
+    let consortium = Consortium::new(&["hospital-a"], 60);
+    let config = consortium.node_config("hospital-a", "127.0.0.1:9".parse().unwrap());
+    let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
+    let mut hospital = medfed_node::prepare(&config, Box::new(trainer)).unwrap();
+    let spec = ModelSpec {
+        kind: ModelKind::LogisticRegression,
+        input_dim: 6,
+    };
+    let model = Model::new(spec.clone(), spec.initial_parameters(1)).unwrap();
+    hospital.enter_session(41);
+    hospital.accept_model(model.clone(), 41, 1);
+    let start = RoundStart {
+        session: 41,
+        round: 1,
+        model_hash: model.hash(),
+        train: true,
+        plan: TrainingPlan::default(),
+        standardization: Standardization::identity(6),
+    };
+    assert!(matches!(
+        hospital.handle_round(&start),
+        Message::Contribution(_)
+    ));
+    // The same request again is a replay, and is refused without training.
+    assert!(matches!(
+        hospital.handle_round(&start),
+        Message::Refused(Refused {
+            reason: RefusalReason::Replay { round: 1 },
+            ..
+        })
+    ));
+    // A request from another coordinator run than the one that welcomed this node.
+    let foreign = RoundStart {
+        session: 99,
+        round: 2,
+        ..start.clone()
+    };
+    assert!(matches!(
+        hospital.handle_round(&foreign),
+        Message::Refused(Refused {
+            reason: RefusalReason::WrongSession {
+                got: 99,
+                expected: 41
+            },
+            ..
+        })
+    ));
+    // A request to train a model the node was never sent.
+    let unknown = RoundStart {
+        round: 3,
+        model_hash: medfed_protocol::model::ModelHash([7; 32]),
+        ..start
+    };
+    assert!(matches!(
+        hospital.handle_round(&unknown),
+        Message::Refused(Refused {
+            reason: RefusalReason::BadModel { .. },
+            ..
+        })
+    ));
+}

@@ -132,6 +132,7 @@ impl Consortium {
             device: ComputeDevice::Cpu,
             state_dir: self.dir.path().join("nodes").join(name),
             reconnect_for: Duration::from_secs(20),
+            threads: std::num::NonZeroUsize::MIN,
         }
     }
 
@@ -147,6 +148,7 @@ impl Consortium {
         &self,
         config: NodeConfig,
     ) -> tokio::task::JoinHandle<Result<NodeOutcome, NodeError>> {
+        medfed_node::trainer::set_torch_threads(config.threads);
         let trainer = TchTrainer::new(ComputeDevice::Cpu).expect("libtorch");
         let hospital = medfed_node::prepare(&config, Box::new(trainer)).expect("valid data");
         tokio::spawn(async move { medfed_node::run(&config, hospital).await })

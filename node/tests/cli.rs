@@ -1,0 +1,107 @@
+//! The `medfed-node` binary on bad input: a specific message naming the file, row and column,
+//! and a non-zero exit, before anything is sent anywhere.
+
+use std::path::Path;
+use std::process::Command;
+
+const SCHEMA: &str = r#"
+drop = ["id"]
+sensitive = ["sex"]
+[label]
+column = "outcome"
+positive = ["1"]
+negative = ["0"]
+[[columns]]
+name = "age"
+type = "numeric"
+[[columns]]
+name = "sex"
+type = "categorical"
+levels = ["F", "M"]
+"#;
+
+/// Writes a node configuration around `csv` and runs `medfed-node check` on it.
+fn check(dir: &Path, schema: &str, csv: &str) -> (bool, String) {
+    std::fs::write(dir.join("schema.toml"), schema).unwrap();
+    std::fs::write(dir.join("site.csv"), csv).unwrap();
+    std::fs::write(
+        dir.join("node.toml"),
+        r#"
+coordinator = "127.0.0.1:7400"
+state_dir = "state"
+[tls]
+ca_cert = "ca.pem"
+cert = "node.pem"
+key = "node.key"
+[data]
+csv = "site.csv"
+schema = "schema.toml"
+"#,
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_medfed-node"))
+        .args(["check", "--config"])
+        .arg(dir.join("node.toml"))
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn valid_data_passes_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stderr) = check(
+        dir.path(),
+        SCHEMA,
+        "id,age,sex,outcome\n1,50,F,1\n2,61,M,0\n3,44,M,0\n",
+    );
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn each_bad_input_names_where_it_is_and_fails() {
+    let cases = [
+        ("id,age,outcome\n1,50,1\n", vec!["site.csv", "sex"]),
+        (
+            "id,age,sex,outcome\n1,50,F,1\n2,sixty,M,0\n",
+            vec!["site.csv", "row 3", "age", "sixty"],
+        ),
+        (
+            "id,age,sex,outcome\n1,50,X,1\n",
+            vec!["site.csv", "row 2", "sex", "X"],
+        ),
+        (
+            "id,age,sex,outcome\n1,50,F,\n",
+            vec!["site.csv", "row 2", "label"],
+        ),
+        ("", vec!["site.csv"]),
+        ("id,age,sex,outcome\n", vec!["site.csv"]),
+    ];
+    for (csv, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (ok, stderr) = check(dir.path(), SCHEMA, csv);
+        assert!(!ok, "accepted {csv:?}");
+        for needle in expected {
+            assert!(
+                stderr.contains(needle),
+                "{csv:?}: {stderr:?} lacks {needle:?}"
+            );
+        }
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn schema_naming_a_column_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let twice = format!("{SCHEMA}\n[[columns]]\nname = \"age\"\ntype = \"numeric\"\n");
+    let (ok, stderr) = check(dir.path(), &twice, "id,age,sex,outcome\n1,50,F,1\n");
+    assert!(!ok);
+    assert!(
+        stderr.contains("schema.toml") && stderr.contains("age"),
+        "{stderr}"
+    );
+}
