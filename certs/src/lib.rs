@@ -39,6 +39,7 @@ mod files;
 mod names;
 mod request;
 mod show;
+mod signing;
 mod tls;
 
 pub use ca::{Role, Validity, init_ca, sign_request, subject_common_name};
@@ -50,6 +51,7 @@ pub use dev::{
 pub use error::CertError;
 pub use request::make_request;
 pub use show::{CertSummary, describe_certificate};
+pub use signing::{CertificateSigner, ConsortiumVerifier};
 pub use tls::{TlsFiles, client_config, server_config};
 
 /// The CA certificate's file name in a CA directory.

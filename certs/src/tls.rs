@@ -98,7 +98,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Every certificate in `path` as a trust anchor.
-fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, CertError> {
+pub(crate) fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, CertError> {
     let mut roots = RootCertStore::empty();
     for cert in files::load_certs(path)? {
         roots.add(cert).map_err(|source| CertError::TrustAnchor {

@@ -22,6 +22,7 @@ pub mod evaluation;
 pub mod messages;
 pub mod model;
 pub mod schema;
+pub mod secagg;
 pub mod stats;
 pub mod task;
 pub mod transfer;

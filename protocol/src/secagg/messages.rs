@@ -1,0 +1,142 @@
+//! What crosses the wire during secure aggregation.
+
+use serde::{Deserialize, Serialize};
+
+use super::shamir::Share;
+
+/// A participant's two fresh X25519 public keys for one round, signed with its long-term key
+/// (the key of its consortium certificate), so that nobody — the coordinator included — can
+/// substitute them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyAdvertisement {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// The advertiser's index.
+    pub index: u16,
+    /// Public key for encrypting shares to this participant.
+    pub cipher_public: [u8; 32],
+    /// Public key for agreeing pairwise mask seeds.
+    pub mask_public: [u8; 32],
+    /// Signature over [`KeyAdvertisement::signed_bytes`].
+    pub signature: Vec<u8>,
+}
+
+impl KeyAdvertisement {
+    /// The bytes the signature covers: a domain label, session, round, index and both keys.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        out.extend_from_slice(b"medfed-secagg-keys-v1");
+        out.extend_from_slice(&self.session.to_be_bytes());
+        out.extend_from_slice(&self.round.to_be_bytes());
+        out.extend_from_slice(&self.index.to_be_bytes());
+        out.extend_from_slice(&self.cipher_public);
+        out.extend_from_slice(&self.mask_public);
+        out
+    }
+}
+
+/// One entry of the key directory: an advertisement and what a peer needs to check it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryEntry {
+    /// The signed keys.
+    pub keys: KeyAdvertisement,
+    /// The advertiser's certificate (DER), which carries its identity and long-term public key.
+    pub certificate: Vec<u8>,
+}
+
+/// Coordinator → participants: everyone's keys (the participants of phase 1, `U1`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyDirectory {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// One entry per participant that advertised keys, by index.
+    pub entries: Vec<DirectoryEntry>,
+}
+
+/// A share of a sender's secrets, encrypted for one receiver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedShare {
+    /// Index of the sender.
+    pub from: u16,
+    /// Index of the receiver.
+    pub to: u16,
+    /// ChaCha20-Poly1305 ciphertext of the [`SharePlaintext`].
+    pub ciphertext: Vec<u8>,
+}
+
+/// What an [`EncryptedShare`] holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct SharePlaintext {
+    /// Sender index, repeated inside the ciphertext.
+    pub(crate) from: u16,
+    /// Receiver index, repeated inside the ciphertext.
+    pub(crate) to: u16,
+    /// Share of the sender's mask secret key.
+    pub(crate) mask_key: Share,
+    /// Share of the sender's self-mask seed.
+    pub(crate) self_mask: Share,
+}
+
+/// Participant → coordinator: its shares for every neighbour.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharePackage {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// One encrypted share per neighbour.
+    pub shares: Vec<EncryptedShare>,
+}
+
+/// Coordinator → participant: the shares addressed to it (their senders form `U2`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareDelivery {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// The shares addressed to the receiver.
+    pub shares: Vec<EncryptedShare>,
+    /// Every participant whose shares were accepted (`U2`).
+    pub senders: Vec<u16>,
+}
+
+/// Participant → coordinator: its input with every mask added.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedInput {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// The masked vector in Z(2^32).
+    pub values: Vec<u32>,
+}
+
+/// Coordinator → participants: who sent a masked input (`U3`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmaskRequest {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// The survivors.
+    pub survivors: Vec<u16>,
+}
+
+/// Participant → coordinator: for each peer, exactly one kind of share — of the self-mask seed
+/// for survivors, of the mask key for dropouts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmaskResponse {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// `(peer, share of its self-mask seed)` for each surviving peer.
+    pub self_mask_shares: Vec<(u16, Share)>,
+    /// `(peer, share of its mask secret key)` for each peer that dropped after sharing.
+    pub mask_key_shares: Vec<(u16, Share)>,
+}
