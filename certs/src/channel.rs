@@ -62,15 +62,17 @@ pub fn client_endpoint(files: &TlsFiles) -> Result<quinn::Endpoint, ChannelError
     Ok(endpoint)
 }
 
-/// The consortium identity of the peer of an established connection: the subject common name of
-/// the certificate it presented.
-pub fn peer_identity(connection: &quinn::Connection) -> Result<String, ChannelError> {
+/// The consortium identity of the peer of an established connection — the subject common name
+/// of the certificate it presented — and that certificate (DER).
+pub fn peer_identity(
+    connection: &quinn::Connection,
+) -> Result<(String, CertificateDer<'static>), ChannelError> {
     let certs = connection
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or(ChannelError::NoPeerCertificate)?;
     let leaf = certs.first().ok_or(ChannelError::NoPeerCertificate)?;
-    Ok(subject_common_name(leaf)?)
+    Ok((subject_common_name(leaf)?, leaf.clone()))
 }
 
 /// Writes one message as a frame; returns the number of bytes put on the stream.

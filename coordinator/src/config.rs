@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use medfed_certs::TlsFiles;
 use medfed_protocol::model::ModelConfig;
+use medfed_protocol::secagg::fixed_point::FixedPoint;
 use medfed_protocol::task::TrainingPlan;
 use serde::Deserialize;
 
@@ -29,6 +30,64 @@ pub struct CoordinatorConfig {
     pub task: TaskConfig,
     /// Server-side optimiser.
     pub strategy: StrategyConfig,
+    /// Secure aggregation of every figure the nodes send.
+    pub secure_aggregation: SecureAggregationConfig,
+}
+
+/// Secure aggregation settings. On by default; turning it off makes every node's figures
+/// visible to the coordinator, and the coordinator says so in its log every round.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureAggregationConfig {
+    /// Whether figures are masked so the coordinator learns only their sum.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Shares needed to rebuild a node's secrets; default ⌊2h/3⌋ + 1 of its h holders.
+    #[serde(default)]
+    pub threshold: Option<usize>,
+    /// Each node pairs with this many neighbours (SecAgg+); default: with every other node.
+    #[serde(default)]
+    pub neighbours: Option<usize>,
+    /// Clipping bound B of each coordinate of a node's weighted update `n·Δ`.
+    #[serde(default = "default_update_clip")]
+    pub update_clip: f64,
+    /// Fractional bits of the update's fixed point; default: as many as fit (n · B · 2^bits <
+    /// 2^31, with one bit of margin).
+    #[serde(default)]
+    pub fractional_bits: Option<u32>,
+}
+
+impl Default for SecureAggregationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: None,
+            neighbours: None,
+            update_clip: default_update_clip(),
+            fractional_bits: None,
+        }
+    }
+}
+
+impl SecureAggregationConfig {
+    /// The update's fixed point for `participants` nodes.
+    pub fn update_encoding(&self, participants: usize) -> FixedPoint {
+        let fractional_bits = self.fractional_bits.unwrap_or_else(|| {
+            let room = f64::from(1u32 << 31) / (participants.max(1) as f64 * self.update_clip);
+            (room.log2().floor() as i64 - 1).clamp(0, 30) as u32
+        });
+        FixedPoint {
+            clip: self.update_clip,
+            fractional_bits,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_update_clip() -> f64 {
+    1024.0
 }
 
 /// The training task.
@@ -135,6 +194,8 @@ struct RawConfig {
     task: TaskConfig,
     #[serde(default)]
     strategy: Option<StrategyConfig>,
+    #[serde(default)]
+    secure_aggregation: SecureAggregationConfig,
 }
 
 /// TLS paths as written.
@@ -177,6 +238,7 @@ impl CoordinatorConfig {
             },
             task: raw.task,
             strategy: raw.strategy.unwrap_or_default(),
+            secure_aggregation: raw.secure_aggregation,
         };
         config.validate()?;
         Ok(config)
@@ -206,6 +268,13 @@ impl CoordinatorConfig {
         }
         if task.round_attempts == 0 {
             return invalid("task.round_attempts must be at least 1");
+        }
+        let secure = &self.secure_aggregation;
+        if !(secure.update_clip.is_finite() && secure.update_clip > 0.0) {
+            return invalid("secure_aggregation.update_clip must be a positive number");
+        }
+        if secure.threshold.is_some_and(|t| t < 2) {
+            return invalid("secure_aggregation.threshold must be at least 2");
         }
         Ok(())
     }

@@ -100,6 +100,9 @@ pub enum ExchangeError {
     /// The answer is of the right kind but its contents are wrong.
     #[error("node's answer rejected: {0}")]
     Rejected(RefusalReason),
+    /// The node's secure-aggregation message broke the protocol.
+    #[error("secure aggregation: {0}")]
+    SecureAggregation(String),
     /// The node declined the round.
     #[error("node declined: {0}")]
     Declined(String),

@@ -76,7 +76,7 @@ async fn handle_connection(
     let connection = incoming
         .await
         .map_err(|e| format!("handshake failed: {e}"))?;
-    let identity = peer_identity(&connection).map_err(|e| e.to_string())?;
+    let (identity, certificate) = peer_identity(&connection).map_err(|e| e.to_string())?;
     let span = info_span!("node", node = %identity);
     async {
         let (mut send, recv) = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi())
@@ -115,6 +115,7 @@ async fn handle_connection(
         registry.admit(Arc::new(NodeHandle::new(
             identity.clone(),
             connection.clone(),
+            certificate.to_vec(),
             hello.model_hash,
         )));
         on_admit(&identity);

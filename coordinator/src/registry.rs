@@ -15,6 +15,9 @@ pub struct NodeHandle {
     pub identity: String,
     /// The QUIC connection to it.
     pub connection: quinn::Connection,
+    /// The certificate it presented (DER), relayed to its peers so they can check its signed
+    /// secure-aggregation keys.
+    pub certificate: Vec<u8>,
     /// Hash of the model the node holds, so an unchanged model is not sent twice.
     held_model: Mutex<Option<ModelHash>>,
     /// Bytes received from this node on request streams, for accounting.
@@ -26,11 +29,13 @@ impl NodeHandle {
     pub fn new(
         identity: String,
         connection: quinn::Connection,
+        certificate: Vec<u8>,
         held_model: Option<ModelHash>,
     ) -> Self {
         Self {
             identity,
             connection,
+            certificate,
             held_model: Mutex::new(held_model),
             bytes_received: AtomicU64::new(0),
         }

@@ -5,6 +5,7 @@
 //! only then is the round marked completed in SQLite, in one transaction with the optimiser
 //! state. A coordinator restarted after a crash resumes after the last completed round.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -14,10 +15,14 @@ use medfed_certs::channel::{ChannelError, server_endpoint};
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::messages::{
-    Contribution, ContributionKind, Finished, Message, RefusalReason, RoundStart, StatsRequest,
+    Contribution, ContributionKind, Finished, Message, RefusalReason, RoundStart, SecAggSetup,
+    StatsRequest,
 };
 use medfed_protocol::model::{Model, ModelError, ModelSpec};
 use medfed_protocol::schema::{Schema, SchemaError};
+use medfed_protocol::secagg::encoding::{BlockEncoding, VectorEncoding};
+use medfed_protocol::secagg::fixed_point::FixedPoint;
+use medfed_protocol::secagg::{ExpectKeys, Participant, RoundParams, SecAggError, ShareDelivery};
 use medfed_protocol::stats::{FederatedSummary, Standardization, StatsError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -28,7 +33,7 @@ use crate::checkpoint::{CheckpointError, read_checkpoint, write_checkpoint};
 use crate::config::CoordinatorConfig;
 use crate::exchange::{self, ExchangeError};
 use crate::listener::{self, Admission};
-use crate::registry::Registry;
+use crate::registry::{NodeHandle, Registry};
 use crate::store::{CompletedRound, Store, StoreError};
 use crate::strategy::{ServerOptimizer, StrategyError, build_optimizer, mean_delta};
 
@@ -222,10 +227,36 @@ struct Trainer {
 }
 
 /// Sum of the contributions of one exchange round.
+#[derive(Default)]
 struct Gathered {
     sum: Vec<f64>,
     participants: Vec<String>,
     dropped: Vec<(String, String)>,
+}
+
+impl Gathered {
+    /// Leaves a node out, with the reason, for the log and the round report.
+    fn drop(&mut self, node: &NodeHandle, error: &ExchangeError) {
+        warn!(node = %node.identity, %error, "node left out of the round");
+        self.dropped
+            .push((node.identity.clone(), error.to_string()));
+    }
+}
+
+/// What to collect from the nodes in one exchange round.
+struct Collection<'a> {
+    /// Round number (0: statistics).
+    round: u64,
+    /// Layout of the figures.
+    kind: ContributionKind,
+    /// Figures per node.
+    value_len: usize,
+    /// The model to push first, in training and evaluation rounds.
+    model: Option<Arc<Model>>,
+    /// The request, given the secure-aggregation setup (`None` when it is off).
+    request: Box<dyn Fn(Option<SecAggSetup>) -> Message + Send + Sync + 'a>,
+    /// How the figures are encoded for secure aggregation, given the update's fixed point.
+    encoding: Box<dyn Fn(&FixedPoint) -> VectorEncoding + Send + Sync + 'a>,
 }
 
 impl Trainer {
@@ -257,15 +288,20 @@ impl Trainer {
         }
         let span = info_span!("statistics");
         async {
-            let request = Message::StatsRequest(StatsRequest { session: self.session, round: 0 });
-            let expected_len = self.schema.stats_len();
             let session = self.session;
+            let stats_len = self.schema.stats_len();
             for attempt in 1..=self.config.task.round_attempts {
-                let gathered = self
-                    .gather(None, request.clone(), move |answer| {
-                        check_contribution(answer, session, 0, ContributionKind::Stats, expected_len)
-                    })
-                    .await;
+                let collection = Collection {
+                    round: 0,
+                    kind: ContributionKind::Stats,
+                    value_len: stats_len,
+                    model: None,
+                    request: Box::new(move |secure_aggregation| {
+                        Message::StatsRequest(StatsRequest { session, round: 0, secure_aggregation })
+                    }),
+                    encoding: Box::new(move |_| VectorEncoding::new(vec![(stats_len, BlockEncoding::Wide)])),
+                };
+                let gathered = self.gather(collection).await;
                 match gathered {
                     Ok(g) => {
                         let standardization = Standardization::from_summed_stats(&self.schema, &g.sum)?;
@@ -278,7 +314,10 @@ impl Trainer {
                         info!(nodes = g.participants.len(), summary = %serde_json::to_string(&summary).unwrap_or_default(), "federated statistics computed");
                         return Ok(standardization);
                     }
-                    Err(e) => warn!(attempt, error = %e, "statistics round failed"),
+                    Err(e) => {
+                        warn!(attempt, error = %e, "statistics round failed");
+                        retry_pause(attempt).await;
+                    }
                 }
             }
             Err(CoordinatorError::GaveUp { round: 0 })
@@ -306,6 +345,7 @@ impl Trainer {
                     Err(reason) => {
                         warn!(attempt, %reason, "round failed; it will be restarted");
                         lock(&self.store).abort_round(round, &reason.to_string(), now_ms())?;
+                        retry_pause(attempt).await;
                     }
                 }
             }
@@ -326,38 +366,35 @@ impl Trainer {
             params: self.model.params.len(),
             train,
         };
-        let request = Message::RoundStart(RoundStart {
-            session: self.session,
-            round,
-            model_hash: self.model.hash(),
-            train,
-            plan: self.config.task.plan(round),
-            standardization: standardization.clone(),
-        });
         let session = self.session;
-        let model = Arc::new(self.model.clone());
-        let gathered = self
-            .gather(Some((model, round)), request, move |answer| {
-                check_contribution(
-                    answer,
+        let model_hash = self.model.hash();
+        let plan = self.config.task.plan(round);
+        let collection = Collection {
+            round,
+            kind: ContributionKind::Round,
+            value_len: layout.len(),
+            model: Some(Arc::new(self.model.clone())),
+            request: Box::new(move |secure_aggregation| {
+                Message::RoundStart(RoundStart {
                     session,
                     round,
-                    ContributionKind::Round,
-                    layout.len(),
-                )
-            })
-            .await?;
+                    model_hash,
+                    train,
+                    plan: plan.clone(),
+                    standardization: standardization.clone(),
+                    secure_aggregation,
+                })
+            }),
+            encoding: Box::new(move |fixed| layout.encoding(fixed)),
+        };
+        let gathered = self.gather(collection).await?;
         Ok((gathered, layout))
     }
 
-    /// Sends `request` to every connected node in parallel (pushing `model` first to nodes that
-    /// lack it) and sums the answers that pass `check` before the round deadline.
-    async fn gather(
-        &self,
-        model: Option<(Arc<Model>, u64)>,
-        request: Message,
-        check: impl Fn(Message) -> Result<Vec<f64>, ExchangeError> + Clone + Send + Sync + 'static,
-    ) -> Result<Gathered, RoundFailure> {
+    /// Collects one set of figures from every connected node — in parallel, pushing the model
+    /// first to nodes that lack it — and returns their sum: unmasked by secure aggregation, or,
+    /// if the consortium turned that off, summed in the clear.
+    async fn gather(&self, collection: Collection<'_>) -> Result<Gathered, RoundFailure> {
         let min = self.config.task.min_nodes;
         let nodes = self
             .registry
@@ -369,47 +406,19 @@ impl Trainer {
                 need: min,
             });
         }
-        let deadline = tokio::time::Instant::now() + self.config.task.round_deadline();
-        let session = self.session;
-        let mut tasks = JoinSet::new();
-        for node in nodes {
-            let (request, check, model) = (request.clone(), check.clone(), model.clone());
-            tasks.spawn(async move {
-                let exchange = async {
-                    if let Some((model, round)) = &model
-                        && node.held_model() != Some(model.hash())
-                    {
-                        exchange::push_model(&node, model, session, *round).await?;
-                    }
-                    check(exchange::request(&node, &request).await?)
-                };
-                let result = tokio::time::timeout_at(deadline, exchange)
-                    .await
-                    .unwrap_or(Err(ExchangeError::Deadline));
-                (node, result)
-            });
-        }
-        let mut gathered = Gathered {
-            sum: Vec::new(),
-            participants: Vec::new(),
-            dropped: Vec::new(),
+        let nodes: Vec<(u16, Arc<NodeHandle>)> = nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, node)| (i as u16 + 1, node))
+            .collect();
+        let gathered = if self.config.secure_aggregation.enabled {
+            self.gather_secure(&collection, &nodes).await?
+        } else {
+            warn!(
+                "secure aggregation is OFF: the coordinator sees every node's figures in the clear"
+            );
+            self.gather_plain(&collection, &nodes).await
         };
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((node, result)) = joined else { continue };
-            match result {
-                Ok(values) => {
-                    add_into(&mut gathered.sum, &values);
-                    gathered.participants.push(node.identity.clone());
-                }
-                Err(e) => {
-                    warn!(node = %node.identity, error = %e, "node left out of the round");
-                    gathered
-                        .dropped
-                        .push((node.identity.clone(), e.to_string()));
-                }
-            }
-        }
-        gathered.participants.sort();
         if gathered.participants.len() < min {
             return Err(RoundFailure::TooFewAnswers {
                 have: gathered.participants.len(),
@@ -417,6 +426,226 @@ impl Trainer {
             });
         }
         Ok(gathered)
+    }
+
+    /// Plain summation (secure aggregation turned off).
+    async fn gather_plain(
+        &self,
+        collection: &Collection<'_>,
+        nodes: &[(u16, Arc<NodeHandle>)],
+    ) -> Gathered {
+        let request = (collection.request)(None);
+        let answers = self
+            .exchange_all(nodes, collection.model.as_ref(), collection.round, |_| {
+                request.clone()
+            })
+            .await;
+        let mut gathered = Gathered::default();
+        for (_, node, answer) in answers {
+            let checked = answer.and_then(|message| {
+                check_contribution(
+                    message,
+                    self.session,
+                    collection.round,
+                    collection.kind,
+                    collection.value_len,
+                )
+            });
+            match checked {
+                Ok(values) => {
+                    add_into(&mut gathered.sum, &values);
+                    gathered.participants.push(node.identity.clone());
+                }
+                Err(e) => gathered.drop(&node, &e),
+            }
+        }
+        gathered.participants.sort();
+        gathered
+    }
+
+    /// Secure aggregation: keys, shares, masked inputs, unmasking; only the sum is learnt.
+    async fn gather_secure(
+        &self,
+        collection: &Collection<'_>,
+        nodes: &[(u16, Arc<NodeHandle>)],
+    ) -> Result<Gathered, RoundFailure> {
+        let settings = &self.config.secure_aggregation;
+        let fixed = settings.update_encoding(nodes.len());
+        let encoding = (collection.encoding)(&fixed);
+        encoding.check_capacity(nodes.len())?;
+        let participants: Vec<Participant> = nodes
+            .iter()
+            .map(|(index, node)| Participant {
+                index: *index,
+                identity: node.identity.clone(),
+            })
+            .collect();
+        let mut params = RoundParams {
+            session: self.session,
+            round: collection.round,
+            participants,
+            threshold: 0,
+            neighbours: settings.neighbours,
+            graph_seed: random_bytes(),
+            vector_len: encoding.encoded_len(),
+        };
+        params.threshold = settings
+            .threshold
+            .unwrap_or_else(|| RoundParams::default_threshold(params.holders_per_secret()));
+        let setup = SecAggSetup {
+            params: params.clone(),
+            update_encoding: fixed,
+        };
+        let mut gathered = Gathered::default();
+        let by_index: BTreeMap<u16, Arc<NodeHandle>> = nodes.iter().cloned().collect();
+        let subset = |indices: &[u16]| -> Vec<(u16, Arc<NodeHandle>)> {
+            indices
+                .iter()
+                .filter_map(|i| by_index.get(i).map(|n| (*i, n.clone())))
+                .collect()
+        };
+
+        // Phase 1: the figures are computed; each node answers with its signed round keys.
+        let mut server = ExpectKeys::new(params)?;
+        let request = (collection.request)(Some(setup));
+        let answers = self
+            .exchange_all(nodes, collection.model.as_ref(), collection.round, |_| {
+                request.clone()
+            })
+            .await;
+        for (index, node, answer) in answers {
+            let accepted = answer.and_then(|message| match message {
+                Message::SecAggKeys(keys) => server
+                    .handle_keys(index, keys, node.certificate.clone())
+                    .map_err(rejected),
+                other => Err(unexpected(other, "secagg_keys")),
+            });
+            if let Err(e) = accepted {
+                gathered.drop(&node, &e);
+            }
+        }
+        let (mut server, directory) = server.finish()?;
+
+        // Phase 2: encrypted shares for the neighbours.
+        let answers = self
+            .exchange_all(
+                &subset(&server.participants()),
+                None,
+                collection.round,
+                |_| Message::SecAggDirectory(directory.clone()),
+            )
+            .await;
+        for (index, node, answer) in answers {
+            let accepted = answer.and_then(|message| match message {
+                Message::SecAggShares(package) => {
+                    server.handle_package(index, package).map_err(rejected)
+                }
+                other => Err(unexpected(other, "secagg_shares")),
+            });
+            if let Err(e) = accepted {
+                gathered.drop(&node, &e);
+            }
+        }
+        let (mut server, mut deliveries) = server.finish()?;
+
+        // Phase 3: masked inputs, summed as they arrive.
+        let answers = self
+            .exchange_all(
+                &subset(&server.participants()),
+                None,
+                collection.round,
+                |index| {
+                    Message::SecAggDelivery(deliveries.remove(&index).unwrap_or_else(|| {
+                        ShareDelivery {
+                            session: self.session,
+                            round: collection.round,
+                            shares: Vec::new(),
+                            senders: Vec::new(),
+                        }
+                    }))
+                },
+            )
+            .await;
+        for (index, node, answer) in answers {
+            let accepted = answer.and_then(|message| match message {
+                Message::SecAggInput(input) => server.handle_input(index, &input).map_err(rejected),
+                other => Err(unexpected(other, "secagg_input")),
+            });
+            if let Err(e) = accepted {
+                gathered.drop(&node, &e);
+            }
+        }
+        let (mut server, unmask) = server.finish()?;
+
+        // Phase 4: the shares that remove the masks.
+        let answers = self
+            .exchange_all(
+                &subset(&server.participants()),
+                None,
+                collection.round,
+                |_| Message::SecAggUnmask(unmask.clone()),
+            )
+            .await;
+        for (index, node, answer) in answers {
+            let accepted = answer.and_then(|message| match message {
+                Message::SecAggUnmaskShares(response) => {
+                    server.handle_response(index, response).map_err(rejected)
+                }
+                other => Err(unexpected(other, "secagg_unmask_shares")),
+            });
+            if let Err(e) = accepted {
+                gathered.drop(&node, &e);
+            }
+        }
+        let survivors = server.survivors();
+        let sum = server.finish()?;
+        gathered.sum = encoding.decode_sum(&sum)?;
+        gathered.participants = survivors
+            .iter()
+            .filter_map(|i| by_index.get(i).map(|n| n.identity.clone()))
+            .collect();
+        gathered.participants.sort();
+        Ok(gathered)
+    }
+
+    /// Sends each node its request on a fresh stream (pushing `model` first where needed) and
+    /// waits for the answers, until the round deadline.
+    async fn exchange_all(
+        &self,
+        nodes: &[(u16, Arc<NodeHandle>)],
+        model: Option<&Arc<Model>>,
+        round: u64,
+        mut request: impl FnMut(u16) -> Message,
+    ) -> Vec<(u16, Arc<NodeHandle>, Result<Message, ExchangeError>)> {
+        let deadline = tokio::time::Instant::now() + self.config.task.round_deadline();
+        let session = self.session;
+        let mut tasks = JoinSet::new();
+        for (index, node) in nodes {
+            let (index, node, model, request) =
+                (*index, node.clone(), model.cloned(), request(*index));
+            tasks.spawn(async move {
+                let exchange = async {
+                    if let Some(model) = &model
+                        && node.held_model() != Some(model.hash())
+                    {
+                        exchange::push_model(&node, model, session, round).await?;
+                    }
+                    exchange::request(&node, &request).await
+                };
+                let result = tokio::time::timeout_at(deadline, exchange)
+                    .await
+                    .unwrap_or(Err(ExchangeError::Deadline));
+                (index, node, result)
+            });
+        }
+        let mut answers = Vec::with_capacity(nodes.len());
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(answer) = joined {
+                answers.push(answer);
+            }
+        }
+        answers.sort_by_key(|(index, _, _)| *index);
+        answers
     }
 
     /// Applies a round's summed update, checkpoints the model and records the round.
@@ -505,7 +734,10 @@ impl Trainer {
                         }
                         return Ok(metrics);
                     }
-                    Err(reason) => warn!(attempt, %reason, "final evaluation failed"),
+                    Err(reason) => {
+                        warn!(attempt, %reason, "final evaluation failed");
+                        retry_pause(attempt).await;
+                    }
                 }
             }
             Ok(None)
@@ -585,6 +817,38 @@ fn check_contribution(
     Ok(contribution.values)
 }
 
+/// Waits a little longer after each failed attempt, so nodes that are still connecting can join.
+async fn retry_pause(attempt: u32) {
+    tokio::time::sleep(std::time::Duration::from_millis(500) * 2u32.saturating_pow(attempt.min(5)))
+        .await;
+}
+
+fn rejected(error: SecAggError) -> ExchangeError {
+    ExchangeError::SecureAggregation(error.to_string())
+}
+
+fn unexpected(message: Message, expected: &'static str) -> ExchangeError {
+    match message {
+        Message::Declined(d) => ExchangeError::Declined(d.reason),
+        Message::Refused(r) => ExchangeError::Refused(r.reason),
+        other => ExchangeError::Unexpected {
+            got: other.kind(),
+            expected,
+        },
+    }
+}
+
+/// Public randomness from the OS CSPRNG (the neighbour graph's seed).
+fn random_bytes() -> [u8; 32] {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 32];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        // Only the graph's shape depends on it; a fixed graph is still correct and private.
+        bytes = [7; 32];
+    }
+    bytes
+}
+
 /// Element-wise `sum += values`, starting from an empty sum.
 fn add_into(sum: &mut Vec<f64>, values: &[f64]) {
     if sum.is_empty() {
@@ -623,6 +887,8 @@ fn random_session() -> u64 {
 /// Why a round could not be completed (it is restarted).
 #[derive(Debug, thiserror::Error)]
 enum RoundFailure {
+    #[error("secure aggregation aborted: {0}")]
+    SecureAggregation(#[from] SecAggError),
     #[error("only {have} nodes connected, {need} needed")]
     TooFewNodes { have: usize, need: usize },
     #[error("only {have} nodes answered before the deadline, {need} needed")]

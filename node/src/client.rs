@@ -75,7 +75,7 @@ async fn session(
         .map_err(|e| NodeError::Connect(e.to_string()))?;
     let connection = connecting.await.map_err(classify)?;
     let welcome = hello(&connection, hospital).await?;
-    lock(hospital).enter_session(welcome.session);
+    lock(hospital).enter_session(welcome.session, &welcome.identity);
     let span = info_span!("node", node = %welcome.identity);
     async {
         info!(coordinator = %config.coordinator, rounds = welcome.rounds, "admitted by the coordinator");
@@ -169,6 +169,14 @@ async fn answer(
                 warn!(reason = %declined.reason, "declining the round");
             }
             reply
+        }
+        message @ (Message::SecAggDirectory(_)
+        | Message::SecAggDelivery(_)
+        | Message::SecAggUnmask(_)) => {
+            let hospital = hospital.clone();
+            tokio::task::spawn_blocking(move || lock(&hospital).handle_secagg(&message))
+                .await
+                .map_err(|e| NodeError::Protocol(format!("secure aggregation panicked: {e}")))?
         }
         Message::Finished(done) => {
             let holds_final = lock(hospital).model_hash() == Some(done.model_hash);

@@ -10,12 +10,17 @@ use medfed_protocol::contribution::{LocalUpdate, RoundLayout, RoundResult};
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::messages::{
     Contribution, ContributionKind, Message, ModelReceived, RefusalReason, Refused, RoundStart,
-    StatsRequest,
+    SecAggSetup, StatsRequest,
 };
 use medfed_protocol::model::{Model, ModelError, ModelHash, ModelKind, ModelSpec};
 use medfed_protocol::schema::Schema;
+use medfed_protocol::secagg::encoding::{BlockEncoding, VectorEncoding};
+use medfed_protocol::secagg::{
+    ExpectDirectory, ParticipantState, PeerVerifier, SecAggError, Signer,
+};
 use medfed_protocol::stats::{Standardization, StatsError, stats_contribution};
 use medfed_protocol::task::TrainingPlan;
+use rand::TryRngCore;
 
 use crate::data::Dataset;
 use crate::examples::Examples;
@@ -38,6 +43,20 @@ pub struct Hospital {
     session: Option<u64>,
     /// Rounds answered in the current session: a second request for one is a replay.
     answered: HashSet<u64>,
+    /// This node's identity, as the coordinator read it from its certificate.
+    identity: Option<String>,
+    /// Signs this node's round keys and checks its peers'.
+    credentials: Option<Credentials>,
+    /// The secure aggregation in progress: `(session, round, state)`.
+    secagg: Option<(u64, u64, ParticipantState)>,
+}
+
+/// What secure aggregation needs from the node's certificate and the consortium CA.
+pub struct Credentials {
+    /// Signs with the node's certificate key.
+    pub signer: Box<dyn Signer + Send>,
+    /// Checks peers' certificates and signatures.
+    pub verifier: Box<dyn PeerVerifier + Send>,
 }
 
 impl Hospital {
@@ -56,7 +75,16 @@ impl Hospital {
             model: None,
             session: None,
             answered: HashSet::new(),
+            identity: None,
+            credentials: None,
+            secagg: None,
         }
+    }
+
+    /// Gives the node the keys it needs for secure aggregation.
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
     }
 
     /// The schema's digest, announced in `Hello`.
@@ -79,13 +107,16 @@ impl Hospital {
         (self.train.examples.len(), self.held_out.examples.len())
     }
 
-    /// Enters a coordinator session (after `Welcome`). A new session — a restarted
-    /// coordinator — starts a fresh record of answered rounds.
-    pub fn enter_session(&mut self, session: u64) {
+    /// Enters a coordinator session (after `Welcome`) under the identity the coordinator read
+    /// from this node's certificate. A new session — a restarted coordinator — starts a fresh
+    /// record of answered rounds.
+    pub fn enter_session(&mut self, session: u64, identity: &str) {
         if self.session != Some(session) {
             self.session = Some(session);
             self.answered.clear();
+            self.secagg = None;
         }
+        self.identity = Some(identity.to_owned());
     }
 
     /// The refusal to send if a request is not from the current session.
@@ -110,17 +141,150 @@ impl Hospital {
         }
         let examples = &self.train.examples;
         match stats_contribution(&examples.features, examples.num_features) {
-            Ok(values) => Message::Contribution(Contribution {
-                session: request.session,
-                round: request.round,
-                kind: ContributionKind::Stats,
-                values,
-            }),
+            Ok(values) => {
+                let encoding = VectorEncoding::new(vec![(values.len(), BlockEncoding::Wide)]);
+                self.send_figures(
+                    request.session,
+                    request.round,
+                    ContributionKind::Stats,
+                    values,
+                    request
+                        .secure_aggregation
+                        .as_ref()
+                        .map(|setup| (setup, encoding)),
+                )
+            }
             Err(e) => decline(
                 request.session,
                 request.round,
                 format!("statistics failed: {e}"),
             ),
+        }
+    }
+
+    /// Sends figures: masked under secure aggregation (this returns the signed round keys that
+    /// open it), or in the clear when the consortium turned secure aggregation off.
+    fn send_figures(
+        &mut self,
+        session: u64,
+        round: u64,
+        kind: ContributionKind,
+        values: Vec<f64>,
+        secure: Option<(&SecAggSetup, VectorEncoding)>,
+    ) -> Message {
+        let Some((setup, encoding)) = secure else {
+            return Message::Contribution(Contribution {
+                session,
+                round,
+                kind,
+                values,
+            });
+        };
+        match self.start_secure_aggregation(setup, &encoding, &values) {
+            Ok(message) => message,
+            Err(e) => decline(session, round, format!("secure aggregation: {e}")),
+        }
+    }
+
+    fn start_secure_aggregation(
+        &mut self,
+        setup: &SecAggSetup,
+        encoding: &VectorEncoding,
+        values: &[f64],
+    ) -> Result<Message, SecAggError> {
+        let params = &setup.params;
+        let credentials = self
+            .credentials
+            .as_ref()
+            .ok_or_else(|| SecAggError::BadParams("this node has no signing key".into()))?;
+        let me = self
+            .identity
+            .as_deref()
+            .and_then(|identity| params.index_of(identity))
+            .ok_or_else(|| SecAggError::BadParams("this node is not a participant".into()))?;
+        if encoding.encoded_len() != params.vector_len {
+            return Err(SecAggError::BadParams(format!(
+                "the round expects {} words, this node's figures encode to {}",
+                params.vector_len,
+                encoding.encoded_len()
+            )));
+        }
+        encoding.check_capacity(params.n())?;
+        let mut rng = rand::rngs::OsRng.unwrap_err();
+        let input = encoding.encode(values, &mut rng)?;
+        let (state, keys) = ExpectDirectory::new(
+            params.clone(),
+            me,
+            input,
+            credentials.signer.as_ref(),
+            &mut rng,
+        )?;
+        self.secagg = Some((
+            params.session,
+            params.round,
+            ParticipantState::Directory(state),
+        ));
+        Ok(Message::SecAggKeys(keys))
+    }
+
+    /// Answers a secure-aggregation step (directory, delivery, unmask request). A step for
+    /// another round, out of order or repeated is refused; an aggregation that fails is dropped.
+    pub fn handle_secagg(&mut self, message: &Message) -> Message {
+        let (session, round) = match message {
+            Message::SecAggDirectory(m) => (m.session, m.round),
+            Message::SecAggDelivery(m) => (m.session, m.round),
+            Message::SecAggUnmask(m) => (m.session, m.round),
+            other => {
+                return refusal(
+                    self.session.unwrap_or(0),
+                    0,
+                    RefusalReason::UnexpectedMessage {
+                        got: other.kind().into(),
+                        expected: "a secure-aggregation step".into(),
+                    },
+                );
+            }
+        };
+        if let Some(refused) = self.session_refusal(session, round) {
+            return refused;
+        }
+        let Some((s, r, state)) = self
+            .secagg
+            .as_mut()
+            .filter(|(s, r, _)| *s == session && *r == round)
+        else {
+            return refusal(
+                session,
+                round,
+                RefusalReason::UnexpectedMessage {
+                    got: message.kind().into(),
+                    expected: "no secure aggregation is open for this round".into(),
+                },
+            );
+        };
+        let (_, _) = (s, r);
+        let Some(credentials) = self.credentials.as_ref() else {
+            return decline(session, round, "this node has no credentials".into());
+        };
+        let mut rng = rand::rngs::OsRng.unwrap_err();
+        let answer = match message {
+            Message::SecAggDirectory(directory) => state
+                .handle_directory(directory, credentials.verifier.as_ref(), &mut rng)
+                .map(Message::SecAggShares),
+            Message::SecAggDelivery(delivery) => {
+                state.handle_delivery(delivery).map(Message::SecAggInput)
+            }
+            Message::SecAggUnmask(request) => state
+                .handle_unmask(request)
+                .map(Message::SecAggUnmaskShares),
+            _ => unreachable!("filtered above"),
+        };
+        match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.secagg = None;
+                decline(session, round, format!("secure aggregation aborted: {e}"))
+            }
         }
     }
 
@@ -186,12 +350,11 @@ impl Hospital {
                 match layout.encode(&RoundResult { eval, update }) {
                     Some(values) => {
                         self.answered.insert(round);
-                        Message::Contribution(Contribution {
-                            session,
-                            round,
-                            kind: ContributionKind::Round,
-                            values,
-                        })
+                        let secure = start
+                            .secure_aggregation
+                            .as_ref()
+                            .map(|setup| (setup, layout.encoding(&setup.update_encoding)));
+                        self.send_figures(session, round, ContributionKind::Round, values, secure)
                     }
                     None => decline(
                         session,

@@ -24,6 +24,7 @@ pub mod trainer;
 
 use std::path::PathBuf;
 
+use medfed_certs::{CertificateSigner, ConsortiumVerifier};
 use medfed_protocol::schema::{Schema, SchemaError};
 
 pub use client::{NodeError, NodeOutcome, run};
@@ -51,6 +52,18 @@ pub fn prepare(
     Ok(Hospital::new(schema, train, held_out, trainer))
 }
 
+/// Loads what secure aggregation needs: the node's certificate key, to sign its round keys, and
+/// the consortium CA, to check its peers'.
+pub fn credentials(config: &NodeConfig) -> Result<hospital::Credentials, PrepareError> {
+    Ok(hospital::Credentials {
+        signer: Box::new(CertificateSigner::load(&config.tls.key)?),
+        verifier: Box::new(ConsortiumVerifier::new(
+            &config.tls.ca_cert,
+            config.tls.crl.as_deref(),
+        )?),
+    })
+}
+
 /// Why the node's data could not be prepared.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -74,4 +87,7 @@ pub enum PrepareError {
     /// The CSV is invalid.
     #[error(transparent)]
     Data(#[from] data::DataError),
+    /// The node's key or the consortium CA cannot be loaded.
+    #[error(transparent)]
+    Certs(#[from] medfed_certs::CertError),
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use medfed_node::trainer::{TchTrainer, set_torch_threads};
-use medfed_node::{NodeConfig, prepare, run};
+use medfed_node::{NodeConfig, credentials, prepare, run};
 use medfed_protocol::model::ModelKind;
 use medfed_protocol::task::TrainingPlan;
 
@@ -76,7 +76,8 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             let config = NodeConfig::load(&config)?;
             set_torch_threads(config.threads);
             let trainer = TchTrainer::new(config.device).context("cannot start libtorch")?;
-            let hospital = prepare(&config, Box::new(trainer))?;
+            let hospital =
+                prepare(&config, Box::new(trainer))?.with_credentials(credentials(&config)?);
             let (train, held_out) = hospital.sizes();
             tracing::info!(train, held_out, csv = %config.data.csv.display(), "data validated");
             let runtime =

@@ -177,6 +177,7 @@ mod tests {
             frame(&Message::StatsRequest(StatsRequest {
                 session: 1,
                 round: 0,
+                secure_aggregation: None,
             }))
             .unwrap(),
         );

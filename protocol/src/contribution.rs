@@ -8,6 +8,8 @@
 //! evaluation and the example-weighted FedAvg update `Σ n_k (w_k − w) / Σ n_k`.
 
 use crate::evaluation::EvalCounts;
+use crate::secagg::encoding::{BlockEncoding, VectorEncoding};
+use crate::secagg::fixed_point::FixedPoint;
 
 /// Shape of a round vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +58,17 @@ impl RoundLayout {
     /// Never empty: the evaluation block is always there.
     pub fn is_empty(&self) -> bool {
         false
+    }
+
+    /// How the vector is encoded for secure aggregation: counts exactly, the update clipped to
+    /// `update`'s bound in its fixed point, the weight exactly.
+    pub fn encoding(&self, update: &FixedPoint) -> VectorEncoding {
+        let mut blocks = vec![(EvalCounts::VECTOR_LEN, BlockEncoding::Wide)];
+        if self.train {
+            blocks.push((self.params, BlockEncoding::Clipped(*update)));
+            blocks.push((1, BlockEncoding::Wide));
+        }
+        VectorEncoding::new(blocks)
     }
 
     /// Flattens a node's result. Returns `None` if the result does not fit the layout (an update

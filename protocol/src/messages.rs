@@ -9,6 +9,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ModelHash, ModelSpec};
+use crate::secagg::fixed_point::FixedPoint;
+use crate::secagg::{
+    KeyAdvertisement, KeyDirectory, MaskedInput, RoundParams, ShareDelivery, SharePackage,
+    UnmaskRequest, UnmaskResponse,
+};
 use crate::stats::Standardization;
 use crate::task::TrainingPlan;
 
@@ -48,6 +53,21 @@ pub enum Message {
     Declined(Declined),
     /// Coordinator → node: training is over.
     Finished(Finished),
+    /// Node → coordinator: its signed round keys (the answer to a request under secure
+    /// aggregation, once its figures are ready).
+    SecAggKeys(KeyAdvertisement),
+    /// Coordinator → node: everyone's signed keys.
+    SecAggDirectory(KeyDirectory),
+    /// Node → coordinator: its encrypted shares for its neighbours.
+    SecAggShares(SharePackage),
+    /// Coordinator → node: the shares addressed to it.
+    SecAggDelivery(ShareDelivery),
+    /// Node → coordinator: its masked figures.
+    SecAggInput(MaskedInput),
+    /// Coordinator → node: who sent masked figures.
+    SecAggUnmask(UnmaskRequest),
+    /// Node → coordinator: the shares that remove the masks.
+    SecAggUnmaskShares(UnmaskResponse),
 }
 
 impl Message {
@@ -65,6 +85,13 @@ impl Message {
             Self::Contribution(_) => "contribution",
             Self::Declined(_) => "declined",
             Self::Finished(_) => "finished",
+            Self::SecAggKeys(_) => "secagg_keys",
+            Self::SecAggDirectory(_) => "secagg_directory",
+            Self::SecAggShares(_) => "secagg_shares",
+            Self::SecAggDelivery(_) => "secagg_delivery",
+            Self::SecAggInput(_) => "secagg_input",
+            Self::SecAggUnmask(_) => "secagg_unmask",
+            Self::SecAggUnmaskShares(_) => "secagg_unmask_shares",
         }
     }
 }
@@ -183,6 +210,18 @@ pub struct StatsRequest {
     pub session: u64,
     /// Always 0: statistics precede training round 1.
     pub round: u64,
+    /// Secure aggregation of the statistics; `None` only if the consortium turned it off.
+    pub secure_aggregation: Option<SecAggSetup>,
+}
+
+/// How the figures of one exchange are securely aggregated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SecAggSetup {
+    /// The participants, threshold and neighbour graph.
+    pub params: RoundParams,
+    /// Clipping bound and fixed-point bits of the model update (other figures are encoded
+    /// exactly).
+    pub update_encoding: FixedPoint,
 }
 
 /// Announces a model, whose chunks follow on the same stream.
@@ -242,6 +281,8 @@ pub struct RoundStart {
     pub plan: TrainingPlan,
     /// Consortium-wide feature standardisation from the statistics round.
     pub standardization: Standardization,
+    /// Secure aggregation of the round's figures; `None` only if the consortium turned it off.
+    pub secure_aggregation: Option<SecAggSetup>,
 }
 
 /// What kind of vector a [`Contribution`] carries.
@@ -303,6 +344,25 @@ mod tests {
         };
         let model = Model::new(spec.clone(), spec.initial_parameters(1)).unwrap();
         let (offer, chunks) = split_model(&model, 7, 2);
+        let participants = vec![crate::secagg::Participant {
+            index: 1,
+            identity: "h".into(),
+        }];
+        let setup = SecAggSetup {
+            params: RoundParams {
+                session: 7,
+                round: 2,
+                participants,
+                threshold: 2,
+                neighbours: None,
+                graph_seed: [1; 32],
+                vector_len: 10,
+            },
+            update_encoding: FixedPoint {
+                clip: 1.0,
+                fractional_bits: 16,
+            },
+        };
         let standardization = Standardization {
             mean: vec![1.5, 0.0],
             std: vec![2.0, 1.0],
@@ -327,6 +387,7 @@ mod tests {
             Message::StatsRequest(StatsRequest {
                 session: 7,
                 round: 0,
+                secure_aggregation: Some(setup.clone()),
             }),
             Message::ModelOffer(offer),
             Message::ModelChunk(chunks[0].clone()),
@@ -342,6 +403,7 @@ mod tests {
                 train: true,
                 plan: TrainingPlan::default(),
                 standardization,
+                secure_aggregation: Some(setup),
             }),
             Message::Contribution(Contribution {
                 session: 7,

@@ -6,8 +6,9 @@ use std::time::Duration;
 use medfed_certs::channel::{MessageReader, client_endpoint, send_message};
 use medfed_e2e::{Consortium, subscribe};
 use medfed_protocol::codec::MAX_FRAME_LEN;
-use medfed_protocol::messages::{Contribution, Hello, Message, ModelReceived, PROTOCOL_VERSION};
+use medfed_protocol::messages::{Hello, Message, ModelReceived, PROTOCOL_VERSION, SecAggSetup};
 use medfed_protocol::schema::Schema;
+use medfed_protocol::secagg::KeyAdvertisement;
 
 const HONEST: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
 
@@ -102,18 +103,12 @@ async fn contribution_for_another_round_is_refused_and_the_round_goes_on() {
                         hash: offer.hash,
                     })
                 }
-                Message::StatsRequest(r) => Message::Contribution(Contribution {
-                    session: r.session,
-                    round: r.round + 1,
-                    kind: medfed_protocol::messages::ContributionKind::Stats,
-                    values: vec![0.0; 13],
-                }),
-                Message::RoundStart(start) => Message::Contribution(Contribution {
-                    session: start.session,
-                    round: start.round + 1,
-                    kind: medfed_protocol::messages::ContributionKind::Round,
-                    values: vec![1.0; 4],
-                }),
+                Message::StatsRequest(r) => {
+                    wrong_round_keys(r.session, r.round, r.secure_aggregation)
+                }
+                Message::RoundStart(start) => {
+                    wrong_round_keys(start.session, start.round, start.secure_aggregation)
+                }
                 other => other,
             };
             let _ = send_message(&mut send, &reply).await;
@@ -136,7 +131,7 @@ async fn contribution_for_another_round_is_refused_and_the_round_goes_on() {
         .iter()
         .find(|(who, _)| who == "mallory")
         .expect("mallory dropped");
-    assert!(why.contains("round 2, current round is 1"), "{who}: {why}");
+    assert!(why.contains("round 2, expected round 1"), "{who}: {why}");
     for node in honest {
         node.await.unwrap().unwrap();
     }
@@ -160,7 +155,7 @@ fn node_refuses_replayed_and_foreign_session_requests() {
         input_dim: 6,
     };
     let model = Model::new(spec.clone(), spec.initial_parameters(1)).unwrap();
-    hospital.enter_session(41);
+    hospital.enter_session(41, "hospital-a");
     hospital.accept_model(model.clone(), 41, 1);
     let start = RoundStart {
         session: 41,
@@ -169,6 +164,7 @@ fn node_refuses_replayed_and_foreign_session_requests() {
         train: true,
         plan: TrainingPlan::default(),
         standardization: Standardization::identity(6),
+        secure_aggregation: None,
     };
     assert!(matches!(
         hospital.handle_round(&start),
@@ -211,4 +207,19 @@ fn node_refuses_replayed_and_foreign_session_requests() {
             ..
         })
     ));
+}
+
+/// Keys advertised for the round after the one asked about.
+fn wrong_round_keys(session: u64, round: u64, setup: Option<SecAggSetup>) -> Message {
+    let index = setup
+        .and_then(|s| s.params.index_of("mallory"))
+        .unwrap_or(0);
+    Message::SecAggKeys(KeyAdvertisement {
+        session,
+        round: round + 1,
+        index,
+        cipher_public: [1; 32],
+        mask_public: [2; 32],
+        signature: vec![0; 64],
+    })
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use medfed_certs::{DevConsortium, TlsFiles, make_dev_consortium};
-use medfed_coordinator::config::{TaskConfig, TrainingConfig};
+use medfed_coordinator::config::{SecureAggregationConfig, TaskConfig, TrainingConfig};
 use medfed_coordinator::strategy::StrategyConfig;
 use medfed_coordinator::{CoordinatorConfig, RunningCoordinator};
 use medfed_node::config::DataConfig;
@@ -103,6 +103,7 @@ impl Consortium {
                 round_attempts: 3,
             },
             strategy: StrategyConfig::default(),
+            secure_aggregation: SecureAggregationConfig::default(),
         }
     }
 
@@ -150,7 +151,9 @@ impl Consortium {
     ) -> tokio::task::JoinHandle<Result<NodeOutcome, NodeError>> {
         medfed_node::trainer::set_torch_threads(config.threads);
         let trainer = TchTrainer::new(ComputeDevice::Cpu).expect("libtorch");
-        let hospital = medfed_node::prepare(&config, Box::new(trainer)).expect("valid data");
+        let hospital = medfed_node::prepare(&config, Box::new(trainer))
+            .expect("valid data")
+            .with_credentials(medfed_node::credentials(&config).expect("credentials"));
         tokio::spawn(async move { medfed_node::run(&config, hospital).await })
     }
 }

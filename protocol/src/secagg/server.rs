@@ -316,6 +316,14 @@ impl ExpectUnmasking {
             let shares = self.mask_key_shares.remove(&dropped).unwrap_or_default();
             let secret = reconstruct(dropped, &shares, threshold)?;
             let keys = AgreementKeyPair::from_secret_bytes(*secret);
+            // Shares that combine to some other key (tampered by a holder) would leave masks in
+            // the sum: check the rebuilt key against the one the participant advertised.
+            if self.keys.get(&dropped).map(|entry| entry.keys.mask_public) != Some(keys.public()) {
+                return Err(violation(
+                    dropped,
+                    "the shares of its mask key rebuild a different key",
+                ));
+            }
             for &survivor in self.graph[usize::from(dropped) - 1]
                 .iter()
                 .filter(|v| self.survivors.contains(v))
