@@ -81,9 +81,16 @@ async fn session(
         info!(coordinator = %config.coordinator, rounds = welcome.rounds, "admitted by the coordinator");
         loop {
             let (send, recv) = connection.accept_bi().await.map_err(classify)?;
-            if let Some(outcome) = answer(send, recv, hospital, &welcome).await? {
-                connection.close(0u32.into(), b"finished");
-                return Ok(outcome);
+            match answer(send, recv, hospital, &welcome, config).await {
+                Ok(None) => {}
+                Ok(Some(outcome)) => {
+                    connection.close(0u32.into(), b"finished");
+                    return Ok(outcome);
+                }
+                Err(e) => {
+                    connection.close(1u32.into(), b"node stopping");
+                    return Err(e);
+                }
             }
         }
     }
@@ -130,6 +137,7 @@ async fn answer(
     recv: quinn::RecvStream,
     hospital: &Arc<Mutex<Hospital>>,
     welcome: &Welcome,
+    config: &NodeConfig,
 ) -> Result<Option<NodeOutcome>, NodeError> {
     let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
     let request = match reader.expect().await {
@@ -201,6 +209,16 @@ async fn answer(
         warn!(error = %e, "could not send the answer");
     }
     let _ = send.finish();
+    if let Some(point) = config.danger_crash_after
+        && reply.kind() == point.after
+        && reply_round(&reply) == Some(point.round)
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        return Err(NodeError::Crashed {
+            after: point.after,
+            round: point.round,
+        });
+    }
     // Let the answer reach the coordinator before a finished node closes its connection.
     if finished.is_some() {
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
@@ -232,6 +250,18 @@ async fn receive_model(
         }
     }
     assembler.finish()
+}
+
+/// The round a reply belongs to.
+fn reply_round(reply: &Message) -> Option<u64> {
+    match reply {
+        Message::Contribution(m) => Some(m.round),
+        Message::SecAggKeys(m) => Some(m.round),
+        Message::SecAggShares(m) => Some(m.round),
+        Message::SecAggInput(m) => Some(m.round),
+        Message::SecAggUnmaskShares(m) => Some(m.round),
+        _ => None,
+    }
 }
 
 fn lock(hospital: &Mutex<Hospital>) -> std::sync::MutexGuard<'_, Hospital> {
@@ -308,6 +338,14 @@ pub enum NodeError {
     /// The coordinator broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The node crashed on purpose (test-only fault injection).
+    #[error("crashed on purpose after sending {after} in round {round}")]
+    Crashed {
+        /// Kind of the last message sent.
+        after: &'static str,
+        /// Its round.
+        round: u64,
+    },
     /// The coordinator stayed unreachable.
     #[error("gave up reaching the coordinator after {after:?}: {last}")]
     GaveUp {
@@ -323,7 +361,7 @@ impl NodeError {
     fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Self::Channel(_) | Self::TlsRefused { .. } | Self::Refused(_)
+            Self::Channel(_) | Self::TlsRefused { .. } | Self::Refused(_) | Self::Crashed { .. }
         )
     }
 }

@@ -29,9 +29,21 @@ pub struct NodeConfig {
     pub state_dir: PathBuf,
     /// How long to keep trying to reach the coordinator before giving up.
     pub reconnect_for: Duration,
+    /// Test-only fault injection: crash (drop the connection and stop) right after sending a
+    /// given message in a given round. Never read from a configuration file.
+    pub danger_crash_after: Option<CrashPoint>,
     /// libtorch's intra-op threads. Tabular models this size train fastest on one thread; more
     /// threads spend their time synchronising.
     pub threads: NonZeroUsize,
+}
+
+/// Where a node crashes on purpose, for fault-tolerance tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrashPoint {
+    /// The round.
+    pub round: u64,
+    /// The kind of message after which to crash (see `Message::kind`).
+    pub after: &'static str,
 }
 
 /// Where the data is and how it is split.
@@ -148,6 +160,7 @@ impl NodeConfig {
             state_dir: resolve(raw.state_dir),
             reconnect_for: Duration::from_secs_f64(raw.reconnect_for_secs),
             threads: raw.threads,
+            danger_crash_after: None,
         })
     }
 }

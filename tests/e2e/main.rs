@@ -2,4 +2,5 @@
 //! TLS on 127.0.0.1. Each test builds its own consortium in a temporary folder.
 
 mod hostile;
+mod secure_aggregation;
 mod training;

@@ -134,6 +134,7 @@ impl Consortium {
             state_dir: self.dir.path().join("nodes").join(name),
             reconnect_for: Duration::from_secs(20),
             threads: std::num::NonZeroUsize::MIN,
+            danger_crash_after: None,
         }
     }
 

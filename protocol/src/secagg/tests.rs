@@ -359,3 +359,40 @@ fn inputs_that_wrap_the_ring_sum_correctly() {
     assert_eq!(survivors.len(), 3);
     assert_eq!(sum, vec![3; 4]); // 2·(2^32 − 1) + 5 ≡ 3 (mod 2^32)
 }
+
+#[test]
+fn the_coordinator_never_holds_an_unmasked_update() {
+    use super::encoding::{BlockEncoding, VectorEncoding};
+    use super::fixed_point::FixedPoint;
+
+    // Realistic inputs: encoded round vectors, mostly zeros (empty histogram bins, small updates).
+    let encoding = VectorEncoding::new(vec![
+        (200, BlockEncoding::Wide),
+        (
+            500,
+            BlockEncoding::Clipped(FixedPoint {
+                clip: 1024.0,
+                fractional_bits: 18,
+            }),
+        ),
+    ]);
+    let mut federation = Federation::new(4, None, encoding.encoded_len(), 10);
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    federation.inputs = (0..4)
+        .map(|node| {
+            let values: Vec<f64> = (0..700)
+                .map(|i| if i % 7 == node { 0.25 * i as f64 } else { 0.0 })
+                .collect();
+            encoding.encode(&values, &mut rng).unwrap()
+        })
+        .collect();
+    // Every masked input the server receives is checked inside `run` against the participant's
+    // encoded input: they must differ in all but a negligible fraction (≤ 0.1%) of positions.
+    let (sum, survivors) = federation.run(&[]).unwrap();
+    assert_eq!(sum, federation.expected_sum(&survivors));
+    let zeros = federation.inputs[0].iter().filter(|v| **v == 0).count();
+    assert!(
+        zeros > 1000,
+        "the inputs are mostly zeros ({zeros}), so masking is what hides them"
+    );
+}
