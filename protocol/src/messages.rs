@@ -425,6 +425,29 @@ mod tests {
     }
 
     #[test]
+    fn masked_inputs_travel_as_four_bytes_a_word() {
+        let values: Vec<u32> = (0..1000u32)
+            .map(|i| i.wrapping_mul(2_654_435_761))
+            .collect();
+        let message = Message::SecAggInput(MaskedInput {
+            session: 7,
+            round: 2,
+            values,
+        });
+        let bytes = frame(&message).unwrap();
+        assert!(bytes.len() < 4000 + 16, "{} bytes", bytes.len());
+        let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+        decoder.feed(&bytes);
+        assert_eq!(decoder.next_message().unwrap(), Some(message));
+        // A frame cut short is not decoded.
+        let mut broken = bytes.clone();
+        broken.truncate(bytes.len() - 1);
+        let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+        decoder.feed(&broken);
+        assert!(decoder.next_message().unwrap().is_none());
+    }
+
+    #[test]
     fn every_message_survives_the_codec() {
         for message in every_message() {
             let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);

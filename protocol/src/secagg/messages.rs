@@ -112,7 +112,9 @@ pub struct MaskedInput {
     pub session: u64,
     /// Round.
     pub round: u64,
-    /// The masked vector in Z(2^32).
+    /// The masked vector in Z(2^32). On the wire it is raw little-endian words: masked words
+    /// are uniformly random, so a variable-length integer encoding would spend 5 bytes on each.
+    #[serde(with = "le_words")]
     pub values: Vec<u32>,
 }
 
@@ -139,4 +141,74 @@ pub struct UnmaskResponse {
     pub self_mask_shares: Vec<(u16, Share)>,
     /// `(peer, share of its mask secret key)` for each peer that dropped after sharing.
     pub mask_key_shares: Vec<(u16, Share)>,
+}
+
+/// Serialises `Vec<u32>` as one byte string of little-endian words.
+mod le_words {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        words: &[u32],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        serializer.serialize_bytes(&bytes)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u32>, D::Error> {
+        let bytes = serde_bytes_compat::deserialize(deserializer)?;
+        if bytes.len() % 4 != 0 {
+            return Err(D::Error::custom(format!(
+                "{} bytes is not a whole number of words",
+                bytes.len()
+            )));
+        }
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    /// Reads a byte string whichever way the format hands it over (bytes or a sequence).
+    mod serde_bytes_compat {
+        use std::fmt;
+
+        use serde::Deserializer;
+        use serde::de::{SeqAccess, Visitor};
+
+        struct BytesVisitor;
+
+        impl<'de> Visitor<'de> for BytesVisitor {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte string")
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<u8>, D::Error> {
+            d.deserialize_byte_buf(BytesVisitor)
+        }
+    }
 }
