@@ -146,7 +146,7 @@ pub struct UnmaskResponse {
 /// Serialises `Vec<u32>` as one byte string of little-endian words.
 mod le_words {
     use serde::de::Error as _;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(
         words: &[u32],
