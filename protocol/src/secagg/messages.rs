@@ -64,7 +64,7 @@ pub struct EncryptedShare {
     pub from: u16,
     /// Index of the receiver.
     pub to: u16,
-    /// ChaCha20-Poly1305 ciphertext of the [`SharePlaintext`].
+    /// ChaCha20-Poly1305 ciphertext of the sender's two shares for this receiver.
     pub ciphertext: Vec<u8>,
 }
 
