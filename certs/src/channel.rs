@@ -75,6 +75,14 @@ pub fn peer_identity(
     Ok((subject_common_name(leaf)?, leaf.clone()))
 }
 
+/// Writes bytes already framed with [`codec::frame`].
+pub async fn send_frame(stream: &mut quinn::SendStream, frame: &[u8]) -> Result<(), ChannelError> {
+    stream
+        .write_all(frame)
+        .await
+        .map_err(|e| ChannelError::Write(e.to_string()))
+}
+
 /// Writes one message as a frame; returns the number of bytes put on the stream.
 pub async fn send_message(
     stream: &mut quinn::SendStream,

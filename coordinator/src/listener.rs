@@ -112,11 +112,17 @@ async fn handle_connection(
             .await
             .map_err(|e| e.to_string())?;
         let _ = send.finish();
+        let received = registry.received_counter(&identity);
+        received.fetch_add(
+            reader.bytes_received(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         registry.admit(Arc::new(NodeHandle::new(
             identity.clone(),
             connection.clone(),
             certificate.to_vec(),
             hello.model_hash,
+            received,
         )));
         on_admit(&identity);
         info!("admitted");

@@ -1,6 +1,6 @@
 //! The nodes connected right now, by consortium identity.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +20,8 @@ pub struct NodeHandle {
     pub certificate: Vec<u8>,
     /// Hash of the model the node holds, so an unchanged model is not sent twice.
     held_model: Mutex<Option<ModelHash>>,
-    /// Bytes received from this node on request streams, for accounting.
-    bytes_received: AtomicU64,
+    /// Bytes received from this node, shared with the registry's totals per identity.
+    bytes_received: Arc<AtomicU64>,
 }
 
 impl NodeHandle {
@@ -31,13 +31,14 @@ impl NodeHandle {
         connection: quinn::Connection,
         certificate: Vec<u8>,
         held_model: Option<ModelHash>,
+        bytes_received: Arc<AtomicU64>,
     ) -> Self {
         Self {
             identity,
             connection,
             certificate,
             held_model: Mutex::new(held_model),
-            bytes_received: AtomicU64::new(0),
+            bytes_received,
         }
     }
 
@@ -79,6 +80,8 @@ pub struct Registry {
     nodes: Mutex<HashMap<String, Arc<NodeHandle>>>,
     /// Bumped on every change, so waiters re-check.
     changed: watch::Sender<u64>,
+    /// Bytes received from each identity over all its connections, for accounting.
+    received: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
 }
 
 impl Default for Registry {
@@ -86,11 +89,33 @@ impl Default for Registry {
         Self {
             nodes: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
+            received: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
 impl Registry {
+    /// The byte counter of an identity, created on first use; it outlives connections.
+    pub fn received_counter(&self, identity: &str) -> Arc<AtomicU64> {
+        let mut received = self
+            .received
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        received.entry(identity.to_owned()).or_default().clone()
+    }
+
+    /// Bytes received from each identity so far, over all its connections.
+    pub fn bytes_received(&self) -> BTreeMap<String, u64> {
+        let received = self
+            .received
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        received
+            .iter()
+            .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Adds a node; a previous connection of the same identity (a node that reconnected before
     /// its old connection timed out) is closed and replaced.
     pub fn admit(&self, node: Arc<NodeHandle>) {

@@ -74,6 +74,8 @@ pub struct TrainingReport {
     pub checkpoint: Option<PathBuf>,
     /// The last completed round.
     pub last_round: u64,
+    /// Bytes received from each node during this run (the nodes' egress logs should agree).
+    pub bytes_received: BTreeMap<String, u64>,
 }
 
 /// A coordinator serving on its endpoint and training in the background.
@@ -272,7 +274,9 @@ impl Trainer {
         }
         let final_evaluation = self.final_evaluation(&standardization).await?;
         self.finish().await;
+        let bytes_received = self.registry.bytes_received();
         Ok(TrainingReport {
+            bytes_received,
             rounds: reports,
             final_evaluation,
             final_model: self.model,
@@ -337,7 +341,10 @@ impl Trainer {
             for attempt in 1..=self.config.task.round_attempts {
                 let started = Instant::now();
                 lock(&self.store).begin_round(round, &self.model.hash(), now_ms())?;
-                match self.round_exchange(round, true, standardization).await {
+                match self
+                    .round_exchange(round, attempt, true, standardization)
+                    .await
+                {
                     Ok((gathered, layout)) => {
                         let (report, path) = self.apply(round, gathered, layout, started)?;
                         return Ok((report, path));
@@ -359,6 +366,7 @@ impl Trainer {
     async fn round_exchange(
         &self,
         round: u64,
+        attempt: u32,
         train: bool,
         standardization: &Standardization,
     ) -> Result<(Gathered, RoundLayout), RoundFailure> {
@@ -378,6 +386,7 @@ impl Trainer {
                 Message::RoundStart(RoundStart {
                     session,
                     round,
+                    attempt,
                     model_hash,
                     train,
                     plan: plan.clone(),
@@ -717,7 +726,10 @@ impl Trainer {
         let span = info_span!("final_evaluation", model_round = self.round);
         async {
             for attempt in 1..=self.config.task.round_attempts {
-                match self.round_exchange(round, false, standardization).await {
+                match self
+                    .round_exchange(round, attempt, false, standardization)
+                    .await
+                {
                     Ok((gathered, layout)) => {
                         let metrics = layout.decode(&gathered.sum).and_then(|t| t.eval.metrics());
                         lock(&self.store)

@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use medfed_certs::channel::{ChannelError, MessageReader, client_endpoint, send_message};
-use medfed_protocol::codec::MAX_FRAME_LEN;
+use medfed_certs::channel::{ChannelError, MessageReader, client_endpoint, send_frame};
+use medfed_protocol::codec::{self, MAX_FRAME_LEN};
 use medfed_protocol::messages::{
     Hello, Message, PROTOCOL_VERSION, RefusalReason, Refused, Welcome,
 };
@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::NodeConfig;
+use crate::egress::{EgressError, EgressLog};
 use crate::hospital::Hospital;
 
 /// First wait before reconnecting; doubled after each failure up to [`MAX_BACKOFF`].
@@ -38,11 +39,12 @@ pub struct NodeOutcome {
 /// Runs the node until the coordinator finishes training, or a fatal error.
 pub async fn run(config: &NodeConfig, hospital: Hospital) -> Result<NodeOutcome, NodeError> {
     let endpoint = client_endpoint(&config.tls)?;
+    let egress = Mutex::new(EgressLog::open(&config.state_dir)?);
     let hospital = Arc::new(Mutex::new(hospital));
     let mut backoff = MIN_BACKOFF;
     let mut unreachable_since: Option<Instant> = None;
     loop {
-        match session(&endpoint, config, &hospital).await {
+        match session(&endpoint, config, &hospital, &egress).await {
             Ok(outcome) => {
                 endpoint.close(0u32.into(), b"finished");
                 return Ok(outcome);
@@ -69,19 +71,24 @@ async fn session(
     endpoint: &quinn::Endpoint,
     config: &NodeConfig,
     hospital: &Arc<Mutex<Hospital>>,
+    egress: &Mutex<EgressLog>,
 ) -> Result<NodeOutcome, NodeError> {
     let connecting = endpoint
         .connect(config.coordinator, &config.server_name)
         .map_err(|e| NodeError::Connect(e.to_string()))?;
     let connection = connecting.await.map_err(classify)?;
-    let welcome = hello(&connection, hospital).await?;
-    lock(hospital).enter_session(welcome.session, &welcome.identity);
+    let welcome = hello(&connection, hospital, egress).await?;
+    {
+        let mut hospital = lock(hospital);
+        hospital.enter_session(welcome.session, &welcome.identity);
+        hospital.set_planned_rounds(welcome.rounds);
+    }
     let span = info_span!("node", node = %welcome.identity);
     async {
         info!(coordinator = %config.coordinator, rounds = welcome.rounds, "admitted by the coordinator");
         loop {
             let (send, recv) = connection.accept_bi().await.map_err(classify)?;
-            match answer(send, recv, hospital, &welcome, config).await {
+            match answer(send, recv, hospital, &welcome, config, egress).await {
                 Ok(None) => {}
                 Ok(Some(outcome)) => {
                     connection.close(0u32.into(), b"finished");
@@ -102,6 +109,7 @@ async fn session(
 async fn hello(
     connection: &quinn::Connection,
     hospital: &Arc<Mutex<Hospital>>,
+    egress: &Mutex<EgressLog>,
 ) -> Result<Welcome, NodeError> {
     let (mut send, recv) = connection.open_bi().await.map_err(classify)?;
     let message = {
@@ -112,7 +120,8 @@ async fn hello(
             model_hash: hospital.model_hash(),
         })
     };
-    send_message(&mut send, &message)
+    let frame = record_egress(egress, &message)?;
+    send_frame(&mut send, &frame)
         .await
         .map_err(|e| transport(connection, e))?;
     let _ = send.finish();
@@ -138,6 +147,7 @@ async fn answer(
     hospital: &Arc<Mutex<Hospital>>,
     welcome: &Welcome,
     config: &NodeConfig,
+    egress: &Mutex<EgressLog>,
 ) -> Result<Option<NodeOutcome>, NodeError> {
     let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
     let request = match reader.expect().await {
@@ -205,13 +215,14 @@ async fn answer(
             },
         }),
     };
-    if let Err(e) = send_message(&mut send, &reply).await {
+    let frame = record_egress(egress, &reply)?;
+    if let Err(e) = send_frame(&mut send, &frame).await {
         warn!(error = %e, "could not send the answer");
     }
     let _ = send.finish();
     if let Some(point) = config.danger_crash_after
         && reply.kind() == point.after
-        && reply_round(&reply) == Some(point.round)
+        && reply.round() == Some(point.round)
     {
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
         return Err(NodeError::Crashed {
@@ -252,16 +263,14 @@ async fn receive_model(
     assembler.finish()
 }
 
-/// The round a reply belongs to.
-fn reply_round(reply: &Message) -> Option<u64> {
-    match reply {
-        Message::Contribution(m) => Some(m.round),
-        Message::SecAggKeys(m) => Some(m.round),
-        Message::SecAggShares(m) => Some(m.round),
-        Message::SecAggInput(m) => Some(m.round),
-        Message::SecAggUnmaskShares(m) => Some(m.round),
-        _ => None,
-    }
+/// Frames a message and appends it to the egress log; the frame may be sent only after this.
+fn record_egress(egress: &Mutex<EgressLog>, message: &Message) -> Result<Vec<u8>, NodeError> {
+    let frame = codec::frame(message).map_err(|e| NodeError::Protocol(e.to_string()))?;
+    egress
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .record(message.round(), message.kind(), &frame)?;
+    Ok(frame)
 }
 
 fn lock(hospital: &Mutex<Hospital>) -> std::sync::MutexGuard<'_, Hospital> {
@@ -338,6 +347,9 @@ pub enum NodeError {
     /// The coordinator broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The egress log cannot be written: nothing is sent unrecorded.
+    #[error(transparent)]
+    Egress(#[from] EgressError),
     /// The node crashed on purpose (test-only fault injection).
     #[error("crashed on purpose after sending {after} in round {round}")]
     Crashed {
@@ -361,7 +373,11 @@ impl NodeError {
     fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Self::Channel(_) | Self::TlsRefused { .. } | Self::Refused(_) | Self::Crashed { .. }
+            Self::Channel(_)
+                | Self::TlsRefused { .. }
+                | Self::Refused(_)
+                | Self::Crashed { .. }
+                | Self::Egress(_)
         )
     }
 }

@@ -29,12 +29,55 @@ pub struct NodeConfig {
     pub state_dir: PathBuf,
     /// How long to keep trying to reach the coordinator before giving up.
     pub reconnect_for: Duration,
+    /// The hospital's differential-privacy policy; `None`: no DP-SGD (the node warns).
+    pub privacy: Option<PrivacyConfig>,
     /// Test-only fault injection: crash (drop the connection and stop) right after sending a
     /// given message in a given round. Never read from a configuration file.
     pub danger_crash_after: Option<CrashPoint>,
     /// libtorch's intra-op threads. Tabular models this size train fastest on one thread; more
     /// threads spend their time synchronising.
     pub threads: NonZeroUsize,
+}
+
+/// The hospital's own privacy budget and DP-SGD settings.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// The ε the node never exceeds over its lifetime (at `delta`).
+    pub target_epsilon: f64,
+    /// The δ of the (ε, δ) guarantee; keep it well below 1 / (number of patients).
+    pub delta: f64,
+    /// σ, or `"auto"`: the smallest σ that lets the planned rounds fit the budget.
+    pub noise_multiplier: NoiseMultiplier,
+    /// Per-patient gradient clipping norm C.
+    pub max_grad_norm: f64,
+}
+
+/// A fixed noise multiplier, or one chosen from the budget.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NoiseMultiplier {
+    /// Chosen so that the coordinator's planned rounds spend exactly the budget.
+    Auto,
+    /// This σ.
+    Fixed(f64),
+}
+
+impl<'de> Deserialize<'de> for NoiseMultiplier {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(sigma) => Ok(Self::Fixed(sigma)),
+            Raw::Text(text) if text == "auto" => Ok(Self::Auto),
+            Raw::Text(text) => Err(serde::de::Error::custom(format!(
+                "noise_multiplier must be a number or \"auto\", not {text:?}"
+            ))),
+        }
+    }
 }
 
 /// Where a node crashes on purpose, for fault-tolerance tests.
@@ -74,6 +117,8 @@ struct RawConfig {
     reconnect_for_secs: f64,
     #[serde(default = "default_threads")]
     threads: NonZeroUsize,
+    #[serde(default)]
+    privacy: Option<PrivacyConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +181,9 @@ impl NodeConfig {
                 "data.holdout_fraction must be in [0, 1)".into(),
             ));
         }
+        if let Some(privacy) = &raw.privacy {
+            privacy.validate()?;
+        }
         if !(raw.reconnect_for_secs.is_finite() && raw.reconnect_for_secs >= 0.0) {
             return Err(NodeConfigError::Invalid(
                 "reconnect_for_secs must be a non-negative number".into(),
@@ -161,7 +209,30 @@ impl NodeConfig {
             reconnect_for: Duration::from_secs_f64(raw.reconnect_for_secs),
             threads: raw.threads,
             danger_crash_after: None,
+            privacy: raw.privacy,
         })
+    }
+}
+
+impl PrivacyConfig {
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<(), NodeConfigError> {
+        let invalid = |m: &str| Err(NodeConfigError::Invalid(format!("privacy.{m}")));
+        if !(self.target_epsilon.is_finite() && self.target_epsilon > 0.0) {
+            return invalid("target_epsilon must be a positive number");
+        }
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            return invalid("delta must be in (0, 1)");
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
+            return invalid("max_grad_norm must be a positive number");
+        }
+        if let NoiseMultiplier::Fixed(sigma) = self.noise_multiplier
+            && !(sigma.is_finite() && sigma >= 0.0)
+        {
+            return invalid("noise_multiplier must be \"auto\" or a non-negative number");
+        }
+        Ok(())
     }
 }
 
@@ -212,6 +283,23 @@ schema = "schema.toml"
         assert_eq!(config.data.schema, Path::new("/site/schema.toml"));
         assert_eq!(config.server_name, "localhost");
         assert_eq!(config.data.holdout_fraction, 0.25);
+        assert_eq!(config.privacy, None);
+        let private = format!(
+            "{text}\n[privacy]\ntarget_epsilon = 8.0\ndelta = 1e-5\nnoise_multiplier = \"auto\"\nmax_grad_norm = 1.0\n"
+        );
+        let config = NodeConfig::parse(&private, Path::new("/site")).unwrap();
+        assert_eq!(
+            config.privacy.unwrap().noise_multiplier,
+            NoiseMultiplier::Auto
+        );
+        let fixed = private.replace("\"auto\"", "1.1");
+        let config = NodeConfig::parse(&fixed, Path::new("/site")).unwrap();
+        assert_eq!(
+            config.privacy.unwrap().noise_multiplier,
+            NoiseMultiplier::Fixed(1.1)
+        );
+        let wrong = private.replace("\"auto\"", "\"lots\"");
+        assert!(NodeConfig::parse(&wrong, Path::new("/site")).is_err());
         let bad = text.replace("[data]", "[data]\nholdout_fraction = 1.5");
         assert!(matches!(
             NodeConfig::parse(&bad, Path::new(".")),

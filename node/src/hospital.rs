@@ -13,6 +13,7 @@ use medfed_protocol::messages::{
     SecAggSetup, StatsRequest,
 };
 use medfed_protocol::model::{Model, ModelError, ModelHash, ModelKind, ModelSpec};
+use medfed_protocol::privacy::noise_multiplier_for;
 use medfed_protocol::schema::Schema;
 use medfed_protocol::secagg::encoding::{BlockEncoding, VectorEncoding};
 use medfed_protocol::secagg::{
@@ -20,12 +21,14 @@ use medfed_protocol::secagg::{
 };
 use medfed_protocol::stats::{Standardization, StatsError, stats_contribution};
 use medfed_protocol::task::TrainingPlan;
-use rand::TryRngCore;
+use rand::{SeedableRng, TryRngCore};
 
+use crate::config::{NoiseMultiplier, PrivacyConfig};
 use crate::data::Dataset;
 use crate::examples::Examples;
+use crate::ledger::{LedgerEntry, PrivacyLedger};
 use crate::progress::Progress;
-use crate::trainer::{TrainError, Trainer};
+use crate::trainer::{DpConfig, TrainError, TrainProgress, Trainer};
 
 /// A hospital's node: its data, its model and its session bookkeeping.
 pub struct Hospital {
@@ -41,14 +44,33 @@ pub struct Hospital {
     model: Option<Model>,
     /// The coordinator session whose requests are answered.
     session: Option<u64>,
-    /// Rounds answered in the current session: a second request for one is a replay.
-    answered: HashSet<u64>,
+    /// `(round, attempt)` pairs answered in the current session: a second request for one is a
+    /// replay. A restarted round comes as a new attempt.
+    answered: HashSet<(u64, u32)>,
     /// This node's identity, as the coordinator read it from its certificate.
     identity: Option<String>,
     /// Signs this node's round keys and checks its peers'.
     credentials: Option<Credentials>,
     /// The secure aggregation in progress: `(session, round, state)`.
     secagg: Option<(u64, u64, ParticipantState)>,
+    /// The hospital's privacy policy and ledger; `None`: training is not differentially private.
+    privacy: Option<Privacy>,
+    /// Training rounds the coordinator plans, for choosing σ automatically.
+    planned_rounds: u64,
+}
+
+/// The hospital's differential-privacy policy and its ledger.
+pub struct Privacy {
+    /// Budget and DP-SGD settings.
+    pub config: PrivacyConfig,
+    /// Every release so far.
+    pub ledger: PrivacyLedger,
+}
+
+/// The DP-SGD settings of one round and what it will cost.
+struct PrivateRound {
+    dp: DpConfig,
+    epsilon_after: f64,
 }
 
 /// What secure aggregation needs from the node's certificate and the consortium CA.
@@ -78,7 +100,76 @@ impl Hospital {
             identity: None,
             credentials: None,
             secagg: None,
+            privacy: None,
+            planned_rounds: 1,
         }
+    }
+
+    /// Makes training differentially private under the hospital's policy and ledger.
+    pub fn with_privacy(mut self, privacy: Privacy) -> Self {
+        self.privacy = Some(privacy);
+        self
+    }
+
+    /// Records how many training rounds the coordinator plans (from `Welcome`).
+    pub fn set_planned_rounds(&mut self, rounds: u64) {
+        self.planned_rounds = rounds.max(1);
+    }
+
+    /// The (ε, δ) this node has spent so far, if it trains privately.
+    pub fn privacy_spent(&self) -> Option<(f64, f64)> {
+        let privacy = self.privacy.as_ref()?;
+        let delta = privacy.config.delta;
+        privacy
+            .ledger
+            .epsilon(None, delta)
+            .ok()
+            .map(|(epsilon, _)| (epsilon, delta))
+    }
+
+    /// The DP-SGD settings for a training round, or why the node must decline it: a round
+    /// that would take the node past its budget is refused before any computation.
+    fn private_round(&self, start: &RoundStart) -> Result<Option<PrivateRound>, String> {
+        let Some(privacy) = &self.privacy else {
+            return Ok(None);
+        };
+        let config = &privacy.config;
+        let n = self.train.examples.len();
+        if n == 0 {
+            return Err("no training examples".into());
+        }
+        let sample_rate = (f64::from(start.plan.batch_size) / n as f64).min(1.0);
+        let mut dp = DpConfig {
+            noise_multiplier: 0.0,
+            max_grad_norm: config.max_grad_norm,
+            sample_rate,
+        };
+        let steps = u64::from(start.plan.local_epochs) * dp.steps_per_epoch();
+        dp.noise_multiplier = match config.noise_multiplier {
+            NoiseMultiplier::Fixed(sigma) => sigma,
+            NoiseMultiplier::Auto => noise_multiplier_for(
+                config.target_epsilon,
+                config.delta,
+                sample_rate,
+                self.planned_rounds * steps,
+                0.01,
+            )
+            .map_err(|e| format!("cannot choose a noise multiplier: {e}"))?,
+        };
+        let (epsilon_after, _) = privacy
+            .ledger
+            .epsilon(
+                Some((sample_rate, dp.noise_multiplier, steps)),
+                config.delta,
+            )
+            .map_err(|e| format!("privacy accountant: {e}"))?;
+        if epsilon_after > config.target_epsilon {
+            return Err(format!(
+                "privacy budget: this round would bring ε to {epsilon_after:.3}, over the hospital's {} (δ = {})",
+                config.target_epsilon, config.delta
+            ));
+        }
+        Ok(Some(PrivateRound { dp, epsilon_after }))
     }
 
     /// Gives the node the keys it needs for secure aggregation.
@@ -306,7 +397,7 @@ impl Hospital {
         if let Some(refused) = self.session_refusal(session, round) {
             return refused;
         }
-        if self.answered.contains(&round) {
+        if self.answered.contains(&(round, start.attempt)) {
             return refusal(session, round, RefusalReason::Replay { round });
         }
         let Some(model) = self.model.as_ref().filter(|m| m.hash() == start.model_hash) else {
@@ -327,6 +418,14 @@ impl Hospital {
                 },
             );
         }
+        let private = if start.train {
+            match self.private_round(start) {
+                Ok(private) => private,
+                Err(reason) => return decline(session, round, reason),
+            }
+        } else {
+            None
+        };
         let mut held_out = self.held_out.examples.clone();
         start.standardization.apply(&mut held_out.features);
         let result = evaluate_and_train(
@@ -335,13 +434,41 @@ impl Hospital {
             &held_out,
             start,
             &self.train.examples,
+            private.as_ref().map(|p| &p.dp),
         );
+        // The noised update is about to leave: its cost goes into the ledger first.
+        if let (Ok(LocalOutcome { steps, .. }), Some(private), Some(privacy)) =
+            (&result, &private, self.privacy.as_mut())
+        {
+            let entry = LedgerEntry {
+                time_ms: now_ms(),
+                round,
+                steps: *steps,
+                sample_rate: private.dp.sample_rate,
+                noise_multiplier: private.dp.noise_multiplier,
+                delta: privacy.config.delta,
+                epsilon_after: private.epsilon_after,
+            };
+            if let Err(e) = privacy.ledger.append(entry) {
+                return decline(
+                    session,
+                    round,
+                    format!("cannot record the privacy cost: {e}"),
+                );
+            }
+            tracing::info!(
+                epsilon = private.epsilon_after,
+                delta = privacy.config.delta,
+                sigma = private.dp.noise_multiplier,
+                "privacy spent so far"
+            );
+        }
         let layout = RoundLayout {
             params: model.params.len(),
             train: start.train,
         };
         match result {
-            Ok(LocalOutcome { eval, trained }) => {
+            Ok(LocalOutcome { eval, trained, .. }) => {
                 let update = trained.as_ref().map(|(params, weight)| LocalUpdate {
                     start: &model.params,
                     trained: params,
@@ -349,7 +476,7 @@ impl Hospital {
                 });
                 match layout.encode(&RoundResult { eval, update }) {
                     Some(values) => {
-                        self.answered.insert(round);
+                        self.answered.insert((round, start.attempt));
                         let secure = start
                             .secure_aggregation
                             .as_ref()
@@ -374,6 +501,8 @@ struct LocalOutcome {
     eval: EvalCounts,
     /// Trained parameters and their weight (the number of training examples), when training.
     trained: Option<(Vec<f32>, f64)>,
+    /// Optimiser steps taken (noisy steps under DP-SGD).
+    steps: u64,
 }
 
 impl Hospital {
@@ -436,6 +565,7 @@ fn evaluate_and_train(
     held_out: &Examples,
     start: &RoundStart,
     train: &Examples,
+    dp: Option<&DpConfig>,
 ) -> Result<LocalOutcome, TrainError> {
     let eval = if held_out.is_empty() {
         EvalCounts::zero()
@@ -447,20 +577,47 @@ fn evaluate_and_train(
         return Ok(LocalOutcome {
             eval,
             trained: None,
+            steps: 0,
         });
     }
     let mut train = train.clone();
     start.standardization.apply(&mut train.features);
     let mut progress = Progress::new(start.round);
-    let outcome = trainer.train(&model.spec, &model.params, &train, &start.plan, &mut |p| {
-        progress.update(&p)
-    });
+    let mut report = |p: TrainProgress| progress.update(&p);
+    let (params, steps) = match dp {
+        Some(dp) => {
+            // Batches and noise come from a CSPRNG seeded by the operating system.
+            let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
+            let outcome = trainer.train_private(
+                &model.spec,
+                &model.params,
+                &train,
+                &start.plan,
+                dp,
+                &mut rng,
+                &mut report,
+            )?;
+            (outcome.params, outcome.steps)
+        }
+        None => {
+            let outcome =
+                trainer.train(&model.spec, &model.params, &train, &start.plan, &mut report)?;
+            (outcome.params, outcome.steps)
+        }
+    };
     progress.finish();
-    let outcome = outcome?;
     Ok(LocalOutcome {
         eval,
-        trained: Some((outcome.params, train.len() as f64)),
+        trained: Some((params, train.len() as f64)),
+        steps,
     })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn refusal(session: u64, round: u64, reason: RefusalReason) -> Message {

@@ -17,8 +17,10 @@
 pub mod client;
 pub mod config;
 pub mod data;
+pub mod egress;
 pub mod examples;
 pub mod hospital;
+pub mod ledger;
 pub mod progress;
 pub mod trainer;
 
@@ -64,6 +66,19 @@ pub fn credentials(config: &NodeConfig) -> Result<hospital::Credentials, Prepare
     })
 }
 
+/// The hospital's privacy policy with its ledger, if the configuration has one. The ledger is
+/// read whole: a restarted node keeps every release it ever made.
+pub fn privacy(config: &NodeConfig) -> Result<Option<hospital::Privacy>, PrepareError> {
+    let Some(policy) = config.privacy.clone() else {
+        return Ok(None);
+    };
+    let ledger = ledger::PrivacyLedger::open(&config.state_dir)?;
+    Ok(Some(hospital::Privacy {
+        config: policy,
+        ledger,
+    }))
+}
+
 /// Why the node's data could not be prepared.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -87,6 +102,9 @@ pub enum PrepareError {
     /// The CSV is invalid.
     #[error(transparent)]
     Data(#[from] data::DataError),
+    /// The privacy ledger cannot be read.
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
     /// The node's key or the consortium CA cannot be loaded.
     #[error(transparent)]
     Certs(#[from] medfed_certs::CertError),

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use medfed_node::egress::{EgressLog, EgressTotals};
+use medfed_node::ledger::{PrivacyLedger, epsilon_of};
 use medfed_node::trainer::{TchTrainer, set_torch_threads};
-use medfed_node::{NodeConfig, credentials, prepare, run};
+use medfed_node::{NodeConfig, credentials, prepare, privacy, run};
 use medfed_protocol::model::ModelKind;
 use medfed_protocol::task::TrainingPlan;
 
@@ -51,11 +53,53 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Prints the privacy ledger (every private release and the ε spent), or plans a budget.
+    Privacy {
+        /// The node configuration (TOML), to print its ledger.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Plan a budget instead.
+        #[command(subcommand)]
+        action: Option<PrivacyAction>,
+    },
+    /// Prints the egress log: every message that left this node, with totals.
+    Egress {
+        /// The node configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Validates the data against the schema and prints its size; sends nothing.
     Check {
         /// The node configuration (TOML).
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PrivacyAction {
+    /// ε for a DP-SGD plan (or, with --target-epsilon, the noise multiplier it needs). The last
+    /// line printed is the bare number.
+    Estimate {
+        /// Poisson sampling rate q (batch size / examples).
+        #[arg(long)]
+        sample_rate: f64,
+        /// Noise multiplier σ.
+        #[arg(
+            long,
+            conflicts_with = "target_epsilon",
+            required_unless_present = "target_epsilon"
+        )]
+        noise_multiplier: Option<f64>,
+        /// Target ε: print the σ needed instead.
+        #[arg(long)]
+        target_epsilon: Option<f64>,
+        /// Number of DP-SGD steps.
+        #[arg(long)]
+        steps: u64,
+        /// δ.
+        #[arg(long)]
+        delta: f64,
     },
 }
 
@@ -76,8 +120,23 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             let config = NodeConfig::load(&config)?;
             set_torch_threads(config.threads);
             let trainer = TchTrainer::new(config.device).context("cannot start libtorch")?;
-            let hospital =
+            let mut hospital =
                 prepare(&config, Box::new(trainer))?.with_credentials(credentials(&config)?);
+            match privacy(&config)? {
+                Some(privacy) => {
+                    let spent = privacy.ledger.epsilon(None, privacy.config.delta)?.0;
+                    tracing::info!(
+                        target_epsilon = privacy.config.target_epsilon,
+                        delta = privacy.config.delta,
+                        spent,
+                        "DP-SGD on"
+                    );
+                    hospital = hospital.with_privacy(privacy);
+                }
+                None => {
+                    tracing::warn!("no [privacy] section: training is NOT differentially private")
+                }
+            }
             let (train, held_out) = hospital.sizes();
             tracing::info!(train, held_out, csv = %config.data.csv.display(), "data validated");
             let runtime =
@@ -126,6 +185,50 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Privacy { config, action } => {
+            match (action, config) {
+                (
+                    Some(PrivacyAction::Estimate {
+                        sample_rate,
+                        noise_multiplier,
+                        target_epsilon,
+                        steps,
+                        delta,
+                    }),
+                    _,
+                ) => estimate(sample_rate, noise_multiplier, target_epsilon, steps, delta)?,
+                (None, Some(config)) => print_ledger(&NodeConfig::load(&config)?)?,
+                (None, None) => {
+                    anyhow::bail!("give --config to print the ledger, or use `privacy estimate`")
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Egress { config } => {
+            let config = NodeConfig::load(&config)?;
+            let entries = EgressLog::read(&config.state_dir)?;
+            println!(
+                "{:<24} {:>6} {:<22} {:>10}  sha256",
+                "time (unix ms)", "round", "kind", "bytes"
+            );
+            for e in &entries {
+                let round = e.round.map_or_else(|| "-".to_owned(), |r| r.to_string());
+                println!(
+                    "{:<24} {:>6} {:<22} {:>10}  {}",
+                    e.time_ms, round, e.kind, e.bytes, e.sha256
+                );
+            }
+            let totals = EgressTotals::of(&entries);
+            println!();
+            for (kind, messages, bytes) in &totals.by_kind {
+                println!("{kind:<22} {messages:>6} messages {bytes:>12} bytes");
+            }
+            println!(
+                "{:<22} {:>6} messages {:>12} bytes",
+                "total", totals.messages, totals.bytes
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { config } => {
             let config = NodeConfig::load(&config)?;
             let trainer = TchTrainer::new(medfed_node::trainer::ComputeDevice::Cpu)?;
@@ -138,6 +241,75 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Prints ε (or the σ needed for a target ε) for a DP-SGD plan; the last line is the bare number.
+fn estimate(
+    sample_rate: f64,
+    noise_multiplier: Option<f64>,
+    target_epsilon: Option<f64>,
+    steps: u64,
+    delta: f64,
+) -> anyhow::Result<()> {
+    match (noise_multiplier, target_epsilon) {
+        (Some(sigma), _) => {
+            let (epsilon, order) =
+                medfed_protocol::privacy::epsilon(sample_rate, sigma, steps, delta)?;
+            println!(
+                "q = {sample_rate}, σ = {sigma}, {steps} steps, δ = {delta}: ε = {epsilon:.6} (best Rényi order {order})"
+            );
+            println!("{epsilon}");
+        }
+        (None, Some(target)) => {
+            let sigma = medfed_protocol::privacy::noise_multiplier_for(
+                target,
+                delta,
+                sample_rate,
+                steps,
+                0.01,
+            )?;
+            println!(
+                "q = {sample_rate}, {steps} steps, δ = {delta}: ε ≤ {target} needs σ = {sigma:.6}"
+            );
+            println!("{sigma}");
+        }
+        (None, None) => anyhow::bail!("give --noise-multiplier or --target-epsilon"),
+    }
+    Ok(())
+}
+
+/// Prints the node's privacy ledger and the ε spent.
+fn print_ledger(config: &NodeConfig) -> anyhow::Result<()> {
+    let entries = PrivacyLedger::read(&config.state_dir)?;
+    println!(
+        "{:<16} {:>6} {:>7} {:>9} {:>8} {:>9} {:>10}",
+        "time (unix ms)", "round", "steps", "q", "sigma", "delta", "eps after"
+    );
+    for e in &entries {
+        println!(
+            "{:<16} {:>6} {:>7} {:>9.5} {:>8.4} {:>9.1e} {:>10.4}",
+            e.time_ms,
+            e.round,
+            e.steps,
+            e.sample_rate,
+            e.noise_multiplier,
+            e.delta,
+            e.epsilon_after
+        );
+    }
+    match &config.privacy {
+        Some(policy) => {
+            let (spent, _) = epsilon_of(&entries, None, policy.delta)?;
+            println!(
+                "spent: ε = {spent:.4} of {} at δ = {}",
+                policy.target_epsilon, policy.delta
+            );
+        }
+        None => println!(
+            "this node has no [privacy] policy: its training is not differentially private"
+        ),
+    }
+    Ok(())
 }
 
 fn init_tracing() {

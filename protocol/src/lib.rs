@@ -21,6 +21,7 @@ pub mod contribution;
 pub mod evaluation;
 pub mod messages;
 pub mod model;
+pub mod privacy;
 pub mod schema;
 pub mod secagg;
 pub mod stats;

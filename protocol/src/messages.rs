@@ -71,6 +71,29 @@ pub enum Message {
 }
 
 impl Message {
+    /// The round a message belongs to, where it carries one (`Hello` and `Welcome` do not).
+    pub fn round(&self) -> Option<u64> {
+        Some(match self {
+            Self::Hello(_) | Self::Welcome(_) => return None,
+            Self::Refused(m) => m.round,
+            Self::StatsRequest(m) => m.round,
+            Self::ModelOffer(m) => m.round,
+            Self::ModelChunk(m) => m.round,
+            Self::ModelReceived(m) => m.round,
+            Self::RoundStart(m) => m.round,
+            Self::Contribution(m) => m.round,
+            Self::Declined(m) => m.round,
+            Self::Finished(m) => m.round,
+            Self::SecAggKeys(m) => m.round,
+            Self::SecAggDirectory(m) => m.round,
+            Self::SecAggShares(m) => m.round,
+            Self::SecAggDelivery(m) => m.round,
+            Self::SecAggInput(m) => m.round,
+            Self::SecAggUnmask(m) => m.round,
+            Self::SecAggUnmaskShares(m) => m.round,
+        })
+    }
+
     /// Short name of the message kind, for logs and the egress log.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -273,6 +296,9 @@ pub struct RoundStart {
     pub session: u64,
     /// Round number, from 1.
     pub round: u64,
+    /// Which attempt at the round, from 1: a round restarted after too many dropouts is asked
+    /// again as a new attempt, while a repeated request for the same attempt is a replay.
+    pub attempt: u32,
     /// Hash of the model to start from; the node must hold exactly this model.
     pub model_hash: ModelHash,
     /// Whether to train (false: the final, evaluation-only round).
@@ -399,6 +425,7 @@ mod tests {
             Message::RoundStart(RoundStart {
                 session: 7,
                 round: 2,
+                attempt: 1,
                 model_hash: model.hash(),
                 train: true,
                 plan: TrainingPlan::default(),

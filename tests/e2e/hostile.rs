@@ -160,6 +160,7 @@ fn node_refuses_replayed_and_foreign_session_requests() {
     let start = RoundStart {
         session: 41,
         round: 1,
+        attempt: 1,
         model_hash: model.hash(),
         train: true,
         plan: TrainingPlan::default(),
@@ -182,6 +183,7 @@ fn node_refuses_replayed_and_foreign_session_requests() {
     let foreign = RoundStart {
         session: 99,
         round: 2,
+        attempt: 1,
         ..start.clone()
     };
     assert!(matches!(

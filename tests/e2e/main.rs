@@ -1,6 +1,8 @@
 //! End-to-end tests: a real coordinator and real nodes (libtorch trainer) over QUIC with mutual
 //! TLS on 127.0.0.1. Each test builds its own consortium in a temporary folder.
 
+mod egress;
 mod hostile;
+mod privacy;
 mod secure_aggregation;
 mod training;

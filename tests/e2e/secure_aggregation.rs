@@ -70,6 +70,7 @@ async fn a_node_killed_after_sharing_keys_leaves_the_exact_fedavg_of_the_survivo
     let start = RoundStart {
         session: 1,
         round: 1,
+        attempt: 1,
         model_hash: initial.hash(),
         train: true,
         plan: task.plan(1),

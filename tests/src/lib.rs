@@ -135,6 +135,7 @@ impl Consortium {
             reconnect_for: Duration::from_secs(20),
             threads: std::num::NonZeroUsize::MIN,
             danger_crash_after: None,
+            privacy: None,
         }
     }
 
@@ -155,6 +156,10 @@ impl Consortium {
         let hospital = medfed_node::prepare(&config, Box::new(trainer))
             .expect("valid data")
             .with_credentials(medfed_node::credentials(&config).expect("credentials"));
+        let hospital = match medfed_node::privacy(&config).expect("privacy ledger") {
+            Some(privacy) => hospital.with_privacy(privacy),
+            None => hospital,
+        };
         tokio::spawn(async move { medfed_node::run(&config, hospital).await })
     }
 }

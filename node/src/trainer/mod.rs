@@ -11,11 +11,25 @@
 //!  TrainingPlan (epochs, lr, batch, seed) ─┘                 │
 //!                                                            └─▶ TrainProgress per mini-batch
 //! ```
+//!
+//! [`Trainer::train_private`] is the differentially private variant: DP-SGD as Opacus does it
+//! (Poisson sampling, per-example clipping, Gaussian noise), with the sampling and the noise
+//! drawn from a cryptographically secure RNG the caller hands in.
+//!
+//! ```text
+//!  Examples, round parameters, TrainingPlan (epochs, lr) ─┐
+//!  DpConfig (σ, C, q) ────────────────────────────────────┼─▶ Trainer::train_private
+//!  CSPRNG seeded from the OS (sampling + noise) ──────────┘        │
+//!                                           PrivateTrainOutcome ◀──┘
+//! ```
 
+mod dp_sgd;
+mod noise;
 mod tch_trainer;
 
 use medfed_protocol::model::{ModelError, ModelSpec};
 use medfed_protocol::task::TrainingPlan;
+use rand::CryptoRng;
 use serde::{Deserialize, Serialize};
 
 use crate::examples::Examples;
@@ -37,6 +51,34 @@ pub trait Trainer: Send {
         plan: &TrainingPlan,
         progress: &mut dyn FnMut(TrainProgress),
     ) -> Result<TrainOutcome, TrainError>;
+
+    /// Trains from `initial` with DP-SGD: `plan.local_epochs` epochs of `round(1/q)` steps each,
+    /// where every step Poisson-samples its batch (each example independently with probability
+    /// `dp.sample_rate`), clips each example's whole gradient to L2 norm `dp.max_grad_norm`, sums
+    /// the clipped gradients, adds Gaussian noise of standard deviation `σ·C` to every
+    /// coordinate, divides by the *expected* batch size `q·N` and takes an SGD step of
+    /// `plan.learning_rate`. This is Opacus's `DPOptimizer` with Poisson sampling; an empty batch
+    /// still takes a step, of noise only.
+    ///
+    /// `plan.batch_size` and `plan.seed` are not used: the batches come from `noise_rng`, and
+    /// must stay secret for the privacy guarantee, so a seed the coordinator knows must not
+    /// choose them. `noise_rng` draws both the batches and the noise, never torch's RNG. The node
+    /// passes a fresh CSPRNG seeded from the operating system (`ChaCha20Rng::from_os_rng()`);
+    /// tests pass a seeded one to be reproducible.
+    ///
+    /// Only [`PrivateTrainOutcome::params`] is covered by the DP guarantee; the loss figures in
+    /// the outcome and in `progress` are computed from the raw data and are for local display.
+    /// `progress` is called after every step.
+    fn train_private(
+        &mut self,
+        spec: &ModelSpec,
+        initial: &[f32],
+        data: &Examples,
+        plan: &TrainingPlan,
+        dp: &DpConfig,
+        noise_rng: &mut dyn CryptoRng,
+        progress: &mut dyn FnMut(TrainProgress),
+    ) -> Result<PrivateTrainOutcome, TrainError>;
 
     /// Probability of the positive class (sigmoid of the logit) for every row of `data`.
     ///
@@ -73,6 +115,58 @@ pub struct TrainOutcome {
     /// SGD steps taken (mini-batches over all epochs).
     pub steps: u64,
     /// Mean loss per example over the last epoch, measured on each mini-batch before its step.
+    pub mean_loss: f64,
+}
+
+/// Parameters of DP-SGD, with Opacus's names and meanings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DpConfig {
+    /// σ: standard deviation of the Gaussian noise, as a multiple of `max_grad_norm`; at least
+    /// zero (zero gives clipping without privacy).
+    pub noise_multiplier: f64,
+    /// C: bound on the L2 norm of each example's gradient, all layers together; positive.
+    pub max_grad_norm: f64,
+    /// q: probability that a given example is in a given step's batch, in `(0, 1]`.
+    pub sample_rate: f64,
+}
+
+impl DpConfig {
+    /// Checks that the parameters describe a DP-SGD run.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if !(self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
+            return Err(TrainError::InvalidDpConfig("sample_rate is not in (0, 1]"));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
+            return Err(TrainError::InvalidDpConfig(
+                "max_grad_norm is not positive and finite",
+            ));
+        }
+        if !(self.noise_multiplier.is_finite() && self.noise_multiplier >= 0.0) {
+            return Err(TrainError::InvalidDpConfig(
+                "noise_multiplier is negative or not finite",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Steps in one epoch: `round(1/q)`, at least one, as Opacus's Poisson data loader takes.
+    pub fn steps_per_epoch(&self) -> u64 {
+        // `as` saturates; `validate` keeps q in (0, 1], so 1/q is at least 1.
+        ((1.0 / self.sample_rate).round() as u64).max(1)
+    }
+}
+
+/// The result of [`Trainer::train_private`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrivateTrainOutcome {
+    /// Trained parameters, flat, in the spec's [`ParamLayout`](medfed_protocol::model::ParamLayout)
+    /// order; the only output the DP guarantee covers.
+    pub params: Vec<f32>,
+    /// Noisy steps taken: `local_epochs × round(1/q)`, empty batches included. The privacy
+    /// accountant needs it.
+    pub steps: u64,
+    /// Mean loss per sampled example over the last epoch, measured on each batch before its
+    /// step; zero if that epoch sampled no example. Not private: for local display only.
     pub mean_loss: f64,
 }
 
@@ -147,6 +241,17 @@ pub enum TrainError {
         /// Mini-batch within the epoch, from 1.
         batch: usize,
     },
+    /// A per-example gradient became NaN or infinite during DP-SGD, so it cannot be clipped.
+    #[error("a per-example gradient is not finite at epoch {epoch}, step {batch}")]
+    NonFiniteGradient {
+        /// Epoch, from 1.
+        epoch: u32,
+        /// Step within the epoch, from 1.
+        batch: usize,
+    },
+    /// The DP-SGD parameters are out of range.
+    #[error("invalid DP-SGD configuration: {0}")]
+    InvalidDpConfig(&'static str),
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(String),

@@ -4,13 +4,14 @@ use std::num::NonZeroUsize;
 
 use medfed_protocol::model::ModelSpec;
 use medfed_protocol::task::TrainingPlan;
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{CryptoRng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tch::{Device, Reduction, TchError, Tensor};
 
 use super::{
-    ComputeDevice, TrainError, TrainOutcome, TrainProgress, Trainer, check_inputs, check_plan,
+    ComputeDevice, DpConfig, PrivateTrainOutcome, TrainError, TrainOutcome, TrainProgress, Trainer,
+    check_inputs, check_plan, dp_sgd,
 };
 use crate::examples::Examples;
 
@@ -126,6 +127,28 @@ impl Trainer for TchTrainer {
         })
     }
 
+    fn train_private(
+        &mut self,
+        spec: &ModelSpec,
+        initial: &[f32],
+        data: &Examples,
+        plan: &TrainingPlan,
+        dp: &DpConfig,
+        noise_rng: &mut dyn CryptoRng,
+        progress: &mut dyn FnMut(TrainProgress),
+    ) -> Result<PrivateTrainOutcome, TrainError> {
+        dp_sgd::train_private(
+            self.device,
+            spec,
+            initial,
+            data,
+            plan,
+            dp,
+            noise_rng,
+            progress,
+        )
+    }
+
     fn predict(
         &mut self,
         spec: &ModelSpec,
@@ -162,14 +185,14 @@ impl From<TchError> for TrainError {
 /// The model as tensors: for each linear layer, its weight `[out, in]`, its bias `[out]` and
 /// whether a ReLU follows. Tensors are in [`ParamLayout`](medfed_protocol::model::ParamLayout)
 /// order.
-struct Mlp {
+pub(super) struct Mlp {
     /// `(weight, bias, relu_after)` per layer, input side first.
-    layers: Vec<(Tensor, Tensor, bool)>,
+    pub(super) layers: Vec<(Tensor, Tensor, bool)>,
 }
 
 impl Mlp {
     /// Builds the tensors from a flat vector whose length the caller has checked.
-    fn from_flat(
+    pub(super) fn from_flat(
         spec: &ModelSpec,
         params: &[f32],
         device: Device,
@@ -191,7 +214,7 @@ impl Mlp {
     }
 
     /// Logits, shape `[rows, 1]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let mut h = x.shallow_clone();
         for (w, b, relu) in &self.layers {
             h = h.f_linear(w, Some(b))?;
@@ -217,7 +240,7 @@ impl Mlp {
     }
 
     /// The parameters as one flat vector in layout order.
-    fn to_flat(&self) -> Result<Vec<f32>, TrainError> {
+    pub(super) fn to_flat(&self) -> Result<Vec<f32>, TrainError> {
         let mut flat = Vec::new();
         for (w, b, _) in &self.layers {
             for p in [w, b] {
@@ -248,7 +271,7 @@ fn leaf(
 }
 
 /// The features as `[rows, width]` and the labels as `[rows, 1]`, both `f32` on `device`.
-fn to_tensors(data: &Examples, device: Device) -> Result<(Tensor, Tensor), TchError> {
+pub(super) fn to_tensors(data: &Examples, device: Device) -> Result<(Tensor, Tensor), TchError> {
     let rows = data.len() as i64;
     let features = Tensor::f_from_slice(&data.features)?
         .f_view([rows, data.num_features as i64])?

@@ -1,0 +1,135 @@
+//! One DP-SGD step against one plain SGD step, on the CPU, for the heart-sized MLP.
+//!
+//! Both train one epoch over N = 4096 examples: plain SGD in 16 shuffled batches of 256, DP-SGD
+//! in round(1/q) = 16 Poisson-sampled batches with q = 256/4096 (expected size 256), σ = 1,
+//! C = 1. Each reported time is the epoch's divided by its 16 steps, so it includes a sixteenth
+//! of the per-call setup (building tensors from the flat vectors and back).
+//!
+//! Run with `cargo bench -p medfed-node --bench dp_sgd`; the last line gives the ratio.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use medfed_node::examples::Examples;
+use medfed_node::trainer::{ComputeDevice, DpConfig, TchTrainer, TrainProgress, Trainer};
+use medfed_protocol::model::{ModelKind, ModelSpec};
+use medfed_protocol::task::TrainingPlan;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+/// Examples in the node's training split.
+const ROWS: usize = 4096;
+/// Plain SGD's batch size, and DP-SGD's expected one.
+const BATCH: usize = 256;
+/// Steps in one epoch, for both.
+const STEPS: u32 = (ROWS / BATCH) as u32;
+
+fn main() {
+    let mut criterion = Criterion::default().sample_size(20).configure_from_args();
+    let spec = ModelSpec {
+        kind: ModelKind::Mlp {
+            hidden: vec![32, 16],
+        },
+        input_dim: 18,
+    };
+    let data = examples(ROWS, spec.input_dim);
+    let init = spec.initial_parameters(1);
+    let plan = TrainingPlan {
+        local_epochs: 1,
+        learning_rate: 0.05,
+        batch_size: BATCH as u32,
+        seed: 1,
+    };
+    let dp = DpConfig {
+        noise_multiplier: 1.0,
+        max_grad_norm: 1.0,
+        sample_rate: BATCH as f64 / ROWS as f64,
+    };
+    let mut trainer = TchTrainer::new(ComputeDevice::Cpu).expect("the CPU is always available");
+    let mut noise_rng = ChaCha20Rng::from_os_rng();
+    let mut progress = |_: TrainProgress| {};
+
+    let mut sgd = Mean::default();
+    criterion.bench_function("sgd_step", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let out = trainer.train(&spec, &init, &data, &plan, &mut progress);
+                assert_eq!(out.expect("plain SGD trains").steps, u64::from(STEPS));
+            }
+            sgd.record(start.elapsed() / STEPS, iters)
+        })
+    });
+    let mut private = Mean::default();
+    criterion.bench_function("dp_sgd_step", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let out = trainer.train_private(
+                    &spec,
+                    &init,
+                    &data,
+                    &plan,
+                    &dp,
+                    &mut noise_rng,
+                    &mut progress,
+                );
+                assert_eq!(out.expect("DP-SGD trains").steps, u64::from(STEPS));
+            }
+            private.record(start.elapsed() / STEPS, iters)
+        })
+    });
+    criterion.final_summary();
+
+    let (dp_ms, sgd_ms) = (private.millis(), sgd.millis());
+    println!(
+        "MLP 18-32-16-1, batch {BATCH} of N = {ROWS}, {} torch threads: \
+         dp_sgd step {dp_ms:.3} ms; sgd step {sgd_ms:.3} ms; ratio {:.2}",
+        tch::get_num_threads(),
+        dp_ms / sgd_ms
+    );
+}
+
+/// Time per iteration averaged over everything criterion ran, warm-up included.
+#[derive(Default)]
+struct Mean {
+    /// Total time of the iterations recorded.
+    total: Duration,
+    /// Iterations recorded.
+    iters: u64,
+}
+
+impl Mean {
+    /// Adds `iters` iterations that took `elapsed` in all, and hands `elapsed` back.
+    fn record(&mut self, elapsed: Duration, iters: u64) -> Duration {
+        self.total += elapsed;
+        self.iters += iters;
+        black_box(elapsed)
+    }
+
+    /// Mean milliseconds per iteration.
+    fn millis(&self) -> f64 {
+        self.total.as_secs_f64() * 1e3 / self.iters.max(1) as f64
+    }
+}
+
+/// `rows` examples with uniform features and labels from a fixed linear rule.
+fn examples(rows: usize, width: usize) -> Examples {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let mut data = Examples {
+        num_features: width,
+        ..Examples::default()
+    };
+    for _ in 0..rows {
+        let x: Vec<f32> = (0..width).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let s: f32 = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i % 2 == 0 { *v } else { -v })
+            .sum();
+        data.features.extend(x);
+        data.labels.push(if s > 0.0 { 1.0 } else { 0.0 });
+    }
+    data
+}

@@ -1,0 +1,681 @@
+//! DP-SGD on libtorch: exact per-example gradients in one batched pass, per-example clipping,
+//! Gaussian noise from the caller's CSPRNG, and an SGD step scaled by the expected batch size.
+//!
+//! For the supported models (linear layers with ReLU between them, one logit, BCE-with-logits)
+//! the backward pass is written out by hand on whole batches, keeping every example apart:
+//!
+//! ```text
+//!  forward   a₀ = x,  zₗ = aₗ₋₁·Wₗᵀ + bₗ,  aₗ = relu(zₗ) (or zₗ for the logit)   all B × dₗ
+//!  backward  δ_L = σ(z_L) − y                   gradient of each example's own loss
+//!            δₗ₋₁ = (δₗ·Wₗ) ⊙ 1[zₗ₋₁ > 0]
+//!  example i ∂ℓᵢ/∂Wₗ = δₗ,ᵢ ⊗ aₗ₋₁,ᵢ,  ∂ℓᵢ/∂bₗ = δₗ,ᵢ
+//! ```
+//!
+//! A training step never builds the `B × out × in` per-example weight gradients: since each is
+//! an outer product, its norm is `‖δₗ,ᵢ‖·‖aₗ₋₁,ᵢ‖`, and the sum of the clipped ones is
+//! `(c ⊙ δₗ)ᵀ·aₗ₋₁` for clip factors `c`. [`per_example_gradients`] builds them in full for
+//! tests, which check both forms against one autograd pass per example.
+
+use medfed_protocol::model::ModelSpec;
+use medfed_protocol::task::TrainingPlan;
+use rand::CryptoRng;
+use tch::{Device, Kind, Reduction, TchError, Tensor};
+
+use super::tch_trainer::{Mlp, to_tensors};
+use super::{
+    DpConfig, PrivateTrainOutcome, TrainError, TrainProgress, check_inputs, check_plan, noise,
+};
+use crate::examples::Examples;
+
+/// [`Trainer::train_private`](super::Trainer::train_private) on `device`.
+pub(super) fn train_private(
+    device: Device,
+    spec: &ModelSpec,
+    initial: &[f32],
+    data: &Examples,
+    plan: &TrainingPlan,
+    dp: &DpConfig,
+    rng: &mut dyn CryptoRng,
+    progress: &mut dyn FnMut(TrainProgress),
+) -> Result<PrivateTrainOutcome, TrainError> {
+    check_inputs(spec, initial, data)?;
+    check_plan(plan)?;
+    dp.validate()?;
+    if data.is_empty() {
+        return Err(TrainError::EmptyData);
+    }
+    // Gradients are computed by hand; autograd would only cost time.
+    let _no_grad = tch::no_grad_guard();
+    let model = Mlp::from_flat(spec, initial, device, false)?;
+    let (features, labels) = to_tensors(data, device)?;
+
+    let rows = data.len();
+    let num_params = initial.len() as i64;
+    let batches = usize::try_from(dp.steps_per_epoch()).unwrap_or(usize::MAX);
+    // Opacus divides the noisy sum by the expected batch size under Poisson sampling.
+    let step_scale = plan.learning_rate / (dp.sample_rate * rows as f64);
+    let noise_std = dp.noise_multiplier * dp.max_grad_norm;
+    let mut steps = 0u64;
+    let mut epoch_loss = 0.0;
+
+    for epoch in 1..=plan.local_epochs {
+        let mut loss_sum = 0.0;
+        let mut seen = 0usize;
+        for b in 1..=batches {
+            let batch = noise::poisson_sample(rng, rows, dp.sample_rate);
+            let mut grad = if batch.is_empty() {
+                Tensor::f_zeros([num_params], (Kind::Float, device))?
+            } else {
+                let index = Tensor::f_from_slice(&batch)?.f_to_device(device)?;
+                let x = features.f_index_select(0, &index)?;
+                let y = labels.f_index_select(0, &index)?;
+                let clipped = clipped_gradient_sum(&model, &x, &y, dp.max_grad_norm)?;
+                if !clipped.loss_sum.is_finite() {
+                    return Err(TrainError::NonFiniteLoss { epoch, batch: b });
+                }
+                if !clipped.norms_finite {
+                    return Err(TrainError::NonFiniteGradient { epoch, batch: b });
+                }
+                loss_sum += clipped.loss_sum;
+                seen += batch.len();
+                clipped.sum
+            };
+            if noise_std > 0.0 {
+                let noise = noise::gaussian(rng, initial.len(), noise_std);
+                let noise = Tensor::f_from_slice(&noise)?.f_to_device(device)?;
+                let _ = grad.f_add_(&noise)?;
+            }
+            sgd_step(&model, &grad, step_scale)?;
+            steps += 1;
+            progress(TrainProgress {
+                epoch,
+                epochs: plan.local_epochs,
+                batch: b,
+                batches,
+                loss: if seen == 0 {
+                    0.0
+                } else {
+                    loss_sum / seen as f64
+                },
+            });
+        }
+        epoch_loss = if seen == 0 {
+            0.0
+        } else {
+            loss_sum / seen as f64
+        };
+    }
+    Ok(PrivateTrainOutcome {
+        params: model.to_flat()?,
+        steps,
+        mean_loss: epoch_loss,
+    })
+}
+
+/// Every example's gradient of its own BCE-with-logits loss, as a `[B, P]` matrix whose row `i`
+/// is example `i`'s gradient in [`ParamLayout`](medfed_protocol::model::ParamLayout) order.
+///
+/// `x` is `[B, input_dim]`, `y` is `[B, 1]`. Exact, and vectorised: one batched forward and
+/// backward pass, each weight gradient an outer product `einsum("bi,bj->bij", δ, a)`. Training
+/// uses [`clipped_gradient_sum`] instead; this full form is the reference tests check it by.
+#[cfg(test)]
+pub(crate) fn per_example_gradients(
+    model: &Mlp,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<Tensor, TchError> {
+    let pass = backprop(model, x, y)?;
+    let rows = x.size()[0];
+    let mut columns = Vec::with_capacity(2 * pass.deltas.len());
+    for (delta, input) in pass.deltas.iter().zip(&pass.inputs) {
+        let weight = Tensor::f_einsum("bi,bj->bij", &[delta, input], None::<&[i64]>)?;
+        columns.push(weight.f_reshape([rows, -1])?);
+        columns.push(delta.shallow_clone());
+    }
+    Tensor::f_cat(&columns, 1)
+}
+
+/// Scales each row of `grads` (`[B, P]`, one example per row) by `min(1, max_norm/‖row‖)`, so that
+/// no row's L2 norm exceeds `max_norm`; rows already within it are returned unchanged.
+#[cfg(test)]
+pub(crate) fn clip_per_example(grads: &Tensor, max_norm: f64) -> Result<Tensor, TchError> {
+    let norms = grads
+        .f_square()?
+        .f_sum_dim_intlist(1, false, Kind::Float)?
+        .f_sqrt()?;
+    let factor = clip_factors(&norms, max_norm)?;
+    grads.f_mul(&factor.f_unsqueeze(1)?)
+}
+
+/// What one batch contributes to a DP-SGD step, before noise.
+pub(crate) struct ClippedSum {
+    /// Sum over the batch of the clipped per-example gradients, flat, `[P]`.
+    pub(crate) sum: Tensor,
+    /// Sum over the batch of the per-example losses.
+    pub(crate) loss_sum: f64,
+    /// Whether every per-example gradient norm is finite.
+    pub(crate) norms_finite: bool,
+}
+
+/// The sum of the per-example gradients of the batch `(x, y)`, each clipped to L2 norm
+/// `max_norm`, without building the per-example gradients: equal to
+/// `clip_per_example(per_example_gradients(..)).sum(0)`.
+pub(crate) fn clipped_gradient_sum(
+    model: &Mlp,
+    x: &Tensor,
+    y: &Tensor,
+    max_norm: f64,
+) -> Result<ClippedSum, TchError> {
+    let pass = backprop(model, x, y)?;
+    // ‖gᵢ‖² = Σₗ ‖δₗ,ᵢ‖²·(‖aₗ₋₁,ᵢ‖² + 1): the weight's outer product and the bias.
+    let mut norm_sq: Option<Tensor> = None;
+    for (delta, input) in pass.deltas.iter().zip(&pass.inputs) {
+        let delta_sq = row_sq_norms(delta)?;
+        let input_sq = row_sq_norms(input)?.f_add_scalar(1.0)?;
+        let layer = delta_sq.f_mul(&input_sq)?;
+        norm_sq = Some(match norm_sq {
+            None => layer,
+            Some(total) => total.f_add(&layer)?,
+        });
+    }
+    // A model has at least one layer (`ModelSpec::validate`); an empty sum is zero anyway.
+    let norm_sq = match norm_sq {
+        Some(n) => n,
+        None => Tensor::f_zeros([x.size()[0]], (Kind::Float, x.device()))?,
+    };
+    let factor = clip_factors(&norm_sq.f_sqrt()?, max_norm)?.f_unsqueeze(1)?;
+    let mut parts = Vec::with_capacity(2 * pass.deltas.len());
+    for (delta, input) in pass.deltas.iter().zip(&pass.inputs) {
+        let scaled = delta.f_mul(&factor)?;
+        parts.push(scaled.f_tr()?.f_mm(input)?.f_reshape([-1])?);
+        parts.push(scaled.f_sum_dim_intlist(0, false, Kind::Float)?);
+    }
+    // One device-to-host transfer for both checks.
+    let stats = Tensor::f_stack(
+        &[pass.losses.f_sum(Kind::Float)?, norm_sq.f_sum(Kind::Float)?],
+        0,
+    )?
+    .f_to_kind(Kind::Double)?
+    .f_to_device(Device::Cpu)?;
+    let stats = Vec::<f64>::try_from(&stats)?;
+    Ok(ClippedSum {
+        sum: Tensor::f_cat(&parts, 0)?,
+        loss_sum: stats[0],
+        // Both sums are of non-negative terms, so each is finite exactly when its terms are.
+        norms_finite: stats[1].is_finite(),
+    })
+}
+
+/// Activations kept from the forward pass and error signals from the backward pass.
+struct Backprop {
+    /// Each layer's input `aₗ₋₁`, `[B, fan_in]`, input side first.
+    inputs: Vec<Tensor>,
+    /// Each layer's `δₗ`, the gradient of each example's loss with respect to the layer's output
+    /// before its ReLU, `[B, fan_out]`, input side first.
+    deltas: Vec<Tensor>,
+    /// Each example's BCE-with-logits loss, `[B]`.
+    losses: Tensor,
+}
+
+/// The forward pass and the hand-written backward pass of the per-example losses.
+fn backprop(model: &Mlp, x: &Tensor, y: &Tensor) -> Result<Backprop, TchError> {
+    let layers = model.layers.len();
+    let mut inputs = Vec::with_capacity(layers);
+    let mut pre_activations = Vec::with_capacity(layers);
+    let mut h = x.shallow_clone();
+    for (w, b, relu) in &model.layers {
+        let z = h.f_linear(w, Some(b))?;
+        inputs.push(h);
+        h = if *relu {
+            z.f_relu()?
+        } else {
+            z.shallow_clone()
+        };
+        pre_activations.push(z);
+    }
+    let losses = h
+        .f_binary_cross_entropy_with_logits::<Tensor>(y, None, None, Reduction::None)?
+        .f_reshape([-1])?;
+    // ∂ℓᵢ/∂logitᵢ = σ(logitᵢ) − yᵢ for ℓ = BCE-with-logits.
+    let mut grad_out = h.f_sigmoid()?.f_sub(y)?;
+    let mut deltas = Vec::with_capacity(layers);
+    for (l, (w, _, relu)) in model.layers.iter().enumerate().rev() {
+        let delta = if *relu {
+            // ReLU's derivative, zero at zero as torch takes it.
+            pre_activations[l].f_threshold_backward(&grad_out, 0.0)?
+        } else {
+            grad_out
+        };
+        grad_out = delta.f_mm(w)?;
+        deltas.push(delta);
+    }
+    deltas.reverse();
+    Ok(Backprop {
+        inputs,
+        deltas,
+        losses,
+    })
+}
+
+/// `min(1, max_norm / n)` for each norm `n` (1 for a zero norm).
+fn clip_factors(norms: &Tensor, max_norm: f64) -> Result<Tensor, TchError> {
+    norms
+        .f_reciprocal()?
+        .f_mul_scalar(max_norm)?
+        .f_clamp_max(1.0)
+}
+
+/// The squared L2 norm of each row of a `[B, d]` matrix.
+fn row_sq_norms(m: &Tensor) -> Result<Tensor, TchError> {
+    m.f_square()?.f_sum_dim_intlist(1, false, Kind::Float)
+}
+
+/// `p ← p − scale·g` for every parameter, where `grad` is flat in layout order.
+fn sgd_step(model: &Mlp, grad: &Tensor, scale: f64) -> Result<(), TchError> {
+    let mut offset = 0;
+    for (w, b, _) in &model.layers {
+        for p in [w, b] {
+            let n = p.numel() as i64;
+            let step = grad
+                .f_narrow(0, offset, n)?
+                .f_view_as(p)?
+                .f_mul_scalar(scale)?;
+            let _ = p.shallow_clone().f_sub_(&step)?;
+            offset += n;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use medfed_protocol::model::ModelKind;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+    use rand_distr::StandardNormal;
+
+    use super::*;
+    use crate::trainer::{ComputeDevice, TchTrainer, Trainer};
+
+    fn mlp(input_dim: usize, hidden: &[usize]) -> ModelSpec {
+        ModelSpec {
+            kind: ModelKind::Mlp {
+                hidden: hidden.to_vec(),
+            },
+            input_dim,
+        }
+    }
+
+    fn logistic(input_dim: usize) -> ModelSpec {
+        ModelSpec {
+            kind: ModelKind::LogisticRegression,
+            input_dim,
+        }
+    }
+
+    fn plan(epochs: u32, lr: f64) -> TrainingPlan {
+        TrainingPlan {
+            local_epochs: epochs,
+            learning_rate: lr,
+            batch_size: 32,
+            seed: 0,
+        }
+    }
+
+    fn dp(noise_multiplier: f64, max_grad_norm: f64, sample_rate: f64) -> DpConfig {
+        DpConfig {
+            noise_multiplier,
+            max_grad_norm,
+            sample_rate,
+        }
+    }
+
+    fn cpu() -> TchTrainer {
+        TchTrainer::new(ComputeDevice::Cpu).unwrap()
+    }
+
+    /// `rows` examples with standard normal features and labels from a noisy linear rule.
+    fn random_examples(rows: usize, width: usize, seed: u64) -> Examples {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut data = Examples {
+            num_features: width,
+            ..Examples::default()
+        };
+        for _ in 0..rows {
+            let x: Vec<f32> = (0..width).map(|_| rng.sample(StandardNormal)).collect();
+            let s = x.iter().step_by(2).sum::<f32>() - x.iter().skip(1).step_by(2).sum::<f32>();
+            let label = s + rng.sample::<f32, _>(StandardNormal) > 0.0;
+            data.features.extend(x);
+            data.labels.push(if label { 1.0 } else { 0.0 });
+        }
+        data
+    }
+
+    fn tensors(data: &Examples) -> (Tensor, Tensor) {
+        to_tensors(data, Device::Cpu).unwrap()
+    }
+
+    fn to_vec(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(&t.reshape([-1])).unwrap()
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    fn row_norms(grads: &Tensor) -> Vec<f64> {
+        let rows = grads.size()[0];
+        (0..rows)
+            .map(|i| {
+                to_vec(&grads.get(i))
+                    .iter()
+                    .map(|&v| f64::from(v).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect()
+    }
+
+    fn no_progress() -> impl FnMut(TrainProgress) {
+        |_| {}
+    }
+
+    #[test]
+    fn per_example_gradients_match_one_autograd_pass_per_example() {
+        for spec in [mlp(8, &[4]), mlp(8, &[4, 3]), logistic(8)] {
+            let params = spec.initial_parameters(7);
+            let data = random_examples(16, 8, 1);
+            let (x, y) = tensors(&data);
+            let model = Mlp::from_flat(&spec, &params, Device::Cpu, false).unwrap();
+            let grads = per_example_gradients(&model, &x, &y).unwrap();
+            assert_eq!(grads.size(), [16, params.len() as i64]);
+
+            for i in 0..16 {
+                let single = Mlp::from_flat(&spec, &params, Device::Cpu, true).unwrap();
+                let loss = single
+                    .forward(&x.narrow(0, i, 1))
+                    .unwrap()
+                    .binary_cross_entropy_with_logits::<Tensor>(
+                        &y.narrow(0, i, 1),
+                        None,
+                        None,
+                        Reduction::Sum,
+                    );
+                loss.backward();
+                let mut want = Vec::new();
+                for (w, b, _) in &single.layers {
+                    want.extend(to_vec(&w.grad()));
+                    want.extend(to_vec(&b.grad()));
+                }
+                let got = to_vec(&grads.get(i));
+                let diff = max_abs_diff(&got, &want);
+                assert!(diff < 1e-5, "{spec:?} example {i}: differs by {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn clipping_bounds_every_norm_and_leaves_small_gradients_alone() {
+        let spec = mlp(8, &[4]);
+        let params = spec.initial_parameters(3);
+        let data = random_examples(64, 8, 2);
+        let (x, y) = tensors(&data);
+        let model = Mlp::from_flat(&spec, &params, Device::Cpu, false).unwrap();
+        let grads = per_example_gradients(&model, &x, &y).unwrap();
+        let before = row_norms(&grads);
+        // Halfway between two middle norms, so that exactly half the examples are clipped.
+        let mut sorted = before.clone();
+        sorted.sort_by(f64::total_cmp);
+        let c = (sorted[31] + sorted[32]) / 2.0;
+        let clipped = clip_per_example(&grads, c).unwrap();
+        let after = row_norms(&clipped);
+        let mut unchanged = 0;
+        for i in 0..64 {
+            assert!(
+                after[i] <= c * (1.0 + 1e-6),
+                "example {i}: {} > {c}",
+                after[i]
+            );
+            if before[i] <= c {
+                assert_eq!(to_vec(&clipped.get(i as i64)), to_vec(&grads.get(i as i64)));
+                unchanged += 1;
+            } else {
+                assert!((after[i] / c - 1.0).abs() < 1e-5, "{} vs {c}", after[i]);
+            }
+        }
+        assert_eq!(unchanged, 32);
+    }
+
+    #[test]
+    fn the_factored_clipped_sum_equals_clipping_the_full_per_example_gradients() {
+        let spec = mlp(8, &[6, 4]);
+        let params = spec.initial_parameters(5);
+        let data = random_examples(32, 8, 3);
+        let (x, y) = tensors(&data);
+        let model = Mlp::from_flat(&spec, &params, Device::Cpu, false).unwrap();
+        let grads = per_example_gradients(&model, &x, &y).unwrap();
+        for c in [1e-3, 0.3, 1e6] {
+            let want = clip_per_example(&grads, c)
+                .unwrap()
+                .sum_dim_intlist(0, false, Kind::Float);
+            let got = clipped_gradient_sum(&model, &x, &y, c).unwrap();
+            let diff = max_abs_diff(&to_vec(&got.sum), &to_vec(&want));
+            assert!(diff < 1e-5, "C = {c}: differs by {diff}");
+            assert!(got.norms_finite);
+            let losses = model
+                .forward(&x)
+                .unwrap()
+                .binary_cross_entropy_with_logits::<Tensor>(&y, None, None, Reduction::Sum)
+                .double_value(&[]);
+            assert!((got.loss_sum - losses).abs() < 1e-5 * losses.max(1.0));
+        }
+    }
+
+    #[test]
+    fn without_noise_or_clipping_one_full_batch_epoch_is_one_sgd_step() {
+        for spec in [mlp(8, &[4]), logistic(5)] {
+            let data = random_examples(40, spec.input_dim, 4);
+            let init = spec.initial_parameters(9);
+            let mut trainer = cpu();
+            let sgd_plan = TrainingPlan {
+                batch_size: 40,
+                ..plan(1, 0.3)
+            };
+            let sgd = trainer
+                .train(&spec, &init, &data, &sgd_plan, &mut no_progress())
+                .unwrap();
+            let mut rng = ChaCha20Rng::seed_from_u64(0);
+            let private = trainer
+                .train_private(
+                    &spec,
+                    &init,
+                    &data,
+                    &plan(1, 0.3),
+                    &dp(0.0, 1e9, 1.0),
+                    &mut rng,
+                    &mut no_progress(),
+                )
+                .unwrap();
+            assert_eq!((sgd.steps, private.steps), (1, 1));
+            let diff = max_abs_diff(&sgd.params, &private.params);
+            assert!(diff < 1e-5, "{spec:?}: differs by {diff}");
+            assert!((sgd.mean_loss - private.mean_loss).abs() < 1e-5);
+            assert_ne!(private.params, init);
+        }
+    }
+
+    #[test]
+    fn noise_is_reproducible_from_the_seed_and_varies_with_it() {
+        let spec = mlp(6, &[8]);
+        let data = random_examples(50, 6, 5);
+        let init = spec.initial_parameters(1);
+        let run = |seed| {
+            cpu()
+                .train_private(
+                    &spec,
+                    &init,
+                    &data,
+                    &plan(2, 0.1),
+                    &dp(1.1, 1.0, 0.2),
+                    &mut ChaCha20Rng::seed_from_u64(seed),
+                    &mut no_progress(),
+                )
+                .unwrap()
+        };
+        let a = run(7);
+        assert_eq!(a.steps, 2 * 5);
+        assert_eq!(a, run(7));
+        assert_ne!(a.params, run(8).params);
+    }
+
+    #[test]
+    fn noise_has_standard_deviation_sigma_c_over_q_n() {
+        // The noise swamps the gradients (each step's clipped sum has norm at most C·|B|), so the
+        // change in the parameters is the noise of two steps: std √2·lr·σ·C/(q·N) per coordinate.
+        let spec = mlp(40, &[64]);
+        let data = random_examples(20, 40, 6);
+        let init = spec.initial_parameters(2);
+        let (sigma, c, q, lr) = (1e4, 0.5, 0.5, 1.0);
+        let out = cpu()
+            .train_private(
+                &spec,
+                &init,
+                &data,
+                &plan(1, lr),
+                &dp(sigma, c, q),
+                &mut ChaCha20Rng::seed_from_u64(11),
+                &mut no_progress(),
+            )
+            .unwrap();
+        assert_eq!(out.steps, 2);
+        let moves: Vec<f64> = out
+            .params
+            .iter()
+            .zip(&init)
+            .map(|(a, b)| f64::from(a - b))
+            .collect();
+        let n = moves.len() as f64;
+        let mean = moves.iter().sum::<f64>() / n;
+        let std = (moves.iter().map(|m| (m - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let want = 2f64.sqrt() * lr * sigma * c / (q * 20.0);
+        // 2689 coordinates: the estimate's relative standard error is about 1.4%.
+        assert!((std / want - 1.0).abs() < 0.06, "std {std}, want {want}");
+        assert!(mean.abs() < 0.1 * want, "mean {mean}");
+    }
+
+    #[test]
+    fn empty_batches_still_take_a_step() {
+        let spec = logistic(3);
+        let data = random_examples(2, 3, 7);
+        let init = spec.initial_parameters(0);
+        let mut calls = 0;
+        let out = cpu()
+            .train_private(
+                &spec,
+                &init,
+                &data,
+                &plan(2, 0.1),
+                &dp(0.0, 1.0, 0.01),
+                &mut ChaCha20Rng::seed_from_u64(3),
+                &mut |p| {
+                    assert_eq!(p.batches, 100);
+                    calls += 1;
+                },
+            )
+            .unwrap();
+        assert_eq!((out.steps, calls), (200, 200));
+        assert!(out.mean_loss.is_finite());
+    }
+
+    #[test]
+    fn private_logistic_regression_still_learns() {
+        let spec = logistic(4);
+        let data = random_examples(2000, 4, 8);
+        let init = vec![0.0; spec.layout().len()];
+        let mut trainer = cpu();
+        let out = trainer
+            .train_private(
+                &spec,
+                &init,
+                &data,
+                &plan(3, 0.5),
+                &dp(1.0, 1.0, 0.05),
+                &mut ChaCha20Rng::seed_from_u64(4),
+                &mut no_progress(),
+            )
+            .unwrap();
+        assert_eq!(out.steps, 3 * 20);
+        let probs = trainer.predict(&spec, &out.params, &data).unwrap();
+        let right = probs
+            .iter()
+            .zip(&data.labels)
+            .filter(|(p, y)| (**p > 0.5) == (**y > 0.5))
+            .count();
+        // The rule with label noise allows about 84%.
+        assert!(right > 1500, "{right} of 2000 right");
+    }
+
+    #[test]
+    fn invalid_dp_parameters_are_rejected() {
+        let spec = logistic(3);
+        let data = random_examples(10, 3, 9);
+        let init = spec.initial_parameters(0);
+        let mut trainer = cpu();
+        let bad = [
+            dp(1.0, 1.0, 0.0),
+            dp(1.0, 1.0, 1.5),
+            dp(1.0, 1.0, f64::NAN),
+            dp(1.0, 0.0, 0.5),
+            dp(1.0, -1.0, 0.5),
+            dp(1.0, f64::INFINITY, 0.5),
+            dp(-0.1, 1.0, 0.5),
+            dp(f64::NAN, 1.0, 0.5),
+            dp(f64::INFINITY, 1.0, 0.5),
+        ];
+        for config in bad {
+            let result = trainer.train_private(
+                &spec,
+                &init,
+                &data,
+                &plan(1, 0.1),
+                &config,
+                &mut ChaCha20Rng::seed_from_u64(0),
+                &mut no_progress(),
+            );
+            assert!(
+                matches!(result, Err(TrainError::InvalidDpConfig(_))),
+                "{config:?}: {result:?}"
+            );
+        }
+        assert_eq!(dp(0.0, 1.0, 1.0).validate(), Ok(()));
+        assert_eq!(dp(1.0, 1.0, 0.3).steps_per_epoch(), 3);
+        assert_eq!(dp(1.0, 1.0, 1.0).steps_per_epoch(), 1);
+    }
+
+    #[test]
+    fn divergence_is_reported() {
+        let spec = logistic(2);
+        let mut data = random_examples(10, 2, 10);
+        data.features[0] = f32::INFINITY;
+        let err = cpu()
+            .train_private(
+                &spec,
+                &spec.initial_parameters(0),
+                &data,
+                &plan(1, 0.1),
+                &dp(1.0, 1.0, 1.0),
+                &mut ChaCha20Rng::seed_from_u64(0),
+                &mut no_progress(),
+            )
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            TrainError::NonFiniteLoss { epoch: 1, batch: 1 }
+                | TrainError::NonFiniteGradient { epoch: 1, batch: 1 }
+        ));
+    }
+}

@@ -1,0 +1,115 @@
+//! Each hospital owns its privacy budget: it declines the round that would exceed it, and its
+//! ledger survives a restart.
+
+use medfed_e2e::{Consortium, subscribe};
+use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
+use medfed_node::ledger::PrivacyLedger;
+use medfed_node::trainer::{ComputeDevice, TchTrainer};
+use medfed_protocol::messages::{Message, RoundStart};
+use medfed_protocol::model::{Model, ModelSpec};
+use medfed_protocol::privacy::epsilon;
+use medfed_protocol::stats::Standardization;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_ledger() {
+    subscribe();
+    let names = ["hospital-a", "hospital-b", "hospital-c"];
+    let consortium = Consortium::new(&names, 120);
+    let mut config = consortium.coordinator_config(3, 2);
+    // Two of three suffice to unmask, so the round goes on when one node declines.
+    config.secure_aggregation.threshold = Some(2);
+    let task = config.task.clone();
+    // hospital-c trains on 90 rows with batches of 16 for 2 epochs: q = 16/90, 2 · round(90/16)
+    // = 12 noisy steps a round. Its budget fits one round at σ = 1, not two.
+    let (q, steps) = (16.0 / 90.0, 12);
+    let one_round = epsilon(q, 1.0, steps, 1e-5).unwrap().0;
+    let two_rounds = epsilon(q, 1.0, 2 * steps, 1e-5).unwrap().0;
+    let target = 1.1 * one_round;
+    assert!(
+        two_rounds > target,
+        "premise: {one_round} then {two_rounds}"
+    );
+    let policy = PrivacyConfig {
+        target_epsilon: target,
+        delta: 1e-5,
+        noise_multiplier: NoiseMultiplier::Fixed(1.0),
+        max_grad_norm: 1.0,
+    };
+
+    let coordinator = consortium.start_coordinator(config).await;
+    let addr = coordinator.local_addr();
+    let mut c_config = consortium.node_config("hospital-c", addr);
+    c_config.privacy = Some(policy);
+    let mut nodes: Vec<_> = names[..2]
+        .iter()
+        .map(|n| consortium.spawn_node(consortium.node_config(n, addr)))
+        .collect();
+    nodes.push(consortium.spawn_node(c_config.clone()));
+    let report = coordinator
+        .wait()
+        .await
+        .expect("training goes on without the node out of budget");
+    assert_eq!(
+        report.rounds[0].participants,
+        names.map(String::from).to_vec()
+    );
+    for round in &report.rounds[1..] {
+        assert_eq!(
+            round.participants,
+            ["hospital-a", "hospital-b"],
+            "round {}",
+            round.round
+        );
+        let (_, why) = round
+            .dropped
+            .iter()
+            .find(|(who, _)| who == "hospital-c")
+            .expect("c declined");
+        assert!(why.contains("privacy budget"), "{why}");
+    }
+    for node in nodes {
+        node.await.unwrap().unwrap();
+    }
+
+    // One release in the ledger, within budget.
+    let ledger = PrivacyLedger::read(&c_config.state_dir).unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!((ledger[0].round, ledger[0].steps), (1, steps));
+    assert!(
+        (ledger[0].epsilon_after - one_round).abs() < 1e-9 && ledger[0].epsilon_after <= target
+    );
+
+    // A restarted node reads its ledger back and still refuses to train.
+    let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
+    let privacy = medfed_node::privacy(&c_config).unwrap().expect("policy");
+    let mut hospital = medfed_node::prepare(&c_config, Box::new(trainer))
+        .unwrap()
+        .with_privacy(privacy);
+    let (spent, delta) = hospital.privacy_spent().unwrap();
+    assert!(
+        (spent - one_round).abs() < 1e-9 && delta == 1e-5,
+        "restart reset the budget: {spent}"
+    );
+    let spec = ModelSpec {
+        kind: task.model.clone().into(),
+        input_dim: 6,
+    };
+    let model = Model::new(spec.clone(), spec.initial_parameters(1)).unwrap();
+    hospital.enter_session(5, "hospital-c");
+    hospital.accept_model(model.clone(), 5, 1);
+    let start = RoundStart {
+        session: 5,
+        round: 1,
+        attempt: 1,
+        model_hash: model.hash(),
+        train: true,
+        plan: task.plan(1),
+        standardization: Standardization::identity(6),
+        secure_aggregation: None,
+    };
+    match hospital.handle_round(&start) {
+        Message::Declined(d) => assert!(d.reason.contains("privacy budget"), "{}", d.reason),
+        other => panic!("a node out of budget must decline, got {other:?}"),
+    }
+    assert_eq!(PrivacyLedger::read(&c_config.state_dir).unwrap().len(), 1);
+}
