@@ -15,8 +15,8 @@ use medfed_certs::channel::{ChannelError, server_endpoint};
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::messages::{
-    Contribution, ContributionKind, Finished, Message, RefusalReason, RoundStart, SecAggSetup,
-    StatsRequest,
+    Contribution, ContributionKind, Finished, Message, PrivacySpent, RefusalReason, RoundKeys,
+    RoundStart, SecAggSetup, StatsRequest,
 };
 use medfed_protocol::model::{Model, ModelError, ModelSpec};
 use medfed_protocol::schema::{Schema, SchemaError};
@@ -53,6 +53,8 @@ pub struct RoundReport {
     pub participants: Vec<String>,
     /// Nodes asked but left out, with the reason.
     pub dropped: Vec<(String, String)>,
+    /// `(node, ε, δ)` each node declared it has spent, this round included.
+    pub privacy: Vec<(String, f64, f64)>,
     /// Pooled held-out metrics of the model the round started from (the previous round's model).
     pub start_model_evaluation: Option<EvalMetrics>,
     /// Hash of the model after the round.
@@ -234,9 +236,19 @@ struct Gathered {
     sum: Vec<f64>,
     participants: Vec<String>,
     dropped: Vec<(String, String)>,
+    /// `(node, declared privacy spent)` for nodes that train privately.
+    privacy: Vec<(String, PrivacySpent)>,
 }
 
 impl Gathered {
+    /// Records the privacy a node declares it has spent.
+    fn declare(&mut self, node: &NodeHandle, privacy: Option<PrivacySpent>) {
+        if let Some(spent) = privacy {
+            info!(node = %node.identity, epsilon = spent.epsilon, delta = spent.delta, "node's declared privacy spent");
+            self.privacy.push((node.identity.clone(), spent));
+        }
+    }
+
     /// Leaves a node out, with the reason, for the log and the round report.
     fn drop(&mut self, node: &NodeHandle, error: &ExchangeError) {
         warn!(node = %node.identity, %error, "node left out of the round");
@@ -461,9 +473,10 @@ impl Trainer {
                 )
             });
             match checked {
-                Ok(values) => {
-                    add_into(&mut gathered.sum, &values);
+                Ok(contribution) => {
+                    add_into(&mut gathered.sum, &contribution.values);
                     gathered.participants.push(node.identity.clone());
+                    gathered.declare(&node, contribution.privacy);
                 }
                 Err(e) => gathered.drop(&node, &e),
             }
@@ -524,9 +537,12 @@ impl Trainer {
             .await;
         for (index, node, answer) in answers {
             let accepted = answer.and_then(|message| match message {
-                Message::SecAggKeys(keys) => server
-                    .handle_keys(index, keys, node.certificate.clone())
-                    .map_err(rejected),
+                Message::SecAggKeys(RoundKeys { keys, privacy }) => {
+                    gathered.declare(&node, privacy);
+                    server
+                        .handle_keys(index, keys, node.certificate.clone())
+                        .map_err(rejected)
+                }
                 other => Err(unexpected(other, "secagg_keys")),
             });
             if let Err(e) = accepted {
@@ -686,6 +702,11 @@ impl Trainer {
             round,
             participants: gathered.participants,
             dropped: gathered.dropped,
+            privacy: gathered
+                .privacy
+                .iter()
+                .map(|(n, p)| (n.clone(), p.epsilon, p.delta))
+                .collect(),
             start_model_evaluation: evaluation,
             model_hash: model.hash().to_hex(),
             seconds: started.elapsed().as_secs_f64(),
@@ -787,7 +808,7 @@ fn check_contribution(
     round: u64,
     kind: ContributionKind,
     len: usize,
-) -> Result<Vec<f64>, ExchangeError> {
+) -> Result<Contribution, ExchangeError> {
     let contribution: Contribution = match answer {
         Message::Contribution(c) => c,
         Message::Declined(d) => return Err(ExchangeError::Declined(d.reason)),
@@ -826,7 +847,7 @@ fn check_contribution(
             detail: format!("value {i} is not finite"),
         });
     }
-    Ok(contribution.values)
+    Ok(contribution)
 }
 
 /// Waits a little longer after each failed attempt, so nodes that are still connecting can join.

@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use medfed_protocol::contribution::{LocalUpdate, RoundLayout, RoundResult};
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::messages::{
-    Contribution, ContributionKind, Message, ModelReceived, RefusalReason, Refused, RoundStart,
-    SecAggSetup, StatsRequest,
+    Contribution, ContributionKind, Message, ModelReceived, PrivacySpent, RefusalReason, Refused,
+    RoundKeys, RoundStart, SecAggSetup, StatsRequest,
 };
 use medfed_protocol::model::{Model, ModelError, ModelHash, ModelKind, ModelSpec};
 use medfed_protocol::privacy::noise_multiplier_for;
@@ -263,15 +263,19 @@ impl Hospital {
         values: Vec<f64>,
         secure: Option<(&SecAggSetup, VectorEncoding)>,
     ) -> Message {
+        let privacy = self
+            .privacy_spent()
+            .map(|(epsilon, delta)| PrivacySpent { epsilon, delta });
         let Some((setup, encoding)) = secure else {
             return Message::Contribution(Contribution {
                 session,
                 round,
                 kind,
                 values,
+                privacy,
             });
         };
-        match self.start_secure_aggregation(setup, &encoding, &values) {
+        match self.start_secure_aggregation(setup, &encoding, &values, privacy) {
             Ok(message) => message,
             Err(e) => decline(session, round, format!("secure aggregation: {e}")),
         }
@@ -282,6 +286,7 @@ impl Hospital {
         setup: &SecAggSetup,
         encoding: &VectorEncoding,
         values: &[f64],
+        privacy: Option<PrivacySpent>,
     ) -> Result<Message, SecAggError> {
         let params = &setup.params;
         let credentials = self
@@ -315,7 +320,7 @@ impl Hospital {
             params.round,
             ParticipantState::Directory(state),
         ));
-        Ok(Message::SecAggKeys(keys))
+        Ok(Message::SecAggKeys(RoundKeys { keys, privacy }))
     }
 
     /// Answers a secure-aggregation step (directory, delivery, unmask request). A step for

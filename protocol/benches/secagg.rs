@@ -33,7 +33,7 @@ use rand_chacha::ChaCha20Rng;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
 use medfed_protocol::codec::frame;
-use medfed_protocol::messages::{Contribution, ContributionKind, Message};
+use medfed_protocol::messages::{Contribution, ContributionKind, Message, RoundKeys};
 use medfed_protocol::secagg::crypto::{AgreementKeyPair, add_mask, keystream, subtract_mask};
 use medfed_protocol::secagg::{
     ExpectDelivery, ExpectDirectory, ExpectKeys, ExpectUnmasking, KeyAdvertisement, KeyDirectory,
@@ -531,7 +531,10 @@ fn print_traffic(sizes: &[usize]) {
     );
     for &params in sizes {
         let round = RecordedRound::new(PARTICIPANTS, params, false);
-        let advertisement = frame_len(Message::SecAggKeys(round.keys[0].1.clone()));
+        let advertisement = frame_len(Message::SecAggKeys(RoundKeys {
+            keys: round.keys[0].1.clone(),
+            privacy: None,
+        }));
         let package = frame_len(Message::SecAggShares(round.packages[0].1.clone()));
         let input = frame_len(Message::SecAggInput(round.inputs[0].1.clone()));
         let response = frame_len(Message::SecAggUnmaskShares(round.responses[0].1.clone()));
@@ -542,6 +545,7 @@ fn print_traffic(sizes: &[usize]) {
             round: ROUND,
             kind: ContributionKind::Round,
             values: vec![0.5; params],
+            privacy: None,
         }));
         println!(
             "traffic {} params {PARTICIPANTS} participants: key advertisement {advertisement} B, \

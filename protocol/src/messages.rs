@@ -55,7 +55,7 @@ pub enum Message {
     Finished(Finished),
     /// Node → coordinator: its signed round keys (the answer to a request under secure
     /// aggregation, once its figures are ready).
-    SecAggKeys(KeyAdvertisement),
+    SecAggKeys(RoundKeys),
     /// Coordinator → node: everyone's signed keys.
     SecAggDirectory(KeyDirectory),
     /// Node → coordinator: its encrypted shares for its neighbours.
@@ -84,7 +84,7 @@ impl Message {
             Self::Contribution(m) => m.round,
             Self::Declined(m) => m.round,
             Self::Finished(m) => m.round,
-            Self::SecAggKeys(m) => m.round,
+            Self::SecAggKeys(m) => m.keys.round,
             Self::SecAggDirectory(m) => m.round,
             Self::SecAggShares(m) => m.round,
             Self::SecAggDelivery(m) => m.round,
@@ -320,6 +320,25 @@ pub enum ContributionKind {
     Round,
 }
 
+/// The privacy a node declares it has spent, for the coordinator's records and the audit.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrivacySpent {
+    /// ε spent over the node's lifetime, this round included.
+    pub epsilon: f64,
+    /// The δ it is accounted at.
+    pub delta: f64,
+}
+
+/// A node's first answer under secure aggregation: its signed round keys, and the privacy it
+/// has spent (`None` if it does not train privately).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundKeys {
+    /// The signed keys.
+    pub keys: KeyAdvertisement,
+    /// Declared privacy spent.
+    pub privacy: Option<PrivacySpent>,
+}
+
 /// A vector that the coordinator only ever adds to the other nodes' vectors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Contribution {
@@ -331,6 +350,8 @@ pub struct Contribution {
     pub kind: ContributionKind,
     /// The figures.
     pub values: Vec<f64>,
+    /// Declared privacy spent (`None` if the node does not train privately).
+    pub privacy: Option<PrivacySpent>,
 }
 
 /// The node sits the round out.
@@ -437,6 +458,10 @@ mod tests {
                 round: 2,
                 kind: ContributionKind::Round,
                 values: vec![0.5, -1.0, 1e300],
+                privacy: Some(PrivacySpent {
+                    epsilon: 1.5,
+                    delta: 1e-5,
+                }),
             }),
             Message::Declined(Declined {
                 session: 7,

@@ -6,7 +6,9 @@ use std::time::Duration;
 use medfed_certs::channel::{MessageReader, client_endpoint, send_message};
 use medfed_e2e::{Consortium, subscribe};
 use medfed_protocol::codec::MAX_FRAME_LEN;
-use medfed_protocol::messages::{Hello, Message, ModelReceived, PROTOCOL_VERSION, SecAggSetup};
+use medfed_protocol::messages::{
+    Hello, Message, ModelReceived, PROTOCOL_VERSION, RoundKeys, SecAggSetup,
+};
 use medfed_protocol::schema::Schema;
 use medfed_protocol::secagg::KeyAdvertisement;
 
@@ -216,12 +218,15 @@ fn wrong_round_keys(session: u64, round: u64, setup: Option<SecAggSetup>) -> Mes
     let index = setup
         .and_then(|s| s.params.index_of("mallory"))
         .unwrap_or(0);
-    Message::SecAggKeys(KeyAdvertisement {
-        session,
-        round: round + 1,
-        index,
-        cipher_public: [1; 32],
-        mask_public: [2; 32],
-        signature: vec![0; 64],
+    Message::SecAggKeys(RoundKeys {
+        keys: KeyAdvertisement {
+            session,
+            round: round + 1,
+            index,
+            cipher_public: [1; 32],
+            mask_public: [2; 32],
+            signature: vec![0; 64],
+        },
+        privacy: None,
     })
 }

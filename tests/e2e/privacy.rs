@@ -53,6 +53,11 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
         report.rounds[0].participants,
         names.map(String::from).to_vec()
     );
+    // The coordinator records what hospital-c declared it has spent; the others train without DP.
+    let declared = &report.rounds[0].privacy;
+    assert_eq!(declared.len(), 1, "{declared:?}");
+    assert_eq!(declared[0].0, "hospital-c");
+    assert!((declared[0].1 - one_round).abs() < 1e-9 && declared[0].2 == 1e-5);
     for round in &report.rounds[1..] {
         assert_eq!(
             round.participants,

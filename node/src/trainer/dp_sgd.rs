@@ -28,6 +28,7 @@ use super::{
 use crate::examples::Examples;
 
 /// [`Trainer::train_private`](super::Trainer::train_private) on `device`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn train_private(
     device: Device,
     spec: &ModelSpec,

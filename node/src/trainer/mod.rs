@@ -69,6 +69,7 @@ pub trait Trainer: Send {
     /// Only [`PrivateTrainOutcome::params`] is covered by the DP guarantee; the loss figures in
     /// the outcome and in `progress` are computed from the raw data and are for local display.
     /// `progress` is called after every step.
+    #[allow(clippy::too_many_arguments)]
     fn train_private(
         &mut self,
         spec: &ModelSpec,
