@@ -5,14 +5,16 @@
 //! C = 1. Each reported time is the epoch's divided by its 16 steps, so it includes a sixteenth
 //! of the per-call setup (building tensors from the flat vectors and back).
 //!
-//! Run with `cargo bench -p medfed-node --bench dp_sgd`; the last line gives the ratio.
+//! Run with `cargo bench -p medfed-node --bench dp_sgd`. After criterion's figures, the last line
+//! gives medians over interleaved epochs and the median of their ratios, which load from other
+//! processes disturbs less.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use medfed_node::examples::Examples;
-use medfed_node::trainer::{ComputeDevice, DpConfig, TchTrainer, TrainProgress, Trainer};
+use medfed_node::trainer::{ComputeDevice, DpConfig, TchTrainer, Trainer};
 use medfed_protocol::model::{ModelKind, ModelSpec};
 use medfed_protocol::task::TrainingPlan;
 use rand::{Rng, SeedableRng};
@@ -24,6 +26,8 @@ const ROWS: usize = 4096;
 const BATCH: usize = 256;
 /// Steps in one epoch, for both.
 const STEPS: u32 = (ROWS / BATCH) as u32;
+/// Interleaved epochs of each kind timed for the ratio.
+const PAIRS: usize = 40;
 
 fn main() {
     let mut criterion = Criterion::default().sample_size(20).configure_from_args();
@@ -46,72 +50,65 @@ fn main() {
         max_grad_norm: 1.0,
         sample_rate: BATCH as f64 / ROWS as f64,
     };
-    let mut trainer = TchTrainer::new(ComputeDevice::Cpu).expect("the CPU is always available");
+    // One trainer each, so that the two closures can be interleaved.
+    let mut sgd_trainer = cpu_trainer();
+    let mut dp_trainer = cpu_trainer();
     let mut noise_rng = ChaCha20Rng::from_os_rng();
-    let mut progress = |_: TrainProgress| {};
 
-    let mut sgd = Mean::default();
+    let mut sgd_step = || {
+        let out = sgd_trainer.train(&spec, &init, &data, &plan, &mut |_| {});
+        assert_eq!(out.expect("plain SGD trains").steps, u64::from(STEPS));
+    };
     criterion.bench_function("sgd_step", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let out = trainer.train(&spec, &init, &data, &plan, &mut progress);
-                assert_eq!(out.expect("plain SGD trains").steps, u64::from(STEPS));
-            }
-            sgd.record(start.elapsed() / STEPS, iters)
-        })
+        b.iter_custom(|iters| time(iters, &mut sgd_step))
     });
-    let mut private = Mean::default();
+    let mut dp_step = || {
+        let out =
+            dp_trainer.train_private(&spec, &init, &data, &plan, &dp, &mut noise_rng, &mut |_| {});
+        assert_eq!(out.expect("DP-SGD trains").steps, u64::from(STEPS));
+    };
     criterion.bench_function("dp_sgd_step", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let out = trainer.train_private(
-                    &spec,
-                    &init,
-                    &data,
-                    &plan,
-                    &dp,
-                    &mut noise_rng,
-                    &mut progress,
-                );
-                assert_eq!(out.expect("DP-SGD trains").steps, u64::from(STEPS));
-            }
-            private.record(start.elapsed() / STEPS, iters)
-        })
+        b.iter_custom(|iters| time(iters, &mut dp_step))
     });
     criterion.final_summary();
 
-    let (dp_ms, sgd_ms) = (private.millis(), sgd.millis());
+    // The ratio from interleaved runs, so that load from other processes hits both alike.
+    let (mut dp_times, mut sgd_times, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..PAIRS {
+        let d = time(1, &mut dp_step).as_secs_f64() * 1e3;
+        let s = time(1, &mut sgd_step).as_secs_f64() * 1e3;
+        dp_times.push(d);
+        sgd_times.push(s);
+        ratios.push(d / s);
+    }
     println!(
-        "MLP 18-32-16-1, batch {BATCH} of N = {ROWS}, {} torch threads: \
-         dp_sgd step {dp_ms:.3} ms; sgd step {sgd_ms:.3} ms; ratio {:.2}",
+        "MLP 18-32-16-1, batch {BATCH} of N = {ROWS}, {} torch threads, median of {PAIRS} \
+         interleaved epochs: dp_sgd step {:.3} ms; sgd step {:.3} ms; ratio {:.2}",
         tch::get_num_threads(),
-        dp_ms / sgd_ms
+        median(&mut dp_times),
+        median(&mut sgd_times),
+        median(&mut ratios),
     );
 }
 
-/// Time per iteration averaged over everything criterion ran, warm-up included.
-#[derive(Default)]
-struct Mean {
-    /// Total time of the iterations recorded.
-    total: Duration,
-    /// Iterations recorded.
-    iters: u64,
+/// A trainer on the CPU.
+fn cpu_trainer() -> TchTrainer {
+    TchTrainer::new(ComputeDevice::Cpu).expect("the CPU is always available")
 }
 
-impl Mean {
-    /// Adds `iters` iterations that took `elapsed` in all, and hands `elapsed` back.
-    fn record(&mut self, elapsed: Duration, iters: u64) -> Duration {
-        self.total += elapsed;
-        self.iters += iters;
-        black_box(elapsed)
+/// Time per step of `iters` epochs of `epoch`.
+fn time(iters: u64, epoch: &mut impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        epoch();
     }
+    black_box(start.elapsed() / STEPS)
+}
 
-    /// Mean milliseconds per iteration.
-    fn millis(&self) -> f64 {
-        self.total.as_secs_f64() * 1e3 / self.iters.max(1) as f64
-    }
+/// The median of `values`, which it sorts.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// `rows` examples with uniform features and labels from a fixed linear rule.

@@ -105,3 +105,42 @@ fn schema_naming_a_column_twice_is_refused() {
         "{stderr}"
     );
 }
+
+/// Runs `medfed-node privacy estimate` with `args`; returns stdout's last line.
+fn estimate(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_medfed-node"))
+        .args(["privacy", "estimate"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn privacy_estimate_prints_epsilon_or_sigma_as_its_last_line() {
+    let common = [
+        "--sample-rate",
+        "0.04",
+        "--steps",
+        "2250",
+        "--delta",
+        "1e-5",
+    ];
+    let epsilon: f64 = estimate(&[&common[..], &["--noise-multiplier", "1.5"]].concat())
+        .parse()
+        .unwrap();
+    assert!((epsilon - 7.32911117143).abs() < 1e-6, "{epsilon}");
+    let sigma: f64 = estimate(&[&common[..], &["--target-epsilon", "8"]].concat())
+        .parse()
+        .unwrap();
+    assert!((sigma - 1.416).abs() < 1e-3, "{sigma}");
+}
