@@ -13,8 +13,8 @@
 //!
 //! A training step never builds the `B × out × in` per-example weight gradients: since each is
 //! an outer product, its norm is `‖δₗ,ᵢ‖·‖aₗ₋₁,ᵢ‖`, and the sum of the clipped ones is
-//! `(c ⊙ δₗ)ᵀ·aₗ₋₁` for clip factors `c`. [`per_example_gradients`] builds them in full for
-//! tests, which check both forms against one autograd pass per example.
+//! `(c ⊙ δₗ)ᵀ·aₗ₋₁` for clip factors `c`. The test-only `per_example_gradients` builds them in
+//! full; tests check both forms against one autograd pass per example.
 
 use medfed_protocol::model::ModelSpec;
 use medfed_protocol::task::TrainingPlan;

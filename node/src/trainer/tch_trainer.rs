@@ -1,4 +1,5 @@
-//! The libtorch trainer: plain mini-batch SGD on the model's flat parameter vector.
+//! The libtorch trainer: plain mini-batch SGD on the model's flat parameter vector, and DP-SGD
+//! through [`super::dp_sgd`].
 
 use std::num::NonZeroUsize;
 
