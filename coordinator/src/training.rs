@@ -230,6 +230,9 @@ struct Trainer {
     round: u64,
 }
 
+/// A node's answer to one exchange: its index in the round, the node, and what it sent.
+type Answer = (u16, Arc<NodeHandle>, Result<Message, ExchangeError>);
+
 /// Sum of the contributions of one exchange round.
 #[derive(Default)]
 struct Gathered {
@@ -246,6 +249,20 @@ impl Gathered {
         if let Some(spent) = privacy {
             info!(node = %node.identity, epsilon = spent.epsilon, delta = spent.delta, "node's declared privacy spent");
             self.privacy.push((node.identity.clone(), spent));
+        }
+    }
+
+    /// Hands each answer to `accept`; a failed exchange or a refused answer leaves that node
+    /// out.
+    fn take(
+        &mut self,
+        answers: Vec<Answer>,
+        mut accept: impl FnMut(u16, &Arc<NodeHandle>, Message) -> Result<(), ExchangeError>,
+    ) {
+        for (index, node, answer) in answers {
+            if let Err(e) = answer.and_then(|message| accept(index, &node, message)) {
+                self.drop(&node, &e);
+            }
         }
     }
 
@@ -535,19 +552,18 @@ impl Trainer {
                 request.clone()
             })
             .await;
-        for (index, node, answer) in answers {
-            let accepted = answer.and_then(|message| match message {
-                Message::SecAggKeys(RoundKeys { keys, privacy }) => {
-                    gathered.declare(&node, privacy);
-                    server
-                        .handle_keys(index, keys, node.certificate.clone())
-                        .map_err(rejected)
-                }
-                other => Err(unexpected(other, "secagg_keys")),
-            });
-            if let Err(e) = accepted {
-                gathered.drop(&node, &e);
+        let mut declared = Vec::new();
+        gathered.take(answers, |index, node, message| match message {
+            Message::SecAggKeys(RoundKeys { keys, privacy }) => {
+                declared.push((node.clone(), privacy));
+                server
+                    .handle_keys(index, keys, node.certificate.clone())
+                    .map_err(rejected)
             }
+            other => Err(unexpected(other, "secagg_keys")),
+        });
+        for (node, privacy) in declared {
+            gathered.declare(&node, privacy);
         }
         let (mut server, directory) = server.finish()?;
 
@@ -560,17 +576,12 @@ impl Trainer {
                 |_| Message::SecAggDirectory(directory.clone()),
             )
             .await;
-        for (index, node, answer) in answers {
-            let accepted = answer.and_then(|message| match message {
-                Message::SecAggShares(package) => {
-                    server.handle_package(index, package).map_err(rejected)
-                }
-                other => Err(unexpected(other, "secagg_shares")),
-            });
-            if let Err(e) = accepted {
-                gathered.drop(&node, &e);
+        gathered.take(answers, |index, _, message| match message {
+            Message::SecAggShares(package) => {
+                server.handle_package(index, package).map_err(rejected)
             }
-        }
+            other => Err(unexpected(other, "secagg_shares")),
+        });
         let (mut server, mut deliveries) = server.finish()?;
 
         // Phase 3: masked inputs, summed as they arrive.
@@ -591,15 +602,10 @@ impl Trainer {
                 },
             )
             .await;
-        for (index, node, answer) in answers {
-            let accepted = answer.and_then(|message| match message {
-                Message::SecAggInput(input) => server.handle_input(index, &input).map_err(rejected),
-                other => Err(unexpected(other, "secagg_input")),
-            });
-            if let Err(e) = accepted {
-                gathered.drop(&node, &e);
-            }
-        }
+        gathered.take(answers, |index, _, message| match message {
+            Message::SecAggInput(input) => server.handle_input(index, &input).map_err(rejected),
+            other => Err(unexpected(other, "secagg_input")),
+        });
         let (mut server, unmask) = server.finish()?;
 
         // Phase 4: the shares that remove the masks.
@@ -611,17 +617,12 @@ impl Trainer {
                 |_| Message::SecAggUnmask(unmask.clone()),
             )
             .await;
-        for (index, node, answer) in answers {
-            let accepted = answer.and_then(|message| match message {
-                Message::SecAggUnmaskShares(response) => {
-                    server.handle_response(index, response).map_err(rejected)
-                }
-                other => Err(unexpected(other, "secagg_unmask_shares")),
-            });
-            if let Err(e) = accepted {
-                gathered.drop(&node, &e);
+        gathered.take(answers, |index, _, message| match message {
+            Message::SecAggUnmaskShares(response) => {
+                server.handle_response(index, response).map_err(rejected)
             }
-        }
+            other => Err(unexpected(other, "secagg_unmask_shares")),
+        });
         let survivors = server.survivors();
         let sum = server.finish()?;
         gathered.sum = encoding.decode_sum(&sum)?;
@@ -641,7 +642,7 @@ impl Trainer {
         model: Option<&Arc<Model>>,
         round: u64,
         mut request: impl FnMut(u16) -> Message,
-    ) -> Vec<(u16, Arc<NodeHandle>, Result<Message, ExchangeError>)> {
+    ) -> Vec<Answer> {
         let deadline = tokio::time::Instant::now() + self.config.task.round_deadline();
         let session = self.session;
         let mut tasks = JoinSet::new();

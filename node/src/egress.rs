@@ -5,13 +5,13 @@
 //! put on the wire — appended and flushed to disk (fsync) before the bytes go out. The file is
 //! only ever appended to.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::digest;
 use serde::{Deserialize, Serialize};
+
+use crate::journal::{Journal, JournalError};
 
 /// File name of the egress log inside the node's state folder.
 pub const EGRESS_FILE: &str = "egress.jsonl";
@@ -34,27 +34,15 @@ pub struct EgressEntry {
 /// The append-only egress log of one node.
 #[derive(Debug)]
 pub struct EgressLog {
-    path: PathBuf,
-    file: File,
+    journal: Journal<EgressEntry>,
 }
 
 impl EgressLog {
     /// Opens (creating if needed) the log in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<Self, EgressError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| EgressError::Io {
-            path: state_dir.to_owned(),
-            source,
-        })?;
-        let path = state_dir.join(EGRESS_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|source| EgressError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        Ok(Self { path, file })
+        Ok(Self {
+            journal: Journal::open(state_dir, EGRESS_FILE)?,
+        })
     }
 
     /// Records a frame about to be sent; returns only once the entry is on disk.
@@ -71,48 +59,12 @@ impl EgressLog {
             bytes: frame.len() as u64,
             sha256: hex::encode(digest::digest(&digest::SHA256, frame)),
         };
-        let mut line = serde_json::to_string(&entry).map_err(|e| EgressError::Corrupt {
-            path: self.path.clone(),
-            line: 0,
-            detail: e.to_string(),
-        })?;
-        line.push('\n');
-        let io = |source| EgressError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        self.file.write_all(line.as_bytes()).map_err(io)?;
-        self.file.sync_data().map_err(|source| EgressError::Io {
-            path: self.path.clone(),
-            source,
-        })
+        Ok(self.journal.append(&entry)?)
     }
 
     /// Every entry of the log in `state_dir` (none if it does not exist yet).
     pub fn read(state_dir: &Path) -> Result<Vec<EgressEntry>, EgressError> {
-        let path = state_dir.join(EGRESS_FILE);
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(EgressError::Io { path, source }),
-        };
-        let mut entries = Vec::new();
-        for (number, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(|source| EgressError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let entry = serde_json::from_str(&line).map_err(|e| EgressError::Corrupt {
-                path: path.clone(),
-                line: number + 1,
-                detail: e.to_string(),
-            })?;
-            entries.push(entry);
-        }
-        Ok(entries)
+        Ok(Journal::read(state_dir, EGRESS_FILE)?)
     }
 }
 
@@ -149,27 +101,8 @@ impl EgressTotals {
 
 /// The egress log could not be written or read.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EgressError {
-    /// A file operation failed.
-    #[error("egress log {}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// A line is not an egress entry.
-    #[error("egress log {} line {line}: {detail}", path.display())]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        detail: String,
-    },
-}
+#[error("egress log {0}")]
+pub struct EgressError(#[from] JournalError);
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -211,7 +144,7 @@ mod tests {
         std::fs::write(dir.path().join(EGRESS_FILE), "{\"time_ms\":1}\n").unwrap();
         assert!(matches!(
             EgressLog::read(dir.path()),
-            Err(EgressError::Corrupt { line: 1, .. })
+            Err(EgressError(JournalError::Corrupt { line: 1, .. }))
         ));
     }
 }

@@ -6,12 +6,12 @@
 //! entry's Rényi-DP curve (Poisson-subsampled Gaussian, the accountant Opacus uses) and converts
 //! the total to (ε, δ).
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use medfed_protocol::privacy::{DEFAULT_ALPHAS, PrivacyError, compute_rdp, get_privacy_spent};
 use serde::{Deserialize, Serialize};
+
+use crate::journal::{Journal, JournalError};
 
 /// File name of the ledger inside the node's state folder.
 pub const LEDGER_FILE: &str = "privacy-ledger.jsonl";
@@ -38,60 +38,23 @@ pub struct LedgerEntry {
 /// The append-only ledger of one node.
 #[derive(Debug)]
 pub struct PrivacyLedger {
-    path: PathBuf,
-    file: File,
+    journal: Journal<LedgerEntry>,
     entries: Vec<LedgerEntry>,
 }
 
 impl PrivacyLedger {
     /// Opens (creating if needed) the ledger in `state_dir` and reads every entry.
     pub fn open(state_dir: &Path) -> Result<Self, LedgerError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| LedgerError::Io {
-            path: state_dir.to_owned(),
-            source,
-        })?;
-        let path = state_dir.join(LEDGER_FILE);
         let entries = Self::read(state_dir)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|source| LedgerError::Io {
-                path: path.clone(),
-                source,
-            })?;
         Ok(Self {
-            path,
-            file,
+            journal: Journal::open(state_dir, LEDGER_FILE)?,
             entries,
         })
     }
 
     /// The entries of the ledger in `state_dir` (none if it does not exist yet).
     pub fn read(state_dir: &Path) -> Result<Vec<LedgerEntry>, LedgerError> {
-        let path = state_dir.join(LEDGER_FILE);
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(LedgerError::Io { path, source }),
-        };
-        let mut entries = Vec::new();
-        for (number, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(|source| LedgerError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let entry = serde_json::from_str(&line).map_err(|e| LedgerError::Corrupt {
-                path: path.clone(),
-                line: number + 1,
-                detail: e.to_string(),
-            })?;
-            entries.push(entry);
-        }
-        Ok(entries)
+        Ok(Journal::read(state_dir, LEDGER_FILE)?)
     }
 
     /// Every release so far.
@@ -111,19 +74,7 @@ impl PrivacyLedger {
 
     /// Appends a release; returns only once it is on disk.
     pub fn append(&mut self, entry: LedgerEntry) -> Result<(), LedgerError> {
-        let mut line = serde_json::to_string(&entry).map_err(|e| LedgerError::Corrupt {
-            path: self.path.clone(),
-            line: self.entries.len() + 1,
-            detail: e.to_string(),
-        })?;
-        line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .and_then(|()| self.file.sync_data())
-            .map_err(|source| LedgerError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        self.journal.append(&entry)?;
         self.entries.push(entry);
         Ok(())
     }
@@ -156,24 +107,9 @@ pub fn epsilon_of(
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LedgerError {
-    /// A file operation failed.
-    #[error("privacy ledger {}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// A line is not a ledger entry: the ledger must be repaired by hand, never reset.
-    #[error("privacy ledger {} line {line}: {detail}", path.display())]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        detail: String,
-    },
+    /// The ledger file could not be read or written.
+    #[error("privacy ledger {0}")]
+    Journal(#[from] JournalError),
     /// The accountant refused the figures.
     #[error(transparent)]
     Accountant(#[from] PrivacyError),

@@ -20,6 +20,7 @@ pub mod data;
 pub mod egress;
 pub mod examples;
 pub mod hospital;
+pub mod journal;
 pub mod ledger;
 pub mod progress;
 pub mod trainer;
