@@ -57,6 +57,10 @@ pub struct Hospital {
     privacy: Option<Privacy>,
     /// Training rounds the coordinator plans, for choosing σ automatically.
     planned_rounds: u64,
+    /// A noised update computed but not yet sent: `(session, round, its ledger entry)`. The
+    /// entry goes into the ledger just before the update leaves; a round that aborts before
+    /// that costs nothing.
+    pending_release: Option<(u64, u64, LedgerEntry)>,
 }
 
 /// The hospital's differential-privacy policy and its ledger.
@@ -102,6 +106,7 @@ impl Hospital {
             secagg: None,
             privacy: None,
             planned_rounds: 1,
+            pending_release: None,
         }
     }
 
@@ -263,10 +268,19 @@ impl Hospital {
         values: Vec<f64>,
         secure: Option<(&SecAggSetup, VectorEncoding)>,
     ) -> Message {
-        let privacy = self
-            .privacy_spent()
-            .map(|(epsilon, delta)| PrivacySpent { epsilon, delta });
+        let privacy = match (&self.pending_release, &self.privacy) {
+            (Some((s, r, entry)), Some(_)) if (*s, *r) == (session, round) => Some(PrivacySpent {
+                epsilon: entry.epsilon_after,
+                delta: entry.delta,
+            }),
+            _ => self
+                .privacy_spent()
+                .map(|(epsilon, delta)| PrivacySpent { epsilon, delta }),
+        };
         let Some((setup, encoding)) = secure else {
+            if let Err(reason) = self.record_release(session, round) {
+                return decline(session, round, reason);
+            }
             return Message::Contribution(Contribution {
                 session,
                 round,
@@ -323,6 +337,32 @@ impl Hospital {
         Ok(Message::SecAggKeys(RoundKeys { keys, privacy }))
     }
 
+    /// Appends the pending release of `(session, round)`, if any, to the ledger (with fsync);
+    /// `Err` holds the reason to decline: nothing is sent whose cost is not recorded.
+    fn record_release(&mut self, session: u64, round: u64) -> Result<(), String> {
+        let Some((s, r, entry)) = self.pending_release.take() else {
+            return Ok(());
+        };
+        if (s, r) != (session, round) {
+            return Ok(());
+        }
+        let Some(privacy) = self.privacy.as_mut() else {
+            return Ok(());
+        };
+        let (epsilon, delta, sigma) = (entry.epsilon_after, entry.delta, entry.noise_multiplier);
+        privacy
+            .ledger
+            .append(entry)
+            .map_err(|e| format!("cannot record the privacy cost: {e}"))?;
+        tracing::info!(
+            epsilon,
+            delta,
+            sigma,
+            "privacy spent so far (recorded before the update left)"
+        );
+        Ok(())
+    }
+
     /// Answers a secure-aggregation step (directory, delivery, unmask request). A step for
     /// another round, out of order or repeated is refused; an aggregation that fails is dropped.
     pub fn handle_secagg(&mut self, message: &Message) -> Message {
@@ -375,6 +415,14 @@ impl Hospital {
                 .map(Message::SecAggUnmaskShares),
             _ => unreachable!("filtered above"),
         };
+        // The masked input carries the noised update: its cost goes into the ledger first.
+        let answer = answer.and_then(|answer| {
+            if matches!(answer, Message::SecAggInput(_)) {
+                self.record_release(session, round)
+                    .map_err(SecAggError::BadParams)?;
+            }
+            Ok(answer)
+        });
         match answer {
             Ok(answer) => answer,
             Err(e) => {
@@ -441,9 +489,10 @@ impl Hospital {
             &self.train.examples,
             private.as_ref().map(|p| &p.dp),
         );
-        // The noised update is about to leave: its cost goes into the ledger first.
+        // The noised update's cost is recorded in the ledger just before the update leaves.
+        self.pending_release = None;
         if let (Ok(LocalOutcome { steps, .. }), Some(private), Some(privacy)) =
-            (&result, &private, self.privacy.as_mut())
+            (&result, &private, self.privacy.as_ref())
         {
             let entry = LedgerEntry {
                 time_ms: now_ms(),
@@ -454,19 +503,7 @@ impl Hospital {
                 delta: privacy.config.delta,
                 epsilon_after: private.epsilon_after,
             };
-            if let Err(e) = privacy.ledger.append(entry) {
-                return decline(
-                    session,
-                    round,
-                    format!("cannot record the privacy cost: {e}"),
-                );
-            }
-            tracing::info!(
-                epsilon = private.epsilon_after,
-                delta = privacy.config.delta,
-                sigma = private.dp.noise_multiplier,
-                "privacy spent so far"
-            );
+            self.pending_release = Some((session, round, entry));
         }
         let layout = RoundLayout {
             params: model.params.len(),

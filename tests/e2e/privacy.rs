@@ -118,3 +118,64 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
     }
     assert_eq!(PrivacyLedger::read(&c_config.state_dir).unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_is_spent_once_the_noised_update_has_left_even_if_the_round_then_fails_for_it() {
+    use medfed_node::config::CrashPoint;
+
+    subscribe();
+    let names = ["hospital-a", "hospital-b", "hospital-c", "hospital-d"];
+    let consortium = Consortium::new(&names, 100);
+    let mut config = consortium.coordinator_config(1, 2);
+    config.secure_aggregation.threshold = Some(2);
+    let coordinator = consortium.start_coordinator(config).await;
+    let addr = coordinator.local_addr();
+    let policy = PrivacyConfig {
+        target_epsilon: 50.0,
+        delta: 1e-5,
+        noise_multiplier: NoiseMultiplier::Fixed(1.0),
+        max_grad_norm: 1.0,
+    };
+    let mut configs = Vec::new();
+    for name in names {
+        let mut node = consortium.node_config(name, addr);
+        node.privacy = Some(policy.clone());
+        // c stops after sharing its keys: its noised update never leaves. d stops right after
+        // sending its masked update: it left, so it is spent.
+        node.danger_crash_after = match name {
+            "hospital-c" => Some(CrashPoint {
+                round: 1,
+                after: "secagg_shares",
+            }),
+            "hospital-d" => Some(CrashPoint {
+                round: 1,
+                after: "secagg_input",
+            }),
+            _ => None,
+        };
+        configs.push(node);
+    }
+    let nodes: Vec<_> = configs
+        .iter()
+        .map(|c| consortium.spawn_node(c.clone()))
+        .collect();
+    let report = coordinator
+        .wait()
+        .await
+        .expect("the round completes with a, b and d's input");
+    assert_eq!(
+        report.rounds[0].participants,
+        ["hospital-a", "hospital-b", "hospital-d"]
+    );
+    for node in nodes {
+        let _ = node.await.unwrap();
+    }
+    let entries = |i: usize| PrivacyLedger::read(&configs[i].state_dir).unwrap().len();
+    assert_eq!((entries(0), entries(1)), (1, 1));
+    assert_eq!(entries(2), 0, "an update that never left costs nothing");
+    assert_eq!(
+        entries(3),
+        1,
+        "an update that left is spent, though its node crashed"
+    );
+}
