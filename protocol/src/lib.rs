@@ -19,6 +19,7 @@
 pub mod codec;
 pub mod contribution;
 pub mod evaluation;
+pub mod fairness;
 pub mod messages;
 pub mod model;
 pub mod privacy;

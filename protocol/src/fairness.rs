@@ -1,0 +1,1141 @@
+//! Bias audit math: per-group additive counts, per-group metrics with Wilson intervals, disparities
+//! between groups, and a policy that approves or rejects a model on them.
+//!
+//! As in [`crate::evaluation`], a node never reports a rate. For each group of a sensitive
+//! attribute it reports a [`GroupCounts`] block — a confusion matrix at
+//! [`DECISION_THRESHOLD`] and per-label score histograms of [`SCORE_BINS`] bins — appended to its
+//! round vector with [`GroupCounts::write_vector`]. Secure aggregation sums these blocks over
+//! hospitals, so the coordinator holds exactly the pooled confusion matrix of every group and, up
+//! to the histogram resolution, its pooled scores:
+//!
+//! ```text
+//!  node: (score, label, group) rows ─▶ group_predictions ─▶ GroupCounts::write_vector ─┐ Σ
+//!  coordinator: GroupCounts::from_vector ◀─────────────────────────────────────────────┘
+//!               ─▶ FairnessReport::compute(&groups, &AuditConfig) ─▶ FairnessPolicy::check
+//! ```
+//!
+//! Groups with fewer examples than [`AuditConfig::min_count`] are *suppressed*: the report lists
+//! them, marked suppressed and without any figure, and leaves them out of every disparity.
+//!
+//! The disparities follow fairlearn's definitions (`demographic_parity_difference`,
+//! `demographic_parity_ratio`, `equalized_odds_difference`, `equal_opportunity_difference` with
+//! their default `method="between_groups"`); `tests/vectors/fairlearn_metrics.json`, written by
+//! `scripts/fairness_vectors.py`, checks them against fairlearn.
+//!
+//! This module does no IO and is deterministic: a report depends only on the counts and the
+//! configuration, and groups are always listed in the byte order of their names.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::evaluation::{DECISION_THRESHOLD, SCORE_BINS, histogram_auc};
+
+/// Default smallest number of examples a group needs to be reported.
+pub const DEFAULT_MIN_COUNT: u64 = 10;
+
+/// The normal quantile for a two-sided 95% interval, used by [`wilson_interval`].
+pub const WILSON_Z: f64 = 1.959963984540054;
+
+/// Number of equal-width probability bins of the expected calibration error.
+///
+/// Each ECE bin is [`SCORE_BINS`]` / ECE_BINS` consecutive histogram bins.
+pub const ECE_BINS: usize = 10;
+
+// Every ECE bin must be a whole number of histogram bins.
+const _: () = assert!(SCORE_BINS.is_multiple_of(ECE_BINS));
+
+/// Additive counts for one group of a sensitive attribute.
+///
+/// Summing the vector forms of two hospitals' counts for the same group gives the counts of the
+/// pooled examples.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupCounts {
+    /// True positives at [`DECISION_THRESHOLD`].
+    pub tp: f64,
+    /// False positives.
+    pub fp: f64,
+    /// True negatives.
+    pub tn: f64,
+    /// False negatives.
+    pub fn_: f64,
+    /// Histogram of scores of positive examples, [`SCORE_BINS`] bins.
+    pub positive_scores: Vec<f64>,
+    /// Histogram of scores of negative examples, [`SCORE_BINS`] bins.
+    pub negative_scores: Vec<f64>,
+}
+
+/// A two-sided 95% confidence interval.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    /// Lower bound.
+    pub low: f64,
+    /// Upper bound.
+    pub high: f64,
+}
+
+/// A proportion with its Wilson score interval.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    /// The observed proportion.
+    pub value: f64,
+    /// Wilson 95% interval around it (see [`wilson_interval`]).
+    pub interval: Interval,
+}
+
+/// Metrics of one reported group, computed from its pooled [`GroupCounts`].
+///
+/// A rate whose denominator is zero (for example the true positive rate of a group without
+/// positives) is `None`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupMetrics {
+    /// Number of examples.
+    pub n: u64,
+    /// Fraction of positive examples.
+    pub prevalence: Rate,
+    /// Fraction predicted positive, (TP + FP) / n.
+    pub selection_rate: Rate,
+    /// (TP + TN) / n.
+    pub accuracy: Rate,
+    /// True positive rate (sensitivity, recall), TP / (TP + FN).
+    pub tpr: Option<Rate>,
+    /// False positive rate, FP / (FP + TN).
+    pub fpr: Option<Rate>,
+    /// False negative rate, FN / (TP + FN).
+    pub fnr: Option<Rate>,
+    /// Positive predictive value (precision), TP / (TP + FP).
+    pub ppv: Option<Rate>,
+    /// Area under the ROC curve from the score histograms; `None` if one class is absent.
+    ///
+    /// Scores in the same histogram bin count as ties, so it is within the fraction of
+    /// positive/negative pairs sharing a bin of the exact AUC (see [`SCORE_BINS`]).
+    pub auc: Option<f64>,
+    /// Expected calibration error over [`ECE_BINS`] equal-width probability bins; see
+    /// [`GroupCounts::expected_calibration_error`].
+    pub ece: f64,
+}
+
+/// One group's entry in a [`FairnessReport`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum GroupReport {
+    /// The group has at least [`AuditConfig::min_count`] examples.
+    Reported {
+        /// The group's name.
+        group: String,
+        /// Its metrics (boxed: they are far larger than a suppressed entry).
+        metrics: Box<GroupMetrics>,
+    },
+    /// The group is too small to report: no figure about it is given, not even its size, and it
+    /// takes no part in the disparities.
+    Suppressed {
+        /// The group's name.
+        group: String,
+    },
+}
+
+/// Disparities between the reported groups, following fairlearn's `between_groups` definitions.
+///
+/// A rate that is undefined for a group (zero denominator) leaves that group out of the spread of
+/// that rate; a spread with no group left is `None`. Fairlearn instead counts such a rate as 0.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Disparities {
+    /// The groups compared, in name order.
+    pub groups: Vec<String>,
+    /// Largest minus smallest selection rate.
+    pub demographic_parity_difference: f64,
+    /// Smallest over largest selection rate; `None` if every group's selection rate is 0.
+    pub demographic_parity_ratio: Option<f64>,
+    /// The larger of the TPR spread and the FPR spread (fairlearn's `worst_case`).
+    pub equalized_odds_difference: Option<f64>,
+    /// Largest minus smallest true positive rate.
+    pub equal_opportunity_difference: Option<f64>,
+    /// Each compared group's differences from the reference group, if one was configured.
+    pub reference: Option<ReferenceComparison>,
+}
+
+/// Differences of every compared group from a reference group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceComparison {
+    /// The reference group.
+    pub group: String,
+    /// One entry per compared group (the reference included, with zero differences).
+    pub differences: Vec<GroupDifference>,
+}
+
+/// One group's rates minus the reference group's rates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupDifference {
+    /// The group.
+    pub group: String,
+    /// Selection rate minus the reference's.
+    pub selection_rate: f64,
+    /// True positive rate minus the reference's; `None` if either is undefined.
+    pub tpr: Option<f64>,
+    /// False positive rate minus the reference's; `None` if either is undefined.
+    pub fpr: Option<f64>,
+}
+
+/// The bias audit of one sensitive attribute.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FairnessReport {
+    /// The suppression threshold the report was computed with.
+    pub min_count: u64,
+    /// Every group, reported or suppressed, in name order.
+    pub groups: Vec<GroupReport>,
+    /// Disparities between the reported groups; `None` if fewer than two groups are reported.
+    pub disparities: Option<Disparities>,
+}
+
+/// Settings of [`FairnessReport::compute`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditConfig {
+    min_count: u64,
+    reference: Option<String>,
+}
+
+/// Why a fairness report could not be computed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FairnessError {
+    /// A group's counts are negative, not finite, or have histograms of the wrong length.
+    #[error("counts of group {group:?} are not valid")]
+    InvalidCounts {
+        /// The group.
+        group: String,
+    },
+    /// The configured reference group is not among the groups.
+    #[error("reference group {group:?} is not among the groups")]
+    UnknownReference {
+        /// The configured reference group.
+        group: String,
+    },
+    /// The configured reference group is suppressed, so nothing can be compared to it.
+    #[error("reference group {group:?} is suppressed")]
+    ReferenceSuppressed {
+        /// The configured reference group.
+        group: String,
+    },
+}
+
+/// Limits a model must meet to be approved by the bias audit. An absent limit is not checked.
+///
+/// Written in TOML as, for example:
+///
+/// ```toml
+/// max_equalized_odds_difference = 0.1
+/// min_demographic_parity_ratio = 0.8
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FairnessPolicy {
+    /// Largest allowed [`Disparities::equalized_odds_difference`].
+    pub max_equalized_odds_difference: Option<f64>,
+    /// Smallest allowed [`Disparities::demographic_parity_ratio`].
+    pub min_demographic_parity_ratio: Option<f64>,
+    /// Largest allowed [`Disparities::demographic_parity_difference`].
+    pub max_demographic_parity_difference: Option<f64>,
+    /// Largest allowed [`Disparities::equal_opportunity_difference`].
+    pub max_equal_opportunity_difference: Option<f64>,
+}
+
+/// The outcome of one limit of a [`FairnessPolicy`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyCheck {
+    /// The limit's name, as in [`FairnessPolicy`] (for example `max_equalized_odds_difference`).
+    pub name: String,
+    /// The limit.
+    pub threshold: f64,
+    /// The measured disparity; `None` if it is undefined for this report.
+    pub value: Option<f64>,
+    /// Whether the value is within the limit. An undefined value fails.
+    pub passed: bool,
+}
+
+/// The outcome of [`FairnessPolicy::check`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[must_use]
+pub struct PolicyOutcome {
+    /// One check per limit the policy sets.
+    pub checks: Vec<PolicyCheck>,
+    /// Whether every check passed.
+    pub approved: bool,
+}
+
+impl GroupCounts {
+    /// Length of the vector form.
+    pub const VECTOR_LEN: usize = 4 + 2 * SCORE_BINS;
+
+    /// Counts for predicted probabilities `scores` against 0/1 `labels`.
+    ///
+    /// Conventions are those of [`crate::evaluation::EvalCounts::from_predictions`]: a label of at
+    /// least 0.5 is positive, a score of at least [`DECISION_THRESHOLD`] is a positive
+    /// prediction, and pairs where either value is not finite, or the score is outside [0, 1],
+    /// are skipped.
+    pub fn from_predictions(scores: &[f32], labels: &[f32]) -> Self {
+        let mut counts = Self::zero();
+        for (&score, &label) in scores.iter().zip(labels) {
+            counts.record(score, label);
+        }
+        counts
+    }
+
+    /// All-zero counts.
+    pub fn zero() -> Self {
+        Self {
+            tp: 0.0,
+            fp: 0.0,
+            tn: 0.0,
+            fn_: 0.0,
+            positive_scores: vec![0.0; SCORE_BINS],
+            negative_scores: vec![0.0; SCORE_BINS],
+        }
+    }
+
+    /// Number of examples, TP + FP + TN + FN.
+    pub fn n(&self) -> f64 {
+        self.tp + self.fp + self.tn + self.fn_
+    }
+
+    /// Adds `other`'s counts to these, as summing the vector forms does.
+    ///
+    /// Histograms of different lengths (possible only for counts built by hand) are added over
+    /// the shorter length.
+    pub fn add(&mut self, other: &Self) {
+        self.tp += other.tp;
+        self.fp += other.fp;
+        self.tn += other.tn;
+        self.fn_ += other.fn_;
+        for (a, b) in self.positive_scores.iter_mut().zip(&other.positive_scores) {
+            *a += b;
+        }
+        for (a, b) in self.negative_scores.iter_mut().zip(&other.negative_scores) {
+            *a += b;
+        }
+    }
+
+    /// Appends the vector form, [`Self::VECTOR_LEN`] values, to `out`.
+    pub fn write_vector(&self, out: &mut Vec<f64>) {
+        out.extend_from_slice(&[self.tp, self.fp, self.tn, self.fn_]);
+        out.extend_from_slice(&self.positive_scores);
+        out.extend_from_slice(&self.negative_scores);
+    }
+
+    /// Reads the vector form; `None` if `v` is not [`Self::VECTOR_LEN`] long.
+    pub fn from_vector(v: &[f64]) -> Option<Self> {
+        if v.len() != Self::VECTOR_LEN {
+            return None;
+        }
+        let (head, hist) = v.split_at(4);
+        let (pos, neg) = hist.split_at(SCORE_BINS);
+        Some(Self {
+            tp: head[0],
+            fp: head[1],
+            tn: head[2],
+            fn_: head[3],
+            positive_scores: pos.to_vec(),
+            negative_scores: neg.to_vec(),
+        })
+    }
+
+    /// Expected calibration error from the score histograms; `None` without examples, or if the
+    /// histograms are not [`SCORE_BINS`] long.
+    ///
+    /// The histogram bins are grouped into [`ECE_BINS`] equal-width probability bins b, and
+    /// `ECE = Σ_b (n_b / n) · |mean predicted probability in b − fraction positive in b|`.
+    ///
+    /// The histograms do not keep exact scores, so each example's predicted probability is taken
+    /// as the centre of its histogram bin. Every such value is within `0.5 / SCORE_BINS` of the
+    /// true score, so the result is within `0.5 / SCORE_BINS` (0.0005) of the ECE computed from
+    /// the exact scores with the same bin assignment. A score's ECE bin is its histogram bin
+    /// integer-divided by `SCORE_BINS / ECE_BINS`, which is ⌊10·score⌋ except for rounding at bin
+    /// edges, with a score of exactly 1 in the last bin.
+    pub fn expected_calibration_error(&self) -> Option<f64> {
+        if self.positive_scores.len() != SCORE_BINS || self.negative_scores.len() != SCORE_BINS {
+            return None;
+        }
+        let total: f64 =
+            self.positive_scores.iter().sum::<f64>() + self.negative_scores.iter().sum::<f64>();
+        if total <= 0.0 {
+            return None;
+        }
+        let width = SCORE_BINS / ECE_BINS;
+        let mut ece = 0.0;
+        for b in 0..ECE_BINS {
+            let (mut n_b, mut positives, mut score_sum) = (0.0, 0.0, 0.0);
+            for i in b * width..(b + 1) * width {
+                let count = self.positive_scores[i] + self.negative_scores[i];
+                let centre = (i as f64 + 0.5) / SCORE_BINS as f64;
+                n_b += count;
+                positives += self.positive_scores[i];
+                score_sum += count * centre;
+            }
+            if n_b > 0.0 {
+                ece += (n_b / total) * (score_sum / n_b - positives / n_b).abs();
+            }
+        }
+        Some(ece)
+    }
+
+    /// The group's metrics; `None` if it has no examples or its counts are not valid.
+    pub fn metrics(&self) -> Option<GroupMetrics> {
+        if !self.is_well_formed() || self.n() <= 0.0 {
+            return None;
+        }
+        let n = self.n();
+        let positives = self.tp + self.fn_;
+        let negatives = self.fp + self.tn;
+        Some(GroupMetrics {
+            n: n.round() as u64,
+            prevalence: rate(positives, n)?,
+            selection_rate: rate(self.tp + self.fp, n)?,
+            accuracy: rate(self.tp + self.tn, n)?,
+            tpr: rate(self.tp, positives),
+            fpr: rate(self.fp, negatives),
+            fnr: rate(self.fn_, positives),
+            ppv: rate(self.tp, self.tp + self.fp),
+            auc: histogram_auc(&self.positive_scores, &self.negative_scores),
+            ece: self.expected_calibration_error()?,
+        })
+    }
+
+    /// Adds one prediction (see [`Self::from_predictions`] for the conventions).
+    fn record(&mut self, score: f32, label: f32) {
+        if !score.is_finite() || !(0.0..=1.0).contains(&score) || !label.is_finite() {
+            return;
+        }
+        let positive = label >= 0.5;
+        let predicted = score >= DECISION_THRESHOLD;
+        match (positive, predicted) {
+            (true, true) => self.tp += 1.0,
+            (true, false) => self.fn_ += 1.0,
+            (false, true) => self.fp += 1.0,
+            (false, false) => self.tn += 1.0,
+        }
+        let histogram = if positive {
+            &mut self.positive_scores
+        } else {
+            &mut self.negative_scores
+        };
+        histogram[score_bin(score)] += 1.0;
+    }
+
+    /// Whether every count is finite and non-negative and the histograms are [`SCORE_BINS`] long.
+    fn is_well_formed(&self) -> bool {
+        let ok = |x: &f64| x.is_finite() && *x >= 0.0;
+        [self.tp, self.fp, self.tn, self.fn_].iter().all(ok)
+            && self.positive_scores.len() == SCORE_BINS
+            && self.negative_scores.len() == SCORE_BINS
+            && self.positive_scores.iter().all(ok)
+            && self.negative_scores.iter().all(ok)
+    }
+}
+
+/// Per-group counts of predictions, keyed by each row's group name.
+///
+/// Rows are `(scores[i], labels[i], groups[i])`; the three slices are read up to the shortest.
+/// Every group that occurs gets an entry, even if all its rows are skipped as invalid.
+pub fn group_predictions<G: AsRef<str>>(
+    scores: &[f32],
+    labels: &[f32],
+    groups: &[G],
+) -> BTreeMap<String, GroupCounts> {
+    let mut out: BTreeMap<String, GroupCounts> = BTreeMap::new();
+    for ((&score, &label), group) in scores.iter().zip(labels).zip(groups) {
+        out.entry(group.as_ref().to_owned())
+            .or_insert_with(GroupCounts::zero)
+            .record(score, label);
+    }
+    out
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            min_count: DEFAULT_MIN_COUNT,
+            reference: None,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// Smallest number of examples a group needs to be reported (default
+    /// [`DEFAULT_MIN_COUNT`]). A group without examples is suppressed even when this is 0.
+    pub fn min_count(&mut self, value: u64) -> &mut Self {
+        self.min_count = value;
+        self
+    }
+
+    /// The group every other group is compared to in [`Disparities::reference`] (default none).
+    pub fn reference_group(&mut self, group: impl Into<String>) -> &mut Self {
+        self.reference = Some(group.into());
+        self
+    }
+}
+
+impl FairnessReport {
+    /// The audit of the groups of one sensitive attribute from their pooled counts.
+    ///
+    /// Fails if a group's counts are invalid (negative, not finite, histograms of the wrong
+    /// length), or if a configured reference group is absent or suppressed.
+    pub fn compute(
+        groups: &BTreeMap<String, GroupCounts>,
+        config: &AuditConfig,
+    ) -> Result<Self, FairnessError> {
+        let mut reports = Vec::with_capacity(groups.len());
+        let mut reported: Vec<(&str, GroupMetrics)> = Vec::new();
+        for (name, counts) in groups {
+            let invalid = || FairnessError::InvalidCounts {
+                group: name.clone(),
+            };
+            if !counts.is_well_formed() {
+                return Err(invalid());
+            }
+            let n = counts.n();
+            if n <= 0.0 || n < config.min_count as f64 {
+                reports.push(GroupReport::Suppressed {
+                    group: name.clone(),
+                });
+                continue;
+            }
+            // Well-formed with examples, so `metrics` is `Some`; the error is never returned.
+            let metrics = counts.metrics().ok_or_else(invalid)?;
+            reported.push((name, metrics.clone()));
+            reports.push(GroupReport::Reported {
+                group: name.clone(),
+                metrics: Box::new(metrics),
+            });
+        }
+        if let Some(reference) = &config.reference {
+            if !groups.contains_key(reference) {
+                return Err(FairnessError::UnknownReference {
+                    group: reference.clone(),
+                });
+            }
+            if !reported.iter().any(|(name, _)| name == reference) {
+                return Err(FairnessError::ReferenceSuppressed {
+                    group: reference.clone(),
+                });
+            }
+        }
+        let disparities =
+            (reported.len() >= 2).then(|| disparities(&reported, config.reference.as_deref()));
+        Ok(Self {
+            min_count: config.min_count,
+            groups: reports,
+            disparities,
+        })
+    }
+}
+
+impl FairnessPolicy {
+    /// Checks every limit the policy sets against `report`'s disparities.
+    ///
+    /// A limit on a disparity that is undefined — including every limit when the report has no
+    /// disparities because fewer than two groups are reported — fails.
+    pub fn check(&self, report: &FairnessReport) -> PolicyOutcome {
+        let d = report.disparities.as_ref();
+        let limits = [
+            (
+                "max_equalized_odds_difference",
+                self.max_equalized_odds_difference,
+                d.and_then(|d| d.equalized_odds_difference),
+                Bound::Max,
+            ),
+            (
+                "min_demographic_parity_ratio",
+                self.min_demographic_parity_ratio,
+                d.and_then(|d| d.demographic_parity_ratio),
+                Bound::Min,
+            ),
+            (
+                "max_demographic_parity_difference",
+                self.max_demographic_parity_difference,
+                d.map(|d| d.demographic_parity_difference),
+                Bound::Max,
+            ),
+            (
+                "max_equal_opportunity_difference",
+                self.max_equal_opportunity_difference,
+                d.and_then(|d| d.equal_opportunity_difference),
+                Bound::Max,
+            ),
+        ];
+        let checks: Vec<PolicyCheck> = limits
+            .into_iter()
+            .filter_map(|(name, threshold, value, bound)| {
+                let threshold = threshold?;
+                // NaN thresholds or values compare false, so they fail.
+                let passed = value.is_some_and(|v| match bound {
+                    Bound::Max => v <= threshold,
+                    Bound::Min => v >= threshold,
+                });
+                Some(PolicyCheck {
+                    name: name.to_owned(),
+                    threshold,
+                    value,
+                    passed,
+                })
+            })
+            .collect();
+        let approved = checks.iter().all(|c| c.passed);
+        PolicyOutcome { checks, approved }
+    }
+}
+
+/// Wilson score interval at 95% ([`WILSON_Z`]) for `successes` out of `trials`; `None` unless
+/// `0 ≤ successes ≤ trials` and `trials > 0`, all finite.
+pub fn wilson_interval(successes: f64, trials: f64) -> Option<Interval> {
+    if !(successes.is_finite() && trials.is_finite() && trials > 0.0) {
+        return None;
+    }
+    if !(0.0..=trials).contains(&successes) {
+        return None;
+    }
+    let p = successes / trials;
+    let z2 = WILSON_Z * WILSON_Z;
+    let denominator = 1.0 + z2 / trials;
+    let centre = (p + z2 / (2.0 * trials)) / denominator;
+    let half =
+        WILSON_Z * (p * (1.0 - p) / trials + z2 / (4.0 * trials * trials)).sqrt() / denominator;
+    // At p = 0 or 1 the bound is exactly 0 or 1; set it rather than keep the rounding error.
+    let low = if successes == 0.0 {
+        0.0
+    } else {
+        (centre - half).max(0.0)
+    };
+    let high = if successes == trials {
+        1.0
+    } else {
+        (centre + half).min(1.0)
+    };
+    Some(Interval { low, high })
+}
+
+/// The band of a numeric sensitive attribute (for example age) between ascending `edges`.
+///
+/// With edges `e_0 < e_1 < … < e_k` the bands are `"<e_0"`, `"e_0-<e_1"`, …, `"e_{k-1}-<e_k"`
+/// and `"≥e_k"`: each band holds its lower edge and not its upper one, so with edges
+/// `[40.0, 60.0]` the value 40 is in `"40-<60"`, 59.9 too, and 60 in `"≥60"`. Edges are written
+/// with Rust's shortest round-trip float formatting (`40`, `62.5`). `None` if `value` is NaN,
+/// `edges` is empty, or the edges are not finite and strictly increasing.
+pub fn band(value: f64, edges: &[f64]) -> Option<String> {
+    if value.is_nan()
+        || edges.is_empty()
+        || edges.iter().any(|e| !e.is_finite())
+        || edges.windows(2).any(|w| w[0] >= w[1])
+    {
+        return None;
+    }
+    // Number of edges at or below the value: 0 means below the first edge.
+    let above = edges.iter().take_while(|&&e| e <= value).count();
+    Some(match above {
+        0 => format!("<{}", edges[0]),
+        i if i == edges.len() => format!("≥{}", edges[i - 1]),
+        i => format!("{}-<{}", edges[i - 1], edges[i]),
+    })
+}
+
+/// Whether a policy limit is an upper or a lower bound.
+#[derive(Clone, Copy)]
+enum Bound {
+    Max,
+    Min,
+}
+
+/// A proportion and its Wilson interval; `None` if `trials` is not positive.
+fn rate(successes: f64, trials: f64) -> Option<Rate> {
+    Some(Rate {
+        value: successes / trials,
+        interval: wilson_interval(successes, trials)?,
+    })
+}
+
+/// The histogram bin of a probability in [0, 1], as in [`crate::evaluation`].
+fn score_bin(score: f32) -> usize {
+    ((f64::from(score) * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1)
+}
+
+/// Disparities between `reported` groups (at least two, in name order).
+fn disparities(reported: &[(&str, GroupMetrics)], reference: Option<&str>) -> Disparities {
+    let spread = |values: Vec<f64>| -> Option<(f64, f64)> {
+        let min = values.iter().copied().reduce(f64::min)?;
+        let max = values.iter().copied().reduce(f64::max)?;
+        Some((min, max))
+    };
+    let selection: Vec<f64> = reported
+        .iter()
+        .map(|(_, m)| m.selection_rate.value)
+        .collect();
+    let tprs: Vec<f64> = reported
+        .iter()
+        .filter_map(|(_, m)| m.tpr.map(|r| r.value))
+        .collect();
+    let fprs: Vec<f64> = reported
+        .iter()
+        .filter_map(|(_, m)| m.fpr.map(|r| r.value))
+        .collect();
+    // `reported` is not empty, so the selection rates have a spread; (0, 0) is never used.
+    let (sel_min, sel_max) = spread(selection).unwrap_or((0.0, 0.0));
+    let tpr_diff = spread(tprs).map(|(lo, hi)| hi - lo);
+    let fpr_diff = spread(fprs).map(|(lo, hi)| hi - lo);
+    let reference = reference.and_then(|name| {
+        let (_, base) = reported.iter().find(|(g, _)| *g == name)?;
+        let diff = |a: Option<Rate>, b: Option<Rate>| Some(a?.value - b?.value);
+        Some(ReferenceComparison {
+            group: name.to_owned(),
+            differences: reported
+                .iter()
+                .map(|(g, m)| GroupDifference {
+                    group: (*g).to_owned(),
+                    selection_rate: m.selection_rate.value - base.selection_rate.value,
+                    tpr: diff(m.tpr, base.tpr),
+                    fpr: diff(m.fpr, base.fpr),
+                })
+                .collect(),
+        })
+    });
+    Disparities {
+        groups: reported.iter().map(|(g, _)| (*g).to_owned()).collect(),
+        demographic_parity_difference: sel_max - sel_min,
+        demographic_parity_ratio: (sel_max > 0.0).then(|| sel_min / sel_max),
+        equalized_odds_difference: tpr_diff.zip(fpr_diff).map(|(t, f)| t.max(f)),
+        equal_opportunity_difference: tpr_diff,
+        reference,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64, tol: f64) -> bool {
+        (a - b).abs() <= tol
+    }
+
+    /// A group with the given confusion matrix; scores 0.9 for predicted positives, 0.1 else.
+    fn counts(tp: u32, fp: u32, tn: u32, fn_: u32) -> GroupCounts {
+        let mut scores = Vec::new();
+        let mut labels = Vec::new();
+        for (k, score, label) in [
+            (tp, 0.9, 1.0),
+            (fp, 0.9, 0.0),
+            (tn, 0.1, 0.0),
+            (fn_, 0.1, 1.0),
+        ] {
+            scores.extend(std::iter::repeat_n(score, k as usize));
+            labels.extend(std::iter::repeat_n(label, k as usize));
+        }
+        GroupCounts::from_predictions(&scores, &labels)
+    }
+
+    fn sum_vectors(a: &GroupCounts, b: &GroupCounts) -> GroupCounts {
+        let (mut va, mut vb) = (Vec::new(), Vec::new());
+        a.write_vector(&mut va);
+        b.write_vector(&mut vb);
+        let summed: Vec<f64> = va.iter().zip(&vb).map(|(x, y)| x + y).collect();
+        GroupCounts::from_vector(&summed).unwrap()
+    }
+
+    fn metrics_of<'a>(report: &'a FairnessReport, group: &str) -> Option<&'a GroupMetrics> {
+        report.groups.iter().find_map(|g| match g {
+            GroupReport::Reported {
+                group: name,
+                metrics,
+            } if name == group => Some(&**metrics),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn wilson_interval_matches_hand_computation() {
+        // 8/10: p = 0.8, z² = 3.8415, centre 0.71674, half-width 0.22658.
+        let i = wilson_interval(8.0, 10.0).unwrap();
+        assert!(
+            close(i.low, 0.490, 1e-3) && close(i.high, 0.943, 1e-3),
+            "{i:?}"
+        );
+        let i = wilson_interval(0.0, 10.0).unwrap();
+        assert_eq!(i.low, 0.0);
+        assert!(close(i.high, 0.2775, 1e-4), "{i:?}");
+        let i = wilson_interval(10.0, 10.0).unwrap();
+        assert!(close(i.low, 0.7225, 1e-4) && i.high == 1.0, "{i:?}");
+        assert_eq!(wilson_interval(1.0, 0.0), None);
+        assert_eq!(wilson_interval(11.0, 10.0), None);
+        assert_eq!(wilson_interval(-1.0, 10.0), None);
+        assert_eq!(wilson_interval(f64::NAN, 10.0), None);
+    }
+
+    #[test]
+    fn summed_hospital_counts_equal_pooled_counts() {
+        let scores_a = [0.91, 0.12, 0.55, 0.49, 0.73, 0.5];
+        let labels_a = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0];
+        let scores_b = [0.05, 0.66, 0.31, 1.0];
+        let labels_b = [0.0, 1.0, 1.0, 1.0];
+        let a = GroupCounts::from_predictions(&scores_a, &labels_a);
+        let b = GroupCounts::from_predictions(&scores_b, &labels_b);
+        let pooled_scores: Vec<f32> = scores_a.iter().chain(&scores_b).copied().collect();
+        let pooled_labels: Vec<f32> = labels_a.iter().chain(&labels_b).copied().collect();
+        let pooled = GroupCounts::from_predictions(&pooled_scores, &pooled_labels);
+        assert_eq!(sum_vectors(&a, &b), pooled);
+        let mut added = a.clone();
+        added.add(&b);
+        assert_eq!(added, pooled);
+        assert_eq!(
+            (pooled.tp, pooled.fp, pooled.tn, pooled.fn_),
+            (4.0, 2.0, 2.0, 2.0)
+        );
+        let m = pooled.metrics().unwrap();
+        assert_eq!(m.n, 10);
+        assert!(close(m.selection_rate.value, 0.6, 1e-12));
+        assert!(close(m.tpr.unwrap().value, 4.0 / 6.0, 1e-12));
+        assert!(close(m.ppv.unwrap().value, 4.0 / 6.0, 1e-12));
+    }
+
+    #[test]
+    fn vector_form_roundtrips_and_rejects_wrong_length() {
+        let c = counts(3, 1, 4, 2);
+        let mut v = vec![7.0];
+        c.write_vector(&mut v);
+        assert_eq!(v.len(), 1 + GroupCounts::VECTOR_LEN);
+        assert_eq!(GroupCounts::from_vector(&v[1..]), Some(c));
+        assert_eq!(GroupCounts::from_vector(&v), None);
+        assert_eq!(GroupCounts::from_vector(&[]), None);
+    }
+
+    #[test]
+    fn undefined_rates_are_none() {
+        let m = counts(0, 2, 3, 0).metrics().unwrap();
+        assert_eq!((m.tpr, m.fnr, m.auc), (None, None, None));
+        assert!(m.fpr.is_some() && m.ppv.is_some());
+        let m = counts(0, 0, 3, 2).metrics().unwrap();
+        assert_eq!(m.ppv, None);
+        assert_eq!(GroupCounts::zero().metrics(), None);
+    }
+
+    #[test]
+    fn ece_uses_bin_centres() {
+        // Two examples at 0.9004 (histogram bin 900, centre 0.9005), one positive:
+        // ECE = |0.9005 − 0.5| = 0.4005.
+        let c = GroupCounts::from_predictions(&[0.9004, 0.9004], &[1.0, 0.0]);
+        assert!(close(
+            c.expected_calibration_error().unwrap(),
+            0.4005,
+            1e-12
+        ));
+        // Calibrated scores of 0.5 still show the bin-centre offset of 0.5 / SCORE_BINS.
+        let c = GroupCounts::from_predictions(&[0.5, 0.5, 0.1, 0.1], &[1.0, 0.0, 0.0, 0.0]);
+        let ece = c.expected_calibration_error().unwrap();
+        // Bin 5: |0.5005 − 0.5| · ½; bin 1: f32 0.1 is in histogram bin 100, |0.1005 − 0| · ½.
+        assert!(close(ece, 0.5 * 0.0005 + 0.5 * 0.1005, 1e-12), "{ece}");
+        let mut short = c.clone();
+        short.negative_scores.pop();
+        assert_eq!(short.expected_calibration_error(), None);
+        assert_eq!(GroupCounts::zero().expected_calibration_error(), None);
+    }
+
+    #[test]
+    fn small_groups_are_suppressed_not_dropped() {
+        let mut groups = BTreeMap::new();
+        groups.insert("large".to_owned(), counts(10, 5, 20, 5));
+        groups.insert("medium".to_owned(), counts(4, 2, 4, 2));
+        groups.insert("tiny".to_owned(), counts(1, 0, 8, 0));
+        let report = FairnessReport::compute(&groups, &AuditConfig::default()).unwrap();
+        assert_eq!(report.min_count, DEFAULT_MIN_COUNT);
+        assert_eq!(report.groups.len(), 3);
+        assert_eq!(
+            report.groups[2],
+            GroupReport::Suppressed {
+                group: "tiny".into()
+            }
+        );
+        let d = report.disparities.as_ref().unwrap();
+        assert_eq!(d.groups, ["large", "medium"]);
+        // Selection rates 15/40 and 6/12.
+        assert!(close(d.demographic_parity_difference, 0.5 - 0.375, 1e-12));
+        assert!(close(d.demographic_parity_ratio.unwrap(), 0.75, 1e-12));
+        // The suppressed group's JSON carries no figure.
+        let json = serde_json::to_string(&report.groups[2]).unwrap();
+        assert_eq!(json, r#"{"status":"suppressed","group":"tiny"}"#);
+
+        let mut config = AuditConfig::default();
+        config.min_count(0);
+        let report = FairnessReport::compute(&groups, &config).unwrap();
+        assert_eq!(report.disparities.unwrap().groups.len(), 3);
+
+        // One reported group: nothing to compare, so no disparities.
+        groups.remove("medium");
+        let report = FairnessReport::compute(&groups, &AuditConfig::default()).unwrap();
+        assert_eq!(report.disparities, None);
+    }
+
+    #[test]
+    fn reference_group_differences_and_errors() {
+        let mut groups = BTreeMap::new();
+        groups.insert("a".to_owned(), counts(8, 2, 8, 2));
+        groups.insert("b".to_owned(), counts(6, 4, 6, 4));
+        groups.insert("c".to_owned(), counts(1, 1, 1, 1));
+        let mut config = AuditConfig::default();
+        config.reference_group("a");
+        let report = FairnessReport::compute(&groups, &config).unwrap();
+        let reference = report.disparities.unwrap().reference.unwrap();
+        assert_eq!(reference.group, "a");
+        assert_eq!(reference.differences.len(), 2);
+        let b = &reference.differences[1];
+        assert_eq!(b.group, "b");
+        assert!(close(b.selection_rate, 0.5 - 0.5, 1e-12));
+        assert!(close(b.tpr.unwrap(), 0.6 - 0.8, 1e-12));
+        assert!(close(b.fpr.unwrap(), 0.4 - 0.2, 1e-12));
+
+        config.reference_group("c");
+        assert_eq!(
+            FairnessReport::compute(&groups, &config),
+            Err(FairnessError::ReferenceSuppressed { group: "c".into() })
+        );
+        config.reference_group("z");
+        assert_eq!(
+            FairnessReport::compute(&groups, &config),
+            Err(FairnessError::UnknownReference { group: "z".into() })
+        );
+    }
+
+    #[test]
+    fn invalid_counts_are_refused() {
+        let mut groups = BTreeMap::new();
+        groups.insert("a".to_owned(), counts(8, 2, 8, 2));
+        let mut bad = counts(8, 2, 8, 2);
+        bad.negative_scores[3] = -1.0;
+        groups.insert("b".to_owned(), bad);
+        let err = FairnessReport::compute(&groups, &AuditConfig::default()).unwrap_err();
+        assert_eq!(err, FairnessError::InvalidCounts { group: "b".into() });
+        let mut bad = counts(8, 2, 8, 2);
+        bad.tp = f64::INFINITY;
+        groups.insert("b".to_owned(), bad);
+        assert!(FairnessReport::compute(&groups, &AuditConfig::default()).is_err());
+        let mut bad = counts(8, 2, 8, 2);
+        bad.positive_scores.pop();
+        groups.insert("b".to_owned(), bad);
+        assert!(FairnessReport::compute(&groups, &AuditConfig::default()).is_err());
+        let mut bad = counts(8, 2, 8, 2);
+        bad.tn = f64::NAN;
+        groups.insert("b".to_owned(), bad);
+        assert!(FairnessReport::compute(&groups, &AuditConfig::default()).is_err());
+    }
+
+    #[test]
+    fn policy_passes_and_fails() {
+        let mut groups = BTreeMap::new();
+        groups.insert("a".to_owned(), counts(8, 2, 8, 2)); // sel 0.5, tpr 0.8, fpr 0.2
+        groups.insert("b".to_owned(), counts(6, 4, 6, 4)); // sel 0.5, tpr 0.6, fpr 0.4
+        let report = FairnessReport::compute(&groups, &AuditConfig::default()).unwrap();
+        let policy: FairnessPolicy = toml::from_str(
+            "max_equalized_odds_difference = 0.1\nmin_demographic_parity_ratio = 0.8\n",
+        )
+        .unwrap();
+        let outcome = policy.check(&report);
+        assert!(!outcome.approved);
+        assert_eq!(outcome.checks.len(), 2);
+        assert_eq!(outcome.checks[0].name, "max_equalized_odds_difference");
+        assert!(!outcome.checks[0].passed);
+        assert!(close(outcome.checks[0].value.unwrap(), 0.2, 1e-12));
+        assert!(outcome.checks[1].passed);
+        assert_eq!(outcome.checks[1].value, Some(1.0));
+
+        let lenient = FairnessPolicy {
+            max_equalized_odds_difference: Some(0.25),
+            max_demographic_parity_difference: Some(0.0),
+            ..FairnessPolicy::default()
+        };
+        let outcome = lenient.check(&report);
+        assert!(outcome.approved, "{outcome:?}");
+
+        // No disparities: every set limit fails; an empty policy approves.
+        groups.remove("b");
+        let single = FairnessReport::compute(&groups, &AuditConfig::default()).unwrap();
+        let outcome = lenient.check(&single);
+        assert!(!outcome.approved);
+        assert!(outcome.checks.iter().all(|c| c.value.is_none()));
+        assert!(FairnessPolicy::default().check(&single).approved);
+
+        assert!(toml::from_str::<FairnessPolicy>("max_odds = 1.0").is_err());
+    }
+
+    #[test]
+    fn bands() {
+        let edges = [40.0, 60.0];
+        assert_eq!(band(39.9, &edges).as_deref(), Some("<40"));
+        assert_eq!(band(40.0, &edges).as_deref(), Some("40-<60"));
+        assert_eq!(band(59.9, &edges).as_deref(), Some("40-<60"));
+        assert_eq!(band(60.0, &edges).as_deref(), Some("≥60"));
+        assert_eq!(band(f64::INFINITY, &edges).as_deref(), Some("≥60"));
+        assert_eq!(band(1.0, &[2.5]).as_deref(), Some("<2.5"));
+        assert_eq!(band(f64::NAN, &edges), None);
+        assert_eq!(band(1.0, &[]), None);
+        assert_eq!(band(1.0, &[60.0, 40.0]), None);
+        assert_eq!(band(1.0, &[40.0, 40.0]), None);
+    }
+
+    #[test]
+    fn report_json_roundtrips() {
+        let mut groups = BTreeMap::new();
+        groups.insert("a".to_owned(), counts(8, 2, 8, 2));
+        groups.insert("b".to_owned(), counts(6, 4, 6, 4));
+        groups.insert("c".to_owned(), counts(1, 0, 0, 0));
+        let mut config = AuditConfig::default();
+        config.reference_group("a");
+        let report = FairnessReport::compute(&groups, &config).unwrap();
+        let json = serde_json::to_string(&report).unwrap();
+        let back: FairnessReport = serde_json::from_str(&json).unwrap();
+        // serde_json's default float parsing may be off by one ulp, so compare as parsed JSON.
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), parsed);
+        assert_eq!(
+            back.groups[2],
+            GroupReport::Suppressed { group: "c".into() }
+        );
+    }
+
+    /// Worst absolute differences from fairlearn seen while checking the fixture.
+    #[derive(Default, Debug)]
+    struct Worst {
+        threshold: f64,
+        auc: f64,
+        ece: f64,
+    }
+
+    fn check(worst: &mut Worst, what: &str, ours: f64, expected: f64) {
+        let d = (ours - expected).abs();
+        worst.threshold = worst.threshold.max(d);
+        assert!(d <= 1e-9, "{what}: {ours} vs fairlearn {expected}");
+    }
+
+    #[test]
+    fn matches_fairlearn_vectors() {
+        let fixture: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/vectors/fairlearn_metrics.json")).unwrap();
+        let rows = fixture["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 600);
+        let labels: Vec<f32> = rows.iter().map(|r| r[0].as_f64().unwrap() as f32).collect();
+        // Scores are float32 values written exactly, so the cast is lossless.
+        let scores: Vec<f32> = rows.iter().map(|r| r[1].as_f64().unwrap() as f32).collect();
+        let mut worst = Worst::default();
+        for (column, attribute) in [(2, "group"), (3, "sex")] {
+            let groups: Vec<&str> = rows.iter().map(|r| r[column].as_str().unwrap()).collect();
+            let counts = group_predictions(&scores, &labels, &groups);
+            let expected = &fixture["attributes"][attribute];
+            let mut config = AuditConfig::default();
+            config.min_count(0);
+            let report = FairnessReport::compute(&counts, &config).unwrap();
+            let by_group = expected["by_group"].as_object().unwrap();
+            assert_eq!(report.groups.len(), by_group.len());
+            for (name, e) in by_group {
+                let m = metrics_of(&report, name).unwrap();
+                let f = |key: &str| e[key].as_f64().unwrap();
+                assert_eq!(m.n, e["count"].as_u64().unwrap());
+                check(
+                    &mut worst,
+                    "selection_rate",
+                    m.selection_rate.value,
+                    f("selection_rate"),
+                );
+                check(
+                    &mut worst,
+                    "tpr",
+                    m.tpr.unwrap().value,
+                    f("true_positive_rate"),
+                );
+                check(
+                    &mut worst,
+                    "fpr",
+                    m.fpr.unwrap().value,
+                    f("false_positive_rate"),
+                );
+                check(
+                    &mut worst,
+                    "fnr",
+                    m.fnr.unwrap().value,
+                    f("false_negative_rate"),
+                );
+                check(&mut worst, "accuracy", m.accuracy.value, f("accuracy"));
+                check(&mut worst, "ppv", m.ppv.unwrap().value, f("precision"));
+                let n = m.n as f64;
+                check(
+                    &mut worst,
+                    "prevalence",
+                    m.prevalence.value,
+                    f("positives") / n,
+                );
+                let auc = (m.auc.unwrap() - f("roc_auc")).abs();
+                worst.auc = worst.auc.max(auc);
+                assert!(auc <= 2.0 / SCORE_BINS as f64, "{name} auc off by {auc}");
+                let ece = (m.ece - f("ece_exact")).abs();
+                worst.ece = worst.ece.max(ece);
+                assert!(
+                    ece <= 0.5 / SCORE_BINS as f64 + 1e-12,
+                    "{name} ece off by {ece}"
+                );
+                let interval = m.selection_rate.interval;
+                assert!(interval.low <= m.selection_rate.value);
+                assert!(m.selection_rate.value <= interval.high);
+            }
+            let d = report.disparities.as_ref().unwrap();
+            let f = |key: &str| expected[key].as_f64().unwrap();
+            check(
+                &mut worst,
+                "dp difference",
+                d.demographic_parity_difference,
+                f("demographic_parity_difference"),
+            );
+            check(
+                &mut worst,
+                "dp ratio",
+                d.demographic_parity_ratio.unwrap(),
+                f("demographic_parity_ratio"),
+            );
+            check(
+                &mut worst,
+                "eo difference",
+                d.equalized_odds_difference.unwrap(),
+                f("equalized_odds_difference"),
+            );
+            check(
+                &mut worst,
+                "equal opportunity",
+                d.equal_opportunity_difference.unwrap(),
+                f("equal_opportunity_difference"),
+            );
+        }
+        eprintln!("worst differences from fairlearn/sklearn: {worst:?}");
+
+        // With the default min_count, the 8-row group C is suppressed and only A and B compared.
+        let groups: Vec<&str> = rows.iter().map(|r| r[2].as_str().unwrap()).collect();
+        let counts = group_predictions(&scores, &labels, &groups);
+        let report = FairnessReport::compute(&counts, &AuditConfig::default()).unwrap();
+        assert_eq!(
+            report.groups[2],
+            GroupReport::Suppressed { group: "C".into() }
+        );
+        let d = report.disparities.unwrap();
+        assert_eq!(d.groups, ["A", "B"]);
+        let by_group = &fixture["attributes"]["group"]["by_group"];
+        let rate = |g: &str, key: &str| by_group[g][key].as_f64().unwrap();
+        let sel = (rate("A", "selection_rate"), rate("B", "selection_rate"));
+        assert!(close(
+            d.demographic_parity_difference,
+            (sel.0 - sel.1).abs(),
+            1e-9
+        ));
+        let tpr = (rate("A", "true_positive_rate") - rate("B", "true_positive_rate")).abs();
+        let fpr = (rate("A", "false_positive_rate") - rate("B", "false_positive_rate")).abs();
+        assert!(close(
+            d.equalized_odds_difference.unwrap(),
+            tpr.max(fpr),
+            1e-9
+        ));
+        // Group C (FPR 0) decides fairlearn's figure; without it the figure differs.
+        let all_groups = fixture["attributes"]["group"]["equalized_odds_difference"]
+            .as_f64()
+            .unwrap();
+        assert!(d.equalized_odds_difference.unwrap() < all_groups);
+    }
+}
