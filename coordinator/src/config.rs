@@ -13,6 +13,7 @@ use medfed_protocol::secagg::fixed_point::FixedPoint;
 use medfed_protocol::task::TrainingPlan;
 use serde::Deserialize;
 
+use crate::audit::FairnessSettings;
 use crate::strategy::StrategyConfig;
 
 /// The whole configuration, as resolved.
@@ -32,6 +33,8 @@ pub struct CoordinatorConfig {
     pub strategy: StrategyConfig,
     /// Secure aggregation of every figure the nodes send.
     pub secure_aggregation: SecureAggregationConfig,
+    /// The bias audit: suppression threshold and the consortium's fairness policy.
+    pub fairness: FairnessSettings,
 }
 
 /// Secure aggregation settings. On by default; turning it off makes every node's figures
@@ -196,6 +199,8 @@ struct RawConfig {
     strategy: Option<StrategyConfig>,
     #[serde(default)]
     secure_aggregation: SecureAggregationConfig,
+    #[serde(default)]
+    fairness: FairnessSettings,
 }
 
 /// TLS paths as written.
@@ -239,6 +244,7 @@ impl CoordinatorConfig {
             task: raw.task,
             strategy: raw.strategy.unwrap_or_default(),
             secure_aggregation: raw.secure_aggregation,
+            fairness: raw.fairness,
         };
         config.validate()?;
         Ok(config)

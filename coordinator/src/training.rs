@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::audit::{self, AttributeAudit};
 use crate::checkpoint::{CheckpointError, read_checkpoint, write_checkpoint};
 use crate::config::CoordinatorConfig;
 use crate::exchange::{self, ExchangeError};
@@ -55,6 +56,8 @@ pub struct RoundReport {
     pub dropped: Vec<(String, String)>,
     /// `(node, ε, δ)` each node declared it has spent, this round included.
     pub privacy: Vec<(String, f64, f64)>,
+    /// Bias audit of the model the round started from, per sensitive attribute.
+    pub fairness: Vec<AttributeAudit>,
     /// Pooled held-out metrics of the model the round started from (the previous round's model).
     pub start_model_evaluation: Option<EvalMetrics>,
     /// Hash of the model after the round.
@@ -70,6 +73,8 @@ pub struct TrainingReport {
     pub rounds: Vec<RoundReport>,
     /// Pooled held-out metrics of the final model.
     pub final_evaluation: Option<EvalMetrics>,
+    /// Bias audit of the final model, per sensitive attribute.
+    pub final_fairness: Vec<AttributeAudit>,
     /// The final model.
     pub final_model: Model,
     /// Path of the final model's checkpoint.
@@ -301,13 +306,14 @@ impl Trainer {
             reports.push(report);
             checkpoint = Some(path);
         }
-        let final_evaluation = self.final_evaluation(&standardization).await?;
+        let (final_evaluation, final_fairness) = self.final_evaluation(&standardization).await?;
         self.finish().await;
         let bytes_received = self.registry.bytes_received();
         Ok(TrainingReport {
             bytes_received,
             rounds: reports,
             final_evaluation,
+            final_fairness,
             final_model: self.model,
             checkpoint,
             last_round: self.round,
@@ -402,6 +408,7 @@ impl Trainer {
         let layout = RoundLayout {
             params: self.model.params.len(),
             train,
+            groups: self.schema.audit_groups().len(),
         };
         let session = self.session;
         let model_hash = self.model.hash();
@@ -686,6 +693,8 @@ impl Trainer {
             .decode(&gathered.sum)
             .ok_or_else(|| CoordinatorError::Internal("sum length".into()))?;
         let evaluation = totals.eval.metrics();
+        let fairness = audit::audit(&self.schema, &totals.groups, &self.config.fairness);
+        audit::log(&fairness);
         let (delta, weight) = totals
             .update
             .ok_or_else(|| CoordinatorError::Internal("no update block".into()))?;
@@ -709,6 +718,7 @@ impl Trainer {
                 .map(|(n, p)| (n.clone(), p.epsilon, p.delta))
                 .collect(),
             start_model_evaluation: evaluation,
+            fairness,
             model_hash: model.hash().to_hex(),
             seconds: started.elapsed().as_secs_f64(),
         };
@@ -743,7 +753,7 @@ impl Trainer {
     async fn final_evaluation(
         &mut self,
         standardization: &Standardization,
-    ) -> Result<Option<EvalMetrics>, CoordinatorError> {
+    ) -> Result<(Option<EvalMetrics>, Vec<AttributeAudit>), CoordinatorError> {
         let round = self.round + 1;
         let span = info_span!("final_evaluation", model_round = self.round);
         async {
@@ -753,9 +763,14 @@ impl Trainer {
                     .await
                 {
                     Ok((gathered, layout)) => {
-                        let metrics = layout.decode(&gathered.sum).and_then(|t| t.eval.metrics());
+                        let totals = layout.decode(&gathered.sum);
+                        let metrics = totals.as_ref().and_then(|t| t.eval.metrics());
+                        let fairness = totals
+                            .map(|t| audit::audit(&self.schema, &t.groups, &self.config.fairness))
+                            .unwrap_or_default();
+                        audit::log(&fairness);
                         lock(&self.store)
-                            .put_json(FINAL_EVALUATION_KEY, &(self.round, &metrics))?;
+                            .put_json(FINAL_EVALUATION_KEY, &(self.round, &metrics, &fairness))?;
                         if let Some(m) = &metrics {
                             info!(
                                 nodes = gathered.participants.len(),
@@ -766,7 +781,7 @@ impl Trainer {
                                 "final model evaluated on pooled held-out data"
                             );
                         }
-                        return Ok(metrics);
+                        return Ok((metrics, fairness));
                     }
                     Err(reason) => {
                         warn!(attempt, %reason, "final evaluation failed");
@@ -774,7 +789,7 @@ impl Trainer {
                     }
                 }
             }
-            Ok(None)
+            Ok((None, Vec::new()))
         }
         .instrument(span)
         .await

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 
 use medfed_protocol::contribution::{LocalUpdate, RoundLayout, RoundResult};
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
+use medfed_protocol::fairness::GroupCounts;
 use medfed_protocol::messages::{
     Contribution, ContributionKind, Message, ModelReceived, PrivacySpent, RefusalReason, Refused,
     RoundKeys, RoundStart, SecAggSetup, StatsRequest,
@@ -38,6 +39,8 @@ pub struct Hospital {
     train: Dataset,
     /// Held-out split, not standardised.
     held_out: Dataset,
+    /// For each held-out row, the audit groups it belongs to (one per sensitive attribute).
+    held_out_groups: Vec<Vec<usize>>,
     /// Local computation.
     trainer: Box<dyn Trainer>,
     /// The model last received from the coordinator.
@@ -93,10 +96,21 @@ impl Hospital {
         held_out: Dataset,
         trainer: Box<dyn Trainer>,
     ) -> Self {
+        let held_out_groups = held_out
+            .sensitive
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .filter_map(|(attribute, raw)| schema.audit_group_of(attribute, raw))
+                    .collect()
+            })
+            .collect();
         Self {
             schema,
             train,
             held_out,
+            held_out_groups,
             trainer,
             model: None,
             session: None,
@@ -488,6 +502,7 @@ impl Hospital {
             start,
             &self.train.examples,
             private.as_ref().map(|p| &p.dp),
+            (&self.held_out_groups, self.schema.audit_groups().len()),
         );
         // The noised update's cost is recorded in the ledger just before the update leaves.
         self.pending_release = None;
@@ -508,15 +523,25 @@ impl Hospital {
         let layout = RoundLayout {
             params: model.params.len(),
             train: start.train,
+            groups: self.schema.audit_groups().len(),
         };
         match result {
-            Ok(LocalOutcome { eval, trained, .. }) => {
+            Ok(LocalOutcome {
+                eval,
+                groups,
+                trained,
+                ..
+            }) => {
                 let update = trained.as_ref().map(|(params, weight)| LocalUpdate {
                     start: &model.params,
                     trained: params,
                     weight: *weight,
                 });
-                match layout.encode(&RoundResult { eval, update }) {
+                match layout.encode(&RoundResult {
+                    eval,
+                    groups,
+                    update,
+                }) {
                     Some(values) => {
                         self.answered.insert((round, start.attempt));
                         let secure = start
@@ -541,6 +566,8 @@ impl Hospital {
 struct LocalOutcome {
     /// Evaluation counts of the round's model on the held-out split.
     eval: EvalCounts,
+    /// The same, per audit group.
+    groups: Vec<GroupCounts>,
     /// Trained parameters and their weight (the number of training examples), when training.
     trained: Option<(Vec<f32>, f64)>,
     /// Optimiser steps taken (noisy steps under DP-SGD).
@@ -608,16 +635,31 @@ fn evaluate_and_train(
     start: &RoundStart,
     train: &Examples,
     dp: Option<&DpConfig>,
+    (row_groups, group_count): (&[Vec<usize>], usize),
 ) -> Result<LocalOutcome, TrainError> {
-    let eval = if held_out.is_empty() {
-        EvalCounts::zero()
+    let scores = if held_out.is_empty() {
+        Vec::new()
     } else {
-        let scores = trainer.predict(&model.spec, &model.params, held_out)?;
-        EvalCounts::from_predictions(&scores, &held_out.labels)
+        trainer.predict(&model.spec, &model.params, held_out)?
     };
+    let eval = EvalCounts::from_predictions(&scores, &held_out.labels);
+    let mut members: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); group_count];
+    for ((score, label), groups) in scores.iter().zip(&held_out.labels).zip(row_groups) {
+        for &group in groups {
+            if let Some((s, l)) = members.get_mut(group) {
+                s.push(*score);
+                l.push(*label);
+            }
+        }
+    }
+    let groups = members
+        .iter()
+        .map(|(s, l)| GroupCounts::from_predictions(s, l))
+        .collect();
     if !start.train {
         return Ok(LocalOutcome {
             eval,
+            groups,
             trained: None,
             steps: 0,
         });
@@ -650,6 +692,7 @@ fn evaluate_and_train(
     progress.finish();
     Ok(LocalOutcome {
         eval,
+        groups,
         trained: Some((params, train.len() as f64)),
         steps,
     })

@@ -1,13 +1,17 @@
 //! The layout of a node's round vector, which the coordinator only ever sums over nodes.
 //!
 //! ```text
-//! [ evaluation counts of the round's model on the held-out split | n·(w_local − w_round) | n ]
-//!   EvalCounts::VECTOR_LEN values                                 params values         1
+//! [ evaluation counts | per-group counts (fairness audit) | n·(w_local − w_round) | n ]
+//!   EvalCounts::       groups × GroupCounts::              params values          1
+//!   VECTOR_LEN         VECTOR_LEN
 //! ```
-//! The update block is present only in training rounds. Summed over nodes it yields the pooled
-//! evaluation and the example-weighted FedAvg update `Σ n_k (w_k − w) / Σ n_k`.
+//! The counts are of the round's starting model on the held-out split; the groups are the
+//! schema's audit groups, in order. The update block is present only in training rounds. Summed
+//! over nodes it yields the pooled evaluation, the pooled per-group counts and the
+//! example-weighted FedAvg update `Σ n_k (w_k − w) / Σ n_k`.
 
 use crate::evaluation::EvalCounts;
+use crate::fairness::GroupCounts;
 use crate::secagg::encoding::{BlockEncoding, VectorEncoding};
 use crate::secagg::fixed_point::FixedPoint;
 
@@ -18,6 +22,8 @@ pub struct RoundLayout {
     pub params: usize,
     /// Whether the round trains (carries an update block).
     pub train: bool,
+    /// Number of audit groups.
+    pub groups: usize,
 }
 
 /// A node's local result for one round, before it is flattened for summation.
@@ -25,6 +31,8 @@ pub struct RoundLayout {
 pub struct RoundResult<'a> {
     /// Evaluation counts of the round's starting model on the node's held-out split.
     pub eval: EvalCounts,
+    /// Per-group counts on the same split, one per audit group, in order.
+    pub groups: Vec<GroupCounts>,
     /// Local training outcome, in training rounds.
     pub update: Option<LocalUpdate<'a>>,
 }
@@ -45,6 +53,8 @@ pub struct LocalUpdate<'a> {
 pub struct RoundTotals {
     /// Pooled evaluation counts.
     pub eval: EvalCounts,
+    /// Pooled per-group counts, one per audit group.
+    pub groups: Vec<GroupCounts>,
     /// `Σ n_k (w_k − w)` and `Σ n_k`, in training rounds.
     pub update: Option<(Vec<f64>, f64)>,
 }
@@ -52,7 +62,12 @@ pub struct RoundTotals {
 impl RoundLayout {
     /// Length of the vector.
     pub fn len(&self) -> usize {
-        EvalCounts::VECTOR_LEN + if self.train { self.params + 1 } else { 0 }
+        self.counts_len() + if self.train { self.params + 1 } else { 0 }
+    }
+
+    /// Length of the counts blocks (evaluation and per-group).
+    fn counts_len(&self) -> usize {
+        EvalCounts::VECTOR_LEN + self.groups * GroupCounts::VECTOR_LEN
     }
 
     /// Never empty: the evaluation block is always there.
@@ -63,7 +78,7 @@ impl RoundLayout {
     /// How the vector is encoded for secure aggregation: counts exactly, the update clipped to
     /// `update`'s bound in its fixed point, the weight exactly.
     pub fn encoding(&self, update: &FixedPoint) -> VectorEncoding {
-        let mut blocks = vec![(EvalCounts::VECTOR_LEN, BlockEncoding::Wide)];
+        let mut blocks = vec![(self.counts_len(), BlockEncoding::Wide)];
         if self.train {
             blocks.push((self.params, BlockEncoding::Clipped(*update)));
             blocks.push((1, BlockEncoding::Wide));
@@ -74,8 +89,14 @@ impl RoundLayout {
     /// Flattens a node's result. Returns `None` if the result does not fit the layout (an update
     /// in an evaluation-only round, none in a training round, or parameters of the wrong length).
     pub fn encode(&self, result: &RoundResult<'_>) -> Option<Vec<f64>> {
+        if result.groups.len() != self.groups {
+            return None;
+        }
         let mut out = Vec::with_capacity(self.len());
         result.eval.write_vector(&mut out);
+        for group in &result.groups {
+            group.write_vector(&mut out);
+        }
         match (&result.update, self.train) {
             (None, false) => {}
             (Some(update), true) => {
@@ -102,12 +123,18 @@ impl RoundLayout {
             return None;
         }
         let (eval, rest) = sum.split_at(EvalCounts::VECTOR_LEN);
+        let (group_block, rest) = rest.split_at(self.groups * GroupCounts::VECTOR_LEN);
+        let groups = group_block
+            .chunks_exact(GroupCounts::VECTOR_LEN)
+            .map(GroupCounts::from_vector)
+            .collect::<Option<Vec<_>>>()?;
         let update = self.train.then(|| {
             let (delta, weight) = rest.split_at(self.params);
             (delta.to_vec(), weight[0])
         });
         Some(RoundTotals {
             eval: EvalCounts::from_vector(eval)?,
+            groups,
             update,
         })
     }
@@ -122,9 +149,11 @@ mod tests {
         let layout = RoundLayout {
             params: 2,
             train: true,
+            groups: 0,
         };
         let start = [1.0f32, -1.0];
         let a = RoundResult {
+            groups: Vec::new(),
             eval: EvalCounts::from_predictions(&[0.9], &[1.0]),
             update: Some(LocalUpdate {
                 start: &start,
@@ -133,6 +162,7 @@ mod tests {
             }),
         };
         let b = RoundResult {
+            groups: Vec::new(),
             eval: EvalCounts::from_predictions(&[0.2], &[0.0]),
             update: Some(LocalUpdate {
                 start: &start,
@@ -155,18 +185,22 @@ mod tests {
         let train = RoundLayout {
             params: 2,
             train: true,
+            groups: 0,
         };
         let eval_only = RoundLayout {
             params: 2,
             train: false,
+            groups: 0,
         };
         let no_update = RoundResult {
+            groups: Vec::new(),
             eval: EvalCounts::zero(),
             update: None,
         };
         assert!(train.encode(&no_update).is_none());
         assert_eq!(eval_only.encode(&no_update).unwrap().len(), eval_only.len());
         let short = RoundResult {
+            groups: Vec::new(),
             eval: EvalCounts::zero(),
             update: Some(LocalUpdate {
                 start: &[0.0],

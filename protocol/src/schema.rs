@@ -25,19 +25,30 @@
 //!
 //! This module only parses text; reading the file is the caller's job.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use ring::digest;
 use serde::Deserialize;
 
 /// A validated data schema. Build it with [`Schema::parse`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Schema {
     columns: Vec<Column>,
     label: Label,
     sensitive: Vec<String>,
     dropped: Vec<String>,
+    /// Band edges of each numeric sensitive attribute.
+    bands: BTreeMap<String, Vec<f64>>,
+}
+
+/// One group the fairness audit reports on: a level or band of one sensitive attribute.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditGroup {
+    /// The sensitive attribute.
+    pub attribute: String,
+    /// The level (categorical) or band label (numeric), e.g. `Female` or `40-<60`.
+    pub group: String,
 }
 
 /// One feature column of the schema.
@@ -65,6 +76,16 @@ pub struct Label {
     column: String,
     positive: Vec<String>,
     negative: Vec<String>,
+}
+
+/// The labels [`crate::fairness::band`] gives for `edges`, lowest band first.
+fn band_labels(edges: &[f64]) -> Vec<String> {
+    let mut probes = vec![edges[0] - 1.0];
+    probes.extend_from_slice(edges);
+    probes
+        .iter()
+        .filter_map(|v| crate::fairness::band(*v, edges))
+        .collect()
 }
 
 /// Why a schema text was refused.
@@ -137,6 +158,14 @@ pub enum SchemaError {
         /// The offending name.
         name: String,
     },
+    /// Band edges that are missing, misplaced or not increasing.
+    #[error("bands of {name}: {reason}")]
+    BadBands {
+        /// The attribute.
+        name: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 impl Schema {
@@ -196,6 +225,46 @@ impl Schema {
         1 + 2 * self.num_features()
     }
 
+    /// The groups the fairness audit reports on: for each sensitive attribute in order, its
+    /// levels (categorical) or its bands (numeric).
+    pub fn audit_groups(&self) -> Vec<AuditGroup> {
+        let mut groups = Vec::new();
+        for name in &self.sensitive {
+            let labels: Vec<String> = match (
+                self.bands.get(name),
+                self.columns.iter().find(|c| &c.name == name),
+            ) {
+                (Some(edges), _) => band_labels(edges),
+                (
+                    None,
+                    Some(Column {
+                        kind: ColumnKind::Categorical { levels },
+                        ..
+                    }),
+                ) => levels.clone(),
+                _ => Vec::new(),
+            };
+            groups.extend(labels.into_iter().map(|group| AuditGroup {
+                attribute: name.clone(),
+                group,
+            }));
+        }
+        groups
+    }
+
+    /// The index in [`Self::audit_groups`] of the group that a row whose `attribute`-th
+    /// sensitive attribute reads `raw` belongs to; `None` for a value outside every group.
+    pub fn audit_group_of(&self, attribute: usize, raw: &str) -> Option<usize> {
+        let name = self.sensitive.get(attribute)?;
+        let label = match self.bands.get(name) {
+            Some(edges) => crate::fairness::band(raw.trim().parse::<f64>().ok()?, edges)?,
+            None => raw.trim().to_owned(),
+        };
+        self.audit_groups()
+            .iter()
+            .position(|g| &g.attribute == name && g.group == label)
+    }
+
     /// SHA-256 of the schema's meaning, so that the coordinator and the nodes can check that they
     /// agree.
     ///
@@ -221,6 +290,13 @@ impl Schema {
         put_list(&mut bytes, sorted(&self.label.negative).into_iter());
         put_list(&mut bytes, sorted(&self.dropped).into_iter());
         put_list(&mut bytes, self.sensitive.iter());
+        for name in &self.sensitive {
+            let edges = self.bands.get(name).map(Vec::as_slice).unwrap_or_default();
+            put_len(&mut bytes, edges.len());
+            for edge in edges {
+                bytes.extend_from_slice(&edge.to_bits().to_be_bytes());
+            }
+        }
         let hash = digest::digest(&digest::SHA256, &bytes);
         let mut out = [0; 32];
         // Invariant: a SHA-256 digest is 32 bytes, so the lengths match.
@@ -301,6 +377,9 @@ struct RawSchema {
     label: RawLabel,
     #[serde(default)]
     columns: Vec<RawColumn>,
+    /// Band edges of numeric sensitive attributes, e.g. `age = [40, 60]`.
+    #[serde(default)]
+    bands: BTreeMap<String, Vec<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -363,11 +442,43 @@ impl RawSchema {
             }
         }
 
+        for (name, edges) in &self.bands {
+            let numeric_sensitive = self.sensitive.contains(name)
+                && columns
+                    .iter()
+                    .any(|c| &c.name == name && c.kind == ColumnKind::Numeric);
+            if !numeric_sensitive {
+                return Err(SchemaError::BadBands {
+                    name: name.clone(),
+                    reason: "bands apply only to numeric sensitive attributes",
+                });
+            }
+            let increasing = edges.windows(2).all(|w| w[0] < w[1]);
+            if edges.is_empty() || !increasing || edges.iter().any(|e| !e.is_finite()) {
+                return Err(SchemaError::BadBands {
+                    name: name.clone(),
+                    reason: "edges must be finite, strictly increasing, and at least one",
+                });
+            }
+        }
+        for name in &self.sensitive {
+            let numeric = columns
+                .iter()
+                .any(|c| &c.name == name && c.kind == ColumnKind::Numeric);
+            if numeric && !self.bands.contains_key(name) {
+                return Err(SchemaError::BadBands {
+                    name: name.clone(),
+                    reason: "a numeric sensitive attribute needs band edges under [bands]",
+                });
+            }
+        }
+
         Ok(Schema {
             columns,
             label,
             sensitive: self.sensitive,
             dropped: self.drop,
+            bands: self.bands,
         })
     }
 }
@@ -473,6 +584,8 @@ levels = ["Female", "Male"]
 [[columns]]
 name = "chol"
 type = "numeric"
+[bands]
+age = [40, 60]
 "#;
 
     fn parse_err(text: &str) -> SchemaError {
@@ -663,6 +776,9 @@ type = "numeric"
 negative = ["0"]
 positive = ["4", "3", "2", "1"]
 column = "num"
+
+[bands]
+age = [40.0, 60.0]
 "#;
         let a = Schema::parse(HEART).unwrap();
         let b = Schema::parse(reformatted).unwrap();
@@ -677,7 +793,10 @@ column = "num"
             HEART.replace("\"Female\", \"Male\"", "\"Male\", \"Female\""),
             HEART.replace("\"Female\", \"Male\"", "\"F\", \"M\""),
             HEART.replace("negative = [\"0\"]", "negative = [\"0\", \"5\"]"),
-            HEART.replace("sensitive = [\"sex\", \"age\"]", "sensitive = [\"sex\"]"),
+            HEART
+                .replace("sensitive = [\"sex\", \"age\"]", "sensitive = [\"sex\"]")
+                .replace("[bands]\nage = [40, 60]\n", ""),
+            HEART.replace("age = [40, 60]", "age = [40, 65]"),
             HEART.replace(
                 "name = \"chol\"\ntype = \"numeric\"",
                 "name = \"chol\"\ntype = \"categorical\"\nlevels = [\"hi\"]",
@@ -687,5 +806,49 @@ column = "num"
             let other = Schema::parse(text).unwrap().digest();
             assert_ne!(other, base, "digest unchanged for:\n{text}");
         }
+    }
+
+    #[test]
+    fn audit_groups_are_levels_and_bands_in_order() {
+        let schema = Schema::parse(HEART).unwrap();
+        let groups: Vec<String> = schema
+            .audit_groups()
+            .iter()
+            .map(|g| format!("{}={}", g.attribute, g.group))
+            .collect();
+        assert!(groups.len() >= 5, "{groups:?}");
+        let age: Vec<&String> = groups.iter().filter(|g| g.starts_with("age=")).collect();
+        assert_eq!(age.len(), 3, "{groups:?}");
+        let sex = schema.sensitive().iter().position(|s| s == "sex").unwrap();
+        let age_attr = schema.sensitive().iter().position(|s| s == "age").unwrap();
+        let young = schema.audit_group_of(age_attr, "35").unwrap();
+        let old = schema.audit_group_of(age_attr, "71").unwrap();
+        assert_ne!(young, old);
+        assert_eq!(schema.audit_groups()[young].attribute, "age");
+        assert!(schema.audit_group_of(age_attr, "not a number").is_none());
+        let first_level = schema.audit_group_of(
+            sex,
+            &schema
+                .audit_groups()
+                .iter()
+                .find(|g| g.attribute == "sex")
+                .unwrap()
+                .group,
+        );
+        assert!(first_level.is_some());
+    }
+
+    #[test]
+    fn numeric_sensitive_attributes_need_increasing_bands() {
+        let missing = HEART.replace("[bands]\nage = [40, 60]\n", "");
+        assert!(matches!(
+            Schema::parse(&missing),
+            Err(SchemaError::BadBands { .. })
+        ));
+        let decreasing = HEART.replace("age = [40, 60]", "age = [60, 40]");
+        assert!(matches!(
+            Schema::parse(&decreasing),
+            Err(SchemaError::BadBands { .. })
+        ));
     }
 }

@@ -66,6 +66,7 @@ async fn a_node_killed_after_sharing_keys_leaves_the_exact_fedavg_of_the_survivo
     let layout = RoundLayout {
         params: initial.params.len(),
         train: true,
+        groups: 5,
     };
     let start = RoundStart {
         session: 1,

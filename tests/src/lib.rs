@@ -46,6 +46,9 @@ type = "numeric"
 name = "smoker"
 type = "categorical"
 levels = ["no", "yes"]
+
+[bands]
+age = [45, 55]
 "#;
 
 /// A consortium laid out in a temporary folder.
@@ -104,6 +107,7 @@ impl Consortium {
             },
             strategy: StrategyConfig::default(),
             secure_aggregation: SecureAggregationConfig::default(),
+            fairness: Default::default(),
         }
     }
 

@@ -287,6 +287,8 @@ levels = ["typical", "atypical", "asymptomatic"]
 [[columns]]
 name = "chol"
 type = "numeric"
+[bands]
+age = [50]
 "#;
 
     const HEADER: &str = "id,age,sex,cp,chol,num\n";
