@@ -2,6 +2,7 @@
 //! TLS on 127.0.0.1. Each test builds its own consortium in a temporary folder.
 
 mod egress;
+mod fairness;
 mod hostile;
 mod privacy;
 mod secure_aggregation;

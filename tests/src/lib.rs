@@ -175,6 +175,12 @@ fn csv_path(dir: &Path, name: &str) -> PathBuf {
 /// A CSV of `rows` synthetic patients whose outcome follows a logistic model of age, blood
 /// pressure and smoking, with a hospital-specific shift in age (`site` varies it).
 pub fn synthetic_csv(rows: usize, site: u64) -> String {
+    biased_csv(rows, site, 0.0)
+}
+
+/// As [`synthetic_csv`], with a planted bias: each woman's positive outcome is recorded as
+/// negative with probability `flip_female_positives` (under-diagnosis of one group).
+pub fn biased_csv(rows: usize, site: u64, flip_female_positives: f64) -> String {
     let mut rng = SplitMix(site.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut out = String::from("patient_id,age,sex,blood_pressure,smoker,outcome\n");
     for i in 0..rows {
@@ -183,7 +189,10 @@ pub fn synthetic_csv(rows: usize, site: u64) -> String {
         let bp = 130.0 + 15.0 * rng.normal();
         let smoker = rng.uniform() < 0.3;
         let logit = 0.08 * (age - 55.0) + 0.05 * (bp - 130.0) + if smoker { 1.2 } else { -0.4 };
-        let outcome = u8::from(rng.uniform() < 1.0 / (1.0 + (-logit).exp()));
+        let mut outcome = u8::from(rng.uniform() < 1.0 / (1.0 + (-logit).exp()));
+        if sex == "F" && outcome == 1 && rng.uniform() < flip_female_positives {
+            outcome = 0;
+        }
         let _ = writeln!(
             out,
             "{site}-{i},{age:.1},{sex},{bp:.0},{},{outcome}",
