@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, CertificateSigningRequestParams,
     DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256, PublicKeyData, SerialNumber,
+    PKCS_ECDSA_P256_SHA256, PKCS_ED25519, PublicKeyData, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::pem::PemObject;
@@ -300,10 +300,26 @@ pub(crate) fn refuse_existing_ca(dir: &Path) -> Result<(), CertError> {
 
 /// A fresh ECDSA P-256 key pair.
 pub(crate) fn new_key_pair() -> Result<KeyPair, CertError> {
-    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| CertError::Generate {
-        what: "generate an ECDSA P-256 key pair",
-        source,
-    })
+    new_key_pair_of(KeyKind::EcdsaP256)
+}
+
+/// The kind of a party's key pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KeyKind {
+    /// ECDSA on P-256: nodes (it also signs their secure-aggregation keys).
+    #[default]
+    EcdsaP256,
+    /// Ed25519: the coordinator, whose key also signs the audit reports.
+    Ed25519,
+}
+
+/// A fresh key pair of `kind`.
+pub(crate) fn new_key_pair_of(kind: KeyKind) -> Result<KeyPair, CertError> {
+    let (algorithm, what) = match kind {
+        KeyKind::EcdsaP256 => (&PKCS_ECDSA_P256_SHA256, "generate an ECDSA P-256 key pair"),
+        KeyKind::Ed25519 => (&PKCS_ED25519, "generate an Ed25519 key pair"),
+    };
+    KeyPair::generate_for(algorithm).map_err(|source| CertError::Generate { what, source })
 }
 
 /// A subject holding only `CN=name`.

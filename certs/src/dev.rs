@@ -145,7 +145,12 @@ pub fn make_dev_consortium(
         } else {
             (Role::Node, &[][..])
         };
-        let key = ca::new_key_pair()?;
+        let kind = if role == Role::Coordinator {
+            ca::KeyKind::Ed25519
+        } else {
+            ca::KeyKind::EcdsaP256
+        };
+        let key = ca::new_key_pair_of(kind)?;
         let csr = Csr::from_der(csr_for(&key, &party.name)?.der(), &party.key)?;
         let cert = ca.issue(&csr, role, validity, sans)?;
         rollback.write_new(&party.key, key.serialize_pem().as_bytes(), Access::Private)?;

@@ -37,19 +37,21 @@ mod dev;
 mod error;
 mod files;
 mod names;
+mod report_keys;
 mod request;
 mod show;
 mod signing;
 mod tls;
 
-pub use ca::{Role, Validity, init_ca, sign_request, subject_common_name};
+pub use ca::{KeyKind, Role, Validity, init_ca, sign_request, subject_common_name};
 pub use crl::{CRL_LIFETIME, revoke};
 pub use dev::{
     COORDINATOR_NAME, DEV_CA_DAYS, DEV_CA_NAME, DEV_CERT_DAYS, DevConsortium, Party,
     dev_node_names, make_dev_consortium,
 };
 pub use error::CertError;
-pub use request::make_request;
+pub use report_keys::{coordinator_report_key, load_report_signing_key};
+pub use request::{make_request, make_request_with};
 pub use show::{CertSummary, describe_certificate};
 pub use signing::{CertificateSigner, ConsortiumVerifier};
 pub use tls::{TlsFiles, client_config, server_config};

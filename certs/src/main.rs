@@ -41,6 +41,9 @@ enum Command {
         /// Directory for the key and the request (created if missing).
         #[arg(long)]
         out: PathBuf,
+        /// Key type: `p256` (nodes) or `ed25519` (the coordinator, whose key signs audit reports).
+        #[arg(long, default_value = "p256", value_parser = ["p256", "ed25519"])]
+        key_type: String,
     },
     /// Operator: sign a certificate signing request.
     Sign {
@@ -133,8 +136,18 @@ fn run() -> anyhow::Result<ExitCode> {
                 medfed_certs::CRL_FILE
             );
         }
-        Command::Request { name, out } => {
-            let csr = medfed_certs::make_request(&out, &name).context("request failed")?;
+        Command::Request {
+            name,
+            out,
+            key_type,
+        } => {
+            let kind = if key_type == "ed25519" {
+                medfed_certs::KeyKind::Ed25519
+            } else {
+                medfed_certs::KeyKind::EcdsaP256
+            };
+            let csr =
+                medfed_certs::make_request_with(&out, &name, kind).context("request failed")?;
             println!(
                 "wrote key {} (0600, keep it here) and request {} (send it to the operator)",
                 out.join(format!("{name}.key")).display(),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use rcgen::{CertificateParams, CertificateSigningRequest, KeyPair};
 
 use crate::CertError;
-use crate::ca::{common_name_dn, new_key_pair};
+use crate::ca::{KeyKind, common_name_dn, new_key_pair_of};
 use crate::files::{self, Access};
 use crate::names::check_party_name;
 
@@ -17,12 +17,22 @@ use crate::names::check_party_name;
 /// exists; an old CSR without its key is replaced. The name must be 1 to 64 ASCII letters, digits,
 /// `.`, `_` or `-`, starting with a letter or digit.
 pub fn make_request(out_dir: &Path, node_name: &str) -> Result<PathBuf, CertError> {
+    make_request_with(out_dir, node_name, KeyKind::EcdsaP256)
+}
+
+/// As [`make_request`], with a key of `kind` (the coordinator uses [`KeyKind::Ed25519`], whose
+/// key also signs the audit reports).
+pub fn make_request_with(
+    out_dir: &Path,
+    node_name: &str,
+    kind: KeyKind,
+) -> Result<PathBuf, CertError> {
     check_party_name(node_name)?;
     let key_path = out_dir.join(format!("{node_name}.key"));
     let csr_path = out_dir.join(format!("{node_name}.csr.pem"));
     files::refuse_existing([key_path.as_path()])?;
 
-    let key = new_key_pair()?;
+    let key = new_key_pair_of(kind)?;
     let csr_pem = csr_for(&key, node_name)?
         .pem()
         .map_err(|source| CertError::Generate {
