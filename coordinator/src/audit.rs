@@ -4,11 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use medfed_protocol::fairness::{
-    AuditConfig, FairnessPolicy, FairnessReport, GroupCounts, PolicyOutcome,
-};
+use medfed_protocol::fairness::{AuditConfig, FairnessPolicy, FairnessReport, GroupCounts};
+use medfed_protocol::report::AttributeFairness;
 use medfed_protocol::schema::Schema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tracing::{info, warn};
 
 /// The coordinator's `[fairness]` settings.
@@ -23,16 +22,8 @@ pub struct FairnessSettings {
     pub policy: FairnessPolicy,
 }
 
-/// The audit of one sensitive attribute.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AttributeAudit {
-    /// The sensitive attribute.
-    pub attribute: String,
-    /// Per-group metrics and disparities.
-    pub report: FairnessReport,
-    /// The policy's verdict.
-    pub policy: PolicyOutcome,
-}
+/// The audit of one sensitive attribute: the report format's own type.
+pub type AttributeAudit = AttributeFairness;
 
 /// Audits the pooled per-group counts (in the schema's audit-group order).
 pub fn audit(

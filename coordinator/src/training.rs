@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use medfed_certs::channel::{ChannelError, server_endpoint};
+use medfed_certs::load_report_signing_key;
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::messages::{
@@ -19,6 +20,7 @@ use medfed_protocol::messages::{
     RoundStart, SecAggSetup, StatsRequest,
 };
 use medfed_protocol::model::{Model, ModelError, ModelSpec};
+use medfed_protocol::report::{AuditReport, NodePrivacy, REPORT_FORMAT, file_sha256};
 use medfed_protocol::schema::{Schema, SchemaError};
 use medfed_protocol::secagg::encoding::{BlockEncoding, VectorEncoding};
 use medfed_protocol::secagg::fixed_point::FixedPoint;
@@ -30,11 +32,12 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::audit::{self, AttributeAudit};
-use crate::checkpoint::{CheckpointError, read_checkpoint, write_checkpoint};
+use crate::checkpoint::{CheckpointError, checkpoint_file_name, read_checkpoint, write_checkpoint};
 use crate::config::CoordinatorConfig;
 use crate::exchange::{self, ExchangeError};
 use crate::listener::{self, Admission};
 use crate::registry::{NodeHandle, Registry};
+use crate::reports::{ReportWriteError, ReportWriter};
 use crate::store::{CompletedRound, Store, StoreError};
 use crate::strategy::{ServerOptimizer, StrategyError, build_optimizer, mean_delta};
 
@@ -151,10 +154,12 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
             info!(round, hash = %model.hash(), "resuming after the last completed round");
             (round, model)
         }
-        None => (
-            0,
-            Model::new(spec.clone(), spec.initial_parameters(config.task.seed))?,
-        ),
+        None => {
+            let initial = Model::new(spec.clone(), spec.initial_parameters(config.task.seed))?;
+            // The initial model is audited too; its checkpoint lets auditors check its hash.
+            write_checkpoint(&config.data_dir.join("checkpoints"), 0, &initial)?;
+            (0, initial)
+        }
     };
     let optimizer = build_optimizer(
         &config.strategy,
@@ -199,6 +204,8 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
     info!(%local_addr, session = format_args!("{session:016x}"), "coordinator listening");
 
     let optimizer = Mutex::new(optimizer);
+    let signing_key = load_report_signing_key(&config.tls.key)?;
+    let reports = ReportWriter::open(&config.data_dir.join("reports"), signing_key)?;
     let trainer = Trainer {
         config,
         schema,
@@ -208,6 +215,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         model,
         optimizer,
         round,
+        reports,
     };
     let training = tokio::spawn(async move {
         let result = trainer.run().await;
@@ -233,6 +241,8 @@ struct Trainer {
     optimizer: Mutex<Box<dyn ServerOptimizer>>,
     /// Last completed round.
     round: u64,
+    /// The signed, chained audit reports.
+    reports: ReportWriter,
 }
 
 /// A node's answer to one exchange: its index in the round, the node, and what it sent.
@@ -722,6 +732,17 @@ impl Trainer {
             model_hash: model.hash().to_hex(),
             seconds: started.elapsed().as_secs_f64(),
         };
+        // The audit of the round's starting model goes into the chain before the round counts
+        // as completed: a crash in between re-runs the round, and the chain skips the repeat.
+        let start_model = self.model.clone();
+        self.write_report(
+            round - 1,
+            &start_model,
+            &report.participants,
+            &gathered.privacy,
+            report.start_model_evaluation.clone(),
+            report.fairness.clone(),
+        )?;
         lock(&self.store).complete_round(&CompletedRound {
             round,
             model_hash: model.hash(),
@@ -771,6 +792,11 @@ impl Trainer {
                         audit::log(&fairness);
                         lock(&self.store)
                             .put_json(FINAL_EVALUATION_KEY, &(self.round, &metrics, &fairness))?;
+                        let model = self.model.clone();
+                        let path = self.write_report(self.round, &model, &gathered.participants, &gathered.privacy, metrics.clone(), fairness.clone())?;
+                        if let Some(path) = path {
+                            info!(report = %path.display(), page = %self.reports.page_path().display(), "audit report written");
+                        }
                         if let Some(m) = &metrics {
                             info!(
                                 nodes = gathered.participants.len(),
@@ -793,6 +819,47 @@ impl Trainer {
         }
         .instrument(span)
         .await
+    }
+
+    /// Appends the signed audit report of the model of `model_round` to the chain.
+    fn write_report(
+        &mut self,
+        model_round: u64,
+        model: &Model,
+        participants: &[String],
+        privacy: &[(String, PrivacySpent)],
+        evaluation: Option<EvalMetrics>,
+        fairness: Vec<AttributeAudit>,
+    ) -> Result<Option<PathBuf>, CoordinatorError> {
+        let checkpoint = self
+            .config
+            .data_dir
+            .join("checkpoints")
+            .join(checkpoint_file_name(model_round));
+        let checkpoint_sha256 = std::fs::read(&checkpoint)
+            .ok()
+            .map(|bytes| file_sha256(&bytes));
+        let report = AuditReport {
+            format: REPORT_FORMAT.to_owned(),
+            round: model_round,
+            created_at_ms: now_ms(),
+            model_sha256: model.hash().to_hex(),
+            checkpoint_sha256,
+            participants: participants.to_vec(),
+            privacy: privacy
+                .iter()
+                .map(|(node, p)| NodePrivacy {
+                    node: node.clone(),
+                    epsilon: p.epsilon,
+                    delta: p.delta,
+                })
+                .collect(),
+            evaluation,
+            approved: fairness.iter().all(|a| a.policy.approved),
+            fairness,
+            previous_report_sha256: None,
+        };
+        Ok(self.reports.append(report)?)
     }
 
     /// Tells every connected node that training is over.
@@ -991,6 +1058,12 @@ pub enum CoordinatorError {
         /// The round.
         round: u64,
     },
+    /// An audit report could not be written.
+    #[error(transparent)]
+    Reports(#[from] ReportWriteError),
+    /// The coordinator's key cannot sign reports.
+    #[error("the coordinator's key cannot sign audit reports: {0}")]
+    SigningKey(#[from] medfed_certs::CertError),
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),

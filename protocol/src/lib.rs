@@ -23,6 +23,7 @@ pub mod fairness;
 pub mod messages;
 pub mod model;
 pub mod privacy;
+pub mod report;
 pub mod schema;
 pub mod secagg;
 pub mod stats;

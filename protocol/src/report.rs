@@ -1,0 +1,945 @@
+//! Signed, hash-chained audit reports: the record auditors rely on.
+//!
+//! After each audited round the coordinator writes one [`SignedReport`] as a JSON file. Each
+//! report names the model it describes (by [`ModelHash`](crate::model::ModelHash)), who took part,
+//! the privacy spent, the pooled evaluation and the fairness audit, and it links to the report
+//! before it by hash, so the files form a chain that can only be extended, not edited.
+//!
+//! This module does no IO and reads no clock: the creation time and the file bytes come in as
+//! arguments, and the caller writes and reads the files.
+//!
+//! # Schema (`medfed-audit-report/1`)
+//!
+//! A report file is one JSON object, the [`SignedReport`]:
+//!
+//! ```text
+//! {
+//!   "report": {                              the signed content, an AuditReport
+//!     "format": "medfed-audit-report/1",     REPORT_FORMAT
+//!     "round": 12,                           the audited model's round
+//!     "created_at_ms": 1700000000000,        Unix milliseconds, as given by the writer
+//!     "model_sha256": "<64 hex>",            ModelHash of the audited model
+//!     "checkpoint_sha256": "<64 hex>"|null,  SHA-256 of the checkpoint file's bytes, if known
+//!     "participants": ["node-a", …],
+//!     "privacy": [{"node": …, "epsilon": …, "delta": …}, …],
+//!     "evaluation": EvalMetrics | null,
+//!     "fairness": [{"attribute": …, "report": FairnessReport, "policy": PolicyOutcome}, …],
+//!     "approved": true,                      every attribute's policy approved
+//!     "previous_report_sha256": "<64 hex>"|null   SHA-256 of the previous report FILE; null first
+//!   },
+//!   "signature": "<128 hex>",                Ed25519 over the canonical bytes of "report"
+//!   "signer_public_key": "<64 hex>"          the signer's raw Ed25519 public key
+//! }
+//! ```
+//!
+//! All hex is lower case. Unknown fields in the objects this module defines are refused, and
+//! no float may be NaN or infinite (JSON cannot carry them).
+//!
+//! ## What is signed, what is hashed
+//!
+//! * **Canonical bytes of a report** ([`AuditReport::canonical_bytes`]) are
+//!   `serde_json::to_vec(&report)`: compact JSON, fields in the order of the struct
+//!   declarations above (and of the nested types' declarations), strings escaped as serde_json
+//!   does, floats in serde_json's shortest form that parses back to the same value. Any map in
+//!   the content would be a `BTreeMap`, written in key order; there is none today. The signature
+//!   covers exactly these bytes; the `format` field opens them, so they cannot be mistaken for
+//!   another signed medfed object.
+//! * **A report file** is exactly the bytes of [`SignedReport::to_json_pretty`]: serde_json's
+//!   pretty form followed by one `\n`. [`verify_chain`] refuses a file that differs from that
+//!   form in any byte, even where the JSON would mean the same.
+//! * **The chain link** `previous_report_sha256` is the SHA-256 of the previous report's file
+//!   bytes ([`file_sha256`], equal to [`SignedReport::sha256`]).
+//!
+//! So flipping any byte of any file is detected by [`verify_chain`] at that file: the file no
+//! longer parses, or is no longer in canonical form, or its signature fails, and in any case the
+//! next report's link no longer matches.
+//!
+//! ```text
+//!   report 0 file ──sha256──▶ report 1 .previous_report_sha256
+//!   report 1 file ──sha256──▶ report 2 .previous_report_sha256     (report 0: null)
+//! ```
+
+use ring::digest;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+
+use crate::evaluation::EvalMetrics;
+use crate::fairness::{FairnessReport, PolicyOutcome};
+
+/// The `format` string of every report this module writes and accepts.
+pub const REPORT_FORMAT: &str = "medfed-audit-report/1";
+
+/// The signed content of one audit report. See the [module docs](self) for the schema.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditReport {
+    /// Always [`REPORT_FORMAT`].
+    pub format: String,
+    /// The round of the audited model.
+    pub round: u64,
+    /// When the report was made, Unix milliseconds, as given by the caller.
+    pub created_at_ms: i64,
+    /// Lower-case hex of the audited model's [`ModelHash`](crate::model::ModelHash).
+    pub model_sha256: String,
+    /// Lower-case hex SHA-256 of the checkpoint file's bytes, if the writer knows it.
+    pub checkpoint_sha256: Option<String>,
+    /// The nodes whose contributions made the model.
+    pub participants: Vec<String>,
+    /// Privacy spent by each node.
+    pub privacy: Vec<NodePrivacy>,
+    /// Pooled evaluation of the model, if one was run.
+    pub evaluation: Option<EvalMetrics>,
+    /// The fairness audit of each sensitive attribute.
+    pub fairness: Vec<AttributeFairness>,
+    /// Whether every attribute's policy approved; must equal that conjunction (true when no
+    /// attribute was audited).
+    pub approved: bool,
+    /// Lower-case hex SHA-256 of the previous report's file bytes; `None` for the first report.
+    pub previous_report_sha256: Option<String>,
+}
+
+/// The differential-privacy budget one node has spent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePrivacy {
+    /// The node's name.
+    pub node: String,
+    /// Spent ε.
+    pub epsilon: f64,
+    /// The δ the ε holds for.
+    pub delta: f64,
+}
+
+/// The fairness audit of one sensitive attribute and the policy's verdict on it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeFairness {
+    /// The attribute's name (for example `sex`).
+    pub attribute: String,
+    /// The audit.
+    pub report: FairnessReport,
+    /// The policy's verdict on the audit.
+    pub policy: PolicyOutcome,
+}
+
+/// An [`AuditReport`] with its Ed25519 signature: the content of one report file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedReport {
+    /// The signed content.
+    pub report: AuditReport,
+    /// Lower-case hex Ed25519 signature (64 bytes) over [`AuditReport::canonical_bytes`].
+    pub signature: String,
+    /// Lower-case hex raw Ed25519 public key (32 bytes) of the signer.
+    pub signer_public_key: String,
+}
+
+/// What [`verify_chain`] established about a valid chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainSummary {
+    /// Number of reports.
+    pub reports: usize,
+    /// Round of the first report.
+    pub first_round: u64,
+    /// Round of the last report.
+    pub last_round: u64,
+    /// Whether the last report approved its model.
+    pub last_approved: bool,
+}
+
+/// Why a report could not be written or did not verify.
+///
+/// `index` is the report's position in the chain given to [`verify_chain`], and 0 where a single
+/// report is checked or signed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// Serialising to JSON failed.
+    #[error("cannot encode audit report: {detail}")]
+    Encode {
+        /// serde_json's message.
+        detail: String,
+    },
+    /// The report's content would not read back as the same value (a NaN or infinite float).
+    #[error("audit report for round {round} cannot be represented in JSON (non-finite float?)")]
+    NotRepresentable {
+        /// The report's round.
+        round: u64,
+    },
+    /// The bytes are not a report: bad JSON, unknown or missing fields, trailing bytes.
+    #[error("report {index} is malformed: {detail}")]
+    Malformed {
+        /// Position in the chain.
+        index: usize,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The report's `format` is not [`REPORT_FORMAT`].
+    #[error("report {index} has format {found:?}, expected {REPORT_FORMAT:?}")]
+    FormatVersion {
+        /// Position in the chain.
+        index: usize,
+        /// The format found.
+        found: String,
+    },
+    /// A digest or key field is not lower-case hex of the right length.
+    #[error(
+        "report {index} (round {round}): field {field} is not lower-case hex of the right length"
+    )]
+    BadHex {
+        /// Position in the chain.
+        index: usize,
+        /// The report's round.
+        round: u64,
+        /// The field's name.
+        field: &'static str,
+    },
+    /// `approved` differs from whether every attribute's policy approved.
+    #[error("report {index} (round {round}): approved={stated} but the policies say {policies}")]
+    InconsistentApproval {
+        /// Position in the chain.
+        index: usize,
+        /// The report's round.
+        round: u64,
+        /// The `approved` field.
+        stated: bool,
+        /// Whether every attribute's policy approved.
+        policies: bool,
+    },
+    /// The file parses but is not byte for byte [`SignedReport::to_json_pretty`] of its content.
+    #[error("report {index} (round {round}) is not in canonical form: the file was edited")]
+    NotCanonical {
+        /// Position in the chain.
+        index: usize,
+        /// The report's round.
+        round: u64,
+    },
+    /// The report was signed by another key than the expected one.
+    #[error("report {index} (round {round}) is signed by {found}, not the expected key")]
+    WrongSigner {
+        /// Position in the chain.
+        index: usize,
+        /// The report's round.
+        round: u64,
+        /// The signer key the report names.
+        found: String,
+    },
+    /// The signature does not verify over the report's canonical bytes.
+    #[error("report {index} (round {round}): signature does not verify")]
+    BadSignature {
+        /// Position in the chain.
+        index: usize,
+        /// The report's round.
+        round: u64,
+    },
+    /// `previous_report_sha256` does not match the previous file.
+    #[error(
+        "report {index} (round {round}): previous_report_sha256 is {found:?}, expected {expected:?}"
+    )]
+    BrokenChain {
+        /// Position in the chain.
+        index: usize,
+        /// The report's round.
+        round: u64,
+        /// SHA-256 of the previous file (`None` for the first report).
+        expected: Option<String>,
+        /// The link the report holds.
+        found: Option<String>,
+    },
+    /// The report's round is not after the previous report's round.
+    #[error("report {index}: round {round} does not follow round {previous}")]
+    RoundOrder {
+        /// Position in the chain.
+        index: usize,
+        /// The report's round.
+        round: u64,
+        /// The previous report's round.
+        previous: u64,
+    },
+    /// [`verify_chain`] was given no report.
+    #[error("the report chain is empty")]
+    EmptyChain,
+    /// The report describes another model.
+    #[error("report for round {round} describes model {expected}, not {found}")]
+    ModelMismatch {
+        /// The report's round.
+        round: u64,
+        /// The model hash in the report.
+        expected: String,
+        /// The model hash checked against it.
+        found: String,
+    },
+    /// The checkpoint's bytes do not hash to the report's `checkpoint_sha256`.
+    #[error("report for round {round} names checkpoint {expected}, the file hashes to {found}")]
+    CheckpointMismatch {
+        /// The report's round.
+        round: u64,
+        /// The checkpoint hash in the report.
+        expected: String,
+        /// SHA-256 of the bytes checked.
+        found: String,
+    },
+    /// The report records no checkpoint hash, so no checkpoint can be verified against it.
+    #[error("report for round {round} records no checkpoint hash")]
+    NoCheckpoint {
+        /// The report's round.
+        round: u64,
+    },
+}
+
+impl AuditReport {
+    /// The bytes the signature covers: `serde_json::to_vec(self)` (see the module docs).
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>, ReportError> {
+        serde_json::to_vec(self).map_err(|e| ReportError::Encode {
+            detail: e.to_string(),
+        })
+    }
+
+    /// Whether every attribute's policy approved (true when no attribute was audited): the value
+    /// `approved` must have.
+    pub fn policies_approve(&self) -> bool {
+        self.fairness.iter().all(|a| a.policy.approved)
+    }
+}
+
+impl SignedReport {
+    /// Signs `report` with `key`.
+    ///
+    /// Refuses a report that the verifier would refuse: wrong `format`, a digest that is not
+    /// lower-case hex SHA-256, `approved` inconsistent with the policies, or content that does not
+    /// read back from JSON as the same bytes (a NaN or infinite float).
+    pub fn sign(report: AuditReport, key: &Ed25519KeyPair) -> Result<Self, ReportError> {
+        check_content(&report, 0)?;
+        let bytes = report.canonical_bytes()?;
+        let reread: AuditReport =
+            serde_json::from_slice(&bytes).map_err(|_| ReportError::NotRepresentable {
+                round: report.round,
+            })?;
+        if reread.canonical_bytes()? != bytes {
+            return Err(ReportError::NotRepresentable {
+                round: report.round,
+            });
+        }
+        let signature = hex::encode(key.sign(&bytes).as_ref());
+        Ok(Self {
+            report,
+            signature,
+            signer_public_key: hex::encode(key.public_key().as_ref()),
+        })
+    }
+
+    /// The report file's bytes: serde_json's pretty form followed by `\n`.
+    pub fn to_json_pretty(&self) -> Result<Vec<u8>, ReportError> {
+        let mut out = serde_json::to_vec_pretty(self).map_err(|e| ReportError::Encode {
+            detail: e.to_string(),
+        })?;
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    /// Lower-case hex SHA-256 of the report file, [`Self::to_json_pretty`]: the value the next
+    /// report's `previous_report_sha256` must hold. Same as [`file_sha256`] of the file.
+    pub fn sha256(&self) -> Result<String, ReportError> {
+        Ok(file_sha256(&self.to_json_pretty()?))
+    }
+
+    /// Parses one report file.
+    ///
+    /// Refuses bad JSON, unknown or missing fields and trailing bytes (other than whitespace).
+    /// It does not check the signature or the canonical form; [`verify_chain`] does.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ReportError> {
+        parse(bytes, 0)
+    }
+}
+
+/// Lower-case hex SHA-256 of `bytes`: the link to a report file, or a checkpoint's digest.
+pub fn file_sha256(bytes: &[u8]) -> String {
+    hex::encode(digest::digest(&digest::SHA256, bytes).as_ref())
+}
+
+/// Checks that `signed` is signed by `expected_public_key` and that the signature covers its
+/// report's canonical bytes. Also checks the report's content (format, hex fields, approval).
+pub fn verify_signature(
+    signed: &SignedReport,
+    expected_public_key: &[u8; 32],
+) -> Result<(), ReportError> {
+    verify_one(signed, expected_public_key, 0)
+}
+
+/// Verifies a chain of report files, given in chain order as their raw bytes.
+///
+/// For each file `i`: it parses; it is byte for byte in canonical form; its content is valid; it
+/// is signed by `expected_public_key`; its `previous_report_sha256` is the SHA-256 of file
+/// `i - 1` (`None` for the first); its round is greater than the previous report's. The first
+/// failure is returned, naming the report.
+pub fn verify_chain(
+    files: &[Vec<u8>],
+    expected_public_key: &[u8; 32],
+) -> Result<ChainSummary, ReportError> {
+    let mut previous: Option<(String, u64)> = None;
+    let mut first_round = None;
+    let mut last = None;
+    for (index, bytes) in files.iter().enumerate() {
+        let signed = parse(bytes, index)?;
+        let round = signed.report.round;
+        if signed.to_json_pretty()? != *bytes {
+            return Err(ReportError::NotCanonical { index, round });
+        }
+        verify_one(&signed, expected_public_key, index)?;
+        let expected = previous.as_ref().map(|(hash, _)| hash.clone());
+        if signed.report.previous_report_sha256 != expected {
+            return Err(ReportError::BrokenChain {
+                index,
+                round,
+                expected,
+                found: signed.report.previous_report_sha256,
+            });
+        }
+        if let Some((_, previous_round)) = previous
+            && round <= previous_round
+        {
+            return Err(ReportError::RoundOrder {
+                index,
+                round,
+                previous: previous_round,
+            });
+        }
+        first_round.get_or_insert(round);
+        last = Some((round, signed.report.approved));
+        previous = Some((file_sha256(bytes), round));
+    }
+    match (first_round, last) {
+        (Some(first_round), Some((last_round, last_approved))) => Ok(ChainSummary {
+            reports: files.len(),
+            first_round,
+            last_round,
+            last_approved,
+        }),
+        _ => Err(ReportError::EmptyChain),
+    }
+}
+
+/// Checks that `report` describes the model whose [`ModelHash`](crate::model::ModelHash) has the
+/// lower-case hex form `model_hash_hex`.
+pub fn verify_model(report: &AuditReport, model_hash_hex: &str) -> Result<(), ReportError> {
+    if report.model_sha256 == model_hash_hex {
+        Ok(())
+    } else {
+        Err(ReportError::ModelMismatch {
+            round: report.round,
+            expected: report.model_sha256.clone(),
+            found: model_hash_hex.to_owned(),
+        })
+    }
+}
+
+/// Checks that `checkpoint_bytes` hash to the report's `checkpoint_sha256`.
+///
+/// A report without a checkpoint hash fails with [`ReportError::NoCheckpoint`]: nothing vouches
+/// for the file.
+pub fn verify_checkpoint(report: &AuditReport, checkpoint_bytes: &[u8]) -> Result<(), ReportError> {
+    let Some(expected) = &report.checkpoint_sha256 else {
+        return Err(ReportError::NoCheckpoint {
+            round: report.round,
+        });
+    };
+    let found = file_sha256(checkpoint_bytes);
+    if *expected == found {
+        Ok(())
+    } else {
+        Err(ReportError::CheckpointMismatch {
+            round: report.round,
+            expected: expected.clone(),
+            found,
+        })
+    }
+}
+
+fn parse(bytes: &[u8], index: usize) -> Result<SignedReport, ReportError> {
+    serde_json::from_slice(bytes).map_err(|e| ReportError::Malformed {
+        index,
+        detail: e.to_string(),
+    })
+}
+
+fn verify_one(
+    signed: &SignedReport,
+    expected_public_key: &[u8; 32],
+    index: usize,
+) -> Result<(), ReportError> {
+    let report = &signed.report;
+    let round = report.round;
+    check_content(report, index)?;
+    if !is_hex(&signed.signer_public_key, 32) {
+        return Err(ReportError::BadHex {
+            index,
+            round,
+            field: "signer_public_key",
+        });
+    }
+    if !is_hex(&signed.signature, 64) {
+        return Err(ReportError::BadHex {
+            index,
+            round,
+            field: "signature",
+        });
+    }
+    if signed.signer_public_key != hex::encode(expected_public_key) {
+        return Err(ReportError::WrongSigner {
+            index,
+            round,
+            found: signed.signer_public_key.clone(),
+        });
+    }
+    let signature =
+        hex::decode(&signed.signature).map_err(|_| ReportError::BadSignature { index, round })?;
+    UnparsedPublicKey::new(&ED25519, expected_public_key)
+        .verify(&report.canonical_bytes()?, &signature)
+        .map_err(|_| ReportError::BadSignature { index, round })
+}
+
+/// Checks what can be checked of a report's content without its signature or neighbours.
+fn check_content(report: &AuditReport, index: usize) -> Result<(), ReportError> {
+    let round = report.round;
+    if report.format != REPORT_FORMAT {
+        return Err(ReportError::FormatVersion {
+            index,
+            found: report.format.clone(),
+        });
+    }
+    let digests = [
+        ("model_sha256", Some(&report.model_sha256)),
+        ("checkpoint_sha256", report.checkpoint_sha256.as_ref()),
+        (
+            "previous_report_sha256",
+            report.previous_report_sha256.as_ref(),
+        ),
+    ];
+    for (field, value) in digests {
+        if let Some(value) = value
+            && !is_hex(value, 32)
+        {
+            return Err(ReportError::BadHex {
+                index,
+                round,
+                field,
+            });
+        }
+    }
+    let policies = report.policies_approve();
+    if report.approved != policies {
+        return Err(ReportError::InconsistentApproval {
+            index,
+            round,
+            stated: report.approved,
+            policies,
+        });
+    }
+    Ok(())
+}
+
+/// Whether `s` is the lower-case hex form of exactly `len` bytes.
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == 2 * len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fairness::PolicyCheck;
+
+    const SEED: [u8; 32] = [7; 32];
+
+    fn key() -> Ed25519KeyPair {
+        Ed25519KeyPair::from_seed_unchecked(&SEED).unwrap()
+    }
+
+    fn public_key(key: &Ed25519KeyPair) -> [u8; 32] {
+        key.public_key().as_ref().try_into().unwrap()
+    }
+
+    fn content(round: u64, previous: Option<String>) -> AuditReport {
+        let approved = round != 3;
+        AuditReport {
+            format: REPORT_FORMAT.to_owned(),
+            round,
+            created_at_ms: 1_700_000_000_000 + round as i64 * 60_000,
+            model_sha256: file_sha256(format!("model {round}").as_bytes()),
+            checkpoint_sha256: Some(file_sha256(format!("checkpoint {round}").as_bytes())),
+            participants: vec!["hospital-a".to_owned(), "hospital-b".to_owned()],
+            privacy: vec![
+                NodePrivacy {
+                    node: "hospital-a".to_owned(),
+                    epsilon: 0.1 * round as f64,
+                    delta: 1e-5,
+                },
+                NodePrivacy {
+                    node: "hospital-b".to_owned(),
+                    epsilon: 1.0 / 3.0,
+                    delta: 1e-5,
+                },
+            ],
+            evaluation: Some(EvalMetrics {
+                examples: 1234,
+                loss: 0.4567891234,
+                accuracy: 0.8123,
+                auc: Some(0.9),
+                prevalence: 0.25,
+            }),
+            fairness: vec![AttributeFairness {
+                attribute: "sex".to_owned(),
+                report: FairnessReport {
+                    min_count: 20,
+                    groups: Vec::new(),
+                    disparities: None,
+                },
+                policy: PolicyOutcome {
+                    checks: vec![PolicyCheck {
+                        name: "max_demographic_parity_difference".to_owned(),
+                        threshold: 0.1,
+                        value: Some(if approved { 0.05 } else { 0.2 }),
+                        passed: approved,
+                    }],
+                    approved,
+                },
+            }],
+            approved,
+            previous_report_sha256: previous,
+        }
+    }
+
+    /// Three report files of rounds 1, 2 and 3, chained and written as a coordinator would.
+    fn chain() -> Vec<Vec<u8>> {
+        let key = key();
+        let mut files: Vec<Vec<u8>> = Vec::new();
+        for round in 1..=3 {
+            let previous = files.last().map(|f| file_sha256(f));
+            let signed = SignedReport::sign(content(round, previous), &key).unwrap();
+            files.push(signed.to_json_pretty().unwrap());
+        }
+        files
+    }
+
+    fn flip(files: &[Vec<u8>], file: usize, pos: usize) -> Vec<Vec<u8>> {
+        let mut files = files.to_vec();
+        files[file][pos] ^= 0x01;
+        files
+    }
+
+    fn error_index(err: &ReportError) -> Option<usize> {
+        match *err {
+            ReportError::Malformed { index, .. }
+            | ReportError::FormatVersion { index, .. }
+            | ReportError::BadHex { index, .. }
+            | ReportError::InconsistentApproval { index, .. }
+            | ReportError::NotCanonical { index, .. }
+            | ReportError::WrongSigner { index, .. }
+            | ReportError::BadSignature { index, .. }
+            | ReportError::BrokenChain { index, .. }
+            | ReportError::RoundOrder { index, .. } => Some(index),
+            _ => None,
+        }
+    }
+
+    fn find(file: &[u8], needle: &str) -> usize {
+        file.windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .unwrap()
+    }
+
+    #[test]
+    fn report_untouched_chain_verifies() {
+        let files = chain();
+        let summary = verify_chain(&files, &public_key(&key())).unwrap();
+        assert_eq!(
+            summary,
+            ChainSummary {
+                reports: 3,
+                first_round: 1,
+                last_round: 3,
+                last_approved: false,
+            }
+        );
+        // The link is the SHA-256 of the file, and `sha256` gives the same.
+        let second = SignedReport::from_json(&files[1]).unwrap();
+        assert_eq!(second.sha256().unwrap(), file_sha256(&files[1]));
+        let third = SignedReport::from_json(&files[2]).unwrap();
+        assert_eq!(
+            third.report.previous_report_sha256,
+            Some(file_sha256(&files[1]))
+        );
+    }
+
+    #[test]
+    fn report_flip_in_second_report_names_it() {
+        let files = chain();
+        let key = public_key(&key());
+        let text = &files[1];
+        let positions = [
+            find(text, "\"round\": 2") + 9,               // a number, signed
+            find(text, "1700000120000") + 5,              // another number
+            find(text, "hospital-b") + 3,                 // a string
+            find(text, "\"signature\": \"") + 20,         // the signature's hex
+            find(text, "\"signer_public_key\": \"") + 25, // the key's hex
+            find(text, "\"epsilon\"") + 2,                // a field name
+            find(text, "\"round\"") - 1,                  // indentation whitespace
+            text.len() - 1,                               // the final newline
+            0,                                            // the opening brace
+        ];
+        for pos in positions {
+            let err = verify_chain(&flip(&files, 1, pos), &key).unwrap_err();
+            assert_eq!(error_index(&err), Some(1), "flip at {pos}: {err}");
+        }
+        // Every single-bit flip of every byte of report 2 is detected, at report 2.
+        for pos in 0..files[1].len() {
+            let err = verify_chain(&flip(&files, 1, pos), &key).unwrap_err();
+            assert_eq!(error_index(&err), Some(1), "flip at {pos}: {err}");
+        }
+    }
+
+    #[test]
+    fn report_signature_flip_is_bad_signature() {
+        let files = chain();
+        let pos = find(&files[1], "\"signature\": \"") + 20;
+        let err = verify_chain(&flip(&files, 1, pos), &public_key(&key())).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReportError::BadSignature { index: 1, round: 2 }
+                    | ReportError::BadHex { index: 1, .. }
+            ),
+            "{err}"
+        );
+        let number = find(&files[1], "0.8123") + 4;
+        let err = verify_chain(&flip(&files, 1, number), &public_key(&key())).unwrap_err();
+        assert_eq!(err, ReportError::BadSignature { index: 1, round: 2 });
+    }
+
+    #[test]
+    fn report_flip_in_first_and_last_report_detected() {
+        let files = chain();
+        let key = public_key(&key());
+        for file in [0, 2] {
+            for pos in 0..files[file].len() {
+                let err = verify_chain(&flip(&files, file, pos), &key).unwrap_err();
+                assert_eq!(error_index(&err), Some(file), "flip at {pos}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn report_re_signed_edit_breaks_next_link() {
+        // An edit re-signed with the right key still breaks the following report's link.
+        let mut files = chain();
+        let mut second = SignedReport::from_json(&files[1]).unwrap();
+        second.report.participants.push("intruder".to_owned());
+        files[1] = SignedReport::sign(second.report, &key())
+            .unwrap()
+            .to_json_pretty()
+            .unwrap();
+        let err = verify_chain(&files, &public_key(&key())).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReportError::BrokenChain {
+                    index: 2,
+                    round: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn report_other_signer_refused() {
+        let files = chain();
+        let other = Ed25519KeyPair::from_seed_unchecked(&[8; 32]).unwrap();
+        let err = verify_chain(&files, &public_key(&other)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReportError::WrongSigner {
+                    index: 0,
+                    round: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        // A report signed by another key but claiming ours fails its signature.
+        let mut forged = SignedReport::sign(content(1, None), &other).unwrap();
+        forged.signer_public_key = hex::encode(public_key(&key()));
+        assert_eq!(
+            verify_signature(&forged, &public_key(&key())),
+            Err(ReportError::BadSignature { index: 0, round: 1 })
+        );
+    }
+
+    #[test]
+    fn report_reordering_fails() {
+        let files = chain();
+        let key = public_key(&key());
+        let swapped = vec![files[0].clone(), files[2].clone(), files[1].clone()];
+        let err = verify_chain(&swapped, &key).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReportError::BrokenChain {
+                    index: 1,
+                    round: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = verify_chain(&files[1..], &key).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReportError::BrokenChain {
+                    index: 0,
+                    round: 2,
+                    expected: None,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let dropped = vec![files[0].clone(), files[2].clone()];
+        assert!(matches!(
+            verify_chain(&dropped, &key),
+            Err(ReportError::BrokenChain { index: 1, .. })
+        ));
+        assert_eq!(verify_chain(&[], &key), Err(ReportError::EmptyChain));
+    }
+
+    #[test]
+    fn report_round_must_increase() {
+        let key = key();
+        let first = SignedReport::sign(content(5, None), &key).unwrap();
+        let first_file = first.to_json_pretty().unwrap();
+        let second = SignedReport::sign(content(5, Some(file_sha256(&first_file))), &key).unwrap();
+        let files = vec![first_file, second.to_json_pretty().unwrap()];
+        assert_eq!(
+            verify_chain(&files, &public_key(&key)),
+            Err(ReportError::RoundOrder {
+                index: 1,
+                round: 5,
+                previous: 5
+            })
+        );
+    }
+
+    #[test]
+    fn report_model_and_checkpoint_checks() {
+        let report = content(2, None);
+        assert_eq!(verify_model(&report, &file_sha256(b"model 2")), Ok(()));
+        assert!(matches!(
+            verify_model(&report, &file_sha256(b"model 1")),
+            Err(ReportError::ModelMismatch { round: 2, .. })
+        ));
+        assert_eq!(verify_checkpoint(&report, b"checkpoint 2"), Ok(()));
+        assert!(matches!(
+            verify_checkpoint(&report, b"checkpoint 2 "),
+            Err(ReportError::CheckpointMismatch { round: 2, .. })
+        ));
+        let mut none = report;
+        none.checkpoint_sha256 = None;
+        assert_eq!(
+            verify_checkpoint(&none, b"checkpoint 2"),
+            Err(ReportError::NoCheckpoint { round: 2 })
+        );
+    }
+
+    #[test]
+    fn report_model_hash_matches_model_hash_hex() {
+        let hash = crate::model::ModelHash([0xab; 32]);
+        let mut report = content(1, None);
+        report.model_sha256 = hash.to_hex();
+        assert_eq!(verify_model(&report, &hash.to_string()), Ok(()));
+    }
+
+    #[test]
+    fn report_unknown_field_and_trailing_bytes_refused() {
+        let files = chain();
+        let text = String::from_utf8(files[0].clone()).unwrap();
+        let outer = text.replacen("{\n", "{\n  \"extra\": 1,\n", 1);
+        assert!(matches!(
+            SignedReport::from_json(outer.as_bytes()),
+            Err(ReportError::Malformed { index: 0, .. })
+        ));
+        let inner = text.replacen("\"round\": 1,", "\"round\": 1, \"note\": \"x\",", 1);
+        assert!(matches!(
+            SignedReport::from_json(inner.as_bytes()),
+            Err(ReportError::Malformed { index: 0, .. })
+        ));
+        let privacy = text.replacen("\"delta\"", "\"sigma\": 1, \"delta\"", 1);
+        assert!(SignedReport::from_json(privacy.as_bytes()).is_err());
+        let trailing = format!("{text}{{}}");
+        assert!(SignedReport::from_json(trailing.as_bytes()).is_err());
+        let files = vec![outer.into_bytes()];
+        assert!(matches!(
+            verify_chain(&files, &public_key(&key())),
+            Err(ReportError::Malformed { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn report_sign_refuses_invalid_content() {
+        let key = key();
+        let mut nan = content(1, None);
+        nan.privacy[0].epsilon = f64::NAN;
+        assert_eq!(
+            SignedReport::sign(nan, &key),
+            Err(ReportError::NotRepresentable { round: 1 })
+        );
+        let mut infinite = content(1, None);
+        infinite.privacy[0].epsilon = f64::INFINITY;
+        assert!(SignedReport::sign(infinite, &key).is_err());
+        let mut format = content(1, None);
+        format.format = "medfed-audit-report/2".to_owned();
+        assert!(matches!(
+            SignedReport::sign(format, &key),
+            Err(ReportError::FormatVersion { .. })
+        ));
+        let mut upper = content(1, None);
+        upper.model_sha256 = upper.model_sha256.to_uppercase();
+        assert!(matches!(
+            SignedReport::sign(upper, &key),
+            Err(ReportError::BadHex {
+                field: "model_sha256",
+                ..
+            })
+        ));
+        let mut approval = content(1, None);
+        approval.approved = false;
+        assert!(matches!(
+            SignedReport::sign(approval, &key),
+            Err(ReportError::InconsistentApproval { .. })
+        ));
+    }
+
+    #[test]
+    fn report_floats_round_trip_exactly() {
+        // Awkward floats must read back as the same bits, or signatures would not verify.
+        let key = key();
+        let mut report = content(1, None);
+        for (i, x) in [0.1 + 0.2, 1e-300, 5e-324, f64::MAX, 2.0f64.sqrt(), -0.0]
+            .into_iter()
+            .enumerate()
+        {
+            report.privacy.push(NodePrivacy {
+                node: format!("n{i}"),
+                epsilon: x,
+                delta: x / 3.0,
+            });
+        }
+        let signed = SignedReport::sign(report, &key).unwrap();
+        let file = signed.to_json_pretty().unwrap();
+        let back = SignedReport::from_json(&file).unwrap();
+        assert_eq!(back, signed);
+        verify_chain(&[file], &public_key(&key)).unwrap();
+    }
+}
