@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::fairness::GroupCounts;
+
 /// Number of equal-width score bins on [0, 1] in the per-label histograms.
 ///
 /// The pooled AUC computed from the histograms counts two scores in the same bin as a tie, so it
@@ -64,30 +66,33 @@ impl EvalCounts {
     ///
     /// Pairs where either value is not finite are skipped, and so are scores outside [0, 1].
     pub fn from_predictions(scores: &[f32], labels: &[f32]) -> Self {
-        let mut counts = Self::zero();
+        let GroupCounts {
+            tp,
+            fp,
+            tn,
+            fn_,
+            positive_scores,
+            negative_scores,
+        } = GroupCounts::from_predictions(scores, labels);
+        let (mut n, mut loss_sum) = (0.0, 0.0);
         for (&score, &label) in scores.iter().zip(labels) {
-            if !score.is_finite() || !(0.0..=1.0).contains(&score) || !label.is_finite() {
+            if !is_countable(score, label) {
                 continue;
             }
-            let positive = label >= 0.5;
-            let predicted = score >= DECISION_THRESHOLD;
             let p = f64::from(score).clamp(LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS);
-            counts.n += 1.0;
-            counts.loss_sum -= if positive { p.ln() } else { (1.0 - p).ln() };
-            match (positive, predicted) {
-                (true, true) => counts.tp += 1.0,
-                (true, false) => counts.fn_ += 1.0,
-                (false, true) => counts.fp += 1.0,
-                (false, false) => counts.tn += 1.0,
-            }
-            let histogram = if positive {
-                &mut counts.positive_scores
-            } else {
-                &mut counts.negative_scores
-            };
-            histogram[score_bin(score)] += 1.0;
+            n += 1.0;
+            loss_sum -= if label >= 0.5 { p.ln() } else { (1.0 - p).ln() };
         }
-        counts
+        Self {
+            n,
+            loss_sum,
+            tp,
+            fp,
+            tn,
+            fn_,
+            positive_scores,
+            negative_scores,
+        }
     }
 
     /// All-zero counts.
@@ -146,8 +151,13 @@ impl EvalCounts {
     }
 }
 
+/// Whether a (score, label) pair counts: both finite, and the score a probability.
+pub(crate) fn is_countable(score: f32, label: f32) -> bool {
+    score.is_finite() && (0.0..=1.0).contains(&score) && label.is_finite()
+}
+
 /// The histogram bin of a probability in [0, 1].
-fn score_bin(score: f32) -> usize {
+pub(crate) fn score_bin(score: f32) -> usize {
     ((f64::from(score) * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1)
 }
 

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::evaluation::{DECISION_THRESHOLD, SCORE_BINS, histogram_auc};
+use crate::evaluation::{DECISION_THRESHOLD, SCORE_BINS, histogram_auc, is_countable, score_bin};
 
 /// Default smallest number of examples a group needs to be reported.
 pub const DEFAULT_MIN_COUNT: u64 = 10;
@@ -401,7 +401,7 @@ impl GroupCounts {
 
     /// Adds one prediction (see [`Self::from_predictions`] for the conventions).
     fn record(&mut self, score: f32, label: f32) {
-        if !score.is_finite() || !(0.0..=1.0).contains(&score) || !label.is_finite() {
+        if !is_countable(score, label) {
             return;
         }
         let positive = label >= 0.5;
@@ -649,11 +649,6 @@ fn rate(successes: f64, trials: f64) -> Option<Rate> {
         value: successes / trials,
         interval: wilson_interval(successes, trials)?,
     })
-}
-
-/// The histogram bin of a probability in [0, 1], as in [`crate::evaluation`].
-fn score_bin(score: f32) -> usize {
-    ((f64::from(score) * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1)
 }
 
 /// Disparities between `reported` groups (at least two, in name order).
