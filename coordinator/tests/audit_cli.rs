@@ -128,3 +128,163 @@ fn a_certificate_from_another_ca_is_refused() {
         "{text}"
     );
 }
+
+/// `medfed-audit metrics` on the committed fairlearn fixture's rows gives fairlearn's figures.
+#[test]
+fn metrics_on_the_fairlearn_fixture_equal_fairlearn() {
+    use medfed_protocol::fairness::{FairnessReport, GroupReport};
+    let fixture: serde_json::Value = serde_json::from_str(include_str!(
+        "../../protocol/tests/vectors/fairlearn_metrics.json"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("predictions.csv");
+    let mut text = String::from("label,score,group,sex\n");
+    for row in fixture["rows"].as_array().unwrap() {
+        let row = row.as_array().unwrap();
+        text.push_str(&format!(
+            "{},{},{},{}\n",
+            row[0],
+            row[1],
+            row[2].as_str().unwrap(),
+            row[3].as_str().unwrap()
+        ));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_medfed-audit"))
+        .args([
+            "metrics",
+            "--label",
+            "label",
+            "--score",
+            "score",
+            "--group",
+            "group",
+            "--group",
+            "sex",
+            "--min-count",
+            "0",
+        ])
+        .arg("--csv")
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reports: std::collections::BTreeMap<String, FairnessReport> =
+        serde_json::from_slice(&output.stdout).unwrap();
+    let close = |a: f64, b: &serde_json::Value| (a - b.as_f64().unwrap()).abs() < 1e-9;
+    for (attribute, expected) in fixture["attributes"].as_object().unwrap() {
+        let report = &reports[attribute];
+        for group in &report.groups {
+            let GroupReport::Reported { group, metrics } = group else {
+                panic!("min_count 0 reports all")
+            };
+            let want = &expected["by_group"][group.as_str()];
+            assert!(
+                close(metrics.selection_rate.value, &want["selection_rate"]),
+                "{attribute}/{group}"
+            );
+            assert!(
+                close(
+                    metrics.tpr.as_ref().unwrap().value,
+                    &want["true_positive_rate"]
+                ),
+                "{attribute}/{group}"
+            );
+            assert!(
+                close(
+                    metrics.fpr.as_ref().unwrap().value,
+                    &want["false_positive_rate"]
+                ),
+                "{attribute}/{group}"
+            );
+            assert!(
+                close(metrics.accuracy.value, &want["accuracy"]),
+                "{attribute}/{group}"
+            );
+        }
+        let d = report.disparities.as_ref().unwrap();
+        assert!(close(
+            d.demographic_parity_difference,
+            &expected["demographic_parity_difference"]
+        ));
+        assert!(close(
+            d.demographic_parity_ratio.unwrap(),
+            &expected["demographic_parity_ratio"]
+        ));
+        assert!(close(
+            d.equalized_odds_difference.unwrap(),
+            &expected["equalized_odds_difference"]
+        ));
+    }
+}
+
+#[test]
+fn metrics_take_the_auditors_threshold() {
+    use medfed_protocol::fairness::{FairnessReport, GroupReport};
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("p.csv");
+    std::fs::write(
+        &csv,
+        "y,p,g\n1,0.6,a\n0,0.7,a\n1,0.95,a\n0,0.2,b\n1,0.8,b\n1,0.55,b\n",
+    )
+    .unwrap();
+    let selection = |threshold: &str| -> Vec<f64> {
+        let output = Command::new(env!("CARGO_BIN_EXE_medfed-audit"))
+            .args([
+                "metrics",
+                "--label",
+                "y",
+                "--score",
+                "p",
+                "--group",
+                "g",
+                "--min-count",
+                "0",
+                "--threshold",
+                threshold,
+            ])
+            .arg("--csv")
+            .arg(&csv)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let reports: std::collections::BTreeMap<String, FairnessReport> =
+            serde_json::from_slice(&output.stdout).unwrap();
+        reports["g"]
+            .groups
+            .iter()
+            .map(|g| match g {
+                GroupReport::Reported { metrics, .. } => metrics.selection_rate.value,
+                GroupReport::Suppressed { .. } => panic!("min_count 0"),
+            })
+            .collect()
+    };
+    assert_eq!(selection("0.5"), vec![1.0, 2.0 / 3.0]);
+    assert_eq!(selection("0.9"), vec![1.0 / 3.0, 0.0]);
+    let bad = Command::new(env!("CARGO_BIN_EXE_medfed-audit"))
+        .args([
+            "metrics",
+            "--label",
+            "y",
+            "--score",
+            "p",
+            "--group",
+            "g",
+            "--threshold",
+            "2",
+        ])
+        .arg("--csv")
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}

@@ -275,7 +275,7 @@ impl GroupCounts {
     pub fn from_predictions(scores: &[f32], labels: &[f32]) -> Self {
         let mut counts = Self::zero();
         for (&score, &label) in scores.iter().zip(labels) {
-            counts.record(score, label);
+            counts.record(score, label, DECISION_THRESHOLD);
         }
         counts
     }
@@ -400,12 +400,12 @@ impl GroupCounts {
     }
 
     /// Adds one prediction (see [`Self::from_predictions`] for the conventions).
-    fn record(&mut self, score: f32, label: f32) {
+    fn record(&mut self, score: f32, label: f32, threshold: f32) {
         if !is_countable(score, label) {
             return;
         }
         let positive = label >= 0.5;
-        let predicted = score >= DECISION_THRESHOLD;
+        let predicted = score >= threshold;
         match (positive, predicted) {
             (true, true) => self.tp += 1.0,
             (true, false) => self.fn_ += 1.0,
@@ -440,11 +440,23 @@ pub fn group_predictions<G: AsRef<str>>(
     labels: &[f32],
     groups: &[G],
 ) -> BTreeMap<String, GroupCounts> {
+    group_predictions_at(scores, labels, groups, DECISION_THRESHOLD)
+}
+
+/// As [`group_predictions`], with predictions positive at `score >= threshold` (an auditor
+/// recomputing figures at another operating point; the coordinator always uses
+/// [`DECISION_THRESHOLD`]).
+pub fn group_predictions_at<G: AsRef<str>>(
+    scores: &[f32],
+    labels: &[f32],
+    groups: &[G],
+    threshold: f32,
+) -> BTreeMap<String, GroupCounts> {
     let mut out: BTreeMap<String, GroupCounts> = BTreeMap::new();
     for ((&score, &label), group) in scores.iter().zip(labels).zip(groups) {
         out.entry(group.as_ref().to_owned())
             .or_insert_with(GroupCounts::zero)
-            .record(score, label);
+            .record(score, label, threshold);
     }
     out
 }

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use medfed_coordinator::checkpoint::read_checkpoint;
-use medfed_protocol::fairness::{AuditConfig, FairnessReport, group_predictions};
+use medfed_protocol::fairness::{AuditConfig, FairnessReport, group_predictions_at};
 use medfed_protocol::report::{SignedReport, verify_chain, verify_checkpoint, verify_model};
 
 /// Verify medfed audit reports, or recompute their metrics on your own data.
@@ -40,8 +40,8 @@ enum Command {
         #[arg(long)]
         model: Option<PathBuf>,
     },
-    /// Prints the per-group metrics block (JSON) for a CSV of labels, scores and groups. The
-    /// decision threshold is 0.5, as in the coordinator's audit.
+    /// Prints the per-group metrics block (JSON) for a CSV of labels, scores and groups, computed
+    /// by the same code as the coordinator's audit.
     Metrics {
         /// The CSV file.
         #[arg(long)]
@@ -58,6 +58,9 @@ enum Command {
         /// Groups with fewer examples are suppressed.
         #[arg(long, default_value_t = 10)]
         min_count: u64,
+        /// Decision threshold on the score (the coordinator's audit uses 0.5).
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f32,
     },
 }
 
@@ -85,7 +88,8 @@ fn run() -> anyhow::Result<ExitCode> {
             score,
             group,
             min_count,
-        } => metrics(&csv, &label, &score, &group, min_count),
+            threshold,
+        } => metrics(&csv, &label, &score, &group, min_count, threshold),
     }
 }
 
@@ -202,7 +206,11 @@ fn metrics(
     score: &str,
     groups: &[String],
     min_count: u64,
+    threshold: f32,
 ) -> anyhow::Result<ExitCode> {
+    if !(threshold.is_finite() && (0.0..=1.0).contains(&threshold)) {
+        bail!("--threshold must be in [0, 1]");
+    }
     let mut reader =
         csv::Reader::from_path(csv).with_context(|| format!("cannot read {}", csv.display()))?;
     let headers = reader.headers()?.clone();
@@ -236,7 +244,7 @@ fn metrics(
     config.min_count(min_count);
     let mut out = BTreeMap::new();
     for (name, values) in groups.iter().zip(&values) {
-        let counts = group_predictions(&scores, &labels, values);
+        let counts = group_predictions_at(&scores, &labels, values, threshold);
         let report = FairnessReport::compute(&counts, &config)?;
         out.insert(name.clone(), report);
     }
