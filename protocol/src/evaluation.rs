@@ -29,18 +29,9 @@ pub struct EvalCounts {
     pub n: f64,
     /// Sum of binary cross-entropy losses.
     pub loss_sum: f64,
-    /// True positives at [`DECISION_THRESHOLD`].
-    pub tp: f64,
-    /// False positives.
-    pub fp: f64,
-    /// True negatives.
-    pub tn: f64,
-    /// False negatives.
-    pub fn_: f64,
-    /// Histogram of scores of positive examples, [`SCORE_BINS`] bins.
-    pub positive_scores: Vec<f64>,
-    /// Histogram of scores of negative examples, [`SCORE_BINS`] bins.
-    pub negative_scores: Vec<f64>,
+    /// Confusion matrix at [`DECISION_THRESHOLD`] and per-label score histograms: the same
+    /// counts the fairness audit keeps per group.
+    pub confusion: GroupCounts,
 }
 
 /// Pooled metrics computed from summed [`EvalCounts`].
@@ -60,20 +51,12 @@ pub struct EvalMetrics {
 
 impl EvalCounts {
     /// Length of the vector form.
-    pub const VECTOR_LEN: usize = 6 + 2 * SCORE_BINS;
+    pub const VECTOR_LEN: usize = 2 + GroupCounts::VECTOR_LEN;
 
     /// Counts for predicted probabilities `scores` against 0/1 `labels`.
     ///
     /// Pairs where either value is not finite are skipped, and so are scores outside [0, 1].
     pub fn from_predictions(scores: &[f32], labels: &[f32]) -> Self {
-        let GroupCounts {
-            tp,
-            fp,
-            tn,
-            fn_,
-            positive_scores,
-            negative_scores,
-        } = GroupCounts::from_predictions(scores, labels);
         let (mut n, mut loss_sum) = (0.0, 0.0);
         for (&score, &label) in scores.iter().zip(labels) {
             if !is_countable(score, label) {
@@ -86,12 +69,7 @@ impl EvalCounts {
         Self {
             n,
             loss_sum,
-            tp,
-            fp,
-            tn,
-            fn_,
-            positive_scores,
-            negative_scores,
+            confusion: GroupCounts::from_predictions(scores, labels),
         }
     }
 
@@ -100,20 +78,14 @@ impl EvalCounts {
         Self {
             n: 0.0,
             loss_sum: 0.0,
-            tp: 0.0,
-            fp: 0.0,
-            tn: 0.0,
-            fn_: 0.0,
-            positive_scores: vec![0.0; SCORE_BINS],
-            negative_scores: vec![0.0; SCORE_BINS],
+            confusion: GroupCounts::zero(),
         }
     }
 
     /// Appends the vector form (the layout the coordinator sums) to `out`.
     pub fn write_vector(&self, out: &mut Vec<f64>) {
-        out.extend_from_slice(&[self.n, self.loss_sum, self.tp, self.fp, self.tn, self.fn_]);
-        out.extend_from_slice(&self.positive_scores);
-        out.extend_from_slice(&self.negative_scores);
+        out.extend_from_slice(&[self.n, self.loss_sum]);
+        self.confusion.write_vector(out);
     }
 
     /// Reads the vector form; `None` if `v` is not [`Self::VECTOR_LEN`] long.
@@ -121,17 +93,10 @@ impl EvalCounts {
         if v.len() != Self::VECTOR_LEN {
             return None;
         }
-        let (head, hist) = v.split_at(6);
-        let (pos, neg) = hist.split_at(SCORE_BINS);
         Some(Self {
-            n: head[0],
-            loss_sum: head[1],
-            tp: head[2],
-            fp: head[3],
-            tn: head[4],
-            fn_: head[5],
-            positive_scores: pos.to_vec(),
-            negative_scores: neg.to_vec(),
+            n: v[0],
+            loss_sum: v[1],
+            confusion: GroupCounts::from_vector(&v[2..])?,
         })
     }
 
@@ -140,12 +105,13 @@ impl EvalCounts {
         if self.n <= 0.0 {
             return None;
         }
-        let positives = self.tp + self.fn_;
+        let c = &self.confusion;
+        let positives = c.tp + c.fn_;
         Some(EvalMetrics {
             examples: self.n.round() as u64,
             loss: self.loss_sum / self.n,
-            accuracy: (self.tp + self.tn) / self.n,
-            auc: histogram_auc(&self.positive_scores, &self.negative_scores),
+            accuracy: (c.tp + c.tn) / self.n,
+            auc: histogram_auc(&c.positive_scores, &c.negative_scores),
             prevalence: positives / self.n,
         })
     }
@@ -222,7 +188,7 @@ mod tests {
         let pooled_labels: Vec<f32> = labels_a.iter().chain(&labels_b).copied().collect();
         let pooled = EvalCounts::from_predictions(&pooled_scores, &pooled_labels);
         let summed = sum(&a, &b);
-        assert_eq!(summed.tp, pooled.tp);
+        assert_eq!(summed.confusion.tp, pooled.confusion.tp);
         assert!((summed.loss_sum - pooled.loss_sum).abs() < 1e-12);
         let m = summed.metrics().unwrap();
         assert_eq!(m.examples, 8);
@@ -255,7 +221,7 @@ mod tests {
     fn invalid_scores_are_skipped_and_vector_roundtrips() {
         let counts = EvalCounts::from_predictions(&[f32::NAN, 1.5, 1.0], &[1.0, 0.0, 1.0]);
         assert_eq!(counts.n, 1.0);
-        assert_eq!(counts.positive_scores[SCORE_BINS - 1], 1.0);
+        assert_eq!(counts.confusion.positive_scores[SCORE_BINS - 1], 1.0);
         let mut v = Vec::new();
         counts.write_vector(&mut v);
         assert_eq!(v.len(), EvalCounts::VECTOR_LEN);
