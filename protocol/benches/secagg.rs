@@ -38,7 +38,7 @@ use medfed_protocol::secagg::crypto::{AgreementKeyPair, add_mask, keystream, sub
 use medfed_protocol::secagg::{
     ExpectDelivery, ExpectDirectory, ExpectKeys, ExpectUnmasking, KeyAdvertisement, KeyDirectory,
     MaskedInput, Participant, ParticipantState, PeerVerifier, RoundParams, SecAggError,
-    ShareDelivery, SharePackage, Signer, UnmaskResponse,
+    ShareDelivery, SharePackage, Signer, UnmaskResponse, pair_info,
 };
 
 /// Session of every benchmarked round.
@@ -330,18 +330,6 @@ impl MaskLoop {
         }
         black_box(&mut self.values);
     }
-}
-
-/// HKDF info of the pair `(a, b)`'s mask seed, as `secagg`'s private `pair_info` builds it (the
-/// cost of the derivation does not depend on its content, only its length).
-fn pair_info(session: u64, round: u64, a: u16, b: u16) -> Vec<u8> {
-    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-    let mut info = b"medfed-secagg-mask-v1".to_vec();
-    info.extend_from_slice(&session.to_be_bytes());
-    info.extend_from_slice(&round.to_be_bytes());
-    info.extend_from_slice(&lo.to_be_bytes());
-    info.extend_from_slice(&hi.to_be_bytes());
-    info
 }
 
 // ---- 2. coordinator unmasking -----------------------------------------------------------------

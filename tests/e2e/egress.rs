@@ -8,22 +8,9 @@ async fn egress_logs_account_for_every_byte_the_coordinator_received() {
     subscribe();
     let names = ["hospital-a", "hospital-b", "hospital-c"];
     let consortium = Consortium::new(&names, 120);
-    let coordinator = consortium
-        .start_coordinator(consortium.coordinator_config(2, 3))
+    let (report, configs) = consortium
+        .train(consortium.coordinator_config(2, 3), &names)
         .await;
-    let addr = coordinator.local_addr();
-    let configs: Vec<_> = names
-        .iter()
-        .map(|n| consortium.node_config(n, addr))
-        .collect();
-    let nodes: Vec<_> = configs
-        .iter()
-        .map(|c| consortium.spawn_node(c.clone()))
-        .collect();
-    let report = coordinator.wait().await.expect("training completes");
-    for node in nodes {
-        node.await.unwrap().unwrap();
-    }
     for (name, config) in names.iter().zip(&configs) {
         let entries = EgressLog::read(&config.state_dir).unwrap();
         let totals = EgressTotals::of(&entries);

@@ -27,16 +27,7 @@ async fn without_a_planted_bias_the_same_policy_passes() {
     let consortium = Consortium::new(&names, 200);
     let mut config = consortium.coordinator_config(3, 3);
     config.fairness.policy = policy();
-    let coordinator = consortium.start_coordinator(config).await;
-    let addr = coordinator.local_addr();
-    let nodes: Vec<_> = names
-        .iter()
-        .map(|n| consortium.spawn_node(consortium.node_config(n, addr)))
-        .collect();
-    let report = coordinator.wait().await.expect("training completes");
-    for node in nodes {
-        node.await.unwrap().unwrap();
-    }
+    let (report, _) = consortium.train(config, &names).await;
     let sex = report
         .final_fairness
         .iter()
@@ -58,20 +49,7 @@ async fn a_planted_bias_fails_the_policy_and_the_audit_matches_the_pooled_data()
         ..FairnessPolicy::default()
     };
     let state = config.data_dir.join("state.sqlite");
-    let coordinator = consortium.start_coordinator(config).await;
-    let addr = coordinator.local_addr();
-    let configs: Vec<_> = names
-        .iter()
-        .map(|n| consortium.node_config(n, addr))
-        .collect();
-    let nodes: Vec<_> = configs
-        .iter()
-        .map(|c| consortium.spawn_node(c.clone()))
-        .collect();
-    let report = coordinator.wait().await.expect("training completes");
-    for node in nodes {
-        node.await.unwrap().unwrap();
-    }
+    let (report, configs) = consortium.train(config, &names).await;
 
     let sex = report
         .final_fairness

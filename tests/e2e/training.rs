@@ -161,19 +161,7 @@ async fn secure_aggregation_can_be_turned_off_explicitly() {
     let consortium = Consortium::new(&NODES, 120);
     let mut config = consortium.coordinator_config(2, 3);
     config.secure_aggregation.enabled = false;
-    let coordinator = consortium.start_coordinator(config).await;
-    let addr = coordinator.local_addr();
-    let nodes: Vec<_> = NODES
-        .iter()
-        .map(|n| consortium.spawn_node(consortium.node_config(n, addr)))
-        .collect();
-    let report = coordinator
-        .wait()
-        .await
-        .expect("plain aggregation trains too");
+    let (report, _) = consortium.train(config, &NODES).await;
     assert_eq!(report.last_round, 2);
     assert!(report.rounds.iter().all(|r| r.participants.len() == 3));
-    for node in nodes {
-        node.await.unwrap().unwrap();
-    }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use medfed_certs::{DevConsortium, TlsFiles, make_dev_consortium};
 use medfed_coordinator::config::{SecureAggregationConfig, TaskConfig, TrainingConfig};
 use medfed_coordinator::strategy::StrategyConfig;
-use medfed_coordinator::{CoordinatorConfig, RunningCoordinator};
+use medfed_coordinator::{CoordinatorConfig, RunningCoordinator, TrainingReport};
 use medfed_node::config::DataConfig;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_node::{NodeConfig, NodeError, NodeOutcome};
@@ -148,6 +148,25 @@ impl Consortium {
         medfed_coordinator::start(config)
             .await
             .expect("coordinator starts")
+    }
+
+    /// Trains with a coordinator configured by `config` and honest nodes `names` (each with its
+    /// own certificate); waits for the coordinator and for every node to finish successfully.
+    /// Returns the coordinator's report and the nodes' configurations.
+    pub async fn train(
+        &self,
+        config: CoordinatorConfig,
+        names: &[&str],
+    ) -> (TrainingReport, Vec<NodeConfig>) {
+        let coordinator = self.start_coordinator(config).await;
+        let addr = coordinator.local_addr();
+        let configs: Vec<NodeConfig> = names.iter().map(|n| self.node_config(n, addr)).collect();
+        let nodes: Vec<_> = configs.iter().map(|c| self.spawn_node(c.clone())).collect();
+        let report = coordinator.wait().await.expect("training completes");
+        for node in nodes {
+            node.await.expect("node task").expect("node finishes");
+        }
+        (report, configs)
     }
 
     /// Starts a node with the libtorch trainer, as a task.

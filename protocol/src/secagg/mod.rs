@@ -111,25 +111,26 @@ pub enum SecAggError {
     },
 }
 
-/// The seed of the pairwise mask between participants `a` and `b`: HKDF over their X25519
-/// agreement, bound to the session, the round and the (unordered) pair.
-fn pair_info(session: u64, round: u64, a: u16, b: u16) -> Vec<u8> {
+/// HKDF info of the pairwise mask seed of participants `a` and `b`: bound to the session, the
+/// round and the (unordered) pair, so both derive the same seed from their X25519 agreement.
+pub fn pair_info(session: u64, round: u64, a: u16, b: u16) -> Vec<u8> {
     let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-    let mut info = b"medfed-secagg-mask-v1".to_vec();
-    info.extend_from_slice(&session.to_be_bytes());
-    info.extend_from_slice(&round.to_be_bytes());
-    info.extend_from_slice(&lo.to_be_bytes());
-    info.extend_from_slice(&hi.to_be_bytes());
-    info
+    context(b"medfed-secagg-mask-v1", session, round, lo, hi)
 }
 
-/// HKDF info and AEAD associated data of a share sent from `from` to `to`.
+/// HKDF info and AEAD associated data of a share sent from `from` to `to` (ordered: the two
+/// directions of a pair get different keys).
 fn share_context(session: u64, round: u64, from: u16, to: u16) -> Vec<u8> {
-    let mut info = b"medfed-secagg-share-v1".to_vec();
+    context(b"medfed-secagg-share-v1", session, round, from, to)
+}
+
+/// A domain label followed by the session, the round and two participant indices.
+fn context(domain: &[u8], session: u64, round: u64, first: u16, second: u16) -> Vec<u8> {
+    let mut info = domain.to_vec();
     info.extend_from_slice(&session.to_be_bytes());
     info.extend_from_slice(&round.to_be_bytes());
-    info.extend_from_slice(&from.to_be_bytes());
-    info.extend_from_slice(&to.to_be_bytes());
+    info.extend_from_slice(&first.to_be_bytes());
+    info.extend_from_slice(&second.to_be_bytes());
     info
 }
 
