@@ -1,6 +1,8 @@
 //! The per-round bias audit: the consortium's pooled per-group counts — sums over hospitals,
 //! never one hospital's figures — turned into per-group metrics, disparities and the verdict of
-//! the consortium's fairness policy, one report per sensitive attribute.
+//! the consortium's fairness policy, one report per audited attribute: each sensitive attribute,
+//! then each intersection of two (`sex×age`, see [`Schema::audit_attributes`]), all under the
+//! same policy and suppression threshold.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +28,10 @@ pub struct FairnessSettings {
 pub type AttributeAudit = AttributeFairness;
 
 /// Audits the pooled per-group counts (in the schema's audit-group order).
+///
+/// A node may add integer noise to its counts (its `[privacy] evaluation_noise`), so a pooled
+/// cell can be negative; each is taken as `max(0, count)` ([`GroupCounts::clamped`]) before
+/// the metrics, the suppression threshold and the disparities.
 pub fn audit(
     schema: &Schema,
     counts: &[GroupCounts],
@@ -37,14 +43,14 @@ pub fn audit(
         by_attribute
             .entry(group.attribute.as_str())
             .or_default()
-            .insert(group.group.clone(), counts.clone());
+            .insert(group.group.clone(), counts.clamped());
     }
     let mut config = AuditConfig::default();
     if let Some(min_count) = settings.min_count {
         config.min_count(min_count);
     }
     let mut audits = Vec::new();
-    for attribute in schema.sensitive() {
+    for attribute in schema.audit_attributes() {
         let Some(groups) = by_attribute.remove(attribute.as_str()) else {
             continue;
         };
@@ -52,7 +58,7 @@ pub fn audit(
             Ok(report) => {
                 let policy = settings.policy.check(&report);
                 audits.push(AttributeAudit {
-                    attribute: attribute.clone(),
+                    attribute,
                     report,
                     policy,
                 });
@@ -75,5 +81,74 @@ pub fn log(audits: &[AttributeAudit]) {
             approved = audit.policy.approved,
             "fairness audit of the pooled held-out data"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use medfed_protocol::fairness::GroupReport;
+
+    use super::*;
+
+    const SCHEMA: &str = r#"
+sensitive = ["sex", "age"]
+intersections = [["sex", "age"]]
+[label]
+column = "y"
+positive = ["1"]
+negative = ["0"]
+[[columns]]
+name = "age"
+type = "numeric"
+[[columns]]
+name = "sex"
+type = "categorical"
+levels = ["F", "M"]
+[bands]
+age = [50]
+"#;
+
+    #[test]
+    fn intersections_are_audited_under_the_same_policy_and_negative_counts_read_as_zero() {
+        let schema = Schema::parse(SCHEMA).unwrap();
+        let groups = schema.audit_groups();
+        assert_eq!(groups.len(), 2 + 2 + 4);
+        // Every group: 30 patients, half positive; half of each class predicted positive.
+        let scores: Vec<f32> = (0..30)
+            .map(|i| if i % 2 == 0 { 0.9 } else { 0.1 })
+            .collect();
+        let labels: Vec<f32> = (0..30).map(|i| f32::from(u8::from(i < 15))).collect();
+        let mut counts = vec![GroupCounts::from_predictions(&scores, &labels); groups.len()];
+        // Noise took one pooled cell below zero: it counts as 0, not as an invalid report.
+        counts[0].fp = -2.0;
+        counts[0].negative_scores[3] = -1.0;
+        let settings = FairnessSettings {
+            min_count: None,
+            policy: FairnessPolicy {
+                max_demographic_parity_difference: Some(0.5),
+                ..FairnessPolicy::default()
+            },
+        };
+        let audits = audit(&schema, &counts, &settings);
+        let names: Vec<&str> = audits.iter().map(|a| a.attribute.as_str()).collect();
+        assert_eq!(names, ["sex", "age", "sex×age"]);
+        let crossed = &audits[2];
+        let crossed_groups: Vec<&str> = crossed
+            .report
+            .groups
+            .iter()
+            .map(|g| match g {
+                GroupReport::Reported { group, .. } | GroupReport::Suppressed { group } => {
+                    group.as_str()
+                }
+            })
+            .collect();
+        assert_eq!(crossed_groups, ["F, <50", "F, ≥50", "M, <50", "M, ≥50"]);
+        assert_eq!(crossed.policy.checks.len(), 1);
+        let GroupReport::Reported { metrics, .. } = &audits[0].report.groups[0] else {
+            panic!("F is reported");
+        };
+        // 8 TP, 8 TN, 7 FN, and the 7 FP noised to −2 read as 0: 23 patients.
+        assert_eq!(metrics.n, 23);
     }
 }

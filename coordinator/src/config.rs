@@ -35,6 +35,81 @@ pub struct CoordinatorConfig {
     pub secure_aggregation: SecureAggregationConfig,
     /// The bias audit: suppression threshold and the consortium's fairness policy.
     pub fairness: FairnessSettings,
+    /// Test-only fault injection: stop at a point of a round and wait forever, so that a test
+    /// can kill the process exactly there. Never set it in a real consortium.
+    pub danger_pause_at: Option<PausePoint>,
+}
+
+/// Where a coordinator configured with `danger_pause_at` stops: it writes
+/// `DANGER: paused at round {round} phase {phase}` to standard error and waits forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PausePoint {
+    /// The round: 0 is the statistics round, `rounds + 1` the final evaluation.
+    pub round: u64,
+    /// The point within the round.
+    pub phase: PausePhase,
+}
+
+/// A point within a round, in the order a round passes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PausePhase {
+    /// The round is begun in the state store; nothing has been sent.
+    RoundStarted,
+    /// The model has been pushed to the nodes that lacked it; `RoundStart` is not sent yet.
+    ModelPushed,
+    /// Every node's round keys are in (secure aggregation phase 1).
+    KeysCollected,
+    /// The encrypted shares are collected (phase 2); the deliveries are not sent yet.
+    SharesRelayed,
+    /// At least one masked input has been received and summed (phase 3).
+    MaskedInputs,
+    /// The masks are removed: the sum is known; nothing is written yet.
+    Unmasked,
+    /// The new model's checkpoint is written; the audit report is not.
+    CheckpointWritten,
+    /// The audit report is written; the round is not yet completed in the state store.
+    ReportWritten,
+    /// The round is completed in the state store; the next round has not begun.
+    RoundCompleted,
+}
+
+impl PausePhase {
+    /// Every phase, in round order.
+    pub const ALL: [Self; 9] = [
+        Self::RoundStarted,
+        Self::ModelPushed,
+        Self::KeysCollected,
+        Self::SharesRelayed,
+        Self::MaskedInputs,
+        Self::Unmasked,
+        Self::CheckpointWritten,
+        Self::ReportWritten,
+        Self::RoundCompleted,
+    ];
+
+    /// The name used in the configuration file and in the pause marker.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RoundStarted => "round_started",
+            Self::ModelPushed => "model_pushed",
+            Self::KeysCollected => "keys_collected",
+            Self::SharesRelayed => "shares_relayed",
+            Self::MaskedInputs => "masked_inputs",
+            Self::Unmasked => "unmasked",
+            Self::CheckpointWritten => "checkpoint_written",
+            Self::ReportWritten => "report_written",
+            Self::RoundCompleted => "round_completed",
+        }
+    }
+}
+
+impl std::fmt::Display for PausePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Secure aggregation settings. On by default; turning it off makes every node's figures
@@ -118,6 +193,12 @@ pub struct TaskConfig {
     /// Attempts at a round (after dropouts below `min_nodes`) before giving up.
     #[serde(default = "default_round_attempts")]
     pub round_attempts: u32,
+    /// Before its first exchange, a coordinator (freshly started or restarted) waits up to
+    /// `wait_for_nodes_secs` for this many nodes, so that hospitals connecting a moment apart
+    /// all take part from the first round; rounds then go on with at least `min_nodes`.
+    /// `None` (the default) starts as soon as `min_nodes` are connected.
+    #[serde(default)]
+    pub start_nodes: Option<usize>,
 }
 
 /// Local training hyper-parameters sent to every node.
@@ -201,6 +282,8 @@ struct RawConfig {
     secure_aggregation: SecureAggregationConfig,
     #[serde(default)]
     fairness: FairnessSettings,
+    #[serde(default)]
+    danger_pause_at: Option<PausePoint>,
 }
 
 /// TLS paths as written.
@@ -245,6 +328,7 @@ impl CoordinatorConfig {
             strategy: raw.strategy.unwrap_or_default(),
             secure_aggregation: raw.secure_aggregation,
             fairness: raw.fairness,
+            danger_pause_at: raw.danger_pause_at,
         };
         config.validate()?;
         Ok(config)
@@ -259,6 +343,9 @@ impl CoordinatorConfig {
         };
         if task.min_nodes == 0 {
             return invalid("task.min_nodes must be at least 1");
+        }
+        if task.start_nodes.is_some_and(|n| n < task.min_nodes) {
+            return invalid("task.start_nodes must be at least task.min_nodes");
         }
         if task.training.batch_size == 0 {
             return invalid("task.training.batch_size must be at least 1");
@@ -368,6 +455,21 @@ name = "fed_adam"
         assert_eq!(config.task.training.local_epochs, 2);
         assert_eq!(config.task.training.batch_size, 32);
         assert!(matches!(config.strategy, StrategyConfig::FedAdam { .. }));
+        assert_eq!(config.danger_pause_at, None);
+    }
+
+    #[test]
+    fn parses_the_test_only_pause_point() {
+        for phase in PausePhase::ALL {
+            let text = format!(
+                "{EXAMPLE}\n[danger_pause_at]\nround = 2\nphase = \"{}\"\n",
+                phase.name()
+            );
+            let config = CoordinatorConfig::parse(&text, Path::new(".")).unwrap();
+            assert_eq!(config.danger_pause_at, Some(PausePoint { round: 2, phase }));
+        }
+        let typo = format!("{EXAMPLE}\n[danger_pause_at]\nround = 2\nphase = \"later\"\n");
+        assert!(CoordinatorConfig::parse(&typo, Path::new(".")).is_err());
     }
 
     #[test]
@@ -376,6 +478,11 @@ name = "fed_adam"
         assert!(matches!(
             CoordinatorConfig::parse(&typo, Path::new(".")),
             Err(ConfigError::Syntax { .. })
+        ));
+        let start_below_min = EXAMPLE.replace("min_nodes = 2", "min_nodes = 2\nstart_nodes = 1");
+        assert!(matches!(
+            CoordinatorConfig::parse(&start_below_min, Path::new(".")),
+            Err(ConfigError::Invalid { .. })
         ));
         let zero = EXAMPLE.replace("min_nodes = 2", "min_nodes = 0");
         assert!(matches!(

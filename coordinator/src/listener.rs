@@ -18,6 +18,12 @@ use crate::registry::{NodeHandle, Registry};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest frame accepted before admission: a `Hello` is tiny.
 const HELLO_MAX_FRAME: usize = 64 * 1024;
+/// Application close code of a connection whose first stream did not carry a decodable `Hello`;
+/// the close reason says what was wrong with it.
+pub const BAD_HELLO: u32 = 1;
+/// Application close code of a connection refused after its `Hello` (the `Refused` message on
+/// the stream says why).
+pub const REFUSED: u32 = 2;
 
 /// What admission checks a node against and tells it.
 #[derive(Debug, Clone)]
@@ -94,8 +100,11 @@ async fn handle_connection(
                 return Err(refuse(&connection, &mut send, admission, reason).await);
             }
             Ok(Err(e)) => {
-                connection.close(1u32.into(), b"bad hello");
-                return Err(format!("bad hello: {e}"));
+                // The close reason names the fault (a frame over the cap, a truncated frame, bytes
+                // that decode to no message), so the peer and its operator can tell which.
+                let reason = format!("bad hello: {e}");
+                connection.close(BAD_HELLO.into(), reason.as_bytes());
+                return Err(reason);
             }
             Err(_) => return Err("no hello within the timeout".into()),
         };
@@ -170,6 +179,6 @@ async fn refuse(
         // Give the refusal a moment to reach the node before the connection closes.
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     }
-    connection.close(2u32.into(), b"refused");
+    connection.close(REFUSED.into(), b"refused");
     text
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use medfed_coordinator::{CoordinatorConfig, start};
+use tracing::info;
 
 /// The medfed coordinator: admits consortium nodes, runs federated rounds, checkpoints the model.
 #[derive(Debug, Parser)]
@@ -47,6 +48,9 @@ fn run() -> anyhow::Result<ExitCode> {
                 let running = start(config).await?;
                 let report = running.wait().await?;
                 println!("training finished after round {}", report.last_round);
+                if let Some(why) = &report.stopped_early {
+                    println!("  {why}");
+                }
                 for round in &report.rounds {
                     if let Some(m) = &round.start_model_evaluation {
                         println!(
@@ -73,9 +77,48 @@ fn run() -> anyhow::Result<ExitCode> {
                 if let Some(path) = &report.checkpoint {
                     println!("final model: {}", path.display());
                 }
+                let received: u64 = report.bytes_received.values().sum();
+                info!(
+                    nodes = report.bytes_received.len(),
+                    bytes = received,
+                    "bytes received from the nodes in this run"
+                );
+                log_resource_usage();
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }
+    }
+}
+
+/// Logs this process's peak resident memory and CPU time, read from `/proc/self` (Linux only;
+/// elsewhere nothing is logged). The load harness reads this line.
+fn log_resource_usage() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak_rss_kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // utime and stime are fields 14 and 15, counted from the first field after the command
+    // name (field 2, in parentheses, may hold spaces); they are in USER_HZ ticks, 100 a second.
+    let ticks: Vec<u64> = stat
+        .rfind(')')
+        .map(|end| {
+            stat[end + 1..]
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|t| t.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let (Some(peak_rss_kib), [user, system]) = (peak_rss_kib, ticks.as_slice()) {
+        info!(
+            peak_rss_kib,
+            cpu_user_secs = *user as f64 / 100.0,
+            cpu_system_secs = *system as f64 / 100.0,
+            "resource usage"
+        );
     }
 }
 

@@ -16,8 +16,8 @@ use medfed_certs::load_report_signing_key;
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::messages::{
-    Contribution, ContributionKind, Finished, Message, PrivacySpent, RefusalReason, RoundKeys,
-    RoundStart, SecAggSetup, StatsRequest,
+    BUDGET_SPENT_REASON, Contribution, ContributionKind, Finished, Message, PrivacySpent,
+    RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, StatsRequest,
 };
 use medfed_protocol::model::{Model, ModelError, ModelSpec};
 use medfed_protocol::report::{AuditReport, NodePrivacy, REPORT_FORMAT, file_sha256};
@@ -33,8 +33,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::audit::{self, AttributeAudit};
 use crate::checkpoint::{CheckpointError, checkpoint_file_name, read_checkpoint, write_checkpoint};
-use crate::config::CoordinatorConfig;
-use crate::exchange::{self, ExchangeError};
+use crate::config::{CoordinatorConfig, PausePhase, PausePoint};
+use crate::exchange::{self, ExchangeError, ModelPush};
 use crate::listener::{self, Admission};
 use crate::registry::{NodeHandle, Registry};
 use crate::reports::{ReportWriteError, ReportWriter};
@@ -86,6 +86,9 @@ pub struct TrainingReport {
     pub last_round: u64,
     /// Bytes received from each node during this run (the nodes' egress logs should agree).
     pub bytes_received: BTreeMap<String, u64>,
+    /// Why training stopped before the planned rounds, if it did: too few nodes had privacy
+    /// budget left for another round.
+    pub stopped_early: Option<String>,
 }
 
 /// A coordinator serving on its endpoint and training in the background.
@@ -156,8 +159,16 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         }
         None => {
             let initial = Model::new(spec.clone(), spec.initial_parameters(config.task.seed))?;
-            // The initial model is audited too; its checkpoint lets auditors check its hash.
-            write_checkpoint(&config.data_dir.join("checkpoints"), 0, &initial)?;
+            // The initial model is audited too; its checkpoint lets auditors check its hash. A
+            // run killed before round 1 completed may have written it, and its audit report may
+            // already name the file's SHA-256: an equal checkpoint is kept byte for byte (the
+            // encoding's metadata order is not stable across runs).
+            let dir = config.data_dir.join("checkpoints");
+            let kept = read_checkpoint(&dir.join(checkpoint_file_name(0)))
+                .is_ok_and(|(round, model)| round == 0 && model == initial);
+            if !kept {
+                write_checkpoint(&dir, 0, &initial)?;
+            }
             (0, initial)
         }
     };
@@ -216,6 +227,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         optimizer,
         round,
         reports,
+        left_out: Mutex::new(BTreeMap::new()),
     };
     let training = tokio::spawn(async move {
         let result = trainer.run().await;
@@ -243,6 +255,9 @@ struct Trainer {
     round: u64,
     /// The signed, chained audit reports.
     reports: ReportWriter,
+    /// Nodes left out of the remaining attempts of a round, `(round, identity)` → why: a node
+    /// whose secure-aggregation share a peer could not authenticate.
+    left_out: Mutex<BTreeMap<(u64, String), String>>,
 }
 
 /// A node's answer to one exchange: its index in the round, the node, and what it sent.
@@ -256,6 +271,8 @@ struct Gathered {
     dropped: Vec<(String, String)>,
     /// `(node, declared privacy spent)` for nodes that train privately.
     privacy: Vec<(String, PrivacySpent)>,
+    /// Nodes that declined because the round would take them past their privacy budget.
+    budget_spent: Vec<String>,
 }
 
 impl Gathered {
@@ -284,6 +301,11 @@ impl Gathered {
     /// Leaves a node out, with the reason, for the log and the round report.
     fn drop(&mut self, node: &NodeHandle, error: &ExchangeError) {
         warn!(node = %node.identity, %error, "node left out of the round");
+        if let ExchangeError::Declined(reason) = error
+            && reason.starts_with(BUDGET_SPENT_REASON)
+        {
+            self.budget_spent.push(node.identity.clone());
+        }
         self.dropped
             .push((node.identity.clone(), error.to_string()));
     }
@@ -307,14 +329,41 @@ struct Collection<'a> {
 
 impl Trainer {
     async fn run(mut self) -> Result<TrainingReport, CoordinatorError> {
+        if let Some(start) = self.config.task.start_nodes {
+            let wait = self.config.task.wait_for_nodes();
+            let connected = self.registry.wait_for(start, wait).await.len();
+            info!(connected, wanted = start, "starting");
+        }
         let standardization = self.standardization().await?;
         let mut reports = Vec::new();
         let mut checkpoint = None;
+        let mut stopped_early = None;
         while self.round < self.config.task.rounds {
             let round = self.round + 1;
-            let (report, path) = self.train_round(round, &standardization).await?;
-            reports.push(report);
-            checkpoint = Some(path);
+            match self.train_round(round, &standardization).await? {
+                Some((report, path)) => {
+                    reports.push(report);
+                    checkpoint = Some(path);
+                }
+                None => {
+                    let why = format!(
+                        "training stopped after round {} of {}: too few nodes have privacy budget left for another round",
+                        self.round, self.config.task.rounds
+                    );
+                    warn!("{why}");
+                    stopped_early = Some(why);
+                    break;
+                }
+            }
+        }
+        if checkpoint.is_none() && self.round > 0 {
+            // Every round was applied by an earlier run: the final model is that run's last.
+            checkpoint = Some(
+                self.config
+                    .data_dir
+                    .join("checkpoints")
+                    .join(checkpoint_file_name(self.round)),
+            );
         }
         let (final_evaluation, final_fairness) = self.final_evaluation(&standardization).await?;
         self.finish().await;
@@ -327,6 +376,7 @@ impl Trainer {
             final_model: self.model,
             checkpoint,
             last_round: self.round,
+            stopped_early,
         })
     }
 
@@ -340,6 +390,7 @@ impl Trainer {
             let session = self.session;
             let stats_len = self.schema.stats_len();
             for attempt in 1..=self.config.task.round_attempts {
+                danger_pause(self.config.danger_pause_at, 0, PausePhase::RoundStarted).await;
                 let collection = Collection {
                     round: 0,
                     kind: ContributionKind::Stats,
@@ -356,11 +407,14 @@ impl Trainer {
                         let standardization = Standardization::from_summed_stats(&self.schema, &g.sum)?;
                         let summary = FederatedSummary::from_summed_stats(&self.schema, &g.sum)?;
                         {
+                            // The standardisation goes last: once it is stored, a restarted
+                            // coordinator skips this round, so the summary must already be there.
                             let store = lock(&self.store);
-                            store.put_json(STANDARDIZATION_KEY, &standardization)?;
                             store.put_json(SUMMARY_KEY, &summary)?;
+                            store.put_json(STANDARDIZATION_KEY, &standardization)?;
                         }
                         info!(nodes = g.participants.len(), summary = %serde_json::to_string(&summary).unwrap_or_default(), "federated statistics computed");
+                        danger_pause(self.config.danger_pause_at, 0, PausePhase::RoundCompleted).await;
                         return Ok(standardization);
                     }
                     Err(e) => {
@@ -375,24 +429,31 @@ impl Trainer {
         .await
     }
 
-    /// Runs round `round` until it is applied or the attempts run out.
+    /// Runs round `round` until it is applied or the attempts run out; `None` when too few
+    /// nodes have privacy budget left for it (training stops: they would decline every retry).
     async fn train_round(
         &mut self,
         round: u64,
         standardization: &Standardization,
-    ) -> Result<(RoundReport, PathBuf), CoordinatorError> {
+    ) -> Result<Option<(RoundReport, PathBuf)>, CoordinatorError> {
         let span = info_span!("round", round);
         async {
             for attempt in 1..=self.config.task.round_attempts {
                 let started = Instant::now();
                 lock(&self.store).begin_round(round, &self.model.hash(), now_ms())?;
+                danger_pause(self.config.danger_pause_at, round, PausePhase::RoundStarted).await;
                 match self
                     .round_exchange(round, attempt, true, standardization)
                     .await
                 {
                     Ok((gathered, layout)) => {
-                        let (report, path) = self.apply(round, gathered, layout, started)?;
-                        return Ok((report, path));
+                        let (report, path) = self.apply(round, gathered, layout, started).await?;
+                        return Ok(Some((report, path)));
+                    }
+                    Err(reason @ RoundFailure::BudgetSpent { .. }) => {
+                        warn!(attempt, %reason, "round abandoned");
+                        lock(&self.store).abort_round(round, &reason.to_string(), now_ms())?;
+                        return Ok(None);
                     }
                     Err(reason) => {
                         warn!(attempt, %reason, "round failed; it will be restarted");
@@ -451,10 +512,22 @@ impl Trainer {
     /// if the consortium turned that off, summed in the clear.
     async fn gather(&self, collection: Collection<'_>) -> Result<Gathered, RoundFailure> {
         let min = self.config.task.min_nodes;
-        let nodes = self
+        let mut nodes = self
             .registry
             .wait_for(min, self.config.task.wait_for_nodes())
             .await;
+        let left_out: Vec<(String, String)> = {
+            let left_out = self
+                .left_out
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            nodes.retain(|node| !left_out.contains_key(&(collection.round, node.identity.clone())));
+            left_out
+                .iter()
+                .filter(|((round, _), _)| *round == collection.round)
+                .map(|((_, identity), why)| (identity.clone(), why.clone()))
+                .collect()
+        };
         if nodes.len() < min {
             return Err(RoundFailure::TooFewNodes {
                 have: nodes.len(),
@@ -466,14 +539,23 @@ impl Trainer {
             .enumerate()
             .map(|(i, node)| (i as u16 + 1, node))
             .collect();
-        let gathered = if self.config.secure_aggregation.enabled {
+        let mut gathered = if self.config.secure_aggregation.enabled {
             self.gather_secure(&collection, &nodes).await?
         } else {
             warn!(
                 "secure aggregation is OFF: the coordinator sees every node's figures in the clear"
             );
-            self.gather_plain(&collection, &nodes).await
+            let gathered = self.gather_plain(&collection, &nodes).await;
+            self.check_budgets(nodes.len(), &gathered)?;
+            gathered
         };
+        danger_pause(
+            self.config.danger_pause_at,
+            collection.round,
+            PausePhase::Unmasked,
+        )
+        .await;
+        gathered.dropped.extend(left_out);
         if gathered.participants.len() < min {
             return Err(RoundFailure::TooFewAnswers {
                 have: gathered.participants.len(),
@@ -481,6 +563,20 @@ impl Trainer {
             });
         }
         Ok(gathered)
+    }
+
+    /// Fails the round for good when the nodes whose privacy budget is spent leave fewer than
+    /// `min_nodes` of the `asked`: they would decline every retry too.
+    fn check_budgets(&self, asked: usize, gathered: &Gathered) -> Result<(), RoundFailure> {
+        let need = self.config.task.min_nodes;
+        let spent = &gathered.budget_spent;
+        if !spent.is_empty() && asked.saturating_sub(spent.len()) < need {
+            return Err(RoundFailure::BudgetSpent {
+                nodes: spent.clone(),
+                need,
+            });
+        }
+        Ok(())
     }
 
     /// Plain summation (secure aggregation turned off).
@@ -582,7 +678,14 @@ impl Trainer {
         for (node, privacy) in declared {
             gathered.declare(&node, privacy);
         }
+        self.check_budgets(nodes.len(), &gathered)?;
         let (mut server, directory) = server.finish()?;
+        danger_pause(
+            self.config.danger_pause_at,
+            collection.round,
+            PausePhase::KeysCollected,
+        )
+        .await;
 
         // Phase 2: encrypted shares for the neighbours.
         let answers = self
@@ -600,6 +703,12 @@ impl Trainer {
             other => Err(unexpected(other, "secagg_shares")),
         });
         let (mut server, mut deliveries) = server.finish()?;
+        danger_pause(
+            self.config.danger_pause_at,
+            collection.round,
+            PausePhase::SharesRelayed,
+        )
+        .await;
 
         // Phase 3: masked inputs, summed as they arrive.
         let answers = self
@@ -619,10 +728,31 @@ impl Trainer {
                 },
             )
             .await;
-        gathered.take(answers, |index, _, message| match message {
-            Message::SecAggInput(input) => server.handle_input(index, &input).map_err(rejected),
-            other => Err(unexpected(other, "secagg_input")),
+        // A node whose share a peer could not authenticate is left out: its masked input is
+        // not summed (its masks are removed as a dropout's), and it sits out the round's
+        // remaining attempts. The peer that reported it refused this phase, and is a dropout too.
+        let accused = self.accused_of_bad_shares(collection.round, &answers, &by_index);
+        let inputs_received = answers
+            .iter()
+            .filter(|(_, _, answer)| matches!(answer, Ok(Message::SecAggInput(_))))
+            .count();
+        gathered.take(answers, |index, _, message| {
+            if let Some(peer) = accused.get(&index) {
+                return Err(ExchangeError::ShareAuthentication { peer: peer.clone() });
+            }
+            match message {
+                Message::SecAggInput(input) => server.handle_input(index, &input).map_err(rejected),
+                other => Err(unexpected(other, "secagg_input")),
+            }
         });
+        if inputs_received > 0 {
+            danger_pause(
+                self.config.danger_pause_at,
+                collection.round,
+                PausePhase::MaskedInputs,
+            )
+            .await;
+        }
         let (mut server, unmask) = server.finish()?;
 
         // Phase 4: the shares that remove the masks.
@@ -651,6 +781,44 @@ impl Trainer {
         Ok(gathered)
     }
 
+    /// The participants whose shares a peer reported as failing authentication, by index, with
+    /// that peer's identity; each is also left out of the round's remaining attempts.
+    fn accused_of_bad_shares(
+        &self,
+        round: u64,
+        answers: &[Answer],
+        by_index: &BTreeMap<u16, Arc<NodeHandle>>,
+    ) -> BTreeMap<u16, String> {
+        let mut accused = BTreeMap::new();
+        for (index, node, answer) in answers {
+            let Ok(Message::Refused(Refused {
+                reason: RefusalReason::ShareAuthentication { from },
+                ..
+            })) = answer
+            else {
+                continue;
+            };
+            let Some(sender) = by_index.get(from).filter(|_| from != index) else {
+                continue;
+            };
+            warn!(node = %sender.identity, peer = %node.identity, "a peer could not authenticate this node's secure-aggregation share; leaving it out of the round");
+            self.left_out
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .entry((round, sender.identity.clone()))
+                .or_insert_with(|| {
+                    format!(
+                        "left out of the round: its secure-aggregation share for {} failed authentication",
+                        node.identity
+                    )
+                });
+            accused
+                .entry(*from)
+                .or_insert_with(|| node.identity.clone());
+        }
+        accused
+    }
+
     /// Sends each node its request on a fresh stream (pushing `model` first where needed) and
     /// waits for the answers, until the round deadline.
     async fn exchange_all(
@@ -662,17 +830,21 @@ impl Trainer {
     ) -> Vec<Answer> {
         let deadline = tokio::time::Instant::now() + self.config.task.round_deadline();
         let session = self.session;
+        let pause = model.and(self.config.danger_pause_at);
         let mut tasks = JoinSet::new();
+        // Hashed, split and framed once for all the nodes that lack it.
+        let push = model.map(|model| Arc::new(ModelPush::new(model, session, round)));
         for (index, node) in nodes {
-            let (index, node, model, request) =
-                (*index, node.clone(), model.cloned(), request(*index));
+            let (index, node, push, request) =
+                (*index, node.clone(), push.clone(), request(*index));
             tasks.spawn(async move {
                 let exchange = async {
-                    if let Some(model) = &model
-                        && node.held_model() != Some(model.hash())
+                    if let Some(push) = &push
+                        && node.held_model() != Some(push.hash())
                     {
-                        exchange::push_model(&node, model, session, round).await?;
+                        exchange::push_model(&node, push).await?;
                     }
+                    danger_pause(pause, round, PausePhase::ModelPushed).await;
                     exchange::request(&node, &request).await
                 };
                 let result = tokio::time::timeout_at(deadline, exchange)
@@ -692,7 +864,7 @@ impl Trainer {
     }
 
     /// Applies a round's summed update, checkpoints the model and records the round.
-    fn apply(
+    async fn apply(
         &mut self,
         round: u64,
         gathered: Gathered,
@@ -718,6 +890,8 @@ impl Trainer {
         let optimizer_state = optimizer.state();
         let model = Model::new(self.model.spec.clone(), params)?;
         let path = write_checkpoint(&self.config.data_dir.join("checkpoints"), round, &model)?;
+        let pause = self.config.danger_pause_at;
+        danger_pause(pause, round, PausePhase::CheckpointWritten).await;
         let report = RoundReport {
             round,
             participants: gathered.participants,
@@ -743,6 +917,7 @@ impl Trainer {
             report.start_model_evaluation.clone(),
             report.fairness.clone(),
         )?;
+        danger_pause(pause, round, PausePhase::ReportWritten).await;
         lock(&self.store).complete_round(&CompletedRound {
             round,
             model_hash: model.hash(),
@@ -752,6 +927,7 @@ impl Trainer {
             optimizer_state: Some(optimizer_state),
             finished_at_ms: now_ms(),
         })?;
+        danger_pause(pause, round, PausePhase::RoundCompleted).await;
         match &report.start_model_evaluation {
             Some(m) => info!(
                 nodes = report.participants.len(),
@@ -779,6 +955,7 @@ impl Trainer {
         let span = info_span!("final_evaluation", model_round = self.round);
         async {
             for attempt in 1..=self.config.task.round_attempts {
+                danger_pause(self.config.danger_pause_at, round, PausePhase::RoundStarted).await;
                 match self
                     .round_exchange(round, attempt, false, standardization)
                     .await
@@ -794,6 +971,7 @@ impl Trainer {
                             .put_json(FINAL_EVALUATION_KEY, &(self.round, &metrics, &fairness))?;
                         let model = self.model.clone();
                         let path = self.write_report(self.round, &model, &gathered.participants, &gathered.privacy, metrics.clone(), fairness.clone())?;
+                        danger_pause(self.config.danger_pause_at, round, PausePhase::ReportWritten).await;
                         if let Some(path) = path {
                             info!(report = %path.display(), page = %self.reports.page_path().display(), "audit report written");
                         }
@@ -933,6 +1111,17 @@ fn check_contribution(
     Ok(contribution)
 }
 
+/// Test-only fault injection (`danger_pause_at`): at the configured point, says so on standard
+/// error and waits forever, so that a test can kill the process exactly there.
+async fn danger_pause(at: Option<PausePoint>, round: u64, phase: PausePhase) {
+    if at != Some(PausePoint { round, phase }) {
+        return;
+    }
+    warn!(round, %phase, "pausing on purpose (danger_pause_at)");
+    eprintln!("DANGER: paused at round {round} phase {phase}");
+    std::future::pending::<()>().await;
+}
+
 /// Waits a little longer after each failed attempt, so nodes that are still connecting can join.
 async fn retry_pause(attempt: u32) {
     tokio::time::sleep(std::time::Duration::from_millis(500) * 2u32.saturating_pow(attempt.min(5)))
@@ -1009,6 +1198,10 @@ enum RoundFailure {
     TooFewNodes { have: usize, need: usize },
     #[error("only {have} nodes answered before the deadline, {need} needed")]
     TooFewAnswers { have: usize, need: usize },
+    #[error(
+        "the privacy budget of {nodes:?} is spent: fewer than the {need} nodes needed can train"
+    )]
+    BudgetSpent { nodes: Vec<String>, need: usize },
 }
 
 /// Why the coordinator stopped.

@@ -166,7 +166,7 @@ async fn answer(
         }
         Message::ModelOffer(offer) => {
             let (session, round) = (offer.session, offer.round);
-            match receive_model(offer, &mut reader).await {
+            match receive_model(offer, &welcome.model_spec, &mut reader).await {
                 Ok(model) => lock(hospital).accept_model(model, session, round),
                 Err(reason) => Message::Refused(Refused {
                     session,
@@ -215,6 +215,13 @@ async fn answer(
             },
         }),
     };
+    if let Some(stall) = config.danger_stall
+        && reply.kind() == stall.before
+        && reply.round() == Some(stall.round)
+    {
+        warn!(kind = stall.before, hold = ?stall.hold, "DANGER: holding the answer back on purpose (danger_stall)");
+        tokio::time::sleep(stall.hold).await;
+    }
     let frame = record_egress(egress, &reply)?;
     if let Err(e) = send_frame(&mut send, &frame).await {
         warn!(error = %e, "could not send the answer");
@@ -224,7 +231,8 @@ async fn answer(
         && reply.kind() == point.after
         && reply.round() == Some(point.round)
     {
-        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        // The crash comes once the answer is in the coordinator's hands, even on a slow machine.
+        let _ = tokio::time::timeout(Duration::from_secs(10), send.stopped()).await;
         return Err(NodeError::Crashed {
             after: point.after,
             round: point.round,
@@ -237,11 +245,19 @@ async fn answer(
     Ok(finished)
 }
 
-/// Reads a model's chunks after its offer and checks it.
+/// Reads a model's chunks after its offer and checks it. An offer of another architecture than
+/// the one `Welcome` announced is refused before anything is buffered for it.
 async fn receive_model(
     offer: medfed_protocol::messages::ModelOffer,
+    spec: &medfed_protocol::model::ModelSpec,
     reader: &mut MessageReader,
 ) -> Result<medfed_protocol::model::Model, RefusalReason> {
+    if offer.spec != *spec {
+        return Err(RefusalReason::BadModel {
+            // The offered architecture is not echoed: it may be arbitrarily large.
+            detail: format!("offered architecture differs from the consortium's {spec:?}"),
+        });
+    }
     let mut assembler = ModelAssembler::new(offer)?;
     while !assembler.is_complete() {
         match reader.next().await {

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use medfed_certs::TlsFiles;
+use medfed_protocol::eval_release::{EvalReleaseError, EvaluationNoise};
+use medfed_protocol::evaluation::MAX_EXAMPLE_LOSS;
 use serde::Deserialize;
 
 use crate::trainer::ComputeDevice;
@@ -34,6 +36,9 @@ pub struct NodeConfig {
     /// Test-only fault injection: crash (drop the connection and stop) right after sending a
     /// given message in a given round. Never read from a configuration file.
     pub danger_crash_after: Option<CrashPoint>,
+    /// Test-only fault injection: hold one answer back for a while before sending it, as a
+    /// slow node would (a straggler). Never read from a configuration file.
+    pub danger_stall: Option<StallPoint>,
     /// libtorch's intra-op threads. Tabular models this size train fastest on one thread; more
     /// threads spend their time synchronising.
     pub threads: NonZeroUsize,
@@ -51,12 +56,49 @@ pub struct PrivacyConfig {
     pub noise_multiplier: NoiseMultiplier,
     /// Per-patient gradient clipping norm C.
     pub max_grad_norm: f64,
+    /// Noise on the evaluation counts (`[privacy.evaluation]`); `None` (the default): the
+    /// counts leave exact, protected by secure aggregation alone.
+    #[serde(default)]
+    pub evaluation: Option<EvaluationNoiseConfig>,
+}
+
+/// Discrete Gaussian noise on every evaluation count a node sends, charged to its ledger.
+///
+/// ```toml
+/// [privacy.evaluation]
+/// noise = 4.0        # σ of the integer noise on each count
+/// loss_clip = 4.0    # optional: each example's log loss is clipped to this (default ≈ 16.1)
+/// ```
+///
+/// See `medfed_protocol::eval_release` for the mechanism and its sensitivity.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationNoiseConfig {
+    /// σ of the discrete Gaussian added to each count.
+    pub noise: f64,
+    /// The bound each example's log loss is clipped to before the noised loss sum; the noise on
+    /// that sum has standard deviation `noise × loss_clip`. Default: the largest loss there is,
+    /// [`MAX_EXAMPLE_LOSS`] (nothing is clipped).
+    #[serde(default = "default_loss_clip")]
+    pub loss_clip: f64,
+}
+
+impl EvaluationNoiseConfig {
+    /// The sampler this setting describes, or why it cannot be used.
+    pub fn noise(&self) -> Result<EvaluationNoise, EvalReleaseError> {
+        EvaluationNoise::new(self.noise, self.loss_clip)
+    }
+}
+
+fn default_loss_clip() -> f64 {
+    MAX_EXAMPLE_LOSS
 }
 
 /// A fixed noise multiplier, or one chosen from the budget.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum NoiseMultiplier {
-    /// Chosen so that the coordinator's planned rounds spend exactly the budget.
+    /// Chosen so that the coordinator's planned rounds spend exactly the budget (leaving room
+    /// for the noised evaluation counts of each round and of the final evaluation, when on).
     Auto,
     /// This σ.
     Fixed(f64),
@@ -87,6 +129,17 @@ pub struct CrashPoint {
     pub round: u64,
     /// The kind of message after which to crash (see `Message::kind`).
     pub after: &'static str,
+}
+
+/// Which answer a straggling node holds back, and for how long, for fault-tolerance tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StallPoint {
+    /// The round.
+    pub round: u64,
+    /// The kind of the answer held back (see `Message::kind`).
+    pub before: &'static str,
+    /// How long it is held.
+    pub hold: Duration,
 }
 
 /// Where the data is and how it is split.
@@ -209,6 +262,7 @@ impl NodeConfig {
             reconnect_for: Duration::from_secs_f64(raw.reconnect_for_secs),
             threads: raw.threads,
             danger_crash_after: None,
+            danger_stall: None,
             privacy: raw.privacy,
         })
     }
@@ -231,6 +285,11 @@ impl PrivacyConfig {
             && !(sigma.is_finite() && sigma >= 0.0)
         {
             return invalid("noise_multiplier must be \"auto\" or a non-negative number");
+        }
+        if let Some(evaluation) = &self.evaluation
+            && let Err(e) = evaluation.noise()
+        {
+            return Err(NodeConfigError::Invalid(format!("privacy.evaluation: {e}")));
         }
         Ok(())
     }
@@ -294,10 +353,31 @@ schema = "schema.toml"
         );
         let fixed = private.replace("\"auto\"", "1.1");
         let config = NodeConfig::parse(&fixed, Path::new("/site")).unwrap();
+        let fixed = config.privacy.unwrap();
+        assert_eq!(fixed.noise_multiplier, NoiseMultiplier::Fixed(1.1));
+        assert_eq!(fixed.evaluation, None);
+        let noised = format!("{private}[privacy.evaluation]\nnoise = 4.0\n");
+        let evaluation = NodeConfig::parse(&noised, Path::new("/site"))
+            .unwrap()
+            .privacy
+            .unwrap()
+            .evaluation
+            .unwrap();
         assert_eq!(
-            config.privacy.unwrap().noise_multiplier,
-            NoiseMultiplier::Fixed(1.1)
+            (evaluation.noise, evaluation.loss_clip),
+            (4.0, MAX_EXAMPLE_LOSS)
         );
+        for bad in [
+            "noise = 0.0",
+            "noise = 4.0\nloss_clip = -1.0",
+            "sigma = 4.0",
+        ] {
+            let text = format!("{private}[privacy.evaluation]\n{bad}\n");
+            assert!(
+                NodeConfig::parse(&text, Path::new("/site")).is_err(),
+                "{bad}"
+            );
+        }
         let wrong = private.replace("\"auto\"", "\"lots\"");
         assert!(NodeConfig::parse(&wrong, Path::new("/site")).is_err());
         let bad = text.replace("[data]", "[data]\nholdout_fraction = 1.5");

@@ -7,14 +7,15 @@
 use std::collections::HashSet;
 
 use medfed_protocol::contribution::{LocalUpdate, RoundLayout, RoundResult};
+use medfed_protocol::eval_release::EvaluationNoise;
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::fairness::GroupCounts;
 use medfed_protocol::messages::{
-    Contribution, ContributionKind, Message, ModelReceived, PrivacySpent, RefusalReason, Refused,
-    RoundKeys, RoundStart, SecAggSetup, StatsRequest,
+    BUDGET_SPENT_REASON, Contribution, ContributionKind, Message, ModelReceived, PrivacySpent,
+    RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, StatsRequest,
 };
 use medfed_protocol::model::{Model, ModelError, ModelHash, ModelKind, ModelSpec};
-use medfed_protocol::privacy::noise_multiplier_for;
+use medfed_protocol::privacy::{DEFAULT_ALPHAS, compute_rdp, noise_multiplier_alongside};
 use medfed_protocol::schema::Schema;
 use medfed_protocol::secagg::encoding::{BlockEncoding, VectorEncoding};
 use medfed_protocol::secagg::{
@@ -24,10 +25,10 @@ use medfed_protocol::stats::{Standardization, StatsError, stats_contribution};
 use medfed_protocol::task::TrainingPlan;
 use rand::{SeedableRng, TryRngCore};
 
-use crate::config::{NoiseMultiplier, PrivacyConfig};
+use crate::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig};
 use crate::data::Dataset;
 use crate::examples::Examples;
-use crate::ledger::{LedgerEntry, PrivacyLedger};
+use crate::ledger::{LedgerEntry, PrivacyLedger, Release};
 use crate::progress::Progress;
 use crate::trainer::{DpConfig, TrainError, TrainProgress, Trainer};
 
@@ -39,7 +40,8 @@ pub struct Hospital {
     train: Dataset,
     /// Held-out split, not standardised.
     held_out: Dataset,
-    /// For each held-out row, the audit groups it belongs to (one per sensitive attribute).
+    /// For each held-out row, the audit groups it belongs to (at most one per audited
+    /// attribute, intersections included).
     held_out_groups: Vec<Vec<usize>>,
     /// Local computation.
     trainer: Box<dyn Trainer>,
@@ -60,10 +62,10 @@ pub struct Hospital {
     privacy: Option<Privacy>,
     /// Training rounds the coordinator plans, for choosing σ automatically.
     planned_rounds: u64,
-    /// A noised update computed but not yet sent: `(session, round, its ledger entry)`. The
-    /// entry goes into the ledger just before the update leaves; a round that aborts before
-    /// that costs nothing.
-    pending_release: Option<(u64, u64, LedgerEntry)>,
+    /// Noised figures computed but not yet sent: `(session, round, their ledger entries)` — the
+    /// update's, and the evaluation counts' when they are noised. The entries go into the
+    /// ledger just before the figures leave; a round that aborts before that costs nothing.
+    pending_release: Option<(u64, u64, Vec<LedgerEntry>)>,
 }
 
 /// The hospital's differential-privacy policy and its ledger.
@@ -74,9 +76,27 @@ pub struct Privacy {
     pub ledger: PrivacyLedger,
 }
 
-/// The DP-SGD settings of one round and what it will cost.
+/// The noise of one round's private releases and what they will cost.
 struct PrivateRound {
-    dp: DpConfig,
+    /// DP-SGD settings, in training rounds.
+    dp: Option<DpConfig>,
+    /// Noise on the evaluation counts, when the hospital asks for it.
+    evaluation: Option<EvaluationNoise>,
+    /// The round's releases in the order they are recorded: training first.
+    releases: Vec<PlannedRelease>,
+}
+
+/// One release a round will make and the ε spent once it counts.
+struct PlannedRelease {
+    /// What is released.
+    release: Release,
+    /// Sampling rate q (1 for the evaluation counts).
+    sample_rate: f64,
+    /// Noise multiplier (σ/Δ for the evaluation counts).
+    noise_multiplier: f64,
+    /// Planned noisy steps (1 for the evaluation counts).
+    steps: u64,
+    /// ε spent once this release counts, the round's earlier releases included.
     epsilon_after: f64,
 }
 
@@ -99,12 +119,7 @@ impl Hospital {
         let held_out_groups = held_out
             .sensitive
             .iter()
-            .map(|row| {
-                row.iter()
-                    .enumerate()
-                    .filter_map(|(attribute, raw)| schema.audit_group_of(attribute, raw))
-                    .collect()
-            })
+            .map(|row| schema.audit_groups_of(row))
             .collect();
         Self {
             schema,
@@ -146,49 +161,112 @@ impl Hospital {
             .map(|(epsilon, _)| (epsilon, delta))
     }
 
-    /// The DP-SGD settings for a training round, or why the node must decline it: a round
-    /// that would take the node past its budget is refused before any computation.
+    /// The noise of a round's private releases — DP-SGD in a training round, the evaluation
+    /// counts' noise when the hospital turned it on — or why the node must decline it: a round
+    /// that would take the node past its budget is refused before any computation. `None`:
+    /// the round releases nothing private.
     fn private_round(&self, start: &RoundStart) -> Result<Option<PrivateRound>, String> {
         let Some(privacy) = &self.privacy else {
             return Ok(None);
         };
         let config = &privacy.config;
-        let n = self.train.examples.len();
-        if n == 0 {
-            return Err("no training examples".into());
-        }
-        let sample_rate = (f64::from(start.plan.batch_size) / n as f64).min(1.0);
-        let mut dp = DpConfig {
-            noise_multiplier: 0.0,
-            max_grad_norm: config.max_grad_norm,
-            sample_rate,
-        };
-        let steps = u64::from(start.plan.local_epochs) * dp.steps_per_epoch();
-        dp.noise_multiplier = match config.noise_multiplier {
-            NoiseMultiplier::Fixed(sigma) => sigma,
-            NoiseMultiplier::Auto => noise_multiplier_for(
-                config.target_epsilon,
-                config.delta,
+        let evaluation = config
+            .evaluation
+            .as_ref()
+            .map(EvaluationNoiseConfig::noise)
+            .transpose()
+            .map_err(|e| format!("privacy.evaluation: {e}"))?;
+        let attributes = self.schema.audit_attributes().len();
+        // (release, q, σ, steps), in the order they are recorded.
+        let mut planned: Vec<(Release, f64, f64, u64)> = Vec::new();
+        let mut dp = None;
+        if start.train {
+            let n = self.train.examples.len();
+            if n == 0 {
+                return Err("no training examples".into());
+            }
+            let sample_rate = (f64::from(start.plan.batch_size) / n as f64).min(1.0);
+            let mut training = DpConfig {
+                noise_multiplier: 0.0,
+                max_grad_norm: config.max_grad_norm,
                 sample_rate,
-                self.planned_rounds * steps,
-                0.01,
-            )
-            .map_err(|e| format!("cannot choose a noise multiplier: {e}"))?,
-        };
-        let (epsilon_after, _) = privacy
-            .ledger
-            .epsilon(
-                Some((sample_rate, dp.noise_multiplier, steps)),
-                config.delta,
-            )
-            .map_err(|e| format!("privacy accountant: {e}"))?;
+            };
+            let steps = u64::from(start.plan.local_epochs) * training.steps_per_epoch();
+            training.noise_multiplier = match config.noise_multiplier {
+                NoiseMultiplier::Fixed(sigma) => sigma,
+                NoiseMultiplier::Auto => {
+                    // Leave room for the noised evaluation counts of every planned round and
+                    // of the final evaluation.
+                    let other = match &evaluation {
+                        Some(noise) => compute_rdp(
+                            1.0,
+                            noise.noise_multiplier(attributes),
+                            self.planned_rounds + 1,
+                            &DEFAULT_ALPHAS,
+                        )
+                        .map_err(|e| format!("privacy accountant: {e}"))?,
+                        None => Vec::new(),
+                    };
+                    noise_multiplier_alongside(
+                        config.target_epsilon,
+                        config.delta,
+                        sample_rate,
+                        self.planned_rounds * steps,
+                        0.01,
+                        &other,
+                    )
+                    .map_err(|e| format!("cannot choose a noise multiplier: {e}"))?
+                }
+            };
+            planned.push((
+                Release::Training,
+                sample_rate,
+                training.noise_multiplier,
+                steps,
+            ));
+            dp = Some(training);
+        }
+        if let Some(noise) = &evaluation {
+            planned.push((
+                Release::EvaluationCounts,
+                1.0,
+                noise.noise_multiplier(attributes),
+                1,
+            ));
+        }
+        if planned.is_empty() {
+            return Ok(None);
+        }
+        let mut releases = Vec::with_capacity(planned.len());
+        for (i, &(release, sample_rate, noise_multiplier, steps)) in planned.iter().enumerate() {
+            let next: Vec<(f64, f64, u64)> = planned[..=i]
+                .iter()
+                .map(|&(_, q, s, t)| (q, s, t))
+                .collect();
+            let (epsilon_after, _) = privacy
+                .ledger
+                .epsilon_with(&next, config.delta)
+                .map_err(|e| format!("privacy accountant: {e}"))?;
+            releases.push(PlannedRelease {
+                release,
+                sample_rate,
+                noise_multiplier,
+                steps,
+                epsilon_after,
+            });
+        }
+        let epsilon_after = releases.last().map_or(0.0, |r| r.epsilon_after);
         if epsilon_after > config.target_epsilon {
             return Err(format!(
-                "privacy budget: this round would bring ε to {epsilon_after:.3}, over the hospital's {} (δ = {})",
+                "{BUDGET_SPENT_REASON}: this round would bring ε to {epsilon_after:.3}, over the hospital's {} (δ = {})",
                 config.target_epsilon, config.delta
             ));
         }
-        Ok(Some(PrivateRound { dp, epsilon_after }))
+        Ok(Some(PrivateRound {
+            dp,
+            evaluation,
+            releases,
+        }))
     }
 
     /// Gives the node the keys it needs for secure aggregation.
@@ -283,10 +361,12 @@ impl Hospital {
         secure: Option<(&SecAggSetup, VectorEncoding)>,
     ) -> Message {
         let privacy = match (&self.pending_release, &self.privacy) {
-            (Some((s, r, entry)), Some(_)) if (*s, *r) == (session, round) => Some(PrivacySpent {
-                epsilon: entry.epsilon_after,
-                delta: entry.delta,
-            }),
+            (Some((s, r, entries)), Some(_)) if (*s, *r) == (session, round) => {
+                entries.last().map(|entry| PrivacySpent {
+                    epsilon: entry.epsilon_after,
+                    delta: entry.delta,
+                })
+            }
             _ => self
                 .privacy_spent()
                 .map(|(epsilon, delta)| PrivacySpent { epsilon, delta }),
@@ -334,7 +414,10 @@ impl Hospital {
             )));
         }
         encoding.check_capacity(params.n())?;
-        let mut rng = rand::rngs::OsRng.unwrap_err();
+        // Stochastic rounding draws one number per figure: a CSPRNG seeded once from the OS,
+        // rather than one `getrandom` system call per figure (10^5 of them for a 10^5-parameter
+        // model).
+        let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
         let input = encoding.encode(values, &mut rng)?;
         let (state, keys) = ExpectDirectory::new(
             params.clone(),
@@ -351,10 +434,10 @@ impl Hospital {
         Ok(Message::SecAggKeys(RoundKeys { keys, privacy }))
     }
 
-    /// Appends the pending release of `(session, round)`, if any, to the ledger (with fsync);
+    /// Appends the pending releases of `(session, round)`, if any, to the ledger (with fsync);
     /// `Err` holds the reason to decline: nothing is sent whose cost is not recorded.
     fn record_release(&mut self, session: u64, round: u64) -> Result<(), String> {
-        let Some((s, r, entry)) = self.pending_release.take() else {
+        let Some((s, r, entries)) = self.pending_release.take() else {
             return Ok(());
         };
         if (s, r) != (session, round) {
@@ -363,22 +446,29 @@ impl Hospital {
         let Some(privacy) = self.privacy.as_mut() else {
             return Ok(());
         };
-        let (epsilon, delta, sigma) = (entry.epsilon_after, entry.delta, entry.noise_multiplier);
-        privacy
-            .ledger
-            .append(entry)
-            .map_err(|e| format!("cannot record the privacy cost: {e}"))?;
-        tracing::info!(
-            epsilon,
-            delta,
-            sigma,
-            "privacy spent so far (recorded before the update left)"
-        );
+        for entry in entries {
+            let (epsilon, delta, sigma) =
+                (entry.epsilon_after, entry.delta, entry.noise_multiplier);
+            let release = entry.release.as_str();
+            privacy
+                .ledger
+                .append(entry)
+                .map_err(|e| format!("cannot record the privacy cost: {e}"))?;
+            tracing::info!(
+                epsilon,
+                delta,
+                sigma,
+                release,
+                "privacy spent so far (recorded before the figures left)"
+            );
+        }
         Ok(())
     }
 
     /// Answers a secure-aggregation step (directory, delivery, unmask request). A step for
-    /// another round, out of order or repeated is refused; an aggregation that fails is dropped.
+    /// another round, out of order or repeated is refused; an aggregation that fails is dropped,
+    /// and if it failed on a peer's share that does not authenticate, the refusal names that peer
+    /// ([`RefusalReason::ShareAuthentication`]).
     pub fn handle_secagg(&mut self, message: &Message) -> Message {
         let (session, round) = match message {
             Message::SecAggDirectory(m) => (m.session, m.round),
@@ -439,6 +529,13 @@ impl Hospital {
         });
         match answer {
             Ok(answer) => answer,
+            // A share that fails authentication names its sender, so the coordinator can leave
+            // that participant out rather than this one.
+            Err(SecAggError::ShareAuthentication { from }) => {
+                self.secagg = None;
+                tracing::warn!(from, "a secure-aggregation share failed authentication");
+                refusal(session, round, RefusalReason::ShareAuthentication { from })
+            }
             Err(e) => {
                 self.secagg = None;
                 decline(session, round, format!("secure aggregation aborted: {e}"))
@@ -446,8 +543,11 @@ impl Hospital {
         }
     }
 
-    /// Stores a model that arrived whole and checked out.
+    /// Stores a model that arrived whole and checked out, if it comes from the current session.
     pub fn accept_model(&mut self, model: Model, session: u64, round: u64) -> Message {
+        if let Some(refused) = self.session_refusal(session, round) {
+            return refused;
+        }
         let hash = model.hash();
         self.model = Some(model);
         Message::ModelReceived(ModelReceived {
@@ -485,13 +585,9 @@ impl Hospital {
                 },
             );
         }
-        let private = if start.train {
-            match self.private_round(start) {
-                Ok(private) => private,
-                Err(reason) => return decline(session, round, reason),
-            }
-        } else {
-            None
+        let private = match self.private_round(start) {
+            Ok(private) => private,
+            Err(reason) => return decline(session, round, reason),
         };
         let mut held_out = self.held_out.examples.clone();
         start.standardization.apply(&mut held_out.features);
@@ -501,24 +597,33 @@ impl Hospital {
             &held_out,
             start,
             &self.train.examples,
-            private.as_ref().map(|p| &p.dp),
+            private.as_ref(),
             (&self.held_out_groups, self.schema.audit_groups().len()),
         );
-        // The noised update's cost is recorded in the ledger just before the update leaves.
+        // The noised figures' cost is recorded in the ledger just before they leave.
         self.pending_release = None;
         if let (Ok(LocalOutcome { steps, .. }), Some(private), Some(privacy)) =
             (&result, &private, self.privacy.as_ref())
         {
-            let entry = LedgerEntry {
-                time_ms: now_ms(),
-                round,
-                steps: *steps,
-                sample_rate: private.dp.sample_rate,
-                noise_multiplier: private.dp.noise_multiplier,
-                delta: privacy.config.delta,
-                epsilon_after: private.epsilon_after,
-            };
-            self.pending_release = Some((session, round, entry));
+            let entries = private
+                .releases
+                .iter()
+                .map(|planned| LedgerEntry {
+                    time_ms: now_ms(),
+                    round,
+                    release: planned.release,
+                    // A training entry records the noisy steps actually taken.
+                    steps: match planned.release {
+                        Release::Training => *steps,
+                        Release::EvaluationCounts => planned.steps,
+                    },
+                    sample_rate: planned.sample_rate,
+                    noise_multiplier: planned.noise_multiplier,
+                    delta: privacy.config.delta,
+                    epsilon_after: planned.epsilon_after,
+                })
+                .collect();
+            self.pending_release = Some((session, round, entries));
         }
         let layout = RoundLayout {
             params: model.params.len(),
@@ -626,15 +731,16 @@ pub enum LocalOnlyError {
     Train(#[from] TrainError),
 }
 
-/// Evaluation counts of `model` on the (standardised) held-out split, and, when the round
-/// trains, the locally trained parameters with their weight.
+/// Evaluation counts of `model` on the (standardised) held-out split — noised when the
+/// hospital noises them — and, when the round trains, the locally trained parameters with
+/// their weight (with DP-SGD when the round is private).
 fn evaluate_and_train(
     trainer: &mut dyn Trainer,
     model: &Model,
     held_out: &Examples,
     start: &RoundStart,
     train: &Examples,
-    dp: Option<&DpConfig>,
+    private: Option<&PrivateRound>,
     (row_groups, group_count): (&[Vec<usize>], usize),
 ) -> Result<LocalOutcome, TrainError> {
     let scores = if held_out.is_empty() {
@@ -642,7 +748,7 @@ fn evaluate_and_train(
     } else {
         trainer.predict(&model.spec, &model.params, held_out)?
     };
-    let eval = EvalCounts::from_predictions(&scores, &held_out.labels);
+    let mut eval = EvalCounts::from_predictions(&scores, &held_out.labels);
     let mut members: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); group_count];
     for ((score, label), groups) in scores.iter().zip(&held_out.labels).zip(row_groups) {
         for &group in groups {
@@ -652,10 +758,15 @@ fn evaluate_and_train(
             }
         }
     }
-    let groups = members
+    let mut groups: Vec<GroupCounts> = members
         .iter()
         .map(|(s, l)| GroupCounts::from_predictions(s, l))
         .collect();
+    if let Some(noise) = private.and_then(|p| p.evaluation.as_ref()) {
+        // Noise, like DP-SGD's, comes from a CSPRNG seeded by the operating system.
+        let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
+        noise.apply(&scores, &held_out.labels, &mut eval, &mut groups, &mut rng);
+    }
     if !start.train {
         return Ok(LocalOutcome {
             eval,
@@ -668,7 +779,7 @@ fn evaluate_and_train(
     start.standardization.apply(&mut train.features);
     let mut progress = Progress::new(start.round);
     let mut report = |p: TrainProgress| progress.update(&p);
-    let (params, steps) = match dp {
+    let (params, steps) = match private.and_then(|p| p.dp.as_ref()) {
         Some(dp) => {
             // Batches and noise come from a CSPRNG seeded by the operating system.
             let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();

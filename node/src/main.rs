@@ -282,14 +282,15 @@ fn estimate(
 fn print_ledger(config: &NodeConfig) -> anyhow::Result<()> {
     let entries = PrivacyLedger::read(&config.state_dir)?;
     println!(
-        "{:<16} {:>6} {:>7} {:>9} {:>8} {:>9} {:>10}",
-        "time (unix ms)", "round", "steps", "q", "sigma", "delta", "eps after"
+        "{:<16} {:>6} {:<17} {:>7} {:>9} {:>8} {:>9} {:>10}",
+        "time (unix ms)", "round", "release", "steps", "q", "sigma", "delta", "eps after"
     );
     for e in &entries {
         println!(
-            "{:<16} {:>6} {:>7} {:>9.5} {:>8.4} {:>9.1e} {:>10.4}",
+            "{:<16} {:>6} {:<17} {:>7} {:>9.5} {:>8.4} {:>9.1e} {:>10.4}",
             e.time_ms,
             e.round,
+            e.release.as_str(),
             e.steps,
             e.sample_rate,
             e.noise_multiplier,

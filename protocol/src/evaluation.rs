@@ -59,12 +59,10 @@ impl EvalCounts {
     pub fn from_predictions(scores: &[f32], labels: &[f32]) -> Self {
         let (mut n, mut loss_sum) = (0.0, 0.0);
         for (&score, &label) in scores.iter().zip(labels) {
-            if !is_countable(score, label) {
-                continue;
+            if let Some(loss) = example_loss(score, label) {
+                n += 1.0;
+                loss_sum += loss;
             }
-            let p = f64::from(score).clamp(LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS);
-            n += 1.0;
-            loss_sum -= if label >= 0.5 { p.ln() } else { (1.0 - p).ln() };
         }
         Self {
             n,
@@ -101,20 +99,45 @@ impl EvalCounts {
     }
 
     /// Pooled metrics; `None` when there are no examples.
+    ///
+    /// Counts summed from noised releases (see [`crate::eval_release`]) can be negative, and the
+    /// noised `n` need not equal the confusion matrix's total. So every count is taken as
+    /// `max(0, count)` (see [`GroupCounts::clamped`]), accuracy and prevalence are fractions of
+    /// the confusion matrix's total (which is `n` for exact counts), and the loss is the loss sum
+    /// over `n`. Without noise this changes nothing.
     pub fn metrics(&self) -> Option<EvalMetrics> {
-        if self.n <= 0.0 {
+        let c = self.confusion.clamped();
+        let total = c.n();
+        if self.n <= 0.0 || total <= 0.0 {
             return None;
         }
-        let c = &self.confusion;
         let positives = c.tp + c.fn_;
         Some(EvalMetrics {
             examples: self.n.round() as u64,
-            loss: self.loss_sum / self.n,
-            accuracy: (c.tp + c.tn) / self.n,
+            loss: self.loss_sum.max(0.0) / self.n,
+            accuracy: (c.tp + c.tn) / total,
             auc: histogram_auc(&c.positive_scores, &c.negative_scores),
-            prevalence: positives / self.n,
+            prevalence: positives / total,
         })
     }
+}
+
+/// The largest loss of one example: the log loss of a probability clamped to
+/// `[LOG_LOSS_EPS, 1 − LOG_LOSS_EPS]`, `ln(1 / 1e-7)` ≈ 16.1.
+pub const MAX_EXAMPLE_LOSS: f64 = 16.11809565095832;
+
+/// The binary cross-entropy of one prediction, in `[0, MAX_EXAMPLE_LOSS]`; `None` for a pair
+/// that does not count (see [`EvalCounts::from_predictions`]).
+pub(crate) fn example_loss(score: f32, label: f32) -> Option<f64> {
+    if !is_countable(score, label) {
+        return None;
+    }
+    let p = f64::from(score).clamp(LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS);
+    Some(if label >= 0.5 {
+        -p.ln()
+    } else {
+        -(1.0 - p).ln()
+    })
 }
 
 /// Whether a (score, label) pair counts: both finite, and the score a probability.
@@ -208,6 +231,13 @@ mod tests {
         let counts = EvalCounts::from_predictions(&scores, &labels);
         let auc = counts.metrics().unwrap().auc.unwrap();
         assert!((auc - exact_auc(&scores, &labels)).abs() < 2.0 / SCORE_BINS as f64);
+    }
+
+    #[test]
+    fn the_largest_example_loss_is_that_of_the_clamped_probability() {
+        assert!((MAX_EXAMPLE_LOSS - (1.0 / LOG_LOSS_EPS).ln()).abs() < 1e-12);
+        let worst = example_loss(0.0, 1.0).unwrap();
+        assert!(worst <= MAX_EXAMPLE_LOSS && MAX_EXAMPLE_LOSS - worst < 1e-6);
     }
 
     #[test]

@@ -297,6 +297,23 @@ impl GroupCounts {
         self.tp + self.fp + self.tn + self.fn_
     }
 
+    /// These counts with every negative cell (and NaN) set to 0.
+    ///
+    /// Pooled counts include noise when a node protects its release with differential privacy
+    /// (see [`crate::eval_release`]); a cell near zero can then sum to a negative number,
+    /// which as a count means 0. Clamping is post-processing, so it costs no privacy.
+    pub fn clamped(&self) -> Self {
+        let clamp = |x: f64| if x > 0.0 { x } else { 0.0 };
+        Self {
+            tp: clamp(self.tp),
+            fp: clamp(self.fp),
+            tn: clamp(self.tn),
+            fn_: clamp(self.fn_),
+            positive_scores: self.positive_scores.iter().copied().map(clamp).collect(),
+            negative_scores: self.negative_scores.iter().copied().map(clamp).collect(),
+        }
+    }
+
     /// Adds `other`'s counts to these, as summing the vector forms does.
     ///
     /// Histograms of different lengths (possible only for counts built by hand) are added over

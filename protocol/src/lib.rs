@@ -18,6 +18,8 @@
 
 pub mod codec;
 pub mod contribution;
+pub mod discrete_gaussian;
+pub mod eval_release;
 pub mod evaluation;
 pub mod fairness;
 pub mod messages;

@@ -223,6 +223,14 @@ pub enum RefusalReason {
         /// What was wrong.
         detail: String,
     },
+    /// A secure-aggregation share relayed from another participant failed authentication (its
+    /// ciphertext was altered, or it was not sealed for this participant): that participant
+    /// should be left out of the round.
+    #[error("the secure-aggregation share from participant {from} failed authentication")]
+    ShareAuthentication {
+        /// The sender's index in the round.
+        from: u16,
+    },
 }
 
 /// Request for the node's federated-statistics contribution (per-feature count, sum and sum of
@@ -364,6 +372,11 @@ pub struct Declined {
     /// Why, for the operator's log.
     pub reason: String,
 }
+
+/// How a [`Declined::reason`] begins when the round would take the node past its own privacy
+/// budget. Such a node will decline every later training round too, so the coordinator stops
+/// training once too few nodes have budget left, rather than retrying.
+pub const BUDGET_SPENT_REASON: &str = "privacy budget";
 
 /// Training is over; the node may disconnect.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -12,6 +12,11 @@ use rand_chacha::ChaCha20Rng;
 use ring::digest;
 use serde::{Deserialize, Serialize};
 
+/// Most parameters a model may have: 2^28, 1 GiB as `f32`. Far above any model the consortium
+/// trains, and low enough that an architecture received from a peer can neither overflow the
+/// parameter count nor make the receiver reserve unbounded memory ([`ModelSpec::validate`]).
+pub const MAX_PARAMS: usize = 1 << 28;
+
 /// The architecture of the consortium's model: a binary classifier producing one logit.
 ///
 /// Serialised externally tagged (`{"mlp": {"hidden": [..]}}` in JSON), which bincode supports;
@@ -70,9 +75,13 @@ pub struct TensorSpec {
 }
 
 impl TensorSpec {
-    /// Number of scalars in the tensor.
+    /// Number of scalars in the tensor; `usize::MAX` if that overflows (an architecture that
+    /// [`ModelSpec::validate`] refuses, so no parameter vector ever fits it).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .unwrap_or(usize::MAX)
     }
 }
 
@@ -107,9 +116,12 @@ impl ParamLayout {
         &self.layers
     }
 
-    /// Total number of parameters.
+    /// Total number of parameters; `usize::MAX` if that overflows (see [`TensorSpec::numel`]).
     pub fn len(&self) -> usize {
-        self.tensors.iter().map(TensorSpec::numel).sum()
+        self.tensors
+            .iter()
+            .try_fold(0usize, |n, t| n.checked_add(t.numel()))
+            .unwrap_or(usize::MAX)
     }
 
     /// Whether the model has no parameters (never true for a valid spec).
@@ -146,7 +158,8 @@ impl ModelSpec {
         widths
     }
 
-    /// Checks that every width is positive.
+    /// Checks that every width is positive and that the model has at most [`MAX_PARAMS`]
+    /// parameters.
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.input_dim == 0 {
             return Err(ModelError::ZeroWidth {
@@ -157,6 +170,18 @@ impl ModelSpec {
             return Err(ModelError::ZeroWidth {
                 what: format!("hidden layer {pos}"),
             });
+        }
+        // Checked: the widths may come from a peer, and their products can overflow.
+        let mut count = 0usize;
+        let mut fan_in = self.input_dim;
+        for fan_out in self.widths() {
+            count = fan_in
+                .checked_mul(fan_out)
+                .and_then(|weights| weights.checked_add(fan_out))
+                .and_then(|layer| count.checked_add(layer))
+                .filter(|&count| count <= MAX_PARAMS)
+                .ok_or(ModelError::TooLarge { max: MAX_PARAMS })?;
+            fan_in = fan_out;
         }
         Ok(())
     }
@@ -299,6 +324,12 @@ pub enum ModelError {
         /// Length received.
         actual: usize,
     },
+    /// The architecture has more than [`MAX_PARAMS`] parameters.
+    #[error("the model would have more than {max} parameters")]
+    TooLarge {
+        /// The cap.
+        max: usize,
+    },
     /// A parameter is NaN or infinite.
     #[error("model parameter {index} is not finite")]
     NonFinite {
@@ -382,5 +413,37 @@ mod tests {
             Model::new(spec, params),
             Err(ModelError::NonFinite { index: 3 })
         );
+    }
+
+    /// Found by the `model_transfer` fuzz target: widths whose product overflows `usize` made
+    /// `ParamLayout::len` panic ("attempt to multiply with overflow") instead of refusing.
+    #[test]
+    fn regression_fuzz_overflowing_widths_are_refused_not_panicked_on() {
+        let spec = ModelSpec {
+            kind: ModelKind::Mlp {
+                hidden: vec![usize::MAX / 3, 7],
+            },
+            input_dim: 1 << 40,
+        };
+        assert_eq!(spec.layout().len(), usize::MAX);
+        assert_eq!(
+            spec.validate(),
+            Err(ModelError::TooLarge { max: MAX_PARAMS })
+        );
+        assert!(ModelHash::of(&spec, &[0.0; 8]).is_none());
+        assert_eq!(
+            Model::new(spec, vec![0.0; 8]),
+            Err(ModelError::TooLarge { max: MAX_PARAMS })
+        );
+        let just_over = ModelSpec {
+            kind: ModelKind::LogisticRegression,
+            input_dim: MAX_PARAMS,
+        };
+        assert!(just_over.validate().is_err());
+        let at_cap = ModelSpec {
+            kind: ModelKind::LogisticRegression,
+            input_dim: MAX_PARAMS - 1,
+        };
+        assert_eq!(at_cap.validate(), Ok(()));
     }
 }

@@ -131,6 +131,32 @@ pub fn noise_multiplier_for(
     steps: u64,
     epsilon_tolerance: f64,
 ) -> Result<f64, PrivacyError> {
+    noise_multiplier_alongside(target_epsilon, delta, q, steps, epsilon_tolerance, &[])
+}
+
+/// As [`noise_multiplier_for`], for a run that will also make other releases: `other` is their
+/// summed RDP curve over [`DEFAULT_ALPHAS`] (empty: none), composed with the run's before
+/// converting to ε. A node that also noises its evaluation counts uses it to leave room for
+/// them in its budget.
+pub fn noise_multiplier_alongside(
+    target_epsilon: f64,
+    delta: f64,
+    q: f64,
+    steps: u64,
+    epsilon_tolerance: f64,
+    other: &[f64],
+) -> Result<f64, PrivacyError> {
+    if !other.is_empty() && other.len() != DEFAULT_ALPHAS.len() {
+        return Err(PrivacyError::LengthMismatch {
+            orders: DEFAULT_ALPHAS.len(),
+            rdp: other.len(),
+        });
+    }
+    let epsilon = |q: f64, sigma: f64, steps: u64, delta: f64| {
+        let mut rdp = compute_rdp(q, sigma, steps, &DEFAULT_ALPHAS)?;
+        rdp.iter_mut().zip(other).for_each(|(r, o)| *r += o);
+        get_privacy_spent(&DEFAULT_ALPHAS, &rdp, delta)
+    };
     if !(target_epsilon.is_finite() && target_epsilon > 0.0) {
         return Err(PrivacyError::TargetEpsilon(target_epsilon));
     }
@@ -654,6 +680,28 @@ mod tests {
         assert!(matches!(
             compute_rdp(0.1, 1e-170, 1, &orders),
             Err(E::Numerical { .. })
+        ));
+    }
+
+    #[test]
+    fn noise_multiplier_alongside_leaves_room_for_the_other_releases() {
+        let (target, delta, q, steps) = (4.0, 1e-5, 0.05, 300);
+        let alone = noise_multiplier_for(target, delta, q, steps, 0.01).unwrap();
+        assert_eq!(
+            noise_multiplier_alongside(target, delta, q, steps, 0.01, &[]).unwrap(),
+            alone
+        );
+        // Four Gaussian-mechanism releases at noise multiplier 5 beside the run.
+        let other = compute_rdp(1.0, 5.0, 4, &DEFAULT_ALPHAS).unwrap();
+        let sigma = noise_multiplier_alongside(target, delta, q, steps, 0.01, &other).unwrap();
+        assert!(sigma > alone, "{sigma} vs {alone}");
+        let mut total = compute_rdp(q, sigma, steps, &DEFAULT_ALPHAS).unwrap();
+        total.iter_mut().zip(&other).for_each(|(t, o)| *t += o);
+        let spent = get_privacy_spent(&DEFAULT_ALPHAS, &total, delta).unwrap().0;
+        assert!(spent <= target && target - spent <= 0.01, "{spent}");
+        assert!(matches!(
+            noise_multiplier_alongside(target, delta, q, steps, 0.01, &[0.0; 3]),
+            Err(PrivacyError::LengthMismatch { .. })
         ));
     }
 

@@ -6,6 +6,7 @@
 //! ```toml
 //! drop = ["id", "dataset"]          # present in the CSV but ignored
 //! sensitive = ["sex", "age"]         # attributes the fairness audit groups by
+//! intersections = [["sex", "age"]]   # optional: also audit every (sex, age band) pair
 //! [label]
 //! column = "num"
 //! positive = ["1", "2", "3", "4"]    # raw cell values meaning the positive class
@@ -22,6 +23,11 @@
 //! Encoded features follow the declaration order of `columns`: a numeric column gives one feature
 //! named after the column, a categorical column one one-hot feature per level, named
 //! `column=level`. [`Schema::digest`] lets the parties check that they hold the same schema.
+//!
+//! An intersection of two sensitive attributes is audited as one more attribute, named
+//! `a×b` (see [`intersection_name`]), whose groups are the pairs of the two attributes' groups,
+//! named `level_a, level_b` (for example `Female, 40-<60`), in the order of `a`'s groups, then
+//! `b`'s.
 //!
 //! This module only parses text; reading the file is the caller's job.
 
@@ -40,6 +46,20 @@ pub struct Schema {
     dropped: Vec<String>,
     /// Band edges of each numeric sensitive attribute.
     bands: BTreeMap<String, Vec<f64>>,
+    /// Pairs of sensitive attributes audited together, as declared.
+    intersections: Vec<[String; 2]>,
+}
+
+/// Joins the two attribute names of an intersection into the name it is audited under.
+pub const INTERSECTION_SEPARATOR: &str = "×";
+
+/// Joins the two group names of an intersection group.
+pub const INTERSECTION_GROUP_SEPARATOR: &str = ", ";
+
+/// The name under which the intersection of sensitive attributes `a` and `b` is audited:
+/// `a×b`, for example `sex×age`.
+pub fn intersection_name(a: &str, b: &str) -> String {
+    format!("{a}{INTERSECTION_SEPARATOR}{b}")
 }
 
 /// One group the fairness audit reports on: a level or band of one sensitive attribute.
@@ -166,6 +186,15 @@ pub enum SchemaError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// An entry of `intersections` that is not two distinct sensitive attributes, repeats an
+    /// earlier entry, or whose audited name or group names clash.
+    #[error("intersection {names:?}: {reason}")]
+    BadIntersection {
+        /// The entry as written.
+        names: Vec<String>,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 impl Schema {
@@ -225,29 +254,46 @@ impl Schema {
         1 + 2 * self.num_features()
     }
 
+    /// The intersections of two sensitive attributes that the audit also reports on, in
+    /// declaration order; each pair names two distinct entries of [`Self::sensitive`].
+    pub fn intersections(&self) -> &[[String; 2]] {
+        &self.intersections
+    }
+
+    /// Every attribute the fairness audit reports on: the sensitive attributes in order, then
+    /// each intersection under its [`intersection_name`].
+    pub fn audit_attributes(&self) -> Vec<String> {
+        self.sensitive
+            .iter()
+            .cloned()
+            .chain(
+                self.intersections
+                    .iter()
+                    .map(|[a, b]| intersection_name(a, b)),
+            )
+            .collect()
+    }
+
     /// The groups the fairness audit reports on: for each sensitive attribute in order, its
-    /// levels (categorical) or its bands (numeric).
+    /// levels (categorical) or its bands (numeric); then, for each intersection `a×b`, every
+    /// pair `group_a, group_b`, `a`'s groups in the outer loop.
     pub fn audit_groups(&self) -> Vec<AuditGroup> {
         let mut groups = Vec::new();
         for name in &self.sensitive {
-            let labels: Vec<String> = match (
-                self.bands.get(name),
-                self.columns.iter().find(|c| &c.name == name),
-            ) {
-                (Some(edges), _) => band_labels(edges),
-                (
-                    None,
-                    Some(Column {
-                        kind: ColumnKind::Categorical { levels },
-                        ..
-                    }),
-                ) => levels.clone(),
-                _ => Vec::new(),
-            };
-            groups.extend(labels.into_iter().map(|group| AuditGroup {
+            groups.extend(self.group_labels(name).into_iter().map(|group| AuditGroup {
                 attribute: name.clone(),
                 group,
             }));
+        }
+        for [a, b] in &self.intersections {
+            let attribute = intersection_name(a, b);
+            let right = self.group_labels(b);
+            for left in self.group_labels(a) {
+                groups.extend(right.iter().map(|r| AuditGroup {
+                    attribute: attribute.clone(),
+                    group: format!("{left}{INTERSECTION_GROUP_SEPARATOR}{r}"),
+                }));
+            }
         }
         groups
     }
@@ -256,13 +302,81 @@ impl Schema {
     /// sensitive attribute reads `raw` belongs to; `None` for a value outside every group.
     pub fn audit_group_of(&self, attribute: usize, raw: &str) -> Option<usize> {
         let name = self.sensitive.get(attribute)?;
-        let label = match self.bands.get(name) {
-            Some(edges) => crate::fairness::band(raw.trim().parse::<f64>().ok()?, edges)?,
-            None => raw.trim().to_owned(),
-        };
+        let label = self.group_label_of(name, raw)?;
         self.audit_groups()
             .iter()
             .position(|g| &g.attribute == name && g.group == label)
+    }
+
+    /// The indices in [`Self::audit_groups`] of every group a row belongs to, given the raw
+    /// cells of its sensitive attributes in [`Self::sensitive`] order: at most one group per
+    /// attribute of [`Self::audit_attributes`], in that order. An attribute whose value is
+    /// outside every group (or missing) contributes no group, and neither does any
+    /// intersection involving it.
+    pub fn audit_groups_of<S: AsRef<str>>(&self, row: &[S]) -> Vec<usize> {
+        let labels: Vec<Vec<String>> = self
+            .sensitive
+            .iter()
+            .map(|name| self.group_labels(name))
+            .collect();
+        // Position of the row's group within each attribute's groups.
+        let within: Vec<Option<usize>> = self
+            .sensitive
+            .iter()
+            .zip(&labels)
+            .enumerate()
+            .map(|(i, (name, labels))| {
+                let label = self.group_label_of(name, row.get(i)?.as_ref())?;
+                labels.iter().position(|l| *l == label)
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut offset = 0;
+        for (position, labels) in within.iter().zip(&labels) {
+            if let Some(p) = position {
+                out.push(offset + p);
+            }
+            offset += labels.len();
+        }
+        for [a, b] in &self.intersections {
+            let index = |name: &String| self.sensitive.iter().position(|s| s == name);
+            // Validation guarantees both names are sensitive attributes.
+            let (Some(ia), Some(ib)) = (index(a), index(b)) else {
+                continue;
+            };
+            if let (Some(pa), Some(pb)) = (within[ia], within[ib]) {
+                out.push(offset + pa * labels[ib].len() + pb);
+            }
+            offset += labels[ia].len() * labels[ib].len();
+        }
+        out
+    }
+
+    /// The group labels of sensitive attribute `name`: its bands or its levels.
+    fn group_labels(&self, name: &str) -> Vec<String> {
+        match (
+            self.bands.get(name),
+            self.columns.iter().find(|c| c.name == name),
+        ) {
+            (Some(edges), _) => band_labels(edges),
+            (
+                None,
+                Some(Column {
+                    kind: ColumnKind::Categorical { levels },
+                    ..
+                }),
+            ) => levels.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The group label of a raw cell of sensitive attribute `name` (its band, or the trimmed
+    /// cell); `None` for a non-number in a banded attribute.
+    fn group_label_of(&self, name: &str, raw: &str) -> Option<String> {
+        match self.bands.get(name) {
+            Some(edges) => crate::fairness::band(raw.trim().parse::<f64>().ok()?, edges),
+            None => Some(raw.trim().to_owned()),
+        }
     }
 
     /// SHA-256 of the schema's meaning, so that the coordinator and the nodes can check that they
@@ -270,7 +384,9 @@ impl Schema {
     ///
     /// It covers a canonical encoding, not the TOML text: whitespace, comments, key order and the
     /// order of `drop` and of each label class list do not change it; the order of `columns`, of
-    /// each column's levels and of `sensitive` does, because it shapes the encoding and the audit.
+    /// each column's levels, of `sensitive` and of `intersections` does, because it shapes the
+    /// encoding and the audit. A schema without intersections has the digest it had before
+    /// intersections existed.
     pub fn digest(&self) -> [u8; 32] {
         let mut bytes = Vec::new();
         put_str(&mut bytes, DIGEST_DOMAIN);
@@ -295,6 +411,14 @@ impl Schema {
             put_len(&mut bytes, edges.len());
             for edge in edges {
                 bytes.extend_from_slice(&edge.to_bits().to_be_bytes());
+            }
+        }
+        // Appended only when present: everything before is length-prefixed, so the encoding
+        // stays unambiguous, and older schemas keep their digest.
+        if !self.intersections.is_empty() {
+            put_len(&mut bytes, self.intersections.len());
+            for pair in &self.intersections {
+                put_list(&mut bytes, pair.iter());
             }
         }
         let hash = digest::digest(&digest::SHA256, &bytes);
@@ -380,6 +504,9 @@ struct RawSchema {
     /// Band edges of numeric sensitive attributes, e.g. `age = [40, 60]`.
     #[serde(default)]
     bands: BTreeMap<String, Vec<f64>>,
+    /// Pairs of sensitive attributes audited together, e.g. `[["sex", "age"]]`.
+    #[serde(default)]
+    intersections: Vec<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -473,14 +600,70 @@ impl RawSchema {
             }
         }
 
-        Ok(Schema {
+        let intersections = validate_intersections(&self.sensitive, self.intersections)?;
+        let schema = Schema {
             columns,
             label,
             sensitive: self.sensitive,
             dropped: self.drop,
             bands: self.bands,
-        })
+            intersections,
+        };
+        // Group names are keys of the audit: two groups of one attribute must not share a name
+        // (possible only when a level itself contains ", ").
+        let mut seen_groups = HashSet::new();
+        for group in schema.audit_groups() {
+            if !seen_groups.insert((group.attribute.clone(), group.group.clone())) {
+                let names = group
+                    .attribute
+                    .split(INTERSECTION_SEPARATOR)
+                    .map(str::to_owned)
+                    .collect();
+                return Err(SchemaError::BadIntersection {
+                    names,
+                    reason: "two of its groups have the same name",
+                });
+            }
+        }
+        Ok(schema)
     }
+}
+
+/// Checks `intersections`: each entry two distinct sensitive attributes, no pair twice (in
+/// either order), and no audited name that is already a sensitive attribute's.
+fn validate_intersections(
+    sensitive: &[String],
+    raw: Vec<Vec<String>>,
+) -> Result<Vec<[String; 2]>, SchemaError> {
+    let mut out: Vec<[String; 2]> = Vec::with_capacity(raw.len());
+    for names in raw {
+        let bad = |reason| SchemaError::BadIntersection {
+            names: names.clone(),
+            reason,
+        };
+        let [a, b] = names.as_slice() else {
+            return Err(bad(
+                "an intersection names exactly two sensitive attributes",
+            ));
+        };
+        if !sensitive.contains(a) || !sensitive.contains(b) {
+            return Err(bad("both names must be listed in `sensitive`"));
+        }
+        if a == b {
+            return Err(bad("the two attributes must differ"));
+        }
+        if out
+            .iter()
+            .any(|[x, y]| (x == a && y == b) || (x == b && y == a))
+        {
+            return Err(bad("the same pair is listed twice"));
+        }
+        if sensitive.contains(&intersection_name(a, b)) {
+            return Err(bad("its audited name is already a sensitive attribute's"));
+        }
+        out.push([a.clone(), b.clone()]);
+    }
+    Ok(out)
 }
 
 impl RawColumn {
@@ -836,6 +1019,113 @@ age = [40.0, 60.0]
                 .group,
         );
         assert!(first_level.is_some());
+    }
+
+    fn with_intersections(list: &str) -> String {
+        HEART.replace(
+            "sensitive = [\"sex\", \"age\"]",
+            &format!("sensitive = [\"sex\", \"age\"]\nintersections = {list}"),
+        )
+    }
+
+    #[test]
+    fn intersection_groups_are_the_cross_product_after_the_single_attributes() {
+        let plain = Schema::parse(HEART).unwrap();
+        let schema = Schema::parse(&with_intersections("[[\"sex\", \"age\"]]")).unwrap();
+        assert_eq!(schema.audit_attributes(), ["sex", "age", "sex×age"]);
+        assert_eq!(
+            schema.intersections(),
+            [["sex".to_owned(), "age".to_owned()]]
+        );
+        let groups = schema.audit_groups();
+        // The single attributes' groups come first, unchanged.
+        assert_eq!(groups[..plain.audit_groups().len()], plain.audit_groups());
+        let crossed: Vec<&str> = groups[plain.audit_groups().len()..]
+            .iter()
+            .inspect(|g| assert_eq!(g.attribute, "sex×age"))
+            .map(|g| g.group.as_str())
+            .collect();
+        assert_eq!(
+            crossed,
+            [
+                "Female, <40",
+                "Female, 40-<60",
+                "Female, ≥60",
+                "Male, <40",
+                "Male, 40-<60",
+                "Male, ≥60"
+            ]
+        );
+        // A schema without intersections audits no pair.
+        assert_eq!(plain.audit_attributes(), ["sex", "age"]);
+        assert!(plain.intersections().is_empty());
+    }
+
+    #[test]
+    fn a_row_belongs_to_one_group_per_audited_attribute() {
+        let schema = Schema::parse(&with_intersections("[[\"age\", \"sex\"]]")).unwrap();
+        let groups = schema.audit_groups();
+        let named = |row: &[&str]| -> Vec<String> {
+            schema
+                .audit_groups_of(row)
+                .into_iter()
+                .map(|i| format!("{}={}", groups[i].attribute, groups[i].group))
+                .collect()
+        };
+        // Sensitive cells are in `sensitive` order: sex, then age.
+        assert_eq!(
+            named(&["Male", "45"]),
+            ["sex=Male", "age=40-<60", "age×sex=40-<60, Male"]
+        );
+        assert_eq!(
+            named(&["Female", " 60 "]),
+            ["sex=Female", "age=≥60", "age×sex=≥60, Female"]
+        );
+        // A value outside every group drops that attribute and every intersection with it.
+        assert_eq!(named(&["Other", "30"]), ["age=<40"]);
+        assert_eq!(named(&["Female", "n/a"]), ["sex=Female"]);
+        assert!(named(&[]).is_empty());
+        // The single-attribute groups agree with `audit_group_of`.
+        let row = ["Male", "71"];
+        let all = schema.audit_groups_of(&row);
+        assert_eq!(Some(all[0]), schema.audit_group_of(0, row[0]));
+        assert_eq!(Some(all[1]), schema.audit_group_of(1, row[1]));
+    }
+
+    #[test]
+    fn intersections_must_pair_two_distinct_sensitive_attributes_once() {
+        for (list, reason) in [
+            ("[[\"sex\"]]", "exactly two"),
+            ("[[\"sex\", \"age\", \"chol\"]]", "exactly two"),
+            ("[[\"sex\", \"chol\"]]", "`sensitive`"),
+            ("[[\"sex\", \"race\"]]", "`sensitive`"),
+            ("[[\"sex\", \"sex\"]]", "differ"),
+            ("[[\"sex\", \"age\"], [\"age\", \"sex\"]]", "twice"),
+        ] {
+            let err = parse_err(&with_intersections(list));
+            assert!(
+                matches!(err, SchemaError::BadIntersection { .. }),
+                "{list}: {err:?}"
+            );
+            assert!(err.to_string().contains(reason), "{list}: {err}");
+        }
+        let err = parse_err(&with_intersections("\"sex\""));
+        assert!(matches!(err, SchemaError::Syntax { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn digest_covers_intersections() {
+        let base = Schema::parse(HEART).unwrap().digest();
+        let crossed = Schema::parse(&with_intersections("[[\"sex\", \"age\"]]"))
+            .unwrap()
+            .digest();
+        let reversed = Schema::parse(&with_intersections("[[\"age\", \"sex\"]]"))
+            .unwrap()
+            .digest();
+        let empty = Schema::parse(&with_intersections("[]")).unwrap().digest();
+        assert_ne!(crossed, base);
+        assert_ne!(crossed, reversed, "the order names the groups");
+        assert_eq!(empty, base);
     }
 
     #[test]

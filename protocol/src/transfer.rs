@@ -37,8 +37,10 @@ pub struct ModelAssembler {
 }
 
 impl ModelAssembler {
-    /// Starts from an offer; refuses offers whose size does not fit its architecture.
+    /// Starts from an offer; refuses offers of an invalid or oversized architecture, or whose
+    /// size does not fit it.
     pub fn new(offer: ModelOffer) -> Result<Self, RefusalReason> {
+        offer.spec.validate().map_err(|e| bad(e.to_string()))?;
         let expected = offer.spec.layout().len() as u64;
         if offer.params != expected {
             return Err(bad(format!(
@@ -55,7 +57,8 @@ impl ModelAssembler {
         }
         Ok(Self {
             offer,
-            bytes: Vec::with_capacity(byte_len),
+            // Grown as chunks arrive: an offer alone does not make us reserve the model's size.
+            bytes: Vec::with_capacity(byte_len.min(MODEL_CHUNK_LEN)),
             next_index: 0,
         })
     }
@@ -192,5 +195,30 @@ mod tests {
         let mut lying = offer;
         lying.params += 1;
         assert!(ModelAssembler::new(lying).is_err());
+    }
+
+    /// Found by the `model_transfer` fuzz target: an offer whose architecture's parameter count
+    /// overflows panicked in `ModelAssembler::new` (and, in release builds, wrapped to a small
+    /// count that the rest of the checks accepted).
+    #[test]
+    fn regression_fuzz_offer_with_overflowing_architecture_is_refused() {
+        let spec = ModelSpec {
+            kind: ModelKind::Mlp {
+                hidden: vec![1 << 40, 1 << 40],
+            },
+            input_dim: 1 << 40,
+        };
+        let offer = ModelOffer {
+            session: 1,
+            round: 1,
+            spec,
+            hash: ModelHash([0; 32]),
+            params: 16,
+            chunks: 1,
+        };
+        assert!(matches!(
+            ModelAssembler::new(offer),
+            Err(RefusalReason::BadModel { .. })
+        ));
     }
 }

@@ -1,16 +1,73 @@
 //! The bias audit end to end: a planted bias fails the consortium's policy, and the audited
-//! per-group figures are exactly those of the pooled held-out data, though no hospital's own
-//! counts ever reached the coordinator.
+//! per-group figures — of each sensitive attribute and of their intersection — are exactly those
+//! of the pooled held-out data, though no hospital's own counts ever reached the coordinator.
+//! With evaluation noise on, they are within noise of it, and every node's ledger charges it.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use medfed_coordinator::store::Store;
-use medfed_e2e::{Consortium, biased_csv, subscribe};
+use medfed_e2e::{Consortium, SCHEMA, biased_csv, subscribe};
+use medfed_node::NodeConfig;
+use medfed_node::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig};
 use medfed_node::egress::EgressLog;
+use medfed_node::ledger::{PrivacyLedger, Release};
 use medfed_node::trainer::{ComputeDevice, TchTrainer, Trainer};
+use medfed_protocol::eval_release::sensitivity;
+use medfed_protocol::evaluation::MAX_EXAMPLE_LOSS;
 use medfed_protocol::fairness::{FairnessPolicy, GroupCounts, GroupReport};
+use medfed_protocol::model::Model;
 use medfed_protocol::schema::Schema;
 use medfed_protocol::stats::Standardization;
+
+/// The test schema, auditing the intersection of sex and age bands as well.
+fn schema_with_intersection() -> String {
+    SCHEMA.replace(
+        "sensitive = [\"sex\", \"age\"]",
+        "sensitive = [\"sex\", \"age\"]\nintersections = [[\"sex\", \"age\"]]",
+    )
+}
+
+/// The pooled counts of every audit group, `(attribute, group)` → counts, computed here from
+/// every hospital's held-out rows with `model`.
+fn pooled_group_counts(
+    schema_path: &Path,
+    state: &Path,
+    configs: &[NodeConfig],
+    model: &Model,
+) -> BTreeMap<(String, String), GroupCounts> {
+    let schema = Schema::parse(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+    let standardization: Standardization = Store::open(state)
+        .unwrap()
+        .get_json("standardization")
+        .unwrap()
+        .unwrap();
+    let groups = schema.audit_groups();
+    let mut pooled = BTreeMap::new();
+    for config in configs {
+        let dataset = medfed_node::data::load_csv(&config.data.csv, &schema).unwrap();
+        let (_, held_out) = dataset
+            .split(config.data.holdout_fraction, config.data.split_seed)
+            .unwrap();
+        let mut examples = held_out.examples.clone();
+        standardization.apply(&mut examples.features);
+        let scores = TchTrainer::new(ComputeDevice::Cpu)
+            .unwrap()
+            .predict(&model.spec, &model.params, &examples)
+            .unwrap();
+        assert_eq!(held_out.sensitive_columns, schema.sensitive());
+        for (i, row) in held_out.sensitive.iter().enumerate() {
+            let counts = GroupCounts::from_predictions(&scores[i..=i], &examples.labels[i..=i]);
+            for g in schema.audit_groups_of(row) {
+                pooled
+                    .entry((groups[g].attribute.clone(), groups[g].group.clone()))
+                    .or_insert_with(GroupCounts::zero)
+                    .add(&counts);
+            }
+        }
+    }
+    pooled
+}
 
 /// The consortium's policy in these tests: the smallest selection rate at least half the largest.
 fn policy() -> FairnessPolicy {
@@ -41,6 +98,7 @@ async fn a_planted_bias_fails_the_policy_and_the_audit_matches_the_pooled_data()
     subscribe();
     let names = ["hospital-a", "hospital-b", "hospital-c"];
     let consortium = Consortium::new(&names, 200);
+    std::fs::write(&consortium.schema, schema_with_intersection()).unwrap();
     // At hospital-b, nine in ten women with the outcome are recorded without it.
     std::fs::write(consortium.csv("hospital-b"), biased_csv(200, 2, 0.9)).unwrap();
     let mut config = consortium.coordinator_config(3, 3);
@@ -61,51 +119,42 @@ async fn a_planted_bias_fails_the_policy_and_the_audit_matches_the_pooled_data()
         "the planted bias must fail the policy: {:?}",
         sex.policy
     );
-    assert!(report.final_fairness.iter().any(|a| a.attribute == "age"));
+    let audited: Vec<&str> = report
+        .final_fairness
+        .iter()
+        .map(|a| a.attribute.as_str())
+        .collect();
+    assert_eq!(audited, ["sex", "age", "sex×age"]);
+    // The policy applies to the intersection as to each attribute.
+    let crossed = &report.final_fairness[2];
+    assert_eq!(crossed.policy.checks.len(), 1, "{:?}", crossed.policy);
 
-    // The pooled per-group counts, computed here from every hospital's held-out rows.
-    let schema = Schema::parse(&std::fs::read_to_string(&consortium.schema).unwrap()).unwrap();
-    let standardization: Standardization = Store::open(&state)
-        .unwrap()
-        .get_json("standardization")
-        .unwrap()
-        .unwrap();
-    let model = &report.final_model;
-    let mut pooled: BTreeMap<String, GroupCounts> = BTreeMap::new();
-    for config in &configs {
-        let dataset = medfed_node::data::load_csv(&config.data.csv, &schema).unwrap();
-        let (_, held_out) = dataset
-            .split(config.data.holdout_fraction, config.data.split_seed)
-            .unwrap();
-        let mut examples = held_out.examples.clone();
-        standardization.apply(&mut examples.features);
-        let scores = TchTrainer::new(ComputeDevice::Cpu)
-            .unwrap()
-            .predict(&model.spec, &model.params, &examples)
-            .unwrap();
-        let sex_column = held_out
-            .sensitive_columns
-            .iter()
-            .position(|c| c == "sex")
-            .unwrap();
-        for (i, row) in held_out.sensitive.iter().enumerate() {
-            let counts = GroupCounts::from_predictions(&scores[i..=i], &examples.labels[i..=i]);
-            pooled
-                .entry(row[sex_column].clone())
-                .or_insert_with(GroupCounts::zero)
-                .add(&counts);
+    // Every audited group, intersections included, is the pooled held-out data's; a group is
+    // suppressed exactly when the pooled data has fewer than 10 of its patients.
+    let pooled = pooled_group_counts(&consortium.schema, &state, &configs, &report.final_model);
+    let mut reported = 0;
+    for audit in &report.final_fairness {
+        for group in &audit.report.groups {
+            match group {
+                GroupReport::Reported { group, metrics } => {
+                    let key = (audit.attribute.clone(), group.clone());
+                    let expected = pooled[&key].metrics().unwrap();
+                    assert_eq!(metrics.n, expected.n, "{key:?}");
+                    assert_eq!(metrics.selection_rate, expected.selection_rate, "{key:?}");
+                    assert_eq!(metrics.tpr, expected.tpr, "{key:?}");
+                    assert_eq!(metrics.fpr, expected.fpr, "{key:?}");
+                    reported += 1;
+                }
+                GroupReport::Suppressed { group } => {
+                    let key = (audit.attribute.clone(), group.clone());
+                    let n = pooled.get(&key).map_or(0.0, GroupCounts::n);
+                    assert!(n < 10.0, "{key:?} has {n} patients");
+                }
+            }
         }
     }
-    for group in &sex.report.groups {
-        let GroupReport::Reported { group, metrics } = group else {
-            panic!("no group is that small")
-        };
-        let expected = pooled[group].metrics().unwrap();
-        assert_eq!(metrics.n, expected.n, "{group}");
-        assert_eq!(metrics.selection_rate, expected.selection_rate, "{group}");
-        assert_eq!(metrics.tpr, expected.tpr, "{group}");
-        assert_eq!(metrics.fpr, expected.fpr, "{group}");
-    }
+    // Two sexes, three age bands, and at least four of their six pairs.
+    assert!(reported >= 9, "{reported} groups reported");
 
     // Every figure left the hospitals masked: no plain contribution was ever sent.
     for config in &configs {
@@ -116,4 +165,133 @@ async fn a_planted_bias_fails_the_policy_and_the_audit_matches_the_pooled_data()
             .collect();
         assert!(!kinds.iter().any(|k| k == "contribution"), "{kinds:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_evaluation_noise_the_audit_is_within_noise_of_the_pooled_data_and_each_ledger_charges_it()
+ {
+    subscribe();
+    let names = ["hospital-a", "hospital-b", "hospital-c"];
+    let consortium = Consortium::new(&names, 200);
+    std::fs::write(&consortium.schema, schema_with_intersection()).unwrap();
+    let rounds = 2;
+    let config = consortium.coordinator_config(rounds, 3);
+    let state = config.data_dir.join("state.sqlite");
+    let sigma = 2.0;
+    let policy = PrivacyConfig {
+        target_epsilon: 1000.0,
+        delta: 1e-5,
+        noise_multiplier: NoiseMultiplier::Fixed(1.0),
+        max_grad_norm: 1.0,
+        evaluation: Some(EvaluationNoiseConfig {
+            noise: sigma,
+            loss_clip: MAX_EXAMPLE_LOSS,
+        }),
+    };
+    let coordinator = consortium.start_coordinator(config).await;
+    let addr = coordinator.local_addr();
+    let configs: Vec<NodeConfig> = names
+        .iter()
+        .map(|name| {
+            let mut node = consortium.node_config(name, addr);
+            node.privacy = Some(policy.clone());
+            node
+        })
+        .collect();
+    let nodes: Vec<_> = configs
+        .iter()
+        .map(|c| consortium.spawn_node(c.clone()))
+        .collect();
+    let report = coordinator.wait().await.expect("training completes");
+    for node in nodes {
+        node.await.unwrap().unwrap();
+    }
+    assert_eq!(report.rounds.len(), rounds as usize);
+    assert!(report.final_evaluation.is_some());
+
+    // Each round charges the update and then the noised counts; the final evaluation charges
+    // the counts alone. Three audited attributes (sex, age, sex×age): Δ = √(4 + 2·3).
+    let multiplier = sigma / sensitivity(3);
+    assert!((multiplier - sigma / 10f64.sqrt()).abs() < 1e-12);
+    for (config, name) in configs.iter().zip(names) {
+        let ledger = PrivacyLedger::read(&config.state_dir).unwrap();
+        let kinds: Vec<(u64, Release)> = ledger.iter().map(|e| (e.round, e.release)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (1, Release::Training),
+                (1, Release::EvaluationCounts),
+                (2, Release::Training),
+                (2, Release::EvaluationCounts),
+                (3, Release::EvaluationCounts),
+            ],
+            "{name}"
+        );
+        for entry in ledger
+            .iter()
+            .filter(|e| e.release == Release::EvaluationCounts)
+        {
+            assert_eq!((entry.sample_rate, entry.steps), (1.0, 1), "{name}");
+            assert!(
+                (entry.noise_multiplier - multiplier).abs() < 1e-12,
+                "{name}"
+            );
+        }
+        assert!(
+            ledger
+                .windows(2)
+                .all(|w| w[0].epsilon_after < w[1].epsilon_after)
+        );
+        // The ε the node declared each round is the one after its evaluation counts.
+        for round in &report.rounds {
+            let (_, declared, _) = round
+                .privacy
+                .iter()
+                .find(|(who, _, _)| who == name)
+                .expect("declared");
+            let entries: Vec<_> = ledger.iter().filter(|e| e.round == round.round).collect();
+            assert_eq!(*declared, entries[1].epsilon_after, "{name}");
+            assert!(*declared > entries[0].epsilon_after);
+        }
+    }
+
+    // The audited counts are the pooled truth plus the three nodes' noise (σ√3 per cell,
+    // clamped at 0): within six of those standard deviations per sum of cells.
+    let pooled = pooled_group_counts(&consortium.schema, &state, &configs, &report.final_model);
+    let cell_sd = sigma * 3f64.sqrt();
+    let (mut compared, mut differing) = (0, 0);
+    for audit in &report.final_fairness {
+        for group in &audit.report.groups {
+            let GroupReport::Reported { group, metrics } = group else {
+                continue;
+            };
+            let key = (audit.attribute.clone(), group.clone());
+            let truth = &pooled[&key];
+            // n sums four cells, the selected count two.
+            let n = metrics.n as f64;
+            assert!(
+                (n - truth.n()).abs() <= 6.0 * cell_sd * 2.0,
+                "{key:?}: {n} vs {}",
+                truth.n()
+            );
+            let selected = metrics.selection_rate.value * n;
+            let true_selected = truth.tp + truth.fp;
+            assert!(
+                (selected - true_selected).abs() <= 6.0 * cell_sd * 2f64.sqrt() + 1e-6,
+                "{key:?}: {selected} vs {true_selected}"
+            );
+            compared += 1;
+            if n != truth.n() {
+                differing += 1;
+            }
+        }
+    }
+    let audited: Vec<&str> = report
+        .final_fairness
+        .iter()
+        .map(|a| a.attribute.as_str())
+        .collect();
+    assert_eq!(audited, ["sex", "age", "sex×age"]);
+    assert!(compared >= 5, "{compared} groups reported");
+    assert!(differing > 0, "the audited counts carry no noise");
 }

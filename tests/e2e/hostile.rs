@@ -1,153 +1,245 @@
 //! Hostile or broken peers: each is refused with a specific reason while the coordinator keeps
-//! serving the honest nodes.
+//! serving the honest nodes. One test per hostile input of issue #6; `docs/RELIABILITY.md`
+//! ("Hostile input") maps each to its test.
+//!
+//! The hostile peers are driven by hand over real QUIC connections with real consortium
+//! certificates: "mallory" is an admitted member that misbehaves, and a fake coordinator holding
+//! the coordinator's certificate tests what the node refuses.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use medfed_certs::channel::{MessageReader, client_endpoint, send_message};
+use medfed_certs::channel::{MessageReader, client_endpoint, send_message, server_endpoint};
+use medfed_certs::{Role, TlsFiles, Validity, make_request, revoke, sign_request};
+use medfed_coordinator::listener::BAD_HELLO;
+use medfed_coordinator::{RunningCoordinator, TrainingReport};
 use medfed_e2e::{Consortium, subscribe};
-use medfed_protocol::codec::MAX_FRAME_LEN;
+use medfed_node::trainer::{ComputeDevice, TchTrainer};
+use medfed_node::{NodeError, NodeOutcome};
+use medfed_protocol::codec::{self, MAX_FRAME_LEN};
 use medfed_protocol::messages::{
-    Hello, Message, ModelReceived, PROTOCOL_VERSION, RoundKeys, SecAggSetup,
+    Declined, Finished, Hello, Message, ModelChunk, ModelOffer, ModelReceived, PROTOCOL_VERSION,
+    RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, Welcome,
 };
+use medfed_protocol::model::{Model, ModelKind, ModelSpec};
 use medfed_protocol::schema::Schema;
-use medfed_protocol::secagg::KeyAdvertisement;
+use medfed_protocol::secagg::{
+    ExpectDirectory, KeyAdvertisement, MaskedInput, ParticipantState, ShareDelivery,
+};
+use medfed_protocol::stats::Standardization;
+use medfed_protocol::task::TrainingPlan;
+use medfed_protocol::transfer::split_model;
 
 const HONEST: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
+const WITH_MALLORY: [&str; 4] = ["hospital-a", "hospital-b", "hospital-c", "mallory"];
 
-/// A hand-driven client holding a valid consortium certificate.
-async fn connect_raw(
-    consortium: &Consortium,
-    name: &str,
-    addr: std::net::SocketAddr,
-) -> quinn::Connection {
-    let tls = consortium.certs.node_tls(name).unwrap();
-    let endpoint = client_endpoint(&medfed_certs::TlsFiles { crl: None, ..tls }).unwrap();
-    endpoint
-        .connect(addr, "localhost")
-        .unwrap()
-        .await
-        .expect("handshake with a valid certificate")
-}
+// ---------------------------------------------------------------------------------------------
+// Framing: over the cap, truncated, garbage.
+// ---------------------------------------------------------------------------------------------
 
-fn schema_digest(consortium: &Consortium) -> [u8; 32] {
-    Schema::parse(&std::fs::read_to_string(&consortium.schema).unwrap())
-        .unwrap()
-        .digest()
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn frame_over_the_cap_is_refused_and_the_others_train() {
+    // A header announcing 100 MiB, then a little of it.
+    let mut bytes = (100u32 << 20).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&[0u8; 1024]);
+    refused_framing(bytes, "exceeds the").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn frame_over_the_cap_closes_that_connection_only() {
+async fn truncated_frame_is_refused_and_the_others_train() {
+    // A header promising 100 bytes, then 10 of them and the end of the stream.
+    let mut bytes = 100u32.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&[1u8; 10]);
+    refused_framing(bytes, "stream ended inside a frame").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn garbage_bytes_are_refused_and_the_others_train() {
+    // A frame of valid length whose body decodes to no message. (Random bytes without a valid
+    // header almost always announce a frame over the cap: the test above.)
+    let body = b"\xff\xfe garbage, not a medfed message \x00\x01";
+    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(body);
+    refused_framing(bytes, "malformed message").await;
+}
+
+/// Sends `bytes` where the coordinator expects a frame, twice: first instead of a `Hello` (the
+/// connection is closed, the close reason naming the fault), then, from an admitted connection,
+/// as the answer to every request (that node is left out of the round with the same reason).
+/// The honest nodes train throughout.
+async fn refused_framing(bytes: Vec<u8>, fault: &str) {
     subscribe();
-    let consortium = Consortium::new(&["hospital-a", "hospital-b", "hospital-c", "mallory"], 100);
+    let consortium = Consortium::new(&WITH_MALLORY, 100);
     let coordinator = consortium
         .start_coordinator(consortium.coordinator_config(1, 3))
         .await;
     let addr = coordinator.local_addr();
 
-    let mallory = connect_raw(&consortium, "mallory", addr).await;
-    let (mut send, _recv) = mallory.open_bi().await.unwrap();
-    // A frame header announcing 100 MiB, then some of its bytes.
-    send.write_all(&(100u32 << 20).to_be_bytes()).await.unwrap();
-    send.write_all(&[0u8; 1024]).await.unwrap();
-    let closed = tokio::time::timeout(Duration::from_secs(10), mallory.closed()).await;
-    assert!(
-        closed.is_ok(),
-        "the coordinator must close a connection that sends an oversized frame"
-    );
-
-    let honest: Vec<_> = HONEST
-        .iter()
-        .map(|n| consortium.spawn_node(consortium.node_config(n, addr)))
-        .collect();
-    let report = coordinator.wait().await.expect("honest nodes train");
-    assert_eq!(report.rounds[0].participants.len(), 3);
-    for node in honest {
-        node.await.unwrap().unwrap();
+    let first = connect_raw(&consortium, "mallory", addr).await;
+    let (mut send, _recv) = first.open_bi().await.unwrap();
+    // The coordinator may stop the stream before all of it is written.
+    let _ = send.write_all(&bytes).await;
+    let _ = send.finish();
+    let closed = tokio::time::timeout(Duration::from_secs(10), first.closed())
+        .await
+        .expect("the coordinator closes a connection whose hello is not a valid frame");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, BAD_HELLO.into());
+            let reason = String::from_utf8_lossy(&close.reason);
+            assert!(reason.contains(fault), "close reason {reason:?}");
+        }
+        other => panic!("expected an application close, got {other}"),
     }
+
+    let (mallory, _) = admit(&consortium, "mallory", addr).await;
+    let mallory = serve(mallory, move |_| bytes.clone());
+    let report = honest_nodes_train(&consortium, coordinator).await;
+    let why = dropped(&report, "mallory");
+    assert!(why.contains(fault), "mallory left out because: {why}");
+    mallory.abort();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Messages of the wrong round or phase, replays.
+// ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn contribution_for_another_round_is_refused_and_the_round_goes_on() {
     subscribe();
-    let consortium = Consortium::new(&["hospital-a", "hospital-b", "hospital-c", "mallory"], 100);
+    let consortium = Consortium::new(&WITH_MALLORY, 100);
     let coordinator = consortium
         .start_coordinator(consortium.coordinator_config(1, 3))
         .await;
     let addr = coordinator.local_addr();
-
-    let mallory = connect_raw(&consortium, "mallory", addr).await;
-    let (mut send, recv) = mallory.open_bi().await.unwrap();
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        schema_digest: schema_digest(&consortium),
-        model_hash: None,
-    };
-    send_message(&mut send, &Message::Hello(hello))
-        .await
-        .unwrap();
-    send.finish().unwrap();
-    let welcome = MessageReader::new(recv, MAX_FRAME_LEN)
-        .expect()
-        .await
-        .unwrap();
-    assert!(matches!(welcome, Message::Welcome(_)), "{welcome:?}");
-
-    // Mallory answers every request: it accepts the model, then contributes to the wrong round.
-    let mallory_task = tokio::spawn(async move {
-        while let Ok((mut send, recv)) = mallory.accept_bi().await {
-            let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
-            let reply = match reader.expect().await.unwrap() {
-                Message::ModelOffer(offer) => {
-                    while reader.next().await.unwrap().is_some() {}
-                    Message::ModelReceived(ModelReceived {
-                        session: offer.session,
-                        round: offer.round,
-                        hash: offer.hash,
-                    })
-                }
-                Message::StatsRequest(r) => {
-                    wrong_round_keys(r.session, r.round, r.secure_aggregation)
-                }
-                Message::RoundStart(start) => {
-                    wrong_round_keys(start.session, start.round, start.secure_aggregation)
-                }
-                other => other,
-            };
-            let _ = send_message(&mut send, &reply).await;
-            let _ = send.finish();
-        }
+    let (mallory, _) = admit(&consortium, "mallory", addr).await;
+    // Mallory accepts the model, then advertises keys for the round after the one asked about.
+    let mallory = serve(mallory, |request| {
+        frame(&match request {
+            Message::ModelOffer(offer) => model_received(&offer),
+            Message::StatsRequest(r) => wrong_round_keys(r.session, r.round, r.secure_aggregation),
+            Message::RoundStart(r) => wrong_round_keys(r.session, r.round, r.secure_aggregation),
+            other => other,
+        })
     });
+    let report = honest_nodes_train(&consortium, coordinator).await;
+    let why = dropped(&report, "mallory");
+    assert!(why.contains("round 2, expected round 1"), "{why}");
+    mallory.abort();
+}
 
-    let honest: Vec<_> = HONEST
-        .iter()
-        .map(|n| consortium.spawn_node(consortium.node_config(n, addr)))
-        .collect();
-    let report = coordinator
-        .wait()
-        .await
-        .expect("the round completes with the honest nodes");
-    let round = &report.rounds[0];
-    assert_eq!(round.participants, HONEST.map(String::from).to_vec());
-    let (who, why) = round
-        .dropped
-        .iter()
-        .find(|(who, _)| who == "mallory")
-        .expect("mallory dropped");
-    assert!(why.contains("round 2, expected round 1"), "{who}: {why}");
-    for node in honest {
-        node.await.unwrap().unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn message_of_the_wrong_phase_is_refused_and_the_round_goes_on() {
+    subscribe();
+    let consortium = Consortium::new(&WITH_MALLORY, 100);
+    let coordinator = consortium
+        .start_coordinator(consortium.coordinator_config(1, 3))
+        .await;
+    let addr = coordinator.local_addr();
+    let (mallory, _) = admit(&consortium, "mallory", addr).await;
+    let credentials = medfed_node::credentials(&consortium.node_config("mallory", addr)).unwrap();
+    // Mallory advertises proper signed keys, then answers the key directory (which asks for
+    // encrypted shares) with a masked input, the message of the phase after.
+    let mallory = serve(mallory, move |request| {
+        frame(&match request {
+            Message::ModelOffer(offer) => model_received(&offer),
+            Message::StatsRequest(r) => match r.secure_aggregation {
+                Some(setup) => {
+                    keys_message(round_keys(&setup, "mallory", credentials.signer.as_ref()).1)
+                }
+                None => decline(r.session, r.round),
+            },
+            Message::RoundStart(r) => match r.secure_aggregation {
+                Some(setup) => {
+                    keys_message(round_keys(&setup, "mallory", credentials.signer.as_ref()).1)
+                }
+                None => decline(r.session, r.round),
+            },
+            Message::SecAggDirectory(directory) => Message::SecAggInput(MaskedInput {
+                session: directory.session,
+                round: directory.round,
+                values: vec![0; 8],
+            }),
+            other => other,
+        })
+    });
+    let report = honest_nodes_train(&consortium, coordinator).await;
+    let why = dropped(&report, "mallory");
+    assert!(
+        why.contains("node sent secagg_input, expected secagg_shares"),
+        "{why}"
+    );
+    mallory.abort();
+
+    // The node side: a secure-aggregation step when no secure aggregation is open.
+    let config = consortium.node_config("hospital-a", addr);
+    let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
+    let mut hospital = medfed_node::prepare(&config, Box::new(trainer)).unwrap();
+    hospital.enter_session(41, "hospital-a");
+    let delivery = Message::SecAggDelivery(ShareDelivery {
+        session: 41,
+        round: 1,
+        shares: Vec::new(),
+        senders: vec![1, 2, 3],
+    });
+    match hospital.handle_secagg(&delivery) {
+        Message::Refused(Refused {
+            reason: RefusalReason::UnexpectedMessage { got, expected },
+            ..
+        }) => {
+            assert_eq!(got, "secagg_delivery");
+            assert!(
+                expected.contains("no secure aggregation is open"),
+                "{expected}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
     }
-    mallory_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replayed_request_is_refused_by_the_node() {
+    subscribe();
+    let consortium = Consortium::new(&["hospital-a"], 60);
+    let (fake, node) = FakeCoordinator::start(&consortium, "hospital-a").await;
+    let model = fake.model(1);
+    assert!(matches!(
+        fake.push(&model, 1).await,
+        Message::ModelReceived(_)
+    ));
+    let start = fake.round_start(&model, 1);
+    assert!(
+        matches!(fake.ask(&start).await, Message::Contribution(_)),
+        "the first request is answered"
+    );
+    // The same request again, on a new stream of the same connection, is a replay: it is
+    // refused without training again.
+    match fake.ask(&start).await {
+        Message::Refused(Refused {
+            reason: RefusalReason::Replay { round: 1 },
+            ..
+        }) => {}
+        other => panic!("expected a replay refusal, got {other:?}"),
+    }
+    // And a request from another coordinator run than the one that welcomed the node.
+    let Message::RoundStart(mut foreign) = start else {
+        unreachable!()
+    };
+    foreign.session ^= 1;
+    foreign.round = 2;
+    match fake.ask(&Message::RoundStart(foreign)).await {
+        Message::Refused(Refused {
+            reason: RefusalReason::WrongSession { .. },
+            ..
+        }) => {}
+        other => panic!("expected a wrong-session refusal, got {other:?}"),
+    }
+    let outcome = fake.finish(&model, node).await;
+    assert_eq!(outcome.model_hash, model.hash().to_hex());
 }
 
 #[test]
 fn node_refuses_replayed_and_foreign_session_requests() {
-    use medfed_node::trainer::{ComputeDevice, TchTrainer};
-    use medfed_protocol::messages::{RefusalReason, Refused, RoundStart};
-    use medfed_protocol::model::{Model, ModelKind, ModelSpec};
-    use medfed_protocol::stats::Standardization;
-    use medfed_protocol::task::TrainingPlan;
-
     let consortium = Consortium::new(&["hospital-a"], 60);
     let config = consortium.node_config("hospital-a", "127.0.0.1:9".parse().unwrap());
     let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
@@ -198,6 +290,16 @@ fn node_refuses_replayed_and_foreign_session_requests() {
             ..
         })
     ));
+    // A model pushed under another session is not kept.
+    let other = Model::new(spec.clone(), spec.initial_parameters(2)).unwrap();
+    assert!(matches!(
+        hospital.accept_model(other, 99, 2),
+        Message::Refused(Refused {
+            reason: RefusalReason::WrongSession { .. },
+            ..
+        })
+    ));
+    assert_eq!(hospital.model_hash(), Some(model.hash()));
     // A request to train a model the node was never sent.
     let unknown = RoundStart {
         round: 3,
@@ -211,6 +313,519 @@ fn node_refuses_replayed_and_foreign_session_requests() {
             ..
         })
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identity.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_claiming_another_identity_is_refused() {
+    subscribe();
+    let consortium = Consortium::new(&WITH_MALLORY, 100);
+    let coordinator = consortium
+        .start_coordinator(consortium.coordinator_config(1, 3))
+        .await;
+    let addr = coordinator.local_addr();
+    // `Hello` names nobody: the identity is the certificate's, whatever the node would claim.
+    let (mallory, welcome) = admit(&consortium, "mallory", addr).await;
+    assert_eq!(welcome.identity, "mallory");
+    let credentials = medfed_node::credentials(&consortium.node_config("mallory", addr)).unwrap();
+    // Where a message does carry an identity — a participant's index in secure aggregation —
+    // mallory advertises its round keys as hospital-a's.
+    let mallory = serve(mallory, move |request| {
+        let claim = |setup: &SecAggSetup| {
+            let (_, mut keys) = round_keys(setup, "mallory", credentials.signer.as_ref());
+            keys.index = setup.params.index_of("hospital-a").unwrap();
+            keys_message(keys)
+        };
+        frame(&match request {
+            Message::ModelOffer(offer) => model_received(&offer),
+            Message::StatsRequest(r) => r
+                .secure_aggregation
+                .as_ref()
+                .map_or_else(|| decline(r.session, r.round), claim),
+            Message::RoundStart(r) => r
+                .secure_aggregation
+                .as_ref()
+                .map_or_else(|| decline(r.session, r.round), claim),
+            other => other,
+        })
+    });
+    let report = honest_nodes_train(&consortium, coordinator).await;
+    let why = dropped(&report, "mallory");
+    assert!(
+        why.contains("advertised keys under another participant's index"),
+        "{why}"
+    );
+    mallory.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn second_connection_with_the_same_certificate_replaces_the_first() {
+    subscribe();
+    let consortium = Consortium::new(&HONEST, 100);
+    let coordinator = consortium
+        .start_coordinator(consortium.coordinator_config(1, 3))
+        .await;
+    let addr = coordinator.local_addr();
+    // A connection holding hospital-a's certificate is admitted as hospital-a …
+    let (first, welcome) = admit(&consortium, "hospital-a", addr).await;
+    assert_eq!(welcome.identity, "hospital-a");
+    // … and when the hospital-a node connects too, the newer connection replaces it (a node
+    // that restarted must not wait for its old connection to time out).
+    let a = consortium.spawn_node(consortium.node_config("hospital-a", addr));
+    let closed = tokio::time::timeout(Duration::from_secs(20), first.closed())
+        .await
+        .expect("the older connection is closed");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason);
+            assert_eq!(reason, "replaced by a newer connection");
+        }
+        other => panic!("expected an application close, got {other}"),
+    }
+    let others: Vec<_> = HONEST[1..]
+        .iter()
+        .map(|n| consortium.spawn_node(consortium.node_config(n, addr)))
+        .collect();
+    let report = coordinator.wait().await.expect("training completes");
+    assert_eq!(report.rounds[0].participants, HONEST.map(String::from));
+    for node in std::iter::once(a).chain(others) {
+        node.await.unwrap().expect("honest node finishes");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secure aggregation: shares that fail authentication.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn share_that_fails_authentication_leaves_its_sender_out() {
+    subscribe();
+    let consortium = Consortium::new(&WITH_MALLORY, 100);
+    let coordinator = consortium
+        .start_coordinator(consortium.coordinator_config(1, 3))
+        .await;
+    let addr = coordinator.local_addr();
+    let (mallory, _) = admit(&consortium, "mallory", addr).await;
+    let credentials = medfed_node::credentials(&consortium.node_config("mallory", addr)).unwrap();
+    // Mallory follows the protocol with the participant state machine, except that it flips a
+    // byte of the ciphertext of the share it sends hospital-a.
+    let mut state = ParticipantState::Done;
+    let mut victim = None;
+    let mallory = serve(mallory, move |request| {
+        let mut rng = rand::rng();
+        let round = request.round().unwrap_or(0);
+        let answer = match request {
+            Message::ModelOffer(offer) => Ok(model_received(&offer)),
+            Message::StatsRequest(medfed_protocol::messages::StatsRequest {
+                secure_aggregation: Some(setup),
+                ..
+            })
+            | Message::RoundStart(RoundStart {
+                secure_aggregation: Some(setup),
+                ..
+            }) => {
+                let (next, keys) = round_keys(&setup, "mallory", credentials.signer.as_ref());
+                state = ParticipantState::Directory(next);
+                victim = setup.params.index_of("hospital-a");
+                Ok(keys_message(keys))
+            }
+            Message::SecAggDirectory(directory) => state
+                .handle_directory(&directory, credentials.verifier.as_ref(), &mut rng)
+                .map(|mut package| {
+                    for share in &mut package.shares {
+                        if Some(share.to) == victim {
+                            share.ciphertext[0] ^= 1;
+                        }
+                    }
+                    Message::SecAggShares(package)
+                }),
+            Message::SecAggDelivery(delivery) => {
+                state.handle_delivery(&delivery).map(Message::SecAggInput)
+            }
+            Message::SecAggUnmask(request) => state
+                .handle_unmask(&request)
+                .map(Message::SecAggUnmaskShares),
+            other => Ok(other),
+        };
+        frame(&answer.unwrap_or_else(|_| decline(0, round)))
+    });
+    let report = honest_nodes_train(&consortium, coordinator).await;
+    // Hospital-a could not authenticate mallory's share and said whose it was: mallory is left
+    // out of the round (its masks removed as a dropout's; the first attempt, which lost both,
+    // was restarted without it) and the honest three complete it.
+    assert_eq!(
+        dropped(&report, "mallory"),
+        "left out of the round: its secure-aggregation share for hospital-a failed authentication"
+    );
+    // Never a wrong sum: the pooled held-out counts are exactly the honest nodes' (3 × 25).
+    let start = report.rounds[0].start_model_evaluation.as_ref().unwrap();
+    assert_eq!(start.examples, 75);
+    assert_eq!(report.final_evaluation.as_ref().unwrap().examples, 75);
+    mallory.abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model transfer: a malformed model chunk, at the node.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_model_chunk_is_refused_by_the_node() {
+    subscribe();
+    let consortium = Consortium::new(&["hospital-a"], 60);
+    let (fake, node) = FakeCoordinator::start(&consortium, "hospital-a").await;
+    let model = fake.model(1);
+    let (offer, chunks) = split_model(&model, fake.session, 1);
+    assert_eq!(chunks.len(), 1);
+
+    let refusal = |answer: Message| match answer {
+        Message::Refused(Refused {
+            reason: RefusalReason::BadModel { detail },
+            ..
+        }) => detail,
+        other => panic!("expected the model to be refused, got {other:?}"),
+    };
+    // A chunk out of place.
+    let mut misplaced = chunks[0].clone();
+    misplaced.index = 1;
+    let detail = refusal(fake.send_model(&offer, &[misplaced]).await);
+    assert!(
+        detail.contains("chunk 1 arrived, expected chunk 0"),
+        "{detail}"
+    );
+    // A chunk of the wrong length.
+    let mut short = chunks[0].clone();
+    short.bytes.truncate(short.bytes.len() - 4);
+    let detail = refusal(fake.send_model(&offer, &[short]).await);
+    assert!(detail.contains("bytes, expected"), "{detail}");
+    // A chunk altered on the way: the model's hash does not match the offer.
+    let mut tampered = chunks[0].clone();
+    tampered.bytes[0] ^= 1;
+    let detail = refusal(fake.send_model(&offer, &[tampered]).await);
+    assert!(detail.contains("differs from the announced"), "{detail}");
+    // An offer of another, enormous architecture is refused before anything is allocated.
+    let huge = ModelOffer {
+        spec: ModelSpec {
+            kind: ModelKind::Mlp {
+                hidden: vec![1 << 40],
+            },
+            input_dim: 1 << 40,
+        },
+        params: u64::MAX,
+        ..offer.clone()
+    };
+    let detail = refusal(fake.send_model(&huge, &[]).await);
+    assert!(detail.contains("differs from the consortium's"), "{detail}");
+
+    // The node kept none of them: asked to train on the tampered model, it says it lacks it.
+    let mut bad = model.clone();
+    bad.params[0] = f32::from_le_bytes({
+        let mut b = model.params[0].to_le_bytes();
+        b[0] ^= 1;
+        b
+    });
+    let detail = refusal(fake.ask(&fake.round_start(&bad, 1)).await);
+    assert!(detail.contains("does not hold model"), "{detail}");
+    // It is still serving: the intact model is accepted and trained on.
+    assert!(matches!(
+        fake.push(&model, 1).await,
+        Message::ModelReceived(_)
+    ));
+    assert!(matches!(
+        fake.ask(&fake.round_start(&model, 1)).await,
+        Message::Contribution(_)
+    ));
+    let outcome = fake.finish(&model, node).await;
+    assert_eq!(outcome.model_hash, model.hash().to_hex());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates: refused at the TLS handshake.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_with_a_foreign_ca_certificate_is_refused() {
+    refused_while_others_train(
+        |c| {
+            let foreign = c.dir.path().join("foreign");
+            let other = medfed_certs::make_dev_consortium(&foreign, &["intruder".into()]).unwrap();
+            // It trusts our coordinator, but its own certificate comes from another CA.
+            TlsFiles {
+                ca_cert: c.certs.ca_cert.clone(),
+                ..other.node_tls("intruder").unwrap()
+            }
+        },
+        // Same CA name, other key: the signature check fails (TLS decrypt_error).
+        "another CA",
+        "BadSignature",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_with_a_revoked_certificate_is_refused() {
+    refused_while_others_train(
+        |c| {
+            let tls = c.certs.node_tls("intruder").unwrap();
+            revoke(&c.certs.dir, &tls.cert).unwrap();
+            tls
+        },
+        "TLS alert 44",
+        "invalid peer certificate: Revoked",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_with_an_expired_certificate_is_refused() {
+    let now = time::OffsetDateTime::now_utc();
+    refused_while_others_train(
+        |c| {
+            intruder_certificate(
+                c,
+                Validity {
+                    not_before: now - time::Duration::days(30),
+                    not_after: now - time::Duration::days(1),
+                },
+            )
+        },
+        "TLS alert 45",
+        "invalid peer certificate: certificate expired",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_with_a_not_yet_valid_certificate_is_refused() {
+    let now = time::OffsetDateTime::now_utc();
+    refused_while_others_train(
+        |c| {
+            intruder_certificate(
+                c,
+                Validity {
+                    not_before: now + time::Duration::days(1),
+                    not_after: now + time::Duration::days(30),
+                },
+            )
+        },
+        "TLS alert 45",
+        "invalid peer certificate: certificate not valid yet",
+    )
+    .await;
+}
+
+/// Starts a consortium of three good nodes plus one whose TLS files come from `intruder`, and
+/// checks that the intruder is refused at the handshake — with a TLS alert containing
+/// `expected_alert`, and the coordinator's reason in the close containing `reason` — while the
+/// three train to the end.
+async fn refused_while_others_train(
+    intruder: impl FnOnce(&Consortium) -> TlsFiles,
+    expected_alert: &str,
+    reason: &str,
+) {
+    subscribe();
+    let consortium = Consortium::new(&["hospital-a", "hospital-b", "hospital-c", "intruder"], 120);
+    let intruder_tls = intruder(&consortium);
+    let coordinator = consortium
+        .start_coordinator(consortium.coordinator_config(2, 3))
+        .await;
+    let addr = coordinator.local_addr();
+    let bad =
+        consortium.spawn_node(consortium.node_config_with_tls("intruder", addr, intruder_tls));
+    let good: Vec<_> = HONEST
+        .iter()
+        .map(|n| consortium.spawn_node(consortium.node_config(n, addr)))
+        .collect();
+
+    match bad.await.unwrap() {
+        Err(NodeError::TlsRefused { alert, detail }) => assert!(
+            alert.contains(expected_alert) && detail.contains(reason),
+            "alert {alert:?}: {detail}"
+        ),
+        other => panic!("intruder should be refused at the handshake, got {other:?}"),
+    }
+    let report = coordinator
+        .wait()
+        .await
+        .expect("training completes without the intruder");
+    assert_eq!(report.last_round, 2);
+    assert!(
+        report
+            .rounds
+            .iter()
+            .all(|r| r.participants == HONEST.map(String::from))
+    );
+    for node in good {
+        node.await.unwrap().expect("good node finishes");
+    }
+}
+
+/// A certificate for "intruder" from the consortium CA, valid over `validity`.
+fn intruder_certificate(consortium: &Consortium, validity: Validity) -> TlsFiles {
+    let site = consortium.dir.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    let csr = make_request(&site, "intruder").unwrap();
+    let cert = site.join("intruder.pem");
+    sign_request(
+        &consortium.certs.dir,
+        &csr,
+        &cert,
+        Role::Node,
+        validity,
+        &[],
+    )
+    .unwrap();
+    TlsFiles {
+        ca_cert: consortium.certs.ca_cert.clone(),
+        cert,
+        key: site.join("intruder.key"),
+        crl: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+// ---------------------------------------------------------------------------------------------
+
+/// A hand-driven client holding `name`'s consortium certificate.
+async fn connect_raw(consortium: &Consortium, name: &str, addr: SocketAddr) -> quinn::Connection {
+    let tls = consortium.certs.node_tls(name).unwrap();
+    let endpoint = client_endpoint(&TlsFiles { crl: None, ..tls }).unwrap();
+    endpoint
+        .connect(addr, "localhost")
+        .unwrap()
+        .await
+        .expect("handshake with a valid certificate")
+}
+
+/// A hand-driven client that said `Hello` and was welcomed.
+async fn admit(
+    consortium: &Consortium,
+    name: &str,
+    addr: SocketAddr,
+) -> (quinn::Connection, Welcome) {
+    let connection = connect_raw(consortium, name, addr).await;
+    let (mut send, recv) = connection.open_bi().await.unwrap();
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        schema_digest: schema(consortium).digest(),
+        model_hash: None,
+    };
+    send_message(&mut send, &Message::Hello(hello))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    match MessageReader::new(recv, MAX_FRAME_LEN).expect().await {
+        Ok(Message::Welcome(welcome)) => (connection, welcome),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}
+
+/// Answers every request on `connection` with the bytes `answer` returns for it (a model
+/// offer's chunks are read first), then finishes that stream.
+fn serve(
+    connection: quinn::Connection,
+    mut answer: impl FnMut(Message) -> Vec<u8> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((mut send, recv)) = connection.accept_bi().await {
+            let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
+            let Ok(request) = reader.expect().await else {
+                continue;
+            };
+            if matches!(request, Message::ModelOffer(_)) {
+                while let Ok(Some(_)) = reader.next().await {}
+            }
+            let bytes = answer(request);
+            let _ = send.write_all(&bytes).await;
+            let _ = send.finish();
+        }
+    })
+}
+
+/// Starts the honest nodes, waits for training to end and for each node to finish with the
+/// final model; checks that every round summed exactly the honest nodes.
+async fn honest_nodes_train(
+    consortium: &Consortium,
+    coordinator: RunningCoordinator,
+) -> TrainingReport {
+    let addr = coordinator.local_addr();
+    let honest: Vec<_> = HONEST
+        .iter()
+        .map(|n| consortium.spawn_node(consortium.node_config(n, addr)))
+        .collect();
+    let report = coordinator
+        .wait()
+        .await
+        .expect("the round completes with the honest nodes");
+    for round in &report.rounds {
+        assert_eq!(
+            round.participants,
+            HONEST.map(String::from),
+            "round {}",
+            round.round
+        );
+    }
+    for node in honest {
+        let outcome = node.await.unwrap().expect("honest node finishes");
+        assert_eq!(outcome.model_hash, report.final_model.hash().to_hex());
+    }
+    report
+}
+
+/// Why `who` was left out of the first round.
+fn dropped<'a>(report: &'a TrainingReport, who: &str) -> &'a str {
+    report.rounds[0]
+        .dropped
+        .iter()
+        .find(|(name, _)| name == who)
+        .map(|(_, why)| why.as_str())
+        .unwrap_or_else(|| panic!("{who} not left out: {:?}", report.rounds[0].dropped))
+}
+
+fn schema(consortium: &Consortium) -> Schema {
+    Schema::parse(&std::fs::read_to_string(&consortium.schema).unwrap()).unwrap()
+}
+
+fn frame(message: &Message) -> Vec<u8> {
+    codec::frame(message).unwrap()
+}
+
+fn model_received(offer: &ModelOffer) -> Message {
+    Message::ModelReceived(ModelReceived {
+        session: offer.session,
+        round: offer.round,
+        hash: offer.hash,
+    })
+}
+
+fn decline(session: u64, round: u64) -> Message {
+    Message::Declined(Declined {
+        session,
+        round,
+        reason: "not playing".into(),
+    })
+}
+
+/// `name`'s first secure-aggregation state and its signed round keys, over a zero input.
+fn round_keys(
+    setup: &SecAggSetup,
+    name: &str,
+    signer: &dyn medfed_protocol::secagg::Signer,
+) -> (ExpectDirectory, KeyAdvertisement) {
+    let params = setup.params.clone();
+    let me = params.index_of(name).expect("a participant");
+    let input = vec![0; params.vector_len];
+    ExpectDirectory::new(params, me, input, signer, &mut rand::rng()).unwrap()
+}
+
+fn keys_message(keys: KeyAdvertisement) -> Message {
+    Message::SecAggKeys(RoundKeys {
+        keys,
+        privacy: None,
+    })
 }
 
 /// Keys advertised for the round after the one asked about.
@@ -229,4 +844,137 @@ fn wrong_round_keys(session: u64, round: u64, setup: Option<SecAggSetup>) -> Mes
         },
         privacy: None,
     })
+}
+
+/// A coordinator driven by hand, holding the consortium's coordinator certificate, with one
+/// node connected to it.
+struct FakeCoordinator {
+    connection: quinn::Connection,
+    session: u64,
+    spec: ModelSpec,
+    features: usize,
+    /// Keeps the endpoint open.
+    _endpoint: quinn::Endpoint,
+}
+
+impl FakeCoordinator {
+    /// Starts a real node `name` against a fake coordinator, and welcomes it.
+    async fn start(
+        consortium: &Consortium,
+        name: &str,
+    ) -> (
+        Self,
+        tokio::task::JoinHandle<Result<NodeOutcome, NodeError>>,
+    ) {
+        let endpoint = server_endpoint(
+            &consortium.certs.coordinator_tls(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let node = consortium.spawn_node(consortium.node_config(name, addr));
+        let connection = endpoint
+            .accept()
+            .await
+            .expect("the node connects")
+            .await
+            .expect("handshake");
+        let (mut send, recv) = connection.accept_bi().await.unwrap();
+        let hello = MessageReader::new(recv, MAX_FRAME_LEN).expect().await;
+        assert!(matches!(hello, Ok(Message::Hello(_))), "{hello:?}");
+        let features = schema(consortium).num_features();
+        let spec = ModelSpec {
+            kind: ModelKind::Mlp { hidden: vec![8] },
+            input_dim: features,
+        };
+        let session = 0x5eed;
+        let welcome = Welcome {
+            session,
+            identity: name.into(),
+            model_spec: spec.clone(),
+            rounds: 1,
+        };
+        send_message(&mut send, &Message::Welcome(welcome))
+            .await
+            .unwrap();
+        send.finish().unwrap();
+        let fake = Self {
+            connection,
+            session,
+            spec,
+            features,
+            _endpoint: endpoint,
+        };
+        (fake, node)
+    }
+
+    fn model(&self, seed: u64) -> Model {
+        Model::new(self.spec.clone(), self.spec.initial_parameters(seed)).unwrap()
+    }
+
+    /// Sends `messages` on a fresh stream and reads the node's answer.
+    async fn exchange(&self, messages: &[Message]) -> Message {
+        let (mut send, recv) = self.connection.open_bi().await.unwrap();
+        for message in messages {
+            // The node may stop reading once it has refused.
+            if send_message(&mut send, message).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            MessageReader::new(recv, MAX_FRAME_LEN).expect(),
+        )
+        .await
+        .expect("the node answers")
+        .expect("a well-formed answer")
+    }
+
+    async fn ask(&self, request: &Message) -> Message {
+        self.exchange(std::slice::from_ref(request)).await
+    }
+
+    async fn send_model(&self, offer: &ModelOffer, chunks: &[ModelChunk]) -> Message {
+        let mut messages = vec![Message::ModelOffer(offer.clone())];
+        messages.extend(chunks.iter().cloned().map(Message::ModelChunk));
+        self.exchange(&messages).await
+    }
+
+    async fn push(&self, model: &Model, round: u64) -> Message {
+        let (offer, chunks) = split_model(model, self.session, round);
+        self.send_model(&offer, &chunks).await
+    }
+
+    fn round_start(&self, model: &Model, round: u64) -> Message {
+        Message::RoundStart(RoundStart {
+            session: self.session,
+            round,
+            attempt: 1,
+            model_hash: model.hash(),
+            train: true,
+            plan: TrainingPlan::default(),
+            standardization: Standardization::identity(self.features),
+            secure_aggregation: None,
+        })
+    }
+
+    /// Tells the node training is over and returns how it ended.
+    async fn finish(
+        &self,
+        model: &Model,
+        node: tokio::task::JoinHandle<Result<NodeOutcome, NodeError>>,
+    ) -> NodeOutcome {
+        let done = Message::Finished(Finished {
+            session: self.session,
+            round: 1,
+            model_hash: model.hash(),
+        });
+        assert!(matches!(self.ask(&done).await, Message::Finished(_)));
+        tokio::time::timeout(Duration::from_secs(30), node)
+            .await
+            .expect("the node stops")
+            .unwrap()
+            .expect("the node ends well")
+    }
 }

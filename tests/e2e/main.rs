@@ -1,9 +1,12 @@
 //! End-to-end tests: a real coordinator and real nodes (libtorch trainer) over QUIC with mutual
 //! TLS on 127.0.0.1. Each test builds its own consortium in a temporary folder.
 
+mod crash;
 mod egress;
 mod fairness;
+mod faults;
 mod hostile;
+mod load;
 mod privacy;
 mod secure_aggregation;
 mod training;

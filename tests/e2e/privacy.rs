@@ -34,6 +34,7 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
         delta: 1e-5,
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
+        evaluation: None,
     };
 
     let coordinator = consortium.start_coordinator(config).await;
@@ -128,6 +129,8 @@ async fn budget_is_spent_once_the_noised_update_has_left_even_if_the_round_then_
     let consortium = Consortium::new(&names, 100);
     let mut config = consortium.coordinator_config(1, 2);
     config.secure_aggregation.threshold = Some(2);
+    // All four must be in round 1, however slowly each connects on a loaded machine.
+    config.task.start_nodes = Some(4);
     let coordinator = consortium.start_coordinator(config).await;
     let addr = coordinator.local_addr();
     let policy = PrivacyConfig {
@@ -135,6 +138,7 @@ async fn budget_is_spent_once_the_noised_update_has_left_even_if_the_round_then_
         delta: 1e-5,
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
+        evaluation: None,
     };
     let mut configs = Vec::new();
     for name in names {
@@ -177,5 +181,94 @@ async fn budget_is_spent_once_the_noised_update_has_left_even_if_the_round_then_
         entries(3),
         1,
         "an update that left is spent, though its node crashed"
+    );
+}
+
+#[test]
+fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budget() {
+    use medfed_node::config::EvaluationNoiseConfig;
+    use medfed_node::ledger::Release;
+    use medfed_protocol::eval_release::sensitivity;
+    use medfed_protocol::evaluation::{EvalCounts, MAX_EXAMPLE_LOSS};
+
+    let consortium = Consortium::new(&["hospital-a"], 80);
+    let task = consortium.coordinator_config(1, 1).task;
+    // The test schema audits sex and age: Δ = √(4 + 2·2). One release at σ = 2 costs the
+    // Gaussian mechanism's ε at noise multiplier 2/√8.
+    let sigma = 2.0;
+    let cost = epsilon(1.0, sigma / sensitivity(2), 1, 1e-5).unwrap().0;
+    assert!((sigma / sensitivity(2) - sigma / 8f64.sqrt()).abs() < 1e-12);
+    let spec = ModelSpec {
+        kind: task.model.clone().into(),
+        input_dim: 6,
+    };
+    let model = Model::new(spec.clone(), spec.initial_parameters(1)).unwrap();
+    let evaluate = |target_epsilon: f64| {
+        let mut config = consortium.node_config("hospital-a", "127.0.0.1:9".parse().unwrap());
+        config.state_dir = consortium
+            .dir
+            .path()
+            .join(format!("state-{target_epsilon}"));
+        config.privacy = Some(PrivacyConfig {
+            target_epsilon,
+            delta: 1e-5,
+            noise_multiplier: NoiseMultiplier::Fixed(1.0),
+            max_grad_norm: 1.0,
+            evaluation: Some(EvaluationNoiseConfig {
+                noise: sigma,
+                loss_clip: MAX_EXAMPLE_LOSS,
+            }),
+        });
+        let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
+        let privacy = medfed_node::privacy(&config).unwrap().expect("policy");
+        let mut hospital = medfed_node::prepare(&config, Box::new(trainer))
+            .unwrap()
+            .with_privacy(privacy);
+        hospital.enter_session(5, "hospital-a");
+        hospital.accept_model(model.clone(), 5, 1);
+        // An evaluation-only round in the clear (secure aggregation off).
+        let start = RoundStart {
+            session: 5,
+            round: 1,
+            attempt: 1,
+            model_hash: model.hash(),
+            train: false,
+            plan: task.plan(1),
+            standardization: Standardization::identity(6),
+            secure_aggregation: None,
+        };
+        let answer = hospital.handle_round(&start);
+        (answer, PrivacyLedger::read(&config.state_dir).unwrap())
+    };
+
+    // Below the cost of one release: declined, nothing charged.
+    let (answer, ledger) = evaluate(0.9 * cost);
+    match answer {
+        Message::Declined(d) => assert!(d.reason.contains("privacy budget"), "{}", d.reason),
+        other => panic!("expected a decline, got {other:?}"),
+    }
+    assert!(ledger.is_empty());
+
+    // Within budget: the counts leave noised, and their cost is in the ledger first.
+    let (answer, ledger) = evaluate(1.1 * cost);
+    let Message::Contribution(contribution) = answer else {
+        panic!("expected the counts, got {answer:?}");
+    };
+    assert_eq!(ledger.len(), 1);
+    let entry = &ledger[0];
+    assert_eq!(entry.release, Release::EvaluationCounts);
+    assert_eq!((entry.sample_rate, entry.steps), (1.0, 1));
+    assert!((entry.epsilon_after - cost).abs() < 1e-12);
+    let declared = contribution
+        .privacy
+        .expect("the node declares what it spent");
+    assert_eq!(declared.epsilon, entry.epsilon_after);
+    // Every count is an integer; 20 held-out rows, so n is 20 plus noise.
+    let eval = EvalCounts::from_vector(&contribution.values[..EvalCounts::VECTOR_LEN]).unwrap();
+    assert!((eval.n - 20.0).abs() <= 8.0 * sigma, "{}", eval.n);
+    assert!(
+        contribution.values[2..EvalCounts::VECTOR_LEN]
+            .iter()
+            .all(|v| v.fract() == 0.0)
     );
 }

@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod load;
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -104,10 +106,12 @@ impl Consortium {
                 round_deadline_secs: 60.0,
                 wait_for_nodes_secs: 60.0,
                 round_attempts: 3,
+                start_nodes: None,
             },
             strategy: StrategyConfig::default(),
             secure_aggregation: SecureAggregationConfig::default(),
             fairness: Default::default(),
+            danger_pause_at: None,
         }
     }
 
@@ -139,6 +143,7 @@ impl Consortium {
             reconnect_for: Duration::from_secs(20),
             threads: std::num::NonZeroUsize::MIN,
             danger_crash_after: None,
+            danger_stall: None,
             privacy: None,
         }
     }

@@ -145,23 +145,29 @@ pub struct UnmaskResponse {
 
 /// Serialises `Vec<u32>` as one byte string of little-endian words.
 mod le_words {
-    use serde::de::Error as _;
     use serde::{Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(
         words: &[u32],
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut bytes = Vec::with_capacity(4 * words.len());
+        for w in words {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
         serializer.serialize_bytes(&bytes)
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Vec<u32>, D::Error> {
-        let bytes = serde_bytes_compat::deserialize(deserializer)?;
-        if bytes.len() % 4 != 0 {
-            return Err(D::Error::custom(format!(
+        serde_bytes_compat::deserialize(deserializer)
+    }
+
+    /// Little-endian words from bytes, refusing a partial word.
+    fn words<E: serde::de::Error>(bytes: &[u8]) -> Result<Vec<u32>, E> {
+        if !bytes.len().is_multiple_of(4) {
+            return Err(E::custom(format!(
                 "{} bytes is not a whole number of words",
                 bytes.len()
             )));
@@ -179,36 +185,34 @@ mod le_words {
         use serde::Deserializer;
         use serde::de::{SeqAccess, Visitor};
 
-        struct BytesVisitor;
+        /// Builds the words straight from the bytes the format lends (bincode from a slice lends
+        /// the frame itself), so that a 4 MB update is not first copied into a byte vector.
+        struct WordsVisitor;
 
-        impl<'de> Visitor<'de> for BytesVisitor {
-            type Value = Vec<u8>;
+        impl<'de> Visitor<'de> for WordsVisitor {
+            type Value = Vec<u32>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a byte string")
             }
 
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u32>, E> {
+                super::words(v)
             }
 
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u32>, A::Error> {
                 let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
                 while let Some(b) = seq.next_element::<u8>()? {
                     out.push(b);
                 }
-                Ok(out)
+                super::words(&out)
             }
         }
 
         pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
             d: D,
-        ) -> Result<Vec<u8>, D::Error> {
-            d.deserialize_byte_buf(BytesVisitor)
+        ) -> Result<Vec<u32>, D::Error> {
+            d.deserialize_bytes(WordsVisitor)
         }
     }
 }
