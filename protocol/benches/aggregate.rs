@@ -24,14 +24,17 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
 use medfed_protocol::codec::{decode_body, frame};
 use medfed_protocol::messages::Message;
 use medfed_protocol::secagg::{
     ExpectDirectory, ExpectKeys, ExpectMaskedInputs, KeyAdvertisement, MaskedInput, Participant,
-    ParticipantState, PeerVerifier, RoundParams, SecAggError, SharePackage, Signer,
+    ParticipantState, RoundParams, SharePackage,
 };
+
+mod support;
+
+use support::Consortium;
 
 const NODES: usize = 10;
 const PARAMS: usize = 1_000_000;
@@ -273,60 +276,5 @@ impl Round {
     /// A fresh coordinator in phase 3, before any masked input.
     fn fresh(&self) -> ExpectMaskedInputs {
         self.shares().finish().expect("everyone shared").0
-    }
-}
-
-/// Long-term Ed25519 keys of `n` hospitals; a "certificate" is the raw public key.
-struct Consortium {
-    keys: Vec<Ed25519KeyPair>,
-    verifier: KeyVerifier,
-}
-
-impl Consortium {
-    fn new(n: usize) -> Self {
-        let mut rng = ChaCha20Rng::seed_from_u64(5);
-        let mut keys = Vec::with_capacity(n);
-        let mut public = BTreeMap::new();
-        for i in 1..=n {
-            let mut seed = [0u8; 32];
-            rng.fill_bytes(&mut seed);
-            let pair = Ed25519KeyPair::from_seed_unchecked(&seed).expect("any seed is a key");
-            public.insert(format!("hospital-{i}"), pair.public_key().as_ref().to_vec());
-            keys.push(pair);
-        }
-        Self {
-            keys,
-            verifier: KeyVerifier(public),
-        }
-    }
-
-    fn signer(&self, index: u16) -> KeySigner<'_> {
-        KeySigner(&self.keys[usize::from(index) - 1])
-    }
-
-    fn certificate(&self, index: u16) -> Vec<u8> {
-        self.keys[usize::from(index) - 1]
-            .public_key()
-            .as_ref()
-            .to_vec()
-    }
-}
-
-struct KeySigner<'a>(&'a Ed25519KeyPair);
-
-impl Signer for KeySigner<'_> {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SecAggError> {
-        Ok(self.0.sign(message).as_ref().to_vec())
-    }
-}
-
-struct KeyVerifier(BTreeMap<String, Vec<u8>>);
-
-impl PeerVerifier for KeyVerifier {
-    fn verify(&self, identity: &str, certificate: &[u8], message: &[u8], signature: &[u8]) -> bool {
-        self.0.get(identity).is_some_and(|key| key == certificate)
-            && UnparsedPublicKey::new(&ED25519, certificate)
-                .verify(message, signature)
-                .is_ok()
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use medfed_coordinator::checkpoint::{checkpoint_file_name, read_checkpoint};
 use medfed_coordinator::config::{PausePhase, PausePoint};
 use medfed_coordinator::store::{RoundStatus, Store};
-use medfed_e2e::{Consortium, subscribe};
+use medfed_e2e::{Consortium, strip_ansi, subscribe};
 use medfed_node::NodeConfig;
 use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
 use medfed_node::egress::EgressLog;
@@ -542,24 +542,6 @@ batch_size = 16
 fn toml_string(s: &str) -> String {
     assert!(!s.contains('\''), "path with a quote: {s}");
     format!("'{s}'")
-}
-
-/// Removes terminal colour sequences, in case the log is coloured.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The `medfed-coordinator` binary of this build, brought up to date first.

@@ -248,6 +248,24 @@ impl SplitMix {
     }
 }
 
+/// `line` without its terminal colour codes (`ESC [ … m`), for reading a child process's log.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Sends `tracing` output to the test's captured output.
 pub fn subscribe() {
     let _ = tracing_subscriber::fmt()

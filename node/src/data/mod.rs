@@ -17,6 +17,7 @@ mod split;
 
 pub use csv_reader::load_csv;
 pub use error::DataError;
+pub use split::split_indices;
 
 use crate::examples::Examples;
 

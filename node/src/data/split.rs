@@ -22,13 +22,8 @@ impl Dataset {
                 fraction: holdout_fraction,
             });
         }
-        let n = self.len();
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut ChaCha20Rng::seed_from_u64(seed));
-        let (held_out, train) = order.split_at_mut(held_out_count(n, holdout_fraction));
-        held_out.sort_unstable();
-        train.sort_unstable();
-        Ok((self.subset(train), self.subset(held_out)))
+        let (train, held_out) = split_indices(self.len(), holdout_fraction, seed);
+        Ok((self.subset(&train), self.subset(&held_out)))
     }
 
     /// The rows at `indices`, in that order.
@@ -61,6 +56,19 @@ impl Dataset {
 }
 
 /// How many of `n` rows to hold out for a fraction in `[0, 1)`.
+/// The row indices (0-based, ascending) of `(train, held_out)` that [`Dataset::split`] gives a
+/// dataset of `n` rows; tools that must use the very same held-out rows (the Flower benchmark)
+/// call this rather than copying the shuffle.
+pub fn split_indices(n: usize, holdout_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha20Rng::seed_from_u64(seed));
+    let mut train = order.split_off(held_out_count(n, holdout_fraction));
+    let mut held_out = order;
+    held_out.sort_unstable();
+    train.sort_unstable();
+    (train, held_out)
+}
+
 fn held_out_count(n: usize, fraction: f64) -> usize {
     if n == 0 || fraction <= 0.0 {
         return 0;

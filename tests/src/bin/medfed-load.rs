@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use medfed_e2e::load::{ProcessUsage, mlp_for_params, spawn_light_node};
-use medfed_e2e::{Consortium, SCHEMA, synthetic_csv};
+use medfed_e2e::{Consortium, SCHEMA, strip_ansi, synthetic_csv};
 use medfed_node::egress::EgressLog;
 use medfed_protocol::model::{ModelKind, ModelSpec};
 use medfed_protocol::schema::Schema;
@@ -538,24 +538,6 @@ fn parse_event(line: &str) -> Option<Event> {
         return Some(Event::RoundFailed(line.to_owned()));
     }
     None
-}
-
-/// Removes terminal colour codes (`ESC [ … m`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Bytes all nodes sent, per round (`None`: `hello`), from their egress logs (`dir/<node>`).

@@ -1,0 +1,1 @@
+"""medfed's benchmark task as a Flower app."""

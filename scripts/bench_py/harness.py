@@ -1,0 +1,998 @@
+"""scripts/bench's driver: medfed against Flower on the same federated task, and medfed against
+the machine's limits. Writes docs/BENCHMARKS.md. Run through scripts/bench, which prepares the
+virtual environment, the binaries and the benches first.
+"""
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / "target" / "release"
+SPLIT = REPO / "target" / "release" / "medfed-bench-split"
+HEART = REPO / ".deps" / "data" / "heart"
+SCHEMA = REPO / "config" / "heart" / "schema.toml"
+HOSPITALS = ["cleveland", "hungary", "switzerland", "va_long_beach"]
+# 20 shards: each hospital's rows dealt round-robin over its share of the shards.
+SHARDS_20 = {"cleveland": 8, "hungary": 7, "switzerland": 1, "va_long_beach": 4}
+HOLDOUT, SPLIT_SEED = 0.25, 1
+TICK = os.sysconf("SC_CLK_TCK")
+VENV = Path(sys.executable).parent
+
+
+def log(*a):
+    print("bench:", *a, file=sys.stderr, flush=True)
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        r = csv.reader(f)
+        header = next(r)
+        return header, [row for row in r]
+
+
+def node_files(nodes):
+    """[(name, header, rows)] for `nodes` nodes: the four hospitals, or 20 deterministic shards."""
+    out = []
+    for h in HOSPITALS:
+        header, rows = read_rows(HEART / f"{h}.csv")
+        k = 1 if nodes == 4 else SHARDS_20[h]
+        for s in range(k):
+            name = h if k == 1 else f"{h}_{s}"
+            out.append((name, header, rows[s::k]))
+    assert len(out) == nodes, (nodes, len(out))
+    return out
+
+
+def encode(header, rows, schema):
+    """medfed's feature encoding (protocol/src/schema.rs): numeric as is, one-hot per level."""
+    idx = {c: i for i, c in enumerate(header)}
+    feats, labels = [], []
+    pos = set(schema["label"]["positive"])
+    for row in rows:
+        x = []
+        for col in schema["columns"]:
+            v = row[idx[col["name"]]]
+            if col["type"] == "numeric":
+                x.append(float(v))
+            else:
+                x.extend(1.0 if v == lvl else 0.0 for lvl in col["levels"])
+        feats.append(x)
+        labels.append(1.0 if row[idx[schema["label"]["column"]]] in pos else 0.0)
+    return np.array(feats, dtype=np.float32), np.array(labels, dtype=np.float32)
+
+
+def prepare_data(nodes, root):
+    """Per node: a CSV for medfed, and for Flower an .npz of the same rows split exactly as the
+    medfed node splits them (the split tool runs medfed's shuffle), standardised with the pooled
+    training-split mean and population std as medfed's federated statistics round computes them."""
+    schema = tomllib.loads(SCHEMA.read_text())
+    d = root / f"data{nodes}"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    parts = []
+    for i, (name, header, rows) in enumerate(node_files(nodes)):
+        with open(d / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(header)
+            w.writerows(rows)
+        held = {int(s) for s in subprocess.run([SPLIT, str(len(rows)), str(HOLDOUT), str(SPLIT_SEED)],
+                                               check=True, capture_output=True, text=True).stdout.split()}
+        x, y = encode(header, rows, schema)
+        mask = np.array([j in held for j in range(len(rows))])
+        parts.append((name, x[~mask], y[~mask], x[mask], y[mask]))
+    train = np.concatenate([p[1] for p in parts]).astype(np.float64)
+    mean, std = train.mean(0), train.std(0)
+    col = 0
+    for c in schema["columns"]:
+        if c["type"] == "numeric":
+            col += 1
+        else:
+            w = len(c["levels"])
+            mean[col:col + w], std[col:col + w] = 0.0, 1.0
+            col += w
+    std[std <= 0] = 1.0
+    for i, (name, xtr, ytr, xte, yte) in enumerate(parts):
+        f = lambda a: ((a - mean) / std).astype(np.float32)
+        np.savez(d / f"node-{i}.npz", x_train=f(xtr), y_train=ytr, x_test=f(xte), y_test=yte)
+    return d, [p[0] for p in parts], train.shape[1]
+
+
+# ---- process monitoring -----------------------------------------------------------------------
+
+def children_of():
+    kids = {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+        kids.setdefault(ppid, []).append(int(p))
+    return kids
+
+
+def proc_sample(pid):
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rfind(")") + 2:].split()
+        cpu = (int(fields[11]) + int(fields[12])) / TICK
+        hwm = 0
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+        return cpu, hwm, cmd
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Monitor:
+    """Polls the processes of each group (roots and their descendants; `match` keeps only those
+    whose command line contains one of its words) every `period` seconds: per process the CPU
+    time (utime + stime) seen over time and the peak resident set (VmHWM)."""
+
+    def __init__(self, period=0.1):
+        self.period = period
+        self.groups = {}  # name -> (roots, match)
+        self.series = {}  # name -> {pid: [(t, cpu)]}
+        self.hwm = {}     # name -> {pid: bytes}
+        self.cmds = {}
+        self.sockets = []  # (t, {socket key: (sent, received)}) for ss-watched ports
+        self.ports = None
+        self._stop = threading.Event()
+        self._thread = None
+
+    def watch(self, name, roots, match=None):
+        self.groups[name] = (list(roots), match)
+        self.series.setdefault(name, {})
+        self.hwm.setdefault(name, {})
+
+    def watch_tcp(self, port, pids):
+        self.ports = (port, set(pids))
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.poll()
+            self._stop.wait(self.period)
+
+    def poll(self):
+        now = time.time()
+        kids = children_of()
+        for name, (roots, match) in self.groups.items():
+            todo, seen = list(roots), set()
+            while todo:
+                p = todo.pop()
+                if p in seen:
+                    continue
+                seen.add(p)
+                todo.extend(kids.get(p, []))
+            for p in seen:
+                s = proc_sample(p)
+                if s is None:
+                    continue
+                cpu, hwm, cmd = s
+                if match and not any(m in cmd for m in match):
+                    continue
+                self.series[name].setdefault(p, []).append((now, cpu))
+                self.hwm[name][p] = max(self.hwm[name].get(p, 0), hwm)
+                if cmd:
+                    self.cmds[p] = cmd
+        if self.ports:
+            self.sockets.append((now, tcp_bytes(*self.ports)))
+
+    def cpu_between(self, name, t0, t1):
+        """CPU seconds the group's processes used between t0 and t1 (linear between samples)."""
+        total = 0.0
+        for pts in self.series[name].values():
+            total += interp(pts, t1) - interp(pts, t0)
+        return total
+
+    def cpu_total(self, name):
+        return sum(pts[-1][1] for pts in self.series[name].values())
+
+    def peak_rss(self, name):
+        """Peak resident set of the group: the sum of its processes' peaks."""
+        return sum(self.hwm[name].values())
+
+    def processes(self, name):
+        names = set()
+        for p in self.series[name]:
+            words = [w.rsplit("/", 1)[-1] for w in self.cmds.get(p, "").split()]
+            words = [w for w in words if not w.startswith(("python", "-"))]
+            if words:
+                names.add(words[0])
+        return sorted(names)
+
+    def tcp_between(self, t0, t1):
+        """(sent, received) bytes on the watched TCP connections in [t0, t1]: for each connection
+        its last counters seen in the window less those seen at or before t0 (0 for one opened
+        later), so that connections opened and closed within the window count too."""
+        first, last = {}, {}
+        for t, snap in self.sockets:
+            for key, v in snap.items():
+                if t <= t0:
+                    first[key] = v
+                elif t <= t1:
+                    last[key] = v
+        sent = sum(v[0] - first.get(k, (0, 0))[0] for k, v in last.items())
+        recv = sum(v[1] - first.get(k, (0, 0))[1] for k, v in last.items())
+        return sent, recv
+
+
+def interp(pts, t):
+    if t <= pts[0][0]:
+        return 0.0 if t < pts[0][0] - 1.0 else pts[0][1]
+    for (ta, ca), (tb, cb) in zip(pts, pts[1:]):
+        if ta <= t <= tb:
+            return ca + (cb - ca) * (t - ta) / max(tb - ta, 1e-9)
+    return pts[-1][1]
+
+
+def tcp_bytes(port, pids):
+    """Per established TCP connection to `port` owned by one of `pids`, as that client sees it:
+    bytes it sent (bytes_acked) and received (bytes_received), from the kernel's tcp_info
+    (`ss -tinp`)."""
+    out = subprocess.run(["ss", "-Htinp", "state", "established", f"( dport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    socks, key = {}, None
+    for line in out.splitlines():
+        if not line.startswith((" ", "\t")):
+            m = re.search(r"(\S+:\d+)\s+(\S+:\d+)\s+users:.*?pid=(\d+)", line)
+            key = (m.group(1), m.group(2)) if m and int(m.group(3)) in pids else None
+            continue
+        if key:
+            acked = re.search(r"bytes_acked:(\d+)", line)
+            recv = re.search(r"bytes_received:(\d+)", line)
+            socks[key] = (int(acked.group(1)) if acked else 0, int(recv.group(1)) if recv else 0)
+    return socks
+
+
+class CountingProxy:
+    """A TCP relay between the Flower SuperNodes and the SuperLink that counts the bytes each way
+    (HTTP requests and responses, headers included; no TCP/IP headers), time-stamped."""
+
+    def __init__(self, listen, target):
+        import asyncio
+        self.listen, self.target = listen, target
+        self.events = [(0.0, 0, 0)]  # (time, cumulative up, cumulative down)
+        self.up = self.down = 0
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+        self.ready.wait(10)
+
+    def _run(self):
+        import asyncio
+        asyncio.set_event_loop(self.loop)
+
+        async def pipe(reader, writer, upward):
+            try:
+                while data := await reader.read(1 << 16):
+                    if upward:
+                        self.up += len(data)
+                    else:
+                        self.down += len(data)
+                    self.events.append((time.time(), self.up, self.down))
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader, writer):
+            try:
+                r2, w2 = await asyncio.open_connection("127.0.0.1", self.target)
+            except OSError:
+                writer.close()
+                return
+            await asyncio.gather(pipe(reader, w2, True), pipe(r2, writer, False))
+
+        async def serve():
+            server = await asyncio.start_server(handle, "127.0.0.1", self.listen)
+            self.ready.set()
+            async with server:
+                await server.serve_forever()
+
+        try:
+            self.loop.run_until_complete(serve())
+        except RuntimeError:
+            pass
+
+    def between(self, t0, t1):
+        import bisect
+        times = [e[0] for e in self.events]
+        a = self.events[max(bisect.bisect_right(times, t0) - 1, 0)]
+        b = self.events[max(bisect.bisect_right(times, t1) - 1, 0)]
+        return b[1] - a[1], b[2] - a[2]
+
+    def stop(self):
+        """Nothing to do: the relay's thread is a daemon, and stopping its loop under open
+        connections only makes asyncio complain; once the nodes are gone it is idle."""
+
+
+def wait_port(port, timeout):
+    """Waits until something listens on TCP `port`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(["ss", "-Hltn", f"( sport = :{port} )"], capture_output=True, text=True).stdout
+        if out.strip():
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+# ---- medfed -----------------------------------------------------------------------------------
+
+def run_medfed(cfg, data_dir, names, root, port):
+    nodes, hidden, secagg, rounds = cfg["nodes"], cfg["hidden"], cfg["secagg"], cfg["rounds"]
+    run = root / f"medfed-{cfg['id']}"
+    if run.exists():
+        shutil.rmtree(run)
+    (run / "logs").mkdir(parents=True)
+    subprocess.run([BIN / "medfed-certs", "dev", "--out", run / "certs", "--nodes", str(nodes),
+                    "--names", ",".join(names)], check=True, capture_output=True)
+    sa = f"enabled = {'true' if secagg else 'false'}\n"
+    if secagg:
+        sa += f"neighbours = {cfg['shares'] - 1}\nthreshold = {cfg['threshold']}\n"
+    hidden_toml = ", ".join(str(h) for h in hidden)
+    (run / "coordinator.toml").write_text(f"""listen = "127.0.0.1:{port}"
+data_dir = "coordinator"
+schema = "{SCHEMA}"
+
+[tls]
+ca_cert = "certs/ca.pem"
+cert = "certs/coordinator.pem"
+key = "certs/coordinator.key"
+crl = "certs/crl.pem"
+
+[task]
+model = {{ kind = "mlp", hidden = [{hidden_toml}] }}
+rounds = {rounds}
+min_nodes = {nodes}
+seed = 42
+round_deadline_secs = 600
+wait_for_nodes_secs = 300
+
+[task.training]
+local_epochs = {cfg['epochs']}
+learning_rate = {cfg['lr']}
+batch_size = {cfg['batch']}
+
+[strategy]
+name = "fed_avg"
+
+[secure_aggregation]
+{sa}""")
+    for name in names:
+        (run / f"{name}.toml").write_text(f"""coordinator = "127.0.0.1:{port}"
+server_name = "localhost"
+state_dir = "nodes/{name}"
+device = "cpu"
+threads = 1
+
+[tls]
+ca_cert = "certs/ca.pem"
+cert = "certs/{name}.pem"
+key = "certs/{name}.key"
+
+[data]
+csv = "{data_dir / (name + '.csv')}"
+schema = "{SCHEMA}"
+holdout_fraction = {HOLDOUT}
+split_seed = {SPLIT_SEED}
+""")
+    env = dict(os.environ, RUST_LOG="info", NO_COLOR="1")
+    mon = Monitor()
+    t_launch = time.time()
+    coord = subprocess.Popen([BIN / "medfed-coordinator", "run", "--config", run / "coordinator.toml"],
+                             stdout=open(run / "summary.txt", "w"), stderr=open(run / "logs/coordinator.log", "w"),
+                             env=env)
+    mon.watch("coordinator", [coord.pid])
+    time.sleep(0.3)
+    procs = []
+    for name in names:
+        procs.append(subprocess.Popen([BIN / "medfed-node", "run", "--config", run / f"{name}.toml"],
+                                      stdout=open(run / f"logs/{name}.out", "w"),
+                                      stderr=open(run / f"logs/{name}.log", "w"), env=env))
+    mon.watch("nodes", [p.pid for p in procs])
+    mon.start()
+    try:
+        rc = coord.wait(timeout=cfg["timeout"])
+        for p in procs:
+            p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    finally:
+        mon.stop()
+        for p in [coord] + procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if rc != 0:
+        raise RuntimeError(f"medfed run {cfg['id']} failed ({rc}); see {run}/logs")
+    # Round timings: each "round applied" line carries its end time and its duration.
+    ends, durs = [], []
+    for line in (run / "logs/coordinator.log").read_text().splitlines():
+        if "round applied" in line:
+            ts = re.match(r"\s*(\S+)", line).group(1)
+            ends.append(parse_ts(ts))
+            durs.append(float(re.search(r"seconds=([\d.e+-]+)", line).group(1)))
+    if len(ends) != rounds:
+        raise RuntimeError(f"medfed run {cfg['id']}: {len(ends)} rounds applied, {rounds} expected")
+    t0, t1 = ends[0] - durs[0], ends[-1]
+    summary = (run / "summary.txt").read_text()
+    final = re.search(r"held-out AUC ([\d.]+).*\[final\]", summary)
+    # Bytes each node sent in the training rounds, from its egress log.
+    sent = 0
+    for name in names:
+        out = subprocess.run([BIN / "medfed-node", "egress", "--config", run / f"{name}.toml"],
+                             check=True, capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 5 and parts[0].isdigit() and parts[1].isdigit() and 1 <= int(parts[1]) <= rounds:
+                sent += int(parts[3])
+    return {
+        "wall_per_round": (t1 - t0) / rounds,
+        "coord_cpu_per_round": mon.cpu_between("coordinator", t0, t1) / rounds,
+        "coord_cpu_total": mon.cpu_total("coordinator"),
+        "coord_peak_rss": mon.peak_rss("coordinator"),
+        "node_cpu_per_round": mon.cpu_between("nodes", t0, t1) / rounds / nodes,
+        "up_per_node_round": sent / nodes / rounds,
+        "down_per_node_round": None,
+        "auc": float(final.group(1)) if final else float("nan"),
+        "total_wall": time.time() - t_launch,
+        "processes": mon.processes("coordinator"),
+    }
+
+
+def parse_ts(ts):
+    from datetime import datetime
+    ts = ts.rstrip("Z")
+    if "." in ts:
+        head, frac = ts.split(".")
+        ts = f"{head}.{frac[:6]}"
+    return datetime.fromisoformat(ts + "+00:00").timestamp()
+
+
+# ---- Flower -----------------------------------------------------------------------------------
+
+def run_flower(cfg, data_dir, root, base_port):
+    nodes, secagg, rounds = cfg["nodes"], cfg["secagg"], cfg["rounds"]
+    run = root / f"flower-{cfg['id']}"
+    if run.exists():
+        shutil.rmtree(run)
+    (run / "logs").mkdir(parents=True)
+    home = run / "flwr-home"
+    home.mkdir()
+    # Flower 1.42 serves the Fleet, Control and ServerAppIo APIs on one HTTP port.
+    control = fleet = base_port
+    (home / "config.toml").write_text(f"""[superlink]
+default = "bench"
+
+[superlink.bench]
+address = "127.0.0.1:{control}"
+insecure = true
+""")
+    env = dict(os.environ, FLWR_HOME=str(home), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PATH=f"{VENV}:{os.environ['PATH']}", PYTHONUNBUFFERED="1")
+    mon = Monitor()
+    link = subprocess.Popen([VENV / "flower-superlink", "--insecure", "--host", "127.0.0.1",
+                             "--port", str(fleet), "--database", str(run / "state.db")],
+                            stdout=open(run / "logs/superlink.out", "w"), stderr=subprocess.STDOUT,
+                            env=env, cwd=run)
+    mon.watch("coordinator", [link.pid])
+    relay = base_port + 9
+    proxy = CountingProxy(relay, fleet)
+    supernodes = []
+    for i in range(nodes):
+        supernodes.append(subprocess.Popen(
+            [VENV / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{relay}",
+             "--host", "127.0.0.1", "--port", str(base_port + 10 + i),
+             "--node-config", f"partition-id={i}"],
+            stdout=open(run / f"logs/supernode-{i}.out", "w"), stderr=subprocess.STDOUT, env=env, cwd=run))
+    mon.watch("nodes", [p.pid for p in supernodes])
+
+    mon.start()
+    out = run / "result.json"
+    app = Path(__file__).resolve().parent / "flowerapp"
+    overrides = (f"num-rounds={rounds} local-epochs={cfg['epochs']} learning-rate={cfg['lr']} "
+                 f"batch-size={cfg['batch']} hidden='{','.join(map(str, cfg['hidden']))}' seed=42 "
+                 f"secagg={'true' if secagg else 'false'} num-nodes={nodes} num-shares={cfg['shares']} "
+                 f"threshold={cfg['threshold']} data-dir='{data_dir}' out='{out}' "
+                 f"init='{cfg.get('init', '')}'")
+    t_launch = time.time()
+    try:
+        wait_port(fleet, 120)
+        subprocess.run([VENV / "flwr", "run", str(app), "bench", "--run-config", overrides],
+                       check=True, env=env, cwd=run, stdout=open(run / "logs/flwr-run.out", "w"),
+                       stderr=subprocess.STDOUT, timeout=120)
+        deadline = time.time() + cfg["timeout"]
+        while not out.exists() and time.time() < deadline:
+            time.sleep(0.5)
+            if link.poll() is not None:
+                break
+        time.sleep(0.5)
+    finally:
+        mon.stop()
+        proxy.stop()
+        for p in supernodes + [link]:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in supernodes + [link]:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        # Flower's SuperExec and app processes that outlive their parents (they exit by
+        # themselves when they notice, but would compete for the CPU meanwhile).
+        for group in ("coordinator", "nodes"):
+            for pid in mon.series[group]:
+                if proc_sample(pid) and ("flwr" in mon.cmds.get(pid, "") or "flower" in mon.cmds.get(pid, "")):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+    if not out.exists():
+        sent = sum(p.read_text(errors="replace").count("Sent successfully")
+                   for p in (run / "logs").glob("supernode-*.out"))
+        expected = nodes * rounds * (4 if secagg else 1)
+        raise RuntimeError(f"stopped unfinished after {(time.time() - t_launch) / 60:.1f} min (time budget): "
+                           f"{sent} of the {expected} replies the nodes send in {rounds} rounds were in")
+    res = json.loads(out.read_text())
+    starts = {int(k): v for k, v in res["starts"].items()}
+    ends = {int(k): v for k, v in res["ends"].items()}
+    t0, t1 = starts[1], ends[rounds]
+    sent, recv = proxy.between(t0, t1)
+    return {
+        "wall_per_round": (t1 - t0) / rounds,
+        "coord_cpu_per_round": mon.cpu_between("coordinator", t0, t1) / rounds,
+        "coord_cpu_total": mon.cpu_total("coordinator"),
+        "coord_peak_rss": mon.peak_rss("coordinator"),
+        "node_cpu_per_round": mon.cpu_between("nodes", t0, t1) / rounds / nodes,
+        "up_per_node_round": sent / nodes / rounds,
+        "down_per_node_round": recv / nodes / rounds,
+        "auc": res["auc"],
+        "total_wall": time.time() - t_launch,
+        "processes": mon.processes("coordinator"),
+        "params": res["params"],
+        "same_init": res.get("same_init", False),
+    }
+
+
+# ---- the limits ------------------------------------------------------------------------------
+
+def cargo_bench(args, log_path):
+    """Runs `cargo bench ARGS`; returns its stdout (also written to log_path)."""
+    env = dict(os.environ)
+    env.pop("RUSTFLAGS", None)
+    proc = subprocess.run(["cargo", "bench", *args], cwd=REPO, capture_output=True, text=True, env=env)
+    Path(log_path).write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cargo bench {' '.join(args)} failed; see {log_path}")
+    return proc.stdout
+
+
+def run_limits(root, quick):
+    res = {}
+    log("limits: secure-aggregation masking vs ChaCha20 keystream (protocol/benches/secagg.rs)")
+    try:
+        out = cargo_bench(["-p", "medfed-protocol", "--bench", "secagg", "--", "1e6x10"],
+                          root / "secagg-bench.txt")
+        m = re.search(r"masking 1e6 params 10 peers: handle_delivery (\d+) Melem/s \((\d+) MB/s\), "
+                      r"mask loop (\d+) Melem/s \((\d+) MB/s\); keystream (\d+) MB/s; "
+                      r"ratio ([\d.]+) handle_delivery, ([\d.]+) loop", out)
+        if m:
+            res["masking"] = dict(delivery_mbs=int(m.group(2)), loop_mbs=int(m.group(4)),
+                                  keystream_mbs=int(m.group(5)), ratio_delivery=float(m.group(6)),
+                                  ratio_loop=float(m.group(7)))
+        u = re.search(r"unmasking 1e6 params 10 participants 0 dropout: finish ([\d.]+) ms", out)
+        if u:
+            res["unmask_ms"] = float(u.group(1))
+        t = re.search(r"traffic 1e6 params 10 participants: .*total (\d+) B; plain f32 (\d+) B; ratio ([\d.]+) "
+                      r"\(plain f64 Contribution frame: (\d+) B\)", out)
+        if t:
+            res["traffic"] = dict(total=int(t.group(1)), f32=int(t.group(2)), f64=int(t.group(4)))
+    except RuntimeError as e:
+        res["masking_error"] = str(e)
+    log("limits: coordinator aggregation vs memcpy (protocol/benches/aggregate.rs)")
+    try:
+        out = cargo_bench(["-p", "medfed-protocol", "--bench", "aggregate"],
+                          root / "aggregate-bench.txt")
+        m = re.search(r"aggregate secagg (\d+) nodes x (\d+) words: handle_input ([\d.]+) GB/s; "
+                      r"decode\+handle_input ([\d.]+) GB/s; memcpy ([\d.]+) GB/s; ratio ([\d.]+) handle_input, "
+                      r"([\d.]+) decode", out)
+        p = re.search(r"aggregate plain \d+ nodes x \d+ f64: add_into ([\d.]+) GB/s; memcpy ([\d.]+) GB/s; "
+                      r"ratio ([\d.]+)", out)
+        if m:
+            res["aggregate"] = dict(nodes=int(m.group(1)), words=int(m.group(2)), handle=float(m.group(3)),
+                                    decode=float(m.group(4)), memcpy=float(m.group(5)),
+                                    ratio=float(m.group(6)), ratio_decode=float(m.group(7)))
+        if p:
+            res["aggregate_plain"] = dict(add=float(p.group(1)), memcpy=float(p.group(2)), ratio=float(p.group(3)))
+    except RuntimeError as e:
+        res["aggregate_error"] = str(e)
+    log("limits: DP-SGD (node/benches/dp_sgd.rs) vs Opacus (scripts/bench_py/opacus_dp_sgd.py)")
+    try:
+        args = ["-p", "medfed-node", "--bench", "dp_sgd"]
+        if quick:
+            args += ["--", "--warm-up-time", "1", "--measurement-time", "2"]
+        out = cargo_bench(args, root / "dp-sgd-bench.txt")
+        m = re.search(r"dp_sgd step ([\d.]+) ms; sgd step ([\d.]+) ms; ratio ([\d.]+)", out)
+        if m:
+            res["medfed_dp"] = dict(dp_ms=float(m.group(1)), sgd_ms=float(m.group(2)))
+    except RuntimeError as e:
+        res["dp_error"] = str(e)
+    op = subprocess.run([sys.executable, str(Path(__file__).parent / "opacus_dp_sgd.py")],
+                        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    (root / "opacus.txt").write_text(op.stdout + op.stderr)
+    m = re.search(r"dp_sgd (\d+) samples/s \(([\d.]+) ms/step\); plain sgd (\d+) samples/s", op.stdout)
+    if m:
+        res["opacus"] = dict(dp_sps=int(m.group(1)), dp_ms=float(m.group(2)), sgd_sps=int(m.group(3)))
+    return res
+
+
+# ---- the whole run ----------------------------------------------------------------------------
+
+MODELS = {"demo": [32, 16], "1e6": [1024, 960]}
+
+
+def param_count(width, hidden):
+    n, w = 0, width
+    for h in hidden + [1]:
+        n += w * h + h
+        w = h
+    return n
+
+
+def fmt_bytes(b):
+    if b is None:
+        return "n/a"
+    for unit, f in (("MB", 1e6), ("kB", 1e3)):
+        if b >= f:
+            return f"{b / f:.1f} {unit}"
+    return f"{b:.0f} B"
+
+
+def ratio(a, b, digits=2):
+    if a is None or b is None or not b:
+        return "–"
+    return f"{a / b:.{digits}f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(REPO / "docs" / "BENCHMARKS.md"))
+    ap.add_argument("--command", default="scripts/bench")
+    ap.add_argument("--flower-only", default="",
+                    help="comma-separated configuration ids: run only their Flower side, then rewrite the page")
+    ap.add_argument("--limits-only", action="store_true",
+                    help="run only the limit benchmarks, then rewrite the page from the saved results")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite the page from run/bench/results.json and limits.json")
+    args = ap.parse_args()
+    quick = os.environ.get("BENCH_QUICK") == "1"
+    if args.limits_only:
+        root = REPO / "run" / "bench"
+        (root / "limits.json").write_text(json.dumps(run_limits(root, quick), indent=1))
+        args.render_only = True
+    if args.flower_only:
+        # Runs the Flower side of configurations the budget skipped, into the saved results.
+        root = REPO / "run" / "bench"
+        rows = json.loads((root / "results.json").read_text())
+        for row in rows:
+            cfg = row["cfg"]
+            if cfg["id"] not in args.flower_only.split(",") or "flower" in row:
+                continue
+            data_dir, _, _ = prepare_data(cfg["nodes"], root)
+            log(f"flower {cfg['id']}")
+            try:
+                r = int(os.environ.get("BENCH_ROUNDS", cfg["rounds"]))
+                row["flower"] = run_flower(dict(cfg, timeout=1800, rounds=r), data_dir, root, 19900)
+                row["flower"]["supplement"] = True
+                row["flower"]["rounds"] = r
+                row.pop("flower_error", None)
+                log("  ", json.dumps(row["flower"]))
+            except Exception as e:  # noqa: BLE001
+                row["flower_error"] = str(e)
+                log("  failed:", e)
+            (root / "results.json").write_text(json.dumps(rows, indent=1, default=str))
+        args.render_only = True
+    if args.render_only:
+        root = REPO / "run" / "bench"
+        rows = json.loads((root / "results.json").read_text())
+        rows.sort(key=lambda r: (r["cfg"]["nodes"], r["cfg"]["params"], r["cfg"]["secagg"]))
+        meta = json.loads((root / "meta.json").read_text())
+        write_markdown(Path(args.out), meta["command"], rows, json.loads((root / "limits.json").read_text()),
+                       meta["rounds"], meta["quick"], meta["elapsed"], meta.get("when"), meta.get("notes", []))
+        return
+    rounds = int(os.environ.get("BENCH_ROUNDS", "2" if quick else "3"))
+    budget = 60 * float(os.environ.get("BENCH_FLOWER_BUDGET_MIN", "12" if quick else "35"))
+    root = REPO / "run" / "bench"
+    root.mkdir(parents=True, exist_ok=True)
+    began = time.time()
+    node_counts = [4] if quick else [4, 20]
+    models = ["demo"] if quick else ["demo", "1e6"]
+    if os.environ.get("BENCH_NODES"):
+        node_counts = [int(n) for n in os.environ["BENCH_NODES"].split(",")]
+    if os.environ.get("BENCH_MODELS"):
+        models = os.environ["BENCH_MODELS"].split(",")
+    rows = []
+    flower_time = 0.0
+    port = 19300
+    data = {n: prepare_data(n, root) for n in node_counts}
+    # Most telling first: the Flower runs stop being started when their budget is spent.
+    order = []
+    for m in models:
+        for n in node_counts:
+            order.append((n, m, False))
+            if n == min(node_counts):
+                order.append((n, m, True))
+    order += [(n, m, True) for m in models for n in node_counts if n != min(node_counts)]
+    for nodes, model, secagg in order:
+        data_dir, names, width = data[nodes]
+        shares = nodes if nodes <= 4 else 11
+        threshold = (2 * shares) // 3 + 1
+        cfg = dict(id=f"{nodes}n-{model}-{'secagg' if secagg else 'plain'}", nodes=nodes,
+                   hidden=MODELS[model], secagg=secagg, rounds=rounds, epochs=2, lr=0.05, batch=32,
+                   shares=shares, threshold=threshold, timeout=1200, model=model,
+                   params=param_count(width, MODELS[model]))
+        row = dict(cfg=cfg)
+        log(f"medfed {cfg['id']}")
+        port += 50
+        try:
+            row["medfed"] = run_medfed(cfg, data_dir, names, root, port)
+            init = root / f"medfed-{cfg['id']}" / "coordinator" / "checkpoints" / "round-00000.safetensors"
+            if init.exists():
+                cfg["init"] = str(init)
+            log("  ", json.dumps(row["medfed"]))
+        except Exception as e:  # noqa: BLE001
+            row["medfed_error"] = str(e)
+            log("  failed:", e)
+        left = budget - flower_time
+        if left <= 0:
+            row["flower_error"] = (f"not run: the Flower runs had used their time budget "
+                                   f"({budget / 60:.0f} min, BENCH_FLOWER_BUDGET_MIN)")
+        else:
+            log(f"flower {cfg['id']} (budget left {left / 60:.1f} min)")
+            t = time.time()
+            try:
+                cap = 60 * float(os.environ.get("BENCH_FLOWER_RUN_MAX_MIN", "15"))
+                row["flower"] = run_flower(dict(cfg, timeout=min(max(left, 300), cap)), data_dir, root, port + 1)
+                log("  ", json.dumps(row["flower"]))
+            except Exception as e:  # noqa: BLE001
+                row["flower_error"] = str(e)
+                log("  failed:", e)
+            flower_time += time.time() - t
+        rows.append(row)
+        (root / "results.json").write_text(json.dumps(rows, indent=1, default=str))
+    # Table order: by nodes, model, then secure aggregation.
+    rows.sort(key=lambda r: (r["cfg"]["nodes"], r["cfg"]["params"], r["cfg"]["secagg"]))
+    limits = run_limits(root, quick) if os.environ.get("BENCH_LIMITS", "1") == "1" else {}
+    (root / "limits.json").write_text(json.dumps(limits, indent=1))
+    (root / "meta.json").write_text(json.dumps(dict(
+        command=args.command, rounds=rounds, quick=quick, elapsed=time.time() - began,
+        when=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))))
+    write_markdown(Path(args.out), args.command, rows, limits, rounds, quick, time.time() - began)
+    log(f"wrote {args.out}")
+
+
+def machine():
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1e6
+    import flwr
+    import torch
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GB RAM; Python {sys.version.split()[0]}, "
+            f"flwr {flwr.__version__}, torch {torch.__version__} (CPU), medfed's libtorch 2.13.0 (CPU)")
+
+
+def write_markdown(path, command, rows, limits, rounds, quick, elapsed, when=None, notes=()):
+    L = []
+    w = L.append
+    w("# Benchmarks")
+    w("")
+    w(f"Written by `{command}`{' with BENCH_QUICK=1' if quick else ''} "
+      f"on {when or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} in {elapsed / 60:.0f} min; "
+      "every figure below comes from that one run on one machine" + (", except as noted just below" if notes else "")
+      + ". Rerun it to refresh this page.")
+    w("")
+    for note in notes:
+        w(note)
+        w("")
+    w(f"Machine: {machine()}. The machine was shared with other work while it ran (load from "
+      "other processes), so absolute times are noisy; ratios of figures measured in the same run "
+      "are the figures to read.")
+    w("")
+    w("## 1. medfed against Flower on the same federated task")
+    w("")
+    w("The task is the demo's: the UCI Heart Disease data split by hospital (4 nodes: one per "
+      "hospital; 20 nodes: each hospital's rows dealt round-robin into 8, 7, 1 and 4 shards for "
+      "Cleveland, Hungary, Switzerland and VA Long Beach), each node holding out 25 % of its rows "
+      "with medfed's own split (seed 1; Flower's nodes get exactly the same rows, written out by "
+      "`medfed-bench-split`, which calls the node's own split), the features standardised with the "
+      "pooled training-split mean and standard deviation (medfed computes them in its federated "
+      "statistics round; Flower's nodes get them precomputed), and an MLP with ReLUs (the demo's "
+      "18-32-16-1, 1 153 parameters, and 18-1024-960-1, 1 004 417 parameters) starting from the "
+      "same weights (medfed draws them uniform in ±1/√fan_in, as PyTorch's `nn.Linear` does; "
+      "Flower's ServerApp loads medfed's round-0 checkpoint), "
+      f"trained by FedAvg over every node for {rounds} rounds of 2 local epochs of plain SGD, "
+      "learning rate 0.05, batch size 32, binary cross-entropy. One torch thread per node in both "
+      "(`threads = 1` in medfed's node.toml; `torch.set_num_threads(1)` and OMP_NUM_THREADS=1 for "
+      "Flower). No differential privacy in either (Flower has no DP accountant in this setup). "
+      "Everything runs on 127.0.0.1, one process per node.")
+    w("")
+    w("- **medfed**: `medfed-coordinator` and one `medfed-node` per node, QUIC with mutual TLS 1.3 "
+      "(always on). Secure aggregation: medfed's SecAgg/SecAgg+ (`[secure_aggregation] "
+      "enabled`); each node pairs with every other (4 nodes) or with 10 neighbours (20 nodes), "
+      "threshold ⌊2h/3⌋+1 of its h holders (3 of 4, 8 of 11). With it off, the coordinator sees "
+      "each node's figures.")
+    w("- **Flower** 1.42, Deployment Engine: `flower-superlink --insecure`, one `flower-supernode "
+      "--insecure` per node and `flwr run` (the app is `scripts/bench_py/flowerapp`: a "
+      "`ServerApp` with `LegacyContext` + `DefaultWorkflow` and `FedAvg`, a `ClientApp` with a "
+      "`NumPyClient`). **No TLS** for Flower (`--insecure`); medfed always pays for mTLS. Secure "
+      "aggregation: `SecAggPlusWorkflow(num_shares, reconstruction_threshold)` with the same "
+      "shares and threshold as medfed, and `secaggplus_mod` on the ClientApp. Flower 1.42 starts a "
+      "fresh `flwr-clientapp` process for every message a node handles (and SecAgg+ sends four "
+      "per round), and the ClientApp imports torch each time: that is how its Deployment Engine "
+      "runs and is counted in its times.")
+    w("")
+    w("How each figure is measured (the same way for both):")
+    w("")
+    w("- **Wall-clock per round**: from the start of round 1 to the end of the last round, "
+      "divided by the rounds; start-up, connection and (for medfed) the federated statistics "
+      "round are excluded. medfed: the coordinator's `round applied` log lines (end time and "
+      "`seconds` of each round); Flower: timestamps the ServerApp's strategy records in "
+      "`configure_fit` of round 1 and after `aggregate_fit` of the last round.")
+    w("- **Coordinator CPU per round**: CPU time (user + system, from `/proc/PID/stat`, polled "
+      "every 0.1 s, in 10 ms ticks, so figures of a few hundredths are coarse) the coordinator's "
+      "processes used in that same window, divided by the rounds. "
+      "medfed: `medfed-coordinator`. Flower: `flower-superlink` and all its descendants (the "
+      "`flwr-serverapp` process that runs the ServerApp and the SuperExec that starts it).")
+    w("- **Coordinator peak RSS**: the sum over those processes of their peak resident set "
+      "(`VmHWM` in `/proc/PID/status`) over the whole run.")
+    w("- **Upload per node per round**: what a node sends the coordinator in the timed rounds, "
+      "averaged over nodes and rounds. medfed: each node's egress log (`medfed-node egress`: every "
+      "framed message it sent, without QUIC/TLS overhead), training rounds only. Flower: the bytes "
+      "the SuperNodes send through a counting TCP relay the harness puts between them and the "
+      "SuperLink (HTTP requests with their headers, the nodes' polling included; it adds one "
+      "local hop to Flower's path). Download (Flower only: the relay's other direction) is given "
+      "for reference; medfed's nodes do not log what they receive.")
+    w("- **Final AUC**: the pooled held-out AUC of the final global model over every node's "
+      "held-out rows, from 1000-bin per-label score histograms (medfed's "
+      "`protocol/src/evaluation.rs`). medfed's coordinator computes it from the summed counts "
+      "after the last round; Flower's ServerApp computes it with the same formula on the same "
+      "rows after the last round (outside the timed window).")
+    w("")
+    w("| nodes | model (params) | secure aggregation | framework | wall s/round | coordinator CPU s/round | "
+      "coordinator peak RSS | upload /node/round | download /node/round | final AUC |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    slower = []
+    for row in rows:
+        c = row["cfg"]
+        head = (f"| {c['nodes']} | {c['model']} ({c['params']:,}) | "
+                f"{'on' if c['secagg'] else 'off'} |")
+        m, f = row.get("medfed"), row.get("flower")
+        for name, r, err in (("medfed", m, row.get("medfed_error")), ("Flower", f, row.get("flower_error"))):
+            if r:
+                fewer = r.get("rounds", c["rounds"]) != c["rounds"]
+                auc = f"{r['auc']:.4f}" + (f" (after {r['rounds']} round{'s' if r['rounds'] > 1 else ''})" if fewer else "")
+                w(f"{head} {name} | {r['wall_per_round']:.3f} | {r['coord_cpu_per_round']:.3f} | "
+                  f"{r['coord_peak_rss'] / 1e6:.0f} MB | {fmt_bytes(r['up_per_node_round'])} | "
+                  f"{fmt_bytes(r['down_per_node_round'])} | {auc} |")
+            else:
+                w(f"{head} {name} | {err} | | | | | |")
+        if m and f:
+            w(f"{head} **medfed / Flower** | **{ratio(m['wall_per_round'], f['wall_per_round'], 3)}** | "
+              f"**{ratio(m['coord_cpu_per_round'], f['coord_cpu_per_round'], 3)}** | "
+              f"**{ratio(m['coord_peak_rss'], f['coord_peak_rss'], 3)}** | "
+              f"**{ratio(m['up_per_node_round'], f['up_per_node_round'])}** | – | "
+              + (f"**{m['auc'] - f['auc']:+.4f}** (difference) |"
+                 if f.get("rounds", c["rounds"]) == c["rounds"] else "– (not the same rounds) |"))
+            for key, what in (("wall_per_round", "wall-clock per round"),
+                              ("coord_cpu_per_round", "coordinator CPU"),
+                              ("coord_peak_rss", "coordinator peak RSS"),
+                              ("up_per_node_round", "upload per node")):
+                if m[key] > f[key]:
+                    slower.append(f"{c['id']}: {what} ({m[key] / f[key]:.2f}×)")
+    w("")
+    late = [r["cfg"]["id"] for r in rows if r.get("flower", {}).get("supplement")]
+    if late:
+        w(f"Flower's side of {', '.join(late)} was run right after the main run, on the same machine, "
+          f"by `.deps/bench-venv/bin/python scripts/bench_py/harness.py --flower-only "
+          f"{','.join(late)}` (the main run's Flower time budget had been spent).")
+        w("")
+    w("Ratios are medfed's figure divided by Flower's (below 1: medfed is faster or smaller). "
+      "Raw logs and per-run JSON: `run/bench/`.")
+    w("")
+    if slower:
+        w("Where medfed's figure is above Flower's: " + "; ".join(slower) + ". See *Findings*.")
+        w("")
+    w("## 2. medfed against the machine's limits")
+    w("")
+    w("| what | medfed | limit | medfed / limit |")
+    w("|---|---|---|---|")
+    mk = limits.get("masking")
+    if mk:
+        w(f"| SecAgg masking, 10^6 params, 10 peers (`handle_delivery`: decrypt shares, self-mask + one "
+          f"pairwise mask per peer) | {mk['delivery_mbs']} MB/s of mask | ChaCha20 keystream {mk['keystream_mbs']} MB/s "
+          f"(`crypto::keystream`, same bytes, fresh keys) | {mk['ratio_delivery']:.2f} |")
+        w(f"| SecAgg masking loop alone (X25519 + HKDF + `add_mask` per peer) | {mk['loop_mbs']} MB/s | "
+          f"keystream {mk['keystream_mbs']} MB/s | {mk['ratio_loop']:.2f} |")
+    else:
+        w(f"| SecAgg masking | {limits.get('masking_error', 'not measured')} | | |")
+    ag = limits.get("aggregate")
+    if ag:
+        w(f"| Coordinator secure aggregation, {ag['nodes']} nodes × 10^6 words (`ExpectMaskedInputs::handle_input`) "
+          f"| {ag['handle']:.2f} GB/s of updates summed | `copy_from_slice` of the same bytes {ag['memcpy']:.2f} GB/s "
+          f"| {ag['ratio']:.2f} |")
+        w(f"| … including decoding each node's framed `SecAggInput` (`codec::decode_body`) | {ag['decode']:.2f} GB/s | "
+          f"memcpy {ag['memcpy']:.2f} GB/s | {ag['ratio_decode']:.2f} |")
+    else:
+        w(f"| Coordinator aggregation | {limits.get('aggregate_error', 'not measured')} | | |")
+    ap_ = limits.get("aggregate_plain")
+    if ap_:
+        w(f"| Coordinator plain aggregation (`add_into`, f64) | {ap_['add']:.2f} GB/s | memcpy {ap_['memcpy']:.2f} GB/s | "
+          f"{ap_['ratio']:.2f} |")
+    if limits.get("unmask_ms") is not None:
+        w(f"| Coordinator unmasking, 10 nodes × 10^6 params (`ExpectUnmasking::finish`, no dropout) | "
+          f"{limits['unmask_ms']:.1f} ms a round | – | – |")
+    md, op = limits.get("medfed_dp"), limits.get("opacus")
+    if md and op:
+        sps = 256 / (md["dp_ms"] / 1e3)
+        w(f"| DP-SGD, MLP 18-32-16-1, expected batch 256 (Poisson), σ = 1, C = 1, 1 thread "
+          f"(`node/benches/dp_sgd.rs`) | {sps:.0f} samples/s ({md['dp_ms']:.2f} ms/step) | Opacus "
+          f"{op['dp_sps']} samples/s ({op['dp_ms']:.2f} ms/step), same MLP, sampling, σ, C, lr, thread | "
+          f"{sps / op['dp_sps']:.2f} |")
+        w(f"| Plain SGD, same MLP, batch 256, 1 thread (reference) | {256 / (md['sgd_ms'] / 1e3):.0f} samples/s | "
+          f"PyTorch {op['sgd_sps']} samples/s | {256 / (md['sgd_ms'] / 1e3) / op['sgd_sps']:.2f} |")
+    else:
+        w(f"| DP-SGD vs Opacus | {limits.get('dp_error', 'not measured')} | | |")
+    tr = limits.get("traffic")
+    if tr:
+        w("")
+        w(f"Secure aggregation's traffic, 10^6 params, 10 participants: {tr['total']:,} B per node per round "
+          f"(all four SecAgg messages) against {tr['f32']:,} B for a bare f32 vector and {tr['f64']:,} B for "
+          f"medfed's plain f64 contribution frame.")
+    w("")
+    w("Bench outputs: `run/bench/secagg-bench.txt`, `aggregate-bench.txt`, `dp-sgd-bench.txt`, "
+      "`opacus.txt`.")
+    w("")
+    findings = Path(__file__).with_name("FINDINGS.md")
+    if findings.exists():
+        w(findings.read_text().strip())
+        w("")
+    path.write_text("\n".join(L) + "\n")
+
+
+if __name__ == "__main__":
+    main()
