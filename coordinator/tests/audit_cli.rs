@@ -288,3 +288,67 @@ fn metrics_take_the_auditors_threshold() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+/// `--intersection sex,age` audits the pairs of the two columns under `sex×age`, exactly as if
+/// the auditor had joined the columns into one and passed it as `--group`.
+#[test]
+fn metrics_audit_an_intersection_as_the_joined_column() {
+    use medfed_protocol::fairness::FairnessReport;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("p.csv");
+    let mut text = String::from("y,p,sex,age,joined\n");
+    for i in 0..60u32 {
+        let (sex, age) = (
+            ["F", "M"][(i % 2) as usize],
+            ["<50", "≥50"][(i / 2 % 2) as usize],
+        );
+        let y = u32::from(i % 3 == 0 || (sex == "M" && i % 5 == 0));
+        let p = f64::from((i * 37) % 100) / 100.0;
+        text.push_str(&format!("{y},{p},{sex},{age},\"{sex}, {age}\"\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let run = |extra: &[&str]| -> std::collections::BTreeMap<String, FairnessReport> {
+        let output = Command::new(env!("CARGO_BIN_EXE_medfed-audit"))
+            .args([
+                "metrics",
+                "--label",
+                "y",
+                "--score",
+                "p",
+                "--min-count",
+                "5",
+            ])
+            .args(extra)
+            .arg("--csv")
+            .arg(&csv)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let intersection = run(&["--group", "sex", "--intersection", "sex,age"]);
+    let joined = run(&["--group", "joined"]);
+    assert_eq!(
+        intersection.keys().collect::<Vec<_>>(),
+        ["sex", "sex×age"],
+        "the single attribute and the intersection, under the schema's name"
+    );
+    assert_eq!(
+        serde_json::to_value(&intersection["sex×age"]).unwrap(),
+        serde_json::to_value(&joined["joined"]).unwrap()
+    );
+    assert_eq!(intersection["sex×age"].groups.len(), 4);
+    let same_column = Command::new(env!("CARGO_BIN_EXE_medfed-audit"))
+        .args(["metrics", "--label", "y", "--score", "p"])
+        .args(["--intersection", "sex,sex"])
+        .arg("--csv")
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(!same_column.status.success());
+    assert!(String::from_utf8_lossy(&same_column.stderr).contains("two different columns"));
+}

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use medfed_coordinator::checkpoint::read_checkpoint;
 use medfed_protocol::fairness::{AuditConfig, FairnessReport, group_predictions_at};
 use medfed_protocol::report::{SignedReport, verify_chain, verify_checkpoint, verify_model};
+use medfed_protocol::schema::{INTERSECTION_GROUP_SEPARATOR, intersection_name};
 
 /// Verify medfed audit reports, or recompute their metrics on your own data.
 #[derive(Debug, Parser)]
@@ -53,8 +54,12 @@ enum Command {
         #[arg(long)]
         score: String,
         /// Column(s) of the sensitive attributes (one report each).
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "intersection")]
         group: Vec<String>,
+        /// Two columns `A,B` audited together, as the schema's `intersections` are: one report
+        /// named `A×B` whose groups are the pairs `a, b` of their values.
+        #[arg(long, value_name = "A,B")]
+        intersection: Vec<String>,
         /// Groups with fewer examples are suppressed.
         #[arg(long, default_value_t = 10)]
         min_count: u64,
@@ -87,9 +92,18 @@ fn run() -> anyhow::Result<ExitCode> {
             label,
             score,
             group,
+            intersection,
             min_count,
             threshold,
-        } => metrics(&csv, &label, &score, &group, min_count, threshold),
+        } => metrics(
+            &csv,
+            &label,
+            &score,
+            &group,
+            &intersection,
+            min_count,
+            threshold,
+        ),
     }
 }
 
@@ -205,6 +219,7 @@ fn metrics(
     label: &str,
     score: &str,
     groups: &[String],
+    intersections: &[String],
     min_count: u64,
     threshold: f32,
 ) -> anyhow::Result<ExitCode> {
@@ -222,8 +237,16 @@ fn metrics(
     };
     let (label_at, score_at) = (column(label)?, column(score)?);
     let group_at: Vec<usize> = groups.iter().map(|g| column(g)).collect::<Result<_, _>>()?;
+    let mut pairs = Vec::with_capacity(intersections.len());
+    for pair in intersections {
+        let Some((a, b)) = pair.split_once(',').filter(|(a, b)| a != b) else {
+            bail!("--intersection takes two different columns, as A,B, not {pair:?}");
+        };
+        pairs.push((intersection_name(a, b), column(a)?, column(b)?));
+    }
     let (mut labels, mut scores, mut values) =
         (Vec::new(), Vec::new(), vec![Vec::new(); groups.len()]);
+    let mut pair_values = vec![Vec::new(); pairs.len()];
     for (i, record) in reader.records().enumerate() {
         let row = i + 2;
         let record = record.with_context(|| format!("{} row {row}", csv.display()))?;
@@ -239,11 +262,22 @@ fn metrics(
         for (g, &at) in group_at.iter().enumerate() {
             values[g].push(record.get(at).unwrap_or_default().to_owned());
         }
+        for ((_, a, b), values) in pairs.iter().zip(&mut pair_values) {
+            values.push(format!(
+                "{}{INTERSECTION_GROUP_SEPARATOR}{}",
+                record.get(*a).unwrap_or_default(),
+                record.get(*b).unwrap_or_default()
+            ));
+        }
     }
     let mut config = AuditConfig::default();
     config.min_count(min_count);
     let mut out = BTreeMap::new();
-    for (name, values) in groups.iter().zip(&values) {
+    let named = groups
+        .iter()
+        .zip(&values)
+        .chain(pairs.iter().map(|(name, _, _)| name).zip(&pair_values));
+    for (name, values) in named {
         let counts = group_predictions_at(&scores, &labels, values, threshold);
         let report = FairnessReport::compute(&counts, &config)?;
         out.insert(name.clone(), report);
