@@ -36,6 +36,12 @@ pub struct RoundParams {
     pub vector_len: usize,
 }
 
+/// The most pairings (each participant's neighbours, summed over participants) a round may
+/// have: every party holds the whole neighbour graph, so this bounds what a round's parameters
+/// can make it allocate. 2^22 allows 2 000 participants pairing with everyone, or tens of
+/// thousands with SecAgg+ neighbours.
+pub const MAX_PAIRINGS: usize = 1 << 22;
+
 impl RoundParams {
     /// The default threshold for `holders` share holders: ⌊2·holders/3⌋ + 1.
     pub fn default_threshold(holders: usize) -> usize {
@@ -54,6 +60,7 @@ impl RoundParams {
         if n == 0 || n > usize::from(u16::MAX) {
             return Err(SecAggError::BadParams(format!("{n} participants")));
         }
+        let mut identities = std::collections::HashSet::with_capacity(n);
         for (position, participant) in self.participants.iter().enumerate() {
             if usize::from(participant.index) != position + 1 {
                 return Err(SecAggError::BadParams(format!(
@@ -63,10 +70,7 @@ impl RoundParams {
                     position + 1
                 )));
             }
-            if self.participants[..position]
-                .iter()
-                .any(|p| p.identity == participant.identity)
-            {
+            if !identities.insert(participant.identity.as_str()) {
                 return Err(SecAggError::BadParams(format!(
                     "identity {} appears twice",
                     participant.identity
@@ -74,6 +78,12 @@ impl RoundParams {
             }
         }
         let holders = self.holders_per_secret();
+        if n.saturating_mul(holders - 1) > MAX_PAIRINGS {
+            return Err(SecAggError::BadParams(format!(
+                "{n} participants with {} neighbours each exceed the {MAX_PAIRINGS} pairings a round may have",
+                holders - 1
+            )));
+        }
         if self.threshold < 2 || self.threshold > holders {
             return Err(SecAggError::BadParams(format!(
                 "threshold {} is not in 2..={holders} (share holders per secret; secure aggregation needs at least 2 participants)",
@@ -121,5 +131,39 @@ impl RoundParams {
             .iter()
             .find(|p| p.identity == identity)
             .map(|p| p.index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(n: usize, neighbours: Option<usize>) -> RoundParams {
+        RoundParams {
+            session: 1,
+            round: 1,
+            participants: (1..=n)
+                .map(|i| Participant {
+                    index: i as u16,
+                    identity: format!("node-{i}"),
+                })
+                .collect(),
+            threshold: 2,
+            neighbours,
+            graph_seed: [7; 32],
+            vector_len: 1,
+        }
+    }
+
+    /// Found by fuzzing: a round of 65 535 participants pairing with everyone made every party
+    /// build a graph of 4.3 × 10^9 pairings (tens of GB) before anything else was checked.
+    #[test]
+    fn regression_fuzz_a_round_too_large_to_pair_is_refused() {
+        let everyone = params(usize::from(u16::MAX), None);
+        assert!(
+            matches!(everyone.validate(), Err(SecAggError::BadParams(m)) if m.contains("pairings"))
+        );
+        assert!(params(usize::from(u16::MAX), Some(20)).validate().is_ok());
+        assert!(params(2_000, None).validate().is_ok());
     }
 }
