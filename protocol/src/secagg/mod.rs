@@ -39,7 +39,7 @@ pub use messages::{
     DirectoryEntry, EncryptedShare, KeyAdvertisement, KeyDirectory, MaskedInput, ShareDelivery,
     SharePackage, UnmaskRequest, UnmaskResponse,
 };
-pub use params::{Participant, RoundParams};
+pub use params::{MAX_PAIRINGS, Participant, RoundParams};
 pub use server::{ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectUnmasking};
 
 use crypto::CryptoError;
