@@ -109,7 +109,7 @@ async fn contribution_for_another_round_is_refused_and_the_round_goes_on() {
     subscribe();
     let consortium = Consortium::new(&WITH_MALLORY, 100);
     let coordinator = consortium
-        .start_coordinator(consortium.coordinator_config(1, 3))
+        .start_coordinator(all_four_from_the_start(&consortium))
         .await;
     let addr = coordinator.local_addr();
     let (mallory, _) = admit(&consortium, "mallory", addr).await;
@@ -133,7 +133,7 @@ async fn message_of_the_wrong_phase_is_refused_and_the_round_goes_on() {
     subscribe();
     let consortium = Consortium::new(&WITH_MALLORY, 100);
     let coordinator = consortium
-        .start_coordinator(consortium.coordinator_config(1, 3))
+        .start_coordinator(all_four_from_the_start(&consortium))
         .await;
     let addr = coordinator.local_addr();
     let (mallory, _) = admit(&consortium, "mallory", addr).await;
@@ -324,7 +324,7 @@ async fn node_claiming_another_identity_is_refused() {
     subscribe();
     let consortium = Consortium::new(&WITH_MALLORY, 100);
     let coordinator = consortium
-        .start_coordinator(consortium.coordinator_config(1, 3))
+        .start_coordinator(all_four_from_the_start(&consortium))
         .await;
     let addr = coordinator.local_addr();
     // `Hello` names nobody: the identity is the certificate's, whatever the node would claim.
@@ -405,7 +405,7 @@ async fn share_that_fails_authentication_leaves_its_sender_out() {
     subscribe();
     let consortium = Consortium::new(&WITH_MALLORY, 100);
     let coordinator = consortium
-        .start_coordinator(consortium.coordinator_config(1, 3))
+        .start_coordinator(all_four_from_the_start(&consortium))
         .await;
     let addr = coordinator.local_addr();
     let (mallory, _) = admit(&consortium, "mallory", addr).await;
@@ -783,6 +783,14 @@ fn dropped<'a>(report: &'a TrainingReport, who: &str) -> &'a str {
         .find(|(name, _)| name == who)
         .map(|(_, why)| why.as_str())
         .unwrap_or_else(|| panic!("{who} not left out: {:?}", report.rounds[0].dropped))
+}
+
+/// A one-round configuration that waits for mallory and the three honest nodes before its first
+/// exchange, so that every exchange has all four, however slowly each connects.
+fn all_four_from_the_start(consortium: &Consortium) -> medfed_coordinator::CoordinatorConfig {
+    let mut config = consortium.coordinator_config(1, 3);
+    config.task.start_nodes = Some(4);
+    config
 }
 
 fn schema(consortium: &Consortium) -> Schema {
