@@ -16,8 +16,8 @@ use medfed_certs::load_report_signing_key;
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::messages::{
-    BUDGET_SPENT_REASON, Contribution, ContributionKind, Finished, Message, PrivacySpent,
-    RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, StatsRequest,
+    BUDGET_SPENT_REASON, Contribution, ContributionKind, Finished, Message, PlainFigures,
+    PrivacySpent, RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, StatsRequest,
 };
 use medfed_protocol::model::{Model, ModelError, ModelSpec};
 use medfed_protocol::report::{AuditReport, NodePrivacy, REPORT_FORMAT, file_sha256};
@@ -228,6 +228,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         round,
         reports,
         left_out: Mutex::new(BTreeMap::new()),
+        sum_buffer: Mutex::new(Vec::new()),
     };
     let training = tokio::spawn(async move {
         let result = trainer.run().await;
@@ -258,6 +259,9 @@ struct Trainer {
     /// Nodes left out of the remaining attempts of a round, `(round, identity)` → why: a node
     /// whose secure-aggregation share a peer could not authenticate.
     left_out: Mutex<BTreeMap<(u64, String), String>>,
+    /// The last secure-aggregation round's sum, once decoded: the next round sums into it
+    /// (zeroed first), so that each round does not fault in a fresh model-sized allocation.
+    sum_buffer: Mutex<Vec<u32>>,
 }
 
 /// A node's answer to one exchange: its index in the round, the node, and what it sent.
@@ -702,7 +706,8 @@ impl Trainer {
             }
             other => Err(unexpected(other, "secagg_shares")),
         });
-        let (mut server, mut deliveries) = server.finish()?;
+        let buffer = std::mem::take(&mut *self.sum_buffer());
+        let (mut server, mut deliveries) = server.finish_into(buffer)?;
         danger_pause(
             self.config.danger_pause_at,
             collection.round,
@@ -772,13 +777,22 @@ impl Trainer {
         });
         let survivors = server.survivors();
         let sum = server.finish()?;
-        gathered.sum = encoding.decode_sum(&sum)?;
+        let decoded = encoding.decode_sum(&sum);
+        *self.sum_buffer() = sum;
+        gathered.sum = decoded?;
         gathered.participants = survivors
             .iter()
             .filter_map(|i| by_index.get(i).map(|n| n.identity.clone()))
             .collect();
         gathered.participants.sort();
         Ok(gathered)
+    }
+
+    /// The buffer the next secure-aggregation round sums into.
+    fn sum_buffer(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
+        self.sum_buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The participants whose shares a peer reported as failing authentication, by index, with
@@ -1103,7 +1117,13 @@ fn check_contribution(
             ),
         });
     }
-    if let Some(i) = contribution.values.iter().position(|v| !v.is_finite()) {
+    // Sums of squares lose too much in f32; round vectors may come at either precision.
+    if kind == ContributionKind::Stats && matches!(contribution.values, PlainFigures::Single(_)) {
+        return reject(RefusalReason::BadContribution {
+            detail: "statistics must be sent as f64, not f32".into(),
+        });
+    }
+    if let Some(i) = contribution.values.first_non_finite() {
         return reject(RefusalReason::BadContribution {
             detail: format!("value {i} is not finite"),
         });
@@ -1155,14 +1175,12 @@ fn random_bytes() -> [u8; 32] {
 }
 
 /// Element-wise `sum += values`, starting from an empty sum.
-fn add_into(sum: &mut Vec<f64>, values: &[f64]) {
+/// Adds checked figures into the round's `f64` sum, which starts empty.
+fn add_into(sum: &mut Vec<f64>, values: &PlainFigures) {
     if sum.is_empty() {
-        sum.extend_from_slice(values);
-    } else {
-        for (s, v) in sum.iter_mut().zip(values) {
-            *s += v;
-        }
+        sum.resize(values.len(), 0.0);
     }
+    values.add_to(sum);
 }
 
 fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
@@ -1260,4 +1278,86 @@ pub enum CoordinatorError {
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contribution(kind: ContributionKind, values: PlainFigures) -> Message {
+        Message::Contribution(Contribution {
+            session: 7,
+            round: 2,
+            kind,
+            values,
+            privacy: None,
+        })
+    }
+
+    /// The detail of a `BadContribution` rejection.
+    fn rejection(result: Result<Contribution, ExchangeError>) -> String {
+        match result {
+            Err(ExchangeError::Rejected(RefusalReason::BadContribution { detail })) => detail,
+            other => panic!("expected a bad-contribution rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn round_vectors_are_accepted_at_either_precision_and_summed_in_f64() {
+        let mut sum = Vec::new();
+        for values in [
+            PlainFigures::Single(vec![1.0, 0.5, f32::MAX]),
+            PlainFigures::Double(vec![2.0, 0.25, 1.0]),
+            PlainFigures::Single(vec![3.0, 0.125, f32::MAX]),
+        ] {
+            let message = contribution(ContributionKind::Round, values);
+            let checked = check_contribution(message, 7, 2, ContributionKind::Round, 3).unwrap();
+            add_into(&mut sum, &checked.values);
+        }
+        // Twice f32::MAX overflows f32, not the f64 sum.
+        assert_eq!(sum, vec![6.0, 0.875, 2.0 * f64::from(f32::MAX) + 1.0]);
+    }
+
+    #[test]
+    fn statistics_sent_as_f32_are_refused() {
+        let stats = |values| contribution(ContributionKind::Stats, values);
+        let detail = rejection(check_contribution(
+            stats(PlainFigures::Single(vec![4.0, 2.0, 1.0])),
+            7,
+            2,
+            ContributionKind::Stats,
+            3,
+        ));
+        assert!(
+            detail.contains("statistics must be sent as f64"),
+            "{detail}"
+        );
+        let exact = PlainFigures::Double(vec![4.0, 2.0, 1.0]);
+        let checked =
+            check_contribution(stats(exact.clone()), 7, 2, ContributionKind::Stats, 3).unwrap();
+        assert_eq!(checked.values, exact);
+    }
+
+    #[test]
+    fn non_finite_or_misshapen_figures_are_refused_at_either_precision() {
+        let round = |values| {
+            rejection(check_contribution(
+                contribution(ContributionKind::Round, values),
+                7,
+                2,
+                ContributionKind::Round,
+                3,
+            ))
+        };
+        for values in [
+            PlainFigures::Single(vec![1.0, f32::INFINITY, 0.0]),
+            PlainFigures::Single(vec![1.0, f32::NAN, 0.0]),
+            PlainFigures::Double(vec![1.0, f64::NEG_INFINITY, 0.0]),
+        ] {
+            let detail = round(values);
+            assert_eq!(detail, "value 1 is not finite");
+        }
+        let detail = round(PlainFigures::Single(vec![1.0, 2.0]));
+        assert!(detail.contains("of 2 values"), "{detail}");
+    }
 }

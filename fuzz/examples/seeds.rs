@@ -15,8 +15,8 @@ use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::fairness::{FairnessReport, PolicyCheck, PolicyOutcome};
 use medfed_protocol::messages::{
     Contribution, ContributionKind, Declined, Finished, Hello, Message, ModelReceived,
-    PrivacySpent, RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, StatsRequest,
-    Welcome,
+    PlainFigures, PrivacySpent, RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup,
+    StatsRequest, Welcome,
 };
 use medfed_protocol::model::{Model, ModelKind, ModelSpec};
 use medfed_protocol::report::{
@@ -193,7 +193,7 @@ fn every_message() -> Vec<Message> {
             session: SESSION,
             round: ROUND,
             kind: ContributionKind::Round,
-            values: vec![0.5, -1.0, 1e300],
+            values: PlainFigures::Single(vec![0.5, -1.0, 3e38]),
             privacy: Some(PrivacySpent {
                 epsilon: 1.5,
                 delta: 1e-5,

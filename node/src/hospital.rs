@@ -11,8 +11,9 @@ use medfed_protocol::eval_release::EvaluationNoise;
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::fairness::GroupCounts;
 use medfed_protocol::messages::{
-    BUDGET_SPENT_REASON, Contribution, ContributionKind, Message, ModelReceived, PrivacySpent,
-    RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, StatsRequest,
+    BUDGET_SPENT_REASON, Contribution, ContributionKind, FigureOutOfRange, Message, ModelReceived,
+    PlainFigures, PrivacySpent, RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup,
+    StatsRequest,
 };
 use medfed_protocol::model::{Model, ModelError, ModelHash, ModelKind, ModelSpec};
 use medfed_protocol::privacy::{DEFAULT_ALPHAS, compute_rdp, noise_multiplier_alongside};
@@ -351,7 +352,8 @@ impl Hospital {
     }
 
     /// Sends figures: masked under secure aggregation (this returns the signed round keys that
-    /// open it), or in the clear when the consortium turned secure aggregation off.
+    /// open it), or in the clear when the consortium turned secure aggregation off (statistics
+    /// as `f64`, round vectors as `f32`; a round figure beyond `f32` declines the round).
     fn send_figures(
         &mut self,
         session: u64,
@@ -372,6 +374,10 @@ impl Hospital {
                 .map(|(epsilon, delta)| PrivacySpent { epsilon, delta }),
         };
         let Some((setup, encoding)) = secure else {
+            let values = match plain_figures(kind, values) {
+                Ok(values) => values,
+                Err(e) => return decline(session, round, format!("cannot send the figures: {e}")),
+            };
             if let Err(reason) = self.record_release(session, round) {
                 return decline(session, round, reason);
             }
@@ -830,4 +836,46 @@ fn decline(session: u64, round: u64, reason: String) -> Message {
         round,
         reason,
     })
+}
+
+/// The figures of a plain contribution at the precision their kind travels at: statistics
+/// exact in `f64` (sums of squares need it), round vectors in `f32`. A round figure that does
+/// not fit an `f32` is refused rather than sent as infinity.
+fn plain_figures(
+    kind: ContributionKind,
+    values: Vec<f64>,
+) -> Result<PlainFigures, FigureOutOfRange> {
+    match kind {
+        ContributionKind::Stats => Ok(PlainFigures::Double(values)),
+        ContributionKind::Round => PlainFigures::single(&values),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_travel_exact_and_round_vectors_as_f32() {
+        let stats = vec![3.0, 1e300, 0.1];
+        assert_eq!(
+            plain_figures(ContributionKind::Stats, stats.clone()).unwrap(),
+            PlainFigures::Double(stats)
+        );
+        assert_eq!(
+            plain_figures(ContributionKind::Round, vec![20.0, 0.5, -1e30]).unwrap(),
+            PlainFigures::Single(vec![20.0, 0.5, -1e30])
+        );
+    }
+
+    #[test]
+    fn a_round_figure_beyond_f32_is_declined_not_sent_as_infinity() {
+        let err = plain_figures(ContributionKind::Round, vec![20.0, 0.5, 1e39]).unwrap_err();
+        assert_eq!(err.index, 2);
+        let message = decline(7, 2, format!("cannot send the figures: {err}"));
+        let Message::Declined(declined) = message else {
+            panic!("expected a decline, got {message:?}");
+        };
+        assert!(declined.reason.contains("figure 2"), "{}", declined.reason);
+    }
 }

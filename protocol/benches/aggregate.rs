@@ -3,38 +3,49 @@
 //!
 //! For 10 nodes' updates of 10^6 parameters it times, per round:
 //!
-//! - **secure aggregation**: `ExpectMaskedInputs::handle_input` for every node, the coordinator's
-//!   actual code path (it checks the input and adds its 10^6 masked words into the running sum,
-//!   wrapping in Z(2^32)), after the round's keys and shares are replayed into a fresh state;
-//! - **secure aggregation with decoding**: the same after `codec::decode_body` of each node's
-//!   framed `SecAggInput` message, as the coordinator receives it;
-//! - **plain aggregation**: the coordinator's `sum += values` over `f64` contributions
-//!   (`add_into` in coordinator/src/training.rs, reproduced here because it is private);
+//! - **secure aggregation**: `ExpectShares::finish_into` and then
+//!   `ExpectMaskedInputs::handle_input` for every node, the coordinator's actual code path (the
+//!   sum buffer is zeroed, then each input is checked and its 10^6 masked words added into the
+//!   running sum, wrapping in Z(2^32)). The round's keys and shares are replayed into a fresh
+//!   state before each repetition, and after it the round is unmasked, untimed, and its sum kept
+//!   for the next repetition to sum into: the steady state of a coordinator that hands each
+//!   round's sum to the next (`reused`);
+//! - the same with `ExpectShares::finish`, which sums into a fresh allocation (`fresh`): what the
+//!   coordinator did before it reused its buffer, paying the page faults of a new 4 MB vector
+//!   each round;
+//! - **secure aggregation with decoding**: the steady state after `codec::decode_body` of each
+//!   node's framed `SecAggInput` message, as the coordinator receives it;
+//! - **plain aggregation**: the coordinator's `sum += values` over round vectors sent as `f32`
+//!   (`PlainFigures::add_to` into the round's `f64` sum, zeroed for the first node, as
+//!   `add_into` in coordinator/src/training.rs does);
 //! - **memory copy**: `copy_from_slice` of the same bytes (each node's update copied into one
 //!   destination buffer), the limit an aggregation that reads every update once cannot beat by
 //!   much.
 //!
 //! The last lines printed (`aggregate …`) give GB/s of updates summed (update bytes / time) and
-//! the ratio to the copy of the same bytes, from medians over interleaved repetitions.
+//! the ratio to the copy of the same bytes, from medians over interleaved repetitions, and the
+//! mean minor page faults of each secure-aggregation variant's timed part per round. Whether a
+//! fresh sum faults depends on the allocator: glibc may serve it from a heap it has kept mapped
+//! or from newly mapped pages, depending on what the process allocated and freed before, so the
+//! fresh-sum figure varies from run to run. `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072`
+//! pins glibc to mapping every allocation of a model's size afresh (and unmapping it when freed),
+//! the case the reused sum avoids: fresh sums then fault on every page.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
 
 use medfed_protocol::codec::{decode_body, frame};
-use medfed_protocol::messages::Message;
-use medfed_protocol::secagg::{
-    ExpectDirectory, ExpectKeys, ExpectMaskedInputs, KeyAdvertisement, MaskedInput, Participant,
-    ParticipantState, RoundParams, SharePackage,
-};
+use medfed_protocol::messages::{Message, PlainFigures};
+use medfed_protocol::secagg::{ExpectMaskedInputs, ShareDelivery};
 
 mod support;
 
-use support::Consortium;
+use support::RecordedRound;
 
 const NODES: usize = 10;
 const PARAMS: usize = 1_000_000;
@@ -44,7 +55,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = !args.iter().any(|a| a == "--bench");
     let params = if quick { 10_000 } else { PARAMS };
-    let round = Round::new(NODES, params);
+    let round = RecordedRound::new(NODES, params, false);
     let frames: Vec<Vec<u8>> = round
         .inputs
         .iter()
@@ -54,31 +65,53 @@ fn main() {
             f
         })
         .collect();
-    let plain: Vec<Vec<f64>> = (0..NODES)
-        .map(|i| (0..params).map(|j| (i * j) as f64 * 1e-6).collect())
+    let plain: Vec<PlainFigures> = (0..NODES)
+        .map(|i| PlainFigures::Single((0..params).map(|j| (i * j) as f32 * 1e-6).collect()))
         .collect();
+    let expected = round.coordinator().finish().expect("the round unmasks");
 
-    let secagg = || {
-        let mut server = round.fresh();
+    let [fresh_faults, reuse_faults, decode_faults] = [(); 3].map(|()| Faults::default());
+    let secagg_fresh = || {
+        let server = round.replay_shares();
+        let faults = minor_faults();
         let start = Instant::now();
+        let (mut server, deliveries) = server.finish().expect("everyone shared");
         for (index, input) in &round.inputs {
             server.handle_input(*index, input).expect("honest input");
         }
         let t = start.elapsed();
-        black_box(server);
+        fresh_faults.record(faults);
+        black_box((server, deliveries));
         t
     };
-    let secagg_decode = || {
-        let mut server = round.fresh();
+    // The previous repetition's unmasked sum, handed to the next as the coordinator does.
+    let mut spare = Some(expected.clone());
+    let mut reuse = |decode: bool| {
+        let server = round.replay_shares();
+        let buffer = spare.take().unwrap_or_default();
+        let faults = minor_faults();
         let start = Instant::now();
-        for ((index, _), body) in round.inputs.iter().zip(&frames) {
-            let Ok(Message::SecAggInput(input)) = decode_body(body) else {
-                panic!("a masked input decodes");
-            };
-            server.handle_input(*index, &input).expect("honest input");
+        let (mut server, deliveries) = server.finish_into(buffer).expect("everyone shared");
+        if decode {
+            for ((index, _), body) in round.inputs.iter().zip(&frames) {
+                let Ok(Message::SecAggInput(input)) = decode_body(body) else {
+                    panic!("a masked input decodes");
+                };
+                server.handle_input(*index, &input).expect("honest input");
+            }
+        } else {
+            for (index, input) in &round.inputs {
+                server.handle_input(*index, input).expect("honest input");
+            }
         }
         let t = start.elapsed();
-        black_box(server);
+        if decode {
+            &decode_faults
+        } else {
+            &reuse_faults
+        }
+        .record(faults);
+        spare = Some(unmask(&round, server, deliveries, &expected));
         t
     };
     let mut sum: Vec<f64> = Vec::new();
@@ -101,12 +134,14 @@ fn main() {
         }
         start.elapsed()
     };
-    let mut dst64 = vec![0f64; params];
-    let mut copy64 = || {
+    let mut dst_plain = vec![0f32; params];
+    let mut copy_plain = || {
         let start = Instant::now();
         for values in &plain {
-            dst64.copy_from_slice(values);
-            black_box(&mut dst64);
+            if let PlainFigures::Single(values) = values {
+                dst_plain.copy_from_slice(values);
+            }
+            black_box(&mut dst_plain);
         }
         start.elapsed()
     };
@@ -119,63 +154,115 @@ fn main() {
     let mut group = criterion.benchmark_group("aggregate");
     group.throughput(criterion::Throughput::Bytes((NODES * params * 4) as u64));
     group.bench_function("secagg_handle_input", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| secagg()).sum())
+        b.iter_custom(|iters| (0..iters).map(|_| reuse(false)).sum())
+    });
+    group.bench_function("secagg_handle_input_fresh_sum", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| secagg_fresh()).sum())
     });
     group.bench_function("secagg_decode_and_handle_input", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| secagg_decode()).sum())
+        b.iter_custom(|iters| (0..iters).map(|_| reuse(true)).sum())
     });
     group.bench_function("copy_u32", |b| {
         b.iter_custom(|iters| (0..iters).map(|_| copy32()).sum())
     });
-    group.throughput(criterion::Throughput::Bytes((NODES * params * 8) as u64));
-    group.bench_function("plain_add_into_f64", |b| {
+    group.bench_function("plain_add_into_f32", |b| {
         b.iter_custom(|iters| (0..iters).map(|_| plain_sum()).sum())
     });
-    group.bench_function("copy_f64", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| copy64()).sum())
+    group.bench_function("copy_f32", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| copy_plain()).sum())
     });
     group.finish();
     criterion.final_summary();
 
     // Interleaved repetitions, so that load from other processes hits every variant alike.
-    let mut t = [vec![], vec![], vec![], vec![], vec![]];
-    for _ in 0..if quick { 1 } else { REPEATS } {
-        t[0].push(secagg().as_secs_f64());
-        t[1].push(secagg_decode().as_secs_f64());
-        t[2].push(copy32().as_secs_f64());
-        t[3].push(plain_sum().as_secs_f64());
-        t[4].push(copy64().as_secs_f64());
+    // Page faults are counted over the same repetitions as the medians.
+    for faults in [&fresh_faults, &reuse_faults, &decode_faults] {
+        faults.reset();
     }
-    let [s, sd, c32, p, c64] = t.map(|mut v| median(&mut v));
+    let mut t = [vec![], vec![], vec![], vec![], vec![], vec![]];
+    for _ in 0..if quick { 1 } else { REPEATS } {
+        t[0].push(reuse(false).as_secs_f64());
+        t[1].push(secagg_fresh().as_secs_f64());
+        t[2].push(reuse(true).as_secs_f64());
+        t[3].push(copy32().as_secs_f64());
+        t[4].push(plain_sum().as_secs_f64());
+        t[5].push(copy_plain().as_secs_f64());
+    }
+    let [s, sf, sd, c32, p, c_plain] = t.map(|mut v| median(&mut v));
     let gb = |bytes: usize, secs: f64| bytes as f64 / secs / 1e9;
     let b32 = NODES * params * 4;
-    let b64 = NODES * params * 8;
     println!(
-        "aggregate secagg {NODES} nodes x {params} words: handle_input {:.2} GB/s; \
-         decode+handle_input {:.2} GB/s; memcpy {:.2} GB/s; ratio {:.2} handle_input, {:.2} decode+handle_input",
+        "aggregate secagg {NODES} nodes x {params} words: handle_input {:.2} GB/s reused sum, \
+         {:.2} GB/s fresh sum; decode+handle_input {:.2} GB/s reused sum; memcpy {:.2} GB/s; \
+         ratio {:.2} handle_input reused, {:.2} handle_input fresh, {:.2} decode+handle_input reused",
         gb(b32, s),
+        gb(b32, sf),
         gb(b32, sd),
         gb(b32, c32),
         c32 / s,
+        c32 / sf,
         c32 / sd
     );
     println!(
-        "aggregate plain {NODES} nodes x {params} f64: add_into {:.2} GB/s; memcpy {:.2} GB/s; ratio {:.2}",
-        gb(b64, p),
-        gb(b64, c64),
-        c64 / p
+        "aggregate secagg page faults per round (minor, /proc/self/stat): handle_input {} reused \
+         sum, {} fresh sum; decode+handle_input {} reused sum",
+        reuse_faults, fresh_faults, decode_faults
+    );
+    println!(
+        "aggregate plain {NODES} nodes x {params} f32: add_into {:.2} GB/s; memcpy {:.2} GB/s; ratio {:.2}",
+        gb(b32, p),
+        gb(b32, c_plain),
+        c_plain / p
     );
 }
 
-/// coordinator/src/training.rs `add_into`: element-wise `sum += values`, from an empty sum.
-fn add_into(sum: &mut Vec<f64>, values: &[f64]) {
+/// coordinator/src/training.rs `add_into`: the round's `f64` sum, zeroed for the first node,
+/// plus each node's figures.
+fn add_into(sum: &mut Vec<f64>, values: &PlainFigures) {
     if sum.is_empty() {
-        sum.extend_from_slice(values);
-    } else {
-        for (s, v) in sum.iter_mut().zip(values) {
-            *s += v;
+        sum.resize(values.len(), 0.0);
+    }
+    values.add_to(sum);
+}
+
+/// Minor page faults of timed rounds: first touches of freshly mapped memory.
+#[derive(Default)]
+struct Faults {
+    faults: Cell<u64>,
+    rounds: Cell<u64>,
+}
+
+impl Faults {
+    /// Forgets the rounds counted so far.
+    fn reset(&self) {
+        self.faults.set(0);
+        self.rounds.set(0);
+    }
+
+    /// Counts one round that started when the process had taken `before` faults.
+    fn record(&self, before: Option<u64>) {
+        if let (Some(before), Some(after)) = (before, minor_faults()) {
+            self.faults.set(self.faults.get() + (after - before));
+            self.rounds.set(self.rounds.get() + 1);
         }
     }
+}
+
+impl fmt::Display for Faults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.rounds.get() {
+            0 => f.write_str("n/a"),
+            rounds => write!(f, "{}", self.faults.get() / rounds),
+        }
+    }
+}
+
+/// The process's minor page faults so far (Linux: field 10 of `/proc/self/stat`), if known.
+fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name, field 2, is in parentheses and may hold spaces: count from after it.
+    let fields = stat.get(stat.rfind(')')? + 1..)?;
+    fields.split_whitespace().nth(7)?.parse().ok()
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -183,98 +270,17 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// One honest round recorded up to the masked inputs, so that a fresh coordinator in phase 3
-/// (`ExpectMaskedInputs`) can be rebuilt before each repetition.
-struct Round {
-    params: RoundParams,
-    keys: Vec<(u16, KeyAdvertisement, Vec<u8>)>,
-    packages: Vec<(u16, SharePackage)>,
-    inputs: Vec<(u16, MaskedInput)>,
-}
-
-impl Round {
-    fn new(n: usize, vector_len: usize) -> Self {
-        let participants = (1..=n)
-            .map(|i| Participant {
-                index: i as u16,
-                identity: format!("hospital-{i}"),
-            })
-            .collect();
-        let mut params = RoundParams {
-            session: 77,
-            round: 3,
-            participants,
-            threshold: 0,
-            neighbours: None,
-            graph_seed: [9; 32],
-            vector_len,
-        };
-        params.threshold = RoundParams::default_threshold(params.holders_per_secret());
-        let consortium = Consortium::new(n);
-        let mut rng = ChaCha20Rng::seed_from_u64(4);
-        let mut round = Self {
-            params: params.clone(),
-            keys: Vec::new(),
-            packages: Vec::new(),
-            inputs: Vec::new(),
-        };
-        let mut states = BTreeMap::new();
-        for index in 1..=n as u16 {
-            let input: Vec<u32> = (0..vector_len).map(|_| rng.next_u32()).collect();
-            let (state, keys) = ExpectDirectory::new(
-                params.clone(),
-                index,
-                input,
-                &consortium.signer(index),
-                &mut rng,
-            )
-            .expect("participant starts");
-            round
-                .keys
-                .push((index, keys, consortium.certificate(index)));
-            states.insert(index, ParticipantState::Directory(state));
-        }
-        let mut server = ExpectKeys::new(params).expect("valid parameters");
-        for (index, keys, certificate) in round.keys.clone() {
-            server
-                .handle_keys(index, keys, certificate)
-                .expect("keys accepted");
-        }
-        let (_, directory) = server.finish().expect("everyone advertised");
-        for (&index, state) in &mut states {
-            let package = state
-                .handle_directory(&directory, &consortium.verifier, &mut rng)
-                .expect("directory accepted");
-            round.packages.push((index, package));
-        }
-        let (_, deliveries) = round.shares().finish().expect("everyone shared");
-        for (&index, state) in &mut states {
-            let input = state
-                .handle_delivery(&deliveries[&index])
-                .expect("delivery accepted");
-            round.inputs.push((index, input));
-        }
-        round
-    }
-
-    fn shares(&self) -> medfed_protocol::secagg::ExpectShares {
-        let mut server = ExpectKeys::new(self.params.clone()).expect("valid parameters");
-        for (index, keys, certificate) in &self.keys {
-            server
-                .handle_keys(*index, keys.clone(), certificate.clone())
-                .expect("keys accepted");
-        }
-        let (mut server, _) = server.finish().expect("everyone advertised");
-        for (index, package) in &self.packages {
-            server
-                .handle_package(*index, package.clone())
-                .expect("shares accepted");
-        }
-        server
-    }
-
-    /// A fresh coordinator in phase 3, before any masked input.
-    fn fresh(&self) -> ExpectMaskedInputs {
-        self.shares().finish().expect("everyone shared").0
-    }
+/// Unmasks `server`, which holds the recorded round's masked inputs, as the coordinator does
+/// after phase 3 (untimed: a benchmark of its own in `secagg.rs`), checks the sum and returns it
+/// for the next round to sum into.
+fn unmask(
+    round: &RecordedRound,
+    server: ExpectMaskedInputs,
+    deliveries: BTreeMap<u16, ShareDelivery>,
+    expected: &[u32],
+) -> Vec<u32> {
+    black_box(deliveries);
+    let sum = round.unmasking(server).finish().expect("the round unmasks");
+    assert!(sum == expected, "a reused buffer changed the sum");
+    sum
 }

@@ -32,22 +32,17 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use medfed_protocol::codec::frame;
-use medfed_protocol::messages::{Contribution, ContributionKind, Message, RoundKeys};
+use medfed_protocol::messages::{Contribution, ContributionKind, Message, PlainFigures, RoundKeys};
 use medfed_protocol::secagg::crypto::{AgreementKeyPair, add_mask, keystream, subtract_mask};
 use medfed_protocol::secagg::{
-    ExpectDelivery, ExpectDirectory, ExpectKeys, ExpectUnmasking, KeyAdvertisement, KeyDirectory,
-    MaskedInput, Participant, ParticipantState, RoundParams, ShareDelivery, SharePackage,
-    UnmaskResponse, pair_info,
+    ExpectDelivery, ExpectDirectory, ExpectKeys, KeyAdvertisement, KeyDirectory, ParticipantState,
+    RoundParams, ShareDelivery, pair_info,
 };
 
 mod support;
 
-use support::Consortium;
+use support::{Consortium, ROUND, RecordedRound, SESSION, round_params};
 
-/// Session of every benchmarked round.
-const SESSION: u64 = 77;
-/// Round of every benchmarked round.
-const ROUND: u64 = 3;
 /// Index of the participant whose masking is timed.
 const ME: u16 = 1;
 /// Seed of that participant's RNG: the same seed gives the same keys, so the peers' shares,
@@ -380,138 +375,6 @@ fn bench_unmasking(criterion: &mut Criterion, sizes: &[usize]) -> Vec<String> {
     summary
 }
 
-/// Every message the participants of one honest round send the coordinator, recorded so that
-/// the coordinator's side can be replayed up to `ExpectUnmasking` before each iteration.
-struct RecordedRound {
-    params: RoundParams,
-    /// `(index, advertisement, certificate)`.
-    keys: Vec<(u16, KeyAdvertisement, Vec<u8>)>,
-    packages: Vec<(u16, SharePackage)>,
-    inputs: Vec<(u16, MaskedInput)>,
-    responses: Vec<(u16, UnmaskResponse)>,
-}
-
-impl RecordedRound {
-    /// Runs a round of `n` participants; with `dropout`, participant 3 stops after sharing its
-    /// keys (it is in U2 but sends no masked input). Checks the unmasked sum.
-    fn new(n: usize, vector_len: usize, dropout: bool) -> Self {
-        let dropped: Option<u16> = dropout.then_some(3);
-        let params = round_params(n, vector_len);
-        let consortium = Consortium::new(n);
-        let mut rng = ChaCha20Rng::seed_from_u64(4);
-        let inputs: Vec<Vec<u32>> = (0..n)
-            .map(|_| (0..vector_len).map(|_| rng.next_u32()).collect())
-            .collect();
-
-        let mut round = Self {
-            params: params.clone(),
-            keys: Vec::new(),
-            packages: Vec::new(),
-            inputs: Vec::new(),
-            responses: Vec::new(),
-        };
-        let mut states = BTreeMap::new();
-        for (index, input) in (1..=n as u16).zip(&inputs) {
-            let (state, keys) = ExpectDirectory::new(
-                params.clone(),
-                index,
-                input.clone(),
-                &consortium.signer(index),
-                &mut rng,
-            )
-            .expect("participant starts");
-            round
-                .keys
-                .push((index, keys, consortium.certificate(index)));
-            states.insert(index, ParticipantState::Directory(state));
-        }
-        let mut server = ExpectKeys::new(params).expect("valid parameters");
-        for (index, keys, certificate) in round.keys.clone() {
-            server
-                .handle_keys(index, keys, certificate)
-                .expect("keys accepted");
-        }
-        let (_, directory) = server.finish().expect("everyone advertised");
-        for (&index, state) in &mut states {
-            let package = state
-                .handle_directory(&directory, &consortium.verifier, &mut rng)
-                .expect("directory accepted");
-            round.packages.push((index, package));
-        }
-        let (_, deliveries) = round.replay_shares().finish().expect("everyone shared");
-        for (&index, state) in &mut states {
-            if Some(index) == dropped {
-                continue;
-            }
-            let input = state
-                .handle_delivery(&deliveries[&index])
-                .expect("delivery accepted");
-            round.inputs.push((index, input));
-        }
-        let (_, request) = round.replay_inputs().finish().expect("enough inputs");
-        for &index in &request.survivors {
-            let response = states
-                .get_mut(&index)
-                .expect("a survivor was a participant")
-                .handle_unmask(&request)
-                .expect("unmask request accepted");
-            round.responses.push((index, response));
-        }
-
-        let mut expected = vec![0u32; vector_len];
-        for (index, input) in (1..=n as u16).zip(&inputs) {
-            if Some(index) != dropped {
-                for (sum, value) in expected.iter_mut().zip(input) {
-                    *sum = sum.wrapping_add(*value);
-                }
-            }
-        }
-        let sum = round.coordinator().finish().expect("the round unmasks");
-        assert!(
-            sum == expected,
-            "the unmasked sum is not the survivors' sum"
-        );
-        round
-    }
-
-    /// A fresh coordinator fed the recorded keys and shares.
-    fn replay_shares(&self) -> medfed_protocol::secagg::ExpectShares {
-        let mut server = ExpectKeys::new(self.params.clone()).expect("valid parameters");
-        for (index, keys, certificate) in &self.keys {
-            server
-                .handle_keys(*index, keys.clone(), certificate.clone())
-                .expect("keys accepted");
-        }
-        let (mut server, _) = server.finish().expect("everyone advertised");
-        for (index, package) in &self.packages {
-            server
-                .handle_package(*index, package.clone())
-                .expect("shares accepted");
-        }
-        server
-    }
-
-    /// A fresh coordinator fed the recorded keys, shares and masked inputs.
-    fn replay_inputs(&self) -> medfed_protocol::secagg::ExpectMaskedInputs {
-        let (mut server, _) = self.replay_shares().finish().expect("everyone shared");
-        for (index, input) in &self.inputs {
-            server.handle_input(*index, input).expect("input accepted");
-        }
-        server
-    }
-
-    /// A fresh coordinator fed every recorded message, ready to unmask.
-    fn coordinator(&self) -> ExpectUnmasking {
-        let (mut server, _) = self.replay_inputs().finish().expect("enough inputs");
-        for (index, response) in &self.responses {
-            server
-                .handle_response(*index, response.clone())
-                .expect("response accepted");
-        }
-        server
-    }
-}
-
 // ---- 3. traffic -------------------------------------------------------------------------------
 
 /// Prints the `traffic …` table: bytes participant 1 sends in an honest round, as frames.
@@ -535,14 +398,14 @@ fn print_traffic(sizes: &[usize]) {
             session: SESSION,
             round: ROUND,
             kind: ContributionKind::Round,
-            values: vec![0.5; params],
+            values: PlainFigures::Single(vec![0.5; params]),
             privacy: None,
         }));
         println!(
             "traffic {} params {PARTICIPANTS} participants: key advertisement {advertisement} B, \
              share package {package} B, masked input {input} B, unmask response {response} B, \
              total {total} B; plain f32 {plain} B; ratio {:.3} \
-             (plain f64 Contribution frame: {contribution} B)",
+             (plain Contribution frame: {contribution} B)",
             label(params),
             total as f64 / plain as f64,
         );
@@ -557,27 +420,6 @@ fn frame_len(message: Message) -> usize {
 }
 
 // ---- shared fixtures --------------------------------------------------------------------------
-
-/// Parameters of a round of `n` hospitals where everyone pairs with everyone.
-fn round_params(n: usize, vector_len: usize) -> RoundParams {
-    let participants = (1..=n)
-        .map(|i| Participant {
-            index: i as u16,
-            identity: format!("hospital-{i}"),
-        })
-        .collect();
-    let mut params = RoundParams {
-        session: SESSION,
-        round: ROUND,
-        participants,
-        threshold: 0,
-        neighbours: None,
-        graph_seed: [9; 32],
-        vector_len,
-    };
-    params.threshold = RoundParams::default_threshold(params.holders_per_secret());
-    params
-}
 
 /// Iterations and time a benchmark's routine was timed for, less its first (cold) call.
 #[derive(Default)]

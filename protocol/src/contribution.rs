@@ -4,14 +4,17 @@
 //! [ evaluation counts | per-group counts (fairness audit) | n·(w_local − w_round) | n ]
 //!   EvalCounts::       groups × GroupCounts::              params values          1
 //!   VECTOR_LEN         VECTOR_LEN
+//!   (1000-bin          (100-bin histograms)
+//!   histograms)
 //! ```
 //! The counts are of the round's starting model on the held-out split; the groups are the
-//! schema's audit groups, in order. The update block is present only in training rounds. Summed
-//! over nodes it yields the pooled evaluation, the pooled per-group counts and the
-//! example-weighted FedAvg update `Σ n_k (w_k − w) / Σ n_k`.
+//! schema's audit groups, in order. The pooled evaluation's histograms have [`EVAL_SCORE_BINS`]
+//! bins, each group's the coarser [`GROUP_SCORE_BINS`]. The update block is present only in
+//! training rounds. Summed over nodes it yields the pooled evaluation, the pooled per-group
+//! counts and the example-weighted FedAvg update `Σ n_k (w_k − w) / Σ n_k`.
 
-use crate::evaluation::EvalCounts;
-use crate::fairness::GroupCounts;
+use crate::evaluation::{EVAL_SCORE_BINS, EvalCounts};
+use crate::fairness::{GROUP_SCORE_BINS, GroupCounts};
 use crate::secagg::encoding::{BlockEncoding, VectorEncoding};
 use crate::secagg::fixed_point::FixedPoint;
 
@@ -31,7 +34,8 @@ pub struct RoundLayout {
 pub struct RoundResult<'a> {
     /// Evaluation counts of the round's starting model on the node's held-out split.
     pub eval: EvalCounts,
-    /// Per-group counts on the same split, one per audit group, in order.
+    /// Per-group counts on the same split, one per audit group, in order, with
+    /// [`GROUP_SCORE_BINS`]-bin histograms.
     pub groups: Vec<GroupCounts>,
     /// Local training outcome, in training rounds.
     pub update: Option<LocalUpdate<'a>>,
@@ -65,7 +69,8 @@ impl RoundLayout {
         self.counts_len() + if self.train { self.params + 1 } else { 0 }
     }
 
-    /// Length of the counts blocks (evaluation and per-group).
+    /// Length of the counts blocks (evaluation with [`EVAL_SCORE_BINS`]-bin histograms, then
+    /// each group with [`GROUP_SCORE_BINS`]-bin ones).
     fn counts_len(&self) -> usize {
         EvalCounts::VECTOR_LEN + self.groups * GroupCounts::VECTOR_LEN
     }
@@ -86,10 +91,18 @@ impl RoundLayout {
         VectorEncoding::new(blocks)
     }
 
-    /// Flattens a node's result. Returns `None` if the result does not fit the layout (an update
-    /// in an evaluation-only round, none in a training round, or parameters of the wrong length).
+    /// Flattens a node's result. Returns `None` if the result does not fit the layout (another
+    /// number of groups, histograms of other than [`EVAL_SCORE_BINS`] or [`GROUP_SCORE_BINS`]
+    /// bins, an update in an evaluation-only round, none in a training round, or parameters of
+    /// the wrong length).
     pub fn encode(&self, result: &RoundResult<'_>) -> Option<Vec<f64>> {
-        if result.groups.len() != self.groups {
+        let binned = |counts: &GroupCounts, bins: usize| {
+            counts.positive_scores.len() == bins && counts.negative_scores.len() == bins
+        };
+        if result.groups.len() != self.groups
+            || !binned(&result.eval.confusion, EVAL_SCORE_BINS)
+            || !result.groups.iter().all(|g| binned(g, GROUP_SCORE_BINS))
+        {
             return None;
         }
         let mut out = Vec::with_capacity(self.len());
@@ -210,5 +223,35 @@ mod tests {
         };
         assert!(train.encode(&short).is_none());
         assert!(train.decode(&[0.0; 3]).is_none());
+    }
+
+    #[test]
+    fn groups_carry_coarser_histograms_than_the_pooled_evaluation() {
+        let layout = RoundLayout {
+            params: 0,
+            train: false,
+            groups: 14,
+        };
+        // The demo schema's 14 audit groups: 2 006 + 14 · 204 counts.
+        assert_eq!(layout.len(), (2 + 4 + 2 * 1000) + 14 * (4 + 2 * 100));
+        let scores = [0.12, 0.87];
+        let labels = [0.0, 1.0];
+        let result = RoundResult {
+            eval: EvalCounts::from_predictions(&scores, &labels),
+            groups: vec![GroupCounts::from_predictions(&scores, &labels); 14],
+            update: None,
+        };
+        let v = layout.encode(&result).unwrap();
+        let totals = layout.decode(&v).unwrap();
+        assert_eq!(totals.eval, result.eval);
+        assert_eq!(totals.groups, result.groups);
+        assert_eq!(totals.groups[3].bins(), GROUP_SCORE_BINS);
+        // Counts at the wrong resolution do not fit the layout.
+        let mut wrong = result.clone();
+        wrong.groups[0] = GroupCounts::from_predictions_with_bins(&scores, &labels, 1000);
+        assert!(layout.encode(&wrong).is_none());
+        let mut wrong = result;
+        wrong.eval.confusion = GroupCounts::from_predictions(&scores, &labels);
+        assert!(layout.encode(&wrong).is_none());
     }
 }

@@ -24,7 +24,13 @@
 //!  Δ = sqrt(3 + 1 + 2·A)     A = number of audited attributes ([`sensitivity`])
 //! ```
 //!
-//! and the release, one use of the multivariate discrete Gaussian mechanism, satisfies
+//! It does not depend on the histograms' bin counts: a patient moves one bin of one histogram
+//! whatever the resolution. The bin counts set only how many cells are noised — `4 + 2·1000`
+//! ([`EVAL_SCORE_BINS`](crate::evaluation::EVAL_SCORE_BINS)) for the pooled evaluation and
+//! `4 + 2·100` ([`GROUP_SCORE_BINS`](crate::fairness::GROUP_SCORE_BINS)) per audit group — and so
+//! how much noise a histogram-derived figure such as a group's AUC or ECE collects.
+//!
+//! The release, one use of the multivariate discrete Gaussian mechanism, satisfies
 //! `Δ²/(2σ²)`-zCDP, i.e. Rényi DP `α·Δ²/(2σ²)` at every order `α` (Canonne, Kamath and Steinke,
 //! "The Discrete Gaussian for Differential Privacy", NeurIPS 2020, Theorem 14). That is the RDP
 //! of the Gaussian mechanism with noise multiplier `σ/Δ`, so a ledger charges it as one step
@@ -189,7 +195,7 @@ age = [50]
 "#;
 
     /// The release before noise, as the node computes it, in units of σ of each coordinate:
-    /// `[n, L / K, overall confusion and histograms, every group's]`.
+    /// `[n, L / K, overall confusion and 1000-bin histograms, every group's with 100 bins]`.
     fn release(schema: &Schema, rows: &[(f32, f32, [&str; 2])], clip: f64) -> Vec<f64> {
         let scores: Vec<f32> = rows.iter().map(|r| r.0).collect();
         let labels: Vec<f32> = rows.iter().map(|r| r.1).collect();
@@ -227,6 +233,9 @@ age = [50]
         ];
         let clip = 4.0;
         let before = release(&schema, &base, clip);
+        // The groups' histograms are coarser than the pooled ones; Δ is the same.
+        let groups = schema.audit_groups().len();
+        assert_eq!(before.len(), 2 + 2004 + groups * 204);
         let extra: [(f32, f32, [&str; 2]); 5] = [
             // A confident wrong prediction: its loss is clipped to the full K units.
             (0.999, 0.0, ["F", "55"]),

@@ -8,13 +8,19 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::fairness::GroupCounts;
+use crate::fairness::{ECE_BINS, GroupCounts};
 
-/// Number of equal-width score bins on [0, 1] in the per-label histograms.
+/// Number of equal-width score bins on [0, 1] in the per-label histograms of the pooled
+/// evaluation ([`EvalCounts::confusion`]).
 ///
 /// The pooled AUC computed from the histograms counts two scores in the same bin as a tie, so it
-/// differs from the exact AUC by at most the fraction of positive/negative pairs sharing a bin.
-pub const SCORE_BINS: usize = 1000;
+/// differs from the exact AUC by at most half the fraction of positive/negative pairs sharing a
+/// bin of width 1/1000. The audit groups use the coarser
+/// [`GROUP_SCORE_BINS`](crate::fairness::GROUP_SCORE_BINS).
+pub const EVAL_SCORE_BINS: usize = 1000;
+
+// Every ECE bin must be a whole number of histogram bins.
+const _: () = assert!(EVAL_SCORE_BINS > 0 && EVAL_SCORE_BINS.is_multiple_of(ECE_BINS));
 
 /// Decision threshold on the predicted probability for accuracy and the confusion matrix.
 pub const DECISION_THRESHOLD: f32 = 0.5;
@@ -29,8 +35,9 @@ pub struct EvalCounts {
     pub n: f64,
     /// Sum of binary cross-entropy losses.
     pub loss_sum: f64,
-    /// Confusion matrix at [`DECISION_THRESHOLD`] and per-label score histograms: the same
-    /// counts the fairness audit keeps per group.
+    /// Confusion matrix at [`DECISION_THRESHOLD`] and per-label score histograms of
+    /// [`EVAL_SCORE_BINS`] bins: the counts the fairness audit keeps per group, at a finer
+    /// resolution.
     pub confusion: GroupCounts,
 }
 
@@ -50,8 +57,9 @@ pub struct EvalMetrics {
 }
 
 impl EvalCounts {
-    /// Length of the vector form.
-    pub const VECTOR_LEN: usize = 2 + GroupCounts::VECTOR_LEN;
+    /// Length of the vector form: `n`, `loss_sum`, then the confusion counts with
+    /// [`EVAL_SCORE_BINS`]-bin histograms.
+    pub const VECTOR_LEN: usize = 2 + GroupCounts::vector_len(EVAL_SCORE_BINS);
 
     /// Counts for predicted probabilities `scores` against 0/1 `labels`.
     ///
@@ -67,7 +75,7 @@ impl EvalCounts {
         Self {
             n,
             loss_sum,
-            confusion: GroupCounts::from_predictions(scores, labels),
+            confusion: GroupCounts::from_predictions_with_bins(scores, labels, EVAL_SCORE_BINS),
         }
     }
 
@@ -76,7 +84,7 @@ impl EvalCounts {
         Self {
             n: 0.0,
             loss_sum: 0.0,
-            confusion: GroupCounts::zero(),
+            confusion: GroupCounts::zero_with_bins(EVAL_SCORE_BINS),
         }
     }
 
@@ -94,7 +102,7 @@ impl EvalCounts {
         Some(Self {
             n: v[0],
             loss_sum: v[1],
-            confusion: GroupCounts::from_vector(&v[2..])?,
+            confusion: GroupCounts::from_vector_with_bins(&v[2..], EVAL_SCORE_BINS)?,
         })
     }
 
@@ -145,13 +153,18 @@ pub(crate) fn is_countable(score: f32, label: f32) -> bool {
     score.is_finite() && (0.0..=1.0).contains(&score) && label.is_finite()
 }
 
-/// The histogram bin of a probability in [0, 1].
-pub(crate) fn score_bin(score: f32) -> usize {
-    ((f64::from(score) * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1)
+/// The bin of a probability in [0, 1] among `bins` equal-width bins (`bins` > 0): ⌊score·bins⌋,
+/// with a score of exactly 1 in the last bin.
+pub(crate) fn score_bin(score: f32, bins: usize) -> usize {
+    ((f64::from(score) * bins as f64) as usize).min(bins.saturating_sub(1))
 }
 
-/// AUC from per-label score histograms: the probability that a random positive scores above a
-/// random negative, counting pairs in the same bin as ties (½).
+/// AUC from per-label score histograms of equal-width bins on [0, 1]: the probability that a
+/// random positive scores above a random negative, counting pairs in the same bin as ties (½).
+///
+/// Any bin count works. The result differs from the exact AUC by at most half the fraction of
+/// positive/negative pairs that share a bin, so finer histograms give a closer figure. `None` if
+/// either histogram is empty or they differ in length.
 pub fn histogram_auc(positive: &[f64], negative: &[f64]) -> Option<f64> {
     let total_pos: f64 = positive.iter().sum();
     let total_neg: f64 = negative.iter().sum();
@@ -230,7 +243,7 @@ mod tests {
             .collect();
         let counts = EvalCounts::from_predictions(&scores, &labels);
         let auc = counts.metrics().unwrap().auc.unwrap();
-        assert!((auc - exact_auc(&scores, &labels)).abs() < 2.0 / SCORE_BINS as f64);
+        assert!((auc - exact_auc(&scores, &labels)).abs() < 2.0 / EVAL_SCORE_BINS as f64);
     }
 
     #[test]
@@ -251,7 +264,8 @@ mod tests {
     fn invalid_scores_are_skipped_and_vector_roundtrips() {
         let counts = EvalCounts::from_predictions(&[f32::NAN, 1.5, 1.0], &[1.0, 0.0, 1.0]);
         assert_eq!(counts.n, 1.0);
-        assert_eq!(counts.confusion.positive_scores[SCORE_BINS - 1], 1.0);
+        assert_eq!(counts.confusion.positive_scores[EVAL_SCORE_BINS - 1], 1.0);
+        assert_eq!(counts.confusion.bins(), EVAL_SCORE_BINS);
         let mut v = Vec::new();
         counts.write_vector(&mut v);
         assert_eq!(v.len(), EvalCounts::VECTOR_LEN);

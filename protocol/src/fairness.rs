@@ -2,9 +2,9 @@
 //! between groups, and a policy that approves or rejects a model on them.
 //!
 //! As in [`crate::evaluation`], a node never reports a rate. For each group of a sensitive
-//! attribute it reports a [`GroupCounts`] block — a confusion matrix at
-//! [`DECISION_THRESHOLD`] and per-label score histograms of [`SCORE_BINS`] bins — appended to its
-//! round vector with [`GroupCounts::write_vector`]. Secure aggregation sums these blocks over
+//! attribute it reports a [`GroupCounts`] block — a confusion matrix at [`DECISION_THRESHOLD`]
+//! and per-label score histograms of [`GROUP_SCORE_BINS`] bins — appended to its round vector
+//! with [`GroupCounts::write_vector`]. Secure aggregation sums these blocks over
 //! hospitals, so the coordinator holds exactly the pooled confusion matrix of every group and, up
 //! to the histogram resolution, its pooled scores:
 //!
@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::evaluation::{DECISION_THRESHOLD, SCORE_BINS, histogram_auc, is_countable, score_bin};
+use crate::evaluation::{DECISION_THRESHOLD, histogram_auc, is_countable, score_bin};
 
 /// Default smallest number of examples a group needs to be reported.
 pub const DEFAULT_MIN_COUNT: u64 = 10;
@@ -37,18 +37,36 @@ pub const DEFAULT_MIN_COUNT: u64 = 10;
 /// The normal quantile for a two-sided 95% interval, used by [`wilson_interval`].
 pub const WILSON_Z: f64 = 1.959963984540054;
 
+/// Number of equal-width score bins on [0, 1] in each audit group's per-label histograms.
+///
+/// They serve only the group's AUC and ECE. The AUC counts two scores in the same bin as a tie,
+/// so it differs from the exact AUC by at most half the fraction of positive/negative pairs
+/// sharing a bin of width 1/100; the ECE is within `0.5 / GROUP_SCORE_BINS` (0.005) of the ECE of
+/// the exact scores (see [`GroupCounts::expected_calibration_error`]). Fewer bins than the pooled
+/// evaluation's [`EVAL_SCORE_BINS`](crate::evaluation::EVAL_SCORE_BINS) keep every node's upload
+/// small and, when the node noises its release ([`crate::eval_release`]), put far less noise into
+/// each group's AUC and ECE.
+pub const GROUP_SCORE_BINS: usize = 100;
+
 /// Number of equal-width probability bins of the expected calibration error.
 ///
-/// Each ECE bin is [`SCORE_BINS`]` / ECE_BINS` consecutive histogram bins.
+/// Each ECE bin is `bins / ECE_BINS` consecutive histogram bins, so a histogram's bin count must
+/// be a multiple of `ECE_BINS`.
 pub const ECE_BINS: usize = 10;
 
 // Every ECE bin must be a whole number of histogram bins.
-const _: () = assert!(SCORE_BINS.is_multiple_of(ECE_BINS));
+const _: () = assert!(GROUP_SCORE_BINS > 0 && GROUP_SCORE_BINS.is_multiple_of(ECE_BINS));
 
 /// Additive counts for one group of a sensitive attribute.
 ///
 /// Summing the vector forms of two hospitals' counts for the same group gives the counts of the
 /// pooled examples.
+///
+/// The histograms' length, [`Self::bins`], is part of the counts: audit groups use
+/// [`GROUP_SCORE_BINS`] (what [`Self::zero`], [`Self::from_predictions`] and
+/// [`Self::from_vector`] give), the pooled evaluation
+/// [`EVAL_SCORE_BINS`](crate::evaluation::EVAL_SCORE_BINS) (the `*_with_bins` forms). Metrics
+/// need the two histograms to be equally long, a positive multiple of [`ECE_BINS`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupCounts {
     /// True positives at [`DECISION_THRESHOLD`].
@@ -59,9 +77,10 @@ pub struct GroupCounts {
     pub tn: f64,
     /// False negatives.
     pub fn_: f64,
-    /// Histogram of scores of positive examples, [`SCORE_BINS`] bins.
+    /// Histogram of scores of positive examples: bin `i` of `bins` counts scores in
+    /// `[i / bins, (i + 1) / bins)`, the last bin also a score of 1.
     pub positive_scores: Vec<f64>,
-    /// Histogram of scores of negative examples, [`SCORE_BINS`] bins.
+    /// Histogram of scores of negative examples, as long as [`Self::positive_scores`].
     pub negative_scores: Vec<f64>,
 }
 
@@ -107,8 +126,8 @@ pub struct GroupMetrics {
     pub ppv: Option<Rate>,
     /// Area under the ROC curve from the score histograms; `None` if one class is absent.
     ///
-    /// Scores in the same histogram bin count as ties, so it is within the fraction of
-    /// positive/negative pairs sharing a bin of the exact AUC (see [`SCORE_BINS`]).
+    /// Scores in the same histogram bin count as ties, so it is within half the fraction of
+    /// positive/negative pairs sharing a bin of the exact AUC (see [`GROUP_SCORE_BINS`]).
     pub auc: Option<f64>,
     /// Expected calibration error over [`ECE_BINS`] equal-width probability bins; see
     /// [`GroupCounts::expected_calibration_error`].
@@ -263,33 +282,55 @@ pub struct PolicyOutcome {
 }
 
 impl GroupCounts {
-    /// Length of the vector form.
-    pub const VECTOR_LEN: usize = 4 + 2 * SCORE_BINS;
+    /// Length of the vector form of an audit group's counts ([`GROUP_SCORE_BINS`] bins).
+    pub const VECTOR_LEN: usize = Self::vector_len(GROUP_SCORE_BINS);
 
-    /// Counts for predicted probabilities `scores` against 0/1 `labels`.
+    /// Length of the vector form of counts with `bins`-bin histograms: `4 + 2 · bins`.
+    pub const fn vector_len(bins: usize) -> usize {
+        4 + 2 * bins
+    }
+
+    /// An audit group's counts ([`GROUP_SCORE_BINS`] bins) for predicted probabilities `scores`
+    /// against 0/1 `labels`.
     ///
     /// Conventions are those of [`crate::evaluation::EvalCounts::from_predictions`]: a label of at
     /// least 0.5 is positive, a score of at least [`DECISION_THRESHOLD`] is a positive
     /// prediction, and pairs where either value is not finite, or the score is outside [0, 1],
     /// are skipped.
     pub fn from_predictions(scores: &[f32], labels: &[f32]) -> Self {
-        let mut counts = Self::zero();
+        Self::from_predictions_with_bins(scores, labels, GROUP_SCORE_BINS)
+    }
+
+    /// As [`Self::from_predictions`], with histograms of `bins` bins.
+    pub fn from_predictions_with_bins(scores: &[f32], labels: &[f32], bins: usize) -> Self {
+        let mut counts = Self::zero_with_bins(bins);
         for (&score, &label) in scores.iter().zip(labels) {
             counts.record(score, label, DECISION_THRESHOLD);
         }
         counts
     }
 
-    /// All-zero counts.
+    /// All-zero counts of an audit group ([`GROUP_SCORE_BINS`] bins).
     pub fn zero() -> Self {
+        Self::zero_with_bins(GROUP_SCORE_BINS)
+    }
+
+    /// All-zero counts with histograms of `bins` bins.
+    pub fn zero_with_bins(bins: usize) -> Self {
         Self {
             tp: 0.0,
             fp: 0.0,
             tn: 0.0,
             fn_: 0.0,
-            positive_scores: vec![0.0; SCORE_BINS],
-            negative_scores: vec![0.0; SCORE_BINS],
+            positive_scores: vec![0.0; bins],
+            negative_scores: vec![0.0; bins],
         }
+    }
+
+    /// Number of bins of the positive-score histogram (the negative one has as many in counts
+    /// built by this module).
+    pub fn bins(&self) -> usize {
+        self.positive_scores.len()
     }
 
     /// Number of examples, TP + FP + TN + FN.
@@ -331,20 +372,28 @@ impl GroupCounts {
         }
     }
 
-    /// Appends the vector form, [`Self::VECTOR_LEN`] values, to `out`.
+    /// Appends the vector form to `out`: TP, FP, TN, FN, then the positive and the negative
+    /// histogram, [`Self::vector_len`]`(bins)` values ([`Self::VECTOR_LEN`] for an audit group).
     pub fn write_vector(&self, out: &mut Vec<f64>) {
         out.extend_from_slice(&[self.tp, self.fp, self.tn, self.fn_]);
         out.extend_from_slice(&self.positive_scores);
         out.extend_from_slice(&self.negative_scores);
     }
 
-    /// Reads the vector form; `None` if `v` is not [`Self::VECTOR_LEN`] long.
+    /// Reads the vector form of an audit group's counts; `None` if `v` is not
+    /// [`Self::VECTOR_LEN`] long.
     pub fn from_vector(v: &[f64]) -> Option<Self> {
-        if v.len() != Self::VECTOR_LEN {
+        Self::from_vector_with_bins(v, GROUP_SCORE_BINS)
+    }
+
+    /// Reads the vector form of counts with `bins`-bin histograms; `None` if `v` is not
+    /// [`Self::vector_len`]`(bins)` long.
+    pub fn from_vector_with_bins(v: &[f64], bins: usize) -> Option<Self> {
+        if bins.checked_mul(2).and_then(|b| b.checked_add(4)) != Some(v.len()) {
             return None;
         }
         let (head, hist) = v.split_at(4);
-        let (pos, neg) = hist.split_at(SCORE_BINS);
+        let (pos, neg) = hist.split_at(bins);
         Some(Self {
             tp: head[0],
             fp: head[1],
@@ -355,34 +404,36 @@ impl GroupCounts {
         })
     }
 
-    /// Expected calibration error from the score histograms; `None` without examples, or if the
-    /// histograms are not [`SCORE_BINS`] long.
+    /// Expected calibration error from the score histograms; `None` without examples, or unless
+    /// both histograms have the same number of bins, a positive multiple of [`ECE_BINS`].
     ///
     /// The histogram bins are grouped into [`ECE_BINS`] equal-width probability bins b, and
     /// `ECE = Σ_b (n_b / n) · |mean predicted probability in b − fraction positive in b|`.
     ///
     /// The histograms do not keep exact scores, so each example's predicted probability is taken
-    /// as the centre of its histogram bin. Every such value is within `0.5 / SCORE_BINS` of the
-    /// true score, so the result is within `0.5 / SCORE_BINS` (0.0005) of the ECE computed from
-    /// the exact scores with the same bin assignment. A score's ECE bin is its histogram bin
-    /// integer-divided by `SCORE_BINS / ECE_BINS`, which is ⌊10·score⌋ except for rounding at bin
-    /// edges, with a score of exactly 1 in the last bin.
+    /// as the centre of its histogram bin. With `bins` histogram bins every such value is within
+    /// `0.5 / bins` of the true score, so the result is within `0.5 / bins` (0.005 for an audit
+    /// group's [`GROUP_SCORE_BINS`]) of the ECE computed from the exact scores with the same bin
+    /// assignment. A score's ECE bin is its histogram bin integer-divided by `bins / ECE_BINS`,
+    /// which is ⌊10·score⌋ except for rounding at bin edges, with a score of exactly 1 in the
+    /// last bin.
     pub fn expected_calibration_error(&self) -> Option<f64> {
-        if self.positive_scores.len() != SCORE_BINS || self.negative_scores.len() != SCORE_BINS {
+        if !self.has_valid_bins() {
             return None;
         }
+        let bins = self.bins();
         let total: f64 =
             self.positive_scores.iter().sum::<f64>() + self.negative_scores.iter().sum::<f64>();
         if total <= 0.0 {
             return None;
         }
-        let width = SCORE_BINS / ECE_BINS;
+        let width = bins / ECE_BINS;
         let mut ece = 0.0;
         for b in 0..ECE_BINS {
             let (mut n_b, mut positives, mut score_sum) = (0.0, 0.0, 0.0);
             for i in b * width..(b + 1) * width {
                 let count = self.positive_scores[i] + self.negative_scores[i];
-                let centre = (i as f64 + 0.5) / SCORE_BINS as f64;
+                let centre = (i as f64 + 0.5) / bins as f64;
                 n_b += count;
                 positives += self.positive_scores[i];
                 score_sum += count * centre;
@@ -434,15 +485,25 @@ impl GroupCounts {
         } else {
             &mut self.negative_scores
         };
-        histogram[score_bin(score)] += 1.0;
+        // The bin is below `bins`, the histogram's length, unless the counts were built by hand
+        // with an empty histogram; such a prediction is not recorded in the histogram.
+        let bin = score_bin(score, histogram.len());
+        if let Some(cell) = histogram.get_mut(bin) {
+            *cell += 1.0;
+        }
     }
 
-    /// Whether every count is finite and non-negative and the histograms are [`SCORE_BINS`] long.
+    /// Whether both histograms have the same number of bins, a positive multiple of [`ECE_BINS`].
+    fn has_valid_bins(&self) -> bool {
+        let bins = self.bins();
+        bins > 0 && bins.is_multiple_of(ECE_BINS) && self.negative_scores.len() == bins
+    }
+
+    /// Whether every count is finite and non-negative and the histograms have valid lengths.
     fn is_well_formed(&self) -> bool {
         let ok = |x: &f64| x.is_finite() && *x >= 0.0;
         [self.tp, self.fp, self.tn, self.fn_].iter().all(ok)
-            && self.positive_scores.len() == SCORE_BINS
-            && self.negative_scores.len() == SCORE_BINS
+            && self.has_valid_bins()
             && self.positive_scores.iter().all(ok)
             && self.negative_scores.iter().all(ok)
     }
@@ -839,23 +900,60 @@ mod tests {
 
     #[test]
     fn ece_uses_bin_centres() {
-        // Two examples at 0.9004 (histogram bin 900, centre 0.9005), one positive:
-        // ECE = |0.9005 − 0.5| = 0.4005.
+        // Two examples at 0.9004 (histogram bin 90 of 100, centre 0.905), one positive:
+        // ECE = |0.905 − 0.5| = 0.405.
         let c = GroupCounts::from_predictions(&[0.9004, 0.9004], &[1.0, 0.0]);
+        assert_eq!(c.bins(), GROUP_SCORE_BINS);
+        assert!(close(c.expected_calibration_error().unwrap(), 0.405, 1e-12));
+        // With 1000 bins: bin 900, centre 0.9005.
+        let c = GroupCounts::from_predictions_with_bins(&[0.9004, 0.9004], &[1.0, 0.0], 1000);
         assert!(close(
             c.expected_calibration_error().unwrap(),
             0.4005,
             1e-12
         ));
-        // Calibrated scores of 0.5 still show the bin-centre offset of 0.5 / SCORE_BINS.
+        // Calibrated scores of 0.5 still show the bin-centre offset of 0.5 / GROUP_SCORE_BINS.
         let c = GroupCounts::from_predictions(&[0.5, 0.5, 0.1, 0.1], &[1.0, 0.0, 0.0, 0.0]);
         let ece = c.expected_calibration_error().unwrap();
-        // Bin 5: |0.5005 − 0.5| · ½; bin 1: f32 0.1 is in histogram bin 100, |0.1005 − 0| · ½.
-        assert!(close(ece, 0.5 * 0.0005 + 0.5 * 0.1005, 1e-12), "{ece}");
+        // Bin 5: |0.505 − 0.5| · ½; bin 1: f32 0.1 is in histogram bin 10, |0.105 − 0| · ½.
+        assert!(close(ece, 0.5 * 0.005 + 0.5 * 0.105, 1e-12), "{ece}");
         let mut short = c.clone();
         short.negative_scores.pop();
         assert_eq!(short.expected_calibration_error(), None);
+        assert_eq!(short.metrics(), None);
+        // Histograms must split evenly into the ECE bins.
+        let odd = GroupCounts::from_predictions_with_bins(&[0.5, 0.2], &[1.0, 0.0], 15);
+        assert_eq!(odd.expected_calibration_error(), None);
+        assert_eq!(odd.metrics(), None);
         assert_eq!(GroupCounts::zero().expected_calibration_error(), None);
+        // An empty histogram neither panics nor has metrics.
+        let empty = GroupCounts::from_predictions_with_bins(&[0.5], &[1.0], 0);
+        assert_eq!((empty.tp, empty.bins()), (1.0, 0));
+        assert_eq!(empty.metrics(), None);
+    }
+
+    #[test]
+    fn bin_counts_are_part_of_the_vector_form() {
+        assert_eq!(GroupCounts::VECTOR_LEN, 4 + 2 * GROUP_SCORE_BINS);
+        assert_eq!(GroupCounts::vector_len(1000), 2004);
+        let c = GroupCounts::from_predictions_with_bins(&[0.25, 0.75], &[0.0, 1.0], 1000);
+        let mut v = Vec::new();
+        c.write_vector(&mut v);
+        assert_eq!(v.len(), GroupCounts::vector_len(1000));
+        assert_eq!(GroupCounts::from_vector(&v), None);
+        assert_eq!(GroupCounts::from_vector_with_bins(&v, 100), None);
+        assert_eq!(GroupCounts::from_vector_with_bins(&v, usize::MAX), None);
+        assert_eq!(GroupCounts::from_vector_with_bins(&v, 1000), Some(c));
+        // The same predictions give the same rates at either resolution.
+        let coarse = GroupCounts::from_predictions(&[0.25, 0.75], &[0.0, 1.0]);
+        let (fine, coarse) = (
+            GroupCounts::from_vector_with_bins(&v, 1000)
+                .unwrap()
+                .metrics()
+                .unwrap(),
+            coarse.metrics().unwrap(),
+        );
+        assert_eq!((fine.tpr, fine.auc), (coarse.tpr, coarse.auc));
     }
 
     #[test]
@@ -1089,13 +1187,26 @@ mod tests {
                     m.prevalence.value,
                     f("positives") / n,
                 );
+                // The histogram AUC scores a positive/negative pair sharing a bin ½, where the
+                // exact AUC scores it 0, ½ or 1: it is off by at most half the fraction of
+                // such pairs, which the counts themselves give.
+                let c = &counts[name.as_str()];
+                let shared: f64 = (c.positive_scores.iter())
+                    .zip(&c.negative_scores)
+                    .map(|(p, n)| p * n)
+                    .sum();
+                let auc_bound = 0.5 * shared / ((c.tp + c.fn_) * (c.fp + c.tn));
                 let auc = (m.auc.unwrap() - f("roc_auc")).abs();
                 worst.auc = worst.auc.max(auc);
-                assert!(auc <= 2.0 / SCORE_BINS as f64, "{name} auc off by {auc}");
+                assert!(
+                    auc <= auc_bound + 1e-12,
+                    "{name} auc off by {auc} > {auc_bound}"
+                );
+                // Bin centres are within 0.5 / bins of the scores, and so is the ECE.
                 let ece = (m.ece - f("ece_exact")).abs();
                 worst.ece = worst.ece.max(ece);
                 assert!(
-                    ece <= 0.5 / SCORE_BINS as f64 + 1e-12,
+                    ece <= 0.5 / GROUP_SCORE_BINS as f64 + 1e-12,
                     "{name} ece off by {ece}"
                 );
                 let interval = m.selection_rate.interval;

@@ -18,11 +18,11 @@ use crate::stats::Standardization;
 use crate::task::TrainingPlan;
 
 /// Version of the wire protocol; part of the ALPN string.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN identifier negotiated in the TLS handshake. A peer speaking another version fails the
 /// handshake with TLS's `no_application_protocol` alert.
-pub const ALPN: &[u8] = b"medfed/1";
+pub const ALPN: &[u8] = b"medfed/2";
 
 /// Size of one model chunk on the model stream.
 pub const MODEL_CHUNK_LEN: usize = 1 << 20;
@@ -217,7 +217,7 @@ pub enum RefusalReason {
         /// What was wrong.
         detail: String,
     },
-    /// A contribution of the wrong length or with non-finite values.
+    /// A contribution of the wrong kind, length or precision, or with non-finite values.
     #[error("contribution rejected: {detail}")]
     BadContribution {
         /// What was wrong.
@@ -356,10 +356,100 @@ pub struct Contribution {
     pub round: u64,
     /// Layout of `values`.
     pub kind: ContributionKind,
-    /// The figures.
-    pub values: Vec<f64>,
+    /// The figures, at the precision the node sends them.
+    pub values: PlainFigures,
     /// Declared privacy spent (`None` if the node does not train privately).
     pub privacy: Option<PrivacySpent>,
+}
+
+/// A plain contribution's figures, at the precision the node sends them (8 or 4 bytes a
+/// figure on the wire). Under secure aggregation the figures travel as masked 32-bit words
+/// instead.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PlainFigures {
+    /// Exact `f64`: statistics, whose sums of squares need the precision.
+    Double(Vec<f64>),
+    /// `f32`: round vectors. Their counts are small integers, exact in `f32`, and the update
+    /// is computed from `f32` parameters.
+    Single(Vec<f32>),
+}
+
+impl PlainFigures {
+    /// Narrows `values` to [`PlainFigures::Single`], refusing a value that does not fit an
+    /// `f32` (one that is not finite, or that rounds to infinity) rather than sending it as
+    /// infinity.
+    pub fn single(values: &[f64]) -> Result<Self, FigureOutOfRange> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(index, &value)| {
+                // Rounds to nearest; a finite value beyond `f32::MAX` becomes infinite.
+                let narrow = value as f32;
+                if narrow.is_finite() {
+                    Ok(narrow)
+                } else {
+                    Err(FigureOutOfRange { index, value })
+                }
+            })
+            .collect::<Result<_, _>>()
+            .map(Self::Single)
+    }
+
+    /// Number of figures.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Double(values) => values.len(),
+            Self::Single(values) => values.len(),
+        }
+    }
+
+    /// Whether there are no figures.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Index of the first figure that is not finite, if any.
+    pub fn first_non_finite(&self) -> Option<usize> {
+        match self {
+            Self::Double(values) => values.iter().position(|v| !v.is_finite()),
+            Self::Single(values) => values.iter().position(|v| !v.is_finite()),
+        }
+    }
+
+    /// Adds the figures, widened to `f64`, into `sum` element by element; figures beyond
+    /// `sum`'s length are ignored.
+    pub fn add_to(&self, sum: &mut [f64]) {
+        match self {
+            Self::Double(values) => {
+                for (s, v) in sum.iter_mut().zip(values) {
+                    *s += v;
+                }
+            }
+            Self::Single(values) => {
+                for (s, v) in sum.iter_mut().zip(values) {
+                    *s += f64::from(*v);
+                }
+            }
+        }
+    }
+
+    /// The figures widened to `f64` (a copy).
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match self {
+            Self::Double(values) => values.clone(),
+            Self::Single(values) => values.iter().copied().map(f64::from).collect(),
+        }
+    }
+}
+
+/// A figure does not fit the `f32` a round vector is sent in.
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+#[error("figure {index} ({value}) does not fit in an f32")]
+pub struct FigureOutOfRange {
+    /// Position of the figure.
+    pub index: usize,
+    /// The figure.
+    pub value: f64,
 }
 
 /// The node sits the round out.
@@ -470,11 +560,18 @@ mod tests {
                 session: 7,
                 round: 2,
                 kind: ContributionKind::Round,
-                values: vec![0.5, -1.0, 1e300],
+                values: PlainFigures::Single(vec![0.5, -1.0, 3e38]),
                 privacy: Some(PrivacySpent {
                     epsilon: 1.5,
                     delta: 1e-5,
                 }),
+            }),
+            Message::Contribution(Contribution {
+                session: 7,
+                round: 0,
+                kind: ContributionKind::Stats,
+                values: PlainFigures::Double(vec![4.0, 1e300, -0.25]),
+                privacy: None,
             }),
             Message::Declined(Declined {
                 session: 7,
@@ -510,6 +607,72 @@ mod tests {
         let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
         decoder.feed(&broken);
         assert!(decoder.next_message().unwrap().is_none());
+    }
+
+    #[test]
+    fn alpn_names_the_protocol_version() {
+        assert_eq!(ALPN, format!("medfed/{PROTOCOL_VERSION}").as_bytes());
+    }
+
+    #[test]
+    fn round_vectors_travel_as_four_bytes_a_figure() {
+        let contribution = |values| {
+            frame(&Message::Contribution(Contribution {
+                session: 7,
+                round: 2,
+                kind: ContributionKind::Round,
+                values,
+                privacy: None,
+            }))
+            .unwrap()
+            .len()
+        };
+        let single = contribution(PlainFigures::Single(vec![0.5; 1000]));
+        let double = contribution(PlainFigures::Double(vec![0.5; 1000]));
+        assert!(single < 4000 + 16, "{single} bytes");
+        assert_eq!(double - single, 4000);
+    }
+
+    #[test]
+    fn narrowing_refuses_what_does_not_fit_an_f32() {
+        let fits = [0.0, -1.5, 1e38, -3.4e38, f64::from(f32::MAX), 1e-50];
+        let PlainFigures::Single(narrow) = PlainFigures::single(&fits).unwrap() else {
+            panic!("not single");
+        };
+        assert_eq!(narrow, vec![0.0, -1.5, 1e38, -3.4e38, f32::MAX, 0.0]);
+        // Finite in f64, infinite in f32: refused, not sent as infinity.
+        for (value, index) in [(1e39, 1), (-1e300, 1), (f64::INFINITY, 1), (f64::NAN, 1)] {
+            let err = PlainFigures::single(&[1.0, value, 2.0]).unwrap_err();
+            assert_eq!(err.index, index);
+            assert!(err.to_string().contains("does not fit in an f32"), "{err}");
+        }
+    }
+
+    #[test]
+    fn figures_add_in_f64_and_report_non_finite_values() {
+        let single = PlainFigures::Single(vec![1.0, 0.5, f32::MAX]);
+        let double = PlainFigures::Double(vec![1e300, 0.25, 1.0]);
+        assert_eq!((single.len(), double.len()), (3, 3));
+        assert!(!single.is_empty() && PlainFigures::Single(vec![]).is_empty());
+        let mut sum = vec![0.0; 3];
+        single.add_to(&mut sum);
+        double.add_to(&mut sum);
+        single.add_to(&mut sum);
+        // f32::MAX twice overflows f32 but not the f64 sum.
+        assert_eq!(
+            sum,
+            vec![2.0 + 1e300, 1.25, 2.0 * f64::from(f32::MAX) + 1.0]
+        );
+        assert_eq!(single.first_non_finite(), None);
+        assert_eq!(
+            PlainFigures::Single(vec![1.0, 2.0, f32::NAN]).first_non_finite(),
+            Some(2)
+        );
+        assert_eq!(
+            PlainFigures::Double(vec![f64::NEG_INFINITY]).first_non_finite(),
+            Some(0)
+        );
+        assert_eq!(single.to_f64_vec(), vec![1.0, 0.5, f64::from(f32::MAX)]);
     }
 
     #[test]

@@ -504,7 +504,7 @@ insecure = true
                PATH=f"{VENV}:{os.environ['PATH']}", PYTHONUNBUFFERED="1")
     mon = Monitor()
     link = subprocess.Popen([VENV / "flower-superlink", "--insecure", "--host", "127.0.0.1",
-                             "--port", str(fleet), "--database", str(run / "state.db")],
+                             "--port", str(fleet)],
                             stdout=open(run / "logs/superlink.out", "w"), stderr=subprocess.STDOUT,
                             env=env, cwd=run)
     mon.watch("coordinator", [link.pid])
@@ -616,24 +616,29 @@ def run_limits(root, quick):
         if u:
             res["unmask_ms"] = float(u.group(1))
         t = re.search(r"traffic 1e6 params 10 participants: .*total (\d+) B; plain f32 (\d+) B; ratio ([\d.]+) "
-                      r"\(plain f64 Contribution frame: (\d+) B\)", out)
+                      r"\(plain Contribution frame: (\d+) B\)", out)
         if t:
-            res["traffic"] = dict(total=int(t.group(1)), f32=int(t.group(2)), f64=int(t.group(4)))
+            res["traffic"] = dict(total=int(t.group(1)), f32=int(t.group(2)), plain_frame=int(t.group(4)))
     except RuntimeError as e:
         res["masking_error"] = str(e)
     log("limits: coordinator aggregation vs memcpy (protocol/benches/aggregate.rs)")
     try:
         out = cargo_bench(["-p", "medfed-protocol", "--bench", "aggregate"],
                           root / "aggregate-bench.txt")
-        m = re.search(r"aggregate secagg (\d+) nodes x (\d+) words: handle_input ([\d.]+) GB/s; "
-                      r"decode\+handle_input ([\d.]+) GB/s; memcpy ([\d.]+) GB/s; ratio ([\d.]+) handle_input, "
-                      r"([\d.]+) decode", out)
-        p = re.search(r"aggregate plain \d+ nodes x \d+ f64: add_into ([\d.]+) GB/s; memcpy ([\d.]+) GB/s; "
+        m = re.search(r"aggregate secagg (\d+) nodes x (\d+) words: handle_input ([\d.]+) GB/s reused sum, "
+                      r"([\d.]+) GB/s fresh sum; decode\+handle_input ([\d.]+) GB/s reused sum; memcpy ([\d.]+) GB/s; "
+                      r"ratio ([\d.]+) handle_input reused, ([\d.]+) handle_input fresh, ([\d.]+) decode", out)
+        f = re.search(r"aggregate secagg page faults per round \(minor, /proc/self/stat\): handle_input (\d+) reused "
+                      r"sum, (\d+) fresh sum", out)
+        p = re.search(r"aggregate plain \d+ nodes x \d+ f32: add_into ([\d.]+) GB/s; memcpy ([\d.]+) GB/s; "
                       r"ratio ([\d.]+)", out)
         if m:
             res["aggregate"] = dict(nodes=int(m.group(1)), words=int(m.group(2)), handle=float(m.group(3)),
-                                    decode=float(m.group(4)), memcpy=float(m.group(5)),
-                                    ratio=float(m.group(6)), ratio_decode=float(m.group(7)))
+                                    fresh=float(m.group(4)), decode=float(m.group(5)), memcpy=float(m.group(6)),
+                                    ratio=float(m.group(7)), ratio_fresh=float(m.group(8)),
+                                    ratio_decode=float(m.group(9)))
+            if f:
+                res["aggregate"].update(faults_reused=int(f.group(1)), faults_fresh=int(f.group(2)))
         if p:
             res["aggregate_plain"] = dict(add=float(p.group(1)), memcpy=float(p.group(2)), ratio=float(p.group(3)))
     except RuntimeError as e:
@@ -732,8 +737,8 @@ def main():
         write_markdown(Path(args.out), meta["command"], rows, json.loads((root / "limits.json").read_text()),
                        meta["rounds"], meta["quick"], meta["elapsed"], meta.get("when"), meta.get("notes", []))
         return
-    rounds = int(os.environ.get("BENCH_ROUNDS", "2" if quick else "3"))
-    budget = 60 * float(os.environ.get("BENCH_FLOWER_BUDGET_MIN", "12" if quick else "35"))
+    rounds = int(os.environ.get("BENCH_ROUNDS", "2"))
+    budget = 60 * float(os.environ.get("BENCH_FLOWER_BUDGET_MIN", "12" if quick else "100"))
     root = REPO / "run" / "bench"
     root.mkdir(parents=True, exist_ok=True)
     began = time.time()
@@ -783,7 +788,7 @@ def main():
             log(f"flower {cfg['id']} (budget left {left / 60:.1f} min)")
             t = time.time()
             try:
-                cap = 60 * float(os.environ.get("BENCH_FLOWER_RUN_MAX_MIN", "15"))
+                cap = 60 * float(os.environ.get("BENCH_FLOWER_RUN_MAX_MIN", "40"))
                 row["flower"] = run_flower(dict(cfg, timeout=min(max(left, 300), cap)), data_dir, root, port + 1)
                 log("  ", json.dumps(row["flower"]))
             except Exception as e:  # noqa: BLE001
@@ -821,7 +826,7 @@ def write_markdown(path, command, rows, limits, rounds, quick, elapsed, when=Non
     w = L.append
     w("# Benchmarks")
     w("")
-    w(f"Written by `{command}`{' with BENCH_QUICK=1' if quick else ''} "
+    w(f"Written by `{command}` "
       f"on {when or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} in {elapsed / 60:.0f} min; "
       "every figure below comes from that one run on one machine" + (", except as noted just below" if notes else "")
       + ". Rerun it to refresh this page.")
@@ -856,7 +861,8 @@ def write_markdown(path, command, rows, limits, rounds, quick, elapsed, when=Non
       "enabled`); each node pairs with every other (4 nodes) or with 10 neighbours (20 nodes), "
       "threshold ⌊2h/3⌋+1 of its h holders (3 of 4, 8 of 11). With it off, the coordinator sees "
       "each node's figures.")
-    w("- **Flower** 1.42, Deployment Engine: `flower-superlink --insecure`, one `flower-supernode "
+    w("- **Flower** 1.42, Deployment Engine: `flower-superlink --insecure` (state in memory, its "
+      "default), one `flower-supernode "
       "--insecure` per node and `flwr run` (the app is `scripts/bench_py/flowerapp`: a "
       "`ServerApp` with `LegacyContext` + `DefaultWorkflow` and `FedAvg`, a `ClientApp` with a "
       "`NumPyClient`). **No TLS** for Flower (`--insecure`); medfed always pays for mTLS. Secure "
@@ -952,16 +958,21 @@ def write_markdown(path, command, rows, limits, rounds, quick, elapsed, when=Non
         w(f"| SecAgg masking | {limits.get('masking_error', 'not measured')} | | |")
     ag = limits.get("aggregate")
     if ag:
-        w(f"| Coordinator secure aggregation, {ag['nodes']} nodes × 10^6 words (`ExpectMaskedInputs::handle_input`) "
-          f"| {ag['handle']:.2f} GB/s of updates summed | `copy_from_slice` of the same bytes {ag['memcpy']:.2f} GB/s "
-          f"| {ag['ratio']:.2f} |")
+        faults = (f" ({ag['faults_reused']} minor page faults a round)" if "faults_reused" in ag else "")
+        faults_fresh = (f" ({ag['faults_fresh']} minor page faults a round)" if "faults_fresh" in ag else "")
+        w(f"| Coordinator secure aggregation, {ag['nodes']} nodes × 10^6 words (`ExpectShares::finish_into` + "
+          f"`ExpectMaskedInputs::handle_input`, summing into the previous round's buffer as the coordinator does)"
+          f"{faults} | {ag['handle']:.2f} GB/s of updates summed | `copy_from_slice` of the same bytes "
+          f"{ag['memcpy']:.2f} GB/s | {ag['ratio']:.2f} |")
+        w(f"| … into a fresh sum each round (`ExpectShares::finish`, what the coordinator did before){faults_fresh} | "
+          f"{ag['fresh']:.2f} GB/s | memcpy {ag['memcpy']:.2f} GB/s | {ag['ratio_fresh']:.2f} |")
         w(f"| … including decoding each node's framed `SecAggInput` (`codec::decode_body`) | {ag['decode']:.2f} GB/s | "
           f"memcpy {ag['memcpy']:.2f} GB/s | {ag['ratio_decode']:.2f} |")
     else:
         w(f"| Coordinator aggregation | {limits.get('aggregate_error', 'not measured')} | | |")
     ap_ = limits.get("aggregate_plain")
     if ap_:
-        w(f"| Coordinator plain aggregation (`add_into`, f64) | {ap_['add']:.2f} GB/s | memcpy {ap_['memcpy']:.2f} GB/s | "
+        w(f"| Coordinator plain aggregation (`add_into`: f32 figures into the f64 sum) | {ap_['add']:.2f} GB/s | memcpy {ap_['memcpy']:.2f} GB/s | "
           f"{ap_['ratio']:.2f} |")
     if limits.get("unmask_ms") is not None:
         w(f"| Coordinator unmasking, 10 nodes × 10^6 params (`ExpectUnmasking::finish`, no dropout) | "
@@ -981,8 +992,8 @@ def write_markdown(path, command, rows, limits, rounds, quick, elapsed, when=Non
     if tr:
         w("")
         w(f"Secure aggregation's traffic, 10^6 params, 10 participants: {tr['total']:,} B per node per round "
-          f"(all four SecAgg messages) against {tr['f32']:,} B for a bare f32 vector and {tr['f64']:,} B for "
-          f"medfed's plain f64 contribution frame.")
+          f"(all four SecAgg messages) against {tr['f32']:,} B for a bare f32 vector and "
+          f"{tr['plain_frame']:,} B for medfed's plain contribution frame (f32 figures).")
     w("")
     w("Bench outputs: `run/bench/secagg-bench.txt`, `aggregate-bench.txt`, `dp-sgd-bench.txt`, "
       "`opacus.txt`.")

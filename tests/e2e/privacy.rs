@@ -190,6 +190,7 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
     use medfed_node::ledger::Release;
     use medfed_protocol::eval_release::sensitivity;
     use medfed_protocol::evaluation::{EvalCounts, MAX_EXAMPLE_LOSS};
+    use medfed_protocol::fairness::{GROUP_SCORE_BINS, GroupCounts};
 
     let consortium = Consortium::new(&["hospital-a"], 80);
     let task = consortium.coordinator_config(1, 1).task;
@@ -264,11 +265,17 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
         .expect("the node declares what it spent");
     assert_eq!(declared.epsilon, entry.epsilon_after);
     // Every count is an integer; 20 held-out rows, so n is 20 plus noise.
-    let eval = EvalCounts::from_vector(&contribution.values[..EvalCounts::VECTOR_LEN]).unwrap();
+    let values = contribution.values.to_f64_vec();
+    let eval = EvalCounts::from_vector(&values[..EvalCounts::VECTOR_LEN]).unwrap();
     assert!((eval.n - 20.0).abs() <= 8.0 * sigma, "{}", eval.n);
     assert!(
-        contribution.values[2..EvalCounts::VECTOR_LEN]
+        values[2..EvalCounts::VECTOR_LEN]
             .iter()
             .all(|v| v.fract() == 0.0)
     );
+    // The audit groups follow, each with the coarser 100-bin histograms, every cell an integer.
+    let groups = &values[EvalCounts::VECTOR_LEN..];
+    assert!(!groups.is_empty() && groups.len().is_multiple_of(GroupCounts::VECTOR_LEN));
+    assert_eq!(GroupCounts::VECTOR_LEN, 4 + 2 * GROUP_SCORE_BINS);
+    assert!(groups.iter().all(|v| v.fract() == 0.0));
 }

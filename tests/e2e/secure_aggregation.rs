@@ -87,7 +87,7 @@ async fn a_node_killed_after_sharing_keys_leaves_the_exact_fedavg_of_the_survivo
         hospital.accept_model(initial.clone(), 1, 1);
         match hospital.handle_round(&start) {
             Message::Contribution(c) if c.kind == ContributionKind::Round => {
-                sum.iter_mut().zip(&c.values).for_each(|(s, v)| *s += v);
+                c.values.add_to(&mut sum);
             }
             other => panic!("{other:?}"),
         }

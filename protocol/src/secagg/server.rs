@@ -163,8 +163,34 @@ impl ExpectShares {
         Ok(())
     }
 
-    /// Ends phase 2: for each member of `U2`, the shares addressed to it.
+    /// Ends phase 2: for each member of `U2`, the shares addressed to it. The masked inputs are
+    /// summed into a freshly allocated vector; a driver that runs round after round should call
+    /// [`Self::finish_into`] with the previous round's sum instead.
     pub fn finish(self) -> Result<(ExpectMaskedInputs, BTreeMap<u16, ShareDelivery>), SecAggError> {
+        let sum = vec![0; self.params.vector_len];
+        self.finish_with_sum(sum)
+    }
+
+    /// As [`Self::finish`], but the masked inputs are summed into `buffer`, which is cleared and
+    /// resized to the round's vector length first: whatever it held (such as an earlier round's
+    /// sum, as [`ExpectUnmasking::finish`] returns it) is overwritten with zeros, and only its
+    /// allocation is reused. Zeroing memory that is already mapped costs far less than the page
+    /// faults of summing into a fresh allocation of the size of a model each round.
+    pub fn finish_into(
+        self,
+        mut buffer: Vec<u32>,
+    ) -> Result<(ExpectMaskedInputs, BTreeMap<u16, ShareDelivery>), SecAggError> {
+        buffer.clear();
+        buffer.resize(self.params.vector_len, 0);
+        self.finish_with_sum(buffer)
+    }
+
+    /// Ends phase 2, summing into `sum`, which holds `vector_len` zeros.
+    fn finish_with_sum(
+        self,
+        sum: Vec<u32>,
+    ) -> Result<(ExpectMaskedInputs, BTreeMap<u16, ShareDelivery>), SecAggError> {
+        debug_assert!(sum.len() == self.params.vector_len && sum.iter().all(|&s| s == 0));
         at_least(&self.params, "share keys", self.packages.len())?;
         let sharers: BTreeSet<u16> = self.packages.keys().copied().collect();
         let senders: Vec<u16> = sharers.iter().copied().collect();
@@ -186,7 +212,7 @@ impl ExpectShares {
             }
         }
         let next = ExpectMaskedInputs {
-            sum: vec![0; self.params.vector_len],
+            sum,
             params: self.params,
             graph: self.graph,
             keys: self.keys,
@@ -302,7 +328,9 @@ impl ExpectUnmasking {
         Ok(())
     }
 
-    /// Ends the round: removes every mask and returns the sum of the survivors' inputs.
+    /// Ends the round: removes every mask and returns the sum of the survivors' inputs. Once the
+    /// caller is done with the sum, it can hand the vector to the next round's
+    /// [`ExpectShares::finish_into`], which zeroes it and sums into it again.
     pub fn finish(mut self) -> Result<Vec<u32>, SecAggError> {
         at_least(&self.params, "unmasking", self.responders.len())?;
         let threshold = self.params.threshold;

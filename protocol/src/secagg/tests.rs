@@ -47,6 +47,9 @@ struct Federation {
     verifier: TestVerifier,
     inputs: Vec<Vec<u32>>,
     rng: ChaCha20Rng,
+    /// A buffer for the next round to sum into (`ExpectShares::finish_into`), as the
+    /// coordinator passes on the previous round's sum; `None`: a fresh one (`finish`).
+    sum_buffer: Option<Vec<u32>>,
 }
 
 impl Federation {
@@ -90,6 +93,7 @@ impl Federation {
             verifier: TestVerifier(keys),
             inputs,
             rng,
+            sum_buffer: None,
         }
     }
 
@@ -140,7 +144,10 @@ impl Federation {
             let package = state.handle_directory(&directory, &self.verifier, &mut self.rng)?;
             server.handle_package(index, package)?;
         }
-        let (mut server, deliveries) = server.finish()?;
+        let (mut server, deliveries) = match self.sum_buffer.take() {
+            Some(buffer) => server.finish_into(buffer)?,
+            None => server.finish()?,
+        };
         for (&index, delivery) in &deliveries {
             if drop(usize::from(index) - 1) == DropAfter::Shares {
                 continue;
@@ -358,6 +365,47 @@ fn inputs_that_wrap_the_ring_sum_correctly() {
     let (sum, survivors) = federation.run(&[]).unwrap();
     assert_eq!(survivors.len(), 3);
     assert_eq!(sum, vec![3; 4]); // 2·(2^32 − 1) + 5 ≡ 3 (mod 2^32)
+}
+
+#[test]
+fn a_reused_sum_buffer_is_zeroed_and_gives_the_exact_sum() {
+    // Longer than the vector, shorter, and as long: each full of non-zero words.
+    for (len, fill) in [(300, u32::MAX), (3, 0x5a5a_5a5a), (257, 1)] {
+        let mut federation = Federation::new(6, None, 257, 12);
+        federation.sum_buffer = Some(vec![fill; len]);
+        let drops = [DropAfter::Nothing, DropAfter::Shares];
+        let (sum, survivors) = federation.run(&drops).unwrap();
+        assert_eq!(survivors, vec![1, 3, 4, 5, 6], "buffer of {len}");
+        assert_eq!(sum, federation.expected_sum(&survivors), "buffer of {len}");
+    }
+}
+
+#[test]
+fn each_round_sums_into_the_previous_rounds_sum_without_carrying_it_over() {
+    let mut federation = Federation::new(5, None, 1000, 13);
+    let (mut previous, _) = federation.run(&[]).unwrap();
+    for round in 0..3 {
+        // Fresh inputs, and a dropout in every other round, so that no two sums are alike.
+        let mut rng = ChaCha20Rng::seed_from_u64(100 + round);
+        for value in federation.inputs.iter_mut().flatten() {
+            *value = rand::RngCore::next_u32(&mut rng);
+        }
+        let drops = if round % 2 == 0 {
+            vec![DropAfter::Input]
+        } else {
+            vec![]
+        };
+        let allocation = previous.as_ptr();
+        federation.sum_buffer = Some(previous);
+        let (sum, survivors) = federation.run(&drops).unwrap();
+        assert_eq!(sum, federation.expected_sum(&survivors), "round {round}");
+        assert_eq!(
+            sum.as_ptr(),
+            allocation,
+            "round {round}: the buffer is reused"
+        );
+        previous = sum;
+    }
 }
 
 #[test]
