@@ -37,13 +37,14 @@ pub fn audit(
     counts: &[GroupCounts],
     settings: &FairnessSettings,
 ) -> Vec<AttributeAudit> {
-    let mut by_attribute: BTreeMap<&str, BTreeMap<String, GroupCounts>> = BTreeMap::new();
+    // Each attribute's groups in the schema's order (levels as listed, bands from low to high).
+    let mut by_attribute: BTreeMap<&str, Vec<(String, GroupCounts)>> = BTreeMap::new();
     let groups = schema.audit_groups();
     for (group, counts) in groups.iter().zip(counts) {
         by_attribute
             .entry(group.attribute.as_str())
             .or_default()
-            .insert(group.group.clone(), counts.clamped());
+            .push((group.group.clone(), counts.clamped()));
     }
     let mut config = AuditConfig::default();
     if let Some(min_count) = settings.min_count {
@@ -54,7 +55,7 @@ pub fn audit(
         let Some(groups) = by_attribute.remove(attribute.as_str()) else {
             continue;
         };
-        match FairnessReport::compute(&groups, &config) {
+        match FairnessReport::compute(groups.iter().map(|(name, counts)| (name, counts)), &config) {
             Ok(report) => {
                 let policy = settings.policy.check(&report);
                 audits.push(AttributeAudit {
@@ -150,5 +151,28 @@ age = [50]
         };
         // 8 TP, 8 TN, 7 FN, and the 7 FP noised to −2 read as 0: 23 patients.
         assert_eq!(metrics.n, 23);
+    }
+
+    #[test]
+    fn groups_are_reported_in_the_schema_order_not_by_name() {
+        let schema = Schema::parse(&SCHEMA.replace("age = [50]", "age = [45, 55, 65]")).unwrap();
+        let scores = [0.9f32, 0.1];
+        let labels = [1.0f32, 0.0];
+        let counts =
+            vec![GroupCounts::from_predictions(&scores, &labels); schema.audit_groups().len()];
+        let audits = audit(&schema, &counts, &FairnessSettings::default());
+        let age = audits.iter().find(|a| a.attribute == "age").unwrap();
+        let groups: Vec<&str> = age
+            .report
+            .groups
+            .iter()
+            .map(|g| match g {
+                GroupReport::Reported { group, .. } | GroupReport::Suppressed { group } => {
+                    group.as_str()
+                }
+            })
+            .collect();
+        // By name this would be `45-<55, 55-<65, <45, ≥65`.
+        assert_eq!(groups, ["<45", "45-<55", "55-<65", "≥65"]);
     }
 }

@@ -25,7 +25,7 @@
 //! This module does no IO and is deterministic: a report depends only on the counts and the
 //! configuration, and groups are always listed in the byte order of their names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -221,6 +221,12 @@ pub enum FairnessError {
     #[error("counts of group {group:?} are not valid")]
     InvalidCounts {
         /// The group.
+        group: String,
+    },
+    /// Two groups of one attribute have the same name.
+    #[error("group {group:?} appears twice")]
+    DuplicateGroup {
+        /// The repeated name.
         group: String,
     },
     /// The configured reference group is not among the groups.
@@ -564,20 +570,29 @@ impl AuditConfig {
 }
 
 impl FairnessReport {
-    /// The audit of the groups of one sensitive attribute from their pooled counts.
+    /// The audit of the groups of one sensitive attribute from their pooled counts, reported in
+    /// the order `groups` gives them (the schema's order for the coordinator, so that age bands
+    /// read `<45, 45-<55, …`; name order for a `BTreeMap`).
     ///
     /// Fails if a group's counts are invalid (negative, not finite, histograms of the wrong
-    /// length), or if a configured reference group is absent or suppressed.
-    pub fn compute(
-        groups: &BTreeMap<String, GroupCounts>,
+    /// length), if a group is named twice, or if a configured reference group is absent or
+    /// suppressed.
+    pub fn compute<'a>(
+        groups: impl IntoIterator<Item = (&'a String, &'a GroupCounts)>,
         config: &AuditConfig,
     ) -> Result<Self, FairnessError> {
-        let mut reports = Vec::with_capacity(groups.len());
+        let mut reports = Vec::new();
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
         let mut reported: Vec<(&str, GroupMetrics)> = Vec::new();
         for (name, counts) in groups {
             let invalid = || FairnessError::InvalidCounts {
                 group: name.clone(),
             };
+            if !seen.insert(name) {
+                return Err(FairnessError::DuplicateGroup {
+                    group: name.clone(),
+                });
+            }
             if !counts.is_well_formed() {
                 return Err(invalid());
             }
@@ -597,7 +612,7 @@ impl FairnessReport {
             });
         }
         if let Some(reference) = &config.reference {
-            if !groups.contains_key(reference) {
+            if !seen.contains(reference.as_str()) {
                 return Err(FairnessError::UnknownReference {
                     group: reference.clone(),
                 });
@@ -1018,6 +1033,16 @@ mod tests {
         assert_eq!(
             FairnessReport::compute(&groups, &config),
             Err(FairnessError::UnknownReference { group: "z".into() })
+        );
+    }
+
+    #[test]
+    fn a_group_named_twice_is_refused() {
+        let (a, b) = ("a".to_owned(), "a".to_owned());
+        let (ca, cb) = (counts(8, 2, 8, 2), counts(5, 5, 5, 5));
+        assert_eq!(
+            FairnessReport::compute([(&a, &ca), (&b, &cb)], &AuditConfig::default()),
+            Err(FairnessError::DuplicateGroup { group: "a".into() })
         );
     }
 
