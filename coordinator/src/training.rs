@@ -775,9 +775,11 @@ impl Trainer {
             }
             other => Err(unexpected(other, "secagg_unmask_shares")),
         });
+        // The sum holds the masked inputs of exactly the phase-3 survivors (U3), including any
+        // that then failed to unmask; the count encoding removes one offset per input summed.
         let survivors = server.survivors();
         let sum = server.finish()?;
-        let decoded = encoding.decode_sum(&sum);
+        let decoded = encoding.decode_sum(&sum, survivors.len());
         *self.sum_buffer() = sum;
         gathered.sum = decoded?;
         gathered.participants = survivors

@@ -7,6 +7,8 @@
 //!   (1000-bin          (100-bin histograms)
 //!   histograms)
 //! ```
+//! Under secure aggregation every figure but the evaluation's `loss_sum`, the update and the
+//! weight is an integer count, sent in the two-word count encoding ([`RoundLayout::encoding`]).
 //! The counts are of the round's starting model on the held-out split; the groups are the
 //! schema's audit groups, in order. The pooled evaluation's histograms have [`EVAL_SCORE_BINS`]
 //! bins, each group's the coarser [`GROUP_SCORE_BINS`]. The update block is present only in
@@ -80,10 +82,22 @@ impl RoundLayout {
         false
     }
 
-    /// How the vector is encoded for secure aggregation: counts exactly, the update clipped to
-    /// `update`'s bound in its fixed point, the weight exactly.
+    /// How the vector is encoded for secure aggregation: the counts exactly as integers (two
+    /// words each), the evaluation's `loss_sum` (a real) and the weight exactly in the wide
+    /// fixed point (four words each), the update clipped to `update`'s bound in its fixed point
+    /// (one word each):
+    ///
+    /// ```text
+    /// [ n     | loss_sum | confusion, histograms, groups | update           | weight ]
+    ///   Count   Wide       Count                           Clipped(update)    Wide
+    /// ```
     pub fn encoding(&self, update: &FixedPoint) -> VectorEncoding {
-        let mut blocks = vec![(self.counts_len(), BlockEncoding::Wide)];
+        // `EvalCounts::write_vector` puts `n` first and `loss_sum` second; all else is counts.
+        let mut blocks = vec![
+            (1, BlockEncoding::Count),
+            (1, BlockEncoding::Wide),
+            (self.counts_len() - 2, BlockEncoding::Count),
+        ];
         if self.train {
             blocks.push((self.params, BlockEncoding::Clipped(*update)));
             blocks.push((1, BlockEncoding::Wide));
@@ -253,5 +267,85 @@ mod tests {
         let mut wrong = result;
         wrong.eval.confusion = GroupCounts::from_predictions(&scores, &labels);
         assert!(layout.encode(&wrong).is_none());
+    }
+
+    #[test]
+    fn under_secure_aggregation_counts_take_two_words_and_sum_exactly_when_noised() {
+        use rand::SeedableRng;
+        use rand_chacha::ChaCha20Rng;
+
+        let fixed = FixedPoint {
+            clip: 1024.0,
+            fractional_bits: 18,
+        };
+        let layout = RoundLayout {
+            params: 1153,
+            train: true,
+            groups: 14,
+        };
+        let encoding = layout.encoding(&fixed);
+        assert_eq!(encoding.value_len(), layout.len());
+        // The demo round vector: 4 861 counts in 2 words, loss_sum and the weight in 4, the
+        // update in 1.
+        let counts = layout.counts_len() - 1;
+        assert_eq!(counts, 4861);
+        assert_eq!(encoding.encoded_len(), counts * 2 + 4 + 1153 + 4);
+        // Noised counts (negative here and there) and a real loss sum sum exactly.
+        let start = vec![0.0f32; 1153];
+        let trained = vec![0.5f32; 1153];
+        let mut rng = ChaCha20Rng::seed_from_u64(8);
+        let mut sum = vec![0u32; encoding.encoded_len()];
+        let mut exact = vec![0.0; layout.len()];
+        for node in 0..3 {
+            let scores = [0.12, 0.87, 0.55];
+            let labels = [0.0, 1.0, 1.0];
+            let mut eval = EvalCounts::from_predictions(&scores, &labels);
+            eval.n -= 5.0 * f64::from(node);
+            eval.confusion.negative_scores[7] = -3.0;
+            eval.loss_sum = 0.375 * f64::from(node + 1);
+            let mut group = GroupCounts::from_predictions(&scores, &labels);
+            group.tp = -2.0;
+            let values = layout
+                .encode(&RoundResult {
+                    eval,
+                    groups: vec![group; 14],
+                    update: Some(LocalUpdate {
+                        start: &start,
+                        trained: &trained,
+                        weight: 3.0,
+                    }),
+                })
+                .unwrap();
+            for (s, v) in sum
+                .iter_mut()
+                .zip(encoding.encode(&values, &mut rng).unwrap())
+            {
+                *s = s.wrapping_add(v);
+            }
+            for (e, v) in exact.iter_mut().zip(&values) {
+                *e += v;
+            }
+        }
+        let decoded = encoding.decode_sum(&sum, 3).unwrap();
+        let counts_end = layout.counts_len();
+        assert_eq!(decoded[..counts_end], exact[..counts_end]);
+        assert!(
+            decoded[counts_end..layout.len() - 1]
+                .iter()
+                .all(|d| (d - 4.5).abs() < 1e-4)
+        );
+        assert_eq!(decoded[layout.len() - 1], 9.0);
+        let totals = layout.decode(&decoded).unwrap();
+        assert_eq!(totals.eval.n, 9.0 - 15.0);
+        assert_eq!(totals.eval.confusion.negative_scores[7], -9.0);
+        assert_eq!(totals.groups[13].tp, -6.0);
+        assert_eq!(totals.eval.loss_sum, 2.25);
+        // A fractional count is refused, not rounded.
+        let mut values = vec![0.0; layout.len()];
+        values[5] = 0.5;
+        assert!(matches!(
+            encoding.encode(&values, &mut rng),
+            Err(crate::secagg::SecAggError::NotACount { position: 5, .. })
+        ));
     }
 }

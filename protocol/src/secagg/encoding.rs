@@ -1,13 +1,21 @@
 //! How a node's figures become words of Z(2^32) for secure aggregation, and how the masked sum
 //! turns back into figures.
 //!
-//! Two encodings share one vector:
+//! Three encodings share one vector, block by block:
 //! - the model update uses the clipped fixed point of [`FixedPoint`] (one word per value, with
 //!   the capacity check `n · B · 2^bits < 2^31`);
-//! - counts, sums and sums of squares, which can be large, use an exact wide encoding: a 64-bit
+//! - integer counts (possibly negative, after a node's discrete-Gaussian noise) use an exact
+//!   count encoding: a node's count `v`, an integer with `−2^31 ≤ v < 2^31`, is sent as
+//!   `u = v + 2^31` in [0, 2^32), split into two 16-bit limbs, each summed in its own word.
+//!   The limb sums `S0`, `S1` give `T = S0 + 2^16 · S1 = Σ u = Σ v + k · 2^31`, where `k` is the
+//!   number of inputs in the sum, so decoding needs `k` ([`VectorEncoding::decode_sum`]'s
+//!   `summed_inputs`). Anything else (a fraction, NaN, a count out of range) is refused;
+//! - real sums and sums of squares, which can be large, use an exact wide encoding: a 64-bit
 //!   two's-complement fixed point with [`WIDE_FRACTIONAL_BITS`] fractional bits, split into four
-//!   16-bit limbs, each limb summed in its own word. Limb sums cannot wrap with fewer than 2^16
-//!   participants, so the sum of the 64-bit values is recovered exactly.
+//!   16-bit limbs, each summed in its own word.
+//!
+//! Limb sums cannot wrap with fewer than 2^16 participants ([`VectorEncoding::check_capacity`]),
+//! so the sums of counts and of the 64-bit values are recovered exactly.
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -19,6 +27,10 @@ use super::fixed_point::FixedPoint;
 pub const WIDE_FRACTIONAL_BITS: u32 = 16;
 /// Limbs per wide value.
 const LIMBS: usize = 4;
+/// Limbs per count.
+const COUNT_LIMBS: usize = 2;
+/// Offset added to a count to make it non-negative: `v` is sent as `v + 2^31`.
+const COUNT_OFFSET: i64 = 1 << 31;
 /// Bits per limb.
 const LIMB_BITS: u32 = 16;
 /// Largest magnitude a wide value may have (scaled), keeping sums of many inside 64 bits.
@@ -31,6 +43,8 @@ pub enum BlockEncoding {
     Clipped(FixedPoint),
     /// Exact wide fixed point, four words per value.
     Wide,
+    /// Exact integer count in [−2^31, 2^31), two words per value.
+    Count,
 }
 
 /// The encoding of a whole vector: blocks of `(values, encoding)` in order.
@@ -57,6 +71,7 @@ impl VectorEncoding {
             .map(|(len, encoding)| match encoding {
                 BlockEncoding::Clipped(_) => *len,
                 BlockEncoding::Wide => len * LIMBS,
+                BlockEncoding::Count => len * COUNT_LIMBS,
             })
             .sum()
     }
@@ -65,7 +80,7 @@ impl VectorEncoding {
     pub fn check_capacity(&self, participants: usize) -> Result<(), SecAggError> {
         if participants >= 1 << LIMB_BITS {
             return Err(SecAggError::BadParams(format!(
-                "{participants} participants exceed the wide encoding's 65535"
+                "{participants} participants exceed the limb encodings' 65535"
             )));
         }
         for (_, encoding) in &self.blocks {
@@ -78,7 +93,9 @@ impl VectorEncoding {
         Ok(())
     }
 
-    /// Encodes `values` with stochastic rounding drawn from `rng` (a CSPRNG).
+    /// Encodes `values` with stochastic rounding drawn from `rng` (a CSPRNG). A value of a
+    /// [`BlockEncoding::Count`] block that is not an integer in [−2^31, 2^31) is refused
+    /// ([`SecAggError::NotACount`]), never rounded.
     pub fn encode<R: rand::CryptoRng + ?Sized>(
         &self,
         values: &[f64],
@@ -93,9 +110,12 @@ impl VectorEncoding {
         }
         let mut out = Vec::with_capacity(self.encoded_len());
         let mut rest = values;
+        let mut position = 0;
         for (len, encoding) in &self.blocks {
             let (block, tail) = rest.split_at(*len);
             rest = tail;
+            let start = position;
+            position += len;
             match encoding {
                 BlockEncoding::Clipped(fixed) => out.extend(fixed.encode(block, rng)?),
                 BlockEncoding::Wide => {
@@ -106,13 +126,31 @@ impl VectorEncoding {
                         }
                     }
                 }
+                BlockEncoding::Count => {
+                    for (i, &value) in block.iter().enumerate() {
+                        let offset = offset_count(value, start + i)?;
+                        out.push(offset & 0xffff);
+                        out.push(offset >> LIMB_BITS);
+                    }
+                }
             }
         }
         Ok(out)
     }
 
-    /// Decodes the sum of encoded vectors.
-    pub fn decode_sum(&self, sum: &[u32]) -> Result<Vec<f64>, SecAggError> {
+    /// Decodes the sum of `summed_inputs` encoded vectors: exactly the number of inputs in
+    /// `sum` (under secure aggregation, the survivors whose masked inputs were summed,
+    /// [`ExpectUnmasking::survivors`](super::ExpectUnmasking::survivors)), which the
+    /// [`BlockEncoding::Count`] blocks need to remove each input's offset of 2^31.
+    ///
+    /// A count block whose limb sums exceed what `summed_inputs` inputs can give is refused:
+    /// `summed_inputs` is wrong, or an input's limbs were out of range.
+    pub fn decode_sum(&self, sum: &[u32], summed_inputs: usize) -> Result<Vec<f64>, SecAggError> {
+        if summed_inputs >= 1 << LIMB_BITS {
+            return Err(SecAggError::BadParams(format!(
+                "a sum of {summed_inputs} inputs exceeds the limb encodings' 65535"
+            )));
+        }
         if sum.len() != self.encoded_len() {
             return Err(SecAggError::BadParams(format!(
                 "sum of {} words for an encoding of {}",
@@ -139,10 +177,40 @@ impl VectorEncoding {
                         out.push(total as i64 as f64 / f64::from(1u32 << WIDE_FRACTIONAL_BITS));
                     }
                 }
+                BlockEncoding::Count => {
+                    let (block, tail) = rest.split_at(len * COUNT_LIMBS);
+                    rest = tail;
+                    // k < 2^16 inputs: each limb sum is at most k · (2^16 − 1) < 2^32, so no
+                    // limb sum wrapped, T < 2^48 and T − k · 2^31 fits i64 and f64 exactly.
+                    let k = summed_inputs as u64;
+                    let most = k * 0xffff;
+                    for limbs in block.chunks_exact(COUNT_LIMBS) {
+                        let (low, high) = (u64::from(limbs[0]), u64::from(limbs[1]));
+                        if low > most || high > most {
+                            return Err(SecAggError::BadParams(format!(
+                                "count limb sums ({low}, {high}) exceed what {summed_inputs} \
+                                 inputs can give"
+                            )));
+                        }
+                        let total = (low + (high << LIMB_BITS)) as i64;
+                        out.push((total - summed_inputs as i64 * COUNT_OFFSET) as f64);
+                    }
+                }
             }
         }
         Ok(out)
     }
+}
+
+/// A count `value` (figure `position` of the vector) plus 2^31, if it is an integer in
+/// [−2^31, 2^31).
+fn offset_count(value: f64, position: usize) -> Result<u32, SecAggError> {
+    let range = -(COUNT_OFFSET as f64)..COUNT_OFFSET as f64;
+    if !range.contains(&value) || value.fract() != 0.0 {
+        return Err(SecAggError::NotACount { position, value });
+    }
+    // An integer in [−2^31, 2^31): exact as i64, and in [0, 2^32) once offset.
+    Ok((value as i64 + COUNT_OFFSET) as u32)
 }
 
 /// Scales by 2^16 and rounds stochastically to an integer, as 64-bit two's complement.
@@ -181,7 +249,7 @@ mod tests {
             add(&mut sum, &encoding.encode(node, &mut rng).unwrap());
         }
         assert_eq!(
-            encoding.decode_sum(&sum).unwrap(),
+            encoding.decode_sum(&sum, nodes.len()).unwrap(),
             vec![3.70000005e8, -2.0, 0.0]
         );
     }
@@ -207,7 +275,7 @@ mod tests {
             &mut sum,
             &encoding.encode(&[32.0, 0.5, -100.0], &mut rng).unwrap(),
         );
-        let decoded = encoding.decode_sum(&sum).unwrap();
+        let decoded = encoding.decode_sum(&sum, 2).unwrap();
         assert_eq!(decoded[0], 42.0);
         assert!((decoded[1] - 0.75).abs() < 1e-4);
         assert!(
@@ -220,5 +288,129 @@ mod tests {
         assert!(encoding.check_capacity(10_000).is_err());
         assert!(encoding.encode(&[1.0], &mut rng).is_err());
         assert!(encoding.encode(&[f64::NAN, 0.0, 0.0], &mut rng).is_err());
+    }
+
+    /// The exact sums, as `f64`, of `nodes`' values.
+    fn exact_sums(nodes: &[Vec<f64>]) -> Vec<f64> {
+        (0..nodes[0].len())
+            .map(|i| nodes.iter().map(|node| node[i] as i64).sum::<i64>() as f64)
+            .collect()
+    }
+
+    #[test]
+    fn count_sums_of_many_participants_are_exact_at_the_ends_of_the_range() {
+        let encoding = VectorEncoding::new(vec![(6, BlockEncoding::Count)]);
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let (min, max) = (-(2f64.powi(31)), 2f64.powi(31) - 1.0);
+        for participants in [1, 2, 3, 17, 1000] {
+            let nodes: Vec<Vec<f64>> = (0..participants)
+                .map(|p| {
+                    let p = p as f64;
+                    vec![
+                        min,
+                        max,
+                        0.0,
+                        -3.0 - p,
+                        7.0 * p,
+                        if p % 2.0 == 0.0 { min } else { max },
+                    ]
+                })
+                .collect();
+            let mut sum = vec![0u32; encoding.encoded_len()];
+            for node in &nodes {
+                add(&mut sum, &encoding.encode(node, &mut rng).unwrap());
+            }
+            assert_eq!(
+                encoding.decode_sum(&sum, participants).unwrap(),
+                exact_sums(&nodes),
+                "{participants} participants"
+            );
+        }
+        // The largest sums 65535 participants can give.
+        let most = 65_535;
+        let one = |value: f64| encoding.encode(&[value; 6], &mut ChaCha20Rng::seed_from_u64(0));
+        let scale = |words: Vec<u32>| words.iter().map(|w| w * most).collect::<Vec<u32>>();
+        assert_eq!(
+            encoding
+                .decode_sum(&scale(one(max).unwrap()), most as usize)
+                .unwrap(),
+            vec![max * f64::from(most); 6]
+        );
+        assert_eq!(
+            encoding
+                .decode_sum(&scale(one(min).unwrap()), most as usize)
+                .unwrap(),
+            vec![min * f64::from(most); 6]
+        );
+    }
+
+    #[test]
+    fn counts_take_two_words_and_fractions_nan_and_out_of_range_values_are_refused() {
+        let fixed = FixedPoint {
+            clip: 8.0,
+            fractional_bits: 16,
+        };
+        let encoding = VectorEncoding::new(vec![
+            (3, BlockEncoding::Count),
+            (1, BlockEncoding::Wide),
+            (2, BlockEncoding::Clipped(fixed)),
+            (5, BlockEncoding::Count),
+        ]);
+        assert_eq!(encoding.value_len(), 11);
+        assert_eq!(encoding.encoded_len(), 3 * 2 + 4 + 2 + 5 * 2);
+        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let fine = [1.0, -2.0, 0.0, 0.5, 0.25, -0.25, 3.0, -0.0, 9.0, -9.0, 1e9];
+        assert!(encoding.encode(&fine, &mut rng).is_ok());
+        for (position, bad) in [
+            (0, 0.5),
+            (2, f64::NAN),
+            (1, 2f64.powi(31)),
+            (10, -(2f64.powi(31)) - 1.0),
+            (6, f64::INFINITY),
+            (8, -1e-9),
+            (9, 1e300),
+        ] {
+            let mut values = fine;
+            values[position] = bad;
+            match encoding.encode(&values, &mut rng) {
+                Err(SecAggError::NotACount { position: p, value }) => {
+                    assert_eq!(p, position, "{bad}");
+                    assert!(value.is_nan() && bad.is_nan() || value == bad);
+                }
+                other => panic!("{bad} at {position}: {other:?}"),
+            }
+        }
+        // A non-integer in the wide block is fine; the same in a count block is not.
+        let mut wide_fraction = fine;
+        wide_fraction[3] = 0.125;
+        assert!(encoding.encode(&wide_fraction, &mut rng).is_ok());
+    }
+
+    #[test]
+    fn count_sums_need_the_number_of_inputs_and_refuse_an_impossible_one() {
+        let encoding =
+            VectorEncoding::new(vec![(2, BlockEncoding::Count), (1, BlockEncoding::Wide)]);
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let mut sum = vec![0u32; encoding.encoded_len()];
+        for node in [[-5.0, 40.0, 0.5], [2.0, -1.0, 0.25], [0.0, 0.0, 0.0]] {
+            add(&mut sum, &encoding.encode(&node, &mut rng).unwrap());
+        }
+        assert_eq!(
+            encoding.decode_sum(&sum, 3).unwrap(),
+            vec![-3.0, 39.0, 0.75]
+        );
+        // A wrong number of inputs shifts every count by 2^31 per input missed…
+        let shifted = encoding.decode_sum(&sum, 2).unwrap();
+        assert_eq!(shifted[..2], [-3.0 + 2f64.powi(31), 39.0 + 2f64.powi(31)]);
+        // …and is refused where the limb sums are more than that many inputs can give.
+        assert!(encoding.decode_sum(&sum, 1).is_err());
+        assert!(encoding.decode_sum(&sum, 0).is_err());
+        assert!(encoding.decode_sum(&sum, 1 << 16).is_err());
+        assert!(encoding.decode_sum(&sum[1..], 3).is_err());
+        // Nothing summed decodes to zeros.
+        assert_eq!(
+            encoding.decode_sum(&[0; 8], 0).unwrap(),
+            vec![0.0, 0.0, 0.0]
+        );
     }
 }

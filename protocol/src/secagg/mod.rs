@@ -99,6 +99,14 @@ pub enum SecAggError {
         /// Its sender.
         from: u16,
     },
+    /// A figure of a count block that is not an integer count the encoding can carry.
+    #[error("figure {position} is {value}, not an integer count in [-2^31, 2^31)")]
+    NotACount {
+        /// Its position in the vector.
+        position: usize,
+        /// The figure.
+        value: f64,
+    },
     /// Too few shares to reconstruct a participant's secret.
     #[error("only {have} shares of participant {index}'s secret arrived, {threshold} needed")]
     TooFewShares {

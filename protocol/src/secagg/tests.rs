@@ -444,3 +444,98 @@ fn the_coordinator_never_holds_an_unmasked_update() {
         "the inputs are mostly zeros ({zeros}), so masking is what hides them"
     );
 }
+
+#[test]
+fn counts_decode_exactly_with_the_number_of_inputs_summed_whatever_phase_a_node_drops_in() {
+    use super::encoding::{BlockEncoding, VectorEncoding};
+
+    // Counts of both signs, at the ends of their range, and a real in the wide encoding.
+    let encoding = VectorEncoding::new(vec![(6, BlockEncoding::Count), (1, BlockEncoding::Wide)]);
+    let (min, max) = (-(2f64.powi(31)), 2f64.powi(31) - 1.0);
+    let values: Vec<Vec<f64>> = (1..=6)
+        .map(|i| {
+            let i = f64::from(i);
+            vec![
+                -7.0 * i,
+                100.0 * i,
+                0.0,
+                min + i,
+                max - i,
+                i - 3.0,
+                0.25 * i,
+            ]
+        })
+        .collect();
+    // A node that drops before sending its masked input is not in the sum; one that sent it and
+    // then failed to unmask is (its self-mask is removed from its neighbours' shares).
+    for (when, in_sum) in [
+        (DropAfter::Start, vec![1, 2, 4, 5, 6]),
+        (DropAfter::Keys, vec![1, 2, 4, 5, 6]),
+        (DropAfter::Shares, vec![1, 2, 4, 5, 6]),
+        (DropAfter::Input, vec![1, 2, 3, 4, 5, 6]),
+        (DropAfter::Nothing, vec![1, 2, 3, 4, 5, 6]),
+    ] {
+        let mut federation = Federation::new(6, None, encoding.encoded_len(), 12);
+        let mut rng = ChaCha20Rng::seed_from_u64(13);
+        federation.inputs = values
+            .iter()
+            .map(|v| encoding.encode(v, &mut rng).unwrap())
+            .collect();
+        let drops = [DropAfter::Nothing, DropAfter::Nothing, when];
+        let (sum, survivors) = federation
+            .run(&drops)
+            .unwrap_or_else(|e| panic!("{when:?}: {e}"));
+        assert_eq!(survivors, in_sum, "{when:?}");
+        let decoded = encoding.decode_sum(&sum, survivors.len()).unwrap();
+        let exact: Vec<f64> = (0..7)
+            .map(|i| {
+                survivors
+                    .iter()
+                    .map(|&s| values[usize::from(s) - 1][i])
+                    .sum()
+            })
+            .collect();
+        assert_eq!(decoded, exact, "{when:?}");
+        assert!(
+            decoded[0] < 0.0 && decoded[1] > 0.0,
+            "{when:?}: {decoded:?}"
+        );
+    }
+}
+
+#[test]
+fn counts_decode_exactly_under_secagg_plus_with_dropouts_in_two_phases() {
+    use super::encoding::{BlockEncoding, VectorEncoding};
+
+    let encoding = VectorEncoding::new(vec![(3, BlockEncoding::Count)]);
+    let values: Vec<Vec<f64>> = (0..12)
+        .map(|i| {
+            let i = f64::from(i);
+            vec![-(i * i), 1000.0 + i, if i < 6.0 { -1.0 } else { 1.0 }]
+        })
+        .collect();
+    let mut federation = Federation::new(12, Some(6), encoding.encoded_len(), 14);
+    let mut rng = ChaCha20Rng::seed_from_u64(15);
+    federation.inputs = values
+        .iter()
+        .map(|v| encoding.encode(v, &mut rng).unwrap())
+        .collect();
+    let mut drops = vec![DropAfter::Nothing; 12];
+    drops[4] = DropAfter::Shares;
+    drops[9] = DropAfter::Input;
+    let (sum, survivors) = federation.run(&drops).unwrap();
+    assert_eq!(survivors.len(), 11);
+    assert!(!survivors.contains(&5) && survivors.contains(&10));
+    let exact = |i: usize| -> f64 {
+        survivors
+            .iter()
+            .map(|&s| values[usize::from(s) - 1][i])
+            .sum()
+    };
+    assert_eq!(
+        encoding.decode_sum(&sum, survivors.len()).unwrap(),
+        vec![exact(0), exact(1), exact(2)]
+    );
+    // Participant 5 (one of the six −1s) is not in the sum; participant 10 (a +1) is.
+    assert_eq!(exact(2), 1.0);
+}
