@@ -458,6 +458,14 @@ split_seed = {SPLIT_SEED}
             parts = line.split()
             if len(parts) >= 5 and parts[0].isdigit() and parts[1].isdigit() and 1 <= int(parts[1]) <= rounds:
                 sent += int(parts[3])
+    return run_figures(mon, t0, t1, rounds, nodes, t_launch, sent, None,
+                       float(final.group(1)) if final else float("nan"))
+
+
+def run_figures(mon, t0, t1, rounds, nodes, t_launch, sent, received, auc):
+    """The figures of one run, the same way for both frameworks: the timed window is [t0, t1]
+    (start of round 1 to end of the last round); `sent`/`received` are the nodes' bytes in it
+    (`received` None where not measured)."""
     return {
         "wall_per_round": (t1 - t0) / rounds,
         "coord_cpu_per_round": mon.cpu_between("coordinator", t0, t1) / rounds,
@@ -465,8 +473,8 @@ split_seed = {SPLIT_SEED}
         "coord_peak_rss": mon.peak_rss("coordinator"),
         "node_cpu_per_round": mon.cpu_between("nodes", t0, t1) / rounds / nodes,
         "up_per_node_round": sent / nodes / rounds,
-        "down_per_node_round": None,
-        "auc": float(final.group(1)) if final else float("nan"),
+        "down_per_node_round": None if received is None else received / nodes / rounds,
+        "auc": auc,
         "total_wall": time.time() - t_launch,
         "processes": mon.processes("coordinator"),
     }
@@ -570,20 +578,8 @@ insecure = true
     ends = {int(k): v for k, v in res["ends"].items()}
     t0, t1 = starts[1], ends[rounds]
     sent, recv = proxy.between(t0, t1)
-    return {
-        "wall_per_round": (t1 - t0) / rounds,
-        "coord_cpu_per_round": mon.cpu_between("coordinator", t0, t1) / rounds,
-        "coord_cpu_total": mon.cpu_total("coordinator"),
-        "coord_peak_rss": mon.peak_rss("coordinator"),
-        "node_cpu_per_round": mon.cpu_between("nodes", t0, t1) / rounds / nodes,
-        "up_per_node_round": sent / nodes / rounds,
-        "down_per_node_round": recv / nodes / rounds,
-        "auc": res["auc"],
-        "total_wall": time.time() - t_launch,
-        "processes": mon.processes("coordinator"),
-        "params": res["params"],
-        "same_init": res.get("same_init", False),
-    }
+    return dict(run_figures(mon, t0, t1, rounds, nodes, t_launch, sent, recv, res["auc"]),
+                params=res["params"], same_init=res.get("same_init", False))
 
 
 # ---- the limits ------------------------------------------------------------------------------
