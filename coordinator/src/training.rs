@@ -1176,7 +1176,6 @@ fn random_bytes() -> [u8; 32] {
     bytes
 }
 
-/// Element-wise `sum += values`, starting from an empty sum.
 /// Adds checked figures into the round's `f64` sum, which starts empty.
 fn add_into(sum: &mut Vec<f64>, values: &PlainFigures) {
     if sum.is_empty() {
