@@ -18,8 +18,8 @@ use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_node::{NodeError, NodeOutcome};
 use medfed_protocol::codec::{self, MAX_FRAME_LEN};
 use medfed_protocol::messages::{
-    Declined, Finished, Hello, Message, ModelChunk, ModelOffer, ModelReceived, PROTOCOL_VERSION,
-    RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, Welcome,
+    DeclineReason, Declined, Finished, Hello, Message, ModelChunk, ModelOffer, ModelReceived,
+    PROTOCOL_VERSION, RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, Welcome,
 };
 use medfed_protocol::model::{Model, ModelKind, ModelSpec};
 use medfed_protocol::schema::Schema;
@@ -813,7 +813,7 @@ fn decline(session: u64, round: u64) -> Message {
     Message::Declined(Declined {
         session,
         round,
-        reason: "not playing".into(),
+        reason: DeclineReason::LocalFailure,
     })
 }
 
