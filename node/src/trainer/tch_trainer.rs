@@ -100,6 +100,8 @@ impl Trainer for TchTrainer {
                         Reduction::Mean,
                     )?;
                 let value = loss.f_double_value(&[])?;
+                // Plain SGD makes no privacy claim, so it may stop on the data's account (see
+                // `Trainer::train`); DP-SGD never does.
                 if !value.is_finite() {
                     return Err(TrainError::NonFiniteLoss {
                         epoch,
