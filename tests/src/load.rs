@@ -67,6 +67,7 @@ impl Trainer for LightTrainer {
             params: self.perturb(spec, initial, data)?,
             steps: 1,
             mean_loss: 0.0,
+            non_finite_examples: 0,
         })
     }
 
