@@ -419,6 +419,13 @@ impl Hospital {
                 encoding.encoded_len()
             )));
         }
+        // The digest is part of the parameters every peer signs over: checking it here means no
+        // participant encodes its figures otherwise than the others.
+        if encoding.digest() != params.encoding_digest {
+            return Err(SecAggError::BadParams(
+                "the round's encoding is not the one this node's figures use".into(),
+            ));
+        }
         encoding.check_capacity(params.n())?;
         // Stochastic rounding draws one number per figure: a CSPRNG seeded once from the OS,
         // rather than one `getrandom` system call per figure (10^5 of them for a 10^5-parameter
@@ -471,14 +478,17 @@ impl Hospital {
         Ok(())
     }
 
-    /// Answers a secure-aggregation step (directory, delivery, unmask request). A step for
-    /// another round, out of order or repeated is refused; an aggregation that fails is dropped,
-    /// and if it failed on a peer's share that does not authenticate, the refusal names that peer
-    /// ([`RefusalReason::ShareAuthentication`]).
+    /// Answers a secure-aggregation step (directory, delivery, consistency request, unmask
+    /// request). A step for another round, out of order or repeated is refused; an aggregation
+    /// that fails is dropped, and if it failed on a peer's share that does not authenticate, the
+    /// refusal names that peer ([`RefusalReason::ShareAuthentication`]). Before this node signs
+    /// the survivor set, and again before it reveals any share, the survivors' identities go
+    /// through [`Self::survivor_policy`].
     pub fn handle_secagg(&mut self, message: &Message) -> Message {
         let (session, round) = match message {
             Message::SecAggDirectory(m) => (m.session, m.round),
             Message::SecAggDelivery(m) => (m.session, m.round),
+            Message::SecAggConsistency(m) => (m.session, m.round),
             Message::SecAggUnmask(m) => (m.session, m.round),
             other => {
                 return refusal(
@@ -513,6 +523,7 @@ impl Hospital {
             return decline(session, round, "this node has no credentials".into());
         };
         let mut rng = rand::rngs::OsRng.unwrap_err();
+        let mut policy = Self::survivor_policy;
         let answer = match message {
             Message::SecAggDirectory(directory) => state
                 .handle_directory(directory, credentials.verifier.as_ref(), &mut rng)
@@ -520,8 +531,11 @@ impl Hospital {
             Message::SecAggDelivery(delivery) => {
                 state.handle_delivery(delivery).map(Message::SecAggInput)
             }
+            Message::SecAggConsistency(request) => state
+                .handle_consistency(request, credentials.signer.as_ref(), &mut policy)
+                .map(Message::SecAggSignature),
             Message::SecAggUnmask(request) => state
-                .handle_unmask(request)
+                .handle_unmask(request, credentials.verifier.as_ref(), &mut policy)
                 .map(Message::SecAggUnmaskShares),
             _ => unreachable!("filtered above"),
         };
@@ -547,6 +561,14 @@ impl Hospital {
                 decline(session, round, format!("secure aggregation aborted: {e}"))
             }
         }
+    }
+
+    /// This node's policy on a secure-aggregation survivor set (the identities whose figures
+    /// would be in the sum), checked before it signs the set and before it reveals any share.
+    /// For now it accepts every set; an `Err` (a [`SecAggError::RefusedByPolicy`]) would abort
+    /// the aggregation with nothing signed or revealed.
+    fn survivor_policy(_survivors: &[&str]) -> Result<(), SecAggError> {
+        Ok(())
     }
 
     /// Stores a model that arrived whole and checked out, if it comes from the current session.
