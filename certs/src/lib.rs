@@ -52,7 +52,9 @@ pub use dev::{
 };
 pub use error::CertError;
 pub use members::{MemberList, MemberListError, MembershipError, key_fingerprint};
-pub use report_keys::{coordinator_report_key, load_report_signing_key};
+pub use report_keys::{
+    coordinator_report_key, coordinator_report_key_der, load_report_signing_key,
+};
 pub use request::{make_request, make_request_with};
 pub use show::{CertSummary, describe_certificate};
 pub use signing::{CertificateSigner, ConsortiumVerifier};

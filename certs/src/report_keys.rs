@@ -29,8 +29,19 @@ pub fn coordinator_report_key(
     cert_path: &Path,
     ca_cert_path: &Path,
 ) -> Result<[u8; 32], CertError> {
-    let ca_der = files::load_cert(ca_cert_path)?;
     let der = files::load_cert(cert_path)?;
+    coordinator_report_key_der(&der, cert_path, ca_cert_path)
+}
+
+/// As [`coordinator_report_key`], for a certificate given as DER bytes — the one the
+/// coordinator presented on a connection, say; `source` names it in errors.
+pub fn coordinator_report_key_der(
+    der: &[u8],
+    source: &Path,
+    ca_cert_path: &Path,
+) -> Result<[u8; 32], CertError> {
+    let cert_path = source;
+    let ca_der = files::load_cert(ca_cert_path)?;
     let invalid = |path: &Path, reason: String| CertError::InvalidCertificate {
         path: path.to_owned(),
         reason,
@@ -38,7 +49,7 @@ pub fn coordinator_report_key(
     let (_, ca) =
         X509Certificate::from_der(&ca_der).map_err(|e| invalid(ca_cert_path, e.to_string()))?;
     let (_, cert) =
-        X509Certificate::from_der(&der).map_err(|e| invalid(cert_path, e.to_string()))?;
+        X509Certificate::from_der(der).map_err(|e| invalid(cert_path, e.to_string()))?;
     let issued = cert.issuer().as_raw() == ca.subject().as_raw()
         && cert.verify_signature(Some(ca.public_key())).is_ok();
     if !issued {
@@ -81,6 +92,11 @@ mod tests {
         let public =
             coordinator_report_key(&consortium.coordinator.cert, &consortium.ca_cert).unwrap();
         assert_eq!(key.public_key().as_ref(), public);
+        // The same key from the certificate's DER, as a node gets it from the connection.
+        let der = files::load_cert(&consortium.coordinator.cert).unwrap();
+        let from_der =
+            coordinator_report_key_der(&der, Path::new("peer"), &consortium.ca_cert).unwrap();
+        assert_eq!(from_der, public);
         let signature = key.sign(b"report");
         assert!(
             UnparsedPublicKey::new(&ED25519, public)
@@ -92,6 +108,11 @@ mod tests {
         assert!(coordinator_report_key(&node.cert, &consortium.ca_cert).is_err());
         // Nor is a certificate from another CA accepted.
         let other = make_dev_consortium(&dir.path().join("other"), &["h".into()]).unwrap();
+        let foreign = files::load_cert(&other.coordinator.cert).unwrap();
+        assert!(matches!(
+            coordinator_report_key_der(&foreign, Path::new("peer"), &consortium.ca_cert),
+            Err(CertError::NotIssuedByConsortium { .. })
+        ));
         assert!(matches!(
             coordinator_report_key(&other.coordinator.cert, &consortium.ca_cert),
             Err(CertError::NotIssuedByConsortium { .. })

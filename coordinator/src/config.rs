@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use medfed_certs::TlsFiles;
+use medfed_protocol::manifest::{
+    FractionalBitsRule, SecureAggregationPlan, ThresholdRule, TrainingRule,
+};
 use medfed_protocol::model::ModelConfig;
 use medfed_protocol::secagg::fixed_point::FixedPoint;
 use medfed_protocol::task::TrainingPlan;
@@ -25,6 +28,9 @@ pub struct CoordinatorConfig {
     pub data_dir: PathBuf,
     /// The consortium's data schema file.
     pub schema: PathBuf,
+    /// The consortium's member list (`medfed-certs members`), whose digest the task manifest
+    /// states so that each hospital can compare it with the list it pins.
+    pub members: PathBuf,
     /// The coordinator's TLS material and the consortium CA (and CRL).
     pub tls: TlsFiles,
     /// What to train and how.
@@ -148,16 +154,18 @@ impl Default for SecureAggregationConfig {
 }
 
 impl SecureAggregationConfig {
-    /// The update's fixed point for `participants` nodes.
+    /// The update's fixed point for `participants` nodes (the manifest's rule,
+    /// [`SecureAggregationPlan::update_encoding`]).
     pub fn update_encoding(&self, participants: usize) -> FixedPoint {
-        let fractional_bits = self.fractional_bits.unwrap_or_else(|| {
-            let room = f64::from(1u32 << 31) / (participants.max(1) as f64 * self.update_clip);
-            (room.log2().floor() as i64 - 1).clamp(0, 30) as u32
-        });
-        FixedPoint {
-            clip: self.update_clip,
-            fractional_bits,
+        SecureAggregationPlan {
+            neighbours: None,
+            threshold: ThresholdRule::TwoThirdsPlusOne,
+            update_clip: self.update_clip,
+            fractional_bits: self
+                .fractional_bits
+                .map_or(FractionalBitsRule::Fit, FractionalBitsRule::Fixed),
         }
+        .update_encoding(participants)
     }
 }
 
@@ -227,14 +235,16 @@ impl Default for TrainingConfig {
 }
 
 impl TaskConfig {
-    /// The training plan of a round: the configured hyper-parameters and a per-round seed.
+    /// The training plan of a round: the configured hyper-parameters and a per-round seed (the
+    /// manifest's rule, [`TrainingRule::plan`]).
     pub fn plan(&self, round: u64) -> TrainingPlan {
-        TrainingPlan {
+        TrainingRule {
             local_epochs: self.training.local_epochs,
             learning_rate: self.training.learning_rate,
             batch_size: self.training.batch_size,
-            seed: self.seed.wrapping_mul(1_000_003).wrapping_add(round),
+            seed_base: self.seed,
         }
+        .plan(round)
     }
 
     /// The round deadline.
@@ -274,6 +284,7 @@ struct RawConfig {
     listen: SocketAddr,
     data_dir: PathBuf,
     schema: PathBuf,
+    members: PathBuf,
     tls: RawTls,
     task: TaskConfig,
     #[serde(default)]
@@ -318,6 +329,7 @@ impl CoordinatorConfig {
             listen: raw.listen,
             data_dir: resolve(raw.data_dir),
             schema: resolve(raw.schema),
+            members: resolve(raw.members),
             tls: TlsFiles {
                 ca_cert: resolve(raw.tls.ca_cert),
                 cert: resolve(raw.tls.cert),
@@ -423,6 +435,7 @@ mod tests {
 listen = "127.0.0.1:7400"
 data_dir = "state"
 schema = "schema.toml"
+members = "certs/members.toml"
 [tls]
 ca_cert = "certs/ca.pem"
 cert = "certs/coordinator.pem"
@@ -442,6 +455,7 @@ name = "fed_adam"
     fn parses_and_resolves_relative_paths() {
         let config = CoordinatorConfig::parse(EXAMPLE, Path::new("/etc/medfed")).unwrap();
         assert_eq!(config.data_dir, Path::new("/etc/medfed/state"));
+        assert_eq!(config.members, Path::new("/etc/medfed/certs/members.toml"));
         assert_eq!(
             config.tls.crl.as_deref(),
             Some(Path::new("/etc/medfed/certs/crl.pem"))
@@ -483,6 +497,12 @@ name = "fed_adam"
         assert!(matches!(
             CoordinatorConfig::parse(&start_below_min, Path::new(".")),
             Err(ConfigError::Invalid { .. })
+        ));
+        // The member list is required: the manifest states its digest.
+        let no_members = EXAMPLE.replace("members = \"certs/members.toml\"\n", "");
+        assert!(matches!(
+            CoordinatorConfig::parse(&no_members, Path::new(".")),
+            Err(ConfigError::Syntax { .. })
         ));
         let zero = EXAMPLE.replace("min_nodes = 2", "min_nodes = 0");
         assert!(matches!(

@@ -22,6 +22,7 @@ pub mod config;
 pub mod exchange;
 pub mod html;
 pub mod listener;
+pub mod manifest;
 pub mod registry;
 pub mod reports;
 pub mod store;

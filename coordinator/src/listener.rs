@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use medfed_certs::channel::{MessageReader, peer_identity, send_message};
+use medfed_protocol::manifest::SignedManifest;
 use medfed_protocol::messages::{
     Hello, Message, PROTOCOL_VERSION, RefusalReason, Refused, Welcome,
 };
-use medfed_protocol::model::ModelSpec;
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -32,10 +32,8 @@ pub struct Admission {
     pub session: u64,
     /// Digest of the consortium schema.
     pub schema_digest: [u8; 32],
-    /// Architecture of the model.
-    pub model_spec: ModelSpec,
-    /// Planned rounds.
-    pub rounds: u64,
+    /// The task's signed manifest, sent in every `Welcome`.
+    pub manifest: SignedManifest,
 }
 
 /// Called for every admitted node (to record it in the coordinator's state).
@@ -114,8 +112,7 @@ async fn handle_connection(
         let welcome = Welcome {
             session: admission.session,
             identity: identity.clone(),
-            model_spec: admission.model_spec.clone(),
-            rounds: admission.rounds,
+            manifest: admission.manifest.clone(),
         };
         send_message(&mut send, &Message::Welcome(welcome))
             .await

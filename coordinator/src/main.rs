@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use medfed_coordinator::manifest::signed_manifest;
 use medfed_coordinator::{CoordinatorConfig, start};
+use medfed_protocol::schema::Schema;
 use tracing::info;
 
 /// The medfed coordinator: admits consortium nodes, runs federated rounds, checkpoints the model.
@@ -24,6 +26,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Builds and signs the task manifest the configuration describes, prints it (JSON) and,
+    /// with --out, writes it; trains nothing. Hospitals check it with `medfed-node plan`.
+    Manifest {
+        /// The coordinator configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Also write the signed manifest to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -40,6 +52,26 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Manifest { config, out } => {
+            let config = CoordinatorConfig::load(&config)?;
+            let text = std::fs::read_to_string(&config.schema)
+                .with_context(|| format!("cannot read schema {}", config.schema.display()))?;
+            let schema = Schema::parse(&text)
+                .with_context(|| format!("schema {}", config.schema.display()))?;
+            let signed = signed_manifest(&config, &schema)?;
+            let json = signed.to_json();
+            println!("{json}");
+            if let Some(out) = out {
+                std::fs::write(&out, &json)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                eprintln!(
+                    "manifest {} written to {}",
+                    signed.manifest.digest(),
+                    out.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { config } => {
             let config = CoordinatorConfig::load(&config)?;
             let runtime =

@@ -15,6 +15,7 @@ use medfed_certs::channel::{ChannelError, server_endpoint};
 use medfed_certs::{ConsortiumVerifier, load_report_signing_key};
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::EvalMetrics;
+use medfed_protocol::manifest::{SecureAggregationPlan, TaskManifest};
 use medfed_protocol::messages::{
     Contribution, ContributionKind, DeclineReason, Finished, Message, PlainFigures, PrivacySpent,
     RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, StatsRequest,
@@ -36,6 +37,7 @@ use crate::checkpoint::{CheckpointError, checkpoint_file_name, read_checkpoint, 
 use crate::config::{CoordinatorConfig, PausePhase, PausePoint};
 use crate::exchange::{self, ExchangeError, ModelPush};
 use crate::listener::{self, Admission};
+use crate::manifest::{ManifestBuildError, signed_manifest, write_manifest};
 use crate::registry::{NodeHandle, Registry};
 use crate::reports::{ReportWriteError, ReportWriter};
 use crate::store::{CompletedRound, Store, StoreError};
@@ -187,12 +189,24 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
             path: "socket".into(),
             source,
         })?;
+    let signed = signed_manifest(&config, &schema)?;
+    let manifest_path = write_manifest(&config.data_dir, &signed)?;
+    info!(
+        manifest = %signed.manifest.digest(),
+        file = %manifest_path.display(),
+        "task manifest signed"
+    );
+    let manifest = signed.manifest.clone();
+    if manifest.model != spec {
+        return Err(CoordinatorError::Internal(
+            "the manifest's model differs from the configured one".into(),
+        ));
+    }
     let session = random_session();
     let admission = Arc::new(Admission {
         session,
         schema_digest: schema.digest(),
-        model_spec: spec,
-        rounds: config.task.rounds,
+        manifest: signed,
     });
     let registry = Arc::new(Registry::default());
     let store = Arc::new(Mutex::new(store));
@@ -221,6 +235,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
     let reports = ReportWriter::open(&config.data_dir.join("reports"), signing_key)?;
     let trainer = Trainer {
         config,
+        manifest,
         schema,
         store,
         registry,
@@ -248,6 +263,9 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
 /// The training loop's state.
 struct Trainer {
     config: CoordinatorConfig,
+    /// The signed plan every node approved: each round's plan, threshold and update encoding
+    /// come from it.
+    manifest: TaskManifest,
     schema: Schema,
     store: Arc<Mutex<Store>>,
     registry: Arc<Registry>,
@@ -491,7 +509,7 @@ impl Trainer {
         };
         let session = self.session;
         let model_hash = self.model.hash();
-        let plan = self.config.task.plan(round);
+        let plan = self.manifest.training.plan(round);
         let collection = Collection {
             round,
             kind: ContributionKind::Round,
@@ -547,8 +565,8 @@ impl Trainer {
             .enumerate()
             .map(|(i, node)| (i as u16 + 1, node))
             .collect();
-        let mut gathered = if self.config.secure_aggregation.enabled {
-            self.gather_secure(&collection, &nodes).await?
+        let mut gathered = if let Some(settings) = &self.manifest.secure_aggregation {
+            self.gather_secure(settings, &collection, &nodes).await?
         } else {
             warn!(
                 "secure aggregation is OFF: the coordinator sees every node's figures in the clear"
@@ -627,10 +645,10 @@ impl Trainer {
     /// unmasking; only the sum is learnt.
     async fn gather_secure(
         &self,
+        settings: &SecureAggregationPlan,
         collection: &Collection<'_>,
         nodes: &[(u16, Arc<NodeHandle>)],
     ) -> Result<Gathered, RoundFailure> {
-        let settings = &self.config.secure_aggregation;
         let fixed = settings.update_encoding(nodes.len());
         let encoding = (collection.encoding)(&fixed);
         encoding.check_capacity(nodes.len())?;
@@ -646,14 +664,12 @@ impl Trainer {
             round: collection.round,
             participants,
             threshold: 0,
-            neighbours: settings.neighbours,
+            neighbours: settings.neighbours(),
             graph_seed: random_bytes(),
             vector_len: encoding.encoded_len(),
             encoding_digest: encoding.digest(),
         };
-        params.threshold = settings
-            .threshold
-            .unwrap_or_else(|| RoundParams::default_threshold(params.holders_per_secret()));
+        params.threshold = settings.threshold.threshold(params.holders_per_secret());
         let setup = SecAggSetup {
             params: params.clone(),
             update_encoding: fixed,
@@ -1308,6 +1324,9 @@ pub enum CoordinatorError {
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The task manifest cannot be made, signed or written.
+    #[error("task manifest: {0}")]
+    Manifest(#[from] ManifestBuildError),
 }
 
 #[cfg(test)]

@@ -19,6 +19,10 @@ use medfed_protocol::messages::{
     PlainFigures, PrivacySpent, RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup,
     StatsRequest, Welcome,
 };
+use medfed_protocol::manifest::{
+    Digest32, FractionalBitsRule, MANIFEST_FORMAT, ReleasePlan, SecureAggregationPlan,
+    SignedManifest, StrategyRecord, TaskManifest, ThresholdRule, TrainingRule,
+};
 use medfed_protocol::model::{Model, ModelKind, ModelSpec};
 use medfed_protocol::report::{
     AttributeFairness, AuditReport, NodePrivacy, REPORT_FORMAT, SignedReport, file_sha256,
@@ -154,8 +158,34 @@ fn every_message() -> Vec<Message> {
         Message::Welcome(Welcome {
             session: SESSION,
             identity: "hospital-1".into(),
-            model_spec: spec,
-            rounds: 9,
+            manifest: SignedManifest {
+                manifest: TaskManifest {
+                    format: MANIFEST_FORMAT.into(),
+                    schema_digest: Digest32([3; 32]),
+                    members_digest: Digest32([4; 32]),
+                    releases: ReleasePlan::for_task(9, 2, spec.layout().len()),
+                    model: spec,
+                    rounds: 9,
+                    min_nodes: 3,
+                    training: TrainingRule {
+                        local_epochs: 1,
+                        learning_rate: 0.05,
+                        batch_size: 32,
+                        seed_base: 7,
+                    },
+                    strategy: StrategyRecord {
+                        name: "fed_avg".into(),
+                        hyper_parameters: [("server_learning_rate".to_owned(), 1.0)].into(),
+                    },
+                    secure_aggregation: Some(SecureAggregationPlan {
+                        neighbours: Some(4),
+                        threshold: ThresholdRule::TwoThirdsPlusOne,
+                        update_clip: 1024.0,
+                        fractional_bits: FractionalBitsRule::Fit,
+                    }),
+                },
+                signature: "ab".repeat(64),
+            },
         }),
         Message::Refused(Refused {
             session: SESSION,

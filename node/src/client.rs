@@ -5,23 +5,32 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use medfed_certs::channel::{ChannelError, MessageReader, client_endpoint, send_frame};
+use std::path::Path;
+
+use medfed_certs::channel::{
+    ChannelError, MessageReader, client_endpoint, peer_identity, send_frame,
+};
+use medfed_certs::coordinator_report_key_der;
 use medfed_protocol::codec::{self, MAX_FRAME_LEN};
+use medfed_protocol::manifest::Digest32;
 use medfed_protocol::messages::{
     Hello, Message, PROTOCOL_VERSION, RefusalReason, Refused, Welcome,
 };
 use medfed_protocol::transfer::ModelAssembler;
 use tokio::time::Instant;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::NodeConfig;
 use crate::egress::{EgressError, EgressLog};
 use crate::hospital::Hospital;
+use crate::manifest::ManifestRefusal;
 
 /// First wait before reconnecting; doubled after each failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Application close code of a connection whose task manifest the node refused.
+pub const MANIFEST_REFUSED: u32 = 3;
 /// How long the coordinator has to answer `Hello`.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -34,6 +43,8 @@ pub struct NodeOutcome {
     pub last_round: u64,
     /// Hash of the final global model, which this node holds.
     pub model_hash: String,
+    /// Digest of the task manifest the node approved and followed.
+    pub manifest: String,
 }
 
 /// Runs the node until the coordinator finishes training, or a fatal error.
@@ -78,14 +89,18 @@ async fn session(
         .map_err(|e| NodeError::Connect(e.to_string()))?;
     let connection = connecting.await.map_err(classify)?;
     let welcome = hello(&connection, hospital, egress).await?;
-    {
-        let mut hospital = lock(hospital);
-        hospital.enter_session(welcome.session, &welcome.identity);
-        hospital.set_planned_rounds(welcome.rounds);
-    }
+    let manifest = match approve(&connection, config, hospital, &welcome) {
+        Ok(digest) => digest,
+        Err(refusal) => {
+            error!(%refusal, "refusing to join: the coordinator's task manifest is not acceptable");
+            connection.close(MANIFEST_REFUSED.into(), b"task manifest refused");
+            return Err(NodeError::ManifestRefused(refusal));
+        }
+    };
+    lock(hospital).enter_session(welcome.session, &welcome.identity);
     let span = info_span!("node", node = %welcome.identity);
     async {
-        info!(coordinator = %config.coordinator, rounds = welcome.rounds, "admitted by the coordinator");
+        info!(coordinator = %config.coordinator, rounds = welcome.manifest.manifest.rounds, %manifest, "admitted by the coordinator");
         loop {
             let (send, recv) = connection.accept_bi().await.map_err(classify)?;
             match answer(send, recv, hospital, &welcome, config, egress).await {
@@ -103,6 +118,27 @@ async fn session(
     }
     .instrument(span)
     .await
+}
+
+/// Checks the coordinator's signed task manifest: its signature with the Ed25519 key of the
+/// certificate the coordinator presented on this connection (checked against the consortium
+/// CA), then the plan against the hospital's policy; returns the approved manifest's digest.
+fn approve(
+    connection: &quinn::Connection,
+    config: &NodeConfig,
+    hospital: &Arc<Mutex<Hospital>>,
+    welcome: &Welcome,
+) -> Result<Digest32, ManifestRefusal> {
+    let key_error = |e: &dyn std::fmt::Display| ManifestRefusal::CoordinatorKey(e.to_string());
+    let (_, certificate) = peer_identity(connection).map_err(|e| key_error(&e))?;
+    let key = coordinator_report_key_der(
+        &certificate,
+        Path::new("the coordinator's certificate"),
+        &config.tls.ca_cert,
+    )
+    .map_err(|e| key_error(&e))?;
+    let approval = lock(hospital).approve_manifest(&welcome.manifest, &key)?;
+    Ok(approval.digest)
 }
 
 /// Sends `Hello` and waits for `Welcome`.
@@ -166,7 +202,7 @@ async fn answer(
         }
         Message::ModelOffer(offer) => {
             let (session, round) = (offer.session, offer.round);
-            match receive_model(offer, &welcome.model_spec, &mut reader).await {
+            match receive_model(offer, &welcome.manifest.manifest.model, &mut reader).await {
                 Ok(model) => lock(hospital).accept_model(model, session, round),
                 Err(reason) => Message::Refused(Refused {
                     session,
@@ -202,6 +238,7 @@ async fn answer(
             info!(round = done.round, model = %done.model_hash, holds_final, "training finished");
             finished = Some(NodeOutcome {
                 identity: welcome.identity.clone(),
+                manifest: welcome.manifest.manifest.digest().to_hex(),
                 last_round: done.round,
                 model_hash: done.model_hash.to_hex(),
             });
@@ -361,6 +398,10 @@ pub enum NodeError {
     /// The coordinator refused this node.
     #[error("the coordinator refused this node: {0}")]
     Refused(RefusalReason),
+    /// The coordinator's task manifest is not acceptable: its signature does not verify, or its
+    /// plan breaks the hospital's policy (not retried: the node does not join under it).
+    #[error("the task manifest is refused: {0}")]
+    ManifestRefused(ManifestRefusal),
     /// The coordinator broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -393,6 +434,7 @@ impl NodeError {
             Self::Channel(_)
                 | Self::TlsRefused { .. }
                 | Self::Refused(_)
+                | Self::ManifestRefused(_)
                 | Self::Crashed { .. }
                 | Self::Egress(_)
         )

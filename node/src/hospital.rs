@@ -10,6 +10,7 @@ use medfed_protocol::contribution::{LocalUpdate, RoundLayout, RoundResult};
 use medfed_protocol::eval_release::EvaluationNoise;
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::fairness::GroupCounts;
+use medfed_protocol::manifest::{Departure, Digest32, SignedManifest, TaskManifest};
 use medfed_protocol::messages::{
     Contribution, ContributionKind, DeclineReason, Declined, FigureOutOfRange, Message,
     ModelReceived, PlainFigures, PolicyViolation, PrivacySpent, RefusalReason, Refused, RoundKeys,
@@ -30,6 +31,9 @@ use crate::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig};
 use crate::data::Dataset;
 use crate::examples::Examples;
 use crate::ledger::{LedgerEntry, PrivacyLedger, Release};
+use crate::manifest::{
+    LISTED_ROUNDS, ManifestApproval, ManifestRefusal, PrivacyForecast, RoundCost, check_manifest,
+};
 use crate::policy::{NodePolicy, PolicyGate};
 use crate::progress::Progress;
 use crate::releases::{ExactFigures, ReleaseRecord};
@@ -70,6 +74,9 @@ pub struct Hospital {
     policy: PolicyGate,
     /// Exact figures already released into secure sums, and over whom.
     exact_releases: ReleaseRecord,
+    /// The task manifest approved for the current coordinator, with its digest: every request
+    /// must follow it.
+    manifest: Option<(TaskManifest, Digest32)>,
 }
 
 /// A secure aggregation this node takes part in: its state, which exact figures
@@ -154,6 +161,7 @@ impl Hospital {
             planned_rounds: 1,
             policy: PolicyGate::new(NodePolicy::default(), None, HashMap::new()),
             exact_releases: ReleaseRecord::in_memory(),
+            manifest: None,
         }
     }
 
@@ -195,70 +203,14 @@ impl Hospital {
             return Ok(None);
         };
         let config = &privacy.config;
-        let evaluation = config
-            .evaluation
-            .as_ref()
-            .map(EvaluationNoiseConfig::noise)
-            .transpose()
-            .map_err(|e| local_failure(format!("privacy.evaluation: {e}")))?;
-        let attributes = self.schema.audit_attributes().len();
-        // (release, q, σ, steps), in the order they are recorded.
-        let mut planned: Vec<(Release, f64, f64, u64)> = Vec::new();
-        let mut dp = None;
-        if start.train {
-            let n = self.train.examples.len();
-            if n == 0 {
-                return Err(local_failure("no training examples"));
-            }
-            let sample_rate = (f64::from(start.plan.batch_size) / n as f64).min(1.0);
-            let mut training = DpConfig {
-                noise_multiplier: 0.0,
-                max_grad_norm: config.max_grad_norm,
-                sample_rate,
-            };
-            let steps = u64::from(start.plan.local_epochs) * training.steps_per_epoch();
-            training.noise_multiplier = match config.noise_multiplier {
-                NoiseMultiplier::Fixed(sigma) => sigma,
-                NoiseMultiplier::Auto => {
-                    // Leave room for the noised evaluation counts of every planned round and
-                    // of the final evaluation.
-                    let other = match &evaluation {
-                        Some(noise) => compute_rdp(
-                            1.0,
-                            noise.noise_multiplier(attributes),
-                            self.planned_rounds + 1,
-                            &DEFAULT_ALPHAS,
-                        )
-                        .map_err(|e| local_failure(format!("privacy accountant: {e}")))?,
-                        None => Vec::new(),
-                    };
-                    noise_multiplier_alongside(
-                        config.target_epsilon,
-                        config.delta,
-                        sample_rate,
-                        self.planned_rounds * steps,
-                        0.01,
-                        &other,
-                    )
-                    .map_err(|e| local_failure(format!("cannot choose a noise multiplier: {e}")))?
-                }
-            };
-            planned.push((
-                Release::Training,
-                sample_rate,
-                training.noise_multiplier,
-                steps,
-            ));
-            dp = Some(training);
-        }
-        if let Some(noise) = &evaluation {
-            planned.push((
-                Release::EvaluationCounts,
-                1.0,
-                noise.noise_multiplier(attributes),
-                1,
-            ));
-        }
+        let evaluation = evaluation_noise(config)?;
+        let (planned, dp) = self.round_releases(
+            config,
+            evaluation.as_ref(),
+            self.planned_rounds,
+            start.train,
+            &start.plan,
+        )?;
         if planned.is_empty() {
             return Ok(None);
         }
@@ -295,6 +247,228 @@ impl Hospital {
             evaluation,
             releases,
         }))
+    }
+
+    /// The private releases of one round — `(release, q, σ, steps)` in the order they are
+    /// recorded: DP-SGD in a training round, then the evaluation counts' noise when the
+    /// hospital turned it on — and the DP-SGD settings, for a task of `planned_rounds` rounds.
+    fn round_releases(
+        &self,
+        config: &PrivacyConfig,
+        evaluation: Option<&EvaluationNoise>,
+        planned_rounds: u64,
+        train: bool,
+        plan: &TrainingPlan,
+    ) -> Result<(Vec<(Release, f64, f64, u64)>, Option<DpConfig>), DeclineReason> {
+        let attributes = self.schema.audit_attributes().len();
+        let mut planned: Vec<(Release, f64, f64, u64)> = Vec::new();
+        let mut dp = None;
+        if train {
+            let n = self.train.examples.len();
+            if n == 0 {
+                return Err(local_failure("no training examples"));
+            }
+            let sample_rate = (f64::from(plan.batch_size) / n as f64).min(1.0);
+            let mut training = DpConfig {
+                noise_multiplier: 0.0,
+                max_grad_norm: config.max_grad_norm,
+                sample_rate,
+            };
+            let steps = u64::from(plan.local_epochs) * training.steps_per_epoch();
+            training.noise_multiplier = match config.noise_multiplier {
+                NoiseMultiplier::Fixed(sigma) => sigma,
+                NoiseMultiplier::Auto => {
+                    // Leave room for the noised evaluation counts of every planned round and
+                    // of the final evaluation.
+                    let other = match evaluation {
+                        Some(noise) => compute_rdp(
+                            1.0,
+                            noise.noise_multiplier(attributes),
+                            planned_rounds + 1,
+                            &DEFAULT_ALPHAS,
+                        )
+                        .map_err(|e| local_failure(format!("privacy accountant: {e}")))?,
+                        None => Vec::new(),
+                    };
+                    noise_multiplier_alongside(
+                        config.target_epsilon,
+                        config.delta,
+                        sample_rate,
+                        planned_rounds.saturating_mul(steps),
+                        0.01,
+                        &other,
+                    )
+                    .map_err(|e| local_failure(format!("cannot choose a noise multiplier: {e}")))?
+                }
+            };
+            planned.push((
+                Release::Training,
+                sample_rate,
+                training.noise_multiplier,
+                steps,
+            ));
+            dp = Some(training);
+        }
+        if let Some(noise) = evaluation {
+            planned.push((
+                Release::EvaluationCounts,
+                1.0,
+                noise.noise_multiplier(attributes),
+                1,
+            ));
+        }
+        Ok((planned, dp))
+    }
+
+    /// What a task under `manifest` would cost this hospital in ε, on top of its ledger: after
+    /// each training round (every round when there are at most [`LISTED_ROUNDS`], else the
+    /// first and the last) and after the final evaluation — with the same accountant calls as
+    /// a round's own check. `None`: the hospital does not train privately.
+    pub fn privacy_forecast(
+        &self,
+        manifest: &TaskManifest,
+    ) -> Result<Option<PrivacyForecast>, DeclineReason> {
+        let Some(privacy) = &self.privacy else {
+            return Ok(None);
+        };
+        let config = &privacy.config;
+        let evaluation = evaluation_noise(config)?;
+        let rounds = manifest.rounds;
+        let (training, _) = self.round_releases(
+            config,
+            evaluation.as_ref(),
+            rounds,
+            true,
+            &manifest.training.plan(1),
+        )?;
+        let (final_evaluation, _) = self.round_releases(
+            config,
+            evaluation.as_ref(),
+            rounds,
+            false,
+            &manifest.training.plan(rounds.saturating_add(1)),
+        )?;
+        // Every training round releases the same (q, σ, steps): k of them compose as one
+        // release of k·steps.
+        let after = |trained: u64, evaluated: bool| -> Result<f64, DeclineReason> {
+            let mut next: Vec<(f64, f64, u64)> = training
+                .iter()
+                .map(|&(_, q, sigma, steps)| (q, sigma, steps.saturating_mul(trained)))
+                .filter(|&(_, _, steps)| steps > 0)
+                .collect();
+            if evaluated {
+                next.extend(
+                    final_evaluation
+                        .iter()
+                        .map(|&(_, q, sigma, steps)| (q, sigma, steps)),
+                );
+            }
+            privacy
+                .ledger
+                .epsilon_with(&next, config.delta)
+                .map(|(epsilon, _)| epsilon)
+                .map_err(|e| local_failure(format!("privacy accountant: {e}")))
+        };
+        let listed: Vec<u64> = if rounds <= LISTED_ROUNDS {
+            (1..=rounds).collect()
+        } else {
+            vec![1, rounds]
+        };
+        let mut costs = Vec::with_capacity(listed.len() + 1);
+        for round in listed {
+            costs.push(RoundCost {
+                round,
+                train: true,
+                epsilon_after: after(round, false)?,
+            });
+        }
+        if manifest.releases.final_evaluation {
+            costs.push(RoundCost {
+                round: rounds.saturating_add(1),
+                train: false,
+                epsilon_after: after(rounds, true)?,
+            });
+        }
+        Ok(Some(PrivacyForecast {
+            target_epsilon: config.target_epsilon,
+            delta: config.delta,
+            spent: after(0, false)?,
+            noise_multiplier: training
+                .iter()
+                .find(|r| r.0 == Release::Training)
+                .map(|r| r.2),
+            rounds: costs,
+        }))
+    }
+
+    /// Verifies the coordinator's signed task manifest with its Ed25519 key (from the
+    /// certificate it presented), checks it against the hospital's policy, schema, pinned
+    /// member list and privacy budget, and on success holds it as the plan every later request
+    /// must follow. Any earlier approval is dropped first: a new coordinator session is
+    /// checked from scratch, and a refused manifest leaves nothing approved.
+    pub fn approve_manifest(
+        &mut self,
+        signed: &SignedManifest,
+        coordinator_key: &[u8; 32],
+    ) -> Result<ManifestApproval, ManifestRefusal> {
+        let previous = self.manifest.take().map(|(_, digest)| digest);
+        let digest = signed.verify(coordinator_key)?;
+        let manifest = &signed.manifest;
+        check_manifest(
+            manifest,
+            self.policy.policy(),
+            self.policy.members(),
+            &self.schema,
+        )?;
+        let forecast = self
+            .privacy_forecast(manifest)
+            .map_err(|_| ManifestRefusal::PrivacyUnpriced)?;
+        if let Some(forecast) = &forecast {
+            let first = forecast.rounds.first().map_or(0.0, |r| r.epsilon_after);
+            if first > forecast.target_epsilon {
+                return Err(ManifestRefusal::BudgetTooSmall {
+                    first_round_epsilon: first,
+                    target_epsilon: forecast.target_epsilon,
+                });
+            }
+            let total = forecast.total();
+            if total > forecast.target_epsilon {
+                tracing::warn!(
+                    total_epsilon = total,
+                    target_epsilon = forecast.target_epsilon,
+                    "the privacy budget does not cover every planned round: the node will decline the rounds beyond it"
+                );
+            }
+        }
+        if previous.is_some_and(|p| p != digest) {
+            tracing::info!(previous = %previous.unwrap_or(digest), manifest = %digest, "the coordinator presents a different task manifest; checked from scratch");
+        }
+        tracing::info!(
+            manifest = %digest,
+            rounds = manifest.rounds,
+            min_nodes = manifest.min_nodes,
+            secure_aggregation = manifest.secure_aggregation.is_some(),
+            "task manifest approved"
+        );
+        self.planned_rounds = manifest.rounds.max(1);
+        self.manifest = Some((manifest.clone(), digest));
+        Ok(ManifestApproval { digest, forecast })
+    }
+
+    /// The digest of the approved task manifest, if any.
+    pub fn approved_manifest(&self) -> Option<Digest32> {
+        self.manifest.as_ref().map(|(_, digest)| *digest)
+    }
+
+    /// Declines a request that departs from the approved manifest, logging how.
+    fn manifest_departure(
+        &self,
+        check: impl Fn(&TaskManifest) -> Result<(), Departure>,
+    ) -> Option<PolicyViolation> {
+        let (manifest, digest) = self.manifest.as_ref()?;
+        let departure = check(manifest).err()?;
+        tracing::warn!(%departure, manifest = %digest, "the request departs from the approved task manifest");
+        Some(PolicyViolation::DepartsFromManifest)
     }
 
     /// Gives the node the keys it needs for secure aggregation.
@@ -359,6 +533,9 @@ impl Hospital {
         }
         // A new request closes whatever aggregation was open: its figures never leave.
         self.secagg = None;
+        if let Some(violation) = self.manifest_departure(|m| m.check_stats_request(request)) {
+            return policy_decline(session, round, violation);
+        }
         let params = request.secure_aggregation.as_ref().map(|s| &s.params);
         if let Err(violation) = self.admit_request(round, params, Some(&ExactFigures::Statistics)) {
             return policy_decline(session, round, violation);
@@ -709,6 +886,9 @@ impl Hospital {
         // A new request closes whatever aggregation was open: its figures never leave, and
         // with them goes their ledger entry.
         self.secagg = None;
+        if let Some(violation) = self.manifest_departure(|m| m.check_round_start(start)) {
+            return policy_decline(session, round, violation);
+        }
         let Some(model) = self.model.as_ref().filter(|m| m.hash() == start.model_hash) else {
             return refusal(
                 session,
@@ -1013,6 +1193,16 @@ fn admit_sum(
         tracing::warn!(error = %e, "refusing this survivor set");
         PolicyViolation::AlreadyReleased
     })
+}
+
+/// The evaluation counts' noise, when the hospital turned it on.
+fn evaluation_noise(config: &PrivacyConfig) -> Result<Option<EvaluationNoise>, DeclineReason> {
+    config
+        .evaluation
+        .as_ref()
+        .map(EvaluationNoiseConfig::noise)
+        .transpose()
+        .map_err(|e| local_failure(format!("privacy.evaluation: {e}")))
 }
 
 fn now_ms() -> i64 {

@@ -22,6 +22,7 @@ pub mod examples;
 pub mod hospital;
 pub mod journal;
 pub mod ledger;
+pub mod manifest;
 pub mod policy;
 pub mod progress;
 pub mod releases;

@@ -22,6 +22,7 @@ pub mod discrete_gaussian;
 pub mod eval_release;
 pub mod evaluation;
 pub mod fairness;
+pub mod manifest;
 pub mod messages;
 pub mod model;
 pub mod privacy;

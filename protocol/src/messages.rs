@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::SignedManifest;
 use crate::model::{ModelHash, ModelSpec};
 use crate::secagg::fixed_point::FixedPoint;
 use crate::secagg::{
@@ -146,10 +147,9 @@ pub struct Welcome {
     pub session: u64,
     /// The identity the coordinator read from the node's certificate.
     pub identity: String,
-    /// Architecture of the consortium model.
-    pub model_spec: ModelSpec,
-    /// Number of training rounds planned.
-    pub rounds: u64,
+    /// The task's whole plan (model, rounds, hyper-parameters, secure aggregation, releases),
+    /// signed with the coordinator's report key; the node checks it before it joins.
+    pub manifest: SignedManifest,
 }
 
 /// Why a request or a connection was refused.
@@ -544,6 +544,10 @@ pub enum PolicyViolation {
     /// The standardisation sent does not fit the schema or is not a valid one.
     #[error("the standardisation does not fit the schema")]
     BadStandardization,
+    /// The request departs from the task manifest the hospital approved (another round, plan
+    /// or secure-aggregation setup); what differs stays in the node's log.
+    #[error("the request departs from the approved task manifest")]
+    DepartsFromManifest,
 }
 
 /// Training is over; the node may disconnect.
@@ -605,8 +609,10 @@ mod tests {
             Message::Welcome(Welcome {
                 session: 7,
                 identity: "h".into(),
-                model_spec: spec,
-                rounds: 9,
+                manifest: SignedManifest {
+                    manifest: crate::manifest::tests::example(),
+                    signature: "ab".repeat(64),
+                },
             }),
             Message::Refused(Refused {
                 session: 7,

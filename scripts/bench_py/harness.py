@@ -365,6 +365,7 @@ def run_medfed(cfg, data_dir, names, root, port):
     (run / "coordinator.toml").write_text(f"""listen = "127.0.0.1:{port}"
 data_dir = "coordinator"
 schema = "{SCHEMA}"
+members = "certs/members.toml"
 
 [tls]
 ca_cert = "certs/ca.pem"

@@ -499,6 +499,7 @@ fn coordinator_toml(
         r#"listen = "{listen}"
 data_dir = {data_dir}
 schema = {schema}
+members = {members}
 
 [tls]
 ca_cert = {ca}
@@ -522,6 +523,7 @@ batch_size = 16
         listen = listen.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
         data_dir = path(&consortium.dir.path().join("coordinator")),
         schema = path(&consortium.schema),
+        members = path(&consortium.certs.members),
         ca = path(&tls.ca_cert),
         cert = path(&tls.cert),
         key = path(&tls.key),

@@ -865,6 +865,8 @@ fn wrong_round_keys(session: u64, round: u64, setup: Option<SecAggSetup>) -> Mes
 struct FakeCoordinator {
     connection: quinn::Connection,
     session: u64,
+    /// The plan it welcomed the node with.
+    manifest: medfed_protocol::manifest::TaskManifest,
     spec: ModelSpec,
     features: usize,
     /// Keeps the endpoint open.
@@ -905,11 +907,15 @@ impl FakeCoordinator {
             input_dim: features,
         };
         let session = 0x5eed;
+        // The plan the fake states and follows: one round in the clear, this node alone.
+        let mut plan = consortium.coordinator_config(1, 1);
+        plan.secure_aggregation.enabled = false;
+        let manifest = consortium.signed_manifest(&plan);
+        assert_eq!(manifest.manifest.model, spec);
         let welcome = Welcome {
             session,
             identity: name.into(),
-            model_spec: spec.clone(),
-            rounds: 1,
+            manifest: manifest.clone(),
         };
         send_message(&mut send, &Message::Welcome(welcome))
             .await
@@ -918,6 +924,7 @@ impl FakeCoordinator {
         let fake = Self {
             connection,
             session,
+            manifest: manifest.manifest,
             spec,
             features,
             _endpoint: endpoint,
@@ -970,7 +977,7 @@ impl FakeCoordinator {
             attempt: 1,
             model_hash: model.hash(),
             train: true,
-            plan: TrainingPlan::default(),
+            plan: self.manifest.training.plan(round),
             standardization: Standardization::identity(self.features),
             secure_aggregation: None,
         })

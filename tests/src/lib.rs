@@ -19,7 +19,9 @@ use medfed_node::config::DataConfig;
 use medfed_node::policy::{Fraction, NodePolicy};
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_node::{NodeConfig, NodeError, NodeOutcome};
+use medfed_protocol::manifest::SignedManifest;
 use medfed_protocol::model::ModelConfig;
+use medfed_protocol::schema::Schema;
 use tempfile::TempDir;
 
 /// The schema of the synthetic hospital files.
@@ -93,6 +95,7 @@ impl Consortium {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_dir: self.dir.path().join("coordinator"),
             schema: self.schema.clone(),
+            members: self.certs.members.clone(),
             tls: self.certs.coordinator_tls(),
             task: TaskConfig {
                 model: ModelConfig::Mlp { hidden: vec![8] },
@@ -151,6 +154,13 @@ impl Consortium {
                 ..NodePolicy::default()
             },
         }
+    }
+
+    /// The signed task manifest a coordinator started with `config` sends in its `Welcome`
+    /// (signed with the consortium coordinator's key), for tests that play the coordinator.
+    pub fn signed_manifest(&self, config: &CoordinatorConfig) -> SignedManifest {
+        let schema = Schema::parse(SCHEMA).expect("schema");
+        medfed_coordinator::manifest::signed_manifest(config, &schema).expect("a signed manifest")
     }
 
     /// Starts a coordinator.

@@ -449,6 +449,7 @@ fn write_coordinator_config(
         r#"listen = "127.0.0.1:0"
 data_dir = {data:?}
 schema = {schema:?}
+members = {members:?}
 
 [tls]
 ca_cert = {ca:?}
@@ -472,6 +473,7 @@ batch_size = 32
 {secure}"#,
         data = dir.join("coordinator").display().to_string(),
         schema = consortium.schema.display().to_string(),
+        members = consortium.certs.members.display().to_string(),
         ca = tls.ca_cert.display().to_string(),
         cert = tls.cert.display().to_string(),
         key = tls.key.display().to_string(),

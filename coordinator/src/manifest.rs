@@ -1,0 +1,159 @@
+//! The coordinator's task manifest: the plan its configuration describes, stated once, signed
+//! with its report key, written as `manifest.json` in its data folder and sent in every
+//! `Welcome`. The training loop takes each round's plan, threshold and update encoding from it,
+//! so every request it sends follows what the nodes approved.
+
+use std::path::{Path, PathBuf};
+
+use medfed_certs::{MemberList, load_report_signing_key};
+use medfed_protocol::manifest::{
+    Digest32, FractionalBitsRule, MANIFEST_FORMAT, ManifestError, ReleasePlan,
+    SecureAggregationPlan, SignedManifest, StrategyRecord, TaskManifest, ThresholdRule,
+    TrainingRule,
+};
+use medfed_protocol::model::{ModelError, ModelSpec};
+use medfed_protocol::schema::Schema;
+
+use crate::config::CoordinatorConfig;
+use crate::strategy::StrategyConfig;
+
+/// The file the signed manifest is written to, in the coordinator's data folder.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The manifest of the task `config` describes, over `schema` and the consortium's `members`.
+pub fn task_manifest(
+    config: &CoordinatorConfig,
+    schema: &Schema,
+    members: &MemberList,
+) -> Result<TaskManifest, ManifestBuildError> {
+    let task = &config.task;
+    let model = ModelSpec {
+        kind: task.model.clone().into(),
+        input_dim: schema.num_features(),
+    };
+    model.validate()?;
+    let params = model.layout().len();
+    let secure = &config.secure_aggregation;
+    Ok(TaskManifest {
+        format: MANIFEST_FORMAT.to_owned(),
+        schema_digest: Digest32(schema.digest()),
+        members_digest: Digest32(members.digest()),
+        model,
+        rounds: task.rounds,
+        min_nodes: task.min_nodes as u64,
+        training: TrainingRule {
+            local_epochs: task.training.local_epochs,
+            learning_rate: task.training.learning_rate,
+            batch_size: task.training.batch_size,
+            seed_base: task.seed,
+        },
+        strategy: strategy_record(&config.strategy),
+        secure_aggregation: secure.enabled.then(|| SecureAggregationPlan {
+            neighbours: secure.neighbours.map(|k| k as u64),
+            threshold: secure
+                .threshold
+                .map_or(ThresholdRule::TwoThirdsPlusOne, |t| {
+                    ThresholdRule::Fixed(t as u64)
+                }),
+            update_clip: secure.update_clip,
+            fractional_bits: secure
+                .fractional_bits
+                .map_or(FractionalBitsRule::Fit, FractionalBitsRule::Fixed),
+        }),
+        releases: ReleasePlan::for_task(schema.stats_len(), schema.audit_groups().len(), params),
+    })
+}
+
+/// The strategy's name and hyper-parameters, for the record.
+fn strategy_record(strategy: &StrategyConfig) -> StrategyRecord {
+    let (name, values): (&str, Vec<(&str, f64)>) = match *strategy {
+        StrategyConfig::FedAvg {
+            server_learning_rate,
+        } => (
+            "fed_avg",
+            vec![("server_learning_rate", server_learning_rate)],
+        ),
+        StrategyConfig::FedAdam {
+            server_learning_rate,
+            beta1,
+            beta2,
+            tau,
+        } => (
+            "fed_adam",
+            vec![
+                ("server_learning_rate", server_learning_rate),
+                ("beta1", beta1),
+                ("beta2", beta2),
+                ("tau", tau),
+            ],
+        ),
+        StrategyConfig::FedYogi {
+            server_learning_rate,
+            beta1,
+            beta2,
+            tau,
+        } => (
+            "fed_yogi",
+            vec![
+                ("server_learning_rate", server_learning_rate),
+                ("beta1", beta1),
+                ("beta2", beta2),
+                ("tau", tau),
+            ],
+        ),
+    };
+    StrategyRecord {
+        name: name.to_owned(),
+        hyper_parameters: values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    }
+}
+
+/// Reads the schema and member list `config` names, builds the manifest and signs it with the
+/// coordinator's report key (the key of its certificate).
+pub fn signed_manifest(
+    config: &CoordinatorConfig,
+    schema: &Schema,
+) -> Result<SignedManifest, ManifestBuildError> {
+    let members = MemberList::load(&config.members)?;
+    let key = load_report_signing_key(&config.tls.key)?;
+    Ok(task_manifest(config, schema, &members)?.sign(&key)?)
+}
+
+/// Writes the signed manifest as `manifest.json` in `data_dir`; returns the file.
+pub fn write_manifest(
+    data_dir: &Path,
+    manifest: &SignedManifest,
+) -> Result<PathBuf, ManifestBuildError> {
+    let path = data_dir.join(MANIFEST_FILE);
+    std::fs::write(&path, manifest.to_json()).map_err(|source| ManifestBuildError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Why the manifest could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestBuildError {
+    /// The member list cannot be read.
+    #[error(transparent)]
+    Members(#[from] medfed_certs::MemberListError),
+    /// The coordinator's key cannot sign.
+    #[error("the coordinator's key cannot sign the manifest: {0}")]
+    Key(#[from] medfed_certs::CertError),
+    /// The model configuration is not usable.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The manifest is not valid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The file cannot be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}

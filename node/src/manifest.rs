@@ -1,0 +1,388 @@
+//! The hospital's check of a task manifest before it joins: the plan the coordinator signed must
+//! fit the hospital's policy, its schema and its pinned member list, or the node does not join.
+//!
+//! What the manifest costs in ε is checked by [`crate::Hospital::approve_manifest`], which holds
+//! the privacy ledger; this module checks everything else.
+
+use medfed_certs::MemberList;
+use medfed_protocol::manifest::{
+    Digest32, ManifestError, ReleasePlan, TaskManifest, ThresholdRule,
+};
+use medfed_protocol::model::ModelError;
+use medfed_protocol::schema::Schema;
+
+use crate::policy::{Fraction, NodePolicy};
+
+/// The most rounds a [`PrivacyForecast`] lists one by one; beyond, it lists the first and the
+/// last.
+pub const LISTED_ROUNDS: u64 = 1000;
+
+/// A manifest the hospital approved: its digest, and what it would cost in ε.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ManifestApproval {
+    /// The manifest's digest (SHA-256 of its canonical encoding).
+    pub digest: Digest32,
+    /// Its privacy cost; `None` when the hospital does not train privately.
+    pub forecast: Option<PrivacyForecast>,
+}
+
+/// What a task would cost a hospital in ε, on top of what its ledger already holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrivacyForecast {
+    /// The hospital's budget.
+    pub target_epsilon: f64,
+    /// The δ it is accounted at.
+    pub delta: f64,
+    /// ε spent before the task.
+    pub spent: f64,
+    /// DP-SGD's noise multiplier in the task's training rounds.
+    pub noise_multiplier: Option<f64>,
+    /// ε after each listed round, in order (the final evaluation last, when planned).
+    pub rounds: Vec<RoundCost>,
+}
+
+impl PrivacyForecast {
+    /// ε after the whole task.
+    pub fn total(&self) -> f64 {
+        self.rounds.last().map_or(self.spent, |r| r.epsilon_after)
+    }
+}
+
+/// ε after one round of a task.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RoundCost {
+    /// The round (the final evaluation's is `rounds + 1`).
+    pub round: u64,
+    /// Whether it trains (false: the final evaluation).
+    pub train: bool,
+    /// ε spent once it counts, every earlier round of the task included.
+    pub epsilon_after: f64,
+}
+
+/// The most share holders a round can have when neither the neighbour count nor a pinned member
+/// list bounds them (a round's participants are indexed by `u16`).
+const MAX_HOLDERS: usize = u16::MAX as usize;
+
+/// Why a node refuses to join under a manifest.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestRefusal {
+    /// The coordinator's report key cannot be taken from the certificate it presented.
+    #[error("the coordinator's certificate gives no key to check the manifest with: {0}")]
+    CoordinatorKey(String),
+    /// The manifest is not valid or its signature is not the coordinator's.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The manifest's model is not a valid one.
+    #[error("the manifest's model is not valid: {0}")]
+    Model(String),
+    /// Secure aggregation is off, and the hospital requires it.
+    #[error("the manifest turns secure aggregation off; the hospital requires it")]
+    PlaintextPlanned,
+    /// The manifest's threshold rule falls to or below the hospital's floor for some holder
+    /// count the task's rounds can have.
+    #[error(
+        "the manifest's threshold {rule:?} gives {threshold} of {holders} share holders, not above the hospital's floor {floor}"
+    )]
+    ThresholdBelowFloor {
+        /// The manifest's rule.
+        rule: ThresholdRule,
+        /// The threshold it gives.
+        threshold: usize,
+        /// For this many holders.
+        holders: usize,
+        /// The hospital's floor.
+        floor: Fraction,
+    },
+    /// The manifest's minimum leaves room for sums with fewer other hospitals than the hospital
+    /// requires.
+    #[error(
+        "the manifest's min_nodes {min_nodes} allows sums with {} other hospitals; the hospital requires {required}",
+        min_nodes.saturating_sub(1)
+    )]
+    TooFewOtherHospitals {
+        /// The manifest's minimum participants.
+        min_nodes: u64,
+        /// The hospital's minimum other hospitals.
+        required: usize,
+    },
+    /// The manifest names another schema.
+    #[error("the manifest's schema digest {manifest} is not this hospital's {ours}")]
+    SchemaMismatch {
+        /// In the manifest.
+        manifest: Digest32,
+        /// The hospital's.
+        ours: Digest32,
+    },
+    /// The manifest names another member list than the one the hospital pins.
+    #[error("the manifest's member list digest {manifest} is not the pinned list's {ours}")]
+    MembersMismatch {
+        /// In the manifest.
+        manifest: Digest32,
+        /// The pinned list's.
+        ours: Digest32,
+    },
+    /// The releases the manifest states are not what this schema and model give.
+    #[error(
+        "the manifest's releases {manifest:?} are not what the schema and model give ({ours:?})"
+    )]
+    ReleasesMismatch {
+        /// In the manifest.
+        manifest: Box<ReleasePlan>,
+        /// From the schema and the model.
+        ours: Box<ReleasePlan>,
+    },
+    /// Not even the first round fits the hospital's remaining privacy budget.
+    #[error(
+        "not even one round fits the privacy budget: the first would bring ε to {first_round_epsilon:.4}, the budget is {target_epsilon}"
+    )]
+    BudgetTooSmall {
+        /// ε after the first planned round.
+        first_round_epsilon: f64,
+        /// The hospital's budget.
+        target_epsilon: f64,
+    },
+    /// The privacy cost of the plan cannot be computed.
+    #[error("the privacy cost of the manifest cannot be computed (see the node's log)")]
+    PrivacyUnpriced,
+}
+
+/// Checks `manifest` against the hospital's `policy`, its `schema` and its pinned `members`.
+pub fn check_manifest(
+    manifest: &TaskManifest,
+    policy: &NodePolicy,
+    members: Option<&MemberList>,
+    schema: &Schema,
+) -> Result<(), ManifestRefusal> {
+    manifest.validate()?;
+    let ours = Digest32(schema.digest());
+    if manifest.schema_digest != ours {
+        return Err(ManifestRefusal::SchemaMismatch {
+            manifest: manifest.schema_digest,
+            ours,
+        });
+    }
+    if let Some(members) = members {
+        let ours = Digest32(members.digest());
+        if manifest.members_digest != ours {
+            return Err(ManifestRefusal::MembersMismatch {
+                manifest: manifest.members_digest,
+                ours,
+            });
+        }
+    }
+    manifest
+        .model
+        .validate()
+        .map_err(|e: ModelError| ManifestRefusal::Model(e.to_string()))?;
+    let expected = ReleasePlan {
+        final_evaluation: manifest.releases.final_evaluation,
+        ..ReleasePlan::for_task(
+            schema.stats_len(),
+            schema.audit_groups().len(),
+            manifest.model.layout().len(),
+        )
+    };
+    if manifest.releases != expected || manifest.model.input_dim != schema.num_features() {
+        return Err(ManifestRefusal::ReleasesMismatch {
+            manifest: Box::new(manifest.releases.clone()),
+            ours: Box::new(expected),
+        });
+    }
+    let others = usize::try_from(manifest.min_nodes.saturating_sub(1)).unwrap_or(usize::MAX);
+    if others < policy.min_other_hospitals {
+        return Err(ManifestRefusal::TooFewOtherHospitals {
+            min_nodes: manifest.min_nodes,
+            required: policy.min_other_hospitals,
+        });
+    }
+    let Some(secure) = &manifest.secure_aggregation else {
+        return if policy.require_secure_aggregation {
+            Err(ManifestRefusal::PlaintextPlanned)
+        } else {
+            Ok(())
+        };
+    };
+    // Every holder count a round can have: at least min(k + 1, min_nodes), at most k + 1 and
+    // the pinned members' number.
+    let min_nodes = usize::try_from(manifest.min_nodes).unwrap_or(usize::MAX);
+    let most = secure
+        .neighbours()
+        .map_or(MAX_HOLDERS, |k| k.saturating_add(1))
+        .min(members.map_or(MAX_HOLDERS, |m| m.names().count()))
+        .min(MAX_HOLDERS);
+    let fewest = min_nodes.min(most).max(2);
+    for holders in fewest..=most {
+        let threshold = secure.threshold.threshold(holders);
+        if !policy.threshold_floor.is_exceeded_by(threshold, holders) {
+            return Err(ManifestRefusal::ThresholdBelowFloor {
+                rule: secure.threshold,
+                threshold,
+                holders,
+                floor: policy.threshold_floor,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use medfed_protocol::manifest::{
+        FractionalBitsRule, MANIFEST_FORMAT, SecureAggregationPlan, StrategyRecord, TrainingRule,
+    };
+    use medfed_protocol::model::{ModelKind, ModelSpec};
+
+    use super::*;
+
+    const SCHEMA: &str = r#"
+sensitive = ["sex"]
+[label]
+column = "outcome"
+positive = ["1"]
+negative = ["0"]
+[[columns]]
+name = "age"
+type = "numeric"
+[[columns]]
+name = "sex"
+type = "categorical"
+levels = ["F", "M"]
+"#;
+
+    fn members() -> MemberList {
+        MemberList::parse(
+            r#"
+[[member]]
+name = "a"
+key_sha256 = "0000000000000000000000000000000000000000000000000000000000000001"
+[[member]]
+name = "b"
+key_sha256 = "0000000000000000000000000000000000000000000000000000000000000002"
+[[member]]
+name = "c"
+key_sha256 = "0000000000000000000000000000000000000000000000000000000000000003"
+[[member]]
+name = "d"
+key_sha256 = "0000000000000000000000000000000000000000000000000000000000000004"
+"#,
+        )
+        .unwrap()
+    }
+
+    fn manifest(schema: &Schema) -> TaskManifest {
+        let model = ModelSpec {
+            kind: ModelKind::Mlp { hidden: vec![4] },
+            input_dim: schema.num_features(),
+        };
+        TaskManifest {
+            format: MANIFEST_FORMAT.into(),
+            schema_digest: Digest32(schema.digest()),
+            members_digest: Digest32(members().digest()),
+            releases: ReleasePlan::for_task(
+                schema.stats_len(),
+                schema.audit_groups().len(),
+                model.layout().len(),
+            ),
+            model,
+            rounds: 5,
+            min_nodes: 3,
+            training: TrainingRule {
+                local_epochs: 1,
+                learning_rate: 0.05,
+                batch_size: 32,
+                seed_base: 1,
+            },
+            strategy: StrategyRecord {
+                name: "fed_avg".into(),
+                hyper_parameters: BTreeMap::new(),
+            },
+            secure_aggregation: Some(SecureAggregationPlan {
+                neighbours: None,
+                threshold: ThresholdRule::TwoThirdsPlusOne,
+                update_clip: 1024.0,
+                fractional_bits: FractionalBitsRule::Fit,
+            }),
+        }
+    }
+
+    fn check(change: impl Fn(&mut TaskManifest, &mut NodePolicy)) -> Result<(), ManifestRefusal> {
+        let schema = Schema::parse(SCHEMA).unwrap();
+        let mut m = manifest(&schema);
+        let mut policy = NodePolicy::default();
+        change(&mut m, &mut policy);
+        check_manifest(&m, &policy, Some(&members()), &schema)
+    }
+
+    #[test]
+    fn the_default_plan_passes_the_default_policy() {
+        assert_eq!(check(|_, _| {}), Ok(()));
+    }
+
+    #[test]
+    fn a_plan_against_the_policy_is_refused() {
+        assert_eq!(
+            check(|m, _| m.secure_aggregation = None),
+            Err(ManifestRefusal::PlaintextPlanned)
+        );
+        // Plaintext is fine for a hospital that allows it.
+        assert_eq!(
+            check(|m, p| {
+                m.secure_aggregation = None;
+                p.require_secure_aggregation = false;
+            }),
+            Ok(())
+        );
+        assert!(matches!(
+            check(|m, _| m.min_nodes = 2),
+            Err(ManifestRefusal::TooFewOtherHospitals {
+                min_nodes: 2,
+                required: 2
+            })
+        ));
+        // A fixed threshold of 2 fails the 2/3 floor at 3 holders.
+        assert!(matches!(
+            check(|m, _| m.secure_aggregation.as_mut().unwrap().threshold = ThresholdRule::Fixed(2)),
+            Err(ManifestRefusal::ThresholdBelowFloor { holders: 3, .. })
+        ));
+        // A fixed threshold of 3 passes for 3 or 4 holders (four pinned members)...
+        assert_eq!(
+            check(|m, _| m.secure_aggregation.as_mut().unwrap().threshold = ThresholdRule::Fixed(3)),
+            Ok(())
+        );
+        // ...but not without a member list bounding the holders.
+        let schema = Schema::parse(SCHEMA).unwrap();
+        let mut fixed = manifest(&schema);
+        fixed.secure_aggregation.as_mut().unwrap().threshold = ThresholdRule::Fixed(3);
+        assert!(matches!(
+            check_manifest(&fixed, &NodePolicy::default(), None, &schema),
+            Err(ManifestRefusal::ThresholdBelowFloor { holders: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn a_plan_for_another_consortium_or_task_is_refused() {
+        assert!(matches!(
+            check(|m, _| m.schema_digest.0[0] ^= 1),
+            Err(ManifestRefusal::SchemaMismatch { .. })
+        ));
+        assert!(matches!(
+            check(|m, _| m.members_digest.0[0] ^= 1),
+            Err(ManifestRefusal::MembersMismatch { .. })
+        ));
+        assert!(matches!(
+            check(|m, _| m.releases.update_figures += 1),
+            Err(ManifestRefusal::ReleasesMismatch { .. })
+        ));
+        assert!(matches!(
+            check(|m, _| m.model.input_dim += 1),
+            Err(ManifestRefusal::ReleasesMismatch { .. })
+        ));
+        assert!(matches!(
+            check(|m, _| m.training.learning_rate = f64::INFINITY),
+            Err(ManifestRefusal::Manifest(ManifestError::Invalid(_)))
+        ));
+    }
+}

@@ -1,0 +1,883 @@
+//! The task manifest: the whole plan of a training task, stated once by the coordinator and
+//! signed with its report key, so that every hospital can check it against its own policy
+//! before it joins, and refuse any request that departs from it afterwards.
+//!
+//! ```text
+//!  coordinator.toml ─▶ TaskManifest ─canonical JSON─▶ SHA-256 ─Ed25519 (report key)─▶ SignedManifest
+//!                                                                                     │ Welcome
+//!  node: verify (key from the coordinator's certificate) ─▶ policy ─▶ approved ◀──────┘
+//!        every StatsRequest / RoundStart ─▶ TaskManifest::check_* ─▶ answer or decline
+//! ```
+//!
+//! The canonical encoding is compact JSON of the fields in declaration order: the manifest
+//! holds no map with unordered keys (strategy hyper-parameters are a sorted map), its floats are
+//! finite ([`TaskManifest::validate`]) and written in their shortest round-trip form, so the
+//! same manifest always gives the same bytes, whichever side encodes it.
+
+use std::collections::BTreeMap;
+
+use ring::digest;
+use ring::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+
+use crate::evaluation::EvalCounts;
+use crate::fairness::GroupCounts;
+use crate::messages::{RoundStart, SecAggSetup, StatsRequest};
+use crate::model::ModelSpec;
+use crate::secagg::RoundParams;
+use crate::secagg::fixed_point::FixedPoint;
+use crate::task::TrainingPlan;
+
+/// The manifest format this code writes and reads.
+pub const MANIFEST_FORMAT: &str = "medfed-task-manifest/1";
+
+/// Domain separation of the manifest's signature: the coordinator's report key signs
+/// `MANIFEST_SIGNATURE_DOMAIN ‖ SHA-256(canonical manifest)`, never a bare digest that could be
+/// mistaken for another signed object.
+pub const MANIFEST_SIGNATURE_DOMAIN: &[u8] = b"medfed-task-manifest-signature-v1\0";
+
+/// Multiplier of the per-round seed rule: round `r` trains with seed
+/// `seed_base · SEED_STRIDE + r` (wrapping in 64 bits).
+pub const SEED_STRIDE: u64 = 1_000_003;
+
+/// A 32-byte digest, written as 64 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Digest32(pub [u8; 32]);
+
+impl Digest32 {
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl std::fmt::Display for Digest32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for Digest32 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest32 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let mut out = [0; 32];
+        hex::decode_to_slice(&text, &mut out)
+            .map_err(|_| serde::de::Error::custom("expected 64 hex digits"))?;
+        Ok(Self(out))
+    }
+}
+
+/// The whole plan of a training task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskManifest {
+    /// [`MANIFEST_FORMAT`].
+    pub format: String,
+    /// Digest of the consortium's data schema ([`crate::schema::Schema::digest`]).
+    pub schema_digest: Digest32,
+    /// Digest of the consortium's member list (`medfed_certs::MemberList::digest`).
+    pub members_digest: Digest32,
+    /// Architecture of the model.
+    pub model: ModelSpec,
+    /// Training rounds planned; the final evaluation comes after the last one.
+    pub rounds: u64,
+    /// A round is applied only with at least this many hospitals' figures in its sum.
+    pub min_nodes: u64,
+    /// Local training of every round.
+    pub training: TrainingRule,
+    /// The server-side optimiser, for the record (it never reaches the nodes' data).
+    pub strategy: StrategyRecord,
+    /// Secure aggregation of every figure; `None`: figures travel in the clear.
+    pub secure_aggregation: Option<SecureAggregationPlan>,
+    /// What each hospital releases.
+    pub releases: ReleasePlan,
+}
+
+/// The training plan of every round; only the seed depends on the round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingRule {
+    /// Passes over the training split per round.
+    pub local_epochs: u32,
+    /// Step size of local SGD.
+    pub learning_rate: f64,
+    /// Examples per mini-batch.
+    pub batch_size: u32,
+    /// Base of the per-round seed: round `r` uses `seed_base · 1 000 003 + r` (wrapping).
+    pub seed_base: u64,
+}
+
+impl TrainingRule {
+    /// The plan of round `round` (the final evaluation's round included).
+    pub fn plan(&self, round: u64) -> TrainingPlan {
+        TrainingPlan {
+            local_epochs: self.local_epochs,
+            learning_rate: self.learning_rate,
+            batch_size: self.batch_size,
+            seed: self.seed_base.wrapping_mul(SEED_STRIDE).wrapping_add(round),
+        }
+    }
+}
+
+/// The server optimiser's name and hyper-parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrategyRecord {
+    /// `fed_avg`, `fed_adam` or `fed_yogi`.
+    pub name: String,
+    /// Its hyper-parameters by name.
+    pub hyper_parameters: BTreeMap<String, f64>,
+}
+
+/// How figures are securely aggregated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureAggregationPlan {
+    /// Neighbours each participant pairs with (SecAgg+); `None`: everyone with everyone.
+    pub neighbours: Option<u64>,
+    /// The threshold of a round, given its share holders.
+    pub threshold: ThresholdRule,
+    /// Clip bound B of each coordinate of the weighted update.
+    pub update_clip: f64,
+    /// Fractional bits of the update's fixed point.
+    pub fractional_bits: FractionalBitsRule,
+}
+
+/// How a round's threshold follows from the holders `h` of each secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdRule {
+    /// `⌊2h/3⌋ + 1` ([`RoundParams::default_threshold`]).
+    TwoThirdsPlusOne,
+    /// This many shares, whatever `h`.
+    Fixed(u64),
+}
+
+impl ThresholdRule {
+    /// The threshold for `holders` share holders.
+    pub fn threshold(self, holders: usize) -> usize {
+        match self {
+            Self::TwoThirdsPlusOne => RoundParams::default_threshold(holders),
+            Self::Fixed(t) => usize::try_from(t).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// How many fractional bits the update's fixed point has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FractionalBitsRule {
+    /// As many as fit a sum over the round's participants `n`, with a bit of margin:
+    /// `clamp(⌊log2(2^31 / (n · B))⌋ − 1, 0, 30)`.
+    Fit,
+    /// This many.
+    Fixed(u32),
+}
+
+impl SecureAggregationPlan {
+    /// The update's fixed point for a round of `participants`.
+    pub fn update_encoding(&self, participants: usize) -> FixedPoint {
+        let fractional_bits = match self.fractional_bits {
+            FractionalBitsRule::Fixed(bits) => bits,
+            FractionalBitsRule::Fit => {
+                let room = f64::from(1u32 << 31) / (participants.max(1) as f64 * self.update_clip);
+                (room.log2().floor() as i64 - 1).clamp(0, 30) as u32
+            }
+        };
+        FixedPoint {
+            clip: self.update_clip,
+            fractional_bits,
+        }
+    }
+
+    /// The neighbour count as the round parameters carry it.
+    pub fn neighbours(&self) -> Option<usize> {
+        self.neighbours
+            .map(|k| usize::try_from(k).unwrap_or(usize::MAX))
+    }
+
+    /// Whether `setup` follows this plan: the neighbour count, the threshold for its holders
+    /// and the update's encoding for its participants.
+    fn check(&self, setup: &SecAggSetup) -> Result<(), Departure> {
+        let params = &setup.params;
+        if params.neighbours != self.neighbours() {
+            return Err(Departure::Neighbours {
+                got: params.neighbours,
+                planned: self.neighbours(),
+            });
+        }
+        let planned = self.threshold.threshold(params.holders_per_secret());
+        if params.threshold != planned {
+            return Err(Departure::Threshold {
+                got: params.threshold,
+                planned,
+            });
+        }
+        let encoding = self.update_encoding(params.n());
+        if setup.update_encoding != encoding {
+            return Err(Departure::UpdateEncoding {
+                got: setup.update_encoding,
+                planned: encoding,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What each hospital releases, in figures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasePlan {
+    /// The statistics round (round 0): count, sums and sums of squares per feature.
+    pub statistics_figures: u64,
+    /// Every round: evaluation counts of the round's starting model on the held-out split.
+    pub evaluation_figures: u64,
+    /// Every round: the audit groups whose counts are released.
+    pub audit_groups: u64,
+    /// Figures of each audit group's counts.
+    pub audit_group_figures: u64,
+    /// Every training round: the weighted update and its weight (parameters + 1).
+    pub update_figures: u64,
+    /// Whether the final model is evaluated after the last round (evaluation and audit-group
+    /// counts, no update).
+    pub final_evaluation: bool,
+}
+
+impl ReleasePlan {
+    /// What a round with `groups` audit groups and a `params`-parameter model releases.
+    pub fn for_task(statistics_figures: usize, groups: usize, params: usize) -> Self {
+        Self {
+            statistics_figures: statistics_figures as u64,
+            evaluation_figures: EvalCounts::VECTOR_LEN as u64,
+            audit_groups: groups as u64,
+            audit_group_figures: GroupCounts::VECTOR_LEN as u64,
+            update_figures: params as u64 + 1,
+            final_evaluation: true,
+        }
+    }
+
+    /// Figures of one round's vector.
+    pub fn round_figures(&self, train: bool) -> u64 {
+        self.evaluation_figures
+            .saturating_add(self.audit_groups.saturating_mul(self.audit_group_figures))
+            .saturating_add(if train { self.update_figures } else { 0 })
+    }
+}
+
+impl TaskManifest {
+    /// Checks what the canonical encoding and the rules need: the format, positive finite
+    /// numbers, at least one node.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let invalid = |reason: &str| Err(ManifestError::Invalid(reason.to_owned()));
+        if self.format != MANIFEST_FORMAT {
+            return Err(ManifestError::Format(self.format.clone()));
+        }
+        if self.min_nodes == 0 {
+            return invalid("min_nodes must be at least 1");
+        }
+        let training = &self.training;
+        if !(training.learning_rate.is_finite() && training.learning_rate > 0.0) {
+            return invalid("the learning rate must be a positive number");
+        }
+        if training.local_epochs == 0 || training.batch_size == 0 {
+            return invalid("local epochs and batch size must be at least 1");
+        }
+        if self
+            .strategy
+            .hyper_parameters
+            .values()
+            .any(|v| !v.is_finite())
+        {
+            return invalid("a strategy hyper-parameter is not a finite number");
+        }
+        if let Some(secure) = &self.secure_aggregation
+            && !(secure.update_clip.is_finite() && secure.update_clip > 0.0)
+        {
+            return invalid("the update clip must be a positive number");
+        }
+        Ok(())
+    }
+
+    /// The canonical encoding (see the module's documentation).
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        // Serialising plain structs, sorted maps, strings and finite numbers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// SHA-256 of the canonical encoding: the manifest's hash, as nodes log it.
+    pub fn digest(&self) -> Digest32 {
+        let mut out = [0; 32];
+        out.copy_from_slice(digest::digest(&digest::SHA256, &self.canonical_bytes()).as_ref());
+        Digest32(out)
+    }
+
+    /// Signs the manifest with the coordinator's report key.
+    pub fn sign(self, key: &Ed25519KeyPair) -> Result<SignedManifest, ManifestError> {
+        self.validate()?;
+        let signature = key.sign(&signed_bytes(&self.digest())).as_ref().to_vec();
+        Ok(SignedManifest {
+            manifest: self,
+            signature: hex::encode(signature),
+        })
+    }
+
+    /// Whether a statistics request follows the manifest.
+    pub fn check_stats_request(&self, request: &StatsRequest) -> Result<(), Departure> {
+        if request.round != 0 {
+            return Err(Departure::StatisticsRound {
+                round: request.round,
+            });
+        }
+        self.check_setup(request.secure_aggregation.as_ref())
+    }
+
+    /// Whether a round's request follows the manifest: its round is planned, its training plan
+    /// is the round's, and its secure aggregation is the manifest's.
+    pub fn check_round_start(&self, start: &RoundStart) -> Result<(), Departure> {
+        // Training rounds are 1..=rounds; the evaluation-only round after the last completed
+        // one may come early, when training stopped for lack of budget.
+        let last = if start.train {
+            self.rounds
+        } else {
+            self.rounds.saturating_add(1)
+        };
+        if start.round == 0 || start.round > last {
+            return Err(Departure::RoundOutsidePlan {
+                round: start.round,
+                train: start.train,
+                rounds: self.rounds,
+            });
+        }
+        if !start.train && !self.releases.final_evaluation {
+            return Err(Departure::UnplannedEvaluation { round: start.round });
+        }
+        let planned = self.training.plan(start.round);
+        let field = if start.plan.local_epochs != planned.local_epochs {
+            Some(PlanField::LocalEpochs)
+        } else if start.plan.learning_rate.to_bits() != planned.learning_rate.to_bits() {
+            Some(PlanField::LearningRate)
+        } else if start.plan.batch_size != planned.batch_size {
+            Some(PlanField::BatchSize)
+        } else if start.plan.seed != planned.seed {
+            Some(PlanField::Seed)
+        } else {
+            None
+        };
+        if let Some(field) = field {
+            return Err(Departure::Plan {
+                field,
+                got: start.plan.clone(),
+                planned,
+            });
+        }
+        self.check_setup(start.secure_aggregation.as_ref())
+    }
+
+    fn check_setup(&self, setup: Option<&SecAggSetup>) -> Result<(), Departure> {
+        match (&self.secure_aggregation, setup) {
+            (None, None) => Ok(()),
+            (Some(_), None) => Err(Departure::SecureAggregationLeftOut),
+            (None, Some(_)) => Err(Departure::SecureAggregationUnplanned),
+            (Some(plan), Some(setup)) => {
+                let n = setup.params.n() as u64;
+                if n < self.min_nodes {
+                    return Err(Departure::TooFewParticipants {
+                        participants: n,
+                        min_nodes: self.min_nodes,
+                    });
+                }
+                plan.check(setup)
+            }
+        }
+    }
+}
+
+/// The bytes the coordinator's key signs: the domain, then the manifest's digest.
+fn signed_bytes(digest: &Digest32) -> Vec<u8> {
+    let mut bytes = MANIFEST_SIGNATURE_DOMAIN.to_vec();
+    bytes.extend_from_slice(&digest.0);
+    bytes
+}
+
+/// A manifest with the coordinator's Ed25519 signature.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedManifest {
+    /// The plan.
+    pub manifest: TaskManifest,
+    /// Ed25519 signature over [`MANIFEST_SIGNATURE_DOMAIN`] ‖ the manifest's digest, in hex.
+    pub signature: String,
+}
+
+impl SignedManifest {
+    /// Checks the manifest and its signature by the holder of `public_key` (the coordinator's
+    /// Ed25519 key, from its certificate); returns the manifest's digest.
+    pub fn verify(&self, public_key: &[u8; 32]) -> Result<Digest32, ManifestError> {
+        self.manifest.validate()?;
+        let digest = self.manifest.digest();
+        let signature = hex::decode(&self.signature).map_err(|_| ManifestError::BadSignature)?;
+        UnparsedPublicKey::new(&ED25519, public_key)
+            .verify(&signed_bytes(&digest), &signature)
+            .map_err(|_| ManifestError::BadSignature)?;
+        Ok(digest)
+    }
+
+    /// The manifest file as written (`manifest.json`): pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Reads a manifest file.
+    pub fn from_json(text: &str) -> Result<Self, ManifestError> {
+        serde_json::from_str(text).map_err(|e| ManifestError::Syntax(e.to_string()))
+    }
+}
+
+/// A manifest that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// Another format than [`MANIFEST_FORMAT`].
+    #[error("manifest format {0:?} is not {MANIFEST_FORMAT:?}")]
+    Format(String),
+    /// A value the rules cannot use.
+    #[error("invalid manifest: {0}")]
+    Invalid(String),
+    /// The signature is not the coordinator's over this manifest.
+    #[error("the manifest's signature does not verify with the coordinator's key")]
+    BadSignature,
+    /// The file is not a manifest.
+    #[error("not a signed manifest: {0}")]
+    Syntax(String),
+}
+
+/// A field of the training plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanField {
+    /// Local epochs.
+    LocalEpochs,
+    /// Learning rate.
+    LearningRate,
+    /// Batch size.
+    BatchSize,
+    /// The per-round seed.
+    Seed,
+}
+
+/// How a request departs from the approved manifest (for the node's own log; on the wire the
+/// node sends only `PolicyViolation::DepartsFromManifest`).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Departure {
+    /// Statistics were asked for in another round than 0.
+    #[error("statistics requested for round {round}; the manifest plans them in round 0")]
+    StatisticsRound {
+        /// The round asked.
+        round: u64,
+    },
+    /// A round the manifest does not plan.
+    #[error("round {round} (train: {train}) is outside the manifest's {rounds} rounds")]
+    RoundOutsidePlan {
+        /// The round asked.
+        round: u64,
+        /// Whether it trains.
+        train: bool,
+        /// Planned training rounds.
+        rounds: u64,
+    },
+    /// An evaluation-only round the manifest does not plan.
+    #[error("evaluation-only round {round} is not planned")]
+    UnplannedEvaluation {
+        /// The round asked.
+        round: u64,
+    },
+    /// The training plan differs.
+    #[error("the training plan's {field:?} differs: {got:?}, planned {planned:?}")]
+    Plan {
+        /// The first field that differs.
+        field: PlanField,
+        /// The plan sent.
+        got: TrainingPlan,
+        /// The manifest's plan for the round.
+        planned: TrainingPlan,
+    },
+    /// Secure aggregation left out, though the manifest plans it.
+    #[error("secure aggregation is left out; the manifest plans it")]
+    SecureAggregationLeftOut,
+    /// Secure aggregation asked for, though the manifest has it off.
+    #[error("secure aggregation is asked for; the manifest has it off")]
+    SecureAggregationUnplanned,
+    /// Fewer participants than the manifest's minimum.
+    #[error("{participants} participants; the manifest needs at least {min_nodes}")]
+    TooFewParticipants {
+        /// Participants in the round.
+        participants: u64,
+        /// The manifest's minimum.
+        min_nodes: u64,
+    },
+    /// Another neighbour count.
+    #[error("neighbours {got:?}, planned {planned:?}")]
+    Neighbours {
+        /// Sent.
+        got: Option<usize>,
+        /// Planned.
+        planned: Option<usize>,
+    },
+    /// Another threshold than the manifest's rule gives.
+    #[error("threshold {got}, the manifest's rule gives {planned}")]
+    Threshold {
+        /// Sent.
+        got: usize,
+        /// Planned.
+        planned: usize,
+    },
+    /// Another update encoding than the manifest's rule gives.
+    #[error("update encoding {got:?}, the manifest's rule gives {planned:?}")]
+    UpdateEncoding {
+        /// Sent.
+        got: FixedPoint,
+        /// Planned.
+        planned: FixedPoint,
+    },
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use ring::rand::SystemRandom;
+    use ring::signature::KeyPair;
+
+    use super::*;
+    use crate::model::{ModelHash, ModelKind};
+    use crate::secagg::Participant;
+    use crate::stats::Standardization;
+
+    pub(crate) fn example() -> TaskManifest {
+        TaskManifest {
+            format: MANIFEST_FORMAT.into(),
+            schema_digest: Digest32([1; 32]),
+            members_digest: Digest32([2; 32]),
+            model: ModelSpec {
+                kind: ModelKind::Mlp { hidden: vec![8] },
+                input_dim: 6,
+            },
+            rounds: 3,
+            min_nodes: 3,
+            training: TrainingRule {
+                local_epochs: 2,
+                learning_rate: 0.1,
+                batch_size: 16,
+                seed_base: 11,
+            },
+            strategy: StrategyRecord {
+                name: "fed_avg".into(),
+                hyper_parameters: BTreeMap::from([("server_learning_rate".into(), 1.0)]),
+            },
+            secure_aggregation: Some(SecureAggregationPlan {
+                neighbours: None,
+                threshold: ThresholdRule::TwoThirdsPlusOne,
+                update_clip: 1024.0,
+                fractional_bits: FractionalBitsRule::Fit,
+            }),
+            releases: ReleasePlan::for_task(13, 4, 65),
+        }
+    }
+
+    fn key() -> Ed25519KeyPair {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+    }
+
+    /// Every way of changing one field of the example.
+    fn one_field_changed() -> Vec<(&'static str, TaskManifest)> {
+        let base = example();
+        let with = |f: &dyn Fn(&mut TaskManifest)| {
+            let mut m = base.clone();
+            f(&mut m);
+            m
+        };
+        let secure = |f: &dyn Fn(&mut SecureAggregationPlan)| {
+            with(&|m| f(m.secure_aggregation.as_mut().unwrap()))
+        };
+        vec![
+            ("format", with(&|m| m.format.push('x'))),
+            ("schema", with(&|m| m.schema_digest.0[31] ^= 1)),
+            ("members", with(&|m| m.members_digest.0[0] ^= 1)),
+            (
+                "model kind",
+                with(&|m| m.model.kind = ModelKind::LogisticRegression),
+            ),
+            ("input dim", with(&|m| m.model.input_dim += 1)),
+            ("rounds", with(&|m| m.rounds += 1)),
+            ("min nodes", with(&|m| m.min_nodes += 1)),
+            ("epochs", with(&|m| m.training.local_epochs += 1)),
+            (
+                "learning rate",
+                with(&|m| m.training.learning_rate = 0.1000001),
+            ),
+            ("batch size", with(&|m| m.training.batch_size += 1)),
+            ("seed", with(&|m| m.training.seed_base += 1)),
+            ("strategy", with(&|m| m.strategy.name = "fed_adam".into())),
+            (
+                "strategy hyper-parameter",
+                with(&|m| {
+                    m.strategy
+                        .hyper_parameters
+                        .insert("server_learning_rate".into(), 0.5);
+                }),
+            ),
+            (
+                "secure aggregation off",
+                with(&|m| m.secure_aggregation = None),
+            ),
+            ("neighbours", secure(&|s| s.neighbours = Some(4))),
+            (
+                "threshold",
+                secure(&|s| s.threshold = ThresholdRule::Fixed(3)),
+            ),
+            ("clip", secure(&|s| s.update_clip = 512.0)),
+            (
+                "fractional bits",
+                secure(&|s| s.fractional_bits = FractionalBitsRule::Fixed(12)),
+            ),
+            ("statistics", with(&|m| m.releases.statistics_figures += 1)),
+            ("evaluation", with(&|m| m.releases.evaluation_figures += 1)),
+            ("audit groups", with(&|m| m.releases.audit_groups += 1)),
+            (
+                "group figures",
+                with(&|m| m.releases.audit_group_figures += 1),
+            ),
+            ("update", with(&|m| m.releases.update_figures += 1)),
+            (
+                "final evaluation",
+                with(&|m| m.releases.final_evaluation = false),
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_digest_is_stable_and_sensitive_to_every_field() {
+        let base = example();
+        assert_eq!(base.digest(), example().digest());
+        // Through the wire codec and through the file, the digest is the same.
+        let signed = base.clone().sign(&key()).unwrap();
+        let welcome = crate::messages::Message::Welcome(crate::messages::Welcome {
+            session: 1,
+            identity: "h".into(),
+            manifest: signed.clone(),
+        });
+        let mut decoder = crate::codec::FrameDecoder::new(crate::codec::MAX_FRAME_LEN);
+        decoder.feed(&crate::codec::frame(&welcome).unwrap());
+        let Some(crate::messages::Message::Welcome(decoded)) = decoder.next_message().unwrap()
+        else {
+            panic!("not a welcome");
+        };
+        assert_eq!(decoded.manifest.manifest.digest(), base.digest());
+        let read = SignedManifest::from_json(&signed.to_json()).unwrap();
+        assert_eq!(read.manifest.digest(), base.digest());
+        let mut seen = std::collections::HashSet::from([base.digest()]);
+        for (what, changed) in one_field_changed() {
+            assert!(
+                seen.insert(changed.digest()),
+                "{what} does not change the digest"
+            );
+        }
+    }
+
+    #[test]
+    fn the_signature_verifies_and_fails_on_any_change() {
+        let key = key();
+        let public: [u8; 32] = key.public_key().as_ref().try_into().unwrap();
+        let signed = example().sign(&key).unwrap();
+        assert_eq!(signed.verify(&public), Ok(example().digest()));
+        for (what, changed) in one_field_changed() {
+            let forged = SignedManifest {
+                manifest: changed,
+                signature: signed.signature.clone(),
+            };
+            assert!(forged.verify(&public).is_err(), "{what} still verifies");
+        }
+        // Another key's signature, or a mangled one, does not verify.
+        let other = example().sign(&self::key()).unwrap();
+        assert_eq!(other.verify(&public), Err(ManifestError::BadSignature));
+        let mut mangled = signed.clone();
+        mangled.signature.replace_range(0..2, "00");
+        mangled.signature.replace_range(2..4, "ff");
+        assert_eq!(mangled.verify(&public), Err(ManifestError::BadSignature));
+        let not_hex = SignedManifest {
+            signature: "zz".into(),
+            ..signed
+        };
+        assert_eq!(not_hex.verify(&public), Err(ManifestError::BadSignature));
+    }
+
+    #[test]
+    fn a_manifest_with_unusable_numbers_is_refused_before_signing() {
+        let mut nan = example();
+        nan.training.learning_rate = f64::NAN;
+        assert!(matches!(nan.sign(&key()), Err(ManifestError::Invalid(_))));
+        let mut format = example();
+        format.format = "medfed-task-manifest/0".into();
+        assert!(matches!(format.sign(&key()), Err(ManifestError::Format(_))));
+        assert!(matches!(
+            SignedManifest::from_json("{\"manifest\": 1}"),
+            Err(ManifestError::Syntax(_))
+        ));
+    }
+
+    fn setup(manifest: &TaskManifest, n: u16) -> SecAggSetup {
+        let plan = manifest.secure_aggregation.as_ref().unwrap();
+        let mut params = RoundParams {
+            session: 1,
+            round: 1,
+            participants: (1..=n)
+                .map(|index| Participant {
+                    index,
+                    identity: format!("h{index}"),
+                })
+                .collect(),
+            threshold: 0,
+            neighbours: plan.neighbours(),
+            graph_seed: [0; 32],
+            vector_len: 10,
+            encoding_digest: [0; 32],
+        };
+        params.threshold = plan.threshold.threshold(params.holders_per_secret());
+        SecAggSetup {
+            params,
+            update_encoding: plan.update_encoding(usize::from(n)),
+        }
+    }
+
+    fn start(manifest: &TaskManifest, round: u64, train: bool) -> RoundStart {
+        RoundStart {
+            session: 1,
+            round,
+            attempt: 1,
+            model_hash: ModelHash([0; 32]),
+            train,
+            plan: manifest.training.plan(round),
+            standardization: Standardization {
+                mean: vec![],
+                std: vec![],
+            },
+            secure_aggregation: Some(setup(manifest, 4)),
+        }
+    }
+
+    #[test]
+    fn requests_that_follow_the_manifest_pass() {
+        let m = example();
+        for round in 1..=3 {
+            assert_eq!(m.check_round_start(&start(&m, round, true)), Ok(()));
+        }
+        // The final evaluation comes after the last round, or earlier if training stopped.
+        assert_eq!(m.check_round_start(&start(&m, 4, false)), Ok(()));
+        assert_eq!(m.check_round_start(&start(&m, 2, false)), Ok(()));
+        let stats = StatsRequest {
+            session: 1,
+            round: 0,
+            secure_aggregation: Some(setup(&m, 3)),
+        };
+        assert_eq!(m.check_stats_request(&stats), Ok(()));
+        // The per-round seed follows the stated rule.
+        assert_eq!(m.training.plan(2).seed, 11 * 1_000_003 + 2);
+    }
+
+    #[test]
+    fn every_departure_is_caught() {
+        let m = example();
+        let departs = |change: &dyn Fn(&mut RoundStart)| {
+            let mut s = start(&m, 2, true);
+            change(&mut s);
+            m.check_round_start(&s).unwrap_err()
+        };
+        assert!(matches!(
+            departs(&|s| s.round = 4),
+            Departure::RoundOutsidePlan { round: 4, .. }
+        ));
+        assert!(matches!(
+            departs(&|s| {
+                s.round = 5;
+                s.train = false;
+            }),
+            Departure::RoundOutsidePlan { round: 5, .. }
+        ));
+        assert!(matches!(
+            departs(&|s| s.round = 0),
+            Departure::RoundOutsidePlan { .. }
+        ));
+        for (field, change) in [
+            (
+                PlanField::LearningRate,
+                &(|s: &mut RoundStart| s.plan.learning_rate *= 10.0) as &dyn Fn(&mut RoundStart),
+            ),
+            (PlanField::BatchSize, &|s: &mut RoundStart| {
+                s.plan.batch_size = 1
+            }),
+            (PlanField::LocalEpochs, &|s: &mut RoundStart| {
+                s.plan.local_epochs = 50
+            }),
+            (PlanField::Seed, &|s: &mut RoundStart| s.plan.seed += 1),
+        ] {
+            assert!(
+                matches!(departs(change), Departure::Plan { field: f, .. } if f == field),
+                "{field:?}"
+            );
+        }
+        assert_eq!(
+            departs(&|s| s.secure_aggregation = None),
+            Departure::SecureAggregationLeftOut
+        );
+        assert!(matches!(
+            departs(&|s| s.secure_aggregation.as_mut().unwrap().params.threshold = 2),
+            Departure::Threshold { got: 2, planned: 3 }
+        ));
+        assert!(matches!(
+            departs(&|s| s.secure_aggregation.as_mut().unwrap().params.neighbours = Some(2)),
+            Departure::Neighbours { .. }
+        ));
+        assert!(matches!(
+            departs(&|s| s
+                .secure_aggregation
+                .as_mut()
+                .unwrap()
+                .update_encoding
+                .fractional_bits += 1),
+            Departure::UpdateEncoding { .. }
+        ));
+        assert!(matches!(
+            departs(&|s| s.secure_aggregation = Some(setup(&m, 2))),
+            Departure::TooFewParticipants {
+                participants: 2,
+                min_nodes: 3
+            }
+        ));
+        let mut plain = m.clone();
+        plain.secure_aggregation = None;
+        assert_eq!(
+            plain.check_round_start(&start(&m, 1, true)),
+            Err(Departure::SecureAggregationUnplanned)
+        );
+        let mut no_final = m.clone();
+        no_final.releases.final_evaluation = false;
+        assert!(matches!(
+            no_final.check_round_start(&start(&m, 4, false)),
+            Err(Departure::UnplannedEvaluation { round: 4 })
+        ));
+        let stats = StatsRequest {
+            session: 1,
+            round: 1,
+            secure_aggregation: Some(setup(&m, 3)),
+        };
+        assert!(matches!(
+            m.check_stats_request(&stats),
+            Err(Departure::StatisticsRound { round: 1 })
+        ));
+    }
+}
