@@ -401,19 +401,14 @@ impl Hospital {
         }))
     }
 
-    /// Verifies the coordinator's signed task manifest with its Ed25519 key (from the
-    /// certificate it presented), checks it against the hospital's policy, schema, pinned
-    /// member list and privacy budget, and on success holds it as the plan every later request
-    /// must follow. Any earlier approval is dropped first: a new coordinator session is
-    /// checked from scratch, and a refused manifest leaves nothing approved.
-    pub fn approve_manifest(
-        &mut self,
-        signed: &SignedManifest,
-        coordinator_key: &[u8; 32],
-    ) -> Result<ManifestApproval, ManifestRefusal> {
-        let previous = self.manifest.take().map(|(_, digest)| digest);
-        let digest = signed.verify(coordinator_key)?;
-        let manifest = &signed.manifest;
+    /// Checks a task manifest against the hospital's policy, schema, pinned member list and
+    /// privacy budget (its signature aside): `Err` if the node would refuse to join under it;
+    /// otherwise what it would cost in ε. A budget that covers the first round but not every
+    /// planned one is accepted with a warning: the node declines the rounds beyond it.
+    pub fn check_plan(
+        &self,
+        manifest: &TaskManifest,
+    ) -> Result<Option<PrivacyForecast>, ManifestRefusal> {
         check_manifest(
             manifest,
             self.policy.policy(),
@@ -440,6 +435,28 @@ impl Hospital {
                 );
             }
         }
+        Ok(forecast)
+    }
+
+    /// The schema the node's data follows.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Verifies the coordinator's signed task manifest with its Ed25519 key (from the
+    /// certificate it presented), checks it against the hospital's policy, schema, pinned
+    /// member list and privacy budget, and on success holds it as the plan every later request
+    /// must follow. Any earlier approval is dropped first: a new coordinator session is
+    /// checked from scratch, and a refused manifest leaves nothing approved.
+    pub fn approve_manifest(
+        &mut self,
+        signed: &SignedManifest,
+        coordinator_key: &[u8; 32],
+    ) -> Result<ManifestApproval, ManifestRefusal> {
+        let previous = self.manifest.take().map(|(_, digest)| digest);
+        let digest = signed.verify(coordinator_key)?;
+        let manifest = &signed.manifest;
+        let forecast = self.check_plan(manifest)?;
         if previous.is_some_and(|p| p != digest) {
             tracing::info!(previous = %previous.unwrap_or(digest), manifest = %digest, "the coordinator presents a different task manifest; checked from scratch");
         }

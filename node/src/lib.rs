@@ -23,6 +23,7 @@ pub mod hospital;
 pub mod journal;
 pub mod ledger;
 pub mod manifest;
+pub mod plan;
 pub mod policy;
 pub mod progress;
 pub mod releases;

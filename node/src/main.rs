@@ -5,10 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use medfed_certs::coordinator_report_key;
 use medfed_node::egress::{EgressLog, EgressTotals};
 use medfed_node::ledger::{PrivacyLedger, epsilon_of};
+use medfed_node::plan::forecast;
 use medfed_node::trainer::{TchTrainer, set_torch_threads};
 use medfed_node::{NodeConfig, prepare, prepare_node, run};
+use medfed_protocol::manifest::SignedManifest;
 use medfed_protocol::model::ModelKind;
 use medfed_protocol::task::TrainingPlan;
 
@@ -67,6 +70,25 @@ enum Command {
         /// The node configuration (TOML).
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Prints, before joining, what this node would release under a task manifest and its own
+    /// policy: the figures and bytes of every round, the ε each would cost, and whether the
+    /// policy accepts the manifest (exit status 2 if it does not). Sends nothing.
+    Plan {
+        /// The node configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// The signed task manifest (`medfed-coordinator manifest`, or the coordinator's
+        /// `manifest.json`).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The coordinator's certificate: check the manifest's signature with its key (the
+        /// certificate is checked against the consortium CA of the node's configuration).
+        #[arg(long)]
+        coordinator_cert: Option<PathBuf>,
+        /// Print JSON, for machines.
+        #[arg(long)]
+        json: bool,
     },
     /// Validates the data against the schema and prints its size; sends nothing.
     Check {
@@ -221,6 +243,42 @@ fn run_cli() -> anyhow::Result<ExitCode> {
                 "total", totals.messages, totals.bytes
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan {
+            config,
+            manifest,
+            coordinator_cert,
+            json,
+        } => {
+            let config = NodeConfig::load(&config)?;
+            let text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("cannot read {}", manifest.display()))?;
+            let signed = SignedManifest::from_json(&text)
+                .with_context(|| format!("{}", manifest.display()))?;
+            if let Some(cert) = &coordinator_cert {
+                let key = coordinator_report_key(cert, &config.tls.ca_cert)?;
+                signed
+                    .verify(&key)
+                    .with_context(|| format!("{}", manifest.display()))?;
+            }
+            let trainer = TchTrainer::new(medfed_node::trainer::ComputeDevice::Cpu)?;
+            let (gate, exact_releases) = medfed_node::policy(&config)?;
+            let hospital = prepare(&config, Box::new(trainer))?.with_policy(gate, exact_releases);
+            let hospital = match medfed_node::privacy(&config)? {
+                Some(privacy) => hospital.with_privacy(privacy),
+                None => hospital,
+            };
+            let forecast = forecast(&hospital, &signed.manifest, coordinator_cert.is_some());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&forecast)?);
+            } else {
+                print!("{}", forecast.to_text());
+            }
+            Ok(if forecast.accepted {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
         Command::Check { config } => {
             let config = NodeConfig::load(&config)?;

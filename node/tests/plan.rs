@@ -1,0 +1,277 @@
+//! `medfed-node plan`: what a node would release under a task manifest, before it joins — run
+//! as the operator runs it, on a real configuration, data file and signed manifest.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use medfed_certs::{MemberList, load_report_signing_key, make_dev_consortium};
+use medfed_protocol::contribution::RoundLayout;
+use medfed_protocol::evaluation::EvalCounts;
+use medfed_protocol::fairness::GroupCounts;
+use medfed_protocol::manifest::{
+    Digest32, FractionalBitsRule, MANIFEST_FORMAT, ReleasePlan, SecureAggregationPlan,
+    SignedManifest, StrategyRecord, TaskManifest, ThresholdRule, TrainingRule,
+};
+use medfed_protocol::model::{ModelKind, ModelSpec};
+use medfed_protocol::schema::Schema;
+use serde_json::Value;
+
+const SCHEMA: &str = r#"
+drop = ["id"]
+sensitive = ["sex"]
+[label]
+column = "outcome"
+positive = ["1"]
+negative = ["0"]
+[[columns]]
+name = "age"
+type = "numeric"
+[[columns]]
+name = "sex"
+type = "categorical"
+levels = ["F", "M"]
+"#;
+
+const ROUNDS: u64 = 5;
+
+/// A hospital's folder: certificates, schema, 200 rows, `node.toml` with `privacy` appended.
+fn hospital(dir: &Path, privacy: &str) -> (Schema, MemberList) {
+    let consortium = make_dev_consortium(&dir.join("certs"), &["hospital-a".into()]).unwrap();
+    std::fs::write(dir.join("schema.toml"), SCHEMA).unwrap();
+    let mut csv = String::from("id,age,sex,outcome\n");
+    for i in 0..200 {
+        let sex = if i % 2 == 0 { "F" } else { "M" };
+        csv.push_str(&format!("{i},{},{sex},{}\n", 30 + i % 50, i % 3 % 2));
+    }
+    std::fs::write(dir.join("site.csv"), csv).unwrap();
+    std::fs::write(
+        dir.join("node.toml"),
+        format!(
+            r#"
+coordinator = "127.0.0.1:7400"
+state_dir = "state"
+[tls]
+ca_cert = "certs/ca.pem"
+cert = "certs/hospital-a.pem"
+key = "certs/hospital-a.key"
+[data]
+csv = "site.csv"
+schema = "schema.toml"
+[policy]
+members = "certs/members.toml"
+{privacy}
+"#
+        ),
+    )
+    .unwrap();
+    (
+        Schema::parse(SCHEMA).unwrap(),
+        MemberList::load(&consortium.members).unwrap(),
+    )
+}
+
+const PRIVATE: &str = r#"
+[privacy]
+target_epsilon = 8.0
+delta = 1e-5
+noise_multiplier = "auto"
+max_grad_norm = 1.0
+"#;
+
+fn manifest(schema: &Schema, members: &MemberList) -> TaskManifest {
+    let model = ModelSpec {
+        kind: ModelKind::Mlp { hidden: vec![4] },
+        input_dim: schema.num_features(),
+    };
+    TaskManifest {
+        format: MANIFEST_FORMAT.into(),
+        schema_digest: Digest32(schema.digest()),
+        members_digest: Digest32(members.digest()),
+        releases: ReleasePlan::for_task(
+            schema.stats_len(),
+            schema.audit_groups().len(),
+            model.layout().len(),
+        ),
+        model,
+        rounds: ROUNDS,
+        min_nodes: 3,
+        training: TrainingRule {
+            local_epochs: 1,
+            learning_rate: 0.05,
+            batch_size: 32,
+            seed_base: 1,
+        },
+        strategy: StrategyRecord {
+            name: "fed_avg".into(),
+            hyper_parameters: BTreeMap::from([("server_learning_rate".into(), 1.0)]),
+        },
+        secure_aggregation: Some(SecureAggregationPlan {
+            neighbours: None,
+            threshold: ThresholdRule::TwoThirdsPlusOne,
+            update_clip: 1024.0,
+            fractional_bits: FractionalBitsRule::Fit,
+        }),
+    }
+}
+
+/// Signs `manifest` with the dev coordinator's key and writes it to `manifest.json`.
+fn write(dir: &Path, manifest: TaskManifest) -> SignedManifest {
+    let key = load_report_signing_key(&dir.join("certs/coordinator.key")).unwrap();
+    let signed = manifest.sign(&key).unwrap();
+    std::fs::write(dir.join("manifest.json"), signed.to_json()).unwrap();
+    signed
+}
+
+fn plan(dir: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_medfed-node"))
+        .arg("plan")
+        .arg("--config")
+        .arg(dir.join("node.toml"))
+        .arg("--manifest")
+        .arg(dir.join("manifest.json"))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_plan_lists_every_release_its_bytes_and_its_epsilon() {
+    let dir = tempfile::tempdir().unwrap();
+    let (schema, members) = hospital(dir.path(), PRIVATE);
+    let signed = write(dir.path(), manifest(&schema, &members));
+    let cert = dir.path().join("certs/coordinator.pem");
+    let output = plan(
+        dir.path(),
+        &["--json", "--coordinator-cert", cert.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["accepted"], true);
+    assert_eq!(json["signature_checked"], true);
+    assert_eq!(json["manifest"], signed.manifest.digest().to_hex());
+
+    let exchanges = json["exchanges"].as_array().unwrap();
+    // Statistics, every training round, the final evaluation.
+    assert_eq!(exchanges.len(), 1 + ROUNDS as usize + 1);
+    let stats = &exchanges[0];
+    assert_eq!(stats["kind"], "statistics");
+    assert_eq!(stats["total_figures"], schema.stats_len() as u64);
+    // Masked statistics travel as four 32-bit words each (wide encoding): 16 bytes a figure.
+    let stats_bytes = stats["wire_bytes"].as_u64().unwrap();
+    let stats_words = 4 * schema.stats_len() as u64;
+    assert!(
+        (4 * stats_words..4 * stats_words + 32).contains(&stats_bytes),
+        "{stats_bytes}"
+    );
+
+    let params = signed.manifest.model.layout().len();
+    let groups = schema.audit_groups().len();
+    let counts = EvalCounts::VECTOR_LEN + groups * GroupCounts::VECTOR_LEN;
+    let mut previous = 0.0;
+    for (i, exchange) in exchanges[1..=ROUNDS as usize].iter().enumerate() {
+        assert_eq!(exchange["round"], i as u64 + 1);
+        assert_eq!(exchange["kind"], "training");
+        assert_eq!(exchange["total_figures"], (counts + params + 1) as u64);
+        let words = RoundLayout {
+            params,
+            train: true,
+            groups,
+        }
+        .encoding(
+            &signed
+                .manifest
+                .secure_aggregation
+                .as_ref()
+                .unwrap()
+                .update_encoding(3),
+        )
+        .encoded_len() as u64;
+        let bytes = exchange["wire_bytes"].as_u64().unwrap();
+        assert!(
+            (4 * words..4 * words + 32).contains(&bytes),
+            "{bytes} for {words} words"
+        );
+        // Each training round spends more of the budget.
+        let epsilon = exchange["epsilon_after"].as_f64().unwrap();
+        assert!(
+            epsilon > previous,
+            "round {}: {epsilon} after {previous}",
+            i + 1
+        );
+        previous = epsilon;
+    }
+    let last = &exchanges[ROUNDS as usize + 1];
+    assert_eq!(last["kind"], "final_evaluation");
+    assert_eq!(last["total_figures"], counts as u64);
+    // With σ chosen for the plan, the whole task fits the budget, and uses most of it.
+    let total = json["privacy"]["total"].as_f64().unwrap();
+    assert_eq!(json["privacy"]["target_epsilon"], 8.0);
+    assert!(total <= 8.0 && total > 7.0, "{total}");
+    assert_eq!(last["epsilon_after"].as_f64().unwrap(), total);
+
+    // The same for the operator, as text.
+    let output = plan(dir.path(), &[]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    for needle in [
+        "policy: accepted",
+        "signature not checked",
+        "statistics",
+        "final_evaluation",
+        "of a budget of 8",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing from\n{stdout}");
+    }
+}
+
+#[test]
+fn a_manifest_the_policy_refuses_is_shown_with_why_and_exit_status_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (schema, members) = hospital(dir.path(), PRIVATE);
+    let mut pair = manifest(&schema, &members);
+    pair.min_nodes = 2;
+    write(dir.path(), pair);
+    let output = plan(dir.path(), &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("REFUSED") && stdout.contains("other hospitals"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_budget_that_cannot_pay_for_one_round_refuses_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = PRIVATE
+        .replace("target_epsilon = 8.0", "target_epsilon = 0.05")
+        .replace("\"auto\"", "0.8");
+    let (schema, members) = hospital(dir.path(), &tiny);
+    write(dir.path(), manifest(&schema, &members));
+    let output = plan(dir.path(), &["--json"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["accepted"], false);
+    let refusal = json["refusal"].as_str().unwrap();
+    assert!(refusal.contains("not even one round fits"), "{refusal}");
+}
+
+#[test]
+fn a_tampered_manifest_fails_its_signature_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (schema, members) = hospital(dir.path(), PRIVATE);
+    let mut signed = write(dir.path(), manifest(&schema, &members));
+    signed.manifest.training.learning_rate = 0.5;
+    std::fs::write(dir.path().join("manifest.json"), signed.to_json()).unwrap();
+    let cert = dir.path().join("certs/coordinator.pem");
+    let output = plan(dir.path(), &["--coordinator-cert", cert.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("signature does not verify"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
