@@ -124,6 +124,9 @@ struct PlannedRelease {
     epsilon_after: f64,
 }
 
+/// One private release's terms: what, sampling rate q, noise multiplier σ, steps.
+type ReleaseTerms = (Release, f64, f64, u64);
+
 /// What secure aggregation needs from the node's certificate and the consortium CA.
 pub struct Credentials {
     /// Signs with the node's certificate key.
@@ -259,9 +262,9 @@ impl Hospital {
         planned_rounds: u64,
         train: bool,
         plan: &TrainingPlan,
-    ) -> Result<(Vec<(Release, f64, f64, u64)>, Option<DpConfig>), DeclineReason> {
+    ) -> Result<(Vec<ReleaseTerms>, Option<DpConfig>), DeclineReason> {
         let attributes = self.schema.audit_attributes().len();
-        let mut planned: Vec<(Release, f64, f64, u64)> = Vec::new();
+        let mut planned: Vec<ReleaseTerms> = Vec::new();
         let mut dp = None;
         if train {
             let n = self.train.examples.len();
