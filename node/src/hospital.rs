@@ -75,7 +75,8 @@ pub struct Hospital {
     /// Exact figures already released into secure sums, and over whom.
     exact_releases: ReleaseRecord,
     /// The task manifest approved for the current coordinator, with its digest: every request
-    /// must follow it.
+    /// must follow it. The network driver ([`crate::client`]) approves one before it enters a
+    /// session; `None` only for a hospital driven directly (tests), which checks no plan.
     manifest: Option<(TaskManifest, Digest32)>,
 }
 

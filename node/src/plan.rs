@@ -70,6 +70,9 @@ pub struct PlannedExchange {
     /// ε spent by the task's private releases once this exchange counts, on top of the
     /// ledger (`None` when the hospital does not train privately).
     pub epsilon_after: Option<f64>,
+    /// How much this exchange adds to ε: `epsilon_after` less the previous listed exchange's
+    /// (Rényi accounting composes sub-additively, so the increments shrink round by round).
+    pub epsilon_round: Option<f64>,
 }
 
 /// A kind of figure and how many of it an exchange releases.
@@ -153,6 +156,7 @@ pub fn forecast(
         total_figures: releases.statistics_figures,
         wire_bytes: stats_bytes,
         epsilon_after: privacy.as_ref().map(|p| p.spent),
+        epsilon_round: privacy.as_ref().map(|_| 0.0),
     });
     let round_exchange = |round: u64, train: bool, epsilon_after: Option<f64>| {
         let layout = RoundLayout {
@@ -198,6 +202,7 @@ pub fn forecast(
             figures,
             wire_bytes,
             epsilon_after,
+            epsilon_round: None,
         }
     };
     let epsilon_at = |round: u64, train: bool| {
@@ -219,6 +224,13 @@ pub fn forecast(
     if releases.final_evaluation {
         let round = manifest.rounds.saturating_add(1);
         exchanges.push(round_exchange(round, false, epsilon_at(round, false)));
+    }
+    for i in 1..exchanges.len() {
+        if let (Some(after), Some(before)) =
+            (exchanges[i].epsilon_after, exchanges[i - 1].epsilon_after)
+        {
+            exchanges[i].epsilon_round = Some(after - before);
+        }
     }
     // Over the whole task, every training round counted (not only the listed ones).
     let training = round_exchange(1, true, None);
@@ -295,13 +307,11 @@ impl ReleaseForecast {
         }
         let _ = writeln!(
             out,
-            "\n{:>6}  {:<17} {:>10} {:>12} {:>10}  figures",
-            "round", "release", "figures", "bytes", "ε after"
+            "\n{:>6}  {:<17} {:>10} {:>12} {:>10} {:>10}  figures",
+            "round", "release", "figures", "bytes", "ε round", "ε after"
         );
         for e in &self.exchanges {
-            let epsilon = e
-                .epsilon_after
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
+            let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
             let what: Vec<String> = e
                 .figures
                 .iter()
@@ -309,12 +319,13 @@ impl ReleaseForecast {
                 .collect();
             let _ = writeln!(
                 out,
-                "{:>6}  {:<17} {:>10} {:>12} {:>10}  {}",
+                "{:>6}  {:<17} {:>10} {:>12} {:>10} {:>10}  {}",
                 e.round,
                 e.kind,
                 e.total_figures,
                 e.wire_bytes,
-                epsilon,
+                show(e.epsilon_round),
+                show(e.epsilon_after),
                 what.join("; ")
             );
         }
