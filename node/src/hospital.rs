@@ -30,7 +30,7 @@ use rand::{SeedableRng, TryRngCore};
 use crate::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig};
 use crate::data::Dataset;
 use crate::examples::Examples;
-use crate::ledger::{LedgerEntry, PrivacyLedger, Release};
+use crate::ledger::{LedgerEntry, PrivacyLedger, Release, epsilon_of_all};
 use crate::manifest::{
     LISTED_ROUNDS, ManifestApproval, ManifestRefusal, PrivacyForecast, RoundCost, check_manifest,
 };
@@ -324,18 +324,28 @@ impl Hospital {
         Ok((planned, dp))
     }
 
-    /// What a task under `manifest` would cost this hospital in ε, on top of its ledger: after
-    /// each training round (every round when there are at most [`LISTED_ROUNDS`], else the
-    /// first and the last) and after the final evaluation — with the same accountant calls as
-    /// a round's own check. `None`: the hospital does not train privately.
+    /// What a task under `manifest` would cost this hospital in ε, on top of its ledger (see
+    /// [`Self::forecast_privacy`]). `None`: the hospital does not train privately.
     pub fn privacy_forecast(
         &self,
         manifest: &TaskManifest,
     ) -> Result<Option<PrivacyForecast>, DeclineReason> {
-        let Some(privacy) = &self.privacy else {
-            return Ok(None);
-        };
-        let config = &privacy.config;
+        self.privacy
+            .as_ref()
+            .map(|p| self.forecast_privacy(&p.config, p.ledger.entries(), manifest))
+            .transpose()
+    }
+
+    /// What a task under `manifest` would cost in ε under the privacy policy `config`, on top
+    /// of the ledger `entries`: after each training round (every round when there are at most
+    /// [`LISTED_ROUNDS`], else the first and the last) and after the final evaluation — with the
+    /// same accountant calls as a round's own check.
+    pub fn forecast_privacy(
+        &self,
+        config: &PrivacyConfig,
+        entries: &[LedgerEntry],
+        manifest: &TaskManifest,
+    ) -> Result<PrivacyForecast, DeclineReason> {
         let evaluation = evaluation_noise(config)?;
         let rounds = manifest.rounds;
         let (training, _) = self.round_releases(
@@ -367,9 +377,7 @@ impl Hospital {
                         .map(|&(_, q, sigma, steps)| (q, sigma, steps)),
                 );
             }
-            privacy
-                .ledger
-                .epsilon_with(&next, config.delta)
+            epsilon_of_all(entries, &next, config.delta)
                 .map(|(epsilon, _)| epsilon)
                 .map_err(|e| local_failure(format!("privacy accountant: {e}")))
         };
@@ -393,7 +401,7 @@ impl Hospital {
                 epsilon_after: after(rounds, true)?,
             });
         }
-        Ok(Some(PrivacyForecast {
+        Ok(PrivacyForecast {
             target_epsilon: config.target_epsilon,
             delta: config.delta,
             spent: after(0, false)?,
@@ -402,7 +410,7 @@ impl Hospital {
                 .find(|r| r.0 == Release::Training)
                 .map(|r| r.2),
             rounds: costs,
-        }))
+        })
     }
 
     /// Checks a task manifest against the hospital's policy, schema, pinned member list and
@@ -413,14 +421,31 @@ impl Hospital {
         &self,
         manifest: &TaskManifest,
     ) -> Result<Option<PrivacyForecast>, ManifestRefusal> {
+        self.check_plan_with(
+            manifest,
+            self.privacy
+                .as_ref()
+                .map(|p| (&p.config, p.ledger.entries())),
+        )
+    }
+
+    /// [`Self::check_plan`] under the privacy policy and ledger entries given (`None`: no
+    /// private training) rather than the node's own: what `medfed-node plan` uses, reading the
+    /// ledger without opening it for writing.
+    pub fn check_plan_with(
+        &self,
+        manifest: &TaskManifest,
+        privacy: Option<(&PrivacyConfig, &[LedgerEntry])>,
+    ) -> Result<Option<PrivacyForecast>, ManifestRefusal> {
         check_manifest(
             manifest,
             self.policy.policy(),
             self.policy.members(),
             &self.schema,
         )?;
-        let forecast = self
-            .privacy_forecast(manifest)
+        let forecast = privacy
+            .map(|(config, entries)| self.forecast_privacy(config, entries, manifest))
+            .transpose()
             .map_err(|_| ManifestRefusal::PrivacyUnpriced)?;
         if let Some(forecast) = &forecast {
             let first = forecast.rounds.first().map_or(0.0, |r| r.epsilon_after);

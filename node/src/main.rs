@@ -1,14 +1,17 @@
 //! `medfed-node`: a hospital's node.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use medfed_certs::coordinator_report_key;
+use medfed_certs::{MemberList, coordinator_report_key};
 use medfed_node::egress::{EgressLog, EgressTotals};
 use medfed_node::ledger::{PrivacyLedger, epsilon_of};
 use medfed_node::plan::forecast;
+use medfed_node::policy::PolicyGate;
+use medfed_node::releases::ReleaseRecord;
 use medfed_node::trainer::{TchTrainer, set_torch_threads};
 use medfed_node::{NodeConfig, prepare, prepare_node, run};
 use medfed_protocol::manifest::SignedManifest;
@@ -261,14 +264,29 @@ fn run_cli() -> anyhow::Result<ExitCode> {
                     .verify(&key)
                     .with_context(|| format!("{}", manifest.display()))?;
             }
+            // Read only: the state folder is neither created nor locked, so a running node's
+            // operator can plan its next task.
+            let members = config
+                .policy
+                .members
+                .as_deref()
+                .map(MemberList::load)
+                .transpose()?;
+            let gate = PolicyGate::new(config.policy.clone(), members, HashMap::new());
             let trainer = TchTrainer::new(medfed_node::trainer::ComputeDevice::Cpu)?;
-            let (gate, exact_releases) = medfed_node::policy(&config)?;
-            let hospital = prepare(&config, Box::new(trainer))?.with_policy(gate, exact_releases);
-            let hospital = match medfed_node::privacy(&config)? {
-                Some(privacy) => hospital.with_privacy(privacy),
-                None => hospital,
+            let hospital =
+                prepare(&config, Box::new(trainer))?.with_policy(gate, ReleaseRecord::in_memory());
+            let entries = match &config.privacy {
+                Some(_) => PrivacyLedger::read(&config.state_dir)?,
+                None => Vec::new(),
             };
-            let forecast = forecast(&hospital, &signed.manifest, coordinator_cert.is_some());
+            let privacy = config.privacy.as_ref().map(|p| (p, entries.as_slice()));
+            let forecast = forecast(
+                &hospital,
+                &signed.manifest,
+                privacy,
+                coordinator_cert.is_some(),
+            );
             if json {
                 println!("{}", serde_json::to_string_pretty(&forecast)?);
             } else {

@@ -19,6 +19,8 @@ use medfed_protocol::secagg::encoding::{BlockEncoding, VectorEncoding};
 use serde::Serialize;
 
 use crate::Hospital;
+use crate::config::PrivacyConfig;
+use crate::ledger::LedgerEntry;
 use crate::manifest::LISTED_ROUNDS;
 
 /// What the byte counts cover.
@@ -99,15 +101,17 @@ pub struct PrivacySummary {
     pub noise_multiplier: Option<f64>,
 }
 
-/// Forecasts what `hospital` would release under `manifest`; `signature_checked` says whether
-/// the caller verified the manifest's signature.
+/// Forecasts what `hospital` would release under `manifest` with the privacy policy and ledger
+/// entries `privacy` (`None`: no private training); `signature_checked` says whether the caller
+/// verified the manifest's signature.
 pub fn forecast(
     hospital: &Hospital,
     manifest: &TaskManifest,
+    privacy: Option<(&PrivacyConfig, &[LedgerEntry])>,
     signature_checked: bool,
 ) -> ReleaseForecast {
     let schema = hospital.schema();
-    let checked = hospital.check_plan(manifest);
+    let checked = hospital.check_plan_with(manifest, privacy);
     if manifest.validate().is_err() || manifest.model.validate().is_err() {
         // Nothing about an unusable manifest can be counted.
         return ReleaseForecast {
@@ -131,7 +135,9 @@ pub fn forecast(
         Err(refusal) => (
             false,
             Some(refusal.to_string()),
-            hospital.privacy_forecast(manifest).ok().flatten(),
+            privacy.and_then(|(config, entries)| {
+                hospital.forecast_privacy(config, entries, manifest).ok()
+            }),
         ),
     };
     let releases = &manifest.releases;

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use medfed_certs::{MemberList, load_report_signing_key, make_dev_consortium};
+use medfed_node::ledger::{LedgerEntry, PrivacyLedger, Release};
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::EvalCounts;
 use medfed_protocol::fairness::GroupCounts;
@@ -214,6 +215,8 @@ fn the_plan_lists_every_release_its_bytes_and_its_epsilon() {
     assert!(total <= 8.0 && total > 7.0, "{total}");
     assert_eq!(last["epsilon_after"].as_f64().unwrap(), total);
 
+    // Planning reads the ledger but neither creates nor locks the state folder.
+    assert!(!dir.path().join("state").exists());
     // The same for the operator, as text.
     let output = plan(dir.path(), &[]);
     assert!(output.status.success(), "{}", text(&output.stderr));
@@ -227,6 +230,37 @@ fn the_plan_lists_every_release_its_bytes_and_its_epsilon() {
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing from\n{stdout}");
     }
+}
+
+#[test]
+fn the_plan_counts_what_the_ledger_already_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (schema, members) = hospital(dir.path(), PRIVATE);
+    write(dir.path(), manifest(&schema, &members));
+    let spent_before = |dir: &Path| -> f64 {
+        let output = plan(dir, &["--json"]);
+        let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+        json["privacy"]["spent_before"].as_f64().unwrap()
+    };
+    assert_eq!(spent_before(dir.path()), 0.0);
+    // A release already in the ledger (as a node run leaves it) counts before the task.
+    let mut ledger = PrivacyLedger::open(&dir.path().join("state")).unwrap();
+    ledger
+        .append(LedgerEntry {
+            time_ms: 1,
+            round: 1,
+            release: Release::Training,
+            steps: 10,
+            sample_rate: 0.2,
+            noise_multiplier: 1.0,
+            delta: 1e-5,
+            epsilon_after: 1.0,
+        })
+        .unwrap();
+    let (spent, _) = ledger.epsilon(None, 1e-5).unwrap();
+    drop(ledger);
+    assert!(spent > 0.0);
+    assert_eq!(spent_before(dir.path()), spent);
 }
 
 #[test]
