@@ -23,6 +23,7 @@ pub mod hospital;
 pub mod journal;
 pub mod ledger;
 pub mod progress;
+pub mod state_lock;
 pub mod trainer;
 
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ use medfed_protocol::schema::{Schema, SchemaError};
 pub use client::{NodeError, NodeOutcome, run};
 pub use config::NodeConfig;
 pub use hospital::Hospital;
+pub use state_lock::{StateLock, StateLockError};
 
 /// Loads the schema and the CSV and splits the data, failing before any network contact if the
 /// data is not valid.
@@ -68,7 +70,8 @@ pub fn credentials(config: &NodeConfig) -> Result<hospital::Credentials, Prepare
 }
 
 /// The hospital's privacy policy with its ledger, if the configuration has one. The ledger is
-/// read whole: a restarted node keeps every release it ever made.
+/// read whole: a restarted node keeps every release it ever made. Opening it locks the state
+/// folder for this process ([`StateLock`]); another process holding it is an error.
 pub fn privacy(config: &NodeConfig) -> Result<Option<hospital::Privacy>, PrepareError> {
     let Some(policy) = config.privacy.clone() else {
         return Ok(None);

@@ -9,4 +9,5 @@ mod hostile;
 mod load;
 mod privacy;
 mod secure_aggregation;
+mod state_folder;
 mod training;
