@@ -68,6 +68,19 @@ pub enum CertError {
         /// What was wrong.
         reason: String,
     },
+    /// A private key file that group or others may read or write: it is not used.
+    #[error(
+        "{} has mode {mode:04o}: a private key must be readable and writable by its owner only; \
+         run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    KeyPermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A PEM file holds no `X509 CRL` block.
     #[error("{} holds no certificate revocation list", path.display())]
     NoCrl {
