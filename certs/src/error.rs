@@ -198,6 +198,19 @@ pub enum CertError {
         /// What was wrong.
         reason: String,
     },
+    /// The CRL is past its `nextUpdate`: the operator should have issued a newer one.
+    #[error(
+        "CRL {} expired at {next_update} (its nextUpdate); the operator reissues it with \
+         `medfed-certs crl --ca-dir DIR` (or any revocation), or set allow_expired_crl = true \
+         in [tls] to accept it anyway",
+        path.display()
+    )]
+    ExpiredCrl {
+        /// The CRL file.
+        path: PathBuf,
+        /// When the next CRL was due.
+        next_update: time::OffsetDateTime,
+    },
     /// rcgen failed to generate a key or to sign a certificate or CRL.
     #[error("cannot {what}")]
     Generate {

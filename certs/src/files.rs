@@ -145,8 +145,15 @@ pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError>
 pub(crate) fn load_crls(
     path: &Path,
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, CertError> {
-    let bytes = read(path)?;
-    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+    parse_crls(path, &read(path)?)
+}
+
+/// Parses every `X509 CRL` block of the PEM `bytes` read from `path`; at least one must be there.
+pub(crate) fn parse_crls(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, CertError> {
+    let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad_pem(path, e))?;
     if crls.is_empty() {

@@ -62,10 +62,7 @@ pub fn prepare(
 pub fn credentials(config: &NodeConfig) -> Result<hospital::Credentials, PrepareError> {
     Ok(hospital::Credentials {
         signer: Box::new(CertificateSigner::load(&config.tls.key)?),
-        verifier: Box::new(ConsortiumVerifier::new(
-            &config.tls.ca_cert,
-            config.tls.crl.as_deref(),
-        )?),
+        verifier: Box::new(ConsortiumVerifier::new(&config.tls)?),
     })
 }
 
