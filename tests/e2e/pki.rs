@@ -1,5 +1,5 @@
 //! Issue 12, "PKI": the real `medfed-coordinator` binary picks up a new CRL without a restart,
-//! and its log names the certificate subject and the reason of the connection it refuses.
+//! and its log names the certificate subject and the reason of every connection it refuses.
 //! Nodes connect over QUIC with real consortium certificates: the real node, or a hand-driven
 //! client where a node would never misbehave that way.
 
@@ -73,6 +73,106 @@ async fn a_node_revoked_while_the_coordinator_runs_is_refused_at_its_next_connec
     ));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refused_connection_is_logged_with_its_subject_and_reason() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 60);
+    let (mut coordinator, addr) = start_coordinator(&consortium).await;
+    let tls = |name: &str| consortium.certs.node_tls(name).unwrap();
+
+    // At the handshake: a certificate from another CA with our CA's name, …
+    let foreign = consortium.dir.path().join("foreign");
+    let other = medfed_certs::make_dev_consortium(&foreign, &["intruder".into()]).unwrap();
+    let intruder = TlsFiles {
+        ca_cert: consortium.certs.ca_cert.clone(),
+        ..other.node_tls("intruder").unwrap()
+    };
+    refused(&intruder, addr).await;
+    expect_logged(
+        &mut coordinator,
+        "certificate refused",
+        "intruder",
+        "BadSignature",
+    )
+    .await;
+    // … and the coordinator's own certificate, which is not for clients.
+    let coordinator_tls = consortium.certs.coordinator_tls();
+    refused(&coordinator_tls, addr).await;
+    expect_logged(
+        &mut coordinator,
+        "certificate refused",
+        "coordinator",
+        "client authentication",
+    )
+    .await;
+
+    // After it: a Hello for another schema, …
+    let connection = connect(&tls("hospital-b"), addr).await.unwrap();
+    let (mut send, recv) = connection.open_bi().await.unwrap();
+    let wrong = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        schema_digest: [7; 32],
+        model_hash: None,
+    };
+    send_message(&mut send, &Message::Hello(wrong))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    assert!(matches!(
+        MessageReader::new(recv, MAX_FRAME_LEN).expect().await,
+        Ok(Message::Refused(_))
+    ));
+    expect_logged(
+        &mut coordinator,
+        "node not admitted",
+        "hospital-b",
+        "schema",
+    )
+    .await;
+    // … bytes that are no message, …
+    let connection = connect(&tls("hospital-c"), addr).await.unwrap();
+    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    // The coordinator may stop the stream before all of it is written.
+    let _ = send.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
+    let _ = send.finish();
+    expect_logged(
+        &mut coordinator,
+        "node not admitted",
+        "hospital-c",
+        "bad hello",
+    )
+    .await;
+
+    // … and a second connection under an identity already connected.
+    let first = connect(&tls("hospital-a"), addr).await.unwrap();
+    assert!(matches!(
+        hello(&first, &consortium).await,
+        Message::Welcome(_)
+    ));
+    let second = connect(&tls("hospital-a"), addr).await.unwrap();
+    assert!(matches!(
+        hello(&second, &consortium).await,
+        Message::Welcome(_)
+    ));
+    coordinator
+        .wait_for_line(STEP, |line| {
+            line.contains("replaces the one connected") && line.contains("subject=hospital-a")
+        })
+        .await
+        .unwrap();
+}
+
+/// Waits for the coordinator's `what` line naming `subject` with a reason containing `reason`.
+async fn expect_logged(coordinator: &mut Process, what: &str, subject: &str, reason: &str) {
+    let subject = format!("subject={subject} ");
+    coordinator
+        .wait_for_line(STEP, |line| {
+            line.contains(what) && line.contains(&subject) && line.contains(reason)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no {what:?} line for {subject}{reason}: {e}"));
+}
+
 /// Starts the real coordinator with the consortium's CRL, waiting for three nodes that never
 /// all come (the tests only connect); returns it and its address.
 async fn start_coordinator(consortium: &Consortium) -> (Process, SocketAddr) {
@@ -142,6 +242,20 @@ async fn connect(tls: &TlsFiles, addr: SocketAddr) -> Result<quinn::Connection, 
         .connect(addr, "localhost")
         .map_err(|e| e.to_string())?;
     connecting.await.map_err(|e| e.to_string())
+}
+
+/// Checks that a connection with `tls`'s certificate is refused at the handshake (the refusal
+/// may reach the client just after its side of the handshake is done).
+async fn refused(tls: &TlsFiles, addr: SocketAddr) {
+    if let Ok(connection) = connect(tls, addr).await {
+        let closed = tokio::time::timeout(Duration::from_secs(10), connection.closed())
+            .await
+            .expect("the coordinator closes the connection");
+        assert!(
+            matches!(closed, quinn::ConnectionError::ConnectionClosed(_)),
+            "{closed}"
+        );
+    }
 }
 
 /// Says a correct `Hello`; returns the answer.
