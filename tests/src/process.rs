@@ -181,14 +181,6 @@ impl Process {
     pub fn output(&self) -> &[String] {
         &self.seen
     }
-
-    /// Reads the lines already printed without waiting; returns every line read so far.
-    pub fn drain(&mut self) -> &[String] {
-        while let Ok((_, line)) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        &self.seen
-    }
 }
 
 impl Drop for Process {
