@@ -7,6 +7,8 @@ mod fairness;
 mod faults;
 mod hostile;
 mod load;
+mod pki;
 mod privacy;
 mod secure_aggregation;
+mod state_folder;
 mod training;

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod load;
+pub mod process;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
