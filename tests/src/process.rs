@@ -229,6 +229,20 @@ split_seed = {seed}
     if let Some(crl) = &config.tls.crl {
         text = text.replace("[data]", &format!("crl = {}\n\n[data]", path(crl)));
     }
+    let policy = &config.policy;
+    text.push_str("\n[policy]\n");
+    match &policy.members {
+        Some(members) => text.push_str(&format!("members = {}\n", path(members))),
+        None => text.push_str("trust_ca_for_membership = true\n"),
+    }
+    text.push_str(&format!(
+        "require_secure_aggregation = {}\nmin_other_hospitals = {}\nthreshold_floor = \"{}\"\nmax_attempts_per_round = {}\nmax_retries_per_task = {}\n",
+        policy.require_secure_aggregation,
+        policy.min_other_hospitals,
+        policy.threshold_floor,
+        policy.max_attempts_per_round,
+        policy.max_retries_per_task,
+    ));
     text
 }
 
