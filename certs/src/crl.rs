@@ -66,12 +66,7 @@ pub fn revoke(ca_dir: &Path, cert_pem_path: &Path) -> Result<(), CertError> {
         reason_code: None,
         invalidity_date: None,
     });
-    let next = number.checked_add(1).ok_or_else(|| CertError::InvalidCrl {
-        path: ca.crl_path.clone(),
-        reason: "CRL number cannot grow any further".to_owned(),
-    })?;
-    let pem = sign(&ca.issuer, next, revoked)?;
-    files::write_replace(&ca.crl_path, pem.as_bytes(), Access::Public)
+    write_next(&ca, number, revoked)
 }
 
 /// Reissues the CRL of the CA in `ca_dir` with the same revocations, the next CRL number and a
@@ -84,6 +79,12 @@ pub fn reissue_crl(ca_dir: &Path) -> Result<(), CertError> {
     let ca = Ca::load(ca_dir)?;
     let ca_cert = ca.parsed()?;
     let (number, revoked) = read_current(&ca, &ca_cert)?;
+    write_next(&ca, number, revoked)
+}
+
+/// Signs the CRL that follows number `number`, listing `revoked`, and atomically replaces the CA's
+/// `crl.pem` with it.
+fn write_next(ca: &Ca, number: u64, revoked: Vec<RevokedCertParams>) -> Result<(), CertError> {
     let next = number.checked_add(1).ok_or_else(|| CertError::InvalidCrl {
         path: ca.crl_path.clone(),
         reason: "CRL number cannot grow any further".to_owned(),
