@@ -1,0 +1,441 @@
+//! A malicious coordinator against real nodes (issue 12): each test plays one attack with the
+//! hand-driven coordinator of `medfed_e2e::attacker`, which holds the consortium's real
+//! coordinator certificate (and whose operator runs the consortium CA), and asserts from the
+//! nodes' egress logs and privacy ledgers what left them and what did not.
+
+use medfed_e2e::attacker::{HandCoordinator, Puppet, SecureExchange, Step};
+use medfed_e2e::{Consortium, subscribe};
+use medfed_node::NodeConfig;
+use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
+use medfed_node::egress::EgressEntry;
+use medfed_node::ledger::Release;
+use medfed_node::trainer::{ComputeDevice, TchTrainer};
+use medfed_protocol::messages::{Message, RoundStart};
+use medfed_protocol::task::TrainingPlan;
+
+const A: &str = "hospital-a";
+const B: &str = "hospital-b";
+const C: &str = "hospital-c";
+const D: &str = "hospital-d";
+
+/// Patients per hospital: 45 to train on, 15 held out.
+const ROWS: usize = 60;
+
+/// The cap on charged attempts at one round that a hospital's default policy sets.
+const ATTEMPT_CAP: usize = 3;
+
+// ---------------------------------------------------------------------------------------------
+// 1. Plaintext on request.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn figures_asked_for_in_the_clear_never_leave() {
+    subscribe();
+    let consortium = Consortium::new(&[A], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A]).await;
+    let model = coordinator.model(1);
+    coordinator.push_all(&model, 1).await;
+
+    // Statistics, a training round and an evaluation round, each without secure aggregation.
+    let mut answers = vec![coordinator.ask(A, &coordinator.stats_request(None)).await];
+    for (round, train) in [(1, true), (2, false)] {
+        let start = coordinator.round_start(&model, round, 1, train, None);
+        answers.push(coordinator.ask(A, &Message::RoundStart(start)).await);
+    }
+
+    let egress = coordinator.egress(A);
+    let clear: Vec<String> = egress
+        .iter()
+        .filter(|e| e.kind == "contribution")
+        .map(|e| format!("round {}: {} bytes", e.round.unwrap_or_default(), e.bytes))
+        .collect();
+    assert!(
+        clear.is_empty(),
+        "{A} sent its figures in the clear because the coordinator asked: {clear:?}"
+    );
+    for round in 0..=2 {
+        assert_only_refusals(&egress, round, A);
+    }
+    for answer in &answers {
+        assert!(is_refusal(answer), "{A} answered {}", answer.kind());
+    }
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Who is in the sum.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_roster_holding_anyone_outside_the_consortium_is_refused_before_anything_is_computed() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B]).await;
+    let true_n = training_rows(&coordinator.node_config(A));
+
+    // The operator's CA mints a stranger and a second key under a real member's name; the
+    // coordinator plays both. Each roster gives the victim two other "hospitals".
+    let rosters: [(&[&str], &[&str]); 3] = [
+        // The whole attack: a sum over the victim and two puppets is the victim's figures.
+        (&[A, "stranger", C], &["stranger", C]),
+        // A stranger beside a real hospital.
+        (&[A, B, "stranger"], &["stranger"]),
+        // A second key under hospital-c's name, beside a real hospital.
+        (&[A, B, C], &[C]),
+    ];
+    for (members, puppets) in rosters {
+        let mut exchange = SecureExchange::stats(&coordinator, members);
+        for puppet in puppets {
+            exchange = exchange.with_puppet(Puppet::mint(&consortium, puppet));
+        }
+        let learnt = exchange.run(&coordinator).await;
+        let real: Vec<&str> = members
+            .iter()
+            .copied()
+            .filter(|m| !puppets.contains(m))
+            .collect();
+        for node in real {
+            let egress = coordinator.egress(node);
+            let sent = sent_in_round(&egress, 0);
+            assert!(
+                sent.iter().all(|kind| is_refusal_kind(kind)),
+                "{node} took part in a sum over {members:?} (puppets {puppets:?}): it sent {sent:?}; \
+                 the coordinator learnt {}",
+                describe_sum(&learnt, puppets.len() + 1 == members.len(), true_n)
+            );
+        }
+        for answer in exchange.answers.iter().filter(|a| a.step == Step::Request) {
+            if !puppets.contains(&answer.node.as_str()) {
+                assert!(is_refusal(&answer.message), "{answer:?}");
+            }
+        }
+    }
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sum_with_too_few_other_hospitals_is_refused() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B]).await;
+    let model = coordinator.model(1);
+    coordinator.push_all(&model, 1).await;
+
+    // Statistics and an evaluation round over the victim and one other hospital: each learns
+    // the other's figures from the sum, and so can the coordinator, given either.
+    let mut stats = SecureExchange::stats(&coordinator, &[A, B]);
+    let learnt_stats = stats.run(&coordinator).await;
+    let start = coordinator.round_start(&model, 1, 1, false, None);
+    let mut round = SecureExchange::round(&coordinator, &model, start, &[A, B]);
+    let learnt_round = round.run(&coordinator).await;
+
+    for node in [A, B] {
+        let egress = coordinator.egress(node);
+        for (number, learnt) in [(0, &learnt_stats), (1, &learnt_round)] {
+            let sent = sent_in_round(&egress, number);
+            assert!(
+                sent.iter().all(|kind| is_refusal_kind(kind)),
+                "{node} took part in a sum over two hospitals in round {number}: it sent {sent:?}; \
+                 the sum was {}",
+                if learnt.is_ok() {
+                    "unmasked"
+                } else {
+                    "not unmasked"
+                }
+            );
+        }
+    }
+    coordinator.finish(&model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn statistics_over_overlapping_sets_are_released_once() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C, D], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B, C, D]).await;
+    let true_n = training_rows(&coordinator.node_config(A));
+
+    // Sums over every three of four: a's figures are (S_abc + S_abd + S_acd − 2·S_bcd) / 3.
+    let mut sums = Vec::new();
+    for members in differencing_rosters() {
+        let mut exchange = SecureExchange::stats(&coordinator, &members);
+        sums.push(exchange.run(&coordinator).await.ok());
+    }
+    let recovered = difference(&sums);
+    for node in [A, B, C, D] {
+        assert_released_once(&coordinator.egress(node), &[0], node, &recovered, true_n);
+    }
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evaluation_counts_of_one_model_over_overlapping_sets_are_released_once() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C, D], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B, C, D]).await;
+    let true_n = held_out_rows(&coordinator.node_config(A));
+    let model = coordinator.model(1);
+    coordinator.push_all(&model, 1).await;
+
+    // The same model evaluated in attempts 1 to 4 of round 1, over every three of four.
+    let mut sums = Vec::new();
+    for (attempt, members) in (1..).zip(differencing_rosters()) {
+        let start = coordinator.round_start(&model, 1, attempt, false, None);
+        let mut exchange = SecureExchange::round(&coordinator, &model, start, &members);
+        sums.push(exchange.run(&coordinator).await.ok());
+    }
+    let recovered = difference(&sums);
+    for node in [A, B, C, D] {
+        assert_released_once(&coordinator.egress(node), &[1], node, &recovered, true_n);
+    }
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A release without a ledger entry.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_noised_update_leaves_without_its_ledger_entry() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    let mut victim = coordinator.node_config(A);
+    victim.privacy = Some(private_training());
+    coordinator.admit(victim).await;
+    coordinator.admit_all(&[B, C]).await;
+    let model = coordinator.model(1);
+    coordinator.push_all(&model, 1).await;
+
+    // Attempt 1 of round 1 up to the share delivery: the noised update is computed and its
+    // ledger entry pending.
+    let start = coordinator.round_start(&model, 1, 1, true, None);
+    let mut first = SecureExchange::round(&coordinator, &model, start, &[A, B, C]);
+    first.request(&coordinator).await.expect("keys");
+    first.directory(&coordinator).await.expect("shares");
+    // Attempt 2 of the same round, with a plan the node cannot train with.
+    let figures = coordinator.round_figures(&model, true);
+    let setup = coordinator.setup(1, &[A, B, C], &figures);
+    let bad = RoundStart {
+        plan: TrainingPlan {
+            learning_rate: -1.0,
+            ..TrainingPlan::default()
+        },
+        ..coordinator.round_start(&model, 1, 2, true, Some(setup))
+    };
+    let second = coordinator.ask(A, &Message::RoundStart(bad)).await;
+    assert!(
+        !matches!(second, Message::SecAggKeys(_)),
+        "a plan with a negative learning rate was taken"
+    );
+    // Attempt 1 goes on: the share delivery asks for the masked input.
+    let _ = first.deliver(&coordinator).await;
+    let input_left = first
+        .answers_of(A)
+        .any(|a| a.step == Step::Delivery && matches!(a.message, Message::SecAggInput(_)));
+
+    assert_every_release_is_charged(&coordinator, A, &format!("masked input sent: {input_left}"));
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Retry drain.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarting_a_round_again_and_again_stops_at_the_attempt_cap() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    let mut victim = coordinator.node_config(A);
+    victim.privacy = Some(private_training());
+    coordinator.admit(victim).await;
+    coordinator.admit_all(&[B, C]).await;
+    let model = coordinator.model(1);
+    coordinator.push_all(&model, 1).await;
+
+    // Each attempt runs to the masked inputs (the noised update leaves, and is charged), then
+    // the coordinator claims a failure and restarts the round.
+    let attempts = ATTEMPT_CAP as u32 + 2;
+    let mut opened = Vec::new();
+    for attempt in 1..=attempts {
+        let start = coordinator.round_start(&model, 1, attempt, true, None);
+        let mut exchange = SecureExchange::round(&coordinator, &model, start, &[A, B, C]);
+        exchange.request(&coordinator).await.expect("keys");
+        let answer = exchange
+            .answers_of(A)
+            .find(|a| a.step == Step::Request)
+            .map(|a| a.message.clone())
+            .expect("an answer");
+        opened.push(answer);
+        if exchange.directory(&coordinator).await.is_ok() {
+            let _ = exchange.deliver(&coordinator).await;
+        }
+    }
+
+    let charged = coordinator
+        .ledger(A)
+        .iter()
+        .filter(|e| e.round == 1 && e.release == Release::Training)
+        .count();
+    assert!(
+        charged <= ATTEMPT_CAP,
+        "{A} was charged {charged} times for round 1 over {attempts} attempts; its cap is {ATTEMPT_CAP}"
+    );
+    for (attempt, answer) in (1..).zip(&opened).skip(ATTEMPT_CAP) {
+        assert!(
+            is_refusal(answer),
+            "attempt {attempt} past the cap: {A} answered {}",
+            answer.kind()
+        );
+    }
+    assert_every_release_is_charged(&coordinator, A, "after the restarts");
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+// ---------------------------------------------------------------------------------------------
+
+/// Every three of four hospitals; a's figures are the first three sums' total less twice the
+/// fourth, over three.
+fn differencing_rosters() -> [Vec<&'static str>; 4] {
+    [vec![A, B, C], vec![A, B, D], vec![A, C, D], vec![B, C, D]]
+}
+
+/// a's figures from the four sums of [`differencing_rosters`], when all four were unmasked.
+fn difference(sums: &[Option<Vec<f64>>]) -> Option<Vec<f64>> {
+    let [Some(abc), Some(abd), Some(acd), Some(bcd)] = sums else {
+        return None;
+    };
+    Some(
+        (0..abc.len())
+            .map(|i| (abc[i] + abd[i] + acd[i] - 2.0 * bcd[i]) / 3.0)
+            .collect(),
+    )
+}
+
+/// Checks that `node` sent each deterministic figure of `rounds` in at most one masked input
+/// and revealed unmasking shares for it at most once.
+fn assert_released_once(
+    egress: &[EgressEntry],
+    rounds: &[u64],
+    node: &str,
+    recovered: &Option<Vec<f64>>,
+    true_n: usize,
+) {
+    let count = |kind: &str| {
+        egress
+            .iter()
+            .filter(|e| e.kind == kind && e.round.is_some_and(|r| rounds.contains(&r)))
+            .count()
+    };
+    let (inputs, unmasked) = (count("secagg_input"), count("secagg_unmask_shares"));
+    assert!(
+        inputs <= 1 && unmasked <= 1,
+        "{node} released the same figures into {inputs} sums and unmasked {unmasked} of them; \
+         by differencing, the coordinator learnt {}",
+        describe_sum(&recovered.clone().ok_or(()), true, true_n)
+    );
+}
+
+/// Checks that every masked input or plain contribution `node` sent in a training round has
+/// exactly one training entry in its ledger, and every entry one release.
+fn assert_every_release_is_charged(coordinator: &HandCoordinator<'_>, node: &str, context: &str) {
+    let mut rounds = std::collections::BTreeMap::<u64, (usize, usize)>::new();
+    for entry in coordinator.egress(node) {
+        if let (Some(round @ 1..), "secagg_input" | "contribution") =
+            (entry.round, entry.kind.as_str())
+        {
+            rounds.entry(round).or_default().0 += 1;
+        }
+    }
+    for entry in coordinator.ledger(node) {
+        if entry.release == Release::Training {
+            rounds.entry(entry.round).or_default().1 += 1;
+        }
+    }
+    for (round, (released, charged)) in rounds {
+        assert_eq!(
+            released, charged,
+            "{node} released its noised update {released} times in round {round}, its ledger \
+             records {charged} ({context})"
+        );
+    }
+}
+
+/// What a sum tells the coordinator about hospital-a, for a failure message.
+fn describe_sum<E>(sum: &Result<Vec<f64>, E>, victim_alone: bool, true_n: usize) -> String {
+    match sum {
+        Ok(sum) if victim_alone => format!(
+            "{A}'s exact figures: n = {} ({A} holds {true_n}), then {:?}…",
+            sum[0],
+            &sum[1..sum.len().min(4)]
+        ),
+        Ok(sum) => format!("a sum with n = {}", sum[0]),
+        Err(_) => "nothing (the sum was not unmasked)".into(),
+    }
+}
+
+/// The kinds of message sent in `round`, in order.
+fn sent_in_round(egress: &[EgressEntry], round: u64) -> Vec<&str> {
+    egress
+        .iter()
+        .filter(|e| e.round == Some(round))
+        .map(|e| e.kind.as_str())
+        .collect()
+}
+
+/// Checks that nothing but refusals left `node` in `round`.
+fn assert_only_refusals(egress: &[EgressEntry], round: u64, node: &str) {
+    let sent = sent_in_round(egress, round);
+    assert!(
+        sent.iter().all(|kind| is_refusal_kind(kind)),
+        "{node} sent {sent:?} in round {round}"
+    );
+}
+
+/// Whether a message kind says no (and carries no figures).
+fn is_refusal_kind(kind: &str) -> bool {
+    matches!(kind, "declined" | "refused")
+}
+
+/// Whether an answer says no.
+fn is_refusal(answer: &Message) -> bool {
+    matches!(answer, Message::Declined(_) | Message::Refused(_))
+}
+
+/// A hospital's DP-SGD policy with room for many rounds.
+fn private_training() -> PrivacyConfig {
+    PrivacyConfig {
+        target_epsilon: 1000.0,
+        delta: 1e-5,
+        noise_multiplier: NoiseMultiplier::Fixed(1.0),
+        max_grad_norm: 1.0,
+        evaluation: None,
+    }
+}
+
+/// The hospital's number of training rows.
+fn training_rows(config: &NodeConfig) -> usize {
+    sizes(config).0
+}
+
+/// The hospital's number of held-out rows.
+fn held_out_rows(config: &NodeConfig) -> usize {
+    sizes(config).1
+}
+
+fn sizes(config: &NodeConfig) -> (usize, usize) {
+    let trainer = TchTrainer::new(ComputeDevice::Cpu).expect("libtorch");
+    medfed_node::prepare(config, Box::new(trainer))
+        .expect("valid data")
+        .sizes()
+}
