@@ -7,7 +7,7 @@ use crate::ca::{self, Ca, Csr, Role, Validity};
 use crate::files::{self, Access, Rollback};
 use crate::names::{RESERVED_NAMES, check_party_name};
 use crate::request::csr_for;
-use crate::{CA_CERT_FILE, CA_KEY_FILE, CRL_FILE, CertError, TlsFiles};
+use crate::{CA_CERT_FILE, CA_KEY_FILE, CRL_FILE, CertError, MEMBERS_FILE, MemberList, TlsFiles};
 
 /// The CA name of a development consortium.
 pub const DEV_CA_NAME: &str = "medfed dev consortium";
@@ -44,6 +44,9 @@ pub struct DevConsortium {
     pub coordinator: Party,
     /// The nodes, in the order their names were given.
     pub nodes: Vec<Party>,
+    /// `members.toml`: the nodes' names and key fingerprints, which every node pins
+    /// ([`crate::MemberList`]).
+    pub members: PathBuf,
 }
 
 impl DevConsortium {
@@ -87,7 +90,8 @@ pub fn dev_node_names(nodes: usize, names: Option<&[String]>) -> Result<Vec<Stri
 
 /// Creates a development consortium in `out_dir`: a CA (`ca.pem`, `ca.key`, `crl.pem`), the
 /// coordinator (`coordinator.pem`, `coordinator.key`; SANs `localhost` and `127.0.0.1`) and one
-/// certificate and key per node (`NAME.pem`, `NAME.key`). Keys are mode 0600.
+/// certificate and key per node (`NAME.pem`, `NAME.key`), and the nodes' member list
+/// (`members.toml`). Keys are mode 0600.
 ///
 /// Refuses with [`CertError::AlreadyExists`], writing nothing, if any of these files exists; the
 /// names must be valid, distinct, and not `ca`, `crl` or `coordinator`. On failure, files already
@@ -124,10 +128,15 @@ pub fn make_dev_consortium(
         crl: out_dir.join(CRL_FILE),
         coordinator: party(COORDINATOR_NAME),
         nodes: node_names.iter().map(|name| party(name)).collect(),
+        members: out_dir.join(MEMBERS_FILE),
     };
     ca::refuse_existing_ca(out_dir)?;
     let parties = || std::iter::once(&consortium.coordinator).chain(&consortium.nodes);
-    files::refuse_existing(parties().flat_map(|p| [p.key.as_path(), p.cert.as_path()]))?;
+    files::refuse_existing(
+        parties()
+            .flat_map(|p| [p.key.as_path(), p.cert.as_path()])
+            .chain([consortium.members.as_path()]),
+    )?;
 
     let mut rollback = Rollback::default();
     ca::create_ca(
@@ -139,6 +148,7 @@ pub fn make_dev_consortium(
     let ca = Ca::load(out_dir)?;
     let validity = Validity::days_from_now(DEV_CERT_DAYS);
     let coordinator_sans = ca::resolve_sans(Role::Coordinator, &[])?;
+    let mut node_certs = Vec::with_capacity(consortium.nodes.len());
     for party in parties() {
         let (role, sans) = if party.name == COORDINATOR_NAME {
             (Role::Coordinator, coordinator_sans.as_slice())
@@ -155,7 +165,16 @@ pub fn make_dev_consortium(
         let cert = ca.issue(&csr, role, validity, sans)?;
         rollback.write_new(&party.key, key.serialize_pem().as_bytes(), Access::Private)?;
         rollback.write_new(&party.cert, cert.pem().as_bytes(), Access::Public)?;
+        if role == Role::Node {
+            node_certs.push(cert.der().clone());
+        }
     }
+    let members = MemberList::from_certificates(&node_certs)?;
+    rollback.write_new(
+        &consortium.members,
+        members.to_toml().as_bytes(),
+        Access::Public,
+    )?;
     rollback.commit();
     Ok(consortium)
 }

@@ -36,6 +36,7 @@ mod crl;
 mod dev;
 mod error;
 mod files;
+mod members;
 mod names;
 mod report_keys;
 mod request;
@@ -50,6 +51,7 @@ pub use dev::{
     dev_node_names, make_dev_consortium,
 };
 pub use error::CertError;
+pub use members::{MemberList, MemberListError, MembershipError, key_fingerprint};
 pub use report_keys::{coordinator_report_key, load_report_signing_key};
 pub use request::{make_request, make_request_with};
 pub use show::{CertSummary, describe_certificate};
@@ -62,3 +64,5 @@ pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca.key";
 /// The CRL's file name in a CA directory.
 pub const CRL_FILE: &str = "crl.pem";
+/// The member list's file name in a development consortium.
+pub const MEMBERS_FILE: &str = "members.toml";

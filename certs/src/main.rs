@@ -87,6 +87,16 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         names: Option<Vec<String>>,
     },
+    /// Operator: write the consortium's member list (each node's name and key fingerprint),
+    /// which every hospital pins in its node.toml (`[policy] members`).
+    Members {
+        /// Where to write the list (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// The members' certificates (PEM).
+        #[arg(required = true)]
+        certs: Vec<PathBuf>,
+    },
     /// Print a certificate's subject, serial, validity and issuer.
     Show {
         /// The certificate (PEM).
@@ -191,6 +201,16 @@ fn run() -> anyhow::Result<ExitCode> {
                 consortium.dir.display(),
                 consortium.nodes.len(),
                 names.join(", ")
+            );
+        }
+        Command::Members { out, certs } => {
+            let list = medfed_certs::MemberList::write_from_files(&certs, &out)
+                .context("members failed")?;
+            println!(
+                "wrote {} ({} members, digest {}); give every hospital this file",
+                out.display(),
+                list.names().count(),
+                hex::encode(list.digest())
             );
         }
         Command::Show { cert } => {

@@ -48,7 +48,14 @@ fn dev_with_three_nodes_creates_every_file() {
             "hospital-2.pem",
             "hospital-3.key",
             "hospital-3.pem",
+            "members.toml",
         ]
+    );
+    // The member list pins the three nodes, and not the coordinator.
+    let members = medfed_certs::MemberList::load(&out.join("members.toml")).unwrap();
+    assert_eq!(
+        members.names().collect::<Vec<_>>(),
+        ["hospital-1", "hospital-2", "hospital-3"]
     );
     #[cfg(unix)]
     for key in names.iter().filter(|n| n.ends_with(".key")) {
@@ -179,4 +186,37 @@ fn operator_flow_init_request_sign_show_revoke() {
     let output = medfed_certs(&["revoke", "--ca-dir", arg(&ca), "--cert", arg(&cert)]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("already revoked"));
+}
+
+#[test]
+fn members_writes_the_list_every_hospital_pins_and_never_overwrites_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    assert_ok(&medfed_certs(&["dev", "--out", arg(&out), "--nodes", "2"]));
+    let list = dir.path().join("consortium-members.toml");
+    let (one, two) = (out.join("hospital-1.pem"), out.join("hospital-2.pem"));
+    let output = medfed_certs(&["members", "--out", arg(&list), arg(&one), arg(&two)]);
+    assert_ok(&output);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("2 members"));
+    // The same list as the dev consortium's.
+    let written = medfed_certs::MemberList::load(&list).unwrap();
+    let dev = medfed_certs::MemberList::load(&out.join("members.toml")).unwrap();
+    assert_eq!(written.digest(), dev.digest());
+    let before = fs::read(&list).unwrap();
+    let again = medfed_certs(&["members", "--out", arg(&list), arg(&one)]);
+    assert!(!again.status.success());
+    assert_eq!(fs::read(&list).unwrap(), before);
+    // A file that is not a certificate is named.
+    let bad = medfed_certs(&[
+        "members",
+        "--out",
+        arg(&dir.path().join("other.toml")),
+        arg(&out.join("members.toml")),
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("members.toml"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }

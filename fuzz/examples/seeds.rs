@@ -14,7 +14,7 @@ use medfed_protocol::codec::frame;
 use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::fairness::{FairnessReport, PolicyCheck, PolicyOutcome};
 use medfed_protocol::messages::{
-    Contribution, ContributionKind, Declined, Finished, Hello, Message, ModelReceived,
+    Contribution, ContributionKind, DeclineReason, Declined, Finished, Hello, Message, ModelReceived,
     PlainFigures, PrivacySpent, RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup,
     StatsRequest, Welcome,
 };
@@ -202,7 +202,7 @@ fn every_message() -> Vec<Message> {
         Message::Declined(Declined {
             session: SESSION,
             round: ROUND,
-            reason: "budget".into(),
+            reason: DeclineReason::BudgetSpent,
         }),
         Message::Finished(Finished {
             session: SESSION,

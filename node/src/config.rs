@@ -12,6 +12,7 @@ use medfed_protocol::eval_release::{EvalReleaseError, EvaluationNoise};
 use medfed_protocol::evaluation::MAX_EXAMPLE_LOSS;
 use serde::Deserialize;
 
+use crate::policy::{NodePolicy, RawPolicy};
 use crate::trainer::ComputeDevice;
 
 /// The whole configuration, as resolved.
@@ -33,6 +34,8 @@ pub struct NodeConfig {
     pub reconnect_for: Duration,
     /// The hospital's differential-privacy policy; `None`: no DP-SGD (the node warns).
     pub privacy: Option<PrivacyConfig>,
+    /// What the hospital agrees to release, whatever the coordinator asks (`[policy]`).
+    pub policy: NodePolicy,
     /// Test-only fault injection: crash (drop the connection and stop) right after sending a
     /// given message in a given round. Never read from a configuration file.
     pub danger_crash_after: Option<CrashPoint>,
@@ -172,6 +175,8 @@ struct RawConfig {
     threads: NonZeroUsize,
     #[serde(default)]
     privacy: Option<PrivacyConfig>,
+    #[serde(default)]
+    policy: RawPolicy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,6 +242,10 @@ impl NodeConfig {
         if let Some(privacy) = &raw.privacy {
             privacy.validate()?;
         }
+        let policy = raw
+            .policy
+            .resolve(resolve)
+            .map_err(NodeConfigError::Invalid)?;
         if !(raw.reconnect_for_secs.is_finite() && raw.reconnect_for_secs >= 0.0) {
             return Err(NodeConfigError::Invalid(
                 "reconnect_for_secs must be a non-negative number".into(),
@@ -264,6 +273,7 @@ impl NodeConfig {
             danger_crash_after: None,
             danger_stall: None,
             privacy: raw.privacy,
+            policy,
         })
     }
 }
@@ -336,8 +346,15 @@ key = "h1.key"
 [data]
 csv = "/data/h1.csv"
 schema = "schema.toml"
+[policy]
+members = "members.toml"
 "#;
         let config = NodeConfig::parse(text, Path::new("/site")).unwrap();
+        assert_eq!(
+            config.policy.members.as_deref(),
+            Some(Path::new("/site/members.toml"))
+        );
+        assert!(config.policy.require_secure_aggregation);
         assert_eq!(config.data.csv, Path::new("/data/h1.csv"));
         assert_eq!(config.data.schema, Path::new("/site/schema.toml"));
         assert_eq!(config.server_name, "localhost");

@@ -4,23 +4,23 @@
 //! coordinator's current session. It answers the coordinator's requests, refusing those from
 //! another session or round and replays of a round it already answered.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use medfed_protocol::contribution::{LocalUpdate, RoundLayout, RoundResult};
 use medfed_protocol::eval_release::EvaluationNoise;
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::fairness::GroupCounts;
 use medfed_protocol::messages::{
-    BUDGET_SPENT_REASON, Contribution, ContributionKind, FigureOutOfRange, Message, ModelReceived,
-    PlainFigures, PrivacySpent, RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup,
-    StatsRequest,
+    Contribution, ContributionKind, DeclineReason, Declined, FigureOutOfRange, Message,
+    ModelReceived, PlainFigures, PolicyViolation, PrivacySpent, RefusalReason, Refused, RoundKeys,
+    RoundStart, SecAggSetup, StatsRequest,
 };
 use medfed_protocol::model::{Model, ModelError, ModelHash, ModelKind, ModelSpec};
 use medfed_protocol::privacy::{DEFAULT_ALPHAS, compute_rdp, noise_multiplier_alongside};
 use medfed_protocol::schema::Schema;
 use medfed_protocol::secagg::encoding::{BlockEncoding, VectorEncoding};
 use medfed_protocol::secagg::{
-    ExpectDirectory, ParticipantState, PeerVerifier, SecAggError, Signer,
+    ExpectDirectory, ParticipantState, PeerVerifier, RoundParams, SecAggError, Signer,
 };
 use medfed_protocol::stats::{Standardization, StatsError, stats_contribution};
 use medfed_protocol::task::TrainingPlan;
@@ -30,7 +30,9 @@ use crate::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig};
 use crate::data::Dataset;
 use crate::examples::Examples;
 use crate::ledger::{LedgerEntry, PrivacyLedger, Release};
+use crate::policy::{NodePolicy, PolicyGate};
 use crate::progress::Progress;
+use crate::releases::{ExactFigures, ReleaseRecord};
 use crate::trainer::{DpConfig, TrainError, TrainProgress, Trainer};
 
 /// A hospital's node: its data, its model and its session bookkeeping.
@@ -57,16 +59,32 @@ pub struct Hospital {
     identity: Option<String>,
     /// Signs this node's round keys and checks its peers'.
     credentials: Option<Credentials>,
-    /// The secure aggregation in progress: `(session, round, state)`.
-    secagg: Option<(u64, u64, ParticipantState)>,
+    /// The secure aggregation in progress, if any. A new request discards it: its figures
+    /// and their ledger entries go together, or not at all.
+    secagg: Option<OpenAggregation>,
     /// The hospital's privacy policy and ledger; `None`: training is not differentially private.
     privacy: Option<Privacy>,
     /// Training rounds the coordinator plans, for choosing σ automatically.
     planned_rounds: u64,
-    /// Noised figures computed but not yet sent: `(session, round, their ledger entries)` — the
-    /// update's, and the evaluation counts' when they are noised. The entries go into the
-    /// ledger just before the figures leave; a round that aborts before that costs nothing.
-    pending_release: Option<(u64, u64, Vec<LedgerEntry>)>,
+    /// What the hospital agrees to release.
+    policy: PolicyGate,
+    /// Exact figures already released into secure sums, and over whom.
+    exact_releases: ReleaseRecord,
+}
+
+/// A secure aggregation this node takes part in: its state, who takes part, which exact figures
+/// the masked vector carries, and the ledger entries of its noised figures, recorded just before
+/// the masked input leaves.
+struct OpenAggregation {
+    session: u64,
+    round: u64,
+    /// Participants' identities, by index − 1.
+    participants: Vec<String>,
+    /// The exact figures the vector carries, if any.
+    exact: Option<ExactFigures>,
+    state: ParticipantState,
+    /// Ledger entries of the noised figures; recorded before the masked input leaves.
+    pending: Vec<LedgerEntry>,
 }
 
 /// The hospital's differential-privacy policy and its ledger.
@@ -136,8 +154,16 @@ impl Hospital {
             secagg: None,
             privacy: None,
             planned_rounds: 1,
-            pending_release: None,
+            policy: PolicyGate::new(NodePolicy::default(), None, HashMap::new()),
+            exact_releases: ReleaseRecord::in_memory(),
         }
+    }
+
+    /// Puts the node under the hospital's policy, with its record of exact releases.
+    pub fn with_policy(mut self, policy: PolicyGate, exact_releases: ReleaseRecord) -> Self {
+        self.policy = policy;
+        self.exact_releases = exact_releases;
+        self
     }
 
     /// Makes training differentially private under the hospital's policy and ledger.
@@ -166,7 +192,7 @@ impl Hospital {
     /// counts' noise when the hospital turned it on — or why the node must decline it: a round
     /// that would take the node past its budget is refused before any computation. `None`:
     /// the round releases nothing private.
-    fn private_round(&self, start: &RoundStart) -> Result<Option<PrivateRound>, String> {
+    fn private_round(&self, start: &RoundStart) -> Result<Option<PrivateRound>, DeclineReason> {
         let Some(privacy) = &self.privacy else {
             return Ok(None);
         };
@@ -176,7 +202,7 @@ impl Hospital {
             .as_ref()
             .map(EvaluationNoiseConfig::noise)
             .transpose()
-            .map_err(|e| format!("privacy.evaluation: {e}"))?;
+            .map_err(|e| local_failure(format!("privacy.evaluation: {e}")))?;
         let attributes = self.schema.audit_attributes().len();
         // (release, q, σ, steps), in the order they are recorded.
         let mut planned: Vec<(Release, f64, f64, u64)> = Vec::new();
@@ -184,7 +210,7 @@ impl Hospital {
         if start.train {
             let n = self.train.examples.len();
             if n == 0 {
-                return Err("no training examples".into());
+                return Err(local_failure("no training examples"));
             }
             let sample_rate = (f64::from(start.plan.batch_size) / n as f64).min(1.0);
             let mut training = DpConfig {
@@ -205,7 +231,7 @@ impl Hospital {
                             self.planned_rounds + 1,
                             &DEFAULT_ALPHAS,
                         )
-                        .map_err(|e| format!("privacy accountant: {e}"))?,
+                        .map_err(|e| local_failure(format!("privacy accountant: {e}")))?,
                         None => Vec::new(),
                     };
                     noise_multiplier_alongside(
@@ -216,7 +242,7 @@ impl Hospital {
                         0.01,
                         &other,
                     )
-                    .map_err(|e| format!("cannot choose a noise multiplier: {e}"))?
+                    .map_err(|e| local_failure(format!("cannot choose a noise multiplier: {e}")))?
                 }
             };
             planned.push((
@@ -247,7 +273,7 @@ impl Hospital {
             let (epsilon_after, _) = privacy
                 .ledger
                 .epsilon_with(&next, config.delta)
-                .map_err(|e| format!("privacy accountant: {e}"))?;
+                .map_err(|e| local_failure(format!("privacy accountant: {e}")))?;
             releases.push(PlannedRelease {
                 release,
                 sample_rate,
@@ -258,10 +284,13 @@ impl Hospital {
         }
         let epsilon_after = releases.last().map_or(0.0, |r| r.epsilon_after);
         if epsilon_after > config.target_epsilon {
-            return Err(format!(
-                "{BUDGET_SPENT_REASON}: this round would bring ε to {epsilon_after:.3}, over the hospital's {} (δ = {})",
-                config.target_epsilon, config.delta
-            ));
+            tracing::warn!(
+                epsilon_after,
+                target_epsilon = config.target_epsilon,
+                delta = config.delta,
+                "declining: this round would take the hospital past its privacy budget"
+            );
+            return Err(DeclineReason::BudgetSpent);
         }
         Ok(Some(PrivateRound {
             dp,
@@ -323,75 +352,121 @@ impl Hospital {
         }
     }
 
-    /// Answers a statistics request with this node's count, sums and sums of squares.
+    /// Answers a statistics request with this node's count, sums and sums of squares — under
+    /// the hospital's policy.
     pub fn handle_stats(&mut self, request: &StatsRequest) -> Message {
-        if let Some(refused) = self.session_refusal(request.session, request.round) {
+        let (session, round) = (request.session, request.round);
+        if let Some(refused) = self.session_refusal(session, round) {
             return refused;
         }
-        let examples = &self.train.examples;
-        match stats_contribution(&examples.features, examples.num_features) {
-            Ok(values) => {
-                let encoding = VectorEncoding::new(vec![(values.len(), BlockEncoding::Wide)]);
-                self.send_figures(
-                    request.session,
-                    request.round,
-                    ContributionKind::Stats,
-                    values,
-                    request
-                        .secure_aggregation
-                        .as_ref()
-                        .map(|setup| (setup, encoding)),
-                )
-            }
-            Err(e) => decline(
-                request.session,
-                request.round,
-                format!("statistics failed: {e}"),
-            ),
+        // A new request closes whatever aggregation was open: its figures never leave.
+        self.secagg = None;
+        let params = request.secure_aggregation.as_ref().map(|s| &s.params);
+        if let Err(violation) = self.admit_request(round, params, Some(&ExactFigures::Statistics)) {
+            return policy_decline(session, round, violation);
         }
+        let examples = &self.train.examples;
+        let values = match stats_contribution(&examples.features, examples.num_features) {
+            Ok(values) => values,
+            Err(e) => {
+                return decline(
+                    session,
+                    round,
+                    local_failure(format!("statistics failed: {e}")),
+                );
+            }
+        };
+        let encoding = VectorEncoding::new(vec![(values.len(), BlockEncoding::Wide)]);
+        let figures = Figures {
+            kind: ContributionKind::Stats,
+            values,
+            exact: Some(ExactFigures::Statistics),
+            entries: Vec::new(),
+        };
+        self.send_figures(
+            session,
+            round,
+            figures,
+            request
+                .secure_aggregation
+                .as_ref()
+                .map(|setup| (setup, encoding)),
+        )
+    }
+
+    /// Checks a request against the hospital's policy before anything is computed: how the
+    /// figures would be sent and to whom, the attempt caps, and exact figures already released
+    /// into a sum over hospitals the request leaves out.
+    fn admit_request(
+        &self,
+        round: u64,
+        params: Option<&RoundParams>,
+        exact: Option<&ExactFigures>,
+    ) -> Result<(), PolicyViolation> {
+        let me = self.identity.as_deref().unwrap_or_default();
+        self.policy.check_request(params, me)?;
+        self.policy.check_attempt(round)?;
+        if let (Some(params), Some(exact)) = (params, exact)
+            && !self.exact_releases.may_release_among(
+                exact,
+                params.participants.iter().map(|p| p.identity.as_str()),
+            )
+        {
+            return Err(PolicyViolation::AlreadyReleased);
+        }
+        Ok(())
     }
 
     /// Sends figures: masked under secure aggregation (this returns the signed round keys that
-    /// open it), or in the clear when the consortium turned secure aggregation off (statistics
-    /// as `f64`, round vectors as `f32`; a round figure beyond `f32` declines the round).
+    /// open it), or in the clear when the hospital's policy allows it (statistics as `f64`,
+    /// round vectors as `f32`; a round figure beyond `f32` declines the round). The figures'
+    /// ledger entries go into the ledger just before the figures leave, and travel with the
+    /// secure aggregation's state until then.
     fn send_figures(
         &mut self,
         session: u64,
         round: u64,
-        kind: ContributionKind,
-        values: Vec<f64>,
+        figures: Figures,
         secure: Option<(&SecAggSetup, VectorEncoding)>,
     ) -> Message {
-        let privacy = match (&self.pending_release, &self.privacy) {
-            (Some((s, r, entries)), Some(_)) if (*s, *r) == (session, round) => {
-                entries.last().map(|entry| PrivacySpent {
-                    epsilon: entry.epsilon_after,
-                    delta: entry.delta,
-                })
-            }
+        let privacy = match (figures.entries.last(), &self.privacy) {
+            (Some(entry), Some(_)) => Some(PrivacySpent {
+                epsilon: entry.epsilon_after,
+                delta: entry.delta,
+            }),
             _ => self
                 .privacy_spent()
                 .map(|(epsilon, delta)| PrivacySpent { epsilon, delta }),
         };
         let Some((setup, encoding)) = secure else {
-            let values = match plain_figures(kind, values) {
+            let values = match plain_figures(figures.kind, figures.values) {
                 Ok(values) => values,
-                Err(e) => return decline(session, round, format!("cannot send the figures: {e}")),
+                Err(e) => {
+                    return decline(
+                        session,
+                        round,
+                        local_failure(format!("cannot send the figures: {e}")),
+                    );
+                }
             };
-            if let Err(reason) = self.record_release(session, round) {
+            if let Err(reason) = self.record_release(round, figures.entries) {
                 return decline(session, round, reason);
             }
             return Message::Contribution(Contribution {
                 session,
                 round,
-                kind,
+                kind: figures.kind,
                 values,
                 privacy,
             });
         };
-        match self.start_secure_aggregation(setup, &encoding, &values, privacy) {
+        match self.start_secure_aggregation(setup, &encoding, figures, privacy) {
             Ok(message) => message,
-            Err(e) => decline(session, round, format!("secure aggregation: {e}")),
+            Err(e) => decline(
+                session,
+                round,
+                aggregation_aborted(format!("secure aggregation: {e}")),
+            ),
         }
     }
 
@@ -399,7 +474,7 @@ impl Hospital {
         &mut self,
         setup: &SecAggSetup,
         encoding: &VectorEncoding,
-        values: &[f64],
+        figures: Figures,
         privacy: Option<PrivacySpent>,
     ) -> Result<Message, SecAggError> {
         let params = &setup.params;
@@ -424,7 +499,7 @@ impl Hospital {
         // rather than one `getrandom` system call per figure (10^5 of them for a 10^5-parameter
         // model).
         let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
-        let input = encoding.encode(values, &mut rng)?;
+        let input = encoding.encode(&figures.values, &mut rng)?;
         let (state, keys) = ExpectDirectory::new(
             params.clone(),
             me,
@@ -432,42 +507,51 @@ impl Hospital {
             credentials.signer.as_ref(),
             &mut rng,
         )?;
-        self.secagg = Some((
-            params.session,
-            params.round,
-            ParticipantState::Directory(state),
-        ));
+        self.secagg = Some(OpenAggregation {
+            session: params.session,
+            round: params.round,
+            participants: params
+                .participants
+                .iter()
+                .map(|p| p.identity.clone())
+                .collect(),
+            exact: figures.exact,
+            state: ParticipantState::Directory(state),
+            pending: figures.entries,
+        });
         Ok(Message::SecAggKeys(RoundKeys { keys, privacy }))
     }
 
-    /// Appends the pending releases of `(session, round)`, if any, to the ledger (with fsync);
-    /// `Err` holds the reason to decline: nothing is sent whose cost is not recorded.
-    fn record_release(&mut self, session: u64, round: u64) -> Result<(), String> {
-        let Some((s, r, entries)) = self.pending_release.take() else {
-            return Ok(());
-        };
-        if (s, r) != (session, round) {
-            return Ok(());
+    /// Appends a release's ledger entries (with fsync) and counts the release against the
+    /// attempt caps; `Err` holds the reason to decline: nothing is sent whose cost is not
+    /// recorded.
+    fn record_release(
+        &mut self,
+        round: u64,
+        entries: Vec<LedgerEntry>,
+    ) -> Result<(), DeclineReason> {
+        self.policy
+            .check_attempt(round)
+            .map_err(DeclineReason::Policy)?;
+        if let Some(privacy) = self.privacy.as_mut() {
+            for entry in entries {
+                let (epsilon, delta, sigma) =
+                    (entry.epsilon_after, entry.delta, entry.noise_multiplier);
+                let release = entry.release.as_str();
+                privacy
+                    .ledger
+                    .append(entry)
+                    .map_err(|e| local_failure(format!("cannot record the privacy cost: {e}")))?;
+                tracing::info!(
+                    epsilon,
+                    delta,
+                    sigma,
+                    release,
+                    "privacy spent so far (recorded before the figures left)"
+                );
+            }
         }
-        let Some(privacy) = self.privacy.as_mut() else {
-            return Ok(());
-        };
-        for entry in entries {
-            let (epsilon, delta, sigma) =
-                (entry.epsilon_after, entry.delta, entry.noise_multiplier);
-            let release = entry.release.as_str();
-            privacy
-                .ledger
-                .append(entry)
-                .map_err(|e| format!("cannot record the privacy cost: {e}"))?;
-            tracing::info!(
-                epsilon,
-                delta,
-                sigma,
-                release,
-                "privacy spent so far (recorded before the figures left)"
-            );
-        }
+        self.policy.count_release(round);
         Ok(())
     }
 
@@ -494,10 +578,10 @@ impl Hospital {
         if let Some(refused) = self.session_refusal(session, round) {
             return refused;
         }
-        let Some((s, r, state)) = self
+        // The open aggregation is taken out: a step that fails leaves none behind.
+        let Some(mut open) = self
             .secagg
-            .as_mut()
-            .filter(|(s, r, _)| *s == session && *r == round)
+            .take_if(|open| open.session == session && open.round == round)
         else {
             return refusal(
                 session,
@@ -508,45 +592,94 @@ impl Hospital {
                 },
             );
         };
-        let (_, _) = (s, r);
         let Some(credentials) = self.credentials.as_ref() else {
-            return decline(session, round, "this node has no credentials".into());
+            return decline(
+                session,
+                round,
+                aggregation_aborted("this node has no credentials"),
+            );
         };
         let mut rng = rand::rngs::OsRng.unwrap_err();
         let answer = match message {
-            Message::SecAggDirectory(directory) => state
+            Message::SecAggDirectory(directory) => open
+                .state
                 .handle_directory(directory, credentials.verifier.as_ref(), &mut rng)
                 .map(Message::SecAggShares),
-            Message::SecAggDelivery(delivery) => {
-                state.handle_delivery(delivery).map(Message::SecAggInput)
+            Message::SecAggDelivery(delivery) => open
+                .state
+                .handle_delivery(delivery)
+                .map(Message::SecAggInput),
+            Message::SecAggUnmask(request) => {
+                // Who is in the sum is known now: the last point at which this node can refuse.
+                let survivors: Vec<&str> = request
+                    .survivors
+                    .iter()
+                    .filter_map(|&index| {
+                        open.participants
+                            .get(usize::from(index).wrapping_sub(1))
+                            .map(String::as_str)
+                    })
+                    .collect();
+                if let Err(violation) = self.admit_sum(&survivors, open.exact.as_ref()) {
+                    return policy_decline(session, round, violation);
+                }
+                open.state
+                    .handle_unmask(request)
+                    .map(Message::SecAggUnmaskShares)
             }
-            Message::SecAggUnmask(request) => state
-                .handle_unmask(request)
-                .map(Message::SecAggUnmaskShares),
             _ => unreachable!("filtered above"),
         };
-        // The masked input carries the noised update: its cost goes into the ledger first.
-        let answer = answer.and_then(|answer| {
-            if matches!(answer, Message::SecAggInput(_)) {
-                self.record_release(session, round)
-                    .map_err(SecAggError::BadParams)?;
+        let answer = match answer {
+            // The masked input carries the noised figures: their cost goes into the ledger
+            // first, and the release counts against the attempt caps.
+            Ok(Message::SecAggInput(input)) => {
+                match self.record_release(round, std::mem::take(&mut open.pending)) {
+                    Ok(()) => Ok(Message::SecAggInput(input)),
+                    Err(reason) => return decline(session, round, reason),
+                }
             }
-            Ok(answer)
-        });
+            other => other,
+        };
         match answer {
-            Ok(answer) => answer,
+            Ok(answer) => {
+                if !matches!(open.state, ParticipantState::Done) {
+                    self.secagg = Some(open);
+                }
+                answer
+            }
             // A share that fails authentication names its sender, so the coordinator can leave
             // that participant out rather than this one.
             Err(SecAggError::ShareAuthentication { from }) => {
-                self.secagg = None;
                 tracing::warn!(from, "a secure-aggregation share failed authentication");
                 refusal(session, round, RefusalReason::ShareAuthentication { from })
             }
-            Err(e) => {
-                self.secagg = None;
-                decline(session, round, format!("secure aggregation aborted: {e}"))
-            }
+            Err(e) => decline(
+                session,
+                round,
+                aggregation_aborted(format!("secure aggregation aborted: {e}")),
+            ),
         }
+    }
+
+    /// The last check before this node helps unmask a sum over `survivors`: enough other
+    /// hospitals, members only, and exact figures only into the one sum they went into before
+    /// (the first such sum is recorded here, before any share leaves).
+    fn admit_sum(
+        &mut self,
+        survivors: &[&str],
+        exact: Option<&ExactFigures>,
+    ) -> Result<(), PolicyViolation> {
+        let me = self.identity.as_deref().unwrap_or_default();
+        self.policy.check_sum(survivors.iter().copied(), me)?;
+        if let Some(exact) = exact {
+            self.exact_releases
+                .admit(exact, survivors.iter().copied())
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "refusing to unmask");
+                    PolicyViolation::AlreadyReleased
+                })?;
+        }
+        Ok(())
     }
 
     /// Stores a model that arrived whole and checked out, if it comes from the current session.
@@ -564,7 +697,7 @@ impl Hospital {
     }
 
     /// Answers a round: evaluates the round's model on the held-out split and, when asked,
-    /// trains from it and returns the weighted update.
+    /// trains from it and returns the weighted update — under the hospital's policy.
     pub fn handle_round(&mut self, start: &RoundStart) -> Message {
         let (session, round) = (start.session, start.round);
         if let Some(refused) = self.session_refusal(session, round) {
@@ -573,6 +706,9 @@ impl Hospital {
         if self.answered.contains(&(round, start.attempt)) {
             return refusal(session, round, RefusalReason::Replay { round });
         }
+        // A new request closes whatever aggregation was open: its figures never leave, and
+        // with them goes their ledger entry.
+        self.secagg = None;
         let Some(model) = self.model.as_ref().filter(|m| m.hash() == start.model_hash) else {
             return refusal(
                 session,
@@ -583,13 +719,17 @@ impl Hospital {
             );
         };
         if start.standardization.num_features() != self.schema.num_features() {
-            return refusal(
-                session,
-                round,
-                RefusalReason::BadContribution {
-                    detail: "standardisation does not fit the schema".into(),
-                },
-            );
+            return policy_decline(session, round, PolicyViolation::BadStandardization);
+        }
+        // The evaluation counts are exact unless the hospital noises them.
+        let noised_evaluation = self
+            .privacy
+            .as_ref()
+            .is_some_and(|p| p.config.evaluation.is_some());
+        let exact = (!noised_evaluation).then(|| ExactFigures::evaluation(&start.model_hash));
+        let params = start.secure_aggregation.as_ref().map(|s| &s.params);
+        if let Err(violation) = self.admit_request(round, params, exact.as_ref()) {
+            return policy_decline(session, round, violation);
         }
         let private = match self.private_round(start) {
             Ok(private) => private,
@@ -606,12 +746,29 @@ impl Hospital {
             private.as_ref(),
             (&self.held_out_groups, self.schema.audit_groups().len()),
         );
-        // The noised figures' cost is recorded in the ledger just before they leave.
-        self.pending_release = None;
-        if let (Ok(LocalOutcome { steps, .. }), Some(private), Some(privacy)) =
-            (&result, &private, self.privacy.as_ref())
-        {
-            let entries = private
+        let layout = RoundLayout {
+            params: model.params.len(),
+            train: start.train,
+            groups: self.schema.audit_groups().len(),
+        };
+        let LocalOutcome {
+            eval,
+            groups,
+            trained,
+            steps,
+        } = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                return decline(
+                    session,
+                    round,
+                    local_failure(format!("local computation failed: {e}")),
+                );
+            }
+        };
+        // The noised figures' ledger entries, recorded just before the figures leave.
+        let entries = match (&private, self.privacy.as_ref()) {
+            (Some(private), Some(privacy)) => private
                 .releases
                 .iter()
                 .map(|planned| LedgerEntry {
@@ -620,7 +777,7 @@ impl Hospital {
                     release: planned.release,
                     // A training entry records the noisy steps actually taken.
                     steps: match planned.release {
-                        Release::Training => *steps,
+                        Release::Training => steps,
                         Release::EvaluationCounts => planned.steps,
                     },
                     sample_rate: planned.sample_rate,
@@ -628,49 +785,50 @@ impl Hospital {
                     delta: privacy.config.delta,
                     epsilon_after: planned.epsilon_after,
                 })
-                .collect();
-            self.pending_release = Some((session, round, entries));
-        }
-        let layout = RoundLayout {
-            params: model.params.len(),
-            train: start.train,
-            groups: self.schema.audit_groups().len(),
+                .collect(),
+            _ => Vec::new(),
         };
-        match result {
-            Ok(LocalOutcome {
-                eval,
-                groups,
-                trained,
-                ..
-            }) => {
-                let update = trained.as_ref().map(|(params, weight)| LocalUpdate {
-                    start: &model.params,
-                    trained: params,
-                    weight: *weight,
-                });
-                match layout.encode(&RoundResult {
-                    eval,
-                    groups,
-                    update,
-                }) {
-                    Some(values) => {
-                        self.answered.insert((round, start.attempt));
-                        let secure = start
-                            .secure_aggregation
-                            .as_ref()
-                            .map(|setup| (setup, layout.encoding(&setup.update_encoding)));
-                        self.send_figures(session, round, ContributionKind::Round, values, secure)
-                    }
-                    None => decline(
-                        session,
-                        round,
-                        "local result does not fit the round layout".into(),
-                    ),
-                }
-            }
-            Err(e) => decline(session, round, format!("local computation failed: {e}")),
-        }
+        let update = trained.as_ref().map(|(params, weight)| LocalUpdate {
+            start: &model.params,
+            trained: params,
+            weight: *weight,
+        });
+        let Some(values) = layout.encode(&RoundResult {
+            eval,
+            groups,
+            update,
+        }) else {
+            return decline(
+                session,
+                round,
+                local_failure("local result does not fit the round layout"),
+            );
+        };
+        self.answered.insert((round, start.attempt));
+        let secure = start
+            .secure_aggregation
+            .as_ref()
+            .map(|setup| (setup, layout.encoding(&setup.update_encoding)));
+        let figures = Figures {
+            kind: ContributionKind::Round,
+            values,
+            exact,
+            entries,
+        };
+        self.send_figures(session, round, figures, secure)
     }
+}
+
+/// Figures ready to leave, with what the policy and the ledger need to know about them.
+struct Figures {
+    /// Their layout.
+    kind: ContributionKind,
+    /// The figures.
+    values: Vec<f64>,
+    /// Which exact figures they carry, if any.
+    exact: Option<ExactFigures>,
+    /// Ledger entries of their noised parts.
+    entries: Vec<LedgerEntry>,
 }
 
 /// A node's local result for one round.
@@ -830,12 +988,31 @@ fn refusal(session: u64, round: u64, reason: RefusalReason) -> Message {
     })
 }
 
-fn decline(session: u64, round: u64, reason: String) -> Message {
-    Message::Declined(medfed_protocol::messages::Declined {
+fn decline(session: u64, round: u64, reason: DeclineReason) -> Message {
+    Message::Declined(Declined {
         session,
         round,
         reason,
     })
+}
+
+/// Declines a request that breaks the hospital's policy, logging why.
+fn policy_decline(session: u64, round: u64, violation: PolicyViolation) -> Message {
+    tracing::warn!(%violation, "declining: the request breaks the hospital's policy");
+    decline(session, round, DeclineReason::Policy(violation))
+}
+
+/// The reason sent for a failed local computation; the details stay in the node's log, since
+/// they may depend on the data.
+fn local_failure(detail: impl std::fmt::Display) -> DeclineReason {
+    tracing::warn!(%detail, "local computation failed");
+    DeclineReason::LocalFailure
+}
+
+/// The reason sent for an aborted secure aggregation; the details stay in the node's log.
+fn aggregation_aborted(detail: impl std::fmt::Display) -> DeclineReason {
+    tracing::warn!(%detail, "secure aggregation aborted");
+    DeclineReason::SecureAggregationAborted
 }
 
 /// The figures of a plain contribution at the precision their kind travels at: statistics
@@ -872,10 +1049,6 @@ mod tests {
     fn a_round_figure_beyond_f32_is_declined_not_sent_as_infinity() {
         let err = plain_figures(ContributionKind::Round, vec![20.0, 0.5, 1e39]).unwrap_err();
         assert_eq!(err.index, 2);
-        let message = decline(7, 2, format!("cannot send the figures: {err}"));
-        let Message::Declined(declined) = message else {
-            panic!("expected a decline, got {message:?}");
-        };
-        assert!(declined.reason.contains("figure 2"), "{}", declined.reason);
+        assert!(err.to_string().contains("figure 2"), "{err}");
     }
 }

@@ -22,20 +22,29 @@ pub mod examples;
 pub mod hospital;
 pub mod journal;
 pub mod ledger;
+pub mod policy;
 pub mod progress;
+pub mod releases;
 pub mod trainer;
 
 use std::path::PathBuf;
 
-use medfed_certs::{CertificateSigner, ConsortiumVerifier};
+use std::collections::HashMap;
+
+use medfed_certs::{CertificateSigner, ConsortiumVerifier, MemberList};
 use medfed_protocol::schema::{Schema, SchemaError};
 
 pub use client::{NodeError, NodeOutcome, run};
 pub use config::NodeConfig;
 pub use hospital::Hospital;
 
+use egress::EgressLog;
+use policy::{PinnedVerifier, PolicyGate};
+use releases::ReleaseRecord;
+
 /// Loads the schema and the CSV and splits the data, failing before any network contact if the
-/// data is not valid.
+/// data is not valid. The node it returns holds the default policy without a member list, and
+/// no credentials: [`prepare_node`] makes one ready to take part.
 pub fn prepare(
     config: &NodeConfig,
     trainer: Box<dyn trainer::Trainer>,
@@ -55,15 +64,68 @@ pub fn prepare(
     Ok(Hospital::new(schema, train, held_out, trainer))
 }
 
+/// Everything a node needs to take part: its data ([`prepare`]), its credentials, its
+/// hospital's policy (with the member list it pins and its record of releases) and, when
+/// configured, its privacy budget with the ledger.
+pub fn prepare_node(
+    config: &NodeConfig,
+    trainer: Box<dyn trainer::Trainer>,
+) -> Result<Hospital, PrepareError> {
+    let (gate, exact_releases) = policy(config)?;
+    let hospital = prepare(config, trainer)?
+        .with_credentials(credentials(config)?)
+        .with_policy(gate, exact_releases);
+    Ok(match privacy(config)? {
+        Some(privacy) => hospital.with_privacy(privacy),
+        None => hospital,
+    })
+}
+
+/// The hospital's policy at work: its member list loaded, the releases it made per round
+/// counted from its egress log (a restarted node keeps its attempt caps), and its record of
+/// exact figures released into sums.
+pub fn policy(config: &NodeConfig) -> Result<(PolicyGate, ReleaseRecord), PrepareError> {
+    let members = config
+        .policy
+        .members
+        .as_deref()
+        .map(MemberList::load)
+        .transpose()?;
+    match &members {
+        Some(list) => tracing::info!(
+            members = list.names().count(),
+            digest = %hex::encode(list.digest()),
+            "consortium membership pinned"
+        ),
+        None => tracing::warn!(
+            "consortium membership is NOT pinned (policy.trust_ca_for_membership): any certificate of the consortium CA can join a sum with this hospital"
+        ),
+    }
+    let mut releases: HashMap<u64, u32> = HashMap::new();
+    for entry in EgressLog::read(&config.state_dir)? {
+        if let Some(round) = entry.round
+            && matches!(entry.kind.as_str(), "contribution" | "secagg_input")
+        {
+            *releases.entry(round).or_default() += 1;
+        }
+    }
+    let gate = PolicyGate::new(config.policy.clone(), members, releases);
+    let exact_releases = ReleaseRecord::open(&config.state_dir)?;
+    Ok((gate, exact_releases))
+}
+
 /// Loads what secure aggregation needs: the node's certificate key, to sign its round keys, and
 /// the consortium CA, to check its peers'.
 pub fn credentials(config: &NodeConfig) -> Result<hospital::Credentials, PrepareError> {
+    let consortium = ConsortiumVerifier::new(&config.tls.ca_cert, config.tls.crl.as_deref())?;
+    let verifier: Box<dyn medfed_protocol::secagg::PeerVerifier + Send> =
+        match config.policy.members.as_deref() {
+            Some(path) => Box::new(PinnedVerifier::new(consortium, MemberList::load(path)?)),
+            None => Box::new(consortium),
+        };
     Ok(hospital::Credentials {
         signer: Box::new(CertificateSigner::load(&config.tls.key)?),
-        verifier: Box::new(ConsortiumVerifier::new(
-            &config.tls.ca_cert,
-            config.tls.crl.as_deref(),
-        )?),
+        verifier,
     })
 }
 
@@ -109,4 +171,13 @@ pub enum PrepareError {
     /// The node's key or the consortium CA cannot be loaded.
     #[error(transparent)]
     Certs(#[from] medfed_certs::CertError),
+    /// The consortium's member list cannot be read.
+    #[error(transparent)]
+    Members(#[from] medfed_certs::MemberListError),
+    /// The egress log cannot be read.
+    #[error(transparent)]
+    Egress(#[from] egress::EgressError),
+    /// The record of exact releases cannot be read.
+    #[error("the record of exact releases: {0}")]
+    Releases(#[from] journal::JournalError),
 }

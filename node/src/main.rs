@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use medfed_node::egress::{EgressLog, EgressTotals};
 use medfed_node::ledger::{PrivacyLedger, epsilon_of};
 use medfed_node::trainer::{TchTrainer, set_torch_threads};
-use medfed_node::{NodeConfig, credentials, prepare, privacy, run};
+use medfed_node::{NodeConfig, prepare, prepare_node, run};
 use medfed_protocol::model::ModelKind;
 use medfed_protocol::task::TrainingPlan;
 
@@ -120,22 +120,15 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             let config = NodeConfig::load(&config)?;
             set_torch_threads(config.threads);
             let trainer = TchTrainer::new(config.device).context("cannot start libtorch")?;
-            let mut hospital =
-                prepare(&config, Box::new(trainer))?.with_credentials(credentials(&config)?);
-            match privacy(&config)? {
-                Some(privacy) => {
-                    let spent = privacy.ledger.epsilon(None, privacy.config.delta)?.0;
-                    tracing::info!(
-                        target_epsilon = privacy.config.target_epsilon,
-                        delta = privacy.config.delta,
-                        spent,
-                        "DP-SGD on"
-                    );
-                    hospital = hospital.with_privacy(privacy);
-                }
-                None => {
-                    tracing::warn!("no [privacy] section: training is NOT differentially private")
-                }
+            let hospital = prepare_node(&config, Box::new(trainer))?;
+            match (&config.privacy, hospital.privacy_spent()) {
+                (Some(privacy), Some((spent, _))) => tracing::info!(
+                    target_epsilon = privacy.target_epsilon,
+                    delta = privacy.delta,
+                    spent,
+                    "DP-SGD on"
+                ),
+                _ => tracing::warn!("no [privacy] section: training is NOT differentially private"),
             }
             let (train, held_out) = hospital.sizes();
             tracing::info!(train, held_out, csv = %config.data.csv.display(), "data validated");

@@ -36,6 +36,8 @@ key = "node.key"
 [data]
 csv = "site.csv"
 schema = "schema.toml"
+[policy]
+members = "members.toml"
 "#,
     )
     .unwrap();

@@ -160,13 +160,15 @@ pub enum CodecError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::{Declined, StatsRequest};
+    use crate::messages::{
+        Contribution, ContributionKind, DeclineReason, Declined, PlainFigures, StatsRequest,
+    };
 
     fn sample() -> Message {
         Message::Declined(Declined {
             session: 7,
             round: 3,
-            reason: "budget".into(),
+            reason: DeclineReason::BudgetSpent,
         })
     }
 
@@ -205,10 +207,12 @@ mod tests {
                 max: 1024
             })
         );
-        let long = Message::Declined(Declined {
+        let long = Message::Contribution(Contribution {
             session: 0,
             round: 0,
-            reason: "x".repeat(2000),
+            kind: ContributionKind::Round,
+            values: PlainFigures::Single(vec![0.5; 500]),
+            privacy: None,
         });
         assert!(matches!(
             encode_frame(&long, 1024, &mut Vec::new()),

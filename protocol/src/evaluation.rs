@@ -25,6 +25,33 @@ const _: () = assert!(EVAL_SCORE_BINS > 0 && EVAL_SCORE_BINS.is_multiple_of(ECE_
 /// Decision threshold on the predicted probability for accuracy and the confusion matrix.
 pub const DECISION_THRESHOLD: f32 = 0.5;
 
+/// The score a prediction counts as when the model gives none: a NaN, an infinity, or a value
+/// outside [0, 1].
+///
+/// A crafted model can make its output undefined (say `∞ − ∞`) on one patient's features only.
+/// Were that row dropped, or the evaluation failed, what a node sends would depend on whether
+/// that patient is in its held-out split. So such a row counts as a prediction of exactly ½:
+/// one example in `n`, a log loss of ln 2, a positive prediction at [`DECISION_THRESHOLD`], one
+/// count in the histogram bin holding ½. The counts then have the same form, and `n` is the
+/// number of held-out rows, whatever the model does. The node counts such rows for its own log
+/// with [`undefined_scores`].
+pub const UNDEFINED_SCORE: f32 = 0.5;
+
+/// `score` if it is a probability in [0, 1], else [`UNDEFINED_SCORE`].
+pub fn counted_score(score: f32) -> f32 {
+    if is_probability(score) {
+        score
+    } else {
+        UNDEFINED_SCORE
+    }
+}
+
+/// How many of `scores` are not probabilities, and so count as [`UNDEFINED_SCORE`]. For the
+/// node's own log: it depends on the data, and is never sent.
+pub fn undefined_scores(scores: &[f32]) -> usize {
+    scores.iter().filter(|&&s| !is_probability(s)).count()
+}
+
 /// Probabilities are clamped to `[EPS, 1 − EPS]` before the log loss.
 const LOG_LOSS_EPS: f64 = 1e-7;
 
@@ -63,7 +90,9 @@ impl EvalCounts {
 
     /// Counts for predicted probabilities `scores` against 0/1 `labels`.
     ///
-    /// Pairs where either value is not finite are skipped, and so are scores outside [0, 1].
+    /// A score that is not a probability (NaN, infinite, outside [0, 1]) counts as
+    /// [`UNDEFINED_SCORE`]; a pair whose label is not finite is skipped (labels come from the
+    /// node's own validated data, never from the model).
     pub fn from_predictions(scores: &[f32], labels: &[f32]) -> Self {
         let (mut n, mut loss_sum) = (0.0, 0.0);
         for (&score, &label) in scores.iter().zip(labels) {
@@ -137,9 +166,7 @@ pub const MAX_EXAMPLE_LOSS: f64 = 16.11809565095832;
 /// The binary cross-entropy of one prediction, in `[0, MAX_EXAMPLE_LOSS]`; `None` for a pair
 /// that does not count (see [`EvalCounts::from_predictions`]).
 pub(crate) fn example_loss(score: f32, label: f32) -> Option<f64> {
-    if !is_countable(score, label) {
-        return None;
-    }
+    let score = counted_pair(score, label)?;
     let p = f64::from(score).clamp(LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS);
     Some(if label >= 0.5 {
         -p.ln()
@@ -148,9 +175,15 @@ pub(crate) fn example_loss(score: f32, label: f32) -> Option<f64> {
     })
 }
 
-/// Whether a (score, label) pair counts: both finite, and the score a probability.
-pub(crate) fn is_countable(score: f32, label: f32) -> bool {
-    score.is_finite() && (0.0..=1.0).contains(&score) && label.is_finite()
+/// The score a (score, label) pair counts with ([`counted_score`]), or `None` if the pair does
+/// not count because its label is not finite.
+pub(crate) fn counted_pair(score: f32, label: f32) -> Option<f32> {
+    label.is_finite().then(|| counted_score(score))
+}
+
+/// Whether `score` is a probability: finite and in [0, 1].
+fn is_probability(score: f32) -> bool {
+    (0.0..=1.0).contains(&score)
 }
 
 /// The bin of a probability in [0, 1] among `bins` equal-width bins (`bins` > 0): ⌊score·bins⌋,
@@ -261,10 +294,36 @@ mod tests {
     }
 
     #[test]
-    fn invalid_scores_are_skipped_and_vector_roundtrips() {
-        let counts = EvalCounts::from_predictions(&[f32::NAN, 1.5, 1.0], &[1.0, 0.0, 1.0]);
-        assert_eq!(counts.n, 1.0);
+    fn an_undefined_score_counts_exactly_as_one_half() {
+        // What a crafted model may give one patient only: the counts, the overall ones and an
+        // audit group's, are those of a score of ½, so the row is neither dropped nor visible.
+        let labels = [1.0, 0.0, 1.0, 0.0];
+        let defined = [0.9, 0.2, 0.5, 0.5];
+        let want = EvalCounts::from_predictions(&defined, &labels);
+        let want_group = GroupCounts::from_predictions(&defined, &labels);
+        for undefined in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.5, -0.1] {
+            let scores = [0.9, 0.2, undefined, undefined];
+            assert_eq!(EvalCounts::from_predictions(&scores, &labels), want);
+            assert_eq!(GroupCounts::from_predictions(&scores, &labels), want_group);
+            assert_eq!(undefined_scores(&scores), 2);
+            assert_eq!(counted_score(undefined), UNDEFINED_SCORE);
+        }
+        assert_eq!(want.n, 4.0);
+        assert_eq!(want.confusion.tp + want.confusion.fp, 3.0);
+        assert_eq!(want.confusion.positive_scores[EVAL_SCORE_BINS / 2], 1.0);
+        assert_eq!(want.confusion.negative_scores[EVAL_SCORE_BINS / 2], 1.0);
+        assert_eq!(undefined_scores(&defined), 0);
+        assert_eq!(counted_score(0.0), 0.0);
+        assert_eq!(counted_score(1.0), 1.0);
+    }
+
+    #[test]
+    fn non_finite_labels_are_skipped_and_vector_roundtrips() {
+        let counts = EvalCounts::from_predictions(&[0.3, f32::NAN, 1.0], &[f32::NAN, 0.0, 1.0]);
+        assert_eq!(counts.n, 2.0);
         assert_eq!(counts.confusion.positive_scores[EVAL_SCORE_BINS - 1], 1.0);
+        assert_eq!(counts.confusion.negative_scores[EVAL_SCORE_BINS / 2], 1.0);
+        assert!((counts.loss_sum - (2f64.ln() + LOG_LOSS_EPS)).abs() < 1e-9);
         assert_eq!(counts.confusion.bins(), EVAL_SCORE_BINS);
         let mut v = Vec::new();
         counts.write_vector(&mut v);

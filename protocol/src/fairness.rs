@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::evaluation::{DECISION_THRESHOLD, histogram_auc, is_countable, score_bin};
+use crate::evaluation::{DECISION_THRESHOLD, counted_pair, histogram_auc, score_bin};
 
 /// Default smallest number of examples a group needs to be reported.
 pub const DEFAULT_MIN_COUNT: u64 = 10;
@@ -301,8 +301,9 @@ impl GroupCounts {
     ///
     /// Conventions are those of [`crate::evaluation::EvalCounts::from_predictions`]: a label of at
     /// least 0.5 is positive, a score of at least [`DECISION_THRESHOLD`] is a positive
-    /// prediction, and pairs where either value is not finite, or the score is outside [0, 1],
-    /// are skipped.
+    /// prediction, a score that is not a probability counts as
+    /// [`UNDEFINED_SCORE`](crate::evaluation::UNDEFINED_SCORE), and a pair whose label is not
+    /// finite is skipped.
     pub fn from_predictions(scores: &[f32], labels: &[f32]) -> Self {
         Self::from_predictions_with_bins(scores, labels, GROUP_SCORE_BINS)
     }
@@ -475,9 +476,9 @@ impl GroupCounts {
 
     /// Adds one prediction (see [`Self::from_predictions`] for the conventions).
     fn record(&mut self, score: f32, label: f32, threshold: f32) {
-        if !is_countable(score, label) {
+        let Some(score) = counted_pair(score, label) else {
             return;
-        }
+        };
         let positive = label >= 0.5;
         let predicted = score >= threshold;
         match (positive, predicted) {

@@ -18,11 +18,11 @@ use crate::stats::Standardization;
 use crate::task::TrainingPlan;
 
 /// Version of the wire protocol; part of the ALPN string.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// ALPN identifier negotiated in the TLS handshake. A peer speaking another version fails the
 /// handshake with TLS's `no_application_protocol` alert.
-pub const ALPN: &[u8] = b"medfed/3";
+pub const ALPN: &[u8] = b"medfed/4";
 
 /// Size of one model chunk on the model stream.
 pub const MODEL_CHUNK_LEN: usize = 1 << 20;
@@ -459,14 +459,84 @@ pub struct Declined {
     pub session: u64,
     /// Round.
     pub round: u64,
-    /// Why, for the operator's log.
-    pub reason: String,
+    /// Why, from a fixed set: the node's free-text details stay in its own log, since text
+    /// shaped by the data could tell the coordinator something about the patients.
+    pub reason: DeclineReason,
 }
 
-/// How a [`Declined::reason`] begins when the round would take the node past its own privacy
-/// budget. Such a node will decline every later training round too, so the coordinator stops
-/// training once too few nodes have budget left, rather than retrying.
-pub const BUDGET_SPENT_REASON: &str = "privacy budget";
+/// Why a node declines a request. Every reason depends only on the request, the node's policy
+/// and its ledger (which the coordinator's own requests determine), never on patient data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeclineReason {
+    /// The round would take the node past its own privacy budget. Such a node declines every
+    /// later training round too, so the coordinator stops training once too few nodes have budget
+    /// left, rather than retrying.
+    #[error("the round would exceed the hospital's privacy budget")]
+    BudgetSpent,
+    /// The request breaks the hospital's policy.
+    #[error("the hospital's policy refuses the request: {0}")]
+    Policy(PolicyViolation),
+    /// The node's local computation failed (the details are in the node's own log).
+    #[error("the node's local computation failed")]
+    LocalFailure,
+    /// Secure aggregation was aborted at the node (the details are in the node's own log).
+    #[error("secure aggregation was aborted at the node")]
+    SecureAggregationAborted,
+}
+
+/// A part of the hospital's policy a request breaks (see the node's `[policy]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyViolation {
+    /// Figures were requested without secure aggregation, which the hospital requires.
+    #[error("figures were requested in the clear; the hospital requires secure aggregation")]
+    PlaintextRequested,
+    /// The sum would hold fewer other hospitals than the hospital requires.
+    #[error(
+        "the sum would hold {others} other hospitals; the hospital requires at least {required}"
+    )]
+    TooFewOtherHospitals {
+        /// Other hospitals in the sum.
+        others: usize,
+        /// The hospital's minimum.
+        required: usize,
+    },
+    /// The secure-aggregation threshold is below the hospital's floor.
+    #[error("threshold {threshold} of {holders} share holders is below the hospital's floor")]
+    ThresholdBelowFloor {
+        /// The threshold asked for.
+        threshold: usize,
+        /// Holders of each secret.
+        holders: usize,
+    },
+    /// A participant is not on the consortium's member list the hospital holds, or its
+    /// certificate's key is not the one pinned there.
+    #[error("participant {identity} is not a pinned consortium member")]
+    NotAMember {
+        /// The participant's identity as the request names it.
+        identity: String,
+    },
+    /// The node has already released figures for this many attempts at the round.
+    #[error("the round was already attempted {cap} times (the hospital's cap)")]
+    AttemptCapPerRound {
+        /// The cap.
+        cap: u32,
+    },
+    /// The node has already spent its retries for the task.
+    #[error("the hospital's {cap} retries for the task are spent")]
+    AttemptCapPerTask {
+        /// The cap.
+        cap: u32,
+    },
+    /// Exact (un-noised) figures that were already released would be released again into a sum
+    /// over other hospitals: differencing two such sums would isolate one hospital's figures.
+    #[error("these exact figures were already released into a sum over other hospitals")]
+    AlreadyReleased,
+    /// The standardisation sent does not fit the schema or is not a valid one.
+    #[error("the standardisation does not fit the schema")]
+    BadStandardization,
+}
 
 /// Training is over; the node may disconnect.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -576,7 +646,10 @@ mod tests {
             Message::Declined(Declined {
                 session: 7,
                 round: 2,
-                reason: "budget".into(),
+                reason: DeclineReason::Policy(PolicyViolation::TooFewOtherHospitals {
+                    others: 1,
+                    required: 2,
+                }),
             }),
             Message::Finished(Finished {
                 session: 7,

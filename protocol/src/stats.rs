@@ -46,14 +46,43 @@ pub fn stats_contribution(features: &[f32], num_features: usize) -> Result<Vec<f
     Ok(out)
 }
 
+/// The smallest standard deviation [`Standardization::validate`] accepts.
+///
+/// Dividing by less would blow a feature's ordinary spread up by more than 10¹², to the edge of
+/// `f32` (about 3·10³⁸) for values of a few units; no encoded clinical feature has a spread this
+/// small, and [`Standardization::from_summed_stats`] gives a feature whose spread is below it a
+/// std of 1, as it does a constant one.
+pub const MIN_STD: f32 = 1e-12;
+
 /// Per-feature shift and scale that make numeric features zero-mean and unit-variance across the
 /// whole consortium. One-hot features keep mean 0 and std 1, so they are left untouched.
+///
+/// A node receives it from the coordinator, so it checks it with [`Self::validate`] before
+/// applying it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Standardization {
     /// Value subtracted from each feature.
     pub mean: Vec<f32>,
-    /// Value each shifted feature is divided by; never zero.
+    /// Value each shifted feature is divided by; finite and at least [`MIN_STD`] once validated.
     pub std: Vec<f32>,
+}
+
+/// What is wrong with one feature's entry in a [`Standardization`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StandardizationFault {
+    /// The mean is NaN or infinite.
+    #[error("the mean is not finite")]
+    NonFiniteMean,
+    /// The standard deviation is NaN or infinite.
+    #[error("the standard deviation is not finite")]
+    NonFiniteStd,
+    /// The standard deviation is zero or negative.
+    #[error("the standard deviation is not positive")]
+    NonPositiveStd,
+    /// The standard deviation is positive but below [`MIN_STD`].
+    #[error("the standard deviation is below the floor of {MIN_STD:e}")]
+    StdBelowFloor,
 }
 
 /// The consortium-wide description of the data that the coordinator logs: no hospital's own
@@ -122,6 +151,27 @@ pub enum StatsError {
         /// Position in the vector.
         index: usize,
     },
+    /// A standardisation does not have one mean and one standard deviation per encoded feature.
+    #[error(
+        "standardisation has {means} means and {stds} standard deviations, \
+         the schema encodes {expected} features"
+    )]
+    StandardizationWidth {
+        /// `schema.num_features()`.
+        expected: usize,
+        /// Means received.
+        means: usize,
+        /// Standard deviations received.
+        stds: usize,
+    },
+    /// One feature's mean or standard deviation in a standardisation is unusable.
+    #[error("standardisation of encoded feature {feature}: {fault}")]
+    BadStandardization {
+        /// Position of the feature among the encoded features.
+        feature: usize,
+        /// What is wrong with it.
+        fault: StandardizationFault,
+    },
 }
 
 impl Standardization {
@@ -140,8 +190,10 @@ impl Standardization {
                 ColumnKind::Numeric => {
                     let (m, s) = moments.mean_std(feature);
                     mean.push(m as f32);
-                    std.push(if s > 0.0 && (s as f32) > 0.0 {
-                        s as f32
+                    // A spread below the floor, or beyond f32, is treated as a constant feature.
+                    let s = s as f32;
+                    std.push(if s.is_finite() && s >= MIN_STD {
+                        s
                     } else {
                         1.0
                     });
@@ -154,6 +206,40 @@ impl Standardization {
             feature += column.width();
         }
         Ok(Self { mean, std })
+    }
+
+    /// Checks that this standardisation can be applied to data encoded by `schema`: one mean and
+    /// one standard deviation per encoded feature, every mean finite, every standard deviation
+    /// finite and at least [`MIN_STD`]. The first fault found is named with its feature.
+    ///
+    /// This rules out the standardisations that turn every value of a feature into NaN or
+    /// infinity. It cannot rule out every overflow (a mean near the edge of `f32` can still make
+    /// one outlying value infinite), so what consumes the standardised data must cope with a
+    /// non-finite value in any row.
+    pub fn validate(&self, schema: &Schema) -> Result<(), StatsError> {
+        let expected = schema.num_features();
+        if self.mean.len() != expected || self.std.len() != expected {
+            return Err(StatsError::StandardizationWidth {
+                expected,
+                means: self.mean.len(),
+                stds: self.std.len(),
+            });
+        }
+        for (feature, (&mean, &std)) in self.mean.iter().zip(&self.std).enumerate() {
+            let fault = if !mean.is_finite() {
+                StandardizationFault::NonFiniteMean
+            } else if !std.is_finite() {
+                StandardizationFault::NonFiniteStd
+            } else if std <= 0.0 {
+                StandardizationFault::NonPositiveStd
+            } else if std < MIN_STD {
+                StandardizationFault::StdBelowFloor
+            } else {
+                continue;
+            };
+            return Err(StatsError::BadStandardization { feature, fault });
+        }
+        Ok(())
     }
 
     /// The identity transform for `num_features` features.
@@ -475,6 +561,91 @@ type = "numeric"
             text,
             "n=1; age: mean 40.0000 std 0.0000; chol: mean 200.0000 std 0.0000; \
              site: mean 1.0000 std 0.0000; sex: F 0, M 1"
+        );
+    }
+
+    #[test]
+    fn derived_and_identity_standardisations_are_valid() {
+        let schema = Schema::parse(SCHEMA).unwrap();
+        let width = schema.num_features();
+        let sum = add(
+            &stats_contribution(&rows(1, 50), width).unwrap(),
+            &stats_contribution(&rows(2, 20), width).unwrap(),
+        );
+        let st = Standardization::from_summed_stats(&schema, &sum).unwrap();
+        assert_eq!(st.validate(&schema), Ok(()));
+        assert_eq!(Standardization::identity(width).validate(&schema), Ok(()));
+        let floor = Standardization {
+            std: vec![MIN_STD; width],
+            ..st
+        };
+        assert_eq!(floor.validate(&schema), Ok(()));
+    }
+
+    #[test]
+    fn a_spread_below_the_floor_is_derived_as_a_constant_feature() {
+        let schema = Schema::parse(SCHEMA).unwrap();
+        // Ages of 1e-15 and 3e-15: a true std of 1e-15, below the floor.
+        let features = [1e-15, 1.0, 0.0, 200.0, 1.0, 3e-15, 0.0, 1.0, 210.0, 1.0];
+        let sum = stats_contribution(&features, 5).unwrap();
+        let st = Standardization::from_summed_stats(&schema, &sum).unwrap();
+        assert_eq!(st.std[0], 1.0);
+        assert_eq!(st.validate(&schema), Ok(()));
+    }
+
+    #[test]
+    fn a_standardisation_that_would_break_the_data_is_refused_naming_the_feature() {
+        let schema = Schema::parse(SCHEMA).unwrap();
+        let good = Standardization::identity(schema.num_features());
+        let with = |feature: usize, mean: f32, std: f32| {
+            let mut st = good.clone();
+            st.mean[feature] = mean;
+            st.std[feature] = std;
+            st.validate(&schema)
+        };
+        let bad = |feature, fault| Err(StatsError::BadStandardization { feature, fault });
+        use StandardizationFault::*;
+        assert_eq!(with(0, f32::NAN, 1.0), bad(0, NonFiniteMean));
+        assert_eq!(with(3, f32::INFINITY, 1.0), bad(3, NonFiniteMean));
+        assert_eq!(with(4, 0.0, f32::NAN), bad(4, NonFiniteStd));
+        assert_eq!(with(1, 0.0, f32::NEG_INFINITY), bad(1, NonFiniteStd));
+        assert_eq!(with(2, 5.0, 0.0), bad(2, NonPositiveStd));
+        assert_eq!(with(2, 5.0, -0.0), bad(2, NonPositiveStd));
+        assert_eq!(with(0, 5.0, -3.0), bad(0, NonPositiveStd));
+        assert_eq!(with(3, 0.0, 1e-13), bad(3, StdBelowFloor));
+        assert_eq!(with(3, 0.0, f32::MIN_POSITIVE), bad(3, StdBelowFloor));
+        // The first fault is named.
+        let mut two = good.clone();
+        two.std[1] = 0.0;
+        two.mean[4] = f32::NAN;
+        assert_eq!(two.validate(&schema), bad(1, NonPositiveStd));
+        assert_eq!(
+            two.validate(&schema).unwrap_err().to_string(),
+            "standardisation of encoded feature 1: the standard deviation is not positive"
+        );
+    }
+
+    #[test]
+    fn a_standardisation_of_the_wrong_width_is_refused() {
+        let schema = Schema::parse(SCHEMA).unwrap();
+        let short = Standardization::identity(4);
+        assert_eq!(
+            short.validate(&schema),
+            Err(StatsError::StandardizationWidth {
+                expected: 5,
+                means: 4,
+                stds: 4
+            })
+        );
+        let mut ragged = Standardization::identity(5);
+        ragged.std.push(1.0);
+        assert_eq!(
+            ragged.validate(&schema),
+            Err(StatsError::StandardizationWidth {
+                expected: 5,
+                means: 5,
+                stds: 6
+            })
         );
     }
 

@@ -407,6 +407,10 @@ csv = "{data_dir / (name + '.csv')}"
 schema = "{SCHEMA}"
 holdout_fraction = {HOLDOUT}
 split_seed = {SPLIT_SEED}
+
+[policy]
+members = "certs/members.toml"
+require_secure_aggregation = {'true' if secagg else 'false'}
 """)
     env = dict(os.environ, RUST_LOG="info", NO_COLOR="1")
     mon = Monitor()

@@ -19,8 +19,8 @@ use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_node::{NodeError, NodeOutcome};
 use medfed_protocol::codec::{self, MAX_FRAME_LEN};
 use medfed_protocol::messages::{
-    Declined, Hello, Message, ModelChunk, ModelOffer, ModelReceived, PROTOCOL_VERSION,
-    RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, Welcome,
+    DeclineReason, Declined, Hello, Message, ModelChunk, ModelOffer, ModelReceived,
+    PROTOCOL_VERSION, RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, Welcome,
 };
 use medfed_protocol::model::{Model, ModelKind, ModelSpec};
 use medfed_protocol::schema::Schema;
@@ -814,7 +814,7 @@ fn decline(session: u64, round: u64) -> Message {
     Message::Declined(Declined {
         session,
         round,
-        reason: "not playing".into(),
+        reason: DeclineReason::LocalFailure,
     })
 }
 
@@ -859,10 +859,13 @@ fn wrong_round_keys(session: u64, round: u64, setup: Option<SecAggSetup>) -> Mes
 const ALONE: &str = "hospital-a";
 
 /// A hand-driven coordinator (holding the consortium's coordinator certificate) that admitted
-/// hospital-a alone.
+/// hospital-a alone. These tests ask for figures in the clear, which hospital-a's policy allows
+/// here (as a consortium that turned secure aggregation off would).
 async fn admit_alone(consortium: &Consortium) -> HandCoordinator<'_> {
     let mut fake = HandCoordinator::bind(consortium);
-    fake.admit_all(&[ALONE]).await;
+    let mut config = fake.node_config(ALONE);
+    config.policy.require_secure_aggregation = false;
+    fake.admit(config).await;
     fake
 }
 

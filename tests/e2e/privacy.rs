@@ -5,7 +5,7 @@ use medfed_e2e::{Consortium, subscribe};
 use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
 use medfed_node::ledger::PrivacyLedger;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
-use medfed_protocol::messages::{Message, RoundStart};
+use medfed_protocol::messages::{DeclineReason, Message, RoundStart};
 use medfed_protocol::model::{Model, ModelSpec};
 use medfed_protocol::privacy::epsilon;
 use medfed_protocol::stats::Standardization;
@@ -114,7 +114,7 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
         secure_aggregation: None,
     };
     match hospital.handle_round(&start) {
-        Message::Declined(d) => assert!(d.reason.contains("privacy budget"), "{}", d.reason),
+        Message::Declined(d) => assert_eq!(d.reason, DeclineReason::BudgetSpent),
         other => panic!("a node out of budget must decline, got {other:?}"),
     }
     assert_eq!(PrivacyLedger::read(&c_config.state_dir).unwrap().len(), 1);
@@ -245,7 +245,7 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
     // Below the cost of one release: declined, nothing charged.
     let (answer, ledger) = evaluate(0.9 * cost);
     match answer {
-        Message::Declined(d) => assert!(d.reason.contains("privacy budget"), "{}", d.reason),
+        Message::Declined(d) => assert_eq!(d.reason, DeclineReason::BudgetSpent),
         other => panic!("expected a decline, got {other:?}"),
     }
     assert!(ledger.is_empty());

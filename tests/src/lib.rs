@@ -17,6 +17,7 @@ use medfed_coordinator::config::{SecureAggregationConfig, TaskConfig, TrainingCo
 use medfed_coordinator::strategy::StrategyConfig;
 use medfed_coordinator::{CoordinatorConfig, RunningCoordinator, TrainingReport};
 use medfed_node::config::DataConfig;
+use medfed_node::policy::NodePolicy;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_node::{NodeConfig, NodeError, NodeOutcome};
 use medfed_protocol::model::ModelConfig;
@@ -146,6 +147,10 @@ impl Consortium {
             danger_crash_after: None,
             danger_stall: None,
             privacy: None,
+            policy: NodePolicy {
+                members: Some(self.certs.members.clone()),
+                ..NodePolicy::default()
+            },
         }
     }
 
@@ -182,13 +187,8 @@ impl Consortium {
     ) -> tokio::task::JoinHandle<Result<NodeOutcome, NodeError>> {
         medfed_node::trainer::set_torch_threads(config.threads);
         let trainer = TchTrainer::new(ComputeDevice::Cpu).expect("libtorch");
-        let hospital = medfed_node::prepare(&config, Box::new(trainer))
-            .expect("valid data")
-            .with_credentials(medfed_node::credentials(&config).expect("credentials"));
-        let hospital = match medfed_node::privacy(&config).expect("privacy ledger") {
-            Some(privacy) => hospital.with_privacy(privacy),
-            None => hospital,
-        };
+        let hospital =
+            medfed_node::prepare_node(&config, Box::new(trainer)).expect("a node ready to run");
         tokio::spawn(async move { medfed_node::run(&config, hospital).await })
     }
 }

@@ -67,6 +67,7 @@ impl Trainer for LightTrainer {
             params: self.perturb(spec, initial, data)?,
             steps: 1,
             mean_loss: 0.0,
+            non_finite_examples: 0,
         })
     }
 
@@ -165,8 +166,7 @@ pub fn spawn_light_node(
     ),
     medfed_node::PrepareError,
 > {
-    let hospital = medfed_node::prepare(&config, Box::new(LightTrainer { site }))?
-        .with_credentials(medfed_node::credentials(&config)?);
+    let hospital = medfed_node::prepare_node(&config, Box::new(LightTrainer { site }))?;
     let (train, _) = hospital.sizes();
     let task = tokio::spawn(async move { medfed_node::run(&config, hospital).await });
     Ok((task, train))

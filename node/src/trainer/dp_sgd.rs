@@ -15,6 +15,14 @@
 //! an outer product, its norm is `‖δₗ,ᵢ‖·‖aₗ₋₁,ᵢ‖`, and the sum of the clipped ones is
 //! `(c ⊙ δₗ)ᵀ·aₗ₋₁` for clip factors `c`. The test-only `per_example_gradients` builds them in
 //! full; tests check both forms against one autograd pass per example.
+//!
+//! An example whose loss or gradient norm is not finite (a crafted model can overflow `f32` on
+//! one patient's features only) contributes zero to the clipped sum and the step goes on. Its
+//! rows are masked with `where`, never multiplied by zero: `0 × ∞` and `0 × NaN` are NaN, and
+//! one NaN row would spread through `(c ⊙ δₗ)ᵀ·aₗ₋₁` to every coordinate of the sum. Zero is a
+//! vector of norm at most C, so the sensitivity DP-SGD's accounting assumes still holds, and
+//! whether the step happens no longer depends on which patients were sampled: a coordinator
+//! cannot use a refusal as a membership oracle.
 
 use medfed_protocol::model::ModelSpec;
 use medfed_protocol::task::TrainingPlan;
@@ -57,6 +65,7 @@ pub(super) fn train_private(
     let step_scale = plan.learning_rate / (dp.sample_rate * rows as f64);
     let noise_std = dp.noise_multiplier * dp.max_grad_norm;
     let mut steps = 0u64;
+    let mut skipped = 0u64;
     let mut epoch_loss = 0.0;
 
     for epoch in 1..=plan.local_epochs {
@@ -71,14 +80,12 @@ pub(super) fn train_private(
                 let x = features.f_index_select(0, &index)?;
                 let y = labels.f_index_select(0, &index)?;
                 let clipped = clipped_gradient_sum(&model, &x, &y, dp.max_grad_norm)?;
-                if !clipped.loss_sum.is_finite() {
-                    return Err(TrainError::NonFiniteLoss { epoch, batch: b });
-                }
-                if !clipped.norms_finite {
-                    return Err(TrainError::NonFiniteGradient { epoch, batch: b });
-                }
+                // Examples that did not count contributed zero; the step goes on regardless.
+                skipped += clipped.skipped;
                 loss_sum += clipped.loss_sum;
-                seen += batch.len();
+                seen += batch
+                    .len()
+                    .saturating_sub(usize::try_from(clipped.skipped).unwrap_or(usize::MAX));
                 clipped.sum
             };
             if noise_std > 0.0 {
@@ -110,6 +117,7 @@ pub(super) fn train_private(
         params: model.to_flat()?,
         steps,
         mean_loss: epoch_loss,
+        non_finite_examples: skipped,
     })
 }
 
@@ -150,17 +158,23 @@ pub(crate) fn clip_per_example(grads: &Tensor, max_norm: f64) -> Result<Tensor, 
 
 /// What one batch contributes to a DP-SGD step, before noise.
 pub(crate) struct ClippedSum {
-    /// Sum over the batch of the clipped per-example gradients, flat, `[P]`.
+    /// Sum over the batch of the clipped per-example gradients, flat, `[P]`; an example that
+    /// did not count contributes exactly zero.
     pub(crate) sum: Tensor,
-    /// Sum over the batch of the per-example losses.
+    /// Sum of the losses of the examples that counted.
     pub(crate) loss_sum: f64,
-    /// Whether every per-example gradient norm is finite.
-    pub(crate) norms_finite: bool,
+    /// Examples whose loss or gradient norm was not finite, and so did not count.
+    pub(crate) skipped: u64,
 }
 
 /// The sum of the per-example gradients of the batch `(x, y)`, each clipped to L2 norm
 /// `max_norm`, without building the per-example gradients: equal to
-/// `clip_per_example(per_example_gradients(..)).sum(0)`.
+/// `clip_per_example(per_example_gradients(..)).sum(0)` when every example counts.
+///
+/// An example counts when its loss and its gradient's squared norm are finite (a gradient whose
+/// squared norm overflows `f32` does not count either). One that does not count contributes
+/// exactly zero to the sum and nothing to the loss, whatever the other examples are: it is
+/// masked row by row, so the other examples' contributions are those of a batch without it.
 pub(crate) fn clipped_gradient_sum(
     model: &Mlp,
     x: &Tensor,
@@ -168,7 +182,41 @@ pub(crate) fn clipped_gradient_sum(
     max_norm: f64,
 ) -> Result<ClippedSum, TchError> {
     let pass = backprop(model, x, y)?;
-    // ‖gᵢ‖² = Σₗ ‖δₗ,ᵢ‖²·(‖aₗ₋₁,ᵢ‖² + 1): the weight's outer product and the bias.
+    let norm_sq = per_example_sq_norms(&pass, x)?;
+    let counts = norm_sq
+        .f_isfinite()?
+        .f_logical_and(&pass.losses.f_isfinite()?)?;
+    let counts_row = counts.f_unsqueeze(1)?;
+    let factor = clip_factors(&norm_sq.f_sqrt()?, max_norm)?.f_unsqueeze(1)?;
+    let mut parts = Vec::with_capacity(2 * pass.deltas.len());
+    for (delta, input) in pass.deltas.iter().zip(&pass.inputs) {
+        // `where`, not a product with the mask: 0 × NaN would poison the whole sum.
+        let scaled = delta
+            .f_mul(&factor)?
+            .f_where_scalarother(&counts_row, 0.0)?;
+        let input = input.f_where_scalarother(&counts_row, 0.0)?;
+        parts.push(scaled.f_tr()?.f_mm(&input)?.f_reshape([-1])?);
+        parts.push(scaled.f_sum_dim_intlist(0, false, Kind::Float)?);
+    }
+    let losses = pass.losses.f_where_scalarother(&counts, 0.0)?;
+    let skipped = counts.f_logical_not()?.f_sum(Kind::Float)?;
+    // One device-to-host transfer for both figures.
+    let stats = Tensor::f_stack(&[losses.f_sum(Kind::Float)?, skipped], 0)?
+        .f_to_kind(Kind::Double)?
+        .f_to_device(Device::Cpu)?;
+    let stats = Vec::<f64>::try_from(&stats)?;
+    Ok(ClippedSum {
+        sum: Tensor::f_cat(&parts, 0)?,
+        loss_sum: stats[0],
+        // A count of at most B, held exactly in f32 for any batch that fits in memory.
+        skipped: stats[1] as u64,
+    })
+}
+
+/// The squared L2 norm of each example's whole gradient, `[B]`, from the factored form:
+/// `‖gᵢ‖² = Σₗ ‖δₗ,ᵢ‖²·(‖aₗ₋₁,ᵢ‖² + 1)`, the weight's outer product and the bias. Row `i`
+/// depends on example `i` alone.
+fn per_example_sq_norms(pass: &Backprop, x: &Tensor) -> Result<Tensor, TchError> {
     let mut norm_sq: Option<Tensor> = None;
     for (delta, input) in pass.deltas.iter().zip(&pass.inputs) {
         let delta_sq = row_sq_norms(delta)?;
@@ -180,31 +228,10 @@ pub(crate) fn clipped_gradient_sum(
         });
     }
     // A model has at least one layer (`ModelSpec::validate`); an empty sum is zero anyway.
-    let norm_sq = match norm_sq {
-        Some(n) => n,
-        None => Tensor::f_zeros([x.size()[0]], (Kind::Float, x.device()))?,
-    };
-    let factor = clip_factors(&norm_sq.f_sqrt()?, max_norm)?.f_unsqueeze(1)?;
-    let mut parts = Vec::with_capacity(2 * pass.deltas.len());
-    for (delta, input) in pass.deltas.iter().zip(&pass.inputs) {
-        let scaled = delta.f_mul(&factor)?;
-        parts.push(scaled.f_tr()?.f_mm(input)?.f_reshape([-1])?);
-        parts.push(scaled.f_sum_dim_intlist(0, false, Kind::Float)?);
+    match norm_sq {
+        Some(n) => Ok(n),
+        None => Tensor::f_zeros([x.size()[0]], (Kind::Float, x.device())),
     }
-    // One device-to-host transfer for both checks.
-    let stats = Tensor::f_stack(
-        &[pass.losses.f_sum(Kind::Float)?, norm_sq.f_sum(Kind::Float)?],
-        0,
-    )?
-    .f_to_kind(Kind::Double)?
-    .f_to_device(Device::Cpu)?;
-    let stats = Vec::<f64>::try_from(&stats)?;
-    Ok(ClippedSum {
-        sum: Tensor::f_cat(&parts, 0)?,
-        loss_sum: stats[0],
-        // Both sums are of non-negative terms, so each is finite exactly when its terms are.
-        norms_finite: stats[1].is_finite(),
-    })
 }
 
 /// Activations kept from the forward pass and error signals from the backward pass.
@@ -466,7 +493,7 @@ mod tests {
             let got = clipped_gradient_sum(&model, &x, &y, c).unwrap();
             let diff = max_abs_diff(&to_vec(&got.sum), &to_vec(&want));
             assert!(diff < 1e-5, "C = {c}: differs by {diff}");
-            assert!(got.norms_finite);
+            assert_eq!(got.skipped, 0);
             let losses = model
                 .forward(&x)
                 .unwrap()
@@ -657,26 +684,138 @@ mod tests {
         assert_eq!(dp(1.0, 1.0, 1.0).steps_per_epoch(), 1);
     }
 
+    /// `rows` random examples of width 4 whose last feature is 0, and the parameters of an MLP
+    /// `4 → [3] → 1` whose first hidden unit weighs that feature by 3·10³⁸: harmless on these
+    /// rows, but any row with a last feature of 2 overflows `f32` to +∞ in that unit.
+    fn crafted_model_and_data(rows: usize) -> (ModelSpec, Vec<f32>, Examples) {
+        let spec = mlp(4, &[3]);
+        let mut params = spec.initial_parameters(21);
+        // Layout: W₁ [3, 4] row-major first, so W₁[0][3] is at index 3.
+        params[3] = 3e38;
+        let mut data = random_examples(rows, 4, 22);
+        for i in 0..rows {
+            data.features[4 * i + 3] = 0.0;
+        }
+        (spec, params, data)
+    }
+
+    /// `data` with one more row, the target: features `[0.3, -0.2, 0.5, 2.0]`, label 1.
+    fn with_target(data: &Examples) -> Examples {
+        let mut out = data.clone();
+        out.features.extend([0.3, -0.2, 0.5, 2.0]);
+        out.labels.push(1.0);
+        out
+    }
+
     #[test]
-    fn divergence_is_reported() {
+    fn an_example_that_overflows_contributes_zero_instead_of_aborting_the_step() {
+        let (spec, init, others) = crafted_model_and_data(15);
+        let all = with_target(&others);
+        let train = |data: &Examples, epochs: u32, sigma: f64| {
+            cpu().train_private(
+                &spec,
+                &init,
+                data,
+                &plan(epochs, 0.2),
+                &dp(sigma, 1.0, 1.0),
+                &mut ChaCha20Rng::seed_from_u64(5),
+                &mut no_progress(),
+            )
+        };
+
+        // With noise, as a node trains: the target is sampled at every step and neither stops
+        // training nor changes its shape.
+        let noisy = train(&all, 3, 1.0).expect("a non-finite example must not abort DP-SGD");
+        assert_eq!(noisy.steps, train(&others, 3, 1.0).unwrap().steps);
+        assert_eq!(noisy.steps, 3);
+        assert_eq!(noisy.non_finite_examples, 3, "the target, once a step");
+        assert!(noisy.params.iter().all(|p| p.is_finite()));
+        assert!(noisy.mean_loss.is_finite());
+
+        // Without noise the target adds exactly nothing to a step: the sum is the others' alone,
+        // divided by the expected batch size q·N of the whole data set (N = 16 with the target,
+        // 15 without).
+        let with = train(&all, 1, 0.0).unwrap();
+        let without = train(&others, 1, 0.0).unwrap();
+        assert_eq!(
+            (with.non_finite_examples, without.non_finite_examples),
+            (1, 0)
+        );
+        let summed = |params: &[f32], n: f32| -> Vec<f32> {
+            params.iter().zip(&init).map(|(p, i)| (i - p) * n).collect()
+        };
+        let diff = max_abs_diff(&summed(&with.params, 16.0), &summed(&without.params, 15.0));
+        assert!(diff < 1e-5, "clipped sums differ by {diff}");
+        assert_ne!(with.params, init);
+
+        // A batch holding only the target: the update is exactly zero.
+        let alone = with_target(&Examples {
+            num_features: 4,
+            ..Examples::default()
+        });
+        let out = train(&alone, 3, 0.0).unwrap();
+        assert_eq!((out.steps, out.non_finite_examples), (3, 3));
+        assert_eq!(out.params, init);
+        assert_eq!(out.mean_loss, 0.0);
+    }
+
+    #[test]
+    fn a_poisoned_example_leaves_the_others_norms_and_clipped_sum_unchanged() {
+        let (spec, params, others) = crafted_model_and_data(12);
+        let model = Mlp::from_flat(&spec, &params, Device::Cpu, false).unwrap();
+        let (x, y) = tensors(&others);
+        let clean_norms =
+            to_vec(&per_example_sq_norms(&backprop(&model, &x, &y).unwrap(), &x).unwrap());
+        let clean = clipped_gradient_sum(&model, &x, &y, 0.5).unwrap();
+        assert_eq!(clean.skipped, 0);
+
+        // The crafted overflow (+∞ activation, then ∞·0 and ∞ − ∞ further on), and a NaN
+        // feature: each poisons only its own row, also through the factored sum's matrix product.
+        let mut nan = others.clone();
+        nan.features.extend([0.1, f32::NAN, 0.2, 0.0]);
+        nan.labels.push(0.0);
+        for poisoned in [with_target(&others), nan] {
+            let (px, py) = tensors(&poisoned);
+            let pass = backprop(&model, &px, &py).unwrap();
+            let norms = to_vec(&per_example_sq_norms(&pass, &px).unwrap());
+            assert!(
+                !norms[12].is_finite(),
+                "the poisoned row's norm: {}",
+                norms[12]
+            );
+            for (i, (a, b)) in norms.iter().zip(&clean_norms).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.max(1e-6),
+                    "example {i}: {a} vs {b}"
+                );
+            }
+            let got = clipped_gradient_sum(&model, &px, &py, 0.5).unwrap();
+            assert_eq!(got.skipped, 1);
+            let sum = to_vec(&got.sum);
+            assert!(sum.iter().all(|v| v.is_finite()));
+            let diff = max_abs_diff(&sum, &to_vec(&clean.sum));
+            assert!(diff < 1e-6, "clipped sums differ by {diff}");
+            assert!((got.loss_sum - clean.loss_sum).abs() < 1e-6 * clean.loss_sum);
+        }
+    }
+
+    #[test]
+    fn an_infinite_feature_is_counted_not_reported() {
         let spec = logistic(2);
         let mut data = random_examples(10, 2, 10);
         data.features[0] = f32::INFINITY;
-        let err = cpu()
+        let out = cpu()
             .train_private(
                 &spec,
                 &spec.initial_parameters(0),
                 &data,
-                &plan(1, 0.1),
+                &plan(2, 0.1),
                 &dp(1.0, 1.0, 1.0),
                 &mut ChaCha20Rng::seed_from_u64(0),
                 &mut no_progress(),
             )
-            .unwrap_err();
-        assert!(matches!(
-            err,
-            TrainError::NonFiniteLoss { epoch: 1, batch: 1 }
-                | TrainError::NonFiniteGradient { epoch: 1, batch: 1 }
-        ));
+            .unwrap();
+        assert_eq!((out.steps, out.non_finite_examples), (2, 2));
+        assert!(out.params.iter().all(|p| p.is_finite()));
     }
 }

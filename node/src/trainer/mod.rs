@@ -43,6 +43,12 @@ pub trait Trainer: Send {
     /// loss; returns the new flat params.
     ///
     /// `progress` is called after every mini-batch.
+    ///
+    /// A mini-batch whose loss is not finite stops training with [`TrainError::NonFiniteLoss`].
+    /// That failure depends on the data (a crafted model can overflow on one patient's features
+    /// only), so it can tell whoever chose the model something about the data. Plain training
+    /// makes no privacy claim; use [`Self::train_private`] where one is needed, which never
+    /// fails because of the data.
     fn train(
         &mut self,
         spec: &ModelSpec,
@@ -59,6 +65,13 @@ pub trait Trainer: Send {
     /// coordinate, divides by the *expected* batch size `q·N` and takes an SGD step of
     /// `plan.learning_rate`. This is Opacus's `DPOptimizer` with Poisson sampling; an empty batch
     /// still takes a step, of noise only.
+    ///
+    /// A sampled example whose loss or gradient is not finite contributes a zero gradient (norm
+    /// 0 ≤ C, so the sensitivity bound holds) and the step goes on, noised and divided by `q·N`
+    /// as always; [`PrivateTrainOutcome::non_finite_examples`] counts them. Whether the call
+    /// succeeds, and how many steps it takes, thus depends only on the model, the plan, `dp` and
+    /// the number of examples, never on which examples were sampled: a failure that depended on
+    /// it would be a membership oracle for whoever crafted the model.
     ///
     /// `plan.batch_size` and `plan.seed` are not used: the batches come from `noise_rng`, and
     /// must stay secret for the privacy guarantee, so a seed the coordinator knows must not
@@ -83,7 +96,10 @@ pub trait Trainer: Send {
 
     /// Probability of the positive class (sigmoid of the logit) for every row of `data`.
     ///
-    /// An empty `data` gives an empty vector.
+    /// An empty `data` gives an empty vector. A row on which the model's output is undefined
+    /// (NaN, say `∞ − ∞` inside a crafted model) gets a NaN score, not an error: errors come only
+    /// from the model and the data's shape, never from the values. The evaluation counts treat
+    /// such a score as [`UNDEFINED_SCORE`](medfed_protocol::evaluation::UNDEFINED_SCORE).
     fn predict(
         &mut self,
         spec: &ModelSpec,
@@ -167,8 +183,13 @@ pub struct PrivateTrainOutcome {
     /// accountant needs it.
     pub steps: u64,
     /// Mean loss per sampled example over the last epoch, measured on each batch before its
-    /// step; zero if that epoch sampled no example. Not private: for local display only.
+    /// step, over the examples that counted; zero if none did. Not private: for local display
+    /// only.
     pub mean_loss: f64,
+    /// Sampled examples, summed over all steps, whose loss or per-example gradient was not finite
+    /// and which therefore contributed zero to their step. It depends on the data and is not
+    /// covered by the DP guarantee: for the node's own log only, never to be sent.
+    pub non_finite_examples: u64,
 }
 
 /// Which device a trainer computes on.
@@ -234,20 +255,13 @@ pub enum TrainError {
     /// CUDA was asked for but libtorch sees no CUDA device.
     #[error("CUDA was requested but no CUDA device is available")]
     CudaUnavailable,
-    /// The loss became NaN or infinite, so training diverged.
+    /// The loss became NaN or infinite, so plain training diverged (DP-SGD never reports it: a
+    /// non-finite example contributes zero instead).
     #[error("loss is not finite at epoch {epoch}, batch {batch}")]
     NonFiniteLoss {
         /// Epoch, from 1.
         epoch: u32,
         /// Mini-batch within the epoch, from 1.
-        batch: usize,
-    },
-    /// A per-example gradient became NaN or infinite during DP-SGD, so it cannot be clipped.
-    #[error("a per-example gradient is not finite at epoch {epoch}, step {batch}")]
-    NonFiniteGradient {
-        /// Epoch, from 1.
-        epoch: u32,
-        /// Step within the epoch, from 1.
         batch: usize,
     },
     /// The DP-SGD parameters are out of range.

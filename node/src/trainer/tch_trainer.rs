@@ -100,6 +100,8 @@ impl Trainer for TchTrainer {
                         Reduction::Mean,
                     )?;
                 let value = loss.f_double_value(&[])?;
+                // Plain SGD makes no privacy claim, so it may stop on the data's account (see
+                // `Trainer::train`); DP-SGD never does.
                 if !value.is_finite() {
                     return Err(TrainError::NonFiniteLoss {
                         epoch,
@@ -287,6 +289,7 @@ pub(super) fn to_tensors(data: &Examples, device: Device) -> Result<(Tensor, Ten
 mod tests {
     use std::time::Instant;
 
+    use medfed_protocol::evaluation::{EvalCounts, UNDEFINED_SCORE, undefined_scores};
     use medfed_protocol::model::ModelKind;
 
     use super::*;
@@ -547,6 +550,32 @@ mod tests {
         for (g, w) in got.iter().zip(want) {
             assert!((f64::from(*g) - w).abs() < 1e-6, "{got:?} vs {want:?}");
         }
+    }
+
+    #[test]
+    fn a_model_undefined_on_one_patient_still_evaluates_every_row() {
+        // MLP 2 → [2] → 1 whose hidden units both weigh the first feature by 3·10³⁸ and whose
+        // logit is their difference: ∞ − ∞ = NaN for a first feature of 2, finite at 0.
+        let spec = mlp(2, &[2]);
+        let params = [3e38, 0.0, 3e38, 0.0, 0.0, 0.0, 1.0, -1.0, 0.1];
+        let data = Examples {
+            num_features: 2,
+            features: vec![0.0, 1.0, 0.0, -1.0, 2.0, 0.5, 0.0, 0.3],
+            labels: vec![1.0, 0.0, 1.0, 0.0],
+        };
+        let scores = cpu().predict(&spec, &params, &data).unwrap();
+        assert_eq!(scores.len(), 4);
+        assert!(scores[2].is_nan(), "{scores:?}");
+        let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
+        for i in [0, 1, 3] {
+            assert!((scores[i] - sigmoid(0.1)).abs() < 1e-6, "{scores:?}");
+        }
+        // The node's evaluation counts every row, the undefined one as a score of ½.
+        let counts = EvalCounts::from_predictions(&scores, &data.labels);
+        let mut defined = scores.clone();
+        defined[2] = UNDEFINED_SCORE;
+        assert_eq!(counts, EvalCounts::from_predictions(&defined, &data.labels));
+        assert_eq!((counts.n, undefined_scores(&scores)), (4.0, 1));
     }
 
     #[test]

@@ -1,0 +1,191 @@
+//! The record of exact figures released into secure sums, and who was in each sum.
+//!
+//! Exact (un-noised) figures — the statistics, the evaluation counts of one model — are the same
+//! every time they are computed. Released into two sums over different hospitals, they give
+//! away the difference: sums over {A, B, C} and {B, C} of the same figures give A's exactly. So a
+//! node releases each set of exact figures into a sum over one set of hospitals only: the first
+//! one. Releasing them again into a sum over exactly the same hospitals tells nothing new, and
+//! is what a coordinator restarted after a crash asks for.
+//!
+//! The record is an append-only journal in the state folder (`releases.jsonl`), so a restarted
+//! node remembers it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use medfed_protocol::model::ModelHash;
+use serde::{Deserialize, Serialize};
+
+use crate::journal::{Journal, JournalError};
+
+/// File name of the record inside the node's state folder.
+pub const RELEASES_FILE: &str = "releases.jsonl";
+
+/// Which exact figures.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "figures")]
+pub enum ExactFigures {
+    /// The statistics round's counts, sums and sums of squares.
+    Statistics,
+    /// The evaluation counts of one model on the held-out split.
+    Evaluation {
+        /// The model's hash, hex.
+        model: String,
+    },
+}
+
+impl ExactFigures {
+    /// The evaluation counts of `model`.
+    pub fn evaluation(model: &ModelHash) -> Self {
+        Self::Evaluation {
+            model: model.to_hex(),
+        }
+    }
+}
+
+/// One release: which figures went into a sum over which hospitals.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExactRelease {
+    /// When, Unix milliseconds.
+    pub time_ms: i64,
+    /// The figures.
+    #[serde(flatten)]
+    pub figures: ExactFigures,
+    /// The hospitals in the sum, sorted.
+    pub hospitals: Vec<String>,
+}
+
+/// Every exact release so far, and the journal that keeps them.
+#[derive(Debug)]
+pub struct ReleaseRecord {
+    journal: Option<Journal<ExactRelease>>,
+    released: HashMap<ExactFigures, BTreeSet<String>>,
+}
+
+/// Why exact figures may not be released.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReleaseError {
+    /// They already went into a sum over other hospitals.
+    #[error("{figures:?} were already released into a sum over {before:?}, not {now:?}")]
+    AlreadyReleased {
+        /// The figures.
+        figures: ExactFigures,
+        /// The hospitals of the first sum.
+        before: BTreeSet<String>,
+        /// The hospitals asked for now.
+        now: BTreeSet<String>,
+    },
+    /// The record cannot be written: nothing is released unrecorded.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+impl ReleaseRecord {
+    /// Opens the record in `state_dir`, reading every earlier release.
+    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        let mut record = Self::in_memory();
+        for release in Journal::<ExactRelease>::read(state_dir, RELEASES_FILE)? {
+            record
+                .released
+                .entry(release.figures)
+                .or_insert_with(|| release.hospitals.into_iter().collect());
+        }
+        record.journal = Some(Journal::open(state_dir, RELEASES_FILE)?);
+        Ok(record)
+    }
+
+    /// A record kept in memory only (tests, and nodes without a state folder).
+    pub fn in_memory() -> Self {
+        Self {
+            journal: None,
+            released: HashMap::new(),
+        }
+    }
+
+    /// Whether `figures` could still go into a sum over some of `candidates`: no, if they were
+    /// released before into a sum holding a hospital not among them.
+    pub fn may_release_among<'a>(
+        &self,
+        figures: &ExactFigures,
+        candidates: impl IntoIterator<Item = &'a str>,
+    ) -> bool {
+        let Some(before) = self.released.get(figures) else {
+            return true;
+        };
+        let candidates: BTreeSet<&str> = candidates.into_iter().collect();
+        before.iter().all(|h| candidates.contains(h.as_str()))
+    }
+
+    /// Admits the release of `figures` into a sum over `hospitals`, recording it (with fsync)
+    /// when it is the first: refused if they went into a sum over other hospitals before.
+    pub fn admit<'a>(
+        &mut self,
+        figures: &ExactFigures,
+        hospitals: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ReleaseError> {
+        let now: BTreeSet<String> = hospitals.into_iter().map(str::to_owned).collect();
+        match self.released.get(figures) {
+            Some(before) if *before == now => Ok(()),
+            Some(before) => Err(ReleaseError::AlreadyReleased {
+                figures: figures.clone(),
+                before: before.clone(),
+                now,
+            }),
+            None => {
+                if let Some(journal) = &mut self.journal {
+                    journal.append(&ExactRelease {
+                        time_ms: now_ms(),
+                        figures: figures.clone(),
+                        hospitals: now.iter().cloned().collect(),
+                    })?;
+                }
+                self.released.insert(figures.clone(), now);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_figures_go_into_one_set_of_hospitals_and_a_restarted_node_remembers() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = ExactFigures::Statistics;
+        let eval = ExactFigures::Evaluation { model: "ab".into() };
+        let mut record = ReleaseRecord::open(dir.path()).unwrap();
+        assert!(record.may_release_among(&stats, ["a", "b"]));
+        record.admit(&stats, ["a", "b", "c"]).unwrap();
+        // The same sum again (a restarted coordinator): allowed, not recorded twice.
+        record.admit(&stats, ["c", "b", "a"]).unwrap();
+        assert!(matches!(
+            record.admit(&stats, ["a", "b", "d"]),
+            Err(ReleaseError::AlreadyReleased { .. })
+        ));
+        assert!(matches!(
+            record.admit(&stats, ["a", "b"]),
+            Err(ReleaseError::AlreadyReleased { .. })
+        ));
+        assert!(record.may_release_among(&stats, ["a", "b", "c", "d"]));
+        assert!(!record.may_release_among(&stats, ["a", "b", "d"]));
+        // Other figures are not affected.
+        record.admit(&eval, ["a", "b", "d"]).unwrap();
+
+        let restarted = ReleaseRecord::open(dir.path()).unwrap();
+        assert!(!restarted.may_release_among(&stats, ["a", "b", "d"]));
+        assert!(!restarted.may_release_among(&eval, ["a", "b", "c"]));
+        let lines = Journal::<ExactRelease>::read(dir.path(), RELEASES_FILE).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].hospitals, ["a", "b", "c"]);
+    }
+}
