@@ -3,14 +3,15 @@
 //! coordinator certificate (and whose operator runs the consortium CA), and asserts from the
 //! nodes' egress logs and privacy ledgers what left them and what did not.
 
-use medfed_e2e::attacker::{HandCoordinator, Puppet, SecureExchange, Step};
+use medfed_e2e::attacker::{ExchangeFailure, HandCoordinator, Puppet, SecureExchange, Step};
 use medfed_e2e::{Consortium, subscribe};
 use medfed_node::NodeConfig;
 use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
 use medfed_node::egress::EgressEntry;
 use medfed_node::ledger::Release;
+use medfed_node::policy::NodePolicy;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
-use medfed_protocol::messages::{Message, RoundStart};
+use medfed_protocol::messages::{DeclineReason, Declined, Message, PolicyViolation, RoundStart};
 use medfed_protocol::task::TrainingPlan;
 
 const A: &str = "hospital-a";
@@ -20,9 +21,6 @@ const D: &str = "hospital-d";
 
 /// Patients per hospital: 45 to train on, 15 held out.
 const ROWS: usize = 60;
-
-/// The cap on charged attempts at one round that a hospital's default policy sets.
-const ATTEMPT_CAP: usize = 3;
 
 // ---------------------------------------------------------------------------------------------
 // 1. Plaintext on request.
@@ -58,7 +56,11 @@ async fn figures_asked_for_in_the_clear_never_leave() {
         assert_only_refusals(&egress, round, A);
     }
     for answer in &answers {
-        assert!(is_refusal(answer), "{A} answered {}", answer.kind());
+        assert_eq!(
+            decline_reason(answer),
+            Some(&DeclineReason::Policy(PolicyViolation::PlaintextRequested)),
+            "{answer:?}"
+        );
     }
     coordinator.finish(&model).await;
 }
@@ -68,48 +70,84 @@ async fn figures_asked_for_in_the_clear_never_leave() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_roster_holding_anyone_outside_the_consortium_is_refused_before_anything_is_computed() {
+async fn a_stranger_in_the_roster_is_refused_before_anything_is_computed() {
     subscribe();
     let consortium = Consortium::new(&[A, B, C], ROWS);
     let mut coordinator = HandCoordinator::bind(&consortium);
     coordinator.admit_all(&[A, B]).await;
     let true_n = training_rows(&coordinator.node_config(A));
 
-    // The operator's CA mints a stranger and a second key under a real member's name; the
-    // coordinator plays both. Each roster gives the victim two other "hospitals".
-    let rosters: [(&[&str], &[&str]); 3] = [
-        // The whole attack: a sum over the victim and two puppets is the victim's figures.
-        (&[A, "stranger", C], &["stranger", C]),
+    // The operator's CA mints certificates for names outside the consortium, and the
+    // coordinator plays them. Each roster gives the victim two other "hospitals".
+    let rosters: [(&[&str], &[&str]); 2] = [
+        // The whole attack: a sum over the victim and two strangers is the victim's figures.
+        (&[A, "stranger", "clinic-x"], &["stranger", "clinic-x"]),
         // A stranger beside a real hospital.
         (&[A, B, "stranger"], &["stranger"]),
-        // A second key under hospital-c's name, beside a real hospital.
-        (&[A, B, C], &[C]),
     ];
     for (members, puppets) in rosters {
-        let mut exchange = SecureExchange::stats(&coordinator, members);
-        for puppet in puppets {
-            exchange = exchange.with_puppet(Puppet::mint(&consortium, puppet));
-        }
-        let learnt = exchange.run(&coordinator).await;
-        let real: Vec<&str> = members
-            .iter()
-            .copied()
-            .filter(|m| !puppets.contains(m))
-            .collect();
-        for node in real {
+        let (exchange, learnt) =
+            run_with_puppets(&coordinator, &consortium, members, puppets).await;
+        for node in members.iter().filter(|m| !puppets.contains(m)) {
             let egress = coordinator.egress(node);
             let sent = sent_in_round(&egress, 0);
             assert!(
                 sent.iter().all(|kind| is_refusal_kind(kind)),
-                "{node} took part in a sum over {members:?} (puppets {puppets:?}): it sent {sent:?}; \
-                 the coordinator learnt {}",
+                "{node} took part in a sum over {members:?} (puppets {puppets:?}): it sent \
+                 {sent:?}; the coordinator learnt {}",
                 describe_sum(&learnt, puppets.len() + 1 == members.len(), true_n)
             );
+            let answer = first_answer(&exchange, node, Step::Request);
+            assert!(
+                matches!(
+                    decline_reason(answer),
+                    Some(DeclineReason::Policy(PolicyViolation::NotAMember { identity }))
+                        if puppets.contains(&identity.as_str())
+                ),
+                "{node} answered {answer:?}"
+            );
         }
-        for answer in exchange.answers.iter().filter(|a| a.step == Step::Request) {
-            if !puppets.contains(&answer.node.as_str()) {
-                assert!(is_refusal(&answer.message), "{answer:?}");
-            }
+    }
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_key_under_a_members_name_is_refused_at_the_key_directory() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B]).await;
+    let true_n = training_rows(&coordinator.node_config(A));
+
+    // The operator's CA mints a second key under real members' names: the roster names only
+    // members, so each node learns of the impostor from the certificate in the key directory.
+    let rosters: [(&[&str], &[&str]); 2] = [
+        // The whole attack: the victim and two impostors.
+        (&[A, B, C], &[B, C]),
+        // An impostor beside a real hospital.
+        (&[A, B, C], &[C]),
+    ];
+    for (members, puppets) in rosters {
+        let (exchange, learnt) =
+            run_with_puppets(&coordinator, &consortium, members, puppets).await;
+        for node in members.iter().filter(|m| !puppets.contains(m)) {
+            let egress = coordinator.egress(node);
+            let sent = sent_in_round(&egress, 0);
+            // Fresh public keys, signed, are all that may leave before the directory.
+            assert!(
+                sent.iter()
+                    .all(|kind| is_refusal_kind(kind) || *kind == "secagg_keys"),
+                "{node} took part in a sum over {members:?} with impostors {puppets:?}: it sent \
+                 {sent:?}; the coordinator learnt {}",
+                describe_sum(&learnt, puppets.len() + 1 == members.len(), true_n)
+            );
+            let answer = first_answer(&exchange, node, Step::Directory);
+            assert_eq!(
+                decline_reason(answer),
+                Some(&DeclineReason::SecureAggregationAborted),
+                "{node} answered {answer:?}"
+            );
         }
     }
     let model = coordinator.model(1);
@@ -134,6 +172,19 @@ async fn a_sum_with_too_few_other_hospitals_is_refused() {
     let learnt_round = round.run(&coordinator).await;
 
     for node in [A, B] {
+        for exchange in [&stats, &round] {
+            let answer = first_answer(exchange, node, Step::Request);
+            assert_eq!(
+                decline_reason(answer),
+                Some(&DeclineReason::Policy(
+                    PolicyViolation::TooFewOtherHospitals {
+                        others: 1,
+                        required: NodePolicy::default().min_other_hospitals,
+                    }
+                )),
+                "{node} answered {answer:?}"
+            );
+        }
         let egress = coordinator.egress(node);
         for (number, learnt) in [(0, &learnt_stats), (1, &learnt_round)] {
             let sent = sent_in_round(&egress, number);
@@ -263,7 +314,8 @@ async fn restarting_a_round_again_and_again_stops_at_the_attempt_cap() {
 
     // Each attempt runs to the masked inputs (the noised update leaves, and is charged), then
     // the coordinator claims a failure and restarts the round.
-    let attempts = ATTEMPT_CAP as u32 + 2;
+    let cap = NodePolicy::default().max_attempts_per_round;
+    let attempts = cap + 2;
     let mut opened = Vec::new();
     for attempt in 1..=attempts {
         let start = coordinator.round_start(&model, 1, attempt, true, None);
@@ -286,14 +338,16 @@ async fn restarting_a_round_again_and_again_stops_at_the_attempt_cap() {
         .filter(|e| e.round == 1 && e.release == Release::Training)
         .count();
     assert!(
-        charged <= ATTEMPT_CAP,
-        "{A} was charged {charged} times for round 1 over {attempts} attempts; its cap is {ATTEMPT_CAP}"
+        charged <= cap as usize,
+        "{A} was charged {charged} times for round 1 over {attempts} attempts; its cap is {cap}"
     );
-    for (attempt, answer) in (1..).zip(&opened).skip(ATTEMPT_CAP) {
-        assert!(
-            is_refusal(answer),
-            "attempt {attempt} past the cap: {A} answered {}",
-            answer.kind()
+    for (attempt, answer) in (1..).zip(&opened).skip(cap as usize) {
+        assert_eq!(
+            decline_reason(answer),
+            Some(&DeclineReason::Policy(
+                PolicyViolation::AttemptCapPerRound { cap }
+            )),
+            "attempt {attempt} past the cap: {A} answered {answer:?}"
         );
     }
     assert_every_release_is_charged(&coordinator, A, "after the restarts");
@@ -402,14 +456,43 @@ fn assert_only_refusals(egress: &[EgressEntry], round: u64, node: &str) {
     );
 }
 
-/// Whether a message kind says no (and carries no figures).
+/// Whether a message kind carries no figures: a decline, a refusal, or the receipt of a model
+/// pushed before the request.
 fn is_refusal_kind(kind: &str) -> bool {
-    matches!(kind, "declined" | "refused")
+    matches!(kind, "declined" | "refused" | "model_received")
 }
 
-/// Whether an answer says no.
-fn is_refusal(answer: &Message) -> bool {
-    matches!(answer, Message::Declined(_) | Message::Refused(_))
+/// Why `answer` declines, if it does.
+fn decline_reason(answer: &Message) -> Option<&DeclineReason> {
+    match answer {
+        Message::Declined(Declined { reason, .. }) => Some(reason),
+        _ => None,
+    }
+}
+
+/// `node`'s first answer to `step` in `exchange`.
+fn first_answer<'a>(exchange: &'a SecureExchange, node: &str, step: Step) -> &'a Message {
+    exchange
+        .answers_of(node)
+        .find(|a| a.step == step)
+        .map(|a| &a.message)
+        .unwrap_or_else(|| panic!("{node} was not asked {step:?}: {:?}", exchange.answers))
+}
+
+/// Runs a statistics exchange over `members`, the harness playing `puppets` under certificates
+/// the consortium CA minted for them; returns the exchange and what it summed.
+async fn run_with_puppets(
+    coordinator: &HandCoordinator<'_>,
+    consortium: &Consortium,
+    members: &[&str],
+    puppets: &[&str],
+) -> (SecureExchange, Result<Vec<f64>, ExchangeFailure>) {
+    let mut exchange = SecureExchange::stats(coordinator, members);
+    for puppet in puppets {
+        exchange = exchange.with_puppet(Puppet::mint(consortium, puppet));
+    }
+    let learnt = exchange.run(coordinator).await;
+    (exchange, learnt)
 }
 
 /// A hospital's DP-SGD policy with room for many rounds.

@@ -911,7 +911,8 @@ impl SecureExchange {
     }
 
     /// The answers `node` gave, in order.
-    pub fn answers_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Answer> + 'a {
+    pub fn answers_of(&self, node: &str) -> impl Iterator<Item = &Answer> {
+        let node = node.to_owned();
         self.answers.iter().filter(move |a| a.node == node)
     }
 
