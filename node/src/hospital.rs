@@ -718,7 +718,8 @@ impl Hospital {
                 },
             );
         };
-        if start.standardization.num_features() != self.schema.num_features() {
+        if let Err(e) = start.standardization.validate(&self.schema) {
+            tracing::warn!(error = %e, "the coordinator's standardisation is not valid");
             return policy_decline(session, round, PolicyViolation::BadStandardization);
         }
         // The evaluation counts are exact unless the hospital noises them.
@@ -912,6 +913,14 @@ fn evaluate_and_train(
     } else {
         trainer.predict(&model.spec, &model.params, held_out)?
     };
+    let undefined = medfed_protocol::evaluation::undefined_scores(&scores);
+    if undefined > 0 {
+        // For the hospital's eyes only: such scores count as ½, whatever the patient.
+        tracing::warn!(
+            patients = undefined,
+            "the round's model gives no probability for some held-out patients"
+        );
+    }
     let mut eval = EvalCounts::from_predictions(&scores, &held_out.labels);
     let mut members: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); group_count];
     for ((score, label), groups) in scores.iter().zip(&held_out.labels).zip(row_groups) {
@@ -956,6 +965,13 @@ fn evaluate_and_train(
                 &mut rng,
                 &mut report,
             )?;
+            if outcome.non_finite_examples > 0 {
+                // For the hospital's eyes only: never sent.
+                tracing::warn!(
+                    examples = outcome.non_finite_examples,
+                    "examples whose gradient was not finite under this model contributed nothing"
+                );
+            }
             (outcome.params, outcome.steps)
         }
         None => {

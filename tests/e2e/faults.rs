@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use medfed_coordinator::store::{RoundStatus, Store};
-use medfed_e2e::{Consortium, subscribe};
+use medfed_e2e::{Consortium, subscribe, tolerate_dropouts};
 use medfed_node::config::{CrashPoint, NoiseMultiplier, PrivacyConfig, StallPoint};
 use medfed_node::egress::EgressLog;
 use medfed_node::ledger::PrivacyLedger;
@@ -42,6 +42,7 @@ async fn a_node_killed_mid_round_and_restarted_rejoins_the_next_round_with_its_l
         .iter()
         .map(|name| {
             let mut config = consortium.node_config(name, addr);
+            tolerate_dropouts(&mut config);
             config.privacy = Some(policy(50.0));
             config
         })
@@ -110,6 +111,7 @@ async fn a_straggler_past_the_deadline_is_a_dropout_whose_masks_are_removed() {
     let mut nodes = Vec::new();
     for name in NODES {
         let mut node = consortium.node_config(name, addr);
+        tolerate_dropouts(&mut node);
         if name == "hospital-c" {
             // Its keys and shares are in, then its masked update of round 1 comes late.
             node.danger_stall = Some(StallPoint {
@@ -164,9 +166,14 @@ async fn a_partitioned_node_is_left_out_and_rejoins_when_the_network_heals() {
     let link = Link::to(addr).await;
     let mut nodes: Vec<_> = NODES[..2]
         .iter()
-        .map(|n| consortium.spawn_node(consortium.node_config(n, addr)))
+        .map(|n| {
+            let mut config = consortium.node_config(n, addr);
+            tolerate_dropouts(&mut config);
+            consortium.spawn_node(config)
+        })
         .collect();
     let mut c = consortium.node_config("hospital-c", link.addr);
+    tolerate_dropouts(&mut c);
     c.privacy = Some(policy(50.0));
     c.reconnect_for = Duration::from_secs(60);
     nodes.push(consortium.spawn_node(c.clone()));
@@ -213,6 +220,7 @@ async fn training_stops_cleanly_when_every_node_has_spent_its_budget() {
         .iter()
         .map(|name| {
             let mut config = consortium.node_config(name, addr);
+            tolerate_dropouts(&mut config);
             config.privacy = Some(policy(1.1 * one_round));
             config
         })

@@ -14,7 +14,7 @@ use medfed_certs::{Role, TlsFiles, Validity, make_request, revoke, sign_request}
 use medfed_coordinator::listener::BAD_HELLO;
 use medfed_coordinator::{RunningCoordinator, TrainingReport};
 use medfed_e2e::attacker::HandCoordinator;
-use medfed_e2e::{Consortium, subscribe};
+use medfed_e2e::{Consortium, allow_plaintext, subscribe};
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_node::{NodeError, NodeOutcome};
 use medfed_protocol::codec::{self, MAX_FRAME_LEN};
@@ -175,7 +175,7 @@ async fn message_of_the_wrong_phase_is_refused_and_the_round_goes_on() {
     // The node side: a secure-aggregation step when no secure aggregation is open.
     let config = consortium.node_config("hospital-a", addr);
     let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
-    let mut hospital = medfed_node::prepare(&config, Box::new(trainer)).unwrap();
+    let mut hospital = medfed_node::prepare_node(&config, Box::new(trainer)).unwrap();
     hospital.enter_session(41, "hospital-a");
     let delivery = Message::SecAggDelivery(ShareDelivery {
         session: 41,
@@ -242,9 +242,10 @@ async fn replayed_request_is_refused_by_the_node() {
 #[test]
 fn node_refuses_replayed_and_foreign_session_requests() {
     let consortium = Consortium::new(&["hospital-a"], 60);
-    let config = consortium.node_config("hospital-a", "127.0.0.1:9".parse().unwrap());
+    let mut config = consortium.node_config("hospital-a", "127.0.0.1:9".parse().unwrap());
+    allow_plaintext(&mut config);
     let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
-    let mut hospital = medfed_node::prepare(&config, Box::new(trainer)).unwrap();
+    let mut hospital = medfed_node::prepare_node(&config, Box::new(trainer)).unwrap();
     let spec = ModelSpec {
         kind: ModelKind::LogisticRegression,
         input_dim: 6,
@@ -859,12 +860,11 @@ fn wrong_round_keys(session: u64, round: u64, setup: Option<SecAggSetup>) -> Mes
 const ALONE: &str = "hospital-a";
 
 /// A hand-driven coordinator (holding the consortium's coordinator certificate) that admitted
-/// hospital-a alone. These tests ask for figures in the clear, which hospital-a's policy allows
-/// here (as a consortium that turned secure aggregation off would).
+/// hospital-a alone, in the clear: what these tests check is not the hospital's policy.
 async fn admit_alone(consortium: &Consortium) -> HandCoordinator<'_> {
     let mut fake = HandCoordinator::bind(consortium);
     let mut config = fake.node_config(ALONE);
-    config.policy.require_secure_aggregation = false;
+    allow_plaintext(&mut config);
     fake.admit(config).await;
     fake
 }

@@ -1,7 +1,7 @@
 //! Each hospital owns its privacy budget: it declines the round that would exceed it, and its
 //! ledger survives a restart.
 
-use medfed_e2e::{Consortium, subscribe};
+use medfed_e2e::{Consortium, allow_plaintext, subscribe, tolerate_dropouts};
 use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
 use medfed_node::ledger::PrivacyLedger;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
@@ -40,10 +40,15 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
     let coordinator = consortium.start_coordinator(config).await;
     let addr = coordinator.local_addr();
     let mut c_config = consortium.node_config("hospital-c", addr);
+    tolerate_dropouts(&mut c_config);
     c_config.privacy = Some(policy);
     let mut nodes: Vec<_> = names[..2]
         .iter()
-        .map(|n| consortium.spawn_node(consortium.node_config(n, addr)))
+        .map(|n| {
+            let mut config = consortium.node_config(n, addr);
+            tolerate_dropouts(&mut config);
+            consortium.spawn_node(config)
+        })
         .collect();
     nodes.push(consortium.spawn_node(c_config.clone()));
     let report = coordinator
@@ -85,12 +90,12 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
         (ledger[0].epsilon_after - one_round).abs() < 1e-9 && ledger[0].epsilon_after <= target
     );
 
-    // A restarted node reads its ledger back and still refuses to train.
+    // A restarted node reads its ledger back and still refuses to train. It is asked in the
+    // clear, which this restart allows, so that only the budget can refuse the round.
+    let mut restarted = c_config.clone();
+    allow_plaintext(&mut restarted);
     let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
-    let privacy = medfed_node::privacy(&c_config).unwrap().expect("policy");
-    let mut hospital = medfed_node::prepare(&c_config, Box::new(trainer))
-        .unwrap()
-        .with_privacy(privacy);
+    let mut hospital = medfed_node::prepare_node(&restarted, Box::new(trainer)).unwrap();
     let (spent, delta) = hospital.privacy_spent().unwrap();
     assert!(
         (spent - one_round).abs() < 1e-9 && delta == 1e-5,
@@ -143,6 +148,7 @@ async fn budget_is_spent_once_the_noised_update_has_left_even_if_the_round_then_
     let mut configs = Vec::new();
     for name in names {
         let mut node = consortium.node_config(name, addr);
+        tolerate_dropouts(&mut node);
         node.privacy = Some(policy.clone());
         // c stops after sharing its keys: its noised update never leaves. d stops right after
         // sending its masked update: it left, so it is spent.
@@ -221,10 +227,8 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
             }),
         });
         let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
-        let privacy = medfed_node::privacy(&config).unwrap().expect("policy");
-        let mut hospital = medfed_node::prepare(&config, Box::new(trainer))
-            .unwrap()
-            .with_privacy(privacy);
+        allow_plaintext(&mut config);
+        let mut hospital = medfed_node::prepare_node(&config, Box::new(trainer)).unwrap();
         hospital.enter_session(5, "hospital-a");
         hospital.accept_model(model.clone(), 5, 1);
         // An evaluation-only round in the clear (secure aggregation off).

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use medfed_coordinator::TrainingReport;
 use medfed_coordinator::config::TaskConfig;
 use medfed_coordinator::store::Store;
-use medfed_e2e::{Consortium, subscribe};
+use medfed_e2e::{Consortium, allow_plaintext, subscribe};
 use medfed_node::config::CrashPoint;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_node::{NodeError, NodeOutcome};
@@ -179,9 +179,10 @@ impl CrashedRun {
         };
         let mut sum = vec![0.0; layout.len()];
         for name in names {
-            let config = consortium.node_config(name, addr);
+            let mut config = consortium.node_config(name, addr);
+            allow_plaintext(&mut config);
             let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
-            let mut hospital = medfed_node::prepare(&config, Box::new(trainer)).unwrap();
+            let mut hospital = medfed_node::prepare_node(&config, Box::new(trainer)).unwrap();
             hospital.enter_session(1, name);
             hospital.accept_model(initial.clone(), 1, 1);
             match hospital.handle_round(&start) {

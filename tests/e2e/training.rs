@@ -2,7 +2,7 @@
 //! `hostile.rs`.)
 
 use medfed_coordinator::checkpoint::read_checkpoint;
-use medfed_e2e::{Consortium, subscribe};
+use medfed_e2e::{Consortium, allow_plaintext, subscribe};
 
 const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
 
@@ -61,7 +61,8 @@ async fn secure_aggregation_can_be_turned_off_explicitly() {
     let consortium = Consortium::new(&NODES, 120);
     let mut config = consortium.coordinator_config(2, 3);
     config.secure_aggregation.enabled = false;
-    let (report, _) = consortium.train(config, &NODES).await;
+    // Each hospital must agree to it too.
+    let (report, _) = consortium.train_with(config, &NODES, allow_plaintext).await;
     assert_eq!(report.last_round, 2);
     assert!(report.rounds.iter().all(|r| r.participants.len() == 3));
 }

@@ -17,7 +17,7 @@ use medfed_coordinator::config::{SecureAggregationConfig, TaskConfig, TrainingCo
 use medfed_coordinator::strategy::StrategyConfig;
 use medfed_coordinator::{CoordinatorConfig, RunningCoordinator, TrainingReport};
 use medfed_node::config::DataConfig;
-use medfed_node::policy::NodePolicy;
+use medfed_node::policy::{Fraction, NodePolicy};
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_node::{NodeConfig, NodeError, NodeOutcome};
 use medfed_protocol::model::ModelConfig;
@@ -169,9 +169,26 @@ impl Consortium {
         config: CoordinatorConfig,
         names: &[&str],
     ) -> (TrainingReport, Vec<NodeConfig>) {
+        self.train_with(config, names, |_| {}).await
+    }
+
+    /// [`Consortium::train`], with each node's configuration changed by `adjust` first.
+    pub async fn train_with(
+        &self,
+        config: CoordinatorConfig,
+        names: &[&str],
+        adjust: impl Fn(&mut NodeConfig),
+    ) -> (TrainingReport, Vec<NodeConfig>) {
         let coordinator = self.start_coordinator(config).await;
         let addr = coordinator.local_addr();
-        let configs: Vec<NodeConfig> = names.iter().map(|n| self.node_config(n, addr)).collect();
+        let configs: Vec<NodeConfig> = names
+            .iter()
+            .map(|n| {
+                let mut config = self.node_config(n, addr);
+                adjust(&mut config);
+                config
+            })
+            .collect();
         let nodes: Vec<_> = configs.iter().map(|c| self.spawn_node(c.clone())).collect();
         let report = coordinator.wait().await.expect("training completes");
         for node in nodes {
@@ -191,6 +208,25 @@ impl Consortium {
             medfed_node::prepare_node(&config, Box::new(trainer)).expect("a node ready to run");
         tokio::spawn(async move { medfed_node::run(&config, hospital).await })
     }
+}
+
+/// Lets a hospital send its figures in the clear and alone, as the tests that drive one node by
+/// hand, or compute the plain sums secure aggregation must reproduce, need. Never a default.
+pub fn allow_plaintext(config: &mut NodeConfig) {
+    config.policy.require_secure_aggregation = false;
+    config.policy.min_other_hospitals = 0;
+}
+
+/// Lets a hospital of a small test consortium go on when nodes drop out: sums over two
+/// hospitals, and any threshold the protocol allows (the default policy needs two other
+/// hospitals in every sum and a threshold above 2/3 of the share holders, which leaves no
+/// room for a dropout among three).
+pub fn tolerate_dropouts(config: &mut NodeConfig) {
+    config.policy.min_other_hospitals = 1;
+    config.policy.threshold_floor = Fraction {
+        numerator: 0,
+        denominator: 1,
+    };
 }
 
 fn csv_path(dir: &Path, name: &str) -> PathBuf {
