@@ -12,6 +12,7 @@ use medfed_node::ledger::Release;
 use medfed_node::policy::NodePolicy;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_protocol::messages::{DeclineReason, Declined, Message, PolicyViolation, RoundStart};
+use medfed_protocol::model::{Model, ModelKind};
 use medfed_protocol::task::TrainingPlan;
 
 const A: &str = "hospital-a";
@@ -297,6 +298,58 @@ async fn no_noised_update_leaves_without_its_ledger_entry() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 5. A membership oracle.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_crafted_to_overflow_on_some_patients_is_answered_as_any_other() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    for name in [A, B, C] {
+        let mut config = coordinator.node_config(name);
+        config.privacy = Some(private_training());
+        coordinator.admit(config).await;
+    }
+    // The model overflows f32 exactly on patients older than an age of the coordinator's
+    // choosing (raw ages: it sends the identity standardisation). Round 1 targets nobody;
+    // round 2 hospital-a's ten oldest patients, whom every step samples (batches of the whole
+    // split).
+    let ages = csv_ages(&consortium, A);
+    let targets = [ages[ages.len() - 1] + 10.0, ages[ages.len() - 11] + 0.05];
+    let mut answers = Vec::new();
+    for (round, age) in (1..).zip(targets) {
+        let model = overflowing_model(&coordinator, age);
+        coordinator.push_all(&model, round).await;
+        let start = RoundStart {
+            plan: TrainingPlan {
+                batch_size: ROWS as u32,
+                ..TrainingPlan::default()
+            },
+            ..coordinator.round_start(&model, round, 1, true, None)
+        };
+        let mut exchange = SecureExchange::round(&coordinator, &model, start, &[A, B, C]);
+        let summed = exchange.run(&coordinator).await;
+        let kinds: Vec<&str> = exchange.answers_of(A).map(|a| a.message.kind()).collect();
+        answers.push((kinds.join(" "), summed.is_ok()));
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "{A} answered a model that overflows on patients older than {:.1} unlike one that \
+         overflows on nobody: whether such a patient is in its data shows",
+        targets[1]
+    );
+    let egress = coordinator.egress(A);
+    let declined: Vec<_> = egress.iter().filter(|e| e.kind == "declined").collect();
+    assert!(declined.is_empty(), "{declined:?}");
+    // Both rounds released a noised update, and both were charged.
+    let charged: Vec<u64> = coordinator.ledger(A).iter().map(|e| e.round).collect();
+    assert_eq!(charged, [1, 2], "{answers:?}");
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // 6. Retry drain.
 // ---------------------------------------------------------------------------------------------
 
@@ -504,6 +557,44 @@ fn private_training() -> PrivacyConfig {
         max_grad_norm: 1.0,
         evaluation: None,
     }
+}
+
+/// A model whose output overflows `f32` (to +∞) on exactly the patients older than `age`, and
+/// is finite, with finite gradients, on every other: a first hidden unit `10^30 · (age − a)`
+/// weighed `10^30` into the output.
+fn overflowing_model(coordinator: &HandCoordinator<'_>, age: f64) -> Model {
+    let mut model = coordinator.model(1);
+    let inputs = model.spec.input_dim;
+    let column = coordinator
+        .schema()
+        .feature_names()
+        .iter()
+        .position(|name| name == "age")
+        .expect("an age feature");
+    let ModelKind::Mlp { hidden } = &model.spec.kind else {
+        panic!("the consortium model is an MLP");
+    };
+    let width = hidden[0];
+    // Layout: W₁ [width, inputs] row-major, b₁ [width], W₂ [1, width], b₂ [1].
+    let params = &mut model.params;
+    params[..inputs].fill(0.0);
+    params[column] = 1e30;
+    params[width * inputs] = -1e30 * age as f32;
+    params[width * inputs + width] = 1e30;
+    model
+}
+
+/// The ages in hospital `name`'s CSV, ascending.
+fn csv_ages(consortium: &Consortium, name: &str) -> Vec<f64> {
+    let text = std::fs::read_to_string(consortium.csv(name)).expect("the CSV");
+    let mut ages: Vec<f64> = text
+        .lines()
+        .skip(1)
+        .map(|line| line.split(',').nth(1).expect("an age column"))
+        .map(|age| age.parse().expect("a numeric age"))
+        .collect();
+    ages.sort_by(f64::total_cmp);
+    ages
 }
 
 /// The hospital's number of training rows.

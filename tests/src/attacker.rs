@@ -124,6 +124,11 @@ impl<'c> HandCoordinator<'c> {
         self.session
     }
 
+    /// The consortium schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
     /// Node `name`'s default configuration, pointed at this coordinator; a test may change it
     /// before [`Self::admit`].
     pub fn node_config(&self, name: &str) -> NodeConfig {
