@@ -9,7 +9,7 @@ use medfed_node::NodeConfig;
 use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
 use medfed_node::egress::EgressEntry;
 use medfed_node::ledger::Release;
-use medfed_node::policy::NodePolicy;
+use medfed_node::policy::{Fraction, NodePolicy};
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_protocol::messages::{DeclineReason, Declined, Message, PolicyViolation, RoundStart};
 use medfed_protocol::model::{Model, ModelKind};
@@ -63,6 +63,133 @@ async fn figures_asked_for_in_the_clear_never_leave() {
             "{answer:?}"
         );
     }
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Both shares of one victim.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn survivor_sets_that_differ_between_nodes_get_no_unmasking_share() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C, D], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B, C, D]).await;
+
+    // A threshold of 2 for the victim alone is below its floor (t > 2/3 of 4 holders).
+    let figures = coordinator.stats_figures();
+    let mut low = coordinator.setup(0, &[A, B, C, D], &figures);
+    low.params.threshold = 2;
+    let answer = coordinator
+        .ask(A, &coordinator.stats_request(Some(low)))
+        .await;
+    assert_eq!(
+        decline_reason(&answer),
+        Some(&DeclineReason::Policy(
+            PolicyViolation::ThresholdBelowFloor {
+                threshold: 2,
+                holders: 4
+            }
+        )),
+        "{answer:?}"
+    );
+
+    // Honest parameters; then hospital-a and hospital-b are told the victim survived (they
+    // would reveal shares of its self-mask seed), hospital-c and hospital-d that it dropped
+    // (shares of its mask key).
+    let mut exchange = split_survivors(SecureExchange::stats(&coordinator, &[A, B, C, D]));
+    let _ = exchange.run(&coordinator).await;
+    assert_no_unmasking_share(&coordinator, &exchange);
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_victim_given_its_own_threshold_reveals_nothing() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C, D], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    // Every hospital here accepts any threshold the protocol allows, so that only the protocol
+    // stands between the coordinator and the victim.
+    for name in [A, B, C, D] {
+        let mut config = coordinator.node_config(name);
+        config.policy.threshold_floor = Fraction {
+            numerator: 0,
+            denominator: 1,
+        };
+        coordinator.admit(config).await;
+    }
+    // The victim alone gets t = 2: two shares of each of its secrets rebuild it. The survivor
+    // sets are split as above: the coordinator would hold two of each.
+    let exchange = SecureExchange::stats(&coordinator, &[A, B, C, D]).on_setup(|node, setup| {
+        if node == A {
+            setup.params.threshold = 2;
+        }
+    });
+    let mut exchange = split_survivors(exchange);
+    let _ = exchange.run(&coordinator).await;
+    assert_no_unmasking_share(&coordinator, &exchange);
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Unverifiable sums.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tampered_unmasking_share_fails_the_sum_instead_of_changing_it() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B, C]).await;
+    // hospital-b, malicious, alters its share of hospital-a's self-mask seed.
+    let mut exchange =
+        SecureExchange::stats(&coordinator, &[A, B, C]).on_answer(|step, node, answer| {
+            if let (Step::Unmask, B, Message::SecAggUnmaskShares(response)) = (step, node, answer) {
+                for (peer, share) in &mut response.self_mask_shares {
+                    if *peer == 1 {
+                        share.y[0] ^= 1;
+                    }
+                }
+            }
+        });
+    let summed = exchange.run(&coordinator).await;
+    assert!(
+        summed.is_err(),
+        "a tampered share gave a sum: n = {:?}",
+        summed.map(|sum| sum[0])
+    );
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_limb_out_of_range_fails_the_sum_instead_of_changing_it() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B, C]).await;
+    let n: usize = [A, B, C]
+        .iter()
+        .map(|name| training_rows(&coordinator.node_config(name)))
+        .sum();
+    // hospital-b, malicious, adds 2^20 to the lowest 16-bit limb of its count n (masked words
+    // are uniform, so only the sum can show it): n would grow by 16.
+    let mut exchange =
+        SecureExchange::stats(&coordinator, &[A, B, C]).on_answer(|step, node, answer| {
+            if let (Step::Delivery, B, Message::SecAggInput(input)) = (step, node, answer) {
+                input.values[0] = input.values[0].wrapping_add(1 << 20);
+            }
+        });
+    let summed = exchange.run(&coordinator).await;
+    assert!(
+        summed.is_err(),
+        "a limb out of range gave a sum: n = {:?} (the three hold {n})",
+        summed.map(|sum| sum[0])
+    );
+    let model = coordinator.model(1);
     coordinator.finish(&model).await;
 }
 
@@ -410,6 +537,46 @@ async fn restarting_a_round_again_and_again_stops_at_the_attempt_cap() {
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------------------------
+
+/// Tells hospital-a and hospital-b that all four survived, and hospital-c and hospital-d that
+/// hospital-a (index 1) dropped out.
+fn split_survivors(exchange: SecureExchange) -> SecureExchange {
+    exchange.on_unmask(|node, request| {
+        if node == C || node == D {
+            request.survivors.retain(|&index| index != 1);
+        }
+    })
+}
+
+/// Checks that none of `nodes` revealed an unmasking share (in round 0).
+fn assert_no_unmasking_share(coordinator: &HandCoordinator<'_>, exchange: &SecureExchange) {
+    // What the coordinator holds of hospital-a's (index 1) two secrets.
+    let (mut seed_shares, mut key_shares) = (0, 0);
+    for answer in &exchange.answers {
+        if let Message::SecAggUnmaskShares(response) = &answer.message {
+            seed_shares += response
+                .self_mask_shares
+                .iter()
+                .filter(|(p, _)| *p == 1)
+                .count();
+            key_shares += response
+                .mask_key_shares
+                .iter()
+                .filter(|(p, _)| *p == 1)
+                .count();
+        }
+    }
+    for node in [A, B, C, D] {
+        let egress = coordinator.egress(node);
+        let sent = sent_in_round(&egress, 0);
+        assert!(
+            !sent.contains(&"secagg_unmask_shares"),
+            "{node} revealed unmasking shares although the survivor sets differ: it sent \
+             {sent:?}; the coordinator holds {seed_shares} shares of {A}'s self-mask seed and \
+             {key_shares} of its mask key"
+        );
+    }
+}
 
 /// Every three of four hospitals; a's figures are the first three sums' total less twice the
 /// fourth, over three.
