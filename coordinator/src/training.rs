@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use medfed_certs::channel::{ChannelError, server_endpoint};
-use medfed_certs::load_report_signing_key;
+use medfed_certs::{ConsortiumVerifier, load_report_signing_key};
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::messages::{
@@ -215,6 +215,8 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
     info!(%local_addr, session = format_args!("{session:016x}"), "coordinator listening");
 
     let optimizer = Mutex::new(optimizer);
+    let peer_verifier = ConsortiumVerifier::new(&config.tls.ca_cert, config.tls.crl.as_deref())
+        .map_err(|source| CoordinatorError::PeerVerifier { source })?;
     let signing_key = load_report_signing_key(&config.tls.key)?;
     let reports = ReportWriter::open(&config.data_dir.join("reports"), signing_key)?;
     let trainer = Trainer {
@@ -229,6 +231,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         reports,
         left_out: Mutex::new(BTreeMap::new()),
         sum_buffer: Mutex::new(Vec::new()),
+        peer_verifier,
     };
     let training = tokio::spawn(async move {
         let result = trainer.run().await;
@@ -262,6 +265,9 @@ struct Trainer {
     /// The last secure-aggregation round's sum, once decoded: the next round sums into it
     /// (zeroed first), so that each round does not fault in a fresh model-sized allocation.
     sum_buffer: Mutex<Vec<u32>>,
+    /// Checks the nodes' signatures on the survivor set against their certificates, so that a
+    /// bad one is left out rather than relayed (every node would then refuse to unmask).
+    peer_verifier: ConsortiumVerifier,
 }
 
 /// A node's answer to one exchange: its index in the round, the node, and what it sent.
@@ -617,7 +623,8 @@ impl Trainer {
         gathered
     }
 
-    /// Secure aggregation: keys, shares, masked inputs, unmasking; only the sum is learnt.
+    /// Secure aggregation: keys, shares, masked inputs, signatures on the survivor set,
+    /// unmasking; only the sum is learnt.
     async fn gather_secure(
         &self,
         collection: &Collection<'_>,
@@ -642,6 +649,7 @@ impl Trainer {
             neighbours: settings.neighbours,
             graph_seed: random_bytes(),
             vector_len: encoding.encoded_len(),
+            encoding_digest: encoding.digest(),
         };
         params.threshold = settings
             .threshold
@@ -756,9 +764,26 @@ impl Trainer {
             )
             .await;
         }
+        let (mut server, consistency) = server.finish()?;
+
+        // Phase 4: each survivor signs the survivor set; a bad signature leaves its signer out.
+        let answers = self
+            .exchange_all(
+                &subset(&server.participants()),
+                None,
+                collection.round,
+                |_| Message::SecAggConsistency(consistency.clone()),
+            )
+            .await;
+        gathered.take(answers, |index, _, message| match message {
+            Message::SecAggSignature(signature) => server
+                .handle_signature(index, signature, &self.peer_verifier)
+                .map_err(rejected),
+            other => Err(unexpected(other, "secagg_signature")),
+        });
         let (mut server, unmask) = server.finish()?;
 
-        // Phase 4: the shares that remove the masks.
+        // Phase 5: the shares that remove the masks, from the survivors that signed.
         let answers = self
             .exchange_all(
                 &subset(&server.participants()),
@@ -1274,6 +1299,12 @@ pub enum CoordinatorError {
     /// The coordinator's key cannot sign reports.
     #[error("the coordinator's key cannot sign audit reports: {0}")]
     SigningKey(#[from] medfed_certs::CertError),
+    /// The CA certificate or CRL cannot be used to check the nodes' signatures.
+    #[error("cannot check the nodes' secure-aggregation signatures: {source}")]
+    PeerVerifier {
+        /// Cause.
+        source: medfed_certs::CertError,
+    },
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),

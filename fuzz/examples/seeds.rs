@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use medfed_fuzz::{
-    AcceptAll, NoSigner, ROUND, SESSION, VECTOR_LEN, honest_server_ops, put, rng, round_params,
+    AcceptAll, NoSigner, ROUND, SESSION, VECTOR_LEN, accept_all, honest_server_ops, put, rng,
+    round_params,
 };
 use medfed_protocol::codec::frame;
 use medfed_protocol::evaluation::EvalMetrics;
@@ -247,9 +248,22 @@ fn every_message() -> Vec<Message> {
         messages.push(Message::SecAggInput(input.clone()));
         server.handle_input(i as u16 + 1, &input).unwrap();
     }
+    let (mut server, consistency) = server.finish().unwrap();
+    messages.push(Message::SecAggConsistency(consistency.clone()));
+    for (i, state) in states.iter_mut().enumerate().take(2) {
+        let signature = state
+            .handle_consistency(&consistency, &NoSigner, &mut accept_all)
+            .unwrap();
+        messages.push(Message::SecAggSignature(signature.clone()));
+        server
+            .handle_signature(i as u16 + 1, signature, &AcceptAll)
+            .unwrap();
+    }
     let (_, request) = server.finish().unwrap();
     messages.push(Message::SecAggUnmask(request.clone()));
-    let response = states[0].handle_unmask(&request).unwrap();
+    let response = states[0]
+        .handle_unmask(&request, &AcceptAll, &mut accept_all)
+        .unwrap();
     messages.push(Message::SecAggUnmaskShares(response));
     messages
 }

@@ -1,6 +1,6 @@
 //! A share plaintext from a peer, after AEAD decryption: the fuzzer writes the plaintext that a
 //! neighbour seals, correctly, for a real participant (`ExpectDelivery::handle_delivery`), then the
-//! participant is asked to unmask.
+//! participant signs the survivor set and is asked to unmask.
 //!
 //! Participant 1 is the real state machine; participants 2 and 3 are simulated with their own key
 //! pairs; 2 sends the fuzzed plaintext, 3 an honest-looking one.
@@ -13,14 +13,14 @@
 
 use libfuzzer_sys::fuzz_target;
 use medfed_fuzz::{
-    AcceptAll, FakePeer, NoSigner, ROUND, SESSION, VECTOR_LEN, put, round_params, share_context,
-    take,
+    AcceptAll, FakePeer, NoSigner, ROUND, SESSION, VECTOR_LEN, accept_all, put, round_params,
+    share_context, take,
 };
 use medfed_protocol::secagg::crypto::seal;
 use medfed_protocol::secagg::shamir::{SHARE_VALUE_LEN, Share};
 use medfed_protocol::secagg::{
-    DirectoryEntry, EncryptedShare, ExpectDirectory, KeyDirectory, ParticipantState, SecAggError,
-    ShareDelivery, UnmaskRequest,
+    ConsistencyRequest, DirectoryEntry, EncryptedShare, ExpectDirectory, KeyDirectory,
+    ParticipantState, SecAggError, ShareDelivery, UnmaskRequest,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rng = medfed_fuzz::rng(u64::from(mode));
     let params = round_params(3, 2);
     let (state, own) =
-        ExpectDirectory::new(params, 1, vec![7; VECTOR_LEN], &NoSigner, &mut rng).unwrap();
+        ExpectDirectory::new(params.clone(), 1, vec![7; VECTOR_LEN], &NoSigner, &mut rng).unwrap();
     let peers = [FakePeer::new(&mut rng), FakePeer::new(&mut rng)];
     let mut entries = vec![DirectoryEntry {
         keys: own.clone(),
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     }];
     for (i, peer) in peers.iter().enumerate() {
         entries.push(DirectoryEntry {
-            keys: peer.advertisement(i as u16 + 2),
+            keys: peer.advertisement(i as u16 + 2, &params),
             certificate: vec![i as u8 + 2],
         });
     }
@@ -95,13 +95,22 @@ fuzz_target!(|data: &[u8]| {
     // Participant 2 dropped (mode bit 1) or survived.
     let dropped = mode & 2 == 2;
     let survivors = if dropped { vec![1, 3] } else { vec![1, 2, 3] };
+    let consistency = ConsistencyRequest {
+        session: SESSION,
+        round: ROUND,
+        survivors: survivors.clone(),
+    };
+    state
+        .handle_consistency(&consistency, &NoSigner, &mut accept_all)
+        .expect("honest consistency request");
     let request = UnmaskRequest {
         session: SESSION,
         round: ROUND,
+        signatures: survivors.iter().map(|&i| (i, vec![0xAA; 64])).collect(),
         survivors,
     };
     let response = state
-        .handle_unmask(&request)
+        .handle_unmask(&request, &AcceptAll, &mut accept_all)
         .expect("honest unmask request");
     for peer in 1..=3u16 {
         let self_masks = response
@@ -132,7 +141,9 @@ fuzz_target!(|data: &[u8]| {
         .1;
     assert_eq!(share_of_2, if dropped { &mask_key } else { &self_mask });
     assert!(
-        state.handle_unmask(&request).is_err(),
+        state
+            .handle_unmask(&request, &AcceptAll, &mut accept_all)
+            .is_err(),
         "second unmask answered"
     );
 });

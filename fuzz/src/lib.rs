@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use medfed_protocol::codec::MAX_FRAME_LEN;
 use medfed_protocol::secagg::crypto::AgreementKeyPair;
 use medfed_protocol::secagg::{
-    ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectUnmasking, KeyAdvertisement, MaskedInput,
-    Participant, PeerVerifier, RoundParams, SecAggError, SharePackage, Signer, UnmaskResponse,
+    ConsistencySignature, ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures,
+    ExpectUnmasking, KeyAdvertisement, MaskedInput, Participant, PeerVerifier, RoundParams,
+    SecAggError, SharePackage, Signer, UnmaskResponse,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -86,7 +87,13 @@ pub fn round_params(n: u16, threshold: usize) -> RoundParams {
         neighbours: None,
         graph_seed: [9; 32],
         vector_len: VECTOR_LEN,
+        encoding_digest: [0; 32],
     }
+}
+
+/// The node policy of the fuzzed participants: every survivor set is acceptable.
+pub fn accept_all(_: &[&str]) -> Result<(), SecAggError> {
+    Ok(())
 }
 
 /// HKDF info and AEAD associated data of a share from `from` to `to` (the protocol's
@@ -122,14 +129,17 @@ impl FakePeer {
         }
     }
 
-    /// Its (unsigned) advertisement as participant `index`.
-    pub fn advertisement(&self, index: u16) -> KeyAdvertisement {
+    /// Its (unsigned) advertisement as participant `index` of the round with `params`. Its
+    /// self-mask commitment is to no seed at all (no fake peer is ever unmasked).
+    pub fn advertisement(&self, index: u16, params: &RoundParams) -> KeyAdvertisement {
         KeyAdvertisement {
             session: SESSION,
             round: ROUND,
             index,
+            params_digest: params.digest(),
             cipher_public: self.cipher.public(),
             mask_public: self.mask.public(),
+            self_mask_commitment: [0; 32],
             signature: vec![0xAA; 64],
         }
     }
@@ -162,6 +172,13 @@ pub enum ServerOp {
         /// The input.
         input: MaskedInput,
     },
+    /// A signature on the survivor set.
+    Signature {
+        /// Sender.
+        from: u16,
+        /// The signature.
+        signature: ConsistencySignature,
+    },
     /// An unmasking response.
     Response {
         /// Sender.
@@ -182,6 +199,8 @@ pub enum Server {
     /// Phase 3.
     Inputs(ExpectMaskedInputs),
     /// Phase 4.
+    Signatures(ExpectSignatures),
+    /// Phase 5.
     Unmasking(ExpectUnmasking),
     /// Finished (with the sum) or aborted.
     Done(Option<Vec<u32>>),
@@ -211,6 +230,10 @@ impl Server {
                 let _ = s.handle_input(from, &input);
                 Self::Inputs(s)
             }
+            (Self::Signatures(mut s), ServerOp::Signature { from, signature }) => {
+                let _ = s.handle_signature(from, signature, &AcceptAll);
+                Self::Signatures(s)
+            }
             (Self::Unmasking(mut s), ServerOp::Response { from, response }) => {
                 let _ = s.handle_response(from, response);
                 Self::Unmasking(s)
@@ -229,7 +252,17 @@ impl Server {
                 Err(_) => Self::Done(None),
             },
             (Self::Inputs(s), ServerOp::Finish) => match s.finish() {
-                Ok((next, _)) => Self::Unmasking(next),
+                Ok((next, _)) => Self::Signatures(next),
+                Err(_) => Self::Done(None),
+            },
+            (Self::Signatures(s), ServerOp::Finish) => match s.finish() {
+                Ok((next, request)) => {
+                    // Exactly the signers are asked to unmask, for the survivors they signed.
+                    let signers: Vec<u16> = request.signatures.iter().map(|(i, _)| *i).collect();
+                    assert_eq!(signers, next.participants());
+                    assert_eq!(request.survivors, next.survivors());
+                    Self::Unmasking(next)
+                }
                 Err(_) => Self::Done(None),
             },
             (Self::Unmasking(s), ServerOp::Finish) => match s.finish() {
@@ -317,19 +350,36 @@ pub fn honest_server_ops(
         ops.push(ServerOp::Input { from: index, input });
     }
     ops.push(ServerOp::Finish);
-    let (mut server, request) = server.finish().expect("phase 3");
-    for &index in &request.survivors {
+    let (mut server, consistency) = server.finish().expect("phase 3");
+    for &index in &consistency.survivors {
         let state = states.get_mut(&index).expect("participant");
-        let response = state.handle_unmask(&request).expect("honest unmask");
+        let signature = state
+            .handle_consistency(&consistency, &NoSigner, &mut accept_all)
+            .expect("honest consistency request");
         server
-            .handle_response(index, response.clone())
+            .handle_signature(index, signature.clone(), &AcceptAll)
+            .expect("signature accepted");
+        ops.push(ServerOp::Signature {
+            from: index,
+            signature,
+        });
+    }
+    ops.push(ServerOp::Finish);
+    let (mut server, request) = server.finish().expect("phase 4");
+    for (index, _) in &request.signatures {
+        let state = states.get_mut(index).expect("participant");
+        let response = state
+            .handle_unmask(&request, &AcceptAll, &mut accept_all)
+            .expect("honest unmask");
+        server
+            .handle_response(*index, response.clone())
             .expect("response accepted");
         ops.push(ServerOp::Response {
-            from: index,
+            from: *index,
             response,
         });
     }
     ops.push(ServerOp::Finish);
-    assert_eq!(server.finish().expect("phase 4"), expected);
+    assert_eq!(server.finish().expect("phase 5"), expected);
     (ops, expected)
 }

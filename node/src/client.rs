@@ -190,6 +190,7 @@ async fn answer(
         }
         message @ (Message::SecAggDirectory(_)
         | Message::SecAggDelivery(_)
+        | Message::SecAggConsistency(_)
         | Message::SecAggUnmask(_)) => {
             let hospital = hospital.clone();
             tokio::task::spawn_blocking(move || lock(&hospital).handle_secagg(&message))

@@ -72,14 +72,12 @@ pub struct Hospital {
     exact_releases: ReleaseRecord,
 }
 
-/// A secure aggregation this node takes part in: its state, who takes part, which exact figures
+/// A secure aggregation this node takes part in: its state, which exact figures
 /// the masked vector carries, and the ledger entries of its noised figures, recorded just before
 /// the masked input leaves.
 struct OpenAggregation {
     session: u64,
     round: u64,
-    /// Participants' identities, by index − 1.
-    participants: Vec<String>,
     /// The exact figures the vector carries, if any.
     exact: Option<ExactFigures>,
     state: ParticipantState,
@@ -494,6 +492,13 @@ impl Hospital {
                 encoding.encoded_len()
             )));
         }
+        // The digest is part of the parameters every peer signs over: checking it here means no
+        // participant encodes its figures otherwise than the others.
+        if encoding.digest() != params.encoding_digest {
+            return Err(SecAggError::BadParams(
+                "the round's encoding is not the one this node's figures use".into(),
+            ));
+        }
         encoding.check_capacity(params.n())?;
         // Stochastic rounding draws one number per figure: a CSPRNG seeded once from the OS,
         // rather than one `getrandom` system call per figure (10^5 of them for a 10^5-parameter
@@ -510,11 +515,6 @@ impl Hospital {
         self.secagg = Some(OpenAggregation {
             session: params.session,
             round: params.round,
-            participants: params
-                .participants
-                .iter()
-                .map(|p| p.identity.clone())
-                .collect(),
             exact: figures.exact,
             state: ParticipantState::Directory(state),
             pending: figures.entries,
@@ -555,14 +555,17 @@ impl Hospital {
         Ok(())
     }
 
-    /// Answers a secure-aggregation step (directory, delivery, unmask request). A step for
-    /// another round, out of order or repeated is refused; an aggregation that fails is dropped,
-    /// and if it failed on a peer's share that does not authenticate, the refusal names that peer
-    /// ([`RefusalReason::ShareAuthentication`]).
+    /// Answers a secure-aggregation step (directory, delivery, consistency request, unmask
+    /// request). A step for another round, out of order or repeated is refused; an aggregation
+    /// that fails is dropped, and if it failed on a peer's share that does not authenticate, the
+    /// refusal names that peer ([`RefusalReason::ShareAuthentication`]). Before this node signs
+    /// the survivor set, and again before it reveals any share, the survivors' identities go
+    /// through [`Self::survivor_policy`].
     pub fn handle_secagg(&mut self, message: &Message) -> Message {
         let (session, round) = match message {
             Message::SecAggDirectory(m) => (m.session, m.round),
             Message::SecAggDelivery(m) => (m.session, m.round),
+            Message::SecAggConsistency(m) => (m.session, m.round),
             Message::SecAggUnmask(m) => (m.session, m.round),
             other => {
                 return refusal(
@@ -600,6 +603,27 @@ impl Hospital {
             );
         };
         let mut rng = rand::rngs::OsRng.unwrap_err();
+        // The hospital's last word on who is in the sum, asked before this node signs the
+        // survivor set and again before it reveals any share (when the first release of exact
+        // figures into it is recorded).
+        let me = self.identity.clone().unwrap_or_default();
+        let (gate, exact_releases) = (&self.policy, &mut self.exact_releases);
+        let mut refused = None;
+        let mut check = |survivors: &[&str], record: bool| {
+            admit_sum(
+                gate,
+                exact_releases,
+                &me,
+                survivors,
+                open.exact.as_ref(),
+                record,
+            )
+            .map_err(|violation| {
+                let detail = violation.to_string();
+                refused = Some(violation);
+                SecAggError::RefusedByPolicy { detail }
+            })
+        };
         let answer = match message {
             Message::SecAggDirectory(directory) => open
                 .state
@@ -609,26 +633,23 @@ impl Hospital {
                 .state
                 .handle_delivery(delivery)
                 .map(Message::SecAggInput),
-            Message::SecAggUnmask(request) => {
-                // Who is in the sum is known now: the last point at which this node can refuse.
-                let survivors: Vec<&str> = request
-                    .survivors
-                    .iter()
-                    .filter_map(|&index| {
-                        open.participants
-                            .get(usize::from(index).wrapping_sub(1))
-                            .map(String::as_str)
-                    })
-                    .collect();
-                if let Err(violation) = self.admit_sum(&survivors, open.exact.as_ref()) {
-                    return policy_decline(session, round, violation);
-                }
-                open.state
-                    .handle_unmask(request)
-                    .map(Message::SecAggUnmaskShares)
-            }
+            Message::SecAggConsistency(request) => open
+                .state
+                .handle_consistency(request, credentials.signer.as_ref(), &mut |survivors| {
+                    check(survivors, false)
+                })
+                .map(Message::SecAggSignature),
+            Message::SecAggUnmask(request) => open
+                .state
+                .handle_unmask(request, credentials.verifier.as_ref(), &mut |survivors| {
+                    check(survivors, true)
+                })
+                .map(Message::SecAggUnmaskShares),
             _ => unreachable!("filtered above"),
         };
+        if let Some(violation) = refused {
+            return policy_decline(session, round, violation);
+        }
         let answer = match answer {
             // The masked input carries the noised figures: their cost goes into the ledger
             // first, and the release counts against the attempt caps.
@@ -659,27 +680,6 @@ impl Hospital {
                 aggregation_aborted(format!("secure aggregation aborted: {e}")),
             ),
         }
-    }
-
-    /// The last check before this node helps unmask a sum over `survivors`: enough other
-    /// hospitals, members only, and exact figures only into the one sum they went into before
-    /// (the first such sum is recorded here, before any share leaves).
-    fn admit_sum(
-        &mut self,
-        survivors: &[&str],
-        exact: Option<&ExactFigures>,
-    ) -> Result<(), PolicyViolation> {
-        let me = self.identity.as_deref().unwrap_or_default();
-        self.policy.check_sum(survivors.iter().copied(), me)?;
-        if let Some(exact) = exact {
-            self.exact_releases
-                .admit(exact, survivors.iter().copied())
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "refusing to unmask");
-                    PolicyViolation::AlreadyReleased
-                })?;
-        }
-        Ok(())
     }
 
     /// Stores a model that arrived whole and checked out, if it comes from the current session.
@@ -986,6 +986,32 @@ fn evaluate_and_train(
         groups,
         trained: Some((params, train.len() as f64)),
         steps,
+    })
+}
+
+/// The hospital's check of a secure sum's survivors: enough other hospitals, members only, and
+/// exact figures only into the one sum they went into before. With `record`, the first such
+/// sum is recorded (before any share leaves).
+fn admit_sum(
+    gate: &PolicyGate,
+    exact_releases: &mut ReleaseRecord,
+    me: &str,
+    survivors: &[&str],
+    exact: Option<&ExactFigures>,
+    record: bool,
+) -> Result<(), PolicyViolation> {
+    gate.check_sum(survivors.iter().copied(), me)?;
+    let Some(exact) = exact else {
+        return Ok(());
+    };
+    let outcome = if record {
+        exact_releases.admit(exact, survivors.iter().copied())
+    } else {
+        exact_releases.check(exact, survivors.iter().copied())
+    };
+    outcome.map_err(|e| {
+        tracing::warn!(error = %e, "refusing this survivor set");
+        PolicyViolation::AlreadyReleased
     })
 }
 

@@ -329,6 +329,7 @@ mod tests {
             neighbours: None,
             graph_seed: [0; 32],
             vector_len: 1,
+            encoding_digest: [0; 32],
         }
     }
 

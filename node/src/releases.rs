@@ -117,21 +117,35 @@ impl ReleaseRecord {
         before.iter().all(|h| candidates.contains(h.as_str()))
     }
 
-    /// Admits the release of `figures` into a sum over `hospitals`, recording it (with fsync)
-    /// when it is the first: refused if they went into a sum over other hospitals before.
-    pub fn admit<'a>(
-        &mut self,
+    /// Whether `figures` may go into a sum over exactly `hospitals`: yes if they never went into
+    /// a sum, or went into one over the same hospitals. Records nothing.
+    pub fn check<'a>(
+        &self,
         figures: &ExactFigures,
         hospitals: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), ReleaseError> {
         let now: BTreeSet<String> = hospitals.into_iter().map(str::to_owned).collect();
         match self.released.get(figures) {
-            Some(before) if *before == now => Ok(()),
-            Some(before) => Err(ReleaseError::AlreadyReleased {
+            Some(before) if *before != now => Err(ReleaseError::AlreadyReleased {
                 figures: figures.clone(),
                 before: before.clone(),
                 now,
             }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Admits the release of `figures` into a sum over `hospitals`, recording it (with fsync)
+    /// when it is the first: refused if they went into a sum over other hospitals before.
+    pub fn admit<'a>(
+        &mut self,
+        figures: &ExactFigures,
+        hospitals: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Result<(), ReleaseError> {
+        self.check(figures, hospitals.clone())?;
+        let now: BTreeSet<String> = hospitals.into_iter().map(str::to_owned).collect();
+        match self.released.get(figures) {
+            Some(_) => Ok(()),
             None => {
                 if let Some(journal) = &mut self.journal {
                     journal.append(&ExactRelease {

@@ -14,12 +14,20 @@
 //!    pairwise masks are then recomputed from its reconstructed key). The round is replayed into
 //!    a fresh coordinator before each iteration; only `finish` is timed. `unmasking …` lines.
 //! 3. **Traffic**: the bytes one node sends per round with secure aggregation — its key
-//!    advertisement, share package, masked input and unmask response, each framed by
-//!    `codec::frame` as a [`Message`] — against a plain `f32` update of `4 · params` bytes.
-//!    `traffic …` lines.
+//!    advertisement, share package, masked input, consistency signature and unmask response,
+//!    each framed by `codec::frame` as a [`Message`] — against a plain `f32` update of
+//!    `4 · params` bytes. `traffic …` lines.
+//! 4. **The consistency round's cost** (issue 12): whole honest rounds of 4 nodes × 1 153 words
+//!    (the demo's round vector) and 20 nodes × 10^6 words, timed call by call with ECDSA P-256
+//!    keys (the certificates' key type). Per node: signing the survivor set plus checking the
+//!    `t` signatures of the unmask request, against the rest of the node's secure-aggregation
+//!    compute; at the coordinator: checking every survivor's signature, against the rest of its
+//!    secure-aggregation compute; each as a ratio. `consistency …` lines. Not included: the
+//!    certificate-chain check the nodes' verifier makes for each signature, and the network
+//!    round trip the phase adds.
 //!
-//! The traffic table is printed before the criterion runs, the `masking` and `unmasking` summaries
-//! after them. The summaries average every timed iteration but the first (cold) call. Run as a
+//! The traffic table is printed before the criterion runs, the `masking`, `unmasking` and
+//! `consistency` summaries after them. The summaries average every timed iteration but the first (cold) call. Run as a
 //! test (`cargo test --benches`), only the smallest sizes are set up and each routine runs once.
 
 use std::cell::Cell;
@@ -36,7 +44,7 @@ use medfed_protocol::messages::{Contribution, ContributionKind, Message, PlainFi
 use medfed_protocol::secagg::crypto::{AgreementKeyPair, add_mask, keystream, subtract_mask};
 use medfed_protocol::secagg::{
     ExpectDelivery, ExpectDirectory, ExpectKeys, KeyAdvertisement, KeyDirectory, ParticipantState,
-    RoundParams, ShareDelivery, pair_info,
+    PeerVerifier, RoundParams, ShareDelivery, pair_info, survivors_signed_bytes,
 };
 
 mod support;
@@ -50,6 +58,8 @@ const ME: u16 = 1;
 const ME_RNG_SEED: u64 = 1;
 /// Participants in the unmasking and traffic rounds.
 const PARTICIPANTS: usize = 10;
+/// Words of the demo's round vector under secure aggregation (4 hospitals).
+const DEMO_WORDS: usize = 1_153;
 /// Keystream throughput assumed only to size criterion's measurement windows.
 const ASSUMED_BYTES_PER_SEC: f64 = 1.2e9;
 
@@ -75,9 +85,17 @@ fn main() {
     let masking = bench_masking(&mut criterion, model_sizes, peer_counts);
     let unmasking = bench_unmasking(&mut criterion, unmask_sizes);
     criterion.final_summary();
+    let consistency: Vec<String> = if quick {
+        vec![consistency_cost(4, DEMO_WORDS, 1)]
+    } else {
+        vec![
+            consistency_cost(4, DEMO_WORDS, 20),
+            consistency_cost(20, 1_000_000, 3),
+        ]
+    };
 
     println!();
-    for line in masking.iter().chain(&unmasking) {
+    for line in masking.iter().chain(&unmasking).chain(&consistency) {
         println!("{line}");
     }
 }
@@ -203,12 +221,6 @@ impl MaskingRound {
     fn new(vector_len: usize, peers: usize) -> Self {
         let n = peers + 1;
         let params = round_params(n, vector_len);
-        // The peers never mask here, so they hold one-word inputs: the keys and shares they send
-        // do not depend on the vector length, and 50 peers' copies of 10^7 words would not fit.
-        let peer_params = RoundParams {
-            vector_len: 1,
-            ..params.clone()
-        };
         let consortium = Consortium::new(n);
         let mut rng = ChaCha20Rng::seed_from_u64(2);
         let input: Vec<u32> = (0..vector_len).map(|_| rng.next_u32()).collect();
@@ -220,11 +232,14 @@ impl MaskingRound {
             .expect("keys accepted");
         let mut others: BTreeMap<u16, ParticipantState> = BTreeMap::new();
         for index in (1..=n as u16).filter(|&i| i != ME) {
+            // The peers never mask here: their inputs are zeros from a zeroed allocation, which
+            // the OS maps lazily, so 50 peers' 10^7 words cost no memory until dropped (then
+            // one peer's at a time, as each is wiped).
             let (state, keys) = ExpectDirectory::new(
-                peer_params.clone(),
+                params.clone(),
                 index,
-                vec![0],
-                &consortium.signer(index),
+                vec![0; vector_len],
+                consortium.signer(index),
                 &mut rng,
             )
             .expect("peer starts");
@@ -278,7 +293,7 @@ fn start_me(
         params.clone(),
         ME,
         input.to_vec(),
-        &consortium.signer(ME),
+        consortium.signer(ME),
         &mut rng,
     )
     .expect("participant starts");
@@ -391,8 +406,9 @@ fn print_traffic(sizes: &[usize]) {
         }));
         let package = frame_len(Message::SecAggShares(round.packages[0].1.clone()));
         let input = frame_len(Message::SecAggInput(round.inputs[0].1.clone()));
+        let signature = frame_len(Message::SecAggSignature(round.signatures[0].1.clone()));
         let response = frame_len(Message::SecAggUnmaskShares(round.responses[0].1.clone()));
-        let total = advertisement + package + input + response;
+        let total = advertisement + package + input + signature + response;
         let plain = 4 * params;
         let contribution = frame_len(Message::Contribution(Contribution {
             session: SESSION,
@@ -403,8 +419,9 @@ fn print_traffic(sizes: &[usize]) {
         }));
         println!(
             "traffic {} params {PARTICIPANTS} participants: key advertisement {advertisement} B, \
-             share package {package} B, masked input {input} B, unmask response {response} B, \
-             total {total} B; plain f32 {plain} B; ratio {:.3} \
+             share package {package} B, masked input {input} B, consistency signature \
+             {signature} B, unmask response {response} B, total {total} B; plain f32 {plain} B; \
+             ratio {:.3} \
              (plain Contribution frame: {contribution} B)",
             label(params),
             total as f64 / plain as f64,
@@ -417,6 +434,158 @@ fn frame_len(message: Message) -> usize {
     frame(&message)
         .expect("benchmark messages fit under the frame cap")
         .len()
+}
+
+// ---- 4. the consistency round's cost ----------------------------------------------------------
+
+/// Runs `reps` honest rounds of `n` participants over `words`-word inputs, timing every call,
+/// and returns the `consistency …` line: the consistency round's compute per node and at the
+/// coordinator, next to the rest of the round's secure-aggregation compute, as ratios.
+fn consistency_cost(n: usize, words: usize, reps: usize) -> String {
+    let mut node = Split::default();
+    let mut coordinator = Split::default();
+    let mut threshold = 0;
+    for rep in 0..reps {
+        let params = round_params(n, words);
+        threshold = params.threshold;
+        let consortium = Consortium::ecdsa(n);
+        let mut rng = ChaCha20Rng::seed_from_u64(rep as u64);
+        let inputs: Vec<Vec<u32>> = (0..n)
+            .map(|_| (0..words).map(|_| rng.next_u32()).collect())
+            .collect();
+        let indices = 1..=n as u16;
+
+        let mut server = coordinator.rest(|| ExpectKeys::new(params.clone()).unwrap());
+        let mut states = BTreeMap::new();
+        for (index, input) in indices.clone().zip(&inputs) {
+            let (state, keys) = node.rest(|| {
+                ExpectDirectory::new(
+                    params.clone(),
+                    index,
+                    input.clone(),
+                    consortium.signer(index),
+                    &mut rng,
+                )
+                .unwrap()
+            });
+            let certificate = consortium.certificate(index);
+            coordinator.rest(|| server.handle_keys(index, keys, certificate).unwrap());
+            states.insert(index, ParticipantState::Directory(state));
+        }
+        let (mut server, directory) = coordinator.rest(|| server.finish().unwrap());
+        for (&index, state) in &mut states {
+            let package = node.rest(|| {
+                state
+                    .handle_directory(&directory, &consortium.verifier, &mut rng)
+                    .unwrap()
+            });
+            coordinator.rest(|| server.handle_package(index, package).unwrap());
+        }
+        let (mut server, deliveries) = coordinator.rest(|| server.finish().unwrap());
+        for (&index, state) in &mut states {
+            let input = node.rest(|| state.handle_delivery(&deliveries[&index]).unwrap());
+            coordinator.rest(|| server.handle_input(index, &input).unwrap());
+        }
+        let (mut server, request) = coordinator.consistency(|| server.finish().unwrap());
+        for (&index, state) in &mut states {
+            let signature = node.consistency(|| {
+                state
+                    .handle_consistency(&request, consortium.signer(index), &mut |_| Ok(()))
+                    .unwrap()
+            });
+            coordinator.consistency(|| {
+                server
+                    .handle_signature(index, signature, &consortium.verifier)
+                    .unwrap()
+            });
+        }
+        let (mut server, unmask) = coordinator.consistency(|| server.finish().unwrap());
+        // `handle_unmask` checks the request's signatures before it reveals anything: that
+        // part is timed apart, as the same verifier calls on the same bytes, and moved from the
+        // rest of the round to the consistency round.
+        let survivors = unmask.survivors.iter().copied().collect();
+        let signed = survivors_signed_bytes(&params.digest(), &survivors);
+        for (&index, state) in &mut states {
+            let start = Instant::now();
+            for (signer, signature) in &unmask.signatures {
+                let identity = format!("hospital-{signer}");
+                let certificate = consortium.certificate(*signer);
+                assert!(
+                    consortium
+                        .verifier
+                        .verify(&identity, &certificate, &signed, signature)
+                );
+            }
+            let checks = start.elapsed();
+            let response = node.rest(|| {
+                state
+                    .handle_unmask(&unmask, &consortium.verifier, &mut |_| Ok(()))
+                    .unwrap()
+            });
+            node.move_to_consistency(checks);
+            coordinator.rest(|| server.handle_response(index, response).unwrap());
+        }
+        let sum = coordinator.rest(|| server.finish().unwrap());
+        let mut expected = vec![0u32; words];
+        for input in &inputs {
+            for (e, v) in expected.iter_mut().zip(input) {
+                *e = e.wrapping_add(*v);
+            }
+        }
+        assert!(sum == expected, "the unmasked sum is not the inputs' sum");
+    }
+    let per_node = (n * reps) as u32;
+    let ms = |time: Duration| time.as_secs_f64() * 1e3;
+    format!(
+        "consistency {n} nodes x {} words (ECDSA P-256, t = {threshold}, {reps} rounds): \
+         per node sign + {threshold} signature checks {:.3} ms vs the rest of its \
+         secure-aggregation compute {:.3} ms, ratio {:.3}; coordinator {n} signature checks \
+         {:.3} ms vs the rest {:.3} ms, ratio {:.3}",
+        label(words),
+        ms(node.consistency / per_node),
+        ms(node.rest / per_node),
+        node.ratio(),
+        ms(coordinator.consistency / reps as u32),
+        ms(coordinator.rest / reps as u32),
+        coordinator.ratio(),
+    )
+}
+
+/// Compute time split between the consistency round and the rest of the round.
+#[derive(Default)]
+struct Split {
+    consistency: Duration,
+    rest: Duration,
+}
+
+impl Split {
+    /// Runs `f`, counting its time to the rest of the round.
+    fn rest<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        self.rest += start.elapsed();
+        out
+    }
+
+    /// Runs `f`, counting its time to the consistency round.
+    fn consistency<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        self.consistency += start.elapsed();
+        out
+    }
+
+    /// Moves `time`, counted to the rest of the round, to the consistency round.
+    fn move_to_consistency(&mut self, time: Duration) {
+        let time = time.min(self.rest);
+        self.rest -= time;
+        self.consistency += time;
+    }
+
+    /// The consistency round's time over the rest's.
+    fn ratio(&self) -> f64 {
+        self.consistency.as_secs_f64() / self.rest.as_secs_f64()
+    }
 }
 
 // ---- shared fixtures --------------------------------------------------------------------------

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::model::{ModelHash, ModelSpec};
 use crate::secagg::fixed_point::FixedPoint;
 use crate::secagg::{
-    KeyAdvertisement, KeyDirectory, MaskedInput, RoundParams, ShareDelivery, SharePackage,
-    UnmaskRequest, UnmaskResponse,
+    ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyDirectory, MaskedInput,
+    RoundParams, ShareDelivery, SharePackage, UnmaskRequest, UnmaskResponse,
 };
 use crate::stats::Standardization;
 use crate::task::TrainingPlan;
@@ -64,7 +64,11 @@ pub enum Message {
     SecAggDelivery(ShareDelivery),
     /// Node → coordinator: its masked figures.
     SecAggInput(MaskedInput),
-    /// Coordinator → node: who sent masked figures.
+    /// Coordinator → node: who sent masked figures, for the node to sign.
+    SecAggConsistency(ConsistencyRequest),
+    /// Node → coordinator: its signature on the survivor set.
+    SecAggSignature(ConsistencySignature),
+    /// Coordinator → node: who sent masked figures, with the survivors' signatures on it.
     SecAggUnmask(UnmaskRequest),
     /// Node → coordinator: the shares that remove the masks.
     SecAggUnmaskShares(UnmaskResponse),
@@ -89,6 +93,8 @@ impl Message {
             Self::SecAggShares(m) => m.round,
             Self::SecAggDelivery(m) => m.round,
             Self::SecAggInput(m) => m.round,
+            Self::SecAggConsistency(m) => m.round,
+            Self::SecAggSignature(m) => m.round,
             Self::SecAggUnmask(m) => m.round,
             Self::SecAggUnmaskShares(m) => m.round,
         })
@@ -113,6 +119,8 @@ impl Message {
             Self::SecAggShares(_) => "secagg_shares",
             Self::SecAggDelivery(_) => "secagg_delivery",
             Self::SecAggInput(_) => "secagg_input",
+            Self::SecAggConsistency(_) => "secagg_consistency",
+            Self::SecAggSignature(_) => "secagg_signature",
             Self::SecAggUnmask(_) => "secagg_unmask",
             Self::SecAggUnmaskShares(_) => "secagg_unmask_shares",
         }
@@ -577,6 +585,7 @@ mod tests {
                 neighbours: None,
                 graph_seed: [1; 32],
                 vector_len: 10,
+                encoding_digest: [2; 32],
             },
             update_encoding: FixedPoint {
                 clip: 1.0,
@@ -655,6 +664,22 @@ mod tests {
                 session: 7,
                 round: 2,
                 model_hash: model.hash(),
+            }),
+            Message::SecAggConsistency(ConsistencyRequest {
+                session: 7,
+                round: 2,
+                survivors: vec![1, 3, 300],
+            }),
+            Message::SecAggSignature(ConsistencySignature {
+                session: 7,
+                round: 2,
+                signature: vec![9; 71],
+            }),
+            Message::SecAggUnmask(UnmaskRequest {
+                session: 7,
+                round: 2,
+                survivors: vec![1, 3, 300],
+                signatures: vec![(1, vec![4; 70]), (300, vec![5; 72])],
             }),
         ]
     }

@@ -1,6 +1,6 @@
 //! Property tests of the secure-aggregation state machines: random consortium sizes, thresholds
-//! and SecAgg+ neighbour counts, random inputs, random dropouts at each phase and random delivery
-//! order within each phase, with duplicated and wrong-round messages injected.
+//! and SecAgg+ neighbour counts, random inputs, random dropouts at each of the five phases and
+//! random delivery order within each phase, with duplicated and wrong-round messages injected.
 //!
 //! Each case is checked against a small reference model of the protocol that works out, from the
 //! dropouts alone, who is left after each phase and therefore what the round must end with: the
@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use medfed_protocol::secagg::{
-    ExpectDirectory, ExpectKeys, MaskedInput, Participant, ParticipantState, PeerVerifier,
-    RoundParams, SecAggError, Signer, UnmaskRequest,
+    ConsistencyRequest, ExpectDirectory, ExpectKeys, MaskedInput, Participant, ParticipantState,
+    PeerVerifier, RoundParams, SecAggError, Signer, UnmaskRequest,
 };
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -31,8 +31,10 @@ enum Dropout {
     AfterKeys,
     /// Sends shares, then never sends its masked input.
     AfterShares,
-    /// Sends its masked input, then never answers the unmask request.
+    /// Sends its masked input, then never signs the survivor set (nor unmasks).
     AfterInput,
+    /// Signs the survivor set, then never answers the unmask request.
+    AfterSignature,
 }
 
 /// One random round.
@@ -45,7 +47,7 @@ struct Scenario {
     drops: Vec<Dropout>,
     /// Order in which the coordinator receives the participants' messages, per phase (positions
     /// 0..n).
-    orders: [Vec<usize>; 4],
+    orders: [Vec<usize>; 5],
     /// Inject wrong-round, duplicated and unexpected messages.
     faults: bool,
     /// Seed of the participants' randomness and of the order of entries inside messages.
@@ -67,6 +69,7 @@ impl Scenario {
             neighbours: self.neighbours,
             graph_seed: [self.seed as u8; 32],
             vector_len: self.inputs[0].len(),
+            encoding_digest: [self.seed as u8 ^ 0xff; 32],
         }
     }
 
@@ -93,6 +96,7 @@ fn drop_strategy() -> impl Strategy<Value = Dropout> {
         1 => Just(Dropout::AfterKeys),
         1 => Just(Dropout::AfterShares),
         1 => Just(Dropout::AfterInput),
+        1 => Just(Dropout::AfterSignature),
     ]
 }
 
@@ -121,7 +125,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 2..=holders,
                 proptest::collection::vec(proptest::collection::vec(any::<u32>(), vector_len), n),
                 proptest::collection::vec(drop_strategy(), n),
-                [order(), order(), order(), order()],
+                [order(), order(), order(), order(), order()],
                 any::<bool>(),
                 any::<u64>(),
             )
@@ -208,12 +212,20 @@ fn model(scenario: &Scenario, graph: &[Vec<u16>]) -> Result<(Vec<u32>, Vec<u16>)
         .filter(|&i| scenario.drop(i) != Dropout::AfterInput)
         .collect();
     if u4.len() < t {
-        return Err(below("unmasking", u4.len()));
+        return Err(below("consistency", u4.len()));
+    }
+    let u5: BTreeSet<u16> = u4
+        .iter()
+        .copied()
+        .filter(|&i| scenario.drop(i) != Dropout::AfterSignature)
+        .collect();
+    if u5.len() < t {
+        return Err(below("unmasking", u5.len()));
     }
     // The server rebuilds each survivor's self-mask seed (held by itself and its neighbours),
     // then each dropout's mask key (held by its neighbours), in index order.
     for &s in &u3 {
-        let have = u4
+        let have = u5
             .iter()
             .filter(|&&j| j == s || neighbours(s).contains(&j))
             .count();
@@ -226,7 +238,7 @@ fn model(scenario: &Scenario, graph: &[Vec<u16>]) -> Result<(Vec<u32>, Vec<u16>)
         }
     }
     for &d in u2.difference(&u3) {
-        let have = u4.iter().filter(|j| neighbours(d).contains(j)).count();
+        let have = u5.iter().filter(|j| neighbours(d).contains(j)).count();
         if have < t {
             return Err(SecAggError::TooFewShares {
                 index: d,
@@ -394,11 +406,11 @@ fn run(scenario: &Scenario) -> Result<(Vec<u32>, Vec<u16>), SecAggError> {
             first = false;
         }
     }
-    let (mut server, request) = server.finish()?;
-    let survivors: BTreeSet<u16> = request.survivors.iter().copied().collect();
+    let (mut server, consistency) = server.finish()?;
+    let survivors: BTreeSet<u16> = consistency.survivors.iter().copied().collect();
     assert!(survivors.is_subset(&sharers));
 
-    // Phase 4: unmasking.
+    // Phase 4: signatures on the survivor set.
     let mut first = true;
     for &position in &scenario.orders[3] {
         let index = index_at(position);
@@ -408,14 +420,90 @@ fn run(scenario: &Scenario) -> Result<(Vec<u32>, Vec<u16>), SecAggError> {
         let state = states.get_mut(&index).expect("a survivor has a state");
         if scenario.drop(index) == Dropout::AfterInput {
             if scenario.faults {
+                let mut stale = consistency.clone();
+                stale.round += 1;
+                assert!(wrong_round(state.handle_consistency(
+                    &stale,
+                    &DigestSigner(format!("hospital-{index}")),
+                    &mut accept_all
+                )));
+            }
+            continue;
+        }
+        let signature = state
+            .handle_consistency(
+                &consistency,
+                &DigestSigner(format!("hospital-{index}")),
+                &mut accept_all,
+            )
+            .expect("an honest consistency request is signed");
+        if scenario.drop(index) == Dropout::AfterSignature && !scenario.faults {
+            // A second request — even for another set — is refused: one signature a round. (A
+            // refusal aborts the participant's round, so only one that will not unmask, nor be
+            // sent a stale request in phase 5, is asked.)
+            let mut alone = consistency.clone();
+            alone.survivors = vec![index];
+            assert!(violation_by(
+                state.handle_consistency(
+                    &alone,
+                    &DigestSigner(format!("hospital-{index}")),
+                    &mut accept_all
+                ),
+                0
+            ));
+        }
+        if scenario.faults && first {
+            let mut stale = signature.clone();
+            stale.round += 1;
+            assert!(wrong_round(server.handle_signature(
+                index,
+                stale,
+                &DigestVerifier
+            )));
+            let mut forged = signature.clone();
+            forged.signature[0] ^= 1;
+            assert_eq!(
+                server.handle_signature(index, forged, &DigestVerifier),
+                Err(SecAggError::BadConsistencySignature { index })
+            );
+        }
+        server
+            .handle_signature(index, signature.clone(), &DigestVerifier)
+            .expect("an honest signature is accepted");
+        if scenario.faults && first {
+            assert!(violation_by(
+                server.handle_signature(index, signature, &DigestVerifier),
+                index
+            ));
+            first = false;
+        }
+    }
+    let (mut server, request) = server.finish()?;
+    assert_eq!(request.survivors, consistency.survivors);
+    let signers: BTreeSet<u16> = request.signatures.iter().map(|(i, _)| *i).collect();
+
+    // Phase 5: unmasking.
+    let mut first = true;
+    for &position in &scenario.orders[4] {
+        let index = index_at(position);
+        if !signers.contains(&index) {
+            continue;
+        }
+        let state = states.get_mut(&index).expect("a signer has a state");
+        if scenario.drop(index) == Dropout::AfterSignature {
+            if scenario.faults {
                 let mut stale = request.clone();
                 stale.round += 1;
-                assert!(wrong_round(state.handle_unmask(&stale)));
+                assert!(wrong_round(state.handle_unmask(
+                    &stale,
+                    &DigestVerifier,
+                    &mut accept_all
+                )));
             }
             continue;
         }
         let response = state
-            .handle_unmask(&request)
+            .handle_unmask(&request, &DigestVerifier, &mut accept_all)
             .expect("an honest unmask request is answered");
         // Never both kinds of share of one peer, and the right kind for each.
         let self_masks: BTreeSet<u16> = response.self_mask_shares.iter().map(|(p, _)| *p).collect();
@@ -430,7 +518,10 @@ fn run(scenario: &Scenario) -> Result<(Vec<u32>, Vec<u16>), SecAggError> {
         // A second request — even one calling everyone a dropout — is refused.
         let mut everyone_dropped = request.clone();
         everyone_dropped.survivors = vec![index];
-        assert!(violation_by(state.handle_unmask(&everyone_dropped), 0));
+        assert!(violation_by(
+            state.handle_unmask(&everyone_dropped, &DigestVerifier, &mut accept_all),
+            0
+        ));
         if scenario.faults && first {
             let mut stale = response.clone();
             stale.round += 1;
@@ -448,6 +539,11 @@ fn run(scenario: &Scenario) -> Result<(Vec<u32>, Vec<u16>), SecAggError> {
     server.finish().map(|sum| (sum, survivors))
 }
 
+/// The harness's node policy: every survivor set is acceptable.
+fn accept_all(_: &[&str]) -> Result<(), SecAggError> {
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -462,7 +558,8 @@ proptest! {
     }
 }
 
-/// The same rule as [`UnmaskRequest`]s that list a participant twice: refused, not answered.
+/// Survivor lists that name a participant twice are refused, not answered: in the consistency
+/// request and in the unmask request.
 #[test]
 fn an_unmask_request_listing_a_survivor_twice_is_refused() {
     let scenario = Scenario {
@@ -471,7 +568,13 @@ fn an_unmask_request_listing_a_survivor_twice_is_refused() {
         threshold: 2,
         inputs: vec![vec![1, 2], vec![3, 4], vec![5, 6]],
         drops: vec![Dropout::Never; 3],
-        orders: [vec![0, 1, 2], vec![0, 1, 2], vec![0, 1, 2], vec![0, 1, 2]],
+        orders: [
+            vec![0, 1, 2],
+            vec![0, 1, 2],
+            vec![0, 1, 2],
+            vec![0, 1, 2],
+            vec![0, 1, 2],
+        ],
         faults: false,
         seed: 1,
     };
@@ -503,10 +606,42 @@ fn an_unmask_request_listing_a_survivor_twice_is_refused() {
     }
     let (_, deliveries) = server.finish().unwrap();
     states[0].handle_delivery(&deliveries[&1]).unwrap();
-    let request = UnmaskRequest {
+    states[1].handle_delivery(&deliveries[&2]).unwrap();
+    let request = ConsistencyRequest {
         session: params.session,
         round: params.round,
         survivors: vec![1, 2, 2],
     };
-    assert!(violation_by(states[0].handle_unmask(&request), 0));
+    let signer = DigestSigner("hospital-1".into());
+    assert!(violation_by(
+        states[0].handle_consistency(&request, &signer, &mut accept_all),
+        0
+    ));
+    // Nor is an unmask request listing one twice, even for the set the participant signed.
+    let request = ConsistencyRequest {
+        session: params.session,
+        round: params.round,
+        survivors: vec![1, 2],
+    };
+    let signer = DigestSigner("hospital-2".into());
+    states[1]
+        .handle_consistency(&request, &signer, &mut accept_all)
+        .unwrap();
+    let signed_bytes = medfed_protocol::secagg::survivors_signed_bytes(
+        &params.digest(),
+        &[1, 2].into_iter().collect(),
+    );
+    let unmask = UnmaskRequest {
+        session: params.session,
+        round: params.round,
+        survivors: vec![1, 2, 2],
+        signatures: vec![
+            (1, tag("hospital-1", &signed_bytes)),
+            (2, tag("hospital-2", &signed_bytes)),
+        ],
+    };
+    assert!(violation_by(
+        states[1].handle_unmask(&unmask, &DigestVerifier, &mut accept_all),
+        0
+    ));
 }

@@ -29,6 +29,7 @@ async fn egress_logs_account_for_every_byte_the_coordinator_received() {
                     "secagg_keys",
                     "secagg_shares",
                     "secagg_input",
+                    "secagg_signature",
                     "secagg_unmask_shares",
                     "finished"
                 ]

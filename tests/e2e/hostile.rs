@@ -447,8 +447,11 @@ async fn share_that_fails_authentication_leaves_its_sender_out() {
             Message::SecAggDelivery(delivery) => {
                 state.handle_delivery(&delivery).map(Message::SecAggInput)
             }
+            Message::SecAggConsistency(request) => state
+                .handle_consistency(&request, credentials.signer.as_ref(), &mut |_| Ok(()))
+                .map(Message::SecAggSignature),
             Message::SecAggUnmask(request) => state
-                .handle_unmask(&request)
+                .handle_unmask(&request, credentials.verifier.as_ref(), &mut |_| Ok(()))
                 .map(Message::SecAggUnmaskShares),
             other => Ok(other),
         };
@@ -848,8 +851,10 @@ fn wrong_round_keys(session: u64, round: u64, setup: Option<SecAggSetup>) -> Mes
             session,
             round: round + 1,
             index,
+            params_digest: [0; 32],
             cipher_public: [1; 32],
             mask_public: [2; 32],
+            self_mask_commitment: [3; 32],
             signature: vec![0; 64],
         },
         privacy: None,

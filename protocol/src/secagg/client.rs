@@ -4,14 +4,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use zeroize::Zeroizing;
 
+use super::consistency::{check_signatures, survivor_set, survivors_signed_bytes};
 use super::crypto::{AgreementKeyPair, add_mask, open, seal, subtract_mask};
 use super::messages::{
-    EncryptedShare, KeyAdvertisement, KeyDirectory, MaskedInput, ShareDelivery, SharePackage,
-    SharePlaintext, UnmaskRequest, UnmaskResponse,
+    ConsistencyRequest, ConsistencySignature, EncryptedShare, KeyAdvertisement, KeyDirectory,
+    MaskedInput, ShareDelivery, SharePackage, SharePlaintext, UnmaskRequest, UnmaskResponse,
 };
 use super::params::RoundParams;
 use super::shamir::{self, Share};
-use super::{SecAggError, pair_info, share_context};
+use super::{SecAggError, pair_info, self_mask_commitment, share_context};
 
 /// Signs with the participant's long-term key (the key of its consortium certificate).
 pub trait Signer {
@@ -26,42 +27,70 @@ pub trait PeerVerifier {
     fn verify(&self, identity: &str, certificate: &[u8], message: &[u8], signature: &[u8]) -> bool;
 }
 
+/// The node's policy on a survivor set, called with the survivors' identities before this
+/// participant signs the set and again before it reveals any share; an `Err` (normally
+/// [`SecAggError::RefusedByPolicy`]) aborts the round with nothing signed or revealed.
+pub type SurvivorCheck<'a> = dyn FnMut(&[&str]) -> Result<(), SecAggError> + 'a;
+
 /// Phase 1: keys advertised, waiting for everyone's keys.
 pub struct ExpectDirectory {
     params: RoundParams,
+    /// [`RoundParams::digest`] of `params`.
+    params_digest: [u8; 32],
     me: u16,
     input: Zeroizing<Vec<u32>>,
     cipher_keys: AgreementKeyPair,
     mask_keys: AgreementKeyPair,
+    /// This participant's self-mask seed, committed to in the advertisement.
+    self_mask: Zeroizing<[u8; 32]>,
     advertisement: KeyAdvertisement,
 }
 
 /// Phase 2: shares sent, waiting for the shares addressed to this participant.
 pub struct ExpectDelivery {
     params: RoundParams,
+    params_digest: [u8; 32],
     me: u16,
     input: Zeroizing<Vec<u32>>,
     cipher_keys: AgreementKeyPair,
     mask_keys: AgreementKeyPair,
     /// Neighbours that advertised keys, with their public keys `(cipher, mask)`.
     neighbours: BTreeMap<u16, ([u8; 32], [u8; 32])>,
+    /// The certificate of every participant in the directory (`U1`), to check their
+    /// consistency signatures against.
+    certificates: BTreeMap<u16, Vec<u8>>,
     /// This participant's self-mask seed.
     self_mask: Zeroizing<[u8; 32]>,
     /// The shares of its own secrets that it keeps (its own x-coordinate).
     own_shares: (Share, Share),
 }
 
-/// Phase 3: masked input sent, waiting for the list of survivors.
-pub struct ExpectUnmask {
+/// Phase 3: masked input sent, waiting for the survivor set to sign.
+pub struct ExpectConsistency {
     params: RoundParams,
+    params_digest: [u8; 32],
     me: u16,
+    /// `U2`, as this participant was told it.
+    sharers: BTreeSet<u16>,
+    certificates: BTreeMap<u16, Vec<u8>>,
     /// `(mask-key share, self-mask share)` of each participant of `U2` this one holds shares of.
     held: BTreeMap<u16, (Share, Share)>,
 }
 
+/// Phase 4: the survivor set signed, waiting for the unmask request.
+pub struct ExpectUnmask {
+    params: RoundParams,
+    me: u16,
+    /// The survivor set this participant signed: the only one it will unmask for.
+    signed: BTreeSet<u16>,
+    certificates: BTreeMap<u16, Vec<u8>>,
+    held: BTreeMap<u16, (Share, Share)>,
+}
+
 impl ExpectDirectory {
-    /// Starts a round with the encoded `input`: makes two fresh key pairs and signs their public
-    /// halves. Returns the state and the advertisement to send.
+    /// Starts a round with the encoded `input`: makes two fresh key pairs and a fresh self-mask
+    /// seed, and signs the public keys, a commitment to the seed and the digest of `params`.
+    /// Returns the state and the advertisement to send.
     pub fn new<R: rand::CryptoRng + ?Sized>(
         params: RoundParams,
         me: u16,
@@ -84,28 +113,41 @@ impl ExpectDirectory {
         }
         let cipher_keys = AgreementKeyPair::generate(rng);
         let mask_keys = AgreementKeyPair::generate(rng);
+        let self_mask = Zeroizing::new(random_seed(rng));
+        let params_digest = params.digest();
         let mut advertisement = KeyAdvertisement {
             session: params.session,
             round: params.round,
             index: me,
+            params_digest,
             cipher_public: cipher_keys.public(),
             mask_public: mask_keys.public(),
+            self_mask_commitment: self_mask_commitment(
+                params.session,
+                params.round,
+                me,
+                &self_mask,
+            ),
             signature: Vec::new(),
         };
         advertisement.signature = signer.sign(&advertisement.signed_bytes())?;
         let state = Self {
             params,
+            params_digest,
             me,
             input: Zeroizing::new(input),
             cipher_keys,
             mask_keys,
+            self_mask,
             advertisement: advertisement.clone(),
         };
         Ok((state, advertisement))
     }
 
-    /// Checks every neighbour's signed keys, then Shamir-shares the mask secret key and a fresh
-    /// self-mask seed among the neighbours, each share encrypted for its holder.
+    /// Checks every neighbour's signed keys, and that each was signed for the same round
+    /// parameters as this participant's; keeps every participant's certificate for the
+    /// consistency round; then Shamir-shares the mask secret key and the self-mask seed among
+    /// the neighbours, each share encrypted for its holder.
     pub fn handle_directory<R: rand::CryptoRng + ?Sized>(
         self,
         directory: &KeyDirectory,
@@ -118,6 +160,7 @@ impl ExpectDirectory {
             graph[usize::from(self.me) - 1].iter().copied().collect();
         let mut seen = BTreeSet::new();
         let mut neighbours = BTreeMap::new();
+        let mut certificates = BTreeMap::new();
         for entry in &directory.entries {
             let keys = &entry.keys;
             let identity = self
@@ -131,6 +174,7 @@ impl ExpectDirectory {
                 ));
             }
             check_round(&self.params, keys.session, keys.round)?;
+            certificates.insert(keys.index, entry.certificate.clone());
             if keys.index == self.me {
                 // The coordinator must relay our own keys unchanged.
                 if *keys != self.advertisement {
@@ -155,6 +199,12 @@ impl ExpectDirectory {
                     identity: identity.to_owned(),
                 });
             }
+            if keys.params_digest != self.params_digest {
+                return Err(SecAggError::ParamsMismatch {
+                    index: keys.index,
+                    identity: identity.to_owned(),
+                });
+            }
             neighbours.insert(keys.index, (keys.cipher_public, keys.mask_public));
         }
         if !seen.contains(&self.me) {
@@ -169,7 +219,7 @@ impl ExpectDirectory {
             });
         }
 
-        let self_mask = Zeroizing::new(random_seed(rng));
+        let self_mask = self.self_mask;
         let holders: Vec<u16> = neighbours.keys().copied().chain([self.me]).collect();
         let mask_secret = self.mask_keys.secret_bytes();
         let key_shares = shamir::split(&mask_secret, threshold, &holders, rng)?;
@@ -208,11 +258,13 @@ impl ExpectDirectory {
         };
         let next = ExpectDelivery {
             params: self.params,
+            params_digest: self.params_digest,
             me: self.me,
             input: self.input,
             cipher_keys: self.cipher_keys,
             mask_keys: self.mask_keys,
             neighbours,
+            certificates,
             self_mask,
             own_shares,
         };
@@ -226,9 +278,15 @@ impl ExpectDelivery {
     pub fn handle_delivery(
         self,
         delivery: &ShareDelivery,
-    ) -> Result<(ExpectUnmask, MaskedInput), SecAggError> {
+    ) -> Result<(ExpectConsistency, MaskedInput), SecAggError> {
         check_round(&self.params, delivery.session, delivery.round)?;
         let senders: BTreeSet<u16> = delivery.senders.iter().copied().collect();
+        if let Some(stranger) = senders.iter().find(|v| !self.certificates.contains_key(v)) {
+            return Err(violation(
+                0,
+                &format!("U2 lists {stranger}, which is not in the key directory"),
+            ));
+        }
         if !senders.contains(&self.me) {
             return Err(violation(
                 0,
@@ -302,9 +360,12 @@ impl ExpectDelivery {
         // Keep only shares of U2 members; they are all we may be asked about.
         held.retain(|v, _| senders.contains(v));
         Ok((
-            ExpectUnmask {
+            ExpectConsistency {
                 params: self.params,
+                params_digest: self.params_digest,
                 me: self.me,
+                sharers: senders,
+                certificates: self.certificates,
                 held,
             },
             masked,
@@ -312,35 +373,87 @@ impl ExpectDelivery {
     }
 }
 
-impl ExpectUnmask {
-    /// Reveals, for each peer this participant holds shares of, the share of its self-mask seed
-    /// if it survived, or of its mask secret key if it dropped — never both. Consumes the state:
-    /// a participant answers one unmask request per round.
-    pub fn handle_unmask(self, request: &UnmaskRequest) -> Result<UnmaskResponse, SecAggError> {
+impl ExpectConsistency {
+    /// Signs the survivor set `U3` of the request, once: after checking that it holds this
+    /// participant, lies within `U2`, reaches the threshold, and passes the node's `check`
+    /// (called with the survivors' identities before anything is signed). Consumes the state:
+    /// a participant signs one survivor set per round, and will unmask only for that set.
+    pub fn handle_consistency(
+        self,
+        request: &ConsistencyRequest,
+        signer: &dyn Signer,
+        check: &mut SurvivorCheck<'_>,
+    ) -> Result<(ExpectUnmask, ConsistencySignature), SecAggError> {
         check_round(&self.params, request.session, request.round)?;
-        let survivors: BTreeSet<u16> = request.survivors.iter().copied().collect();
-        if survivors.len() != request.survivors.len() {
-            return Err(violation(0, "survivor listed twice"));
-        }
+        let survivors = survivor_set(&request.survivors)?;
         if !survivors.contains(&self.me) {
             return Err(violation(
                 0,
                 "this participant sent its input but is not listed as a survivor",
             ));
         }
+        if let Some(stranger) = survivors.iter().find(|v| !self.sharers.contains(v)) {
+            return Err(violation(
+                0,
+                &format!("survivor {stranger} is not among the participants that shared (U2)"),
+            ));
+        }
         if survivors.len() < self.params.threshold {
             return Err(SecAggError::BelowThreshold {
-                phase: "unmasking",
+                phase: "consistency",
                 have: survivors.len(),
                 threshold: self.params.threshold,
             });
         }
-        if let Some(stranger) = survivors
-            .iter()
-            .find(|v| self.params.identity(**v).is_none())
-        {
-            return Err(violation(0, &format!("unknown survivor {stranger}")));
+        check(&identities(&self.params, &survivors))?;
+        let signature = signer.sign(&survivors_signed_bytes(&self.params_digest, &survivors))?;
+        let answer = ConsistencySignature {
+            session: self.params.session,
+            round: self.params.round,
+            signature,
+        };
+        let next = ExpectUnmask {
+            params: self.params,
+            me: self.me,
+            signed: survivors,
+            certificates: self.certificates,
+            held: self.held,
+        };
+        Ok((next, answer))
+    }
+
+    /// This participant's index.
+    pub fn index(&self) -> u16 {
+        self.me
+    }
+}
+
+impl ExpectUnmask {
+    /// Reveals, for each peer this participant holds shares of, the share of its self-mask seed
+    /// if it survived, or of its mask secret key if it dropped — never both — but only if the
+    /// request's survivors are exactly the set this participant signed, the request carries at
+    /// least `t` signatures on that set from distinct survivors, every one of them verifying
+    /// against its signer's certificate from the key directory, and the node's `check` passes.
+    /// Consumes the state: a participant answers one unmask request per round.
+    pub fn handle_unmask(
+        self,
+        request: &UnmaskRequest,
+        verifier: &dyn PeerVerifier,
+        check: &mut SurvivorCheck<'_>,
+    ) -> Result<UnmaskResponse, SecAggError> {
+        check_round(&self.params, request.session, request.round)?;
+        let survivors = survivor_set(&request.survivors)?;
+        if survivors != self.signed {
+            return Err(SecAggError::SurvivorsChanged);
         }
+        check_signatures(
+            &self.params,
+            &survivors,
+            &request.signatures,
+            &self.certificates,
+            verifier,
+        )?;
+        check(&identities(&self.params, &survivors))?;
         let mut response = UnmaskResponse {
             session: self.params.session,
             round: self.params.round,
@@ -361,6 +474,14 @@ impl ExpectUnmask {
     pub fn index(&self) -> u16 {
         self.me
     }
+}
+
+/// The identities of `indices` (each a participant: checked against `U2` before).
+fn identities<'a>(params: &'a RoundParams, indices: &BTreeSet<u16>) -> Vec<&'a str> {
+    indices
+        .iter()
+        .filter_map(|&index| params.identity(index))
+        .collect()
 }
 
 fn check_round(params: &RoundParams, session: u64, round: u64) -> Result<(), SecAggError> {
@@ -408,6 +529,8 @@ pub enum ParticipantState {
     /// Shares sent.
     Delivery(ExpectDelivery),
     /// Masked input sent.
+    Consistency(ExpectConsistency),
+    /// Survivor set signed.
     Unmask(ExpectUnmask),
     /// Unmasking shares sent, or the round aborted: nothing more is answered.
     Done,
@@ -439,10 +562,28 @@ impl ParticipantState {
         match std::mem::replace(self, Self::Done) {
             Self::Delivery(state) => {
                 let (next, input) = state.handle_delivery(delivery)?;
-                *self = Self::Unmask(next);
+                *self = Self::Consistency(next);
                 Ok(input)
             }
             _ => Err(out_of_phase("share delivery")),
+        }
+    }
+
+    /// Answers the consistency request: signs the survivor set once; a second request is
+    /// refused, so a participant never signs two survivor sets.
+    pub fn handle_consistency(
+        &mut self,
+        request: &ConsistencyRequest,
+        signer: &dyn Signer,
+        check: &mut SurvivorCheck<'_>,
+    ) -> Result<ConsistencySignature, SecAggError> {
+        match std::mem::replace(self, Self::Done) {
+            Self::Consistency(state) => {
+                let (next, signature) = state.handle_consistency(request, signer, check)?;
+                *self = Self::Unmask(next);
+                Ok(signature)
+            }
+            _ => Err(out_of_phase("consistency request")),
         }
     }
 
@@ -451,9 +592,11 @@ impl ParticipantState {
     pub fn handle_unmask(
         &mut self,
         request: &UnmaskRequest,
+        verifier: &dyn PeerVerifier,
+        check: &mut SurvivorCheck<'_>,
     ) -> Result<UnmaskResponse, SecAggError> {
         match std::mem::replace(self, Self::Done) {
-            Self::Unmask(state) => state.handle_unmask(request),
+            Self::Unmask(state) => state.handle_unmask(request, verifier, check),
             _ => Err(out_of_phase("unmask request")),
         }
     }

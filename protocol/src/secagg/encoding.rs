@@ -16,6 +16,9 @@
 //!
 //! Limb sums cannot wrap with fewer than 2^16 participants ([`VectorEncoding::check_capacity`]),
 //! so the sums of counts and of the 64-bit values are recovered exactly.
+//!
+//! Decoding checks every word of the sum against the largest value the inputs summed can give
+//! ([`VectorEncoding::decode_sum`]).
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -138,13 +141,51 @@ impl VectorEncoding {
         Ok(out)
     }
 
+    /// SHA-256 over a canonical encoding of the blocks (a domain label, the number of blocks,
+    /// then each block's length, kind, and for a clipped block its clip bound's bits and its
+    /// fractional bits). [`RoundParams::encoding_digest`](super::RoundParams::encoding_digest)
+    /// carries it, so that every participant encodes alike.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(b"medfed-secagg-encoding-v1");
+        context.update(&(self.blocks.len() as u64).to_be_bytes());
+        for (len, encoding) in &self.blocks {
+            context.update(&(*len as u64).to_be_bytes());
+            match encoding {
+                BlockEncoding::Clipped(fixed) => {
+                    context.update(&[0]);
+                    context.update(&fixed.clip.to_bits().to_be_bytes());
+                    context.update(&fixed.fractional_bits.to_be_bytes());
+                }
+                BlockEncoding::Wide => context.update(&[1]),
+                BlockEncoding::Count => context.update(&[2]),
+            }
+        }
+        let mut out = [0; 32];
+        out.copy_from_slice(context.finish().as_ref());
+        out
+    }
+
     /// Decodes the sum of `summed_inputs` encoded vectors: exactly the number of inputs in
     /// `sum` (under secure aggregation, the survivors whose masked inputs were summed,
     /// [`ExpectUnmasking::survivors`](super::ExpectUnmasking::survivors)), which the
     /// [`BlockEncoding::Count`] blocks need to remove each input's offset of 2^31.
     ///
-    /// A count block whose limb sums exceed what `summed_inputs` inputs can give is refused:
-    /// `summed_inputs` is wrong, or an input's limbs were out of range.
+    /// # Range checks
+    ///
+    /// Every word is checked against the largest value `summed_inputs` honest inputs can give:
+    /// each limb sum of a [`BlockEncoding::Wide`] or [`BlockEncoding::Count`] value at most
+    /// `summed_inputs × (2^16 − 1)`, each clipped word at most `summed_inputs × ⌈B·2^bits⌉` in
+    /// magnitude. A word beyond it is refused ([`SecAggError::LimbOutOfRange`]) and the round
+    /// fails rather than publish a wrong figure.
+    ///
+    /// What this detects: a wrong `summed_inputs`, a sum garbled or unmasked wrongly, and an
+    /// input with a word far out of its range (a limb of 2^31, say), which leaves the sum out of
+    /// range whatever the others sent. What it cannot detect: an out-of-range word of a
+    /// dishonest node that still lands in range once summed (a limb of 2^17 among small limbs,
+    /// or one that wraps round to a small value), nor false figures encoded in range. The
+    /// masked inputs prove nothing about what a node encoded; only zero-knowledge range proofs
+    /// on each input, which this protocol does not have, would.
     pub fn decode_sum(&self, sum: &[u32], summed_inputs: usize) -> Result<Vec<f64>, SecAggError> {
         if summed_inputs >= 1 << LIMB_BITS {
             return Err(SecAggError::BadParams(format!(
@@ -158,18 +199,45 @@ impl VectorEncoding {
                 self.encoded_len()
             )));
         }
+        let k = summed_inputs as u64;
+        // k < 2^16: each limb sum of k inputs is at most k · (2^16 − 1) < 2^32.
+        let most_limb = k * 0xffff;
+        let out_of_range = |position: usize, value: u64, most: u64| SecAggError::LimbOutOfRange {
+            position,
+            value,
+            most,
+            summed_inputs,
+        };
         let mut out = Vec::with_capacity(self.value_len());
         let mut rest = sum;
+        let mut position = 0;
         for (len, encoding) in &self.blocks {
+            let start = position;
             match encoding {
                 BlockEncoding::Clipped(fixed) => {
                     let (block, tail) = rest.split_at(*len);
                     rest = tail;
+                    position += len;
+                    let most = k.saturating_mul(
+                        fixed
+                            .max_encoded()
+                            .map_err(|e| SecAggError::BadParams(e.to_string()))?,
+                    );
+                    if let Some((i, word)) = block
+                        .iter()
+                        .enumerate()
+                        .find(|(_, word)| u64::from((**word as i32).unsigned_abs()) > most)
+                    {
+                        let value = u64::from((*word as i32).unsigned_abs());
+                        return Err(out_of_range(start + i, value, most));
+                    }
                     out.extend(fixed.decode_sum(block));
                 }
                 BlockEncoding::Wide => {
                     let (block, tail) = rest.split_at(len * LIMBS);
                     rest = tail;
+                    position += len * LIMBS;
+                    check_limbs(block, start, most_limb, &out_of_range)?;
                     for limbs in block.chunks_exact(LIMBS) {
                         let total = limbs.iter().enumerate().fold(0u64, |acc, (i, &s)| {
                             acc.wrapping_add(u64::from(s) << (LIMB_BITS * i as u32))
@@ -180,18 +248,12 @@ impl VectorEncoding {
                 BlockEncoding::Count => {
                     let (block, tail) = rest.split_at(len * COUNT_LIMBS);
                     rest = tail;
-                    // k < 2^16 inputs: each limb sum is at most k · (2^16 − 1) < 2^32, so no
-                    // limb sum wrapped, T < 2^48 and T − k · 2^31 fits i64 and f64 exactly.
-                    let k = summed_inputs as u64;
-                    let most = k * 0xffff;
+                    position += len * COUNT_LIMBS;
+                    // Each limb sum in range: no limb sum wrapped, T < 2^48 and T − k · 2^31
+                    // fits i64 and f64 exactly.
+                    check_limbs(block, start, most_limb, &out_of_range)?;
                     for limbs in block.chunks_exact(COUNT_LIMBS) {
                         let (low, high) = (u64::from(limbs[0]), u64::from(limbs[1]));
-                        if low > most || high > most {
-                            return Err(SecAggError::BadParams(format!(
-                                "count limb sums ({low}, {high}) exceed what {summed_inputs} \
-                                 inputs can give"
-                            )));
-                        }
                         let total = (low + (high << LIMB_BITS)) as i64;
                         out.push((total - summed_inputs as i64 * COUNT_OFFSET) as f64);
                     }
@@ -199,6 +261,19 @@ impl VectorEncoding {
             }
         }
         Ok(out)
+    }
+}
+
+/// Refuses the first limb sum of `block` (which starts at word `start`) above `most`.
+fn check_limbs(
+    block: &[u32],
+    start: usize,
+    most: u64,
+    out_of_range: &dyn Fn(usize, u64, u64) -> SecAggError,
+) -> Result<(), SecAggError> {
+    match block.iter().position(|&limb| u64::from(limb) > most) {
+        Some(i) => Err(out_of_range(start + i, u64::from(block[i]), most)),
+        None => Ok(()),
     }
 }
 
@@ -412,5 +487,96 @@ mod tests {
             encoding.decode_sum(&[0; 8], 0).unwrap(),
             vec![0.0, 0.0, 0.0]
         );
+    }
+
+    /// Issue 12, attack 7: every word of every encoding is checked against the largest sum the
+    /// inputs summed can give; one past it is refused, naming the word.
+    #[test]
+    fn regression_issue_12_every_word_one_past_its_range_is_refused() {
+        let fixed = FixedPoint {
+            clip: 8.0,
+            fractional_bits: 16,
+        };
+        let encoding = VectorEncoding::new(vec![
+            (2, BlockEncoding::Count),
+            (1, BlockEncoding::Wide),
+            (2, BlockEncoding::Clipped(fixed)),
+        ]);
+        let inputs = 3usize;
+        let limb_most = 3 * 0xffff_u32;
+        let clipped_most: u32 = 3 * (8 << 16);
+        // The largest sum in range decodes…
+        let mut edge = vec![limb_most; 8];
+        edge.extend([clipped_most, clipped_most.wrapping_neg()]);
+        assert!(encoding.decode_sum(&edge, inputs).is_ok());
+        // …and each word one past it is refused.
+        for position in 0..edge.len() {
+            let mut bad = edge.clone();
+            bad[position] = if position == 9 {
+                bad[position].wrapping_sub(1)
+            } else {
+                bad[position] + 1
+            };
+            match encoding.decode_sum(&bad, inputs) {
+                Err(SecAggError::LimbOutOfRange {
+                    position: p,
+                    value,
+                    most,
+                    summed_inputs: 3,
+                }) => {
+                    assert_eq!(p, position);
+                    assert_eq!(value, most + 1, "word {position}");
+                }
+                other => panic!("word {position}: {other:?}"),
+            }
+        }
+        // An input with 2^31 in one limb leaves the sum out of range whatever the others sent.
+        let mut rng = ChaCha20Rng::seed_from_u64(6);
+        let mut sum = vec![0u32; encoding.encoded_len()];
+        for node in [[4.0, -4.0, 1.5, 0.5, -8.0], [0.0, 1.0, -2.0, 8.0, 8.0]] {
+            add(&mut sum, &encoding.encode(&node, &mut rng).unwrap());
+        }
+        let mut rogue = vec![0u32; encoding.encoded_len()];
+        rogue[5] = 1 << 31;
+        add(&mut sum, &rogue);
+        assert!(matches!(
+            encoding.decode_sum(&sum, inputs),
+            Err(SecAggError::LimbOutOfRange { position: 5, .. })
+        ));
+        // What the check cannot see (documented on `decode_sum`): a rogue limb of 2^17 still
+        // lands in range among small honest limbs, and shifts the figure undetected.
+        let mut sum = vec![0u32; encoding.encoded_len()];
+        for node in [[0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]] {
+            add(&mut sum, &encoding.encode(&node, &mut rng).unwrap());
+        }
+        let mut quiet = vec![0u32; encoding.encoded_len()];
+        quiet[4] = 1 << 17;
+        add(&mut sum, &quiet);
+        assert_eq!(encoding.decode_sum(&sum, inputs).unwrap()[2], 2.0);
+    }
+
+    #[test]
+    fn the_encoding_digest_tells_every_layout_apart() {
+        let fixed = |clip, fractional_bits| {
+            BlockEncoding::Clipped(FixedPoint {
+                clip,
+                fractional_bits,
+            })
+        };
+        let encodings = [
+            VectorEncoding::new(vec![]),
+            VectorEncoding::new(vec![(2, BlockEncoding::Count)]),
+            VectorEncoding::new(vec![(2, BlockEncoding::Wide)]),
+            VectorEncoding::new(vec![(3, BlockEncoding::Count)]),
+            VectorEncoding::new(vec![(2, fixed(1.0, 16))]),
+            VectorEncoding::new(vec![(2, fixed(1.0, 17))]),
+            VectorEncoding::new(vec![(2, fixed(2.0, 16))]),
+            VectorEncoding::new(vec![(1, BlockEncoding::Count), (1, BlockEncoding::Count)]),
+            VectorEncoding::new(vec![(2, BlockEncoding::Count), (1, fixed(1.0, 16))]),
+        ];
+        let digests: std::collections::HashSet<[u8; 32]> =
+            encodings.iter().map(VectorEncoding::digest).collect();
+        assert_eq!(digests.len(), encodings.len());
+        assert_eq!(encodings[4].digest(), encodings[4].clone().digest());
     }
 }

@@ -4,9 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use super::shamir::Share;
 
-/// A participant's two fresh X25519 public keys for one round, signed with its long-term key
-/// (the key of its consortium certificate), so that nobody — the coordinator included — can
-/// substitute them.
+/// A participant's two fresh X25519 public keys for one round and its commitment to its
+/// self-mask seed, bound to the round's parameters and signed with its long-term key (the key
+/// of its consortium certificate), so that nobody — the coordinator included — can substitute
+/// them, and so that peers given other parameters notice.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyAdvertisement {
     /// Coordinator run.
@@ -15,24 +16,33 @@ pub struct KeyAdvertisement {
     pub round: u64,
     /// The advertiser's index.
     pub index: u16,
+    /// [`RoundParams::digest`](super::RoundParams::digest) of the parameters the advertiser
+    /// was given; each peer compares it with the digest of its own.
+    pub params_digest: [u8; 32],
     /// Public key for encrypting shares to this participant.
     pub cipher_public: [u8; 32],
     /// Public key for agreeing pairwise mask seeds.
     pub mask_public: [u8; 32],
+    /// [`self_mask_commitment`](super::self_mask_commitment) of the advertiser's self-mask
+    /// seed: the coordinator checks the seed it rebuilds from shares against it.
+    pub self_mask_commitment: [u8; 32],
     /// Signature over [`KeyAdvertisement::signed_bytes`].
     pub signature: Vec<u8>,
 }
 
 impl KeyAdvertisement {
-    /// The bytes the signature covers: a domain label, session, round, index and both keys.
+    /// The bytes the signature covers: a domain label, session, round, index, the parameters'
+    /// digest, both keys and the self-mask commitment (every field but the signature).
     pub fn signed_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(96);
-        out.extend_from_slice(b"medfed-secagg-keys-v1");
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(b"medfed-secagg-keys-v2");
         out.extend_from_slice(&self.session.to_be_bytes());
         out.extend_from_slice(&self.round.to_be_bytes());
         out.extend_from_slice(&self.index.to_be_bytes());
+        out.extend_from_slice(&self.params_digest);
         out.extend_from_slice(&self.cipher_public);
         out.extend_from_slice(&self.mask_public);
+        out.extend_from_slice(&self.self_mask_commitment);
         out
     }
 }
@@ -118,7 +128,31 @@ pub struct MaskedInput {
     pub values: Vec<u32>,
 }
 
-/// Coordinator → participants: who sent a masked input (`U3`).
+/// Coordinator → each member of `U3`: who sent a masked input, for the participant to sign.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencyRequest {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// The survivors (`U3`).
+    pub survivors: Vec<u16>,
+}
+
+/// Participant → coordinator: its signature on the survivor set it was sent
+/// ([`survivors_signed_bytes`](super::survivors_signed_bytes)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencySignature {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// Signature with the participant's certificate key.
+    pub signature: Vec<u8>,
+}
+
+/// Coordinator → participants that signed: who sent a masked input (`U3`), with the signatures
+/// of `U3`'s members on that set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnmaskRequest {
     /// Coordinator run.
@@ -127,6 +161,8 @@ pub struct UnmaskRequest {
     pub round: u64,
     /// The survivors.
     pub survivors: Vec<u16>,
+    /// `(signer, signature)`: the consistency signatures collected on `survivors`.
+    pub signatures: Vec<(u16, Vec<u8>)>,
 }
 
 /// Participant → coordinator: for each peer, exactly one kind of share — of the self-mask seed

@@ -1,6 +1,7 @@
 //! Who takes part in a secure-aggregation round, who pairs with whom, and how many shares
 //! reconstruct a secret.
 
+use ring::digest;
 use serde::{Deserialize, Serialize};
 
 use super::SecAggError;
@@ -34,6 +35,12 @@ pub struct RoundParams {
     pub graph_seed: [u8; 32],
     /// Length of the masked vector, in `u32` words.
     pub vector_len: usize,
+    /// Digest of the encoding every participant encodes its figures with
+    /// ([`VectorEncoding::digest`](super::encoding::VectorEncoding::digest)): each participant
+    /// checks it against its own encoding, and through [`RoundParams::digest`] its peers check
+    /// that everyone was given the same one (a participant whose figures were scaled otherwise
+    /// could be told apart in the sum).
+    pub encoding_digest: [u8; 32],
 }
 
 /// The most pairings (each participant's neighbours, summed over participants) a round may
@@ -46,6 +53,37 @@ impl RoundParams {
     /// The default threshold for `holders` share holders: ⌊2·holders/3⌋ + 1.
     pub fn default_threshold(holders: usize) -> usize {
         2 * holders / 3 + 1
+    }
+
+    /// SHA-256 over a canonical, domain-separated encoding of every field (big-endian integers,
+    /// length-prefixed lists and strings, a tag byte for the optional neighbour count). Each
+    /// participant signs it into its key advertisement, and its peers compare it with the
+    /// digest of their own parameters: all must have been given the same round.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut context = digest::Context::new(&digest::SHA256);
+        context.update(b"medfed-secagg-params-v1");
+        context.update(&self.session.to_be_bytes());
+        context.update(&self.round.to_be_bytes());
+        context.update(&(self.participants.len() as u64).to_be_bytes());
+        for participant in &self.participants {
+            context.update(&participant.index.to_be_bytes());
+            context.update(&(participant.identity.len() as u64).to_be_bytes());
+            context.update(participant.identity.as_bytes());
+        }
+        context.update(&(self.threshold as u64).to_be_bytes());
+        match self.neighbours {
+            None => context.update(&[0]),
+            Some(k) => {
+                context.update(&[1]);
+                context.update(&(k as u64).to_be_bytes());
+            }
+        }
+        context.update(&self.graph_seed);
+        context.update(&(self.vector_len as u64).to_be_bytes());
+        context.update(&self.encoding_digest);
+        let mut out = [0; 32];
+        out.copy_from_slice(context.finish().as_ref());
+        out
     }
 
     /// Number of participants.
@@ -152,7 +190,50 @@ mod tests {
             neighbours,
             graph_seed: [7; 32],
             vector_len: 1,
+            encoding_digest: [3; 32],
         }
+    }
+
+    #[test]
+    fn the_digest_covers_every_field() {
+        let base = params(4, None);
+        let mut variants: Vec<RoundParams> = Vec::new();
+        let mut push = |change: &dyn Fn(&mut RoundParams)| {
+            let mut p = base.clone();
+            change(&mut p);
+            variants.push(p);
+        };
+        push(&|p| p.session += 1);
+        push(&|p| p.round += 1);
+        push(&|p| {
+            p.participants.pop();
+        });
+        push(&|p| p.participants[2].identity = "node-9".into());
+        push(&|p| p.participants[1].index = 7);
+        push(&|p| p.threshold = 3);
+        push(&|p| p.neighbours = Some(3));
+        push(&|p| p.graph_seed[31] ^= 1);
+        push(&|p| p.vector_len = 2);
+        push(&|p| p.encoding_digest[0] ^= 1);
+        // Length prefixes: moving a byte between two identities changes the digest.
+        push(&|p| {
+            p.participants[0].identity = "node-1n".into();
+            p.participants[1].identity = "ode-2".into();
+        });
+        let mut digests: Vec<[u8; 32]> = variants.iter().map(RoundParams::digest).collect();
+        digests.push(base.digest());
+        assert_eq!(base.digest(), base.clone().digest(), "deterministic");
+        let distinct: std::collections::HashSet<_> = digests.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            digests.len(),
+            "every change changes the digest"
+        );
+        // Some(k) and None differ even where they describe the same graph.
+        let mut everyone = base.clone();
+        everyone.neighbours = Some(3);
+        assert_eq!(everyone.graph().unwrap(), base.graph().unwrap());
+        assert_ne!(everyone.digest(), base.digest());
     }
 
     /// Found by fuzzing: a round of 65 535 participants pairing with everyone made every party

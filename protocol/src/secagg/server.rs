@@ -1,22 +1,28 @@
 //! The coordinator's side: one state per phase. Each collects answers with `handle_*` until the
 //! driver decides the phase is over (everyone answered, or the deadline passed), then `finish`
-//! consumes it and returns the next state and what to send.
+//! consumes it and returns the next state and what to send:
+//! [`ExpectKeys`] → [`ExpectShares`] → [`ExpectMaskedInputs`] → [`ExpectSignatures`] →
+//! [`ExpectUnmasking`] → the sum.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::client::PeerVerifier;
+use super::consistency::survivors_signed_bytes;
 use super::crypto::{AgreementKeyPair, add_mask, subtract_mask};
 use super::messages::{
-    DirectoryEntry, EncryptedShare, KeyAdvertisement, KeyDirectory, MaskedInput, ShareDelivery,
-    SharePackage, UnmaskRequest, UnmaskResponse,
+    ConsistencyRequest, ConsistencySignature, DirectoryEntry, EncryptedShare, KeyAdvertisement,
+    KeyDirectory, MaskedInput, ShareDelivery, SharePackage, UnmaskRequest, UnmaskResponse,
 };
 use super::params::RoundParams;
 use super::shamir::{self, Share};
-use super::{SecAggError, pair_info};
+use super::{SecAggError, SecretKind, pair_info, self_mask_commitment};
 
 /// Phase 1: collecting key advertisements.
 #[derive(Debug)]
 pub struct ExpectKeys {
     params: RoundParams,
+    /// [`RoundParams::digest`] of `params`, which every advert must carry.
+    params_digest: [u8; 32],
     graph: Vec<Vec<u16>>,
     keys: BTreeMap<u16, DirectoryEntry>,
 }
@@ -44,7 +50,23 @@ pub struct ExpectMaskedInputs {
     sum: Vec<u32>,
 }
 
-/// Phase 4: collecting unmasking shares.
+/// Phase 4: collecting the survivors' signatures on the survivor set.
+#[derive(Debug)]
+pub struct ExpectSignatures {
+    params: RoundParams,
+    graph: Vec<Vec<u16>>,
+    keys: BTreeMap<u16, DirectoryEntry>,
+    sharers: BTreeSet<u16>,
+    /// `U3`.
+    survivors: BTreeSet<u16>,
+    sum: Vec<u32>,
+    /// The bytes each survivor signs.
+    signed_bytes: Vec<u8>,
+    /// `U4` so far, with their signatures.
+    signatures: BTreeMap<u16, Vec<u8>>,
+}
+
+/// Phase 5: collecting unmasking shares.
 #[derive(Debug)]
 pub struct ExpectUnmasking {
     params: RoundParams,
@@ -53,7 +75,9 @@ pub struct ExpectUnmasking {
     sharers: BTreeSet<u16>,
     survivors: BTreeSet<u16>,
     sum: Vec<u32>,
-    /// Who answered (`U4`).
+    /// Who signed the survivor set (`U4`), and so is asked to unmask.
+    signers: BTreeSet<u16>,
+    /// Who answered (`U5`).
     responders: BTreeSet<u16>,
     self_mask_shares: BTreeMap<u16, Vec<Share>>,
     mask_key_shares: BTreeMap<u16, Vec<Share>>,
@@ -65,6 +89,7 @@ impl ExpectKeys {
         params.validate()?;
         let graph = params.graph()?;
         Ok(Self {
+            params_digest: params.digest(),
             params,
             graph,
             keys: BTreeMap::new(),
@@ -77,6 +102,7 @@ impl ExpectKeys {
     }
 
     /// Takes participant `from`'s keys, with the certificate it presented on its connection.
+    /// Keys made for other round parameters are refused ([`SecAggError::ParamsMismatch`]).
     pub fn handle_keys(
         &mut self,
         from: u16,
@@ -89,6 +115,12 @@ impl ExpectKeys {
                 from,
                 "advertised keys under another participant's index",
             ));
+        }
+        if keys.params_digest != self.params_digest {
+            return Err(SecAggError::ParamsMismatch {
+                index: from,
+                identity: self.params.identity(from).unwrap_or_default().to_owned(),
+            });
         }
         if self.keys.contains_key(&from) {
             return Err(violation(from, "advertised keys twice"));
@@ -258,13 +290,77 @@ impl ExpectMaskedInputs {
         Ok(())
     }
 
-    /// Ends phase 3: the list of survivors (`U3`) to send to each of them.
-    pub fn finish(self) -> Result<(ExpectUnmasking, UnmaskRequest), SecAggError> {
+    /// Ends phase 3: the survivor set (`U3`) for each of them to sign.
+    pub fn finish(self) -> Result<(ExpectSignatures, ConsistencyRequest), SecAggError> {
         at_least(&self.params, "masked input", self.survivors.len())?;
+        let request = ConsistencyRequest {
+            session: self.params.session,
+            round: self.params.round,
+            survivors: self.survivors.iter().copied().collect(),
+        };
+        let signed_bytes = survivors_signed_bytes(&self.params.digest(), &self.survivors);
+        let next = ExpectSignatures {
+            params: self.params,
+            graph: self.graph,
+            keys: self.keys,
+            sharers: self.sharers,
+            survivors: self.survivors,
+            sum: self.sum,
+            signed_bytes,
+            signatures: BTreeMap::new(),
+        };
+        Ok((next, request))
+    }
+}
+
+impl ExpectSignatures {
+    /// Participants of `U3`, who are asked to sign it.
+    pub fn participants(&self) -> Vec<u16> {
+        self.survivors.iter().copied().collect()
+    }
+
+    /// Takes participant `from`'s signature on the survivor set, checked against the
+    /// certificate it presented: a signature that does not verify would make every participant
+    /// refuse to unmask, so it is refused here and its signer left out.
+    pub fn handle_signature(
+        &mut self,
+        from: u16,
+        signature: ConsistencySignature,
+        verifier: &dyn PeerVerifier,
+    ) -> Result<(), SecAggError> {
+        check(&self.params, from, signature.session, signature.round)?;
+        if !self.survivors.contains(&from) || self.signatures.contains_key(&from) {
+            return Err(violation(
+                from,
+                "unexpected or repeated consistency signature",
+            ));
+        }
+        let (Some(identity), Some(entry)) = (self.params.identity(from), self.keys.get(&from))
+        else {
+            return Err(violation(from, "a survivor without keys"));
+        };
+        if !verifier.verify(
+            identity,
+            &entry.certificate,
+            &self.signed_bytes,
+            &signature.signature,
+        ) {
+            return Err(SecAggError::BadConsistencySignature { index: from });
+        }
+        self.signatures.insert(from, signature.signature);
+        Ok(())
+    }
+
+    /// Ends phase 4: the unmask request — the survivor set and every signature on it — to send
+    /// to each signer (`U4`).
+    pub fn finish(self) -> Result<(ExpectUnmasking, UnmaskRequest), SecAggError> {
+        at_least(&self.params, "consistency", self.signatures.len())?;
+        let signers: BTreeSet<u16> = self.signatures.keys().copied().collect();
         let request = UnmaskRequest {
             session: self.params.session,
             round: self.params.round,
             survivors: self.survivors.iter().copied().collect(),
+            signatures: self.signatures.into_iter().collect(),
         };
         let next = ExpectUnmasking {
             params: self.params,
@@ -273,18 +369,24 @@ impl ExpectMaskedInputs {
             sharers: self.sharers,
             survivors: self.survivors,
             sum: self.sum,
+            signers,
             responders: BTreeSet::new(),
             self_mask_shares: BTreeMap::new(),
             mask_key_shares: BTreeMap::new(),
         };
         Ok((next, request))
     }
+
+    /// The survivors whose inputs are in the sum.
+    pub fn survivors(&self) -> Vec<u16> {
+        self.survivors.iter().copied().collect()
+    }
 }
 
 impl ExpectUnmasking {
-    /// Participants of `U3`, who are asked to unmask.
+    /// Participants of `U4` (the survivors that signed), who are asked to unmask.
     pub fn participants(&self) -> Vec<u16> {
-        self.survivors.iter().copied().collect()
+        self.signers.iter().copied().collect()
     }
 
     /// Takes participant `from`'s shares. A response holding both kinds of share for one peer,
@@ -295,7 +397,7 @@ impl ExpectUnmasking {
         response: UnmaskResponse,
     ) -> Result<(), SecAggError> {
         check(&self.params, from, response.session, response.round)?;
-        if !self.survivors.contains(&from) || !self.responders.insert(from) {
+        if !self.signers.contains(&from) || !self.responders.insert(from) {
             return Err(violation(from, "unexpected or repeated unmask response"));
         }
         let holds = |peer: u16| peer == from || self.graph[usize::from(from) - 1].contains(&peer);
@@ -328,8 +430,12 @@ impl ExpectUnmasking {
         Ok(())
     }
 
-    /// Ends the round: removes every mask and returns the sum of the survivors' inputs. Once the
-    /// caller is done with the sum, it can hand the vector to the next round's
+    /// Ends the round: removes every mask and returns the sum of the survivors' inputs. Each
+    /// rebuilt secret is checked first against what its owner signed in its advert — a
+    /// self-mask seed against its commitment, a mask key against its public key — so shares
+    /// that combine to some other secret (tampered by a holder) fail the round with
+    /// [`SecAggError::CommitmentMismatch`] rather than leave masks in the sum. Once the caller
+    /// is done with the sum, it can hand the vector to the next round's
     /// [`ExpectShares::finish_into`], which zeroes it and sums into it again.
     pub fn finish(mut self) -> Result<Vec<u32>, SecAggError> {
         at_least(&self.params, "unmasking", self.responders.len())?;
@@ -338,19 +444,27 @@ impl ExpectUnmasking {
         for &survivor in &self.survivors {
             let shares = self.self_mask_shares.remove(&survivor).unwrap_or_default();
             let seed = reconstruct(survivor, &shares, threshold)?;
+            let committed = self
+                .keys
+                .get(&survivor)
+                .map(|entry| entry.keys.self_mask_commitment);
+            if committed != Some(self_mask_commitment(session, round, survivor, &seed)) {
+                return Err(SecAggError::CommitmentMismatch {
+                    index: survivor,
+                    secret: SecretKind::SelfMaskSeed,
+                });
+            }
             subtract_mask(&seed, &mut self.sum);
         }
         for &dropped in self.sharers.difference(&self.survivors) {
             let shares = self.mask_key_shares.remove(&dropped).unwrap_or_default();
             let secret = reconstruct(dropped, &shares, threshold)?;
             let keys = AgreementKeyPair::from_secret_bytes(*secret);
-            // Shares that combine to some other key (tampered by a holder) would leave masks in
-            // the sum: check the rebuilt key against the one the participant advertised.
             if self.keys.get(&dropped).map(|entry| entry.keys.mask_public) != Some(keys.public()) {
-                return Err(violation(
-                    dropped,
-                    "the shares of its mask key rebuild a different key",
-                ));
+                return Err(SecAggError::CommitmentMismatch {
+                    index: dropped,
+                    secret: SecretKind::MaskKey,
+                });
             }
             for &survivor in self.graph[usize::from(dropped) - 1]
                 .iter()

@@ -39,6 +39,13 @@ enum DropAfter {
     Keys,
     Shares,
     Input,
+    /// Signs the survivor set, then never unmasks.
+    Signature,
+}
+
+/// The node's policy of the harness: everyone is acceptable.
+fn accept_all(_: &[&str]) -> Result<(), SecAggError> {
+    Ok(())
 }
 
 struct Federation {
@@ -78,6 +85,7 @@ impl Federation {
             neighbours,
             graph_seed: [9; 32],
             vector_len,
+            encoding_digest: [0; 32],
         };
         params.threshold = RoundParams::default_threshold(params.holders_per_secret());
         let inputs = (0..n)
@@ -107,14 +115,16 @@ impl Federation {
 
     /// Runs a whole round with honest parties; `drops[i]` says when participant i+1 stops.
     fn run(&mut self, drops: &[DropAfter]) -> Result<(Vec<u32>, Vec<u16>), SecAggError> {
-        self.run_with(drops, |_| {})
+        self.run_with(drops, |_| {}, |_, _| {})
     }
 
-    /// As [`Self::run`], letting `tamper` modify the key directory (a malicious coordinator).
+    /// As [`Self::run`], letting `tamper` modify the key directory (a malicious coordinator)
+    /// and `tamper_response` each participant's unmask response (a malicious participant).
     fn run_with(
         &mut self,
         drops: &[DropAfter],
         tamper: impl FnOnce(&mut KeyDirectory),
+        mut tamper_response: impl FnMut(u16, &mut UnmaskResponse),
     ) -> Result<(Vec<u32>, Vec<u16>), SecAggError> {
         let n = self.params.n();
         let drop = |i: usize| drops.get(i).copied().unwrap_or(DropAfter::Nothing);
@@ -159,22 +169,84 @@ impl Federation {
             );
             server.handle_input(index, &input)?;
         }
-        let (mut server, request) = server.finish()?;
-        let survivors = server.survivors();
-        for index in request.survivors.clone() {
+        let (mut server, consistency) = server.finish()?;
+        for index in consistency.survivors.clone() {
             if drop(usize::from(index) - 1) == DropAfter::Input {
                 continue;
             }
-            let response = states.get_mut(&index).unwrap().handle_unmask(&request)?;
+            let signature = states.get_mut(&index).unwrap().handle_consistency(
+                &consistency,
+                &self.signers[usize::from(index) - 1],
+                &mut accept_all,
+            )?;
+            server.handle_signature(index, signature, &self.verifier)?;
+        }
+        let (mut server, request) = server.finish()?;
+        let survivors = server.survivors();
+        for (index, _) in request.signatures.clone() {
+            if drop(usize::from(index) - 1) == DropAfter::Signature {
+                continue;
+            }
+            let mut response = states.get_mut(&index).unwrap().handle_unmask(
+                &request,
+                &self.verifier,
+                &mut accept_all,
+            )?;
             for (peer, _) in &response.self_mask_shares {
                 assert!(
                     !response.mask_key_shares.iter().any(|(p, _)| p == peer),
                     "both shares of {peer}"
                 );
             }
+            tamper_response(index, &mut response);
             server.handle_response(index, response)?;
         }
         Ok((server.finish()?, survivors))
+    }
+
+    /// Runs phases 1 to 3 honestly: every participant's state, waiting for the consistency
+    /// request, and the request the coordinator would send.
+    fn through_inputs(&mut self) -> (Vec<ParticipantState>, ExpectSignatures, ConsistencyRequest) {
+        let mut server = ExpectKeys::new(self.params.clone()).unwrap();
+        let mut states = Vec::new();
+        for i in 0..self.params.n() {
+            let index = i as u16 + 1;
+            let (state, keys) = ExpectDirectory::new(
+                self.params.clone(),
+                index,
+                self.inputs[i].clone(),
+                &self.signers[i],
+                &mut self.rng,
+            )
+            .unwrap();
+            server
+                .handle_keys(index, keys, self.certificate(index))
+                .unwrap();
+            states.push(ParticipantState::Directory(state));
+        }
+        let (mut server, directory) = server.finish().unwrap();
+        for (i, state) in states.iter_mut().enumerate() {
+            let package = state
+                .handle_directory(&directory, &self.verifier, &mut self.rng)
+                .unwrap();
+            server.handle_package(i as u16 + 1, package).unwrap();
+        }
+        let (mut server, deliveries) = server.finish().unwrap();
+        for (i, state) in states.iter_mut().enumerate() {
+            let index = i as u16 + 1;
+            let input = state.handle_delivery(&deliveries[&index]).unwrap();
+            server.handle_input(index, &input).unwrap();
+        }
+        let (server, request) = server.finish().unwrap();
+        (states, server, request)
+    }
+
+    /// Participant `index`'s signature on `survivors`, as it would sign them.
+    fn consistency_signature(&self, index: u16, survivors: &[u16]) -> Vec<u8> {
+        let set = survivors.iter().copied().collect();
+        self.signers[usize::from(index) - 1]
+            .sign(&survivors_signed_bytes(&self.params.digest(), &set))
+            .unwrap()
     }
 
     fn expected_sum(&self, survivors: &[u16]) -> Vec<u32> {
@@ -257,9 +329,11 @@ fn fewer_survivors_than_the_threshold_abort_and_the_next_round_runs() {
 fn a_substituted_public_key_is_detected() {
     let mut federation = Federation::new(4, None, 8, 5);
     let err = federation
-        .run_with(&[], |directory| {
-            directory.entries[1].keys.mask_public = [42; 32]
-        })
+        .run_with(
+            &[],
+            |directory| directory.entries[1].keys.mask_public = [42; 32],
+            |_, _| {},
+        )
         .unwrap_err();
     assert!(
         matches!(err, SecAggError::KeySubstituted { index: 2, .. }),
@@ -269,7 +343,7 @@ fn a_substituted_public_key_is_detected() {
     let mut federation = Federation::new(4, None, 8, 6);
     let forged = federation.certificate(1);
     let err = federation
-        .run_with(&[], move |d| d.entries[2].certificate = forged)
+        .run_with(&[], move |d| d.entries[2].certificate = forged, |_, _| {})
         .unwrap_err();
     assert!(
         matches!(err, SecAggError::KeySubstituted { index: 3, .. }),
@@ -280,49 +354,42 @@ fn a_substituted_public_key_is_detected() {
 #[test]
 fn a_participant_never_releases_both_shares_of_a_peer() {
     let mut federation = Federation::new(4, None, 8, 7);
-    let params = federation.params.clone();
-    let mut server = ExpectKeys::new(params.clone()).unwrap();
-    let mut states = Vec::new();
-    for i in 0..4u16 {
-        let (state, keys) = ExpectDirectory::new(
-            params.clone(),
-            i + 1,
-            federation.inputs[usize::from(i)].clone(),
-            &federation.signers[usize::from(i)],
-            &mut federation.rng,
-        )
-        .unwrap();
-        server
-            .handle_keys(i + 1, keys, federation.certificate(i + 1))
-            .unwrap();
-        states.push(ParticipantState::Directory(state));
-    }
-    let (mut server, directory) = server.finish().unwrap();
-    for (i, state) in states.iter_mut().enumerate() {
-        let package = state
-            .handle_directory(&directory, &federation.verifier, &mut federation.rng)
-            .unwrap();
-        server.handle_package(i as u16 + 1, package).unwrap();
-    }
-    let (_, deliveries) = server.finish().unwrap();
-    for (i, state) in states.iter_mut().enumerate() {
-        state.handle_delivery(&deliveries[&(i as u16 + 1)]).unwrap();
-    }
-    // A dishonest coordinator first calls participant 4 a dropout, then a survivor.
-    let as_dropout = UnmaskRequest {
+    let (mut states, _, _) = federation.through_inputs();
+    // A dishonest coordinator first calls participant 4 a dropout (with the signatures of the
+    // three others on that set), then a survivor.
+    let as_dropout = ConsistencyRequest {
         session: 77,
         round: 3,
         survivors: vec![1, 2, 3],
     };
-    let as_survivor = UnmaskRequest {
+    for (state, signer) in states.iter_mut().zip(&federation.signers).take(3) {
+        state
+            .handle_consistency(&as_dropout, signer, &mut accept_all)
+            .unwrap();
+    }
+    let signed = |survivors: &[u16], signers: &[u16]| UnmaskRequest {
         session: 77,
         round: 3,
-        survivors: vec![1, 2, 3, 4],
+        survivors: survivors.to_vec(),
+        signatures: signers
+            .iter()
+            .map(|&i| (i, federation.consistency_signature(i, survivors)))
+            .collect(),
     };
-    let first = states[0].handle_unmask(&as_dropout).unwrap();
+    let first = states[0]
+        .handle_unmask(
+            &signed(&[1, 2, 3], &[1, 2, 3]),
+            &federation.verifier,
+            &mut accept_all,
+        )
+        .unwrap();
     assert!(first.mask_key_shares.iter().any(|(p, _)| *p == 4));
     assert!(!first.self_mask_shares.iter().any(|(p, _)| *p == 4));
-    let second = states[0].handle_unmask(&as_survivor);
+    let second = states[0].handle_unmask(
+        &signed(&[1, 2, 3, 4], &[1, 2, 3, 4]),
+        &federation.verifier,
+        &mut accept_all,
+    );
     assert!(
         matches!(second, Err(SecAggError::Violation { .. })),
         "second unmask must be refused"
@@ -538,4 +605,608 @@ fn counts_decode_exactly_under_secagg_plus_with_dropouts_in_two_phases() {
     );
     // Participant 5 (one of the six −1s) is not in the sum; participant 10 (a +1) is.
     assert_eq!(exact(2), 1.0);
+}
+
+// ---- issue 12: a malicious coordinator (attacks 2 and 7) ---------------------------------------
+
+/// An unmask request for `survivors` carrying `signatures`.
+fn unmask_request(survivors: &[u16], signatures: Vec<(u16, Vec<u8>)>) -> UnmaskRequest {
+    UnmaskRequest {
+        session: 77,
+        round: 3,
+        survivors: survivors.to_vec(),
+        signatures,
+    }
+}
+
+fn consistency_request(survivors: &[u16]) -> ConsistencyRequest {
+    ConsistencyRequest {
+        session: 77,
+        round: 3,
+        survivors: survivors.to_vec(),
+    }
+}
+
+/// Issue 12, attack 2: the coordinator tells the victim's peers different survivor sets —
+/// "the victim survived" to two of them (whose shares of its self-mask seed it then wants) and
+/// "the victim dropped" to the third (a share of its mask key). Each peer signs what it was
+/// told; none holds t = 3 signatures on its own set, whatever signatures the coordinator
+/// bundles, so none reveals anything.
+#[test]
+fn regression_issue_12_split_survivor_sets_reveal_no_share() {
+    let mut federation = Federation::new(4, None, 16, 21);
+    assert_eq!(federation.params.threshold, 3);
+    let victim = 4;
+    let (mut states, _, _) = federation.through_inputs();
+    let all = [1, 2, 3, 4];
+    let without_victim = [1, 2, 3];
+    let mut signature_of = BTreeMap::new();
+    for (index, told) in [(1u16, &all[..]), (2, &all[..]), (3, &without_victim[..])] {
+        let signature = states[usize::from(index) - 1]
+            .handle_consistency(
+                &consistency_request(told),
+                &federation.signers[usize::from(index) - 1],
+                &mut accept_all,
+            )
+            .unwrap();
+        signature_of.insert(index, signature.signature);
+    }
+    let sig = |i: u16| (i, signature_of[&i].clone());
+    // The coordinator's best tries, one per peer (each peer answers one unmask request).
+    let tries = [
+        // Every signature it holds, on the set "all": 3's is on another set.
+        (1u16, unmask_request(&all, vec![sig(1), sig(2), sig(3)])),
+        // Only the valid ones: two, below the threshold.
+        (2, unmask_request(&all, vec![sig(1), sig(2)])),
+        // "Without the victim", with every signature: 1's and 2's are on another set.
+        (
+            3,
+            unmask_request(&without_victim, vec![sig(1), sig(2), sig(3)]),
+        ),
+    ];
+    let mut revealed = Vec::new();
+    for (index, request) in &tries {
+        let result = states[usize::from(*index) - 1].handle_unmask(
+            request,
+            &federation.verifier,
+            &mut accept_all,
+        );
+        match result {
+            Err(SecAggError::BadConsistencySignature { .. })
+            | Err(SecAggError::TooFewSignatures {
+                have: 2,
+                threshold: 3,
+            }) => {}
+            other => revealed.push((*index, other)),
+        }
+    }
+    assert!(revealed.is_empty(), "shares revealed: {revealed:?}");
+    // A forged signature of the victim does not make up the number either.
+    let mut federation = Federation::new(4, None, 16, 22);
+    let (mut states, _, _) = federation.through_inputs();
+    for (i, state) in states.iter_mut().enumerate().take(2) {
+        state
+            .handle_consistency(
+                &consistency_request(&all),
+                &federation.signers[i],
+                &mut accept_all,
+            )
+            .unwrap();
+    }
+    let forged = (victim, federation.consistency_signature(1, &all));
+    let request = unmask_request(
+        &all,
+        vec![
+            (1, federation.consistency_signature(1, &all)),
+            (2, federation.consistency_signature(2, &all)),
+            forged,
+        ],
+    );
+    let result = states[0].handle_unmask(&request, &federation.verifier, &mut accept_all);
+    assert_eq!(
+        result.map(drop),
+        Err(SecAggError::BadConsistencySignature { index: victim })
+    );
+}
+
+/// Issue 12, attack 2, with the victim asked too: the three who were told "the victim
+/// survived" (the victim among them) hold three signatures on that set and reveal shares of its
+/// self-mask seed; the peer told "the victim dropped" holds one and reveals nothing. The
+/// coordinator never gets a single share of the victim's mask key, let alone t.
+#[test]
+fn regression_issue_12_the_victims_two_secrets_are_never_both_revealed() {
+    let mut federation = Federation::new(4, None, 16, 23);
+    let victim = 4u16;
+    let (mut states, _, _) = federation.through_inputs();
+    let all = [1, 2, 3, 4];
+    let without_victim = [1, 2, 3];
+    let told = |index: u16| -> &[u16] { if index == 3 { &without_victim } else { &all } };
+    let mut signatures: BTreeMap<Vec<u16>, Vec<(u16, Vec<u8>)>> = BTreeMap::new();
+    for index in 1..=4u16 {
+        let signature = states[usize::from(index) - 1]
+            .handle_consistency(
+                &consistency_request(told(index)),
+                &federation.signers[usize::from(index) - 1],
+                &mut accept_all,
+            )
+            .unwrap();
+        signatures
+            .entry(told(index).to_vec())
+            .or_default()
+            .push((index, signature.signature));
+    }
+    let (mut self_mask_shares, mut mask_key_shares) = (0, 0);
+    for index in 1..=4u16 {
+        let set = told(index);
+        let request = unmask_request(set, signatures[set].clone());
+        let Ok(response) = states[usize::from(index) - 1].handle_unmask(
+            &request,
+            &federation.verifier,
+            &mut accept_all,
+        ) else {
+            assert_eq!(index, 3, "only the peer told 'the victim dropped' refuses");
+            continue;
+        };
+        self_mask_shares += response
+            .self_mask_shares
+            .iter()
+            .filter(|(peer, _)| *peer == victim)
+            .count();
+        mask_key_shares += response
+            .mask_key_shares
+            .iter()
+            .filter(|(peer, _)| *peer == victim)
+            .count();
+    }
+    assert_eq!((self_mask_shares, mask_key_shares), (3, 0));
+}
+
+/// Issue 12, attack 2: the victim is given threshold 2, its peers threshold 3. Its advert is
+/// signed over the digest of its parameters, which its peers compare with theirs: they refuse
+/// it, and the victim refuses theirs. The coordinator cannot pass the victim's advert off as
+/// made for the peers' parameters either: the digest is under the signature.
+#[test]
+fn regression_issue_12_per_node_parameters_fail_at_the_peers() {
+    let mut federation = Federation::new(4, None, 8, 24);
+    let victim = 4u16;
+    let mut victims_params = federation.params.clone();
+    victims_params.threshold = 2;
+    let mut states = Vec::new();
+    let mut entries = Vec::new();
+    for index in 1..=4u16 {
+        let params = if index == victim {
+            victims_params.clone()
+        } else {
+            federation.params.clone()
+        };
+        let (state, keys) = ExpectDirectory::new(
+            params,
+            index,
+            vec![0; 8],
+            &federation.signers[usize::from(index) - 1],
+            &mut federation.rng,
+        )
+        .unwrap();
+        states.push(ParticipantState::Directory(state));
+        entries.push(DirectoryEntry {
+            keys,
+            certificate: federation.certificate(index),
+        });
+    }
+    // An honest coordinator refuses the victim's keys outright.
+    let mut honest = ExpectKeys::new(federation.params.clone()).unwrap();
+    assert!(matches!(
+        honest.handle_keys(
+            victim,
+            entries[3].keys.clone(),
+            federation.certificate(victim)
+        ),
+        Err(SecAggError::ParamsMismatch { index: 4, .. })
+    ));
+    // A malicious one relays them: every peer refuses.
+    let directory = KeyDirectory {
+        session: 77,
+        round: 3,
+        entries: entries.clone(),
+    };
+    for (i, state) in states.iter_mut().enumerate() {
+        let result = state.handle_directory(&directory, &federation.verifier, &mut federation.rng);
+        let expected = if i + 1 == usize::from(victim) {
+            1
+        } else {
+            victim
+        };
+        assert!(
+            matches!(result, Err(SecAggError::ParamsMismatch { index, .. }) if index == expected),
+            "participant {}: {:?}",
+            i + 1,
+            result.map(drop)
+        );
+    }
+    // Relabelling the victim's advert with the peers' digest breaks its signature.
+    let (state, own) = ExpectDirectory::new(
+        federation.params.clone(),
+        1,
+        vec![0; 8],
+        &federation.signers[0],
+        &mut federation.rng,
+    )
+    .unwrap();
+    let mut relabelled = KeyDirectory {
+        session: 77,
+        round: 3,
+        entries,
+    };
+    relabelled.entries[0].keys = own;
+    relabelled.entries[3].keys.params_digest = federation.params.digest();
+    let result = state.handle_directory(&relabelled, &federation.verifier, &mut federation.rng);
+    assert!(
+        matches!(result, Err(SecAggError::KeySubstituted { index: 4, .. })),
+        "{:?}",
+        result.map(drop)
+    );
+}
+
+/// Shifts `share` (held by `share.x`, combined with shares of `holders`) so that the secret
+/// rebuilt from them moves by 256 in its first half (its second byte: X25519 clamping ignores
+/// the low bits of the first): a deliberate tamper that stays in the range `shamir::combine`
+/// accepts (it adds 256·λ⁻¹, λ the share's Lagrange coefficient at 0, to the first half).
+fn nudge(share: &mut shamir::Share, holders: &[u16]) {
+    use vsss_rs::curve25519_dalek::scalar::Scalar;
+
+    let xj = Scalar::from(u64::from(share.x));
+    let mut lambda = Scalar::ONE;
+    for &m in holders.iter().filter(|&&m| m != share.x) {
+        let xm = Scalar::from(u64::from(m));
+        lambda *= xm * (xm - xj).invert();
+    }
+    let mut repr = [0u8; 32];
+    repr.copy_from_slice(&share.y[..32]);
+    let y = Scalar::from_canonical_bytes(repr).unwrap();
+    share.y[..32].copy_from_slice((y + Scalar::from(256u64) * lambda.invert()).as_bytes());
+}
+
+/// Issue 12, attack 7: a participant reveals a wrong share of a survivor's self-mask seed,
+/// shifted so that the shares still combine to a seed in range. The coordinator checks the
+/// rebuilt seed against the commitment in the survivor's signed advert and fails the round
+/// instead of returning a sum with a mask left in it.
+#[test]
+fn regression_issue_12_a_tampered_self_mask_share_fails_the_round() {
+    let mut federation = Federation::new(4, None, 16, 25);
+    let result = federation.run_with(
+        &[],
+        |_| {},
+        |index, response| {
+            if index == 2 {
+                let (_, share) = response
+                    .self_mask_shares
+                    .iter_mut()
+                    .find(|(peer, _)| *peer == 3)
+                    .unwrap();
+                nudge(share, &[1, 2, 3, 4]);
+            }
+        },
+    );
+    assert_eq!(
+        result,
+        Err(SecAggError::CommitmentMismatch {
+            index: 3,
+            secret: SecretKind::SelfMaskSeed,
+        })
+    );
+    // A garbled share fails the round too, one way or the other: never a sum.
+    let mut federation = Federation::new(4, None, 16, 25);
+    let result = federation.run_with(
+        &[],
+        |_| {},
+        |index, response| {
+            if index == 2 {
+                response.self_mask_shares[0].1.y[5] ^= 0x40;
+            }
+        },
+    );
+    assert!(
+        matches!(
+            result,
+            Err(SecAggError::CommitmentMismatch { .. } | SecAggError::Crypto(_))
+        ),
+        "{result:?}"
+    );
+}
+
+/// Issue 12, attack 7: a wrong share of a dropout's mask key is caught by checking the rebuilt
+/// key against the public key in its signed advert.
+#[test]
+fn regression_issue_12_a_tampered_mask_key_share_fails_the_round() {
+    let mut federation = Federation::new(4, None, 16, 26);
+    let drops = [
+        DropAfter::Nothing,
+        DropAfter::Nothing,
+        DropAfter::Nothing,
+        DropAfter::Shares,
+    ];
+    let result = federation.run_with(
+        &drops,
+        |_| {},
+        |index, response| {
+            if index == 1 {
+                let (_, share) = response
+                    .mask_key_shares
+                    .iter_mut()
+                    .find(|(peer, _)| *peer == 4)
+                    .unwrap();
+                nudge(share, &[1, 2, 3]);
+            }
+        },
+    );
+    assert_eq!(
+        result,
+        Err(SecAggError::CommitmentMismatch {
+            index: 4,
+            secret: SecretKind::MaskKey,
+        })
+    );
+    // Untampered, the same round gives the exact sum.
+    let mut federation = Federation::new(4, None, 16, 26);
+    let (sum, survivors) = federation.run(&drops).unwrap();
+    assert_eq!(sum, federation.expected_sum(&survivors));
+}
+
+/// Issue 12, attack 7: a participant whose input has a limb far out of range (2^31 in a limb
+/// of a count or of a wide value) leaves the unmasked sum out of range: decoding refuses it,
+/// naming the word, rather than publish a figure shifted by 2^47.
+#[test]
+fn regression_issue_12_an_out_of_range_limb_fails_the_round() {
+    use super::encoding::{BlockEncoding, VectorEncoding};
+
+    let encoding = VectorEncoding::new(vec![(2, BlockEncoding::Count), (1, BlockEncoding::Wide)]);
+    for word in [1, 6] {
+        let mut federation = Federation::new(4, None, encoding.encoded_len(), 27);
+        let mut rng = ChaCha20Rng::seed_from_u64(28);
+        federation.inputs = (0..4)
+            .map(|i| {
+                let i = f64::from(i);
+                encoding.encode(&[i, -i, 0.5 * i], &mut rng).unwrap()
+            })
+            .collect();
+        let (sum, survivors) = federation.run(&[]).unwrap();
+        assert_eq!(
+            encoding.decode_sum(&sum, survivors.len()).unwrap(),
+            vec![6.0, -6.0, 3.0]
+        );
+        federation.inputs[1][word] = 1 << 31;
+        let (sum, survivors) = federation.run(&[]).unwrap();
+        let err = encoding.decode_sum(&sum, survivors.len()).unwrap_err();
+        assert!(
+            matches!(err, SecAggError::LimbOutOfRange { position, summed_inputs: 4, .. } if position == word),
+            "{err}"
+        );
+    }
+}
+
+/// Signs the survivor set "everyone" at each of 4 participants; returns the federation and
+/// their states, waiting for the unmask request.
+fn signed_by_everyone(seed: u64) -> (Federation, Vec<ParticipantState>) {
+    let mut federation = Federation::new(4, None, 8, seed);
+    let (mut states, _, request) = federation.through_inputs();
+    for (state, signer) in states.iter_mut().zip(&federation.signers) {
+        state
+            .handle_consistency(&request, signer, &mut accept_all)
+            .unwrap();
+    }
+    (federation, states)
+}
+
+/// Issue 12, attack 2: a participant reveals nothing on an unmask request that lacks `t` valid
+/// signatures, from distinct survivors, on exactly the set it signed — and, having refused,
+/// reveals nothing on a good request afterwards either.
+#[test]
+fn regression_issue_12_unmask_requests_without_t_valid_signatures_reveal_nothing() {
+    let all = [1u16, 2, 3, 4];
+    type Case = (
+        &'static str,
+        fn(&Federation) -> UnmaskRequest,
+        fn(&SecAggError) -> bool,
+    );
+    let cases: [Case; 9] = [
+        (
+            "too few",
+            |f| unmask_request(&[1, 2, 3, 4], sigs(f, &[1, 2], &[1, 2, 3, 4])),
+            |e| {
+                *e == SecAggError::TooFewSignatures {
+                    have: 2,
+                    threshold: 3,
+                }
+            },
+        ),
+        (
+            "garbage",
+            |f| {
+                let mut signatures = sigs(f, &[1, 2], &[1, 2, 3, 4]);
+                signatures.push((3, vec![0x55; 64]));
+                unmask_request(&[1, 2, 3, 4], signatures)
+            },
+            |e| *e == SecAggError::BadConsistencySignature { index: 3 },
+        ),
+        (
+            "another's key",
+            |f| {
+                let mut signatures = sigs(f, &[1, 2], &[1, 2, 3, 4]);
+                signatures.push((3, f.consistency_signature(1, &[1, 2, 3, 4])));
+                unmask_request(&[1, 2, 3, 4], signatures)
+            },
+            |e| *e == SecAggError::BadConsistencySignature { index: 3 },
+        ),
+        (
+            "on another set",
+            |f| {
+                let mut signatures = sigs(f, &[1, 2], &[1, 2, 3, 4]);
+                signatures.push((3, f.consistency_signature(3, &[1, 2, 3])));
+                unmask_request(&[1, 2, 3, 4], signatures)
+            },
+            |e| *e == SecAggError::BadConsistencySignature { index: 3 },
+        ),
+        (
+            "duplicated",
+            |f| {
+                let mut signatures = sigs(f, &[1, 2], &[1, 2, 3, 4]);
+                signatures.push(signatures[1].clone());
+                unmask_request(&[1, 2, 3, 4], signatures)
+            },
+            |e| matches!(e, SecAggError::Violation { from: 0, .. }),
+        ),
+        (
+            "from a non-survivor",
+            |f| {
+                let mut signatures = sigs(f, &[1, 2, 3], &[1, 2, 3, 4]);
+                signatures.push((9, f.consistency_signature(4, &[1, 2, 3, 4])));
+                unmask_request(&[1, 2, 3, 4], signatures)
+            },
+            |e| matches!(e, SecAggError::Violation { from: 0, .. }),
+        ),
+        (
+            "another survivor set",
+            |f| unmask_request(&[1, 2, 3], sigs(f, &[1, 2, 3], &[1, 2, 3])),
+            |e| *e == SecAggError::SurvivorsChanged,
+        ),
+        (
+            "a survivor listed twice",
+            |f| unmask_request(&[1, 2, 3, 4, 4], sigs(f, &[1, 2, 3, 4], &[1, 2, 3, 4])),
+            |e| matches!(e, SecAggError::Violation { from: 0, .. }),
+        ),
+        (
+            "another round",
+            |f| {
+                let mut request = unmask_request(&[1, 2, 3, 4], sigs(f, &[1, 2, 3], &[1, 2, 3, 4]));
+                request.round = 2;
+                request
+            },
+            |e| matches!(e, SecAggError::WrongRound { round: 2, .. }),
+        ),
+    ];
+    for (seed, (name, request, expected)) in (30..).zip(cases) {
+        let (federation, mut states) = signed_by_everyone(seed);
+        let bad = request(&federation);
+        match states[0].handle_unmask(&bad, &federation.verifier, &mut accept_all) {
+            Err(e) if expected(&e) => {}
+            other => panic!("{name}: {:?}", other.map(drop)),
+        }
+        let good = unmask_request(&all, sigs(&federation, &[1, 2, 3], &all));
+        assert!(
+            states[0]
+                .handle_unmask(&good, &federation.verifier, &mut accept_all)
+                .is_err(),
+            "{name}: revealed after refusing"
+        );
+        // The same good request is answered by a participant that was not sent the bad one.
+        let response = states[1]
+            .handle_unmask(&good, &federation.verifier, &mut accept_all)
+            .unwrap();
+        assert_eq!(response.self_mask_shares.len(), 4, "{name}");
+    }
+}
+
+/// The signatures of `signers` on `survivors`.
+fn sigs(federation: &Federation, signers: &[u16], survivors: &[u16]) -> Vec<(u16, Vec<u8>)> {
+    signers
+        .iter()
+        .map(|&i| (i, federation.consistency_signature(i, survivors)))
+        .collect()
+}
+
+/// The node's policy sees the survivors' identities before signing and again before
+/// revealing; a refusal at either step aborts with nothing signed or revealed.
+#[test]
+fn the_nodes_policy_sees_the_survivors_and_can_refuse_before_signing_or_revealing() {
+    let mut federation = Federation::new(4, None, 8, 40);
+    let (mut states, _, request) = federation.through_inputs();
+    let refusal = || SecAggError::RefusedByPolicy {
+        detail: "fewer than 3 other hospitals".into(),
+    };
+    let mut seen: Vec<Vec<String>> = Vec::new();
+    let mut refuse = |identities: &[&str]| {
+        seen.push(identities.iter().map(|s| s.to_string()).collect());
+        Err(refusal())
+    };
+    let result = states[0].handle_consistency(&request, &federation.signers[0], &mut refuse);
+    assert_eq!(result.map(drop), Err(refusal()));
+    assert_eq!(
+        seen,
+        vec![vec!["hospital-1", "hospital-2", "hospital-3", "hospital-4"]]
+    );
+    // Nothing is signed afterwards.
+    assert!(
+        states[0]
+            .handle_consistency(&request, &federation.signers[0], &mut accept_all)
+            .is_err()
+    );
+    // At the unmask step: participant 2 signed, then its policy refuses to reveal.
+    for (state, signer) in states.iter_mut().zip(&federation.signers).skip(1) {
+        state
+            .handle_consistency(&request, signer, &mut accept_all)
+            .unwrap();
+    }
+    let all = [1, 2, 3, 4];
+    let good = unmask_request(&all, sigs(&federation, &[2, 3, 4], &all));
+    let mut calls = 0;
+    let mut refuse_at_unmask = |identities: &[&str]| {
+        calls += 1;
+        assert_eq!(identities.len(), 4);
+        Err(SecAggError::RefusedByPolicy {
+            detail: "released before".into(),
+        })
+    };
+    let result = states[1].handle_unmask(&good, &federation.verifier, &mut refuse_at_unmask);
+    assert!(matches!(result, Err(SecAggError::RefusedByPolicy { .. })));
+    assert_eq!(calls, 1);
+    assert!(
+        states[1]
+            .handle_unmask(&good, &federation.verifier, &mut accept_all)
+            .is_err()
+    );
+}
+
+/// An honest coordinator checks each consistency signature against the signer's certificate
+/// and leaves a bad one out, rather than relay it and have every participant refuse; the
+/// signer's input stays in the sum (its self-mask is removed from the others' shares).
+#[test]
+fn the_coordinator_leaves_out_a_bad_consistency_signature_and_the_round_completes() {
+    let mut federation = Federation::new(5, None, 32, 41);
+    let (mut states, mut server, request) = federation.through_inputs();
+    for (i, (state, signer)) in states.iter_mut().zip(&federation.signers).enumerate() {
+        let index = i as u16 + 1;
+        let mut signature = state
+            .handle_consistency(&request, signer, &mut accept_all)
+            .unwrap();
+        if index == 5 {
+            signature.signature[10] ^= 1;
+            assert_eq!(
+                server.handle_signature(index, signature, &federation.verifier),
+                Err(SecAggError::BadConsistencySignature { index: 5 })
+            );
+        } else {
+            server
+                .handle_signature(index, signature.clone(), &federation.verifier)
+                .unwrap();
+            // Twice is refused.
+            assert!(matches!(
+                server.handle_signature(index, signature, &federation.verifier),
+                Err(SecAggError::Violation { .. })
+            ));
+        }
+    }
+    let (mut server, unmask) = server.finish().unwrap();
+    assert_eq!(server.participants(), vec![1, 2, 3, 4]);
+    assert_eq!(unmask.survivors, vec![1, 2, 3, 4, 5]);
+    for index in 1..=4u16 {
+        let response = states[usize::from(index) - 1]
+            .handle_unmask(&unmask, &federation.verifier, &mut accept_all)
+            .unwrap();
+        server.handle_response(index, response).unwrap();
+    }
+    let survivors = server.survivors();
+    assert_eq!(
+        server.finish().unwrap(),
+        federation.expected_sum(&survivors)
+    );
 }
