@@ -13,6 +13,7 @@ use medfed_node::policy::{Fraction, NodePolicy};
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_protocol::messages::{DeclineReason, Declined, Message, PolicyViolation, RoundStart};
 use medfed_protocol::model::{Model, ModelKind};
+use medfed_protocol::secagg::{SecAggError, SecretKind};
 use medfed_protocol::task::TrainingPlan;
 
 const A: &str = "hospital-a";
@@ -101,6 +102,15 @@ async fn survivor_sets_that_differ_between_nodes_get_no_unmasking_share() {
     let mut exchange = split_survivors(SecureExchange::stats(&coordinator, &[A, B, C, D]));
     let _ = exchange.run(&coordinator).await;
     assert_no_unmasking_share(&coordinator, &exchange);
+    // Each signed the set it was told, and was sent fewer than t = 3 signatures on it.
+    for node in [A, B, C, D] {
+        let answer = first_answer(&exchange, node, Step::Unmask);
+        assert_eq!(
+            decline_reason(answer),
+            Some(&DeclineReason::SecureAggregationAborted),
+            "{node} answered {answer:?}"
+        );
+    }
     let model = coordinator.model(1);
     coordinator.finish(&model).await;
 }
@@ -121,15 +131,27 @@ async fn a_victim_given_its_own_threshold_reveals_nothing() {
         coordinator.admit(config).await;
     }
     // The victim alone gets t = 2: two shares of each of its secrets rebuild it. The survivor
-    // sets are split as above: the coordinator would hold two of each.
-    let exchange = SecureExchange::stats(&coordinator, &[A, B, C, D]).on_setup(|node, setup| {
-        if node == A {
-            setup.params.threshold = 2;
-        }
-    });
+    // sets are split as above: the coordinator would hold two of each. It relays the victim's
+    // keys, made for the victim's parameters, to the others.
+    let exchange = SecureExchange::stats(&coordinator, &[A, B, C, D])
+        .on_setup(|node, setup| {
+            if node == A {
+                setup.params.threshold = 2;
+            }
+        })
+        .relay_refused_keys();
     let mut exchange = split_survivors(exchange);
     let _ = exchange.run(&coordinator).await;
     assert_no_unmasking_share(&coordinator, &exchange);
+    // Each saw in the directory keys signed for parameters other than its own.
+    for node in [A, B, C, D] {
+        let answer = first_answer(&exchange, node, Step::Directory);
+        assert_eq!(
+            decline_reason(answer),
+            Some(&DeclineReason::SecureAggregationAborted),
+            "{node} answered {answer:?}"
+        );
+    }
     let model = coordinator.model(1);
     coordinator.finish(&model).await;
 }
@@ -157,9 +179,15 @@ async fn a_tampered_unmasking_share_fails_the_sum_instead_of_changing_it() {
         });
     let summed = exchange.run(&coordinator).await;
     assert!(
-        summed.is_err(),
-        "a tampered share gave a sum: n = {:?}",
-        summed.map(|sum| sum[0])
+        matches!(
+            summed,
+            Err(ExchangeFailure::Server(SecAggError::CommitmentMismatch {
+                index: 1,
+                secret: SecretKind::SelfMaskSeed
+            }))
+        ),
+        "a tampered share gave {:?}",
+        summed.map(|sum| format!("a sum with n = {}", sum[0]))
     );
     let model = coordinator.model(1);
     coordinator.finish(&model).await;
@@ -185,9 +213,16 @@ async fn a_limb_out_of_range_fails_the_sum_instead_of_changing_it() {
         });
     let summed = exchange.run(&coordinator).await;
     assert!(
-        summed.is_err(),
-        "a limb out of range gave a sum: n = {:?} (the three hold {n})",
-        summed.map(|sum| sum[0])
+        matches!(
+            summed,
+            Err(ExchangeFailure::Server(SecAggError::LimbOutOfRange {
+                position: 0,
+                summed_inputs: 3,
+                ..
+            }))
+        ),
+        "a limb out of range gave {:?} (the three hold n = {n})",
+        summed.map(|sum| format!("a sum with n = {}", sum[0]))
     );
     let model = coordinator.model(1);
     coordinator.finish(&model).await;
@@ -539,13 +574,20 @@ async fn restarting_a_round_again_and_again_stops_at_the_attempt_cap() {
 // ---------------------------------------------------------------------------------------------
 
 /// Tells hospital-a and hospital-b that all four survived, and hospital-c and hospital-d that
-/// hospital-a (index 1) dropped out.
+/// hospital-a (index 1) dropped out, both when asking them to sign the survivor set and when
+/// asking them to unmask (with the signatures collected on the set each is told).
 fn split_survivors(exchange: SecureExchange) -> SecureExchange {
-    exchange.on_unmask(|node, request| {
-        if node == C || node == D {
-            request.survivors.retain(|&index| index != 1);
-        }
-    })
+    exchange
+        .on_consistency(|node, request| {
+            if node == C || node == D {
+                request.survivors.retain(|&index| index != 1);
+            }
+        })
+        .on_unmask(|node, request| {
+            if node == C || node == D {
+                request.survivors.retain(|&index| index != 1);
+            }
+        })
 }
 
 /// Checks that none of `nodes` revealed an unmasking share (in round 0).

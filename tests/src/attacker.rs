@@ -6,7 +6,8 @@
 //!  test ─▶ HandCoordinator ── QUIC + mTLS ──▶ real nodes ─▶ egress log, privacy ledger
 //!            │                                               (read back from their folders)
 //!            └─ SecureExchange: the protocol's own server states, one step at a time,
-//!               ExpectKeys → ExpectShares → ExpectMaskedInputs → ExpectUnmasking,
+//!               ExpectKeys → ExpectShares → ExpectMaskedInputs → ExpectSignatures →
+//!               ExpectUnmasking,
 //!               with hooks to deviate per node at each step, and Puppets: participants
 //!               played inside the harness under certificates the consortium CA minted.
 //! ```
@@ -38,8 +39,9 @@ use medfed_protocol::schema::Schema;
 use medfed_protocol::secagg::encoding::{BlockEncoding, VectorEncoding};
 use medfed_protocol::secagg::fixed_point::FixedPoint;
 use medfed_protocol::secagg::{
-    ExpectDirectory, ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectUnmasking, KeyDirectory,
-    Participant, ParticipantState, RoundParams, SecAggError, ShareDelivery, UnmaskRequest,
+    ConsistencyRequest, DirectoryEntry, ExpectDirectory, ExpectKeys, ExpectMaskedInputs,
+    ExpectShares, ExpectSignatures, ExpectUnmasking, KeyDirectory, Participant, ParticipantState,
+    RoundParams, SecAggError, ShareDelivery, UnmaskRequest,
 };
 use medfed_protocol::stats::Standardization;
 use medfed_protocol::task::TrainingPlan;
@@ -67,6 +69,8 @@ pub struct HandCoordinator<'c> {
     spec: ModelSpec,
     /// The consortium schema.
     schema: Schema,
+    /// Checks the survivors' signatures on the survivor set, as the real coordinator does.
+    verifier: ConsortiumVerifier,
     /// The admitted nodes, by the identity in their certificates.
     nodes: BTreeMap<String, AdmittedNode>,
 }
@@ -98,6 +102,8 @@ impl<'c> HandCoordinator<'c> {
             kind: ModelKind::Mlp { hidden: vec![8] },
             input_dim: schema.num_features(),
         };
+        let verifier =
+            ConsortiumVerifier::new(&consortium.certs.ca_cert, None).expect("the consortium CA");
         Self {
             consortium,
             endpoint,
@@ -105,6 +111,7 @@ impl<'c> HandCoordinator<'c> {
             rounds: 1,
             spec,
             schema,
+            verifier,
             nodes: BTreeMap::new(),
         }
     }
@@ -290,6 +297,7 @@ impl<'c> HandCoordinator<'c> {
     /// default threshold, a fresh graph seed and the default update encoding.
     pub fn setup(&self, round: u64, members: &[&str], figures: &Figures) -> SecAggSetup {
         let update_encoding = SecureAggregationConfig::default().update_encoding(members.len());
+        let encoding = figures.encoding(&update_encoding);
         let participants: Vec<Participant> = members
             .iter()
             .zip(1u16..)
@@ -305,7 +313,8 @@ impl<'c> HandCoordinator<'c> {
             threshold: 0,
             neighbours: None,
             graph_seed: rand::random(),
-            vector_len: figures.encoding(&update_encoding).encoded_len(),
+            vector_len: encoding.encoded_len(),
+            encoding_digest: encoding.digest(),
         };
         params.threshold = RoundParams::default_threshold(params.holders_per_secret());
         SecAggSetup {
@@ -485,9 +494,13 @@ impl Puppet {
                 .state
                 .handle_delivery(delivery)
                 .map(Message::SecAggInput),
+            Message::SecAggConsistency(request) => self
+                .state
+                .handle_consistency(request, &self.signer, &mut |_| Ok(()))
+                .map(Message::SecAggSignature),
             Message::SecAggUnmask(request) => self
                 .state
-                .handle_unmask(request)
+                .handle_unmask(request, &self.verifier, &mut |_| Ok(()))
                 .map(Message::SecAggUnmaskShares),
             other => panic!("a puppet is not asked {}", other.kind()),
         };
@@ -504,7 +517,10 @@ pub enum Step {
     Directory,
     /// The share delivery; answered with the masked input.
     Delivery,
-    /// The unmask request; answered with unmasking shares.
+    /// The consistency request (the survivor set); answered with a signature on it.
+    Consistency,
+    /// The unmask request (the survivor set and the signatures on it); answered with
+    /// unmasking shares.
     Unmask,
 }
 
@@ -515,6 +531,7 @@ impl Step {
             Self::Request => "secagg_keys",
             Self::Directory => "secagg_shares",
             Self::Delivery => "secagg_input",
+            Self::Consistency => "secagg_signature",
             Self::Unmask => "secagg_unmask_shares",
         }
     }
@@ -542,6 +559,18 @@ pub enum Verdict {
     Refused(SecAggError),
     /// Not the step's message (a decline, a refusal): the participant dropped out.
     Dropped,
+    /// The answer to a survivor set a hook changed: kept aside from the server state, which
+    /// checks signatures on the set it knows.
+    KeptAside,
+}
+
+impl From<Result<(), SecAggError>> for Verdict {
+    fn from(taken: Result<(), SecAggError>) -> Self {
+        match taken {
+            Ok(()) => Self::Accepted,
+            Err(e) => Self::Refused(e),
+        }
+    }
 }
 
 /// A per-node change to what a step sends.
@@ -558,6 +587,7 @@ struct Hooks {
     setup: Option<Hook<SecAggSetup>>,
     directory: Option<Hook<KeyDirectory>>,
     delivery: Option<Hook<ShareDelivery>>,
+    consistency: Option<Hook<ConsistencyRequest>>,
     unmask: Option<Hook<UnmaskRequest>>,
     answer: Option<AnswerHook>,
 }
@@ -572,6 +602,8 @@ enum Phase {
     Shares(ExpectShares),
     /// Shares delivered; masked inputs summed.
     Inputs(ExpectMaskedInputs),
+    /// Survivor set sent; signatures on it collected.
+    Signatures(ExpectSignatures),
     /// Unmask request sent; unmasking shares collected.
     Unmasking(ExpectUnmasking),
     /// Summed, failed, or taken apart.
@@ -585,6 +617,7 @@ impl Phase {
             Self::Keys(_) => "keys collected",
             Self::Shares(_) => "shares collected",
             Self::Inputs(_) => "inputs collected",
+            Self::Signatures(_) => "signatures collected",
             Self::Unmasking(_) => "unmasking shares collected",
             Self::Over => "over",
         }
@@ -609,6 +642,13 @@ pub struct SecureExchange {
     puppets: BTreeMap<String, Puppet>,
     /// Nodes no longer sent anything.
     ignored: BTreeSet<String>,
+    /// Every signature a participant returned, by the survivor set (ascending) it was asked to
+    /// sign: an unmask request for a set is sent with those on that set.
+    signed: BTreeMap<Vec<u16>, Vec<(u16, Vec<u8>)>>,
+    /// Whether keys the server state refuses are relayed in the directory all the same.
+    relay_refused_keys: bool,
+    /// Those keys, with their certificates.
+    relayed: Vec<DirectoryEntry>,
     /// Deviations.
     hooks: Hooks,
     /// The server side.
@@ -664,6 +704,9 @@ impl SecureExchange {
             request: Box::new(request),
             puppets: BTreeMap::new(),
             ignored: BTreeSet::new(),
+            signed: BTreeMap::new(),
+            relay_refused_keys: false,
+            relayed: Vec::new(),
             hooks: Hooks::default(),
             phase: Phase::Ready(server),
             answers: Vec::new(),
@@ -737,7 +780,18 @@ impl SecureExchange {
         self
     }
 
-    /// Changes the unmask request (the survivor list) each node is sent.
+    /// Changes the survivor set each node is asked to sign.
+    pub fn on_consistency(
+        mut self,
+        hook: impl FnMut(&str, &mut ConsistencyRequest) + Send + 'static,
+    ) -> Self {
+        self.hooks.consistency = Some(Box::new(hook));
+        self
+    }
+
+    /// Changes the unmask request each node is sent. A request whose survivor set the hook
+    /// changes, and whose signatures it leaves alone, goes with every signature the
+    /// participants returned on that set (a coordinator relaying what it has).
     pub fn on_unmask(
         mut self,
         hook: impl FnMut(&str, &mut UnmaskRequest) + Send + 'static,
@@ -753,6 +807,14 @@ impl SecureExchange {
         hook: impl FnMut(Step, &str, &mut Message) + Send + 'static,
     ) -> Self {
         self.hooks.answer = Some(Box::new(hook));
+        self
+    }
+
+    /// Relays in the key directory the keys the server state refuses too (those signed for
+    /// other round parameters, say), and asks their owners for shares like the others: a
+    /// coordinator that does not check what it relays.
+    pub fn relay_refused_keys(mut self) -> Self {
+        self.relay_refused_keys = true;
         self
     }
 
@@ -793,12 +855,21 @@ impl SecureExchange {
                     coordinator.certificate(&name).to_vec(),
                 ),
             };
+            let mut refused = None;
             self.take_answer(Step::Request, &name, sent, |message| match message {
                 Message::SecAggKeys(RoundKeys { keys, .. }) => {
-                    Some(server.handle_keys(index, keys, certificate))
+                    let taken = server.handle_keys(index, keys.clone(), certificate.clone());
+                    if taken.is_err() {
+                        refused = Some(DirectoryEntry { keys, certificate });
+                    }
+                    taken.into()
                 }
-                _ => None,
+                _ => Verdict::Dropped,
             });
+            if let (true, Some(entry)) = (self.relay_refused_keys, refused) {
+                self.relayed.push(entry);
+                self.ignored.remove(&name);
+            }
         }
         self.phase = Phase::Keys(server);
         Ok(())
@@ -812,8 +883,15 @@ impl SecureExchange {
         let Phase::Keys(server) = self.take_phase("directory")? else {
             unreachable!("take_phase checked the phase")
         };
-        let (mut server, directory) = server.finish()?;
-        for index in server.participants() {
+        let (mut server, mut directory) = server.finish()?;
+        let mut addressees = server.participants();
+        for entry in &self.relayed {
+            directory.entries.push(entry.clone());
+            addressees.push(entry.keys.index);
+        }
+        directory.entries.sort_by_key(|entry| entry.keys.index);
+        addressees.sort_unstable();
+        for index in addressees {
             let Some(name) = self.addressee(index) else {
                 continue;
             };
@@ -825,8 +903,8 @@ impl SecureExchange {
                 .send(coordinator, &name, Message::SecAggDirectory(directory))
                 .await;
             self.take_answer(Step::Directory, &name, sent, |message| match message {
-                Message::SecAggShares(package) => Some(server.handle_package(index, package)),
-                _ => None,
+                Message::SecAggShares(package) => server.handle_package(index, package).into(),
+                _ => Verdict::Dropped,
             });
         }
         self.phase = Phase::Shares(server);
@@ -854,46 +932,112 @@ impl SecureExchange {
                 .send(coordinator, &name, Message::SecAggDelivery(delivery))
                 .await;
             self.take_answer(Step::Delivery, &name, sent, |message| match message {
-                Message::SecAggInput(input) => Some(server.handle_input(index, &input)),
-                _ => None,
+                Message::SecAggInput(input) => server.handle_input(index, &input).into(),
+                _ => Verdict::Dropped,
             });
         }
         self.phase = Phase::Inputs(server);
         Ok(())
     }
 
-    /// Step 4: ends the input phase and sends the survivor list; collects unmasking shares.
-    pub async fn unmask(
+    /// Step 4: ends the input phase and sends the survivor set (`U3`) to sign; collects the
+    /// signatures.
+    pub async fn consistency(
         &mut self,
         coordinator: &HandCoordinator<'_>,
     ) -> Result<(), ExchangeFailure> {
-        let Phase::Inputs(server) = self.take_phase("unmask")? else {
+        let Phase::Inputs(server) = self.take_phase("consistency")? else {
             unreachable!("take_phase checked the phase")
         };
-        let (mut server, request) = server.finish()?;
+        let (mut server, honest) = server.finish()?;
         for index in server.participants() {
             let Some(name) = self.addressee(index) else {
                 continue;
             };
-            let mut request = request.clone();
-            if let Some(hook) = &mut self.hooks.unmask {
+            let mut request = honest.clone();
+            if let Some(hook) = &mut self.hooks.consistency {
                 hook(&name, &mut request);
             }
+            let deviated = request.survivors != honest.survivors;
+            let mut set = request.survivors.clone();
+            set.sort_unstable();
             let sent = self
-                .send(coordinator, &name, Message::SecAggUnmask(request))
+                .send(coordinator, &name, Message::SecAggConsistency(request))
                 .await;
-            self.take_answer(Step::Unmask, &name, sent, |message| match message {
-                Message::SecAggUnmaskShares(response) => {
-                    Some(server.handle_response(index, response))
-                }
-                _ => None,
+            if let Message::SecAggSignature(signature) = &sent {
+                let signed = self.signed.entry(set).or_default();
+                signed.push((index, signature.signature.clone()));
+            }
+            self.take_answer(Step::Consistency, &name, sent, |message| match message {
+                Message::SecAggSignature(_) if deviated => Verdict::KeptAside,
+                Message::SecAggSignature(signature) => server
+                    .handle_signature(index, signature, &coordinator.verifier)
+                    .into(),
+                _ => Verdict::Dropped,
             });
         }
-        self.phase = Phase::Unmasking(server);
+        self.phase = Phase::Signatures(server);
         Ok(())
     }
 
-    /// Step 5: removes the masks and decodes the sum of the survivors' figures.
+    /// Step 5: ends the consistency phase and sends the survivor set with the signatures on it;
+    /// collects unmasking shares.
+    pub async fn unmask(
+        &mut self,
+        coordinator: &HandCoordinator<'_>,
+    ) -> Result<(), ExchangeFailure> {
+        let Phase::Signatures(server) = self.take_phase("unmask")? else {
+            unreachable!("take_phase checked the phase")
+        };
+        let survivors = server.participants();
+        // A coordinator that deviates asks for shares whatever its own state says; the server
+        // side is then over, and the step still fails.
+        let (mut server, request) = match server.finish() {
+            Ok((server, request)) => (Ok(server), request),
+            Err(e) if self.deviates() => {
+                let request = UnmaskRequest {
+                    session: self.setup.params.session,
+                    round: self.setup.params.round,
+                    signatures: self.signed.get(&survivors).cloned().unwrap_or_default(),
+                    survivors: survivors.clone(),
+                };
+                (Err(ExchangeFailure::Server(e)), request)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for index in survivors {
+            let Some(name) = self.addressee(index) else {
+                continue;
+            };
+            let mut sent_request = request.clone();
+            if let Some(hook) = &mut self.hooks.unmask {
+                hook(&name, &mut sent_request);
+            }
+            if sent_request.survivors != request.survivors
+                && sent_request.signatures == request.signatures
+            {
+                let mut set = sent_request.survivors.clone();
+                set.sort_unstable();
+                sent_request.signatures = self.signed.get(&set).cloned().unwrap_or_default();
+            }
+            let sent = self
+                .send(coordinator, &name, Message::SecAggUnmask(sent_request))
+                .await;
+            self.take_answer(Step::Unmask, &name, sent, |message| {
+                match (message, server.as_mut()) {
+                    (Message::SecAggUnmaskShares(response), Ok(server)) => {
+                        server.handle_response(index, response).into()
+                    }
+                    (Message::SecAggUnmaskShares(_), Err(_)) => Verdict::KeptAside,
+                    _ => Verdict::Dropped,
+                }
+            });
+        }
+        self.phase = Phase::Unmasking(server?);
+        Ok(())
+    }
+
+    /// Step 6: removes the masks and decodes the sum of the survivors' figures.
     pub fn sum(&mut self) -> Result<Vec<f64>, ExchangeFailure> {
         let Phase::Unmasking(server) = self.take_phase("sum")? else {
             unreachable!("take_phase checked the phase")
@@ -911,6 +1055,7 @@ impl SecureExchange {
         self.request(coordinator).await?;
         self.directory(coordinator).await?;
         self.deliver(coordinator).await?;
+        self.consistency(coordinator).await?;
         self.unmask(coordinator).await?;
         self.sum()
     }
@@ -928,7 +1073,8 @@ impl SecureExchange {
             (Phase::Ready(_), "request")
                 | (Phase::Keys(_), "directory")
                 | (Phase::Shares(_), "deliver")
-                | (Phase::Inputs(_), "unmask")
+                | (Phase::Inputs(_), "consistency")
+                | (Phase::Signatures(_), "unmask")
                 | (Phase::Unmasking(_), "sum")
         );
         if !ready {
@@ -938,6 +1084,11 @@ impl SecureExchange {
             });
         }
         Ok(std::mem::replace(&mut self.phase, Phase::Over))
+    }
+
+    /// Whether a hook changes what the coordinator says about the survivors.
+    fn deviates(&self) -> bool {
+        self.hooks.consistency.is_some() || self.hooks.unmask.is_some()
     }
 
     /// The identity of participant `index`, unless it is to be sent nothing more.
@@ -959,25 +1110,21 @@ impl SecureExchange {
         }
     }
 
-    /// Records `sent` and feeds it (through the answer hook) to the server with `take`, which
-    /// returns `None` for a message that is not the step's.
+    /// Records `sent`, and what `take` (the server state) made of it after the answer hook. A
+    /// participant whose answer the server did not take is sent nothing more.
     fn take_answer(
         &mut self,
         step: Step,
         name: &str,
         sent: Message,
-        take: impl FnOnce(Message) -> Option<Result<(), SecAggError>>,
+        take: impl FnOnce(Message) -> Verdict,
     ) {
         let mut seen = sent.clone();
         if let Some(hook) = &mut self.hooks.answer {
             hook(step, name, &mut seen);
         }
-        let verdict = match take(seen) {
-            Some(Ok(())) => Verdict::Accepted,
-            Some(Err(e)) => Verdict::Refused(e),
-            None => Verdict::Dropped,
-        };
-        if verdict != Verdict::Accepted {
+        let verdict = take(seen);
+        if !matches!(verdict, Verdict::Accepted | Verdict::KeptAside) {
             self.ignored.insert(name.to_owned());
         }
         self.answers.push(Answer {
