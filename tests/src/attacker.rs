@@ -630,7 +630,10 @@ impl Phase {
 /// Each step sends one message to every participant still in the exchange (in index order,
 /// one after the other), feeds each answer to the server state, and records it in
 /// [`Self::answers`]. A participant that answers otherwise is left out of later steps, as the
-/// real coordinator would leave it out; [`Self::ignore`] leaves one out on purpose.
+/// real coordinator would leave it out; [`Self::ignore`] leaves one out on purpose. With a
+/// consistency or unmask hook set, the coordinator deviates: it asks for unmasking shares even
+/// when its own state would stop (too few signatures on the set it knows), and the step then
+/// still fails.
 pub struct SecureExchange {
     /// The setup the server side works with (and every node gets, unless a hook changes it).
     setup: SecAggSetup,
