@@ -215,7 +215,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
     info!(%local_addr, session = format_args!("{session:016x}"), "coordinator listening");
 
     let optimizer = Mutex::new(optimizer);
-    let peer_verifier = ConsortiumVerifier::new(&config.tls.ca_cert, config.tls.crl.as_deref())
+    let peer_verifier = ConsortiumVerifier::new(&config.tls)
         .map_err(|source| CoordinatorError::PeerVerifier { source })?;
     let signing_key = load_report_signing_key(&config.tls.key)?;
     let reports = ReportWriter::open(&config.data_dir.join("reports"), signing_key)?;

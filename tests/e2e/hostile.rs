@@ -687,6 +687,7 @@ fn intruder_certificate(consortium: &Consortium, validity: Validity) -> TlsFiles
         cert,
         key: site.join("intruder.key"),
         crl: None,
+        allow_expired_crl: false,
     }
 }
 

@@ -8,6 +8,8 @@ mod faults;
 mod hostile;
 mod load;
 mod malicious;
+mod pki;
 mod privacy;
 mod secure_aggregation;
+mod state_folder;
 mod training;

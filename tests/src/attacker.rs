@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use medfed_certs::channel::{MessageReader, peer_identity, send_message, server_endpoint};
 use medfed_certs::{
-    CertificateSigner, ConsortiumVerifier, Role, Validity, make_request, sign_request,
+    CertificateSigner, ConsortiumVerifier, Role, TlsFiles, Validity, make_request, sign_request,
 };
 use medfed_coordinator::config::SecureAggregationConfig;
 use medfed_node::egress::{EgressEntry, EgressLog};
@@ -102,8 +102,8 @@ impl<'c> HandCoordinator<'c> {
             kind: ModelKind::Mlp { hidden: vec![8] },
             input_dim: schema.num_features(),
         };
-        let verifier =
-            ConsortiumVerifier::new(&consortium.certs.ca_cert, None).expect("the consortium CA");
+        let verifier = ConsortiumVerifier::new(&consortium.certs.coordinator_tls())
+            .expect("the consortium CA");
         Self {
             consortium,
             endpoint,
@@ -437,12 +437,18 @@ impl Puppet {
         let certificate = CertificateDer::from_pem_file(&cert)
             .expect("a PEM certificate")
             .to_vec();
+        let tls = TlsFiles {
+            ca_cert: consortium.certs.ca_cert.clone(),
+            cert,
+            key: site.join(format!("{name}.key")),
+            crl: None,
+            allow_expired_crl: false,
+        };
         Self {
             identity: name.to_owned(),
             certificate,
-            signer: CertificateSigner::load(&site.join(format!("{name}.key"))).expect("its key"),
-            verifier: ConsortiumVerifier::new(&consortium.certs.ca_cert, None)
-                .expect("the consortium CA"),
+            signer: CertificateSigner::load(&tls.key).expect("its key"),
+            verifier: ConsortiumVerifier::new(&tls).expect("the consortium CA"),
             figures: None,
             state: ParticipantState::Done,
         }

@@ -6,6 +6,7 @@
 
 pub mod attacker;
 pub mod load;
+pub mod process;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
