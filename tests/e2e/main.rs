@@ -7,6 +7,7 @@ mod fairness;
 mod faults;
 mod hostile;
 mod load;
+mod malicious;
 mod pki;
 mod privacy;
 mod secure_aggregation;
