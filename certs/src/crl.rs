@@ -20,8 +20,9 @@ use crate::files::{self, Access};
 
 /// How long after issue a CRL says the next one is due (its `nextUpdate`).
 ///
-/// rustls does not reject a CRL past its `nextUpdate` unless told to, and medfed does not tell it
-/// to, so an old CRL stays in force until `revoke` writes a new one.
+/// The coordinator and the nodes refuse a CRL past its `nextUpdate` (unless their `[tls]`
+/// configuration sets `allow_expired_crl = true`), so the operator reissues the CRL before then:
+/// [`reissue_crl`] (`medfed-certs crl`), or any [`revoke`].
 pub const CRL_LIFETIME: Duration = Duration::days(365);
 
 /// Revokes the certificate in `cert_pem_path`: adds its serial to the CRL of the CA in `ca_dir`
@@ -65,6 +66,25 @@ pub fn revoke(ca_dir: &Path, cert_pem_path: &Path) -> Result<(), CertError> {
         reason_code: None,
         invalidity_date: None,
     });
+    write_next(&ca, number, revoked)
+}
+
+/// Reissues the CRL of the CA in `ca_dir` with the same revocations, the next CRL number and a
+/// fresh validity ([`CRL_LIFETIME`] from now), atomically replacing `crl.pem`: what the operator
+/// does before the CRL in force reaches its `nextUpdate`.
+///
+/// Fails with [`CertError::InvalidCrl`] if the current `crl.pem` is unreadable or was not signed
+/// by the CA.
+pub fn reissue_crl(ca_dir: &Path) -> Result<(), CertError> {
+    let ca = Ca::load(ca_dir)?;
+    let ca_cert = ca.parsed()?;
+    let (number, revoked) = read_current(&ca, &ca_cert)?;
+    write_next(&ca, number, revoked)
+}
+
+/// Signs the CRL that follows number `number`, listing `revoked`, and atomically replaces the CA's
+/// `crl.pem` with it.
+fn write_next(ca: &Ca, number: u64, revoked: Vec<RevokedCertParams>) -> Result<(), CertError> {
     let next = number.checked_add(1).ok_or_else(|| CertError::InvalidCrl {
         path: ca.crl_path.clone(),
         reason: "CRL number cannot grow any further".to_owned(),
@@ -81,9 +101,21 @@ pub(crate) fn sign(
     revoked: Vec<RevokedCertParams>,
 ) -> Result<String, CertError> {
     let now = OffsetDateTime::now_utc();
+    sign_for(issuer, number, revoked, now, now + CRL_LIFETIME)
+}
+
+/// Signs a CRL with CRL number `number` listing `revoked`, issued at `this_update` and due to
+/// be replaced at `next_update`; returns it as PEM.
+pub(crate) fn sign_for(
+    issuer: &Issuer<'_, impl SigningKey>,
+    number: u64,
+    revoked: Vec<RevokedCertParams>,
+    this_update: OffsetDateTime,
+    next_update: OffsetDateTime,
+) -> Result<String, CertError> {
     let params = CertificateRevocationListParams {
-        this_update: now,
-        next_update: now + CRL_LIFETIME,
+        this_update,
+        next_update,
         crl_number: SerialNumber::from(number),
         issuing_distribution_point: None,
         revoked_certs: revoked,

@@ -71,6 +71,7 @@ impl DevConsortium {
             cert: party.cert.clone(),
             key: party.key.clone(),
             crl: Some(self.crl.clone()),
+            allow_expired_crl: false,
         }
     }
 }

@@ -68,6 +68,19 @@ pub enum CertError {
         /// What was wrong.
         reason: String,
     },
+    /// A private key file that group or others may read or write: it is not used.
+    #[error(
+        "{} has mode {mode:04o}: a private key must be readable and writable by its owner only; \
+         run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    KeyPermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A PEM file holds no `X509 CRL` block.
     #[error("{} holds no certificate revocation list", path.display())]
     NoCrl {
@@ -184,6 +197,19 @@ pub enum CertError {
         path: PathBuf,
         /// What was wrong.
         reason: String,
+    },
+    /// The CRL is past its `nextUpdate`: the operator should have issued a newer one.
+    #[error(
+        "CRL {} expired at {next_update} (its nextUpdate); the operator reissues it with \
+         `medfed-certs crl --ca-dir DIR` (or any revocation), or set allow_expired_crl = true \
+         in [tls] to accept it anyway",
+        path.display()
+    )]
+    ExpiredCrl {
+        /// The CRL file.
+        path: PathBuf,
+        /// When the next CRL was due.
+        next_update: time::OffsetDateTime,
     },
     /// rcgen failed to generate a key or to sign a certificate or CRL.
     #[error("cannot {what}")]

@@ -2,7 +2,7 @@
 //! PEM parsing, and rolling back a half-written set of files.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -128,8 +128,11 @@ pub(crate) fn load_cert(path: &Path) -> Result<CertificateDer<'static>, CertErro
 }
 
 /// Parses the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
+///
+/// The file must be private to its owner: one that group or others may read or write is
+/// refused with [`CertError::KeyPermissions`] before it is read.
 pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
-    let bytes = read(path)?;
+    let bytes = read_private(path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => CertError::NoPrivateKey {
             path: path.to_owned(),
@@ -142,8 +145,15 @@ pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError>
 pub(crate) fn load_crls(
     path: &Path,
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, CertError> {
-    let bytes = read(path)?;
-    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+    parse_crls(path, &read(path)?)
+}
+
+/// Parses every `X509 CRL` block of the PEM `bytes` read from `path`; at least one must be there.
+pub(crate) fn parse_crls(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, CertError> {
+    let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad_pem(path, e))?;
     if crls.is_empty() {
@@ -188,6 +198,31 @@ impl Drop for Rollback {
             let _ = fs::remove_file(path);
         }
     }
+}
+
+/// Reads a whole file that must be private to its owner (no permission bit for group or others).
+///
+/// The mode is checked on the open file, so the file checked is the file read.
+fn read_private(path: &Path) -> Result<Vec<u8>, CertError> {
+    let read_err = |source| CertError::ReadFile {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file.metadata().map_err(read_err)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(CertError::KeyPermissions {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(read_err)?;
+    Ok(bytes)
 }
 
 fn bad_pem(path: &Path, e: rustls_pki_types::pem::Error) -> CertError {
@@ -305,11 +340,47 @@ mod tests {
         assert!(b.exists());
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn a_private_key_others_may_read_or_write_is_refused_naming_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let key = rcgen::KeyPair::generate().unwrap();
+        write_new(&path, key.serialize_pem().as_bytes(), Access::Private).unwrap();
+        assert!(load_key(&path).is_ok());
+        for mode in [0o640, 0o604, 0o620, 0o602, 0o644] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = load_key(&path).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                matches!(&err, CertError::KeyPermissions { path: p, mode: m } if *p == path && *m == mode),
+                "{err:?}"
+            );
+            assert!(
+                message.contains(&path.display().to_string())
+                    && message.contains(&format!("{mode:04o}"))
+                    && message.contains(&format!("chmod 600 {}", path.display())),
+                "{message}"
+            );
+        }
+        // Owner-only modes are fine, read-only included.
+        for mode in [0o600, 0o400] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            assert!(load_key(&path).is_ok(), "{mode:o}");
+        }
+    }
+
     #[test]
     fn pem_loaders_reject_garbage_without_panicking() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("junk.pem");
         fs::write(&path, b"\xff\x00 not pem at all").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
         assert!(matches!(
             load_certs(&path),
             Err(CertError::NoCertificate { .. })

@@ -21,7 +21,8 @@
 //! implementation of "bytes on a stream ⇄ protocol messages".
 //!
 //! What this crate does *not* do: no protocol logic (that is `medfed-protocol`), no online revocation (OCSP) or CRL
-//! distribution (the operator copies `crl.pem` to the coordinator), no key escrow (a node's private
+//! distribution (the operator copies `crl.pem` to the coordinator, which picks it up at its next
+//! handshake; connections already open are not closed), no key escrow (a node's private
 //! key is generated where it is used and never read by the CA), and no locking of the CA directory
 //! against two operators signing or revoking at the same moment.
 //!
@@ -32,6 +33,7 @@
 
 mod ca;
 pub mod channel;
+mod client_verifier;
 mod crl;
 mod dev;
 mod error;
@@ -40,12 +42,13 @@ mod members;
 mod names;
 mod report_keys;
 mod request;
+mod revocation;
 mod show;
 mod signing;
 mod tls;
 
 pub use ca::{KeyKind, Role, Validity, init_ca, sign_request, subject_common_name};
-pub use crl::{CRL_LIFETIME, revoke};
+pub use crl::{CRL_LIFETIME, reissue_crl, revoke};
 pub use dev::{
     COORDINATOR_NAME, DEV_CA_DAYS, DEV_CA_NAME, DEV_CERT_DAYS, DevConsortium, Party,
     dev_node_names, make_dev_consortium,

@@ -75,6 +75,13 @@ enum Command {
         #[arg(long)]
         cert: PathBuf,
     },
+    /// Operator: reissue DIR/crl.pem with the same revocations and a new nextUpdate, before the
+    /// one in force expires (the coordinator and the nodes refuse an expired CRL).
+    Crl {
+        /// The CA directory.
+        #[arg(long)]
+        ca_dir: PathBuf,
+    },
     /// Local use: CA, coordinator and node certificates in one directory, in one step.
     Dev {
         /// Directory for everything (created if missing).
@@ -190,6 +197,14 @@ fn run() -> anyhow::Result<ExitCode> {
                 "revoked {}; distribute the new {}",
                 cert.display(),
                 ca_dir.join(medfed_certs::CRL_FILE).display()
+            );
+        }
+        Command::Crl { ca_dir } => {
+            medfed_certs::reissue_crl(&ca_dir).context("reissuing the CRL failed")?;
+            println!(
+                "reissued {}, valid for {} days; distribute it",
+                ca_dir.join(medfed_certs::CRL_FILE).display(),
+                medfed_certs::CRL_LIFETIME.whole_days()
             );
         }
         Command::Dev { out, nodes, names } => {

@@ -10,11 +10,11 @@ use ring::rand::SystemRandom;
 use ring::signature::{
     ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, UnparsedPublicKey,
 };
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use crate::{CertError, files, subject_common_name};
+use crate::client_verifier::ConsortiumClientVerifier;
+use crate::{CertError, TlsFiles, files, subject_common_name};
 
 /// Signs with the ECDSA P-256 key of this party's certificate.
 pub struct CertificateSigner {
@@ -46,25 +46,25 @@ impl Signer for CertificateSigner {
 
 /// Accepts a signature only from a certificate issued by the consortium CA (valid now, and not
 /// revoked when a CRL is given) whose subject is the claimed identity.
+///
+/// The CRL follows the coordinator's rules ([`TlsFiles::crl`]): signed by the CA, refused past
+/// its `nextUpdate` unless allowed, and reloaded when its file changes.
 pub struct ConsortiumVerifier {
     verifier: Arc<dyn ClientCertVerifier>,
 }
 
 impl ConsortiumVerifier {
-    /// A verifier trusting the CA certificate(s) in `ca_cert`, honouring the CRL if given.
-    pub fn new(ca_cert: &Path, crl: Option<&Path>) -> Result<Self, CertError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = crate::tls::load_roots(ca_cert)?;
-        let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider);
-        if let Some(crl) = crl {
-            builder = builder
-                .with_crls(files::load_crls(crl)?)
-                .only_check_end_entity_revocation();
-        }
-        let verifier = builder
-            .build()
-            .map_err(|source| CertError::Verifier { source })?;
-        Ok(Self { verifier })
+    /// A verifier trusting the CA certificate(s) of `files`, honouring its CRL if given (the
+    /// party's own certificate and key are not used).
+    pub fn new(files: &TlsFiles) -> Result<Self, CertError> {
+        let verifier = ConsortiumClientVerifier::new(
+            &files.ca_cert,
+            files.crl_policy(),
+            "secure-aggregation peer",
+        )?;
+        Ok(Self {
+            verifier: Arc::new(verifier),
+        })
     }
 }
 

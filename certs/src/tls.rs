@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use time::OffsetDateTime;
 
-use crate::files;
-use crate::{CA_CERT_FILE, CRL_FILE, CertError};
+use crate::client_verifier::ConsortiumClientVerifier;
+use crate::revocation::{self, CrlPolicy};
+use crate::{CA_CERT_FILE, CRL_FILE, CertError, files};
 
 /// Paths to one party's TLS material.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,8 +23,14 @@ pub struct TlsFiles {
     /// This party's private key, PEM.
     pub key: PathBuf,
     /// The consortium CRL, PEM. When set, the file must exist, and the peer's (end-entity)
-    /// certificate is refused if revoked.
+    /// certificate is refused if revoked. The CRL must be signed by the consortium CA and not be
+    /// past its `nextUpdate` (unless [`TlsFiles::allow_expired_crl`]). The coordinator picks up
+    /// a changed file at its next handshake, without a restart.
     pub crl: Option<PathBuf>,
+    /// Accept a CRL past its `nextUpdate` (`allow_expired_crl = true` in `[tls]`). Off by
+    /// default: an expired CRL may be missing revocations, so it is refused, at start-up and at
+    /// every handshake.
+    pub allow_expired_crl: bool,
 }
 
 impl TlsFiles {
@@ -35,31 +42,32 @@ impl TlsFiles {
             cert: dir.join(format!("{name}.pem")),
             key: dir.join(format!("{name}.key")),
             crl: Some(dir.join(CRL_FILE)),
+            allow_expired_crl: false,
         }
+    }
+
+    /// The CRL to honour and how, if any.
+    pub(crate) fn crl_policy(&self) -> Option<CrlPolicy> {
+        self.crl.as_ref().map(|path| CrlPolicy {
+            path: path.clone(),
+            allow_expired: self.allow_expired_crl,
+        })
     }
 }
 
 /// Server (coordinator) config: TLS 1.3 only, ring provider, client certificate required and
-/// verified with [`WebPkiClientVerifier`] against the consortium CA (and the CRL, if given, for the
-/// client's own certificate). `alpn` lists the protocols offered, in order of preference; a client
-/// that offers ALPN but none of these is refused with a `no_application_protocol` alert.
+/// verified against the consortium CA and the CRL, if given, for the client's own certificate
+/// (reloaded when the file changes; see [`TlsFiles::crl`]). Every refused client certificate is
+/// logged with its subject and the reason. `alpn` lists the protocols offered, in order of
+/// preference; a client that offers ALPN but none of these is refused with a
+/// `no_application_protocol` alert.
 pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, CertError> {
-    let provider = provider();
-    let roots = load_roots(&files.ca_cert)?;
-    let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
-    if let Some(crl) = &files.crl {
-        verifier = verifier
-            .with_crls(files::load_crls(crl)?)
-            .only_check_end_entity_revocation();
-    }
-    let verifier = verifier
-        .build()
-        .map_err(|source| CertError::Verifier { source })?;
+    let verifier = ConsortiumClientVerifier::new(&files.ca_cert, files.crl_policy(), "node")?;
     let (chain, key) = load_identity(files)?;
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| CertError::Tls { source })?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(chain, key)
         .map_err(|source| identity_error(files, source))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -67,16 +75,22 @@ pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, C
 }
 
 /// Client (node) config: TLS 1.3 only, ring provider, verifies the coordinator against the
-/// consortium CA (and the CRL, if given, for the coordinator's own certificate), presents the
-/// node's certificate. `alpn` lists the protocols offered.
+/// consortium CA (and the CRL, if given, for the coordinator's own certificate; checked as
+/// [`TlsFiles::crl`] says, read once), presents the node's certificate. `alpn` lists the
+/// protocols offered.
 pub fn client_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ClientConfig, CertError> {
     let provider = provider();
     let roots = load_roots(&files.ca_cert)?;
     let mut verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
-    if let Some(crl) = &files.crl {
+    if let Some(policy) = files.crl_policy() {
+        let ca = files::load_certs(&files.ca_cert)?;
+        let crl = revocation::load(&policy, &ca, OffsetDateTime::now_utc())?;
         verifier = verifier
-            .with_crls(files::load_crls(crl)?)
+            .with_crls(crl.ders)
             .only_check_end_entity_revocation();
+        if !policy.allow_expired {
+            verifier = verifier.enforce_revocation_expiration();
+        }
     }
     let verifier = verifier
         .build()
@@ -93,7 +107,7 @@ pub fn client_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ClientConfig, C
 }
 
 /// The ring provider with its defaults (TLS13_AES_128_GCM_SHA256 included, as QUIC requires).
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -186,6 +186,10 @@ fn operator_flow_init_request_sign_show_revoke() {
     let output = medfed_certs(&["revoke", "--ca-dir", arg(&ca), "--cert", arg(&cert)]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("already revoked"));
+
+    let crl_before = fs::read(ca.join("crl.pem")).unwrap();
+    assert_ok(&medfed_certs(&["crl", "--ca-dir", arg(&ca)]));
+    assert_ne!(fs::read(ca.join("crl.pem")).unwrap(), crl_before);
 }
 
 #[test]

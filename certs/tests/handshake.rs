@@ -181,6 +181,35 @@ fn a_revoked_node_is_refused_while_the_others_are_still_accepted() {
 }
 
 #[test]
+fn a_server_config_in_use_picks_up_a_revocation_without_being_rebuilt() {
+    let (dir, consortium) = dev(&["hospital-1", "hospital-2"]);
+    let one = consortium.node_tls("hospital-1").unwrap();
+    let two = consortium.node_tls("hospital-2").unwrap();
+    // One server configuration for the whole test, as a running coordinator has.
+    let server = medfed_certs::server_config(&consortium.coordinator_tls(), &[ALPN]).unwrap();
+    // The nodes do not read the CRL here: the test is about the server's.
+    let client = |files: &TlsFiles| {
+        let files = TlsFiles {
+            crl: None,
+            ..files.clone()
+        };
+        medfed_certs::client_config(&files, &[ALPN]).unwrap()
+    };
+    assert!(handshake(client(&one), server.clone()).succeeded());
+
+    medfed_certs::revoke(dir.path(), &one.cert).unwrap();
+    let outcome = handshake(client(&one), server.clone());
+    assert_client_refused(&outcome, |e| matches!(e, CertificateError::Revoked));
+    assert!(handshake(client(&two), server.clone()).succeeded());
+
+    // A CRL file that cannot be used leaves the one in force: hospital-1 stays out.
+    std::fs::write(&consortium.crl, b"not a CRL").unwrap();
+    let outcome = handshake(client(&one), server.clone());
+    assert_client_refused(&outcome, |e| matches!(e, CertificateError::Revoked));
+    assert!(handshake(client(&two), server).succeeded());
+}
+
+#[test]
 fn a_revoked_coordinator_is_refused_by_the_nodes() {
     let (dir, consortium) = dev(&["hospital-1"]);
     medfed_certs::revoke(dir.path(), &consortium.coordinator.cert).unwrap();

@@ -219,6 +219,25 @@ fn revoke_adds_the_serial_and_bumps_the_crl_number() {
 }
 
 #[test]
+fn reissuing_the_crl_keeps_its_revocations_and_moves_its_next_update() {
+    let (dir, consortium) = dev(&["a"]);
+    let a = &consortium.node("a").unwrap().cert;
+    medfed_certs::revoke(dir.path(), a).unwrap();
+    let before = crl_state(&consortium.crl);
+    let next_update = |path: &Path| {
+        let der = rustls::pki_types::CertificateRevocationListDer::from_pem_file(path).unwrap();
+        let (_, crl) = CertificateRevocationList::from_der(&der).unwrap();
+        crl.next_update().unwrap().timestamp()
+    };
+    let due = next_update(&consortium.crl);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    medfed_certs::reissue_crl(dir.path()).unwrap();
+    let after = crl_state(&consortium.crl);
+    assert_eq!(after, (before.0 + 1, before.1));
+    assert!(next_update(&consortium.crl) > due);
+}
+
+#[test]
 fn revoke_refuses_certificates_from_another_ca() {
     let (dir, _ours) = dev(&["a"]);
     let (_other_dir, theirs) = dev(&["a"]);

@@ -36,6 +36,7 @@ pub(crate) fn enrol(
         cert,
         key: out_dir.join(format!("{name}.key")),
         crl: Some(ca_dir.join(medfed_certs::CRL_FILE)),
+        allow_expired_crl: false,
     }
 }
 

@@ -305,6 +305,9 @@ struct RawTls {
     cert: PathBuf,
     key: PathBuf,
     crl: Option<PathBuf>,
+    /// Accept a CRL past its nextUpdate (off: such a CRL is refused).
+    #[serde(default)]
+    allow_expired_crl: bool,
 }
 
 impl CoordinatorConfig {
@@ -335,6 +338,7 @@ impl CoordinatorConfig {
                 cert: resolve(raw.tls.cert),
                 key: resolve(raw.tls.key),
                 crl: raw.tls.crl.map(resolve),
+                allow_expired_crl: raw.tls.allow_expired_crl,
             },
             task: raw.task,
             strategy: raw.strategy.unwrap_or_default(),
@@ -470,6 +474,13 @@ name = "fed_adam"
         assert_eq!(config.task.training.batch_size, 32);
         assert!(matches!(config.strategy, StrategyConfig::FedAdam { .. }));
         assert_eq!(config.danger_pause_at, None);
+        assert!(
+            !config.tls.allow_expired_crl,
+            "an expired CRL is refused by default"
+        );
+        let lenient = EXAMPLE.replace("[task]", "allow_expired_crl = true\n[task]");
+        let config = CoordinatorConfig::parse(&lenient, Path::new("/etc/medfed")).unwrap();
+        assert!(config.tls.allow_expired_crl);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use medfed_certs::channel::{MessageReader, peer_identity, send_message};
+use medfed_certs::channel::{ChannelError, MessageReader, peer_identity, send_message};
 use medfed_protocol::manifest::SignedManifest;
 use medfed_protocol::messages::{
     Hello, Message, PROTOCOL_VERSION, RefusalReason, Refused, Welcome,
@@ -40,6 +40,10 @@ pub struct Admission {
 pub type OnAdmit = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Accepts connections until `shutdown` turns true.
+///
+/// Every connection refused is logged with the subject of its certificate and the reason: at
+/// the handshake by the TLS verifier (which sees the certificate, trusted or not), after it
+/// here.
 pub async fn serve(
     endpoint: quinn::Endpoint,
     admission: Arc<Admission>,
@@ -58,10 +62,14 @@ pub async fn serve(
             (admission.clone(), registry.clone(), on_admit.clone());
         tokio::spawn(
             async move {
-                if let Err(reason) =
-                    handle_connection(incoming, &admission, &registry, &on_admit).await
-                {
-                    warn!(%reason, "node not admitted");
+                match handle_connection(incoming, &admission, &registry, &on_admit).await {
+                    Ok(()) => {}
+                    Err((None, reason)) => {
+                        warn!(%reason, "node not admitted (the certificate refused is logged above)");
+                    }
+                    Err((Some(subject), reason)) => {
+                        warn!(%subject, %reason, "node not admitted");
+                    }
                 }
             }
             .instrument(info_span!("connection", %remote)),
@@ -69,24 +77,55 @@ pub async fn serve(
     }
 }
 
+/// Why a connection was not admitted.
+#[derive(Debug, thiserror::Error)]
+enum NotAdmitted {
+    /// The TLS handshake failed (the certificate verifier logged the certificate's subject).
+    #[error("handshake failed: {0}")]
+    Handshake(quinn::ConnectionError),
+    /// The certificate names no usable identity.
+    #[error("no usable identity in the certificate: {0}")]
+    Identity(ChannelError),
+    /// The node said nothing in time.
+    #[error("no hello within the timeout")]
+    HelloTimeout,
+    /// The connection ended before `Hello`.
+    #[error("connection lost before hello: {0}")]
+    LostBeforeHello(quinn::ConnectionError),
+    /// The first stream did not carry a decodable message.
+    #[error("bad hello: {0}")]
+    BadHello(ChannelError),
+    /// The node was told it is refused, and why.
+    #[error("refused: {0}")]
+    Refused(RefusalReason),
+    /// `Welcome` could not be sent.
+    #[error("cannot send welcome: {0}")]
+    Welcome(ChannelError),
+}
+
+/// A refused connection: the subject of its certificate, when the handshake got that far.
+type Refusal = (Option<String>, NotAdmitted);
+
 async fn handle_connection(
     incoming: quinn::Incoming,
     admission: &Admission,
     registry: &Registry,
     on_admit: &OnAdmit,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     // The TLS handshake: certificates not issued by the consortium CA, revoked, expired or not
     // yet valid fail here, with the TLS alert naming the reason.
     let connection = incoming
         .await
-        .map_err(|e| format!("handshake failed: {e}"))?;
-    let (identity, certificate) = peer_identity(&connection).map_err(|e| e.to_string())?;
+        .map_err(|e| (None, NotAdmitted::Handshake(e)))?;
+    let (identity, certificate) =
+        peer_identity(&connection).map_err(|e| (None, NotAdmitted::Identity(e)))?;
     let span = info_span!("node", node = %identity);
+    let subject = identity.clone();
     async {
         let (mut send, recv) = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi())
             .await
-            .map_err(|_| "no hello within the timeout".to_owned())?
-            .map_err(|e| format!("connection lost before hello: {e}"))?;
+            .map_err(|_| NotAdmitted::HelloTimeout)?
+            .map_err(NotAdmitted::LostBeforeHello)?;
         let mut reader = MessageReader::new(recv, HELLO_MAX_FRAME);
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, reader.expect()).await {
             Ok(Ok(Message::Hello(hello))) => hello,
@@ -100,11 +139,11 @@ async fn handle_connection(
             Ok(Err(e)) => {
                 // The close reason names the fault (a frame over the cap, a truncated frame, bytes
                 // that decode to no message), so the peer and its operator can tell which.
-                let reason = format!("bad hello: {e}");
-                connection.close(BAD_HELLO.into(), reason.as_bytes());
+                let reason = NotAdmitted::BadHello(e);
+                connection.close(BAD_HELLO.into(), reason.to_string().as_bytes());
                 return Err(reason);
             }
-            Err(_) => return Err("no hello within the timeout".into()),
+            Err(_) => return Err(NotAdmitted::HelloTimeout),
         };
         if let Some(reason) = check_hello(&hello, admission) {
             return Err(refuse(&connection, &mut send, admission, reason).await);
@@ -116,13 +155,18 @@ async fn handle_connection(
         };
         send_message(&mut send, &Message::Welcome(welcome))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(NotAdmitted::Welcome)?;
         let _ = send.finish();
         let received = registry.received_counter(&identity);
         received.fetch_add(
             reader.bytes_received(),
             std::sync::atomic::Ordering::Relaxed,
         );
+        if registry.get(&identity).is_some() {
+            // A restarted node must not wait for its old connection to time out, so the newer
+            // connection wins; two live processes under one certificate show up here.
+            warn!(subject = %identity, "a second connection under this identity replaces the one connected");
+        }
         registry.admit(Arc::new(NodeHandle::new(
             identity.clone(),
             connection.clone(),
@@ -139,6 +183,7 @@ async fn handle_connection(
     }
     .instrument(span)
     .await
+    .map_err(|reason| (Some(subject), reason))
 }
 
 /// Why a `Hello` is not acceptable, if it is not.
@@ -158,18 +203,17 @@ fn check_hello(hello: &Hello, admission: &Admission) -> Option<RefusalReason> {
     None
 }
 
-/// Tells the node why it is refused and closes the connection; returns the reason for the log.
+/// Tells the node why it is refused and closes the connection; returns the refusal for the log.
 async fn refuse(
     connection: &quinn::Connection,
     send: &mut quinn::SendStream,
     admission: &Admission,
     reason: RefusalReason,
-) -> String {
-    let text = reason.to_string();
+) -> NotAdmitted {
     let refused = Message::Refused(Refused {
         session: admission.session,
         round: 0,
-        reason,
+        reason: reason.clone(),
     });
     if send_message(send, &refused).await.is_ok() {
         let _ = send.finish();
@@ -177,5 +221,5 @@ async fn refuse(
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     }
     connection.close(REFUSED.into(), b"refused");
-    text
+    NotAdmitted::Refused(reason)
 }

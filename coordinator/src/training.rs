@@ -47,6 +47,8 @@ use crate::strategy::{ServerOptimizer, StrategyError, build_optimizer, mean_delt
 const STANDARDIZATION_KEY: &str = "standardization";
 /// Key of the summary of the statistics round.
 const SUMMARY_KEY: &str = "federated_summary";
+/// State-store key of the hospitals whose statistics were summed, sorted.
+const STATS_PARTICIPANTS_KEY: &str = "statistics_participants";
 /// Key of the final evaluation.
 const FINAL_EVALUATION_KEY: &str = "final_evaluation";
 
@@ -229,7 +231,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
     info!(%local_addr, session = format_args!("{session:016x}"), "coordinator listening");
 
     let optimizer = Mutex::new(optimizer);
-    let peer_verifier = ConsortiumVerifier::new(&config.tls.ca_cert, config.tls.crl.as_deref())
+    let peer_verifier = ConsortiumVerifier::new(&config.tls)
         .map_err(|source| CoordinatorError::PeerVerifier { source })?;
     let signing_key = load_report_signing_key(&config.tls.key)?;
     let reports = ReportWriter::open(&config.data_dir.join("reports"), signing_key)?;
@@ -437,6 +439,7 @@ impl Trainer {
                             // coordinator skips this round, so the summary must already be there.
                             let store = lock(&self.store);
                             store.put_json(SUMMARY_KEY, &summary)?;
+                            store.put_json(STATS_PARTICIPANTS_KEY, &g.participants)?;
                             store.put_json(STANDARDIZATION_KEY, &standardization)?;
                         }
                         info!(nodes = g.participants.len(), summary = %serde_json::to_string(&summary).unwrap_or_default(), "federated statistics computed");
@@ -530,7 +533,38 @@ impl Trainer {
             encoding: Box::new(move |fixed| layout.encoding(fixed)),
         };
         let gathered = self.gather(collection).await?;
+        if train {
+            self.check_example_count(&gathered)?;
+        }
         Ok((gathered, layout))
+    }
+
+    /// When a round's hospitals are exactly those of the statistics round, the training
+    /// examples they declare in their updates (Σn, the update's weight) must be the examples
+    /// their statistics counted: a hospital that inflated its n to weigh more in the average is
+    /// caught here, and the round fails rather than being applied.
+    fn check_example_count(&self, gathered: &Gathered) -> Result<(), RoundFailure> {
+        let (summary, counted) = {
+            let store = lock(&self.store);
+            (
+                store.get_json::<FederatedSummary>(SUMMARY_KEY),
+                store.get_json::<Vec<String>>(STATS_PARTICIPANTS_KEY),
+            )
+        };
+        let (Ok(Some(summary)), Ok(Some(counted))) = (summary, counted) else {
+            return Ok(());
+        };
+        if counted != gathered.participants {
+            return Ok(());
+        }
+        let declared = gathered.sum.last().copied().unwrap_or(f64::NAN);
+        if (declared - summary.n as f64).abs() > 0.5 {
+            return Err(RoundFailure::ExampleCountMismatch {
+                declared,
+                counted: summary.n,
+            });
+        }
+        Ok(())
     }
 
     /// Collects one set of figures from every connected node — in parallel, pushing the model
@@ -1260,6 +1294,10 @@ enum RoundFailure {
         "the privacy budget of {nodes:?} is spent: fewer than the {need} nodes needed can train"
     )]
     BudgetSpent { nodes: Vec<String>, need: usize },
+    #[error(
+        "the hospitals declare {declared} training examples, their statistics counted {counted}"
+    )]
+    ExampleCountMismatch { declared: f64, counted: u64 },
 }
 
 /// Why the coordinator stopped.

@@ -185,6 +185,12 @@ struct RawTls {
     ca_cert: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    /// The consortium CRL: checks the coordinator's certificate and the secure-aggregation
+    /// peers' (refused past its nextUpdate unless `allow_expired_crl`).
+    #[serde(default)]
+    crl: Option<PathBuf>,
+    #[serde(default)]
+    allow_expired_crl: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,7 +264,8 @@ impl NodeConfig {
                 ca_cert: resolve(raw.tls.ca_cert),
                 cert: resolve(raw.tls.cert),
                 key: resolve(raw.tls.key),
-                crl: None,
+                crl: raw.tls.crl.map(resolve),
+                allow_expired_crl: raw.tls.allow_expired_crl,
             },
             data: DataConfig {
                 csv: resolve(raw.data.csv),
@@ -360,6 +367,19 @@ members = "members.toml"
         assert_eq!(config.server_name, "localhost");
         assert_eq!(config.data.holdout_fraction, 0.25);
         assert_eq!(config.privacy, None);
+        assert_eq!(
+            (config.tls.crl, config.tls.allow_expired_crl),
+            (None, false)
+        );
+        let with_crl = text.replace(
+            "[data]",
+            "crl = \"crl.pem\"\nallow_expired_crl = true\n[data]",
+        );
+        let tls = NodeConfig::parse(&with_crl, Path::new("/site"))
+            .unwrap()
+            .tls;
+        assert_eq!(tls.crl.as_deref(), Some(Path::new("/site/crl.pem")));
+        assert!(tls.allow_expired_crl);
         let private = format!(
             "{text}\n[privacy]\ntarget_epsilon = 8.0\ndelta = 1e-5\nnoise_multiplier = \"auto\"\nmax_grad_norm = 1.0\n"
         );

@@ -579,11 +579,13 @@ impl Hospital {
         }
         // A new request closes whatever aggregation was open: its figures never leave.
         self.secagg = None;
-        if let Some(violation) = self.manifest_departure(|m| m.check_stats_request(request)) {
-            return policy_decline(session, round, violation);
-        }
         let params = request.secure_aggregation.as_ref().map(|s| &s.params);
         if let Err(violation) = self.admit_request(round, params, Some(&ExactFigures::Statistics)) {
+            return policy_decline(session, round, violation);
+        }
+        // The hospital's own rules first (their reasons are the more specific), then the plan
+        // it approved.
+        if let Some(violation) = self.manifest_departure(|m| m.check_stats_request(request)) {
             return policy_decline(session, round, violation);
         }
         let examples = &self.train.examples;
@@ -932,9 +934,6 @@ impl Hospital {
         // A new request closes whatever aggregation was open: its figures never leave, and
         // with them goes their ledger entry.
         self.secagg = None;
-        if let Some(violation) = self.manifest_departure(|m| m.check_round_start(start)) {
-            return policy_decline(session, round, violation);
-        }
         let Some(model) = self.model.as_ref().filter(|m| m.hash() == start.model_hash) else {
             return refusal(
                 session,
@@ -956,6 +955,11 @@ impl Hospital {
         let exact = (!noised_evaluation).then(|| ExactFigures::evaluation(&start.model_hash));
         let params = start.secure_aggregation.as_ref().map(|s| &s.params);
         if let Err(violation) = self.admit_request(round, params, exact.as_ref()) {
+            return policy_decline(session, round, violation);
+        }
+        // The hospital's own rules first (their reasons are the more specific), then the plan
+        // it approved: nothing is computed for a request that departs from it.
+        if let Some(violation) = self.manifest_departure(|m| m.check_round_start(start)) {
             return policy_decline(session, round, violation);
         }
         let private = match self.private_round(start) {

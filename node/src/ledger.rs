@@ -70,10 +70,11 @@ pub struct PrivacyLedger {
 impl PrivacyLedger {
     /// Opens (creating if needed) the ledger in `state_dir` and reads every entry.
     pub fn open(state_dir: &Path) -> Result<Self, LedgerError> {
-        let entries = Self::read(state_dir)?;
+        // Lock the folder first, so that no other process appends after the entries are read.
+        let journal = Journal::open(state_dir, LEDGER_FILE)?;
         Ok(Self {
-            journal: Journal::open(state_dir, LEDGER_FILE)?,
-            entries,
+            journal,
+            entries: Self::read(state_dir)?,
         })
     }
 

@@ -27,6 +27,7 @@ pub mod plan;
 pub mod policy;
 pub mod progress;
 pub mod releases;
+pub mod state_lock;
 pub mod trainer;
 
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ use medfed_protocol::schema::{Schema, SchemaError};
 pub use client::{NodeError, NodeOutcome, run};
 pub use config::NodeConfig;
 pub use hospital::Hospital;
+pub use state_lock::{StateLock, StateLockError};
 
 use egress::EgressLog;
 use policy::{PinnedVerifier, PolicyGate};
@@ -119,7 +121,7 @@ pub fn policy(config: &NodeConfig) -> Result<(PolicyGate, ReleaseRecord), Prepar
 /// Loads what secure aggregation needs: the node's certificate key, to sign its round keys, and
 /// the consortium CA, to check its peers'.
 pub fn credentials(config: &NodeConfig) -> Result<hospital::Credentials, PrepareError> {
-    let consortium = ConsortiumVerifier::new(&config.tls.ca_cert, config.tls.crl.as_deref())?;
+    let consortium = ConsortiumVerifier::new(&config.tls)?;
     let verifier: Box<dyn medfed_protocol::secagg::PeerVerifier + Send> =
         match config.policy.members.as_deref() {
             Some(path) => Box::new(PinnedVerifier::new(consortium, MemberList::load(path)?)),
@@ -132,7 +134,8 @@ pub fn credentials(config: &NodeConfig) -> Result<hospital::Credentials, Prepare
 }
 
 /// The hospital's privacy policy with its ledger, if the configuration has one. The ledger is
-/// read whole: a restarted node keeps every release it ever made.
+/// read whole: a restarted node keeps every release it ever made. Opening it locks the state
+/// folder for this process ([`StateLock`]); another process holding it is an error.
 pub fn privacy(config: &NodeConfig) -> Result<Option<hospital::Privacy>, PrepareError> {
     let Some(policy) = config.privacy.clone() else {
         return Ok(None);

@@ -13,7 +13,7 @@ use medfed_node::plan::forecast;
 use medfed_node::policy::PolicyGate;
 use medfed_node::releases::ReleaseRecord;
 use medfed_node::trainer::{TchTrainer, set_torch_threads};
-use medfed_node::{NodeConfig, prepare, prepare_node, run};
+use medfed_node::{NodeConfig, StateLock, prepare, prepare_node, run};
 use medfed_protocol::manifest::SignedManifest;
 use medfed_protocol::model::ModelKind;
 use medfed_protocol::task::TrainingPlan;
@@ -143,6 +143,8 @@ fn run_cli() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Run { config } => {
             let config = NodeConfig::load(&config)?;
+            // One process per hospital: before anything else, and held until this process exits.
+            let _state_lock = StateLock::acquire(&config.state_dir)?;
             set_torch_threads(config.threads);
             let trainer = TchTrainer::new(config.device).context("cannot start libtorch")?;
             let hospital = prepare_node(&config, Box::new(trainer))?;

@@ -8,12 +8,12 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use medfed_coordinator::checkpoint::{checkpoint_file_name, read_checkpoint};
 use medfed_coordinator::config::{PausePhase, PausePoint};
 use medfed_coordinator::store::{RoundStatus, Store};
+use medfed_e2e::process::workspace_binary;
 use medfed_e2e::{Consortium, strip_ansi, subscribe};
 use medfed_node::NodeConfig;
 use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
@@ -547,75 +547,6 @@ fn toml_string(s: &str) -> String {
 }
 
 /// The `medfed-coordinator` binary of this build, brought up to date first.
-///
-/// Cargo builds other packages' binaries for a test only when asked, so the first call runs
-/// `cargo build -p medfed-coordinator --bin medfed-coordinator` into this test's own target
-/// folder and profile (a no-op when it is up to date).
 fn coordinator_binary() -> Result<PathBuf, String> {
-    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            // The test runs as <target>/<profile>/deps/e2e-<hash>.
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .ok_or("unexpected test executable location")?;
-            let target_dir = profile_dir.parent().ok_or("no target folder")?;
-            let binary = profile_dir.join(format!(
-                "medfed-coordinator{}",
-                std::env::consts::EXE_SUFFIX
-            ));
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut build = Command::new(cargo);
-            build
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .args([
-                    "build",
-                    "-p",
-                    "medfed-coordinator",
-                    "--bin",
-                    "medfed-coordinator",
-                ])
-                .arg("--target-dir")
-                .arg(target_dir);
-            match profile_dir.file_name().and_then(|n| n.to_str()) {
-                Some("debug") => {}
-                Some("release") => {
-                    build.arg("--release");
-                }
-                Some(other) => {
-                    build.args(["--profile", other]);
-                }
-                None => return Err("no profile folder".into()),
-            }
-            let output = match build.output() {
-                Ok(output) => output,
-                // Run outside cargo (the test binary started by hand): use what is there.
-                Err(e) if binary.is_file() => {
-                    eprintln!(
-                        "cannot run cargo ({e}); using {} as it is",
-                        binary.display()
-                    );
-                    return Ok(binary);
-                }
-                Err(e) => {
-                    return Err(format!("cannot run cargo to build medfed-coordinator: {e}"));
-                }
-            };
-            if !output.status.success() {
-                return Err(format!(
-                    "building medfed-coordinator failed:\n{}",
-                    String::from_utf8_lossy(&output.stderr)
-                ));
-            }
-            if !binary.is_file() {
-                return Err(format!(
-                    "medfed-coordinator is not at {} after building it",
-                    binary.display()
-                ));
-            }
-            Ok(binary)
-        })
-        .clone()
+    workspace_binary("medfed-coordinator", "medfed-coordinator")
 }

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use medfed_coordinator::CoordinatorError;
 use medfed_coordinator::store::{RoundStatus, Store};
-use medfed_e2e::{Consortium, subscribe, tolerate_dropouts};
+use medfed_e2e::{Consortium, subscribe, synthetic_csv, tolerate_dropouts};
 use medfed_node::config::{CrashPoint, NoiseMultiplier, PrivacyConfig, StallPoint};
 use medfed_node::egress::EgressLog;
 use medfed_node::ledger::PrivacyLedger;
@@ -365,4 +366,48 @@ impl Drop for Link {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A round's hospitals declare, as their update's weight, how many training examples they used;
+/// when they are exactly the hospitals of the statistics round, that must be what their
+/// statistics counted. Here one hospital's data grew between the statistics round and training
+/// (a malicious one would inflate its n to weigh more in the average): the round fails, naming
+/// both counts, rather than being applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_whose_example_count_differs_from_the_statistics_is_not_applied() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 80);
+    // First run: the statistics round and no training round.
+    let (first, _) = consortium
+        .train(consortium.coordinator_config(0, 3), &NODES)
+        .await;
+    assert_eq!(first.last_round, 0);
+
+    // hospital-c's file grows by 40 patients; the next run reuses the stored statistics.
+    std::fs::write(consortium.csv("hospital-c"), synthetic_csv(120, 3)).expect("csv");
+    let mut config = consortium.coordinator_config(1, 3);
+    config.task.round_attempts = 1;
+    let data_dir = config.data_dir.clone();
+    let coordinator = consortium.start_coordinator(config).await;
+    let addr = coordinator.local_addr();
+    let _nodes: Vec<_> = NODES
+        .iter()
+        .map(|name| consortium.spawn_node(consortium.node_config(name, addr)))
+        .collect();
+    let outcome = coordinator.wait().await;
+    assert!(
+        matches!(outcome, Err(CoordinatorError::GaveUp { round: 1 })),
+        "{outcome:?}"
+    );
+    let store = Store::open(&data_dir.join("state.sqlite")).expect("state opens");
+    let rounds = store.rounds().expect("rounds");
+    let round = rounds.iter().find(|r| r.round == 1).expect("round 1 begun");
+    assert_eq!(round.status, RoundStatus::Aborted, "{round:?}");
+    let reason = round.abort_reason.as_deref().unwrap_or_default();
+    // 3 × 60 training rows counted; 60 + 60 + 90 declared.
+    assert!(
+        reason.contains("declare 210 training examples, their statistics counted 180"),
+        "{reason}"
+    );
+    assert!(round.model_hash_after.is_none());
 }

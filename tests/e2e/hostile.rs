@@ -3,22 +3,23 @@
 //! ("Hostile input") maps each to its test.
 //!
 //! The hostile peers are driven by hand over real QUIC connections with real consortium
-//! certificates: "mallory" is an admitted member that misbehaves, and a fake coordinator holding
-//! the coordinator's certificate tests what the node refuses.
+//! certificates: "mallory" is an admitted member that misbehaves, and the hand-driven coordinator
+//! of `medfed_e2e::attacker`, holding the coordinator's certificate, tests what the node refuses.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use medfed_certs::channel::{MessageReader, client_endpoint, send_message, server_endpoint};
+use medfed_certs::channel::{MessageReader, client_endpoint, send_message};
 use medfed_certs::{Role, TlsFiles, Validity, make_request, revoke, sign_request};
 use medfed_coordinator::listener::BAD_HELLO;
 use medfed_coordinator::{RunningCoordinator, TrainingReport};
+use medfed_e2e::attacker::HandCoordinator;
 use medfed_e2e::{Consortium, allow_plaintext, subscribe};
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_node::{NodeError, NodeOutcome};
 use medfed_protocol::codec::{self, MAX_FRAME_LEN};
 use medfed_protocol::messages::{
-    DeclineReason, Declined, Finished, Hello, Message, ModelChunk, ModelOffer, ModelReceived,
+    DeclineReason, Declined, Hello, Message, ModelChunk, ModelOffer, ModelReceived,
     PROTOCOL_VERSION, RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, Welcome,
 };
 use medfed_protocol::model::{Model, ModelKind, ModelSpec};
@@ -201,20 +202,20 @@ async fn message_of_the_wrong_phase_is_refused_and_the_round_goes_on() {
 async fn replayed_request_is_refused_by_the_node() {
     subscribe();
     let consortium = Consortium::new(&["hospital-a"], 60);
-    let (fake, node) = FakeCoordinator::start(&consortium, "hospital-a").await;
+    let fake = admit_alone(&consortium).await;
     let model = fake.model(1);
     assert!(matches!(
-        fake.push(&model, 1).await,
+        fake.push(ALONE, &model, 1).await,
         Message::ModelReceived(_)
     ));
-    let start = fake.round_start(&model, 1);
+    let start = plain_round(&fake, &model);
     assert!(
-        matches!(fake.ask(&start).await, Message::Contribution(_)),
+        matches!(fake.ask(ALONE, &start).await, Message::Contribution(_)),
         "the first request is answered"
     );
     // The same request again, on a new stream of the same connection, is a replay: it is
     // refused without training again.
-    match fake.ask(&start).await {
+    match fake.ask(ALONE, &start).await {
         Message::Refused(Refused {
             reason: RefusalReason::Replay { round: 1 },
             ..
@@ -227,14 +228,14 @@ async fn replayed_request_is_refused_by_the_node() {
     };
     foreign.session ^= 1;
     foreign.round = 2;
-    match fake.ask(&Message::RoundStart(foreign)).await {
+    match fake.ask(ALONE, &Message::RoundStart(foreign)).await {
         Message::Refused(Refused {
             reason: RefusalReason::WrongSession { .. },
             ..
         }) => {}
         other => panic!("expected a wrong-session refusal, got {other:?}"),
     }
-    let outcome = fake.finish(&model, node).await;
+    let outcome = finish_alone(fake, &model).await;
     assert_eq!(outcome.model_hash, model.hash().to_hex());
 }
 
@@ -479,9 +480,9 @@ async fn share_that_fails_authentication_leaves_its_sender_out() {
 async fn malformed_model_chunk_is_refused_by_the_node() {
     subscribe();
     let consortium = Consortium::new(&["hospital-a"], 60);
-    let (fake, node) = FakeCoordinator::start(&consortium, "hospital-a").await;
+    let fake = admit_alone(&consortium).await;
     let model = fake.model(1);
-    let (offer, chunks) = split_model(&model, fake.session, 1);
+    let (offer, chunks) = split_model(&model, fake.session(), 1);
     assert_eq!(chunks.len(), 1);
 
     let refusal = |answer: Message| match answer {
@@ -494,7 +495,7 @@ async fn malformed_model_chunk_is_refused_by_the_node() {
     // A chunk out of place.
     let mut misplaced = chunks[0].clone();
     misplaced.index = 1;
-    let detail = refusal(fake.send_model(&offer, &[misplaced]).await);
+    let detail = refusal(send_model(&fake, &offer, &[misplaced]).await);
     assert!(
         detail.contains("chunk 1 arrived, expected chunk 0"),
         "{detail}"
@@ -502,12 +503,12 @@ async fn malformed_model_chunk_is_refused_by_the_node() {
     // A chunk of the wrong length.
     let mut short = chunks[0].clone();
     short.bytes.truncate(short.bytes.len() - 4);
-    let detail = refusal(fake.send_model(&offer, &[short]).await);
+    let detail = refusal(send_model(&fake, &offer, &[short]).await);
     assert!(detail.contains("bytes, expected"), "{detail}");
     // A chunk altered on the way: the model's hash does not match the offer.
     let mut tampered = chunks[0].clone();
     tampered.bytes[0] ^= 1;
-    let detail = refusal(fake.send_model(&offer, &[tampered]).await);
+    let detail = refusal(send_model(&fake, &offer, &[tampered]).await);
     assert!(detail.contains("differs from the announced"), "{detail}");
     // An offer of another, enormous architecture is refused before anything is allocated.
     let huge = ModelOffer {
@@ -520,7 +521,7 @@ async fn malformed_model_chunk_is_refused_by_the_node() {
         params: u64::MAX,
         ..offer.clone()
     };
-    let detail = refusal(fake.send_model(&huge, &[]).await);
+    let detail = refusal(send_model(&fake, &huge, &[]).await);
     assert!(detail.contains("differs from the consortium's"), "{detail}");
 
     // The node kept none of them: asked to train on the tampered model, it says it lacks it.
@@ -530,18 +531,18 @@ async fn malformed_model_chunk_is_refused_by_the_node() {
         b[0] ^= 1;
         b
     });
-    let detail = refusal(fake.ask(&fake.round_start(&bad, 1)).await);
+    let detail = refusal(fake.ask(ALONE, &plain_round(&fake, &bad)).await);
     assert!(detail.contains("does not hold model"), "{detail}");
     // It is still serving: the intact model is accepted and trained on.
     assert!(matches!(
-        fake.push(&model, 1).await,
+        fake.push(ALONE, &model, 1).await,
         Message::ModelReceived(_)
     ));
     assert!(matches!(
-        fake.ask(&fake.round_start(&model, 1)).await,
+        fake.ask(ALONE, &plain_round(&fake, &model)).await,
         Message::Contribution(_)
     ));
-    let outcome = fake.finish(&model, node).await;
+    let outcome = finish_alone(fake, &model).await;
     assert_eq!(outcome.model_hash, model.hash().to_hex());
 }
 
@@ -686,6 +687,7 @@ fn intruder_certificate(consortium: &Consortium, validity: Validity) -> TlsFiles
         cert,
         key: site.join("intruder.key"),
         crl: None,
+        allow_expired_crl: false,
     }
 }
 
@@ -860,145 +862,43 @@ fn wrong_round_keys(session: u64, round: u64, setup: Option<SecAggSetup>) -> Mes
     })
 }
 
-/// A coordinator driven by hand, holding the consortium's coordinator certificate, with one
-/// node connected to it.
-struct FakeCoordinator {
-    connection: quinn::Connection,
-    session: u64,
-    /// The plan it welcomed the node with.
-    manifest: medfed_protocol::manifest::TaskManifest,
-    spec: ModelSpec,
-    features: usize,
-    /// Keeps the endpoint open.
-    _endpoint: quinn::Endpoint,
+/// The one node of the tests that face the hand-driven coordinator alone.
+const ALONE: &str = "hospital-a";
+
+/// A hand-driven coordinator (holding the consortium's coordinator certificate) that admitted
+/// hospital-a alone, in the clear: what these tests check is not the hospital's policy.
+async fn admit_alone(consortium: &Consortium) -> HandCoordinator<'_> {
+    let mut fake = HandCoordinator::bind(consortium);
+    // Its plan says so: one hospital, figures in the clear.
+    fake.plan_mut().task.min_nodes = 1;
+    fake.plan_mut().secure_aggregation.enabled = false;
+    let mut config = fake.node_config(ALONE);
+    allow_plaintext(&mut config);
+    fake.admit(config).await;
+    fake
 }
 
-impl FakeCoordinator {
-    /// Starts a real node `name` against a fake coordinator, and welcomes it.
-    async fn start(
-        consortium: &Consortium,
-        name: &str,
-    ) -> (
-        Self,
-        tokio::task::JoinHandle<Result<NodeOutcome, NodeError>>,
-    ) {
-        let endpoint = server_endpoint(
-            &consortium.certs.coordinator_tls(),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .unwrap();
-        let addr = endpoint.local_addr().unwrap();
-        // One node alone, in the clear: what these tests check is not the hospital's policy.
-        let mut config = consortium.node_config(name, addr);
-        allow_plaintext(&mut config);
-        let node = consortium.spawn_node(config);
-        let connection = endpoint
-            .accept()
-            .await
-            .expect("the node connects")
-            .await
-            .expect("handshake");
-        let (mut send, recv) = connection.accept_bi().await.unwrap();
-        let hello = MessageReader::new(recv, MAX_FRAME_LEN).expect().await;
-        assert!(matches!(hello, Ok(Message::Hello(_))), "{hello:?}");
-        let features = schema(consortium).num_features();
-        let spec = ModelSpec {
-            kind: ModelKind::Mlp { hidden: vec![8] },
-            input_dim: features,
-        };
-        let session = 0x5eed;
-        // The plan the fake states and follows: one round in the clear, this node alone.
-        let mut plan = consortium.coordinator_config(1, 1);
-        plan.secure_aggregation.enabled = false;
-        let manifest = consortium.signed_manifest(&plan);
-        assert_eq!(manifest.manifest.model, spec);
-        let welcome = Welcome {
-            session,
-            identity: name.into(),
-            manifest: manifest.clone(),
-        };
-        send_message(&mut send, &Message::Welcome(welcome))
-            .await
-            .unwrap();
-        send.finish().unwrap();
-        let fake = Self {
-            connection,
-            session,
-            manifest: manifest.manifest,
-            spec,
-            features,
-            _endpoint: endpoint,
-        };
-        (fake, node)
-    }
+/// Round 1 on `model`, attempt 1, training, in the clear.
+fn plain_round(fake: &HandCoordinator<'_>, model: &Model) -> Message {
+    Message::RoundStart(fake.round_start(model, 1, 1, true, None))
+}
 
-    fn model(&self, seed: u64) -> Model {
-        Model::new(self.spec.clone(), self.spec.initial_parameters(seed)).unwrap()
-    }
+/// Offers a model and sends `chunks` on one stream; returns the node's answer.
+async fn send_model(
+    fake: &HandCoordinator<'_>,
+    offer: &ModelOffer,
+    chunks: &[ModelChunk],
+) -> Message {
+    let mut messages = vec![Message::ModelOffer(offer.clone())];
+    messages.extend(chunks.iter().cloned().map(Message::ModelChunk));
+    fake.exchange(ALONE, &messages).await
+}
 
-    /// Sends `messages` on a fresh stream and reads the node's answer.
-    async fn exchange(&self, messages: &[Message]) -> Message {
-        let (mut send, recv) = self.connection.open_bi().await.unwrap();
-        for message in messages {
-            // The node may stop reading once it has refused.
-            if send_message(&mut send, message).await.is_err() {
-                break;
-            }
-        }
-        let _ = send.finish();
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            MessageReader::new(recv, MAX_FRAME_LEN).expect(),
-        )
-        .await
-        .expect("the node answers")
-        .expect("a well-formed answer")
-    }
-
-    async fn ask(&self, request: &Message) -> Message {
-        self.exchange(std::slice::from_ref(request)).await
-    }
-
-    async fn send_model(&self, offer: &ModelOffer, chunks: &[ModelChunk]) -> Message {
-        let mut messages = vec![Message::ModelOffer(offer.clone())];
-        messages.extend(chunks.iter().cloned().map(Message::ModelChunk));
-        self.exchange(&messages).await
-    }
-
-    async fn push(&self, model: &Model, round: u64) -> Message {
-        let (offer, chunks) = split_model(model, self.session, round);
-        self.send_model(&offer, &chunks).await
-    }
-
-    fn round_start(&self, model: &Model, round: u64) -> Message {
-        Message::RoundStart(RoundStart {
-            session: self.session,
-            round,
-            attempt: 1,
-            model_hash: model.hash(),
-            train: true,
-            plan: self.manifest.training.plan(round),
-            standardization: Standardization::identity(self.features),
-            secure_aggregation: None,
-        })
-    }
-
-    /// Tells the node training is over and returns how it ended.
-    async fn finish(
-        &self,
-        model: &Model,
-        node: tokio::task::JoinHandle<Result<NodeOutcome, NodeError>>,
-    ) -> NodeOutcome {
-        let done = Message::Finished(Finished {
-            session: self.session,
-            round: 1,
-            model_hash: model.hash(),
-        });
-        assert!(matches!(self.ask(&done).await, Message::Finished(_)));
-        tokio::time::timeout(Duration::from_secs(30), node)
-            .await
-            .expect("the node stops")
-            .unwrap()
-            .expect("the node ends well")
-    }
+/// Tells the node training is over and returns how it ended.
+async fn finish_alone(fake: HandCoordinator<'_>, model: &Model) -> NodeOutcome {
+    let mut outcomes = fake.finish(model).await;
+    outcomes
+        .remove(ALONE)
+        .expect("the node's outcome")
+        .expect("the node ends well")
 }

@@ -1,26 +1,22 @@
 //! The signed task manifest: every node checks the coordinator's plan before it joins, and
-//! refuses any request that departs from it. The departure is played by a hand-driven
-//! coordinator holding the consortium coordinator's real certificate and key.
+//! refuses any request that departs from it. The departure is played by the hand-driven
+//! coordinator of `medfed_e2e::attacker`, holding the consortium coordinator's real certificate
+//! and key.
 
 use std::time::Duration;
 
-use medfed_certs::channel::{MessageReader, send_message, server_endpoint};
 use medfed_certs::coordinator_report_key;
 use medfed_coordinator::manifest::MANIFEST_FILE;
-use medfed_e2e::{Consortium, allow_plaintext, subscribe};
+use medfed_e2e::attacker::{HandCoordinator, SecureExchange};
+use medfed_e2e::{Consortium, subscribe};
 use medfed_node::NodeError;
 use medfed_node::egress::EgressLog;
 use medfed_node::manifest::ManifestRefusal;
-use medfed_protocol::codec::MAX_FRAME_LEN;
-use medfed_protocol::manifest::{SignedManifest, TaskManifest};
-use medfed_protocol::messages::{
-    DeclineReason, Declined, Finished, Message, PolicyViolation, RoundStart, Welcome,
-};
-use medfed_protocol::model::Model;
-use medfed_protocol::stats::Standardization;
-use medfed_protocol::transfer::split_model;
+use medfed_protocol::manifest::SignedManifest;
+use medfed_protocol::messages::{DeclineReason, Declined, Message, PolicyViolation, RoundStart};
 
-const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
+const A: &str = "hospital-a";
+const NODES: [&str; 3] = [A, "hospital-b", "hospital-c"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_node_approves_the_signed_manifest_of_a_normal_run() {
@@ -94,87 +90,32 @@ async fn a_node_refuses_to_join_under_a_manifest_its_policy_rejects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_manifest_departure_mid_run_is_refused() {
     subscribe();
-    let consortium = Consortium::new(&["hospital-a"], 60);
-    let endpoint = server_endpoint(
-        &consortium.certs.coordinator_tls(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    // A hospital that takes part alone and in the clear, so that only the manifest stands
-    // between the requests below and its figures.
-    let mut config = consortium.node_config("hospital-a", addr);
-    allow_plaintext(&mut config);
-    let node = consortium.spawn_node(config.clone());
-    let connection = endpoint.accept().await.unwrap().await.expect("handshake");
-    let (mut send, recv) = connection.accept_bi().await.unwrap();
-    let hello = MessageReader::new(recv, MAX_FRAME_LEN).expect().await;
-    assert!(matches!(hello, Ok(Message::Hello(_))), "{hello:?}");
-    // Manifest M: two rounds in the clear, signed with the coordinator's real key.
-    let mut plan = consortium.coordinator_config(2, 1);
-    plan.secure_aggregation.enabled = false;
-    let signed = consortium.signed_manifest(&plan);
-    let manifest = signed.manifest.clone();
-    let session = 0x3a11;
-    send_message(
-        &mut send,
-        &Message::Welcome(Welcome {
-            session,
-            identity: "hospital-a".into(),
-            manifest: signed,
-        }),
-    )
-    .await
-    .unwrap();
-    send.finish().unwrap();
-    let ask = |request: Message| {
-        let connection = connection.clone();
-        async move {
-            let (mut send, recv) = connection.open_bi().await.unwrap();
-            send_message(&mut send, &request).await.unwrap();
-            let _ = send.finish();
-            tokio::time::timeout(
-                Duration::from_secs(60),
-                MessageReader::new(recv, MAX_FRAME_LEN).expect(),
-            )
-            .await
-            .expect("the node answers")
-            .expect("a well-formed answer")
-        }
+    let consortium = Consortium::new(&NODES, 60);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    // Manifest M: two rounds over at least three hospitals, secure aggregation with the
+    // defaults; every hospital under its default policy approves it.
+    coordinator.set_rounds(2);
+    coordinator.admit_all(&NODES).await;
+    let manifest = coordinator.manifest().manifest;
+    let model = coordinator.model(1);
+    coordinator.push_all(&model, 1).await;
+    let figures = coordinator.round_figures(&model, true);
+    let request = |round: u64, attempt: u32, change: &dyn Fn(&mut RoundStart)| {
+        let mut start = coordinator.round_start(&model, round, attempt, true, None);
+        start.secure_aggregation = Some(coordinator.setup(round, &NODES, &figures));
+        change(&mut start);
+        Message::RoundStart(start)
     };
-    let model = Model::new(manifest.model.clone(), manifest.model.initial_parameters(1)).unwrap();
-    let (offer, chunks) = split_model(&model, session, 1);
-    let (stream, recv) = connection.open_bi().await.unwrap();
-    let mut stream = stream;
-    send_message(&mut stream, &Message::ModelOffer(offer))
-        .await
-        .unwrap();
-    for chunk in chunks {
-        send_message(&mut stream, &Message::ModelChunk(chunk))
-            .await
-            .unwrap();
-    }
-    let _ = stream.finish();
-    let received = MessageReader::new(recv, MAX_FRAME_LEN)
-        .expect()
-        .await
-        .unwrap();
-    assert!(
-        matches!(received, Message::ModelReceived(_)),
-        "{received:?}"
-    );
-
-    let start = |manifest: &TaskManifest, round: u64, attempt: u32| RoundStart {
-        session,
-        round,
-        attempt,
-        model_hash: model.hash(),
-        train: true,
-        plan: manifest.training.plan(round),
-        standardization: Standardization::identity(manifest.model.input_dim),
-        secure_aggregation: None,
-    };
-    let departs = |answer: Message| {
+    // A larger learning rate, a larger batch, a round beyond M's two: each sum would pass the
+    // hospital's policy (members only, two others, threshold above the floor), and each
+    // request is declined as a departure from M before anything is computed.
+    let departures = [
+        request(1, 1, &|s| s.plan.learning_rate *= 10.0),
+        request(1, 2, &|s| s.plan.batch_size *= 4),
+        request(3, 1, &|_| {}),
+    ];
+    for departure in &departures {
+        let answer = coordinator.ask(A, departure).await;
         assert!(
             matches!(
                 answer,
@@ -185,18 +126,10 @@ async fn a_manifest_departure_mid_run_is_refused() {
             ),
             "expected a departure decline, got {answer:?}"
         );
-    };
-    // A larger learning rate, a larger batch, a round beyond M's two: each is declined.
-    let mut faster = start(&manifest, 1, 1);
-    faster.plan.learning_rate *= 10.0;
-    departs(ask(Message::RoundStart(faster)).await);
-    let mut bigger = start(&manifest, 1, 2);
-    bigger.plan.batch_size *= 4;
-    departs(ask(Message::RoundStart(bigger)).await);
-    departs(ask(Message::RoundStart(start(&manifest, 3, 1))).await);
-    // Nothing but the decline left the node for them: no figures, no ledger-worthy release.
-    let kinds: Vec<(Option<u64>, String)> = EgressLog::read(&config.state_dir)
-        .unwrap()
+    }
+    // Nothing but the declines left the node for them, and nothing was charged.
+    let kinds: Vec<(Option<u64>, String)> = coordinator
+        .egress(A)
         .into_iter()
         .map(|e| (e.round, e.kind))
         .collect();
@@ -210,20 +143,21 @@ async fn a_manifest_departure_mid_run_is_refused() {
             (Some(3), "declined".to_owned()),
         ]
     );
-    // The round as M states it is answered.
-    let answer = ask(Message::RoundStart(start(&manifest, 1, 3))).await;
-    assert!(matches!(answer, Message::Contribution(_)), "{answer:?}");
-    let done = ask(Message::Finished(Finished {
-        session,
-        round: 1,
-        model_hash: model.hash(),
-    }))
-    .await;
-    assert!(matches!(done, Message::Finished(_)));
-    let outcome = tokio::time::timeout(Duration::from_secs(30), node)
+    assert!(coordinator.ledger(A).is_empty());
+    // Round 1 as M states it goes through, securely summed.
+    let start = coordinator.round_start(&model, 1, 3, true, None);
+    assert_eq!(start.plan, manifest.training.plan(1));
+    let mut exchange = SecureExchange::round(&coordinator, &model, start, &NODES);
+    exchange
+        .run(&coordinator)
         .await
-        .expect("the node stops")
-        .unwrap()
-        .expect("the node ends well");
-    assert_eq!(outcome.manifest, manifest.digest().to_hex());
+        .expect("the planned round is summed");
+    let outcomes = coordinator.finish(&model).await;
+    for (name, outcome) in outcomes {
+        assert_eq!(
+            outcome.expect("the node ends well").manifest,
+            manifest.digest().to_hex(),
+            "{name}"
+        );
+    }
 }

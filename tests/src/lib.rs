@@ -4,7 +4,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attacker;
 pub mod load;
+pub mod process;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

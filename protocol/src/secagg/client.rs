@@ -185,9 +185,9 @@ impl ExpectDirectory {
                 }
                 continue;
             }
-            if !my_neighbours.contains(&keys.index) {
-                continue;
-            }
+            // Every entry is checked, not only the neighbours': a key advertised under a
+            // certificate the node does not accept (a stranger, a second key under a member's
+            // name) stops the round here, whoever it would pair with.
             if !verifier.verify(
                 identity,
                 &entry.certificate,
@@ -205,7 +205,9 @@ impl ExpectDirectory {
                     identity: identity.to_owned(),
                 });
             }
-            neighbours.insert(keys.index, (keys.cipher_public, keys.mask_public));
+            if my_neighbours.contains(&keys.index) {
+                neighbours.insert(keys.index, (keys.cipher_public, keys.mask_public));
+            }
         }
         if !seen.contains(&self.me) {
             return Err(violation(0, "the directory leaves this participant out"));

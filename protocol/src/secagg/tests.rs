@@ -351,6 +351,36 @@ fn a_substituted_public_key_is_detected() {
     );
 }
 
+/// Under SecAgg+ a participant pairs with a few neighbours only, but every key in the
+/// directory must still check out: a coordinator's stranger, or a second key under a member's
+/// name, must not get into a sum by sitting among other participants' neighbours.
+#[test]
+fn every_directory_entry_is_checked_not_only_the_neighbours() {
+    let mut federation = Federation::new(8, Some(2), 8, 11);
+    let graph = federation.params.graph().unwrap();
+    // A participant that is not participant 1's neighbour: its forged keys must still stop 1.
+    let stranger = (2..=8u16)
+        .find(|j| !graph[0].contains(j))
+        .expect("with 2 neighbours of 7, someone is not a neighbour");
+    let forged = federation.certificate(if stranger == 2 { 3 } else { 2 });
+    let position = usize::from(stranger) - 1;
+    // Only participant 1 reads the directory (the others stop after advertising their keys), so
+    // the stranger's own neighbours cannot be the ones that notice.
+    let mut drops = vec![DropAfter::Keys; 8];
+    drops[0] = DropAfter::Nothing;
+    let err = federation
+        .run_with(
+            &drops,
+            move |directory| directory.entries[position].certificate = forged,
+            |_, _| {},
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, SecAggError::KeySubstituted { index, .. } if index == stranger),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_participant_never_releases_both_shares_of_a_peer() {
     let mut federation = Federation::new(4, None, 8, 7);

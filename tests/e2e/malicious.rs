@@ -1,0 +1,833 @@
+//! A malicious coordinator against real nodes (issue 12): each test plays one attack with the
+//! hand-driven coordinator of `medfed_e2e::attacker`, which holds the consortium's real
+//! coordinator certificate (and whose operator runs the consortium CA), and asserts from the
+//! nodes' egress logs and privacy ledgers what left them and what did not.
+
+use medfed_e2e::attacker::{ExchangeFailure, HandCoordinator, Puppet, SecureExchange, Step};
+use medfed_e2e::{Consortium, subscribe};
+use medfed_node::NodeConfig;
+use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
+use medfed_node::egress::EgressEntry;
+use medfed_node::ledger::Release;
+use medfed_node::policy::{Fraction, NodePolicy};
+use medfed_node::trainer::{ComputeDevice, TchTrainer};
+use medfed_protocol::messages::{DeclineReason, Declined, Message, PolicyViolation, RoundStart};
+use medfed_protocol::model::{Model, ModelKind};
+use medfed_protocol::secagg::{SecAggError, SecretKind};
+use medfed_protocol::task::TrainingPlan;
+
+const A: &str = "hospital-a";
+const B: &str = "hospital-b";
+const C: &str = "hospital-c";
+const D: &str = "hospital-d";
+
+/// Patients per hospital: 45 to train on, 15 held out.
+const ROWS: usize = 60;
+
+// ---------------------------------------------------------------------------------------------
+// 1. Plaintext on request.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn figures_asked_for_in_the_clear_never_leave() {
+    subscribe();
+    let consortium = Consortium::new(&[A], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A]).await;
+    let model = coordinator.model(1);
+    coordinator.push_all(&model, 1).await;
+
+    // Statistics, a training round and an evaluation round, each without secure aggregation.
+    let mut answers = vec![coordinator.ask(A, &coordinator.stats_request(None)).await];
+    for (round, train) in [(1, true), (2, false)] {
+        let start = coordinator.round_start(&model, round, 1, train, None);
+        answers.push(coordinator.ask(A, &Message::RoundStart(start)).await);
+    }
+
+    let egress = coordinator.egress(A);
+    let clear: Vec<String> = egress
+        .iter()
+        .filter(|e| e.kind == "contribution")
+        .map(|e| format!("round {}: {} bytes", e.round.unwrap_or_default(), e.bytes))
+        .collect();
+    assert!(
+        clear.is_empty(),
+        "{A} sent its figures in the clear because the coordinator asked: {clear:?}"
+    );
+    for round in 0..=2 {
+        assert_only_refusals(&egress, round, A);
+    }
+    for answer in &answers {
+        assert_eq!(
+            decline_reason(answer),
+            Some(&DeclineReason::Policy(PolicyViolation::PlaintextRequested)),
+            "{answer:?}"
+        );
+    }
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Both shares of one victim.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn survivor_sets_that_differ_between_nodes_get_no_unmasking_share() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C, D], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B, C, D]).await;
+
+    // A threshold of 2 for the victim alone is below its floor (t > 2/3 of 4 holders).
+    let figures = coordinator.stats_figures();
+    let mut low = coordinator.setup(0, &[A, B, C, D], &figures);
+    low.params.threshold = 2;
+    let answer = coordinator
+        .ask(A, &coordinator.stats_request(Some(low)))
+        .await;
+    assert_eq!(
+        decline_reason(&answer),
+        Some(&DeclineReason::Policy(
+            PolicyViolation::ThresholdBelowFloor {
+                threshold: 2,
+                holders: 4
+            }
+        )),
+        "{answer:?}"
+    );
+
+    // Honest parameters; then hospital-a and hospital-b are told the victim survived (they
+    // would reveal shares of its self-mask seed), hospital-c and hospital-d that it dropped
+    // (shares of its mask key).
+    let mut exchange = split_survivors(SecureExchange::stats(&coordinator, &[A, B, C, D]));
+    let _ = exchange.run(&coordinator).await;
+    assert_no_unmasking_share(&coordinator, &exchange);
+    // Each signed the set it was told, and was sent fewer than t = 3 signatures on it.
+    for node in [A, B, C, D] {
+        let answer = first_answer(&exchange, node, Step::Unmask);
+        assert_eq!(
+            decline_reason(answer),
+            Some(&DeclineReason::SecureAggregationAborted),
+            "{node} answered {answer:?}"
+        );
+    }
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_victim_given_its_own_threshold_reveals_nothing() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C, D], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    // Every hospital here accepts any threshold the protocol allows, so that only the protocol
+    // stands between the coordinator and the victim.
+    for name in [A, B, C, D] {
+        let mut config = coordinator.node_config(name);
+        config.policy.threshold_floor = Fraction {
+            numerator: 0,
+            denominator: 1,
+        };
+        coordinator.admit(config).await;
+    }
+    // The victim alone gets t = 2: two shares of each of its secrets would rebuild it, and the
+    // survivor sets are split as above. Since the task manifest states the threshold rule
+    // (⌊2h/3⌋+1, so 3 of 4 holders), the victim takes its own threshold for a departure from
+    // the plan it approved and declines before it computes anything: no key, no share, no
+    // masked figure of it is in the round. (That the signed parameter digest would stop the
+    // same attack a step later is the protocol's own test,
+    // `regression_issue_12_per_node_parameters_fail_at_the_peers` in `protocol/src/secagg/`.)
+    let exchange = SecureExchange::stats(&coordinator, &[A, B, C, D])
+        .on_setup(|node, setup| {
+            if node == A {
+                setup.params.threshold = 2;
+            }
+        })
+        .relay_refused_keys();
+    let mut exchange = split_survivors(exchange);
+    let _ = exchange.run(&coordinator).await;
+    let answer = first_answer(&exchange, A, Step::Request);
+    assert_eq!(
+        decline_reason(answer),
+        Some(&DeclineReason::Policy(PolicyViolation::DepartsFromManifest)),
+        "{A} answered {answer:?}"
+    );
+    assert_eq!(sent_in_round(&coordinator.egress(A), 0), ["declined"]);
+    // Nobody holds, or revealed, any share of the victim's secrets.
+    for answer in &exchange.answers {
+        if let Message::SecAggUnmaskShares(response) = &answer.message {
+            assert!(
+                response.self_mask_shares.iter().all(|(p, _)| *p != 1)
+                    && response.mask_key_shares.iter().all(|(p, _)| *p != 1),
+                "{} revealed a share of {A}'s secrets",
+                answer.node
+            );
+        }
+    }
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Unverifiable sums.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tampered_unmasking_share_fails_the_sum_instead_of_changing_it() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B, C]).await;
+    // hospital-b, malicious, alters its share of hospital-a's self-mask seed.
+    let mut exchange =
+        SecureExchange::stats(&coordinator, &[A, B, C]).on_answer(|step, node, answer| {
+            if let (Step::Unmask, B, Message::SecAggUnmaskShares(response)) = (step, node, answer) {
+                for (peer, share) in &mut response.self_mask_shares {
+                    if *peer == 1 {
+                        share.y[0] ^= 1;
+                    }
+                }
+            }
+        });
+    let summed = exchange.run(&coordinator).await;
+    assert!(
+        matches!(
+            summed,
+            Err(ExchangeFailure::Server(SecAggError::CommitmentMismatch {
+                index: 1,
+                secret: SecretKind::SelfMaskSeed
+            }))
+        ),
+        "a tampered share gave {:?}",
+        summed.map(|sum| format!("a sum with n = {}", sum[0]))
+    );
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_limb_out_of_range_fails_the_sum_instead_of_changing_it() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B, C]).await;
+    let n: usize = [A, B, C]
+        .iter()
+        .map(|name| training_rows(&coordinator.node_config(name)))
+        .sum();
+    // hospital-b, malicious, adds 2^20 to the lowest 16-bit limb of its count n (masked words
+    // are uniform, so only the sum can show it): n would grow by 16.
+    let mut exchange =
+        SecureExchange::stats(&coordinator, &[A, B, C]).on_answer(|step, node, answer| {
+            if let (Step::Delivery, B, Message::SecAggInput(input)) = (step, node, answer) {
+                input.values[0] = input.values[0].wrapping_add(1 << 20);
+            }
+        });
+    let summed = exchange.run(&coordinator).await;
+    assert!(
+        matches!(
+            summed,
+            Err(ExchangeFailure::Server(SecAggError::LimbOutOfRange {
+                position: 0,
+                summed_inputs: 3,
+                ..
+            }))
+        ),
+        "a limb out of range gave {:?} (the three hold n = {n})",
+        summed.map(|sum| format!("a sum with n = {}", sum[0]))
+    );
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Who is in the sum.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stranger_in_the_roster_is_refused_before_anything_is_computed() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B]).await;
+    let true_n = training_rows(&coordinator.node_config(A));
+
+    // The operator's CA mints certificates for names outside the consortium, and the
+    // coordinator plays them. Each roster gives the victim two other "hospitals".
+    let rosters: [(&[&str], &[&str]); 2] = [
+        // The whole attack: a sum over the victim and two strangers is the victim's figures.
+        (&[A, "stranger", "clinic-x"], &["stranger", "clinic-x"]),
+        // A stranger beside a real hospital.
+        (&[A, B, "stranger"], &["stranger"]),
+    ];
+    for (members, puppets) in rosters {
+        let (exchange, learnt) =
+            run_with_puppets(&coordinator, &consortium, members, puppets).await;
+        for node in members.iter().filter(|m| !puppets.contains(m)) {
+            let egress = coordinator.egress(node);
+            let sent = sent_in_round(&egress, 0);
+            assert!(
+                sent.iter().all(|kind| is_refusal_kind(kind)),
+                "{node} took part in a sum over {members:?} (puppets {puppets:?}): it sent \
+                 {sent:?}; the coordinator learnt {}",
+                describe_sum(&learnt, puppets.len() + 1 == members.len(), true_n)
+            );
+            let answer = first_answer(&exchange, node, Step::Request);
+            assert!(
+                matches!(
+                    decline_reason(answer),
+                    Some(DeclineReason::Policy(PolicyViolation::NotAMember { identity }))
+                        if puppets.contains(&identity.as_str())
+                ),
+                "{node} answered {answer:?}"
+            );
+        }
+    }
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_key_under_a_members_name_is_refused_at_the_key_directory() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B]).await;
+    let true_n = training_rows(&coordinator.node_config(A));
+
+    // The operator's CA mints a second key under real members' names: the roster names only
+    // members, so each node learns of the impostor from the certificate in the key directory.
+    let rosters: [(&[&str], &[&str]); 2] = [
+        // The whole attack: the victim and two impostors.
+        (&[A, B, C], &[B, C]),
+        // An impostor beside a real hospital.
+        (&[A, B, C], &[C]),
+    ];
+    for (members, puppets) in rosters {
+        let (exchange, learnt) =
+            run_with_puppets(&coordinator, &consortium, members, puppets).await;
+        for node in members.iter().filter(|m| !puppets.contains(m)) {
+            let egress = coordinator.egress(node);
+            let sent = sent_in_round(&egress, 0);
+            // Fresh public keys, signed, are all that may leave before the directory.
+            assert!(
+                sent.iter()
+                    .all(|kind| is_refusal_kind(kind) || *kind == "secagg_keys"),
+                "{node} took part in a sum over {members:?} with impostors {puppets:?}: it sent \
+                 {sent:?}; the coordinator learnt {}",
+                describe_sum(&learnt, puppets.len() + 1 == members.len(), true_n)
+            );
+            let answer = first_answer(&exchange, node, Step::Directory);
+            assert_eq!(
+                decline_reason(answer),
+                Some(&DeclineReason::SecureAggregationAborted),
+                "{node} answered {answer:?}"
+            );
+        }
+    }
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sum_with_too_few_other_hospitals_is_refused() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B]).await;
+    let model = coordinator.model(1);
+    coordinator.push_all(&model, 1).await;
+
+    // Statistics and an evaluation round over the victim and one other hospital: each learns
+    // the other's figures from the sum, and so can the coordinator, given either.
+    let mut stats = SecureExchange::stats(&coordinator, &[A, B]);
+    let learnt_stats = stats.run(&coordinator).await;
+    let start = coordinator.round_start(&model, 1, 1, false, None);
+    let mut round = SecureExchange::round(&coordinator, &model, start, &[A, B]);
+    let learnt_round = round.run(&coordinator).await;
+
+    for node in [A, B] {
+        for exchange in [&stats, &round] {
+            let answer = first_answer(exchange, node, Step::Request);
+            assert_eq!(
+                decline_reason(answer),
+                Some(&DeclineReason::Policy(
+                    PolicyViolation::TooFewOtherHospitals {
+                        others: 1,
+                        required: NodePolicy::default().min_other_hospitals,
+                    }
+                )),
+                "{node} answered {answer:?}"
+            );
+        }
+        let egress = coordinator.egress(node);
+        for (number, learnt) in [(0, &learnt_stats), (1, &learnt_round)] {
+            let sent = sent_in_round(&egress, number);
+            assert!(
+                sent.iter().all(|kind| is_refusal_kind(kind)),
+                "{node} took part in a sum over two hospitals in round {number}: it sent {sent:?}; \
+                 the sum was {}",
+                if learnt.is_ok() {
+                    "unmasked"
+                } else {
+                    "not unmasked"
+                }
+            );
+        }
+    }
+    coordinator.finish(&model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn statistics_over_overlapping_sets_are_released_once() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C, D], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B, C, D]).await;
+    let true_n = training_rows(&coordinator.node_config(A));
+
+    // Sums over every three of four: a's figures are (S_abc + S_abd + S_acd − 2·S_bcd) / 3.
+    let mut sums = Vec::new();
+    for members in differencing_rosters() {
+        let mut exchange = SecureExchange::stats(&coordinator, &members);
+        sums.push(exchange.run(&coordinator).await.ok());
+    }
+    let recovered = difference(&sums);
+    for node in [A, B, C, D] {
+        assert_released_once(&coordinator.egress(node), &[0], node, &recovered, true_n);
+    }
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evaluation_counts_of_one_model_over_overlapping_sets_are_released_once() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C, D], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.admit_all(&[A, B, C, D]).await;
+    let true_n = held_out_rows(&coordinator.node_config(A));
+    let model = coordinator.model(1);
+    coordinator.push_all(&model, 1).await;
+
+    // The same model evaluated in attempts 1 to 4 of round 1, over every three of four.
+    let mut sums = Vec::new();
+    for (attempt, members) in (1..).zip(differencing_rosters()) {
+        let start = coordinator.round_start(&model, 1, attempt, false, None);
+        let mut exchange = SecureExchange::round(&coordinator, &model, start, &members);
+        sums.push(exchange.run(&coordinator).await.ok());
+    }
+    let recovered = difference(&sums);
+    for node in [A, B, C, D] {
+        assert_released_once(&coordinator.egress(node), &[1], node, &recovered, true_n);
+    }
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A release without a ledger entry.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_noised_update_leaves_without_its_ledger_entry() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    let mut victim = coordinator.node_config(A);
+    victim.privacy = Some(private_training());
+    coordinator.admit(victim).await;
+    coordinator.admit_all(&[B, C]).await;
+    let model = coordinator.model(1);
+    coordinator.push_all(&model, 1).await;
+
+    // Attempt 1 of round 1 up to the share delivery: the noised update is computed and its
+    // ledger entry pending.
+    let start = coordinator.round_start(&model, 1, 1, true, None);
+    let mut first = SecureExchange::round(&coordinator, &model, start, &[A, B, C]);
+    first.request(&coordinator).await.expect("keys");
+    first.directory(&coordinator).await.expect("shares");
+    // Attempt 2 of the same round, with a plan the node cannot train with.
+    let figures = coordinator.round_figures(&model, true);
+    let setup = coordinator.setup(1, &[A, B, C], &figures);
+    let bad = RoundStart {
+        plan: TrainingPlan {
+            learning_rate: -1.0,
+            ..TrainingPlan::default()
+        },
+        ..coordinator.round_start(&model, 1, 2, true, Some(setup))
+    };
+    let second = coordinator.ask(A, &Message::RoundStart(bad)).await;
+    assert!(
+        !matches!(second, Message::SecAggKeys(_)),
+        "a plan with a negative learning rate was taken"
+    );
+    // Attempt 1 goes on: the share delivery asks for the masked input.
+    let _ = first.deliver(&coordinator).await;
+    let input_left = first
+        .answers_of(A)
+        .any(|a| a.step == Step::Delivery && matches!(a.message, Message::SecAggInput(_)));
+
+    assert_every_release_is_charged(&coordinator, A, &format!("masked input sent: {input_left}"));
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. A membership oracle.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_crafted_to_overflow_on_some_patients_is_answered_as_any_other() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    // The plan states two rounds with batches of the whole split.
+    coordinator.set_rounds(2);
+    coordinator.plan_mut().task.training.batch_size = ROWS as u32;
+    for name in [A, B, C] {
+        let mut config = coordinator.node_config(name);
+        config.privacy = Some(private_training());
+        coordinator.admit(config).await;
+    }
+    // The model overflows f32 exactly on patients older than an age of the coordinator's
+    // choosing (raw ages: it sends the identity standardisation). Round 1 targets nobody;
+    // round 2 hospital-a's ten oldest patients, whom every step samples (batches of the whole
+    // split).
+    let ages = csv_ages(&consortium, A);
+    let targets = [ages[ages.len() - 1] + 10.0, ages[ages.len() - 11] + 0.05];
+    let mut answers = Vec::new();
+    for (round, age) in (1..).zip(targets) {
+        let model = overflowing_model(&coordinator, age);
+        coordinator.push_all(&model, round).await;
+        let start = coordinator.round_start(&model, round, 1, true, None);
+        let mut exchange = SecureExchange::round(&coordinator, &model, start, &[A, B, C]);
+        let summed = exchange.run(&coordinator).await;
+        let kinds: Vec<&str> = exchange.answers_of(A).map(|a| a.message.kind()).collect();
+        answers.push((kinds.join(" "), summed.is_ok()));
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "{A} answered a model that overflows on patients older than {:.1} unlike one that \
+         overflows on nobody: whether such a patient is in its data shows",
+        targets[1]
+    );
+    let egress = coordinator.egress(A);
+    let declined: Vec<_> = egress.iter().filter(|e| e.kind == "declined").collect();
+    assert!(declined.is_empty(), "{declined:?}");
+    // Both rounds released a noised update, and both were charged.
+    let charged: Vec<u64> = coordinator.ledger(A).iter().map(|e| e.round).collect();
+    assert_eq!(charged, [1, 2], "{answers:?}");
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Retry drain.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarting_a_round_again_and_again_stops_at_the_attempt_cap() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    let mut victim = coordinator.node_config(A);
+    victim.privacy = Some(private_training());
+    coordinator.admit(victim).await;
+    coordinator.admit_all(&[B, C]).await;
+    let model = coordinator.model(1);
+    coordinator.push_all(&model, 1).await;
+
+    // Each attempt runs to the masked inputs (the noised update leaves, and is charged), then
+    // the coordinator claims a failure and restarts the round.
+    let cap = NodePolicy::default().max_attempts_per_round;
+    let attempts = cap + 2;
+    let mut opened = Vec::new();
+    for attempt in 1..=attempts {
+        let start = coordinator.round_start(&model, 1, attempt, true, None);
+        let mut exchange = SecureExchange::round(&coordinator, &model, start, &[A, B, C]);
+        exchange.request(&coordinator).await.expect("keys");
+        let answer = exchange
+            .answers_of(A)
+            .find(|a| a.step == Step::Request)
+            .map(|a| a.message.clone())
+            .expect("an answer");
+        opened.push(answer);
+        if exchange.directory(&coordinator).await.is_ok() {
+            let _ = exchange.deliver(&coordinator).await;
+        }
+    }
+
+    let charged = coordinator
+        .ledger(A)
+        .iter()
+        .filter(|e| e.round == 1 && e.release == Release::Training)
+        .count();
+    assert!(
+        charged <= cap as usize,
+        "{A} was charged {charged} times for round 1 over {attempts} attempts; its cap is {cap}"
+    );
+    for (attempt, answer) in (1..).zip(&opened).skip(cap as usize) {
+        assert_eq!(
+            decline_reason(answer),
+            Some(&DeclineReason::Policy(
+                PolicyViolation::AttemptCapPerRound { cap }
+            )),
+            "attempt {attempt} past the cap: {A} answered {answer:?}"
+        );
+    }
+    assert_every_release_is_charged(&coordinator, A, "after the restarts");
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+// ---------------------------------------------------------------------------------------------
+
+/// Tells hospital-a and hospital-b that all four survived, and hospital-c and hospital-d that
+/// hospital-a (index 1) dropped out, both when asking them to sign the survivor set and when
+/// asking them to unmask (with the signatures collected on the set each is told).
+fn split_survivors(exchange: SecureExchange) -> SecureExchange {
+    exchange
+        .on_consistency(|node, request| {
+            if node == C || node == D {
+                request.survivors.retain(|&index| index != 1);
+            }
+        })
+        .on_unmask(|node, request| {
+            if node == C || node == D {
+                request.survivors.retain(|&index| index != 1);
+            }
+        })
+}
+
+/// Checks that none of `nodes` revealed an unmasking share (in round 0).
+fn assert_no_unmasking_share(coordinator: &HandCoordinator<'_>, exchange: &SecureExchange) {
+    // What the coordinator holds of hospital-a's (index 1) two secrets.
+    let (mut seed_shares, mut key_shares) = (0, 0);
+    for answer in &exchange.answers {
+        if let Message::SecAggUnmaskShares(response) = &answer.message {
+            seed_shares += response
+                .self_mask_shares
+                .iter()
+                .filter(|(p, _)| *p == 1)
+                .count();
+            key_shares += response
+                .mask_key_shares
+                .iter()
+                .filter(|(p, _)| *p == 1)
+                .count();
+        }
+    }
+    for node in [A, B, C, D] {
+        let egress = coordinator.egress(node);
+        let sent = sent_in_round(&egress, 0);
+        assert!(
+            !sent.contains(&"secagg_unmask_shares"),
+            "{node} revealed unmasking shares although the survivor sets differ: it sent \
+             {sent:?}; the coordinator holds {seed_shares} shares of {A}'s self-mask seed and \
+             {key_shares} of its mask key"
+        );
+    }
+}
+
+/// Every three of four hospitals; a's figures are the first three sums' total less twice the
+/// fourth, over three.
+fn differencing_rosters() -> [Vec<&'static str>; 4] {
+    [vec![A, B, C], vec![A, B, D], vec![A, C, D], vec![B, C, D]]
+}
+
+/// a's figures from the four sums of [`differencing_rosters`], when all four were unmasked.
+fn difference(sums: &[Option<Vec<f64>>]) -> Option<Vec<f64>> {
+    let [Some(abc), Some(abd), Some(acd), Some(bcd)] = sums else {
+        return None;
+    };
+    Some(
+        (0..abc.len())
+            .map(|i| (abc[i] + abd[i] + acd[i] - 2.0 * bcd[i]) / 3.0)
+            .collect(),
+    )
+}
+
+/// Checks that `node` sent each deterministic figure of `rounds` in at most one masked input
+/// and revealed unmasking shares for it at most once.
+fn assert_released_once(
+    egress: &[EgressEntry],
+    rounds: &[u64],
+    node: &str,
+    recovered: &Option<Vec<f64>>,
+    true_n: usize,
+) {
+    let count = |kind: &str| {
+        egress
+            .iter()
+            .filter(|e| e.kind == kind && e.round.is_some_and(|r| rounds.contains(&r)))
+            .count()
+    };
+    let (inputs, unmasked) = (count("secagg_input"), count("secagg_unmask_shares"));
+    assert!(
+        inputs <= 1 && unmasked <= 1,
+        "{node} released the same figures into {inputs} sums and unmasked {unmasked} of them; \
+         by differencing, the coordinator learnt {}",
+        describe_sum(&recovered.clone().ok_or(()), true, true_n)
+    );
+}
+
+/// Checks that every masked input or plain contribution `node` sent in a training round has
+/// exactly one training entry in its ledger, and every entry one release.
+fn assert_every_release_is_charged(coordinator: &HandCoordinator<'_>, node: &str, context: &str) {
+    let mut rounds = std::collections::BTreeMap::<u64, (usize, usize)>::new();
+    for entry in coordinator.egress(node) {
+        if let (Some(round @ 1..), "secagg_input" | "contribution") =
+            (entry.round, entry.kind.as_str())
+        {
+            rounds.entry(round).or_default().0 += 1;
+        }
+    }
+    for entry in coordinator.ledger(node) {
+        if entry.release == Release::Training {
+            rounds.entry(entry.round).or_default().1 += 1;
+        }
+    }
+    for (round, (released, charged)) in rounds {
+        assert_eq!(
+            released, charged,
+            "{node} released its noised update {released} times in round {round}, its ledger \
+             records {charged} ({context})"
+        );
+    }
+}
+
+/// What a sum tells the coordinator about hospital-a, for a failure message.
+fn describe_sum<E>(sum: &Result<Vec<f64>, E>, victim_alone: bool, true_n: usize) -> String {
+    match sum {
+        Ok(sum) if victim_alone => format!(
+            "{A}'s exact figures: n = {} ({A} holds {true_n}), then {:?}…",
+            sum[0],
+            &sum[1..sum.len().min(4)]
+        ),
+        Ok(sum) => format!("a sum with n = {}", sum[0]),
+        Err(_) => "nothing (the sum was not unmasked)".into(),
+    }
+}
+
+/// The kinds of message sent in `round`, in order.
+fn sent_in_round(egress: &[EgressEntry], round: u64) -> Vec<&str> {
+    egress
+        .iter()
+        .filter(|e| e.round == Some(round))
+        .map(|e| e.kind.as_str())
+        .collect()
+}
+
+/// Checks that nothing but refusals left `node` in `round`.
+fn assert_only_refusals(egress: &[EgressEntry], round: u64, node: &str) {
+    let sent = sent_in_round(egress, round);
+    assert!(
+        sent.iter().all(|kind| is_refusal_kind(kind)),
+        "{node} sent {sent:?} in round {round}"
+    );
+}
+
+/// Whether a message kind carries no figures: a decline, a refusal, or the receipt of a model
+/// pushed before the request.
+fn is_refusal_kind(kind: &str) -> bool {
+    matches!(kind, "declined" | "refused" | "model_received")
+}
+
+/// Why `answer` declines, if it does.
+fn decline_reason(answer: &Message) -> Option<&DeclineReason> {
+    match answer {
+        Message::Declined(Declined { reason, .. }) => Some(reason),
+        _ => None,
+    }
+}
+
+/// `node`'s first answer to `step` in `exchange`.
+fn first_answer<'a>(exchange: &'a SecureExchange, node: &str, step: Step) -> &'a Message {
+    exchange
+        .answers_of(node)
+        .find(|a| a.step == step)
+        .map(|a| &a.message)
+        .unwrap_or_else(|| panic!("{node} was not asked {step:?}: {:?}", exchange.answers))
+}
+
+/// Runs a statistics exchange over `members`, the harness playing `puppets` under certificates
+/// the consortium CA minted for them; returns the exchange and what it summed.
+async fn run_with_puppets(
+    coordinator: &HandCoordinator<'_>,
+    consortium: &Consortium,
+    members: &[&str],
+    puppets: &[&str],
+) -> (SecureExchange, Result<Vec<f64>, ExchangeFailure>) {
+    let mut exchange = SecureExchange::stats(coordinator, members);
+    for puppet in puppets {
+        exchange = exchange.with_puppet(Puppet::mint(consortium, puppet));
+    }
+    let learnt = exchange.run(coordinator).await;
+    (exchange, learnt)
+}
+
+/// A hospital's DP-SGD policy with room for many rounds.
+fn private_training() -> PrivacyConfig {
+    PrivacyConfig {
+        target_epsilon: 1000.0,
+        delta: 1e-5,
+        noise_multiplier: NoiseMultiplier::Fixed(1.0),
+        max_grad_norm: 1.0,
+        evaluation: None,
+    }
+}
+
+/// A model whose output overflows `f32` (to +∞) on exactly the patients older than `age`, and
+/// is finite, with finite gradients, on every other: a first hidden unit `10^30 · (age − a)`
+/// weighed `10^30` into the output.
+fn overflowing_model(coordinator: &HandCoordinator<'_>, age: f64) -> Model {
+    let mut model = coordinator.model(1);
+    let inputs = model.spec.input_dim;
+    let column = coordinator
+        .schema()
+        .feature_names()
+        .iter()
+        .position(|name| name == "age")
+        .expect("an age feature");
+    let ModelKind::Mlp { hidden } = &model.spec.kind else {
+        panic!("the consortium model is an MLP");
+    };
+    let width = hidden[0];
+    // Layout: W₁ [width, inputs] row-major, b₁ [width], W₂ [1, width], b₂ [1].
+    let params = &mut model.params;
+    params[..inputs].fill(0.0);
+    params[column] = 1e30;
+    params[width * inputs] = -1e30 * age as f32;
+    params[width * inputs + width] = 1e30;
+    model
+}
+
+/// The ages in hospital `name`'s CSV, ascending.
+fn csv_ages(consortium: &Consortium, name: &str) -> Vec<f64> {
+    let text = std::fs::read_to_string(consortium.csv(name)).expect("the CSV");
+    let mut ages: Vec<f64> = text
+        .lines()
+        .skip(1)
+        .map(|line| line.split(',').nth(1).expect("an age column"))
+        .map(|age| age.parse().expect("a numeric age"))
+        .collect();
+    ages.sort_by(f64::total_cmp);
+    ages
+}
+
+/// The hospital's number of training rows.
+fn training_rows(config: &NodeConfig) -> usize {
+    sizes(config).0
+}
+
+/// The hospital's number of held-out rows.
+fn held_out_rows(config: &NodeConfig) -> usize {
+    sizes(config).1
+}
+
+fn sizes(config: &NodeConfig) -> (usize, usize) {
+    let trainer = TchTrainer::new(ComputeDevice::Cpu).expect("libtorch");
+    medfed_node::prepare(config, Box::new(trainer))
+        .expect("valid data")
+        .sizes()
+}
