@@ -12,7 +12,8 @@ use medfed_e2e::{Consortium, subscribe};
 use medfed_node::NodeError;
 use medfed_node::egress::EgressLog;
 use medfed_node::manifest::ManifestRefusal;
-use medfed_protocol::manifest::SignedManifest;
+use medfed_node::trainer::{ComputeDevice, TchTrainer};
+use medfed_protocol::manifest::{ManifestError, SignedManifest};
 use medfed_protocol::messages::{DeclineReason, Declined, Message, PolicyViolation, RoundStart};
 
 const A: &str = "hospital-a";
@@ -160,4 +161,44 @@ async fn a_manifest_departure_mid_run_is_refused() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn a_new_manifest_is_checked_from_scratch_and_a_refused_one_leaves_nothing_approved() {
+    let consortium = Consortium::new(&NODES, 60);
+    let config = consortium.node_config(A, "127.0.0.1:9".parse().unwrap());
+    let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
+    let mut hospital = medfed_node::prepare_node(&config, Box::new(trainer)).unwrap();
+    let key = coordinator_report_key(
+        &consortium.certs.coordinator.cert,
+        &consortium.certs.ca_cert,
+    )
+    .unwrap();
+    // A first coordinator session's manifest, then a restarted coordinator's other one: each
+    // is approved on its own.
+    let first = consortium.signed_manifest(&consortium.coordinator_config(2, 3));
+    let approved = hospital.approve_manifest(&first, &key).unwrap().digest;
+    assert_eq!(hospital.approved_manifest(), Some(approved));
+    let second = consortium.signed_manifest(&consortium.coordinator_config(5, 3));
+    let replaced = hospital.approve_manifest(&second, &key).unwrap().digest;
+    assert_ne!(replaced, approved);
+    assert_eq!(hospital.approved_manifest(), Some(replaced));
+    // One the policy refuses (sums over two hospitals) leaves none approved: the node answers
+    // nothing under the earlier one.
+    let small = consortium.signed_manifest(&consortium.coordinator_config(2, 2));
+    assert!(matches!(
+        hospital.approve_manifest(&small, &key),
+        Err(ManifestRefusal::TooFewOtherHospitals { .. })
+    ));
+    assert_eq!(hospital.approved_manifest(), None);
+    // Nor does a manifest whose signature is another manifest's.
+    let forged = SignedManifest {
+        manifest: second.manifest.clone(),
+        signature: first.signature.clone(),
+    };
+    assert!(matches!(
+        hospital.approve_manifest(&forged, &key),
+        Err(ManifestRefusal::Manifest(ManifestError::BadSignature))
+    ));
+    assert_eq!(hospital.approved_manifest(), None);
 }
