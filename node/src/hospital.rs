@@ -785,7 +785,8 @@ impl Hospital {
     /// that fails is dropped, and if it failed on a peer's share that does not authenticate, the
     /// refusal names that peer ([`RefusalReason::ShareAuthentication`]). Before this node signs
     /// the survivor set, and again before it reveals any share, the survivors' identities go
-    /// through [`Self::survivor_policy`].
+    /// through the hospital's policy (`admit_sum`): enough other hospitals, members only, and
+    /// exact figures only into the one sum they went into before.
     pub fn handle_secagg(&mut self, message: &Message) -> Message {
         let (session, round) = match message {
             Message::SecAggDirectory(m) => (m.session, m.round),
