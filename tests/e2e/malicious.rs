@@ -432,13 +432,7 @@ async fn evaluation_counts_of_one_model_over_overlapping_sets_are_released_once(
 async fn no_noised_update_leaves_without_its_ledger_entry() {
     subscribe();
     let consortium = Consortium::new(&[A, B, C], ROWS);
-    let mut coordinator = HandCoordinator::bind(&consortium);
-    let mut victim = coordinator.node_config(A);
-    victim.privacy = Some(private_training());
-    coordinator.admit(victim).await;
-    coordinator.admit_all(&[B, C]).await;
-    let model = coordinator.model(1);
-    coordinator.push_all(&model, 1).await;
+    let (coordinator, model) = with_a_private_victim(&consortium).await;
 
     // Attempt 1 of round 1 up to the share delivery: the noised update is computed and its
     // ledger entry pending.
@@ -528,13 +522,7 @@ async fn a_model_crafted_to_overflow_on_some_patients_is_answered_as_any_other()
 async fn restarting_a_round_again_and_again_stops_at_the_attempt_cap() {
     subscribe();
     let consortium = Consortium::new(&[A, B, C], ROWS);
-    let mut coordinator = HandCoordinator::bind(&consortium);
-    let mut victim = coordinator.node_config(A);
-    victim.privacy = Some(private_training());
-    coordinator.admit(victim).await;
-    coordinator.admit_all(&[B, C]).await;
-    let model = coordinator.model(1);
-    coordinator.push_all(&model, 1).await;
+    let (coordinator, model) = with_a_private_victim(&consortium).await;
 
     // Each attempt runs to the masked inputs (the noised update leaves, and is charged), then
     // the coordinator claims a failure and restarts the round.
@@ -767,6 +755,19 @@ async fn run_with_puppets(
 }
 
 /// A hospital's DP-SGD policy with room for many rounds.
+/// A hand-driven coordinator with A training under DP-SGD and B, C without, all three holding
+/// the round-1 model.
+async fn with_a_private_victim(consortium: &Consortium) -> (HandCoordinator<'_>, Model) {
+    let mut coordinator = HandCoordinator::bind(consortium);
+    let mut victim = coordinator.node_config(A);
+    victim.privacy = Some(private_training());
+    coordinator.admit(victim).await;
+    coordinator.admit_all(&[B, C]).await;
+    let model = coordinator.model(1);
+    coordinator.push_all(&model, 1).await;
+    (coordinator, model)
+}
+
 fn private_training() -> PrivacyConfig {
     PrivacyConfig {
         target_epsilon: 1000.0,
