@@ -104,7 +104,8 @@ impl EgressTotals {
 #[error("egress log {0}")]
 pub struct EgressError(#[from] JournalError);
 
-fn now_ms() -> i64 {
+/// The time now, Unix milliseconds (0 if the clock is before 1970).
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

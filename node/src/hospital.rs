@@ -29,6 +29,7 @@ use rand::{SeedableRng, TryRngCore};
 
 use crate::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig};
 use crate::data::Dataset;
+use crate::egress::now_ms;
 use crate::examples::Examples;
 use crate::ledger::{LedgerEntry, PrivacyLedger, Release, epsilon_of_all};
 use crate::manifest::{
@@ -1254,13 +1255,6 @@ fn evaluation_noise(config: &PrivacyConfig) -> Result<Option<EvaluationNoise>, D
         .map(EvaluationNoiseConfig::noise)
         .transpose()
         .map_err(|e| local_failure(format!("privacy.evaluation: {e}")))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn refusal(session: u64, round: u64, reason: RefusalReason) -> Message {

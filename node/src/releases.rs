@@ -16,6 +16,7 @@ use std::path::Path;
 use medfed_protocol::model::ModelHash;
 use serde::{Deserialize, Serialize};
 
+use crate::egress::now_ms;
 use crate::journal::{Journal, JournalError};
 
 /// File name of the record inside the node's state folder.
@@ -124,15 +125,7 @@ impl ReleaseRecord {
         figures: &ExactFigures,
         hospitals: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), ReleaseError> {
-        let now: BTreeSet<String> = hospitals.into_iter().map(str::to_owned).collect();
-        match self.released.get(figures) {
-            Some(before) if *before != now => Err(ReleaseError::AlreadyReleased {
-                figures: figures.clone(),
-                before: before.clone(),
-                now,
-            }),
-            _ => Ok(()),
-        }
+        self.compare(figures, collect(hospitals)).map(|_| ())
     }
 
     /// Admits the release of `figures` into a sum over `hospitals`, recording it (with fsync)
@@ -140,32 +133,43 @@ impl ReleaseRecord {
     pub fn admit<'a>(
         &mut self,
         figures: &ExactFigures,
-        hospitals: impl IntoIterator<Item = &'a str> + Clone,
+        hospitals: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), ReleaseError> {
-        self.check(figures, hospitals.clone())?;
-        let now: BTreeSet<String> = hospitals.into_iter().map(str::to_owned).collect();
+        let Some(now) = self.compare(figures, collect(hospitals))? else {
+            return Ok(());
+        };
+        if let Some(journal) = &mut self.journal {
+            journal.append(&ExactRelease {
+                time_ms: now_ms(),
+                figures: figures.clone(),
+                hospitals: now.iter().cloned().collect(),
+            })?;
+        }
+        self.released.insert(figures.clone(), now);
+        Ok(())
+    }
+
+    /// Compares `now` with the sum `figures` first went into: `Ok(None)` if the same,
+    /// `Ok(Some(now))` if there was none yet, `Err` if it held other hospitals.
+    fn compare(
+        &self,
+        figures: &ExactFigures,
+        now: BTreeSet<String>,
+    ) -> Result<Option<BTreeSet<String>>, ReleaseError> {
         match self.released.get(figures) {
-            Some(_) => Ok(()),
-            None => {
-                if let Some(journal) = &mut self.journal {
-                    journal.append(&ExactRelease {
-                        time_ms: now_ms(),
-                        figures: figures.clone(),
-                        hospitals: now.iter().cloned().collect(),
-                    })?;
-                }
-                self.released.insert(figures.clone(), now);
-                Ok(())
-            }
+            None => Ok(Some(now)),
+            Some(before) if *before == now => Ok(None),
+            Some(before) => Err(ReleaseError::AlreadyReleased {
+                figures: figures.clone(),
+                before: before.clone(),
+                now,
+            }),
         }
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+fn collect<'a>(hospitals: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    hospitals.into_iter().map(str::to_owned).collect()
 }
 
 #[cfg(test)]
