@@ -157,9 +157,11 @@ async fn a_straggler_past_the_deadline_is_a_dropout_whose_masks_are_removed() {
 async fn a_partitioned_node_is_left_out_and_rejoins_when_the_network_heals() {
     subscribe();
     let consortium = Consortium::new(&NODES, 80);
-    let mut config = consortium.coordinator_config(4, 2);
+    let mut config = consortium.coordinator_config(5, 2);
     config.secure_aggregation.threshold = Some(2);
     config.task.round_deadline_secs = 5.0;
+    // All three must be in round 1, however slowly each connects on a loaded machine.
+    config.task.start_nodes = Some(3);
     let state = config.data_dir.join("state.sqlite");
     let coordinator = consortium.start_coordinator(config).await;
     let addr = coordinator.local_addr();
@@ -177,14 +179,23 @@ async fn a_partitioned_node_is_left_out_and_rejoins_when_the_network_heals() {
     tolerate_dropouts(&mut c);
     c.privacy = Some(policy(50.0));
     c.reconnect_for = Duration::from_secs(60);
+    // hospital-c holds its round-1 unmasking shares back, so that the test can cut the link at a
+    // known point: after its masked update of round 1 reached the coordinator (it signed the
+    // survivor set, which the coordinator asks for only once the inputs are in), and before
+    // anything of round 2 can have reached it.
+    c.danger_stall = Some(StallPoint {
+        round: 1,
+        before: "secagg_unmask_shares",
+        hold: Duration::from_secs(2),
+    });
     nodes.push(consortium.spawn_node(c.clone()));
 
-    wait_for_completed(&state, 1).await;
+    wait_for_egress(&c.state_dir, "secagg_signature", 1).await;
     link.cut(true);
     wait_for_completed(&state, 2).await;
     link.cut(false);
     let report = coordinator.wait().await.expect("training completes");
-    assert_eq!(report.last_round, 4);
+    assert_eq!(report.last_round, 5);
     let round = |r: u64| &report.rounds[r as usize - 1];
     assert_eq!(round(1).participants, NODES.map(String::from).to_vec());
     assert_eq!(round(2).participants, ["hospital-a", "hospital-b"]);
@@ -195,14 +206,16 @@ async fn a_partitioned_node_is_left_out_and_rejoins_when_the_network_heals() {
         .expect("the partitioned node is a dropout");
     assert!(why.contains("deadline"), "{why}");
     assert!(
-        round(4).participants.contains(&"hospital-c".to_owned()),
+        report.rounds[2..]
+            .iter()
+            .any(|r| r.participants.contains(&"hospital-c".to_owned())),
         "hospital-c did not come back: {:?}",
         report.rounds
     );
     for node in nodes {
         node.await.unwrap().expect("node finishes");
     }
-    check_ledger_matches_egress(&c.state_dir, 4);
+    check_ledger_matches_egress(&c.state_dir, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,6 +305,23 @@ fn check_ledger_matches_egress(state_dir: &Path, rounds: u64) {
         .collect();
     let paid: Vec<u64> = ledger.iter().map(|e| e.round).collect();
     assert_eq!(paid, sent, "{}", state_dir.display());
+}
+
+/// Polls a node's egress log until it shows a message of `kind` for `round`.
+async fn wait_for_egress(state_dir: &Path, kind: &str, round: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let logged = EgressLog::read(state_dir).is_ok_and(|entries| {
+            entries
+                .iter()
+                .any(|e| e.kind == kind && e.round == Some(round))
+        });
+        if logged {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {kind} of round {round}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Polls the coordinator's state until round `round` is completed.
