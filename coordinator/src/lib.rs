@@ -23,6 +23,7 @@ pub mod exchange;
 pub mod html;
 pub mod listener;
 pub mod manifest;
+pub mod phases;
 pub mod registry;
 pub mod reports;
 pub mod store;

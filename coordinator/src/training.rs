@@ -38,6 +38,7 @@ use crate::config::{CoordinatorConfig, PausePhase, PausePoint};
 use crate::exchange::{self, ExchangeError, ModelPush};
 use crate::listener::{self, Admission};
 use crate::manifest::{ManifestBuildError, signed_manifest, write_manifest};
+use crate::phases::{Phase, PhaseClock};
 use crate::registry::{NodeHandle, Registry};
 use crate::reports::{ReportWriteError, ReportWriter};
 use crate::store::{CompletedRound, Store, StoreError};
@@ -717,6 +718,7 @@ impl Trainer {
                 .collect()
         };
 
+        let mut clock = PhaseClock::start();
         // Phase 1: the figures are computed; each node answers with its signed round keys.
         let mut server = ExpectKeys::new(params)?;
         let request = (collection.request)(Some(setup));
@@ -740,6 +742,7 @@ impl Trainer {
         }
         self.check_budgets(nodes.len(), &gathered)?;
         let (mut server, directory) = server.finish()?;
+        clock.lap(Phase::Keys);
         danger_pause(
             self.config.danger_pause_at,
             collection.round,
@@ -764,6 +767,7 @@ impl Trainer {
         });
         let buffer = std::mem::take(&mut *self.sum_buffer());
         let (mut server, mut deliveries) = server.finish_into(buffer)?;
+        clock.lap(Phase::Shares);
         danger_pause(
             self.config.danger_pause_at,
             collection.round,
@@ -815,6 +819,7 @@ impl Trainer {
             .await;
         }
         let (mut server, consistency) = server.finish()?;
+        clock.lap(Phase::Inputs);
 
         // Phase 4: each survivor signs the survivor set; a bad signature leaves its signer out.
         let answers = self
@@ -832,6 +837,7 @@ impl Trainer {
             other => Err(unexpected(other, "secagg_signature")),
         });
         let (mut server, unmask) = server.finish()?;
+        clock.lap(Phase::Consistency);
 
         // Phase 5: the shares that remove the masks, from the survivors that signed.
         let answers = self
@@ -853,6 +859,8 @@ impl Trainer {
         let survivors = server.survivors();
         let sum = server.finish()?;
         let decoded = encoding.decode_sum(&sum, survivors.len());
+        clock.lap(Phase::Unmask);
+        clock.log(collection.round);
         *self.sum_buffer() = sum;
         gathered.sum = decoded?;
         gathered.participants = survivors

@@ -463,8 +463,72 @@ require_secure_aggregation = {'true' if secagg else 'false'}
             parts = line.split()
             if len(parts) >= 5 and parts[0].isdigit() and parts[1].isdigit() and 1 <= int(parts[1]) <= rounds:
                 sent += int(parts[3])
-    return run_figures(mon, t0, t1, rounds, nodes, t_launch, sent, None,
-                       float(final.group(1)) if final else float("nan"))
+    figures = run_figures(mon, t0, t1, rounds, nodes, t_launch, sent, None,
+                          float(final.group(1)) if final else float("nan"))
+    if cfg["secagg"]:
+        figures["consistency"] = consistency_cost(run / "logs/coordinator.log", rounds, durs)
+    return figures
+
+
+def consistency_cost(log_path, rounds, round_seconds):
+    """The consistency round's cost in each training round, from the coordinator's "secure
+    aggregation phases" lines: its seconds, and its ratio to the rest of the round (the round's
+    `round applied` seconds less the consistency phase), i.e. to the round without it."""
+    phases = {}
+    for line in Path(log_path).read_text().splitlines():
+        if "secure aggregation phases" not in line:
+            continue
+        fields = dict(re.findall(r"(\w+)=([\d.e+-]+)", line))
+        r = int(fields["round"])
+        if 1 <= r <= rounds:
+            # A retried round logs once per attempt; the one applied is the last.
+            phases[r] = float(fields["consistency_s"])
+    if len(phases) != rounds:
+        raise RuntimeError(f"{log_path}: phase timings for {len(phases)} of {rounds} rounds")
+    seconds = [phases[r] for r in range(1, rounds + 1)]
+    ratios = [c / (total - c) for c, total in zip(seconds, round_seconds)]
+    return {"seconds": seconds, "round_seconds": round_seconds, "ratios": ratios,
+            "worst_ratio": max(ratios)}
+
+
+def consistency_section(rows):
+    """Lines of the page's section on the consistency round's cost (empty without figures)."""
+    rows = [r for r in rows if r.get("medfed", {}).get("consistency")]
+    if not rows:
+        return []
+    L = ["<!-- consistency -->", "",
+         "### The consistency round's cost",
+         "",
+         "Each secure-aggregation round has a consistency phase (every survivor signs the survivor "
+         "set before any unmasking share leaves it). Its wall time per training round, from the "
+         "coordinator's `secure aggregation phases` log lines, against the rest of the same round "
+         "(the round's `round applied` seconds less the phase): the round without it. Goal: at "
+         "most 10 %.",
+         "",
+         "| Configuration | Consistency phase per round | Round without it | Ratio (worst round) |",
+         "|---|---|---|---|"]
+    for row in rows:
+        c = row["medfed"]["consistency"]
+        n = len(c["seconds"])
+        phase = sum(c["seconds"]) / n
+        rest = sum(t - s for s, t in zip(c["seconds"], c["round_seconds"])) / n
+        L.append(f"| {row['cfg']['id']} ({row['cfg']['params']:,} params) | {phase * 1e3:.1f} ms | "
+                 f"{rest * 1e3:.0f} ms | {phase / rest:.3f} ({c['worst_ratio']:.3f}) |")
+    L += ["", "<!-- /consistency -->"]
+    return L
+
+
+def splice_consistency(page, section):
+    """Puts `section` into the page text: in place of its earlier version, or before section 2."""
+    text = page.read_text()
+    block = "\n".join(section)
+    match = re.search(r"<!-- consistency -->.*?<!-- /consistency -->", text, re.S)
+    if match:
+        text = text[:match.start()] + block + text[match.end():]
+    else:
+        anchor = text.index("## 2. ")
+        text = text[:anchor] + block + "\n\n" + text[anchor:]
+    page.write_text(text)
 
 
 def run_figures(mon, t0, t1, rounds, nodes, t_launch, sent, received, auc):
@@ -700,6 +764,9 @@ def main():
                     help="comma-separated configuration ids: run only their Flower side, then rewrite the page")
     ap.add_argument("--limits-only", action="store_true",
                     help="run only the limit benchmarks, then rewrite the page from the saved results")
+    ap.add_argument("--consistency-only", action="store_true",
+                    help="run only medfed with secure aggregation (BENCH_NODES, BENCH_MODELS) and "
+                         "rewrite the page's section on the consistency round's cost")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the page from run/bench/results.json and limits.json")
     args = ap.parse_args()
@@ -730,6 +797,28 @@ def main():
                 log("  failed:", e)
             (root / "results.json").write_text(json.dumps(rows, indent=1, default=str))
         args.render_only = True
+    if args.consistency_only:
+        root = REPO / "run" / "bench"
+        root.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for nodes in [int(n) for n in os.environ.get("BENCH_NODES", "4,20").split(",")]:
+            data_dir, names, width = prepare_data(nodes, root)
+            for model in os.environ.get("BENCH_MODELS", "demo,1e6").split(","):
+                shares = nodes if nodes <= 4 else 11
+                cfg = dict(id=f"{nodes}n-{model}-secagg", nodes=nodes, hidden=MODELS[model], secagg=True,
+                           rounds=int(os.environ.get("BENCH_ROUNDS", "3")), epochs=2, lr=0.05, batch=32,
+                           shares=shares, threshold=(2 * shares) // 3 + 1, timeout=1200, model=model,
+                           params=param_count(width, MODELS[model]))
+                log(f"medfed {cfg['id']}")
+                row = dict(cfg=cfg, medfed=run_medfed(cfg, data_dir, names, root, 19300 + 50 * len(rows)))
+                log("  ", json.dumps(row["medfed"]["consistency"]))
+                rows.append(row)
+        (root / "consistency.json").write_text(json.dumps(rows, indent=1, default=str))
+        splice_consistency(Path(args.out), consistency_section(rows)
+                           + ["", f"Written by `{args.command} --consistency-only` on "
+                              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."])
+        log(f"wrote {args.out}")
+        return
     if args.render_only:
         root = REPO / "run" / "bench"
         rows = json.loads((root / "results.json").read_text())
@@ -943,6 +1032,10 @@ def write_markdown(path, command, rows, limits, rounds, quick, elapsed, when=Non
     w("")
     if slower:
         w("Where medfed's figure is above Flower's: " + "; ".join(slower) + ". See *Findings*.")
+        w("")
+    section = consistency_section(rows)
+    if section:
+        L.extend(section)
         w("")
     w("## 2. medfed against the machine's limits")
     w("")
