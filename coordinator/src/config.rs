@@ -207,6 +207,12 @@ pub struct TaskConfig {
     /// `None` (the default) starts as soon as `min_nodes` are connected.
     #[serde(default)]
     pub start_nodes: Option<usize>,
+    /// The evaluation schedule: training rounds 1, 1 + k, 1 + 2k, … evaluate their starting
+    /// model on the pooled held-out data (and audit it); the others release only the update, so
+    /// hospitals whose evaluation counts are noised pay for fewer releases. The final model is
+    /// always evaluated. Default 1: every round.
+    #[serde(default = "default_evaluate_every")]
+    pub evaluate_every: u64,
 }
 
 /// Local training hyper-parameters sent to every node.
@@ -264,6 +270,10 @@ fn default_round_deadline() -> f64 {
 fn default_wait_for_nodes() -> f64 {
     300.0
 }
+fn default_evaluate_every() -> u64 {
+    1
+}
+
 fn default_round_attempts() -> u32 {
     3
 }
@@ -374,6 +384,9 @@ impl CoordinatorConfig {
         }
         if !(task.round_deadline_secs.is_finite() && task.round_deadline_secs > 0.0) {
             return invalid("task.round_deadline_secs must be positive");
+        }
+        if task.evaluate_every == 0 {
+            return invalid("task.evaluate_every must be at least 1");
         }
         if task.round_attempts == 0 {
             return invalid("task.round_attempts must be at least 1");

@@ -60,7 +60,10 @@ pub fn task_manifest(
                 .fractional_bits
                 .map_or(FractionalBitsRule::Fit, FractionalBitsRule::Fixed),
         }),
-        releases: ReleasePlan::for_task(schema.stats_len(), schema.audit_groups().len(), params),
+        releases: ReleasePlan {
+            evaluate_every: config.task.evaluate_every,
+            ..ReleasePlan::for_task(schema.stats_len(), schema.audit_groups().len(), params)
+        },
     })
 }
 

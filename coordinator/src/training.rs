@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use medfed_certs::channel::{ChannelError, server_endpoint};
 use medfed_certs::{ConsortiumVerifier, load_report_signing_key};
 use medfed_protocol::contribution::RoundLayout;
-use medfed_protocol::evaluation::EvalMetrics;
+use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::manifest::{SecureAggregationPlan, TaskManifest};
 use medfed_protocol::messages::{
     Contribution, ContributionKind, DeclineReason, Finished, Message, PlainFigures, PrivacySpent,
@@ -506,9 +506,11 @@ impl Trainer {
         train: bool,
         standardization: &Standardization,
     ) -> Result<(Gathered, RoundLayout), RoundFailure> {
+        let evaluate = self.manifest.releases.evaluates(round, train);
         let layout = RoundLayout {
             params: self.model.params.len(),
             train,
+            evaluate,
             groups: self.schema.audit_groups().len(),
         };
         let session = self.session;
@@ -526,6 +528,7 @@ impl Trainer {
                     attempt,
                     model_hash,
                     train,
+                    evaluate,
                     plan: plan.clone(),
                     standardization: standardization.clone(),
                     secure_aggregation,
@@ -971,8 +974,12 @@ impl Trainer {
         let totals = layout
             .decode(&gathered.sum)
             .ok_or_else(|| CoordinatorError::Internal("sum length".into()))?;
-        let evaluation = totals.eval.metrics();
-        let fairness = audit::audit(&self.schema, &totals.groups, &self.config.fairness);
+        let evaluation = totals.eval.as_ref().and_then(EvalCounts::metrics);
+        let fairness = if totals.eval.is_some() {
+            audit::audit(&self.schema, &totals.groups, &self.config.fairness)
+        } else {
+            Vec::new()
+        };
         audit::log(&fairness);
         let (delta, weight) = totals
             .update
@@ -1004,16 +1011,19 @@ impl Trainer {
             seconds: started.elapsed().as_secs_f64(),
         };
         // The audit of the round's starting model goes into the chain before the round counts
-        // as completed: a crash in between re-runs the round, and the chain skips the repeat.
-        let start_model = self.model.clone();
-        self.write_report(
-            round - 1,
-            &start_model,
-            &report.participants,
-            &gathered.privacy,
-            report.start_model_evaluation.clone(),
-            report.fairness.clone(),
-        )?;
+        // as completed: a crash in between re-runs the round, and the chain skips the repeat. A
+        // round off the evaluation schedule has nothing to audit.
+        if layout.evaluate {
+            let start_model = self.model.clone();
+            self.write_report(
+                round - 1,
+                &start_model,
+                &report.participants,
+                &gathered.privacy,
+                report.start_model_evaluation.clone(),
+                report.fairness.clone(),
+            )?;
+        }
         danger_pause(pause, round, PausePhase::ReportWritten).await;
         lock(&self.store).complete_round(&CompletedRound {
             round,
@@ -1036,7 +1046,11 @@ impl Trainer {
                 "round applied (metrics: model of round {} on pooled held-out data)",
                 round - 1
             ),
-            None => info!(nodes = report.participants.len(), "round applied"),
+            None => info!(
+                nodes = report.participants.len(),
+                seconds = report.seconds,
+                "round applied"
+            ),
         }
         self.model = model;
         self.round = round;
@@ -1059,7 +1073,10 @@ impl Trainer {
                 {
                     Ok((gathered, layout)) => {
                         let totals = layout.decode(&gathered.sum);
-                        let metrics = totals.as_ref().and_then(|t| t.eval.metrics());
+                        let metrics = totals
+                            .as_ref()
+                            .and_then(|t| t.eval.as_ref())
+                            .and_then(EvalCounts::metrics);
                         let fairness = totals
                             .map(|t| audit::audit(&self.schema, &t.groups, &self.config.fairness))
                             .unwrap_or_default();

@@ -213,6 +213,7 @@ fn every_message() -> Vec<Message> {
             attempt: 1,
             model_hash: model.hash(),
             train: true,
+            evaluate: true,
             plan: TrainingPlan::default(),
             standardization: Standardization {
                 mean: vec![1.5, 0.0],

@@ -69,8 +69,8 @@ pub struct Hospital {
     secagg: Option<OpenAggregation>,
     /// The hospital's privacy policy and ledger; `None`: training is not differentially private.
     privacy: Option<Privacy>,
-    /// Training rounds the coordinator plans, for choosing σ automatically.
-    planned_rounds: u64,
+    /// The releases the coordinator plans, for choosing σ automatically.
+    schedule: Schedule,
     /// What the hospital agrees to release.
     policy: PolicyGate,
     /// Exact figures already released into secure sums, and over whom.
@@ -129,6 +129,38 @@ struct PlannedRelease {
 /// One private release's terms: what, sampling rate q, noise multiplier σ, steps.
 type ReleaseTerms = (Release, f64, f64, u64);
 
+/// The releases a task plans, as far as choosing σ needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Schedule {
+    /// Training rounds.
+    rounds: u64,
+    /// Evaluations: the training rounds the schedule evaluates, and the final evaluation.
+    evaluations: u64,
+}
+
+impl Default for Schedule {
+    /// One round, evaluated, and the final evaluation: what a hospital driven without a
+    /// manifest (tests) plans for.
+    fn default() -> Self {
+        Self {
+            rounds: 1,
+            evaluations: 2,
+        }
+    }
+}
+
+impl Schedule {
+    /// The schedule of a task manifest.
+    fn of(manifest: &TaskManifest) -> Self {
+        let rounds = manifest.rounds.max(1);
+        Self {
+            rounds,
+            evaluations: manifest.releases.evaluated_rounds(rounds)
+                + u64::from(manifest.releases.final_evaluation),
+        }
+    }
+}
+
 /// What secure aggregation needs from the node's certificate and the consortium CA.
 pub struct Credentials {
     /// Signs with the node's certificate key.
@@ -163,7 +195,7 @@ impl Hospital {
             credentials: None,
             secagg: None,
             privacy: None,
-            planned_rounds: 1,
+            schedule: Schedule::default(),
             policy: PolicyGate::new(NodePolicy::default(), None, HashMap::new()),
             exact_releases: ReleaseRecord::in_memory(),
             manifest: None,
@@ -181,11 +213,6 @@ impl Hospital {
     pub fn with_privacy(mut self, privacy: Privacy) -> Self {
         self.privacy = Some(privacy);
         self
-    }
-
-    /// Records how many training rounds the coordinator plans (from `Welcome`).
-    pub fn set_planned_rounds(&mut self, rounds: u64) {
-        self.planned_rounds = rounds.max(1);
     }
 
     /// The (ε, δ) this node has spent so far, if it trains privately.
@@ -212,8 +239,9 @@ impl Hospital {
         let (planned, dp) = self.round_releases(
             config,
             evaluation.as_ref(),
-            self.planned_rounds,
+            self.schedule,
             start.train,
+            start.evaluate,
             &start.plan,
         )?;
         if planned.is_empty() {
@@ -255,14 +283,16 @@ impl Hospital {
     }
 
     /// The private releases of one round — `(release, q, σ, steps)` in the order they are
-    /// recorded: DP-SGD in a training round, then the evaluation counts' noise when the
-    /// hospital turned it on — and the DP-SGD settings, for a task of `planned_rounds` rounds.
+    /// recorded: DP-SGD in a training round, then, in a round that evaluates, the evaluation
+    /// counts' noise when the hospital turned it on — and the DP-SGD settings, for a task of
+    /// `schedule`.
     fn round_releases(
         &self,
         config: &PrivacyConfig,
         evaluation: Option<&EvaluationNoise>,
-        planned_rounds: u64,
+        schedule: Schedule,
         train: bool,
+        evaluate: bool,
         plan: &TrainingPlan,
     ) -> Result<(Vec<ReleaseTerms>, Option<DpConfig>), DeclineReason> {
         let attributes = self.schema.audit_attributes().len();
@@ -283,13 +313,13 @@ impl Hospital {
             training.noise_multiplier = match config.noise_multiplier {
                 NoiseMultiplier::Fixed(sigma) => sigma,
                 NoiseMultiplier::Auto => {
-                    // Leave room for the noised evaluation counts of every planned round and
-                    // of the final evaluation.
+                    // Leave room for the noised evaluation counts of every round the schedule
+                    // evaluates and of the final evaluation.
                     let other = match evaluation {
                         Some(noise) => compute_rdp(
                             1.0,
                             noise.noise_multiplier(attributes),
-                            planned_rounds + 1,
+                            schedule.evaluations,
                             &DEFAULT_ALPHAS,
                         )
                         .map_err(|e| local_failure(format!("privacy accountant: {e}")))?,
@@ -299,7 +329,7 @@ impl Hospital {
                         config.target_epsilon,
                         config.delta,
                         sample_rate,
-                        planned_rounds.saturating_mul(steps),
+                        schedule.rounds.saturating_mul(steps),
                         0.01,
                         &other,
                     )
@@ -314,7 +344,7 @@ impl Hospital {
             ));
             dp = Some(training);
         }
-        if let Some(noise) = evaluation {
+        if let Some(noise) = evaluation.filter(|_| evaluate) {
             planned.push((
                 Release::EvaluationCounts,
                 1.0,
@@ -349,35 +379,39 @@ impl Hospital {
     ) -> Result<PrivacyForecast, DeclineReason> {
         let evaluation = evaluation_noise(config)?;
         let rounds = manifest.rounds;
+        let schedule = Schedule::of(manifest);
+        // A training round's DP-SGD, and one evaluation's counts (as the final evaluation
+        // releases them: every evaluation releases the same).
         let (training, _) = self.round_releases(
             config,
             evaluation.as_ref(),
-            rounds,
+            schedule,
             true,
+            false,
             &manifest.training.plan(1),
         )?;
-        let (final_evaluation, _) = self.round_releases(
+        let (one_evaluation, _) = self.round_releases(
             config,
             evaluation.as_ref(),
-            rounds,
+            schedule,
             false,
+            true,
             &manifest.training.plan(rounds.saturating_add(1)),
         )?;
         // Every training round releases the same (q, σ, steps): k of them compose as one
-        // release of k·steps.
-        let after = |trained: u64, evaluated: bool| -> Result<f64, DeclineReason> {
-            let mut next: Vec<(f64, f64, u64)> = training
-                .iter()
-                .map(|&(_, q, sigma, steps)| (q, sigma, steps.saturating_mul(trained)))
-                .filter(|&(_, _, steps)| steps > 0)
-                .collect();
-            if evaluated {
-                next.extend(
-                    final_evaluation
-                        .iter()
-                        .map(|&(_, q, sigma, steps)| (q, sigma, steps)),
-                );
-            }
+        // release of k·steps; the evaluations of the rounds the schedule evaluates likewise.
+        let after = |trained: u64, final_evaluation: bool| -> Result<f64, DeclineReason> {
+            let evaluations =
+                manifest.releases.evaluated_rounds(trained) + u64::from(final_evaluation);
+            let repeated = |terms: &[ReleaseTerms], times: u64| -> Vec<(f64, f64, u64)> {
+                terms
+                    .iter()
+                    .map(|&(_, q, sigma, steps)| (q, sigma, steps.saturating_mul(times)))
+                    .filter(|&(_, _, steps)| steps > 0)
+                    .collect()
+            };
+            let mut next = repeated(&training, trained);
+            next.extend(repeated(&one_evaluation, evaluations));
             epsilon_of_all(entries, &next, config.delta)
                 .map(|(epsilon, _)| epsilon)
                 .map_err(|e| local_failure(format!("privacy accountant: {e}")))
@@ -497,7 +531,7 @@ impl Hospital {
             secure_aggregation = manifest.secure_aggregation.is_some(),
             "task manifest approved"
         );
-        self.planned_rounds = manifest.rounds.max(1);
+        self.schedule = Schedule::of(manifest);
         self.manifest = Some((manifest.clone(), digest));
         Ok(ManifestApproval { digest, forecast })
     }
@@ -949,12 +983,14 @@ impl Hospital {
             tracing::warn!(error = %e, "the coordinator's standardisation is not valid");
             return policy_decline(session, round, PolicyViolation::BadStandardization);
         }
-        // The evaluation counts are exact unless the hospital noises them.
+        // The evaluation counts, in a round that evaluates, are exact unless the hospital noises
+        // them.
         let noised_evaluation = self
             .privacy
             .as_ref()
             .is_some_and(|p| p.config.evaluation.is_some());
-        let exact = (!noised_evaluation).then(|| ExactFigures::evaluation(&start.model_hash));
+        let exact = (start.evaluate && !noised_evaluation)
+            .then(|| ExactFigures::evaluation(&start.model_hash));
         let params = start.secure_aggregation.as_ref().map(|s| &s.params);
         if let Err(violation) = self.admit_request(round, params, exact.as_ref()) {
             return policy_decline(session, round, violation);
@@ -982,11 +1018,11 @@ impl Hospital {
         let layout = RoundLayout {
             params: model.params.len(),
             train: start.train,
+            evaluate: start.evaluate,
             groups: self.schema.audit_groups().len(),
         };
         let LocalOutcome {
-            eval,
-            groups,
+            evaluation,
             trained,
             steps,
         } = match result {
@@ -1026,11 +1062,7 @@ impl Hospital {
             trained: params,
             weight: *weight,
         });
-        let Some(values) = layout.encode(&RoundResult {
-            eval,
-            groups,
-            update,
-        }) else {
+        let Some(values) = layout.encode(&RoundResult { evaluation, update }) else {
             return decline(
                 session,
                 round,
@@ -1066,10 +1098,9 @@ struct Figures {
 
 /// A node's local result for one round.
 struct LocalOutcome {
-    /// Evaluation counts of the round's model on the held-out split.
-    eval: EvalCounts,
-    /// The same, per audit group.
-    groups: Vec<GroupCounts>,
+    /// Evaluation counts of the round's model on the held-out split, and the same per audit
+    /// group, in a round that evaluates.
+    evaluation: Option<(EvalCounts, Vec<GroupCounts>)>,
     /// Trained parameters and their weight (the number of training examples), when training.
     trained: Option<(Vec<f32>, f64)>,
     /// Optimiser steps taken (noisy steps under DP-SGD).
@@ -1128,9 +1159,9 @@ pub enum LocalOnlyError {
     Train(#[from] TrainError),
 }
 
-/// Evaluation counts of `model` on the (standardised) held-out split — noised when the
-/// hospital noises them — and, when the round trains, the locally trained parameters with
-/// their weight (with DP-SGD when the round is private).
+/// In a round that evaluates, the evaluation counts of `model` on the (standardised) held-out
+/// split — noised when the hospital noises them — and, when the round trains, the locally
+/// trained parameters with their weight (with DP-SGD when the round is private).
 fn evaluate_and_train(
     trainer: &mut dyn Trainer,
     model: &Model,
@@ -1138,44 +1169,17 @@ fn evaluate_and_train(
     start: &RoundStart,
     train: &Examples,
     private: Option<&PrivateRound>,
-    (row_groups, group_count): (&[Vec<usize>], usize),
+    audit_groups: (&[Vec<usize>], usize),
 ) -> Result<LocalOutcome, TrainError> {
-    let scores = if held_out.is_empty() {
-        Vec::new()
+    let evaluation = if start.evaluate {
+        let noise = private.and_then(|p| p.evaluation.as_ref());
+        Some(evaluate(trainer, model, held_out, noise, audit_groups)?)
     } else {
-        trainer.predict(&model.spec, &model.params, held_out)?
+        None
     };
-    let undefined = medfed_protocol::evaluation::undefined_scores(&scores);
-    if undefined > 0 {
-        // For the hospital's eyes only: such scores count as ½, whatever the patient.
-        tracing::warn!(
-            patients = undefined,
-            "the round's model gives no probability for some held-out patients"
-        );
-    }
-    let mut eval = EvalCounts::from_predictions(&scores, &held_out.labels);
-    let mut members: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); group_count];
-    for ((score, label), groups) in scores.iter().zip(&held_out.labels).zip(row_groups) {
-        for &group in groups {
-            if let Some((s, l)) = members.get_mut(group) {
-                s.push(*score);
-                l.push(*label);
-            }
-        }
-    }
-    let mut groups: Vec<GroupCounts> = members
-        .iter()
-        .map(|(s, l)| GroupCounts::from_predictions(s, l))
-        .collect();
-    if let Some(noise) = private.and_then(|p| p.evaluation.as_ref()) {
-        // Noise, like DP-SGD's, comes from a CSPRNG seeded by the operating system.
-        let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
-        noise.apply(&scores, &held_out.labels, &mut eval, &mut groups, &mut rng);
-    }
     if !start.train {
         return Ok(LocalOutcome {
-            eval,
-            groups,
+            evaluation,
             trained: None,
             steps: 0,
         });
@@ -1214,11 +1218,55 @@ fn evaluate_and_train(
     };
     progress.finish();
     Ok(LocalOutcome {
-        eval,
-        groups,
+        evaluation,
         trained: Some((params, train.len() as f64)),
         steps,
     })
+}
+
+/// The evaluation counts of `model` on the (standardised) held-out split and on each audit
+/// group's rows (`row_groups[i]`: the groups of held-out row `i`), noised with `noise` when the
+/// hospital noises them.
+fn evaluate(
+    trainer: &mut dyn Trainer,
+    model: &Model,
+    held_out: &Examples,
+    noise: Option<&EvaluationNoise>,
+    (row_groups, group_count): (&[Vec<usize>], usize),
+) -> Result<(EvalCounts, Vec<GroupCounts>), TrainError> {
+    let scores = if held_out.is_empty() {
+        Vec::new()
+    } else {
+        trainer.predict(&model.spec, &model.params, held_out)?
+    };
+    let undefined = medfed_protocol::evaluation::undefined_scores(&scores);
+    if undefined > 0 {
+        // For the hospital's eyes only: such scores count as ½, whatever the patient.
+        tracing::warn!(
+            patients = undefined,
+            "the round's model gives no probability for some held-out patients"
+        );
+    }
+    let mut eval = EvalCounts::from_predictions(&scores, &held_out.labels);
+    let mut members: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); group_count];
+    for ((score, label), groups) in scores.iter().zip(&held_out.labels).zip(row_groups) {
+        for &group in groups {
+            if let Some((s, l)) = members.get_mut(group) {
+                s.push(*score);
+                l.push(*label);
+            }
+        }
+    }
+    let mut groups: Vec<GroupCounts> = members
+        .iter()
+        .map(|(s, l)| GroupCounts::from_predictions(s, l))
+        .collect();
+    if let Some(noise) = noise {
+        // Noise, like DP-SGD's, comes from a CSPRNG seeded by the operating system.
+        let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
+        noise.apply(&scores, &held_out.labels, &mut eval, &mut groups, &mut rng);
+    }
+    Ok((eval, groups))
 }
 
 /// The hospital's check of a secure sum's survivors: enough other hospitals, members only, and

@@ -175,8 +175,11 @@ pub fn check_manifest(
         .model
         .validate()
         .map_err(|e: ModelError| ManifestRefusal::Model(e.to_string()))?;
+    // The schedule is the consortium's choice (its cost is in the forecast); the figures follow
+    // from the schema and the model.
     let expected = ReleasePlan {
         final_evaluation: manifest.releases.final_evaluation,
+        evaluate_every: manifest.releases.evaluate_every,
         ..ReleasePlan::for_task(
             schema.stats_len(),
             schema.audit_groups().len(),

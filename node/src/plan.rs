@@ -165,9 +165,11 @@ pub fn forecast(
         epsilon_round: privacy.as_ref().map(|_| 0.0),
     });
     let round_exchange = |round: u64, train: bool, epsilon_after: Option<f64>| {
+        let evaluate = releases.evaluates(round, train);
         let layout = RoundLayout {
             params,
             train,
+            evaluate,
             groups,
         };
         let wire_bytes = match secure {
@@ -181,16 +183,19 @@ pub fn forecast(
             }
             None => plain_bytes(ContributionKind::Round, layout.len()),
         };
-        let mut figures = vec![
-            FigureCount {
-                what: "evaluation counts",
-                count: releases.evaluation_figures,
-            },
-            FigureCount {
-                what: "audit-group counts",
-                count: releases.audit_groups * releases.audit_group_figures,
-            },
-        ];
+        let mut figures = Vec::new();
+        if evaluate {
+            figures.extend([
+                FigureCount {
+                    what: "evaluation counts",
+                    count: releases.evaluation_figures,
+                },
+                FigureCount {
+                    what: "audit-group counts",
+                    count: releases.audit_groups * releases.audit_group_figures,
+                },
+            ]);
+        }
         if train {
             figures.push(FigureCount {
                 what: "update (weighted parameters and weight)",
@@ -204,7 +209,7 @@ pub fn forecast(
             } else {
                 "final_evaluation"
             },
-            total_figures: releases.round_figures(train),
+            total_figures: releases.round_figures(train, evaluate),
             figures,
             wire_bytes,
             epsilon_after,
@@ -238,13 +243,15 @@ pub fn forecast(
             exchanges[i].epsilon_round = Some(after - before);
         }
     }
-    // Over the whole task, every training round counted (not only the listed ones).
-    let training = round_exchange(1, true, None);
-    let mut total_figures = releases
-        .statistics_figures
-        .saturating_add(training.total_figures.saturating_mul(manifest.rounds));
-    let mut total_bytes =
-        stats_bytes.saturating_add(training.wire_bytes.saturating_mul(manifest.rounds));
+    // Over the whole task, every training round counted (not only the listed ones): those the
+    // schedule evaluates (round 1 is one) and the others (round 2 is one, if any).
+    let (mut total_figures, mut total_bytes) = (releases.statistics_figures, stats_bytes);
+    let evaluated = releases.evaluated_rounds(manifest.rounds);
+    for (example, times) in [(1, evaluated), (2, manifest.rounds - evaluated)] {
+        let training = round_exchange(example, true, None);
+        total_figures = total_figures.saturating_add(training.total_figures.saturating_mul(times));
+        total_bytes = total_bytes.saturating_add(training.wire_bytes.saturating_mul(times));
+    }
     if let Some(last) = exchanges.last().filter(|e| e.kind == "final_evaluation") {
         total_figures = total_figures.saturating_add(last.total_figures);
         total_bytes = total_bytes.saturating_add(last.wire_bytes);

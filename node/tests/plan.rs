@@ -181,6 +181,7 @@ fn the_plan_lists_every_release_its_bytes_and_its_epsilon() {
         let words = RoundLayout {
             params,
             train: true,
+            evaluate: true,
             groups,
         }
         .encoding(

@@ -10,7 +10,8 @@
 //! Under secure aggregation every figure but the evaluation's `loss_sum`, the update and the
 //! weight is an integer count, sent in the two-word count encoding ([`RoundLayout::encoding`]).
 //! The counts are of the round's starting model on the held-out split; the groups are the
-//! schema's audit groups, in order. The pooled evaluation's histograms have [`EVAL_SCORE_BINS`]
+//! schema's audit groups, in order. A training round off the task's evaluation schedule carries
+//! neither counts block: only the update and its weight. The pooled evaluation's histograms have [`EVAL_SCORE_BINS`]
 //! bins, each group's the coarser [`GROUP_SCORE_BINS`]. The update block is present only in
 //! training rounds. Summed over nodes it yields the pooled evaluation, the pooled per-group
 //! counts and the example-weighted FedAvg update `Σ n_k (w_k − w) / Σ n_k`.
@@ -27,6 +28,8 @@ pub struct RoundLayout {
     pub params: usize,
     /// Whether the round trains (carries an update block).
     pub train: bool,
+    /// Whether the round evaluates (carries the evaluation and per-group counts blocks).
+    pub evaluate: bool,
     /// Number of audit groups.
     pub groups: usize,
 }
@@ -34,11 +37,10 @@ pub struct RoundLayout {
 /// A node's local result for one round, before it is flattened for summation.
 #[derive(Clone, Debug)]
 pub struct RoundResult<'a> {
-    /// Evaluation counts of the round's starting model on the node's held-out split.
-    pub eval: EvalCounts,
-    /// Per-group counts on the same split, one per audit group, in order, with
-    /// [`GROUP_SCORE_BINS`]-bin histograms.
-    pub groups: Vec<GroupCounts>,
+    /// Evaluation counts of the round's starting model on the node's held-out split, and the
+    /// per-group counts on the same split, one per audit group, in order, with
+    /// [`GROUP_SCORE_BINS`]-bin histograms; in rounds that evaluate.
+    pub evaluation: Option<(EvalCounts, Vec<GroupCounts>)>,
     /// Local training outcome, in training rounds.
     pub update: Option<LocalUpdate<'a>>,
 }
@@ -57,9 +59,9 @@ pub struct LocalUpdate<'a> {
 /// Sums of all nodes' round vectors, split back into their parts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoundTotals {
-    /// Pooled evaluation counts.
-    pub eval: EvalCounts,
-    /// Pooled per-group counts, one per audit group.
+    /// Pooled evaluation counts, in rounds that evaluate.
+    pub eval: Option<EvalCounts>,
+    /// Pooled per-group counts, one per audit group (none in rounds that do not evaluate).
     pub groups: Vec<GroupCounts>,
     /// `Σ n_k (w_k − w)` and `Σ n_k`, in training rounds.
     pub update: Option<(Vec<f64>, f64)>,
@@ -72,14 +74,18 @@ impl RoundLayout {
     }
 
     /// Length of the counts blocks (evaluation with [`EVAL_SCORE_BINS`]-bin histograms, then
-    /// each group with [`GROUP_SCORE_BINS`]-bin ones).
+    /// each group with [`GROUP_SCORE_BINS`]-bin ones); 0 in a round that does not evaluate.
     fn counts_len(&self) -> usize {
-        EvalCounts::VECTOR_LEN + self.groups * GroupCounts::VECTOR_LEN
+        if self.evaluate {
+            EvalCounts::VECTOR_LEN + self.groups * GroupCounts::VECTOR_LEN
+        } else {
+            0
+        }
     }
 
-    /// Never empty: the evaluation block is always there.
+    /// Empty only for a round that neither trains nor evaluates, which no task asks for.
     pub fn is_empty(&self) -> bool {
-        false
+        self.len() == 0
     }
 
     /// How the vector is encoded for secure aggregation: the counts exactly as integers (two
@@ -93,11 +99,14 @@ impl RoundLayout {
     /// ```
     pub fn encoding(&self, update: &FixedPoint) -> VectorEncoding {
         // `EvalCounts::write_vector` puts `n` first and `loss_sum` second; all else is counts.
-        let mut blocks = vec![
-            (1, BlockEncoding::Count),
-            (1, BlockEncoding::Wide),
-            (self.counts_len() - 2, BlockEncoding::Count),
-        ];
+        let mut blocks = Vec::new();
+        if self.evaluate {
+            blocks.extend([
+                (1, BlockEncoding::Count),
+                (1, BlockEncoding::Wide),
+                (self.counts_len() - 2, BlockEncoding::Count),
+            ]);
+        }
         if self.train {
             blocks.push((self.params, BlockEncoding::Clipped(*update)));
             blocks.push((1, BlockEncoding::Wide));
@@ -105,24 +114,30 @@ impl RoundLayout {
         VectorEncoding::new(blocks)
     }
 
-    /// Flattens a node's result. Returns `None` if the result does not fit the layout (another
-    /// number of groups, histograms of other than [`EVAL_SCORE_BINS`] or [`GROUP_SCORE_BINS`]
-    /// bins, an update in an evaluation-only round, none in a training round, or parameters of
-    /// the wrong length).
+    /// Flattens a node's result. Returns `None` if the result does not fit the layout (counts
+    /// in a round that does not evaluate or none in one that does, another number of groups,
+    /// histograms of other than [`EVAL_SCORE_BINS`] or [`GROUP_SCORE_BINS`] bins, an update in
+    /// an evaluation-only round, none in a training round, or parameters of the wrong length).
     pub fn encode(&self, result: &RoundResult<'_>) -> Option<Vec<f64>> {
         let binned = |counts: &GroupCounts, bins: usize| {
             counts.positive_scores.len() == bins && counts.negative_scores.len() == bins
         };
-        if result.groups.len() != self.groups
-            || !binned(&result.eval.confusion, EVAL_SCORE_BINS)
-            || !result.groups.iter().all(|g| binned(g, GROUP_SCORE_BINS))
-        {
-            return None;
-        }
         let mut out = Vec::with_capacity(self.len());
-        result.eval.write_vector(&mut out);
-        for group in &result.groups {
-            group.write_vector(&mut out);
+        match (&result.evaluation, self.evaluate) {
+            (None, false) => {}
+            (Some((eval, groups)), true) => {
+                if groups.len() != self.groups
+                    || !binned(&eval.confusion, EVAL_SCORE_BINS)
+                    || !groups.iter().all(|g| binned(g, GROUP_SCORE_BINS))
+                {
+                    return None;
+                }
+                eval.write_vector(&mut out);
+                for group in groups {
+                    group.write_vector(&mut out);
+                }
+            }
+            _ => return None,
         }
         match (&result.update, self.train) {
             (None, false) => {}
@@ -149,18 +164,23 @@ impl RoundLayout {
         if sum.len() != self.len() {
             return None;
         }
-        let (eval, rest) = sum.split_at(EvalCounts::VECTOR_LEN);
-        let (group_block, rest) = rest.split_at(self.groups * GroupCounts::VECTOR_LEN);
-        let groups = group_block
-            .chunks_exact(GroupCounts::VECTOR_LEN)
-            .map(GroupCounts::from_vector)
-            .collect::<Option<Vec<_>>>()?;
+        let (counts, rest) = sum.split_at(self.counts_len());
+        let (eval, groups) = if self.evaluate {
+            let (eval, group_block) = counts.split_at(EvalCounts::VECTOR_LEN);
+            let groups = group_block
+                .chunks_exact(GroupCounts::VECTOR_LEN)
+                .map(GroupCounts::from_vector)
+                .collect::<Option<Vec<_>>>()?;
+            (Some(EvalCounts::from_vector(eval)?), groups)
+        } else {
+            (None, Vec::new())
+        };
         let update = self.train.then(|| {
             let (delta, weight) = rest.split_at(self.params);
             (delta.to_vec(), weight[0])
         });
         Some(RoundTotals {
-            eval: EvalCounts::from_vector(eval)?,
+            eval,
             groups,
             update,
         })
@@ -176,12 +196,12 @@ mod tests {
         let layout = RoundLayout {
             params: 2,
             train: true,
+            evaluate: true,
             groups: 0,
         };
         let start = [1.0f32, -1.0];
         let a = RoundResult {
-            groups: Vec::new(),
-            eval: EvalCounts::from_predictions(&[0.9], &[1.0]),
+            evaluation: Some((EvalCounts::from_predictions(&[0.9], &[1.0]), Vec::new())),
             update: Some(LocalUpdate {
                 start: &start,
                 trained: &[2.0, -1.0],
@@ -189,8 +209,7 @@ mod tests {
             }),
         };
         let b = RoundResult {
-            groups: Vec::new(),
-            eval: EvalCounts::from_predictions(&[0.2], &[0.0]),
+            evaluation: Some((EvalCounts::from_predictions(&[0.2], &[0.0]), Vec::new())),
             update: Some(LocalUpdate {
                 start: &start,
                 trained: &[1.0, 1.0],
@@ -204,7 +223,54 @@ mod tests {
         assert_eq!(weight, 4.0);
         // FedAvg: (3·[2,-1] + 1·[1,1]) / 4 = [1.75, -0.5]; minus start = [0.75, 0.5].
         assert_eq!([delta[0] / weight, delta[1] / weight], [0.75, 0.5]);
-        assert_eq!(totals.eval.n, 2.0);
+        assert_eq!(totals.eval.unwrap().n, 2.0);
+    }
+
+    #[test]
+    fn a_round_off_the_evaluation_schedule_carries_only_the_update() {
+        let layout = RoundLayout {
+            params: 2,
+            train: true,
+            evaluate: false,
+            groups: 14,
+        };
+        assert_eq!(layout.len(), 3);
+        let update = LocalUpdate {
+            start: &[0.0, 0.0],
+            trained: &[1.0, -1.0],
+            weight: 2.0,
+        };
+        let bare = RoundResult {
+            evaluation: None,
+            update: Some(update.clone()),
+        };
+        let values = layout.encode(&bare).unwrap();
+        assert_eq!(values, [2.0, -2.0, 2.0]);
+        let totals = layout.decode(&values).unwrap();
+        assert_eq!((totals.eval, totals.groups.len()), (None, 0));
+        assert_eq!(totals.update, Some((vec![2.0, -2.0], 2.0)));
+        // Counts in a round that does not evaluate do not fit, nor their absence in one that
+        // does.
+        let counted = RoundResult {
+            evaluation: Some((EvalCounts::zero(), Vec::new())),
+            update: Some(update),
+        };
+        assert!(layout.encode(&counted).is_none());
+        let evaluating = RoundLayout {
+            evaluate: true,
+            groups: 0,
+            ..layout
+        };
+        assert!(evaluating.encode(&bare).is_none());
+        assert_eq!(
+            layout
+                .encoding(&FixedPoint {
+                    clip: 4.0,
+                    fractional_bits: 8
+                })
+                .value_len(),
+            3
+        );
     }
 
     #[test]
@@ -212,23 +278,23 @@ mod tests {
         let train = RoundLayout {
             params: 2,
             train: true,
+            evaluate: true,
             groups: 0,
         };
         let eval_only = RoundLayout {
             params: 2,
             train: false,
+            evaluate: true,
             groups: 0,
         };
         let no_update = RoundResult {
-            groups: Vec::new(),
-            eval: EvalCounts::zero(),
+            evaluation: Some((EvalCounts::zero(), Vec::new())),
             update: None,
         };
         assert!(train.encode(&no_update).is_none());
         assert_eq!(eval_only.encode(&no_update).unwrap().len(), eval_only.len());
         let short = RoundResult {
-            groups: Vec::new(),
-            eval: EvalCounts::zero(),
+            evaluation: Some((EvalCounts::zero(), Vec::new())),
             update: Some(LocalUpdate {
                 start: &[0.0],
                 trained: &[0.0],
@@ -244,6 +310,7 @@ mod tests {
         let layout = RoundLayout {
             params: 0,
             train: false,
+            evaluate: true,
             groups: 14,
         };
         // The demo schema's 14 audit groups: 2 006 + 14 · 204 counts.
@@ -251,21 +318,26 @@ mod tests {
         let scores = [0.12, 0.87];
         let labels = [0.0, 1.0];
         let result = RoundResult {
-            eval: EvalCounts::from_predictions(&scores, &labels),
-            groups: vec![GroupCounts::from_predictions(&scores, &labels); 14],
+            evaluation: Some((
+                EvalCounts::from_predictions(&scores, &labels),
+                vec![GroupCounts::from_predictions(&scores, &labels); 14],
+            )),
             update: None,
         };
         let v = layout.encode(&result).unwrap();
         let totals = layout.decode(&v).unwrap();
-        assert_eq!(totals.eval, result.eval);
-        assert_eq!(totals.groups, result.groups);
+        let (eval, groups) = result.evaluation.clone().unwrap();
+        assert_eq!(totals.eval, Some(eval));
+        assert_eq!(totals.groups, groups);
         assert_eq!(totals.groups[3].bins(), GROUP_SCORE_BINS);
         // Counts at the wrong resolution do not fit the layout.
         let mut wrong = result.clone();
-        wrong.groups[0] = GroupCounts::from_predictions_with_bins(&scores, &labels, 1000);
+        wrong.evaluation.as_mut().unwrap().1[0] =
+            GroupCounts::from_predictions_with_bins(&scores, &labels, 1000);
         assert!(layout.encode(&wrong).is_none());
         let mut wrong = result;
-        wrong.eval.confusion = GroupCounts::from_predictions(&scores, &labels);
+        wrong.evaluation.as_mut().unwrap().0.confusion =
+            GroupCounts::from_predictions(&scores, &labels);
         assert!(layout.encode(&wrong).is_none());
     }
 
@@ -281,6 +353,7 @@ mod tests {
         let layout = RoundLayout {
             params: 1153,
             train: true,
+            evaluate: true,
             groups: 14,
         };
         let encoding = layout.encoding(&fixed);
@@ -307,8 +380,7 @@ mod tests {
             group.tp = -2.0;
             let values = layout
                 .encode(&RoundResult {
-                    eval,
-                    groups: vec![group; 14],
+                    evaluation: Some((eval, vec![group; 14])),
                     update: Some(LocalUpdate {
                         start: &start,
                         trained: &trained,
@@ -336,10 +408,11 @@ mod tests {
         );
         assert_eq!(decoded[layout.len() - 1], 9.0);
         let totals = layout.decode(&decoded).unwrap();
-        assert_eq!(totals.eval.n, 9.0 - 15.0);
-        assert_eq!(totals.eval.confusion.negative_scores[7], -9.0);
+        let eval = totals.eval.unwrap();
+        assert_eq!(eval.n, 9.0 - 15.0);
+        assert_eq!(eval.confusion.negative_scores[7], -9.0);
         assert_eq!(totals.groups[13].tp, -6.0);
-        assert_eq!(totals.eval.loss_sum, 2.25);
+        assert_eq!(eval.loss_sum, 2.25);
         // A fractional count is refused, not rounded.
         let mut values = vec![0.0; layout.len()];
         values[5] = 0.5;

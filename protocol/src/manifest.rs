@@ -247,6 +247,15 @@ pub struct ReleasePlan {
     /// Whether the final model is evaluated after the last round (evaluation and audit-group
     /// counts, no update).
     pub final_evaluation: bool,
+    /// Training rounds evaluate their starting model every this many rounds: rounds 1,
+    /// 1 + k, 1 + 2k, …; the others release no evaluation or audit-group counts. 1: every round.
+    #[serde(default = "every_round")]
+    pub evaluate_every: u64,
+}
+
+/// The default evaluation schedule: every round.
+fn every_round() -> u64 {
+    1
 }
 
 impl ReleasePlan {
@@ -259,14 +268,34 @@ impl ReleasePlan {
             audit_group_figures: GroupCounts::VECTOR_LEN as u64,
             update_figures: params as u64 + 1,
             final_evaluation: true,
+            evaluate_every: 1,
         }
     }
 
+    /// Whether round `round` evaluates its starting model: a training round by the schedule
+    /// ([`Self::evaluate_every`]), the evaluation-only round always.
+    pub fn evaluates(&self, round: u64, train: bool) -> bool {
+        !train
+            || round
+                .saturating_sub(1)
+                .is_multiple_of(self.evaluate_every.max(1))
+    }
+
+    /// How many of `rounds` training rounds evaluate, by the schedule.
+    pub fn evaluated_rounds(&self, rounds: u64) -> u64 {
+        rounds.div_ceil(self.evaluate_every.max(1))
+    }
+
     /// Figures of one round's vector.
-    pub fn round_figures(&self, train: bool) -> u64 {
-        self.evaluation_figures
-            .saturating_add(self.audit_groups.saturating_mul(self.audit_group_figures))
-            .saturating_add(if train { self.update_figures } else { 0 })
+    pub fn round_figures(&self, train: bool, evaluate: bool) -> u64 {
+        let counts = self
+            .evaluation_figures
+            .saturating_add(self.audit_groups.saturating_mul(self.audit_group_figures));
+        (if evaluate { counts } else { 0 }).saturating_add(if train {
+            self.update_figures
+        } else {
+            0
+        })
     }
 }
 
@@ -287,6 +316,9 @@ impl TaskManifest {
         }
         if training.local_epochs == 0 || training.batch_size == 0 {
             return invalid("local epochs and batch size must be at least 1");
+        }
+        if self.releases.evaluate_every == 0 {
+            return invalid("evaluate_every must be at least 1");
         }
         if self
             .strategy
@@ -356,6 +388,13 @@ impl TaskManifest {
         }
         if !start.train && !self.releases.final_evaluation {
             return Err(Departure::UnplannedEvaluation { round: start.round });
+        }
+        if start.evaluate != self.releases.evaluates(start.round, start.train) {
+            return Err(Departure::EvaluationSchedule {
+                round: start.round,
+                evaluate: start.evaluate,
+                every: self.releases.evaluate_every,
+            });
         }
         let planned = self.training.plan(start.round);
         let field = if start.plan.local_epochs != planned.local_epochs {
@@ -496,6 +535,19 @@ pub enum Departure {
     UnplannedEvaluation {
         /// The round asked.
         round: u64,
+    },
+    /// The round's evaluation departs from the schedule: asked off schedule, or left out of a
+    /// scheduled round.
+    #[error(
+        "round {round} asks evaluate = {evaluate}; the manifest evaluates every {every} rounds"
+    )]
+    EvaluationSchedule {
+        /// The round asked.
+        round: u64,
+        /// Whether it asked for an evaluation.
+        evaluate: bool,
+        /// The manifest's schedule.
+        every: u64,
     },
     /// The training plan differs.
     #[error("the training plan's {field:?} differs: {got:?}, planned {planned:?}")]
@@ -761,6 +813,7 @@ pub(crate) mod tests {
             attempt: 1,
             model_hash: ModelHash([0; 32]),
             train,
+            evaluate: manifest.releases.evaluates(round, train),
             plan: manifest.training.plan(round),
             standardization: Standardization {
                 mean: vec![],
@@ -768,6 +821,32 @@ pub(crate) mod tests {
             },
             secure_aggregation: Some(setup(manifest, 4)),
         }
+    }
+
+    #[test]
+    fn an_evaluation_off_the_schedule_is_a_departure() {
+        let mut m = example();
+        m.releases.evaluate_every = 2;
+        assert_eq!(m.releases.evaluated_rounds(3), 2);
+        let scheduled: Vec<bool> = (1..=3).map(|r| m.releases.evaluates(r, true)).collect();
+        assert_eq!(scheduled, [true, false, true]);
+        // The evaluation-only round always evaluates.
+        assert!(m.releases.evaluates(4, false));
+        for round in 1..=3 {
+            let mut request = start(&m, round, true);
+            assert_eq!(m.check_round_start(&request), Ok(()));
+            request.evaluate = !request.evaluate;
+            assert_eq!(
+                m.check_round_start(&request),
+                Err(Departure::EvaluationSchedule {
+                    round,
+                    evaluate: request.evaluate,
+                    every: 2
+                })
+            );
+        }
+        m.releases.evaluate_every = 0;
+        assert!(m.validate().is_err());
     }
 
     #[test]

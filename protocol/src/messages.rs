@@ -19,11 +19,11 @@ use crate::stats::Standardization;
 use crate::task::TrainingPlan;
 
 /// Version of the wire protocol; part of the ALPN string.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// ALPN identifier negotiated in the TLS handshake. A peer speaking another version fails the
 /// handshake with TLS's `no_application_protocol` alert.
-pub const ALPN: &[u8] = b"medfed/4";
+pub const ALPN: &[u8] = b"medfed/5";
 
 /// Size of one model chunk on the model stream.
 pub const MODEL_CHUNK_LEN: usize = 1 << 20;
@@ -319,6 +319,10 @@ pub struct RoundStart {
     pub model_hash: ModelHash,
     /// Whether to train (false: the final, evaluation-only round).
     pub train: bool,
+    /// Whether to evaluate the round's starting model on the held-out split (the task's
+    /// evaluation schedule, [`crate::manifest::ReleasePlan::evaluates`]); always true in the
+    /// evaluation-only round.
+    pub evaluate: bool,
     /// Local training hyper-parameters.
     pub plan: TrainingPlan,
     /// Consortium-wide feature standardisation from the statistics round.
@@ -637,6 +641,7 @@ mod tests {
                 attempt: 1,
                 model_hash: model.hash(),
                 train: true,
+                evaluate: true,
                 plan: TrainingPlan::default(),
                 standardization,
                 secure_aggregation: Some(setup),

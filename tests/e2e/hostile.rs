@@ -259,6 +259,7 @@ fn node_refuses_replayed_and_foreign_session_requests() {
         attempt: 1,
         model_hash: model.hash(),
         train: true,
+        evaluate: true,
         plan: TrainingPlan::default(),
         standardization: Standardization::identity(6),
         secure_aggregation: None,

@@ -441,7 +441,7 @@ async fn no_noised_update_leaves_without_its_ledger_entry() {
     first.request(&coordinator).await.expect("keys");
     first.directory(&coordinator).await.expect("shares");
     // Attempt 2 of the same round, with a plan the node cannot train with.
-    let figures = coordinator.round_figures(&model, true);
+    let figures = coordinator.round_figures(&model, 1, true);
     let setup = coordinator.setup(1, &[A, B, C], &figures);
     let bad = RoundStart {
         plan: TrainingPlan {

@@ -100,7 +100,7 @@ async fn a_manifest_departure_mid_run_is_refused() {
     let manifest = coordinator.manifest().manifest;
     let model = coordinator.model(1);
     coordinator.push_all(&model, 1).await;
-    let figures = coordinator.round_figures(&model, true);
+    let figures = coordinator.round_figures(&model, 1, true);
     let request = |round: u64, attempt: u32, change: &dyn Fn(&mut RoundStart)| {
         let mut start = coordinator.round_start(&model, round, attempt, true, None);
         start.secure_aggregation = Some(coordinator.setup(round, &NODES, &figures));

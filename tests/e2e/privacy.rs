@@ -114,6 +114,7 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
         attempt: 1,
         model_hash: model.hash(),
         train: true,
+        evaluate: true,
         plan: task.plan(1),
         standardization: Standardization::identity(6),
         secure_aggregation: None,
@@ -238,6 +239,7 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
             attempt: 1,
             model_hash: model.hash(),
             train: false,
+            evaluate: true,
             plan: task.plan(1),
             standardization: Standardization::identity(6),
             secure_aggregation: None,
@@ -282,4 +284,79 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
     assert!(!groups.is_empty() && groups.len().is_multiple_of(GroupCounts::VECTOR_LEN));
     assert_eq!(GroupCounts::VECTOR_LEN, 4 + 2 * GROUP_SCORE_BINS);
     assert!(groups.iter().all(|v| v.fract() == 0.0));
+}
+
+/// A task that evaluates every other round: the rounds off the schedule release no counts —
+/// no ledger entry for them at a hospital that noises its counts, no evaluation in the round's
+/// report, no audit report of their starting model, and a smaller masked vector — and each
+/// hospital's automatic σ is chosen for the evaluations the schedule makes, not for one a round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rounds_off_the_evaluation_schedule_release_no_counts_and_are_not_charged_for_them() {
+    use medfed_node::config::EvaluationNoiseConfig;
+    use medfed_node::egress::EgressLog;
+    use medfed_node::ledger::Release;
+    use medfed_protocol::evaluation::MAX_EXAMPLE_LOSS;
+
+    subscribe();
+    let names = ["hospital-a", "hospital-b", "hospital-c"];
+    let consortium = Consortium::new(&names, 80);
+    let mut config = consortium.coordinator_config(3, 3);
+    config.task.evaluate_every = 2;
+    let reports = config.data_dir.join("reports");
+    let (report, nodes) = consortium
+        .train_with(config, &names, |node| {
+            node.privacy = Some(PrivacyConfig {
+                target_epsilon: 8.0,
+                delta: 1e-5,
+                noise_multiplier: NoiseMultiplier::Auto,
+                max_grad_norm: 1.0,
+                evaluation: Some(EvaluationNoiseConfig {
+                    noise: 5.0,
+                    loss_clip: MAX_EXAMPLE_LOSS,
+                }),
+            });
+        })
+        .await;
+    let evaluated: Vec<bool> = report
+        .rounds
+        .iter()
+        .map(|r| r.start_model_evaluation.is_some())
+        .collect();
+    assert_eq!(evaluated, [true, false, true]);
+    assert!(report.final_evaluation.is_some());
+    // Audit reports of the models rounds 1 and 3 started from, and of the final one.
+    for (model_round, audited) in [(0, true), (1, false), (2, true), (3, true)] {
+        let path = reports.join(format!("round-{model_round:05}.json"));
+        assert_eq!(path.is_file(), audited, "{}", path.display());
+    }
+    for node in &nodes {
+        let ledger = PrivacyLedger::read(&node.state_dir).unwrap();
+        let charged = |release: Release| -> Vec<u64> {
+            ledger
+                .iter()
+                .filter(|e| e.release == release)
+                .map(|e| e.round)
+                .collect()
+        };
+        assert_eq!(charged(Release::Training), [1, 2, 3]);
+        assert_eq!(charged(Release::EvaluationCounts), [1, 3, 4]);
+        // The whole budget is planned for these releases: the last one ends just inside it.
+        let last = ledger.last().unwrap().epsilon_after;
+        assert!(
+            last <= 8.0 && last > 7.5,
+            "ε after the final evaluation: {last}"
+        );
+        let inputs: Vec<(u64, u64)> = EgressLog::read(&node.state_dir)
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == "secagg_input")
+            .filter_map(|e| Some((e.round?, e.bytes)))
+            .collect();
+        let size = |round: u64| inputs.iter().find(|(r, _)| *r == round).unwrap().1;
+        assert!(
+            size(2) < size(1) && size(2) < size(3),
+            "{}: {inputs:?}",
+            node.state_dir.display()
+        );
+    }
 }

@@ -75,9 +75,9 @@ async fn a_node_killed_after_its_masked_input_stays_in_the_exactly_decoded_count
         .start_model_evaluation
         .as_ref()
         .expect("the round's starting model is evaluated");
-    assert_eq!(evaluation.examples as f64, totals.eval.n);
+    assert_eq!(evaluation.examples as f64, totals.eval.as_ref().unwrap().n);
     // Counts only: the plain figures carry the loss sum as f32.
-    let pooled = totals.eval.metrics().unwrap();
+    let pooled = totals.eval.as_ref().unwrap().metrics().unwrap();
     assert_eq!(
         (evaluation.accuracy, evaluation.auc, evaluation.prevalence),
         (pooled.accuracy, pooled.auc, pooled.prevalence),
@@ -165,6 +165,7 @@ impl CrashedRun {
         let layout = RoundLayout {
             params: initial.params.len(),
             train: true,
+            evaluate: true,
             groups: 5,
         };
         let start = RoundStart {
@@ -173,6 +174,7 @@ impl CrashedRun {
             attempt: 1,
             model_hash: initial.hash(),
             train: true,
+            evaluate: true,
             plan: task.plan(1),
             standardization,
             secure_aggregation: None,

@@ -284,6 +284,7 @@ impl<'c> HandCoordinator<'c> {
             attempt,
             model_hash: model.hash(),
             train,
+            evaluate: self.evaluates(round, train),
             plan: self.plan.task.plan(round),
             standardization: Standardization::identity(self.schema.num_features()),
             secure_aggregation: secure,
@@ -297,11 +298,17 @@ impl<'c> HandCoordinator<'c> {
         }
     }
 
-    /// The figures a round on `model` collects.
-    pub fn round_figures(&self, model: &Model, train: bool) -> Figures {
+    /// Whether round `round` evaluates, by the plan's evaluation schedule.
+    pub fn evaluates(&self, round: u64, train: bool) -> bool {
+        self.manifest().manifest.releases.evaluates(round, train)
+    }
+
+    /// The figures round `round` on `model` collects.
+    pub fn round_figures(&self, model: &Model, round: u64, train: bool) -> Figures {
         Figures::Round(RoundLayout {
             params: model.params.len(),
             train,
+            evaluate: self.evaluates(round, train),
             groups: self.schema.audit_groups().len(),
         })
     }
@@ -758,7 +765,7 @@ impl SecureExchange {
         start: RoundStart,
         members: &[&str],
     ) -> Self {
-        let figures = coordinator.round_figures(model, start.train);
+        let figures = coordinator.round_figures(model, start.round, start.train);
         let setup = coordinator.setup(start.round, members, &figures);
         Self::new(setup, &figures, move |setup| {
             Message::RoundStart(RoundStart {

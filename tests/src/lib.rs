@@ -113,6 +113,7 @@ impl Consortium {
                 wait_for_nodes_secs: 60.0,
                 round_attempts: 3,
                 start_nodes: None,
+                evaluate_every: 1,
             },
             strategy: StrategyConfig::default(),
             secure_aggregation: SecureAggregationConfig::default(),
