@@ -73,17 +73,18 @@ pub struct PrivacyConfig {
 /// σ of the statistics' noise when `[privacy.statistics]` does not set one.
 ///
 /// For the demo's schema (5 numeric and 5 categorical columns, Δ = 4) that is a noise multiplier
-/// of 2.5; composed with the demo's DP-SGD at ε = 8 (δ = 1e-5) it costs each hospital about
-/// 0.28 of its ε (the ε of the same DP-SGD with the statistics and without), and standardises
-/// the demo's features to within about a tenth of a standard deviation of the exact mean and
-/// a fifth of the exact spread (one standard deviation of the noise).
-pub const DEFAULT_STATISTICS_NOISE: f64 = 10.0;
+/// of 2: composed with the demo's DP-SGD at ε = 8 (δ = 1e-5, `noise_multiplier = "auto"`) it
+/// costs each hospital about 0.43 of its ε (5 %; the Auto planner raises DP-SGD's σ by about 4 %
+/// to make room). On the demo's four hospitals it standardises each numeric feature to within
+/// about 0.1 exact standard deviations of the exact mean and 15–25 % of the exact spread (root
+/// mean square over draws; `node/tests/demo_statistics.rs`).
+pub const DEFAULT_STATISTICS_NOISE: f64 = 8.0;
 
 /// Discrete Gaussian noise on the statistics round's figures, charged to the node's ledger.
 ///
 /// ```toml
 /// [privacy.statistics]
-/// noise = 10.0   # σ of the integer noise on each count (0: exact statistics, not charged)
+/// noise = 8.0    # σ of the integer noise on each count (0: exact statistics, not charged)
 /// ```
 ///
 /// See `medfed_protocol::stats_release` for the mechanism and its sensitivity. With `noise = 0`

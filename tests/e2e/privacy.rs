@@ -2,7 +2,7 @@
 //! ledger survives a restart.
 
 use medfed_e2e::{Consortium, allow_plaintext, subscribe, tolerate_dropouts};
-use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
+use medfed_node::config::{NoiseMultiplier, PrivacyConfig, StatisticsNoiseConfig};
 use medfed_node::ledger::PrivacyLedger;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_protocol::messages::{DeclineReason, Message, RoundStart};
@@ -35,6 +35,8 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
         evaluation: None,
+        // Exact statistics: the budget pays for training alone.
+        statistics: StatisticsNoiseConfig::exact(),
     };
 
     let coordinator = consortium.start_coordinator(config).await;
@@ -144,6 +146,8 @@ async fn budget_is_spent_once_the_noised_update_has_left_even_if_the_round_then_
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
         evaluation: None,
+        // Exact statistics: the budget pays for training alone.
+        statistics: StatisticsNoiseConfig::exact(),
     };
     let mut configs = Vec::new();
     for name in names {
@@ -225,6 +229,7 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
                 noise: sigma,
                 loss_clip: MAX_EXAMPLE_LOSS,
             }),
+            statistics: StatisticsNoiseConfig::exact(),
         });
         let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
         allow_plaintext(&mut config);
