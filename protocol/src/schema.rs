@@ -326,15 +326,15 @@ impl Schema {
     }
 
     /// The length of one node's federated-statistics vector: the count, a sum and a sum of
-    /// squares per numeric column, and a count per categorical level — `1 + num_features +
-    /// (numeric columns)` (see [`crate::stats::stats_contribution`]).
+    /// squares per numeric column, a count per categorical level and the noise's variance —
+    /// `2 + num_features + (numeric columns)` (see [`crate::stats::stats_contribution`]).
     pub fn stats_len(&self) -> usize {
         let numeric = self
             .columns
             .iter()
             .filter(|c| matches!(c.kind, ColumnKind::Numeric { .. }))
             .count();
-        1 + self.num_features() + numeric
+        2 + self.num_features() + numeric
     }
 
     /// The intersections of two sensitive attributes that the audit also reports on, in
@@ -904,8 +904,8 @@ age = [40, 60]
             ["age", "sex=Female", "sex=Male", "chol"]
         );
         assert_eq!(schema.num_features(), 4);
-        // n, a sum and a sum of squares for age and chol, a count for each sex.
-        assert_eq!(schema.stats_len(), 7);
+        // n, a sum and a sum of squares for age and chol, a count for each sex, the noise.
+        assert_eq!(schema.stats_len(), 8);
         assert_eq!(
             schema.columns()[0].range(),
             Some(ClipRange::new(20.0, 90.0).unwrap())

@@ -10,10 +10,11 @@
 //! # The contribution
 //!
 //! A node's contribution is a vector of integers (carried as `f64`, which holds them exactly),
-//! laid out by [`StatsLayout`] over the schema's `N` numeric columns and `L` categorical levels:
+//! laid out by [`StatsLayout`] over the schema's `N` numeric columns and `L` categorical levels,
+//! and one last entry that is not data:
 //!
 //! ```text
-//!  [ n | S_0 … S_{N-1} | Q_0 … Q_{N-1} | c_0 … c_{L-1} ]
+//!  [ n | S_0 … S_{N-1} | Q_0 … Q_{N-1} | c_0 … c_{L-1} | v ]
 //! ```
 //!
 //! `n` counts the rows. Each value `x` of numeric column `j`, whose schema range is
@@ -27,7 +28,10 @@
 //!
 //! `c_l` counts the rows whose one-hot feature for level `l` is set (columns in schema order,
 //! each column's levels in order); a row counts towards at most one level of each column. The
-//! sum of squares of a one-hot feature equals its sum, so it is not sent.
+//! sum of squares of a one-hot feature equals its sum, so it is not sent. `v` is the variance σ²
+//! of the noise the node added to its counts (0 for exact statistics, see
+//! [`crate::stats_release`]): summed, it tells the coordinator how much noise the pooled counts
+//! carry ([`FederatedSummary::count_noise`]), which it needs to tell noise from a false count.
 //!
 //! Integers sum exactly, under secure aggregation too (the wide encoding holds a node's
 //! integers exactly up to 2^36: `Q_j ≤ n·K²/4` stays below it up to four million rows). Centring
@@ -74,7 +78,8 @@ pub const STATS_STEPS: u32 = 256;
 pub const STD_FLOOR_DIVISOR: f64 = 32.0;
 
 /// Where each part of a statistics vector lies, for a schema with `numeric` numeric columns and
-/// `levels` categorical levels in all: `[n | sums | sums of squares | level counts]`.
+/// `levels` categorical levels in all: `[n | sums | sums of squares | level counts | noise
+/// variance]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StatsLayout {
     /// Numeric columns `N`.
@@ -105,9 +110,9 @@ impl StatsLayout {
         layout
     }
 
-    /// Entries of the vector: `1 + 2N + L` ([`Schema::stats_len`]).
+    /// Entries of the vector: `2 + 2N + L` ([`Schema::stats_len`]).
     pub fn len(&self) -> usize {
-        1 + 2 * self.numeric + self.levels
+        2 + 2 * self.numeric + self.levels
     }
 
     /// Whether the vector is empty: never, it always holds `n`.
@@ -130,14 +135,19 @@ impl StatsLayout {
 
     /// Positions of the level counts `c_l`.
     pub fn level_counts(&self) -> Range<usize> {
-        1 + 2 * self.numeric..self.len()
+        1 + 2 * self.numeric..self.noise()
+    }
+
+    /// Position of the noise variance `v`, the last.
+    pub fn noise(&self) -> usize {
+        1 + 2 * self.numeric + self.levels
     }
 }
 
 /// One node's statistics before they leave: the vector to send, and what was clipped.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LocalStatistics {
-    /// `[n | sums | sums of squares | level counts]`, integers ([`StatsLayout`]).
+    /// `[n | sums | sums of squares | level counts | 0]`, integers ([`StatsLayout`]).
     pub values: Vec<f64>,
     /// Per numeric column, in schema order, how many values lay outside its range. For the
     /// node's own log: never sent.
@@ -297,6 +307,11 @@ pub struct FederatedSummary {
     pub numeric: Vec<NumericSummary>,
     /// Count of each level of each categorical column, in schema order.
     pub categorical: Vec<CategoricalSummary>,
+    /// Standard deviation of the noise the nodes added to `n` and to each level count, the
+    /// root of their summed σ² (0: exact statistics; summaries stored before it existed read
+    /// as 0).
+    #[serde(default)]
+    pub count_noise: f64,
 }
 
 /// Pooled mean and spread of one numeric column.
@@ -513,6 +528,7 @@ impl FederatedSummary {
             n: to_count(moments.n),
             numeric,
             categorical,
+            count_noise: moments.noise_variance.sqrt(),
         })
     }
 }
@@ -541,6 +557,8 @@ struct Moments<'a> {
     sums: &'a [f64],
     squares: &'a [f64],
     counts: &'a [f64],
+    /// The summed σ² of the nodes' noise, at least 0.
+    noise_variance: f64,
 }
 
 impl<'a> Moments<'a> {
@@ -565,6 +583,7 @@ impl<'a> Moments<'a> {
             sums: &sums[layout.sums()],
             squares: &sums[layout.squares()],
             counts: &sums[layout.level_counts()],
+            noise_variance: sums[layout.noise()].max(0.0),
         })
     }
 
@@ -670,11 +689,12 @@ range = [0, 10]
             }
         );
         assert_eq!(layout.len(), schema.stats_len());
-        assert_eq!(layout.len(), 9);
+        assert_eq!(layout.len(), 10);
         assert_eq!(
             (layout.sums(), layout.squares(), layout.level_counts()),
             (1..4, 4..7, 7..9)
         );
+        assert_eq!(layout.noise(), 9);
     }
 
     #[test]
@@ -797,7 +817,7 @@ range = [0, 10]
         let features = [50.0, 1.0, 1.0, 200.0, 5.0, 50.0, 0.0, 0.0, 200.0, 5.0];
         let values = values(&schema, &features);
         assert_eq!(values[0], 2.0);
-        assert_eq!(&values[7..], [1.0, 0.0]);
+        assert_eq!(&values[7..9], [1.0, 0.0]);
     }
 
     #[test]
@@ -886,7 +906,7 @@ range = [0, 10]
         assert_eq!(
             Standardization::from_summed_stats(&schema, &[1.0; 3]),
             Err(StatsError::LengthMismatch {
-                expected: 9,
+                expected: 10,
                 found: 3
             })
         );

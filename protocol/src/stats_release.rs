@@ -14,7 +14,9 @@
 //!  each sum of squares Q_j = Σ u²   u² ∈ [0, K²/4]             N_Z(0, (σ·K²/4)²)
 //! ```
 //!
-//! with `K` = [`STATS_STEPS`](crate::stats::STATS_STEPS) and `u` a value's grid point. Patients
+//! with `K` = [`STATS_STEPS`](crate::stats::STATS_STEPS) and `u` a value's grid point; and it
+//! adds σ² to the vector's last entry, which says how much noise the counts carry (it depends on
+//! the node's setting alone, not on any patient). Patients
 //! are neighbours by adding or removing one (as for DP-SGD). One patient changes `n` by 1, each
 //! numeric column's `S_j` by `|u| ≤ K/2` and `Q_j` by `u² ≤ K²/4` — 1 at most, each, in units of
 //! its noise's σ — and one level count of each categorical column by 1 (a row counts towards
@@ -146,8 +148,9 @@ impl StatisticsNoise {
 
     /// Noises `values`, a node's statistics vector for `schema`
     /// ([`stats_contribution`](crate::stats::stats_contribution)), in place: a discrete Gaussian
-    /// draw on every entry, scaled as in the [module docs](self). Give it a cryptographically
-    /// secure `rng`. A vector of another length is refused and left as it was.
+    /// draw on every count and sum, scaled as in the [module docs](self), and σ² added to the
+    /// noise-variance entry. Give it a cryptographically secure `rng`. A vector of another length
+    /// is refused and left as it was.
     pub fn apply<R: RngCore + ?Sized>(
         &self,
         schema: &Schema,
@@ -171,6 +174,7 @@ impl StatisticsNoise {
         for v in &mut values[layout.level_counts()] {
             *v += self.counts.sample(rng) as f64;
         }
+        values[layout.noise()] += self.sigma * self.sigma;
         Ok(())
     }
 }
@@ -279,7 +283,9 @@ levels = ["a", "b", "c"]
         let draws = 4000;
         let half = f64::from(STATS_STEPS) / 2.0;
         // Per entry: the sum of the draws and of their squares, in units of the entry's σ.
-        let scale: Vec<f64> = (0..layout.len())
+        // Every entry but the last, which says σ².
+        let noised = layout.noise();
+        let scale: Vec<f64> = (0..noised)
             .map(|i| {
                 if layout.sums().contains(&i) {
                     sigma * half
@@ -290,10 +296,11 @@ levels = ["a", "b", "c"]
                 }
             })
             .collect();
-        let mut moments = vec![(0.0, 0.0); layout.len()];
+        let mut moments = vec![(0.0, 0.0); noised];
         for _ in 0..draws {
             let mut values = exact.clone();
             noise.apply(&schema, &mut values, &mut rng).unwrap();
+            assert_eq!(values[noised], sigma * sigma);
             for ((v, s), m) in values.iter().zip(&scale).zip(&mut moments) {
                 assert_eq!(v.fract(), 0.0);
                 m.0 += v / s;
@@ -390,6 +397,9 @@ levels = ["a", "b", "c"]
                 squared[j][0] += mean_z * mean_z;
                 squared[j][1] += var_z * var_z;
             }
+            // Three nodes' noise on each count: σ√3, as the summary says.
+            assert!((decoded.count_noise - sigma * 3f64.sqrt()).abs() < 1e-12);
+            assert_eq!(truth.count_noise, 0.0);
             // Counts: within 5σ·√3 of the truth, never negative.
             for (d, t) in decoded.categorical.iter().zip(&truth.categorical) {
                 for (a, b) in d.counts.iter().zip(&t.counts) {
