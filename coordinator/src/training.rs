@@ -48,6 +48,10 @@ use crate::strategy::{ServerOptimizer, StrategyError, build_optimizer, mean_delt
 const STANDARDIZATION_KEY: &str = "standardization";
 /// Key of the summary of the statistics round.
 const SUMMARY_KEY: &str = "federated_summary";
+/// How many standard deviations of the statistics' noise a round's declared example count may
+/// lie from their noised count (six: honest hospitals are refused about once in 500 million
+/// rounds).
+const COUNT_NOISE_TOLERANCE: f64 = 6.0;
 /// State-store key of the hospitals whose statistics were summed, sorted.
 const STATS_PARTICIPANTS_KEY: &str = "statistics_participants";
 /// Key of the final evaluation.
@@ -546,7 +550,9 @@ impl Trainer {
     /// When a round's hospitals are exactly those of the statistics round, the training
     /// examples they declare in their updates (Σn, the update's weight) must be the examples
     /// their statistics counted: a hospital that inflated its n to weigh more in the average is
-    /// caught here, and the round fails rather than being applied.
+    /// caught here, and the round fails rather than being applied. Where the statistics were
+    /// noised, their count is compared within [`COUNT_NOISE_TOLERANCE`] standard deviations of
+    /// its noise: an inflation smaller than that goes unseen.
     fn check_example_count(&self, gathered: &Gathered) -> Result<(), RoundFailure> {
         let (summary, counted) = {
             let store = lock(&self.store);
@@ -562,10 +568,12 @@ impl Trainer {
             return Ok(());
         }
         let declared = gathered.sum.last().copied().unwrap_or(f64::NAN);
-        if (declared - summary.n as f64).abs() > 0.5 {
+        let tolerance = 0.5 + COUNT_NOISE_TOLERANCE * summary.count_noise;
+        if (declared - summary.n as f64).abs() > tolerance {
             return Err(RoundFailure::ExampleCountMismatch {
                 declared,
                 counted: summary.n,
+                tolerance,
             });
         }
         Ok(())
@@ -1320,9 +1328,14 @@ enum RoundFailure {
     )]
     BudgetSpent { nodes: Vec<String>, need: usize },
     #[error(
-        "the hospitals declare {declared} training examples, their statistics counted {counted}"
+        "the hospitals declare {declared} training examples, their statistics counted {counted} \
+         (give or take {tolerance})"
     )]
-    ExampleCountMismatch { declared: f64, counted: u64 },
+    ExampleCountMismatch {
+        declared: f64,
+        counted: u64,
+        tolerance: f64,
+    },
 }
 
 /// Why the coordinator stopped.

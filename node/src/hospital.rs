@@ -23,7 +23,8 @@ use medfed_protocol::secagg::encoding::{BlockEncoding, VectorEncoding};
 use medfed_protocol::secagg::{
     ExpectDirectory, ParticipantState, PeerVerifier, RoundParams, SecAggError, Signer,
 };
-use medfed_protocol::stats::{Standardization, StatsError, stats_contribution};
+use medfed_protocol::stats::{ClippedValues, Standardization, StatsError, stats_contribution};
+use medfed_protocol::stats_release::StatisticsNoise;
 use medfed_protocol::task::TrainingPlan;
 use rand::{SeedableRng, TryRngCore};
 
@@ -236,9 +237,10 @@ impl Hospital {
         };
         let config = &privacy.config;
         let evaluation = evaluation_noise(config)?;
+        let statistics = statistics_noise(config)?;
         let (planned, dp) = self.round_releases(
             config,
-            evaluation.as_ref(),
+            (evaluation.as_ref(), statistics.as_ref()),
             self.schedule,
             start.train,
             start.evaluate,
@@ -285,11 +287,11 @@ impl Hospital {
     /// The private releases of one round — `(release, q, σ, steps)` in the order they are
     /// recorded: DP-SGD in a training round, then, in a round that evaluates, the evaluation
     /// counts' noise when the hospital turned it on — and the DP-SGD settings, for a task of
-    /// `schedule`.
+    /// `schedule` whose evaluation counts and statistics are noised as given.
     fn round_releases(
         &self,
         config: &PrivacyConfig,
-        evaluation: Option<&EvaluationNoise>,
+        (evaluation, statistics): (Option<&EvaluationNoise>, Option<&StatisticsNoise>),
         schedule: Schedule,
         train: bool,
         evaluate: bool,
@@ -314,17 +316,21 @@ impl Hospital {
                 NoiseMultiplier::Fixed(sigma) => sigma,
                 NoiseMultiplier::Auto => {
                     // Leave room for the noised evaluation counts of every round the schedule
-                    // evaluates and of the final evaluation.
-                    let other = match evaluation {
-                        Some(noise) => compute_rdp(
-                            1.0,
-                            noise.noise_multiplier(attributes),
-                            schedule.evaluations,
-                            &DEFAULT_ALPHAS,
-                        )
-                        .map_err(|e| local_failure(format!("privacy accountant: {e}")))?,
-                        None => Vec::new(),
-                    };
+                    // evaluates and of the final evaluation, and for the noised statistics.
+                    let mut other: Vec<f64> = Vec::new();
+                    let releases = [
+                        evaluation.map(|n| (n.noise_multiplier(attributes), schedule.evaluations)),
+                        statistics.map(|n| (n.noise_multiplier(&self.schema), 1)),
+                    ];
+                    for (noise_multiplier, steps) in releases.into_iter().flatten() {
+                        let rdp = compute_rdp(1.0, noise_multiplier, steps, &DEFAULT_ALPHAS)
+                            .map_err(|e| local_failure(format!("privacy accountant: {e}")))?;
+                        if other.is_empty() {
+                            other = rdp;
+                        } else {
+                            other.iter_mut().zip(&rdp).for_each(|(o, r)| *o += r);
+                        }
+                    }
                     noise_multiplier_alongside(
                         config.target_epsilon,
                         config.delta,
@@ -368,9 +374,10 @@ impl Hospital {
     }
 
     /// What a task under `manifest` would cost in ε under the privacy policy `config`, on top
-    /// of the ledger `entries`: after each training round (every round when there are at most
-    /// [`LISTED_ROUNDS`], else the first and the last) and after the final evaluation — with the
-    /// same accountant calls as a round's own check.
+    /// of the ledger `entries`: after the statistics round (when they are noised), after each
+    /// training round (every round when there are at most [`LISTED_ROUNDS`], else the first and
+    /// the last) and after the final evaluation — with the same accountant calls as a round's
+    /// own check. Every figure after the statistics round counts them.
     pub fn forecast_privacy(
         &self,
         config: &PrivacyConfig,
@@ -378,13 +385,15 @@ impl Hospital {
         manifest: &TaskManifest,
     ) -> Result<PrivacyForecast, DeclineReason> {
         let evaluation = evaluation_noise(config)?;
+        let statistics = statistics_noise(config)?;
+        let noise = (evaluation.as_ref(), statistics.as_ref());
         let rounds = manifest.rounds;
         let schedule = Schedule::of(manifest);
         // A training round's DP-SGD, and one evaluation's counts (as the final evaluation
         // releases them: every evaluation releases the same).
         let (training, _) = self.round_releases(
             config,
-            evaluation.as_ref(),
+            noise,
             schedule,
             true,
             false,
@@ -392,12 +401,21 @@ impl Hospital {
         )?;
         let (one_evaluation, _) = self.round_releases(
             config,
-            evaluation.as_ref(),
+            noise,
             schedule,
             false,
             true,
             &manifest.training.plan(rounds.saturating_add(1)),
         )?;
+        // The statistics round releases once, before every training round.
+        let statistics_release = statistics
+            .as_ref()
+            .map(|n| (1.0, n.noise_multiplier(&self.schema), 1));
+        let accountant = |next: &[(f64, f64, u64)]| {
+            epsilon_of_all(entries, next, config.delta)
+                .map(|(epsilon, _)| epsilon)
+                .map_err(|e| local_failure(format!("privacy accountant: {e}")))
+        };
         // Every training round releases the same (q, σ, steps): k of them compose as one
         // release of k·steps; the evaluations of the rounds the schedule evaluates likewise.
         let after = |trained: u64, final_evaluation: bool| -> Result<f64, DeclineReason> {
@@ -410,11 +428,10 @@ impl Hospital {
                     .filter(|&(_, _, steps)| steps > 0)
                     .collect()
             };
-            let mut next = repeated(&training, trained);
+            let mut next: Vec<(f64, f64, u64)> = statistics_release.into_iter().collect();
+            next.extend(repeated(&training, trained));
             next.extend(repeated(&one_evaluation, evaluations));
-            epsilon_of_all(entries, &next, config.delta)
-                .map(|(epsilon, _)| epsilon)
-                .map_err(|e| local_failure(format!("privacy accountant: {e}")))
+            accountant(&next)
         };
         let listed: Vec<u64> = if rounds <= LISTED_ROUNDS {
             (1..=rounds).collect()
@@ -439,7 +456,10 @@ impl Hospital {
         Ok(PrivacyForecast {
             target_epsilon: config.target_epsilon,
             delta: config.delta,
-            spent: after(0, false)?,
+            spent: accountant(&[])?,
+            statistics: statistics_release
+                .map(|release| accountant(&[release]))
+                .transpose()?,
             noise_multiplier: training
                 .iter()
                 .find(|r| r.0 == Release::Training)
@@ -605,8 +625,15 @@ impl Hospital {
         }
     }
 
-    /// Answers a statistics request with this node's count, sums and sums of squares — under
-    /// the hospital's policy.
+    /// Answers a statistics request with this node's count, sums and sums of squares on the
+    /// schema's clipping grid, and level counts — under the hospital's policy, noised and
+    /// charged to the ledger when the hospital has a `[privacy]` section (unless it turned the
+    /// statistics' noise off).
+    ///
+    /// Noised statistics are charged per release, like any noised figure, and may go into any
+    /// sum the policy allows; exact statistics (no `[privacy]`, or `noise = 0`) go into a sum over
+    /// one set of hospitals only ([`ExactFigures::Statistics`]). The values clipped into their
+    /// columns' ranges are counted in the node's log, never sent.
     pub fn handle_stats(&mut self, request: &StatsRequest) -> Message {
         let (session, round) = (request.session, request.round);
         if let Some(refused) = self.session_refusal(session, round) {
@@ -614,8 +641,14 @@ impl Hospital {
         }
         // A new request closes whatever aggregation was open: its figures never leave.
         self.secagg = None;
+        let noise = match self.privacy.as_ref().map(|p| statistics_noise(&p.config)) {
+            Some(Ok(noise)) => noise,
+            Some(Err(reason)) => return decline(session, round, reason),
+            None => None,
+        };
+        let exact = noise.is_none().then_some(ExactFigures::Statistics);
         let params = request.secure_aggregation.as_ref().map(|s| &s.params);
-        if let Err(violation) = self.admit_request(round, params, Some(&ExactFigures::Statistics)) {
+        if let Err(violation) = self.admit_request(round, params, exact.as_ref()) {
             return policy_decline(session, round, violation);
         }
         // The hospital's own rules first (their reasons are the more specific), then the plan
@@ -623,9 +656,12 @@ impl Hospital {
         if let Some(violation) = self.manifest_departure(|m| m.check_stats_request(request)) {
             return policy_decline(session, round, violation);
         }
-        let examples = &self.train.examples;
-        let values = match stats_contribution(&examples.features, examples.num_features) {
-            Ok(values) => values,
+        let entries = match self.statistics_release(round, noise.as_ref()) {
+            Ok(entries) => entries,
+            Err(reason) => return decline(session, round, reason),
+        };
+        let local = match stats_contribution(&self.schema, &self.train.examples.features) {
+            Ok(local) => local,
             Err(e) => {
                 return decline(
                     session,
@@ -634,12 +670,25 @@ impl Hospital {
                 );
             }
         };
+        log_clipped(&local.clipped);
+        let mut values = local.values;
+        if let Some(noise) = &noise {
+            // Noise, like DP-SGD's, comes from a CSPRNG seeded by the operating system.
+            let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
+            if let Err(e) = noise.apply(&self.schema, &mut values, &mut rng) {
+                return decline(
+                    session,
+                    round,
+                    local_failure(format!("statistics noise failed: {e}")),
+                );
+            }
+        }
         let encoding = VectorEncoding::new(vec![(values.len(), BlockEncoding::Wide)]);
         let figures = Figures {
             kind: ContributionKind::Stats,
             values,
-            exact: Some(ExactFigures::Statistics),
-            entries: Vec::new(),
+            exact,
+            entries,
         };
         self.send_figures(
             session,
@@ -650,6 +699,50 @@ impl Hospital {
                 .as_ref()
                 .map(|setup| (setup, encoding)),
         )
+    }
+
+    /// The ledger entry of noised statistics (none for exact ones), or why the node must
+    /// decline them: statistics that would take it past its budget are refused before anything
+    /// is computed.
+    fn statistics_release(
+        &self,
+        round: u64,
+        noise: Option<&StatisticsNoise>,
+    ) -> Result<Vec<LedgerEntry>, DeclineReason> {
+        let (Some(noise), Some(privacy)) = (noise, &self.privacy) else {
+            return Ok(Vec::new());
+        };
+        let config = &privacy.config;
+        let noise_multiplier = noise.noise_multiplier(&self.schema);
+        let (epsilon_after, _) = privacy
+            .ledger
+            .epsilon_with(&[(1.0, noise_multiplier, 1)], config.delta)
+            .map_err(|e| local_failure(format!("privacy accountant: {e}")))?;
+        if epsilon_after > config.target_epsilon {
+            tracing::warn!(
+                epsilon_after,
+                target_epsilon = config.target_epsilon,
+                delta = config.delta,
+                "declining: the noised statistics would take the hospital past its privacy budget"
+            );
+            return Err(DeclineReason::BudgetSpent);
+        }
+        Ok(vec![LedgerEntry {
+            time_ms: now_ms(),
+            round,
+            release: Release::Statistics,
+            steps: 1,
+            sample_rate: 1.0,
+            noise_multiplier,
+            delta: config.delta,
+            epsilon_after,
+        }])
+    }
+
+    /// How many values of each numeric column of the training split lie outside the schema's
+    /// range, and are clipped into it in the statistics: for the hospital's own eyes.
+    pub fn clipped_values(&self) -> Result<Vec<ClippedValues>, StatsError> {
+        stats_contribution(&self.schema, &self.train.examples.features).map(|s| s.clipped)
     }
 
     /// Checks a request against the hospital's policy before anything is computed: how the
@@ -1047,7 +1140,7 @@ impl Hospital {
                     // A training entry records the noisy steps actually taken.
                     steps: match planned.release {
                         Release::Training => steps,
-                        Release::EvaluationCounts => planned.steps,
+                        Release::EvaluationCounts | Release::Statistics => planned.steps,
                     },
                     sample_rate: planned.sample_rate,
                     noise_multiplier: planned.noise_multiplier,
@@ -1119,7 +1212,7 @@ impl Hospital {
         seed: u64,
     ) -> Result<Option<EvalMetrics>, LocalOnlyError> {
         let train = &self.train.examples;
-        let sums = stats_contribution(&train.features, train.num_features)?;
+        let sums = stats_contribution(&self.schema, &train.features)?.values;
         let standardization = Standardization::from_summed_stats(&self.schema, &sums)?;
         let spec = ModelSpec {
             kind,
@@ -1293,6 +1386,27 @@ fn admit_sum(
         tracing::warn!(error = %e, "refusing this survivor set");
         PolicyViolation::AlreadyReleased
     })
+}
+
+/// The statistics' noise under the hospital's privacy policy; `None` when it turned it off.
+fn statistics_noise(config: &PrivacyConfig) -> Result<Option<StatisticsNoise>, DeclineReason> {
+    config
+        .statistics
+        .noise()
+        .map_err(|e| local_failure(format!("privacy.statistics: {e}")))
+}
+
+/// Logs, for the hospital's eyes only, the values the statistics clipped into their columns'
+/// ranges.
+fn log_clipped(clipped: &[ClippedValues]) {
+    for column in clipped.iter().filter(|c| c.total() > 0) {
+        tracing::info!(
+            column = %column.column,
+            below = column.below,
+            above = column.above,
+            "values outside the schema's range, clipped into it in the statistics (these counts are not sent)"
+        );
+    }
 }
 
 /// The evaluation counts' noise, when the hospital turned it on.

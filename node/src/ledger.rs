@@ -16,7 +16,8 @@ use crate::journal::{Journal, JournalError};
 /// File name of the ledger inside the node's state folder.
 pub const LEDGER_FILE: &str = "privacy-ledger.jsonl";
 
-/// One private release: a round's noisy training steps, or a round's noised evaluation counts.
+/// One private release: a round's noisy training steps, a round's noised evaluation counts, or
+/// the noised statistics.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LedgerEntry {
     /// When it was recorded, Unix milliseconds.
@@ -48,14 +49,19 @@ pub enum Release {
     /// The round's evaluation counts with discrete Gaussian noise: one Gaussian-mechanism step
     /// at sampling rate 1 and noise multiplier σ/Δ (see `medfed_protocol::eval_release`).
     EvaluationCounts,
+    /// The statistics round's figures with discrete Gaussian noise: one Gaussian-mechanism
+    /// step at sampling rate 1 and noise multiplier σ/Δ (see `medfed_protocol::stats_release`).
+    Statistics,
 }
 
 impl Release {
-    /// The name written in the ledger and printed: `training` or `evaluation_counts`.
+    /// The name written in the ledger and printed: `training`, `evaluation_counts` or
+    /// `statistics`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Training => "training",
             Self::EvaluationCounts => "evaluation_counts",
+            Self::Statistics => "statistics",
         }
     }
 }
@@ -176,6 +182,14 @@ mod tests {
         let text = serde_json::to_string(&eval).unwrap();
         assert!(text.contains(r#""release":"evaluation_counts""#), "{text}");
         assert_eq!(serde_json::from_str::<LedgerEntry>(&text).unwrap(), eval);
+        let stats = LedgerEntry {
+            release: Release::Statistics,
+            ..eval
+        };
+        let text = serde_json::to_string(&stats).unwrap();
+        assert!(text.contains(r#""release":"statistics""#), "{text}");
+        assert_eq!(serde_json::from_str::<LedgerEntry>(&text).unwrap(), stats);
+        assert_eq!(Release::Statistics.as_str(), "statistics");
     }
 
     #[test]

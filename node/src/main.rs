@@ -153,12 +153,22 @@ fn run_cli() -> anyhow::Result<ExitCode> {
                     target_epsilon = privacy.target_epsilon,
                     delta = privacy.delta,
                     spent,
+                    statistics_noise = privacy.statistics.noise,
                     "DP-SGD on"
                 ),
                 _ => tracing::warn!("no [privacy] section: training is NOT differentially private"),
             }
             let (train, held_out) = hospital.sizes();
             tracing::info!(train, held_out, csv = %config.data.csv.display(), "data validated");
+            // For the hospital's eyes only: what the statistics round will clip (never sent).
+            for clipped in hospital.clipped_values()?.iter().filter(|c| c.total() > 0) {
+                tracing::info!(
+                    column = %clipped.column,
+                    below = clipped.below,
+                    above = clipped.above,
+                    "training values outside the schema's range: the statistics clip them (these counts are not sent)"
+                );
+            }
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let outcome = runtime.block_on(run(&config, hospital))?;

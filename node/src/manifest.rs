@@ -35,6 +35,8 @@ pub struct PrivacyForecast {
     pub delta: f64,
     /// ε spent before the task.
     pub spent: f64,
+    /// ε spent once the task's noised statistics count; `None` when they leave exact.
+    pub statistics: Option<f64>,
     /// DP-SGD's noise multiplier in the task's training rounds.
     pub noise_multiplier: Option<f64>,
     /// ε after each listed round, in order (the final evaluation last, when planned).
@@ -44,7 +46,10 @@ pub struct PrivacyForecast {
 impl PrivacyForecast {
     /// ε after the whole task.
     pub fn total(&self) -> f64 {
-        self.rounds.last().map_or(self.spent, |r| r.epsilon_after)
+        self.rounds.last().map_or_else(
+            || self.statistics.unwrap_or(self.spent),
+            |r| r.epsilon_after,
+        )
     }
 }
 
@@ -249,6 +254,7 @@ negative = ["0"]
 [[columns]]
 name = "age"
 type = "numeric"
+range = [0, 120]
 [[columns]]
 name = "sex"
 type = "categorical"

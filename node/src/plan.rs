@@ -156,13 +156,15 @@ pub fn forecast(
         round: 0,
         kind: "statistics",
         figures: vec![FigureCount {
-            what: "statistics (count, sums, sums of squares)",
+            what: "statistics (count, sums and sums of squares, level counts)",
             count: releases.statistics_figures,
         }],
         total_figures: releases.statistics_figures,
         wire_bytes: stats_bytes,
-        epsilon_after: privacy.as_ref().map(|p| p.spent),
-        epsilon_round: privacy.as_ref().map(|_| 0.0),
+        epsilon_after: privacy.as_ref().map(|p| p.statistics.unwrap_or(p.spent)),
+        epsilon_round: privacy
+            .as_ref()
+            .map(|p| p.statistics.map_or(0.0, |after| after - p.spent)),
     });
     let round_exchange = |round: u64, train: bool, epsilon_after: Option<f64>| {
         let evaluate = releases.evaluates(round, train);

@@ -186,6 +186,7 @@ negative = ["0"]
 [[columns]]
 name = "age"
 type = "numeric"
+range = [0, 120]
 [[columns]]
 name = "sex"
 type = "categorical"

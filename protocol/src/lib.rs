@@ -30,5 +30,6 @@ pub mod report;
 pub mod schema;
 pub mod secagg;
 pub mod stats;
+pub mod stats_release;
 pub mod task;
 pub mod transfer;

@@ -241,8 +241,9 @@ pub enum RefusalReason {
     },
 }
 
-/// Request for the node's federated-statistics contribution (per-feature count, sum and sum of
-/// squares over its training split).
+/// Request for the node's federated-statistics contribution over its training split: the count,
+/// each numeric column's sum and sum of squares on its clipping grid, and each categorical
+/// level's count, all integers, noised when the node noises them (see [`crate::stats`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatsRequest {
     /// Coordinator run.
@@ -334,7 +335,8 @@ pub struct RoundStart {
 /// What kind of vector a [`Contribution`] carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContributionKind {
-    /// Federated statistics (`[n, sums…, sums of squares…]`).
+    /// Federated statistics (`[n, sums…, sums of squares…, level counts…]`, integers; see
+    /// [`crate::stats::StatsLayout`]).
     Stats,
     /// Round vector: evaluation counts, then (when training) the weighted update and its weight.
     Round,
@@ -379,7 +381,7 @@ pub struct Contribution {
 /// instead.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PlainFigures {
-    /// Exact `f64`: statistics, whose sums of squares need the precision.
+    /// Exact `f64`: statistics, whose integer sums of squares can exceed `f32`'s exact range.
     Double(Vec<f64>),
     /// `f32`: round vectors. Their counts are small integers, exact in `f32`, and the update
     /// is computed from `f32` parameters.

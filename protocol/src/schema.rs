@@ -14,6 +14,7 @@
 //! [[columns]]
 //! name = "age"
 //! type = "numeric"
+//! range = [20, 90]                  # the clipping range of the statistics round
 //! [[columns]]
 //! name = "sex"
 //! type = "categorical"
@@ -23,6 +24,12 @@
 //! Encoded features follow the declaration order of `columns`: a numeric column gives one feature
 //! named after the column, a categorical column one one-hot feature per level, named
 //! `column=level`. [`Schema::digest`] lets the parties check that they hold the same schema.
+//!
+//! Every numeric column declares its `range = [low, high]`: the statistics round clips each value
+//! into it before it is counted (see [`crate::stats`]), so the range bounds what one patient can
+//! add to the sums, and with it the noise a node needs for a differentially private release. The
+//! range is required, not defaulted: no default fits every column, and one that clipped silently
+//! would distort the standardisation. It clips only the statistics, never the training data.
 //!
 //! An intersection of two sensitive attributes is audited as one more attribute, named
 //! `a×b` (see [`intersection_name`]), whose groups are the pairs of the two attributes' groups,
@@ -82,12 +89,60 @@ pub struct Column {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ColumnKind {
     /// A number, encoded as one feature.
-    Numeric,
+    Numeric {
+        /// The range its values are clipped into for the statistics round.
+        range: ClipRange,
+    },
     /// One of a fixed list of values, encoded one-hot with one feature per level.
     Categorical {
         /// The allowed cell values, in encoding order.
         levels: Vec<String>,
     },
+}
+
+/// The declared range `[low, high]` of a numeric column, `low < high`, both finite and within
+/// `f32`'s range (the features are `f32`). Build it with [`ClipRange::new`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClipRange {
+    low: f64,
+    high: f64,
+}
+
+// Both bounds are finite (never NaN), so equality is reflexive.
+impl Eq for ClipRange {}
+
+impl ClipRange {
+    /// The range `[low, high]`, or why it is not one: both finite, within `f32`'s range, and
+    /// `low < high`.
+    pub fn new(low: f64, high: f64) -> Result<Self, &'static str> {
+        let limit = f64::from(f32::MAX);
+        if !(low.is_finite() && high.is_finite()) || low.abs() > limit || high.abs() > limit {
+            return Err("both bounds must be finite numbers within f32's range");
+        }
+        if low >= high {
+            return Err("the low bound must be below the high bound");
+        }
+        // `+ 0.0` turns −0 into +0, so that equal ranges have equal bits (and digests).
+        Ok(Self {
+            low: low + 0.0,
+            high: high + 0.0,
+        })
+    }
+
+    /// The low bound.
+    pub fn low(&self) -> f64 {
+        self.low
+    }
+
+    /// The high bound.
+    pub fn high(&self) -> f64 {
+        self.high
+    }
+
+    /// `high − low`.
+    pub fn width(&self) -> f64 {
+        self.high - self.low
+    }
 }
 
 /// The label column and the raw cell values that mean each class.
@@ -149,6 +204,28 @@ pub enum SchemaError {
     /// A categorical level is empty (an empty cell is a missing value, never a level).
     #[error("categorical column \"{column}\" has an empty level")]
     EmptyLevel {
+        /// The column.
+        column: String,
+    },
+    /// A numeric column declares no `range`.
+    #[error("numeric column \"{column}\" declares no range; add `range = [low, high]`")]
+    MissingRange {
+        /// The column.
+        column: String,
+    },
+    /// A numeric column's `range` is not two increasing finite numbers.
+    #[error("numeric column \"{column}\": range {range}: {reason}")]
+    BadRange {
+        /// The column.
+        column: String,
+        /// The range as read, e.g. `[600.0, 0.0]`.
+        range: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A categorical column carries a `range`.
+    #[error("categorical column \"{column}\" has a range; only numeric columns take one")]
+    RangeOnCategorical {
         /// The column.
         column: String,
     },
@@ -232,7 +309,7 @@ impl Schema {
         let mut names = Vec::with_capacity(self.num_features());
         for column in &self.columns {
             match &column.kind {
-                ColumnKind::Numeric => names.push(column.name.clone()),
+                ColumnKind::Numeric { .. } => names.push(column.name.clone()),
                 ColumnKind::Categorical { levels } => names.extend(
                     levels
                         .iter()
@@ -248,10 +325,16 @@ impl Schema {
         self.columns.iter().map(Column::width).sum()
     }
 
-    /// The length of one node's federated-statistics vector: `1 + 2 × num_features`
-    /// (see [`crate::stats::stats_contribution`]).
+    /// The length of one node's federated-statistics vector: the count, a sum and a sum of
+    /// squares per numeric column, a count per categorical level and the noise's variance —
+    /// `2 + num_features + (numeric columns)` (see [`crate::stats::stats_contribution`]).
     pub fn stats_len(&self) -> usize {
-        1 + 2 * self.num_features()
+        let numeric = self
+            .columns
+            .iter()
+            .filter(|c| matches!(c.kind, ColumnKind::Numeric { .. }))
+            .count();
+        2 + self.num_features() + numeric
     }
 
     /// The intersections of two sensitive attributes that the audit also reports on, in
@@ -385,8 +468,9 @@ impl Schema {
     /// It covers a canonical encoding, not the TOML text: whitespace, comments, key order and the
     /// order of `drop` and of each label class list do not change it; the order of `columns`, of
     /// each column's levels, of `sensitive` and of `intersections` does, because it shapes the
-    /// encoding and the audit. A schema without intersections has the digest it had before
-    /// intersections existed.
+    /// encoding and the audit, and so does each numeric column's range (the bits of its two
+    /// bounds), because it shapes the statistics. A schema without intersections has the digest
+    /// it would have had before intersections existed.
     pub fn digest(&self) -> [u8; 32] {
         let mut bytes = Vec::new();
         put_str(&mut bytes, DIGEST_DOMAIN);
@@ -394,7 +478,11 @@ impl Schema {
         for column in &self.columns {
             put_str(&mut bytes, &column.name);
             match &column.kind {
-                ColumnKind::Numeric => bytes.push(0),
+                ColumnKind::Numeric { range } => {
+                    bytes.push(0);
+                    bytes.extend_from_slice(&range.low.to_bits().to_be_bytes());
+                    bytes.extend_from_slice(&range.high.to_bits().to_be_bytes());
+                }
                 ColumnKind::Categorical { levels } => {
                     bytes.push(1);
                     put_list(&mut bytes, levels.iter());
@@ -440,10 +528,18 @@ impl Column {
         &self.kind
     }
 
+    /// The clipping range of a numeric column; `None` for a categorical one.
+    pub fn range(&self) -> Option<ClipRange> {
+        match &self.kind {
+            ColumnKind::Numeric { range } => Some(*range),
+            ColumnKind::Categorical { .. } => None,
+        }
+    }
+
     /// The number of encoded features this column gives.
     pub fn width(&self) -> usize {
         match &self.kind {
-            ColumnKind::Numeric => 1,
+            ColumnKind::Numeric { .. } => 1,
             ColumnKind::Categorical { levels } => levels.len(),
         }
     }
@@ -481,14 +577,14 @@ impl Label {
 impl fmt::Display for ColumnKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Numeric => f.write_str("numeric"),
+            Self::Numeric { .. } => f.write_str("numeric"),
             Self::Categorical { .. } => f.write_str("categorical"),
         }
     }
 }
 
 /// Separates this encoding from any other use of SHA-256; bump it if the encoding changes.
-const DIGEST_DOMAIN: &str = "medfed-schema-v1";
+const DIGEST_DOMAIN: &str = "medfed-schema-v2";
 
 /// The schema as written, before validation.
 #[derive(Deserialize)]
@@ -524,6 +620,8 @@ struct RawColumn {
     #[serde(rename = "type")]
     kind: RawKind,
     levels: Option<Vec<String>>,
+    /// `[low, high]` of a numeric column.
+    range: Option<Vec<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -573,7 +671,7 @@ impl RawSchema {
             let numeric_sensitive = self.sensitive.contains(name)
                 && columns
                     .iter()
-                    .any(|c| &c.name == name && c.kind == ColumnKind::Numeric);
+                    .any(|c| &c.name == name && matches!(c.kind, ColumnKind::Numeric { .. }));
             if !numeric_sensitive {
                 return Err(SchemaError::BadBands {
                     name: name.clone(),
@@ -591,7 +689,7 @@ impl RawSchema {
         for name in &self.sensitive {
             let numeric = columns
                 .iter()
-                .any(|c| &c.name == name && c.kind == ColumnKind::Numeric);
+                .any(|c| &c.name == name && matches!(c.kind, ColumnKind::Numeric { .. }));
             if numeric && !self.bands.contains_key(name) {
                 return Err(SchemaError::BadBands {
                     name: name.clone(),
@@ -669,9 +767,30 @@ fn validate_intersections(
 impl RawColumn {
     fn validate(self) -> Result<Column, SchemaError> {
         let kind = match (self.kind, self.levels) {
-            (RawKind::Numeric, None) => ColumnKind::Numeric,
+            (RawKind::Numeric, None) => {
+                let Some(range) = self.range else {
+                    return Err(SchemaError::MissingRange { column: self.name });
+                };
+                let checked = match range.as_slice() {
+                    [low, high] => ClipRange::new(*low, *high),
+                    _ => Err("a range is two numbers, [low, high]"),
+                };
+                match checked {
+                    Ok(range) => ColumnKind::Numeric { range },
+                    Err(reason) => {
+                        return Err(SchemaError::BadRange {
+                            column: self.name,
+                            range: format!("{range:?}"),
+                            reason,
+                        });
+                    }
+                }
+            }
             (RawKind::Numeric, Some(_)) => {
                 return Err(SchemaError::LevelsOnNumeric { column: self.name });
+            }
+            (RawKind::Categorical, _) if self.range.is_some() => {
+                return Err(SchemaError::RangeOnCategorical { column: self.name });
             }
             (RawKind::Categorical, levels) => {
                 let levels = levels.unwrap_or_default();
@@ -760,6 +879,7 @@ negative = ["0"]
 [[columns]]
 name = "age"
 type = "numeric"
+range = [20, 90]
 [[columns]]
 name = "sex"
 type = "categorical"
@@ -767,6 +887,7 @@ levels = ["Female", "Male"]
 [[columns]]
 name = "chol"
 type = "numeric"
+range = [0, 600]
 [bands]
 age = [40, 60]
 "#;
@@ -783,7 +904,13 @@ age = [40, 60]
             ["age", "sex=Female", "sex=Male", "chol"]
         );
         assert_eq!(schema.num_features(), 4);
-        assert_eq!(schema.stats_len(), 9);
+        // n, a sum and a sum of squares for age and chol, a count for each sex, the noise.
+        assert_eq!(schema.stats_len(), 8);
+        assert_eq!(
+            schema.columns()[0].range(),
+            Some(ClipRange::new(20.0, 90.0).unwrap())
+        );
+        assert_eq!(schema.columns()[1].range(), None);
         assert_eq!(schema.columns().len(), 3);
         assert_eq!(schema.columns()[1].width(), 2);
         assert_eq!(schema.label().column(), "num");
@@ -891,6 +1018,51 @@ age = [40, 60]
     }
 
     #[test]
+    fn numeric_ranges_are_required_and_checked_and_named() {
+        let text = HEART.replace("range = [0, 600]\n", "");
+        let err = parse_err(&text);
+        assert_eq!(
+            err,
+            SchemaError::MissingRange {
+                column: "chol".into()
+            }
+        );
+        assert!(err.to_string().contains("\"chol\""), "{err}");
+        for (range, reason) in [
+            ("[600, 0]", "below"),
+            ("[5, 5]", "below"),
+            ("[0]", "two numbers"),
+            ("[0, 1, 2]", "two numbers"),
+            ("[0, 1e39]", "f32"),
+            ("[-inf, 0]", "finite"),
+            ("[nan, 1]", "finite"),
+        ] {
+            let err = parse_err(&HEART.replace("[0, 600]", range));
+            assert!(
+                matches!(&err, SchemaError::BadRange { column, .. } if column == "chol"),
+                "{range}: {err:?}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.contains("\"chol\"") && message.contains(reason),
+                "{range}: {message}"
+            );
+        }
+        let text = HEART.replace(
+            "levels = [\"Female\", \"Male\"]",
+            "levels = [\"Female\", \"Male\"]\nrange = [0, 1]",
+        );
+        assert_eq!(
+            parse_err(&text),
+            SchemaError::RangeOnCategorical {
+                column: "sex".into()
+            }
+        );
+        let text = HEART.replace("range = [0, 600]", "range = \"wide\"");
+        assert!(matches!(parse_err(&text), SchemaError::Syntax { .. }));
+    }
+
+    #[test]
     fn label_classes_are_checked() {
         let text = HEART.replace("positive = [\"1\", \"2\", \"3\", \"4\"]", "positive = []");
         assert_eq!(
@@ -940,6 +1112,7 @@ sensitive = [ "sex" , "age" ]
 drop = ["dataset", "id"]   # order of drop does not matter
 
 [[columns]]
+range = [20.0, 90]
 type = "numeric"
 name = "age"
 
@@ -954,6 +1127,7 @@ type = "categorical"
 [[columns]]
 name = "chol"
 type = "numeric"
+range = [-0.0, 6e2]
 
 [label]
 negative = ["0"]
@@ -981,9 +1155,11 @@ age = [40.0, 60.0]
                 .replace("[bands]\nage = [40, 60]\n", ""),
             HEART.replace("age = [40, 60]", "age = [40, 65]"),
             HEART.replace(
-                "name = \"chol\"\ntype = \"numeric\"",
+                "name = \"chol\"\ntype = \"numeric\"\nrange = [0, 600]",
                 "name = \"chol\"\ntype = \"categorical\"\nlevels = [\"hi\"]",
             ),
+            HEART.replace("range = [0, 600]", "range = [0, 601]"),
+            HEART.replace("range = [20, 90]", "range = [19.5, 90]"),
         ];
         for text in &changes {
             let other = Schema::parse(text).unwrap().digest();

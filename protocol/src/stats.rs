@@ -1,61 +1,273 @@
 //! Federated feature statistics: how the consortium learns the means and spreads it standardises
-//! features with, from sums alone.
+//! features with, from sums of integers alone.
 //!
 //! ```text
-//!  node A: stats_contribution(rows_A) ─┐
-//!  node B: stats_contribution(rows_B) ─┼─▶ element-wise SUM ─▶ Standardization::from_summed_stats
-//!  node C: stats_contribution(rows_C) ─┘   (secure aggregation)  FederatedSummary::from_summed_stats
+//!  node A: stats_contribution(rows_A) [+ noise] ─┐
+//!  node B: stats_contribution(rows_B) [+ noise] ─┼─▶ element-wise SUM ─▶ Standardization::from_summed_stats
+//!  node C: stats_contribution(rows_C) [+ noise] ─┘   (secure aggregation)  FederatedSummary::from_summed_stats
 //! ```
 //!
-//! A contribution is `[n, sum_0 … sum_{F-1}, sumsq_0 … sumsq_{F-1}]` over the `F` encoded
-//! features. The coordinator only ever needs the element-wise sum of the contributions, so secure
-//! aggregation can hide each one. The count of a categorical level is the sum of its one-hot
-//! feature.
+//! # The contribution
 //!
-//! Variances come from `E[x²] − E[x]²` in `f64`, the only form a plain sum allows; a spread that
-//! is lost in rounding against the feature's magnitude is treated as a constant feature.
+//! A node's contribution is a vector of integers (carried as `f64`, which holds them exactly),
+//! laid out by [`StatsLayout`] over the schema's `N` numeric columns and `L` categorical levels,
+//! and one last entry that is not data:
+//!
+//! ```text
+//!  [ n | S_0 … S_{N-1} | Q_0 … Q_{N-1} | c_0 … c_{L-1} | v ]
+//! ```
+//!
+//! `n` counts the rows. Each value `x` of numeric column `j`, whose schema range is
+//! `[lo, hi]`, is clipped into the range and rounded onto a grid of `K + 1` points
+//! ([`STATS_STEPS`] `= K`) centred on the range's midpoint:
+//!
+//! ```text
+//!  u = round((clamp(x, lo, hi) − lo) / (hi − lo) · K) − K/2      an integer in [−K/2, K/2]
+//!  S_j = Σ u        Q_j = Σ u²
+//! ```
+//!
+//! `c_l` counts the rows whose one-hot feature for level `l` is set (columns in schema order,
+//! each column's levels in order); a row counts towards at most one level of each column. The
+//! sum of squares of a one-hot feature equals its sum, so it is not sent. `v` is the variance σ²
+//! of the noise the node added to its counts (0 for exact statistics, see
+//! [`crate::stats_release`]): summed, it tells the coordinator how much noise the pooled counts
+//! carry ([`FederatedSummary::count_noise`]), which it needs to tell noise from a false count.
+//!
+//! Integers sum exactly, under secure aggregation too (the wide encoding holds a node's
+//! integers exactly up to 2^36: `Q_j ≤ n·K²/4` stays below it up to four million rows). Centring
+//! the grid halves the largest `|u|` and quarters the largest `u²`, which set how much noise a
+//! differentially private release of the vector needs ([`crate::stats_release`]).
+//!
+//! Values outside the range are clipped, and counted per column ([`ClippedValues`]) for the
+//! node's own log; the counts never leave it. The range clips only the statistics, never the
+//! data the node trains on.
+//!
+//! # Decoding
+//!
+//! The coordinator decodes the element-wise sum over nodes, exact or noised, robustly. With
+//! `ŵ = (hi − lo)/K` the grid step:
+//!
+//! ```text
+//!  mean_u = clamp(S/n, −K/2, K/2)            mean = lo + (mean_u + K/2)·ŵ     (inside [lo, hi])
+//!  var_u  = clamp(Q/n − mean_u², 0, K²/4)    std  = sqrt(var_u)·ŵ
+//!  count  = max(round(c), 0)
+//! ```
+//!
+//! A summed `n` below 1 is an error ([`StatsError::NoExamples`]). Noise can push a variance to
+//! zero, and dividing by its root would blow the feature up, so the [`Standardization`]'s
+//! standard deviation is at least `(hi − lo) /` [`STD_FLOOR_DIVISOR`]: a value inside the range
+//! then standardises to at most 32 in magnitude. The [`FederatedSummary`] reports the spread
+//! without the floor.
+//!
+//! From exact statistics, the decoded mean and standard deviation are those of the clipped
+//! values rounded onto the grid: each within `ŵ/2` of the clipped values' own (rounding moves
+//! each value by at most `ŵ/2`).
 
 use std::fmt;
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{ColumnKind, Schema};
+use crate::schema::{ClipRange, ColumnKind, Schema};
 
-/// Computes one node's statistics contribution from its encoded features (row-major,
-/// `num_features` per row): `[n, sum_0 … sum_{F-1}, sumsq_0 … sumsq_{F-1}]`.
-///
-/// The result has `1 + 2 × num_features` entries ([`Schema::stats_len`]).
-pub fn stats_contribution(features: &[f32], num_features: usize) -> Result<Vec<f64>, StatsError> {
+/// Grid steps `K` across a numeric column's range: a value is rounded to one of `K + 1` points.
+pub const STATS_STEPS: u32 = 256;
+
+/// The standardisation's standard deviation of a numeric column is at least its range's width
+/// divided by this.
+pub const STD_FLOOR_DIVISOR: f64 = 32.0;
+
+/// Where each part of a statistics vector lies, for a schema with `numeric` numeric columns and
+/// `levels` categorical levels in all: `[n | sums | sums of squares | level counts | noise
+/// variance]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatsLayout {
+    /// Numeric columns `N`.
+    pub numeric: usize,
+    /// Categorical levels `L`, over every categorical column.
+    pub levels: usize,
+    /// Categorical columns.
+    pub categorical: usize,
+}
+
+impl StatsLayout {
+    /// The layout of `schema`'s statistics.
+    pub fn of(schema: &Schema) -> Self {
+        let mut layout = Self {
+            numeric: 0,
+            levels: 0,
+            categorical: 0,
+        };
+        for column in schema.columns() {
+            match column.kind() {
+                ColumnKind::Numeric { .. } => layout.numeric += 1,
+                ColumnKind::Categorical { levels } => {
+                    layout.categorical += 1;
+                    layout.levels += levels.len();
+                }
+            }
+        }
+        layout
+    }
+
+    /// Entries of the vector: `2 + 2N + L` ([`Schema::stats_len`]).
+    pub fn len(&self) -> usize {
+        2 + 2 * self.numeric + self.levels
+    }
+
+    /// Whether the vector is empty: never, it always holds `n`.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Position of `n`.
+    pub const COUNT: usize = 0;
+
+    /// Positions of the sums `S_j`.
+    pub fn sums(&self) -> Range<usize> {
+        1..1 + self.numeric
+    }
+
+    /// Positions of the sums of squares `Q_j`.
+    pub fn squares(&self) -> Range<usize> {
+        1 + self.numeric..1 + 2 * self.numeric
+    }
+
+    /// Positions of the level counts `c_l`.
+    pub fn level_counts(&self) -> Range<usize> {
+        1 + 2 * self.numeric..self.noise()
+    }
+
+    /// Position of the noise variance `v`, the last.
+    pub fn noise(&self) -> usize {
+        1 + 2 * self.numeric + self.levels
+    }
+}
+
+/// One node's statistics before they leave: the vector to send, and what was clipped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalStatistics {
+    /// `[n | sums | sums of squares | level counts | 0]`, integers ([`StatsLayout`]).
+    pub values: Vec<f64>,
+    /// Per numeric column, in schema order, how many values lay outside its range. For the
+    /// node's own log: never sent.
+    pub clipped: Vec<ClippedValues>,
+}
+
+/// How many values of one numeric column lay outside its range and were clipped into it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClippedValues {
+    /// The column.
+    pub column: String,
+    /// Values below the range's low bound (clipped up to it).
+    pub below: u64,
+    /// Values above the range's high bound (clipped down to it).
+    pub above: u64,
+}
+
+impl ClippedValues {
+    /// Values clipped in all.
+    pub fn total(&self) -> u64 {
+        self.below + self.above
+    }
+}
+
+impl fmt::Display for ClippedValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} below, {} above",
+            self.column, self.below, self.above
+        )
+    }
+}
+
+/// Computes one node's statistics from its encoded features (row-major,
+/// `schema.num_features()` per row, as the node's encoding makes them): the integer vector of
+/// the [module docs](self) and the count of clipped values per numeric column.
+pub fn stats_contribution(
+    schema: &Schema,
+    features: &[f32],
+) -> Result<LocalStatistics, StatsError> {
+    let num_features = schema.num_features();
     if num_features == 0 || !features.len().is_multiple_of(num_features) {
         return Err(StatsError::RaggedFeatures {
             len: features.len(),
             num_features,
         });
     }
-    let mut out = vec![0.0; 1 + 2 * num_features];
-    let (n, rest) = out.split_at_mut(1);
-    let (sums, sumsqs) = rest.split_at_mut(num_features);
-    for row in features.chunks_exact(num_features) {
-        n[0] += 1.0;
-        for ((sum, sumsq), &x) in sums.iter_mut().zip(sumsqs.iter_mut()).zip(row) {
-            let x = f64::from(x);
-            *sum += x;
-            *sumsq += x * x;
+    let layout = StatsLayout::of(schema);
+    let mut values = vec![0.0; layout.len()];
+    let mut clipped: Vec<ClippedValues> = schema
+        .columns()
+        .iter()
+        .filter(|c| c.range().is_some())
+        .map(|c| ClippedValues {
+            column: c.name().to_owned(),
+            below: 0,
+            above: 0,
+        })
+        .collect();
+    // Integer accumulators: exact whatever the row count.
+    let mut sums = vec![0i64; layout.numeric];
+    let mut squares = vec![0i64; layout.numeric];
+    let mut counts = vec![0u64; layout.levels];
+    for (row, cells) in features.chunks_exact(num_features).enumerate() {
+        let (mut feature, mut numeric, mut level) = (0, 0, 0);
+        for column in schema.columns() {
+            match column.kind() {
+                ColumnKind::Numeric { range } => {
+                    let x = f64::from(cells[feature]);
+                    if !x.is_finite() {
+                        return Err(StatsError::NonFiniteFeature { row, feature });
+                    }
+                    let tally = &mut clipped[numeric];
+                    if x < range.low() {
+                        tally.below += 1;
+                    } else if x > range.high() {
+                        tally.above += 1;
+                    }
+                    let u = grid_point(x, range);
+                    sums[numeric] += u;
+                    squares[numeric] += u * u;
+                    numeric += 1;
+                }
+                ColumnKind::Categorical { levels } => {
+                    let one_hot = &cells[feature..feature + levels.len()];
+                    // At most one level a row, whatever the features hold.
+                    if let Some(set) = one_hot.iter().position(|&v| v > 0.5) {
+                        counts[level + set] += 1;
+                    }
+                    level += levels.len();
+                }
+            }
+            feature += column.width();
         }
     }
-    Ok(out)
+    values[StatsLayout::COUNT] = (features.len() / num_features) as f64;
+    for (out, v) in values[layout.sums()].iter_mut().zip(&sums) {
+        *out = *v as f64;
+    }
+    for (out, v) in values[layout.squares()].iter_mut().zip(&squares) {
+        *out = *v as f64;
+    }
+    for (out, v) in values[layout.level_counts()].iter_mut().zip(&counts) {
+        *out = *v as f64;
+    }
+    Ok(LocalStatistics { values, clipped })
 }
 
 /// The smallest standard deviation [`Standardization::validate`] accepts.
 ///
 /// Dividing by less would blow a feature's ordinary spread up by more than 10¹², to the edge of
 /// `f32` (about 3·10³⁸) for values of a few units; no encoded clinical feature has a spread this
-/// small, and [`Standardization::from_summed_stats`] gives a feature whose spread is below it a
-/// std of 1, as it does a constant one.
+/// small. [`Standardization::from_summed_stats`] never derives one: its floor is a share of the
+/// column's range ([`STD_FLOOR_DIVISOR`]), and never below this.
 pub const MIN_STD: f32 = 1e-12;
 
 /// Per-feature shift and scale that make numeric features zero-mean and unit-variance across the
-/// whole consortium. One-hot features keep mean 0 and std 1, so they are left untouched.
+/// whole consortium (as far as the statistics' noise allows). One-hot features keep mean 0 and
+/// std 1, so they are left untouched.
 ///
 /// A node receives it from the coordinator, so it checks it with [`Self::validate`] before
 /// applying it.
@@ -95,6 +307,11 @@ pub struct FederatedSummary {
     pub numeric: Vec<NumericSummary>,
     /// Count of each level of each categorical column, in schema order.
     pub categorical: Vec<CategoricalSummary>,
+    /// Standard deviation of the noise the nodes added to `n` and to each level count, the
+    /// root of their summed σ² (0: exact statistics; summaries stored before it existed read
+    /// as 0).
+    #[serde(default)]
+    pub count_noise: f64,
 }
 
 /// Pooled mean and spread of one numeric column.
@@ -102,9 +319,10 @@ pub struct FederatedSummary {
 pub struct NumericSummary {
     /// The column's name.
     pub column: String,
-    /// Mean over all examples.
+    /// Mean over all examples, of the clipped values rounded onto the grid; inside the range.
     pub mean: f64,
-    /// Population standard deviation over all examples (0 for a constant column).
+    /// Population standard deviation over all examples (0 for a constant column), of the
+    /// clipped values rounded onto the grid.
     pub std: f64,
 }
 
@@ -115,7 +333,8 @@ pub struct CategoricalSummary {
     pub column: String,
     /// The levels, in schema order.
     pub levels: Vec<String>,
-    /// Number of examples with each level, parallel to `levels`.
+    /// Number of examples with each level, parallel to `levels` (a noised count below 0 reads
+    /// as 0).
     pub counts: Vec<u64>,
 }
 
@@ -131,6 +350,14 @@ pub enum StatsError {
         /// The row width asked for.
         num_features: usize,
     },
+    /// A numeric feature is NaN or infinite.
+    #[error("row {row}, encoded feature {feature}: the value is not a finite number")]
+    NonFiniteFeature {
+        /// The row, from 0.
+        row: usize,
+        /// Position of the feature among the encoded features.
+        feature: usize,
+    },
     /// The summed vector's length does not match the schema.
     #[error("summed statistics have {found} entries, the schema needs {expected}")]
     LengthMismatch {
@@ -139,7 +366,7 @@ pub enum StatsError {
         /// The length received.
         found: usize,
     },
-    /// The summed count of examples is zero (or not positive).
+    /// The summed count of examples is below one.
     #[error("summed statistics count {n} examples; at least one is needed")]
     NoExamples {
         /// The summed count.
@@ -175,39 +402,37 @@ pub enum StatsError {
 }
 
 impl Standardization {
-    /// Derives the standardisation from the element-wise sum of all nodes' contributions.
+    /// Derives the standardisation from the element-wise sum of all nodes' contributions, exact
+    /// or noised (see the [module docs](self) for the decoding).
     ///
-    /// Numeric features get their pooled mean and population standard deviation (1 where the
-    /// feature is constant); one-hot features get mean 0 and std 1.
+    /// Numeric features get their pooled mean and population standard deviation, the latter at
+    /// least the column's floor (`(hi − lo) /` [`STD_FLOOR_DIVISOR`], and [`MIN_STD`]); one-hot
+    /// features get mean 0 and std 1.
     pub fn from_summed_stats(schema: &Schema, sums: &[f64]) -> Result<Self, StatsError> {
         let moments = Moments::from_sums(schema, sums)?;
         let width = schema.num_features();
         let mut mean = Vec::with_capacity(width);
         let mut std = Vec::with_capacity(width);
-        let mut feature = 0;
+        let mut numeric = 0;
         for column in schema.columns() {
             match column.kind() {
-                ColumnKind::Numeric => {
-                    let (m, s) = moments.mean_std(feature);
+                ColumnKind::Numeric { range } => {
+                    let (m, s) = moments.mean_std(numeric, range);
+                    numeric += 1;
+                    let floor = (range.width() / STD_FLOOR_DIVISOR).max(f64::from(MIN_STD));
+                    // Both inside f32's range: the mean inside the column's range, the std at
+                    // most half its width.
                     mean.push(m as f32);
-                    // A spread below the floor, or beyond f32, is treated as a constant feature.
-                    let s = s as f32;
-                    std.push(if s.is_finite() && s >= MIN_STD {
-                        s
-                    } else {
-                        1.0
-                    });
+                    std.push(s.max(floor) as f32);
                 }
                 ColumnKind::Categorical { levels } => {
                     mean.extend(std::iter::repeat_n(0.0, levels.len()));
                     std.extend(std::iter::repeat_n(1.0, levels.len()));
                 }
             }
-            feature += column.width();
         }
         Ok(Self { mean, std })
     }
-
     /// Checks that this standardisation can be applied to data encoded by `schema`: one mean and
     /// one standard deviation per encoded feature, every mean finite, every standard deviation
     /// finite and at least [`MIN_STD`]. The first fault found is named with its feature.
@@ -271,16 +496,17 @@ impl Standardization {
 }
 
 impl FederatedSummary {
-    /// Summarises the consortium's data from the element-wise sum of all nodes' contributions.
+    /// Summarises the consortium's data from the element-wise sum of all nodes' contributions,
+    /// exact or noised (see the [module docs](self) for the decoding).
     pub fn from_summed_stats(schema: &Schema, sums: &[f64]) -> Result<Self, StatsError> {
         let moments = Moments::from_sums(schema, sums)?;
         let mut numeric = Vec::new();
         let mut categorical = Vec::new();
-        let mut feature = 0;
+        let mut level = 0;
         for column in schema.columns() {
             match column.kind() {
-                ColumnKind::Numeric => {
-                    let (mean, std) = moments.mean_std(feature);
+                ColumnKind::Numeric { range } => {
+                    let (mean, std) = moments.mean_std(numeric.len(), range);
                     numeric.push(NumericSummary {
                         column: column.name().to_owned(),
                         mean,
@@ -288,7 +514,8 @@ impl FederatedSummary {
                     });
                 }
                 ColumnKind::Categorical { levels } => {
-                    let counts = (0..levels.len()).map(|i| to_count(moments.sum(feature + i)));
+                    let counts = (level..level + levels.len()).map(|l| to_count(moments.counts[l]));
+                    level += levels.len();
                     categorical.push(CategoricalSummary {
                         column: column.name().to_owned(),
                         levels: levels.clone(),
@@ -296,12 +523,12 @@ impl FederatedSummary {
                     });
                 }
             }
-            feature += column.width();
         }
         Ok(Self {
             n: to_count(moments.n),
             numeric,
             categorical,
+            count_noise: moments.noise_variance.sqrt(),
         })
     }
 }
@@ -325,53 +552,65 @@ impl fmt::Display for FederatedSummary {
 
 /// A validated summed statistics vector.
 struct Moments<'a> {
+    /// The summed count, at least 1.
     n: f64,
     sums: &'a [f64],
-    sumsqs: &'a [f64],
+    squares: &'a [f64],
+    counts: &'a [f64],
+    /// The summed σ² of the nodes' noise, at least 0.
+    noise_variance: f64,
 }
 
 impl<'a> Moments<'a> {
     fn from_sums(schema: &Schema, sums: &'a [f64]) -> Result<Self, StatsError> {
-        let expected = schema.stats_len();
-        if sums.len() != expected {
+        let layout = StatsLayout::of(schema);
+        if sums.len() != layout.len() {
             return Err(StatsError::LengthMismatch {
-                expected,
+                expected: layout.len(),
                 found: sums.len(),
             });
         }
         if let Some(index) = sums.iter().position(|x| !x.is_finite()) {
             return Err(StatsError::NonFinite { index });
         }
-        // Invariant: `sums.len() == 1 + 2 F`, checked above, so both splits are in bounds.
-        let (n, rest) = sums.split_at(1);
-        let (sums, sumsqs) = rest.split_at(schema.num_features());
-        let n = n[0];
-        // Counts are whole numbers; anything under one half is no example at all.
-        if n < 0.5 {
+        let n = sums[StatsLayout::COUNT];
+        // Counts are whole numbers: fewer than one example is none at all.
+        if n < 1.0 {
             return Err(StatsError::NoExamples { n });
         }
-        Ok(Self { n, sums, sumsqs })
+        Ok(Self {
+            n,
+            sums: &sums[layout.sums()],
+            squares: &sums[layout.squares()],
+            counts: &sums[layout.level_counts()],
+            noise_variance: sums[layout.noise()].max(0.0),
+        })
     }
 
-    fn sum(&self, feature: usize) -> f64 {
-        self.sums[feature]
-    }
-
-    /// Mean and population standard deviation of one feature; the standard deviation is 0 where
-    /// the variance is within rounding error of the feature's second moment.
-    fn mean_std(&self, feature: usize) -> (f64, f64) {
-        let mean = self.sums[feature] / self.n;
-        let second = self.sumsqs[feature] / self.n;
-        let var = second - mean * mean;
-        let noise = 64.0 * f64::EPSILON * second.abs();
-        let std = if var > noise { var.sqrt() } else { 0.0 };
-        (mean, std)
+    /// Mean and population standard deviation of the `j`-th numeric column, whose range is
+    /// `range`: the mean clamped into the range, the variance into `[0, (width/2)²]`.
+    fn mean_std(&self, j: usize, range: &ClipRange) -> (f64, f64) {
+        let half = f64::from(STATS_STEPS) / 2.0;
+        let step = range.width() / f64::from(STATS_STEPS);
+        let mean_u = (self.sums[j] / self.n).clamp(-half, half);
+        let var_u = (self.squares[j] / self.n - mean_u * mean_u).clamp(0.0, half * half);
+        let mean = (range.low() + (mean_u + half) * step).clamp(range.low(), range.high());
+        (mean, var_u.sqrt() * step)
     }
 }
 
-/// Rounds a summed count to a whole number (sums may come back from fixed point with rounding).
+/// The grid point `u` of a finite value `x` in a column of range `range` (see the
+/// [module docs](self)).
+fn grid_point(x: f64, range: &ClipRange) -> i64 {
+    let steps = f64::from(STATS_STEPS);
+    let position = (x.clamp(range.low(), range.high()) - range.low()) / range.width() * steps;
+    // In [0, K] (the clamp keeps it there, and `as` saturates besides).
+    position.round() as i64 - i64::from(STATS_STEPS / 2)
+}
+
+/// Rounds a summed count to a whole number; noise may have pushed it below 0, which reads as 0.
 fn to_count(x: f64) -> u64 {
-    // `as` saturates: negatives become 0, which only a corrupt sum could produce.
+    // `as` saturates: negatives become 0.
     x.round() as u64
 }
 
@@ -387,6 +626,7 @@ negative = ["0"]
 [[columns]]
 name = "age"
 type = "numeric"
+range = [20, 90]
 [[columns]]
 name = "sex"
 type = "categorical"
@@ -394,12 +634,15 @@ levels = ["F", "M"]
 [[columns]]
 name = "chol"
 type = "numeric"
+range = [100, 400]
 [[columns]]
 name = "site"
 type = "numeric"
+range = [0, 10]
 "#;
 
-    /// Rows of (age, sex one-hot, chol, site), with site constant within the consortium.
+    /// Rows of (age, sex one-hot, chol, site), inside every range, with site constant within
+    /// the consortium.
     fn rows(seed: u32, count: usize) -> Vec<f32> {
         let mut out = Vec::new();
         let mut state = seed;
@@ -417,11 +660,16 @@ type = "numeric"
         a.iter().zip(b).map(|(x, y)| x + y).collect()
     }
 
-    /// Two-pass mean and population std of column `j`, straight from the pooled rows.
-    fn pooled(features: &[f32], width: usize, j: usize) -> (f64, f64) {
+    fn values(schema: &Schema, features: &[f32]) -> Vec<f64> {
+        stats_contribution(schema, features).unwrap().values
+    }
+
+    /// Two-pass mean and population std of column `j`, straight from the pooled rows, each
+    /// value clipped into `[lo, hi]`.
+    fn pooled(features: &[f32], width: usize, j: usize, (lo, hi): (f64, f64)) -> (f64, f64) {
         let xs: Vec<f64> = features
             .chunks_exact(width)
-            .map(|r| f64::from(r[j]))
+            .map(|r| f64::from(r[j]).clamp(lo, hi))
             .collect();
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
@@ -429,35 +677,72 @@ type = "numeric"
     }
 
     #[test]
-    fn summed_hospitals_equal_pooled_rows() {
+    fn the_layout_follows_the_schema() {
+        let schema = Schema::parse(SCHEMA).unwrap();
+        let layout = StatsLayout::of(&schema);
+        assert_eq!(
+            layout,
+            StatsLayout {
+                numeric: 3,
+                levels: 2,
+                categorical: 1
+            }
+        );
+        assert_eq!(layout.len(), schema.stats_len());
+        assert_eq!(layout.len(), 10);
+        assert_eq!(
+            (layout.sums(), layout.squares(), layout.level_counts()),
+            (1..4, 4..7, 7..9)
+        );
+        assert_eq!(layout.noise(), 9);
+    }
+
+    #[test]
+    fn values_are_clipped_then_rounded_onto_a_centred_grid() {
+        let range = ClipRange::new(20.0, 90.0).unwrap();
+        let half = i64::from(STATS_STEPS / 2);
+        assert_eq!(grid_point(20.0, &range), -half);
+        assert_eq!(grid_point(90.0, &range), half);
+        assert_eq!(grid_point(55.0, &range), 0);
+        assert_eq!(grid_point(-1e30, &range), -half);
+        assert_eq!(grid_point(1e30, &range), half);
+        // One step is 70/256 years: 55.2 is 0.75 of a step above the midpoint.
+        assert_eq!(grid_point(55.2, &range), 1);
+        assert_eq!(grid_point(55.1, &range), 0);
+    }
+
+    #[test]
+    fn summed_hospitals_equal_pooled_rows_to_within_half_a_grid_step() {
         let schema = Schema::parse(SCHEMA).unwrap();
         let width = schema.num_features();
         let a = rows(1, 120);
         let b = rows(2, 45);
         let pooled_rows = [a.clone(), b.clone()].concat();
 
-        let sum = add(
-            &stats_contribution(&a, width).unwrap(),
-            &stats_contribution(&b, width).unwrap(),
-        );
-        let direct = stats_contribution(&pooled_rows, width).unwrap();
+        let sum = add(&values(&schema, &a), &values(&schema, &b));
+        // Integers: the sum of the parts is the whole, exactly.
+        assert_eq!(sum, values(&schema, &pooled_rows));
+        assert!(sum.iter().all(|v| v.fract() == 0.0));
         assert_eq!(sum.len(), schema.stats_len());
-        for (s, d) in sum.iter().zip(&direct) {
-            assert!((s - d).abs() <= 1e-9 * d.abs().max(1.0), "{s} vs {d}");
-        }
 
         let summary = FederatedSummary::from_summed_stats(&schema, &sum).unwrap();
         assert_eq!(summary.n, 165);
-        for (c, j) in summary.numeric.iter().zip([0, 3]) {
-            let (mean, std) = pooled(&pooled_rows, width, j);
+        for (c, (j, range)) in
+            summary
+                .numeric
+                .iter()
+                .zip([(0, (20.0, 90.0)), (3, (100.0, 400.0)), (4, (0.0, 10.0))])
+        {
+            let (mean, std) = pooled(&pooled_rows, width, j, range);
+            let half_step = (range.1 - range.0) / f64::from(STATS_STEPS) / 2.0;
             assert!(
-                (c.mean - mean).abs() < 1e-9,
+                (c.mean - mean).abs() <= half_step,
                 "{}: {} vs {mean}",
                 c.column,
                 c.mean
             );
             assert!(
-                (c.std - std).abs() < 1e-9,
+                (c.std - std).abs() <= half_step,
                 "{}: {} vs {std}",
                 c.column,
                 c.std
@@ -471,17 +756,17 @@ type = "numeric"
         assert_eq!(summary.categorical[0].counts, [165 - males, males]);
 
         let st = Standardization::from_summed_stats(&schema, &sum).unwrap();
-        let (age_mean, age_std) = pooled(&pooled_rows, width, 0);
-        assert!((f64::from(st.mean[0]) - age_mean).abs() < 1e-5 * age_mean);
-        assert!((f64::from(st.std[0]) - age_std).abs() < 1e-5 * age_std);
+        assert_eq!(st.mean[0], summary.numeric[0].mean as f32);
+        assert_eq!(st.std[0], summary.numeric[0].std as f32);
         assert_eq!(&st.mean[1..3], [0.0, 0.0]);
         assert_eq!(&st.std[1..3], [1.0, 1.0]);
 
         let mut standardized = pooled_rows.clone();
         st.apply(&mut standardized);
-        let (m, s) = pooled(&standardized, width, 3);
+        let (m, s) = pooled(&standardized, width, 3, (f64::MIN, f64::MAX));
+        // chol's grid step is 300/256 ≈ 1.2 against a spread of about 43.
         assert!(
-            m.abs() < 1e-4 && (s - 1.0).abs() < 1e-4,
+            m.abs() < 0.02 && (s - 1.0).abs() < 0.02,
             "chol after: mean {m} std {s}"
         );
         assert_eq!(
@@ -492,24 +777,96 @@ type = "numeric"
     }
 
     #[test]
-    fn constant_column_gets_unit_std() {
+    fn values_outside_the_range_are_clipped_and_counted() {
         let schema = Schema::parse(SCHEMA).unwrap();
-        let width = schema.num_features();
-        let sum = stats_contribution(&rows(3, 31), width).unwrap();
+        // Ages 10 and 15 below [20, 90], 95 above; chol 99 below [100, 400]; site 11 above.
+        let features = [
+            10.0, 1.0, 0.0, 150.0, 5.0, //
+            15.0, 0.0, 1.0, 99.0, 5.0, //
+            95.0, 1.0, 0.0, 200.0, 11.0, //
+            50.0, 0.0, 1.0, 400.0, 0.0,
+        ];
+        let local = stats_contribution(&schema, &features).unwrap();
+        let clipped: Vec<String> = local.clipped.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            clipped,
+            [
+                "age: 2 below, 1 above",
+                "chol: 1 below, 0 above",
+                "site: 0 below, 1 above"
+            ]
+        );
+        assert_eq!(local.clipped[0].total(), 3);
+        // The statistics see the clipped values: ages 20, 20, 90, 50.
+        let summary = FederatedSummary::from_summed_stats(&schema, &local.values).unwrap();
+        let ages = [20.0, 20.0, 90.0, 50.0];
+        let mean: f64 = ages.iter().sum::<f64>() / 4.0;
+        let std = (ages.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / 4.0).sqrt();
+        let half_step = 70.0 / f64::from(STATS_STEPS) / 2.0;
+        assert!((summary.numeric[0].mean - mean).abs() <= half_step);
+        assert!((summary.numeric[0].std - std).abs() <= half_step);
+        // Grid points: −128, −128, 128 and round(30/70·256) − 128 = −18.
+        assert_eq!(local.values[1], -128.0 - 128.0 + 128.0 - 18.0);
+        assert_eq!(local.values[4], 3.0 * 128.0 * 128.0 + 18.0 * 18.0);
+    }
+
+    #[test]
+    fn a_row_counts_towards_one_level_of_a_column_at_most() {
+        let schema = Schema::parse(SCHEMA).unwrap();
+        // A row with both levels set counts once (the first); one with none counts nowhere.
+        let features = [50.0, 1.0, 1.0, 200.0, 5.0, 50.0, 0.0, 0.0, 200.0, 5.0];
+        let values = values(&schema, &features);
+        assert_eq!(values[0], 2.0);
+        assert_eq!(&values[7..9], [1.0, 0.0]);
+    }
+
+    #[test]
+    fn a_constant_column_gets_the_floor_as_its_std() {
+        let schema = Schema::parse(SCHEMA).unwrap();
+        let sum = values(&schema, &rows(3, 31));
         let summary = FederatedSummary::from_summed_stats(&schema, &sum).unwrap();
         assert_eq!(summary.numeric[2].std, 0.0);
         let st = Standardization::from_summed_stats(&schema, &sum).unwrap();
-        assert_eq!(st.mean[4], 7.25);
-        assert_eq!(st.std[4], 1.0);
-        let mut row = rows(3, 1);
-        st.apply(&mut row);
-        assert_eq!(row[4], 0.0);
+        // 7.25 is on the grid of [0, 10]: 7.25 · 25.6 = 185.6 rounds to 186 steps of 10/256.
+        assert_eq!(st.mean[4], (186.0 * 10.0 / 256.0) as f32);
+        assert_eq!(st.std[4], (10.0 / STD_FLOOR_DIVISOR) as f32);
+        assert_eq!(st.validate(&schema), Ok(()));
+    }
+
+    #[test]
+    fn noised_sums_decode_robustly() {
+        let schema = Schema::parse(SCHEMA).unwrap();
+        let layout = StatsLayout::of(&schema);
+        let mut sum = values(&schema, &rows(5, 40));
+        // Noise that leaves age's sum beyond the grid, chol's variance negative and a level
+        // count negative.
+        sum[layout.sums().start] = 200.0 * sum[0];
+        sum[layout.squares().start + 1] = -5000.0;
+        sum[layout.level_counts().start] = -3.0;
+        let summary = FederatedSummary::from_summed_stats(&schema, &sum).unwrap();
+        assert_eq!(summary.numeric[0].mean, 90.0, "clamped into the range");
+        assert_eq!(summary.numeric[0].std, 0.0, "the whole mass at one end");
+        assert_eq!(
+            summary.numeric[1].std, 0.0,
+            "a negative variance reads as 0"
+        );
+        assert_eq!(summary.categorical[0].counts[0], 0);
+        let st = Standardization::from_summed_stats(&schema, &sum).unwrap();
+        assert_eq!(st.mean[0], 90.0);
+        assert_eq!(st.std[0], (70.0 / STD_FLOOR_DIVISOR) as f32);
+        assert_eq!(st.std[3], (300.0 / STD_FLOOR_DIVISOR) as f32);
+        assert_eq!(st.validate(&schema), Ok(()));
+        // A sum of squares beyond what the grid allows reads as the widest spread there is:
+        // half the range.
+        sum[layout.squares().start + 1] = 1e12;
+        let summary = FederatedSummary::from_summed_stats(&schema, &sum).unwrap();
+        assert!((summary.numeric[1].std - 150.0).abs() < 1e-9);
     }
 
     #[test]
     fn no_examples_is_an_error() {
         let schema = Schema::parse(SCHEMA).unwrap();
-        let sum = stats_contribution(&[], schema.num_features()).unwrap();
+        let sum = values(&schema, &[]);
         assert_eq!(sum, vec![0.0; schema.stats_len()]);
         assert!(matches!(
             Standardization::from_summed_stats(&schema, &sum),
@@ -519,30 +876,41 @@ type = "numeric"
             FederatedSummary::from_summed_stats(&schema, &sum),
             Err(StatsError::NoExamples { .. })
         ));
+        // A noised count below one is no example either.
+        let mut noised = values(&schema, &rows(1, 3));
+        noised[0] = -2.0;
+        assert_eq!(
+            Standardization::from_summed_stats(&schema, &noised),
+            Err(StatsError::NoExamples { n: -2.0 })
+        );
     }
 
     #[test]
     fn malformed_inputs_are_errors() {
         let schema = Schema::parse(SCHEMA).unwrap();
         assert_eq!(
-            stats_contribution(&[1.0; 7], 5),
+            stats_contribution(&schema, &[1.0; 7]),
             Err(StatsError::RaggedFeatures {
                 len: 7,
                 num_features: 5
             })
         );
-        assert!(matches!(
-            stats_contribution(&[], 0),
-            Err(StatsError::RaggedFeatures { .. })
-        ));
+        let mut features = rows(4, 3);
+        features[5 + 3] = f32::NAN;
+        let err = stats_contribution(&schema, &features).unwrap_err();
+        assert_eq!(err, StatsError::NonFiniteFeature { row: 1, feature: 3 });
+        assert_eq!(
+            err.to_string(),
+            "row 1, encoded feature 3: the value is not a finite number"
+        );
         assert_eq!(
             Standardization::from_summed_stats(&schema, &[1.0; 3]),
             Err(StatsError::LengthMismatch {
-                expected: 11,
+                expected: 10,
                 found: 3
             })
         );
-        let mut sum = stats_contribution(&rows(4, 3), schema.num_features()).unwrap();
+        let mut sum = values(&schema, &rows(4, 3));
         sum[6] = f64::NAN;
         assert_eq!(
             Standardization::from_summed_stats(&schema, &sum),
@@ -553,14 +921,16 @@ type = "numeric"
     #[test]
     fn summary_displays_for_logs() {
         let schema = Schema::parse(SCHEMA).unwrap();
-        let sum = stats_contribution(&[40.0, 0.0, 1.0, 200.0, 1.0], 5).unwrap();
+        let sum = values(&schema, &[40.0, 0.0, 1.0, 200.0, 1.0]);
         let text = FederatedSummary::from_summed_stats(&schema, &sum)
             .unwrap()
             .to_string();
+        // Each value as rounded onto its grid: 40 to 20 + 73 steps of 70/256, 200 to 100 + 85
+        // steps of 300/256, 1 to 26 steps of 10/256.
         assert_eq!(
             text,
-            "n=1; age: mean 40.0000 std 0.0000; chol: mean 200.0000 std 0.0000; \
-             site: mean 1.0000 std 0.0000; sex: F 0, M 1"
+            "n=1; age: mean 39.9609 std 0.0000; chol: mean 199.6094 std 0.0000; \
+             site: mean 1.0156 std 0.0000; sex: F 0, M 1"
         );
     }
 
@@ -569,8 +939,8 @@ type = "numeric"
         let schema = Schema::parse(SCHEMA).unwrap();
         let width = schema.num_features();
         let sum = add(
-            &stats_contribution(&rows(1, 50), width).unwrap(),
-            &stats_contribution(&rows(2, 20), width).unwrap(),
+            &values(&schema, &rows(1, 50)),
+            &values(&schema, &rows(2, 20)),
         );
         let st = Standardization::from_summed_stats(&schema, &sum).unwrap();
         assert_eq!(st.validate(&schema), Ok(()));
@@ -583,13 +953,14 @@ type = "numeric"
     }
 
     #[test]
-    fn a_spread_below_the_floor_is_derived_as_a_constant_feature() {
-        let schema = Schema::parse(SCHEMA).unwrap();
-        // Ages of 1e-15 and 3e-15: a true std of 1e-15, below the floor.
-        let features = [1e-15, 1.0, 0.0, 200.0, 1.0, 3e-15, 0.0, 1.0, 210.0, 1.0];
-        let sum = stats_contribution(&features, 5).unwrap();
+    fn a_range_narrower_than_the_minimum_std_still_gives_a_valid_standardisation() {
+        let schema = Schema::parse(&SCHEMA.replace("[0, 10]", "[0, 1e-15]")).unwrap();
+        let sum = values(
+            &schema,
+            &[40.0, 0.0, 1.0, 200.0, 0.0, 41.0, 0.0, 1.0, 210.0, 1.0],
+        );
         let st = Standardization::from_summed_stats(&schema, &sum).unwrap();
-        assert_eq!(st.std[0], 1.0);
+        assert_eq!(st.std[4], MIN_STD);
         assert_eq!(st.validate(&schema), Ok(()));
     }
 

@@ -18,7 +18,7 @@ use medfed_e2e::{Consortium, strip_ansi, subscribe};
 use medfed_node::NodeConfig;
 use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
 use medfed_node::egress::EgressLog;
-use medfed_node::ledger::{PrivacyLedger, epsilon_of};
+use medfed_node::ledger::{PrivacyLedger, Release, epsilon_of};
 use medfed_protocol::model::{Model, ModelSpec};
 use medfed_protocol::report::{SignedReport, verify_chain, verify_checkpoint, verify_model};
 use tokio::sync::mpsc;
@@ -130,6 +130,8 @@ async fn crash_and_recover(points: &[PausePoint]) {
                 noise_multiplier: NoiseMultiplier::Fixed(1.0),
                 max_grad_norm: 1.0,
                 evaluation: None,
+                // Noised statistics, charged in round 0 (the default).
+                statistics: Default::default(),
             });
             config.reconnect_for = Duration::from_secs(90);
             config
@@ -285,7 +287,8 @@ fn check_reports(consortium: &Consortium, data_dir: &Path, models: &[Model]) {
 fn check_ledger(config: &NodeConfig, points: &[PausePoint]) {
     let ledger = PrivacyLedger::read(&config.state_dir).expect("ledger");
     let egress = EgressLog::read(&config.state_dir).expect("egress log");
-    for round in 1..=ROUNDS {
+    // Round 0 is the statistics round: its noised statistics are charged like an update.
+    for round in 0..=ROUNDS {
         let sent = egress
             .iter()
             .filter(|e| e.kind == "secagg_input" && e.round == Some(round))
@@ -294,11 +297,23 @@ fn check_ledger(config: &NodeConfig, points: &[PausePoint]) {
         assert_eq!(
             paid,
             sent,
-            "{}: round {round}: {paid} ledger entries for {sent} masked updates sent",
+            "{}: round {round}: {paid} ledger entries for {sent} masked inputs sent",
             config.state_dir.display()
         );
+        let kind = if round == 0 {
+            Release::Statistics
+        } else {
+            Release::Training
+        };
+        assert!(
+            ledger
+                .iter()
+                .filter(|e| e.round == round)
+                .all(|e| e.release == kind),
+            "round {round}"
+        );
         // Each kill after the masked inputs left and before the round completed restarts the
-        // round: the update went out once more.
+        // round: the figures went out once more.
         let released_then_killed = points
             .iter()
             .filter(|p| {
@@ -314,7 +329,7 @@ fn check_ledger(config: &NodeConfig, points: &[PausePoint]) {
             .count();
         assert_eq!(sent, 1 + released_then_killed, "round {round}");
     }
-    assert!(ledger.iter().all(|e| (1..=ROUNDS).contains(&e.round)));
+    assert!(ledger.iter().all(|e| (0..=ROUNDS).contains(&e.round)));
     for (i, entry) in ledger.iter().enumerate() {
         let (epsilon, _) = epsilon_of(
             &ledger[..i],

@@ -9,7 +9,9 @@ use std::path::Path;
 use medfed_coordinator::store::Store;
 use medfed_e2e::{Consortium, SCHEMA, biased_csv, subscribe};
 use medfed_node::NodeConfig;
-use medfed_node::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig};
+use medfed_node::config::{
+    DEFAULT_STATISTICS_NOISE, EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig,
+};
 use medfed_node::egress::EgressLog;
 use medfed_node::ledger::{PrivacyLedger, Release};
 use medfed_node::trainer::{ComputeDevice, TchTrainer, Trainer};
@@ -19,6 +21,7 @@ use medfed_protocol::fairness::{FairnessPolicy, GroupCounts, GroupReport};
 use medfed_protocol::model::Model;
 use medfed_protocol::schema::Schema;
 use medfed_protocol::stats::Standardization;
+use medfed_protocol::stats_release::sensitivity as stats_sensitivity;
 
 /// The test schema, auditing the intersection of sex and age bands as well.
 fn schema_with_intersection() -> String {
@@ -187,6 +190,8 @@ async fn with_evaluation_noise_the_audit_is_within_noise_of_the_pooled_data_and_
             noise: sigma,
             loss_clip: MAX_EXAMPLE_LOSS,
         }),
+        // The default: noised statistics, charged in round 0.
+        statistics: Default::default(),
     };
     let coordinator = consortium.start_coordinator(config).await;
     let addr = coordinator.local_addr();
@@ -209,16 +214,22 @@ async fn with_evaluation_noise_the_audit_is_within_noise_of_the_pooled_data_and_
     assert_eq!(report.rounds.len(), rounds as usize);
     assert!(report.final_evaluation.is_some());
 
-    // Each round charges the update and then the noised counts; the final evaluation charges
-    // the counts alone. Three audited attributes (sex, age, sex×age): Δ = √(4 + 2·3).
+    // The statistics round charges the noised statistics; each round charges the update and
+    // then the noised counts; the final evaluation charges the counts alone. Three audited
+    // attributes (sex, age, sex×age): Δ = √(4 + 2·3). Two numeric and two categorical columns:
+    // the statistics' Δ = √(1 + 2·2 + 2).
     let multiplier = sigma / sensitivity(3);
     assert!((multiplier - sigma / 10f64.sqrt()).abs() < 1e-12);
+    let schema = Schema::parse(&schema_with_intersection()).unwrap();
+    let statistics_multiplier = DEFAULT_STATISTICS_NOISE / stats_sensitivity(&schema);
+    assert!((statistics_multiplier - DEFAULT_STATISTICS_NOISE / 7f64.sqrt()).abs() < 1e-12);
     for (config, name) in configs.iter().zip(names) {
         let ledger = PrivacyLedger::read(&config.state_dir).unwrap();
         let kinds: Vec<(u64, Release)> = ledger.iter().map(|e| (e.round, e.release)).collect();
         assert_eq!(
             kinds,
             [
+                (0, Release::Statistics),
                 (1, Release::Training),
                 (1, Release::EvaluationCounts),
                 (2, Release::Training),
@@ -237,6 +248,13 @@ async fn with_evaluation_noise_the_audit_is_within_noise_of_the_pooled_data_and_
                 "{name}"
             );
         }
+        let statistics = &ledger[0];
+        assert_eq!(
+            (statistics.sample_rate, statistics.steps),
+            (1.0, 1),
+            "{name}"
+        );
+        assert!((statistics.noise_multiplier - statistics_multiplier).abs() < 1e-12);
         assert!(
             ledger
                 .windows(2)

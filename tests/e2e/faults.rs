@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use medfed_coordinator::CoordinatorError;
 use medfed_coordinator::store::{RoundStatus, Store};
 use medfed_e2e::{Consortium, subscribe, synthetic_csv, tolerate_dropouts};
-use medfed_node::config::{CrashPoint, NoiseMultiplier, PrivacyConfig, StallPoint};
+use medfed_node::config::{
+    CrashPoint, NoiseMultiplier, PrivacyConfig, StallPoint, StatisticsNoiseConfig,
+};
 use medfed_node::egress::EgressLog;
 use medfed_node::ledger::PrivacyLedger;
 use medfed_node::{NodeConfig, NodeError};
@@ -20,6 +22,8 @@ use medfed_protocol::privacy::epsilon;
 
 const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
 
+/// DP-SGD at σ = 1 within `target_epsilon`. The statistics leave exact: these tests count the
+/// training releases (`crash.rs` follows noised statistics through restarts).
 fn policy(target_epsilon: f64) -> PrivacyConfig {
     PrivacyConfig {
         target_epsilon,
@@ -27,6 +31,7 @@ fn policy(target_epsilon: f64) -> PrivacyConfig {
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
         evaluation: None,
+        statistics: StatisticsNoiseConfig::exact(),
     }
 }
 

@@ -775,6 +775,7 @@ fn private_training() -> PrivacyConfig {
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
         evaluation: None,
+        statistics: Default::default(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! ledger survives a restart.
 
 use medfed_e2e::{Consortium, allow_plaintext, subscribe, tolerate_dropouts};
-use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
+use medfed_node::config::{NoiseMultiplier, PrivacyConfig, StatisticsNoiseConfig};
 use medfed_node::ledger::PrivacyLedger;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_protocol::messages::{DeclineReason, Message, RoundStart};
@@ -35,6 +35,8 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
         evaluation: None,
+        // Exact statistics: the budget pays for training alone.
+        statistics: StatisticsNoiseConfig::exact(),
     };
 
     let coordinator = consortium.start_coordinator(config).await;
@@ -145,6 +147,8 @@ async fn budget_is_spent_once_the_noised_update_has_left_even_if_the_round_then_
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
         evaluation: None,
+        // Exact statistics: the budget pays for training alone.
+        statistics: StatisticsNoiseConfig::exact(),
     };
     let mut configs = Vec::new();
     for name in names {
@@ -226,6 +230,7 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
                 noise: sigma,
                 loss_clip: MAX_EXAMPLE_LOSS,
             }),
+            statistics: StatisticsNoiseConfig::exact(),
         });
         let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
         allow_plaintext(&mut config);
@@ -314,6 +319,8 @@ async fn rounds_off_the_evaluation_schedule_release_no_counts_and_are_not_charge
                     noise: 5.0,
                     loss_clip: MAX_EXAMPLE_LOSS,
                 }),
+                // The statistics noised by default: charged once, before round 1.
+                statistics: Default::default(),
             });
         })
         .await;
@@ -338,6 +345,7 @@ async fn rounds_off_the_evaluation_schedule_release_no_counts_and_are_not_charge
                 .map(|e| e.round)
                 .collect()
         };
+        assert_eq!(charged(Release::Statistics), [0]);
         assert_eq!(charged(Release::Training), [1, 2, 3]);
         assert_eq!(charged(Release::EvaluationCounts), [1, 3, 4]);
         // The whole budget is planned for these releases: the last one ends just inside it.
@@ -359,4 +367,120 @@ async fn rounds_off_the_evaluation_schedule_release_no_counts_and_are_not_charge
             node.state_dir.display()
         );
     }
+}
+
+#[test]
+fn noised_statistics_are_charged_to_the_ledger_counted_per_release_and_declined_past_the_budget() {
+    use medfed_e2e::SCHEMA;
+    use medfed_node::ledger::Release;
+    use medfed_protocol::messages::{ContributionKind, StatsRequest};
+    use medfed_protocol::schema::Schema;
+    use medfed_protocol::stats::StatsLayout;
+    use medfed_protocol::stats_release::sensitivity;
+
+    let consortium = Consortium::new(&["hospital-a"], 80);
+    // The test schema has two numeric and two categorical columns: Δ = √(1 + 2·2 + 2). One
+    // release at σ costs the Gaussian mechanism's ε at noise multiplier σ/√7.
+    let schema = Schema::parse(SCHEMA).unwrap();
+    assert_eq!(sensitivity(&schema), 7f64.sqrt());
+    let sigma = medfed_node::config::DEFAULT_STATISTICS_NOISE;
+    let multiplier = sigma / sensitivity(&schema);
+    let cost = epsilon(1.0, multiplier, 1, 1e-5).unwrap().0;
+    let twice = epsilon(1.0, multiplier, 2, 1e-5).unwrap().0;
+    let thrice = epsilon(1.0, multiplier, 3, 1e-5).unwrap().0;
+    assert!(cost < twice && twice < thrice);
+    let hospital = |target_epsilon: f64, statistics: StatisticsNoiseConfig| {
+        let mut config = consortium.node_config("hospital-a", "127.0.0.1:9".parse().unwrap());
+        config.state_dir = consortium
+            .dir
+            .path()
+            .join(format!("state-{target_epsilon}-{}", statistics.noise));
+        config.privacy = Some(PrivacyConfig {
+            target_epsilon,
+            delta: 1e-5,
+            noise_multiplier: NoiseMultiplier::Fixed(1.0),
+            max_grad_norm: 1.0,
+            evaluation: None,
+            statistics,
+        });
+        allow_plaintext(&mut config);
+        let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
+        let mut hospital = medfed_node::prepare_node(&config, Box::new(trainer)).unwrap();
+        hospital.enter_session(5, "hospital-a");
+        (hospital, config.state_dir)
+    };
+    // Statistics in the clear (secure aggregation off), so that only the budget can refuse.
+    let request = StatsRequest {
+        session: 5,
+        round: 0,
+        secure_aggregation: None,
+    };
+
+    // Below the cost of one release: declined before anything is computed, nothing charged.
+    let (mut poor, state) = hospital(0.9 * cost, StatisticsNoiseConfig::default());
+    match poor.handle_stats(&request) {
+        Message::Declined(d) => assert_eq!(d.reason, DeclineReason::BudgetSpent),
+        other => panic!("expected a decline, got {other:?}"),
+    }
+    assert!(PrivacyLedger::read(&state).unwrap().is_empty());
+
+    // Within budget: the statistics leave noised, their cost in the ledger first; each release
+    // is charged again (a second draw of noise), until the budget is spent.
+    let (mut node, state) = hospital((twice + thrice) / 2.0, StatisticsNoiseConfig::default());
+    let (train, _) = node.sizes();
+    let layout = StatsLayout::of(node.schema());
+    let mut counts = Vec::new();
+    for (release, epsilon_after) in [(1, cost), (2, twice)] {
+        let Message::Contribution(contribution) = node.handle_stats(&request) else {
+            panic!("expected the statistics");
+        };
+        assert_eq!(contribution.kind, ContributionKind::Stats);
+        let ledger = PrivacyLedger::read(&state).unwrap();
+        assert_eq!(ledger.len(), release);
+        let entry = ledger.last().unwrap();
+        assert_eq!((entry.round, entry.release), (0, Release::Statistics));
+        assert_eq!((entry.sample_rate, entry.steps), (1.0, 1));
+        assert!((entry.noise_multiplier - multiplier).abs() < 1e-12);
+        assert!((entry.epsilon_after - epsilon_after).abs() < 1e-9);
+        let declared = contribution
+            .privacy
+            .expect("the node declares what it spent");
+        assert_eq!(declared.epsilon, entry.epsilon_after);
+        let values = contribution.values.to_f64_vec();
+        assert_eq!(values.len(), layout.len());
+        assert!(values.iter().all(|v| v.fract() == 0.0));
+        // n is the training split's size plus noise of σ.
+        assert!(
+            (values[0] - train as f64).abs() <= 6.0 * sigma,
+            "{}",
+            values[0]
+        );
+        counts.push(values[0]);
+    }
+    // A third release would pass the budget: declined, not charged.
+    match node.handle_stats(&request) {
+        Message::Declined(d) => assert_eq!(d.reason, DeclineReason::BudgetSpent),
+        other => panic!("expected a decline, got {other:?}"),
+    }
+    assert_eq!(PrivacyLedger::read(&state).unwrap().len(), 2);
+
+    // Exact statistics (noise off) cost nothing and are the same every time.
+    let (mut exact, state) = hospital(0.9 * cost, StatisticsNoiseConfig::exact());
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let Message::Contribution(contribution) = exact.handle_stats(&request) else {
+            panic!("expected the exact statistics");
+        };
+        assert_eq!(contribution.privacy.map(|p| p.epsilon), Some(0.0));
+        answers.push(contribution.values.to_f64_vec());
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0][0], train as f64);
+    assert!(PrivacyLedger::read(&state).unwrap().is_empty());
+    // Two noised releases of n are two independent draws around it.
+    assert!(
+        counts
+            .iter()
+            .all(|n| (n - answers[0][0]).abs() <= 6.0 * sigma)
+    );
 }

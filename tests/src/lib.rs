@@ -39,6 +39,7 @@ negative = ["0"]
 [[columns]]
 name = "age"
 type = "numeric"
+range = [20, 90]
 
 [[columns]]
 name = "sex"
@@ -48,6 +49,7 @@ levels = ["F", "M"]
 [[columns]]
 name = "blood_pressure"
 type = "numeric"
+range = [80, 200]
 
 [[columns]]
 name = "smoker"

@@ -168,7 +168,7 @@ impl<'a> Layout<'a> {
                 return Err(DataError::MissingValue { path, row, column });
             }
             match column.kind() {
-                ColumnKind::Numeric => {
+                ColumnKind::Numeric { .. } => {
                     let number: f32 = value.parse().map_err(|_| {
                         let (path, row, column) = at(column);
                         DataError::NotNumeric {
@@ -276,6 +276,7 @@ negative = ["0"]
 [[columns]]
 name = "age"
 type = "numeric"
+range = [0, 120]
 [[columns]]
 name = "sex"
 type = "categorical"
@@ -287,6 +288,7 @@ levels = ["typical", "atypical", "asymptomatic"]
 [[columns]]
 name = "chol"
 type = "numeric"
+range = [0, 600]
 [bands]
 age = [50]
 "#;
