@@ -17,7 +17,9 @@
 //! noisy gradient steps. RDP curves of runs with different parameters add up order by order.
 //!
 //! This module only does the arithmetic. It does not clip, draw noise or keep a ledger of what has
-//! been spent; those belong to the training code that calls it.
+//! been spent; those belong to the training code that calls it. [`crate::accounting`] composes
+//! every kind of release a node makes under this accountant or the tighter privacy-loss-
+//! distribution one ([`crate::pld`]); this one stays as the cross-check that reproduces Opacus.
 
 use std::f64::consts::{LN_2, PI, SQRT_2};
 

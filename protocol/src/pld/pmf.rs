@@ -134,11 +134,16 @@ impl LossPmf {
             return f64::INFINITY;
         }
         // Walk down from the highest loss, keeping Σ p and Σ p·e^(−L) over the losses above the
-        // candidate ε; stop once the candidate ε they give is at or above the next loss.
+        // candidate ε; stop once the candidate ε they give is at or above the next loss. A walk
+        // that reaches a loss ≤ 0 without stopping has found ε = 0 (the δ at 0 of the losses
+        // above is at most `delta`), so it stops there too, before e^(−L) can overflow.
         let mut mass_upper = self.infinity_mass;
         let mut mass_lower = 0.0;
         for (i, &p) in self.probs.iter().enumerate().rev() {
             let loss = self.loss(self.offset + i as i64);
+            if loss <= 0.0 {
+                break;
+            }
             if mass_upper > delta
                 && mass_lower > 0.0
                 && ((mass_upper - delta) / mass_lower).ln() >= loss
@@ -483,6 +488,19 @@ mod tests {
         assert!((delta - p * (1.0 - (-0.5f64).exp())).abs() < 1e-15);
         assert!((rr.epsilon_for_delta(delta) - 0.5).abs() < 1e-12);
         assert_eq!(rr.epsilon_for_delta(0.99), 0.0);
+        // Losses far below 0 (e^(−L) would overflow) do not matter to an ε ≥ 0.
+        let far = LossPmf::new(
+            1.0,
+            -1000,
+            [vec![0.5], vec![0.0; 999], vec![0.1, 0.4]].concat(),
+            0.0,
+        );
+        let eps = far.epsilon_for_delta(1e-3);
+        assert!(
+            (eps - (1.0 + (-1e-3 / 0.4f64).ln_1p())).abs() < 1e-12,
+            "{eps}"
+        );
+        assert_eq!(far.epsilon_for_delta(0.5), 0.0);
         let with_inf = LossPmf::new(1.0, 0, vec![1.0 - 1e-3], 1e-3);
         assert_eq!(with_inf.epsilon_for_delta(1e-4), f64::INFINITY);
         assert_eq!(with_inf.epsilon_for_delta(1e-3), 0.0);
