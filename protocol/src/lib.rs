@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod accounting;
 pub mod codec;
 pub mod contribution;
 pub mod discrete_gaussian;
@@ -25,6 +26,7 @@ pub mod fairness;
 pub mod manifest;
 pub mod messages;
 pub mod model;
+pub mod pld;
 pub mod privacy;
 pub mod report;
 pub mod schema;

@@ -17,7 +17,9 @@
 //! noisy gradient steps. RDP curves of runs with different parameters add up order by order.
 //!
 //! This module only does the arithmetic. It does not clip, draw noise or keep a ledger of what has
-//! been spent; those belong to the training code that calls it.
+//! been spent; those belong to the training code that calls it. [`crate::accounting`] composes
+//! every kind of release a node makes under this accountant or the tighter privacy-loss-
+//! distribution one ([`crate::pld`]); this one stays as the cross-check that reproduces Opacus.
 
 use std::f64::consts::{LN_2, PI, SQRT_2};
 
@@ -245,6 +247,38 @@ pub enum PrivacyError {
         /// The order whose series failed.
         order: f64,
     },
+    /// A discrete Gaussian's σ is NaN, negative or infinite.
+    #[error("discrete Gaussian sigma {0} is not a finite number at least 0")]
+    DiscreteGaussianSigma(f64),
+    /// A privacy loss distribution would need more grid points (or noise support points) than
+    /// the PLD accountant holds ([`crate::pld::MAX_POINTS`], [`crate::pld::MAX_SUPPORT`]): the
+    /// noise is far too small, or far too wide, for its sensitivity.
+    #[error(
+        "the privacy loss distribution would need {points} points, more than the PLD accountant holds"
+    )]
+    PldTooLarge {
+        /// Points it would need.
+        points: u128,
+    },
+    /// A discrete Gaussian's sensitivity is more than twice the PLD accountant's cut-off of its
+    /// noise (11.6σ): the patient's shift alone would reveal them.
+    #[error(
+        "sensitivity {sensitivity} is more than 23.2 times the discrete Gaussian sigma {sigma}"
+    )]
+    SensitivityTooLarge {
+        /// The sensitivity.
+        sensitivity: u64,
+        /// The noise's σ.
+        sigma: f64,
+    },
+    /// The grid step of a privacy loss distribution is not a positive finite number, or two
+    /// distributions being composed have different steps.
+    #[error("privacy loss grid interval {0} is not a positive finite number equal for all parts")]
+    PldInterval(f64),
+    /// A mechanism's δ(ε) curve came out rising (or NaN) where it must fall, so the privacy loss
+    /// distribution could not be built; parameters this extreme can cause it.
+    #[error("the privacy loss distribution could not be computed for these parameters")]
+    PldNumerical,
 }
 
 /// Terms a fractional order's series may take before [`PrivacyError::Numerical`]; ordinary
@@ -402,7 +436,7 @@ fn log_a_frac(q: f64, sigma: f64, alpha: f64) -> Option<f64> {
 }
 
 /// `ln(eˣ + eʸ)`, exact when either is `−∞` (zero).
-fn log_add(x: f64, y: f64) -> f64 {
+pub(crate) fn log_add(x: f64, y: f64) -> f64 {
     let (a, b) = (x.min(y), x.max(y));
     if a == f64::NEG_INFINITY {
         return b;
@@ -434,7 +468,7 @@ const ERFC_SERIES_LIMIT: f64 = 1.0;
 
 /// `ln erfc(x)`, accurate to a few units in the last place of `max(1, |ln erfc(x)|)` for every
 /// `x`, including large ones where `erfc(x)` itself underflows (Opacus uses scipy's `log_ndtr`).
-fn log_erfc(x: f64) -> f64 {
+pub(crate) fn log_erfc(x: f64) -> f64 {
     if x.is_nan() {
         return x;
     }
