@@ -42,6 +42,7 @@
 
 use rand::RngCore;
 
+use crate::accounting::Mechanism;
 use crate::discrete_gaussian::{DiscreteGaussian, DiscreteGaussianError};
 use crate::evaluation::{EvalCounts, MAX_EXAMPLE_LOSS, example_loss};
 use crate::fairness::GroupCounts;
@@ -113,6 +114,27 @@ impl EvaluationNoise {
     /// `Δ = sensitivity(audited_attributes)`.
     pub fn noise_multiplier(&self, audited_attributes: usize) -> f64 {
         self.sigma / sensitivity(audited_attributes)
+    }
+
+    /// The release as the accountants compose it ([`crate::accounting`]): independent discrete
+    /// Gaussian draws on `3 + 2A` counts moved by at most 1 (`n`, a confusion cell and a
+    /// histogram bin overall, and a confusion cell and a histogram bin of one group per audited
+    /// attribute) and on the loss units, moved by at most `K` at noise `σK`. Its RDP is the
+    /// Gaussian charge at [`Self::noise_multiplier`]; a PLD accountant composes the discrete
+    /// mechanisms exactly.
+    pub fn mechanisms(&self, audited_attributes: usize) -> Vec<Mechanism> {
+        vec![
+            Mechanism::DiscreteGaussian {
+                sigma: self.sigma,
+                sensitivity: 1,
+                cells: 3 + 2 * audited_attributes as u64,
+            },
+            Mechanism::DiscreteGaussian {
+                sigma: self.sigma * f64::from(LOSS_STEPS),
+                sensitivity: u64::from(LOSS_STEPS),
+                cells: 1,
+            },
+        ]
     }
 
     /// Noises counts that were computed from `scores` and `labels` — `eval` from all of them,
@@ -218,6 +240,29 @@ age = [50]
             group.write_vector(&mut out);
         }
         out
+    }
+
+    #[test]
+    fn the_mechanisms_cost_the_gaussian_charge_under_rdp_and_less_under_pld() {
+        use crate::accounting::{Accountant, epsilon};
+        use crate::privacy::{DEFAULT_ALPHAS, compute_rdp};
+
+        let attributes = 3;
+        let noise = EvaluationNoise::new(5.0, MAX_EXAMPLE_LOSS).unwrap();
+        let mechanisms = noise.mechanisms(attributes);
+        let charged =
+            compute_rdp(1.0, noise.noise_multiplier(attributes), 1, &DEFAULT_ALPHAS).unwrap();
+        let mut exact = vec![0.0; DEFAULT_ALPHAS.len()];
+        for m in &mechanisms {
+            let rdp = m.rdp(&DEFAULT_ALPHAS).unwrap();
+            exact.iter_mut().zip(&rdp).for_each(|(e, r)| *e += r);
+        }
+        for (c, e) in charged.iter().zip(&exact) {
+            assert!((c - e).abs() <= 1e-12 * c, "{c} against {e}");
+        }
+        let rdp = epsilon(Accountant::Rdp, &mechanisms, 1e-5).unwrap();
+        let pld = epsilon(Accountant::Pld, &mechanisms, 1e-5).unwrap();
+        assert!(pld < rdp && pld > 0.5 * rdp, "PLD {pld}, RDP {rdp}");
     }
 
     #[test]

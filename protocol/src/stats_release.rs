@@ -56,6 +56,7 @@
 
 use rand::RngCore;
 
+use crate::accounting::Mechanism;
 use crate::discrete_gaussian::{DiscreteGaussian, DiscreteGaussianError};
 use crate::schema::Schema;
 use crate::stats::{STATS_STEPS, StatsError, StatsLayout};
@@ -144,6 +145,34 @@ impl StatisticsNoise {
     /// `Δ = sensitivity(schema)`.
     pub fn noise_multiplier(&self, schema: &Schema) -> f64 {
         self.sigma / sensitivity(schema)
+    }
+
+    /// The release as the accountants compose it ([`crate::accounting`]): independent discrete
+    /// Gaussian draws on `1 + C` counts moved by at most 1 (`n` and one level count per
+    /// categorical column), on `N` sums moved by at most `K/2` and on `N` sums of squares moved
+    /// by at most `K²/4`, each at its own σ. Its RDP is the Gaussian charge at
+    /// [`Self::noise_multiplier`]; a PLD accountant composes the discrete mechanisms exactly.
+    pub fn mechanisms(&self, schema: &Schema) -> Vec<Mechanism> {
+        let layout = StatsLayout::of(schema);
+        let half = u64::from(STATS_STEPS) / 2;
+        let numeric = layout.numeric as u64;
+        vec![
+            Mechanism::DiscreteGaussian {
+                sigma: self.sigma,
+                sensitivity: 1,
+                cells: 1 + layout.categorical as u64,
+            },
+            Mechanism::DiscreteGaussian {
+                sigma: self.sigma * half as f64,
+                sensitivity: half,
+                cells: numeric,
+            },
+            Mechanism::DiscreteGaussian {
+                sigma: self.sigma * (half * half) as f64,
+                sensitivity: half * half,
+                cells: numeric,
+            },
+        ]
     }
 
     /// Noises `values`, a node's statistics vector for `schema`
@@ -416,6 +445,29 @@ levels = ["a", "b", "c"]
                 assert!((rms - 1.0).abs() < 0.15, "column {j} {what}: rms {rms}");
             }
         }
+    }
+
+    #[test]
+    fn the_mechanisms_cost_the_gaussian_charge_under_rdp_and_less_under_pld() {
+        use crate::accounting::{Accountant, epsilon};
+        use crate::privacy::{DEFAULT_ALPHAS, compute_rdp};
+
+        let schema = Schema::parse(SCHEMA).unwrap();
+        let noise = StatisticsNoise::new(8.0).unwrap();
+        let mechanisms = noise.mechanisms(&schema);
+        let charged =
+            compute_rdp(1.0, noise.noise_multiplier(&schema), 1, &DEFAULT_ALPHAS).unwrap();
+        let mut exact = vec![0.0; DEFAULT_ALPHAS.len()];
+        for m in &mechanisms {
+            let rdp = m.rdp(&DEFAULT_ALPHAS).unwrap();
+            exact.iter_mut().zip(&rdp).for_each(|(e, r)| *e += r);
+        }
+        for (c, e) in charged.iter().zip(&exact) {
+            assert!((c - e).abs() <= 1e-12 * c, "{c} against {e}");
+        }
+        let rdp = epsilon(Accountant::Rdp, &mechanisms, 1e-5).unwrap();
+        let pld = epsilon(Accountant::Pld, &mechanisms, 1e-5).unwrap();
+        assert!(pld < rdp && pld > 0.5 * rdp, "PLD {pld}, RDP {rdp}");
     }
 
     #[test]
