@@ -247,7 +247,22 @@ pub fn epsilon(
     releases: &[Mechanism],
     delta: f64,
 ) -> Result<f64, PrivacyError> {
-    epsilon_on_grid(accountant, releases, delta, DEFAULT_INTERVAL)
+    check_delta(delta)?;
+    let mut spending = Vec::with_capacity(releases.len());
+    for release in releases {
+        match release.cost()? {
+            Cost::Nothing => {}
+            Cost::Unbounded => return Ok(f64::INFINITY),
+            Cost::Bounded => spending.push(*release),
+        }
+    }
+    if spending.is_empty() {
+        return Ok(0.0);
+    }
+    match accountant {
+        Accountant::Rdp => Ok(get_privacy_spent(&DEFAULT_ALPHAS, &rdp_curve(&spending)?, delta)?.0),
+        Accountant::Pld => compose_pld(&spending, DEFAULT_INTERVAL)?.epsilon(delta),
+    }
 }
 
 /// σ for `steps` DP-SGD steps at rate `sample_rate` so that `already` and those steps together
@@ -320,31 +335,6 @@ enum Cost {
     Unbounded,
     /// Something finite.
     Bounded,
-}
-
-/// [`epsilon`] on the PLD grid of step `interval`.
-fn epsilon_on_grid(
-    accountant: Accountant,
-    releases: &[Mechanism],
-    delta: f64,
-    interval: f64,
-) -> Result<f64, PrivacyError> {
-    check_delta(delta)?;
-    let mut spending = Vec::with_capacity(releases.len());
-    for release in releases {
-        match release.cost()? {
-            Cost::Nothing => {}
-            Cost::Unbounded => return Ok(f64::INFINITY),
-            Cost::Bounded => spending.push(*release),
-        }
-    }
-    if spending.is_empty() {
-        return Ok(0.0);
-    }
-    match accountant {
-        Accountant::Rdp => Ok(get_privacy_spent(&DEFAULT_ALPHAS, &rdp_curve(&spending)?, delta)?.0),
-        Accountant::Pld => compose_pld(&spending, interval)?.epsilon(delta),
-    }
 }
 
 /// The summed RDP curve of `releases` over [`DEFAULT_ALPHAS`], each distinct mechanism's
