@@ -8,12 +8,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use medfed_certs::{MemberList, coordinator_report_key};
 use medfed_node::egress::{EgressLog, EgressTotals};
-use medfed_node::ledger::{PrivacyLedger, epsilon_of};
+use medfed_node::ledger::{LedgerEntry, PrivacyLedger, Release, epsilon_of};
 use medfed_node::plan::forecast;
 use medfed_node::policy::PolicyGate;
 use medfed_node::releases::ReleaseRecord;
 use medfed_node::trainer::{TchTrainer, set_torch_threads};
 use medfed_node::{NodeConfig, StateLock, prepare, prepare_node, run};
+use medfed_protocol::accounting::{self, Accountant, Mechanism};
 use medfed_protocol::manifest::SignedManifest;
 use medfed_protocol::model::ModelKind;
 use medfed_protocol::task::TrainingPlan;
@@ -125,6 +126,10 @@ enum PrivacyAction {
         /// δ.
         #[arg(long)]
         delta: f64,
+        /// The accountant: `rdp` (Rényi DP, the figure Opacus reports) or `pld` (privacy loss
+        /// distributions, as dp_accounting: a tighter figure).
+        #[arg(long, default_value = "rdp")]
+        accountant: Accountant,
     },
 }
 
@@ -219,6 +224,7 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             match (action, config) {
                 (
                     Some(PrivacyAction::Estimate {
+                        accountant,
                         sample_rate,
                         noise_multiplier,
                         target_epsilon,
@@ -226,7 +232,14 @@ fn run_cli() -> anyhow::Result<ExitCode> {
                         delta,
                     }),
                     _,
-                ) => estimate(sample_rate, noise_multiplier, target_epsilon, steps, delta)?,
+                ) => estimate(
+                    accountant,
+                    sample_rate,
+                    noise_multiplier,
+                    target_epsilon,
+                    steps,
+                    delta,
+                )?,
                 (None, Some(config)) => print_ledger(&NodeConfig::load(&config)?)?,
                 (None, None) => {
                     anyhow::bail!("give --config to print the ledger, or use `privacy estimate`")
@@ -324,8 +337,10 @@ fn run_cli() -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Prints ε (or the σ needed for a target ε) for a DP-SGD plan; the last line is the bare number.
+/// Prints ε (or the σ needed for a target ε) for a DP-SGD plan under `accountant`; the last line
+/// is the bare number.
 fn estimate(
+    accountant: Accountant,
     sample_rate: f64,
     noise_multiplier: Option<f64>,
     target_epsilon: Option<f64>,
@@ -334,23 +349,28 @@ fn estimate(
 ) -> anyhow::Result<()> {
     match (noise_multiplier, target_epsilon) {
         (Some(sigma), _) => {
-            let (epsilon, order) =
-                medfed_protocol::privacy::epsilon(sample_rate, sigma, steps, delta)?;
+            let plan = Mechanism::SubsampledGaussian {
+                sample_rate,
+                noise_multiplier: sigma,
+                steps,
+            };
+            let epsilon = accounting::epsilon(accountant, &[plan], delta)?;
             println!(
-                "q = {sample_rate}, σ = {sigma}, {steps} steps, δ = {delta}: ε = {epsilon:.6} (best Rényi order {order})"
+                "q = {sample_rate}, σ = {sigma}, {steps} steps, δ = {delta}: ε = {epsilon:.6} ({accountant} accountant)"
             );
             println!("{epsilon}");
         }
         (None, Some(target)) => {
-            let sigma = medfed_protocol::privacy::noise_multiplier_for(
+            let sigma = accounting::noise_multiplier_for(
+                accountant,
                 target,
                 delta,
+                &[],
                 sample_rate,
                 steps,
-                0.01,
             )?;
             println!(
-                "q = {sample_rate}, {steps} steps, δ = {delta}: ε ≤ {target} needs σ = {sigma:.6}"
+                "q = {sample_rate}, {steps} steps, δ = {delta}: ε ≤ {target} needs σ = {sigma:.6} ({accountant} accountant)"
             );
             println!("{sigma}");
         }
@@ -381,6 +401,26 @@ fn print_ledger(config: &NodeConfig) -> anyhow::Result<()> {
     }
     match &config.privacy {
         Some(policy) => {
+            // Each kind of release alone, then all of them composed (ε does not add up).
+            for release in [
+                Release::Statistics,
+                Release::Training,
+                Release::EvaluationCounts,
+            ] {
+                let of_kind: Vec<LedgerEntry> = entries
+                    .iter()
+                    .filter(|e| e.release == release)
+                    .cloned()
+                    .collect();
+                if !of_kind.is_empty() {
+                    let (alone, _) = epsilon_of(&of_kind, None, policy.delta)?;
+                    println!(
+                        "{:<17} {:>3} releases: ε = {alone:.4} alone",
+                        release.as_str(),
+                        of_kind.len()
+                    );
+                }
+            }
             let (spent, _) = epsilon_of(&entries, None, policy.delta)?;
             println!(
                 "spent: ε = {spent:.4} of {} at δ = {}",
