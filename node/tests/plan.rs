@@ -174,7 +174,11 @@ fn the_plan_lists_every_release_its_bytes_and_its_epsilon() {
     let params = signed.manifest.model.layout().len();
     let groups = schema.audit_groups().len();
     let counts = EvalCounts::VECTOR_LEN + groups * GroupCounts::VECTOR_LEN;
-    let mut previous = 0.0;
+    // The statistics are noised by default under [privacy]: their release is the first cost.
+    let statistics_epsilon = stats["epsilon_after"].as_f64().unwrap();
+    assert!(statistics_epsilon > 0.0);
+    assert_eq!(stats["epsilon_round"].as_f64().unwrap(), statistics_epsilon);
+    let mut previous = statistics_epsilon;
     for (i, exchange) in exchanges[1..=ROUNDS as usize].iter().enumerate() {
         assert_eq!(exchange["round"], i as u64 + 1);
         assert_eq!(exchange["kind"], "training");
@@ -211,7 +215,8 @@ fn the_plan_lists_every_release_its_bytes_and_its_epsilon() {
     let last = &exchanges[ROUNDS as usize + 1];
     assert_eq!(last["kind"], "final_evaluation");
     assert_eq!(last["total_figures"], counts as u64);
-    // With σ chosen for the plan, the whole task fits the budget, and uses most of it.
+    // With σ chosen for the plan, the whole task — the statistics included — fits the budget,
+    // and uses most of it.
     let total = json["privacy"]["total"].as_f64().unwrap();
     assert_eq!(json["privacy"]["target_epsilon"], 8.0);
     assert!(total <= 8.0 && total > 7.0, "{total}");

@@ -14,7 +14,7 @@
 //!  each sum of squares Q_j = Σ u²   u² ∈ [0, K²/4]             N_Z(0, (σ·K²/4)²)
 //! ```
 //!
-//! with `K` = [`STATS_STEPS`](crate::stats::STATS_STEPS) and `u` a value's grid point; and it
+//! with `K` = [`STATS_STEPS`] and `u` a value's grid point; and it
 //! adds σ² to the vector's last entry, which says how much noise the counts carry (it depends on
 //! the node's setting alone, not on any patient). Patients
 //! are neighbours by adding or removing one (as for DP-SGD). One patient changes `n` by 1, each
