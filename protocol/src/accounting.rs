@@ -508,6 +508,21 @@ fn check_delta(delta: f64) -> Result<(), PrivacyError> {
     }
 }
 
+/// For tests of a release's mechanisms: their RDP is, order by order, the Gaussian charge at
+/// `noise_multiplier` (one step at sampling rate 1) that the ledger records, and their PLD ε is
+/// below their RDP ε, by less than half.
+#[cfg(test)]
+pub(crate) fn assert_charged_as_gaussian(mechanisms: &[Mechanism], noise_multiplier: f64) {
+    let charged = compute_rdp(1.0, noise_multiplier, 1, &DEFAULT_ALPHAS).unwrap();
+    let exact = rdp_curve(mechanisms).unwrap();
+    for (c, e) in charged.iter().zip(&exact) {
+        assert!((c - e).abs() <= 1e-12 * c, "{c} against {e}");
+    }
+    let rdp = epsilon(Accountant::Rdp, mechanisms, 1e-5).unwrap();
+    let pld = epsilon(Accountant::Pld, mechanisms, 1e-5).unwrap();
+    assert!(pld < rdp && pld > 0.5 * rdp, "PLD {pld}, RDP {rdp}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

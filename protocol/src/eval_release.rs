@@ -244,25 +244,11 @@ age = [50]
 
     #[test]
     fn the_mechanisms_cost_the_gaussian_charge_under_rdp_and_less_under_pld() {
-        use crate::accounting::{Accountant, epsilon};
-        use crate::privacy::{DEFAULT_ALPHAS, compute_rdp};
-
-        let attributes = 3;
         let noise = EvaluationNoise::new(5.0, MAX_EXAMPLE_LOSS).unwrap();
-        let mechanisms = noise.mechanisms(attributes);
-        let charged =
-            compute_rdp(1.0, noise.noise_multiplier(attributes), 1, &DEFAULT_ALPHAS).unwrap();
-        let mut exact = vec![0.0; DEFAULT_ALPHAS.len()];
-        for m in &mechanisms {
-            let rdp = m.rdp(&DEFAULT_ALPHAS).unwrap();
-            exact.iter_mut().zip(&rdp).for_each(|(e, r)| *e += r);
-        }
-        for (c, e) in charged.iter().zip(&exact) {
-            assert!((c - e).abs() <= 1e-12 * c, "{c} against {e}");
-        }
-        let rdp = epsilon(Accountant::Rdp, &mechanisms, 1e-5).unwrap();
-        let pld = epsilon(Accountant::Pld, &mechanisms, 1e-5).unwrap();
-        assert!(pld < rdp && pld > 0.5 * rdp, "PLD {pld}, RDP {rdp}");
+        crate::accounting::assert_charged_as_gaussian(
+            &noise.mechanisms(3),
+            noise.noise_multiplier(3),
+        );
     }
 
     #[test]
