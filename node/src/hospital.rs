@@ -268,15 +268,7 @@ impl Hospital {
             });
         }
         let epsilon_after = releases.last().map_or(0.0, |r| r.epsilon_after);
-        if epsilon_after > config.target_epsilon {
-            tracing::warn!(
-                epsilon_after,
-                target_epsilon = config.target_epsilon,
-                delta = config.delta,
-                "declining: this round would take the hospital past its privacy budget"
-            );
-            return Err(DeclineReason::BudgetSpent);
-        }
+        within_budget(config, epsilon_after, "this round")?;
         Ok(Some(PrivateRound {
             dp,
             evaluation,
@@ -718,15 +710,7 @@ impl Hospital {
             .ledger
             .epsilon_with(&[(1.0, noise_multiplier, 1)], config.delta)
             .map_err(|e| local_failure(format!("privacy accountant: {e}")))?;
-        if epsilon_after > config.target_epsilon {
-            tracing::warn!(
-                epsilon_after,
-                target_epsilon = config.target_epsilon,
-                delta = config.delta,
-                "declining: the noised statistics would take the hospital past its privacy budget"
-            );
-            return Err(DeclineReason::BudgetSpent);
-        }
+        within_budget(config, epsilon_after, "the noised statistics")?;
         Ok(vec![LedgerEntry {
             time_ms: now_ms(),
             round,
@@ -1386,6 +1370,26 @@ fn admit_sum(
         tracing::warn!(error = %e, "refusing this survivor set");
         PolicyViolation::AlreadyReleased
     })
+}
+
+/// `Ok` if a release that leaves the hospital at `epsilon_after` stays within its budget;
+/// otherwise the decline, logged with what `release` was.
+fn within_budget(
+    config: &PrivacyConfig,
+    epsilon_after: f64,
+    release: &str,
+) -> Result<(), DeclineReason> {
+    if epsilon_after > config.target_epsilon {
+        tracing::warn!(
+            epsilon_after,
+            target_epsilon = config.target_epsilon,
+            delta = config.delta,
+            release,
+            "declining: the release would take the hospital past its privacy budget"
+        );
+        return Err(DeclineReason::BudgetSpent);
+    }
+    Ok(())
 }
 
 /// The statistics' noise under the hospital's privacy policy; `None` when it turned it off.
