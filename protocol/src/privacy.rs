@@ -257,8 +257,8 @@ pub enum PrivacyError {
         "the privacy loss distribution would need {points} points, more than the PLD accountant holds"
     )]
     PldTooLarge {
-        /// Points it would need.
-        points: u128,
+        /// Points it would need (`u64::MAX`: more than that).
+        points: u64,
     },
     /// A discrete Gaussian's sensitivity is more than twice the PLD accountant's cut-off of its
     /// noise (11.6σ): the patient's shift alone would reveal them.

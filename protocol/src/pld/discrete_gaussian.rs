@@ -70,7 +70,8 @@ impl TruncatedNoise {
         let support = 2.0 * bound + 1.0;
         if support > MAX_SUPPORT as f64 {
             return Err(PrivacyError::PldTooLarge {
-                points: support as u128,
+                // `as` saturates: a support beyond u64 reads as u64::MAX.
+                points: support as u64,
             });
         }
         let bound = bound as i64;

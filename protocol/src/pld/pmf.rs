@@ -114,7 +114,7 @@ impl LossPmf {
         let out_len = out_len as usize;
         let offset = i128::from(self.offset) * i128::from(times) + i128::from(lower);
         let offset =
-            i64::try_from(offset).map_err(|_| PrivacyError::PldTooLarge { points: u128::MAX })?;
+            i64::try_from(offset).map_err(|_| PrivacyError::PldTooLarge { points: u64::MAX })?;
         let probs = self_convolve(&self.probs, times, lower as usize, out_len);
         let infinity_mass =
             TAIL_MASS_TRUNCATION - (times as f64 * (-self.infinity_mass).ln_1p()).exp_m1();
@@ -185,7 +185,9 @@ impl LossPmf {
 /// Refuses a distribution of more than [`MAX_POINTS`] grid points.
 pub(crate) fn check_points(points: u128) -> Result<(), PrivacyError> {
     if points > MAX_POINTS as u128 {
-        return Err(PrivacyError::PldTooLarge { points });
+        return Err(PrivacyError::PldTooLarge {
+            points: u64::try_from(points).unwrap_or(u64::MAX),
+        });
     }
     Ok(())
 }
