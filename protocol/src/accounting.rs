@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::pld::{DEFAULT_INTERVAL, PrivacyLossDistribution};
 use crate::privacy::{
     DEFAULT_ALPHAS, DEFAULT_EPSILON_TOLERANCE, MAX_NOISE_MULTIPLIER, PrivacyError, compute_rdp,
-    get_privacy_spent, noise_multiplier_alongside,
+    get_privacy_spent, noise_multiplier_alongside, opacus_bisection,
 };
 
 /// A differentially private release, as the accountants compose it.
@@ -403,29 +403,8 @@ fn pld_noise_multiplier(
     let coarse = Planner::new(already, sample_rate, steps, delta, COARSE_INTERVAL)?;
 
     // Opacus's bracket and bisection, on the coarse grid.
-    let mut eps_high = f64::INFINITY;
-    let mut sigma_low = 0.0;
-    let mut sigma_high = 10.0;
-    while eps_high > target_epsilon {
-        sigma_high *= 2.0;
-        eps_high = coarse.epsilon(sigma_high)?;
-        if sigma_high > MAX_NOISE_MULTIPLIER {
-            return Err(PrivacyError::BudgetTooLow { target_epsilon });
-        }
-    }
-    while target_epsilon - eps_high > tolerance {
-        let sigma = (sigma_low + sigma_high) / 2.0;
-        if sigma == sigma_low || sigma == sigma_high {
-            return Err(PrivacyError::NoConvergence { target_epsilon });
-        }
-        let eps = coarse.epsilon(sigma)?;
-        if eps < target_epsilon {
-            sigma_high = sigma;
-            eps_high = eps;
-        } else {
-            sigma_low = sigma;
-        }
-    }
+    let (mut sigma_low, mut sigma_high) =
+        opacus_bisection(target_epsilon, tolerance, |sigma| coarse.epsilon(sigma))?;
 
     // The full grid decides.
     let fine = Planner::new(already, sample_rate, steps, delta, DEFAULT_INTERVAL)?;

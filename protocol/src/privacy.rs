@@ -168,23 +168,37 @@ pub fn noise_multiplier_alongside(
     check_delta(delta)?;
     check_sampling_rate(q)?;
 
+    let (_, sigma) = opacus_bisection(target_epsilon, epsilon_tolerance, |sigma| {
+        Ok(epsilon(q, sigma, steps, delta)?.0)
+    })?;
+    Ok(sigma)
+}
+
+/// Opacus's `get_noise_multiplier` search, with `epsilon_at(σ)` the ε the plan spends at σ:
+/// σ doubles from 20 until ε falls to the target (giving up past [`MAX_NOISE_MULTIPLIER`]),
+/// then the interval from 0 is halved until ε is within `tolerance` below the target. Returns
+/// the final interval `(σ_low, σ_high)`: σ_high never spends more than the target.
+pub(crate) fn opacus_bisection(
+    target_epsilon: f64,
+    tolerance: f64,
+    mut epsilon_at: impl FnMut(f64) -> Result<f64, PrivacyError>,
+) -> Result<(f64, f64), PrivacyError> {
     let mut eps_high = f64::INFINITY;
     let mut sigma_low = 0.0;
     let mut sigma_high = 10.0;
     while eps_high > target_epsilon {
         sigma_high *= 2.0;
-        eps_high = epsilon(q, sigma_high, steps, delta)?.0;
+        eps_high = epsilon_at(sigma_high)?;
         if sigma_high > MAX_NOISE_MULTIPLIER {
             return Err(PrivacyError::BudgetTooLow { target_epsilon });
         }
     }
-
-    while target_epsilon - eps_high > epsilon_tolerance {
+    while target_epsilon - eps_high > tolerance {
         let sigma = (sigma_low + sigma_high) / 2.0;
         if sigma == sigma_low || sigma == sigma_high {
             return Err(PrivacyError::NoConvergence { target_epsilon });
         }
-        let eps = epsilon(q, sigma, steps, delta)?.0;
+        let eps = epsilon_at(sigma)?;
         if eps < target_epsilon {
             sigma_high = sigma;
             eps_high = eps;
@@ -192,7 +206,7 @@ pub fn noise_multiplier_alongside(
             sigma_low = sigma;
         }
     }
-    Ok(sigma_high)
+    Ok((sigma_low, sigma_high))
 }
 
 /// Why a privacy computation was refused or failed.
