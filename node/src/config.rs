@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use medfed_certs::TlsFiles;
+use medfed_protocol::accounting::Accountant;
 use medfed_protocol::eval_release::{EvalReleaseError, EvaluationNoise};
 use medfed_protocol::evaluation::MAX_EXAMPLE_LOSS;
 use medfed_protocol::stats_release::{StatisticsNoise, StatsReleaseError};
@@ -60,6 +61,12 @@ pub struct PrivacyConfig {
     pub noise_multiplier: NoiseMultiplier,
     /// Per-patient gradient clipping norm C.
     pub max_grad_norm: f64,
+    /// The accountant that composes the node's releases into ε (`accountant = "rdp"`, the
+    /// default: Rényi DP, the figure Opacus reports; or `"pld"`: privacy loss distributions, as
+    /// Google's dp_accounting, a tighter ε for the same releases). It counts every release,
+    /// chooses σ under `noise_multiplier = "auto"`, and is recorded with each ledger entry.
+    #[serde(default)]
+    pub accountant: Accountant,
     /// Noise on the evaluation counts (`[privacy.evaluation]`); `None` (the default): the
     /// counts leave exact, protected by secure aggregation alone.
     #[serde(default)]

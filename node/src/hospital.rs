@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use medfed_protocol::accounting::Mechanism;
 use medfed_protocol::contribution::{LocalUpdate, RoundLayout, RoundResult};
 use medfed_protocol::eval_release::EvaluationNoise;
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
@@ -17,7 +18,6 @@ use medfed_protocol::messages::{
     RoundStart, SecAggSetup, StatsRequest,
 };
 use medfed_protocol::model::{Model, ModelError, ModelHash, ModelKind, ModelSpec};
-use medfed_protocol::privacy::{DEFAULT_ALPHAS, compute_rdp, noise_multiplier_alongside};
 use medfed_protocol::schema::Schema;
 use medfed_protocol::secagg::encoding::{BlockEncoding, VectorEncoding};
 use medfed_protocol::secagg::{
@@ -28,11 +28,12 @@ use medfed_protocol::stats_release::StatisticsNoise;
 use medfed_protocol::task::TrainingPlan;
 use rand::{SeedableRng, TryRngCore};
 
+use crate::auto_noise::AutoNoiseMultiplier;
 use crate::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig};
 use crate::data::Dataset;
 use crate::egress::now_ms;
 use crate::examples::Examples;
-use crate::ledger::{LedgerEntry, PrivacyLedger, Release, epsilon_of_all};
+use crate::ledger::{LedgerEntry, PrivacyLedger, Release, epsilon_of};
 use crate::manifest::{
     LISTED_ROUNDS, ManifestApproval, ManifestRefusal, PrivacyForecast, RoundCost, check_manifest,
 };
@@ -72,6 +73,8 @@ pub struct Hospital {
     privacy: Option<Privacy>,
     /// The releases the coordinator plans, for choosing σ automatically.
     schedule: Schedule,
+    /// σ chosen for the plan, under `noise_multiplier = "auto"`.
+    auto_noise_multiplier: AutoNoiseMultiplier,
     /// What the hospital agrees to release.
     policy: PolicyGate,
     /// Exact figures already released into secure sums, and over whom.
@@ -115,20 +118,73 @@ struct PrivateRound {
 
 /// One release a round will make and the ε spent once it counts.
 struct PlannedRelease {
-    /// What is released.
-    release: Release,
-    /// Sampling rate q (1 for the evaluation counts).
-    sample_rate: f64,
-    /// Noise multiplier (σ/Δ for the evaluation counts).
-    noise_multiplier: f64,
-    /// Planned noisy steps (1 for the evaluation counts).
-    steps: u64,
+    /// What is released, and how.
+    terms: ReleaseTerms,
     /// ε spent once this release counts, the round's earlier releases included.
     epsilon_after: f64,
 }
 
-/// One private release's terms: what, sampling rate q, noise multiplier σ, steps.
-type ReleaseTerms = (Release, f64, f64, u64);
+/// One private release's terms: what it releases, its mechanisms as the accountants compose
+/// them, and the `(q, σ, steps)` the ledger shows for it (for a count release, the Gaussian
+/// step at σ/Δ that Rényi DP charges it as).
+#[derive(Clone, Debug, PartialEq)]
+struct ReleaseTerms {
+    release: Release,
+    mechanisms: Vec<Mechanism>,
+    sample_rate: f64,
+    noise_multiplier: f64,
+    steps: u64,
+}
+
+impl ReleaseTerms {
+    /// DP-SGD: `steps` Poisson-subsampled Gaussian steps.
+    fn training(sample_rate: f64, noise_multiplier: f64, steps: u64) -> Self {
+        Self {
+            release: Release::Training,
+            mechanisms: vec![Mechanism::SubsampledGaussian {
+                sample_rate,
+                noise_multiplier,
+                steps,
+            }],
+            sample_rate,
+            noise_multiplier,
+            steps,
+        }
+    }
+
+    /// A release of noised counts: `mechanisms`, charged by Rényi DP as one Gaussian step at
+    /// `noise_multiplier` (σ/Δ).
+    fn counts(release: Release, mechanisms: Vec<Mechanism>, noise_multiplier: f64) -> Self {
+        Self {
+            release,
+            mechanisms,
+            sample_rate: 1.0,
+            noise_multiplier,
+            steps: 1,
+        }
+    }
+
+    /// The mechanisms of `times` such releases.
+    fn repeated(&self, times: u64) -> impl Iterator<Item = Mechanism> + '_ {
+        self.mechanisms.iter().map(move |m| m.repeated(times))
+    }
+
+    /// The ledger entry of this release, made in `round`, once it counts.
+    fn entry(self, round: u64, privacy: &Privacy, epsilon_after: f64) -> LedgerEntry {
+        LedgerEntry {
+            time_ms: now_ms(),
+            round,
+            release: self.release,
+            mechanisms: self.mechanisms,
+            accountant: privacy.config.accountant,
+            steps: self.steps,
+            sample_rate: self.sample_rate,
+            noise_multiplier: self.noise_multiplier,
+            delta: privacy.config.delta,
+            epsilon_after,
+        }
+    }
+}
 
 /// The releases a task plans, as far as choosing σ needs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,6 +253,7 @@ impl Hospital {
             secagg: None,
             privacy: None,
             schedule: Schedule::default(),
+            auto_noise_multiplier: AutoNoiseMultiplier::default(),
             policy: PolicyGate::new(NodePolicy::default(), None, HashMap::new()),
             exact_releases: ReleaseRecord::in_memory(),
             manifest: None,
@@ -222,9 +279,9 @@ impl Hospital {
         let delta = privacy.config.delta;
         privacy
             .ledger
-            .epsilon(None, delta)
+            .epsilon(privacy.config.accountant, &[], delta)
             .ok()
-            .map(|(epsilon, _)| (epsilon, delta))
+            .map(|epsilon| (epsilon, delta))
     }
 
     /// The noise of a round's private releases — DP-SGD in a training round, the evaluation
@@ -250,20 +307,15 @@ impl Hospital {
             return Ok(None);
         }
         let mut releases = Vec::with_capacity(planned.len());
-        for (i, &(release, sample_rate, noise_multiplier, steps)) in planned.iter().enumerate() {
-            let next: Vec<(f64, f64, u64)> = planned[..=i]
-                .iter()
-                .map(|&(_, q, s, t)| (q, s, t))
-                .collect();
-            let (epsilon_after, _) = privacy
+        let mut next = Vec::new();
+        for terms in planned {
+            next.extend_from_slice(&terms.mechanisms);
+            let epsilon_after = privacy
                 .ledger
-                .epsilon_with(&next, config.delta)
-                .map_err(|e| local_failure(format!("privacy accountant: {e}")))?;
+                .epsilon(config.accountant, &next, config.delta)
+                .map_err(accountant_failure)?;
             releases.push(PlannedRelease {
-                release,
-                sample_rate,
-                noise_multiplier,
-                steps,
+                terms,
                 epsilon_after,
             });
         }
@@ -276,8 +328,7 @@ impl Hospital {
         }))
     }
 
-    /// The private releases of one round — `(release, q, σ, steps)` in the order they are
-    /// recorded: DP-SGD in a training round, then, in a round that evaluates, the evaluation
+    /// The private releases of one round, in the order they are recorded: DP-SGD in a training round, then, in a round that evaluates, the evaluation
     /// counts' noise when the hospital turned it on — and the DP-SGD settings, for a task of
     /// `schedule` whose evaluation counts and statistics are noised as given.
     fn round_releases(
@@ -309,33 +360,27 @@ impl Hospital {
                 NoiseMultiplier::Auto => {
                     // Leave room for the noised evaluation counts of every round the schedule
                     // evaluates and of the final evaluation, and for the noised statistics.
-                    let mut other: Vec<f64> = Vec::new();
-                    let releases = [
-                        evaluation.map(|n| (n.noise_multiplier(attributes), schedule.evaluations)),
-                        statistics.map(|n| (n.noise_multiplier(&self.schema), 1)),
-                    ];
-                    for (noise_multiplier, steps) in releases.into_iter().flatten() {
-                        let rdp = compute_rdp(1.0, noise_multiplier, steps, &DEFAULT_ALPHAS)
-                            .map_err(|e| local_failure(format!("privacy accountant: {e}")))?;
-                        if other.is_empty() {
-                            other = rdp;
-                        } else {
-                            other.iter_mut().zip(&rdp).for_each(|(o, r)| *o += r);
-                        }
+                    let mut other: Vec<Mechanism> = Vec::new();
+                    if let Some(noise) = evaluation {
+                        let counts = evaluation_terms(noise, attributes);
+                        other.extend(counts.repeated(schedule.evaluations));
                     }
-                    noise_multiplier_alongside(
-                        config.target_epsilon,
-                        config.delta,
-                        sample_rate,
-                        schedule.rounds.saturating_mul(steps),
-                        0.01,
-                        &other,
-                    )
-                    .map_err(|e| local_failure(format!("cannot choose a noise multiplier: {e}")))?
+                    if let Some(noise) = statistics {
+                        other.extend(noise.mechanisms(&self.schema));
+                    }
+                    self.auto_noise_multiplier
+                        .choose(
+                            config,
+                            other,
+                            sample_rate,
+                            schedule.rounds.saturating_mul(steps),
+                        )
+                        .map_err(|e| {
+                            local_failure(format!("cannot choose a noise multiplier: {e}"))
+                        })?
                 }
             };
-            planned.push((
-                Release::Training,
+            planned.push(ReleaseTerms::training(
                 sample_rate,
                 training.noise_multiplier,
                 steps,
@@ -343,12 +388,7 @@ impl Hospital {
             dp = Some(training);
         }
         if let Some(noise) = evaluation.filter(|_| evaluate) {
-            planned.push((
-                Release::EvaluationCounts,
-                1.0,
-                noise.noise_multiplier(attributes),
-                1,
-            ));
+            planned.push(evaluation_terms(noise, attributes));
         }
         Ok((planned, dp))
     }
@@ -400,29 +440,21 @@ impl Hospital {
             &manifest.training.plan(rounds.saturating_add(1)),
         )?;
         // The statistics round releases once, before every training round.
-        let statistics_release = statistics
+        let statistics_release: Vec<Mechanism> = statistics
             .as_ref()
-            .map(|n| (1.0, n.noise_multiplier(&self.schema), 1));
-        let accountant = |next: &[(f64, f64, u64)]| {
-            epsilon_of_all(entries, next, config.delta)
-                .map(|(epsilon, _)| epsilon)
-                .map_err(|e| local_failure(format!("privacy accountant: {e}")))
+            .map(|n| n.mechanisms(&self.schema))
+            .unwrap_or_default();
+        let accountant = |next: &[Mechanism]| {
+            epsilon_of(entries, next, config.accountant, config.delta).map_err(accountant_failure)
         };
-        // Every training round releases the same (q, σ, steps): k of them compose as one
-        // release of k·steps; the evaluations of the rounds the schedule evaluates likewise.
+        // Every training round releases the same mechanisms: k of them compose as each run k
+        // times as often; the evaluations of the rounds the schedule evaluates likewise.
         let after = |trained: u64, final_evaluation: bool| -> Result<f64, DeclineReason> {
             let evaluations =
                 manifest.releases.evaluated_rounds(trained) + u64::from(final_evaluation);
-            let repeated = |terms: &[ReleaseTerms], times: u64| -> Vec<(f64, f64, u64)> {
-                terms
-                    .iter()
-                    .map(|&(_, q, sigma, steps)| (q, sigma, steps.saturating_mul(times)))
-                    .filter(|&(_, _, steps)| steps > 0)
-                    .collect()
-            };
-            let mut next: Vec<(f64, f64, u64)> = statistics_release.into_iter().collect();
-            next.extend(repeated(&training, trained));
-            next.extend(repeated(&one_evaluation, evaluations));
+            let mut next = statistics_release.clone();
+            next.extend(training.iter().flat_map(|t| t.repeated(trained)));
+            next.extend(one_evaluation.iter().flat_map(|t| t.repeated(evaluations)));
             accountant(&next)
         };
         let listed: Vec<u64> = if rounds <= LISTED_ROUNDS {
@@ -449,13 +481,14 @@ impl Hospital {
             target_epsilon: config.target_epsilon,
             delta: config.delta,
             spent: accountant(&[])?,
-            statistics: statistics_release
-                .map(|release| accountant(&[release]))
+            statistics: statistics
+                .is_some()
+                .then(|| accountant(&statistics_release))
                 .transpose()?,
             noise_multiplier: training
                 .iter()
-                .find(|r| r.0 == Release::Training)
-                .map(|r| r.2),
+                .find(|r| r.release == Release::Training)
+                .map(|r| r.noise_multiplier),
             rounds: costs,
         })
     }
@@ -705,22 +738,17 @@ impl Hospital {
             return Ok(Vec::new());
         };
         let config = &privacy.config;
-        let noise_multiplier = noise.noise_multiplier(&self.schema);
-        let (epsilon_after, _) = privacy
+        let terms = ReleaseTerms::counts(
+            Release::Statistics,
+            noise.mechanisms(&self.schema),
+            noise.noise_multiplier(&self.schema),
+        );
+        let epsilon_after = privacy
             .ledger
-            .epsilon_with(&[(1.0, noise_multiplier, 1)], config.delta)
-            .map_err(|e| local_failure(format!("privacy accountant: {e}")))?;
+            .epsilon(config.accountant, &terms.mechanisms, config.delta)
+            .map_err(accountant_failure)?;
         within_budget(config, epsilon_after, "the noised statistics")?;
-        Ok(vec![LedgerEntry {
-            time_ms: now_ms(),
-            round,
-            release: Release::Statistics,
-            steps: 1,
-            sample_rate: 1.0,
-            noise_multiplier,
-            delta: config.delta,
-            epsilon_after,
-        }])
+        Ok(vec![terms.entry(round, privacy, epsilon_after)])
     }
 
     /// How many values of each numeric column of the training split lie outside the schema's
@@ -1117,19 +1145,17 @@ impl Hospital {
             (Some(private), Some(privacy)) => private
                 .releases
                 .iter()
-                .map(|planned| LedgerEntry {
-                    time_ms: now_ms(),
-                    round,
-                    release: planned.release,
-                    // A training entry records the noisy steps actually taken.
-                    steps: match planned.release {
-                        Release::Training => steps,
-                        Release::EvaluationCounts | Release::Statistics => planned.steps,
-                    },
-                    sample_rate: planned.sample_rate,
-                    noise_multiplier: planned.noise_multiplier,
-                    delta: privacy.config.delta,
-                    epsilon_after: planned.epsilon_after,
+                .map(|planned| {
+                    let terms = match planned.terms.release {
+                        // A training entry records the noisy steps actually taken.
+                        Release::Training => ReleaseTerms::training(
+                            planned.terms.sample_rate,
+                            planned.terms.noise_multiplier,
+                            steps,
+                        ),
+                        Release::EvaluationCounts | Release::Statistics => planned.terms.clone(),
+                    };
+                    terms.entry(round, privacy, planned.epsilon_after)
                 })
                 .collect(),
             _ => Vec::new(),
@@ -1390,6 +1416,20 @@ fn within_budget(
         return Err(DeclineReason::BudgetSpent);
     }
     Ok(())
+}
+
+/// The release of one evaluation's counts under `noise`, with `attributes` audited attributes.
+fn evaluation_terms(noise: &EvaluationNoise, attributes: usize) -> ReleaseTerms {
+    ReleaseTerms::counts(
+        Release::EvaluationCounts,
+        noise.mechanisms(attributes),
+        noise.noise_multiplier(attributes),
+    )
+}
+
+/// The reason to decline when the accountant refuses the figures.
+fn accountant_failure(e: impl std::fmt::Display) -> DeclineReason {
+    local_failure(format!("privacy accountant: {e}"))
 }
 
 /// The statistics' noise under the hospital's privacy policy; `None` when it turned it off.

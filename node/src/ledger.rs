@@ -2,13 +2,17 @@
 //! what it cost, appended and flushed to disk before the release leaves the node.
 //!
 //! The ledger is the node's own record of its privacy budget. It is read whole at start-up and
-//! never reset: a restarted node does not get its budget back. The ε it reports composes every
-//! entry's Rényi-DP curve (Poisson-subsampled Gaussian, the accountant Opacus uses) and converts
-//! the total to (ε, δ).
+//! never reset: a restarted node does not get its budget back. Each entry records the release's
+//! mechanisms ([`Mechanism`]) as the accountants compose them, and the accountant that worked
+//! out the ε spent once it counted; the ε the node reports composes every entry's mechanisms
+//! from scratch under the accountant its configuration names ([`Accountant`]: Rényi DP as
+//! Opacus, or privacy loss distributions as dp_accounting).
 
+use std::borrow::Cow;
 use std::path::Path;
 
-use medfed_protocol::privacy::{DEFAULT_ALPHAS, PrivacyError, compute_rdp, get_privacy_spent};
+use medfed_protocol::accounting::{self, Accountant, Mechanism};
+use medfed_protocol::privacy::PrivacyError;
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{Journal, JournalError};
@@ -27,34 +31,64 @@ pub struct LedgerEntry {
     /// What was released (entries written before this field existed are training releases).
     #[serde(default)]
     pub release: Release,
-    /// Noisy DP-SGD steps taken.
+    /// The release as the accountants compose it. Entries written before this field existed
+    /// have none: their `(sample_rate, noise_multiplier, steps)` is the mechanism
+    /// ([`Self::mechanisms`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mechanisms: Vec<Mechanism>,
+    /// The accountant that worked out `epsilon_after` (entries written before this field
+    /// existed used Rényi DP).
+    #[serde(default)]
+    pub accountant: Accountant,
+    /// Noisy DP-SGD steps taken (1 for a count release).
     pub steps: u64,
-    /// Poisson sampling rate q.
+    /// Poisson sampling rate q (1 for a count release).
     pub sample_rate: f64,
-    /// Noise multiplier σ.
+    /// Noise multiplier σ (for a count release, the Gaussian mechanism's σ/Δ that Rényi DP
+    /// charges it at).
     pub noise_multiplier: f64,
     /// The δ the node accounts at.
     pub delta: f64,
-    /// ε spent by the node once this entry counts, at `delta`.
+    /// ε spent by the node once this entry counts, at `delta`, under `accountant`.
     pub epsilon_after: f64,
 }
 
+impl LedgerEntry {
+    /// The release's mechanisms: those recorded, or for an entry written before they were, the
+    /// `steps` Poisson-subsampled Gaussian steps at `sample_rate` and `noise_multiplier` it was
+    /// charged as.
+    pub fn mechanisms(&self) -> Cow<'_, [Mechanism]> {
+        if self.mechanisms.is_empty() {
+            Cow::Owned(vec![Mechanism::SubsampledGaussian {
+                sample_rate: self.sample_rate,
+                noise_multiplier: self.noise_multiplier,
+                steps: self.steps,
+            }])
+        } else {
+            Cow::Borrowed(&self.mechanisms)
+        }
+    }
+}
+
 /// What a ledger entry released.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Release {
     /// A noised model update from DP-SGD: `steps` Poisson-subsampled Gaussian steps.
     #[default]
     Training,
-    /// The round's evaluation counts with discrete Gaussian noise: one Gaussian-mechanism step
-    /// at sampling rate 1 and noise multiplier σ/Δ (see `medfed_protocol::eval_release`).
+    /// The round's evaluation counts with discrete Gaussian noise (see
+    /// `medfed_protocol::eval_release`).
     EvaluationCounts,
-    /// The statistics round's figures with discrete Gaussian noise: one Gaussian-mechanism
-    /// step at sampling rate 1 and noise multiplier σ/Δ (see `medfed_protocol::stats_release`).
+    /// The statistics round's figures with discrete Gaussian noise (see
+    /// `medfed_protocol::stats_release`).
     Statistics,
 }
 
 impl Release {
+    /// Every kind, in the order a task releases them first.
+    pub const ALL: [Self; 3] = [Self::Statistics, Self::Training, Self::EvaluationCounts];
+
     /// The name written in the ledger and printed: `training`, `evaluation_counts` or
     /// `statistics`.
     pub fn as_str(self) -> &'static str {
@@ -94,24 +128,15 @@ impl PrivacyLedger {
         &self.entries
     }
 
-    /// The (ε, best order) the node has spent at `delta`, counting `next` — a release it is
-    /// about to make, as `(q, σ, steps)` — when given.
+    /// The ε the node has spent at `delta` under `accountant`, counting `next` — releases it
+    /// is about to make — too.
     pub fn epsilon(
         &self,
-        next: Option<(f64, f64, u64)>,
+        accountant: Accountant,
+        next: &[Mechanism],
         delta: f64,
-    ) -> Result<(f64, f64), LedgerError> {
-        epsilon_of(&self.entries, next, delta)
-    }
-
-    /// As [`Self::epsilon`], counting every release of `next`, each `(q, σ, steps)`: a round
-    /// may release both a noised update and noised evaluation counts.
-    pub fn epsilon_with(
-        &self,
-        next: &[(f64, f64, u64)],
-        delta: f64,
-    ) -> Result<(f64, f64), LedgerError> {
-        epsilon_of_all(&self.entries, next, delta)
+    ) -> Result<f64, LedgerError> {
+        epsilon_of(&self.entries, next, accountant, delta)
     }
 
     /// Appends a release; returns only once it is on disk.
@@ -122,36 +147,25 @@ impl PrivacyLedger {
     }
 }
 
-/// The (ε, best order) spent by `entries` plus `next`, at `delta`.
-pub fn epsilon_of(
-    entries: &[LedgerEntry],
-    next: Option<(f64, f64, u64)>,
-    delta: f64,
-) -> Result<(f64, f64), LedgerError> {
-    epsilon_of_all(entries, next.as_slice(), delta)
+/// Every mechanism of `entries`, in order.
+pub fn mechanisms_of(entries: &[LedgerEntry]) -> Vec<Mechanism> {
+    entries
+        .iter()
+        .flat_map(|e| e.mechanisms().into_owned())
+        .collect()
 }
 
-/// The (ε, best order) spent by `entries` plus every release of `next`, at `delta`.
-pub fn epsilon_of_all(
+/// The ε that `entries` and `next` spend together at `delta` under `accountant`, composed from
+/// scratch.
+pub fn epsilon_of(
     entries: &[LedgerEntry],
-    next: &[(f64, f64, u64)],
+    next: &[Mechanism],
+    accountant: Accountant,
     delta: f64,
-) -> Result<(f64, f64), LedgerError> {
-    let mut total = vec![0.0; DEFAULT_ALPHAS.len()];
-    let releases = entries
-        .iter()
-        .map(|e| (e.sample_rate, e.noise_multiplier, e.steps))
-        .chain(next.iter().copied());
-    let mut any = false;
-    for (q, sigma, steps) in releases {
-        let rdp = compute_rdp(q, sigma, steps, &DEFAULT_ALPHAS)?;
-        total.iter_mut().zip(&rdp).for_each(|(t, r)| *t += r);
-        any = true;
-    }
-    if !any {
-        return Ok((0.0, 0.0));
-    }
-    Ok(get_privacy_spent(&DEFAULT_ALPHAS, &total, delta)?)
+) -> Result<f64, LedgerError> {
+    let mut all = mechanisms_of(entries);
+    all.extend_from_slice(next);
+    Ok(accounting::epsilon(accountant, &all, delta)?)
 }
 
 /// The ledger could not be read, written or used.
@@ -170,46 +184,98 @@ pub enum LedgerError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn entries_without_a_release_kind_read_as_training() {
-        let old = r#"{"time_ms":1,"round":2,"steps":12,"sample_rate":0.1,"noise_multiplier":1.0,"delta":1e-5,"epsilon_after":0.5}"#;
-        let entry: LedgerEntry = serde_json::from_str(old).unwrap();
-        assert_eq!(entry.release, Release::Training);
-        let eval = LedgerEntry {
-            release: Release::EvaluationCounts,
-            ..entry
-        };
-        let text = serde_json::to_string(&eval).unwrap();
-        assert!(text.contains(r#""release":"evaluation_counts""#), "{text}");
-        assert_eq!(serde_json::from_str::<LedgerEntry>(&text).unwrap(), eval);
-        let stats = LedgerEntry {
-            release: Release::Statistics,
-            ..eval
-        };
-        let text = serde_json::to_string(&stats).unwrap();
-        assert!(text.contains(r#""release":"statistics""#), "{text}");
-        assert_eq!(serde_json::from_str::<LedgerEntry>(&text).unwrap(), stats);
-        assert_eq!(Release::Statistics.as_str(), "statistics");
+    fn entry(release: Release, mechanisms: Vec<Mechanism>) -> LedgerEntry {
+        LedgerEntry {
+            time_ms: 1,
+            round: 2,
+            release,
+            mechanisms,
+            accountant: Accountant::Pld,
+            steps: 1,
+            sample_rate: 1.0,
+            noise_multiplier: 2.0,
+            delta: 1e-5,
+            epsilon_after: 0.5,
+        }
     }
 
     #[test]
-    fn an_evaluation_release_costs_the_gaussian_mechanism_at_sigma_over_delta() {
-        // One step at q = 1 is the Gaussian mechanism: RDP α·Δ²/(2σ²) at every order.
-        let (sigma, delta_l2) = (8.0, 10f64.sqrt());
-        let multiplier = sigma / delta_l2;
-        let rdp = compute_rdp(1.0, multiplier, 1, &DEFAULT_ALPHAS).unwrap();
-        for (alpha, r) in DEFAULT_ALPHAS.iter().zip(&rdp) {
-            let expected = alpha * delta_l2 * delta_l2 / (2.0 * sigma * sigma);
+    fn entries_written_before_kinds_and_mechanisms_read_as_rdp_charged_training() {
+        let old = r#"{"time_ms":1,"round":2,"steps":12,"sample_rate":0.1,"noise_multiplier":1.0,"delta":1e-5,"epsilon_after":0.5}"#;
+        let entry: LedgerEntry = serde_json::from_str(old).unwrap();
+        assert_eq!(entry.release, Release::Training);
+        assert_eq!(entry.accountant, Accountant::Rdp);
+        assert_eq!(
+            entry.mechanisms().as_ref(),
+            [Mechanism::SubsampledGaussian {
+                sample_rate: 0.1,
+                noise_multiplier: 1.0,
+                steps: 12,
+            }]
+        );
+    }
+
+    #[test]
+    fn an_entry_keeps_its_kind_mechanisms_and_accountant_through_the_file_format() {
+        let counts = Mechanism::DiscreteGaussian {
+            sigma: 8.0,
+            sensitivity: 1,
+            cells: 11,
+        };
+        for release in Release::ALL {
+            let written = entry(release, vec![counts]);
+            let text = serde_json::to_string(&written).unwrap();
             assert!(
-                (r - expected).abs() < 1e-12 * expected.max(1.0),
-                "α = {alpha}"
+                text.contains(&format!(r#""release":"{}""#, release.as_str())),
+                "{text}"
             );
+            assert!(text.contains(r#""accountant":"pld""#), "{text}");
+            assert!(text.contains(r#""kind":"discrete_gaussian""#), "{text}");
+            let read: LedgerEntry = serde_json::from_str(&text).unwrap();
+            assert_eq!(read, written);
+            assert_eq!(read.mechanisms().as_ref(), [counts]);
         }
-        let training = (0.1, 1.0, 20);
-        let both = epsilon_of_all(&[], &[training, (1.0, multiplier, 1)], 1e-5)
-            .unwrap()
-            .0;
-        let alone = epsilon_of_all(&[], &[training], 1e-5).unwrap().0;
-        assert!(both > alone);
+    }
+
+    #[test]
+    fn a_count_release_charged_as_its_gaussian_equivalent_costs_the_same_under_rdp() {
+        // Ledgers written before mechanisms were recorded charged a count release as one
+        // Gaussian step at σ/Δ; its discrete Gaussian cells cost exactly that under Rényi DP,
+        // so an old ledger's ε does not move when it is recomposed.
+        let (sigma, cells) = (8.0, 10u64);
+        let new = entry(
+            Release::EvaluationCounts,
+            vec![Mechanism::DiscreteGaussian {
+                sigma,
+                sensitivity: 1,
+                cells,
+            }],
+        );
+        let old = LedgerEntry {
+            mechanisms: Vec::new(),
+            noise_multiplier: sigma / (cells as f64).sqrt(),
+            ..new.clone()
+        };
+        let training = entry(
+            Release::Training,
+            vec![Mechanism::SubsampledGaussian {
+                sample_rate: 0.1,
+                noise_multiplier: 1.0,
+                steps: 20,
+            }],
+        );
+        let rdp = |entries: &[LedgerEntry]| epsilon_of(entries, &[], Accountant::Rdp, 1e-5);
+        let (with_old, with_new) = (
+            rdp(&[training.clone(), old]).unwrap(),
+            rdp(&[training.clone(), new.clone()]).unwrap(),
+        );
+        assert!(
+            (with_old - with_new).abs() < 1e-9 * with_new,
+            "{with_old} vs {with_new}"
+        );
+        assert!(with_new > rdp(std::slice::from_ref(&training)).unwrap());
+        // The tighter accountant composes the same entries to less, never more.
+        let pld = epsilon_of(&[training, new], &[], Accountant::Pld, 1e-5).unwrap();
+        assert!(pld < with_new, "PLD {pld} vs RDP {with_new}");
     }
 }

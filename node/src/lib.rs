@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod auto_noise;
 pub mod client;
 pub mod config;
 pub mod data;

@@ -383,12 +383,12 @@ fn estimate(
 fn print_ledger(config: &NodeConfig) -> anyhow::Result<()> {
     let entries = PrivacyLedger::read(&config.state_dir)?;
     println!(
-        "{:<16} {:>6} {:<17} {:>7} {:>9} {:>8} {:>9} {:>10}",
-        "time (unix ms)", "round", "release", "steps", "q", "sigma", "delta", "eps after"
+        "{:<16} {:>6} {:<17} {:>7} {:>9} {:>8} {:>9} {:>10} {:>4}",
+        "time (unix ms)", "round", "release", "steps", "q", "sigma", "delta", "eps after", "acct"
     );
     for e in &entries {
         println!(
-            "{:<16} {:>6} {:<17} {:>7} {:>9.5} {:>8.4} {:>9.1e} {:>10.4}",
+            "{:<16} {:>6} {:<17} {:>7} {:>9.5} {:>8.4} {:>9.1e} {:>10.4} {:>4}",
             e.time_ms,
             e.round,
             e.release.as_str(),
@@ -396,24 +396,22 @@ fn print_ledger(config: &NodeConfig) -> anyhow::Result<()> {
             e.sample_rate,
             e.noise_multiplier,
             e.delta,
-            e.epsilon_after
+            e.epsilon_after,
+            e.accountant
         );
     }
     match &config.privacy {
         Some(policy) => {
+            let accountant = policy.accountant;
             // Each kind of release alone, then all of them composed (ε does not add up).
-            for release in [
-                Release::Statistics,
-                Release::Training,
-                Release::EvaluationCounts,
-            ] {
+            for release in Release::ALL {
                 let of_kind: Vec<LedgerEntry> = entries
                     .iter()
                     .filter(|e| e.release == release)
                     .cloned()
                     .collect();
                 if !of_kind.is_empty() {
-                    let (alone, _) = epsilon_of(&of_kind, None, policy.delta)?;
+                    let alone = epsilon_of(&of_kind, &[], accountant, policy.delta)?;
                     println!(
                         "{:<17} {:>3} releases: ε = {alone:.4} alone",
                         release.as_str(),
@@ -421,9 +419,9 @@ fn print_ledger(config: &NodeConfig) -> anyhow::Result<()> {
                     );
                 }
             }
-            let (spent, _) = epsilon_of(&entries, None, policy.delta)?;
+            let spent = epsilon_of(&entries, &[], accountant, policy.delta)?;
             println!(
-                "spent: ε = {spent:.4} of {} at δ = {}",
+                "spent: ε = {spent:.4} of {} at δ = {} ({accountant} accountant, every entry composed)",
                 policy.target_epsilon, policy.delta
             );
         }

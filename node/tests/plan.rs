@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 
 use medfed_certs::{MemberList, load_report_signing_key, make_dev_consortium};
 use medfed_node::ledger::{LedgerEntry, PrivacyLedger, Release};
+use medfed_protocol::accounting::Accountant;
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::EvalCounts;
 use medfed_protocol::fairness::GroupCounts;
@@ -257,6 +258,8 @@ fn the_plan_counts_what_the_ledger_already_holds() {
             time_ms: 1,
             round: 1,
             release: Release::Training,
+            mechanisms: Vec::new(),
+            accountant: Accountant::Rdp,
             steps: 10,
             sample_rate: 0.2,
             noise_multiplier: 1.0,
@@ -264,7 +267,7 @@ fn the_plan_counts_what_the_ledger_already_holds() {
             epsilon_after: 1.0,
         })
         .unwrap();
-    let (spent, _) = ledger.epsilon(None, 1e-5).unwrap();
+    let spent = ledger.epsilon(Accountant::Rdp, &[], 1e-5).unwrap();
     drop(ledger);
     assert!(spent > 0.0);
     assert_eq!(spent_before(dir.path()), spent);
@@ -315,4 +318,31 @@ fn a_tampered_manifest_fails_its_signature_check() {
     let stderr = text(&output.stderr);
     assert!(stderr.contains("signature does not verify"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn under_the_pld_accountant_the_same_budget_buys_less_noise_and_the_plan_still_fits_it() {
+    let sigma_and_total = |privacy: &str| -> (f64, f64) {
+        let dir = tempfile::tempdir().unwrap();
+        let (schema, members) = hospital(dir.path(), privacy);
+        write(dir.path(), manifest(&schema, &members));
+        let output = plan(dir.path(), &["--json"]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+        (
+            json["privacy"]["noise_multiplier"].as_f64().unwrap(),
+            json["privacy"]["total"].as_f64().unwrap(),
+        )
+    };
+    let (rdp_sigma, rdp_total) = sigma_and_total(PRIVATE);
+    let (pld_sigma, pld_total) = sigma_and_total(&format!("{PRIVATE}accountant = \"pld\"\n"));
+    // The PLD accountant's ε is tighter, so the planner needs less noise for the same budget
+    // (every release, the statistics and evaluations included, is composed under it).
+    assert!(
+        pld_sigma < 0.97 * rdp_sigma,
+        "σ {pld_sigma} under PLD, {rdp_sigma} under RDP"
+    );
+    for total in [rdp_total, pld_total] {
+        assert!(total <= 8.0 && total > 7.0, "{total}");
+    }
 }

@@ -114,34 +114,31 @@ impl Mechanism {
     /// What the release costs, its parameters checked.
     fn cost(&self) -> Result<Cost, PrivacyError> {
         self.check()?;
-        Ok(match *self {
+        // (does anything change, the noise) for each kind.
+        let (moves, noise) = match *self {
             Self::SubsampledGaussian {
                 sample_rate,
                 noise_multiplier,
                 steps,
-            } => {
-                if sample_rate == 0.0 || steps == 0 {
-                    Cost::Nothing
-                } else if noise_multiplier == 0.0 {
-                    Cost::Unbounded
-                } else {
-                    Cost::Bounded
-                }
-            }
+            } => (sample_rate > 0.0 && steps > 0, noise_multiplier),
             Self::DiscreteGaussian {
                 sigma,
                 sensitivity,
                 cells,
-            } => {
-                if cells == 0 || sensitivity == 0 {
-                    Cost::Nothing
-                } else if sigma == 0.0 {
-                    Cost::Unbounded
-                } else {
-                    Cost::Bounded
-                }
-            }
+            } => (cells > 0 && sensitivity > 0, sigma),
+        };
+        Ok(if !moves {
+            Cost::Nothing
+        } else if noise == 0.0 {
+            Cost::Unbounded
+        } else {
+            Cost::Bounded
         })
+    }
+
+    /// The same release made `times` times: its steps or cells multiplied (saturating).
+    pub fn repeated(self, times: u64) -> Self {
+        self.with_count(self.count().saturating_mul(times))
     }
 
     /// How many times the mechanism runs: steps or cells.

@@ -19,6 +19,7 @@ use medfed_node::NodeConfig;
 use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
 use medfed_node::egress::EgressLog;
 use medfed_node::ledger::{PrivacyLedger, Release, epsilon_of};
+use medfed_protocol::accounting::Accountant;
 use medfed_protocol::model::{Model, ModelSpec};
 use medfed_protocol::report::{SignedReport, verify_chain, verify_checkpoint, verify_model};
 use tokio::sync::mpsc;
@@ -129,6 +130,7 @@ async fn crash_and_recover(points: &[PausePoint]) {
                 delta: 1e-5,
                 noise_multiplier: NoiseMultiplier::Fixed(1.0),
                 max_grad_norm: 1.0,
+                accountant: Accountant::Rdp,
                 evaluation: None,
                 // Noised statistics, charged in round 0 (the default).
                 statistics: Default::default(),
@@ -331,9 +333,10 @@ fn check_ledger(config: &NodeConfig, points: &[PausePoint]) {
     }
     assert!(ledger.iter().all(|e| (0..=ROUNDS).contains(&e.round)));
     for (i, entry) in ledger.iter().enumerate() {
-        let (epsilon, _) = epsilon_of(
+        let epsilon = epsilon_of(
             &ledger[..i],
-            Some((entry.sample_rate, entry.noise_multiplier, entry.steps)),
+            &entry.mechanisms(),
+            entry.accountant,
             entry.delta,
         )
         .expect("accountant");

@@ -15,6 +15,7 @@ use medfed_node::config::{
 use medfed_node::egress::EgressLog;
 use medfed_node::ledger::{PrivacyLedger, Release};
 use medfed_node::trainer::{ComputeDevice, TchTrainer, Trainer};
+use medfed_protocol::accounting::Accountant;
 use medfed_protocol::eval_release::sensitivity;
 use medfed_protocol::evaluation::MAX_EXAMPLE_LOSS;
 use medfed_protocol::fairness::{FairnessPolicy, GroupCounts, GroupReport};
@@ -186,6 +187,7 @@ async fn with_evaluation_noise_the_audit_is_within_noise_of_the_pooled_data_and_
         delta: 1e-5,
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
+        accountant: Accountant::Rdp,
         evaluation: Some(EvaluationNoiseConfig {
             noise: sigma,
             loss_clip: MAX_EXAMPLE_LOSS,

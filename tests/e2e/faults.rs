@@ -18,6 +18,7 @@ use medfed_node::config::{
 use medfed_node::egress::EgressLog;
 use medfed_node::ledger::PrivacyLedger;
 use medfed_node::{NodeConfig, NodeError};
+use medfed_protocol::accounting::Accountant;
 use medfed_protocol::privacy::epsilon;
 
 const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
@@ -30,6 +31,7 @@ fn policy(target_epsilon: f64) -> PrivacyConfig {
         delta: 1e-5,
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
+        accountant: Accountant::Rdp,
         evaluation: None,
         statistics: StatisticsNoiseConfig::exact(),
     }

@@ -11,6 +11,7 @@ use medfed_node::egress::EgressEntry;
 use medfed_node::ledger::Release;
 use medfed_node::policy::{Fraction, NodePolicy};
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
+use medfed_protocol::accounting::Accountant;
 use medfed_protocol::messages::{DeclineReason, Declined, Message, PolicyViolation, RoundStart};
 use medfed_protocol::model::{Model, ModelKind};
 use medfed_protocol::secagg::{SecAggError, SecretKind};
@@ -774,6 +775,7 @@ fn private_training() -> PrivacyConfig {
         delta: 1e-5,
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
+        accountant: Accountant::Rdp,
         evaluation: None,
         statistics: Default::default(),
     }

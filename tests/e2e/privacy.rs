@@ -5,6 +5,7 @@ use medfed_e2e::{Consortium, allow_plaintext, subscribe, tolerate_dropouts};
 use medfed_node::config::{NoiseMultiplier, PrivacyConfig, StatisticsNoiseConfig};
 use medfed_node::ledger::PrivacyLedger;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
+use medfed_protocol::accounting::Accountant;
 use medfed_protocol::messages::{DeclineReason, Message, RoundStart};
 use medfed_protocol::model::{Model, ModelSpec};
 use medfed_protocol::privacy::epsilon;
@@ -34,6 +35,7 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
         delta: 1e-5,
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
+        accountant: Accountant::Rdp,
         evaluation: None,
         // Exact statistics: the budget pays for training alone.
         statistics: StatisticsNoiseConfig::exact(),
@@ -146,6 +148,7 @@ async fn budget_is_spent_once_the_noised_update_has_left_even_if_the_round_then_
         delta: 1e-5,
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
+        accountant: Accountant::Rdp,
         evaluation: None,
         // Exact statistics: the budget pays for training alone.
         statistics: StatisticsNoiseConfig::exact(),
@@ -226,6 +229,7 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
             delta: 1e-5,
             noise_multiplier: NoiseMultiplier::Fixed(1.0),
             max_grad_norm: 1.0,
+            accountant: Accountant::Rdp,
             evaluation: Some(EvaluationNoiseConfig {
                 noise: sigma,
                 loss_clip: MAX_EXAMPLE_LOSS,
@@ -315,6 +319,7 @@ async fn rounds_off_the_evaluation_schedule_release_no_counts_and_are_not_charge
                 delta: 1e-5,
                 noise_multiplier: NoiseMultiplier::Auto,
                 max_grad_norm: 1.0,
+                accountant: Accountant::Rdp,
                 evaluation: Some(EvaluationNoiseConfig {
                     noise: 5.0,
                     loss_clip: MAX_EXAMPLE_LOSS,
@@ -400,6 +405,7 @@ fn noised_statistics_are_charged_to_the_ledger_counted_per_release_and_declined_
             delta: 1e-5,
             noise_multiplier: NoiseMultiplier::Fixed(1.0),
             max_grad_norm: 1.0,
+            accountant: Accountant::Rdp,
             evaluation: None,
             statistics,
         });
