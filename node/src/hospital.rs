@@ -23,7 +23,9 @@ use medfed_protocol::secagg::encoding::{BlockEncoding, VectorEncoding};
 use medfed_protocol::secagg::{
     ExpectDirectory, ParticipantState, PeerVerifier, RoundParams, SecAggError, Signer,
 };
-use medfed_protocol::stats::{ClippedValues, Standardization, StatsError, stats_contribution};
+use medfed_protocol::stats::{
+    ClippedValues, Standardization, StatsError, StatsLayout, stats_contribution,
+};
 use medfed_protocol::stats_release::StatisticsNoise;
 use medfed_protocol::task::TrainingPlan;
 use rand::{SeedableRng, TryRngCore};
@@ -122,6 +124,8 @@ struct PlannedRelease {
     terms: ReleaseTerms,
     /// ε spent once this release counts, the round's earlier releases included.
     epsilon_after: f64,
+    /// The noised example count an [`Release::ExampleCount`] release carries.
+    released_count: Option<f64>,
 }
 
 /// One private release's terms: what it releases, its mechanisms as the accountants compose
@@ -182,6 +186,7 @@ impl ReleaseTerms {
             noise_multiplier: self.noise_multiplier,
             delta: privacy.config.delta,
             epsilon_after,
+            released_count: None,
         }
     }
 }
@@ -295,7 +300,7 @@ impl Hospital {
         let config = &privacy.config;
         let evaluation = evaluation_noise(config)?;
         let statistics = statistics_noise(config)?;
-        let (planned, dp) = self.round_releases(
+        let (mut planned, dp) = self.round_releases(
             config,
             (evaluation.as_ref(), statistics.as_ref()),
             self.schedule,
@@ -303,6 +308,23 @@ impl Hospital {
             start.evaluate,
             &start.plan,
         )?;
+        // A node that has released no noised example count (it missed the statistics round)
+        // releases one now, once, to weigh its update with (see `update_weight`).
+        let mut count = None;
+        if let Some(noise) = statistics.as_ref().filter(|_| start.train)
+            && privacy.ledger.released_count().is_none()
+        {
+            let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
+            count = Some(noise.noised_count(self.train.examples.len() as u64, &mut rng));
+            planned.insert(
+                0,
+                ReleaseTerms::counts(
+                    Release::ExampleCount,
+                    noise.count_mechanisms(),
+                    noise.sigma(),
+                ),
+            );
+        }
         if planned.is_empty() {
             return Ok(None);
         }
@@ -314,9 +336,11 @@ impl Hospital {
                 .ledger
                 .epsilon(config.accountant, &next, config.delta)
                 .map_err(accountant_failure)?;
+            let released_count = count.filter(|_| terms.release == Release::ExampleCount);
             releases.push(PlannedRelease {
                 terms,
                 epsilon_after,
+                released_count,
             });
         }
         let epsilon_after = releases.last().map_or(0.0, |r| r.epsilon_after);
@@ -391,6 +415,28 @@ impl Hospital {
             planned.push(evaluation_terms(noise, attributes));
         }
         Ok((planned, dp))
+    }
+
+    /// The weight of this node's update in the average: the count of training examples it
+    /// released, at least 1. Under `[privacy]` with the statistics noised, that is the noised
+    /// count its latest statistics release carried (recorded in the ledger), or else the noised
+    /// count this round releases alone ([`Release::ExampleCount`], planned by
+    /// `private_round`): reusing a released figure costs nothing, and no exact count leaves.
+    /// Otherwise the statistics released the exact count, which is used.
+    fn update_weight(&self, private: Option<&PrivateRound>) -> Result<f64, DeclineReason> {
+        let noised = match &self.privacy {
+            Some(privacy) => statistics_noise(&privacy.config)?.is_some(),
+            None => false,
+        };
+        let Some(privacy) = self.privacy.as_ref().filter(|_| noised) else {
+            return Ok(self.train.examples.len() as f64);
+        };
+        privacy
+            .ledger
+            .released_count()
+            .or_else(|| private?.releases.iter().find_map(|r| r.released_count))
+            .map(|count| count.max(1.0))
+            .ok_or_else(|| local_failure("no noised example count to weigh the update with"))
     }
 
     /// What a task under `manifest` would cost this hospital in ε, on top of its ledger (see
@@ -697,6 +743,7 @@ impl Hospital {
         };
         log_clipped(&local.clipped);
         let mut values = local.values;
+        let mut entries = entries;
         if let Some(noise) = &noise {
             // Noise, like DP-SGD's, comes from a CSPRNG seeded by the operating system.
             let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
@@ -706,6 +753,11 @@ impl Hospital {
                     round,
                     local_failure(format!("statistics noise failed: {e}")),
                 );
+            }
+            // The noised count of training examples (the vector's first figure) becomes the
+            // node's update weight: recorded with the release that carries it.
+            for entry in &mut entries {
+                entry.released_count = values.get(StatsLayout::COUNT).copied();
             }
         }
         let encoding = VectorEncoding::new(vec![(values.len(), BlockEncoding::Wide)]);
@@ -1109,6 +1161,14 @@ impl Hospital {
             Ok(private) => private,
             Err(reason) => return decline(session, round, reason),
         };
+        let weight = match start
+            .train
+            .then(|| self.update_weight(private.as_ref()))
+            .transpose()
+        {
+            Ok(weight) => weight,
+            Err(reason) => return decline(session, round, reason),
+        };
         let mut held_out = self.held_out.examples.clone();
         start.standardization.apply(&mut held_out.features);
         let result = evaluate_and_train(
@@ -1128,7 +1188,7 @@ impl Hospital {
         };
         let LocalOutcome {
             evaluation,
-            trained,
+            mut trained,
             steps,
         } = match result {
             Ok(outcome) => outcome,
@@ -1140,6 +1200,10 @@ impl Hospital {
                 );
             }
         };
+        // The update's weight is the count the statistics released, not the exact one.
+        if let (Some((_, trained_weight)), Some(weight)) = (trained.as_mut(), weight) {
+            *trained_weight = weight;
+        }
         // The noised figures' ledger entries, recorded just before the figures leave.
         let entries = match (&private, self.privacy.as_ref()) {
             (Some(private), Some(privacy)) => private
@@ -1153,9 +1217,13 @@ impl Hospital {
                             planned.terms.noise_multiplier,
                             steps,
                         ),
-                        Release::EvaluationCounts | Release::Statistics => planned.terms.clone(),
+                        Release::EvaluationCounts | Release::Statistics | Release::ExampleCount => {
+                            planned.terms.clone()
+                        }
                     };
-                    terms.entry(round, privacy, planned.epsilon_after)
+                    let mut entry = terms.entry(round, privacy, planned.epsilon_after);
+                    entry.released_count = planned.released_count;
+                    entry
                 })
                 .collect(),
             _ => Vec::new(),
@@ -1204,7 +1272,8 @@ struct LocalOutcome {
     /// Evaluation counts of the round's model on the held-out split, and the same per audit
     /// group, in a round that evaluates.
     evaluation: Option<(EvalCounts, Vec<GroupCounts>)>,
-    /// Trained parameters and their weight (the number of training examples), when training.
+    /// Trained parameters and their weight (the number of training examples, until
+    /// [`Hospital::handle_round`] puts the released count in its place), when training.
     trained: Option<(Vec<f32>, f64)>,
     /// Optimiser steps taken (noisy steps under DP-SGD).
     steps: u64,

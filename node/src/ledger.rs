@@ -51,6 +51,11 @@ pub struct LedgerEntry {
     pub delta: f64,
     /// ε spent by the node once this entry counts, at `delta`, under `accountant`.
     pub epsilon_after: f64,
+    /// For noised statistics and an example count, the noised count of training examples they
+    /// carried: the node's update weight from then on (a figure already released and charged,
+    /// so reusing it costs nothing and no exact count is sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_count: Option<f64>,
 }
 
 impl LedgerEntry {
@@ -83,19 +88,29 @@ pub enum Release {
     /// The statistics round's figures with discrete Gaussian noise (see
     /// `medfed_protocol::stats_release`).
     Statistics,
+    /// The count of training examples alone, with the statistics' noise: released once, as the
+    /// update weight, by a node whose ledger holds no statistics release that carried one (a
+    /// node that joined after the statistics round).
+    ExampleCount,
 }
 
 impl Release {
     /// Every kind, in the order a task releases them first.
-    pub const ALL: [Self; 3] = [Self::Statistics, Self::Training, Self::EvaluationCounts];
+    pub const ALL: [Self; 4] = [
+        Self::Statistics,
+        Self::ExampleCount,
+        Self::Training,
+        Self::EvaluationCounts,
+    ];
 
-    /// The name written in the ledger and printed: `training`, `evaluation_counts` or
-    /// `statistics`.
+    /// The name written in the ledger and printed: `training`, `evaluation_counts`,
+    /// `statistics` or `example_count`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Training => "training",
             Self::EvaluationCounts => "evaluation_counts",
             Self::Statistics => "statistics",
+            Self::ExampleCount => "example_count",
         }
     }
 }
@@ -126,6 +141,12 @@ impl PrivacyLedger {
     /// Every release so far.
     pub fn entries(&self) -> &[LedgerEntry] {
         &self.entries
+    }
+
+    /// The noised count of training examples the latest release that carried one released
+    /// (noised statistics, or an example count alone), if any.
+    pub fn released_count(&self) -> Option<f64> {
+        self.entries.iter().rev().find_map(|e| e.released_count)
     }
 
     /// The ε the node has spent at `delta` under `accountant`, counting `next` — releases it
@@ -196,6 +217,7 @@ mod tests {
             noise_multiplier: 2.0,
             delta: 1e-5,
             epsilon_after: 0.5,
+            released_count: None,
         }
     }
 

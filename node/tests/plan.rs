@@ -265,6 +265,7 @@ fn the_plan_counts_what_the_ledger_already_holds() {
             noise_multiplier: 1.0,
             delta: 1e-5,
             epsilon_after: 1.0,
+            released_count: None,
         })
         .unwrap();
     let spent = ledger.epsilon(Accountant::Rdp, &[], 1e-5).unwrap();

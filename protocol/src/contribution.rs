@@ -52,7 +52,8 @@ pub struct LocalUpdate<'a> {
     pub start: &'a [f32],
     /// The parameters after local training.
     pub trained: &'a [f32],
-    /// The weight of this node's update: its number of training examples.
+    /// The weight of this node's update: its number of training examples, as its statistics
+    /// released it (noised under differential privacy).
     pub weight: f64,
 }
 

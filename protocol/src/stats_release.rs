@@ -175,6 +175,23 @@ impl StatisticsNoise {
         ]
     }
 
+    /// A count of `n` examples released alone, with the counts' noise: what a node that missed
+    /// the statistics round releases once, as its update weight. Give it a cryptographically
+    /// secure `rng`.
+    pub fn noised_count<R: RngCore + ?Sized>(&self, n: u64, rng: &mut R) -> f64 {
+        n as f64 + self.counts.sample(rng) as f64
+    }
+
+    /// The release of [`Self::noised_count`] as the accountants compose it: one discrete
+    /// Gaussian count moved by at most 1.
+    pub fn count_mechanisms(&self) -> Vec<Mechanism> {
+        vec![Mechanism::DiscreteGaussian {
+            sigma: self.sigma,
+            sensitivity: 1,
+            cells: 1,
+        }]
+    }
+
     /// Noises `values`, a node's statistics vector for `schema`
     /// ([`stats_contribution`](crate::stats::stats_contribution)), in place: a discrete Gaussian
     /// draw on every count and sum, scaled as in the [module docs](self), and σ² added to the

@@ -402,6 +402,54 @@ async fn statistics_over_overlapping_sets_are_released_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_is_weighed_by_the_noised_count_the_ledger_records_never_the_exact_one() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C, D], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    // Training rounds 2 to 5, none of which evaluates: each sum carries updates and weights only.
+    coordinator.set_rounds(5);
+    coordinator.plan_mut().task.evaluate_every = 10;
+    for name in [A, B, C, D] {
+        let mut config = coordinator.node_config(name);
+        config.privacy = Some(private_training());
+        coordinator.admit(config).await;
+    }
+    // A coordinator that skipped the statistics round (it knows no noised count of anyone's)
+    // sums the four rounds over every three of four hospitals: if a node weighed its updates by
+    // one fixed number, differencing the sums' weight figures gives hospital-a's exactly.
+    let mut sums = Vec::new();
+    for (round, members) in (2..).zip(differencing_rosters()) {
+        let model = coordinator.model(round);
+        coordinator.push_all(&model, round).await;
+        let start = coordinator.round_start(&model, round, 1, true, None);
+        assert!(!start.evaluate);
+        let mut exchange = SecureExchange::round(&coordinator, &model, start, &members);
+        sums.push(exchange.run(&coordinator).await.ok());
+    }
+    let recovered = difference(&sums).expect("all four sums unmasked");
+    let weight = *recovered.last().expect("a weight figure");
+    // What the attacker learns is the noised count hospital-a released once, in its first
+    // training round, with its charge in the ledger before it left: never its exact count.
+    let ledger = coordinator.ledger(A);
+    let counts: Vec<_> = ledger
+        .iter()
+        .filter(|e| e.release == Release::ExampleCount)
+        .collect();
+    assert_eq!(counts.len(), 1, "{ledger:?}");
+    assert_eq!(counts[0].round, 2);
+    let released = counts[0].released_count.expect("the count it released");
+    assert!(
+        (weight - released.max(1.0)).abs() < 1e-3,
+        "the sums give hospital-a's weight as {weight}, but its ledger says it released {released} \
+         (exact count {})",
+        training_rows(&coordinator.node_config(A))
+    );
+    assert!(counts[0].epsilon_after > 0.0 && !counts[0].mechanisms.is_empty());
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn evaluation_counts_of_one_model_over_overlapping_sets_are_released_once() {
     subscribe();
     let consortium = Consortium::new(&[A, B, C, D], ROWS);
@@ -508,9 +556,22 @@ async fn a_model_crafted_to_overflow_on_some_patients_is_answered_as_any_other()
     let egress = coordinator.egress(A);
     let declined: Vec<_> = egress.iter().filter(|e| e.kind == "declined").collect();
     assert!(declined.is_empty(), "{declined:?}");
-    // Both rounds released a noised update, and both were charged.
-    let charged: Vec<u64> = coordinator.ledger(A).iter().map(|e| e.round).collect();
-    assert_eq!(charged, [1, 2], "{answers:?}");
+    // Both rounds released a noised update, and both were charged; the first also released
+    // the noised example count that weighs both (this hand-driven task has no statistics round).
+    let charged: Vec<(u64, Release)> = coordinator
+        .ledger(A)
+        .iter()
+        .map(|e| (e.round, e.release))
+        .collect();
+    assert_eq!(
+        charged,
+        [
+            (1, Release::ExampleCount),
+            (1, Release::Training),
+            (2, Release::Training)
+        ],
+        "{answers:?}"
+    );
     let model = coordinator.model(1);
     coordinator.finish(&model).await;
 }
