@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use medfed_certs::TlsFiles;
+use medfed_protocol::evaluation::ScoreBins;
 use medfed_protocol::manifest::{
     FractionalBitsRule, SecureAggregationPlan, ThresholdRule, TrainingRule,
 };
@@ -213,6 +214,12 @@ pub struct TaskConfig {
     /// always evaluated. Default 1: every round.
     #[serde(default = "default_evaluate_every")]
     pub evaluate_every: u64,
+    /// Bins of the score histograms in every evaluation (`[task.score_bins]`, `evaluation` for
+    /// the pooled evaluation, default 1000, and `group` for each audit group, default 100; each
+    /// a multiple of 10). Hospitals that noise their evaluation counts add noise to every bin,
+    /// so a consortium whose hospitals do chooses coarse histograms (for example 20 and 10).
+    #[serde(default)]
+    pub score_bins: ScoreBins,
 }
 
 /// Local training hyper-parameters sent to every node.
@@ -387,6 +394,9 @@ impl CoordinatorConfig {
         }
         if task.evaluate_every == 0 {
             return invalid("task.evaluate_every must be at least 1");
+        }
+        if let Err(e) = task.score_bins.check() {
+            return invalid(&format!("task.score_bins: {e}"));
         }
         if task.round_attempts == 0 {
             return invalid("task.round_attempts must be at least 1");

@@ -62,7 +62,12 @@ pub fn task_manifest(
         }),
         releases: ReleasePlan {
             evaluate_every: config.task.evaluate_every,
-            ..ReleasePlan::for_task(schema.stats_len(), schema.audit_groups().len(), params)
+            ..ReleasePlan::for_task(
+                schema.stats_len(),
+                schema.audit_groups().len(),
+                params,
+                config.task.score_bins,
+            )
         },
     })
 }

@@ -511,11 +511,13 @@ impl Trainer {
         standardization: &Standardization,
     ) -> Result<(Gathered, RoundLayout), RoundFailure> {
         let evaluate = self.manifest.releases.evaluates(round, train);
+        let score_bins = self.manifest.releases.score_bins;
         let layout = RoundLayout {
             params: self.model.params.len(),
             train,
             evaluate,
             groups: self.schema.audit_groups().len(),
+            bins: score_bins,
         };
         let session = self.session;
         let model_hash = self.model.hash();
@@ -533,6 +535,7 @@ impl Trainer {
                     model_hash,
                     train,
                     evaluate,
+                    score_bins,
                     plan: plan.clone(),
                     standardization: standardization.clone(),
                     secure_aggregation,

@@ -11,6 +11,7 @@ use medfed_fuzz::{
     AcceptAll, NoSigner, ROUND, SESSION, VECTOR_LEN, accept_all, honest_server_ops, put, rng,
     round_params,
 };
+use medfed_protocol::evaluation::ScoreBins;
 use medfed_protocol::codec::frame;
 use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::fairness::{FairnessReport, PolicyCheck, PolicyOutcome};
@@ -163,7 +164,7 @@ fn every_message() -> Vec<Message> {
                     format: MANIFEST_FORMAT.into(),
                     schema_digest: Digest32([3; 32]),
                     members_digest: Digest32([4; 32]),
-                    releases: ReleasePlan::for_task(9, 2, spec.layout().len()),
+                    releases: ReleasePlan::for_task(9, 2, spec.layout().len(), ScoreBins::FINE),
                     model: spec,
                     rounds: 9,
                     min_nodes: 3,
@@ -214,6 +215,7 @@ fn every_message() -> Vec<Message> {
             model_hash: model.hash(),
             train: true,
             evaluate: true,
+            score_bins: ScoreBins::FINE,
             plan: TrainingPlan::default(),
             standardization: Standardization {
                 mean: vec![1.5, 0.0],

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use medfed_protocol::accounting::Mechanism;
 use medfed_protocol::contribution::{LocalUpdate, RoundLayout, RoundResult};
 use medfed_protocol::eval_release::EvaluationNoise;
-use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
+use medfed_protocol::evaluation::{EvalCounts, EvalMetrics, ScoreBins};
 use medfed_protocol::fairness::GroupCounts;
 use medfed_protocol::manifest::{Departure, Digest32, SignedManifest, TaskManifest};
 use medfed_protocol::messages::{
@@ -1136,6 +1136,9 @@ impl Hospital {
                 },
             );
         };
+        if let Err(e) = start.score_bins.check() {
+            return decline(session, round, local_failure(e.to_string()));
+        }
         if let Err(e) = start.standardization.validate(&self.schema) {
             tracing::warn!(error = %e, "the coordinator's standardisation is not valid");
             return policy_decline(session, round, PolicyViolation::BadStandardization);
@@ -1185,6 +1188,7 @@ impl Hospital {
             train: start.train,
             evaluate: start.evaluate,
             groups: self.schema.audit_groups().len(),
+            bins: start.score_bins,
         };
         let LocalOutcome {
             evaluation,
@@ -1345,7 +1349,14 @@ fn evaluate_and_train(
 ) -> Result<LocalOutcome, TrainError> {
     let evaluation = if start.evaluate {
         let noise = private.and_then(|p| p.evaluation.as_ref());
-        Some(evaluate(trainer, model, held_out, noise, audit_groups)?)
+        Some(evaluate(
+            trainer,
+            model,
+            held_out,
+            noise,
+            audit_groups,
+            start.score_bins,
+        )?)
     } else {
         None
     };
@@ -1405,6 +1416,7 @@ fn evaluate(
     held_out: &Examples,
     noise: Option<&EvaluationNoise>,
     (row_groups, group_count): (&[Vec<usize>], usize),
+    bins: ScoreBins,
 ) -> Result<(EvalCounts, Vec<GroupCounts>), TrainError> {
     let scores = if held_out.is_empty() {
         Vec::new()
@@ -1419,7 +1431,8 @@ fn evaluate(
             "the round's model gives no probability for some held-out patients"
         );
     }
-    let mut eval = EvalCounts::from_predictions(&scores, &held_out.labels);
+    let mut eval =
+        EvalCounts::from_predictions_with_bins(&scores, &held_out.labels, bins.evaluation as usize);
     let mut members: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); group_count];
     for ((score, label), groups) in scores.iter().zip(&held_out.labels).zip(row_groups) {
         for &group in groups {
@@ -1431,7 +1444,7 @@ fn evaluate(
     }
     let mut groups: Vec<GroupCounts> = members
         .iter()
-        .map(|(s, l)| GroupCounts::from_predictions(s, l))
+        .map(|(s, l)| GroupCounts::from_predictions_with_bins(s, l, bins.group as usize))
         .collect();
     if let Some(noise) = noise {
         // Noise, like DP-SGD's, comes from a CSPRNG seeded by the operating system.

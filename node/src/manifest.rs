@@ -180,8 +180,9 @@ pub fn check_manifest(
         .model
         .validate()
         .map_err(|e: ModelError| ManifestRefusal::Model(e.to_string()))?;
-    // The schedule is the consortium's choice (its cost is in the forecast); the figures follow
-    // from the schema and the model.
+    // The schedule and the histograms' bins are the consortium's choice (the schedule's cost is
+    // in the forecast; the bins were checked with the manifest); the figures follow from the
+    // schema, the model and the bins.
     let expected = ReleasePlan {
         final_evaluation: manifest.releases.final_evaluation,
         evaluate_every: manifest.releases.evaluate_every,
@@ -189,6 +190,7 @@ pub fn check_manifest(
             schema.stats_len(),
             schema.audit_groups().len(),
             manifest.model.layout().len(),
+            manifest.releases.score_bins,
         )
     };
     if manifest.releases != expected || manifest.model.input_dim != schema.num_features() {
@@ -238,6 +240,7 @@ pub fn check_manifest(
 mod tests {
     use std::collections::BTreeMap;
 
+    use medfed_protocol::evaluation::ScoreBins;
     use medfed_protocol::manifest::{
         FractionalBitsRule, MANIFEST_FORMAT, SecureAggregationPlan, StrategyRecord, TrainingRule,
     };
@@ -294,6 +297,7 @@ key_sha256 = "0000000000000000000000000000000000000000000000000000000000000004"
                 schema.stats_len(),
                 schema.audit_groups().len(),
                 model.layout().len(),
+                ScoreBins::FINE,
             ),
             model,
             rounds: 5,

@@ -173,6 +173,7 @@ pub fn forecast(
             train,
             evaluate,
             groups,
+            bins: releases.score_bins,
         };
         let wire_bytes = match secure {
             Some(plan) => {

@@ -10,6 +10,7 @@ use medfed_node::ledger::{LedgerEntry, PrivacyLedger, Release};
 use medfed_protocol::accounting::Accountant;
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::EvalCounts;
+use medfed_protocol::evaluation::ScoreBins;
 use medfed_protocol::fairness::GroupCounts;
 use medfed_protocol::manifest::{
     Digest32, FractionalBitsRule, MANIFEST_FORMAT, ReleasePlan, SecureAggregationPlan,
@@ -95,6 +96,7 @@ fn manifest(schema: &Schema, members: &MemberList) -> TaskManifest {
             schema.stats_len(),
             schema.audit_groups().len(),
             model.layout().len(),
+            ScoreBins::FINE,
         ),
         model,
         rounds: ROUNDS,
@@ -189,6 +191,7 @@ fn the_plan_lists_every_release_its_bytes_and_its_epsilon() {
             train: true,
             evaluate: true,
             groups,
+            bins: ScoreBins::FINE,
         }
         .encoding(
             &signed

@@ -2,22 +2,20 @@
 //!
 //! ```text
 //! [ evaluation counts | per-group counts (fairness audit) | n·(w_local − w_round) | n ]
-//!   EvalCounts::       groups × GroupCounts::              params values          1
-//!   VECTOR_LEN         VECTOR_LEN
-//!   (1000-bin          (100-bin histograms)
-//!   histograms)
+//!   ScoreBins::        groups × ScoreBins::                params values          1
+//!   evaluation_len     group_len
 //! ```
 //! Under secure aggregation every figure but the evaluation's `loss_sum`, the update and the
 //! weight is an integer count, sent in the two-word count encoding ([`RoundLayout::encoding`]).
 //! The counts are of the round's starting model on the held-out split; the groups are the
 //! schema's audit groups, in order. A training round off the task's evaluation schedule carries
-//! neither counts block: only the update and its weight. The pooled evaluation's histograms have [`EVAL_SCORE_BINS`]
-//! bins, each group's the coarser [`GROUP_SCORE_BINS`]. The update block is present only in
+//! neither counts block: only the update and its weight. The histograms have the task's
+//! [`ScoreBins`]: by default 1000 bins for the pooled evaluation and 100 for each group. The update block is present only in
 //! training rounds. Summed over nodes it yields the pooled evaluation, the pooled per-group
 //! counts and the example-weighted FedAvg update `Σ n_k (w_k − w) / Σ n_k`.
 
-use crate::evaluation::{EVAL_SCORE_BINS, EvalCounts};
-use crate::fairness::{GROUP_SCORE_BINS, GroupCounts};
+use crate::evaluation::{EvalCounts, ScoreBins};
+use crate::fairness::GroupCounts;
 use crate::secagg::encoding::{BlockEncoding, VectorEncoding};
 use crate::secagg::fixed_point::FixedPoint;
 
@@ -32,6 +30,8 @@ pub struct RoundLayout {
     pub evaluate: bool,
     /// Number of audit groups.
     pub groups: usize,
+    /// Bins of the evaluation's and each group's score histograms.
+    pub bins: ScoreBins,
 }
 
 /// A node's local result for one round, before it is flattened for summation.
@@ -39,7 +39,7 @@ pub struct RoundLayout {
 pub struct RoundResult<'a> {
     /// Evaluation counts of the round's starting model on the node's held-out split, and the
     /// per-group counts on the same split, one per audit group, in order, with
-    /// [`GROUP_SCORE_BINS`]-bin histograms; in rounds that evaluate.
+    /// the layout's [`ScoreBins`]; in rounds that evaluate.
     pub evaluation: Option<(EvalCounts, Vec<GroupCounts>)>,
     /// Local training outcome, in training rounds.
     pub update: Option<LocalUpdate<'a>>,
@@ -74,11 +74,11 @@ impl RoundLayout {
         self.counts_len() + if self.train { self.params + 1 } else { 0 }
     }
 
-    /// Length of the counts blocks (evaluation with [`EVAL_SCORE_BINS`]-bin histograms, then
-    /// each group with [`GROUP_SCORE_BINS`]-bin ones); 0 in a round that does not evaluate.
+    /// Length of the counts blocks (the evaluation, then each group, with the layout's
+    /// [`ScoreBins`]); 0 in a round that does not evaluate.
     fn counts_len(&self) -> usize {
         if self.evaluate {
-            EvalCounts::VECTOR_LEN + self.groups * GroupCounts::VECTOR_LEN
+            self.bins.evaluation_len() + self.groups * self.bins.group_len()
         } else {
             0
         }
@@ -117,7 +117,7 @@ impl RoundLayout {
 
     /// Flattens a node's result. Returns `None` if the result does not fit the layout (counts
     /// in a round that does not evaluate or none in one that does, another number of groups,
-    /// histograms of other than [`EVAL_SCORE_BINS`] or [`GROUP_SCORE_BINS`] bins, an update in
+    /// histograms of other than the layout's bins, an update in
     /// an evaluation-only round, none in a training round, or parameters of the wrong length).
     pub fn encode(&self, result: &RoundResult<'_>) -> Option<Vec<f64>> {
         let binned = |counts: &GroupCounts, bins: usize| {
@@ -128,8 +128,8 @@ impl RoundLayout {
             (None, false) => {}
             (Some((eval, groups)), true) => {
                 if groups.len() != self.groups
-                    || !binned(&eval.confusion, EVAL_SCORE_BINS)
-                    || !groups.iter().all(|g| binned(g, GROUP_SCORE_BINS))
+                    || !binned(&eval.confusion, self.bins.evaluation as usize)
+                    || !groups.iter().all(|g| binned(g, self.bins.group as usize))
                 {
                     return None;
                 }
@@ -167,12 +167,13 @@ impl RoundLayout {
         }
         let (counts, rest) = sum.split_at(self.counts_len());
         let (eval, groups) = if self.evaluate {
-            let (eval, group_block) = counts.split_at(EvalCounts::VECTOR_LEN);
+            let (eval, group_block) = counts.split_at(self.bins.evaluation_len());
             let groups = group_block
-                .chunks_exact(GroupCounts::VECTOR_LEN)
-                .map(GroupCounts::from_vector)
+                .chunks_exact(self.bins.group_len())
+                .map(|g| GroupCounts::from_vector_with_bins(g, self.bins.group as usize))
                 .collect::<Option<Vec<_>>>()?;
-            (Some(EvalCounts::from_vector(eval)?), groups)
+            let eval = EvalCounts::from_vector_with_bins(eval, self.bins.evaluation as usize)?;
+            (Some(eval), groups)
         } else {
             (None, Vec::new())
         };
@@ -191,6 +192,7 @@ impl RoundLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evaluation::MAX_SCORE_BINS;
 
     #[test]
     fn summed_vectors_give_weighted_average_update() {
@@ -199,6 +201,7 @@ mod tests {
             train: true,
             evaluate: true,
             groups: 0,
+            bins: ScoreBins::FINE,
         };
         let start = [1.0f32, -1.0];
         let a = RoundResult {
@@ -234,6 +237,7 @@ mod tests {
             train: true,
             evaluate: false,
             groups: 14,
+            bins: ScoreBins::FINE,
         };
         assert_eq!(layout.len(), 3);
         let update = LocalUpdate {
@@ -281,12 +285,14 @@ mod tests {
             train: true,
             evaluate: true,
             groups: 0,
+            bins: ScoreBins::FINE,
         };
         let eval_only = RoundLayout {
             params: 2,
             train: false,
             evaluate: true,
             groups: 0,
+            bins: ScoreBins::FINE,
         };
         let no_update = RoundResult {
             evaluation: Some((EvalCounts::zero(), Vec::new())),
@@ -307,12 +313,58 @@ mod tests {
     }
 
     #[test]
+    fn a_task_with_coarse_score_bins_sends_and_sums_coarse_histograms() {
+        let bins = ScoreBins {
+            evaluation: 20,
+            group: 10,
+        };
+        bins.check().unwrap();
+        let layout = RoundLayout {
+            params: 0,
+            train: false,
+            evaluate: true,
+            groups: 3,
+            bins,
+        };
+        assert_eq!(layout.len(), (2 + 4 + 2 * 20) + 3 * (4 + 2 * 10));
+        let (scores, labels) = ([0.12, 0.87, 0.5], [0.0, 1.0, 1.0]);
+        let result = |bins: ScoreBins| RoundResult {
+            evaluation: Some((
+                EvalCounts::from_predictions_with_bins(&scores, &labels, bins.evaluation as usize),
+                vec![
+                    GroupCounts::from_predictions_with_bins(&scores, &labels, bins.group as usize);
+                    3
+                ],
+            )),
+            update: None,
+        };
+        let coarse = result(bins);
+        let totals = layout.decode(&layout.encode(&coarse).unwrap()).unwrap();
+        let eval = totals.eval.unwrap();
+        assert_eq!(eval.confusion.bins(), 20);
+        // 0.87 falls in bin 17 of 20 (0.85–0.90), 0.5 in bin 10.
+        assert_eq!(eval.confusion.positive_scores[17], 1.0);
+        assert_eq!(eval.confusion.positive_scores[10], 1.0);
+        assert_eq!(totals.groups[2].bins(), 10);
+        // Histograms at the default resolution do not fit a coarse layout.
+        assert!(layout.encode(&result(ScoreBins::FINE)).is_none());
+        for refused in [0, 15, MAX_SCORE_BINS + 10] {
+            let bad = ScoreBins {
+                evaluation: refused,
+                group: 10,
+            };
+            assert_eq!(bad.check().unwrap_err().bins, refused);
+        }
+    }
+
+    #[test]
     fn groups_carry_coarser_histograms_than_the_pooled_evaluation() {
         let layout = RoundLayout {
             params: 0,
             train: false,
             evaluate: true,
             groups: 14,
+            bins: ScoreBins::FINE,
         };
         // The demo schema's 14 audit groups: 2 006 + 14 · 204 counts.
         assert_eq!(layout.len(), (2 + 4 + 2 * 1000) + 14 * (4 + 2 * 100));
@@ -330,7 +382,7 @@ mod tests {
         let (eval, groups) = result.evaluation.clone().unwrap();
         assert_eq!(totals.eval, Some(eval));
         assert_eq!(totals.groups, groups);
-        assert_eq!(totals.groups[3].bins(), GROUP_SCORE_BINS);
+        assert_eq!(totals.groups[3].bins(), ScoreBins::FINE.group as usize);
         // Counts at the wrong resolution do not fit the layout.
         let mut wrong = result.clone();
         wrong.evaluation.as_mut().unwrap().1[0] =
@@ -356,6 +408,7 @@ mod tests {
             train: true,
             evaluate: true,
             groups: 14,
+            bins: ScoreBins::FINE,
         };
         let encoding = layout.encoding(&fixed);
         assert_eq!(encoding.value_len(), layout.len());

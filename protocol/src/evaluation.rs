@@ -22,6 +22,74 @@ pub const EVAL_SCORE_BINS: usize = 1000;
 // Every ECE bin must be a whole number of histogram bins.
 const _: () = assert!(EVAL_SCORE_BINS > 0 && EVAL_SCORE_BINS.is_multiple_of(ECE_BINS));
 
+/// The most bins a round's score histograms may have.
+pub const MAX_SCORE_BINS: u32 = 10_000;
+
+/// How finely a task's score histograms are binned: the pooled evaluation's and each audit
+/// group's, equal-width on [0, 1], set by the consortium in its signed task manifest.
+///
+/// Fine histograms give exact-count evaluations an AUC within a fraction of a bin of the exact
+/// one ([`ScoreBins::FINE`]: 1000 and 100 bins). Where hospitals noise their counts
+/// ([`crate::eval_release`]) every bin carries its own noise while the privacy cost does not
+/// depend on the number of bins, so coarse histograms (tens of bins) carry far less noise into
+/// the AUC and calibration for the same ε.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreBins {
+    /// Bins of the pooled evaluation's histograms.
+    pub evaluation: u32,
+    /// Bins of each audit group's histograms.
+    pub group: u32,
+}
+
+impl ScoreBins {
+    /// [`EVAL_SCORE_BINS`] and [`GROUP_SCORE_BINS`](crate::fairness::GROUP_SCORE_BINS): the
+    /// default.
+    pub const FINE: Self = Self {
+        evaluation: EVAL_SCORE_BINS as u32,
+        group: crate::fairness::GROUP_SCORE_BINS as u32,
+    };
+
+    /// Refuses a count of bins that is not a positive multiple of [`ECE_BINS`] (each
+    /// calibration bin must be whole histogram bins) up to [`MAX_SCORE_BINS`].
+    pub fn check(&self) -> Result<(), ScoreBinsError> {
+        for (what, bins) in [("evaluation", self.evaluation), ("group", self.group)] {
+            if bins == 0 || bins > MAX_SCORE_BINS || !(bins as usize).is_multiple_of(ECE_BINS) {
+                return Err(ScoreBinsError { what, bins });
+            }
+        }
+        Ok(())
+    }
+
+    /// Length of the pooled evaluation's vector form ([`EvalCounts::vector_len`]).
+    pub fn evaluation_len(&self) -> usize {
+        EvalCounts::vector_len(self.evaluation as usize)
+    }
+
+    /// Length of one audit group's vector form ([`GroupCounts::vector_len`]).
+    pub fn group_len(&self) -> usize {
+        GroupCounts::vector_len(self.group as usize)
+    }
+}
+
+impl Default for ScoreBins {
+    fn default() -> Self {
+        Self::FINE
+    }
+}
+
+/// A count of histogram bins that cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{what} score bins {bins}: must be a positive multiple of {ECE_BINS} up to {MAX_SCORE_BINS}"
+)]
+pub struct ScoreBinsError {
+    /// `evaluation` or `group`.
+    pub what: &'static str,
+    /// The count refused.
+    pub bins: u32,
+}
+
 /// Decision threshold on the predicted probability for accuracy and the confusion matrix.
 pub const DECISION_THRESHOLD: f32 = 0.5;
 
@@ -86,7 +154,12 @@ pub struct EvalMetrics {
 impl EvalCounts {
     /// Length of the vector form: `n`, `loss_sum`, then the confusion counts with
     /// [`EVAL_SCORE_BINS`]-bin histograms.
-    pub const VECTOR_LEN: usize = 2 + GroupCounts::vector_len(EVAL_SCORE_BINS);
+    pub const VECTOR_LEN: usize = Self::vector_len(EVAL_SCORE_BINS);
+
+    /// Length of the vector form with `bins`-bin histograms: `2 + 4 + 2 · bins`.
+    pub const fn vector_len(bins: usize) -> usize {
+        2 + GroupCounts::vector_len(bins)
+    }
 
     /// Counts for predicted probabilities `scores` against 0/1 `labels`.
     ///
@@ -94,6 +167,11 @@ impl EvalCounts {
     /// [`UNDEFINED_SCORE`]; a pair whose label is not finite is skipped (labels come from the
     /// node's own validated data, never from the model).
     pub fn from_predictions(scores: &[f32], labels: &[f32]) -> Self {
+        Self::from_predictions_with_bins(scores, labels, EVAL_SCORE_BINS)
+    }
+
+    /// As [`Self::from_predictions`], with histograms of `bins` bins.
+    pub fn from_predictions_with_bins(scores: &[f32], labels: &[f32], bins: usize) -> Self {
         let (mut n, mut loss_sum) = (0.0, 0.0);
         for (&score, &label) in scores.iter().zip(labels) {
             if let Some(loss) = example_loss(score, label) {
@@ -104,7 +182,7 @@ impl EvalCounts {
         Self {
             n,
             loss_sum,
-            confusion: GroupCounts::from_predictions_with_bins(scores, labels, EVAL_SCORE_BINS),
+            confusion: GroupCounts::from_predictions_with_bins(scores, labels, bins),
         }
     }
 
@@ -125,13 +203,19 @@ impl EvalCounts {
 
     /// Reads the vector form; `None` if `v` is not [`Self::VECTOR_LEN`] long.
     pub fn from_vector(v: &[f64]) -> Option<Self> {
-        if v.len() != Self::VECTOR_LEN {
+        Self::from_vector_with_bins(v, EVAL_SCORE_BINS)
+    }
+
+    /// Reads the vector form with `bins`-bin histograms; `None` if `v` is not
+    /// [`Self::vector_len`]`(bins)` long.
+    pub fn from_vector_with_bins(v: &[f64], bins: usize) -> Option<Self> {
+        if v.len() != Self::vector_len(bins) {
             return None;
         }
         Some(Self {
             n: v[0],
             loss_sum: v[1],
-            confusion: GroupCounts::from_vector_with_bins(&v[2..], EVAL_SCORE_BINS)?,
+            confusion: GroupCounts::from_vector_with_bins(&v[2..], bins)?,
         })
     }
 

@@ -20,8 +20,7 @@ use ring::digest;
 use ring::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
-use crate::evaluation::EvalCounts;
-use crate::fairness::GroupCounts;
+use crate::evaluation::ScoreBins;
 use crate::messages::{RoundStart, SecAggSetup, StatsRequest};
 use crate::model::ModelSpec;
 use crate::secagg::RoundParams;
@@ -251,6 +250,9 @@ pub struct ReleasePlan {
     /// 1 + k, 1 + 2k, …; the others release no evaluation or audit-group counts. 1: every round.
     #[serde(default = "every_round")]
     pub evaluate_every: u64,
+    /// Bins of the score histograms in the evaluation and audit-group counts.
+    #[serde(default)]
+    pub score_bins: ScoreBins,
 }
 
 /// The default evaluation schedule: every round.
@@ -259,16 +261,23 @@ fn every_round() -> u64 {
 }
 
 impl ReleasePlan {
-    /// What a round with `groups` audit groups and a `params`-parameter model releases.
-    pub fn for_task(statistics_figures: usize, groups: usize, params: usize) -> Self {
+    /// What a round with `groups` audit groups, a `params`-parameter model and score histograms
+    /// of `score_bins` releases.
+    pub fn for_task(
+        statistics_figures: usize,
+        groups: usize,
+        params: usize,
+        score_bins: ScoreBins,
+    ) -> Self {
         Self {
             statistics_figures: statistics_figures as u64,
-            evaluation_figures: EvalCounts::VECTOR_LEN as u64,
+            evaluation_figures: score_bins.evaluation_len() as u64,
             audit_groups: groups as u64,
-            audit_group_figures: GroupCounts::VECTOR_LEN as u64,
+            audit_group_figures: score_bins.group_len() as u64,
             update_figures: params as u64 + 1,
             final_evaluation: true,
             evaluate_every: 1,
+            score_bins,
         }
     }
 
@@ -319,6 +328,15 @@ impl TaskManifest {
         }
         if self.releases.evaluate_every == 0 {
             return invalid("evaluate_every must be at least 1");
+        }
+        let bins = self.releases.score_bins;
+        if let Err(e) = bins.check() {
+            return invalid(&e.to_string());
+        }
+        if self.releases.evaluation_figures != bins.evaluation_len() as u64
+            || self.releases.audit_group_figures != bins.group_len() as u64
+        {
+            return invalid("the evaluation figures do not match the score bins");
         }
         if self
             .strategy
@@ -394,6 +412,12 @@ impl TaskManifest {
                 round: start.round,
                 evaluate: start.evaluate,
                 every: self.releases.evaluate_every,
+            });
+        }
+        if start.evaluate && start.score_bins != self.releases.score_bins {
+            return Err(Departure::ScoreBins {
+                got: start.score_bins,
+                planned: self.releases.score_bins,
             });
         }
         let planned = self.training.plan(start.round);
@@ -530,6 +554,17 @@ pub enum Departure {
         /// Planned training rounds.
         rounds: u64,
     },
+    /// The round's score histograms are not binned as the manifest says.
+    #[error(
+        "score histograms of {} and {} bins asked; the manifest plans {} and {}",
+        got.evaluation, got.group, planned.evaluation, planned.group
+    )]
+    ScoreBins {
+        /// The bins asked.
+        got: ScoreBins,
+        /// The manifest's.
+        planned: ScoreBins,
+    },
     /// An evaluation-only round the manifest does not plan.
     #[error("evaluation-only round {round} is not planned")]
     UnplannedEvaluation {
@@ -636,7 +671,7 @@ pub(crate) mod tests {
                 update_clip: 1024.0,
                 fractional_bits: FractionalBitsRule::Fit,
             }),
-            releases: ReleasePlan::for_task(13, 4, 65),
+            releases: ReleasePlan::for_task(13, 4, 65, ScoreBins::FINE),
         }
     }
 
@@ -814,6 +849,7 @@ pub(crate) mod tests {
             model_hash: ModelHash([0; 32]),
             train,
             evaluate: manifest.releases.evaluates(round, train),
+            score_bins: manifest.releases.score_bins,
             plan: manifest.training.plan(round),
             standardization: Standardization {
                 mean: vec![],
@@ -846,6 +882,34 @@ pub(crate) mod tests {
             );
         }
         m.releases.evaluate_every = 0;
+        assert!(m.validate().is_err());
+    }
+
+    #[test]
+    fn histograms_binned_other_than_the_manifest_says_are_a_departure() {
+        let coarse = ScoreBins {
+            evaluation: 20,
+            group: 10,
+        };
+        let mut m = example();
+        m.releases = ReleasePlan::for_task(13, 4, 65, coarse);
+        m.validate().unwrap();
+        let mut request = start(&m, 1, true);
+        assert_eq!(m.check_round_start(&request), Ok(()));
+        request.score_bins = ScoreBins::FINE;
+        assert_eq!(
+            m.check_round_start(&request),
+            Err(Departure::ScoreBins {
+                got: ScoreBins::FINE,
+                planned: coarse
+            })
+        );
+        // A manifest whose figures do not follow from its bins, or with bins that cannot be
+        // used, is refused.
+        m.releases.evaluation_figures += 2;
+        assert!(m.validate().is_err());
+        m.releases = ReleasePlan::for_task(13, 4, 65, coarse);
+        m.releases.score_bins.group = 0;
         assert!(m.validate().is_err());
     }
 

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::evaluation::ScoreBins;
 use crate::manifest::SignedManifest;
 use crate::model::{ModelHash, ModelSpec};
 use crate::secagg::fixed_point::FixedPoint;
@@ -19,11 +20,11 @@ use crate::stats::Standardization;
 use crate::task::TrainingPlan;
 
 /// Version of the wire protocol; part of the ALPN string.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// ALPN identifier negotiated in the TLS handshake. A peer speaking another version fails the
 /// handshake with TLS's `no_application_protocol` alert.
-pub const ALPN: &[u8] = b"medfed/5";
+pub const ALPN: &[u8] = b"medfed/6";
 
 /// Size of one model chunk on the model stream.
 pub const MODEL_CHUNK_LEN: usize = 1 << 20;
@@ -324,6 +325,8 @@ pub struct RoundStart {
     /// evaluation schedule, [`crate::manifest::ReleasePlan::evaluates`]); always true in the
     /// evaluation-only round.
     pub evaluate: bool,
+    /// Bins of the evaluation's and the audit groups' score histograms (the manifest's).
+    pub score_bins: ScoreBins,
     /// Local training hyper-parameters.
     pub plan: TrainingPlan,
     /// Consortium-wide feature standardisation from the statistics round.
@@ -644,6 +647,7 @@ mod tests {
                 model_hash: model.hash(),
                 train: true,
                 evaluate: true,
+                score_bins: ScoreBins::FINE,
                 plan: TrainingPlan::default(),
                 standardization,
                 secure_aggregation: Some(setup),

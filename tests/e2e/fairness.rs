@@ -17,7 +17,7 @@ use medfed_node::ledger::{PrivacyLedger, Release};
 use medfed_node::trainer::{ComputeDevice, TchTrainer, Trainer};
 use medfed_protocol::accounting::Accountant;
 use medfed_protocol::eval_release::sensitivity;
-use medfed_protocol::evaluation::MAX_EXAMPLE_LOSS;
+use medfed_protocol::evaluation::{MAX_EXAMPLE_LOSS, ScoreBins};
 use medfed_protocol::fairness::{FairnessPolicy, GroupCounts, GroupReport};
 use medfed_protocol::model::Model;
 use medfed_protocol::schema::Schema;
@@ -179,7 +179,13 @@ async fn with_evaluation_noise_the_audit_is_within_noise_of_the_pooled_data_and_
     let consortium = Consortium::new(&names, 200);
     std::fs::write(&consortium.schema, schema_with_intersection()).unwrap();
     let rounds = 2;
-    let config = consortium.coordinator_config(rounds, 3);
+    let mut config = consortium.coordinator_config(rounds, 3);
+    // Noised counts go with coarse histograms: every bin carries its own noise.
+    let bins = ScoreBins {
+        evaluation: 20,
+        group: 10,
+    };
+    config.task.score_bins = bins;
     let state = config.data_dir.join("state.sqlite");
     let sigma = 2.0;
     let policy = PrivacyConfig {
@@ -214,7 +220,31 @@ async fn with_evaluation_noise_the_audit_is_within_noise_of_the_pooled_data_and_
         node.await.unwrap().unwrap();
     }
     assert_eq!(report.rounds.len(), rounds as usize);
-    assert!(report.final_evaluation.is_some());
+    let final_evaluation = report
+        .final_evaluation
+        .as_ref()
+        .expect("a final evaluation");
+    assert!(final_evaluation.auc.is_some());
+    // Each node's final-evaluation masked input carried the coarse layout: 2 + 4 + 2·20
+    // evaluation figures and 4 + 2·10 for each audit group, in two-word counts.
+    let groups = Schema::parse(&schema_with_intersection())
+        .unwrap()
+        .audit_groups()
+        .len();
+    let counts = |bins: ScoreBins| (bins.evaluation_len() + groups * bins.group_len()) as u64;
+    let (coarse_counts, fine_counts) = (counts(bins), counts(ScoreBins::FINE));
+    for config in &configs {
+        let egress = EgressLog::read(&config.state_dir).unwrap();
+        let input = egress
+            .iter()
+            .find(|e| e.kind == "secagg_input" && e.round == Some(3))
+            .expect("a final-evaluation masked input");
+        assert!(
+            input.bytes < 8 * fine_counts / 4 && input.bytes >= 8 * coarse_counts,
+            "{} bytes for {coarse_counts} counts",
+            input.bytes
+        );
+    }
 
     // The statistics round charges the noised statistics; each round charges the update and
     // then the noised counts; the final evaluation charges the counts alone. Three audited

@@ -18,6 +18,7 @@ use medfed_e2e::{Consortium, allow_plaintext, subscribe};
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_node::{NodeError, NodeOutcome};
 use medfed_protocol::codec::{self, MAX_FRAME_LEN};
+use medfed_protocol::evaluation::ScoreBins;
 use medfed_protocol::messages::{
     DeclineReason, Declined, Hello, Message, ModelChunk, ModelOffer, ModelReceived,
     PROTOCOL_VERSION, RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, Welcome,
@@ -260,6 +261,7 @@ fn node_refuses_replayed_and_foreign_session_requests() {
         model_hash: model.hash(),
         train: true,
         evaluate: true,
+        score_bins: ScoreBins::FINE,
         plan: TrainingPlan::default(),
         standardization: Standardization::identity(6),
         secure_aggregation: None,

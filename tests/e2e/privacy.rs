@@ -6,6 +6,7 @@ use medfed_node::config::{NoiseMultiplier, PrivacyConfig, StatisticsNoiseConfig}
 use medfed_node::ledger::PrivacyLedger;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_protocol::accounting::Accountant;
+use medfed_protocol::evaluation::ScoreBins;
 use medfed_protocol::messages::{DeclineReason, Message, RoundStart};
 use medfed_protocol::model::{Model, ModelSpec};
 use medfed_protocol::privacy::epsilon;
@@ -119,6 +120,7 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
         model_hash: model.hash(),
         train: true,
         evaluate: true,
+        score_bins: ScoreBins::FINE,
         plan: task.plan(1),
         standardization: Standardization::identity(6),
         secure_aggregation: None,
@@ -249,6 +251,7 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
             model_hash: model.hash(),
             train: false,
             evaluate: true,
+            score_bins: ScoreBins::FINE,
             plan: task.plan(1),
             standardization: Standardization::identity(6),
             secure_aggregation: None,

@@ -13,6 +13,7 @@ use medfed_node::config::CrashPoint;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_node::{NodeError, NodeOutcome};
 use medfed_protocol::contribution::RoundLayout;
+use medfed_protocol::evaluation::ScoreBins;
 use medfed_protocol::messages::{ContributionKind, Message, RoundStart};
 use medfed_protocol::model::{Model, ModelSpec};
 use medfed_protocol::stats::Standardization;
@@ -167,6 +168,7 @@ impl CrashedRun {
             train: true,
             evaluate: true,
             groups: 5,
+            bins: ScoreBins::FINE,
         };
         let start = RoundStart {
             session: 1,
@@ -175,6 +177,7 @@ impl CrashedRun {
             model_hash: initial.hash(),
             train: true,
             evaluate: true,
+            score_bins: ScoreBins::FINE,
             plan: task.plan(1),
             standardization,
             secure_aggregation: None,

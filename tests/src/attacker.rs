@@ -285,6 +285,7 @@ impl<'c> HandCoordinator<'c> {
             model_hash: model.hash(),
             train,
             evaluate: self.evaluates(round, train),
+            score_bins: self.plan.task.score_bins,
             plan: self.plan.task.plan(round),
             standardization: Standardization::identity(self.schema.num_features()),
             secure_aggregation: secure,
@@ -310,6 +311,7 @@ impl<'c> HandCoordinator<'c> {
             train,
             evaluate: self.evaluates(round, train),
             groups: self.schema.audit_groups().len(),
+            bins: self.plan.task.score_bins,
         })
     }
 

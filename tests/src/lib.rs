@@ -116,6 +116,7 @@ impl Consortium {
                 round_attempts: 3,
                 start_nodes: None,
                 evaluate_every: 1,
+                score_bins: Default::default(),
             },
             strategy: StrategyConfig::default(),
             secure_aggregation: SecureAggregationConfig::default(),
