@@ -493,3 +493,138 @@ fn noised_statistics_are_charged_to_the_ledger_counted_per_release_and_declined_
             .all(|n| (n - answers[0][0]).abs() <= 6.0 * sigma)
     );
 }
+
+/// Issue 13's accounting rule, end to end: with every release private — noised statistics,
+/// noised evaluation counts on coarse histograms, DP-SGD, and the update weighed by the noised
+/// count — every message a node's egress log shows carrying figures derived from its patients has
+/// its ledger entries for exactly what it carried, and the ε the node declared is its ledger's
+/// entries composed from scratch, under either accountant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_every_release_private_each_figure_message_is_in_the_ledger_and_the_ledger_recomposes_to_the_declared_epsilon()
+ {
+    use std::collections::BTreeMap;
+
+    use medfed_node::config::EvaluationNoiseConfig;
+    use medfed_node::egress::EgressLog;
+    use medfed_node::ledger::{Release, epsilon_of};
+
+    subscribe();
+    let names = ["hospital-a", "hospital-b", "hospital-c"];
+    let consortium = Consortium::new(&names, 120);
+    let rounds = 3;
+    let mut config = consortium.coordinator_config(rounds, 3);
+    // Rounds 1 and 3 evaluate their starting model, round 2 does not; then the final model.
+    config.task.evaluate_every = 2;
+    config.task.score_bins = ScoreBins {
+        evaluation: 20,
+        group: 10,
+    };
+    let coordinator = consortium.start_coordinator(config).await;
+    let addr = coordinator.local_addr();
+    let accountants = [Accountant::Rdp, Accountant::Pld, Accountant::Pld];
+    let configs: Vec<_> = names
+        .iter()
+        .zip(accountants)
+        .map(|(name, accountant)| {
+            let mut node = consortium.node_config(name, addr);
+            node.privacy = Some(PrivacyConfig {
+                target_epsilon: 20.0,
+                delta: 1e-5,
+                noise_multiplier: NoiseMultiplier::Auto,
+                max_grad_norm: 1.0,
+                accountant,
+                evaluation: Some(EvaluationNoiseConfig {
+                    noise: 4.0,
+                    loss_clip: 4.0,
+                }),
+                statistics: Default::default(),
+            });
+            node
+        })
+        .collect();
+    let nodes: Vec<_> = configs
+        .iter()
+        .map(|c| consortium.spawn_node(c.clone()))
+        .collect();
+    let report = coordinator.wait().await.expect("training completes");
+    for node in nodes {
+        node.await.unwrap().unwrap();
+    }
+    assert_eq!(report.rounds.len(), rounds as usize);
+
+    // What each round's figures carry: the statistics in round 0; the update (with the
+    // weight, the statistics' noised count) and, by the schedule, the evaluation counts in each
+    // training round; the final evaluation's counts after the last.
+    let carried = |round: u64| -> Vec<Release> {
+        match round {
+            0 => vec![Release::Statistics],
+            r if r <= rounds => {
+                let mut kinds = vec![Release::Training];
+                if (r - 1) % 2 == 0 {
+                    kinds.push(Release::EvaluationCounts);
+                }
+                kinds
+            }
+            _ => vec![Release::EvaluationCounts],
+        }
+    };
+    for ((config, accountant), name) in configs.iter().zip(accountants).zip(names) {
+        let egress = EgressLog::read(&config.state_dir).unwrap();
+        let ledger = PrivacyLedger::read(&config.state_dir).unwrap();
+        let figure_rounds: Vec<u64> = egress
+            .iter()
+            .filter(|e| matches!(e.kind.as_str(), "secagg_input" | "contribution"))
+            .map(|e| e.round.expect("a figure message names its round"))
+            .collect();
+        assert_eq!(
+            figure_rounds,
+            (0..=rounds + 1).collect::<Vec<_>>(),
+            "{name}"
+        );
+        let mut charged: BTreeMap<u64, Vec<Release>> = BTreeMap::new();
+        for entry in &ledger {
+            charged.entry(entry.round).or_default().push(entry.release);
+            assert_eq!(entry.accountant, accountant, "{name}");
+            assert!(!entry.mechanisms.is_empty(), "{name}");
+        }
+        for round in &figure_rounds {
+            assert_eq!(
+                charged.remove(round).unwrap_or_default(),
+                carried(*round),
+                "{name}: round {round}'s figures left with other ledger entries"
+            );
+        }
+        assert!(
+            charged.is_empty(),
+            "{name}: charged without a release: {charged:?}"
+        );
+        // The weight is the statistics' noised count: no example count released on its own.
+        assert!(ledger[0].released_count.is_some(), "{name}");
+
+        // ε from scratch, entry by entry and in all, is what the node recorded and declared.
+        let policy = config.privacy.as_ref().unwrap();
+        for i in 0..ledger.len() {
+            let recomposed = epsilon_of(&ledger[..=i], &[], accountant, policy.delta).unwrap();
+            assert!(
+                (recomposed - ledger[i].epsilon_after).abs() <= 1e-9 * recomposed,
+                "{name}: entry {i} recorded {} but the ledger composes to {recomposed}",
+                ledger[i].epsilon_after
+            );
+        }
+        let total = ledger.last().unwrap().epsilon_after;
+        assert!(total <= policy.target_epsilon, "{name}: {total}");
+        let last_round = report.rounds.last().unwrap();
+        let declared = last_round
+            .privacy
+            .iter()
+            .find(|(who, _, _)| who == name)
+            .map(|(_, epsilon, _)| *epsilon)
+            .expect("declared");
+        let after_last_round = ledger
+            .iter()
+            .rfind(|e| e.round == last_round.round)
+            .unwrap()
+            .epsilon_after;
+        assert_eq!(declared, after_last_round, "{name}");
+    }
+}
