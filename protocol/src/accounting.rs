@@ -28,6 +28,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::distributed_dp::{MIN_SHARE_SIGMA, SumOfShares, distributed_rdp};
 use crate::pld::{DEFAULT_INTERVAL, PrivacyLossDistribution};
 use crate::privacy::{
     DEFAULT_ALPHAS, DEFAULT_EPSILON_TOLERANCE, MAX_NOISE_MULTIPLIER, PrivacyError, compute_rdp,
@@ -57,6 +58,30 @@ pub enum Mechanism {
         /// Cells released.
         cells: u64,
     },
+    /// `steps` Poisson-subsampled releases of an integer vector sum to which `summands`
+    /// independent discrete Gaussian shares were added: distributed DP under secure aggregation
+    /// ([`crate::distributed_dp`]). Each share has σ `noise_multiplier · l2_sensitivity /
+    /// √summands` (integer units) on every coordinate, so the sum of the `summands` shares has
+    /// variance `(noise_multiplier · l2_sensitivity)²`. Its RDP is the DDG paper's bound on a
+    /// sum of discrete Gaussians behind Zhu and Wang's subsampling bound
+    /// (`distributed_dp/rdp.rs`). The PLD accountant has no distribution for it: a composition
+    /// that contains one is converted from RDP under either accountant ([`epsilon`]).
+    DistributedDiscreteGaussian {
+        /// The probability q with which each patient joins a step's batch, in `[0, 1]`.
+        sample_rate: f64,
+        /// σ of the summed noise over `l2_sensitivity` (0: no noise, no guarantee).
+        noise_multiplier: f64,
+        /// Δ₂: the most one patient moves the integer vector, in L2 (integer units).
+        l2_sensitivity: f64,
+        /// Δ₁: the same in L1.
+        l1_sensitivity: f64,
+        /// Coordinates of the vector.
+        dimension: u64,
+        /// Shares in the sum (at least 1): `t` for the central guarantee, 1 for the local one.
+        summands: u64,
+        /// Steps (rounds) taken.
+        steps: u64,
+    },
 }
 
 impl Mechanism {
@@ -84,6 +109,32 @@ impl Mechanism {
                 let per_order = cells as f64 * s * s / (2.0 * sigma * sigma);
                 Ok(orders.iter().map(|alpha| alpha * per_order).collect())
             }
+            Self::DistributedDiscreteGaussian {
+                sample_rate,
+                noise_multiplier,
+                l2_sensitivity,
+                l1_sensitivity,
+                dimension,
+                summands,
+                steps,
+            } => {
+                let cost = self.cost()?;
+                let nothing = compute_rdp(0.0, 0.0, 0, orders)?;
+                match cost {
+                    Cost::Nothing => Ok(nothing),
+                    Cost::Unbounded => Ok(vec![f64::INFINITY; orders.len()]),
+                    Cost::Bounded => {
+                        let sum = SumOfShares {
+                            l2_sensitivity,
+                            l1_sensitivity,
+                            dimension,
+                            share_sigma: share_sigma(noise_multiplier, l2_sensitivity, summands),
+                            summands,
+                        };
+                        Ok(distributed_rdp(&sum, sample_rate, steps, orders))
+                    }
+                }
+            }
         }
     }
 
@@ -105,6 +156,37 @@ impl Mechanism {
             Self::DiscreteGaussian { sigma, .. } => {
                 if !(sigma.is_finite() && sigma >= 0.0) {
                     return Err(PrivacyError::DiscreteGaussianSigma(sigma));
+                }
+            }
+            Self::DistributedDiscreteGaussian {
+                sample_rate,
+                noise_multiplier,
+                l2_sensitivity,
+                l1_sensitivity,
+                dimension,
+                summands,
+                ..
+            } => {
+                if !(0.0..=1.0).contains(&sample_rate) {
+                    return Err(PrivacyError::SamplingRate(sample_rate));
+                }
+                if !(noise_multiplier.is_finite() && noise_multiplier >= 0.0) {
+                    return Err(PrivacyError::NoiseMultiplier(noise_multiplier));
+                }
+                for sensitivity in [l2_sensitivity, l1_sensitivity] {
+                    if !(sensitivity.is_finite() && sensitivity >= 0.0) {
+                        return Err(PrivacyError::Sensitivity(sensitivity));
+                    }
+                }
+                if dimension == 0 || summands == 0 {
+                    return Err(PrivacyError::DistributedShape {
+                        dimension,
+                        summands,
+                    });
+                }
+                let share = share_sigma(noise_multiplier, l2_sensitivity, summands);
+                if noise_multiplier > 0.0 && l2_sensitivity > 0.0 && share < MIN_SHARE_SIGMA {
+                    return Err(PrivacyError::ShareSigma(share));
                 }
             }
         }
@@ -141,7 +223,28 @@ impl Mechanism {
                     Cost::Bounded
                 }
             }
+            Self::DistributedDiscreteGaussian {
+                sample_rate,
+                noise_multiplier,
+                l2_sensitivity,
+                steps,
+                ..
+            } => {
+                if sample_rate == 0.0 || steps == 0 || l2_sensitivity == 0.0 {
+                    Cost::Nothing
+                } else if noise_multiplier == 0.0 {
+                    Cost::Unbounded
+                } else {
+                    Cost::Bounded
+                }
+            }
         })
+    }
+
+    /// Whether the PLD accountant has no distribution for this mechanism, so that a
+    /// composition containing it is converted from RDP.
+    fn needs_rdp(&self) -> bool {
+        matches!(self, Self::DistributedDiscreteGaussian { .. })
     }
 
     /// How many times the mechanism runs: steps or cells.
@@ -149,6 +252,7 @@ impl Mechanism {
         match *self {
             Self::SubsampledGaussian { steps, .. } => steps,
             Self::DiscreteGaussian { cells, .. } => cells,
+            Self::DistributedDiscreteGaussian { steps, .. } => steps,
         }
     }
 
@@ -171,6 +275,23 @@ impl Mechanism {
                 sensitivity,
                 cells: count,
             },
+            Self::DistributedDiscreteGaussian {
+                sample_rate,
+                noise_multiplier,
+                l2_sensitivity,
+                l1_sensitivity,
+                dimension,
+                summands,
+                ..
+            } => Self::DistributedDiscreteGaussian {
+                sample_rate,
+                noise_multiplier,
+                l2_sensitivity,
+                l1_sensitivity,
+                dimension,
+                summands,
+                steps: count,
+            },
         }
     }
 
@@ -190,6 +311,9 @@ impl Mechanism {
             Self::DiscreteGaussian {
                 sigma, sensitivity, ..
             } => PrivacyLossDistribution::discrete_gaussian(sigma, sensitivity, interval),
+            // Never composed as a PLD: `epsilon` and `noise_multiplier_for` convert any
+            // composition containing it from RDP.
+            Self::DistributedDiscreteGaussian { .. } => Err(PrivacyError::PldUnsupported),
         }
     }
 }
@@ -242,6 +366,11 @@ pub struct UnknownAccountant(pub String);
 ///
 /// Releases that cost nothing (no steps or cells, sampling rate or sensitivity 0) are left out;
 /// if none is left, ε is 0. A release without noise (σ = 0) makes ε infinite.
+///
+/// The PLD accountant has no distribution for [`Mechanism::DistributedDiscreteGaussian`] (the
+/// sum of discrete Gaussians is not one, and the DDG paper bounds it in RDP only): a
+/// composition that contains one is converted from RDP under [`Accountant::Pld`] too, which
+/// gives an upper bound, never a figure below the truth.
 pub fn epsilon(
     accountant: Accountant,
     releases: &[Mechanism],
@@ -259,9 +388,10 @@ pub fn epsilon(
     if spending.is_empty() {
         return Ok(0.0);
     }
-    match accountant {
-        Accountant::Rdp => Ok(get_privacy_spent(&DEFAULT_ALPHAS, &rdp_curve(&spending)?, delta)?.0),
-        Accountant::Pld => compose_pld(&spending, DEFAULT_INTERVAL)?.epsilon(delta),
+    if accountant == Accountant::Rdp || spending.iter().any(Mechanism::needs_rdp) {
+        Ok(get_privacy_spent(&DEFAULT_ALPHAS, &rdp_curve(&spending)?, delta)?.0)
+    } else {
+        compose_pld(&spending, DEFAULT_INTERVAL)?.epsilon(delta)
     }
 }
 
@@ -276,6 +406,9 @@ pub fn epsilon(
 /// fine one's at ordinary settings), then checks the result on the full grid and, if needed,
 /// raises σ until the full grid's ε is at most the target, or refines it while the full grid's ε
 /// is more than the tolerance below.
+///
+/// Where `already` holds a [`Mechanism::DistributedDiscreteGaussian`], [`Accountant::Pld`]
+/// plans as [`Accountant::Rdp`] does, as [`epsilon`] then converts from RDP.
 ///
 /// Errors as [`noise_multiplier_alongside`]: [`PrivacyError::BudgetTooLow`] where no σ up to
 /// [`MAX_NOISE_MULTIPLIER`] is enough, [`PrivacyError::NoConvergence`] where σ does not matter
@@ -301,6 +434,12 @@ pub fn noise_multiplier_for(
             spending.push(*release);
         }
     }
+    let accountant = if spending.iter().any(Mechanism::needs_rdp) {
+        // As in `epsilon`: a composition with a distributed release is converted from RDP.
+        Accountant::Rdp
+    } else {
+        accountant
+    };
     match accountant {
         Accountant::Rdp => {
             let other = if spending.is_empty() {
@@ -477,6 +616,11 @@ impl Planner {
             Err(e) => Err(e),
         }
     }
+}
+
+/// σ of each share of a distributed release: `noise_multiplier · l2_sensitivity / √summands`.
+fn share_sigma(noise_multiplier: f64, l2_sensitivity: f64, summands: u64) -> f64 {
+    noise_multiplier * l2_sensitivity / (summands as f64).sqrt()
 }
 
 fn check_delta(delta: f64) -> Result<(), PrivacyError> {
