@@ -1026,6 +1026,97 @@ mod tests {
         assert!(epsilon(Accountant::Pld, &[sgd(0.01, sigma, 10)], delta).unwrap() <= 0.05);
     }
 
+    fn distributed(q: f64, z: f64, summands: u64, steps: u64) -> Mechanism {
+        Mechanism::DistributedDiscreteGaussian {
+            sample_rate: q,
+            noise_multiplier: z,
+            l2_sensitivity: 4100.0,
+            l1_sensitivity: 130_000.0,
+            dimension: 1000,
+            summands,
+            steps,
+        }
+    }
+
+    #[test]
+    fn compositions_with_a_distributed_release_are_converted_from_rdp() {
+        let delta = 1e-5;
+        let ddg = distributed(0.02, 1.1, 5, 200);
+        for releases in [
+            vec![ddg],
+            vec![sgd(0.05, 1.0, 20), ddg, counts(6.0, 1, 5)],
+            vec![ddg, ddg],
+        ] {
+            let rdp = epsilon(Accountant::Rdp, &releases, delta).unwrap();
+            assert_eq!(epsilon(Accountant::Pld, &releases, delta).unwrap(), rdp);
+        }
+        // The distributed release adds to what was spent, under both accountants.
+        let before = epsilon(Accountant::Rdp, &[sgd(0.05, 1.0, 20)], delta).unwrap();
+        let after = epsilon(Accountant::Rdp, &[sgd(0.05, 1.0, 20), ddg], delta).unwrap();
+        assert!(after > before);
+        // Repeats are merged by steps, as DP-SGD's are.
+        assert_eq!(
+            merge_repeats(&[ddg, distributed(0.02, 1.1, 5, 50), ddg]),
+            [distributed(0.02, 1.1, 5, 450)]
+        );
+        // Planning beside a distributed release: PLD plans as RDP does.
+        let already = [ddg];
+        let rdp = noise_multiplier_for(Accountant::Rdp, 8.0, delta, &already, 0.05, 100).unwrap();
+        let pld = noise_multiplier_for(Accountant::Pld, 8.0, delta, &already, 0.05, 100).unwrap();
+        assert_eq!(rdp, pld);
+        assert_eq!(
+            ddg.pld_once(DEFAULT_INTERVAL).unwrap_err(),
+            PrivacyError::PldUnsupported
+        );
+    }
+
+    #[test]
+    fn distributed_special_cases() {
+        let delta = 1e-5;
+        for accountant in [Accountant::Rdp, Accountant::Pld] {
+            assert_eq!(
+                epsilon(accountant, &[distributed(0.0, 1.0, 3, 10)], delta),
+                Ok(0.0)
+            );
+            assert_eq!(
+                epsilon(accountant, &[distributed(0.1, 1.0, 3, 0)], delta),
+                Ok(0.0)
+            );
+            assert_eq!(
+                epsilon(accountant, &[distributed(0.1, 0.0, 3, 10)], delta),
+                Ok(f64::INFINITY)
+            );
+            assert_eq!(
+                epsilon(accountant, &[distributed(1.2, 1.0, 3, 10)], delta),
+                Err(PrivacyError::SamplingRate(1.2))
+            );
+            assert_eq!(
+                epsilon(accountant, &[distributed(0.1, 1.0, 0, 10)], delta),
+                Err(PrivacyError::DistributedShape {
+                    dimension: 1000,
+                    summands: 0
+                })
+            );
+            // σ_share = 1e-4 · 4100 / √3 < 1/2: outside the DDG bound's hypothesis.
+            assert!(matches!(
+                epsilon(accountant, &[distributed(0.1, 1e-4, 3, 10)], delta),
+                Err(PrivacyError::ShareSigma(_))
+            ));
+            let mut bad = distributed(0.1, 1.0, 3, 10);
+            if let Mechanism::DistributedDiscreteGaussian { l1_sensitivity, .. } = &mut bad {
+                *l1_sensitivity = f64::NAN;
+            }
+            assert!(matches!(
+                epsilon(accountant, &[bad], delta),
+                Err(PrivacyError::Sensitivity(_))
+            ));
+        }
+        assert_eq!(
+            distributed(0.1, 1.0, 3, 10).rdp(&[0.5]),
+            Err(PrivacyError::Order(0.5))
+        );
+    }
+
     #[test]
     fn names_and_formats() {
         for (accountant, name) in [(Accountant::Rdp, "rdp"), (Accountant::Pld, "pld")] {
@@ -1053,6 +1144,17 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<Vec<Mechanism>>(&text).unwrap(),
             releases
+        );
+        // A distributed release as a ledger stores it.
+        let release = [distributed(0.02, 1.1, 5, 200)];
+        let text = serde_json::to_string(&release).unwrap();
+        assert_eq!(
+            text,
+            r#"[{"kind":"distributed_discrete_gaussian","sample_rate":0.02,"noise_multiplier":1.1,"l2_sensitivity":4100.0,"l1_sensitivity":130000.0,"dimension":1000,"summands":5,"steps":200}]"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Vec<Mechanism>>(&text).unwrap(),
+            release
         );
     }
 }
