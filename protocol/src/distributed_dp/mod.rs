@@ -36,8 +36,9 @@ mod encoding;
 mod rdp;
 mod rounding;
 
-use crate::accounting::Mechanism;
+use crate::accounting::{Accountant, Mechanism, epsilon};
 use crate::discrete_gaussian::{DiscreteGaussian, DiscreteGaussianError};
+use crate::privacy::{DEFAULT_EPSILON_TOLERANCE, PrivacyError, opacus_bisection};
 
 pub use encoding::NodeSum;
 pub(crate) use rdp::{SumOfShares, distributed_rdp};
@@ -113,6 +114,129 @@ impl DdpConfig {
             noise_multiplier,
             rounding_beta: DEFAULT_ROUNDING_BETA,
         }
+    }
+
+    /// The least noise multiplier (to within [`DEFAULT_EPSILON_TOLERANCE`] in ε) with which
+    /// `rounds` rounds at per-example sampling rate `sample_rate`, beside the releases
+    /// `already` made, spend at most `target_epsilon` at `delta` centrally
+    /// ([`DdpParams::central_mechanism`]), converted from RDP. Opacus's bracket and bisection,
+    /// as [`crate::accounting::noise_multiplier_for`]; `self.noise_multiplier` is ignored.
+    /// The local figure at that multiplier is [`DdpParams::local_mechanism`]'s, larger.
+    pub fn noise_multiplier_for(
+        &self,
+        target_epsilon: f64,
+        delta: f64,
+        already: &[Mechanism],
+        sample_rate: f64,
+        rounds: u64,
+    ) -> Result<f64, DdpError> {
+        self.check_shape()?;
+        let sensitivity = Sensitivity::of(self)?;
+        if !(target_epsilon.is_finite() && target_epsilon > 0.0) {
+            return Err(PrivacyError::TargetEpsilon(target_epsilon).into());
+        }
+        let mut releases = already.to_vec();
+        releases.push(Mechanism::DistributedDiscreteGaussian {
+            sample_rate,
+            noise_multiplier: 1.0,
+            l2_sensitivity: sensitivity.l2_sensitivity,
+            l1_sensitivity: sensitivity.l1_sensitivity,
+            dimension: self.dimension as u64,
+            summands: self.threshold as u64,
+            steps: rounds,
+        });
+        let (_, noise_multiplier) =
+            opacus_bisection(target_epsilon, DEFAULT_EPSILON_TOLERANCE, |z| {
+                if let Some(Mechanism::DistributedDiscreteGaussian {
+                    noise_multiplier, ..
+                }) = releases.last_mut()
+                {
+                    *noise_multiplier = z;
+                }
+                match epsilon(Accountant::Rdp, &releases, delta) {
+                    // Shares below σ = 1/2 have no bound: as good as no noise.
+                    Err(PrivacyError::ShareSigma(_)) => Ok(f64::INFINITY),
+                    other => other,
+                }
+            })?;
+        Ok(noise_multiplier)
+    }
+
+    /// Refuses a configuration whose clip, scale, dimension, node count, threshold or β is
+    /// out of range (everything but the noise).
+    fn check_shape(&self) -> Result<(), DdpError> {
+        let Self {
+            clip_norm,
+            scale,
+            dimension,
+            nodes,
+            threshold,
+            rounding_beta,
+            ..
+        } = *self;
+        if !(clip_norm.is_finite() && clip_norm > 0.0) {
+            return Err(DdpError::ClipNorm(clip_norm));
+        }
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(DdpError::Scale(scale));
+        }
+        let scaled_clip = scale * clip_norm;
+        if !(1.0..=MAX_SCALED_CLIP).contains(&scaled_clip) {
+            return Err(DdpError::ScaledClip(scaled_clip));
+        }
+        if dimension == 0 || dimension > MAX_DIMENSION {
+            return Err(DdpError::Dimension(dimension));
+        }
+        if nodes == 0 || nodes > MAX_NODES {
+            return Err(DdpError::Nodes(nodes));
+        }
+        if threshold == 0 || threshold > nodes {
+            return Err(DdpError::Threshold { threshold, nodes });
+        }
+        if !(0.0..=MAX_ROUNDING_BETA).contains(&rounding_beta) {
+            return Err(DdpError::RoundingBeta(rounding_beta));
+        }
+        Ok(())
+    }
+}
+
+/// What one example can do to a node's integer vector, from a configuration whose shape is
+/// checked.
+struct Sensitivity {
+    /// c = γ·C.
+    scaled_clip: f64,
+    /// ⌊Δ₂²⌋.
+    l2_squared_bound: u128,
+    /// Δ₂.
+    l2_sensitivity: f64,
+    /// Δ₁.
+    l1_sensitivity: f64,
+}
+
+impl Sensitivity {
+    /// Δ₂² = min{ c² + d/4 + sqrt(2 ln(1/β))·(c + √d/2), (c + √d)² } floored, Δ₁ from it.
+    fn of(config: &DdpConfig) -> Result<Self, DdpError> {
+        config.check_shape()?;
+        let scaled_clip = config.scale * config.clip_norm;
+        let d = config.dimension as f64;
+        let mut bound = (scaled_clip + d.sqrt()).powi(2);
+        if config.rounding_beta > 0.0 {
+            let conditional = scaled_clip * scaled_clip
+                + d / 4.0
+                + (2.0 * (1.0 / config.rounding_beta).ln()).sqrt() * (scaled_clip + d.sqrt() / 2.0);
+            bound = bound.min(conditional);
+        }
+        // At most (2^30 + 2^16)², so the floor is exact and fits u128.
+        let l2_squared_bound = bound.floor() as u128;
+        // Rounded up so that Δ₂ is never below the real root.
+        let l2_sensitivity = (l2_squared_bound as f64).sqrt() * (1.0 + f64::EPSILON);
+        let l1_sensitivity = (d.sqrt() * l2_sensitivity).min(l2_squared_bound as f64);
+        Ok(Self {
+            scaled_clip,
+            l2_squared_bound,
+            l2_sensitivity,
+            l1_sensitivity,
+        })
     }
 }
 
@@ -221,6 +345,9 @@ pub enum DdpError {
         /// n.
         nodes: usize,
     },
+    /// The accounting refused (planning a noise multiplier).
+    #[error("distributed DP accounting: {0}")]
+    Privacy(#[from] PrivacyError),
     /// A coordinate of the sum is beyond what `k` honest inputs give (except with
     /// probability below the wrap bound): a garbled sum or a wrong `k`.
     #[error("coordinate {index} of the sum, {value}, is beyond what the inputs summed can give")]
@@ -248,53 +375,24 @@ impl DdpParams {
     ///   probability 2^−40.
     pub fn new(config: DdpConfig) -> Result<Self, DdpError> {
         let DdpConfig {
-            clip_norm,
-            scale,
             dimension,
             nodes,
             threshold,
             noise_multiplier,
-            rounding_beta,
+            ..
         } = config;
-        if !(clip_norm.is_finite() && clip_norm > 0.0) {
-            return Err(DdpError::ClipNorm(clip_norm));
-        }
-        if !(scale.is_finite() && scale > 0.0) {
-            return Err(DdpError::Scale(scale));
-        }
-        let scaled_clip = scale * clip_norm;
-        if !(1.0..=MAX_SCALED_CLIP).contains(&scaled_clip) {
-            return Err(DdpError::ScaledClip(scaled_clip));
-        }
-        if dimension == 0 || dimension > MAX_DIMENSION {
-            return Err(DdpError::Dimension(dimension));
-        }
-        if nodes == 0 || nodes > MAX_NODES {
-            return Err(DdpError::Nodes(nodes));
-        }
-        if threshold == 0 || threshold > nodes {
-            return Err(DdpError::Threshold { threshold, nodes });
-        }
+        config.check_shape()?;
         if !(noise_multiplier.is_finite() && noise_multiplier > 0.0) {
             return Err(DdpError::NoiseMultiplier(noise_multiplier));
         }
-        if !(0.0..=MAX_ROUNDING_BETA).contains(&rounding_beta) {
-            return Err(DdpError::RoundingBeta(rounding_beta));
-        }
-
         let d = dimension as f64;
-        let mut bound = (scaled_clip + d.sqrt()).powi(2);
-        if rounding_beta > 0.0 {
-            let conditional = scaled_clip * scaled_clip
-                + d / 4.0
-                + (2.0 * (1.0 / rounding_beta).ln()).sqrt() * (scaled_clip + d.sqrt() / 2.0);
-            bound = bound.min(conditional);
-        }
-        // Below 2^61 + 2^32·…: an exact f64 floor fits u128.
-        let l2_squared_bound = bound.floor() as u128;
-        // Rounded up so that Δ₂ is never below the real root.
-        let l2_sensitivity = (l2_squared_bound as f64).sqrt() * (1.0 + f64::EPSILON);
-        let l1_sensitivity = (d.sqrt() * l2_sensitivity).min(l2_squared_bound as f64);
+
+        let Sensitivity {
+            scaled_clip,
+            l2_squared_bound,
+            l2_sensitivity,
+            l1_sensitivity,
+        } = Sensitivity::of(&config)?;
 
         let sigma_total = noise_multiplier * l2_sensitivity;
         let sigma_share = sigma_total / (threshold as f64).sqrt();

@@ -560,3 +560,40 @@ fn more_survivors_never_raise_epsilon_and_local_is_never_below_central() {
         }
     }
 }
+
+#[test]
+fn the_planned_noise_multiplier_spends_at_most_the_target() {
+    let delta = 1e-5;
+    let config = DdpConfig::new(1.0, 1000, 8, 5, 0.0);
+    let already = [Mechanism::DiscreteGaussian {
+        sigma: 8.0,
+        sensitivity: 1,
+        cells: 20,
+    }];
+    for (target, q, rounds) in [(4.0, 0.02, 200), (8.0, 0.1, 50)] {
+        let z = config
+            .noise_multiplier_for(target, delta, &already, q, rounds)
+            .unwrap();
+        let spend = |z: f64| {
+            let mut with = config;
+            with.noise_multiplier = z;
+            let params = DdpParams::new(with).unwrap();
+            let mut all = already.to_vec();
+            all.push(params.central_mechanism(q, rounds));
+            epsilon(Accountant::Rdp, &all, delta).unwrap()
+        };
+        let spent = spend(z);
+        assert!(spent <= target && target - spent <= 0.01, "z {z}: {spent}");
+        assert!(spend(0.99 * z) > target, "0.99·{z} is enough");
+    }
+    assert_eq!(
+        config.noise_multiplier_for(0.0, delta, &[], 0.1, 10),
+        Err(DdpError::Privacy(PrivacyError::TargetEpsilon(0.0)))
+    );
+    let mut bad = config;
+    bad.threshold = 9;
+    assert!(matches!(
+        bad.noise_multiplier_for(1.0, delta, &[], 0.1, 10),
+        Err(DdpError::Threshold { .. })
+    ));
+}
