@@ -10,9 +10,9 @@
 //! coordinate of its rounded sum to `[−L, L]`, so the signal of a sum over at most `n` nodes is
 //! within `n·L`, and [`DdpParams::new`] leaves the noise a headroom `h` with `n·L + h < 2^31`
 //! that it exceeds with probability at most 2^−40 ([`DdpParams::wrap_probability`]). One word
-//! is enough: at the default scale (`γC = 2^12`) a node's sum may reach 2^31/n per coordinate
-//! before the clamp binds, hundreds of thousands of fully aligned examples for 16 nodes. No
-//! randomized rotation is needed (the DDG paper uses one to spread a vector over few bits).
+//! is enough: at the default scale (`γC = 2^14`) a node's sum may reach `2^31/n` integer units
+//! per coordinate, `2^17/n` clipping norms, before the clamp binds. No randomized rotation is
+//! needed (the DDG paper uses one to spread a vector's coordinates so that few bits suffice).
 //!
 //! A wrap, or the clamp, costs accuracy only: the words are a function of the clamped, noised
 //! integer sum, and clamping coordinate by coordinate moves each coordinate by no more than the

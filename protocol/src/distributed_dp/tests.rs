@@ -361,7 +361,7 @@ fn parameters_derive_the_stated_bounds() {
         plain.l2_squared_bound,
         ((c + d.sqrt()).powi(2)).floor() as u128
     );
-    // The default scale puts γC at 2^12 whatever C is.
+    // The default scale puts γC at 2^14 whatever C is.
     let default = DdpParams::new(DdpConfig::new(0.37, 1000, 16, 10, 1.1)).unwrap();
     assert!((default.scaled_clip() - DEFAULT_SCALED_CLIP).abs() < 1e-9);
 }
