@@ -18,6 +18,8 @@
 //! integer sum, and clamping coordinate by coordinate moves each coordinate by no more than the
 //! example that changed it, so Δ₂ and Δ₁ still bound one example's effect.
 
+use std::fmt;
+
 use rand::CryptoRng;
 
 use super::rounding::{clip_in_place, round_conditionally};
@@ -26,12 +28,23 @@ use super::{DdpError, DdpParams};
 /// A node's running sum of its sampled examples' rounded gradients for one round. Get it from
 /// [`DdpParams::node_sum`], call [`NodeSum::add_example`] once per sampled example, then
 /// [`NodeSum::finish`] for the words to mask.
-#[derive(Clone, Debug)]
+///
+/// It is deliberately not `Clone`: finishing one sum twice would send the same signal under two
+/// independent noise shares, whose average has less noise than accounted for. Its `Debug`
+/// shows no figure.
 pub struct NodeSum<'a> {
     /// The round's parameters.
     params: &'a DdpParams,
     /// Σ R(γ·g_i), unclamped.
     sum: Vec<i64>,
+}
+
+impl fmt::Debug for NodeSum<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeSum")
+            .field("dimension", &self.sum.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeSum<'_> {
@@ -107,6 +120,10 @@ impl DdpParams {
 
     /// The words a node sends for `signal` (its rounded sum) and `noise` (its share): each
     /// coordinate of `signal` clamped to `[−L, L]`, plus the noise, modulo 2^32.
+    ///
+    /// [`NodeSum::finish`] is this with a fresh [`Self::noise_share`]; call this directly only
+    /// with such a share, drawn for this signal alone, and encode each signal once: the
+    /// accounting assumes exactly one independent share per node per round.
     pub fn encode(&self, signal: &[i64], noise: &[i64]) -> Result<Vec<u32>, DdpError> {
         self.check_length(signal.len())?;
         self.check_length(noise.len())?;
