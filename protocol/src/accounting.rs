@@ -14,6 +14,10 @@
 //!   over independent cells.
 //! - [`Accountant::Pld`] is [`crate::pld`]'s privacy-loss-distribution accountant, as Google's
 //!   dp_accounting: the same releases, a tighter ε (still an upper bound).
+//! - A distributed-DP round ([`Mechanism::DistributedDiscreteGaussian`], from
+//!   [`crate::distributed_dp`]) has an RDP bound only (the sum of discrete Gaussian shares, behind
+//!   Zhu and Wang's subsampling bound): a composition containing one is converted from RDP under
+//!   either accountant.
 //!
 //! Releases that are the same mechanism with the same parameters are counted together (20
 //! rounds of 12 DP-SGD steps at one σ are one mechanism run 240 times): composition does not
