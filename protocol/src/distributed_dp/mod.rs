@@ -203,46 +203,6 @@ impl DdpConfig {
     }
 }
 
-/// What one example can do to a node's integer vector, from a configuration whose shape is
-/// checked.
-struct Sensitivity {
-    /// c = γ·C.
-    scaled_clip: f64,
-    /// ⌊Δ₂²⌋.
-    l2_squared_bound: u128,
-    /// Δ₂.
-    l2_sensitivity: f64,
-    /// Δ₁.
-    l1_sensitivity: f64,
-}
-
-impl Sensitivity {
-    /// Δ₂² = min{ c² + d/4 + sqrt(2 ln(1/β))·(c + √d/2), (c + √d)² } floored, Δ₁ from it.
-    fn of(config: &DdpConfig) -> Result<Self, DdpError> {
-        config.check_shape()?;
-        let scaled_clip = config.scale * config.clip_norm;
-        let d = config.dimension as f64;
-        let mut bound = (scaled_clip + d.sqrt()).powi(2);
-        if config.rounding_beta > 0.0 {
-            let conditional = scaled_clip * scaled_clip
-                + d / 4.0
-                + (2.0 * (1.0 / config.rounding_beta).ln()).sqrt() * (scaled_clip + d.sqrt() / 2.0);
-            bound = bound.min(conditional);
-        }
-        // At most (2^30 + 2^16)², so the floor is exact and fits u128.
-        let l2_squared_bound = bound.floor() as u128;
-        // Rounded up so that Δ₂ is never below the real root.
-        let l2_sensitivity = (l2_squared_bound as f64).sqrt() * (1.0 + f64::EPSILON);
-        let l1_sensitivity = (d.sqrt() * l2_sensitivity).min(l2_squared_bound as f64);
-        Ok(Self {
-            scaled_clip,
-            l2_squared_bound,
-            l2_sensitivity,
-            l1_sensitivity,
-        })
-    }
-}
-
 /// A checked configuration with everything derived from it: the sensitivities, the noise
 /// share and its sampler, the per-node clamp and the wrap bound. Build it with
 /// [`DdpParams::new`]; node and coordinator must build it from the same [`DdpConfig`].
@@ -525,6 +485,46 @@ impl DdpParams {
             summands,
             steps,
         }
+    }
+}
+
+/// What one example can do to a node's integer vector, from a configuration whose shape is
+/// checked.
+struct Sensitivity {
+    /// c = γ·C.
+    scaled_clip: f64,
+    /// ⌊Δ₂²⌋.
+    l2_squared_bound: u128,
+    /// Δ₂.
+    l2_sensitivity: f64,
+    /// Δ₁.
+    l1_sensitivity: f64,
+}
+
+impl Sensitivity {
+    /// Δ₂² = min{ c² + d/4 + sqrt(2 ln(1/β))·(c + √d/2), (c + √d)² } floored, Δ₁ from it.
+    fn of(config: &DdpConfig) -> Result<Self, DdpError> {
+        config.check_shape()?;
+        let scaled_clip = config.scale * config.clip_norm;
+        let d = config.dimension as f64;
+        let mut bound = (scaled_clip + d.sqrt()).powi(2);
+        if config.rounding_beta > 0.0 {
+            let conditional = scaled_clip * scaled_clip
+                + d / 4.0
+                + (2.0 * (1.0 / config.rounding_beta).ln()).sqrt() * (scaled_clip + d.sqrt() / 2.0);
+            bound = bound.min(conditional);
+        }
+        // At most (2^30 + 2^16)², so the floor is exact and fits u128.
+        let l2_squared_bound = bound.floor() as u128;
+        // Rounded up so that Δ₂ is never below the real root.
+        let l2_sensitivity = (l2_squared_bound as f64).sqrt() * (1.0 + f64::EPSILON);
+        let l1_sensitivity = (d.sqrt() * l2_sensitivity).min(l2_squared_bound as f64);
+        Ok(Self {
+            scaled_clip,
+            l2_squared_bound,
+            l2_sensitivity,
+            l1_sensitivity,
+        })
     }
 }
 
