@@ -15,9 +15,9 @@
 //! - [`Accountant::Pld`] is [`crate::pld`]'s privacy-loss-distribution accountant, as Google's
 //!   dp_accounting: the same releases, a tighter ε (still an upper bound).
 //! - A distributed-DP round ([`Mechanism::DistributedDiscreteGaussian`], from
-//!   [`crate::distributed_dp`]) has an RDP bound only (the sum of discrete Gaussian shares, behind
-//!   Zhu and Wang's subsampling bound): a composition containing one is converted from RDP under
-//!   either accountant.
+//!   [`crate::distributed_dp`]) has an RDP bound only (the DDG paper's bound on a sum of discrete
+//!   Gaussian shares, subsampled at integer orders): a composition containing one is converted
+//!   from RDP under either accountant.
 //!
 //! Releases that are the same mechanism with the same parameters are counted together (20
 //! rounds of 12 DP-SGD steps at one σ are one mechanism run 240 times): composition does not
@@ -67,8 +67,8 @@ pub enum Mechanism {
     /// ([`crate::distributed_dp`]). Each share has σ `noise_multiplier · l2_sensitivity /
     /// √summands` (integer units) on every coordinate, so the sum of the `summands` shares has
     /// variance `(noise_multiplier · l2_sensitivity)²`. Its RDP is the DDG paper's bound on a
-    /// sum of discrete Gaussians behind Zhu and Wang's subsampling bound
-    /// (`distributed_dp/rdp.rs`). The PLD accountant has no distribution for it: a composition
+    /// sum of discrete Gaussians, subsampled at integer orders by the binomial expansion
+    /// (`distributed_dp/rdp.rs` argues why that suffices for symmetric noise). The PLD accountant has no distribution for it: a composition
     /// that contains one is converted from RDP under either accountant ([`epsilon`]).
     DistributedDiscreteGaussian {
         /// The probability q with which each patient joins a step's batch, in `[0, 1]`.
