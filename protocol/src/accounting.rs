@@ -1101,7 +1101,7 @@ mod tests {
                     summands: 0
                 })
             );
-            // σ_share = 1e-4 · 4100 / √3 < 1/2: outside the DDG bound's hypothesis.
+            // σ_share = 1e-4 · 4100 / √3 < 1: below what the DDG bound is used for.
             assert!(matches!(
                 epsilon(accountant, &[distributed(0.1, 1e-4, 3, 10)], delta),
                 Err(PrivacyError::ShareSigma(_))

@@ -306,9 +306,10 @@ pub enum PrivacyError {
         /// Shares.
         summands: u64,
     },
-    /// Each share of a distributed release has σ below 1/2, where the sum-of-discrete-Gaussians
-    /// bound does not apply.
-    #[error("each noise share has sigma {0}, below the 0.5 the distributed bound needs")]
+    /// Each share of a distributed release has σ below
+    /// [`MIN_SHARE_SIGMA`](crate::distributed_dp::MIN_SHARE_SIGMA), where the
+    /// sum-of-discrete-Gaussians bound is not used.
+    #[error("each noise share has sigma {0}, below the 1 the distributed bound needs")]
     ShareSigma(f64),
     /// The PLD accountant has no distribution for this mechanism (callers convert from RDP).
     #[error("the privacy loss distribution accountant cannot represent this mechanism")]

@@ -72,9 +72,11 @@ pub const MAX_NODES: usize = 65_535;
 /// The most coordinates.
 pub const MAX_DIMENSION: usize = u32::MAX as usize;
 
-/// The least σ of a node's share: the DDG bound (Kairouz, Liu and Steinke 2021, Theorem 1)
-/// assumes σ ≥ 1/2.
-pub const MIN_SHARE_SIGMA: f64 = 0.5;
+/// The least σ of a node's share, in integer units. The DDG bound (Kairouz, Liu and Steinke
+/// 2021, Theorem 1) holds for shares of σ at least about 1/2 (as I recall its hypothesis; I
+/// could not read the paper here); requiring 1 keeps a margin that costs nothing, since real
+/// shares are thousands of integer units.
+pub const MIN_SHARE_SIGMA: f64 = 1.0;
 
 /// The largest `γ·C` accepted, 2^30: a rounded example then fits 31 bits.
 pub const MAX_SCALED_CLIP: f64 = 1_073_741_824.0;
@@ -157,7 +159,7 @@ impl DdpConfig {
                     *noise_multiplier = z;
                 }
                 match epsilon(Accountant::Rdp, &releases, delta) {
-                    // Shares below σ = 1/2 have no bound: as good as no noise.
+                    // Shares below MIN_SHARE_SIGMA have no bound: as good as no noise.
                     Err(PrivacyError::ShareSigma(_)) => Ok(f64::INFINITY),
                     other => other,
                 }
@@ -266,7 +268,7 @@ pub enum DdpError {
     #[error("conditional rounding beta {0} is not in [0, 0.5]")]
     RoundingBeta(f64),
     /// σ_share is below [`MIN_SHARE_SIGMA`] or out of the sampler's range.
-    #[error("each node's noise share would have sigma {0}, outside [0.5, 1e7]")]
+    #[error("each node's noise share would have sigma {0}, outside [1, 1e7]")]
     ShareSigma(f64),
     /// Nothing is left for the signal once the noise has its headroom in 32 bits.
     #[error(
@@ -330,7 +332,8 @@ impl DdpParams {
     /// - Δ₁ = min(√d·Δ₂, ⌊Δ₂²⌋): `‖v‖₁ ≤ √d·‖v‖₂`, and `‖v‖₁ ≤ ‖v‖₂²` for integers.
     /// - σ_share = z·Δ₂/√t, at least [`MIN_SHARE_SIGMA`].
     /// - h = sqrt(2·n·σ²·(ln(2d) + 40 ln 2)), σ the sampler's: each share is σ²-subgaussian
-    ///   (Canonne, Kamath and Steinke 2020, Corollary 9), the sum of up to `n` is
+    ///   (its moment generating function is at most the continuous Gaussian's: Canonne,
+    ///   Kamath and Steinke 2020, §2), the sum of up to `n` is
     ///   `n·σ²`-subgaussian, so `P(|noise_j| > h) ≤ 2·exp(−h²/(2nσ²))` and, over the `d`
     ///   coordinates, some coordinate's noise exceeds `h` with probability at most 2^−40.
     /// - L = ⌊(2^31 − 1 − h)/n⌋, at least ⌈Δ₂⌉: then `n·L + h < 2^31`, so the sum of up to

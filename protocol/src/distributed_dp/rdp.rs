@@ -6,8 +6,9 @@
 //! Each of `k` nodes adds `N_Z(0, s²)` to every coordinate, independently; the sum is not a
 //! discrete Gaussian, but it is close to `N_Z(0, k·s²)`. Kairouz, Liu and Steinke ("The
 //! Distributed Discrete Gaussian Mechanism for Federated Learning with Secure Aggregation",
-//! ICML 2021, arXiv:2102.06387, Theorem 1) bound, for `s ≥ 1/2`, a shift `Δ ∈ Z^d` of the sum
-//! of `k` such vectors by
+//! ICML 2021, arXiv:2102.06387, Theorem 1) bound, for shares of σ `s` not too small (we
+//! require `s ≥ 1`, [`super::MIN_SHARE_SIGMA`]), a shift `Δ ∈ Z^d` of the sum of `k` such
+//! vectors by
 //!
 //! ```text
 //!  D_α ≤ α/2 · ε²,   ε = min{ sqrt(Δ₂²/(k s²) + 2τd),  Δ₂/(√k s) + τ√d },
@@ -80,7 +81,7 @@ use std::f64::consts::PI;
 const MAX_SUBSAMPLED_ORDER: u64 = 4096;
 
 /// The parameters of one sum of shares, checked by the caller: sensitivities in integer units,
-/// `share_sigma ≥ 1/2`, `dimension ≥ 1`, `summands ≥ 1`.
+/// `share_sigma ≥ MIN_SHARE_SIGMA`, `dimension ≥ 1`, `summands ≥ 1`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SumOfShares {
     /// Δ₂: the most one example moves the integer sum, in L2.

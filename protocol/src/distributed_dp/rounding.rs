@@ -1,5 +1,5 @@
 //! Conditional randomized rounding of one example's scaled gradient to integers (Kairouz, Liu
-//! and Steinke 2021, Section 4.1).
+//! and Steinke 2021, the DDG paper).
 //!
 //! Randomized rounding sends each coordinate `x_j` to `⌊x_j⌋ + 1` with probability
 //! `x_j − ⌊x_j⌋`, else to `⌊x_j⌋`: unbiased, and off by less than 1 per coordinate, so the
@@ -12,7 +12,7 @@
 //!  P( ‖x̃‖₂² > ‖x‖₂² + d/4 + sqrt(2 ln(1/β))·(‖x‖₂ + √d/2) ) ≤ β
 //! ```
 //!
-//! (their Theorem 1 and Lemma 28). Redrawing until `‖x̃‖₂² ≤ ⌊Δ₂²⌋`, with `Δ₂²` that bound at
+//! (the norm bound of their Theorem 1). Redrawing until `‖x̃‖₂² ≤ ⌊Δ₂²⌋`, with `Δ₂²` that bound at
 //! `‖x‖₂ = γC` (it rises with `‖x‖₂`), makes the L2 norm bound exact: it is checked in integer
 //! arithmetic on every vector that leaves, so the sensitivity holds whatever the floating point
 //! did before. The conditioning biases the result by at most `√d·β/(1 − β)` in L2 (the rejected

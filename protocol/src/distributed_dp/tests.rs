@@ -408,7 +408,7 @@ fn impossible_settings_are_refused_by_name() {
         with(&|c| c.rounding_beta = 0.7),
         DdpError::RoundingBeta(0.7)
     );
-    // γC = 1, d = 1: Δ₂ ≈ 2, σ_share = 0.01·2/√5 < 1/2.
+    // γC = 1, d = 1: Δ₂ ≈ 2, σ_share = 0.01·2/√5 < 1.
     assert!(matches!(
         with(&|c| {
             c.scale = 1.0;
