@@ -14,6 +14,10 @@
 //!   over independent cells.
 //! - [`Accountant::Pld`] is [`crate::pld`]'s privacy-loss-distribution accountant, as Google's
 //!   dp_accounting: the same releases, a tighter ε (still an upper bound).
+//! - A distributed-DP round ([`Mechanism::DistributedDiscreteGaussian`], from
+//!   [`crate::distributed_dp`]) has an RDP bound only (the DDG paper's bound on a sum of discrete
+//!   Gaussian shares, subsampled at integer orders): a composition containing one is converted
+//!   from RDP under either accountant.
 //!
 //! Releases that are the same mechanism with the same parameters are counted together (20
 //! rounds of 12 DP-SGD steps at one σ are one mechanism run 240 times): composition does not
@@ -28,6 +32,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::distributed_dp::{MIN_SHARE_SIGMA, SumOfShares, distributed_rdp};
 use crate::pld::{DEFAULT_INTERVAL, PrivacyLossDistribution};
 use crate::privacy::{
     DEFAULT_ALPHAS, DEFAULT_EPSILON_TOLERANCE, MAX_NOISE_MULTIPLIER, PrivacyError, compute_rdp,
@@ -57,6 +62,30 @@ pub enum Mechanism {
         /// Cells released.
         cells: u64,
     },
+    /// `steps` Poisson-subsampled releases of an integer vector sum to which `summands`
+    /// independent discrete Gaussian shares were added: distributed DP under secure aggregation
+    /// ([`crate::distributed_dp`]). Each share has σ `noise_multiplier · l2_sensitivity /
+    /// √summands` (integer units) on every coordinate, so the sum of the `summands` shares has
+    /// variance `(noise_multiplier · l2_sensitivity)²`. Its RDP is the DDG paper's bound on a
+    /// sum of discrete Gaussians, subsampled at integer orders by the binomial expansion
+    /// (`distributed_dp/rdp.rs` argues why that suffices for symmetric noise). The PLD accountant has no distribution for it: a composition
+    /// that contains one is converted from RDP under either accountant ([`epsilon`]).
+    DistributedDiscreteGaussian {
+        /// The probability q with which each patient joins a step's batch, in `[0, 1]`.
+        sample_rate: f64,
+        /// σ of the summed noise over `l2_sensitivity` (0: no noise, no guarantee).
+        noise_multiplier: f64,
+        /// Δ₂: the most one patient moves the integer vector, in L2 (integer units).
+        l2_sensitivity: f64,
+        /// Δ₁: the same in L1.
+        l1_sensitivity: f64,
+        /// Coordinates of the vector.
+        dimension: u64,
+        /// Shares in the sum (at least 1): `t` for the central guarantee, 1 for the local one.
+        summands: u64,
+        /// Steps (rounds) taken.
+        steps: u64,
+    },
 }
 
 impl Mechanism {
@@ -84,6 +113,32 @@ impl Mechanism {
                 let per_order = cells as f64 * s * s / (2.0 * sigma * sigma);
                 Ok(orders.iter().map(|alpha| alpha * per_order).collect())
             }
+            Self::DistributedDiscreteGaussian {
+                sample_rate,
+                noise_multiplier,
+                l2_sensitivity,
+                l1_sensitivity,
+                dimension,
+                summands,
+                steps,
+            } => {
+                let cost = self.cost()?;
+                let nothing = compute_rdp(0.0, 0.0, 0, orders)?;
+                match cost {
+                    Cost::Nothing => Ok(nothing),
+                    Cost::Unbounded => Ok(vec![f64::INFINITY; orders.len()]),
+                    Cost::Bounded => {
+                        let sum = SumOfShares {
+                            l2_sensitivity,
+                            l1_sensitivity,
+                            dimension,
+                            share_sigma: share_sigma(noise_multiplier, l2_sensitivity, summands),
+                            summands,
+                        };
+                        Ok(distributed_rdp(&sum, sample_rate, steps, orders))
+                    }
+                }
+            }
         }
     }
 
@@ -107,6 +162,37 @@ impl Mechanism {
                     return Err(PrivacyError::DiscreteGaussianSigma(sigma));
                 }
             }
+            Self::DistributedDiscreteGaussian {
+                sample_rate,
+                noise_multiplier,
+                l2_sensitivity,
+                l1_sensitivity,
+                dimension,
+                summands,
+                ..
+            } => {
+                if !(0.0..=1.0).contains(&sample_rate) {
+                    return Err(PrivacyError::SamplingRate(sample_rate));
+                }
+                if !(noise_multiplier.is_finite() && noise_multiplier >= 0.0) {
+                    return Err(PrivacyError::NoiseMultiplier(noise_multiplier));
+                }
+                for sensitivity in [l2_sensitivity, l1_sensitivity] {
+                    if !(sensitivity.is_finite() && sensitivity >= 0.0) {
+                        return Err(PrivacyError::Sensitivity(sensitivity));
+                    }
+                }
+                if dimension == 0 || summands == 0 {
+                    return Err(PrivacyError::DistributedShape {
+                        dimension,
+                        summands,
+                    });
+                }
+                let share = share_sigma(noise_multiplier, l2_sensitivity, summands);
+                if noise_multiplier > 0.0 && l2_sensitivity > 0.0 && share < MIN_SHARE_SIGMA {
+                    return Err(PrivacyError::ShareSigma(share));
+                }
+            }
         }
         Ok(())
     }
@@ -126,6 +212,16 @@ impl Mechanism {
                 sensitivity,
                 cells,
             } => (cells > 0 && sensitivity > 0, sigma),
+            Self::DistributedDiscreteGaussian {
+                sample_rate,
+                noise_multiplier,
+                l2_sensitivity,
+                steps,
+                ..
+            } => (
+                sample_rate > 0.0 && steps > 0 && l2_sensitivity > 0.0,
+                noise_multiplier,
+            ),
         };
         Ok(if !moves {
             Cost::Nothing
@@ -141,11 +237,18 @@ impl Mechanism {
         self.with_count(self.count().saturating_mul(times))
     }
 
+    /// Whether the PLD accountant has no distribution for this mechanism, so that a
+    /// composition containing it is converted from RDP.
+    fn needs_rdp(&self) -> bool {
+        matches!(self, Self::DistributedDiscreteGaussian { .. })
+    }
+
     /// How many times the mechanism runs: steps or cells.
     fn count(&self) -> u64 {
         match *self {
             Self::SubsampledGaussian { steps, .. } => steps,
             Self::DiscreteGaussian { cells, .. } => cells,
+            Self::DistributedDiscreteGaussian { steps, .. } => steps,
         }
     }
 
@@ -168,6 +271,23 @@ impl Mechanism {
                 sensitivity,
                 cells: count,
             },
+            Self::DistributedDiscreteGaussian {
+                sample_rate,
+                noise_multiplier,
+                l2_sensitivity,
+                l1_sensitivity,
+                dimension,
+                summands,
+                ..
+            } => Self::DistributedDiscreteGaussian {
+                sample_rate,
+                noise_multiplier,
+                l2_sensitivity,
+                l1_sensitivity,
+                dimension,
+                summands,
+                steps: count,
+            },
         }
     }
 
@@ -187,6 +307,9 @@ impl Mechanism {
             Self::DiscreteGaussian {
                 sigma, sensitivity, ..
             } => PrivacyLossDistribution::discrete_gaussian(sigma, sensitivity, interval),
+            // Never composed as a PLD: `epsilon` and `noise_multiplier_for` convert any
+            // composition containing it from RDP.
+            Self::DistributedDiscreteGaussian { .. } => Err(PrivacyError::PldUnsupported),
         }
     }
 }
@@ -239,6 +362,11 @@ pub struct UnknownAccountant(pub String);
 ///
 /// Releases that cost nothing (no steps or cells, sampling rate or sensitivity 0) are left out;
 /// if none is left, ε is 0. A release without noise (σ = 0) makes ε infinite.
+///
+/// The PLD accountant has no distribution for [`Mechanism::DistributedDiscreteGaussian`] (the
+/// sum of discrete Gaussians is not one, and the DDG paper bounds it in RDP only): a
+/// composition that contains one is converted from RDP under [`Accountant::Pld`] too, which
+/// gives an upper bound, never a figure below the truth.
 pub fn epsilon(
     accountant: Accountant,
     releases: &[Mechanism],
@@ -256,9 +384,10 @@ pub fn epsilon(
     if spending.is_empty() {
         return Ok(0.0);
     }
-    match accountant {
-        Accountant::Rdp => Ok(get_privacy_spent(&DEFAULT_ALPHAS, &rdp_curve(&spending)?, delta)?.0),
-        Accountant::Pld => compose_pld(&spending, DEFAULT_INTERVAL)?.epsilon(delta),
+    if accountant == Accountant::Rdp || spending.iter().any(Mechanism::needs_rdp) {
+        Ok(get_privacy_spent(&DEFAULT_ALPHAS, &rdp_curve(&spending)?, delta)?.0)
+    } else {
+        compose_pld(&spending, DEFAULT_INTERVAL)?.epsilon(delta)
     }
 }
 
@@ -273,6 +402,9 @@ pub fn epsilon(
 /// fine one's at ordinary settings), then checks the result on the full grid and, if needed,
 /// raises σ until the full grid's ε is at most the target, or refines it while the full grid's ε
 /// is more than the tolerance below.
+///
+/// Where `already` holds a [`Mechanism::DistributedDiscreteGaussian`], [`Accountant::Pld`]
+/// plans as [`Accountant::Rdp`] does, as [`epsilon`] then converts from RDP.
 ///
 /// Errors as [`noise_multiplier_alongside`]: [`PrivacyError::BudgetTooLow`] where no σ up to
 /// [`MAX_NOISE_MULTIPLIER`] is enough, [`PrivacyError::NoConvergence`] where σ does not matter
@@ -298,6 +430,12 @@ pub fn noise_multiplier_for(
             spending.push(*release);
         }
     }
+    let accountant = if spending.iter().any(Mechanism::needs_rdp) {
+        // As in `epsilon`: a composition with a distributed release is converted from RDP.
+        Accountant::Rdp
+    } else {
+        accountant
+    };
     match accountant {
         Accountant::Rdp => {
             let other = if spending.is_empty() {
@@ -474,6 +612,11 @@ impl Planner {
             Err(e) => Err(e),
         }
     }
+}
+
+/// σ of each share of a distributed release: `noise_multiplier · l2_sensitivity / √summands`.
+fn share_sigma(noise_multiplier: f64, l2_sensitivity: f64, summands: u64) -> f64 {
+    noise_multiplier * l2_sensitivity / (summands as f64).sqrt()
 }
 
 fn check_delta(delta: f64) -> Result<(), PrivacyError> {
@@ -879,6 +1022,97 @@ mod tests {
         assert!(epsilon(Accountant::Pld, &[sgd(0.01, sigma, 10)], delta).unwrap() <= 0.05);
     }
 
+    fn distributed(q: f64, z: f64, summands: u64, steps: u64) -> Mechanism {
+        Mechanism::DistributedDiscreteGaussian {
+            sample_rate: q,
+            noise_multiplier: z,
+            l2_sensitivity: 4100.0,
+            l1_sensitivity: 130_000.0,
+            dimension: 1000,
+            summands,
+            steps,
+        }
+    }
+
+    #[test]
+    fn compositions_with_a_distributed_release_are_converted_from_rdp() {
+        let delta = 1e-5;
+        let ddg = distributed(0.02, 1.1, 5, 200);
+        for releases in [
+            vec![ddg],
+            vec![sgd(0.05, 1.0, 20), ddg, counts(6.0, 1, 5)],
+            vec![ddg, ddg],
+        ] {
+            let rdp = epsilon(Accountant::Rdp, &releases, delta).unwrap();
+            assert_eq!(epsilon(Accountant::Pld, &releases, delta).unwrap(), rdp);
+        }
+        // The distributed release adds to what was spent, under both accountants.
+        let before = epsilon(Accountant::Rdp, &[sgd(0.05, 1.0, 20)], delta).unwrap();
+        let after = epsilon(Accountant::Rdp, &[sgd(0.05, 1.0, 20), ddg], delta).unwrap();
+        assert!(after > before);
+        // Repeats are merged by steps, as DP-SGD's are.
+        assert_eq!(
+            merge_repeats(&[ddg, distributed(0.02, 1.1, 5, 50), ddg]),
+            [distributed(0.02, 1.1, 5, 450)]
+        );
+        // Planning beside a distributed release: PLD plans as RDP does.
+        let already = [ddg];
+        let rdp = noise_multiplier_for(Accountant::Rdp, 8.0, delta, &already, 0.05, 100).unwrap();
+        let pld = noise_multiplier_for(Accountant::Pld, 8.0, delta, &already, 0.05, 100).unwrap();
+        assert_eq!(rdp, pld);
+        assert_eq!(
+            ddg.pld_once(DEFAULT_INTERVAL).unwrap_err(),
+            PrivacyError::PldUnsupported
+        );
+    }
+
+    #[test]
+    fn distributed_special_cases() {
+        let delta = 1e-5;
+        for accountant in [Accountant::Rdp, Accountant::Pld] {
+            assert_eq!(
+                epsilon(accountant, &[distributed(0.0, 1.0, 3, 10)], delta),
+                Ok(0.0)
+            );
+            assert_eq!(
+                epsilon(accountant, &[distributed(0.1, 1.0, 3, 0)], delta),
+                Ok(0.0)
+            );
+            assert_eq!(
+                epsilon(accountant, &[distributed(0.1, 0.0, 3, 10)], delta),
+                Ok(f64::INFINITY)
+            );
+            assert_eq!(
+                epsilon(accountant, &[distributed(1.2, 1.0, 3, 10)], delta),
+                Err(PrivacyError::SamplingRate(1.2))
+            );
+            assert_eq!(
+                epsilon(accountant, &[distributed(0.1, 1.0, 0, 10)], delta),
+                Err(PrivacyError::DistributedShape {
+                    dimension: 1000,
+                    summands: 0
+                })
+            );
+            // σ_share = 1e-4 · 4100 / √3 < 1: below what the DDG bound is used for.
+            assert!(matches!(
+                epsilon(accountant, &[distributed(0.1, 1e-4, 3, 10)], delta),
+                Err(PrivacyError::ShareSigma(_))
+            ));
+            let mut bad = distributed(0.1, 1.0, 3, 10);
+            if let Mechanism::DistributedDiscreteGaussian { l1_sensitivity, .. } = &mut bad {
+                *l1_sensitivity = f64::NAN;
+            }
+            assert!(matches!(
+                epsilon(accountant, &[bad], delta),
+                Err(PrivacyError::Sensitivity(_))
+            ));
+        }
+        assert_eq!(
+            distributed(0.1, 1.0, 3, 10).rdp(&[0.5]),
+            Err(PrivacyError::Order(0.5))
+        );
+    }
+
     #[test]
     fn names_and_formats() {
         for (accountant, name) in [(Accountant::Rdp, "rdp"), (Accountant::Pld, "pld")] {
@@ -906,6 +1140,17 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<Vec<Mechanism>>(&text).unwrap(),
             releases
+        );
+        // A distributed release as a ledger stores it.
+        let release = [distributed(0.02, 1.1, 5, 200)];
+        let text = serde_json::to_string(&release).unwrap();
+        assert_eq!(
+            text,
+            r#"[{"kind":"distributed_discrete_gaussian","sample_rate":0.02,"noise_multiplier":1.1,"l2_sensitivity":4100.0,"l1_sensitivity":130000.0,"dimension":1000,"summands":5,"steps":200}]"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Vec<Mechanism>>(&text).unwrap(),
+            release
         );
     }
 }

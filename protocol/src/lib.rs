@@ -20,6 +20,7 @@ pub mod accounting;
 pub mod codec;
 pub mod contribution;
 pub mod discrete_gaussian;
+pub mod distributed_dp;
 pub mod eval_release;
 pub mod evaluation;
 pub mod fairness;

@@ -293,6 +293,27 @@ pub enum PrivacyError {
     /// distribution could not be built; parameters this extreme can cause it.
     #[error("the privacy loss distribution could not be computed for these parameters")]
     PldNumerical,
+    /// A sensitivity is NaN, negative or infinite.
+    #[error("sensitivity {0} is not a finite number at least 0")]
+    Sensitivity(f64),
+    /// A distributed release with no coordinates or no noise shares.
+    #[error(
+        "a distributed discrete Gaussian needs at least one coordinate and one share, not {dimension} and {summands}"
+    )]
+    DistributedShape {
+        /// Coordinates.
+        dimension: u64,
+        /// Shares.
+        summands: u64,
+    },
+    /// Each share of a distributed release has σ below
+    /// [`MIN_SHARE_SIGMA`](crate::distributed_dp::MIN_SHARE_SIGMA), where the
+    /// sum-of-discrete-Gaussians bound is not used.
+    #[error("each noise share has sigma {0}, below the 1 the distributed bound needs")]
+    ShareSigma(f64),
+    /// The PLD accountant has no distribution for this mechanism (callers convert from RDP).
+    #[error("the privacy loss distribution accountant cannot represent this mechanism")]
+    PldUnsupported,
 }
 
 /// Terms a fractional order's series may take before [`PrivacyError::Numerical`]; ordinary

@@ -1240,3 +1240,65 @@ fn the_coordinator_leaves_out_a_bad_consistency_signature_and_the_round_complete
         federation.expected_sum(&survivors)
     );
 }
+
+#[test]
+fn distributed_dp_words_through_secure_aggregation_decode_to_the_survivors_gradient_sum() {
+    use crate::distributed_dp::{DdpConfig, DdpParams};
+
+    // Six hospitals, threshold 5: one drops after sharing, leaving exactly t survivors.
+    let (n, d) = (6, 300);
+    let mut federation = Federation::new(n, None, d, 21);
+    let t = federation.params.threshold;
+    assert_eq!(t, 5);
+    let params = DdpParams::new(DdpConfig::new(1.0, d, n, t, 1.0)).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(22);
+    let mut gradient_sums = Vec::new();
+    let mut examples = Vec::new();
+    for i in 0..n {
+        let mut node = params.node_sum();
+        let mut sum = vec![0.0; d];
+        let count = 20 + 3 * i;
+        for e in 0..count {
+            // Clipped gradients (norm at most 1), different at each node and example.
+            let g: Vec<f64> = (0..d)
+                .map(|j| ((i * 31 + e * 7 + j) as f64).cos() / (d as f64).sqrt())
+                .collect();
+            sum.iter_mut().zip(&g).for_each(|(s, x)| *s += x);
+            node.add_example(&g, &mut rng).unwrap();
+        }
+        federation.inputs[i] = node.finish(&mut rng);
+        gradient_sums.push(sum);
+        examples.push(count);
+    }
+    let drops = [DropAfter::Nothing, DropAfter::Nothing, DropAfter::Shares];
+    let (sum, survivors) = federation.run(&drops).unwrap();
+    assert_eq!(survivors, vec![1, 2, 4, 5, 6]);
+    let decoded = params.decode_sum(&sum, survivors.len()).unwrap();
+    let summed_examples: usize = survivors
+        .iter()
+        .map(|&s| examples[usize::from(s) - 1])
+        .sum();
+    // Rounding moves each coordinate by less than one integer unit per example; the noise has
+    // standard deviation √5·σ_share/γ, about z·C = 1: six of them bound it here.
+    let bound = summed_examples as f64 / params.config().scale + 6.0 * params.noise_std_of_sum(5);
+    let mut squared_error = 0.0;
+    for j in 0..d {
+        let truth: f64 = survivors
+            .iter()
+            .map(|&s| gradient_sums[usize::from(s) - 1][j])
+            .sum();
+        let off = decoded[j] - truth;
+        assert!(off.abs() < bound, "coordinate {j}: {off}");
+        squared_error += off * off;
+    }
+    // The error is the designed noise (rounding adds under 1% to it): its mean square over the
+    // d coordinates is 5·σ_share²/γ², to within 5 standard errors of a sample variance,
+    // 5·sqrt(2/d).
+    let designed = params.noise_std_of_sum(5).powi(2);
+    let observed = squared_error / d as f64;
+    let tolerance = 5.0 * (2.0 / d as f64).sqrt();
+    assert!(
+        (observed / designed - 1.0).abs() < tolerance,
+        "{observed} vs {designed}"
+    );
+}
