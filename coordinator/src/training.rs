@@ -54,6 +54,8 @@ const SUMMARY_KEY: &str = "federated_summary";
 const COUNT_NOISE_TOLERANCE: f64 = 6.0;
 /// State-store key of the hospitals whose statistics were summed, sorted.
 const STATS_PARTICIPANTS_KEY: &str = "statistics_participants";
+/// State-store key of the hospitals whose held-out counts were first summed, sorted.
+const EVALUATION_PARTICIPANTS_KEY: &str = "evaluation_participants";
 /// Key of the final evaluation.
 const FINAL_EVALUATION_KEY: &str = "final_evaluation";
 
@@ -362,7 +364,11 @@ struct Collection<'a> {
 
 impl Trainer {
     async fn run(mut self) -> Result<TrainingReport, CoordinatorError> {
-        if let Some(start) = self.config.task.start_nodes {
+        // A restarted coordinator also waits for the hospitals its evaluations were summed
+        // over: without all of them, no round could evaluate.
+        let evaluated = self.evaluation_participants().map_or(0, |e| e.len());
+        let start = self.config.task.start_nodes.unwrap_or(0).max(evaluated);
+        if start > 0 {
             let wait = self.config.task.wait_for_nodes();
             let connected = self.registry.wait_for(start, wait).await.len();
             info!(connected, wanted = start, "starting");
@@ -510,7 +516,35 @@ impl Trainer {
         train: bool,
         standardization: &Standardization,
     ) -> Result<(Gathered, RoundLayout), RoundFailure> {
-        let evaluate = self.manifest.releases.evaluates(round, train);
+        // Nodes send exact evaluation counts into sums over one set of hospitals only (the
+        // held-out patients' per-group counts do not change with the model). Once that set is
+        // known, a training round evaluates on schedule only over it, and not in a retry (an
+        // evaluating attempt that lost a hospital fails, as its nodes refuse to unmask a sum
+        // over others); the evaluation-only round asks that set alone.
+        let scheduled = self.manifest.releases.evaluates(round, train);
+        let evaluated_with = self.evaluation_participants();
+        let mut roster = self.roster(round);
+        if let (false, Some(evaluated)) = (train, &evaluated_with) {
+            if !evaluated.iter().all(|h| roster.contains(h)) {
+                return Err(RoundFailure::EvaluationParticipants {
+                    before: evaluated.clone(),
+                    now: roster,
+                });
+            }
+            self.leave_out_all_but(round, evaluated, &roster);
+            roster.clone_from(evaluated);
+        }
+        let same_hospitals = evaluated_with.as_ref().is_none_or(|e| *e == roster);
+        let first_try = attempt == 1 || evaluated_with.is_none();
+        let evaluate = scheduled && (!train || (same_hospitals && first_try));
+        if scheduled && !evaluate {
+            info!(
+                round,
+                attempt,
+                "the round's evaluation is left out: a retry, or its hospitals are not those \
+                 whose held-out counts were summed before"
+            );
+        }
         let score_bins = self.manifest.releases.score_bins;
         let layout = RoundLayout {
             params: self.model.params.len(),
@@ -547,7 +581,54 @@ impl Trainer {
         if train {
             self.check_example_count(&gathered)?;
         }
+        if evaluate && evaluated_with.is_none() {
+            let mut participants = gathered.participants.clone();
+            participants.sort();
+            lock(&self.store)
+                .put_json(EVALUATION_PARTICIPANTS_KEY, &participants)
+                .map_err(|e| RoundFailure::Store(e.to_string()))?;
+        }
         Ok((gathered, layout))
+    }
+
+    /// The hospitals whose held-out counts were first summed, if any were.
+    fn evaluation_participants(&self) -> Option<Vec<String>> {
+        lock(&self.store)
+            .get_json::<Vec<String>>(EVALUATION_PARTICIPANTS_KEY)
+            .ok()
+            .flatten()
+    }
+
+    /// Leaves every hospital of `roster` not in `keep` out of round `round`.
+    fn leave_out_all_but(&self, round: u64, keep: &[String], roster: &[String]) {
+        let mut left_out = self
+            .left_out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for hospital in roster.iter().filter(|h| !keep.contains(h)) {
+            left_out.insert(
+                (round, hospital.clone()),
+                "not among the hospitals whose held-out counts were summed before".to_owned(),
+            );
+        }
+    }
+
+    /// The hospitals a round would ask now, sorted: those connected, less those left out of
+    /// the round.
+    fn roster(&self, round: u64) -> Vec<String> {
+        let left_out = self
+            .left_out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut roster: Vec<String> = self
+            .registry
+            .connected()
+            .iter()
+            .map(|node| node.identity.clone())
+            .filter(|identity| !left_out.contains_key(&(round, identity.clone())))
+            .collect();
+        roster.sort();
+        roster
     }
 
     /// When a round's hospitals are exactly those of the statistics round, the training
@@ -1339,6 +1420,16 @@ enum RoundFailure {
         counted: u64,
         tolerance: f64,
     },
+    #[error(
+        "the held-out counts were summed over {before:?}; the hospitals now are {now:?}, and \
+         a node sends exact counts into one sum only"
+    )]
+    EvaluationParticipants {
+        before: Vec<String>,
+        now: Vec<String>,
+    },
+    #[error("state store: {0}")]
+    Store(String),
 }
 
 /// Why the coordinator stopped.

@@ -1149,8 +1149,7 @@ impl Hospital {
             .privacy
             .as_ref()
             .is_some_and(|p| p.config.evaluation.is_some());
-        let exact = (start.evaluate && !noised_evaluation)
-            .then(|| ExactFigures::evaluation(&start.model_hash));
+        let exact = (start.evaluate && !noised_evaluation).then_some(ExactFigures::HeldOut);
         let params = start.secure_aggregation.as_ref().map(|s| &s.params);
         if let Err(violation) = self.admit_request(round, params, exact.as_ref()) {
             return policy_decline(session, round, violation);

@@ -1,11 +1,17 @@
 //! The record of exact figures released into secure sums, and who was in each sum.
 //!
-//! Exact (un-noised) figures — the statistics, the evaluation counts of one model — are the same
-//! every time they are computed. Released into two sums over different hospitals, they give
-//! away the difference: sums over {A, B, C} and {B, C} of the same figures give A's exactly. So a
-//! node releases each set of exact figures into a sum over one set of hospitals only: the first
-//! one. Releasing them again into a sum over exactly the same hospitals tells nothing new, and
-//! is what a coordinator restarted after a crash asks for.
+//! Exact (un-noised) figures — the statistics, the evaluation counts — are the same every time
+//! they are computed, or share a part that is. Released into two sums over different hospitals,
+//! they give away the difference: sums over {A, B, C} and {B, C} of the same figures give A's
+//! exactly. So a node releases each set of exact figures into a sum over one set of hospitals
+//! only: the first one. Releasing them again into a sum over exactly the same hospitals tells
+//! nothing new, and is what a coordinator restarted after a crash asks for.
+//!
+//! The evaluation counts of different models differ, but every model's counts hold the same
+//! held-out patients: each audit group's patient count and outcome count (`tp + fp + tn + fn`
+//! and `tp + fn`) do not depend on the model. Two rounds' exact counts summed over different
+//! hospitals give one hospital's per-group counts, so exact evaluation counts of any model go
+//! into sums over one set of hospitals ([`ExactFigures::HeldOut`]).
 //!
 //! The record is an append-only journal in the state folder (`releases.jsonl`), so a restarted
 //! node remembers it.
@@ -13,7 +19,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use medfed_protocol::model::ModelHash;
 use serde::{Deserialize, Serialize};
 
 use crate::egress::now_ms;
@@ -28,20 +33,11 @@ pub const RELEASES_FILE: &str = "releases.jsonl";
 pub enum ExactFigures {
     /// The statistics round's counts, sums and sums of squares.
     Statistics,
-    /// The evaluation counts of one model on the held-out split.
-    Evaluation {
-        /// The model's hash, hex.
-        model: String,
-    },
-}
-
-impl ExactFigures {
-    /// The evaluation counts of `model`.
-    pub fn evaluation(model: &ModelHash) -> Self {
-        Self::Evaluation {
-            model: model.to_hex(),
-        }
-    }
+    /// The evaluation counts of any model on the held-out split. (Records written when the
+    /// rule was one set of hospitals per model, `"evaluation"` with the model's hash, read as
+    /// this: the held-out split went into a sum over those hospitals.)
+    #[serde(alias = "evaluation")]
+    HeldOut,
 }
 
 /// One release: which figures went into a sum over which hospitals.
@@ -180,7 +176,7 @@ mod tests {
     fn exact_figures_go_into_one_set_of_hospitals_and_a_restarted_node_remembers() {
         let dir = tempfile::tempdir().unwrap();
         let stats = ExactFigures::Statistics;
-        let eval = ExactFigures::Evaluation { model: "ab".into() };
+        let eval = ExactFigures::HeldOut;
         let mut record = ReleaseRecord::open(dir.path()).unwrap();
         assert!(record.may_release_among(&stats, ["a", "b"]));
         record.admit(&stats, ["a", "b", "c"]).unwrap();
@@ -205,5 +201,28 @@ mod tests {
         let lines = Journal::<ExactRelease>::read(dir.path(), RELEASES_FILE).unwrap();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].hospitals, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_record_of_one_models_evaluation_binds_the_held_out_split_for_every_model() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(RELEASES_FILE),
+            concat!(
+                r#"{"time_ms":1,"figures":"evaluation","model":"ab","hospitals":["a","b","c"]}"#,
+                "\n",
+                r#"{"time_ms":2,"figures":"evaluation","model":"cd","hospitals":["a","b"]}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let record = ReleaseRecord::open(dir.path()).unwrap();
+        // The first sum the held-out split went into is the only one it may go into again.
+        assert!(
+            record
+                .check(&ExactFigures::HeldOut, ["a", "b", "c"])
+                .is_ok()
+        );
+        assert!(record.check(&ExactFigures::HeldOut, ["a", "b"]).is_err());
     }
 }

@@ -407,7 +407,11 @@ impl TaskManifest {
         if !start.train && !self.releases.final_evaluation {
             return Err(Departure::UnplannedEvaluation { round: start.round });
         }
-        if start.evaluate != self.releases.evaluates(start.round, start.train) {
+        // A training round may leave out a scheduled evaluation — it releases less; an honest
+        // coordinator does so when the hospitals differ from those the held-out counts went
+        // into before — but may not add one, and the evaluation-only round evaluates.
+        let scheduled = self.releases.evaluates(start.round, start.train);
+        if (start.evaluate && !scheduled) || (!start.evaluate && !start.train) {
             return Err(Departure::EvaluationSchedule {
                 round: start.round,
                 evaluate: start.evaluate,
@@ -571,8 +575,8 @@ pub enum Departure {
         /// The round asked.
         round: u64,
     },
-    /// The round's evaluation departs from the schedule: asked off schedule, or left out of a
-    /// scheduled round.
+    /// The round's evaluation departs from the schedule: asked off schedule, or left out of the
+    /// evaluation-only round.
     #[error(
         "round {round} asks evaluate = {evaluate}; the manifest evaluates every {every} rounds"
     )]
@@ -872,15 +876,21 @@ pub(crate) mod tests {
             let mut request = start(&m, round, true);
             assert_eq!(m.check_round_start(&request), Ok(()));
             request.evaluate = !request.evaluate;
-            assert_eq!(
-                m.check_round_start(&request),
+            // Leaving a scheduled evaluation out releases less: allowed; adding one is not.
+            let expected = if request.evaluate {
                 Err(Departure::EvaluationSchedule {
                     round,
-                    evaluate: request.evaluate,
-                    every: 2
+                    evaluate: true,
+                    every: 2,
                 })
-            );
+            } else {
+                Ok(())
+            };
+            assert_eq!(m.check_round_start(&request), expected, "round {round}");
         }
+        let mut final_evaluation = start(&m, 4, false);
+        final_evaluation.evaluate = false;
+        assert!(m.check_round_start(&final_evaluation).is_err());
         m.releases.evaluate_every = 0;
         assert!(m.validate().is_err());
     }

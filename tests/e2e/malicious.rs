@@ -473,6 +473,41 @@ async fn evaluation_counts_of_one_model_over_overlapping_sets_are_released_once(
     coordinator.finish(&model).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_out_counts_of_different_models_over_overlapping_sets_are_released_once() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C, D], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.set_rounds(4);
+    coordinator.admit_all(&[A, B, C, D]).await;
+    let true_n = held_out_rows(&coordinator.node_config(A));
+
+    // Rounds 1 to 4, each from a model of its own, each evaluated, over every three of four.
+    // The models' confusion counts differ, but every group's patient and outcome counts do
+    // not: differencing the four sums gives hospital-a's per-group counts, whatever the models.
+    let mut sums = Vec::new();
+    for (round, members) in (1..).zip(differencing_rosters()) {
+        let model = coordinator.model(round);
+        coordinator.push_all(&model, round).await;
+        let start = coordinator.round_start(&model, round, 1, true, None);
+        assert!(start.evaluate);
+        let mut exchange = SecureExchange::round(&coordinator, &model, start, &members);
+        sums.push(exchange.run(&coordinator).await.ok());
+    }
+    let recovered = difference(&sums);
+    for node in [A, B, C, D] {
+        assert_released_once(
+            &coordinator.egress(node),
+            &[1, 2, 3, 4],
+            node,
+            &recovered,
+            true_n,
+        );
+    }
+    let model = coordinator.model(1);
+    coordinator.finish(&model).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. A release without a ledger entry.
 // ---------------------------------------------------------------------------------------------

@@ -512,10 +512,7 @@ fn one_node_holding_all_the_noise_costs_the_subsampled_gaussian() {
             central >= plain && central >= at_integers * (1.0 - 1e-9),
             "q {q}, z {z}: {central} vs {plain} (integer orders {at_integers})"
         );
-        assert!(
-            central <= 1.4 * plain,
-            "q {q}, z {z}: {central} vs {plain}"
-        );
+        assert!(central <= 1.4 * plain, "q {q}, z {z}: {central} vs {plain}");
         // Splitting the same σ_total over t of n nodes changes the central figure only by τ,
         // which at these σ_share (thousands of integer units) underflows to 0.
         for (n, t) in [(8, 5), (100, 60)] {
