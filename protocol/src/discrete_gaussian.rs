@@ -189,7 +189,7 @@ fn discrete_laplace<R: RngCore + ?Sized>(t: u128, rng: &mut R) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
 
@@ -210,7 +210,7 @@ mod tests {
 
     /// The exact variance of N_Z(0, σ²), summed over the integers where the mass is not
     /// negligible.
-    fn exact_variance(sigma: f64) -> f64 {
+    pub(crate) fn exact_variance(sigma: f64) -> f64 {
         let reach = (40.0 * sigma).ceil() as i64 + 5;
         let (mut mass, mut second) = (0.0, 0.0);
         for x in -reach..=reach {

@@ -6,18 +6,7 @@ use rand_chacha::ChaCha20Rng;
 use super::rounding::{round_conditionally, round_once, squared_norm};
 use super::*;
 use crate::accounting::{Accountant, epsilon};
-
-/// The exact variance of N_Z(0, σ²), summed where the mass is not negligible.
-fn discrete_gaussian_variance(sigma: f64) -> f64 {
-    let reach = (40.0 * sigma).ceil() as i64 + 5;
-    let (mut mass, mut second) = (0.0, 0.0);
-    for x in -reach..=reach {
-        let p = (-(x as f64).powi(2) / (2.0 * sigma * sigma)).exp();
-        mass += p;
-        second += p * (x as f64).powi(2);
-    }
-    second / mass
-}
+use crate::discrete_gaussian::tests::exact_variance as discrete_gaussian_variance;
 
 /// Sample variance of `xs` about 0 (the noise's known mean) and the 5-standard-error
 /// tolerance on it for a variance `v`: the sample variance of `N` independent draws has
