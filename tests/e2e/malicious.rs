@@ -6,7 +6,7 @@
 use medfed_e2e::attacker::{ExchangeFailure, HandCoordinator, Puppet, SecureExchange, Step};
 use medfed_e2e::{Consortium, subscribe};
 use medfed_node::NodeConfig;
-use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
+use medfed_node::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig};
 use medfed_node::egress::EgressEntry;
 use medfed_node::ledger::Release;
 use medfed_node::policy::{Fraction, NodePolicy};
@@ -872,7 +872,7 @@ fn private_training() -> PrivacyConfig {
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
         accountant: Accountant::Rdp,
-        evaluation: None,
+        evaluation: EvaluationNoiseConfig::exact(),
         statistics: Default::default(),
     }
 }
