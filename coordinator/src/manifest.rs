@@ -50,8 +50,11 @@ pub fn task_manifest(
         strategy: strategy_record(&config.strategy),
         secure_aggregation: secure.enabled.then(|| SecureAggregationPlan {
             neighbours: secure.neighbours.map(|k| k as u64),
+            // Distributed DP fixes the threshold at its t unless the configuration sets one
+            // (the manifest's validation refuses two that differ).
             threshold: secure
                 .threshold
+                .or(task.distributed_dp.as_ref().map(|d| d.threshold))
                 .map_or(ThresholdRule::TwoThirdsPlusOne, |t| {
                     ThresholdRule::Fixed(t as u64)
                 }),
@@ -60,15 +63,23 @@ pub fn task_manifest(
                 .fractional_bits
                 .map_or(FractionalBitsRule::Fit, FractionalBitsRule::Fixed),
         }),
-        releases: ReleasePlan {
-            evaluate_every: config.task.evaluate_every,
-            ..ReleasePlan::for_task(
-                schema.stats_len(),
-                schema.audit_groups().len(),
-                params,
-                config.task.score_bins,
-            )
+        releases: {
+            let releases = ReleasePlan {
+                evaluate_every: config.task.evaluate_every,
+                ..ReleasePlan::for_task(
+                    schema.stats_len(),
+                    schema.audit_groups().len(),
+                    params,
+                    config.task.score_bins,
+                )
+            };
+            if task.distributed_dp.is_some() {
+                releases.distributed()
+            } else {
+                releases
+            }
         },
+        distributed_dp: task.distributed_dp.as_ref().map(|d| d.plan()),
     })
 }
 

@@ -1188,6 +1188,7 @@ impl Hospital {
             evaluate: start.evaluate,
             groups: self.schema.audit_groups().len(),
             bins: start.score_bins,
+            distributed: false,
         };
         let LocalOutcome {
             evaluation,
@@ -1236,7 +1237,11 @@ impl Hospital {
             trained: params,
             weight: *weight,
         });
-        let Some(values) = layout.encode(&RoundResult { evaluation, update }) else {
+        let Some(values) = layout.encode(&RoundResult {
+            evaluation,
+            update,
+            distributed_sum: None,
+        }) else {
             return decline(
                 session,
                 round,

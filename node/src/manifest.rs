@@ -318,6 +318,7 @@ key_sha256 = "0000000000000000000000000000000000000000000000000000000000000004"
                 update_clip: 1024.0,
                 fractional_bits: FractionalBitsRule::Fit,
             }),
+            distributed_dp: None,
         }
     }
 

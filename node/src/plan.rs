@@ -174,6 +174,7 @@ pub fn forecast(
             evaluate,
             groups,
             bins: releases.score_bins,
+            distributed: false,
         };
         let wire_bytes = match secure {
             Some(plan) => {

@@ -117,6 +117,7 @@ fn manifest(schema: &Schema, members: &MemberList) -> TaskManifest {
             update_clip: 1024.0,
             fractional_bits: FractionalBitsRule::Fit,
         }),
+        distributed_dp: None,
     }
 }
 
@@ -192,6 +193,7 @@ fn the_plan_lists_every_release_its_bytes_and_its_epsilon() {
             evaluate: true,
             groups,
             bins: ScoreBins::FINE,
+            distributed: false,
         }
         .encoding(
             &signed
