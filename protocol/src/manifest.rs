@@ -105,6 +105,34 @@ pub struct TaskManifest {
     pub distributed_dp: Option<DistributedDpPlan>,
 }
 
+/// Where the training noise of a task, or of a hospital, is added.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrivacyMode {
+    /// Each hospital's own DP-SGD noises its update (or it trains without DP).
+    #[default]
+    Local,
+    /// Distributed DP under secure aggregation ([`DistributedDpPlan`]): each hospital adds a
+    /// share of the noise of one global DP-FedSGD step, and the unmasked sum carries all of it.
+    Distributed,
+}
+
+impl PrivacyMode {
+    /// `local` or `distributed`, as configured.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Distributed => "distributed",
+        }
+    }
+}
+
+impl std::fmt::Display for PrivacyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Distributed differential privacy under secure aggregation, as the consortium declares it
 /// (`[task.distributed_dp]` in the coordinator's configuration): everything
 /// [`DdpConfig`] needs but the dimension, which is the model's parameter count, and the
@@ -418,6 +446,15 @@ impl TaskManifest {
             self.validate_distributed(plan)?;
         }
         Ok(())
+    }
+
+    /// The task's privacy mode: distributed when it plans distributed DP.
+    pub fn privacy_mode(&self) -> PrivacyMode {
+        if self.distributed_dp.is_some() {
+            PrivacyMode::Distributed
+        } else {
+            PrivacyMode::Local
+        }
     }
 
     /// The parameters of distributed DP, when the task has it: `None` without it, and an error

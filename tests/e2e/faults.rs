@@ -13,7 +13,7 @@ use medfed_coordinator::CoordinatorError;
 use medfed_coordinator::store::{RoundStatus, Store};
 use medfed_e2e::{Consortium, subscribe, synthetic_csv, tolerate_dropouts};
 use medfed_node::config::{
-    CrashPoint, NoiseMultiplier, PrivacyConfig, StallPoint, StatisticsNoiseConfig,
+    CrashPoint, NoiseMultiplier, PrivacyConfig, PrivacyMode, StallPoint, StatisticsNoiseConfig,
 };
 use medfed_node::egress::EgressLog;
 use medfed_node::ledger::PrivacyLedger;
@@ -34,6 +34,8 @@ fn policy(target_epsilon: f64) -> PrivacyConfig {
         accountant: Accountant::Rdp,
         evaluation: None,
         statistics: StatisticsNoiseConfig::exact(),
+        mode: PrivacyMode::Local,
+        max_local_epsilon: None,
     }
 }
 

@@ -6,7 +6,7 @@
 use medfed_e2e::attacker::{ExchangeFailure, HandCoordinator, Puppet, SecureExchange, Step};
 use medfed_e2e::{Consortium, subscribe};
 use medfed_node::NodeConfig;
-use medfed_node::config::{NoiseMultiplier, PrivacyConfig};
+use medfed_node::config::{NoiseMultiplier, PrivacyConfig, PrivacyMode};
 use medfed_node::egress::EgressEntry;
 use medfed_node::ledger::Release;
 use medfed_node::policy::{Fraction, NodePolicy};
@@ -874,6 +874,8 @@ fn private_training() -> PrivacyConfig {
         accountant: Accountant::Rdp,
         evaluation: None,
         statistics: Default::default(),
+        mode: PrivacyMode::Local,
+        max_local_epsilon: None,
     }
 }
 

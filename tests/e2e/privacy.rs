@@ -2,7 +2,7 @@
 //! ledger survives a restart.
 
 use medfed_e2e::{Consortium, allow_plaintext, subscribe, tolerate_dropouts};
-use medfed_node::config::{NoiseMultiplier, PrivacyConfig, StatisticsNoiseConfig};
+use medfed_node::config::{NoiseMultiplier, PrivacyConfig, PrivacyMode, StatisticsNoiseConfig};
 use medfed_node::ledger::PrivacyLedger;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_protocol::accounting::Accountant;
@@ -40,6 +40,8 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
         evaluation: None,
         // Exact statistics: the budget pays for training alone.
         statistics: StatisticsNoiseConfig::exact(),
+        mode: PrivacyMode::Local,
+        max_local_epsilon: None,
     };
 
     let coordinator = consortium.start_coordinator(config).await;
@@ -154,6 +156,8 @@ async fn budget_is_spent_once_the_noised_update_has_left_even_if_the_round_then_
         evaluation: None,
         // Exact statistics: the budget pays for training alone.
         statistics: StatisticsNoiseConfig::exact(),
+        mode: PrivacyMode::Local,
+        max_local_epsilon: None,
     };
     let mut configs = Vec::new();
     for name in names {
@@ -237,6 +241,8 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
                 loss_clip: MAX_EXAMPLE_LOSS,
             }),
             statistics: StatisticsNoiseConfig::exact(),
+            mode: PrivacyMode::Local,
+            max_local_epsilon: None,
         });
         let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
         allow_plaintext(&mut config);
@@ -329,6 +335,8 @@ async fn rounds_off_the_evaluation_schedule_release_no_counts_and_are_not_charge
                 }),
                 // The statistics noised by default: charged once, before round 1.
                 statistics: Default::default(),
+                mode: PrivacyMode::Local,
+                max_local_epsilon: None,
             });
         })
         .await;
@@ -411,6 +419,8 @@ fn noised_statistics_are_charged_to_the_ledger_counted_per_release_and_declined_
             accountant: Accountant::Rdp,
             evaluation: None,
             statistics,
+            mode: PrivacyMode::Local,
+            max_local_epsilon: None,
         });
         allow_plaintext(&mut config);
         let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
@@ -538,6 +548,8 @@ async fn with_every_release_private_each_figure_message_is_in_the_ledger_and_the
                     loss_clip: 4.0,
                 }),
                 statistics: Default::default(),
+                mode: PrivacyMode::Local,
+                max_local_epsilon: None,
             });
             node
         })
