@@ -59,11 +59,11 @@ async fn a_distributed_task_learns_and_every_ledger_holds_both_guarantees_of_eac
     subscribe();
     let names = ["hospital-a", "hospital-b", "hospital-c"];
     let consortium = Consortium::new(&names, 200);
-    let rounds = 8;
+    let rounds = 40;
     let mut config = consortium.coordinator_config(rounds, 3);
     config.task.distributed_dp = Some(plan(3));
-    // One DP-FedSGD step a round: the mean clipped gradient over q·N, at DP-SGD's usual rate.
-    config.task.training.learning_rate = 2.0;
+    // One DP-FedSGD step a round: the mean clipped gradient over q·N, times the rate.
+    config.task.training.learning_rate = 0.5;
     let initial = consortium.signed_manifest(&config);
     assert!(initial.manifest.distributed_dp.is_some());
     let (report, nodes) = consortium
@@ -76,8 +76,9 @@ async fn a_distributed_task_learns_and_every_ledger_holds_both_guarantees_of_eac
         assert_eq!(round.participants, names.map(String::from).to_vec());
     }
 
-    // The model learns: the pooled held-out loss of the final model is below that of the
-    // initial one, and its AUC is well above chance.
+    // The model learns: the final model's pooled held-out loss is below the initial model's,
+    // and its AUC well above chance and the initial model's (five runs: loss 0.71 to
+    // 0.53–0.62, AUC 0.41–0.43 to 0.84; the loss is not monotone round to round).
     let first = report.rounds[0]
         .start_model_evaluation
         .clone()
@@ -87,8 +88,12 @@ async fn a_distributed_task_learns_and_every_ledger_holds_both_guarantees_of_eac
         "distributed DP: initial loss {:.4} AUC {:?}, final loss {:.4} AUC {:?}",
         first.loss, first.auc, last.loss, last.auc
     );
-    assert!(last.loss < first.loss, "{first:?} then {last:?}");
-    assert!(last.auc.unwrap() > 0.6, "{last:?}");
+    assert!(last.loss < first.loss - 0.03, "{first:?} then {last:?}");
+    let (first_auc, last_auc) = (first.auc.unwrap(), last.auc.unwrap());
+    assert!(
+        last_auc > 0.7 && last_auc > first_auc + 0.2,
+        "{first:?} then {last:?}"
+    );
 
     for (name, node) in names.iter().zip(&nodes) {
         let ledger = PrivacyLedger::read(&node.state_dir).unwrap();
@@ -121,7 +126,10 @@ async fn a_distributed_task_learns_and_every_ledger_holds_both_guarantees_of_eac
         }
         // The reported (central) ε is the composition of the ledger's entries recomputed from
         // their mechanisms; the local one swaps in each round's share alone and is larger.
-        let mechanisms: Vec<Mechanism> = ledger.iter().flat_map(|e| e.mechanisms()).collect();
+        let mechanisms: Vec<Mechanism> = ledger
+            .iter()
+            .flat_map(|e| e.mechanisms().into_owned())
+            .collect();
         let central = accounting::epsilon(Accountant::Rdp, &mechanisms, 1e-5).unwrap();
         assert_eq!(
             central,
