@@ -54,7 +54,7 @@ pub fn task_manifest(
             // (the manifest's validation refuses two that differ).
             threshold: secure
                 .threshold
-                .or(task.distributed_dp.as_ref().map(|d| d.threshold))
+                .or_else(|| task.distributed_dp.as_ref().map(|d| d.threshold))
                 .map_or(ThresholdRule::TwoThirdsPlusOne, |t| {
                     ThresholdRule::Fixed(t as u64)
                 }),
