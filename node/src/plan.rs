@@ -392,7 +392,11 @@ impl ReleaseForecast {
                     p.target_epsilon,
                     p.delta,
                     p.noise_multiplier
-                        .map_or_else(String::new, |s| format!(" (DP-SGD σ = {s:.4})"))
+                        .map_or_else(String::new, |s| if p.local.is_some() {
+                            format!(" (distributed DP z = {s:.4})")
+                        } else {
+                            format!(" (DP-SGD σ = {s:.4})")
+                        })
                 );
                 if let Some(local) = &p.local {
                     let _ = writeln!(
