@@ -234,3 +234,99 @@ async fn a_round_completes_with_threshold_survivors_when_a_hospital_drops_before
     assert_eq!(distributed_rounds(1), [1, 2]);
     assert!(distributed_rounds(2).is_empty());
 }
+
+#[test]
+fn a_hospital_in_distributed_mode_declines_a_round_of_a_task_that_is_not_distributed() {
+    use medfed_e2e::allow_plaintext;
+    use medfed_node::trainer::{ComputeDevice, TchTrainer};
+    use medfed_protocol::evaluation::ScoreBins;
+    use medfed_protocol::messages::{DeclineReason, Message, PolicyViolation, RoundStart};
+    use medfed_protocol::model::{Model, ModelSpec};
+    use medfed_protocol::stats::Standardization;
+
+    let consortium = Consortium::new(&["hospital-a"], 80);
+    let task = consortium.coordinator_config(1, 1).task;
+    let mut config = consortium.node_config("hospital-a", "127.0.0.1:9".parse().unwrap());
+    // In the clear and alone, so that only the mode can refuse the round.
+    allow_plaintext(&mut config);
+    config.privacy = Some(distributed_policy());
+    let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
+    let mut hospital = medfed_node::prepare_node(&config, Box::new(trainer)).unwrap();
+    let spec = ModelSpec {
+        kind: task.model.clone().into(),
+        input_dim: 6,
+    };
+    let model = Model::new(spec.clone(), spec.initial_parameters(1)).unwrap();
+    hospital.enter_session(5, "hospital-a");
+    hospital.accept_model(model.clone(), 5, 1);
+    // No distributed manifest approved: the round is a local one.
+    let start = RoundStart {
+        session: 5,
+        round: 1,
+        attempt: 1,
+        model_hash: model.hash(),
+        train: true,
+        evaluate: true,
+        score_bins: ScoreBins::FINE,
+        plan: task.plan(1),
+        standardization: Standardization::identity(6),
+        secure_aggregation: None,
+    };
+    match hospital.handle_round(&start) {
+        Message::Declined(d) => assert_eq!(
+            d.reason,
+            DeclineReason::Policy(PolicyViolation::PrivacyMode {
+                node: PrivacyMode::Distributed,
+                task: PrivacyMode::Local,
+            })
+        ),
+        other => panic!("a distributed node must decline a local round, got {other:?}"),
+    }
+    assert!(PrivacyLedger::read(&config.state_dir).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hospital_declines_the_round_that_would_pass_its_local_cap_and_training_stops() {
+    use medfed_e2e::SCHEMA;
+    use medfed_node::config::DEFAULT_STATISTICS_NOISE;
+    use medfed_protocol::schema::Schema;
+    use medfed_protocol::stats_release::StatisticsNoise;
+
+    subscribe();
+    let names = ["hospital-a", "hospital-b", "hospital-c"];
+    let consortium = Consortium::new(&names, 120);
+    let mut config = consortium.coordinator_config(3, 3);
+    config.task.distributed_dp = Some(plan(3));
+    // The local ε after the statistics and one round, and after two: the cap lies between.
+    let manifest = consortium.signed_manifest(&config).manifest;
+    let params = manifest.distributed_params().unwrap().unwrap();
+    let statistics = StatisticsNoise::new(DEFAULT_STATISTICS_NOISE)
+        .unwrap()
+        .mechanisms(&Schema::parse(SCHEMA).unwrap());
+    let local_after = |rounds: u64| {
+        let mut all = statistics.clone();
+        all.push(params.local_mechanism(0.2, rounds));
+        accounting::epsilon(Accountant::Rdp, &all, 1e-5).unwrap()
+    };
+    let cap = (local_after(1) + local_after(2)) / 2.0;
+    let (report, nodes) = consortium
+        .train_with(config, &names, |node| {
+            let mut policy = distributed_policy();
+            policy.max_local_epsilon = Some(cap);
+            node.privacy = Some(policy);
+        })
+        .await;
+    assert_eq!(report.rounds.len(), 1, "{report:?}");
+    assert!(report.stopped_early.is_some());
+    for node in &nodes {
+        let ledger = PrivacyLedger::read(&node.state_dir).unwrap();
+        let rounds: Vec<u64> = ledger
+            .iter()
+            .filter(|e| e.release == Release::DistributedTraining)
+            .map(|e| e.round)
+            .collect();
+        assert_eq!(rounds, [1]);
+        let local = local_epsilon_of(&ledger, &[], Accountant::Rdp, 1e-5).unwrap();
+        assert!((local - local_after(1)).abs() < 1e-9 * local && local <= cap);
+    }
+}
