@@ -11,7 +11,8 @@ use medfed_certs::TlsFiles;
 use medfed_protocol::distributed_dp::{DEFAULT_ROUNDING_BETA, DEFAULT_SCALED_CLIP};
 use medfed_protocol::evaluation::ScoreBins;
 use medfed_protocol::manifest::{
-    DistributedDpPlan, FractionalBitsRule, SecureAggregationPlan, ThresholdRule, TrainingRule,
+    DistributedDpPlan, FINAL_EVALUATION_ONLY, FractionalBitsRule, SecureAggregationPlan,
+    ThresholdRule, TrainingRule,
 };
 use medfed_protocol::model::ModelConfig;
 use medfed_protocol::secagg::fixed_point::FixedPoint;
@@ -212,8 +213,12 @@ pub struct TaskConfig {
     /// The evaluation schedule: training rounds 1, 1 + k, 1 + 2k, … evaluate their starting
     /// model on the pooled held-out data (and audit it); the others release only the update, so
     /// hospitals whose evaluation counts are noised pay for fewer releases. The final model is
-    /// always evaluated. Default 1: every round.
-    #[serde(default = "default_evaluate_every")]
+    /// always evaluated. Default 1: every round; `"final"`: no training round, only the final
+    /// model (stored as [`FINAL_EVALUATION_ONLY`]).
+    #[serde(
+        default = "default_evaluate_every",
+        deserialize_with = "evaluation_schedule"
+    )]
     pub evaluate_every: u64,
     /// Bins of the score histograms in every evaluation (`[task.score_bins]`, `evaluation` for
     /// the pooled evaluation, default 1000, and `group` for each audit group, default 100; each
@@ -339,6 +344,26 @@ fn default_evaluate_every() -> u64 {
     1
 }
 
+/// `evaluate_every`: a positive number of rounds, or `"final"`.
+fn evaluation_schedule<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Every(u64),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Every(0) => Err(serde::de::Error::custom(
+            "evaluate_every must be at least 1, or \"final\" for the final model only",
+        )),
+        Raw::Every(every) => Ok(every),
+        Raw::Text(text) if text == "final" => Ok(FINAL_EVALUATION_ONLY),
+        Raw::Text(text) => Err(serde::de::Error::custom(format!(
+            "evaluate_every must be a number of rounds or \"final\", not {text:?}"
+        ))),
+    }
+}
+
 fn default_round_attempts() -> u32 {
     3
 }
@@ -450,9 +475,6 @@ impl CoordinatorConfig {
         if !(task.round_deadline_secs.is_finite() && task.round_deadline_secs > 0.0) {
             return invalid("task.round_deadline_secs must be positive");
         }
-        if task.evaluate_every == 0 {
-            return invalid("task.evaluate_every must be at least 1");
-        }
         if let Err(e) = task.score_bins.check() {
             return invalid(&format!("task.score_bins: {e}"));
         }
@@ -562,6 +584,28 @@ name = "fed_adam"
         let lenient = EXAMPLE.replace("[task]", "allow_expired_crl = true\n[task]");
         let config = CoordinatorConfig::parse(&lenient, Path::new("/etc/medfed")).unwrap();
         assert!(config.tls.allow_expired_crl);
+    }
+
+    #[test]
+    fn the_evaluation_schedule_is_a_number_of_rounds_or_final() {
+        let parse = |value: &str| {
+            let text = EXAMPLE.replace(
+                "rounds = 5",
+                &format!("rounds = 5\nevaluate_every = {value}"),
+            );
+            CoordinatorConfig::parse(&text, Path::new("."))
+        };
+        assert_eq!(parse("3").unwrap().task.evaluate_every, 3);
+        assert_eq!(
+            parse("\"final\"").unwrap().task.evaluate_every,
+            FINAL_EVALUATION_ONLY
+        );
+        for bad in ["0", "\"never\"", "-1"] {
+            let error = parse(bad).unwrap_err().to_string();
+            assert!(error.contains("evaluate_every"), "{bad}: {error}");
+        }
+        let default = CoordinatorConfig::parse(EXAMPLE, Path::new(".")).unwrap();
+        assert_eq!(default.task.evaluate_every, 1);
     }
 
     #[test]

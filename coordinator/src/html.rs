@@ -51,6 +51,8 @@ pub struct PageRound<'a> {
     pub fairness: &'a [AttributeAudit],
     /// The nodes that took part in the round.
     pub participants: &'a [String],
+    /// Consortium members whose held-out counts are not in the round's figures.
+    pub absent_members: &'a [String],
     /// Each node's declared differential-privacy budget: (node, ε, δ).
     pub privacy: &'a [(String, f64, f64)],
 }
@@ -168,6 +170,7 @@ svg .muted{fill:#57606a}
 svg .grid{stroke:#d0d7de;stroke-width:1}
 svg .axis{stroke:#8c959f;stroke-width:1}
 .note{color:#57606a;font-size:.9rem}
+.partial{color:#7a4b00;border-left:4px solid #b45309;padding-left:.5em}
 ";
 
 /// Colours and dash patterns of the trend-chart series; the dash keeps them apart without colour.
@@ -701,6 +704,7 @@ impl Page {
         self.out
             .push_str("<section id=\"trends\">\n<h2>3. Metrics over rounds</h2>\n");
         let xs: Vec<u64> = rounds.iter().map(|r| r.round).collect();
+        self.partial_rounds_note(rounds);
         self.line_chart(
             "Model quality over rounds",
             &xs,
@@ -882,12 +886,48 @@ impl Page {
         self.out.push_str("</svg>\n");
     }
 
+    /// Under the charts over rounds: which rounds' figures come from fewer than every member.
+    fn partial_rounds_note(&mut self, rounds: &[PageRound<'_>]) {
+        let partial: Vec<&PageRound<'_>> = rounds
+            .iter()
+            .filter(|r| !r.absent_members.is_empty())
+            .collect();
+        if partial.is_empty() {
+            return;
+        }
+        self.out.push_str(
+            "<p class=\"note partial\">Figures of these rounds come from fewer than every \
+             member hospital, so they do not compare like for like with the others: ",
+        );
+        for (i, round) in partial.iter().enumerate() {
+            w!(
+                self.out,
+                "{}round {} (absent: {})",
+                if i == 0 { "" } else { "; " },
+                round.round,
+                Esc(&round.absent_members.join(", "))
+            );
+        }
+        self.out.push_str(".</p>\n");
+    }
+
     /// Section 4: every group's figures, one table per attribute.
     fn tables_section(&mut self, latest: &PageRound<'_>) {
         self.out.push_str(
             "<section id=\"tables\">\n<h2>4. Per-group metrics</h2>\n\
              <p class=\"note\">Rates with their Wilson 95% intervals in brackets.</p>\n",
         );
+        if !latest.absent_members.is_empty() {
+            w!(
+                self.out,
+                "<p class=\"note partial\">These figures come from {} of the member hospitals: \
+                 {} did not take part in this round's sum. A group's figures can differ from \
+                 another round's because a hospital is missing, not because the model changed.\
+                 </p>\n",
+                latest.participants.len(),
+                Esc(&latest.absent_members.join(", "))
+            );
+        }
         for audit in latest.fairness {
             let report = &audit.report;
             w!(
@@ -1135,6 +1175,11 @@ mod tests {
 
     /// Renders three rounds; the last one's ethnicity equalized-odds difference is `last_eod`.
     fn page(last_eod: f64) -> String {
+        page_with_absent(last_eod, [&[], &[], &[]])
+    }
+
+    /// As [`page`], with each round's absent members.
+    fn page_with_absent(last_eod: f64, absent: [&[String]; 3]) -> String {
         let history = [audits(0.04), audits(0.06), audits(last_eod)];
         let evals = [eval(0.71, 0.70), eval(0.76, 0.73), eval(0.80, 0.77)];
         let participants = vec![
@@ -1149,14 +1194,16 @@ mod tests {
         let rounds: Vec<PageRound<'_>> = history
             .iter()
             .zip(&evals)
+            .zip(absent)
             .enumerate()
-            .map(|(i, (fairness, evaluation))| PageRound {
+            .map(|(i, ((fairness, evaluation), absent_members))| PageRound {
                 round: i as u64 + 1,
                 model_sha256: "ab12cd34",
                 approved: fairness.iter().all(|a| a.policy.approved),
                 evaluation: Some(evaluation),
                 fairness,
                 participants: &participants,
+                absent_members,
                 privacy: &privacy,
             })
             .collect();
@@ -1302,6 +1349,23 @@ mod tests {
     }
 
     #[test]
+    fn html_marks_rounds_whose_figures_come_from_fewer_than_every_member() {
+        let complete = page(0.05);
+        assert!(!complete.contains("note partial"));
+        let absent = ["hospital-<d>".to_owned()];
+        let html = page_with_absent(0.05, [&[], &absent, &absent]);
+        // The charts over rounds name the partial rounds; the latest round's tables say so.
+        let trends = &html[html.find("id=\"trends\"").unwrap()..];
+        assert!(trends.contains("round 2 (absent: hospital-&lt;d&gt;); round 3 (absent"));
+        assert!(!trends.contains("round 1 (absent"));
+        let tables = &html[html.find("id=\"tables\"").unwrap()..];
+        assert!(tables.contains(
+            "These figures come from 3 of the member hospitals: hospital-&lt;d&gt; did not take part"
+        ));
+        assert_eq!(nesting_problem(&html), None);
+    }
+
+    #[test]
     fn html_renders_degenerate_rounds() {
         let empty = render("Audit", &[]);
         assert!(empty.contains("No audited round yet."));
@@ -1345,6 +1409,7 @@ mod tests {
                 evaluation: None,
                 fairness: &fairness,
                 participants: &[],
+                absent_members: &[],
                 privacy: &[],
             }],
         );

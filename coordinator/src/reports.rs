@@ -122,6 +122,7 @@ impl ReportWriter {
                     evaluation: r.evaluation.as_ref(),
                     fairness: &r.fairness,
                     participants: &r.participants,
+                    absent_members: &r.absent_members,
                     privacy,
                 }
             })

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use medfed_certs::channel::{ChannelError, server_endpoint};
-use medfed_certs::{ConsortiumVerifier, load_report_signing_key};
+use medfed_certs::{ConsortiumVerifier, MemberList, load_report_signing_key};
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::distributed_dp::{DdpError, DdpParams};
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
@@ -202,6 +202,11 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
             source,
         })?;
     let signed = signed_manifest(&config, &schema)?;
+    let members: Vec<String> = MemberList::load(&config.members)
+        .map_err(ManifestBuildError::from)?
+        .names()
+        .map(str::to_owned)
+        .collect();
     let manifest_path = write_manifest(&config.data_dir, &signed)?;
     info!(
         manifest = %signed.manifest.digest(),
@@ -256,6 +261,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         optimizer,
         round,
         reports,
+        members,
         left_out: Mutex::new(BTreeMap::new()),
         sum_buffer: Mutex::new(Vec::new()),
         peer_verifier,
@@ -290,6 +296,8 @@ struct Trainer {
     round: u64,
     /// The signed, chained audit reports.
     reports: ReportWriter,
+    /// The consortium's members (the manifest's member list), for the reports' absent members.
+    members: Vec<String>,
     /// Nodes left out of the remaining attempts of a round, `(round, identity)` → why: a node
     /// whose secure-aggregation share a peer could not authenticate.
     left_out: Mutex<BTreeMap<(u64, String), String>>,
@@ -1319,6 +1327,12 @@ impl Trainer {
             model_sha256: model.hash().to_hex(),
             checkpoint_sha256,
             participants: participants.to_vec(),
+            absent_members: self
+                .members
+                .iter()
+                .filter(|member| !participants.contains(member))
+                .cloned()
+                .collect(),
             privacy: privacy
                 .iter()
                 .map(|(node, p)| NodePrivacy {

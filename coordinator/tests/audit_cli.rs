@@ -32,6 +32,7 @@ fn chain(dir: &Path) -> (PathBuf, PathBuf, PathBuf, Vec<PathBuf>) {
             model_sha256: model.hash().to_hex(),
             checkpoint_sha256: Some(file_sha256(&std::fs::read(&checkpoint).unwrap())),
             participants: vec!["hospital-1".into()],
+            absent_members: Vec::new(),
             privacy: Vec::new(),
             evaluation: None,
             fairness: Vec::new(),

@@ -310,6 +310,7 @@ fn report(round: u64, previous: Option<String>) -> AuditReport {
         model_sha256: file_sha256(b"model"),
         checkpoint_sha256: Some(file_sha256(b"checkpoint")),
         participants: vec!["hospital-a".to_owned(), "hospital-b".to_owned()],
+        absent_members: Vec::new(),
         privacy: vec![NodePrivacy {
             node: "hospital-a".to_owned(),
             epsilon: 1.0 / 3.0,

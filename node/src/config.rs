@@ -67,10 +67,10 @@ pub struct PrivacyConfig {
     /// chooses σ under `noise_multiplier = "auto"`, and is recorded with each ledger entry.
     #[serde(default)]
     pub accountant: Accountant,
-    /// Noise on the evaluation counts (`[privacy.evaluation]`); `None` (the default): the
-    /// counts leave exact, protected by secure aggregation alone.
+    /// Noise on the evaluation counts (`[privacy.evaluation]`); on by default, at
+    /// [`DEFAULT_EVALUATION_NOISE`].
     #[serde(default)]
-    pub evaluation: Option<EvaluationNoiseConfig>,
+    pub evaluation: EvaluationNoiseConfig,
     /// Noise on the statistics round's figures (`[privacy.statistics]`); on by default, at
     /// [`DEFAULT_STATISTICS_NOISE`].
     #[serde(default)]
@@ -148,19 +148,36 @@ fn default_statistics_noise() -> f64 {
     DEFAULT_STATISTICS_NOISE
 }
 
+/// σ of the evaluation counts' noise when `[privacy.evaluation]` does not set one.
+///
+/// The same σ as the statistics'. With the demo's three audited attributes (sensitivity √10)
+/// one evaluation is the Gaussian mechanism at noise multiplier 2.5: composed with the demo's
+/// DP-SGD at ε = 8 (δ = 1e-5), the final evaluation alone costs each hospital about 5 % of its
+/// budget, and every evaluation the schedule adds about as much again, so a consortium whose
+/// hospitals noise their counts evaluates rarely (`evaluate_every`, or `"final"`) and bins its
+/// histograms coarsely (`[task.score_bins]`). Four hospitals' noise on each pooled count then
+/// has σ = 16: it hides any one patient, and it swamps the demo's 185 held-out patients (the
+/// pooled AUC the coordinator sees is off by about 0.1), while a consortium with thousands of
+/// held-out patients per bin barely notices it. A hospital judges its own model quality on its
+/// own held-out patients without releasing anything (`medfed-node validation`).
+pub const DEFAULT_EVALUATION_NOISE: f64 = 8.0;
+
 /// Discrete Gaussian noise on every evaluation count a node sends, charged to its ledger.
 ///
 /// ```toml
 /// [privacy.evaluation]
-/// noise = 4.0        # σ of the integer noise on each count
+/// noise = 8.0        # σ of the integer noise on each count (0: exact counts, not charged)
 /// loss_clip = 4.0    # optional: each example's log loss is clipped to this (default ≈ 16.1)
 /// ```
 ///
-/// See `medfed_protocol::eval_release` for the mechanism and its sensitivity.
+/// See `medfed_protocol::eval_release` for the mechanism and its sensitivity. With `noise = 0`
+/// the counts leave exact, protected by secure aggregation alone, and go into sums over one set
+/// of hospitals only (see `crate::releases`).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluationNoiseConfig {
-    /// σ of the discrete Gaussian added to each count.
+    /// σ of the discrete Gaussian added to each count; 0 turns the noise off.
+    #[serde(default = "default_evaluation_noise")]
     pub noise: f64,
     /// The bound each example's log loss is clipped to before the noised loss sum; the noise on
     /// that sum has standard deviation `noise × loss_clip`. Default: the largest loss there is,
@@ -169,11 +186,35 @@ pub struct EvaluationNoiseConfig {
     pub loss_clip: f64,
 }
 
-impl EvaluationNoiseConfig {
-    /// The sampler this setting describes, or why it cannot be used.
-    pub fn noise(&self) -> Result<EvaluationNoise, EvalReleaseError> {
-        EvaluationNoise::new(self.noise, self.loss_clip)
+impl Default for EvaluationNoiseConfig {
+    fn default() -> Self {
+        Self {
+            noise: DEFAULT_EVALUATION_NOISE,
+            loss_clip: MAX_EXAMPLE_LOSS,
+        }
     }
+}
+
+impl EvaluationNoiseConfig {
+    /// Exact evaluation counts: no noise, no charge.
+    pub fn exact() -> Self {
+        Self {
+            noise: 0.0,
+            ..Self::default()
+        }
+    }
+
+    /// The sampler this setting describes (`None`: exact counts), or why it cannot be used.
+    pub fn noise(&self) -> Result<Option<EvaluationNoise>, EvalReleaseError> {
+        if self.noise == 0.0 {
+            return Ok(None);
+        }
+        EvaluationNoise::new(self.noise, self.loss_clip).map(Some)
+    }
+}
+
+fn default_evaluation_noise() -> f64 {
+    DEFAULT_EVALUATION_NOISE
 }
 
 fn default_loss_clip() -> f64 {
@@ -386,10 +427,10 @@ impl PrivacyConfig {
         {
             return invalid("noise_multiplier must be \"auto\" or a non-negative number");
         }
-        if let Some(evaluation) = &self.evaluation
-            && let Err(e) = evaluation.noise()
-        {
-            return Err(NodeConfigError::Invalid(format!("privacy.evaluation: {e}")));
+        if let Err(e) = self.evaluation.noise() {
+            return Err(NodeConfigError::Invalid(format!(
+                "privacy.evaluation: {e} (0 turns the noise off)"
+            )));
         }
         if let Err(e) = self.statistics.noise() {
             return Err(NodeConfigError::Invalid(format!(
@@ -488,8 +529,10 @@ members = "members.toml"
         let config = NodeConfig::parse(&fixed, Path::new("/site")).unwrap();
         let fixed = config.privacy.unwrap();
         assert_eq!(fixed.noise_multiplier, NoiseMultiplier::Fixed(1.1));
-        assert_eq!(fixed.evaluation, None);
-        // The statistics are noised by default under [privacy].
+        // The evaluation counts and the statistics are noised by default under [privacy].
+        assert_eq!(fixed.evaluation, EvaluationNoiseConfig::default());
+        assert_eq!(fixed.evaluation.noise, DEFAULT_EVALUATION_NOISE);
+        assert!(fixed.evaluation.noise().unwrap().is_some());
         assert_eq!(fixed.statistics.noise, DEFAULT_STATISTICS_NOISE);
         assert!(fixed.statistics.noise().unwrap().is_some());
         let statistics = |extra: &str| {
@@ -516,14 +559,21 @@ members = "members.toml"
             .unwrap()
             .privacy
             .unwrap()
-            .evaluation
-            .unwrap();
+            .evaluation;
         assert_eq!(
             (evaluation.noise, evaluation.loss_clip),
             (4.0, MAX_EXAMPLE_LOSS)
         );
+        let exact = format!("{private}[privacy.evaluation]\nnoise = 0\n");
+        let evaluation = NodeConfig::parse(&exact, Path::new("/site"))
+            .unwrap()
+            .privacy
+            .unwrap()
+            .evaluation;
+        assert_eq!(evaluation, EvaluationNoiseConfig::exact());
+        assert!(evaluation.noise().unwrap().is_none());
         for bad in [
-            "noise = 0.0",
+            "noise = -1.0",
             "noise = 4.0\nloss_clip = -1.0",
             "sigma = 4.0",
         ] {

@@ -32,7 +32,7 @@ use medfed_protocol::task::TrainingPlan;
 use rand::{SeedableRng, TryRngCore};
 
 use crate::auto_noise::AutoNoiseMultiplier;
-use crate::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig};
+use crate::config::{NoiseMultiplier, PrivacyConfig};
 use crate::data::Dataset;
 use crate::egress::now_ms;
 use crate::examples::Examples;
@@ -45,6 +45,7 @@ use crate::policy::{NodePolicy, PolicyGate};
 use crate::progress::Progress;
 use crate::releases::{ExactFigures, ReleaseRecord};
 use crate::trainer::{DpConfig, TrainError, TrainProgress, Trainer};
+use crate::validation::{self, SiteValidation};
 
 /// A hospital's node: its data, its model and its session bookkeeping.
 pub struct Hospital {
@@ -87,6 +88,9 @@ pub struct Hospital {
     /// must follow it. The network driver ([`crate::client`]) approves one before it enters a
     /// session; `None` only for a hospital driven directly (tests), which checks no plan.
     manifest: Option<(TaskManifest, Digest32)>,
+    /// The hospital's own record of every model scored on its held-out patients (never sent);
+    /// `None`: no record is kept.
+    validation: Option<SiteValidation>,
 }
 
 /// A secure aggregation this node takes part in: its state, which exact figures
@@ -325,7 +329,15 @@ impl Hospital {
             policy: PolicyGate::new(NodePolicy::default(), None, HashMap::new()),
             exact_releases: ReleaseRecord::in_memory(),
             manifest: None,
+            validation: None,
         }
+    }
+
+    /// Keeps the hospital's own validation record: every model the consortium sends is scored
+    /// on the held-out patients and recorded on site.
+    pub fn with_validation(mut self, validation: SiteValidation) -> Self {
+        self.validation = Some(validation);
+        self
     }
 
     /// Puts the node under the hospital's policy, with its record of exact releases.
@@ -1320,19 +1332,52 @@ impl Hospital {
             tracing::warn!(error = %e, "the coordinator's standardisation is not valid");
             return policy_decline(session, round, PolicyViolation::BadStandardization);
         }
+        // The hospital's own check of the model, on its own patients (recorded on site, never
+        // sent), before any rule can decline the round: a node whose budget is spent still
+        // learns how the consortium's model does on its patients.
+        let mut held_out = self.held_out.examples.clone();
+        start.standardization.apply(&mut held_out.features);
+        let validate = self
+            .validation
+            .as_ref()
+            .is_some_and(|v| !v.contains(&start.model_hash));
+        // A model that cannot score the patients is recorded nowhere; a round that evaluates
+        // finds out again below, and declines.
+        let scores = (start.evaluate || validate)
+            .then(|| held_out_scores(self.trainer.as_mut(), model, &held_out))
+            .and_then(Result::ok);
+        if let (Some(validation), Some(scores)) = (self.validation.as_mut(), &scores)
+            && validate
+        {
+            let counts = validation::site_counts(scores, &held_out.labels);
+            if let Err(e) = validation.record(round, &start.model_hash, &counts) {
+                // The hospital's own record; the round goes on without it.
+                tracing::warn!(error = %e, "cannot record the model's validation on this site");
+            } else if let Some(metrics) = counts.metrics() {
+                // For the hospital's eyes only: never sent.
+                tracing::info!(
+                    round,
+                    patients = metrics.examples,
+                    auc = metrics.auc.unwrap_or(f64::NAN),
+                    loss = metrics.loss,
+                    accuracy = metrics.accuracy,
+                    "the round's model on this site's held-out patients (kept here, not sent)"
+                );
+            }
+        }
         // The evaluation counts, in a round that evaluates, are exact unless the hospital noises
         // them.
         let noised_evaluation = self
             .privacy
             .as_ref()
-            .is_some_and(|p| p.config.evaluation.is_some());
+            .is_some_and(|p| p.config.evaluation.noise().is_ok_and(|n| n.is_some()));
         let exact = (start.evaluate && !noised_evaluation).then_some(ExactFigures::HeldOut);
         let params = start.secure_aggregation.as_ref().map(|s| &s.params);
         if let Err(violation) = self.admit_request(round, params, exact.as_ref()) {
             return policy_decline(session, round, violation);
         }
         // The hospital's own rules first (their reasons are the more specific), then the plan
-        // it approved: nothing is computed for a request that departs from it.
+        // it approved: nothing is computed for release for a request that departs from it.
         if let Some(violation) = self.manifest_departure(|m| m.check_round_start(start)) {
             return policy_decline(session, round, violation);
         }
@@ -1357,12 +1402,10 @@ impl Hospital {
             Ok(weight) => weight,
             Err(reason) => return decline(session, round, reason),
         };
-        let mut held_out = self.held_out.examples.clone();
-        start.standardization.apply(&mut held_out.features);
         let result = evaluate_and_train(
             self.trainer.as_mut(),
             model,
-            &held_out,
+            (&held_out, scores.as_deref()),
             start,
             &self.train.examples,
             private.as_ref(),
@@ -1537,7 +1580,7 @@ pub enum LocalOnlyError {
 fn evaluate_and_train(
     trainer: &mut dyn Trainer,
     model: &Model,
-    held_out: &Examples,
+    (held_out, scores): (&Examples, Option<&[f32]>),
     start: &RoundStart,
     train: &Examples,
     private: Option<&PrivateRound>,
@@ -1545,14 +1588,17 @@ fn evaluate_and_train(
 ) -> Result<LocalOutcome, TrainError> {
     let evaluation = if start.evaluate {
         let noise = private.and_then(|p| p.evaluation.as_ref());
+        let scores = match scores {
+            Some(scores) => scores.to_vec(),
+            None => held_out_scores(trainer, model, held_out)?,
+        };
         Some(evaluate(
-            trainer,
-            model,
+            &scores,
             held_out,
             noise,
             audit_groups,
             start.score_bins,
-        )?)
+        ))
     } else {
         None
     };
@@ -1629,23 +1675,29 @@ fn evaluate_and_train(
     })
 }
 
-/// The evaluation counts of `model` on the (standardised) held-out split and on each audit
+/// The scores of `model` on the (standardised) held-out split.
+fn held_out_scores(
+    trainer: &mut dyn Trainer,
+    model: &Model,
+    held_out: &Examples,
+) -> Result<Vec<f32>, TrainError> {
+    if held_out.is_empty() {
+        return Ok(Vec::new());
+    }
+    trainer.predict(&model.spec, &model.params, held_out)
+}
+
+/// The evaluation counts of `scores` (a model's on the held-out split) and of each audit
 /// group's rows (`row_groups[i]`: the groups of held-out row `i`), noised with `noise` when the
 /// hospital noises them.
 fn evaluate(
-    trainer: &mut dyn Trainer,
-    model: &Model,
+    scores: &[f32],
     held_out: &Examples,
     noise: Option<&EvaluationNoise>,
     (row_groups, group_count): (&[Vec<usize>], usize),
     bins: ScoreBins,
-) -> Result<(EvalCounts, Vec<GroupCounts>), TrainError> {
-    let scores = if held_out.is_empty() {
-        Vec::new()
-    } else {
-        trainer.predict(&model.spec, &model.params, held_out)?
-    };
-    let undefined = medfed_protocol::evaluation::undefined_scores(&scores);
+) -> (EvalCounts, Vec<GroupCounts>) {
+    let undefined = medfed_protocol::evaluation::undefined_scores(scores);
     if undefined > 0 {
         // For the hospital's eyes only: such scores count as ½, whatever the patient.
         tracing::warn!(
@@ -1654,7 +1706,7 @@ fn evaluate(
         );
     }
     let mut eval =
-        EvalCounts::from_predictions_with_bins(&scores, &held_out.labels, bins.evaluation as usize);
+        EvalCounts::from_predictions_with_bins(scores, &held_out.labels, bins.evaluation as usize);
     let mut members: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); group_count];
     for ((score, label), groups) in scores.iter().zip(&held_out.labels).zip(row_groups) {
         for &group in groups {
@@ -1671,9 +1723,9 @@ fn evaluate(
     if let Some(noise) = noise {
         // Noise, like DP-SGD's, comes from a CSPRNG seeded by the operating system.
         let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
-        noise.apply(&scores, &held_out.labels, &mut eval, &mut groups, &mut rng);
+        noise.apply(scores, &held_out.labels, &mut eval, &mut groups, &mut rng);
     }
-    Ok((eval, groups))
+    (eval, groups)
 }
 
 /// The hospital's check of a secure sum's survivors: enough other hospitals, members only, and
@@ -1784,9 +1836,7 @@ fn log_clipped(clipped: &[ClippedValues]) {
 fn evaluation_noise(config: &PrivacyConfig) -> Result<Option<EvaluationNoise>, DeclineReason> {
     config
         .evaluation
-        .as_ref()
-        .map(EvaluationNoiseConfig::noise)
-        .transpose()
+        .noise()
         .map_err(|e| local_failure(format!("privacy.evaluation: {e}")))
 }
 

@@ -30,6 +30,7 @@ pub mod progress;
 pub mod releases;
 pub mod state_lock;
 pub mod trainer;
+pub mod validation;
 
 use std::path::PathBuf;
 
@@ -77,9 +78,12 @@ pub fn prepare_node(
     trainer: Box<dyn trainer::Trainer>,
 ) -> Result<Hospital, PrepareError> {
     let (gate, exact_releases) = policy(config)?;
+    let validation =
+        validation::SiteValidation::open(&config.state_dir).map_err(PrepareError::Validation)?;
     let hospital = prepare(config, trainer)?
         .with_credentials(credentials(config)?)
-        .with_policy(gate, exact_releases);
+        .with_policy(gate, exact_releases)
+        .with_validation(validation);
     Ok(match privacy(config)? {
         Some(privacy) => hospital.with_privacy(privacy),
         None => hospital,
@@ -186,4 +190,7 @@ pub enum PrepareError {
     /// The record of exact releases cannot be read.
     #[error("the record of exact releases: {0}")]
     Releases(#[from] journal::JournalError),
+    /// The hospital's validation record cannot be read.
+    #[error("the site's validation record: {0}")]
+    Validation(#[source] journal::JournalError),
 }

@@ -14,8 +14,10 @@ use medfed_node::plan::forecast;
 use medfed_node::policy::PolicyGate;
 use medfed_node::releases::ReleaseRecord;
 use medfed_node::trainer::{TchTrainer, set_torch_threads};
+use medfed_node::validation::{self, SiteValidation};
 use medfed_node::{NodeConfig, StateLock, prepare, prepare_node, run};
 use medfed_protocol::accounting::{self, Accountant, Mechanism};
+use medfed_protocol::evaluation::EvalCounts;
 use medfed_protocol::manifest::SignedManifest;
 use medfed_protocol::model::ModelKind;
 use medfed_protocol::task::TrainingPlan;
@@ -92,6 +94,21 @@ enum Command {
         #[arg(long)]
         coordinator_cert: Option<PathBuf>,
         /// Print JSON, for machines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints the hospital's own validation record: every model the consortium sent, scored on
+    /// this site's held-out patients (exact figures, kept on site, never sent). Given several
+    /// nodes' configurations — an operator simulating a consortium holds them all — it also
+    /// prints their pooled figures, which no real coordinator can compute.
+    Validation {
+        /// A node configuration (TOML); repeat for several nodes.
+        #[arg(long, required = true)]
+        config: Vec<PathBuf>,
+        /// Only the latest model of each record (the final model, once training is over).
+        #[arg(long)]
+        latest: bool,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -324,6 +341,14 @@ fn run_cli() -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Command::Validation {
+            config,
+            latest,
+            json,
+        } => {
+            print_validation(&config, latest, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { config } => {
             let config = NodeConfig::load(&config)?;
             let trainer = TchTrainer::new(medfed_node::trainer::ComputeDevice::Cpu)?;
@@ -448,6 +473,97 @@ fn print_ledger(config: &NodeConfig) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Prints the validation records of the nodes configured in `configs` (with `latest`, only each
+/// record's last model) and, for several, their pooled figures.
+fn print_validation(configs: &[PathBuf], latest: bool, json: bool) -> anyhow::Result<()> {
+    let mut records = Vec::with_capacity(configs.len());
+    for path in configs {
+        let config = NodeConfig::load(path)?;
+        let mut entries = SiteValidation::read(&config.state_dir)
+            .with_context(|| format!("the validation record of {}", path.display()))?;
+        if latest {
+            entries = entries.split_off(entries.len().saturating_sub(1));
+        }
+        records.push(entries);
+    }
+    let pooled = if records.len() > 1 {
+        validation::pooled(&records)
+    } else {
+        Vec::new()
+    };
+    if json {
+        let row = |round: u64, model: &str, counts: Option<EvalCounts>| {
+            serde_json::json!({
+                "round": round,
+                "model": model,
+                "metrics": counts.as_ref().and_then(EvalCounts::metrics),
+            })
+        };
+        let sites: Vec<_> = configs
+            .iter()
+            .zip(&records)
+            .map(|(path, entries)| {
+                serde_json::json!({
+                    "config": path,
+                    "models": entries
+                        .iter()
+                        .map(|e| row(e.round, &e.model, e.counts()))
+                        .collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let pooled: Vec<_> = pooled
+            .iter()
+            .map(|p| row(p.round, &p.model, Some(p.counts.clone())))
+            .collect();
+        let out = serde_json::json!({ "sites": sites, "pooled": pooled });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("each model on this site's held-out patients (exact; kept on site, never sent)");
+    for (path, entries) in configs.iter().zip(&records) {
+        println!("{}", path.display());
+        print_validation_rows(
+            entries
+                .iter()
+                .map(|e| (e.round, e.model.as_str(), e.counts())),
+        );
+    }
+    if records.len() > 1 {
+        println!(
+            "pooled over these {} sites' records (a simulation: no coordinator can compute this)",
+            records.len()
+        );
+        print_validation_rows(
+            pooled
+                .iter()
+                .map(|p| (p.round, p.model.as_str(), Some(p.counts.clone()))),
+        );
+    }
+    Ok(())
+}
+
+/// One table of validation figures: a row per model.
+fn print_validation_rows<'a>(rows: impl Iterator<Item = (u64, &'a str, Option<EvalCounts>)>) {
+    println!(
+        "  {:>6}  {:<12}  {:>8}  {:>7}  {:>7}  {:>8}",
+        "round", "model", "patients", "AUC", "loss", "accuracy"
+    );
+    for (round, model, counts) in rows {
+        let short = model.get(..12).unwrap_or(model);
+        match counts.as_ref().and_then(EvalCounts::metrics) {
+            Some(m) => println!(
+                "  {round:>6}  {short:<12}  {:>8}  {:>7.4}  {:>7.4}  {:>8.4}",
+                m.examples,
+                m.auc.unwrap_or(f64::NAN),
+                m.loss,
+                m.accuracy
+            ),
+            None => println!("  {round:>6}  {short:<12}  no held-out patients"),
+        }
+    }
 }
 
 fn init_tracing() {

@@ -359,7 +359,8 @@ fn under_the_pld_accountant_the_same_budget_buys_less_noise_and_the_plan_still_f
     }
 }
 
-/// `PRIVATE` in distributed mode with a fixed noise multiplier (distributed DP takes the task's).
+/// `PRIVATE` in distributed mode with a fixed noise multiplier (distributed DP takes the task's)
+/// and exact evaluation counts (the forecast is then the statistics and the training rounds).
 const DISTRIBUTED: &str = r#"
 [privacy]
 target_epsilon = 8.0
@@ -367,6 +368,8 @@ delta = 1e-5
 noise_multiplier = 1.0
 max_grad_norm = 1.0
 mode = "distributed"
+[privacy.evaluation]
+noise = 0
 "#;
 
 /// `manifest` under distributed DP: q = 0.1, z = 1, C = 1, t = 3 of at most 3.
@@ -463,7 +466,10 @@ fn a_node_refuses_a_task_of_the_other_privacy_mode_naming_both() {
 #[test]
 fn a_local_cap_below_one_distributed_round_refuses_the_task() {
     let dir = tempfile::tempdir().unwrap();
-    let capped = format!("{DISTRIBUTED}max_local_epsilon = 0.01\n");
+    let capped = DISTRIBUTED.replace(
+        "mode = \"distributed\"",
+        "mode = \"distributed\"\nmax_local_epsilon = 0.01",
+    );
     let (schema, members) = hospital(dir.path(), &capped);
     write(dir.path(), distributed(&schema, &members));
     let output = plan(dir.path(), &["--json"]);

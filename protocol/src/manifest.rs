@@ -330,7 +330,8 @@ pub struct ReleasePlan {
     /// counts, no update).
     pub final_evaluation: bool,
     /// Training rounds evaluate their starting model every this many rounds: rounds 1,
-    /// 1 + k, 1 + 2k, …; the others release no evaluation or audit-group counts. 1: every round.
+    /// 1 + k, 1 + 2k, …; the others release no evaluation or audit-group counts. 1: every round;
+    /// [`FINAL_EVALUATION_ONLY`] (0): no training round, only the final evaluation.
     #[serde(default = "every_round")]
     pub evaluate_every: u64,
     /// Bins of the score histograms in the evaluation and audit-group counts.
@@ -345,6 +346,11 @@ impl ReleasePlan {
         self
     }
 }
+
+/// The evaluation schedule under which no training round evaluates: only the final model is
+/// evaluated (when [`ReleasePlan::final_evaluation`] is on). The cheapest schedule for hospitals
+/// that noise their evaluation counts.
+pub const FINAL_EVALUATION_ONLY: u64 = 0;
 
 /// The default evaluation schedule: every round.
 fn every_round() -> u64 {
@@ -376,14 +382,16 @@ impl ReleasePlan {
     /// ([`Self::evaluate_every`]), the evaluation-only round always.
     pub fn evaluates(&self, round: u64, train: bool) -> bool {
         !train
-            || round
-                .saturating_sub(1)
-                .is_multiple_of(self.evaluate_every.max(1))
+            || (self.evaluate_every != FINAL_EVALUATION_ONLY
+                && round.saturating_sub(1).is_multiple_of(self.evaluate_every))
     }
 
     /// How many of `rounds` training rounds evaluate, by the schedule.
     pub fn evaluated_rounds(&self, rounds: u64) -> u64 {
-        rounds.div_ceil(self.evaluate_every.max(1))
+        match self.evaluate_every {
+            FINAL_EVALUATION_ONLY => 0,
+            every => rounds.div_ceil(every),
+        }
     }
 
     /// Figures of one round's vector.
@@ -416,9 +424,6 @@ impl TaskManifest {
         }
         if training.local_epochs == 0 || training.batch_size == 0 {
             return invalid("local epochs and batch size must be at least 1");
-        }
-        if self.releases.evaluate_every == 0 {
-            return invalid("evaluate_every must be at least 1");
         }
         let bins = self.releases.score_bins;
         if let Err(e) = bins.check() {
@@ -737,7 +742,7 @@ pub enum Departure {
     /// The round's evaluation departs from the schedule: asked off schedule, or left out of the
     /// evaluation-only round.
     #[error(
-        "round {round} asks evaluate = {evaluate}; the manifest evaluates every {every} rounds"
+        "round {round} asks evaluate = {evaluate}; the manifest evaluates every {every} rounds (0: the final model only)"
     )]
     EvaluationSchedule {
         /// The round asked.
@@ -1083,8 +1088,18 @@ pub(crate) mod tests {
         let mut final_evaluation = start(&m, 4, false);
         final_evaluation.evaluate = false;
         assert!(m.check_round_start(&final_evaluation).is_err());
-        m.releases.evaluate_every = 0;
-        assert!(m.validate().is_err());
+        // Under the final-only schedule, no training round evaluates and none may.
+        m.releases.evaluate_every = FINAL_EVALUATION_ONLY;
+        m.validate().unwrap();
+        assert_eq!(m.releases.evaluated_rounds(3), 0);
+        assert!(m.releases.evaluates(4, false));
+        for round in 1..=3 {
+            let mut request = start(&m, round, true);
+            assert!(!request.evaluate);
+            assert_eq!(m.check_round_start(&request), Ok(()));
+            request.evaluate = true;
+            assert!(m.check_round_start(&request).is_err(), "round {round}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //!     "model_sha256": "<64 hex>",            ModelHash of the audited model
 //!     "checkpoint_sha256": "<64 hex>"|null,  SHA-256 of the checkpoint file's bytes, if known
 //!     "participants": ["node-a", …],
+//!     "absent_members": ["node-d", …],      members whose counts are missing; omitted if none
 //!     "privacy": [{"node": …, "epsilon": …, "delta": …}, …],
 //!     "evaluation": EvalMetrics | null,
 //!     "fairness": [{"attribute": …, "report": FairnessReport, "policy": PolicyOutcome}, …],
@@ -85,6 +86,14 @@ pub struct AuditReport {
     pub checkpoint_sha256: Option<String>,
     /// The nodes whose contributions made the model.
     pub participants: Vec<String>,
+    /// Consortium members whose held-out counts are not in this report's figures: the pooled
+    /// evaluation and the per-group figures come from the other members only. Two reports
+    /// whose figures come from different sets of hospitals do not compare like for like (a
+    /// group's figures can move because a hospital is missing, not because the model changed).
+    /// Empty, and then left out of the JSON (older reports read as empty), when every member
+    /// took part.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent_members: Vec<String>,
     /// Privacy spent by each node.
     pub privacy: Vec<NodePrivacy>,
     /// Pooled evaluation of the model, if one was run.
@@ -567,6 +576,7 @@ mod tests {
             model_sha256: file_sha256(format!("model {round}").as_bytes()),
             checkpoint_sha256: Some(file_sha256(format!("checkpoint {round}").as_bytes())),
             participants: vec!["hospital-a".to_owned(), "hospital-b".to_owned()],
+            absent_members: Vec::new(),
             privacy: vec![
                 NodePrivacy {
                     node: "hospital-a".to_owned(),
@@ -645,6 +655,31 @@ mod tests {
         file.windows(needle.len())
             .position(|w| w == needle.as_bytes())
             .unwrap()
+    }
+
+    #[test]
+    fn absent_members_are_signed_when_present_and_left_out_of_the_json_when_not() {
+        let key = key();
+        let complete = SignedReport::sign(content(1, None), &key).unwrap();
+        let complete_file = complete.to_json_pretty().unwrap();
+        // A report of every member reads as before: no key at all.
+        assert!(!String::from_utf8_lossy(&complete_file).contains("absent_members"));
+        let mut partial = content(2, Some(file_sha256(&complete_file)));
+        partial.absent_members = vec!["hospital-c".to_owned()];
+        let partial_file = SignedReport::sign(partial, &key)
+            .unwrap()
+            .to_json_pretty()
+            .unwrap();
+        let files = [complete_file, partial_file];
+        verify_chain(&files, &public_key(&key)).unwrap();
+        let read = SignedReport::from_json(&files[1]).unwrap().report;
+        assert_eq!(read.absent_members, ["hospital-c"]);
+        // The list is signed: dropping the absent member breaks the signature.
+        let edited = String::from_utf8(files[1].clone())
+            .unwrap()
+            .replace("\"hospital-c\"", "\"hospital-a\"")
+            .into_bytes();
+        assert!(verify_chain(&[files[0].clone(), edited], &public_key(&key)).is_err());
     }
 
     #[test]

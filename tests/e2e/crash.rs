@@ -16,7 +16,7 @@ use medfed_coordinator::store::{RoundStatus, Store};
 use medfed_e2e::process::workspace_binary;
 use medfed_e2e::{Consortium, strip_ansi, subscribe};
 use medfed_node::NodeConfig;
-use medfed_node::config::{NoiseMultiplier, PrivacyConfig, PrivacyMode};
+use medfed_node::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode};
 use medfed_node::egress::EgressLog;
 use medfed_node::ledger::{PrivacyLedger, Release, epsilon_of};
 use medfed_protocol::accounting::Accountant;
@@ -131,7 +131,7 @@ async fn crash_and_recover(points: &[PausePoint]) {
                 noise_multiplier: NoiseMultiplier::Fixed(1.0),
                 max_grad_norm: 1.0,
                 accountant: Accountant::Rdp,
-                evaluation: None,
+                evaluation: EvaluationNoiseConfig::exact(),
                 // Noised statistics, charged in round 0 (the default).
                 statistics: Default::default(),
                 mode: PrivacyMode::Local,

@@ -6,7 +6,8 @@
 use medfed_coordinator::config::DistributedDpConfig;
 use medfed_e2e::{Consortium, subscribe, tolerate_dropouts};
 use medfed_node::config::{
-    CrashPoint, NoiseMultiplier, PrivacyConfig, PrivacyMode, StatisticsNoiseConfig,
+    CrashPoint, EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode,
+    StatisticsNoiseConfig,
 };
 use medfed_node::egress::EgressLog;
 use medfed_node::ledger::{PrivacyLedger, Release, epsilon_of, local_epsilon_of};
@@ -21,7 +22,8 @@ fn distributed_policy() -> PrivacyConfig {
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
         accountant: Accountant::Rdp,
-        evaluation: None,
+        // Exact evaluation counts: the ledger holds the statistics and the training rounds.
+        evaluation: EvaluationNoiseConfig::exact(),
         // Noised statistics: their pooled example count is the coordinator's public N.
         statistics: StatisticsNoiseConfig::default(),
         mode: PrivacyMode::Distributed,

@@ -194,10 +194,10 @@ async fn with_evaluation_noise_the_audit_is_within_noise_of_the_pooled_data_and_
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
         accountant: Accountant::Rdp,
-        evaluation: Some(EvaluationNoiseConfig {
+        evaluation: EvaluationNoiseConfig {
             noise: sigma,
             loss_clip: MAX_EXAMPLE_LOSS,
-        }),
+        },
         // The default: noised statistics, charged in round 0.
         statistics: Default::default(),
         mode: PrivacyMode::Local,
@@ -346,4 +346,33 @@ async fn with_evaluation_noise_the_audit_is_within_noise_of_the_pooled_data_and_
     assert_eq!(audited, ["sex", "age", "sex×age"]);
     assert!(compared >= 5, "{compared} groups reported");
     assert!(differing > 0, "the audited counts carry no noise");
+}
+
+/// A member that never takes part: every audit report names it as absent (its held-out patients
+/// are not in the figures), and the page says which rounds' figures come from fewer than every
+/// member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_name_the_members_whose_counts_are_missing_and_the_page_marks_them() {
+    use medfed_protocol::report::SignedReport;
+
+    subscribe();
+    let members = ["hospital-a", "hospital-b", "hospital-c", "hospital-d"];
+    let consortium = Consortium::new(&members, 60);
+    let config = consortium.coordinator_config(1, 3);
+    let reports = config.data_dir.join("reports");
+    let (report, _) = consortium.train_with(config, &members[..3], |_| {}).await;
+    assert_eq!(report.last_round, 1);
+    for round in [0, 1] {
+        let path = reports.join(format!("round-{round:05}.json"));
+        let bytes = std::fs::read(&path).unwrap();
+        let signed = SignedReport::from_json(&bytes).unwrap().report;
+        assert_eq!(signed.participants, &members[..3], "{}", path.display());
+        assert_eq!(signed.absent_members, ["hospital-d"], "{}", path.display());
+    }
+    let page = std::fs::read_to_string(reports.join("index.html")).unwrap();
+    assert!(
+        page.contains("round 0 (absent: hospital-d); round 1 (absent: hospital-d)"),
+        "{page}"
+    );
+    assert!(page.contains("These figures come from 3 of the member hospitals: hospital-d"));
 }

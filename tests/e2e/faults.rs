@@ -13,7 +13,8 @@ use medfed_coordinator::CoordinatorError;
 use medfed_coordinator::store::{RoundStatus, Store};
 use medfed_e2e::{Consortium, subscribe, synthetic_csv, tolerate_dropouts};
 use medfed_node::config::{
-    CrashPoint, NoiseMultiplier, PrivacyConfig, PrivacyMode, StallPoint, StatisticsNoiseConfig,
+    CrashPoint, EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode, StallPoint,
+    StatisticsNoiseConfig,
 };
 use medfed_node::egress::EgressLog;
 use medfed_node::ledger::PrivacyLedger;
@@ -32,7 +33,7 @@ fn policy(target_epsilon: f64) -> PrivacyConfig {
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
         accountant: Accountant::Rdp,
-        evaluation: None,
+        evaluation: EvaluationNoiseConfig::exact(),
         statistics: StatisticsNoiseConfig::exact(),
         mode: PrivacyMode::Local,
         max_local_epsilon: None,

@@ -6,7 +6,7 @@
 use medfed_e2e::attacker::{ExchangeFailure, HandCoordinator, Puppet, SecureExchange, Step};
 use medfed_e2e::{Consortium, subscribe};
 use medfed_node::NodeConfig;
-use medfed_node::config::{NoiseMultiplier, PrivacyConfig, PrivacyMode};
+use medfed_node::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode};
 use medfed_node::egress::EgressEntry;
 use medfed_node::ledger::Release;
 use medfed_node::policy::{Fraction, NodePolicy};
@@ -508,6 +508,65 @@ async fn held_out_counts_of_different_models_over_overlapping_sets_are_released_
     coordinator.finish(&model).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_evaluation_off_the_manifest_schedule_is_declined_before_anything_is_computed() {
+    use medfed_e2e::attacker::Figures;
+    use medfed_protocol::manifest::FINAL_EVALUATION_ONLY;
+
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    // The signed plan the hospitals approve: the final model alone is evaluated.
+    coordinator.set_rounds(3);
+    coordinator.plan_mut().task.evaluate_every = FINAL_EVALUATION_ONLY;
+    for name in [A, B, C] {
+        let mut config = coordinator.node_config(name);
+        // The defaults: noised evaluation counts, each release charged.
+        config.privacy = Some(PrivacyConfig {
+            evaluation: Default::default(),
+            ..private_training()
+        });
+        coordinator.admit(config).await;
+    }
+    let model = coordinator.model(2);
+    coordinator.push_all(&model, 2).await;
+    // Round 2 asks for the evaluation counts anyway, with a well-formed setup sized for them.
+    let Figures::Round(mut layout) = coordinator.round_figures(&model, 2, true) else {
+        unreachable!("a round's figures")
+    };
+    assert!(!layout.evaluate);
+    layout.evaluate = true;
+    let setup = coordinator.setup(2, &[A, B, C], &Figures::Round(layout));
+    let start = RoundStart {
+        evaluate: true,
+        ..coordinator.round_start(&model, 2, 1, true, Some(setup))
+    };
+    for node in [A, B, C] {
+        let answer = coordinator
+            .ask(node, &Message::RoundStart(start.clone()))
+            .await;
+        assert_eq!(
+            decline_reason(&answer),
+            Some(&DeclineReason::Policy(PolicyViolation::DepartsFromManifest)),
+            "{node}: {answer:?}"
+        );
+        assert_only_refusals(&coordinator.egress(node), 2, node);
+        let charged: Vec<_> = coordinator
+            .ledger(node)
+            .into_iter()
+            .filter(|e| e.round == 2)
+            .collect();
+        assert!(charged.is_empty(), "{node} was charged: {charged:?}");
+    }
+    // The same round by the schedule (no evaluation) is taken: the decline was the schedule's.
+    let figures = coordinator.round_figures(&model, 2, true);
+    let setup = coordinator.setup(2, &[A, B, C], &figures);
+    let start = coordinator.round_start(&model, 2, 2, true, Some(setup));
+    let answer = coordinator.ask(A, &Message::RoundStart(start)).await;
+    assert!(matches!(answer, Message::SecAggKeys(_)), "{answer:?}");
+    coordinator.finish(&model).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. A release without a ledger entry.
 // ---------------------------------------------------------------------------------------------
@@ -872,7 +931,7 @@ fn private_training() -> PrivacyConfig {
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
         accountant: Accountant::Rdp,
-        evaluation: None,
+        evaluation: EvaluationNoiseConfig::exact(),
         statistics: Default::default(),
         mode: PrivacyMode::Local,
         max_local_epsilon: None,

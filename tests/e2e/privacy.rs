@@ -2,7 +2,9 @@
 //! ledger survives a restart.
 
 use medfed_e2e::{Consortium, allow_plaintext, subscribe, tolerate_dropouts};
-use medfed_node::config::{NoiseMultiplier, PrivacyConfig, PrivacyMode, StatisticsNoiseConfig};
+use medfed_node::config::{
+    EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode, StatisticsNoiseConfig,
+};
 use medfed_node::ledger::PrivacyLedger;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_protocol::accounting::Accountant;
@@ -37,7 +39,7 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
         accountant: Accountant::Rdp,
-        evaluation: None,
+        evaluation: EvaluationNoiseConfig::exact(),
         // Exact statistics: the budget pays for training alone.
         statistics: StatisticsNoiseConfig::exact(),
         mode: PrivacyMode::Local,
@@ -153,7 +155,7 @@ async fn budget_is_spent_once_the_noised_update_has_left_even_if_the_round_then_
         noise_multiplier: NoiseMultiplier::Fixed(1.0),
         max_grad_norm: 1.0,
         accountant: Accountant::Rdp,
-        evaluation: None,
+        evaluation: EvaluationNoiseConfig::exact(),
         // Exact statistics: the budget pays for training alone.
         statistics: StatisticsNoiseConfig::exact(),
         mode: PrivacyMode::Local,
@@ -206,7 +208,6 @@ async fn budget_is_spent_once_the_noised_update_has_left_even_if_the_round_then_
 
 #[test]
 fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budget() {
-    use medfed_node::config::EvaluationNoiseConfig;
     use medfed_node::ledger::Release;
     use medfed_protocol::eval_release::sensitivity;
     use medfed_protocol::evaluation::{EvalCounts, MAX_EXAMPLE_LOSS};
@@ -236,10 +237,10 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
             noise_multiplier: NoiseMultiplier::Fixed(1.0),
             max_grad_norm: 1.0,
             accountant: Accountant::Rdp,
-            evaluation: Some(EvaluationNoiseConfig {
+            evaluation: EvaluationNoiseConfig {
                 noise: sigma,
                 loss_clip: MAX_EXAMPLE_LOSS,
-            }),
+            },
             statistics: StatisticsNoiseConfig::exact(),
             mode: PrivacyMode::Local,
             max_local_epsilon: None,
@@ -310,16 +311,29 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
 /// hospital's automatic σ is chosen for the evaluations the schedule makes, not for one a round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rounds_off_the_evaluation_schedule_release_no_counts_and_are_not_charged_for_them() {
-    use medfed_node::config::EvaluationNoiseConfig;
+    check_evaluation_schedule(2, [true, false, true]).await;
+}
+
+/// `evaluate_every = "final"`: no training round evaluates; only the final model's counts are
+/// released and charged, and σ is planned for that one evaluation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_final_only_schedule_only_the_final_model_is_evaluated_and_charged() {
+    use medfed_protocol::manifest::FINAL_EVALUATION_ONLY;
+
+    check_evaluation_schedule(FINAL_EVALUATION_ONLY, [false; 3]).await;
+}
+
+/// Trains three rounds evaluating every `every` rounds, at hospitals that noise their counts
+/// (the default), and checks what `evaluated` (round by round) says left and was charged.
+async fn check_evaluation_schedule(every: u64, evaluated: [bool; 3]) {
     use medfed_node::egress::EgressLog;
     use medfed_node::ledger::Release;
-    use medfed_protocol::evaluation::MAX_EXAMPLE_LOSS;
 
     subscribe();
     let names = ["hospital-a", "hospital-b", "hospital-c"];
     let consortium = Consortium::new(&names, 80);
     let mut config = consortium.coordinator_config(3, 3);
-    config.task.evaluate_every = 2;
+    config.task.evaluate_every = every;
     let reports = config.data_dir.join("reports");
     let (report, nodes) = consortium
         .train_with(config, &names, |node| {
@@ -329,29 +343,34 @@ async fn rounds_off_the_evaluation_schedule_release_no_counts_and_are_not_charge
                 noise_multiplier: NoiseMultiplier::Auto,
                 max_grad_norm: 1.0,
                 accountant: Accountant::Rdp,
-                evaluation: Some(EvaluationNoiseConfig {
-                    noise: 5.0,
-                    loss_clip: MAX_EXAMPLE_LOSS,
-                }),
-                // The statistics noised by default: charged once, before round 1.
+                // The defaults: evaluation counts and statistics noised, the statistics charged
+                // once, before round 1.
+                evaluation: Default::default(),
                 statistics: Default::default(),
                 mode: PrivacyMode::Local,
                 max_local_epsilon: None,
             });
         })
         .await;
-    let evaluated: Vec<bool> = report
+    let seen: Vec<bool> = report
         .rounds
         .iter()
         .map(|r| r.start_model_evaluation.is_some())
         .collect();
-    assert_eq!(evaluated, [true, false, true]);
+    assert_eq!(seen, evaluated);
     assert!(report.final_evaluation.is_some());
-    // Audit reports of the models rounds 1 and 3 started from, and of the final one.
-    for (model_round, audited) in [(0, true), (1, false), (2, true), (3, true)] {
+    // Audit reports of the models the evaluating rounds started from, and of the final one.
+    let audited = evaluated.iter().copied().chain([true]);
+    for (model_round, audited) in audited.enumerate() {
         let path = reports.join(format!("round-{model_round:05}.json"));
         assert_eq!(path.is_file(), audited, "{}", path.display());
     }
+    let evaluation_rounds: Vec<u64> = evaluated
+        .iter()
+        .chain(&[true])
+        .zip(1..)
+        .filter_map(|(&e, round)| e.then_some(round))
+        .collect();
     for node in &nodes {
         let ledger = PrivacyLedger::read(&node.state_dir).unwrap();
         let charged = |release: Release| -> Vec<u64> {
@@ -363,7 +382,7 @@ async fn rounds_off_the_evaluation_schedule_release_no_counts_and_are_not_charge
         };
         assert_eq!(charged(Release::Statistics), [0]);
         assert_eq!(charged(Release::Training), [1, 2, 3]);
-        assert_eq!(charged(Release::EvaluationCounts), [1, 3, 4]);
+        assert_eq!(charged(Release::EvaluationCounts), evaluation_rounds);
         // The whole budget is planned for these releases: the last one ends just inside it.
         let last = ledger.last().unwrap().epsilon_after;
         assert!(
@@ -377,11 +396,19 @@ async fn rounds_off_the_evaluation_schedule_release_no_counts_and_are_not_charge
             .filter_map(|e| Some((e.round?, e.bytes)))
             .collect();
         let size = |round: u64| inputs.iter().find(|(r, _)| *r == round).unwrap().1;
-        assert!(
-            size(2) < size(1) && size(2) < size(3),
-            "{}: {inputs:?}",
-            node.state_dir.display()
-        );
+        for (round, &evaluates) in (1..).zip(&evaluated) {
+            if evaluates {
+                continue;
+            }
+            // A round off the schedule sends a smaller vector than every round that evaluates.
+            for &other in evaluation_rounds.iter().filter(|&&r| r <= 3) {
+                assert!(
+                    size(round) < size(other),
+                    "{}: {inputs:?}",
+                    node.state_dir.display()
+                );
+            }
+        }
     }
 }
 
@@ -417,7 +444,7 @@ fn noised_statistics_are_charged_to_the_ledger_counted_per_release_and_declined_
             noise_multiplier: NoiseMultiplier::Fixed(1.0),
             max_grad_norm: 1.0,
             accountant: Accountant::Rdp,
-            evaluation: None,
+            evaluation: EvaluationNoiseConfig::exact(),
             statistics,
             mode: PrivacyMode::Local,
             max_local_epsilon: None,
@@ -504,9 +531,9 @@ fn noised_statistics_are_charged_to_the_ledger_counted_per_release_and_declined_
     );
 }
 
-/// Issue 13's accounting rule, end to end: with every release private — noised statistics,
-/// noised evaluation counts on coarse histograms, DP-SGD, and the update weighed by the noised
-/// count — every message a node's egress log shows carrying figures derived from its patients has
+/// Issue 13's accounting rule, end to end: with every release private, as `[privacy]` makes it
+/// by default — noised statistics, noised evaluation counts (here on coarse histograms), DP-SGD,
+/// and the update weighed by the noised count — every message a node's egress log shows carrying figures derived from its patients has
 /// its ledger entries for exactly what it carried, and the ε the node declared is its ledger's
 /// entries composed from scratch, under either accountant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -514,9 +541,9 @@ async fn with_every_release_private_each_figure_message_is_in_the_ledger_and_the
  {
     use std::collections::BTreeMap;
 
-    use medfed_node::config::EvaluationNoiseConfig;
     use medfed_node::egress::EgressLog;
     use medfed_node::ledger::{Release, epsilon_of};
+    use medfed_node::validation::SiteValidation;
 
     subscribe();
     let names = ["hospital-a", "hospital-b", "hospital-c"];
@@ -543,10 +570,8 @@ async fn with_every_release_private_each_figure_message_is_in_the_ledger_and_the
                 noise_multiplier: NoiseMultiplier::Auto,
                 max_grad_norm: 1.0,
                 accountant,
-                evaluation: Some(EvaluationNoiseConfig {
-                    noise: 4.0,
-                    loss_clip: 4.0,
-                }),
+                // The defaults: evaluation counts and statistics noised.
+                evaluation: Default::default(),
                 statistics: Default::default(),
                 mode: PrivacyMode::Local,
                 max_local_epsilon: None,
@@ -612,6 +637,17 @@ async fn with_every_release_private_each_figure_message_is_in_the_ledger_and_the
         );
         // The weight is the statistics' noised count: no example count released on its own.
         assert!(ledger[0].released_count.is_some(), "{name}");
+        // The hospital's own exact check of every model it was sent (round 1's starting
+        // model to the final one), kept on site: one line per model, and no message for it.
+        let validation = SiteValidation::read(&config.state_dir).unwrap();
+        let checked: Vec<u64> = validation.iter().map(|v| v.round).collect();
+        assert_eq!(checked, (1..=rounds + 1).collect::<Vec<_>>(), "{name}");
+        assert!(
+            validation
+                .iter()
+                .all(|v| v.counts().is_some_and(|c| c.n > 0.0)),
+            "{name}"
+        );
 
         // ε from scratch, entry by entry and in all, is what the node recorded and declared.
         let policy = config.privacy.as_ref().unwrap();
