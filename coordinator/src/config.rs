@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use medfed_certs::TlsFiles;
+use medfed_protocol::distributed_dp::{DEFAULT_ROUNDING_BETA, DEFAULT_SCALED_CLIP};
 use medfed_protocol::evaluation::ScoreBins;
 use medfed_protocol::manifest::{
-    FINAL_EVALUATION_ONLY, FractionalBitsRule, SecureAggregationPlan, ThresholdRule, TrainingRule,
+    DistributedDpPlan, FINAL_EVALUATION_ONLY, FractionalBitsRule, SecureAggregationPlan,
+    ThresholdRule, TrainingRule,
 };
 use medfed_protocol::model::ModelConfig;
 use medfed_protocol::secagg::fixed_point::FixedPoint;
@@ -224,6 +226,63 @@ pub struct TaskConfig {
     /// so a consortium whose hospitals do chooses coarse histograms (for example 20 and 10).
     #[serde(default)]
     pub score_bins: ScoreBins,
+    /// Distributed differential privacy of the training rounds (`[task.distributed_dp]`):
+    /// each round is one DP-FedSGD step, the hospitals add their shares of the noise before
+    /// masking, and the coordinator divides the decoded sum by `sample_rate` times the pooled
+    /// noised example count of the statistics round. `None` (the default): each hospital
+    /// trains locally under its own policy.
+    #[serde(default)]
+    pub distributed_dp: Option<DistributedDpConfig>,
+}
+
+/// `[task.distributed_dp]`: what every hospital in distributed mode approves in the manifest.
+///
+/// ```toml
+/// [task.distributed_dp]
+/// sample_rate = 0.1        # q: each training row is in a round's sample with this probability
+/// noise_multiplier = 1.0   # z: the noise of the sum of `threshold` shares, in clipping norms
+/// clip_norm = 1.0          # C: per-example L2 clipping norm
+/// threshold = 2            # t: the secure-aggregation threshold (fixed)
+/// max_nodes = 3            # n: the most participants a round may have
+/// # scale = 16384 / clip_norm, rounding_beta = 2^-20 by default
+/// ```
+///
+/// Secure aggregation must be on, over the complete graph; its threshold is fixed at
+/// `threshold` (leave `[secure_aggregation] threshold` unset, or set it to the same value).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributedDpConfig {
+    /// q.
+    pub sample_rate: f64,
+    /// z.
+    pub noise_multiplier: f64,
+    /// C.
+    pub clip_norm: f64,
+    /// t.
+    pub threshold: usize,
+    /// n.
+    pub max_nodes: usize,
+    /// γ; default `DEFAULT_SCALED_CLIP / clip_norm`.
+    #[serde(default)]
+    pub scale: Option<f64>,
+    /// β of conditional rounding; default `DEFAULT_ROUNDING_BETA`.
+    #[serde(default)]
+    pub rounding_beta: Option<f64>,
+}
+
+impl DistributedDpConfig {
+    /// The plan as the manifest states it, defaults filled in.
+    pub fn plan(&self) -> DistributedDpPlan {
+        DistributedDpPlan {
+            sample_rate: self.sample_rate,
+            noise_multiplier: self.noise_multiplier,
+            clip_norm: self.clip_norm,
+            scale: self.scale.unwrap_or(DEFAULT_SCALED_CLIP / self.clip_norm),
+            rounding_beta: self.rounding_beta.unwrap_or(DEFAULT_ROUNDING_BETA),
+            threshold: self.threshold as u64,
+            max_nodes: self.max_nodes as u64,
+        }
+    }
 }
 
 /// Local training hyper-parameters sent to every node.

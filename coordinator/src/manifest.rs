@@ -50,8 +50,11 @@ pub fn task_manifest(
         strategy: strategy_record(&config.strategy),
         secure_aggregation: secure.enabled.then(|| SecureAggregationPlan {
             neighbours: secure.neighbours.map(|k| k as u64),
+            // Distributed DP fixes the threshold at its t unless the configuration sets one
+            // (the manifest's validation refuses two that differ).
             threshold: secure
                 .threshold
+                .or_else(|| task.distributed_dp.as_ref().map(|d| d.threshold))
                 .map_or(ThresholdRule::TwoThirdsPlusOne, |t| {
                     ThresholdRule::Fixed(t as u64)
                 }),
@@ -60,15 +63,23 @@ pub fn task_manifest(
                 .fractional_bits
                 .map_or(FractionalBitsRule::Fit, FractionalBitsRule::Fixed),
         }),
-        releases: ReleasePlan {
-            evaluate_every: config.task.evaluate_every,
-            ..ReleasePlan::for_task(
-                schema.stats_len(),
-                schema.audit_groups().len(),
-                params,
-                config.task.score_bins,
-            )
+        releases: {
+            let releases = ReleasePlan {
+                evaluate_every: config.task.evaluate_every,
+                ..ReleasePlan::for_task(
+                    schema.stats_len(),
+                    schema.audit_groups().len(),
+                    params,
+                    config.task.score_bins,
+                )
+            };
+            if task.distributed_dp.is_some() {
+                releases.distributed()
+            } else {
+                releases
+            }
         },
+        distributed_dp: task.distributed_dp.as_ref().map(|d| d.plan()),
     })
 }
 
@@ -164,4 +175,111 @@ pub enum ManifestBuildError {
         /// Cause.
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use medfed_protocol::distributed_dp::{DEFAULT_ROUNDING_BETA, DEFAULT_SCALED_CLIP};
+    use medfed_protocol::manifest::{DistributedDpPlan, PrivacyMode};
+
+    use super::*;
+
+    const SCHEMA: &str = r#"
+sensitive = ["sex"]
+[label]
+column = "outcome"
+positive = ["1"]
+negative = ["0"]
+[[columns]]
+name = "age"
+type = "numeric"
+range = [0, 120]
+[[columns]]
+name = "sex"
+type = "categorical"
+levels = ["F", "M"]
+"#;
+
+    const CONFIG: &str = r#"
+listen = "127.0.0.1:7400"
+data_dir = "state"
+schema = "schema.toml"
+members = "members.toml"
+[tls]
+ca_cert = "ca.pem"
+cert = "coordinator.pem"
+key = "coordinator.key"
+[task]
+model = { kind = "mlp", hidden = [4] }
+rounds = 5
+min_nodes = 3
+[task.distributed_dp]
+sample_rate = 0.05
+noise_multiplier = 1.2
+clip_norm = 0.5
+threshold = 3
+max_nodes = 4
+"#;
+
+    fn members() -> MemberList {
+        MemberList::parse(
+            "[[member]]\nname = \"a\"\nkey_sha256 = \"0000000000000000000000000000000000000000000000000000000000000001\"\n",
+        )
+        .unwrap()
+    }
+
+    fn manifest(extra: &str) -> Result<TaskManifest, ManifestBuildError> {
+        let config =
+            CoordinatorConfig::parse(&format!("{CONFIG}{extra}"), Path::new("/site")).unwrap();
+        task_manifest(&config, &Schema::parse(SCHEMA).unwrap(), &members())
+    }
+
+    #[test]
+    fn the_task_s_distributed_dp_becomes_the_manifest_s_with_its_threshold_fixed() {
+        let m = manifest("").unwrap();
+        assert_eq!(m.privacy_mode(), PrivacyMode::Distributed);
+        assert_eq!(
+            m.distributed_dp,
+            Some(DistributedDpPlan {
+                sample_rate: 0.05,
+                noise_multiplier: 1.2,
+                clip_norm: 0.5,
+                scale: DEFAULT_SCALED_CLIP / 0.5,
+                rounding_beta: DEFAULT_ROUNDING_BETA,
+                threshold: 3,
+                max_nodes: 4,
+            })
+        );
+        let secure = m.secure_aggregation.as_ref().unwrap();
+        assert_eq!(secure.threshold, ThresholdRule::Fixed(3));
+        // The update block is the model's words, no weight.
+        assert_eq!(m.releases.update_figures, m.model.layout().len() as u64);
+        m.validate().unwrap();
+    }
+
+    #[test]
+    fn a_distributed_task_the_manifest_cannot_carry_is_refused_before_it_is_signed() {
+        // Another secure-aggregation threshold than t, or neighbours, or no noise.
+        for (extra, needle) in [
+            ("[secure_aggregation]\nthreshold = 2\n", "threshold"),
+            ("[secure_aggregation]\nneighbours = 2\n", "complete graph"),
+            (
+                "[secure_aggregation]\nenabled = false\n",
+                "needs secure aggregation",
+            ),
+        ] {
+            let m = manifest(extra).unwrap();
+            let error = m.validate().unwrap_err().to_string();
+            assert!(error.contains(needle), "{extra}: {error}");
+        }
+        let silent = CONFIG.replace("noise_multiplier = 1.2", "noise_multiplier = 0.0");
+        let config = CoordinatorConfig::parse(&silent, Path::new("/site")).unwrap();
+        let m = task_manifest(&config, &Schema::parse(SCHEMA).unwrap(), &members()).unwrap();
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("noise multiplier")
+        );
+    }
 }

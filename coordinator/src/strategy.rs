@@ -212,6 +212,33 @@ pub fn mean_delta(sum_delta: &[f64], sum_n: f64) -> Result<Vec<f64>, StrategyErr
     Ok(sum_delta.iter().map(|d| d / sum_n).collect())
 }
 
+/// Distributed DP's pseudo-update: `−learning_rate · gradient_sum / denominator`, the step one
+/// round of DP-FedSGD takes, where `gradient_sum` is the decoded sum of clipped per-example
+/// gradients plus the noise, and `denominator` the public `q·N` (never a node's own batch
+/// size). It is what one local SGD step of `learning_rate` from the global model would send
+/// as its update, so every server optimiser takes it as it takes a mean of local updates:
+/// FedAvg at server rate 1 steps `w − lr·ḡ` (DP-SGD's step); FedAdam and FedYogi use it as
+/// their pseudo-gradient (with the sign of an update, as for local training), and their
+/// output is a post-processing of the noised sum, so it costs no privacy.
+///
+/// `denominator` must be positive and finite, and every value finite.
+pub fn distributed_delta(
+    gradient_sum: &[f64],
+    denominator: f64,
+    learning_rate: f64,
+) -> Result<Vec<f64>, StrategyError> {
+    if !(denominator.is_finite() && denominator > 0.0) {
+        return Err(StrategyError::NoExamples { sum_n: denominator });
+    }
+    if let Some(index) = gradient_sum.iter().position(|g| !g.is_finite()) {
+        return Err(StrategyError::NonFinite { index });
+    }
+    Ok(gradient_sum
+        .iter()
+        .map(|g| -learning_rate * g / denominator)
+        .collect())
+}
+
 /// A strategy that cannot be built or applied.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[non_exhaustive]
@@ -566,6 +593,32 @@ mod tests {
         let json = serde_json::to_value(adam(0.1, 0.8, 0.9, 1e-2)).unwrap();
         assert_eq!(json["name"], "fed_adam");
         assert!(serde_json::from_str::<StrategyConfig>(r#"{"name":"fed_avg","lr":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_distributed_round_under_fed_avg_is_one_sgd_step_over_the_public_denominator() {
+        // Σg = (4, −8) over q·N = 2 is the mean gradient (2, −4); lr 0.5 steps it to (−1, 2).
+        let delta = distributed_delta(&[4.0, -8.0], 2.0, 0.5).unwrap();
+        assert_eq!(delta, vec![-1.0, 2.0]);
+        let mut optimizer = build_optimizer(
+            &StrategyConfig::FedAvg {
+                server_learning_rate: 1.0,
+            },
+            2,
+            None,
+        )
+        .unwrap();
+        let mut w = [1.0f32, 1.0];
+        optimizer.try_apply(&mut w, &delta).unwrap();
+        assert_eq!(w, [0.0, 3.0]);
+        assert_eq!(
+            distributed_delta(&[1.0], 0.0, 0.1),
+            Err(StrategyError::NoExamples { sum_n: 0.0 })
+        );
+        assert_eq!(
+            distributed_delta(&[1.0, f64::NAN], 1.0, 0.1),
+            Err(StrategyError::NonFinite { index: 1 })
+        );
     }
 
     #[test]

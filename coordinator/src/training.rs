@@ -14,6 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use medfed_certs::channel::{ChannelError, server_endpoint};
 use medfed_certs::{ConsortiumVerifier, MemberList, load_report_signing_key};
 use medfed_protocol::contribution::RoundLayout;
+use medfed_protocol::distributed_dp::{DdpError, DdpParams};
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::manifest::{SecureAggregationPlan, TaskManifest};
 use medfed_protocol::messages::{
@@ -42,7 +43,9 @@ use crate::phases::{Phase, PhaseClock};
 use crate::registry::{NodeHandle, Registry};
 use crate::reports::{ReportWriteError, ReportWriter};
 use crate::store::{CompletedRound, Store, StoreError};
-use crate::strategy::{ServerOptimizer, StrategyError, build_optimizer, mean_delta};
+use crate::strategy::{
+    ServerOptimizer, StrategyError, build_optimizer, distributed_delta, mean_delta,
+};
 
 /// Key of the federated standardisation in the state store.
 const STANDARDIZATION_KEY: &str = "standardization";
@@ -262,6 +265,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         left_out: Mutex::new(BTreeMap::new()),
         sum_buffer: Mutex::new(Vec::new()),
         peer_verifier,
+        distributed: None,
     };
     let training = tokio::spawn(async move {
         let result = trainer.run().await;
@@ -303,6 +307,17 @@ struct Trainer {
     /// Checks the nodes' signatures on the survivor set against their certificates, so that a
     /// bad one is left out rather than relayed (every node would then refuse to unmask).
     peer_verifier: ConsortiumVerifier,
+    /// Under distributed DP (`[task.distributed_dp]`), what decodes each round's sum; set once
+    /// the statistics round has given the public denominator.
+    distributed: Option<DistributedDecoder>,
+}
+
+/// How the coordinator reads a distributed-DP update block: the parameters every node built
+/// from the manifest, and the public denominator `q·N` (`N` the pooled noised example count of
+/// the statistics round), never a figure a node reports about its batch.
+struct DistributedDecoder {
+    params: DdpParams,
+    denominator: f64,
 }
 
 /// A node's answer to one exchange: its index in the round, the node, and what it sent.
@@ -318,6 +333,8 @@ struct Gathered {
     privacy: Vec<(String, PrivacySpent)>,
     /// Nodes that declined because the round would take them past their privacy budget.
     budget_spent: Vec<String>,
+    /// Under distributed DP, the round's pseudo-update `−lr·Σg/(q·N)` decoded from the sum.
+    distributed_delta: Option<Vec<f64>>,
 }
 
 impl Gathered {
@@ -382,6 +399,7 @@ impl Trainer {
             info!(connected, wanted = start, "starting");
         }
         let standardization = self.standardization().await?;
+        self.distributed = self.distributed_decoder()?;
         let mut reports = Vec::new();
         let mut checkpoint = None;
         let mut stopped_early = None;
@@ -477,6 +495,40 @@ impl Trainer {
         .await
     }
 
+    /// The decoder of distributed-DP update blocks, when the manifest plans distributed DP:
+    /// its parameters, and the public denominator `q·N` with `N` the pooled noised example
+    /// count the statistics round gave. Without that count the task cannot start.
+    fn distributed_decoder(&self) -> Result<Option<DistributedDecoder>, CoordinatorError> {
+        let (Some(plan), Some(params)) = (
+            self.manifest.distributed_dp.as_ref(),
+            self.manifest.distributed_params(),
+        ) else {
+            return Ok(None);
+        };
+        let params = params.map_err(|e| CoordinatorError::DistributedDp(e.to_string()))?;
+        let summary = lock(&self.store).get_json::<FederatedSummary>(SUMMARY_KEY)?;
+        let Some(summary) = summary.filter(|s| s.n > 0) else {
+            return Err(CoordinatorError::DistributedDp(
+                "the statistics round left no pooled example count N to divide the sum by (q·N)"
+                    .into(),
+            ));
+        };
+        let denominator = plan.sample_rate * summary.n as f64;
+        info!(
+            sample_rate = plan.sample_rate,
+            pooled_examples = summary.n,
+            denominator,
+            noise_multiplier = plan.noise_multiplier,
+            threshold = plan.threshold,
+            noise_std_at_threshold = params.noise_std_of_sum(params.config().threshold),
+            "distributed DP: each round is one DP-FedSGD step over the public denominator q·N"
+        );
+        Ok(Some(DistributedDecoder {
+            params,
+            denominator,
+        }))
+    }
+
     /// Runs round `round` until it is applied or the attempts run out; `None` when too few
     /// nodes have privacy budget left for it (training stops: they would decline every retry).
     async fn train_round(
@@ -560,10 +612,12 @@ impl Trainer {
             evaluate,
             groups: self.schema.audit_groups().len(),
             bins: score_bins,
+            distributed: train && self.distributed.is_some(),
         };
         let session = self.session;
         let model_hash = self.model.hash();
         let plan = self.manifest.training.plan(round);
+        let learning_rate = plan.learning_rate;
         let collection = Collection {
             round,
             kind: ContributionKind::Round,
@@ -585,8 +639,11 @@ impl Trainer {
             }),
             encoding: Box::new(move |fixed| layout.encoding(fixed)),
         };
-        let gathered = self.gather(collection).await?;
-        if train {
+        let mut gathered = self.gather(collection).await?;
+        if layout.distributed {
+            gathered.distributed_delta =
+                Some(self.distributed_delta(&gathered, layout, learning_rate)?);
+        } else if train {
             self.check_example_count(&gathered)?;
         }
         if evaluate && evaluated_with.is_none() {
@@ -597,6 +654,33 @@ impl Trainer {
                 .map_err(|e| RoundFailure::Store(e.to_string()))?;
         }
         Ok((gathered, layout))
+    }
+
+    /// Under distributed DP, the round's pseudo-update from the unmasked sum: the words
+    /// decoded over the survivors ([`DdpParams::decode_sum`], which refuses a sum over fewer
+    /// than `t` or a coordinate out of range), divided by the public `q·N`, times `−lr`.
+    fn distributed_delta(
+        &self,
+        gathered: &Gathered,
+        layout: RoundLayout,
+        learning_rate: f64,
+    ) -> Result<Vec<f64>, RoundFailure> {
+        let decoder = self
+            .distributed
+            .as_ref()
+            .ok_or_else(|| RoundFailure::Store("no distributed-DP decoder".into()))?;
+        let words = layout
+            .decode(&gathered.sum)
+            .and_then(|totals| totals.distributed_sum)
+            .ok_or_else(|| RoundFailure::Store("the sum does not fit the round layout".into()))?;
+        let gradient_sum = decoder
+            .params
+            .decode_sum(&words, gathered.participants.len())?;
+        Ok(distributed_delta(
+            &gradient_sum,
+            decoder.denominator,
+            learning_rate,
+        )?)
     }
 
     /// The hospitals whose held-out counts were first summed, if any were.
@@ -1081,10 +1165,15 @@ impl Trainer {
             Vec::new()
         };
         audit::log(&fairness);
-        let (delta, weight) = totals
-            .update
-            .ok_or_else(|| CoordinatorError::Internal("no update block".into()))?;
-        let mean = mean_delta(&delta, weight)?;
+        let mean = match gathered.distributed_delta {
+            Some(delta) => delta,
+            None => {
+                let (delta, weight) = totals
+                    .update
+                    .ok_or_else(|| CoordinatorError::Internal("no update block".into()))?;
+                mean_delta(&delta, weight)?
+            }
+        };
         let mut params = self.model.params.clone();
         let optimizer = self
             .optimizer
@@ -1444,6 +1533,10 @@ enum RoundFailure {
     },
     #[error("state store: {0}")]
     Store(String),
+    #[error("the distributed-DP update cannot be decoded: {0}")]
+    DistributedDecode(#[from] DdpError),
+    #[error("the distributed-DP update cannot be averaged: {0}")]
+    DistributedAverage(#[from] StrategyError),
 }
 
 /// Why the coordinator stopped.
@@ -1505,6 +1598,10 @@ pub enum CoordinatorError {
         /// Cause.
         source: medfed_certs::CertError,
     },
+    /// Distributed DP cannot start: its configuration is not usable for the model, or the
+    /// statistics round left no pooled example count to divide by.
+    #[error("distributed DP cannot start: {0}")]
+    DistributedDp(String),
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),

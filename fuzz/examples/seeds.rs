@@ -184,6 +184,7 @@ fn every_message() -> Vec<Message> {
                         update_clip: 1024.0,
                         fractional_bits: FractionalBitsRule::Fit,
                     }),
+                    distributed_dp: None,
                 },
                 signature: "ab".repeat(64),
             },

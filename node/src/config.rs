@@ -75,7 +75,22 @@ pub struct PrivacyConfig {
     /// [`DEFAULT_STATISTICS_NOISE`].
     #[serde(default)]
     pub statistics: StatisticsNoiseConfig,
+    /// Where the training noise is added (`mode = "local"`, the default: this node's own
+    /// DP-SGD; or `"distributed"`: the node adds its share of the noise of one global DP-FedSGD
+    /// step before secure aggregation masks it, as the task manifest's `distributed_dp` says).
+    /// The node joins only a task of its own mode.
+    #[serde(default)]
+    pub mode: PrivacyMode,
+    /// In distributed mode, the most local ε the node accepts (at `delta`): the guarantee of
+    /// its own noise share alone, against the other hospitals colluding with the coordinator.
+    /// `None` (the default): the local figure is reported but not capped. The central figure is
+    /// capped by `target_epsilon`.
+    #[serde(default)]
+    pub max_local_epsilon: Option<f64>,
 }
+
+/// Where a node's training noise is added (`[privacy] mode`): `local` or `distributed`.
+pub use medfed_protocol::manifest::PrivacyMode;
 
 /// σ of the statistics' noise when `[privacy.statistics]` does not set one.
 ///
@@ -422,6 +437,14 @@ impl PrivacyConfig {
                 "privacy.statistics: {e} (0 turns the noise off)"
             )));
         }
+        if let Some(local) = self.max_local_epsilon
+            && !(local.is_finite() && local > 0.0)
+        {
+            return invalid("max_local_epsilon must be a positive number");
+        }
+        if self.max_local_epsilon.is_some() && self.mode != PrivacyMode::Distributed {
+            return invalid("max_local_epsilon applies only with mode = \"distributed\"");
+        }
         Ok(())
     }
 }
@@ -567,5 +590,48 @@ members = "members.toml"
             NodeConfig::parse(&bad, Path::new(".")),
             Err(NodeConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn the_privacy_mode_defaults_to_local_and_distributed_may_cap_the_local_epsilon() {
+        let base = r#"
+coordinator = "127.0.0.1:7400"
+state_dir = "state"
+[tls]
+ca_cert = "ca.pem"
+cert = "h1.pem"
+key = "h1.key"
+[data]
+csv = "/data/h1.csv"
+schema = "schema.toml"
+[policy]
+members = "members.toml"
+[privacy]
+target_epsilon = 8.0
+delta = 1e-5
+noise_multiplier = 1.0
+max_grad_norm = 1.0
+"#;
+        let parse = |extra: &str| {
+            NodeConfig::parse(&format!("{base}{extra}"), Path::new("/site"))
+                .map(|c| c.privacy.unwrap())
+        };
+        let local = parse("").unwrap();
+        assert_eq!(
+            (local.mode, local.max_local_epsilon),
+            (PrivacyMode::Local, None)
+        );
+        let distributed = parse("mode = \"distributed\"\nmax_local_epsilon = 40.0\n").unwrap();
+        assert_eq!(
+            (distributed.mode, distributed.max_local_epsilon),
+            (PrivacyMode::Distributed, Some(40.0))
+        );
+        for bad in [
+            "mode = \"central\"\n",
+            "mode = \"distributed\"\nmax_local_epsilon = 0.0\n",
+            "max_local_epsilon = 40.0\n",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -8,10 +8,11 @@ use std::collections::{HashMap, HashSet};
 
 use medfed_protocol::accounting::Mechanism;
 use medfed_protocol::contribution::{LocalUpdate, RoundLayout, RoundResult};
+use medfed_protocol::distributed_dp::DdpParams;
 use medfed_protocol::eval_release::EvaluationNoise;
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics, ScoreBins};
 use medfed_protocol::fairness::GroupCounts;
-use medfed_protocol::manifest::{Departure, Digest32, SignedManifest, TaskManifest};
+use medfed_protocol::manifest::{Departure, Digest32, PrivacyMode, SignedManifest, TaskManifest};
 use medfed_protocol::messages::{
     Contribution, ContributionKind, DeclineReason, Declined, FigureOutOfRange, Message,
     ModelReceived, PlainFigures, PolicyViolation, PrivacySpent, RefusalReason, Refused, RoundKeys,
@@ -35,9 +36,10 @@ use crate::config::{NoiseMultiplier, PrivacyConfig};
 use crate::data::Dataset;
 use crate::egress::now_ms;
 use crate::examples::Examples;
-use crate::ledger::{LedgerEntry, PrivacyLedger, Release, epsilon_of};
+use crate::ledger::{LedgerEntry, PrivacyLedger, Release, epsilon_of, local_epsilon_of};
 use crate::manifest::{
-    LISTED_ROUNDS, ManifestApproval, ManifestRefusal, PrivacyForecast, RoundCost, check_manifest,
+    LISTED_ROUNDS, LocalForecast, ManifestApproval, ManifestRefusal, PrivacyForecast, RoundCost,
+    check_manifest,
 };
 use crate::policy::{NodePolicy, PolicyGate};
 use crate::progress::Progress;
@@ -114,12 +116,37 @@ pub struct Privacy {
 
 /// The noise of one round's private releases and what they will cost.
 struct PrivateRound {
-    /// DP-SGD settings, in training rounds.
+    /// DP-SGD settings, in training rounds of a task in local mode.
     dp: Option<DpConfig>,
+    /// Distributed DP's round, in training rounds of a task in distributed mode.
+    distributed: Option<DistributedStep>,
     /// Noise on the evaluation counts, when the hospital asks for it.
     evaluation: Option<EvaluationNoise>,
     /// The round's releases in the order they are recorded: training first.
     releases: Vec<PlannedRelease>,
+}
+
+/// One round of distributed DP, as the approved manifest sets it: the parameters every node
+/// and the coordinator build from it, and the per-example sampling rate.
+struct DistributedStep {
+    params: DdpParams,
+    sample_rate: f64,
+}
+
+impl DistributedStep {
+    /// The step a task under `manifest` asks for, if it plans distributed DP.
+    fn of(manifest: &TaskManifest) -> Result<Option<Self>, DeclineReason> {
+        let Some(plan) = &manifest.distributed_dp else {
+            return Ok(None);
+        };
+        let params = plan
+            .params(manifest.model.layout().len())
+            .map_err(|e| local_failure(format!("distributed DP: {e}")))?;
+        Ok(Some(Self {
+            params,
+            sample_rate: plan.sample_rate,
+        }))
+    }
 }
 
 /// One release a round will make and the ε spent once it counts.
@@ -128,6 +155,8 @@ struct PlannedRelease {
     terms: ReleaseTerms,
     /// ε spent once this release counts, the round's earlier releases included.
     epsilon_after: f64,
+    /// For a node in distributed mode, the local ε spent once it counts.
+    local_epsilon_after: Option<f64>,
     /// The noised example count an [`Release::ExampleCount`] release carries.
     released_count: Option<f64>,
 }
@@ -139,6 +168,8 @@ struct PlannedRelease {
 struct ReleaseTerms {
     release: Release,
     mechanisms: Vec<Mechanism>,
+    /// The local guarantee of a distributed release (empty: the same as `mechanisms`).
+    local_mechanisms: Vec<Mechanism>,
     sample_rate: f64,
     noise_multiplier: f64,
     steps: u64,
@@ -154,9 +185,24 @@ impl ReleaseTerms {
                 noise_multiplier,
                 steps,
             }],
+            local_mechanisms: Vec::new(),
             sample_rate,
             noise_multiplier,
             steps,
+        }
+    }
+
+    /// One round of distributed DP: centrally the sum of `t` shares, locally this node's share
+    /// alone (`docs/DISTRIBUTED_DP.md` §3).
+    fn distributed(step: &DistributedStep) -> Self {
+        let q = step.sample_rate;
+        Self {
+            release: Release::DistributedTraining,
+            mechanisms: vec![step.params.central_mechanism(q, 1)],
+            local_mechanisms: vec![step.params.local_mechanism(q, 1)],
+            sample_rate: q,
+            noise_multiplier: step.params.config().noise_multiplier,
+            steps: 1,
         }
     }
 
@@ -166,6 +212,7 @@ impl ReleaseTerms {
         Self {
             release,
             mechanisms,
+            local_mechanisms: Vec::new(),
             sample_rate: 1.0,
             noise_multiplier,
             steps: 1,
@@ -175,6 +222,20 @@ impl ReleaseTerms {
     /// The mechanisms of `times` such releases.
     fn repeated(&self, times: u64) -> impl Iterator<Item = Mechanism> + '_ {
         self.mechanisms.iter().map(move |m| m.repeated(times))
+    }
+
+    /// The mechanisms the local composition counts for this release.
+    fn local(&self) -> &[Mechanism] {
+        if self.local_mechanisms.is_empty() {
+            &self.mechanisms
+        } else {
+            &self.local_mechanisms
+        }
+    }
+
+    /// The local mechanisms of `times` such releases.
+    fn repeated_local(&self, times: u64) -> impl Iterator<Item = Mechanism> + '_ {
+        self.local().iter().map(move |m| m.repeated(times))
     }
 
     /// The ledger entry of this release, made in `round`, once it counts.
@@ -191,6 +252,8 @@ impl ReleaseTerms {
             delta: privacy.config.delta,
             epsilon_after,
             released_count: None,
+            local_mechanisms: self.local_mechanisms,
+            local_epsilon_after: None,
         }
     }
 }
@@ -301,29 +364,69 @@ impl Hospital {
             .map(|epsilon| (epsilon, delta))
     }
 
-    /// The noise of a round's private releases — DP-SGD in a training round, the evaluation
-    /// counts' noise when the hospital turned it on — or why the node must decline it: a round
-    /// that would take the node past its budget is refused before any computation. `None`:
-    /// the round releases nothing private.
-    fn private_round(&self, start: &RoundStart) -> Result<Option<PrivateRound>, DeclineReason> {
+    /// The hospital's privacy mode: its `[privacy] mode`, local without a `[privacy]` section.
+    fn privacy_mode(&self) -> PrivacyMode {
+        self.privacy
+            .as_ref()
+            .map_or(PrivacyMode::Local, |p| p.config.mode)
+    }
+
+    /// The distributed-DP step of the approved task (`None` in a local task), or why the node
+    /// must decline: the task's privacy mode is not the hospital's (a hospital in distributed
+    /// mode without an approved distributed manifest counts as facing a local task).
+    fn distributed_step(&self) -> Result<Option<DistributedStep>, DeclineReason> {
+        let step = match &self.manifest {
+            Some((manifest, _)) => DistributedStep::of(manifest)?,
+            None => None,
+        };
+        let task = if step.is_some() {
+            PrivacyMode::Distributed
+        } else {
+            PrivacyMode::Local
+        };
+        let node = self.privacy_mode();
+        if node != task {
+            tracing::warn!(%node, %task, "declining: the task's privacy mode is not the hospital's");
+            return Err(DeclineReason::Policy(PolicyViolation::PrivacyMode {
+                node,
+                task,
+            }));
+        }
+        Ok(step)
+    }
+
+    /// The noise of a round's private releases — DP-SGD in a training round (or distributed
+    /// DP's share in a distributed task), the evaluation counts' noise when the hospital turned
+    /// it on — or why the node must decline it: a round that would take the node past its
+    /// budget (central, and in distributed mode local) is refused before any computation.
+    /// `None`: the round releases nothing private.
+    fn private_round(
+        &self,
+        start: &RoundStart,
+        distributed: Option<DistributedStep>,
+    ) -> Result<Option<PrivateRound>, DeclineReason> {
         let Some(privacy) = &self.privacy else {
             return Ok(None);
         };
         let config = &privacy.config;
         let evaluation = evaluation_noise(config)?;
         let statistics = statistics_noise(config)?;
+        let distributed = distributed.filter(|_| start.train);
         let (mut planned, dp) = self.round_releases(
             config,
             (evaluation.as_ref(), statistics.as_ref()),
             self.schedule,
-            start.train,
-            start.evaluate,
+            (start.train, start.evaluate),
             &start.plan,
+            distributed.as_ref(),
         )?;
         // A node that has released no noised example count (it missed the statistics round)
-        // releases one now, once, to weigh its update with (see `update_weight`).
+        // releases one now, once, to weigh its update with (see `update_weight`). A distributed
+        // round has no weight.
         let mut count = None;
-        if let Some(noise) = statistics.as_ref().filter(|_| start.train)
+        if let Some(noise) = statistics
+            .as_ref()
+            .filter(|_| start.train && distributed.is_none())
             && privacy.ledger.released_count().is_none()
         {
             let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
@@ -341,30 +444,43 @@ impl Hospital {
             return Ok(None);
         }
         let mut releases = Vec::with_capacity(planned.len());
-        let mut next = Vec::new();
+        let (mut next, mut next_local) = (Vec::new(), Vec::new());
         for terms in planned {
             next.extend_from_slice(&terms.mechanisms);
+            next_local.extend_from_slice(terms.local());
             let epsilon_after = privacy
                 .ledger
                 .epsilon(config.accountant, &next, config.delta)
+                .map_err(accountant_failure)?;
+            let local_epsilon_after = (config.mode == PrivacyMode::Distributed)
+                .then(|| {
+                    privacy
+                        .ledger
+                        .local_epsilon(config.accountant, &next_local, config.delta)
+                })
+                .transpose()
                 .map_err(accountant_failure)?;
             let released_count = count.filter(|_| terms.release == Release::ExampleCount);
             releases.push(PlannedRelease {
                 terms,
                 epsilon_after,
+                local_epsilon_after,
                 released_count,
             });
         }
-        let epsilon_after = releases.last().map_or(0.0, |r| r.epsilon_after);
-        within_budget(config, epsilon_after, "this round")?;
+        if let Some(last) = releases.last() {
+            within_budget(config, last.epsilon_after, "this round")?;
+            within_local_budget(config, last.local_epsilon_after, "this round")?;
+        }
         Ok(Some(PrivateRound {
             dp,
+            distributed,
             evaluation,
             releases,
         }))
     }
 
-    /// The private releases of one round, in the order they are recorded: DP-SGD in a training round, then, in a round that evaluates, the evaluation
+    /// The private releases of one round, in the order they are recorded: DP-SGD in a training round (distributed DP's round when `distributed` is given), then, in a round that evaluates, the evaluation
     /// counts' noise when the hospital turned it on — and the DP-SGD settings, for a task of
     /// `schedule` whose evaluation counts and statistics are noised as given.
     fn round_releases(
@@ -372,14 +488,16 @@ impl Hospital {
         config: &PrivacyConfig,
         (evaluation, statistics): (Option<&EvaluationNoise>, Option<&StatisticsNoise>),
         schedule: Schedule,
-        train: bool,
-        evaluate: bool,
+        (train, evaluate): (bool, bool),
         plan: &TrainingPlan,
+        distributed: Option<&DistributedStep>,
     ) -> Result<(Vec<ReleaseTerms>, Option<DpConfig>), DeclineReason> {
         let attributes = self.schema.audit_attributes().len();
         let mut planned: Vec<ReleaseTerms> = Vec::new();
         let mut dp = None;
-        if train {
+        if let Some(step) = distributed.filter(|_| train) {
+            planned.push(ReleaseTerms::distributed(step));
+        } else if train {
             let n = self.train.examples.len();
             if n == 0 {
                 return Err(local_failure("no training examples"));
@@ -479,62 +597,85 @@ impl Hospital {
         let noise = (evaluation.as_ref(), statistics.as_ref());
         let rounds = manifest.rounds;
         let schedule = Schedule::of(manifest);
-        // A training round's DP-SGD, and one evaluation's counts (as the final evaluation
-        // releases them: every evaluation releases the same).
+        let distributed = DistributedStep::of(manifest)?;
+        // A training round's DP-SGD (or distributed DP's round), and one evaluation's counts
+        // (as the final evaluation releases them: every evaluation releases the same).
         let (training, _) = self.round_releases(
             config,
             noise,
             schedule,
-            true,
-            false,
+            (true, false),
             &manifest.training.plan(1),
+            distributed.as_ref(),
         )?;
         let (one_evaluation, _) = self.round_releases(
             config,
             noise,
             schedule,
-            false,
-            true,
+            (false, true),
             &manifest.training.plan(rounds.saturating_add(1)),
+            None,
         )?;
         // The statistics round releases once, before every training round.
         let statistics_release: Vec<Mechanism> = statistics
             .as_ref()
             .map(|n| n.mechanisms(&self.schema))
             .unwrap_or_default();
-        let accountant = |next: &[Mechanism]| {
-            epsilon_of(entries, next, config.accountant, config.delta).map_err(accountant_failure)
+        let accountant = |next: &[Mechanism], local: bool| {
+            let compose = if local { local_epsilon_of } else { epsilon_of };
+            compose(entries, next, config.accountant, config.delta).map_err(accountant_failure)
         };
         // Every training round releases the same mechanisms: k of them compose as each run k
-        // times as often; the evaluations of the rounds the schedule evaluates likewise.
-        let after = |trained: u64, final_evaluation: bool| -> Result<f64, DeclineReason> {
+        // times as often; the evaluations of the rounds the schedule evaluates likewise. The
+        // local composition swaps in each release's local mechanisms.
+        let after = |trained: u64, final_evaluation: bool, local: bool| {
             let evaluations =
                 manifest.releases.evaluated_rounds(trained) + u64::from(final_evaluation);
             let mut next = statistics_release.clone();
-            next.extend(training.iter().flat_map(|t| t.repeated(trained)));
+            for terms in &training {
+                if local {
+                    next.extend(terms.repeated_local(trained));
+                } else {
+                    next.extend(terms.repeated(trained));
+                }
+            }
             next.extend(one_evaluation.iter().flat_map(|t| t.repeated(evaluations)));
-            accountant(&next)
+            accountant(&next, local)
         };
         let listed: Vec<u64> = if rounds <= LISTED_ROUNDS {
             (1..=rounds).collect()
         } else {
             vec![1, rounds]
         };
-        let mut costs = Vec::with_capacity(listed.len() + 1);
-        for round in listed {
-            costs.push(RoundCost {
-                round,
-                train: true,
-                epsilon_after: after(round, false)?,
-            });
-        }
-        if manifest.releases.final_evaluation {
-            costs.push(RoundCost {
-                round: rounds.saturating_add(1),
-                train: false,
-                epsilon_after: after(rounds, true)?,
-            });
-        }
+        let costs = |local: bool| -> Result<Vec<RoundCost>, DeclineReason> {
+            let mut costs = Vec::with_capacity(listed.len() + 1);
+            for &round in &listed {
+                costs.push(RoundCost {
+                    round,
+                    train: true,
+                    epsilon_after: after(round, false, local)?,
+                });
+            }
+            if manifest.releases.final_evaluation {
+                costs.push(RoundCost {
+                    round: rounds.saturating_add(1),
+                    train: false,
+                    epsilon_after: after(rounds, true, local)?,
+                });
+            }
+            Ok(costs)
+        };
+        let local = (config.mode == PrivacyMode::Distributed)
+            .then(|| -> Result<LocalForecast, DeclineReason> {
+                Ok(LocalForecast {
+                    max_local_epsilon: config.max_local_epsilon,
+                    spent: accountant(&[], true)?,
+                    rounds: costs(true)?,
+                })
+            })
+            .transpose()?;
+        let accountant = |next: &[Mechanism]| accountant(next, false);
+        let costs = costs(false)?;
         Ok(PrivacyForecast {
             target_epsilon: config.target_epsilon,
             delta: config.delta,
@@ -545,9 +686,10 @@ impl Hospital {
                 .transpose()?,
             noise_multiplier: training
                 .iter()
-                .find(|r| r.release == Release::Training)
+                .find(|r| matches!(r.release, Release::Training | Release::DistributedTraining))
                 .map(|r| r.noise_multiplier),
             rounds: costs,
+            local,
         })
     }
 
@@ -581,6 +723,11 @@ impl Hospital {
             self.policy.members(),
             &self.schema,
         )?;
+        let node = privacy.map_or(PrivacyMode::Local, |(config, _)| config.mode);
+        let task = manifest.privacy_mode();
+        if node != task {
+            return Err(ManifestRefusal::PrivacyMode { node, task });
+        }
         let forecast = privacy
             .map(|(config, entries)| self.forecast_privacy(config, entries, manifest))
             .transpose()
@@ -592,6 +739,24 @@ impl Hospital {
                     first_round_epsilon: first,
                     target_epsilon: forecast.target_epsilon,
                 });
+            }
+            if let Some(local) = &forecast.local
+                && let Some(cap) = local.max_local_epsilon
+            {
+                let first = local.rounds.first().map_or(0.0, |r| r.epsilon_after);
+                if first > cap {
+                    return Err(ManifestRefusal::LocalBudgetTooSmall {
+                        first_round_local_epsilon: first,
+                        max_local_epsilon: cap,
+                    });
+                }
+                if local.total() > cap {
+                    tracing::warn!(
+                        total_local_epsilon = local.total(),
+                        max_local_epsilon = cap,
+                        "the local privacy cap does not cover every planned round: the node will decline the rounds beyond it"
+                    );
+                }
             }
             let total = forecast.total();
             if total > forecast.target_epsilon {
@@ -812,7 +977,19 @@ impl Hospital {
             .epsilon(config.accountant, &terms.mechanisms, config.delta)
             .map_err(accountant_failure)?;
         within_budget(config, epsilon_after, "the noised statistics")?;
-        Ok(vec![terms.entry(round, privacy, epsilon_after)])
+        // In distributed mode the statistics count in the local composition too, unchanged.
+        let local_epsilon_after = (config.mode == PrivacyMode::Distributed)
+            .then(|| {
+                privacy
+                    .ledger
+                    .local_epsilon(config.accountant, &terms.mechanisms, config.delta)
+            })
+            .transpose()
+            .map_err(accountant_failure)?;
+        within_local_budget(config, local_epsilon_after, "the noised statistics")?;
+        let mut entry = terms.entry(round, privacy, epsilon_after);
+        entry.local_epsilon_after = local_epsilon_after;
+        Ok(vec![entry])
     }
 
     /// How many values of each numeric column of the training split lie outside the schema's
@@ -1204,12 +1381,21 @@ impl Hospital {
         if let Some(violation) = self.manifest_departure(|m| m.check_round_start(start)) {
             return policy_decline(session, round, violation);
         }
-        let private = match self.private_round(start) {
+        let distributed = match self.distributed_step() {
+            Ok(step) => step.filter(|_| start.train),
+            Err(reason) => return decline(session, round, reason),
+        };
+        // Distributed DP's words carry only this node's share of the noise: they leave masked,
+        // never in the clear, whatever the rest of the policy allows.
+        if distributed.is_some() && start.secure_aggregation.is_none() {
+            return policy_decline(session, round, PolicyViolation::PlaintextRequested);
+        }
+        let private = match self.private_round(start, distributed) {
             Ok(private) => private,
             Err(reason) => return decline(session, round, reason),
         };
-        let weight = match start
-            .train
+        let distributed = private.as_ref().is_some_and(|p| p.distributed.is_some());
+        let weight = match (start.train && !distributed)
             .then(|| self.update_weight(private.as_ref()))
             .transpose()
         {
@@ -1231,10 +1417,12 @@ impl Hospital {
             evaluate: start.evaluate,
             groups: self.schema.audit_groups().len(),
             bins: start.score_bins,
+            distributed,
         };
         let LocalOutcome {
             evaluation,
             mut trained,
+            distributed_words,
             steps,
         } = match result {
             Ok(outcome) => outcome,
@@ -1263,12 +1451,14 @@ impl Hospital {
                             planned.terms.noise_multiplier,
                             steps,
                         ),
-                        Release::EvaluationCounts | Release::Statistics | Release::ExampleCount => {
-                            planned.terms.clone()
-                        }
+                        Release::DistributedTraining
+                        | Release::EvaluationCounts
+                        | Release::Statistics
+                        | Release::ExampleCount => planned.terms.clone(),
                     };
                     let mut entry = terms.entry(round, privacy, planned.epsilon_after);
                     entry.released_count = planned.released_count;
+                    entry.local_epsilon_after = planned.local_epsilon_after;
                     entry
                 })
                 .collect(),
@@ -1279,7 +1469,11 @@ impl Hospital {
             trained: params,
             weight: *weight,
         });
-        let Some(values) = layout.encode(&RoundResult { evaluation, update }) else {
+        let Some(values) = layout.encode(&RoundResult {
+            evaluation,
+            update,
+            distributed_sum: distributed_words.as_deref(),
+        }) else {
             return decline(
                 session,
                 round,
@@ -1319,8 +1513,11 @@ struct LocalOutcome {
     /// group, in a round that evaluates.
     evaluation: Option<(EvalCounts, Vec<GroupCounts>)>,
     /// Trained parameters and their weight (the number of training examples, until
-    /// [`Hospital::handle_round`] puts the released count in its place), when training.
+    /// [`Hospital::handle_round`] puts the released count in its place), when training in a
+    /// local task.
     trained: Option<(Vec<f32>, f64)>,
+    /// The node's noised integer sum as words, when training in a distributed task.
+    distributed_words: Option<Vec<u32>>,
     /// Optimiser steps taken (noisy steps under DP-SGD).
     steps: u64,
 }
@@ -1409,11 +1606,36 @@ fn evaluate_and_train(
         return Ok(LocalOutcome {
             evaluation,
             trained: None,
+            distributed_words: None,
             steps: 0,
         });
     }
     let mut train = train.clone();
     start.standardization.apply(&mut train.features);
+    if let Some(step) = private.and_then(|p| p.distributed.as_ref()) {
+        // The sample and the noise share come from a CSPRNG seeded by the operating system.
+        let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
+        let outcome = trainer.distributed_sum(
+            &model.spec,
+            &model.params,
+            &train,
+            step.sample_rate,
+            &step.params,
+            &mut rng,
+        )?;
+        // For the hospital's eyes only: the batch size is private and never sent.
+        tracing::info!(
+            sampled = outcome.sampled,
+            non_finite = outcome.non_finite_examples,
+            "distributed DP: clipped per-example gradients summed with this node's noise share"
+        );
+        return Ok(LocalOutcome {
+            evaluation,
+            trained: None,
+            distributed_words: Some(outcome.words),
+            steps: 1,
+        });
+    }
     let mut progress = Progress::new(start.round);
     let mut report = |p: TrainProgress| progress.update(&p);
     let (params, steps) = match private.and_then(|p| p.dp.as_ref()) {
@@ -1448,6 +1670,7 @@ fn evaluate_and_train(
     Ok(LocalOutcome {
         evaluation,
         trained: Some((params, train.len() as f64)),
+        distributed_words: None,
         steps,
     })
 }
@@ -1545,6 +1768,29 @@ fn within_budget(
             delta = config.delta,
             release,
             "declining: the release would take the hospital past its privacy budget"
+        );
+        return Err(DeclineReason::BudgetSpent);
+    }
+    Ok(())
+}
+
+/// `Ok` if a release that leaves the hospital at local ε `local_epsilon_after` (in distributed
+/// mode) stays within its `max_local_epsilon`, when it sets one; otherwise the decline, logged
+/// with what `release` was.
+fn within_local_budget(
+    config: &PrivacyConfig,
+    local_epsilon_after: Option<f64>,
+    release: &str,
+) -> Result<(), DeclineReason> {
+    if let (Some(local), Some(cap)) = (local_epsilon_after, config.max_local_epsilon)
+        && local > cap
+    {
+        tracing::warn!(
+            local_epsilon_after = local,
+            max_local_epsilon = cap,
+            delta = config.delta,
+            release,
+            "declining: the release would take the hospital past its local privacy cap"
         );
         return Err(DeclineReason::BudgetSpent);
     }

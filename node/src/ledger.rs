@@ -7,6 +7,15 @@
 //! out the ε spent once it counted; the ε the node reports composes every entry's mechanisms
 //! from scratch under the accountant its configuration names ([`Accountant`]: Rényi DP as
 //! Opacus, or privacy loss distributions as dp_accounting).
+//!
+//! A node in distributed mode keeps two compositions of the same ledger. The **central** one,
+//! the ε it reports and checks `target_epsilon` against, composes each entry's `mechanisms`: a
+//! [`Release::DistributedTraining`] entry records there the guarantee of the unmasked sum of at
+//! least `t` noise shares (`DdpParams::central_mechanism`). The **local** one composes each
+//! entry's `local_mechanisms` where it has them, the guarantee of this node's share alone
+//! (`DdpParams::local_mechanism`), against the other hospitals colluding with the coordinator;
+//! every other release (statistics, evaluation counts, local DP-SGD) is noised in full by the
+//! node and enters both compositions unchanged. See `docs/DISTRIBUTED_DP.md` §3.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -56,6 +65,16 @@ pub struct LedgerEntry {
     /// so reusing it costs nothing and no exact count is sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_count: Option<f64>,
+    /// For a [`Release::DistributedTraining`] entry, the guarantee of this node's noise share
+    /// alone, which the local composition counts instead of `mechanisms`; empty for every other
+    /// release (and in entries written before this field existed): the local composition counts
+    /// its `mechanisms`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_mechanisms: Vec<Mechanism>,
+    /// For an entry a node in distributed mode recorded, the local ε spent once it counts (at
+    /// `delta`, under `accountant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_epsilon_after: Option<f64>,
 }
 
 impl LedgerEntry {
@@ -71,6 +90,16 @@ impl LedgerEntry {
             }])
         } else {
             Cow::Borrowed(&self.mechanisms)
+        }
+    }
+
+    /// The release's mechanisms as the local composition counts them: `local_mechanisms` for a
+    /// distributed training entry, else [`Self::mechanisms`].
+    pub fn local_mechanisms(&self) -> Cow<'_, [Mechanism]> {
+        if self.local_mechanisms.is_empty() {
+            self.mechanisms()
+        } else {
+            Cow::Borrowed(&self.local_mechanisms)
         }
     }
 }
@@ -92,25 +121,32 @@ pub enum Release {
     /// update weight, by a node whose ledger holds no statistics release that carried one (a
     /// node that joined after the statistics round).
     ExampleCount,
+    /// One round of distributed DP: this node's share of one DP-FedSGD step's noise on its
+    /// Poisson-sampled, clipped per-example gradient sum, masked by secure aggregation. The
+    /// entry's `mechanisms` are the central guarantee (the sum of `t` shares), its
+    /// `local_mechanisms` the local one (this share alone).
+    DistributedTraining,
 }
 
 impl Release {
     /// Every kind, in the order a task releases them first.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Statistics,
         Self::ExampleCount,
         Self::Training,
+        Self::DistributedTraining,
         Self::EvaluationCounts,
     ];
 
     /// The name written in the ledger and printed: `training`, `evaluation_counts`,
-    /// `statistics` or `example_count`.
+    /// `statistics`, `example_count` or `distributed_training`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Training => "training",
             Self::EvaluationCounts => "evaluation_counts",
             Self::Statistics => "statistics",
             Self::ExampleCount => "example_count",
+            Self::DistributedTraining => "distributed_training",
         }
     }
 }
@@ -160,6 +196,17 @@ impl PrivacyLedger {
         epsilon_of(&self.entries, next, accountant, delta)
     }
 
+    /// The local ε (see the module's documentation) the node has spent at `delta` under
+    /// `accountant`, counting `next` (local mechanisms of releases it is about to make) too.
+    pub fn local_epsilon(
+        &self,
+        accountant: Accountant,
+        next: &[Mechanism],
+        delta: f64,
+    ) -> Result<f64, LedgerError> {
+        local_epsilon_of(&self.entries, next, accountant, delta)
+    }
+
     /// Appends a release; returns only once it is on disk.
     pub fn append(&mut self, entry: LedgerEntry) -> Result<(), LedgerError> {
         self.journal.append(&entry)?;
@@ -185,6 +232,27 @@ pub fn epsilon_of(
     delta: f64,
 ) -> Result<f64, LedgerError> {
     let mut all = mechanisms_of(entries);
+    all.extend_from_slice(next);
+    Ok(accounting::epsilon(accountant, &all, delta)?)
+}
+
+/// Every mechanism of `entries` as the local composition counts them, in order.
+pub fn local_mechanisms_of(entries: &[LedgerEntry]) -> Vec<Mechanism> {
+    entries
+        .iter()
+        .flat_map(|e| e.local_mechanisms().into_owned())
+        .collect()
+}
+
+/// The local ε that `entries` and `next` (local mechanisms) spend together at `delta` under
+/// `accountant`, composed from scratch.
+pub fn local_epsilon_of(
+    entries: &[LedgerEntry],
+    next: &[Mechanism],
+    accountant: Accountant,
+    delta: f64,
+) -> Result<f64, LedgerError> {
+    let mut all = local_mechanisms_of(entries);
     all.extend_from_slice(next);
     Ok(accounting::epsilon(accountant, &all, delta)?)
 }
@@ -218,6 +286,8 @@ mod tests {
             delta: 1e-5,
             epsilon_after: 0.5,
             released_count: None,
+            local_mechanisms: Vec::new(),
+            local_epsilon_after: None,
         }
     }
 
@@ -227,6 +297,9 @@ mod tests {
         let entry: LedgerEntry = serde_json::from_str(old).unwrap();
         assert_eq!(entry.release, Release::Training);
         assert_eq!(entry.accountant, Accountant::Rdp);
+        // Nor a local guarantee of its own: the local composition counts it unchanged.
+        assert_eq!(entry.local_epsilon_after, None);
+        assert_eq!(entry.local_mechanisms(), entry.mechanisms());
         assert_eq!(
             entry.mechanisms().as_ref(),
             [Mechanism::SubsampledGaussian {
@@ -257,6 +330,71 @@ mod tests {
             assert_eq!(read, written);
             assert_eq!(read.mechanisms().as_ref(), [counts]);
         }
+    }
+
+    /// One round of distributed DP at t = 3 of 4 nodes, q = 0.1, z = 1, d = 100.
+    fn distributed_round() -> LedgerEntry {
+        use medfed_protocol::distributed_dp::{DdpConfig, DdpParams};
+        let params = DdpParams::new(DdpConfig::new(1.0, 100, 4, 3, 1.0)).unwrap();
+        LedgerEntry {
+            local_mechanisms: vec![params.local_mechanism(0.1, 1)],
+            local_epsilon_after: Some(9.0),
+            sample_rate: 0.1,
+            noise_multiplier: 1.0,
+            ..entry(
+                Release::DistributedTraining,
+                vec![params.central_mechanism(0.1, 1)],
+            )
+        }
+    }
+
+    #[test]
+    fn a_distributed_entry_keeps_both_guarantees_through_the_file_format() {
+        let written = distributed_round();
+        let text = serde_json::to_string(&written).unwrap();
+        assert!(
+            text.contains(r#""release":"distributed_training""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""local_mechanisms":[{"kind":"distributed_discrete_gaussian""#),
+            "{text}"
+        );
+        assert!(text.contains(r#""local_epsilon_after":9.0"#), "{text}");
+        let read: LedgerEntry = serde_json::from_str(&text).unwrap();
+        assert_eq!(read, written);
+        // An entry of any other kind writes neither field, as before they existed.
+        let counts = entry(Release::Statistics, Vec::new());
+        let text = serde_json::to_string(&counts).unwrap();
+        assert!(!text.contains("local_"), "{text}");
+    }
+
+    #[test]
+    fn the_local_composition_swaps_in_the_share_alone_and_counts_the_rest_unchanged() {
+        let statistics = entry(
+            Release::Statistics,
+            vec![Mechanism::DiscreteGaussian {
+                sigma: 8.0,
+                sensitivity: 4,
+                cells: 1,
+            }],
+        );
+        let rounds = [statistics.clone(), distributed_round(), distributed_round()];
+        let central = epsilon_of(&rounds, &[], Accountant::Rdp, 1e-5).unwrap();
+        let local = local_epsilon_of(&rounds, &[], Accountant::Rdp, 1e-5).unwrap();
+        // The share alone carries 1/√3 of the central noise: a larger ε.
+        assert!(local > central, "local {local} vs central {central}");
+        // Recomposed by hand: the statistics' mechanism in both, then each round's own.
+        let mut by_hand = statistics.mechanisms.clone();
+        by_hand.extend(rounds[1..].iter().flat_map(|e| e.local_mechanisms.clone()));
+        let expected = accounting::epsilon(Accountant::Rdp, &by_hand, 1e-5).unwrap();
+        assert_eq!(local, expected);
+        // Without distributed entries both compositions are one.
+        let plain = [statistics];
+        assert_eq!(
+            epsilon_of(&plain, &[], Accountant::Rdp, 1e-5).unwrap(),
+            local_epsilon_of(&plain, &[], Accountant::Rdp, 1e-5).unwrap()
+        );
     }
 
     #[test]

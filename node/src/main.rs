@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use medfed_certs::{MemberList, coordinator_report_key};
+use medfed_node::config::PrivacyMode;
 use medfed_node::egress::{EgressLog, EgressTotals};
-use medfed_node::ledger::{LedgerEntry, PrivacyLedger, Release, epsilon_of};
+use medfed_node::ledger::{LedgerEntry, PrivacyLedger, Release, epsilon_of, local_epsilon_of};
 use medfed_node::plan::forecast;
 use medfed_node::policy::PolicyGate;
 use medfed_node::releases::ReleaseRecord;
@@ -445,10 +446,27 @@ fn print_ledger(config: &NodeConfig) -> anyhow::Result<()> {
                 }
             }
             let spent = epsilon_of(&entries, &[], accountant, policy.delta)?;
+            let distributed = policy.mode == PrivacyMode::Distributed
+                || entries.iter().any(|e| !e.local_mechanisms.is_empty());
             println!(
-                "spent: ε = {spent:.4} of {} at δ = {} ({accountant} accountant, every entry composed)",
-                policy.target_epsilon, policy.delta
+                "spent{}: ε = {spent:.4} of {} at δ = {} ({accountant} accountant, every entry composed)",
+                if distributed { " (central)" } else { "" },
+                policy.target_epsilon,
+                policy.delta
             );
+            if distributed {
+                // The same entries with each distributed round's own noise share in place of
+                // the sum's: the guarantee against the other hospitals colluding with the
+                // coordinator.
+                let local = local_epsilon_of(&entries, &[], accountant, policy.delta)?;
+                println!(
+                    "spent (local): ε = {local:.4}{} at δ = {} (this node's noise shares alone)",
+                    policy
+                        .max_local_epsilon
+                        .map_or_else(String::new, |cap| format!(" of {cap}")),
+                    policy.delta
+                );
+            }
         }
         None => println!(
             "this node has no [privacy] policy: its training is not differentially private"

@@ -6,7 +6,7 @@
 
 use medfed_certs::MemberList;
 use medfed_protocol::manifest::{
-    Digest32, ManifestError, ReleasePlan, TaskManifest, ThresholdRule,
+    Digest32, ManifestError, PrivacyMode, ReleasePlan, TaskManifest, ThresholdRule,
 };
 use medfed_protocol::model::ModelError;
 use medfed_protocol::schema::Schema;
@@ -41,6 +41,28 @@ pub struct PrivacyForecast {
     pub noise_multiplier: Option<f64>,
     /// ε after each listed round, in order (the final evaluation last, when planned).
     pub rounds: Vec<RoundCost>,
+    /// In a distributed task, the local figures: what this hospital's noise share alone
+    /// guarantees (against the other hospitals colluding with the coordinator), composed with
+    /// every other release unchanged; `rounds` above is then the central guarantee.
+    pub local: Option<LocalForecast>,
+}
+
+/// The local side of a distributed task's forecast (see [`PrivacyForecast::local`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalForecast {
+    /// The hospital's cap on its local ε (`[privacy] max_local_epsilon`), if any.
+    pub max_local_epsilon: Option<f64>,
+    /// Local ε spent before the task.
+    pub spent: f64,
+    /// Local ε after each listed round, as [`PrivacyForecast::rounds`].
+    pub rounds: Vec<RoundCost>,
+}
+
+impl LocalForecast {
+    /// Local ε after the whole task.
+    pub fn total(&self) -> f64 {
+        self.rounds.last().map_or(self.spent, |r| r.epsilon_after)
+    }
 }
 
 impl PrivacyForecast {
@@ -147,6 +169,25 @@ pub enum ManifestRefusal {
         /// The hospital's budget.
         target_epsilon: f64,
     },
+    /// The task's privacy mode is not the hospital's (`[privacy] mode`; local without a
+    /// `[privacy]` section).
+    #[error("the task's privacy mode is {task}; the hospital's is {node}")]
+    PrivacyMode {
+        /// The hospital's.
+        node: PrivacyMode,
+        /// The task's.
+        task: PrivacyMode,
+    },
+    /// Not even the first round of a distributed task fits the hospital's cap on its local ε.
+    #[error(
+        "not even one round fits the local privacy cap: the first would bring the local ε to {first_round_local_epsilon:.4}, the cap (max_local_epsilon) is {max_local_epsilon}"
+    )]
+    LocalBudgetTooSmall {
+        /// Local ε after the first planned round.
+        first_round_local_epsilon: f64,
+        /// The hospital's cap.
+        max_local_epsilon: f64,
+    },
     /// The privacy cost of the plan cannot be computed.
     #[error("the privacy cost of the manifest cannot be computed (see the node's log)")]
     PrivacyUnpriced,
@@ -183,7 +224,7 @@ pub fn check_manifest(
     // The schedule and the histograms' bins are the consortium's choice (the schedule's cost is
     // in the forecast; the bins were checked with the manifest); the figures follow from the
     // schema, the model and the bins.
-    let expected = ReleasePlan {
+    let mut expected = ReleasePlan {
         final_evaluation: manifest.releases.final_evaluation,
         evaluate_every: manifest.releases.evaluate_every,
         ..ReleasePlan::for_task(
@@ -193,6 +234,9 @@ pub fn check_manifest(
             manifest.releases.score_bins,
         )
     };
+    if manifest.distributed_dp.is_some() {
+        expected = expected.distributed();
+    }
     if manifest.releases != expected || manifest.model.input_dim != schema.num_features() {
         return Err(ManifestRefusal::ReleasesMismatch {
             manifest: Box::new(manifest.releases.clone()),
@@ -213,13 +257,17 @@ pub fn check_manifest(
             Ok(())
         };
     };
-    // Every holder count a round can have: at least min(k + 1, min_nodes), at most k + 1 and
-    // the pinned members' number.
+    // Every holder count a round can have: at least min(k + 1, min_nodes), at most k + 1, the
+    // pinned members' number and distributed DP's `max_nodes` (a round with more participants
+    // departs from the manifest).
     let min_nodes = usize::try_from(manifest.min_nodes).unwrap_or(usize::MAX);
     let most = secure
         .neighbours()
         .map_or(MAX_HOLDERS, |k| k.saturating_add(1))
         .min(members.map_or(MAX_HOLDERS, |m| m.names().count()))
+        .min(manifest.distributed_dp.map_or(MAX_HOLDERS, |d| {
+            usize::try_from(d.max_nodes).unwrap_or(MAX_HOLDERS)
+        }))
         .min(MAX_HOLDERS);
     let fewest = min_nodes.min(most).max(2);
     for holders in fewest..=most {
@@ -318,6 +366,7 @@ key_sha256 = "0000000000000000000000000000000000000000000000000000000000000004"
                 update_clip: 1024.0,
                 fractional_bits: FractionalBitsRule::Fit,
             }),
+            distributed_dp: None,
         }
     }
 
@@ -396,6 +445,54 @@ key_sha256 = "0000000000000000000000000000000000000000000000000000000000000004"
         assert!(matches!(
             check(|m, _| m.training.learning_rate = f64::INFINITY),
             Err(ManifestRefusal::Manifest(ManifestError::Invalid(_)))
+        ));
+    }
+
+    /// The test manifest under distributed DP with threshold `t` of at most `max_nodes`.
+    fn distributed(m: &mut TaskManifest, t: u64, max_nodes: u64) {
+        use medfed_protocol::manifest::DistributedDpPlan;
+        m.secure_aggregation.as_mut().unwrap().threshold = ThresholdRule::Fixed(t);
+        m.releases = m.releases.clone().distributed();
+        m.distributed_dp = Some(DistributedDpPlan {
+            sample_rate: 0.1,
+            noise_multiplier: 1.0,
+            clip_norm: 1.0,
+            scale: 16384.0,
+            rounding_beta: 1.0 / 1_048_576.0,
+            threshold: t,
+            max_nodes,
+        });
+    }
+
+    #[test]
+    fn a_distributed_plan_is_held_to_the_threshold_floor_over_its_own_node_bound() {
+        // t = 3 of at most 4: above 2/3 of 3 and of 4 holders.
+        assert_eq!(check(|m, _| distributed(m, 3, 4)), Ok(()));
+        // t = 2 is at the floor for 3 holders: refused, as any threshold below the floor.
+        assert!(matches!(
+            check(|m, _| distributed(m, 2, 4)),
+            Err(ManifestRefusal::ThresholdBelowFloor {
+                threshold: 2,
+                holders: 3,
+                ..
+            })
+        ));
+        // Without a member list, distributed DP's max_nodes bounds the holders on its own.
+        let schema = Schema::parse(SCHEMA).unwrap();
+        let mut m = manifest(&schema);
+        distributed(&mut m, 3, 4);
+        assert_eq!(
+            check_manifest(&m, &NodePolicy::default(), None, &schema),
+            Ok(())
+        );
+        // The update block is the model's words without a weight: a plan counting the weight
+        // does not match.
+        assert!(matches!(
+            check(|m, _| {
+                distributed(m, 3, 4);
+                m.releases.update_figures += 1;
+            }),
+            Err(ManifestRefusal::ReleasesMismatch { .. })
         ));
     }
 }

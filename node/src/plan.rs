@@ -97,8 +97,25 @@ pub struct PrivacySummary {
     pub spent_before: f64,
     /// After the whole task.
     pub total: f64,
-    /// DP-SGD's noise multiplier in the training rounds.
+    /// DP-SGD's noise multiplier in the training rounds (distributed DP's z in a distributed
+    /// task).
     pub noise_multiplier: Option<f64>,
+    /// In a distributed task, the local figures beside the central ones above.
+    pub local: Option<LocalSummary>,
+}
+
+/// The local side of a distributed task's privacy: what this hospital's noise shares alone
+/// guarantee, against the other hospitals colluding with the coordinator.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LocalSummary {
+    /// The hospital's cap, `[privacy] max_local_epsilon`.
+    pub max_local_epsilon: Option<f64>,
+    /// Local ε spent before the task.
+    pub spent_before: f64,
+    /// Local ε after the whole task.
+    pub total: f64,
+    /// Local ε after each listed training round and the final evaluation, in order.
+    pub rounds: Vec<(u64, f64)>,
 }
 
 /// Forecasts what `hospital` would release under `manifest` with the privacy policy and ledger
@@ -174,6 +191,7 @@ pub fn forecast(
             evaluate,
             groups,
             bins: releases.score_bins,
+            distributed: train && manifest.distributed_dp.is_some(),
         };
         let wire_bytes = match secure {
             Some(plan) => {
@@ -201,7 +219,11 @@ pub fn forecast(
         }
         if train {
             figures.push(FigureCount {
-                what: "update (weighted parameters and weight)",
+                what: if layout.distributed {
+                    "update (noised integer sum of clipped gradients, one word a parameter)"
+                } else {
+                    "update (weighted parameters and weight)"
+                },
                 count: releases.update_figures,
             });
         }
@@ -288,6 +310,16 @@ pub fn forecast(
             spent_before: p.spent,
             total: p.total(),
             noise_multiplier: p.noise_multiplier,
+            local: p.local.as_ref().map(|l| LocalSummary {
+                max_local_epsilon: l.max_local_epsilon,
+                spent_before: l.spent,
+                total: l.total(),
+                rounds: l
+                    .rounds
+                    .iter()
+                    .map(|c| (c.round, c.epsilon_after))
+                    .collect(),
+            }),
         }),
         counted: COUNTED,
     }
@@ -360,8 +392,29 @@ impl ReleaseForecast {
                     p.target_epsilon,
                     p.delta,
                     p.noise_multiplier
-                        .map_or_else(String::new, |s| format!(" (DP-SGD σ = {s:.4})"))
+                        .map_or_else(String::new, |s| if p.local.is_some() {
+                            format!(" (distributed DP z = {s:.4})")
+                        } else {
+                            format!(" (DP-SGD σ = {s:.4})")
+                        })
                 );
+                if let Some(local) = &p.local {
+                    let _ = writeln!(
+                        out,
+                        "distributed DP: the ε above is central (the sum of the threshold's noise shares); locally (this hospital's shares alone, against the others colluding with the coordinator) ε {:.4} before the task, {:.4} after it{}",
+                        local.spent_before,
+                        local.total,
+                        local
+                            .max_local_epsilon
+                            .map_or_else(String::new, |cap| format!(", of a cap of {cap}"))
+                    );
+                    let after: Vec<String> = local
+                        .rounds
+                        .iter()
+                        .map(|(round, epsilon)| format!("{round}: {epsilon:.4}"))
+                        .collect();
+                    let _ = writeln!(out, "local ε after round {}", after.join(", "));
+                }
             }
             None => {
                 let _ = writeln!(

@@ -6,18 +6,22 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use medfed_certs::{MemberList, load_report_signing_key, make_dev_consortium};
+use medfed_node::config::DEFAULT_STATISTICS_NOISE;
 use medfed_node::ledger::{LedgerEntry, PrivacyLedger, Release};
-use medfed_protocol::accounting::Accountant;
+use medfed_protocol::accounting::{self, Accountant, Mechanism};
 use medfed_protocol::contribution::RoundLayout;
+use medfed_protocol::distributed_dp::{DEFAULT_ROUNDING_BETA, DEFAULT_SCALED_CLIP};
 use medfed_protocol::evaluation::EvalCounts;
 use medfed_protocol::evaluation::ScoreBins;
 use medfed_protocol::fairness::GroupCounts;
 use medfed_protocol::manifest::{
-    Digest32, FractionalBitsRule, MANIFEST_FORMAT, ReleasePlan, SecureAggregationPlan,
-    SignedManifest, StrategyRecord, TaskManifest, ThresholdRule, TrainingRule,
+    Digest32, DistributedDpPlan, FractionalBitsRule, MANIFEST_FORMAT, ReleasePlan,
+    SecureAggregationPlan, SignedManifest, StrategyRecord, TaskManifest, ThresholdRule,
+    TrainingRule,
 };
 use medfed_protocol::model::{ModelKind, ModelSpec};
 use medfed_protocol::schema::Schema;
+use medfed_protocol::stats_release::StatisticsNoise;
 use serde_json::Value;
 
 const SCHEMA: &str = r#"
@@ -117,6 +121,7 @@ fn manifest(schema: &Schema, members: &MemberList) -> TaskManifest {
             update_clip: 1024.0,
             fractional_bits: FractionalBitsRule::Fit,
         }),
+        distributed_dp: None,
     }
 }
 
@@ -192,6 +197,7 @@ fn the_plan_lists_every_release_its_bytes_and_its_epsilon() {
             evaluate: true,
             groups,
             bins: ScoreBins::FINE,
+            distributed: false,
         }
         .encoding(
             &signed
@@ -269,6 +275,8 @@ fn the_plan_counts_what_the_ledger_already_holds() {
             delta: 1e-5,
             epsilon_after: 1.0,
             released_count: None,
+            local_mechanisms: Vec::new(),
+            local_epsilon_after: None,
         })
         .unwrap();
     let spent = ledger.epsilon(Accountant::Rdp, &[], 1e-5).unwrap();
@@ -349,4 +357,125 @@ fn under_the_pld_accountant_the_same_budget_buys_less_noise_and_the_plan_still_f
     for total in [rdp_total, pld_total] {
         assert!(total <= 8.0 && total > 7.0, "{total}");
     }
+}
+
+/// `PRIVATE` in distributed mode with a fixed noise multiplier (distributed DP takes the task's)
+/// and exact evaluation counts (the forecast is then the statistics and the training rounds).
+const DISTRIBUTED: &str = r#"
+[privacy]
+target_epsilon = 8.0
+delta = 1e-5
+noise_multiplier = 1.0
+max_grad_norm = 1.0
+mode = "distributed"
+[privacy.evaluation]
+noise = 0
+"#;
+
+/// `manifest` under distributed DP: q = 0.1, z = 1, C = 1, t = 3 of at most 3.
+fn distributed(schema: &Schema, members: &MemberList) -> TaskManifest {
+    let mut m = manifest(schema, members);
+    m.secure_aggregation.as_mut().unwrap().threshold = ThresholdRule::Fixed(3);
+    m.releases = m.releases.clone().distributed();
+    m.distributed_dp = Some(DistributedDpPlan {
+        sample_rate: 0.1,
+        noise_multiplier: 1.0,
+        clip_norm: 1.0,
+        scale: DEFAULT_SCALED_CLIP,
+        rounding_beta: DEFAULT_ROUNDING_BETA,
+        threshold: 3,
+        max_nodes: 3,
+    });
+    m
+}
+
+#[test]
+fn a_distributed_task_is_planned_with_its_central_and_local_epsilon() {
+    let dir = tempfile::tempdir().unwrap();
+    let (schema, members) = hospital(dir.path(), DISTRIBUTED);
+    let manifest = distributed(&schema, &members);
+    let params = manifest.distributed_params().unwrap().unwrap();
+    write(dir.path(), manifest);
+    let output = plan(dir.path(), &["--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["accepted"], true);
+    // The update block is one word a parameter, no weight.
+    let params_len = params.config().dimension as u64;
+    let training = &json["exchanges"][1];
+    assert_eq!(training["kind"], "training");
+    let update = training["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["what"].as_str().unwrap().starts_with("update"))
+        .unwrap();
+    assert_eq!(update["count"], params_len);
+    // Central: the noised statistics (on by default) and five rounds of the sum of t shares;
+    // local: the same with each round's share alone, which is larger.
+    let statistics = StatisticsNoise::new(DEFAULT_STATISTICS_NOISE)
+        .unwrap()
+        .mechanisms(&schema);
+    let compose = |round: Mechanism| {
+        let mut all = statistics.clone();
+        all.push(round.repeated(ROUNDS));
+        accounting::epsilon(Accountant::Rdp, &all, 1e-5).unwrap()
+    };
+    let central = compose(params.central_mechanism(0.1, 1));
+    let local = compose(params.local_mechanism(0.1, 1));
+    let privacy = &json["privacy"];
+    assert!((privacy["total"].as_f64().unwrap() - central).abs() < 1e-9 * central);
+    assert!((privacy["local"]["total"].as_f64().unwrap() - local).abs() < 1e-9 * local);
+    assert!(local > central, "local {local} vs central {central}");
+    let local_rounds = privacy["local"]["rounds"].as_array().unwrap();
+    assert_eq!(local_rounds.len() as u64, ROUNDS + 1);
+    let text_output = text(&plan(dir.path(), &[]).stdout);
+    assert!(
+        text_output.contains("the ε above is central") && text_output.contains("local ε after"),
+        "{text_output}"
+    );
+}
+
+#[test]
+fn a_node_refuses_a_task_of_the_other_privacy_mode_naming_both() {
+    for (privacy, distributed_task, node, task) in [
+        (DISTRIBUTED, false, "distributed", "local"),
+        (PRIVATE, true, "local", "distributed"),
+        // No [privacy] section: the node's figures carry no noise share, so it is local.
+        ("", true, "local", "distributed"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (schema, members) = hospital(dir.path(), privacy);
+        let manifest = if distributed_task {
+            distributed(&schema, &members)
+        } else {
+            manifest(&schema, &members)
+        };
+        write(dir.path(), manifest);
+        let output = plan(dir.path(), &["--json"]);
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+        let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let refusal = json["refusal"].as_str().unwrap();
+        assert_eq!(
+            refusal,
+            format!("the task's privacy mode is {task}; the hospital's is {node}")
+        );
+    }
+}
+
+#[test]
+fn a_local_cap_below_one_distributed_round_refuses_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let capped = DISTRIBUTED.replace(
+        "mode = \"distributed\"",
+        "mode = \"distributed\"\nmax_local_epsilon = 0.01",
+    );
+    let (schema, members) = hospital(dir.path(), &capped);
+    write(dir.path(), distributed(&schema, &members));
+    let output = plan(dir.path(), &["--json"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let refusal = json["refusal"].as_str().unwrap();
+    assert!(refusal.contains("local privacy cap"), "{refusal}");
+    assert_eq!(json["privacy"]["local"]["max_local_epsilon"], 0.01);
 }

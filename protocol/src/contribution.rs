@@ -13,6 +13,17 @@
 //! [`ScoreBins`]: by default 1000 bins for the pooled evaluation and 100 for each group. The update block is present only in
 //! training rounds. Summed over nodes it yields the pooled evaluation, the pooled per-group
 //! counts and the example-weighted FedAvg update `Σ n_k (w_k − w) / Σ n_k`.
+//!
+//! Under distributed differential privacy ([`RoundLayout::distributed`]) the update block is
+//! instead the node's noised integer sum of clipped per-example gradients, one word of Z(2^32)
+//! per parameter ([`crate::distributed_dp::NodeSum::finish`]), with no weight: the coordinator
+//! reads the summed words with [`crate::distributed_dp::DdpParams::decode_sum`] and divides by
+//! a public denominator, so no batch size or example count leaves the node.
+//!
+//! ```text
+//! [ evaluation counts | per-group counts | noised Σ R(γ·g_i) + Z_node, as words ]
+//!                                          params words
+//! ```
 
 use crate::evaluation::{EvalCounts, ScoreBins};
 use crate::fairness::GroupCounts;
@@ -32,6 +43,9 @@ pub struct RoundLayout {
     pub groups: usize,
     /// Bins of the evaluation's and each group's score histograms.
     pub bins: ScoreBins,
+    /// Whether the update block is a distributed-DP sum (`params` words, no weight) rather
+    /// than the weighted update and its weight.
+    pub distributed: bool,
 }
 
 /// A node's local result for one round, before it is flattened for summation.
@@ -41,8 +55,11 @@ pub struct RoundResult<'a> {
     /// per-group counts on the same split, one per audit group, in order, with
     /// the layout's [`ScoreBins`]; in rounds that evaluate.
     pub evaluation: Option<(EvalCounts, Vec<GroupCounts>)>,
-    /// Local training outcome, in training rounds.
+    /// Local training outcome, in training rounds of a layout that is not distributed.
     pub update: Option<LocalUpdate<'a>>,
+    /// The node's noised integer sum as words of Z(2^32), in training rounds of a distributed
+    /// layout.
+    pub distributed_sum: Option<&'a [u32]>,
 }
 
 /// A node's locally trained model and its weight.
@@ -64,14 +81,23 @@ pub struct RoundTotals {
     pub eval: Option<EvalCounts>,
     /// Pooled per-group counts, one per audit group (none in rounds that do not evaluate).
     pub groups: Vec<GroupCounts>,
-    /// `Σ n_k (w_k − w)` and `Σ n_k`, in training rounds.
+    /// `Σ n_k (w_k − w)` and `Σ n_k`, in training rounds that are not distributed.
     pub update: Option<(Vec<f64>, f64)>,
+    /// The summed words of a distributed-DP update block, in training rounds that are (read
+    /// them with [`crate::distributed_dp::DdpParams::decode_sum`]).
+    pub distributed_sum: Option<Vec<u32>>,
 }
 
 impl RoundLayout {
     /// Length of the vector.
     pub fn len(&self) -> usize {
-        self.counts_len() + if self.train { self.params + 1 } else { 0 }
+        self.counts_len() + if self.train { self.update_len() } else { 0 }
+    }
+
+    /// Length of the update block with its weight: `params + 1`, or `params` words when
+    /// distributed.
+    fn update_len(&self) -> usize {
+        self.params + usize::from(!self.distributed)
     }
 
     /// Length of the counts blocks (the evaluation, then each group, with the layout's
@@ -108,7 +134,9 @@ impl RoundLayout {
                 (self.counts_len() - 2, BlockEncoding::Count),
             ]);
         }
-        if self.train {
+        if self.train && self.distributed {
+            blocks.push((self.params, BlockEncoding::Words));
+        } else if self.train {
             blocks.push((self.params, BlockEncoding::Clipped(*update)));
             blocks.push((1, BlockEncoding::Wide));
         }
@@ -140,9 +168,20 @@ impl RoundLayout {
             }
             _ => return None,
         }
-        match (&result.update, self.train) {
-            (None, false) => {}
-            (Some(update), true) => {
+        match (
+            &result.update,
+            result.distributed_sum,
+            self.train,
+            self.distributed,
+        ) {
+            (None, None, false, _) => {}
+            (None, Some(words), true, true) => {
+                if words.len() != self.params {
+                    return None;
+                }
+                out.extend(words.iter().map(|&w| f64::from(w)));
+            }
+            (Some(update), None, true, false) => {
                 if update.start.len() != self.params || update.trained.len() != self.params {
                     return None;
                 }
@@ -177,14 +216,20 @@ impl RoundLayout {
         } else {
             (None, Vec::new())
         };
-        let update = self.train.then(|| {
-            let (delta, weight) = rest.split_at(self.params);
-            (delta.to_vec(), weight[0])
-        });
+        let (update, distributed_sum) = match (self.train, self.distributed) {
+            (false, _) => (None, None),
+            (true, false) => {
+                let (delta, weight) = rest.split_at(self.params);
+                (Some((delta.to_vec(), weight[0])), None)
+            }
+            // Each figure of a words block is a word the secure sum decoded as it is.
+            (true, true) => (None, Some(rest.iter().map(|&w| w as u32).collect())),
+        };
         Some(RoundTotals {
             eval,
             groups,
             update,
+            distributed_sum,
         })
     }
 }
@@ -195,6 +240,83 @@ mod tests {
     use crate::evaluation::MAX_SCORE_BINS;
 
     #[test]
+    fn a_distributed_update_block_is_words_without_a_weight() {
+        use crate::distributed_dp::{DdpConfig, DdpParams};
+        use rand::SeedableRng;
+
+        let layout = RoundLayout {
+            params: 3,
+            train: true,
+            evaluate: false,
+            groups: 0,
+            bins: ScoreBins::FINE,
+            distributed: true,
+        };
+        assert_eq!(layout.len(), 3);
+        let encoding = layout.encoding(&FixedPoint {
+            clip: 1.0,
+            fractional_bits: 8,
+        });
+        assert_eq!(encoding.encoded_len(), 3);
+        // Two nodes' noised sums, through the secure-aggregation encoding and the layout, decode
+        // to the sum of their examples within the noise.
+        let params = DdpParams::new(DdpConfig::new(1.0, 3, 2, 2, 1.0)).unwrap();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+        let mut sum = vec![0u32; 3];
+        for example in [[0.5, -0.25, 0.0], [0.1, 0.2, -0.3]] {
+            let mut node = params.node_sum();
+            node.add_example(&example, &mut rng).unwrap();
+            let words = node.finish(&mut rng);
+            let values = layout
+                .encode(&RoundResult {
+                    evaluation: None,
+                    update: None,
+                    distributed_sum: Some(&words),
+                })
+                .unwrap();
+            for (s, w) in sum
+                .iter_mut()
+                .zip(encoding.encode(&values, &mut rng).unwrap())
+            {
+                *s = s.wrapping_add(w);
+            }
+        }
+        let summed = encoding.decode_sum(&sum, 2).unwrap();
+        let totals = layout.decode(&summed).unwrap();
+        assert_eq!(totals.update, None);
+        let words = totals.distributed_sum.unwrap();
+        let decoded = params.decode_sum(&words, 2).unwrap();
+        let sd = params.noise_std_of_sum(2);
+        for (got, want) in decoded.iter().zip([0.6, -0.05, -0.3]) {
+            assert!((got - want).abs() < 6.0 * sd, "{got} vs {want} (sd {sd})");
+        }
+        // A weighted update does not fit a distributed layout, nor words a weighted one.
+        let start = [0.0f32; 3];
+        let weighted = RoundResult {
+            evaluation: None,
+            update: Some(LocalUpdate {
+                start: &start,
+                trained: &start,
+                weight: 1.0,
+            }),
+            distributed_sum: None,
+        };
+        assert!(layout.encode(&weighted).is_none());
+        let words = [0u32; 3];
+        let plain = RoundLayout {
+            distributed: false,
+            ..layout
+        };
+        let distributed = RoundResult {
+            evaluation: None,
+            update: None,
+            distributed_sum: Some(&words),
+        };
+        assert!(plain.encode(&distributed).is_none());
+        assert_eq!(plain.len(), 4);
+    }
+
+    #[test]
     fn summed_vectors_give_weighted_average_update() {
         let layout = RoundLayout {
             params: 2,
@@ -202,6 +324,7 @@ mod tests {
             evaluate: true,
             groups: 0,
             bins: ScoreBins::FINE,
+            distributed: false,
         };
         let start = [1.0f32, -1.0];
         let a = RoundResult {
@@ -211,6 +334,7 @@ mod tests {
                 trained: &[2.0, -1.0],
                 weight: 3.0,
             }),
+            distributed_sum: None,
         };
         let b = RoundResult {
             evaluation: Some((EvalCounts::from_predictions(&[0.2], &[0.0]), Vec::new())),
@@ -219,6 +343,7 @@ mod tests {
                 trained: &[1.0, 1.0],
                 weight: 1.0,
             }),
+            distributed_sum: None,
         };
         let (va, vb) = (layout.encode(&a).unwrap(), layout.encode(&b).unwrap());
         let sum: Vec<f64> = va.iter().zip(&vb).map(|(x, y)| x + y).collect();
@@ -238,6 +363,7 @@ mod tests {
             evaluate: false,
             groups: 14,
             bins: ScoreBins::FINE,
+            distributed: false,
         };
         assert_eq!(layout.len(), 3);
         let update = LocalUpdate {
@@ -248,6 +374,7 @@ mod tests {
         let bare = RoundResult {
             evaluation: None,
             update: Some(update.clone()),
+            distributed_sum: None,
         };
         let values = layout.encode(&bare).unwrap();
         assert_eq!(values, [2.0, -2.0, 2.0]);
@@ -259,6 +386,7 @@ mod tests {
         let counted = RoundResult {
             evaluation: Some((EvalCounts::zero(), Vec::new())),
             update: Some(update),
+            distributed_sum: None,
         };
         assert!(layout.encode(&counted).is_none());
         let evaluating = RoundLayout {
@@ -286,6 +414,7 @@ mod tests {
             evaluate: true,
             groups: 0,
             bins: ScoreBins::FINE,
+            distributed: false,
         };
         let eval_only = RoundLayout {
             params: 2,
@@ -293,10 +422,12 @@ mod tests {
             evaluate: true,
             groups: 0,
             bins: ScoreBins::FINE,
+            distributed: false,
         };
         let no_update = RoundResult {
             evaluation: Some((EvalCounts::zero(), Vec::new())),
             update: None,
+            distributed_sum: None,
         };
         assert!(train.encode(&no_update).is_none());
         assert_eq!(eval_only.encode(&no_update).unwrap().len(), eval_only.len());
@@ -307,6 +438,7 @@ mod tests {
                 trained: &[0.0],
                 weight: 1.0,
             }),
+            distributed_sum: None,
         };
         assert!(train.encode(&short).is_none());
         assert!(train.decode(&[0.0; 3]).is_none());
@@ -325,6 +457,7 @@ mod tests {
             evaluate: true,
             groups: 3,
             bins,
+            distributed: false,
         };
         assert_eq!(layout.len(), (2 + 4 + 2 * 20) + 3 * (4 + 2 * 10));
         let (scores, labels) = ([0.12, 0.87, 0.5], [0.0, 1.0, 1.0]);
@@ -337,6 +470,7 @@ mod tests {
                 ],
             )),
             update: None,
+            distributed_sum: None,
         };
         let coarse = result(bins);
         let totals = layout.decode(&layout.encode(&coarse).unwrap()).unwrap();
@@ -365,6 +499,7 @@ mod tests {
             evaluate: true,
             groups: 14,
             bins: ScoreBins::FINE,
+            distributed: false,
         };
         // The demo schema's 14 audit groups: 2 006 + 14 · 204 counts.
         assert_eq!(layout.len(), (2 + 4 + 2 * 1000) + 14 * (4 + 2 * 100));
@@ -376,6 +511,7 @@ mod tests {
                 vec![GroupCounts::from_predictions(&scores, &labels); 14],
             )),
             update: None,
+            distributed_sum: None,
         };
         let v = layout.encode(&result).unwrap();
         let totals = layout.decode(&v).unwrap();
@@ -409,6 +545,7 @@ mod tests {
             evaluate: true,
             groups: 14,
             bins: ScoreBins::FINE,
+            distributed: false,
         };
         let encoding = layout.encoding(&fixed);
         assert_eq!(encoding.value_len(), layout.len());
@@ -440,6 +577,7 @@ mod tests {
                         trained: &trained,
                         weight: 3.0,
                     }),
+                    distributed_sum: None,
                 })
                 .unwrap();
             for (s, v) in sum

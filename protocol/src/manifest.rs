@@ -20,6 +20,7 @@ use ring::digest;
 use ring::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
+use crate::distributed_dp::{DdpConfig, DdpError, DdpParams};
 use crate::evaluation::ScoreBins;
 use crate::messages::{RoundStart, SecAggSetup, StatsRequest};
 use crate::model::ModelSpec;
@@ -27,8 +28,10 @@ use crate::secagg::RoundParams;
 use crate::secagg::fixed_point::FixedPoint;
 use crate::task::TrainingPlan;
 
-/// The manifest format this code writes and reads.
-pub const MANIFEST_FORMAT: &str = "medfed-task-manifest/1";
+/// The manifest format this code writes and reads. Format 2 added
+/// [`TaskManifest::distributed_dp`] (always encoded, `null` when absent: the wire codec is not
+/// self-describing), which changes every manifest's canonical bytes.
+pub const MANIFEST_FORMAT: &str = "medfed-task-manifest/2";
 
 /// Domain separation of the manifest's signature: the coordinator's report key signs
 /// `MANIFEST_SIGNATURE_DOMAIN ‖ SHA-256(canonical manifest)`, never a bare digest that could be
@@ -96,6 +99,86 @@ pub struct TaskManifest {
     pub secure_aggregation: Option<SecureAggregationPlan>,
     /// What each hospital releases.
     pub releases: ReleasePlan,
+    /// Distributed differential privacy of the training rounds: each round is one DP-FedSGD
+    /// step whose noise the hospitals add in shares before masking. `None`: each hospital
+    /// trains under its own policy (local DP-SGD, or none).
+    pub distributed_dp: Option<DistributedDpPlan>,
+}
+
+/// Where the training noise of a task, or of a hospital, is added.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrivacyMode {
+    /// Each hospital's own DP-SGD noises its update (or it trains without DP).
+    #[default]
+    Local,
+    /// Distributed DP under secure aggregation ([`DistributedDpPlan`]): each hospital adds a
+    /// share of the noise of one global DP-FedSGD step, and the unmasked sum carries all of it.
+    Distributed,
+}
+
+impl PrivacyMode {
+    /// `local` or `distributed`, as configured.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Distributed => "distributed",
+        }
+    }
+}
+
+impl std::fmt::Display for PrivacyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Distributed differential privacy under secure aggregation, as the consortium declares it
+/// (`[task.distributed_dp]` in the coordinator's configuration): everything
+/// [`DdpConfig`] needs but the dimension, which is the model's parameter count, and the
+/// per-example sampling rate of each round. See [`crate::distributed_dp`] and
+/// `docs/DISTRIBUTED_DP.md`.
+///
+/// A task with it needs secure aggregation over the complete graph (no neighbours) with the
+/// threshold rule fixed at [`Self::threshold`]: the central guarantee is that of the sum of
+/// `t` noise shares, the fewest an unmasked sum holds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributedDpPlan {
+    /// q: each training row is in a round's sample independently with this probability.
+    pub sample_rate: f64,
+    /// z: the noise multiplier the sum of `t` shares carries.
+    pub noise_multiplier: f64,
+    /// C: the per-example L2 clipping norm.
+    pub clip_norm: f64,
+    /// γ: integer units per gradient unit.
+    pub scale: f64,
+    /// β of conditional rounding.
+    pub rounding_beta: f64,
+    /// t: the secure-aggregation threshold, the fewest inputs an unmasked sum holds.
+    pub threshold: u64,
+    /// n: the most participants a round may have (the encoding's headroom is sized for it).
+    pub max_nodes: u64,
+}
+
+impl DistributedDpPlan {
+    /// The configuration of a model of `dimension` parameters.
+    pub fn config(&self, dimension: usize) -> DdpConfig {
+        DdpConfig {
+            clip_norm: self.clip_norm,
+            scale: self.scale,
+            dimension,
+            nodes: usize::try_from(self.max_nodes).unwrap_or(usize::MAX),
+            threshold: usize::try_from(self.threshold).unwrap_or(usize::MAX),
+            noise_multiplier: self.noise_multiplier,
+            rounding_beta: self.rounding_beta,
+        }
+    }
+
+    /// The checked parameters for a model of `dimension` parameters.
+    pub fn params(&self, dimension: usize) -> Result<DdpParams, DdpError> {
+        DdpParams::new(self.config(dimension))
+    }
 }
 
 /// The training plan of every round; only the seed depends on the round.
@@ -256,6 +339,14 @@ pub struct ReleasePlan {
     pub score_bins: ScoreBins,
 }
 
+impl ReleasePlan {
+    /// The same plan with distributed DP's update block: one word per parameter, no weight.
+    pub fn distributed(mut self) -> Self {
+        self.update_figures = self.update_figures.saturating_sub(1);
+        self
+    }
+}
+
 /// The evaluation schedule under which no training round evaluates: only the final model is
 /// evaluated (when [`ReleasePlan::final_evaluation`] is on). The cheapest schedule for hospitals
 /// that noise their evaluation counts.
@@ -355,6 +446,66 @@ impl TaskManifest {
             && !(secure.update_clip.is_finite() && secure.update_clip > 0.0)
         {
             return invalid("the update clip must be a positive number");
+        }
+        if let Some(plan) = &self.distributed_dp {
+            self.validate_distributed(plan)?;
+        }
+        Ok(())
+    }
+
+    /// The task's privacy mode: distributed when it plans distributed DP.
+    pub fn privacy_mode(&self) -> PrivacyMode {
+        if self.distributed_dp.is_some() {
+            PrivacyMode::Distributed
+        } else {
+            PrivacyMode::Local
+        }
+    }
+
+    /// The parameters of distributed DP, when the task has it: `None` without it, and an error
+    /// when its configuration is not a valid one for this model.
+    pub fn distributed_params(&self) -> Option<Result<DdpParams, DdpError>> {
+        let plan = self.distributed_dp.as_ref()?;
+        Some(plan.params(self.model.layout().len()))
+    }
+
+    /// Distributed DP needs secure aggregation over the complete graph with the plan's fixed
+    /// threshold (the central guarantee counts `t` shares in every unmasked sum), a sampling
+    /// rate in (0, 1], and a configuration [`DdpParams::new`] accepts for the model.
+    fn validate_distributed(&self, plan: &DistributedDpPlan) -> Result<(), ManifestError> {
+        let invalid = |reason: String| Err(ManifestError::Invalid(reason));
+        let Some(secure) = &self.secure_aggregation else {
+            return invalid("distributed DP needs secure aggregation".into());
+        };
+        if secure.neighbours.is_some() {
+            return invalid(
+                "distributed DP needs secure aggregation over the complete graph (no neighbours)"
+                    .into(),
+            );
+        }
+        if secure.threshold != ThresholdRule::Fixed(plan.threshold) {
+            return invalid(format!(
+                "distributed DP's threshold {} is not the secure-aggregation threshold rule {:?}",
+                plan.threshold, secure.threshold
+            ));
+        }
+        if !(plan.sample_rate > 0.0 && plan.sample_rate <= 1.0) {
+            return invalid(format!(
+                "distributed DP's sample rate {} is not in (0, 1]",
+                plan.sample_rate
+            ));
+        }
+        if plan.max_nodes < self.min_nodes {
+            return invalid(format!(
+                "distributed DP's max_nodes {} is below min_nodes {}",
+                plan.max_nodes, self.min_nodes
+            ));
+        }
+        if self.model.validate().is_err() {
+            return invalid("the model is not valid".into());
+        }
+        if let Some(Err(e)) = self.distributed_params() {
+            return invalid(format!("distributed DP: {e}"));
         }
         Ok(())
     }
@@ -462,6 +613,14 @@ impl TaskManifest {
                     return Err(Departure::TooFewParticipants {
                         participants: n,
                         min_nodes: self.min_nodes,
+                    });
+                }
+                if let Some(distributed) = &self.distributed_dp
+                    && n > distributed.max_nodes
+                {
+                    return Err(Departure::TooManyParticipants {
+                        participants: n,
+                        max_nodes: distributed.max_nodes,
                     });
                 }
                 plan.check(setup)
@@ -617,6 +776,14 @@ pub enum Departure {
         /// The manifest's minimum.
         min_nodes: u64,
     },
+    /// More participants than distributed DP's encoding is sized for.
+    #[error("{participants} participants; distributed DP is sized for at most {max_nodes}")]
+    TooManyParticipants {
+        /// Participants in the round.
+        participants: u64,
+        /// The plan's `max_nodes`.
+        max_nodes: u64,
+    },
     /// Another neighbour count.
     #[error("neighbours {got:?}, planned {planned:?}")]
     Neighbours {
@@ -681,7 +848,26 @@ pub(crate) mod tests {
                 fractional_bits: FractionalBitsRule::Fit,
             }),
             releases: ReleasePlan::for_task(13, 4, 65, ScoreBins::FINE),
+            distributed_dp: None,
         }
+    }
+
+    /// [`example`] under distributed DP: t = 2 of at most 3 nodes, fixed threshold.
+    pub(crate) fn distributed_example() -> TaskManifest {
+        let mut manifest = example();
+        let secure = manifest.secure_aggregation.as_mut().unwrap();
+        secure.threshold = ThresholdRule::Fixed(2);
+        manifest.releases = manifest.releases.distributed();
+        manifest.distributed_dp = Some(DistributedDpPlan {
+            sample_rate: 0.1,
+            noise_multiplier: 1.0,
+            clip_norm: 1.0,
+            scale: crate::distributed_dp::DEFAULT_SCALED_CLIP,
+            rounding_beta: crate::distributed_dp::DEFAULT_ROUNDING_BETA,
+            threshold: 2,
+            max_nodes: 3,
+        });
+        manifest
     }
 
     fn key() -> Ed25519KeyPair {
@@ -753,6 +939,12 @@ pub(crate) mod tests {
                 "final evaluation",
                 with(&|m| m.releases.final_evaluation = false),
             ),
+            ("distributed DP", distributed_example()),
+            ("distributed DP's noise", {
+                let mut m = distributed_example();
+                m.distributed_dp.as_mut().unwrap().noise_multiplier = 1.5;
+                m
+            }),
         ]
     }
 
@@ -955,6 +1147,94 @@ pub(crate) mod tests {
         assert_eq!(m.check_stats_request(&stats), Ok(()));
         // The per-round seed follows the stated rule.
         assert_eq!(m.training.plan(2).seed, 11 * 1_000_003 + 2);
+    }
+
+    #[test]
+    fn distributed_dp_is_stated_in_the_canonical_encoding_either_way() {
+        let text = String::from_utf8(example().canonical_bytes()).unwrap();
+        assert!(text.contains(r#""distributed_dp":null"#), "{text}");
+        let read: TaskManifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(read.distributed_dp, None);
+        let distributed = distributed_example();
+        let text = String::from_utf8(distributed.canonical_bytes()).unwrap();
+        assert!(
+            text.contains(r#""distributed_dp":{"sample_rate":0.1"#),
+            "{text}"
+        );
+        let read: TaskManifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(read, distributed);
+    }
+
+    #[test]
+    fn distributed_dp_needs_fixed_threshold_secure_aggregation_and_a_usable_configuration() {
+        let good = distributed_example();
+        good.validate().unwrap();
+        let params = good.distributed_params().unwrap().unwrap();
+        assert_eq!(params.config().dimension, 65);
+        assert_eq!(params.config().threshold, 2);
+        let refused = |change: &dyn Fn(&mut TaskManifest), needle: &str| {
+            let mut m = good.clone();
+            change(&mut m);
+            match m.validate() {
+                Err(ManifestError::Invalid(reason)) => {
+                    assert!(reason.contains(needle), "{needle}: {reason}");
+                }
+                other => panic!("{needle}: {other:?}"),
+            }
+        };
+        refused(&|m| m.secure_aggregation = None, "needs secure aggregation");
+        refused(
+            &|m| m.secure_aggregation.as_mut().unwrap().neighbours = Some(2),
+            "complete graph",
+        );
+        refused(
+            &|m| m.secure_aggregation.as_mut().unwrap().threshold = ThresholdRule::TwoThirdsPlusOne,
+            "threshold",
+        );
+        refused(
+            &|m| m.secure_aggregation.as_mut().unwrap().threshold = ThresholdRule::Fixed(3),
+            "threshold",
+        );
+        refused(
+            &|m| m.distributed_dp.as_mut().unwrap().sample_rate = 0.0,
+            "sample rate",
+        );
+        refused(
+            &|m| m.distributed_dp.as_mut().unwrap().sample_rate = 1.5,
+            "sample rate",
+        );
+        refused(
+            &|m| m.distributed_dp.as_mut().unwrap().max_nodes = 2,
+            "max_nodes",
+        );
+        refused(
+            &|m| m.distributed_dp.as_mut().unwrap().noise_multiplier = 0.0,
+            "noise multiplier",
+        );
+        refused(
+            &|m| {
+                let plan = m.distributed_dp.as_mut().unwrap();
+                plan.threshold = 4;
+                m.secure_aggregation.as_mut().unwrap().threshold = ThresholdRule::Fixed(4);
+            },
+            "threshold 4",
+        );
+    }
+
+    #[test]
+    fn a_distributed_round_with_more_participants_than_planned_is_a_departure() {
+        let m = distributed_example();
+        let mut s = start(&m, 2, true);
+        s.secure_aggregation = Some(setup(&m, 3));
+        m.check_round_start(&s).unwrap();
+        s.secure_aggregation = Some(setup(&m, 4));
+        assert_eq!(
+            m.check_round_start(&s).unwrap_err(),
+            Departure::TooManyParticipants {
+                participants: 4,
+                max_nodes: 3
+            }
+        );
     }
 
     #[test]

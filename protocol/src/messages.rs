@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::evaluation::ScoreBins;
-use crate::manifest::SignedManifest;
+use crate::manifest::{PrivacyMode, SignedManifest};
 use crate::model::{ModelHash, ModelSpec};
 use crate::secagg::fixed_point::FixedPoint;
 use crate::secagg::{
@@ -20,11 +20,11 @@ use crate::stats::Standardization;
 use crate::task::TrainingPlan;
 
 /// Version of the wire protocol; part of the ALPN string.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// ALPN identifier negotiated in the TLS handshake. A peer speaking another version fails the
 /// handshake with TLS's `no_application_protocol` alert.
-pub const ALPN: &[u8] = b"medfed/6";
+pub const ALPN: &[u8] = b"medfed/7";
 
 /// Size of one model chunk on the model stream.
 pub const MODEL_CHUNK_LEN: usize = 1 << 20;
@@ -553,6 +553,16 @@ pub enum PolicyViolation {
     /// The standardisation sent does not fit the schema or is not a valid one.
     #[error("the standardisation does not fit the schema")]
     BadStandardization,
+    /// The task's privacy mode is not the hospital's: a hospital in distributed mode takes part
+    /// only in a task that plans distributed DP, and one in local mode only in one that does
+    /// not.
+    #[error("the task's privacy mode is {task}; the hospital's is {node}")]
+    PrivacyMode {
+        /// The hospital's `[privacy] mode` (local without a `[privacy]` section).
+        node: PrivacyMode,
+        /// The task's.
+        task: PrivacyMode,
+    },
     /// The request departs from the task manifest the hospital approved (another round, plan
     /// or secure-aggregation setup); what differs stays in the node's log.
     #[error("the request departs from the approved task manifest")]

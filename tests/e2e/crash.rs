@@ -16,7 +16,7 @@ use medfed_coordinator::store::{RoundStatus, Store};
 use medfed_e2e::process::workspace_binary;
 use medfed_e2e::{Consortium, strip_ansi, subscribe};
 use medfed_node::NodeConfig;
-use medfed_node::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig};
+use medfed_node::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode};
 use medfed_node::egress::EgressLog;
 use medfed_node::ledger::{PrivacyLedger, Release, epsilon_of};
 use medfed_protocol::accounting::Accountant;
@@ -134,6 +134,8 @@ async fn crash_and_recover(points: &[PausePoint]) {
                 evaluation: EvaluationNoiseConfig::exact(),
                 // Noised statistics, charged in round 0 (the default).
                 statistics: Default::default(),
+                mode: PrivacyMode::Local,
+                max_local_epsilon: None,
             });
             config.reconnect_for = Duration::from_secs(90);
             config

@@ -10,7 +10,7 @@ use medfed_coordinator::store::Store;
 use medfed_e2e::{Consortium, SCHEMA, biased_csv, subscribe};
 use medfed_node::NodeConfig;
 use medfed_node::config::{
-    DEFAULT_STATISTICS_NOISE, EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig,
+    DEFAULT_STATISTICS_NOISE, EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode,
 };
 use medfed_node::egress::EgressLog;
 use medfed_node::ledger::{PrivacyLedger, Release};
@@ -200,6 +200,8 @@ async fn with_evaluation_noise_the_audit_is_within_noise_of_the_pooled_data_and_
         },
         // The default: noised statistics, charged in round 0.
         statistics: Default::default(),
+        mode: PrivacyMode::Local,
+        max_local_epsilon: None,
     };
     let coordinator = consortium.start_coordinator(config).await;
     let addr = coordinator.local_addr();

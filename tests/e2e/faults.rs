@@ -13,7 +13,7 @@ use medfed_coordinator::CoordinatorError;
 use medfed_coordinator::store::{RoundStatus, Store};
 use medfed_e2e::{Consortium, subscribe, synthetic_csv, tolerate_dropouts};
 use medfed_node::config::{
-    CrashPoint, EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, StallPoint,
+    CrashPoint, EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode, StallPoint,
     StatisticsNoiseConfig,
 };
 use medfed_node::egress::EgressLog;
@@ -35,6 +35,8 @@ fn policy(target_epsilon: f64) -> PrivacyConfig {
         accountant: Accountant::Rdp,
         evaluation: EvaluationNoiseConfig::exact(),
         statistics: StatisticsNoiseConfig::exact(),
+        mode: PrivacyMode::Local,
+        max_local_epsilon: None,
     }
 }
 

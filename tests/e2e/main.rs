@@ -2,6 +2,7 @@
 //! TLS on 127.0.0.1. Each test builds its own consortium in a temporary folder.
 
 mod crash;
+mod distributed;
 mod egress;
 mod fairness;
 mod faults;

@@ -6,7 +6,7 @@
 use medfed_e2e::attacker::{ExchangeFailure, HandCoordinator, Puppet, SecureExchange, Step};
 use medfed_e2e::{Consortium, subscribe};
 use medfed_node::NodeConfig;
-use medfed_node::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig};
+use medfed_node::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode};
 use medfed_node::egress::EgressEntry;
 use medfed_node::ledger::Release;
 use medfed_node::policy::{Fraction, NodePolicy};
@@ -933,6 +933,8 @@ fn private_training() -> PrivacyConfig {
         accountant: Accountant::Rdp,
         evaluation: EvaluationNoiseConfig::exact(),
         statistics: Default::default(),
+        mode: PrivacyMode::Local,
+        max_local_epsilon: None,
     }
 }
 

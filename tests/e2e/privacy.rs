@@ -3,7 +3,7 @@
 
 use medfed_e2e::{Consortium, allow_plaintext, subscribe, tolerate_dropouts};
 use medfed_node::config::{
-    EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, StatisticsNoiseConfig,
+    EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode, StatisticsNoiseConfig,
 };
 use medfed_node::ledger::PrivacyLedger;
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
@@ -42,6 +42,8 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
         evaluation: EvaluationNoiseConfig::exact(),
         // Exact statistics: the budget pays for training alone.
         statistics: StatisticsNoiseConfig::exact(),
+        mode: PrivacyMode::Local,
+        max_local_epsilon: None,
     };
 
     let coordinator = consortium.start_coordinator(config).await;
@@ -156,6 +158,8 @@ async fn budget_is_spent_once_the_noised_update_has_left_even_if_the_round_then_
         evaluation: EvaluationNoiseConfig::exact(),
         // Exact statistics: the budget pays for training alone.
         statistics: StatisticsNoiseConfig::exact(),
+        mode: PrivacyMode::Local,
+        max_local_epsilon: None,
     };
     let mut configs = Vec::new();
     for name in names {
@@ -238,6 +242,8 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
                 loss_clip: MAX_EXAMPLE_LOSS,
             },
             statistics: StatisticsNoiseConfig::exact(),
+            mode: PrivacyMode::Local,
+            max_local_epsilon: None,
         });
         let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
         allow_plaintext(&mut config);
@@ -341,6 +347,8 @@ async fn check_evaluation_schedule(every: u64, evaluated: [bool; 3]) {
                 // once, before round 1.
                 evaluation: Default::default(),
                 statistics: Default::default(),
+                mode: PrivacyMode::Local,
+                max_local_epsilon: None,
             });
         })
         .await;
@@ -438,6 +446,8 @@ fn noised_statistics_are_charged_to_the_ledger_counted_per_release_and_declined_
             accountant: Accountant::Rdp,
             evaluation: EvaluationNoiseConfig::exact(),
             statistics,
+            mode: PrivacyMode::Local,
+            max_local_epsilon: None,
         });
         allow_plaintext(&mut config);
         let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
@@ -563,6 +573,8 @@ async fn with_every_release_private_each_figure_message_is_in_the_ledger_and_the
                 // The defaults: evaluation counts and statistics noised.
                 evaluation: Default::default(),
                 statistics: Default::default(),
+                mode: PrivacyMode::Local,
+                max_local_epsilon: None,
             });
             node
         })

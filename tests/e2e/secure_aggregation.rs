@@ -169,6 +169,7 @@ impl CrashedRun {
             evaluate: true,
             groups: 5,
             bins: ScoreBins::FINE,
+            distributed: false,
         };
         let start = RoundStart {
             session: 1,

@@ -312,6 +312,7 @@ impl<'c> HandCoordinator<'c> {
             evaluate: self.evaluates(round, train),
             groups: self.schema.audit_groups().len(),
             bins: self.plan.task.score_bins,
+            distributed: false,
         })
     }
 

@@ -117,6 +117,7 @@ impl Consortium {
                 start_nodes: None,
                 evaluate_every: 1,
                 score_bins: Default::default(),
+                distributed_dp: None,
             },
             strategy: StrategyConfig::default(),
             secure_aggregation: SecureAggregationConfig::default(),

@@ -20,9 +20,11 @@ use std::path::Path;
 
 use medfed_node::examples::Examples;
 use medfed_node::trainer::{
-    DpConfig, PrivateTrainOutcome, TrainError, TrainOutcome, TrainProgress, Trainer,
+    DistributedOutcome, DpConfig, PrivateTrainOutcome, TrainError, TrainOutcome, TrainProgress,
+    Trainer,
 };
 use medfed_node::{NodeConfig, NodeError, NodeOutcome};
+use medfed_protocol::distributed_dp::DdpParams;
 use medfed_protocol::model::{ModelKind, ModelSpec};
 use medfed_protocol::task::TrainingPlan;
 use rand::CryptoRng;
@@ -67,6 +69,29 @@ impl Trainer for LightTrainer {
             params: self.perturb(spec, initial, data)?,
             steps: 1,
             mean_loss: 0.0,
+            non_finite_examples: 0,
+        })
+    }
+
+    fn distributed_sum(
+        &mut self,
+        _spec: &ModelSpec,
+        params: &[f32],
+        _data: &Examples,
+        _sample_rate: f64,
+        ddp: &DdpParams,
+        rng: &mut dyn CryptoRng,
+    ) -> Result<DistributedOutcome, TrainError> {
+        // No examples: the words carry this node's noise share alone, at the real cost.
+        if ddp.config().dimension != params.len() {
+            return Err(TrainError::ParamCount {
+                expected: ddp.config().dimension,
+                actual: params.len(),
+            });
+        }
+        Ok(DistributedOutcome {
+            words: ddp.node_sum().finish(rng),
+            sampled: 0,
             non_finite_examples: 0,
         })
     }

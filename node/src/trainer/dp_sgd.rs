@@ -125,9 +125,9 @@ pub(super) fn train_private(
 /// is example `i`'s gradient in [`ParamLayout`](medfed_protocol::model::ParamLayout) order.
 ///
 /// `x` is `[B, input_dim]`, `y` is `[B, 1]`. Exact, and vectorised: one batched forward and
-/// backward pass, each weight gradient an outer product `einsum("bi,bj->bij", δ, a)`. Training
-/// uses [`clipped_gradient_sum`] instead; this full form is the reference tests check it by.
-#[cfg(test)]
+/// backward pass, each weight gradient an outer product `einsum("bi,bj->bij", δ, a)`. DP-SGD
+/// uses [`clipped_gradient_sum`] instead, and tests check it against this full form;
+/// distributed DP (`super::distributed`) needs each clipped gradient itself.
 pub(crate) fn per_example_gradients(
     model: &Mlp,
     x: &Tensor,
@@ -146,7 +146,6 @@ pub(crate) fn per_example_gradients(
 
 /// Scales each row of `grads` (`[B, P]`, one example per row) by `min(1, max_norm/‖row‖)`, so that
 /// no row's L2 norm exceeds `max_norm`; rows already within it are returned unchanged.
-#[cfg(test)]
 pub(crate) fn clip_per_example(grads: &Tensor, max_norm: f64) -> Result<Tensor, TchError> {
     let norms = grads
         .f_square()?

@@ -22,11 +22,17 @@
 //!  CSPRNG seeded from the OS (sampling + noise) ──────────┘        │
 //!                                           PrivateTrainOutcome ◀──┘
 //! ```
+//!
+//! [`Trainer::distributed_sum`] is distributed DP's round (DP-FedSGD): no step, the sampled
+//! examples' clipped gradients at the round's model summed in integers with this node's share
+//! of the noise (`medfed_protocol::distributed_dp::NodeSum`).
 
+mod distributed;
 mod dp_sgd;
 mod noise;
 mod tch_trainer;
 
+use medfed_protocol::distributed_dp::{DdpError, DdpParams};
 use medfed_protocol::model::{ModelError, ModelSpec};
 use medfed_protocol::task::TrainingPlan;
 use rand::CryptoRng;
@@ -93,6 +99,29 @@ pub trait Trainer: Send {
         noise_rng: &mut dyn CryptoRng,
         progress: &mut dyn FnMut(TrainProgress),
     ) -> Result<PrivateTrainOutcome, TrainError>;
+
+    /// One round of distributed DP (`medfed_protocol::distributed_dp`, DP-FedSGD): draws a
+    /// Poisson sample of the rows of `data` (each with probability `sample_rate`) from `rng`,
+    /// computes each sampled example's gradient of its own BCE-with-logits loss at `params`
+    /// (the round's global model; no step is taken), clips it to L2 norm
+    /// `ddp.config().clip_norm`, and adds it to a [`DdpParams::node_sum`]; returns the sum's
+    /// words ([`medfed_protocol::distributed_dp::NodeSum::finish`]: clamped, with this node's
+    /// noise share drawn from `rng`), the update block of the round's masked vector.
+    ///
+    /// As in [`Self::train_private`], a sampled example whose gradient is not finite
+    /// contributes zero and is counted in [`DistributedOutcome::non_finite_examples`], so that
+    /// whether the call succeeds depends only on the model, `ddp`, `sample_rate` and the number
+    /// of rows. `rng` must be a CSPRNG seeded from the operating system (tests pass a seeded
+    /// one); the sample, like the noise, must stay secret.
+    fn distributed_sum(
+        &mut self,
+        spec: &ModelSpec,
+        params: &[f32],
+        data: &Examples,
+        sample_rate: f64,
+        ddp: &DdpParams,
+        rng: &mut dyn CryptoRng,
+    ) -> Result<DistributedOutcome, TrainError>;
 
     /// Probability of the positive class (sigmoid of the logit) for every row of `data`.
     ///
@@ -192,6 +221,20 @@ pub struct PrivateTrainOutcome {
     pub non_finite_examples: u64,
 }
 
+/// The result of [`Trainer::distributed_sum`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct DistributedOutcome {
+    /// The node's noised integer sum, one word of Z(2^32) per parameter: the only output the
+    /// DP guarantee covers, and the only one that leaves the node.
+    pub words: Vec<u32>,
+    /// Examples the Poisson sample drew. Private (the batch size is never sent): for the
+    /// node's own log only.
+    pub sampled: u64,
+    /// Sampled examples whose gradient was not finite and which contributed zero. For the
+    /// node's own log only.
+    pub non_finite_examples: u64,
+}
+
 /// Which device a trainer computes on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -252,6 +295,9 @@ pub enum TrainError {
     /// The training plan cannot be followed.
     #[error("invalid training plan: {0}")]
     InvalidPlan(&'static str),
+    /// Distributed DP refused an example or its configuration.
+    #[error("distributed DP: {0}")]
+    DistributedDp(#[from] DdpError),
     /// CUDA was asked for but libtorch sees no CUDA device.
     #[error("CUDA was requested but no CUDA device is available")]
     CudaUnavailable,

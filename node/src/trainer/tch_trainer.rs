@@ -3,6 +3,7 @@
 
 use std::num::NonZeroUsize;
 
+use medfed_protocol::distributed_dp::DdpParams;
 use medfed_protocol::model::ModelSpec;
 use medfed_protocol::task::TrainingPlan;
 use rand::seq::SliceRandom;
@@ -11,8 +12,8 @@ use rand_chacha::ChaCha20Rng;
 use tch::{Device, Reduction, TchError, Tensor};
 
 use super::{
-    ComputeDevice, DpConfig, PrivateTrainOutcome, TrainError, TrainOutcome, TrainProgress, Trainer,
-    check_inputs, check_plan, dp_sgd,
+    ComputeDevice, DistributedOutcome, DpConfig, PrivateTrainOutcome, TrainError, TrainOutcome,
+    TrainProgress, Trainer, check_inputs, check_plan, distributed, dp_sgd,
 };
 use crate::examples::Examples;
 
@@ -150,6 +151,18 @@ impl Trainer for TchTrainer {
             noise_rng,
             progress,
         )
+    }
+
+    fn distributed_sum(
+        &mut self,
+        spec: &ModelSpec,
+        params: &[f32],
+        data: &Examples,
+        sample_rate: f64,
+        ddp: &DdpParams,
+        rng: &mut dyn CryptoRng,
+    ) -> Result<DistributedOutcome, TrainError> {
+        distributed::distributed_sum(self.device, spec, params, data, sample_rate, ddp, rng)
     }
 
     fn predict(

@@ -12,7 +12,11 @@
 //!   `summed_inputs`). Anything else (a fraction, NaN, a count out of range) is refused;
 //! - real sums and sums of squares, which can be large, use an exact wide encoding: a 64-bit
 //!   two's-complement fixed point with [`WIDE_FRACTIONAL_BITS`] fractional bits, split into four
-//!   16-bit limbs, each summed in its own word.
+//!   16-bit limbs, each summed in its own word;
+//! - words already in Z(2^32) (distributed DP's noised integer sums,
+//!   `crate::distributed_dp::NodeSum::finish`) pass through: one word per value, summed modulo
+//!   2^32, and decoded as the summed word, which only the block's own decoder
+//!   (`crate::distributed_dp::DdpParams::decode_sum`) can read and range-check.
 //!
 //! Limb sums cannot wrap with fewer than 2^16 participants ([`VectorEncoding::check_capacity`]),
 //! so the sums of counts and of the 64-bit values are recovered exactly.
@@ -36,6 +40,8 @@ const COUNT_LIMBS: usize = 2;
 const COUNT_OFFSET: i64 = 1 << 31;
 /// Bits per limb.
 const LIMB_BITS: u32 = 16;
+/// 2^32: a [`BlockEncoding::Words`] value is an integer below it.
+const WORD_RANGE: f64 = 4_294_967_296.0;
 /// Largest magnitude a wide value may have (scaled), keeping sums of many inside 64 bits.
 const WIDE_MAX_SCALED: f64 = (1u64 << 52) as f64;
 
@@ -48,6 +54,11 @@ pub enum BlockEncoding {
     Wide,
     /// Exact integer count in [−2^31, 2^31), two words per value.
     Count,
+    /// A word of Z(2^32) given as an integer in [0, 2^32), one word per value, summed modulo
+    /// 2^32. [`VectorEncoding::decode_sum`] returns each summed word as it is (an integer in
+    /// [0, 2^32)) and checks no range: what the words mean, and the range check, belong to
+    /// the block's own decoder (distributed DP's `DdpParams::decode_sum`).
+    Words,
 }
 
 /// The encoding of a whole vector: blocks of `(values, encoding)` in order.
@@ -75,6 +86,7 @@ impl VectorEncoding {
                 BlockEncoding::Clipped(_) => *len,
                 BlockEncoding::Wide => len * LIMBS,
                 BlockEncoding::Count => len * COUNT_LIMBS,
+                BlockEncoding::Words => *len,
             })
             .sum()
     }
@@ -136,6 +148,11 @@ impl VectorEncoding {
                         out.push(offset >> LIMB_BITS);
                     }
                 }
+                BlockEncoding::Words => {
+                    for (i, &value) in block.iter().enumerate() {
+                        out.push(word(value, start + i)?);
+                    }
+                }
             }
         }
         Ok(out)
@@ -159,6 +176,7 @@ impl VectorEncoding {
                 }
                 BlockEncoding::Wide => context.update(&[1]),
                 BlockEncoding::Count => context.update(&[2]),
+                BlockEncoding::Words => context.update(&[3]),
             }
         }
         let mut out = [0; 32];
@@ -258,6 +276,12 @@ impl VectorEncoding {
                         out.push((total - summed_inputs as i64 * COUNT_OFFSET) as f64);
                     }
                 }
+                BlockEncoding::Words => {
+                    let (block, tail) = rest.split_at(*len);
+                    rest = tail;
+                    position += len;
+                    out.extend(block.iter().map(|&w| f64::from(w)));
+                }
             }
         }
         Ok(out)
@@ -288,6 +312,15 @@ fn offset_count(value: f64, position: usize) -> Result<u32, SecAggError> {
     Ok((value as i64 + COUNT_OFFSET) as u32)
 }
 
+/// A word `value` (figure `position` of the vector), if it is an integer in [0, 2^32).
+fn word(value: f64, position: usize) -> Result<u32, SecAggError> {
+    if !(0.0..WORD_RANGE).contains(&value) || value.fract() != 0.0 {
+        return Err(SecAggError::NotAWord { position, value });
+    }
+    // An integer in [0, 2^32): exact as u32.
+    Ok(value as u32)
+}
+
 /// Scales by 2^16 and rounds stochastically to an integer, as 64-bit two's complement.
 fn wide_round<R: rand::CryptoRng + ?Sized>(value: f64, rng: &mut R) -> Result<u64, SecAggError> {
     let scaled = value * f64::from(1u32 << WIDE_FRACTIONAL_BITS);
@@ -312,6 +345,39 @@ mod tests {
         for (x, y) in a.iter_mut().zip(b) {
             *x = x.wrapping_add(*y);
         }
+    }
+
+    #[test]
+    fn words_pass_through_and_sum_modulo_two_to_the_32() {
+        let encoding =
+            VectorEncoding::new(vec![(1, BlockEncoding::Count), (2, BlockEncoding::Words)]);
+        assert_eq!(encoding.encoded_len(), 4);
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        // -5 and 7 as two's complement words; the sum wraps to 2.
+        let a = encoding
+            .encode(&[3.0, f64::from(-5i32 as u32), 4_000_000_000.0], &mut rng)
+            .unwrap();
+        let b = encoding
+            .encode(&[4.0, 7.0, 500_000_000.0], &mut rng)
+            .unwrap();
+        assert_eq!(&a[2..], [-5i32 as u32, 4_000_000_000]);
+        let mut sum = vec![0u32; 4];
+        add(&mut sum, &a);
+        add(&mut sum, &b);
+        assert_eq!(
+            encoding.decode_sum(&sum, 2).unwrap(),
+            [7.0, 2.0, f64::from(4_500_000_000u64 as u32)]
+        );
+        // Only integers in [0, 2^32) are words; the encoding's digest tells the kinds apart.
+        for bad in [-1.0, 4_294_967_296.0, 0.5, f64::NAN] {
+            assert!(matches!(
+                encoding.encode(&[0.0, 0.0, bad], &mut rng),
+                Err(SecAggError::NotAWord { position: 2, .. })
+            ));
+        }
+        let counts =
+            VectorEncoding::new(vec![(1, BlockEncoding::Count), (2, BlockEncoding::Count)]);
+        assert_ne!(encoding.digest(), counts.digest());
     }
 
     #[test]

@@ -147,6 +147,14 @@ pub enum SecAggError {
         /// The figure.
         value: f64,
     },
+    /// A figure of a words block that is not an integer in [0, 2^32).
+    #[error("figure {position} is {value}, not a word of Z(2^32) (an integer in [0, 2^32))")]
+    NotAWord {
+        /// Its position in the vector.
+        position: usize,
+        /// The figure.
+        value: f64,
+    },
     /// Too few shares to reconstruct a participant's secret.
     #[error("only {have} shares of participant {index}'s secret arrived, {threshold} needed")]
     TooFewShares {

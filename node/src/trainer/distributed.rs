@@ -1,0 +1,218 @@
+//! One round of distributed DP on libtorch: Poisson sampling from the caller's CSPRNG, exact
+//! per-example gradients at the round's global model, per-example clipping, and the node's
+//! integer sum with its noise share (`medfed_protocol::distributed_dp::NodeSum`).
+//!
+//! ```text
+//!  rows ─Poisson(q), CSPRNG─▶ batch ─per_example_gradients─▶ [B, P] ─clip_per_example(C)─▶
+//!  each row ─NodeSum::add_example (×γ, conditional rounding, Σ)─▶ NodeSum::finish (clamp,
+//!  + N_Z(0, σ_share²), words) ─▶ the update block of the masked vector
+//! ```
+//!
+//! No step is taken: the model is the round's global one throughout (DP-FedSGD, one global
+//! step per round; `docs/DISTRIBUTED_DP.md` §1 says why several local steps would void the
+//! central guarantee). A sampled example whose gradient is not finite contributes zero, as in
+//! DP-SGD (`dp_sgd.rs`): zero is within the clipping norm, and whether the call succeeds never
+//! depends on which examples were sampled.
+
+use medfed_protocol::distributed_dp::DdpParams;
+use medfed_protocol::model::ModelSpec;
+use rand::CryptoRng;
+use tch::{Device, Kind, Tensor};
+
+use super::dp_sgd::{clip_per_example, per_example_gradients};
+use super::tch_trainer::{Mlp, to_tensors};
+use super::{DistributedOutcome, TrainError, check_inputs, noise};
+use crate::examples::Examples;
+
+/// Examples whose full per-example gradients are held at once (`CHUNK × P` floats).
+const CHUNK: usize = 256;
+
+/// [`Trainer::distributed_sum`](super::Trainer::distributed_sum) on `device`.
+pub(super) fn distributed_sum(
+    device: Device,
+    spec: &ModelSpec,
+    params: &[f32],
+    data: &Examples,
+    sample_rate: f64,
+    ddp: &DdpParams,
+    rng: &mut dyn CryptoRng,
+) -> Result<DistributedOutcome, TrainError> {
+    check_inputs(spec, params, data)?;
+    if !(sample_rate > 0.0 && sample_rate <= 1.0) {
+        return Err(TrainError::InvalidDpConfig("sample_rate is not in (0, 1]"));
+    }
+    if data.is_empty() {
+        return Err(TrainError::EmptyData);
+    }
+    if ddp.config().dimension != params.len() {
+        return Err(TrainError::ParamCount {
+            expected: ddp.config().dimension,
+            actual: params.len(),
+        });
+    }
+    let _no_grad = tch::no_grad_guard();
+    let model = Mlp::from_flat(spec, params, device, false)?;
+    let (features, labels) = to_tensors(data, device)?;
+    let clip = ddp.config().clip_norm;
+    let batch = noise::poisson_sample(rng, data.len(), sample_rate);
+    let mut sum = ddp.node_sum();
+    let mut non_finite_examples = 0u64;
+    let mut example = vec![0.0f64; params.len()];
+    for chunk in batch.chunks(CHUNK) {
+        let index = Tensor::f_from_slice(chunk)?.f_to_device(device)?;
+        let x = features.f_index_select(0, &index)?;
+        let y = labels.f_index_select(0, &index)?;
+        let clipped = clip_per_example(&per_example_gradients(&model, &x, &y)?, clip)?
+            .f_to_kind(Kind::Double)?
+            .f_to_device(Device::Cpu)?
+            .f_reshape([-1])?;
+        let clipped = Vec::<f64>::try_from(&clipped)?;
+        for row in clipped.chunks_exact(params.len()) {
+            if row.iter().any(|g| !g.is_finite()) {
+                // Contributes zero, which adds nothing to the sum.
+                non_finite_examples += 1;
+                continue;
+            }
+            example.copy_from_slice(row);
+            sum.add_example(&example, rng)?;
+        }
+    }
+    Ok(DistributedOutcome {
+        words: sum.finish(rng),
+        sampled: batch.len() as u64,
+        non_finite_examples,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use medfed_protocol::distributed_dp::DdpConfig;
+    use medfed_protocol::model::ModelKind;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+    use rand_distr::StandardNormal;
+
+    use super::*;
+    use crate::trainer::{ComputeDevice, TchTrainer, Trainer};
+
+    fn spec() -> ModelSpec {
+        ModelSpec {
+            kind: ModelKind::Mlp { hidden: vec![4] },
+            input_dim: 3,
+        }
+    }
+
+    fn examples(rows: usize, seed: u64) -> Examples {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut features = Vec::with_capacity(rows * 3);
+        let mut labels = Vec::with_capacity(rows);
+        for _ in 0..rows {
+            let x: Vec<f32> = (0..3)
+                .map(|_| 3.0 * rng.sample::<f32, _>(StandardNormal))
+                .collect();
+            labels.push(if x[0] + x[1] > 0.0 { 1.0 } else { 0.0 });
+            features.extend(x);
+        }
+        Examples {
+            num_features: 3,
+            features,
+            labels,
+        }
+    }
+
+    /// Parameters with `γC = 2^20` and `z = 10^-3`: the decoded noise has sd `10^-3·C` per
+    /// coordinate and each example's rounding is off by less than `1/γ = 2^-20·C`.
+    fn nearly_exact(dimension: usize, clip: f64) -> DdpParams {
+        DdpParams::new(DdpConfig {
+            scale: 1_048_576.0 / clip,
+            ..DdpConfig::new(clip, dimension, 1, 1, 1e-3)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_decoded_sum_is_the_sum_of_the_clipped_per_example_gradients() {
+        let spec = spec();
+        let params = spec.initial_parameters(5);
+        let data = examples(300, 1);
+        let clip = 0.5;
+        let ddp = nearly_exact(params.len(), clip);
+        let mut trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        // q = 1: every row is sampled, in more than one chunk.
+        let outcome = trainer
+            .distributed_sum(&spec, &params, &data, 1.0, &ddp, &mut rng)
+            .unwrap();
+        assert_eq!((outcome.sampled, outcome.non_finite_examples), (300, 0));
+        let decoded = ddp.decode_sum(&outcome.words, 1).unwrap();
+
+        // The reference: the same gradients, clipped, summed in f64 without any rounding.
+        let _no_grad = tch::no_grad_guard();
+        let model = Mlp::from_flat(&spec, &params, Device::Cpu, false).unwrap();
+        let (x, y) = to_tensors(&data, Device::Cpu).unwrap();
+        let grads = per_example_gradients(&model, &x, &y).unwrap();
+        let norms = Vec::<f64>::try_from(&grads.f_square().unwrap().sum_dim_intlist(
+            1,
+            false,
+            Kind::Double,
+        ))
+        .unwrap();
+        // Clipping binds for some examples and not for others, so both paths are exercised.
+        assert!(norms.iter().any(|n| n.sqrt() > clip) && norms.iter().any(|n| n.sqrt() < clip));
+        let clipped = clip_per_example(&grads, clip)
+            .unwrap()
+            .to_kind(Kind::Double)
+            .sum_dim_intlist(0, false, Kind::Double);
+        let reference = Vec::<f64>::try_from(&clipped).unwrap();
+        let tolerance = 6.0 * ddp.noise_std_of_sum(1) + 300.0 / ddp.config().scale;
+        let largest = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(
+            largest > 100.0 * tolerance,
+            "a signal to compare: {largest}"
+        );
+        for (i, (got, want)) in decoded.iter().zip(&reference).enumerate() {
+            assert!(
+                (got - want).abs() < tolerance,
+                "coordinate {i}: {got} vs {want} (tolerance {tolerance})"
+            );
+        }
+    }
+
+    #[test]
+    fn the_sample_follows_the_rate_and_the_noise_covers_an_empty_one() {
+        let spec = spec();
+        let params = spec.initial_parameters(5);
+        let data = examples(2000, 3);
+        let ddp = nearly_exact(params.len(), 1.0);
+        let mut trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let outcome = trainer
+            .distributed_sum(&spec, &params, &data, 0.1, &ddp, &mut rng)
+            .unwrap();
+        // Binomial(2000, 0.1): mean 200, sd 13.4.
+        assert!(
+            (140..=260).contains(&outcome.sampled),
+            "{}",
+            outcome.sampled
+        );
+        // Real noise (z = 1, one share carries it all): the decoded vector of a sample from a
+        // tiny rate is noise of sd ≈ C per coordinate, not the gradients.
+        let noisy = DdpParams::new(DdpConfig::new(1.0, params.len(), 1, 1, 1.0)).unwrap();
+        let words = trainer
+            .distributed_sum(&spec, &params, &data, 1e-9, &noisy, &mut rng)
+            .unwrap();
+        assert_eq!(words.sampled, 0);
+        let decoded = noisy.decode_sum(&words.words, 1).unwrap();
+        let rms = (decoded.iter().map(|v| v * v).sum::<f64>() / decoded.len() as f64).sqrt();
+        assert!((0.6..1.5).contains(&rms), "noise rms {rms}");
+        // A mismatched dimension or rate is refused before anything is drawn.
+        assert!(matches!(
+            trainer.distributed_sum(&spec, &params[1..], &data, 0.1, &ddp, &mut rng),
+            Err(TrainError::ParamCount { .. })
+        ));
+        assert!(matches!(
+            trainer.distributed_sum(&spec, &params, &data, 0.0, &ddp, &mut rng),
+            Err(TrainError::InvalidDpConfig(_))
+        ));
+    }
+}
