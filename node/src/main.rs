@@ -56,9 +56,9 @@ enum Command {
         /// Mini-batch size.
         #[arg(long, default_value_t = 32)]
         batch_size: u32,
-        /// Hidden layer widths, comma-separated; empty for logistic regression.
-        #[arg(long, value_delimiter = ',', default_value = "32,16")]
-        hidden: Vec<usize>,
+        /// Hidden layer widths, comma-separated; empty (`--hidden ""`) for logistic regression.
+        #[arg(long, default_value = "32,16", value_parser = parse_widths)]
+        hidden: Widths,
         /// Seed of the initial model and batch order.
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -214,6 +214,7 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             set_torch_threads(config.threads);
             let trainer = TchTrainer::new(config.device).context("cannot start libtorch")?;
             let mut hospital = prepare(&config, Box::new(trainer))?;
+            let Widths(hidden) = hidden;
             let kind = if hidden.is_empty() {
                 ModelKind::LogisticRegression
             } else {
@@ -361,6 +362,24 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Hidden layer widths from the command line.
+#[derive(Clone, Debug)]
+struct Widths(Vec<usize>);
+
+/// `--hidden`: comma-separated widths, or nothing at all for no hidden layer.
+fn parse_widths(text: &str) -> Result<Widths, String> {
+    if text.trim().is_empty() {
+        return Ok(Widths(Vec::new()));
+    }
+    text.split(',')
+        .map(|width| match width.trim().parse::<usize>() {
+            Ok(width) if width > 0 => Ok(width),
+            _ => Err(format!("{width:?} is not a positive layer width")),
+        })
+        .collect::<Result<_, _>>()
+        .map(Widths)
 }
 
 /// Prints ε (or the σ needed for a target ε) for a DP-SGD plan under `accountant`; the last line
