@@ -889,7 +889,8 @@ impl Trainer {
             neighbours: settings.neighbours(),
             graph_seed: random_bytes(),
             vector_len: encoding.encoded_len(),
-            encoding_digest: encoding.digest(),
+            // Bound to the manifest every node approved: a node shown another one refuses.
+            encoding_digest: encoding.task_digest(&self.manifest.digest().0),
         };
         params.threshold = settings.threshold.threshold(params.holders_per_secret());
         let setup = SecAggSetup {

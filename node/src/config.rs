@@ -376,6 +376,19 @@ impl NodeConfig {
             .policy
             .resolve(resolve)
             .map_err(NodeConfigError::Invalid)?;
+        // Distributed DP's central guarantee counts on t hospitals' noise shares in every sum:
+        // with membership unpinned, whoever runs the CA could fill a sum with certificates of
+        // its own that add none.
+        if raw
+            .privacy
+            .as_ref()
+            .is_some_and(|p| p.mode == PrivacyMode::Distributed)
+            && policy.members.is_none()
+        {
+            return Err(NodeConfigError::Invalid(
+                "privacy.mode = \"distributed\" needs policy.members: with membership unpinned, certificates the CA mints could fill a sum without adding noise shares".into(),
+            ));
+        }
         if !(raw.reconnect_for_secs.is_finite() && raw.reconnect_for_secs >= 0.0) {
             return Err(NodeConfigError::Invalid(
                 "reconnect_for_secs must be a non-negative number".into(),
@@ -626,6 +639,15 @@ max_grad_norm = 1.0
             (distributed.mode, distributed.max_local_epsilon),
             (PrivacyMode::Distributed, Some(40.0))
         );
+        // Unpinned membership cannot carry distributed DP's central guarantee.
+        let unpinned = format!("{base}mode = \"distributed\"\n").replace(
+            "[policy]\nmembers = \"members.toml\"",
+            "[policy]\ntrust_ca_for_membership = true",
+        );
+        let error = NodeConfig::parse(&unpinned, Path::new("/site"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("policy.members"), "{error}");
         for bad in [
             "mode = \"central\"\n",
             "mode = \"distributed\"\nmax_local_epsilon = 0.0\n",

@@ -1099,10 +1099,16 @@ impl Hospital {
             )));
         }
         // The digest is part of the parameters every peer signs over: checking it here means no
-        // participant encodes its figures otherwise than the others.
-        if encoding.digest() != params.encoding_digest {
+        // participant encodes its figures otherwise than the others, or under another task
+        // manifest than the one this node approved.
+        let expected = match self.approved_manifest() {
+            Some(task) => encoding.task_digest(&task.0),
+            None => encoding.digest(),
+        };
+        if expected != params.encoding_digest {
             return Err(SecAggError::BadParams(
-                "the round's encoding is not the one this node's figures use".into(),
+                "the round's encoding, or its task manifest, is not the one this node's figures use"
+                    .into(),
             ));
         }
         encoding.check_capacity(params.n())?;

@@ -567,6 +567,61 @@ async fn an_evaluation_off_the_manifest_schedule_is_declined_before_anything_is_
     coordinator.finish(&model).await;
 }
 
+/// A coordinator that signs one task manifest for hospital-a and another for the rest (say, in
+/// distributed DP, a noise scale that leaves everyone else's shares negligible, so that the sum
+/// carries hospital-a's share alone) gets no masked input from anyone: each node checks the
+/// round's encoding digest against the manifest it approved, and the peers' signed parameters
+/// then differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hospitals_shown_different_task_manifests_never_share_a_sum() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    // hospital-a approves a one-round task; the others, shown the same task with three rounds,
+    // approve another manifest. Round 1's requests are the same under both.
+    coordinator.set_rounds(1);
+    coordinator.admit_all(&[A]).await;
+    let task_of_a = coordinator.manifest().manifest.digest();
+    coordinator.set_rounds(3);
+    coordinator.admit_all(&[B, C]).await;
+    assert_ne!(coordinator.manifest().manifest.digest(), task_of_a);
+    let model = coordinator.model(1);
+    coordinator.push_all(&model, 1).await;
+    let figures = coordinator.round_figures(&model, 1, true);
+
+    // The parameters bound to the others' manifest, sent to all: hospital-a refuses them.
+    let start = coordinator.round_start(&model, 1, 1, true, None);
+    let mut same = SecureExchange::round(&coordinator, &model, start, &[A, B, C]);
+    let _ = same.run(&coordinator).await;
+    assert!(
+        !matches!(
+            first_answer(&same, A, Step::Request),
+            Message::SecAggKeys(_)
+        ),
+        "hospital-a took part under a manifest it never approved"
+    );
+    // Each node's parameters bound to its own manifest: the peers' signatures disagree.
+    let start = coordinator.round_start(&model, 1, 2, true, None);
+    let mut split = SecureExchange::round(&coordinator, &model, start, &[A, B, C]).on_setup(
+        move |node, setup| {
+            if node == A {
+                let encoding = figures.encoding(&setup.update_encoding);
+                setup.params.encoding_digest = encoding.task_digest(&task_of_a.0);
+            }
+        },
+    );
+    assert!(split.run(&coordinator).await.is_err());
+    for node in [A, B, C] {
+        let inputs = coordinator
+            .egress(node)
+            .iter()
+            .filter(|e| e.round == Some(1) && e.kind == "secagg_input")
+            .count();
+        assert_eq!(inputs, 0, "{node} sent a masked input");
+    }
+    coordinator.finish(&model).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. A release without a ledger entry.
 // ---------------------------------------------------------------------------------------------

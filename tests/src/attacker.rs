@@ -338,7 +338,7 @@ impl<'c> HandCoordinator<'c> {
             neighbours: None,
             graph_seed: rand::random(),
             vector_len: encoding.encoded_len(),
-            encoding_digest: encoding.digest(),
+            encoding_digest: encoding.task_digest(&self.manifest().manifest.digest().0),
         };
         params.threshold = RoundParams::default_threshold(params.holders_per_secret());
         SecAggSetup {

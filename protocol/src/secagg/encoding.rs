@@ -184,6 +184,24 @@ impl VectorEncoding {
         out
     }
 
+    /// The digest of this encoding bound to a task: `SHA-256("medfed-secagg-encoding-task-v1" ‖
+    /// digest ‖ task)`, with `task` the digest of the signed task manifest every participant
+    /// approved. A coordinator puts it in [`RoundParams::encoding_digest`](super::RoundParams),
+    /// each node checks it against its own approved manifest, and every peer signs it into its
+    /// key advertisement: a sum whose participants were shown different manifests (say, one
+    /// hospital a distributed-DP plan whose noise shares are full-size and the others one whose
+    /// shares are negligible) never gets a masked input, since the participants' parameters, and
+    /// so their signatures, differ.
+    pub fn task_digest(&self, task: &[u8; 32]) -> [u8; 32] {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(b"medfed-secagg-encoding-task-v1");
+        context.update(&self.digest());
+        context.update(task);
+        let mut out = [0; 32];
+        out.copy_from_slice(context.finish().as_ref());
+        out
+    }
+
     /// Decodes the sum of `summed_inputs` encoded vectors: exactly the number of inputs in
     /// `sum` (under secure aggregation, the survivors whose masked inputs were summed,
     /// [`ExpectUnmasking::survivors`](super::ExpectUnmasking::survivors)), which the
@@ -644,5 +662,21 @@ mod tests {
             encodings.iter().map(VectorEncoding::digest).collect();
         assert_eq!(digests.len(), encodings.len());
         assert_eq!(encodings[4].digest(), encodings[4].clone().digest());
+    }
+
+    #[test]
+    fn the_task_digest_binds_the_encoding_to_one_manifest() {
+        let words = VectorEncoding::new(vec![(3, BlockEncoding::Words)]);
+        let count = VectorEncoding::new(vec![(3, BlockEncoding::Count)]);
+        let (task, other) = ([1; 32], [2; 32]);
+        let bound = words.task_digest(&task);
+        assert_eq!(bound, words.clone().task_digest(&task));
+        for different in [
+            words.task_digest(&other),
+            count.task_digest(&task),
+            words.digest(),
+        ] {
+            assert_ne!(bound, different);
+        }
     }
 }
