@@ -114,6 +114,21 @@ pub struct Privacy {
     pub ledger: PrivacyLedger,
 }
 
+impl Privacy {
+    /// In distributed mode, the local ε the ledger would reach with `next` (each release's
+    /// local mechanisms) added; `None` in local mode, where there is one composition only.
+    fn local_epsilon_after(&self, next: &[Mechanism]) -> Result<Option<f64>, DeclineReason> {
+        let config = &self.config;
+        (config.mode == PrivacyMode::Distributed)
+            .then(|| {
+                self.ledger
+                    .local_epsilon(config.accountant, next, config.delta)
+            })
+            .transpose()
+            .map_err(accountant_failure)
+    }
+}
+
 /// The noise of one round's private releases and what they will cost.
 struct PrivateRound {
     /// DP-SGD settings, in training rounds of a task in local mode.
@@ -452,14 +467,7 @@ impl Hospital {
                 .ledger
                 .epsilon(config.accountant, &next, config.delta)
                 .map_err(accountant_failure)?;
-            let local_epsilon_after = (config.mode == PrivacyMode::Distributed)
-                .then(|| {
-                    privacy
-                        .ledger
-                        .local_epsilon(config.accountant, &next_local, config.delta)
-                })
-                .transpose()
-                .map_err(accountant_failure)?;
+            let local_epsilon_after = privacy.local_epsilon_after(&next_local)?;
             let released_count = count.filter(|_| terms.release == Release::ExampleCount);
             releases.push(PlannedRelease {
                 terms,
@@ -978,14 +986,7 @@ impl Hospital {
             .map_err(accountant_failure)?;
         within_budget(config, epsilon_after, "the noised statistics")?;
         // In distributed mode the statistics count in the local composition too, unchanged.
-        let local_epsilon_after = (config.mode == PrivacyMode::Distributed)
-            .then(|| {
-                privacy
-                    .ledger
-                    .local_epsilon(config.accountant, &terms.mechanisms, config.delta)
-            })
-            .transpose()
-            .map_err(accountant_failure)?;
+        let local_epsilon_after = privacy.local_epsilon_after(&terms.mechanisms)?;
         within_local_budget(config, local_epsilon_after, "the noised statistics")?;
         let mut entry = terms.entry(round, privacy, epsilon_after);
         entry.local_epsilon_after = local_epsilon_after;
@@ -1376,7 +1377,7 @@ impl Hospital {
         let noised_evaluation = self
             .privacy
             .as_ref()
-            .is_some_and(|p| p.config.evaluation.noise().is_ok_and(|n| n.is_some()));
+            .is_some_and(|p| evaluation_noise(&p.config).is_ok_and(|n| n.is_some()));
         let exact = (start.evaluate && !noised_evaluation).then_some(ExactFigures::HeldOut);
         let params = start.secure_aggregation.as_ref().map(|s| &s.params);
         if let Err(violation) = self.admit_request(round, params, exact.as_ref()) {
