@@ -451,6 +451,11 @@ impl CoordinatorConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.danger_pause_at.is_some() && !crate::faults::ENABLED {
+            return Err(ConfigError::FaultInjection {
+                key: "danger_pause_at",
+            });
+        }
         let task = &self.task;
         let invalid = |message: &str| {
             Err(ConfigError::Invalid {
@@ -511,6 +516,15 @@ pub enum ConfigError {
         path: Option<PathBuf>,
         /// The parser's message, with line and column.
         message: String,
+    },
+    /// A `danger_*` setting in a build without fault injection (release builds and the demo).
+    #[error(
+        "{key} is a test-only fault-injection setting; this build has no fault injection \
+         (the `fault-injection` cargo feature)"
+    )]
+    FaultInjection {
+        /// The setting.
+        key: &'static str,
     },
     /// A value is out of range.
     #[error("invalid configuration: {message}")]
@@ -609,6 +623,7 @@ name = "fed_adam"
     }
 
     #[test]
+    #[cfg(feature = "fault-injection")]
     fn parses_the_test_only_pause_point() {
         for phase in PausePhase::ALL {
             let text = format!(
@@ -620,6 +635,22 @@ name = "fed_adam"
         }
         let typo = format!("{EXAMPLE}\n[danger_pause_at]\nround = 2\nphase = \"later\"\n");
         assert!(CoordinatorConfig::parse(&typo, Path::new(".")).is_err());
+    }
+
+    #[test]
+    #[cfg(not(feature = "fault-injection"))]
+    fn a_build_without_fault_injection_refuses_the_pause_point() {
+        let text = format!("{EXAMPLE}\n[danger_pause_at]\nround = 2\nphase = \"unmasked\"\n");
+        let error = CoordinatorConfig::parse(&text, Path::new(".")).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ConfigError::FaultInjection {
+                    key: "danger_pause_at"
+                }
+            ),
+            "{error}"
+        );
     }
 
     #[test]

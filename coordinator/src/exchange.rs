@@ -2,8 +2,9 @@
 
 use medfed_certs::channel::{ChannelError, MessageReader, send_frame, send_message};
 use medfed_protocol::codec::{self, CodecError, MAX_FRAME_LEN};
-use medfed_protocol::messages::{DeclineReason, Message, ModelReceived, RefusalReason};
+use medfed_protocol::messages::{Message, ModelReceived, RefusalReason};
 use medfed_protocol::model::{Model, ModelHash};
+use medfed_protocol::round::LeftOut;
 use medfed_protocol::transfer::split_model;
 
 use crate::registry::NodeHandle;
@@ -131,22 +132,20 @@ pub enum ExchangeError {
         /// Kind expected.
         expected: &'static str,
     },
-    /// The answer is of the right kind but its contents are wrong.
-    #[error("node's answer rejected: {0}")]
-    Rejected(RefusalReason),
-    /// The node's secure-aggregation message broke the protocol.
-    #[error("secure aggregation: {0}")]
-    SecureAggregation(String),
-    /// The node declined the round.
-    #[error("node declined: {0}")]
-    Declined(DeclineReason),
-    /// A peer reported that a secure-aggregation share this node sent it failed authentication.
-    #[error("its secure-aggregation share for {peer} failed authentication")]
-    ShareAuthentication {
-        /// The peer that could not authenticate the share.
-        peer: String,
-    },
-    /// No answer before the round deadline.
-    #[error("no answer before the round deadline")]
-    Deadline,
+}
+
+impl From<ExchangeError> for LeftOut {
+    fn from(error: ExchangeError) -> Self {
+        match error {
+            ExchangeError::Connection(detail) => Self::Connection { detail },
+            ExchangeError::Channel(e) => Self::Framing {
+                detail: e.to_string(),
+            },
+            ExchangeError::Refused(reason) => Self::Refused { reason },
+            ExchangeError::Unexpected { got, expected } => Self::Unexpected {
+                got: got.to_owned(),
+                expected: expected.to_owned(),
+            },
+        }
+    }
 }

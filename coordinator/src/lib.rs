@@ -20,6 +20,7 @@ pub mod audit;
 pub mod checkpoint;
 pub mod config;
 pub mod exchange;
+pub mod faults;
 pub mod html;
 pub mod listener;
 pub mod manifest;

@@ -6,20 +6,7 @@ use std::time::Instant;
 
 use tracing::info;
 
-/// The phases of one secure-aggregation collection, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// The figures are computed and each node sends its signed round keys.
-    Keys,
-    /// Encrypted shares for the neighbours are collected and relayed.
-    Shares,
-    /// The masked inputs arrive and are summed.
-    Inputs,
-    /// Each survivor signs the survivor set.
-    Consistency,
-    /// The unmasking shares arrive and the masks are removed.
-    Unmask,
-}
+pub use medfed_protocol::round::Phase;
 
 /// Wall-clock seconds per phase of one collection, measured lap by lap.
 #[derive(Debug)]

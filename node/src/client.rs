@@ -49,6 +49,11 @@ pub struct NodeOutcome {
 
 /// Runs the node until the coordinator finishes training, or a fatal error.
 pub async fn run(config: &NodeConfig, hospital: Hospital) -> Result<NodeOutcome, NodeError> {
+    if !cfg!(feature = "fault-injection")
+        && (config.danger_crash_after.is_some() || config.danger_stall.is_some())
+    {
+        return Err(NodeError::NoFaultInjection);
+    }
     let endpoint = client_endpoint(&config.tls)?;
     let egress = Mutex::new(EgressLog::open(&config.state_dir)?);
     let hospital = Arc::new(Mutex::new(hospital));
@@ -185,6 +190,9 @@ async fn answer(
     config: &NodeConfig,
     egress: &Mutex<EgressLog>,
 ) -> Result<Option<NodeOutcome>, NodeError> {
+    // Only the test-only fault hooks read the configuration here.
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = config;
     let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
     let request = match reader.expect().await {
         Ok(request) => request,
@@ -253,6 +261,7 @@ async fn answer(
             },
         }),
     };
+    #[cfg(feature = "fault-injection")]
     if let Some(stall) = config.danger_stall
         && reply.kind() == stall.before
         && reply.round() == Some(stall.round)
@@ -265,12 +274,18 @@ async fn answer(
         warn!(error = %e, "could not send the answer");
     }
     let _ = send.finish();
+    #[cfg(feature = "fault-injection")]
     if let Some(point) = config.danger_crash_after
         && reply.kind() == point.after
         && reply.round() == Some(point.round)
     {
         // The crash comes once the answer is in the coordinator's hands, even on a slow machine.
         let _ = tokio::time::timeout(Duration::from_secs(10), send.stopped()).await;
+        warn!(
+            kind = point.after,
+            round = point.round,
+            "DANGER: crashing on purpose (danger_crash_after)"
+        );
         return Err(NodeError::Crashed {
             after: point.after,
             round: point.round,
@@ -416,6 +431,13 @@ pub enum NodeError {
         /// Its round.
         round: u64,
     },
+    /// A `danger_*` hook is set in a build without fault injection (release builds and the
+    /// demo): it would silently do nothing.
+    #[error(
+        "danger_crash_after or danger_stall is set, but this build has no fault injection \
+         (the `fault-injection` cargo feature)"
+    )]
+    NoFaultInjection,
     /// The coordinator stayed unreachable.
     #[error("gave up reaching the coordinator after {after:?}: {last}")]
     GaveUp {
@@ -436,6 +458,7 @@ impl NodeError {
                 | Self::Refused(_)
                 | Self::ManifestRefused(_)
                 | Self::Crashed { .. }
+                | Self::NoFaultInjection
                 | Self::Egress(_)
         )
     }

@@ -30,6 +30,7 @@ pub mod model;
 pub mod pld;
 pub mod privacy;
 pub mod report;
+pub mod round;
 pub mod schema;
 pub mod secagg;
 pub mod stats;

@@ -21,6 +21,7 @@ use medfed_node::ledger::PrivacyLedger;
 use medfed_node::{NodeConfig, NodeError};
 use medfed_protocol::accounting::Accountant;
 use medfed_protocol::privacy::epsilon;
+use medfed_protocol::round::LeftOut;
 
 const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
 
@@ -141,7 +142,7 @@ async fn a_straggler_past_the_deadline_is_a_dropout_whose_masks_are_removed() {
         .iter()
         .find(|(who, _)| who == "hospital-c")
         .expect("the straggler is a dropout");
-    assert!(why.contains("deadline"), "{why}");
+    assert_eq!(*why, LeftOut::Deadline);
     // The straggler's pairwise masks were in a's and b's inputs: any left in the sum would turn
     // the exactly counted held-out examples (20 per node) into noise.
     let evaluation = first
@@ -214,7 +215,7 @@ async fn a_partitioned_node_is_left_out_and_rejoins_when_the_network_heals() {
         .iter()
         .find(|(who, _)| who == "hospital-c")
         .expect("the partitioned node is a dropout");
-    assert!(why.contains("deadline"), "{why}");
+    assert_eq!(*why, LeftOut::Deadline);
     assert!(
         report.rounds[2..]
             .iter()

@@ -24,6 +24,7 @@ use medfed_protocol::messages::{
     PROTOCOL_VERSION, RefusalReason, Refused, RoundKeys, RoundStart, SecAggSetup, Welcome,
 };
 use medfed_protocol::model::{Model, ModelKind, ModelSpec};
+use medfed_protocol::round::LeftOut;
 use medfed_protocol::schema::Schema;
 use medfed_protocol::secagg::{
     ExpectDirectory, KeyAdvertisement, MaskedInput, ParticipantState, ShareDelivery,
@@ -98,7 +99,10 @@ async fn refused_framing(bytes: Vec<u8>, fault: &str) {
     let mallory = serve(mallory, move |_| bytes.clone());
     let report = honest_nodes_train(&consortium, coordinator).await;
     let why = dropped(&report, "mallory");
-    assert!(why.contains(fault), "mallory left out because: {why}");
+    assert!(
+        matches!(why, LeftOut::Framing { detail } if detail.contains(fault)),
+        "mallory left out because: {why:?}"
+    );
     mallory.abort();
 }
 
@@ -126,7 +130,10 @@ async fn contribution_for_another_round_is_refused_and_the_round_goes_on() {
     });
     let report = honest_nodes_train(&consortium, coordinator).await;
     let why = dropped(&report, "mallory");
-    assert!(why.contains("round 2, expected round 1"), "{why}");
+    assert!(
+        matches!(why, LeftOut::SecureAggregation { detail } if detail.contains("round 2, expected round 1")),
+        "{why:?}"
+    );
     mallory.abort();
 }
 
@@ -166,10 +173,12 @@ async fn message_of_the_wrong_phase_is_refused_and_the_round_goes_on() {
         })
     });
     let report = honest_nodes_train(&consortium, coordinator).await;
-    let why = dropped(&report, "mallory");
-    assert!(
-        why.contains("node sent secagg_input, expected secagg_shares"),
-        "{why}"
+    assert_eq!(
+        *dropped(&report, "mallory"),
+        LeftOut::Unexpected {
+            got: "secagg_input".into(),
+            expected: "secagg_shares".into()
+        }
     );
     mallory.abort();
 
@@ -360,8 +369,9 @@ async fn node_claiming_another_identity_is_refused() {
     let report = honest_nodes_train(&consortium, coordinator).await;
     let why = dropped(&report, "mallory");
     assert!(
-        why.contains("advertised keys under another participant's index"),
-        "{why}"
+        matches!(why, LeftOut::SecureAggregation { detail }
+            if detail.contains("advertised keys under another participant's index")),
+        "{why:?}"
     );
     mallory.abort();
 }
@@ -465,8 +475,10 @@ async fn share_that_fails_authentication_leaves_its_sender_out() {
     // out of the round (its masks removed as a dropout's; the first attempt, which lost both,
     // was restarted without it) and the honest three complete it.
     assert_eq!(
-        dropped(&report, "mallory"),
-        "left out of the round: its secure-aggregation share for hospital-a failed authentication"
+        *dropped(&report, "mallory"),
+        LeftOut::ShareAuthentication {
+            peer: "hospital-a".into()
+        }
     );
     // Never a wrong sum: the pooled held-out counts are exactly the honest nodes' (3 × 25).
     let start = report.rounds[0].start_model_evaluation.as_ref().unwrap();
@@ -785,12 +797,12 @@ async fn honest_nodes_train(
 }
 
 /// Why `who` was left out of the first round.
-fn dropped<'a>(report: &'a TrainingReport, who: &str) -> &'a str {
+fn dropped<'a>(report: &'a TrainingReport, who: &str) -> &'a LeftOut {
     report.rounds[0]
         .dropped
         .iter()
         .find(|(name, _)| name == who)
-        .map(|(_, why)| why.as_str())
+        .map(|(_, why)| why)
         .unwrap_or_else(|| panic!("{who} not left out: {:?}", report.rounds[0].dropped))
 }
 

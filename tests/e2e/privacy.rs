@@ -85,7 +85,7 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
             .iter()
             .find(|(who, _)| who == "hospital-c")
             .expect("c declined");
-        assert!(why.contains("privacy budget"), "{why}");
+        assert!(why.is_budget_spent(), "{why}");
     }
     for node in nodes {
         node.await.unwrap().unwrap();

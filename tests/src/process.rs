@@ -45,6 +45,9 @@ fn build(package: &str, name: &str) -> Result<PathBuf, String> {
     build
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["build", "-p", package, "--bin", name])
+        // The binaries the tests run are test builds: with the fault hooks (`danger_*`), as the
+        // in-process coordinator and nodes of the same test run have them.
+        .args(["--features", "fault-injection"])
         .arg("--target-dir")
         .arg(target_dir);
     match profile_dir.file_name().and_then(|n| n.to_str()) {

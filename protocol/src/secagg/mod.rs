@@ -69,6 +69,8 @@ mod messages;
 mod params;
 mod server;
 pub mod shamir;
+#[cfg(test)]
+pub(crate) mod test_keys;
 
 pub use client::{
     ExpectConsistency, ExpectDelivery, ExpectDirectory, ExpectUnmask, ParticipantState,

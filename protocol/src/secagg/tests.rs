@@ -5,31 +5,10 @@ use std::collections::BTreeMap;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
 use super::*;
 
-/// Signs with a real Ed25519 key (the tests' stand-in for a certificate's key).
-struct TestSigner(Ed25519KeyPair);
-
-impl Signer for TestSigner {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SecAggError> {
-        Ok(self.0.sign(message).as_ref().to_vec())
-    }
-}
-
-/// Verifies against the public key carried as the "certificate", and checks it belongs to the
-/// identity, as a certificate's subject would.
-struct TestVerifier(BTreeMap<String, Vec<u8>>);
-
-impl PeerVerifier for TestVerifier {
-    fn verify(&self, identity: &str, certificate: &[u8], message: &[u8], signature: &[u8]) -> bool {
-        self.0.get(identity).is_some_and(|key| key == certificate)
-            && UnparsedPublicKey::new(&ED25519, certificate)
-                .verify(message, signature)
-                .is_ok()
-    }
-}
+use super::test_keys::{TestSigner, TestVerifier};
 
 /// When a participant stops answering.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -73,9 +52,9 @@ impl Federation {
         for p in &participants {
             let mut seed = [0u8; 32];
             rand::RngCore::fill_bytes(&mut rng, &mut seed);
-            let pair = Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
-            keys.insert(p.identity.clone(), pair.public_key().as_ref().to_vec());
-            signers.push(TestSigner(pair));
+            let signer = TestSigner::from_seed(&seed);
+            keys.insert(p.identity.clone(), signer.certificate());
+            signers.push(signer);
         }
         let mut params = RoundParams {
             session: 77,
@@ -106,11 +85,7 @@ impl Federation {
     }
 
     fn certificate(&self, index: u16) -> Vec<u8> {
-        self.signers[usize::from(index) - 1]
-            .0
-            .public_key()
-            .as_ref()
-            .to_vec()
+        self.signers[usize::from(index) - 1].certificate()
     }
 
     /// Runs a whole round with honest parties; `drops[i]` says when participant i+1 stops.

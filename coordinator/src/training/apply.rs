@@ -1,0 +1,263 @@
+//! What a collected round becomes: the new model (the server optimiser applied to the mean
+//! update, or to the distributed-DP pseudo-update), its checkpoint, the signed audit report of
+//! the round's starting model, and the round completed in the state store, in that order.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use medfed_protocol::contribution::RoundLayout;
+use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
+use medfed_protocol::messages::{Finished, Message, PrivacySpent};
+use medfed_protocol::model::Model;
+use medfed_protocol::report::{AuditReport, NodePrivacy, REPORT_FORMAT, file_sha256};
+use medfed_protocol::round::Gathered;
+use medfed_protocol::stats::FederatedSummary;
+use tokio::task::JoinSet;
+use tracing::info;
+
+use super::error::{CoordinatorError, RoundFailure};
+use super::rounds::Collected;
+use super::{DistributedDecoder, RoundReport, SUMMARY_KEY, Trainer, now_ms};
+use crate::audit::{self, AttributeAudit};
+use crate::checkpoint::{checkpoint_file_name, write_checkpoint};
+use crate::config::PausePhase;
+use crate::exchange;
+use crate::faults;
+use crate::store::CompletedRound;
+use crate::strategy::{distributed_delta, mean_delta};
+
+impl Trainer {
+    /// Applies a round's summed update, checkpoints the model and records the round.
+    pub(super) async fn apply(
+        &mut self,
+        round: u64,
+        collected: Collected,
+        started: Instant,
+    ) -> Result<(RoundReport, PathBuf), CoordinatorError> {
+        let Collected {
+            gathered,
+            layout,
+            distributed_delta,
+        } = collected;
+        let totals = layout
+            .decode(&gathered.sum)
+            .ok_or_else(|| CoordinatorError::Internal("sum length".into()))?;
+        let evaluation = totals.eval.as_ref().and_then(EvalCounts::metrics);
+        let fairness = if totals.eval.is_some() {
+            audit::audit(&self.schema, &totals.groups, &self.config.fairness)
+        } else {
+            Vec::new()
+        };
+        audit::log(&fairness);
+        let mean = match distributed_delta {
+            Some(delta) => delta,
+            None => {
+                let (delta, weight) = totals
+                    .update
+                    .ok_or_else(|| CoordinatorError::Internal("no update block".into()))?;
+                mean_delta(&delta, weight)?
+            }
+        };
+        let mut params = self.model.params.clone();
+        let optimizer = self
+            .optimizer
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        optimizer.try_apply(&mut params, &mean)?;
+        let optimizer_state = optimizer.state();
+        let model = Model::new(self.model.spec.clone(), params)?;
+        let path = write_checkpoint(&self.config.data_dir.join("checkpoints"), round, &model)?;
+        let pause = self.config.danger_pause_at;
+        faults::pause(pause, round, PausePhase::CheckpointWritten).await;
+        let report = RoundReport {
+            round,
+            participants: gathered.participants,
+            dropped: gathered.dropped,
+            privacy: gathered
+                .privacy
+                .iter()
+                .map(|(n, p)| (n.clone(), p.epsilon, p.delta))
+                .collect(),
+            start_model_evaluation: evaluation,
+            fairness,
+            model_hash: model.hash().to_hex(),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        // The audit of the round's starting model goes into the chain before the round counts
+        // as completed: a crash in between re-runs the round, and the chain skips the repeat. A
+        // round off the evaluation schedule has nothing to audit.
+        if layout.evaluate {
+            let start_model = self.model.clone();
+            self.write_report(
+                round - 1,
+                &start_model,
+                &report.participants,
+                &gathered.privacy,
+                report.start_model_evaluation.clone(),
+                report.fairness.clone(),
+            )?;
+        }
+        faults::pause(pause, round, PausePhase::ReportWritten).await;
+        self.store().complete_round(&CompletedRound {
+            round,
+            model_hash: model.hash(),
+            checkpoint_path: path.clone(),
+            participants: report.participants.clone(),
+            metrics: serde_json::to_value(&report).unwrap_or_default(),
+            optimizer_state: Some(optimizer_state),
+            finished_at_ms: now_ms(),
+        })?;
+        faults::pause(pause, round, PausePhase::RoundCompleted).await;
+        match &report.start_model_evaluation {
+            Some(m) => info!(
+                nodes = report.participants.len(),
+                examples = m.examples,
+                auc = m.auc.unwrap_or(f64::NAN),
+                accuracy = m.accuracy,
+                loss = m.loss,
+                seconds = report.seconds,
+                "round applied (metrics: model of round {} on pooled held-out data)",
+                round - 1
+            ),
+            None => info!(
+                nodes = report.participants.len(),
+                seconds = report.seconds,
+                "round applied"
+            ),
+        }
+        self.model = model;
+        self.round = round;
+        Ok((report, path))
+    }
+
+    /// The decoder of distributed-DP update blocks, when the manifest plans distributed DP:
+    /// its parameters, and the public denominator `q·N` with `N` the pooled noised example
+    /// count the statistics round gave. Without that count the task cannot start.
+    pub(super) fn distributed_decoder(
+        &self,
+    ) -> Result<Option<DistributedDecoder>, CoordinatorError> {
+        let (Some(plan), Some(params)) = (
+            self.manifest.distributed_dp.as_ref(),
+            self.manifest.distributed_params(),
+        ) else {
+            return Ok(None);
+        };
+        let params = params.map_err(|e| CoordinatorError::DistributedDp(e.to_string()))?;
+        let summary = self.store().get_json::<FederatedSummary>(SUMMARY_KEY)?;
+        let Some(summary) = summary.filter(|s| s.n > 0) else {
+            return Err(CoordinatorError::DistributedDp(
+                "the statistics round left no pooled example count N to divide the sum by (q·N)"
+                    .into(),
+            ));
+        };
+        let denominator = plan.sample_rate * summary.n as f64;
+        info!(
+            sample_rate = plan.sample_rate,
+            pooled_examples = summary.n,
+            denominator,
+            noise_multiplier = plan.noise_multiplier,
+            threshold = plan.threshold,
+            noise_std_at_threshold = params.noise_std_of_sum(params.config().threshold),
+            "distributed DP: each round is one DP-FedSGD step over the public denominator q·N"
+        );
+        Ok(Some(DistributedDecoder {
+            params,
+            denominator,
+        }))
+    }
+
+    /// Under distributed DP, the round's pseudo-update from the unmasked sum: the words
+    /// decoded over the survivors (`DdpParams::decode_sum`, which refuses a sum over fewer
+    /// than `t` or a coordinate out of range), divided by the public `q·N`, times `−lr`.
+    pub(super) fn distributed_delta(
+        &self,
+        gathered: &Gathered,
+        layout: RoundLayout,
+        learning_rate: f64,
+    ) -> Result<Vec<f64>, RoundFailure> {
+        let decoder = self
+            .distributed
+            .as_ref()
+            .ok_or_else(|| RoundFailure::Store("no distributed-DP decoder".into()))?;
+        let words = layout
+            .decode(&gathered.sum)
+            .and_then(|totals| totals.distributed_sum)
+            .ok_or_else(|| RoundFailure::Store("the sum does not fit the round layout".into()))?;
+        let gradient_sum = decoder
+            .params
+            .decode_sum(&words, gathered.participants.len())?;
+        Ok(distributed_delta(
+            &gradient_sum,
+            decoder.denominator,
+            learning_rate,
+        )?)
+    }
+
+    /// Appends the signed audit report of the model of `model_round` to the chain.
+    pub(super) fn write_report(
+        &mut self,
+        model_round: u64,
+        model: &Model,
+        participants: &[String],
+        privacy: &[(String, PrivacySpent)],
+        evaluation: Option<EvalMetrics>,
+        fairness: Vec<AttributeAudit>,
+    ) -> Result<Option<PathBuf>, CoordinatorError> {
+        let checkpoint = self
+            .config
+            .data_dir
+            .join("checkpoints")
+            .join(checkpoint_file_name(model_round));
+        let checkpoint_sha256 = std::fs::read(&checkpoint)
+            .ok()
+            .map(|bytes| file_sha256(&bytes));
+        let report = AuditReport {
+            format: REPORT_FORMAT.to_owned(),
+            round: model_round,
+            created_at_ms: now_ms(),
+            model_sha256: model.hash().to_hex(),
+            checkpoint_sha256,
+            participants: participants.to_vec(),
+            absent_members: self
+                .members
+                .iter()
+                .filter(|member| !participants.contains(member))
+                .cloned()
+                .collect(),
+            privacy: privacy
+                .iter()
+                .map(|(node, p)| NodePrivacy {
+                    node: node.clone(),
+                    epsilon: p.epsilon,
+                    delta: p.delta,
+                })
+                .collect(),
+            evaluation,
+            approved: fairness.iter().all(|a| a.policy.approved),
+            fairness,
+            previous_report_sha256: None,
+        };
+        Ok(self.reports.append(report)?)
+    }
+
+    /// Tells every connected node that training is over.
+    pub(super) async fn finish(&self) {
+        let message = Message::Finished(Finished {
+            session: self.session,
+            round: self.round,
+            model_hash: self.model.hash(),
+        });
+        let mut tasks = JoinSet::new();
+        for node in self.registry.connected() {
+            let message = message.clone();
+            tasks.spawn(async move {
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    exchange::request(&node, &message),
+                )
+                .await;
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,125 @@
+//! Drives the round engine's [`Collection`] over the network: each phase's messages are sent in
+//! parallel, each on a fresh stream (the model pushed first where a node lacks it), and every
+//! answer is handed to the engine as it arrives, until the phase's deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use medfed_protocol::round::{
+    Collection, CollectionPlan, LeftOut, Outcome, Outgoing, Phase, Progress,
+};
+use tokio::task::JoinSet;
+
+use crate::config::{PausePhase, PausePoint};
+use crate::exchange::{self, ModelPush};
+use crate::faults;
+use crate::phases::PhaseClock;
+use crate::registry::NodeHandle;
+
+/// The network side of one collection.
+pub(super) struct Driver<'a> {
+    /// The nodes asked, in the plan's order (participant `i + 1` is `nodes[i]`).
+    pub(super) nodes: &'a [Arc<NodeHandle>],
+    /// The model to push before a request that needs it.
+    pub(super) model: Option<Arc<ModelPush>>,
+    /// How long each phase waits for its answers.
+    pub(super) phase_deadline: Duration,
+    /// Test-only fault injection.
+    pub(super) pause_at: Option<PausePoint>,
+}
+
+impl Driver<'_> {
+    /// Runs `plan` to its outcome.
+    pub(super) async fn collect(&self, plan: CollectionPlan) -> Outcome {
+        let round = match &plan.request {
+            medfed_protocol::round::Request::Stats(r) => r.round,
+            medfed_protocol::round::Request::Round(r) => r.round,
+        };
+        let secure = plan.secure.is_some();
+        let (mut collection, mut progress) = Collection::start(plan);
+        let mut clock = PhaseClock::start();
+        loop {
+            match progress {
+                Progress::Done(outcome) => {
+                    if outcome.result.is_ok() {
+                        if secure {
+                            clock.lap(Phase::Unmask);
+                            clock.log(round);
+                        }
+                        faults::pause(self.pause_at, round, PausePhase::Unmasked).await;
+                    }
+                    return outcome;
+                }
+                Progress::Send { ended, sends } => {
+                    if let Some(phase) = ended {
+                        clock.lap(phase);
+                        self.after_phase(round, phase, &collection).await;
+                    }
+                    progress = self.exchange(&mut collection, round, sends).await;
+                }
+                // Nothing left to wait for: the phase ends.
+                Progress::Waiting => progress = collection.handle_deadline(),
+            }
+        }
+    }
+
+    /// The fault-injection points between phases.
+    async fn after_phase(&self, round: u64, phase: Phase, collection: &Collection) {
+        let point = match phase {
+            Phase::Keys => PausePhase::KeysCollected,
+            Phase::Shares => PausePhase::SharesRelayed,
+            Phase::Inputs if collection.inputs_received() => PausePhase::MaskedInputs,
+            _ => return,
+        };
+        faults::pause(self.pause_at, round, point).await;
+    }
+
+    /// Sends one phase's messages and hands the answers to the engine until it moves on or the
+    /// deadline passes.
+    async fn exchange(
+        &self,
+        collection: &mut Collection,
+        round: u64,
+        sends: Vec<Outgoing>,
+    ) -> Progress {
+        let deadline = tokio::time::Instant::now() + self.phase_deadline;
+        let mut tasks = JoinSet::new();
+        for send in sends {
+            let Some(node) = usize::from(send.index)
+                .checked_sub(1)
+                .and_then(|i| self.nodes.get(i))
+                .cloned()
+            else {
+                continue;
+            };
+            let push = self.model.clone().filter(|_| send.push_model);
+            let pause_at = push.as_ref().and(self.pause_at);
+            tasks.spawn(async move {
+                let answer = async {
+                    if let Some(push) = &push
+                        && node.held_model() != Some(push.hash())
+                    {
+                        exchange::push_model(&node, push).await?;
+                    }
+                    faults::pause(pause_at, round, PausePhase::ModelPushed).await;
+                    exchange::request(&node, &send.message).await
+                };
+                (send.index, answer.await.map_err(LeftOut::from))
+            });
+        }
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => match joined {
+                    Some(Ok((index, answer))) => match collection.handle_answer(index, answer) {
+                        Progress::Waiting => {}
+                        progress => return progress,
+                    },
+                    // A task that panicked: its node counts as silent.
+                    Some(Err(_)) => {}
+                    None => return collection.handle_deadline(),
+                },
+                () = tokio::time::sleep_until(deadline) => return collection.handle_deadline(),
+            }
+        }
+    }
+}

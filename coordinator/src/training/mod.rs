@@ -1,0 +1,356 @@
+//! The coordinator's training loop: federated statistics, then training rounds, then a final
+//! evaluation, each driven as parallel request/answer exchanges with the connected nodes.
+//!
+//! A round is applied whole or not at all: the new model's checkpoint is written atomically, and
+//! only then is the round marked completed in SQLite, in one transaction with the optimiser
+//! state. A coordinator restarted after a crash resumes after the last completed round.
+
+mod apply;
+mod driver;
+mod error;
+mod rounds;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use medfed_certs::channel::server_endpoint;
+use medfed_certs::{ConsortiumVerifier, MemberList, load_report_signing_key};
+use medfed_protocol::distributed_dp::DdpParams;
+use medfed_protocol::evaluation::EvalMetrics;
+use medfed_protocol::manifest::TaskManifest;
+use medfed_protocol::model::{Model, ModelSpec};
+use medfed_protocol::round::{Exclusions, LeftOut};
+use medfed_protocol::schema::Schema;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use error::CoordinatorError;
+
+use crate::audit::AttributeAudit;
+use crate::checkpoint::{checkpoint_file_name, read_checkpoint, write_checkpoint};
+use crate::config::CoordinatorConfig;
+use crate::listener::{self, Admission};
+use crate::manifest::{ManifestBuildError, signed_manifest, write_manifest};
+use crate::registry::Registry;
+use crate::reports::ReportWriter;
+use crate::store::Store;
+use crate::strategy::{ServerOptimizer, build_optimizer};
+
+/// Key of the federated standardisation in the state store.
+const STANDARDIZATION_KEY: &str = "standardization";
+/// Key of the summary of the statistics round.
+const SUMMARY_KEY: &str = "federated_summary";
+/// State-store key of the hospitals whose statistics were summed, sorted.
+const STATS_PARTICIPANTS_KEY: &str = "statistics_participants";
+/// State-store key of the hospitals whose held-out counts were first summed, sorted.
+const EVALUATION_PARTICIPANTS_KEY: &str = "evaluation_participants";
+/// Key of the final evaluation.
+const FINAL_EVALUATION_KEY: &str = "final_evaluation";
+
+/// What one applied round did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoundReport {
+    /// Round number, from 1.
+    pub round: u64,
+    /// Nodes whose contribution is in the sum.
+    pub participants: Vec<String>,
+    /// Nodes asked but left out, with the reason.
+    pub dropped: Vec<(String, LeftOut)>,
+    /// `(node, ε, δ)` each node declared it has spent, this round included.
+    pub privacy: Vec<(String, f64, f64)>,
+    /// Bias audit of the model the round started from, per sensitive attribute.
+    pub fairness: Vec<AttributeAudit>,
+    /// Pooled held-out metrics of the model the round started from (the previous round's model).
+    pub start_model_evaluation: Option<EvalMetrics>,
+    /// Hash of the model after the round.
+    pub model_hash: String,
+    /// Wall-clock seconds the round took.
+    pub seconds: f64,
+}
+
+/// What a whole run did.
+#[derive(Clone, Debug)]
+pub struct TrainingReport {
+    /// Rounds applied in this run (earlier runs' rounds are in the state store).
+    pub rounds: Vec<RoundReport>,
+    /// Pooled held-out metrics of the final model.
+    pub final_evaluation: Option<EvalMetrics>,
+    /// Bias audit of the final model, per sensitive attribute.
+    pub final_fairness: Vec<AttributeAudit>,
+    /// The final model.
+    pub final_model: Model,
+    /// Path of the final model's checkpoint.
+    pub checkpoint: Option<PathBuf>,
+    /// The last completed round.
+    pub last_round: u64,
+    /// Bytes received from each node during this run (the nodes' egress logs should agree).
+    pub bytes_received: BTreeMap<String, u64>,
+    /// Why training stopped before the planned rounds, if it did: too few nodes had privacy
+    /// budget left for another round.
+    pub stopped_early: Option<String>,
+}
+
+/// A coordinator serving on its endpoint and training in the background.
+#[derive(Debug)]
+pub struct RunningCoordinator {
+    local_addr: SocketAddr,
+    training: tokio::task::JoinHandle<Result<TrainingReport, CoordinatorError>>,
+}
+
+impl RunningCoordinator {
+    /// The address the coordinator listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits for training to finish.
+    pub async fn wait(self) -> Result<TrainingReport, CoordinatorError> {
+        self.training
+            .await
+            .map_err(|e| CoordinatorError::Internal(e.to_string()))?
+    }
+
+    /// Stops the coordinator now, as a crash would (nothing is flushed that was not already).
+    pub fn abort(&self) {
+        self.training.abort();
+    }
+}
+
+/// Opens the state, binds the endpoint and starts training.
+pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, CoordinatorError> {
+    if config.danger_pause_at.is_some() && !crate::faults::ENABLED {
+        return Err(CoordinatorError::Internal(
+            "danger_pause_at is set, but this build has no fault injection".into(),
+        ));
+    }
+    let schema_text =
+        std::fs::read_to_string(&config.schema).map_err(|source| CoordinatorError::Io {
+            path: config.schema.clone(),
+            source,
+        })?;
+    let schema = Schema::parse(&schema_text).map_err(|source| CoordinatorError::Schema {
+        path: config.schema.clone(),
+        source,
+    })?;
+    std::fs::create_dir_all(config.data_dir.join("checkpoints")).map_err(|source| {
+        CoordinatorError::Io {
+            path: config.data_dir.clone(),
+            source,
+        }
+    })?;
+    let store = Store::open(&config.data_dir.join("state.sqlite"))?;
+    let spec = ModelSpec {
+        kind: config.task.model.clone().into(),
+        input_dim: schema.num_features(),
+    };
+    spec.validate()?;
+
+    let resumed = store.last_completed_round()?;
+    let (round, model) = match &resumed {
+        Some(done) => {
+            let (round, model) = read_checkpoint(&done.checkpoint_path)?;
+            if round != done.round || model.spec != spec {
+                return Err(CoordinatorError::StateMismatch(format!(
+                    "checkpoint {} holds round {round} of {:?}, the state says round {} of {:?}",
+                    done.checkpoint_path.display(),
+                    model.spec,
+                    done.round,
+                    spec
+                )));
+            }
+            info!(round, hash = %model.hash(), "resuming after the last completed round");
+            (round, model)
+        }
+        None => {
+            let initial = Model::new(spec.clone(), spec.initial_parameters(config.task.seed))?;
+            // The initial model is audited too; its checkpoint lets auditors check its hash. A
+            // run killed before round 1 completed may have written it, and its audit report may
+            // already name the file's SHA-256: an equal checkpoint is kept byte for byte (the
+            // encoding's metadata order is not stable across runs).
+            let dir = config.data_dir.join("checkpoints");
+            let kept = read_checkpoint(&dir.join(checkpoint_file_name(0)))
+                .is_ok_and(|(round, model)| round == 0 && model == initial);
+            if !kept {
+                write_checkpoint(&dir, 0, &initial)?;
+            }
+            (0, initial)
+        }
+    };
+    let optimizer = build_optimizer(
+        &config.strategy,
+        model.params.len(),
+        resumed
+            .as_ref()
+            .and_then(|done| done.optimizer_state.clone()),
+    )?;
+
+    let endpoint = server_endpoint(&config.tls, config.listen)?;
+    let local_addr = endpoint
+        .local_addr()
+        .map_err(|source| CoordinatorError::Io {
+            path: "socket".into(),
+            source,
+        })?;
+    let signed = signed_manifest(&config, &schema)?;
+    let members: Vec<String> = MemberList::load(&config.members)
+        .map_err(ManifestBuildError::from)?
+        .names()
+        .map(str::to_owned)
+        .collect();
+    let manifest_path = write_manifest(&config.data_dir, &signed)?;
+    info!(
+        manifest = %signed.manifest.digest(),
+        file = %manifest_path.display(),
+        "task manifest signed"
+    );
+    let manifest = signed.manifest.clone();
+    if manifest.model != spec {
+        return Err(CoordinatorError::Internal(
+            "the manifest's model differs from the configured one".into(),
+        ));
+    }
+    let session = random_session();
+    let admission = Arc::new(Admission {
+        session,
+        schema_digest: schema.digest(),
+        manifest: signed,
+    });
+    let registry = Arc::new(Registry::default());
+    let store = Arc::new(Mutex::new(store));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let on_admit: listener::OnAdmit = {
+        let store = store.clone();
+        Arc::new(move |identity: &str| {
+            if let Err(e) = store_lock(&store).node_seen(identity, now_ms()) {
+                warn!(error = %e, "cannot record node in state");
+            }
+        })
+    };
+    tokio::spawn(listener::serve(
+        endpoint.clone(),
+        admission,
+        registry.clone(),
+        on_admit,
+        shutdown_rx,
+    ));
+    info!(%local_addr, session = format_args!("{session:016x}"), "coordinator listening");
+
+    let optimizer = Mutex::new(optimizer);
+    let peer_verifier = ConsortiumVerifier::new(&config.tls)
+        .map_err(|source| CoordinatorError::PeerVerifier { source })?;
+    let signing_key = load_report_signing_key(&config.tls.key)?;
+    let reports = ReportWriter::open(&config.data_dir.join("reports"), signing_key)?;
+    let trainer = Trainer {
+        config,
+        manifest,
+        schema,
+        store,
+        registry,
+        session,
+        model,
+        optimizer,
+        round,
+        reports,
+        members,
+        exclusions: Exclusions::default(),
+        sum_buffer: Vec::new(),
+        peer_verifier: Arc::new(peer_verifier),
+        distributed: None,
+    };
+    let training = tokio::spawn(async move {
+        let result = trainer.run().await;
+        let _ = shutdown_tx.send(true);
+        endpoint.close(0u32.into(), b"training finished");
+        result
+    });
+    Ok(RunningCoordinator {
+        local_addr,
+        training,
+    })
+}
+
+/// The training loop's state.
+pub(crate) struct Trainer {
+    config: CoordinatorConfig,
+    /// The signed plan every node approved: each round's plan, threshold and update encoding
+    /// come from it.
+    manifest: TaskManifest,
+    schema: Schema,
+    store: Arc<Mutex<Store>>,
+    registry: Arc<Registry>,
+    session: u64,
+    model: Model,
+    /// The server optimiser (behind a mutex only so the trainer can be shared across tasks).
+    optimizer: Mutex<Box<dyn ServerOptimizer>>,
+    /// Last completed round.
+    round: u64,
+    /// The signed, chained audit reports.
+    reports: ReportWriter,
+    /// The consortium's members (the manifest's member list), for the reports' absent members.
+    members: Vec<String>,
+    /// Nodes left out of the remaining attempts of a round, with why.
+    exclusions: Exclusions,
+    /// The last secure-aggregation round's sum, once decoded: the next round sums into it
+    /// (zeroed first), so that each round does not fault in a fresh model-sized allocation.
+    sum_buffer: Vec<u32>,
+    /// Checks the nodes' signatures on the survivor set against their certificates, so that a
+    /// bad one is left out rather than relayed (every node would then refuse to unmask).
+    peer_verifier: Arc<ConsortiumVerifier>,
+    /// Under distributed DP (`[task.distributed_dp]`), what decodes each round's sum; set once
+    /// the statistics round has given the public denominator.
+    distributed: Option<DistributedDecoder>,
+}
+
+/// How the coordinator reads a distributed-DP update block: the parameters every node built
+/// from the manifest, and the public denominator `q·N` (`N` the pooled noised example count of
+/// the statistics round), never a figure a node reports about its batch.
+pub(crate) struct DistributedDecoder {
+    params: DdpParams,
+    denominator: f64,
+}
+
+impl Trainer {
+    /// The state store.
+    fn store(&self) -> MutexGuard<'_, Store> {
+        store_lock(&self.store)
+    }
+}
+
+fn store_lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
+    store
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Public randomness from the OS CSPRNG (the neighbour graph's seed).
+fn random_bytes() -> [u8; 32] {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 32];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        // Only the graph's shape depends on it; a fixed graph is still correct and private.
+        bytes = [7; 32];
+    }
+    bytes
+}
+
+/// A random session identifier from the OS CSPRNG.
+fn random_session() -> u64 {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 8];
+    // The OS CSPRNG failing is unrecoverable; fall back to the clock only to stay distinct.
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        return now_ms() as u64;
+    }
+    u64::from_le_bytes(bytes)
+}
