@@ -66,6 +66,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::evaluation::EvalMetrics;
 use crate::fairness::{FairnessReport, PolicyOutcome};
+use crate::messages::PrivacySpent;
 
 /// The `format` string of every report this module writes and accepts.
 pub const REPORT_FORMAT: &str = "medfed-audit-report/1";
@@ -117,6 +118,17 @@ pub struct NodePrivacy {
     pub epsilon: f64,
     /// The δ the ε holds for.
     pub delta: f64,
+}
+
+impl NodePrivacy {
+    /// What `node` declared it has spent.
+    pub fn spent_by(node: &str, spent: PrivacySpent) -> Self {
+        Self {
+            node: node.to_owned(),
+            epsilon: spent.epsilon,
+            delta: spent.delta,
+        }
+    }
 }
 
 /// The fairness audit of one sensitive attribute and the policy's verdict on it.

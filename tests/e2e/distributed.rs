@@ -145,8 +145,8 @@ async fn a_distributed_task_learns_and_every_ledger_holds_both_guarantees_of_eac
             .unwrap()
             .privacy
             .iter()
-            .find(|(who, _, _)| who == name)
-            .map(|(_, epsilon, _)| *epsilon)
+            .find(|p| p.node == *name)
+            .map(|p| p.epsilon)
             .expect("the node declares its ε");
         let before_final: Vec<_> = ledger
             .iter()

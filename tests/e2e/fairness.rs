@@ -296,14 +296,15 @@ async fn with_evaluation_noise_the_audit_is_within_noise_of_the_pooled_data_and_
         );
         // The ε the node declared each round is the one after its evaluation counts.
         for round in &report.rounds {
-            let (_, declared, _) = round
+            let declared = round
                 .privacy
                 .iter()
-                .find(|(who, _, _)| who == name)
+                .find(|p| p.node == *name)
+                .map(|p| p.epsilon)
                 .expect("declared");
             let entries: Vec<_> = ledger.iter().filter(|e| e.round == round.round).collect();
-            assert_eq!(*declared, entries[1].epsilon_after, "{name}");
-            assert!(*declared > entries[0].epsilon_after);
+            assert_eq!(declared, entries[1].epsilon_after, "{name}");
+            assert!(declared > entries[0].epsilon_after);
         }
     }
 

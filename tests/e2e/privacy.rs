@@ -71,8 +71,8 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
     // The coordinator records what hospital-c declared it has spent; the others train without DP.
     let declared = &report.rounds[0].privacy;
     assert_eq!(declared.len(), 1, "{declared:?}");
-    assert_eq!(declared[0].0, "hospital-c");
-    assert!((declared[0].1 - one_round).abs() < 1e-9 && declared[0].2 == 1e-5);
+    assert_eq!(declared[0].node, "hospital-c");
+    assert!((declared[0].epsilon - one_round).abs() < 1e-9 && declared[0].delta == 1e-5);
     for round in &report.rounds[1..] {
         assert_eq!(
             round.participants,
@@ -665,8 +665,8 @@ async fn with_every_release_private_each_figure_message_is_in_the_ledger_and_the
         let declared = last_round
             .privacy
             .iter()
-            .find(|(who, _, _)| who == name)
-            .map(|(_, epsilon, _)| *epsilon)
+            .find(|p| p.node == *name)
+            .map(|p| p.epsilon)
             .expect("declared");
         let after_last_round = ledger
             .iter()

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
-use medfed_protocol::messages::{Finished, Message, PrivacySpent};
+use medfed_protocol::messages::{Finished, Message};
 use medfed_protocol::model::Model;
 use medfed_protocol::report::{AuditReport, NodePrivacy, REPORT_FORMAT, file_sha256};
 use medfed_protocol::round::Gathered;
@@ -73,11 +73,7 @@ impl Trainer {
             round,
             participants: gathered.participants,
             dropped: gathered.dropped,
-            privacy: gathered
-                .privacy
-                .iter()
-                .map(|(n, p)| (n.clone(), p.epsilon, p.delta))
-                .collect(),
+            privacy: gathered.privacy.clone(),
             start_model_evaluation: evaluation,
             fairness,
             model_hash: model.hash().to_hex(),
@@ -199,7 +195,7 @@ impl Trainer {
         model_round: u64,
         model: &Model,
         participants: &[String],
-        privacy: &[(String, PrivacySpent)],
+        privacy: &[NodePrivacy],
         evaluation: Option<EvalMetrics>,
         fairness: Vec<AttributeAudit>,
     ) -> Result<Option<PathBuf>, CoordinatorError> {
@@ -224,14 +220,7 @@ impl Trainer {
                 .filter(|member| !participants.contains(member))
                 .cloned()
                 .collect(),
-            privacy: privacy
-                .iter()
-                .map(|(node, p)| NodePrivacy {
-                    node: node.clone(),
-                    epsilon: p.epsilon,
-                    delta: p.delta,
-                })
-                .collect(),
+            privacy: privacy.to_vec(),
             evaluation,
             approved: fairness.iter().all(|a| a.policy.approved),
             fairness,

@@ -22,6 +22,7 @@ use medfed_protocol::distributed_dp::DdpParams;
 use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::manifest::TaskManifest;
 use medfed_protocol::model::{Model, ModelSpec};
+use medfed_protocol::report::NodePrivacy;
 use medfed_protocol::round::{Exclusions, LeftOut};
 use medfed_protocol::schema::Schema;
 use serde::{Deserialize, Serialize};
@@ -60,8 +61,8 @@ pub struct RoundReport {
     pub participants: Vec<String>,
     /// Nodes asked but left out, with the reason.
     pub dropped: Vec<(String, LeftOut)>,
-    /// `(node, ε, δ)` each node declared it has spent, this round included.
-    pub privacy: Vec<(String, f64, f64)>,
+    /// The (ε, δ) each node declared it has spent, this round included.
+    pub privacy: Vec<NodePrivacy>,
     /// Bias audit of the model the round started from, per sensitive attribute.
     pub fairness: Vec<AttributeAudit>,
     /// Pooled held-out metrics of the model the round started from (the previous round's model).

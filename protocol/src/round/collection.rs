@@ -19,6 +19,7 @@ use crate::messages::{
     ContributionKind, Message, PlainFigures, PrivacySpent, RefusalReason, Refused, RoundKeys,
     RoundStart, SecAggSetup, StatsRequest,
 };
+use crate::report::NodePrivacy;
 use crate::secagg::encoding::{BlockEncoding, VectorEncoding};
 use crate::secagg::fixed_point::FixedPoint;
 use crate::secagg::{
@@ -221,8 +222,8 @@ pub struct Gathered {
     pub participants: Vec<String>,
     /// Nodes asked (or left out before) whose figures are not in it, with why.
     pub dropped: Vec<(String, LeftOut)>,
-    /// `(node, privacy spent)` each node that trains privately declared.
-    pub privacy: Vec<(String, PrivacySpent)>,
+    /// The privacy each node that trains privately declared it has spent.
+    pub privacy: Vec<NodePrivacy>,
     /// Nodes that declined because their privacy budget is spent.
     pub budget_spent: Vec<String>,
     /// The buffer the encoded sum was unmasked in, for the next collection (empty without
@@ -242,7 +243,7 @@ impl Gathered {
     fn declare(&mut self, identity: &str, privacy: Option<PrivacySpent>) {
         if let Some(spent) = privacy {
             info!(node = %identity, epsilon = spent.epsilon, delta = spent.delta, "node's declared privacy spent");
-            self.privacy.push((identity.to_owned(), spent));
+            self.privacy.push(NodePrivacy::spent_by(identity, spent));
         }
     }
 }

@@ -331,7 +331,7 @@ fn an_honest_secure_collection_passes_every_phase_and_unmasks_the_exact_sum() {
     assert!(gathered.dropped.is_empty());
     assert!(outcome.inputs_received && outcome.accused.is_empty());
     // Each node's declared privacy is recorded as it sent it.
-    let declared: Vec<f64> = gathered.privacy.iter().map(|(_, p)| p.epsilon).collect();
+    let declared: Vec<f64> = gathered.privacy.iter().map(|p| p.epsilon).collect();
     assert_eq!(declared, [1.0, 2.0, 3.0, 4.0]);
     // The encoded sum's buffer comes back for the next collection.
     assert!(!gathered.sum_buffer.is_empty());
