@@ -13,7 +13,7 @@ mod rounds;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use medfed_certs::channel::server_endpoint;
@@ -221,12 +221,13 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         manifest: signed,
     });
     let registry = Arc::new(Registry::default());
-    let store = Arc::new(Mutex::new(store));
+    // The store serialises its own calls on its one connection: shared, not locked again.
+    let store = Arc::new(store);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let on_admit: listener::OnAdmit = {
         let store = store.clone();
         Arc::new(move |identity: &str| {
-            if let Err(e) = store_lock(&store).node_seen(identity, now_ms()) {
+            if let Err(e) = store.node_seen(identity, now_ms()) {
                 warn!(error = %e, "cannot record node in state");
             }
         })
@@ -281,11 +282,12 @@ pub(crate) struct Trainer {
     /// come from it.
     manifest: TaskManifest,
     schema: Schema,
-    store: Arc<Mutex<Store>>,
+    store: Arc<Store>,
     registry: Arc<Registry>,
     session: u64,
     model: Model,
-    /// The server optimiser (behind a mutex only so the trainer can be shared across tasks).
+    /// The server optimiser, behind a mutex only so the trainer is `Sync` (its methods hold
+    /// `&self` across awaits); it is never contended.
     optimizer: Mutex<Box<dyn ServerOptimizer>>,
     /// Last completed round.
     round: u64,
@@ -316,15 +318,9 @@ pub(crate) struct DistributedDecoder {
 
 impl Trainer {
     /// The state store.
-    fn store(&self) -> MutexGuard<'_, Store> {
-        store_lock(&self.store)
+    fn store(&self) -> &Store {
+        &self.store
     }
-}
-
-fn store_lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
-    store
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn now_ms() -> i64 {

@@ -1,0 +1,131 @@
+//! Parsing example configurations, and refusing bad ones by name.
+
+use medfed_protocol::model::ModelKind;
+
+use super::*;
+
+const EXAMPLE: &str = r#"
+listen = "127.0.0.1:7400"
+data_dir = "state"
+schema = "schema.toml"
+members = "certs/members.toml"
+[tls]
+ca_cert = "certs/ca.pem"
+cert = "certs/coordinator.pem"
+key = "certs/coordinator.key"
+crl = "certs/crl.pem"
+[task]
+model = { kind = "mlp", hidden = [16, 8] }
+rounds = 5
+min_nodes = 2
+[task.training]
+local_epochs = 2
+[strategy]
+name = "fed_adam"
+"#;
+
+#[test]
+fn parses_and_resolves_relative_paths() {
+    let config = CoordinatorConfig::parse(EXAMPLE, Path::new("/etc/medfed")).unwrap();
+    assert_eq!(config.data_dir, Path::new("/etc/medfed/state"));
+    assert_eq!(config.members, Path::new("/etc/medfed/certs/members.toml"));
+    assert_eq!(
+        config.tls.crl.as_deref(),
+        Some(Path::new("/etc/medfed/certs/crl.pem"))
+    );
+    assert_eq!(
+        ModelKind::from(config.task.model),
+        ModelKind::Mlp {
+            hidden: vec![16, 8]
+        }
+    );
+    assert_eq!(config.task.training.local_epochs, 2);
+    assert_eq!(config.task.training.batch_size, 32);
+    assert!(matches!(config.strategy, StrategyConfig::FedAdam { .. }));
+    assert_eq!(config.danger_pause_at, None);
+    assert!(
+        !config.tls.allow_expired_crl,
+        "an expired CRL is refused by default"
+    );
+    let lenient = EXAMPLE.replace("[task]", "allow_expired_crl = true\n[task]");
+    let config = CoordinatorConfig::parse(&lenient, Path::new("/etc/medfed")).unwrap();
+    assert!(config.tls.allow_expired_crl);
+}
+
+#[test]
+fn the_evaluation_schedule_is_a_number_of_rounds_or_final() {
+    let parse = |value: &str| {
+        let text = EXAMPLE.replace(
+            "rounds = 5",
+            &format!("rounds = 5\nevaluate_every = {value}"),
+        );
+        CoordinatorConfig::parse(&text, Path::new("."))
+    };
+    assert_eq!(parse("3").unwrap().task.evaluate_every, 3);
+    assert_eq!(
+        parse("\"final\"").unwrap().task.evaluate_every,
+        FINAL_EVALUATION_ONLY
+    );
+    for bad in ["0", "\"never\"", "-1"] {
+        let error = parse(bad).unwrap_err().to_string();
+        assert!(error.contains("evaluate_every"), "{bad}: {error}");
+    }
+    let default = CoordinatorConfig::parse(EXAMPLE, Path::new(".")).unwrap();
+    assert_eq!(default.task.evaluate_every, 1);
+}
+
+#[test]
+#[cfg(feature = "fault-injection")]
+fn parses_the_test_only_pause_point() {
+    for phase in PausePhase::ALL {
+        let text = format!(
+            "{EXAMPLE}\n[danger_pause_at]\nround = 2\nphase = \"{}\"\n",
+            phase.name()
+        );
+        let config = CoordinatorConfig::parse(&text, Path::new(".")).unwrap();
+        assert_eq!(config.danger_pause_at, Some(PausePoint { round: 2, phase }));
+    }
+    let typo = format!("{EXAMPLE}\n[danger_pause_at]\nround = 2\nphase = \"later\"\n");
+    assert!(CoordinatorConfig::parse(&typo, Path::new(".")).is_err());
+}
+
+#[test]
+#[cfg(not(feature = "fault-injection"))]
+fn a_build_without_fault_injection_refuses_the_pause_point() {
+    let text = format!("{EXAMPLE}\n[danger_pause_at]\nround = 2\nphase = \"unmasked\"\n");
+    let error = CoordinatorConfig::parse(&text, Path::new(".")).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ConfigError::FaultInjection {
+                key: "danger_pause_at"
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn rejects_unknown_fields_and_bad_values() {
+    let typo = EXAMPLE.replace("min_nodes", "min_node");
+    assert!(matches!(
+        CoordinatorConfig::parse(&typo, Path::new(".")),
+        Err(ConfigError::Syntax { .. })
+    ));
+    let start_below_min = EXAMPLE.replace("min_nodes = 2", "min_nodes = 2\nstart_nodes = 1");
+    assert!(matches!(
+        CoordinatorConfig::parse(&start_below_min, Path::new(".")),
+        Err(ConfigError::Invalid { .. })
+    ));
+    // The member list is required: the manifest states its digest.
+    let no_members = EXAMPLE.replace("members = \"certs/members.toml\"\n", "");
+    assert!(matches!(
+        CoordinatorConfig::parse(&no_members, Path::new(".")),
+        Err(ConfigError::Syntax { .. })
+    ));
+    let zero = EXAMPLE.replace("min_nodes = 2", "min_nodes = 0");
+    assert!(matches!(
+        CoordinatorConfig::parse(&zero, Path::new(".")),
+        Err(ConfigError::Invalid { .. })
+    ));
+}
