@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use medfed_certs::channel::{ChannelError, server_endpoint};
 use medfed_certs::{ConsortiumVerifier, MemberList, load_report_signing_key};
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::distributed_dp::{DdpError, DdpParams};
@@ -28,6 +27,7 @@ use medfed_protocol::secagg::encoding::{BlockEncoding, VectorEncoding};
 use medfed_protocol::secagg::fixed_point::FixedPoint;
 use medfed_protocol::secagg::{ExpectKeys, Participant, RoundParams, SecAggError, ShareDelivery};
 use medfed_protocol::stats::{FederatedSummary, Standardization, StatsError};
+use medfed_transport::{ChannelError, server_endpoint};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
