@@ -16,16 +16,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod audit;
-pub mod checkpoint;
 pub mod config;
 pub mod exchange;
-pub mod html;
 pub mod listener;
 pub mod manifest;
 pub mod phases;
 pub mod registry;
-pub mod reports;
 pub mod store;
 pub mod strategy;
 pub mod training;

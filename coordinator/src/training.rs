@@ -11,6 +11,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use medfed_audit::bias::{self as audit, AttributeAudit};
+use medfed_audit::checkpoint::{
+    CheckpointError, checkpoint_file_name, read_checkpoint, write_checkpoint,
+};
+use medfed_audit::reports::{ReportWriteError, ReportWriter};
 use medfed_certs::{ConsortiumVerifier, MemberList, load_report_signing_key};
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::distributed_dp::{DdpError, DdpParams};
@@ -33,15 +38,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::audit::{self, AttributeAudit};
-use crate::checkpoint::{CheckpointError, checkpoint_file_name, read_checkpoint, write_checkpoint};
 use crate::config::{CoordinatorConfig, PausePhase, PausePoint};
 use crate::exchange::{self, ExchangeError, ModelPush};
 use crate::listener::{self, Admission};
 use crate::manifest::{ManifestBuildError, signed_manifest, write_manifest};
 use crate::phases::{Phase, PhaseClock};
 use crate::registry::{NodeHandle, Registry};
-use crate::reports::{ReportWriteError, ReportWriter};
 use crate::store::{CompletedRound, Store, StoreError};
 use crate::strategy::{
     ServerOptimizer, StrategyError, build_optimizer, distributed_delta, mean_delta,
