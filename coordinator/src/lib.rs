@@ -6,7 +6,8 @@
 //! SQLite so that a restarted coordinator carries on after the last completed round.
 //!
 //! It does not link libtorch: the coordinator never trains or evaluates a model itself; every
-//! figure about patients comes from the nodes as a sum.
+//! figure about patients comes from the nodes as a sum. The QUIC channel is `medfed-transport`;
+//! the bias audit, the checkpoint files and the signed audit reports are `medfed-audit`.
 //!
 //! ```text
 //!  listener ── mTLS handshake, Hello ──▶ registry of connected nodes
