@@ -16,11 +16,12 @@
 //! neither can stand in for the other. [`make_dev_consortium`] does all of it in one directory for
 //! local runs and tests.
 //!
-//! It also holds the secure channel both sides speak over ([`channel`]): QUIC endpoints built on
-//! those configurations and framed message streams, so the coordinator and the node share one
-//! implementation of "bytes on a stream ⇄ protocol messages".
+//! It also loads the coordinator's report key ([`coordinator_report_key`]) with which auditors
+//! check its signed reports and task manifests, and the consortium's member list.
 //!
-//! What this crate does *not* do: no protocol logic (that is `medfed-protocol`), no online revocation (OCSP) or CRL
+//! What this crate does *not* do: no networking (the QUIC endpoints and framed streams built on
+//! these configurations are `medfed-transport`, so an auditor's tools can check certificates
+//! without a network stack), no protocol logic (that is `medfed-protocol`), no online revocation (OCSP) or CRL
 //! distribution (the operator copies `crl.pem` to the coordinator, which picks it up at its next
 //! handshake; connections already open are not closed), no key escrow (a node's private
 //! key is generated where it is used and never read by the CA), and no locking of the CA directory
@@ -32,7 +33,6 @@
 #![warn(missing_docs)]
 
 mod ca;
-pub mod channel;
 mod client_verifier;
 mod crl;
 mod dev;

@@ -1,11 +1,11 @@
 //! One request/answer exchange with a node, on a fresh bidirectional stream.
 
-use medfed_certs::channel::{ChannelError, MessageReader, send_frame, send_message};
 use medfed_protocol::codec::{self, CodecError, MAX_FRAME_LEN};
 use medfed_protocol::messages::{Message, ModelReceived, RefusalReason};
 use medfed_protocol::model::{Model, ModelHash};
 use medfed_protocol::round::LeftOut;
 use medfed_protocol::transfer::split_model;
+use medfed_transport::{ChannelError, MessageReader, send_frame, send_message};
 
 use crate::registry::NodeHandle;
 

@@ -6,7 +6,8 @@
 //! SQLite so that a restarted coordinator carries on after the last completed round.
 //!
 //! It does not link libtorch: the coordinator never trains or evaluates a model itself; every
-//! figure about patients comes from the nodes as a sum.
+//! figure about patients comes from the nodes as a sum. The QUIC channel is `medfed-transport`;
+//! the bias audit, the checkpoint files and the signed audit reports are `medfed-audit`.
 //!
 //! ```text
 //!  listener ── mTLS handshake, Hello ──▶ registry of connected nodes
@@ -16,17 +17,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod audit;
-pub mod checkpoint;
 pub mod config;
 pub mod exchange;
 pub mod faults;
-pub mod html;
 pub mod listener;
 pub mod manifest;
 pub mod phases;
 pub mod registry;
-pub mod reports;
 pub mod store;
 pub mod strategy;
 pub mod training;

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use medfed_certs::channel::{ChannelError, MessageReader, peer_identity, send_message};
 use medfed_protocol::manifest::SignedManifest;
 use medfed_protocol::messages::{
     Hello, Message, PROTOCOL_VERSION, RefusalReason, Refused, Welcome,
 };
+use medfed_transport::{ChannelError, MessageReader, peer_identity, send_message};
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 

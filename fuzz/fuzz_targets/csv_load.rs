@@ -1,5 +1,5 @@
-//! The node's CSV loader (compiled from `node/src/data`, see `medfed_fuzz::node_data`) reading an
-//! arbitrary file against the heart-disease schema of `config/heart`.
+//! The node's CSV loader (`medfed_node::data`, built without libtorch) reading an arbitrary file
+//! against the heart-disease schema of `config/heart`.
 //!
 //! Invariants: no panic; a loaded dataset has one encoded row of the schema's width per label,
 //! finite features, 0/1 labels and one sensitive record per row; the split keeps every row.
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use medfed_fuzz::node_data::load_csv;
+use medfed_node::data::load_csv;
 use medfed_protocol::schema::Schema;
 
 fn schema() -> &'static Schema {

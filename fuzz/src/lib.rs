@@ -1,8 +1,8 @@
 //! Helpers shared by the fuzz targets and the seed generator (`examples/seeds.rs`).
 //!
-//! Everything here drives the real `medfed-protocol` code; nothing re-implements it. The one
-//! exception is [`node_data`]: the node's CSV loader is compiled from its source files, because
-//! the `medfed-node` crate links libtorch, which cannot be built with the fuzzing sanitizers.
+//! Everything here drives the real `medfed-protocol` code; nothing re-implements it. The node's
+//! CSV loader is fuzzed through `medfed-node` itself, built without its `torch` feature (libtorch
+//! cannot be built with the fuzzing sanitizers).
 
 use std::collections::BTreeMap;
 
@@ -16,16 +16,6 @@ use medfed_protocol::secagg::{
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
-
-/// The node's `examples` module, which `data` needs.
-#[path = "../../node/src/examples.rs"]
-#[allow(dead_code, missing_docs, unreachable_pub)]
-pub mod examples;
-
-/// The node's CSV loader and split, compiled from the node's source files.
-#[path = "../../node/src/data/mod.rs"]
-#[allow(dead_code, missing_docs, unreachable_pub, unused_imports)]
-pub mod node_data;
 
 /// bincode configuration of the wire (varint, with the frame cap as the decode limit).
 pub fn wire_config() -> bincode::config::Configuration<

@@ -7,9 +7,6 @@ use std::time::Duration;
 
 use std::path::Path;
 
-use medfed_certs::channel::{
-    ChannelError, MessageReader, client_endpoint, peer_identity, send_frame,
-};
 use medfed_certs::coordinator_report_key_der;
 use medfed_protocol::codec::{self, MAX_FRAME_LEN};
 use medfed_protocol::manifest::Digest32;
@@ -17,6 +14,7 @@ use medfed_protocol::messages::{
     Hello, Message, PROTOCOL_VERSION, RefusalReason, Refused, Welcome,
 };
 use medfed_protocol::transfer::ModelAssembler;
+use medfed_transport::{ChannelError, MessageReader, client_endpoint, peer_identity, send_frame};
 use tokio::time::Instant;
 use tracing::{Instrument, error, info, info_span, warn};
 

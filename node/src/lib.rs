@@ -10,7 +10,9 @@
 //!                                                 │
 //!                                                 └─ trainer (libtorch) : train, predict
 //! ```
-//! libtorch is used only behind the [`trainer::Trainer`] trait.
+//! libtorch is used only behind the [`trainer::Trainer`] trait, and only with the `torch` feature
+//! (on by default). Without it the crate still validates data, plans, and keeps the ledger, the
+//! egress log and the validation record: everything but training and scoring.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -13,6 +13,8 @@ use medfed_node::ledger::{LedgerEntry, PrivacyLedger, Release, epsilon_of, local
 use medfed_node::plan::forecast;
 use medfed_node::policy::PolicyGate;
 use medfed_node::releases::ReleaseRecord;
+use medfed_node::trainer::{NoTrainer, Trainer};
+#[cfg(feature = "torch")]
 use medfed_node::trainer::{TchTrainer, set_torch_threads};
 use medfed_node::validation::{self, SiteValidation};
 use medfed_node::{NodeConfig, StateLock, prepare, prepare_node, run};
@@ -168,9 +170,8 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             let config = NodeConfig::load(&config)?;
             // One process per hospital: before anything else, and held until this process exits.
             let _state_lock = StateLock::acquire(&config.state_dir)?;
-            set_torch_threads(config.threads);
-            let trainer = TchTrainer::new(config.device).context("cannot start libtorch")?;
-            let hospital = prepare_node(&config, Box::new(trainer))?;
+            let trainer = libtorch_trainer(&config, "run")?;
+            let hospital = prepare_node(&config, trainer)?;
             match (&config.privacy, hospital.privacy_spent()) {
                 (Some(privacy), Some((spent, _))) => tracing::info!(
                     target_epsilon = privacy.target_epsilon,
@@ -211,9 +212,8 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             seed,
         } => {
             let config = NodeConfig::load(&config)?;
-            set_torch_threads(config.threads);
-            let trainer = TchTrainer::new(config.device).context("cannot start libtorch")?;
-            let mut hospital = prepare(&config, Box::new(trainer))?;
+            let trainer = libtorch_trainer(&config, "local")?;
+            let mut hospital = prepare(&config, trainer)?;
             let Widths(hidden) = hidden;
             let kind = if hidden.is_empty() {
                 ModelKind::LogisticRegression
@@ -317,9 +317,9 @@ fn run_cli() -> anyhow::Result<ExitCode> {
                 .map(MemberList::load)
                 .transpose()?;
             let gate = PolicyGate::new(config.policy.clone(), members, HashMap::new());
-            let trainer = TchTrainer::new(medfed_node::trainer::ComputeDevice::Cpu)?;
-            let hospital =
-                prepare(&config, Box::new(trainer))?.with_policy(gate, ReleaseRecord::in_memory());
+            // A forecast computes nothing on the data: no libtorch.
+            let hospital = prepare(&config, Box::new(NoTrainer))?
+                .with_policy(gate, ReleaseRecord::in_memory());
             let entries = match &config.privacy {
                 Some(_) => PrivacyLedger::read(&config.state_dir)?,
                 None => Vec::new(),
@@ -352,8 +352,8 @@ fn run_cli() -> anyhow::Result<ExitCode> {
         }
         Command::Check { config } => {
             let config = NodeConfig::load(&config)?;
-            let trainer = TchTrainer::new(medfed_node::trainer::ComputeDevice::Cpu)?;
-            let hospital = prepare(&config, Box::new(trainer))?;
+            // Validating the data trains nothing: no libtorch.
+            let hospital = prepare(&config, Box::new(NoTrainer))?;
             let (train, held_out) = hospital.sizes();
             println!(
                 "{}: valid; {train} training and {held_out} held-out rows",
@@ -362,6 +362,22 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The libtorch trainer that `command` needs, with the configuration's threads and device.
+#[cfg(feature = "torch")]
+fn libtorch_trainer(config: &NodeConfig, _command: &str) -> anyhow::Result<Box<dyn Trainer>> {
+    set_torch_threads(config.threads);
+    let trainer = TchTrainer::new(config.device).context("cannot start libtorch")?;
+    Ok(Box::new(trainer))
+}
+
+/// A build without the `torch` feature has no libtorch: `command`, which trains, is refused.
+#[cfg(not(feature = "torch"))]
+fn libtorch_trainer(_config: &NodeConfig, command: &str) -> anyhow::Result<Box<dyn Trainer>> {
+    anyhow::bail!(
+        "`medfed-node {command}` trains models, but this build has no libtorch (built without the `torch` feature); rebuild medfed-node with its default features"
+    )
 }
 
 /// Hidden layer widths from the command line.

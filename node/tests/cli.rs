@@ -64,6 +64,76 @@ fn valid_data_passes_the_check() {
     assert!(ok, "{stderr}");
 }
 
+/// The demo consortium's data (`data/heart`, `config/heart/schema.toml`) passes the check, every
+/// row kept; without the `torch` feature this is the check a machine without libtorch runs.
+#[test]
+fn the_demo_data_passes_the_check_with_every_row_kept() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let schema = std::fs::read_to_string(root.join("config/heart/schema.toml")).unwrap();
+    for hospital in ["cleveland", "hungary", "switzerland", "va_long_beach"] {
+        let csv = std::fs::read_to_string(root.join(format!("data/heart/{hospital}.csv"))).unwrap();
+        let rows = csv.lines().filter(|l| !l.trim().is_empty()).count() - 1;
+        let dir = tempfile::tempdir().unwrap();
+        let (ok, stderr) = check(dir.path(), &schema, &csv);
+        assert!(ok, "{hospital}: {stderr}");
+        let stdout = run(dir.path(), &["check"]).1;
+        let (train, held_out) = sizes(&stdout).unwrap_or_else(|| panic!("{hospital}: {stdout}"));
+        assert_eq!(train + held_out, rows, "{hospital}: {stdout}");
+        assert!(train > 0 && held_out > 0, "{hospital}: {stdout}");
+    }
+}
+
+/// A build without libtorch refuses the commands that train, saying why, rather than failing
+/// somewhere inside.
+#[cfg(not(feature = "torch"))]
+#[test]
+fn without_libtorch_the_commands_that_train_say_this_build_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        check(
+            dir.path(),
+            SCHEMA,
+            "id,age,sex,outcome\n1,50,F,1\n2,61,M,0\n"
+        )
+        .0
+    );
+    for command in ["run", "local"] {
+        let (ok, _, stderr) = run(dir.path(), &[command]);
+        assert!(!ok, "{command} succeeded without libtorch");
+        assert!(
+            stderr.contains(&format!("medfed-node {command}")) && stderr.contains("no libtorch"),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// Runs `medfed-node SUBCOMMAND --config node.toml` in `dir` (written by [`check`]); returns
+/// success, stdout and stderr.
+fn run(dir: &Path, subcommand: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_medfed-node"))
+        .args(subcommand)
+        .arg("--config")
+        .arg(dir.join("node.toml"))
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The training and held-out row counts of `check`'s report (`…: valid; N training and M
+/// held-out rows`).
+fn sizes(stdout: &str) -> Option<(usize, usize)> {
+    let rest = stdout.split("valid; ").nth(1)?;
+    let mut words = rest.split_whitespace();
+    let train = words.next()?.parse().ok()?;
+    let held_out = words.nth(2)?.parse().ok()?;
+    Some((train, held_out))
+}
+
 #[test]
 fn each_bad_input_names_where_it_is_and_fails() {
     let cases = [

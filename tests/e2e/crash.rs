@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use medfed_coordinator::checkpoint::{checkpoint_file_name, read_checkpoint};
+use medfed_audit::checkpoint::{checkpoint_file_name, read_checkpoint};
 use medfed_coordinator::config::{PausePhase, PausePoint};
 use medfed_coordinator::store::{RoundStatus, Store};
 use medfed_e2e::process::workspace_binary;

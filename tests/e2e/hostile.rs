@@ -9,7 +9,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use medfed_certs::channel::{MessageReader, client_endpoint, send_message};
 use medfed_certs::{Role, TlsFiles, Validity, make_request, revoke, sign_request};
 use medfed_coordinator::listener::BAD_HELLO;
 use medfed_coordinator::{RunningCoordinator, TrainingReport};
@@ -32,6 +31,7 @@ use medfed_protocol::secagg::{
 use medfed_protocol::stats::Standardization;
 use medfed_protocol::task::TrainingPlan;
 use medfed_protocol::transfer::split_model;
+use medfed_transport::{MessageReader, client_endpoint, send_message};
 
 const HONEST: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
 const WITH_MALLORY: [&str; 4] = ["hospital-a", "hospital-b", "hospital-c", "mallory"];

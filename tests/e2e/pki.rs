@@ -8,7 +8,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use medfed_certs::channel::{MessageReader, client_endpoint, send_message};
 use medfed_certs::{TlsFiles, revoke};
 use medfed_e2e::process::{Process, toml_string, workspace_binary};
 use medfed_e2e::{Consortium, subscribe};
@@ -16,6 +15,7 @@ use medfed_node::NodeError;
 use medfed_protocol::codec::MAX_FRAME_LEN;
 use medfed_protocol::messages::{Hello, Message, PROTOCOL_VERSION};
 use medfed_protocol::schema::Schema;
+use medfed_transport::{MessageReader, client_endpoint, send_message};
 
 const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
 /// How long any one step may take before the test fails.

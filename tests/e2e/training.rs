@@ -1,7 +1,7 @@
 //! Training end to end. (Nodes the coordinator must refuse while the others train on are in
 //! `hostile.rs`.)
 
-use medfed_coordinator::checkpoint::read_checkpoint;
+use medfed_audit::checkpoint::read_checkpoint;
 use medfed_e2e::{Consortium, allow_plaintext, subscribe};
 
 const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];

@@ -21,7 +21,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use medfed_certs::channel::{MessageReader, peer_identity, send_message, server_endpoint};
 use medfed_certs::{
     CertificateSigner, ConsortiumVerifier, Role, TlsFiles, Validity, make_request, sign_request,
 };
@@ -47,6 +46,7 @@ use medfed_protocol::secagg::{
 };
 use medfed_protocol::stats::Standardization;
 use medfed_protocol::transfer::split_model;
+use medfed_transport::{MessageReader, peer_identity, send_message, server_endpoint};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::task::JoinHandle;

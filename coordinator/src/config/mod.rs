@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use medfed_audit::bias::FairnessSettings;
 use medfed_certs::TlsFiles;
 use medfed_protocol::distributed_dp::{DEFAULT_ROUNDING_BETA, DEFAULT_SCALED_CLIP};
 use medfed_protocol::evaluation::ScoreBins;
@@ -22,7 +23,6 @@ use medfed_protocol::secagg::fixed_point::FixedPoint;
 use medfed_protocol::task::TrainingPlan;
 use serde::Deserialize;
 
-use crate::audit::FairnessSettings;
 pub use crate::faults::{PausePhase, PausePoint};
 use crate::strategy::StrategyConfig;
 

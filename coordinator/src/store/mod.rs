@@ -14,7 +14,7 @@
 //! coordinator restarts into the last completed round and never sees a half-applied one.
 //!
 //! The store reads no clock: every time is passed in, as Unix milliseconds. It does not write model
-//! checkpoints either (see [`crate::checkpoint`]); it records their paths.
+//! checkpoints either (see [`medfed_audit::checkpoint`]); it records their paths.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -18,13 +18,13 @@ use tracing::info;
 use super::error::{CoordinatorError, RoundFailure};
 use super::rounds::Collected;
 use super::{DistributedDecoder, RoundReport, SUMMARY_KEY, Trainer, now_ms};
-use crate::audit::{self, AttributeAudit};
-use crate::checkpoint::{checkpoint_file_name, write_checkpoint};
 use crate::config::PausePhase;
 use crate::exchange;
 use crate::faults;
 use crate::store::CompletedRound;
 use crate::strategy::{distributed_delta, mean_delta};
+use medfed_audit::bias::{self as audit, AttributeAudit};
+use medfed_audit::checkpoint::{checkpoint_file_name, write_checkpoint};
 
 impl Trainer {
     /// Applies a round's summed update, checkpoints the model and records the round.

@@ -2,18 +2,18 @@
 
 use std::path::PathBuf;
 
-use medfed_certs::channel::ChannelError;
 use medfed_protocol::distributed_dp::DdpError;
 use medfed_protocol::model::ModelError;
 use medfed_protocol::round::{AfterFailure, AttemptFailure};
 use medfed_protocol::schema::SchemaError;
 use medfed_protocol::stats::StatsError;
+use medfed_transport::ChannelError;
 
-use crate::checkpoint::CheckpointError;
 use crate::manifest::ManifestBuildError;
-use crate::reports::ReportWriteError;
 use crate::store::StoreError;
 use crate::strategy::StrategyError;
+use medfed_audit::checkpoint::CheckpointError;
+use medfed_audit::reports::ReportWriteError;
 
 /// Why a round attempt could not be completed (it is restarted, or training stops).
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use medfed_certs::channel::server_endpoint;
 use medfed_certs::{ConsortiumVerifier, MemberList, load_report_signing_key};
 use medfed_protocol::distributed_dp::DdpParams;
 use medfed_protocol::evaluation::EvalMetrics;
@@ -25,21 +24,22 @@ use medfed_protocol::model::{Model, ModelSpec};
 use medfed_protocol::report::NodePrivacy;
 use medfed_protocol::round::{Exclusions, LeftOut};
 use medfed_protocol::schema::Schema;
+use medfed_transport::server_endpoint;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use error::CoordinatorError;
 
-use crate::audit::AttributeAudit;
-use crate::checkpoint::{checkpoint_file_name, read_checkpoint, write_checkpoint};
 use crate::config::CoordinatorConfig;
 use crate::listener::{self, Admission};
 use crate::manifest::{ManifestBuildError, signed_manifest, write_manifest};
 use crate::registry::Registry;
-use crate::reports::ReportWriter;
 use crate::store::Store;
 use crate::strategy::{ServerOptimizer, build_optimizer};
+use medfed_audit::bias::AttributeAudit;
+use medfed_audit::checkpoint::{checkpoint_file_name, read_checkpoint, write_checkpoint};
+use medfed_audit::reports::ReportWriter;
 
 /// Key of the federated standardisation in the state store.
 const STANDARDIZATION_KEY: &str = "standardization";

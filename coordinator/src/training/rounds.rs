@@ -22,11 +22,11 @@ use super::{
     EVALUATION_PARTICIPANTS_KEY, FINAL_EVALUATION_KEY, RoundReport, STANDARDIZATION_KEY,
     STATS_PARTICIPANTS_KEY, SUMMARY_KEY, Trainer, TrainingReport, now_ms, random_bytes,
 };
-use crate::audit::{self, AttributeAudit};
-use crate::checkpoint::checkpoint_file_name;
 use crate::config::PausePhase;
 use crate::exchange::ModelPush;
 use crate::faults;
+use medfed_audit::bias::{self as audit, AttributeAudit};
+use medfed_audit::checkpoint::checkpoint_file_name;
 
 /// One collection's sum, with the round's layout and, under distributed DP, its decoded
 /// pseudo-update.

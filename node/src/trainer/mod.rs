@@ -2,8 +2,10 @@
 //! scoring examples with it.
 //!
 //! The rest of the node talks to [`Trainer`], never to libtorch, so that protocol-level tests can
-//! run a federation with a stand-in trainer. The real one is [`TchTrainer`]; end-to-end tests
-//! always use it.
+//! run a federation with a stand-in trainer. The real one is `TchTrainer`, built with the `torch`
+//! feature (on by default); end-to-end tests always use it. [`NoTrainer`] computes nothing: it
+//! stands in where a node only checks its data or plans (`medfed-node check`, `plan`), and is all
+//! a build without the feature has.
 //!
 //! ```text
 //!  Examples (row-major f32, 0/1 labels) ─┐
@@ -27,10 +29,15 @@
 //! examples' clipped gradients at the round's model summed in integers with this node's share
 //! of the noise (`medfed_protocol::distributed_dp::NodeSum`).
 
+#[cfg(feature = "torch")]
 mod distributed;
+#[cfg(feature = "torch")]
 mod dp_sgd;
+#[cfg(feature = "torch")]
 mod noise;
+#[cfg(feature = "torch")]
 mod tch_trainer;
+mod unavailable;
 
 use medfed_protocol::distributed_dp::{DdpError, DdpParams};
 use medfed_protocol::model::{ModelError, ModelSpec};
@@ -40,7 +47,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::examples::Examples;
 
+#[cfg(feature = "torch")]
 pub use tch_trainer::{TchTrainer, set_torch_threads};
+pub use unavailable::NoTrainer;
 
 /// Runs a node's local computation on its own data. Behind a trait so protocol-level tests can
 /// run without libtorch.
@@ -316,9 +325,16 @@ pub enum TrainError {
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(String),
+    /// The node has no trainer ([`NoTrainer`]): it was set up only to check its data or plan, or
+    /// built without libtorch.
+    #[error(
+        "this node cannot train or score a model: it has no trainer (built without libtorch, the `torch` feature, or set up only to check data)"
+    )]
+    Unavailable,
 }
 
-/// Checks that `params` and `data` fit `spec`; shared by every trainer.
+/// Checks that `params` and `data` fit `spec`; shared by every trainer that computes.
+#[cfg(feature = "torch")]
 pub(crate) fn check_inputs(
     spec: &ModelSpec,
     params: &[f32],
@@ -355,6 +371,7 @@ pub(crate) fn check_inputs(
 }
 
 /// Checks that a plan can be followed.
+#[cfg(feature = "torch")]
 pub(crate) fn check_plan(plan: &TrainingPlan) -> Result<(), TrainError> {
     if plan.local_epochs == 0 {
         return Err(TrainError::InvalidPlan("local_epochs is zero"));

@@ -25,7 +25,7 @@ use std::fmt::{self, Display, Write};
 use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::fairness::{FairnessReport, GroupMetrics, GroupReport, PolicyCheck, Rate};
 
-use crate::audit::AttributeAudit;
+use crate::bias::AttributeAudit;
 
 // Defined before the public API because `macro_rules!` macros are only visible below their
 // definition.

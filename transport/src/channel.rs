@@ -1,19 +1,17 @@
 //! The secure channel: QUIC endpoints over the consortium's mutual TLS, and framed message
 //! streams on top of them.
 //!
-//! This is the only code that turns protocol frames into QUIC stream bytes and back; the
-//! coordinator and the node drive it. Every frame is decoded with the protocol's capped
-//! [`FrameDecoder`], so a hostile peer cannot make us buffer more than one frame's cap.
+//! Every frame is decoded with the protocol's capped [`FrameDecoder`], so a hostile peer cannot
+//! make us buffer more than one frame's cap.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use medfed_certs::{CertError, TlsFiles, client_config, server_config, subject_common_name};
 use medfed_protocol::codec::{self, CodecError, FrameDecoder};
 use medfed_protocol::messages::{ALPN, Message};
 use rustls_pki_types::CertificateDer;
-
-use crate::{CertError, TlsFiles, client_config, server_config, subject_common_name};
 
 /// How long a silent connection stays open.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use medfed_coordinator::checkpoint::read_checkpoint;
+use medfed_audit::checkpoint::read_checkpoint;
 use medfed_protocol::fairness::{AuditConfig, FairnessReport, group_predictions_at};
 use medfed_protocol::report::{SignedReport, verify_chain, verify_checkpoint, verify_model};
 use medfed_protocol::schema::{INTERSECTION_GROUP_SEPARATOR, intersection_name};

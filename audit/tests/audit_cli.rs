@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use medfed_audit::checkpoint::write_checkpoint;
+use medfed_audit::reports::ReportWriter;
 use medfed_certs::{load_report_signing_key, make_dev_consortium};
-use medfed_coordinator::checkpoint::write_checkpoint;
-use medfed_coordinator::reports::ReportWriter;
 use medfed_protocol::model::{Model, ModelKind, ModelSpec};
 use medfed_protocol::report::{AuditReport, REPORT_FORMAT, file_sha256};
 

@@ -1,0 +1,33 @@
+//! The secure channel of medfed: QUIC endpoints over the consortium's mutual TLS, and framed
+//! message streams on top of them.
+//!
+//! ```text
+//!   medfed-certs: server_config / client_config (rustls, TLS 1.3, consortium CA, CRL)
+//!        │
+//!   server_endpoint(files, addr) ◀──── QUIC + mutual TLS ────▶ client_endpoint(files)
+//!        │                                                          │
+//!   peer_identity(connection) = the node's certificate name         │
+//!        │                                                          │
+//!   MessageReader::next ◀── length-prefixed frames (codec) ─── send_message
+//! ```
+//!
+//! This is the only code that turns protocol frames into QUIC stream bytes and back; the
+//! coordinator and the node both drive it. Every frame is decoded with the protocol's capped
+//! [`FrameDecoder`](medfed_protocol::codec::FrameDecoder), so a hostile peer cannot make either
+//! side buffer more than one frame's cap.
+//!
+//! What this crate does *not* do: no protocol logic (that is `medfed-protocol`: which message
+//! may follow which, and what one means), no certificate handling beyond asking `medfed-certs`
+//! for the rustls configurations and reading the peer's name from its certificate, no retries or
+//! reconnection (the node's client does that), and no choice of async runtime beyond quinn's
+//! default (tokio).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod channel;
+
+pub use channel::{
+    ChannelError, MessageReader, client_endpoint, peer_identity, send_frame, send_message,
+    server_endpoint,
+};

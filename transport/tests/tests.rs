@@ -1,0 +1,3 @@
+//! Integration tests of `medfed-transport`, built as one binary (`autotests = false`).
+
+mod channel;
