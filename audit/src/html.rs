@@ -23,7 +23,9 @@
 use std::fmt::{self, Display, Write};
 
 use medfed_protocol::evaluation::EvalMetrics;
-use medfed_protocol::fairness::{FairnessReport, GroupMetrics, GroupReport, PolicyCheck, Rate};
+use medfed_protocol::fairness::{
+    FairnessReport, GroupMetrics, GroupReport, Limit, PolicyCheck, Rate,
+};
 
 use crate::bias::AttributeAudit;
 
@@ -213,55 +215,38 @@ const RATE_COLUMNS: [RateColumn; 3] = [
     },
 ];
 
-/// The disparities drawn in section 2: label, key as in the policy's limit names, and value.
-fn disparity_rows(report: &FairnessReport) -> Vec<(&'static str, &'static str, Option<f64>)> {
+/// The disparities drawn in section 2: label, the limit that bounds it, and value.
+fn disparity_rows(report: &FairnessReport) -> Vec<(&'static str, Limit, Option<f64>)> {
     let d = report.disparities.as_ref();
-    vec![
-        (
-            "Equalized odds difference",
-            "equalized_odds_difference",
-            d.and_then(|d| d.equalized_odds_difference),
-        ),
-        (
-            "Demographic parity ratio",
-            "demographic_parity_ratio",
-            d.and_then(|d| d.demographic_parity_ratio),
-        ),
-        (
-            "Demographic parity difference",
-            "demographic_parity_difference",
-            d.map(|d| d.demographic_parity_difference),
-        ),
-        (
-            "Equal opportunity difference",
-            "equal_opportunity_difference",
-            d.and_then(|d| d.equal_opportunity_difference),
-        ),
-    ]
+    Limit::ALL
+        .into_iter()
+        .map(|limit| {
+            let label = match limit {
+                Limit::EqualizedOddsDifference => "Equalized odds difference",
+                Limit::DemographicParityRatio => "Demographic parity ratio",
+                Limit::DemographicParityDifference => "Demographic parity difference",
+                Limit::EqualOpportunityDifference => "Equal opportunity difference",
+            };
+            (label, limit, d.and_then(|d| limit.value(d)))
+        })
+        .collect()
 }
 
-/// Whether a policy limit's name refers to the disparity `key` (`max_<key>` or `min_<key>`).
-fn limits(check: &PolicyCheck, key: &str) -> bool {
-    check
-        .name
-        .strip_prefix("max_")
-        .or_else(|| check.name.strip_prefix("min_"))
-        == Some(key)
+/// "≤" or "≥": how the check's value must compare with its threshold ("?" for a limit this
+/// version does not know).
+fn relation(check: &PolicyCheck) -> &'static str {
+    check.limit().map_or("?", |limit| limit.bound().symbol())
 }
 
 /// Describes a policy check for the verdict: "limit: value (must be ≤ threshold)".
 fn check_text(check: &PolicyCheck) -> String {
-    let relation = if check.name.starts_with("min_") {
-        "≥"
-    } else {
-        "≤"
-    };
     format!(
-        "{}: {} (must be {relation} {})",
+        "{}: {} (must be {} {})",
         check.name,
         check
             .value
             .map_or_else(|| "undefined".to_owned(), |v| Num(Some(v)).to_string()),
+        relation(check),
         Num(Some(check.threshold))
     )
 }
@@ -559,17 +544,18 @@ impl Page {
         let mut rows: Vec<(String, Option<f64>, Option<&PolicyCheck>)> =
             disparity_rows(&audit.report)
                 .into_iter()
-                .map(|(label, key, value)| {
-                    let check = audit.policy.checks.iter().find(|c| limits(c, key));
+                .map(|(label, limit, value)| {
+                    let check = audit
+                        .policy
+                        .checks
+                        .iter()
+                        .find(|c| c.limit() == Some(limit));
                     (label.to_owned(), value, check)
                 })
                 .collect();
-        // Limits on disparities this page does not know by name are still shown.
+        // Limits this version does not know by name are still shown.
         for check in &audit.policy.checks {
-            if !disparity_rows(&audit.report)
-                .iter()
-                .any(|(_, key, _)| limits(check, key))
-            {
+            if check.limit().is_none() {
                 rows.push((check.name.clone(), check.value, Some(check)));
             }
         }
@@ -622,24 +608,12 @@ impl Page {
                 Esc(label)
             );
             let status = match (passed, check) {
-                (Some(true), Some(c)) => format!(
-                    "✔ PASS ({} {})",
-                    if c.name.starts_with("min_") {
-                        "≥"
-                    } else {
-                        "≤"
-                    },
-                    Num(Some(c.threshold))
-                ),
-                (Some(false), Some(c)) => format!(
-                    "✘ FAIL ({} {})",
-                    if c.name.starts_with("min_") {
-                        "≥"
-                    } else {
-                        "≤"
-                    },
-                    Num(Some(c.threshold))
-                ),
+                (Some(true), Some(c)) => {
+                    format!("✔ PASS ({} {})", relation(c), Num(Some(c.threshold)))
+                }
+                (Some(false), Some(c)) => {
+                    format!("✘ FAIL ({} {})", relation(c), Num(Some(c.threshold)))
+                }
                 _ => "no limit".to_owned(),
             };
             match finite(*value) {
@@ -1086,16 +1060,12 @@ mod tests {
     }
 
     fn check(name: &str, threshold: f64, value: f64) -> PolicyCheck {
-        let passed = if name.starts_with("min_") {
-            value >= threshold
-        } else {
-            value <= threshold
-        };
+        let limit = Limit::from_name(name).expect("a policy key");
         PolicyCheck {
             name: name.to_owned(),
             threshold,
             value: Some(value),
-            passed,
+            passed: limit.bound().holds(value, threshold),
         }
     }
 

@@ -641,51 +641,132 @@ impl FairnessPolicy {
     /// disparities because fewer than two groups are reported — fails.
     pub fn check(&self, report: &FairnessReport) -> PolicyOutcome {
         let d = report.disparities.as_ref();
-        let limits = [
-            (
-                "max_equalized_odds_difference",
-                self.max_equalized_odds_difference,
-                d.and_then(|d| d.equalized_odds_difference),
-                Bound::Max,
-            ),
-            (
-                "min_demographic_parity_ratio",
-                self.min_demographic_parity_ratio,
-                d.and_then(|d| d.demographic_parity_ratio),
-                Bound::Min,
-            ),
-            (
-                "max_demographic_parity_difference",
-                self.max_demographic_parity_difference,
-                d.map(|d| d.demographic_parity_difference),
-                Bound::Max,
-            ),
-            (
-                "max_equal_opportunity_difference",
-                self.max_equal_opportunity_difference,
-                d.and_then(|d| d.equal_opportunity_difference),
-                Bound::Max,
-            ),
-        ];
-        let checks: Vec<PolicyCheck> = limits
+        let checks: Vec<PolicyCheck> = Limit::ALL
             .into_iter()
-            .filter_map(|(name, threshold, value, bound)| {
-                let threshold = threshold?;
-                // NaN thresholds or values compare false, so they fail.
-                let passed = value.is_some_and(|v| match bound {
-                    Bound::Max => v <= threshold,
-                    Bound::Min => v >= threshold,
-                });
+            .filter_map(|limit| {
+                let threshold = self.threshold(limit)?;
+                let value = d.and_then(|d| limit.value(d));
                 Some(PolicyCheck {
-                    name: name.to_owned(),
+                    name: limit.name().to_owned(),
                     threshold,
                     value,
-                    passed,
+                    // NaN thresholds or values compare false, so they fail.
+                    passed: value.is_some_and(|v| limit.bound().holds(v, threshold)),
                 })
             })
             .collect();
         let approved = checks.iter().all(|c| c.passed);
         PolicyOutcome { checks, approved }
+    }
+
+    /// The policy's threshold for `limit`, if it sets one.
+    pub fn threshold(&self, limit: Limit) -> Option<f64> {
+        match limit {
+            Limit::EqualizedOddsDifference => self.max_equalized_odds_difference,
+            Limit::DemographicParityRatio => self.min_demographic_parity_ratio,
+            Limit::DemographicParityDifference => self.max_demographic_parity_difference,
+            Limit::EqualOpportunityDifference => self.max_equal_opportunity_difference,
+        }
+    }
+}
+
+/// One limit a [`FairnessPolicy`] can set: a bound on one disparity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// At most this [`Disparities::equalized_odds_difference`].
+    EqualizedOddsDifference,
+    /// At least this [`Disparities::demographic_parity_ratio`].
+    DemographicParityRatio,
+    /// At most this [`Disparities::demographic_parity_difference`].
+    DemographicParityDifference,
+    /// At most this [`Disparities::equal_opportunity_difference`].
+    EqualOpportunityDifference,
+}
+
+impl Limit {
+    /// Every limit, in the order a [`PolicyOutcome`] lists its checks.
+    pub const ALL: [Self; 4] = [
+        Self::EqualizedOddsDifference,
+        Self::DemographicParityRatio,
+        Self::DemographicParityDifference,
+        Self::EqualOpportunityDifference,
+    ];
+
+    /// The policy key, as written in `[fairness.policy]` and in each [`PolicyCheck::name`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EqualizedOddsDifference => "max_equalized_odds_difference",
+            Self::DemographicParityRatio => "min_demographic_parity_ratio",
+            Self::DemographicParityDifference => "max_demographic_parity_difference",
+            Self::EqualOpportunityDifference => "max_equal_opportunity_difference",
+        }
+    }
+
+    /// The limit a policy key names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|limit| limit.name() == name)
+    }
+
+    /// The disparity it bounds, as named in [`Disparities`].
+    pub fn disparity(self) -> &'static str {
+        match self {
+            Self::EqualizedOddsDifference => "equalized_odds_difference",
+            Self::DemographicParityRatio => "demographic_parity_ratio",
+            Self::DemographicParityDifference => "demographic_parity_difference",
+            Self::EqualOpportunityDifference => "equal_opportunity_difference",
+        }
+    }
+
+    /// Whether the threshold is a most or a least.
+    pub fn bound(self) -> Bound {
+        match self {
+            Self::DemographicParityRatio => Bound::AtLeast,
+            _ => Bound::AtMost,
+        }
+    }
+
+    /// The disparity's value in `d`; `None` where it is undefined.
+    pub fn value(self, d: &Disparities) -> Option<f64> {
+        match self {
+            Self::EqualizedOddsDifference => d.equalized_odds_difference,
+            Self::DemographicParityRatio => d.demographic_parity_ratio,
+            Self::DemographicParityDifference => Some(d.demographic_parity_difference),
+            Self::EqualOpportunityDifference => d.equal_opportunity_difference,
+        }
+    }
+}
+
+/// Whether a policy limit is an upper or a lower bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// The value must be at most the threshold.
+    AtMost,
+    /// The value must be at least the threshold.
+    AtLeast,
+}
+
+impl Bound {
+    /// Whether `value` is within `threshold` (false for NaN).
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Self::AtMost => value <= threshold,
+            Self::AtLeast => value >= threshold,
+        }
+    }
+
+    /// "≤" or "≥", for people.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Self::AtMost => "≤",
+            Self::AtLeast => "≥",
+        }
+    }
+}
+
+impl PolicyCheck {
+    /// The limit this check applied; `None` for a name no version of medfed wrote.
+    pub fn limit(&self) -> Option<Limit> {
+        Limit::from_name(&self.name)
     }
 }
 
@@ -740,13 +821,6 @@ pub fn band(value: f64, edges: &[f64]) -> Option<String> {
         i if i == edges.len() => format!("≥{}", edges[i - 1]),
         i => format!("{}-<{}", edges[i - 1], edges[i]),
     })
-}
-
-/// Whether a policy limit is an upper or a lower bound.
-#[derive(Clone, Copy)]
-enum Bound {
-    Max,
-    Min,
 }
 
 /// A proportion and its Wilson interval; `None` if `trials` is not positive.
@@ -809,6 +883,24 @@ fn disparities(reported: &[(&str, GroupMetrics)], reference: Option<&str>) -> Di
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_limit_is_the_policy_key_of_its_name_and_bounds_its_disparity_one_way() {
+        for (i, limit) in Limit::ALL.into_iter().enumerate() {
+            let threshold = 0.25 + i as f64;
+            let policy: FairnessPolicy =
+                toml::from_str(&format!("{} = {threshold}", limit.name())).unwrap();
+            assert_eq!(policy.threshold(limit), Some(threshold), "{limit:?}");
+            assert_eq!(Limit::from_name(limit.name()), Some(limit));
+            assert!(limit.name().ends_with(limit.disparity()));
+            // Only the ratio is a floor.
+            let floor = limit == Limit::DemographicParityRatio;
+            assert_eq!(limit.bound() == Bound::AtLeast, floor, "{limit:?}");
+            assert!(limit.bound().holds(threshold, threshold));
+            assert!(!limit.bound().holds(f64::NAN, threshold));
+        }
+        assert_eq!(Limit::from_name("max_anything_else"), None);
+    }
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol
