@@ -21,10 +21,9 @@
 //! for people and tools.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use medfed_protocol::model::{Model, ModelError, ModelHash, ModelSpec};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
@@ -55,7 +54,7 @@ pub fn checkpoint_file_name(round: u64) -> String {
 pub fn write_checkpoint(dir: &Path, round: u64, model: &Model) -> Result<PathBuf, CheckpointError> {
     let bytes = encode_checkpoint(round, model)?;
     let path = dir.join(checkpoint_file_name(round));
-    write_atomically(dir, &path, &bytes)?;
+    write_atomically(&path, &bytes)?;
 
     let latest = dir.join(LATEST_FILE_NAME);
     // An unreadable or foreign `latest` file is simply replaced.
@@ -66,7 +65,7 @@ pub fn write_checkpoint(dir: &Path, round: u64, model: &Model) -> Result<PathBuf
             "latest checkpoint holds a later round; left as it is"
         );
     } else {
-        write_atomically(dir, &latest, &bytes)?;
+        write_atomically(&latest, &bytes)?;
     }
     tracing::debug!(round, path = %path.display(), hash = %model.hash(), "checkpoint written");
     Ok(path)
@@ -279,51 +278,12 @@ pub enum CheckpointError {
     },
 }
 
-/// Counter that keeps concurrent temporary file names in one process apart.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `target` (inside `dir`) via a fsynced temporary file, a rename and a
-/// directory fsync.
-fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| CheckpointError::Io { path, source }
-    };
-    let written = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(&tmp)(e));
-    }
-    if let Err(e) = fs::rename(&tmp, target) {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(target)(e));
-    }
-    sync_dir(dir).map_err(io_err(dir))
-}
-
-/// Makes a rename inside `dir` durable.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Directories cannot be opened as files here; the rename is as durable as the platform allows.
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
+/// Writes `bytes` to `target` durably and atomically ([`medfed_certs::replace_file`]).
+fn write_atomically(target: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    medfed_certs::replace_file(target, bytes).map_err(|source| CheckpointError::Io {
+        path: target.to_path_buf(),
+        source,
+    })
 }
 
 /// Largest header [`peek_round`] reads (the safetensors limit).

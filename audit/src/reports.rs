@@ -6,8 +6,6 @@
 //! coordinator's Ed25519 certificate key, so `medfed-audit verify` can check the whole chain
 //! offline.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use medfed_protocol::report::{AuditReport, SignedReport, file_sha256};
@@ -90,7 +88,7 @@ impl ReportWriter {
             .to_json_pretty()
             .map_err(|e| ReportWriteError::Sign(e.to_string()))?;
         let path = self.dir.join(report_file_name(signed.report.round));
-        write_atomically(&self.dir, &path, &bytes)?;
+        write_atomically(&path, &bytes)?;
         self.chain.push((signed, file_sha256(&bytes)));
         self.write_page()?;
         Ok(Some(path))
@@ -129,7 +127,7 @@ impl ReportWriter {
             .collect();
         let page = render("medfed bias audit", &rounds);
         let path = self.dir.join(PAGE_FILE);
-        write_atomically(&self.dir, &path, page.as_bytes())?;
+        write_atomically(&path, page.as_bytes())?;
         Ok(path)
     }
 
@@ -139,19 +137,12 @@ impl ReportWriter {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in `dir`, with fsyncs.
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), ReportWriteError> {
-    let io = |source| ReportWriteError::Io {
+/// Writes `bytes` to `path` durably and atomically ([`medfed_certs::replace_file`]).
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ReportWriteError> {
+    medfed_certs::replace_file(path, bytes).map_err(|source| ReportWriteError::Io {
         path: path.to_owned(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp).map_err(io)?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    })
 }
 
 /// A report could not be written.

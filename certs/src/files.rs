@@ -77,12 +77,16 @@ pub(crate) fn refuse_existing<'a>(
 /// either no file or the complete file, and a private key is never readable by others, not even
 /// for a moment.
 pub(crate) fn write_new(path: &Path, contents: &[u8], access: Access) -> Result<(), CertError> {
-    let tmp = write_temp(path, contents, access)?;
+    let write_err = |source| CertError::WriteFile {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = write_temp(path, contents, access).map_err(write_err)?;
     let linked = fs::hard_link(&tmp, path);
     // The temporary is only a staging name; failing to remove it loses nothing.
     let _ = fs::remove_file(&tmp);
     match linked {
-        Ok(()) => sync_parent(path),
+        Ok(()) => sync_parent(path).map_err(write_err),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(CertError::AlreadyExists {
             path: path.to_owned(),
         }),
@@ -95,13 +99,26 @@ pub(crate) fn write_new(path: &Path, contents: &[u8], access: Access) -> Result<
 
 /// Writes a file atomically, replacing any existing one (temporary sibling, sync, rename).
 pub(crate) fn write_replace(path: &Path, contents: &[u8], access: Access) -> Result<(), CertError> {
+    replace_with_access(path, contents, access).map_err(|source| CertError::WriteFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes a world-readable file durably and atomically, replacing any existing one: readers,
+/// and a process restarted after a crash or a power cut, see the old file or the new one whole,
+/// never a mix. The contents go to a uniquely named temporary sibling (removed on any failure),
+/// are synced, renamed over `path`, and the folder is synced. medfed's one way to replace a
+/// file: checkpoints, audit reports and their page, the task manifest, certificates.
+pub fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    replace_with_access(path, contents, Access::Public)
+}
+
+fn replace_with_access(path: &Path, contents: &[u8], access: Access) -> io::Result<()> {
     let tmp = write_temp(path, contents, access)?;
-    if let Err(source) = fs::rename(&tmp, path) {
+    if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
-        return Err(CertError::WriteFile {
-            path: path.to_owned(),
-            source,
-        });
+        return Err(e);
     }
     sync_parent(path)
 }
@@ -233,15 +250,11 @@ fn bad_pem(path: &Path, e: rustls_pki_types::pem::Error) -> CertError {
 }
 
 /// Writes `contents` to a fresh temporary file next to `path`, created with the final mode.
-fn write_temp(path: &Path, contents: &[u8], access: Access) -> Result<PathBuf, CertError> {
+fn write_temp(path: &Path, contents: &[u8], access: Access) -> io::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let write_err = |source| CertError::WriteFile {
-        path: path.to_owned(),
-        source,
-    };
     let name = path
         .file_name()
-        .ok_or_else(|| write_err(io::Error::other("path has no file name")))?;
+        .ok_or_else(|| io::Error::other("path has no file name"))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(
@@ -260,30 +273,25 @@ fn write_temp(path: &Path, contents: &[u8], access: Access) -> Result<PathBuf, C
     }
     #[cfg(not(unix))]
     let _ = access;
-    let mut file = options.open(&tmp).map_err(write_err)?;
+    let mut file = options.open(&tmp)?;
     let written = file.write_all(contents).and_then(|()| file.sync_all());
-    if let Err(source) = written {
+    if let Err(e) = written {
         drop(file);
         let _ = fs::remove_file(&tmp);
-        return Err(write_err(source));
+        return Err(e);
     }
     Ok(tmp)
 }
 
 /// Syncs the directory holding `path`, so that a rename or link survives a crash.
-fn sync_parent(path: &Path) -> Result<(), CertError> {
+fn sync_parent(path: &Path) -> io::Result<()> {
     #[cfg(unix)]
     {
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        File::open(parent)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|source| CertError::WriteFile {
-                path: path.to_owned(),
-                source,
-            })?;
+        File::open(parent).and_then(|dir| dir.sync_all())?;
     }
     #[cfg(not(unix))]
     let _ = path;
@@ -323,6 +331,21 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         #[cfg(unix)]
         assert_eq!(mode(&path), 0o644);
+    }
+
+    #[test]
+    fn replace_file_leaves_the_new_file_whole_and_no_temporary_even_when_it_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        replace_file(&path, b"old").unwrap();
+        replace_file(&path, b"new").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        // A target that cannot be replaced (a folder) keeps the folder and leaves nothing else.
+        let blocked = dir.path().join("folder");
+        fs::create_dir(&blocked).unwrap();
+        assert!(replace_file(&blocked, b"x").is_err());
+        assert!(blocked.is_dir());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]

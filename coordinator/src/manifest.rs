@@ -144,9 +144,11 @@ pub fn write_manifest(
     manifest: &SignedManifest,
 ) -> Result<PathBuf, ManifestBuildError> {
     let path = data_dir.join(MANIFEST_FILE);
-    std::fs::write(&path, manifest.to_json()).map_err(|source| ManifestBuildError::Write {
-        path: path.clone(),
-        source,
+    medfed_certs::replace_file(&path, manifest.to_json().as_bytes()).map_err(|source| {
+        ManifestBuildError::Write {
+            path: path.clone(),
+            source,
+        }
     })?;
     Ok(path)
 }

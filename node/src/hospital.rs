@@ -369,14 +369,14 @@ impl Hospital {
     }
 
     /// The (ε, δ) this node has spent so far, if it trains privately.
-    pub fn privacy_spent(&self) -> Option<(f64, f64)> {
+    pub fn privacy_spent(&self) -> Option<PrivacySpent> {
         let privacy = self.privacy.as_ref()?;
         let delta = privacy.config.delta;
         privacy
             .ledger
             .epsilon(privacy.config.accountant, &[], delta)
             .ok()
-            .map(|epsilon| (epsilon, delta))
+            .map(|epsilon| PrivacySpent { epsilon, delta })
     }
 
     /// The hospital's privacy mode: its `[privacy] mode`, local without a `[privacy]` section.
@@ -1039,9 +1039,7 @@ impl Hospital {
                 epsilon: entry.epsilon_after,
                 delta: entry.delta,
             }),
-            _ => self
-                .privacy_spent()
-                .map(|(epsilon, delta)| PrivacySpent { epsilon, delta }),
+            _ => self.privacy_spent(),
         };
         let Some((setup, encoding)) = secure else {
             let values = match plain_figures(figures.kind, figures.values) {

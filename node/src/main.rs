@@ -173,10 +173,10 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             let trainer = libtorch_trainer(&config, "run")?;
             let hospital = prepare_node(&config, trainer)?;
             match (&config.privacy, hospital.privacy_spent()) {
-                (Some(privacy), Some((spent, _))) => tracing::info!(
+                (Some(privacy), Some(spent)) => tracing::info!(
                     target_epsilon = privacy.target_epsilon,
                     delta = privacy.delta,
-                    spent,
+                    spent = spent.epsilon,
                     statistics_noise = privacy.statistics.noise,
                     "DP-SGD on"
                 ),

@@ -105,10 +105,10 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
     allow_plaintext(&mut restarted);
     let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
     let mut hospital = medfed_node::prepare_node(&restarted, Box::new(trainer)).unwrap();
-    let (spent, delta) = hospital.privacy_spent().unwrap();
+    let spent = hospital.privacy_spent().unwrap();
     assert!(
-        (spent - one_round).abs() < 1e-9 && delta == 1e-5,
-        "restart reset the budget: {spent}"
+        (spent.epsilon - one_round).abs() < 1e-9 && spent.delta == 1e-5,
+        "restart reset the budget: {spent:?}"
     );
     let spec = ModelSpec {
         kind: task.model.clone().into(),
