@@ -186,21 +186,7 @@ mod tests {
 
     use super::*;
 
-    const SCHEMA: &str = r#"
-sensitive = ["sex"]
-[label]
-column = "outcome"
-positive = ["1"]
-negative = ["0"]
-[[columns]]
-name = "age"
-type = "numeric"
-range = [0, 120]
-[[columns]]
-name = "sex"
-type = "categorical"
-levels = ["F", "M"]
-"#;
+    const SCHEMA: &str = medfed_protocol::schema::EXAMPLE_SCHEMA;
 
     const CONFIG: &str = r#"
 listen = "127.0.0.1:7400"

@@ -8,21 +8,7 @@ use medfed_certs::{MemberList, coordinator_report_key, make_dev_consortium};
 use medfed_protocol::manifest::{SignedManifest, ThresholdRule};
 use medfed_protocol::schema::Schema;
 
-const SCHEMA: &str = r#"
-sensitive = ["sex"]
-[label]
-column = "outcome"
-positive = ["1"]
-negative = ["0"]
-[[columns]]
-name = "age"
-type = "numeric"
-range = [0, 120]
-[[columns]]
-name = "sex"
-type = "categorical"
-levels = ["F", "M"]
-"#;
+const SCHEMA: &str = medfed_protocol::schema::EXAMPLE_SCHEMA;
 
 fn manifest(dir: &Path, members: &str) -> Output {
     std::fs::write(dir.join("schema.toml"), SCHEMA).unwrap();

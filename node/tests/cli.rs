@@ -4,22 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-const SCHEMA: &str = r#"
-drop = ["id"]
-sensitive = ["sex"]
-[label]
-column = "outcome"
-positive = ["1"]
-negative = ["0"]
-[[columns]]
-name = "age"
-type = "numeric"
-range = [0, 120]
-[[columns]]
-name = "sex"
-type = "categorical"
-levels = ["F", "M"]
-"#;
+const SCHEMA: &str = medfed_protocol::schema::EXAMPLE_SCHEMA;
 
 /// Writes a node configuration around `csv` and runs `medfed-node check` on it.
 fn check(dir: &Path, schema: &str, csv: &str) -> (bool, String) {

@@ -24,22 +24,7 @@ use medfed_protocol::schema::Schema;
 use medfed_protocol::stats_release::StatisticsNoise;
 use serde_json::Value;
 
-const SCHEMA: &str = r#"
-drop = ["id"]
-sensitive = ["sex"]
-[label]
-column = "outcome"
-positive = ["1"]
-negative = ["0"]
-[[columns]]
-name = "age"
-type = "numeric"
-range = [0, 120]
-[[columns]]
-name = "sex"
-type = "categorical"
-levels = ["F", "M"]
-"#;
+const SCHEMA: &str = medfed_protocol::schema::EXAMPLE_SCHEMA;
 
 const ROUNDS: u64 = 5;
 

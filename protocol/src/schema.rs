@@ -44,6 +44,26 @@ use std::fmt;
 use ring::digest;
 use serde::Deserialize;
 
+/// The smallest schema with every part: a dropped identifier, the label, a numeric and a
+/// categorical column, and a sensitive attribute (patients `id,age,sex,outcome`). For examples
+/// and tests; a consortium writes its own.
+pub const EXAMPLE_SCHEMA: &str = r#"
+drop = ["id"]
+sensitive = ["sex"]
+[label]
+column = "outcome"
+positive = ["1"]
+negative = ["0"]
+[[columns]]
+name = "age"
+type = "numeric"
+range = [0, 120]
+[[columns]]
+name = "sex"
+type = "categorical"
+levels = ["F", "M"]
+"#;
+
 /// A validated data schema. Build it with [`Schema::parse`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Schema {
@@ -868,6 +888,14 @@ fn put_list<'a>(out: &mut Vec<u8>, items: impl ExactSizeIterator<Item = &'a Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_schema_has_every_part_it_promises() {
+        let schema = Schema::parse(EXAMPLE_SCHEMA).unwrap();
+        assert_eq!(schema.dropped(), ["id"]);
+        assert_eq!(schema.num_features(), 3);
+        assert_eq!(schema.audit_attributes(), ["sex"]);
+    }
 
     const HEART: &str = r#"
 drop = ["id", "dataset"]
