@@ -239,12 +239,9 @@ async fn a_round_completes_with_threshold_survivors_when_a_hospital_drops_before
 
 #[test]
 fn a_hospital_in_distributed_mode_declines_a_round_of_a_task_that_is_not_distributed() {
-    use medfed_e2e::allow_plaintext;
+    use medfed_e2e::{allow_plaintext, round_one_by_hand};
     use medfed_node::trainer::{ComputeDevice, TchTrainer};
-    use medfed_protocol::evaluation::ScoreBins;
-    use medfed_protocol::messages::{DeclineReason, Message, PolicyViolation, RoundStart};
-    use medfed_protocol::model::{Model, ModelSpec};
-    use medfed_protocol::stats::Standardization;
+    use medfed_protocol::messages::{DeclineReason, Message, PolicyViolation};
 
     let consortium = Consortium::new(&["hospital-a"], 80);
     let task = consortium.coordinator_config(1, 1).task;
@@ -254,26 +251,8 @@ fn a_hospital_in_distributed_mode_declines_a_round_of_a_task_that_is_not_distrib
     config.privacy = Some(distributed_policy());
     let trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
     let mut hospital = medfed_node::prepare_node(&config, Box::new(trainer)).unwrap();
-    let spec = ModelSpec {
-        kind: task.model.clone().into(),
-        input_dim: 6,
-    };
-    let model = Model::new(spec.clone(), spec.initial_parameters(1)).unwrap();
-    hospital.enter_session(5, "hospital-a");
-    hospital.accept_model(model.clone(), 5, 1);
     // No distributed manifest approved: the round is a local one.
-    let start = RoundStart {
-        session: 5,
-        round: 1,
-        attempt: 1,
-        model_hash: model.hash(),
-        train: true,
-        evaluate: true,
-        score_bins: ScoreBins::FINE,
-        plan: task.plan(1),
-        standardization: Standardization::identity(6),
-        secure_aggregation: None,
-    };
+    let start = round_one_by_hand(&mut hospital, &task, "hospital-a");
     match hospital.handle_round(&start) {
         Message::Declined(d) => assert_eq!(
             d.reason,

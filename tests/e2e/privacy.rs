@@ -1,7 +1,7 @@
 //! Each hospital owns its privacy budget: it declines the round that would exceed it, and its
 //! ledger survives a restart.
 
-use medfed_e2e::{Consortium, allow_plaintext, subscribe, tolerate_dropouts};
+use medfed_e2e::{Consortium, allow_plaintext, round_one_by_hand, subscribe, tolerate_dropouts};
 use medfed_node::config::{
     EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode, StatisticsNoiseConfig,
 };
@@ -110,25 +110,7 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
         (spent.epsilon - one_round).abs() < 1e-9 && spent.delta == 1e-5,
         "restart reset the budget: {spent:?}"
     );
-    let spec = ModelSpec {
-        kind: task.model.clone().into(),
-        input_dim: 6,
-    };
-    let model = Model::new(spec.clone(), spec.initial_parameters(1)).unwrap();
-    hospital.enter_session(5, "hospital-c");
-    hospital.accept_model(model.clone(), 5, 1);
-    let start = RoundStart {
-        session: 5,
-        round: 1,
-        attempt: 1,
-        model_hash: model.hash(),
-        train: true,
-        evaluate: true,
-        score_bins: ScoreBins::FINE,
-        plan: task.plan(1),
-        standardization: Standardization::identity(6),
-        secure_aggregation: None,
-    };
+    let start = round_one_by_hand(&mut hospital, &task, "hospital-c");
     match hospital.handle_round(&start) {
         Message::Declined(d) => assert_eq!(d.reason, DeclineReason::BudgetSpent),
         other => panic!("a node out of budget must decline, got {other:?}"),

@@ -21,9 +21,12 @@ use medfed_node::config::DataConfig;
 use medfed_node::policy::{Fraction, NodePolicy};
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_node::{NodeConfig, NodeError, NodeOutcome};
+use medfed_protocol::evaluation::ScoreBins;
 use medfed_protocol::manifest::SignedManifest;
-use medfed_protocol::model::ModelConfig;
+use medfed_protocol::messages::RoundStart;
+use medfed_protocol::model::{Model, ModelConfig, ModelSpec};
 use medfed_protocol::schema::Schema;
+use medfed_protocol::stats::Standardization;
 use tempfile::TempDir;
 
 /// The schema of the synthetic hospital files.
@@ -231,6 +234,35 @@ impl Consortium {
 pub fn allow_plaintext(config: &mut NodeConfig) {
     config.policy.require_secure_aggregation = false;
     config.policy.min_other_hospitals = 0;
+}
+
+/// Drives `hospital` by hand into round 1 of session 5 of `task` (the test schema's six
+/// features): it enters the session as `identity` and holds the initial model; the request
+/// returned asks it, in the clear, to evaluate and train that model.
+pub fn round_one_by_hand(
+    hospital: &mut medfed_node::Hospital,
+    task: &TaskConfig,
+    identity: &str,
+) -> RoundStart {
+    let spec = ModelSpec {
+        kind: task.model.clone().into(),
+        input_dim: 6,
+    };
+    let model = Model::new(spec.clone(), spec.initial_parameters(1)).expect("an initial model");
+    hospital.enter_session(5, identity);
+    hospital.accept_model(model.clone(), 5, 1);
+    RoundStart {
+        session: 5,
+        round: 1,
+        attempt: 1,
+        model_hash: model.hash(),
+        train: true,
+        evaluate: true,
+        score_bins: ScoreBins::FINE,
+        plan: task.plan(1),
+        standardization: Standardization::identity(6),
+        secure_aggregation: None,
+    }
 }
 
 /// Lets a hospital of a small test consortium go on when nodes drop out: sums over two
