@@ -32,6 +32,8 @@ enum Behaviour {
     Refuses,
     /// Its connection fails before it answers.
     Disconnects,
+    /// Its stream carries bytes that are not a frame.
+    SendsGarbage,
     /// Stops answering from this phase's request on.
     SilentFrom(Phase),
     /// Advertises keys for the next round.
@@ -179,6 +181,11 @@ impl Consortium {
                     detail: "closed by peer".into(),
                 }));
             }
+            Behaviour::SendsGarbage => {
+                return Some(Err(LeftOut::Framing {
+                    detail: "malformed message".into(),
+                }));
+            }
             Behaviour::Declines(reason) => {
                 return Some(Ok(Message::Declined(Declined {
                     session: SESSION,
@@ -298,8 +305,11 @@ fn refusal(round: u64, reason: RefusalReason) -> Message {
     })
 }
 
+/// The names of participants `indices`, sorted as a sum's participants are.
 fn names(indices: &[usize]) -> Vec<String> {
-    indices.iter().map(|i| format!("hospital-{i}")).collect()
+    let mut names: Vec<String> = indices.iter().map(|i| format!("hospital-{i}")).collect();
+    names.sort();
+    names
 }
 
 /// Why `who` was left out.
@@ -386,6 +396,7 @@ fn every_kind_of_bad_answer_leaves_its_node_out_with_a_typed_reason() {
         Behaviour::Disconnects,
         Behaviour::KeysForAnotherRound,
         Behaviour::InputForShares,
+        Behaviour::SendsGarbage,
         Behaviour::Honest,
         Behaviour::Honest,
         Behaviour::Honest,
@@ -423,8 +434,12 @@ fn every_kind_of_bad_answer_leaves_its_node_out_with_a_typed_reason() {
             expected: "secagg_shares".into()
         }
     );
-    assert_eq!(gathered.sum, consortium.sum_of(&[1, 7, 8, 9]));
-    assert_eq!(gathered.participants, names(&[1, 7, 8, 9]));
+    assert!(matches!(
+        why(&gathered, "hospital-7"),
+        LeftOut::Framing { .. }
+    ));
+    assert_eq!(gathered.sum, consortium.sum_of(&[1, 8, 9, 10]));
+    assert_eq!(gathered.participants, names(&[1, 8, 9, 10]));
     assert!(gathered.budget_spent.is_empty());
 }
 
