@@ -382,12 +382,20 @@ impl CoordinatorConfig {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Refuses a test-only fault-injection setting in a build that has no fault injection (it
+    /// would silently do nothing). Checked when a file is read and again at start, for a
+    /// configuration built in code.
+    pub fn check_fault_injection(&self) -> Result<(), ConfigError> {
         if self.danger_pause_at.is_some() && !crate::faults::ENABLED {
             return Err(ConfigError::FaultInjection {
                 key: "danger_pause_at",
             });
         }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.check_fault_injection()?;
         let task = &self.task;
         let invalid = |message: &str| {
             Err(ConfigError::Invalid {

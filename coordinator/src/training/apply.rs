@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use medfed_audit::bias::{self as audit, AttributeAudit};
+use medfed_audit::checkpoint::{checkpoint_file_name, write_checkpoint};
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::messages::{Finished, Message};
@@ -23,8 +25,6 @@ use crate::exchange;
 use crate::faults;
 use crate::store::CompletedRound;
 use crate::strategy::{distributed_delta, mean_delta};
-use medfed_audit::bias::{self as audit, AttributeAudit};
-use medfed_audit::checkpoint::{checkpoint_file_name, write_checkpoint};
 
 impl Trainer {
     /// Applies a round's summed update, checkpoints the model and records the round.
@@ -94,7 +94,7 @@ impl Trainer {
             )?;
         }
         faults::pause(pause, round, PausePhase::ReportWritten).await;
-        self.store().complete_round(&CompletedRound {
+        self.store.complete_round(&CompletedRound {
             round,
             model_hash: model.hash(),
             checkpoint_path: path.clone(),
@@ -139,7 +139,7 @@ impl Trainer {
             return Ok(None);
         };
         let params = params.map_err(|e| CoordinatorError::DistributedDp(e.to_string()))?;
-        let summary = self.store().get_json::<FederatedSummary>(SUMMARY_KEY)?;
+        let summary = self.store.get_json::<FederatedSummary>(SUMMARY_KEY)?;
         let Some(summary) = summary.filter(|s| s.n > 0) else {
             return Err(CoordinatorError::DistributedDp(
                 "the statistics round left no pooled example count N to divide the sum by (q·N)"

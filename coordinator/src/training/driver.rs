@@ -31,10 +31,7 @@ pub(super) struct Driver<'a> {
 impl Driver<'_> {
     /// Runs `plan` to its outcome.
     pub(super) async fn collect(&self, plan: CollectionPlan) -> Outcome {
-        let round = match &plan.request {
-            medfed_protocol::round::Request::Stats(r) => r.round,
-            medfed_protocol::round::Request::Round(r) => r.round,
-        };
+        let round = plan.request.round();
         let secure = plan.secure.is_some();
         let (mut collection, mut progress) = Collection::start(plan);
         let mut clock = PhaseClock::start();

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use medfed_audit::checkpoint::CheckpointError;
+use medfed_audit::reports::ReportWriteError;
 use medfed_protocol::distributed_dp::DdpError;
 use medfed_protocol::model::ModelError;
 use medfed_protocol::round::{AfterFailure, AttemptFailure};
@@ -9,11 +11,10 @@ use medfed_protocol::schema::SchemaError;
 use medfed_protocol::stats::StatsError;
 use medfed_transport::ChannelError;
 
+use crate::config::ConfigError;
 use crate::manifest::ManifestBuildError;
 use crate::store::StoreError;
 use crate::strategy::StrategyError;
-use medfed_audit::checkpoint::CheckpointError;
-use medfed_audit::reports::ReportWriteError;
 
 /// Why a round attempt could not be completed (it is restarted, or training stops).
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +35,7 @@ impl RoundFailure {
     pub(super) fn next_step(&self, attempt: u32, attempts: u32, training: bool) -> AfterFailure {
         match self {
             Self::Attempt(failure) => failure.next_step(attempt, attempts, training),
-            _ if attempt < attempts => AfterFailure::Retry,
-            _ => AfterFailure::GiveUp,
+            _ => AfterFailure::retry_or_give_up(attempt, attempts),
         }
     }
 }
@@ -109,6 +109,9 @@ pub enum CoordinatorError {
     /// statistics round left no pooled example count to divide by.
     #[error("distributed DP cannot start: {0}")]
     DistributedDp(String),
+    /// The configuration cannot run in this build.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),

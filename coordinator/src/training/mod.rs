@@ -16,6 +16,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use medfed_audit::bias::AttributeAudit;
+use medfed_audit::checkpoint::{checkpoint_file_name, read_checkpoint, write_checkpoint};
+use medfed_audit::reports::ReportWriter;
 use medfed_certs::{ConsortiumVerifier, MemberList, load_report_signing_key};
 use medfed_protocol::distributed_dp::DdpParams;
 use medfed_protocol::evaluation::EvalMetrics;
@@ -37,9 +40,6 @@ use crate::manifest::{ManifestBuildError, signed_manifest, write_manifest};
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::strategy::{ServerOptimizer, build_optimizer};
-use medfed_audit::bias::AttributeAudit;
-use medfed_audit::checkpoint::{checkpoint_file_name, read_checkpoint, write_checkpoint};
-use medfed_audit::reports::ReportWriter;
 
 /// Key of the federated standardisation in the state store.
 const STANDARDIZATION_KEY: &str = "standardization";
@@ -123,11 +123,7 @@ impl RunningCoordinator {
 
 /// Opens the state, binds the endpoint and starts training.
 pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, CoordinatorError> {
-    if config.danger_pause_at.is_some() && !crate::faults::ENABLED {
-        return Err(CoordinatorError::Internal(
-            "danger_pause_at is set, but this build has no fault injection".into(),
-        ));
-    }
+    config.check_fault_injection()?;
     let schema_text =
         std::fs::read_to_string(&config.schema).map_err(|source| CoordinatorError::Io {
             path: config.schema.clone(),
@@ -314,13 +310,6 @@ pub(crate) struct Trainer {
 pub(crate) struct DistributedDecoder {
     params: DdpParams,
     denominator: f64,
-}
-
-impl Trainer {
-    /// The state store.
-    fn store(&self) -> &Store {
-        &self.store
-    }
 }
 
 fn now_ms() -> i64 {

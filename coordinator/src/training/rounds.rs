@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use medfed_audit::bias::{self as audit, AttributeAudit};
+use medfed_audit::checkpoint::checkpoint_file_name;
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::messages::{RoundStart, StatsRequest};
@@ -25,8 +27,6 @@ use super::{
 use crate::config::PausePhase;
 use crate::exchange::ModelPush;
 use crate::faults;
-use medfed_audit::bias::{self as audit, AttributeAudit};
-use medfed_audit::checkpoint::checkpoint_file_name;
 
 /// One collection's sum, with the round's layout and, under distributed DP, its decoded
 /// pseudo-update.
@@ -98,7 +98,7 @@ impl Trainer {
     /// The consortium's standardisation: from the state store, or from a statistics round.
     async fn standardization(&mut self) -> Result<Standardization, CoordinatorError> {
         if let Some(known) = self
-            .store()
+            .store
             .get_json::<Standardization>(STANDARDIZATION_KEY)?
         {
             return Ok(known);
@@ -116,7 +116,7 @@ impl Trainer {
                 let layout = FigureLayout::Stats {
                     len: self.schema.stats_len(),
                 };
-                match self.gather(0, request, layout, None).await {
+                match self.gather(request, layout, None).await {
                     Ok(g) => {
                         let standardization =
                             Standardization::from_summed_stats(&self.schema, &g.sum)?;
@@ -124,7 +124,7 @@ impl Trainer {
                         {
                             // The standardisation goes last: once it is stored, a restarted
                             // coordinator skips this round, so the summary must already be there.
-                            let store = self.store();
+                            let store = &self.store;
                             store.put_json(SUMMARY_KEY, &summary)?;
                             store.put_json(STATS_PARTICIPANTS_KEY, &g.participants)?;
                             store.put_json(STANDARDIZATION_KEY, &standardization)?;
@@ -160,7 +160,7 @@ impl Trainer {
             let attempts = self.config.task.round_attempts;
             for attempt in 1..=attempts {
                 let started = Instant::now();
-                self.store()
+                self.store
                     .begin_round(round, &self.model.hash(), now_ms())?;
                 faults::pause(self.config.danger_pause_at, round, PausePhase::RoundStarted).await;
                 match self
@@ -174,7 +174,7 @@ impl Trainer {
                     Err(reason) => {
                         let next = reason.next_step(attempt, attempts, true);
                         warn!(attempt, %reason, ?next, "round attempt failed");
-                        self.store()
+                        self.store
                             .abort_round(round, &reason.to_string(), now_ms())?;
                         match next {
                             AfterFailure::StopTraining => return Ok(None),
@@ -243,7 +243,7 @@ impl Trainer {
         });
         let push = Arc::new(ModelPush::new(&self.model, self.session, round));
         let gathered = self
-            .gather(round, request, FigureLayout::Round(layout), Some(push))
+            .gather(request, FigureLayout::Round(layout), Some(push))
             .await?;
         let mut distributed_delta = None;
         if layout.distributed {
@@ -254,7 +254,7 @@ impl Trainer {
         if decision.evaluate && evaluated_with.is_none() {
             let mut participants = gathered.participants.clone();
             participants.sort();
-            self.store()
+            self.store
                 .put_json(EVALUATION_PARTICIPANTS_KEY, &participants)?;
         }
         Ok(Collected {
@@ -269,11 +269,11 @@ impl Trainer {
     /// off, summed in the clear.
     async fn gather(
         &mut self,
-        round: u64,
         request: Request,
         layout: FigureLayout,
         model: Option<Arc<ModelPush>>,
     ) -> Result<Gathered, RoundFailure> {
+        let round = request.round();
         let min_nodes = self.config.task.min_nodes;
         let mut nodes = self
             .registry
@@ -336,7 +336,7 @@ impl Trainer {
 
     /// The hospitals whose held-out counts were first summed, if any were.
     pub(super) fn evaluation_participants(&self) -> Option<Vec<String>> {
-        self.store()
+        self.store
             .get_json::<Vec<String>>(EVALUATION_PARTICIPANTS_KEY)
             .ok()
             .flatten()
@@ -346,7 +346,7 @@ impl Trainer {
     /// they are exactly the statistics round's hospitals ([`check_example_count`]).
     fn check_example_count(&self, gathered: &Gathered) -> Result<(), RoundFailure> {
         let (summary, counted) = {
-            let store = self.store();
+            let store = &self.store;
             (
                 store.get_json::<FederatedSummary>(SUMMARY_KEY),
                 store.get_json::<Vec<String>>(STATS_PARTICIPANTS_KEY),
@@ -392,7 +392,7 @@ impl Trainer {
                             .map(|t| audit::audit(&self.schema, &t.groups, &self.config.fairness))
                             .unwrap_or_default();
                         audit::log(&fairness);
-                        self.store()
+                        self.store
                             .put_json(FINAL_EVALUATION_KEY, &(self.round, &metrics, &fairness))?;
                         let model = self.model.clone();
                         let path = self.write_report(

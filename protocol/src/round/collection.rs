@@ -47,7 +47,8 @@ impl Request {
         }
     }
 
-    fn round(&self) -> u64 {
+    /// The round asked for (0: the statistics).
+    pub fn round(&self) -> u64 {
         match self {
             Self::Stats(r) => r.round,
             Self::Round(r) => r.round,

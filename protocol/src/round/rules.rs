@@ -94,10 +94,20 @@ impl AttemptFailure {
     pub fn next_step(&self, attempt: u32, attempts: u32, training: bool) -> AfterFailure {
         if training && matches!(self, Self::BudgetSpent { .. }) {
             AfterFailure::StopTraining
-        } else if attempt < attempts {
-            AfterFailure::Retry
         } else {
-            AfterFailure::GiveUp
+            AfterFailure::retry_or_give_up(attempt, attempts)
+        }
+    }
+}
+
+impl AfterFailure {
+    /// What follows a failure that does not end training, after attempt `attempt` of
+    /// `attempts`: another attempt while any are left.
+    pub fn retry_or_give_up(attempt: u32, attempts: u32) -> Self {
+        if attempt < attempts {
+            Self::Retry
+        } else {
+            Self::GiveUp
         }
     }
 }
