@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 use medfed_protocol::model::{Model, ModelError, ModelHash, ModelSpec};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 
+use crate::model_file::{AuditLink, ModelFile, Scoring};
+
 /// File name of the copy of the newest checkpoint in a checkpoint directory.
 pub const LATEST_FILE_NAME: &str = "latest.safetensors";
 
@@ -52,7 +54,22 @@ pub fn checkpoint_file_name(round: u64) -> String {
 /// a later round. A crash between the two writes leaves `latest.safetensors` one round behind;
 /// the per-round file is always complete before this returns.
 pub fn write_checkpoint(dir: &Path, round: u64, model: &Model) -> Result<PathBuf, CheckpointError> {
-    let bytes = encode_checkpoint(round, model)?;
+    write_round_checkpoint(
+        dir,
+        &ModelFile {
+            round,
+            model: model.clone(),
+            scoring: None,
+            audit: None,
+        },
+    )
+}
+
+/// As [`write_checkpoint`], for a model file that may carry its [`Scoring`] (and, though a
+/// round's checkpoint never does, an [`AuditLink`]).
+pub fn write_round_checkpoint(dir: &Path, file: &ModelFile) -> Result<PathBuf, CheckpointError> {
+    let (round, model) = (file.round, &file.model);
+    let bytes = encode_model_file(file)?;
     let path = dir.join(checkpoint_file_name(round));
     write_atomically(&path, &bytes)?;
 
@@ -71,6 +88,21 @@ pub fn write_checkpoint(dir: &Path, round: u64, model: &Model) -> Result<PathBuf
     Ok(path)
 }
 
+/// Writes the released model to `path` atomically: the model file of the round the consortium
+/// releases, with the link to the audit report that judged it.
+pub fn write_released_model(path: &Path, file: &ModelFile) -> Result<(), CheckpointError> {
+    write_atomically(path, &encode_model_file(file)?)
+}
+
+/// Reads a model file (a round's checkpoint or the released model), with everything it carries.
+pub fn read_model_file(path: &Path) -> Result<ModelFile, CheckpointError> {
+    let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode_model_file(&bytes)
+}
+
 /// Reads a checkpoint written by [`write_checkpoint`] and returns its round and model.
 ///
 /// Every tensor of the layout named by the metadata must be present as `F32` with the layout's
@@ -86,6 +118,18 @@ pub fn read_checkpoint(path: &Path) -> Result<(u64, Model), CheckpointError> {
 
 /// Serialises a model as the bytes of a checkpoint file for `round` (see the module docs).
 pub fn encode_checkpoint(round: u64, model: &Model) -> Result<Vec<u8>, CheckpointError> {
+    encode_model_file(&ModelFile {
+        round,
+        model: model.clone(),
+        scoring: None,
+        audit: None,
+    })
+}
+
+/// Serialises a model file: its model as in [`encode_checkpoint`], with the metadata of its
+/// scoring and audit link ([`crate::model_file`]).
+pub fn encode_model_file(file: &ModelFile) -> Result<Vec<u8>, CheckpointError> {
+    let (round, model) = (file.round, &file.model);
     let layout = model.spec.layout();
     let hash = ModelHash::of(&model.spec, &model.params).ok_or(CheckpointError::InvalidModel(
         ModelError::WrongLength {
@@ -94,12 +138,18 @@ pub fn encode_checkpoint(round: u64, model: &Model) -> Result<Vec<u8>, Checkpoin
         },
     ))?;
     let spec_json = serde_json::to_string(&model.spec).map_err(CheckpointError::SpecJson)?;
-    let metadata = HashMap::from([
+    let mut metadata = HashMap::from([
         ("format".to_owned(), "pt".to_owned()),
         (META_MODEL_SPEC.to_owned(), spec_json),
         (META_MODEL_HASH.to_owned(), hash.to_hex()),
         (META_ROUND.to_owned(), round.to_string()),
     ]);
+    if let Some(scoring) = &file.scoring {
+        scoring.write_metadata(&mut metadata)?;
+    }
+    if let Some(audit) = &file.audit {
+        audit.write_metadata(&mut metadata);
+    }
 
     // `ModelHash::of` succeeded, so the parameters fit the layout.
     let pieces = layout.split(&model.params).unwrap_or_default();
@@ -121,6 +171,14 @@ pub fn encode_checkpoint(round: u64, model: &Model) -> Result<Vec<u8>, Checkpoin
 
 /// Parses the bytes of a checkpoint file; see [`read_checkpoint`] for the checks made.
 pub fn decode_checkpoint(bytes: &[u8]) -> Result<(u64, Model), CheckpointError> {
+    decode_model_file(bytes).map(|file| (file.round, file.model))
+}
+
+/// Parses the bytes of a model file: the checks of [`read_checkpoint`], and those of its
+/// scoring and audit link when it carries them ([`Scoring`]: the schema parses, hashes to the
+/// recorded digest, encodes the model's input width and the recorded feature names, and the
+/// standardisation and threshold are valid for it).
+pub fn decode_model_file(bytes: &[u8]) -> Result<ModelFile, CheckpointError> {
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(CheckpointError::Safetensors)?;
     let tensors = SafeTensors::deserialize(bytes).map_err(CheckpointError::Safetensors)?;
     let empty = HashMap::new();
@@ -199,8 +257,15 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<(u64, Model), CheckpointError> 
     if actual != recorded {
         return Err(CheckpointError::HashMismatch { recorded, actual });
     }
+    let scoring = Scoring::read_metadata(meta, &spec)?;
+    let audit = AuditLink::read_metadata(meta)?;
     let model = Model::new(spec, params).map_err(CheckpointError::InvalidModel)?;
-    Ok((round, model))
+    Ok(ModelFile {
+        round,
+        model,
+        scoring,
+        audit,
+    })
 }
 
 /// A checkpoint that could not be written or read.

@@ -4,7 +4,9 @@
 //!   turned into per-group metrics, disparities and the fairness policy's verdict.
 //! - [`reports`]: the signed, hash-chained JSON report of every audited model round, written
 //!   atomically, with [`html`], the self-contained page for people beside them.
-//! - [`checkpoint`]: the model checkpoints (safetensors) that the reports bind by SHA-256.
+//! - [`checkpoint`]: the model checkpoints (safetensors) that the reports bind by SHA-256, and
+//!   the released model; [`model_file`]: what they carry to score a patient (schema,
+//!   standardisation, decision threshold) and the released model's link to its report.
 //! - the `medfed-audit` binary: `verify` checks the coordinator's certificate against the
 //!   consortium CA, every signature, the chain and a model file; `metrics` recomputes the
 //!   per-group figures from an auditor's own predictions with the same code.
@@ -30,4 +32,5 @@
 pub mod bias;
 pub mod checkpoint;
 pub mod html;
+pub mod model_file;
 pub mod reports;

@@ -11,9 +11,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use medfed_audit::checkpoint::read_checkpoint;
+use medfed_audit::checkpoint::read_model_file;
+use medfed_protocol::evaluation::DecisionThreshold;
 use medfed_protocol::fairness::{AuditConfig, FairnessReport, group_predictions_at};
-use medfed_protocol::report::{SignedReport, verify_chain, verify_checkpoint, verify_model};
+use medfed_protocol::report::{
+    SignedReport, file_sha256, verify_chain, verify_checkpoint, verify_model,
+};
 use medfed_protocol::schema::{INTERSECTION_GROUP_SEPARATOR, intersection_name};
 
 /// Verify medfed audit reports, or recompute their metrics on your own data.
@@ -63,9 +66,10 @@ enum Command {
         /// Groups with fewer examples are suppressed.
         #[arg(long, default_value_t = 10)]
         min_count: u64,
-        /// Decision threshold on the score (the coordinator's audit uses 0.5).
+        /// Decision threshold on the score, strictly between 0 and 1 (the task manifest's
+        /// `decision_threshold`; 0.5 unless the consortium set another).
         #[arg(long, default_value_t = 0.5)]
-        threshold: f32,
+        threshold: f64,
     },
 }
 
@@ -152,15 +156,33 @@ fn verify(
     if let Some(model) = model {
         let bytes =
             std::fs::read(model).with_context(|| format!("cannot read {}", model.display()))?;
-        let (round, checkpoint) = read_checkpoint(model)
+        let file = read_model_file(model)
             .map_err(|e| anyhow::anyhow!("model file {} is damaged: {e}", model.display()))?;
-        let signed = files
+        let round = file.round;
+        let (report_bytes, signed) = files
             .iter()
-            .filter_map(|f| SignedReport::from_json(f).ok())
-            .find(|s| s.report.round == round)
+            .filter_map(|f| Some((f, SignedReport::from_json(f).ok()?)))
+            .find(|(_, s)| s.report.round == round)
             .with_context(|| format!("no report covers round {round} of {}", model.display()))?;
-        verify_model(&signed.report, &checkpoint.hash().to_hex()).context("model file")?;
-        verify_checkpoint(&signed.report, &bytes).context("model file")?;
+        verify_model(&signed.report, &file.model.hash().to_hex()).context("model file")?;
+        match &file.audit {
+            // The released model: a copy of the round's checkpoint that names its report.
+            Some(link) => {
+                anyhow::ensure!(
+                    link.report_sha256 == file_sha256(report_bytes),
+                    "model file {} names report {}, but the report of round {round} hashes to {}",
+                    model.display(),
+                    link.report_sha256,
+                    file_sha256(report_bytes)
+                );
+                anyhow::ensure!(
+                    link.approved == signed.report.approved,
+                    "model file {} states a verdict its report of round {round} does not give",
+                    model.display()
+                );
+            }
+            None => verify_checkpoint(&signed.report, &bytes).context("model file")?,
+        }
         println!(
             "model: {} is the model audited for round {round}",
             model.display()
@@ -221,11 +243,9 @@ fn metrics(
     groups: &[String],
     intersections: &[String],
     min_count: u64,
-    threshold: f32,
+    threshold: f64,
 ) -> anyhow::Result<ExitCode> {
-    if !(threshold.is_finite() && (0.0..=1.0).contains(&threshold)) {
-        bail!("--threshold must be in [0, 1]");
-    }
+    let threshold = DecisionThreshold::new(threshold).context("--threshold")?;
     let mut reader =
         csv::Reader::from_path(csv).with_context(|| format!("cannot read {}", csv.display()))?;
     let headers = reader.headers()?.clone();

@@ -70,6 +70,11 @@ impl ReportWriter {
         })
     }
 
+    /// Every report of the chain, oldest first, with its file's SHA-256.
+    pub fn chain(&self) -> impl Iterator<Item = (&AuditReport, &str)> {
+        self.chain.iter().map(|(r, sha)| (&r.report, sha.as_str()))
+    }
+
     /// The round of the last report, if any.
     pub fn last_round(&self) -> Option<u64> {
         self.chain.last().map(|(r, _)| r.report.round)

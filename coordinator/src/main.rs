@@ -109,6 +109,12 @@ fn run() -> anyhow::Result<ExitCode> {
                 if let Some(path) = &report.checkpoint {
                     println!("final model: {}", path.display());
                 }
+                if let Some((path, round)) = &report.released {
+                    println!(
+                        "released model (round {round}, ready to score with `medfed-node predict`): {}",
+                        path.display()
+                    );
+                }
                 let received: u64 = report.bytes_received.values().sum();
                 info!(
                     nodes = report.bytes_received.len(),

@@ -66,6 +66,7 @@ pub fn task_manifest(
         releases: {
             let releases = ReleasePlan {
                 evaluate_every: config.task.evaluate_every,
+                decision_threshold: config.task.decision_threshold,
                 ..ReleasePlan::for_task(
                     schema.stats_len(),
                     schema.audit_groups().len(),

@@ -10,7 +10,7 @@ use medfed_protocol::accounting::Mechanism;
 use medfed_protocol::contribution::{LocalUpdate, RoundLayout, RoundResult};
 use medfed_protocol::distributed_dp::DdpParams;
 use medfed_protocol::eval_release::EvaluationNoise;
-use medfed_protocol::evaluation::{EvalCounts, EvalMetrics, ScoreBins};
+use medfed_protocol::evaluation::{DecisionThreshold, EvalCounts, EvalMetrics, ScoreBins};
 use medfed_protocol::fairness::GroupCounts;
 use medfed_protocol::manifest::{Departure, Digest32, PrivacyMode, SignedManifest, TaskManifest};
 use medfed_protocol::messages::{
@@ -1354,7 +1354,8 @@ impl Hospital {
         if let (Some(validation), Some(scores)) = (self.validation.as_mut(), &scores)
             && validate
         {
-            let counts = validation::site_counts(scores, &held_out.labels);
+            let counts =
+                validation::site_counts(scores, &held_out.labels, start.decision_threshold);
             if let Err(e) = validation.record(round, &start.model_hash, &counts) {
                 // The hospital's own record; the round goes on without it.
                 tracing::warn!(error = %e, "cannot record the model's validation on this site");
@@ -1602,7 +1603,7 @@ fn evaluate_and_train(
             held_out,
             noise,
             audit_groups,
-            start.score_bins,
+            (start.score_bins, start.decision_threshold),
         ))
     } else {
         None
@@ -1700,7 +1701,7 @@ fn evaluate(
     held_out: &Examples,
     noise: Option<&EvaluationNoise>,
     (row_groups, group_count): (&[Vec<usize>], usize),
-    bins: ScoreBins,
+    (bins, threshold): (ScoreBins, DecisionThreshold),
 ) -> (EvalCounts, Vec<GroupCounts>) {
     let undefined = medfed_protocol::evaluation::undefined_scores(scores);
     if undefined > 0 {
@@ -1710,8 +1711,12 @@ fn evaluate(
             "the round's model gives no probability for some held-out patients"
         );
     }
-    let mut eval =
-        EvalCounts::from_predictions_with_bins(scores, &held_out.labels, bins.evaluation as usize);
+    let mut eval = EvalCounts::from_predictions_at(
+        scores,
+        &held_out.labels,
+        bins.evaluation as usize,
+        threshold,
+    );
     let mut members: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); group_count];
     for ((score, label), groups) in scores.iter().zip(&held_out.labels).zip(row_groups) {
         for &group in groups {
@@ -1723,7 +1728,7 @@ fn evaluate(
     }
     let mut groups: Vec<GroupCounts> = members
         .iter()
-        .map(|(s, l)| GroupCounts::from_predictions_with_bins(s, l, bins.group as usize))
+        .map(|(s, l)| GroupCounts::from_predictions_at(s, l, bins.group as usize, threshold))
         .collect();
     if let Some(noise) = noise {
         // Noise, like DP-SGD's, comes from a CSPRNG seeded by the operating system.

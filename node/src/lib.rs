@@ -28,6 +28,7 @@ pub mod ledger;
 pub mod manifest;
 pub mod plan;
 pub mod policy;
+pub mod predict;
 pub mod progress;
 pub mod releases;
 pub mod state_lock;

@@ -1,17 +1,20 @@
 //! `medfed-node`: a hospital's node.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use medfed_audit::checkpoint::read_model_file;
 use medfed_certs::{MemberList, coordinator_report_key};
 use medfed_node::config::PrivacyMode;
+use medfed_node::data::{LabelColumn, ReadOptions, read_rows};
 use medfed_node::egress::{EgressLog, EgressTotals};
 use medfed_node::ledger::{LedgerEntry, PrivacyLedger, Release, epsilon_of, local_epsilon_of};
 use medfed_node::plan::forecast;
 use medfed_node::policy::PolicyGate;
+use medfed_node::predict;
 use medfed_node::releases::ReleaseRecord;
 use medfed_node::trainer::{NoTrainer, Trainer};
 #[cfg(feature = "torch")]
@@ -22,6 +25,7 @@ use medfed_protocol::accounting::{self, Accountant, Mechanism};
 use medfed_protocol::evaluation::EvalCounts;
 use medfed_protocol::manifest::SignedManifest;
 use medfed_protocol::model::ModelKind;
+use medfed_protocol::schema::Schema;
 use medfed_protocol::task::TrainingPlan;
 
 /// A medfed hospital node: trains on local patient data and sends only aggregate-ready figures.
@@ -98,6 +102,37 @@ enum Command {
         /// Print JSON, for machines.
         #[arg(long)]
         json: bool,
+    },
+    /// Scores patients with a consortium model file (the released `model.safetensors`, or a
+    /// round's checkpoint): reads them with the model's schema, encodes and standardises them
+    /// as training did, and writes each row's score and class at the model's threshold; rows
+    /// that cannot be encoded go to an errors file with the reason. Sends nothing.
+    Predict {
+        /// The model file (safetensors, as the coordinator writes it).
+        #[arg(long)]
+        model: PathBuf,
+        /// The patients to score: a CSV with the schema's columns (the label is optional; when
+        /// present, the metrics against it are printed).
+        #[arg(long, required_unless_present = "held_out")]
+        csv: Option<PathBuf>,
+        /// Score this node's own held-out patients instead (the split its evaluation uses),
+        /// read from `--config`.
+        #[arg(long, conflicts_with = "csv", requires = "config")]
+        held_out: bool,
+        /// The node configuration (TOML), for `--held-out`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where to write the scores (CSV: row, id, score, class[, label]).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where to write the rows not scored, with why (default: next to `--out`, ending in
+        /// `.errors.csv`).
+        #[arg(long)]
+        errors: Option<PathBuf>,
+        /// A column copied into the scores as each row's identifier (default: the schema's
+        /// first `drop` column, when the file has it).
+        #[arg(long)]
+        id: Option<String>,
     },
     /// Prints the hospital's own validation record: every model the consortium sent, scored on
     /// this site's held-out patients (exact figures, kept on site, never sent). Given several
@@ -342,6 +377,18 @@ fn run_cli() -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Command::Predict {
+            model,
+            csv,
+            held_out: _,
+            config,
+            out,
+            errors,
+            id,
+        } => {
+            let errors = errors.unwrap_or_else(|| out.with_extension("errors.csv"));
+            predict_patients(&model, csv.as_deref(), config.as_deref(), &out, &errors, id)
+        }
         Command::Validation {
             config,
             latest,
@@ -361,6 +408,145 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `medfed-node predict`: scores the patients of `csv`, or the held-out patients of the node
+/// configured in `config`, with the model file `model`.
+fn predict_patients(
+    model: &Path,
+    csv: Option<&Path>,
+    config: Option<&Path>,
+    out: &Path,
+    errors: &Path,
+    id: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let file = read_model_file(model)
+        .with_context(|| format!("cannot read model file {}", model.display()))?;
+    let scoring = predict::scoring_of(&file, model)?;
+    let schema = &scoring.schema;
+    let options = |source: &Path, label| -> anyhow::Result<ReadOptions> {
+        let id_column = match id.clone() {
+            Some(id) => Some(id),
+            None => first_dropped_column_in(source, schema)?,
+        };
+        Ok(ReadOptions { label, id_column })
+    };
+    let (dataset, problems, mut trainer, source, id_column) = match (csv, config) {
+        (Some(csv), _) => {
+            let options = options(csv, LabelColumn::Optional)?;
+            let (dataset, problems) = read_rows(csv, schema, &options)?;
+            let trainer = scoring_trainer(None)?;
+            (
+                dataset,
+                problems,
+                trainer,
+                csv.to_owned(),
+                options.id_column,
+            )
+        }
+        (None, Some(config)) => {
+            let config = NodeConfig::load(config)?;
+            let text = std::fs::read_to_string(&config.data.schema)
+                .with_context(|| format!("cannot read {}", config.data.schema.display()))?;
+            let own = Schema::parse(&text)
+                .with_context(|| format!("schema {}", config.data.schema.display()))?;
+            anyhow::ensure!(
+                own.digest() == schema.digest(),
+                "this node's schema {} differs from the schema model file {} was trained with",
+                config.data.schema.display(),
+                model.display()
+            );
+            let source = config.data.csv.clone();
+            let options = options(&source, LabelColumn::Required)?;
+            let (dataset, problems) = read_rows(&source, schema, &options)?;
+            if let Some(first) = problems.into_iter().next() {
+                // The held-out split is that of a valid file only, as training reads it.
+                return Err(first.into_error(&source).into());
+            }
+            let (_, held_out) =
+                dataset.split(config.data.holdout_fraction, config.data.split_seed)?;
+            let trainer = scoring_trainer(Some(&config))?;
+            (held_out, Vec::new(), trainer, source, options.id_column)
+        }
+        (None, None) => anyhow::bail!("give --csv, or --held-out with --config"),
+    };
+    let scored = predict::score(&file.model, scoring, &dataset, trainer.as_mut())?;
+    predict::write_scores(out, &dataset, &scored, scoring, id_column.as_deref())?;
+    predict::write_problems(errors, &problems)?;
+    println!(
+        "{}: scored {} rows with the model of round {} (decision threshold {}): {} flagged positive; {} rows not scored",
+        source.display(),
+        scored.scores.len(),
+        file.round,
+        scoring.decision_threshold,
+        scored.flagged,
+        problems.len(),
+    );
+    if let Some(m) = &scored.metrics {
+        println!(
+            "  against the file's labels: AUC {:.4}  accuracy {:.4}  loss {:.4}  ({} patients)",
+            m.auc.unwrap_or(f64::NAN),
+            m.accuracy,
+            m.loss,
+            m.examples
+        );
+    }
+    match &file.audit {
+        Some(audit) => println!(
+            "  audited: report {} ({})",
+            audit.report_sha256,
+            if audit.approved {
+                "APPROVED"
+            } else {
+                "NOT APPROVED"
+            }
+        ),
+        None => println!(
+            "  this file names no audit report (a round's checkpoint: its report names it)"
+        ),
+    }
+    println!(
+        "scores: {}  rows not scored: {}",
+        out.display(),
+        errors.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The first of the schema's `drop` columns that the header of `csv` names, if any.
+fn first_dropped_column_in(csv: &Path, schema: &Schema) -> anyhow::Result<Option<String>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(csv)
+        .with_context(|| format!("cannot read {}", csv.display()))?;
+    let header = reader
+        .headers()
+        .with_context(|| format!("cannot read the header of {}", csv.display()))?;
+    Ok(schema
+        .dropped()
+        .iter()
+        .find(|d| header.iter().any(|h| h == d.as_str()))
+        .cloned())
+}
+
+/// The trainer that scores: libtorch's forward pass (on the node's device, with `config`), the
+/// one the node's evaluation uses; without libtorch, [`NoTrainer`], and `predict` falls back to
+/// the model's own forward pass.
+fn scoring_trainer(config: Option<&NodeConfig>) -> anyhow::Result<Box<dyn Trainer>> {
+    #[cfg(feature = "torch")]
+    {
+        if let Some(config) = config {
+            return libtorch_trainer(config, "predict");
+        }
+        let trainer = TchTrainer::new(medfed_node::trainer::ComputeDevice::Cpu)
+            .context("cannot start libtorch")?;
+        Ok(Box::new(trainer))
+    }
+    #[cfg(not(feature = "torch"))]
+    {
+        let _ = config;
+        Ok(Box::new(NoTrainer))
     }
 }
 

@@ -221,12 +221,14 @@ pub fn check_manifest(
         .model
         .validate()
         .map_err(|e: ModelError| ManifestRefusal::Model(e.to_string()))?;
-    // The schedule and the histograms' bins are the consortium's choice (the schedule's cost is
-    // in the forecast; the bins were checked with the manifest); the figures follow from the
-    // schema, the model and the bins.
+    // The schedule, the histograms' bins and the decision threshold are the consortium's
+    // choice (the schedule's cost is in the forecast; the bins were checked with the manifest;
+    // the threshold only moves counts between cells of the same confusion matrix); the figures
+    // follow from the schema, the model and the bins.
     let mut expected = ReleasePlan {
         final_evaluation: manifest.releases.final_evaluation,
         evaluate_every: manifest.releases.evaluate_every,
+        decision_threshold: manifest.releases.decision_threshold,
         ..ReleasePlan::for_task(
             schema.stats_len(),
             schema.audit_groups().len(),

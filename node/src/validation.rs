@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use medfed_protocol::evaluation::{EVAL_SCORE_BINS, EvalCounts};
+use medfed_protocol::evaluation::{DecisionThreshold, EVAL_SCORE_BINS, EvalCounts};
 use medfed_protocol::model::ModelHash;
 use serde::{Deserialize, Serialize};
 
@@ -149,9 +149,10 @@ pub fn pooled(records: &[Vec<ValidationEntry>]) -> Vec<PooledValidation> {
     pooled
 }
 
-/// The counts [`SiteValidation`] keeps for `scores` against `labels`.
-pub fn site_counts(scores: &[f32], labels: &[f32]) -> EvalCounts {
-    EvalCounts::from_predictions_with_bins(scores, labels, EVAL_SCORE_BINS)
+/// The counts [`SiteValidation`] keeps for `scores` against `labels`, with the confusion
+/// matrix at the task's `threshold`.
+pub fn site_counts(scores: &[f32], labels: &[f32], threshold: DecisionThreshold) -> EvalCounts {
+    EvalCounts::from_predictions_at(scores, labels, EVAL_SCORE_BINS, threshold)
 }
 
 #[cfg(test)]
@@ -165,7 +166,11 @@ mod tests {
     #[test]
     fn each_model_is_recorded_once_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let counts = site_counts(&[0.9, 0.2, 0.7], &[1.0, 0.0, 0.0]);
+        let counts = site_counts(
+            &[0.9, 0.2, 0.7],
+            &[1.0, 0.0, 0.0],
+            DecisionThreshold::DEFAULT,
+        );
         let mut record = SiteValidation::open(dir.path()).unwrap();
         record.record(1, &hash(1), &counts).unwrap();
         // A retried round's model again: not a second line.
@@ -185,7 +190,7 @@ mod tests {
     fn pooling_sums_the_counts_of_the_models_every_site_scored() {
         let entry = |round: u64, model: u8, scores: &[f32], labels: &[f32]| {
             let mut counts = Vec::new();
-            site_counts(scores, labels).write_vector(&mut counts);
+            site_counts(scores, labels, DecisionThreshold::DEFAULT).write_vector(&mut counts);
             ValidationEntry {
                 time_ms: 0,
                 round,
@@ -202,7 +207,11 @@ mod tests {
         let pooled = pooled(&[a, b]);
         assert_eq!(pooled.len(), 1);
         assert_eq!((pooled[0].round, pooled[0].sites), (2, 2));
-        let expected = site_counts(&[0.8, 0.3, 0.4, 0.1, 0.9], &[1.0, 0.0, 0.0, 0.0, 1.0]);
+        let expected = site_counts(
+            &[0.8, 0.3, 0.4, 0.1, 0.9],
+            &[1.0, 0.0, 0.0, 0.0, 1.0],
+            DecisionThreshold::DEFAULT,
+        );
         assert_eq!(pooled[0].counts.confusion, expected.confusion);
         assert_eq!(pooled[0].counts.n, 5.0);
         assert!((pooled[0].counts.loss_sum - expected.loss_sum).abs() < 1e-12);

@@ -90,8 +90,84 @@ pub struct ScoreBinsError {
     pub bins: u32,
 }
 
-/// Decision threshold on the predicted probability for accuracy and the confusion matrix.
+/// The default decision threshold on the predicted probability for accuracy and the confusion
+/// matrix ([`DecisionThreshold::DEFAULT`]).
 pub const DECISION_THRESHOLD: f32 = 0.5;
+
+/// The consortium's decision threshold: a patient whose predicted probability is at least this
+/// is flagged positive. It sets the confusion matrices of every evaluation and audit group (and
+/// so accuracy and every fairness rate), and the class `medfed-node predict` writes.
+///
+/// A rare outcome needs one below ½: at 12 % prevalence a calibrated model may flag nobody at
+/// ½, and every rate of the audit built on flagged patients is then undefined. The consortium
+/// sets it in its signed task manifest (`[task] decision_threshold`), so every hospital counts
+/// at the same threshold. Strictly between 0 and 1: at 0 or 1 every patient (or nobody) would
+/// be flagged whatever the model.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct DecisionThreshold(f64);
+
+impl DecisionThreshold {
+    /// ½, the threshold of a task that sets none.
+    pub const DEFAULT: Self = Self(DECISION_THRESHOLD as f64);
+
+    /// The threshold `value`, or why it is not one: finite and strictly between 0 and 1.
+    pub fn new(value: f64) -> Result<Self, ThresholdError> {
+        if value.is_finite() && value > 0.0 && value < 1.0 {
+            Ok(Self(value))
+        } else {
+            Err(ThresholdError { value })
+        }
+    }
+
+    /// The threshold as a number in (0, 1).
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    /// Whether `score` is flagged positive: `score ≥ threshold`, compared in `f64` so that the
+    /// threshold is the one written in the configuration, not its nearest `f32`.
+    pub fn flags(self, score: f32) -> bool {
+        f64::from(score) >= self.0
+    }
+}
+
+// The value is finite (never NaN), so equality is reflexive.
+impl Eq for DecisionThreshold {}
+
+impl Default for DecisionThreshold {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl TryFrom<f64> for DecisionThreshold {
+    type Error = ThresholdError;
+
+    fn try_from(value: f64) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<DecisionThreshold> for f64 {
+    fn from(threshold: DecisionThreshold) -> Self {
+        threshold.0
+    }
+}
+
+impl std::fmt::Display for DecisionThreshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A decision threshold that is not strictly between 0 and 1.
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+#[error("decision threshold {value} must be a number strictly between 0 and 1")]
+pub struct ThresholdError {
+    /// The value refused.
+    pub value: f64,
+}
 
 /// The score a prediction counts as when the model gives none: a NaN, an infinity, or a value
 /// outside [0, 1].
@@ -130,7 +206,7 @@ pub struct EvalCounts {
     pub n: f64,
     /// Sum of binary cross-entropy losses.
     pub loss_sum: f64,
-    /// Confusion matrix at [`DECISION_THRESHOLD`] and per-label score histograms of
+    /// Confusion matrix at the decision threshold and per-label score histograms of
     /// [`EVAL_SCORE_BINS`] bins: the counts the fairness audit keeps per group, at a finer
     /// resolution.
     pub confusion: GroupCounts,
@@ -172,6 +248,16 @@ impl EvalCounts {
 
     /// As [`Self::from_predictions`], with histograms of `bins` bins.
     pub fn from_predictions_with_bins(scores: &[f32], labels: &[f32], bins: usize) -> Self {
+        Self::from_predictions_at(scores, labels, bins, DecisionThreshold::DEFAULT)
+    }
+
+    /// As [`Self::from_predictions_with_bins`], with the confusion matrix at `threshold`.
+    pub fn from_predictions_at(
+        scores: &[f32],
+        labels: &[f32],
+        bins: usize,
+        threshold: DecisionThreshold,
+    ) -> Self {
         let (mut n, mut loss_sum) = (0.0, 0.0);
         for (&score, &label) in scores.iter().zip(labels) {
             if let Some(loss) = example_loss(score, label) {
@@ -182,7 +268,7 @@ impl EvalCounts {
         Self {
             n,
             loss_sum,
-            confusion: GroupCounts::from_predictions_with_bins(scores, labels, bins),
+            confusion: GroupCounts::from_predictions_at(scores, labels, bins, threshold),
         }
     }
 
@@ -327,6 +413,54 @@ mod tests {
         b.write_vector(&mut vb);
         let summed: Vec<f64> = va.iter().zip(&vb).map(|(x, y)| x + y).collect();
         EvalCounts::from_vector(&summed).unwrap()
+    }
+
+    #[test]
+    fn a_decision_threshold_is_strictly_between_zero_and_one() {
+        for bad in [0.0, 1.0, -0.2, 1.5, f64::NAN, f64::INFINITY] {
+            assert!(DecisionThreshold::new(bad).is_err(), "{bad}");
+        }
+        let t = DecisionThreshold::new(0.125).unwrap();
+        assert_eq!(serde_json::to_string(&t).unwrap(), "0.125");
+        assert_eq!(
+            serde_json::from_str::<DecisionThreshold>("0.125").unwrap(),
+            t
+        );
+        let refused = serde_json::from_str::<DecisionThreshold>("1.0").unwrap_err();
+        assert!(
+            refused.to_string().contains("strictly between 0 and 1"),
+            "{refused}"
+        );
+        // Compared in f64: 0.1 is not rounded to the f32 nearest it.
+        let tenth = DecisionThreshold::new(0.1).unwrap();
+        assert!(!tenth.flags(0.099_999_99) && tenth.flags(0.100_000_01));
+    }
+
+    #[test]
+    fn counts_at_a_low_threshold_flag_the_rare_positives_that_half_misses() {
+        // A rare outcome: scores of a calibrated model stay below ½.
+        let scores = [0.05, 0.1, 0.3, 0.35, 0.08, 0.4];
+        let labels = [0.0, 0.0, 1.0, 0.0, 0.0, 1.0];
+        let at_half = EvalCounts::from_predictions(&scores, &labels).confusion;
+        assert_eq!((at_half.tp, at_half.fp), (0.0, 0.0));
+        let low = DecisionThreshold::new(0.3).unwrap();
+        let at_low = EvalCounts::from_predictions_at(&scores, &labels, EVAL_SCORE_BINS, low);
+        assert_eq!(
+            (
+                at_low.confusion.tp,
+                at_low.confusion.fp,
+                at_low.confusion.tn,
+                at_low.confusion.fn_
+            ),
+            (2.0, 1.0, 3.0, 0.0)
+        );
+        // Only the confusion matrix moves: the loss and the histograms are the same.
+        let half = EvalCounts::from_predictions_with_bins(&scores, &labels, EVAL_SCORE_BINS);
+        assert_eq!(at_low.loss_sum, half.loss_sum);
+        assert_eq!(
+            at_low.confusion.positive_scores,
+            half.confusion.positive_scores
+        );
     }
 
     #[test]

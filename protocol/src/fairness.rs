@@ -2,8 +2,8 @@
 //! between groups, and a policy that approves or rejects a model on them.
 //!
 //! As in [`crate::evaluation`], a node never reports a rate. For each group of a sensitive
-//! attribute it reports a [`GroupCounts`] block — a confusion matrix at [`DECISION_THRESHOLD`]
-//! and per-label score histograms of [`GROUP_SCORE_BINS`] bins — appended to its round vector
+//! attribute it reports a [`GroupCounts`] block — a confusion matrix at the task's
+//! [`DecisionThreshold`] and per-label score histograms of [`GROUP_SCORE_BINS`] bins — appended to its round vector
 //! with [`GroupCounts::write_vector`]. Secure aggregation sums these blocks over
 //! hospitals, so the coordinator holds exactly the pooled confusion matrix of every group and, up
 //! to the histogram resolution, its pooled scores:
@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::evaluation::{DECISION_THRESHOLD, counted_pair, histogram_auc, score_bin};
+use crate::evaluation::{DecisionThreshold, counted_pair, histogram_auc, score_bin};
 
 /// Default smallest number of examples a group needs to be reported.
 pub const DEFAULT_MIN_COUNT: u64 = 10;
@@ -69,7 +69,7 @@ const _: () = assert!(GROUP_SCORE_BINS > 0 && GROUP_SCORE_BINS.is_multiple_of(EC
 /// need the two histograms to be equally long, a positive multiple of [`ECE_BINS`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupCounts {
-    /// True positives at [`DECISION_THRESHOLD`].
+    /// True positives at the decision threshold.
     pub tp: f64,
     /// False positives.
     pub fp: f64,
@@ -300,8 +300,8 @@ impl GroupCounts {
     /// against 0/1 `labels`.
     ///
     /// Conventions are those of [`crate::evaluation::EvalCounts::from_predictions`]: a label of at
-    /// least 0.5 is positive, a score of at least [`DECISION_THRESHOLD`] is a positive
-    /// prediction, a score that is not a probability counts as
+    /// least 0.5 is positive, a score of at least [`DecisionThreshold::DEFAULT`] is a
+    /// positive prediction, a score that is not a probability counts as
     /// [`UNDEFINED_SCORE`](crate::evaluation::UNDEFINED_SCORE), and a pair whose label is not
     /// finite is skipped.
     pub fn from_predictions(scores: &[f32], labels: &[f32]) -> Self {
@@ -310,9 +310,19 @@ impl GroupCounts {
 
     /// As [`Self::from_predictions`], with histograms of `bins` bins.
     pub fn from_predictions_with_bins(scores: &[f32], labels: &[f32], bins: usize) -> Self {
+        Self::from_predictions_at(scores, labels, bins, DecisionThreshold::DEFAULT)
+    }
+
+    /// As [`Self::from_predictions_with_bins`], with predictions positive at `threshold`.
+    pub fn from_predictions_at(
+        scores: &[f32],
+        labels: &[f32],
+        bins: usize,
+        threshold: DecisionThreshold,
+    ) -> Self {
         let mut counts = Self::zero_with_bins(bins);
         for (&score, &label) in scores.iter().zip(labels) {
-            counts.record(score, label, DECISION_THRESHOLD);
+            counts.record(score, label, threshold);
         }
         counts
     }
@@ -475,12 +485,12 @@ impl GroupCounts {
     }
 
     /// Adds one prediction (see [`Self::from_predictions`] for the conventions).
-    fn record(&mut self, score: f32, label: f32, threshold: f32) {
+    fn record(&mut self, score: f32, label: f32, threshold: DecisionThreshold) {
         let Some(score) = counted_pair(score, label) else {
             return;
         };
         let positive = label >= 0.5;
-        let predicted = score >= threshold;
+        let predicted = threshold.flags(score);
         match (positive, predicted) {
             (true, true) => self.tp += 1.0,
             (true, false) => self.fn_ += 1.0,
@@ -525,17 +535,16 @@ pub fn group_predictions<G: AsRef<str>>(
     labels: &[f32],
     groups: &[G],
 ) -> BTreeMap<String, GroupCounts> {
-    group_predictions_at(scores, labels, groups, DECISION_THRESHOLD)
+    group_predictions_at(scores, labels, groups, DecisionThreshold::DEFAULT)
 }
 
-/// As [`group_predictions`], with predictions positive at `score >= threshold` (an auditor
-/// recomputing figures at another operating point; the coordinator always uses
-/// [`DECISION_THRESHOLD`]).
+/// As [`group_predictions`], with predictions positive at `score >= threshold` (the task's
+/// threshold, or an auditor's other operating point).
 pub fn group_predictions_at<G: AsRef<str>>(
     scores: &[f32],
     labels: &[f32],
     groups: &[G],
-    threshold: f32,
+    threshold: DecisionThreshold,
 ) -> BTreeMap<String, GroupCounts> {
     let mut out: BTreeMap<String, GroupCounts> = BTreeMap::new();
     for ((&score, &label), group) in scores.iter().zip(labels).zip(groups) {

@@ -21,7 +21,7 @@ use ring::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::distributed_dp::{DdpConfig, DdpError, DdpParams};
-use crate::evaluation::ScoreBins;
+use crate::evaluation::{DecisionThreshold, ScoreBins};
 use crate::messages::{RoundStart, SecAggSetup, StatsRequest};
 use crate::model::ModelSpec;
 use crate::secagg::RoundParams;
@@ -337,6 +337,10 @@ pub struct ReleasePlan {
     /// Bins of the score histograms in the evaluation and audit-group counts.
     #[serde(default)]
     pub score_bins: ScoreBins,
+    /// The decision threshold of the evaluation's and audit groups' confusion matrices (and of
+    /// the released model's class).
+    #[serde(default)]
+    pub decision_threshold: DecisionThreshold,
 }
 
 impl ReleasePlan {
@@ -375,6 +379,7 @@ impl ReleasePlan {
             final_evaluation: true,
             evaluate_every: 1,
             score_bins,
+            decision_threshold: DecisionThreshold::DEFAULT,
         }
     }
 
@@ -580,6 +585,12 @@ impl TaskManifest {
                 planned: self.releases.score_bins,
             });
         }
+        if start.evaluate && start.decision_threshold != self.releases.decision_threshold {
+            return Err(Departure::DecisionThreshold {
+                got: start.decision_threshold,
+                planned: self.releases.decision_threshold,
+            });
+        }
         let planned = self.training.plan(start.round);
         let field = if start.plan.local_epochs != planned.local_epochs {
             Some(PlanField::LocalEpochs)
@@ -732,6 +743,14 @@ pub enum Departure {
         got: ScoreBins,
         /// The manifest's.
         planned: ScoreBins,
+    },
+    /// The round's confusion matrices are not at the manifest's decision threshold.
+    #[error("decision threshold {got} asked; the manifest plans {planned}")]
+    DecisionThreshold {
+        /// The threshold asked.
+        got: DecisionThreshold,
+        /// The manifest's.
+        planned: DecisionThreshold,
     },
     /// An evaluation-only round the manifest does not plan.
     #[error("evaluation-only round {round} is not planned")]
@@ -1051,6 +1070,7 @@ pub(crate) mod tests {
             train,
             evaluate: manifest.releases.evaluates(round, train),
             score_bins: manifest.releases.score_bins,
+            decision_threshold: manifest.releases.decision_threshold,
             plan: manifest.training.plan(round),
             standardization: Standardization {
                 mean: vec![],
@@ -1128,6 +1148,27 @@ pub(crate) mod tests {
         m.releases = ReleasePlan::for_task(13, 4, 65, coarse);
         m.releases.score_bins.group = 0;
         assert!(m.validate().is_err());
+    }
+
+    #[test]
+    fn confusion_matrices_at_another_threshold_than_the_manifests_are_a_departure() {
+        let mut m = example();
+        let rare = DecisionThreshold::new(0.15).unwrap();
+        m.releases.decision_threshold = rare;
+        m.validate().unwrap();
+        let mut request = start(&m, 1, true);
+        assert_eq!(request.decision_threshold, rare);
+        assert_eq!(m.check_round_start(&request), Ok(()));
+        request.decision_threshold = DecisionThreshold::DEFAULT;
+        assert_eq!(
+            m.check_round_start(&request),
+            Err(Departure::DecisionThreshold {
+                got: DecisionThreshold::DEFAULT,
+                planned: rare
+            })
+        );
+        // The threshold is signed: another threshold is another manifest.
+        assert_ne!(m.digest(), example().digest());
     }
 
     #[test]

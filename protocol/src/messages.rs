@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::evaluation::ScoreBins;
+use crate::evaluation::{DecisionThreshold, ScoreBins};
 use crate::manifest::{PrivacyMode, SignedManifest};
 use crate::model::{ModelHash, ModelSpec};
 use crate::secagg::fixed_point::FixedPoint;
@@ -20,11 +20,11 @@ use crate::stats::Standardization;
 use crate::task::TrainingPlan;
 
 /// Version of the wire protocol; part of the ALPN string.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// ALPN identifier negotiated in the TLS handshake. A peer speaking another version fails the
 /// handshake with TLS's `no_application_protocol` alert.
-pub const ALPN: &[u8] = b"medfed/7";
+pub const ALPN: &[u8] = b"medfed/8";
 
 /// Size of one model chunk on the model stream.
 pub const MODEL_CHUNK_LEN: usize = 1 << 20;
@@ -327,6 +327,8 @@ pub struct RoundStart {
     pub evaluate: bool,
     /// Bins of the evaluation's and the audit groups' score histograms (the manifest's).
     pub score_bins: ScoreBins,
+    /// Threshold of the evaluation's and the audit groups' confusion matrices (the manifest's).
+    pub decision_threshold: DecisionThreshold,
     /// Local training hyper-parameters.
     pub plan: TrainingPlan,
     /// Consortium-wide feature standardisation from the statistics round.
@@ -658,6 +660,7 @@ mod tests {
                 train: true,
                 evaluate: true,
                 score_bins: ScoreBins::FINE,
+                decision_threshold: DecisionThreshold::DEFAULT,
                 plan: TrainingPlan::default(),
                 standardization,
                 secure_aggregation: Some(setup),

@@ -304,6 +304,48 @@ impl Model {
         // `new` and every constructor keep `params` the layout's length.
         ModelHash::of(&self.spec, &self.params).unwrap_or(ModelHash([0; 32]))
     }
+
+    /// The probability of the positive class (the sigmoid of the network's output) for each row
+    /// of `features`, rows of `spec.input_dim` standardised features one after the other; `None`
+    /// if `features` is not a whole number of rows.
+    ///
+    /// The forward pass of the equivalent `torch.nn.Sequential` (linear layers, a ReLU after each
+    /// but the last), without libtorch: each layer accumulates in `f64` and rounds its outputs
+    /// to `f32`, so scores agree with libtorch's `f32` forward pass to about 1e-7. A row on
+    /// which the network's output is undefined gets a NaN, as from libtorch.
+    pub fn probabilities(&self, features: &[f32]) -> Option<Vec<f32>> {
+        let width = self.spec.input_dim;
+        if width == 0 || !features.len().is_multiple_of(width) {
+            return None;
+        }
+        let layout = self.spec.layout();
+        let tensors = layout.split(&self.params)?;
+        let mut scores = Vec::with_capacity(features.len() / width);
+        let (mut input, mut output) = (Vec::new(), Vec::new());
+        for row in features.chunks_exact(width) {
+            input.clear();
+            input.extend_from_slice(row);
+            for (layer, pair) in layout.layers().iter().zip(tensors.chunks_exact(2)) {
+                let (weights, bias) = (pair[0].1, pair[1].1);
+                output.clear();
+                for (out, weight_row) in weights.chunks_exact(layer.fan_in).enumerate() {
+                    let z = weight_row
+                        .iter()
+                        .zip(&input)
+                        .fold(f64::from(bias[out]), |acc, (&w, &x)| {
+                            acc + f64::from(w) * f64::from(x)
+                        }) as f32;
+                    // A ReLU that keeps a NaN a NaN, as PyTorch's does (`f32::max` would not).
+                    let relu = |z: f32| if z > 0.0 || z.is_nan() { z } else { 0.0 };
+                    output.push(if layer.relu_after { relu(z) } else { z });
+                }
+                std::mem::swap(&mut input, &mut output);
+            }
+            let logit = f64::from(input.first().copied().unwrap_or(f32::NAN));
+            scores.push((1.0 / (1.0 + (-logit).exp())) as f32);
+        }
+        Some(scores)
+    }
 }
 
 /// A model that does not fit its declared architecture.
@@ -347,6 +389,34 @@ mod tests {
             kind: ModelKind::Mlp { hidden: vec![8, 4] },
             input_dim: 5,
         }
+    }
+
+    #[test]
+    fn the_forward_pass_is_the_sequential_networks() {
+        // 2 → [2] → 1: h = relu(W1 x + b1), logit = w2·h + b2.
+        let spec = ModelSpec {
+            kind: ModelKind::Mlp { hidden: vec![2] },
+            input_dim: 2,
+        };
+        #[rustfmt::skip]
+        let params = vec![
+            1.0, -1.0, 0.5, 2.0, // W1 (out × in)
+            0.0, -1.0,           // b1
+            1.5, -0.5,           // w2
+            0.25,                // b2
+        ];
+        let model = Model::new(spec, params).unwrap();
+        let rows = [0.5f32, 0.25, -1.0, 2.0];
+        let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+        // Row 1: h = relu([0.25, -0.25]) = [0.25, 0]; logit 0.625.
+        // Row 2: h = relu([-3, 2.5]) = [0, 2.5]; logit −1.
+        let want = [sigmoid(0.625), sigmoid(-1.0)];
+        let got = model.probabilities(&rows).unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!((f64::from(*g) - w).abs() < 1e-7, "{got:?} vs {want:?}");
+        }
+        assert_eq!(model.probabilities(&rows[..3]), None);
+        assert_eq!(model.probabilities(&[]), Some(Vec::new()));
     }
 
     #[test]

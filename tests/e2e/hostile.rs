@@ -247,6 +247,7 @@ fn node_refuses_replayed_and_foreign_session_requests() {
         train: true,
         evaluate: true,
         score_bins: ScoreBins::FINE,
+        decision_threshold: Default::default(),
         plan: TrainingPlan::default(),
         standardization: Standardization::identity(6),
         secure_aggregation: None,

@@ -10,6 +10,7 @@ mod hostile;
 mod load;
 mod malicious;
 mod manifest;
+mod model_file;
 mod pki;
 mod privacy;
 mod secure_aggregation;

@@ -241,6 +241,7 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
             train: false,
             evaluate: true,
             score_bins: ScoreBins::FINE,
+            decision_threshold: Default::default(),
             plan: task.plan(1),
             standardization: Standardization::identity(6),
             secure_aggregation: None,

@@ -179,6 +179,7 @@ impl CrashedRun {
             train: true,
             evaluate: true,
             score_bins: ScoreBins::FINE,
+            decision_threshold: Default::default(),
             plan: task.plan(1),
             standardization,
             secure_aggregation: None,

@@ -286,6 +286,7 @@ impl<'c> HandCoordinator<'c> {
             train,
             evaluate: self.evaluates(round, train),
             score_bins: self.plan.task.score_bins,
+            decision_threshold: self.plan.task.decision_threshold,
             plan: self.plan.task.plan(round),
             standardization: Standardization::identity(self.schema.num_features()),
             secure_aggregation: secure,

@@ -31,6 +31,9 @@ pub fn workspace_binary(package: &str, binary: &str) -> Result<PathBuf, String> 
         .clone()
 }
 
+/// The packages with a `fault-injection` feature.
+const FAULT_HOOKS: [&str; 2] = ["medfed-coordinator", "medfed-node"];
+
 fn build(package: &str, name: &str) -> Result<PathBuf, String> {
     // The test runs as <target>/<profile>/deps/e2e-<hash>.
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -45,11 +48,13 @@ fn build(package: &str, name: &str) -> Result<PathBuf, String> {
     build
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["build", "-p", package, "--bin", name])
-        // The binaries the tests run are test builds: with the fault hooks (`danger_*`), as the
-        // in-process coordinator and nodes of the same test run have them.
-        .args(["--features", "fault-injection"])
         .arg("--target-dir")
         .arg(target_dir);
+    if FAULT_HOOKS.contains(&package) {
+        // The binaries the tests run are test builds: with the fault hooks (`danger_*`), as
+        // the in-process coordinator and nodes of the same test run have them.
+        build.args(["--features", "fault-injection"]);
+    }
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") => {}
         Some("release") => {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use medfed_audit::bias::FairnessSettings;
 use medfed_certs::TlsFiles;
 use medfed_protocol::distributed_dp::{DEFAULT_ROUNDING_BETA, DEFAULT_SCALED_CLIP};
-use medfed_protocol::evaluation::ScoreBins;
+use medfed_protocol::evaluation::{DecisionThreshold, ScoreBins};
 use medfed_protocol::manifest::{
     DistributedDpPlan, FINAL_EVALUATION_ONLY, FractionalBitsRule, SecureAggregationPlan,
     ThresholdRule, TrainingRule,
@@ -111,6 +111,22 @@ fn default_update_clip() -> f64 {
     1024.0
 }
 
+/// Which model the coordinator releases at the end of training (`[task] release`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseRule {
+    /// The final model, whatever its held-out figures.
+    #[default]
+    Last,
+    /// The audited model with the lowest pooled held-out loss (the final one on a tie).
+    ///
+    /// The pooled held-out figures then choose the model as well as describe it, so its
+    /// reported loss is optimistic by the selection; with few rounds and many held-out
+    /// patients, slightly. Where hospitals noise their evaluation counts the choice is made on
+    /// noised losses: post-processing, so it costs no privacy, but noise can pick a worse round.
+    LowestLoss,
+}
+
 /// The training task.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,6 +174,17 @@ pub struct TaskConfig {
     /// so a consortium whose hospitals do chooses coarse histograms (for example 20 and 10).
     #[serde(default)]
     pub score_bins: ScoreBins,
+    /// The decision threshold (`decision_threshold`, default 0.5): a patient whose predicted
+    /// probability is at least this is flagged positive, in every evaluation's confusion
+    /// matrix, the fairness audit and the released model's class. A rare outcome needs one
+    /// below 0.5 (near its prevalence, say), or the model flags nobody. Strictly between 0 and 1.
+    #[serde(default)]
+    pub decision_threshold: DecisionThreshold,
+    /// Which audited model the coordinator releases as `model.safetensors` when training ends
+    /// (`release`, default `"last"`): the final model, or the one with the lowest pooled
+    /// held-out loss over every audited round.
+    #[serde(default)]
+    pub release: ReleaseRule,
     /// Distributed differential privacy of the training rounds (`[task.distributed_dp]`):
     /// each round is one DP-FedSGD step, the hospitals add their shares of the noise before
     /// masking, and the coordinator divides the decoded sum by `sample_rate` times the pooled

@@ -129,3 +129,27 @@ fn rejects_unknown_fields_and_bad_values() {
         Err(ConfigError::Invalid { .. })
     ));
 }
+
+#[test]
+fn the_decision_threshold_and_the_release_rule_are_read_and_bad_ones_refused_by_key() {
+    let config = CoordinatorConfig::parse(EXAMPLE, Path::new("/")).unwrap();
+    assert_eq!(config.task.decision_threshold, DecisionThreshold::DEFAULT);
+    assert_eq!(config.task.release, ReleaseRule::Last);
+    let text = EXAMPLE.replace(
+        "rounds = 5",
+        "rounds = 5\ndecision_threshold = 0.15\nrelease = \"lowest_loss\"",
+    );
+    let config = CoordinatorConfig::parse(&text, Path::new("/")).unwrap();
+    assert_eq!(config.task.decision_threshold.get(), 0.15);
+    assert_eq!(config.task.release, ReleaseRule::LowestLoss);
+    for (line, named) in [
+        ("decision_threshold = 1.0", "decision_threshold"),
+        ("release = \"best\"", "release"),
+    ] {
+        let text = EXAMPLE.replace("rounds = 5", &format!("rounds = 5\n{line}"));
+        let err = CoordinatorConfig::parse(&text, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(named), "{line}: {err}");
+    }
+}

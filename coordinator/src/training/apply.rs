@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use medfed_audit::bias::{self as audit, AttributeAudit};
-use medfed_audit::checkpoint::{checkpoint_file_name, write_checkpoint};
+use medfed_audit::checkpoint::{checkpoint_file_name, write_round_checkpoint};
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::messages::{Finished, Message};
@@ -66,7 +66,10 @@ impl Trainer {
         optimizer.try_apply(&mut params, &mean)?;
         let optimizer_state = optimizer.state();
         let model = Model::new(self.model.spec.clone(), params)?;
-        let path = write_checkpoint(&self.config.data_dir.join("checkpoints"), round, &model)?;
+        let path = write_round_checkpoint(
+            &self.config.data_dir.join("checkpoints"),
+            &self.model_file(round, model.clone()),
+        )?;
         let pause = self.config.danger_pause_at;
         faults::pause(pause, round, PausePhase::CheckpointWritten).await;
         let report = RoundReport {

@@ -8,6 +8,7 @@
 mod apply;
 mod driver;
 mod error;
+mod release;
 mod rounds;
 
 use std::collections::BTreeMap;
@@ -17,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use medfed_audit::bias::AttributeAudit;
-use medfed_audit::checkpoint::{checkpoint_file_name, read_checkpoint, write_checkpoint};
+use medfed_audit::checkpoint::read_checkpoint;
+use medfed_audit::model_file::Scoring;
 use medfed_audit::reports::ReportWriter;
 use medfed_certs::{ConsortiumVerifier, MemberList, load_report_signing_key};
 use medfed_protocol::distributed_dp::DdpParams;
@@ -33,6 +35,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use error::CoordinatorError;
+pub use release::RELEASED_MODEL_FILE;
 
 use crate::config::CoordinatorConfig;
 use crate::listener::{self, Admission};
@@ -86,6 +89,9 @@ pub struct TrainingReport {
     pub final_model: Model,
     /// Path of the final model's checkpoint.
     pub checkpoint: Option<PathBuf>,
+    /// Path of the released model (`model.safetensors` in the state folder, see
+    /// [`crate::config::ReleaseRule`]) and the round whose model it is.
+    pub released: Option<(PathBuf, u64)>,
     /// The last completed round.
     pub last_round: u64,
     /// Bytes received from each node during this run (the nodes' egress logs should agree).
@@ -163,17 +169,9 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
             (round, model)
         }
         None => {
+            // Its checkpoint is written once the statistics round has given the
+            // standardisation that the file carries (`Trainer::checkpoint_initial_model`).
             let initial = Model::new(spec.clone(), spec.initial_parameters(config.task.seed))?;
-            // The initial model is audited too; its checkpoint lets auditors check its hash. A
-            // run killed before round 1 completed may have written it, and its audit report may
-            // already name the file's SHA-256: an equal checkpoint is kept byte for byte (the
-            // encoding's metadata order is not stable across runs).
-            let dir = config.data_dir.join("checkpoints");
-            let kept = read_checkpoint(&dir.join(checkpoint_file_name(0)))
-                .is_ok_and(|(round, model)| round == 0 && model == initial);
-            if !kept {
-                write_checkpoint(&dir, 0, &initial)?;
-            }
             (0, initial)
         }
     };
@@ -246,6 +244,8 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         config,
         manifest,
         schema,
+        schema_text,
+        scoring: None,
         store,
         registry,
         session,
@@ -278,6 +278,11 @@ pub(crate) struct Trainer {
     /// come from it.
     manifest: TaskManifest,
     schema: Schema,
+    /// The schema file's text, which every model file carries.
+    schema_text: String,
+    /// What every model file carries to score a patient; set once the statistics round has
+    /// given the standardisation.
+    scoring: Option<Scoring>,
     store: Arc<Store>,
     registry: Arc<Registry>,
     session: u64,

@@ -49,6 +49,7 @@ impl Trainer {
             info!(connected, wanted = start, "starting");
         }
         let standardization = self.standardization().await?;
+        self.prepare_model_files(&standardization)?;
         self.distributed = self.distributed_decoder()?;
         let mut reports = Vec::new();
         let mut checkpoint = None;
@@ -81,6 +82,7 @@ impl Trainer {
             );
         }
         let (final_evaluation, final_fairness) = self.final_evaluation(&standardization).await?;
+        let released = self.release()?;
         self.finish().await;
         let bytes_received = self.registry.bytes_received();
         Ok(TrainingReport {
@@ -90,6 +92,7 @@ impl Trainer {
             final_fairness,
             final_model: self.model,
             checkpoint,
+            released,
             last_round: self.round,
             stopped_early,
         })
@@ -237,6 +240,7 @@ impl Trainer {
             train,
             evaluate: decision.evaluate,
             score_bins,
+            decision_threshold: self.manifest.releases.decision_threshold,
             plan,
             standardization: standardization.clone(),
             secure_aggregation: None,

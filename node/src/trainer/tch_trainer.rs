@@ -303,7 +303,7 @@ mod tests {
     use std::time::Instant;
 
     use medfed_protocol::evaluation::{EvalCounts, UNDEFINED_SCORE, undefined_scores};
-    use medfed_protocol::model::ModelKind;
+    use medfed_protocol::model::{Model, ModelKind};
 
     use super::*;
 
@@ -563,6 +563,30 @@ mod tests {
         for (g, w) in got.iter().zip(want) {
             assert!((f64::from(*g) - w).abs() < 1e-6, "{got:?} vs {want:?}");
         }
+    }
+
+    #[test]
+    fn libtorch_and_the_pure_rust_forward_pass_give_the_same_scores() {
+        // What `medfed-node predict` relies on in a build without libtorch.
+        use rand::Rng;
+        let spec = mlp(7, &[16, 8]);
+        let model = Model::new(spec.clone(), spec.initial_parameters(5)).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let rows = 300;
+        let data = Examples {
+            num_features: 7,
+            features: (0..rows * 7).map(|_| rng.random_range(-3.0..3.0)).collect(),
+            labels: vec![0.0; rows],
+        };
+        let torch = cpu().predict(&spec, &model.params, &data).unwrap();
+        let rust = model.probabilities(&data.features).unwrap();
+        assert_eq!(torch.len(), rows);
+        let worst = torch
+            .iter()
+            .zip(&rust)
+            .map(|(t, r)| (t - r).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-6, "largest difference {worst}");
     }
 
     #[test]

@@ -1,0 +1,235 @@
+//! Issue 14: the model in the hospital's hands. The released model file carries everything
+//! needed to score a patient, and `medfed-node predict` (the real binary) scores each
+//! hospital's held-out patients exactly as the consortium's evaluation did.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use medfed_audit::checkpoint::{encode_model_file, read_model_file};
+use medfed_coordinator::config::ReleaseRule;
+use medfed_coordinator::training::RELEASED_MODEL_FILE;
+use medfed_e2e::process::{Process, node_toml, workspace_binary};
+use medfed_e2e::{Consortium, subscribe};
+use medfed_protocol::evaluation::{DecisionThreshold, EVAL_SCORE_BINS, EvalCounts};
+use medfed_protocol::report::{SignedReport, file_sha256};
+
+const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
+const STEP: Duration = Duration::from_secs(120);
+
+/// Runs the workspace binary `binary` of package `package` with `args`, and returns whether it
+/// succeeded and its output.
+async fn run(package: &str, binary: &str, args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let mut command = Command::new(workspace_binary(package, binary).unwrap());
+    command.args(args);
+    let mut process = Process::spawn(binary, command).unwrap();
+    let status = process.wait(STEP).await.unwrap();
+    (status.success(), process.output().join("\n"))
+}
+
+/// Runs `medfed-node` with `args` and returns its output, failing the test unless it succeeds.
+async fn medfed_node(args: &[&std::ffi::OsStr]) -> String {
+    let (success, output) = run("medfed-node", "medfed-node", args).await;
+    assert!(success, "medfed-node {args:?} failed:\n{output}");
+    output
+}
+
+/// The (score, label) pairs of a scores file written by `predict` from labelled rows.
+fn scores_and_labels(path: &Path) -> (Vec<f32>, Vec<f32>) {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let header = reader.headers().unwrap().clone();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (score, label) = (column("score"), column("label"));
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    for record in reader.records() {
+        let record = record.unwrap();
+        scores.push(record[score].parse::<f32>().unwrap());
+        labels.push(record[label].parse::<f32>().unwrap());
+    }
+    (scores, labels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn predict_on_each_hospitals_held_out_rows_reproduces_the_pooled_final_evaluation() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 200);
+    let threshold = DecisionThreshold::new(0.4).unwrap();
+    let mut config = consortium.coordinator_config(3, 3);
+    config.task.decision_threshold = threshold;
+    config.task.release = ReleaseRule::Last;
+    let data_dir = config.data_dir.clone();
+    let (report, _) = consortium.train_with(config, &NODES, |_| {}).await;
+    let final_evaluation = report.final_evaluation.clone().expect("final evaluation");
+
+    // The released model is the final one, with its scoring and its audit report.
+    let released = data_dir.join(RELEASED_MODEL_FILE);
+    assert_eq!(report.released, Some((released.clone(), 3)));
+    let file = read_model_file(&released).expect("the released model reads back");
+    assert_eq!((file.round, &file.model), (3, &report.final_model));
+    let scoring = file
+        .scoring
+        .as_ref()
+        .expect("the released model carries its scoring");
+    assert_eq!(scoring.decision_threshold, threshold);
+    assert_eq!(scoring.schema_text, medfed_e2e::SCHEMA);
+    let report_path = data_dir.join("reports").join("round-00003.json");
+    let report_bytes = std::fs::read(&report_path).unwrap();
+    let audit = file
+        .audit
+        .as_ref()
+        .expect("the released model names its report");
+    assert_eq!(audit.report_sha256, file_sha256(&report_bytes));
+    let signed = SignedReport::from_json(&report_bytes).unwrap();
+    assert_eq!(audit.approved, signed.report.approved);
+    assert_eq!(signed.report.model_sha256, file.model.hash().to_hex());
+    // An auditor's tool follows the released model's link to its report; a released model
+    // that states another verdict than its report's is refused.
+    let tls = consortium.certs.coordinator_tls();
+    let verify = |model: &Path| {
+        let reports = data_dir.join("reports");
+        let args: Vec<std::ffi::OsString> = vec![
+            "verify".into(),
+            "--reports".into(),
+            reports.into(),
+            "--cert".into(),
+            tls.cert.clone().into(),
+            "--ca".into(),
+            tls.ca_cert.clone().into(),
+            "--model".into(),
+            model.into(),
+        ];
+        async move {
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+            run("medfed-audit", "medfed-audit", &args).await
+        }
+    };
+    let (verified, output) = verify(&released).await;
+    assert!(
+        verified && output.contains("is the model audited for round 3"),
+        "{output}"
+    );
+    let mut forged = file.clone();
+    if let Some(link) = forged.audit.as_mut() {
+        link.approved = !link.approved;
+    }
+    let forged_path = consortium.dir.path().join("forged.safetensors");
+    std::fs::write(&forged_path, encode_model_file(&forged).unwrap()).unwrap();
+    let (verified, output) = verify(&forged_path).await;
+    assert!(
+        !verified && output.contains("states a verdict its report"),
+        "{output}"
+    );
+
+    // Every round's checkpoint carries the same scoring, the initial model's too.
+    for round in 0..=3 {
+        let path = data_dir
+            .join("checkpoints")
+            .join(format!("round-{round:05}.safetensors"));
+        let checkpoint = read_model_file(&path).unwrap();
+        assert_eq!(checkpoint.scoring.as_ref(), Some(scoring), "round {round}");
+        assert_eq!(checkpoint.audit, None, "round {round}");
+    }
+
+    // Each hospital scores its own held-out patients with the released model.
+    let mut pooled: Option<Vec<f64>> = None;
+    for name in NODES {
+        let node = consortium.node_config(name, "127.0.0.1:1".parse().unwrap());
+        let toml = consortium.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&toml, node_toml(&node)).unwrap();
+        let scores = consortium.dir.path().join(format!("{name}-scores.csv"));
+        let output = medfed_node(&[
+            "predict".as_ref(),
+            "--model".as_ref(),
+            released.as_os_str(),
+            "--config".as_ref(),
+            toml.as_os_str(),
+            "--held-out".as_ref(),
+            "--out".as_ref(),
+            scores.as_os_str(),
+        ])
+        .await;
+        assert!(output.contains("0 rows not scored"), "{output}");
+        // Each row is named by its row in the file and by the schema's dropped identifier.
+        let header = std::fs::read_to_string(&scores).unwrap();
+        assert!(
+            header.starts_with("row,patient_id,score,class,label\n"),
+            "{header}"
+        );
+        let (scores, labels) = scores_and_labels(&scores);
+        assert_eq!(scores.len(), 50, "a quarter of 200 rows is held out");
+        let mut vector = Vec::new();
+        EvalCounts::from_predictions_at(&scores, &labels, EVAL_SCORE_BINS, threshold)
+            .write_vector(&mut vector);
+        pooled = Some(match pooled {
+            None => vector,
+            Some(sum) => sum.iter().zip(&vector).map(|(a, b)| a + b).collect(),
+        });
+    }
+    let pooled = EvalCounts::from_vector(&pooled.unwrap())
+        .and_then(|c| c.metrics())
+        .unwrap();
+    assert_eq!(pooled.examples, final_evaluation.examples);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6;
+    assert!(
+        close(pooled.auc.unwrap(), final_evaluation.auc.unwrap())
+            && close(pooled.accuracy, final_evaluation.accuracy)
+            && close(pooled.loss, final_evaluation.loss),
+        "predict's pooled figures {pooled:?} differ from the coordinator's {final_evaluation:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predict_scores_the_rows_it_can_and_lists_the_others_with_why() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 120);
+    let config = consortium.coordinator_config(1, 3);
+    let data_dir = config.data_dir.clone();
+    let (report, _) = consortium.train_with(config, &NODES, |_| {}).await;
+    let released = data_dir.join(RELEASED_MODEL_FILE);
+    assert!(report.released.is_some());
+
+    // New patients: no outcome column, one unreadable age, one unknown sex.
+    let dir = consortium.dir.path();
+    let patients = dir.join("new-patients.csv");
+    std::fs::write(
+        &patients,
+        "patient_id,age,sex,blood_pressure,smoker\n\
+         p1,61,F,140,no\n\
+         p2,sixty,M,120,yes\n\
+         p3,47,X,130,no\n\
+         p4,72,M,165,yes\n",
+    )
+    .unwrap();
+    let (scores, errors) = (dir.join("scores.csv"), dir.join("scores.errors.csv"));
+    let output = medfed_node(&[
+        "predict".as_ref(),
+        "--model".as_ref(),
+        released.as_os_str(),
+        "--csv".as_ref(),
+        patients.as_os_str(),
+        "--out".as_ref(),
+        scores.as_os_str(),
+    ])
+    .await;
+    assert!(
+        output.contains("scored 2 rows") && output.contains("2 rows not scored"),
+        "{output}"
+    );
+    let scored = std::fs::read_to_string(&scores).unwrap();
+    let lines: Vec<&str> = scored.lines().collect();
+    assert_eq!(lines[0], "row,patient_id,score,class");
+    assert!(
+        lines[1].starts_with("2,p1,") && lines[2].starts_with("5,p4,"),
+        "{scored}"
+    );
+    assert_eq!(lines.len(), 3, "{scored}");
+    let errors = std::fs::read_to_string(&errors).unwrap();
+    let lines: Vec<&str> = errors.lines().collect();
+    assert_eq!(lines[0], "row,column,value,problem,message");
+    assert!(
+        lines[1].starts_with("3,age,sixty,not a number,")
+            && lines[2].starts_with("4,sex,X,unknown level,"),
+        "{errors}"
+    );
+    assert_eq!(lines.len(), 3, "{errors}");
+}
