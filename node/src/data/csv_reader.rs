@@ -1,4 +1,5 @@
-//! Strict reading of a hospital CSV against the schema.
+//! Reading a hospital CSV against the schema: strictly (all or nothing, for training) or
+//! leniently (every good row kept, every bad row's problem returned), by one encoder.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -8,8 +9,32 @@ use std::path::Path;
 use csv::{ReaderBuilder, StringRecord, Trim};
 use medfed_protocol::schema::{Column, ColumnKind, Schema};
 
-use super::{DataError, Dataset};
+use super::{DataError, Dataset, ProblemReason, RowProblem};
 use crate::examples::Examples;
+
+/// Whether the CSV must carry the label column.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LabelColumn {
+    /// The header must name the label column, and every kept row has a valid label (training,
+    /// evaluation, `check`).
+    #[default]
+    Required,
+    /// The label column may be absent (scoring new patients, whose outcome is unknown): then no
+    /// label is read, [`Dataset::labelled`] is false and every label slot holds NaN, so that a
+    /// label used by mistake poisons a figure rather than biasing it. When the column is
+    /// present, labels are read and checked as under [`Self::Required`].
+    Optional,
+}
+
+/// How [`read_rows`] reads a file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Whether the label column must be present.
+    pub label: LabelColumn,
+    /// A header column (typically a patient identifier the schema lists under `drop`) whose
+    /// trimmed raw cell is kept for each kept row in [`Dataset::ids`]; the header must name it.
+    pub id_column: Option<String>,
+}
 
 /// Loads and encodes a hospital's CSV, refusing it at the first problem.
 ///
@@ -20,51 +45,117 @@ use crate::examples::Examples;
 /// and there must be at least one data row. Errors name the file, the row (as a spreadsheet
 /// numbers it: header = 1, see [`DataError`]) and the column.
 pub fn load_csv(path: &Path, schema: &Schema) -> Result<Dataset, DataError> {
-    let file = File::open(path).map_err(|source| DataError::Io {
+    let (dataset, _) = read_csv(
+        open(path)?,
+        path,
+        schema,
+        &ReadOptions::default(),
+        OnProblem::Stop,
+    )?;
+    Ok(dataset)
+}
+
+/// Reads and encodes a hospital's CSV as [`load_csv`] does, but keeps going past bad rows: it
+/// returns every good row (with its spreadsheet row number in [`Dataset::rows`]) and every
+/// problem of every bad row, in file order and, within a row, in the schema's column order with
+/// the label last. A row with a problem is left out whole.
+///
+/// What concerns the whole file is still an error: a file that cannot be read, a header that
+/// lacks a schema column (or the label, under [`LabelColumn::Required`], or the asked
+/// [`ReadOptions::id_column`]), names an undescribed column or a column twice, a file without
+/// any data row, and a read error of the underlying file. A file whose every row is bad gives an
+/// empty dataset and the problems.
+pub fn read_rows(
+    path: &Path,
+    schema: &Schema,
+    options: &ReadOptions,
+) -> Result<(Dataset, Vec<RowProblem>), DataError> {
+    read_csv(open(path)?, path, schema, options, OnProblem::Continue)
+}
+
+/// What to do at a bad row.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnProblem {
+    /// Return the first problem as the error ([`load_csv`]).
+    Stop,
+    /// Leave the row out, note its problems and read on ([`read_rows`]).
+    Continue,
+}
+
+fn open(path: &Path) -> Result<File, DataError> {
+    File::open(path).map_err(|source| DataError::Io {
         path: path.to_owned(),
         source,
-    })?;
-    read_csv(file, path, schema)
+    })
 }
 
 /// Reads CSV from any reader; `path` is only used in errors.
-fn read_csv(input: impl Read, path: &Path, schema: &Schema) -> Result<Dataset, DataError> {
+fn read_csv(
+    input: impl Read,
+    path: &Path,
+    schema: &Schema,
+    options: &ReadOptions,
+    on_problem: OnProblem,
+) -> Result<(Dataset, Vec<RowProblem>), DataError> {
     let mut reader = ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
         .trim(Trim::All)
         .from_reader(input);
     let header = reader.headers().map_err(|e| csv_error(path, e, 1))?.clone();
-    let layout = Layout::new(&header, path, schema)?;
+    let layout = Layout::new(&header, path, schema, options)?;
 
-    let width = schema.num_features();
-    let mut examples = Examples {
-        num_features: width,
-        features: Vec::new(),
-        labels: Vec::new(),
+    let mut dataset = Dataset {
+        examples: Examples {
+            num_features: schema.num_features(),
+            features: Vec::new(),
+            labels: Vec::new(),
+        },
+        sensitive_columns: schema.sensitive().to_vec(),
+        labelled: layout.label.is_some(),
+        ..Dataset::default()
     };
-    let mut sensitive = Vec::new();
+    let mut problems = Vec::new();
     let mut record = StringRecord::new();
     // Spreadsheet numbering: the header is row 1.
     let mut row = 1;
-    while reader
-        .read_record(&mut record)
-        .map_err(|e| csv_error(path, e, row + 1))?
-    {
-        row += 1;
-        layout.encode_row(&record, row, path, &mut examples)?;
-        sensitive.push(layout.sensitive_values(&record));
+    loop {
+        let before = reader.position().byte();
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {
+                row += 1;
+                let found = problems.len();
+                layout.push_row(&record, row, &mut dataset, &mut problems);
+                if on_problem == OnProblem::Stop && problems.len() > found {
+                    return Err(problems.swap_remove(found).into_error(path));
+                }
+            }
+            Err(e) => {
+                // A read error of the file, or (strictly read) any error, ends the reading, as
+                // does a parser that did not move on (it would report the same error forever).
+                let stuck = reader.position().byte() == before;
+                if e.is_io_error() || on_problem == OnProblem::Stop || stuck {
+                    return Err(csv_error(path, e, row + 1));
+                }
+                row += 1;
+                problems.push(RowProblem {
+                    row,
+                    column: None,
+                    raw: String::new(),
+                    reason: ProblemReason::Malformed {
+                        message: e.to_string(),
+                    },
+                });
+            }
+        }
     }
-    if examples.is_empty() {
+    if row == 1 {
         return Err(DataError::Empty {
             path: path.to_owned(),
         });
     }
-    Ok(Dataset {
-        examples,
-        sensitive_columns: schema.sensitive().to_vec(),
-        sensitive,
-    })
+    Ok((dataset, problems))
 }
 
 /// Where each schema column sits in the file, resolved once from the header.
@@ -73,15 +164,22 @@ struct Layout<'a> {
     fields: usize,
     /// Per schema column, in encoding order: its header index, the column, its first feature.
     columns: Vec<(usize, &'a Column, usize)>,
-    /// Header index of the label.
-    label: usize,
+    /// Header index of the label; `None` when it is optional and absent.
+    label: Option<usize>,
     /// Header index of each sensitive attribute, in schema order.
     sensitive: Vec<usize>,
+    /// Header index of the column kept in [`Dataset::ids`], if asked for.
+    id: Option<usize>,
     schema: &'a Schema,
 }
 
 impl<'a> Layout<'a> {
-    fn new(header: &StringRecord, path: &Path, schema: &'a Schema) -> Result<Self, DataError> {
+    fn new(
+        header: &StringRecord,
+        path: &Path,
+        schema: &'a Schema,
+        options: &ReadOptions,
+    ) -> Result<Self, DataError> {
         let mut seen = HashSet::new();
         for name in header {
             if !seen.insert(name) {
@@ -91,14 +189,12 @@ impl<'a> Layout<'a> {
                 });
             }
         }
+        let position = |column: &str| header.iter().position(|h| h == column);
         let find = |column: &str| {
-            header
-                .iter()
-                .position(|h| h == column)
-                .ok_or_else(|| DataError::MissingColumn {
-                    path: path.to_owned(),
-                    column: column.to_owned(),
-                })
+            position(column).ok_or_else(|| DataError::MissingColumn {
+                path: path.to_owned(),
+                column: column.to_owned(),
+            })
         };
 
         let mut columns = Vec::with_capacity(schema.columns().len());
@@ -107,7 +203,10 @@ impl<'a> Layout<'a> {
             columns.push((find(column.name())?, column, offset));
             offset += column.width();
         }
-        let label = find(schema.label().column())?;
+        let label = match options.label {
+            LabelColumn::Required => Some(find(schema.label().column())?),
+            LabelColumn::Optional => position(schema.label().column()),
+        };
         let sensitive = schema
             .sensitive()
             .iter()
@@ -125,117 +224,131 @@ impl<'a> Layout<'a> {
                 column: extra.to_owned(),
             });
         }
+        let id = options.id_column.as_deref().map(find).transpose()?;
 
         Ok(Self {
             fields: header.len(),
             columns,
             label,
             sensitive,
+            id,
             schema,
         })
     }
 
-    /// Appends one row's encoded features and label to `examples`, or refuses the row.
-    fn encode_row(
+    /// Appends one row to `dataset`, or leaves it out and appends its problems to `problems`.
+    fn push_row(
         &self,
         record: &StringRecord,
         row: u64,
-        path: &Path,
-        examples: &mut Examples,
-    ) -> Result<(), DataError> {
+        dataset: &mut Dataset,
+        problems: &mut Vec<RowProblem>,
+    ) {
         if record.len() != self.fields {
-            return Err(DataError::FieldCount {
-                path: path.to_owned(),
+            problems.push(RowProblem {
                 row,
-                expected: self.fields,
-                found: record.len(),
+                column: None,
+                raw: String::new(),
+                reason: ProblemReason::FieldCount {
+                    expected: self.fields,
+                    found: record.len(),
+                },
             });
+            return;
         }
         // Invariant: every index in the layout is below `self.fields`, the record's length
         // checked above, so `get` never falls back.
         let cell = |index: usize| record.get(index).unwrap_or_default();
 
+        let examples = &mut dataset.examples;
         let start = examples.features.len();
         examples
             .features
             .resize(start + self.schema.num_features(), 0.0);
         let features = &mut examples.features[start..];
+        let before = problems.len();
         for &(index, column, offset) in &self.columns {
             let value = cell(index);
-            let at = |column: &Column| (path.to_owned(), row, column.name().to_owned());
-            if value.is_empty() {
-                let (path, row, column) = at(column);
-                return Err(DataError::MissingValue { path, row, column });
-            }
-            match column.kind() {
-                ColumnKind::Numeric { .. } => {
-                    let number: f32 = value.parse().map_err(|_| {
-                        let (path, row, column) = at(column);
-                        DataError::NotNumeric {
-                            path,
-                            row,
-                            column,
-                            value: value.to_owned(),
-                        }
-                    })?;
-                    if !number.is_finite() {
-                        let (path, row, column) = at(column);
-                        return Err(DataError::NonFinite {
-                            path,
-                            row,
-                            column,
-                            value: value.to_owned(),
-                        });
-                    }
-                    features[offset] = number;
-                }
-                ColumnKind::Categorical { levels } => {
-                    let Some(level) = levels.iter().position(|l| l == value) else {
-                        let (path, row, column) = at(column);
-                        return Err(DataError::UnknownCategory {
-                            path,
-                            row,
-                            column,
-                            value: value.to_owned(),
-                            levels: levels.clone(),
-                        });
-                    };
-                    features[offset + level] = 1.0;
-                }
+            let width = column.width();
+            if let Err(reason) = encode_cell(column, value, &mut features[offset..offset + width]) {
+                problems.push(RowProblem {
+                    row,
+                    column: Some(column.name().to_owned()),
+                    raw: value.to_owned(),
+                    reason,
+                });
             }
         }
-
-        let label = self.schema.label();
-        let value = cell(self.label);
-        if value.is_empty() {
-            return Err(DataError::MissingLabel {
-                path: path.to_owned(),
-                row,
-                column: label.column().to_owned(),
-            });
-        }
-        let Some(positive) = label.class_of(value) else {
-            return Err(DataError::UnknownLabel {
-                path: path.to_owned(),
-                row,
-                column: label.column().to_owned(),
-                value: value.to_owned(),
-                positive: label.positive().into(),
-                negative: label.negative().into(),
-            });
+        let label = match self.label {
+            Some(index) => match self.read_label(cell(index)) {
+                Ok(label) => label,
+                Err(reason) => {
+                    problems.push(RowProblem {
+                        row,
+                        column: Some(self.schema.label().column().to_owned()),
+                        raw: cell(index).to_owned(),
+                        reason,
+                    });
+                    f32::NAN
+                }
+            },
+            None => f32::NAN,
         };
-        examples.labels.push(if positive { 1.0 } else { 0.0 });
-        Ok(())
+        if problems.len() > before {
+            examples.features.truncate(start);
+            return;
+        }
+        examples.labels.push(label);
+        dataset.rows.push(row);
+        dataset
+            .sensitive
+            .push(self.sensitive.iter().map(|&i| cell(i).to_owned()).collect());
+        if let Some(index) = self.id {
+            dataset.ids.push(cell(index).to_owned());
+        }
     }
 
-    /// The raw sensitive cells of a row that [`Self::encode_row`] accepted.
-    fn sensitive_values(&self, record: &StringRecord) -> Vec<String> {
-        // Invariant: the row's length was checked by `encode_row`, so every index is present.
-        self.sensitive
-            .iter()
-            .map(|&i| record.get(i).unwrap_or_default().to_owned())
-            .collect()
+    /// The label of a trimmed label cell: 1 for the positive class, 0 for the negative.
+    fn read_label(&self, value: &str) -> Result<f32, ProblemReason> {
+        let label = self.schema.label();
+        if value.is_empty() {
+            return Err(ProblemReason::MissingLabel);
+        }
+        match label.class_of(value) {
+            Some(true) => Ok(1.0),
+            Some(false) => Ok(0.0),
+            None => Err(ProblemReason::UnknownLabel {
+                positive: label.positive().to_vec(),
+                negative: label.negative().to_vec(),
+            }),
+        }
     }
+}
+
+/// Encodes one trimmed cell of `column` into its features `out` (zeroed, `column.width()` long):
+/// the number, or a one at its level.
+fn encode_cell(column: &Column, value: &str, out: &mut [f32]) -> Result<(), ProblemReason> {
+    if value.is_empty() {
+        return Err(ProblemReason::MissingValue);
+    }
+    match column.kind() {
+        ColumnKind::Numeric { .. } => {
+            let number: f32 = value.parse().map_err(|_| ProblemReason::NotNumeric)?;
+            if !number.is_finite() {
+                return Err(ProblemReason::NonFinite);
+            }
+            out[0] = number;
+        }
+        ColumnKind::Categorical { levels } => {
+            let level = levels.iter().position(|l| l == value).ok_or_else(|| {
+                ProblemReason::UnknownCategory {
+                    levels: levels.clone(),
+                }
+            })?;
+            out[level] = 1.0;
+        }
+    }
+    Ok(())
 }
 
 /// Turns a csv error into ours: IO stays IO, the rest is malformed CSV in row `row`.
@@ -355,6 +468,9 @@ age = [50]
                 .map(|r| r.map(String::from).to_vec())
         );
         assert_eq!(data.len(), 3);
+        assert_eq!(data.rows, [2, 3, 4]);
+        assert!(data.labelled);
+        assert!(data.ids.is_empty(), "no id column was asked for");
     }
 
     #[test]
@@ -560,5 +676,156 @@ age = [50]
         let err = load_csv(&path, &schema()).unwrap_err();
         assert!(matches!(err, DataError::Io { .. }), "{err:?}");
         assert!(err.to_string().contains("absent.csv"));
+    }
+
+    /// Reads `text` leniently with `options`.
+    fn read(text: &[u8], options: &ReadOptions) -> Result<(Dataset, Vec<RowProblem>), DataError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hospital.csv");
+        std::fs::write(&path, text).unwrap();
+        read_rows(&path, &schema(), options)
+    }
+
+    /// `(row, column, reason kind, raw cell)` of each problem, to compare at a glance.
+    fn summary(problems: &[RowProblem]) -> Vec<(u64, Option<&str>, &str, &str)> {
+        problems
+            .iter()
+            .map(|p| (p.row, p.column.as_deref(), p.reason.kind(), p.raw.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn the_lenient_reader_keeps_good_rows_and_reports_every_bad_one() {
+        let text = format!(
+            "{HEADER}\
+             p1,63,Male,typical,233,0\n\
+             p2,sixty,Male,typical,233,0\n\
+             p3,41,Female,asymptomatic,180,1\n\
+             p4,,male,typical,233,7\n\
+             p5,70,Female,typical\n\
+             p6,55,Female,atypical,inf,\n\
+             p7,48,Male,atypical,210,2\n"
+        );
+        let options = ReadOptions {
+            id_column: Some("id".into()),
+            ..ReadOptions::default()
+        };
+        let (data, problems) = read(text.as_bytes(), &options).unwrap();
+        assert_eq!(data.rows, [2, 4, 8]);
+        assert_eq!(data.ids, ["p1", "p3", "p7"]);
+        assert_eq!(data.examples.labels, [0.0, 1.0, 1.0]);
+        assert_eq!(
+            data.examples.row(1),
+            [41.0, 1.0, 0.0, 0.0, 0.0, 1.0, 180.0],
+            "a kept row after a bad one is encoded whole"
+        );
+        assert_eq!(data.examples.features.len(), 3 * 7);
+        assert_eq!(
+            data.sensitive,
+            [["Male", "63"], ["Female", "41"], ["Male", "48"]]
+        );
+        // Every problem of a row, in column order with the label last.
+        assert_eq!(
+            summary(&problems),
+            [
+                (3, Some("age"), "not a number", "sixty"),
+                (5, Some("age"), "missing value", ""),
+                (5, Some("sex"), "unknown level", "male"),
+                (5, Some("num"), "unknown label", "7"),
+                (6, None, "wrong number of cells", ""),
+                (7, Some("chol"), "not a finite number", "inf"),
+                (7, Some("num"), "missing label", ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_problem_reads_as_the_strict_error_without_the_file() {
+        let text = format!("{HEADER}{GOOD_ROW}1,63,male,typical,233,0\n");
+        let (_, problems) = read(text.as_bytes(), &ReadOptions::default()).unwrap();
+        let [problem] = problems.as_slice() else {
+            panic!("{problems:?}")
+        };
+        let (path, strict) = load(text.as_bytes());
+        let strict = strict.unwrap_err().to_string();
+        assert_eq!(strict, format!("{path}: {problem}"));
+        assert_eq!(
+            problem.clone().into_error(Path::new(&path)).to_string(),
+            strict
+        );
+    }
+
+    #[test]
+    fn a_row_that_is_not_csv_is_a_problem_and_reading_goes_on() {
+        let mut text = format!("{HEADER}{GOOD_ROW}").into_bytes();
+        text.extend_from_slice(b"1,63,M\xffle,typical,233,0\n");
+        text.extend_from_slice(GOOD_ROW.as_bytes());
+        let (data, problems) = read(&text, &ReadOptions::default()).unwrap();
+        assert_eq!(data.rows, [2, 4]);
+        assert_eq!(summary(&problems), [(3, None, "not valid CSV", "")]);
+        assert!(problems[0].to_string().starts_with("row 3: not valid CSV"));
+    }
+
+    #[test]
+    fn every_row_bad_gives_an_empty_dataset_and_header_only_is_still_an_error() {
+        let text = format!("{HEADER}1,x,Male,typical,233,0\n1,y,Male,typical,233,0\n");
+        let (data, problems) = read(text.as_bytes(), &ReadOptions::default()).unwrap();
+        assert!(data.is_empty());
+        assert_eq!(problems.len(), 2);
+        let err = read(HEADER.as_bytes(), &ReadOptions::default()).unwrap_err();
+        assert!(matches!(err, DataError::Empty { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn header_problems_are_still_errors_when_reading_leniently() {
+        let options = ReadOptions::default();
+        let err = read(b"id,age,sex,chol,num\n1,63,Male,233,0\n", &options).unwrap_err();
+        assert!(matches!(err, DataError::MissingColumn { column, .. } if column == "cp"));
+        let err = read(
+            b"id,age,sex,cp,chol,num,x\n1,63,Male,typical,233,0,1\n",
+            &options,
+        )
+        .unwrap_err();
+        assert!(matches!(err, DataError::UnexpectedColumn { column, .. } if column == "x"));
+        let err = read(
+            b"id,age,sex,cp,chol,age,num\n1,63,Male,typical,233,63,0\n",
+            &options,
+        )
+        .unwrap_err();
+        assert!(matches!(err, DataError::DuplicateColumn { column, .. } if column == "age"));
+        // The id column asked for must be there.
+        let options = ReadOptions {
+            id_column: Some("mrn".into()),
+            ..ReadOptions::default()
+        };
+        let err = read(format!("{HEADER}{GOOD_ROW}").as_bytes(), &options).unwrap_err();
+        assert!(matches!(err, DataError::MissingColumn { column, .. } if column == "mrn"));
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_rows(&dir.path().join("absent.csv"), &schema(), &options).unwrap_err();
+        assert!(matches!(err, DataError::Io { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn an_optional_label_column_may_be_absent_and_then_no_label_is_read() {
+        let optional = ReadOptions {
+            label: LabelColumn::Optional,
+            id_column: Some("id".into()),
+        };
+        let text = "id,age,sex,cp,chol\np1,63,Male,typical,233\np2,41,Female,atypical,\n";
+        let (data, problems) = read(text.as_bytes(), &optional).unwrap();
+        assert!(!data.labelled);
+        assert_eq!(data.len(), 1);
+        assert!(data.examples.labels[0].is_nan(), "an unread label is NaN");
+        assert_eq!(data.ids, ["p1"]);
+        assert_eq!(summary(&problems), [(3, Some("chol"), "missing value", "")]);
+        // Required, the same file is refused at its header.
+        let err = read(text.as_bytes(), &ReadOptions::default()).unwrap_err();
+        assert!(matches!(err, DataError::MissingColumn { column, .. } if column == "num"));
+        // Optional but present: labels are read and checked.
+        let text = format!("{HEADER}{GOOD_ROW}2,70,Female,typical,250,\n");
+        let (data, problems) = read(text.as_bytes(), &optional).unwrap();
+        assert!(data.labelled);
+        assert_eq!(data.examples.labels, [0.0]);
+        assert_eq!(summary(&problems), [(3, Some("num"), "missing label", "")]);
     }
 }

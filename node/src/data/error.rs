@@ -55,6 +55,17 @@ pub enum DataError {
         /// The repeated column.
         column: String,
     },
+    /// A row that is not well-formed CSV, as the lenient reader reports it (the strict loader
+    /// keeps the parser's error: [`Self::Csv`]).
+    #[error("{}: row {row}: not valid CSV: {message}", path.display())]
+    MalformedRow {
+        /// The file.
+        path: PathBuf,
+        /// The row.
+        row: u64,
+        /// The CSV parser's explanation.
+        message: String,
+    },
     /// The file has a header but no data row.
     #[error("{}: no data rows after the header", path.display())]
     Empty {

@@ -1,22 +1,27 @@
-//! The hospital's patient data: strict loading of the CSV against the consortium schema, and the
+//! The hospital's patient data: reading the CSV against the consortium schema, and the
 //! deterministic split into a training and a held-out part.
 //!
 //! ```text
-//!  CSV file + Schema ─▶ load_csv ─▶ Dataset { encoded Examples, raw sensitive values }
+//!  CSV file + Schema ─▶ load_csv  ─▶ Dataset { encoded Examples, raw sensitive values, rows }
+//!                  └──▶ read_rows ─▶ (Dataset, every bad row's RowProblem)
 //!                                      └─▶ split(fraction, seed) ─▶ (train, held-out)
 //! ```
 //!
-//! Loading is all or nothing: the first problem in the file aborts it with a [`DataError`] that
-//! names the file, the row and the column, so a data manager can fix it. Features come out
-//! encoded (numeric as is, categorical one-hot) but not standardised: standardisation needs the
-//! consortium's pooled statistics.
+//! [`load_csv`], for training, is all or nothing: the first problem in the file aborts it with a
+//! [`DataError`] that names the file, the row and the column, so a data manager can fix it.
+//! [`read_rows`], for `check` and for scoring, keeps every good row and returns every bad one's
+//! [`RowProblem`]; both use the same encoder. Features come out encoded (numeric as is,
+//! categorical one-hot) but not standardised: standardisation needs the consortium's pooled
+//! statistics.
 
 mod csv_reader;
 mod error;
+mod problem;
 mod split;
 
-pub use csv_reader::load_csv;
+pub use csv_reader::{LabelColumn, ReadOptions, load_csv, read_rows};
 pub use error::DataError;
+pub use problem::{ProblemReason, RowProblem};
 pub use split::split_indices;
 
 use crate::examples::Examples;
@@ -24,8 +29,8 @@ use crate::examples::Examples;
 /// A hospital's encoded examples, with the raw sensitive attributes of each row for the bias
 /// audit.
 ///
-/// Invariant: `sensitive` has one entry per example, and each entry one value per name in
-/// `sensitive_columns`.
+/// Invariant: `sensitive` and `rows` have one entry per example, each entry of `sensitive` one
+/// value per name in `sensitive_columns`, and `ids` is either empty or has one entry per example.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Dataset {
     /// Encoded features (not standardised) and labels, in file order.
@@ -35,6 +40,15 @@ pub struct Dataset {
     /// Per example, the trimmed raw cell of each sensitive attribute, parallel to
     /// `sensitive_columns`.
     pub sensitive: Vec<Vec<String>>,
+    /// Per example, its row in the file as a spreadsheet numbers it (header = row 1), so that a
+    /// figure about a row can name it.
+    pub rows: Vec<u64>,
+    /// Per example, the trimmed raw cell of [`ReadOptions::id_column`]; empty when none was
+    /// asked for.
+    pub ids: Vec<String>,
+    /// Whether labels were read. False only for a file read under [`LabelColumn::Optional`]
+    /// without a label column; its labels are then NaN.
+    pub labelled: bool,
 }
 
 impl Dataset {

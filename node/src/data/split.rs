@@ -35,6 +35,8 @@ impl Dataset {
             labels: Vec::with_capacity(indices.len()),
         };
         let mut sensitive = Vec::with_capacity(indices.len());
+        let mut rows = Vec::with_capacity(indices.len());
+        let mut ids = Vec::new();
         for &i in indices {
             // `get` rather than indexing: the public fields could have been made inconsistent,
             // and a bad dataset must not panic the node.
@@ -46,11 +48,16 @@ impl Dataset {
             examples.features.extend_from_slice(row);
             examples.labels.extend(self.examples.labels.get(i));
             sensitive.push(self.sensitive.get(i).cloned().unwrap_or_default());
+            rows.extend(self.rows.get(i));
+            ids.extend(self.ids.get(i).cloned());
         }
         Self {
             examples,
             sensitive_columns: self.sensitive_columns.clone(),
             sensitive,
+            rows,
+            ids,
+            labelled: self.labelled,
         }
     }
 }
@@ -94,6 +101,9 @@ mod tests {
             },
             sensitive_columns: vec!["sex".into()],
             sensitive: (0..n).map(|i| vec![format!("s{i}")]).collect(),
+            rows: (0..n as u64).map(|i| i + 2).collect(),
+            ids: (0..n).map(|i| format!("p{i}")).collect(),
+            labelled: true,
         }
     }
 
@@ -106,6 +116,8 @@ mod tests {
                 assert_eq!(row[1], -row[0]);
                 assert_eq!(part.examples.labels[r], (id % 2) as f32);
                 assert_eq!(part.sensitive[r], [format!("s{id}")]);
+                assert_eq!(part.rows[r], id as u64 + 2);
+                assert_eq!(part.ids[r], format!("p{id}"));
                 id
             })
             .collect()
