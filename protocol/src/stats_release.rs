@@ -59,6 +59,8 @@
 //! ```
 //!
 //! (the terms are the noise on `S_j`, on `Q_j` and on `n`; [`decoding_error`] computes them).
+//! For an imputed column the pooled present count `p` takes the place of `n` (pass it as `n`):
+//! a column that is mostly missing has noisier figures, as its mean rests on fewer values.
 //! The variance is the fragile figure: its noise scales with `w²`, so a range much wider than the
 //! column's spread costs accuracy. The decoding clamps what the noise pushes out of bounds
 //! (the mean into the range, the variance into `[0, (w/2)²]`, counts at 0).
