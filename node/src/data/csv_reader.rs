@@ -915,4 +915,70 @@ age = [50]
             "{err:?}"
         );
     }
+
+    #[test]
+    fn the_strict_loader_is_the_lenient_reader_stopping_at_the_first_problem() {
+        // Each cell good, or now and then bad, in many small files.
+        let columns: [(&[&str], &[&str]); 5] = [
+            (&["63", "41.5", " 70 "], &["", "sixty", "inf"]),
+            (&["Male", "Female"], &["male", ""]),
+            (&["typical", "atypical", "asymptomatic"], &["none"]),
+            (&["233", "180"], &["", "NaN"]),
+            (&["0", "1", "4"], &["", "9"]),
+        ];
+        let mut state: u64 = 7;
+        let mut pick = |n: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % n
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hospital.csv");
+        let (mut clean, mut refused) = (0, 0);
+        for _ in 0..300 {
+            let mut text = String::from(HEADER);
+            for id in 0..1 + pick(4) {
+                let mut row = format!("p{id}");
+                for (good, bad) in columns {
+                    let cell = if pick(10) == 0 {
+                        bad[pick(bad.len())]
+                    } else {
+                        good[pick(good.len())]
+                    };
+                    row.push(',');
+                    row.push_str(cell);
+                }
+                if pick(12) == 0 {
+                    row.push_str(",extra");
+                }
+                text.push_str(&row);
+                text.push('\n');
+            }
+            std::fs::write(&path, &text).unwrap();
+            let strict = load_csv(&path, &schema());
+            let (lenient, problems) = read_rows(&path, &schema(), &ReadOptions::default()).unwrap();
+            match strict {
+                Ok(strict) => {
+                    assert!(problems.is_empty(), "{text}: {problems:?}");
+                    assert_eq!(strict, lenient, "{text}");
+                    clean += 1;
+                }
+                Err(err) => {
+                    let first = problems.first().cloned().expect("a problem");
+                    assert_eq!(
+                        err.to_string(),
+                        first.into_error(&path).to_string(),
+                        "{text}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        // Both branches were exercised.
+        assert!(
+            clean > 10 && refused > 10,
+            "{clean} clean, {refused} refused"
+        );
+    }
 }
