@@ -1341,7 +1341,16 @@ impl Hospital {
         // sent), before any rule can decline the round: a node whose budget is spent still
         // learns how the consortium's model does on its patients.
         let mut held_out = self.held_out.examples.clone();
-        start.standardization.apply(&mut held_out.features);
+        if let Err(e) = start
+            .standardization
+            .standardize(&self.schema, &mut held_out.features)
+        {
+            return decline(
+                session,
+                round,
+                local_failure(format!("standardisation failed: {e}")),
+            );
+        }
         let validate = self
             .validation
             .as_ref()
@@ -1408,12 +1417,33 @@ impl Hospital {
             Ok(weight) => weight,
             Err(reason) => return decline(session, round, reason),
         };
+        // The training split, imputed and standardised, when the round trains.
+        let train = match start
+            .train
+            .then(|| {
+                let mut train = self.train.examples.clone();
+                start
+                    .standardization
+                    .standardize(&self.schema, &mut train.features)
+                    .map(|()| train)
+            })
+            .transpose()
+        {
+            Ok(train) => train,
+            Err(e) => {
+                return decline(
+                    session,
+                    round,
+                    local_failure(format!("standardisation failed: {e}")),
+                );
+            }
+        };
         let result = evaluate_and_train(
             self.trainer.as_mut(),
             model,
             (&held_out, scores.as_deref()),
             start,
-            &self.train.examples,
+            train.as_ref(),
             private.as_ref(),
             (&self.held_out_groups, self.schema.audit_groups().len()),
         );
@@ -1548,8 +1578,8 @@ impl Hospital {
         };
         let mut model = Model::new(spec.clone(), spec.initial_parameters(seed))?;
         let (mut train, mut held_out) = (train.clone(), self.held_out.examples.clone());
-        standardization.apply(&mut train.features);
-        standardization.apply(&mut held_out.features);
+        standardization.standardize(&self.schema, &mut train.features)?;
+        standardization.standardize(&self.schema, &mut held_out.features)?;
         for round in 1..=rounds {
             let plan = TrainingPlan {
                 seed: plan.seed.wrapping_add(round),
@@ -1581,14 +1611,15 @@ pub enum LocalOnlyError {
 }
 
 /// In a round that evaluates, the evaluation counts of `model` on the (standardised) held-out
-/// split — noised when the hospital noises them — and, when the round trains, the locally
-/// trained parameters with their weight (with DP-SGD when the round is private).
+/// split — noised when the hospital noises them — and, when the round trains (`train`, the
+/// standardised training split, is then given), the locally trained parameters with their
+/// weight (with DP-SGD when the round is private).
 fn evaluate_and_train(
     trainer: &mut dyn Trainer,
     model: &Model,
     (held_out, scores): (&Examples, Option<&[f32]>),
     start: &RoundStart,
-    train: &Examples,
+    train: Option<&Examples>,
     private: Option<&PrivateRound>,
     audit_groups: (&[Vec<usize>], usize),
 ) -> Result<LocalOutcome, TrainError> {
@@ -1608,23 +1639,21 @@ fn evaluate_and_train(
     } else {
         None
     };
-    if !start.train {
+    let Some(train) = train.filter(|_| start.train) else {
         return Ok(LocalOutcome {
             evaluation,
             trained: None,
             distributed_words: None,
             steps: 0,
         });
-    }
-    let mut train = train.clone();
-    start.standardization.apply(&mut train.features);
+    };
     if let Some(step) = private.and_then(|p| p.distributed.as_ref()) {
         // The sample and the noise share come from a CSPRNG seeded by the operating system.
         let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
         let outcome = trainer.distributed_sum(
             &model.spec,
             &model.params,
-            &train,
+            train,
             step.sample_rate,
             &step.params,
             &mut rng,
@@ -1651,7 +1680,7 @@ fn evaluate_and_train(
             let outcome = trainer.train_private(
                 &model.spec,
                 &model.params,
-                &train,
+                train,
                 &start.plan,
                 dp,
                 &mut rng,
@@ -1668,7 +1697,7 @@ fn evaluate_and_train(
         }
         None => {
             let outcome =
-                trainer.train(&model.spec, &model.params, &train, &start.plan, &mut report)?;
+                trainer.train(&model.spec, &model.params, train, &start.plan, &mut report)?;
             (outcome.params, outcome.steps)
         }
     };

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 mod auto_noise;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod data;
@@ -58,19 +59,22 @@ pub fn prepare(
     config: &NodeConfig,
     trainer: Box<dyn trainer::Trainer>,
 ) -> Result<Hospital, PrepareError> {
-    let text = std::fs::read_to_string(&config.data.schema).map_err(|source| {
-        PrepareError::ReadSchema {
-            path: config.data.schema.clone(),
-            source,
-        }
-    })?;
-    let schema = Schema::parse(&text).map_err(|source| PrepareError::Schema {
-        path: config.data.schema.clone(),
-        source,
-    })?;
+    let schema = load_schema(&config.data.schema)?;
     let dataset = data::load_csv(&config.data.csv, &schema)?;
     let (train, held_out) = dataset.split(config.data.holdout_fraction, config.data.split_seed)?;
     Ok(Hospital::new(schema, train, held_out, trainer))
+}
+
+/// Reads and parses the schema file at `path`; errors name the file.
+pub fn load_schema(path: &std::path::Path) -> Result<Schema, PrepareError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PrepareError::ReadSchema {
+        path: path.to_owned(),
+        source,
+    })?;
+    Schema::parse(&text).map_err(|source| PrepareError::Schema {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Everything a node needs to take part: its data ([`prepare`]), its credentials, its

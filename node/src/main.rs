@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use medfed_audit::checkpoint::read_model_file;
 use medfed_certs::{MemberList, coordinator_report_key};
+use medfed_node::check::{CheckReport, schema_differences};
 use medfed_node::config::PrivacyMode;
 use medfed_node::data::{LabelColumn, ReadOptions, read_rows};
 use medfed_node::egress::{EgressLog, EgressTotals};
@@ -20,7 +21,7 @@ use medfed_node::trainer::{NoTrainer, Trainer};
 #[cfg(feature = "torch")]
 use medfed_node::trainer::{TchTrainer, set_torch_threads};
 use medfed_node::validation::{self, SiteValidation};
-use medfed_node::{NodeConfig, StateLock, prepare, prepare_node, run};
+use medfed_node::{NodeConfig, StateLock, load_schema, prepare, prepare_node, run};
 use medfed_protocol::accounting::{self, Accountant, Mechanism};
 use medfed_protocol::evaluation::EvalCounts;
 use medfed_protocol::manifest::SignedManifest;
@@ -149,11 +150,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Validates the data against the schema and prints its size; sends nothing.
+    /// Checks the data against the schema and lists every problem at once (up to --limit, all
+    /// counted per column and reason), then the rows read and kept, the prevalence of the
+    /// positive label, the rows and positives of each audit group and the schema's digest.
+    /// Exit status 1 if any problem is found (or the compared schema differs). Sends nothing.
     Check {
         /// The node configuration (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// Another schema (the consortium's, say) to compare with this node's: prints which
+        /// parts differ.
+        #[arg(long, value_name = "OTHER.toml")]
+        compare_schema: Option<PathBuf>,
+        /// How many problems to list (all are counted).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
 }
 
@@ -397,17 +408,15 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             print_validation(&config, latest, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => {
-            let config = NodeConfig::load(&config)?;
-            // Validating the data trains nothing: no libtorch.
-            let hospital = prepare(&config, Box::new(NoTrainer))?;
-            let (train, held_out) = hospital.sizes();
-            println!(
-                "{}: valid; {train} training and {held_out} held-out rows",
-                config.data.csv.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Check {
+            config,
+            compare_schema,
+            limit,
+        } => check(
+            &NodeConfig::load(&config)?,
+            compare_schema.as_deref(),
+            limit,
+        ),
     }
 }
 
@@ -548,6 +557,43 @@ fn scoring_trainer(config: Option<&NodeConfig>) -> anyhow::Result<Box<dyn Traine
         let _ = config;
         Ok(Box::new(NoTrainer))
     }
+}
+
+/// `medfed-node check`: every problem of the node's CSV on stderr (up to `limit`), the report on
+/// stdout, and the differences from the schema at `compare`; success only when there is no
+/// problem and no difference. Checking trains nothing: no libtorch.
+fn check(config: &NodeConfig, compare: Option<&Path>, limit: usize) -> anyhow::Result<ExitCode> {
+    let schema = load_schema(&config.data.schema)?;
+    let (dataset, problems) = read_rows(&config.data.csv, &schema, &ReadOptions::default())?;
+    let (train, held_out) = dataset.split(config.data.holdout_fraction, config.data.split_seed)?;
+    let split = (train.len(), held_out.len());
+    let report = CheckReport::new(&config.data.csv, &schema, &dataset, problems, split);
+    for line in report.problem_lines(limit) {
+        eprintln!("{line}");
+    }
+    print!("{}", report.to_text());
+    let mut clean = report.is_clean();
+    if let Some(path) = compare {
+        let other = load_schema(path)?;
+        println!(
+            "compared with {}: schema digest {}",
+            path.display(),
+            hex::encode(other.digest())
+        );
+        let differences = schema_differences(&schema, &other);
+        if differences.is_empty() {
+            println!("  the same schema");
+        }
+        for difference in &differences {
+            println!("  differs: {difference}");
+        }
+        clean &= differences.is_empty();
+    }
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The libtorch trainer that `command` needs, with the configuration's threads and device.

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Rows are read and encoded by the same reader as training ([`crate::data::read_rows`]),
-//! standardised by the same function, and scored by the trainer's `predict` — libtorch's forward
+//! imputed and standardised by the same function (`Standardization::standardize`), and scored by the trainer's `predict` — libtorch's forward
 //! pass, the one the node's evaluation uses, so that the scores of the held-out rows reproduce
 //! the consortium's evaluation bit for bit — or, in a build without libtorch, by the model's own
 //! forward pass ([`Model::probabilities`], within about 1e-7 of libtorch). Nothing here touches
@@ -44,7 +44,9 @@ pub fn score(
     trainer: &mut dyn Trainer,
 ) -> Result<Scored, PredictError> {
     let mut examples = dataset.examples.clone();
-    scoring.standardization.apply(&mut examples.features);
+    scoring
+        .standardization
+        .standardize(&scoring.schema, &mut examples.features)?;
     let scores = if examples.is_empty() {
         Vec::new()
     } else {
@@ -183,6 +185,9 @@ pub enum PredictError {
         /// The model's input width.
         expected: usize,
     },
+    /// The rows could not be imputed and standardised.
+    #[error("cannot standardise the rows: {0}")]
+    Standardize(#[from] medfed_protocol::stats::StatsError),
     /// libtorch could not score.
     #[error("scoring failed: {0}")]
     Trainer(#[from] TrainError),

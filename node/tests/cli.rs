@@ -248,3 +248,148 @@ fn privacy_estimate_under_the_pld_accountant_is_the_library_figure_and_below_rdp
         "{stderr}"
     );
 }
+
+/// The problem lines of `check`'s stderr that name the file.
+fn problem_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("site.csv: row"))
+        .collect()
+}
+
+#[test]
+fn check_lists_every_problem_in_one_run_with_counts_per_column_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = "id,age,sex,outcome\n\
+               1,50,F,1\n\
+               2,sixty,M,0\n\
+               3,,X,1\n\
+               4,61,M,0\n\
+               5,old,F,\n\
+               6,70,M,1\n\
+               7,44,F\n";
+    let (ok, stderr) = check(dir.path(), SCHEMA, csv);
+    assert!(!ok, "problems must fail the check");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        problem_lines(&stderr)
+            .iter()
+            .map(|l| l.split("site.csv: ").nth(1).unwrap_or_default())
+            .collect::<Vec<_>>(),
+        [
+            "row 3, column \"age\": \"sixty\" is not a number",
+            "row 4, column \"age\": missing value (empty cell)",
+            "row 4, column \"sex\": \"X\" is not one of the levels [\"F\", \"M\"]",
+            "row 6, column \"age\": \"old\" is not a number",
+            "row 6, column \"outcome\": missing label (empty cell)",
+            "row 8: 3 cells, but the header has 4 columns",
+        ]
+    );
+    let (ok, stdout, _) = run(dir.path(), &["check"]);
+    assert!(!ok);
+    assert!(
+        stdout.contains("6 problems in 4 of 7 rows; 3 rows kept"),
+        "{stdout}"
+    );
+    let count = |column: &str, reason: &str| -> Option<usize> {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(column) && l.contains(reason))?
+            .split_whitespace()
+            .last()?
+            .parse()
+            .ok()
+    };
+    assert_eq!(count("age", "not a number"), Some(2), "{stdout}");
+    assert_eq!(count("age", "missing value"), Some(1), "{stdout}");
+    assert_eq!(count("sex", "unknown level"), Some(1), "{stdout}");
+    assert_eq!(count("outcome", "missing label"), Some(1), "{stdout}");
+    assert_eq!(
+        count("(whole row)", "wrong number of cells"),
+        Some(1),
+        "{stdout}"
+    );
+    // The kept rows (ids 1, 4 and 6: two positive) and the audit groups.
+    assert!(
+        stdout.contains("positive label: 2 of 3 kept rows (66.7 %)"),
+        "{stdout}"
+    );
+    let group = |name: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .map(|l| l.split_whitespace().skip(1).map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(group("sex=F")[..2], ["1", "1"], "{stdout}");
+    assert_eq!(group("sex=M")[..2], ["2", "1"], "{stdout}");
+    let schema = medfed_protocol::schema::Schema::parse(SCHEMA).unwrap();
+    assert!(
+        stdout.contains(&format!("schema digest: {}", hex::encode(schema.digest()))),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_lists_up_to_the_limit_and_counts_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("id,age,sex,outcome\n1,50,F,1\n");
+    for i in 0..30 {
+        csv.push_str(&format!("{i},,M,0\n"));
+    }
+    check(dir.path(), SCHEMA, &csv);
+    let (ok, stdout, stderr) = run(dir.path(), &["check", "--limit", "5"]);
+    assert!(!ok);
+    assert_eq!(problem_lines(&stderr).len(), 5, "{stderr}");
+    assert!(stderr.contains("25 more problems"), "{stderr}");
+    assert!(stdout.contains("30 problems in 30 of 31 rows"), "{stdout}");
+    // The default lists 20.
+    let (_, _, stderr) = run(dir.path(), &["check"]);
+    assert_eq!(problem_lines(&stderr).len(), 20, "{stderr}");
+}
+
+#[test]
+fn check_accepts_blanks_where_the_schema_declares_them_and_compares_schemas() {
+    let declared = SCHEMA
+        .replace(
+            "drop = [\"id\"]",
+            "drop = [\"id\"]\nmissing_values = [\"NA\"]",
+        )
+        .replace("range = [0, 120]", "range = [0, 120]\nmissing = \"impute\"")
+        .replace(
+            "levels = [\"F\", \"M\"]",
+            "levels = [\"F\", \"M\"]\nmissing = \"level\"",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let csv = "id,age,sex,outcome\n1,50,F,1\n2,,M,0\n3,NA,,1\n4,61,M,0\n";
+    let (ok, stderr) = check(dir.path(), &declared, csv);
+    assert!(ok, "{stderr}");
+    // The same file under the schema that refuses blanks.
+    std::fs::write(dir.path().join("strict.toml"), SCHEMA).unwrap();
+    let (ok, stdout, _) = run(
+        dir.path(),
+        &[
+            "check",
+            "--compare-schema",
+            dir.path().join("strict.toml").to_str().unwrap(),
+        ],
+    );
+    assert!(!ok, "a differing schema fails the check");
+    for part in [
+        "column \"age\": missing = \"impute\" here, \"refuse\" there",
+        "column \"sex\": missing = \"level\" here, \"refuse\" there",
+        "missing_values: [\"NA\"] here, [] there",
+    ] {
+        assert!(stdout.contains(part), "{part}: {stdout}");
+    }
+    // Compared with itself: the same schema, and a clean check.
+    let (ok, stdout, _) = run(
+        dir.path(),
+        &[
+            "check",
+            "--compare-schema",
+            dir.path().join("schema.toml").to_str().unwrap(),
+        ],
+    );
+    assert!(ok && stdout.contains("the same schema"), "{stdout}");
+}

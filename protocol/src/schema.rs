@@ -36,6 +36,26 @@
 //! named `level_a, level_b` (for example `Female, 40-<60`), in the order of `a`'s groups, then
 //! `b`'s.
 //!
+//! # Missing values
+//!
+//! A cell is *missing* when it is blank, or equal to one of the schema-level tokens
+//! `missing_values = ["NA", "?"]` (compared with the trimmed cell). Each column says what a
+//! missing cell means with `missing`:
+//!
+//! - `missing = "refuse"` (the default): the row is refused, as before these keys existed.
+//! - `missing = "level"` (categorical only): one more level, encoded as one more one-hot
+//!   feature after the declared levels, named `column=(missing)` ([`MISSING_LEVEL`]); a schema
+//!   that declares a level `(missing)` itself is refused.
+//! - `missing = "impute"` (numeric only): the value becomes the consortium-wide mean of the
+//!   column's present values (from the statistics round, [`crate::stats`]), and one more
+//!   feature right after the value, named `column (missing)` ([`MISSING_INDICATOR_SUFFIX`]), is 1
+//!   for a missing cell and 0 otherwise. Before standardisation a missing value is NaN in the
+//!   value's slot; [`crate::stats::Standardization::standardize`] is the one place that turns
+//!   it into the mean.
+//!
+//! A token that is also a level of a categorical column is refused (the cell would be both).
+//! A schema without these keys encodes, and digests, exactly as before they existed.
+//!
 //! This module only parses text; reading the file is the caller's job.
 
 use std::collections::{BTreeMap, HashSet};
@@ -68,6 +88,8 @@ levels = ["F", "M"]
 #[derive(Clone, Debug, PartialEq)]
 pub struct Schema {
     columns: Vec<Column>,
+    /// Cell values that mean "missing", besides a blank cell.
+    missing_values: Vec<String>,
     label: Label,
     sensitive: Vec<String>,
     dropped: Vec<String>,
@@ -103,6 +125,27 @@ pub struct AuditGroup {
 pub struct Column {
     name: String,
     kind: ColumnKind,
+    missing: MissingMode,
+}
+
+/// The level a categorical column under [`MissingMode::Level`] gives a missing cell: its
+/// feature is named `column=(missing)`. No declared level may be named so.
+pub const MISSING_LEVEL: &str = "(missing)";
+
+/// Appended to a numeric column's name to name its missing-value indicator under
+/// [`MissingMode::Impute`]: `age (missing)`.
+pub const MISSING_INDICATOR_SUFFIX: &str = " (missing)";
+
+/// What a missing cell of a column means (see the [module docs](self)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MissingMode {
+    /// The row is refused.
+    #[default]
+    Refuse,
+    /// Categorical only: one more level, [`MISSING_LEVEL`].
+    Level,
+    /// Numeric only: the consortium-wide mean of the present values, plus an indicator feature.
+    Impute,
 }
 
 /// How a column's cells are read and encoded.
@@ -243,6 +286,53 @@ pub enum SchemaError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A column's `missing` is not `refuse`, `level` or `impute`.
+    #[error(
+        "column \"{column}\": missing = \"{mode}\" is not a mode; use \"refuse\", \"level\" (categorical) or \"impute\" (numeric)"
+    )]
+    UnknownMissingMode {
+        /// The column.
+        column: String,
+        /// The mode as written.
+        mode: String,
+    },
+    /// A column's `missing` mode does not fit its type (`level` on a numeric column, `impute` on
+    /// a categorical one).
+    #[error("{kind} column \"{column}\": missing = \"{mode}\" applies only to {fits} columns")]
+    MissingModeMismatch {
+        /// The column.
+        column: String,
+        /// The column's type.
+        kind: &'static str,
+        /// The mode as written.
+        mode: &'static str,
+        /// The type the mode applies to.
+        fits: &'static str,
+    },
+    /// A categorical column under `missing = "level"` declares the level [`MISSING_LEVEL`].
+    #[error(
+        "categorical column \"{column}\" declares the level \"{MISSING_LEVEL}\", which missing = \"level\" gives missing cells; rename it"
+    )]
+    MissingLevelClash {
+        /// The column.
+        column: String,
+    },
+    /// A `missing_values` token is empty (a blank cell is always missing), listed twice, or
+    /// also a level of a categorical column.
+    #[error("missing_values token \"{token}\": {reason}")]
+    BadMissingToken {
+        /// The token.
+        token: String,
+        /// What is wrong, naming the column it clashes with.
+        reason: String,
+    },
+    /// Two encoded features would have the same name (a column named like another column's
+    /// missing-value feature, for example `age (missing)`).
+    #[error("two encoded features would be named \"{name}\"; rename a column")]
+    FeatureNameClash {
+        /// The repeated feature name.
+        name: String,
+    },
     /// A categorical column carries a `range`.
     #[error("categorical column \"{column}\" has a range; only numeric columns take one")]
     RangeOnCategorical {
@@ -323,8 +413,19 @@ impl Schema {
         &self.dropped
     }
 
-    /// The name of every encoded feature, in encoding order: `column` for a numeric column,
-    /// `column=level` for each level of a categorical one.
+    /// The tokens that mean "missing" besides a blank cell (`missing_values`), as declared.
+    pub fn missing_values(&self) -> &[String] {
+        &self.missing_values
+    }
+
+    /// Whether a trimmed cell is missing: blank, or one of [`Self::missing_values`].
+    pub fn is_missing(&self, cell: &str) -> bool {
+        cell.is_empty() || self.missing_values.iter().any(|t| t == cell)
+    }
+
+    /// The name of every encoded feature, in encoding order: `column` for a numeric column
+    /// (then `column (missing)` when it imputes), `column=level` for each level of a categorical
+    /// one (then `column=(missing)` when missing is a level).
     pub fn feature_names(&self) -> Vec<String> {
         let mut names = Vec::with_capacity(self.num_features());
         for column in &self.columns {
@@ -336,6 +437,13 @@ impl Schema {
                         .map(|level| format!("{}={level}", column.name)),
                 ),
             }
+            match column.missing {
+                MissingMode::Refuse => {}
+                MissingMode::Level => names.push(format!("{}={MISSING_LEVEL}", column.name)),
+                MissingMode::Impute => {
+                    names.push(format!("{}{MISSING_INDICATOR_SUFFIX}", column.name));
+                }
+            }
         }
         names
     }
@@ -346,7 +454,8 @@ impl Schema {
     }
 
     /// The length of one node's federated-statistics vector: the count, a sum and a sum of
-    /// squares per numeric column, a count per categorical level and the noise's variance —
+    /// squares per numeric column, a count per categorical level (the missing level included),
+    /// a count of present values per imputed column and the noise's variance —
     /// `2 + num_features + (numeric columns)` (see [`crate::stats::stats_contribution`]).
     pub fn stats_len(&self) -> usize {
         let numeric = self
@@ -489,8 +598,9 @@ impl Schema {
     /// order of `drop` and of each label class list do not change it; the order of `columns`, of
     /// each column's levels, of `sensitive` and of `intersections` does, because it shapes the
     /// encoding and the audit, and so does each numeric column's range (the bits of its two
-    /// bounds), because it shapes the statistics. A schema without intersections has the digest
-    /// it would have had before intersections existed.
+    /// bounds), because it shapes the statistics. So does each column's missing-value mode and
+    /// the set of `missing_values` tokens. A schema without intersections, missing-value modes
+    /// other than `refuse` and tokens has the digest it would have had before these existed.
     pub fn digest(&self) -> [u8; 32] {
         let mut bytes = Vec::new();
         put_str(&mut bytes, DIGEST_DOMAIN);
@@ -522,11 +632,29 @@ impl Schema {
             }
         }
         // Appended only when present: everything before is length-prefixed, so the encoding
-        // stays unambiguous, and older schemas keep their digest.
-        if !self.intersections.is_empty() {
+        // stays unambiguous, and older schemas keep their digest. A schema that declares
+        // missing values writes the intersections' count even when it is 0, so that its bytes
+        // never read as another schema's intersections.
+        let declares_missing = !self.missing_values.is_empty()
+            || self
+                .columns
+                .iter()
+                .any(|c| c.missing != MissingMode::Refuse);
+        if !self.intersections.is_empty() || declares_missing {
             put_len(&mut bytes, self.intersections.len());
             for pair in &self.intersections {
                 put_list(&mut bytes, pair.iter());
+            }
+        }
+        if declares_missing {
+            put_str(&mut bytes, "missing");
+            put_list(&mut bytes, sorted(&self.missing_values).into_iter());
+            for column in &self.columns {
+                bytes.push(match column.missing {
+                    MissingMode::Refuse => 0,
+                    MissingMode::Level => 1,
+                    MissingMode::Impute => 2,
+                });
             }
         }
         let hash = digest::digest(&digest::SHA256, &bytes);
@@ -548,6 +676,11 @@ impl Column {
         &self.kind
     }
 
+    /// What a missing cell of this column means.
+    pub fn missing(&self) -> MissingMode {
+        self.missing
+    }
+
     /// The clipping range of a numeric column; `None` for a categorical one.
     pub fn range(&self) -> Option<ClipRange> {
         match &self.kind {
@@ -556,11 +689,17 @@ impl Column {
         }
     }
 
-    /// The number of encoded features this column gives.
+    /// The number of encoded features this column gives: one for a number (two when it
+    /// imputes: the value and its indicator), one per level for a categorical column (one more
+    /// when missing is a level).
     pub fn width(&self) -> usize {
-        match &self.kind {
+        let values = match &self.kind {
             ColumnKind::Numeric { .. } => 1,
             ColumnKind::Categorical { levels } => levels.len(),
+        };
+        match self.missing {
+            MissingMode::Refuse => values,
+            MissingMode::Level | MissingMode::Impute => values + 1,
         }
     }
 }
@@ -594,6 +733,17 @@ impl Label {
     }
 }
 
+impl fmt::Display for MissingMode {
+    /// The mode as the schema writes it: `refuse`, `level`, `impute`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Refuse => "refuse",
+            Self::Level => "level",
+            Self::Impute => "impute",
+        })
+    }
+}
+
 impl fmt::Display for ColumnKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -623,6 +773,9 @@ struct RawSchema {
     /// Pairs of sensitive attributes audited together, e.g. `[["sex", "age"]]`.
     #[serde(default)]
     intersections: Vec<Vec<String>>,
+    /// Cell values meaning "missing" besides a blank cell, e.g. `["NA", "?"]`.
+    #[serde(default)]
+    missing_values: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -642,6 +795,8 @@ struct RawColumn {
     levels: Option<Vec<String>>,
     /// `[low, high]` of a numeric column.
     range: Option<Vec<f64>>,
+    /// `refuse`, `level` or `impute`; checked by hand so that an error names the column.
+    missing: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -719,14 +874,22 @@ impl RawSchema {
         }
 
         let intersections = validate_intersections(&self.sensitive, self.intersections)?;
+        validate_missing_values(&self.missing_values, &columns)?;
         let schema = Schema {
             columns,
+            missing_values: self.missing_values,
             label,
             sensitive: self.sensitive,
             dropped: self.drop,
             bands: self.bands,
             intersections,
         };
+        let mut seen_features = HashSet::new();
+        for name in schema.feature_names() {
+            if !seen_features.insert(name.clone()) {
+                return Err(SchemaError::FeatureNameClash { name });
+            }
+        }
         // Group names are keys of the audit: two groups of one attribute must not share a name
         // (possible only when a level itself contains ", ").
         let mut seen_groups = HashSet::new();
@@ -745,6 +908,41 @@ impl RawSchema {
         }
         Ok(schema)
     }
+}
+
+/// Checks the `missing_values` tokens: none empty or repeated, none a level of `columns`.
+fn validate_missing_values(tokens: &[String], columns: &[Column]) -> Result<(), SchemaError> {
+    let mut seen = HashSet::new();
+    for token in tokens {
+        let bad = |reason: String| SchemaError::BadMissingToken {
+            token: token.clone(),
+            reason,
+        };
+        if token.trim().is_empty() {
+            return Err(bad(
+                "a token must not be blank (a blank cell is always missing)".into(),
+            ));
+        }
+        if token.trim() != token {
+            return Err(bad(
+                "cells are compared trimmed, so a token must not start or end with spaces".into(),
+            ));
+        }
+        if !seen.insert(token.as_str()) {
+            return Err(bad("listed twice".into()));
+        }
+        for column in columns {
+            if let ColumnKind::Categorical { levels } = &column.kind
+                && levels.contains(token)
+            {
+                return Err(bad(format!(
+                    "it is also a level of column \"{}\"",
+                    column.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks `intersections`: each entry two distinct sensitive attributes, no pair twice (in
@@ -786,6 +984,44 @@ fn validate_intersections(
 
 impl RawColumn {
     fn validate(self) -> Result<Column, SchemaError> {
+        let missing = match self.missing.as_deref() {
+            None | Some("refuse") => MissingMode::Refuse,
+            Some("level") => MissingMode::Level,
+            Some("impute") => MissingMode::Impute,
+            Some(other) => {
+                return Err(SchemaError::UnknownMissingMode {
+                    column: self.name,
+                    mode: other.to_owned(),
+                });
+            }
+        };
+        match (&self.kind, missing) {
+            (RawKind::Numeric, MissingMode::Level) => {
+                return Err(SchemaError::MissingModeMismatch {
+                    column: self.name,
+                    kind: "numeric",
+                    mode: "level",
+                    fits: "categorical",
+                });
+            }
+            (RawKind::Categorical, MissingMode::Impute) => {
+                return Err(SchemaError::MissingModeMismatch {
+                    column: self.name,
+                    kind: "categorical",
+                    mode: "impute",
+                    fits: "numeric",
+                });
+            }
+            (RawKind::Categorical, MissingMode::Level)
+                if self
+                    .levels
+                    .as_ref()
+                    .is_some_and(|l| l.iter().any(|l| l == MISSING_LEVEL)) =>
+            {
+                return Err(SchemaError::MissingLevelClash { column: self.name });
+            }
+            _ => {}
+        }
         let kind = match (self.kind, self.levels) {
             (RawKind::Numeric, None) => {
                 let Some(range) = self.range else {
@@ -835,6 +1071,7 @@ impl RawColumn {
         Ok(Column {
             name: self.name,
             kind,
+            missing,
         })
     }
 }
@@ -1344,5 +1581,203 @@ age = [40.0, 60.0]
             Schema::parse(&decreasing),
             Err(SchemaError::BadBands { .. })
         ));
+    }
+
+    /// `HEART` with missing values declared: tokens, `level` on sex, `impute` on chol.
+    fn with_missing() -> String {
+        HEART
+            .replace(
+                "drop = [\"id\", \"dataset\"]",
+                "drop = [\"id\", \"dataset\"]\nmissing_values = [\"NA\", \"?\"]",
+            )
+            .replace(
+                "levels = [\"Female\", \"Male\"]",
+                "levels = [\"Female\", \"Male\"]\nmissing = \"level\"",
+            )
+            .replace("range = [0, 600]", "range = [0, 600]\nmissing = \"impute\"")
+    }
+
+    #[test]
+    fn missing_modes_parse_and_add_their_features() {
+        let schema = Schema::parse(&with_missing()).unwrap();
+        assert_eq!(
+            schema.feature_names(),
+            [
+                "age",
+                "sex=Female",
+                "sex=Male",
+                "sex=(missing)",
+                "chol",
+                "chol (missing)"
+            ]
+        );
+        assert_eq!(schema.num_features(), 6);
+        let modes: Vec<MissingMode> = schema.columns().iter().map(Column::missing).collect();
+        assert_eq!(
+            modes,
+            [MissingMode::Refuse, MissingMode::Level, MissingMode::Impute]
+        );
+        assert_eq!(schema.columns()[1].width(), 3);
+        assert_eq!(schema.columns()[2].width(), 2);
+        // n, two sums, two sums of squares, three sex counts (missing included), chol's present
+        // count, the noise.
+        assert_eq!(schema.stats_len(), 10);
+        assert_eq!(schema.missing_values(), ["NA", "?"]);
+        for cell in ["", "NA", "?"] {
+            assert!(schema.is_missing(cell), "{cell:?}");
+        }
+        for cell in ["na", "0", "Female", "N/A"] {
+            assert!(!schema.is_missing(cell), "{cell:?}");
+        }
+        // Without tokens only a blank cell is missing.
+        let plain = Schema::parse(HEART).unwrap();
+        assert!(plain.is_missing("") && !plain.is_missing("NA"));
+        assert!(
+            plain
+                .columns()
+                .iter()
+                .all(|c| c.missing() == MissingMode::Refuse)
+        );
+    }
+
+    #[test]
+    fn wrong_missing_combinations_are_refused_naming_the_column() {
+        let impute_categorical = HEART.replace(
+            "levels = [\"Female\", \"Male\"]",
+            "levels = [\"Female\", \"Male\"]\nmissing = \"impute\"",
+        );
+        let err = parse_err(&impute_categorical);
+        assert_eq!(
+            err,
+            SchemaError::MissingModeMismatch {
+                column: "sex".into(),
+                kind: "categorical",
+                mode: "impute",
+                fits: "numeric"
+            }
+        );
+        assert!(err.to_string().contains("\"sex\""), "{err}");
+        let level_numeric =
+            HEART.replace("range = [0, 600]", "range = [0, 600]\nmissing = \"level\"");
+        let err = parse_err(&level_numeric);
+        assert!(
+            matches!(&err, SchemaError::MissingModeMismatch { column, mode: "level", .. } if column == "chol"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("\"chol\""), "{err}");
+        let unknown = HEART.replace("range = [0, 600]", "range = [0, 600]\nmissing = \"drop\"");
+        let err = parse_err(&unknown);
+        assert_eq!(
+            err,
+            SchemaError::UnknownMissingMode {
+                column: "chol".into(),
+                mode: "drop".into()
+            }
+        );
+        assert!(err.to_string().contains("\"chol\"") && err.to_string().contains("drop"));
+        // A declared level named like the missing level.
+        let clash = HEART.replace(
+            "levels = [\"Female\", \"Male\"]",
+            "levels = [\"Female\", \"Male\", \"(missing)\"]\nmissing = \"level\"",
+        );
+        assert_eq!(
+            parse_err(&clash),
+            SchemaError::MissingLevelClash {
+                column: "sex".into()
+            }
+        );
+        // ...which is an ordinary level when missing cells are refused.
+        let fine = HEART.replace(
+            "\"Female\", \"Male\"",
+            "\"Female\", \"Male\", \"(missing)\"",
+        );
+        assert!(Schema::parse(&fine).is_ok());
+        // A column named like another's indicator.
+        let indicator = with_missing()
+            .replace("name = \"age\"", "name = \"chol (missing)\"")
+            .replace("sensitive = [\"sex\", \"age\"]", "sensitive = [\"sex\"]")
+            .replace("[bands]\nage = [40, 60]\n", "");
+        assert_eq!(
+            parse_err(&indicator),
+            SchemaError::FeatureNameClash {
+                name: "chol (missing)".into()
+            }
+        );
+    }
+
+    #[test]
+    fn missing_tokens_are_checked() {
+        let tokens = |list: &str| {
+            HEART.replace(
+                "drop = [\"id\", \"dataset\"]",
+                &format!("drop = [\"id\", \"dataset\"]\nmissing_values = {list}"),
+            )
+        };
+        for (list, token, reason) in [
+            ("[\"\"]", "", "blank"),
+            ("[\" NA\"]", " NA", "spaces"),
+            ("[\"NA\", \"NA\"]", "NA", "twice"),
+            ("[\"Male\"]", "Male", "\"sex\""),
+        ] {
+            let err = parse_err(&tokens(list));
+            assert!(
+                matches!(&err, SchemaError::BadMissingToken { token: t, .. } if t == token),
+                "{list}: {err:?}"
+            );
+            assert!(err.to_string().contains(reason), "{list}: {err}");
+        }
+        // A numeric sentinel is a fine token.
+        assert!(Schema::parse(&tokens("[\"-999\"]")).is_ok());
+    }
+
+    #[test]
+    fn a_schema_without_missing_keys_keeps_its_digest() {
+        // The digest of `HEART` before missing values existed (the encoding of
+        // "medfed-schema-v2" as it stood): a stored manifest names this figure.
+        let heart = Schema::parse(HEART).unwrap().digest();
+        assert_eq!(
+            hex::encode(heart),
+            "29df898da320b91f6ea83e011d542250992fb00ed22f2998c791a703a01fe1d2"
+        );
+        // Spelling out the defaults changes nothing.
+        let explicit = HEART
+            .replace("range = [0, 600]", "range = [0, 600]\nmissing = \"refuse\"")
+            .replace(
+                "drop = [\"id\", \"dataset\"]",
+                "drop = [\"id\", \"dataset\"]\nmissing_values = []",
+            );
+        assert_eq!(Schema::parse(&explicit).unwrap().digest(), heart);
+    }
+
+    #[test]
+    fn digest_covers_missing_modes_and_tokens() {
+        let base = Schema::parse(HEART).unwrap().digest();
+        let missing = Schema::parse(&with_missing()).unwrap().digest();
+        assert_ne!(missing, base);
+        let variants = [
+            with_missing().replace("[\"NA\", \"?\"]", "[\"NA\"]"),
+            with_missing().replace("missing = \"level\"", ""),
+            with_missing().replace("missing = \"impute\"", ""),
+            HEART.replace(
+                "drop = [\"id\", \"dataset\"]",
+                "drop = [\"id\", \"dataset\"]\nmissing_values = [\"NA\"]",
+            ),
+        ];
+        let mut seen = vec![base, missing];
+        for text in &variants {
+            let digest = Schema::parse(text).unwrap().digest();
+            assert!(!seen.contains(&digest), "digest repeated for:\n{text}");
+            seen.push(digest);
+        }
+        // The order of the tokens does not matter.
+        let reordered = with_missing().replace("[\"NA\", \"?\"]", "[\"?\", \"NA\"]");
+        assert_eq!(Schema::parse(&reordered).unwrap().digest(), missing);
+        // Missing values and intersections together differ from intersections alone.
+        let crossed = with_intersections("[[\"sex\", \"age\"]]");
+        let both = crossed.replace("range = [0, 600]", "range = [0, 600]\nmissing = \"impute\"");
+        assert_ne!(
+            Schema::parse(&crossed).unwrap().digest(),
+            Schema::parse(&both).unwrap().digest()
+        );
     }
 }

@@ -14,7 +14,7 @@
 //! and one last entry that is not data:
 //!
 //! ```text
-//!  [ n | S_0 … S_{N-1} | Q_0 … Q_{N-1} | c_0 … c_{L-1} | v ]
+//!  [ n | S_0 … S_{N-1} | Q_0 … Q_{N-1} | c_0 … c_{L-1} | p_0 … p_{P-1} | v ]
 //! ```
 //!
 //! `n` counts the rows. Each value `x` of numeric column `j`, whose schema range is
@@ -27,8 +27,15 @@
 //! ```
 //!
 //! `c_l` counts the rows whose one-hot feature for level `l` is set (columns in schema order,
-//! each column's levels in order); a row counts towards at most one level of each column. The
-//! sum of squares of a one-hot feature equals its sum, so it is not sent. `v` is the variance σ²
+//! each column's levels in order, a column's missing level last when it has one); a row counts
+//! towards at most one level of each column. The sum of squares of a one-hot feature equals its
+//! sum, so it is not sent.
+//!
+//! A numeric column whose schema imputes missing values (`missing = "impute"`, one of `P` such
+//! columns, in schema order) adds only its *present* values to `S_j` and `Q_j`, and `p_k` counts
+//! them, so that its mean and spread are those of the values that exist; a missing value (NaN in
+//! the value's slot of the encoded row) adds nothing to them. A schema without imputed columns
+//! has no `p` block, and the vector it always had. `v` is the variance σ²
 //! of the noise the node added to its counts (0 for exact statistics, see
 //! [`crate::stats_release`]): summed, it tells the coordinator how much noise the pooled counts
 //! carry ([`FederatedSummary::count_noise`]), which it needs to tell noise from a false count.
@@ -53,7 +60,11 @@
 //!  count  = max(round(c), 0)
 //! ```
 //!
-//! A summed `n` below 1 is an error ([`StatsError::NoExamples`]). Noise can push a variance to
+//! For an imputed column, the summed present count `p` takes the place of `n` in the mean and
+//! the variance; a `p` below 1 (no hospital has a value, or noise hides the few there are)
+//! gives the centre of the range and a spread of 0 (then floored), a constant that the
+//! imputation makes every row share. A summed `n` below 1 is an error
+//! ([`StatsError::NoExamples`]). Noise can push a variance to
 //! zero, and dividing by its root would blow the feature up, so the [`Standardization`]'s
 //! standard deviation is at least `(hi − lo) /` [`STD_FLOOR_DIVISOR`]: a value inside the range
 //! then standardises to at most 32 in magnitude. The [`FederatedSummary`] reports the spread
@@ -68,7 +79,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{ClipRange, ColumnKind, Schema};
+use crate::schema::{ClipRange, Column, ColumnKind, MISSING_LEVEL, MissingMode, Schema};
 
 /// Grid steps `K` across a numeric column's range: a value is rounded to one of `K + 1` points.
 pub const STATS_STEPS: u32 = 256;
@@ -77,17 +88,19 @@ pub const STATS_STEPS: u32 = 256;
 /// divided by this.
 pub const STD_FLOOR_DIVISOR: f64 = 32.0;
 
-/// Where each part of a statistics vector lies, for a schema with `numeric` numeric columns and
-/// `levels` categorical levels in all: `[n | sums | sums of squares | level counts | noise
-/// variance]`.
+/// Where each part of a statistics vector lies, for a schema with `numeric` numeric columns,
+/// `levels` categorical levels in all and `imputed` imputed numeric columns: `[n | sums | sums
+/// of squares | level counts | present counts | noise variance]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StatsLayout {
     /// Numeric columns `N`.
     pub numeric: usize,
-    /// Categorical levels `L`, over every categorical column.
+    /// Categorical levels `L`, over every categorical column (missing levels included).
     pub levels: usize,
     /// Categorical columns.
     pub categorical: usize,
+    /// Numeric columns that impute missing values `P` (each also counted in `numeric`).
+    pub imputed: usize,
 }
 
 impl StatsLayout {
@@ -97,22 +110,28 @@ impl StatsLayout {
             numeric: 0,
             levels: 0,
             categorical: 0,
+            imputed: 0,
         };
         for column in schema.columns() {
             match column.kind() {
-                ColumnKind::Numeric { .. } => layout.numeric += 1,
-                ColumnKind::Categorical { levels } => {
+                ColumnKind::Numeric { .. } => {
+                    layout.numeric += 1;
+                    if column.missing() == MissingMode::Impute {
+                        layout.imputed += 1;
+                    }
+                }
+                ColumnKind::Categorical { .. } => {
                     layout.categorical += 1;
-                    layout.levels += levels.len();
+                    layout.levels += column.width();
                 }
             }
         }
         layout
     }
 
-    /// Entries of the vector: `2 + 2N + L` ([`Schema::stats_len`]).
+    /// Entries of the vector: `2 + 2N + L + P` ([`Schema::stats_len`]).
     pub fn len(&self) -> usize {
-        2 + 2 * self.numeric + self.levels
+        2 + 2 * self.numeric + self.levels + self.imputed
     }
 
     /// Whether the vector is empty: never, it always holds `n`.
@@ -135,19 +154,25 @@ impl StatsLayout {
 
     /// Positions of the level counts `c_l`.
     pub fn level_counts(&self) -> Range<usize> {
-        1 + 2 * self.numeric..self.noise()
+        1 + 2 * self.numeric..1 + 2 * self.numeric + self.levels
+    }
+
+    /// Positions of the present counts `p_k` of the imputed columns.
+    pub fn present_counts(&self) -> Range<usize> {
+        self.level_counts().end..self.noise()
     }
 
     /// Position of the noise variance `v`, the last.
     pub fn noise(&self) -> usize {
-        1 + 2 * self.numeric + self.levels
+        1 + 2 * self.numeric + self.levels + self.imputed
     }
 }
 
 /// One node's statistics before they leave: the vector to send, and what was clipped.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LocalStatistics {
-    /// `[n | sums | sums of squares | level counts | 0]`, integers ([`StatsLayout`]).
+    /// `[n | sums | sums of squares | level counts | present counts | 0]`, integers
+    /// ([`StatsLayout`]).
     pub values: Vec<f64>,
     /// Per numeric column, in schema order, how many values lay outside its range. For the
     /// node's own log: never sent.
@@ -183,8 +208,10 @@ impl fmt::Display for ClippedValues {
 }
 
 /// Computes one node's statistics from its encoded features (row-major,
-/// `schema.num_features()` per row, as the node's encoding makes them): the integer vector of
-/// the [module docs](self) and the count of clipped values per numeric column.
+/// `schema.num_features()` per row, as the node's encoding makes them, not yet standardised):
+/// the integer vector of the [module docs](self) and the count of clipped values per numeric
+/// column (present values only). NaN in the value slot of an imputed column is a missing value;
+/// any other non-finite numeric feature is an error.
 pub fn stats_contribution(
     schema: &Schema,
     features: &[f32],
@@ -212,14 +239,27 @@ pub fn stats_contribution(
     let mut sums = vec![0i64; layout.numeric];
     let mut squares = vec![0i64; layout.numeric];
     let mut counts = vec![0u64; layout.levels];
+    let mut present = vec![0u64; layout.imputed];
     for (row, cells) in features.chunks_exact(num_features).enumerate() {
-        let (mut feature, mut numeric, mut level) = (0, 0, 0);
+        let (mut feature, mut numeric, mut level, mut imputed) = (0, 0, 0, 0);
         for column in schema.columns() {
             match column.kind() {
                 ColumnKind::Numeric { range } => {
                     let x = f64::from(cells[feature]);
+                    let imputes = column.missing() == MissingMode::Impute;
+                    if imputes && x.is_nan() {
+                        // Missing: neither counted nor summed.
+                        numeric += 1;
+                        imputed += 1;
+                        feature += column.width();
+                        continue;
+                    }
                     if !x.is_finite() {
                         return Err(StatsError::NonFiniteFeature { row, feature });
+                    }
+                    if imputes {
+                        present[imputed] += 1;
+                        imputed += 1;
                     }
                     let tally = &mut clipped[numeric];
                     if x < range.low() {
@@ -232,13 +272,15 @@ pub fn stats_contribution(
                     squares[numeric] += u * u;
                     numeric += 1;
                 }
-                ColumnKind::Categorical { levels } => {
-                    let one_hot = &cells[feature..feature + levels.len()];
+                ColumnKind::Categorical { .. } => {
+                    // The declared levels, then the missing level when the column has one.
+                    let width = column.width();
+                    let one_hot = &cells[feature..feature + width];
                     // At most one level a row, whatever the features hold.
                     if let Some(set) = one_hot.iter().position(|&v| v > 0.5) {
                         counts[level + set] += 1;
                     }
-                    level += levels.len();
+                    level += width;
                 }
             }
             feature += column.width();
@@ -254,6 +296,9 @@ pub fn stats_contribution(
     for (out, v) in values[layout.level_counts()].iter_mut().zip(&counts) {
         *out = *v as f64;
     }
+    for (out, v) in values[layout.present_counts()].iter_mut().zip(&present) {
+        *out = *v as f64;
+    }
     Ok(LocalStatistics { values, clipped })
 }
 
@@ -267,7 +312,10 @@ pub const MIN_STD: f32 = 1e-12;
 
 /// Per-feature shift and scale that make numeric features zero-mean and unit-variance across the
 /// whole consortium (as far as the statistics' noise allows). One-hot features keep mean 0 and
-/// std 1, so they are left untouched.
+/// std 1, so they are left untouched, and so is the 0/1 indicator of an imputed column: like a
+/// one-hot it stays 0 or 1, so its weight reads as the effect of a missing value, and dividing
+/// by its spread `sqrt(r(1 − r))` would blow it up for a rare missing value, at a rate `r` that
+/// only noisy counts could estimate.
 ///
 /// A node receives it from the coordinator, so it checks it with [`Self::validate`] before
 /// applying it.
@@ -324,6 +372,10 @@ pub struct NumericSummary {
     /// Population standard deviation over all examples (0 for a constant column), of the
     /// clipped values rounded onto the grid.
     pub std: f64,
+    /// For a column that imputes missing values, how many values were present (the mean and
+    /// spread are over these); `None` for a column that refuses them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<u64>,
 }
 
 /// Pooled level counts of one categorical column.
@@ -331,7 +383,7 @@ pub struct NumericSummary {
 pub struct CategoricalSummary {
     /// The column's name.
     pub column: String,
-    /// The levels, in schema order.
+    /// The levels, in schema order, then [`MISSING_LEVEL`] when missing is a level.
     pub levels: Vec<String>,
     /// Number of examples with each level, parallel to `levels` (a noised count below 0 reads
     /// as 0).
@@ -413,21 +465,27 @@ impl Standardization {
         let width = schema.num_features();
         let mut mean = Vec::with_capacity(width);
         let mut std = Vec::with_capacity(width);
-        let mut numeric = 0;
+        let (mut numeric, mut imputed) = (0, 0);
         for column in schema.columns() {
             match column.kind() {
                 ColumnKind::Numeric { range } => {
-                    let (m, s) = moments.mean_std(numeric, range);
+                    let present = moments.present_of(column, &mut imputed);
+                    let (m, s) = moments.mean_std(numeric, present, range);
                     numeric += 1;
                     let floor = (range.width() / STD_FLOOR_DIVISOR).max(f64::from(MIN_STD));
                     // Both inside f32's range: the mean inside the column's range, the std at
                     // most half its width.
                     mean.push(m as f32);
                     std.push(s.max(floor) as f32);
+                    if column.missing() == MissingMode::Impute {
+                        // The indicator, left as it is.
+                        mean.push(0.0);
+                        std.push(1.0);
+                    }
                 }
-                ColumnKind::Categorical { levels } => {
-                    mean.extend(std::iter::repeat_n(0.0, levels.len()));
-                    std.extend(std::iter::repeat_n(1.0, levels.len()));
+                ColumnKind::Categorical { .. } => {
+                    mean.extend(std::iter::repeat_n(0.0, column.width()));
+                    std.extend(std::iter::repeat_n(1.0, column.width()));
                 }
             }
         }
@@ -480,8 +538,57 @@ impl Standardization {
         self.mean.len()
     }
 
+    /// Imputes and standardises features encoded by `schema` (row-major, not yet standardised)
+    /// in place: the one place where a missing value becomes a number.
+    ///
+    /// Each value becomes `(x − mean) / std`, except NaN in the value slot of a column that
+    /// imputes (`missing = "impute"`), a missing value, which becomes exactly 0: the column's
+    /// pooled mean, standardised. A NaN anywhere else is refused
+    /// ([`StatsError::NonFiniteFeature`], the features then partly standardised), so that no
+    /// stray NaN turns silently into the mean. The standardisation must fit the schema
+    /// ([`Self::validate`]'s width check) and the features must be whole rows.
+    pub fn standardize(&self, schema: &Schema, features: &mut [f32]) -> Result<(), StatsError> {
+        let width = schema.num_features();
+        if self.mean.len() != width || self.std.len() != width {
+            return Err(StatsError::StandardizationWidth {
+                expected: width,
+                means: self.mean.len(),
+                stds: self.std.len(),
+            });
+        }
+        if width == 0 || !features.len().is_multiple_of(width) {
+            return Err(StatsError::RaggedFeatures {
+                len: features.len(),
+                num_features: width,
+            });
+        }
+        let mut imputable = vec![false; width];
+        let mut offset = 0;
+        for column in schema.columns() {
+            if column.missing() == MissingMode::Impute {
+                // The value's slot, the first of the column's two.
+                imputable[offset] = true;
+            }
+            offset += column.width();
+        }
+        for (row, cells) in features.chunks_exact_mut(width).enumerate() {
+            for (feature, x) in cells.iter_mut().enumerate() {
+                *x = if !x.is_nan() {
+                    (*x - self.mean[feature]) / self.std[feature]
+                } else if imputable[feature] {
+                    0.0
+                } else {
+                    return Err(StatsError::NonFiniteFeature { row, feature });
+                };
+            }
+        }
+        Ok(())
+    }
+
     /// Standardises row-major features in place: `x ← (x − mean) / std`, with rows of
-    /// `self.num_features()` values. A trailing partial row is left untouched.
+    /// `self.num_features()` values. A trailing partial row is left untouched. It imputes
+    /// nothing (a NaN stays NaN): for data of a schema with imputed columns use
+    /// [`Self::standardize`].
     pub fn apply(&self, features: &mut [f32]) {
         let width = self.mean.len();
         if width == 0 {
@@ -502,23 +609,30 @@ impl FederatedSummary {
         let moments = Moments::from_sums(schema, sums)?;
         let mut numeric = Vec::new();
         let mut categorical = Vec::new();
-        let mut level = 0;
+        let (mut level, mut imputed) = (0, 0);
         for column in schema.columns() {
             match column.kind() {
                 ColumnKind::Numeric { range } => {
-                    let (mean, std) = moments.mean_std(numeric.len(), range);
+                    let count = moments.present_of(column, &mut imputed);
+                    let (mean, std) = moments.mean_std(numeric.len(), count, range);
                     numeric.push(NumericSummary {
                         column: column.name().to_owned(),
                         mean,
                         std,
+                        present: (column.missing() == MissingMode::Impute).then(|| to_count(count)),
                     });
                 }
                 ColumnKind::Categorical { levels } => {
-                    let counts = (level..level + levels.len()).map(|l| to_count(moments.counts[l]));
-                    level += levels.len();
+                    let width = column.width();
+                    let counts = (level..level + width).map(|l| to_count(moments.counts[l]));
+                    level += width;
+                    let mut levels = levels.clone();
+                    if column.missing() == MissingMode::Level {
+                        levels.push(MISSING_LEVEL.to_owned());
+                    }
                     categorical.push(CategoricalSummary {
                         column: column.name().to_owned(),
-                        levels: levels.clone(),
+                        levels,
                         counts: counts.collect(),
                     });
                 }
@@ -538,6 +652,9 @@ impl fmt::Display for FederatedSummary {
         write!(f, "n={}", self.n)?;
         for c in &self.numeric {
             write!(f, "; {}: mean {:.4} std {:.4}", c.column, c.mean, c.std)?;
+            if let Some(present) = c.present {
+                write!(f, " ({present} present)")?;
+            }
         }
         for c in &self.categorical {
             write!(f, "; {}:", c.column)?;
@@ -557,6 +674,8 @@ struct Moments<'a> {
     sums: &'a [f64],
     squares: &'a [f64],
     counts: &'a [f64],
+    /// The summed present counts of the imputed columns.
+    present: &'a [f64],
     /// The summed σ² of the nodes' noise, at least 0.
     noise_variance: f64,
 }
@@ -583,17 +702,35 @@ impl<'a> Moments<'a> {
             sums: &sums[layout.sums()],
             squares: &sums[layout.squares()],
             counts: &sums[layout.level_counts()],
+            present: &sums[layout.present_counts()],
             noise_variance: sums[layout.noise()].max(0.0),
         })
     }
 
+    /// The count a numeric `column`'s moments divide by: the summed present count when it
+    /// imputes (the `imputed`-th such column, and `imputed` moves on), else `n`.
+    fn present_of(&self, column: &Column, imputed: &mut usize) -> f64 {
+        if column.missing() != MissingMode::Impute {
+            return self.n;
+        }
+        // Invariant: `from_sums` checked the length against the schema's layout, which has one
+        // present count per imputed column; 0 (no value) is the safe reading otherwise.
+        let count = self.present.get(*imputed).copied().unwrap_or(0.0);
+        *imputed += 1;
+        count
+    }
+
     /// Mean and population standard deviation of the `j`-th numeric column, whose range is
-    /// `range`: the mean clamped into the range, the variance into `[0, (width/2)²]`.
-    fn mean_std(&self, j: usize, range: &ClipRange) -> (f64, f64) {
+    /// `range`, over `count` values: the mean clamped into the range, the variance into
+    /// `[0, (width/2)²]`; the range's centre and 0 when `count` is below 1.
+    fn mean_std(&self, j: usize, count: f64, range: &ClipRange) -> (f64, f64) {
         let half = f64::from(STATS_STEPS) / 2.0;
         let step = range.width() / f64::from(STATS_STEPS);
-        let mean_u = (self.sums[j] / self.n).clamp(-half, half);
-        let var_u = (self.squares[j] / self.n - mean_u * mean_u).clamp(0.0, half * half);
+        if count < 1.0 {
+            return ((range.low() + range.high()) / 2.0, 0.0);
+        }
+        let mean_u = (self.sums[j] / count).clamp(-half, half);
+        let var_u = (self.squares[j] / count - mean_u * mean_u).clamp(0.0, half * half);
         let mean = (range.low() + (mean_u + half) * step).clamp(range.low(), range.high());
         (mean, var_u.sqrt() * step)
     }
@@ -685,7 +822,8 @@ range = [0, 10]
             StatsLayout {
                 numeric: 3,
                 levels: 2,
-                categorical: 1
+                categorical: 1,
+                imputed: 0
             }
         );
         assert_eq!(layout.len(), schema.stats_len());
@@ -695,6 +833,10 @@ range = [0, 10]
             (1..4, 4..7, 7..9)
         );
         assert_eq!(layout.noise(), 9);
+        assert!(
+            layout.present_counts().is_empty(),
+            "no imputed column, no present counts"
+        );
     }
 
     #[test]
@@ -1032,5 +1174,186 @@ range = [0, 10]
         let mut ys = [5.0];
         Standardization::identity(0).apply(&mut ys);
         assert_eq!(ys, [5.0]);
+    }
+
+    /// `SCHEMA` with sex's missing cells a level and chol's imputed: features `age, sex=F,
+    /// sex=M, sex=(missing), chol, chol (missing), site`.
+    fn missing_schema() -> Schema {
+        let text = SCHEMA
+            .replace(
+                "levels = [\"F\", \"M\"]",
+                "levels = [\"F\", \"M\"]\nmissing = \"level\"",
+            )
+            .replace(
+                "range = [100, 400]",
+                "range = [100, 400]\nmissing = \"impute\"",
+            );
+        Schema::parse(&text).unwrap()
+    }
+
+    /// One encoded row of [`missing_schema`]: `sex` 0 = F, 1 = M, 2 = missing; `chol` `None`
+    /// when missing (NaN and the indicator, as the node's reader encodes it).
+    fn missing_row(age: f32, sex: usize, chol: Option<f32>) -> Vec<f32> {
+        let mut row = vec![age, 0.0, 0.0, 0.0, 0.0, 0.0, 7.25];
+        row[1 + sex] = 1.0;
+        match chol {
+            Some(x) => row[4] = x,
+            None => (row[4], row[5]) = (f32::NAN, 1.0),
+        }
+        row
+    }
+
+    fn missing_rows() -> Vec<f32> {
+        [
+            missing_row(40.0, 0, Some(180.0)),
+            missing_row(50.0, 2, None),
+            missing_row(60.0, 1, Some(240.0)),
+            missing_row(70.0, 2, Some(300.0)),
+            missing_row(45.0, 0, None),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn missing_values_are_counted_apart_and_left_out_of_the_sums() {
+        let schema = missing_schema();
+        let layout = StatsLayout::of(&schema);
+        assert_eq!(
+            layout,
+            StatsLayout {
+                numeric: 3,
+                levels: 3,
+                categorical: 1,
+                imputed: 1
+            }
+        );
+        assert_eq!(layout.len(), schema.stats_len());
+        assert_eq!(layout.present_counts(), 10..11);
+        assert_eq!(layout.noise(), 11);
+
+        let stats = stats_contribution(&schema, &missing_rows()).unwrap();
+        let v = &stats.values;
+        assert_eq!(v[StatsLayout::COUNT], 5.0);
+        // Sex: F, M and the missing level.
+        assert_eq!(v[layout.level_counts()], [2.0, 1.0, 2.0]);
+        // Chol: three values present, and only they are summed.
+        assert_eq!(v[layout.present_counts()], [3.0]);
+        let chol = ClipRange::new(100.0, 400.0).unwrap();
+        let u: Vec<i64> = [180.0, 240.0, 300.0]
+            .iter()
+            .map(|&x| grid_point(x, &chol))
+            .collect();
+        assert_eq!(v[layout.sums()][1], u.iter().sum::<i64>() as f64);
+        assert_eq!(
+            v[layout.squares()][1],
+            u.iter().map(|u| u * u).sum::<i64>() as f64
+        );
+        assert_eq!(
+            stats.clipped[1].total(),
+            0,
+            "a missing value is not clipped"
+        );
+
+        // NaN where nothing imputes is still refused: age is column 0.
+        let mut bad = missing_rows();
+        bad[0] = f32::NAN;
+        assert_eq!(
+            stats_contribution(&schema, &bad),
+            Err(StatsError::NonFiniteFeature { row: 0, feature: 0 })
+        );
+    }
+
+    #[test]
+    fn an_imputed_column_is_standardised_by_its_present_values_and_its_indicator_is_left_alone() {
+        let schema = missing_schema();
+        let features = missing_rows();
+        let sums = stats_contribution(&schema, &features).unwrap().values;
+        let st = Standardization::from_summed_stats(&schema, &sums).unwrap();
+        st.validate(&schema).unwrap();
+        // Mean and spread of the three present chol values (each within half a grid step of
+        // the exact figures), not of five rows with zeros or NaN in them.
+        let present = [180.0f64, 240.0, 300.0];
+        let mean = present.iter().sum::<f64>() / 3.0;
+        let std = (present.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 3.0).sqrt();
+        let step = 300.0 / f64::from(STATS_STEPS);
+        assert!((f64::from(st.mean[4]) - mean).abs() <= step / 2.0, "{st:?}");
+        assert!((f64::from(st.std[4]) - std).abs() <= step / 2.0, "{st:?}");
+        // The indicator and the missing level: mean 0, std 1, like every one-hot.
+        for f in [1, 2, 3, 5] {
+            assert_eq!((st.mean[f], st.std[f]), (0.0, 1.0), "feature {f}");
+        }
+        let summary = FederatedSummary::from_summed_stats(&schema, &sums).unwrap();
+        assert_eq!(summary.numeric[1].present, Some(3));
+        assert_eq!(summary.numeric[0].present, None);
+        assert_eq!(summary.categorical[0].levels, ["F", "M", "(missing)"]);
+        assert_eq!(summary.categorical[0].counts, [2, 1, 2]);
+        assert!(summary.to_string().contains("(3 present)"), "{summary}");
+    }
+
+    #[test]
+    fn a_missing_value_becomes_exactly_the_pooled_mean_standardised() {
+        let schema = missing_schema();
+        let sums = stats_contribution(&schema, &missing_rows()).unwrap().values;
+        let st = Standardization::from_summed_stats(&schema, &sums).unwrap();
+        let mut features = missing_rows();
+        st.standardize(&schema, &mut features).unwrap();
+        let width = schema.num_features();
+        for (i, row) in features.chunks_exact(width).enumerate() {
+            assert!(row.iter().all(|x| x.is_finite()), "row {i}: {row:?}");
+        }
+        // Rows 1 and 4 miss chol: exactly 0, which a value equal to the pooled mean gives.
+        let mut at_mean = missing_row(40.0, 0, Some(st.mean[4]));
+        st.standardize(&schema, &mut at_mean).unwrap();
+        assert_eq!(at_mean[4], 0.0);
+        for row in [1, 4] {
+            assert_eq!(features[row * width + 4], 0.0);
+            assert_eq!(features[row * width + 5], 1.0, "the indicator is kept");
+        }
+        // A present value is standardised as usual, with indicator 0.
+        assert_eq!(features[4], (180.0 - st.mean[4]) / st.std[4]);
+        assert_eq!(features[5], 0.0);
+        // `standardize` agrees with `apply` where nothing is missing.
+        let mut complete = missing_row(40.0, 0, Some(180.0));
+        let mut applied = complete.clone();
+        st.standardize(&schema, &mut complete).unwrap();
+        st.apply(&mut applied);
+        assert_eq!(complete, applied);
+    }
+
+    #[test]
+    fn standardize_refuses_a_stray_nan_and_a_misfit() {
+        let schema = missing_schema();
+        let st = Standardization::identity(schema.num_features());
+        // NaN in age, which does not impute; in the indicator; in a one-hot.
+        for feature in [0, 5, 2] {
+            let mut row = missing_row(40.0, 0, Some(180.0));
+            row[feature] = f32::NAN;
+            assert_eq!(
+                st.standardize(&schema, &mut row),
+                Err(StatsError::NonFiniteFeature { row: 0, feature })
+            );
+        }
+        let mut ragged = missing_row(40.0, 0, None);
+        ragged.pop();
+        assert!(matches!(
+            st.standardize(&schema, &mut ragged),
+            Err(StatsError::RaggedFeatures { .. })
+        ));
+        let narrow = Standardization::identity(schema.num_features() - 1);
+        assert!(matches!(
+            narrow.standardize(&schema, &mut missing_row(40.0, 0, None)),
+            Err(StatsError::StandardizationWidth { .. })
+        ));
+    }
+
+    #[test]
+    fn a_column_with_no_present_value_imputes_the_centre_of_its_range() {
+        let schema = missing_schema();
+        let features = [missing_row(40.0, 0, None), missing_row(50.0, 1, None)].concat();
+        let sums = stats_contribution(&schema, &features).unwrap().values;
+        let st = Standardization::from_summed_stats(&schema, &sums).unwrap();
+        st.validate(&schema).unwrap();
+        assert_eq!(st.mean[4], 250.0);
+        assert_eq!(f64::from(st.std[4]), 300.0 / STD_FLOOR_DIVISOR);
     }
 }

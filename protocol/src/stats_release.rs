@@ -10,6 +10,7 @@
 //! ```text
 //!  entry                            one patient adds          noise
 //!  n, and each level count c_l      1 (to one level a column)  N_Z(0, σ²)
+//!  each present count p_k           1                          N_Z(0, σ²)
 //!  each sum S_j = Σ u               u ∈ [−K/2, K/2]            N_Z(0, (σ·K/2)²)
 //!  each sum of squares Q_j = Σ u²   u² ∈ [0, K²/4]             N_Z(0, (σ·K²/4)²)
 //! ```
@@ -20,13 +21,21 @@
 //! are neighbours by adding or removing one (as for DP-SGD). One patient changes `n` by 1, each
 //! numeric column's `S_j` by `|u| ≤ K/2` and `Q_j` by `u² ≤ K²/4` — 1 at most, each, in units of
 //! its noise's σ — and one level count of each categorical column by 1 (a row counts towards
-//! at most one level of a column). The L2 sensitivity in units of σ is therefore
+//! at most one level of a column, its missing level included), and the present count `p_k` of
+//! each imputed column by at most 1 (by 1 when the patient's value is there, by 0 when it is
+//! missing; a missing value adds nothing to `S_j` or `Q_j` either). The L2 sensitivity in units
+//! of σ is therefore
 //!
 //! ```text
-//!  Δ = sqrt(1 + 2·N + C)     N numeric columns, C categorical columns ([`sensitivity`])
+//!  Δ = sqrt(1 + 2·N + C + P)     N numeric columns, C categorical columns,
+//!                                P imputed numeric columns ([`sensitivity`])
 //! ```
 //!
-//! It is reached by a patient whose every numeric value lies at an end of its range. The
+//! It is reached by a patient whose every numeric value is present and lies at an end of its
+//! range. (A patient whose imputed value is missing moves that column's `S_j`, `Q_j` and `p_k`
+//! by 0; one whose value is present moves them as above: the bound holds either way.) The
+//! present counts are integers noised exactly like the level counts, so they cost what one
+//! more categorical column would. The
 //! discrete Gaussian's Rényi divergence between two shifts adds up over independent
 //! coordinates, each `α·d²/(2σ_i²)` for a shift `d` of a coordinate noised at `σ_i`, so the
 //! release satisfies `Δ²/(2σ²)`-zCDP, Rényi DP `α·Δ²/(2σ²)` at every order `α` (Canonne, Kamath
@@ -50,6 +59,8 @@
 //! ```
 //!
 //! (the terms are the noise on `S_j`, on `Q_j` and on `n`; [`decoding_error`] computes them).
+//! For an imputed column the pooled present count `p` takes the place of `n` (pass it as `n`):
+//! a column that is mostly missing has noisier figures, as its mean rests on fewer values.
 //! The variance is the fragile figure: its noise scales with `w²`, so a range much wider than the
 //! column's spread costs accuracy. The decoding clamps what the noise pushes out of bounds
 //! (the mean into the range, the variance into `[0, (w/2)²]`, counts at 0).
@@ -83,11 +94,12 @@ pub enum StatsReleaseError {
     Sigma(#[from] DiscreteGaussianError),
 }
 
-/// The L2 sensitivity, in units of σ, of `schema`'s statistics release: `sqrt(1 + 2·N + C)`
-/// with `N` numeric and `C` categorical columns. See the [module docs](self) for the derivation.
+/// The L2 sensitivity, in units of σ, of `schema`'s statistics release:
+/// `sqrt(1 + 2·N + C + P)` with `N` numeric, `C` categorical and `P` imputed numeric columns.
+/// See the [module docs](self) for the derivation.
 pub fn sensitivity(schema: &Schema) -> f64 {
     let layout = StatsLayout::of(schema);
-    (1.0 + 2.0 * layout.numeric as f64 + layout.categorical as f64).sqrt()
+    (1.0 + 2.0 * layout.numeric as f64 + layout.categorical as f64 + layout.imputed as f64).sqrt()
 }
 
 /// First-order standard deviations of the decoded mean and variance of one numeric column, when
@@ -148,8 +160,8 @@ impl StatisticsNoise {
     }
 
     /// The release as the accountants compose it ([`crate::accounting`]): independent discrete
-    /// Gaussian draws on `1 + C` counts moved by at most 1 (`n` and one level count per
-    /// categorical column), on `N` sums moved by at most `K/2` and on `N` sums of squares moved
+    /// Gaussian draws on `1 + C + P` counts moved by at most 1 (`n`, one level count per
+    /// categorical column and the present count of each imputed column), on `N` sums moved by at most `K/2` and on `N` sums of squares moved
     /// by at most `K²/4`, each at its own σ. Its RDP is the Gaussian charge at
     /// [`Self::noise_multiplier`]; a PLD accountant composes the discrete mechanisms exactly.
     pub fn mechanisms(&self, schema: &Schema) -> Vec<Mechanism> {
@@ -160,7 +172,7 @@ impl StatisticsNoise {
             Mechanism::DiscreteGaussian {
                 sigma: self.sigma,
                 sensitivity: 1,
-                cells: 1 + layout.categorical as u64,
+                cells: 1 + layout.categorical as u64 + layout.imputed as u64,
             },
             Mechanism::DiscreteGaussian {
                 sigma: self.sigma * half as f64,
@@ -218,6 +230,9 @@ impl StatisticsNoise {
             *v += self.squares.sample(rng) as f64;
         }
         for v in &mut values[layout.level_counts()] {
+            *v += self.counts.sample(rng) as f64;
+        }
+        for v in &mut values[layout.present_counts()] {
             *v += self.counts.sample(rng) as f64;
         }
         values[layout.noise()] += self.sigma * self.sigma;
@@ -489,5 +504,93 @@ levels = ["a", "b", "c"]
         // σ·K²/4 must fit the sampler too: 1000 · 16384 does not.
         assert!(StatisticsNoise::new(1000.0).is_err());
         assert!(StatisticsNoise::new(600.0).is_ok());
+    }
+
+    /// `SCHEMA` with chol imputed and cp's missing cells a level: features `age, sex=F, sex=M,
+    /// chol, chol (missing), cp=a, cp=b, cp=c, cp=(missing)`.
+    fn missing_schema() -> Schema {
+        let text = SCHEMA
+            .replace(
+                "range = [100, 400]",
+                "range = [100, 400]\nmissing = \"impute\"",
+            )
+            .replace(
+                "levels = [\"a\", \"b\", \"c\"]",
+                "levels = [\"a\", \"b\", \"c\"]\nmissing = \"level\"",
+            );
+        Schema::parse(&text).unwrap()
+    }
+
+    /// The statistics of rows (age, sex, chol or missing, cp with 3 = missing) of
+    /// [`missing_schema`], in units of each entry's noise σ.
+    fn missing_in_noise_units(rows: &[(f32, usize, Option<f32>, usize)]) -> Vec<f64> {
+        let schema = missing_schema();
+        let features: Vec<f32> = rows
+            .iter()
+            .flat_map(|&(age, sex, chol, cp)| {
+                let mut row = vec![age, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+                row[1 + sex] = 1.0;
+                match chol {
+                    Some(x) => row[3] = x,
+                    None => (row[3], row[4]) = (f32::NAN, 1.0),
+                }
+                row[5 + cp] = 1.0;
+                row
+            })
+            .collect();
+        let mut values = stats_contribution(&schema, &features).unwrap().values;
+        let layout = StatsLayout::of(&schema);
+        let half = f64::from(STATS_STEPS) / 2.0;
+        values[layout.sums()].iter_mut().for_each(|v| *v /= half);
+        values[layout.squares()]
+            .iter_mut()
+            .for_each(|v| *v /= half * half);
+        values
+    }
+
+    #[test]
+    fn the_present_count_of_an_imputed_column_adds_one_to_the_sensitivity() {
+        let schema = missing_schema();
+        let delta = sensitivity(&schema);
+        // n, two sums, two sums of squares, one level of each of two categorical columns, and
+        // chol's present count.
+        assert_eq!(delta, 8f64.sqrt());
+        let base = [
+            (45.0, 0, Some(180.0), 1),
+            (70.0, 1, None, 3),
+            (33.0, 1, Some(140.0), 0),
+        ];
+        let before = missing_in_noise_units(&base);
+        let mut largest: f64 = 0.0;
+        for patient in [
+            (50.0, 0, Some(200.0), 0),
+            (55.0, 1, None, 3),
+            (5.0, 1, None, 2),
+            // Present and at the ends of both ranges: the bound.
+            (90.0, 0, Some(100.0), 0),
+            (20.0, 1, Some(1000.0), 3),
+        ] {
+            let mut rows = base.to_vec();
+            rows.push(patient);
+            let d = distance(&before, &missing_in_noise_units(&rows));
+            assert!(d <= delta + 1e-12, "{patient:?}: {d} > {delta}");
+            largest = largest.max(d);
+        }
+        assert!((largest - delta).abs() < 1e-12, "{largest}");
+        // The present count is noised like a count, and charged as one.
+        let noise = StatisticsNoise::new(8.0).unwrap();
+        let mut values = missing_in_noise_units(&base);
+        let exact = values.clone();
+        let layout = StatsLayout::of(&schema);
+        noise
+            .apply(&schema, &mut values, &mut ChaCha20Rng::seed_from_u64(3))
+            .unwrap();
+        let p = layout.present_counts().start;
+        assert_ne!(values[p], exact[p], "the present count is noised");
+        assert_eq!(values[p].fract(), 0.0, "by an integer");
+        crate::accounting::assert_charged_as_gaussian(
+            &noise.mechanisms(&schema),
+            noise.noise_multiplier(&schema),
+        );
     }
 }

@@ -66,3 +66,68 @@ async fn secure_aggregation_can_be_turned_off_explicitly() {
     assert_eq!(report.last_round, 2);
     assert!(report.rounds.iter().all(|r| r.participants.len() == 3));
 }
+
+/// Blanks declared in the schema are trained on, not refused: blood pressure imputed with the
+/// consortium's mean of the present values (and an indicator), smoking's blanks and `NA`s one
+/// more level. The statistics round, the nodes' standardisation and training all take them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_train_on_blanks_the_schema_declares_imputed_or_a_level() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 240);
+    let schema = medfed_e2e::SCHEMA
+        .replace(
+            "drop = [\"patient_id\"]",
+            "drop = [\"patient_id\"]\nmissing_values = [\"NA\"]",
+        )
+        .replace(
+            "range = [80, 200]",
+            "range = [80, 200]\nmissing = \"impute\"",
+        )
+        .replace(
+            "levels = [\"no\", \"yes\"]",
+            "levels = [\"no\", \"yes\"]\nmissing = \"level\"",
+        );
+    std::fs::write(&consortium.schema, &schema).unwrap();
+    let mut blanks = 0;
+    for name in NODES {
+        let csv = std::fs::read_to_string(consortium.csv(name)).unwrap();
+        let mut out = String::new();
+        for (i, line) in csv.lines().enumerate() {
+            // patient_id,age,sex,blood_pressure,smoker,outcome
+            let mut cells: Vec<&str> = line.split(',').collect();
+            if i > 0 && i % 7 == 3 {
+                cells[3] = "";
+                blanks += 1;
+            }
+            if i > 0 && i % 10 == 5 {
+                cells[4] = if i % 20 == 5 { "NA" } else { "" };
+            }
+            out.push_str(&cells.join(","));
+            out.push('\n');
+        }
+        std::fs::write(consortium.csv(name), out).unwrap();
+    }
+    assert!(blanks > 90, "{blanks}");
+
+    let (report, _) = consortium
+        .train(consortium.coordinator_config(3, 3), &NODES)
+        .await;
+    assert_eq!(report.last_round, 3);
+    assert!(report.rounds.iter().all(|r| r.participants.len() == 3));
+    let first = report.rounds[0]
+        .start_model_evaluation
+        .clone()
+        .expect("initial model evaluated");
+    let last = report.final_evaluation.clone().expect("final evaluation");
+    // Every row kept: a quarter of 3 × 240 held out.
+    assert_eq!(last.examples, 180);
+    assert!(
+        last.loss.is_finite() && last.loss < first.loss,
+        "{first:?} → {last:?}"
+    );
+    assert!(last.auc.unwrap() > 0.7, "{last:?}");
+    // Two more inputs than the plain schema: blood pressure's indicator, smoking's level.
+    let parsed = medfed_protocol::schema::Schema::parse(&schema).unwrap();
+    assert_eq!(parsed.num_features(), 8);
+    assert_eq!(report.final_model.spec.input_dim, 8);
+}

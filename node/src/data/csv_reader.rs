@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::Path;
 
 use csv::{ReaderBuilder, StringRecord, Trim};
-use medfed_protocol::schema::{Column, ColumnKind, Schema};
+use medfed_protocol::schema::{Column, ColumnKind, MissingMode, Schema};
 
 use super::{DataError, Dataset, ProblemReason, RowProblem};
 use crate::examples::Examples;
@@ -41,7 +41,10 @@ pub struct ReadOptions {
 /// The header must name every schema column and the label, and nothing the schema does not list
 /// under `columns`, `label` or `drop`; columns may come in any order. Cells are trimmed. Numeric
 /// cells must parse as finite `f32`; categorical cells must be one of the levels; label cells
-/// must be in the positive or negative list. Every row must have as many cells as the header,
+/// must be in the positive or negative list. A missing cell (blank, or a `missing_values` token)
+/// is refused unless its column declares `missing = "level"` (a one at the missing level) or
+/// `missing = "impute"` (NaN in the value's slot and a one in its indicator, replaced by the
+/// pooled mean at standardisation). Every row must have as many cells as the header,
 /// and there must be at least one data row. Errors name the file, the row (as a spreadsheet
 /// numbers it: header = 1, see [`DataError`]) and the column.
 pub fn load_csv(path: &Path, schema: &Schema) -> Result<Dataset, DataError> {
@@ -270,7 +273,13 @@ impl<'a> Layout<'a> {
         for &(index, column, offset) in &self.columns {
             let value = cell(index);
             let width = column.width();
-            if let Err(reason) = encode_cell(column, value, &mut features[offset..offset + width]) {
+            let missing = self.schema.is_missing(value);
+            if let Err(reason) = encode_cell(
+                column,
+                value,
+                missing,
+                &mut features[offset..offset + width],
+            ) {
                 problems.push(RowProblem {
                     row,
                     column: Some(column.name().to_owned()),
@@ -326,10 +335,33 @@ impl<'a> Layout<'a> {
 }
 
 /// Encodes one trimmed cell of `column` into its features `out` (zeroed, `column.width()` long):
-/// the number, or a one at its level.
-fn encode_cell(column: &Column, value: &str, out: &mut [f32]) -> Result<(), ProblemReason> {
-    if value.is_empty() {
-        return Err(ProblemReason::MissingValue);
+/// the number, or a one at its level. A `missing` cell (blank or a `missing_values` token) is
+/// refused, or under `missing = "level"` a one at the missing level (the last feature), or under
+/// `missing = "impute"` NaN in the value's slot and a one in the indicator, for
+/// [`medfed_protocol::stats::Standardization::standardize`] to replace with the pooled mean. A
+/// present value of an imputing column has indicator 0.
+fn encode_cell(
+    column: &Column,
+    value: &str,
+    missing: bool,
+    out: &mut [f32],
+) -> Result<(), ProblemReason> {
+    if missing {
+        // Invariant: `out` is `column.width()` long, at least 2 under `level` (one declared
+        // level and the missing one) and exactly 2 under `impute`, so both indices exist.
+        let last = out.len().saturating_sub(1);
+        return match column.missing() {
+            MissingMode::Refuse => Err(ProblemReason::MissingValue),
+            MissingMode::Level => {
+                out[last] = 1.0;
+                Ok(())
+            }
+            MissingMode::Impute => {
+                out[0] = f32::NAN;
+                out[last] = 1.0;
+                Ok(())
+            }
+        };
     }
     match column.kind() {
         ColumnKind::Numeric { .. } => {
@@ -827,5 +859,126 @@ age = [50]
         assert!(data.labelled);
         assert_eq!(data.examples.labels, [0.0]);
         assert_eq!(summary(&problems), [(3, Some("num"), "missing label", "")]);
+    }
+
+    #[test]
+    fn missing_cells_are_a_level_imputed_or_refused_as_each_column_declares() {
+        let text = SCHEMA
+            .replace(
+                "drop = [\"id\"]",
+                "drop = [\"id\"]\nmissing_values = [\"NA\", \"?\"]",
+            )
+            .replace(
+                "levels = [\"typical\", \"atypical\", \"asymptomatic\"]",
+                "levels = [\"typical\", \"atypical\", \"asymptomatic\"]\nmissing = \"level\"",
+            )
+            .replace("range = [0, 600]", "range = [0, 600]\nmissing = \"impute\"");
+        let schema = Schema::parse(&text).unwrap();
+        let csv = format!(
+            "{HEADER}\
+             p1,63,Male,typical,233,0\n\
+             p2,41,Female,,NA,1\n\
+             p3,70,Female,?,250,1\n\
+             p4,NA,Male,atypical,,0\n\
+             p5,,Male,atypical,200,0\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hospital.csv");
+        std::fs::write(&path, csv).unwrap();
+        let (data, problems) = read_rows(&path, &schema, &ReadOptions::default()).unwrap();
+        // age refuses: a token and a blank cell are both missing values, the token named.
+        assert_eq!(
+            summary(&problems),
+            [
+                (5, Some("age"), "missing value", "NA"),
+                (6, Some("age"), "missing value", ""),
+            ]
+        );
+        assert_eq!(
+            problems[0].to_string(),
+            "row 5, column \"age\": missing value (\"NA\")"
+        );
+        assert_eq!(data.rows, [2, 3, 4]);
+        // age | sex F M | cp typical atypical asymptomatic (missing) | chol, chol (missing)
+        let width = schema.num_features();
+        assert_eq!(width, 9);
+        let rows: Vec<&[f32]> = data.examples.features.chunks(width).collect();
+        assert_eq!(rows[0], [63.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 233.0, 0.0]);
+        assert_eq!(rows[1][..7], [41.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+        assert!(rows[1][7].is_nan(), "an imputed value travels as NaN");
+        assert_eq!(rows[1][8], 1.0, "with its indicator set");
+        assert_eq!(rows[2], [70.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 250.0, 0.0]);
+        // The strict loader refuses the same file at its first refused cell.
+        let err = load_csv(&path, &schema).unwrap_err();
+        assert!(
+            matches!(&err, DataError::MissingValue { row: 5, column, .. } if column == "age"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn the_strict_loader_is_the_lenient_reader_stopping_at_the_first_problem() {
+        // Each cell good, or now and then bad, in many small files.
+        let columns: [(&[&str], &[&str]); 5] = [
+            (&["63", "41.5", " 70 "], &["", "sixty", "inf"]),
+            (&["Male", "Female"], &["male", ""]),
+            (&["typical", "atypical", "asymptomatic"], &["none"]),
+            (&["233", "180"], &["", "NaN"]),
+            (&["0", "1", "4"], &["", "9"]),
+        ];
+        let mut state: u64 = 7;
+        let mut pick = |n: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % n
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hospital.csv");
+        let (mut clean, mut refused) = (0, 0);
+        for _ in 0..300 {
+            let mut text = String::from(HEADER);
+            for id in 0..1 + pick(4) {
+                let mut row = format!("p{id}");
+                for (good, bad) in columns {
+                    let cell = if pick(10) == 0 {
+                        bad[pick(bad.len())]
+                    } else {
+                        good[pick(good.len())]
+                    };
+                    row.push(',');
+                    row.push_str(cell);
+                }
+                if pick(12) == 0 {
+                    row.push_str(",extra");
+                }
+                text.push_str(&row);
+                text.push('\n');
+            }
+            std::fs::write(&path, &text).unwrap();
+            let strict = load_csv(&path, &schema());
+            let (lenient, problems) = read_rows(&path, &schema(), &ReadOptions::default()).unwrap();
+            match strict {
+                Ok(strict) => {
+                    assert!(problems.is_empty(), "{text}: {problems:?}");
+                    assert_eq!(strict, lenient, "{text}");
+                    clean += 1;
+                }
+                Err(err) => {
+                    let first = problems.first().cloned().expect("a problem");
+                    assert_eq!(
+                        err.to_string(),
+                        first.into_error(&path).to_string(),
+                        "{text}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        // Both branches were exercised.
+        assert!(
+            clean > 10 && refused > 10,
+            "{clean} clean, {refused} refused"
+        );
     }
 }

@@ -33,7 +33,8 @@ use crate::examples::Examples;
 /// value per name in `sensitive_columns`, and `ids` is either empty or has one entry per example.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Dataset {
-    /// Encoded features (not standardised) and labels, in file order.
+    /// Encoded features (not standardised; a missing value of an imputed column is NaN until
+    /// [`medfed_protocol::stats::Standardization::standardize`]) and labels, in file order.
     pub examples: Examples,
     /// The schema's sensitive attributes, in schema order.
     pub sensitive_columns: Vec<String>,
