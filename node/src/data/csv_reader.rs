@@ -16,7 +16,8 @@ use crate::examples::Examples;
 /// The header must name every schema column and the label, and nothing the schema does not list
 /// under `columns`, `label` or `drop`; columns may come in any order. Cells are trimmed. Numeric
 /// cells must parse as finite `f32`; categorical cells must be one of the levels; label cells
-/// must be in the positive or negative list. Every row must have as many cells as the header,
+/// must be in the positive or negative list. Audit-only columns (`input = false`) are checked
+/// the same way, and refused the same way, but never encoded. Every row must have as many cells as the header,
 /// and there must be at least one data row. Errors name the file, the row (as a spreadsheet
 /// numbers it: header = 1, see [`DataError`]) and the column.
 pub fn load_csv(path: &Path, schema: &Schema) -> Result<Dataset, DataError> {
@@ -53,6 +54,7 @@ fn read_csv(input: impl Read, path: &Path, schema: &Schema) -> Result<Dataset, D
     {
         row += 1;
         layout.encode_row(&record, row, path, &mut examples)?;
+        layout.check_audit_only(&record, row, path)?;
         sensitive.push(layout.sensitive_values(&record));
     }
     if examples.is_empty() {
@@ -77,6 +79,8 @@ struct Layout<'a> {
     label: usize,
     /// Header index of each sensitive attribute, in schema order.
     sensitive: Vec<usize>,
+    /// Per audit-only column: its header index and the column.
+    audit_only: Vec<(usize, &'a Column)>,
     schema: &'a Schema,
 }
 
@@ -114,8 +118,14 @@ impl<'a> Layout<'a> {
             .map(|s| find(s))
             .collect::<Result<_, _>>()?;
 
+        let audit_only = schema
+            .audit_only_columns()
+            .iter()
+            .map(|c| Ok((find(c.name())?, c)))
+            .collect::<Result<_, DataError>>()?;
         let described = |name: &str| {
             schema.columns().iter().any(|c| c.name() == name)
+                || schema.audit_only_columns().iter().any(|c| c.name() == name)
                 || schema.label().column() == name
                 || schema.dropped().iter().any(|d| d == name)
         };
@@ -131,6 +141,7 @@ impl<'a> Layout<'a> {
             columns,
             label,
             sensitive,
+            audit_only,
             schema,
         })
     }
@@ -225,6 +236,62 @@ impl<'a> Layout<'a> {
             });
         };
         examples.labels.push(if positive { 1.0 } else { 0.0 });
+        Ok(())
+    }
+
+    /// Checks a row's audit-only cells as [`Self::encode_row`] checks a feature's (a blank, a
+    /// non-number or an unknown level refuses the file, as it would were the column a model
+    /// input), without encoding them. Call it after `encode_row` accepted the row.
+    fn check_audit_only(
+        &self,
+        record: &StringRecord,
+        row: u64,
+        path: &Path,
+    ) -> Result<(), DataError> {
+        for &(index, column) in &self.audit_only {
+            // Invariant: `encode_row` checked the row's length, so every index is present.
+            let value = record.get(index).unwrap_or_default();
+            let (path, name) = (path.to_owned(), column.name().to_owned());
+            if value.is_empty() {
+                return Err(DataError::MissingValue {
+                    path,
+                    row,
+                    column: name,
+                });
+            }
+            match column.kind() {
+                ColumnKind::Numeric { .. } => match value.parse::<f32>() {
+                    Ok(number) if number.is_finite() => {}
+                    Ok(_) => {
+                        return Err(DataError::NonFinite {
+                            path,
+                            row,
+                            column: name,
+                            value: value.to_owned(),
+                        });
+                    }
+                    Err(_) => {
+                        return Err(DataError::NotNumeric {
+                            path,
+                            row,
+                            column: name,
+                            value: value.to_owned(),
+                        });
+                    }
+                },
+                ColumnKind::Categorical { levels } => {
+                    if !levels.iter().any(|l| l == value) {
+                        return Err(DataError::UnknownCategory {
+                            path,
+                            row,
+                            column: name,
+                            value: value.to_owned(),
+                            levels: levels.clone(),
+                        });
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -551,6 +618,59 @@ age = [50]
             message.contains(&path) && message.contains("row 3"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn audit_only_columns_are_read_for_the_audit_and_never_encoded() {
+        // `race` and `bmi` are audited but are not model inputs.
+        let schema = Schema::parse(
+            &SCHEMA
+                .replace(
+                    "sensitive = [\"sex\", \"age\"]",
+                    "sensitive = [\"sex\", \"race\", \"age\", \"bmi\"]",
+                )
+                .replace("age = [50]", "age = [50]\nbmi = [30]")
+                .replace(
+                    "[[columns]]\nname = \"cp\"",
+                    "[[columns]]\nname = \"race\"\ntype = \"categorical\"\nlevels = [\"A\", \"B\"]\n\
+                     input = false\n[[columns]]\nname = \"bmi\"\ntype = \"numeric\"\n\
+                     range = [10, 60]\ninput = false\n[[columns]]\nname = \"cp\"",
+                ),
+        )
+        .unwrap();
+        let read = |text: &str| read_csv(text.as_bytes(), Path::new("site.csv"), &schema);
+        let data = read(
+            "id,age,sex,race,cp,chol,bmi,num\n\
+             1,63,Male,B,typical,233,31.5,0\n\
+             2,41,Female,A,asymptomatic,180, 22 ,1\n",
+        )
+        .unwrap();
+        // The features are those of the schema without race and bmi.
+        assert_eq!(data.examples.num_features, 7);
+        assert_eq!(data.examples.features.len(), 14);
+        assert_eq!(data.sensitive_columns, ["sex", "race", "age", "bmi"]);
+        assert_eq!(
+            data.sensitive,
+            [["Male", "B", "63", "31.5"], ["Female", "A", "41", "22"]]
+                .map(|r| r.map(String::from).to_vec())
+        );
+        // The CSV must carry the column, and its cells are checked as a feature's would be.
+        let err = read("id,age,sex,cp,chol,bmi,num\n1,63,Male,typical,233,31,0\n").unwrap_err();
+        assert!(
+            matches!(&err, DataError::MissingColumn { column, .. } if column == "race"),
+            "{err:?}"
+        );
+        let header = "id,age,sex,race,cp,chol,bmi,num\n";
+        for (row, wrong) in [
+            ("1,63,Male,C,typical,233,31,0\n", "UnknownCategory"),
+            ("1,63,Male,,typical,233,31,0\n", "MissingValue"),
+            ("1,63,Male,A,typical,233,heavy,0\n", "NotNumeric"),
+            ("1,63,Male,A,typical,233,inf,0\n", "NonFinite"),
+        ] {
+            let err = read(&format!("{header}{row}")).unwrap_err();
+            assert!(format!("{err:?}").starts_with(wrong), "{row}: {err:?}");
+            assert!(err.to_string().contains("row 2"), "{err}");
+        }
     }
 
     #[test]
