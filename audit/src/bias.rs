@@ -27,15 +27,21 @@ pub struct FairnessSettings {
 /// The audit of one sensitive attribute: the report format's own type.
 pub type AttributeAudit = AttributeFairness;
 
-/// Audits the pooled per-group counts (in the schema's audit-group order).
+/// Audits the pooled per-group counts (in the schema's audit-group order), which the nodes
+/// took at `decision_threshold` (recorded in each report, and named where nobody was flagged).
 ///
 /// A node may add integer noise to its counts (its `[privacy] evaluation_noise`), so a pooled
 /// cell can be negative; each is taken as `max(0, count)` ([`GroupCounts::clamped`]) before
 /// the metrics, the suppression threshold and the disparities.
+///
+/// The caller audits only a round with evaluation data: with a pooled held-out count of zero
+/// every group would be suppressed and every limit fail, which is no verdict on the model (the
+/// report is then [`NotEvaluated`](medfed_protocol::report::NotEvaluated)).
 pub fn audit(
     schema: &Schema,
     counts: &[GroupCounts],
     settings: &FairnessSettings,
+    decision_threshold: f32,
 ) -> Vec<AttributeAudit> {
     // Each attribute's groups in the schema's order (levels as listed, bands from low to high).
     let mut by_attribute: BTreeMap<&str, Vec<(String, GroupCounts)>> = BTreeMap::new();
@@ -47,6 +53,7 @@ pub fn audit(
             .push((group.group.clone(), counts.clamped()));
     }
     let mut config = AuditConfig::default();
+    config.decision_threshold(decision_threshold);
     if let Some(min_count) = settings.min_count {
         config.min_count(min_count);
     }
@@ -70,7 +77,8 @@ pub fn audit(
     audits
 }
 
-/// Logs one line per attribute: the disparities and the verdict.
+/// Logs one line per attribute (the disparities and the verdict), then one line per policy
+/// check that failed on an undefined value, saying why in words.
 pub fn log(audits: &[AttributeAudit]) {
     for audit in audits {
         let d = audit.report.disparities.as_ref();
@@ -82,6 +90,15 @@ pub fn log(audits: &[AttributeAudit]) {
             approved = audit.policy.approved,
             "fairness audit of the pooled held-out data"
         );
+        for check in &audit.policy.checks {
+            if let Some(reason) = &check.undefined {
+                warn!(
+                    attribute = %audit.attribute,
+                    check = %check.name,
+                    "fairness check failed: the value is undefined because {reason}"
+                );
+            }
+        }
     }
 }
 
@@ -124,14 +141,16 @@ age = [50]
         // Noise took one pooled cell below zero: it counts as 0, not as an invalid report.
         counts[0].fp = -2.0;
         counts[0].negative_scores[3] = -1.0;
+        // Small enough that F, left with 8 negatives, is still reported.
         let settings = FairnessSettings {
-            min_count: None,
+            min_count: Some(5),
             policy: FairnessPolicy {
                 max_demographic_parity_difference: Some(0.5),
                 ..FairnessPolicy::default()
             },
         };
-        let audits = audit(&schema, &counts, &settings);
+        let audits = audit(&schema, &counts, &settings, 0.4);
+        assert!(audits.iter().all(|a| a.report.decision_threshold == 0.4));
         let names: Vec<&str> = audits.iter().map(|a| a.attribute.as_str()).collect();
         assert_eq!(names, ["sex", "age", "sex×age"]);
         let crossed = &audits[2];
@@ -154,7 +173,7 @@ age = [50]
         let labels = [1.0f32, 0.0];
         let counts =
             vec![GroupCounts::from_predictions(&scores, &labels); schema.audit_groups().len()];
-        let audits = audit(&schema, &counts, &FairnessSettings::default());
+        let audits = audit(&schema, &counts, &FairnessSettings::default(), 0.5);
         let age = audits.iter().find(|a| a.attribute == "age").unwrap();
         // By name this would be `45-<55, 55-<65, <45, ≥65`.
         assert_eq!(group_names(age), ["<45", "45-<55", "55-<65", "≥65"]);
@@ -167,7 +186,7 @@ age = [50]
             .groups
             .iter()
             .map(|g| match g {
-                GroupReport::Reported { group, .. } | GroupReport::Suppressed { group } => {
+                GroupReport::Reported { group, .. } | GroupReport::Suppressed { group, .. } => {
                     group.as_str()
                 }
             })

@@ -9,7 +9,7 @@ use std::time::Instant;
 use medfed_audit::bias::{self as audit, AttributeAudit};
 use medfed_audit::checkpoint::checkpoint_file_name;
 use medfed_protocol::contribution::RoundLayout;
-use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
+use medfed_protocol::evaluation::{DECISION_THRESHOLD, EvalCounts, EvalMetrics};
 use medfed_protocol::messages::{RoundStart, StatsRequest};
 use medfed_protocol::round::{
     AfterFailure, Asked, CollectionPlan, FigureLayout, Gathered, LeftOut, Request, SecurePlan,
@@ -388,8 +388,17 @@ impl Trainer {
                             .as_ref()
                             .and_then(|t| t.eval.as_ref())
                             .and_then(EvalCounts::metrics);
+                        // Without held-out examples there is nothing to audit.
                         let fairness = totals
-                            .map(|t| audit::audit(&self.schema, &t.groups, &self.config.fairness))
+                            .filter(|_| metrics.is_some())
+                            .map(|t| {
+                                audit::audit(
+                                    &self.schema,
+                                    &t.groups,
+                                    &self.config.fairness,
+                                    DECISION_THRESHOLD,
+                                )
+                            })
                             .unwrap_or_default();
                         audit::log(&fairness);
                         self.store
