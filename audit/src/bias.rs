@@ -179,6 +179,33 @@ age = [50]
         assert_eq!(group_names(age), ["<45", "45-<55", "55-<65", "≥65"]);
     }
 
+    #[test]
+    fn an_audit_only_attribute_is_audited_like_any_other() {
+        let text = SCHEMA
+            .replace(
+                "sensitive = [\"sex\", \"age\"]",
+                "sensitive = [\"race\", \"sex\"]",
+            )
+            .replace("[bands]\nage = [50]\n", "")
+            .replace("[[\"sex\", \"age\"]]", "[[\"race\", \"sex\"]]")
+            + "[[columns]]\nname = \"race\"\ntype = \"categorical\"\nlevels = [\"B\", \"W\"]\n\
+               input = false\n";
+        let schema = Schema::parse(&text).unwrap();
+        // Age and sex are the model's inputs; race is not.
+        assert_eq!(schema.num_features(), 3);
+        let scores: Vec<f32> = (0..30)
+            .map(|i| if i % 2 == 0 { 0.9 } else { 0.1 })
+            .collect();
+        let labels: Vec<f32> = (0..30).map(|i| f32::from(u8::from(i < 15))).collect();
+        let counts =
+            vec![GroupCounts::from_predictions(&scores, &labels); schema.audit_groups().len()];
+        let audits = audit(&schema, &counts, &FairnessSettings::default(), 0.5);
+        let names: Vec<&str> = audits.iter().map(|a| a.attribute.as_str()).collect();
+        assert_eq!(names, ["race", "sex", "race×sex"]);
+        assert_eq!(group_names(&audits[0]), ["B", "W"]);
+        assert!(audits[0].report.disparities.is_some());
+    }
+
     /// The groups of an attribute's report, in the order reported.
     fn group_names(audit: &AttributeAudit) -> Vec<&str> {
         audit
