@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use medfed_protocol::evaluation::DecisionThreshold;
 use medfed_protocol::fairness::{AuditConfig, FairnessPolicy, FairnessReport, GroupCounts};
 use medfed_protocol::report::AttributeFairness;
 use medfed_protocol::schema::Schema;
@@ -27,15 +28,21 @@ pub struct FairnessSettings {
 /// The audit of one sensitive attribute: the report format's own type.
 pub type AttributeAudit = AttributeFairness;
 
-/// Audits the pooled per-group counts (in the schema's audit-group order).
+/// Audits the pooled per-group counts (in the schema's audit-group order), which the nodes
+/// took at `decision_threshold` (recorded in each report, and named where nobody was flagged).
 ///
 /// A node may add integer noise to its counts (its `[privacy] evaluation_noise`), so a pooled
 /// cell can be negative; each is taken as `max(0, count)` ([`GroupCounts::clamped`]) before
 /// the metrics, the suppression threshold and the disparities.
+///
+/// The caller audits only a round with evaluation data: with a pooled held-out count of zero
+/// every group would be suppressed and every limit fail, which is no verdict on the model (the
+/// report is then [`NotEvaluated`](medfed_protocol::report::NotEvaluated)).
 pub fn audit(
     schema: &Schema,
     counts: &[GroupCounts],
     settings: &FairnessSettings,
+    decision_threshold: DecisionThreshold,
 ) -> Vec<AttributeAudit> {
     // Each attribute's groups in the schema's order (levels as listed, bands from low to high).
     let mut by_attribute: BTreeMap<&str, Vec<(String, GroupCounts)>> = BTreeMap::new();
@@ -47,6 +54,8 @@ pub fn audit(
             .push((group.group.clone(), counts.clamped()));
     }
     let mut config = AuditConfig::default();
+    // The report records it as `f32`, the scores' precision.
+    config.decision_threshold(decision_threshold.get() as f32);
     if let Some(min_count) = settings.min_count {
         config.min_count(min_count);
     }
@@ -70,7 +79,8 @@ pub fn audit(
     audits
 }
 
-/// Logs one line per attribute: the disparities and the verdict.
+/// Logs one line per attribute (the disparities and the verdict), then one line per policy
+/// check that failed on an undefined value, saying why in words.
 pub fn log(audits: &[AttributeAudit]) {
     for audit in audits {
         let d = audit.report.disparities.as_ref();
@@ -82,6 +92,15 @@ pub fn log(audits: &[AttributeAudit]) {
             approved = audit.policy.approved,
             "fairness audit of the pooled held-out data"
         );
+        for check in &audit.policy.checks {
+            if let Some(reason) = &check.undefined {
+                warn!(
+                    attribute = %audit.attribute,
+                    check = %check.name,
+                    "fairness check failed: the value is undefined because {reason}"
+                );
+            }
+        }
     }
 }
 
@@ -124,14 +143,21 @@ age = [50]
         // Noise took one pooled cell below zero: it counts as 0, not as an invalid report.
         counts[0].fp = -2.0;
         counts[0].negative_scores[3] = -1.0;
+        // Small enough that F, left with 8 negatives, is still reported.
         let settings = FairnessSettings {
-            min_count: None,
+            min_count: Some(5),
             policy: FairnessPolicy {
                 max_demographic_parity_difference: Some(0.5),
                 ..FairnessPolicy::default()
             },
         };
-        let audits = audit(&schema, &counts, &settings);
+        let audits = audit(
+            &schema,
+            &counts,
+            &settings,
+            DecisionThreshold::new(0.4).unwrap(),
+        );
+        assert!(audits.iter().all(|a| a.report.decision_threshold == 0.4));
         let names: Vec<&str> = audits.iter().map(|a| a.attribute.as_str()).collect();
         assert_eq!(names, ["sex", "age", "sex×age"]);
         let crossed = &audits[2];
@@ -154,10 +180,47 @@ age = [50]
         let labels = [1.0f32, 0.0];
         let counts =
             vec![GroupCounts::from_predictions(&scores, &labels); schema.audit_groups().len()];
-        let audits = audit(&schema, &counts, &FairnessSettings::default());
+        let audits = audit(
+            &schema,
+            &counts,
+            &FairnessSettings::default(),
+            DecisionThreshold::DEFAULT,
+        );
         let age = audits.iter().find(|a| a.attribute == "age").unwrap();
         // By name this would be `45-<55, 55-<65, <45, ≥65`.
         assert_eq!(group_names(age), ["<45", "45-<55", "55-<65", "≥65"]);
+    }
+
+    #[test]
+    fn an_audit_only_attribute_is_audited_like_any_other() {
+        let text = SCHEMA
+            .replace(
+                "sensitive = [\"sex\", \"age\"]",
+                "sensitive = [\"race\", \"sex\"]",
+            )
+            .replace("[bands]\nage = [50]\n", "")
+            .replace("[[\"sex\", \"age\"]]", "[[\"race\", \"sex\"]]")
+            + "[[columns]]\nname = \"race\"\ntype = \"categorical\"\nlevels = [\"B\", \"W\"]\n\
+               input = false\n";
+        let schema = Schema::parse(&text).unwrap();
+        // Age and sex are the model's inputs; race is not.
+        assert_eq!(schema.num_features(), 3);
+        let scores: Vec<f32> = (0..30)
+            .map(|i| if i % 2 == 0 { 0.9 } else { 0.1 })
+            .collect();
+        let labels: Vec<f32> = (0..30).map(|i| f32::from(u8::from(i < 15))).collect();
+        let counts =
+            vec![GroupCounts::from_predictions(&scores, &labels); schema.audit_groups().len()];
+        let audits = audit(
+            &schema,
+            &counts,
+            &FairnessSettings::default(),
+            DecisionThreshold::DEFAULT,
+        );
+        let names: Vec<&str> = audits.iter().map(|a| a.attribute.as_str()).collect();
+        assert_eq!(names, ["race", "sex", "race×sex"]);
+        assert_eq!(group_names(&audits[0]), ["B", "W"]);
+        assert!(audits[0].report.disparities.is_some());
     }
 
     /// The groups of an attribute's report, in the order reported.
@@ -167,7 +230,7 @@ age = [50]
             .groups
             .iter()
             .map(|g| match g {
-                GroupReport::Reported { group, .. } | GroupReport::Suppressed { group } => {
+                GroupReport::Reported { group, .. } | GroupReport::Suppressed { group, .. } => {
                     group.as_str()
                 }
             })

@@ -10,7 +10,8 @@
 //! text.
 //!
 //! ```text
-//!  verdict of the latest round (APPROVED / NOT APPROVED + failing checks)
+//!  verdict of the latest round (APPROVED / NOT APPROVED + failing checks, each undefined
+//!  value with the reason in words; or NO EVALUATION DATA)
 //!  1. per-group rates with Wilson 95% whiskers, per attribute
 //!  2. disparities against the policy limits
 //!  3. metrics over rounds (AUC, accuracy, equalized odds, demographic parity ratio)
@@ -24,8 +25,10 @@ use std::fmt::{self, Display, Write};
 
 use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::fairness::{
-    FairnessReport, GroupMetrics, GroupReport, Limit, PolicyCheck, Rate,
+    FairnessReport, GroupMetrics, GroupReport, Limit, PolicyCheck, Rate, SuppressionReason,
+    UndefinedReason,
 };
+use medfed_protocol::report::NotEvaluated;
 
 use crate::bias::AttributeAudit;
 
@@ -47,6 +50,9 @@ pub struct PageRound<'a> {
     pub model_sha256: &'a str,
     /// Whether the round's model was approved.
     pub approved: bool,
+    /// Why the round has no figures, when it has none (then `approved` is false and nothing
+    /// was checked).
+    pub not_evaluated: Option<NotEvaluated>,
     /// Pooled held-out evaluation, if the round had one.
     pub evaluation: Option<&'a EvalMetrics>,
     /// The bias audit, one entry per sensitive attribute.
@@ -152,6 +158,7 @@ h3{font-size:1.05rem;margin:1.5rem 0 .5rem}
 .verdict .word{font-size:2.6rem;font-weight:800;letter-spacing:.04em;margin:0}
 .verdict.pass{border-color:#1a7f37;background:#dafbe1;color:#0f5323}
 .verdict.fail{border-color:#b42318;background:#ffebe9;color:#7a1712}
+.verdict.none{border-color:#8c959f;background:#f6f8fa;color:#1f2328}
 .verdict ul{margin:.5rem 0 0}
 .summary{display:flex;flex-wrap:wrap;gap:.5rem 2rem;margin:.5rem 0}
 .summary div{white-space:nowrap}
@@ -238,29 +245,44 @@ fn relation(check: &PolicyCheck) -> &'static str {
     check.limit().map_or("?", |limit| limit.bound().symbol())
 }
 
-/// Describes a policy check for the verdict: "limit: value (must be ≤ threshold)".
-fn check_text(check: &PolicyCheck) -> String {
+/// Describes a policy check of `report` for the verdict: "limit: value (must be ≤ threshold)",
+/// and for an undefined value, why.
+fn check_text(check: &PolicyCheck, report: &FairnessReport) -> String {
+    let value = match (check.value, undefined_reason(check, report)) {
+        (Some(v), _) => Num(Some(v)).to_string(),
+        (None, Some(reason)) => format!("undefined, because {reason}"),
+        (None, None) => "undefined".to_owned(),
+    };
     format!(
-        "{}: {} (must be {} {})",
+        "{}: {value} (must be {} {})",
         check.name,
-        check
-            .value
-            .map_or_else(|| "undefined".to_owned(), |v| Num(Some(v)).to_string()),
         relation(check),
         Num(Some(check.threshold))
     )
 }
 
+/// Why a check's value is undefined: the reason the check carries, or for a report written
+/// before checks carried one, the reason its counts give.
+fn undefined_reason(check: &PolicyCheck, report: &FairnessReport) -> Option<UndefinedReason> {
+    if check.value.is_some() {
+        return None;
+    }
+    check
+        .undefined
+        .clone()
+        .or_else(|| report.undefined_reason(check.limit()?))
+}
+
 /// The group's name, whether reported or suppressed.
 fn group_name(group: &GroupReport) -> &str {
     match group {
-        GroupReport::Reported { group, .. } | GroupReport::Suppressed { group } => group,
+        GroupReport::Reported { group, .. } | GroupReport::Suppressed { group, .. } => group,
     }
 }
 
 /// The note shown in place of a suppressed group's figures.
-fn suppressed_text(min_count: u64) -> String {
-    format!("suppressed (fewer than {min_count} examples)")
+fn suppressed_text(min_count: u64, reason: SuppressionReason) -> String {
+    format!("suppressed (fewer than {min_count} {})", reason.count())
 }
 
 /// A finite value, or `None`.
@@ -303,10 +325,10 @@ impl Page {
     }
 
     fn verdict(&mut self, latest: &PageRound<'_>) {
-        let (class, word, icon) = if latest.approved {
-            ("pass", "APPROVED", "✔")
-        } else {
-            ("fail", "NOT APPROVED", "✘")
+        let (class, word, icon) = match (latest.not_evaluated, latest.approved) {
+            (Some(_), _) => ("none", "NO EVALUATION DATA", "–"),
+            (None, true) => ("pass", "APPROVED", "✔"),
+            (None, false) => ("fail", "NOT APPROVED", "✘"),
         };
         w!(
             self.out,
@@ -316,7 +338,7 @@ impl Page {
             latest.round,
             Esc(latest.model_sha256)
         );
-        let failing: Vec<(&str, &PolicyCheck)> = latest
+        let failing: Vec<(&AttributeAudit, &PolicyCheck)> = latest
             .fairness
             .iter()
             .flat_map(|a| {
@@ -324,18 +346,24 @@ impl Page {
                     .checks
                     .iter()
                     .filter(|c| !c.passed)
-                    .map(move |c| (a.attribute.as_str(), c))
+                    .map(move |c| (a, c))
             })
             .collect();
-        if !failing.is_empty() {
+        if let Some(why) = latest.not_evaluated {
+            w!(
+                self.out,
+                "<p>Not approved and not rejected: {}.</p>\n",
+                Esc(&why.to_string())
+            );
+        } else if !failing.is_empty() {
             self.out
                 .push_str("<p><strong>Failing checks:</strong></p>\n<ul>\n");
-            for (attribute, check) in failing {
+            for (audit, check) in failing {
                 w!(
                     self.out,
                     "<li><strong>FAIL</strong> — {}: {}</li>\n",
-                    Esc(attribute),
-                    Esc(&check_text(check))
+                    Esc(&audit.attribute),
+                    Esc(&check_text(check, &audit.report))
                 );
             }
             self.out.push_str("</ul>\n");
@@ -393,7 +421,10 @@ impl Page {
              <p class=\"note\">Dots are the observed rates, whiskers their Wilson 95% intervals. \
              Suppressed groups are too small to report and take no part in the disparities.</p>\n",
         );
-        if latest.fairness.is_empty() {
+        if latest.not_evaluated.is_some() {
+            self.out
+                .push_str("<p>No evaluation data this round, so nothing was audited.</p>\n");
+        } else if latest.fairness.is_empty() {
             self.out
                 .push_str("<p>No sensitive attribute was audited this round.</p>\n");
         }
@@ -453,12 +484,12 @@ impl Page {
                 Esc(&truncate(group_name(group), 24))
             );
             match group {
-                GroupReport::Suppressed { .. } => w!(
+                GroupReport::Suppressed { reason, .. } => w!(
                     self.out,
                     "<text class=\"muted\" x=\"{}\" y=\"{}\" font-style=\"italic\">{}</text>\n",
                     LABEL_W + 4.0,
                     y + 4.0,
-                    suppressed_text(report.min_count)
+                    suppressed_text(report.min_count, *reason)
                 ),
                 GroupReport::Reported { group, metrics } => {
                     for (panel, column) in RATE_COLUMNS.iter().enumerate() {
@@ -526,10 +557,31 @@ impl Page {
         );
         for audit in latest.fairness {
             w!(self.out, "<h3>{}</h3>\n", Esc(&audit.attribute));
+            let undefined: Vec<(&str, UndefinedReason)> = disparity_rows(&audit.report)
+                .into_iter()
+                .filter_map(|(label, limit, _)| {
+                    Some((label, audit.report.undefined_reason(limit)?))
+                })
+                .collect();
             if audit.report.disparities.is_none() {
-                self.out.push_str(
-                    "<p>Fewer than two groups are reported, so no disparity is defined.</p>\n",
-                );
+                // Every disparity is undefined, for the same reason.
+                if let Some((_, reason)) = undefined.first() {
+                    w!(
+                        self.out,
+                        "<p>No disparity is defined: {}.</p>\n",
+                        Esc(&reason.to_string())
+                    );
+                }
+            } else if !undefined.is_empty() {
+                self.out.push_str("<ul class=\"note\">\n");
+                for (label, reason) in &undefined {
+                    w!(
+                        self.out,
+                        "<li>{label} is undefined: {}.</li>\n",
+                        Esc(&reason.to_string())
+                    );
+                }
+                self.out.push_str("</ul>\n");
             }
             self.disparity_chart(audit);
         }
@@ -906,8 +958,8 @@ impl Page {
             let report = &audit.report;
             w!(
                 self.out,
-                "<table>\n<caption>{} (groups with fewer than {} examples are suppressed)\
-                 </caption>\n<thead><tr><th scope=\"col\">Group</th><th scope=\"col\">n</th>\
+                "<table>\n<caption>{} (groups with fewer than {} examples, positives or \
+                 negatives are suppressed)</caption>\n<thead><tr><th scope=\"col\">Group</th><th scope=\"col\">n</th>\
                  <th scope=\"col\">Prevalence</th><th scope=\"col\">Selection rate</th>\
                  <th scope=\"col\">Accuracy</th><th scope=\"col\">TPR</th>\
                  <th scope=\"col\">FPR</th><th scope=\"col\">FNR</th><th scope=\"col\">PPV</th>\
@@ -917,12 +969,12 @@ impl Page {
             );
             for group in &report.groups {
                 match group {
-                    GroupReport::Suppressed { group } => w!(
+                    GroupReport::Suppressed { group, reason } => w!(
                         self.out,
                         "<tr><th scope=\"row\">{}</th><td class=\"suppressed\" colspan=\"10\">\
                          {}</td></tr>\n",
                         Esc(group),
-                        suppressed_text(report.min_count)
+                        suppressed_text(report.min_count, *reason)
                     ),
                     GroupReport::Reported { group, metrics } => w!(
                         self.out,
@@ -1066,6 +1118,7 @@ mod tests {
             threshold,
             value: Some(value),
             passed: limit.bound().holds(value, threshold),
+            undefined: None,
         }
     }
 
@@ -1085,6 +1138,7 @@ mod tests {
                 attribute: "sex".to_owned(),
                 report: FairnessReport {
                     min_count: 10,
+                    decision_threshold: 0.5,
                     groups: vec![
                         GroupReport::Reported {
                             group: "female".to_owned(),
@@ -1096,6 +1150,7 @@ mod tests {
                         },
                         GroupReport::Suppressed {
                             group: "intersex".to_owned(),
+                            reason: SuppressionReason::TooFewExamples,
                         },
                     ],
                     disparities: Some(disparities(&["female", "male"], 0.05, 0.9)),
@@ -1109,6 +1164,7 @@ mod tests {
                 attribute: "ethnicity \"<b>\"".to_owned(),
                 report: FairnessReport {
                     min_count: 10,
+                    decision_threshold: 0.5,
                     groups: vec![
                         GroupReport::Reported {
                             group: "<script>alert(1)</script>".to_owned(),
@@ -1170,6 +1226,7 @@ mod tests {
                 round: i as u64 + 1,
                 model_sha256: "ab12cd34",
                 approved: fairness.iter().all(|a| a.policy.approved),
+                not_evaluated: None,
                 evaluation: Some(evaluation),
                 fairness,
                 participants: &participants,
@@ -1349,6 +1406,7 @@ mod tests {
             attribute: "site".to_owned(),
             report: FairnessReport {
                 min_count: 20,
+                decision_threshold: 0.5,
                 groups: vec![
                     GroupReport::Reported {
                         group: "north".to_owned(),
@@ -1356,6 +1414,7 @@ mod tests {
                     },
                     GroupReport::Suppressed {
                         group: "south".to_owned(),
+                        reason: SuppressionReason::TooFewPositives,
                     },
                 ],
                 disparities: None,
@@ -1366,6 +1425,8 @@ mod tests {
                     threshold: 0.1,
                     value: None,
                     passed: false,
+                    // As in a report written before checks carried their reason.
+                    undefined: None,
                 }],
                 approved: false,
             },
@@ -1376,6 +1437,7 @@ mod tests {
                 round: 7,
                 model_sha256: "ff",
                 approved: false,
+                not_evaluated: None,
                 evaluation: None,
                 fairness: &fairness,
                 participants: &[],
@@ -1384,11 +1446,84 @@ mod tests {
             }],
         );
         assert!(html.contains("NOT APPROVED"));
-        assert!(html.contains("site: max_equalized_odds_difference: undefined"));
-        assert!(html.contains("suppressed (fewer than 20 examples)"));
-        assert!(html.contains("Fewer than two groups are reported"));
+        // The failing check says why its value is undefined, from the counts.
+        let why = "every group but &quot;north&quot; is suppressed, so it has no group to be \
+                   compared with (&quot;south&quot;: fewer than 20 positives)";
+        assert!(
+            html.contains(&format!(
+                "site: max_equalized_odds_difference: undefined, because {why} (must be ≤ 0.100)"
+            )),
+            "{html}"
+        );
+        assert!(html.contains(&format!("No disparity is defined: {why}.")));
+        assert!(html.contains("suppressed (fewer than 20 positives)"));
         assert!(html.contains("No held-out evaluation this round."));
         assert!(!html.contains("NaN"));
+        assert_eq!(nesting_problem(&html), None);
+    }
+
+    #[test]
+    fn html_names_each_undefined_disparity_and_the_check_s_own_reason() {
+        // Two groups reported, nobody flagged positive at 0.3.
+        let mut fairness = audits(0.05);
+        let sex = &mut fairness[0];
+        sex.report.decision_threshold = 0.3;
+        let d = sex.report.disparities.as_mut().unwrap();
+        d.demographic_parity_ratio = None;
+        let reason = UndefinedReason::NobodyFlagged { threshold: 0.3 };
+        sex.policy.checks[1] = PolicyCheck {
+            name: "min_demographic_parity_ratio".to_owned(),
+            threshold: 0.8,
+            value: None,
+            passed: false,
+            undefined: Some(reason.clone()),
+        };
+        sex.policy.approved = false;
+        let html = render(
+            "Audit",
+            &[PageRound {
+                round: 2,
+                model_sha256: "ff",
+                approved: false,
+                not_evaluated: None,
+                evaluation: None,
+                fairness: &fairness,
+                participants: &[],
+                absent_members: &[],
+                privacy: &[],
+            }],
+        );
+        assert!(html.contains(&format!(
+            "sex: min_demographic_parity_ratio: undefined, because {reason} (must be ≥ 0.800)"
+        )));
+        assert!(html.contains(&format!(
+            "<li>Demographic parity ratio is undefined: {reason}.</li>"
+        )));
+        assert!(reason.to_string().contains("threshold 0.3"));
+        assert_eq!(nesting_problem(&html), None);
+    }
+
+    #[test]
+    fn html_says_no_evaluation_data_rather_than_not_approved() {
+        let html = render(
+            "Audit",
+            &[PageRound {
+                round: 4,
+                model_sha256: "ff",
+                approved: false,
+                not_evaluated: Some(NotEvaluated::NoEvaluationData),
+                evaluation: None,
+                fairness: &[],
+                participants: &["hospital-a".to_owned()],
+                absent_members: &[],
+                privacy: &[],
+            }],
+        );
+        assert!(html.contains("verdict none"));
+        assert!(html.contains("NO EVALUATION DATA"));
+        assert!(!html.contains("NOT APPROVED") && !html.contains("> APPROVED"));
+        assert!(html.contains("holdout_fraction = 0"));
+        assert!(html.contains("No evaluation data this round, so nothing was audited."));
         assert_eq!(nesting_problem(&html), None);
     }
 }

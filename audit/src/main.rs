@@ -3,25 +3,32 @@
 //! - `verify` checks the coordinator's certificate against the consortium CA, every report's
 //!   signature, the hash chain, and (optionally) that a model file is the audited model.
 //! - `metrics` computes the report's per-group metrics block from a CSV of the auditor's own
-//!   predictions, with the same code the coordinator uses.
+//!   predictions, with the same code the coordinator uses, in the schema's order of attributes
+//!   and groups (or, without a schema, in the order given and in natural order), and with a
+//!   policy file gives the policy's verdict as the coordinator would.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use medfed_audit::bias::{AttributeAudit, FairnessSettings};
 use medfed_audit::checkpoint::read_model_file;
 use medfed_protocol::evaluation::DecisionThreshold;
-use medfed_protocol::fairness::{AuditConfig, FairnessReport, group_predictions_at};
+use medfed_protocol::fairness::{
+    AuditConfig, FairnessPolicy, FairnessReport, GroupCounts, group_predictions_at,
+};
 use medfed_protocol::report::{
     SignedReport, file_sha256, verify_chain, verify_checkpoint, verify_model,
 };
-use medfed_protocol::schema::{INTERSECTION_GROUP_SEPARATOR, intersection_name};
+use medfed_protocol::schema::{INTERSECTION_GROUP_SEPARATOR, Schema, intersection_name};
+use serde::Serialize;
 
-/// Verify medfed audit reports, or recompute their metrics on your own data.
+/// The auditors' tool: verify a medfed consortium's signed audit reports offline, or recompute
+/// their per-group fairness metrics from your own predictions.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "medfed-audit", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,8 +51,16 @@ enum Command {
         #[arg(long)]
         model: Option<PathBuf>,
     },
-    /// Prints the per-group metrics block (JSON) for a CSV of labels, scores and groups, computed
-    /// by the same code as the coordinator's audit.
+    /// Prints the per-group metrics (JSON) for a CSV of labels, scores and sensitive
+    /// attributes, computed by the same code as the coordinator's audit; with --policy, the
+    /// policy's verdict too.
+    ///
+    /// Attributes come in the order given (--group, then --intersection), or with --schema in
+    /// the schema's order (its sensitive attributes, then its intersections); groups in the
+    /// schema's level and band order, or without a schema in natural order (numbers by value).
+    /// Without --policy the output is an object mapping each attribute to its report; with it,
+    /// the `fairness` list and `approved` flag of a signed audit report, and the verdict on
+    /// stderr.
     Metrics {
         /// The CSV file.
         #[arg(long)]
@@ -56,20 +71,32 @@ enum Command {
         /// Column of the predicted probabilities.
         #[arg(long)]
         score: String,
-        /// Column(s) of the sensitive attributes (one report each).
-        #[arg(long, required_unless_present = "intersection")]
+        /// Column(s) of the sensitive attributes (one report each), audited by their raw
+        /// values.
+        #[arg(long, required_unless_present_any = ["intersection", "schema"])]
         group: Vec<String>,
         /// Two columns `A,B` audited together, as the schema's `intersections` are: one report
         /// named `A×B` whose groups are the pairs `a, b` of their values.
         #[arg(long, value_name = "A,B")]
         intersection: Vec<String>,
-        /// Groups with fewer examples are suppressed.
-        #[arg(long, default_value_t = 10)]
-        min_count: u64,
+        /// The consortium's schema (TOML): audit its sensitive attributes and intersections,
+        /// read from the columns of those names, grouped by its levels and bands, exactly as
+        /// the coordinator groups them.
+        #[arg(long, conflicts_with_all = ["group", "intersection"])]
+        schema: Option<PathBuf>,
+        /// Groups with fewer examples, positives or negatives are suppressed [default: the
+        /// policy file's `[fairness] min_count`, else 10].
+        #[arg(long)]
+        min_count: Option<u64>,
         /// Decision threshold on the score, strictly between 0 and 1 (the task manifest's
         /// `decision_threshold`; 0.5 unless the consortium set another).
         #[arg(long, default_value_t = 0.5)]
         threshold: f64,
+        /// A policy file, checked as the coordinator checks it: a `[fairness.policy]` table
+        /// (the coordinator's configuration file will do) or the policy's keys alone, such as
+        /// `max_equalized_odds_difference = 0.1`.
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
 }
 
@@ -97,17 +124,32 @@ fn run() -> anyhow::Result<ExitCode> {
             score,
             group,
             intersection,
+            schema,
             min_count,
             threshold,
-        } => metrics(
-            &csv,
-            &label,
-            &score,
-            &group,
-            &intersection,
-            min_count,
-            threshold,
-        ),
+            policy,
+        } => {
+            let attributes = match schema {
+                Some(path) => Attributes::Schema(read_schema(&path)?),
+                None => Attributes::Columns {
+                    groups: group,
+                    intersections: intersection,
+                },
+            };
+            let settings = policy.as_deref().map(read_policy).transpose()?;
+            let min_count = min_count
+                .or_else(|| settings.as_ref().and_then(|s| s.min_count))
+                .unwrap_or(medfed_protocol::fairness::DEFAULT_MIN_COUNT);
+            metrics(
+                &csv,
+                &label,
+                &score,
+                &attributes,
+                min_count,
+                threshold,
+                settings.map(|s| s.policy).as_ref(),
+            )
+        }
     }
 }
 
@@ -191,12 +233,7 @@ fn verify(
     if let Some(summary) = summary {
         println!(
             "verdict of the last report (round {}): {}",
-            summary.last_round,
-            if summary.last_approved {
-                "APPROVED"
-            } else {
-                "NOT APPROVED"
-            }
+            summary.last_round, summary.last_verdict
         );
     }
     println!("OK");
@@ -236,14 +273,93 @@ fn chain_error_index(error: &medfed_protocol::report::ReportError) -> Option<usi
         .ok()
 }
 
+/// What `metrics` audits: raw columns as named, or the schema's attributes.
+enum Attributes {
+    /// `--group` columns, then `--intersection` pairs `A,B`, by their raw values.
+    Columns {
+        groups: Vec<String>,
+        intersections: Vec<String>,
+    },
+    /// The schema's sensitive attributes and intersections, with its levels and bands.
+    Schema(Schema),
+}
+
+/// One audited attribute: its name, how a row's group is read, each row's group (`None`:
+/// outside every group), and the order of its groups when it is known in advance (the
+/// schema's).
+struct Audited {
+    name: String,
+    of: GroupOf,
+    rows: Vec<Option<String>>,
+    order: Option<Vec<String>>,
+}
+
+/// How a row's group of one attribute is read from its cells.
+#[derive(Clone, Copy)]
+enum GroupOf {
+    /// The raw value of the column at this header index.
+    Column(usize),
+    /// The raw values of two columns, joined as an intersection's group names are.
+    Pair(usize, usize),
+    /// The schema's group, from the row's sensitive cells (bands and levels applied).
+    Schema,
+}
+
+impl Audited {
+    fn new(name: String, of: GroupOf) -> Self {
+        Self {
+            name,
+            of,
+            rows: Vec::new(),
+            order: None,
+        }
+    }
+}
+
+fn read_schema(path: &Path) -> anyhow::Result<Schema> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Schema::parse(&text).with_context(|| path.display().to_string())
+}
+
+/// Reads a policy file: a `[fairness]` table with its `policy` (and perhaps `min_count`), as in
+/// the coordinator's configuration, or the policy's keys alone.
+fn read_policy(path: &Path) -> anyhow::Result<FairnessSettings> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not TOML", path.display()))?;
+    let settings = match table.remove("fairness") {
+        Some(fairness) => {
+            let settings: FairnessSettings = fairness
+                .try_into()
+                .with_context(|| format!("{}: [fairness]", path.display()))?;
+            if settings.policy == FairnessPolicy::default() {
+                bail!(
+                    "{}: [fairness] sets no [fairness.policy] limit",
+                    path.display()
+                );
+            }
+            settings
+        }
+        None => FairnessSettings {
+            min_count: None,
+            policy: toml::Value::Table(table)
+                .try_into()
+                .with_context(|| format!("{}: not a fairness policy", path.display()))?,
+        },
+    };
+    Ok(settings)
+}
+
 fn metrics(
     csv: &Path,
     label: &str,
     score: &str,
-    groups: &[String],
-    intersections: &[String],
+    attributes: &Attributes,
     min_count: u64,
     threshold: f64,
+    policy: Option<&FairnessPolicy>,
 ) -> anyhow::Result<ExitCode> {
     let threshold = DecisionThreshold::new(threshold).context("--threshold")?;
     let mut reader =
@@ -256,17 +372,44 @@ fn metrics(
             .with_context(|| format!("{} has no column {name}", csv.display()))
     };
     let (label_at, score_at) = (column(label)?, column(score)?);
-    let group_at: Vec<usize> = groups.iter().map(|g| column(g)).collect::<Result<_, _>>()?;
-    let mut pairs = Vec::with_capacity(intersections.len());
-    for pair in intersections {
-        let Some((a, b)) = pair.split_once(',').filter(|(a, b)| a != b) else {
-            bail!("--intersection takes two different columns, as A,B, not {pair:?}");
-        };
-        pairs.push((intersection_name(a, b), column(a)?, column(b)?));
+    let mut audited = Vec::new();
+    // With a schema: the header index of each sensitive attribute, and the audit groups.
+    let mut sensitive_at = Vec::new();
+    let mut schema_groups = Vec::new();
+    match attributes {
+        Attributes::Columns {
+            groups,
+            intersections,
+        } => {
+            for name in groups {
+                audited.push(Audited::new(name.clone(), GroupOf::Column(column(name)?)));
+            }
+            for pair in intersections {
+                let Some((a, b)) = pair.split_once(',').filter(|(a, b)| a != b) else {
+                    bail!("--intersection takes two different columns, as A,B, not {pair:?}");
+                };
+                let of = GroupOf::Pair(column(a)?, column(b)?);
+                audited.push(Audited::new(intersection_name(a, b), of));
+            }
+        }
+        Attributes::Schema(schema) => {
+            for name in schema.sensitive() {
+                sensitive_at.push(column(name)?);
+            }
+            schema_groups = schema.audit_groups();
+            for name in schema.audit_attributes() {
+                let order = schema_groups
+                    .iter()
+                    .filter(|g| g.attribute == name)
+                    .map(|g| g.group.clone())
+                    .collect();
+                let mut attribute = Audited::new(name, GroupOf::Schema);
+                attribute.order = Some(order);
+                audited.push(attribute);
+            }
+        }
     }
-    let (mut labels, mut scores, mut values) =
-        (Vec::new(), Vec::new(), vec![Vec::new(); groups.len()]);
-    let mut pair_values = vec![Vec::new(); pairs.len()];
+    let (mut labels, mut scores) = (Vec::new(), Vec::new());
     for (i, record) in reader.records().enumerate() {
         let row = i + 2;
         let record = record.with_context(|| format!("{} row {row}", csv.display()))?;
@@ -279,29 +422,177 @@ fn metrics(
         };
         labels.push(number(label_at, label)?);
         scores.push(number(score_at, score)?);
-        for (g, &at) in group_at.iter().enumerate() {
-            values[g].push(record.get(at).unwrap_or_default().to_owned());
-        }
-        for ((_, a, b), values) in pairs.iter().zip(&mut pair_values) {
-            values.push(format!(
-                "{}{INTERSECTION_GROUP_SEPARATOR}{}",
-                record.get(*a).unwrap_or_default(),
-                record.get(*b).unwrap_or_default()
-            ));
+        let cell = |at: usize| record.get(at).unwrap_or_default();
+        // The row's schema groups, one per audited attribute at most.
+        let in_schema: Vec<usize> = match attributes {
+            Attributes::Schema(schema) => {
+                let cells: Vec<&str> = sensitive_at.iter().map(|&at| cell(at)).collect();
+                schema.audit_groups_of(&cells)
+            }
+            Attributes::Columns { .. } => Vec::new(),
+        };
+        for attribute in &mut audited {
+            let group = match attribute.of {
+                GroupOf::Column(at) => Some(cell(at).to_owned()),
+                GroupOf::Pair(a, b) => Some(format!(
+                    "{}{INTERSECTION_GROUP_SEPARATOR}{}",
+                    cell(a),
+                    cell(b)
+                )),
+                GroupOf::Schema => in_schema
+                    .iter()
+                    .map(|&g| &schema_groups[g])
+                    .find(|g| g.attribute == attribute.name)
+                    .map(|g| g.group.clone()),
+            };
+            attribute.rows.push(group);
         }
     }
     let mut config = AuditConfig::default();
-    config.min_count(min_count);
-    let mut out = BTreeMap::new();
-    let named = groups
-        .iter()
-        .zip(&values)
-        .chain(pairs.iter().map(|(name, _, _)| name).zip(&pair_values));
-    for (name, values) in named {
-        let counts = group_predictions_at(&scores, &labels, values, threshold);
-        let report = FairnessReport::compute(&counts, &config)?;
-        out.insert(name.clone(), report);
+    config
+        .min_count(min_count)
+        .decision_threshold(threshold.get() as f32);
+    let mut reports = Vec::with_capacity(audited.len());
+    for attribute in &audited {
+        let report = audit_attribute(attribute, &scores, &labels, threshold, &config)
+            .with_context(|| format!("attribute {}", attribute.name))?;
+        reports.push((attribute.name.clone(), report));
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    match policy {
+        None => println!("{}", serde_json::to_string_pretty(&InOrder(&reports))?),
+        Some(policy) => {
+            let fairness: Vec<AttributeAudit> = reports
+                .into_iter()
+                .map(|(attribute, report)| AttributeAudit {
+                    policy: policy.check(&report),
+                    attribute,
+                    report,
+                })
+                .collect();
+            let approved = fairness.iter().all(|a| a.policy.approved);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&PolicyOutput {
+                    fairness: &fairness,
+                    approved,
+                })?
+            );
+            eprintln!("{}", verdict_text(&fairness, approved));
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The report of one attribute: its rows' counts in its groups' order (the schema's, every
+/// group listed even without rows; else natural order).
+fn audit_attribute(
+    attribute: &Audited,
+    scores: &[f32],
+    labels: &[f32],
+    threshold: DecisionThreshold,
+    config: &AuditConfig,
+) -> anyhow::Result<FairnessReport> {
+    let (mut kept_scores, mut kept_labels, mut groups) = (Vec::new(), Vec::new(), Vec::new());
+    for ((score, label), group) in scores.iter().zip(labels).zip(&attribute.rows) {
+        if let Some(group) = group {
+            kept_scores.push(*score);
+            kept_labels.push(*label);
+            groups.push(group.as_str());
+        }
+    }
+    let mut counts = group_predictions_at(&kept_scores, &kept_labels, &groups, threshold);
+    let order: Vec<String> = match &attribute.order {
+        Some(order) => order.clone(),
+        None => {
+            let mut names: Vec<String> = counts.keys().cloned().collect();
+            names.sort_by(|a, b| natural_order(a, b));
+            names
+        }
+    };
+    let ordered: Vec<(String, GroupCounts)> = order
+        .into_iter()
+        .map(|name| {
+            let counts = counts.remove(&name).unwrap_or_else(GroupCounts::zero);
+            (name, counts)
+        })
+        .collect();
+    Ok(FairnessReport::compute(
+        ordered.iter().map(|(name, counts)| (name, counts)),
+        config,
+    )?)
+}
+
+/// Compares group names as people sort them: runs of digits by their value (`2` before `10`),
+/// everything else character by character; ties by bytes, so the order is total.
+fn natural_order(a: &str, b: &str) -> Ordering {
+    let (mut x, mut y) = (a, b);
+    loop {
+        match (x.chars().next(), y.chars().next()) {
+            (None, None) => return a.cmp(b),
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(c), Some(d)) if c.is_ascii_digit() && d.is_ascii_digit() => {
+                let (m, rest_x) = split_digits(x);
+                let (n, rest_y) = split_digits(y);
+                let (m, n) = (m.trim_start_matches('0'), n.trim_start_matches('0'));
+                let by_value = m.len().cmp(&n.len()).then_with(|| m.cmp(n));
+                if by_value != Ordering::Equal {
+                    return by_value;
+                }
+                (x, y) = (rest_x, rest_y);
+            }
+            (Some(c), Some(d)) => {
+                if c != d {
+                    return c.cmp(&d);
+                }
+                (x, y) = (&x[c.len_utf8()..], &y[d.len_utf8()..]);
+            }
+        }
+    }
+}
+
+/// The leading run of ASCII digits of `s`, and the rest.
+fn split_digits(s: &str) -> (&str, &str) {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    s.split_at(end)
+}
+
+/// Attribute reports as one JSON object, in their order (not sorted by name).
+struct InOrder<'a>(&'a [(String, FairnessReport)]);
+
+impl Serialize for InOrder<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, report)| (name, report)))
+    }
+}
+
+/// With `--policy`: the fairness part of a signed audit report.
+#[derive(Serialize)]
+struct PolicyOutput<'a> {
+    fairness: &'a [AttributeAudit],
+    approved: bool,
+}
+
+/// The verdict for people: APPROVED or NOT APPROVED, then each failing check, with the reason
+/// of an undefined value.
+fn verdict_text(fairness: &[AttributeAudit], approved: bool) -> String {
+    let mut text = format!(
+        "verdict: {}",
+        if approved { "APPROVED" } else { "NOT APPROVED" }
+    );
+    for audit in fairness {
+        for check in audit.policy.checks.iter().filter(|c| !c.passed) {
+            let value = match (check.value, &check.undefined) {
+                (Some(v), _) => format!("{v:.3}"),
+                (None, Some(reason)) => format!("undefined, because {reason}"),
+                (None, None) => "undefined".to_owned(),
+            };
+            let relation = check.limit().map_or("?", |l| l.bound().symbol());
+            text.push_str(&format!(
+                "\n  FAIL {}: {}: {value} (must be {relation} {})",
+                audit.attribute, check.name, check.threshold
+            ));
+        }
+    }
+    text
 }

@@ -122,6 +122,7 @@ impl ReportWriter {
                     round: r.round,
                     model_sha256: &r.model_sha256,
                     approved: r.approved,
+                    not_evaluated: r.not_evaluated,
                     evaluation: r.evaluation.as_ref(),
                     fairness: &r.fairness,
                     participants: &r.participants,

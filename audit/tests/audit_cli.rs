@@ -35,6 +35,7 @@ fn chain(dir: &Path) -> (PathBuf, PathBuf, PathBuf, Vec<PathBuf>) {
             absent_members: Vec::new(),
             privacy: Vec::new(),
             evaluation: None,
+            not_evaluated: None,
             fairness: Vec::new(),
             approved: true,
             previous_report_sha256: None,
@@ -352,4 +353,288 @@ fn metrics_audit_an_intersection_as_the_joined_column() {
         .unwrap();
     assert!(!same_column.status.success());
     assert!(String::from_utf8_lossy(&same_column.stderr).contains("two different columns"));
+}
+
+/// Runs `medfed-audit` with `args`; returns whether it succeeded, its stdout and its stderr.
+fn run_audit(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_medfed-audit"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The positions of `needles` in `text`, each after the previous one; panics naming the first
+/// one missing from there on.
+fn in_order(text: &str, needles: &[&str]) {
+    let mut from = 0;
+    for needle in needles {
+        let at = text[from..]
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing after byte {from}:\n{text}"));
+        from += at + needle.len();
+    }
+}
+
+#[test]
+fn help_names_the_auditors_tool() {
+    let (ok, help, _) = run_audit(&["--help"]);
+    assert!(ok);
+    assert!(help.contains("The auditors' tool"), "{help}");
+    assert!(help.contains("Usage: medfed-audit"), "{help}");
+    // Not the library crate's description.
+    assert!(!help.contains("the checkpoint files they bind"), "{help}");
+}
+
+#[test]
+fn a_chain_whose_last_round_had_no_evaluation_data_verifies_and_says_so() {
+    use medfed_protocol::report::NotEvaluated;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (reports, cert, ca, _) = chain(dir.path());
+    let certs = dir.path().join("certs");
+    let key = load_report_signing_key(&certs.join("coordinator.key")).unwrap();
+    let mut writer = ReportWriter::open(&reports, key).unwrap();
+    let report = AuditReport {
+        format: REPORT_FORMAT.into(),
+        round: 3,
+        created_at_ms: 1_700_000_000_003,
+        model_sha256: "ab".repeat(32),
+        checkpoint_sha256: None,
+        participants: vec!["hospital-1".into()],
+        absent_members: Vec::new(),
+        privacy: Vec::new(),
+        evaluation: None,
+        not_evaluated: Some(NotEvaluated::NoEvaluationData),
+        fairness: Vec::new(),
+        approved: false,
+        previous_report_sha256: None,
+    };
+    writer.append(report).unwrap().expect("written");
+    let (ok, text) = verify(&reports, &cert, &ca, None);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("verdict of the last report (round 3): NOT EVALUATED (no evaluation data"),
+        "{text}"
+    );
+    let page = std::fs::read_to_string(reports.join("index.html")).unwrap();
+    assert!(page.contains("NO EVALUATION DATA"));
+}
+
+/// Predictions of 40 patients in wards 2, 9 and 10 (listed out of order) and of both sexes.
+fn ward_csv(dir: &Path) -> PathBuf {
+    let csv = dir.join("wards.csv");
+    let mut text = String::from("y,p,ward,sex,age\n");
+    for i in 0..60u32 {
+        let ward = ["10", "2", "9"][(i % 3) as usize];
+        let sex = ["M", "F"][(i / 3 % 2) as usize];
+        let age = 30 + (i * 7) % 50;
+        let y = u32::from(i % 4 < 2);
+        let p = f64::from((i * 37) % 100) / 100.0;
+        text.push_str(&format!("{y},{p},{ward},{sex},{age}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    csv
+}
+
+#[test]
+fn metrics_list_attributes_as_given_and_groups_in_natural_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = ward_csv(dir.path());
+    let csv = csv.to_str().unwrap();
+    let base = ["metrics", "--csv", csv, "--label", "y", "--score", "p"];
+    let (ok, out, err) = run_audit(
+        &[
+            &base[..],
+            &["--group", "ward", "--group", "sex", "--min-count", "1"],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{err}");
+    // `ward` before `sex`, as given; wards by number, not by text ("10" < "2").
+    in_order(
+        &out,
+        &[
+            "\"ward\"",
+            "\"group\": \"2\"",
+            "\"group\": \"9\"",
+            "\"group\": \"10\"",
+            "\"sex\"",
+            "\"group\": \"F\"",
+            "\"group\": \"M\"",
+        ],
+    );
+    // The same rows in another order give the same output.
+    let text = std::fs::read_to_string(csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut shuffled = vec![lines[0]];
+    shuffled.extend(lines[1..].iter().rev());
+    let other = dir.path().join("reversed.csv");
+    std::fs::write(&other, shuffled.join("\n") + "\n").unwrap();
+    let (ok, again, _) = run_audit(&[
+        "metrics",
+        "--csv",
+        other.to_str().unwrap(),
+        "--label",
+        "y",
+        "--score",
+        "p",
+        "--group",
+        "ward",
+        "--group",
+        "sex",
+        "--min-count",
+        "1",
+    ]);
+    assert!(ok);
+    assert_eq!(again, out);
+}
+
+#[test]
+fn metrics_with_the_schema_use_its_levels_bands_and_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = ward_csv(dir.path());
+    let schema = dir.path().join("schema.toml");
+    std::fs::write(
+        &schema,
+        "sensitive = [\"sex\", \"age\"]\nintersections = [[\"sex\", \"age\"]]\n\
+         [label]\ncolumn = \"y\"\npositive = [\"1\"]\nnegative = [\"0\"]\n\
+         [[columns]]\nname = \"age\"\ntype = \"numeric\"\nrange = [0, 120]\n\
+         [[columns]]\nname = \"sex\"\ntype = \"categorical\"\nlevels = [\"M\", \"F\", \"X\"]\n\
+         [bands]\nage = [45, 55]\n",
+    )
+    .unwrap();
+    let (ok, out, err) = run_audit(&[
+        "metrics",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--label",
+        "y",
+        "--score",
+        "p",
+        "--schema",
+        schema.to_str().unwrap(),
+        "--min-count",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    // The schema's attributes, its level order (X has nobody and is listed, suppressed), its
+    // bands from low to high (by text, "45-<55" would come first), then the intersection.
+    in_order(
+        &out,
+        &[
+            "\"sex\"",
+            "\"group\": \"M\"",
+            "\"group\": \"F\"",
+            "\"status\": \"suppressed\",\n        \"group\": \"X\"",
+            "\"age\"",
+            "\"group\": \"<45\"",
+            "\"group\": \"45-<55\"",
+            "\"group\": \"≥55\"",
+            "\"sex×age\"",
+            "\"group\": \"M, <45\"",
+            "\"group\": \"F, <45\"",
+        ],
+    );
+    // Raw columns and the schema cannot both choose the attributes.
+    let (ok, _, err) = run_audit(&[
+        "metrics",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--label",
+        "y",
+        "--score",
+        "p",
+        "--schema",
+        schema.to_str().unwrap(),
+        "--group",
+        "sex",
+    ]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+}
+
+#[test]
+fn metrics_apply_a_policy_file_and_print_the_verdict_with_its_reasons() {
+    use medfed_protocol::fairness::UndefinedReason;
+    use medfed_protocol::report::AttributeFairness;
+
+    #[derive(serde::Deserialize)]
+    struct Output {
+        fairness: Vec<AttributeFairness>,
+        approved: bool,
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let csv = ward_csv(dir.path());
+    let csv = csv.to_str().unwrap();
+    // The coordinator's own configuration file: its [fairness] table is read, the rest ignored.
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        "listen = \"0.0.0.0:4433\"\n[fairness]\nmin_count = 5\n[fairness.policy]\n\
+         min_demographic_parity_ratio = 0.8\nmax_equalized_odds_difference = 0.5\n",
+    )
+    .unwrap();
+    let run = |policy: &Path, threshold: &str| {
+        run_audit(&[
+            "metrics",
+            "--csv",
+            csv,
+            "--label",
+            "y",
+            "--score",
+            "p",
+            "--group",
+            "sex",
+            "--threshold",
+            threshold,
+            "--policy",
+            policy.to_str().unwrap(),
+        ])
+    };
+    let (ok, out, err) = run(&config, "0.5");
+    assert!(ok, "{err}");
+    let output: Output = serde_json::from_str(&out).unwrap();
+    assert_eq!(output.fairness.len(), 1);
+    let sex = &output.fairness[0];
+    assert_eq!(sex.attribute, "sex");
+    assert_eq!(sex.report.min_count, 5, "the file's min_count");
+    assert_eq!(sex.policy.checks.len(), 2);
+    assert_eq!(output.approved, sex.policy.approved);
+    let verdict = if output.approved {
+        "verdict: APPROVED"
+    } else {
+        "verdict: NOT APPROVED"
+    };
+    assert!(err.starts_with(verdict), "{err}");
+
+    // Nobody scores 0.995 or more (the highest score is 0.99): nobody is flagged, the ratio is
+    // undefined, and the verdict says why. A file with the policy's keys alone does as well.
+    let bare = dir.path().join("policy.toml");
+    std::fs::write(&bare, "min_demographic_parity_ratio = 0.8\n").unwrap();
+    let (ok, out, err) = run(&bare, "0.995");
+    assert!(ok, "{err}");
+    let output: Output = serde_json::from_str(&out).unwrap();
+    assert!(!output.approved);
+    let check = &output.fairness[0].policy.checks[0];
+    assert_eq!(
+        check.undefined,
+        Some(UndefinedReason::NobodyFlagged { threshold: 0.995 })
+    );
+    assert!(
+        err.contains(
+            "FAIL sex: min_demographic_parity_ratio: undefined, because nobody was flagged \
+             positive in any group at threshold 0.995"
+        ),
+        "{err}"
+    );
+
+    // A file that is not a policy is refused, naming it.
+    std::fs::write(&bare, "min_parity = 0.8\n").unwrap();
+    let (ok, _, err) = run(&bare, "0.5");
+    assert!(!ok && err.contains("policy.toml"), "{err}");
 }

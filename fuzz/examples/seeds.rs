@@ -323,10 +323,12 @@ fn report(round: u64, previous: Option<String>) -> AuditReport {
             auc: Some(0.9),
             prevalence: 0.25,
         }),
+        not_evaluated: None,
         fairness: vec![AttributeFairness {
             attribute: "sex".to_owned(),
             report: FairnessReport {
                 min_count: 20,
+                decision_threshold: 0.5,
                 groups: Vec::new(),
                 disparities: None,
             },
@@ -336,6 +338,7 @@ fn report(round: u64, previous: Option<String>) -> AuditReport {
                     threshold: 0.1,
                     value: Some(0.05),
                     passed: true,
+                    undefined: None,
                 }],
                 approved: true,
             },

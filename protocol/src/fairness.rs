@@ -14,8 +14,13 @@
 //!               ─▶ FairnessReport::compute(&groups, &AuditConfig) ─▶ FairnessPolicy::check
 //! ```
 //!
-//! Groups with fewer examples than [`AuditConfig::min_count`] are *suppressed*: the report lists
-//! them, marked suppressed and without any figure, and leaves them out of every disparity.
+//! Groups with fewer examples, fewer positives or fewer negatives than
+//! [`AuditConfig::min_count`] are *suppressed*: the report lists them, marked suppressed with
+//! the [`SuppressionReason`] and without any figure, and leaves them out of every disparity.
+//!
+//! A disparity can be undefined (fewer than two groups reported, nobody flagged positive, no
+//! positives or no negatives anywhere); [`FairnessReport::undefined_reason`] says why, from the
+//! counts, as an [`UndefinedReason`], which each failing [`PolicyCheck`] carries.
 //!
 //! The disparities follow fairlearn's definitions (`demographic_parity_difference`,
 //! `demographic_parity_ratio`, `equalized_odds_difference`, `equal_opportunity_difference` with
@@ -26,10 +31,13 @@
 //! configuration, and groups are always listed in the byte order of their names.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::evaluation::{DecisionThreshold, counted_pair, histogram_auc, score_bin};
+use crate::evaluation::{
+    DECISION_THRESHOLD, DecisionThreshold, counted_pair, histogram_auc, score_bin,
+};
 
 /// Default smallest number of examples a group needs to be reported.
 pub const DEFAULT_MIN_COUNT: u64 = 10;
@@ -150,6 +158,77 @@ pub enum GroupReport {
     Suppressed {
         /// The group's name.
         group: String,
+        /// Which of its counts is below the minimum. Left out of the JSON when it is
+        /// [`SuppressionReason::TooFewExamples`], the only reason reports written before the
+        /// field existed knew, so those reports keep their bytes and their signatures.
+        #[serde(
+            default,
+            skip_serializing_if = "SuppressionReason::is_too_few_examples"
+        )]
+        reason: SuppressionReason,
+    },
+}
+
+/// Why a group is suppressed: the first of its counts, in this order, that is below
+/// [`AuditConfig::min_count`].
+///
+/// Suppressing on the positives and the negatives, not only on the size, keeps a group with a
+/// handful of cases (a rare outcome) out of the disparities: its true or false positive rate
+/// would rest on a few patients and swing on one of them. Saying which count was short tells a
+/// reader no more than that this count is below the minimum; reporting the group would have
+/// shown it exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressionReason {
+    /// Fewer examples than the minimum (or none at all).
+    #[default]
+    TooFewExamples,
+    /// Enough examples, but fewer positive examples than the minimum.
+    TooFewPositives,
+    /// Enough examples and positives, but fewer negative examples than the minimum.
+    TooFewNegatives,
+}
+
+/// A suppressed group and why, as an [`UndefinedReason`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressedGroup {
+    /// The group's name.
+    pub group: String,
+    /// Which of its counts is below the minimum.
+    pub reason: SuppressionReason,
+}
+
+/// Why a disparity is undefined, read from the counts (see
+/// [`FairnessReport::undefined_reason`]). Its [`Display`](std::fmt::Display) form is the
+/// sentence the audit page and the coordinator's log show.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum UndefinedReason {
+    /// Fewer than two groups are reported, so there is nothing to compare.
+    TooFewGroupsReported {
+        /// The reported groups (none or one).
+        reported: Vec<String>,
+        /// Every suppressed group, with its reason.
+        suppressed: Vec<SuppressedGroup>,
+        /// The report's suppression threshold.
+        min_count: u64,
+    },
+    /// No reported group has anyone flagged positive at the decision threshold: every
+    /// selection rate is 0, and their ratio is 0/0.
+    NobodyFlagged {
+        /// The decision threshold the counts were taken at.
+        threshold: f32,
+    },
+    /// No reported group has a positive example, so no true positive rate is defined.
+    NoPositives {
+        /// The reported groups.
+        groups: Vec<String>,
+    },
+    /// No reported group has a negative example, so no false positive rate is defined.
+    NoNegatives {
+        /// The reported groups.
+        groups: Vec<String>,
     },
 }
 
@@ -200,6 +279,14 @@ pub struct GroupDifference {
 pub struct FairnessReport {
     /// The suppression threshold the report was computed with.
     pub min_count: u64,
+    /// The decision threshold the counts were taken at: a score at or above it is a positive
+    /// prediction. Left out of the JSON when it is 0.5, the threshold of every report written
+    /// before the field existed, so those reports keep their bytes and their signatures.
+    #[serde(
+        default = "legacy_decision_threshold",
+        skip_serializing_if = "is_legacy_decision_threshold"
+    )]
+    pub decision_threshold: f32,
     /// Every group, reported or suppressed, in name order.
     pub groups: Vec<GroupReport>,
     /// Disparities between the reported groups; `None` if fewer than two groups are reported.
@@ -207,10 +294,11 @@ pub struct FairnessReport {
 }
 
 /// Settings of [`FairnessReport::compute`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AuditConfig {
     min_count: u64,
     reference: Option<String>,
+    decision_threshold: f32,
 }
 
 /// Why a fairness report could not be computed.
@@ -275,6 +363,10 @@ pub struct PolicyCheck {
     pub value: Option<f64>,
     /// Whether the value is within the limit. An undefined value fails.
     pub passed: bool,
+    /// Why the value is undefined, when it is ([`FairnessReport::undefined_reason`]). Left
+    /// out of the JSON when `None`; reports written before the field existed read as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undefined: Option<UndefinedReason>,
 }
 
 /// The outcome of [`FairnessPolicy::check`].
@@ -560,15 +652,25 @@ impl Default for AuditConfig {
         Self {
             min_count: DEFAULT_MIN_COUNT,
             reference: None,
+            decision_threshold: DECISION_THRESHOLD,
         }
     }
 }
 
 impl AuditConfig {
-    /// Smallest number of examples a group needs to be reported (default
-    /// [`DEFAULT_MIN_COUNT`]). A group without examples is suppressed even when this is 0.
+    /// Smallest number of examples, of positive examples and of negative examples a group needs
+    /// to be reported (default [`DEFAULT_MIN_COUNT`]). A group without examples is suppressed
+    /// even when this is 0.
     pub fn min_count(&mut self, value: u64) -> &mut Self {
         self.min_count = value;
+        self
+    }
+
+    /// The decision threshold the counts were taken at (default [`DECISION_THRESHOLD`]). It
+    /// does not change any figure — the counts already hold the predictions — it is recorded in
+    /// the report and named where nobody was flagged positive.
+    pub fn decision_threshold(&mut self, value: f32) -> &mut Self {
+        self.decision_threshold = value;
         self
     }
 
@@ -606,10 +708,10 @@ impl FairnessReport {
             if !counts.is_well_formed() {
                 return Err(invalid());
             }
-            let n = counts.n();
-            if n <= 0.0 || n < config.min_count as f64 {
+            if let Some(reason) = suppression(counts, config.min_count) {
                 reports.push(GroupReport::Suppressed {
                     group: name.clone(),
+                    reason,
                 });
                 continue;
             }
@@ -637,8 +739,61 @@ impl FairnessReport {
             (reported.len() >= 2).then(|| disparities(&reported, config.reference.as_deref()));
         Ok(Self {
             min_count: config.min_count,
+            decision_threshold: config.decision_threshold,
             groups: reports,
             disparities,
+        })
+    }
+
+    /// Why `limit`'s disparity is undefined in this report, from its counts; `None` when it is
+    /// defined.
+    ///
+    /// Fewer than two reported groups leave every disparity undefined
+    /// ([`UndefinedReason::TooFewGroupsReported`]). Otherwise the demographic parity ratio is
+    /// undefined when nobody is flagged positive ([`UndefinedReason::NobodyFlagged`]), the equal
+    /// opportunity difference when no reported group has positives, and the equalized odds
+    /// difference when no reported group has positives or none has negatives.
+    pub fn undefined_reason(&self, limit: Limit) -> Option<UndefinedReason> {
+        let Some(d) = &self.disparities else {
+            let mut reported = Vec::new();
+            let mut suppressed = Vec::new();
+            for group in &self.groups {
+                match group {
+                    GroupReport::Reported { group, .. } => reported.push(group.clone()),
+                    GroupReport::Suppressed { group, reason } => suppressed.push(SuppressedGroup {
+                        group: group.clone(),
+                        reason: *reason,
+                    }),
+                }
+            }
+            return Some(UndefinedReason::TooFewGroupsReported {
+                reported,
+                suppressed,
+                min_count: self.min_count,
+            });
+        };
+        if limit.value(d).is_some() {
+            return None;
+        }
+        let reported = || d.groups.clone();
+        let all_reported = |undefined: fn(&GroupMetrics) -> bool| {
+            self.groups.iter().all(|g| match g {
+                GroupReport::Reported { metrics, .. } => undefined(metrics),
+                GroupReport::Suppressed { .. } => true,
+            })
+        };
+        let no_positives = all_reported(|m| m.tpr.is_none());
+        let no_negatives = all_reported(|m| m.fpr.is_none());
+        Some(match limit {
+            Limit::DemographicParityRatio => UndefinedReason::NobodyFlagged {
+                threshold: self.decision_threshold,
+            },
+            _ if no_positives => UndefinedReason::NoPositives { groups: reported() },
+            _ if no_negatives => UndefinedReason::NoNegatives { groups: reported() },
+            // Unreachable for reports this module computes: the TPR and FPR spreads are
+            // undefined only without positives or negatives. A hand-made report gets the
+            // closest reason.
+            _ => UndefinedReason::NoPositives { groups: reported() },
         })
     }
 }
@@ -647,7 +802,8 @@ impl FairnessPolicy {
     /// Checks every limit the policy sets against `report`'s disparities.
     ///
     /// A limit on a disparity that is undefined — including every limit when the report has no
-    /// disparities because fewer than two groups are reported — fails.
+    /// disparities because fewer than two groups are reported — fails, and its check says why
+    /// ([`PolicyCheck::undefined`]).
     pub fn check(&self, report: &FairnessReport) -> PolicyOutcome {
         let d = report.disparities.as_ref();
         let checks: Vec<PolicyCheck> = Limit::ALL
@@ -661,6 +817,10 @@ impl FairnessPolicy {
                     value,
                     // NaN thresholds or values compare false, so they fail.
                     passed: value.is_some_and(|v| limit.bound().holds(v, threshold)),
+                    undefined: value
+                        .is_none()
+                        .then(|| report.undefined_reason(limit))
+                        .flatten(),
                 })
             })
             .collect();
@@ -772,6 +932,86 @@ impl Bound {
     }
 }
 
+impl SuppressionReason {
+    /// Whether this is [`Self::TooFewExamples`] (the reason a report leaves out of its JSON).
+    pub fn is_too_few_examples(&self) -> bool {
+        *self == Self::TooFewExamples
+    }
+
+    /// The count that is short: "examples", "positives" or "negatives".
+    pub fn count(self) -> &'static str {
+        match self {
+            Self::TooFewExamples => "examples",
+            Self::TooFewPositives => "positives",
+            Self::TooFewNegatives => "negatives",
+        }
+    }
+}
+
+impl fmt::Display for UndefinedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooFewGroupsReported {
+                reported,
+                suppressed,
+                min_count,
+            } => {
+                match reported.as_slice() {
+                    [] if suppressed.is_empty() => f.write_str("there are no groups")?,
+                    [] => f.write_str("every group is suppressed")?,
+                    [only] if suppressed.is_empty() => write!(f, "{only:?} is the only group")?,
+                    [only] => write!(
+                        f,
+                        "every group but {only:?} is suppressed, so it has no group to be \
+                         compared with"
+                    )?,
+                    // Two or more reported groups always have disparities.
+                    _ => f.write_str("fewer than two groups are reported")?,
+                }
+                for (i, s) in suppressed.iter().enumerate() {
+                    let lead = if i == 0 { " (" } else { "; " };
+                    write!(
+                        f,
+                        "{lead}{:?}: fewer than {min_count} {}",
+                        s.group,
+                        s.reason.count()
+                    )?;
+                }
+                if !suppressed.is_empty() {
+                    f.write_str(")")?;
+                }
+                Ok(())
+            }
+            Self::NobodyFlagged { threshold } => write!(
+                f,
+                "nobody was flagged positive in any group at threshold {threshold}, so every \
+                 selection rate is 0"
+            ),
+            Self::NoPositives { groups } => write!(
+                f,
+                "no reported group has positive examples ({}), so no true positive rate is \
+                 defined",
+                quoted(groups)
+            ),
+            Self::NoNegatives { groups } => write!(
+                f,
+                "no reported group has negative examples ({}), so no false positive rate is \
+                 defined",
+                quoted(groups)
+            ),
+        }
+    }
+}
+
+/// Group names in quotes, separated by commas.
+fn quoted(groups: &[String]) -> String {
+    groups
+        .iter()
+        .map(|g| format!("{g:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl PolicyCheck {
     /// The limit this check applied; `None` for a name no version of medfed wrote.
     pub fn limit(&self) -> Option<Limit> {
@@ -838,6 +1078,34 @@ fn rate(successes: f64, trials: f64) -> Option<Rate> {
         value: successes / trials,
         interval: wilson_interval(successes, trials)?,
     })
+}
+
+/// Why a group with these counts is suppressed under `min_count`; `None` if it is reported.
+fn suppression(counts: &GroupCounts, min_count: u64) -> Option<SuppressionReason> {
+    let min = min_count as f64;
+    let n = counts.n();
+    if n <= 0.0 || n < min {
+        Some(SuppressionReason::TooFewExamples)
+    } else if counts.tp + counts.fn_ < min {
+        Some(SuppressionReason::TooFewPositives)
+    } else if counts.fp + counts.tn < min {
+        Some(SuppressionReason::TooFewNegatives)
+    } else {
+        None
+    }
+}
+
+/// The decision threshold of every report written before [`FairnessReport::decision_threshold`]
+/// existed.
+const LEGACY_DECISION_THRESHOLD: f32 = 0.5;
+
+fn legacy_decision_threshold() -> f32 {
+    LEGACY_DECISION_THRESHOLD
+}
+
+// serde's `skip_serializing_if` passes a reference.
+fn is_legacy_decision_threshold(value: &f32) -> bool {
+    *value == LEGACY_DECISION_THRESHOLD
 }
 
 /// Disparities between `reported` groups (at least two, in name order).
@@ -1077,7 +1345,7 @@ mod tests {
     fn small_groups_are_suppressed_not_dropped() {
         let mut groups = BTreeMap::new();
         groups.insert("large".to_owned(), counts(10, 5, 20, 5));
-        groups.insert("medium".to_owned(), counts(4, 2, 4, 2));
+        groups.insert("medium".to_owned(), counts(8, 4, 8, 4));
         groups.insert("tiny".to_owned(), counts(1, 0, 8, 0));
         let report = FairnessReport::compute(&groups, &AuditConfig::default()).unwrap();
         assert_eq!(report.min_count, DEFAULT_MIN_COUNT);
@@ -1085,12 +1353,13 @@ mod tests {
         assert_eq!(
             report.groups[2],
             GroupReport::Suppressed {
-                group: "tiny".into()
+                group: "tiny".into(),
+                reason: SuppressionReason::TooFewExamples,
             }
         );
         let d = report.disparities.as_ref().unwrap();
         assert_eq!(d.groups, ["large", "medium"]);
-        // Selection rates 15/40 and 6/12.
+        // Selection rates 15/40 and 12/24.
         assert!(close(d.demographic_parity_difference, 0.5 - 0.375, 1e-12));
         assert!(close(d.demographic_parity_ratio.unwrap(), 0.75, 1e-12));
         // The suppressed group's JSON carries no figure.
@@ -1240,8 +1509,183 @@ mod tests {
         assert_eq!(serde_json::to_value(&back).unwrap(), parsed);
         assert_eq!(
             back.groups[2],
-            GroupReport::Suppressed { group: "c".into() }
+            GroupReport::Suppressed {
+                group: "c".into(),
+                reason: SuppressionReason::TooFewExamples,
+            }
         );
+    }
+
+    #[test]
+    fn groups_short_of_positives_or_negatives_are_suppressed_saying_which() {
+        let mut groups = BTreeMap::new();
+        // 40 patients each; "rare" has 9 positives, "common" 9 negatives.
+        groups.insert("balanced".to_owned(), counts(10, 5, 15, 10));
+        groups.insert("rare".to_owned(), counts(5, 5, 26, 4));
+        groups.insert("common".to_owned(), counts(20, 4, 5, 11));
+        groups.insert("small".to_owned(), counts(3, 1, 3, 2));
+        let report = FairnessReport::compute(&groups, &AuditConfig::default()).unwrap();
+        let reasons: Vec<(&str, Option<SuppressionReason>)> = report
+            .groups
+            .iter()
+            .map(|g| match g {
+                GroupReport::Reported { group, .. } => (group.as_str(), None),
+                GroupReport::Suppressed { group, reason } => (group.as_str(), Some(*reason)),
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("balanced", None),
+                ("common", Some(SuppressionReason::TooFewNegatives)),
+                ("rare", Some(SuppressionReason::TooFewPositives)),
+                ("small", Some(SuppressionReason::TooFewExamples)),
+            ]
+        );
+        // The reason is in the JSON, except the one older reports imply.
+        let json = serde_json::to_string(&report.groups[2]).unwrap();
+        assert_eq!(
+            json,
+            r#"{"status":"suppressed","group":"rare","reason":"too_few_positives"}"#
+        );
+        let json = serde_json::to_string(&report.groups[3]).unwrap();
+        assert_eq!(json, r#"{"status":"suppressed","group":"small"}"#);
+        // One group left: nothing to compare, and the reason lists why the others are out.
+        let reason = report
+            .undefined_reason(Limit::EqualizedOddsDifference)
+            .unwrap();
+        assert_eq!(
+            reason.to_string(),
+            "every group but \"balanced\" is suppressed, so it has no group to be compared with \
+             (\"common\": fewer than 10 negatives; \"rare\": fewer than 10 positives; \
+             \"small\": fewer than 10 examples)"
+        );
+        // With a lower minimum, the same groups are reported.
+        let mut config = AuditConfig::default();
+        config.min_count(4);
+        let report = FairnessReport::compute(&groups, &config).unwrap();
+        assert_eq!(
+            report.disparities.unwrap().groups,
+            ["balanced", "common", "rare", "small"]
+        );
+    }
+
+    #[test]
+    fn undefined_disparities_say_why_from_the_counts() {
+        let policy = FairnessPolicy {
+            max_equalized_odds_difference: Some(0.1),
+            min_demographic_parity_ratio: Some(0.8),
+            max_demographic_parity_difference: Some(0.1),
+            max_equal_opportunity_difference: Some(0.1),
+        };
+        // Nobody is flagged positive at 0.7 (a rare outcome with a cautious model): the
+        // selection rates are all 0, so their ratio is 0/0; the differences are defined.
+        let mut groups = BTreeMap::new();
+        groups.insert("a".to_owned(), counts(0, 0, 20, 12));
+        groups.insert("b".to_owned(), counts(0, 0, 30, 15));
+        let mut config = AuditConfig::default();
+        config.decision_threshold(0.7);
+        let report = FairnessReport::compute(&groups, &config).unwrap();
+        assert_eq!(report.decision_threshold, 0.7);
+        let outcome = policy.check(&report);
+        assert!(!outcome.approved);
+        let ratio = &outcome.checks[1];
+        assert_eq!(ratio.name, "min_demographic_parity_ratio");
+        assert_eq!(
+            ratio.undefined,
+            Some(UndefinedReason::NobodyFlagged { threshold: 0.7 })
+        );
+        assert_eq!(
+            ratio.undefined.as_ref().unwrap().to_string(),
+            "nobody was flagged positive in any group at threshold 0.7, so every selection \
+             rate is 0"
+        );
+        // Defined values carry no reason, passed or not.
+        assert!(
+            outcome
+                .checks
+                .iter()
+                .filter(|c| c.value.is_some())
+                .all(|c| c.undefined.is_none())
+        );
+        assert_eq!(
+            report.undefined_reason(Limit::DemographicParityDifference),
+            None
+        );
+        // The reason is in the check's JSON; a defined check's JSON is as before.
+        let json = serde_json::to_string(ratio).unwrap();
+        assert!(
+            json.ends_with(
+                r#""passed":false,"undefined":{"reason":"nobody_flagged","threshold":0.7}}"#
+            ),
+            "{json}"
+        );
+        assert!(
+            !serde_json::to_string(&outcome.checks[0])
+                .unwrap()
+                .contains("undefined")
+        );
+
+        // Without a minimum, groups without positives are reported, and no TPR is defined.
+        groups.insert("a".to_owned(), counts(0, 3, 20, 0));
+        groups.insert("b".to_owned(), counts(0, 5, 30, 0));
+        let mut config = AuditConfig::default();
+        config.min_count(0);
+        let report = FairnessReport::compute(&groups, &config).unwrap();
+        let reason = UndefinedReason::NoPositives {
+            groups: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(
+            report.undefined_reason(Limit::EqualOpportunityDifference),
+            Some(reason.clone())
+        );
+        assert_eq!(
+            report.undefined_reason(Limit::EqualizedOddsDifference),
+            Some(reason)
+        );
+        assert_eq!(report.undefined_reason(Limit::DemographicParityRatio), None);
+
+        // Every group suppressed.
+        let report = FairnessReport::compute(&groups, &AuditConfig::default()).unwrap();
+        let reason = report
+            .undefined_reason(Limit::DemographicParityRatio)
+            .unwrap();
+        assert_eq!(
+            reason.to_string(),
+            "every group is suppressed (\"a\": fewer than 10 positives; \"b\": fewer than 10 \
+             positives)"
+        );
+        let outcome = policy.check(&report);
+        assert!(
+            outcome
+                .checks
+                .iter()
+                .all(|c| c.undefined == Some(reason.clone()))
+        );
+    }
+
+    #[test]
+    fn reports_written_before_reasons_and_thresholds_keep_their_bytes() {
+        // A report as an older medfed wrote it: no threshold, no suppression reason, no
+        // undefined reason.
+        let old =
+            r#"{"min_count":10,"groups":[{"status":"suppressed","group":"x"}],"disparities":null}"#;
+        let report: FairnessReport = serde_json::from_str(old).unwrap();
+        assert_eq!(report.decision_threshold, 0.5);
+        assert_eq!(serde_json::to_string(&report).unwrap(), old);
+        let check = r#"{"name":"max_equalized_odds_difference","threshold":0.1,"value":null,"passed":false}"#;
+        let parsed: PolicyCheck = serde_json::from_str(check).unwrap();
+        assert_eq!(parsed.undefined, None);
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), check);
+        // Another threshold is written.
+        let mut config = AuditConfig::default();
+        config.decision_threshold(0.3);
+        let report =
+            FairnessReport::compute(&BTreeMap::<String, GroupCounts>::new(), &config).unwrap();
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(json.contains(r#""decision_threshold":0.3,"#), "{json}");
+        let back: FairnessReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, report);
     }
 
     /// Worst absolute differences from fairlearn seen while checking the fixture.
@@ -1375,7 +1819,10 @@ mod tests {
         let report = FairnessReport::compute(&counts, &AuditConfig::default()).unwrap();
         assert_eq!(
             report.groups[2],
-            GroupReport::Suppressed { group: "C".into() }
+            GroupReport::Suppressed {
+                group: "C".into(),
+                reason: SuppressionReason::TooFewExamples,
+            }
         );
         let d = report.disparities.unwrap();
         assert_eq!(d.groups, ["A", "B"]);

@@ -24,8 +24,10 @@
 //!     "absent_members": ["node-d", …],      members whose counts are missing; omitted if none
 //!     "privacy": [{"node": …, "epsilon": …, "delta": …}, …],
 //!     "evaluation": EvalMetrics | null,
+//!     "not_evaluated": "no_evaluation_data", why nothing could be measured; omitted if measured
 //!     "fairness": [{"attribute": …, "report": FairnessReport, "policy": PolicyOutcome}, …],
-//!     "approved": true,                      every attribute's policy approved
+//!     "approved": true,                      every attribute's policy approved (false when
+//!                                            not_evaluated: nothing was checked)
 //!     "previous_report_sha256": "<64 hex>"|null   SHA-256 of the previous report FILE; null first
 //!   },
 //!   "signature": "<128 hex>",                Ed25519 over the canonical bytes of "report"
@@ -35,6 +37,17 @@
 //!
 //! All hex is lower case. Unknown fields in the objects this module defines are refused, and
 //! no float may be NaN or infinite (JSON cannot carry them).
+//!
+//! A report has one of three verdicts ([`AuditReport::verdict`]): approved, not approved, or
+//! *not evaluated*. The last is a round whose pooled held-out count is zero (every hospital has
+//! `holdout_fraction = 0`): there is no figure to audit, so the report carries `not_evaluated`,
+//! no evaluation, no fairness audit and `approved: false` — it does not claim an approval that
+//! nothing checked, and it is not a rejection by the policy either.
+//!
+//! Fields added after the format was first written (`absent_members`, `not_evaluated`, and in
+//! the fairness audit a group's suppression reason, a check's undefined reason and a decision
+//! threshold other than 0.5) are left out of the JSON when they hold what older reports imply,
+//! so reports written before them keep their bytes, their signatures and their links.
 //!
 //! ## What is signed, what is hashed
 //!
@@ -99,13 +112,63 @@ pub struct AuditReport {
     pub privacy: Vec<NodePrivacy>,
     /// Pooled evaluation of the model, if one was run.
     pub evaluation: Option<EvalMetrics>,
+    /// Why the round could not be evaluated, when it could not: then `evaluation` is `None`,
+    /// `fairness` is empty and `approved` is false. Left out of the JSON when `None` (older
+    /// reports read as `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_evaluated: Option<NotEvaluated>,
     /// The fairness audit of each sensitive attribute.
     pub fairness: Vec<AttributeFairness>,
     /// Whether every attribute's policy approved; must equal that conjunction (true when no
-    /// attribute was audited).
+    /// attribute was audited), except in a report that is [`Self::not_evaluated`], where it is
+    /// false.
     pub approved: bool,
     /// Lower-case hex SHA-256 of the previous report's file bytes; `None` for the first report.
     pub previous_report_sha256: Option<String>,
+}
+
+/// Why an audited round has no figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NotEvaluated {
+    /// The pooled held-out count is zero: no hospital held out any rows (`holdout_fraction = 0`
+    /// everywhere), so there is nothing to evaluate the model or its fairness on.
+    NoEvaluationData,
+}
+
+impl std::fmt::Display for NotEvaluated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoEvaluationData => f.write_str(
+                "no evaluation data: the pooled held-out count is zero (every hospital has \
+                 holdout_fraction = 0), so neither the model's performance nor its fairness \
+                 could be measured, and the fairness policy could not be checked",
+            ),
+        }
+    }
+}
+
+/// The verdict of one report: what its `approved` and `not_evaluated` fields say together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every attribute's policy approved.
+    Approved,
+    /// Some policy check failed.
+    NotApproved,
+    /// Nothing could be measured, so nothing was checked.
+    NotEvaluated(NotEvaluated),
+}
+
+impl std::fmt::Display for Verdict {
+    /// `APPROVED`, `NOT APPROVED`, or `NOT EVALUATED (reason)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Approved => f.write_str("APPROVED"),
+            Self::NotApproved => f.write_str("NOT APPROVED"),
+            Self::NotEvaluated(why) => write!(f, "NOT EVALUATED ({why})"),
+        }
+    }
 }
 
 /// The differential-privacy budget one node has spent.
@@ -166,6 +229,8 @@ pub struct ChainSummary {
     pub last_round: u64,
     /// Whether the last report approved its model.
     pub last_approved: bool,
+    /// The last report's verdict.
+    pub last_verdict: Verdict,
 }
 
 /// Why a report could not be written or did not verify.
@@ -226,6 +291,17 @@ pub enum ReportError {
         stated: bool,
         /// Whether every attribute's policy approved.
         policies: bool,
+    },
+    /// A report that says it could not be evaluated but carries figures or an approval.
+    #[error(
+        "report {index} (round {round}) says it was not evaluated but carries an evaluation, a \
+         fairness audit or an approval"
+    )]
+    NotEvaluatedWithFigures {
+        /// Position in the chain.
+        index: usize,
+        /// The report's round.
+        round: u64,
     },
     /// The file parses but is not byte for byte [`SignedReport::to_json_pretty`] of its content.
     #[error("report {index} (round {round}) is not in canonical form: the file was edited")]
@@ -320,6 +396,15 @@ impl AuditReport {
     /// `approved` must have.
     pub fn policies_approve(&self) -> bool {
         self.fairness.iter().all(|a| a.policy.approved)
+    }
+
+    /// The report's verdict.
+    pub fn verdict(&self) -> Verdict {
+        match (self.not_evaluated, self.approved) {
+            (Some(why), _) => Verdict::NotEvaluated(why),
+            (None, true) => Verdict::Approved,
+            (None, false) => Verdict::NotApproved,
+        }
     }
 }
 
@@ -426,15 +511,16 @@ pub fn verify_chain(
             });
         }
         first_round.get_or_insert(round);
-        last = Some((round, signed.report.approved));
+        last = Some((round, signed.report.approved, signed.report.verdict()));
         previous = Some((file_sha256(bytes), round));
     }
     match (first_round, last) {
-        (Some(first_round), Some((last_round, last_approved))) => Ok(ChainSummary {
+        (Some(first_round), Some((last_round, last_approved, last_verdict))) => Ok(ChainSummary {
             reports: files.len(),
             first_round,
             last_round,
             last_approved,
+            last_verdict,
         }),
         _ => Err(ReportError::EmptyChain),
     }
@@ -547,6 +633,12 @@ fn check_content(report: &AuditReport, index: usize) -> Result<(), ReportError> 
             });
         }
     }
+    if report.not_evaluated.is_some() {
+        if report.approved || report.evaluation.is_some() || !report.fairness.is_empty() {
+            return Err(ReportError::NotEvaluatedWithFigures { index, round });
+        }
+        return Ok(());
+    }
     let policies = report.policies_approve();
     if report.approved != policies {
         return Err(ReportError::InconsistentApproval {
@@ -608,10 +700,12 @@ mod tests {
                 auc: Some(0.9),
                 prevalence: 0.25,
             }),
+            not_evaluated: None,
             fairness: vec![AttributeFairness {
                 attribute: "sex".to_owned(),
                 report: FairnessReport {
                     min_count: 20,
+                    decision_threshold: 0.5,
                     groups: Vec::new(),
                     disparities: None,
                 },
@@ -621,6 +715,7 @@ mod tests {
                         threshold: 0.1,
                         value: Some(if approved { 0.05 } else { 0.2 }),
                         passed: approved,
+                        undefined: None,
                     }],
                     approved,
                 },
@@ -694,6 +789,107 @@ mod tests {
         assert!(verify_chain(&[files[0].clone(), edited], &public_key(&key)).is_err());
     }
 
+    /// A report of a round without evaluation data, as the coordinator writes it.
+    fn not_evaluated(round: u64, previous: Option<String>) -> AuditReport {
+        AuditReport {
+            evaluation: None,
+            not_evaluated: Some(NotEvaluated::NoEvaluationData),
+            fairness: Vec::new(),
+            approved: false,
+            ..content(round, previous)
+        }
+    }
+
+    #[test]
+    fn a_round_without_evaluation_data_is_not_evaluated_and_never_approved() {
+        let key = key();
+        let first = SignedReport::sign(content(1, None), &key)
+            .unwrap()
+            .to_json_pretty()
+            .unwrap();
+        let report = not_evaluated(2, Some(file_sha256(&first)));
+        assert_eq!(
+            report.verdict(),
+            Verdict::NotEvaluated(NotEvaluated::NoEvaluationData)
+        );
+        let second = SignedReport::sign(report.clone(), &key)
+            .unwrap()
+            .to_json_pretty()
+            .unwrap();
+        let text = String::from_utf8(second.clone()).unwrap();
+        assert!(
+            text.contains("\"not_evaluated\": \"no_evaluation_data\""),
+            "{text}"
+        );
+        let summary = verify_chain(&[first.clone(), second], &public_key(&key)).unwrap();
+        assert!(!summary.last_approved);
+        assert_eq!(
+            summary.last_verdict,
+            Verdict::NotEvaluated(NotEvaluated::NoEvaluationData)
+        );
+        assert!(
+            summary
+                .last_verdict
+                .to_string()
+                .starts_with("NOT EVALUATED (no evaluation data")
+        );
+        // Such a report may not claim approval, nor carry figures.
+        let claims = [
+            AuditReport {
+                approved: true,
+                ..report.clone()
+            },
+            AuditReport {
+                fairness: content(2, None).fairness,
+                ..report.clone()
+            },
+            AuditReport {
+                evaluation: content(2, None).evaluation,
+                ..report
+            },
+        ];
+        for claim in claims {
+            assert_eq!(
+                SignedReport::sign(claim, &key).unwrap_err(),
+                ReportError::NotEvaluatedWithFigures { index: 0, round: 2 }
+            );
+        }
+        // Evaluated reports keep the two verdicts they had, and no new key.
+        assert!(!String::from_utf8_lossy(&first).contains("not_evaluated"));
+        assert_eq!(content(1, None).verdict(), Verdict::Approved);
+        assert_eq!(content(3, None).verdict(), Verdict::NotApproved);
+    }
+
+    #[test]
+    fn reports_written_before_the_new_fields_keep_their_canonical_bytes() {
+        // The signed content of a report as medfed wrote it before suppression reasons,
+        // undefined reasons, decision thresholds and `not_evaluated` existed: a suppressed group
+        // and a check failing on an undefined value, where the new fields would now appear.
+        let old = concat!(
+            r#"{"format":"medfed-audit-report/1","round":4,"created_at_ms":1700000000000,"#,
+            r#""model_sha256":"0000000000000000000000000000000000000000000000000000000000000000","#,
+            r#""checkpoint_sha256":null,"participants":["a","b"],"privacy":[],"#,
+            r#""evaluation":{"examples":30,"loss":0.5,"accuracy":0.75,"auc":null,"prevalence":0.25},"#,
+            r#""fairness":[{"attribute":"sex","report":{"min_count":10,"groups":["#,
+            r#"{"status":"suppressed","group":"F"},{"status":"suppressed","group":"M"}],"#,
+            r#""disparities":null},"policy":{"checks":[{"name":"max_equalized_odds_difference","#,
+            r#""threshold":0.1,"value":null,"passed":false}],"approved":false}}],"#,
+            r#""approved":false,"previous_report_sha256":null}"#
+        );
+        let report: AuditReport = serde_json::from_str(old).unwrap();
+        assert_eq!(report.canonical_bytes().unwrap(), old.as_bytes());
+        assert_eq!(report.verdict(), Verdict::NotApproved);
+        // So its signature, made over those bytes, still verifies.
+        let key = key();
+        let signature = key.sign(old.as_bytes());
+        let signed = SignedReport {
+            report,
+            signature: hex::encode(signature.as_ref()),
+            signer_public_key: hex::encode(key.public_key().as_ref()),
+        };
+        verify_chain(&[signed.to_json_pretty().unwrap()], &public_key(&key)).unwrap();
+    }
+
     #[test]
     fn report_untouched_chain_verifies() {
         let files = chain();
@@ -705,6 +901,7 @@ mod tests {
                 first_round: 1,
                 last_round: 3,
                 last_approved: false,
+                last_verdict: Verdict::NotApproved,
             }
         );
         // The link is the SHA-256 of the file, and `sha256` gives the same.

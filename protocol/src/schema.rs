@@ -56,6 +56,26 @@
 //! A token that is also a level of a categorical column is refused (the cell would be both).
 //! A schema without these keys encodes, and digests, exactly as before they existed.
 //!
+//! A sensitive attribute need not be a model input. A column declared with `input = false` is
+//! *audit-only*: the audit groups by it (it must be listed in `sensitive`), the CSV must carry it
+//! and its cells are checked against its levels (or, numeric, parsed as numbers), but it is never
+//! encoded, never a feature and never in the statistics round, so [`Schema::columns`],
+//! [`Schema::feature_names`], [`Schema::num_features`] and [`Schema::stats_len`] leave it out
+//! ([`Schema::audit_only_columns`] lists it):
+//!
+//! ```toml
+//! sensitive = ["sex", "race"]
+//! [[columns]]
+//! name = "race"
+//! type = "categorical"
+//! levels = ["Asian", "Black", "White", "Other"]
+//! input = false                      # audited, never a model input
+//! ```
+//!
+//! A numeric audit-only column still declares its `range` (every numeric column does; the range
+//! is then unused) and its `bands`, as any numeric sensitive attribute does. `input = false` on
+//! a column that is not sensitive is refused: it would be read for nothing.
+//!
 //! This module only parses text; reading the file is the caller's job.
 
 use std::collections::{BTreeMap, HashSet};
@@ -97,6 +117,8 @@ pub struct Schema {
     bands: BTreeMap<String, Vec<f64>>,
     /// Pairs of sensitive attributes audited together, as declared.
     intersections: Vec<[String; 2]>,
+    /// Sensitive attributes that are not model inputs (`input = false`), in declaration order.
+    audit_only: Vec<Column>,
 }
 
 /// Joins the two attribute names of an intersection into the name it is audited under.
@@ -357,9 +379,9 @@ pub enum SchemaError {
         /// The offending value.
         value: String,
     },
-    /// A sensitive attribute is not a declared feature column, or is listed twice.
+    /// A sensitive attribute is not a column declared under `[[columns]]`, or is listed twice.
     #[error(
-        "sensitive attribute \"{name}\" is not a declared feature column under [[columns]], or is listed twice"
+        "sensitive attribute \"{name}\" is not a column declared under [[columns]], or is listed twice"
     )]
     BadSensitive {
         /// The offending name.
@@ -372,6 +394,15 @@ pub enum SchemaError {
         name: String,
         /// What is wrong.
         reason: &'static str,
+    },
+    /// A column declared `input = false` that is not listed in `sensitive`.
+    #[error(
+        "column \"{column}\" has `input = false` but is not listed in `sensitive`: a column that is \
+         neither a model input nor audited would be read for nothing"
+    )]
+    AuditOnlyNotSensitive {
+        /// The column.
+        column: String,
     },
     /// An entry of `intersections` that is not two distinct sensitive attributes, repeats an
     /// earlier entry, or whose audited name or group names clash.
@@ -393,9 +424,16 @@ impl Schema {
         raw.validate()
     }
 
-    /// The feature columns, in declaration (and encoding) order.
+    /// The feature columns, in declaration (and encoding) order; audit-only columns are not
+    /// among them.
     pub fn columns(&self) -> &[Column] {
         &self.columns
+    }
+
+    /// The audit-only columns (`input = false`), in declaration order: sensitive attributes the
+    /// CSV carries and the audit groups by, never encoded as features.
+    pub fn audit_only_columns(&self) -> &[Column] {
+        &self.audit_only
     }
 
     /// The label column and its class values.
@@ -403,7 +441,8 @@ impl Schema {
         &self.label
     }
 
-    /// The sensitive attributes, in declaration order; each names one of [`Self::columns`].
+    /// The sensitive attributes, in declaration order; each names one of [`Self::columns`] or of
+    /// [`Self::audit_only_columns`].
     pub fn sensitive(&self) -> &[String] {
         &self.sensitive
     }
@@ -568,7 +607,10 @@ impl Schema {
     fn group_labels(&self, name: &str) -> Vec<String> {
         match (
             self.bands.get(name),
-            self.columns.iter().find(|c| c.name == name),
+            self.columns
+                .iter()
+                .chain(&self.audit_only)
+                .find(|c| c.name == name),
         ) {
             (Some(edges), _) => band_labels(edges),
             (
@@ -599,8 +641,10 @@ impl Schema {
     /// each column's levels, of `sensitive` and of `intersections` does, because it shapes the
     /// encoding and the audit, and so does each numeric column's range (the bits of its two
     /// bounds), because it shapes the statistics. So does each column's missing-value mode and
-    /// the set of `missing_values` tokens. A schema without intersections, missing-value modes
-    /// other than `refuse` and tokens has the digest it would have had before these existed.
+    /// the set of `missing_values` tokens, and audit-only columns, in their order, each as a
+    /// feature column is. A schema without intersections, missing-value modes other than
+    /// `refuse`, tokens and audit-only columns has the digest it would have had before these
+    /// existed.
     pub fn digest(&self) -> [u8; 32] {
         let mut bytes = Vec::new();
         put_str(&mut bytes, DIGEST_DOMAIN);
@@ -633,14 +677,16 @@ impl Schema {
         }
         // Appended only when present: everything before is length-prefixed, so the encoding
         // stays unambiguous, and older schemas keep their digest. A schema that declares
-        // missing values writes the intersections' count even when it is 0, so that its bytes
-        // never read as another schema's intersections.
+        // missing values or audit-only columns writes the intersections' count even when it is
+        // 0, so that its bytes never read as another schema's intersections; the missing-value
+        // block starts with its name, the audit-only block with a count, so neither reads as
+        // the other.
         let declares_missing = !self.missing_values.is_empty()
             || self
                 .columns
                 .iter()
                 .any(|c| c.missing != MissingMode::Refuse);
-        if !self.intersections.is_empty() || declares_missing {
+        if !self.intersections.is_empty() || declares_missing || !self.audit_only.is_empty() {
             put_len(&mut bytes, self.intersections.len());
             for pair in &self.intersections {
                 put_list(&mut bytes, pair.iter());
@@ -655,6 +701,12 @@ impl Schema {
                     MissingMode::Level => 1,
                     MissingMode::Impute => 2,
                 });
+            }
+        }
+        if !self.audit_only.is_empty() {
+            put_len(&mut bytes, self.audit_only.len());
+            for column in &self.audit_only {
+                put_column(&mut bytes, column);
             }
         }
         let hash = digest::digest(&digest::SHA256, &bytes);
@@ -797,6 +849,8 @@ struct RawColumn {
     range: Option<Vec<f64>>,
     /// `refuse`, `level` or `impute`; checked by hand so that an error names the column.
     missing: Option<String>,
+    /// `false` for an audit-only sensitive attribute; absent means a model input.
+    input: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -808,7 +862,7 @@ enum RawKind {
 
 impl RawSchema {
     fn validate(self) -> Result<Schema, SchemaError> {
-        if self.columns.is_empty() {
+        if !self.columns.iter().any(|c| c.input != Some(false)) {
             return Err(SchemaError::NoColumns);
         }
         let mut seen = HashSet::new();
@@ -827,24 +881,35 @@ impl RawSchema {
             }
         }
 
-        let columns = self
-            .columns
-            .into_iter()
-            .map(RawColumn::validate)
-            .collect::<Result<Vec<_>, _>>()?;
+        let (mut columns, mut audit_only) = (Vec::new(), Vec::new());
+        for raw in self.columns {
+            let input = raw.input != Some(false);
+            let column = raw.validate()?;
+            if input {
+                columns.push(column);
+            } else if self.sensitive.contains(&column.name) {
+                audit_only.push(column);
+            } else {
+                return Err(SchemaError::AuditOnlyNotSensitive {
+                    column: column.name,
+                });
+            }
+        }
         let label = self.label.validate()?;
+        // Sensitive attributes are looked up among both kinds of column.
+        let declared: Vec<&Column> = columns.iter().chain(&audit_only).collect();
 
         let mut seen_sensitive = HashSet::new();
         for name in &self.sensitive {
-            let declared = columns.iter().any(|c| &c.name == name);
-            if !declared || !seen_sensitive.insert(name.as_str()) {
+            let known = declared.iter().any(|c| &c.name == name);
+            if !known || !seen_sensitive.insert(name.as_str()) {
                 return Err(SchemaError::BadSensitive { name: name.clone() });
             }
         }
 
         for (name, edges) in &self.bands {
             let numeric_sensitive = self.sensitive.contains(name)
-                && columns
+                && declared
                     .iter()
                     .any(|c| &c.name == name && matches!(c.kind, ColumnKind::Numeric { .. }));
             if !numeric_sensitive {
@@ -862,7 +927,7 @@ impl RawSchema {
             }
         }
         for name in &self.sensitive {
-            let numeric = columns
+            let numeric = declared
                 .iter()
                 .any(|c| &c.name == name && matches!(c.kind, ColumnKind::Numeric { .. }));
             if numeric && !self.bands.contains_key(name) {
@@ -883,6 +948,7 @@ impl RawSchema {
             dropped: self.drop,
             bands: self.bands,
             intersections,
+            audit_only,
         };
         let mut seen_features = HashSet::new();
         for name in schema.feature_names() {
@@ -1113,6 +1179,23 @@ fn put_len(out: &mut Vec<u8>, len: usize) {
 fn put_str(out: &mut Vec<u8>, s: &str) {
     put_len(out, s.len());
     out.extend_from_slice(s.as_bytes());
+}
+
+/// A column as the digest encodes it: its name, then 0 and the range's bits (numeric) or 1 and
+/// the levels (categorical).
+fn put_column(out: &mut Vec<u8>, column: &Column) {
+    put_str(out, &column.name);
+    match &column.kind {
+        ColumnKind::Numeric { range } => {
+            out.push(0);
+            out.extend_from_slice(&range.low.to_bits().to_be_bytes());
+            out.extend_from_slice(&range.high.to_bits().to_be_bytes());
+        }
+        ColumnKind::Categorical { levels } => {
+            out.push(1);
+            put_list(out, levels.iter());
+        }
+    }
 }
 
 fn put_list<'a>(out: &mut Vec<u8>, items: impl ExactSizeIterator<Item = &'a String>) {
@@ -1567,6 +1650,128 @@ age = [40.0, 60.0]
         assert_ne!(crossed, base);
         assert_ne!(crossed, reversed, "the order names the groups");
         assert_eq!(empty, base);
+    }
+
+    /// HEART with `race` as an audit-only attribute.
+    fn with_race() -> String {
+        HEART.replace(
+            "sensitive = [\"sex\", \"age\"]",
+            "sensitive = [\"sex\", \"race\", \"age\"]",
+        ) + "[[columns]]\nname = \"race\"\ntype = \"categorical\"\nlevels = [\"Black\", \"White\", \"Other\"]\ninput = false\n"
+    }
+
+    #[test]
+    fn audit_only_attributes_are_audited_but_never_encoded() {
+        let plain = Schema::parse(HEART).unwrap();
+        let schema = Schema::parse(&with_race()).unwrap();
+        // The model's inputs and the statistics round are those of the schema without race.
+        assert_eq!(schema.columns(), plain.columns());
+        assert_eq!(schema.feature_names(), plain.feature_names());
+        assert_eq!(schema.num_features(), 4);
+        assert_eq!(schema.stats_len(), plain.stats_len());
+        assert_eq!(schema.audit_only_columns().len(), 1);
+        assert_eq!(schema.audit_only_columns()[0].name(), "race");
+        // The audit groups by it like any sensitive attribute, in `sensitive` order.
+        assert_eq!(schema.audit_attributes(), ["sex", "race", "age"]);
+        let race: Vec<String> = schema
+            .audit_groups()
+            .into_iter()
+            .filter(|g| g.attribute == "race")
+            .map(|g| g.group)
+            .collect();
+        assert_eq!(race, ["Black", "White", "Other"]);
+        let groups = schema.audit_groups();
+        let named: Vec<String> = schema
+            .audit_groups_of(&["Female", "White", "45"])
+            .into_iter()
+            .map(|i| format!("{}={}", groups[i].attribute, groups[i].group))
+            .collect();
+        assert_eq!(named, ["sex=Female", "race=White", "age=40-<60"]);
+        // `input = true` is the default, spelled out.
+        let explicit = HEART.replace(
+            "name = \"chol\"\ntype = \"numeric\"",
+            "name = \"chol\"\ntype = \"numeric\"\ninput = true",
+        );
+        assert_eq!(Schema::parse(&explicit).unwrap(), plain);
+    }
+
+    #[test]
+    fn a_numeric_audit_only_attribute_is_banded() {
+        let text = HEART.replace(
+            "sensitive = [\"sex\", \"age\"]",
+            "sensitive = [\"sex\", \"age\", \"bmi\"]",
+        ) + "[[columns]]\nname = \"bmi\"\ntype = \"numeric\"\nrange = [10, 60]\ninput = false\n";
+        let err = parse_err(&text);
+        assert!(
+            matches!(&err, SchemaError::BadBands { name, .. } if name == "bmi"),
+            "{err:?}"
+        );
+        let schema =
+            Schema::parse(&text.replace("age = [40, 60]", "age = [40, 60]\nbmi = [25, 30]"))
+                .unwrap();
+        assert_eq!(schema.num_features(), 4);
+        let bmi = schema.sensitive().iter().position(|s| s == "bmi").unwrap();
+        let group = schema.audit_group_of(bmi, "27.5").unwrap();
+        assert_eq!(schema.audit_groups()[group].group, "25-<30");
+    }
+
+    #[test]
+    fn input_false_needs_a_sensitive_column_and_a_feature_beside_it() {
+        let text = HEART.replace(
+            "name = \"chol\"\ntype = \"numeric\"",
+            "name = \"chol\"\ntype = \"numeric\"\ninput = false",
+        );
+        let err = parse_err(&text);
+        assert_eq!(
+            err,
+            SchemaError::AuditOnlyNotSensitive {
+                column: "chol".into()
+            }
+        );
+        assert!(err.to_string().contains("\"chol\""), "{err}");
+        // Only audit-only columns: the model would have no input.
+        let text = "sensitive = [\"sex\"]\n[label]\ncolumn = \"y\"\npositive = [\"1\"]\n\
+                    negative = [\"0\"]\n[[columns]]\nname = \"sex\"\ntype = \"categorical\"\n\
+                    levels = [\"F\", \"M\"]\ninput = false\n";
+        assert_eq!(parse_err(text), SchemaError::NoColumns);
+        // An audit-only column is still a column: its name cannot be reused.
+        let text = with_race().replace("drop = [\"id\", \"dataset\"]", "drop = [\"id\", \"race\"]");
+        assert_eq!(
+            parse_err(&text),
+            SchemaError::DuplicateColumn {
+                name: "race".into()
+            }
+        );
+    }
+
+    #[test]
+    fn digest_without_input_keys_is_unchanged_and_covers_audit_only_columns() {
+        // HEART's digest, computed from the documented encoding by an independent script
+        // (length-prefixed strings and lists, range bits big-endian), before `input` existed.
+        assert_eq!(
+            hex::encode(Schema::parse(HEART).unwrap().digest()),
+            "29df898da320b91f6ea83e011d542250992fb00ed22f2998c791a703a01fe1d2"
+        );
+        let base = Schema::parse(HEART).unwrap().digest();
+        let explicit = HEART.replace(
+            "name = \"chol\"\ntype = \"numeric\"",
+            "name = \"chol\"\ntype = \"numeric\"\ninput = true",
+        );
+        assert_eq!(Schema::parse(&explicit).unwrap().digest(), base);
+        let race = Schema::parse(&with_race()).unwrap().digest();
+        assert_ne!(race, base);
+        // Race as a model input is another schema than race audited only.
+        let as_input = Schema::parse(&with_race().replace("input = false\n", "")).unwrap();
+        assert_ne!(as_input.digest(), race);
+        // Its levels are covered.
+        let renamed = with_race().replace("\"Other\"]", "\"Mixed\"]");
+        assert_ne!(Schema::parse(&renamed).unwrap().digest(), race);
+        // An audit-only column is not mistaken for an intersection.
+        let crossed = with_race().replace(
+            "sensitive = [\"sex\", \"race\", \"age\"]",
+            "sensitive = [\"sex\", \"race\", \"age\"]\nintersections = [[\"sex\", \"race\"]]",
+        );
+        assert_ne!(Schema::parse(&crossed).unwrap().digest(), race);
     }
 
     #[test]

@@ -11,11 +11,11 @@ use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::messages::{Finished, Message};
 use medfed_protocol::model::Model;
-use medfed_protocol::report::{AuditReport, NodePrivacy, REPORT_FORMAT, file_sha256};
+use medfed_protocol::report::{AuditReport, NodePrivacy, NotEvaluated, REPORT_FORMAT, file_sha256};
 use medfed_protocol::round::Gathered;
 use medfed_protocol::stats::FederatedSummary;
 use tokio::task::JoinSet;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::error::{CoordinatorError, RoundFailure};
 use super::rounds::Collected;
@@ -43,8 +43,14 @@ impl Trainer {
             .decode(&gathered.sum)
             .ok_or_else(|| CoordinatorError::Internal("sum length".into()))?;
         let evaluation = totals.eval.as_ref().and_then(EvalCounts::metrics);
-        let fairness = if totals.eval.is_some() {
-            audit::audit(&self.schema, &totals.groups, &self.config.fairness)
+        // Without held-out examples there is nothing to audit (the report says so).
+        let fairness = if evaluation.is_some() {
+            audit::audit(
+                &self.schema,
+                &totals.groups,
+                &self.config.fairness,
+                self.manifest.releases.decision_threshold,
+            )
         } else {
             Vec::new()
         };
@@ -193,6 +199,9 @@ impl Trainer {
     }
 
     /// Appends the signed audit report of the model of `model_round` to the chain.
+    ///
+    /// An audited round without `evaluation` had no held-out examples (the pooled count is
+    /// zero): its report is [`NotEvaluated::NoEvaluationData`], with no audit and no approval.
     pub(super) fn write_report(
         &mut self,
         model_round: u64,
@@ -210,6 +219,12 @@ impl Trainer {
         let checkpoint_sha256 = std::fs::read(&checkpoint)
             .ok()
             .map(|bytes| file_sha256(&bytes));
+        let not_evaluated = evaluation
+            .is_none()
+            .then_some(NotEvaluated::NoEvaluationData);
+        if let Some(why) = not_evaluated {
+            warn!(model_round, "audit report: {why}");
+        }
         let report = AuditReport {
             format: REPORT_FORMAT.to_owned(),
             round: model_round,
@@ -225,7 +240,8 @@ impl Trainer {
                 .collect(),
             privacy: privacy.to_vec(),
             evaluation,
-            approved: fairness.iter().all(|a| a.policy.approved),
+            approved: not_evaluated.is_none() && fairness.iter().all(|a| a.policy.approved),
+            not_evaluated,
             fairness,
             previous_report_sha256: None,
         };

@@ -173,6 +173,7 @@ mod tests {
             }),
             fairness: Vec::new(),
             approved,
+            not_evaluated: None,
             previous_report_sha256: None,
         }
     }

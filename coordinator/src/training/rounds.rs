@@ -392,8 +392,17 @@ impl Trainer {
                             .as_ref()
                             .and_then(|t| t.eval.as_ref())
                             .and_then(EvalCounts::metrics);
+                        // Without held-out examples there is nothing to audit.
                         let fairness = totals
-                            .map(|t| audit::audit(&self.schema, &t.groups, &self.config.fairness))
+                            .filter(|_| metrics.is_some())
+                            .map(|t| {
+                                audit::audit(
+                                    &self.schema,
+                                    &t.groups,
+                                    &self.config.fairness,
+                                    self.manifest.releases.decision_threshold,
+                                )
+                            })
                             .unwrap_or_default();
                         audit::log(&fairness);
                         self.store

@@ -44,7 +44,9 @@ pub struct ReadOptions {
 /// must be in the positive or negative list. A missing cell (blank, or a `missing_values` token)
 /// is refused unless its column declares `missing = "level"` (a one at the missing level) or
 /// `missing = "impute"` (NaN in the value's slot and a one in its indicator, replaced by the
-/// pooled mean at standardisation). Every row must have as many cells as the header,
+/// pooled mean at standardisation). Audit-only columns (`input = false`) are checked the same
+/// way, and refused the same way, but never encoded. Every row must have as many cells as the
+/// header,
 /// and there must be at least one data row. Errors name the file, the row (as a spreadsheet
 /// numbers it: header = 1, see [`DataError`]) and the column.
 pub fn load_csv(path: &Path, schema: &Schema) -> Result<Dataset, DataError> {
@@ -173,6 +175,8 @@ struct Layout<'a> {
     sensitive: Vec<usize>,
     /// Header index of the column kept in [`Dataset::ids`], if asked for.
     id: Option<usize>,
+    /// Per audit-only column: its header index and the column.
+    audit_only: Vec<(usize, &'a Column)>,
     schema: &'a Schema,
 }
 
@@ -216,8 +220,14 @@ impl<'a> Layout<'a> {
             .map(|s| find(s))
             .collect::<Result<_, _>>()?;
 
+        let audit_only = schema
+            .audit_only_columns()
+            .iter()
+            .map(|c| Ok((find(c.name())?, c)))
+            .collect::<Result<_, DataError>>()?;
         let described = |name: &str| {
             schema.columns().iter().any(|c| c.name() == name)
+                || schema.audit_only_columns().iter().any(|c| c.name() == name)
                 || schema.label().column() == name
                 || schema.dropped().iter().any(|d| d == name)
         };
@@ -235,6 +245,7 @@ impl<'a> Layout<'a> {
             label,
             sensitive,
             id,
+            audit_only,
             schema,
         })
     }
@@ -280,6 +291,21 @@ impl<'a> Layout<'a> {
                 missing,
                 &mut features[offset..offset + width],
             ) {
+                problems.push(RowProblem {
+                    row,
+                    column: Some(column.name().to_owned()),
+                    raw: value.to_owned(),
+                    reason,
+                });
+            }
+        }
+        // Audit-only cells are checked by the same encoder, into a scratch buffer: read for
+        // the audit, never features.
+        for &(index, column) in &self.audit_only {
+            let value = cell(index);
+            let mut scratch = vec![0.0; column.width()];
+            let missing = self.schema.is_missing(value);
+            if let Err(reason) = encode_cell(column, value, missing, &mut scratch) {
                 problems.push(RowProblem {
                     row,
                     column: Some(column.name().to_owned()),
@@ -699,6 +725,69 @@ age = [50]
             message.contains(&path) && message.contains("row 3"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn audit_only_columns_are_read_for_the_audit_and_never_encoded() {
+        // `race` and `bmi` are audited but are not model inputs.
+        let schema = Schema::parse(
+            &SCHEMA
+                .replace(
+                    "sensitive = [\"sex\", \"age\"]",
+                    "sensitive = [\"sex\", \"race\", \"age\", \"bmi\"]",
+                )
+                .replace("age = [50]", "age = [50]\nbmi = [30]")
+                .replace(
+                    "[[columns]]\nname = \"cp\"",
+                    "[[columns]]\nname = \"race\"\ntype = \"categorical\"\nlevels = [\"A\", \"B\"]\n\
+                     input = false\n[[columns]]\nname = \"bmi\"\ntype = \"numeric\"\n\
+                     range = [10, 60]\ninput = false\n[[columns]]\nname = \"cp\"",
+                ),
+        )
+        .unwrap();
+        let read = |text: &str| {
+            let options = ReadOptions::default();
+            read_csv(
+                text.as_bytes(),
+                Path::new("site.csv"),
+                &schema,
+                &options,
+                OnProblem::Stop,
+            )
+            .map(|(dataset, _)| dataset)
+        };
+        let data = read(
+            "id,age,sex,race,cp,chol,bmi,num\n\
+             1,63,Male,B,typical,233,31.5,0\n\
+             2,41,Female,A,asymptomatic,180, 22 ,1\n",
+        )
+        .unwrap();
+        // The features are those of the schema without race and bmi.
+        assert_eq!(data.examples.num_features, 7);
+        assert_eq!(data.examples.features.len(), 14);
+        assert_eq!(data.sensitive_columns, ["sex", "race", "age", "bmi"]);
+        assert_eq!(
+            data.sensitive,
+            [["Male", "B", "63", "31.5"], ["Female", "A", "41", "22"]]
+                .map(|r| r.map(String::from).to_vec())
+        );
+        // The CSV must carry the column, and its cells are checked as a feature's would be.
+        let err = read("id,age,sex,cp,chol,bmi,num\n1,63,Male,typical,233,31,0\n").unwrap_err();
+        assert!(
+            matches!(&err, DataError::MissingColumn { column, .. } if column == "race"),
+            "{err:?}"
+        );
+        let header = "id,age,sex,race,cp,chol,bmi,num\n";
+        for (row, wrong) in [
+            ("1,63,Male,C,typical,233,31,0\n", "UnknownCategory"),
+            ("1,63,Male,,typical,233,31,0\n", "MissingValue"),
+            ("1,63,Male,A,typical,233,heavy,0\n", "NotNumeric"),
+            ("1,63,Male,A,typical,233,inf,0\n", "NonFinite"),
+        ] {
+            let err = read(&format!("{header}{row}")).unwrap_err();
+            assert!(format!("{err:?}").starts_with(wrong), "{row}: {err:?}");
+            assert!(err.to_string().contains("row 2"), "{err}");
+        }
     }
 
     #[test]
