@@ -6,7 +6,8 @@
 //!   atomically, with [`html`], the self-contained page for people beside them.
 //! - [`checkpoint`]: the model checkpoints (safetensors) that the reports bind by SHA-256, and
 //!   the released model; [`model_file`]: what they carry to score a patient (schema,
-//!   standardisation, decision threshold) and the released model's link to its report.
+//!   standardisation, decision threshold) and the released model's link to its report;
+//!   [`onnx`]: a model file as an ONNX model with that preprocessing inside.
 //! - the `medfed-audit` binary: `verify` checks the coordinator's certificate against the
 //!   consortium CA, every signature, the chain and a model file; `metrics` recomputes the
 //!   per-group figures from an auditor's own predictions with the same code.
@@ -33,4 +34,5 @@ pub mod bias;
 pub mod checkpoint;
 pub mod html;
 pub mod model_file;
+pub mod onnx;
 pub mod reports;

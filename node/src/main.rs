@@ -135,6 +135,18 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Writes a model file as ONNX with the preprocessing inside (one input per schema column,
+    /// `[N, 1]`: float for a numeric column, NaN when missing; string for a categorical one),
+    /// so that a hospital's own tooling can score with it; its output `score` is the
+    /// probability of the positive class. Sends nothing.
+    Export {
+        /// The model file (safetensors, as the coordinator writes it).
+        #[arg(long)]
+        model: PathBuf,
+        /// Where to write the ONNX model.
+        #[arg(long)]
+        onnx: PathBuf,
+    },
     /// Prints the hospital's own validation record: every model the consortium sent, scored on
     /// this site's held-out patients (exact figures, kept on site, never sent). Given several
     /// nodes' configurations — an operator simulating a consortium holds them all — it also
@@ -399,6 +411,22 @@ fn run_cli() -> anyhow::Result<ExitCode> {
         } => {
             let errors = errors.unwrap_or_else(|| out.with_extension("errors.csv"));
             predict_patients(&model, csv.as_deref(), config.as_deref(), &out, &errors, id)
+        }
+        Command::Export { model, onnx } => {
+            let file = read_model_file(&model)
+                .with_context(|| format!("cannot read model file {}", model.display()))?;
+            let bytes = medfed_audit::onnx::to_onnx(&file)
+                .with_context(|| format!("cannot export {}", model.display()))?;
+            std::fs::write(&onnx, bytes)
+                .with_context(|| format!("cannot write {}", onnx.display()))?;
+            println!(
+                "{}: the model of round {} as ONNX (opset {}), preprocessing inside; output `{}`",
+                onnx.display(),
+                file.round,
+                medfed_audit::onnx::OPSET,
+                medfed_audit::onnx::OUTPUT
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Validation {
             config,

@@ -178,6 +178,86 @@ async fn predict_on_each_hospitals_held_out_rows_reproduces_the_pooled_final_eva
     );
 }
 
+/// The Python of `.deps/onnx-venv`, with onnxruntime, which `scripts/setup` installs.
+fn onnx_python() -> std::path::PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/onnx-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/setup, which installs onnxruntime for this test",
+        python.display()
+    );
+    python
+}
+
+/// The `score` column of a scores file, in order.
+fn score_column(path: &Path) -> Vec<f32> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let header = reader.headers().unwrap().clone();
+    let score = header.iter().position(|h| h == "score").unwrap();
+    reader
+        .records()
+        .map(|r| r.unwrap()[score].parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_onnx_export_scores_as_predict_does_with_missing_values_inside() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 120);
+    // Blood pressure imputed, smoking's blanks and `NA`s a level: the export must encode both.
+    assert!(consortium.declare_and_blank_missing_values(&NODES) > 40);
+    let config = consortium.coordinator_config(1, 3);
+    let data_dir = config.data_dir.clone();
+    consortium.train_with(config, &NODES, |_| {}).await;
+    let released = data_dir.join(RELEASED_MODEL_FILE);
+    let dir = consortium.dir.path();
+    let onnx = dir.join("model.onnx");
+    medfed_node(&[
+        "export".as_ref(),
+        "--model".as_ref(),
+        released.as_os_str(),
+        "--onnx".as_ref(),
+        onnx.as_os_str(),
+    ])
+    .await;
+    let patients = consortium.csv("hospital-a");
+    let ours = dir.join("predict.csv");
+    medfed_node(&[
+        "predict".as_ref(),
+        "--model".as_ref(),
+        released.as_os_str(),
+        "--csv".as_ref(),
+        patients.as_os_str(),
+        "--out".as_ref(),
+        ours.as_os_str(),
+    ])
+    .await;
+    let theirs = dir.join("onnxruntime.csv");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/onnx_scores.py");
+    let output = Command::new(onnx_python())
+        .arg(script)
+        .args([&onnx, &patients, &theirs])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "onnxruntime failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (ours, theirs) = (score_column(&ours), score_column(&theirs));
+    assert_eq!(ours.len(), 120, "every row scored, blanks included");
+    assert_eq!(ours.len(), theirs.len());
+    let worst = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= 1e-5,
+        "onnxruntime and predict differ by up to {worst}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn predict_scores_the_rows_it_can_and_lists_the_others_with_why() {
     subscribe();

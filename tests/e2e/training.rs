@@ -74,39 +74,7 @@ async fn secure_aggregation_can_be_turned_off_explicitly() {
 async fn three_nodes_train_on_blanks_the_schema_declares_imputed_or_a_level() {
     subscribe();
     let consortium = Consortium::new(&NODES, 240);
-    let schema = medfed_e2e::SCHEMA
-        .replace(
-            "drop = [\"patient_id\"]",
-            "drop = [\"patient_id\"]\nmissing_values = [\"NA\"]",
-        )
-        .replace(
-            "range = [80, 200]",
-            "range = [80, 200]\nmissing = \"impute\"",
-        )
-        .replace(
-            "levels = [\"no\", \"yes\"]",
-            "levels = [\"no\", \"yes\"]\nmissing = \"level\"",
-        );
-    std::fs::write(&consortium.schema, &schema).unwrap();
-    let mut blanks = 0;
-    for name in NODES {
-        let csv = std::fs::read_to_string(consortium.csv(name)).unwrap();
-        let mut out = String::new();
-        for (i, line) in csv.lines().enumerate() {
-            // patient_id,age,sex,blood_pressure,smoker,outcome
-            let mut cells: Vec<&str> = line.split(',').collect();
-            if i > 0 && i % 7 == 3 {
-                cells[3] = "";
-                blanks += 1;
-            }
-            if i > 0 && i % 10 == 5 {
-                cells[4] = if i % 20 == 5 { "NA" } else { "" };
-            }
-            out.push_str(&cells.join(","));
-            out.push('\n');
-        }
-        std::fs::write(consortium.csv(name), out).unwrap();
-    }
+    let blanks = consortium.declare_and_blank_missing_values(&NODES);
     assert!(blanks > 90, "{blanks}");
 
     let (report, _) = consortium
@@ -127,6 +95,7 @@ async fn three_nodes_train_on_blanks_the_schema_declares_imputed_or_a_level() {
     );
     assert!(last.auc.unwrap() > 0.7, "{last:?}");
     // Two more inputs than the plain schema: blood pressure's indicator, smoking's level.
+    let schema = std::fs::read_to_string(&consortium.schema).unwrap();
     let parsed = medfed_protocol::schema::Schema::parse(&schema).unwrap();
     assert_eq!(parsed.num_features(), 8);
     assert_eq!(report.final_model.spec.input_dim, 8);

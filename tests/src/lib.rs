@@ -91,6 +91,47 @@ impl Consortium {
         Self { dir, certs, schema }
     }
 
+    /// Rewrites the schema to declare missing values — blood pressure imputed, smoking with a
+    /// missing level, `NA` a missing-value token — and blanks cells of `names`' CSVs to match
+    /// (every 7th row's blood pressure; every 10th row's smoking, blank or `NA`). Returns how
+    /// many blood-pressure cells were blanked.
+    pub fn declare_and_blank_missing_values(&self, names: &[&str]) -> usize {
+        let schema = SCHEMA
+            .replace(
+                "drop = [\"patient_id\"]",
+                "drop = [\"patient_id\"]\nmissing_values = [\"NA\"]",
+            )
+            .replace(
+                "range = [80, 200]",
+                "range = [80, 200]\nmissing = \"impute\"",
+            )
+            .replace(
+                "levels = [\"no\", \"yes\"]",
+                "levels = [\"no\", \"yes\"]\nmissing = \"level\"",
+            );
+        std::fs::write(&self.schema, &schema).expect("schema");
+        let mut blanks = 0;
+        for name in names {
+            let csv = std::fs::read_to_string(self.csv(name)).expect("csv");
+            let mut out = String::new();
+            for (i, line) in csv.lines().enumerate() {
+                // patient_id,age,sex,blood_pressure,smoker,outcome
+                let mut cells: Vec<&str> = line.split(',').collect();
+                if i > 0 && i % 7 == 3 {
+                    cells[3] = "";
+                    blanks += 1;
+                }
+                if i > 0 && i % 10 == 5 {
+                    cells[4] = if i % 20 == 5 { "NA" } else { "" };
+                }
+                out.push_str(&cells.join(","));
+                out.push('\n');
+            }
+            std::fs::write(self.csv(name), out).expect("csv");
+        }
+        blanks
+    }
+
     /// Where node `name`'s CSV is.
     pub fn csv(&self, name: &str) -> PathBuf {
         csv_path(self.dir.path(), name)
