@@ -10,7 +10,9 @@
 //!
 //! loads it into the equivalent `torch.nn.Sequential`. The header metadata carries
 //! `format = "pt"`, the [`ModelSpec`] as JSON (`medfed.model_spec`), the model's content hash in hex
-//! (`medfed.model_hash`) and the round number (`medfed.round`).
+//! (`medfed.model_hash`) and the round number (`medfed.round`), and, once the statistics round has
+//! given the standardisation, what scoring a patient needs ([`crate::model_file::Scoring`]); the
+//! released model ([`write_released_model`]) adds the link to its audit report.
 //!
 //! Writes go to a temporary file in the same directory, which is fsynced, renamed over the target
 //! and followed by an fsync of the directory: a crash leaves either the old file or the new one,
