@@ -484,10 +484,7 @@ fn predict_patients(
         }
         (None, Some(config)) => {
             let config = NodeConfig::load(config)?;
-            let text = std::fs::read_to_string(&config.data.schema)
-                .with_context(|| format!("cannot read {}", config.data.schema.display()))?;
-            let own = Schema::parse(&text)
-                .with_context(|| format!("schema {}", config.data.schema.display()))?;
+            let own = load_schema(&config.data.schema)?;
             anyhow::ensure!(
                 own.digest() == schema.digest(),
                 "this node's schema {} differs from the schema model file {} was trained with",
