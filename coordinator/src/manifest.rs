@@ -9,7 +9,6 @@ use medfed_certs::{MemberList, load_report_signing_key};
 use medfed_protocol::manifest::{
     Digest32, FractionalBitsRule, MANIFEST_FORMAT, ManifestError, ReleasePlan,
     SecureAggregationPlan, SignedManifest, StrategyRecord, TaskManifest, ThresholdRule,
-    TrainingRule,
 };
 use medfed_protocol::model::{ModelError, ModelSpec};
 use medfed_protocol::schema::Schema;
@@ -41,12 +40,7 @@ pub fn task_manifest(
         model,
         rounds: task.rounds,
         min_nodes: task.min_nodes as u64,
-        training: TrainingRule {
-            local_epochs: task.training.local_epochs,
-            learning_rate: task.training.learning_rate,
-            batch_size: task.training.batch_size,
-            seed_base: task.seed,
-        },
+        training: task.training_rule(),
         strategy: strategy_record(&config.strategy),
         secure_aggregation: secure.enabled.then(|| SecureAggregationPlan {
             neighbours: secure.neighbours.map(|k| k as u64),

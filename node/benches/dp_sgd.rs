@@ -44,6 +44,7 @@ fn main() {
         learning_rate: 0.05,
         batch_size: BATCH as u32,
         seed: 1,
+        pos_weight: 1.0,
     };
     let dp = DpConfig {
         noise_multiplier: 1.0,

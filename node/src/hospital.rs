@@ -44,7 +44,7 @@ use crate::manifest::{
 use crate::policy::{NodePolicy, PolicyGate};
 use crate::progress::Progress;
 use crate::releases::{ExactFigures, ReleaseRecord};
-use crate::trainer::{DpConfig, TrainError, TrainProgress, Trainer};
+use crate::trainer::{DistributedRound, DpConfig, TrainError, TrainProgress, Trainer};
 use crate::validation::{self, SiteValidation};
 
 /// A hospital's node: its data, its model and its session bookkeeping.
@@ -1654,7 +1654,10 @@ fn evaluate_and_train(
             &model.spec,
             &model.params,
             train,
-            step.sample_rate,
+            DistributedRound {
+                sample_rate: step.sample_rate,
+                pos_weight: start.plan.pos_weight,
+            },
             &step.params,
             &mut rng,
         )?;

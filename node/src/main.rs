@@ -283,6 +283,7 @@ fn run_cli() -> anyhow::Result<ExitCode> {
                 learning_rate,
                 batch_size,
                 seed,
+                pos_weight: 1.0,
             };
             match hospital.local_only(kind, &plan, rounds, seed)? {
                 Some(m) => println!(

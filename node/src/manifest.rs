@@ -343,6 +343,7 @@ key_sha256 = "0000000000000000000000000000000000000000000000000000000000000004"
                 learning_rate: 0.05,
                 batch_size: 32,
                 seed_base: 1,
+                pos_weight: 1.0,
             },
             strategy: StrategyRecord {
                 name: "fed_avg".into(),

@@ -95,6 +95,7 @@ fn manifest(schema: &Schema, members: &MemberList) -> TaskManifest {
             learning_rate: 0.05,
             batch_size: 32,
             seed_base: 1,
+            pos_weight: 1.0,
         },
         strategy: StrategyRecord {
             name: "fed_avg".into(),

@@ -193,6 +193,14 @@ pub struct TrainingRule {
     pub batch_size: u32,
     /// Base of the per-round seed: round `r` uses `seed_base · 1 000 003 + r` (wrapping).
     pub seed_base: u64,
+    /// Weight of a positive example's loss ([`TrainingPlan::pos_weight`]).
+    #[serde(default = "unit_weight")]
+    pub pos_weight: f64,
+}
+
+/// A positive example's loss weighs as much as a negative one's: plain binary cross-entropy.
+fn unit_weight() -> f64 {
+    1.0
 }
 
 impl TrainingRule {
@@ -203,6 +211,7 @@ impl TrainingRule {
             learning_rate: self.learning_rate,
             batch_size: self.batch_size,
             seed: self.seed_base.wrapping_mul(SEED_STRIDE).wrapping_add(round),
+            pos_weight: self.pos_weight,
         }
     }
 }
@@ -430,6 +439,9 @@ impl TaskManifest {
         if training.local_epochs == 0 || training.batch_size == 0 {
             return invalid("local epochs and batch size must be at least 1");
         }
+        if !(training.pos_weight.is_finite() && training.pos_weight > 0.0) {
+            return invalid("the positive class's loss weight must be a positive number");
+        }
         let bins = self.releases.score_bins;
         if let Err(e) = bins.check() {
             return invalid(&e.to_string());
@@ -600,6 +612,8 @@ impl TaskManifest {
             Some(PlanField::BatchSize)
         } else if start.plan.seed != planned.seed {
             Some(PlanField::Seed)
+        } else if start.plan.pos_weight.to_bits() != planned.pos_weight.to_bits() {
+            Some(PlanField::PosWeight)
         } else {
             None
         };
@@ -710,6 +724,8 @@ pub enum PlanField {
     BatchSize,
     /// The per-round seed.
     Seed,
+    /// The weight of a positive example's loss.
+    PosWeight,
 }
 
 /// How a request departs from the approved manifest (for the node's own log; on the wire the
@@ -855,6 +871,7 @@ pub(crate) mod tests {
                 learning_rate: 0.1,
                 batch_size: 16,
                 seed_base: 11,
+                pos_weight: 1.0,
             },
             strategy: StrategyRecord {
                 name: "fed_avg".into(),
@@ -1308,6 +1325,9 @@ pub(crate) mod tests {
             ),
             (PlanField::BatchSize, &|s: &mut RoundStart| {
                 s.plan.batch_size = 1
+            }),
+            (PlanField::PosWeight, &|s: &mut RoundStart| {
+                s.plan.pos_weight = 20.0
             }),
             (PlanField::LocalEpochs, &|s: &mut RoundStart| {
                 s.plan.local_epochs = 50

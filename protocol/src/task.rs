@@ -13,6 +13,12 @@ pub struct TrainingPlan {
     pub batch_size: u32,
     /// Seed for the node's batch order in this round (combined with the node's own secret salt).
     pub seed: u64,
+    /// Weight of a positive example's loss (a negative one weighs 1), as PyTorch's
+    /// `BCEWithLogitsLoss(pos_weight=…)`: above 1 for a rare outcome, so that the model does not
+    /// learn to flag nobody. Each example's gradient is scaled by its weight before DP-SGD's
+    /// clipping, so clipping still bounds what one patient adds: the privacy analysis is
+    /// unchanged. Finite and positive; 1 is plain binary cross-entropy.
+    pub pos_weight: f64,
 }
 
 impl Default for TrainingPlan {
@@ -22,6 +28,7 @@ impl Default for TrainingPlan {
             learning_rate: 0.05,
             batch_size: 32,
             seed: 0,
+            pos_weight: 1.0,
         }
     }
 }

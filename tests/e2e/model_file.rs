@@ -57,6 +57,8 @@ async fn predict_on_each_hospitals_held_out_rows_reproduces_the_pooled_final_eva
     let mut config = consortium.coordinator_config(3, 3);
     config.task.decision_threshold = threshold;
     config.task.release = ReleaseRule::Last;
+    // Rare-outcome settings travel in the manifest to every hospital's training.
+    config.task.training.pos_weight = 2.0;
     let data_dir = config.data_dir.clone();
     let (report, _) = consortium.train_with(config, &NODES, |_| {}).await;
     let final_evaluation = report.final_evaluation.clone().expect("final evaluation");

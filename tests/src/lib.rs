@@ -154,6 +154,7 @@ impl Consortium {
                     local_epochs: 2,
                     learning_rate: 0.1,
                     batch_size: 16,
+                    pos_weight: 1.0,
                 },
                 round_deadline_secs: 60.0,
                 wait_for_nodes_secs: 60.0,

@@ -20,8 +20,8 @@ use std::path::Path;
 
 use medfed_node::examples::Examples;
 use medfed_node::trainer::{
-    DistributedOutcome, DpConfig, PrivateTrainOutcome, TrainError, TrainOutcome, TrainProgress,
-    Trainer,
+    DistributedOutcome, DistributedRound, DpConfig, PrivateTrainOutcome, TrainError, TrainOutcome,
+    TrainProgress, Trainer,
 };
 use medfed_node::{NodeConfig, NodeError, NodeOutcome};
 use medfed_protocol::distributed_dp::DdpParams;
@@ -78,7 +78,7 @@ impl Trainer for LightTrainer {
         _spec: &ModelSpec,
         params: &[f32],
         _data: &Examples,
-        _sample_rate: f64,
+        _round: DistributedRound,
         ddp: &DdpParams,
         rng: &mut dyn CryptoRng,
     ) -> Result<DistributedOutcome, TrainError> {

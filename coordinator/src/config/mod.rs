@@ -257,6 +257,15 @@ pub struct TrainingConfig {
     /// Mini-batch size.
     #[serde(default = "default_batch_size")]
     pub batch_size: u32,
+    /// Weight of a positive example's loss (`pos_weight`, default 1): for a rare outcome,
+    /// about (negatives / positives) balances the classes, so that the model does not learn to
+    /// flag nobody. DP-SGD clips each weighted gradient, so privacy is unchanged.
+    #[serde(default = "default_pos_weight")]
+    pub pos_weight: f64,
+}
+
+fn default_pos_weight() -> f64 {
+    1.0
 }
 
 impl Default for TrainingConfig {
@@ -265,6 +274,7 @@ impl Default for TrainingConfig {
             local_epochs: default_epochs(),
             learning_rate: default_learning_rate(),
             batch_size: default_batch_size(),
+            pos_weight: default_pos_weight(),
         }
     }
 }
@@ -273,13 +283,18 @@ impl TaskConfig {
     /// The training plan of a round: the configured hyper-parameters and a per-round seed (the
     /// manifest's rule, [`TrainingRule::plan`]).
     pub fn plan(&self, round: u64) -> TrainingPlan {
+        self.training_rule().plan(round)
+    }
+
+    /// The local training every round asks for, as the manifest states it.
+    pub fn training_rule(&self) -> TrainingRule {
         TrainingRule {
             local_epochs: self.training.local_epochs,
             learning_rate: self.training.learning_rate,
             batch_size: self.training.batch_size,
             seed_base: self.seed,
+            pos_weight: self.training.pos_weight,
         }
-        .plan(round)
     }
 
     /// The round deadline.
@@ -443,6 +458,9 @@ impl CoordinatorConfig {
         }
         if !(task.training.learning_rate.is_finite() && task.training.learning_rate > 0.0) {
             return invalid("task.training.learning_rate must be a positive number");
+        }
+        if !(task.training.pos_weight.is_finite() && task.training.pos_weight > 0.0) {
+            return invalid("task.training.pos_weight must be a positive number");
         }
         if !(task.round_deadline_secs.is_finite() && task.round_deadline_secs > 0.0) {
             return invalid("task.round_deadline_secs must be positive");

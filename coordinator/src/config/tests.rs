@@ -142,6 +142,16 @@ fn the_decision_threshold_and_the_release_rule_are_read_and_bad_ones_refused_by_
     let config = CoordinatorConfig::parse(&text, Path::new("/")).unwrap();
     assert_eq!(config.task.decision_threshold.get(), 0.15);
     assert_eq!(config.task.release, ReleaseRule::LowestLoss);
+    let weighted = EXAMPLE.replace("local_epochs = 2", "local_epochs = 2\npos_weight = 7.5");
+    let config = CoordinatorConfig::parse(&weighted, Path::new("/")).unwrap();
+    assert_eq!(config.task.plan(3).pos_weight, 7.5);
+    assert_eq!(config.task.training_rule().pos_weight, 7.5);
+    let unweighted = EXAMPLE.replace("local_epochs = 2", "local_epochs = 2\npos_weight = 0");
+    let err = CoordinatorConfig::parse(&unweighted, Path::new("/")).unwrap_err();
+    assert!(
+        err.to_string().contains("task.training.pos_weight"),
+        "{err}"
+    );
     for (line, named) in [
         ("decision_threshold = 1.0", "decision_threshold"),
         ("release = \"best\"", "release"),

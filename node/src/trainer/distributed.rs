@@ -21,7 +21,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::dp_sgd::{clip_per_example, per_example_gradients};
 use super::tch_trainer::{Mlp, to_tensors};
-use super::{DistributedOutcome, TrainError, check_inputs, noise};
+use super::{
+    DistributedOutcome, DistributedRound, TrainError, check_inputs, check_pos_weight, noise,
+};
 use crate::examples::Examples;
 
 /// Examples whose full per-example gradients are held at once (`CHUNK × P` floats).
@@ -33,7 +35,10 @@ pub(super) fn distributed_sum(
     spec: &ModelSpec,
     params: &[f32],
     data: &Examples,
-    sample_rate: f64,
+    DistributedRound {
+        sample_rate,
+        pos_weight,
+    }: DistributedRound,
     ddp: &DdpParams,
     rng: &mut dyn CryptoRng,
 ) -> Result<DistributedOutcome, TrainError> {
@@ -41,6 +46,7 @@ pub(super) fn distributed_sum(
     if !(sample_rate > 0.0 && sample_rate <= 1.0) {
         return Err(TrainError::InvalidDpConfig("sample_rate is not in (0, 1]"));
     }
+    check_pos_weight(pos_weight)?;
     if data.is_empty() {
         return Err(TrainError::EmptyData);
     }
@@ -62,7 +68,7 @@ pub(super) fn distributed_sum(
         let index = Tensor::f_from_slice(chunk)?.f_to_device(device)?;
         let x = features.f_index_select(0, &index)?;
         let y = labels.f_index_select(0, &index)?;
-        let clipped = clip_per_example(&per_example_gradients(&model, &x, &y)?, clip)?
+        let clipped = clip_per_example(&per_example_gradients(&model, &x, &y, pos_weight)?, clip)?
             .f_to_kind(Kind::Double)?
             .f_to_device(Device::Cpu)?
             .f_reshape([-1])?;
@@ -94,6 +100,14 @@ mod tests {
 
     use super::*;
     use crate::trainer::{ComputeDevice, TchTrainer, Trainer};
+
+    /// A round sampling at `sample_rate`, every example weighing 1.
+    fn round(sample_rate: f64) -> DistributedRound {
+        DistributedRound {
+            sample_rate,
+            pos_weight: 1.0,
+        }
+    }
 
     fn spec() -> ModelSpec {
         ModelSpec {
@@ -141,7 +155,7 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(2);
         // q = 1: every row is sampled, in more than one chunk.
         let outcome = trainer
-            .distributed_sum(&spec, &params, &data, 1.0, &ddp, &mut rng)
+            .distributed_sum(&spec, &params, &data, round(1.0), &ddp, &mut rng)
             .unwrap();
         assert_eq!((outcome.sampled, outcome.non_finite_examples), (300, 0));
         let decoded = ddp.decode_sum(&outcome.words, 1).unwrap();
@@ -150,7 +164,7 @@ mod tests {
         let _no_grad = tch::no_grad_guard();
         let model = Mlp::from_flat(&spec, &params, Device::Cpu, false).unwrap();
         let (x, y) = to_tensors(&data, Device::Cpu).unwrap();
-        let grads = per_example_gradients(&model, &x, &y).unwrap();
+        let grads = per_example_gradients(&model, &x, &y, 1.0).unwrap();
         let norms = Vec::<f64>::try_from(&grads.f_square().unwrap().sum_dim_intlist(
             1,
             false,
@@ -187,7 +201,7 @@ mod tests {
         let mut trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
         let mut rng = ChaCha20Rng::seed_from_u64(4);
         let outcome = trainer
-            .distributed_sum(&spec, &params, &data, 0.1, &ddp, &mut rng)
+            .distributed_sum(&spec, &params, &data, round(0.1), &ddp, &mut rng)
             .unwrap();
         // Binomial(2000, 0.1): mean 200, sd 13.4.
         assert!(
@@ -199,7 +213,7 @@ mod tests {
         // tiny rate is noise of sd ≈ C per coordinate, not the gradients.
         let noisy = DdpParams::new(DdpConfig::new(1.0, params.len(), 1, 1, 1.0)).unwrap();
         let words = trainer
-            .distributed_sum(&spec, &params, &data, 1e-9, &noisy, &mut rng)
+            .distributed_sum(&spec, &params, &data, round(1e-9), &noisy, &mut rng)
             .unwrap();
         assert_eq!(words.sampled, 0);
         let decoded = noisy.decode_sum(&words.words, 1).unwrap();
@@ -207,11 +221,11 @@ mod tests {
         assert!((0.6..1.5).contains(&rms), "noise rms {rms}");
         // A mismatched dimension or rate is refused before anything is drawn.
         assert!(matches!(
-            trainer.distributed_sum(&spec, &params[1..], &data, 0.1, &ddp, &mut rng),
+            trainer.distributed_sum(&spec, &params[1..], &data, round(0.1), &ddp, &mut rng),
             Err(TrainError::ParamCount { .. })
         ));
         assert!(matches!(
-            trainer.distributed_sum(&spec, &params, &data, 0.0, &ddp, &mut rng),
+            trainer.distributed_sum(&spec, &params, &data, round(0.0), &ddp, &mut rng),
             Err(TrainError::InvalidDpConfig(_))
         ));
     }

@@ -79,7 +79,8 @@ pub(super) fn train_private(
                 let index = Tensor::f_from_slice(&batch)?.f_to_device(device)?;
                 let x = features.f_index_select(0, &index)?;
                 let y = labels.f_index_select(0, &index)?;
-                let clipped = clipped_gradient_sum(&model, &x, &y, dp.max_grad_norm)?;
+                let clipped =
+                    clipped_gradient_sum(&model, &x, &y, dp.max_grad_norm, plan.pos_weight)?;
                 // Examples that did not count contributed zero; the step goes on regardless.
                 skipped += clipped.skipped;
                 loss_sum += clipped.loss_sum;
@@ -132,8 +133,9 @@ pub(crate) fn per_example_gradients(
     model: &Mlp,
     x: &Tensor,
     y: &Tensor,
+    pos_weight: f64,
 ) -> Result<Tensor, TchError> {
-    let pass = backprop(model, x, y)?;
+    let pass = backprop(model, x, y, pos_weight)?;
     let rows = x.size()[0];
     let mut columns = Vec::with_capacity(2 * pass.deltas.len());
     for (delta, input) in pass.deltas.iter().zip(&pass.inputs) {
@@ -179,8 +181,9 @@ pub(crate) fn clipped_gradient_sum(
     x: &Tensor,
     y: &Tensor,
     max_norm: f64,
+    pos_weight: f64,
 ) -> Result<ClippedSum, TchError> {
-    let pass = backprop(model, x, y)?;
+    let pass = backprop(model, x, y, pos_weight)?;
     let norm_sq = per_example_sq_norms(&pass, x)?;
     let counts = norm_sq
         .f_isfinite()?
@@ -244,8 +247,9 @@ struct Backprop {
     losses: Tensor,
 }
 
-/// The forward pass and the hand-written backward pass of the per-example losses.
-fn backprop(model: &Mlp, x: &Tensor, y: &Tensor) -> Result<Backprop, TchError> {
+/// The forward pass and the hand-written backward pass of the per-example losses, a positive
+/// example's weighted by `pos_weight` ([`TrainingPlan::pos_weight`]).
+fn backprop(model: &Mlp, x: &Tensor, y: &Tensor, pos_weight: f64) -> Result<Backprop, TchError> {
     let layers = model.layers.len();
     let mut inputs = Vec::with_capacity(layers);
     let mut pre_activations = Vec::with_capacity(layers);
@@ -260,11 +264,18 @@ fn backprop(model: &Mlp, x: &Tensor, y: &Tensor) -> Result<Backprop, TchError> {
         };
         pre_activations.push(z);
     }
-    let losses = h
-        .f_binary_cross_entropy_with_logits::<Tensor>(y, None, None, Reduction::None)?
-        .f_reshape([-1])?;
+    let mut losses =
+        h.f_binary_cross_entropy_with_logits::<Tensor>(y, None, None, Reduction::None)?;
     // ∂ℓᵢ/∂logitᵢ = σ(logitᵢ) − yᵢ for ℓ = BCE-with-logits.
     let mut grad_out = h.f_sigmoid()?.f_sub(y)?;
+    if pos_weight != 1.0 {
+        // A positive example's loss, and so its gradient, weighs `pos_weight`: wᵢ = 1 + (p − 1)·yᵢ
+        // for 0/1 labels, PyTorch's `pos_weight`. Clipping comes after, on the weighted gradient.
+        let weights = y.f_mul_scalar(pos_weight - 1.0)?.f_add_scalar(1.0)?;
+        losses = losses.f_mul(&weights)?;
+        grad_out = grad_out.f_mul(&weights)?;
+    }
+    let losses = losses.f_reshape([-1])?;
     let mut deltas = Vec::with_capacity(layers);
     for (l, (w, _, relu)) in model.layers.iter().enumerate().rev() {
         let delta = if *relu {
@@ -346,6 +357,7 @@ mod tests {
             learning_rate: lr,
             batch_size: 32,
             seed: 0,
+            pos_weight: 1.0,
         }
     }
 
@@ -413,12 +425,20 @@ mod tests {
 
     #[test]
     fn per_example_gradients_match_one_autograd_pass_per_example() {
-        for spec in [mlp(8, &[4]), mlp(8, &[4, 3]), logistic(8)] {
+        // PyTorch's own `pos_weight` is the reference for a weighted positive class.
+        for (spec, pos_weight) in [
+            (mlp(8, &[4]), 1.0),
+            (mlp(8, &[4, 3]), 1.0),
+            (logistic(8), 1.0),
+            (mlp(8, &[4, 3]), 6.5),
+            (logistic(8), 0.25),
+        ] {
             let params = spec.initial_parameters(7);
             let data = random_examples(16, 8, 1);
             let (x, y) = tensors(&data);
             let model = Mlp::from_flat(&spec, &params, Device::Cpu, false).unwrap();
-            let grads = per_example_gradients(&model, &x, &y).unwrap();
+            let grads = per_example_gradients(&model, &x, &y, pos_weight).unwrap();
+            let torch_weight = Tensor::from_slice(&[pos_weight as f32]);
             assert_eq!(grads.size(), [16, params.len() as i64]);
 
             for i in 0..16 {
@@ -426,10 +446,10 @@ mod tests {
                 let loss = single
                     .forward(&x.narrow(0, i, 1))
                     .unwrap()
-                    .binary_cross_entropy_with_logits::<Tensor>(
+                    .binary_cross_entropy_with_logits::<&Tensor>(
                         &y.narrow(0, i, 1),
                         None,
-                        None,
+                        Some(&torch_weight),
                         Reduction::Sum,
                     );
                 loss.backward();
@@ -440,7 +460,10 @@ mod tests {
                 }
                 let got = to_vec(&grads.get(i));
                 let diff = max_abs_diff(&got, &want);
-                assert!(diff < 1e-5, "{spec:?} example {i}: differs by {diff}");
+                assert!(
+                    diff < 1e-5,
+                    "{spec:?}, pos_weight {pos_weight}, example {i}: differs by {diff}"
+                );
             }
         }
     }
@@ -452,7 +475,7 @@ mod tests {
         let data = random_examples(64, 8, 2);
         let (x, y) = tensors(&data);
         let model = Mlp::from_flat(&spec, &params, Device::Cpu, false).unwrap();
-        let grads = per_example_gradients(&model, &x, &y).unwrap();
+        let grads = per_example_gradients(&model, &x, &y, 1.0).unwrap();
         let before = row_norms(&grads);
         // Halfway between two middle norms, so that exactly half the examples are clipped.
         let mut sorted = before.clone();
@@ -484,12 +507,12 @@ mod tests {
         let data = random_examples(32, 8, 3);
         let (x, y) = tensors(&data);
         let model = Mlp::from_flat(&spec, &params, Device::Cpu, false).unwrap();
-        let grads = per_example_gradients(&model, &x, &y).unwrap();
+        let grads = per_example_gradients(&model, &x, &y, 1.0).unwrap();
         for c in [1e-3, 0.3, 1e6] {
             let want = clip_per_example(&grads, c)
                 .unwrap()
                 .sum_dim_intlist(0, false, Kind::Float);
-            let got = clipped_gradient_sum(&model, &x, &y, c).unwrap();
+            let got = clipped_gradient_sum(&model, &x, &y, c, 1.0).unwrap();
             let diff = max_abs_diff(&to_vec(&got.sum), &to_vec(&want));
             assert!(diff < 1e-5, "C = {c}: differs by {diff}");
             assert_eq!(got.skipped, 0);
@@ -764,8 +787,8 @@ mod tests {
         let model = Mlp::from_flat(&spec, &params, Device::Cpu, false).unwrap();
         let (x, y) = tensors(&others);
         let clean_norms =
-            to_vec(&per_example_sq_norms(&backprop(&model, &x, &y).unwrap(), &x).unwrap());
-        let clean = clipped_gradient_sum(&model, &x, &y, 0.5).unwrap();
+            to_vec(&per_example_sq_norms(&backprop(&model, &x, &y, 1.0).unwrap(), &x).unwrap());
+        let clean = clipped_gradient_sum(&model, &x, &y, 0.5, 1.0).unwrap();
         assert_eq!(clean.skipped, 0);
 
         // The crafted overflow (+∞ activation, then ∞·0 and ∞ − ∞ further on), and a NaN
@@ -775,7 +798,7 @@ mod tests {
         nan.labels.push(0.0);
         for poisoned in [with_target(&others), nan] {
             let (px, py) = tensors(&poisoned);
-            let pass = backprop(&model, &px, &py).unwrap();
+            let pass = backprop(&model, &px, &py, 1.0).unwrap();
             let norms = to_vec(&per_example_sq_norms(&pass, &px).unwrap());
             assert!(
                 !norms[12].is_finite(),
@@ -788,7 +811,7 @@ mod tests {
                     "example {i}: {a} vs {b}"
                 );
             }
-            let got = clipped_gradient_sum(&model, &px, &py, 0.5).unwrap();
+            let got = clipped_gradient_sum(&model, &px, &py, 0.5, 1.0).unwrap();
             assert_eq!(got.skipped, 1);
             let sum = to_vec(&got.sum);
             assert!(sum.iter().all(|v| v.is_finite()));

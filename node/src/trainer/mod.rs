@@ -120,14 +120,15 @@ pub trait Trainer: Send {
     /// As in [`Self::train_private`], a sampled example whose gradient is not finite
     /// contributes zero and is counted in [`DistributedOutcome::non_finite_examples`], so that
     /// whether the call succeeds depends only on the model, `ddp`, `sample_rate` and the number
-    /// of rows. `rng` must be a CSPRNG seeded from the operating system (tests pass a seeded
-    /// one); the sample, like the noise, must stay secret.
+    /// of rows (`round.sample_rate` and `round.pos_weight` are checked first). `rng` must be a CSPRNG seeded from the operating system (tests pass a seeded
+    /// one); the sample, like the noise, must stay secret. A positive example's gradient is
+    /// weighted by `pos_weight` ([`TrainingPlan::pos_weight`]) before it is clipped.
     fn distributed_sum(
         &mut self,
         spec: &ModelSpec,
         params: &[f32],
         data: &Examples,
-        sample_rate: f64,
+        round: DistributedRound,
         ddp: &DdpParams,
         rng: &mut dyn CryptoRng,
     ) -> Result<DistributedOutcome, TrainError>;
@@ -144,6 +145,15 @@ pub trait Trainer: Send {
         params: &[f32],
         data: &Examples,
     ) -> Result<Vec<f32>, TrainError>;
+}
+
+/// How one distributed-DP round draws and weighs its examples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DistributedRound {
+    /// The probability that each example is in the round's sample, in `(0, 1]`.
+    pub sample_rate: f64,
+    /// The weight of a positive example's gradient ([`TrainingPlan::pos_weight`]).
+    pub pos_weight: f64,
 }
 
 /// Where local training stands, reported after each mini-batch.
@@ -384,5 +394,17 @@ pub(crate) fn check_plan(plan: &TrainingPlan) -> Result<(), TrainError> {
             "learning_rate is negative or not finite",
         ));
     }
-    Ok(())
+    check_pos_weight(plan.pos_weight)
+}
+
+/// Checks a positive example's loss weight: finite and positive.
+#[cfg(feature = "torch")]
+pub(crate) fn check_pos_weight(pos_weight: f64) -> Result<(), TrainError> {
+    if pos_weight.is_finite() && pos_weight > 0.0 {
+        Ok(())
+    } else {
+        Err(TrainError::InvalidPlan(
+            "pos_weight is not a positive number",
+        ))
+    }
 }

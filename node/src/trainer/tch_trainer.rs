@@ -12,8 +12,8 @@ use rand_chacha::ChaCha20Rng;
 use tch::{Device, Reduction, TchError, Tensor};
 
 use super::{
-    ComputeDevice, DistributedOutcome, DpConfig, PrivateTrainOutcome, TrainError, TrainOutcome,
-    TrainProgress, Trainer, check_inputs, check_plan, distributed, dp_sgd,
+    ComputeDevice, DistributedOutcome, DistributedRound, DpConfig, PrivateTrainOutcome, TrainError,
+    TrainOutcome, TrainProgress, Trainer, check_inputs, check_plan, distributed, dp_sgd,
 };
 use crate::examples::Examples;
 
@@ -73,6 +73,10 @@ impl Trainer for TchTrainer {
         }
         let model = Mlp::from_flat(spec, initial, self.device, true)?;
         let (features, labels) = to_tensors(data, self.device)?;
+        // PyTorch's own `pos_weight`; none at 1, so that plain BCE computes as it always did.
+        let pos_weight = (plan.pos_weight != 1.0)
+            .then(|| Tensor::f_from_slice(&[plan.pos_weight as f32])?.f_to_device(self.device))
+            .transpose()?;
 
         let rows = data.len();
         let batch_size = usize::try_from(plan.batch_size)
@@ -94,10 +98,10 @@ impl Trainer for TchTrainer {
                 let y = labels.f_index_select(0, &index)?;
                 let loss = model
                     .forward(&x)?
-                    .f_binary_cross_entropy_with_logits::<Tensor>(
+                    .f_binary_cross_entropy_with_logits::<&Tensor>(
                         &y,
                         None,
-                        None,
+                        pos_weight.as_ref(),
                         Reduction::Mean,
                     )?;
                 let value = loss.f_double_value(&[])?;
@@ -158,11 +162,11 @@ impl Trainer for TchTrainer {
         spec: &ModelSpec,
         params: &[f32],
         data: &Examples,
-        sample_rate: f64,
+        round: DistributedRound,
         ddp: &DdpParams,
         rng: &mut dyn CryptoRng,
     ) -> Result<DistributedOutcome, TrainError> {
-        distributed::distributed_sum(self.device, spec, params, data, sample_rate, ddp, rng)
+        distributed::distributed_sum(self.device, spec, params, data, round, ddp, rng)
     }
 
     fn predict(
@@ -317,6 +321,7 @@ mod tests {
             learning_rate: lr,
             batch_size: batch,
             seed,
+            pos_weight: 1.0,
         }
     }
 
@@ -395,6 +400,55 @@ mod tests {
         );
         assert!(after > 0.95, "accuracy {before} -> {after}");
         assert_eq!(out.steps, 30 * 25);
+    }
+
+    #[test]
+    fn a_positive_class_weight_makes_a_rare_outcome_flagged() {
+        use rand::Rng;
+        // About one patient in ten is positive, and never with certainty.
+        let mut rng = ChaCha20Rng::seed_from_u64(21);
+        let mut data = Examples {
+            num_features: 3,
+            ..Examples::default()
+        };
+        for _ in 0..600 {
+            let x: [f32; 3] = [0.0; 3].map(|_| rng.random_range(-1.0..1.0));
+            let risk = 1.0 / (1.0 + (-(2.0 * x[0] - 2.8)).exp());
+            data.features.extend(x);
+            data.labels
+                .push(if rng.random::<f32>() < risk { 1.0 } else { 0.0 });
+        }
+        let positives = data.labels.iter().filter(|&&l| l == 1.0).count();
+        assert!((30..=120).contains(&positives), "{positives} positives");
+        let spec = logistic(3);
+        let init = spec.initial_parameters(1);
+        let recall = |pos_weight: f64| {
+            let mut t = cpu();
+            let mut p = plan(30, 0.5, 32, 4);
+            p.pos_weight = pos_weight;
+            let trained = t
+                .train(&spec, &init, &data, &p, &mut no_progress())
+                .unwrap();
+            let scores = t.predict(&spec, &trained.params, &data).unwrap();
+            let flagged = scores
+                .iter()
+                .zip(&data.labels)
+                .filter(|&(&s, &l)| l == 1.0 && s >= 0.5)
+                .count();
+            flagged as f64 / positives as f64
+        };
+        let (plain, weighted) = (recall(1.0), recall(9.0));
+        assert!(
+            plain < 0.3 && weighted > 0.6,
+            "recall at 0.5: {plain} unweighted, {weighted} with pos_weight 9"
+        );
+        // A weight that is not a positive number is refused.
+        let mut bad = plan(1, 0.1, 32, 0);
+        bad.pos_weight = 0.0;
+        assert!(matches!(
+            cpu().train(&spec, &init, &data, &bad, &mut no_progress()),
+            Err(TrainError::InvalidPlan(_))
+        ));
     }
 
     #[test]

@@ -6,8 +6,8 @@ use medfed_protocol::task::TrainingPlan;
 use rand::CryptoRng;
 
 use super::{
-    DistributedOutcome, DpConfig, PrivateTrainOutcome, TrainError, TrainOutcome, TrainProgress,
-    Trainer,
+    DistributedOutcome, DistributedRound, DpConfig, PrivateTrainOutcome, TrainError, TrainOutcome,
+    TrainProgress, Trainer,
 };
 use crate::examples::Examples;
 
@@ -50,7 +50,7 @@ impl Trainer for NoTrainer {
         _spec: &ModelSpec,
         _params: &[f32],
         _data: &Examples,
-        _sample_rate: f64,
+        _round: DistributedRound,
         _ddp: &DdpParams,
         _rng: &mut dyn CryptoRng,
     ) -> Result<DistributedOutcome, TrainError> {
