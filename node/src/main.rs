@@ -116,8 +116,9 @@ enum Command {
         /// present, the metrics against it are printed).
         #[arg(long, required_unless_present = "held_out")]
         csv: Option<PathBuf>,
-        /// Score this node's own held-out patients instead (the split its evaluation uses),
-        /// read from `--config`.
+        /// Score this node's own held-out patients instead, exactly those its evaluation uses
+        /// (`[data]` of `--config`: the random fraction, the rows its split column names, or
+        /// its held-out file).
         #[arg(long, conflicts_with = "csv", requires = "config")]
         held_out: bool,
         /// The node configuration (TOML), for `--held-out`.
