@@ -604,12 +604,30 @@ fn check(config: &NodeConfig, compare: Option<&Path>, limit: usize) -> anyhow::R
         Holdout::File(path) => Some((path.clone(), read_rows(path, &schema, &options)?)),
         _ => None,
     };
-    // The split of the rows kept, by the one function training and `predict` use.
-    let (train, held_out) = holdout.split(
+    // The split of the rows kept, by the one function training and `predict` use. A split
+    // refused (no training or no held-out row) may come of rows left out for their problems:
+    // those are listed first.
+    let split = holdout.split(
         &config.data.csv,
         dataset.clone(),
         held_out_file.as_ref().map(|(_, (rows, _))| rows.clone()),
-    )?;
+    );
+    let (train, held_out) = match split {
+        Ok(split) => split,
+        Err(error) => {
+            let files = std::iter::once((&config.data.csv, &problems)).chain(
+                held_out_file
+                    .as_ref()
+                    .map(|(path, (_, problems))| (path, problems)),
+            );
+            for (path, problems) in files {
+                for problem in problems.iter().take(limit) {
+                    eprintln!("{}: {problem}", path.display());
+                }
+            }
+            return Err(error.into());
+        }
+    };
     let mut reports = Vec::new();
     match held_out_file {
         Some((path, (rows, problems_there))) => {

@@ -433,6 +433,22 @@ fn check_reports_a_split_column_split_and_a_held_out_file() {
         stderr.contains("site.csv: data.holdout: no row's \"cohort\""),
         "{stderr}"
     );
+    // A value whose only rows are left out for their problems: the problems come first.
+    std::fs::write(
+        dir.path().join("site.csv"),
+        csv.replace("4,38,F,test,1", "4,old,F,test,1"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = with("holdout = { column = \"cohort\", values = [\"test\"] }");
+    assert!(!ok);
+    let problem = stderr
+        .find("site.csv: row 5, column \"age\": \"old\" is not a number")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let refused = stderr
+        .find("no row's \"cohort\" is one of [\"test\"]")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(problem < refused, "{stderr}");
+    std::fs::write(dir.path().join("site.csv"), csv).unwrap();
     // A model input cannot decide the split.
     let (ok, _, stderr) = with("holdout = { column = \"sex\", values = [\"F\"] }");
     assert!(!ok);
