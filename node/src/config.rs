@@ -14,6 +14,7 @@ use medfed_protocol::evaluation::MAX_EXAMPLE_LOSS;
 use medfed_protocol::stats_release::{StatisticsNoise, StatsReleaseError};
 use serde::Deserialize;
 
+use crate::data::{DEFAULT_HOLDOUT_FRACTION, Holdout};
 use crate::policy::{NodePolicy, RawPolicy};
 use crate::trainer::ComputeDevice;
 
@@ -270,16 +271,24 @@ pub struct StallPoint {
 }
 
 /// Where the data is and how it is split.
+///
+/// ```toml
+/// [data]
+/// csv = "patients.csv"
+/// schema = "schema.toml"
+/// # One of (the first is the default):
+/// holdout_fraction = 0.25   # with split_seed = 0: a seeded random fraction
+/// holdout = { column = "cohort", values = ["validation", "test"] }   # a split column
+/// holdout_csv = "held-out.csv"   # a separate file of held-out patients
+/// ```
 #[derive(Clone, Debug)]
 pub struct DataConfig {
     /// The CSV of patients.
     pub csv: PathBuf,
     /// The schema describing it (the consortium's schema).
     pub schema: PathBuf,
-    /// Fraction of rows held out for evaluation.
-    pub holdout_fraction: f64,
-    /// Seed of the train/held-out split.
-    pub split_seed: u64,
+    /// Which patients are held out for evaluation.
+    pub holdout: Holdout,
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,10 +331,79 @@ struct RawTls {
 struct RawData {
     csv: PathBuf,
     schema: PathBuf,
-    #[serde(default = "default_holdout")]
-    holdout_fraction: f64,
     #[serde(default)]
-    split_seed: u64,
+    holdout_fraction: Option<f64>,
+    #[serde(default)]
+    split_seed: Option<u64>,
+    #[serde(default)]
+    holdout: Option<RawHoldoutColumn>,
+    #[serde(default)]
+    holdout_csv: Option<PathBuf>,
+}
+
+/// `[data] holdout = { column = "…", values = ["…"] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHoldoutColumn {
+    column: String,
+    values: Vec<String>,
+}
+
+impl RawData {
+    /// The held-out choice `[data]` makes: at most one of `holdout`, `holdout_csv` and
+    /// `holdout_fraction` (with `split_seed`), the last being the default.
+    fn holdout(&self, resolve: impl Fn(PathBuf) -> PathBuf) -> Result<Holdout, NodeConfigError> {
+        let invalid = |m: String| Err(NodeConfigError::Invalid(m));
+        let named = match (&self.holdout, &self.holdout_csv) {
+            (Some(_), Some(_)) => {
+                return invalid(
+                    "data.holdout and data.holdout_csv are exclusive: name the held-out rows by a split column or by a file, not both".into(),
+                );
+            }
+            (Some(_), None) => Some("data.holdout"),
+            (None, Some(_)) => Some("data.holdout_csv"),
+            (None, None) => None,
+        };
+        if let Some(named) = named {
+            for (key, set) in [
+                ("data.holdout_fraction", self.holdout_fraction.is_some()),
+                ("data.split_seed", self.split_seed.is_some()),
+            ] {
+                if set {
+                    return invalid(format!(
+                        "{key} and {named} are exclusive: {named} names the held-out rows, a random fraction would choose others"
+                    ));
+                }
+            }
+        }
+        if let Some(RawHoldoutColumn { column, values }) = &self.holdout {
+            let column = column.trim();
+            if column.is_empty() {
+                return invalid("data.holdout.column must name a column of the CSV".into());
+            }
+            let values: Vec<String> = values.iter().map(|v| v.trim().to_owned()).collect();
+            if values.is_empty() || values.iter().any(String::is_empty) {
+                return invalid(format!(
+                    "data.holdout.values must list the non-blank values of \"{column}\" that hold a row out"
+                ));
+            }
+            return Ok(Holdout::Column {
+                column: column.to_owned(),
+                values,
+            });
+        }
+        if let Some(path) = &self.holdout_csv {
+            return Ok(Holdout::File(resolve(path.clone())));
+        }
+        let fraction = self.holdout_fraction.unwrap_or(DEFAULT_HOLDOUT_FRACTION);
+        if !(0.0..1.0).contains(&fraction) {
+            return invalid("data.holdout_fraction must be in [0, 1)".into());
+        }
+        Ok(Holdout::Fraction {
+            fraction,
+            seed: self.split_seed.unwrap_or(0),
+        })
+    }
 }
 
 fn default_server_name() -> String {
@@ -336,9 +414,6 @@ fn default_reconnect_secs() -> f64 {
 }
 fn default_threads() -> NonZeroUsize {
     NonZeroUsize::MIN
-}
-fn default_holdout() -> f64 {
-    0.25
 }
 
 impl NodeConfig {
@@ -364,11 +439,7 @@ impl NodeConfig {
             message: e.to_string(),
         })?;
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        if !(0.0..1.0).contains(&raw.data.holdout_fraction) {
-            return Err(NodeConfigError::Invalid(
-                "data.holdout_fraction must be in [0, 1)".into(),
-            ));
-        }
+        let holdout = raw.data.holdout(resolve)?;
         if let Some(privacy) = &raw.privacy {
             privacy.validate()?;
         }
@@ -407,8 +478,7 @@ impl NodeConfig {
             data: DataConfig {
                 csv: resolve(raw.data.csv),
                 schema: resolve(raw.data.schema),
-                holdout_fraction: raw.data.holdout_fraction,
-                split_seed: raw.data.split_seed,
+                holdout,
             },
             device: raw.device,
             state_dir: resolve(raw.state_dir),
@@ -515,7 +585,13 @@ members = "members.toml"
         assert_eq!(config.data.csv, Path::new("/data/h1.csv"));
         assert_eq!(config.data.schema, Path::new("/site/schema.toml"));
         assert_eq!(config.server_name, "localhost");
-        assert_eq!(config.data.holdout_fraction, 0.25);
+        assert_eq!(
+            config.data.holdout,
+            Holdout::Fraction {
+                fraction: 0.25,
+                seed: 0
+            }
+        );
         assert_eq!(config.privacy, None);
         assert_eq!(
             (config.tls.crl, config.tls.allow_expired_crl),
@@ -655,5 +731,81 @@ max_grad_norm = 1.0
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn data_names_its_held_out_rows_by_a_fraction_a_split_column_or_a_file_and_only_one() {
+        let base = r#"
+coordinator = "127.0.0.1:7400"
+state_dir = "state"
+[tls]
+ca_cert = "ca.pem"
+cert = "h1.pem"
+key = "h1.key"
+[policy]
+members = "members.toml"
+[data]
+csv = "site.csv"
+schema = "schema.toml"
+"#;
+        let parse = |extra: &str| {
+            NodeConfig::parse(&format!("{base}{extra}\n"), Path::new("/site"))
+                .map(|c| c.data.holdout)
+        };
+        assert_eq!(
+            parse("holdout_fraction = 0.1\nsplit_seed = 9").unwrap(),
+            Holdout::Fraction {
+                fraction: 0.1,
+                seed: 9
+            }
+        );
+        assert_eq!(
+            parse("holdout = { column = \" cohort \", values = [\"validation\", \" test\"] }")
+                .unwrap(),
+            Holdout::Column {
+                column: "cohort".into(),
+                values: vec!["validation".into(), "test".into()],
+            }
+        );
+        assert_eq!(
+            parse("holdout_csv = \"held-out.csv\"").unwrap(),
+            Holdout::File(PathBuf::from("/site/held-out.csv"))
+        );
+        // Each refusal names both keys, or the key at fault.
+        for (extra, keys) in [
+            (
+                "holdout_csv = \"h.csv\"\nholdout = { column = \"c\", values = [\"v\"] }",
+                &["data.holdout ", "data.holdout_csv"][..],
+            ),
+            (
+                "holdout_fraction = 0.25\nholdout_csv = \"h.csv\"",
+                &["data.holdout_fraction", "data.holdout_csv"],
+            ),
+            (
+                "split_seed = 3\nholdout = { column = \"c\", values = [\"v\"] }",
+                &["data.split_seed", "data.holdout"],
+            ),
+            (
+                "holdout = { column = \"c\", values = [] }",
+                &["data.holdout.values"],
+            ),
+            (
+                "holdout = { column = \"c\", values = [\"v\", \" \"] }",
+                &["data.holdout.values"],
+            ),
+            (
+                "holdout = { column = \"\", values = [\"v\"] }",
+                &["data.holdout.column"],
+            ),
+            ("holdout_fraction = 1.0", &["data.holdout_fraction"]),
+        ] {
+            let err = parse(extra).unwrap_err();
+            assert!(matches!(err, NodeConfigError::Invalid(_)), "{extra}: {err}");
+            for key in keys {
+                assert!(err.to_string().contains(key), "{extra}: {err}");
+            }
+        }
+        // A misspelt key inside holdout is not ignored.
+        assert!(parse("holdout = { column = \"c\", value = [\"v\"] }").is_err());
     }
 }

@@ -6,9 +6,9 @@
 //! figures meant to be summed over hospitals, never rows of patient data.
 //!
 //! ```text
-//!  CSV + schema ─▶ data::load_csv ─▶ Dataset ─▶ split ─▶ Hospital ◀─▶ client (QUIC + mTLS)
-//!                                                 │
-//!                                                 └─ trainer (libtorch) : train, predict
+//!  CSV + schema ─▶ data::load_split ─▶ (train, held-out) ─▶ Hospital ◀─▶ client (QUIC + mTLS)
+//!                                                            │
+//!                                                            └─ trainer (libtorch) : train, predict
 //! ```
 //! libtorch is used only behind the [`trainer::Trainer`] trait, and only with the `torch` feature
 //! (on by default). Without it the crate still validates data, plans, and keeps the ledger, the
@@ -52,7 +52,8 @@ use egress::EgressLog;
 use policy::{PinnedVerifier, PolicyGate};
 use releases::ReleaseRecord;
 
-/// Loads the schema and the CSV and splits the data, failing before any network contact if the
+/// Loads the schema and the CSV and splits the data as `[data]` says ([`data::load_split`]:
+/// a random fraction, a split column or a separate held-out file), failing before any network contact if the
 /// data is not valid. The node it returns holds the default policy without a member list, and
 /// no credentials: [`prepare_node`] makes one ready to take part.
 pub fn prepare(
@@ -60,8 +61,12 @@ pub fn prepare(
     trainer: Box<dyn trainer::Trainer>,
 ) -> Result<Hospital, PrepareError> {
     let schema = load_schema(&config.data.schema)?;
-    let dataset = data::load_csv(&config.data.csv, &schema)?;
-    let (train, held_out) = dataset.split(config.data.holdout_fraction, config.data.split_seed)?;
+    let (train, held_out) = data::load_split(
+        &config.data.csv,
+        &config.data.holdout,
+        &schema,
+        &data::ReadOptions::default(),
+    )?;
     Ok(Hospital::new(schema, train, held_out, trainer))
 }
 

@@ -10,7 +10,7 @@ use medfed_audit::checkpoint::read_model_file;
 use medfed_certs::{MemberList, coordinator_report_key};
 use medfed_node::check::{CheckReport, schema_differences};
 use medfed_node::config::PrivacyMode;
-use medfed_node::data::{LabelColumn, ReadOptions, read_rows};
+use medfed_node::data::{Holdout, LabelColumn, ReadOptions, load_split, read_rows};
 use medfed_node::egress::{EgressLog, EgressTotals};
 use medfed_node::ledger::{LedgerEntry, PrivacyLedger, Release, epsilon_of, local_epsilon_of};
 use medfed_node::plan::forecast;
@@ -116,8 +116,9 @@ enum Command {
         /// present, the metrics against it are printed).
         #[arg(long, required_unless_present = "held_out")]
         csv: Option<PathBuf>,
-        /// Score this node's own held-out patients instead (the split its evaluation uses),
-        /// read from `--config`.
+        /// Score this node's own held-out patients instead, exactly those its evaluation uses
+        /// (`[data]` of `--config`: the random fraction, the rows its split column names, or
+        /// its held-out file).
         #[arg(long, conflicts_with = "csv", requires = "config")]
         held_out: bool,
         /// The node configuration (TOML), for `--held-out`.
@@ -468,7 +469,11 @@ fn predict_patients(
             Some(id) => Some(id),
             None => first_dropped_column_in(source, schema)?,
         };
-        Ok(ReadOptions { label, id_column })
+        Ok(ReadOptions {
+            label,
+            id_column,
+            ..ReadOptions::default()
+        })
     };
     let (dataset, problems, mut trainer, source, id_column) = match (csv, config) {
         (Some(csv), _) => {
@@ -492,15 +497,16 @@ fn predict_patients(
                 config.data.schema.display(),
                 model.display()
             );
-            let source = config.data.csv.clone();
+            // The rows scored come from the held-out file when there is one; the id column
+            // is looked for there.
+            let source = match &config.data.holdout {
+                Holdout::File(path) => path.clone(),
+                _ => config.data.csv.clone(),
+            };
             let options = options(&source, LabelColumn::Required)?;
-            let (dataset, problems) = read_rows(&source, schema, &options)?;
-            if let Some(first) = problems.into_iter().next() {
-                // The held-out split is that of a valid file only, as training reads it.
-                return Err(first.into_error(&source).into());
-            }
+            // The very split training uses, read as strictly: a valid file only.
             let (_, held_out) =
-                dataset.split(config.data.holdout_fraction, config.data.split_seed)?;
+                load_split(&config.data.csv, &config.data.holdout, schema, &options)?;
             let trainer = scoring_trainer(Some(&config))?;
             (held_out, Vec::new(), trainer, source, options.id_column)
         }
@@ -590,15 +596,78 @@ fn scoring_trainer(config: Option<&NodeConfig>) -> anyhow::Result<Box<dyn Traine
 /// problem and no difference. Checking trains nothing: no libtorch.
 fn check(config: &NodeConfig, compare: Option<&Path>, limit: usize) -> anyhow::Result<ExitCode> {
     let schema = load_schema(&config.data.schema)?;
-    let (dataset, problems) = read_rows(&config.data.csv, &schema, &ReadOptions::default())?;
-    let (train, held_out) = dataset.split(config.data.holdout_fraction, config.data.split_seed)?;
-    let split = (train.len(), held_out.len());
-    let report = CheckReport::new(&config.data.csv, &schema, &dataset, problems, split);
-    for line in report.problem_lines(limit) {
-        eprintln!("{line}");
+    let holdout = &config.data.holdout;
+    holdout.check_schema(&schema)?;
+    let options = holdout.read_options(&ReadOptions::default());
+    let (dataset, problems) = read_rows(&config.data.csv, &schema, &options)?;
+    // Under a held-out file, that file is checked too, with its own report.
+    let held_out_file = match holdout {
+        Holdout::File(path) => Some((path.clone(), read_rows(path, &schema, &options)?)),
+        _ => None,
+    };
+    // The split of the rows kept, by the one function training and `predict` use. A split
+    // refused (no training or no held-out row) may come of rows left out for their problems:
+    // those are listed first.
+    let split = holdout.split(
+        &config.data.csv,
+        dataset.clone(),
+        held_out_file.as_ref().map(|(_, (rows, _))| rows.clone()),
+    );
+    let (train, held_out) = match split {
+        Ok(split) => split,
+        Err(error) => {
+            let files = std::iter::once((&config.data.csv, &problems)).chain(
+                held_out_file
+                    .as_ref()
+                    .map(|(path, (_, problems))| (path, problems)),
+            );
+            for (path, problems) in files {
+                for problem in problems.iter().take(limit) {
+                    eprintln!("{}: {problem}", path.display());
+                }
+            }
+            return Err(error.into());
+        }
+    };
+    let mut reports = Vec::new();
+    match held_out_file {
+        Some((path, (rows, problems_there))) => {
+            reports.push(CheckReport::new(
+                &config.data.csv,
+                &schema,
+                &dataset,
+                problems,
+                (train.len(), 0),
+            ));
+            reports.push(CheckReport::new(
+                &path,
+                &schema,
+                &rows,
+                problems_there,
+                (0, held_out.len()),
+            ));
+        }
+        None => reports.push(CheckReport::new(
+            &config.data.csv,
+            &schema,
+            &dataset,
+            problems,
+            (train.len(), held_out.len()),
+        )),
     }
-    print!("{}", report.to_text());
-    let mut clean = report.is_clean();
+    let mut clean = true;
+    for report in &reports {
+        for line in report.problem_lines(limit) {
+            eprintln!("{line}");
+        }
+        print!("{}", report.to_text());
+        clean &= report.is_clean();
+    }
+    println!(
+        "split: {} training and {} held-out rows; held out: {holdout}",
+        train.len(),
+        held_out.len()
+    );
     if let Some(path) = compare {
         let other = load_schema(path)?;
         println!(

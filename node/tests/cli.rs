@@ -393,3 +393,96 @@ fn check_accepts_blanks_where_the_schema_declares_them_and_compares_schemas() {
     );
     assert!(ok && stdout.contains("the same schema"), "{stdout}");
 }
+
+/// `check` under `[data] holdout = { column, values }` and `holdout_csv`: it reports which rows
+/// train and which are held out, and refuses a split column the model would read.
+#[test]
+fn check_reports_a_split_column_split_and_a_held_out_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = SCHEMA.replace("drop = [\"id\"]", "drop = [\"id\", \"cohort\"]");
+    let csv = "id,age,sex,cohort,outcome\n\
+               1,50,F,development,1\n\
+               2,61,M, validation ,0\n\
+               3,44,M,development,0\n\
+               4,38,F,test,1\n\
+               5,70,M,,0\n";
+    check(dir.path(), &schema, csv);
+    let config = std::fs::read_to_string(dir.path().join("node.toml")).unwrap();
+    let with = |data: &str| {
+        let text = config.replace(
+            "schema = \"schema.toml\"",
+            &format!("schema = \"schema.toml\"\n{data}"),
+        );
+        std::fs::write(dir.path().join("node.toml"), text).unwrap();
+        run(dir.path(), &["check"])
+    };
+    let (ok, stdout, stderr) =
+        with("holdout = { column = \"cohort\", values = [\"validation\", \"test\"] }");
+    assert!(ok, "{stderr}");
+    assert_eq!(sizes(&stdout), Some((3, 2)), "{stdout}");
+    assert!(
+        stdout.contains(
+            "split: 3 training and 2 held-out rows; held out: the rows whose \"cohort\" is one of [\"validation\", \"test\"]"
+        ),
+        "{stdout}"
+    );
+    // A value no row has: refused, naming the file and the key.
+    let (ok, _, stderr) = with("holdout = { column = \"cohort\", values = [\"Test\"] }");
+    assert!(!ok);
+    assert!(
+        stderr.contains("site.csv: data.holdout: no row's \"cohort\""),
+        "{stderr}"
+    );
+    // A value whose only rows are left out for their problems: the problems come first.
+    std::fs::write(
+        dir.path().join("site.csv"),
+        csv.replace("4,38,F,test,1", "4,old,F,test,1"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = with("holdout = { column = \"cohort\", values = [\"test\"] }");
+    assert!(!ok);
+    let problem = stderr
+        .find("site.csv: row 5, column \"age\": \"old\" is not a number")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let refused = stderr
+        .find("no row's \"cohort\" is one of [\"test\"]")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(problem < refused, "{stderr}");
+    std::fs::write(dir.path().join("site.csv"), csv).unwrap();
+    // A model input cannot decide the split.
+    let (ok, _, stderr) = with("holdout = { column = \"sex\", values = [\"F\"] }");
+    assert!(!ok);
+    assert!(
+        stderr.contains("data.holdout.column \"sex\" is a feature column"),
+        "{stderr}"
+    );
+    // A held-out file: the node's CSV all trains, and the file gets its own report.
+    std::fs::write(
+        dir.path().join("held-out.csv"),
+        "id,age,sex,cohort,outcome\n9,55,F,x,0\n10,66,M,y,1\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = with("holdout_csv = \"held-out.csv\"");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("site.csv: valid; 5 training and 0 held-out rows"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("held-out.csv: valid; 0 training and 2 held-out rows"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("split: 5 training and 2 held-out rows; held out: every row of"),
+        "{stdout}"
+    );
+    // Both ways at once: refused, naming both keys.
+    let (ok, _, stderr) = with(
+        "holdout_csv = \"held-out.csv\"\nholdout = { column = \"cohort\", values = [\"test\"] }",
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("data.holdout and data.holdout_csv are exclusive"),
+        "{stderr}"
+    );
+}

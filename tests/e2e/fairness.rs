@@ -49,10 +49,13 @@ fn pooled_group_counts(
     let groups = schema.audit_groups();
     let mut pooled = BTreeMap::new();
     for config in configs {
-        let dataset = medfed_node::data::load_csv(&config.data.csv, &schema).unwrap();
-        let (_, held_out) = dataset
-            .split(config.data.holdout_fraction, config.data.split_seed)
-            .unwrap();
+        let (_, held_out) = medfed_node::data::load_split(
+            &config.data.csv,
+            &config.data.holdout,
+            &schema,
+            &Default::default(),
+        )
+        .unwrap();
         let mut examples = held_out.examples.clone();
         standardization.apply(&mut examples.features);
         let scores = TchTrainer::new(ComputeDevice::Cpu)
@@ -466,7 +469,12 @@ async fn without_held_out_rows_the_audit_says_no_evaluation_data() {
     config.fairness.policy = policy();
     let reports = config.data_dir.join("reports");
     let (report, _) = consortium
-        .train_with(config, &names, |node| node.data.holdout_fraction = 0.0)
+        .train_with(config, &names, |node| {
+            node.data.holdout = medfed_node::data::Holdout::Fraction {
+                fraction: 0.0,
+                seed: 0,
+            }
+        })
         .await;
     assert!(report.final_evaluation.is_none());
     assert!(report.final_fairness.is_empty());

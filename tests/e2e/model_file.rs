@@ -315,3 +315,137 @@ async fn predict_scores_the_rows_it_can_and_lists_the_others_with_why() {
     );
     assert_eq!(lines.len(), 3, "{errors}");
 }
+
+/// Issue 14, item 5: hospitals name their own held-out patients. Hospital A holds out the rows
+/// its `cohort` column marks (`validation` or `test`), hospital B a separate file of patients
+/// (its CSV all trains), hospital C a random quarter; training completes, and `predict
+/// --held-out` on each scores exactly the rows its evaluation used: pooled, they give the
+/// coordinator's final AUC, accuracy and loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn predict_on_named_cohorts_and_a_held_out_file_reproduces_the_pooled_final_evaluation() {
+    use medfed_node::data::Holdout;
+
+    subscribe();
+    let consortium = Consortium::new(&NODES, 200);
+    let dir = consortium.dir.path();
+    // The split column is dropped by the consortium's schema: never a model input.
+    let schema = medfed_e2e::SCHEMA.replace(
+        "drop = [\"patient_id\"]",
+        "drop = [\"patient_id\", \"cohort\"]",
+    );
+    std::fs::write(&consortium.schema, &schema).unwrap();
+    // Hospital A: a cohort column; every 5th patient is validation, every 7th (not 5th) test,
+    // one has a blank cohort (it trains).
+    let a = std::fs::read_to_string(consortium.csv(NODES[0])).unwrap();
+    let mut named = 0;
+    let mut out = String::new();
+    for (i, line) in a.lines().enumerate() {
+        let cohort = match i {
+            0 => "cohort",
+            _ if i % 5 == 0 => "validation",
+            _ if i % 7 == 0 => " test ",
+            3 => "",
+            _ => "development",
+        };
+        named += usize::from(i > 0 && (i % 5 == 0 || i % 7 == 0));
+        out.push_str(&format!("{line},{cohort}\n"));
+    }
+    std::fs::write(consortium.csv(NODES[0]), out).unwrap();
+    // Hospital B: its last 60 patients in a separate held-out file.
+    let b = std::fs::read_to_string(consortium.csv(NODES[1])).unwrap();
+    let lines: Vec<&str> = b.lines().collect();
+    let (train_rows, held_rows) = lines[1..].split_at(140);
+    let held_out_csv = dir.join("hospital-b-held-out.csv");
+    std::fs::write(
+        consortium.csv(NODES[1]),
+        format!("{}\n{}\n", lines[0], train_rows.join("\n")),
+    )
+    .unwrap();
+    std::fs::write(
+        &held_out_csv,
+        format!("{}\n{}\n", lines[0], held_rows.join("\n")),
+    )
+    .unwrap();
+    let holdout = |name: &str| match name {
+        "hospital-a" => Some(Holdout::Column {
+            column: "cohort".into(),
+            values: vec!["validation".into(), "test".into()],
+        }),
+        "hospital-b" => Some(Holdout::File(held_out_csv.clone())),
+        _ => None,
+    };
+
+    let threshold = DecisionThreshold::new(0.4).unwrap();
+    let mut config = consortium.coordinator_config(2, 3);
+    config.task.decision_threshold = threshold;
+    config.task.release = ReleaseRule::Last;
+    let data_dir = config.data_dir.clone();
+    let (report, _) = consortium
+        .train_with(config, &NODES, |node| {
+            let name = node.data.csv.file_stem().unwrap().to_str().unwrap();
+            if let Some(holdout) = holdout(name) {
+                node.data.holdout = holdout;
+            }
+        })
+        .await;
+    let final_evaluation = report.final_evaluation.clone().expect("final evaluation");
+    assert_eq!(final_evaluation.examples, (named + 60 + 50) as u64);
+    let released = data_dir.join(RELEASED_MODEL_FILE);
+
+    let mut pooled: Option<Vec<f64>> = None;
+    for (name, expected) in [(NODES[0], named), (NODES[1], 60), (NODES[2], 50)] {
+        let mut node = consortium.node_config(name, "127.0.0.1:1".parse().unwrap());
+        if let Some(holdout) = holdout(name) {
+            node.data.holdout = holdout;
+        }
+        let toml = dir.join(format!("{name}.toml"));
+        std::fs::write(&toml, node_toml(&node)).unwrap();
+        let scores = dir.join(format!("{name}-scores.csv"));
+        let output = medfed_node(&[
+            "predict".as_ref(),
+            "--model".as_ref(),
+            released.as_os_str(),
+            "--config".as_ref(),
+            toml.as_os_str(),
+            "--held-out".as_ref(),
+            "--out".as_ref(),
+            scores.as_os_str(),
+        ])
+        .await;
+        assert!(output.contains("0 rows not scored"), "{output}");
+        let text = std::fs::read_to_string(&scores).unwrap();
+        if name == NODES[0] {
+            // The rows scored are the named cohorts', by their row in the file (the header is
+            // row 1, so patient i sits in row i + 1).
+            let rows: Vec<usize> = text
+                .lines()
+                .skip(1)
+                .map(|l| l.split(',').next().unwrap().parse().unwrap())
+                .collect();
+            assert!(
+                rows.iter().all(|r| (r - 1) % 5 == 0 || (r - 1) % 7 == 0),
+                "{rows:?}"
+            );
+        }
+        let (scores, labels) = scores_and_labels(&scores);
+        assert_eq!(scores.len(), expected, "{name}");
+        let mut vector = Vec::new();
+        EvalCounts::from_predictions_at(&scores, &labels, EVAL_SCORE_BINS, threshold)
+            .write_vector(&mut vector);
+        pooled = Some(match pooled {
+            None => vector,
+            Some(sum) => sum.iter().zip(&vector).map(|(a, b)| a + b).collect(),
+        });
+    }
+    let pooled = EvalCounts::from_vector(&pooled.unwrap())
+        .and_then(|c| c.metrics())
+        .unwrap();
+    assert_eq!(pooled.examples, final_evaluation.examples);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6;
+    assert!(
+        close(pooled.auc.unwrap(), final_evaluation.auc.unwrap())
+            && close(pooled.accuracy, final_evaluation.accuracy)
+            && close(pooled.loss, final_evaluation.loss),
+        "predict's pooled figures {pooled:?} differ from the coordinator's {final_evaluation:?}"
+    );
+}

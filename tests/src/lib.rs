@@ -18,6 +18,7 @@ use medfed_coordinator::config::{SecureAggregationConfig, TaskConfig, TrainingCo
 use medfed_coordinator::strategy::StrategyConfig;
 use medfed_coordinator::{CoordinatorConfig, RunningCoordinator, TrainingReport};
 use medfed_node::config::DataConfig;
+use medfed_node::data::Holdout;
 use medfed_node::policy::{Fraction, NodePolicy};
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_node::{NodeConfig, NodeError, NodeOutcome};
@@ -193,8 +194,10 @@ impl Consortium {
             data: DataConfig {
                 csv: self.csv(name),
                 schema: self.schema.clone(),
-                holdout_fraction: 0.25,
-                split_seed: 5,
+                holdout: Holdout::Fraction {
+                    fraction: 0.25,
+                    seed: 5,
+                },
             },
             device: ComputeDevice::Cpu,
             state_dir: self.dir.path().join("nodes").join(name),

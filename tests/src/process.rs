@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use medfed_node::NodeConfig;
+use medfed_node::data::Holdout;
 use tokio::sync::mpsc;
 
 use crate::strip_ansi;
@@ -198,6 +199,27 @@ impl Drop for Process {
     }
 }
 
+/// The `[data]` lines that choose `holdout`'s held-out rows.
+fn holdout_toml(holdout: &Holdout) -> String {
+    match holdout {
+        Holdout::Fraction { fraction, seed } => {
+            format!("holdout_fraction = {fraction}\nsplit_seed = {seed}")
+        }
+        Holdout::Column { column, values } => format!(
+            "holdout = {{ column = {}, values = [{}] }}",
+            toml_string(column),
+            values
+                .iter()
+                .map(|v| toml_string(v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Holdout::File(path) => {
+            format!("holdout_csv = {}", toml_string(&path.display().to_string()))
+        }
+    }
+}
+
 /// `node.toml` for `config`, as a hospital would write it (every path absolute).
 pub fn node_toml(config: &NodeConfig) -> String {
     let path = |p: &Path| toml_string(&p.display().to_string());
@@ -215,8 +237,7 @@ key = {key}
 [data]
 csv = {csv}
 schema = {schema}
-holdout_fraction = {holdout}
-split_seed = {seed}
+{holdout}
 "#,
         coordinator = config.coordinator,
         server_name = config.server_name,
@@ -227,8 +248,7 @@ split_seed = {seed}
         key = path(&config.tls.key),
         csv = path(&config.data.csv),
         schema = path(&config.data.schema),
-        holdout = config.data.holdout_fraction,
-        seed = config.data.split_seed,
+        holdout = holdout_toml(&config.data.holdout),
     );
     assert!(
         config.privacy.is_none(),

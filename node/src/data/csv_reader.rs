@@ -34,6 +34,10 @@ pub struct ReadOptions {
     /// A header column (typically a patient identifier the schema lists under `drop`) whose
     /// trimmed raw cell is kept for each kept row in [`Dataset::ids`]; the header must name it.
     pub id_column: Option<String>,
+    /// The split column of [`super::Holdout::Column`], whose trimmed raw cell is kept for each
+    /// kept row in [`Dataset::split_cells`]; the header must name it. Set by
+    /// [`super::Holdout::read_options`].
+    pub split_column: Option<String>,
 }
 
 /// Loads and encodes a hospital's CSV, refusing it at the first problem.
@@ -57,6 +61,17 @@ pub fn load_csv(path: &Path, schema: &Schema) -> Result<Dataset, DataError> {
         &ReadOptions::default(),
         OnProblem::Stop,
     )?;
+    Ok(dataset)
+}
+
+/// [`load_csv`] with `options`: as strict, keeping the asked id and split cells (and, under
+/// [`LabelColumn::Optional`], not requiring the label column).
+pub fn load_csv_with(
+    path: &Path,
+    schema: &Schema,
+    options: &ReadOptions,
+) -> Result<Dataset, DataError> {
+    let (dataset, _) = read_csv(open(path)?, path, schema, options, OnProblem::Stop)?;
     Ok(dataset)
 }
 
@@ -175,6 +190,8 @@ struct Layout<'a> {
     sensitive: Vec<usize>,
     /// Header index of the column kept in [`Dataset::ids`], if asked for.
     id: Option<usize>,
+    /// Header index of the column kept in [`Dataset::split_cells`], if asked for.
+    split: Option<usize>,
     /// Per audit-only column: its header index and the column.
     audit_only: Vec<(usize, &'a Column)>,
     schema: &'a Schema,
@@ -238,6 +255,17 @@ impl<'a> Layout<'a> {
             });
         }
         let id = options.id_column.as_deref().map(find).transpose()?;
+        let split = match options.split_column.as_deref() {
+            Some(column) => {
+                Some(
+                    position(column).ok_or_else(|| DataError::MissingSplitColumn {
+                        path: path.to_owned(),
+                        column: column.to_owned(),
+                    })?,
+                )
+            }
+            None => None,
+        };
 
         Ok(Self {
             fields: header.len(),
@@ -245,6 +273,7 @@ impl<'a> Layout<'a> {
             label,
             sensitive,
             id,
+            split,
             audit_only,
             schema,
         })
@@ -340,6 +369,9 @@ impl<'a> Layout<'a> {
             .push(self.sensitive.iter().map(|&i| cell(i).to_owned()).collect());
         if let Some(index) = self.id {
             dataset.ids.push(cell(index).to_owned());
+        }
+        if let Some(index) = self.split {
+            dataset.split_cells.push(cell(index).to_owned());
         }
     }
 
@@ -931,6 +963,7 @@ age = [50]
         let optional = ReadOptions {
             label: LabelColumn::Optional,
             id_column: Some("id".into()),
+            ..ReadOptions::default()
         };
         let text = "id,age,sex,cp,chol\np1,63,Male,typical,233\np2,41,Female,atypical,\n";
         let (data, problems) = read(text.as_bytes(), &optional).unwrap();

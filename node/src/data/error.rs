@@ -170,4 +170,62 @@ pub enum DataError {
         /// The fraction asked for.
         fraction: f64,
     },
+    /// `data.holdout`'s split column is one the schema encodes, audits or predicts.
+    #[error(
+        "data.holdout.column \"{column}\" is {role} of the schema: the column that decides which rows evaluate the model must not be read by it; list it under the schema's drop"
+    )]
+    SplitColumnInSchema {
+        /// The split column.
+        column: String,
+        /// What the schema makes of it.
+        role: &'static str,
+    },
+    /// `data.holdout`'s split column is not among the schema's `drop` columns.
+    #[error(
+        "data.holdout.column \"{column}\" is not listed under the schema's drop: the CSV may carry it only as a dropped column"
+    )]
+    SplitColumnNotDropped {
+        /// The split column.
+        column: String,
+    },
+    /// The header lacks `data.holdout`'s split column.
+    #[error("{}: row 1 (header): column \"{column}\" named by data.holdout.column is missing", path.display())]
+    MissingSplitColumn {
+        /// The file.
+        path: PathBuf,
+        /// The split column.
+        column: String,
+    },
+    /// `data.holdout`'s values leave no training row, or no held-out row.
+    #[error(
+        "{}: data.holdout: {} row's \"{column}\" is one of {values:?}, so {}",
+        path.display(),
+        if *no_training { "every" } else { "no" },
+        if *no_training { "no training row is left" } else { "no held-out row is left (check the values' spelling)" }
+    )]
+    SplitColumnLeaves {
+        /// The file.
+        path: PathBuf,
+        /// The split column.
+        column: String,
+        /// The values that hold a row out.
+        values: Vec<String>,
+        /// True: no training row; false: no held-out row.
+        no_training: bool,
+    },
+    /// Rows were split by a column they were read without (a caller's mistake: read them with
+    /// `Holdout::read_options`).
+    #[error("{}: the rows were read without data.holdout's split column \"{column}\"", path.display())]
+    SplitColumnNotRead {
+        /// The file.
+        path: PathBuf,
+        /// The split column.
+        column: String,
+    },
+    /// Rows were split under `data.holdout_csv` without that file's rows (a caller's mistake).
+    #[error("data.holdout_csv {}: the held-out file was not read", path.display())]
+    HoldoutFileNotRead {
+        /// The held-out file.
+        path: PathBuf,
+    },
 }

@@ -4,7 +4,7 @@
 //! ```text
 //!  CSV file + Schema ─▶ load_csv  ─▶ Dataset { encoded Examples, raw sensitive values, rows }
 //!                  └──▶ read_rows ─▶ (Dataset, every bad row's RowProblem)
-//!                                      └─▶ split(fraction, seed) ─▶ (train, held-out)
+//!                                      └─▶ Holdout::split ─▶ (train, held-out)
 //! ```
 //!
 //! [`load_csv`], for training, is all or nothing: the first problem in the file aborts it with a
@@ -13,14 +13,20 @@
 //! [`RowProblem`]; both use the same encoder. Features come out encoded (numeric as is,
 //! categorical one-hot) but not standardised: standardisation needs the consortium's pooled
 //! statistics.
+//!
+//! Which rows are held out is [`Holdout`]'s one choice ([`Holdout::split`], and [`load_split`]
+//! which reads and splits): a seeded random fraction, the rows whose split column has one of
+//! the named values, or a separate held-out file.
 
 mod csv_reader;
 mod error;
+mod holdout;
 mod problem;
 mod split;
 
-pub use csv_reader::{LabelColumn, ReadOptions, load_csv, read_rows};
+pub use csv_reader::{LabelColumn, ReadOptions, load_csv, load_csv_with, read_rows};
 pub use error::DataError;
+pub use holdout::{DEFAULT_HOLDOUT_FRACTION, Holdout, load_split};
 pub use problem::{ProblemReason, RowProblem};
 pub use split::split_indices;
 
@@ -47,6 +53,9 @@ pub struct Dataset {
     /// Per example, the trimmed raw cell of [`ReadOptions::id_column`]; empty when none was
     /// asked for.
     pub ids: Vec<String>,
+    /// Per example, the trimmed raw cell of [`ReadOptions::split_column`] (the split column
+    /// that [`Holdout::Column`] splits by); empty when none was asked for.
+    pub split_cells: Vec<String>,
     /// Whether labels were read. False only for a file read under [`LabelColumn::Optional`]
     /// without a label column; its labels are then NaN.
     pub labelled: bool,

@@ -27,7 +27,7 @@ impl Dataset {
     }
 
     /// The rows at `indices`, in that order.
-    fn subset(&self, indices: &[usize]) -> Self {
+    pub(super) fn subset(&self, indices: &[usize]) -> Self {
         let width = self.examples.num_features;
         let mut examples = Examples {
             num_features: width,
@@ -37,6 +37,7 @@ impl Dataset {
         let mut sensitive = Vec::with_capacity(indices.len());
         let mut rows = Vec::with_capacity(indices.len());
         let mut ids = Vec::new();
+        let mut split_cells = Vec::new();
         for &i in indices {
             // `get` rather than indexing: the public fields could have been made inconsistent,
             // and a bad dataset must not panic the node.
@@ -50,6 +51,7 @@ impl Dataset {
             sensitive.push(self.sensitive.get(i).cloned().unwrap_or_default());
             rows.extend(self.rows.get(i));
             ids.extend(self.ids.get(i).cloned());
+            split_cells.extend(self.split_cells.get(i).cloned());
         }
         Self {
             examples,
@@ -57,6 +59,7 @@ impl Dataset {
             sensitive,
             rows,
             ids,
+            split_cells,
             labelled: self.labelled,
         }
     }
@@ -103,6 +106,7 @@ mod tests {
             sensitive: (0..n).map(|i| vec![format!("s{i}")]).collect(),
             rows: (0..n as u64).map(|i| i + 2).collect(),
             ids: (0..n).map(|i| format!("p{i}")).collect(),
+            split_cells: Vec::new(),
             labelled: true,
         }
     }
