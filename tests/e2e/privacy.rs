@@ -335,13 +335,16 @@ async fn check_evaluation_schedule(every: u64, evaluated: [bool; 3]) {
             });
         })
         .await;
-    let seen: Vec<bool> = report
-        .rounds
-        .iter()
-        .map(|r| r.start_model_evaluation.is_some())
-        .collect();
-    assert_eq!(seen, evaluated);
-    assert!(report.final_evaluation.is_some());
+    // A round off the schedule has no pooled figures. (One on it may have none either: the
+    // noised pooled count can come out at zero or below, and the report then says "no
+    // evaluation data"; what it released is checked below, from the reports and egress logs.)
+    for (round, evaluated) in report.rounds.iter().zip(evaluated) {
+        assert!(
+            evaluated || round.start_model_evaluation.is_none(),
+            "round {} is off the schedule but has pooled figures",
+            round.round
+        );
+    }
     // Audit reports of the models the evaluating rounds started from, and of the final one.
     let audited = evaluated.iter().copied().chain([true]);
     for (model_round, audited) in audited.enumerate() {
