@@ -11,7 +11,7 @@ use medfed_coordinator::config::ReleaseRule;
 use medfed_coordinator::training::RELEASED_MODEL_FILE;
 use medfed_e2e::process::{Process, node_toml, workspace_binary};
 use medfed_e2e::{Consortium, subscribe};
-use medfed_protocol::evaluation::{DecisionThreshold, EVAL_SCORE_BINS, EvalCounts};
+use medfed_protocol::evaluation::{DecisionThreshold, EVAL_SCORE_BINS, EvalCounts, EvalMetrics};
 use medfed_protocol::report::{SignedReport, file_sha256};
 
 const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
@@ -47,6 +47,51 @@ fn scores_and_labels(path: &Path) -> (Vec<f32>, Vec<f32>) {
         labels.push(record[label].parse::<f32>().unwrap());
     }
     (scores, labels)
+}
+
+/// `medfed-node predict --held-out` of the node configured in `toml` with the model file
+/// `model`, into `out`; every held-out row must be scored.
+async fn predict_held_out(model: &Path, toml: &Path, out: &Path) {
+    let output = medfed_node(&[
+        "predict".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--config".as_ref(),
+        toml.as_os_str(),
+        "--held-out".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ])
+    .await;
+    assert!(output.contains("0 rows not scored"), "{output}");
+}
+
+/// Adds the evaluation counts of one hospital's scores to `pooled` (empty at first), as the
+/// hospital's node adds them to the secure sum.
+fn pool(pooled: &mut Vec<f64>, scores: &[f32], labels: &[f32], threshold: DecisionThreshold) {
+    let mut vector = Vec::new();
+    EvalCounts::from_predictions_at(scores, labels, EVAL_SCORE_BINS, threshold)
+        .write_vector(&mut vector);
+    if pooled.is_empty() {
+        *pooled = vector;
+    } else {
+        pooled.iter_mut().zip(&vector).for_each(|(a, b)| *a += b);
+    }
+}
+
+/// Asserts that the pooled counts give the coordinator's figures, to 1e-6.
+fn assert_reproduces(pooled: &[f64], coordinator: &EvalMetrics) {
+    let pooled = EvalCounts::from_vector(pooled)
+        .and_then(|c| c.metrics())
+        .unwrap();
+    assert_eq!(pooled.examples, coordinator.examples);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6;
+    assert!(
+        close(pooled.auc.unwrap(), coordinator.auc.unwrap())
+            && close(pooled.accuracy, coordinator.accuracy)
+            && close(pooled.loss, coordinator.loss),
+        "predict's pooled figures {pooled:?} differ from the coordinator's {coordinator:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -133,24 +178,13 @@ async fn predict_on_each_hospitals_held_out_rows_reproduces_the_pooled_final_eva
     }
 
     // Each hospital scores its own held-out patients with the released model.
-    let mut pooled: Option<Vec<f64>> = None;
+    let mut pooled = Vec::new();
     for name in NODES {
         let node = consortium.node_config(name, "127.0.0.1:1".parse().unwrap());
         let toml = consortium.dir.path().join(format!("{name}.toml"));
         std::fs::write(&toml, node_toml(&node)).unwrap();
         let scores = consortium.dir.path().join(format!("{name}-scores.csv"));
-        let output = medfed_node(&[
-            "predict".as_ref(),
-            "--model".as_ref(),
-            released.as_os_str(),
-            "--config".as_ref(),
-            toml.as_os_str(),
-            "--held-out".as_ref(),
-            "--out".as_ref(),
-            scores.as_os_str(),
-        ])
-        .await;
-        assert!(output.contains("0 rows not scored"), "{output}");
+        predict_held_out(&released, &toml, &scores).await;
         // Each row is named by its row in the file and by the schema's dropped identifier.
         let header = std::fs::read_to_string(&scores).unwrap();
         assert!(
@@ -159,25 +193,9 @@ async fn predict_on_each_hospitals_held_out_rows_reproduces_the_pooled_final_eva
         );
         let (scores, labels) = scores_and_labels(&scores);
         assert_eq!(scores.len(), 50, "a quarter of 200 rows is held out");
-        let mut vector = Vec::new();
-        EvalCounts::from_predictions_at(&scores, &labels, EVAL_SCORE_BINS, threshold)
-            .write_vector(&mut vector);
-        pooled = Some(match pooled {
-            None => vector,
-            Some(sum) => sum.iter().zip(&vector).map(|(a, b)| a + b).collect(),
-        });
+        pool(&mut pooled, &scores, &labels, threshold);
     }
-    let pooled = EvalCounts::from_vector(&pooled.unwrap())
-        .and_then(|c| c.metrics())
-        .unwrap();
-    assert_eq!(pooled.examples, final_evaluation.examples);
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6;
-    assert!(
-        close(pooled.auc.unwrap(), final_evaluation.auc.unwrap())
-            && close(pooled.accuracy, final_evaluation.accuracy)
-            && close(pooled.loss, final_evaluation.loss),
-        "predict's pooled figures {pooled:?} differ from the coordinator's {final_evaluation:?}"
-    );
+    assert_reproduces(&pooled, &final_evaluation);
 }
 
 /// The Python of `.deps/onnx-venv`, with onnxruntime, which `scripts/setup` installs.
@@ -392,7 +410,7 @@ async fn predict_on_named_cohorts_and_a_held_out_file_reproduces_the_pooled_fina
     assert_eq!(final_evaluation.examples, (named + 60 + 50) as u64);
     let released = data_dir.join(RELEASED_MODEL_FILE);
 
-    let mut pooled: Option<Vec<f64>> = None;
+    let mut pooled = Vec::new();
     for (name, expected) in [(NODES[0], named), (NODES[1], 60), (NODES[2], 50)] {
         let mut node = consortium.node_config(name, "127.0.0.1:1".parse().unwrap());
         if let Some(holdout) = holdout(name) {
@@ -401,18 +419,7 @@ async fn predict_on_named_cohorts_and_a_held_out_file_reproduces_the_pooled_fina
         let toml = dir.join(format!("{name}.toml"));
         std::fs::write(&toml, node_toml(&node)).unwrap();
         let scores = dir.join(format!("{name}-scores.csv"));
-        let output = medfed_node(&[
-            "predict".as_ref(),
-            "--model".as_ref(),
-            released.as_os_str(),
-            "--config".as_ref(),
-            toml.as_os_str(),
-            "--held-out".as_ref(),
-            "--out".as_ref(),
-            scores.as_os_str(),
-        ])
-        .await;
-        assert!(output.contains("0 rows not scored"), "{output}");
+        predict_held_out(&released, &toml, &scores).await;
         let text = std::fs::read_to_string(&scores).unwrap();
         if name == NODES[0] {
             // The rows scored are the named cohorts', by their row in the file (the header is
@@ -429,23 +436,7 @@ async fn predict_on_named_cohorts_and_a_held_out_file_reproduces_the_pooled_fina
         }
         let (scores, labels) = scores_and_labels(&scores);
         assert_eq!(scores.len(), expected, "{name}");
-        let mut vector = Vec::new();
-        EvalCounts::from_predictions_at(&scores, &labels, EVAL_SCORE_BINS, threshold)
-            .write_vector(&mut vector);
-        pooled = Some(match pooled {
-            None => vector,
-            Some(sum) => sum.iter().zip(&vector).map(|(a, b)| a + b).collect(),
-        });
+        pool(&mut pooled, &scores, &labels, threshold);
     }
-    let pooled = EvalCounts::from_vector(&pooled.unwrap())
-        .and_then(|c| c.metrics())
-        .unwrap();
-    assert_eq!(pooled.examples, final_evaluation.examples);
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6;
-    assert!(
-        close(pooled.auc.unwrap(), final_evaluation.auc.unwrap())
-            && close(pooled.accuracy, final_evaluation.accuracy)
-            && close(pooled.loss, final_evaluation.loss),
-        "predict's pooled figures {pooled:?} differ from the coordinator's {final_evaluation:?}"
-    );
+    assert_reproduces(&pooled, &final_evaluation);
 }
