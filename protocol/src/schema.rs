@@ -887,6 +887,18 @@ impl RawSchema {
             let column = raw.validate()?;
             if input {
                 columns.push(column);
+            } else if column.missing != MissingMode::Refuse {
+                // An audit-only cell is never encoded: a missing one is refused, and a mode
+                // would only hide that (nor does the digest's audit-only block carry one).
+                return Err(SchemaError::MissingModeMismatch {
+                    column: column.name,
+                    kind: "audit-only",
+                    mode: match column.missing {
+                        MissingMode::Level => "level",
+                        _ => "impute",
+                    },
+                    fits: "model input",
+                });
             } else if self.sensitive.contains(&column.name) {
                 audit_only.push(column);
             } else {
@@ -1693,6 +1705,21 @@ age = [40.0, 60.0]
             "name = \"chol\"\ntype = \"numeric\"\ninput = true",
         );
         assert_eq!(Schema::parse(&explicit).unwrap(), plain);
+    }
+
+    #[test]
+    fn an_audit_only_column_takes_no_missing_mode() {
+        let text = EXAMPLE_SCHEMA
+            .replace("sensitive = [\"sex\"]", "sensitive = [\"sex\", \"race\"]")
+            + "[[columns]]\nname = \"race\"\ntype = \"categorical\"\nlevels = [\"A\", \"B\"]\n\
+             input = false\nmissing = \"level\"\n";
+        let err = Schema::parse(&text).unwrap_err();
+        assert!(
+            matches!(&err, SchemaError::MissingModeMismatch { column, kind: "audit-only", .. } if column == "race"),
+            "{err:?}"
+        );
+        let refused = text.replace("missing = \"level\"\n", "");
+        assert!(Schema::parse(&refused).is_ok());
     }
 
     #[test]
