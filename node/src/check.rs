@@ -343,22 +343,8 @@ mod tests {
     use super::*;
     use crate::data::{ReadOptions, read_rows};
 
-    const SCHEMA: &str = r#"
-drop = ["id"]
-sensitive = ["sex"]
-[label]
-column = "outcome"
-positive = ["1"]
-negative = ["0"]
-[[columns]]
-name = "age"
-type = "numeric"
-range = [0, 120]
-[[columns]]
-name = "sex"
-type = "categorical"
-levels = ["F", "M"]
-"#;
+    /// The smallest complete schema: `id,age,sex,outcome`.
+    const SCHEMA: &str = medfed_protocol::schema::EXAMPLE_SCHEMA;
 
     fn report(csv: &str) -> CheckReport {
         let schema = Schema::parse(SCHEMA).unwrap();
