@@ -115,7 +115,7 @@ impl Trainer {
 
     /// Writes the released model: the audited model [`choose`] picks, with its report's link,
     /// to `model.safetensors` in the state folder. Returns its path and round.
-    pub(super) fn release(&self) -> Result<Option<(PathBuf, u64)>, CoordinatorError> {
+    pub(super) fn release(&self) -> Result<(PathBuf, u64), CoordinatorError> {
         let rule = self.config.task.release;
         let chosen = choose(self.reports.chain(), rule, self.round);
         let round = chosen.as_ref().map_or(self.round, |c| c.round);
@@ -143,7 +143,7 @@ impl Trainer {
             path = %path.display(),
             "model released"
         );
-        Ok(Some((path, round)))
+        Ok((path, round))
     }
 }
 

@@ -82,7 +82,7 @@ impl Trainer {
             );
         }
         let (final_evaluation, final_fairness) = self.final_evaluation(&standardization).await?;
-        let released = self.release()?;
+        let released = Some(self.release()?);
         self.finish().await;
         let bytes_received = self.registry.bytes_received();
         Ok(TrainingReport {
