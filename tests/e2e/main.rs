@@ -13,6 +13,7 @@ mod manifest;
 mod model_file;
 mod pki;
 mod privacy;
+mod real_data;
 mod secure_aggregation;
 mod state_folder;
 mod training;

@@ -19,7 +19,7 @@ const STEP: Duration = Duration::from_secs(120);
 
 /// Runs the workspace binary `binary` of package `package` with `args`, and returns whether it
 /// succeeded and its output.
-async fn run(package: &str, binary: &str, args: &[&std::ffi::OsStr]) -> (bool, String) {
+pub(crate) async fn run(package: &str, binary: &str, args: &[&std::ffi::OsStr]) -> (bool, String) {
     let mut command = Command::new(workspace_binary(package, binary).unwrap());
     command.args(args);
     let mut process = Process::spawn(binary, command).unwrap();
@@ -28,14 +28,14 @@ async fn run(package: &str, binary: &str, args: &[&std::ffi::OsStr]) -> (bool, S
 }
 
 /// Runs `medfed-node` with `args` and returns its output, failing the test unless it succeeds.
-async fn medfed_node(args: &[&std::ffi::OsStr]) -> String {
+pub(crate) async fn medfed_node(args: &[&std::ffi::OsStr]) -> String {
     let (success, output) = run("medfed-node", "medfed-node", args).await;
     assert!(success, "medfed-node {args:?} failed:\n{output}");
     output
 }
 
 /// The (score, label) pairs of a scores file written by `predict` from labelled rows.
-fn scores_and_labels(path: &Path) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn scores_and_labels(path: &Path) -> (Vec<f32>, Vec<f32>) {
     let mut reader = csv::Reader::from_path(path).unwrap();
     let header = reader.headers().unwrap().clone();
     let column = |name: &str| header.iter().position(|h| h == name).unwrap();
@@ -51,7 +51,7 @@ fn scores_and_labels(path: &Path) -> (Vec<f32>, Vec<f32>) {
 
 /// `medfed-node predict --held-out` of the node configured in `toml` with the model file
 /// `model`, into `out`; every held-out row must be scored.
-async fn predict_held_out(model: &Path, toml: &Path, out: &Path) {
+pub(crate) async fn predict_held_out(model: &Path, toml: &Path, out: &Path) {
     let output = medfed_node(&[
         "predict".as_ref(),
         "--model".as_ref(),
@@ -68,7 +68,12 @@ async fn predict_held_out(model: &Path, toml: &Path, out: &Path) {
 
 /// Adds the evaluation counts of one hospital's scores to `pooled` (empty at first), as the
 /// hospital's node adds them to the secure sum.
-fn pool(pooled: &mut Vec<f64>, scores: &[f32], labels: &[f32], threshold: DecisionThreshold) {
+pub(crate) fn pool(
+    pooled: &mut Vec<f64>,
+    scores: &[f32],
+    labels: &[f32],
+    threshold: DecisionThreshold,
+) {
     let mut vector = Vec::new();
     EvalCounts::from_predictions_at(scores, labels, EVAL_SCORE_BINS, threshold)
         .write_vector(&mut vector);
@@ -80,7 +85,7 @@ fn pool(pooled: &mut Vec<f64>, scores: &[f32], labels: &[f32], threshold: Decisi
 }
 
 /// Asserts that the pooled counts give the coordinator's figures, to 1e-6.
-fn assert_reproduces(pooled: &[f64], coordinator: &EvalMetrics) {
+pub(crate) fn assert_reproduces(pooled: &[f64], coordinator: &EvalMetrics) {
     let pooled = EvalCounts::from_vector(pooled)
         .and_then(|c| c.metrics())
         .unwrap();
