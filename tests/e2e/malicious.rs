@@ -574,7 +574,6 @@ async fn an_evaluation_off_the_manifest_schedule_is_declined_before_anything_is_
 /// the decline leaves, and nothing is charged. The same round at the manifest's values is taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_round_at_another_threshold_or_class_weight_is_declined_before_anything_is_computed() {
-    use medfed_e2e::attacker::Figures;
     use medfed_protocol::evaluation::DecisionThreshold;
 
     subscribe();
