@@ -28,11 +28,16 @@ use medfed_protocol::manifest::SignedManifest;
 use medfed_protocol::model::ModelKind;
 use medfed_protocol::schema::Schema;
 use medfed_protocol::task::TrainingPlan;
+use medfed_telemetry::LogFormat;
 
 /// A medfed hospital node: trains on local patient data and sends only aggregate-ready figures.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// The log's format on standard error: `text` for people (coloured only on a terminal,
+    /// and never with NO_COLOR set) or `json`, one object per line, for machines.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -213,8 +218,9 @@ enum PrivacyAction {
 }
 
 fn main() -> ExitCode {
-    init_tracing();
-    match run_cli() {
+    let cli = Cli::parse();
+    medfed_telemetry::init_logging(cli.log_format);
+    match run_cli(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("medfed-node: error: {e:#}");
@@ -223,8 +229,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_cli() -> anyhow::Result<ExitCode> {
-    match Cli::parse().command {
+fn run_cli(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Run { config } => {
             let config = NodeConfig::load(&config)?;
             // One process per hospital: before anything else, and held until this process exits.
@@ -926,13 +932,4 @@ fn print_validation_rows<'a>(rows: impl Iterator<Item = (u64, &'a str, Option<Ev
             None => println!("  {round:>6}  {short:<12}  no held-out patients"),
         }
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -8,6 +8,7 @@ mod fairness;
 mod faults;
 mod hostile;
 mod load;
+mod logs;
 mod malicious;
 mod manifest;
 mod model_file;
