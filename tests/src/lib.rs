@@ -188,7 +188,7 @@ impl Consortium {
         tls: TlsFiles,
     ) -> NodeConfig {
         NodeConfig {
-            coordinator,
+            coordinator: coordinator.into(),
             server_name: "localhost".into(),
             tls: TlsFiles { crl: None, ..tls },
             data: DataConfig {
