@@ -217,6 +217,10 @@ enum PrivacyAction {
     },
 }
 
+/// Exit status of `run` when the consortium finished but this hospital contributed to none of
+/// its rounds (every request declined, say, for the hospital's privacy budget or policy).
+const NO_ROUND_JOINED: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     medfed_telemetry::init_logging(cli.log_format);
@@ -260,10 +264,28 @@ fn run_cli(command: Command) -> anyhow::Result<ExitCode> {
             }
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let started_ms = medfed_node::egress::now_ms();
             let outcome = runtime.block_on(run(&config, hospital))?;
+            let egress = EgressLog::read(&config.state_dir).with_context(|| {
+                format!(
+                    "cannot read the egress log in {}",
+                    config.state_dir.display()
+                )
+            })?;
+            let joined = medfed_node::egress::rounds_contributed(&egress, started_ms);
+            if joined.is_empty() {
+                println!(
+                    "{}: the consortium finished after round {}, but this hospital contributed to no round in this run (each request was declined or never came: see the log); final model {}",
+                    outcome.identity, outcome.last_round, outcome.model_hash
+                );
+                return Ok(ExitCode::from(NO_ROUND_JOINED));
+            }
             println!(
-                "{}: training finished after round {}; final model {}",
-                outcome.identity, outcome.last_round, outcome.model_hash
+                "{}: training finished after round {}; this hospital contributed to {} of its rounds; final model {}",
+                outcome.identity,
+                outcome.last_round,
+                joined.len(),
+                outcome.model_hash
             );
             Ok(ExitCode::SUCCESS)
         }

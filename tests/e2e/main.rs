@@ -1,6 +1,7 @@
 //! End-to-end tests: a real coordinator and real nodes (libtorch trainer) over QUIC with mutual
 //! TLS on 127.0.0.1. Each test builds its own consortium in a temporary folder.
 
+mod console;
 mod crash;
 mod distributed;
 mod egress;
@@ -8,7 +9,7 @@ mod fairness;
 mod faults;
 mod hostile;
 mod load;
-mod logs;
+
 mod malicious;
 mod manifest;
 mod model_file;

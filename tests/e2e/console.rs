@@ -1,7 +1,9 @@
-//! Issue 15, item 5: logs that people and machines can read. The real binaries, run as an
-//! operator runs them (standard error a pipe, `NO_COLOR` unset): `--log-format json` writes one
-//! JSON object per line with the round and node spans as fields, and the text log carries no
-//! colour codes into a file or pipe.
+//! Issue 15: what operators and hospital teams read, from the real binaries run as they run them
+//! (standard error a pipe, `NO_COLOR` unset).
+//!
+//! - Item 5: `--log-format json` writes one JSON object per line with the round and node spans
+//!   as fields, and the text log carries no colour codes into a file or pipe.
+//! - Item 8: a node says how many rounds it contributed to (and exits non-zero if none).
 
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -148,4 +150,44 @@ async fn json_logs_carry_round_and_node_spans_and_text_logs_off_a_terminal_carry
             "{name} wrote colour codes to a pipe: {text}"
         );
     }
+}
+
+/// Issue 15, item 8: `medfed-node run` ends by saying how many of the consortium's rounds the
+/// hospital contributed figures to, counted from its egress log (a node that contributed to
+/// none says so and exits with status 3; `medfed_node::egress::rounds_contributed` is
+/// unit-tested on both sides). Here hospital-a's node joins two training rounds and the final
+/// evaluation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_says_how_many_rounds_it_contributed_to() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 60);
+    let coordinator = consortium
+        .start_coordinator(consortium.coordinator_config(2, 3))
+        .await;
+    let addr = coordinator.local_addr();
+    let toml = consortium.dir.path().join("hospital-a.toml");
+    std::fs::write(
+        &toml,
+        node_toml(&consortium.node_config("hospital-a", addr)),
+    )
+    .unwrap();
+    let joiner = tokio::spawn(run_to_end("medfed-node", run_args("text", &toml)));
+    let others: Vec<_> = NODES[1..]
+        .iter()
+        .map(|n| consortium.spawn_node(consortium.node_config(n, addr)))
+        .collect();
+    let report = coordinator.wait().await.expect("training completes");
+    for node in others {
+        node.await.unwrap().expect("the others finish");
+    }
+    assert_eq!(report.last_round, 2);
+    let joiner = joiner.await.unwrap();
+    let stdout = String::from_utf8_lossy(&joiner.stdout);
+    assert!(joiner.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "hospital-a: training finished after round 2; this hospital contributed to 3 of its rounds"
+        ),
+        "{stdout}"
+    );
 }
