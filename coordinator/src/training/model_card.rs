@@ -16,7 +16,7 @@ use medfed_audit::model_card::{
     self, CardText, ModelCard, ModelDescription, Performance, PooledCounts, PrivacySection,
     ReleasedModel, figures,
 };
-use medfed_protocol::evaluation::EvalCounts;
+use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::report::{Verdict, file_sha256};
 use medfed_protocol::stats::FederatedSummary;
 use tracing::info;
@@ -32,12 +32,21 @@ fn counts_key(round: u64) -> String {
 
 impl Trainer {
     /// Keeps the pooled held-out counts of the model of `model_round`, if it was evaluated,
-    /// for the model card. Called before the round's report is written.
+    /// for the model card. Called before the round's report is written; a round the chain
+    /// already covers (re-run after a crash, its report kept) keeps the counts of that report,
+    /// not the re-run's.
     pub(super) fn keep_evaluation_counts(
         &self,
         model_round: u64,
         counts: Option<&EvalCounts>,
     ) -> Result<(), CoordinatorError> {
+        if self
+            .reports
+            .last_round()
+            .is_some_and(|last| model_round <= last)
+        {
+            return Ok(());
+        }
         if let Some(counts) = counts {
             self.store
                 .put_json(&counts_key(model_round), &PooledCounts::from(counts))?;
@@ -101,10 +110,19 @@ impl Trainer {
             .store
             .get_json::<Vec<String>>(STATS_PARTICIPANTS_KEY)?
             .unwrap_or_default();
+        // Counts that do not give the report's own figures (never expected) are not used: the
+        // card would show intervals around other figures than the report's. Within 1e-9, as
+        // JSON (the store's and the report's) may move a float by one unit in the last place.
         let counts = match judged {
             Some((report, _)) if report.evaluation.is_some() => self
                 .store
-                .get_json::<PooledCounts>(&counts_key(report.round))?,
+                .get_json::<PooledCounts>(&counts_key(report.round))?
+                .filter(|c| {
+                    let figures = EvalCounts::from(c.clone()).metrics();
+                    figures
+                        .zip(report.evaluation.as_ref())
+                        .is_some_and(|(a, b)| same(&a, b))
+                }),
             _ => None,
         };
         let performance = judged.and_then(|(report, _)| {
@@ -204,6 +222,19 @@ impl Trainer {
             score_bins: task.score_bins.evaluation,
         }
     }
+}
+
+/// Whether two evaluations give the same figures, within 1e-9.
+fn same(a: &EvalMetrics, b: &EvalMetrics) -> bool {
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-9;
+    a.examples == b.examples
+        && close(a.loss, b.loss)
+        && close(a.accuracy, b.accuracy)
+        && close(a.prevalence, b.prevalence)
+        && match (a.auc, b.auc) {
+            (Some(x), Some(y)) => close(x, y),
+            (x, y) => x == y,
+        }
 }
 
 /// Writes `bytes` to `path` durably and atomically, as the reports are.
