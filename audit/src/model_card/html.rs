@@ -139,7 +139,7 @@ fn data(out: &mut String, card: &ModelCard) {
     row(out, "Number of hospitals", d.sites.len());
     let rows = d
         .pooled_rows
-        .map_or("unknown".to_owned(), |n| n.to_string());
+        .map_or_else(|| "unknown".to_owned(), |n| n.to_string());
     row(out, "Training rows, pooled", rows);
     row(
         out,
@@ -216,7 +216,7 @@ fn data(out: &mut String, card: &ModelCard) {
 }
 
 fn missing_text(missing: Option<u64>) -> String {
-    missing.map_or("rows refused, not counted".to_owned(), |n| n.to_string())
+    missing.map_or_else(|| "rows refused, not counted".to_owned(), |n| n.to_string())
 }
 
 fn model(out: &mut String, card: &ModelCard) {
@@ -308,14 +308,15 @@ fn performance(out: &mut String, performance: Option<&Performance>) {
     row(
         out,
         "AUC",
-        i.map_or(Num(e.auc).to_string(), |i| estimate(i.auc)),
+        i.map_or_else(|| Num(e.auc).to_string(), |i| estimate(i.auc)),
     );
     row(
         out,
         "Accuracy",
-        i.map_or(Num(Some(e.accuracy)).to_string(), |i| {
-            RateText(i.accuracy).to_string()
-        }),
+        i.map_or_else(
+            || Num(Some(e.accuracy)).to_string(),
+            |i| RateText(i.accuracy).to_string(),
+        ),
     );
     if let Some(i) = i {
         row(out, "Sensitivity", RateText(i.sensitivity));

@@ -145,9 +145,10 @@ impl Trainer {
                 checkpoint_sha256,
                 model_file_sha256: file_sha256(&bytes),
                 report_sha256: judged.map(|(_, sha)| sha.to_owned()),
-                verdict: judged.map_or("UNJUDGED".to_owned(), |(r, _)| {
-                    Verdict::to_string(&r.verdict())
-                }),
+                verdict: judged.map_or_else(
+                    || "UNJUDGED".to_owned(),
+                    |(r, _)| Verdict::to_string(&r.verdict()),
+                ),
                 release_rule: match rule {
                     ReleaseRule::Last => "last",
                     ReleaseRule::LowestLoss => "lowest_loss",
