@@ -12,6 +12,10 @@ use medfed_coordinator::config::ReleaseRule;
 use medfed_coordinator::training::RELEASED_MODEL_FILE;
 use medfed_e2e::process::{Process, node_toml, workspace_binary};
 use medfed_e2e::{Consortium, subscribe};
+use medfed_node::config::{
+    EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode, StatisticsNoiseConfig,
+};
+use medfed_protocol::accounting::Accountant;
 use medfed_protocol::evaluation::{DecisionThreshold, EVAL_SCORE_BINS, EvalCounts, EvalMetrics};
 use medfed_protocol::report::{SignedReport, file_sha256};
 
@@ -108,7 +112,22 @@ async fn predict_on_each_hospitals_held_out_rows_reproduces_the_pooled_final_eva
     config.model_card.intended_use = Some("Flag <patients> for review".into());
     config.model_card.limitations = vec!["Synthetic patients only".into()];
     let data_dir = config.data_dir.clone();
-    let (report, _) = consortium.train_with(config, &NODES, |_| {}).await;
+    // DP-SGD at every hospital (exact statistics and evaluation counts, which the pooled
+    // figures below are compared with), so that each declares an ε the card must carry.
+    let dp_sgd = |node: &mut medfed_node::NodeConfig| {
+        node.privacy = Some(PrivacyConfig {
+            target_epsilon: 50.0,
+            delta: 1e-5,
+            noise_multiplier: NoiseMultiplier::Fixed(1.0),
+            max_grad_norm: 1.0,
+            accountant: Accountant::Rdp,
+            evaluation: EvaluationNoiseConfig::exact(),
+            statistics: StatisticsNoiseConfig::exact(),
+            mode: PrivacyMode::Local,
+            max_local_epsilon: None,
+        });
+    };
+    let (report, _) = consortium.train_with(config, &NODES, dp_sgd).await;
     let final_evaluation = report.final_evaluation.clone().expect("final evaluation");
 
     // The released model is the final one, with its scoring and its audit report.
@@ -167,6 +186,8 @@ async fn predict_on_each_hospitals_held_out_rows_reproduces_the_pooled_final_eva
     assert!((auc.value - final_evaluation.auc.unwrap()).abs() < 1e-12);
     assert!(auc.interval.low < auc.value && auc.value < auc.interval.high);
     assert_eq!(card.privacy.per_site, signed.report.privacy);
+    assert_eq!(card.privacy.per_site.len(), NODES.len());
+    assert!(card.privacy.per_site.iter().all(|p| p.epsilon > 0.0));
     assert_eq!(card.privacy.as_of_round, Some(3));
     assert_eq!(card.fairness.attributes, signed.report.fairness);
     let calibration = card.calibration.as_ref().expect("the card's calibration");

@@ -573,10 +573,18 @@ pub fn fairness_section(report: Option<&AuditReport>) -> FairnessSection {
         reasons.push(why.to_string());
     } else if reasons.is_empty() {
         let checks: usize = report.fairness.iter().map(|a| a.policy.checks.len()).sum();
-        reasons.push(format!(
-            "all {checks} fairness checks of {} attributes passed",
-            report.fairness.len()
-        ));
+        reasons.push(if checks == 0 {
+            format!(
+                "{} attribute(s) audited; the consortium's fairness policy sets no limit, so \
+                 no check could fail",
+                report.fairness.len()
+            )
+        } else {
+            format!(
+                "all {checks} fairness checks of {} attribute(s) passed",
+                report.fairness.len()
+            )
+        });
     }
     FairnessSection {
         verdict: report.verdict().to_string(),
