@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use medfed_audit::bias::{AttributeAudit, FairnessSettings};
 use medfed_audit::checkpoint::read_model_file;
-use medfed_audit::model_card::{ModelCard, check_against_chain};
+use medfed_audit::model_card::{CardSignature, ModelCard, check_against_chain};
 use medfed_protocol::evaluation::DecisionThreshold;
 use medfed_protocol::fairness::{
     AuditConfig, FairnessPolicy, FairnessReport, GroupCounts, group_predictions_at,
@@ -244,7 +244,7 @@ fn verify(
             summary.is_some(),
             "--card needs the whole chain: give --reports the reports folder"
         );
-        verify_card(card, &files, model)?;
+        verify_card(card, &files, model, &key)?;
     }
     if let Some(summary) = summary {
         println!(
@@ -258,7 +258,12 @@ fn verify(
 
 /// Checks a model card against the verified chain (`files`, in order) and, when given, the
 /// model file it should describe.
-fn verify_card(card: &Path, files: &[Vec<u8>], model: Option<&Path>) -> anyhow::Result<()> {
+fn verify_card(
+    card: &Path,
+    files: &[Vec<u8>],
+    model: Option<&Path>,
+    key: &[u8; 32],
+) -> anyhow::Result<()> {
     let bytes = std::fs::read(card).with_context(|| format!("cannot read {}", card.display()))?;
     let parsed = ModelCard::from_json(&bytes).with_context(|| card.display().to_string())?;
     let chain: Vec<(SignedReport, String)> = files
@@ -280,9 +285,23 @@ fn verify_card(card: &Path, files: &[Vec<u8>], model: Option<&Path>) -> anyhow::
             model.display()
         );
     }
+    // The signature file beside the card: `<card file name>.sig`.
+    let mut signature_path = card.as_os_str().to_owned();
+    signature_path.push(".sig");
+    let signature_path = PathBuf::from(signature_path);
+    let signature = std::fs::read(&signature_path).with_context(|| {
+        format!(
+            "cannot read the card's signature {}",
+            signature_path.display()
+        )
+    })?;
+    CardSignature::from_json(&signature)
+        .and_then(|s| s.verify(&bytes, key))
+        .with_context(|| card.display().to_string())?;
     println!(
         "model card: {} describes the released model of round {round}; its model, checkpoint, \
-         evaluation, fairness verdict and privacy figures are the chain's",
+         evaluation, fairness verdict and privacy figures are the chain's, and it is signed by \
+         the coordinator's report key",
         card.display()
     );
     Ok(())

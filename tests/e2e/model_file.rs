@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use medfed_audit::checkpoint::{encode_model_file, read_model_file};
-use medfed_audit::model_card::{MODEL_CARD_HTML, MODEL_CARD_JSON, ModelCard};
+use medfed_audit::model_card::{MODEL_CARD_HTML, MODEL_CARD_JSON, MODEL_CARD_SIGNATURE, ModelCard};
 use medfed_coordinator::config::ReleaseRule;
 use medfed_coordinator::training::RELEASED_MODEL_FILE;
 use medfed_e2e::process::{Process, node_toml, workspace_binary};
@@ -238,6 +238,21 @@ async fn predict_on_each_hospitals_held_out_rows_reproduces_the_pooled_final_eva
     let (verified, output) = verify(&released, &forged_card_path).await;
     assert!(
         !verified && output.contains("performance.evaluation differs"),
+        "{output}"
+    );
+    // Text no report carries is covered by the card's signature.
+    let mut reworded = card.clone();
+    reworded.intended_use.intended_use = Some("Any use".into());
+    let reworded_path = consortium.dir.path().join("reworded_card.json");
+    std::fs::write(&reworded_path, reworded.to_json_pretty().unwrap()).unwrap();
+    std::fs::copy(
+        data_dir.join("reports").join(MODEL_CARD_SIGNATURE),
+        consortium.dir.path().join("reworded_card.json.sig"),
+    )
+    .unwrap();
+    let (verified, output) = verify(&released, &reworded_path).await;
+    assert!(
+        !verified && output.contains("signature does not verify"),
         "{output}"
     );
     let mut forged = file.clone();

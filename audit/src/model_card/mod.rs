@@ -20,12 +20,14 @@
 //!
 //! What the card does *not* do: it invents no per-hospital figure. The coordinator only ever
 //! holds sums over hospitals, so the data section gives the pooled (possibly noised) counts and
-//! says so; the performance intervals ignore evaluation noise (see [`figures`]). The card is not
-//! signed: it is bound to the signed chain by the report's SHA-256, and
-//! [`check_against_chain`] checks every figure it copies from a report.
+//! says so; the performance intervals ignore evaluation noise (see [`figures`]). The card is
+//! bound to the signed chain by the report's SHA-256, [`check_against_chain`] checks every
+//! figure it copies from a report, and the coordinator signs the card file with its report key
+//! ([`signature`], `model_card.json.sig`) for the text no report carries.
 
 pub mod figures;
 pub mod html;
+pub mod signature;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +38,7 @@ use medfed_protocol::schema::{ColumnKind, MISSING_LEVEL, MissingMode, Schema};
 use medfed_protocol::stats::FederatedSummary;
 
 pub use figures::{Calibration, Intervals, PooledCounts};
+pub use signature::{CardSignature, MODEL_CARD_SIGNATURE};
 
 /// The `format` string of every card this module writes and reads.
 pub const MODEL_CARD_FORMAT: &str = "medfed-model-card/1";
@@ -374,6 +377,15 @@ pub enum CardError {
         /// The SHA-256 the card names.
         sha256: String,
     },
+    /// The card's signature names another key than the coordinator's.
+    #[error("the model card is signed by {found}, not the coordinator's report key")]
+    WrongSigner {
+        /// The signer key the signature file names.
+        found: String,
+    },
+    /// The signature does not verify over the card file's bytes: the card was edited.
+    #[error("the model card's signature does not verify: the card file was edited")]
+    BadSignature,
     /// A figure the card copies from a report differs from the report's.
     #[error("the model card's {field} differs from the report of round {round}")]
     Mismatch {

@@ -54,10 +54,11 @@ impl Trainer {
         Ok(())
     }
 
-    /// Writes `model_card.json` and `model_card.html` into the reports folder, describing the
-    /// released model (`released`, of round `round`): bound to it by its round, model hash,
-    /// checkpoint SHA-256 and file SHA-256, and to the report that judged it by that report's
-    /// SHA-256. Returns the JSON's path.
+    /// Writes `model_card.json`, its signature `model_card.json.sig` (the report key's) and
+    /// `model_card.html` into the reports folder, describing the released model (`released`, of
+    /// round `round`): bound to it by its round, model hash, checkpoint SHA-256 and file
+    /// SHA-256, and to the report that judged it by that report's SHA-256. Returns the JSON's
+    /// path.
     pub(super) fn write_model_card(
         &self,
         released: &Path,
@@ -66,7 +67,13 @@ impl Trainer {
         let card = self.model_card(released, round)?;
         let dir = self.config.data_dir.join("reports");
         let json = dir.join(model_card::MODEL_CARD_JSON);
-        write(&json, &card.to_json_pretty()?)?;
+        let bytes = card.to_json_pretty()?;
+        write(&json, &bytes)?;
+        let signature = self.reports.sign_model_card(&bytes);
+        write(
+            &dir.join(model_card::MODEL_CARD_SIGNATURE),
+            &signature.to_json_pretty()?,
+        )?;
         let page = dir.join(model_card::MODEL_CARD_HTML);
         write(&page, model_card::html::render(&card).as_bytes())?;
         info!(
