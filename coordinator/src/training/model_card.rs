@@ -252,3 +252,47 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use medfed_protocol::fairness::GroupCounts;
+
+    use super::*;
+
+    #[test]
+    fn kept_counts_are_used_only_when_they_give_the_reports_figures() {
+        let mut positive = vec![0.0; 10];
+        let mut negative = vec![0.0; 10];
+        positive[8] = 3.0;
+        negative[2] = 4.0;
+        negative[9] = 1.0;
+        let counts = EvalCounts {
+            n: 8.0,
+            loss_sum: 2.4,
+            confusion: GroupCounts {
+                tp: 3.0,
+                fp: 1.0,
+                tn: 4.0,
+                fn_: 0.0,
+                positive_scores: positive,
+                negative_scores: negative,
+            },
+        };
+        let reported = counts.metrics().unwrap();
+        // Through the store's JSON and back: the same figures.
+        let json = serde_json::to_string(&PooledCounts::from(&counts)).unwrap();
+        let kept: PooledCounts = serde_json::from_str(&json).unwrap();
+        let again = EvalCounts::from(kept).metrics().unwrap();
+        assert!(same(&again, &reported));
+        // One ulp of JSON rounding is not a difference; another evaluation's figures are.
+        let mut nudged = reported.clone();
+        nudged.loss = f64::from_bits(nudged.loss.to_bits() + 1);
+        assert!(same(&nudged, &reported));
+        let mut other = reported.clone();
+        other.auc = other.auc.map(|a| a - 0.01);
+        assert!(!same(&other, &reported));
+        let mut fewer = reported.clone();
+        fewer.examples -= 1;
+        assert!(!same(&fewer, &reported));
+    }
+}
