@@ -170,6 +170,7 @@ impl Consortium {
             strategy: StrategyConfig::default(),
             secure_aggregation: SecureAggregationConfig::default(),
             fairness: Default::default(),
+            model_card: Default::default(),
             danger_pause_at: None,
         }
     }
