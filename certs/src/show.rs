@@ -111,9 +111,7 @@ impl fmt::Display for CertSummary {
 fn ip_text(bytes: &[u8]) -> String {
     match bytes.len() {
         4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(bytes).unwrap_or_default()).to_string(),
-        16 => {
-            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).unwrap_or_default()).to_string()
-        }
+        16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).unwrap_or_default()).to_string(),
         _ => hex(bytes),
     }
 }

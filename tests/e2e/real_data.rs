@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use medfed_audit::checkpoint::read_model_file;
+use medfed_audit::model_card::{MODEL_CARD_HTML, MODEL_CARD_JSON, ModelCard};
 use medfed_coordinator::config::{CoordinatorConfig, ReleaseRule};
 use medfed_coordinator::training::{RELEASED_MODEL_FILE, TrainingReport};
 use medfed_e2e::process::node_toml;
@@ -160,6 +161,10 @@ async fn nhefs_trains_with_declared_missing_values_named_cohorts_and_an_audit_on
     config.task.training.pos_weight = 2.0;
     config.task.model = medfed_protocol::model::ModelConfig::Mlp { hidden: vec![16] };
     config.task.training.learning_rate = 0.05;
+    config.model_card.intended_use =
+        Some("Flag smokers at high risk of death within 20 years for preventive care".into());
+    config.model_card.population = Some("Adult US smokers examined in 1971-75".into());
+    config.model_card.limitations = vec!["The hospitals are census regions of birth".into()];
     let data_dir = config.data_dir.clone();
 
     // Every hospital's file reads cleanly under the schema, blanks and `NA`s included.
@@ -251,6 +256,82 @@ async fn nhefs_trains_with_declared_missing_values_named_cohorts_and_an_audit_on
         })
         .collect();
     assert!(reported.contains(&"white"), "{:?}", race.report.groups);
+
+    // The model card beside the reports describes the released model from the consortium's
+    // own figures: the development rows' missing values as the statistics round counted them
+    // (exact here: no hospital noises its statistics), race as an audited non-input, and the
+    // pooled validation figures of the report that judged it.
+    let card = ModelCard::from_json(
+        &std::fs::read(data_dir.join("reports").join(MODEL_CARD_JSON)).expect("a model card"),
+    )
+    .unwrap();
+    assert_eq!(card.released_model.round, round);
+    assert_eq!(card.released_model.model_sha256, file.model.hash().to_hex());
+    assert_eq!(
+        card.intended_use.population.as_deref(),
+        Some("Adult US smokers examined in 1971-75")
+    );
+    let development: usize = NHEFS
+        .iter()
+        .map(|name| rows_with(&consortium.csv(name), "cohort", "development"))
+        .sum();
+    assert_eq!(card.data.pooled_rows, Some(development as u64));
+    let missing_in_development = |column: &str| -> u64 {
+        NHEFS
+            .iter()
+            .map(|name| {
+                let mut reader = csv::Reader::from_path(consortium.csv(name)).unwrap();
+                let header = reader.headers().unwrap().clone();
+                let at = |c: &str| header.iter().position(|h| h == c).unwrap();
+                let (cohort, cell) = (at("cohort"), at(column));
+                reader
+                    .records()
+                    .map(Result::unwrap)
+                    .filter(|r| &r[cohort] == "development" && &r[cell] == "NA")
+                    .count() as u64
+            })
+            .sum()
+    };
+    let sbp = card
+        .data
+        .numeric
+        .iter()
+        .find(|c| c.column == "sbp")
+        .unwrap();
+    assert_eq!(
+        (sbp.missing_mode.as_str(), sbp.missing),
+        ("impute", Some(missing_in_development("sbp")))
+    );
+    let diabetes = card
+        .data
+        .categorical
+        .iter()
+        .find(|c| c.column == "diabetes")
+        .unwrap();
+    assert_eq!(
+        (diabetes.missing_mode.as_str(), diabetes.missing),
+        ("level", Some(missing_in_development("diabetes")))
+    );
+    assert!(missing_in_development("diabetes") > 100);
+    let race = card.predictors.iter().find(|p| p.name == "race").unwrap();
+    assert!(!race.input);
+    let performance = card.performance.as_ref().expect("performance");
+    assert_eq!(
+        Some(&performance.evaluation),
+        signed.report.evaluation.as_ref()
+    );
+    assert_eq!(performance.sites.len(), NHEFS.len());
+    let auc = performance
+        .intervals
+        .as_ref()
+        .and_then(|i| i.auc.as_ref())
+        .expect("an AUC interval");
+    assert!(
+        auc.interval.low < auc.value && auc.value < auc.interval.high,
+        "{auc:?}"
+    );
+    assert!(card.calibration.is_some());
+    assert!(data_dir.join("reports").join(MODEL_CARD_HTML).is_file());
 
     // Each hospital's `predict --held-out` scores exactly its cohort, and pooled they give the
     // coordinator's final figures.
