@@ -178,6 +178,8 @@ fn verify(
         .iter()
         .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
         .collect::<Result<_, _>>()?;
+    let mut checked = "every signature and link of the chain";
+    let mut last = None;
     let summary = if files.len() == 1 && !reports.is_dir() {
         let signed =
             SignedReport::from_json(&files[0]).with_context(|| reports.display().to_string())?;
@@ -187,6 +189,8 @@ fn verify(
             "report {}: signature valid (a single file: the chain is not checked)",
             reports.display()
         );
+        checked = "the report's signature; the chain was not checked";
+        last = Some((signed.report.round, signed.report.verdict()));
         None
     } else {
         let summary = verify_chain(&files, &key).map_err(|e| {
@@ -238,6 +242,11 @@ fn verify(
             "model: {} is the model audited for round {round}",
             model.display()
         );
+        checked = if summary.is_some() {
+            "every signature and link of the chain, and the model file"
+        } else {
+            "the report's signature and the model file; the chain was not checked"
+        };
     }
     if let Some(card) = card {
         anyhow::ensure!(
@@ -247,12 +256,21 @@ fn verify(
         verify_card(card, &files, model, &key)?;
     }
     if let Some(summary) = summary {
+        last = Some((summary.last_round, summary.last_verdict));
+    }
+    // One closing line that keeps apart what was verified (the files are the coordinator's and
+    // intact) from what they say (the consortium's fairness policy's verdict): intact files
+    // can carry a model that failed its audit.
+    if let Some((round, verdict)) = last {
         println!(
-            "verdict of the last report (round {}): {}",
-            summary.last_round, summary.last_verdict
+            "files intact ({checked}{}) | policy verdict, round {round}: {verdict}",
+            if card.is_some() {
+                ", and the model card"
+            } else {
+                ""
+            }
         );
     }
-    println!("OK");
     Ok(ExitCode::SUCCESS)
 }
 
