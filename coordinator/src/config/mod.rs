@@ -448,6 +448,7 @@ impl CoordinatorConfig {
         let task = &self.task;
         let invalid = |message: &str| {
             Err(ConfigError::Invalid {
+                path: None,
                 message: message.to_owned(),
             })
         };
@@ -485,6 +486,22 @@ impl CoordinatorConfig {
         if secure.threshold.is_some_and(|t| t < 2) {
             return invalid("secure_aggregation.threshold must be at least 2");
         }
+        // Settings that parse but can never run a round: refused now, not after round 0 has
+        // failed round_attempts times.
+        if secure.enabled && task.min_nodes < 2 {
+            return invalid(
+                "task.min_nodes = 1 can never run with secure aggregation on: a secure sum needs at least 2 hospitals (set task.min_nodes to 2 or more)",
+            );
+        }
+        if let Some(threshold) = secure
+            .threshold
+            .filter(|t| secure.enabled && *t > task.min_nodes)
+        {
+            return invalid(&format!(
+                "secure_aggregation.threshold = {threshold} is more than task.min_nodes = {}: a round with {} hospitals could never be unmasked (raise task.min_nodes or lower the threshold)",
+                task.min_nodes, task.min_nodes
+            ));
+        }
         Ok(())
     }
 }
@@ -518,10 +535,12 @@ pub enum ConfigError {
         /// The setting.
         key: &'static str,
     },
-    /// A value is out of range.
-    #[error("invalid configuration: {message}")]
+    /// A value is out of range, or values that can never run together.
+    #[error("{}: {message}", path.as_ref().map_or_else(|| "invalid configuration".into(), |p| p.display().to_string()))]
     Invalid {
-        /// What is wrong.
+        /// The file, when known.
+        path: Option<PathBuf>,
+        /// What is wrong, naming the key.
         message: String,
     },
 }
@@ -530,6 +549,10 @@ impl ConfigError {
     fn in_file(self, file: &Path) -> Self {
         match self {
             Self::Syntax { message, .. } => Self::Syntax {
+                path: Some(file.to_owned()),
+                message,
+            },
+            Self::Invalid { message, .. } => Self::Invalid {
                 path: Some(file.to_owned()),
                 message,
             },

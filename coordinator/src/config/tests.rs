@@ -106,6 +106,32 @@ fn a_build_without_fault_injection_refuses_the_pause_point() {
 }
 
 #[test]
+fn settings_that_can_never_run_a_round_are_refused_naming_the_keys_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("coordinator.toml");
+    let alone = EXAMPLE.replace("min_nodes = 2", "min_nodes = 1");
+    std::fs::write(&file, &alone).unwrap();
+    let error = CoordinatorConfig::load(&file).unwrap_err().to_string();
+    assert!(
+        error.starts_with(&file.display().to_string())
+            && error.contains("task.min_nodes = 1 can never run with secure aggregation on"),
+        "{error}"
+    );
+    // Without secure aggregation one hospital may train (the coordinator then says every
+    // figure is in the clear).
+    let plain = format!("{alone}\n[secure_aggregation]\nenabled = false\n");
+    assert!(CoordinatorConfig::parse(&plain, Path::new(".")).is_ok());
+    let high = format!("{EXAMPLE}\n[secure_aggregation]\nthreshold = 3\n");
+    let error = CoordinatorConfig::parse(&high, Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("secure_aggregation.threshold = 3 is more than task.min_nodes = 2"),
+        "{error}"
+    );
+}
+
+#[test]
 fn rejects_unknown_fields_and_bad_values() {
     let typo = EXAMPLE.replace("min_nodes", "min_node");
     assert!(matches!(
