@@ -33,6 +33,7 @@ pub mod predict;
 pub mod progress;
 pub mod releases;
 pub mod state_lock;
+pub mod status;
 pub mod trainer;
 pub mod validation;
 

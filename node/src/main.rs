@@ -84,6 +84,16 @@ enum Command {
         #[command(subcommand)]
         action: Option<PrivacyAction>,
     },
+    /// Where this hospital stands, from its state folder (works while the node runs): privacy
+    /// budget spent and left, rounds contributed to, when it last sent anything, egress totals.
+    Status {
+        /// The node configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints the egress log: every message that left this node, with totals.
     Egress {
         /// The node configuration (TOML).
@@ -351,6 +361,16 @@ fn run_cli(command: Command) -> anyhow::Result<ExitCode> {
                 (None, None) => {
                     anyhow::bail!("give --config to print the ledger, or use `privacy estimate`")
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config, json } => {
+            let config = NodeConfig::load(&config)?;
+            let status = medfed_node::status::NodeStatus::read(&config)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!("{status}");
             }
             Ok(ExitCode::SUCCESS)
         }

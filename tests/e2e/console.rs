@@ -190,4 +190,28 @@ async fn a_node_says_how_many_rounds_it_contributed_to() {
         ),
         "{stdout}"
     );
+
+    // `medfed-node status --json` says the same from the state folder, with the egress totals.
+    let status = run_to_end(
+        "medfed-node",
+        vec![
+            "status".into(),
+            "--json".into(),
+            "--config".into(),
+            toml.into(),
+        ],
+    )
+    .await;
+    assert!(status.status.success());
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let state_dir = consortium.node_config("hospital-a", addr).state_dir;
+    let egress = medfed_node::egress::EgressLog::read(&state_dir).unwrap();
+    assert_eq!(status["rounds_contributed"], 3);
+    assert_eq!(status["last_round_contributed"], 3);
+    assert_eq!(status["messages_sent"], egress.len());
+    assert_eq!(
+        status["bytes_sent"],
+        egress.iter().map(|e| e.bytes).sum::<u64>()
+    );
+    assert_eq!(status["budget"], Value::Null, "no [privacy]: no budget");
 }
