@@ -223,9 +223,11 @@ pub fn check_manifest(
         .map_err(|e: ModelError| ManifestRefusal::Model(e.to_string()))?;
     // The schedule, the histograms' bins and the decision threshold are the consortium's
     // choice (the schedule's cost is in the forecast; the bins were checked with the manifest;
-    // the threshold only moves counts between cells of the same confusion matrix); the figures
-    // follow from the schema, the model and the bins.
+    // the threshold only moves counts between cells of the same confusion matrix; the
+    // hospitals that reveal their site figure are counted out of every evaluation sum by the
+    // node's guard); the figures follow from the schema, the model and the bins.
     let mut expected = ReleasePlan {
+        site_figures: manifest.releases.site_figures.clone(),
         final_evaluation: manifest.releases.final_evaluation,
         evaluate_every: manifest.releases.evaluate_every,
         decision_threshold: manifest.releases.decision_threshold,
