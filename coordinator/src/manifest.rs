@@ -58,7 +58,11 @@ pub fn task_manifest(
                 .map_or(FractionalBitsRule::Fit, FractionalBitsRule::Fixed),
         }),
         releases: {
+            let mut site_figures = config.task.site_figures.clone();
+            site_figures.sort();
+            site_figures.dedup();
             let releases = ReleasePlan {
+                site_figures,
                 evaluate_every: config.task.evaluate_every,
                 decision_threshold: config.task.decision_threshold,
                 ..ReleasePlan::for_task(

@@ -11,7 +11,9 @@ use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::messages::{Finished, Message};
 use medfed_protocol::model::Model;
-use medfed_protocol::report::{AuditReport, NodePrivacy, NotEvaluated, REPORT_FORMAT, file_sha256};
+use medfed_protocol::report::{
+    AuditReport, NodePrivacy, NotEvaluated, REPORT_FORMAT, SiteEvaluation, file_sha256,
+};
 use medfed_protocol::round::Gathered;
 use medfed_protocol::stats::FederatedSummary;
 use tokio::task::JoinSet;
@@ -100,6 +102,7 @@ impl Trainer {
                 &gathered.privacy,
                 report.start_model_evaluation.clone(),
                 report.fairness.clone(),
+                Vec::new(),
             )?;
         }
         faults::pause(pause, round, PausePhase::ReportWritten).await;
@@ -210,6 +213,7 @@ impl Trainer {
         privacy: &[NodePrivacy],
         evaluation: Option<EvalMetrics>,
         fairness: Vec<AttributeAudit>,
+        site_evaluations: Vec<SiteEvaluation>,
     ) -> Result<Option<PathBuf>, CoordinatorError> {
         let checkpoint = self
             .config
@@ -243,6 +247,7 @@ impl Trainer {
             approved: not_evaluated.is_none() && fairness.iter().all(|a| a.policy.approved),
             not_evaluated,
             fairness,
+            site_evaluations,
             previous_report_sha256: None,
         };
         Ok(self.reports.append(report)?)

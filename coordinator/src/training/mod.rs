@@ -10,6 +10,7 @@ mod driver;
 mod error;
 mod release;
 mod rounds;
+mod site;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

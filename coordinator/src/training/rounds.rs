@@ -407,6 +407,13 @@ impl Trainer {
                         audit::log(&fairness);
                         self.store
                             .put_json(FINAL_EVALUATION_KEY, &(self.round, &metrics, &fairness))?;
+                        // The opted-in hospitals' own figures of this very sum.
+                        let sites = if metrics.is_some() {
+                            self.site_evaluations(round, attempt, &gathered.participants, layout)
+                                .await
+                        } else {
+                            Vec::new()
+                        };
                         let model = self.model.clone();
                         let path = self.write_report(
                             self.round,
@@ -415,6 +422,7 @@ impl Trainer {
                             &gathered.privacy,
                             metrics.clone(),
                             fairness.clone(),
+                            sites,
                         )?;
                         faults::pause(self.config.danger_pause_at, round, PausePhase::ReportWritten)
                             .await;
