@@ -1411,7 +1411,9 @@ mod tests {
         };
         let html = render("Audit", &[round(&sites)]);
         assert!(html.contains("external validation per site"), "{html}");
-        assert!(html.contains("<tr><th scope=\"row\">hospital-&lt;b&gt;</th><td class=\"text\">exact</td>"));
+        assert!(html.contains(
+            "<tr><th scope=\"row\">hospital-&lt;b&gt;</th><td class=\"text\">exact</td>"
+        ));
         assert!(html.contains("<td>0.812</td>"), "AUC to three places");
         assert!(html.contains("hospital-c</th><td class=\"text\">noised</td>"));
         assert_eq!(nesting_problem(&html), None);

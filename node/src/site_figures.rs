@@ -120,6 +120,11 @@ impl SiteFigureStore {
         Ok(store)
     }
 
+    /// Every line of the journal in `state_dir` (none if it does not exist yet).
+    pub fn read(state_dir: &Path) -> Result<Vec<SiteRecord>, JournalError> {
+        Journal::read(state_dir, SITE_FIGURES_FILE)
+    }
+
     /// A store kept in memory only (tests, and nodes without a state folder).
     pub fn in_memory() -> Self {
         Self {

@@ -1251,7 +1251,8 @@ pub(crate) mod tests {
         refused(&|m| m.releases.site_figures.push(String::new()));
         refused(&|m| m.releases.final_evaluation = false);
         // A manifest file written before the field existed reads as revealing nobody.
-        let mut json: serde_json::Value = serde_json::from_slice(&example().canonical_bytes()).unwrap();
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&example().canonical_bytes()).unwrap();
         json["releases"]
             .as_object_mut()
             .unwrap()

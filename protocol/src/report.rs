@@ -821,7 +821,11 @@ mod tests {
             .unwrap()
             .to_json_pretty()
             .unwrap();
-        assert!(!String::from_utf8(plain.clone()).unwrap().contains("site_evaluations"));
+        assert!(
+            !String::from_utf8(plain.clone())
+                .unwrap()
+                .contains("site_evaluations")
+        );
         let mut report = content(2, Some(file_sha256(&plain)));
         report.site_evaluations = vec![SiteEvaluation {
             node: "hospital-a".into(),

@@ -72,7 +72,9 @@ impl Trainer {
                     );
                     out.push(site);
                 }
-                None => warn!(node = %identity, "a site figure that does not fit the evaluation's layout, or of another round"),
+                None => {
+                    warn!(node = %identity, "a site figure that does not fit the evaluation's layout, or of another round")
+                }
             }
         }
         out.sort_by(|a, b| a.node.cmp(&b.node));
