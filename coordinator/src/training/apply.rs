@@ -28,6 +28,17 @@ use crate::faults;
 use crate::store::CompletedRound;
 use crate::strategy::{distributed_delta, mean_delta};
 
+/// What an audit report says of its model: the pooled evaluation, the fairness audit, and
+/// the opted-in hospitals' own site figures.
+pub(super) struct Assessment {
+    /// The pooled held-out evaluation, if there was one.
+    pub evaluation: Option<EvalMetrics>,
+    /// The fairness audit of each attribute.
+    pub fairness: Vec<AttributeAudit>,
+    /// The site figures (final evaluation only).
+    pub sites: Vec<SiteEvaluation>,
+}
+
 impl Trainer {
     /// Applies a round's summed update, checkpoints the model and records the round.
     pub(super) async fn apply(
@@ -100,9 +111,11 @@ impl Trainer {
                 &start_model,
                 &report.participants,
                 &gathered.privacy,
-                report.start_model_evaluation.clone(),
-                report.fairness.clone(),
-                Vec::new(),
+                Assessment {
+                    evaluation: report.start_model_evaluation.clone(),
+                    fairness: report.fairness.clone(),
+                    sites: Vec::new(),
+                },
             )?;
         }
         faults::pause(pause, round, PausePhase::ReportWritten).await;
@@ -211,10 +224,13 @@ impl Trainer {
         model: &Model,
         participants: &[String],
         privacy: &[NodePrivacy],
-        evaluation: Option<EvalMetrics>,
-        fairness: Vec<AttributeAudit>,
-        site_evaluations: Vec<SiteEvaluation>,
+        assessment: Assessment,
     ) -> Result<Option<PathBuf>, CoordinatorError> {
+        let Assessment {
+            evaluation,
+            fairness,
+            sites: site_evaluations,
+        } = assessment;
         let checkpoint = self
             .config
             .data_dir

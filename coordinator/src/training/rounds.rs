@@ -18,6 +18,7 @@ use medfed_protocol::round::{
 use medfed_protocol::stats::{FederatedSummary, Standardization};
 use tracing::{Instrument, info, info_span, warn};
 
+use super::apply::Assessment;
 use super::driver::Driver;
 use super::error::{CoordinatorError, RoundFailure};
 use super::{
@@ -420,9 +421,11 @@ impl Trainer {
                             &model,
                             &gathered.participants,
                             &gathered.privacy,
-                            metrics.clone(),
-                            fairness.clone(),
-                            sites,
+                            Assessment {
+                                evaluation: metrics.clone(),
+                                fairness: fairness.clone(),
+                                sites,
+                            },
                         )?;
                         faults::pause(self.config.danger_pause_at, round, PausePhase::ReportWritten)
                             .await;
