@@ -222,6 +222,19 @@ max_nodes = 4
     }
 
     #[test]
+    fn the_site_figure_hospitals_go_into_the_manifest_sorted_and_once() {
+        assert!(manifest("").unwrap().releases.site_figures.is_empty());
+        let text = CONFIG.replace(
+            "min_nodes = 3\n",
+            "min_nodes = 3\nsite_figures = [\"hospital-c\", \"hospital-a\", \"hospital-c\"]\n",
+        );
+        let config = CoordinatorConfig::parse(&text, Path::new("/site")).unwrap();
+        let m = task_manifest(&config, &Schema::parse(SCHEMA).unwrap(), &members()).unwrap();
+        assert_eq!(m.releases.site_figures, ["hospital-a", "hospital-c"]);
+        m.validate().unwrap();
+    }
+
+    #[test]
     fn the_task_s_distributed_dp_becomes_the_manifest_s_with_its_threshold_fixed() {
         let m = manifest("").unwrap();
         assert_eq!(m.privacy_mode(), PrivacyMode::Distributed);

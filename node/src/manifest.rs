@@ -375,6 +375,21 @@ key_sha256 = "0000000000000000000000000000000000000000000000000000000000000004"
     }
 
     #[test]
+    fn a_plan_naming_site_figure_hospitals_is_the_consortiums_choice() {
+        // Who reveals is approved with the manifest; the node's guard counts them out of each
+        // evaluation sum at request time, whatever its own policy.
+        assert_eq!(
+            check(|m, _| m.releases.site_figures = vec!["a".into(), "b".into()]),
+            Ok(())
+        );
+        // An unsorted list is not a valid manifest.
+        assert!(matches!(
+            check(|m, _| m.releases.site_figures = vec!["b".into(), "a".into()]),
+            Err(ManifestRefusal::Manifest(_))
+        ));
+    }
+
+    #[test]
     fn a_plan_against_the_policy_is_refused() {
         assert_eq!(
             check(|m, _| m.secure_aggregation = None),
