@@ -106,7 +106,8 @@ pub enum SiteFigureError {
 pub struct SiteFigureStore {
     journal: Option<Journal<SiteRecord>>,
     sent: Vec<(u64, u32, SiteVector)>,
-    released: Option<(u64, u32)>,
+    /// The attempt released, with the vector that left.
+    released: Option<(u64, u32, SiteVector)>,
 }
 
 impl SiteFigureStore {
@@ -159,23 +160,36 @@ impl SiteFigureStore {
     /// The vector of `attempt` at `round` that [`Self::release`] would release, recording
     /// nothing: refused for an attempt whose figures never left, or when another attempt's
     /// figure was released.
+    ///
+    /// After a release, only the vector that left is released again, and only while it is
+    /// still that attempt's latest: a later coordinator session that numbers its attempts anew
+    /// and gets a freshly noised vector into an attempt of the same number is refused, since
+    /// two noised vectors of the same patients would average their noise down.
     pub fn check(&self, round: u64, attempt: u32) -> Result<SiteVector, SiteFigureError> {
-        if let Some((released_round, released_attempt)) = self.released
-            && (released_round, released_attempt) != (round, attempt)
+        let latest = self.latest(round, attempt);
+        if let Some((released_round, released_attempt, released)) = &self.released
+            && ((*released_round, *released_attempt) != (round, attempt)
+                || latest != Some(released))
         {
             return Err(SiteFigureError::AnotherReleased {
                 round,
                 attempt,
-                released_round,
-                released_attempt,
+                released_round: *released_round,
+                released_attempt: *released_attempt,
             });
         }
+        latest
+            .cloned()
+            .ok_or(SiteFigureError::NotEvaluated { round, attempt })
+    }
+
+    /// The vector last journaled for `attempt` at `round`.
+    fn latest(&self, round: u64, attempt: u32) -> Option<&SiteVector> {
         self.sent
             .iter()
             .rev()
             .find(|(r, a, _)| (*r, *a) == (round, attempt))
-            .map(|(_, _, vector)| vector.clone())
-            .ok_or(SiteFigureError::NotEvaluated { round, attempt })
+            .map(|(_, _, vector)| vector)
     }
 
     /// The vector of `attempt` at `round` to release as the site figure, the release recorded
@@ -208,7 +222,11 @@ impl SiteFigureStore {
                 .sent
                 .push((round, attempt, SiteVector { noised, values })),
             SiteRecord::Released { round, attempt, .. } => {
-                self.released.get_or_insert((round, attempt));
+                if self.released.is_none()
+                    && let Some(vector) = self.latest(round, attempt).cloned()
+                {
+                    self.released = Some((round, attempt, vector));
+                }
             }
         }
     }
@@ -262,6 +280,7 @@ mod tests {
 
         let mut store = SiteFigureStore::open(dir.path()).unwrap();
         assert!(store.release(4, 1).is_err(), "the release is remembered");
+        assert_eq!(store.release(4, 2).unwrap(), vector(true, 37.0));
         let lines = Journal::<SiteRecord>::read(dir.path(), SITE_FIGURES_FILE).unwrap();
         assert_eq!(lines.len(), 3, "two vectors sent and one release");
         assert!(matches!(
@@ -272,5 +291,16 @@ mod tests {
                 ..
             }
         ));
+
+        // A later coordinator session numbers its attempts anew: a fresh draw sent into its
+        // attempt 2 is not released, and neither is the first any more.
+        store.record_sent(4, 2, vector(true, 44.0)).unwrap();
+        assert!(matches!(
+            store.release(4, 2),
+            Err(SiteFigureError::AnotherReleased { .. })
+        ));
+        drop(store);
+        let mut store = SiteFigureStore::open(dir.path()).unwrap();
+        assert!(store.release(4, 2).is_err(), "also after a restart");
     }
 }
