@@ -93,7 +93,7 @@ pub fn render(title: &str, rounds: &[PageRound<'_>]) -> String {
 }
 
 /// Appends formatted text to `out`.
-fn put(out: &mut String, args: fmt::Arguments<'_>) {
+pub(crate) fn put(out: &mut String, args: fmt::Arguments<'_>) {
     // Writing into a `String` cannot fail: its `fmt::Write` impl always returns `Ok`, and every
     // `Display` impl used here only forwards the formatter's own errors.
     out.write_fmt(args)
@@ -101,7 +101,7 @@ fn put(out: &mut String, args: fmt::Arguments<'_>) {
 }
 
 /// A string escaped for HTML text and attribute values.
-struct Esc<'a>(&'a str);
+pub(crate) struct Esc<'a>(pub(crate) &'a str);
 
 impl Display for Esc<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -122,7 +122,7 @@ impl Display for Esc<'_> {
 }
 
 /// A number with three decimals, or "n/a" when absent or not finite.
-struct Num(Option<f64>);
+pub(crate) struct Num(pub(crate) Option<f64>);
 
 impl Display for Num {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -134,7 +134,7 @@ impl Display for Num {
 }
 
 /// A rate with its interval, "0.812 (0.771–0.848)", or "n/a".
-struct RateText(Option<Rate>);
+pub(crate) struct RateText(pub(crate) Option<Rate>);
 
 impl Display for RateText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -151,7 +151,8 @@ impl Display for RateText {
     }
 }
 
-const STYLE: &str = "\
+/// The pages' style sheet (the audit page and the model card share it).
+pub(crate) const STYLE: &str = "\
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#1f2328;background:#fff}
 main{max-width:1100px;margin:0 auto;padding:1rem 1.5rem 3rem}
 h1{font-size:1.5rem;margin:.5rem 0 1rem}
@@ -250,7 +251,7 @@ fn relation(check: &PolicyCheck) -> &'static str {
 
 /// Describes a policy check of `report` for the verdict: "limit: value (must be ≤ threshold)",
 /// and for an undefined value, why.
-fn check_text(check: &PolicyCheck, report: &FairnessReport) -> String {
+pub(crate) fn check_text(check: &PolicyCheck, report: &FairnessReport) -> String {
     let value = match (check.value, undefined_reason(check, report)) {
         (Some(v), _) => Num(Some(v)).to_string(),
         (None, Some(reason)) => format!("undefined, because {reason}"),
@@ -262,6 +263,23 @@ fn check_text(check: &PolicyCheck, report: &FairnessReport) -> String {
         relation(check),
         Num(Some(check.threshold))
     )
+}
+
+/// Opens a page: the doctype, the head with the inline style sheet and a Content-Security-Policy
+/// that forbids scripts and remote loads, and the `<h1>` title; the caller closes `<main>`,
+/// `<body>` and `<html>`.
+pub(crate) fn page_head(out: &mut String, title: &str) {
+    w!(
+        *out,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \
+         style-src 'unsafe-inline'\">\n\
+         <title>{}</title>\n<style>\n{STYLE}</style>\n</head>\n<body>\n<main>\n\
+         <h1>{}</h1>\n",
+        Esc(title),
+        Esc(title)
+    );
 }
 
 /// Why a check's value is undefined: the reason the check carries, or for a report written
@@ -314,17 +332,7 @@ impl Page {
     }
 
     fn head(&mut self, title: &str) {
-        w!(
-            self.out,
-            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-             <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \
-             style-src 'unsafe-inline'\">\n\
-             <title>{}</title>\n<style>\n{STYLE}</style>\n</head>\n<body>\n<main>\n\
-             <h1>{}</h1>\n",
-            Esc(title),
-            Esc(title)
-        );
+        page_head(&mut self.out, title);
     }
 
     fn verdict(&mut self, latest: &PageRound<'_>) {

@@ -8,6 +8,9 @@
 //!   the released model; [`model_file`]: what they carry to score a patient (schema,
 //!   standardisation, decision threshold) and the released model's link to its report;
 //!   [`onnx`]: a model file as an ONNX model with that preprocessing inside.
+//! - [`model_card`]: the released model's card (JSON and a self-contained page) beside the
+//!   reports: intended use, pooled data, model and training, privacy, performance with
+//!   intervals, calibration, the fairness verdict and limitations, after TRIPOD+AI.
 //! - the `medfed-audit` binary: `verify` checks the coordinator's certificate against the
 //!   consortium CA, every signature, the chain and a model file; `metrics` recomputes the
 //!   per-group figures from an auditor's own predictions with the same code.
@@ -33,6 +36,7 @@
 pub mod bias;
 pub mod checkpoint;
 pub mod html;
+pub mod model_card;
 pub mod model_file;
 pub mod onnx;
 pub mod reports;

@@ -1,7 +1,8 @@
 //! `medfed-audit`: what an auditor runs, offline, on the coordinator's reports.
 //!
 //! - `verify` checks the coordinator's certificate against the consortium CA, every report's
-//!   signature, the hash chain, and (optionally) that a model file is the audited model.
+//!   signature, the hash chain, and (optionally) that a model file is the audited model and
+//!   that the model card's figures are its report's.
 //! - `metrics` computes the report's per-group metrics block from a CSV of the auditor's own
 //!   predictions, with the same code the coordinator uses, in the schema's order of attributes
 //!   and groups (or, without a schema, in the order given and in natural order), and with a
@@ -15,6 +16,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use medfed_audit::bias::{AttributeAudit, FairnessSettings};
 use medfed_audit::checkpoint::read_model_file;
+use medfed_audit::model_card::{CardSignature, ModelCard, check_against_chain};
 use medfed_protocol::evaluation::DecisionThreshold;
 use medfed_protocol::fairness::{
     AuditConfig, FairnessPolicy, FairnessReport, GroupCounts, group_predictions_at,
@@ -50,6 +52,11 @@ enum Command {
         /// A model checkpoint (safetensors) to check against the report of its round.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// The model card (`model_card.json`) to check against the chain: the report it names
+        /// judged the model it names, and the figures it copies are that report's (and, with
+        /// --model, that it describes that model file).
+        #[arg(long)]
+        card: Option<PathBuf>,
     },
     /// Prints the per-group metrics (JSON) for a CSV of labels, scores and sensitive
     /// attributes, computed by the same code as the coordinator's audit; with --policy, the
@@ -117,7 +124,8 @@ fn run() -> anyhow::Result<ExitCode> {
             cert,
             ca,
             model,
-        } => verify(&reports, &cert, &ca, model.as_deref()),
+            card,
+        } => verify(&reports, &cert, &ca, model.as_deref(), card.as_deref()),
         Command::Metrics {
             csv,
             label,
@@ -158,6 +166,7 @@ fn verify(
     cert: &Path,
     ca: &Path,
     model: Option<&Path>,
+    card: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     let key = medfed_certs::coordinator_report_key(cert, ca).context("coordinator certificate")?;
     println!(
@@ -169,6 +178,8 @@ fn verify(
         .iter()
         .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
         .collect::<Result<_, _>>()?;
+    let mut checked = "every signature and link of the chain";
+    let mut last = None;
     let summary = if files.len() == 1 && !reports.is_dir() {
         let signed =
             SignedReport::from_json(&files[0]).with_context(|| reports.display().to_string())?;
@@ -178,6 +189,8 @@ fn verify(
             "report {}: signature valid (a single file: the chain is not checked)",
             reports.display()
         );
+        checked = "the report's signature; the chain was not checked";
+        last = Some((signed.report.round, signed.report.verdict()));
         None
     } else {
         let summary = verify_chain(&files, &key).map_err(|e| {
@@ -229,15 +242,87 @@ fn verify(
             "model: {} is the model audited for round {round}",
             model.display()
         );
+        checked = if summary.is_some() {
+            "every signature and link of the chain, and the model file"
+        } else {
+            "the report's signature and the model file; the chain was not checked"
+        };
+    }
+    if let Some(card) = card {
+        anyhow::ensure!(
+            summary.is_some(),
+            "--card needs the whole chain: give --reports the reports folder"
+        );
+        verify_card(card, &files, model, &key)?;
     }
     if let Some(summary) = summary {
+        last = Some((summary.last_round, summary.last_verdict));
+    }
+    // One closing line that keeps apart what was verified (the files are the coordinator's and
+    // intact) from what they say (the consortium's fairness policy's verdict): intact files
+    // can carry a model that failed its audit.
+    if let Some((round, verdict)) = last {
         println!(
-            "verdict of the last report (round {}): {}",
-            summary.last_round, summary.last_verdict
+            "files intact ({checked}{}) | policy verdict, round {round}: {verdict}",
+            if card.is_some() {
+                ", and the model card"
+            } else {
+                ""
+            }
         );
     }
-    println!("OK");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks a model card against the verified chain (`files`, in order) and, when given, the
+/// model file it should describe.
+fn verify_card(
+    card: &Path,
+    files: &[Vec<u8>],
+    model: Option<&Path>,
+    key: &[u8; 32],
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(card).with_context(|| format!("cannot read {}", card.display()))?;
+    let parsed = ModelCard::from_json(&bytes).with_context(|| card.display().to_string())?;
+    let chain: Vec<(SignedReport, String)> = files
+        .iter()
+        .map(|f| Ok((SignedReport::from_json(f)?, file_sha256(f))))
+        .collect::<Result<_, medfed_protocol::report::ReportError>>()?;
+    let round = check_against_chain(
+        &parsed,
+        chain.iter().map(|(s, sha)| (&s.report, sha.as_str())),
+    )
+    .with_context(|| card.display().to_string())?;
+    if let Some(model) = model {
+        let model_bytes =
+            std::fs::read(model).with_context(|| format!("cannot read {}", model.display()))?;
+        anyhow::ensure!(
+            parsed.released_model.model_file_sha256 == file_sha256(&model_bytes),
+            "model card {} describes another model file than {}",
+            card.display(),
+            model.display()
+        );
+    }
+    // The signature file beside the card: `<card file name>.sig`.
+    let mut signature_path = card.as_os_str().to_owned();
+    signature_path.push(".sig");
+    let signature_path = PathBuf::from(signature_path);
+    let signature = std::fs::read(&signature_path).with_context(|| {
+        format!(
+            "cannot read the card's signature {}",
+            signature_path.display()
+        )
+    })?;
+    CardSignature::from_json(&signature)
+        .and_then(|s| s.verify(&bytes, key))
+        .with_context(|| card.display().to_string())?;
+    println!(
+        "model card: {} describes the released model of round {round}; its model, checkpoint, \
+         evaluation, fairness verdict and privacy figures are the chain's, and it is signed by \
+         the coordinator's report key",
+        card.display()
+    );
+    Ok(())
 }
 
 /// The report files: the file itself, or a folder's `round-*.json` in order.

@@ -138,6 +138,11 @@ impl ReportWriter {
         Ok(path)
     }
 
+    /// Signs a model card file's `bytes` with the key that signs the reports.
+    pub fn sign_model_card(&self, bytes: &[u8]) -> crate::model_card::CardSignature {
+        crate::model_card::CardSignature::sign(bytes, &self.key)
+    }
+
     /// The path of the HTML page.
     pub fn page_path(&self) -> PathBuf {
         self.dir.join(PAGE_FILE)

@@ -104,9 +104,10 @@ enum Command {
         #[arg(required = true)]
         certs: Vec<PathBuf>,
     },
-    /// Print a certificate's subject, serial, validity and issuer.
+    /// Print a certificate's subject, kind, alternative names, serial, validity and issuer.
     Show {
         /// The certificate (PEM).
+        #[arg(long)]
         cert: PathBuf,
     },
 }

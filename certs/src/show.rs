@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::Path;
 
 use time::{OffsetDateTime, UtcOffset};
-use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::ca::{Role, common_name};
 use crate::crl::hex;
@@ -29,6 +29,9 @@ pub struct CertSummary {
     pub is_ca: bool,
     /// The medfed role its extended key usage grants, if exactly one.
     pub role: Option<Role>,
+    /// The subject alternative names (DNS names and IP addresses), as written in the
+    /// certificate: the names a coordinator may be reached by.
+    pub alternative_names: Vec<String>,
 }
 
 /// Summarises the first certificate in the PEM file `path`.
@@ -51,7 +54,23 @@ pub fn describe_certificate(path: &Path) -> Result<CertSummary, CertError> {
         (false, true) => Some(Role::Coordinator),
         _ => None,
     });
+    let alternative_names = cert
+        .subject_alternative_name()
+        .map_err(|e| invalid(e.to_string()))?
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .map(|name| match name {
+                    GeneralName::DNSName(dns) => (*dns).to_owned(),
+                    GeneralName::IPAddress(bytes) => ip_text(bytes),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(CertSummary {
+        alternative_names,
         common_name: common_name(cert.subject()).ok(),
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
@@ -78,10 +97,22 @@ impl fmt::Display for CertSummary {
         )?;
         writeln!(f, "subject:    {}", self.subject)?;
         writeln!(f, "kind:       {kind}")?;
+        if !self.alternative_names.is_empty() {
+            writeln!(f, "names:      {}", self.alternative_names.join(", "))?;
+        }
         writeln!(f, "serial:     {}", self.serial)?;
         writeln!(f, "not before: {}", Utc(self.not_before))?;
         writeln!(f, "not after:  {}", Utc(self.not_after))?;
         write!(f, "issuer:     {}", self.issuer)
+    }
+}
+
+/// An IP address SAN's bytes as text (4 bytes IPv4, 16 IPv6; anything else in hex).
+fn ip_text(bytes: &[u8]) -> String {
+    match bytes.len() {
+        4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(bytes).unwrap_or_default()).to_string(),
+        16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).unwrap_or_default()).to_string(),
+        _ => hex(bytes),
     }
 }
 

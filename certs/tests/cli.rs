@@ -126,7 +126,7 @@ fn operator_flow_init_request_sign_show_revoke() {
         "--days",
         "7",
     ]));
-    let output = medfed_certs(&["show", arg(&cert)]);
+    let output = medfed_certs(&["show", "--cert", arg(&cert)]);
     assert_ok(&output);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("subject CN: north"), "{stdout}");
@@ -173,6 +173,12 @@ fn operator_flow_init_request_sign_show_revoke() {
         "--san",
         "10.0.0.1",
     ]));
+    // `show` names what the coordinator may be reached by.
+    let output = medfed_certs(&["show", "--cert", arg(&coord)]);
+    assert_ok(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("coordinator (serverAuth)"), "{stdout}");
+    assert!(stdout.contains("names:      x.org, 10.0.0.1"), "{stdout}");
 
     let crl_before = fs::read(ca.join("crl.pem")).unwrap();
     assert_ok(&medfed_certs(&[

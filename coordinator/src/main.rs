@@ -8,12 +8,17 @@ use clap::{Parser, Subcommand};
 use medfed_coordinator::manifest::signed_manifest;
 use medfed_coordinator::{CoordinatorConfig, start};
 use medfed_protocol::schema::Schema;
+use medfed_telemetry::LogFormat;
 use tracing::info;
 
 /// The medfed coordinator: admits consortium nodes, runs federated rounds, checkpoints the model.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// The log's format on standard error: `text` for people (coloured only on a terminal,
+    /// and never with NO_COLOR set) or `json`, one object per line, for machines.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,8 +44,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    init_tracing();
-    match run() {
+    let cli = Cli::parse();
+    medfed_telemetry::init_logging(cli.log_format);
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("medfed-coordinator: error: {e:#}");
@@ -49,8 +55,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Manifest { config, out } => {
             let config = CoordinatorConfig::load(&config)?;
@@ -158,13 +163,4 @@ fn log_resource_usage() {
             "resource usage"
         );
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

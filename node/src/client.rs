@@ -87,8 +87,13 @@ async fn session(
     hospital: &Arc<Mutex<Hospital>>,
     egress: &Mutex<EgressLog>,
 ) -> Result<NodeOutcome, NodeError> {
+    let address = config
+        .coordinator
+        .resolve()
+        .await
+        .map_err(|e| NodeError::Connect(e.to_string()))?;
     let connecting = endpoint
-        .connect(config.coordinator, &config.server_name)
+        .connect(address, &config.server_name)
         .map_err(|e| NodeError::Connect(e.to_string()))?;
     let connection = connecting.await.map_err(classify)?;
     let welcome = hello(&connection, hospital, egress).await?;
@@ -103,7 +108,7 @@ async fn session(
     lock(hospital).enter_session(welcome.session, &welcome.identity);
     let span = info_span!("node", node = %welcome.identity);
     async {
-        info!(coordinator = %config.coordinator, rounds = welcome.manifest.manifest.rounds, %manifest, "admitted by the coordinator");
+        info!(coordinator = %config.coordinator, %address, rounds = welcome.manifest.manifest.rounds, %manifest, "admitted by the coordinator");
         loop {
             let (send, recv) = connection.accept_bi().await.map_err(classify)?;
             match answer(send, recv, hospital, &welcome, config, egress).await {

@@ -2,7 +2,6 @@
 //!
 //! Relative paths are resolved against the folder holding the configuration file.
 
-use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +11,7 @@ use medfed_protocol::accounting::Accountant;
 use medfed_protocol::eval_release::{EvalReleaseError, EvaluationNoise};
 use medfed_protocol::evaluation::MAX_EXAMPLE_LOSS;
 use medfed_protocol::stats_release::{StatisticsNoise, StatsReleaseError};
+use medfed_transport::PeerAddress;
 use serde::Deserialize;
 
 use crate::data::{DEFAULT_HOLDOUT_FRACTION, Holdout};
@@ -21,9 +21,11 @@ use crate::trainer::ComputeDevice;
 /// The whole configuration, as resolved.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    /// The coordinator's UDP address.
-    pub coordinator: SocketAddr,
-    /// The name the coordinator's certificate must carry (a SAN).
+    /// The coordinator's UDP address: an IP address or a host name (resolved at every
+    /// connection attempt), and a port.
+    pub coordinator: PeerAddress,
+    /// The name the coordinator's certificate must carry (a SAN): `server_name` as written,
+    /// else the coordinator's host name, else (an IP address) `localhost`.
     pub server_name: String,
     /// This node's TLS material and the consortium CA.
     pub tls: TlsFiles,
@@ -294,9 +296,9 @@ pub struct DataConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    coordinator: SocketAddr,
-    #[serde(default = "default_server_name")]
-    server_name: String,
+    coordinator: PeerAddress,
+    #[serde(default)]
+    server_name: Option<String>,
     tls: RawTls,
     data: RawData,
     #[serde(default)]
@@ -406,9 +408,9 @@ impl RawData {
     }
 }
 
-fn default_server_name() -> String {
-    "localhost".into()
-}
+/// The TLS name expected of a coordinator configured by IP address without `server_name`.
+const IP_SERVER_NAME: &str = "localhost";
+
 fn default_reconnect_secs() -> f64 {
     300.0
 }
@@ -476,9 +478,15 @@ impl NodeConfig {
                 "reconnect_for_secs must be a non-negative number".into(),
             ));
         }
+        let server_name = raw.server_name.unwrap_or_else(|| {
+            raw.coordinator
+                .host_name()
+                .unwrap_or(IP_SERVER_NAME)
+                .to_owned()
+        });
         Ok(Self {
             coordinator: raw.coordinator,
-            server_name: raw.server_name,
+            server_name,
             tls: TlsFiles {
                 ca_cert: resolve(raw.tls.ca_cert),
                 cert: resolve(raw.tls.cert),
@@ -571,6 +579,40 @@ pub enum NodeConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_coordinator_named_by_host_is_expected_to_present_that_name() {
+        let minimal = |coordinator: &str, server_name: &str| {
+            format!(
+                "coordinator = \"{coordinator}\"\n{server_name}state_dir = \"state\"\n\
+                 [tls]\nca_cert = \"ca.pem\"\ncert = \"h1.pem\"\nkey = \"h1.key\"\n\
+                 [data]\ncsv = \"h1.csv\"\nschema = \"schema.toml\"\n\
+                 [policy]\nmembers = \"members.toml\"\n"
+            )
+        };
+        let parse = |text: String| NodeConfig::parse(&text, Path::new("/site"));
+        let named = parse(minimal("Coordinator.Consortium.example:7400", "")).unwrap();
+        assert_eq!(
+            named.coordinator.to_string(),
+            "coordinator.consortium.example:7400"
+        );
+        assert_eq!(named.server_name, "coordinator.consortium.example");
+        let by_ip = parse(minimal("10.1.2.3:7400", "")).unwrap();
+        assert_eq!(by_ip.server_name, "localhost");
+        let explicit = parse(minimal(
+            "coordinator.consortium.example:7400",
+            "server_name = \"medfed-coordinator\"\n",
+        ))
+        .unwrap();
+        assert_eq!(explicit.server_name, "medfed-coordinator");
+        let error = parse(minimal("coordinator.consortium.example", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("coordinator") && error.contains("has no port"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn parses_with_defaults_and_resolves_paths() {

@@ -5,6 +5,7 @@
 //! put on the wire — appended and flushed to disk (fsync) before the bytes go out. The file is
 //! only ever appended to.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -99,13 +100,25 @@ impl EgressTotals {
     }
 }
 
+/// The rounds (from 1: training and evaluation rounds, not the statistics round 0) to which
+/// `entries` sent figures — a masked input, or a contribution in the clear — at or after
+/// `since_ms`. Declines, refusals and receipts carry no figures and do not count.
+pub fn rounds_contributed(entries: &[EgressEntry], since_ms: i64) -> BTreeSet<u64> {
+    entries
+        .iter()
+        .filter(|e| e.time_ms >= since_ms)
+        .filter(|e| matches!(e.kind.as_str(), "secagg_input" | "contribution"))
+        .filter_map(|e| e.round.filter(|r| *r >= 1))
+        .collect()
+}
+
 /// The egress log could not be written or read.
 #[derive(Debug, thiserror::Error)]
 #[error("egress log {0}")]
 pub struct EgressError(#[from] JournalError);
 
 /// The time now, Unix milliseconds (0 if the clock is before 1970).
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -137,6 +150,31 @@ mod tests {
             totals.by_kind,
             vec![("hello".into(), 1, 3), ("secagg_input".into(), 2, 150)]
         );
+    }
+
+    #[test]
+    fn rounds_contributed_are_those_with_figures_since_the_start() {
+        let entry = |time_ms, round, kind: &str| EgressEntry {
+            time_ms,
+            round,
+            kind: kind.into(),
+            bytes: 1,
+            sha256: String::new(),
+        };
+        let entries = [
+            entry(5, None, "hello"),
+            entry(6, Some(0), "secagg_input"),
+            entry(7, Some(1), "secagg_input"),
+            entry(8, Some(2), "declined"),
+            entry(9, Some(3), "secagg_keys"),
+            entry(10, Some(3), "refused"),
+            entry(11, Some(4), "contribution"),
+            entry(12, Some(4), "secagg_input"),
+        ];
+        assert_eq!(rounds_contributed(&entries, 0), BTreeSet::from([1, 4]));
+        assert_eq!(rounds_contributed(&entries, 8), BTreeSet::from([4]));
+        // Keys alone, declines and refusals: no round contributed to.
+        assert!(rounds_contributed(&entries[3..6], 0).is_empty());
     }
 
     #[test]

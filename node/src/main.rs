@@ -28,11 +28,16 @@ use medfed_protocol::manifest::SignedManifest;
 use medfed_protocol::model::ModelKind;
 use medfed_protocol::schema::Schema;
 use medfed_protocol::task::TrainingPlan;
+use medfed_telemetry::LogFormat;
 
 /// A medfed hospital node: trains on local patient data and sends only aggregate-ready figures.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// The log's format on standard error: `text` for people (coloured only on a terminal,
+    /// and never with NO_COLOR set) or `json`, one object per line, for machines.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -212,9 +217,14 @@ enum PrivacyAction {
     },
 }
 
+/// Exit status of `run` when the consortium finished but this hospital contributed to none of
+/// its rounds (every request declined, say, for the hospital's privacy budget or policy).
+const NO_ROUND_JOINED: u8 = 3;
+
 fn main() -> ExitCode {
-    init_tracing();
-    match run_cli() {
+    let cli = Cli::parse();
+    medfed_telemetry::init_logging(cli.log_format);
+    match run_cli(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("medfed-node: error: {e:#}");
@@ -223,8 +233,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_cli() -> anyhow::Result<ExitCode> {
-    match Cli::parse().command {
+fn run_cli(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Run { config } => {
             let config = NodeConfig::load(&config)?;
             // One process per hospital: before anything else, and held until this process exits.
@@ -254,10 +264,28 @@ fn run_cli() -> anyhow::Result<ExitCode> {
             }
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let started_ms = medfed_node::egress::now_ms();
             let outcome = runtime.block_on(run(&config, hospital))?;
+            let egress = EgressLog::read(&config.state_dir).with_context(|| {
+                format!(
+                    "cannot read the egress log in {}",
+                    config.state_dir.display()
+                )
+            })?;
+            let joined = medfed_node::egress::rounds_contributed(&egress, started_ms);
+            if joined.is_empty() {
+                println!(
+                    "{}: the consortium finished after round {}, but this hospital contributed to no round in this run (each request was declined or never came: see the log); final model {}",
+                    outcome.identity, outcome.last_round, outcome.model_hash
+                );
+                return Ok(ExitCode::from(NO_ROUND_JOINED));
+            }
             println!(
-                "{}: training finished after round {}; final model {}",
-                outcome.identity, outcome.last_round, outcome.model_hash
+                "{}: training finished after round {}; this hospital contributed to {} of its rounds; final model {}",
+                outcome.identity,
+                outcome.last_round,
+                joined.len(),
+                outcome.model_hash
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -926,13 +954,4 @@ fn print_validation_rows<'a>(rows: impl Iterator<Item = (u64, &'a str, Option<Ev
             None => println!("  {round:>6}  {short:<12}  no held-out patients"),
         }
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -508,7 +508,7 @@ impl Drop for CoordinatorProcess {
 
 /// The configuration file of the coordinator of `consortium`: three nodes needed, small and
 /// quick rounds, and the pause point if any.
-fn coordinator_toml(
+pub(crate) fn coordinator_toml(
     consortium: &Consortium,
     listen: Option<SocketAddr>,
     pause: Option<PausePoint>,

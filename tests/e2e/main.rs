@@ -1,6 +1,7 @@
 //! End-to-end tests: a real coordinator and real nodes (libtorch trainer) over QUIC with mutual
 //! TLS on 127.0.0.1. Each test builds its own consortium in a temporary folder.
 
+mod console;
 mod crash;
 mod distributed;
 mod egress;
@@ -8,11 +9,13 @@ mod fairness;
 mod faults;
 mod hostile;
 mod load;
+
 mod malicious;
 mod manifest;
 mod model_file;
 mod pki;
 mod privacy;
+mod real_data;
 mod secure_aggregation;
 mod state_folder;
 mod training;

@@ -569,6 +569,73 @@ async fn an_evaluation_off_the_manifest_schedule_is_declined_before_anything_is_
     coordinator.finish(&model).await;
 }
 
+/// A coordinator that asks for a round at another decision threshold than the manifest's (moving
+/// patients between the cells of the released confusion matrices, say to isolate the few above a
+/// high cut-off) or with another positive-class weight (reshaping what the update says about the
+/// positive patients) is declined by every hospital before anything is computed: nothing but
+/// the decline leaves, and nothing is charged. The same round at the manifest's values is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_round_at_another_threshold_or_class_weight_is_declined_before_anything_is_computed() {
+    use medfed_protocol::evaluation::DecisionThreshold;
+
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    coordinator.set_rounds(3);
+    for name in [A, B, C] {
+        let mut config = coordinator.node_config(name);
+        config.privacy = Some(private_training());
+        coordinator.admit(config).await;
+    }
+    let model = coordinator.model(1);
+    coordinator.push_all(&model, 1).await;
+    let figures = coordinator.round_figures(&model, 1, true);
+    let honest = |attempt| {
+        let setup = coordinator.setup(1, &[A, B, C], &figures);
+        coordinator.round_start(&model, 1, attempt, true, Some(setup))
+    };
+    let planned = honest(1);
+    let departures = [
+        (
+            "decision threshold 0.95",
+            RoundStart {
+                decision_threshold: DecisionThreshold::new(0.95).unwrap(),
+                ..honest(1)
+            },
+        ),
+        ("pos_weight 50", {
+            let mut start = honest(2);
+            start.plan.pos_weight = 50.0;
+            start
+        }),
+    ];
+    assert_ne!(
+        planned.decision_threshold,
+        departures[0].1.decision_threshold
+    );
+    for (what, start) in departures {
+        for node in [A, B, C] {
+            let answer = coordinator
+                .ask(node, &Message::RoundStart(start.clone()))
+                .await;
+            assert_eq!(
+                decline_reason(&answer),
+                Some(&DeclineReason::Policy(PolicyViolation::DepartsFromManifest)),
+                "{node} at {what}: {answer:?}"
+            );
+            assert_only_refusals(&coordinator.egress(node), 1, node);
+            assert!(
+                coordinator.ledger(node).iter().all(|e| e.round != 1),
+                "{node} was charged for a round at {what}"
+            );
+        }
+    }
+    // The same round at the manifest's threshold and weight is taken: the declines were theirs.
+    let answer = coordinator.ask(A, &Message::RoundStart(honest(3))).await;
+    assert!(matches!(answer, Message::SecAggKeys(_)), "{answer:?}");
+    coordinator.finish(&model).await;
+}
+
 /// A coordinator that signs one task manifest for hospital-a and another for the rest (say, in
 /// distributed DP, a noise scale that leaves everyone else's shares negligible, so that the sum
 /// carries hospital-a's share alone) gets no masked input from anyone: each node checks the

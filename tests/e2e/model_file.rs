@@ -7,10 +7,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use medfed_audit::checkpoint::{encode_model_file, read_model_file};
+use medfed_audit::model_card::{MODEL_CARD_HTML, MODEL_CARD_JSON, MODEL_CARD_SIGNATURE, ModelCard};
 use medfed_coordinator::config::ReleaseRule;
 use medfed_coordinator::training::RELEASED_MODEL_FILE;
 use medfed_e2e::process::{Process, node_toml, workspace_binary};
 use medfed_e2e::{Consortium, subscribe};
+use medfed_node::config::{
+    EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode, StatisticsNoiseConfig,
+};
+use medfed_protocol::accounting::Accountant;
 use medfed_protocol::evaluation::{DecisionThreshold, EVAL_SCORE_BINS, EvalCounts, EvalMetrics};
 use medfed_protocol::report::{SignedReport, file_sha256};
 
@@ -19,7 +24,7 @@ const STEP: Duration = Duration::from_secs(120);
 
 /// Runs the workspace binary `binary` of package `package` with `args`, and returns whether it
 /// succeeded and its output.
-async fn run(package: &str, binary: &str, args: &[&std::ffi::OsStr]) -> (bool, String) {
+pub(crate) async fn run(package: &str, binary: &str, args: &[&std::ffi::OsStr]) -> (bool, String) {
     let mut command = Command::new(workspace_binary(package, binary).unwrap());
     command.args(args);
     let mut process = Process::spawn(binary, command).unwrap();
@@ -28,14 +33,14 @@ async fn run(package: &str, binary: &str, args: &[&std::ffi::OsStr]) -> (bool, S
 }
 
 /// Runs `medfed-node` with `args` and returns its output, failing the test unless it succeeds.
-async fn medfed_node(args: &[&std::ffi::OsStr]) -> String {
+pub(crate) async fn medfed_node(args: &[&std::ffi::OsStr]) -> String {
     let (success, output) = run("medfed-node", "medfed-node", args).await;
     assert!(success, "medfed-node {args:?} failed:\n{output}");
     output
 }
 
 /// The (score, label) pairs of a scores file written by `predict` from labelled rows.
-fn scores_and_labels(path: &Path) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn scores_and_labels(path: &Path) -> (Vec<f32>, Vec<f32>) {
     let mut reader = csv::Reader::from_path(path).unwrap();
     let header = reader.headers().unwrap().clone();
     let column = |name: &str| header.iter().position(|h| h == name).unwrap();
@@ -51,7 +56,7 @@ fn scores_and_labels(path: &Path) -> (Vec<f32>, Vec<f32>) {
 
 /// `medfed-node predict --held-out` of the node configured in `toml` with the model file
 /// `model`, into `out`; every held-out row must be scored.
-async fn predict_held_out(model: &Path, toml: &Path, out: &Path) {
+pub(crate) async fn predict_held_out(model: &Path, toml: &Path, out: &Path) {
     let output = medfed_node(&[
         "predict".as_ref(),
         "--model".as_ref(),
@@ -68,7 +73,12 @@ async fn predict_held_out(model: &Path, toml: &Path, out: &Path) {
 
 /// Adds the evaluation counts of one hospital's scores to `pooled` (empty at first), as the
 /// hospital's node adds them to the secure sum.
-fn pool(pooled: &mut Vec<f64>, scores: &[f32], labels: &[f32], threshold: DecisionThreshold) {
+pub(crate) fn pool(
+    pooled: &mut Vec<f64>,
+    scores: &[f32],
+    labels: &[f32],
+    threshold: DecisionThreshold,
+) {
     let mut vector = Vec::new();
     EvalCounts::from_predictions_at(scores, labels, EVAL_SCORE_BINS, threshold)
         .write_vector(&mut vector);
@@ -80,7 +90,7 @@ fn pool(pooled: &mut Vec<f64>, scores: &[f32], labels: &[f32], threshold: Decisi
 }
 
 /// Asserts that the pooled counts give the coordinator's figures, to 1e-6.
-fn assert_reproduces(pooled: &[f64], coordinator: &EvalMetrics) {
+pub(crate) fn assert_reproduces(pooled: &[f64], coordinator: &EvalMetrics) {
     let pooled = EvalCounts::from_vector(pooled)
         .and_then(|c| c.metrics())
         .unwrap();
@@ -104,8 +114,25 @@ async fn predict_on_each_hospitals_held_out_rows_reproduces_the_pooled_final_eva
     config.task.release = ReleaseRule::Last;
     // Rare-outcome settings travel in the manifest to every hospital's training.
     config.task.training.pos_weight = 2.0;
+    config.model_card.intended_use = Some("Flag <patients> for review".into());
+    config.model_card.limitations = vec!["Synthetic patients only".into()];
     let data_dir = config.data_dir.clone();
-    let (report, _) = consortium.train_with(config, &NODES, |_| {}).await;
+    // DP-SGD at every hospital (exact statistics and evaluation counts, which the pooled
+    // figures below are compared with), so that each declares an ε the card must carry.
+    let dp_sgd = |node: &mut medfed_node::NodeConfig| {
+        node.privacy = Some(PrivacyConfig {
+            target_epsilon: 50.0,
+            delta: 1e-5,
+            noise_multiplier: NoiseMultiplier::Fixed(1.0),
+            max_grad_norm: 1.0,
+            accountant: Accountant::Rdp,
+            evaluation: EvaluationNoiseConfig::exact(),
+            statistics: StatisticsNoiseConfig::exact(),
+            mode: PrivacyMode::Local,
+            max_local_epsilon: None,
+        });
+    };
+    let (report, _) = consortium.train_with(config, &NODES, dp_sgd).await;
     let final_evaluation = report.final_evaluation.clone().expect("final evaluation");
 
     // The released model is the final one, with its scoring and its audit report.
@@ -129,10 +156,58 @@ async fn predict_on_each_hospitals_held_out_rows_reproduces_the_pooled_final_eva
     let signed = SignedReport::from_json(&report_bytes).unwrap();
     assert_eq!(audit.approved, signed.report.approved);
     assert_eq!(signed.report.model_sha256, file.model.hash().to_hex());
-    // An auditor's tool follows the released model's link to its report; a released model
-    // that states another verdict than its report's is refused.
+    // The model card beside the reports describes the released model, names the report that
+    // judged it, and copies that report's figures; its intervals and calibration come from the
+    // pooled counts of the same evaluation.
+    let card_path = data_dir.join("reports").join(MODEL_CARD_JSON);
+    let card = ModelCard::from_json(&std::fs::read(&card_path).expect("the model card is written"))
+        .expect("the model card reads back");
+    let released_bytes = std::fs::read(&released).unwrap();
+    assert_eq!(card.released_model.round, 3);
+    assert_eq!(card.released_model.model_sha256, file.model.hash().to_hex());
+    assert_eq!(
+        card.released_model.checkpoint_sha256,
+        signed.report.checkpoint_sha256
+    );
+    assert_eq!(
+        card.released_model.model_file_sha256,
+        file_sha256(&released_bytes)
+    );
+    assert_eq!(
+        card.released_model.report_sha256.as_deref(),
+        Some(audit.report_sha256.as_str())
+    );
+    let performance = card.performance.as_ref().expect("the card's performance");
+    assert_eq!(
+        Some(&performance.evaluation),
+        signed.report.evaluation.as_ref()
+    );
+    assert_eq!(performance.evaluation.auc, final_evaluation.auc);
+    let auc = performance
+        .intervals
+        .as_ref()
+        .and_then(|i| i.auc)
+        .expect("the pooled AUC with its interval");
+    assert!((auc.value - final_evaluation.auc.unwrap()).abs() < 1e-12);
+    assert!(auc.interval.low < auc.value && auc.value < auc.interval.high);
+    assert_eq!(card.privacy.per_site, signed.report.privacy);
+    assert_eq!(card.privacy.per_site.len(), NODES.len());
+    assert!(card.privacy.per_site.iter().all(|p| p.epsilon > 0.0));
+    assert_eq!(card.privacy.as_of_round, Some(3));
+    assert_eq!(card.fairness.attributes, signed.report.fairness);
+    let calibration = card.calibration.as_ref().expect("the card's calibration");
+    let binned: f64 = calibration.table.iter().map(|b| b.count).sum();
+    assert_eq!(binned, final_evaluation.examples as f64);
+    assert_eq!(card.limitations[0].text, "Synthetic patients only");
+    let page = std::fs::read_to_string(data_dir.join("reports").join(MODEL_CARD_HTML)).unwrap();
+    assert!(page.contains(&card.released_model.model_sha256));
+    assert!(page.contains("Flag &lt;patients&gt; for review"));
+
+    // An auditor's tool follows the released model's link to its report, and checks the card
+    // against the chain; a released model that states another verdict than its report's, or a
+    // card whose figures are not its report's, is refused.
     let tls = consortium.certs.coordinator_tls();
-    let verify = |model: &Path| {
+    let verify = |model: &Path, card: &Path| {
         let reports = data_dir.join("reports");
         let args: Vec<std::ffi::OsString> = vec![
             "verify".into(),
@@ -144,15 +219,45 @@ async fn predict_on_each_hospitals_held_out_rows_reproduces_the_pooled_final_eva
             tls.ca_cert.clone().into(),
             "--model".into(),
             model.into(),
+            "--card".into(),
+            card.into(),
         ];
         async move {
             let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
             run("medfed-audit", "medfed-audit", &args).await
         }
     };
-    let (verified, output) = verify(&released).await;
+    let (verified, output) = verify(&released, &card_path).await;
     assert!(
-        verified && output.contains("is the model audited for round 3"),
+        verified
+            && output.contains("is the model audited for round 3")
+            && output.contains("describes the released model of round 3"),
+        "{output}"
+    );
+    let mut forged_card = card.clone();
+    if let Some(p) = forged_card.performance.as_mut() {
+        p.evaluation.auc = Some(0.999);
+    }
+    let forged_card_path = consortium.dir.path().join("forged_card.json");
+    std::fs::write(&forged_card_path, forged_card.to_json_pretty().unwrap()).unwrap();
+    let (verified, output) = verify(&released, &forged_card_path).await;
+    assert!(
+        !verified && output.contains("performance.evaluation differs"),
+        "{output}"
+    );
+    // Text no report carries is covered by the card's signature.
+    let mut reworded = card.clone();
+    reworded.intended_use.intended_use = Some("Any use".into());
+    let reworded_path = consortium.dir.path().join("reworded_card.json");
+    std::fs::write(&reworded_path, reworded.to_json_pretty().unwrap()).unwrap();
+    std::fs::copy(
+        data_dir.join("reports").join(MODEL_CARD_SIGNATURE),
+        consortium.dir.path().join("reworded_card.json.sig"),
+    )
+    .unwrap();
+    let (verified, output) = verify(&released, &reworded_path).await;
+    assert!(
+        !verified && output.contains("signature does not verify"),
         "{output}"
     );
     let mut forged = file.clone();
@@ -161,7 +266,7 @@ async fn predict_on_each_hospitals_held_out_rows_reproduces_the_pooled_final_eva
     }
     let forged_path = consortium.dir.path().join("forged.safetensors");
     std::fs::write(&forged_path, encode_model_file(&forged).unwrap()).unwrap();
-    let (verified, output) = verify(&forged_path).await;
+    let (verified, output) = verify(&forged_path, &card_path).await;
     assert!(
         !verified && output.contains("states a verdict its report"),
         "{output}"

@@ -100,3 +100,23 @@ async fn three_nodes_train_on_blanks_the_schema_declares_imputed_or_a_level() {
     assert_eq!(parsed.num_features(), 8);
     assert_eq!(report.final_model.spec.input_dim, 8);
 }
+
+/// Issue 15, item 6: hospitals name their coordinator by host name (`localhost:PORT` here,
+/// resolved by the system's resolver), and the TLS name they expect defaults to that host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_find_the_coordinator_by_its_host_name() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 60);
+    let config = consortium.coordinator_config(1, 3);
+    let (report, nodes) = consortium
+        .train_with(config, &NODES, |node| {
+            let port = node.coordinator.port();
+            node.coordinator = format!("localhost:{port}").parse().unwrap();
+        })
+        .await;
+    assert_eq!(report.last_round, 1);
+    assert_eq!(report.rounds[0].participants.len(), 3);
+    for node in nodes {
+        assert_eq!(node.coordinator.host_name(), Some("localhost"));
+    }
+}

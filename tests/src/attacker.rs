@@ -162,7 +162,7 @@ impl<'c> HandCoordinator<'c> {
     pub async fn admit(&mut self, config: NodeConfig) -> String {
         assert_eq!(
             config.coordinator,
-            self.addr(),
+            self.addr().into(),
             "the node must connect here"
         );
         let state_dir = config.state_dir.clone();

@@ -171,6 +171,7 @@ impl Consortium {
             strategy: StrategyConfig::default(),
             secure_aggregation: SecureAggregationConfig::default(),
             fairness: Default::default(),
+            model_card: Default::default(),
             danger_pause_at: None,
         }
     }
@@ -189,7 +190,7 @@ impl Consortium {
         tls: TlsFiles,
     ) -> NodeConfig {
         NodeConfig {
-            coordinator,
+            coordinator: coordinator.into(),
             server_name: "localhost".into(),
             tls: TlsFiles { crl: None, ..tls },
             data: DataConfig {

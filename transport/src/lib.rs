@@ -25,8 +25,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod address;
 mod channel;
 
+pub use address::{AddressError, PeerAddress, ResolveError};
 pub use channel::{
     ChannelError, MessageReader, client_endpoint, peer_identity, send_frame, send_message,
     server_endpoint,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use medfed_audit::bias::FairnessSettings;
+use medfed_audit::model_card::CardText;
 use medfed_certs::TlsFiles;
 use medfed_protocol::distributed_dp::{DEFAULT_ROUNDING_BETA, DEFAULT_SCALED_CLIP};
 use medfed_protocol::evaluation::{DecisionThreshold, ScoreBins};
@@ -48,6 +49,9 @@ pub struct CoordinatorConfig {
     pub secure_aggregation: SecureAggregationConfig,
     /// The bias audit: suppression threshold and the consortium's fairness policy.
     pub fairness: FairnessSettings,
+    /// The consortium's own words for the released model's card (`[model_card]`: intended
+    /// use, population, outcome, limitations, developers, contact), all optional.
+    pub model_card: CardText,
     /// Test-only fault injection: stop at a point of a round and wait forever, so that a test
     /// can kill the process exactly there. Never set it in a real consortium.
     pub danger_pause_at: Option<PausePoint>,
@@ -375,6 +379,8 @@ struct RawConfig {
     #[serde(default)]
     fairness: FairnessSettings,
     #[serde(default)]
+    model_card: CardText,
+    #[serde(default)]
     danger_pause_at: Option<PausePoint>,
 }
 
@@ -425,6 +431,7 @@ impl CoordinatorConfig {
             strategy: raw.strategy.unwrap_or_default(),
             secure_aggregation: raw.secure_aggregation,
             fairness: raw.fairness,
+            model_card: raw.model_card,
             danger_pause_at: raw.danger_pause_at,
         };
         config.validate()?;

@@ -163,3 +163,24 @@ fn the_decision_threshold_and_the_release_rule_are_read_and_bad_ones_refused_by_
         assert!(err.contains(named), "{line}: {err}");
     }
 }
+
+#[test]
+fn the_model_card_table_is_read_optional_and_refuses_an_unknown_key() {
+    let config = CoordinatorConfig::parse(EXAMPLE, Path::new("/")).unwrap();
+    assert_eq!(config.model_card, CardText::default());
+    let text = format!(
+        "{EXAMPLE}[model_card]\nintended_use = \"Flag for review\"\npopulation = \"Adults\"\n\
+         outcome = \"Death within 30 days\"\nlimitations = [\"Two hospitals only\"]\n\
+         developers = \"Data team\"\ncontact = \"a@b.org\"\n"
+    );
+    let config = CoordinatorConfig::parse(&text, Path::new("/")).unwrap();
+    assert_eq!(
+        config.model_card.intended_use.as_deref(),
+        Some("Flag for review")
+    );
+    assert_eq!(config.model_card.limitations, ["Two hospitals only"]);
+    assert_eq!(config.model_card.contact.as_deref(), Some("a@b.org"));
+    let typo = format!("{EXAMPLE}[model_card]\nintended_uses = \"x\"\n");
+    let err = CoordinatorConfig::parse(&typo, Path::new("/")).unwrap_err();
+    assert!(err.to_string().contains("intended_uses"), "{err}");
+}

@@ -105,6 +105,7 @@ impl Trainer {
         // as completed: a crash in between re-runs the round, and the chain skips the repeat. A
         // round off the evaluation schedule has nothing to audit.
         if layout.evaluate {
+            self.keep_evaluation_counts(round - 1, totals.eval.as_ref())?;
             let start_model = self.model.clone();
             self.write_report(
                 round - 1,

@@ -112,6 +112,9 @@ pub enum CoordinatorError {
     /// The configuration cannot run in this build.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The released model's card could not be built.
+    #[error("model card: {0}")]
+    ModelCard(#[from] medfed_audit::model_card::CardError),
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),

@@ -8,6 +8,7 @@
 mod apply;
 mod driver;
 mod error;
+mod model_card;
 mod release;
 mod rounds;
 mod site;

@@ -83,7 +83,9 @@ impl Trainer {
             );
         }
         let (final_evaluation, final_fairness) = self.final_evaluation(&standardization).await?;
-        let released = Some(self.release()?);
+        let (released, released_round) = self.release()?;
+        self.write_model_card(&released, released_round)?;
+        let released = Some((released, released_round));
         self.finish().await;
         let bytes_received = self.registry.bytes_received();
         Ok(TrainingReport {
@@ -393,6 +395,10 @@ impl Trainer {
                             .as_ref()
                             .and_then(|t| t.eval.as_ref())
                             .and_then(EvalCounts::metrics);
+                        let counts = totals
+                            .as_ref()
+                            .and_then(|t| t.eval.clone())
+                            .filter(|_| metrics.is_some());
                         // Without held-out examples there is nothing to audit.
                         let fairness = totals
                             .filter(|_| metrics.is_some())
@@ -408,6 +414,7 @@ impl Trainer {
                         audit::log(&fairness);
                         self.store
                             .put_json(FINAL_EVALUATION_KEY, &(self.round, &metrics, &fairness))?;
+                        self.keep_evaluation_counts(self.round, counts.as_ref())?;
                         // The opted-in hospitals' own figures of this very sum.
                         let sites = if metrics.is_some() {
                             self.site_evaluations(round, attempt, &gathered.participants, layout)

@@ -1,0 +1,193 @@
+//! Issue 15: what operators and hospital teams read, from the real binaries run as they run them
+//! (standard error a pipe, `NO_COLOR` unset).
+//!
+//! - Item 5: `--log-format json` writes one JSON object per line with the round and node spans
+//!   as fields, and the text log carries no colour codes into a file or pipe.
+//! - Item 8: a node says how many rounds it contributed to (and exits non-zero if none).
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use medfed_e2e::process::{node_toml, workspace_binary};
+use medfed_e2e::{Consortium, subscribe};
+use serde_json::Value;
+
+const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
+
+/// Runs `binary` with `args` to its end (at most four minutes), with `NO_COLOR` unset and its
+/// output piped.
+async fn run_to_end(package: &str, args: Vec<std::ffi::OsString>) -> Output {
+    let mut command = tokio::process::Command::new(workspace_binary(package, package).unwrap());
+    command
+        .args(args)
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().unwrap();
+    tokio::time::timeout(Duration::from_secs(240), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{package} did not finish"))
+        .unwrap()
+}
+
+/// `--log-format FORMAT run --config CONFIG`.
+fn run_args(format: &str, config: &Path) -> Vec<std::ffi::OsString> {
+    vec![
+        "--log-format".into(),
+        format.into(),
+        "run".into(),
+        "--config".into(),
+        config.into(),
+    ]
+}
+
+/// Every line of a JSON log, parsed; fails on a line that is not a JSON object with a
+/// timestamp, a level and a message.
+fn json_lines(who: &str, stderr: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(stderr);
+    text.lines()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{who}: not a JSON line ({e}): {line}"));
+            for key in ["timestamp", "level", "target"] {
+                assert!(value.get(key).is_some(), "{who}: no {key} in {line}");
+            }
+            assert!(
+                value["fields"]["message"].is_string(),
+                "{who}: no message in {line}"
+            );
+            value
+        })
+        .collect()
+}
+
+/// Whether an event was logged inside a span `name` whose field `field` is `value`.
+fn in_span(event: &Value, name: &str, field: &str, value: &str) -> bool {
+    event["spans"].as_array().is_some_and(|spans| {
+        spans.iter().any(|span| {
+            span["name"] == name
+                && match &span[field] {
+                    Value::String(s) => s == value,
+                    Value::Number(n) => n.as_u64().is_some_and(|n| value.parse() == Ok(n)),
+                    _ => false,
+                }
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_round_and_node_spans_and_text_logs_off_a_terminal_carry_no_colour() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 60);
+    let dir = consortium.dir.path();
+    let listen = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .unwrap();
+    let coordinator_config = dir.join("coordinator.toml");
+    std::fs::write(
+        &coordinator_config,
+        crate::crash::coordinator_toml(&consortium, Some(listen), None),
+    )
+    .unwrap();
+    let coordinator = tokio::spawn(run_to_end(
+        "medfed-coordinator",
+        run_args("json", &coordinator_config),
+    ));
+    // hospital-a logs for machines, the others for people.
+    let nodes: Vec<_> = NODES
+        .iter()
+        .map(|name| {
+            let toml = dir.join(format!("{name}.toml"));
+            std::fs::write(&toml, node_toml(&consortium.node_config(name, listen))).unwrap();
+            let format = if *name == "hospital-a" {
+                "json"
+            } else {
+                "text"
+            };
+            tokio::spawn(run_to_end("medfed-node", run_args(format, &toml)))
+        })
+        .collect();
+    let coordinator = coordinator.await.unwrap();
+    let mut node_outputs = Vec::new();
+    for node in nodes {
+        node_outputs.push(node.await.unwrap());
+    }
+    for (who, output) in std::iter::once(("coordinator", &coordinator))
+        .chain(NODES.iter().copied().zip(&node_outputs))
+    {
+        assert!(
+            output.status.success(),
+            "{who} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    // The coordinator's log: JSON lines, the round's events inside the round's span.
+    let events = json_lines("coordinator", &coordinator.stderr);
+    assert!(
+        events
+            .iter()
+            .any(|e| in_span(e, "round", "round", "1") && e["level"] == "INFO"),
+        "no event of round 1 in the coordinator's log"
+    );
+    // hospital-a's log: JSON lines, its round events inside its node and round spans.
+    let events = json_lines("hospital-a", &node_outputs[0].stderr);
+    assert!(
+        events
+            .iter()
+            .any(|e| in_span(e, "node", "node", "hospital-a") && in_span(e, "round", "round", "1")),
+        "no event of hospital-a's round 1 in its log"
+    );
+    // The text logs, written to a pipe: readable lines, no escape codes.
+    for (name, output) in NODES.iter().zip(&node_outputs).skip(1) {
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert!(text.contains(" INFO "), "{name}: {text}");
+        assert!(
+            !text.contains('\u{1b}'),
+            "{name} wrote colour codes to a pipe: {text}"
+        );
+    }
+}
+
+/// Issue 15, item 8: `medfed-node run` ends by saying how many of the consortium's rounds the
+/// hospital contributed figures to, counted from its egress log (a node that contributed to
+/// none says so and exits with status 3; `medfed_node::egress::rounds_contributed` is
+/// unit-tested on both sides). Here hospital-a's node joins two training rounds and the final
+/// evaluation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_says_how_many_rounds_it_contributed_to() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 60);
+    let coordinator = consortium
+        .start_coordinator(consortium.coordinator_config(2, 3))
+        .await;
+    let addr = coordinator.local_addr();
+    let toml = consortium.dir.path().join("hospital-a.toml");
+    std::fs::write(
+        &toml,
+        node_toml(&consortium.node_config("hospital-a", addr)),
+    )
+    .unwrap();
+    let joiner = tokio::spawn(run_to_end("medfed-node", run_args("text", &toml)));
+    let others: Vec<_> = NODES[1..]
+        .iter()
+        .map(|n| consortium.spawn_node(consortium.node_config(n, addr)))
+        .collect();
+    let report = coordinator.wait().await.expect("training completes");
+    for node in others {
+        node.await.unwrap().expect("the others finish");
+    }
+    assert_eq!(report.last_round, 2);
+    let joiner = joiner.await.unwrap();
+    let stdout = String::from_utf8_lossy(&joiner.stdout);
+    assert!(joiner.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "hospital-a: training finished after round 2; this hospital contributed to 3 of its rounds"
+        ),
+        "{stdout}"
+    );
+}
