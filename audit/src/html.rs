@@ -28,7 +28,7 @@ use medfed_protocol::fairness::{
     FairnessReport, GroupMetrics, GroupReport, Limit, PolicyCheck, Rate, SuppressionReason,
     UndefinedReason,
 };
-use medfed_protocol::report::NotEvaluated;
+use medfed_protocol::report::{NotEvaluated, SiteEvaluation};
 
 use crate::bias::AttributeAudit;
 
@@ -63,6 +63,9 @@ pub struct PageRound<'a> {
     pub absent_members: &'a [String],
     /// Each node's declared differential-privacy budget: (node, ε, δ).
     pub privacy: &'a [(String, f64, f64)],
+    /// The own figures of the hospitals that opted in to releasing them (external validation
+    /// per site); empty for most rounds.
+    pub site_evaluations: &'a [SiteEvaluation],
 }
 
 /// Renders the audit page for the latest round, with the history of earlier rounds for the trend
@@ -408,6 +411,45 @@ impl Page {
             "<div>Participants: <strong>{}</strong></div>\n</div>\n",
             latest.participants.len()
         );
+        self.site_table(latest.site_evaluations);
+    }
+
+    /// The opted-in hospitals' own figures, when there are any.
+    fn site_table(&mut self, sites: &[SiteEvaluation]) {
+        if sites.is_empty() {
+            return;
+        }
+        self.out.push_str(
+            "<table>\n<caption>The model on each opted-in hospital's own held-out patients \
+             (external validation per site; every other figure on this page is pooled)\
+             </caption>\n<thead><tr><th scope=\"col\">Hospital</th>\
+             <th scope=\"col\">Counts</th><th scope=\"col\">Examples</th>\
+             <th scope=\"col\">AUC</th><th scope=\"col\">Accuracy</th>\
+             <th scope=\"col\">Loss</th><th scope=\"col\">Prevalence</th></tr></thead>\n<tbody>\n",
+        );
+        for site in sites {
+            let counts = if site.noised { "noised" } else { "exact" };
+            match &site.metrics {
+                Some(m) => w!(
+                    self.out,
+                    "<tr><th scope=\"row\">{}</th><td class=\"text\">{counts}</td><td>{}</td>\
+                     <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                    Esc(&site.node),
+                    m.examples,
+                    Num(m.auc),
+                    Num(Some(m.accuracy)),
+                    Num(Some(m.loss)),
+                    Num(Some(m.prevalence))
+                ),
+                None => w!(
+                    self.out,
+                    "<tr><th scope=\"row\">{}</th><td class=\"text\">{counts}</td>\
+                     <td class=\"suppressed\" colspan=\"5\">no held-out examples</td></tr>\n",
+                    Esc(&site.node)
+                ),
+            }
+        }
+        self.out.push_str("</tbody>\n</table>\n");
     }
 
     fn nav(&mut self) {
@@ -1240,6 +1282,7 @@ mod tests {
                 participants: &participants,
                 absent_members,
                 privacy: &privacy,
+                site_evaluations: &[],
             })
             .collect();
         render("Audit <round> & co", &rounds)
@@ -1349,6 +1392,45 @@ mod tests {
     }
 
     #[test]
+    fn html_shows_opted_in_site_figures_apart_from_the_pooled_ones() {
+        let sites = [
+            SiteEvaluation {
+                node: "hospital-<b>".into(),
+                noised: false,
+                metrics: Some(eval(0.8125, 0.75)),
+            },
+            SiteEvaluation {
+                node: "hospital-c".into(),
+                noised: true,
+                metrics: None,
+            },
+        ];
+        let round = |site_evaluations| PageRound {
+            round: 3,
+            model_sha256: "ff",
+            approved: true,
+            not_evaluated: None,
+            evaluation: None,
+            fairness: &[],
+            participants: &[],
+            absent_members: &[],
+            privacy: &[],
+            site_evaluations,
+        };
+        let html = render("Audit", &[round(&sites)]);
+        assert!(html.contains("external validation per site"), "{html}");
+        assert!(html.contains(
+            "<tr><th scope=\"row\">hospital-&lt;b&gt;</th><td class=\"text\">exact</td>"
+        ));
+        assert!(html.contains("<td>0.812</td>"), "AUC to three places");
+        assert!(html.contains("hospital-c</th><td class=\"text\">noised</td>"));
+        assert_eq!(nesting_problem(&html), None);
+        // Without site figures the page has no such table.
+        let plain = render("Audit", &[round(&[])]);
+        assert!(!plain.contains("external validation per site"));
+    }
+
+    #[test]
     fn html_loads_nothing_external() {
         let html = page(0.2);
         assert!(!html.contains("http://") && !html.contains("https://"));
@@ -1451,6 +1533,7 @@ mod tests {
                 participants: &[],
                 absent_members: &[],
                 privacy: &[],
+                site_evaluations: &[],
             }],
         );
         assert!(html.contains("NOT APPROVED"));
@@ -1499,6 +1582,7 @@ mod tests {
                 participants: &[],
                 absent_members: &[],
                 privacy: &[],
+                site_evaluations: &[],
             }],
         );
         assert!(html.contains(&format!(
@@ -1525,6 +1609,7 @@ mod tests {
                 participants: &["hospital-a".to_owned()],
                 absent_members: &[],
                 privacy: &[],
+                site_evaluations: &[],
             }],
         );
         assert!(html.contains("verdict none"));

@@ -128,6 +128,7 @@ impl ReportWriter {
                     participants: &r.participants,
                     absent_members: &r.absent_members,
                     privacy,
+                    site_evaluations: &r.site_evaluations,
                 }
             })
             .collect();

@@ -38,6 +38,7 @@ fn chain(dir: &Path) -> (PathBuf, PathBuf, PathBuf, Vec<PathBuf>) {
             not_evaluated: None,
             fairness: Vec::new(),
             approved: true,
+            site_evaluations: Vec::new(),
             previous_report_sha256: None,
         };
         writer
@@ -418,6 +419,7 @@ fn a_chain_whose_last_round_had_no_evaluation_data_verifies_and_says_so() {
         not_evaluated: Some(NotEvaluated::NoEvaluationData),
         fairness: Vec::new(),
         approved: false,
+        site_evaluations: Vec::new(),
         previous_report_sha256: None,
     };
     writer.append(report).unwrap().expect("written");

@@ -58,7 +58,11 @@ pub fn task_manifest(
                 .map_or(FractionalBitsRule::Fit, FractionalBitsRule::Fixed),
         }),
         releases: {
+            let mut site_figures = config.task.site_figures.clone();
+            site_figures.sort();
+            site_figures.dedup();
             let releases = ReleasePlan {
+                site_figures,
                 evaluate_every: config.task.evaluate_every,
                 decision_threshold: config.task.decision_threshold,
                 ..ReleasePlan::for_task(
@@ -215,6 +219,19 @@ max_nodes = 4
         let config =
             CoordinatorConfig::parse(&format!("{CONFIG}{extra}"), Path::new("/site")).unwrap();
         task_manifest(&config, &Schema::parse(SCHEMA).unwrap(), &members())
+    }
+
+    #[test]
+    fn the_site_figure_hospitals_go_into_the_manifest_sorted_and_once() {
+        assert!(manifest("").unwrap().releases.site_figures.is_empty());
+        let text = CONFIG.replace(
+            "min_nodes = 3\n",
+            "min_nodes = 3\nsite_figures = [\"hospital-c\", \"hospital-a\", \"hospital-c\"]\n",
+        );
+        let config = CoordinatorConfig::parse(&text, Path::new("/site")).unwrap();
+        let m = task_manifest(&config, &Schema::parse(SCHEMA).unwrap(), &members()).unwrap();
+        assert_eq!(m.releases.site_figures, ["hospital-a", "hospital-c"]);
+        m.validate().unwrap();
     }
 
     #[test]

@@ -244,6 +244,7 @@ async fn answer(
                 .await
                 .map_err(|e| NodeError::Protocol(format!("secure aggregation panicked: {e}")))?
         }
+        Message::SiteFigureRequest(request) => lock(hospital).handle_site_figure(&request),
         Message::Finished(done) => {
             let holds_final = lock(hospital).model_hash() == Some(done.model_hash);
             info!(round = done.round, model = %done.model_hash, holds_final, "training finished");

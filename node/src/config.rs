@@ -15,7 +15,7 @@ use medfed_transport::PeerAddress;
 use serde::Deserialize;
 
 use crate::data::{DEFAULT_HOLDOUT_FRACTION, Holdout};
-use crate::policy::{NodePolicy, RawPolicy};
+use crate::policy::{NodePolicy, RawPolicy, SiteFigures};
 use crate::trainer::ComputeDevice;
 
 /// The whole configuration, as resolved.
@@ -462,6 +462,17 @@ impl NodeConfig {
                 "privacy.mode = \"distributed\" needs policy.members: with membership unpinned, certificates the CA mints could fill a sum without adding noise shares".into(),
             ));
         }
+        // A noised site figure is the noised vector the node already put into the final
+        // evaluation's sum: without evaluation noise there is no such vector.
+        let noised_evaluation = raw
+            .privacy
+            .as_ref()
+            .is_some_and(|p| p.evaluation.noise().is_ok_and(|n| n.is_some()));
+        if policy.release_site_figures == SiteFigures::Noised && !noised_evaluation {
+            return Err(NodeConfigError::Invalid(
+                "policy.release_site_figures = \"noised\" needs the evaluation noise on ([privacy] with [privacy.evaluation] noise > 0); set it to \"exact\" to release exact counts, or \"no\"".into(),
+            ));
+        }
         if !(raw.reconnect_for_secs.is_finite() && raw.reconnect_for_secs >= 0.0) {
             return Err(NodeConfigError::Invalid(
                 "reconnect_for_secs must be a non-negative number".into(),
@@ -721,6 +732,43 @@ members = "members.toml"
             NodeConfig::parse(&bad, Path::new(".")),
             Err(NodeConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_noised_site_figure_needs_the_evaluation_noise_on() {
+        let base = r#"
+coordinator = "127.0.0.1:7400"
+state_dir = "state"
+[tls]
+ca_cert = "ca.pem"
+cert = "h1.pem"
+key = "h1.key"
+[data]
+csv = "/data/h1.csv"
+schema = "schema.toml"
+[policy]
+members = "members.toml"
+"#;
+        let private = "[privacy]\ntarget_epsilon = 8.0\ndelta = 1e-5\nnoise_multiplier = 1.1\nmax_grad_norm = 1.0\n";
+        let parse = |mode: &str, privacy: &str| {
+            NodeConfig::parse(
+                &format!("{base}release_site_figures = \"{mode}\"\n{privacy}"),
+                Path::new("/site"),
+            )
+            .map(|c| c.policy.release_site_figures)
+        };
+        // Evaluation noise is on by default under [privacy].
+        assert_eq!(parse("noised", private).unwrap(), SiteFigures::Noised);
+        for privacy in ["", &format!("{private}[privacy.evaluation]\nnoise = 0\n")] {
+            let error = parse("noised", privacy).unwrap_err().to_string();
+            assert!(
+                error.contains("policy.release_site_figures") && error.contains("evaluation noise"),
+                "{error}"
+            );
+            // Exact counts are the explicit opt-in that needs no noise.
+            assert_eq!(parse("exact", privacy).unwrap(), SiteFigures::Exact);
+        }
+        assert_eq!(parse("no", "").unwrap(), SiteFigures::No);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use medfed_protocol::manifest::{Departure, Digest32, PrivacyMode, SignedManifest
 use medfed_protocol::messages::{
     Contribution, ContributionKind, DeclineReason, Declined, FigureOutOfRange, Message,
     ModelReceived, PlainFigures, PolicyViolation, PrivacySpent, RefusalReason, Refused, RoundKeys,
-    RoundStart, SecAggSetup, StatsRequest,
+    RoundStart, SecAggSetup, SiteFigure, SiteFigureRequest, StatsRequest,
 };
 use medfed_protocol::model::{Model, ModelError, ModelHash, ModelKind, ModelSpec};
 use medfed_protocol::schema::Schema;
@@ -44,6 +44,7 @@ use crate::manifest::{
 use crate::policy::{NodePolicy, PolicyGate};
 use crate::progress::Progress;
 use crate::releases::{ExactFigures, ReleaseRecord};
+use crate::site_figures::{SiteFigureStore, SiteVector};
 use crate::trainer::{DistributedRound, DpConfig, TrainError, TrainProgress, Trainer};
 use crate::validation::{self, SiteValidation};
 
@@ -91,6 +92,9 @@ pub struct Hospital {
     /// The hospital's own record of every model scored on its held-out patients (never sent);
     /// `None`: no record is kept.
     validation: Option<SiteValidation>,
+    /// The final evaluation's vectors, kept to release as the site figure when the hospital
+    /// opted in (`[policy] release_site_figures`) and the manifest lists it.
+    site_figures: SiteFigureStore,
 }
 
 /// A secure aggregation this node takes part in: its state, which exact figures
@@ -101,6 +105,12 @@ struct OpenAggregation {
     round: u64,
     /// The exact figures the vector carries, if any.
     exact: Option<ExactFigures>,
+    /// The manifest's site-figure hospitals, when the vector carries evaluation counts: they
+    /// are counted out of the sum's survivors ([`PolicyGate::check_revealers`]).
+    revealers: Vec<String>,
+    /// The evaluation vector to journal as this node's site figure when the masked input
+    /// leaves, with the attempt it belongs to.
+    site: Option<(u32, SiteVector)>,
     state: ParticipantState,
     /// Ledger entries of the noised figures; recorded before the masked input leaves.
     pending: Vec<LedgerEntry>,
@@ -345,6 +355,7 @@ impl Hospital {
             exact_releases: ReleaseRecord::in_memory(),
             manifest: None,
             validation: None,
+            site_figures: SiteFigureStore::in_memory(),
         }
     }
 
@@ -352,6 +363,12 @@ impl Hospital {
     /// on the held-out patients and recorded on site.
     pub fn with_validation(mut self, validation: SiteValidation) -> Self {
         self.validation = Some(validation);
+        self
+    }
+
+    /// Keeps the final evaluation's vectors in `store`, for the site figure.
+    pub fn with_site_figures(mut self, store: SiteFigureStore) -> Self {
+        self.site_figures = store;
         self
     }
 
@@ -904,7 +921,7 @@ impl Hospital {
         };
         let exact = noise.is_none().then_some(ExactFigures::Statistics);
         let params = request.secure_aggregation.as_ref().map(|s| &s.params);
-        if let Err(violation) = self.admit_request(round, params, exact.as_ref()) {
+        if let Err(violation) = self.admit_request(round, params, exact.as_ref(), &[]) {
             return policy_decline(session, round, violation);
         }
         // The hospital's own rules first (their reasons are the more specific), then the plan
@@ -951,6 +968,8 @@ impl Hospital {
             values,
             exact,
             entries,
+            revealers: Vec::new(),
+            site: None,
         };
         self.send_figures(
             session,
@@ -1007,9 +1026,17 @@ impl Hospital {
         round: u64,
         params: Option<&RoundParams>,
         exact: Option<&ExactFigures>,
+        revealers: &[String],
     ) -> Result<(), PolicyViolation> {
         let me = self.identity.as_deref().unwrap_or_default();
         self.policy.check_request(params, me)?;
+        if let Some(params) = params {
+            self.policy.check_revealers(
+                params.participants.iter().map(|p| p.identity.as_str()),
+                me,
+                revealers,
+            )?;
+        }
         self.policy.check_attempt(round)?;
         if let (Some(params), Some(exact)) = (params, exact)
             && !self.exact_releases.may_release_among(
@@ -1052,6 +1079,9 @@ impl Hospital {
                     );
                 }
             };
+            if let Err(reason) = self.record_site(round, figures.site) {
+                return decline(session, round, reason);
+            }
             if let Err(reason) = self.record_release(round, figures.entries) {
                 return decline(session, round, reason);
             }
@@ -1127,10 +1157,28 @@ impl Hospital {
             session: params.session,
             round: params.round,
             exact: figures.exact,
+            revealers: figures.revealers,
+            site: figures.site,
             state: ParticipantState::Directory(state),
             pending: figures.entries,
         });
         Ok(Message::SecAggKeys(RoundKeys { keys, privacy }))
+    }
+
+    /// Journals (with fsync) the vector about to leave as this node's candidate site figure of
+    /// the final evaluation, if it is one; `Err` holds the reason to decline: a vector that
+    /// could later be released as the site figure never leaves unrecorded.
+    fn record_site(
+        &mut self,
+        round: u64,
+        site: Option<(u32, SiteVector)>,
+    ) -> Result<(), DeclineReason> {
+        let Some((attempt, vector)) = site else {
+            return Ok(());
+        };
+        self.site_figures
+            .record_sent(round, attempt, vector)
+            .map_err(|e| local_failure(format!("cannot record the site figure: {e}")))
     }
 
     /// Appends a release's ledger entries (with fsync) and counts the release against the
@@ -1227,7 +1275,7 @@ impl Hospital {
                 exact_releases,
                 &me,
                 survivors,
-                open.exact.as_ref(),
+                (open.exact.as_ref(), &open.revealers),
                 record,
             )
             .map_err(|violation| {
@@ -1266,6 +1314,9 @@ impl Hospital {
             // The masked input carries the noised figures: their cost goes into the ledger
             // first, and the release counts against the attempt caps.
             Ok(Message::SecAggInput(input)) => {
+                if let Err(reason) = self.record_site(round, open.site.take()) {
+                    return decline(session, round, reason);
+                }
                 match self.record_release(round, std::mem::take(&mut open.pending)) {
                     Ok(()) => Ok(Message::SecAggInput(input)),
                     Err(reason) => return decline(session, round, reason),
@@ -1387,8 +1438,14 @@ impl Hospital {
             .as_ref()
             .is_some_and(|p| evaluation_noise(&p.config).is_ok_and(|n| n.is_some()));
         let exact = (start.evaluate && !noised_evaluation).then_some(ExactFigures::HeldOut);
+        // Evaluation counts go only into sums that keep enough hospitals once the manifest's
+        // site-figure hospitals are subtracted.
+        let revealers = match (&self.manifest, start.evaluate) {
+            (Some((manifest, _)), true) => manifest.releases.site_figures.clone(),
+            _ => Vec::new(),
+        };
         let params = start.secure_aggregation.as_ref().map(|s| &s.params);
-        if let Err(violation) = self.admit_request(round, params, exact.as_ref()) {
+        if let Err(violation) = self.admit_request(round, params, exact.as_ref(), &revealers) {
             return policy_decline(session, round, violation);
         }
         // The hospital's own rules first (their reasons are the more specific), then the plan
@@ -1521,11 +1578,25 @@ impl Hospital {
             .secure_aggregation
             .as_ref()
             .map(|setup| (setup, layout.encoding(&setup.update_encoding)));
+        // The final evaluation's vector (no update: the whole vector is the evaluation block),
+        // kept as the site figure when this hospital releases one.
+        let site = (!start.train && start.evaluate && self.reveals_site_figure(noised_evaluation))
+            .then(|| {
+                (
+                    start.attempt,
+                    SiteVector {
+                        noised: noised_evaluation,
+                        values: values.clone(),
+                    },
+                )
+            });
         let figures = Figures {
             kind: ContributionKind::Round,
             values,
             exact,
             entries,
+            revealers,
+            site,
         };
         self.send_figures(session, round, figures, secure)
     }
@@ -1541,6 +1612,94 @@ struct Figures {
     exact: Option<ExactFigures>,
     /// Ledger entries of their noised parts.
     entries: Vec<LedgerEntry>,
+    /// The manifest's site-figure hospitals, when the figures carry evaluation counts.
+    revealers: Vec<String>,
+    /// The final evaluation's vector and its attempt, when it is this node's site figure.
+    site: Option<(u32, SiteVector)>,
+}
+
+impl Hospital {
+    /// Whether this node releases its site figure of counts that are `noised` (or exact): its
+    /// policy allows it and the approved manifest lists it.
+    fn reveals_site_figure(&self, noised: bool) -> bool {
+        let me = self.identity.as_deref().unwrap_or_default();
+        self.policy.policy().release_site_figures.allows(noised)
+            && self
+                .manifest
+                .as_ref()
+                .is_some_and(|(manifest, _)| manifest.releases.reveals(me))
+    }
+
+    /// Answers a request for this hospital's own site figure: the very evaluation vector it
+    /// put into the named attempt at the final evaluation, from its journal (a restarted node
+    /// sends the same vector, never a fresh noise draw). Declined unless the hospital's policy
+    /// releases site figures of such counts and the approved manifest lists it; declined for an
+    /// attempt whose figures never left this node as a final evaluation, or once another
+    /// attempt's figure was released.
+    ///
+    /// Privacy: a noised vector released again is post-processing of the release that put it
+    /// into the sum, so no ε is charged (see [`crate::site_figures`]); exact counts carry no ε
+    /// and are recorded as released alone ([`ExactFigures::SiteFigure`]).
+    pub fn handle_site_figure(&mut self, request: &SiteFigureRequest) -> Message {
+        let (session, round) = (request.session, request.round);
+        if let Some(refused) = self.session_refusal(session, round) {
+            return refused;
+        }
+        let opted_in = self.policy.policy().release_site_figures.opted_in();
+        if !opted_in || !self.reveals_site_figure(true) && !self.reveals_site_figure(false) {
+            tracing::warn!(
+                round,
+                opted_in,
+                "refusing a site figure: this hospital's policy or its approved manifest does not release one"
+            );
+            return policy_decline(session, round, PolicyViolation::SiteFigureNotOptedIn);
+        }
+        let vector = match self.site_figures.check(round, request.attempt) {
+            Ok(vector) => vector,
+            Err(e) => {
+                tracing::warn!(error = %e, "refusing a site figure");
+                return policy_decline(session, round, PolicyViolation::SiteFigureUnavailable);
+            }
+        };
+        if !self.reveals_site_figure(vector.noised) {
+            tracing::warn!(
+                round,
+                noised = vector.noised,
+                "refusing a site figure: the policy does not release counts like these"
+            );
+            return policy_decline(session, round, PolicyViolation::SiteFigureNotOptedIn);
+        }
+        let me = self.identity.clone().unwrap_or_default();
+        if !vector.noised
+            && let Err(e) = self
+                .exact_releases
+                .admit(&ExactFigures::SiteFigure, [me.as_str()])
+        {
+            tracing::warn!(error = %e, "refusing a site figure");
+            return policy_decline(session, round, PolicyViolation::AlreadyReleased);
+        }
+        if let Err(e) = self.site_figures.release(round, request.attempt) {
+            tracing::warn!(error = %e, "refusing a site figure");
+            return decline(
+                session,
+                round,
+                local_failure(format!("cannot record the site figure: {e}")),
+            );
+        }
+        tracing::info!(
+            round,
+            attempt = request.attempt,
+            noised = vector.noised,
+            "releasing this site's own figure of the final evaluation (the vector already in its sum)"
+        );
+        Message::SiteFigure(SiteFigure {
+            session,
+            round,
+            attempt: request.attempt,
+            noised: vector.noised,
+            values: vector.values,
+        })
+    }
 }
 
 /// A node's local result for one round.
@@ -1770,18 +1929,20 @@ fn evaluate(
     (eval, groups)
 }
 
-/// The hospital's check of a secure sum's survivors: enough other hospitals, members only, and
-/// exact figures only into the one sum they went into before. With `record`, the first such
+/// The hospital's check of a secure sum's survivors: enough other hospitals (and enough of
+/// them that release no site figure, when the sum carries evaluation counts), members only,
+/// and exact figures only into the one sum they went into before. With `record`, the first such
 /// sum is recorded (before any share leaves).
 fn admit_sum(
     gate: &PolicyGate,
     exact_releases: &mut ReleaseRecord,
     me: &str,
     survivors: &[&str],
-    exact: Option<&ExactFigures>,
+    (exact, revealers): (Option<&ExactFigures>, &[String]),
     record: bool,
 ) -> Result<(), PolicyViolation> {
     gate.check_sum(survivors.iter().copied(), me)?;
+    gate.check_revealers(survivors.iter().copied(), me, revealers)?;
     let Some(exact) = exact else {
         return Ok(());
     };

@@ -32,6 +32,7 @@ pub mod policy;
 pub mod predict;
 pub mod progress;
 pub mod releases;
+pub mod site_figures;
 pub mod state_lock;
 pub mod status;
 pub mod trainer;
@@ -93,10 +94,13 @@ pub fn prepare_node(
     let (gate, exact_releases) = policy(config)?;
     let validation =
         validation::SiteValidation::open(&config.state_dir).map_err(PrepareError::Validation)?;
+    let site_figures = site_figures::SiteFigureStore::open(&config.state_dir)
+        .map_err(PrepareError::SiteFigures)?;
     let hospital = prepare(config, trainer)?
         .with_credentials(credentials(config)?)
         .with_policy(gate, exact_releases)
-        .with_validation(validation);
+        .with_validation(validation)
+        .with_site_figures(site_figures);
     Ok(match privacy(config)? {
         Some(privacy) => hospital.with_privacy(privacy),
         None => hospital,
@@ -206,4 +210,7 @@ pub enum PrepareError {
     /// The hospital's validation record cannot be read.
     #[error("the site's validation record: {0}")]
     Validation(#[source] journal::JournalError),
+    /// The journal of the site figure cannot be read.
+    #[error("the site-figure journal: {0}")]
+    SiteFigures(#[source] journal::JournalError),
 }

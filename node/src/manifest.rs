@@ -223,9 +223,11 @@ pub fn check_manifest(
         .map_err(|e: ModelError| ManifestRefusal::Model(e.to_string()))?;
     // The schedule, the histograms' bins and the decision threshold are the consortium's
     // choice (the schedule's cost is in the forecast; the bins were checked with the manifest;
-    // the threshold only moves counts between cells of the same confusion matrix); the figures
-    // follow from the schema, the model and the bins.
+    // the threshold only moves counts between cells of the same confusion matrix; the
+    // hospitals that reveal their site figure are counted out of every evaluation sum by the
+    // node's guard); the figures follow from the schema, the model and the bins.
     let mut expected = ReleasePlan {
+        site_figures: manifest.releases.site_figures.clone(),
         final_evaluation: manifest.releases.final_evaluation,
         evaluate_every: manifest.releases.evaluate_every,
         decision_threshold: manifest.releases.decision_threshold,
@@ -370,6 +372,21 @@ key_sha256 = "0000000000000000000000000000000000000000000000000000000000000004"
     #[test]
     fn the_default_plan_passes_the_default_policy() {
         assert_eq!(check(|_, _| {}), Ok(()));
+    }
+
+    #[test]
+    fn a_plan_naming_site_figure_hospitals_is_the_consortiums_choice() {
+        // Who reveals is approved with the manifest; the node's guard counts them out of each
+        // evaluation sum at request time, whatever its own policy.
+        assert_eq!(
+            check(|m, _| m.releases.site_figures = vec!["a".into(), "b".into()]),
+            Ok(())
+        );
+        // An unsorted list is not a valid manifest.
+        assert!(matches!(
+            check(|m, _| m.releases.site_figures = vec!["b".into(), "a".into()]),
+            Err(ManifestRefusal::Manifest(_))
+        ));
     }
 
     #[test]

@@ -12,7 +12,13 @@
 //! threshold_floor = "2/3"            # secure aggregation's threshold t must exceed 2/3 of holders
 //! max_attempts_per_round = 3         # releases per round (a restarted round is a new attempt)
 //! max_retries_per_task = 10          # releases beyond the first of each round, in all
+//! release_site_figures = "no"        # "noised" | "exact": this site's own final figure
 //! ```
+//!
+//! `release_site_figures` opts the hospital into external validation per site: after the final
+//! evaluation, and only when the signed task manifest also lists it, it releases the very
+//! evaluation vector it put into that evaluation's sum. `"noised"` needs the evaluation noise
+//! on (`[privacy.evaluation]`); `"exact"` is the explicit choice to release exact counts.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -39,6 +45,40 @@ pub struct NodePolicy {
     pub max_attempts_per_round: u32,
     /// The most releases beyond the first of each round, over the node's lifetime.
     pub max_retries_per_task: u32,
+    /// Whether the hospital releases its own site figure of the final evaluation.
+    pub release_site_figures: SiteFigures,
+}
+
+/// Whether, and how, a hospital releases its own site figure of the final evaluation
+/// (`[policy] release_site_figures`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteFigures {
+    /// Never (the default).
+    #[default]
+    No,
+    /// Only noised counts: the node's evaluation noise must be on. Releasing the noised vector
+    /// that already went into the sum is post-processing of that release and costs no ε.
+    Noised,
+    /// Exact counts too, when the evaluation noise is off: the hospital's explicit choice to
+    /// show its own held-out figures to the coordinator.
+    Exact,
+}
+
+impl SiteFigures {
+    /// Whether the hospital releases a site figure at all.
+    pub fn opted_in(self) -> bool {
+        self != Self::No
+    }
+
+    /// Whether a site figure of counts that are noised (`noised`) or exact may be released.
+    pub fn allows(self, noised: bool) -> bool {
+        match self {
+            Self::No => false,
+            Self::Noised => noised,
+            Self::Exact => true,
+        }
+    }
 }
 
 impl Default for NodePolicy {
@@ -50,6 +90,7 @@ impl Default for NodePolicy {
             threshold_floor: Fraction::TWO_THIRDS,
             max_attempts_per_round: 3,
             max_retries_per_task: 10,
+            release_site_figures: SiteFigures::No,
         }
     }
 }
@@ -110,6 +151,8 @@ pub(crate) struct RawPolicy {
     threshold_floor: Option<String>,
     max_attempts_per_round: Option<u32>,
     max_retries_per_task: Option<u32>,
+    #[serde(default)]
+    release_site_figures: SiteFigures,
 }
 
 impl RawPolicy {
@@ -157,6 +200,7 @@ impl RawPolicy {
             max_retries_per_task: self
                 .max_retries_per_task
                 .unwrap_or(defaults.max_retries_per_task),
+            release_site_figures: self.release_site_figures,
         })
     }
 }
@@ -246,6 +290,35 @@ impl PolicyGate {
         }
         if others < self.policy.min_other_hospitals {
             return Err(PolicyViolation::TooFewOtherHospitals {
+                others,
+                required: self.policy.min_other_hospitals,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks an evaluation sum against the manifest's site-figure hospitals (`revealers`):
+    /// once they release their own evaluation vectors, the coordinator can subtract them from
+    /// the sum, which then protects the others' counts only as a sum over the hospitals that
+    /// reveal nothing. Those, other than this node (`me`), must still number at least the
+    /// hospital's `min_other_hospitals`, the minimum it asks of every sum. Applied to every
+    /// evaluation, not only the final one: a hospital's per-group patient and outcome counts
+    /// are the same in every model's exact counts (see `releases.rs`).
+    pub fn check_revealers<'a>(
+        &self,
+        identities: impl IntoIterator<Item = &'a str>,
+        me: &str,
+        revealers: &[String],
+    ) -> Result<(), PolicyViolation> {
+        if revealers.is_empty() {
+            return Ok(());
+        }
+        let others = identities
+            .into_iter()
+            .filter(|identity| *identity != me && !revealers.iter().any(|r| r == identity))
+            .count();
+        if others < self.policy.min_other_hospitals {
+            return Err(PolicyViolation::RevealersLeaveTooFew {
                 others,
                 required: self.policy.min_other_hospitals,
             });
@@ -394,6 +467,64 @@ mod tests {
             gate.check_request(Some(&params(&["a", "b", "c"], 2)), "a")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn an_evaluation_sum_must_keep_enough_hospitals_once_the_revealers_are_subtracted() {
+        let gate = gate();
+        let sum = ["a", "b", "c", "d"];
+        // Nobody reveals: the plain rule (two others) is all that applies.
+        assert_eq!(gate.check_revealers(sum, "a", &[]), Ok(()));
+        // d reveals: {b, c} still hide a's counts.
+        assert_eq!(gate.check_revealers(sum, "a", &["d".into()]), Ok(()));
+        // c and d reveal: the coordinator would hold a + b, one other hospital.
+        assert_eq!(
+            gate.check_revealers(sum, "a", &["c".into(), "d".into()]),
+            Err(PolicyViolation::RevealersLeaveTooFew {
+                others: 1,
+                required: 2
+            })
+        );
+        // A revealer counts the others that stay hidden in the same way: it does not join a
+        // sum whose release would expose the rest.
+        assert_eq!(
+            gate.check_revealers(["a", "b", "c"], "a", &["a".into(), "c".into()]),
+            Err(PolicyViolation::RevealersLeaveTooFew {
+                others: 1,
+                required: 2
+            })
+        );
+        assert_eq!(
+            gate.check_revealers(sum, "a", &["a".into()]),
+            Ok(()),
+            "b, c and d stay hidden"
+        );
+    }
+
+    #[test]
+    fn site_figures_are_off_by_default_and_noised_only_allows_noised_counts() {
+        let resolve = |p: PathBuf| p;
+        let parse = |text: &str| {
+            let raw: RawPolicy = toml::from_str(text).unwrap();
+            raw.resolve(resolve).map(|p| p.release_site_figures)
+        };
+        let base = "trust_ca_for_membership = true\n";
+        assert_eq!(parse(base), Ok(SiteFigures::No));
+        assert_eq!(
+            parse(&format!("{base}release_site_figures = \"noised\"")),
+            Ok(SiteFigures::Noised)
+        );
+        assert_eq!(
+            parse(&format!("{base}release_site_figures = \"exact\"")),
+            Ok(SiteFigures::Exact)
+        );
+        assert!(
+            toml::from_str::<RawPolicy>(&format!("{base}release_site_figures = \"yes\"")).is_err()
+        );
+        assert!(!SiteFigures::No.allows(true));
+        assert!(SiteFigures::Noised.allows(true));
+        assert!(!SiteFigures::Noised.allows(false));
+        assert!(SiteFigures::Exact.allows(false));
     }
 
     #[test]

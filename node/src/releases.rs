@@ -38,6 +38,10 @@ pub enum ExactFigures {
     /// this: the held-out split went into a sum over those hospitals.)
     #[serde(alias = "evaluation")]
     HeldOut,
+    /// The hospital's own exact evaluation counts of the final evaluation, released alone as
+    /// its site figure (`crate::site_figures`): recorded with the hospital itself as the only
+    /// one in the "sum", the coordinator holding them alone.
+    SiteFigure,
 }
 
 /// One release: which figures went into a sum over which hospitals.

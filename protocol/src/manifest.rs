@@ -350,9 +350,31 @@ pub struct ReleasePlan {
     /// the released model's class).
     #[serde(default)]
     pub decision_threshold: DecisionThreshold,
+    /// The hospitals (certificate names, sorted, each once) that release their own site figure
+    /// of the final evaluation: after the evaluation-only round the coordinator asks each of
+    /// them for the very evaluation vector it put into that round's sum. Being in the signed
+    /// manifest, the list is approved by every hospital, which then counts a revealer out of
+    /// every evaluation sum it joins (see [`Self::unrevealed`]). Empty: no site figures.
+    #[serde(default)]
+    pub site_figures: Vec<String>,
 }
 
 impl ReleasePlan {
+    /// Whether `identity` releases its own site figure of the final evaluation.
+    pub fn reveals(&self, identity: &str) -> bool {
+        self.site_figures.iter().any(|h| h == identity)
+    }
+
+    /// How many of `sum` (the hospitals of an evaluation sum) release no site figure.
+    ///
+    /// The coordinator sees only sums; but a hospital that also releases its own evaluation
+    /// vector lets it subtract that vector from the sum, leaving the sum over the others. Under
+    /// the manifest's revealers, an evaluation sum over `S` protects its members' counts only as
+    /// a sum over `S` less the revealers, which is what this counts.
+    pub fn unrevealed<'a>(&self, sum: impl IntoIterator<Item = &'a str>) -> usize {
+        sum.into_iter().filter(|h| !self.reveals(h)).count()
+    }
+
     /// The same plan with distributed DP's update block: one word per parameter, no weight.
     pub fn distributed(mut self) -> Self {
         self.update_figures = self.update_figures.saturating_sub(1);
@@ -389,6 +411,7 @@ impl ReleasePlan {
             evaluate_every: 1,
             score_bins,
             decision_threshold: DecisionThreshold::DEFAULT,
+            site_figures: Vec::new(),
         }
     }
 
@@ -450,6 +473,13 @@ impl TaskManifest {
             || self.releases.audit_group_figures != bins.group_len() as u64
         {
             return invalid("the evaluation figures do not match the score bins");
+        }
+        let revealers = &self.releases.site_figures;
+        if revealers.iter().any(String::is_empty) || !revealers.is_sorted_by(|a, b| a < b) {
+            return invalid("the site-figure hospitals must be named, sorted and each once");
+        }
+        if !revealers.is_empty() && !self.releases.final_evaluation {
+            return invalid("site figures are of the final evaluation, which the task leaves out");
         }
         if self
             .strategy
@@ -975,6 +1005,10 @@ pub(crate) mod tests {
                 "final evaluation",
                 with(&|m| m.releases.final_evaluation = false),
             ),
+            (
+                "site figures",
+                with(&|m| m.releases.site_figures = vec!["hospital-a".into()]),
+            ),
             ("distributed DP", distributed_example()),
             ("distributed DP's noise", {
                 let mut m = distributed_example();
@@ -1186,6 +1220,45 @@ pub(crate) mod tests {
         );
         // The threshold is signed: another threshold is another manifest.
         assert_ne!(m.digest(), example().digest());
+    }
+
+    #[test]
+    fn site_figure_hospitals_are_signed_named_once_and_need_the_final_evaluation() {
+        let mut m = example();
+        m.releases.site_figures = vec!["hospital-a".into(), "hospital-c".into()];
+        m.validate().unwrap();
+        assert!(m.releases.reveals("hospital-a"));
+        assert!(!m.releases.reveals("hospital-b"));
+        // Of the sum {a, b, c}, only b's counts stay hidden once a and c reveal theirs.
+        assert_eq!(
+            m.releases
+                .unrevealed(["hospital-a", "hospital-b", "hospital-c"]),
+            1
+        );
+        // Who reveals is part of what every hospital approves.
+        assert_ne!(m.digest(), example().digest());
+        let refused = |change: &dyn Fn(&mut TaskManifest)| {
+            let mut bad = m.clone();
+            change(&mut bad);
+            assert!(
+                matches!(bad.validate(), Err(ManifestError::Invalid(_))),
+                "{:?}",
+                bad.releases.site_figures
+            );
+        };
+        refused(&|m| m.releases.site_figures.push("hospital-a".into()));
+        refused(&|m| m.releases.site_figures.reverse());
+        refused(&|m| m.releases.site_figures.push(String::new()));
+        refused(&|m| m.releases.final_evaluation = false);
+        // A manifest file written before the field existed reads as revealing nobody.
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&example().canonical_bytes()).unwrap();
+        json["releases"]
+            .as_object_mut()
+            .unwrap()
+            .remove("site_figures");
+        let read: TaskManifest = serde_json::from_value(json).unwrap();
+        assert!(read.releases.site_figures.is_empty());
     }
 
     #[test]

@@ -20,11 +20,11 @@ use crate::stats::Standardization;
 use crate::task::TrainingPlan;
 
 /// Version of the wire protocol; part of the ALPN string.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// ALPN identifier negotiated in the TLS handshake. A peer speaking another version fails the
 /// handshake with TLS's `no_application_protocol` alert.
-pub const ALPN: &[u8] = b"medfed/8";
+pub const ALPN: &[u8] = b"medfed/9";
 
 /// Size of one model chunk on the model stream.
 pub const MODEL_CHUNK_LEN: usize = 1 << 20;
@@ -74,6 +74,11 @@ pub enum Message {
     SecAggUnmask(UnmaskRequest),
     /// Node → coordinator: the shares that remove the masks.
     SecAggUnmaskShares(UnmaskResponse),
+    /// Coordinator → node: send the evaluation vector you put into the final evaluation's sum
+    /// (only to a hospital the manifest lists in [`crate::manifest::ReleasePlan::site_figures`]).
+    SiteFigureRequest(SiteFigureRequest),
+    /// Node → coordinator: its own evaluation vector of the final evaluation.
+    SiteFigure(SiteFigure),
 }
 
 impl Message {
@@ -99,6 +104,8 @@ impl Message {
             Self::SecAggSignature(m) => m.round,
             Self::SecAggUnmask(m) => m.round,
             Self::SecAggUnmaskShares(m) => m.round,
+            Self::SiteFigureRequest(m) => m.round,
+            Self::SiteFigure(m) => m.round,
         })
     }
 
@@ -125,6 +132,8 @@ impl Message {
             Self::SecAggSignature(_) => "secagg_signature",
             Self::SecAggUnmask(_) => "secagg_unmask",
             Self::SecAggUnmaskShares(_) => "secagg_unmask_shares",
+            Self::SiteFigureRequest(_) => "site_figure_request",
+            Self::SiteFigure(_) => "site_figure",
         }
     }
 }
@@ -335,6 +344,35 @@ pub struct RoundStart {
     pub standardization: Standardization,
     /// Secure aggregation of the round's figures; `None` only if the consortium turned it off.
     pub secure_aggregation: Option<SecAggSetup>,
+}
+
+/// Asks a hospital that opted in for its own site figure: the evaluation vector it put into the
+/// sum of one attempt at the final evaluation (the evaluation-only round).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiteFigureRequest {
+    /// Coordinator run.
+    pub session: u64,
+    /// The final evaluation's round.
+    pub round: u64,
+    /// The attempt whose sum the coordinator kept.
+    pub attempt: u32,
+}
+
+/// A hospital's own site figure: the evaluation block of its round vector (the evaluation
+/// counts, then each audit group's, as [`crate::contribution::RoundLayout`] lays them out with
+/// no update) exactly as it went into the final evaluation's sum.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiteFigure {
+    /// Coordinator run.
+    pub session: u64,
+    /// The final evaluation's round.
+    pub round: u64,
+    /// The attempt it went into.
+    pub attempt: u32,
+    /// Whether the counts carry the hospital's evaluation noise (`false`: exact counts).
+    pub noised: bool,
+    /// The evaluation block.
+    pub values: Vec<f64>,
 }
 
 /// What kind of vector a [`Contribution`] carries.
@@ -569,6 +607,28 @@ pub enum PolicyViolation {
     /// or secure-aggregation setup); what differs stays in the node's log.
     #[error("the request departs from the approved task manifest")]
     DepartsFromManifest,
+    /// An evaluation sum would hold too few hospitals that do not also release their own site
+    /// figure: subtracting the revealed figures from the sum would leave a sum over fewer
+    /// other hospitals than the hospital requires.
+    #[error(
+        "the evaluation sum would hold {others} other hospitals that keep their figures to \
+         themselves (the manifest's site-figure hospitals subtracted); the hospital requires \
+         at least {required}"
+    )]
+    RevealersLeaveTooFew {
+        /// Other hospitals in the sum that release no site figure.
+        others: usize,
+        /// The hospital's minimum.
+        required: usize,
+    },
+    /// A site figure was asked of a hospital whose policy, or whose approved manifest, does
+    /// not release one.
+    #[error("this hospital does not release its site figure")]
+    SiteFigureNotOptedIn,
+    /// A site figure was asked for an evaluation this hospital put no figures into, or for
+    /// another one than the one it already released.
+    #[error("no site figure of that evaluation can be released")]
+    SiteFigureUnavailable,
 }
 
 /// Training is over; the node may disconnect.
@@ -694,6 +754,18 @@ mod tests {
                 session: 7,
                 round: 2,
                 model_hash: model.hash(),
+            }),
+            Message::SiteFigureRequest(SiteFigureRequest {
+                session: 7,
+                round: 4,
+                attempt: 2,
+            }),
+            Message::SiteFigure(SiteFigure {
+                session: 7,
+                round: 4,
+                attempt: 2,
+                noised: true,
+                values: vec![12.0, -1.0, 0.25],
             }),
             Message::SecAggConsistency(ConsistencyRequest {
                 session: 7,

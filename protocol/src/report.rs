@@ -26,6 +26,8 @@
 //!     "evaluation": EvalMetrics | null,
 //!     "not_evaluated": "no_evaluation_data", why nothing could be measured; omitted if measured
 //!     "fairness": [{"attribute": …, "report": FairnessReport, "policy": PolicyOutcome}, …],
+//!     "site_evaluations": [{"node": …, "noised": …, "metrics": EvalMetrics|null}, …],
+//!                                            own figures of hospitals that opted in; omitted if none
 //!     "approved": true,                      every attribute's policy approved (false when
 //!                                            not_evaluated: nothing was checked)
 //!     "previous_report_sha256": "<64 hex>"|null   SHA-256 of the previous report FILE; null first
@@ -44,7 +46,8 @@
 //! no evaluation, no fairness audit and `approved: false` — it does not claim an approval that
 //! nothing checked, and it is not a rejection by the policy either.
 //!
-//! Fields added after the format was first written (`absent_members`, `not_evaluated`, and in
+//! Fields added after the format was first written (`absent_members`, `not_evaluated`,
+//! `site_evaluations`, and in
 //! the fairness audit a group's suppression reason, a check's undefined reason and a decision
 //! threshold other than 0.5) are left out of the JSON when they hold what older reports imply,
 //! so reports written before them keep their bytes, their signatures and their links.
@@ -119,12 +122,32 @@ pub struct AuditReport {
     pub not_evaluated: Option<NotEvaluated>,
     /// The fairness audit of each sensitive attribute.
     pub fairness: Vec<AttributeFairness>,
+    /// The model on each opted-in hospital's own held-out patients (external validation per
+    /// site), from the evaluation vector that hospital put into this report's sum and then
+    /// released alone; sorted by node. Only hospitals that the signed task manifest lists and
+    /// whose own policy releases a site figure appear. Empty, and then left out of the JSON
+    /// (older reports read as empty), when none did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub site_evaluations: Vec<SiteEvaluation>,
     /// Whether every attribute's policy approved; must equal that conjunction (true when no
     /// attribute was audited), except in a report that is [`Self::not_evaluated`], where it is
     /// false.
     pub approved: bool,
     /// Lower-case hex SHA-256 of the previous report's file bytes; `None` for the first report.
     pub previous_report_sha256: Option<String>,
+}
+
+/// One hospital's own figure in a report: the model on that site's held-out patients alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteEvaluation {
+    /// The hospital (its certificate name).
+    pub node: String,
+    /// Whether the figure comes from the hospital's noised counts (its evaluation noise, read
+    /// as the pooled counts are: negative counts as 0); `false`: its exact counts.
+    pub noised: bool,
+    /// The metrics of its counts; `None` when they hold no example.
+    pub metrics: Option<EvalMetrics>,
 }
 
 /// Why an audited round has no figures.
@@ -720,6 +743,7 @@ mod tests {
                     approved,
                 },
             }],
+            site_evaluations: Vec::new(),
             approved,
             previous_report_sha256: previous,
         }
@@ -787,6 +811,46 @@ mod tests {
             .replace("\"hospital-c\"", "\"hospital-a\"")
             .into_bytes();
         assert!(verify_chain(&[files[0].clone(), edited], &public_key(&key)).is_err());
+    }
+
+    #[test]
+    fn site_evaluations_are_signed_and_left_out_when_nobody_opted_in() {
+        let key = key();
+        // Without site figures the field is not written: older reports keep their bytes.
+        let plain = SignedReport::sign(content(1, None), &key)
+            .unwrap()
+            .to_json_pretty()
+            .unwrap();
+        assert!(
+            !String::from_utf8(plain.clone())
+                .unwrap()
+                .contains("site_evaluations")
+        );
+        let mut report = content(2, Some(file_sha256(&plain)));
+        report.site_evaluations = vec![SiteEvaluation {
+            node: "hospital-a".into(),
+            noised: false,
+            metrics: Some(EvalMetrics {
+                examples: 40,
+                loss: 0.5,
+                accuracy: 0.75,
+                auc: Some(0.8125),
+                prevalence: 0.25,
+            }),
+        }];
+        let with_site = SignedReport::sign(report, &key)
+            .unwrap()
+            .to_json_pretty()
+            .unwrap();
+        verify_chain(&[plain.clone(), with_site.clone()], &public_key(&key)).unwrap();
+        let read = SignedReport::from_json(&with_site).unwrap().report;
+        assert_eq!(read.site_evaluations[0].node, "hospital-a");
+        // The site figure is signed: changing it breaks the signature.
+        let edited = String::from_utf8(with_site)
+            .unwrap()
+            .replace("0.8125", "0.9125")
+            .into_bytes();
+        assert!(verify_chain(&[plain, edited], &public_key(&key)).is_err());
     }
 
     /// A report of a round without evaluation data, as the coordinator writes it.

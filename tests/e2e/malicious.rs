@@ -4,15 +4,17 @@
 //! nodes' egress logs and privacy ledgers what left them and what did not.
 
 use medfed_e2e::attacker::{ExchangeFailure, HandCoordinator, Puppet, SecureExchange, Step};
-use medfed_e2e::{Consortium, subscribe};
+use medfed_e2e::{Consortium, subscribe, tolerate_dropouts};
 use medfed_node::NodeConfig;
 use medfed_node::config::{EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode};
 use medfed_node::egress::EgressEntry;
 use medfed_node::ledger::Release;
-use medfed_node::policy::{Fraction, NodePolicy};
+use medfed_node::policy::{Fraction, NodePolicy, SiteFigures};
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_protocol::accounting::Accountant;
-use medfed_protocol::messages::{DeclineReason, Declined, Message, PolicyViolation, RoundStart};
+use medfed_protocol::messages::{
+    DeclineReason, Declined, Message, PolicyViolation, RoundStart, SiteFigureRequest,
+};
 use medfed_protocol::model::{Model, ModelKind};
 use medfed_protocol::secagg::{SecAggError, SecretKind};
 use medfed_protocol::task::TrainingPlan;
@@ -841,6 +843,136 @@ async fn restarting_a_round_again_and_again_stops_at_the_attempt_cap() {
         );
     }
     assert_every_release_is_charged(&coordinator, A, "after the restarts");
+    coordinator.finish(&model).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Site figures (issue 14): asked of a hospital that did not opt in, and revealers that would
+// shrink an evaluation sum.
+// ---------------------------------------------------------------------------------------------
+
+/// The request for `node`'s site figure of attempt 1 at the final evaluation (round 2).
+fn site_figure_request(coordinator: &HandCoordinator<'_>) -> Message {
+    Message::SiteFigureRequest(SiteFigureRequest {
+        session: coordinator.session(),
+        round: 2,
+        attempt: 1,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hospital_that_did_not_opt_in_gives_no_site_figure_even_when_the_manifest_lists_it() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    // The signed manifest says hospital-a reveals its site figure; hospital-a's policy does
+    // not. Sums over two hospitals are accepted, so the evaluation itself goes through.
+    coordinator.plan_mut().task.site_figures = vec![A.into()];
+    for name in [A, B, C] {
+        let mut config = coordinator.node_config(name);
+        tolerate_dropouts(&mut config);
+        config.privacy = Some(PrivacyConfig {
+            evaluation: Default::default(),
+            ..private_training()
+        });
+        coordinator.admit(config).await;
+    }
+    let model = coordinator.model(2);
+    coordinator.push_all(&model, 2).await;
+    let start = coordinator.round_start(&model, 2, 1, false, None);
+    assert!(start.evaluate, "the final evaluation");
+    let mut exchange = SecureExchange::round(&coordinator, &model, start, &[A, B, C]);
+    exchange
+        .run(&coordinator)
+        .await
+        .expect("the final evaluation is summed");
+    let charged_before = coordinator.ledger(A).len();
+
+    // Asked for the vector it just put into the sum: hospital-a declines, and so does
+    // hospital-b, which neither opted in nor is listed.
+    for node in [A, B] {
+        let answer = coordinator
+            .ask(node, &site_figure_request(&coordinator))
+            .await;
+        assert_eq!(
+            decline_reason(&answer),
+            Some(&DeclineReason::Policy(
+                PolicyViolation::SiteFigureNotOptedIn
+            )),
+            "{node} answered {answer:?}"
+        );
+        let egress = coordinator.egress(node);
+        assert!(
+            egress.iter().all(|e| e.kind != "site_figure"),
+            "{node} sent a site figure"
+        );
+        assert_eq!(
+            egress.last().map(|e| e.kind.as_str()),
+            Some("declined"),
+            "the refusal is the last thing that left {node}"
+        );
+    }
+    assert_eq!(
+        coordinator.ledger(A).len(),
+        charged_before,
+        "nothing more was released"
+    );
+    coordinator.finish(&model).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_evaluation_sum_the_revealers_would_shrink_below_the_minimum_gets_no_counts() {
+    subscribe();
+    let consortium = Consortium::new(&[A, B, C], ROWS);
+    let mut coordinator = HandCoordinator::bind(&consortium);
+    // hospital-b and hospital-c would reveal their own figures: subtracted from a sum over
+    // {a, b, c}, they would leave hospital-a's counts alone.
+    coordinator.plan_mut().task.site_figures = vec![B.into(), C.into()];
+    for name in [A, B, C] {
+        let mut config = coordinator.node_config(name);
+        if name == A {
+            config.privacy = Some(PrivacyConfig {
+                evaluation: Default::default(),
+                ..private_training()
+            });
+        } else {
+            config.policy.release_site_figures = SiteFigures::Exact;
+        }
+        coordinator.admit(config).await;
+    }
+    let model = coordinator.model(2);
+    coordinator.push_all(&model, 2).await;
+    let start = coordinator.round_start(&model, 2, 1, false, None);
+    let mut exchange = SecureExchange::round(&coordinator, &model, start, &[A, B, C]);
+    assert!(
+        exchange.run(&coordinator).await.is_err(),
+        "nothing is summed"
+    );
+    let required = NodePolicy::default().min_other_hospitals;
+    for (node, others) in [(A, 0), (B, 1), (C, 1)] {
+        assert_eq!(
+            decline_reason(first_answer(&exchange, node, Step::Request)),
+            Some(&DeclineReason::Policy(
+                PolicyViolation::RevealersLeaveTooFew { others, required }
+            )),
+            "{node}"
+        );
+        assert_only_refusals(&coordinator.egress(node), 2, node);
+    }
+    assert!(
+        coordinator.ledger(A).iter().all(|e| e.round != 2),
+        "no evaluation counts were charged, none left"
+    );
+    // A revealer asked for the site figure of an evaluation it put nothing into declines.
+    let answer = coordinator.ask(B, &site_figure_request(&coordinator)).await;
+    assert_eq!(
+        decline_reason(&answer),
+        Some(&DeclineReason::Policy(
+            PolicyViolation::SiteFigureUnavailable
+        )),
+        "{answer:?}"
+    );
+    assert_only_refusals(&coordinator.egress(B), 2, B);
     coordinator.finish(&model).await;
 }
 

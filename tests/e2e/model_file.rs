@@ -545,3 +545,198 @@ async fn predict_on_named_cohorts_and_a_held_out_file_reproduces_the_pooled_fina
     }
     assert_reproduces(&pooled, &final_evaluation);
 }
+
+/// The site-figure tests' consortium: three hospitals that accept sums over two (so that one
+/// revealer leaves each of the others one hospital to hide among), `hospital-a` listed in the
+/// manifest as releasing its site figure, one training round and the final evaluation.
+fn site_figure_task(consortium: &Consortium) -> medfed_coordinator::config::CoordinatorConfig {
+    let mut config = consortium.coordinator_config(1, 3);
+    config.task.release = ReleaseRule::Last;
+    config.task.site_figures = vec!["hospital-a".into()];
+    config
+}
+
+/// The final evaluation's signed report (the final model is round 1's).
+fn final_report(data_dir: &Path) -> medfed_protocol::report::AuditReport {
+    let bytes = std::fs::read(data_dir.join("reports").join("round-00001.json")).unwrap();
+    SignedReport::from_json(&bytes).unwrap().report
+}
+
+/// How many messages of `kind` left the node whose state folder is `state_dir`.
+fn sent(state_dir: &Path, kind: &str) -> usize {
+    medfed_node::egress::EgressLog::read(state_dir)
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == kind)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_opted_in_hospitals_exact_site_figure_is_in_the_report_and_equals_predict_on_its_rows() {
+    use medfed_node::policy::SiteFigures;
+
+    subscribe();
+    let consortium = Consortium::new(&NODES, 200);
+    let config = site_figure_task(&consortium);
+    let data_dir = config.data_dir.clone();
+    let (report, nodes) = consortium
+        .train_with(config, &NODES, |node| {
+            node.policy.min_other_hospitals = 1;
+            if node.state_dir.ends_with("hospital-a") {
+                node.policy.release_site_figures = SiteFigures::Exact;
+            }
+        })
+        .await;
+    let audit = final_report(&data_dir);
+    assert_eq!(audit.participants, NODES);
+    assert_eq!(
+        audit.evaluation.as_ref(),
+        report.final_evaluation.as_ref(),
+        "the pooled figure is reported as before"
+    );
+    // Only the hospital that opted in, and that the manifest lists, has a site figure.
+    let [site] = audit.site_evaluations.as_slice() else {
+        panic!("one site figure expected: {:?}", audit.site_evaluations);
+    };
+    assert_eq!((site.node.as_str(), site.noised), ("hospital-a", false));
+    let site_metrics = site
+        .metrics
+        .as_ref()
+        .expect("hospital-a holds out patients");
+    // The earlier round's report has none: site figures are of the final evaluation.
+    let first = std::fs::read(data_dir.join("reports").join("round-00000.json")).unwrap();
+    assert!(
+        SignedReport::from_json(&first)
+            .unwrap()
+            .report
+            .site_evaluations
+            .is_empty()
+    );
+
+    // It is the model on hospital-a's own held-out rows, as predict scores them there.
+    let released = data_dir.join(RELEASED_MODEL_FILE);
+    let toml = consortium.dir.path().join("hospital-a.toml");
+    let mut node = nodes[0].clone();
+    node.policy.release_site_figures = SiteFigures::No;
+    std::fs::write(&toml, node_toml(&node)).unwrap();
+    let scores = consortium.dir.path().join("hospital-a-scores.csv");
+    predict_held_out(&released, &toml, &scores).await;
+    let (scores, labels) = scores_and_labels(&scores);
+    let mut own = Vec::new();
+    pool(&mut own, &scores, &labels, DecisionThreshold::DEFAULT);
+    assert_reproduces(&own, site_metrics);
+    // And not the pooled figure: the other hospitals' patients are not in it.
+    assert_ne!(Some(site_metrics), audit.evaluation.as_ref());
+
+    // Exactly one site figure left hospital-a; none left the others, and none was asked of
+    // them.
+    assert_eq!(sent(&nodes[0].state_dir, "site_figure"), 1);
+    for other in &nodes[1..] {
+        assert_eq!(sent(&other.state_dir, "site_figure"), 0);
+        assert_eq!(sent(&other.state_dir, "declined"), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_noised_site_figure_is_the_very_vector_in_the_sum_and_costs_no_epsilon() {
+    use medfed_node::config::{
+        EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode, StatisticsNoiseConfig,
+    };
+    use medfed_node::ledger::{PrivacyLedger, Release};
+    use medfed_node::policy::SiteFigures;
+    use medfed_node::site_figures::{SiteFigureStore, SiteRecord};
+    use medfed_protocol::accounting::Accountant;
+    use medfed_protocol::contribution::RoundLayout;
+    use medfed_protocol::evaluation::ScoreBins;
+
+    subscribe();
+    let consortium = Consortium::new(&NODES, 200);
+    let config = site_figure_task(&consortium);
+    let data_dir = config.data_dir.clone();
+    const SIGMA: f64 = 2.0;
+    let (_, nodes) = consortium
+        .train_with(config, &NODES, |node| {
+            node.policy.min_other_hospitals = 1;
+            if node.state_dir.ends_with("hospital-a") {
+                node.policy.release_site_figures = SiteFigures::Noised;
+                node.privacy = Some(PrivacyConfig {
+                    target_epsilon: 50.0,
+                    delta: 1e-5,
+                    noise_multiplier: NoiseMultiplier::Fixed(1.0),
+                    max_grad_norm: 1.0,
+                    accountant: Accountant::Rdp,
+                    evaluation: EvaluationNoiseConfig {
+                        noise: SIGMA,
+                        ..EvaluationNoiseConfig::default()
+                    },
+                    statistics: StatisticsNoiseConfig::exact(),
+                    mode: PrivacyMode::Local,
+                    max_local_epsilon: None,
+                });
+            }
+        })
+        .await;
+    let audit = final_report(&data_dir);
+    let [site] = audit.site_evaluations.as_slice() else {
+        panic!("one site figure expected: {:?}", audit.site_evaluations);
+    };
+    assert_eq!((site.node.as_str(), site.noised), ("hospital-a", true));
+    let metrics = site.metrics.as_ref().expect("50 held-out patients, noised");
+    // 50 held-out patients; the confusion matrix's total carries four cells' noise.
+    assert!(
+        (metrics.examples as f64 - 50.0).abs() <= 6.0 * 2.0 * SIGMA,
+        "{metrics:?}"
+    );
+
+    // The figure is the vector hospital-a journaled when it sent its masked final-evaluation
+    // input: the last `sent` line, the one released.
+    let state = &nodes[0].state_dir;
+    let lines = SiteFigureStore::read(state).unwrap();
+    let Some(SiteRecord::Released { round, attempt, .. }) = lines.last() else {
+        panic!("the release is journaled last: {lines:?}");
+    };
+    let journaled = lines
+        .iter()
+        .find_map(|l| match l {
+            SiteRecord::Sent {
+                round: r,
+                attempt: a,
+                values,
+                noised: true,
+                ..
+            } if (r, a) == (round, attempt) => Some(values.clone()),
+            _ => None,
+        })
+        .expect("the released attempt's vector");
+    let layout = RoundLayout {
+        params: 0,
+        train: false,
+        evaluate: true,
+        groups: medfed_protocol::schema::Schema::parse(medfed_e2e::SCHEMA)
+            .unwrap()
+            .audit_groups()
+            .len(),
+        bins: ScoreBins::FINE,
+        distributed: false,
+    };
+    let from_journal = layout
+        .decode(&journaled)
+        .and_then(|t| t.eval)
+        .and_then(|e| e.metrics());
+    assert_eq!(from_journal.as_ref(), Some(metrics));
+
+    // No ε for the site figure: the ledger holds one evaluation entry per evaluation (round
+    // 1's and the final one), and nothing after the final evaluation's.
+    let ledger = PrivacyLedger::read(state).unwrap();
+    let evaluations: Vec<u64> = ledger
+        .iter()
+        .filter(|e| e.release == Release::EvaluationCounts)
+        .map(|e| e.round)
+        .collect();
+    assert_eq!(evaluations, [1, 2], "{ledger:?}");
+    assert_eq!(
+        ledger.last().map(|e| e.release),
+        Some(Release::EvaluationCounts)
+    );
+    assert_eq!(sent(state, "site_figure"), 1);
+}

@@ -165,6 +165,7 @@ impl Consortium {
                 score_bins: Default::default(),
                 decision_threshold: Default::default(),
                 release: Default::default(),
+                site_figures: Vec::new(),
                 distributed_dp: None,
             },
             strategy: StrategyConfig::default(),

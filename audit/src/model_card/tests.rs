@@ -99,6 +99,7 @@ fn report(round: u64, privacy: f64) -> AuditReport {
         not_evaluated: None,
         fairness: Vec::new(),
         approved: true,
+        site_evaluations: Vec::new(),
         previous_report_sha256: None,
     }
 }

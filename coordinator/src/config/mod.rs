@@ -189,6 +189,13 @@ pub struct TaskConfig {
     /// held-out loss over every audited round.
     #[serde(default)]
     pub release: ReleaseRule,
+    /// The hospitals (certificate names) that release their own site figure of the final
+    /// evaluation (`site_figures`, default none): external validation per site. The list goes
+    /// into the signed manifest, so every hospital approves who reveals and counts them out of
+    /// every evaluation sum it joins; a listed hospital releases only if its own policy
+    /// (`release_site_figures`) also says so.
+    #[serde(default)]
+    pub site_figures: Vec<String>,
     /// Distributed differential privacy of the training rounds (`[task.distributed_dp]`):
     /// each round is one DP-FedSGD step, the hospitals add their shares of the noise before
     /// masking, and the coordinator divides the decoded sum by `sample_rate` times the pooled

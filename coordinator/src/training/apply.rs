@@ -11,7 +11,9 @@ use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::messages::{Finished, Message};
 use medfed_protocol::model::Model;
-use medfed_protocol::report::{AuditReport, NodePrivacy, NotEvaluated, REPORT_FORMAT, file_sha256};
+use medfed_protocol::report::{
+    AuditReport, NodePrivacy, NotEvaluated, REPORT_FORMAT, SiteEvaluation, file_sha256,
+};
 use medfed_protocol::round::Gathered;
 use medfed_protocol::stats::FederatedSummary;
 use tokio::task::JoinSet;
@@ -25,6 +27,17 @@ use crate::exchange;
 use crate::faults;
 use crate::store::CompletedRound;
 use crate::strategy::{distributed_delta, mean_delta};
+
+/// What an audit report says of its model: the pooled evaluation, the fairness audit, and
+/// the opted-in hospitals' own site figures.
+pub(super) struct Assessment {
+    /// The pooled held-out evaluation, if there was one.
+    pub evaluation: Option<EvalMetrics>,
+    /// The fairness audit of each attribute.
+    pub fairness: Vec<AttributeAudit>,
+    /// The site figures (final evaluation only).
+    pub sites: Vec<SiteEvaluation>,
+}
 
 impl Trainer {
     /// Applies a round's summed update, checkpoints the model and records the round.
@@ -99,8 +112,11 @@ impl Trainer {
                 &start_model,
                 &report.participants,
                 &gathered.privacy,
-                report.start_model_evaluation.clone(),
-                report.fairness.clone(),
+                Assessment {
+                    evaluation: report.start_model_evaluation.clone(),
+                    fairness: report.fairness.clone(),
+                    sites: Vec::new(),
+                },
             )?;
         }
         faults::pause(pause, round, PausePhase::ReportWritten).await;
@@ -209,9 +225,13 @@ impl Trainer {
         model: &Model,
         participants: &[String],
         privacy: &[NodePrivacy],
-        evaluation: Option<EvalMetrics>,
-        fairness: Vec<AttributeAudit>,
+        assessment: Assessment,
     ) -> Result<Option<PathBuf>, CoordinatorError> {
+        let Assessment {
+            evaluation,
+            fairness,
+            sites: site_evaluations,
+        } = assessment;
         let checkpoint = self
             .config
             .data_dir
@@ -244,6 +264,7 @@ impl Trainer {
             approved: not_evaluated.is_none() && fairness.iter().all(|a| a.policy.approved),
             not_evaluated,
             fairness,
+            site_evaluations,
             previous_report_sha256: None,
         };
         Ok(self.reports.append(report)?)

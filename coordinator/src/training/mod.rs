@@ -11,6 +11,7 @@ mod error;
 mod model_card;
 mod release;
 mod rounds;
+mod site;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -174,6 +174,7 @@ mod tests {
             fairness: Vec::new(),
             approved,
             not_evaluated: None,
+            site_evaluations: Vec::new(),
             previous_report_sha256: None,
         }
     }

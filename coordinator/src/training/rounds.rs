@@ -18,6 +18,7 @@ use medfed_protocol::round::{
 use medfed_protocol::stats::{FederatedSummary, Standardization};
 use tracing::{Instrument, info, info_span, warn};
 
+use super::apply::Assessment;
 use super::driver::Driver;
 use super::error::{CoordinatorError, RoundFailure};
 use super::{
@@ -414,14 +415,24 @@ impl Trainer {
                         self.store
                             .put_json(FINAL_EVALUATION_KEY, &(self.round, &metrics, &fairness))?;
                         self.keep_evaluation_counts(self.round, counts.as_ref())?;
+                        // The opted-in hospitals' own figures of this very sum.
+                        let sites = if metrics.is_some() {
+                            self.site_evaluations(round, attempt, &gathered.participants, layout)
+                                .await
+                        } else {
+                            Vec::new()
+                        };
                         let model = self.model.clone();
                         let path = self.write_report(
                             self.round,
                             &model,
                             &gathered.participants,
                             &gathered.privacy,
-                            metrics.clone(),
-                            fairness.clone(),
+                            Assessment {
+                                evaluation: metrics.clone(),
+                                fairness: fairness.clone(),
+                                sites,
+                            },
                         )?;
                         faults::pause(self.config.danger_pause_at, round, PausePhase::ReportWritten)
                             .await;
