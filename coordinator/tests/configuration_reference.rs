@@ -1,0 +1,122 @@
+//! The configuration reference (`docs/CONFIGURATION.md`) and the example file
+//! (`config/examples/coordinator.toml`) against the coordinator's real loader.
+
+#[path = "support/config_reference.rs"]
+mod config_reference;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use config_reference::{documented_keys, expected_fields, mismatches, tables_of, with_probe};
+use medfed_coordinator::config::CoordinatorConfig;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the crate sits in the workspace")
+        .to_owned()
+}
+
+fn example() -> (String, PathBuf) {
+    let path = repo().join("config/examples/coordinator.toml");
+    let text = std::fs::read_to_string(&path).expect("config/examples/coordinator.toml exists");
+    (text, path.parent().unwrap().to_owned())
+}
+
+/// The keys of the table at `path`, read from the loader's refusal of an unknown key there.
+fn accepted_keys(example: &toml::Table, base: &Path, path: &str, seed: &[(&str, &str)]) -> BTreeSet<String> {
+    let segments: Vec<&str> = if path.is_empty() {
+        Vec::new()
+    } else {
+        path.split('.').collect()
+    };
+    let text = with_probe(example, &segments, seed);
+    let error = match CoordinatorConfig::parse(&text, base) {
+        Ok(_) => panic!("[{path}] accepted an unknown key: it lacks #[serde(deny_unknown_fields)]"),
+        Err(e) => e.to_string(),
+    };
+    expected_fields(&error)
+        .unwrap_or_else(|| panic!("[{path}]: not an unknown-field error: {error}"))
+}
+
+#[test]
+fn the_example_coordinator_toml_parses_and_resolves_paths_against_its_folder() {
+    let (text, base) = example();
+    let config = CoordinatorConfig::parse(&text, &base).expect("the example parses");
+    assert_eq!(config.schema, base.join("../heart/schema.toml"));
+    assert!(
+        config.schema.exists(),
+        "the example's schema {} exists",
+        config.schema.display()
+    );
+    assert_eq!(config.tls.cert, base.join("certs/coordinator.pem"));
+    assert!(config.secure_aggregation.enabled);
+    assert!(config.task.min_nodes >= 2);
+    assert!(
+        config.danger_pause_at.is_none(),
+        "the example never sets a test-only key"
+    );
+    // The same file through `load`, as `medfed-coordinator run --config` reads it.
+    CoordinatorConfig::load(&base.join("coordinator.toml")).expect("load reads the example");
+}
+
+#[test]
+fn configuration_md_documents_exactly_the_keys_coordinator_toml_accepts() {
+    let (text, base) = example();
+    let example: toml::Table = toml::from_str(&text).expect("the example is TOML");
+    let mut accepted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for table in tables_of(&example) {
+        let keys = accepted_keys(&example, &base, &table, &[]);
+        accepted.entry(table).or_default().extend(keys);
+    }
+    // Tables the example leaves out or shows one variant of.
+    for (table, seed) in [
+        ("danger_pause_at", &[][..]),
+        ("strategy", &[("name", "fed_avg")][..]),
+        ("strategy", &[("name", "fed_adam")][..]),
+        ("strategy", &[("name", "fed_yogi")][..]),
+        ("task.distributed_dp", &[][..]),
+    ] {
+        let keys = accepted_keys(&example, &base, table, seed);
+        accepted.entry(table.to_owned()).or_default().extend(keys);
+    }
+    // Tags of internally tagged tables: the variant's error lists its fields, not the tag.
+    accepted.entry("strategy".into()).or_default().insert("name".into());
+    accepted.entry("task.model".into()).or_default().insert("kind".into());
+
+    let reference = std::fs::read_to_string(repo().join("docs/CONFIGURATION.md"))
+        .expect("docs/CONFIGURATION.md exists");
+    let documented = documented_keys(&reference, "coordinator.toml");
+    assert!(
+        documented.get("task").is_some_and(|keys| keys.contains("decision_threshold")),
+        "the reference's coordinator section is found: {documented:?}"
+    );
+    let problems = mismatches(&documented, &accepted);
+    assert!(
+        problems.is_empty(),
+        "docs/CONFIGURATION.md and coordinator.toml disagree:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn the_key_comparison_notices_a_key_missing_from_either_side() {
+    let (text, base) = example();
+    let example: toml::Table = toml::from_str(&text).unwrap();
+    let accepted = BTreeMap::from([(
+        "tls".to_owned(),
+        accepted_keys(&example, &base, "tls", &[]),
+    )]);
+    let reference = "## coordinator.toml\n| key | type |\n|---|---|\n\
+                     | `tls.ca_cert` | path |\n| `tls.cert` | path |\n| `tls.key` | path |\n\
+                     | `tls.crl` | path |\n| `tls.colour` | string |\n";
+    let problems = mismatches(&documented_keys(reference, "coordinator.toml"), &accepted);
+    assert!(
+        problems.iter().any(|p| p.contains("`allow_expired_crl` is accepted but not documented")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("`colour` is documented but not accepted")),
+        "{problems:?}"
+    );
+}
