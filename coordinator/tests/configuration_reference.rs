@@ -24,7 +24,12 @@ fn example() -> (String, PathBuf) {
 }
 
 /// The keys of the table at `path`, read from the loader's refusal of an unknown key there.
-fn accepted_keys(example: &toml::Table, base: &Path, path: &str, seed: &[(&str, &str)]) -> BTreeSet<String> {
+fn accepted_keys(
+    example: &toml::Table,
+    base: &Path,
+    path: &str,
+    seed: &[(&str, &str)],
+) -> BTreeSet<String> {
     let segments: Vec<&str> = if path.is_empty() {
         Vec::new()
     } else {
@@ -81,15 +86,21 @@ fn configuration_md_documents_exactly_the_keys_coordinator_toml_accepts() {
         accepted.entry(table.to_owned()).or_default().extend(keys);
     }
     // Tags of internally tagged tables: the variant's error lists its fields, not the tag.
-    accepted.entry("strategy".into()).or_default().insert("name".into());
-    accepted.entry("task.model".into()).or_default().insert("kind".into());
+    accepted
+        .entry("strategy".into())
+        .or_default()
+        .insert("name".into());
+    accepted
+        .entry("task.model".into())
+        .or_default()
+        .insert("kind".into());
 
     let reference = std::fs::read_to_string(repo().join("docs/CONFIGURATION.md"))
         .expect("docs/CONFIGURATION.md exists");
     let documented = documented_keys(&reference, "coordinator.toml");
     assert!(
-        documented.get("task").is_some_and(|keys| keys.contains("decision_threshold")),
-        "the reference's coordinator section is found: {documented:?}"
+        !documented.is_empty(),
+        "docs/CONFIGURATION.md has no `## coordinator.toml` section with key rows"
     );
     let problems = mismatches(&documented, &accepted);
     assert!(
@@ -103,20 +114,21 @@ fn configuration_md_documents_exactly_the_keys_coordinator_toml_accepts() {
 fn the_key_comparison_notices_a_key_missing_from_either_side() {
     let (text, base) = example();
     let example: toml::Table = toml::from_str(&text).unwrap();
-    let accepted = BTreeMap::from([(
-        "tls".to_owned(),
-        accepted_keys(&example, &base, "tls", &[]),
-    )]);
+    let accepted = BTreeMap::from([("tls".to_owned(), accepted_keys(&example, &base, "tls", &[]))]);
     let reference = "## coordinator.toml\n| key | type |\n|---|---|\n\
                      | `tls.ca_cert` | path |\n| `tls.cert` | path |\n| `tls.key` | path |\n\
                      | `tls.crl` | path |\n| `tls.colour` | string |\n";
     let problems = mismatches(&documented_keys(reference, "coordinator.toml"), &accepted);
     assert!(
-        problems.iter().any(|p| p.contains("`allow_expired_crl` is accepted but not documented")),
+        problems
+            .iter()
+            .any(|p| p.contains("`allow_expired_crl` is accepted but not documented")),
         "{problems:?}"
     );
     assert!(
-        problems.iter().any(|p| p.contains("`colour` is documented but not accepted")),
+        problems
+            .iter()
+            .any(|p| p.contains("`colour` is documented but not accepted")),
         "{problems:?}"
     );
 }

@@ -93,10 +93,8 @@ fn configuration_md_documents_exactly_the_keys_node_toml_accepts() {
         .expect("docs/CONFIGURATION.md exists");
     let documented = documented_keys(&reference, "node.toml");
     assert!(
-        documented
-            .get("policy")
-            .is_some_and(|keys| keys.contains("release_site_figures")),
-        "the reference's node section is found: {documented:?}"
+        !documented.is_empty(),
+        "docs/CONFIGURATION.md has no `## node.toml` section with key rows"
     );
     let problems = mismatches(&documented, &accepted);
     assert!(

@@ -16,11 +16,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The key the probes insert; no configuration has it.
-pub const PROBE_KEY: &str = "not_a_configuration_key";
+pub(crate) const PROBE_KEY: &str = "not_a_configuration_key";
 
 /// Documented keys of the file whose heading is `## {file}`, by table (`""`: the root table;
 /// `"task.training"`), as written in the first cell of each table row of that section.
-pub fn documented_keys(reference: &str, file: &str) -> BTreeMap<String, BTreeSet<String>> {
+pub(crate) fn documented_keys(reference: &str, file: &str) -> BTreeMap<String, BTreeSet<String>> {
     let heading = format!("## {file}");
     let mut in_section = false;
     let mut tables: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -52,7 +52,7 @@ pub fn documented_keys(reference: &str, file: &str) -> BTreeMap<String, BTreeSet
 
 /// The keys listed by a serde "unknown field" error about [`PROBE_KEY`]; `None` if `error` is
 /// not one.
-pub fn expected_fields(error: &str) -> Option<BTreeSet<String>> {
+pub(crate) fn expected_fields(error: &str) -> Option<BTreeSet<String>> {
     let marker = format!("unknown field `{PROBE_KEY}`, ");
     let rest = &error[error.find(&marker)? + marker.len()..];
     let rest = rest.lines().next().unwrap_or_default();
@@ -73,7 +73,7 @@ pub fn expected_fields(error: &str) -> Option<BTreeSet<String>> {
 /// `example` with [`PROBE_KEY`] put into the table at `path` (`[]`: the root table), creating
 /// the table (holding `seed`'s keys, for a tag such as a strategy's `name`) where the example
 /// does not have it. Returns the TOML text.
-pub fn with_probe(example: &toml::Table, path: &[&str], seed: &[(&str, &str)]) -> String {
+pub(crate) fn with_probe(example: &toml::Table, path: &[&str], seed: &[(&str, &str)]) -> String {
     let mut table = example.clone();
     let mut at = &mut table;
     for key in path {
@@ -93,7 +93,7 @@ pub fn with_probe(example: &toml::Table, path: &[&str], seed: &[(&str, &str)]) -
 }
 
 /// Every table (dotted path) of `example`, inline tables included, the root as `""`.
-pub fn tables_of(example: &toml::Table) -> Vec<String> {
+pub(crate) fn tables_of(example: &toml::Table) -> Vec<String> {
     fn walk(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
         out.push(prefix.to_owned());
         for (key, value) in table {
@@ -113,7 +113,7 @@ pub fn tables_of(example: &toml::Table) -> Vec<String> {
 }
 
 /// Compares documented and accepted keys table by table; returns one line per mismatch.
-pub fn mismatches(
+pub(crate) fn mismatches(
     documented: &BTreeMap<String, BTreeSet<String>>,
     accepted: &BTreeMap<String, BTreeSet<String>>,
 ) -> Vec<String> {
