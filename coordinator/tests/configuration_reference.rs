@@ -7,7 +7,9 @@ mod config_reference;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use config_reference::{documented_keys, expected_fields, mismatches, tables_of, with_probe};
+use config_reference::{
+    documented_keys, expected_fields, mismatches, missing_from_example, tables_of, with_probe,
+};
 use medfed_coordinator::config::CoordinatorConfig;
 
 fn repo() -> PathBuf {
@@ -95,6 +97,11 @@ fn configuration_md_documents_exactly_the_keys_coordinator_toml_accepts() {
         .or_default()
         .insert("kind".into());
 
+    let missing = missing_from_example(&text, &accepted);
+    assert!(
+        missing.is_empty(),
+        "config/examples/coordinator.toml neither sets nor shows (commented out): {missing:?}"
+    );
     let reference = std::fs::read_to_string(repo().join("docs/CONFIGURATION.md"))
         .expect("docs/CONFIGURATION.md exists");
     let documented = documented_keys(&reference, "coordinator.toml");

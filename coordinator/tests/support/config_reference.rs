@@ -152,3 +152,37 @@ pub(crate) fn mismatches(
     }
     problems
 }
+
+/// Keys of `accepted` (tables themselves aside) that the example file `text` neither sets nor
+/// shows commented out (`key = …` at the start of a line, after `# `, or inside an inline
+/// table).
+pub(crate) fn missing_from_example(
+    text: &str,
+    accepted: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (table, keys) in accepted {
+        for key in keys {
+            let path = if table.is_empty() {
+                key.clone()
+            } else {
+                format!("{table}.{key}")
+            };
+            if accepted.contains_key(&path) {
+                continue;
+            }
+            let shown = [
+                format!("\n{key} ="),
+                format!("# {key} ="),
+                format!("{{ {key} ="),
+                format!(", {key} ="),
+            ]
+            .iter()
+            .any(|pattern| text.contains(pattern.as_str()));
+            if !shown {
+                missing.push(path);
+            }
+        }
+    }
+    missing
+}
