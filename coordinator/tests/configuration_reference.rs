@@ -11,6 +11,7 @@ use config_reference::{
     documented_keys, expected_fields, mismatches, missing_from_example, tables_of, with_probe,
 };
 use medfed_coordinator::config::CoordinatorConfig;
+use medfed_protocol::schema::Schema;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -137,5 +138,35 @@ fn the_key_comparison_notices_a_key_missing_from_either_side() {
             .iter()
             .any(|p| p.contains("`colour` is documented but not accepted")),
         "{problems:?}"
+    );
+}
+
+#[test]
+fn configuration_md_documents_exactly_the_keys_a_schema_file_accepts() {
+    let path = repo().join("config/heart/schema.toml");
+    let text = std::fs::read_to_string(&path).expect("the demo's schema exists");
+    let schema: toml::Table = toml::from_str(&text).expect("the schema is TOML");
+    Schema::parse(&text).expect("the demo's schema parses");
+    let mut accepted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // `bands` is a table of arbitrary attribute names, not a table of keys.
+    for table in ["", "label", "columns"] {
+        let segments: Vec<&str> = table.split('.').filter(|s| !s.is_empty()).collect();
+        let probed = with_probe(&schema, &segments, &[]);
+        let error = match Schema::parse(&probed) {
+            Ok(_) => panic!("schema [{table}] accepted an unknown key"),
+            Err(e) => e.to_string(),
+        };
+        let keys = expected_fields(&error)
+            .unwrap_or_else(|| panic!("schema [{table}]: not an unknown-field error: {error}"));
+        accepted.insert(table.to_owned(), keys);
+    }
+    let reference = std::fs::read_to_string(repo().join("docs/CONFIGURATION.md"))
+        .expect("docs/CONFIGURATION.md exists");
+    let documented = documented_keys(&reference, "The schema file");
+    let problems = mismatches(&documented, &accepted);
+    assert!(
+        problems.is_empty(),
+        "docs/CONFIGURATION.md and the schema file disagree:\n{}",
+        problems.join("\n")
     );
 }

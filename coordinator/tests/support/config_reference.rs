@@ -70,7 +70,8 @@ pub(crate) fn expected_fields(error: &str) -> Option<BTreeSet<String>> {
     )
 }
 
-/// `example` with [`PROBE_KEY`] put into the table at `path` (`[]`: the root table), creating
+/// `example` with [`PROBE_KEY`] put into the table at `path` (`[]`: the root table; the first
+/// entry of an array of tables), creating
 /// the table (holding `seed`'s keys, for a tag such as a strategy's `name`) where the example
 /// does not have it. Returns the TOML text.
 pub(crate) fn with_probe(example: &toml::Table, path: &[&str], seed: &[(&str, &str)]) -> String {
@@ -82,6 +83,11 @@ pub(crate) fn with_probe(example: &toml::Table, path: &[&str], seed: &[(&str, &s
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         at = match value {
             toml::Value::Table(inner) => inner,
+            // An array of tables (`[[columns]]`): its first entry.
+            toml::Value::Array(items) => match items.first_mut() {
+                Some(toml::Value::Table(inner)) => inner,
+                _ => panic!("{key} is not an array of tables in the example"),
+            },
             other => panic!("{key} is not a table in the example: {other:?}"),
         };
     }
