@@ -5,26 +5,14 @@
 mod config_reference;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use config_reference::{
-    documented_keys, expected_fields, mismatches, missing_from_example, tables_of, with_probe,
+    documented_keys, example, expected_fields, mismatches, missing_from_example, repo, tables_of,
+    with_probe,
 };
 use medfed_coordinator::config::CoordinatorConfig;
 use medfed_protocol::schema::Schema;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate sits in the workspace")
-        .to_owned()
-}
-
-fn example() -> (String, PathBuf) {
-    let path = repo().join("config/examples/coordinator.toml");
-    let text = std::fs::read_to_string(&path).expect("config/examples/coordinator.toml exists");
-    (text, path.parent().unwrap().to_owned())
-}
 
 /// The keys of the table at `path`, read from the loader's refusal of an unknown key there.
 fn accepted_keys(
@@ -49,7 +37,7 @@ fn accepted_keys(
 
 #[test]
 fn the_example_coordinator_toml_parses_and_resolves_paths_against_its_folder() {
-    let (text, base) = example();
+    let (text, base) = example("coordinator.toml");
     let config = CoordinatorConfig::parse(&text, &base).expect("the example parses");
     assert_eq!(config.schema, base.join("../heart/schema.toml"));
     assert!(
@@ -70,7 +58,7 @@ fn the_example_coordinator_toml_parses_and_resolves_paths_against_its_folder() {
 
 #[test]
 fn configuration_md_documents_exactly_the_keys_coordinator_toml_accepts() {
-    let (text, base) = example();
+    let (text, base) = example("coordinator.toml");
     let example: toml::Table = toml::from_str(&text).expect("the example is TOML");
     let mut accepted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for table in tables_of(&example) {
@@ -120,7 +108,7 @@ fn configuration_md_documents_exactly_the_keys_coordinator_toml_accepts() {
 
 #[test]
 fn the_key_comparison_notices_a_key_missing_from_either_side() {
-    let (text, base) = example();
+    let (text, base) = example("coordinator.toml");
     let example: toml::Table = toml::from_str(&text).unwrap();
     let accepted = BTreeMap::from([("tls".to_owned(), accepted_keys(&example, &base, "tls", &[]))]);
     let reference = "## coordinator.toml\n| key | type |\n|---|---|\n\

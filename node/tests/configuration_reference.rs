@@ -5,26 +5,14 @@
 mod config_reference;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use config_reference::{
-    documented_keys, expected_fields, mismatches, missing_from_example, tables_of, with_probe,
+    documented_keys, example, expected_fields, mismatches, missing_from_example, repo, tables_of,
+    with_probe,
 };
 use medfed_node::NodeConfig;
 use medfed_node::config::NoiseMultiplier;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate sits in the workspace")
-        .to_owned()
-}
-
-fn example() -> (String, PathBuf) {
-    let path = repo().join("config/examples/node.toml");
-    let text = std::fs::read_to_string(&path).expect("config/examples/node.toml exists");
-    (text, path.parent().unwrap().to_owned())
-}
 
 /// The keys of the table at `path`, read from the loader's refusal of an unknown key there.
 fn accepted_keys(example: &toml::Table, base: &Path, path: &str) -> BTreeSet<String> {
@@ -44,7 +32,7 @@ fn accepted_keys(example: &toml::Table, base: &Path, path: &str) -> BTreeSet<Str
 
 #[test]
 fn the_example_node_toml_parses_and_resolves_paths_against_its_folder() {
-    let (text, base) = example();
+    let (text, base) = example("node.toml");
     let config = NodeConfig::parse(&text, &base).expect("the example parses");
     assert_eq!(config.data.schema, base.join("../heart/schema.toml"));
     assert!(
@@ -67,7 +55,7 @@ fn the_example_node_toml_parses_and_resolves_paths_against_its_folder() {
 
 #[test]
 fn the_commented_out_holdout_choices_of_the_example_parse_too() {
-    let (text, base) = example();
+    let (text, base) = example("node.toml");
     for choice in ["# holdout = {", "# holdout_csv = "] {
         let swapped = text
             .replace("holdout_fraction = 0.25", "# holdout_fraction = 0.25")
@@ -81,7 +69,7 @@ fn the_commented_out_holdout_choices_of_the_example_parse_too() {
 
 #[test]
 fn configuration_md_documents_exactly_the_keys_node_toml_accepts() {
-    let (text, base) = example();
+    let (text, base) = example("node.toml");
     let example: toml::Table = toml::from_str(&text).expect("the example is TOML");
     let mut accepted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     // Every table of the example, and the inline table the example leaves commented out.

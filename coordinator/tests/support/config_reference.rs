@@ -14,6 +14,23 @@
 //! key of the parent: `` `task.training.pos_weight` `` documents `training` in `[task]`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The workspace root (both crates that include this file sit directly in it).
+pub(crate) fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the crate sits in the workspace")
+        .to_owned()
+}
+
+/// The text of `config/examples/<file>` and the folder its relative paths resolve against.
+pub(crate) fn example(file: &str) -> (String, PathBuf) {
+    let path = repo().join("config/examples").join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("config/examples/{file} cannot be read: {e}"));
+    (text, path.parent().unwrap().to_owned())
+}
 
 /// The key the probes insert; no configuration has it.
 pub(crate) const PROBE_KEY: &str = "not_a_configuration_key";
