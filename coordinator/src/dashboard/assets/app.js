@@ -449,13 +449,14 @@
     return 10 * mag;
   }
 
-  // Integer ticks from 0 for a domain of [0, max] drawn `width` pixels wide: the step, and
-  // the domain's end rounded up to a whole step.
+  // Integer ticks for a domain of [0, max] drawn `width` pixels wide: every step, and the end
+  // when it is not too close to the last step.
   function integerAxis(max, width) {
-    const step = Math.max(1, Math.ceil(niceStep(Math.max(1, max), Math.max(2, Math.floor(width / 56)))));
-    const end = Math.max(step, Math.ceil(max / step) * step);
+    const end = Math.max(1, max);
+    const step = Math.max(1, Math.ceil(niceStep(end, Math.max(2, Math.floor(width / 56)))));
     const ticks = [];
     for (let x = 0; x <= end; x += step) ticks.push(x);
+    if (end - ticks[ticks.length - 1] >= step * 0.6) ticks.push(end);
     return { step, end, ticks };
   }
 
