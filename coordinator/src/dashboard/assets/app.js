@@ -9,6 +9,8 @@
   const FORMAT = 'medfed-run-summary/1';
   const POLL_MS = 2000;
   const FETCH_TIMEOUT_MS = 5000;
+  const ES_RETRY_MS = 5000;
+  const ES_RETRY_MAX_MS = 60000;
   const SVG_NS = 'http://www.w3.org/2000/svg';
 
   const STATE_WORDS = {
@@ -42,6 +44,7 @@
     summary: null,
     es: null,
     esRetry: null,
+    esBackoff: ES_RETRY_MS,
     pollTimer: null,
     polling: false,
     eventsLive: false,
@@ -260,15 +263,22 @@
 
     let roundText = '';
     if (cur) {
-      if (cur.round === 0) roundText = 'round 0 · federated statistics';
+      if (cur.round === 0) roundText = 'round 0 (statistics)';
       else if (cur.round > planned) roundText = 'final evaluation';
       else roundText = `round ${cur.round} of ${planned}`;
     }
 
-    const stateLine = h('p', { class: 'state-line', 'aria-live': 'polite' },
-      h('span', { class: `state state-${sum.state}`, 'data-testid': 'run-state', 'data-state': sum.state },
-        h('span', { class: 'dot', 'aria-hidden': 'true' }), words),
-      roundText ? h('span', { class: 'state-round', text: roundText }) : null);
+    // The state line is a live region: it changes only when the state or the round does, so
+    // that a screen reader announces those and not every summary.
+    const line = $('state-line');
+    const key = `${sum.state}|${roundText}`;
+    if (line.dataset.key !== key) {
+      line.dataset.key = key;
+      replace(line,
+        h('span', { class: `state state-${sum.state}`, 'data-testid': 'run-state', 'data-state': sum.state },
+          h('span', { class: 'dot', 'aria-hidden': 'true' }), words),
+        roundText ? h('span', { class: 'state-round', text: roundText }) : null);
+    }
 
     const pct = planned > 0 ? Math.min(100, (done / planned) * 100) : 0;
     const bar = h('div', { class: 'bar' });
@@ -323,7 +333,7 @@
       extra.push(h('h3', { text: 'Outcome' }), outcome);
     }
 
-    replace($('run-body'), stateLine, progress, facts, extra,
+    replace($('run-body'), progress, facts, extra,
       h('p', { class: 'muted small updated' }, 'summary updated ',
         h('span', { title: dateTime(sum.updated_at_ms), text: clock(sum.updated_at_ms) }), ' (',
         ticking('ago', sum.updated_at_ms), ')'));
@@ -336,6 +346,10 @@
       h('li', null, h('code', { text: reason }), ' ', h('span', { class: 'count', text: `× ${integer(n)}` }))));
   }
 
+  function sumValues(map) {
+    return Object.values(map || {}).reduce((acc, n) => acc + (Number(n) || 0), 0);
+  }
+
   function renderTotals(sum) {
     const t = sum.totals || {};
     const dl = h('dl', { class: 'totals' },
@@ -343,6 +357,7 @@
         h('dd', { class: 'big' }, h('span', { 'data-testid': 'rounds-completed', text: String(t.rounds_completed ?? 0) }))),
       h('div', null, h('dt', { text: 'Attempts failed' }), h('dd', { class: 'big', text: integer(t.attempts_failed || 0) })),
       h('div', null, h('dt', { text: 'Bytes received' }), h('dd', { class: 'big', title: `${integer(t.bytes_received || 0)} bytes`, text: bytes(t.bytes_received || 0) })),
+      h('div', null, h('dt', { text: 'Dropouts' }), h('dd', { class: 'big', text: integer(sumValues(t.dropouts)) })),
       h('div', { class: 'wide' }, h('dt', { text: 'Dropouts by reason' }), h('dd', null, byReason(t.dropouts))),
       h('div', { class: 'wide' }, h('dt', { text: 'Refusals by reason' }), h('dd', null, byReason(t.refusals))));
     replace($('totals-body'), dl);
@@ -580,7 +595,7 @@
     const height = 190;
     const f = frame(width, height, { left: 44, right: 14, top: 10, bottom: 38 });
     const svg = s('svg', { viewBox: `0 0 ${width} ${height}`, width: '100%', class: 'chart-dur' });
-    const top = Math.max(0.001, ...rounds.map((r) => r.seconds || 0));
+    const top = Math.max(rounds.length ? 0.01 : 1, ...rounds.map((r) => r.seconds || 0));
     const step = niceStep(top, 4);
     const yMax = Math.ceil(top / step - 1e-9) * step;
     const yTicks = [];
@@ -727,9 +742,7 @@
     setConn();
     const poll = async () => {
       if (!app.polling) return;
-      const ok = await fetchSummary();
-      // The server answers again but the stream was given up: open a new one.
-      if (ok && !app.es) connectEvents();
+      await fetchSummary();
       if (app.polling) app.pollTimer = setTimeout(poll, POLL_MS);
     };
     poll();
@@ -752,6 +765,7 @@
     app.es = es;
     let hadError = false;
     es.addEventListener('open', () => {
+      app.esBackoff = ES_RETRY_MS;
       app.eventsLive = true;
       reachable();
       stopPolling();
@@ -776,11 +790,12 @@
       app.eventsLive = false;
       startPolling();
       if (es.readyState === EventSource.CLOSED) {
-        // The browser gave up on this stream (an HTTP error): polling reopens it once the
-        // coordinator answers, or a timer does.
+        // The browser gave up on this stream (an HTTP error, say): polling carries on, and
+        // the stream is tried again later, less and less often.
         es.close();
         if (app.es === es) app.es = null;
-        app.esRetry = setTimeout(() => { if (!app.es) connectEvents(); }, 10000);
+        app.esRetry = setTimeout(() => { if (!app.es) connectEvents(); }, app.esBackoff);
+        app.esBackoff = Math.min(ES_RETRY_MAX_MS, app.esBackoff * 2);
       }
       setConn();
     });
