@@ -9,6 +9,7 @@
   const FORMAT = 'medfed-run-summary/1';
   const POLL_MS = 2000;
   const FETCH_TIMEOUT_MS = 5000;
+  const CLOCK_SLACK_MS = 1500;
   const ES_RETRY_MS = 5000;
   const ES_RETRY_MAX_MS = 60000;
   const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -50,6 +51,7 @@
     eventsLive: false,
     unreachableSince: null,
     lastContact: null,
+    offsetEstimate: null,
     lastRender: { width: 0 },
   };
 
@@ -96,9 +98,25 @@
   // ---------------------------------------------------------------------------------------
   // Formatting.
 
+  // The coordinator's clock now, in Unix milliseconds: this browser's clock corrected by the
+  // offset the events show (see noteClock), and stopped where the last contact left it while
+  // the coordinator is unreachable.
   function now() {
-    // While the coordinator is unreachable, clocks stop where the last contact left them.
-    return app.unreachableSince !== null ? app.unreachableSince : Date.now();
+    return (app.unreachableSince !== null ? app.unreachableSince : Date.now()) + clockOffset();
+  }
+
+  function clockOffset() {
+    return app.offsetEstimate !== null && Math.abs(app.offsetEstimate) > CLOCK_SLACK_MS ? app.offsetEstimate : 0;
+  }
+
+  // A summary event goes out when the summary changes, so its updated_at_ms is the
+  // coordinator's clock at about the time it arrives (a little before: the transfer). The
+  // largest difference seen estimates how far the coordinator's clock is ahead of this one;
+  // a difference under CLOCK_SLACK_MS is left uncorrected.
+  function noteClock(summary) {
+    const seen = summary.updated_at_ms - Date.now();
+    if (!Number.isFinite(seen)) return;
+    if (app.offsetEstimate === null || seen > app.offsetEstimate) app.offsetEstimate = seen;
   }
 
   function pad2(n) {
@@ -106,11 +124,13 @@
   }
 
   function clock(ms) {
+    if (!Number.isFinite(ms)) return '—';
     const d = new Date(ms);
     return `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
   }
 
   function dateTime(ms) {
+    if (!Number.isFinite(ms)) return '';
     const d = new Date(ms);
     return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ${clock(ms)}`;
   }
@@ -179,15 +199,17 @@
   }
 
   // Elements whose text follows the clock: refreshed every second by tick().
-  function ticking(kind, ms, extra) {
-    const span = h('span', { 'data-tick': kind, 'data-ms': ms });
-    if (extra) span.dataset.extra = extra;
-    return span;
+  function ticking(kind, ms) {
+    return h('span', { 'data-tick': kind, 'data-ms': ms });
   }
 
   function tick() {
     for (const node of document.querySelectorAll('[data-tick]')) {
       const ms = Number(node.dataset.ms);
+      if (!Number.isFinite(ms)) {
+        node.textContent = '—';
+        continue;
+      }
       switch (node.dataset.tick) {
         case 'ago':
           node.textContent = ago(ms);
@@ -239,7 +261,10 @@
     const resumed = c.resumed_after_round ? ` · resumed after round ${c.resumed_after_round}` : '';
     replace($('coordinator'),
       `version ${c.version || '?'} · listening on ${c.listen || '?'} · pid ${c.pid ?? '?'} · started `,
-      h('time', { datetime: new Date(c.started_at_ms).toISOString(), title: dateTime(c.started_at_ms), text: clock(c.started_at_ms) }),
+      h('time', {
+        datetime: Number.isFinite(c.started_at_ms) ? new Date(c.started_at_ms).toISOString() : null,
+        title: dateTime(c.started_at_ms), text: clock(c.started_at_ms),
+      }),
       resumed);
     const chip = (label, value, attrs) => h('li', Object.assign({ class: 'chip' }, attrs || {}),
       h('span', { class: 'chip-k', text: label }), ' ', h('span', { class: 'chip-v', text: value }));
@@ -545,7 +570,6 @@
       const attrs = {
         cx: xOf(p.x).toFixed(1), cy: cy.toFixed(1), r: p.final ? r + 1.5 : r,
         class: `pt${p.final ? ' final' : ''}${ok ? '' : ' undefined'}`,
-        tabindex: opts.focusable ? 0 : null,
       };
       Object.assign(attrs, opts.pointAttrs ? opts.pointAttrs(p) : {});
       svg.append(s('circle', attrs, s('title', { text: p.title })));
@@ -567,7 +591,6 @@
     pointChart($('auc-chart'), {
       height: 190, cls: 'chart-auc', xMax, yMin: aucMin, yMax: 1, yTicks: aucTicks, yFmt: (y) => y.toFixed(1),
       reference: aucMin < 0.5 || aucMin === 0.5 ? { y: 0.5, label: 'chance' } : undefined,
-      focusable: true,
       points: evals.map((v) => ({ x: v.e.model_round, y: v.e.auc, final: v.final, title: title(v) })),
       pointAttrs: (p) => ({ 'data-testid': 'auc-point', 'data-round': p.x }),
     });
@@ -680,7 +703,9 @@
     else if (app.polling) text = `event stream down: polling every ${POLL_MS / 1000} s`;
     else text = 'connecting…';
     const cls = app.unreachableSince !== null ? 'conn-bad' : app.eventsLive ? 'conn-ok' : 'conn-warn';
-    replace($('conn'), h('span', { class: `conn-dot ${cls}`, 'aria-hidden': 'true' }), text);
+    const offset = clockOffset();
+    const skew = offset ? ` · this browser\u2019s clock is ${duration(Math.abs(offset))} ${offset > 0 ? 'behind' : 'ahead of'} the coordinator\u2019s (times corrected)` : '';
+    replace($('conn'), h('span', { class: `conn-dot ${cls}`, 'aria-hidden': 'true' }), text, skew);
   }
 
   function reachable() {
@@ -764,6 +789,7 @@
     const es = new EventSource('/events');
     app.es = es;
     let hadError = false;
+    let received = 0;
     es.addEventListener('open', () => {
       app.esBackoff = ES_RETRY_MS;
       app.eventsLive = true;
@@ -781,6 +807,8 @@
         return;
       }
       app.eventsLive = true;
+      // The first event of a stream may be the summary as it stood (however old), not a change.
+      if (received++ > 0 && next && typeof next === 'object') noteClock(next);
       reachable();
       stopPolling();
       apply(next);
