@@ -52,7 +52,9 @@
     unreachableSince: null,
     lastContact: null,
     offsetEstimate: null,
-    lastRender: { width: 0 },
+    // What the charts and the rounds table were last drawn from: they are redrawn only when
+    // it changes (a summary changes many times a round; the completed rounds once).
+    lastRender: { width: 0, charts: null, rounds: null },
   };
 
   // ---------------------------------------------------------------------------------------
@@ -241,8 +243,15 @@
     renderTotals(sum);
     renderNodes(sum);
     renderRefused(sum);
-    renderCharts(sum);
-    renderRounds(sum);
+    const key = roundsKey(sum);
+    if (key !== app.lastRender.charts || document.documentElement.clientWidth !== app.lastRender.width) {
+      renderCharts(sum);
+      app.lastRender.charts = key;
+    }
+    if (key !== app.lastRender.rounds) {
+      renderRounds(sum);
+      app.lastRender.rounds = key;
+    }
     renderTitle(sum);
     tick();
   }
@@ -433,6 +442,12 @@
       h('td', { class: 'reason', text: r.detail }),
       h('td', { class: 'num', text: integer(r.count || 0) }),
       h('td', { title: dateTime(r.last_at_ms) }, ticking('ago', r.last_at_ms)))));
+  }
+
+  // Everything the charts and the rounds table show, as one string.
+  function roundsKey(sum) {
+    return JSON.stringify([sum.rounds, sum.final_evaluation, sum.task && sum.task.rounds_planned,
+      sum.task && sum.task.members]);
   }
 
   function renderRounds(sum) {
