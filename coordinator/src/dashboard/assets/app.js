@@ -758,22 +758,24 @@
     if (app.unreachableSince === null) setBanner();
   }
 
+  // Fetches /api/summary once; whether the coordinator answered with a summary.
   async function fetchSummary() {
     const ctrl = new AbortController();
     const timer = setTimeout(() => ctrl.abort(), FETCH_TIMEOUT_MS);
+    let body;
     try {
       const res = await fetch('/api/summary', { cache: 'no-store', signal: ctrl.signal });
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
-      const body = await res.json();
-      reachable();
-      apply(body);
-      return true;
+      body = await res.json();
     } catch (err) {
       unreachable();
       return false;
     } finally {
       clearTimeout(timer);
     }
+    reachable();
+    apply(body);
+    return true;
   }
 
   function startPolling() {
