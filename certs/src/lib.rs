@@ -62,7 +62,7 @@ pub use report_keys::{
 pub use request::{make_request, make_request_with};
 pub use show::{CertSummary, describe_certificate};
 pub use signing::{CertificateSigner, ConsortiumVerifier};
-pub use tls::{TlsFiles, client_config, server_config};
+pub use tls::{TlsFiles, client_config, server_config, web_server_config};
 
 /// The CA certificate's file name in a CA directory.
 pub const CA_CERT_FILE: &str = "ca.pem";

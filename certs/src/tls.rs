@@ -74,6 +74,22 @@ pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, C
     Ok(config)
 }
 
+/// Server config for the coordinator's web dashboard: TLS 1.3 only, ring provider, the
+/// coordinator's own certificate (browsers and scrapers trust it through the consortium CA), no
+/// client certificate asked for (the dashboard checks a token instead). `alpn` lists the
+/// protocols offered.
+pub fn web_server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, CertError> {
+    let (chain, key) = load_identity(files)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| CertError::Tls { source })?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|source| identity_error(files, source))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// Client (node) config: TLS 1.3 only, ring provider, verifies the coordinator against the
 /// consortium CA (and the CRL, if given, for the coordinator's own certificate; checked as
 /// [`TlsFiles::crl`] says, read once), presents the node's certificate. `alpn` lists the

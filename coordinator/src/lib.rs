@@ -18,12 +18,15 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod console;
+pub mod dashboard;
 pub mod exchange;
 pub mod faults;
 pub mod listener;
 pub mod manifest;
 pub mod phases;
 pub mod registry;
+pub mod status;
 pub mod store;
 pub mod strategy;
 pub mod training;

@@ -12,6 +12,7 @@ use medfed_transport::{ChannelError, MessageReader, peer_identity, send_message}
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::console::{Console, variant_label};
 use crate::registry::{NodeHandle, Registry};
 
 /// How long a node has to say `Hello` after its handshake.
@@ -43,12 +44,13 @@ pub type OnAdmit = Arc<dyn Fn(&str) + Send + Sync>;
 ///
 /// Every connection refused is logged with the subject of its certificate and the reason: at
 /// the handshake by the TLS verifier (which sees the certificate, trusted or not), after it
-/// here.
+/// here. The `console` hears of every admission, disconnection and refusal.
 pub async fn serve(
     endpoint: quinn::Endpoint,
     admission: Arc<Admission>,
     registry: Arc<Registry>,
     on_admit: OnAdmit,
+    console: Arc<Console>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -58,17 +60,25 @@ pub async fn serve(
         };
         let Some(incoming) = incoming else { break };
         let remote = incoming.remote_address();
-        let (admission, registry, on_admit) =
-            (admission.clone(), registry.clone(), on_admit.clone());
+        let (admission, registry, on_admit, console) = (
+            admission.clone(),
+            registry.clone(),
+            on_admit.clone(),
+            console.clone(),
+        );
         tokio::spawn(
             async move {
-                match handle_connection(incoming, &admission, &registry, &on_admit).await {
+                let admitted =
+                    handle_connection(incoming, &admission, &registry, &on_admit, &console);
+                match admitted.await {
                     Ok(()) => {}
                     Err((None, reason)) => {
                         warn!(%reason, "node not admitted (the certificate refused is logged above)");
+                        console.refused(None, &reason.kind(), &reason.to_string());
                     }
                     Err((Some(subject), reason)) => {
                         warn!(%subject, %reason, "node not admitted");
+                        console.refused(Some(&subject), &reason.kind(), &reason.to_string());
                     }
                 }
             }
@@ -103,6 +113,22 @@ enum NotAdmitted {
     Welcome(ChannelError),
 }
 
+impl NotAdmitted {
+    /// The kind of reason, as the summary and the metrics' labels name it; a refusal told to
+    /// the node is labelled by its [`RefusalReason`].
+    fn kind(&self) -> String {
+        match self {
+            Self::Handshake(_) => "handshake".into(),
+            Self::Identity(_) => "identity".into(),
+            Self::HelloTimeout => "hello_timeout".into(),
+            Self::LostBeforeHello(_) => "lost_before_hello".into(),
+            Self::BadHello(_) => "bad_hello".into(),
+            Self::Refused(reason) => variant_label(reason),
+            Self::Welcome(_) => "welcome".into(),
+        }
+    }
+}
+
 /// A refused connection: the subject of its certificate, when the handshake got that far.
 type Refusal = (Option<String>, NotAdmitted);
 
@@ -111,6 +137,7 @@ async fn handle_connection(
     admission: &Admission,
     registry: &Registry,
     on_admit: &OnAdmit,
+    console: &Console,
 ) -> Result<(), Refusal> {
     // The TLS handshake: certificates not issued by the consortium CA, revoked, expired or not
     // yet valid fail here, with the TLS alert naming the reason.
@@ -175,9 +202,14 @@ async fn handle_connection(
             received,
         )));
         on_admit(&identity);
+        console.admitted(&identity);
         info!("admitted");
         let reason = connection.closed().await;
         registry.remove(&identity, &connection);
+        // A newer connection under the same name replaced this one: it is not disconnected.
+        if registry.get(&identity).is_none() {
+            console.disconnected(&identity, &reason.to_string());
+        }
         info!(%reason, "disconnected");
         Ok(())
     }

@@ -31,6 +31,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Where the run stands: read from the state folder's `summary.json` and its SQLite state,
+    /// while the coordinator runs or after. Exits 0 whether or not it runs.
+    Status {
+        /// The coordinator configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON for scripts instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Builds and signs the task manifest the configuration describes, prints it (JSON) and,
     /// with --out, writes it; trains nothing. Hospitals check it with `medfed-node plan`.
     Manifest {
@@ -57,6 +67,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Status { config, json } => {
+            let config = CoordinatorConfig::load(&config)?;
+            let status = medfed_coordinator::status::read_status(&config.data_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Manifest { config, out } => {
             let config = CoordinatorConfig::load(&config)?;
             let text = std::fs::read_to_string(&config.schema)
@@ -79,6 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { config } => {
             let config = CoordinatorConfig::load(&config)?;
+            let dashboard = config.dashboard.is_some();
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(async {
@@ -127,39 +148,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "bytes received from the nodes in this run"
                 );
                 log_resource_usage();
+                if dashboard {
+                    // The dashboard's event streams carry the final summary before the
+                    // process (and with it the dashboard) ends.
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }
     }
 }
 
-/// Logs this process's peak resident memory and CPU time, read from `/proc/self` (Linux only;
-/// elsewhere nothing is logged). The load harness reads this line.
+/// Logs this process's peak resident memory and CPU time (Linux only; elsewhere nothing is
+/// logged). The load harness reads this line.
 fn log_resource_usage() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let peak_rss_kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // utime and stime are fields 14 and 15, counted from the first field after the command
-    // name (field 2, in parentheses, may hold spaces); they are in USER_HZ ticks, 100 a second.
-    let ticks: Vec<u64> = stat
-        .rfind(')')
-        .map(|end| {
-            stat[end + 1..]
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|t| t.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    if let (Some(peak_rss_kib), [user, system]) = (peak_rss_kib, ticks.as_slice()) {
+    let usage = medfed_coordinator::console::process::ProcessUsage::now();
+    if let (Some(peak), Some(user), Some(system)) = (
+        usage.peak_rss_bytes,
+        usage.cpu_user_secs,
+        usage.cpu_system_secs,
+    ) {
         info!(
-            peak_rss_kib,
-            cpu_user_secs = *user as f64 / 100.0,
-            cpu_system_secs = *system as f64 / 100.0,
+            peak_rss_kib = peak / 1024,
+            cpu_user_secs = user,
+            cpu_system_secs = system,
             "resource usage"
         );
     }

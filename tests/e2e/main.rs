@@ -3,6 +3,7 @@
 
 mod console;
 mod crash;
+mod dashboard;
 mod distributed;
 mod egress;
 mod fairness;

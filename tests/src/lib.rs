@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod attacker;
+pub mod http;
 pub mod load;
 pub mod process;
 
@@ -172,6 +173,7 @@ impl Consortium {
             secure_aggregation: SecureAggregationConfig::default(),
             fairness: Default::default(),
             model_card: Default::default(),
+            dashboard: None,
             danger_pause_at: None,
         }
     }

@@ -52,10 +52,29 @@ pub struct CoordinatorConfig {
     /// The consortium's own words for the released model's card (`[model_card]`: intended
     /// use, population, outcome, limitations, developers, contact), all optional.
     pub model_card: CardText,
+    /// The operator's dashboard and Prometheus metrics (`[dashboard]`); off when absent.
+    pub dashboard: Option<DashboardConfig>,
     /// Test-only fault injection: stop at a point of a round and wait forever, so that a test
     /// can kill the process exactly there. Never set it in a real consortium.
     pub danger_pause_at: Option<PausePoint>,
 }
+
+/// The dashboard's listener (`[dashboard]`): the live page, its JSON and event stream, and
+/// Prometheus `/metrics`, read-only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DashboardConfig {
+    /// TCP address to serve on. A loopback address serves plain HTTP to this machine only;
+    /// any other needs [`Self::tls`] and [`Self::token_file`].
+    pub listen: SocketAddr,
+    /// Serve HTTPS with the coordinator's own certificate and key (`[tls] cert` and `key`).
+    pub tls: bool,
+    /// A file holding the token every request must present (`Authorization: Bearer TOKEN`, or
+    /// once as `?token=TOKEN`, which sets a cookie).
+    pub token_file: Option<PathBuf>,
+}
+
+/// The shortest token a dashboard accepts, in characters.
+pub const MIN_DASHBOARD_TOKEN_LEN: usize = 32;
 
 /// Secure aggregation settings. On by default; turning it off makes every node's figures
 /// visible to the coordinator, and the coordinator says so in its log every round.
@@ -381,7 +400,20 @@ struct RawConfig {
     #[serde(default)]
     model_card: CardText,
     #[serde(default)]
+    dashboard: Option<RawDashboard>,
+    #[serde(default)]
     danger_pause_at: Option<PausePoint>,
+}
+
+/// `[dashboard]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDashboard {
+    listen: SocketAddr,
+    #[serde(default)]
+    tls: bool,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
 }
 
 /// TLS paths as written.
@@ -432,6 +464,11 @@ impl CoordinatorConfig {
             secure_aggregation: raw.secure_aggregation,
             fairness: raw.fairness,
             model_card: raw.model_card,
+            dashboard: raw.dashboard.map(|d| DashboardConfig {
+                listen: d.listen,
+                tls: d.tls,
+                token_file: d.token_file.map(resolve),
+            }),
             danger_pause_at: raw.danger_pause_at,
         };
         config.validate()?;
@@ -485,6 +522,15 @@ impl CoordinatorConfig {
         }
         if task.round_attempts == 0 {
             return invalid("task.round_attempts must be at least 1");
+        }
+        if let Some(dashboard) = &self.dashboard
+            && !dashboard.listen.ip().is_loopback()
+            && !(dashboard.tls && dashboard.token_file.is_some())
+        {
+            return invalid(&format!(
+                "dashboard.listen = {} is reachable from other machines: set dashboard.tls = true and dashboard.token_file (or listen on 127.0.0.1)",
+                dashboard.listen
+            ));
         }
         let secure = &self.secure_aggregation;
         if !(secure.update_clip.is_finite() && secure.update_clip > 0.0) {

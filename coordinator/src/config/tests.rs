@@ -210,3 +210,46 @@ fn the_model_card_table_is_read_optional_and_refuses_an_unknown_key() {
     let err = CoordinatorConfig::parse(&typo, Path::new("/")).unwrap_err();
     assert!(err.to_string().contains("intended_uses"), "{err}");
 }
+
+#[test]
+fn a_dashboard_off_loopback_needs_tls_and_a_token() {
+    let with = |table: &str| format!("{EXAMPLE}[dashboard]\n{table}\n");
+    let local =
+        CoordinatorConfig::parse(&with("listen = \"127.0.0.1:9464\""), Path::new("/c")).unwrap();
+    assert_eq!(
+        local.dashboard,
+        Some(DashboardConfig {
+            listen: "127.0.0.1:9464".parse().unwrap(),
+            tls: false,
+            token_file: None,
+        })
+    );
+    for exposed in [
+        "listen = \"0.0.0.0:9464\"",
+        "listen = \"0.0.0.0:9464\"\ntls = true",
+        "listen = \"0.0.0.0:9464\"\ntoken_file = \"t\"",
+    ] {
+        let error = CoordinatorConfig::parse(&with(exposed), Path::new("/c"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("dashboard.listen = 0.0.0.0:9464")
+                && error.contains("dashboard.tls")
+                && error.contains("dashboard.token_file"),
+            "{error}"
+        );
+    }
+    let exposed = CoordinatorConfig::parse(
+        &with("listen = \"0.0.0.0:9464\"\ntls = true\ntoken_file = \"dash.token\""),
+        Path::new("/c"),
+    )
+    .unwrap();
+    assert_eq!(
+        exposed.dashboard.unwrap().token_file.as_deref(),
+        Some(Path::new("/c/dash.token"))
+    );
+    assert!(
+        CoordinatorConfig::parse(&with("listen = \"127.0.0.1:1\"\nport = 2"), Path::new("/c"))
+            .is_err()
+    );
+}

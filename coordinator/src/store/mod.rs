@@ -87,6 +87,37 @@ impl Store {
         Self::setup(conn)
     }
 
+    /// Opens an existing database to read only, while the coordinator may be writing it
+    /// (`medfed-coordinator status`): no migration, no setting changed. Refused if the file is
+    /// missing or was written by a newer medfed.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let open = || -> Result<Connection, rusqlite::Error> {
+            let conn = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+            )?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            Ok(conn)
+        };
+        let conn = open().map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let found: i64 =
+            conn.query_row("SELECT version FROM schema_version WHERE id = 1", [], |r| {
+                r.get(0)
+            })?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
     /// Opens a private in-memory database, for tests and dry runs.
     pub fn open_in_memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory()?;

@@ -66,7 +66,7 @@ pub struct RoundRow {
 }
 
 /// One row of the `nodes` table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct NodeRow {
     /// The node's identity (its certificate subject).
     pub identity: String,

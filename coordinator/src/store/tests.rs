@@ -275,3 +275,21 @@ fn reopening_the_file_keeps_everything() {
         Some(serde_json::json!({ "mean": [1.0] }))
     );
 }
+
+#[test]
+fn a_read_only_store_sees_what_the_writer_commits_and_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let writer = Store::open(&path).unwrap();
+    writer.node_seen("a", 1).unwrap();
+    let reader = Store::open_read_only(&path).unwrap();
+    assert_eq!(reader.nodes().unwrap().len(), 1);
+    writer.begin_round(1, &hash(0), 2).unwrap();
+    writer.complete_round(&completed(1, &["a"])).unwrap();
+    assert_eq!(reader.last_completed_round().unwrap().unwrap().round, 1);
+    assert!(reader.node_seen("b", 3).is_err());
+    assert!(matches!(
+        Store::open_read_only(&dir.path().join("missing.db")),
+        Err(StoreError::Open { .. })
+    ));
+}

@@ -23,6 +23,7 @@ use super::error::{CoordinatorError, RoundFailure};
 use super::rounds::Collected;
 use super::{DistributedDecoder, RoundReport, SUMMARY_KEY, Trainer, now_ms};
 use crate::config::PausePhase;
+use crate::console::{self, FairnessVerdict, PooledEvaluation};
 use crate::exchange;
 use crate::faults;
 use crate::store::CompletedRound;
@@ -85,10 +86,12 @@ impl Trainer {
         optimizer.try_apply(&mut params, &mean)?;
         let optimizer_state = optimizer.state();
         let model = Model::new(self.model.spec.clone(), params)?;
+        let checkpoint_started = Instant::now();
         let path = write_round_checkpoint(
             &self.config.data_dir.join("checkpoints"),
             &self.model_file(round, model.clone()),
         )?;
+        let mut checkpoint_seconds = checkpoint_started.elapsed().as_secs_f64();
         let pause = self.config.danger_pause_at;
         faults::pause(pause, round, PausePhase::CheckpointWritten).await;
         let report = RoundReport {
@@ -104,10 +107,11 @@ impl Trainer {
         // The audit of the round's starting model goes into the chain before the round counts
         // as completed: a crash in between re-runs the round, and the chain skips the repeat. A
         // round off the evaluation schedule has nothing to audit.
+        let mut report_file = None;
         if layout.evaluate {
             self.keep_evaluation_counts(round - 1, totals.eval.as_ref())?;
             let start_model = self.model.clone();
-            self.write_report(
+            report_file = self.write_report(
                 round - 1,
                 &start_model,
                 &report.participants,
@@ -120,6 +124,7 @@ impl Trainer {
             )?;
         }
         faults::pause(pause, round, PausePhase::ReportWritten).await;
+        let commit_started = Instant::now();
         self.store.complete_round(&CompletedRound {
             round,
             model_hash: model.hash(),
@@ -129,6 +134,27 @@ impl Trainer {
             optimizer_state: Some(optimizer_state),
             finished_at_ms: now_ms(),
         })?;
+        checkpoint_seconds += commit_started.elapsed().as_secs_f64();
+        self.console.round_completed(console::CompletedRound {
+            round,
+            participants: report.participants.clone(),
+            dropped: report.dropped.clone(),
+            privacy: report
+                .privacy
+                .iter()
+                .map(|p| (p.node.clone(), p.epsilon, p.delta))
+                .collect(),
+            evaluation: report
+                .start_model_evaluation
+                .as_ref()
+                .map(|m| pooled(round - 1, m)),
+            fairness: verdict(&report.fairness),
+            report: report_file
+                .as_deref()
+                .and_then(|path| self.relative_to_state(path)),
+            seconds: report.seconds,
+            checkpoint_seconds,
+        });
         faults::pause(pause, round, PausePhase::RoundCompleted).await;
         match &report.start_model_evaluation {
             Some(m) => info!(
@@ -290,4 +316,31 @@ impl Trainer {
         }
         while tasks.join_next().await.is_some() {}
     }
+}
+
+/// The console's record of pooled metrics of the model of `model_round`.
+pub(super) fn pooled(model_round: u64, metrics: &EvalMetrics) -> PooledEvaluation {
+    PooledEvaluation {
+        model_round,
+        examples: metrics.examples,
+        auc: metrics.auc,
+        accuracy: metrics.accuracy,
+        loss: metrics.loss,
+    }
+}
+
+/// The fairness policy's verdict over every audited attribute, if any was audited.
+pub(super) fn verdict(fairness: &[AttributeAudit]) -> Option<FairnessVerdict> {
+    if fairness.is_empty() {
+        return None;
+    }
+    Some(FairnessVerdict {
+        approved: fairness.iter().all(|a| a.policy.approved),
+        attributes: fairness.iter().map(|a| a.attribute.clone()).collect(),
+        failed: fairness
+            .iter()
+            .filter(|a| !a.policy.approved)
+            .map(|a| a.attribute.clone())
+            .collect(),
+    })
 }

@@ -11,6 +11,7 @@ use medfed_protocol::round::{
 use tokio::task::JoinSet;
 
 use crate::config::{PausePhase, PausePoint};
+use crate::console::{Console, RoundPhase};
 use crate::exchange::{self, ModelPush};
 use crate::faults;
 use crate::phases::PhaseClock;
@@ -18,6 +19,8 @@ use crate::registry::NodeHandle;
 
 /// The network side of one collection.
 pub(super) struct Driver<'a> {
+    /// Hears of each phase and answer, for the operator.
+    pub(super) console: &'a Console,
     /// The nodes asked, in the plan's order (participant `i + 1` is `nodes[i]`).
     pub(super) nodes: &'a [Arc<NodeHandle>],
     /// The model to push before a request that needs it.
@@ -43,14 +46,28 @@ impl Driver<'_> {
                             clock.lap(Phase::Unmask);
                             clock.log(round);
                         }
+                        self.console.phase(RoundPhase::Applying, None);
                         faults::pause(self.pause_at, round, PausePhase::Unmasked).await;
                     }
                     return outcome;
                 }
                 Progress::Send { ended, sends } => {
-                    if let Some(phase) = ended {
-                        clock.lap(phase);
-                        self.after_phase(round, phase, &collection).await;
+                    match ended {
+                        Some(phase) => {
+                            clock.lap(phase);
+                            self.console
+                                .phase(next_phase(phase), Some(self.phase_deadline));
+                            self.after_phase(round, phase, &collection).await;
+                        }
+                        None => {
+                            self.console
+                                .phase(RoundPhase::Request, Some(self.phase_deadline));
+                            self.console.asked(
+                                sends
+                                    .iter()
+                                    .filter_map(|send| collection.identity(send.index)),
+                            );
+                        }
                     }
                     progress = self.exchange(&mut collection, round, sends).await;
                 }
@@ -107,10 +124,15 @@ impl Driver<'_> {
         loop {
             tokio::select! {
                 joined = tasks.join_next() => match joined {
-                    Some(Ok((index, answer))) => match collection.handle_answer(index, answer) {
-                        Progress::Waiting => {}
-                        progress => return progress,
-                    },
+                    Some(Ok((index, answer))) => {
+                        if let Some(name) = collection.identity(index) {
+                            self.console.answered(name, answer.as_ref().err());
+                        }
+                        match collection.handle_answer(index, answer) {
+                            Progress::Waiting => {}
+                            progress => return progress,
+                        }
+                    }
                     // A task that panicked: its node counts as silent.
                     Some(Err(_)) => {}
                     None => return collection.handle_deadline(),
@@ -118,5 +140,17 @@ impl Driver<'_> {
                 () = tokio::time::sleep_until(deadline) => return collection.handle_deadline(),
             }
         }
+    }
+}
+
+/// The phase the console shows once `ended` is over: under secure aggregation the request's
+/// answers are the round keys, and each phase after follows the one before.
+fn next_phase(ended: Phase) -> RoundPhase {
+    match ended {
+        Phase::Keys => RoundPhase::Shares,
+        Phase::Shares => RoundPhase::Inputs,
+        Phase::Inputs => RoundPhase::Consistency,
+        Phase::Consistency => RoundPhase::Unmask,
+        Phase::Unmask => RoundPhase::Applying,
     }
 }

@@ -50,6 +50,9 @@ impl From<StoreError> for RoundFailure {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CoordinatorError {
+    /// The dashboard could not start.
+    #[error(transparent)]
+    Dashboard(#[from] crate::dashboard::DashboardError),
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

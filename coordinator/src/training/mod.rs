@@ -40,6 +40,7 @@ pub use error::CoordinatorError;
 pub use release::RELEASED_MODEL_FILE;
 
 use crate::config::CoordinatorConfig;
+use crate::console::{Console, CoordinatorInfo, RunState, TaskInfo};
 use crate::listener::{self, Admission};
 use crate::manifest::{ManifestBuildError, signed_manifest, write_manifest};
 use crate::registry::Registry;
@@ -107,6 +108,8 @@ pub struct TrainingReport {
 #[derive(Debug)]
 pub struct RunningCoordinator {
     local_addr: SocketAddr,
+    dashboard_addr: Option<SocketAddr>,
+    console: Arc<Console>,
     training: tokio::task::JoinHandle<Result<TrainingReport, CoordinatorError>>,
 }
 
@@ -114,6 +117,16 @@ impl RunningCoordinator {
     /// The address the coordinator listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the dashboard listens on, when `[dashboard]` is configured.
+    pub fn dashboard_addr(&self) -> Option<SocketAddr> {
+        self.dashboard_addr
+    }
+
+    /// The run's live state (what the dashboard and `summary.json` show).
+    pub fn console(&self) -> &Arc<Console> {
+        &self.console
     }
 
     /// Waits for training to finish.
@@ -217,6 +230,27 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         manifest: signed,
     });
     let registry = Arc::new(Registry::default());
+    let console = Arc::new(Console::new(
+        Some(&config.data_dir),
+        registry.clone(),
+        CoordinatorInfo {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            listen: local_addr.to_string(),
+            started_at_ms: now_ms(),
+            resumed_after_round: round,
+            dashboard: None,
+        },
+        TaskInfo {
+            manifest_digest: manifest.digest().to_string(),
+            model: describe_model(&spec.kind),
+            parameters: model.params.len(),
+            rounds_planned: config.task.rounds,
+            min_nodes: config.task.min_nodes,
+            secure_aggregation: manifest.secure_aggregation.is_some(),
+            members: members.clone(),
+        },
+    ));
     // The store serialises its own calls on its one connection: shared, not locked again.
     let store = Arc::new(store);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -228,11 +262,28 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
             }
         })
     };
+    let dashboard_addr = match &config.dashboard {
+        Some(dashboard) => Some(
+            crate::dashboard::start(
+                dashboard,
+                &config.tls,
+                console.clone(),
+                config.data_dir.join("reports"),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    if let (Some(addr), Some(dashboard)) = (dashboard_addr, &config.dashboard) {
+        let scheme = if dashboard.tls { "https" } else { "http" };
+        console.set_dashboard(format!("{scheme}://{addr}/"));
+    }
     tokio::spawn(listener::serve(
         endpoint.clone(),
         admission,
         registry.clone(),
         on_admit,
+        console.clone(),
         shutdown_rx,
     ));
     info!(%local_addr, session = format_args!("{session:016x}"), "coordinator listening");
@@ -260,15 +311,22 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         sum_buffer: Vec::new(),
         peer_verifier: Arc::new(peer_verifier),
         distributed: None,
+        console: console.clone(),
     };
+    let training_console = console.clone();
     let training = tokio::spawn(async move {
         let result = trainer.run().await;
+        if let Err(e) = &result {
+            training_console.ended(RunState::Failed, Some(e.to_string()));
+        }
         let _ = shutdown_tx.send(true);
         endpoint.close(0u32.into(), b"training finished");
         result
     });
     Ok(RunningCoordinator {
         local_addr,
+        dashboard_addr,
+        console,
         training,
     })
 }
@@ -309,6 +367,33 @@ pub(crate) struct Trainer {
     /// Under distributed DP (`[task.distributed_dp]`), what decodes each round's sum; set once
     /// the statistics round has given the public denominator.
     distributed: Option<DistributedDecoder>,
+    /// The run's live state, for the operator.
+    console: Arc<Console>,
+}
+
+impl Trainer {
+    /// `path` relative to the state folder, with `/` separators (as the dashboard links it).
+    fn relative_to_state(&self, path: &std::path::Path) -> Option<String> {
+        let relative = path.strip_prefix(&self.config.data_dir).ok()?;
+        let parts: Vec<String> = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        Some(parts.join("/"))
+    }
+}
+
+/// The model in words: `logistic regression` or `mlp 32-16`.
+fn describe_model(kind: &medfed_protocol::model::ModelKind) -> String {
+    use medfed_protocol::model::ModelKind;
+    match kind {
+        ModelKind::LogisticRegression => "logistic regression".to_owned(),
+        ModelKind::Mlp { hidden } if hidden.is_empty() => "logistic regression".to_owned(),
+        ModelKind::Mlp { hidden } => {
+            let widths: Vec<String> = hidden.iter().map(usize::to_string).collect();
+            format!("mlp {}", widths.join("-"))
+        }
+    }
 }
 
 /// How the coordinator reads a distributed-DP update block: the parameters every node built

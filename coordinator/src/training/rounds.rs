@@ -18,7 +18,7 @@ use medfed_protocol::round::{
 use medfed_protocol::stats::{FederatedSummary, Standardization};
 use tracing::{Instrument, info, info_span, warn};
 
-use super::apply::Assessment;
+use super::apply::{self, Assessment};
 use super::driver::Driver;
 use super::error::{CoordinatorError, RoundFailure};
 use super::{
@@ -26,6 +26,7 @@ use super::{
     STATS_PARTICIPANTS_KEY, SUMMARY_KEY, Trainer, TrainingReport, now_ms, random_bytes,
 };
 use crate::config::PausePhase;
+use crate::console::RunState;
 use crate::exchange::ModelPush;
 use crate::faults;
 
@@ -52,6 +53,7 @@ impl Trainer {
         let standardization = self.standardization().await?;
         self.prepare_model_files(&standardization)?;
         self.distributed = self.distributed_decoder()?;
+        self.console.set_state(RunState::Training);
         let mut reports = Vec::new();
         let mut checkpoint = None;
         let mut stopped_early = None;
@@ -82,11 +84,20 @@ impl Trainer {
                     .join(checkpoint_file_name(self.round)),
             );
         }
+        self.console.set_state(RunState::FinalEvaluation);
         let (final_evaluation, final_fairness) = self.final_evaluation(&standardization).await?;
+        self.console.final_evaluation(
+            final_evaluation
+                .as_ref()
+                .map(|m| apply::pooled(self.round, m)),
+        );
         let (released, released_round) = self.release()?;
         self.write_model_card(&released, released_round)?;
+        self.console.released(released_round, released.clone());
         let released = Some((released, released_round));
         self.finish().await;
+        self.console
+            .ended(RunState::Finished, stopped_early.clone());
         let bytes_received = self.registry.bytes_received();
         Ok(TrainingReport {
             bytes_received,
@@ -110,9 +121,11 @@ impl Trainer {
             return Ok(known);
         }
         let span = info_span!("statistics");
+        self.console.set_state(RunState::Statistics);
         async {
             let attempts = self.config.task.round_attempts;
             for attempt in 1..=attempts {
+                self.console.attempt_started(0, attempt);
                 faults::pause(self.config.danger_pause_at, 0, PausePhase::RoundStarted).await;
                 let request = Request::Stats(StatsRequest {
                     session: self.session,
@@ -141,6 +154,7 @@ impl Trainer {
                         return Ok(standardization);
                     }
                     Err(e) => {
+                        self.console.attempt_failed();
                         warn!(attempt, error = %e, "statistics round failed");
                         if e.next_step(attempt, attempts, false) == AfterFailure::Retry {
                             retry_pause(attempt).await;
@@ -166,6 +180,7 @@ impl Trainer {
             let attempts = self.config.task.round_attempts;
             for attempt in 1..=attempts {
                 let started = Instant::now();
+                self.console.attempt_started(round, attempt);
                 self.store
                     .begin_round(round, &self.model.hash(), now_ms())?;
                 faults::pause(self.config.danger_pause_at, round, PausePhase::RoundStarted).await;
@@ -178,6 +193,7 @@ impl Trainer {
                         return Ok(Some((report, path)));
                     }
                     Err(reason) => {
+                        self.console.attempt_failed();
                         let next = reason.next_step(attempt, attempts, true);
                         warn!(attempt, %reason, ?next, "round attempt failed");
                         self.store
@@ -313,6 +329,7 @@ impl Trainer {
             secure,
         };
         let driver = Driver {
+            console: &self.console,
             nodes: &nodes,
             model,
             phase_deadline: self.config.task.round_deadline(),
@@ -384,6 +401,7 @@ impl Trainer {
         async {
             let attempts = self.config.task.round_attempts;
             for attempt in 1..=attempts {
+                self.console.attempt_started(round, attempt);
                 faults::pause(self.config.danger_pause_at, round, PausePhase::RoundStarted).await;
                 match self
                     .round_exchange(round, attempt, false, standardization)
@@ -452,6 +470,7 @@ impl Trainer {
                         return Ok((metrics, fairness));
                     }
                     Err(reason) => {
+                        self.console.attempt_failed();
                         warn!(attempt, %reason, "final evaluation failed");
                         if reason.next_step(attempt, attempts, false) == AfterFailure::Retry {
                             retry_pause(attempt).await;

@@ -73,6 +73,23 @@ pub enum LeftOut {
 }
 
 impl LeftOut {
+    /// The kind of reason, as the summary and the metrics' labels name it (the serialised
+    /// `kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Declined { .. } => "declined",
+            Self::Refused { .. } => "refused",
+            Self::Rejected { .. } => "rejected",
+            Self::Unexpected { .. } => "unexpected",
+            Self::SecureAggregation { .. } => "secure_aggregation",
+            Self::ShareAuthentication { .. } => "share_authentication",
+            Self::NotAnEvaluationParticipant => "not_an_evaluation_participant",
+            Self::Connection { .. } => "connection",
+            Self::Framing { .. } => "framing",
+            Self::Deadline => "deadline",
+        }
+    }
+
     /// Whether the node declined because the round would take it past its privacy budget: it
     /// declines every later training round too.
     pub fn is_budget_spent(&self) -> bool {
@@ -94,6 +111,40 @@ impl LeftOut {
                 got: other.kind().to_owned(),
                 expected: expected.to_owned(),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_is_the_serialised_kind() {
+        let every = [
+            LeftOut::Declined {
+                reason: DeclineReason::BudgetSpent,
+            },
+            LeftOut::Refused {
+                reason: RefusalReason::Replay { round: 1 },
+            },
+            LeftOut::Rejected {
+                reason: RefusalReason::Replay { round: 1 },
+            },
+            LeftOut::Unexpected {
+                got: "a".into(),
+                expected: "b".into(),
+            },
+            LeftOut::SecureAggregation { detail: "d".into() },
+            LeftOut::ShareAuthentication { peer: "p".into() },
+            LeftOut::NotAnEvaluationParticipant,
+            LeftOut::Connection { detail: "d".into() },
+            LeftOut::Framing { detail: "d".into() },
+            LeftOut::Deadline,
+        ];
+        for left_out in every {
+            let json = serde_json::to_value(&left_out).unwrap();
+            assert_eq!(json["kind"], left_out.kind(), "{left_out:?}");
         }
     }
 }
