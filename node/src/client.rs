@@ -11,7 +11,7 @@ use medfed_certs::coordinator_report_key_der;
 use medfed_protocol::codec::{self, MAX_FRAME_LEN};
 use medfed_protocol::manifest::Digest32;
 use medfed_protocol::messages::{
-    Hello, Message, PROTOCOL_VERSION, RefusalReason, Refused, Welcome,
+    CLOSE_TASK_STOPPED, Hello, Message, PROTOCOL_VERSION, RefusalReason, Refused, Welcome,
 };
 use medfed_protocol::transfer::ModelAssembler;
 use medfed_transport::{ChannelError, MessageReader, client_endpoint, peer_identity, send_frame};
@@ -368,6 +368,11 @@ fn classify(error: quinn::ConnectionError) -> NodeError {
         E::TransportError(e) => Some(u64::from(e.code)),
         _ => None,
     };
+    if let E::ApplicationClosed(close) = &error
+        && close.error_code == CLOSE_TASK_STOPPED.into()
+    {
+        return NodeError::TaskStopped(String::from_utf8_lossy(&close.reason).into_owned());
+    }
     match code {
         // QUIC carries TLS alerts as CRYPTO_ERROR codes 0x100 + alert.
         Some(code) if (0x100..0x200).contains(&code) => NodeError::TlsRefused {
@@ -442,6 +447,10 @@ pub enum NodeError {
          (the `fault-injection` cargo feature)"
     )]
     NoFaultInjection,
+    /// The coordinator gave up its task and said why (not retried: it will not come back
+    /// to this task).
+    #[error("the coordinator stopped the task: {0}")]
+    TaskStopped(String),
     /// The coordinator stayed unreachable.
     #[error("gave up reaching the coordinator after {after:?}: {last}")]
     GaveUp {
@@ -464,6 +473,7 @@ impl NodeError {
                 | Self::Crashed { .. }
                 | Self::NoFaultInjection
                 | Self::Egress(_)
+                | Self::TaskStopped(_)
         )
     }
 }

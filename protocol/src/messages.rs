@@ -22,6 +22,11 @@ use crate::task::TrainingPlan;
 /// Version of the wire protocol; part of the ALPN string.
 pub const PROTOCOL_VERSION: u32 = 9;
 
+/// QUIC application close code with which a coordinator that has given up its task closes
+/// every connection (the close reason says why): a node stops there, with that reason, instead of
+/// reconnecting to a coordinator that will not come back.
+pub const CLOSE_TASK_STOPPED: u32 = 4;
+
 /// ALPN identifier negotiated in the TLS handshake. A peer speaking another version fails the
 /// handshake with TLS's `no_application_protocol` alert.
 pub const ALPN: &[u8] = b"medfed/9";

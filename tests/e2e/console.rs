@@ -215,3 +215,40 @@ async fn a_node_says_how_many_rounds_it_contributed_to() {
     );
     assert_eq!(status["budget"], Value::Null, "no [privacy]: no budget");
 }
+
+/// Item 7: a coordinator that gives up its task tells its nodes why as it closes, and they stop
+/// with that reason at once instead of reconnecting for `reconnect_for` (300 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_stop_with_the_reason_when_the_coordinator_gives_up_instead_of_reconnecting() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 40);
+    // Three hospitals a round, two come: the statistics round fails, and with one attempt
+    // the coordinator gives up.
+    let mut config = consortium.coordinator_config(2, 3);
+    config.task.wait_for_nodes_secs = 5.0;
+    config.task.round_attempts = 1;
+    let data_dir = config.data_dir.clone();
+    let coordinator = consortium.start_coordinator(config).await;
+    let addr = coordinator.local_addr();
+    let nodes: Vec<_> = NODES[..2]
+        .iter()
+        .map(|name| consortium.spawn_node(consortium.node_config(name, addr)))
+        .collect();
+    let gave_up = coordinator.wait().await.unwrap_err().to_string();
+    for node in nodes {
+        let stopped = tokio::time::timeout(Duration::from_secs(30), node)
+            .await
+            .expect("the node stops within seconds, not after reconnect_for")
+            .unwrap();
+        match stopped {
+            Err(medfed_node::NodeError::TaskStopped(reason)) => {
+                assert_eq!(reason, gave_up);
+            }
+            other => panic!("expected the task-stopped error, got {other:?}"),
+        }
+    }
+    let summary =
+        medfed_coordinator::console::RunSummary::read(&data_dir.join("summary.json")).unwrap();
+    assert_eq!(summary.state, medfed_coordinator::console::RunState::Failed);
+    assert_eq!(summary.stopped.as_deref(), Some(gave_up.as_str()));
+}

@@ -27,6 +27,7 @@ use medfed_certs::{ConsortiumVerifier, MemberList, load_report_signing_key};
 use medfed_protocol::distributed_dp::DdpParams;
 use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::manifest::TaskManifest;
+use medfed_protocol::messages::CLOSE_TASK_STOPPED;
 use medfed_protocol::model::{Model, ModelSpec};
 use medfed_protocol::report::NodePrivacy;
 use medfed_protocol::round::{Exclusions, LeftOut};
@@ -316,11 +317,21 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
     let training_console = console.clone();
     let training = tokio::spawn(async move {
         let result = trainer.run().await;
-        if let Err(e) = &result {
-            training_console.ended(RunState::Failed, Some(e.to_string()));
-        }
         let _ = shutdown_tx.send(true);
-        endpoint.close(0u32.into(), b"training finished");
+        match &result {
+            Ok(_) => endpoint.close(0u32.into(), b"training finished"),
+            Err(e) => {
+                training_console.ended(RunState::Failed, Some(e.to_string()));
+                // The nodes stop with the reason rather than reconnect for nothing.
+                let reason: String = e
+                    .to_string()
+                    .char_indices()
+                    .take_while(|(at, _)| *at < 512)
+                    .map(|(_, c)| c)
+                    .collect();
+                endpoint.close(CLOSE_TASK_STOPPED.into(), reason.as_bytes());
+            }
+        }
         result
     });
     Ok(RunningCoordinator {
