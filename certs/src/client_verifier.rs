@@ -41,7 +41,22 @@ pub(crate) struct ConsortiumClientVerifier {
     whose: &'static str,
     /// The verifier in force, and what it was built from.
     current: Mutex<Current>,
+    /// Told of every refused certificate, after it is logged.
+    on_refused: Option<Hook>,
 }
+
+/// A [`RefusedCertificateHook`] in a struct that is `Debug`.
+struct Hook(RefusedCertificateHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusedCertificateHook")
+    }
+}
+
+/// Called with the subject a refused client certificate claims (unverified) and the reason;
+/// the coordinator shows these to its operator.
+pub type RefusedCertificateHook = Arc<dyn Fn(&str, &rustls::Error) + Send + Sync>;
 
 /// The verifier in force.
 #[derive(Debug)]
@@ -87,7 +102,14 @@ impl ConsortiumClientVerifier {
                 crl: loaded,
                 seen,
             }),
+            on_refused: None,
         })
+    }
+
+    /// The same verifier, telling `hook` of every certificate it refuses.
+    pub(crate) fn with_hook(mut self, hook: Option<RefusedCertificateHook>) -> Self {
+        self.on_refused = hook.map(Hook);
+        self
     }
 
     /// The verifier in force, after picking up a changed CRL file.
@@ -164,12 +186,16 @@ impl ConsortiumClientVerifier {
 
     /// Logs a refused certificate with its subject and the reason.
     fn refused(&self, cert: &CertificateDer<'_>, reason: &rustls::Error) {
+        let subject = claimed_subject(cert);
         warn!(
-            subject = %claimed_subject(cert),
+            %subject,
             %reason,
             whose = self.whose,
             "certificate refused"
         );
+        if let Some(Hook(hook)) = &self.on_refused {
+            hook(&subject, reason);
+        }
     }
 
     /// Passes `result` on, logging it if it is a refusal.

@@ -48,6 +48,7 @@ mod signing;
 mod tls;
 
 pub use ca::{KeyKind, Role, Validity, init_ca, sign_request, subject_common_name};
+pub use client_verifier::RefusedCertificateHook;
 pub use crl::{CRL_LIFETIME, reissue_crl, revoke};
 pub use dev::{
     COORDINATOR_NAME, DEV_CA_DAYS, DEV_CA_NAME, DEV_CERT_DAYS, DevConsortium, Party,
@@ -62,7 +63,7 @@ pub use report_keys::{
 pub use request::{make_request, make_request_with};
 pub use show::{CertSummary, describe_certificate};
 pub use signing::{CertificateSigner, ConsortiumVerifier};
-pub use tls::{TlsFiles, client_config, server_config, web_server_config};
+pub use tls::{TlsFiles, client_config, server_config, server_config_with_hook, web_server_config};
 
 /// The CA certificate's file name in a CA directory.
 pub const CA_CERT_FILE: &str = "ca.pem";

@@ -9,7 +9,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
-use crate::client_verifier::ConsortiumClientVerifier;
+use crate::client_verifier::{ConsortiumClientVerifier, RefusedCertificateHook};
 use crate::revocation::{self, CrlPolicy};
 use crate::{CA_CERT_FILE, CRL_FILE, CertError, files};
 
@@ -62,7 +62,18 @@ impl TlsFiles {
 /// preference; a client that offers ALPN but none of these is refused with a
 /// `no_application_protocol` alert.
 pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, CertError> {
-    let verifier = ConsortiumClientVerifier::new(&files.ca_cert, files.crl_policy(), "node")?;
+    server_config_with_hook(files, alpn, None)
+}
+
+/// [`server_config`], telling `on_refused` of every client certificate refused (with the
+/// subject it claims and the reason), besides logging it.
+pub fn server_config_with_hook(
+    files: &TlsFiles,
+    alpn: &[&[u8]],
+    on_refused: Option<RefusedCertificateHook>,
+) -> Result<ServerConfig, CertError> {
+    let verifier = ConsortiumClientVerifier::new(&files.ca_cert, files.crl_policy(), "node")?
+        .with_hook(on_refused);
     let (chain, key) = load_identity(files)?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])

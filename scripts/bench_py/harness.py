@@ -391,6 +391,10 @@ name = "fed_avg"
 
 [secure_aggregation]
 {sa}""")
+    dashboard_port = port + 2 if cfg.get("dashboard") else None
+    if dashboard_port:
+        with open(run / "coordinator.toml", "a") as f:
+            f.write(f'\n[dashboard]\nlisten = "127.0.0.1:{dashboard_port}"\n')
     for name in names:
         (run / f"{name}.toml").write_text(f"""coordinator = "127.0.0.1:{port}"
 server_name = "localhost"
@@ -428,6 +432,7 @@ require_secure_aggregation = {'true' if secagg else 'false'}
                                       stderr=open(run / f"logs/{name}.log", "w"), env=env))
     mon.watch("nodes", [p.pid for p in procs])
     mon.start()
+    scraper = Scraper(dashboard_port) if dashboard_port else None
     try:
         rc = coord.wait(timeout=cfg["timeout"])
         for p in procs:
@@ -436,24 +441,24 @@ require_secure_aggregation = {'true' if secagg else 'false'}
         rc = "timeout"
     finally:
         mon.stop()
+        if scraper:
+            scraper.stop()
         for p in [coord] + procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
     if rc != 0:
         raise RuntimeError(f"medfed run {cfg['id']} failed ({rc}); see {run}/logs")
-    # Round timings: each "round applied" line carries its end time and its duration.
-    ends, durs = [], []
-    for line in (run / "logs/coordinator.log").read_text().splitlines():
-        if "round applied" in line:
-            ts = re.match(r"\s*(\S+)", line).group(1)
-            ends.append(parse_ts(ts))
-            durs.append(float(re.search(r"seconds=([\d.e+-]+)", line).group(1)))
-    if len(ends) != rounds:
-        raise RuntimeError(f"medfed run {cfg['id']}: {len(ends)} rounds applied, {rounds} expected")
+    # Round timings and the final AUC from the run summary the coordinator keeps: each round's
+    # completion time and duration.
+    summary = json.loads((run / "coordinator" / "summary.json").read_text())
+    applied = summary["rounds"]
+    if len(applied) != rounds:
+        raise RuntimeError(f"medfed run {cfg['id']}: {len(applied)} rounds applied, {rounds} expected")
+    ends = [r["completed_at_ms"] / 1e3 for r in applied]
+    durs = [r["seconds"] for r in applied]
     t0, t1 = ends[0] - durs[0], ends[-1]
-    summary = (run / "summary.txt").read_text()
-    final = re.search(r"held-out AUC ([\d.]+).*\[final\]", summary)
+    final = (summary.get("final_evaluation") or {}).get("auc")
     # Bytes each node sent in the training rounds, from its egress log.
     sent = 0
     for name in names:
@@ -464,28 +469,45 @@ require_secure_aggregation = {'true' if secagg else 'false'}
             if len(parts) >= 5 and parts[0].isdigit() and parts[1].isdigit() and 1 <= int(parts[1]) <= rounds:
                 sent += int(parts[3])
     figures = run_figures(mon, t0, t1, rounds, nodes, t_launch, sent, None,
-                          float(final.group(1)) if final else float("nan"))
+                          float(final) if final is not None else float("nan"))
     if cfg["secagg"]:
-        figures["consistency"] = consistency_cost(run / "logs/coordinator.log", rounds, durs)
+        figures["consistency"] = consistency_cost(applied)
+    if scraper:
+        figures["scrapes"] = scraper.count
     return figures
 
 
-def consistency_cost(log_path, rounds, round_seconds):
-    """The consistency round's cost in each training round, from the coordinator's "secure
-    aggregation phases" lines: its seconds, and its ratio to the rest of the round (the round's
-    `round applied` seconds less the consistency phase), i.e. to the round without it."""
-    phases = {}
-    for line in Path(log_path).read_text().splitlines():
-        if "secure aggregation phases" not in line:
-            continue
-        fields = dict(re.findall(r"(\w+)=([\d.e+-]+)", line))
-        r = int(fields["round"])
-        if 1 <= r <= rounds:
-            # A retried round logs once per attempt; the one applied is the last.
-            phases[r] = float(fields["consistency_s"])
-    if len(phases) != rounds:
-        raise RuntimeError(f"{log_path}: phase timings for {len(phases)} of {rounds} rounds")
-    seconds = [phases[r] for r in range(1, rounds + 1)]
+class Scraper:
+    """What an operator's tools do to a coordinator's dashboard during a run: Prometheus scrapes
+    /metrics and an open page polls /api/summary, once a second each, on a thread."""
+
+    def __init__(self, port):
+        self.port, self.count, self.done = port, 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        import urllib.request
+        while not self.done.wait(1.0):
+            for path in ("/metrics", "/api/summary"):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                        r.read()
+                    self.count += 1
+                except OSError:
+                    pass
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(timeout=10)
+
+
+def consistency_cost(applied):
+    """The consistency round's cost in each training round, from the run summary's per-phase
+    timings of each applied round: its seconds, and its ratio to the rest of the round (the
+    round's seconds less the consistency phase), i.e. to the round without it."""
+    seconds = [r["phase_seconds"].get("consistency", 0.0) for r in applied]
+    round_seconds = [r["seconds"] for r in applied]
     ratios = [c / (total - c) for c, total in zip(seconds, round_seconds)]
     return {"seconds": seconds, "round_seconds": round_seconds, "ratios": ratios,
             "worst_ratio": max(ratios)}
@@ -501,8 +523,8 @@ def consistency_section(rows):
          "",
          "Each secure-aggregation round has a consistency phase (every survivor signs the survivor "
          "set before any unmasking share leaves it). Its wall time per training round, from the "
-         "coordinator's `secure aggregation phases` log lines, against the rest of the same round "
-         "(the round's `round applied` seconds less the phase): the round without it. Goal: at "
+         "coordinator's run summary (`summary.json`: each round's seconds per phase), against the "
+         "rest of the same round (the round's seconds less the phase): the round without it. Goal: at "
          "most 10 %.",
          "",
          "| Configuration | Consistency phase per round | Round without it | Ratio (worst round) |",
@@ -518,11 +540,48 @@ def consistency_section(rows):
     return L
 
 
-def splice_consistency(page, section):
-    """Puts `section` into the page text: in place of its earlier version, or before section 2."""
+def console_section(pairs, rounds):
+    """Lines of the page's section on the dashboard's cost: round time and the coordinator's
+    peak RSS with the dashboard off and on (scraped), each run `len(pairs)` times alternately."""
+    def median(values):
+        values = sorted(values)
+        n = len(values)
+        return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+    off = [p["off"] for p in pairs]
+    on = [p["on"] for p in pairs]
+    wall_off = median([r["wall_per_round"] for r in off])
+    wall_on = median([r["wall_per_round"] for r in on])
+    rss_off = max(r["coord_peak_rss"] for r in off)
+    rss_on = max(r["coord_peak_rss"] for r in on)
+    scrapes = sum(r.get("scrapes", 0) for r in on)
+    ratios = [p["on"]["wall_per_round"] / p["off"]["wall_per_round"] for p in pairs]
+    L = ["<!-- console -->", "",
+         "### The operator's dashboard's cost",
+         "",
+         f"The demo's task (4 hospitals, its MLP, secure aggregation, {rounds} rounds), run "
+         f"{len(pairs)} times with `[dashboard]` off and {len(pairs)} times with it on, alternately, "
+         "while a scraper read `/metrics` and `/api/summary` once a second each "
+         f"({scrapes} answered requests in all). Round time: the median over the runs of each "
+         "run's mean round (from `summary.json`). Goals: round-time ratio at most 1.02; the "
+         "coordinator's peak RSS under 30 MiB.",
+         "",
+         "| Dashboard | Round time (median) | Coordinator peak RSS (worst run) |",
+         "|---|---|---|",
+         f"| off | {wall_off * 1e3:.0f} ms | {rss_off / 2**20:.1f} MiB |",
+         f"| on, scraped | {wall_on * 1e3:.0f} ms | {rss_on / 2**20:.1f} MiB |",
+         "",
+         f"Round-time ratio on/off: **{wall_on / wall_off:.3f}** (ratio of the medians; per pair: "
+         + ", ".join(f"{r:.3f}" for r in ratios) + ").",
+         "", "<!-- /console -->"]
+    return L
+
+
+def splice_section(page, tag, section):
+    """Puts `section` (between `<!-- tag -->` markers) into the page text: in place of its
+    earlier version, or before section 2."""
     text = page.read_text()
     block = "\n".join(section)
-    match = re.search(r"<!-- consistency -->.*?<!-- /consistency -->", text, re.S)
+    match = re.search(rf"<!-- {tag} -->.*?<!-- /{tag} -->", text, re.S)
     if match:
         text = text[:match.start()] + block + text[match.end():]
     else:
@@ -547,15 +606,6 @@ def run_figures(mon, t0, t1, rounds, nodes, t_launch, sent, received, auc):
         "total_wall": time.time() - t_launch,
         "processes": mon.processes("coordinator"),
     }
-
-
-def parse_ts(ts):
-    from datetime import datetime
-    ts = ts.rstrip("Z")
-    if "." in ts:
-        head, frac = ts.split(".")
-        ts = f"{head}.{frac[:6]}"
-    return datetime.fromisoformat(ts + "+00:00").timestamp()
 
 
 # ---- Flower -----------------------------------------------------------------------------------
@@ -767,6 +817,9 @@ def main():
     ap.add_argument("--consistency-only", action="store_true",
                     help="run only medfed with secure aggregation (BENCH_NODES, BENCH_MODELS) and "
                          "rewrite the page's section on the consistency round's cost")
+    ap.add_argument("--console-only", action="store_true",
+                    help="run only medfed on the demo's task with the dashboard off and on, "
+                         "alternately, and rewrite the page's section on the dashboard's cost")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the page from run/bench/results.json and limits.json")
     args = ap.parse_args()
@@ -814,9 +867,36 @@ def main():
                 log("  ", json.dumps(row["medfed"]["consistency"]))
                 rows.append(row)
         (root / "consistency.json").write_text(json.dumps(rows, indent=1, default=str))
-        splice_consistency(Path(args.out), consistency_section(rows)
+        splice_section(Path(args.out), "consistency", consistency_section(rows)
                            + ["", f"Written by `{args.command} --consistency-only` on "
                               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."])
+        log(f"wrote {args.out}")
+        return
+    if args.console_only:
+        root = REPO / "run" / "bench"
+        root.mkdir(parents=True, exist_ok=True)
+        data_dir, names, width = prepare_data(4, root)
+        rounds = int(os.environ.get("BENCH_ROUNDS", "10"))
+        pairs = []
+        for repeat in range(int(os.environ.get("BENCH_REPEATS", "3"))):
+            pair = {}
+            for dashboard in (False, True):
+                cfg = dict(id=f"console-{'on' if dashboard else 'off'}-{repeat}", nodes=4,
+                           hidden=MODELS["demo"], secagg=True, rounds=rounds, epochs=2, lr=0.05,
+                           batch=32, shares=4, threshold=3, timeout=1200, model="demo",
+                           params=param_count(width, MODELS["demo"]), dashboard=dashboard)
+                log(f"medfed {cfg['id']}")
+                figures = run_medfed(cfg, data_dir, names, root, 19300 + 10 * len(pairs))
+                figures.pop("consistency", None)
+                log("  ", json.dumps(figures))
+                pair["on" if dashboard else "off"] = figures
+            pairs.append(pair)
+        (root / "console.json").write_text(json.dumps(pairs, indent=1, default=str))
+        section = console_section(pairs, rounds)
+        print("\n".join(section[2:-2]))
+        splice_section(Path(args.out), "console", section
+                       + ["", f"Written by `{args.command} --console-only` on "
+                          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."])
         log(f"wrote {args.out}")
         return
     if args.render_only:

@@ -70,6 +70,22 @@ async fn metrics_scraped_during_a_run_agree_with_its_summary_and_its_status() {
     ] {
         assert_eq!(client.get(path).await.unwrap().status, 404, "{path}");
     }
+    // A web page that rebinds its own name to 127.0.0.1 cannot read the loopback dashboard
+    // from the operator's browser: its requests carry its name as Host.
+    for host in ["attacker.example", "attacker.example:9464"] {
+        let rebound = client
+            .request("GET", "/api/summary", &[("Host", host)])
+            .await
+            .unwrap();
+        assert_eq!(rebound.status, 421, "{host}");
+    }
+    for host in ["localhost:9464", "[::1]:9464"] {
+        let local = client
+            .request("GET", "/healthz", &[("Host", host)])
+            .await
+            .unwrap();
+        assert_eq!(local.status, 200, "{host}");
+    }
     // The event stream starts with the whole summary.
     let event = client.first_event("/events").await.unwrap();
     assert_eq!(event.header("content-type"), Some("text/event-stream"));
@@ -234,6 +250,10 @@ async fn an_exposed_dashboard_answers_only_over_tls_and_only_with_its_token() {
     let token = "6d656466656420646173686226f61726420746f6b656e20666f722074657374";
     let token_file = consortium.dir.path().join("dashboard.token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let mut config = consortium.coordinator_config(1, 3);
     config.dashboard = Some(DashboardConfig {
         tls: true,
@@ -282,6 +302,8 @@ async fn an_exposed_dashboard_answers_only_over_tls_and_only_with_its_token() {
     for attribute in ["HttpOnly", "Secure", "SameSite=Strict"] {
         assert!(cookie.contains(attribute), "{cookie}");
     }
+    // The cookie is a session value, not the token Prometheus also holds.
+    assert!(!cookie.contains(token), "{cookie}");
     let pair = cookie.split(';').next().unwrap();
     let summary = client
         .request("GET", "/api/summary", &[("Cookie", pair)])
@@ -293,5 +315,52 @@ async fn an_exposed_dashboard_answers_only_over_tls_and_only_with_its_token() {
 
     // Plain HTTP to the TLS listener gets no answer.
     assert!(Client::plain(addr).get("/metrics").await.is_err());
+    coordinator.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_refused_at_the_handshake_is_shown_by_its_subject_and_reason() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 20);
+    let mut config = consortium.coordinator_config(1, 3);
+    config.dashboard = Some(dashboard_on_loopback());
+    let coordinator = consortium.start_coordinator(config).await;
+    let client = Client::plain(coordinator.dashboard_addr().unwrap());
+
+    // A node whose certificate another CA issued; it trusts the consortium's CA, so it gets as
+    // far as presenting its certificate, which the coordinator's handshake refuses.
+    let outsiders = Consortium::new(&["intruder"], 20);
+    let mut intruder = outsiders.node_config("intruder", coordinator.local_addr());
+    intruder.tls.ca_cert = consortium.certs.coordinator_tls().ca_cert;
+    intruder.tls.crl = None;
+    let outcome = tokio::time::timeout(Duration::from_secs(60), outsiders.spawn_node(intruder))
+        .await
+        .expect("a refused node stops")
+        .unwrap();
+    assert!(
+        matches!(outcome, Err(medfed_node::NodeError::TlsRefused { .. })),
+        "{outcome:?}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let summary: Value =
+            serde_json::from_str(&client.get("/api/summary").await.unwrap().body).unwrap();
+        if let Some(first) = summary["refused"].as_array().and_then(|r| r.first()) {
+            break first.clone();
+        }
+        assert!(Instant::now() < deadline, "no refusal shown: {summary}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused["subject"], "intruder");
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(reason.starts_with("certificate_"), "{reason}");
+    let exposition = client.get("/metrics").await.unwrap().body;
+    let count = metric(
+        &exposition,
+        &format!("medfed_connections_refused_total{{reason=\"{reason}\"}}"),
+    )
+    .unwrap();
+    assert!(count >= 1.0, "{exposition}");
     coordinator.abort();
 }

@@ -63,7 +63,7 @@ impl Client {
     ) -> Result<Response, String> {
         let text = tokio::time::timeout(Duration::from_secs(30), async {
             let mut stream = self.connect().await?;
-            write_request(&mut stream, method, path, headers).await?;
+            write_request(&mut stream, self.addr, method, path, headers).await?;
             let mut bytes = Vec::new();
             stream
                 .read_to_end(&mut bytes)
@@ -86,7 +86,7 @@ impl Client {
     pub async fn first_event(&self, path: &str) -> Result<Response, String> {
         tokio::time::timeout(Duration::from_secs(30), async {
             let mut stream = self.connect().await?;
-            write_request(&mut stream, "GET", path, &[]).await?;
+            write_request(&mut stream, self.addr, "GET", path, &[]).await?;
             let mut bytes = Vec::new();
             let mut buffer = [0u8; 4096];
             loop {
@@ -132,13 +132,21 @@ impl Client {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
+/// Writes the request; its `Host` is `addr` unless `headers` name one.
 async fn write_request(
     stream: &mut Box<dyn Stream>,
+    addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(), String> {
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: medfed\r\nConnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        request.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }

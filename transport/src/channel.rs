@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use medfed_certs::{CertError, TlsFiles, client_config, server_config, subject_common_name};
+use medfed_certs::{
+    CertError, RefusedCertificateHook, TlsFiles, client_config, server_config_with_hook,
+    subject_common_name,
+};
 use medfed_protocol::codec::{self, CodecError, FrameDecoder};
 use medfed_protocol::messages::{ALPN, Message};
 use rustls_pki_types::CertificateDer;
@@ -35,7 +38,17 @@ pub fn server_endpoint(
     files: &TlsFiles,
     listen: SocketAddr,
 ) -> Result<quinn::Endpoint, ChannelError> {
-    let tls = server_config(files, &[ALPN])?;
+    server_endpoint_with_hook(files, listen, None)
+}
+
+/// [`server_endpoint`], telling `on_refused` of every client certificate the TLS handshake
+/// refuses (the subject it claims and the reason).
+pub fn server_endpoint_with_hook(
+    files: &TlsFiles,
+    listen: SocketAddr,
+    on_refused: Option<RefusedCertificateHook>,
+) -> Result<quinn::Endpoint, ChannelError> {
+    let tls = server_config_with_hook(files, &[ALPN], on_refused)?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| ChannelError::Setup(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));

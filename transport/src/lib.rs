@@ -31,5 +31,5 @@ mod channel;
 pub use address::{AddressError, PeerAddress, ResolveError};
 pub use channel::{
     ChannelError, MessageReader, client_endpoint, peer_identity, send_frame, send_message,
-    server_endpoint,
+    server_endpoint, server_endpoint_with_hook,
 };

@@ -38,6 +38,8 @@ pub struct Console {
     changes: watch::Sender<u64>,
     /// Where the summary is written; `None` keeps it in memory only.
     summary_path: Option<PathBuf>,
+    /// Held while the summary file is written, so two writes never share its temporary file.
+    writing: Mutex<()>,
     /// The connected nodes and the bytes received from each.
     registry: Arc<Registry>,
 }
@@ -100,6 +102,7 @@ impl Console {
             }),
             changes: watch::channel(0).0,
             summary_path: data_dir.map(|dir| dir.join(SUMMARY_FILE)),
+            writing: Mutex::new(()),
             registry,
         };
         console.persist();
@@ -147,7 +150,7 @@ impl Console {
     /// `name` was admitted.
     pub fn admitted(&self, name: &str) {
         self.change(|inner| {
-            let node = inner.summary.node_mut(name);
+            let node = inner.summary.node_mut(&clean(name));
             node.state = NodeState::Connected;
             node.reason = None;
             node.last_seen_ms = now_ms();
@@ -157,16 +160,18 @@ impl Console {
     /// `name`'s connection closed, for `reason`.
     pub fn disconnected(&self, name: &str, reason: &str) {
         self.change(|inner| {
-            let node = inner.summary.node_mut(name);
+            let node = inner.summary.node_mut(&clean(name));
             node.state = NodeState::Disconnected;
-            node.reason = Some(reason.to_owned());
+            node.reason = Some(clean(reason));
         });
     }
 
     /// A connection was refused at admission: `subject` is its certificate's subject (`None`
     /// when the handshake failed before it), `kind` the reason's label, `detail` its words.
     pub fn refused(&self, subject: Option<&str>, kind: &str, detail: &str) {
-        let subject = subject.unwrap_or("unknown");
+        let subject = clean(subject.unwrap_or("unknown"));
+        let (kind, detail) = (clean(kind), clean(detail));
+        let (kind, detail) = (kind.as_str(), detail.as_str());
         self.change(|inner| {
             *inner
                 .summary
@@ -182,7 +187,7 @@ impl Console {
                 Some(at) => at,
                 None => {
                     refused.push(RefusedSummary {
-                        subject: subject.to_owned(),
+                        subject: subject.clone(),
                         reason: kind.to_owned(),
                         ..RefusedSummary::default()
                     });
@@ -244,7 +249,7 @@ impl Console {
     pub fn asked<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         self.change(|inner| {
             for name in names {
-                let node = inner.summary.node_mut(name);
+                let node = inner.summary.node_mut(&clean(name));
                 node.state = NodeState::Training;
                 node.reason = None;
             }
@@ -262,13 +267,13 @@ impl Console {
                     .entry(why.kind().to_owned())
                     .or_default() += 1;
             }
-            let node = inner.summary.node_mut(name);
+            let node = inner.summary.node_mut(&clean(name));
             node.last_seen_ms = now_ms();
             match left_out {
                 None => node.state = NodeState::Answered,
                 Some(why) => {
                     node.state = NodeState::Dropped;
-                    node.reason = Some(why.to_string());
+                    node.reason = Some(clean(&why.to_string()));
                 }
             }
         });
@@ -324,9 +329,9 @@ impl Console {
                     .dropped
                     .iter()
                     .map(|(name, why)| DroppedNode {
-                        name: name.clone(),
+                        name: clean(name),
                         reason: why.kind().to_owned(),
-                        detail: why.to_string(),
+                        detail: clean(&why.to_string()),
                     })
                     .collect(),
                 evaluation: completed.evaluation,
@@ -338,6 +343,10 @@ impl Console {
                 bytes_in: total_bytes.saturating_sub(inner.bytes_at_attempt_start),
                 completed_at_ms: now_ms(),
             });
+            if summary.rounds.len() > MAX_ROUNDS_KEPT {
+                let excess = summary.rounds.len() - MAX_ROUNDS_KEPT;
+                summary.rounds.drain(..excess);
+            }
         });
         self.persist();
     }
@@ -361,7 +370,7 @@ impl Console {
         let bytes = self.registry.bytes_received();
         self.change(|inner| {
             inner.summary.state = state;
-            inner.summary.stopped = why;
+            inner.summary.stopped = why.as_deref().map(clean);
             inner.summary.current = None;
             apply_bytes(&mut inner.summary, &bytes);
             inner.summary.totals.bytes_received = bytes.values().sum();
@@ -370,17 +379,19 @@ impl Console {
     }
 
     /// Writes the summary file, if there is one: atomically (a temporary file renamed over
-    /// it), not synced (it is rewritten at every round and rebuilt by a restarted run).
+    /// it), readable by its owner only (like the state beside it), not synced (it is rewritten
+    /// at every round and rebuilt by a restarted run).
     pub fn persist(&self) {
         let Some(path) = &self.summary_path else {
             return;
         };
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let summary = self.summary();
         let result = serde_json::to_vec_pretty(&summary)
             .map_err(std::io::Error::other)
             .and_then(|json| {
                 let temporary = path.with_extension("json.tmp");
-                std::fs::write(&temporary, json)?;
+                write_private(&temporary, &json)?;
                 std::fs::rename(&temporary, path)
             });
         if let Err(e) = result {
@@ -403,6 +414,19 @@ impl Console {
     }
 }
 
+/// Writes `bytes` to a new or truncated file that only its owner may read (on Unix).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(bytes)
+}
+
 /// Brings each node's bytes received, and the total, up to `bytes`.
 fn apply_bytes(summary: &mut RunSummary, bytes: &BTreeMap<String, u64>) {
     for (name, received) in bytes {
@@ -419,6 +443,27 @@ pub fn variant_label(value: &impl Serialize) -> String {
         Ok(serde_json::Value::Object(map)) => map.keys().next().cloned().unwrap_or_default(),
         _ => String::new(),
     };
+    snake_case(&name)
+}
+
+/// The label of a TLS handshake's refusal of a client certificate: `certificate_revoked`,
+/// `certificate_unknown_issuer`, `certificate_expired`, …, or `tls` for another failure.
+pub fn tls_refusal_label(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InvalidCertificate(reason) => {
+            let debug = format!("{reason:?}");
+            let name: String = debug
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
+            format!("certificate_{}", snake_case(&name))
+        }
+        _ => "tls".to_owned(),
+    }
+}
+
+/// `CamelCase` as `camel_case` (`other` when empty).
+fn snake_case(name: &str) -> String {
     let mut label = String::with_capacity(name.len() + 4);
     for (i, c) in name.chars().enumerate() {
         if c.is_ascii_uppercase() {
@@ -434,6 +479,30 @@ pub fn variant_label(value: &impl Serialize) -> String {
         label.push_str("other");
     }
     label
+}
+
+/// The most characters of one outside text (a node's reason, a certificate's subject, an
+/// error) the summary keeps.
+pub const MAX_TEXT_CHARS: usize = 240;
+
+/// The most completed rounds the live summary keeps (the latest); every round stays in the
+/// state store and the signed reports.
+pub const MAX_ROUNDS_KEPT: usize = 1000;
+
+/// `text` as the summary keeps it: control characters (a terminal's escape sequences among
+/// them) replaced by `�`, and at most [`MAX_TEXT_CHARS`] characters, marked `…` when cut. A
+/// node or a peer's close reason can be long and hostile; the summary is copied to every
+/// dashboard client and printed by `status`.
+pub fn clean(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_TEXT_CHARS)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    if text.chars().nth(MAX_TEXT_CHARS).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// Now, in Unix milliseconds.

@@ -39,7 +39,8 @@ pub struct RunSummary {
     /// Connections refused at admission, by certificate subject (or `unknown` when the
     /// handshake did not get that far) and reason.
     pub refused: Vec<RefusedSummary>,
-    /// Every completed round of this run, oldest first.
+    /// The completed rounds of this run, oldest first: the latest
+    /// [`MAX_ROUNDS_KEPT`](super::MAX_ROUNDS_KEPT) (the totals count every one).
     pub rounds: Vec<RoundSummary>,
     /// The final model's pooled held-out evaluation, once done.
     pub final_evaluation: Option<PooledEvaluation>,

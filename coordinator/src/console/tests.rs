@@ -122,6 +122,12 @@ fn the_summary_file_follows_the_run_and_reads_back() {
         RunSummary::read(&path).unwrap().state,
         RunState::WaitingForNodes
     );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "summary.json is readable by others: {mode:o}");
+    }
     console.set_state(RunState::Training);
     console.attempt_started(1, 1);
     console.round_completed(completed(1, &["a", "b"]));
@@ -164,4 +170,39 @@ fn variant_labels_are_snake_case_variant_names() {
         "protocol_version"
     );
     assert_eq!(variant_label(&DeclineReason::BudgetSpent), "budget_spent");
+}
+
+#[test]
+fn outside_text_is_kept_short_and_without_control_characters() {
+    let console = console(None);
+    let hostile = format!("\u{1b}]52;c;cm0gLXJmIH4=\u{7}{}", "x".repeat(10_000));
+    console.refused(None, "handshake", &hostile);
+    console.disconnected("a", &hostile);
+    let summary = console.summary();
+    for text in [
+        &summary.refused[0].detail,
+        summary.nodes[0].reason.as_ref().unwrap(),
+    ] {
+        assert!(
+            text.chars().count() <= MAX_TEXT_CHARS + 1,
+            "{} chars",
+            text.len()
+        );
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.ends_with('…'));
+    }
+    assert_eq!(clean("plain words"), "plain words");
+}
+
+#[test]
+fn the_live_summary_keeps_the_latest_rounds_and_counts_them_all() {
+    let console = console(None);
+    for round in 1..=(MAX_ROUNDS_KEPT as u64 + 5) {
+        console.attempt_started(round, 1);
+        console.round_completed(completed(round, &["a"]));
+    }
+    let summary = console.summary();
+    assert_eq!(summary.rounds.len(), MAX_ROUNDS_KEPT);
+    assert_eq!(summary.rounds[0].round, 6);
+    assert_eq!(summary.totals.rounds_completed, MAX_ROUNDS_KEPT as u64 + 5);
 }

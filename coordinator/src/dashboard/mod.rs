@@ -11,9 +11,10 @@
 mod routes;
 pub mod token;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -30,6 +31,10 @@ pub use token::{AccessToken, TokenError};
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once from one IP address: one client cannot take every slot.
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
+/// Event streams open at once (each holds a connection for as long as it is open).
+const MAX_EVENT_STREAMS: usize = 16;
 /// How long a client has for its TLS handshake and for each request's headers.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,6 +63,8 @@ struct Shared {
     token: Option<AccessToken>,
     tls: bool,
     reports_dir: PathBuf,
+    /// Slots of the event streams open at once.
+    event_streams: Arc<Semaphore>,
 }
 
 /// Binds the dashboard and serves it in the background for as long as the async runtime runs
@@ -104,6 +111,7 @@ pub async fn start(
         token,
         tls: config.tls,
         reports_dir,
+        event_streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
     });
     tokio::spawn(accept_loop(listener, acceptor, shared));
     Ok(local_addr)
@@ -111,6 +119,7 @@ pub async fn start(
 
 async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -124,10 +133,19 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, share
                 continue;
             }
         };
+        // Local clients (a browser opens several connections per page) are not limited.
+        let address_slot = if remote.ip().is_loopback() {
+            None
+        } else if let Some(slot) = AddressSlot::take(&per_address, remote.ip()) {
+            Some(slot)
+        } else {
+            debug!(%remote, "dashboard: too many connections from this address");
+            continue;
+        };
         let (acceptor, shared) = (acceptor.clone(), shared.clone());
         tokio::spawn(
             async move {
-                let _slot = slot;
+                let _slots = (slot, address_slot);
                 match acceptor {
                     Some(acceptor) => {
                         match tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(stream)).await {
@@ -141,6 +159,40 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, share
             }
             .instrument(info_span!("dashboard", %remote)),
         );
+    }
+}
+
+/// One of an IP address's connection slots, given back when dropped.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    address: IpAddr,
+}
+
+impl AddressSlot {
+    /// A slot for `address`, unless it holds [`MAX_CONNECTIONS_PER_ADDRESS`] already.
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, address: IpAddr) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = map.entry(address).or_default();
+        if *count >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: counts.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = map.get_mut(&self.address) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                map.remove(&self.address);
+            }
+        }
     }
 }
 

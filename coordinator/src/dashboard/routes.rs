@@ -32,8 +32,10 @@ const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'sel
      img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 /// The audit pages carry their style inline and run no script.
-const REPORT_POLICY: &str =
-    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'";
+const REPORT_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// An event stream whose client has taken no event for this long is dropped.
+const STALLED_CLIENT: Duration = Duration::from_secs(30);
 /// Comment lines that keep an idle event stream open through proxies.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// The event stream sends at most one summary this often, however fast the run changes.
@@ -45,25 +47,39 @@ pub(super) async fn handle(
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        let mut response = text(
+        let mut response = closing(text(
             StatusCode::METHOD_NOT_ALLOWED,
             "read-only: GET and HEAD only\n",
-        );
+        ));
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return Ok(response);
     }
     let path = request.uri().path().to_owned();
+    // Without a token, the page is for this machine: a Host that is a name other than
+    // `localhost` is a web page's DNS-rebinding attempt to read it from the operator's browser.
+    if shared.token.is_none() && !is_local_host(&request) {
+        return Ok(closing(text(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this dashboard answers only to an IP address or localhost\n",
+        )));
+    }
     if let Some(token) = &shared.token {
         // `/?token=…`: set the cookie and go to the page without the token in the address.
         if let Some(presented) = query_token(request.uri().query())
             && token.accepts(presented)
         {
-            return Ok(set_cookie_and_redirect(presented, shared.tls));
+            return Ok(set_cookie_and_redirect(token.session(), shared.tls));
         }
-        if !presented_tokens(&request).any(|presented| token.accepts(presented)) {
-            let mut response = text(StatusCode::UNAUTHORIZED, "a dashboard token is needed\n");
+        let (mut bearers, mut cookies) = presented_tokens(&request);
+        if !bearers.any(|presented| token.accepts(presented))
+            && !cookies.any(|presented| token.accepts_session(presented))
+        {
+            let mut response = closing(text(
+                StatusCode::UNAUTHORIZED,
+                "a dashboard token is needed\n",
+            ));
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"medfed dashboard\""),
@@ -87,10 +103,30 @@ pub(super) async fn handle(
     Ok(response)
 }
 
-/// Tokens the request presents: `Authorization: Bearer …` and the cookie.
+/// Whether the request's `Host` (or, for HTTP/1.0, its absence) names this machine by an IP
+/// address or as `localhost`.
+fn is_local_host(request: &Request<hyper::body::Incoming>) -> bool {
+    let Some(host) = request.headers().get(header::HOST) else {
+        return request.uri().host().is_none();
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        // `[::1]:9464`
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// What the request presents: tokens (`Authorization: Bearer …`) and session cookies.
 fn presented_tokens<'a>(
     request: &'a Request<hyper::body::Incoming>,
-) -> impl Iterator<Item = &'a str> + 'a {
+) -> (
+    impl Iterator<Item = &'a str> + 'a,
+    impl Iterator<Item = &'a str> + 'a,
+) {
     let bearer = request
         .headers()
         .get_all(header::AUTHORIZATION)
@@ -105,7 +141,7 @@ fn presented_tokens<'a>(
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='));
-    bearer.chain(cookies)
+    (bearer, cookies)
 }
 
 /// The `token` parameter of a query string.
@@ -115,9 +151,9 @@ fn query_token(query: Option<&str>) -> Option<&str> {
         .find_map(|pair| pair.strip_prefix("token="))
 }
 
-fn set_cookie_and_redirect(token: &str, tls: bool) -> Response<Body> {
+fn set_cookie_and_redirect(session: &str, tls: bool) -> Response<Body> {
     let secure = if tls { "; Secure" } else { "" };
-    let cookie = format!("{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{secure}");
+    let cookie = format!("{TOKEN_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/{secure}");
     let mut response = empty(StatusCode::SEE_OTHER);
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, HeaderValue::from_static("/"));
@@ -162,9 +198,29 @@ fn metrics(shared: &Shared) -> Response<Body> {
 /// The summary now and after every change, as server-sent events, until the client leaves or
 /// the process ends.
 fn events(shared: Arc<Shared>) -> Response<Body> {
-    let (sender, receiver) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    let Ok(stream_slot) = shared.event_streams.clone().try_acquire_owned() else {
+        let mut response = closing(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many event streams open; poll /api/summary\n",
+        ));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return response;
+    };
+    let (sender, receiver) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
     let mut changes = shared.console.subscribe();
     tokio::spawn(async move {
+        let _slot = stream_slot;
+        // Sends a frame; false once the client is gone or has stopped reading.
+        let send = |frame: Bytes| {
+            let sender = sender.clone();
+            async move {
+                let sent =
+                    tokio::time::timeout(STALLED_CLIENT, sender.send(Ok(Frame::data(frame))));
+                matches!(sent.await, Ok(Ok(())))
+            }
+        };
         // The first event goes at once; then one per change, spaced.
         changes.borrow_and_update();
         loop {
@@ -172,11 +228,7 @@ fn events(shared: Arc<Shared>) -> Response<Body> {
                 Ok(json) => format!("event: summary\ndata: {json}\n\n"),
                 Err(_) => return,
             };
-            if sender
-                .send(Ok(Frame::data(Bytes::from(event))))
-                .await
-                .is_err()
-            {
+            if !send(Bytes::from(event)).await {
                 return;
             }
             tokio::time::sleep(EVENT_SPACING).await;
@@ -189,8 +241,7 @@ fn events(shared: Arc<Shared>) -> Response<Body> {
                         break;
                     }
                     () = tokio::time::sleep(KEEP_ALIVE) => {
-                        let ping = Frame::data(Bytes::from_static(b": keep-alive\n\n"));
-                        if sender.send(Ok(ping)).await.is_err() {
+                        if !send(Bytes::from_static(b": keep-alive\n\n")).await {
                             return;
                         }
                     }
@@ -242,6 +293,14 @@ fn is_round_report(name: &str) -> bool {
         .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// `response`, closing its connection after it (a refusal does not keep a connection slot).
+fn closing(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     with_body(
         status,
@@ -267,6 +326,10 @@ fn with_body(status: StatusCode, content_type: &'static str, body: Bytes) -> Res
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
     );
     response
 }

@@ -32,7 +32,7 @@ use medfed_protocol::model::{Model, ModelSpec};
 use medfed_protocol::report::NodePrivacy;
 use medfed_protocol::round::{Exclusions, LeftOut};
 use medfed_protocol::schema::Schema;
-use medfed_transport::server_endpoint;
+use medfed_transport::server_endpoint_with_hook;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -41,7 +41,7 @@ pub use error::CoordinatorError;
 pub use release::RELEASED_MODEL_FILE;
 
 use crate::config::CoordinatorConfig;
-use crate::console::{Console, CoordinatorInfo, RunState, TaskInfo};
+use crate::console::{Console, CoordinatorInfo, RunState, TaskInfo, tls_refusal_label};
 use crate::listener::{self, Admission};
 use crate::manifest::{ManifestBuildError, signed_manifest, write_manifest};
 use crate::registry::Registry;
@@ -199,7 +199,22 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
             .and_then(|done| done.optimizer_state.clone()),
     )?;
 
-    let endpoint = server_endpoint(&config.tls, config.listen)?;
+    // Certificates the TLS handshake refuses reach the console (made below, once the address
+    // it shows is known).
+    let console_slot: Arc<std::sync::OnceLock<Arc<Console>>> = Arc::default();
+    let on_refused: medfed_certs::RefusedCertificateHook = {
+        let console_slot = console_slot.clone();
+        Arc::new(move |subject: &str, reason: &rustls::Error| {
+            if let Some(console) = console_slot.get() {
+                console.refused(
+                    Some(subject),
+                    &tls_refusal_label(reason),
+                    &reason.to_string(),
+                );
+            }
+        })
+    };
+    let endpoint = server_endpoint_with_hook(&config.tls, config.listen, Some(on_refused))?;
     let local_addr = endpoint
         .local_addr()
         .map_err(|source| CoordinatorError::Io {
@@ -263,6 +278,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
             }
         })
     };
+    let _ = console_slot.set(console.clone());
     let dashboard_addr = match &config.dashboard {
         Some(dashboard) => Some(
             crate::dashboard::start(
