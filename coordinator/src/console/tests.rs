@@ -126,7 +126,11 @@ fn the_summary_file_follows_the_run_and_reads_back() {
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "summary.json is readable by others: {mode:o}");
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "summary.json is readable by others: {mode:o}"
+        );
     }
     console.set_state(RunState::Training);
     console.attempt_started(1, 1);

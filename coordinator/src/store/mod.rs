@@ -72,7 +72,8 @@ pub use error::StoreError;
 use rows::RawRound;
 pub use rows::{NodeRow, RoundRow, RoundStatus};
 use sql::{
-    ROUND_COLUMNS, get_json_on, last_completed_number, migrate, round_key, status_of, to_json,
+    ROUND_COLUMNS, get_json_on, last_completed_number, migrate, readable_version, round_key,
+    status_of, to_json,
 };
 
 impl Store {
@@ -103,16 +104,7 @@ impl Store {
             path: path.to_path_buf(),
             source,
         })?;
-        let found: i64 =
-            conn.query_row("SELECT version FROM schema_version WHERE id = 1", [], |r| {
-                r.get(0)
-            })?;
-        if found > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
+        readable_version(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })

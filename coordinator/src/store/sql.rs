@@ -48,15 +48,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
          );
          INSERT OR IGNORE INTO schema_version (id, version) VALUES (1, 0);",
     )?;
-    let found: i64 = tx.query_row("SELECT version FROM schema_version WHERE id = 1", [], |r| {
-        r.get(0)
-    })?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew {
-            found,
-            supported: SCHEMA_VERSION,
-        });
-    }
+    let found = readable_version(&tx)?;
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
         tx.execute_batch(sql)?;
         tx.execute(
@@ -67,6 +59,21 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     tx.commit()?;
     Ok(())
+}
+
+/// The database's schema version, refused if a newer medfed wrote it.
+pub(super) fn readable_version(conn: &Connection) -> Result<i64, StoreError> {
+    let found: i64 =
+        conn.query_row("SELECT version FROM schema_version WHERE id = 1", [], |r| {
+            r.get(0)
+        })?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(found)
 }
 
 /// A round number as stored.
