@@ -23,8 +23,8 @@ use crate::report::NodePrivacy;
 use crate::secagg::encoding::{BlockEncoding, VectorEncoding};
 use crate::secagg::fixed_point::FixedPoint;
 use crate::secagg::{
-    ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures, ExpectUnmasking, Participant,
-    PeerVerifier, RoundParams, SecAggError, ShareDelivery,
+    ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures, ExpectUnmasking, MaskedInput,
+    Participant, PeerVerifier, RoundParams, SecAggError, ShareDelivery,
 };
 
 use super::rules::check_budgets;
@@ -285,6 +285,9 @@ pub struct Collection {
     gathered: Gathered,
     accused: Vec<(String, LeftOut)>,
     inputs_received: bool,
+    /// Participants whose masked input of the current phase is already in the running sum
+    /// (their answer keeps the message without its values).
+    summed: BTreeSet<u16>,
 }
 
 impl std::fmt::Debug for Collection {
@@ -324,6 +327,7 @@ impl Collection {
             gathered: Gathered::default(),
             accused: Vec::new(),
             inputs_received: false,
+            summed: BTreeSet::new(),
         };
         if collection.nodes.len() < min_nodes {
             let failure = AttemptFailure::TooFewNodes {
@@ -402,11 +406,59 @@ impl Collection {
         if !self.awaiting.contains(&index) || self.answers.contains_key(&index) {
             return Progress::Waiting;
         }
+        let answer = self.sum_on_arrival(index, answer);
         self.answers.insert(index, answer);
         if self.answers.len() < self.awaiting.len() {
             return Progress::Waiting;
         }
         self.end_phase()
+    }
+
+    /// In secure aggregation's phase 3, adds a masked input to the running sum as it arrives
+    /// and keeps only its message's header: the coordinator holds the sum and the inputs in
+    /// flight, never every hospital's input (its memory does not grow with the hospitals). An
+    /// input from a participant a peer has already accused of a bad share is not summed.
+    fn sum_on_arrival(
+        &mut self,
+        index: u16,
+        answer: Result<Message, LeftOut>,
+    ) -> Result<Message, LeftOut> {
+        if !matches!(self.stage, Stage::Inputs(_)) {
+            return answer;
+        }
+        let Ok(Message::SecAggInput(input)) = answer else {
+            return answer;
+        };
+        if let Some(peer) = self.accuser_of(index, &self.answers) {
+            return Err(LeftOut::ShareAuthentication { peer });
+        }
+        let Stage::Inputs(server) = &mut self.stage else {
+            return Ok(Message::SecAggInput(input));
+        };
+        server.handle_input(index, &input).map_err(violation)?;
+        self.summed.insert(index);
+        Ok(Message::SecAggInput(MaskedInput {
+            values: Vec::new(),
+            ..input
+        }))
+    }
+
+    /// The identity of the peer that reported a bad share from participant `accused` among
+    /// `answers`, if one did.
+    fn accuser_of(
+        &self,
+        accused: u16,
+        answers: &BTreeMap<u16, Result<Message, LeftOut>>,
+    ) -> Option<String> {
+        answers.iter().find_map(|(index, answer)| match answer {
+            Ok(Message::Refused(Refused {
+                reason: RefusalReason::ShareAuthentication { from },
+                ..
+            })) if *from == accused && *index != accused => {
+                self.identity(*index).map(str::to_owned)
+            }
+            _ => None,
+        })
     }
 
     /// The phase's deadline passed: whoever has not answered is left out, and the phase ends.
@@ -593,11 +645,19 @@ impl Collection {
         self.inputs_received = answers
             .values()
             .any(|answer| matches!(answer, Ok(Message::SecAggInput(_))));
+        let summed = std::mem::take(&mut self.summed);
+        // An input summed before its sender was accused cannot be taken out of the running
+        // sum: this attempt fails, and the round's next one leaves the accused out.
+        if let Some((&index, _)) = accused.iter().find(|(index, _)| summed.contains(index)) {
+            let node = self.identity(index).unwrap_or_default().to_owned();
+            return Err(AttemptFailure::AccusedAfterSumming { node });
+        }
         self.take(answers, |_, index, message| {
             if let Some(peer) = accused.get(&index) {
                 return Err(LeftOut::ShareAuthentication { peer: peer.clone() });
             }
             match message {
+                Message::SecAggInput(_) if summed.contains(&index) => Ok(()),
                 Message::SecAggInput(input) => {
                     server.handle_input(index, &input).map_err(violation)
                 }

@@ -487,6 +487,48 @@ fn a_share_that_fails_authentication_leaves_its_sender_out_of_the_sum_and_the_re
 }
 
 #[test]
+fn an_accusation_after_the_accused_input_was_summed_fails_the_attempt_and_the_retry_leaves_it_out()
+{
+    // Hospital-1 corrupts its share for hospital-3. Hospital-1's masked input arrives (and is
+    // summed as it comes, never kept) before hospital-3's report of the bad share: the running
+    // sum cannot lose it, so the attempt fails rather than unmask a wrong sum.
+    let mut behaviours = vec![Behaviour::Honest; 5];
+    behaviours[0] = Behaviour::CorruptsShareFor(3);
+    let mut consortium = Consortium::new(&behaviours);
+    let (outcome, phases) = consortium.run(consortium.plan(true, 3));
+    let failure = outcome.result.unwrap_err();
+    assert!(
+        matches!(&failure, AttemptFailure::AccusedAfterSumming { node } if node == "hospital-1"),
+        "{failure}"
+    );
+    assert_eq!(failure.next_step(1, 3, true), AfterFailure::Retry);
+    // Nothing was unmasked.
+    assert_eq!(phases, [Phase::Keys, Phase::Shares]);
+    let accused = LeftOut::ShareAuthentication {
+        peer: "hospital-3".into(),
+    };
+    assert_eq!(
+        outcome.accused,
+        [("hospital-1".to_owned(), accused.clone())]
+    );
+
+    // The retry, without the accused: the honest four's exact sum.
+    let mut exclusions = Exclusions::default();
+    for (who, why) in outcome.accused {
+        exclusions.exclude(0, &who, why);
+    }
+    let mut plan = consortium.plan(true, 3);
+    plan.nodes
+        .retain(|n| !exclusions.is_excluded(0, &n.identity));
+    plan.left_out = exclusions.of_round(0);
+    consortium.nodes.remove(0);
+    let (outcome, _) = consortium.run(plan);
+    let gathered = outcome.result.unwrap();
+    assert_eq!(gathered.participants.len(), 4);
+    assert_eq!(*why(&gathered, "hospital-1"), accused);
+}
+
+#[test]
 fn spent_budgets_stop_training_only_when_too_few_nodes_are_left() {
     let spent = Behaviour::Declines(DeclineReason::BudgetSpent);
     // One of four out of budget, three needed: the round goes on without it.
