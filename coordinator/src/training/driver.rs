@@ -2,9 +2,11 @@
 //! parallel, each on a fresh stream (the model pushed first where a node lacks it), and every
 //! answer is handed to the engine as it arrives, until the phase's deadline.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use medfed_protocol::messages::Message;
 use medfed_protocol::round::{
     Collection, CollectionPlan, LeftOut, Outcome, Outgoing, Phase, Progress,
 };
@@ -98,6 +100,8 @@ impl Driver<'_> {
     ) -> Progress {
         let deadline = tokio::time::Instant::now() + self.phase_deadline;
         let mut tasks = JoinSet::new();
+        // Who has not answered yet, for the console when the deadline passes.
+        let mut pending: BTreeSet<u16> = sends.iter().map(|send| send.index).collect();
         for send in sends {
             let Some(node) = usize::from(send.index)
                 .checked_sub(1)
@@ -125,8 +129,9 @@ impl Driver<'_> {
             tokio::select! {
                 joined = tasks.join_next() => match joined {
                     Some(Ok((index, answer))) => {
+                        pending.remove(&index);
                         if let Some(name) = collection.identity(index) {
-                            self.console.answered(name, answer.as_ref().err());
+                            self.console.answered(name, left_out_by(&answer).as_ref());
                         }
                         match collection.handle_answer(index, answer) {
                             Progress::Waiting => {}
@@ -137,9 +142,28 @@ impl Driver<'_> {
                     Some(Err(_)) => {}
                     None => return collection.handle_deadline(),
                 },
-                () = tokio::time::sleep_until(deadline) => return collection.handle_deadline(),
+                () = tokio::time::sleep_until(deadline) => {
+                    for index in &pending {
+                        if let Some(name) = collection.identity(*index) {
+                            self.console.answered(name, Some(&LeftOut::Deadline));
+                        }
+                    }
+                    return collection.handle_deadline();
+                }
             }
         }
+    }
+}
+
+/// Why an answer leaves its node out, as the console shows it: a failed exchange, or the node
+/// declining or refusing the request (the engine draws the same conclusion from the message).
+fn left_out_by(answer: &Result<Message, LeftOut>) -> Option<LeftOut> {
+    match answer {
+        Err(why) => Some(why.clone()),
+        Ok(message @ (Message::Declined(_) | Message::Refused(_))) => {
+            Some(LeftOut::from_unexpected(message.clone(), "an answer"))
+        }
+        Ok(_) => None,
     }
 }
 
