@@ -10,6 +10,7 @@ use medfed_protocol::messages::Message;
 use medfed_protocol::round::{
     Collection, CollectionPlan, LeftOut, Outcome, Outgoing, Phase, Progress,
 };
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::{PausePhase, PausePoint};
@@ -18,6 +19,9 @@ use crate::exchange::{self, ModelPush};
 use crate::faults;
 use crate::phases::PhaseClock;
 use crate::registry::NodeHandle;
+
+/// Pieces of masked inputs queued between the nodes' streams and the sum (1 MiB each).
+const INPUT_PIECES_IN_FLIGHT: usize = 4;
 
 /// The network side of one collection.
 pub(super) struct Driver<'a> {
@@ -100,6 +104,9 @@ impl Driver<'_> {
     ) -> Progress {
         let deadline = tokio::time::Instant::now() + self.phase_deadline;
         let mut tasks = JoinSet::new();
+        // Pieces of masked inputs, added to the sum here as they arrive: a few in flight,
+        // whatever the number of nodes (a node's stream waits, under QUIC's flow control).
+        let (pieces, mut arriving) = mpsc::channel(INPUT_PIECES_IN_FLIGHT);
         // Who has not answered yet, for the console when the deadline passes.
         let mut pending: BTreeSet<u16> = sends.iter().map(|send| send.index).collect();
         for send in sends {
@@ -112,6 +119,7 @@ impl Driver<'_> {
             };
             let push = self.model.clone().filter(|_| send.push_model);
             let pause_at = push.as_ref().and(self.pause_at);
+            let pieces = pieces.clone();
             tasks.spawn(async move {
                 let answer = async {
                     if let Some(push) = &push
@@ -120,13 +128,23 @@ impl Driver<'_> {
                         exchange::push_model(&node, push).await?;
                     }
                     faults::pause(pause_at, round, PausePhase::ModelPushed).await;
-                    exchange::request(&node, &send.message).await
+                    exchange::request(&node, &send.message, Some((&pieces, send.index))).await
                 };
                 (send.index, answer.await.map_err(LeftOut::from))
             });
         }
+        drop(pieces);
         loop {
             tokio::select! {
+                // A node's pieces are all taken before its exchange's end: each was queued
+                // before the exchange could end.
+                biased;
+                Some((index, piece)) = arriving.recv() => {
+                    match collection.handle_input_chunk(index, &piece) {
+                        Progress::Waiting => {}
+                        progress => return progress,
+                    }
+                }
                 joined = tasks.join_next() => match joined {
                     Some(Ok((index, answer))) => {
                         pending.remove(&index);

@@ -24,7 +24,7 @@ use crate::secagg::encoding::{BlockEncoding, VectorEncoding};
 use crate::secagg::fixed_point::FixedPoint;
 use crate::secagg::{
     ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures, ExpectUnmasking, MaskedInput,
-    Participant, PeerVerifier, RoundParams, SecAggError, ShareDelivery,
+    MaskedInputChunk, Participant, PeerVerifier, RoundParams, SecAggError, ShareDelivery,
 };
 
 use super::rules::check_budgets;
@@ -443,6 +443,41 @@ impl Collection {
         }))
     }
 
+    /// Takes one piece of participant `index`'s masked input in secure aggregation's phase 3
+    /// (a node sends its input as [`MaskedInputChunk`]s, in order): it is added to the running
+    /// sum at once and not kept. The last piece completes the node's answer; a bad piece is its
+    /// answer, why it is left out. Pieces from anyone not awaited, or already answered, are
+    /// ignored.
+    pub fn handle_input_chunk(&mut self, index: u16, chunk: &MaskedInputChunk) -> Progress {
+        if !self.awaiting.contains(&index) || self.answers.contains_key(&index) {
+            return Progress::Waiting;
+        }
+        let answer = if let Some(peer) = self.accuser_of(index, &self.answers) {
+            Err(LeftOut::ShareAuthentication { peer })
+        } else {
+            let Stage::Inputs(server) = &mut self.stage else {
+                return Progress::Waiting;
+            };
+            match server.handle_input_chunk(index, chunk) {
+                Err(e) => Err(violation(e)),
+                Ok(()) if server.has_input(index) => {
+                    self.summed.insert(index);
+                    Ok(Message::SecAggInput(MaskedInput {
+                        session: chunk.session,
+                        round: chunk.round,
+                        values: Vec::new(),
+                    }))
+                }
+                Ok(()) => return Progress::Waiting,
+            }
+        };
+        self.answers.insert(index, answer);
+        if self.answers.len() < self.awaiting.len() {
+            return Progress::Waiting;
+        }
+        self.end_phase()
+    }
+
     /// The identity of the peer that reported a bad share from participant `accused` among
     /// `answers`, if one did.
     fn accuser_of(
@@ -651,6 +686,18 @@ impl Collection {
         if let Some((&index, _)) = accused.iter().find(|(index, _)| summed.contains(index)) {
             let node = self.identity(index).unwrap_or_default().to_owned();
             return Err(AttemptFailure::AccusedAfterSumming { node });
+        }
+        // Nor can a piece of an input whose stream then failed: the same, with why it failed.
+        if let Some(index) = server.partially_summed().first().copied() {
+            let node = self.identity(index).unwrap_or_default().to_owned();
+            let why = match answers.get(&index) {
+                Some(Err(why)) => why.clone(),
+                _ => LeftOut::Deadline,
+            };
+            if !self.accused.iter().any(|(who, _)| *who == node) {
+                self.accused.push((node.clone(), why));
+            }
+            return Err(AttemptFailure::PartialInput { node });
         }
         self.take(answers, |_, index, message| {
             if let Some(peer) = accused.get(&index) {

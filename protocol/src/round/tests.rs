@@ -161,6 +161,56 @@ impl Consortium {
         }
     }
 
+    /// [`Self::run`], with each masked input sent in pieces of `words` words, as nodes do;
+    /// node `cut`'s stream fails after its first piece.
+    fn run_in_pieces(
+        &mut self,
+        plan: CollectionPlan,
+        words: usize,
+        cut: Option<u16>,
+    ) -> (Outcome, Vec<Phase>) {
+        let (mut collection, mut progress) = Collection::start(plan);
+        let mut ended = Vec::new();
+        loop {
+            match progress {
+                Progress::Done(outcome) => return (outcome, ended),
+                Progress::Send {
+                    ended: phase,
+                    sends,
+                } => {
+                    ended.extend(phase);
+                    progress = Progress::Waiting;
+                    for send in &sends {
+                        let Some(answer) = self.answer(send) else {
+                            continue;
+                        };
+                        progress = match answer {
+                            Ok(Message::SecAggInput(input)) => {
+                                let mut last = Progress::Waiting;
+                                for chunk in input.chunks(words) {
+                                    last = collection.handle_input_chunk(send.index, &chunk);
+                                    if cut == Some(send.index) {
+                                        let lost = LeftOut::Connection {
+                                            detail: "reset".into(),
+                                        };
+                                        last = collection.handle_answer(send.index, Err(lost));
+                                        break;
+                                    }
+                                }
+                                last
+                            }
+                            answer => collection.handle_answer(send.index, answer),
+                        };
+                        if !matches!(progress, Progress::Waiting) {
+                            break;
+                        }
+                    }
+                }
+                Progress::Waiting => progress = collection.handle_deadline(),
+            }
+        }
+    }
+
     /// Node `send.index`'s answer; `None` when it stays silent.
     fn answer(&mut self, send: &Outgoing) -> Option<Result<Message, LeftOut>> {
         let me = send.index;
@@ -526,6 +576,59 @@ fn an_accusation_after_the_accused_input_was_summed_fails_the_attempt_and_the_re
     let gathered = outcome.result.unwrap();
     assert_eq!(gathered.participants.len(), 4);
     assert_eq!(*why(&gathered, "hospital-1"), accused);
+}
+
+#[test]
+fn inputs_sent_in_pieces_sum_to_the_same_as_whole_ones() {
+    for words in [1, 2, 3, LEN, LEN + 5] {
+        let mut consortium = Consortium::new(&vec![Behaviour::Honest; 4]);
+        let (outcome, phases) = consortium.run_in_pieces(consortium.plan(true, 3), words, None);
+        let gathered = outcome.result.unwrap();
+        assert_eq!(
+            gathered.sum,
+            consortium.sum_of(&[1, 2, 3, 4]),
+            "{words} words"
+        );
+        assert_eq!(
+            phases,
+            [
+                Phase::Keys,
+                Phase::Shares,
+                Phase::Inputs,
+                Phase::Consistency
+            ]
+        );
+    }
+}
+
+#[test]
+fn an_input_cut_after_a_piece_fails_the_attempt_and_the_retry_leaves_its_node_out() {
+    // Hospital-2's stream fails after its first piece was summed: the piece cannot be taken
+    // out, so nothing is unmasked; the retry without hospital-2 sums the other three exactly.
+    let mut consortium = Consortium::new(&vec![Behaviour::Honest; 4]);
+    let (outcome, phases) = consortium.run_in_pieces(consortium.plan(true, 3), 2, Some(2));
+    let failure = outcome.result.unwrap_err();
+    assert!(
+        matches!(&failure, AttemptFailure::PartialInput { node } if node == "hospital-2"),
+        "{failure}"
+    );
+    assert_eq!(phases, [Phase::Keys, Phase::Shares]);
+    assert!(matches!(
+        outcome.accused.as_slice(),
+        [(who, LeftOut::Connection { .. })] if who == "hospital-2"
+    ));
+    let mut exclusions = Exclusions::default();
+    for (who, why) in outcome.accused {
+        exclusions.exclude(0, &who, why);
+    }
+    let mut plan = consortium.plan(true, 3);
+    plan.nodes
+        .retain(|n| !exclusions.is_excluded(0, &n.identity));
+    plan.left_out = exclusions.of_round(0);
+    consortium.nodes.remove(1);
+    let (outcome, _) = consortium.run_in_pieces(plan, 2, None);
+    let gathered = outcome.result.unwrap();
+    assert_eq!(gathered.participants, names(&[1, 3, 4]));
 }
 
 #[test]
