@@ -682,9 +682,17 @@ impl Collection {
             .any(|answer| matches!(answer, Ok(Message::SecAggInput(_))));
         let summed = std::mem::take(&mut self.summed);
         // An input summed before its sender was accused cannot be taken out of the running
-        // sum: this attempt fails, and the round's next one leaves the accused out.
-        if let Some((&index, _)) = accused.iter().find(|(index, _)| summed.contains(index)) {
+        // sum: this attempt fails, and the round's next one leaves out the accused and its
+        // accuser too, so that a node accusing honest peers late can cost a round one
+        // attempt, not every one (before, its accusation only left its target out of the sum).
+        if let Some((&index, accuser)) = accused.iter().find(|(index, _)| summed.contains(index)) {
             let node = self.identity(index).unwrap_or_default().to_owned();
+            if !self.accused.iter().any(|(who, _)| who == accuser) {
+                let why = LeftOut::Refused {
+                    reason: RefusalReason::ShareAuthentication { from: index },
+                };
+                self.accused.push((accuser.clone(), why));
+            }
             return Err(AttemptFailure::AccusedAfterSumming { node });
         }
         // Nor can a piece of an input whose stream then failed: the same, with why it failed.
