@@ -119,7 +119,8 @@ impl Driver<'_> {
             };
             let push = self.model.clone().filter(|_| send.push_model);
             let pause_at = push.as_ref().and(self.pause_at);
-            let pieces = pieces.clone();
+            // Only a masked input (the answer to a share delivery) may come in pieces.
+            let pieces = matches!(send.message, Message::SecAggDelivery(_)).then(|| pieces.clone());
             tasks.spawn(async move {
                 let answer = async {
                     if let Some(push) = &push
@@ -128,7 +129,8 @@ impl Driver<'_> {
                         exchange::push_model(&node, push).await?;
                     }
                     faults::pause(pause_at, round, PausePhase::ModelPushed).await;
-                    exchange::request(&node, &send.message, Some((&pieces, send.index))).await
+                    let pieces = pieces.as_ref().map(|pieces| (pieces, send.index));
+                    exchange::request(&node, &send.message, pieces).await
                 };
                 (send.index, answer.await.map_err(LeftOut::from))
             });
@@ -136,9 +138,18 @@ impl Driver<'_> {
         drop(pieces);
         loop {
             tokio::select! {
-                // A node's pieces are all taken before its exchange's end: each was queued
-                // before the exchange could end.
+                // The deadline first, so that a stream of pieces cannot hold the phase open.
                 biased;
+                () = tokio::time::sleep_until(deadline) => {
+                    for index in &pending {
+                        if let Some(name) = collection.identity(*index)
+                            && !collection.has_answered(*index)
+                        {
+                            self.console.answered(name, Some(&LeftOut::Deadline));
+                        }
+                    }
+                    return collection.handle_deadline();
+                }
                 Some((index, piece)) = arriving.recv() => {
                     match collection.handle_input_chunk(index, &piece) {
                         Progress::Waiting => {}
@@ -147,6 +158,15 @@ impl Driver<'_> {
                 }
                 joined = tasks.join_next() => match joined {
                     Some(Ok((index, answer))) => {
+                        // Every piece its exchange queued comes before its end: each was sent
+                        // before the exchange could end.
+                        while let Ok((from, piece)) = arriving.try_recv() {
+                            if let progress @ (Progress::Send { .. } | Progress::Done(_)) =
+                                collection.handle_input_chunk(from, &piece)
+                            {
+                                return progress;
+                            }
+                        }
                         pending.remove(&index);
                         if let Some(name) = collection.identity(index) {
                             self.console.answered(name, left_out_by(&answer).as_ref());
@@ -160,14 +180,6 @@ impl Driver<'_> {
                     Some(Err(_)) => {}
                     None => return collection.handle_deadline(),
                 },
-                () = tokio::time::sleep_until(deadline) => {
-                    for index in &pending {
-                        if let Some(name) = collection.identity(*index) {
-                            self.console.answered(name, Some(&LeftOut::Deadline));
-                        }
-                    }
-                    return collection.handle_deadline();
-                }
             }
         }
     }

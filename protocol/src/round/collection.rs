@@ -452,7 +452,11 @@ impl Collection {
         if !self.awaiting.contains(&index) || self.answers.contains_key(&index) {
             return Progress::Waiting;
         }
-        let answer = if let Some(peer) = self.accuser_of(index, &self.answers) {
+        let started = matches!(&self.stage, Stage::Inputs(server) if server.started(index));
+        let accuser = (!started)
+            .then(|| self.accuser_of(index, &self.answers))
+            .flatten();
+        let answer = if let Some(peer) = accuser {
             Err(LeftOut::ShareAuthentication { peer })
         } else {
             let Stage::Inputs(server) = &mut self.stage else {
@@ -502,6 +506,12 @@ impl Collection {
             self.answers.entry(*index).or_insert(Err(LeftOut::Deadline));
         }
         self.end_phase()
+    }
+
+    /// Whether participant `index` has answered the current phase (its masked input complete,
+    /// for one sent in pieces).
+    pub fn has_answered(&self, index: u16) -> bool {
+        self.answers.contains_key(&index)
     }
 
     /// The identity of participant `index`.
@@ -676,35 +686,34 @@ impl Collection {
         mut server: ExpectMaskedInputs,
         answers: BTreeMap<u16, Result<Message, LeftOut>>,
     ) -> Result<Progress, AttemptFailure> {
-        let accused = self.accusations(&answers);
+        let summed = std::mem::take(&mut self.summed);
+        // An accusation against a node whose input is already (wholly or partly) in the sum is
+        // not acted on: that node stays a survivor (its self-mask is removed, its secret key
+        // never revealed, so the sum is exact and its input private), and its accuser, which
+        // refused this phase, is a dropout, as before sums were taken on arrival. A late
+        // accusation cannot fail the attempt.
+        let accused = self.accusations(&answers, |from| {
+            summed.contains(&from) || server.started(from)
+        });
         self.inputs_received = answers
             .values()
             .any(|answer| matches!(answer, Ok(Message::SecAggInput(_))));
-        let summed = std::mem::take(&mut self.summed);
-        // An input summed before its sender was accused cannot be taken out of the running
-        // sum: this attempt fails, and the round's next one leaves out the accused and its
-        // accuser too, so that a node accusing honest peers late can cost a round one
-        // attempt, not every one (before, its accusation only left its target out of the sum).
-        if let Some((&index, accuser)) = accused.iter().find(|(index, _)| summed.contains(index)) {
-            let node = self.identity(index).unwrap_or_default().to_owned();
-            if !self.accused.iter().any(|(who, _)| who == accuser) {
-                let why = LeftOut::Refused {
-                    reason: RefusalReason::ShareAuthentication { from: index },
+        // A piece of an input whose stream then failed cannot be taken out of the running sum
+        // (unmasking it as a dropout's would reveal the piece): the attempt fails, and every
+        // such node sits out the round's retries, with why its stream failed.
+        let partial = server.partially_summed();
+        if let Some(&first) = partial.first() {
+            for index in partial {
+                let node = self.identity(index).unwrap_or_default().to_owned();
+                let why = match answers.get(&index) {
+                    Some(Err(why)) => why.clone(),
+                    _ => LeftOut::Deadline,
                 };
-                self.accused.push((accuser.clone(), why));
+                if !self.accused.iter().any(|(who, _)| *who == node) {
+                    self.accused.push((node, why));
+                }
             }
-            return Err(AttemptFailure::AccusedAfterSumming { node });
-        }
-        // Nor can a piece of an input whose stream then failed: the same, with why it failed.
-        if let Some(index) = server.partially_summed().first().copied() {
-            let node = self.identity(index).unwrap_or_default().to_owned();
-            let why = match answers.get(&index) {
-                Some(Err(why)) => why.clone(),
-                _ => LeftOut::Deadline,
-            };
-            if !self.accused.iter().any(|(who, _)| *who == node) {
-                self.accused.push((node.clone(), why));
-            }
+            let node = self.identity(first).unwrap_or_default().to_owned();
             return Err(AttemptFailure::PartialInput { node });
         }
         self.take(answers, |_, index, message| {
@@ -731,10 +740,12 @@ impl Collection {
     }
 
     /// The participants a peer reported as sending it a share that failed authentication, by
-    /// index, with that peer's identity; each is recorded to sit out the round's retries.
+    /// index, with that peer's identity, but for those `already_in` the sum; each is recorded
+    /// to sit out the round's retries.
     fn accusations(
         &mut self,
         answers: &BTreeMap<u16, Result<Message, LeftOut>>,
+        already_in: impl Fn(u16) -> bool,
     ) -> BTreeMap<u16, String> {
         let mut accused = BTreeMap::new();
         for (index, answer) in answers {
@@ -745,6 +756,9 @@ impl Collection {
             else {
                 continue;
             };
+            if already_in(*from) {
+                continue;
+            }
             let (Some(sender), Some(peer)) = (
                 self.identity(*from).filter(|_| from != index),
                 self.identity(*index),

@@ -71,16 +71,6 @@ pub enum AttemptFailure {
         /// Those that could be asked now.
         now: Vec<String>,
     },
-    /// A peer reported a bad secure-aggregation share from a node whose masked input was
-    /// already in the running sum, from which it cannot be taken out: the attempt is retried,
-    /// without the accused.
-    #[error(
-        "a peer reported {node}'s secure-aggregation share as bad after {node}'s masked input was summed; the round is retried without {node}"
-    )]
-    AccusedAfterSumming {
-        /// The accused node.
-        node: String,
-    },
     /// Part of a node's masked input was summed, piece by piece, and its stream then failed:
     /// the piece cannot be taken out of the running sum, so the attempt is retried without it.
     #[error(

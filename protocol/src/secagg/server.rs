@@ -267,16 +267,7 @@ impl ExpectMaskedInputs {
 
     /// Adds participant `from`'s masked input to the running sum. The input itself is not kept.
     pub fn handle_input(&mut self, from: u16, input: &MaskedInput) -> Result<(), SecAggError> {
-        check(&self.params, from, input.session, input.round)?;
-        if !self.sharers.contains(&from) {
-            return Err(violation(
-                from,
-                "sent an input without having shared its keys",
-            ));
-        }
-        if self.survivors.contains(&from) {
-            return Err(violation(from, "sent its input twice"));
-        }
+        self.check_sender(from, input.session, input.round)?;
         if input.values.len() != self.params.vector_len {
             return Err(violation(
                 from,
@@ -302,16 +293,7 @@ impl ExpectMaskedInputs {
         from: u16,
         chunk: &MaskedInputChunk,
     ) -> Result<(), SecAggError> {
-        check(&self.params, from, chunk.session, chunk.round)?;
-        if !self.sharers.contains(&from) {
-            return Err(violation(
-                from,
-                "sent an input without having shared its keys",
-            ));
-        }
-        if self.survivors.contains(&from) {
-            return Err(violation(from, "sent its input twice"));
-        }
+        self.check_sender(from, chunk.session, chunk.round)?;
         let len = self.params.vector_len;
         let done = self.partial.get(&from).copied().unwrap_or(0);
         let offset = chunk.offset as usize;
@@ -340,6 +322,27 @@ impl ExpectMaskedInputs {
             self.partial.insert(from, done);
         }
         Ok(())
+    }
+
+    /// Refuses an input from `from` of another session or round, from a participant that did
+    /// not share its keys, or from one whose input is already in.
+    fn check_sender(&self, from: u16, session: u64, round: u64) -> Result<(), SecAggError> {
+        check(&self.params, from, session, round)?;
+        if !self.sharers.contains(&from) {
+            return Err(violation(
+                from,
+                "sent an input without having shared its keys",
+            ));
+        }
+        if self.survivors.contains(&from) {
+            return Err(violation(from, "sent its input twice"));
+        }
+        Ok(())
+    }
+
+    /// Whether any of participant `from`'s input is in the sum.
+    pub fn started(&self, from: u16) -> bool {
+        self.survivors.contains(&from) || self.partial.contains_key(&from)
     }
 
     /// Whether participant `from`'s whole input is in the sum.
