@@ -31,24 +31,60 @@ pub async fn request(
     send_message(&mut send, request).await?;
     // The stream only ends once both directions have; ignore a node that already reset it.
     let _ = send.finish();
-    let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
-    let answer = match (reader.expect().await, pieces) {
-        (Ok(Message::SecAggInputChunk(first)), Some((pieces, index))) => {
+    let mut reader = Counted::new(node, MessageReader::new(recv, MAX_FRAME_LEN));
+    let first = reader.next().await;
+    match (first, pieces) {
+        (Ok(Some(Message::SecAggInputChunk(first))), Some((pieces, index))) => {
             pass_on_pieces(&mut reader, first, pieces, index).await
         }
-        (first, _) => match first {
-            Ok(answer) => end_of_stream(&mut reader).await.map(|()| answer),
-            Err(e) => Err(e.into()),
-        },
-    };
-    node.add_received(reader.bytes_received());
-    answer
+        (Ok(Some(answer)), _) => reader.end_of_stream().await.map(|()| answer),
+        (Ok(None), _) => Err(ChannelError::StreamEnded.into()),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// A reader whose bytes are added to the node's count as they are read, so that an exchange
+/// the round stops waiting for (its last piece already summed) has counted them all.
+struct Counted<'a> {
+    node: &'a NodeHandle,
+    reader: MessageReader,
+    counted: u64,
+}
+
+impl<'a> Counted<'a> {
+    fn new(node: &'a NodeHandle, reader: MessageReader) -> Self {
+        Self {
+            node,
+            reader,
+            counted: 0,
+        }
+    }
+
+    /// The next message (`None` at the end of the stream), its bytes counted.
+    async fn next(&mut self) -> Result<Option<Message>, ExchangeError> {
+        let next = self.reader.next().await;
+        let read = self.reader.bytes_received();
+        self.node.add_received(read - self.counted);
+        self.counted = read;
+        Ok(next?)
+    }
+
+    /// Expects the end of the stream: anything more is a violation.
+    async fn end_of_stream(&mut self) -> Result<(), ExchangeError> {
+        match self.next().await? {
+            None => Ok(()),
+            Some(extra) => Err(ExchangeError::Unexpected {
+                got: extra.kind(),
+                expected: "end of stream",
+            }),
+        }
+    }
 }
 
 /// Passes a masked input's pieces on, from `first`, until the last, then expects the end of
 /// the stream; returns the input's header.
 async fn pass_on_pieces(
-    reader: &mut MessageReader,
+    reader: &mut Counted<'_>,
     first: MaskedInputChunk,
     pieces: &InputPieces,
     index: u16,
@@ -64,17 +100,18 @@ async fn pass_on_pieces(
         if last {
             break;
         }
-        piece = match reader.expect().await? {
-            Message::SecAggInputChunk(next) => next,
-            other => {
+        piece = match reader.next().await? {
+            Some(Message::SecAggInputChunk(next)) => next,
+            Some(other) => {
                 return Err(ExchangeError::Unexpected {
                     got: other.kind(),
                     expected: "secagg_input_chunk",
                 });
             }
+            None => return Err(ChannelError::StreamEnded.into()),
         };
     }
-    end_of_stream(reader).await?;
+    reader.end_of_stream().await?;
     Ok(Message::SecAggInput(MaskedInput {
         session,
         round,
