@@ -4,13 +4,25 @@ use medfed_protocol::codec::{self, CodecError, MAX_FRAME_LEN};
 use medfed_protocol::messages::{Message, ModelReceived, RefusalReason};
 use medfed_protocol::model::{Model, ModelHash};
 use medfed_protocol::round::LeftOut;
+use medfed_protocol::secagg::{MaskedInput, MaskedInputChunk};
 use medfed_protocol::transfer::split_model;
 use medfed_transport::{ChannelError, MessageReader, send_frame, send_message};
+use tokio::sync::mpsc;
 
 use crate::registry::NodeHandle;
 
-/// Sends `request` and returns the node's single answer.
-pub async fn request(node: &NodeHandle, request: &Message) -> Result<Message, ExchangeError> {
+/// Where the pieces of a masked input go as they arrive: the driver, which adds each to the
+/// round's sum, with the index of the participant they came from.
+pub type InputPieces = mpsc::Sender<(u16, MaskedInputChunk)>;
+
+/// Sends `request` and returns the node's single answer. A masked input sent in pieces is
+/// passed on to `pieces`, one piece at a time as it arrives (participant `index`'s), and never
+/// held whole; the answer is then the input's header, its figures being already in the sum.
+pub async fn request(
+    node: &NodeHandle,
+    request: &Message,
+    pieces: Option<(&InputPieces, u16)>,
+) -> Result<Message, ExchangeError> {
     let (mut send, recv) = node
         .connection
         .open_bi()
@@ -19,7 +31,92 @@ pub async fn request(node: &NodeHandle, request: &Message) -> Result<Message, Ex
     send_message(&mut send, request).await?;
     // The stream only ends once both directions have; ignore a node that already reset it.
     let _ = send.finish();
-    read_answer(node, recv).await
+    let mut reader = Counted::new(node, MessageReader::new(recv, MAX_FRAME_LEN));
+    let first = reader.next().await;
+    match (first, pieces) {
+        (Ok(Some(Message::SecAggInputChunk(first))), Some((pieces, index))) => {
+            pass_on_pieces(&mut reader, first, pieces, index).await
+        }
+        (Ok(Some(answer)), _) => reader.end_of_stream().await.map(|()| answer),
+        (Ok(None), _) => Err(ChannelError::StreamEnded.into()),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// A reader whose bytes are added to the node's count as they are read, so that an exchange
+/// the round stops waiting for (its last piece already summed) has counted them all.
+struct Counted<'a> {
+    node: &'a NodeHandle,
+    reader: MessageReader,
+    counted: u64,
+}
+
+impl<'a> Counted<'a> {
+    fn new(node: &'a NodeHandle, reader: MessageReader) -> Self {
+        Self {
+            node,
+            reader,
+            counted: 0,
+        }
+    }
+
+    /// The next message (`None` at the end of the stream), its bytes counted.
+    async fn next(&mut self) -> Result<Option<Message>, ExchangeError> {
+        let next = self.reader.next().await;
+        let read = self.reader.bytes_received();
+        self.node.add_received(read - self.counted);
+        self.counted = read;
+        Ok(next?)
+    }
+
+    /// Expects the end of the stream: anything more is a violation.
+    async fn end_of_stream(&mut self) -> Result<(), ExchangeError> {
+        match self.next().await? {
+            None => Ok(()),
+            Some(extra) => Err(ExchangeError::Unexpected {
+                got: extra.kind(),
+                expected: "end of stream",
+            }),
+        }
+    }
+}
+
+/// Passes a masked input's pieces on, from `first`, until the last, then expects the end of
+/// the stream; returns the input's header.
+async fn pass_on_pieces(
+    reader: &mut Counted<'_>,
+    first: MaskedInputChunk,
+    pieces: &InputPieces,
+    index: u16,
+) -> Result<Message, ExchangeError> {
+    let (session, round) = (first.session, first.round);
+    let mut piece = first;
+    loop {
+        let last = piece.offset as usize + piece.values.len() >= piece.total as usize;
+        pieces
+            .send((index, piece))
+            .await
+            .map_err(|_| ExchangeError::Connection("the round moved on".into()))?;
+        if last {
+            break;
+        }
+        piece = match reader.next().await? {
+            Some(Message::SecAggInputChunk(next)) => next,
+            Some(other) => {
+                return Err(ExchangeError::Unexpected {
+                    got: other.kind(),
+                    expected: "secagg_input_chunk",
+                });
+            }
+            None => return Err(ChannelError::StreamEnded.into()),
+        };
+    }
+    reader.end_of_stream().await?;
+    Ok(Message::SecAggInput(MaskedInput {
+        session,
+        round,
+        values: Vec::new(),
+    }))
 }
 
 /// A model split into its offer and chunks and framed once, to be pushed to every node that
@@ -102,13 +199,19 @@ async fn read_answer(node: &NodeHandle, recv: quinn::RecvStream) -> Result<Messa
 /// Reads exactly one message and the end of the stream: anything after it is a violation.
 async fn read_single(reader: &mut MessageReader) -> Result<Message, ExchangeError> {
     let answer = reader.expect().await?;
+    end_of_stream(reader).await?;
+    Ok(answer)
+}
+
+/// Expects the end of the stream: anything more is a violation.
+async fn end_of_stream(reader: &mut MessageReader) -> Result<(), ExchangeError> {
     if let Some(extra) = reader.next().await? {
         return Err(ExchangeError::Unexpected {
             got: extra.kind(),
             expected: "end of stream",
         });
     }
-    Ok(answer)
+    Ok(())
 }
 
 /// Why an exchange with a node failed. The node is left out of the round; the coordinator goes on.

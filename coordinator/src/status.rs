@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::console::process::process_started_at_ms;
 use crate::console::{RunState, RunSummary, SUMMARY_FILE, now_ms};
 use crate::store::{NodeRow, RoundStatus, Store, StoreError};
 
@@ -71,7 +72,7 @@ pub fn read_status(data_dir: &Path) -> Result<CoordinatorStatus, StatusError> {
     }
     let running = summary.as_ref().is_some_and(|s| {
         !matches!(s.state, RunState::Finished | RunState::Failed)
-            && process_alive(s.coordinator.pid)
+            && process_alive(s.coordinator.pid, s.coordinator.started_at_ms)
     });
     Ok(CoordinatorStatus {
         data_dir: data_dir.to_owned(),
@@ -98,13 +99,15 @@ fn stored_state(store: &Store) -> Result<StoredState, StoreError> {
     })
 }
 
-/// Whether process `pid` exists (Linux: `/proc/PID`; elsewhere assumed alive).
-fn process_alive(pid: u32) -> bool {
-    if cfg!(target_os = "linux") {
-        Path::new(&format!("/proc/{pid}")).exists()
-    } else {
-        true
+/// Whether the coordinator that recorded `pid` and started its run at `run_started_ms` still
+/// runs: on Linux, a process `pid` exists and started before that run did (a process that
+/// started after it is another one that reuses the number); elsewhere assumed.
+fn process_alive(pid: u32, run_started_ms: i64) -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
     }
+    // A second of slack for the clock's and the tick's granularity.
+    process_started_at_ms(pid).is_some_and(|started| started <= run_started_ms + 1000)
 }
 
 impl fmt::Display for CoordinatorStatus {
@@ -285,6 +288,7 @@ mod tests {
             CoordinatorInfo {
                 pid: std::process::id(),
                 listen: "127.0.0.1:7400".into(),
+                started_at_ms: now_ms(),
                 ..CoordinatorInfo::default()
             },
             TaskInfo {
@@ -306,6 +310,17 @@ mod tests {
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["summary"]["state"], "training");
         assert_eq!(json["store"]["nodes"][0]["identity"], "hospital-a");
+
+        // A run that recorded a start before this process began was another process's, whose
+        // number this one reuses: not running.
+        let mut recycled = RunSummary::read(&dir.path().join(SUMMARY_FILE)).unwrap();
+        recycled.coordinator.started_at_ms = 1_000;
+        std::fs::write(
+            dir.path().join(SUMMARY_FILE),
+            serde_json::to_vec(&recycled).unwrap(),
+        )
+        .unwrap();
+        assert!(!read_status(dir.path()).unwrap().running);
 
         console.ended(RunState::Finished, None);
         let after = read_status(dir.path()).unwrap();

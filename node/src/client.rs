@@ -337,6 +337,8 @@ async fn receive_model(
 }
 
 /// Frames a message and appends it to the egress log; the frame may be sent only after this.
+/// (A masked input goes whole: the coordinator also takes one in pieces, `MaskedInputChunk`,
+/// but nodes do not send them yet; see the coordinator's driver.)
 fn record_egress(egress: &Mutex<EgressLog>, message: &Message) -> Result<Vec<u8>, NodeError> {
     let frame = codec::frame(message).map_err(|e| NodeError::Protocol(e.to_string()))?;
     egress

@@ -14,13 +14,13 @@ use crate::model::{ModelHash, ModelSpec};
 use crate::secagg::fixed_point::FixedPoint;
 use crate::secagg::{
     ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyDirectory, MaskedInput,
-    RoundParams, ShareDelivery, SharePackage, UnmaskRequest, UnmaskResponse,
+    MaskedInputChunk, RoundParams, ShareDelivery, SharePackage, UnmaskRequest, UnmaskResponse,
 };
 use crate::stats::Standardization;
 use crate::task::TrainingPlan;
 
 /// Version of the wire protocol; part of the ALPN string.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// QUIC application close code with which a coordinator that has given up its task closes
 /// every connection (the close reason says why): a node stops there, with that reason, instead of
@@ -29,7 +29,7 @@ pub const CLOSE_TASK_STOPPED: u32 = 4;
 
 /// ALPN identifier negotiated in the TLS handshake. A peer speaking another version fails the
 /// handshake with TLS's `no_application_protocol` alert.
-pub const ALPN: &[u8] = b"medfed/9";
+pub const ALPN: &[u8] = b"medfed/10";
 
 /// Size of one model chunk on the model stream.
 pub const MODEL_CHUNK_LEN: usize = 1 << 20;
@@ -84,6 +84,10 @@ pub enum Message {
     SiteFigureRequest(SiteFigureRequest),
     /// Node → coordinator: its own evaluation vector of the final evaluation.
     SiteFigure(SiteFigure),
+    /// Node → coordinator: one consecutive piece of its masked figures. A node sends its
+    /// masked input as these, in order, on one stream, so that the coordinator adds each piece
+    /// to the sum as it comes and never holds a whole input.
+    SecAggInputChunk(MaskedInputChunk),
 }
 
 impl Message {
@@ -111,6 +115,7 @@ impl Message {
             Self::SecAggUnmaskShares(m) => m.round,
             Self::SiteFigureRequest(m) => m.round,
             Self::SiteFigure(m) => m.round,
+            Self::SecAggInputChunk(m) => m.round,
         })
     }
 
@@ -139,6 +144,7 @@ impl Message {
             Self::SecAggUnmaskShares(_) => "secagg_unmask_shares",
             Self::SiteFigureRequest(_) => "site_figure_request",
             Self::SiteFigure(_) => "site_figure",
+            Self::SecAggInputChunk(_) => "secagg_input_chunk",
         }
     }
 }
@@ -771,6 +777,13 @@ mod tests {
                 attempt: 2,
                 noised: true,
                 values: vec![12.0, -1.0, 0.25],
+            }),
+            Message::SecAggInputChunk(MaskedInputChunk {
+                session: 7,
+                round: 2,
+                offset: 4,
+                total: 7,
+                values: vec![1, u32::MAX, 3],
             }),
             Message::SecAggConsistency(ConsistencyRequest {
                 session: 7,

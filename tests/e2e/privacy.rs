@@ -47,6 +47,7 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
     };
 
     let coordinator = consortium.start_coordinator(config).await;
+    let console = coordinator.console().clone();
     let addr = coordinator.local_addr();
     let mut c_config = consortium.node_config("hospital-c", addr);
     tolerate_dropouts(&mut c_config);
@@ -87,6 +88,44 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
             .expect("c declined");
         assert!(why.is_budget_spent(), "{why}");
     }
+    // The operator's console shows the same: hospital-c's declared ε, its drop-outs by reason,
+    // and the count in the metrics.
+    let summary = console.summary();
+    let c = summary
+        .nodes
+        .iter()
+        .find(|n| n.name == "hospital-c")
+        .unwrap();
+    assert_eq!(c.rounds_joined, 1);
+    assert_eq!(c.epsilon, Some(declared[0].epsilon));
+    let declines = summary
+        .totals
+        .dropouts
+        .get("declined")
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        declines >= report.rounds.len() as u64 - 1,
+        "{:?}",
+        summary.totals
+    );
+    for round in &summary.rounds[1..] {
+        assert!(
+            round
+                .dropped
+                .iter()
+                .any(|d| d.name == "hospital-c" && d.reason == "declined"),
+            "{:?}",
+            round.dropped
+        );
+    }
+    assert_eq!(
+        medfed_e2e::http::metric(
+            &console.render_metrics(),
+            "medfed_node_dropouts_total{reason=\"declined\"}"
+        ),
+        Some(declines as f64)
+    );
     for node in nodes {
         node.await.unwrap().unwrap();
     }

@@ -37,6 +37,7 @@ use medfed_protocol::messages::{
 };
 use medfed_protocol::model::{Model, ModelKind, ModelSpec};
 use medfed_protocol::schema::Schema;
+use medfed_protocol::secagg::MaskedInput;
 use medfed_protocol::secagg::encoding::{BlockEncoding, VectorEncoding};
 use medfed_protocol::secagg::fixed_point::FixedPoint;
 use medfed_protocol::secagg::{
@@ -228,7 +229,31 @@ impl<'c> HandCoordinator<'c> {
         }
         let _ = send.finish();
         let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
-        match tokio::time::timeout(ANSWER_TIMEOUT, reader.expect()).await {
+        let answer = async {
+            let first = reader.expect().await?;
+            // A masked input comes in pieces; this coordinator reads them whole.
+            let Message::SecAggInputChunk(mut piece) = first else {
+                return Ok::<_, medfed_transport::ChannelError>(first);
+            };
+            let (session, round) = (piece.session, piece.round);
+            let mut values = Vec::new();
+            loop {
+                values.extend_from_slice(&piece.values);
+                if values.len() >= piece.total as usize {
+                    break;
+                }
+                match reader.expect().await? {
+                    Message::SecAggInputChunk(next) => piece = next,
+                    other => return Ok(other),
+                }
+            }
+            Ok(Message::SecAggInput(MaskedInput {
+                session,
+                round,
+                values,
+            }))
+        };
+        match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => panic!("{node} gave no well-formed answer: {e}"),
             Err(_) => panic!("{node} did not answer within {ANSWER_TIMEOUT:?}"),

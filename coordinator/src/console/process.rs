@@ -50,14 +50,36 @@ fn status_kib(status: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// `utime` and `stime` of `/proc/self/stat`: fields 14 and 15, counted from the first field
-/// after the command name (field 2, in parentheses, may hold spaces).
-fn cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+/// Field `n` (from 1, as `proc(5)` numbers them) of a `/proc/PID/stat` line, read after the
+/// command name (field 2, in parentheses, may hold spaces and parentheses).
+fn stat_field(stat: &str, n: usize) -> Option<u64> {
     let end = stat.rfind(')')?;
-    let mut fields = stat[end + 1..].split_whitespace().skip(11);
-    let user = fields.next()?.parse().ok()?;
-    let system = fields.next()?.parse().ok()?;
-    Some((user, system))
+    stat[end + 1..]
+        .split_whitespace()
+        .nth(n.checked_sub(3)?)?
+        .parse()
+        .ok()
+}
+
+/// `utime` and `stime` of `/proc/self/stat`: fields 14 and 15.
+fn cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+    Some((stat_field(stat, 14)?, stat_field(stat, 15)?))
+}
+
+/// When process `pid` started, Unix milliseconds (Linux: its `starttime`, field 22 of
+/// `/proc/PID/stat`, after the boot time of `/proc/stat`); `None` when there is no such
+/// process or no `/proc`.
+pub fn process_started_at_ms(pid: u32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let since_boot = stat_field(&stat, 22)?;
+    let boot = std::fs::read_to_string("/proc/stat").ok()?;
+    let boot_secs: i64 = boot
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(boot_secs * 1000 + (since_boot as f64 * 1000.0 / TICKS_PER_SECOND) as i64)
 }
 
 #[cfg(test)]
@@ -69,6 +91,16 @@ mod tests {
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 1 0";
         assert_eq!(cpu_ticks(stat), Some((250, 75)));
         assert_eq!(cpu_ticks("42 (x) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_started_before_now_and_a_missing_one_has_no_start() {
+        if cfg!(target_os = "linux") {
+            let started = process_started_at_ms(std::process::id()).unwrap();
+            let now = super::super::now_ms();
+            assert!(started <= now + 1000 && started > now - 86_400_000 * 365);
+            assert_eq!(process_started_at_ms(u32::MAX), None);
+        }
     }
 
     #[test]

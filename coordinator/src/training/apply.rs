@@ -309,7 +309,7 @@ impl Trainer {
             tasks.spawn(async move {
                 let _ = tokio::time::timeout(
                     std::time::Duration::from_secs(5),
-                    exchange::request(&node, &message),
+                    exchange::request(&node, &message, None),
                 )
                 .await;
             });

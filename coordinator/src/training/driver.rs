@@ -2,12 +2,15 @@
 //! parallel, each on a fresh stream (the model pushed first where a node lacks it), and every
 //! answer is handed to the engine as it arrives, until the phase's deadline.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use medfed_protocol::messages::Message;
 use medfed_protocol::round::{
     Collection, CollectionPlan, LeftOut, Outcome, Outgoing, Phase, Progress,
 };
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::{PausePhase, PausePoint};
@@ -16,6 +19,9 @@ use crate::exchange::{self, ModelPush};
 use crate::faults;
 use crate::phases::PhaseClock;
 use crate::registry::NodeHandle;
+
+/// Pieces of masked inputs queued between the nodes' streams and the sum (1 MiB each).
+const INPUT_PIECES_IN_FLIGHT: usize = 4;
 
 /// The network side of one collection.
 pub(super) struct Driver<'a> {
@@ -98,6 +104,11 @@ impl Driver<'_> {
     ) -> Progress {
         let deadline = tokio::time::Instant::now() + self.phase_deadline;
         let mut tasks = JoinSet::new();
+        // Pieces of masked inputs, added to the sum here as they arrive: a few in flight,
+        // whatever the number of nodes (a node's stream waits, under QUIC's flow control).
+        let (pieces, mut arriving) = mpsc::channel(INPUT_PIECES_IN_FLIGHT);
+        // Who has not answered yet, for the console when the deadline passes.
+        let mut pending: BTreeSet<u16> = sends.iter().map(|send| send.index).collect();
         for send in sends {
             let Some(node) = usize::from(send.index)
                 .checked_sub(1)
@@ -108,6 +119,8 @@ impl Driver<'_> {
             };
             let push = self.model.clone().filter(|_| send.push_model);
             let pause_at = push.as_ref().and(self.pause_at);
+            // Only a masked input (the answer to a share delivery) may come in pieces.
+            let pieces = matches!(send.message, Message::SecAggDelivery(_)).then(|| pieces.clone());
             tasks.spawn(async move {
                 let answer = async {
                     if let Some(push) = &push
@@ -116,17 +129,47 @@ impl Driver<'_> {
                         exchange::push_model(&node, push).await?;
                     }
                     faults::pause(pause_at, round, PausePhase::ModelPushed).await;
-                    exchange::request(&node, &send.message).await
+                    let pieces = pieces.as_ref().map(|pieces| (pieces, send.index));
+                    exchange::request(&node, &send.message, pieces).await
                 };
                 (send.index, answer.await.map_err(LeftOut::from))
             });
         }
+        drop(pieces);
         loop {
             tokio::select! {
+                // The deadline first, so that a stream of pieces cannot hold the phase open.
+                biased;
+                () = tokio::time::sleep_until(deadline) => {
+                    for index in &pending {
+                        if let Some(name) = collection.identity(*index)
+                            && !collection.has_answered(*index)
+                        {
+                            self.console.answered(name, Some(&LeftOut::Deadline));
+                        }
+                    }
+                    return collection.handle_deadline();
+                }
+                Some((index, piece)) = arriving.recv() => {
+                    match collection.handle_input_chunk(index, &piece) {
+                        Progress::Waiting => {}
+                        progress => return progress,
+                    }
+                }
                 joined = tasks.join_next() => match joined {
                     Some(Ok((index, answer))) => {
+                        // Every piece its exchange queued comes before its end: each was sent
+                        // before the exchange could end.
+                        while let Ok((from, piece)) = arriving.try_recv() {
+                            if let progress @ (Progress::Send { .. } | Progress::Done(_)) =
+                                collection.handle_input_chunk(from, &piece)
+                            {
+                                return progress;
+                            }
+                        }
+                        pending.remove(&index);
                         if let Some(name) = collection.identity(index) {
-                            self.console.answered(name, answer.as_ref().err());
+                            self.console.answered(name, left_out_by(&answer).as_ref());
                         }
                         match collection.handle_answer(index, answer) {
                             Progress::Waiting => {}
@@ -137,9 +180,20 @@ impl Driver<'_> {
                     Some(Err(_)) => {}
                     None => return collection.handle_deadline(),
                 },
-                () = tokio::time::sleep_until(deadline) => return collection.handle_deadline(),
             }
         }
+    }
+}
+
+/// Why an answer leaves its node out, as the console shows it: a failed exchange, or the node
+/// declining or refusing the request (the engine draws the same conclusion from the message).
+fn left_out_by(answer: &Result<Message, LeftOut>) -> Option<LeftOut> {
+    match answer {
+        Err(why) => Some(why.clone()),
+        Ok(message @ (Message::Declined(_) | Message::Refused(_))) => {
+            Some(LeftOut::from_unexpected(message.clone(), "an answer"))
+        }
+        Ok(_) => None,
     }
 }
 

@@ -37,7 +37,7 @@ impl Trainer {
             }
             let answer = tokio::time::timeout(
                 self.config.task.round_deadline(),
-                exchange::request(&node, &request),
+                exchange::request(&node, &request, None),
             )
             .await;
             let figure = match answer {

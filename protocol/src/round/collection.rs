@@ -23,8 +23,8 @@ use crate::report::NodePrivacy;
 use crate::secagg::encoding::{BlockEncoding, VectorEncoding};
 use crate::secagg::fixed_point::FixedPoint;
 use crate::secagg::{
-    ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures, ExpectUnmasking, Participant,
-    PeerVerifier, RoundParams, SecAggError, ShareDelivery,
+    ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures, ExpectUnmasking, MaskedInput,
+    MaskedInputChunk, Participant, PeerVerifier, RoundParams, SecAggError, ShareDelivery,
 };
 
 use super::rules::check_budgets;
@@ -285,6 +285,9 @@ pub struct Collection {
     gathered: Gathered,
     accused: Vec<(String, LeftOut)>,
     inputs_received: bool,
+    /// Participants whose masked input of the current phase is already in the running sum
+    /// (their answer keeps the message without its values).
+    summed: BTreeSet<u16>,
 }
 
 impl std::fmt::Debug for Collection {
@@ -324,6 +327,7 @@ impl Collection {
             gathered: Gathered::default(),
             accused: Vec::new(),
             inputs_received: false,
+            summed: BTreeSet::new(),
         };
         if collection.nodes.len() < min_nodes {
             let failure = AttemptFailure::TooFewNodes {
@@ -402,11 +406,98 @@ impl Collection {
         if !self.awaiting.contains(&index) || self.answers.contains_key(&index) {
             return Progress::Waiting;
         }
+        let answer = self.sum_on_arrival(index, answer);
         self.answers.insert(index, answer);
         if self.answers.len() < self.awaiting.len() {
             return Progress::Waiting;
         }
         self.end_phase()
+    }
+
+    /// In secure aggregation's phase 3, adds a masked input to the running sum as it arrives
+    /// and keeps only its message's header: the coordinator holds the sum and the inputs in
+    /// flight, never every hospital's input (its memory does not grow with the hospitals). An
+    /// input from a participant a peer has already accused of a bad share is not summed.
+    fn sum_on_arrival(
+        &mut self,
+        index: u16,
+        answer: Result<Message, LeftOut>,
+    ) -> Result<Message, LeftOut> {
+        if !matches!(self.stage, Stage::Inputs(_)) {
+            return answer;
+        }
+        let Ok(Message::SecAggInput(input)) = answer else {
+            return answer;
+        };
+        if let Some(peer) = self.accuser_of(index, &self.answers) {
+            return Err(LeftOut::ShareAuthentication { peer });
+        }
+        let Stage::Inputs(server) = &mut self.stage else {
+            return Ok(Message::SecAggInput(input));
+        };
+        server.handle_input(index, &input).map_err(violation)?;
+        self.summed.insert(index);
+        Ok(Message::SecAggInput(MaskedInput {
+            values: Vec::new(),
+            ..input
+        }))
+    }
+
+    /// Takes one piece of participant `index`'s masked input in secure aggregation's phase 3
+    /// (a node sends its input as [`MaskedInputChunk`]s, in order): it is added to the running
+    /// sum at once and not kept. The last piece completes the node's answer; a bad piece is its
+    /// answer, why it is left out. Pieces from anyone not awaited, or already answered, are
+    /// ignored.
+    pub fn handle_input_chunk(&mut self, index: u16, chunk: &MaskedInputChunk) -> Progress {
+        if !self.awaiting.contains(&index) || self.answers.contains_key(&index) {
+            return Progress::Waiting;
+        }
+        let started = matches!(&self.stage, Stage::Inputs(server) if server.started(index));
+        let accuser = (!started)
+            .then(|| self.accuser_of(index, &self.answers))
+            .flatten();
+        let answer = if let Some(peer) = accuser {
+            Err(LeftOut::ShareAuthentication { peer })
+        } else {
+            let Stage::Inputs(server) = &mut self.stage else {
+                return Progress::Waiting;
+            };
+            match server.handle_input_chunk(index, chunk) {
+                Err(e) => Err(violation(e)),
+                Ok(()) if server.has_input(index) => {
+                    self.summed.insert(index);
+                    Ok(Message::SecAggInput(MaskedInput {
+                        session: chunk.session,
+                        round: chunk.round,
+                        values: Vec::new(),
+                    }))
+                }
+                Ok(()) => return Progress::Waiting,
+            }
+        };
+        self.answers.insert(index, answer);
+        if self.answers.len() < self.awaiting.len() {
+            return Progress::Waiting;
+        }
+        self.end_phase()
+    }
+
+    /// The identity of the peer that reported a bad share from participant `accused` among
+    /// `answers`, if one did.
+    fn accuser_of(
+        &self,
+        accused: u16,
+        answers: &BTreeMap<u16, Result<Message, LeftOut>>,
+    ) -> Option<String> {
+        answers.iter().find_map(|(index, answer)| match answer {
+            Ok(Message::Refused(Refused {
+                reason: RefusalReason::ShareAuthentication { from },
+                ..
+            })) if *from == accused && *index != accused => {
+                self.identity(*index).map(str::to_owned)
+            }
+            _ => None,
+        })
     }
 
     /// The phase's deadline passed: whoever has not answered is left out, and the phase ends.
@@ -415,6 +506,12 @@ impl Collection {
             self.answers.entry(*index).or_insert(Err(LeftOut::Deadline));
         }
         self.end_phase()
+    }
+
+    /// Whether participant `index` has answered the current phase (its masked input complete,
+    /// for one sent in pieces).
+    pub fn has_answered(&self, index: u16) -> bool {
+        self.answers.contains_key(&index)
     }
 
     /// The identity of participant `index`.
@@ -589,15 +686,42 @@ impl Collection {
         mut server: ExpectMaskedInputs,
         answers: BTreeMap<u16, Result<Message, LeftOut>>,
     ) -> Result<Progress, AttemptFailure> {
-        let accused = self.accusations(&answers);
+        let summed = std::mem::take(&mut self.summed);
+        // An accusation against a node whose input is already (wholly or partly) in the sum is
+        // not acted on: that node stays a survivor (its self-mask is removed, its secret key
+        // never revealed, so the sum is exact and its input private), and its accuser, which
+        // refused this phase, is a dropout, as before sums were taken on arrival. A late
+        // accusation cannot fail the attempt.
+        let accused = self.accusations(&answers, |from| {
+            summed.contains(&from) || server.started(from)
+        });
         self.inputs_received = answers
             .values()
             .any(|answer| matches!(answer, Ok(Message::SecAggInput(_))));
+        // A piece of an input whose stream then failed cannot be taken out of the running sum
+        // (unmasking it as a dropout's would reveal the piece): the attempt fails, and every
+        // such node sits out the round's retries, with why its stream failed.
+        let partial = server.partially_summed();
+        if let Some(&first) = partial.first() {
+            for index in partial {
+                let node = self.identity(index).unwrap_or_default().to_owned();
+                let why = match answers.get(&index) {
+                    Some(Err(why)) => why.clone(),
+                    _ => LeftOut::Deadline,
+                };
+                if !self.accused.iter().any(|(who, _)| *who == node) {
+                    self.accused.push((node, why));
+                }
+            }
+            let node = self.identity(first).unwrap_or_default().to_owned();
+            return Err(AttemptFailure::PartialInput { node });
+        }
         self.take(answers, |_, index, message| {
             if let Some(peer) = accused.get(&index) {
                 return Err(LeftOut::ShareAuthentication { peer: peer.clone() });
             }
             match message {
+                Message::SecAggInput(_) if summed.contains(&index) => Ok(()),
                 Message::SecAggInput(input) => {
                     server.handle_input(index, &input).map_err(violation)
                 }
@@ -616,10 +740,12 @@ impl Collection {
     }
 
     /// The participants a peer reported as sending it a share that failed authentication, by
-    /// index, with that peer's identity; each is recorded to sit out the round's retries.
+    /// index, with that peer's identity, but for those `already_in` the sum; each is recorded
+    /// to sit out the round's retries.
     fn accusations(
         &mut self,
         answers: &BTreeMap<u16, Result<Message, LeftOut>>,
+        already_in: impl Fn(u16) -> bool,
     ) -> BTreeMap<u16, String> {
         let mut accused = BTreeMap::new();
         for (index, answer) in answers {
@@ -630,6 +756,9 @@ impl Collection {
             else {
                 continue;
             };
+            if already_in(*from) {
+                continue;
+            }
             let (Some(sender), Some(peer)) = (
                 self.identity(*from).filter(|_| from != index),
                 self.identity(*index),

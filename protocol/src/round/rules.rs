@@ -71,6 +71,15 @@ pub enum AttemptFailure {
         /// Those that could be asked now.
         now: Vec<String>,
     },
+    /// Part of a node's masked input was summed, piece by piece, and its stream then failed:
+    /// the piece cannot be taken out of the running sum, so the attempt is retried without it.
+    #[error(
+        "part of {node}'s masked input was summed before its stream failed; the round is retried without {node}"
+    )]
+    PartialInput {
+        /// The node.
+        node: String,
+    },
     /// The engine was driven after its collection ended (a bug in the driver).
     #[error("the collection is already over")]
     Over,

@@ -134,6 +134,27 @@ impl Consortium {
 
     /// Runs a collection to its end; the phases that ended on the way.
     fn run(&mut self, plan: CollectionPlan) -> (Outcome, Vec<Phase>) {
+        self.run_with(plan, None)
+    }
+
+    /// [`Self::run`], with each masked input sent in pieces of `words` words, as nodes do;
+    /// node `cut`'s stream fails after its first piece.
+    fn run_in_pieces(
+        &mut self,
+        plan: CollectionPlan,
+        words: usize,
+        cut: Option<u16>,
+    ) -> (Outcome, Vec<Phase>) {
+        self.run_with(plan, Some((words, cut)))
+    }
+
+    /// Runs a collection to its end, masked inputs whole or, with `pieces`, in pieces of so
+    /// many words, the stream of the node named failing after its first.
+    fn run_with(
+        &mut self,
+        plan: CollectionPlan,
+        pieces: Option<(usize, Option<u16>)>,
+    ) -> (Outcome, Vec<Phase>) {
         let (mut collection, mut progress) = Collection::start(plan);
         let mut ended = Vec::new();
         loop {
@@ -149,7 +170,23 @@ impl Consortium {
                         let Some(answer) = self.answer(send) else {
                             continue;
                         };
-                        progress = collection.handle_answer(send.index, answer);
+                        progress = match (answer, pieces) {
+                            (Ok(Message::SecAggInput(input)), Some((words, cut))) => {
+                                let mut last = Progress::Waiting;
+                                for chunk in input.chunks(words) {
+                                    last = collection.handle_input_chunk(send.index, &chunk);
+                                    if cut == Some(send.index) {
+                                        let lost = LeftOut::Connection {
+                                            detail: "reset".into(),
+                                        };
+                                        last = collection.handle_answer(send.index, Err(lost));
+                                        break;
+                                    }
+                                }
+                                last
+                            }
+                            (answer, _) => collection.handle_answer(send.index, answer),
+                        };
                         if !matches!(progress, Progress::Waiting) {
                             break;
                         }
@@ -484,6 +521,88 @@ fn a_share_that_fails_authentication_leaves_its_sender_out_of_the_sum_and_the_re
     let gathered = outcome.result.unwrap();
     assert_eq!(gathered.participants.len(), 4);
     assert_eq!(*why(&gathered, "hospital-2"), accused);
+}
+
+#[test]
+fn an_accusation_after_the_accused_input_was_summed_leaves_only_the_accuser_out_and_the_sum_exact()
+{
+    // Hospital-1 corrupts its share for hospital-3, and its masked input arrives (and is summed
+    // as it comes, never kept) before hospital-3's report of the bad share. The report is not
+    // acted on: hospital-1 stays a survivor (its self-mask removed, its key never revealed),
+    // hospital-3, which refused the phase, is a dropout, and the sum is exact. A node cannot
+    // fail an attempt by accusing a peer late.
+    let mut behaviours = vec![Behaviour::Honest; 5];
+    behaviours[0] = Behaviour::CorruptsShareFor(3);
+    let mut consortium = Consortium::new(&behaviours);
+    let (outcome, _) = consortium.run(consortium.plan(true, 3));
+    assert!(outcome.accused.is_empty(), "{:?}", outcome.accused);
+    let gathered = outcome.result.unwrap();
+    assert_eq!(gathered.participants, names(&[1, 2, 4, 5]));
+    assert_eq!(gathered.sum, consortium.sum_of(&[1, 2, 4, 5]));
+    assert_eq!(
+        *why(&gathered, "hospital-3"),
+        LeftOut::Refused {
+            reason: RefusalReason::ShareAuthentication { from: 1 }
+        }
+    );
+    // The same with the input in pieces, the accusation coming after the first.
+    let mut consortium = Consortium::new(&behaviours);
+    let (outcome, _) = consortium.run_in_pieces(consortium.plan(true, 3), 1, None);
+    let gathered = outcome.result.unwrap();
+    assert_eq!(gathered.sum, consortium.sum_of(&[1, 2, 4, 5]));
+}
+
+#[test]
+fn inputs_sent_in_pieces_sum_to_the_same_as_whole_ones() {
+    for words in [1, 2, 3, LEN, LEN + 5] {
+        let mut consortium = Consortium::new(&vec![Behaviour::Honest; 4]);
+        let (outcome, phases) = consortium.run_in_pieces(consortium.plan(true, 3), words, None);
+        let gathered = outcome.result.unwrap();
+        assert_eq!(
+            gathered.sum,
+            consortium.sum_of(&[1, 2, 3, 4]),
+            "{words} words"
+        );
+        assert_eq!(
+            phases,
+            [
+                Phase::Keys,
+                Phase::Shares,
+                Phase::Inputs,
+                Phase::Consistency
+            ]
+        );
+    }
+}
+
+#[test]
+fn an_input_cut_after_a_piece_fails_the_attempt_and_the_retry_leaves_its_node_out() {
+    // Hospital-2's stream fails after its first piece was summed: the piece cannot be taken
+    // out, so nothing is unmasked; the retry without hospital-2 sums the other three exactly.
+    let mut consortium = Consortium::new(&vec![Behaviour::Honest; 4]);
+    let (outcome, phases) = consortium.run_in_pieces(consortium.plan(true, 3), 2, Some(2));
+    let failure = outcome.result.unwrap_err();
+    assert!(
+        matches!(&failure, AttemptFailure::PartialInput { node } if node == "hospital-2"),
+        "{failure}"
+    );
+    assert_eq!(phases, [Phase::Keys, Phase::Shares]);
+    assert!(matches!(
+        outcome.accused.as_slice(),
+        [(who, LeftOut::Connection { .. })] if who == "hospital-2"
+    ));
+    let mut exclusions = Exclusions::default();
+    for (who, why) in outcome.accused {
+        exclusions.exclude(0, &who, why);
+    }
+    let mut plan = consortium.plan(true, 3);
+    plan.nodes
+        .retain(|n| !exclusions.is_excluded(0, &n.identity));
+    plan.left_out = exclusions.of_round(0);
+    consortium.nodes.remove(1);
+    let (outcome, _) = consortium.run_in_pieces(plan, 2, None);
+    let gathered = outcome.result.unwrap();
+    assert_eq!(gathered.participants, names(&[1, 3, 4]));
 }
 
 #[test]

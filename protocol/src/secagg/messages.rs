@@ -180,6 +180,47 @@ pub struct UnmaskResponse {
 }
 
 /// Serialises `Vec<u32>` as one byte string of little-endian words.
+/// One consecutive piece of a [`MaskedInput`]: words `offset..offset + values.len()` of a
+/// vector of `total` words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedInputChunk {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// Index of the piece's first word in the whole vector.
+    pub offset: u32,
+    /// Words in the whole vector.
+    pub total: u32,
+    /// The piece, raw little-endian words on the wire.
+    #[serde(with = "le_words")]
+    pub values: Vec<u32>,
+}
+
+/// Words in each [`MaskedInputChunk`] a node sends (1 MiB), the last one shorter.
+pub const INPUT_CHUNK_WORDS: usize = 256 * 1024;
+
+impl MaskedInput {
+    /// The input as consecutive pieces of `words` words each (a node sends pieces of
+    /// [`INPUT_CHUNK_WORDS`]), the last one shorter; one empty piece for an empty vector.
+    pub fn chunks(&self, words: usize) -> impl Iterator<Item = MaskedInputChunk> + '_ {
+        let words = words.max(1);
+        let total = self.values.len() as u32;
+        let pieces = self.values.len().div_ceil(words).max(1);
+        (0..pieces).map(move |piece| {
+            let start = piece * words;
+            let end = (start + words).min(self.values.len());
+            MaskedInputChunk {
+                session: self.session,
+                round: self.round,
+                offset: start as u32,
+                total,
+                values: self.values[start..end].to_vec(),
+            }
+        })
+    }
+}
+
 mod le_words {
     use serde::{Deserializer, Serializer};
 

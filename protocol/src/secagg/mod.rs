@@ -78,8 +78,9 @@ pub use client::{
 };
 pub use consistency::survivors_signed_bytes;
 pub use messages::{
-    ConsistencyRequest, ConsistencySignature, DirectoryEntry, EncryptedShare, KeyAdvertisement,
-    KeyDirectory, MaskedInput, ShareDelivery, SharePackage, UnmaskRequest, UnmaskResponse,
+    ConsistencyRequest, ConsistencySignature, DirectoryEntry, EncryptedShare, INPUT_CHUNK_WORDS,
+    KeyAdvertisement, KeyDirectory, MaskedInput, MaskedInputChunk, ShareDelivery, SharePackage,
+    UnmaskRequest, UnmaskResponse,
 };
 pub use params::{MAX_PAIRINGS, Participant, RoundParams};
 pub use server::{ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures, ExpectUnmasking};

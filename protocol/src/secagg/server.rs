@@ -11,7 +11,8 @@ use super::consistency::survivors_signed_bytes;
 use super::crypto::{AgreementKeyPair, add_mask, subtract_mask};
 use super::messages::{
     ConsistencyRequest, ConsistencySignature, DirectoryEntry, EncryptedShare, KeyAdvertisement,
-    KeyDirectory, MaskedInput, ShareDelivery, SharePackage, UnmaskRequest, UnmaskResponse,
+    KeyDirectory, MaskedInput, MaskedInputChunk, ShareDelivery, SharePackage, UnmaskRequest,
+    UnmaskResponse,
 };
 use super::params::RoundParams;
 use super::shamir::{self, Share};
@@ -48,6 +49,8 @@ pub struct ExpectMaskedInputs {
     /// `U3` so far.
     survivors: BTreeSet<u16>,
     sum: Vec<u32>,
+    /// Participants whose input is partly summed, piece by piece, with the words summed so far.
+    partial: BTreeMap<u16, usize>,
 }
 
 /// Phase 4: collecting the survivors' signatures on the survivor set.
@@ -250,6 +253,7 @@ impl ExpectShares {
             keys: self.keys,
             sharers,
             survivors: BTreeSet::new(),
+            partial: BTreeMap::new(),
         };
         Ok((next, deliveries))
     }
@@ -263,16 +267,7 @@ impl ExpectMaskedInputs {
 
     /// Adds participant `from`'s masked input to the running sum. The input itself is not kept.
     pub fn handle_input(&mut self, from: u16, input: &MaskedInput) -> Result<(), SecAggError> {
-        check(&self.params, from, input.session, input.round)?;
-        if !self.sharers.contains(&from) {
-            return Err(violation(
-                from,
-                "sent an input without having shared its keys",
-            ));
-        }
-        if self.survivors.contains(&from) {
-            return Err(violation(from, "sent its input twice"));
-        }
+        self.check_sender(from, input.session, input.round)?;
         if input.values.len() != self.params.vector_len {
             return Err(violation(
                 from,
@@ -290,8 +285,85 @@ impl ExpectMaskedInputs {
         Ok(())
     }
 
+    /// Adds one consecutive piece of participant `from`'s masked input to the running sum: the
+    /// pieces must come in order and make up exactly the vector; the last one makes `from` a
+    /// survivor. Nothing is kept but the count of words summed.
+    pub fn handle_input_chunk(
+        &mut self,
+        from: u16,
+        chunk: &MaskedInputChunk,
+    ) -> Result<(), SecAggError> {
+        self.check_sender(from, chunk.session, chunk.round)?;
+        let len = self.params.vector_len;
+        let done = self.partial.get(&from).copied().unwrap_or(0);
+        let offset = chunk.offset as usize;
+        if chunk.total as usize != len
+            || offset != done
+            || offset + chunk.values.len() > len
+            || (chunk.values.is_empty() && len > 0)
+        {
+            return Err(violation(
+                from,
+                &format!(
+                    "input piece of words {offset}..{} of {}, expected the piece from word {done} of {len}",
+                    offset + chunk.values.len(),
+                    chunk.total
+                ),
+            ));
+        }
+        for (s, v) in self.sum[offset..].iter_mut().zip(&chunk.values) {
+            *s = s.wrapping_add(*v);
+        }
+        let done = offset + chunk.values.len();
+        if done == len {
+            self.partial.remove(&from);
+            self.survivors.insert(from);
+        } else {
+            self.partial.insert(from, done);
+        }
+        Ok(())
+    }
+
+    /// Refuses an input from `from` of another session or round, from a participant that did
+    /// not share its keys, or from one whose input is already in.
+    fn check_sender(&self, from: u16, session: u64, round: u64) -> Result<(), SecAggError> {
+        check(&self.params, from, session, round)?;
+        if !self.sharers.contains(&from) {
+            return Err(violation(
+                from,
+                "sent an input without having shared its keys",
+            ));
+        }
+        if self.survivors.contains(&from) {
+            return Err(violation(from, "sent its input twice"));
+        }
+        Ok(())
+    }
+
+    /// Whether any of participant `from`'s input is in the sum.
+    pub fn started(&self, from: u16) -> bool {
+        self.survivors.contains(&from) || self.partial.contains_key(&from)
+    }
+
+    /// Whether participant `from`'s whole input is in the sum.
+    pub fn has_input(&self, from: u16) -> bool {
+        self.survivors.contains(&from)
+    }
+
+    /// Participants part of whose input is in the sum without the rest: the sum cannot be
+    /// unmasked while they are.
+    pub fn partially_summed(&self) -> Vec<u16> {
+        self.partial.keys().copied().collect()
+    }
+
     /// Ends phase 3: the survivor set (`U3`) for each of them to sign.
     pub fn finish(self) -> Result<(ExpectSignatures, ConsistencyRequest), SecAggError> {
+        if let Some(from) = self.partial.keys().next() {
+            return Err(violation(
+                *from,
+                "sent only part of its input: the sum holds a piece it cannot lose",
+            ));
+        }
         at_least(&self.params, "masked input", self.survivors.len())?;
         let request = ConsistencyRequest {
             session: self.params.session,

@@ -182,6 +182,31 @@ impl Federation {
     /// Runs phases 1 to 3 honestly: every participant's state, waiting for the consistency
     /// request, and the request the coordinator would send.
     fn through_inputs(&mut self) -> (Vec<ParticipantState>, ExpectSignatures, ConsistencyRequest) {
+        let (states, server) = self.inputs_in();
+        let (server, request) = server.finish().unwrap();
+        (states, server, request)
+    }
+
+    /// Every honest participant through phase 3: the server with every masked input summed.
+    fn inputs_in(&mut self) -> (Vec<ParticipantState>, ExpectMaskedInputs) {
+        let (mut states, mut server, deliveries) = self.through_shares();
+        for (i, state) in states.iter_mut().enumerate() {
+            let index = i as u16 + 1;
+            let input = state.handle_delivery(&deliveries[&index]).unwrap();
+            server.handle_input(index, &input).unwrap();
+        }
+        (states, server)
+    }
+
+    /// Every honest participant through phase 2: the server awaiting the masked inputs, and
+    /// each participant's delivery.
+    fn through_shares(
+        &mut self,
+    ) -> (
+        Vec<ParticipantState>,
+        ExpectMaskedInputs,
+        BTreeMap<u16, ShareDelivery>,
+    ) {
         let mut server = ExpectKeys::new(self.params.clone()).unwrap();
         let mut states = Vec::new();
         for i in 0..self.params.n() {
@@ -206,14 +231,8 @@ impl Federation {
                 .unwrap();
             server.handle_package(i as u16 + 1, package).unwrap();
         }
-        let (mut server, deliveries) = server.finish().unwrap();
-        for (i, state) in states.iter_mut().enumerate() {
-            let index = i as u16 + 1;
-            let input = state.handle_delivery(&deliveries[&index]).unwrap();
-            server.handle_input(index, &input).unwrap();
-        }
-        let (server, request) = server.finish().unwrap();
-        (states, server, request)
+        let (server, deliveries) = server.finish().unwrap();
+        (states, server, deliveries)
     }
 
     /// Participant `index`'s signature on `survivors`, as it would sign them.
@@ -428,6 +447,46 @@ fn messages_from_another_round_are_refused() {
         server.handle_keys(2, keys, federation.certificate(1)),
         Err(SecAggError::Violation { .. })
     ));
+}
+
+#[test]
+fn an_input_is_taken_piece_by_piece_only_in_order_and_whole() {
+    let mut sim = Federation::new(3, None, 10, 21);
+    let (mut states, mut server, deliveries) = sim.through_shares();
+    let inputs: Vec<MaskedInput> = states
+        .iter_mut()
+        .enumerate()
+        .map(|(i, state)| state.handle_delivery(&deliveries[&(i as u16 + 1)]).unwrap())
+        .collect();
+    let pieces = |i: usize| inputs[i].chunks(4).collect::<Vec<_>>();
+    // Participant 1 in order, in three pieces: whole, a survivor.
+    for piece in pieces(0) {
+        assert!(!server.has_input(1));
+        server.handle_input_chunk(1, &piece).unwrap();
+    }
+    assert!(server.has_input(1));
+    // Participant 2: its second piece first is refused, as is a piece past the end, a piece
+    // claiming another length, and a repeat.
+    let p2 = pieces(1);
+    assert!(server.handle_input_chunk(2, &p2[1]).is_err());
+    server.handle_input_chunk(2, &p2[0]).unwrap();
+    let mut past = p2[1].clone();
+    past.values.extend_from_slice(&[0; 8]);
+    assert!(server.handle_input_chunk(2, &past).is_err());
+    let mut longer = p2[1].clone();
+    longer.total += 1;
+    assert!(server.handle_input_chunk(2, &longer).is_err());
+    assert!(server.handle_input_chunk(2, &p2[0]).is_err());
+    // Half of participant 2 is in the sum: the phase cannot end.
+    assert_eq!(server.partially_summed(), [2]);
+    for piece in &p2[1..] {
+        server.handle_input_chunk(2, piece).unwrap();
+    }
+    server.handle_input(3, &inputs[2]).unwrap();
+    assert!(server.partially_summed().is_empty());
+    // Whole and in pieces, the same sum: the masks cancel to the inputs' sum.
+    let (_, request) = server.finish().unwrap();
+    assert_eq!(request.survivors, [1, 2, 3]);
 }
 
 #[test]
