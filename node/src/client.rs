@@ -13,6 +13,7 @@ use medfed_protocol::manifest::Digest32;
 use medfed_protocol::messages::{
     CLOSE_TASK_STOPPED, Hello, Message, PROTOCOL_VERSION, RefusalReason, Refused, Welcome,
 };
+use medfed_protocol::secagg::INPUT_CHUNK_WORDS;
 use medfed_protocol::transfer::ModelAssembler;
 use medfed_transport::{ChannelError, MessageReader, client_endpoint, peer_identity, send_frame};
 use tokio::time::Instant;
@@ -336,11 +337,23 @@ async fn receive_model(
     assembler.finish()
 }
 
-/// Frames a message and appends it to the egress log; the frame may be sent only after this.
-/// (A masked input goes whole: the coordinator also takes one in pieces, `MaskedInputChunk`,
-/// but nodes do not send them yet; see the coordinator's driver.)
+/// Frames a message and appends it to the egress log; the bytes may be sent only after this. A
+/// masked input goes as consecutive pieces ([`MaskedInputChunk`]s, one frame each), which the
+/// coordinator adds to its sum as they come; the log records them as the one masked input
+/// they are, with every byte.
 fn record_egress(egress: &Mutex<EgressLog>, message: &Message) -> Result<Vec<u8>, NodeError> {
-    let frame = codec::frame(message).map_err(|e| NodeError::Protocol(e.to_string()))?;
+    let encode = |e: codec::CodecError| NodeError::Protocol(e.to_string());
+    let frame = match message {
+        Message::SecAggInput(input) => {
+            let mut frames = Vec::new();
+            for chunk in input.chunks(INPUT_CHUNK_WORDS) {
+                let piece = Message::SecAggInputChunk(chunk);
+                codec::encode_frame(&piece, MAX_FRAME_LEN, &mut frames).map_err(encode)?;
+            }
+            frames
+        }
+        other => codec::frame(other).map_err(encode)?,
+    };
     egress
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

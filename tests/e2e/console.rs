@@ -15,8 +15,8 @@ use serde_json::Value;
 
 const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
 
-/// Runs `binary` with `args` to its end (at most eight minutes: on a loaded 2-core machine the
-/// processes of two such tests share it), with `NO_COLOR` unset and its output piped.
+/// Runs `binary` with `args` to its end (at most four minutes), with `NO_COLOR` unset and its
+/// output piped.
 async fn run_to_end(package: &str, args: Vec<std::ffi::OsString>) -> Output {
     let mut command = tokio::process::Command::new(workspace_binary(package, package).unwrap());
     command
@@ -27,7 +27,7 @@ async fn run_to_end(package: &str, args: Vec<std::ffi::OsString>) -> Output {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let child = command.spawn().unwrap();
-    tokio::time::timeout(Duration::from_secs(480), child.wait_with_output())
+    tokio::time::timeout(Duration::from_secs(240), child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("{package} did not finish"))
         .unwrap()
