@@ -189,29 +189,13 @@ pub async fn push_model(node: &NodeHandle, model: &ModelPush) -> Result<(), Exch
     }
 }
 
+/// Reads exactly one message and the end of the stream (anything after it is a violation),
+/// its bytes counted for the node.
 async fn read_answer(node: &NodeHandle, recv: quinn::RecvStream) -> Result<Message, ExchangeError> {
-    let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
-    let answer = read_single(&mut reader).await;
-    node.add_received(reader.bytes_received());
-    answer
-}
-
-/// Reads exactly one message and the end of the stream: anything after it is a violation.
-async fn read_single(reader: &mut MessageReader) -> Result<Message, ExchangeError> {
-    let answer = reader.expect().await?;
-    end_of_stream(reader).await?;
+    let mut reader = Counted::new(node, MessageReader::new(recv, MAX_FRAME_LEN));
+    let answer = reader.next().await?.ok_or(ChannelError::StreamEnded)?;
+    reader.end_of_stream().await?;
     Ok(answer)
-}
-
-/// Expects the end of the stream: anything more is a violation.
-async fn end_of_stream(reader: &mut MessageReader) -> Result<(), ExchangeError> {
-    if let Some(extra) = reader.next().await? {
-        return Err(ExchangeError::Unexpected {
-            got: extra.kind(),
-            expected: "end of stream",
-        });
-    }
-    Ok(())
 }
 
 /// Why an exchange with a node failed. The node is left out of the round; the coordinator goes on.
