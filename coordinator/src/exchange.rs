@@ -6,7 +6,7 @@ use medfed_protocol::model::{Model, ModelHash};
 use medfed_protocol::round::LeftOut;
 use medfed_protocol::secagg::{MaskedInput, MaskedInputChunk};
 use medfed_protocol::transfer::split_model;
-use medfed_transport::{ChannelError, MessageReader, send_frame, send_message};
+use medfed_transport::{ChannelError, MessageReader, RecvStream, send_frame, send_message};
 use tokio::sync::mpsc;
 
 use crate::registry::NodeHandle;
@@ -30,7 +30,7 @@ pub async fn request(
         .map_err(|e| ExchangeError::Connection(e.to_string()))?;
     send_message(&mut send, request).await?;
     // The stream only ends once both directions have; ignore a node that already reset it.
-    let _ = send.finish();
+    send.finish().await;
     let mut reader = Counted::new(node, MessageReader::new(recv, MAX_FRAME_LEN));
     let first = reader.next().await;
     match (first, pieces) {
@@ -171,7 +171,7 @@ pub async fn push_model(node: &NodeHandle, model: &ModelPush) -> Result<(), Exch
         .await
         .map_err(|e| ExchangeError::Connection(e.to_string()))?;
     send_frame(&mut send, frames).await?;
-    let _ = send.finish();
+    send.finish().await;
     match read_answer(node, recv).await? {
         Message::ModelReceived(ModelReceived {
             session: s,
@@ -191,7 +191,7 @@ pub async fn push_model(node: &NodeHandle, model: &ModelPush) -> Result<(), Exch
 
 /// Reads exactly one message and the end of the stream (anything after it is a violation),
 /// its bytes counted for the node.
-async fn read_answer(node: &NodeHandle, recv: quinn::RecvStream) -> Result<Message, ExchangeError> {
+async fn read_answer(node: &NodeHandle, recv: RecvStream) -> Result<Message, ExchangeError> {
     let mut reader = Counted::new(node, MessageReader::new(recv, MAX_FRAME_LEN));
     let answer = reader.next().await?.ok_or(ChannelError::StreamEnded)?;
     reader.end_of_stream().await?;

@@ -1,4 +1,4 @@
-//! Accepting node connections: the TLS handshake (done by quinn with the consortium's client
+//! Accepting node connections on QUIC or TCP: the TLS handshake (with the consortium's client
 //! verifier), then the node's `Hello`, then admission into the [`Registry`].
 
 use std::sync::Arc;
@@ -8,7 +8,10 @@ use medfed_protocol::manifest::SignedManifest;
 use medfed_protocol::messages::{
     Hello, Message, PROTOCOL_VERSION, RefusalReason, Refused, Welcome,
 };
-use medfed_transport::{ChannelError, MessageReader, peer_identity, send_message};
+use medfed_transport::{
+    ChannelError, Connection, ConnectionError, Incoming, Listener, MessageReader, SendStream,
+    peer_identity, send_message,
+};
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -46,7 +49,7 @@ pub type OnAdmit = Arc<dyn Fn(&str) + Send + Sync>;
 /// the handshake by the TLS verifier (which sees the certificate, trusted or not), after it
 /// here. The `console` hears of every admission, disconnection and refusal.
 pub async fn serve(
-    endpoint: quinn::Endpoint,
+    endpoint: Arc<Listener>,
     admission: Arc<Admission>,
     registry: Arc<Registry>,
     on_admit: OnAdmit,
@@ -60,6 +63,7 @@ pub async fn serve(
         };
         let Some(incoming) = incoming else { break };
         let remote = incoming.remote_address();
+        let transport = incoming.transport();
         let (admission, registry, on_admit, console) = (
             admission.clone(),
             registry.clone(),
@@ -82,7 +86,7 @@ pub async fn serve(
                     }
                 }
             }
-            .instrument(info_span!("connection", %remote)),
+            .instrument(info_span!("connection", %remote, %transport)),
         );
     }
 }
@@ -92,7 +96,7 @@ pub async fn serve(
 enum NotAdmitted {
     /// The TLS handshake failed (the certificate verifier logged the certificate's subject).
     #[error("handshake failed: {0}")]
-    Handshake(quinn::ConnectionError),
+    Handshake(ConnectionError),
     /// The certificate names no usable identity.
     #[error("no usable identity in the certificate: {0}")]
     Identity(ChannelError),
@@ -101,7 +105,7 @@ enum NotAdmitted {
     HelloTimeout,
     /// The connection ended before `Hello`.
     #[error("connection lost before hello: {0}")]
-    LostBeforeHello(quinn::ConnectionError),
+    LostBeforeHello(ConnectionError),
     /// The first stream did not carry a decodable message.
     #[error("bad hello: {0}")]
     BadHello(ChannelError),
@@ -133,7 +137,7 @@ impl NotAdmitted {
 type Refusal = (Option<String>, NotAdmitted);
 
 async fn handle_connection(
-    incoming: quinn::Incoming,
+    incoming: Incoming,
     admission: &Admission,
     registry: &Registry,
     on_admit: &OnAdmit,
@@ -142,6 +146,7 @@ async fn handle_connection(
     // The TLS handshake: certificates not issued by the consortium CA, revoked, expired or not
     // yet valid fail here, with the TLS alert naming the reason.
     let connection = incoming
+        .accept()
         .await
         .map_err(|e| (None, NotAdmitted::Handshake(e)))?;
     let (identity, certificate) =
@@ -167,7 +172,7 @@ async fn handle_connection(
                 // The close reason names the fault (a frame over the cap, a truncated frame, bytes
                 // that decode to no message), so the peer and its operator can tell which.
                 let reason = NotAdmitted::BadHello(e);
-                connection.close(BAD_HELLO.into(), reason.to_string().as_bytes());
+                connection.close(BAD_HELLO, reason.to_string().as_bytes());
                 return Err(reason);
             }
             Err(_) => return Err(NotAdmitted::HelloTimeout),
@@ -183,7 +188,7 @@ async fn handle_connection(
         send_message(&mut send, &Message::Welcome(welcome))
             .await
             .map_err(NotAdmitted::Welcome)?;
-        let _ = send.finish();
+        send.finish().await;
         let received = registry.received_counter(&identity);
         received.fetch_add(
             reader.bytes_received(),
@@ -202,7 +207,7 @@ async fn handle_connection(
             received,
         )));
         on_admit(&identity);
-        console.admitted(&identity);
+        console.admitted(&identity, connection.kind());
         info!("admitted");
         let reason = connection.closed().await;
         registry.remove(&identity, &connection);
@@ -237,8 +242,8 @@ fn check_hello(hello: &Hello, admission: &Admission) -> Option<RefusalReason> {
 
 /// Tells the node why it is refused and closes the connection; returns the refusal for the log.
 async fn refuse(
-    connection: &quinn::Connection,
-    send: &mut quinn::SendStream,
+    connection: &Connection,
+    send: &mut SendStream,
     admission: &Admission,
     reason: RefusalReason,
 ) -> NotAdmitted {
@@ -248,10 +253,10 @@ async fn refuse(
         reason: reason.clone(),
     });
     if send_message(send, &refused).await.is_ok() {
-        let _ = send.finish();
+        send.finish().await;
         // Give the refusal a moment to reach the node before the connection closes.
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     }
-    connection.close(REFUSED.into(), b"refused");
+    connection.close(REFUSED, b"refused");
     NotAdmitted::Refused(reason)
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use medfed_protocol::model::ModelHash;
+use medfed_transport::Connection;
 use tokio::sync::watch;
 
 /// One admitted node connection.
@@ -13,8 +14,8 @@ use tokio::sync::watch;
 pub struct NodeHandle {
     /// Identity: the subject of the node's certificate.
     pub identity: String,
-    /// The QUIC connection to it.
-    pub connection: quinn::Connection,
+    /// The connection to it (QUIC or TCP).
+    pub connection: Connection,
     /// The certificate it presented (DER), relayed to its peers so they can check its signed
     /// secure-aggregation keys.
     pub certificate: Vec<u8>,
@@ -28,7 +29,7 @@ impl NodeHandle {
     /// A handle for a freshly admitted connection.
     pub fn new(
         identity: String,
-        connection: quinn::Connection,
+        connection: Connection,
         certificate: Vec<u8>,
         held_model: Option<ModelHash>,
         bytes_received: Arc<AtomicU64>,
@@ -121,14 +122,13 @@ impl Registry {
     pub fn admit(&self, node: Arc<NodeHandle>) {
         let previous = self.lock().insert(node.identity.clone(), node);
         if let Some(old) = previous {
-            old.connection
-                .close(0u32.into(), b"replaced by a newer connection");
+            old.connection.close(0, b"replaced by a newer connection");
         }
         self.changed.send_modify(|v| *v += 1);
     }
 
     /// Removes the node if `connection` is still the one registered for it.
-    pub fn remove(&self, identity: &str, connection: &quinn::Connection) {
+    pub fn remove(&self, identity: &str, connection: &Connection) {
         let mut nodes = self.lock();
         if nodes
             .get(identity)

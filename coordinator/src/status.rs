@@ -202,6 +202,9 @@ impl fmt::Display for CoordinatorStatus {
                         node.bytes_in,
                         ago(now, node.last_seen_ms)
                     )?;
+                    if let Some(transport) = node.transport {
+                        write!(f, ", over {transport}")?;
+                    }
                     if let Some(reason) = &node.reason {
                         write!(f, " ({reason})")?;
                     }
@@ -263,6 +266,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use medfed_transport::TransportKind;
+
     use crate::console::{Console, CoordinatorInfo, TaskInfo};
     use crate::registry::Registry;
 
@@ -298,7 +303,7 @@ mod tests {
             },
         );
         console.set_state(RunState::Training);
-        console.admitted("hospital-a");
+        console.admitted("hospital-a", TransportKind::Quic);
         console.persist();
         let status = read_status(dir.path()).unwrap();
         assert!(status.running, "this process wrote it and is alive");
@@ -306,6 +311,7 @@ mod tests {
         assert!(text.contains("running (pid"), "{text}");
         assert!(text.contains("state: training"), "{text}");
         assert!(text.contains("hospital-a"), "{text}");
+        assert!(text.contains("over quic"), "{text}");
         assert!(text.contains("1 nodes seen"), "{text}");
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["summary"]["state"], "training");

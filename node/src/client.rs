@@ -1,4 +1,5 @@
-//! The node's network driver: connects to the coordinator over QUIC with mutual TLS, says
+//! The node's network driver: connects to the coordinator over QUIC (or TCP, where UDP is
+//! blocked, directly or through the hospital's HTTP proxy) with mutual TLS, says
 //! `Hello`, then answers the coordinator's requests, each on the stream it came on, until the
 //! coordinator says training is finished. Lost connections are re-established with backoff.
 
@@ -15,7 +16,10 @@ use medfed_protocol::messages::{
 };
 use medfed_protocol::secagg::INPUT_CHUNK_WORDS;
 use medfed_protocol::transfer::ModelAssembler;
-use medfed_transport::{ChannelError, MessageReader, client_endpoint, peer_identity, send_frame};
+use medfed_transport::{
+    ChannelError, Connection, ConnectionError, Connector, MessageReader, RecvStream, SendStream,
+    peer_identity, send_frame,
+};
 use tokio::time::Instant;
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -53,7 +57,13 @@ pub async fn run(config: &NodeConfig, hospital: Hospital) -> Result<NodeOutcome,
     {
         return Err(NodeError::NoFaultInjection);
     }
-    let endpoint = client_endpoint(&config.tls)?;
+    let network = &config.network;
+    let endpoint = Connector::new(
+        &config.tls,
+        network.transport,
+        network.quic_timeout,
+        network.proxy.clone(),
+    )?;
     let egress = Mutex::new(EgressLog::open(&config.state_dir)?);
     let hospital = Arc::new(Mutex::new(hospital));
     let mut backoff = MIN_BACKOFF;
@@ -61,7 +71,7 @@ pub async fn run(config: &NodeConfig, hospital: Hospital) -> Result<NodeOutcome,
     loop {
         match session(&endpoint, config, &hospital, &egress).await {
             Ok(outcome) => {
-                endpoint.close(0u32.into(), b"finished");
+                endpoint.close(0, b"finished");
                 return Ok(outcome);
             }
             Err(e) if e.is_fatal() => return Err(e),
@@ -83,43 +93,40 @@ pub async fn run(config: &NodeConfig, hospital: Hospital) -> Result<NodeOutcome,
 
 /// One connection: handshake, Hello, then requests until `Finished` or the connection drops.
 async fn session(
-    endpoint: &quinn::Endpoint,
+    endpoint: &Connector,
     config: &NodeConfig,
     hospital: &Arc<Mutex<Hospital>>,
     egress: &Mutex<EgressLog>,
 ) -> Result<NodeOutcome, NodeError> {
-    let address = config
-        .coordinator
-        .resolve()
+    let connection = endpoint
+        .connect(&config.coordinator, &config.server_name)
         .await
-        .map_err(|e| NodeError::Connect(e.to_string()))?;
-    let connecting = endpoint
-        .connect(address, &config.server_name)
-        .map_err(|e| NodeError::Connect(e.to_string()))?;
-    let connection = connecting.await.map_err(classify)?;
+        .map_err(classify)?;
+    let address = connection.remote_address();
+    let transport = connection.kind();
     let welcome = hello(&connection, hospital, egress).await?;
     let manifest = match approve(&connection, config, hospital, &welcome) {
         Ok(digest) => digest,
         Err(refusal) => {
             error!(%refusal, "refusing to join: the coordinator's task manifest is not acceptable");
-            connection.close(MANIFEST_REFUSED.into(), b"task manifest refused");
+            connection.close(MANIFEST_REFUSED, b"task manifest refused");
             return Err(NodeError::ManifestRefused(refusal));
         }
     };
     lock(hospital).enter_session(welcome.session, &welcome.identity);
     let span = info_span!("node", node = %welcome.identity);
     async {
-        info!(coordinator = %config.coordinator, %address, rounds = welcome.manifest.manifest.rounds, %manifest, "admitted by the coordinator");
+        info!(coordinator = %config.coordinator, %address, %transport, rounds = welcome.manifest.manifest.rounds, %manifest, "admitted by the coordinator");
         loop {
             let (send, recv) = connection.accept_bi().await.map_err(classify)?;
             match answer(send, recv, hospital, &welcome, config, egress).await {
                 Ok(None) => {}
                 Ok(Some(outcome)) => {
-                    connection.close(0u32.into(), b"finished");
+                    connection.close(0, b"finished");
                     return Ok(outcome);
                 }
                 Err(e) => {
-                    connection.close(1u32.into(), b"node stopping");
+                    connection.close(1, b"node stopping");
                     return Err(e);
                 }
             }
@@ -133,7 +140,7 @@ async fn session(
 /// certificate the coordinator presented on this connection (checked against the consortium
 /// CA), then the plan against the hospital's policy; returns the approved manifest's digest.
 fn approve(
-    connection: &quinn::Connection,
+    connection: &Connection,
     config: &NodeConfig,
     hospital: &Arc<Mutex<Hospital>>,
     welcome: &Welcome,
@@ -152,7 +159,7 @@ fn approve(
 
 /// Sends `Hello` and waits for `Welcome`.
 async fn hello(
-    connection: &quinn::Connection,
+    connection: &Connection,
     hospital: &Arc<Mutex<Hospital>>,
     egress: &Mutex<EgressLog>,
 ) -> Result<Welcome, NodeError> {
@@ -169,7 +176,7 @@ async fn hello(
     send_frame(&mut send, &frame)
         .await
         .map_err(|e| transport(connection, e))?;
-    let _ = send.finish();
+    send.finish().await;
     let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
     let answer = tokio::time::timeout(WELCOME_TIMEOUT, reader.expect())
         .await
@@ -187,8 +194,8 @@ async fn hello(
 
 /// Answers one request stream; `Some` when the coordinator said training is finished.
 async fn answer(
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    mut send: SendStream,
+    recv: RecvStream,
     hospital: &Arc<Mutex<Hospital>>,
     welcome: &Welcome,
     config: &NodeConfig,
@@ -278,7 +285,7 @@ async fn answer(
     if let Err(e) = send_frame(&mut send, &frame).await {
         warn!(error = %e, "could not send the answer");
     }
-    let _ = send.finish();
+    send.finish().await;
     #[cfg(feature = "fault-injection")]
     if let Some(point) = config.danger_crash_after
         && reply.kind() == point.after
@@ -368,33 +375,27 @@ fn lock(hospital: &Mutex<Hospital>) -> std::sync::MutexGuard<'_, Hospital> {
 }
 
 /// The error of a failed stream operation, preferring the connection's close reason.
-fn transport(connection: &quinn::Connection, error: ChannelError) -> NodeError {
+fn transport(connection: &Connection, error: ChannelError) -> NodeError {
     match connection.close_reason() {
         Some(reason) => classify(reason),
         None => NodeError::Connect(error.to_string()),
     }
 }
 
-/// Turns a connection error into a node error, recognising TLS refusals.
-fn classify(error: quinn::ConnectionError) -> NodeError {
-    use quinn::ConnectionError as E;
-    let code = match &error {
-        E::ConnectionClosed(close) => Some(u64::from(close.error_code)),
-        E::TransportError(e) => Some(u64::from(e.code)),
-        _ => None,
-    };
-    if let E::ApplicationClosed(close) = &error
-        && close.error_code == CLOSE_TASK_STOPPED.into()
-    {
-        return NodeError::TaskStopped(String::from_utf8_lossy(&close.reason).into_owned());
-    }
-    match code {
-        // QUIC carries TLS alerts as CRYPTO_ERROR codes 0x100 + alert.
-        Some(code) if (0x100..0x200).contains(&code) => NodeError::TlsRefused {
-            alert: tls_alert_name((code - 0x100) as u8),
-            detail: error.to_string(),
+/// Turns a connection error into a node error, recognising TLS refusals and a coordinator
+/// that gave up.
+fn classify(error: ConnectionError) -> NodeError {
+    match error {
+        ConnectionError::ApplicationClosed { code, reason }
+            if code == u64::from(CLOSE_TASK_STOPPED) =>
+        {
+            NodeError::TaskStopped(reason)
+        }
+        ConnectionError::TlsAlert { alert, detail } => NodeError::TlsRefused {
+            alert: tls_alert_name(alert),
+            detail,
         },
-        _ => NodeError::Connect(error.to_string()),
+        other => NodeError::Connect(other.to_string()),
     }
 }
 

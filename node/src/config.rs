@@ -11,7 +11,7 @@ use medfed_protocol::accounting::Accountant;
 use medfed_protocol::eval_release::{EvalReleaseError, EvaluationNoise};
 use medfed_protocol::evaluation::MAX_EXAMPLE_LOSS;
 use medfed_protocol::stats_release::{StatisticsNoise, StatsReleaseError};
-use medfed_transport::PeerAddress;
+use medfed_transport::{PeerAddress, Proxy, TransportMode};
 use serde::Deserialize;
 
 use crate::data::{DEFAULT_HOLDOUT_FRACTION, Holdout};
@@ -37,6 +37,9 @@ pub struct NodeConfig {
     pub state_dir: PathBuf,
     /// How long to keep trying to reach the coordinator before giving up.
     pub reconnect_for: Duration,
+    /// How the node reaches the coordinator: QUIC, TCP, or QUIC with a TCP fallback, and the
+    /// HTTP proxy TCP goes through.
+    pub network: NetworkConfig,
     /// The hospital's differential-privacy policy; `None`: no DP-SGD (the node warns).
     pub privacy: Option<PrivacyConfig>,
     /// What the hospital agrees to release, whatever the coordinator asks (`[policy]`).
@@ -50,6 +53,32 @@ pub struct NodeConfig {
     /// libtorch's intra-op threads. Tabular models this size train fastest on one thread; more
     /// threads spend their time synchronising.
     pub threads: NonZeroUsize,
+}
+
+/// How a node reaches its coordinator (`transport`, `quic_timeout_secs`, `proxy`,
+/// `proxy_credentials_file`).
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// `auto` (QUIC, then TCP if no QUIC handshake completes in time), `quic` or `tcp`.
+    pub transport: TransportMode,
+    /// In `auto`, how long a QUIC handshake may take before the node tries TCP.
+    pub quic_timeout: Duration,
+    /// The HTTP proxy TCP connections go through (`CONNECT`), if any.
+    pub proxy: Option<Proxy>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            transport: TransportMode::Auto,
+            quic_timeout: Duration::from_secs_f64(default_quic_timeout_secs()),
+            proxy: None,
+        }
+    }
+}
+
+fn default_quic_timeout_secs() -> f64 {
+    5.0
 }
 
 /// The hospital's own privacy budget and DP-SGD settings.
@@ -306,6 +335,14 @@ struct RawConfig {
     state_dir: PathBuf,
     #[serde(default = "default_reconnect_secs")]
     reconnect_for_secs: f64,
+    #[serde(default)]
+    transport: TransportMode,
+    #[serde(default = "default_quic_timeout_secs")]
+    quic_timeout_secs: f64,
+    #[serde(default)]
+    proxy: Option<String>,
+    #[serde(default)]
+    proxy_credentials_file: Option<PathBuf>,
     #[serde(default = "default_threads")]
     threads: NonZeroUsize,
     #[serde(default)]
@@ -478,6 +515,31 @@ impl NodeConfig {
                 "reconnect_for_secs must be a non-negative number".into(),
             ));
         }
+        if !(raw.quic_timeout_secs.is_finite() && raw.quic_timeout_secs > 0.0) {
+            return Err(NodeConfigError::Invalid(
+                "quic_timeout_secs must be a positive number".into(),
+            ));
+        }
+        let proxy = match (&raw.proxy, &raw.proxy_credentials_file) {
+            (Some(url), credentials) => {
+                if raw.transport == TransportMode::Quic {
+                    return Err(NodeConfigError::Invalid(
+                        "proxy is set but transport = \"quic\": a proxy carries TCP only; use transport = \"tcp\" or \"auto\"".into(),
+                    ));
+                }
+                let credentials = credentials.clone().map(resolve);
+                Some(
+                    Proxy::new(url, credentials.as_deref())
+                        .map_err(|e| NodeConfigError::Invalid(e.to_string()))?,
+                )
+            }
+            (None, Some(_)) => {
+                return Err(NodeConfigError::Invalid(
+                    "proxy_credentials_file is set but proxy is not".into(),
+                ));
+            }
+            (None, None) => None,
+        };
         let server_name = raw.server_name.unwrap_or_else(|| {
             raw.coordinator
                 .host_name()
@@ -502,6 +564,11 @@ impl NodeConfig {
             device: raw.device,
             state_dir: resolve(raw.state_dir),
             reconnect_for: Duration::from_secs_f64(raw.reconnect_for_secs),
+            network: NetworkConfig {
+                transport: raw.transport,
+                quic_timeout: Duration::from_secs_f64(raw.quic_timeout_secs),
+                proxy,
+            },
             threads: raw.threads,
             danger_crash_after: None,
             danger_stall: None,
@@ -628,6 +695,43 @@ schema = "schema.toml"
 [policy]
 members = "members.toml"
 "#;
+
+    #[test]
+    fn the_network_keys_choose_a_transport_and_a_proxy_and_refuse_what_cannot_work() {
+        let with = |extra: &str| {
+            let text = MINIMAL.replacen("state_dir", &format!("{extra}\nstate_dir"), 1);
+            NodeConfig::parse(&text, Path::new("/site"))
+        };
+        let default = with("").unwrap().network;
+        assert_eq!(default.transport, TransportMode::Auto);
+        assert_eq!(default.quic_timeout, Duration::from_secs(5));
+        assert!(default.proxy.is_none());
+        let tcp = with("transport = \"tcp\"\nproxy = \"http://proxy.hospital.example:3128\"")
+            .unwrap()
+            .network;
+        assert_eq!(tcp.transport, TransportMode::Tcp);
+        assert_eq!(
+            tcp.proxy.map(|p| p.to_string()).as_deref(),
+            Some("http://proxy.hospital.example:3128")
+        );
+        for (extra, expected) in [
+            (
+                "transport = \"quic\"\nproxy = \"http://p:3128\"",
+                "a proxy carries TCP only",
+            ),
+            ("proxy_credentials_file = \"creds\"", "proxy is not"),
+            ("quic_timeout_secs = 0", "quic_timeout_secs"),
+            ("proxy = \"https://p:3128\"", "only http:// proxies"),
+            (
+                "proxy = \"http://p:3128\"\nproxy_credentials_file = \"/nonexistent/creds\"",
+                "/nonexistent/creds",
+            ),
+            ("transport = \"udp\"", "transport"),
+        ] {
+            let error = with(extra).unwrap_err().to_string();
+            assert!(error.contains(expected), "{extra}: {error}");
+        }
+    }
 
     #[test]
     fn parses_with_defaults_and_resolves_paths() {

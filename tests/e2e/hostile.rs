@@ -709,7 +709,10 @@ async fn admit(
     addr: SocketAddr,
 ) -> (quinn::Connection, Welcome) {
     let connection = connect_raw(consortium, name, addr).await;
-    let (mut send, recv) = connection.open_bi().await.unwrap();
+    let (mut send, recv) = medfed_transport::Connection::from(connection.clone())
+        .open_bi()
+        .await
+        .unwrap();
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         schema_digest: schema(consortium).digest(),
@@ -718,7 +721,7 @@ async fn admit(
     send_message(&mut send, &Message::Hello(hello))
         .await
         .unwrap();
-    send.finish().unwrap();
+    send.finish().await;
     match MessageReader::new(recv, MAX_FRAME_LEN).expect().await {
         Ok(Message::Welcome(welcome)) => (connection, welcome),
         other => panic!("expected welcome, got {other:?}"),

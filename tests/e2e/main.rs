@@ -1,5 +1,5 @@
-//! End-to-end tests: a real coordinator and real nodes (libtorch trainer) over QUIC with mutual
-//! TLS on 127.0.0.1. Each test builds its own consortium in a temporary folder.
+//! End-to-end tests: a real coordinator and real nodes (libtorch trainer) over QUIC (and TCP,
+//! where a test says so) with mutual TLS on 127.0.0.1. Each test builds its own consortium in a temporary folder.
 
 mod console;
 mod crash;
@@ -14,6 +14,7 @@ mod load;
 mod malicious;
 mod manifest;
 mod model_file;
+mod networks;
 mod pki;
 mod privacy;
 mod real_data;

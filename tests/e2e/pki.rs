@@ -108,7 +108,10 @@ async fn every_refused_connection_is_logged_with_its_subject_and_reason() {
 
     // After it: a Hello for another schema, …
     let connection = connect(&tls("hospital-b"), addr).await.unwrap();
-    let (mut send, recv) = connection.open_bi().await.unwrap();
+    let (mut send, recv) = medfed_transport::Connection::from(connection.clone())
+        .open_bi()
+        .await
+        .unwrap();
     let wrong = Hello {
         protocol_version: PROTOCOL_VERSION,
         schema_digest: [7; 32],
@@ -117,7 +120,7 @@ async fn every_refused_connection_is_logged_with_its_subject_and_reason() {
     send_message(&mut send, &Message::Hello(wrong))
         .await
         .unwrap();
-    send.finish().unwrap();
+    send.finish().await;
     assert!(matches!(
         MessageReader::new(recv, MAX_FRAME_LEN).expect().await,
         Ok(Message::Refused(_))
@@ -263,7 +266,10 @@ async fn refused(tls: &TlsFiles, addr: SocketAddr) {
 /// Says a correct `Hello`; returns the answer.
 async fn hello(connection: &quinn::Connection, consortium: &Consortium) -> Message {
     let schema = Schema::parse(&std::fs::read_to_string(&consortium.schema).unwrap()).unwrap();
-    let (mut send, recv) = connection.open_bi().await.unwrap();
+    let (mut send, recv) = medfed_transport::Connection::from(connection.clone())
+        .open_bi()
+        .await
+        .unwrap();
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         schema_digest: schema.digest(),
@@ -272,7 +278,7 @@ async fn hello(connection: &quinn::Connection, consortium: &Consortium) -> Messa
     send_message(&mut send, &Message::Hello(hello))
         .await
         .unwrap();
-    send.finish().unwrap();
+    send.finish().await;
     MessageReader::new(recv, MAX_FRAME_LEN)
         .expect()
         .await

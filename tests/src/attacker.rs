@@ -47,7 +47,7 @@ use medfed_protocol::secagg::{
 };
 use medfed_protocol::stats::Standardization;
 use medfed_protocol::transfer::split_model;
-use medfed_transport::{MessageReader, peer_identity, send_message, server_endpoint};
+use medfed_transport::{Connection, Listener, MessageReader, peer_identity, send_message};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::task::JoinHandle;
@@ -61,8 +61,8 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct HandCoordinator<'c> {
     /// Where the nodes' certificates, data and state folders are.
     consortium: &'c Consortium,
-    /// Listens on 127.0.0.1 with the consortium's coordinator certificate.
-    endpoint: quinn::Endpoint,
+    /// Listens on 127.0.0.1 (QUIC and TCP) with the consortium's coordinator certificate.
+    endpoint: Listener,
     /// The session `Welcome` announces and every request carries.
     session: u64,
     /// The plan whose signed task manifest `Welcome` carries: the coordinator configuration a
@@ -82,7 +82,7 @@ pub struct HandCoordinator<'c> {
 /// A real node the hand-driven coordinator admitted.
 struct AdmittedNode {
     /// Its connection; each request goes on a fresh stream of it.
-    connection: quinn::Connection,
+    connection: Connection,
     /// The certificate it presented (DER), relayed to its peers in a key directory.
     certificate: Vec<u8>,
     /// Its state folder, where its egress log and ledger are.
@@ -95,9 +95,10 @@ impl<'c> HandCoordinator<'c> {
     /// Listens on an ephemeral loopback port with the consortium's coordinator certificate.
     /// `Welcome` will announce session `0x5eed` and one round, and the consortium's small MLP.
     pub fn bind(consortium: &'c Consortium) -> Self {
-        let endpoint = server_endpoint(
+        let endpoint = Listener::bind(
             &consortium.certs.coordinator_tls(),
             "127.0.0.1:0".parse().expect("address"),
+            None,
         )
         .expect("a loopback endpoint");
         let text = std::fs::read_to_string(&consortium.schema).expect("the schema file");
@@ -171,6 +172,7 @@ impl<'c> HandCoordinator<'c> {
         let connection = tokio::time::timeout(ANSWER_TIMEOUT, async {
             let incoming = self.endpoint.accept().await.expect("an open endpoint");
             incoming
+                .accept()
                 .await
                 .expect("a TLS handshake with a consortium node")
         })
@@ -190,7 +192,7 @@ impl<'c> HandCoordinator<'c> {
         send_message(&mut send, &Message::Welcome(welcome))
             .await
             .expect("welcome sent");
-        let _ = send.finish();
+        send.finish().await;
         let node = AdmittedNode {
             connection,
             certificate: certificate.to_vec(),
@@ -227,7 +229,7 @@ impl<'c> HandCoordinator<'c> {
                 break;
             }
         }
-        let _ = send.finish();
+        send.finish().await;
         let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
         let answer = async {
             let first = reader.expect().await?;

@@ -7,6 +7,7 @@
 pub mod attacker;
 pub mod http;
 pub mod load;
+pub mod network;
 pub mod process;
 
 use std::fmt::Write as _;
@@ -206,6 +207,7 @@ impl Consortium {
             device: ComputeDevice::Cpu,
             state_dir: self.dir.path().join("nodes").join(name),
             reconnect_for: Duration::from_secs(20),
+            network: medfed_node::config::NetworkConfig::default(),
             threads: std::num::NonZeroUsize::MIN,
             danger_crash_after: None,
             danger_stall: None,

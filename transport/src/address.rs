@@ -88,6 +88,15 @@ impl PeerAddress {
         }
     }
 
+    /// The host to hand to a resolver or a proxy: the name, or the IP address (without
+    /// brackets).
+    pub fn host_text(&self) -> String {
+        match &self.host {
+            Host::Ip(ip) => ip.to_string(),
+            Host::Name(name) => name.clone(),
+        }
+    }
+
     /// The socket address to connect to: the IP address as written, or the first IPv4 address
     /// the name resolves to now.
     pub async fn resolve(&self) -> Result<SocketAddr, ResolveError> {

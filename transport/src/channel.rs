@@ -1,5 +1,5 @@
 //! The secure channel: QUIC endpoints over the consortium's mutual TLS, and framed message
-//! streams on top of them.
+//! streams on top of either transport's streams.
 //!
 //! Every frame is decoded with the protocol's capped [`FrameDecoder`], so a hostile peer cannot
 //! make us buffer more than one frame's cap.
@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use medfed_certs::{
-    CertError, RefusedCertificateHook, TlsFiles, client_config, server_config_with_hook,
-    subject_common_name,
+    CertError, TlsFiles, client_config, server_config_with_hook, subject_common_name,
 };
 use medfed_protocol::codec::{self, CodecError, FrameDecoder};
 use medfed_protocol::messages::{ALPN, Message};
 use rustls_pki_types::CertificateDer;
+
+use crate::connection::{Connection, RecvStream, SendStream};
 
 /// How long a silent connection stays open.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,22 +34,22 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(transport)
 }
 
-/// A QUIC server endpoint that admits only clients with a consortium certificate.
+/// A QUIC server endpoint that admits only clients with a consortium certificate (QUIC only:
+/// the coordinator listens with [`Listener`](crate::Listener), which adds TCP).
 pub fn server_endpoint(
     files: &TlsFiles,
     listen: SocketAddr,
 ) -> Result<quinn::Endpoint, ChannelError> {
-    server_endpoint_with_hook(files, listen, None)
+    let tls = server_config_with_hook(files, &[ALPN], None)?;
+    quic_server_endpoint(files, listen, Arc::new(tls))
 }
 
-/// [`server_endpoint`], telling `on_refused` of every client certificate the TLS handshake
-/// refuses (the subject it claims and the reason).
-pub fn server_endpoint_with_hook(
+/// A QUIC server endpoint on `listen` with the rustls configuration `tls`.
+pub(crate) fn quic_server_endpoint(
     files: &TlsFiles,
     listen: SocketAddr,
-    on_refused: Option<RefusedCertificateHook>,
+    tls: Arc<rustls::ServerConfig>,
 ) -> Result<quinn::Endpoint, ChannelError> {
-    let tls = server_config_with_hook(files, &[ALPN], on_refused)?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| ChannelError::Setup(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -114,9 +115,16 @@ impl quinn::ConnectionIdGenerator for RandomCids {
     }
 }
 
-/// A QUIC client endpoint that presents this node's certificate and trusts only the consortium CA.
+/// A QUIC client endpoint that presents this node's certificate and trusts only the consortium
+/// CA (QUIC only: a node connects with [`Connector`](crate::Connector), which adds TCP).
 pub fn client_endpoint(files: &TlsFiles) -> Result<quinn::Endpoint, ChannelError> {
-    let tls = client_config(files, &[ALPN])?;
+    quic_client_endpoint(Arc::new(client_config(files, &[ALPN])?))
+}
+
+/// A QUIC client endpoint with the rustls configuration `tls`.
+pub(crate) fn quic_client_endpoint(
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<quinn::Endpoint, ChannelError> {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| ChannelError::Setup(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
@@ -154,18 +162,17 @@ fn bind_udp(addr: SocketAddr, receive_buffer: usize) -> std::io::Result<std::net
 /// The consortium identity of the peer of an established connection — the subject common name
 /// of the certificate it presented — and that certificate (DER).
 pub fn peer_identity(
-    connection: &quinn::Connection,
+    connection: &Connection,
 ) -> Result<(String, CertificateDer<'static>), ChannelError> {
     let certs = connection
-        .peer_identity()
-        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .peer_certificates()
         .ok_or(ChannelError::NoPeerCertificate)?;
     let leaf = certs.first().ok_or(ChannelError::NoPeerCertificate)?;
     Ok((subject_common_name(leaf)?, leaf.clone()))
 }
 
 /// Writes bytes already framed with [`codec::frame`].
-pub async fn send_frame(stream: &mut quinn::SendStream, frame: &[u8]) -> Result<(), ChannelError> {
+pub async fn send_frame(stream: &mut SendStream, frame: &[u8]) -> Result<(), ChannelError> {
     stream
         .write_all(frame)
         .await
@@ -174,21 +181,18 @@ pub async fn send_frame(stream: &mut quinn::SendStream, frame: &[u8]) -> Result<
 
 /// Writes one message as a frame; returns the number of bytes put on the stream.
 pub async fn send_message(
-    stream: &mut quinn::SendStream,
+    stream: &mut SendStream,
     message: &Message,
 ) -> Result<usize, ChannelError> {
     let bytes = codec::frame(message)?;
-    stream
-        .write_all(&bytes)
-        .await
-        .map_err(|e| ChannelError::Write(e.to_string()))?;
+    send_frame(stream, &bytes).await?;
     Ok(bytes.len())
 }
 
 /// Reads framed messages from a stream.
 #[derive(Debug)]
 pub struct MessageReader {
-    stream: quinn::RecvStream,
+    stream: RecvStream,
     decoder: FrameDecoder,
     /// Bytes received so far, for accounting.
     received: u64,
@@ -196,9 +200,9 @@ pub struct MessageReader {
 
 impl MessageReader {
     /// Wraps a stream; frames over `max_frame_len` are refused.
-    pub fn new(stream: quinn::RecvStream, max_frame_len: usize) -> Self {
+    pub fn new(stream: impl Into<RecvStream>, max_frame_len: usize) -> Self {
         Self {
-            stream,
+            stream: stream.into(),
             decoder: FrameDecoder::new(max_frame_len),
             received: 0,
         }
@@ -210,10 +214,10 @@ impl MessageReader {
             if let Some(message) = self.decoder.next_message()? {
                 return Ok(Some(message));
             }
-            match self.stream.read_chunk(READ_CHUNK, true).await {
-                Ok(Some(chunk)) => {
-                    self.received += chunk.bytes.len() as u64;
-                    self.decoder.feed(&chunk.bytes);
+            match self.stream.read_chunk(READ_CHUNK).await {
+                Ok(Some(bytes)) => {
+                    self.received += bytes.len() as u64;
+                    self.decoder.feed(&bytes);
                 }
                 Ok(None) => {
                     self.decoder.finish()?;
@@ -248,6 +252,14 @@ pub enum ChannelError {
     /// The UDP socket could not be bound.
     #[error("cannot bind UDP {addr}: {source}")]
     Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TCP listener could not be bound.
+    #[error("cannot listen on TCP {addr}: {source}")]
+    BindTcp {
         /// Address.
         addr: SocketAddr,
         /// Cause.

@@ -1,10 +1,12 @@
-//! The secure channel of medfed: QUIC endpoints over the consortium's mutual TLS, and framed
-//! message streams on top of them.
+//! The secure channel of medfed: connections over the consortium's mutual TLS — QUIC, or TLS 1.3
+//! over TCP (directly or through an HTTP proxy) where UDP is blocked — and framed message
+//! streams on top of them.
 //!
 //! ```text
 //!   medfed-certs: server_config / client_config (rustls, TLS 1.3, consortium CA, CRL)
 //!        │
-//!   server_endpoint(files, addr) ◀──── QUIC + mutual TLS ────▶ client_endpoint(files)
+//!   Listener::bind(files, addr) ◀── QUIC, or TCP + TLS 1.3 ──▶ Connector (auto | quic | tcp,
+//!        │      (same port, same ALPN, same certificates)              optional CONNECT proxy)
 //!        │                                                          │
 //!   peer_identity(connection) = the node's certificate name         │
 //!        │                                                          │
@@ -27,9 +29,20 @@
 
 mod address;
 mod channel;
+mod connection;
+mod connector;
+mod listener;
+mod tcp;
 
 pub use address::{AddressError, PeerAddress, ResolveError};
 pub use channel::{
     ChannelError, MessageReader, client_endpoint, peer_identity, send_frame, send_message,
-    server_endpoint, server_endpoint_with_hook,
+    server_endpoint,
 };
+pub use connection::{
+    Connection, ConnectionError, RecvStream, SendStream, StreamError, TransportKind,
+};
+pub use connector::{Connector, TransportMode};
+pub use listener::{Incoming, Listener};
+pub use tcp::TcpConnection;
+pub use tcp::proxy::{Proxy, ProxyError};

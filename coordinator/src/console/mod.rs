@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use medfed_protocol::round::LeftOut;
+use medfed_transport::TransportKind;
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::warn;
@@ -148,10 +149,11 @@ impl Console {
     }
 
     /// `name` was admitted.
-    pub fn admitted(&self, name: &str) {
+    pub fn admitted(&self, name: &str, transport: TransportKind) {
         self.change(|inner| {
             let node = inner.summary.node_mut(&clean(name));
             node.state = NodeState::Connected;
+            node.transport = Some(transport);
             node.reason = None;
             node.last_seen_ms = now_ms();
         });

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use medfed_transport::TransportKind;
 use serde::{Deserialize, Serialize};
 
 /// The format tag of [`RunSummary`]; a reader refuses another.
@@ -194,6 +195,9 @@ pub struct NodeSummary {
     pub bytes_in: u64,
     /// When it was last admitted or last answered, Unix milliseconds.
     pub last_seen_ms: i64,
+    /// The transport of its latest connection: `quic`, or `tcp` where its hospital blocks UDP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<TransportKind>,
 }
 
 /// What a node is doing.

@@ -45,9 +45,9 @@ fn completed(round: u64, participants: &[&str]) -> CompletedRound {
 #[test]
 fn a_round_moves_nodes_through_their_states_and_is_recorded_once_completed() {
     let console = console(None);
-    console.admitted("a");
-    console.admitted("b");
-    console.admitted("c");
+    console.admitted("a", TransportKind::Quic);
+    console.admitted("b", TransportKind::Quic);
+    console.admitted("c", TransportKind::Quic);
     console.attempt_started(1, 1);
     console.phase(RoundPhase::Request, Some(Duration::from_secs(60)));
     console.asked(["a", "b", "c"]);
@@ -161,7 +161,7 @@ fn subscribers_see_each_change() {
     let console = console(None);
     let mut changes = console.subscribe();
     changes.borrow_and_update();
-    console.admitted("a");
+    console.admitted("a", TransportKind::Quic);
     assert!(changes.has_changed().unwrap());
 }
 

@@ -32,7 +32,7 @@ use medfed_protocol::model::{Model, ModelSpec};
 use medfed_protocol::report::NodePrivacy;
 use medfed_protocol::round::{Exclusions, LeftOut};
 use medfed_protocol::schema::Schema;
-use medfed_transport::server_endpoint_with_hook;
+use medfed_transport::Listener;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -214,7 +214,11 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
             }
         })
     };
-    let endpoint = server_endpoint_with_hook(&config.tls, config.listen, Some(on_refused))?;
+    let endpoint = Arc::new(Listener::bind(
+        &config.tls,
+        config.listen,
+        Some(on_refused),
+    )?);
     let local_addr = endpoint
         .local_addr()
         .map_err(|source| CoordinatorError::Io {
@@ -335,7 +339,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         let result = trainer.run().await;
         let _ = shutdown_tx.send(true);
         match &result {
-            Ok(_) => endpoint.close(0u32.into(), b"training finished"),
+            Ok(_) => endpoint.close(0, b"training finished"),
             Err(e) => {
                 training_console.ended(RunState::Failed, Some(e.to_string()));
                 // The nodes stop with the reason rather than reconnect for nothing.
@@ -345,7 +349,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
                     .take_while(|(at, _)| *at < 512)
                     .map(|(_, c)| c)
                     .collect();
-                endpoint.close(CLOSE_TASK_STOPPED.into(), reason.as_bytes());
+                endpoint.close(CLOSE_TASK_STOPPED, reason.as_bytes());
             }
         }
         result

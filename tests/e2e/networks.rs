@@ -1,0 +1,285 @@
+//! Hospital networks (issue 18): a node whose firewall drops UDP falls back to TCP, and a node
+//! behind an HTTP proxy reaches the coordinator through `CONNECT`; both train with secure
+//! aggregation beside nodes on QUIC, and the coordinator's console says which transport each
+//! node is on.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use medfed_e2e::network::{ConnectProxy, TcpOnlyFirewall};
+use medfed_e2e::{Consortium, subscribe};
+use medfed_node::config::NetworkConfig;
+use medfed_node::egress::EgressLog;
+use medfed_protocol::codec::MAX_FRAME_LEN;
+use medfed_protocol::messages::{Hello, Message, PROTOCOL_VERSION};
+use medfed_transport::{
+    Connector, Listener, MessageReader, PeerAddress, Proxy, TransportKind, TransportMode,
+    peer_identity, send_message,
+};
+
+const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
+
+/// Rounds in which the node with `state_dir` sent a masked input, from its egress log.
+fn rounds_with_inputs(state_dir: &std::path::Path) -> Vec<u64> {
+    let mut rounds: Vec<u64> = EgressLog::read(state_dir)
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == "secagg_input")
+        .filter_map(|e| e.round)
+        .collect();
+    rounds.dedup();
+    rounds
+}
+
+/// Trains 2 rounds with secure aggregation; hospital-a's network is set by `network` and it
+/// connects to `front(coordinator address)`. Returns hospital-a's state folder and the
+/// coordinator's last summary.
+async fn train_with_a_behind(
+    consortium: &Consortium,
+    front: impl AsyncFnOnce(std::net::SocketAddr) -> std::net::SocketAddr,
+    network: NetworkConfig,
+) -> (std::path::PathBuf, medfed_coordinator::console::RunSummary) {
+    let coordinator = consortium
+        .start_coordinator(consortium.coordinator_config(2, 3))
+        .await;
+    let addr = coordinator.local_addr();
+    let mut behind = consortium.node_config("hospital-a", front(addr).await);
+    behind.network = network;
+    let state_dir = behind.state_dir.clone();
+    let mut nodes = vec![consortium.spawn_node(behind)];
+    for name in &NODES[1..] {
+        nodes.push(consortium.spawn_node(consortium.node_config(name, addr)));
+    }
+    let console = coordinator.console().clone();
+    let report = coordinator.wait().await.expect("training completes");
+    assert_eq!(report.last_round, 2);
+    for node in nodes {
+        node.await.unwrap().expect("every node finishes");
+    }
+    (state_dir, console.summary())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_firewall_drops_udp_trains_over_tcp() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 60);
+    let mut firewall = None;
+    let network = NetworkConfig {
+        transport: TransportMode::Auto,
+        quic_timeout: Duration::from_secs(1),
+        proxy: None,
+    };
+    let (state_dir, summary) = train_with_a_behind(
+        &consortium,
+        async |addr| {
+            let wall = TcpOnlyFirewall::start(addr).await;
+            let front = wall.front;
+            firewall = Some(wall);
+            front
+        },
+        network,
+    )
+    .await;
+    let firewall = firewall.unwrap();
+    // QUIC was tried (its datagrams were dropped), then TCP carried the whole run.
+    assert!(firewall.udp_dropped() > 0);
+    assert!(firewall.tcp_forwarded() >= 1);
+    // hospital-a put its masked input into the statistics round (0), both training rounds and
+    // the final evaluation (3).
+    assert_eq!(rounds_with_inputs(&state_dir), [0, 1, 2, 3]);
+    let transports: Vec<_> = summary
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.transport, n.rounds_joined))
+        .collect();
+    assert_eq!(
+        transports,
+        [
+            ("hospital-a", Some(TransportKind::Tcp), 2),
+            ("hospital-b", Some(TransportKind::Quic), 2),
+            ("hospital-c", Some(TransportKind::Quic), 2),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_behind_an_http_proxy_trains_through_connect() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 60);
+    let mut proxy = ConnectProxy::start(Some("hospital-a:proxy-secret")).await;
+    let credentials = consortium.dir.path().join("proxy-credentials");
+    std::fs::write(&credentials, "hospital-a:proxy-secret\n").unwrap();
+    std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let network = NetworkConfig {
+        transport: TransportMode::Tcp,
+        quic_timeout: Duration::from_secs(5),
+        proxy: Some(Proxy::new(&proxy.url(), Some(&credentials)).unwrap()),
+    };
+    let mut coordinator_addr = None;
+    let (state_dir, summary) = train_with_a_behind(
+        &consortium,
+        async |addr| {
+            coordinator_addr = Some(addr);
+            addr
+        },
+        network,
+    )
+    .await;
+    let request = proxy
+        .requests
+        .recv()
+        .await
+        .expect("the node asked the proxy");
+    assert!(
+        request.starts_with(&format!(
+            "CONNECT {} HTTP/1.1\r\n",
+            coordinator_addr.unwrap()
+        )),
+        "{request}"
+    );
+    assert_eq!(rounds_with_inputs(&state_dir), [0, 1, 2, 3]);
+    let a = &summary.nodes[0];
+    assert_eq!(
+        (a.name.as_str(), a.transport),
+        ("hospital-a", Some(TransportKind::Tcp))
+    );
+    assert_eq!(a.rounds_joined, 2);
+}
+
+/// The connector alone, against a listener behind the firewall: `auto` gives QUIC its timeout,
+/// then connects over TCP, and goes straight to TCP from then on.
+#[tokio::test]
+async fn auto_falls_back_to_tcp_once_and_stays_there() {
+    let consortium = Consortium::new(&NODES[..1], 60);
+    let server = Listener::bind(
+        &consortium.certs.coordinator_tls(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+    )
+    .unwrap();
+    let firewall = TcpOnlyFirewall::start(server.local_addr().unwrap()).await;
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            if let Ok(connection) = incoming.accept().await {
+                let _ = accepted_tx.send(connection);
+            }
+        }
+    });
+    let connector = Connector::new(
+        &consortium.certs.node_tls("hospital-a").unwrap(),
+        TransportMode::Auto,
+        Duration::from_millis(500),
+        None,
+    )
+    .unwrap();
+    let front: PeerAddress = firewall.front.into();
+    let started = Instant::now();
+    let node = connector.connect(&front, "localhost").await.unwrap();
+    assert_eq!(node.kind(), TransportKind::Tcp);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "QUIC was tried first"
+    );
+    let coordinator = accepted.recv().await.unwrap();
+    assert_eq!(coordinator.kind(), TransportKind::Tcp);
+    assert_eq!(peer_identity(&coordinator).unwrap().0, "hospital-a");
+    assert_eq!(connector.preferred(), TransportKind::Tcp);
+    let started = Instant::now();
+    let again = connector.connect(&front, "localhost").await.unwrap();
+    assert_eq!(again.kind(), TransportKind::Tcp);
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+/// A proxy that wants credentials answers 407 without them, and the error says what to set;
+/// with them, the tunnel carries TLS end to end (the node sees the coordinator's certificate).
+#[tokio::test]
+async fn a_proxy_that_wants_credentials_is_answered_with_them() {
+    let consortium = Consortium::new(&NODES[..1], 60);
+    let server = Listener::bind(
+        &consortium.certs.coordinator_tls(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+    )
+    .unwrap();
+    let coordinator_addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let Ok(connection) = incoming.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let (mut send, recv) = connection.accept_bi().await.unwrap();
+                let hello = MessageReader::new(recv, MAX_FRAME_LEN)
+                    .expect()
+                    .await
+                    .unwrap();
+                send_message(&mut send, &hello).await.unwrap();
+                send.finish().await;
+                connection.closed().await;
+            });
+        }
+    });
+    let mut proxy = ConnectProxy::start(Some("alice:s3cret")).await;
+    let node_tls = consortium.certs.node_tls("hospital-a").unwrap();
+    let target: PeerAddress = coordinator_addr.into();
+    let tcp_via = |proxy: Proxy| {
+        Connector::new(
+            &node_tls,
+            TransportMode::Tcp,
+            Duration::from_secs(5),
+            Some(proxy),
+        )
+        .unwrap()
+    };
+
+    let without = tcp_via(Proxy::new(&proxy.url(), None).unwrap());
+    let error = without.connect(&target, "localhost").await.unwrap_err();
+    assert!(error.to_string().contains("407"), "{error}");
+    assert!(
+        error.to_string().contains("proxy_credentials_file"),
+        "{error}"
+    );
+    assert!(
+        !proxy
+            .requests
+            .recv()
+            .await
+            .unwrap()
+            .contains("Proxy-Authorization")
+    );
+
+    let credentials = consortium.dir.path().join("proxy-credentials");
+    std::fs::write(&credentials, "alice:s3cret\n").unwrap();
+    std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let with = tcp_via(Proxy::new(&proxy.url(), Some(&credentials)).unwrap());
+    let node = with.connect(&target, "localhost").await.unwrap();
+    assert_eq!(node.remote_address(), proxy.addr);
+    assert_eq!(
+        peer_identity(&node).unwrap().0,
+        medfed_certs::COORDINATOR_NAME
+    );
+    let hello = Message::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        schema_digest: [3; 32],
+        model_hash: None,
+    });
+    let (mut send, recv) = node.open_bi().await.unwrap();
+    send_message(&mut send, &hello).await.unwrap();
+    send.finish().await;
+    assert_eq!(
+        MessageReader::new(recv, MAX_FRAME_LEN)
+            .expect()
+            .await
+            .unwrap(),
+        hello
+    );
+    assert!(
+        proxy
+            .requests
+            .recv()
+            .await
+            .unwrap()
+            .contains("Proxy-Authorization: Basic ")
+    );
+}

@@ -1,0 +1,146 @@
+//! Hospital networks in miniature, on 127.0.0.1: a firewall that lets only TCP through, and an
+//! HTTP `CONNECT` proxy. Each runs on tokio tasks and counts what it saw.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+/// A firewall in front of `back`: TCP connections to its front address are forwarded to
+/// `back`, UDP datagrams to it are counted and dropped.
+pub struct TcpOnlyFirewall {
+    /// Where nodes connect.
+    pub front: SocketAddr,
+    dropped: Arc<AtomicU64>,
+    forwarded: Arc<AtomicU64>,
+}
+
+impl TcpOnlyFirewall {
+    /// Starts forwarding to `back`.
+    pub async fn start(back: SocketAddr) -> Self {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("a UDP port");
+        let front = udp.local_addr().expect("a bound socket");
+        let tcp = TcpListener::bind(front)
+            .await
+            .expect("the TCP port of the same number");
+        let dropped = Arc::new(AtomicU64::new(0));
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let counter = dropped.clone();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 65536];
+            while udp.recv_from(&mut buffer).await.is_ok() {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let counter = forwarded.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = tcp.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(back).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self {
+            front,
+            dropped,
+            forwarded,
+        }
+    }
+
+    /// UDP datagrams dropped so far.
+    pub fn udp_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections forwarded so far.
+    pub fn tcp_forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+}
+
+/// A minimal HTTP `CONNECT` proxy: wants `credentials` (Basic `user:password`) when given,
+/// answers 407 without them, and sends the header of every request it gets to
+/// [`ConnectProxy::requests`].
+pub struct ConnectProxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Each request's header, as received.
+    pub requests: mpsc::UnboundedReceiver<String>,
+}
+
+impl ConnectProxy {
+    /// Starts the proxy.
+    pub async fn start(credentials: Option<&'static str>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a TCP port");
+        let addr = listener.local_addr().expect("a bound listener");
+        let (seen, requests) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(tunnel(client, credentials, seen.clone()));
+            }
+        });
+        Self { addr, requests }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Serves one `CONNECT` request and then relays bytes both ways.
+async fn tunnel(
+    mut client: TcpStream,
+    credentials: Option<&'static str>,
+    seen: mpsc::UnboundedSender<String>,
+) {
+    let mut header = Vec::new();
+    let mut byte = [0u8];
+    while !header.ends_with(b"\r\n\r\n") {
+        if client.read_exact(&mut byte).await.is_err() || header.len() > 16 * 1024 {
+            return;
+        }
+        header.push(byte[0]);
+    }
+    let header = String::from_utf8_lossy(&header).into_owned();
+    let _ = seen.send(header.clone());
+    if let Some(credentials) = credentials {
+        let expected = format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        );
+        if !header.contains(&expected) {
+            let _ = client
+                .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+                .await;
+            return;
+        }
+    }
+    let target = match header.strip_prefix("CONNECT ") {
+        Some(rest) => rest.split(' ').next().unwrap_or_default().to_owned(),
+        None => {
+            let _ = client
+                .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                .await;
+            return;
+        }
+    };
+    let Ok(mut upstream) = TcpStream::connect(&target).await else {
+        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+        return;
+    };
+    if client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await
+        .is_ok()
+    {
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    }
+}
