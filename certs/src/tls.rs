@@ -82,6 +82,11 @@ pub fn server_config_with_hook(
         .with_single_cert(chain, key)
         .map_err(|source| identity_error(files, source))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // No session resumption: a resumed TLS 1.3 handshake restores the client's certificate
+    // without asking the verifier again, so a certificate revoked (or expired) since the
+    // session began would still get in. Every connection runs the full check, CRL included.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 

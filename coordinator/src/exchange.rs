@@ -1,13 +1,14 @@
 //! One request/answer exchange with a node, on a fresh bidirectional stream.
 
 use medfed_protocol::codec::{self, CodecError, MAX_FRAME_LEN};
-use medfed_protocol::messages::{Message, ModelReceived, RefusalReason};
+use medfed_protocol::messages::{Message, ModelOffer, ModelReceived, RefusalReason};
 use medfed_protocol::model::{Model, ModelHash};
 use medfed_protocol::round::LeftOut;
 use medfed_protocol::secagg::{MaskedInput, MaskedInputChunk};
 use medfed_protocol::transfer::split_model;
 use medfed_transport::{ChannelError, MessageReader, RecvStream, send_frame, send_message};
 use tokio::sync::mpsc;
+use tracing::info;
 
 use crate::registry::NodeHandle;
 
@@ -122,55 +123,62 @@ async fn pass_on_pieces(
 /// A model split into its offer and chunks and framed once, to be pushed to every node that
 /// lacks it: one hash and one encoding per round rather than one per node (with 100 nodes and
 /// 10^5 parameters, the per-node copies were a third of the coordinator's CPU time and 40 MB).
+/// Only the small offer is framed per node, since it says where that node's push starts.
 #[derive(Debug)]
 pub struct ModelPush {
-    session: u64,
-    round: u64,
-    hash: ModelHash,
-    /// The offer's frame and then each chunk's, back to back; `Err` holds why the model could not
-    /// be framed (a chunk over the frame cap: not with the chunk size `split_model` uses).
-    frames: Result<Vec<u8>, String>,
+    offer: ModelOffer,
+    /// Each chunk's frame, back to back, and where each starts; `Err` holds why the model could
+    /// not be framed (a chunk over the frame cap: not with the chunk size `split_model` uses).
+    chunks: Result<(Vec<u8>, Vec<usize>), String>,
 }
 
 impl ModelPush {
     /// Splits and frames `model` for `round` of `session`.
     pub fn new(model: &Model, session: u64, round: u64) -> Self {
         let (offer, chunks) = split_model(model, session, round);
-        let hash = offer.hash;
-        let frames = std::iter::once(Message::ModelOffer(offer))
-            .chain(chunks.into_iter().map(Message::ModelChunk))
-            .try_fold(Vec::new(), |mut out, message| {
-                out.extend_from_slice(&codec::frame(&message)?);
-                Ok::<_, CodecError>(out)
+        let chunks = chunks
+            .into_iter()
+            .try_fold((Vec::new(), Vec::new()), |(mut out, mut starts), chunk| {
+                starts.push(out.len());
+                out.extend_from_slice(&codec::frame(&Message::ModelChunk(chunk))?);
+                Ok::<_, CodecError>((out, starts))
             })
             .map_err(|e| e.to_string());
-        Self {
-            session,
-            round,
-            hash,
-            frames,
-        }
+        Self { offer, chunks }
     }
 
     /// The hash of the model.
     pub fn hash(&self) -> ModelHash {
-        self.hash
+        self.offer.hash
     }
 }
 
-/// Sends the model in chunks on its own stream and waits for the node to confirm its hash.
+/// Sends the model in chunks on its own stream, from where a push of it cut short left the node
+/// (its `Hello` said), and waits for the node to confirm its hash.
 pub async fn push_model(node: &NodeHandle, model: &ModelPush) -> Result<(), ExchangeError> {
-    let (session, round, hash) = (model.session, model.round, model.hash);
-    let frames = model
-        .frames
-        .as_ref()
-        .map_err(|e| ExchangeError::Channel(ChannelError::Codec(CodecError::Encode(e.clone()))))?;
+    let framing =
+        |e: &String| ExchangeError::Channel(ChannelError::Codec(CodecError::Encode(e.clone())));
+    let (frames, starts) = model.chunks.as_ref().map_err(framing)?;
+    let (session, round, hash) = (model.offer.session, model.offer.round, model.offer.hash);
+    let first_chunk = node.resume_point(hash, model.offer.chunks);
+    let offer = ModelOffer {
+        first_chunk,
+        ..model.offer.clone()
+    };
+    let from = starts
+        .get(first_chunk as usize)
+        .copied()
+        .unwrap_or(frames.len());
+    if first_chunk > 0 {
+        info!(node = %node.identity, first_chunk, chunks = offer.chunks, "resuming a model push cut short");
+    }
     let (mut send, recv) = node
         .connection
         .open_bi()
         .await
         .map_err(|e| ExchangeError::Connection(e.to_string()))?;
-    send_frame(&mut send, frames).await?;
+    send_message(&mut send, &Message::ModelOffer(offer)).await?;
+    send_frame(&mut send, &frames[from..]).await?;
     send.finish().await;
     match read_answer(node, recv).await? {
         Message::ModelReceived(ModelReceived {

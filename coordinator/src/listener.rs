@@ -204,6 +204,7 @@ async fn handle_connection(
             connection.clone(),
             certificate.to_vec(),
             hello.model_hash,
+            hello.partial_model,
             received,
         )));
         on_admit(&identity);

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use medfed_protocol::messages::PartialModel;
 use medfed_protocol::model::ModelHash;
 use medfed_transport::Connection;
 use tokio::sync::watch;
@@ -21,6 +22,9 @@ pub struct NodeHandle {
     pub certificate: Vec<u8>,
     /// Hash of the model the node holds, so an unchanged model is not sent twice.
     held_model: Mutex<Option<ModelHash>>,
+    /// The part of a model a push cut short left the node with (its `Hello` says), so that the
+    /// next push of that model starts after it; used once.
+    partial_model: Mutex<Option<PartialModel>>,
     /// Bytes received from this node, shared with the registry's totals per identity.
     bytes_received: Arc<AtomicU64>,
 }
@@ -32,6 +36,7 @@ impl NodeHandle {
         connection: Connection,
         certificate: Vec<u8>,
         held_model: Option<ModelHash>,
+        partial_model: Option<PartialModel>,
         bytes_received: Arc<AtomicU64>,
     ) -> Self {
         Self {
@@ -39,6 +44,7 @@ impl NodeHandle {
             connection,
             certificate,
             held_model: Mutex::new(held_model),
+            partial_model: Mutex::new(partial_model),
             bytes_received,
         }
     }
@@ -57,6 +63,20 @@ impl NodeHandle {
             .held_model
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(hash);
+    }
+
+    /// The chunk a push of the model `hash` starts from: after the chunks the node holds of
+    /// it, or 0. Asked once per push; the node's announcement is used up by the first push.
+    pub fn resume_point(&self, hash: ModelHash, chunks: u32) -> u32 {
+        let partial = self
+            .partial_model
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        match partial {
+            Some(partial) if partial.hash == hash && partial.chunks < chunks => partial.chunks,
+            _ => 0,
+        }
     }
 
     /// Adds to the bytes received from this node.

@@ -155,6 +155,7 @@ fn every_message() -> Vec<Message> {
             protocol_version: 1,
             schema_digest: [3; 32],
             model_hash: Some(model.hash()),
+            partial_model: None,
         }),
         Message::Welcome(Welcome {
             session: SESSION,

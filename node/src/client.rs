@@ -15,7 +15,7 @@ use medfed_protocol::messages::{
     CLOSE_TASK_STOPPED, Hello, Message, PROTOCOL_VERSION, RefusalReason, Refused, Welcome,
 };
 use medfed_protocol::secagg::INPUT_CHUNK_WORDS;
-use medfed_protocol::transfer::ModelAssembler;
+use medfed_protocol::transfer::{ModelAssembler, PartialAssembly};
 use medfed_transport::{
     ChannelError, Connection, ConnectionError, Connector, MessageReader, RecvStream, SendStream,
     peer_identity, send_frame,
@@ -66,10 +66,13 @@ pub async fn run(config: &NodeConfig, hospital: Hospital) -> Result<NodeOutcome,
     )?;
     let egress = Mutex::new(EgressLog::open(&config.state_dir)?);
     let hospital = Arc::new(Mutex::new(hospital));
+    // What a model push cut short left: kept across reconnections, so that the next push of
+    // that model resumes after the chunks already checked.
+    let partial = Mutex::new(None);
     let mut backoff = MIN_BACKOFF;
     let mut unreachable_since: Option<Instant> = None;
     loop {
-        match session(&endpoint, config, &hospital, &egress).await {
+        match session(&endpoint, config, &hospital, &egress, &partial).await {
             Ok(outcome) => {
                 endpoint.close(0, b"finished");
                 return Ok(outcome);
@@ -97,6 +100,7 @@ async fn session(
     config: &NodeConfig,
     hospital: &Arc<Mutex<Hospital>>,
     egress: &Mutex<EgressLog>,
+    partial: &PartialSlot,
 ) -> Result<NodeOutcome, NodeError> {
     let connection = endpoint
         .connect(&config.coordinator, &config.server_name)
@@ -104,7 +108,7 @@ async fn session(
         .map_err(classify)?;
     let address = connection.remote_address();
     let transport = connection.kind();
-    let welcome = hello(&connection, hospital, egress).await?;
+    let welcome = hello(&connection, hospital, egress, partial).await?;
     let manifest = match approve(&connection, config, hospital, &welcome) {
         Ok(digest) => digest,
         Err(refusal) => {
@@ -119,7 +123,7 @@ async fn session(
         info!(coordinator = %config.coordinator, %address, %transport, rounds = welcome.manifest.manifest.rounds, %manifest, "admitted by the coordinator");
         loop {
             let (send, recv) = connection.accept_bi().await.map_err(classify)?;
-            match answer(send, recv, hospital, &welcome, config, egress).await {
+            match answer(send, recv, hospital, &welcome, config, egress, partial).await {
                 Ok(None) => {}
                 Ok(Some(outcome)) => {
                     connection.close(0, b"finished");
@@ -162,6 +166,7 @@ async fn hello(
     connection: &Connection,
     hospital: &Arc<Mutex<Hospital>>,
     egress: &Mutex<EgressLog>,
+    partial: &PartialSlot,
 ) -> Result<Welcome, NodeError> {
     let (mut send, recv) = connection.open_bi().await.map_err(classify)?;
     let message = {
@@ -170,6 +175,7 @@ async fn hello(
             protocol_version: PROTOCOL_VERSION,
             schema_digest: hospital.schema_digest(),
             model_hash: hospital.model_hash(),
+            partial_model: lock(partial).as_ref().map(PartialAssembly::announce),
         })
     };
     let frame = record_egress(egress, &message)?;
@@ -200,6 +206,7 @@ async fn answer(
     welcome: &Welcome,
     config: &NodeConfig,
     egress: &Mutex<EgressLog>,
+    partial: &PartialSlot,
 ) -> Result<Option<NodeOutcome>, NodeError> {
     // Only the test-only fault hooks read the configuration here.
     #[cfg(not(feature = "fault-injection"))]
@@ -221,7 +228,13 @@ async fn answer(
         }
         Message::ModelOffer(offer) => {
             let (session, round) = (offer.session, offer.round);
-            match receive_model(offer, &welcome.manifest.manifest.model, &mut reader).await {
+            let received = receive_model(
+                offer,
+                &welcome.manifest.manifest.model,
+                &mut reader,
+                partial,
+            );
+            match received.await {
                 Ok(model) => lock(hospital).accept_model(model, session, round),
                 Err(reason) => Message::Refused(Refused {
                     session,
@@ -310,12 +323,18 @@ async fn answer(
     Ok(finished)
 }
 
-/// Reads a model's chunks after its offer and checks it. An offer of another architecture than
-/// the one `Welcome` announced is refused before anything is buffered for it.
+/// The part of a model a push cut short left this node with.
+type PartialSlot = Mutex<Option<PartialAssembly>>;
+
+/// Reads a model's chunks after its offer and checks each. An offer of another architecture
+/// than the one `Welcome` announced is refused before anything is buffered for it. An offer
+/// that resumes a push continues the checked chunks in `partial`; a stream cut short leaves the
+/// chunks checked so far there for the next push.
 async fn receive_model(
     offer: medfed_protocol::messages::ModelOffer,
     spec: &medfed_protocol::model::ModelSpec,
     reader: &mut MessageReader,
+    partial: &PartialSlot,
 ) -> Result<medfed_protocol::model::Model, RefusalReason> {
     if offer.spec != *spec {
         return Err(RefusalReason::BadModel {
@@ -323,7 +342,15 @@ async fn receive_model(
             detail: format!("offered architecture differs from the consortium's {spec:?}"),
         });
     }
-    let mut assembler = ModelAssembler::new(offer)?;
+    let first_chunk = offer.first_chunk;
+    let held = lock(partial).take();
+    let mut assembler = ModelAssembler::resume(offer, held)?;
+    if first_chunk > 0 {
+        info!(
+            first_chunk,
+            "the model push resumes after the chunks this node holds"
+        );
+    }
     while !assembler.is_complete() {
         match reader.next().await {
             Ok(Some(Message::ModelChunk(chunk))) => assembler.push(chunk)?,
@@ -333,11 +360,18 @@ async fn receive_model(
                     expected: "model_chunk".into(),
                 });
             }
-            Ok(None) => break,
-            Err(e) => {
-                return Err(RefusalReason::BadModel {
-                    detail: e.to_string(),
-                });
+            // The stream was cut (or ended early): keep what was checked for the next push.
+            Ok(None) | Err(_) => {
+                let held = assembler.into_partial();
+                let detail = match &held {
+                    Some(held) => format!(
+                        "the model stream ended after {} checked chunks; they are kept for the next push",
+                        held.announce().chunks
+                    ),
+                    None => "the model stream ended before its first chunk".into(),
+                };
+                *lock(partial) = held;
+                return Err(RefusalReason::BadModel { detail });
             }
         }
     }
@@ -368,8 +402,8 @@ fn record_egress(egress: &Mutex<EgressLog>, message: &Message) -> Result<Vec<u8>
     Ok(frame)
 }
 
-fn lock(hospital: &Mutex<Hospital>) -> std::sync::MutexGuard<'_, Hospital> {
-    hospital
+fn lock<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    shared
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -20,7 +20,7 @@ use crate::stats::Standardization;
 use crate::task::TrainingPlan;
 
 /// Version of the wire protocol; part of the ALPN string.
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// QUIC application close code with which a coordinator that has given up its task closes
 /// every connection (the close reason says why): a node stops there, with that reason, instead of
@@ -29,7 +29,7 @@ pub const CLOSE_TASK_STOPPED: u32 = 4;
 
 /// ALPN identifier negotiated in the TLS handshake. A peer speaking another version fails the
 /// handshake with TLS's `no_application_protocol` alert.
-pub const ALPN: &[u8] = b"medfed/10";
+pub const ALPN: &[u8] = b"medfed/11";
 
 /// Size of one model chunk on the model stream.
 pub const MODEL_CHUNK_LEN: usize = 1 << 20;
@@ -159,6 +159,19 @@ pub struct Hello {
     pub schema_digest: [u8; 32],
     /// Hash of the model the node already holds, if any (saves a download after a reconnect).
     pub model_hash: Option<ModelHash>,
+    /// The model a push cut short left the node with: the push of that model resumes after
+    /// the chunks the node verified (saves re-sending them after a reconnect).
+    pub partial_model: Option<PartialModel>,
+}
+
+/// How much of a model a node holds: its first `chunks` chunks, each checked against the
+/// offer's digest of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialModel {
+    /// Hash of the whole model.
+    pub hash: ModelHash,
+    /// Chunks held, from the first.
+    pub chunks: u32,
 }
 
 /// The coordinator admits a node.
@@ -285,7 +298,7 @@ pub struct SecAggSetup {
     pub update_encoding: FixedPoint,
 }
 
-/// Announces a model, whose chunks follow on the same stream.
+/// Announces a model, whose chunks from [`ModelOffer::first_chunk`] on follow on the same stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelOffer {
     /// Coordinator run.
@@ -298,8 +311,13 @@ pub struct ModelOffer {
     pub hash: ModelHash,
     /// Number of parameters.
     pub params: u64,
-    /// Number of [`ModelChunk`]s that follow.
+    /// Number of [`ModelChunk`]s the model is made of.
     pub chunks: u32,
+    /// The first chunk sent on this stream: 0, or where a push of the same model to this node
+    /// was cut short (the node's [`Hello::partial_model`]).
+    pub first_chunk: u32,
+    /// SHA-256 of each chunk's bytes, so that a node keeps only chunks it has checked.
+    pub chunk_digests: Vec<[u8; 32]>,
 }
 
 /// A piece of a model: consecutive parameters as little-endian `f32`.
@@ -697,6 +715,7 @@ mod tests {
                 protocol_version: 1,
                 schema_digest: [3; 32],
                 model_hash: Some(model.hash()),
+                partial_model: None,
             }),
             Message::Welcome(Welcome {
                 session: 7,

@@ -717,6 +717,7 @@ async fn admit(
         protocol_version: PROTOCOL_VERSION,
         schema_digest: schema(consortium).digest(),
         model_hash: None,
+        partial_model: None,
     };
     send_message(&mut send, &Message::Hello(hello))
         .await

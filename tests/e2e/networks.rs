@@ -1,12 +1,12 @@
 //! Hospital networks (issue 18): a node whose firewall drops UDP falls back to TCP, and a node
 //! behind an HTTP proxy reaches the coordinator through `CONNECT`; both train with secure
 //! aggregation beside nodes on QUIC, and the coordinator's console says which transport each
-//! node is on.
+//! node is on; a model push cut in the middle resumes after the reconnect.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use medfed_e2e::network::{ConnectProxy, TcpOnlyFirewall};
+use medfed_e2e::network::{ConnectProxy, CuttingRelay, TcpOnlyFirewall};
 use medfed_e2e::{Consortium, subscribe};
 use medfed_node::config::NetworkConfig;
 use medfed_node::egress::EgressLog;
@@ -263,6 +263,7 @@ async fn a_proxy_that_wants_credentials_is_answered_with_them() {
         protocol_version: PROTOCOL_VERSION,
         schema_digest: [3; 32],
         model_hash: None,
+        partial_model: None,
     });
     let (mut send, recv) = node.open_bi().await.unwrap();
     send_message(&mut send, &hello).await.unwrap();
@@ -282,4 +283,61 @@ async fn a_proxy_that_wants_credentials_is_answered_with_them() {
             .unwrap()
             .contains("Proxy-Authorization: Basic ")
     );
+}
+
+/// A model push cut in the middle resumes, after the node reconnects, from the chunks it had
+/// checked: hospital-a's VPN drops 2.5 MB into the first download of a 4 MB model, and the
+/// bytes it receives over the whole run come to the two models it needs (the round's and the
+/// final one), not to them plus the lost part again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_push_cut_in_the_middle_resumes_after_the_reconnect() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 60);
+    let mut config = consortium.coordinator_config(1, 3);
+    // About 1.06 million parameters: 4.2 MB, five chunks of 1 MiB.
+    config.task.model = medfed_protocol::model::ModelConfig::Mlp {
+        hidden: vec![1024, 1024],
+    };
+    let coordinator = consortium.start_coordinator(config).await;
+    let addr = coordinator.local_addr();
+    const CUT_AFTER: u64 = 2_500_000;
+    let relay = CuttingRelay::start(addr, CUT_AFTER).await;
+    let mut behind = consortium.node_config("hospital-a", relay.front);
+    behind.network = NetworkConfig {
+        transport: TransportMode::Tcp,
+        quic_timeout: Duration::from_secs(5),
+        proxy: None,
+    };
+    let state_dir = behind.state_dir.clone();
+    let mut nodes = vec![consortium.spawn_node(behind)];
+    for name in &NODES[1..] {
+        nodes.push(consortium.spawn_node(consortium.node_config(name, addr)));
+    }
+    let report = coordinator.wait().await.expect("training completes");
+    for node in nodes {
+        node.await.unwrap().expect("every node finishes");
+    }
+    assert_eq!(report.last_round, 1);
+    assert_eq!(relay.cuts(), 1, "the first connection was cut");
+    // hospital-a joined the statistics round, round 1 and the final evaluation all the same.
+    assert_eq!(rounds_with_inputs(&state_dir), [0, 1, 2]);
+    // Two pushes of ~4.2 MB each; a push started over would add the 2.5 MB cut again.
+    let model_bytes = 4 * medfed_protocol::model::ModelSpec {
+        kind: medfed_protocol::model::ModelKind::Mlp {
+            hidden: vec![1024, 1024],
+        },
+        input_dim: medfed_protocol::schema::Schema::parse(
+            &std::fs::read_to_string(&consortium.schema).unwrap(),
+        )
+        .unwrap()
+        .num_features(),
+    }
+    .layout()
+    .len() as u64;
+    let received = relay.downstream_bytes();
+    assert!(
+        received < 2 * model_bytes + CUT_AFTER / 2,
+        "hospital-a received {received} bytes for two models of {model_bytes}"
+    );
+    assert!(received > 2 * model_bytes, "{received}");
 }

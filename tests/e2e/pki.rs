@@ -116,6 +116,7 @@ async fn every_refused_connection_is_logged_with_its_subject_and_reason() {
         protocol_version: PROTOCOL_VERSION,
         schema_digest: [7; 32],
         model_hash: None,
+        partial_model: None,
     };
     send_message(&mut send, &Message::Hello(wrong))
         .await
@@ -274,6 +275,7 @@ async fn hello(connection: &quinn::Connection, consortium: &Consortium) -> Messa
         protocol_version: PROTOCOL_VERSION,
         schema_digest: schema.digest(),
         model_hash: None,
+        partial_model: None,
     };
     send_message(&mut send, &Message::Hello(hello))
         .await
@@ -283,4 +285,59 @@ async fn hello(connection: &quinn::Connection, consortium: &Consortium) -> Messa
         .expect()
         .await
         .unwrap()
+}
+
+/// A node revoked while it has a TLS session with the coordinator cannot come back by resuming
+/// that session: a resumed handshake would skip the certificate check, so the coordinator
+/// offers none. The same connector (and so the same client session cache) reconnects, on each
+/// transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_cannot_resume_its_tls_session_on_either_transport() {
+    use medfed_transport::{Connector, Listener, PeerAddress, TransportMode};
+    subscribe();
+    let consortium = Consortium::new(&NODES, 60);
+    let server = Listener::bind(
+        &consortium.certs.coordinator_tls(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+    )
+    .unwrap();
+    let addr: PeerAddress = server.local_addr().unwrap().into();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            tokio::spawn(async move {
+                if let Ok(connection) = incoming.accept().await {
+                    connection.closed().await;
+                }
+            });
+        }
+    });
+    let tls = consortium.certs.node_tls("hospital-a").unwrap();
+    let connectors: Vec<Connector> = [TransportMode::Quic, TransportMode::Tcp]
+        .into_iter()
+        .map(|mode| Connector::new(&tls, mode, STEP, None).unwrap())
+        .collect();
+    for connector in &connectors {
+        let first = connector.connect(&addr, "localhost").await.unwrap();
+        // Long enough for any session ticket to arrive.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        first.close(0, b"bye");
+    }
+    revoke(&consortium.certs.dir, &tls.cert).unwrap();
+    for connector in &connectors {
+        // TCP fails the connect itself; QUIC's client finishes its handshake first and hears
+        // of the refusal right after.
+        let refusal = match connector.connect(&addr, "localhost").await {
+            Err(refusal) => refusal,
+            Ok(connection) => tokio::time::timeout(STEP, connection.closed())
+                .await
+                .expect("the connection is refused"),
+        };
+        match refusal {
+            medfed_transport::ConnectionError::TlsAlert { alert, detail } => {
+                assert_eq!(alert, 44, "certificate_revoked: {detail}");
+            }
+            other => panic!("the revoked node got {other:?}"),
+        }
+    }
 }

@@ -144,3 +144,97 @@ async fn tunnel(
         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     }
 }
+
+/// A TCP forwarder to `back` that cuts its first connection once `cut_after` bytes have gone
+/// from `back` to the node (as a VPN that drops in the middle of a model download), and counts
+/// every byte it passes that way.
+pub struct CuttingRelay {
+    /// Where the node connects.
+    pub front: SocketAddr,
+    downstream: Arc<AtomicU64>,
+    cuts: Arc<AtomicU64>,
+}
+
+impl CuttingRelay {
+    /// Starts forwarding to `back`.
+    pub async fn start(back: SocketAddr, cut_after: u64) -> Self {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("a TCP port");
+        let front = tcp.local_addr().expect("a bound listener");
+        let downstream = Arc::new(AtomicU64::new(0));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let (bytes, cut_count) = (downstream.clone(), cuts.clone());
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((inbound, _)) = tcp.accept().await {
+                let Ok(outbound) = TcpStream::connect(back).await else {
+                    continue;
+                };
+                let limit = if first { Some(cut_after) } else { None };
+                first = false;
+                tokio::spawn(relay(
+                    inbound,
+                    outbound,
+                    limit,
+                    bytes.clone(),
+                    cut_count.clone(),
+                ));
+            }
+        });
+        Self {
+            front,
+            downstream,
+            cuts,
+        }
+    }
+
+    /// Bytes passed from `back` to the node so far.
+    pub fn downstream_bytes(&self) -> u64 {
+        self.downstream.load(Ordering::Relaxed)
+    }
+
+    /// Connections cut so far.
+    pub fn cuts(&self) -> u64 {
+        self.cuts.load(Ordering::Relaxed)
+    }
+}
+
+/// Copies both ways; stops both once `limit` bytes went downstream, if there is a limit.
+async fn relay(
+    node: TcpStream,
+    coordinator: TcpStream,
+    limit: Option<u64>,
+    downstream: Arc<AtomicU64>,
+    cuts: Arc<AtomicU64>,
+) {
+    let (mut node_read, mut node_write) = node.into_split();
+    let (mut coordinator_read, mut coordinator_write) = coordinator.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut node_read, &mut coordinator_write).await;
+    };
+    let down = async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut passed = 0u64;
+        loop {
+            let room = limit.map_or(buffer.len() as u64, |l| {
+                (l - passed).min(buffer.len() as u64)
+            });
+            if room == 0 {
+                cuts.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let Ok(n) = coordinator_read.read(&mut buffer[..room as usize]).await else {
+                return;
+            };
+            if n == 0 || node_write.write_all(&buffer[..n]).await.is_err() {
+                return;
+            }
+            passed += n as u64;
+            downstream.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    };
+    // Whichever way ends first ends the connection: both sockets drop here.
+    tokio::select! {
+        () = up => {}
+        () = down => {}
+    }
+}

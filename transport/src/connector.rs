@@ -114,7 +114,16 @@ impl Connector {
         let lost = |e: &dyn std::fmt::Display| ConnectionError::Lost(e.to_string());
         let (stream, remote) = match &self.proxy {
             Some(proxy) => {
-                let stream = proxy.connect(address).await.map_err(|e| lost(&e))?;
+                // A proxy that accepts and then says nothing must not hold the node for ever.
+                let stream = tokio::time::timeout(tcp::HANDSHAKE_TIMEOUT, proxy.connect(address))
+                    .await
+                    .map_err(|_| {
+                        ConnectionError::Lost(format!(
+                            "proxy {proxy} did not answer in {:?}",
+                            tcp::HANDSHAKE_TIMEOUT
+                        ))
+                    })?
+                    .map_err(|e| lost(&e))?;
                 let remote = stream.peer_addr().map_err(|e| lost(&e))?;
                 (stream, remote)
             }

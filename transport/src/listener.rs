@@ -2,7 +2,8 @@
 //! the TCP port of the same number, with the same certificates, client verifier and ALPN, so a
 //! node behind a firewall that drops UDP reaches the same coordinator.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
 
 use medfed_certs::{RefusedCertificateHook, TlsFiles, server_config_with_hook};
@@ -20,6 +21,9 @@ const PORT_ATTEMPTS: usize = 16;
 /// without a certificate can hold more than this many sockets and tasks (each for at most the
 /// handshake timeout).
 const MAX_TCP_HANDSHAKES: usize = 256;
+/// TCP handshakes under way at once from one address: one address cannot take every slot
+/// (nodes behind one hospital proxy share an address, so this leaves room for a site).
+const MAX_TCP_HANDSHAKES_PER_ADDRESS: usize = 16;
 
 /// Accepts node connections on QUIC and on TCP.
 #[derive(Debug)]
@@ -29,11 +33,64 @@ pub struct Listener {
     tls: Arc<rustls::ServerConfig>,
     /// Every accepted TCP connection, so that [`Listener::close`] reaches them as a QUIC
     /// endpoint's close reaches its connections.
-    open: Arc<Mutex<Vec<Weak<Shared>>>>,
+    open: Arc<Mutex<OpenTcp>>,
     /// Turns true when the listener is closed.
     closed: watch::Sender<bool>,
     /// Permits for TCP handshakes under way.
     handshakes: Arc<Semaphore>,
+    /// TCP handshakes under way, by source address.
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// A TCP handshake's place among those under way; given back when dropped.
+struct HandshakeSlot {
+    _permit: OwnedSemaphorePermit,
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    address: IpAddr,
+}
+
+impl HandshakeSlot {
+    /// A slot for a handshake from `address`, if neither limit is reached.
+    fn take(
+        handshakes: &Arc<Semaphore>,
+        per_address: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        address: IpAddr,
+    ) -> Option<Self> {
+        let permit = handshakes.clone().try_acquire_owned().ok()?;
+        let mut counts = per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(address).or_insert(0);
+        if *count >= MAX_TCP_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            _permit: permit,
+            per_address: per_address.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut counts = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// The TCP connections a listener accepted, and its close once it is closed.
+#[derive(Debug, Default)]
+struct OpenTcp {
+    /// Each connection, and what says when its socket is gone.
+    connections: Vec<(Weak<Shared>, watch::Receiver<()>)>,
+    /// The code and reason the listener closed with: a handshake that ends after the close
+    /// gets them at once.
+    closed: Option<(u32, Vec<u8>)>,
 }
 
 /// A connection attempt: the handshake has not run yet.
@@ -47,9 +104,9 @@ enum IncomingInner {
     Tcp {
         stream: TcpStream,
         tls: Arc<rustls::ServerConfig>,
-        open: Arc<Mutex<Vec<Weak<Shared>>>>,
+        open: Arc<Mutex<OpenTcp>>,
         /// Held until the handshake ends.
-        _permit: OwnedSemaphorePermit,
+        _slot: HandshakeSlot,
     },
 }
 
@@ -85,8 +142,15 @@ impl Incoming {
             } => {
                 let connection = tcp::accept(stream, self.remote, tls).await?;
                 let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
-                open.retain(|weak| weak.strong_count() > 0);
-                open.push(connection.downgrade());
+                if let Some((code, reason)) = &open.closed {
+                    connection.close(*code, reason);
+                    return Err(ConnectionError::LocallyClosed);
+                }
+                // Connections whose socket is gone need no close and no wait.
+                open.connections
+                    .retain(|(_, done)| done.has_changed().is_ok());
+                open.connections
+                    .push((connection.downgrade(), connection.driver_done()));
                 Ok(connection.into())
             }
         }
@@ -125,6 +189,7 @@ impl Listener {
                         open: Arc::default(),
                         closed,
                         handshakes: Arc::new(Semaphore::new(MAX_TCP_HANDSHAKES)),
+                        per_address: Arc::default(),
                     });
                 }
                 Err(source) => {
@@ -156,8 +221,10 @@ impl Listener {
                 }
                 accepted = self.tcp.accept() => match accepted {
                     Ok((stream, remote)) => {
-                        let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
-                            tracing::warn!(%remote, "too many TCP handshakes under way; connection closed");
+                        let slot = HandshakeSlot::take(&self.handshakes, &self.per_address, remote.ip());
+                        let Some(slot) = slot else {
+                            // Debug, not warn: a flood would flood the log too.
+                            tracing::debug!(%remote, "too many TCP handshakes under way; connection closed");
                             continue;
                         };
                         return Some(Incoming {
@@ -165,7 +232,7 @@ impl Listener {
                                 stream,
                                 tls: self.tls.clone(),
                                 open: self.open.clone(),
-                                _permit: permit,
+                                _slot: slot,
                             },
                             remote,
                         });
@@ -186,17 +253,32 @@ impl Listener {
     /// accepting.
     pub fn close(&self, code: u32, reason: &[u8]) {
         self.quic.close(code.into(), reason);
-        let open = std::mem::take(&mut *self.open.lock().unwrap_or_else(|p| p.into_inner()));
-        for weak in open {
-            tcp::close_weak(&weak, code, reason);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.closed = Some((code, reason.to_vec()));
+        for (weak, _) in &open.connections {
+            tcp::close_weak(weak, code, reason);
         }
+        drop(open);
         self.closed.send_replace(true);
     }
 
-    /// Waits until every QUIC connection has sent its close (TCP connections linger on their
-    /// own tasks for at most a couple of seconds).
+    /// Waits until every connection on either transport has ended after a close, so that the
+    /// process does not exit before its close reached the nodes (a TCP connection takes at
+    /// most a few seconds).
     pub async fn wait_idle(&self) {
+        let waits: Vec<watch::Receiver<()>> = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .connections
+            .iter()
+            .map(|(_, done)| done.clone())
+            .collect();
         self.quic.wait_idle().await;
+        for mut done in waits {
+            // Returns once the driver has dropped its sender.
+            while done.changed().await.is_ok() {}
+        }
     }
 }
 

@@ -29,6 +29,7 @@ fn hello(byte: u8) -> Message {
         protocol_version: PROTOCOL_VERSION,
         schema_digest: [byte; 32],
         model_hash: None,
+        partial_model: None,
     })
 }
 

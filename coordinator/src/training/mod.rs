@@ -335,6 +335,8 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         console: console.clone(),
     };
     let training_console = console.clone();
+    /// Longest wait for the nodes' connections to close at the end.
+    const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
     let training = tokio::spawn(async move {
         let result = trainer.run().await;
         let _ = shutdown_tx.send(true);
@@ -352,6 +354,9 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
                 endpoint.close(CLOSE_TASK_STOPPED, reason.as_bytes());
             }
         }
+        // Let the close reach every node before the process may exit (a node told why stops
+        // instead of reconnecting for nothing); bounded, for a node that no longer answers.
+        let _ = tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await;
         result
     });
     Ok(RunningCoordinator {

@@ -106,10 +106,18 @@ pub(crate) async fn connect(
     let name = ServerName::try_from(server_name.to_owned())
         .map_err(|e| ConnectionError::Lost(format!("bad server name \"{server_name}\": {e}")))?;
     let handshake = async {
+        // An alert before the handshake is authenticated can come from anyone on the path (a
+        // proxy, say): it is a lost connection, retried, not the coordinator's refusal. The
+        // coordinator's refusal of our certificate comes encrypted, before the accepted byte.
         let mut tls_stream = tokio_rustls::TlsConnector::from(tls)
             .connect(name, stream)
             .await
-            .map_err(|e| io_error(&e))?;
+            .map_err(|e| match io_error(&e) {
+                ConnectionError::TlsAlert { detail, .. } => ConnectionError::Lost(format!(
+                    "TLS alert before the coordinator was authenticated: {detail}"
+                )),
+                other => other,
+            })?;
         let mut accepted = [0u8];
         tls_stream
             .read_exact(&mut accepted)

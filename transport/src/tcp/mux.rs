@@ -33,8 +33,12 @@ const MAX_REASON: usize = 512;
 const MAX_STREAMS: usize = 64;
 /// Inbound streams waiting for the application to accept them.
 const INBOUND_BACKLOG: usize = 16;
-/// How long a closing side waits for its close record to leave before it drops the connection.
+/// How long the side that closes waits for the peer to read its close record and end the
+/// connection in turn, before it ends it anyway.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long ending the connection (yamux's close: queued frames out, then the socket's) may
+/// take before the socket is dropped as it is.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
@@ -52,6 +56,8 @@ pub(crate) struct Shared {
     remote: SocketAddr,
     certificates: Vec<CertificateDer<'static>>,
     id: usize,
+    /// Closed (its sender dropped) when the driver has stopped: the socket is gone.
+    driver_done: watch::Receiver<()>,
 }
 
 impl std::fmt::Debug for TcpConnection {
@@ -99,6 +105,7 @@ impl TcpConnection {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (inbound_tx, inbound) = mpsc::channel(INBOUND_BACKLOG);
         let (state, _) = watch::channel(None);
+        let (done, driver_done) = watch::channel(());
         let shared = Arc::new(Shared {
             commands,
             inbound: Mutex::new(inbound),
@@ -106,6 +113,7 @@ impl TcpConnection {
             remote,
             certificates,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            driver_done,
         });
         let mut driver = Driver {
             connection,
@@ -116,6 +124,9 @@ impl TcpConnection {
             ours: None,
             theirs: None,
             closing: None,
+            unsent_record: None,
+            handles_gone: false,
+            _done: done,
         };
         tokio::spawn(std::future::poll_fn(move |cx| driver.poll(cx)));
         Self { shared }
@@ -194,6 +205,11 @@ impl TcpConnection {
         &self.shared.certificates
     }
 
+    /// A handle that says when this connection's socket is gone.
+    pub(crate) fn driver_done(&self) -> watch::Receiver<()> {
+        self.shared.driver_done.clone()
+    }
+
     /// A handle that does not keep the connection open.
     pub(crate) fn downgrade(&self) -> std::sync::Weak<Shared> {
         Arc::downgrade(&self.shared)
@@ -226,7 +242,13 @@ struct Incoming {
 
 /// A close under way: what ends it.
 struct Closing {
+    /// This side closed first, and waits (up to the linger) for the peer to end the
+    /// connection, so that nothing the peer sent is left unread when the socket closes (Linux
+    /// would answer unread data with a reset, and the close record could be lost with it).
+    ours: bool,
     linger: Pin<Box<tokio::time::Sleep>>,
+    /// Set once yamux's close has begun; the deadline for it.
+    ending: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 struct Driver<T> {
@@ -238,22 +260,47 @@ struct Driver<T> {
     ours: Option<Outgoing>,
     theirs: Option<Incoming>,
     closing: Option<Closing>,
+    /// A close record queued before our control stream was open.
+    unsent_record: Option<Vec<u8>>,
+    /// Every handle was dropped (the command channel is closed: stop polling it).
+    handles_gone: bool,
+    /// Dropped with the driver: tells [`TcpConnection::driver_done`] it has stopped.
+    _done: watch::Sender<()>,
+}
+
+impl<T> Drop for Driver<T> {
+    fn drop(&mut self) {
+        // A driver that stops without saying why (its task aborted, the runtime shut down)
+        // must not leave `closed()` waiting for ever.
+        self.state.send_if_modified(|state| {
+            let first = state.is_none();
+            if first {
+                *state = Some(ConnectionError::Lost(
+                    "the connection's driver stopped".into(),
+                ));
+            }
+            first
+        });
+    }
 }
 
 impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin> Driver<T> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             let mut progress = false;
-            while let Poll::Ready(command) = self.commands.poll_recv(cx) {
+            while !self.handles_gone {
+                let Poll::Ready(command) = self.commands.poll_recv(cx) else {
+                    break;
+                };
                 progress = true;
                 match command {
                     Some(Command::Open(reply)) => self.opens.push_back(reply),
                     Some(Command::Close { code, reason }) => self.begin_close(code, &reason),
                     // Every handle is gone: nobody will use the connection again.
                     None => {
+                        self.handles_gone = true;
                         self.set_state(ConnectionError::LocallyClosed);
                         self.begin_close(0, b"");
-                        break;
                     }
                 }
             }
@@ -269,11 +316,15 @@ impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin> Driver<T> {
                         progress = true;
                         match (&self.ours, self.opens.pop_front()) {
                             (None, reply) => {
+                                let mut pending = vec![CONTROL_MARKER];
+                                let record = self.unsent_record.take();
+                                let last = record.is_some();
+                                pending.extend(record.unwrap_or_default());
                                 self.ours = Some(Outgoing {
                                     stream,
-                                    pending: vec![CONTROL_MARKER],
+                                    pending,
                                     written: 0,
-                                    last: false,
+                                    last,
                                     done: false,
                                 });
                                 if let Some(reply) = reply {
@@ -318,9 +369,18 @@ impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin> Driver<T> {
             }
             if let Some(closing) = &mut self.closing {
                 let record_sent = self.ours.as_ref().is_none_or(|o| o.done);
-                if record_sent || closing.linger.as_mut().poll(cx).is_ready() {
+                // The side that closed first waits for the peer's end; the other ends at once.
+                let ready = record_sent && !closing.ours;
+                if closing.ending.is_none()
+                    && (ready || closing.linger.as_mut().poll(cx).is_ready())
+                {
+                    closing.ending = Some(Box::pin(tokio::time::sleep(CLOSE_DEADLINE)));
+                }
+                if let Some(deadline) = &mut closing.ending {
+                    let timed_out = deadline.as_mut().poll(cx).is_ready();
                     return match self.connection.poll_close(cx) {
                         Poll::Ready(_) => self.end(None, cx),
+                        Poll::Pending if timed_out => self.end(None, cx),
                         Poll::Pending => Poll::Pending,
                     };
                 }
@@ -331,23 +391,46 @@ impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin> Driver<T> {
         }
     }
 
-    /// Starts closing: queues the close record on our control stream.
+    /// Starts closing: queues the close record on our control stream (or for it, if it is not
+    /// open yet).
     fn begin_close(&mut self, code: u32, reason: &[u8]) {
         if self.closing.is_some() {
             return;
         }
         let reason = &reason[..reason.len().min(MAX_REASON)];
-        if let Some(ours) = &mut self.ours {
-            ours.pending.extend_from_slice(&code.to_be_bytes());
-            // MAX_REASON fits in a u16.
-            ours.pending
-                .extend_from_slice(&(reason.len() as u16).to_be_bytes());
-            ours.pending.extend_from_slice(reason);
-            ours.last = true;
+        let mut record = code.to_be_bytes().to_vec();
+        // MAX_REASON fits in a u16.
+        record.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+        record.extend_from_slice(reason);
+        match &mut self.ours {
+            Some(ours) => {
+                ours.pending.extend_from_slice(&record);
+                ours.last = true;
+            }
+            None => self.unsent_record = Some(record),
         }
         self.closing = Some(Closing {
+            ours: true,
             linger: Box::pin(tokio::time::sleep(CLOSE_LINGER)),
+            ending: None,
         });
+    }
+
+    /// The peer closed: end our side without waiting (the peer waits for it).
+    fn close_after_peer(&mut self) {
+        if let Some(ours) = &mut self.ours {
+            ours.last = true;
+        }
+        match &mut self.closing {
+            Some(closing) => closing.ours = false,
+            None => {
+                self.closing = Some(Closing {
+                    ours: false,
+                    linger: Box::pin(tokio::time::sleep(CLOSE_LINGER)),
+                    ending: None,
+                });
+            }
+        }
     }
 
     /// Writes what is pending on our control stream; whether anything moved.
@@ -364,8 +447,9 @@ impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin> Driver<T> {
                 }
                 Poll::Ready(_) => {
                     // The stream is gone: the close record cannot be sent.
+                    ours.written = ours.pending.len();
                     ours.done = true;
-                    return true;
+                    return progress;
                 }
                 Poll::Pending => return progress,
             }
@@ -418,7 +502,7 @@ impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin> Driver<T> {
                     code: code.into(),
                     reason,
                 });
-                self.begin_close(0, b"");
+                self.close_after_peer();
             }
         }
         Ok(progress)
