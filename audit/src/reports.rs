@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use medfed_protocol::report::{AuditReport, SignedReport, file_sha256};
 use ring::signature::Ed25519KeyPair;
 
-use crate::html::{PageRound, render};
+use crate::html::{MAX_TREND_ROUNDS, PageRound, render};
 
 /// File name of the report of model round `round`.
 pub fn report_file_name(round: u64) -> String {
@@ -99,10 +99,10 @@ impl ReportWriter {
         Ok(Some(path))
     }
 
-    /// Rewrites the HTML page from the whole chain.
+    /// Rewrites the HTML page from the latest [`MAX_TREND_ROUNDS`] reports of the chain.
     fn write_page(&self) -> Result<PathBuf, ReportWriteError> {
-        let privacy: Vec<Vec<(String, f64, f64)>> = self
-            .chain
+        let shown = &self.chain[self.chain.len().saturating_sub(MAX_TREND_ROUNDS)..];
+        let privacy: Vec<Vec<(String, f64, f64)>> = shown
             .iter()
             .map(|(r, _)| {
                 r.report
@@ -112,8 +112,7 @@ impl ReportWriter {
                     .collect()
             })
             .collect();
-        let rounds: Vec<PageRound<'_>> = self
-            .chain
+        let rounds: Vec<PageRound<'_>> = shown
             .iter()
             .zip(&privacy)
             .map(|((signed, _), privacy)| {
