@@ -68,8 +68,14 @@ pub struct PageRound<'a> {
     pub site_evaluations: &'a [SiteEvaluation],
 }
 
+/// The most rounds the charts over rounds show: the latest ones. The page is rewritten after
+/// every round, so a chart of every round would make each rewrite cost more than the last (a
+/// run of 2,000 rounds wrote a 3 MB page each round); each earlier round's figures stay in its
+/// signed report.
+pub const MAX_TREND_ROUNDS: usize = 200;
+
 /// Renders the audit page for the latest round, with the history of earlier rounds for the trend
-/// charts.
+/// charts (the latest [`MAX_TREND_ROUNDS`] of them; a caller may pass only those).
 ///
 /// `rounds` are in round order; the last one is the round the page is about. With no rounds the
 /// page says so and shows nothing else.
@@ -83,7 +89,7 @@ pub fn render(title: &str, rounds: &[PageRound<'_>]) -> String {
             page.nav();
             page.rates_section(latest);
             page.disparities_section(latest);
-            page.trends_section(rounds);
+            page.trends_section(&rounds[rounds.len().saturating_sub(MAX_TREND_ROUNDS)..]);
             page.tables_section(latest);
             page.participants_section(latest);
         }
@@ -780,6 +786,18 @@ impl Page {
         self.out
             .push_str("<section id=\"trends\">\n<h2>3. Metrics over rounds</h2>\n");
         let xs: Vec<u64> = rounds.iter().map(|r| r.round).collect();
+        if let (Some(first), Some(last)) = (rounds.first(), rounds.last())
+            && first.round > 0
+        {
+            w!(
+                self.out,
+                "<p class=\"note\">The charts show rounds {} to {}: the latest {MAX_TREND_ROUNDS} \
+                 at most. Each earlier round's figures are in its signed report, beside this \
+                 page.</p>\n",
+                first.round,
+                last.round
+            );
+        }
         self.partial_rounds_note(rounds);
         self.line_chart(
             "Model quality over rounds",
@@ -1463,6 +1481,45 @@ mod tests {
         assert_eq!(nesting_problem(&html), None);
         assert!(html.matches("<th scope=\"col\">").count() >= 11);
         assert!(!html.contains("NaN"));
+    }
+
+    #[test]
+    fn html_charts_only_the_latest_rounds_so_the_page_does_not_grow_with_the_run() {
+        let history = audits(0.05);
+        let evaluation = eval(0.8, 0.75);
+        let participants = vec!["hospital-a".to_owned()];
+        let pages: Vec<String> = [MAX_TREND_ROUNDS, 5 * MAX_TREND_ROUNDS]
+            .iter()
+            .map(|&n| {
+                let rounds: Vec<PageRound<'_>> = (0..n as u64)
+                    .map(|round| PageRound {
+                        round,
+                        model_sha256: "ab12cd34",
+                        approved: true,
+                        not_evaluated: None,
+                        evaluation: Some(&evaluation),
+                        fairness: &history,
+                        participants: &participants,
+                        absent_members: &[],
+                        privacy: &[],
+                        site_evaluations: &[],
+                    })
+                    .collect();
+                render("Audit", &rounds)
+            })
+            .collect();
+        let (short, long) = (&pages[0], &pages[1]);
+        // Every round of the short run is charted; the long run charts as many, the latest.
+        assert!(short.contains("AUC in round 0:") && !short.contains("The charts show rounds"));
+        assert!(!long.contains("AUC in round 799:") && long.contains("AUC in round 800:"));
+        assert!(long.contains("The charts show rounds 800 to 999: the latest 200 at most."));
+        assert!(
+            long.len() < short.len() + 1000,
+            "{} against {}",
+            long.len(),
+            short.len()
+        );
+        assert_eq!(nesting_problem(long), None);
     }
 
     #[test]

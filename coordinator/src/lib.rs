@@ -32,4 +32,6 @@ pub mod strategy;
 pub mod training;
 
 pub use config::CoordinatorConfig;
-pub use training::{CoordinatorError, RoundReport, RunningCoordinator, TrainingReport, start};
+pub use training::{
+    CoordinatorError, MAX_REPORTED_ROUNDS, RoundReport, RunningCoordinator, TrainingReport, start,
+};

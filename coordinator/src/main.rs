@@ -109,6 +109,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(why) = &report.stopped_early {
                     println!("  {why}");
                 }
+                if report.earlier_rounds > 0 {
+                    println!(
+                        "  (not listed: the {} earlier rounds of this run; each round's evaluation is in its audit report)",
+                        report.earlier_rounds
+                    );
+                }
                 for round in &report.rounds {
                     if let Some(m) = &round.start_model_evaluation {
                         println!(

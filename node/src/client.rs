@@ -69,28 +69,76 @@ pub async fn run(config: &NodeConfig, hospital: Hospital) -> Result<NodeOutcome,
     // What a model push cut short left: kept across reconnections, so that the next push of
     // that model resumes after the chunks already checked.
     let partial = Mutex::new(None);
-    let mut backoff = MIN_BACKOFF;
-    let mut unreachable_since: Option<Instant> = None;
+    let mut reconnect = Reconnect::default();
     loop {
-        match session(&endpoint, config, &hospital, &egress, &partial).await {
+        match session(
+            &endpoint,
+            config,
+            &hospital,
+            &egress,
+            &partial,
+            &mut reconnect,
+        )
+        .await
+        {
             Ok(outcome) => {
                 endpoint.close(0, b"finished");
                 return Ok(outcome);
             }
             Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
-                let since = *unreachable_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= config.reconnect_for {
+                let Some(wait) = reconnect.failed(Instant::now(), config.reconnect_for) else {
                     return Err(NodeError::GaveUp {
                         after: config.reconnect_for,
                         last: e.to_string(),
                     });
-                }
-                warn!(error = %e, retry_in = ?backoff, "connection to the coordinator lost");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                };
+                warn!(error = %e, retry_in = ?wait, "connection to the coordinator lost");
+                tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+/// When to try the coordinator again: after a backoff that doubles from [`MIN_BACKOFF`] to
+/// [`MAX_BACKOFF`], until it has been unreachable for `reconnect_for`.
+///
+/// An admission starts both afresh: a run of days may lose its connection many times (NAT
+/// rebinding, VPN drops, coordinator restarts), and only an unbroken outage counts against
+/// `reconnect_for`, not the time since the first loss of the run.
+#[derive(Debug)]
+struct Reconnect {
+    /// The wait before the next attempt.
+    backoff: Duration,
+    /// When the coordinator was last lost, if the node has not been admitted since.
+    unreachable_since: Option<Instant>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self {
+            backoff: MIN_BACKOFF,
+            unreachable_since: None,
+        }
+    }
+}
+
+impl Reconnect {
+    /// The coordinator admitted the node.
+    fn admitted(&mut self) {
+        *self = Self::default();
+    }
+
+    /// A connection attempt failed, or a connection was lost, at `now`: how long to wait before
+    /// the next attempt, or `None` when the coordinator has been unreachable for `limit`.
+    fn failed(&mut self, now: Instant, limit: Duration) -> Option<Duration> {
+        let since = *self.unreachable_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= limit {
+            return None;
+        }
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        Some(wait)
     }
 }
 
@@ -101,6 +149,7 @@ async fn session(
     hospital: &Arc<Mutex<Hospital>>,
     egress: &Mutex<EgressLog>,
     partial: &PartialSlot,
+    reconnect: &mut Reconnect,
 ) -> Result<NodeOutcome, NodeError> {
     let connection = endpoint
         .connect(&config.coordinator, &config.server_name)
@@ -118,6 +167,7 @@ async fn session(
         }
     };
     lock(hospital).enter_session(welcome.session, &welcome.identity);
+    reconnect.admitted();
     let span = info_span!("node", node = %welcome.identity);
     async {
         info!(coordinator = %config.coordinator, %address, %transport, rounds = welcome.manifest.manifest.rounds, %manifest, "admitted by the coordinator");
@@ -525,5 +575,46 @@ impl NodeError {
                 | Self::Egress(_)
                 | Self::TaskStopped(_)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_gives_up_after_an_unbroken_outage() {
+        let limit = Duration::from_secs(300);
+        let start = Instant::now();
+        let mut reconnect = Reconnect::default();
+        let waits: Vec<_> = (0..8)
+            .map(|_| reconnect.failed(start, limit).unwrap().as_millis())
+            .collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
+        let later = start + Duration::from_secs(299);
+        assert_eq!(reconnect.failed(later, limit), Some(MAX_BACKOFF));
+        assert_eq!(
+            reconnect.failed(later + Duration::from_secs(1), limit),
+            None
+        );
+    }
+
+    #[test]
+    fn an_admission_starts_the_outage_and_the_backoff_afresh() {
+        // Lost once early in a long run, then admitted again: a loss a day later is a new
+        // outage with the shortest wait, not one that began a day ago.
+        let limit = Duration::from_secs(300);
+        let start = Instant::now();
+        let mut reconnect = Reconnect::default();
+        for _ in 0..6 {
+            reconnect.failed(start, limit).unwrap();
+        }
+        reconnect.admitted();
+        let a_day_later = start + Duration::from_secs(86_400);
+        assert_eq!(reconnect.failed(a_day_later, limit), Some(MIN_BACKOFF));
+        assert_eq!(
+            reconnect.failed(a_day_later + Duration::from_secs(10), limit),
+            Some(2 * MIN_BACKOFF)
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! The secure channel on 127.0.0.1, over QUIC and over TCP alike: a consortium node reaches the
 //! coordinator, each side learns who the other is from its certificate, messages cross as
 //! frames, a frame over the reader's cap is refused rather than buffered, and a close carries
-//! its code and reason.
+//! its code and reason; a QUIC connection survives the node's address changing under it (NAT
+//! rebinding).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use medfed_protocol::codec::{CodecError, MAX_FRAME_LEN};
 use medfed_protocol::messages::{Hello, Message, PROTOCOL_VERSION};
 use medfed_transport::{
     ChannelError, Connection, ConnectionError, Connector, Listener, MessageReader, PeerAddress,
-    TransportMode, peer_identity, send_message,
+    TransportMode, client_endpoint, peer_identity, send_message, server_endpoint,
 };
 
 const BOTH: [TransportMode; 2] = [TransportMode::Quic, TransportMode::Tcp];
@@ -237,4 +238,48 @@ async fn a_certificate_the_coordinator_refuses_fails_the_tcp_connect_with_its_al
         }
         other => panic!("expected a TLS alert, got {other:?}"),
     }
+}
+
+/// NAT rebinding: the node's packets start coming from another address (its router gave it a
+/// new port, or its VPN came back on another address) in the middle of a connection. The
+/// coordinator validates the new path and the connection goes on, both ways, without a new
+/// handshake.
+#[tokio::test]
+async fn a_connection_survives_the_node_s_address_changing_under_it() {
+    let (_dir, consortium) = consortium(&["hospital-a"]);
+    let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let server = server_endpoint(&consortium.coordinator_tls(), listen).unwrap();
+    let client = client_endpoint(&consortium.node_tls("hospital-a").unwrap()).unwrap();
+    let connecting = client
+        .connect(server.local_addr().unwrap(), "localhost")
+        .unwrap();
+    let incoming = server.accept().await.expect("a connection attempt");
+    let (node, coordinator) = tokio::join!(connecting, incoming);
+    let (node, coordinator) = (
+        Connection::from(node.unwrap()),
+        Connection::from(coordinator.unwrap()),
+    );
+    let before = coordinator.remote_address();
+
+    client
+        .rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    let moved_to = client.local_addr().unwrap();
+    assert_ne!(moved_to.port(), before.port());
+
+    // Node to coordinator, on the new path.
+    let (mut send, recv) = node.open_bi().await.unwrap();
+    send_message(&mut send, &hello(1)).await.unwrap();
+    let (mut back, from_node) = coordinator.accept_bi().await.unwrap();
+    let mut reader = MessageReader::new(from_node, MAX_FRAME_LEN);
+    assert_eq!(reader.expect().await.unwrap(), hello(1));
+    assert_eq!(coordinator.remote_address().port(), moved_to.port());
+    // And back.
+    send_message(&mut back, &hello(2)).await.unwrap();
+    back.finish().await;
+    let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
+    assert_eq!(reader.expect().await.unwrap(), hello(2));
+    send.finish().await;
+    assert_eq!(node.close_reason(), None);
+    assert_eq!(coordinator.close_reason(), None);
 }

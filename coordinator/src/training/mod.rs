@@ -80,11 +80,19 @@ pub struct RoundReport {
     pub seconds: f64,
 }
 
+/// The most rounds a [`TrainingReport`] holds: the latest. A run of days applies tens of
+/// thousands of rounds, each report a few kilobytes with its bias audit; every round stays in
+/// the state store and the audit reports.
+pub const MAX_REPORTED_ROUNDS: usize = 100;
+
 /// What a whole run did.
 #[derive(Clone, Debug)]
 pub struct TrainingReport {
-    /// Rounds applied in this run (earlier runs' rounds are in the state store).
+    /// The latest rounds applied in this run, at most [`MAX_REPORTED_ROUNDS`] (earlier runs'
+    /// rounds, and this run's older ones, are in the state store).
     pub rounds: Vec<RoundReport>,
+    /// Rounds applied in this run before those in `rounds`.
+    pub earlier_rounds: u64,
     /// Pooled held-out metrics of the final model.
     pub final_evaluation: Option<EvalMetrics>,
     /// Bias audit of the final model, per sensitive attribute.

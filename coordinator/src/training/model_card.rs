@@ -89,12 +89,15 @@ impl Trainer {
     /// The card of the released model.
     fn model_card(&self, released: &Path, round: u64) -> Result<ModelCard, CoordinatorError> {
         let rule = self.config.task.release;
-        let chosen = choose(self.reports.chain(), rule, self.round);
-        let judged = chosen.as_ref().and_then(|c| {
-            self.reports
-                .chain()
-                .find(|(_, sha)| *sha == c.audit.report_sha256)
-        });
+        let chosen = choose(self.reports.links(), rule, self.round);
+        let judged_report = match &chosen {
+            Some(c) => self
+                .reports
+                .report(c.round)?
+                .map(|report| (report, c.audit.report_sha256.as_str())),
+            None => None,
+        };
+        let judged = judged_report.as_ref().map(|(report, sha)| (report, *sha));
         let bytes = std::fs::read(released).map_err(|source| CoordinatorError::Io {
             path: released.to_owned(),
             source,
@@ -141,7 +144,7 @@ impl Trainer {
                 note: figures::INTERVAL_NOTE.to_owned(),
             })
         });
-        let last = self.reports.chain().last().map(|(r, _)| r);
+        let last = self.reports.latest();
         let mut card = ModelCard {
             format: model_card::MODEL_CARD_FORMAT.to_owned(),
             created_at_ms: now_ms(),

@@ -10,7 +10,7 @@ use medfed_audit::checkpoint::{
     write_round_checkpoint,
 };
 use medfed_audit::model_file::{AuditLink, ModelFile, Scoring};
-use medfed_protocol::report::AuditReport;
+use medfed_audit::reports::ChainLink;
 use medfed_protocol::stats::Standardization;
 use tracing::{info, warn};
 
@@ -29,43 +29,32 @@ pub(crate) struct Chosen {
     pub(crate) audit: AuditLink,
 }
 
-/// The report whose model `rule` releases, among `chain` (every report, oldest first, with its
-/// file's SHA-256), when the final model is that of round `last`.
+/// The report whose model `rule` releases, among `chain` (a link per report, oldest first),
+/// when the final model is that of round `last`.
 ///
 /// [`ReleaseRule::Last`] takes the report of round `last`; [`ReleaseRule::LowestLoss`] the
 /// report with the lowest pooled held-out loss, the latest on a tie, or that of round `last`
 /// when no report has an evaluation. `None` when the chosen round has no report (its evaluation
 /// failed): the final model is then released unjudged.
-pub(crate) fn choose<'a>(
-    chain: impl IntoIterator<Item = (&'a AuditReport, &'a str)>,
-    rule: ReleaseRule,
-    last: u64,
-) -> Option<Chosen> {
-    let chain: Vec<_> = chain.into_iter().collect();
-    let chosen = |report: &AuditReport, sha: &str| Chosen {
-        round: report.round,
+pub(crate) fn choose(chain: &[ChainLink], rule: ReleaseRule, last: u64) -> Option<Chosen> {
+    let chosen = |link: &ChainLink| Chosen {
+        round: link.round,
         audit: AuditLink {
-            report_sha256: sha.to_owned(),
-            approved: report.approved,
+            report_sha256: link.sha256.clone(),
+            approved: link.approved,
         },
     };
-    let of_last = || {
-        chain
-            .iter()
-            .rev()
-            .find(|(r, _)| r.round == last)
-            .map(|(r, sha)| chosen(r, sha))
-    };
+    let of_last = || chain.iter().rev().find(|l| l.round == last).map(chosen);
     match rule {
         ReleaseRule::Last => of_last(),
         ReleaseRule::LowestLoss => chain
             .iter()
-            .filter_map(|(r, sha)| Some((r.evaluation.as_ref()?.loss, *r, *sha)))
-            .filter(|(loss, _, _)| loss.is_finite())
+            .filter_map(|l| Some((l.loss?, l)))
+            .filter(|(loss, _)| loss.is_finite())
             // `min_by` keeps the first of equal elements; reversed, that is the latest.
             .rev()
             .min_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, r, sha)| chosen(r, sha))
+            .map(|(_, l)| chosen(l))
             .or_else(of_last),
     }
 }
@@ -117,7 +106,7 @@ impl Trainer {
     /// to `model.safetensors` in the state folder. Returns its path and round.
     pub(super) fn release(&self) -> Result<(PathBuf, u64), CoordinatorError> {
         let rule = self.config.task.release;
-        let chosen = choose(self.reports.chain(), rule, self.round);
+        let chosen = choose(self.reports.links(), rule, self.round);
         let round = chosen.as_ref().map_or(self.round, |c| c.round);
         let checkpoint = self
             .config
@@ -150,7 +139,7 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use medfed_protocol::evaluation::EvalMetrics;
-    use medfed_protocol::report::REPORT_FORMAT;
+    use medfed_protocol::report::{AuditReport, REPORT_FORMAT};
 
     use super::*;
 
@@ -183,13 +172,15 @@ mod tests {
         format!("{round:064x}")
     }
 
-    fn chain(reports: &[AuditReport]) -> Vec<(&AuditReport, String)> {
-        reports.iter().map(|r| (r, sha(r.round))).collect()
+    fn chain(reports: &[AuditReport]) -> Vec<ChainLink> {
+        reports
+            .iter()
+            .map(|r| ChainLink::of(r, sha(r.round)))
+            .collect()
     }
 
     fn pick(reports: &[AuditReport], rule: ReleaseRule, last: u64) -> Option<(u64, bool)> {
-        let chain = chain(reports);
-        choose(chain.iter().map(|(r, s)| (*r, s.as_str())), rule, last).map(|c| {
+        choose(&chain(reports), rule, last).map(|c| {
             assert_eq!(c.audit.report_sha256, sha(c.round));
             (c.round, c.audit.approved)
         })

@@ -2,6 +2,7 @@
 //! Each attempt asks the round engine's rules who to ask and whether to evaluate, runs one
 //! collection through the [`Driver`], and follows [`AfterFailure`] when it fails.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,8 +23,9 @@ use super::apply::{self, Assessment};
 use super::driver::Driver;
 use super::error::{CoordinatorError, RoundFailure};
 use super::{
-    EVALUATION_PARTICIPANTS_KEY, FINAL_EVALUATION_KEY, RoundReport, STANDARDIZATION_KEY,
-    STATS_PARTICIPANTS_KEY, SUMMARY_KEY, Trainer, TrainingReport, now_ms, random_bytes,
+    EVALUATION_PARTICIPANTS_KEY, FINAL_EVALUATION_KEY, MAX_REPORTED_ROUNDS, RoundReport,
+    STANDARDIZATION_KEY, STATS_PARTICIPANTS_KEY, SUMMARY_KEY, Trainer, TrainingReport, now_ms,
+    random_bytes,
 };
 use crate::config::PausePhase;
 use crate::console::RunState;
@@ -54,14 +56,15 @@ impl Trainer {
         self.prepare_model_files(&standardization)?;
         self.distributed = self.distributed_decoder()?;
         self.console.set_state(RunState::Training);
-        let mut reports = Vec::new();
+        let mut reports = VecDeque::new();
+        let mut earlier_rounds = 0;
         let mut checkpoint = None;
         let mut stopped_early = None;
         while self.round < self.config.task.rounds {
             let round = self.round + 1;
             match self.train_round(round, &standardization).await? {
                 Some((report, path)) => {
-                    reports.push(report);
+                    earlier_rounds += push_latest(&mut reports, report, MAX_REPORTED_ROUNDS);
                     checkpoint = Some(path);
                 }
                 None => {
@@ -101,7 +104,8 @@ impl Trainer {
         let bytes_received = self.registry.bytes_received();
         Ok(TrainingReport {
             bytes_received,
-            rounds: reports,
+            rounds: reports.into(),
+            earlier_rounds,
             final_evaluation,
             final_fairness,
             final_model: self.model,
@@ -489,4 +493,36 @@ impl Trainer {
 async fn retry_pause(attempt: u32) {
     tokio::time::sleep(std::time::Duration::from_millis(500) * 2u32.saturating_pow(attempt.min(5)))
         .await;
+}
+
+/// Appends `item` to `latest`, dropping the oldest beyond `cap`; returns how many it dropped.
+fn push_latest<T>(latest: &mut VecDeque<T>, item: T, cap: usize) -> u64 {
+    latest.push_back(item);
+    let mut dropped = 0;
+    while latest.len() > cap {
+        latest.pop_front();
+        dropped += 1;
+    }
+    dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_keeps_the_latest_rounds_and_counts_the_others() {
+        let (mut latest, mut earlier) = (VecDeque::new(), 0);
+        for round in 1..=250u64 {
+            earlier += push_latest(&mut latest, round, MAX_REPORTED_ROUNDS);
+        }
+        assert_eq!(latest.len(), MAX_REPORTED_ROUNDS);
+        assert_eq!(latest.front(), Some(&151));
+        assert_eq!(latest.back(), Some(&250));
+        assert_eq!(earlier, 150);
+        // A short run keeps every round.
+        let mut short = VecDeque::new();
+        assert_eq!(push_latest(&mut short, 1, MAX_REPORTED_ROUNDS), 0);
+        assert_eq!(short.len(), 1);
+    }
 }
