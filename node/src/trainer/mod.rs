@@ -34,6 +34,10 @@ mod distributed;
 #[cfg(feature = "torch")]
 mod dp_sgd;
 #[cfg(feature = "torch")]
+// Used by its tests only until its training functions land (the next commit).
+#[allow(dead_code)]
+mod layers;
+#[cfg(feature = "torch")]
 mod noise;
 #[cfg(feature = "torch")]
 mod tch_trainer;
