@@ -34,8 +34,6 @@ mod distributed;
 #[cfg(feature = "torch")]
 mod dp_sgd;
 #[cfg(feature = "torch")]
-// Used by its tests only until its training functions land (the next commit).
-#[allow(dead_code)]
 mod layers;
 #[cfg(feature = "torch")]
 mod noise;
@@ -315,6 +313,18 @@ pub enum TrainError {
     /// There is nothing to train on.
     #[error("no training examples")]
     EmptyData,
+    /// A feature of a model that starts with an embedding is not one of its category indices.
+    #[error(
+        "example {row}, input {column}: not a category index (a whole number in 0..{categories}) of the model's embedding"
+    )]
+    CategoryIndex {
+        /// The example, from 0.
+        row: usize,
+        /// The input within the example, from 0.
+        column: usize,
+        /// The embedding's number of categories.
+        categories: usize,
+    },
     /// The training plan cannot be followed.
     #[error("invalid training plan: {0}")]
     InvalidPlan(&'static str),

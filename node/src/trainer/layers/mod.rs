@@ -15,3 +15,4 @@ mod network;
 mod per_example;
 #[cfg(test)]
 mod tests;
+mod train;

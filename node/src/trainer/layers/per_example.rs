@@ -84,6 +84,8 @@ pub(crate) fn per_example_gradients(
 }
 
 /// The squared L2 norm of each example's whole gradient, `[B]`, summed layer by layer.
+/// Test-only: [`clipped_gradient_sum`] computes them on its own pass.
+#[cfg(test)]
 pub(crate) fn per_example_sq_norms(
     net: &Network,
     x: &Tensor,
