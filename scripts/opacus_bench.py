@@ -13,7 +13,7 @@ Run (torch and opacus in a throwaway venv; see BENCHMARKS.md for how it was inst
     .deps/opacus-venv/bin/python scripts/opacus_bench.py --threads 2
 
 Prints, like the Rust benchmark, the median step time over interleaved epochs and samples/s
-(the expected batch, 64, over the step time).
+(the expected batch, 64, over the step time), then the fastest epoch of each kind.
 """
 
 import argparse
@@ -69,7 +69,7 @@ def epoch(model, optimizer, loader, loss_fn) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--pairs", type=int, default=10, help="interleaved epochs timed")
+    parser.add_argument("--pairs", type=int, default=20, help="interleaved epochs timed")
     parser.add_argument(
         "--grad-sample-mode", default="hooks", help="Opacus's per-sample gradient mode"
     )
@@ -118,17 +118,24 @@ def main() -> None:
         plain_times.append(s)
         ratios.append(d / s)
     d, s = statistics.median(dp_times), statistics.median(plain_times)
+    # The fastest epoch of each kind: the least disturbed by other processes on a shared machine.
+    d_min, s_min = min(dp_times), min(plain_times)
     print(
         f"Opacus {opacus.__version__} (grad_sample_mode={args.grad_sample_mode}), torch "
         f"{torch.__version__}, CNN 1x28x28 "
         f"({sum(p.numel() for p in plain_model.parameters()):,} params), batch {BATCH} of "
-        f"N = {ROWS}, sigma 1, C 1, {torch.get_num_threads()} torch threads, median of "
+        f"N = {ROWS}, sigma 1, C 1, {torch.get_num_threads()} torch threads, "
         f"{args.pairs} interleaved epochs:"
     )
     print(
-        f"  plain torch step {s * 1e3:.2f} ms = {BATCH / s:.0f} samples/s; opacus dp step "
+        f"  median: plain torch step {s * 1e3:.2f} ms = {BATCH / s:.0f} samples/s; opacus dp step "
         f"{d * 1e3:.2f} ms = {BATCH / d:.0f} samples/s; dp/plain time ratio "
         f"{statistics.median(ratios):.2f}"
+    )
+    print(
+        f"  fastest: plain torch step {s_min * 1e3:.2f} ms = {BATCH / s_min:.0f} samples/s; "
+        f"opacus dp step {d_min * 1e3:.2f} ms = {BATCH / d_min:.0f} samples/s; ratio "
+        f"{d_min / s_min:.2f}"
     )
 
 
