@@ -10,7 +10,10 @@ the CPU with the same number of torch threads.
 
 Run (torch and opacus in a throwaway venv; see BENCHMARKS.md for how it was installed):
 
-    .deps/opacus-venv/bin/python scripts/opacus_bench.py --threads 2
+    OMP_WAIT_POLICY=PASSIVE .deps/opacus-venv/bin/python scripts/opacus_bench.py --threads 2
+
+(OMP_WAIT_POLICY=PASSIVE on a machine shared with other work, for this and the Rust benchmark
+alike: libgomp's spinning waits otherwise dominate both.)
 
 Prints, like the Rust benchmark, the median step time over interleaved epochs and samples/s
 (the expected batch, 64, over the step time), then the fastest epoch of each kind.

@@ -17,6 +17,9 @@
 //! lines give medians over interleaved epochs and the median of their ratios, then the fastest
 //! epoch of each kind (on a shared machine, the one least disturbed by other processes).
 //! `cargo bench -p medfed-node --bench cnn_dp_sgd -- no-such-bench` skips criterion's part.
+//! On a machine shared with other work, run both this and the Opacus script with
+//! `OMP_WAIT_POLICY=PASSIVE`: libgomp's spinning waits otherwise dominate both and swing the
+//! figures by 2× (docs/BENCHMARKS.md).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
