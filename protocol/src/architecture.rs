@@ -11,9 +11,9 @@
 //!
 //! ```text
 //!  Architecture { input, layers } ──check──▶ CheckedArchitecture
-//!                                              ├─ layers(): each layer's path, input and output shape
-//!                                              ├─ tensors(): PyTorch names and shapes, flat order
-//!                                              └─ initial_parameters(seed): PyTorch-like, ChaCha20
+//!                                  ├─ layers(): each layer's path, input and output shape
+//!                                  ├─ tensors(): PyTorch names and shapes, flat order
+//!                                  └─ initial_parameters(seed): PyTorch-like, ChaCha20
 //! ```
 //!
 //! Tensor names are those of the equivalent PyTorch `nn.Sequential`, a residual block being a

@@ -28,8 +28,8 @@ use medfed_protocol::architecture::NORM_EPS;
 
 /// The sum over the batch `(x, y)` of each example's gradient clipped to L2 norm `max_norm`,
 /// with the losses; see the module's doc for the non-finite rules. Equal to clipping the rows
-/// of [`per_example_gradients`] and summing them, without building those rows where the layer
-/// allows (linear layers, embeddings).
+/// of `per_example_gradients` (test-only) and summing them, without building those rows where
+/// the layer allows (linear layers, embeddings).
 pub(crate) fn clipped_gradient_sum(
     net: &Network,
     x: &Tensor,
