@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod accounting;
+pub mod architecture;
 pub mod codec;
 pub mod contribution;
 pub mod discrete_gaussian;

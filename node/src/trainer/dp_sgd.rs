@@ -296,7 +296,7 @@ fn backprop(model: &Mlp, x: &Tensor, y: &Tensor, pos_weight: f64) -> Result<Back
 }
 
 /// `min(1, max_norm / n)` for each norm `n` (1 for a zero norm).
-fn clip_factors(norms: &Tensor, max_norm: f64) -> Result<Tensor, TchError> {
+pub(crate) fn clip_factors(norms: &Tensor, max_norm: f64) -> Result<Tensor, TchError> {
     norms
         .f_reciprocal()?
         .f_mul_scalar(max_norm)?

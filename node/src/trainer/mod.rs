@@ -34,6 +34,8 @@ mod distributed;
 #[cfg(feature = "torch")]
 mod dp_sgd;
 #[cfg(feature = "torch")]
+mod layers;
+#[cfg(feature = "torch")]
 mod noise;
 #[cfg(feature = "torch")]
 mod tch_trainer;
@@ -311,6 +313,18 @@ pub enum TrainError {
     /// There is nothing to train on.
     #[error("no training examples")]
     EmptyData,
+    /// A feature of a model that starts with an embedding is not one of its category indices.
+    #[error(
+        "example {row}, input {column}: not a category index (a whole number in 0..{categories}) of the model's embedding"
+    )]
+    CategoryIndex {
+        /// The example, from 0.
+        row: usize,
+        /// The input within the example, from 0.
+        column: usize,
+        /// The embedding's number of categories.
+        categories: usize,
+    },
     /// The training plan cannot be followed.
     #[error("invalid training plan: {0}")]
     InvalidPlan(&'static str),
