@@ -58,31 +58,77 @@ pub(super) fn train_private(
     let model = Mlp::from_flat(spec, initial, device, false)?;
     let (features, labels) = to_tensors(data, device)?;
 
-    let rows = data.len();
-    let num_params = initial.len() as i64;
+    let run = dp_sgd_loop(
+        device,
+        (&features, &labels),
+        initial.len(),
+        plan,
+        dp,
+        rng,
+        progress,
+        &mut |x, y| clipped_gradient_sum(&model, x, y, dp.max_grad_norm, plan.pos_weight),
+        &mut |grad, scale| sgd_step(&model, grad, scale),
+    )?;
+    Ok(PrivateTrainOutcome {
+        params: model.to_flat()?,
+        steps: run.steps,
+        mean_loss: run.mean_loss,
+        non_finite_examples: run.skipped,
+    })
+}
+
+/// What [`dp_sgd_loop`] did.
+pub(crate) struct DpRun {
+    /// Steps taken.
+    pub steps: u64,
+    /// Examples that contributed zero (a non-finite loss or gradient).
+    pub skipped: u64,
+    /// Mean loss of the last epoch's counted examples.
+    pub mean_loss: f64,
+}
+
+/// DP-SGD's loop, whatever the model: `plan.local_epochs` epochs of `round(1/q)` steps, each
+/// Poisson-sampling its batch from `rng`, summing the batch's clipped per-example gradients
+/// with `clipped_sum`, adding Gaussian noise of standard deviation `σ·C` from `rng` and
+/// stepping with `step` scaled by the learning rate over the *expected* batch size (Opacus's
+/// convention). An empty batch still steps (on the noise alone), so that whether a step
+/// happens never depends on the data.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dp_sgd_loop(
+    device: Device,
+    (features, labels): (&Tensor, &Tensor),
+    num_params: usize,
+    plan: &TrainingPlan,
+    dp: &DpConfig,
+    rng: &mut dyn CryptoRng,
+    progress: &mut dyn FnMut(TrainProgress),
+    clipped_sum: &mut dyn FnMut(&Tensor, &Tensor) -> Result<ClippedSum, TchError>,
+    step: &mut dyn FnMut(&Tensor, f64) -> Result<(), TchError>,
+) -> Result<DpRun, TrainError> {
+    let rows = usize::try_from(features.size().first().copied().unwrap_or(0)).unwrap_or(0);
     let batches = usize::try_from(dp.steps_per_epoch()).unwrap_or(usize::MAX);
-    // Opacus divides the noisy sum by the expected batch size under Poisson sampling.
     let step_scale = plan.learning_rate / (dp.sample_rate * rows as f64);
     let noise_std = dp.noise_multiplier * dp.max_grad_norm;
-    let mut steps = 0u64;
-    let mut skipped = 0u64;
-    let mut epoch_loss = 0.0;
-
+    let mut run = DpRun {
+        steps: 0,
+        skipped: 0,
+        mean_loss: 0.0,
+    };
+    let mean = |sum: f64, n: usize| if n == 0 { 0.0 } else { sum / n as f64 };
     for epoch in 1..=plan.local_epochs {
         let mut loss_sum = 0.0;
         let mut seen = 0usize;
         for b in 1..=batches {
             let batch = noise::poisson_sample(rng, rows, dp.sample_rate);
             let mut grad = if batch.is_empty() {
-                Tensor::f_zeros([num_params], (Kind::Float, device))?
+                Tensor::f_zeros([num_params as i64], (Kind::Float, device))?
             } else {
                 let index = Tensor::f_from_slice(&batch)?.f_to_device(device)?;
                 let x = features.f_index_select(0, &index)?;
                 let y = labels.f_index_select(0, &index)?;
-                let clipped =
-                    clipped_gradient_sum(&model, &x, &y, dp.max_grad_norm, plan.pos_weight)?;
+                let clipped = clipped_sum(&x, &y)?;
                 // Examples that did not count contributed zero; the step goes on regardless.
-                skipped += clipped.skipped;
+                run.skipped += clipped.skipped;
                 loss_sum += clipped.loss_sum;
                 seen += batch
                     .len()
@@ -90,36 +136,23 @@ pub(super) fn train_private(
                 clipped.sum
             };
             if noise_std > 0.0 {
-                let noise = noise::gaussian(rng, initial.len(), noise_std);
+                let noise = noise::gaussian(rng, num_params, noise_std);
                 let noise = Tensor::f_from_slice(&noise)?.f_to_device(device)?;
                 let _ = grad.f_add_(&noise)?;
             }
-            sgd_step(&model, &grad, step_scale)?;
-            steps += 1;
+            step(&grad, step_scale)?;
+            run.steps += 1;
             progress(TrainProgress {
                 epoch,
                 epochs: plan.local_epochs,
                 batch: b,
                 batches,
-                loss: if seen == 0 {
-                    0.0
-                } else {
-                    loss_sum / seen as f64
-                },
+                loss: mean(loss_sum, seen),
             });
         }
-        epoch_loss = if seen == 0 {
-            0.0
-        } else {
-            loss_sum / seen as f64
-        };
+        run.mean_loss = mean(loss_sum, seen);
     }
-    Ok(PrivateTrainOutcome {
-        params: model.to_flat()?,
-        steps,
-        mean_loss: epoch_loss,
-        non_finite_examples: skipped,
-    })
+    Ok(run)
 }
 
 /// Every example's gradient of its own BCE-with-logits loss, as a `[B, P]` matrix whose row `i`

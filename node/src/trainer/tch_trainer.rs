@@ -78,60 +78,26 @@ impl Trainer for TchTrainer {
             .then(|| Tensor::f_from_slice(&[plan.pos_weight as f32])?.f_to_device(self.device))
             .transpose()?;
 
-        let rows = data.len();
-        let batch_size = usize::try_from(plan.batch_size)
-            .unwrap_or(usize::MAX)
-            .min(rows);
-        let batches = rows.div_ceil(batch_size);
-        let mut rng = ChaCha20Rng::seed_from_u64(plan.seed);
-        let mut order: Vec<i64> = (0..rows as i64).collect();
-        let mut steps = 0u64;
-        let mut epoch_loss = 0.0;
-
-        for epoch in 1..=plan.local_epochs {
-            order.shuffle(&mut rng);
-            let mut loss_sum = 0.0;
-            let mut seen = 0usize;
-            for (b, chunk) in order.chunks(batch_size).enumerate() {
-                let index = Tensor::f_from_slice(chunk)?.f_to_device(self.device)?;
-                let x = features.f_index_select(0, &index)?;
-                let y = labels.f_index_select(0, &index)?;
-                let loss = model
-                    .forward(&x)?
+        let outcome = sgd_loop(
+            self.device,
+            (&features, &labels),
+            plan,
+            progress,
+            &mut |x, y| {
+                Ok(model
+                    .forward(x)?
                     .f_binary_cross_entropy_with_logits::<&Tensor>(
-                        &y,
+                        y,
                         None,
                         pos_weight.as_ref(),
                         Reduction::Mean,
-                    )?;
-                let value = loss.f_double_value(&[])?;
-                // Plain SGD makes no privacy claim, so it may stop on the data's account (see
-                // `Trainer::train`); DP-SGD never does.
-                if !value.is_finite() {
-                    return Err(TrainError::NonFiniteLoss {
-                        epoch,
-                        batch: b + 1,
-                    });
-                }
-                loss.f_backward()?;
-                model.sgd_step(plan.learning_rate)?;
-                steps += 1;
-                loss_sum += value * chunk.len() as f64;
-                seen += chunk.len();
-                progress(TrainProgress {
-                    epoch,
-                    epochs: plan.local_epochs,
-                    batch: b + 1,
-                    batches,
-                    loss: loss_sum / seen as f64,
-                });
-            }
-            epoch_loss = loss_sum / seen as f64;
-        }
+                    )?)
+            },
+            &mut || Ok(model.sgd_step(plan.learning_rate)?),
+        )?;
         Ok(TrainOutcome {
             params: model.to_flat()?,
-            steps,
-            mean_loss: epoch_loss,
+            ..outcome
         })
     }
 
@@ -300,6 +266,67 @@ pub(super) fn to_tensors(data: &Examples, device: Device) -> Result<(Tensor, Ten
         .f_view([rows, 1])?
         .f_to_device(device)?;
     Ok((features, labels))
+}
+
+/// Plain mini-batch SGD's loop, whatever the model: `plan.local_epochs` epochs over the rows in
+/// an order shuffled by a ChaCha20 stream seeded with `plan.seed`, each batch's mean loss from
+/// `batch_loss` backpropagated and applied by `step`. Stops with [`TrainError::NonFiniteLoss`]
+/// on a batch whose loss is not finite (plain SGD makes no privacy claim, so it may stop on the
+/// data's account; DP-SGD never does). The outcome's `params` are left empty for the caller.
+pub(crate) fn sgd_loop(
+    device: Device,
+    (features, labels): (&Tensor, &Tensor),
+    plan: &TrainingPlan,
+    progress: &mut dyn FnMut(TrainProgress),
+    batch_loss: &mut dyn FnMut(&Tensor, &Tensor) -> Result<Tensor, TrainError>,
+    step: &mut dyn FnMut() -> Result<(), TrainError>,
+) -> Result<TrainOutcome, TrainError> {
+    let rows = usize::try_from(features.size().first().copied().unwrap_or(0)).unwrap_or(0);
+    let batch_size = usize::try_from(plan.batch_size)
+        .unwrap_or(usize::MAX)
+        .min(rows)
+        .max(1);
+    let batches = rows.div_ceil(batch_size);
+    let mut rng = ChaCha20Rng::seed_from_u64(plan.seed);
+    let mut order: Vec<i64> = (0..rows as i64).collect();
+    let mut steps = 0u64;
+    let mut epoch_loss = 0.0;
+    for epoch in 1..=plan.local_epochs {
+        order.shuffle(&mut rng);
+        let mut loss_sum = 0.0;
+        let mut seen = 0usize;
+        for (b, chunk) in order.chunks(batch_size).enumerate() {
+            let index = Tensor::f_from_slice(chunk)?.f_to_device(device)?;
+            let x = features.f_index_select(0, &index)?;
+            let y = labels.f_index_select(0, &index)?;
+            let loss = batch_loss(&x, &y)?;
+            let value = loss.f_double_value(&[])?;
+            if !value.is_finite() {
+                return Err(TrainError::NonFiniteLoss {
+                    epoch,
+                    batch: b + 1,
+                });
+            }
+            loss.f_backward()?;
+            step()?;
+            steps += 1;
+            loss_sum += value * chunk.len() as f64;
+            seen += chunk.len();
+            progress(TrainProgress {
+                epoch,
+                epochs: plan.local_epochs,
+                batch: b + 1,
+                batches,
+                loss: loss_sum / seen as f64,
+            });
+        }
+        epoch_loss = loss_sum / seen as f64;
+    }
+    Ok(TrainOutcome {
+        params: Vec::new(),
+        steps,
+        mean_loss: epoch_loss,
+    })
 }
 
 #[cfg(test)]

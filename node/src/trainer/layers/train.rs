@@ -4,7 +4,6 @@
 
 use medfed_protocol::architecture::{CheckedArchitecture, LayerSpec};
 use medfed_protocol::task::TrainingPlan;
-use rand::seq::SliceRandom;
 use rand::{CryptoRng, Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tch::{Device, Kind, Tensor};
@@ -12,10 +11,10 @@ use tch::{Device, Kind, Tensor};
 use super::network::{Masks, Network};
 use super::per_example::{clipped_gradient_sum, per_example_losses};
 use crate::examples::Examples;
-use crate::trainer::tch_trainer::to_tensors;
+use crate::trainer::dp_sgd::dp_sgd_loop;
+use crate::trainer::tch_trainer::{sgd_loop, to_tensors};
 use crate::trainer::{
     DpConfig, PrivateTrainOutcome, TchTrainer, TrainError, TrainOutcome, TrainProgress, check_plan,
-    noise,
 };
 
 /// Rows scored per forward pass in [`TchTrainer::predict_layers`].
@@ -43,53 +42,23 @@ impl TchTrainer {
         }
         let net = Network::from_flat(arch, initial, Kind::Float, self.device(), true)?;
         let (features, labels) = to_tensors(data, self.device())?;
-        let rows = data.len();
-        let batch_size = usize::try_from(plan.batch_size)
-            .unwrap_or(usize::MAX)
-            .min(rows);
-        let batches = rows.div_ceil(batch_size);
-        let mut order_rng = ChaCha20Rng::seed_from_u64(plan.seed);
+        // Dropout masks from their own stream of the seed; the batch order takes stream 0.
         let mut dropout_rng = ChaCha20Rng::seed_from_u64(plan.seed);
         dropout_rng.set_stream(1);
-        let mut order: Vec<i64> = (0..rows as i64).collect();
-        let mut steps = 0u64;
-        let mut epoch_loss = 0.0;
-        for epoch in 1..=plan.local_epochs {
-            order.shuffle(&mut order_rng);
-            let mut loss_sum = 0.0;
-            let mut seen = 0usize;
-            for (b, chunk) in order.chunks(batch_size).enumerate() {
-                let index = Tensor::f_from_slice(chunk)?.f_to_device(self.device())?;
-                let x = features.f_index_select(0, &index)?;
-                let y = labels.f_index_select(0, &index)?;
-                let logits = net.forward(&x, &mut Masks::Draw(&mut dropout_rng), None)?;
-                let loss = per_example_losses(&logits, &y, plan.pos_weight)?.f_mean(Kind::Float)?;
-                let value = loss.f_double_value(&[])?;
-                if !value.is_finite() {
-                    return Err(TrainError::NonFiniteLoss {
-                        epoch,
-                        batch: b + 1,
-                    });
-                }
-                loss.f_backward()?;
-                sgd_step_on_grads(&net, plan.learning_rate)?;
-                steps += 1;
-                loss_sum += value * chunk.len() as f64;
-                seen += chunk.len();
-                progress(TrainProgress {
-                    epoch,
-                    epochs: plan.local_epochs,
-                    batch: b + 1,
-                    batches,
-                    loss: loss_sum / seen as f64,
-                });
-            }
-            epoch_loss = loss_sum / seen as f64;
-        }
+        let outcome = sgd_loop(
+            self.device(),
+            (&features, &labels),
+            plan,
+            progress,
+            &mut |x, y| {
+                let logits = net.forward(x, &mut Masks::Draw(&mut dropout_rng), None)?;
+                Ok(per_example_losses(&logits, y, plan.pos_weight)?.f_mean(Kind::Float)?)
+            },
+            &mut || sgd_step_on_grads(&net, plan.learning_rate),
+        )?;
         Ok(TrainOutcome {
             params: net.to_flat()?,
-            steps,
-            mean_loss: epoch_loss,
+            ..outcome
         })
     }
 
@@ -126,61 +95,31 @@ impl TchTrainer {
             [0; 32]
         };
         let mut dropout_rng = ChaCha20Rng::from_seed(dropout_seed);
-
-        let rows = data.len();
-        let batches = usize::try_from(dp.steps_per_epoch()).unwrap_or(usize::MAX);
-        // Opacus divides the noisy sum by the expected batch size under Poisson sampling.
-        let step_scale = plan.learning_rate / (dp.sample_rate * rows as f64);
-        let noise_std = dp.noise_multiplier * dp.max_grad_norm;
-        let (mut steps, mut skipped, mut epoch_loss) = (0u64, 0u64, 0.0);
-        for epoch in 1..=plan.local_epochs {
-            let mut loss_sum = 0.0;
-            let mut seen = 0usize;
-            for b in 1..=batches {
-                let batch = noise::poisson_sample(noise_rng, rows, dp.sample_rate);
-                let mut grad = if batch.is_empty() {
-                    Tensor::f_zeros([initial.len() as i64], (Kind::Float, device))?
-                } else {
-                    let index = Tensor::f_from_slice(&batch)?.f_to_device(device)?;
-                    let x = features.f_index_select(0, &index)?;
-                    let y = labels.f_index_select(0, &index)?;
-                    let clipped = clipped_gradient_sum(
-                        &net,
-                        &x,
-                        &y,
-                        dp.max_grad_norm,
-                        plan.pos_weight,
-                        &mut Masks::Draw(&mut dropout_rng),
-                    )?;
-                    skipped += clipped.skipped;
-                    loss_sum += clipped.loss_sum;
-                    seen += batch
-                        .len()
-                        .saturating_sub(usize::try_from(clipped.skipped).unwrap_or(usize::MAX));
-                    clipped.sum
-                };
-                if noise_std > 0.0 {
-                    let noise = noise::gaussian(noise_rng, initial.len(), noise_std);
-                    let noise = Tensor::f_from_slice(&noise)?.f_to_device(device)?;
-                    let _ = grad.f_add_(&noise)?;
-                }
-                net.step(&grad, step_scale)?;
-                steps += 1;
-                progress(TrainProgress {
-                    epoch,
-                    epochs: plan.local_epochs,
-                    batch: b,
-                    batches,
-                    loss: mean(loss_sum, seen),
-                });
-            }
-            epoch_loss = mean(loss_sum, seen);
-        }
+        let run = dp_sgd_loop(
+            device,
+            (&features, &labels),
+            initial.len(),
+            plan,
+            dp,
+            noise_rng,
+            progress,
+            &mut |x, y| {
+                clipped_gradient_sum(
+                    &net,
+                    x,
+                    y,
+                    dp.max_grad_norm,
+                    plan.pos_weight,
+                    &mut Masks::Draw(&mut dropout_rng),
+                )
+            },
+            &mut |grad, scale| net.step(grad, scale),
+        )?;
         Ok(PrivateTrainOutcome {
             params: net.to_flat()?,
-            steps,
-            mean_loss: epoch_loss,
-            non_finite_examples: skipped,
+            steps: run.steps,
+            mean_loss: run.mean_loss,
+            non_finite_examples: run.skipped,
         })
     }
 }
@@ -290,11 +229,6 @@ fn sgd_step_on_grads(net: &Network, learning_rate: f64) -> Result<(), TrainError
         let _ = grad.f_zero_()?;
     }
     Ok(())
-}
-
-/// `sum / n`, or zero when `n` is zero.
-fn mean(sum: f64, n: usize) -> f64 {
-    if n == 0 { 0.0 } else { sum / n as f64 }
 }
 
 #[cfg(test)]
