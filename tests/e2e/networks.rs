@@ -6,15 +6,15 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use medfed_e2e::network::{ConnectProxy, CuttingRelay, TcpOnlyFirewall};
+use medfed_e2e::network::{ConnectProxy, CuttingRelay, TcpOnlyFirewall, coordinator_listener};
 use medfed_e2e::{Consortium, subscribe};
 use medfed_node::config::NetworkConfig;
 use medfed_node::egress::EgressLog;
 use medfed_protocol::codec::MAX_FRAME_LEN;
 use medfed_protocol::messages::{Hello, Message, PROTOCOL_VERSION};
 use medfed_transport::{
-    Connector, Listener, MessageReader, PeerAddress, Proxy, TransportKind, TransportMode,
-    peer_identity, send_message,
+    Connector, MessageReader, PeerAddress, Proxy, TransportKind, TransportMode, peer_identity,
+    send_message,
 };
 
 const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
@@ -151,12 +151,7 @@ async fn a_node_behind_an_http_proxy_trains_through_connect() {
 #[tokio::test]
 async fn auto_falls_back_to_tcp_once_and_stays_there() {
     let consortium = Consortium::new(&NODES[..1], 60);
-    let server = Listener::bind(
-        &consortium.certs.coordinator_tls(),
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-    )
-    .unwrap();
+    let server = coordinator_listener(&consortium.certs);
     let firewall = TcpOnlyFirewall::start(server.local_addr().unwrap()).await;
     let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -196,12 +191,7 @@ async fn auto_falls_back_to_tcp_once_and_stays_there() {
 #[tokio::test]
 async fn a_proxy_that_wants_credentials_is_answered_with_them() {
     let consortium = Consortium::new(&NODES[..1], 60);
-    let server = Listener::bind(
-        &consortium.certs.coordinator_tls(),
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-    )
-    .unwrap();
+    let server = coordinator_listener(&consortium.certs);
     let coordinator_addr = server.local_addr().unwrap();
     tokio::spawn(async move {
         while let Some(incoming) = server.accept().await {

@@ -293,15 +293,11 @@ async fn hello(connection: &quinn::Connection, consortium: &Consortium) -> Messa
 /// transport.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_node_cannot_resume_its_tls_session_on_either_transport() {
-    use medfed_transport::{Connector, Listener, PeerAddress, TransportMode};
+    use medfed_e2e::network::coordinator_listener;
+    use medfed_transport::{Connector, PeerAddress, TransportMode};
     subscribe();
     let consortium = Consortium::new(&NODES, 60);
-    let server = Listener::bind(
-        &consortium.certs.coordinator_tls(),
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-    )
-    .unwrap();
+    let server = coordinator_listener(&consortium.certs);
     let addr: PeerAddress = server.local_addr().unwrap().into();
     tokio::spawn(async move {
         while let Some(incoming) = server.accept().await {

@@ -10,6 +10,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
+/// A listener on an ephemeral loopback port (QUIC and TCP) with the consortium's coordinator
+/// certificate, for tests that play the coordinator's transport alone.
+pub fn coordinator_listener(certs: &medfed_certs::DevConsortium) -> medfed_transport::Listener {
+    medfed_transport::Listener::bind(
+        &certs.coordinator_tls(),
+        "127.0.0.1:0".parse().expect("an address"),
+        None,
+    )
+    .expect("a loopback listener")
+}
+
 /// A firewall in front of `back`: TCP connections to its front address are forwarded to
 /// `back`, UDP datagrams to it are counted and dropped.
 pub struct TcpOnlyFirewall {

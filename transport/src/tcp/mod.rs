@@ -73,10 +73,7 @@ pub(crate) async fn accept(
                 "the peer did not ask for medfed's application protocol".into(),
             ));
         }
-        let certificates = session
-            .peer_certificates()
-            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
-            .unwrap_or_default();
+        let certificates = owned_certificates(session.peer_certificates());
         tls_stream
             .write_all(&[ACCEPTED])
             .await
@@ -128,12 +125,7 @@ pub(crate) async fn connect(
                 "the coordinator's first byte is not medfed's".into(),
             ));
         }
-        let certificates: Vec<CertificateDer<'static>> = tls_stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
-            .unwrap_or_default();
+        let certificates = owned_certificates(tls_stream.get_ref().1.peer_certificates());
         Ok((tls_stream, certificates))
     };
     let (tls_stream, certificates) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
@@ -145,6 +137,13 @@ pub(crate) async fn connect(
         remote,
         certificates,
     ))
+}
+
+/// The peer's certificate chain, as the connection keeps it.
+fn owned_certificates(chain: Option<&[CertificateDer<'_>]>) -> Vec<CertificateDer<'static>> {
+    chain
+        .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default()
 }
 
 /// An I/O error of a TLS stream as a connection error: a TLS alert (the peer refused our
