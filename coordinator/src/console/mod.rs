@@ -168,7 +168,8 @@ impl Console {
         });
     }
 
-    /// A connection was refused at admission: `subject` is its certificate's subject (`None`
+    /// A connection was refused at admission (the latest [`MAX_REFUSED_SUBJECTS`] subjects and
+    /// reasons are kept): `subject` is its certificate's subject (`None`
     /// when the handshake failed before it), `kind` the reason's label, `detail` its words.
     pub fn refused(&self, subject: Option<&str>, kind: &str, detail: &str) {
         let subject = clean(subject.unwrap_or("unknown"));
@@ -188,12 +189,25 @@ impl Console {
             {
                 Some(at) => at,
                 None => {
-                    refused.push(RefusedSummary {
+                    let entry = RefusedSummary {
                         subject: subject.clone(),
                         reason: kind.to_owned(),
                         ..RefusedSummary::default()
-                    });
-                    refused.len() - 1
+                    };
+                    // The subject comes from whoever connects (a self-signed certificate may
+                    // claim any): at the cap, the entry seen least recently makes room.
+                    if refused.len() >= MAX_REFUSED_SUBJECTS {
+                        let oldest = refused
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|(_, r)| r.last_at_ms)
+                            .map_or(0, |(at, _)| at);
+                        refused[oldest] = entry;
+                        oldest
+                    } else {
+                        refused.push(entry);
+                        refused.len() - 1
+                    }
                 }
             };
             let entry = &mut refused[at];
@@ -490,6 +504,9 @@ pub const MAX_TEXT_CHARS: usize = 240;
 /// The most completed rounds the live summary keeps (the latest); every round stays in the
 /// state store and the signed reports.
 pub const MAX_ROUNDS_KEPT: usize = 1000;
+
+/// Refused (subject, reason) pairs the summary keeps: subjects come from anyone who connects.
+pub const MAX_REFUSED_SUBJECTS: usize = 256;
 
 /// `text` as the summary keeps it: control characters (a terminal's escape sequences among
 /// them) replaced by `�`, and at most [`MAX_TEXT_CHARS`] characters, marked `…` when cut. A

@@ -114,6 +114,25 @@ fn refusals_are_counted_by_subject_and_reason() {
 }
 
 #[test]
+fn a_flood_of_made_up_subjects_keeps_the_refusal_list_bounded_and_counts_them_all() {
+    let console = console(None);
+    console.refused(Some("the-first"), "certificate_unknown_issuer", "");
+    for i in 0..MAX_REFUSED_SUBJECTS + 100 {
+        console.refused(Some(&format!("forged-{i}")), "certificate_unknown_issuer", "");
+    }
+    let summary = console.summary();
+    assert_eq!(summary.refused.len(), MAX_REFUSED_SUBJECTS);
+    assert_eq!(
+        summary.totals.refusals["certificate_unknown_issuer"],
+        MAX_REFUSED_SUBJECTS as u64 + 101
+    );
+    // The latest subject is there; the first, seen least recently, made room.
+    let last = format!("forged-{}", MAX_REFUSED_SUBJECTS + 99);
+    assert!(summary.refused.iter().any(|r| r.subject == last));
+    assert!(!summary.refused.iter().any(|r| r.subject == "the-first"));
+}
+
+#[test]
 fn the_summary_file_follows_the_run_and_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let console = console(Some(dir.path()));
