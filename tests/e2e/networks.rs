@@ -331,3 +331,56 @@ async fn a_model_push_cut_in_the_middle_resumes_after_the_reconnect() {
     );
     assert!(received > 2 * model_bytes, "{received}");
 }
+
+/// Through a proxy, TCP's own keep-alives reach only the proxy. A proxy whose far side dies
+/// without a word (it keeps the node's socket open and passes nothing) is noticed by medfed's
+/// own keep-alives within the idle timeout, on both ends, as QUIC would.
+#[tokio::test]
+async fn a_connection_whose_path_goes_silent_is_lost_within_the_idle_timeout() {
+    let consortium = Consortium::new(&NODES[..1], 60);
+    let server = coordinator_listener(&consortium.certs);
+    let relay = CuttingRelay::start(server.local_addr().unwrap(), u64::MAX).await;
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            if let Ok(connection) = incoming.accept().await {
+                let _ = accepted_tx.send(connection);
+            }
+        }
+    });
+    let connector = Connector::new(
+        &consortium.certs.node_tls("hospital-a").unwrap(),
+        TransportMode::Tcp,
+        Duration::from_secs(5),
+        None,
+    )
+    .unwrap();
+    let node = connector
+        .connect(&relay.front.into(), "localhost")
+        .await
+        .unwrap();
+    let coordinator = accepted.recv().await.unwrap();
+    // Alive across several keep-alive periods while the path works.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(node.close_reason(), None);
+    relay.freeze();
+    let frozen_at = Instant::now();
+    let wait = Duration::from_secs(45);
+    let (node_end, coordinator_end) = tokio::join!(
+        tokio::time::timeout(wait, node.closed()),
+        tokio::time::timeout(wait, coordinator.closed())
+    );
+    assert_eq!(
+        node_end.expect("the node notices"),
+        medfed_transport::ConnectionError::TimedOut
+    );
+    assert_eq!(
+        coordinator_end.expect("the coordinator notices"),
+        medfed_transport::ConnectionError::TimedOut
+    );
+    assert!(
+        frozen_at.elapsed() >= Duration::from_secs(20),
+        "{:?}",
+        frozen_at.elapsed()
+    );
+}

@@ -164,6 +164,7 @@ pub struct CuttingRelay {
     pub front: SocketAddr,
     downstream: Arc<AtomicU64>,
     cuts: Arc<AtomicU64>,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CuttingRelay {
@@ -173,7 +174,8 @@ impl CuttingRelay {
         let front = tcp.local_addr().expect("a bound listener");
         let downstream = Arc::new(AtomicU64::new(0));
         let cuts = Arc::new(AtomicU64::new(0));
-        let (bytes, cut_count) = (downstream.clone(), cuts.clone());
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (bytes, cut_count, freeze) = (downstream.clone(), cuts.clone(), frozen.clone());
         tokio::spawn(async move {
             let mut first = true;
             while let Ok((inbound, _)) = tcp.accept().await {
@@ -182,20 +184,22 @@ impl CuttingRelay {
                 };
                 let limit = if first { Some(cut_after) } else { None };
                 first = false;
-                tokio::spawn(relay(
-                    inbound,
-                    outbound,
-                    limit,
-                    bytes.clone(),
-                    cut_count.clone(),
-                ));
+                let counters = (bytes.clone(), cut_count.clone(), freeze.clone());
+                tokio::spawn(relay(inbound, outbound, limit, counters));
             }
         });
         Self {
             front,
             downstream,
             cuts,
+            frozen,
         }
+    }
+
+    /// From now on passes nothing either way, and keeps every socket open: a proxy whose far
+    /// side died without a word.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::Relaxed);
     }
 
     /// Bytes passed from `back` to the node so far.
@@ -209,18 +213,37 @@ impl CuttingRelay {
     }
 }
 
-/// Copies both ways; stops both once `limit` bytes went downstream, if there is a limit.
+/// Copies both ways; stops both once `limit` bytes went downstream, if there is a limit, and
+/// holds everything (sockets open, nothing passed) once frozen.
 async fn relay(
     node: TcpStream,
     coordinator: TcpStream,
     limit: Option<u64>,
-    downstream: Arc<AtomicU64>,
-    cuts: Arc<AtomicU64>,
+    (downstream, cuts, frozen): (
+        Arc<AtomicU64>,
+        Arc<AtomicU64>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ),
 ) {
     let (mut node_read, mut node_write) = node.into_split();
     let (mut coordinator_read, mut coordinator_write) = coordinator.into_split();
+    let hold = || async {
+        // Frozen: keep the sockets, pass nothing, for good.
+        std::future::pending::<()>().await;
+    };
     let up = async {
-        let _ = tokio::io::copy(&mut node_read, &mut coordinator_write).await;
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let Ok(n) = node_read.read(&mut buffer).await else {
+                return;
+            };
+            if frozen.load(Ordering::Relaxed) {
+                hold().await;
+            }
+            if n == 0 || coordinator_write.write_all(&buffer[..n]).await.is_err() {
+                return;
+            }
+        }
     };
     let down = async {
         let mut buffer = vec![0u8; 64 * 1024];
@@ -236,6 +259,9 @@ async fn relay(
             let Ok(n) = coordinator_read.read(&mut buffer[..room as usize]).await else {
                 return;
             };
+            if frozen.load(Ordering::Relaxed) {
+                hold().await;
+            }
             if n == 0 || node_write.write_all(&buffer[..n]).await.is_err() {
                 return;
             }

@@ -118,7 +118,11 @@ fn a_flood_of_made_up_subjects_keeps_the_refusal_list_bounded_and_counts_them_al
     let console = console(None);
     console.refused(Some("the-first"), "certificate_unknown_issuer", "");
     for i in 0..MAX_REFUSED_SUBJECTS + 100 {
-        console.refused(Some(&format!("forged-{i}")), "certificate_unknown_issuer", "");
+        console.refused(
+            Some(&format!("forged-{i}")),
+            "certificate_unknown_issuer",
+            "",
+        );
     }
     let summary = console.summary();
     assert_eq!(summary.refused.len(), MAX_REFUSED_SUBJECTS);

@@ -2,9 +2,11 @@
 //! a close that tells the peer an application code and a reason.
 //!
 //! Each side's first stream is its control stream: it opens it before any other, writes one
-//! marker byte, and, when it closes the connection, the close record (code, then the reason's
-//! length and bytes). The first stream the peer opens is therefore its control stream; the
-//! driver reads it itself and never hands it to the application.
+//! marker byte, then a keep-alive item every few seconds and, when it closes the connection,
+//! the close record (code, then the reason's length and bytes). The first stream the peer
+//! opens is therefore its control stream; the driver reads it itself and never hands it to the
+//! application. A peer whose control stream stays silent for the idle timeout is lost: the
+//! keep-alives cross every hop (a proxy's too), which TCP's own do not.
 //!
 //! One task (the driver) owns the yamux connection and polls it, which moves every stream's
 //! bytes; handles talk to it over channels.
@@ -27,6 +29,17 @@ use crate::connection::ConnectionError;
 
 /// The byte a control stream starts with (and the version of this scheme).
 const CONTROL_MARKER: u8 = 0x4d;
+/// A control item: "still here" (no content).
+const ITEM_KEEPALIVE: u8 = 0x01;
+/// A control item: the close record, then the code (u32), the reason's length (u16) and the
+/// reason, all big-endian.
+const ITEM_CLOSE: u8 = 0x02;
+/// How often each side says it is still here on its control stream. TCP's own keep-alives
+/// only reach the next hop, which behind a proxy is the proxy.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
+/// How long a silent peer (nothing on its control stream) is waited for before the connection
+/// is taken as lost, as QUIC's idle timeout.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest close reason sent or accepted, in bytes.
 const MAX_REASON: usize = 512;
 /// Most streams open at once on a connection, either way (as QUIC's limit).
@@ -127,6 +140,15 @@ impl TcpConnection {
             unsent_record: None,
             handles_gone: false,
             _done: done,
+            keepalive: {
+                let mut every = tokio::time::interval_at(
+                    tokio::time::Instant::now() + KEEPALIVE_EVERY,
+                    KEEPALIVE_EVERY,
+                );
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                every
+            },
+            idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
         };
         tokio::spawn(std::future::poll_fn(move |cx| driver.poll(cx)));
         Self { shared }
@@ -236,8 +258,12 @@ struct Outgoing {
 /// The peer's control stream, as far as it has been read.
 struct Incoming {
     stream: yamux::Stream,
+    /// Bytes read and not yet parsed.
     read: Vec<u8>,
     ended: bool,
+    marker_seen: bool,
+    /// Its close record was read.
+    closed: bool,
 }
 
 /// A close under way: what ends it.
@@ -266,6 +292,10 @@ struct Driver<T> {
     handles_gone: bool,
     /// Dropped with the driver: tells [`TcpConnection::driver_done`] it has stopped.
     _done: watch::Sender<()>,
+    /// When to say "still here" next.
+    keepalive: tokio::time::Interval,
+    /// Fires when the peer has been silent for [`IDLE_TIMEOUT`].
+    idle: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<T> Drop for Driver<T> {
@@ -341,6 +371,19 @@ impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin> Driver<T> {
                     Poll::Pending => {}
                 }
             }
+            if self.closing.is_none() {
+                if self.keepalive.poll_tick(cx).is_ready()
+                    && let Some(ours) = &mut self.ours
+                {
+                    ours.pending.push(ITEM_KEEPALIVE);
+                    progress = true;
+                }
+                if self.idle.as_mut().poll(cx).is_ready() {
+                    self.set_state(ConnectionError::TimedOut);
+                    self.begin_close(0, b"");
+                    progress = true;
+                }
+            }
             progress |= self.write_control(cx);
             match self.connection.poll_next_inbound(cx) {
                 Poll::Ready(Some(Ok(stream))) => {
@@ -350,6 +393,8 @@ impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin> Driver<T> {
                             stream,
                             read: Vec::new(),
                             ended: false,
+                            marker_seen: false,
+                            closed: false,
                         });
                     } else if self.closing.is_none() {
                         // A peer opening more streams than are accepted loses the extra ones.
@@ -398,7 +443,8 @@ impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin> Driver<T> {
             return;
         }
         let reason = &reason[..reason.len().min(MAX_REASON)];
-        let mut record = code.to_be_bytes().to_vec();
+        let mut record = vec![ITEM_CLOSE];
+        record.extend_from_slice(&code.to_be_bytes());
         // MAX_REASON fits in a u16.
         record.extend_from_slice(&(reason.len() as u16).to_be_bytes());
         record.extend_from_slice(reason);
@@ -477,8 +523,13 @@ impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin> Driver<T> {
             match Pin::new(&mut theirs.stream).poll_read(cx, &mut buffer) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => theirs.ended = true,
                 Poll::Ready(Ok(n)) => {
-                    theirs.read.extend_from_slice(&buffer[..n]);
-                    if theirs.read.len() > 1 + 4 + 2 + MAX_REASON {
+                    self.idle
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                    if !theirs.closed {
+                        theirs.read.extend_from_slice(&buffer[..n]);
+                    }
+                    if theirs.read.len() > 1 + 7 + MAX_REASON {
                         return Err("the peer's control stream is too long".into());
                     }
                 }
@@ -486,25 +537,11 @@ impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin> Driver<T> {
             }
             progress = true;
         }
-        let read = &theirs.read;
-        if read.first().is_some_and(|&b| b != CONTROL_MARKER) {
-            return Err("the peer's control stream does not start with the marker".into());
-        }
-        if read.len() >= 7 {
-            let code = u32::from_be_bytes([read[1], read[2], read[3], read[4]]);
-            let length = usize::from(u16::from_be_bytes([read[5], read[6]]));
-            if length > MAX_REASON {
-                return Err(format!("the peer's close reason is {length} bytes long"));
-            }
-            if read.len() >= 7 + length {
-                let reason = String::from_utf8_lossy(&read[7..7 + length]).into_owned();
-                self.set_state(ConnectionError::ApplicationClosed {
-                    code: code.into(),
-                    reason,
-                });
-                self.close_after_peer();
-            }
-        }
+        let Some(close) = parse_control(theirs)? else {
+            return Ok(progress);
+        };
+        self.set_state(close);
+        self.close_after_peer();
         Ok(progress)
     }
 
@@ -533,5 +570,119 @@ impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin> Driver<T> {
             let _ = reply.send(Err(reason.clone()));
         }
         Poll::Ready(())
+    }
+}
+
+/// Parses what has been read of the peer's control stream, consuming keep-alives; the peer's
+/// close, once its whole record is in.
+fn parse_control(theirs: &mut Incoming) -> Result<Option<ConnectionError>, String> {
+    if theirs.closed {
+        return Ok(None);
+    }
+    if !theirs.marker_seen {
+        match theirs.read.first() {
+            None => return Ok(None),
+            Some(&CONTROL_MARKER) => {
+                theirs.read.remove(0);
+                theirs.marker_seen = true;
+            }
+            Some(_) => {
+                return Err("the peer's control stream does not start with the marker".into());
+            }
+        }
+    }
+    let keepalives = theirs
+        .read
+        .iter()
+        .take_while(|&&b| b == ITEM_KEEPALIVE)
+        .count();
+    theirs.read.drain(..keepalives);
+    let read = &theirs.read;
+    match read.first() {
+        None => Ok(None),
+        Some(&ITEM_CLOSE) if read.len() >= 7 => {
+            let code = u32::from_be_bytes([read[1], read[2], read[3], read[4]]);
+            let length = usize::from(u16::from_be_bytes([read[5], read[6]]));
+            if length > MAX_REASON {
+                return Err(format!("the peer's close reason is {length} bytes long"));
+            }
+            if read.len() < 7 + length {
+                return Ok(None);
+            }
+            let reason = String::from_utf8_lossy(&read[7..7 + length]).into_owned();
+            theirs.closed = true;
+            theirs.read.clear();
+            Ok(Some(ConnectionError::ApplicationClosed {
+                code: code.into(),
+                reason,
+            }))
+        }
+        Some(&ITEM_CLOSE) => Ok(None),
+        Some(other) => Err(format!(
+            "unknown item {other:#04x} on the peer's control stream"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> Result<Option<ConnectionError>, String> {
+        // Any stream will do: parsing only looks at the bytes read.
+        let (client, _server) = tokio::io::duplex(64);
+        let mut connection = yamux::Connection::new(
+            client.compat(),
+            yamux::Config::default(),
+            yamux::Mode::Client,
+        );
+        let stream = std::future::poll_fn(|cx| connection.poll_new_outbound(cx));
+        let stream = block_on(stream).expect("a stream");
+        let mut theirs = Incoming {
+            stream,
+            read: bytes.to_vec(),
+            ended: false,
+            marker_seen: false,
+            closed: false,
+        };
+        parse_control(&mut theirs)
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(future)
+    }
+
+    #[test]
+    fn keepalives_are_skipped_and_a_whole_close_record_is_read() {
+        let mut record = vec![CONTROL_MARKER, ITEM_KEEPALIVE, ITEM_KEEPALIVE, ITEM_CLOSE];
+        record.extend_from_slice(&4u32.to_be_bytes());
+        record.extend_from_slice(&3u16.to_be_bytes());
+        record.extend_from_slice(b"bye");
+        assert_eq!(
+            parse(&record),
+            Ok(Some(ConnectionError::ApplicationClosed {
+                code: 4,
+                reason: "bye".into()
+            }))
+        );
+        // Cut anywhere before its end, the record is not read yet.
+        for end in 0..record.len() {
+            assert_eq!(parse(&record[..end]), Ok(None), "{end} bytes");
+        }
+    }
+
+    #[test]
+    fn a_control_stream_that_breaks_the_rules_is_refused() {
+        assert!(parse(&[0x00]).is_err(), "no marker");
+        assert!(parse(&[CONTROL_MARKER, 0x7f]).is_err(), "unknown item");
+        let mut long = vec![CONTROL_MARKER, ITEM_CLOSE, 0, 0, 0, 0];
+        long.extend_from_slice(&(MAX_REASON as u16 + 1).to_be_bytes());
+        assert!(parse(&long).is_err(), "reason too long");
     }
 }
