@@ -501,10 +501,20 @@ async fn malformed_model_chunk_is_refused_by_the_node() {
     short.bytes.truncate(short.bytes.len() - 4);
     let detail = refusal(send_model(&fake, &offer, &[short]).await);
     assert!(detail.contains("bytes, expected"), "{detail}");
-    // A chunk altered on the way: the model's hash does not match the offer.
+    // A chunk altered on the way: refused as it arrives, against its digest in the offer.
     let mut tampered = chunks[0].clone();
     tampered.bytes[0] ^= 1;
-    let detail = refusal(send_model(&fake, &offer, &[tampered]).await);
+    let detail = refusal(send_model(&fake, &offer, &[tampered.clone()]).await);
+    assert!(
+        detail.contains("chunk 0 does not match its digest in the offer"),
+        "{detail}"
+    );
+    // An offer whose digests vouch for the altered chunk: the whole model's hash still does not
+    // match the one announced.
+    let mut vouching = offer.clone();
+    vouching.chunk_digests[0]
+        .copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &tampered.bytes).as_ref());
+    let detail = refusal(send_model(&fake, &vouching, &[tampered]).await);
     assert!(detail.contains("differs from the announced"), "{detail}");
     // An offer of another, enormous architecture is refused before anything is allocated.
     let huge = ModelOffer {
