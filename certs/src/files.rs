@@ -217,29 +217,52 @@ impl Drop for Rollback {
     }
 }
 
-/// Reads a whole file that must be private to its owner (no permission bit for group or others).
+/// Why a file that must be private to its owner was not read.
+#[derive(Debug)]
+pub enum PrivateFileError {
+    /// It could not be opened or read.
+    Read(io::Error),
+    /// Group or others have a permission bit on it: its mode.
+    Exposed(u32),
+}
+
+/// Reads a whole file that must be private to its owner (no permission bit for group or
+/// others): keys, tokens, credentials. Each caller words the error for what the file is.
 ///
 /// The mode is checked on the open file, so the file checked is the file read.
-fn read_private(path: &Path) -> Result<Vec<u8>, CertError> {
-    let read_err = |source| CertError::ReadFile {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = File::open(path).map_err(read_err)?;
+pub fn read_owner_only(path: &Path) -> Result<Vec<u8>, PrivateFileError> {
+    let mut file = File::open(path).map_err(PrivateFileError::Read)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = file.metadata().map_err(read_err)?.permissions().mode() & 0o7777;
+        let mode = file
+            .metadata()
+            .map_err(PrivateFileError::Read)?
+            .permissions()
+            .mode()
+            & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(CertError::KeyPermissions {
-                path: path.to_owned(),
-                mode,
-            });
+            return Err(PrivateFileError::Exposed(mode));
         }
     }
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(read_err)?;
+    file.read_to_end(&mut bytes)
+        .map_err(PrivateFileError::Read)?;
     Ok(bytes)
+}
+
+/// [`read_owner_only`] for a private key.
+fn read_private(path: &Path) -> Result<Vec<u8>, CertError> {
+    read_owner_only(path).map_err(|e| match e {
+        PrivateFileError::Read(source) => CertError::ReadFile {
+            path: path.to_owned(),
+            source,
+        },
+        PrivateFileError::Exposed(mode) => CertError::KeyPermissions {
+            path: path.to_owned(),
+            mode,
+        },
+    })
 }
 
 fn bad_pem(path: &Path, e: rustls_pki_types::pem::Error) -> CertError {

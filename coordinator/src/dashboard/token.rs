@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use medfed_certs::{PrivateFileError, read_owner_only};
 use ring::hmac;
 use ring::rand::SystemRandom;
 
@@ -68,25 +69,20 @@ pub enum TokenError {
 impl AccessToken {
     /// Reads the token from `path` (surrounding whitespace ignored).
     pub fn read(path: &Path) -> Result<Self, TokenError> {
-        use std::io::Read;
-        let read_err = |source| TokenError::Read {
+        let bytes = read_owner_only(path).map_err(|e| match e {
+            PrivateFileError::Read(source) => TokenError::Read {
+                path: path.to_owned(),
+                source,
+            },
+            PrivateFileError::Exposed(mode) => TokenError::Permissions {
+                path: path.to_owned(),
+                mode,
+            },
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| TokenError::Read {
             path: path.to_owned(),
-            source,
-        };
-        let mut file = std::fs::File::open(path).map_err(read_err)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = file.metadata().map_err(read_err)?.permissions().mode() & 0o7777;
-            if mode & 0o077 != 0 {
-                return Err(TokenError::Permissions {
-                    path: path.to_owned(),
-                    mode,
-                });
-            }
-        }
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(read_err)?;
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
         Self::new(text.trim(), path)
     }
 

@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use medfed_certs::{PrivateFileError, read_owner_only};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -218,21 +219,14 @@ fn read_credentials(path: &Path) -> Result<String, ProxyError> {
         path: path.to_owned(),
         why,
     };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(|e| bad(e.to_string()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(bad(format!(
-                "mode {:o} lets others read it: chmod 600 it",
-                mode & 0o777
-            )));
-        }
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let bytes = read_owner_only(path).map_err(|e| match e {
+        PrivateFileError::Read(source) => bad(source.to_string()),
+        PrivateFileError::Exposed(mode) => bad(format!(
+            "mode {:o} lets others read it: chmod 600 it",
+            mode & 0o777
+        )),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;
     let line = text.trim_end_matches(['\r', '\n']);
     if line.contains(['\r', '\n']) || !line.contains(':') || line.starts_with(':') {
         return Err(bad("it must hold one line, user:password".into()));
