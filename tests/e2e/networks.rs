@@ -6,7 +6,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use medfed_e2e::network::{ConnectProxy, CuttingRelay, TcpOnlyFirewall, coordinator_listener};
+use medfed_e2e::network::{
+    ConnectProxy, CuttingRelay, TcpOnlyFirewall, accept_all, coordinator_listener,
+};
 use medfed_e2e::{Consortium, subscribe};
 use medfed_node::config::NetworkConfig;
 use medfed_node::egress::EgressLog;
@@ -153,14 +155,7 @@ async fn auto_falls_back_to_tcp_once_and_stays_there() {
     let consortium = Consortium::new(&NODES[..1], 60);
     let server = coordinator_listener(&consortium.certs);
     let firewall = TcpOnlyFirewall::start(server.local_addr().unwrap()).await;
-    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            if let Ok(connection) = incoming.accept().await {
-                let _ = accepted_tx.send(connection);
-            }
-        }
-    });
+    let mut accepted = accept_all(server);
     let connector = Connector::new(
         &consortium.certs.node_tls("hospital-a").unwrap(),
         TransportMode::Auto,
@@ -340,14 +335,7 @@ async fn a_connection_whose_path_goes_silent_is_lost_within_the_idle_timeout() {
     let consortium = Consortium::new(&NODES[..1], 60);
     let server = coordinator_listener(&consortium.certs);
     let relay = CuttingRelay::start(server.local_addr().unwrap(), u64::MAX).await;
-    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            if let Ok(connection) = incoming.accept().await {
-                let _ = accepted_tx.send(connection);
-            }
-        }
-    });
+    let mut accepted = accept_all(server);
     let connector = Connector::new(
         &consortium.certs.node_tls("hospital-a").unwrap(),
         TransportMode::Tcp,

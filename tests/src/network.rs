@@ -21,6 +21,21 @@ pub fn coordinator_listener(certs: &medfed_certs::DevConsortium) -> medfed_trans
     .expect("a loopback listener")
 }
 
+/// Accepts every connection `server` gets and passes each one whose handshake succeeds on.
+pub fn accept_all(
+    server: medfed_transport::Listener,
+) -> mpsc::UnboundedReceiver<medfed_transport::Connection> {
+    let (accepted_tx, accepted) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            if let Ok(connection) = incoming.accept().await {
+                let _ = accepted_tx.send(connection);
+            }
+        }
+    });
+    accepted
+}
+
 /// A firewall in front of `back`: TCP connections to its front address are forwarded to
 /// `back`, UDP datagrams to it are counted and dropped.
 pub struct TcpOnlyFirewall {
