@@ -15,6 +15,7 @@
 //! `onnx.proto3`. The model's metadata carries the round, the model hash, the decision
 //! threshold and, for a released model, its audit report's SHA-256 and verdict.
 
+use medfed_protocol::model::ModelKind;
 use medfed_protocol::schema::{ColumnKind, MISSING_LEVEL, MissingMode};
 
 use crate::model_file::{ModelFile, Scoring};
@@ -35,6 +36,11 @@ const BOOL: i64 = 9;
 /// its inputs are encoded.
 pub fn to_onnx(file: &ModelFile) -> Result<Vec<u8>, OnnxError> {
     let scoring = file.scoring.as_ref().ok_or(OnnxError::NoScoring)?;
+    if let ModelKind::Layers(architecture) = &file.model.spec.kind {
+        return Err(OnnxError::DeclaredLayers {
+            layers: architecture.layers().len(),
+        });
+    }
     let mut graph = Graph::default();
     let features = graph.encode_inputs(scoring);
     let features: Vec<&str> = features.iter().map(String::as_str).collect();
@@ -80,6 +86,14 @@ pub enum OnnxError {
         "the model file carries no schema and standardisation (a checkpoint written before the statistics round)"
     )]
     NoScoring,
+    /// A declared architecture: the export writes the MLP's graph only.
+    #[error(
+        "the model is a declared architecture of {layers} layers; ONNX export covers the MLP and logistic regression only (score it with `medfed-node predict`)"
+    )]
+    DeclaredLayers {
+        /// Its number of layers.
+        layers: usize,
+    },
 }
 
 /// An attribute of a node.

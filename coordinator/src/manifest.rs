@@ -26,11 +26,7 @@ pub fn task_manifest(
     members: &MemberList,
 ) -> Result<TaskManifest, ManifestBuildError> {
     let task = &config.task;
-    let model = ModelSpec {
-        kind: task.model.clone().into(),
-        input_dim: schema.num_features(),
-    };
-    model.validate()?;
+    let model = ModelSpec::from_config(task.model.clone(), schema.num_features())?;
     let params = model.layout().len();
     let secure = &config.secure_aggregation;
     Ok(TaskManifest {

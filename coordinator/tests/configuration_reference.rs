@@ -76,6 +76,19 @@ fn configuration_md_documents_exactly_the_keys_coordinator_toml_accepts() {
         let keys = accepted_keys(&example, &base, table, seed);
         accepted.entry(table.to_owned()).or_default().extend(keys);
     }
+    // The declared-layers model, on a model table holding only that tag (the example's is an
+    // MLP, whose `hidden` the variant would refuse before the probe).
+    let mut declared = example.clone();
+    declared
+        .get_mut("task")
+        .and_then(toml::Value::as_table_mut)
+        .expect("the example has a [task] table")
+        .insert("model".into(), toml::Value::Table(toml::Table::new()));
+    let keys = accepted_keys(&declared, &base, "task.model", &[("kind", "layers")]);
+    accepted
+        .entry("task.model".into())
+        .or_default()
+        .extend(keys);
     // Tags of internally tagged tables: the variant's error lists its fields, not the tag.
     accepted
         .entry("strategy".into())

@@ -457,6 +457,25 @@ impl CheckedArchitecture {
         params
     }
 
+    /// A one-line description for people: the input shape, then each layer's path, kind and
+    /// output shape, then the sigmoid; for example `layers on image [1, 28, 28]: 0 conv2d →
+    /// image [8, 24, 24], 1 relu → image [8, 24, 24], …, sigmoid`.
+    pub fn describe(&self) -> String {
+        let layers: Vec<String> = self
+            .layers
+            .iter()
+            .map(|layer| {
+                let kind = self.spec_at(&layer.path).map_or("?", LayerSpec::kind);
+                format!("{} {kind} → {}", layer.path, layer.output)
+            })
+            .collect();
+        format!(
+            "layers on {}: {}, sigmoid",
+            self.architecture.input,
+            layers.join(", ")
+        )
+    }
+
     /// The layer at `path`, if there is one.
     pub fn spec_at(&self, path: &LayerPath) -> Option<&LayerSpec> {
         let (first, rest) = path.0.split_first()?;
@@ -468,6 +487,51 @@ impl CheckedArchitecture {
             }
         }
         Some(spec)
+    }
+}
+
+/// Longest architecture text a binary decoder accepts (see [`CheckedArchitecture`]'s serde
+/// form): far above the [`MAX_LAYERS`] layers' few kilobytes.
+pub const MAX_ARCHITECTURE_TEXT: usize = 64 << 10;
+
+// `check` refuses a dropout probability that is NaN, the one field without a reflexive
+// equality, so a checked architecture's equality is an equivalence.
+impl Eq for CheckedArchitecture {}
+
+/// Serialised as its [`Architecture`]: field by field in self-describing formats (JSON, TOML),
+/// and as that JSON text in binary ones (bincode), whose decoders cannot read the configuration
+/// form's `kind` tags. Deserialising checks the architecture, so a peer's that
+/// [`Architecture::check`] refuses never becomes a `CheckedArchitecture`; the JSON text is capped
+/// at [`MAX_ARCHITECTURE_TEXT`] bytes, and serde_json's recursion limit bounds its nesting
+/// before the check does.
+impl Serialize for CheckedArchitecture {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            self.architecture.serialize(serializer)
+        } else {
+            serde_json::to_string(&self.architecture)
+                .map_err(serde::ser::Error::custom)?
+                .serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CheckedArchitecture {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let architecture = if deserializer.is_human_readable() {
+            Architecture::deserialize(deserializer)?
+        } else {
+            let text = String::deserialize(deserializer)?;
+            if text.len() > MAX_ARCHITECTURE_TEXT {
+                return Err(D::Error::custom(format!(
+                    "an architecture of {} bytes is longer than the {MAX_ARCHITECTURE_TEXT} allowed",
+                    text.len()
+                )));
+            }
+            serde_json::from_str(&text).map_err(D::Error::custom)?
+        };
+        architecture.check().map_err(D::Error::custom)
     }
 }
 
@@ -1503,5 +1567,109 @@ mod tests {
         assert!(toml::from_str::<Architecture>(&typo).is_err());
         let unknown = text.replace("\"relu\"", "\"batch_norm\"");
         assert!(toml::from_str::<Architecture>(&unknown).is_err());
+    }
+
+    /// `small_cnn` as a model spec over 784 features.
+    fn cnn_spec() -> ModelSpec {
+        ModelSpec {
+            kind: ModelKind::Layers(Box::new(small_cnn().check().unwrap())),
+            input_dim: 784,
+        }
+    }
+
+    #[test]
+    fn a_declared_model_travels_in_a_frame_and_in_json_and_is_checked_on_arrival() {
+        use crate::codec::{decode_body, frame};
+        use crate::messages::{Message, ModelOffer};
+        let spec = cnn_spec();
+        let offer = Message::ModelOffer(ModelOffer {
+            session: 1,
+            round: 2,
+            spec: spec.clone(),
+            hash: crate::model::ModelHash([7; 32]),
+            params: spec.layout().len() as u64,
+            chunks: 1,
+            first_chunk: 0,
+            chunk_digests: vec![[0; 32]],
+        });
+        let bytes = frame(&offer).unwrap();
+        assert_eq!(decode_body(&bytes[4..]).unwrap(), offer);
+
+        // In JSON (checkpoints, the manifest) it is the configuration form, tags and all.
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(
+            json.contains(r#"{"kind":"conv2d","out_channels":16,"kernel":5"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<ModelSpec>(&json).unwrap(), spec);
+
+        // An architecture that `check` refuses never decodes, from either form: the same bytes
+        // with the last layer giving two logits.
+        let two_logits = |text: &[u8]| {
+            let needle = br#""out":1"#;
+            let at = text
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap();
+            let mut tampered = text.to_vec();
+            tampered[at + needle.len() - 1] = b'2';
+            tampered
+        };
+        let error = decode_body(&two_logits(&bytes)[4..]).unwrap_err();
+        assert!(error.to_string().contains("one logit"), "{error}");
+        let error = serde_json::from_slice::<ModelSpec>(&two_logits(json.as_bytes())).unwrap_err();
+        assert!(error.to_string().contains("one logit"), "{error}");
+
+        // Nor does an architecture text longer than the cap, whatever it says.
+        let long = " ".repeat(MAX_ARCHITECTURE_TEXT + 1);
+        let config = bincode::config::standard();
+        let encoded = bincode::serde::encode_to_vec(&long, config).unwrap();
+        let error = bincode::serde::decode_from_slice::<CheckedArchitecture, _>(&encoded, config)
+            .unwrap_err();
+        assert!(error.to_string().contains("longer than"), "{error}");
+    }
+
+    #[test]
+    fn a_declared_models_hash_covers_the_layers_that_have_no_tensors() {
+        let spec = cnn_spec();
+        let params = spec.initial_parameters(3);
+        let mut tanh = small_cnn();
+        tanh.layers[2] = LayerSpec::Tanh;
+        let tanh = ModelSpec {
+            kind: ModelKind::Layers(Box::new(tanh.check().unwrap())),
+            input_dim: 784,
+        };
+        assert_eq!(tanh.layout(), spec.layout());
+        let hash = crate::model::ModelHash::of(&spec, &params).unwrap();
+        assert_ne!(crate::model::ModelHash::of(&tanh, &params).unwrap(), hash);
+        assert_eq!(
+            crate::model::ModelHash::of(&cnn_spec(), &params).unwrap(),
+            hash
+        );
+    }
+
+    #[test]
+    fn a_configured_model_is_checked_against_the_schemas_width() {
+        use crate::model::{ModelConfig, ModelError};
+        let config = |layers: Vec<LayerSpec>| ModelConfig::Layers {
+            input: image(1, 28, 28),
+            layers,
+        };
+        let spec = ModelSpec::from_config(config(small_cnn().layers), 784).unwrap();
+        assert_eq!(spec, cnn_spec());
+        assert_eq!(
+            ModelSpec::from_config(config(small_cnn().layers), 785),
+            Err(ModelError::InputShape {
+                shape: image(1, 28, 28),
+                input_dim: 785
+            })
+        );
+        let mut bad = small_cnn().layers;
+        bad[4] = conv2d(32, 13);
+        let error = ModelSpec::from_config(config(bad), 784).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "layer 4 (conv2d) on input image [16, 12, 12]: kernel 13 is larger than the input's 12 (padding included)"
+        );
     }
 }

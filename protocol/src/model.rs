@@ -12,6 +12,8 @@ use rand_chacha::ChaCha20Rng;
 use ring::digest;
 use serde::{Deserialize, Serialize};
 
+use crate::architecture::{Architecture, ArchitectureError, CheckedArchitecture, LayerSpec, Shape};
+
 /// Most parameters a model may have: 2^28, 1 GiB as `f32`. Far above any model the consortium
 /// trains, and low enough that an architecture received from a peer can neither overflow the
 /// parameter count nor make the receiver reserve unbounded memory ([`ModelSpec::validate`]).
@@ -31,11 +33,27 @@ pub enum ModelKind {
         /// Width of each hidden layer, input side first. Empty means logistic regression.
         hidden: Vec<usize>,
     },
+    /// A declared architecture (see [`crate::architecture`]), checked: convolutions, pooling,
+    /// normalisation, embeddings, residual blocks and the rest, over the input shape it
+    /// declares, whose size is the spec's `input_dim`.
+    Layers(Box<CheckedArchitecture>),
 }
 
-/// An architecture as written in a configuration file: `{ kind = "mlp", hidden = [32, 16] }` or
-/// `{ kind = "logistic_regression" }`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// An architecture as written in a configuration file: `{ kind = "mlp", hidden = [32, 16] }`,
+/// `{ kind = "logistic_regression" }`, or a declared one:
+///
+/// ```toml
+/// [task.model]
+/// kind = "layers"
+/// input = { kind = "image", channels = 1, height = 28, width = 28 }
+/// layers = [
+///     { kind = "conv2d", out_channels = 8, kernel = 5 },
+///     { kind = "relu" },
+///     { kind = "flatten" },
+///     { kind = "linear", out = 1 },
+/// ]
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ModelConfig {
     /// One linear layer.
@@ -45,14 +63,28 @@ pub enum ModelConfig {
         /// Width of each hidden layer, input side first.
         hidden: Vec<usize>,
     },
+    /// A declared architecture: the shape of one example, and the layers in order.
+    Layers {
+        /// The shape of one example.
+        input: Shape,
+        /// The layers, input side first.
+        layers: Vec<LayerSpec>,
+    },
 }
 
-impl From<ModelConfig> for ModelKind {
-    fn from(config: ModelConfig) -> Self {
-        match config {
+impl TryFrom<ModelConfig> for ModelKind {
+    type Error = ArchitectureError;
+
+    /// The architecture a configuration declares; a declared one only once
+    /// [`Architecture::check`] accepts it.
+    fn try_from(config: ModelConfig) -> Result<Self, ArchitectureError> {
+        Ok(match config {
             ModelConfig::LogisticRegression => Self::LogisticRegression,
             ModelConfig::Mlp { hidden } => Self::Mlp { hidden },
-        }
+            ModelConfig::Layers { input, layers } => {
+                Self::Layers(Box::new(Architecture { input, layers }.check()?))
+            }
+        })
     }
 }
 
@@ -111,7 +143,8 @@ impl ParamLayout {
         &self.tensors
     }
 
-    /// The linear layers, input side first.
+    /// The linear layers of a [`ModelKind::Mlp`] or [`ModelKind::LogisticRegression`], input
+    /// side first; empty for a [`ModelKind::Layers`].
     pub fn layers(&self) -> &[LinearLayer] {
         &self.layers
     }
@@ -148,19 +181,43 @@ impl ParamLayout {
 }
 
 impl ModelSpec {
-    /// Widths of the layers' outputs, input side first; the last is always 1 (one logit).
+    /// The model a configuration declares over `input_dim` encoded features, validated.
+    pub fn from_config(config: ModelConfig, input_dim: usize) -> Result<Self, ModelError> {
+        let spec = Self {
+            kind: ModelKind::try_from(config)?,
+            input_dim,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Widths of the linear layers' outputs, input side first; the last is always 1 (one
+    /// logit). Empty for a declared architecture, which is not a stack of linear layers.
     fn widths(&self) -> Vec<usize> {
         let mut widths = match &self.kind {
             ModelKind::LogisticRegression => Vec::new(),
             ModelKind::Mlp { hidden } => hidden.clone(),
+            ModelKind::Layers(_) => return Vec::new(),
         };
         widths.push(1);
         widths
     }
 
     /// Checks that every width is positive and that the model has at most [`MAX_PARAMS`]
-    /// parameters.
+    /// parameters; for a declared architecture (checked when it was built or decoded), that
+    /// its input shape holds `input_dim` values.
     pub fn validate(&self) -> Result<(), ModelError> {
+        if let ModelKind::Layers(architecture) = &self.kind {
+            let declared = architecture.architecture().input.numel();
+            return if declared == Some(self.input_dim) {
+                Ok(())
+            } else {
+                Err(ModelError::InputShape {
+                    shape: architecture.architecture().input,
+                    input_dim: self.input_dim,
+                })
+            };
+        }
         if self.input_dim == 0 {
             return Err(ModelError::ZeroWidth {
                 what: "input".into(),
@@ -188,6 +245,12 @@ impl ModelSpec {
 
     /// The parameter layout of this architecture.
     pub fn layout(&self) -> ParamLayout {
+        if let ModelKind::Layers(architecture) = &self.kind {
+            return ParamLayout {
+                tensors: architecture.tensors().cloned().collect(),
+                layers: Vec::new(),
+            };
+        }
         let widths = self.widths();
         let mut tensors = Vec::new();
         let mut layers = Vec::new();
@@ -216,6 +279,9 @@ impl ModelSpec {
     /// Initial parameters, as PyTorch's `nn.Linear` draws them (uniform in ±1/√fan_in for weights
     /// and biases), from a ChaCha20 stream seeded with `seed`: every party derives the same model.
     pub fn initial_parameters(&self, seed: u64) -> Vec<f32> {
+        if let ModelKind::Layers(architecture) = &self.kind {
+            return architecture.initial_parameters(seed);
+        }
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let layout = self.layout();
         let mut params = Vec::with_capacity(layout.len());
@@ -235,12 +301,21 @@ pub struct ModelHash(pub [u8; 32]);
 
 impl ModelHash {
     /// Hashes a model: each tensor's name and shape, then its values as little-endian `f32`.
+    /// A declared architecture's hash starts with the architecture itself (its JSON form, with
+    /// its length), since activations, pooling and the rest have no tensors to name them.
     ///
     /// Returns `None` if `params` does not fit the spec's layout.
     pub fn of(spec: &ModelSpec, params: &[f32]) -> Option<Self> {
         let layout = spec.layout();
         let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(b"medfed-model-v1\n");
+        if let ModelKind::Layers(architecture) = &spec.kind {
+            let text = serde_json::to_vec(architecture.architecture()).ok()?;
+            ctx.update(b"medfed-model-layers-v1\n");
+            ctx.update(&(text.len() as u64).to_le_bytes());
+            ctx.update(&text);
+        } else {
+            ctx.update(b"medfed-model-v1\n");
+        }
         for (tensor, values) in layout.split(params)? {
             ctx.update(tensor.name.as_bytes());
             for dim in &tensor.shape {
@@ -307,7 +382,8 @@ impl Model {
 
     /// The probability of the positive class (the sigmoid of the network's output) for each row
     /// of `features`, rows of `spec.input_dim` standardised features one after the other; `None`
-    /// if `features` is not a whole number of rows.
+    /// if `features` is not a whole number of rows, or for a [`ModelKind::Layers`] model, which
+    /// only a libtorch trainer scores.
     ///
     /// The forward pass of the equivalent `torch.nn.Sequential` (linear layers, a ReLU after each
     /// but the last), without libtorch: each layer accumulates in `f64` and rounds its outputs
@@ -315,7 +391,10 @@ impl Model {
     /// which the network's output is undefined gets a NaN, as from libtorch.
     pub fn probabilities(&self, features: &[f32]) -> Option<Vec<f32>> {
         let width = self.spec.input_dim;
-        if width == 0 || !features.len().is_multiple_of(width) {
+        if width == 0
+            || !features.len().is_multiple_of(width)
+            || matches!(self.spec.kind, ModelKind::Layers(_))
+        {
             return None;
         }
         let layout = self.spec.layout();
@@ -371,6 +450,17 @@ pub enum ModelError {
     TooLarge {
         /// The cap.
         max: usize,
+    },
+    /// A declared architecture that [`Architecture::check`] refuses.
+    #[error("{0}")]
+    Architecture(#[from] ArchitectureError),
+    /// A declared architecture whose input shape does not hold the spec's input width.
+    #[error("the architecture's input, {shape}, does not hold the {input_dim} input features")]
+    InputShape {
+        /// The architecture's declared input shape.
+        shape: Shape,
+        /// The spec's input width (the schema's encoded features).
+        input_dim: usize,
     },
     /// A parameter is NaN or infinite.
     #[error("model parameter {index} is not finite")]

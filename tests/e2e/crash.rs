@@ -201,10 +201,8 @@ fn check_rounds(consortium: &Consortium, data_dir: &Path) -> Vec<Model> {
             .expect("initial checkpoint");
     assert_eq!(initial_round, 0);
     let task = consortium.coordinator_config(ROUNDS, 3).task;
-    let spec = ModelSpec {
-        kind: task.model.into(),
-        input_dim: initial.spec.input_dim,
-    };
+    let spec =
+        ModelSpec::from_config(task.model, initial.spec.input_dim).expect("the task's model");
     assert_eq!(initial.params, spec.initial_parameters(task.seed));
     let mut models = vec![initial];
     let mut joined = std::collections::BTreeMap::<String, u64>::new();

@@ -26,10 +26,11 @@ async fn twenty_light_nodes_finish_a_secagg_plus_round_with_the_predicted_fedavg
     }
     let mut config = consortium.coordinator_config(1, NODES);
     config.secure_aggregation.neighbours = Some(6);
-    let spec = ModelSpec {
-        kind: config.task.model.clone().into(),
-        input_dim: Schema::parse(SCHEMA).unwrap().num_features(),
-    };
+    let spec = ModelSpec::from_config(
+        config.task.model.clone(),
+        Schema::parse(SCHEMA).unwrap().num_features(),
+    )
+    .expect("the task's model");
     let initial = spec.initial_parameters(config.task.seed);
     let fixed = config.secure_aggregation.update_encoding(NODES);
     let resolution = 0.5f64.powi(fixed.fractional_bits as i32);

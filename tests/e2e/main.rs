@@ -4,6 +4,7 @@
 mod console;
 mod crash;
 mod dashboard;
+mod declared;
 mod distributed;
 mod egress;
 mod fairness;

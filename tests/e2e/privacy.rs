@@ -241,10 +241,7 @@ fn noised_evaluation_counts_are_charged_to_the_ledger_and_declined_past_the_budg
     let sigma = 2.0;
     let cost = epsilon(1.0, sigma / sensitivity(2), 1, 1e-5).unwrap().0;
     assert!((sigma / sensitivity(2) - sigma / 8f64.sqrt()).abs() < 1e-12);
-    let spec = ModelSpec {
-        kind: task.model.clone().into(),
-        input_dim: 6,
-    };
+    let spec = ModelSpec::from_config(task.model.clone(), 6).expect("the task's model");
     let model = Model::new(spec.clone(), spec.initial_parameters(1)).unwrap();
     let evaluate = |target_epsilon: f64| {
         let mut config = consortium.node_config("hospital-a", "127.0.0.1:9".parse().unwrap());

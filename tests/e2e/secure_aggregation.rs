@@ -158,10 +158,7 @@ impl CrashedRun {
             .get_json("standardization")
             .unwrap()
             .expect("statistics stored");
-        let spec = ModelSpec {
-            kind: task.model.clone().into(),
-            input_dim: 6,
-        };
+        let spec = ModelSpec::from_config(task.model.clone(), 6).expect("the task's model");
         let initial = Model::new(spec.clone(), spec.initial_parameters(task.seed)).unwrap();
         let layout = RoundLayout {
             params: initial.params.len(),

@@ -297,10 +297,7 @@ pub fn round_one_by_hand(
     task: &TaskConfig,
     identity: &str,
 ) -> RoundStart {
-    let spec = ModelSpec {
-        kind: task.model.clone().into(),
-        input_dim: 6,
-    };
+    let spec = ModelSpec::from_config(task.model.clone(), 6).expect("the task's model");
     let model = Model::new(spec.clone(), spec.initial_parameters(1)).expect("an initial model");
     hospital.enter_session(5, identity);
     hospital.accept_model(model.clone(), 5, 1);

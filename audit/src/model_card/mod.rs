@@ -542,6 +542,7 @@ pub fn architecture(spec: &ModelSpec) -> String {
     let hidden: &[usize] = match &spec.kind {
         ModelKind::LogisticRegression => &[],
         ModelKind::Mlp { hidden } => hidden,
+        ModelKind::Layers(architecture) => return architecture.describe(),
     };
     let mut layers = Vec::new();
     let mut width = spec.input_dim;

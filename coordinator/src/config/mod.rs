@@ -19,7 +19,7 @@ use medfed_protocol::manifest::{
     DistributedDpPlan, FINAL_EVALUATION_ONLY, FractionalBitsRule, SecureAggregationPlan,
     ThresholdRule, TrainingRule,
 };
-use medfed_protocol::model::ModelConfig;
+use medfed_protocol::model::{ModelConfig, ModelKind};
 use medfed_protocol::secagg::fixed_point::FixedPoint;
 use medfed_protocol::task::TrainingPlan;
 use serde::Deserialize;
@@ -522,6 +522,9 @@ impl CoordinatorConfig {
         }
         if task.round_attempts == 0 {
             return invalid("task.round_attempts must be at least 1");
+        }
+        if let Err(e) = ModelKind::try_from(task.model.clone()) {
+            return invalid(&format!("task.model: {e}"));
         }
         if let Some(dashboard) = &self.dashboard
             && !dashboard.listen.ip().is_loopback()

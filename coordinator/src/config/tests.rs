@@ -34,7 +34,7 @@ fn parses_and_resolves_relative_paths() {
         Some(Path::new("/etc/medfed/certs/crl.pem"))
     );
     assert_eq!(
-        ModelKind::from(config.task.model),
+        ModelKind::try_from(config.task.model).unwrap(),
         ModelKind::Mlp {
             hidden: vec![16, 8]
         }

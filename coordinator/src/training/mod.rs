@@ -170,11 +170,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         }
     })?;
     let store = Store::open(&config.data_dir.join("state.sqlite"))?;
-    let spec = ModelSpec {
-        kind: config.task.model.clone().into(),
-        input_dim: schema.num_features(),
-    };
-    spec.validate()?;
+    let spec = ModelSpec::from_config(config.task.model.clone(), schema.num_features())?;
 
     let resumed = store.last_completed_round()?;
     let (round, model) = match &resumed {
@@ -437,6 +433,11 @@ fn describe_model(kind: &medfed_protocol::model::ModelKind) -> String {
             let widths: Vec<String> = hidden.iter().map(usize::to_string).collect();
             format!("mlp {}", widths.join("-"))
         }
+        ModelKind::Layers(architecture) => format!(
+            "{} declared layers on {}",
+            architecture.layers().len(),
+            architecture.architecture().input
+        ),
     }
 }
 

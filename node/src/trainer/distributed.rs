@@ -15,11 +15,13 @@
 //! depends on which examples were sampled.
 
 use medfed_protocol::distributed_dp::DdpParams;
-use medfed_protocol::model::ModelSpec;
-use rand::CryptoRng;
-use tch::{Device, Kind, Tensor};
+use medfed_protocol::model::{ModelKind, ModelSpec};
+use rand::{CryptoRng, Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use tch::{Device, Kind, TchError, Tensor};
 
 use super::dp_sgd::{clip_per_example, per_example_gradients};
+use super::layers::{self, Masks, Network};
 use super::tch_trainer::{Mlp, to_tensors};
 use super::{
     DistributedOutcome, DistributedRound, TrainError, check_inputs, check_pos_weight, noise,
@@ -57,10 +59,10 @@ pub(super) fn distributed_sum(
         });
     }
     let _no_grad = tch::no_grad_guard();
-    let model = Mlp::from_flat(spec, params, device, false)?;
     let (features, labels) = to_tensors(data, device)?;
     let clip = ddp.config().clip_norm;
     let batch = noise::poisson_sample(rng, data.len(), sample_rate);
+    let mut gradients = PerExample::new(spec, params, device, rng)?;
     let mut sum = ddp.node_sum();
     let mut non_finite_examples = 0u64;
     let mut example = vec![0.0f64; params.len()];
@@ -68,7 +70,7 @@ pub(super) fn distributed_sum(
         let index = Tensor::f_from_slice(chunk)?.f_to_device(device)?;
         let x = features.f_index_select(0, &index)?;
         let y = labels.f_index_select(0, &index)?;
-        let clipped = clip_per_example(&per_example_gradients(&model, &x, &y, pos_weight)?, clip)?
+        let clipped = clip_per_example(&gradients.of(&x, &y, pos_weight)?, clip)?
             .f_to_kind(Kind::Double)?
             .f_to_device(Device::Cpu)?
             .f_reshape([-1])?;
@@ -88,6 +90,45 @@ pub(super) fn distributed_sum(
         sampled: batch.len() as u64,
         non_finite_examples,
     })
+}
+
+/// Each example's gradient at the round's model, whatever its kind.
+enum PerExample {
+    /// An MLP or logistic regression: `dp_sgd`'s factored gradients.
+    Mlp(Mlp),
+    /// A declared architecture, with the stream its dropout masks come from (seeded from the
+    /// caller's CSPRNG: the masks, like the sample, stay secret).
+    Layers(Network, Box<ChaCha20Rng>),
+}
+
+impl PerExample {
+    fn new(
+        spec: &ModelSpec,
+        params: &[f32],
+        device: Device,
+        rng: &mut dyn CryptoRng,
+    ) -> Result<Self, TrainError> {
+        Ok(match &spec.kind {
+            ModelKind::Layers(architecture) => Self::Layers(
+                Network::from_flat(architecture, params, Kind::Float, device, true)?,
+                Box::new(ChaCha20Rng::from_seed(rng.random())),
+            ),
+            _ => Self::Mlp(Mlp::from_flat(spec, params, device, false)?),
+        })
+    }
+
+    /// The `[B, P]` per-example gradients of the batch `(x, y)`.
+    fn of(&mut self, x: &Tensor, y: &Tensor, pos_weight: f64) -> Result<Tensor, TchError> {
+        match self {
+            Self::Mlp(model) => per_example_gradients(model, x, y, pos_weight),
+            Self::Layers(net, masks) => {
+                Ok(
+                    layers::per_example_gradients(net, x, y, pos_weight, &mut Masks::Draw(masks))?
+                        .0,
+                )
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -116,19 +157,21 @@ mod tests {
         }
     }
 
-    fn examples(rows: usize, seed: u64) -> Examples {
+    /// Rows of `width` standard normal features (×3); the label says whether the first two sum
+    /// above zero.
+    fn examples(rows: usize, width: usize, seed: u64) -> Examples {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let mut features = Vec::with_capacity(rows * 3);
+        let mut features = Vec::with_capacity(rows * width);
         let mut labels = Vec::with_capacity(rows);
         for _ in 0..rows {
-            let x: Vec<f32> = (0..3)
+            let x: Vec<f32> = (0..width)
                 .map(|_| 3.0 * rng.sample::<f32, _>(StandardNormal))
                 .collect();
             labels.push(if x[0] + x[1] > 0.0 { 1.0 } else { 0.0 });
             features.extend(x);
         }
         Examples {
-            num_features: 3,
+            num_features: width,
             features,
             labels,
         }
@@ -144,51 +187,84 @@ mod tests {
         .unwrap()
     }
 
+    /// A small CNN on 1×6×6 images: convolution, ReLU, flatten, linear.
+    fn cnn() -> ModelSpec {
+        use medfed_protocol::architecture::{Architecture, LayerSpec, Shape};
+        let architecture = Architecture {
+            input: Shape::Image {
+                channels: 1,
+                height: 6,
+                width: 6,
+            },
+            layers: vec![
+                LayerSpec::Conv2d {
+                    out_channels: 2,
+                    kernel: 3,
+                    stride: 1,
+                    padding: 0,
+                },
+                LayerSpec::Relu,
+                LayerSpec::Flatten,
+                LayerSpec::Linear { out: 1 },
+            ],
+        };
+        ModelSpec {
+            kind: ModelKind::Layers(Box::new(architecture.check().unwrap())),
+            input_dim: 36,
+        }
+    }
+
     #[test]
     fn the_decoded_sum_is_the_sum_of_the_clipped_per_example_gradients() {
-        let spec = spec();
-        let params = spec.initial_parameters(5);
-        let data = examples(300, 1);
-        let clip = 0.5;
-        let ddp = nearly_exact(params.len(), clip);
-        let mut trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
-        let mut rng = ChaCha20Rng::seed_from_u64(2);
-        // q = 1: every row is sampled, in more than one chunk.
-        let outcome = trainer
-            .distributed_sum(&spec, &params, &data, round(1.0), &ddp, &mut rng)
+        for spec in [spec(), cnn()] {
+            let params = spec.initial_parameters(5);
+            let data = examples(300, spec.input_dim, 1);
+            let _no_grad = tch::no_grad_guard();
+            let (x, y) = to_tensors(&data, Device::Cpu).unwrap();
+            let mut unused = ChaCha20Rng::seed_from_u64(0);
+            let grads = PerExample::new(&spec, &params, Device::Cpu, &mut unused)
+                .unwrap()
+                .of(&x, &y, 1.0)
+                .unwrap();
+            // Clipping at the median norm binds for half the examples, so both paths are
+            // exercised.
+            let mut norms = Vec::<f64>::try_from(&grads.f_square().unwrap().sum_dim_intlist(
+                1,
+                false,
+                Kind::Double,
+            ))
             .unwrap();
-        assert_eq!((outcome.sampled, outcome.non_finite_examples), (300, 0));
-        let decoded = ddp.decode_sum(&outcome.words, 1).unwrap();
+            norms.sort_by(f64::total_cmp);
+            let clip = norms[norms.len() / 2].sqrt();
 
-        // The reference: the same gradients, clipped, summed in f64 without any rounding.
-        let _no_grad = tch::no_grad_guard();
-        let model = Mlp::from_flat(&spec, &params, Device::Cpu, false).unwrap();
-        let (x, y) = to_tensors(&data, Device::Cpu).unwrap();
-        let grads = per_example_gradients(&model, &x, &y, 1.0).unwrap();
-        let norms = Vec::<f64>::try_from(&grads.f_square().unwrap().sum_dim_intlist(
-            1,
-            false,
-            Kind::Double,
-        ))
-        .unwrap();
-        // Clipping binds for some examples and not for others, so both paths are exercised.
-        assert!(norms.iter().any(|n| n.sqrt() > clip) && norms.iter().any(|n| n.sqrt() < clip));
-        let clipped = clip_per_example(&grads, clip)
-            .unwrap()
-            .to_kind(Kind::Double)
-            .sum_dim_intlist(0, false, Kind::Double);
-        let reference = Vec::<f64>::try_from(&clipped).unwrap();
-        let tolerance = 6.0 * ddp.noise_std_of_sum(1) + 300.0 / ddp.config().scale;
-        let largest = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        assert!(
-            largest > 100.0 * tolerance,
-            "a signal to compare: {largest}"
-        );
-        for (i, (got, want)) in decoded.iter().zip(&reference).enumerate() {
+            let ddp = nearly_exact(params.len(), clip);
+            let mut trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
+            let mut rng = ChaCha20Rng::seed_from_u64(2);
+            // q = 1: every row is sampled, in more than one chunk.
+            let outcome = trainer
+                .distributed_sum(&spec, &params, &data, round(1.0), &ddp, &mut rng)
+                .unwrap();
+            assert_eq!((outcome.sampled, outcome.non_finite_examples), (300, 0));
+            let decoded = ddp.decode_sum(&outcome.words, 1).unwrap();
+
+            // The reference: the same gradients, clipped, summed in f64 without any rounding.
+            let clipped = clip_per_example(&grads, clip)
+                .unwrap()
+                .to_kind(Kind::Double)
+                .sum_dim_intlist(0, false, Kind::Double);
+            let reference = Vec::<f64>::try_from(&clipped).unwrap();
+            let tolerance = 6.0 * ddp.noise_std_of_sum(1) + 300.0 / ddp.config().scale;
+            let largest = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             assert!(
-                (got - want).abs() < tolerance,
-                "coordinate {i}: {got} vs {want} (tolerance {tolerance})"
+                largest > 100.0 * tolerance,
+                "a signal to compare: {largest}"
             );
+            for (i, (got, want)) in decoded.iter().zip(&reference).enumerate() {
+                assert!(
+                    (got - want).abs() < tolerance,
+                    "coordinate {i}: {got} vs {want} (tolerance {tolerance})"
+                );
+            }
         }
     }
 
@@ -196,7 +272,7 @@ mod tests {
     fn the_sample_follows_the_rate_and_the_noise_covers_an_empty_one() {
         let spec = spec();
         let params = spec.initial_parameters(5);
-        let data = examples(2000, 3);
+        let data = examples(2000, 3, 3);
         let ddp = nearly_exact(params.len(), 1.0);
         let mut trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
         let mut rng = ChaCha20Rng::seed_from_u64(4);

@@ -365,28 +365,43 @@ pub(crate) fn check_inputs(
     data: &Examples,
 ) -> Result<(), TrainError> {
     spec.validate()?;
-    let expected = spec.layout().len();
-    if params.len() != expected {
+    check_shapes(spec.layout().len(), spec.input_dim, params, data)?;
+    if let medfed_protocol::model::ModelKind::Layers(architecture) = &spec.kind {
+        layers::check_category_indices(architecture, data)?;
+    }
+    Ok(())
+}
+
+/// Checks that `params` has `expected_params` finite values and that `data` is whole rows of
+/// `width` features.
+#[cfg(feature = "torch")]
+pub(crate) fn check_shapes(
+    expected_params: usize,
+    width: usize,
+    params: &[f32],
+    data: &Examples,
+) -> Result<(), TrainError> {
+    if params.len() != expected_params {
         return Err(TrainError::ParamCount {
-            expected,
+            expected: expected_params,
             actual: params.len(),
         });
     }
     if let Some(index) = params.iter().position(|v| !v.is_finite()) {
         return Err(TrainError::NonFiniteParam { index });
     }
-    if data.num_features != spec.input_dim {
+    if data.num_features != width {
         return Err(TrainError::FeatureWidth {
-            expected: spec.input_dim,
+            expected: width,
             actual: data.num_features,
         });
     }
     let rows = data.len();
-    let expected_values = rows.checked_mul(data.num_features);
+    let expected_values = rows.checked_mul(width);
     if expected_values != Some(data.features.len()) {
         return Err(TrainError::MalformedExamples {
             rows,
-            width: data.num_features,
+            width,
             expected: expected_values.unwrap_or(usize::MAX),
             actual: data.features.len(),
         });

@@ -4,7 +4,7 @@
 use std::num::NonZeroUsize;
 
 use medfed_protocol::distributed_dp::DdpParams;
-use medfed_protocol::model::ModelSpec;
+use medfed_protocol::model::{ModelKind, ModelSpec};
 use medfed_protocol::task::TrainingPlan;
 use rand::seq::SliceRandom;
 use rand::{CryptoRng, SeedableRng};
@@ -66,6 +66,10 @@ impl Trainer for TchTrainer {
         plan: &TrainingPlan,
         progress: &mut dyn FnMut(TrainProgress),
     ) -> Result<TrainOutcome, TrainError> {
+        if let ModelKind::Layers(architecture) = &spec.kind {
+            check_inputs(spec, initial, data)?;
+            return self.train_layers(architecture, initial, data, plan, progress);
+        }
         check_inputs(spec, initial, data)?;
         check_plan(plan)?;
         if data.is_empty() {
@@ -111,6 +115,18 @@ impl Trainer for TchTrainer {
         noise_rng: &mut dyn CryptoRng,
         progress: &mut dyn FnMut(TrainProgress),
     ) -> Result<PrivateTrainOutcome, TrainError> {
+        if let ModelKind::Layers(architecture) = &spec.kind {
+            check_inputs(spec, initial, data)?;
+            return self.train_layers_private(
+                architecture,
+                initial,
+                data,
+                plan,
+                dp,
+                noise_rng,
+                progress,
+            );
+        }
         dp_sgd::train_private(
             self.device,
             spec,
@@ -142,6 +158,9 @@ impl Trainer for TchTrainer {
         data: &Examples,
     ) -> Result<Vec<f32>, TrainError> {
         check_inputs(spec, params, data)?;
+        if let ModelKind::Layers(architecture) = &spec.kind {
+            return self.predict_layers(architecture, params, data);
+        }
         let _no_grad = tch::no_grad_guard();
         let model = Mlp::from_flat(spec, params, self.device, false)?;
         let width = data.num_features;

@@ -16,3 +16,7 @@ mod per_example;
 #[cfg(test)]
 mod tests;
 mod train;
+
+pub(crate) use network::{Masks, Network};
+pub(crate) use per_example::per_example_gradients;
+pub(crate) use train::check_category_indices;

@@ -90,7 +90,7 @@ pub(crate) enum Masks<'a> {
 
 /// What a forward pass kept for per-example gradients.
 #[derive(Default)]
-pub(super) struct Tape {
+pub(crate) struct Tape {
     /// One record per parameterised layer, in flat-parameter order.
     pub(super) records: Vec<Record>,
     /// The dropout masks drawn, in order (kept for tests to replay).

@@ -64,9 +64,9 @@ pub(crate) fn clipped_gradient_sum(
     })
 }
 
-/// Every example's gradient of its own loss, as a `[B, P]` matrix in flat-parameter order.
-/// Test-only: training uses [`clipped_gradient_sum`].
-#[cfg(test)]
+/// Every example's gradient of its own loss, as a `[B, P]` matrix in flat-parameter order, with
+/// the dropout masks the pass drew. DP-SGD uses [`clipped_gradient_sum`], which never builds it;
+/// distributed DP (`trainer::distributed`) needs each clipped gradient itself.
 pub(crate) fn per_example_gradients(
     net: &Network,
     x: &Tensor,
@@ -322,7 +322,6 @@ impl LayerGrads {
     }
 
     /// Appends this layer's tensors' per-example gradients, `[B, numel]` each, to `columns`.
-    #[cfg(test)]
     fn full(&self, columns: &mut Vec<Tensor>) -> Result<(), TchError> {
         match self {
             Self::Outer { delta, input } => {

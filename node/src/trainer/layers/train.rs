@@ -15,6 +15,7 @@ use crate::trainer::dp_sgd::dp_sgd_loop;
 use crate::trainer::tch_trainer::{sgd_loop, to_tensors};
 use crate::trainer::{
     DpConfig, PrivateTrainOutcome, TchTrainer, TrainError, TrainOutcome, TrainProgress, check_plan,
+    check_shapes,
 };
 
 /// Rows scored per forward pass in [`TchTrainer::predict_layers`].
@@ -164,34 +165,19 @@ pub(crate) fn check_layer_inputs(
     params: &[f32],
     data: &Examples,
 ) -> Result<(), TrainError> {
-    let expected = arch.param_count();
-    if params.len() != expected {
-        return Err(TrainError::ParamCount {
-            expected,
-            actual: params.len(),
-        });
-    }
-    if let Some(index) = params.iter().position(|v| !v.is_finite()) {
-        return Err(TrainError::NonFiniteParam { index });
-    }
     // `check` keeps the input's size within MAX_ACTIVATION, so it does not overflow.
     let width = arch.architecture().input.numel().unwrap_or(usize::MAX);
-    if data.num_features != width {
-        return Err(TrainError::FeatureWidth {
-            expected: width,
-            actual: data.num_features,
-        });
-    }
-    let rows = data.len();
-    let expected_values = rows.checked_mul(width);
-    if expected_values != Some(data.features.len()) {
-        return Err(TrainError::MalformedExamples {
-            rows,
-            width,
-            expected: expected_values.unwrap_or(usize::MAX),
-            actual: data.features.len(),
-        });
-    }
+    check_shapes(arch.param_count(), width, params, data)?;
+    check_category_indices(arch, data)
+}
+
+/// For a model that starts with an embedding, checks that every feature of `data` (whole rows
+/// of the architecture's input) is a category index of its table.
+pub(crate) fn check_category_indices(
+    arch: &CheckedArchitecture,
+    data: &Examples,
+) -> Result<(), TrainError> {
+    let width = data.num_features.max(1);
     if let Some(LayerSpec::Embedding { num_embeddings, .. }) = arch.architecture().layers.first() {
         let bad = data
             .features
@@ -361,12 +347,17 @@ mod tests {
             kind: ModelKind::Mlp { hidden: vec![8] },
             input_dim: 5,
         };
+        // Through the `Trainer` trait, as the node calls it: a `ModelKind::Layers` spec.
+        let layers = ModelSpec {
+            kind: ModelKind::Layers(Box::new(arch.clone())),
+            input_dim: 5,
+        };
         let init = spec.initial_parameters(4);
-        assert_eq!(arch.initial_parameters(4), init);
+        assert_eq!(layers.initial_parameters(4), init);
         let data = random_features(100, 5, 1);
         let plan = plan(2, 0.3);
         let ours = cpu()
-            .train_layers(&arch, &init, &data, &plan, &mut |_| {})
+            .train(&layers, &init, &data, &plan, &mut |_| {})
             .unwrap();
         let theirs = cpu()
             .train(&spec, &init, &data, &plan, &mut |_| {})
@@ -382,7 +373,7 @@ mod tests {
         let mut rng_a = ChaCha20Rng::seed_from_u64(9);
         let mut rng_b = ChaCha20Rng::seed_from_u64(9);
         let ours = cpu()
-            .train_layers_private(&arch, &init, &data, &plan, &dp, &mut rng_a, &mut |_| {})
+            .train_private(&layers, &init, &data, &plan, &dp, &mut rng_a, &mut |_| {})
             .unwrap();
         let theirs = cpu()
             .train_private(&spec, &init, &data, &plan, &dp, &mut rng_b, &mut |_| {})
