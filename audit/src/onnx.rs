@@ -9,6 +9,8 @@
 //! network (`Gemm` with the PyTorch weights, `Relu` between layers) and ends with `Sigmoid`: the
 //! output `score`, `[N, 1]`, is the probability of the positive class. A categorical value the
 //! schema does not list one-hot encodes as all zeros (`predict` refuses such a row instead).
+//! A schema with an image column is refused ([`OnnxError::ImageColumn`]): the graph's inputs
+//! are cells, and an image cell is a file path.
 //!
 //! It is written with opset 19 of the default domain (the first where `Equal` compares strings),
 //! IR version 9, as protobuf by hand: the handful of ONNX messages it needs, field numbers from
@@ -35,6 +37,16 @@ const BOOL: i64 = 9;
 /// its inputs are encoded.
 pub fn to_onnx(file: &ModelFile) -> Result<Vec<u8>, OnnxError> {
     let scoring = file.scoring.as_ref().ok_or(OnnxError::NoScoring)?;
+    if let Some(column) = scoring
+        .schema
+        .columns()
+        .iter()
+        .find(|c| c.image().is_some())
+    {
+        return Err(OnnxError::ImageColumn {
+            column: column.name().to_owned(),
+        });
+    }
     let mut graph = Graph::default();
     let features = graph.encode_inputs(scoring);
     let features: Vec<&str> = features.iter().map(String::as_str).collect();
@@ -80,6 +92,14 @@ pub enum OnnxError {
         "the model file carries no schema and standardisation (a checkpoint written before the statistics round)"
     )]
     NoScoring,
+    /// The schema has an image column, whose files the graph cannot read.
+    #[error(
+        "the schema's column \"{column}\" is an image: the ONNX export takes numeric and categorical inputs only"
+    )]
+    ImageColumn {
+        /// The image column.
+        column: String,
+    },
 }
 
 /// An attribute of a node.
@@ -126,6 +146,8 @@ impl Graph {
                         features.push(value);
                     }
                 }
+                // Refused before the graph is built ([`to_onnx`]).
+                ColumnKind::Image(_) => {}
                 ColumnKind::Categorical { levels } => {
                     self.inputs.push(value_info(name, STRING));
                     let missing_level = column.missing() == MissingMode::Level;

@@ -253,6 +253,9 @@ pub fn schema_differences(ours: &Schema, other: &Schema) -> Vec<String> {
             {
                 out.push(format!("column \"{name}\": levels {a:?} here, {b:?} there"));
             }
+            (ColumnKind::Image(a), ColumnKind::Image(b)) if a != b => {
+                out.push(format!("column \"{name}\": {a} here, {b} there"));
+            }
             (a, b) if a.to_string() != b.to_string() => {
                 out.push(format!("column \"{name}\": {a} here, {b} there"));
             }
