@@ -20,7 +20,8 @@ use std::path::Path;
 
 use image::imageops::{self, FilterType};
 use image::{
-    ColorType, DynamicImage, ImageBuffer, ImageDecoder, ImageReader, Limits, Luma, Pixel, Rgb,
+    ColorType, DynamicImage, ImageBuffer, ImageDecoder, ImageError, ImageReader, Limits, Luma,
+    Pixel, Rgb,
 };
 use medfed_protocol::schema::ImageColumn;
 
@@ -65,7 +66,7 @@ pub(super) fn read_image(
     reader.limits(limits());
     let decoder = reader
         .into_decoder()
-        .map_err(|e| unreadable(e.to_string()))?;
+        .map_err(|e| unreadable(decoder_message(&e)))?;
 
     let colour = decoder.color_type();
     if !fits(colour, column.channels()) {
@@ -89,11 +90,13 @@ pub(super) fn read_image(
     }
     if decoder.total_bytes() > MAX_IMAGE_BYTES {
         return Err(unreadable(format!(
-            "the decoded image would take {} bytes, more than the limit of {MAX_IMAGE_BYTES}",
-            decoder.total_bytes()
+            "{height}×{width} pixels would take {} bytes decoded; {}",
+            decoder.total_bytes(),
+            limits_text()
         )));
     }
-    let decoded = DynamicImage::from_decoder(decoder).map_err(|e| unreadable(e.to_string()))?;
+    let decoded =
+        DynamicImage::from_decoder(decoder).map_err(|e| unreadable(decoder_message(&e)))?;
 
     // Interleaved samples scaled to [0, 1].
     let samples = match &decoded {
@@ -123,6 +126,22 @@ pub(super) fn read_image(
     };
     write_chw(&samples, column, out);
     Ok(())
+}
+
+/// The reader's limits, as a message says them.
+fn limits_text() -> String {
+    format!(
+        "the reader takes at most {MAX_IMAGE_SIDE} pixels a side and {} MiB decoded",
+        MAX_IMAGE_BYTES >> 20
+    )
+}
+
+/// The decoder's explanation, with the reader's limits when it hit one.
+fn decoder_message(error: &ImageError) -> String {
+    match error {
+        ImageError::Limits(_) => format!("{error}: {}", limits_text()),
+        _ => error.to_string(),
+    }
 }
 
 /// Whether pixels of `colour` are what a column of `channels` reads.
@@ -459,6 +478,10 @@ levels = ["F", "M"]
         ] {
             let err = refused(&site, &schema, "img/bomb.png");
             assert!(matches!(err, DataError::ImageUnreadable { .. }), "{err}");
+            assert!(
+                err.to_string().contains("at most 16384 pixels a side"),
+                "{err}"
+            );
         }
         // One inside the side limit but over the byte limit: refused too.
         std::fs::write(site.path("img/wide.png"), png_header(16_000, 16_000)).unwrap();
