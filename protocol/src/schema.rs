@@ -131,6 +131,31 @@ type = "categorical"
 levels = ["F", "M"]
 "#;
 
+/// A schema with an image column (patients `age,scan,sex,y`): `scan` names a 2×3 grey image,
+/// normalised by the defaults (mean 0, std 1), between a numeric and a categorical column. For
+/// examples and tests.
+pub const EXAMPLE_IMAGE_SCHEMA: &str = r#"
+sensitive = ["sex"]
+[label]
+column = "y"
+positive = ["1"]
+negative = ["0"]
+[[columns]]
+name = "age"
+type = "numeric"
+range = [0, 120]
+[[columns]]
+name = "scan"
+type = "image"
+channels = 1
+height = 2
+width = 3
+[[columns]]
+name = "sex"
+type = "categorical"
+levels = ["F", "M"]
+"#;
+
 /// A validated data schema. Build it with [`Schema::parse`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Schema {
@@ -2455,27 +2480,7 @@ age = [40.0, 60.0]
     }
 
     /// A numeric column, a 1×2×3 image with the defaults, and a categorical column.
-    const WITH_IMAGE: &str = r#"
-sensitive = ["sex"]
-[label]
-column = "y"
-positive = ["1"]
-negative = ["0"]
-[[columns]]
-name = "age"
-type = "numeric"
-range = [0, 120]
-[[columns]]
-name = "scan"
-type = "image"
-channels = 1
-height = 2
-width = 3
-[[columns]]
-name = "sex"
-type = "categorical"
-levels = ["F", "M"]
-"#;
+    const WITH_IMAGE: &str = EXAMPLE_IMAGE_SCHEMA;
 
     /// `WITH_IMAGE` with the image column's declaration replaced by `image` (keys after `type`).
     fn with_image(image: &str) -> String {

@@ -213,36 +213,16 @@ mod tests {
     use std::path::PathBuf;
 
     use image::{GrayImage, ImageBuffer, LumaA, Rgb, RgbImage, Rgba};
-    use medfed_protocol::schema::Schema;
+    use medfed_protocol::schema::{EXAMPLE_IMAGE_SCHEMA, Schema};
 
     use crate::data::{
         DataError, Dataset, ProblemReason, ReadOptions, RowProblem, load_csv, read_rows,
     };
 
     /// `age`, a 2×3 grey image `scan` normalised by mean 0.5 and std 0.25, and `sex`.
-    const GREY: &str = r#"
-sensitive = ["sex"]
-[label]
-column = "y"
-positive = ["1"]
-negative = ["0"]
-[[columns]]
-name = "age"
-type = "numeric"
-range = [0, 120]
-[[columns]]
-name = "scan"
-type = "image"
-channels = 1
-height = 2
-width = 3
-mean = [0.5]
-std = [0.25]
-[[columns]]
-name = "sex"
-type = "categorical"
-levels = ["F", "M"]
-"#;
+    fn grey() -> String {
+        EXAMPLE_IMAGE_SCHEMA.replace("width = 3\n", "width = 3\nmean = [0.5]\nstd = [0.25]\n")
+    }
 
     /// A data directory with an `img/` folder for image files.
     struct Site {
@@ -275,7 +255,7 @@ levels = ["F", "M"]
         }
     }
 
-    /// What `GREY` makes of 0, 51, …, 255: `(v/255 − 0.5) / 0.25`.
+    /// What `grey()` makes of 0, 51, …, 255: `(v/255 − 0.5) / 0.25`.
     const GREY_FEATURES: [f32; 6] = [-2.0, -1.2, -0.4, 0.4, 1.2, 2.0];
 
     fn assert_close(found: &[f32], expected: &[f32], tolerance: f32) {
@@ -298,7 +278,7 @@ levels = ["F", "M"]
             "40,img/a.png,F,1\n41, {} ,M,0\n",
             absolute.display()
         ));
-        let data = load_csv(&csv, &Schema::parse(GREY).unwrap()).unwrap();
+        let data = load_csv(&csv, &Schema::parse(&grey()).unwrap()).unwrap();
         assert_eq!(data.examples.num_features, 1 + 6 + 2);
         assert_eq!(data.len(), 2);
         let rows: Vec<&[f32]> = data.examples.features.chunks(9).collect();
@@ -316,14 +296,14 @@ levels = ["F", "M"]
         let image = ImageBuffer::<image::Luma<u16>, _>::from_raw(3, 2, pixels).unwrap();
         image.save(site.path("img/deep.png")).unwrap();
         let csv = site.csv("40,img/deep.png,F,1\n");
-        let data = load_csv(&csv, &Schema::parse(GREY).unwrap()).unwrap();
+        let data = load_csv(&csv, &Schema::parse(&grey()).unwrap()).unwrap();
         assert_close(&data.examples.features[1..7], &GREY_FEATURES, 1e-6);
     }
 
     #[test]
     fn an_rgb_png_is_written_channel_first_with_each_channels_normalisation() {
         let site = Site::new();
-        let schema = GREY.replace(
+        let schema = grey().replace(
             "channels = 1\nheight = 2\nwidth = 3\nmean = [0.5]\nstd = [0.25]",
             "channels = 3\nheight = 1\nwidth = 2\nmean = [0.5, 0.4, 0.2]\nstd = [0.25, 0.5, 0.1]",
         );
@@ -350,7 +330,7 @@ levels = ["F", "M"]
             .save(site.path("img/s.jpg"))
             .unwrap();
         let csv = site.csv("40,img/s.jpg,F,1\n");
-        let data = load_csv(&csv, &Schema::parse(GREY).unwrap()).unwrap();
+        let data = load_csv(&csv, &Schema::parse(&grey()).unwrap()).unwrap();
         // JPEG is lossy: within two grey levels, (2/255)/0.25.
         assert_close(&data.examples.features[1..7], &[1.2; 6], 0.032);
     }
@@ -358,7 +338,7 @@ levels = ["F", "M"]
     #[test]
     fn resize_brings_any_size_to_the_declared_one_the_same_way_every_time() {
         let site = Site::new();
-        let schema = GREY.replace("std = [0.25]", "std = [0.25]\nresize = true");
+        let schema = grey().replace("std = [0.25]", "std = [0.25]\nresize = true");
         let schema = Schema::parse(&schema).unwrap();
         GrayImage::from_pixel(30, 17, image::Luma([204]))
             .save(site.path("img/big.png"))
@@ -436,26 +416,26 @@ levels = ["F", "M"]
     #[test]
     fn every_bad_image_is_refused_naming_the_file_row_column_and_image() {
         let site = Site::new();
-        let err = refused(&site, GREY, "img/none.png");
+        let err = refused(&site, &grey(), "img/none.png");
         assert!(
             matches!(err, DataError::ImageMissing { row: 2, .. }),
             "{err}"
         );
 
         std::fs::write(site.path("img/text.png"), "age,sex\n40,F\n").unwrap();
-        let err = refused(&site, GREY, "img/text.png");
+        let err = refused(&site, &grey(), "img/text.png");
         assert!(matches!(err, DataError::ImageUnreadable { .. }), "{err}");
 
         site.grey_png("whole.png");
         let whole = std::fs::read(site.path("img/whole.png")).unwrap();
         std::fs::write(site.path("img/cut.png"), &whole[..whole.len() - 20]).unwrap();
-        let err = refused(&site, GREY, "img/cut.png");
+        let err = refused(&site, &grey(), "img/cut.png");
         assert!(matches!(err, DataError::ImageUnreadable { .. }), "{err}");
 
         GrayImage::new(2, 3)
             .save(site.path("img/turned.png"))
             .unwrap();
-        let err = refused(&site, GREY, "img/turned.png");
+        let err = refused(&site, &grey(), "img/turned.png");
         assert!(
             matches!(
                 err,
@@ -473,8 +453,8 @@ levels = ["F", "M"]
         // with or without resize.
         std::fs::write(site.path("img/bomb.png"), png_header(100_000, 100_000)).unwrap();
         for schema in [
-            GREY.to_owned(),
-            GREY.replace("std = [0.25]", "std = [0.25]\nresize = true"),
+            grey(),
+            grey().replace("std = [0.25]", "std = [0.25]\nresize = true"),
         ] {
             let err = refused(&site, &schema, "img/bomb.png");
             assert!(matches!(err, DataError::ImageUnreadable { .. }), "{err}");
@@ -485,7 +465,7 @@ levels = ["F", "M"]
         }
         // One inside the side limit but over the byte limit: refused too.
         std::fs::write(site.path("img/wide.png"), png_header(16_000, 16_000)).unwrap();
-        let resize = GREY.replace("std = [0.25]", "std = [0.25]\nresize = true");
+        let resize = grey().replace("std = [0.25]", "std = [0.25]\nresize = true");
         let err = refused(&site, &resize, "img/wide.png");
         assert!(matches!(err, DataError::ImageUnreadable { .. }), "{err}");
     }
@@ -497,7 +477,7 @@ levels = ["F", "M"]
         ImageBuffer::<LumaA<u8>, _>::new(3, 2)
             .save(site.path("img/la.png"))
             .unwrap();
-        let err = refused(&site, GREY, "img/rgb.png");
+        let err = refused(&site, &grey(), "img/rgb.png");
         assert!(
             matches!(
                 err,
@@ -510,10 +490,10 @@ levels = ["F", "M"]
             "{err}"
         );
         assert!(err.to_string().contains("is RGB, 8-bit"), "{err}");
-        let err = refused(&site, GREY, "img/la.png");
+        let err = refused(&site, &grey(), "img/la.png");
         assert!(err.to_string().contains("grey with alpha"), "{err}");
 
-        let rgb = GREY.replace(
+        let rgb = grey().replace(
             "channels = 1\nheight = 2\nwidth = 3\nmean = [0.5]\nstd = [0.25]",
             "channels = 3\nheight = 2\nwidth = 3",
         );
@@ -548,7 +528,7 @@ levels = ["F", "M"]
             "40,img/a.png,F,1\n41,img/none.png,F,0\n42,img/text.png,M,1\n\
              43,,M,0\n44,img/big.png,F,1\n45,img/a.png,M,0\n",
         );
-        let schema = Schema::parse(GREY).unwrap();
+        let schema = Schema::parse(&grey()).unwrap();
         let (data, problems): (Dataset, Vec<RowProblem>) =
             read_rows(&csv, &schema, &ReadOptions::default()).unwrap();
         assert_eq!(data.rows, [2, 7]);
