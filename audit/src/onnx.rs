@@ -373,6 +373,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_schema_with_an_image_column_is_refused_naming_it() {
+        let file =
+            crate::model_file::tests::file_of(medfed_protocol::schema::EXAMPLE_IMAGE_SCHEMA, None);
+        assert_eq!(
+            to_onnx(&file),
+            Err(OnnxError::ImageColumn {
+                column: "scan".into()
+            })
+        );
+    }
+
+    #[test]
     fn varints_are_written_as_protobuf_does() {
         let mut p = Proto::default();
         p.int(1, 150);
