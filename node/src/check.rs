@@ -422,6 +422,22 @@ mod tests {
     }
 
     #[test]
+    fn schema_differences_name_an_image_columns_declaration() {
+        use medfed_protocol::schema::EXAMPLE_IMAGE_SCHEMA;
+        let ours = Schema::parse(EXAMPLE_IMAGE_SCHEMA).unwrap();
+        let other =
+            Schema::parse(&EXAMPLE_IMAGE_SCHEMA.replace("width = 3", "width = 3\nresize = true"))
+                .unwrap();
+        assert_eq!(
+            schema_differences(&ours, &other),
+            [
+                "column \"scan\": image 1×2×3 (other sizes refused), mean [0.0], std [1.0] here, \
+                 image 1×2×3 (other sizes resized), mean [0.0], std [1.0] there"
+            ]
+        );
+    }
+
+    #[test]
     fn schema_differences_name_each_part() {
         let ours = Schema::parse(SCHEMA).unwrap();
         assert!(schema_differences(&ours, &ours).is_empty());
