@@ -262,7 +262,7 @@ pub struct ModelFile {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use medfed_protocol::model::ModelKind;
     use medfed_protocol::schema::EXAMPLE_SCHEMA;
 
@@ -270,18 +270,33 @@ mod tests {
     use crate::checkpoint::{decode_model_file, encode_model_file};
 
     fn file(audit: Option<AuditLink>) -> ModelFile {
-        let schema = Schema::parse(EXAMPLE_SCHEMA).unwrap();
+        file_of(EXAMPLE_SCHEMA, audit)
+    }
+
+    /// A model file of a small MLP over `schema_text`'s features, numeric ones standardised by
+    /// mean 52.5 and std 14, the others left as they are.
+    pub(crate) fn file_of(schema_text: &str, audit: Option<AuditLink>) -> ModelFile {
+        let schema = Schema::parse(schema_text).unwrap();
         let spec = ModelSpec {
             kind: ModelKind::Mlp { hidden: vec![3] },
             input_dim: schema.num_features(),
         };
         let model = Model::new(spec.clone(), spec.initial_parameters(3)).unwrap();
-        let standardization = Standardization {
-            mean: vec![52.5, 0.0, 0.0],
-            std: vec![14.0, 1.0, 1.0],
-        };
+        let numeric = |c: &medfed_protocol::schema::Column| c.range().is_some();
+        let mut standardization = Standardization::identity(0);
+        for column in schema.columns() {
+            let (mean, std) = if numeric(column) {
+                (52.5, 14.0)
+            } else {
+                (0.0, 1.0)
+            };
+            for _ in 0..column.width() {
+                standardization.mean.push(mean);
+                standardization.std.push(std);
+            }
+        }
         let threshold = DecisionThreshold::new(0.2).unwrap();
-        let scoring = Scoring::new(EXAMPLE_SCHEMA.into(), standardization, threshold, &spec);
+        let scoring = Scoring::new(schema_text.into(), standardization, threshold, &spec);
         ModelFile {
             round: 7,
             model,
@@ -328,6 +343,16 @@ mod tests {
             decode_model_file(&encode_model_file(&plain).unwrap()).unwrap(),
             plain
         );
+    }
+
+    #[test]
+    fn a_model_file_over_an_image_schema_carries_every_pixel_feature_through_the_bytes() {
+        let original = file_of(medfed_protocol::schema::EXAMPLE_IMAGE_SCHEMA, None);
+        let back = decode_model_file(&encode_model_file(&original).unwrap()).unwrap();
+        assert_eq!(back, original);
+        let scoring = back.scoring.unwrap();
+        assert_eq!(scoring.schema.feature_names()[1], "scan[0,0,0]");
+        assert_eq!(scoring.standardization.std[1..7], [1.0; 6]);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! network (`Gemm` with the PyTorch weights, `Relu` between layers) and ends with `Sigmoid`: the
 //! output `score`, `[N, 1]`, is the probability of the positive class. A categorical value the
 //! schema does not list one-hot encodes as all zeros (`predict` refuses such a row instead).
+//! A schema with an image column is refused ([`OnnxError::ImageColumn`]): the graph's inputs
+//! are cells, and an image cell is a file path.
 //!
 //! It is written with opset 19 of the default domain (the first where `Equal` compares strings),
 //! IR version 9, as protobuf by hand: the handful of ONNX messages it needs, field numbers from
@@ -39,6 +41,16 @@ pub fn to_onnx(file: &ModelFile) -> Result<Vec<u8>, OnnxError> {
     if let ModelKind::Layers(architecture) = &file.model.spec.kind {
         return Err(OnnxError::DeclaredLayers {
             layers: architecture.layers().len(),
+        });
+    }
+    if let Some(column) = scoring
+        .schema
+        .columns()
+        .iter()
+        .find(|c| c.image().is_some())
+    {
+        return Err(OnnxError::ImageColumn {
+            column: column.name().to_owned(),
         });
     }
     let mut graph = Graph::default();
@@ -94,6 +106,14 @@ pub enum OnnxError {
         /// Its number of layers.
         layers: usize,
     },
+    /// The schema has an image column, whose files the graph cannot read.
+    #[error(
+        "the schema's column \"{column}\" is an image: the ONNX export takes numeric and categorical inputs only"
+    )]
+    ImageColumn {
+        /// The image column.
+        column: String,
+    },
 }
 
 /// An attribute of a node.
@@ -140,6 +160,8 @@ impl Graph {
                         features.push(value);
                     }
                 }
+                // Refused before the graph is built ([`to_onnx`]).
+                ColumnKind::Image(_) => {}
                 ColumnKind::Categorical { levels } => {
                     self.inputs.push(value_info(name, STRING));
                     let missing_level = column.missing() == MissingMode::Level;
@@ -363,6 +385,18 @@ impl Proto {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schema_with_an_image_column_is_refused_naming_it() {
+        let file =
+            crate::model_file::tests::file_of(medfed_protocol::schema::EXAMPLE_IMAGE_SCHEMA, None);
+        assert_eq!(
+            to_onnx(&file),
+            Err(OnnxError::ImageColumn {
+                column: "scan".into()
+            })
+        );
+    }
 
     #[test]
     fn varints_are_written_as_protobuf_does() {

@@ -253,6 +253,9 @@ pub fn schema_differences(ours: &Schema, other: &Schema) -> Vec<String> {
             {
                 out.push(format!("column \"{name}\": levels {a:?} here, {b:?} there"));
             }
+            (ColumnKind::Image(a), ColumnKind::Image(b)) if a != b => {
+                out.push(format!("column \"{name}\": {a} here, {b} there"));
+            }
             (a, b) if a.to_string() != b.to_string() => {
                 out.push(format!("column \"{name}\": {a} here, {b} there"));
             }
@@ -415,6 +418,22 @@ mod tests {
             report
                 .to_text()
                 .contains("valid; 2 training and 0 held-out rows")
+        );
+    }
+
+    #[test]
+    fn schema_differences_name_an_image_columns_declaration() {
+        use medfed_protocol::schema::EXAMPLE_IMAGE_SCHEMA;
+        let ours = Schema::parse(EXAMPLE_IMAGE_SCHEMA).unwrap();
+        let other =
+            Schema::parse(&EXAMPLE_IMAGE_SCHEMA.replace("width = 3", "width = 3\nresize = true"))
+                .unwrap();
+        assert_eq!(
+            schema_differences(&ours, &other),
+            [
+                "column \"scan\": image 1×2×3 (other sizes refused), mean [0.0], std [1.0] here, \
+                 image 1×2×3 (other sizes resized), mean [0.0], std [1.0] there"
+            ]
         );
     }
 

@@ -331,6 +331,60 @@ fn check_lists_every_problem_in_one_run_with_counts_per_column_and_reason() {
 }
 
 #[test]
+fn check_names_each_bad_image_file_and_keeps_the_good_scans() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = SCHEMA.replace(
+        "[[columns]]\nname = \"age\"",
+        "[[columns]]\nname = \"scan\"\ntype = \"image\"\nchannels = 1\nheight = 4\nwidth = 4\n\
+         [[columns]]\nname = \"age\"",
+    );
+    std::fs::create_dir(dir.path().join("scans")).unwrap();
+    let scan = |name: &str, side: u32| {
+        image::GrayImage::new(side, side)
+            .save(dir.path().join("scans").join(name))
+            .unwrap();
+    };
+    scan("good.png", 4);
+    scan("big.png", 8);
+    std::fs::write(dir.path().join("scans/notes.png"), "not an image").unwrap();
+    let csv = "id,scan,age,sex,outcome\n\
+               1,scans/good.png,50,F,1\n\
+               2,scans/gone.png,60,M,0\n\
+               3,scans/notes.png,61,M,0\n\
+               4,scans/big.png,62,F,1\n\
+               5,scans/good.png,70,M,1\n";
+    let (ok, stderr) = check(dir.path(), &schema, csv);
+    assert!(!ok, "problems must fail the check");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let scans = dir.path().join("scans");
+    let lines = problem_lines(&stderr);
+    let expected_starts = [
+        format!(
+            "row 3, column \"scan\": image file {} not found",
+            scans.join("gone.png").display()
+        ),
+        format!(
+            "row 4, column \"scan\": cannot read image file {}: ",
+            scans.join("notes.png").display()
+        ),
+        format!(
+            "row 5, column \"scan\": image file {} is 8×8 (height×width), the schema declares 4×4 and no resize",
+            scans.join("big.png").display()
+        ),
+    ];
+    assert_eq!(lines.len(), 3, "{stderr}");
+    for (line, start) in lines.iter().zip(&expected_starts) {
+        let line = line.split("site.csv: ").nth(1).unwrap_or_default();
+        assert!(line.starts_with(start.as_str()), "{line}\nexpected {start}");
+    }
+    let (_, stdout, _) = run(dir.path(), &["check"]);
+    assert!(
+        stdout.contains("3 problems in 3 of 5 rows; 2 rows kept"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn check_lists_up_to_the_limit_and_counts_them_all() {
     let dir = tempfile::tempdir().unwrap();
     let mut csv = String::from("id,age,sex,outcome\n1,50,F,1\n");

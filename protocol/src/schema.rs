@@ -76,6 +76,33 @@
 //! is then unused) and its `bands`, as any numeric sensitive attribute does. `input = false` on
 //! a column that is not sensitive is refused: it would be read for nothing.
 //!
+//! # Image columns
+//!
+//! A column of `type = "image"` holds, in each cell, the path of an image file (PNG or JPEG;
+//! relative to the CSV file's directory, or absolute). It is encoded as
+//! `channels × height × width` features, row-major in channel, row, column order (CHW, PyTorch's
+//! layout), named `column[c,y,x]`:
+//!
+//! ```toml
+//! [[columns]]
+//! name = "scan"
+//! type = "image"
+//! channels = 1          # 1 (grey) or 3 (RGB)
+//! height = 28
+//! width = 28
+//! resize = false        # optional, default false: an image of another size is refused;
+//!                       # true: it is resized (bilinear) to height × width
+//! mean = [0.5]          # optional, one per channel, default 0
+//! std = [0.25]          # optional, one per channel, default 1; each positive
+//! ```
+//!
+//! Each pixel value `v` becomes `(v / max − mean[c]) / std[c]`, with `max` 255 (8-bit) or 65535
+//! (16-bit). The features are normalised by the schema alone: an image column adds nothing to
+//! the statistics round ([`Schema::stats_len`]) and its features are never standardised (the
+//! [`crate::stats::Standardization`] keeps them as they are). An image column refuses a missing
+//! cell (no `missing` mode but `refuse`), cannot be a sensitive attribute (there is nothing to
+//! group by) and gives at most [`crate::architecture::MAX_ACTIVATION`] features.
+//!
 //! This module only parses text; reading the file is the caller's job.
 
 use std::collections::{BTreeMap, HashSet};
@@ -98,6 +125,31 @@ negative = ["0"]
 name = "age"
 type = "numeric"
 range = [0, 120]
+[[columns]]
+name = "sex"
+type = "categorical"
+levels = ["F", "M"]
+"#;
+
+/// A schema with an image column (patients `age,scan,sex,y`): `scan` names a 2×3 grey image,
+/// normalised by the defaults (mean 0, std 1), between a numeric and a categorical column. For
+/// examples and tests.
+pub const EXAMPLE_IMAGE_SCHEMA: &str = r#"
+sensitive = ["sex"]
+[label]
+column = "y"
+positive = ["1"]
+negative = ["0"]
+[[columns]]
+name = "age"
+type = "numeric"
+range = [0, 120]
+[[columns]]
+name = "scan"
+type = "image"
+channels = 1
+height = 2
+width = 3
 [[columns]]
 name = "sex"
 type = "categorical"
@@ -183,6 +235,99 @@ pub enum ColumnKind {
         /// The allowed cell values, in encoding order.
         levels: Vec<String>,
     },
+    /// The path of an image file, encoded as its normalised pixels (see the
+    /// [module docs](self#image-columns)).
+    Image(ImageColumn),
+}
+
+/// What an image column declares: the image's channels and size, whether another size is
+/// resized, and the per-channel normalisation. Built by [`Schema::parse`], which checks it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageColumn {
+    channels: u8,
+    height: u32,
+    width: u32,
+    resize: bool,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+}
+
+// Every mean and standard deviation is finite (never NaN), so equality is reflexive.
+impl Eq for ImageColumn {}
+
+impl ImageColumn {
+    /// 1 (grey) or 3 (RGB).
+    pub fn channels(&self) -> u8 {
+        self.channels
+    }
+
+    /// The image's height in pixels, at least 1.
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    /// The image's width in pixels, at least 1.
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    /// Whether an image of another size is resized to `height × width` (else it is refused).
+    pub fn resize(&self) -> bool {
+        self.resize
+    }
+
+    /// The value subtracted from each channel's pixels (scaled to `[0, 1]`), one per channel.
+    pub fn mean(&self) -> &[f32] {
+        &self.mean
+    }
+
+    /// The value each channel's shifted pixels are divided by, one per channel; each finite
+    /// and at least [`crate::stats::MIN_STD`].
+    pub fn std(&self) -> &[f32] {
+        &self.std
+    }
+
+    /// Whether `index` is `c,y,x]` for a pixel value of this image, written as
+    /// [`Schema::feature_names`] writes it.
+    fn names_index(&self, index: &str) -> bool {
+        let Some(index) = index.strip_suffix(']') else {
+            return false;
+        };
+        let parts: Vec<&str> = index.split(',').collect();
+        let [c, y, x] = parts.as_slice() else {
+            return false;
+        };
+        let within = |text: &str, bound: u32| {
+            text.parse::<u32>()
+                .is_ok_and(|v| v < bound && v.to_string() == text)
+        };
+        within(c, u32::from(self.channels)) && within(y, self.height) && within(x, self.width)
+    }
+
+    /// The number of features: `channels × height × width`.
+    pub fn num_features(&self) -> usize {
+        usize::from(self.channels) * self.height as usize * self.width as usize
+    }
+}
+
+impl fmt::Display for ImageColumn {
+    /// `image 1×28×28 (other sizes refused), mean [0.5], std [0.25]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "image {}×{}×{} ({}), mean {:?}, std {:?}",
+            self.channels,
+            self.height,
+            self.width,
+            if self.resize {
+                "other sizes resized"
+            } else {
+                "other sizes refused"
+            },
+            self.mean,
+            self.std
+        )
+    }
 }
 
 /// The declared range `[low, high]` of a numeric column, `low < high`, both finite and within
@@ -367,6 +512,92 @@ pub enum SchemaError {
         /// The column.
         column: String,
     },
+    /// A key that does not apply to the column's type (an image key on a numeric or
+    /// categorical column, `range` or `levels` on an image column).
+    #[error("{kind} column \"{column}\" has `{key}`, which does not apply to {kind} columns")]
+    KeyNotForType {
+        /// The column.
+        column: String,
+        /// The column's type.
+        kind: &'static str,
+        /// The key.
+        key: &'static str,
+    },
+    /// An image column lacks `channels`, `height` or `width`.
+    #[error("image column \"{column}\" declares no `{key}`")]
+    ImageKeyMissing {
+        /// The column.
+        column: String,
+        /// The missing key.
+        key: &'static str,
+    },
+    /// An image column's `channels` is not 1 or 3.
+    #[error("image column \"{column}\": channels = {channels}; use 1 (grey) or 3 (RGB)")]
+    ImageChannels {
+        /// The column.
+        column: String,
+        /// The value as written.
+        channels: i64,
+    },
+    /// An image column's `height` or `width` is not a positive size.
+    #[error("image column \"{column}\": size {height}×{width}: each side must be at least 1")]
+    ImageSize {
+        /// The column.
+        column: String,
+        /// `height` as written.
+        height: i64,
+        /// `width` as written.
+        width: i64,
+    },
+    /// An image column would give more than [`crate::architecture::MAX_ACTIVATION`] features.
+    #[error(
+        "image column \"{column}\": {channels}×{height}×{width} gives more than {max} features",
+        max = crate::architecture::MAX_ACTIVATION
+    )]
+    ImageTooLarge {
+        /// The column.
+        column: String,
+        /// The channels.
+        channels: i64,
+        /// The height.
+        height: i64,
+        /// The width.
+        width: i64,
+    },
+    /// An image column's `mean` or `std` does not list one value per channel.
+    #[error(
+        "image column \"{column}\": `{key}` lists {found} values, one per channel ({channels}) is needed"
+    )]
+    ImageNormalisationLength {
+        /// The column.
+        column: String,
+        /// `mean` or `std`.
+        key: &'static str,
+        /// Values listed.
+        found: usize,
+        /// The column's channels.
+        channels: u8,
+    },
+    /// A value of an image column's `mean` or `std` is unusable.
+    #[error("image column \"{column}\": `{key}` value {value}: {reason}")]
+    ImageNormalisationValue {
+        /// The column.
+        column: String,
+        /// `mean` or `std`.
+        key: &'static str,
+        /// The value as read.
+        value: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// An image column is listed in `sensitive`.
+    #[error(
+        "image column \"{column}\" is listed in `sensitive`: the audit groups by levels or bands, which an image has not"
+    )]
+    SensitiveImage {
+        /// The column.
+        column: String,
+    },
     /// The label's positive or negative list is empty.
     #[error("label lists no {class} values")]
     EmptyLabelClass {
@@ -464,27 +695,42 @@ impl Schema {
 
     /// The name of every encoded feature, in encoding order: `column` for a numeric column
     /// (then `column (missing)` when it imputes), `column=level` for each level of a categorical
-    /// one (then `column=(missing)` when missing is a level).
+    /// one (then `column=(missing)` when missing is a level), `column[c,y,x]` for each pixel
+    /// value of an image column, in CHW order.
     pub fn feature_names(&self) -> Vec<String> {
         let mut names = Vec::with_capacity(self.num_features());
         for column in &self.columns {
-            match &column.kind {
-                ColumnKind::Numeric { .. } => names.push(column.name.clone()),
-                ColumnKind::Categorical { levels } => names.extend(
-                    levels
-                        .iter()
-                        .map(|level| format!("{}={level}", column.name)),
-                ),
-            }
-            match column.missing {
-                MissingMode::Refuse => {}
-                MissingMode::Level => names.push(format!("{}={MISSING_LEVEL}", column.name)),
-                MissingMode::Impute => {
-                    names.push(format!("{}{MISSING_INDICATOR_SUFFIX}", column.name));
-                }
-            }
+            column.push_feature_names(&mut names);
         }
         names
+    }
+
+    /// Refuses two encoded features of the same name, without naming every pixel: an image
+    /// column's names `scan[c,y,x]` end in the only `[` of their index, so they can equal no
+    /// other image column's (whose name differs), only another column's feature name that is
+    /// `scan` followed by an index in range.
+    fn check_feature_names(&self) -> Result<(), SchemaError> {
+        let images: Vec<(&str, &ImageColumn)> = self
+            .columns
+            .iter()
+            .filter_map(|c| Some((c.name(), c.image()?)))
+            .collect();
+        let mut names = Vec::new();
+        for column in self.columns.iter().filter(|c| c.image().is_none()) {
+            column.push_feature_names(&mut names);
+        }
+        let mut seen = HashSet::new();
+        for name in names {
+            let pixel = name.rsplit_once('[').is_some_and(|(prefix, index)| {
+                images
+                    .iter()
+                    .any(|(image_name, image)| prefix == *image_name && image.names_index(index))
+            });
+            if pixel || !seen.insert(name.clone()) {
+                return Err(SchemaError::FeatureNameClash { name });
+            }
+        }
+        Ok(())
     }
 
     /// The number of encoded features: the model's input width.
@@ -495,14 +741,22 @@ impl Schema {
     /// The length of one node's federated-statistics vector: the count, a sum and a sum of
     /// squares per numeric column, a count per categorical level (the missing level included),
     /// a count of present values per imputed column and the noise's variance —
-    /// `2 + num_features + (numeric columns)` (see [`crate::stats::stats_contribution`]).
+    /// `2 + (features of numeric and categorical columns) + (numeric columns)` (see
+    /// [`crate::stats::stats_contribution`]). Image columns add nothing: their features are
+    /// normalised by the schema, not by pooled statistics.
     pub fn stats_len(&self) -> usize {
         let numeric = self
             .columns
             .iter()
             .filter(|c| matches!(c.kind, ColumnKind::Numeric { .. }))
             .count();
-        2 + self.num_features() + numeric
+        let counted: usize = self
+            .columns
+            .iter()
+            .filter(|c| c.image().is_none())
+            .map(Column::width)
+            .sum();
+        2 + counted + numeric
     }
 
     /// The intersections of two sensitive attributes that the audit also reports on, in
@@ -642,7 +896,8 @@ impl Schema {
     /// encoding and the audit, and so does each numeric column's range (the bits of its two
     /// bounds), because it shapes the statistics. So does each column's missing-value mode and
     /// the set of `missing_values` tokens, and audit-only columns, in their order, each as a
-    /// feature column is. A schema without intersections, missing-value modes other than
+    /// feature column is. An image column's every key counts (channels, size, `resize`, and the
+    /// bits of each `mean` and `std`). A schema without intersections, missing-value modes other than
     /// `refuse`, tokens and audit-only columns has the digest it would have had before these
     /// existed.
     pub fn digest(&self) -> [u8; 32] {
@@ -650,18 +905,7 @@ impl Schema {
         put_str(&mut bytes, DIGEST_DOMAIN);
         put_len(&mut bytes, self.columns.len());
         for column in &self.columns {
-            put_str(&mut bytes, &column.name);
-            match &column.kind {
-                ColumnKind::Numeric { range } => {
-                    bytes.push(0);
-                    bytes.extend_from_slice(&range.low.to_bits().to_be_bytes());
-                    bytes.extend_from_slice(&range.high.to_bits().to_be_bytes());
-                }
-                ColumnKind::Categorical { levels } => {
-                    bytes.push(1);
-                    put_list(&mut bytes, levels.iter());
-                }
-            }
+            put_column(&mut bytes, column);
         }
         put_str(&mut bytes, &self.label.column);
         put_list(&mut bytes, sorted(&self.label.positive).into_iter());
@@ -733,21 +977,53 @@ impl Column {
         self.missing
     }
 
-    /// The clipping range of a numeric column; `None` for a categorical one.
+    /// The clipping range of a numeric column; `None` for another.
     pub fn range(&self) -> Option<ClipRange> {
         match &self.kind {
             ColumnKind::Numeric { range } => Some(*range),
-            ColumnKind::Categorical { .. } => None,
+            ColumnKind::Categorical { .. } | ColumnKind::Image(_) => None,
+        }
+    }
+
+    /// The declaration of an image column; `None` for another.
+    pub fn image(&self) -> Option<&ImageColumn> {
+        match &self.kind {
+            ColumnKind::Image(image) => Some(image),
+            ColumnKind::Numeric { .. } | ColumnKind::Categorical { .. } => None,
+        }
+    }
+
+    /// Appends the names of this column's encoded features (see [`Schema::feature_names`]).
+    fn push_feature_names(&self, names: &mut Vec<String>) {
+        let name = &self.name;
+        match &self.kind {
+            ColumnKind::Numeric { .. } => names.push(name.clone()),
+            ColumnKind::Categorical { levels } => {
+                names.extend(levels.iter().map(|level| format!("{name}={level}")));
+            }
+            ColumnKind::Image(image) => {
+                for c in 0..image.channels {
+                    for y in 0..image.height {
+                        names.extend((0..image.width).map(|x| format!("{name}[{c},{y},{x}]")));
+                    }
+                }
+            }
+        }
+        match self.missing {
+            MissingMode::Refuse => {}
+            MissingMode::Level => names.push(format!("{name}={MISSING_LEVEL}")),
+            MissingMode::Impute => names.push(format!("{name}{MISSING_INDICATOR_SUFFIX}")),
         }
     }
 
     /// The number of encoded features this column gives: one for a number (two when it
     /// imputes: the value and its indicator), one per level for a categorical column (one more
-    /// when missing is a level).
+    /// when missing is a level), `channels × height × width` for an image.
     pub fn width(&self) -> usize {
         let values = match &self.kind {
             ColumnKind::Numeric { .. } => 1,
             ColumnKind::Categorical { levels } => levels.len(),
+            ColumnKind::Image(image) => image.num_features(),
         };
         match self.missing {
             MissingMode::Refuse => values,
@@ -801,6 +1077,7 @@ impl fmt::Display for ColumnKind {
         match self {
             Self::Numeric { .. } => f.write_str("numeric"),
             Self::Categorical { .. } => f.write_str("categorical"),
+            Self::Image(_) => f.write_str("image"),
         }
     }
 }
@@ -851,6 +1128,16 @@ struct RawColumn {
     missing: Option<String>,
     /// `false` for an audit-only sensitive attribute; absent means a model input.
     input: Option<bool>,
+    /// An image column's channels, height and width, checked by hand so that an error names
+    /// the column.
+    channels: Option<i64>,
+    height: Option<i64>,
+    width: Option<i64>,
+    /// Whether an image of another size is resized; absent means refused.
+    resize: Option<bool>,
+    /// An image column's per-channel normalisation.
+    mean: Option<Vec<f64>>,
+    std: Option<Vec<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -858,6 +1145,18 @@ struct RawColumn {
 enum RawKind {
     Numeric,
     Categorical,
+    Image,
+}
+
+impl RawKind {
+    /// The type as the schema writes it.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Numeric => "numeric",
+            Self::Categorical => "categorical",
+            Self::Image => "image",
+        }
+    }
 }
 
 impl RawSchema {
@@ -913,9 +1212,16 @@ impl RawSchema {
 
         let mut seen_sensitive = HashSet::new();
         for name in &self.sensitive {
-            let known = declared.iter().any(|c| &c.name == name);
-            if !known || !seen_sensitive.insert(name.as_str()) {
+            let Some(column) = declared.iter().find(|c| &c.name == name) else {
                 return Err(SchemaError::BadSensitive { name: name.clone() });
+            };
+            if !seen_sensitive.insert(name.as_str()) {
+                return Err(SchemaError::BadSensitive { name: name.clone() });
+            }
+            if column.image().is_some() {
+                return Err(SchemaError::SensitiveImage {
+                    column: name.clone(),
+                });
             }
         }
 
@@ -962,12 +1268,7 @@ impl RawSchema {
             intersections,
             audit_only,
         };
-        let mut seen_features = HashSet::new();
-        for name in schema.feature_names() {
-            if !seen_features.insert(name.clone()) {
-                return Err(SchemaError::FeatureNameClash { name });
-            }
-        }
+        schema.check_feature_names()?;
         // Group names are keys of the audit: two groups of one attribute must not share a name
         // (possible only when a level itself contains ", ").
         let mut seen_groups = HashSet::new();
@@ -1090,6 +1391,22 @@ impl RawColumn {
                     fits: "numeric",
                 });
             }
+            (RawKind::Image, MissingMode::Level | MissingMode::Impute) => {
+                return Err(SchemaError::MissingModeMismatch {
+                    column: self.name,
+                    kind: "image",
+                    mode: if missing == MissingMode::Level {
+                        "level"
+                    } else {
+                        "impute"
+                    },
+                    fits: if missing == MissingMode::Level {
+                        "categorical"
+                    } else {
+                        "numeric"
+                    },
+                });
+            }
             (RawKind::Categorical, MissingMode::Level)
                 if self
                     .levels
@@ -1100,7 +1417,15 @@ impl RawColumn {
             }
             _ => {}
         }
+        self.refuse_foreign_keys()?;
         let kind = match (self.kind, self.levels) {
+            (RawKind::Image, _) => ColumnKind::Image(validate_image(
+                &self.name,
+                [self.channels, self.height, self.width],
+                self.resize.unwrap_or(false),
+                self.mean,
+                self.std,
+            )?),
             (RawKind::Numeric, None) => {
                 let Some(range) = self.range else {
                     return Err(SchemaError::MissingRange { column: self.name });
@@ -1154,6 +1479,133 @@ impl RawColumn {
     }
 }
 
+impl RawColumn {
+    /// Refuses a key of another type: an image key on a numeric or categorical column, a
+    /// `range` or `levels` on an image column. (A `range` on a categorical column and `levels`
+    /// on a numeric one keep their own errors.)
+    fn refuse_foreign_keys(&self) -> Result<(), SchemaError> {
+        let image_keys = [
+            ("channels", self.channels.is_some()),
+            ("height", self.height.is_some()),
+            ("width", self.width.is_some()),
+            ("resize", self.resize.is_some()),
+            ("mean", self.mean.is_some()),
+            ("std", self.std.is_some()),
+        ];
+        let other_keys = [
+            ("range", self.range.is_some()),
+            ("levels", self.levels.is_some()),
+        ];
+        let foreign = match self.kind {
+            RawKind::Image => other_keys.as_slice(),
+            RawKind::Numeric | RawKind::Categorical => image_keys.as_slice(),
+        };
+        match foreign.iter().find(|(_, present)| *present) {
+            Some((key, _)) => Err(SchemaError::KeyNotForType {
+                column: self.name.clone(),
+                kind: self.kind.name(),
+                key,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Checks an image column's declaration: `channels` 1 or 3, `height` and `width` present and
+/// positive, at most [`crate::architecture::MAX_ACTIVATION`] features, and one finite `mean`
+/// and one `std` of at least [`crate::stats::MIN_STD`] per channel (defaults 0 and 1).
+fn validate_image(
+    column: &str,
+    [channels, height, width]: [Option<i64>; 3],
+    resize: bool,
+    mean: Option<Vec<f64>>,
+    std: Option<Vec<f64>>,
+) -> Result<ImageColumn, SchemaError> {
+    let column = column.to_owned();
+    let required = |key: &'static str, value: Option<i64>| {
+        value.ok_or_else(|| SchemaError::ImageKeyMissing {
+            column: column.clone(),
+            key,
+        })
+    };
+    let (channels, height, width) = (
+        required("channels", channels)?,
+        required("height", height)?,
+        required("width", width)?,
+    );
+    let channels = match channels {
+        1 => 1u8,
+        3 => 3u8,
+        _ => return Err(SchemaError::ImageChannels { column, channels }),
+    };
+    let (Ok(h), Ok(w)) = (u32::try_from(height), u32::try_from(width)) else {
+        return Err(SchemaError::ImageSize {
+            column,
+            height,
+            width,
+        });
+    };
+    if h == 0 || w == 0 {
+        return Err(SchemaError::ImageSize {
+            column,
+            height,
+            width,
+        });
+    }
+    let features = u64::from(channels) * u64::from(h) * u64::from(w);
+    if features > crate::architecture::MAX_ACTIVATION as u64 {
+        return Err(SchemaError::ImageTooLarge {
+            column,
+            channels: i64::from(channels),
+            height,
+            width,
+        });
+    }
+    let per_channel = |key: &'static str, values: Option<Vec<f64>>, default: f32| {
+        let Some(values) = values else {
+            return Ok(vec![default; usize::from(channels)]);
+        };
+        if values.len() != usize::from(channels) {
+            return Err(SchemaError::ImageNormalisationLength {
+                column: column.clone(),
+                key,
+                found: values.len(),
+                channels,
+            });
+        }
+        values
+            .into_iter()
+            .map(|value| {
+                let bad = |reason| SchemaError::ImageNormalisationValue {
+                    column: column.clone(),
+                    key,
+                    value: value.to_string(),
+                    reason,
+                };
+                // `+ 0.0` turns −0 into +0, so that equal declarations have equal digests.
+                let single = value as f32 + 0.0;
+                if !single.is_finite() {
+                    return Err(bad("it must be a finite number within f32's range"));
+                }
+                if key == "std" && single < crate::stats::MIN_STD {
+                    return Err(bad(
+                        "a standard deviation must be positive (at least 1e-12)",
+                    ));
+                }
+                Ok(single)
+            })
+            .collect()
+    };
+    Ok(ImageColumn {
+        channels,
+        height: h,
+        width: w,
+        resize,
+        mean: per_channel("mean", mean, 0.0)?,
+        std: per_channel("std", std, 1.0)?,
+    })
+}
+
 impl RawLabel {
     fn validate(self) -> Result<Label, SchemaError> {
         if self.positive.is_empty() {
@@ -1193,8 +1645,9 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// A column as the digest encodes it: its name, then 0 and the range's bits (numeric) or 1 and
-/// the levels (categorical).
+/// A column as the digest encodes it: its name, then 0 and the range's bits (numeric), 1 and
+/// the levels (categorical), or 2, the channels, height, width, `resize` and the bits of each
+/// mean and std (image).
 fn put_column(out: &mut Vec<u8>, column: &Column) {
     put_str(out, &column.name);
     match &column.kind {
@@ -1206,6 +1659,19 @@ fn put_column(out: &mut Vec<u8>, column: &Column) {
         ColumnKind::Categorical { levels } => {
             out.push(1);
             put_list(out, levels.iter());
+        }
+        ColumnKind::Image(image) => {
+            out.push(2);
+            out.push(image.channels);
+            out.extend_from_slice(&image.height.to_be_bytes());
+            out.extend_from_slice(&image.width.to_be_bytes());
+            out.push(u8::from(image.resize));
+            for values in [&image.mean, &image.std] {
+                put_len(out, values.len());
+                for value in values {
+                    out.extend_from_slice(&value.to_bits().to_be_bytes());
+                }
+            }
         }
     }
 }
@@ -2011,5 +2477,250 @@ age = [40.0, 60.0]
             Schema::parse(&crossed).unwrap().digest(),
             Schema::parse(&both).unwrap().digest()
         );
+    }
+
+    /// A numeric column, a 1×2×3 image with the defaults, and a categorical column.
+    const WITH_IMAGE: &str = EXAMPLE_IMAGE_SCHEMA;
+
+    /// `WITH_IMAGE` with the image column's declaration replaced by `image` (keys after `type`).
+    fn with_image(image: &str) -> String {
+        WITH_IMAGE.replace("channels = 1\nheight = 2\nwidth = 3\n", image)
+    }
+
+    #[test]
+    fn an_image_column_gives_chw_pixel_features_and_no_statistics() {
+        let schema = Schema::parse(WITH_IMAGE).unwrap();
+        let scan = &schema.columns()[1];
+        let image = scan.image().expect("an image column");
+        assert_eq!((image.channels(), image.height(), image.width()), (1, 2, 3));
+        assert!(!image.resize());
+        assert_eq!((image.mean(), image.std()), (&[0.0][..], &[1.0][..]));
+        assert_eq!(scan.width(), 6);
+        assert_eq!(scan.range(), None);
+        assert_eq!(schema.num_features(), 1 + 6 + 2);
+        assert_eq!(
+            schema.feature_names(),
+            [
+                "age",
+                "scan[0,0,0]",
+                "scan[0,0,1]",
+                "scan[0,0,2]",
+                "scan[0,1,0]",
+                "scan[0,1,1]",
+                "scan[0,1,2]",
+                "sex=F",
+                "sex=M"
+            ]
+        );
+        // n, the age's sum and sum of squares, two level counts, the noise: no pixel entry.
+        assert_eq!(schema.stats_len(), 6);
+
+        let rgb = Schema::parse(&with_image(
+            "channels = 3\nheight = 2\nwidth = 2\nresize = true\nmean = [0.5, 0.4, 0.3]\nstd = [0.25, 0.2, 0.1]\n",
+        ))
+        .unwrap();
+        let image = rgb.columns()[1].image().unwrap();
+        assert!(image.resize());
+        assert_eq!(image.mean(), [0.5, 0.4, 0.3]);
+        assert_eq!(image.std(), [0.25, 0.2, 0.1]);
+        let names = rgb.feature_names();
+        assert_eq!(names.len(), 1 + 12 + 2);
+        // Channel first, then row, then column.
+        assert_eq!(
+            names[1..6],
+            [
+                "scan[0,0,0]",
+                "scan[0,0,1]",
+                "scan[0,1,0]",
+                "scan[0,1,1]",
+                "scan[1,0,0]"
+            ]
+        );
+        assert_eq!(names[12], "scan[2,1,1]");
+    }
+
+    #[test]
+    fn image_declarations_are_checked_naming_the_column() {
+        let scan = "scan".to_owned();
+        let cases: Vec<(String, SchemaError)> = vec![
+            (
+                with_image("channels = 2\nheight = 2\nwidth = 3\n"),
+                SchemaError::ImageChannels {
+                    column: scan.clone(),
+                    channels: 2,
+                },
+            ),
+            (
+                with_image("channels = 1\nheight = 0\nwidth = 3\n"),
+                SchemaError::ImageSize {
+                    column: scan.clone(),
+                    height: 0,
+                    width: 3,
+                },
+            ),
+            (
+                with_image("channels = 1\nheight = 2\nwidth = -3\n"),
+                SchemaError::ImageSize {
+                    column: scan.clone(),
+                    height: 2,
+                    width: -3,
+                },
+            ),
+            (
+                with_image("channels = 1\nwidth = 3\n"),
+                SchemaError::ImageKeyMissing {
+                    column: scan.clone(),
+                    key: "height",
+                },
+            ),
+            (
+                with_image("channels = 3\nheight = 4096\nwidth = 4096\n"),
+                SchemaError::ImageTooLarge {
+                    column: scan.clone(),
+                    channels: 3,
+                    height: 4096,
+                    width: 4096,
+                },
+            ),
+            (
+                with_image("channels = 1\nheight = 2\nwidth = 3\nmean = [0.5, 0.5]\n"),
+                SchemaError::ImageNormalisationLength {
+                    column: scan.clone(),
+                    key: "mean",
+                    found: 2,
+                    channels: 1,
+                },
+            ),
+            (
+                with_image("channels = 3\nheight = 2\nwidth = 3\nstd = [1]\n"),
+                SchemaError::ImageNormalisationLength {
+                    column: scan.clone(),
+                    key: "std",
+                    found: 1,
+                    channels: 3,
+                },
+            ),
+            (
+                with_image("channels = 1\nheight = 2\nwidth = 3\nmissing = \"impute\"\n"),
+                SchemaError::MissingModeMismatch {
+                    column: scan.clone(),
+                    kind: "image",
+                    mode: "impute",
+                    fits: "numeric",
+                },
+            ),
+            (
+                with_image("channels = 1\nheight = 2\nwidth = 3\nrange = [0, 1]\n"),
+                SchemaError::KeyNotForType {
+                    column: scan.clone(),
+                    kind: "image",
+                    key: "range",
+                },
+            ),
+            (
+                WITH_IMAGE.replace("range = [0, 120]", "range = [0, 120]\nwidth = 3"),
+                SchemaError::KeyNotForType {
+                    column: "age".into(),
+                    kind: "numeric",
+                    key: "width",
+                },
+            ),
+            (
+                WITH_IMAGE.replace("sensitive = [\"sex\"]", "sensitive = [\"sex\", \"scan\"]"),
+                SchemaError::SensitiveImage {
+                    column: scan.clone(),
+                },
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_err(&text), expected, "for:\n{text}");
+        }
+        for (std, reason) in [
+            ("0", "positive"),
+            ("-0.5", "positive"),
+            ("nan", "finite"),
+            ("inf", "finite"),
+            ("1e300", "finite"),
+        ] {
+            let err = parse_err(&with_image(&format!(
+                "channels = 1\nheight = 2\nwidth = 3\nstd = [{std}]\n"
+            )));
+            let message = err.to_string();
+            assert!(
+                matches!(&err, SchemaError::ImageNormalisationValue { column, key: "std", .. } if column == "scan")
+                    && message.contains(reason),
+                "std = [{std}]: {message}"
+            );
+        }
+        let err = parse_err(&with_image(
+            "channels = 1\nheight = 2\nwidth = 3\nmean = [nan]\n",
+        ));
+        assert!(
+            matches!(
+                err,
+                SchemaError::ImageNormalisationValue { key: "mean", .. }
+            ),
+            "{err}"
+        );
+        // A column whose feature would be named like a pixel.
+        let clash = WITH_IMAGE.replace("name = \"age\"", "name = \"scan[0,1,2]\"");
+        assert_eq!(
+            parse_err(&clash),
+            SchemaError::FeatureNameClash {
+                name: "scan[0,1,2]".into()
+            }
+        );
+        // Outside the image, or not written as a pixel's name: no clash.
+        for name in ["scan[0,2,0]", "scan[0,01,2]", "scan[0,1]"] {
+            let text = WITH_IMAGE.replace("name = \"age\"", &format!("name = \"{name}\""));
+            assert!(Schema::parse(&text).is_ok(), "{name}");
+        }
+        // The cap is the architecture's: one example's input may hold MAX_ACTIVATION values.
+        let side = 1 << 12; // 4096 × 4096 = 2^24 = MAX_ACTIVATION
+        assert!(
+            Schema::parse(&with_image(&format!(
+                "channels = 1\nheight = {side}\nwidth = {side}\n"
+            )))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn digest_covers_every_image_key_and_only_what_it_means() {
+        let base = Schema::parse(WITH_IMAGE).unwrap().digest();
+        // The defaults, written out, are the same schema.
+        let explicit = with_image(
+            "channels = 1\nheight = 2\nwidth = 3\nresize = false\nmean = [0.0]\nstd = [1]\nmissing = \"refuse\"\n",
+        );
+        assert_eq!(Schema::parse(&explicit).unwrap().digest(), base);
+        assert_eq!(
+            Schema::parse(&with_image(
+                "channels = 1\nheight = 2\nwidth = 3\nmean = [-0.0]\n"
+            ))
+            .unwrap()
+            .digest(),
+            base
+        );
+        let mut seen = vec![base];
+        for image in [
+            "channels = 3\nheight = 2\nwidth = 3\n",
+            "channels = 1\nheight = 3\nwidth = 2\n",
+            "channels = 1\nheight = 2\nwidth = 4\n",
+            "channels = 1\nheight = 2\nwidth = 3\nresize = true\n",
+            "channels = 1\nheight = 2\nwidth = 3\nmean = [0.5]\n",
+            "channels = 1\nheight = 2\nwidth = 3\nstd = [0.5]\n",
+            "channels = 1\nheight = 2\nwidth = 3\nmean = [0.5]\nstd = [0.25]\n",
+            "channels = 1\nheight = 2\nwidth = 3\nmean = [0.25]\nstd = [0.5]\n",
+        ] {
+            let digest = Schema::parse(&with_image(image)).unwrap().digest();
+            assert!(!seen.contains(&digest), "digest repeated for:\n{image}");
+            seen.push(digest);
+        }
+        // A numeric column in the image's place is another schema.
+        let numeric = WITH_IMAGE.replace(
+            "type = \"image\"\nchannels = 1\nheight = 2\nwidth = 3\n",
+            "type = \"numeric\"\nrange = [0, 1]\n",
+        );
+        assert!(!seen.contains(&Schema::parse(&numeric).unwrap().digest()));
     }
 }

@@ -11,7 +11,8 @@
 //!
 //! A node's contribution is a vector of integers (carried as `f64`, which holds them exactly),
 //! laid out by [`StatsLayout`] over the schema's `N` numeric columns and `L` categorical levels,
-//! and one last entry that is not data:
+//! and one last entry that is not data (an image column has no entry: its pixels are normalised
+//! by the schema's own `mean` and `std`, and its features are never standardised):
 //!
 //! ```text
 //!  [ n | S_0 … S_{N-1} | Q_0 … Q_{N-1} | c_0 … c_{L-1} | p_0 … p_{P-1} | v ]
@@ -124,6 +125,8 @@ impl StatsLayout {
                     layout.categorical += 1;
                     layout.levels += column.width();
                 }
+                // Normalised by the schema: nothing to count.
+                ColumnKind::Image(_) => {}
             }
         }
         layout
@@ -282,6 +285,8 @@ pub fn stats_contribution(
                     }
                     level += width;
                 }
+                // Pixels are normalised by the schema and counted nowhere.
+                ColumnKind::Image(_) => {}
             }
             feature += column.width();
         }
@@ -459,7 +464,8 @@ impl Standardization {
     ///
     /// Numeric features get their pooled mean and population standard deviation, the latter at
     /// least the column's floor (`(hi − lo) /` [`STD_FLOOR_DIVISOR`], and [`MIN_STD`]); one-hot
-    /// features get mean 0 and std 1.
+    /// features, and an image column's pixels (normalised by the schema's own `mean` and `std`
+    /// when read), get mean 0 and std 1.
     pub fn from_summed_stats(schema: &Schema, sums: &[f64]) -> Result<Self, StatsError> {
         let moments = Moments::from_sums(schema, sums)?;
         let width = schema.num_features();
@@ -483,7 +489,9 @@ impl Standardization {
                         std.push(1.0);
                     }
                 }
-                ColumnKind::Categorical { .. } => {
+                // Left as they are: one-hot features, and pixels, which the schema's own mean
+                // and std have normalised.
+                ColumnKind::Categorical { .. } | ColumnKind::Image(_) => {
                     mean.extend(std::iter::repeat_n(0.0, column.width()));
                     std.extend(std::iter::repeat_n(1.0, column.width()));
                 }
@@ -636,6 +644,8 @@ impl FederatedSummary {
                         counts: counts.collect(),
                     });
                 }
+                // No pooled figure describes an image column.
+                ColumnKind::Image(_) => {}
             }
         }
         Ok(Self {
@@ -1355,5 +1365,67 @@ range = [0, 10]
         st.validate(&schema).unwrap();
         assert_eq!(st.mean[4], 250.0);
         assert_eq!(f64::from(st.std[4]), 300.0 / STD_FLOOR_DIVISOR);
+    }
+
+    /// `SCHEMA` with a 1×2×2 grey image between `sex` and `chol`.
+    fn image_schema() -> Schema {
+        Schema::parse(&SCHEMA.replace(
+            "[[columns]]\nname = \"chol\"",
+            "[[columns]]\nname = \"scan\"\ntype = \"image\"\nchannels = 1\nheight = 2\nwidth = 2\n\
+             mean = [0.5]\nstd = [0.25]\n[[columns]]\nname = \"chol\"",
+        ))
+        .unwrap()
+    }
+
+    /// `rows` with four pixel values (already normalised, some negative) after the sex one-hot.
+    fn with_pixels(rows: &[f32]) -> Vec<f32> {
+        rows.chunks_exact(5)
+            .enumerate()
+            .flat_map(|(i, r)| {
+                let p = i as f32 / 10.0;
+                [r[0], r[1], r[2], -2.0 + p, 2.0 - p, p, 0.0, r[3], r[4]]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_image_column_adds_nothing_to_the_statistics_and_is_never_standardised() {
+        let plain = Schema::parse(SCHEMA).unwrap();
+        let schema = image_schema();
+        assert_eq!(schema.num_features(), 9);
+        // The vector is the one the schema without the image gives, entry for entry.
+        assert_eq!(StatsLayout::of(&schema), StatsLayout::of(&plain));
+        assert_eq!(schema.stats_len(), StatsLayout::of(&schema).len());
+        assert_eq!(
+            crate::stats_release::sensitivity(&schema),
+            crate::stats_release::sensitivity(&plain)
+        );
+        let rows = rows(7, 40);
+        let mut features = with_pixels(&rows);
+        let sums = values(&schema, &features);
+        assert_eq!(sums, values(&plain, &rows));
+
+        // The pixels get the identity; the numeric columns what they get without the image.
+        let st = Standardization::from_summed_stats(&schema, &sums).unwrap();
+        let without = Standardization::from_summed_stats(&plain, &sums).unwrap();
+        st.validate(&schema).unwrap();
+        assert_eq!(st.mean[3..7], [0.0; 4]);
+        assert_eq!(st.std[3..7], [1.0; 4]);
+        let others = |v: &[f32]| [&v[..3], &v[7..]].concat();
+        assert_eq!(others(&st.mean), without.mean);
+        assert_eq!(others(&st.std), without.std);
+
+        let before = features.clone();
+        st.standardize(&schema, &mut features).unwrap();
+        for (row, (after, before)) in features.chunks(9).zip(before.chunks(9)).enumerate() {
+            assert_eq!(after[3..7], before[3..7], "row {row}: pixels moved");
+            assert_ne!(after[0], before[0], "row {row}: age not standardised");
+        }
+        // Nor does the summary speak of the image.
+        let summary = FederatedSummary::from_summed_stats(&schema, &sums).unwrap();
+        assert_eq!(
+            summary,
+            FederatedSummary::from_summed_stats(&plain, &sums).unwrap()
+        );
     }
 }

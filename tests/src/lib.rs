@@ -6,6 +6,7 @@
 
 pub mod attacker;
 pub mod http;
+pub mod images;
 pub mod load;
 pub mod network;
 pub mod process;
@@ -133,6 +134,17 @@ impl Consortium {
             std::fs::write(self.csv(name), out).expect("csv");
         }
         blanks
+    }
+
+    /// Rewrites the schema to [`images::IMAGE_SCHEMA`] and replaces `names`' CSVs with image
+    /// cohorts of `rows` patients each ([`images::write_image_cohort`], seeded by each name's
+    /// position in `names`).
+    pub fn declare_image_cohort(&self, names: &[&str], rows: usize) {
+        std::fs::write(&self.schema, images::IMAGE_SCHEMA).expect("schema");
+        for (i, name) in names.iter().enumerate() {
+            images::write_image_cohort(self.dir.path(), name, rows, i as u64 + 1)
+                .expect("image cohort");
+        }
     }
 
     /// Where node `name`'s CSV is.

@@ -451,6 +451,7 @@ pub fn predictors(schema: &Schema) -> Vec<Predictor> {
                 format!("numeric, clipped to [{}, {}]", range.low(), range.high())
             }
             ColumnKind::Categorical { levels } => format!("categorical: {}", levels.join(", ")),
+            ColumnKind::Image(image) => image.to_string(),
         },
         missing_mode: column.missing().to_string(),
         input,

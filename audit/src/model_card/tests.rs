@@ -292,6 +292,18 @@ fn predictors_list_inputs_then_audit_only_attributes_and_the_outcome_comes_from_
 }
 
 #[test]
+fn an_image_predictor_is_described_by_its_declaration() {
+    let schema = Schema::parse(medfed_protocol::schema::EXAMPLE_IMAGE_SCHEMA).unwrap();
+    let listed = predictors(&schema);
+    assert_eq!(listed[1].name, "scan");
+    assert_eq!(
+        listed[1].kind,
+        "image 1×2×3 (other sizes refused), mean [0.0], std [1.0]"
+    );
+    assert!(listed[1].input);
+}
+
+#[test]
 fn the_architecture_names_every_layer() {
     let mlp = ModelSpec {
         kind: ModelKind::Mlp { hidden: vec![8, 4] },

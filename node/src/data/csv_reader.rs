@@ -194,13 +194,15 @@ struct Layout<'a> {
     split: Option<usize>,
     /// Per audit-only column: its header index and the column.
     audit_only: Vec<(usize, &'a Column)>,
+    /// The CSV file's directory, which image paths are relative to.
+    base: &'a Path,
     schema: &'a Schema,
 }
 
 impl<'a> Layout<'a> {
     fn new(
         header: &StringRecord,
-        path: &Path,
+        path: &'a Path,
         schema: &'a Schema,
         options: &ReadOptions,
     ) -> Result<Self, DataError> {
@@ -275,6 +277,7 @@ impl<'a> Layout<'a> {
             id,
             split,
             audit_only,
+            base: path.parent().unwrap_or_else(|| Path::new("")),
             schema,
         })
     }
@@ -318,6 +321,7 @@ impl<'a> Layout<'a> {
                 column,
                 value,
                 missing,
+                self.base,
                 &mut features[offset..offset + width],
             ) {
                 problems.push(RowProblem {
@@ -334,7 +338,7 @@ impl<'a> Layout<'a> {
             let value = cell(index);
             let mut scratch = vec![0.0; column.width()];
             let missing = self.schema.is_missing(value);
-            if let Err(reason) = encode_cell(column, value, missing, &mut scratch) {
+            if let Err(reason) = encode_cell(column, value, missing, self.base, &mut scratch) {
                 problems.push(RowProblem {
                     row,
                     column: Some(column.name().to_owned()),
@@ -393,7 +397,8 @@ impl<'a> Layout<'a> {
 }
 
 /// Encodes one trimmed cell of `column` into its features `out` (zeroed, `column.width()` long):
-/// the number, or a one at its level. A `missing` cell (blank or a `missing_values` token) is
+/// the number, a one at its level, or the normalised pixels of the image file it names (relative
+/// to `base`, the CSV file's directory, unless absolute). A `missing` cell (blank or a `missing_values` token) is
 /// refused, or under `missing = "level"` a one at the missing level (the last feature), or under
 /// `missing = "impute"` NaN in the value's slot and a one in the indicator, for
 /// [`medfed_protocol::stats::Standardization::standardize`] to replace with the pooled mean. A
@@ -402,6 +407,7 @@ fn encode_cell(
     column: &Column,
     value: &str,
     missing: bool,
+    base: &Path,
     out: &mut [f32],
 ) -> Result<(), ProblemReason> {
     if missing {
@@ -437,6 +443,7 @@ fn encode_cell(
             })?;
             out[level] = 1.0;
         }
+        ColumnKind::Image(image) => super::image::read_image(&base.join(value), image, out)?,
     }
     Ok(())
 }

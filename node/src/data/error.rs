@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use image::ColorType;
+
 /// Why the CSV could not be loaded or the data split.
 ///
 /// `row` numbers CSV records as a spreadsheet numbers rows: the header is row 1, the first data
@@ -134,6 +136,86 @@ pub enum DataError {
         value: String,
         /// The levels the schema allows.
         levels: Vec<String>,
+    },
+    /// The image file an image cell names does not exist.
+    #[error(
+        "{}: row {row}, column \"{column}\": image file {} not found",
+        path.display(),
+        image.display()
+    )]
+    ImageMissing {
+        /// The CSV file.
+        path: PathBuf,
+        /// The row.
+        row: u64,
+        /// The image column.
+        column: String,
+        /// The image file, the cell resolved against the CSV file's directory.
+        image: PathBuf,
+    },
+    /// The image file cannot be read or decoded.
+    #[error(
+        "{}: row {row}, column \"{column}\": cannot read image file {}: {message}",
+        path.display(),
+        image.display()
+    )]
+    ImageUnreadable {
+        /// The CSV file.
+        path: PathBuf,
+        /// The row.
+        row: u64,
+        /// The image column.
+        column: String,
+        /// The image file.
+        image: PathBuf,
+        /// The reader's or the decoder's explanation.
+        message: String,
+    },
+    /// The image is not the size the schema declares, and the column does not resize.
+    #[error(
+        "{}: row {row}, column \"{column}\": image file {} is {}×{} (height×width), the schema declares {}×{} and no resize",
+        path.display(),
+        image.display(),
+        found.0,
+        found.1,
+        expected.0,
+        expected.1
+    )]
+    ImageSize {
+        /// The CSV file.
+        path: PathBuf,
+        /// The row.
+        row: u64,
+        /// The image column.
+        column: String,
+        /// The image file.
+        image: PathBuf,
+        /// The file's `(height, width)`.
+        found: (u32, u32),
+        /// The schema's `(height, width)`.
+        expected: (u32, u32),
+    },
+    /// The image's pixel format does not fit the column's channels.
+    #[error(
+        "{}: row {row}, column \"{column}\": image file {} is {}, the schema's {expected}-channel column reads {}",
+        path.display(),
+        image.display(),
+        super::image::colour_name(*found),
+        super::image::accepted(*expected)
+    )]
+    ImageChannels {
+        /// The CSV file.
+        path: PathBuf,
+        /// The row.
+        row: u64,
+        /// The image column.
+        column: String,
+        /// The image file.
+        image: PathBuf,
+        /// The file's pixel format.
+        found: ColorType,
+        /// The schema's channels.
+        expected: u8,
     },
     /// The label cell is empty.
     #[error("{}: row {row}, column \"{column}\": missing label (empty cell)", path.display())]

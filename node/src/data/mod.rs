@@ -11,8 +11,10 @@
 //! [`DataError`] that names the file, the row and the column, so a data manager can fix it.
 //! [`read_rows`], for `check` and for scoring, keeps every good row and returns every bad one's
 //! [`RowProblem`]; both use the same encoder. Features come out encoded (numeric as is,
-//! categorical one-hot) but not standardised: standardisation needs the consortium's pooled
-//! statistics.
+//! categorical one-hot, an image column's file decoded into its normalised pixels, CHW) but not
+//! standardised: standardisation needs the consortium's pooled statistics. An image cell is the
+//! path of a PNG or JPEG file, relative to the CSV file's directory (or absolute); a missing,
+//! undecodable, wrongly sized or wrongly coloured file is a problem of its row, like a bad cell.
 //!
 //! Which rows are held out is [`Holdout`]'s one choice ([`Holdout::split`], and [`load_split`]
 //! which reads and splits): a seeded random fraction, the rows whose split column has one of
@@ -21,12 +23,14 @@
 mod csv_reader;
 mod error;
 mod holdout;
+mod image;
 mod problem;
 mod split;
 
 pub use csv_reader::{LabelColumn, ReadOptions, load_csv, load_csv_with, read_rows};
 pub use error::DataError;
 pub use holdout::{DEFAULT_HOLDOUT_FRACTION, Holdout, load_split};
+pub use image::{MAX_IMAGE_BYTES, MAX_IMAGE_SIDE};
 pub use problem::{ProblemReason, RowProblem};
 pub use split::split_indices;
 

@@ -1,7 +1,9 @@
 //! One bad row's problem, as the lenient reader reports it.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use image::ColorType;
 
 use super::DataError;
 
@@ -50,6 +52,38 @@ pub enum ProblemReason {
         /// The levels the schema allows.
         levels: Vec<String>,
     },
+    /// The image file an image cell names does not exist.
+    ImageMissing {
+        /// The file, the cell resolved against the CSV file's directory.
+        path: PathBuf,
+    },
+    /// The image file cannot be read or decoded (not a PNG or JPEG, truncated, larger than the
+    /// reader's limits, …).
+    ImageUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// The reader's or the decoder's explanation.
+        message: String,
+    },
+    /// The image is not the size the schema declares, and the column does not resize.
+    ImageSize {
+        /// The file.
+        path: PathBuf,
+        /// The file's `(height, width)`.
+        found: (u32, u32),
+        /// The schema's `(height, width)`.
+        expected: (u32, u32),
+    },
+    /// The image's pixel format does not fit the column's channels (colour for a grey column,
+    /// grey for an RGB one, or an alpha channel).
+    ImageChannels {
+        /// The file.
+        path: PathBuf,
+        /// The file's pixel format.
+        found: ColorType,
+        /// The schema's channels.
+        expected: u8,
+    },
     /// The label cell is empty.
     MissingLabel,
     /// The label cell is in neither the positive nor the negative list.
@@ -72,6 +106,10 @@ impl ProblemReason {
             Self::NotNumeric => "not a number",
             Self::NonFinite => "not a finite number",
             Self::UnknownCategory { .. } => "unknown level",
+            Self::ImageMissing { .. } => "image file missing",
+            Self::ImageUnreadable { .. } => "unreadable image",
+            Self::ImageSize { .. } => "wrong image size",
+            Self::ImageChannels { .. } => "wrong image channels",
             Self::MissingLabel => "missing label",
             Self::UnknownLabel { .. } => "unknown label",
         }
@@ -118,6 +156,46 @@ impl RowProblem {
                 value,
                 levels,
             },
+            ProblemReason::ImageMissing { path: image } => DataError::ImageMissing {
+                path,
+                row,
+                column,
+                image,
+            },
+            ProblemReason::ImageUnreadable {
+                path: image,
+                message,
+            } => DataError::ImageUnreadable {
+                path,
+                row,
+                column,
+                image,
+                message,
+            },
+            ProblemReason::ImageSize {
+                path: image,
+                found,
+                expected,
+            } => DataError::ImageSize {
+                path,
+                row,
+                column,
+                image,
+                found,
+                expected,
+            },
+            ProblemReason::ImageChannels {
+                path: image,
+                found,
+                expected,
+            } => DataError::ImageChannels {
+                path,
+                row,
+                column,
+                image,
+                found,
+                expected,
+            },
             ProblemReason::MissingLabel => DataError::MissingLabel { path, row, column },
             ProblemReason::UnknownLabel { positive, negative } => DataError::UnknownLabel {
                 path,
@@ -154,6 +232,36 @@ impl fmt::Display for RowProblem {
             ProblemReason::UnknownCategory { levels } => {
                 write!(f, ": \"{value}\" is not one of the levels {levels:?}")
             }
+            ProblemReason::ImageMissing { path } => {
+                write!(f, ": image file {} not found", path.display())
+            }
+            ProblemReason::ImageUnreadable { path, message } => {
+                write!(f, ": cannot read image file {}: {message}", path.display())
+            }
+            ProblemReason::ImageSize {
+                path,
+                found,
+                expected,
+            } => write!(
+                f,
+                ": image file {} is {}×{} (height×width), the schema declares {}×{} and no resize",
+                path.display(),
+                found.0,
+                found.1,
+                expected.0,
+                expected.1
+            ),
+            ProblemReason::ImageChannels {
+                path,
+                found,
+                expected,
+            } => write!(
+                f,
+                ": image file {} is {}, the schema's {expected}-channel column reads {}",
+                path.display(),
+                super::image::colour_name(*found),
+                super::image::accepted(*expected)
+            ),
             ProblemReason::MissingLabel => f.write_str(": missing label (empty cell)"),
             ProblemReason::UnknownLabel { positive, negative } => write!(
                 f,
