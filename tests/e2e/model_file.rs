@@ -9,13 +9,10 @@ use std::time::Duration;
 use medfed_audit::checkpoint::{encode_model_file, read_model_file};
 use medfed_audit::model_card::{MODEL_CARD_HTML, MODEL_CARD_JSON, MODEL_CARD_SIGNATURE, ModelCard};
 use medfed_coordinator::config::ReleaseRule;
-use medfed_coordinator::training::RELEASED_MODEL_FILE;
+use medfed_coordinator::training::{RELEASED_MODEL_FILE, TrainingReport};
 use medfed_e2e::process::{Process, node_toml, workspace_binary};
-use medfed_e2e::{Consortium, subscribe};
-use medfed_node::config::{
-    EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode, StatisticsNoiseConfig,
-};
-use medfed_protocol::accounting::Accountant;
+use medfed_e2e::{Consortium, dp_sgd_policy, subscribe};
+use medfed_node::config::NodeConfig;
 use medfed_protocol::evaluation::{DecisionThreshold, EVAL_SCORE_BINS, EvalCounts, EvalMetrics};
 use medfed_protocol::report::{SignedReport, file_sha256};
 
@@ -104,6 +101,34 @@ pub(crate) fn assert_reproduces(pooled: &[f64], coordinator: &EvalMetrics) {
     );
 }
 
+/// Scores every hospital's held-out rows with the released model through `medfed-node predict
+/// --held-out` (the real binary), pools them as the secure sum does, and asserts the pooled
+/// figures are the coordinator's final evaluation (to 1e-6). Returns each hospital's held-out
+/// row count.
+pub(crate) async fn assert_predict_reproduces(
+    consortium: &Consortium,
+    nodes: &[NodeConfig],
+    report: &TrainingReport,
+    threshold: DecisionThreshold,
+) -> Vec<usize> {
+    let (released, _) = report.released.clone().expect("a released model");
+    let mut pooled = Vec::new();
+    let mut held_out = Vec::new();
+    for node in nodes {
+        let name = node.state_dir.file_name().unwrap().to_string_lossy();
+        let toml = consortium.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&toml, node_toml(node)).unwrap();
+        let scores = consortium.dir.path().join(format!("{name}-scores.csv"));
+        predict_held_out(&released, &toml, &scores).await;
+        let (scores, labels) = scores_and_labels(&scores);
+        held_out.push(scores.len());
+        pool(&mut pooled, &scores, &labels, threshold);
+    }
+    let final_evaluation = report.final_evaluation.as_ref().expect("final evaluation");
+    assert_reproduces(&pooled, final_evaluation);
+    held_out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn predict_on_each_hospitals_held_out_rows_reproduces_the_pooled_final_evaluation() {
     subscribe();
@@ -119,18 +144,8 @@ async fn predict_on_each_hospitals_held_out_rows_reproduces_the_pooled_final_eva
     let data_dir = config.data_dir.clone();
     // DP-SGD at every hospital (exact statistics and evaluation counts, which the pooled
     // figures below are compared with), so that each declares an ε the card must carry.
-    let dp_sgd = |node: &mut medfed_node::NodeConfig| {
-        node.privacy = Some(PrivacyConfig {
-            target_epsilon: 50.0,
-            delta: 1e-5,
-            noise_multiplier: NoiseMultiplier::Fixed(1.0),
-            max_grad_norm: 1.0,
-            accountant: Accountant::Rdp,
-            evaluation: EvaluationNoiseConfig::exact(),
-            statistics: StatisticsNoiseConfig::exact(),
-            mode: PrivacyMode::Local,
-            max_local_epsilon: None,
-        });
+    let dp_sgd = |node: &mut NodeConfig| {
+        node.privacy = Some(dp_sgd_policy(50.0));
     };
     let (report, _) = consortium.train_with(config, &NODES, dp_sgd).await;
     let final_evaluation = report.final_evaluation.clone().expect("final evaluation");
@@ -639,13 +654,10 @@ async fn an_opted_in_hospitals_exact_site_figure_is_in_the_report_and_equals_pre
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_noised_site_figure_is_the_very_vector_in_the_sum_and_costs_no_epsilon() {
-    use medfed_node::config::{
-        EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode, StatisticsNoiseConfig,
-    };
+    use medfed_node::config::{EvaluationNoiseConfig, PrivacyConfig};
     use medfed_node::ledger::{PrivacyLedger, Release};
     use medfed_node::policy::SiteFigures;
     use medfed_node::site_figures::{SiteFigureStore, SiteRecord};
-    use medfed_protocol::accounting::Accountant;
     use medfed_protocol::contribution::RoundLayout;
     use medfed_protocol::evaluation::ScoreBins;
 
@@ -660,18 +672,11 @@ async fn a_noised_site_figure_is_the_very_vector_in_the_sum_and_costs_no_epsilon
             if node.state_dir.ends_with("hospital-a") {
                 node.policy.release_site_figures = SiteFigures::Noised;
                 node.privacy = Some(PrivacyConfig {
-                    target_epsilon: 50.0,
-                    delta: 1e-5,
-                    noise_multiplier: NoiseMultiplier::Fixed(1.0),
-                    max_grad_norm: 1.0,
-                    accountant: Accountant::Rdp,
                     evaluation: EvaluationNoiseConfig {
                         noise: SIGMA,
                         ..EvaluationNoiseConfig::default()
                     },
-                    statistics: StatisticsNoiseConfig::exact(),
-                    mode: PrivacyMode::Local,
-                    max_local_epsilon: None,
+                    ..dp_sgd_policy(50.0)
                 });
             }
         })

@@ -1,7 +1,9 @@
 //! Each hospital owns its privacy budget: it declines the round that would exceed it, and its
 //! ledger survives a restart.
 
-use medfed_e2e::{Consortium, allow_plaintext, round_one_by_hand, subscribe, tolerate_dropouts};
+use medfed_e2e::{
+    Consortium, allow_plaintext, dp_sgd_policy, round_one_by_hand, subscribe, tolerate_dropouts,
+};
 use medfed_node::config::{
     EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode, StatisticsNoiseConfig,
 };
@@ -33,18 +35,7 @@ async fn a_node_declines_the_round_that_would_exceed_its_budget_and_keeps_its_le
         two_rounds > target,
         "premise: {one_round} then {two_rounds}"
     );
-    let policy = PrivacyConfig {
-        target_epsilon: target,
-        delta: 1e-5,
-        noise_multiplier: NoiseMultiplier::Fixed(1.0),
-        max_grad_norm: 1.0,
-        accountant: Accountant::Rdp,
-        evaluation: EvaluationNoiseConfig::exact(),
-        // Exact statistics: the budget pays for training alone.
-        statistics: StatisticsNoiseConfig::exact(),
-        mode: PrivacyMode::Local,
-        max_local_epsilon: None,
-    };
+    let policy = dp_sgd_policy(target);
 
     let coordinator = consortium.start_coordinator(config).await;
     let console = coordinator.console().clone();
@@ -170,18 +161,7 @@ async fn budget_is_spent_once_the_noised_update_has_left_even_if_the_round_then_
     config.task.start_nodes = Some(4);
     let coordinator = consortium.start_coordinator(config).await;
     let addr = coordinator.local_addr();
-    let policy = PrivacyConfig {
-        target_epsilon: 50.0,
-        delta: 1e-5,
-        noise_multiplier: NoiseMultiplier::Fixed(1.0),
-        max_grad_norm: 1.0,
-        accountant: Accountant::Rdp,
-        evaluation: EvaluationNoiseConfig::exact(),
-        // Exact statistics: the budget pays for training alone.
-        statistics: StatisticsNoiseConfig::exact(),
-        mode: PrivacyMode::Local,
-        max_local_epsilon: None,
-    };
+    let policy = dp_sgd_policy(50.0);
     let mut configs = Vec::new();
     for name in names {
         let mut node = consortium.node_config(name, addr);

@@ -16,7 +16,7 @@ use medfed_protocol::evaluation::DecisionThreshold;
 use medfed_protocol::fairness::GroupReport;
 use medfed_protocol::report::SignedReport;
 
-use crate::model_file::{assert_reproduces, pool, predict_held_out, scores_and_labels};
+use crate::model_file::assert_predict_reproduces;
 
 /// The repository's root.
 fn repo() -> PathBuf {
@@ -39,34 +39,6 @@ fn real_consortium(data: &str, hospitals: &[&str]) -> Consortium {
     let schema = repo().join("config").join(data).join("schema.toml");
     std::fs::copy(schema, &consortium.schema).unwrap();
     consortium
-}
-
-/// Scores every hospital's held-out rows with the released model through `medfed-node predict
-/// --held-out` (the real binary), pools them as the secure sum does, and asserts the pooled
-/// figures are the coordinator's final evaluation (to 1e-6). Returns each hospital's held-out
-/// row count.
-async fn assert_predict_reproduces(
-    consortium: &Consortium,
-    nodes: &[NodeConfig],
-    report: &TrainingReport,
-    threshold: DecisionThreshold,
-) -> Vec<usize> {
-    let (released, _) = report.released.clone().expect("a released model");
-    let mut pooled = Vec::new();
-    let mut held_out = Vec::new();
-    for node in nodes {
-        let name = node.state_dir.file_name().unwrap().to_string_lossy();
-        let toml = consortium.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&toml, node_toml(node)).unwrap();
-        let scores = consortium.dir.path().join(format!("{name}-scores.csv"));
-        predict_held_out(&released, &toml, &scores).await;
-        let (scores, labels) = scores_and_labels(&scores);
-        held_out.push(scores.len());
-        pool(&mut pooled, &scores, &labels, threshold);
-    }
-    let final_evaluation = report.final_evaluation.as_ref().expect("final evaluation");
-    assert_reproduces(&pooled, final_evaluation);
-    held_out
 }
 
 /// Every signed report in `folder`, in round order.

@@ -294,6 +294,26 @@ impl Consortium {
     }
 }
 
+/// A hospital's DP-SGD policy within `target_epsilon` (δ = 10⁻⁵, RDP accountant): σ = 1 and
+/// C = 1 in every training round, the statistics and the evaluation counts released exact, so
+/// that the budget pays for training alone and pooled figures can be compared exactly.
+pub fn dp_sgd_policy(target_epsilon: f64) -> medfed_node::config::PrivacyConfig {
+    use medfed_node::config::{
+        EvaluationNoiseConfig, NoiseMultiplier, PrivacyConfig, PrivacyMode, StatisticsNoiseConfig,
+    };
+    PrivacyConfig {
+        target_epsilon,
+        delta: 1e-5,
+        noise_multiplier: NoiseMultiplier::Fixed(1.0),
+        max_grad_norm: 1.0,
+        accountant: medfed_protocol::accounting::Accountant::Rdp,
+        evaluation: EvaluationNoiseConfig::exact(),
+        statistics: StatisticsNoiseConfig::exact(),
+        mode: PrivacyMode::Local,
+        max_local_epsilon: None,
+    }
+}
+
 /// Lets a hospital send its figures in the clear and alone, as the tests that drive one node by
 /// hand, or compute the plain sums secure aggregation must reproduce, need. Never a default.
 pub fn allow_plaintext(config: &mut NodeConfig) {
