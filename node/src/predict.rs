@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use medfed_audit::model_file::{ModelFile, Scoring};
 use medfed_protocol::evaluation::{EVAL_SCORE_BINS, EvalCounts, EvalMetrics};
-use medfed_protocol::model::Model;
+use medfed_protocol::model::{Model, ModelKind};
 
 use crate::data::{Dataset, RowProblem};
 use crate::trainer::{TrainError, Trainer};
@@ -51,6 +51,9 @@ pub fn score(
         Vec::new()
     } else {
         match trainer.predict(&model.spec, &model.params, &examples) {
+            Err(TrainError::Unavailable) if matches!(model.spec.kind, ModelKind::Layers(_)) => {
+                return Err(PredictError::NeedsLibtorch);
+            }
             Err(TrainError::Unavailable) => {
                 model
                     .probabilities(&examples.features)
@@ -185,6 +188,11 @@ pub enum PredictError {
         /// The model's input width.
         expected: usize,
     },
+    /// A declared architecture, in a build without libtorch, which alone scores one.
+    #[error(
+        "the model is a declared architecture, which only libtorch scores: use a medfed-node built with the `torch` feature (the default)"
+    )]
+    NeedsLibtorch,
     /// The rows could not be imputed and standardised.
     #[error("cannot standardise the rows: {0}")]
     Standardize(#[from] medfed_protocol::stats::StatsError),
@@ -199,4 +207,50 @@ pub enum PredictError {
         /// Cause.
         message: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use medfed_protocol::architecture::{Architecture, LayerSpec, Shape};
+    use medfed_protocol::evaluation::DecisionThreshold;
+    use medfed_protocol::model::ModelSpec;
+    use medfed_protocol::schema::{EXAMPLE_SCHEMA, Schema};
+    use medfed_protocol::stats::Standardization;
+
+    use super::*;
+    use crate::examples::Examples;
+    use crate::trainer::NoTrainer;
+
+    #[test]
+    fn a_declared_model_without_libtorch_is_refused_by_name_not_by_width() {
+        let schema = Schema::parse(EXAMPLE_SCHEMA).unwrap();
+        let width = schema.num_features();
+        let architecture = Architecture {
+            input: Shape::Features { features: width },
+            layers: vec![LayerSpec::Linear { out: 1 }],
+        };
+        let spec = ModelSpec {
+            kind: ModelKind::Layers(Box::new(architecture.check().unwrap())),
+            input_dim: width,
+        };
+        let model = Model::new(spec.clone(), spec.initial_parameters(1)).unwrap();
+        let scoring = Scoring::new(
+            EXAMPLE_SCHEMA.to_owned(),
+            Standardization::identity(width),
+            DecisionThreshold::default(),
+            &spec,
+        )
+        .unwrap();
+        let dataset = Dataset {
+            examples: Examples {
+                num_features: width,
+                features: vec![0.5; width],
+                labels: vec![1.0],
+            },
+            rows: vec![2],
+            ..Dataset::default()
+        };
+        let refused = score(&model, &scoring, &dataset, &mut NoTrainer).unwrap_err();
+        assert!(matches!(refused, PredictError::NeedsLibtorch), "{refused}");
+    }
 }
