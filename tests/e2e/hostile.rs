@@ -16,6 +16,7 @@ use medfed_e2e::attacker::HandCoordinator;
 use medfed_e2e::{Consortium, allow_plaintext, subscribe};
 use medfed_node::trainer::{ComputeDevice, TchTrainer};
 use medfed_node::{NodeError, NodeOutcome};
+use medfed_protocol::architecture::{Architecture, LayerSpec, Shape};
 use medfed_protocol::codec::{self, MAX_FRAME_LEN};
 use medfed_protocol::evaluation::ScoreBins;
 use medfed_protocol::messages::{
@@ -529,6 +530,33 @@ async fn malformed_model_chunk_is_refused_by_the_node() {
     };
     let detail = refusal(send_model(&fake, &huge, &[]).await);
     assert!(detail.contains("differs from the consortium's"), "{detail}");
+    // Nor can the coordinator swap the approved MLP for a declared architecture of the same
+    // input, however small.
+    let declared = Architecture {
+        input: Shape::Features {
+            features: offer.spec.input_dim,
+        },
+        layers: vec![LayerSpec::Linear { out: 1 }],
+    };
+    let swapped = ModelSpec {
+        kind: ModelKind::Layers(Box::new(declared.check().unwrap())),
+        ..offer.spec.clone()
+    };
+    let swapped = Model::new(swapped.clone(), swapped.initial_parameters(1)).unwrap();
+    let (swapped_offer, swapped_chunks) = split_model(&swapped, fake.session(), 1);
+    let detail = refusal(send_model(&fake, &swapped_offer, &swapped_chunks).await);
+    assert!(detail.contains("differs from the consortium's"), "{detail}");
+    // An offer that claims to resume a push this node never received: there is no prefix to
+    // trust, so nothing is taken on the coordinator's word.
+    let resuming = ModelOffer {
+        first_chunk: 1,
+        ..offer.clone()
+    };
+    let detail = refusal(send_model(&fake, &resuming, &[]).await);
+    assert!(
+        detail.contains("resumes at chunk 1 of a model this node holds no part of"),
+        "{detail}"
+    );
 
     // The node kept none of them: asked to train on the tampered model, it says it lacks it.
     let mut bad = model.clone();
