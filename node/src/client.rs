@@ -388,8 +388,11 @@ async fn receive_model(
 ) -> Result<medfed_protocol::model::Model, RefusalReason> {
     if offer.spec != *spec {
         return Err(RefusalReason::BadModel {
-            // The offered architecture is not echoed: it may be arbitrarily large.
-            detail: format!("offered architecture differs from the consortium's {spec:?}"),
+            // Neither architecture is echoed: a declared one may be long.
+            detail: format!(
+                "offered architecture differs from the consortium's ({} parameters)",
+                spec.layout().len()
+            ),
         });
     }
     let first_chunk = offer.first_chunk;

@@ -1350,6 +1350,19 @@ impl Hospital {
         if let Some(refused) = self.session_refusal(session, round) {
             return refused;
         }
+        // The client checked the offer against the manifest; checked again here, where the
+        // model is kept, so that no other path can keep one the hospital did not approve.
+        if let Some((manifest, _)) = &self.manifest
+            && manifest.model != model.spec
+        {
+            return refusal(
+                session,
+                round,
+                RefusalReason::BadModel {
+                    detail: "the model's architecture is not the approved manifest's".into(),
+                },
+            );
+        }
         let hash = model.hash();
         self.model = Some(model);
         Message::ModelReceived(ModelReceived {

@@ -44,6 +44,11 @@ pub const MAX_DEPTH: usize = 4;
 /// the memory a forward pass of a received architecture needs per example.
 pub const MAX_ACTIVATION: usize = 1 << 24;
 
+/// Most values one example's forward pass may hold over all its layers together, convolutions'
+/// unfolded inputs included: 2^26, 256 MiB as `f32`. With [`MAX_ACTIVATION`] it bounds what a
+/// received architecture makes a node allocate per example, whatever its depth.
+pub const MAX_TOTAL_ACTIVATION: usize = 1 << 26;
+
 /// The epsilon every normalisation layer adds to the variance, PyTorch's default.
 pub const NORM_EPS: f64 = 1e-5;
 
@@ -237,6 +242,7 @@ pub struct CheckedArchitecture {
     architecture: Architecture,
     layers: Vec<CheckedLayer>,
     param_count: usize,
+    activations: usize,
 }
 
 /// Why an architecture was refused.
@@ -286,6 +292,17 @@ pub enum ArchitectureError {
         /// The cap.
         max: usize,
     },
+    /// A model without a single parameter: nothing to train.
+    #[error("the architecture has no parameters to train")]
+    NoParameters,
+    /// One example's forward pass would hold more than [`MAX_TOTAL_ACTIVATION`] values.
+    #[error("layer {path}: one example's forward pass would hold more than {max} values")]
+    TooManyActivations {
+        /// The layer at which the total passes the cap.
+        path: LayerPath,
+        /// The cap.
+        max: usize,
+    },
     /// More parameters than [`MAX_PARAMS`].
     #[error("layer {path}: the model would have more than {max} parameters")]
     TooManyParams {
@@ -312,21 +329,36 @@ pub enum LayerProblem {
         /// The inputs it takes.
         expected: &'static str,
     },
-    /// The kernel or window is larger than the (padded) input.
-    #[error("kernel {kernel} is larger than the input's {extent} (padding included)")]
+    /// The kernel or window is larger than the input.
+    #[error("kernel {kernel} is larger than the input's {extent}")]
     KernelTooLarge {
         /// The kernel size.
         kernel: usize,
-        /// The input's extent along the dimension, padding included.
+        /// The input's extent along the dimension.
         extent: usize,
     },
-    /// Padding at least as large as the kernel, which only adds zeros.
-    #[error("padding {padding} is not smaller than kernel {kernel}")]
+    /// Padding more than half the kernel, whose windows would lie mostly in the zeros.
+    #[error("padding {padding} is more than half of kernel {kernel}")]
     PaddingTooLarge {
         /// The padding.
         padding: usize,
         /// The kernel size.
         kernel: usize,
+    },
+    /// A stride longer than the (padded) input, which would skip all but the first window.
+    #[error("stride {stride} is longer than the input's {extent} (padding included)")]
+    StrideTooLarge {
+        /// The stride.
+        stride: usize,
+        /// The input's extent along the dimension, padding included.
+        extent: usize,
+    },
+    /// A convolution whose unfolded input (input channels × kernel size × output positions)
+    /// would hold more than [`MAX_ACTIVATION`] values per example.
+    #[error("its unfolded input would hold more than {max} values per example")]
+    TooLargeUnfold {
+        /// The cap.
+        max: usize,
     },
     /// Group normalisation whose groups do not divide the channels.
     #[error("{groups} groups do not divide {channels} channels")]
@@ -378,15 +410,20 @@ impl Architecture {
         let mut walk = Walk {
             layers: Vec::new(),
             param_count: 0,
+            activations: 0,
         };
         let output = walk.sequence(&self.layers, self.input, &LayerPath::default())?;
         if output != (Shape::Features { features: 1 }) {
             return Err(ArchitectureError::NotOneLogit { output });
         }
+        if walk.param_count == 0 {
+            return Err(ArchitectureError::NoParameters);
+        }
         Ok(CheckedArchitecture {
             architecture: self.clone(),
             layers: walk.layers,
             param_count: walk.param_count,
+            activations: walk.activations,
         })
     }
 }
@@ -407,9 +444,15 @@ impl CheckedArchitecture {
         self.layers.iter().flat_map(|l| &l.tensors)
     }
 
-    /// Total number of parameters; at most [`MAX_PARAMS`].
+    /// Total number of parameters; at least one, at most [`MAX_PARAMS`].
     pub fn param_count(&self) -> usize {
         self.param_count
+    }
+
+    /// Values one example's forward pass holds over all its layers, convolutions' unfolded
+    /// inputs included; at most [`MAX_TOTAL_ACTIVATION`]. What a trainer sizes its passes by.
+    pub fn activations_per_example(&self) -> usize {
+        self.activations
     }
 
     /// Initial parameters as PyTorch's defaults draw them, from a ChaCha20 stream seeded with
@@ -643,6 +686,9 @@ fn check_input(shape: Shape) -> Result<(), ArchitectureError> {
 struct Walk {
     layers: Vec<CheckedLayer>,
     param_count: usize,
+    /// Values held per example so far: every layer's output, and each convolution's unfolded
+    /// input.
+    activations: usize,
 }
 
 impl Walk {
@@ -706,14 +752,31 @@ impl Walk {
         }
         let (output, shapes) =
             layer_shapes(spec, input, &path).map_err(|problem| fail(&path, problem))?;
-        if output.numel().is_none_or(|n| n > MAX_ACTIVATION) {
+        let Some(held) = output.numel().filter(|&n| n <= MAX_ACTIVATION) else {
             return Err(fail(
                 &path,
                 LayerProblem::TooLargeOutput {
                     max: MAX_ACTIVATION,
                 },
             ));
-        }
+        };
+        let unfolded = unfolded_input(spec, input, output).ok_or_else(|| {
+            fail(
+                &path,
+                LayerProblem::TooLargeUnfold {
+                    max: MAX_ACTIVATION,
+                },
+            )
+        })?;
+        self.activations = self
+            .activations
+            .checked_add(held)
+            .and_then(|n| n.checked_add(unfolded))
+            .filter(|&n| n <= MAX_TOTAL_ACTIVATION)
+            .ok_or_else(|| ArchitectureError::TooManyActivations {
+                path: path.clone(),
+                max: MAX_TOTAL_ACTIVATION,
+            })?;
         let mut tensors = Vec::with_capacity(shapes.len());
         for (name, shape) in shapes {
             let tensor = TensorSpec {
@@ -897,7 +960,8 @@ fn layer_shapes(
             (input, affine(last))
         }
         LayerSpec::Dropout { p } => {
-            if !(0.0..1.0).contains(&p) {
+            // A negative zero is refused too: it would compare equal to 0 but hash apart.
+            if !(0.0..1.0).contains(&p) || p.is_sign_negative() {
                 return Err(LayerProblem::DropoutRate { p: format!("{p}") });
             }
             (input, Vec::new())
@@ -931,24 +995,50 @@ fn conv_extent(
 ) -> Result<usize, LayerProblem> {
     positive(kernel, "kernel")?;
     positive(stride, "stride")?;
-    if padding >= kernel {
+    if padding > kernel / 2 {
         return Err(LayerProblem::PaddingTooLarge { padding, kernel });
     }
-    // padding < kernel, so neither the doubling nor the sum can exceed what fits in a usize
-    // unless the extent itself is near usize::MAX; checked all the same.
+    // The kernel must fit the input itself, not only its padding: otherwise a kernel is bounded
+    // by nothing but the parameter cap, and so is the unfolded input.
+    if kernel > extent {
+        return Err(LayerProblem::KernelTooLarge { kernel, extent });
+    }
+    // padding ≤ kernel/2 ≤ extent/2, so the sum fits whenever the extent does; checked all the
+    // same.
     let padded = padding
         .checked_mul(2)
         .and_then(|p| extent.checked_add(p))
         .ok_or(LayerProblem::TooLargeOutput {
             max: MAX_ACTIVATION,
         })?;
-    if kernel > padded {
-        return Err(LayerProblem::KernelTooLarge {
-            kernel,
+    if stride > padded {
+        return Err(LayerProblem::StrideTooLarge {
+            stride,
             extent: padded,
         });
     }
     Ok((padded - kernel) / stride + 1)
+}
+
+/// The values a convolution's unfolded input holds per example (input channels × kernel size ×
+/// output positions), 0 for any other layer; `None` above [`MAX_ACTIVATION`] or on overflow.
+fn unfolded_input(spec: &LayerSpec, input: Shape, output: Shape) -> Option<usize> {
+    let (channels, window) = match (spec, input) {
+        (&LayerSpec::Conv1d { kernel, .. }, Shape::Sequence { channels, .. }) => (channels, kernel),
+        (&LayerSpec::Conv2d { kernel, .. }, Shape::Image { channels, .. }) => {
+            (channels, kernel.checked_mul(kernel)?)
+        }
+        _ => return Some(0),
+    };
+    let positions = match output {
+        Shape::Sequence { len, .. } => len,
+        Shape::Image { height, width, .. } => height.checked_mul(width)?,
+        _ => return Some(0),
+    };
+    channels
+        .checked_mul(window)?
+        .checked_mul(positions)
+        .filter(|&n| n <= MAX_ACTIVATION)
 }
 
 /// `Err(Zero)` naming `what` if `n` is zero.
@@ -1472,7 +1562,7 @@ mod tests {
                     out_channels: 1,
                     kernel: usize::MAX,
                     stride: 1,
-                    padding: usize::MAX - 1,
+                    padding: usize::MAX / 2,
                 },
                 LayerSpec::Flatten,
                 linear(1),
@@ -1480,7 +1570,7 @@ mod tests {
         };
         assert!(matches!(
             layer_error(&padded).1,
-            LayerProblem::TooLargeOutput { .. }
+            LayerProblem::KernelTooLarge { .. }
         ));
         let blown_up = Architecture {
             input: features(1 << 12),
@@ -1664,12 +1754,148 @@ mod tests {
                 input_dim: 785
             })
         );
+        // An embedding first checks its inputs are category indices, which no schema encodes:
+        // a task with one would make that check depend on the patients' values.
+        let embedding = ModelConfig::Layers {
+            input: features(4),
+            layers: vec![
+                LayerSpec::Embedding {
+                    num_embeddings: 10,
+                    dim: 3,
+                },
+                LayerSpec::Flatten,
+                linear(1),
+            ],
+        };
+        assert_eq!(
+            ModelSpec::from_config(embedding, 4),
+            Err(ModelError::EmbeddingWithoutIndices)
+        );
         let mut bad = small_cnn().layers;
         bad[4] = conv2d(32, 13);
         let error = ModelSpec::from_config(config(bad), 784).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "layer 4 (conv2d) on input image [16, 12, 12]: kernel 13 is larger than the input's 12 (padding included)"
+            "layer 4 (conv2d) on input image [16, 12, 12]: kernel 13 is larger than the input's 12"
         );
+    }
+
+    /// Architectures a coordinator could send to make a node allocate or compute without bound
+    /// within the per-layer caps: each is refused by `check`, naming why.
+    #[test]
+    fn architectures_that_would_exhaust_a_nodes_memory_are_refused() {
+        let sequence = |channels, len| Shape::Sequence { channels, len };
+        let conv1d = |kernel, stride, padding| LayerSpec::Conv1d {
+            out_channels: 1,
+            kernel,
+            stride,
+            padding,
+        };
+        // A kernel the size of the parameter cap over padding alone: 2^29 padded values
+        // unfolded per example.
+        let padded_away = Architecture {
+            input: sequence(1, 1),
+            layers: vec![
+                conv1d((1 << 28) - 1, (1 << 28) - 1, (1 << 28) - 2),
+                LayerSpec::Flatten,
+            ],
+        };
+        assert!(matches!(
+            layer_error(&padded_away).1,
+            LayerProblem::PaddingTooLarge { .. }
+        ));
+        let huge_kernel = Architecture {
+            input: image(1, 2048, 2048),
+            layers: vec![
+                LayerSpec::Conv2d {
+                    out_channels: 1,
+                    kernel: 2049,
+                    stride: 1,
+                    padding: 1024,
+                },
+                LayerSpec::Flatten,
+                linear(1),
+            ],
+        };
+        assert!(matches!(
+            layer_error(&huge_kernel).1,
+            LayerProblem::KernelTooLarge {
+                kernel: 2049,
+                extent: 2048
+            }
+        ));
+        // Every dimension within its cap, the unfolded input (64 × 25 × 512²) far above.
+        let wide_unfold = Architecture {
+            input: image(64, 512, 512),
+            layers: vec![
+                LayerSpec::Conv2d {
+                    out_channels: 1,
+                    kernel: 5,
+                    stride: 1,
+                    padding: 2,
+                },
+                LayerSpec::Flatten,
+                linear(1),
+            ],
+        };
+        assert!(matches!(
+            layer_error(&wide_unfold).1,
+            LayerProblem::TooLargeUnfold { .. }
+        ));
+        // Each activation within its cap, 120 of them far above the total.
+        let mut deep = vec![linear(1 << 23)];
+        deep.extend(std::iter::repeat_n(LayerSpec::Relu, 120));
+        deep.push(linear(1));
+        let deep = Architecture {
+            input: features(16),
+            layers: deep,
+        };
+        assert!(matches!(
+            deep.check(),
+            Err(ArchitectureError::TooManyActivations { .. })
+        ));
+        // A stride that would wrap to a negative number in libtorch.
+        let striding = Architecture {
+            input: sequence(1, 64),
+            layers: vec![
+                LayerSpec::MaxPool1d {
+                    kernel: 2,
+                    stride: Some(usize::MAX),
+                },
+                LayerSpec::Flatten,
+                linear(1),
+            ],
+        };
+        assert!(matches!(
+            layer_error(&striding).1,
+            LayerProblem::StrideTooLarge { .. }
+        ));
+        // Nothing to train.
+        let no_parameters = Architecture {
+            input: sequence(1, 64),
+            layers: vec![
+                LayerSpec::AvgPool1d {
+                    kernel: 64,
+                    stride: None,
+                },
+                LayerSpec::Flatten,
+            ],
+        };
+        assert_eq!(no_parameters.check(), Err(ArchitectureError::NoParameters));
+        // A negative zero, equal to 0 but not the same text (nor hash).
+        let negative_zero = Architecture {
+            input: features(4),
+            layers: vec![LayerSpec::Dropout { p: -0.0 }, linear(1)],
+        };
+        assert!(matches!(
+            layer_error(&negative_zero).1,
+            LayerProblem::DropoutRate { .. }
+        ));
+        // The benchmark's CNN is well within every cap, and says how much it holds: each
+        // output, and both convolutions' unfolded inputs (1·5²·24² and 16·5²·8²).
+        let cnn = small_cnn().check().unwrap();
+        let outputs = 16 * 24 * 24 * 3 + 16 * 12 * 12 + 32 * 8 * 8 * 2 + 32 * 4 * 4 * 2 + 1;
+        let unfolded = 25 * 24 * 24 + 16 * 25 * 8 * 8;
+        assert_eq!(cnn.activations_per_example(), outputs + unfolded);
     }
 }

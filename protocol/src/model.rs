@@ -208,6 +208,12 @@ impl ModelSpec {
     /// its input shape holds `input_dim` values.
     pub fn validate(&self) -> Result<(), ModelError> {
         if let ModelKind::Layers(architecture) = &self.kind {
+            // An embedding reads category indices, and no schema column encodes one yet (a
+            // categorical is one-hot). A task whose features are standardised numbers would
+            // make an embedding's index check depend on the patients' values.
+            if let Some(LayerSpec::Embedding { .. }) = architecture.architecture().layers.first() {
+                return Err(ModelError::EmbeddingWithoutIndices);
+            }
             let declared = architecture.architecture().input.numel();
             return if declared == Some(self.input_dim) {
                 Ok(())
@@ -454,6 +460,12 @@ pub enum ModelError {
     /// A declared architecture that [`Architecture::check`] refuses.
     #[error("{0}")]
     Architecture(#[from] ArchitectureError),
+    /// A declared architecture that starts with an embedding: no schema encodes the category
+    /// indices it reads.
+    #[error(
+        "the architecture starts with an embedding, which reads category indices, and no schema column encodes one (categoricals are one-hot)"
+    )]
+    EmbeddingWithoutIndices,
     /// A declared architecture whose input shape does not hold the spec's input width.
     #[error("the architecture's input, {shape}, does not hold the {input_dim} input features")]
     InputShape {

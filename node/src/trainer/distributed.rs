@@ -28,8 +28,12 @@ use super::{
 };
 use crate::examples::Examples;
 
-/// Examples whose full per-example gradients are held at once (`CHUNK × P` floats).
+/// Most examples whose full per-example gradients are held at once (`CHUNK × P` floats).
 const CHUNK: usize = 256;
+
+/// Most gradient values one pass holds (`rows × P`): 2^25, 128 MiB as `f32`, four times that
+/// with the clipped, `f64` and host copies.
+const PASS_VALUES: usize = 1 << 25;
 
 /// [`Trainer::distributed_sum`](super::Trainer::distributed_sum) on `device`.
 pub(super) fn distributed_sum(
@@ -66,7 +70,7 @@ pub(super) fn distributed_sum(
     let mut sum = ddp.node_sum();
     let mut non_finite_examples = 0u64;
     let mut example = vec![0.0f64; params.len()];
-    for chunk in batch.chunks(CHUNK) {
+    for chunk in batch.chunks(gradients.rows_per_pass(params.len())) {
         let index = Tensor::f_from_slice(chunk)?.f_to_device(device)?;
         let x = features.f_index_select(0, &index)?;
         let y = labels.f_index_select(0, &index)?;
@@ -97,8 +101,9 @@ enum PerExample {
     /// An MLP or logistic regression: `dp_sgd`'s factored gradients.
     Mlp(Mlp),
     /// A declared architecture, with the stream its dropout masks come from (seeded from the
-    /// caller's CSPRNG: the masks, like the sample, stay secret).
-    Layers(Network, Box<ChaCha20Rng>),
+    /// caller's CSPRNG: the masks, like the sample, stay secret) and the rows one of its passes
+    /// takes.
+    Layers(Network, Box<ChaCha20Rng>, usize),
 }
 
 impl PerExample {
@@ -112,16 +117,29 @@ impl PerExample {
             ModelKind::Layers(architecture) => Self::Layers(
                 Network::from_flat(architecture, params, Kind::Float, device, true)?,
                 Box::new(ChaCha20Rng::from_seed(rng.random())),
+                layers::rows_per_pass(architecture),
             ),
             _ => Self::Mlp(Mlp::from_flat(spec, params, device, false)?),
         })
+    }
+
+    /// How many examples' gradients one pass builds: at most [`CHUNK`], and for a large model
+    /// as few as keep the `[B, P]` matrix, and a declared model's activations, within what a
+    /// pass may hold; at least one.
+    fn rows_per_pass(&self, params: usize) -> usize {
+        let by_gradients = (PASS_VALUES / params.max(1)).max(1);
+        let by_model = match self {
+            Self::Mlp(_) => CHUNK,
+            Self::Layers(_, _, rows) => *rows,
+        };
+        CHUNK.min(by_gradients).min(by_model)
     }
 
     /// The `[B, P]` per-example gradients of the batch `(x, y)`.
     fn of(&mut self, x: &Tensor, y: &Tensor, pos_weight: f64) -> Result<Tensor, TchError> {
         match self {
             Self::Mlp(model) => per_example_gradients(model, x, y, pos_weight),
-            Self::Layers(net, masks) => {
+            Self::Layers(net, masks, _) => {
                 Ok(
                     layers::per_example_gradients(net, x, y, pos_weight, &mut Masks::Draw(masks))?
                         .0,

@@ -17,6 +17,24 @@ mod per_example;
 mod tests;
 mod train;
 
+use medfed_protocol::architecture::CheckedArchitecture;
+
 pub(crate) use network::{Masks, Network};
 pub(crate) use per_example::per_example_gradients;
 pub(crate) use train::check_category_indices;
+
+/// Most values one forward and backward pass over a part of a batch may hold for its examples'
+/// activations or gradients: 2^25, 128 MiB as `f32`. A received architecture may hold up to
+/// `MAX_TOTAL_ACTIVATION` values per example and have up to `MAX_PARAMS` parameters, so passes
+/// take as few rows as keep within this; sums over a batch are the same whatever the split.
+const PASS_VALUES: usize = 1 << 25;
+
+/// How many rows one pass of `arch` takes: as many as keep each example's activations, and each
+/// example's gradient, within [`PASS_VALUES`] together; at least one.
+pub(crate) fn rows_per_pass(arch: &CheckedArchitecture) -> usize {
+    let per_example = arch
+        .activations_per_example()
+        .max(arch.param_count())
+        .max(1);
+    (PASS_VALUES / per_example).max(1)
+}

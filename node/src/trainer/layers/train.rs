@@ -6,12 +6,13 @@ use medfed_protocol::architecture::{CheckedArchitecture, LayerSpec};
 use medfed_protocol::task::TrainingPlan;
 use rand::{CryptoRng, Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
 use super::network::{Masks, Network};
 use super::per_example::{clipped_gradient_sum, per_example_losses};
+use super::rows_per_pass;
 use crate::examples::Examples;
-use crate::trainer::dp_sgd::dp_sgd_loop;
+use crate::trainer::dp_sgd::{ClippedSum, dp_sgd_loop};
 use crate::trainer::tch_trainer::{sgd_loop, to_tensors};
 use crate::trainer::{
     DpConfig, PrivateTrainOutcome, TchTrainer, TrainError, TrainOutcome, TrainProgress, check_plan,
@@ -105,10 +106,12 @@ impl TchTrainer {
             noise_rng,
             progress,
             &mut |x, y| {
-                clipped_gradient_sum(
+                // In passes sized by the model alone, so that no batch the sampling draws makes
+                // memory, and so success, depend on its size.
+                clipped_sum_in_passes(
                     &net,
-                    x,
-                    y,
+                    (x, y),
+                    rows_per_pass(arch),
                     dp.max_grad_norm,
                     plan.pos_weight,
                     &mut Masks::Draw(&mut dropout_rng),
@@ -140,8 +143,9 @@ impl TchTrainer {
         let net = Network::from_flat(arch, params, Kind::Float, self.device(), false)?;
         let width = data.num_features;
         let mut scores = Vec::with_capacity(data.len());
+        let rows = PREDICT_BATCH.min(rows_per_pass(arch));
         // `check_layer_inputs` made `width` the architecture's input size, never zero.
-        for chunk in data.features.chunks(PREDICT_BATCH * width.max(1)) {
+        for chunk in data.features.chunks(rows * width.max(1)) {
             let rows = (chunk.len() / width.max(1)) as i64;
             let x = Tensor::f_from_slice(chunk)?
                 .f_view([rows, width as i64])?
@@ -192,6 +196,47 @@ pub(crate) fn check_category_indices(
         }
     }
     Ok(())
+}
+
+/// [`clipped_gradient_sum`] over the batch `(x, y)` taken `rows` examples at a time and added
+/// up, which is the same sum: clipping is per example. `dp_sgd_loop` never asks for an empty
+/// batch's.
+fn clipped_sum_in_passes(
+    net: &Network,
+    (x, y): (&Tensor, &Tensor),
+    rows: usize,
+    max_norm: f64,
+    pos_weight: f64,
+    masks: &mut Masks<'_>,
+) -> Result<ClippedSum, TchError> {
+    let total_rows = x.size().first().copied().unwrap_or(0);
+    let step = i64::try_from(rows.max(1)).unwrap_or(i64::MAX);
+    let mut start = 0;
+    let mut total: Option<ClippedSum> = None;
+    loop {
+        let len = step.min(total_rows - start);
+        let part = clipped_gradient_sum(
+            net,
+            &x.f_narrow(0, start, len)?,
+            &y.f_narrow(0, start, len)?,
+            max_norm,
+            pos_weight,
+            masks,
+        )?;
+        let sum = match total {
+            None => part,
+            Some(sum) => ClippedSum {
+                sum: sum.sum.f_add(&part.sum)?,
+                loss_sum: sum.loss_sum + part.loss_sum,
+                skipped: sum.skipped + part.skipped,
+            },
+        };
+        start += len;
+        if start >= total_rows {
+            return Ok(sum);
+        }
+        total = Some(sum);
+    }
 }
 
 /// Whether any layer of `arch` is a dropout layer.
@@ -544,5 +589,27 @@ mod tests {
                 "value {bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_batch_clipped_in_passes_sums_as_it_does_whole() {
+        let arch = cnn();
+        let params = arch.initial_parameters(3);
+        let net = Network::from_flat(&arch, &params, Kind::Float, Device::Cpu, true).unwrap();
+        let data = images(37, 8);
+        let (x, y) = to_tensors(&data, Device::Cpu).unwrap();
+        let sum =
+            |rows| clipped_sum_in_passes(&net, (&x, &y), rows, 0.05, 1.0, &mut Masks::Off).unwrap();
+        let whole = sum(1000);
+        for rows in [1, 5, 36] {
+            let parts = sum(rows);
+            let difference =
+                f64::try_from(whole.sum.f_sub(&parts.sum).unwrap().abs().max()).unwrap();
+            assert!(difference < 1e-5, "{rows} rows a pass: off by {difference}");
+            assert!((whole.loss_sum - parts.loss_sum).abs() < 1e-4);
+            assert_eq!(whole.skipped, parts.skipped);
+        }
+        // Clipping binds, so the sum is not the plain gradient's.
+        assert!(f64::try_from(whole.sum.abs().max()).unwrap() > 0.0);
     }
 }
