@@ -54,6 +54,12 @@ pub(super) fn read_image(
         path: path.to_owned(),
         message,
     };
+    // A FIFO or a device named by a cell would block the open or never end: only a regular
+    // file is opened.
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => return Err(unreadable("not a regular file".into())),
+        _ => {}
+    }
     let file = File::open(path).map_err(|e| match e.kind() {
         ErrorKind::NotFound => ProblemReason::ImageMissing {
             path: path.to_owned(),
@@ -419,6 +425,19 @@ mod tests {
         let err = refused(&site, &grey(), "img/none.png");
         assert!(
             matches!(err, DataError::ImageMissing { row: 2, .. }),
+            "{err}"
+        );
+
+        // A FIFO would block the open until someone writes to it; it is refused unopened.
+        let fifo = site.path("img/pipe.png");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = refused(&site, &grey(), "img/pipe.png");
+        assert!(
+            matches!(&err, DataError::ImageUnreadable { message, .. } if message == "not a regular file"),
             "{err}"
         );
 
