@@ -13,8 +13,12 @@
 //! - the same with `ExpectShares::finish`, which sums into a fresh allocation (`fresh`): what the
 //!   coordinator did before it reused its buffer, paying the page faults of a new 4 MB vector
 //!   each round;
-//! - **secure aggregation with decoding**: the steady state after `codec::decode_body` of each
-//!   node's framed `SecAggInput` message, as the coordinator receives it;
+//! - **secure aggregation with decoding** (`decode+handle_input`): the coordinator's path from
+//!   the bytes it receives: each node's input framed as the `SecAggInputChunk` pieces a node
+//!   sends (`INPUT_CHUNK_WORDS` words each), each piece read in place from its frame's bytes
+//!   (`codec::InputPieceFrame::parse`: the header decoded, the words left where they are) and
+//!   added straight from those bytes into the sum (`ExpectMaskedInputs::handle_input_chunk`), in
+//!   the steady state;
 //! - **plain aggregation**: the coordinator's `sum += values` over round vectors sent as `f32`
 //!   (`PlainFigures::add_to` into the round's `f64` sum, zeroed for the first node, as
 //!   `add_into` in coordinator/src/training.rs does);
@@ -39,9 +43,10 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 
-use medfed_protocol::codec::{decode_body, frame};
+use bytes::Bytes;
+use medfed_protocol::codec::{InputPieceFrame, frame};
 use medfed_protocol::messages::{Message, PlainFigures};
-use medfed_protocol::secagg::{ExpectMaskedInputs, ShareDelivery};
+use medfed_protocol::secagg::{ExpectMaskedInputs, INPUT_CHUNK_WORDS, ShareDelivery};
 
 mod support;
 
@@ -56,13 +61,19 @@ fn main() {
     let quick = !args.iter().any(|a| a == "--bench");
     let params = if quick { 10_000 } else { PARAMS };
     let round = RecordedRound::new(NODES, params, false);
-    let frames: Vec<Vec<u8>> = round
+    // Each node's pieces, as frame bodies (without the length prefix) the way the coordinator's
+    // reader hands them over.
+    let frames: Vec<Vec<Bytes>> = round
         .inputs
         .iter()
         .map(|(_, input)| {
-            let mut f = frame(&Message::SecAggInput(input.clone())).expect("fits the frame cap");
-            f.drain(..4);
-            f
+            input
+                .chunks(INPUT_CHUNK_WORDS)
+                .map(|piece| {
+                    let f = frame(&Message::SecAggInputChunk(piece)).expect("fits the frame cap");
+                    Bytes::from(f).slice(4..)
+                })
+                .collect()
         })
         .collect();
     let plain: Vec<PlainFigures> = (0..NODES)
@@ -93,11 +104,15 @@ fn main() {
         let start = Instant::now();
         let (mut server, deliveries) = server.finish_into(buffer).expect("everyone shared");
         if decode {
-            for ((index, _), body) in round.inputs.iter().zip(&frames) {
-                let Ok(Message::SecAggInput(input)) = decode_body(body) else {
-                    panic!("a masked input decodes");
-                };
-                server.handle_input(*index, &input).expect("honest input");
+            for ((index, _), bodies) in round.inputs.iter().zip(&frames) {
+                for body in bodies {
+                    let Ok(Some(piece)) = InputPieceFrame::parse(body.clone()) else {
+                        panic!("a masked input's piece reads");
+                    };
+                    server
+                        .handle_input_chunk(*index, &piece)
+                        .expect("honest input");
+                }
             }
         } else {
             for (index, input) in &round.inputs {

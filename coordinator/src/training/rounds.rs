@@ -444,10 +444,9 @@ impl Trainer {
                         } else {
                             Vec::new()
                         };
-                        let model = self.model.clone();
                         let path = self.write_report(
                             self.round,
-                            &model,
+                            self.model.hash(),
                             &gathered.participants,
                             &gathered.privacy,
                             Assessment {

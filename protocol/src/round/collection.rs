@@ -16,15 +16,15 @@ use tracing::{info, warn};
 use crate::contribution::RoundLayout;
 use crate::manifest::SecureAggregationPlan;
 use crate::messages::{
-    ContributionKind, Message, PlainFigures, PrivacySpent, RefusalReason, Refused, RoundKeys,
-    RoundStart, SecAggSetup, StatsRequest,
+    Contribution, ContributionKind, Message, PlainFigures, PrivacySpent, RefusalReason, Refused,
+    RoundKeys, RoundStart, SecAggSetup, StatsRequest,
 };
 use crate::report::NodePrivacy;
 use crate::secagg::encoding::{BlockEncoding, VectorEncoding};
 use crate::secagg::fixed_point::FixedPoint;
 use crate::secagg::{
-    ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures, ExpectUnmasking, MaskedInput,
-    MaskedInputChunk, Participant, PeerVerifier, RoundParams, SecAggError, ShareDelivery,
+    ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures, ExpectUnmasking, InputPiece,
+    MaskedInput, Participant, PeerVerifier, RoundParams, SecAggError, ShareDelivery,
 };
 
 use super::rules::check_budgets;
@@ -418,11 +418,19 @@ impl Collection {
     /// and keeps only its message's header: the coordinator holds the sum and the inputs in
     /// flight, never every hospital's input (its memory does not grow with the hospitals). An
     /// input from a participant a peer has already accused of a bad share is not summed.
+    ///
+    /// Without secure aggregation, likewise, each contribution is checked and added to the
+    /// running sum as it arrives, and kept without its figures.
     fn sum_on_arrival(
         &mut self,
         index: u16,
         answer: Result<Message, LeftOut>,
     ) -> Result<Message, LeftOut> {
+        if matches!(self.stage, Stage::Plain) {
+            let contribution = self.sum_plain_figures(answer?)?;
+            self.summed.insert(index);
+            return Ok(Message::Contribution(contribution));
+        }
         if !matches!(self.stage, Stage::Inputs(_)) {
             return answer;
         }
@@ -444,11 +452,14 @@ impl Collection {
     }
 
     /// Takes one piece of participant `index`'s masked input in secure aggregation's phase 3
-    /// (a node sends its input as [`MaskedInputChunk`]s, in order): it is added to the running
-    /// sum at once and not kept. The last piece completes the node's answer; a bad piece is its
+    /// (a node sends its input as [`MaskedInputChunk`](crate::secagg::MaskedInputChunk)s, in
+    /// order; the driver hands each over
+    /// decoded or, without a copy, as its frame's bytes: an
+    /// [`InputPieceFrame`](crate::codec::InputPieceFrame)): it is added to the running sum at
+    /// once and not kept. The last piece completes the node's answer; a bad piece is its
     /// answer, why it is left out. Pieces from anyone not awaited, or already answered, are
     /// ignored.
-    pub fn handle_input_chunk(&mut self, index: u16, chunk: &MaskedInputChunk) -> Progress {
+    pub fn handle_input_chunk(&mut self, index: u16, chunk: &impl InputPiece) -> Progress {
         if !self.awaiting.contains(&index) || self.answers.contains_key(&index) {
             return Progress::Waiting;
         }
@@ -467,8 +478,8 @@ impl Collection {
                 Ok(()) if server.has_input(index) => {
                     self.summed.insert(index);
                     Ok(Message::SecAggInput(MaskedInput {
-                        session: chunk.session,
-                        round: chunk.round,
+                        session: chunk.session(),
+                        round: chunk.round(),
                         values: Vec::new(),
                     }))
                 }
@@ -593,10 +604,12 @@ impl Collection {
         answers: BTreeMap<u16, Result<Message, LeftOut>>,
     ) -> Result<Progress, AttemptFailure> {
         let asked = answers.len();
-        let (session, round, kind, len) = (self.session, self.round, self.kind, self.value_len);
+        // Each in the nodes' order, though their figures were summed as they arrived.
         self.take(answers, |this, index, message| {
-            let contribution = check_contribution(message, session, round, kind, len)?;
-            add_into(&mut this.gathered.sum, &contribution.values);
+            let contribution = match message {
+                Message::Contribution(summed) if this.summed.remove(&index) => summed,
+                other => this.sum_plain_figures(other)?,
+            };
             let identity = this.identity(index).unwrap_or_default().to_owned();
             this.gathered.declare(&identity, contribution.privacy);
             this.gathered.participants.push(identity);
@@ -605,6 +618,16 @@ impl Collection {
         check_budgets(asked, &self.gathered.budget_spent, self.min_nodes)?;
         self.gathered.participants.sort();
         Ok(self.finish())
+    }
+
+    /// Checks a contribution summed in the clear and adds its figures to the running sum;
+    /// returns it without them.
+    fn sum_plain_figures(&mut self, answer: Message) -> Result<Contribution, LeftOut> {
+        let (session, round, kind, len) = (self.session, self.round, self.kind, self.value_len);
+        let mut contribution = check_contribution(answer, session, round, kind, len)?;
+        add_into(&mut self.gathered.sum, &contribution.values);
+        contribution.values = PlainFigures::Double(Vec::new());
+        Ok(contribution)
     }
 
     /// Phase 1 over: the key directory for everyone who sent keys.

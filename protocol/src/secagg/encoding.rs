@@ -267,7 +267,7 @@ impl VectorEncoding {
                         let value = u64::from((*word as i32).unsigned_abs());
                         return Err(out_of_range(start + i, value, most));
                     }
-                    out.extend(fixed.decode_sum(block));
+                    fixed.decode_sum_into(block, &mut out);
                 }
                 BlockEncoding::Wide => {
                     let (block, tail) = rest.split_at(len * LIMBS);

@@ -91,10 +91,15 @@ impl FixedPoint {
 
     /// Reads a (possibly wrapped) sum as signed `i32` words and divides by `2^bits`.
     pub fn decode_sum(&self, sum: &[u32]) -> Vec<f64> {
+        let mut out = Vec::with_capacity(sum.len());
+        self.decode_sum_into(sum, &mut out);
+        out
+    }
+
+    /// [`Self::decode_sum`], appended to `out`: no vector of the sum's size besides `out`.
+    pub fn decode_sum_into(&self, sum: &[u32], out: &mut Vec<f64>) {
         let scale = self.scale();
-        sum.iter()
-            .map(|&word| f64::from(word as i32) / scale)
-            .collect()
+        out.extend(sum.iter().map(|&word| f64::from(word as i32) / scale));
     }
 
     /// `2^fractional_bits` as an `f64` (infinite only for configurations `max_encoded` refuses).
