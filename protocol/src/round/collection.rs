@@ -129,8 +129,6 @@ pub struct SecurePlan {
     pub manifest_digest: [u8; 32],
     /// Public randomness for the neighbour graph, from the OS CSPRNG.
     pub graph_seed: [u8; 32],
-    /// A buffer to sum into (the previous collection's, so no fresh model-sized allocation).
-    pub sum_buffer: Vec<u32>,
     /// Checks the survivors' signatures against their certificates.
     pub verifier: Arc<dyn PeerVerifier + Send + Sync>,
 }
@@ -227,9 +225,6 @@ pub struct Gathered {
     pub privacy: Vec<NodePrivacy>,
     /// Nodes that declined because their privacy budget is spent.
     pub budget_spent: Vec<String>,
-    /// The buffer the encoded sum was unmasked in, for the next collection (empty without
-    /// secure aggregation).
-    pub sum_buffer: Vec<u32>,
 }
 
 impl Gathered {
@@ -264,7 +259,6 @@ enum Stage {
 struct Secure {
     encoding: VectorEncoding,
     verifier: Arc<dyn PeerVerifier + Send + Sync>,
-    sum_buffer: Vec<u32>,
 }
 
 /// One collection in progress.
@@ -392,7 +386,6 @@ impl Collection {
         self.secure = Some(Secure {
             encoding,
             verifier: plan.verifier,
-            sum_buffer: plan.sum_buffer,
         });
         Ok(SecAggSetup {
             params,
@@ -677,12 +670,7 @@ impl Collection {
             }
             other => Err(LeftOut::from_unexpected(other, "secagg_shares")),
         });
-        let buffer = self
-            .secure
-            .as_mut()
-            .map(|s| std::mem::take(&mut s.sum_buffer))
-            .unwrap_or_default();
-        let (server, mut deliveries) = server.finish_into(buffer)?;
+        let (server, mut deliveries) = server.finish()?;
         let participants = server.participants();
         self.stage = Stage::Inputs(server);
         let (session, round) = (self.session, self.round);
@@ -843,8 +831,9 @@ impl Collection {
         let survivors = server.survivors();
         let sum = server.finish()?;
         let secure = self.secure.as_ref().ok_or(AttemptFailure::Over)?;
-        self.gathered.sum = secure.encoding.decode_sum(&sum, survivors.len())?;
-        self.gathered.sum_buffer = sum;
+        // The words are released as they are decoded: the coordinator never holds the encoded
+        // sum and the decoded one (twice its size) both whole.
+        self.gathered.sum = secure.encoding.decode_sum_releasing(sum, survivors.len())?;
         let mut participants: Vec<String> = survivors
             .iter()
             .filter_map(|&i| self.identity(i).map(str::to_owned))
