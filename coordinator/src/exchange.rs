@@ -4,7 +4,7 @@ use medfed_protocol::codec::{self, CodecError, InputPieceFrame, MAX_FRAME_LEN};
 use medfed_protocol::messages::{Message, ModelOffer, ModelReceived, RefusalReason};
 use medfed_protocol::model::{Model, ModelHash};
 use medfed_protocol::round::LeftOut;
-use medfed_protocol::secagg::{InputPiece, MaskedInput};
+use medfed_protocol::secagg::{InputPiece, MaskedInput, PieceHeader};
 use medfed_protocol::transfer::{model_chunk, model_offer};
 use medfed_transport::{ChannelError, MessageReader, RecvStream, send_frame, send_message};
 use tokio::sync::mpsc;
@@ -116,10 +116,11 @@ async fn pass_on_pieces(
     pieces: &InputPieces,
     index: u16,
 ) -> Result<Message, ExchangeError> {
-    let (session, round) = (first.session(), first.round());
+    let PieceHeader { session, round, .. } = first.header();
     let mut piece = first;
     loop {
-        let last = piece.offset() as usize + piece.word_count() >= piece.total() as usize;
+        let header = piece.header();
+        let last = header.offset as usize + piece.word_count() >= header.total as usize;
         pieces
             .send((index, piece))
             .await

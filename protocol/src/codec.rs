@@ -12,7 +12,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
 use crate::messages::Message;
-use crate::secagg::{InputPiece, MaskedInputChunk, add_le_words};
+use crate::secagg::{InputPiece, MaskedInputChunk, PieceHeader, add_le_words};
 
 /// Largest frame payload accepted by default (64 MiB). Models larger than this travel in chunks.
 pub const MAX_FRAME_LEN: usize = 64 << 20;
@@ -145,10 +145,7 @@ impl FrameDecoder {
 #[derive(Clone, Debug)]
 pub struct InputPieceFrame {
     body: Bytes,
-    session: u64,
-    round: u64,
-    offset: u32,
-    total: u32,
+    header: PieceHeader,
     words: Range<usize>,
 }
 
@@ -192,14 +189,15 @@ impl InputPieceFrame {
         }
         // The words are the message's last field: they end the body.
         let words = body.len() - piece.values.len()..body.len();
-        let (session, round, offset, total) =
-            (piece.session, piece.round, piece.offset, piece.total);
+        let header = PieceHeader {
+            session: piece.session,
+            round: piece.round,
+            offset: piece.offset,
+            total: piece.total,
+        };
         Ok(Some(Self {
             body,
-            session,
-            round,
-            offset,
-            total,
+            header,
             words,
         }))
     }
@@ -211,20 +209,8 @@ impl InputPieceFrame {
 }
 
 impl InputPiece for InputPieceFrame {
-    fn session(&self) -> u64 {
-        self.session
-    }
-
-    fn round(&self) -> u64 {
-        self.round
-    }
-
-    fn offset(&self) -> u32 {
-        self.offset
-    }
-
-    fn total(&self) -> u32 {
-        self.total
+    fn header(&self) -> PieceHeader {
+        self.header
     }
 
     fn word_count(&self) -> usize {
@@ -406,14 +392,15 @@ mod tests {
         let chunk = piece(3, 10, vec![1, u32::MAX, 0x0102_0304, 7]);
         let body = Bytes::from(body(&Message::SecAggInputChunk(chunk.clone())));
         let frame = InputPieceFrame::parse(body.clone()).unwrap().unwrap();
+        assert_eq!(frame.header(), chunk.header());
         assert_eq!(
-            (
-                frame.session(),
-                frame.round(),
-                frame.offset(),
-                frame.total()
-            ),
-            (5, 2, 3, 10)
+            frame.header(),
+            PieceHeader {
+                session: 5,
+                round: 2,
+                offset: 3,
+                total: 10
+            }
         );
         assert_eq!(frame.word_count(), 4);
         let (mut in_place, mut decoded) = (vec![5u32; 4], vec![5u32; 4]);

@@ -471,8 +471,8 @@ impl Collection {
                 Ok(()) if server.has_input(index) => {
                     self.summed.insert(index);
                     Ok(Message::SecAggInput(MaskedInput {
-                        session: chunk.session(),
-                        round: chunk.round(),
+                        session: chunk.header().session,
+                        round: chunk.header().round,
                         values: Vec::new(),
                     }))
                 }

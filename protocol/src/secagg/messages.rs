@@ -225,14 +225,8 @@ impl MaskedInput {
 /// ([`MaskedInputChunk`]) or read in place from the bytes of its frame
 /// ([`InputPieceFrame`](crate::codec::InputPieceFrame)).
 pub trait InputPiece {
-    /// Coordinator run.
-    fn session(&self) -> u64;
-    /// Round.
-    fn round(&self) -> u64;
-    /// Index of the piece's first word in the whole vector.
-    fn offset(&self) -> u32;
-    /// Words in the whole vector.
-    fn total(&self) -> u32;
+    /// Where the piece belongs.
+    fn header(&self) -> PieceHeader;
     /// Words in the piece.
     fn word_count(&self) -> usize;
     /// Adds the piece's words into the first [`Self::word_count`] words of `sum`, wrapping in
@@ -240,21 +234,27 @@ pub trait InputPiece {
     fn add_to(&self, sum: &mut [u32]);
 }
 
+/// Where a piece of a masked input belongs: its round and its place in the whole vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PieceHeader {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// Index of the piece's first word in the whole vector.
+    pub offset: u32,
+    /// Words in the whole vector.
+    pub total: u32,
+}
+
 impl InputPiece for MaskedInputChunk {
-    fn session(&self) -> u64 {
-        self.session
-    }
-
-    fn round(&self) -> u64 {
-        self.round
-    }
-
-    fn offset(&self) -> u32 {
-        self.offset
-    }
-
-    fn total(&self) -> u32 {
-        self.total
+    fn header(&self) -> PieceHeader {
+        PieceHeader {
+            session: self.session,
+            round: self.round,
+            offset: self.offset,
+            total: self.total,
+        }
     }
 
     fn word_count(&self) -> usize {

@@ -293,12 +293,13 @@ impl ExpectMaskedInputs {
         from: u16,
         chunk: &impl InputPiece,
     ) -> Result<(), SecAggError> {
-        self.check_sender(from, chunk.session(), chunk.round())?;
+        let header = chunk.header();
+        self.check_sender(from, header.session, header.round)?;
         let len = self.params.vector_len;
         let done = self.partial.get(&from).copied().unwrap_or(0);
-        let offset = chunk.offset() as usize;
+        let offset = header.offset as usize;
         let words = chunk.word_count();
-        if chunk.total() as usize != len
+        if header.total as usize != len
             || offset != done
             || offset + words > len
             || (words == 0 && len > 0)
@@ -308,7 +309,7 @@ impl ExpectMaskedInputs {
                 &format!(
                     "input piece of words {offset}..{} of {}, expected the piece from word {done} of {len}",
                     offset + words,
-                    chunk.total()
+                    header.total
                 ),
             ));
         }
