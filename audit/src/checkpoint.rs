@@ -22,13 +22,13 @@
 //! the path of each completed round's checkpoint, and `latest.safetensors` is a convenience copy
 //! for people and tools.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use medfed_protocol::model::{Model, ModelError, ModelHash, ModelSpec};
-use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::model_file::{AuditLink, ModelFile, Scoring};
 
@@ -71,9 +71,8 @@ pub fn write_checkpoint(dir: &Path, round: u64, model: &Model) -> Result<PathBuf
 /// round's checkpoint never does, an [`AuditLink`]).
 pub fn write_round_checkpoint(dir: &Path, file: &ModelFile) -> Result<PathBuf, CheckpointError> {
     let (round, model) = (file.round, &file.model);
-    let bytes = encode_model_file(file)?;
     let path = dir.join(checkpoint_file_name(round));
-    write_atomically(&path, &bytes)?;
+    write_model_file_atomically(&path, file)?;
 
     let latest = dir.join(LATEST_FILE_NAME);
     // An unreadable or foreign `latest` file is simply replaced.
@@ -84,7 +83,7 @@ pub fn write_round_checkpoint(dir: &Path, file: &ModelFile) -> Result<PathBuf, C
             "latest checkpoint holds a later round; left as it is"
         );
     } else {
-        write_atomically(&latest, &bytes)?;
+        write_model_file_atomically(&latest, file)?;
     }
     tracing::debug!(round, path = %path.display(), hash = %model.hash(), "checkpoint written");
     Ok(path)
@@ -93,7 +92,7 @@ pub fn write_round_checkpoint(dir: &Path, file: &ModelFile) -> Result<PathBuf, C
 /// Writes the released model to `path` atomically: the model file of the round the consortium
 /// releases, with the link to the audit report that judged it.
 pub fn write_released_model(path: &Path, file: &ModelFile) -> Result<(), CheckpointError> {
-    write_atomically(path, &encode_model_file(file)?)
+    write_model_file_atomically(path, file)
 }
 
 /// Reads a model file (a round's checkpoint or the released model), with everything it carries.
@@ -131,15 +130,50 @@ pub fn encode_checkpoint(round: u64, model: &Model) -> Result<Vec<u8>, Checkpoin
 /// Serialises a model file: its model as in [`encode_checkpoint`], with the metadata of its
 /// scoring and audit link ([`crate::model_file`]).
 pub fn encode_model_file(file: &ModelFile) -> Result<Vec<u8>, CheckpointError> {
+    let mut out = Vec::new();
+    write_model_file(file, &mut out).map_err(|e| match e {
+        WriteError::Checkpoint(e) => e,
+        // Writing to a vector does not fail.
+        WriteError::Io(source) => CheckpointError::Io {
+            path: PathBuf::new(),
+            source,
+        },
+    })?;
+    Ok(out)
+}
+
+/// Why a model file could not be written out.
+#[derive(Debug)]
+enum WriteError {
+    Checkpoint(CheckpointError),
+    Io(io::Error),
+}
+
+impl From<io::Error> for WriteError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// Parameters converted to bytes at a time when a model file is written out.
+const WRITE_PIECE: usize = 16 * 1024;
+
+/// Writes a model file in the safetensors format to `out` as it is made: the header (the
+/// metadata, then each tensor's dtype, shape and byte range, tensors in name order as the
+/// safetensors crate lays them out), then each tensor's little-endian `f32` bytes, a piece at a
+/// time, so that the model's bytes are never held whole besides the model itself.
+fn write_model_file(file: &ModelFile, out: &mut dyn Write) -> Result<(), WriteError> {
     let (round, model) = (file.round, &file.model);
     let layout = model.spec.layout();
-    let hash = ModelHash::of(&model.spec, &model.params).ok_or(CheckpointError::InvalidModel(
-        ModelError::WrongLength {
+    let invalid = || {
+        WriteError::Checkpoint(CheckpointError::InvalidModel(ModelError::WrongLength {
             expected: layout.len(),
             actual: model.params.len(),
-        },
-    ))?;
-    let spec_json = serde_json::to_string(&model.spec).map_err(CheckpointError::SpecJson)?;
+        }))
+    };
+    let hash = ModelHash::of(&model.spec, &model.params).ok_or_else(invalid)?;
+    let spec_json = serde_json::to_string(&model.spec)
+        .map_err(|e| WriteError::Checkpoint(CheckpointError::SpecJson(e)))?;
     let mut metadata = HashMap::from([
         ("format".to_owned(), "pt".to_owned()),
         (META_MODEL_SPEC.to_owned(), spec_json),
@@ -147,28 +181,89 @@ pub fn encode_model_file(file: &ModelFile) -> Result<Vec<u8>, CheckpointError> {
         (META_ROUND.to_owned(), round.to_string()),
     ]);
     if let Some(scoring) = &file.scoring {
-        scoring.write_metadata(&mut metadata)?;
+        scoring
+            .write_metadata(&mut metadata)
+            .map_err(WriteError::Checkpoint)?;
     }
     if let Some(audit) = &file.audit {
         audit.write_metadata(&mut metadata);
     }
 
-    // `ModelHash::of` succeeded, so the parameters fit the layout.
-    let pieces = layout.split(&model.params).unwrap_or_default();
-    let buffers: Vec<(String, Vec<usize>, Vec<u8>)> = pieces
-        .into_iter()
-        .map(|(tensor, values)| {
-            let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (tensor.name.clone(), tensor.shape.clone(), data)
-        })
-        .collect();
-    let mut views = Vec::with_capacity(buffers.len());
-    for (name, shape, data) in &buffers {
-        let view = TensorView::new(Dtype::F32, shape.clone(), data)
-            .map_err(CheckpointError::Safetensors)?;
-        views.push((name.as_str(), view));
+    let mut tensors = layout.split(&model.params).ok_or_else(invalid)?;
+    tensors.sort_by(|(a, _), (b, _)| a.name.cmp(&b.name));
+    let mut header = serde_json::Map::new();
+    header.insert(
+        "__metadata__".to_owned(),
+        serde_json::to_value(metadata.into_iter().collect::<BTreeMap<_, _>>())
+            .map_err(|e| WriteError::Checkpoint(CheckpointError::SpecJson(e)))?,
+    );
+    let mut offset = 0usize;
+    for (tensor, values) in &tensors {
+        let end = offset + 4 * values.len();
+        header.insert(
+            tensor.name.clone(),
+            serde_json::json!({
+                "dtype": "F32",
+                "shape": tensor.shape,
+                "data_offsets": [offset, end],
+            }),
+        );
+        offset = end;
     }
-    safetensors::serialize(views, Some(metadata)).map_err(CheckpointError::Safetensors)
+    let mut header = serde_json::to_vec(&header)
+        .map_err(|e| WriteError::Checkpoint(CheckpointError::SpecJson(e)))?;
+    // The data starts 8-byte aligned, the header padded with spaces as the crate pads it.
+    header.resize(header.len().next_multiple_of(8), b' ');
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(&header)?;
+    let mut bytes = Vec::with_capacity(4 * WRITE_PIECE);
+    for (_, values) in &tensors {
+        for piece in values.chunks(WRITE_PIECE) {
+            bytes.clear();
+            bytes.extend(piece.iter().flat_map(|v| v.to_le_bytes()));
+            out.write_all(&bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `file` atomically to `target` (see [`medfed_certs::replace_file_with`]), streamed.
+fn write_model_file_atomically(target: &Path, file: &ModelFile) -> Result<(), CheckpointError> {
+    let mut failure = None;
+    let written = medfed_certs::replace_file_with(target, |out| {
+        write_model_file(file, out).map_err(|e| match e {
+            WriteError::Io(e) => e,
+            WriteError::Checkpoint(e) => {
+                failure = Some(e);
+                io::Error::other("the model file could not be made")
+            }
+        })
+    });
+    match (written, failure) {
+        (_, Some(e)) => Err(e),
+        (Err(source), None) => Err(CheckpointError::Io {
+            path: target.to_path_buf(),
+            source,
+        }),
+        (Ok(()), None) => Ok(()),
+    }
+}
+
+/// SHA-256 of a file's bytes in lower-case hex (as [`medfed_protocol::report::file_sha256`]),
+/// read a piece at a time rather than whole.
+pub fn file_sha256_streaming(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => context.update(buffer.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex::encode(context.finish().as_ref()))
 }
 
 /// Parses the bytes of a checkpoint file; see [`read_checkpoint`] for the checks made.
@@ -345,14 +440,6 @@ pub enum CheckpointError {
     },
 }
 
-/// Writes `bytes` to `target` durably and atomically ([`medfed_certs::replace_file`]).
-fn write_atomically(target: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    medfed_certs::replace_file(target, bytes).map_err(|source| CheckpointError::Io {
-        path: target.to_path_buf(),
-        source,
-    })
-}
-
 /// Largest header [`peek_round`] reads (the safetensors limit).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
@@ -396,6 +483,7 @@ fn parse_hash(hex_str: &str) -> Result<ModelHash, CheckpointError> {
 mod tests {
     use super::*;
     use medfed_protocol::model::ModelKind;
+    use safetensors::tensor::TensorView;
 
     fn model() -> Model {
         let spec = ModelSpec {
@@ -471,6 +559,56 @@ mod tests {
         match decode_checkpoint(&bytes) {
             Err(CheckpointError::HashMismatch { recorded, .. }) => assert_eq!(recorded, m.hash()),
             other => panic!("expected a hash mismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn streamed_file_is_what_the_safetensors_crate_writes() {
+        let m = model();
+        let layout = m.spec.layout();
+        let datas: Vec<(String, Vec<usize>, Vec<u8>)> = layout
+            .split(&m.params)
+            .unwrap()
+            .into_iter()
+            .map(|(t, v)| {
+                let data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                (t.name.clone(), t.shape.clone(), data)
+            })
+            .collect();
+        let views = datas.iter().map(|(name, shape, data)| {
+            (
+                name.as_str(),
+                TensorView::new(Dtype::F32, shape.clone(), data).unwrap(),
+            )
+        });
+        let meta = HashMap::from([
+            ("format".to_owned(), "pt".to_owned()),
+            (
+                META_MODEL_SPEC.to_owned(),
+                serde_json::to_string(&m.spec).unwrap(),
+            ),
+            (META_MODEL_HASH.to_owned(), m.hash().to_hex()),
+            (META_ROUND.to_owned(), "4".to_owned()),
+        ]);
+        let theirs = safetensors::serialize(views, Some(meta)).unwrap();
+        let ours = encode_checkpoint(4, &m).unwrap();
+        // The same length, header layout and data: only the metadata's key order may differ.
+        assert_eq!(ours.len(), theirs.len());
+        let (n_ours, header_ours) = SafeTensors::read_metadata(&ours).unwrap();
+        let (n_theirs, header_theirs) = SafeTensors::read_metadata(&theirs).unwrap();
+        assert_eq!(n_ours, n_theirs);
+        assert_eq!(header_ours.metadata(), header_theirs.metadata());
+        assert_eq!(ours[8 + n_ours..], theirs[8 + n_theirs..]);
+        let (ours, theirs) = (
+            SafeTensors::deserialize(&ours).unwrap(),
+            SafeTensors::deserialize(&theirs).unwrap(),
+        );
+        for (name, _, data) in &datas {
+            assert_eq!(ours.tensor(name).unwrap().data(), data.as_slice());
+            assert_eq!(
+                ours.tensor(name).unwrap().data(),
+                theirs.tensor(name).unwrap().data()
+            );
         }
     }
 

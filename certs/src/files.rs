@@ -81,7 +81,7 @@ pub(crate) fn write_new(path: &Path, contents: &[u8], access: Access) -> Result<
         path: path.to_owned(),
         source,
     };
-    let tmp = write_temp(path, contents, access).map_err(write_err)?;
+    let tmp = write_temp(path, |out| out.write_all(contents), access).map_err(write_err)?;
     let linked = fs::hard_link(&tmp, path);
     // The temporary is only a staging name; failing to remove it loses nothing.
     let _ = fs::remove_file(&tmp);
@@ -99,9 +99,11 @@ pub(crate) fn write_new(path: &Path, contents: &[u8], access: Access) -> Result<
 
 /// Writes a file atomically, replacing any existing one (temporary sibling, sync, rename).
 pub(crate) fn write_replace(path: &Path, contents: &[u8], access: Access) -> Result<(), CertError> {
-    replace_with_access(path, contents, access).map_err(|source| CertError::WriteFile {
-        path: path.to_owned(),
-        source,
+    replace_with_access(path, |out| out.write_all(contents), access).map_err(|source| {
+        CertError::WriteFile {
+            path: path.to_owned(),
+            source,
+        }
     })
 }
 
@@ -111,11 +113,24 @@ pub(crate) fn write_replace(path: &Path, contents: &[u8], access: Access) -> Res
 /// are synced, renamed over `path`, and the folder is synced. medfed's one way to replace a
 /// file: checkpoints, audit reports and their page, the task manifest, certificates.
 pub fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
-    replace_with_access(path, contents, Access::Public)
+    replace_with_access(path, |out| out.write_all(contents), Access::Public)
 }
 
-fn replace_with_access(path: &Path, contents: &[u8], access: Access) -> io::Result<()> {
-    let tmp = write_temp(path, contents, access)?;
+/// [`replace_file`] with contents written by `write` as they are made (through a buffer), so
+/// that a large file (a model checkpoint) never has to be held whole in memory first.
+pub fn replace_file_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    replace_with_access(path, write, Access::Public)
+}
+
+fn replace_with_access(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    access: Access,
+) -> io::Result<()> {
+    let tmp = write_temp(path, write, access)?;
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
@@ -273,7 +288,11 @@ fn bad_pem(path: &Path, e: rustls_pki_types::pem::Error) -> CertError {
 }
 
 /// Writes `contents` to a fresh temporary file next to `path`, created with the final mode.
-fn write_temp(path: &Path, contents: &[u8], access: Access) -> io::Result<PathBuf> {
+fn write_temp(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    access: Access,
+) -> io::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
@@ -296,10 +315,12 @@ fn write_temp(path: &Path, contents: &[u8], access: Access) -> io::Result<PathBu
     }
     #[cfg(not(unix))]
     let _ = access;
-    let mut file = options.open(&tmp)?;
-    let written = file.write_all(contents).and_then(|()| file.sync_all());
+    let file = options.open(&tmp)?;
+    let mut out = io::BufWriter::with_capacity(1 << 16, file);
+    let written = write(&mut out)
+        .and_then(|()| out.into_inner().map_err(io::IntoInnerError::into_error))
+        .and_then(|file| file.sync_all());
     if let Err(e) = written {
-        drop(file);
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }

@@ -1,11 +1,11 @@
 //! One request/answer exchange with a node, on a fresh bidirectional stream.
 
-use medfed_protocol::codec::{self, CodecError, MAX_FRAME_LEN};
+use medfed_protocol::codec::{self, CodecError, InputPieceFrame, MAX_FRAME_LEN};
 use medfed_protocol::messages::{Message, ModelOffer, ModelReceived, RefusalReason};
 use medfed_protocol::model::{Model, ModelHash};
 use medfed_protocol::round::LeftOut;
-use medfed_protocol::secagg::{MaskedInput, MaskedInputChunk};
-use medfed_protocol::transfer::split_model;
+use medfed_protocol::secagg::{InputPiece, MaskedInput, PieceHeader};
+use medfed_protocol::transfer::{model_chunk, model_offer};
 use medfed_transport::{ChannelError, MessageReader, RecvStream, send_frame, send_message};
 use tokio::sync::mpsc;
 use tracing::info;
@@ -13,8 +13,9 @@ use tracing::info;
 use crate::registry::NodeHandle;
 
 /// Where the pieces of a masked input go as they arrive: the driver, which adds each to the
-/// round's sum, with the index of the participant they came from.
-pub type InputPieces = mpsc::Sender<(u16, MaskedInputChunk)>;
+/// round's sum straight from its frame's bytes, with the index of the participant they came
+/// from.
+pub type InputPieces = mpsc::Sender<(u16, InputPieceFrame)>;
 
 /// Sends `request` and returns the node's single answer. A masked input sent in pieces is
 /// passed on to `pieces`, one piece at a time as it arrives (participant `index`'s), and never
@@ -33,15 +34,23 @@ pub async fn request(
     // The stream only ends once both directions have; ignore a node that already reset it.
     send.finish().await;
     let mut reader = Counted::new(node, MessageReader::new(recv, MAX_FRAME_LEN));
-    let first = reader.next().await;
-    match (first, pieces) {
-        (Ok(Some(Message::SecAggInputChunk(first))), Some((pieces, index))) => {
-            pass_on_pieces(&mut reader, first, pieces, index).await
-        }
-        (Ok(Some(answer)), _) => reader.end_of_stream().await.map(|()| answer),
-        (Ok(None), _) => Err(ChannelError::StreamEnded.into()),
-        (Err(e), _) => Err(e),
-    }
+    let answer = match pieces {
+        // A masked input's pieces are read in place, not decoded into vectors.
+        Some((pieces, index)) => match reader.next_piece().await? {
+            Answer::Piece(first) => return pass_on_pieces(&mut reader, first, pieces, index).await,
+            Answer::Message(answer) => *answer,
+        },
+        None => reader.next().await?.ok_or(ChannelError::StreamEnded)?,
+    };
+    reader.end_of_stream().await.map(|()| answer)
+}
+
+/// A frame of an answer that may come in pieces.
+enum Answer {
+    /// A piece of a masked input, read in place.
+    Piece(InputPieceFrame),
+    /// Any other message, decoded.
+    Message(Box<Message>),
 }
 
 /// A reader whose bytes are added to the node's count as they are read, so that an exchange
@@ -70,6 +79,23 @@ impl<'a> Counted<'a> {
         Ok(next?)
     }
 
+    /// The next frame, which must be there: a masked input's piece read in place, or else
+    /// the message decoded. Its bytes counted.
+    async fn next_piece(&mut self) -> Result<Answer, ExchangeError> {
+        let next = self.reader.next_frame().await;
+        let read = self.reader.bytes_received();
+        self.node.add_received(read - self.counted);
+        self.counted = read;
+        let body = next?.ok_or(ChannelError::StreamEnded)?;
+        let framing = |e: CodecError| ExchangeError::Channel(ChannelError::Codec(e));
+        match InputPieceFrame::parse(body.clone()).map_err(framing)? {
+            Some(piece) => Ok(Answer::Piece(piece)),
+            None => Ok(Answer::Message(Box::new(
+                codec::decode_body(&body).map_err(framing)?,
+            ))),
+        }
+    }
+
     /// Expects the end of the stream: anything more is a violation.
     async fn end_of_stream(&mut self) -> Result<(), ExchangeError> {
         match self.next().await? {
@@ -86,14 +112,15 @@ impl<'a> Counted<'a> {
 /// the stream; returns the input's header.
 async fn pass_on_pieces(
     reader: &mut Counted<'_>,
-    first: MaskedInputChunk,
+    first: InputPieceFrame,
     pieces: &InputPieces,
     index: u16,
 ) -> Result<Message, ExchangeError> {
-    let (session, round) = (first.session, first.round);
+    let PieceHeader { session, round, .. } = first.header();
     let mut piece = first;
     loop {
-        let last = piece.offset as usize + piece.values.len() >= piece.total as usize;
+        let header = piece.header();
+        let last = header.offset as usize + piece.word_count() >= header.total as usize;
         pieces
             .send((index, piece))
             .await
@@ -101,15 +128,14 @@ async fn pass_on_pieces(
         if last {
             break;
         }
-        piece = match reader.next().await? {
-            Some(Message::SecAggInputChunk(next)) => next,
-            Some(other) => {
+        piece = match reader.next_piece().await? {
+            Answer::Piece(next) => next,
+            Answer::Message(other) => {
                 return Err(ExchangeError::Unexpected {
                     got: other.kind(),
                     expected: "secagg_input_chunk",
                 });
             }
-            None => return Err(ChannelError::StreamEnded.into()),
         };
     }
     reader.end_of_stream().await?;
@@ -123,26 +149,31 @@ async fn pass_on_pieces(
 /// A model split into its offer and chunks and framed once, to be pushed to every node that
 /// lacks it: one hash and one encoding per round rather than one per node (with 100 nodes and
 /// 10^5 parameters, the per-node copies were a third of the coordinator's CPU time and 40 MB).
-/// Only the small offer is framed per node, since it says where that node's push starts.
+/// Only the small offer is framed per node, since it says where that node's push starts. The
+/// frames are made one chunk at a time straight from the parameters, so building a push holds
+/// the model's bytes once; the round drops it once its requests are answered.
 #[derive(Debug)]
 pub struct ModelPush {
     offer: ModelOffer,
     /// Each chunk's frame, back to back, and where each starts; `Err` holds why the model could
-    /// not be framed (a chunk over the frame cap: not with the chunk size `split_model` uses).
+    /// not be framed (a chunk over the frame cap: not with the chunk size `model_chunk` uses).
     chunks: Result<(Vec<u8>, Vec<usize>), String>,
 }
 
 impl ModelPush {
     /// Splits and frames `model` for `round` of `session`.
     pub fn new(model: &Model, session: u64, round: u64) -> Self {
-        let (offer, chunks) = split_model(model, session, round);
-        let chunks = chunks
-            .into_iter()
-            .try_fold((Vec::new(), Vec::new()), |(mut out, mut starts), chunk| {
+        let offer = model_offer(model, session, round);
+        // Each frame is the chunk's bytes and a few bytes of header.
+        let mut out = Vec::with_capacity(4 * model.params.len() + 64 * offer.chunks as usize);
+        let chunks = (0..offer.chunks)
+            .filter_map(|index| model_chunk(model, session, round, index))
+            .try_fold(Vec::new(), |mut starts, chunk| {
                 starts.push(out.len());
-                out.extend_from_slice(&codec::frame(&Message::ModelChunk(chunk))?);
-                Ok::<_, CodecError>((out, starts))
+                codec::encode_frame(&Message::ModelChunk(chunk), MAX_FRAME_LEN, &mut out)?;
+                Ok::<_, CodecError>(starts)
             })
+            .map(|starts| (out, starts))
             .map_err(|e| e.to_string());
         Self { offer, chunks }
     }

@@ -4,17 +4,22 @@
 //! For 10 nodes' updates of 10^6 parameters it times, per round:
 //!
 //! - **secure aggregation**: `ExpectShares::finish_into` and then
-//!   `ExpectMaskedInputs::handle_input` for every node, the coordinator's actual code path (the
-//!   sum buffer is zeroed, then each input is checked and its 10^6 masked words added into the
-//!   running sum, wrapping in Z(2^32)). The round's keys and shares are replayed into a fresh
-//!   state before each repetition, and after it the round is unmasked, untimed, and its sum kept
-//!   for the next repetition to sum into: the steady state of a coordinator that hands each
-//!   round's sum to the next (`reused`);
-//! - the same with `ExpectShares::finish`, which sums into a fresh allocation (`fresh`): what the
-//!   coordinator did before it reused its buffer, paying the page faults of a new 4 MB vector
-//!   each round;
-//! - **secure aggregation with decoding**: the steady state after `codec::decode_body` of each
-//!   node's framed `SecAggInput` message, as the coordinator receives it;
+//!   `ExpectMaskedInputs::handle_input` for every node (the sum buffer is zeroed, then each
+//!   input is checked and its 10^6 masked words added into the running sum, wrapping in
+//!   Z(2^32)). The round's keys and shares are replayed into a fresh state before each
+//!   repetition, and after it the round is unmasked, untimed, and its sum kept for the next
+//!   repetition to sum into: the steady state of summing into a buffer already mapped
+//!   (`reused`);
+//! - the same with `ExpectShares::finish`, which sums into a fresh allocation (`fresh`), paying
+//!   the page faults of a new 4 MB vector each round;
+//! - **secure aggregation with decoding** (`decode+handle_input`): the path from the bytes the
+//!   coordinator receives: each node's input framed as the `SecAggInputChunk` pieces a node
+//!   sends (`INPUT_CHUNK_WORDS` words each), each piece read in place from its frame's bytes
+//!   (`codec::InputPieceFrame::parse`: the header decoded, the words left where they are) and
+//!   added straight from those bytes into the sum (`ExpectMaskedInputs::handle_input_chunk`),
+//!   into a reused sum and into a fresh one (`ExpectShares::finish`): the coordinator's own
+//!   path, since it releases each round's sum while decoding it rather than hold it for the
+//!   next round;
 //! - **plain aggregation**: the coordinator's `sum += values` over round vectors sent as `f32`
 //!   (`PlainFigures::add_to` into the round's `f64` sum, zeroed for the first node, as
 //!   `add_into` in coordinator/src/training.rs does);
@@ -39,9 +44,10 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 
-use medfed_protocol::codec::{decode_body, frame};
+use bytes::Bytes;
+use medfed_protocol::codec::{InputPieceFrame, frame};
 use medfed_protocol::messages::{Message, PlainFigures};
-use medfed_protocol::secagg::{ExpectMaskedInputs, ShareDelivery};
+use medfed_protocol::secagg::{ExpectMaskedInputs, INPUT_CHUNK_WORDS, ShareDelivery};
 
 mod support;
 
@@ -56,13 +62,19 @@ fn main() {
     let quick = !args.iter().any(|a| a == "--bench");
     let params = if quick { 10_000 } else { PARAMS };
     let round = RecordedRound::new(NODES, params, false);
-    let frames: Vec<Vec<u8>> = round
+    // Each node's pieces, as frame bodies (without the length prefix) the way the coordinator's
+    // reader hands them over.
+    let frames: Vec<Vec<Bytes>> = round
         .inputs
         .iter()
         .map(|(_, input)| {
-            let mut f = frame(&Message::SecAggInput(input.clone())).expect("fits the frame cap");
-            f.drain(..4);
-            f
+            input
+                .chunks(INPUT_CHUNK_WORDS)
+                .map(|piece| {
+                    let f = frame(&Message::SecAggInputChunk(piece)).expect("fits the frame cap");
+                    Bytes::from(f).slice(4..)
+                })
+                .collect()
         })
         .collect();
     let plain: Vec<PlainFigures> = (0..NODES)
@@ -70,17 +82,44 @@ fn main() {
         .collect();
     let expected = round.coordinator().finish().expect("the round unmasks");
 
-    let [fresh_faults, reuse_faults, decode_faults] = [(); 3].map(|()| Faults::default());
-    let secagg_fresh = || {
+    let [
+        fresh_faults,
+        reuse_faults,
+        decode_faults,
+        decode_fresh_faults,
+    ] = [(); 4].map(|()| Faults::default());
+    // Each node's pieces read in place from their frames and summed, as the coordinator does.
+    let sum_pieces = |server: &mut ExpectMaskedInputs| {
+        for ((index, _), bodies) in round.inputs.iter().zip(&frames) {
+            for body in bodies {
+                let Ok(Some(piece)) = InputPieceFrame::parse(body.clone()) else {
+                    panic!("a masked input's piece reads");
+                };
+                server
+                    .handle_input_chunk(*index, &piece)
+                    .expect("honest input");
+            }
+        }
+    };
+    let secagg_fresh = |decode: bool| {
         let server = round.replay_shares();
         let faults = minor_faults();
         let start = Instant::now();
         let (mut server, deliveries) = server.finish().expect("everyone shared");
-        for (index, input) in &round.inputs {
-            server.handle_input(*index, input).expect("honest input");
+        if decode {
+            sum_pieces(&mut server);
+        } else {
+            for (index, input) in &round.inputs {
+                server.handle_input(*index, input).expect("honest input");
+            }
         }
         let t = start.elapsed();
-        fresh_faults.record(faults);
+        if decode {
+            &decode_fresh_faults
+        } else {
+            &fresh_faults
+        }
+        .record(faults);
         black_box((server, deliveries));
         t
     };
@@ -93,12 +132,7 @@ fn main() {
         let start = Instant::now();
         let (mut server, deliveries) = server.finish_into(buffer).expect("everyone shared");
         if decode {
-            for ((index, _), body) in round.inputs.iter().zip(&frames) {
-                let Ok(Message::SecAggInput(input)) = decode_body(body) else {
-                    panic!("a masked input decodes");
-                };
-                server.handle_input(*index, &input).expect("honest input");
-            }
+            sum_pieces(&mut server);
         } else {
             for (index, input) in &round.inputs {
                 server.handle_input(*index, input).expect("honest input");
@@ -157,7 +191,7 @@ fn main() {
         b.iter_custom(|iters| (0..iters).map(|_| reuse(false)).sum())
     });
     group.bench_function("secagg_handle_input_fresh_sum", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| secagg_fresh()).sum())
+        b.iter_custom(|iters| (0..iters).map(|_| secagg_fresh(false)).sum())
     });
     group.bench_function("secagg_decode_and_handle_input", |b| {
         b.iter_custom(|iters| (0..iters).map(|_| reuse(true)).sum())
@@ -176,19 +210,25 @@ fn main() {
 
     // Interleaved repetitions, so that load from other processes hits every variant alike.
     // Page faults are counted over the same repetitions as the medians.
-    for faults in [&fresh_faults, &reuse_faults, &decode_faults] {
+    for faults in [
+        &fresh_faults,
+        &reuse_faults,
+        &decode_faults,
+        &decode_fresh_faults,
+    ] {
         faults.reset();
     }
-    let mut t = [vec![], vec![], vec![], vec![], vec![], vec![]];
+    let mut t = [vec![], vec![], vec![], vec![], vec![], vec![], vec![]];
     for _ in 0..if quick { 1 } else { REPEATS } {
         t[0].push(reuse(false).as_secs_f64());
-        t[1].push(secagg_fresh().as_secs_f64());
+        t[1].push(secagg_fresh(false).as_secs_f64());
+        t[6].push(secagg_fresh(true).as_secs_f64());
         t[2].push(reuse(true).as_secs_f64());
         t[3].push(copy32().as_secs_f64());
         t[4].push(plain_sum().as_secs_f64());
         t[5].push(copy_plain().as_secs_f64());
     }
-    let [s, sf, sd, c32, p, c_plain] = t.map(|mut v| median(&mut v));
+    let [s, sf, sd, c32, p, c_plain, sdf] = t.map(|mut v| median(&mut v));
     let gb = |bytes: usize, secs: f64| bytes as f64 / secs / 1e9;
     let b32 = NODES * params * 4;
     println!(
@@ -207,6 +247,13 @@ fn main() {
         "aggregate secagg page faults per round (minor, /proc/self/stat): handle_input {} reused \
          sum, {} fresh sum; decode+handle_input {} reused sum",
         reuse_faults, fresh_faults, decode_faults
+    );
+    println!(
+        "aggregate secagg decode+handle_input fresh sum {:.2} GB/s; ratio {:.2}; \
+         minor page faults per round {}",
+        gb(b32, sdf),
+        c32 / sdf,
+        decode_fresh_faults
     );
     println!(
         "aggregate plain {NODES} nodes x {params} f32: add_into {:.2} GB/s; memcpy {:.2} GB/s; ratio {:.2}",

@@ -5,9 +5,14 @@
 //! it", and a frame that declares more than the cap is refused from its header alone, before its
 //! body is buffered. Trailing bytes inside a frame are an error.
 
-use bytes::{Buf, BufMut, BytesMut};
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::Deserialize;
 
 use crate::messages::Message;
+use crate::secagg::{InputPiece, MaskedInputChunk, PieceHeader, add_le_words};
 
 /// Largest frame payload accepted by default (64 MiB). Models larger than this travel in chunks.
 pub const MAX_FRAME_LEN: usize = 64 << 20;
@@ -105,12 +110,21 @@ impl FrameDecoder {
 
     /// Takes the next whole message out of the buffer, if one is there.
     pub fn next_message(&mut self) -> Result<Option<Message>, CodecError> {
+        match self.next_frame()? {
+            Some(body) => decode_body(&body).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes the next whole frame's body (without its length prefix) out of the buffer, if one
+    /// is there, undecoded: for [`InputPieceFrame::parse`], then [`decode_body`].
+    pub fn next_frame(&mut self) -> Result<Option<Bytes>, CodecError> {
         let Some(total) = self.check()? else {
             return Ok(None);
         };
         let mut frame = self.buf.split_to(total);
         frame.advance(HEADER_LEN);
-        decode_body(&frame).map(Some)
+        Ok(Some(frame.freeze()))
     }
 
     /// Call at end of stream: an incomplete frame left in the buffer is an error.
@@ -123,6 +137,108 @@ impl FrameDecoder {
             })
         }
     }
+}
+
+/// A [`Message::SecAggInputChunk`] frame read in place: its header decoded, its words left in
+/// the frame's bytes, to be added from there into the coordinator's sum
+/// ([`InputPiece::add_to`]) without being copied into a vector first.
+#[derive(Clone, Debug)]
+pub struct InputPieceFrame {
+    body: Bytes,
+    header: PieceHeader,
+    words: Range<usize>,
+}
+
+/// The fields of a [`MaskedInputChunk`] as the wire has them, its words borrowed.
+#[derive(Deserialize)]
+struct BorrowedPiece<'a> {
+    session: u64,
+    round: u64,
+    offset: u32,
+    total: u32,
+    #[serde(borrow)]
+    values: &'a [u8],
+}
+
+impl InputPieceFrame {
+    /// Reads a frame body: `Ok(None)` if it holds another kind of message (decode it with
+    /// [`decode_body`]); an error if it is a masked-input piece that does not decode, has a
+    /// partial word or trailing bytes, exactly as [`decode_body`] would refuse it.
+    pub fn parse(body: Bytes) -> Result<Option<Self>, CodecError> {
+        let malformed = |e: bincode::error::DecodeError| CodecError::Malformed(e.to_string());
+        let (variant, _) =
+            bincode::serde::decode_from_slice::<u32, _>(&body, config()).map_err(malformed)?;
+        if Some(variant) != input_chunk_variant() {
+            return Ok(None);
+        }
+        let ((_, piece), used) = bincode::serde::borrow_decode_from_slice::<
+            (u32, BorrowedPiece<'_>),
+            _,
+        >(&body, config())
+        .map_err(malformed)?;
+        if used != body.len() {
+            return Err(CodecError::TrailingBytes {
+                extra: body.len() - used,
+            });
+        }
+        if !piece.values.len().is_multiple_of(4) {
+            return Err(CodecError::Malformed(format!(
+                "{} bytes is not a whole number of words",
+                piece.values.len()
+            )));
+        }
+        // The words are the message's last field: they end the body.
+        let words = body.len() - piece.values.len()..body.len();
+        let header = PieceHeader {
+            session: piece.session,
+            round: piece.round,
+            offset: piece.offset,
+            total: piece.total,
+        };
+        Ok(Some(Self {
+            body,
+            header,
+            words,
+        }))
+    }
+
+    /// The piece's words, as little-endian bytes.
+    pub fn word_bytes(&self) -> &[u8] {
+        self.body.get(self.words.clone()).unwrap_or_default()
+    }
+}
+
+impl InputPiece for InputPieceFrame {
+    fn header(&self) -> PieceHeader {
+        self.header
+    }
+
+    fn word_count(&self) -> usize {
+        self.words.len() / 4
+    }
+
+    fn add_to(&self, sum: &mut [u32]) {
+        add_le_words(sum, self.word_bytes());
+    }
+}
+
+/// The index bincode gives [`Message::SecAggInputChunk`] on the wire (found once, by encoding
+/// one: it follows the enum's order).
+fn input_chunk_variant() -> Option<u32> {
+    static VARIANT: OnceLock<Option<u32>> = OnceLock::new();
+    *VARIANT.get_or_init(|| {
+        let empty = Message::SecAggInputChunk(MaskedInputChunk {
+            session: 0,
+            round: 0,
+            offset: 0,
+            total: 0,
+            values: Vec::new(),
+        });
+        let body = bincode::serde::encode_to_vec(&empty, config()).ok()?;
+        bincode::serde::decode_from_slice::<u32, _>(&body, config())
+            .ok()
+            .map(|(variant, _)| variant)
+    })
 }
 
 /// Why bytes could not be turned into messages, or a message into bytes.
@@ -254,5 +370,116 @@ mod tests {
         body.push(253); // varint marker for a u64 length
         body.extend((1u64 << 60).to_le_bytes());
         assert!(matches!(decode_body(&body), Err(CodecError::Malformed(_))));
+    }
+
+    fn piece(offset: u32, total: u32, values: Vec<u32>) -> MaskedInputChunk {
+        MaskedInputChunk {
+            session: 5,
+            round: 2,
+            offset,
+            total,
+            values,
+        }
+    }
+
+    /// The body of `message`'s frame (without its length prefix).
+    fn body(message: &Message) -> Vec<u8> {
+        frame(message).unwrap()[HEADER_LEN..].to_vec()
+    }
+
+    #[test]
+    fn an_input_piece_is_read_in_place_and_sums_as_decoded() {
+        let chunk = piece(3, 10, vec![1, u32::MAX, 0x0102_0304, 7]);
+        let body = Bytes::from(body(&Message::SecAggInputChunk(chunk.clone())));
+        let frame = InputPieceFrame::parse(body.clone()).unwrap().unwrap();
+        assert_eq!(frame.header(), chunk.header());
+        assert_eq!(
+            frame.header(),
+            PieceHeader {
+                session: 5,
+                round: 2,
+                offset: 3,
+                total: 10
+            }
+        );
+        assert_eq!(frame.word_count(), 4);
+        let (mut in_place, mut decoded) = (vec![5u32; 4], vec![5u32; 4]);
+        frame.add_to(&mut in_place);
+        let Message::SecAggInputChunk(back) = decode_body(&body).unwrap() else {
+            panic!("a piece decodes as a piece");
+        };
+        back.add_to(&mut decoded);
+        assert_eq!(in_place, decoded);
+        assert_eq!(in_place, vec![6, 4, 0x0102_0309, 12]);
+        // A shorter sum takes only the words it has.
+        let mut short = vec![0u32; 2];
+        frame.add_to(&mut short);
+        assert_eq!(short, vec![1, u32::MAX]);
+    }
+
+    #[test]
+    fn other_messages_are_left_to_decode_body() {
+        assert!(
+            InputPieceFrame::parse(Bytes::from(body(&sample())))
+                .unwrap()
+                .is_none()
+        );
+        let input = Message::SecAggInput(crate::secagg::MaskedInput {
+            session: 5,
+            round: 2,
+            values: vec![1, 2, 3],
+        });
+        assert!(
+            InputPieceFrame::parse(Bytes::from(body(&input)))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_input_pieces_are_errors_as_decode_body_finds_them() {
+        let good = body(&Message::SecAggInputChunk(piece(0, 4, vec![9, 8, 7, 6])));
+        // Truncated anywhere: in the header, in the words, or with nothing at all.
+        for cut in [0, 1, 3, good.len() - 5, good.len() - 1] {
+            let truncated = Bytes::copy_from_slice(&good[..cut]);
+            assert!(decode_body(&truncated).is_err());
+            assert!(
+                matches!(
+                    InputPieceFrame::parse(truncated),
+                    Err(CodecError::Malformed(_))
+                ),
+                "cut at {cut}"
+            );
+        }
+        // Trailing bytes after the words.
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(
+            InputPieceFrame::parse(Bytes::from(long.clone())).unwrap_err(),
+            decode_body(&long).unwrap_err()
+        );
+        // A byte string that is not a whole number of words: its length says 15 bytes.
+        let words_at = good.len() - 16;
+        let mut partial = good[..words_at - 1].to_vec();
+        partial.push(15);
+        partial.extend_from_slice(&good[words_at..good.len() - 1]);
+        assert!(decode_body(&partial).is_err());
+        assert!(matches!(
+            InputPieceFrame::parse(Bytes::from(partial)),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn frames_come_out_whole_and_undecoded() {
+        let chunk = Message::SecAggInputChunk(piece(0, 2, vec![1, 2]));
+        let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+        let bytes = frame(&chunk).unwrap();
+        decoder.feed(&bytes[..bytes.len() - 1]);
+        assert_eq!(decoder.next_frame().unwrap(), None);
+        decoder.feed(&bytes[bytes.len() - 1..]);
+        let body = decoder.next_frame().unwrap().unwrap();
+        assert_eq!(decode_body(&body).unwrap(), chunk);
+        assert!(decoder.finish().is_ok());
     }
 }

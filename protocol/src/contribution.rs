@@ -74,15 +74,16 @@ pub struct LocalUpdate<'a> {
     pub weight: f64,
 }
 
-/// Sums of all nodes' round vectors, split back into their parts.
+/// Sums of all nodes' round vectors, split back into their parts (the update block borrowed
+/// from the sum, not copied: it is the size of the model).
 #[derive(Clone, Debug, PartialEq)]
-pub struct RoundTotals {
+pub struct RoundTotals<'a> {
     /// Pooled evaluation counts, in rounds that evaluate.
     pub eval: Option<EvalCounts>,
     /// Pooled per-group counts, one per audit group (none in rounds that do not evaluate).
     pub groups: Vec<GroupCounts>,
     /// `Σ n_k (w_k − w)` and `Σ n_k`, in training rounds that are not distributed.
-    pub update: Option<(Vec<f64>, f64)>,
+    pub update: Option<(&'a [f64], f64)>,
     /// The summed words of a distributed-DP update block, in training rounds that are (read
     /// them with [`crate::distributed_dp::DdpParams::decode_sum`]).
     pub distributed_sum: Option<Vec<u32>>,
@@ -199,8 +200,20 @@ impl RoundLayout {
         Some(out)
     }
 
+    /// The update block of a summed vector of a training round that is not distributed,
+    /// `Σ n_k (w_k − w)`, to be turned into the mean in place, and its weight `Σ n_k`; `None`
+    /// if the layout has no such block or the vector's length does not fit it.
+    pub fn update_block_mut<'a>(&self, sum: &'a mut [f64]) -> Option<(&'a mut [f64], f64)> {
+        if sum.len() != self.len() || !self.train || self.distributed {
+            return None;
+        }
+        let (_, rest) = sum.split_at_mut(self.counts_len());
+        let (delta, weight) = rest.split_at_mut(self.params);
+        Some((delta, *weight.first()?))
+    }
+
     /// Splits a summed vector; `None` if its length does not fit the layout.
-    pub fn decode(&self, sum: &[f64]) -> Option<RoundTotals> {
+    pub fn decode<'a>(&self, sum: &'a [f64]) -> Option<RoundTotals<'a>> {
         if sum.len() != self.len() {
             return None;
         }
@@ -220,7 +233,7 @@ impl RoundLayout {
             (false, _) => (None, None),
             (true, false) => {
                 let (delta, weight) = rest.split_at(self.params);
-                (Some((delta.to_vec(), weight[0])), None)
+                (Some((delta, *weight.first()?)), None)
             }
             // Each figure of a words block is a word the secure sum decoded as it is.
             (true, true) => (None, Some(rest.iter().map(|&w| w as u32).collect())),
@@ -380,7 +393,7 @@ mod tests {
         assert_eq!(values, [2.0, -2.0, 2.0]);
         let totals = layout.decode(&values).unwrap();
         assert_eq!((totals.eval, totals.groups.len()), (None, 0));
-        assert_eq!(totals.update, Some((vec![2.0, -2.0], 2.0)));
+        assert_eq!(totals.update, Some((&[2.0, -2.0][..], 2.0)));
         // Counts in a round that does not evaluate do not fit, nor their absence in one that
         // does.
         let counted = RoundResult {
@@ -473,7 +486,8 @@ mod tests {
             distributed_sum: None,
         };
         let coarse = result(bins);
-        let totals = layout.decode(&layout.encode(&coarse).unwrap()).unwrap();
+        let sum = layout.encode(&coarse).unwrap();
+        let totals = layout.decode(&sum).unwrap();
         let eval = totals.eval.unwrap();
         assert_eq!(eval.confusion.bins(), 20);
         // 0.87 falls in bin 17 of 20 (0.85–0.90), 0.5 in bin 10.

@@ -19,28 +19,51 @@ fn chunk_digest(bytes: &[u8]) -> [u8; 32] {
 /// Splits a model into an offer (with `first_chunk` 0) and all its chunks for `session` and
 /// `round`.
 pub fn split_model(model: &Model, session: u64, round: u64) -> (ModelOffer, Vec<ModelChunk>) {
-    let bytes: Vec<u8> = model.params.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let chunks: Vec<ModelChunk> = bytes
-        .chunks(MODEL_CHUNK_LEN)
-        .enumerate()
-        .map(|(index, piece)| ModelChunk {
-            session,
-            round,
-            index: index as u32,
-            bytes: piece.to_vec(),
-        })
+    let offer = model_offer(model, session, round);
+    let chunks = (0..offer.chunks)
+        .filter_map(|index| model_chunk(model, session, round, index))
         .collect();
-    let offer = ModelOffer {
+    (offer, chunks)
+}
+
+/// The offer of `model` (with `first_chunk` 0) for `session` and `round`, each chunk's digest
+/// computed from the parameters a chunk at a time: no copy of the model's bytes is made.
+pub fn model_offer(model: &Model, session: u64, round: u64) -> ModelOffer {
+    let mut bytes = Vec::with_capacity(MODEL_CHUNK_LEN);
+    let chunk_digests = model
+        .params
+        .chunks(MODEL_CHUNK_LEN / 4)
+        .map(|piece| {
+            bytes.clear();
+            bytes.extend(piece.iter().flat_map(|v| v.to_le_bytes()));
+            chunk_digest(&bytes)
+        })
+        .collect::<Vec<_>>();
+    ModelOffer {
         session,
         round,
         spec: model.spec.clone(),
         hash: model.hash(),
         params: model.params.len() as u64,
-        chunks: chunks.len() as u32,
+        chunks: chunk_digests.len() as u32,
         first_chunk: 0,
-        chunk_digests: chunks.iter().map(|c| chunk_digest(&c.bytes)).collect(),
-    };
-    (offer, chunks)
+        chunk_digests,
+    }
+}
+
+/// Chunk `index` of `model` for `session` and `round` (bytes `index · MODEL_CHUNK_LEN` on of
+/// its little-endian parameters); `None` past the last chunk.
+pub fn model_chunk(model: &Model, session: u64, round: u64, index: u32) -> Option<ModelChunk> {
+    let piece = model
+        .params
+        .chunks(MODEL_CHUNK_LEN / 4)
+        .nth(index as usize)?;
+    Some(ModelChunk {
+        session,
+        round,
+        index,
+        bytes: piece.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    })
 }
 
 /// The checked first chunks of a model whose push was cut short.

@@ -560,6 +560,83 @@ def consistency_section(rows):
     return L
 
 
+MEMORY_GOAL = "at most 3 × the model's f32 bytes + 20 MB"
+
+
+def memory_goal(params):
+    """Issue 18's bound on the coordinator's peak RSS for a model of `params` parameters."""
+    return 3 * 4 * params + 20e6
+
+
+def memory_section(rows, aggregate=None):
+    """Lines of the page's section on the coordinator's memory against the model's size (empty
+    without figures): each run's coordinator peak RSS, the model's f32 bytes and the goal; and
+    the decode + sum against memcpy ratio of protocol/benches/aggregate.rs when it was run."""
+    rows = [r for r in rows if r.get("medfed", {}).get("coord_peak_rss")]
+    if not rows and not aggregate:
+        return []
+    L = ["<!-- memory -->", "",
+         "### The coordinator's memory against the model's size",
+         "",
+         f"Goal: coordinator peak RSS {MEMORY_GOAL}, at 4 and 20 hospitals alike (the masked "
+         "inputs are summed as they arrive, so the hospitals' number should not show). Peak RSS is "
+         "the coordinator process's `VmHWM` over the whole run.",
+         ""]
+    if rows:
+        L += ["| Configuration | Model (f32) | Coordinator peak RSS | Goal | RSS / model | Within goal |",
+              "|---|---|---|---|---|---|"]
+        for row in rows:
+            c, rss = row["cfg"], row["medfed"]["coord_peak_rss"]
+            model = 4 * c["params"]
+            goal = memory_goal(c["params"])
+            L.append(f"| {c['id']} ({c['params']:,} params) | {model / 1e6:.1f} MB | {rss / 1e6:.1f} MB | "
+                     f"{goal / 1e6:.1f} MB | {rss / model:.2f} | {'yes' if rss <= goal else '**no**'} |")
+        L.append("")
+    if aggregate:
+        fresh = ""
+        if "ratio_decode_fresh" in aggregate:
+            fresh = (f"; into a fresh sum each round, as the coordinator now sums (it releases "
+                     f"each round's sum while decoding it): **{aggregate['ratio_decode_fresh']:.2f}** "
+                     f"({aggregate['decode_fresh']:.2f} GB/s, {aggregate['faults_decode_fresh']} "
+                     "minor page faults a round)")
+        L.append(f"Decode + sum against memcpy (goal ≥ 0.8), {aggregate['nodes']} nodes × "
+                 f"{aggregate['words']:,} words, each masked input's pieces read in place from their "
+                 f"frames and summed (protocol/benches/aggregate.rs, same run; memcpy "
+                 f"{aggregate['memcpy']:.2f} GB/s): into a sum already mapped "
+                 f"**{aggregate['ratio_decode']:.2f}** ({aggregate['decode']:.2f} GB/s){fresh}.")
+        L.append("")
+    L.append("<!-- /memory -->")
+    return L
+
+
+def run_aggregate(root):
+    """protocol/benches/aggregate.rs: the coordinator's aggregation against memcpy, parsed."""
+    res = {}
+    out = cargo_bench(["-p", "medfed-protocol", "--bench", "aggregate"], root / "aggregate-bench.txt")
+    m = re.search(r"aggregate secagg (\d+) nodes x (\d+) words: handle_input ([\d.]+) GB/s reused sum, "
+                  r"([\d.]+) GB/s fresh sum; decode\+handle_input ([\d.]+) GB/s reused sum; memcpy ([\d.]+) GB/s; "
+                  r"ratio ([\d.]+) handle_input reused, ([\d.]+) handle_input fresh, ([\d.]+) decode", out)
+    f = re.search(r"aggregate secagg page faults per round \(minor, /proc/self/stat\): handle_input (\d+) reused "
+                  r"sum, (\d+) fresh sum", out)
+    p = re.search(r"aggregate plain \d+ nodes x \d+ f32: add_into ([\d.]+) GB/s; memcpy ([\d.]+) GB/s; "
+                  r"ratio ([\d.]+)", out)
+    d = re.search(r"aggregate secagg decode\+handle_input fresh sum ([\d.]+) GB/s; ratio ([\d.]+); "
+                  r"minor page faults per round (\d+)", out)
+    if m:
+        res["aggregate"] = dict(nodes=int(m.group(1)), words=int(m.group(2)), handle=float(m.group(3)),
+                                fresh=float(m.group(4)), decode=float(m.group(5)), memcpy=float(m.group(6)),
+                                ratio=float(m.group(7)), ratio_fresh=float(m.group(8)),
+                                ratio_decode=float(m.group(9)))
+        if f:
+            res["aggregate"].update(faults_reused=int(f.group(1)), faults_fresh=int(f.group(2)))
+        if d:
+            res["aggregate"].update(decode_fresh=float(d.group(1)), ratio_decode_fresh=float(d.group(2)),
+                                    faults_decode_fresh=int(d.group(3)))
+    if p:
+        res["aggregate_plain"] = dict(add=float(p.group(1)), memcpy=float(p.group(2)), ratio=float(p.group(3)))
+    return res
+
+
 def console_section(pairs, rounds):
     """Lines of the page's section on the dashboard's cost: round time and the coordinator's
     peak RSS with the dashboard off and on (scraped), each run `len(pairs)` times alternately."""
@@ -760,24 +837,7 @@ def run_limits(root, quick):
         res["masking_error"] = str(e)
     log("limits: coordinator aggregation vs memcpy (protocol/benches/aggregate.rs)")
     try:
-        out = cargo_bench(["-p", "medfed-protocol", "--bench", "aggregate"],
-                          root / "aggregate-bench.txt")
-        m = re.search(r"aggregate secagg (\d+) nodes x (\d+) words: handle_input ([\d.]+) GB/s reused sum, "
-                      r"([\d.]+) GB/s fresh sum; decode\+handle_input ([\d.]+) GB/s reused sum; memcpy ([\d.]+) GB/s; "
-                      r"ratio ([\d.]+) handle_input reused, ([\d.]+) handle_input fresh, ([\d.]+) decode", out)
-        f = re.search(r"aggregate secagg page faults per round \(minor, /proc/self/stat\): handle_input (\d+) reused "
-                      r"sum, (\d+) fresh sum", out)
-        p = re.search(r"aggregate plain \d+ nodes x \d+ f32: add_into ([\d.]+) GB/s; memcpy ([\d.]+) GB/s; "
-                      r"ratio ([\d.]+)", out)
-        if m:
-            res["aggregate"] = dict(nodes=int(m.group(1)), words=int(m.group(2)), handle=float(m.group(3)),
-                                    fresh=float(m.group(4)), decode=float(m.group(5)), memcpy=float(m.group(6)),
-                                    ratio=float(m.group(7)), ratio_fresh=float(m.group(8)),
-                                    ratio_decode=float(m.group(9)))
-            if f:
-                res["aggregate"].update(faults_reused=int(f.group(1)), faults_fresh=int(f.group(2)))
-        if p:
-            res["aggregate_plain"] = dict(add=float(p.group(1)), memcpy=float(p.group(2)), ratio=float(p.group(3)))
+        res.update(run_aggregate(root))
     except RuntimeError as e:
         res["aggregate_error"] = str(e)
     log("limits: DP-SGD (node/benches/dp_sgd.rs) vs Opacus (scripts/bench_py/opacus_dp_sgd.py)")
@@ -802,7 +862,7 @@ def run_limits(root, quick):
 
 # ---- the whole run ----------------------------------------------------------------------------
 
-MODELS = {"demo": [32, 16], "1e6": [1024, 960]}
+MODELS = {"demo": [32, 16], "1e6": [1024, 960], "1e7": [3150, 3150]}
 
 
 def param_count(width, hidden):
@@ -889,9 +949,19 @@ def main():
                 log("  ", json.dumps(row["medfed"]["consistency"]))
                 rows.append(row)
         (root / "consistency.json").write_text(json.dumps(rows, indent=1, default=str))
-        splice_section(Path(args.out), "consistency", consistency_section(rows)
-                           + ["", f"Written by `{args.command} --consistency-only` on "
-                              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."])
+        written = ["", f"Written by `{args.command} --consistency-only` on "
+                       f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."]
+        splice_section(Path(args.out), "consistency", consistency_section(rows) + written)
+        aggregate = None
+        if os.environ.get("BENCH_AGGREGATE", "1") == "1":
+            log("decode + sum against memcpy (protocol/benches/aggregate.rs)")
+            try:
+                aggregate = run_aggregate(root).get("aggregate")
+            except RuntimeError as e:
+                log("  failed:", e)
+        section = memory_section(rows, aggregate)
+        print("\n".join(section[2:-2]))
+        splice_section(Path(args.out), "memory", section[:-1] + written + ["", section[-1]])
         log(f"wrote {args.out}")
         return
     if args.console_only:
@@ -1139,6 +1209,10 @@ def write_markdown(path, command, rows, limits, rounds, quick, elapsed, when=Non
     if section:
         L.extend(section)
         w("")
+    section = memory_section(rows, limits.get("aggregate"))
+    if section:
+        L.extend(section)
+        w("")
     w("## 2. medfed against the machine's limits")
     w("")
     w("| what | medfed | limit | medfed / limit |")
@@ -1157,13 +1231,18 @@ def write_markdown(path, command, rows, limits, rounds, quick, elapsed, when=Non
         faults = (f" ({ag['faults_reused']} minor page faults a round)" if "faults_reused" in ag else "")
         faults_fresh = (f" ({ag['faults_fresh']} minor page faults a round)" if "faults_fresh" in ag else "")
         w(f"| Coordinator secure aggregation, {ag['nodes']} nodes × 10^6 words (`ExpectShares::finish_into` + "
-          f"`ExpectMaskedInputs::handle_input`, summing into the previous round's buffer as the coordinator does)"
+          f"`ExpectMaskedInputs::handle_input`, summing into the previous round's buffer)"
           f"{faults} | {ag['handle']:.2f} GB/s of updates summed | `copy_from_slice` of the same bytes "
           f"{ag['memcpy']:.2f} GB/s | {ag['ratio']:.2f} |")
-        w(f"| … into a fresh sum each round (`ExpectShares::finish`, what the coordinator did before){faults_fresh} | "
+        w(f"| … into a fresh sum each round (`ExpectShares::finish`){faults_fresh} | "
           f"{ag['fresh']:.2f} GB/s | memcpy {ag['memcpy']:.2f} GB/s | {ag['ratio_fresh']:.2f} |")
-        w(f"| … including decoding each node's framed `SecAggInput` (`codec::decode_body`) | {ag['decode']:.2f} GB/s | "
-          f"memcpy {ag['memcpy']:.2f} GB/s | {ag['ratio_decode']:.2f} |")
+        w(f"| … from the bytes received: each node's `SecAggInputChunk` pieces read in place from their frames "
+          f"(`codec::InputPieceFrame`) and summed from those bytes (`handle_input_chunk`), previous round's buffer "
+          f"| {ag['decode']:.2f} GB/s | memcpy {ag['memcpy']:.2f} GB/s | {ag['ratio_decode']:.2f} |")
+        if "ratio_decode_fresh" in ag:
+            w(f"| … the same into a fresh sum each round, the coordinator's own path "
+              f"({ag['faults_decode_fresh']} minor page faults a round) | {ag['decode_fresh']:.2f} GB/s | "
+              f"memcpy {ag['memcpy']:.2f} GB/s | {ag['ratio_decode_fresh']:.2f} |")
     else:
         w(f"| Coordinator aggregation | {limits.get('aggregate_error', 'not measured')} | | |")
     ap_ = limits.get("aggregate_plain")

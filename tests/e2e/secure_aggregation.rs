@@ -43,7 +43,7 @@ async fn a_node_killed_after_sharing_keys_leaves_the_exact_fedavg_of_the_survivo
     let expected: Vec<f32> = initial
         .params
         .iter()
-        .zip(&delta)
+        .zip(delta)
         .map(|(w, d)| (f64::from(*w) + d / weight) as f32)
         .collect();
     let worst = expected

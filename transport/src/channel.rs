@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use medfed_certs::{
     CertError, TlsFiles, client_config, server_config_with_hook, subject_common_name,
 };
@@ -210,9 +211,19 @@ impl MessageReader {
 
     /// The next message; `Ok(None)` when the peer finished the stream cleanly between frames.
     pub async fn next(&mut self) -> Result<Option<Message>, ChannelError> {
+        match self.next_frame().await? {
+            Some(body) => Ok(Some(codec::decode_body(&body)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The next frame's body, undecoded (for a reader that decodes some frames in place, see
+    /// [`codec::InputPieceFrame`]); `Ok(None)` when the peer finished the stream cleanly between
+    /// frames. The frame cap holds as for [`Self::next`].
+    pub async fn next_frame(&mut self) -> Result<Option<Bytes>, ChannelError> {
         loop {
-            if let Some(message) = self.decoder.next_message()? {
-                return Ok(Some(message));
+            if let Some(body) = self.decoder.next_frame()? {
+                return Ok(Some(body));
             }
             match self.stream.read_chunk(READ_CHUNK).await {
                 Ok(Some(bytes)) => {

@@ -209,13 +209,24 @@ pub fn build_optimizer(
 ///
 /// `sum_n` must be positive and finite, and every `sum_delta` value finite.
 pub fn mean_delta(sum_delta: &[f64], sum_n: f64) -> Result<Vec<f64>, StrategyError> {
+    let mut mean = sum_delta.to_vec();
+    mean_delta_in_place(&mut mean, sum_n)?;
+    Ok(mean)
+}
+
+/// [`mean_delta`] in place: `sum_delta` becomes the mean, without a second vector of the
+/// model's size. On error `sum_delta` is left as it was.
+pub fn mean_delta_in_place(sum_delta: &mut [f64], sum_n: f64) -> Result<(), StrategyError> {
     if !(sum_n.is_finite() && sum_n > 0.0) {
         return Err(StrategyError::NoExamples { sum_n });
     }
     if let Some(index) = sum_delta.iter().position(|d| !d.is_finite()) {
         return Err(StrategyError::NonFinite { index });
     }
-    Ok(sum_delta.iter().map(|d| d / sum_n).collect())
+    for d in sum_delta {
+        *d /= sum_n;
+    }
+    Ok(())
 }
 
 /// Distributed DP's pseudo-update: `−learning_rate · gradient_sum / denominator`, the step one

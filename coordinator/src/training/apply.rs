@@ -6,13 +6,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use medfed_audit::bias::{self as audit, AttributeAudit};
-use medfed_audit::checkpoint::{checkpoint_file_name, write_round_checkpoint};
+use medfed_audit::checkpoint::{
+    checkpoint_file_name, file_sha256_streaming, write_round_checkpoint,
+};
 use medfed_protocol::contribution::RoundLayout;
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
 use medfed_protocol::messages::{Finished, Message};
-use medfed_protocol::model::Model;
+use medfed_protocol::model::{Model, ModelHash};
 use medfed_protocol::report::{
-    AuditReport, NodePrivacy, NotEvaluated, REPORT_FORMAT, SiteEvaluation, file_sha256,
+    AuditReport, NodePrivacy, NotEvaluated, REPORT_FORMAT, SiteEvaluation,
 };
 use medfed_protocol::round::Gathered;
 use medfed_protocol::stats::FederatedSummary;
@@ -27,7 +29,7 @@ use crate::console::{self, FairnessVerdict, PooledEvaluation};
 use crate::exchange;
 use crate::faults;
 use crate::store::CompletedRound;
-use crate::strategy::{distributed_delta, mean_delta};
+use crate::strategy::{distributed_delta, mean_delta_in_place};
 
 /// What an audit report says of its model: the pooled evaluation, the fairness audit, and
 /// the opted-in hospitals' own site figures.
@@ -49,7 +51,7 @@ impl Trainer {
         started: Instant,
     ) -> Result<(RoundReport, PathBuf), CoordinatorError> {
         let Collected {
-            gathered,
+            mut gathered,
             layout,
             distributed_delta,
         } = collected;
@@ -69,28 +71,33 @@ impl Trainer {
             Vec::new()
         };
         audit::log(&fairness);
-        let mean = match distributed_delta {
-            Some(delta) => delta,
-            None => {
-                let (delta, weight) = totals
-                    .update
-                    .ok_or_else(|| CoordinatorError::Internal("no update block".into()))?;
-                mean_delta(&delta, weight)?
-            }
-        };
-        let mut params = self.model.params.clone();
+        let eval_counts = totals.eval;
+        // The model is updated in place, and every model-sized vector dropped as soon as it
+        // has served: the coordinator holds the model, the round's sum and the sum's buffer,
+        // never a copy of each (an error here ends the run, which resumes from the last
+        // completed round).
+        let start_hash = self.model.hash();
+        let mut params = std::mem::take(&mut self.model.params);
         let optimizer = self
             .optimizer
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        optimizer.try_apply(&mut params, &mean)?;
+        match distributed_delta {
+            Some(delta) => optimizer.try_apply(&mut params, &delta)?,
+            None => {
+                let (delta, weight) = layout
+                    .update_block_mut(&mut gathered.sum)
+                    .ok_or_else(|| CoordinatorError::Internal("no update block".into()))?;
+                mean_delta_in_place(delta, weight)?;
+                optimizer.try_apply(&mut params, delta)?;
+            }
+        }
+        gathered.sum = Vec::new();
         let optimizer_state = optimizer.state();
-        let model = Model::new(self.model.spec.clone(), params)?;
+        let file = self.model_file(round, Model::new(self.model.spec.clone(), params)?);
         let checkpoint_started = Instant::now();
-        let path = write_round_checkpoint(
-            &self.config.data_dir.join("checkpoints"),
-            &self.model_file(round, model.clone()),
-        )?;
+        let path = write_round_checkpoint(&self.config.data_dir.join("checkpoints"), &file)?;
+        let model = file.model;
         let mut checkpoint_seconds = checkpoint_started.elapsed().as_secs_f64();
         let pause = self.config.danger_pause_at;
         faults::pause(pause, round, PausePhase::CheckpointWritten).await;
@@ -109,11 +116,10 @@ impl Trainer {
         // round off the evaluation schedule has nothing to audit.
         let mut report_file = None;
         if layout.evaluate {
-            self.keep_evaluation_counts(round - 1, totals.eval.as_ref())?;
-            let start_model = self.model.clone();
+            self.keep_evaluation_counts(round - 1, eval_counts.as_ref())?;
             report_file = self.write_report(
                 round - 1,
-                &start_model,
+                start_hash,
                 &report.participants,
                 &gathered.privacy,
                 Assessment {
@@ -248,7 +254,7 @@ impl Trainer {
     pub(super) fn write_report(
         &mut self,
         model_round: u64,
-        model: &Model,
+        model_hash: ModelHash,
         participants: &[String],
         privacy: &[NodePrivacy],
         assessment: Assessment,
@@ -263,9 +269,7 @@ impl Trainer {
             .data_dir
             .join("checkpoints")
             .join(checkpoint_file_name(model_round));
-        let checkpoint_sha256 = std::fs::read(&checkpoint)
-            .ok()
-            .map(|bytes| file_sha256(&bytes));
+        let checkpoint_sha256 = file_sha256_streaming(&checkpoint).ok();
         let not_evaluated = evaluation
             .is_none()
             .then_some(NotEvaluated::NoEvaluationData);
@@ -276,7 +280,7 @@ impl Trainer {
             format: REPORT_FORMAT.to_owned(),
             round: model_round,
             created_at_ms: now_ms(),
-            model_sha256: model.hash().to_hex(),
+            model_sha256: model_hash.to_hex(),
             checkpoint_sha256,
             participants: participants.to_vec(),
             absent_members: self

@@ -29,7 +29,7 @@ pub(super) struct Driver<'a> {
     pub(super) console: &'a Console,
     /// The nodes asked, in the plan's order (participant `i + 1` is `nodes[i]`).
     pub(super) nodes: &'a [Arc<NodeHandle>],
-    /// The model to push before a request that needs it.
+    /// The model to push before a request that needs it (the first requests only).
     pub(super) model: Option<Arc<ModelPush>>,
     /// How long each phase waits for its answers.
     pub(super) phase_deadline: Duration,
@@ -38,8 +38,10 @@ pub(super) struct Driver<'a> {
 }
 
 impl Driver<'_> {
-    /// Runs `plan` to its outcome.
-    pub(super) async fn collect(&self, plan: CollectionPlan) -> Outcome {
+    /// Runs `plan` to its outcome. The model push is dropped once the first requests (the only
+    /// ones it goes before) are answered: the rest of the round does not hold its frames.
+    pub(super) async fn collect(mut self, plan: CollectionPlan) -> Outcome {
+        let mut model = self.model.take();
         let round = plan.request.round();
         let secure = plan.secure.is_some();
         let (mut collection, mut progress) = Collection::start(plan);
@@ -75,7 +77,9 @@ impl Driver<'_> {
                             );
                         }
                     }
-                    progress = self.exchange(&mut collection, round, sends).await;
+                    progress = self
+                        .exchange(&mut collection, round, sends, model.take())
+                        .await;
                 }
                 // Nothing left to wait for: the phase ends.
                 Progress::Waiting => progress = collection.handle_deadline(),
@@ -101,6 +105,7 @@ impl Driver<'_> {
         collection: &mut Collection,
         round: u64,
         sends: Vec<Outgoing>,
+        model: Option<Arc<ModelPush>>,
     ) -> Progress {
         let deadline = tokio::time::Instant::now() + self.phase_deadline;
         let mut tasks = JoinSet::new();
@@ -117,7 +122,7 @@ impl Driver<'_> {
             else {
                 continue;
             };
-            let push = self.model.clone().filter(|_| send.push_model);
+            let push = model.clone().filter(|_| send.push_model);
             let pause_at = push.as_ref().and(self.pause_at);
             // Only a masked input (the answer to a share delivery) may come in pieces.
             let pieces = matches!(send.message, Message::SecAggDelivery(_)).then(|| pieces.clone());

@@ -333,7 +333,6 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         reports,
         members,
         exclusions: Exclusions::default(),
-        sum_buffer: Vec::new(),
         peer_verifier: Arc::new(peer_verifier),
         distributed: None,
         console: console.clone(),
@@ -398,9 +397,6 @@ pub(crate) struct Trainer {
     members: Vec<String>,
     /// Nodes left out of the remaining attempts of a round, with why.
     exclusions: Exclusions,
-    /// The last secure-aggregation round's sum, once decoded: the next round sums into it
-    /// (zeroed first), so that each round does not fault in a fresh model-sized allocation.
-    sum_buffer: Vec<u32>,
     /// Checks the nodes' signatures on the survivor set against their certificates, so that a
     /// bad one is left out rather than relayed (every node would then refuse to unmask).
     peer_verifier: Arc<ConsortiumVerifier>,

@@ -11,13 +11,13 @@
 
 use std::path::{Path, PathBuf};
 
-use medfed_audit::checkpoint::{checkpoint_file_name, read_model_file};
+use medfed_audit::checkpoint::{checkpoint_file_name, file_sha256_streaming, read_model_file};
 use medfed_audit::model_card::{
     self, CardText, ModelCard, ModelDescription, Performance, PooledCounts, PrivacySection,
     ReleasedModel, figures,
 };
 use medfed_protocol::evaluation::{EvalCounts, EvalMetrics};
-use medfed_protocol::report::{Verdict, file_sha256};
+use medfed_protocol::report::Verdict;
 use medfed_protocol::stats::FederatedSummary;
 use tracing::info;
 
@@ -98,21 +98,22 @@ impl Trainer {
             None => None,
         };
         let judged = judged_report.as_ref().map(|(report, sha)| (report, *sha));
-        let bytes = std::fs::read(released).map_err(|source| CoordinatorError::Io {
-            path: released.to_owned(),
-            source,
-        })?;
+        let model_file_sha256 =
+            file_sha256_streaming(released).map_err(|source| CoordinatorError::Io {
+                path: released.to_owned(),
+                source,
+            })?;
         let file = read_model_file(released)?;
         let checkpoint_sha256 = match judged {
             Some((report, _)) => report.checkpoint_sha256.clone(),
-            None => std::fs::read(
-                self.config
+            None => file_sha256_streaming(
+                &self
+                    .config
                     .data_dir
                     .join("checkpoints")
                     .join(checkpoint_file_name(round)),
             )
-            .ok()
-            .map(|b| file_sha256(&b)),
+            .ok(),
         };
         let text: &CardText = &self.config.model_card;
         let summary = self.store.get_json::<FederatedSummary>(SUMMARY_KEY)?;
@@ -153,7 +154,7 @@ impl Trainer {
                 round,
                 model_sha256: file.model.hash().to_hex(),
                 checkpoint_sha256,
-                model_file_sha256: file_sha256(&bytes),
+                model_file_sha256,
                 report_sha256: judged.map(|(_, sha)| sha.to_owned()),
                 verdict: judged.map_or_else(
                     || "UNJUDGED".to_owned(),

@@ -315,7 +315,6 @@ impl Trainer {
                 settings,
                 manifest_digest: self.manifest.digest().0,
                 graph_seed: random_bytes(),
-                sum_buffer: std::mem::take(&mut self.sum_buffer),
                 verifier: self.peer_verifier.clone(),
             });
         let plan = CollectionPlan {
@@ -343,9 +342,7 @@ impl Trainer {
         for (identity, why) in outcome.accused {
             self.exclusions.exclude(round, &identity, why);
         }
-        let mut gathered = outcome.result?;
-        self.sum_buffer = std::mem::take(&mut gathered.sum_buffer);
-        Ok(gathered)
+        outcome.result.map_err(RoundFailure::from)
     }
 
     /// The hospitals a round would ask now, sorted: those connected, less those left out of
@@ -444,10 +441,9 @@ impl Trainer {
                         } else {
                             Vec::new()
                         };
-                        let model = self.model.clone();
                         let path = self.write_report(
                             self.round,
-                            &model,
+                            self.model.hash(),
                             &gathered.participants,
                             &gathered.privacy,
                             Assessment {

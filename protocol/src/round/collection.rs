@@ -16,15 +16,15 @@ use tracing::{info, warn};
 use crate::contribution::RoundLayout;
 use crate::manifest::SecureAggregationPlan;
 use crate::messages::{
-    ContributionKind, Message, PlainFigures, PrivacySpent, RefusalReason, Refused, RoundKeys,
-    RoundStart, SecAggSetup, StatsRequest,
+    Contribution, ContributionKind, Message, PlainFigures, PrivacySpent, RefusalReason, Refused,
+    RoundKeys, RoundStart, SecAggSetup, StatsRequest,
 };
 use crate::report::NodePrivacy;
 use crate::secagg::encoding::{BlockEncoding, VectorEncoding};
 use crate::secagg::fixed_point::FixedPoint;
 use crate::secagg::{
-    ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures, ExpectUnmasking, MaskedInput,
-    MaskedInputChunk, Participant, PeerVerifier, RoundParams, SecAggError, ShareDelivery,
+    ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures, ExpectUnmasking, InputPiece,
+    MaskedInput, Participant, PeerVerifier, RoundParams, SecAggError, ShareDelivery,
 };
 
 use super::rules::check_budgets;
@@ -129,8 +129,6 @@ pub struct SecurePlan {
     pub manifest_digest: [u8; 32],
     /// Public randomness for the neighbour graph, from the OS CSPRNG.
     pub graph_seed: [u8; 32],
-    /// A buffer to sum into (the previous collection's, so no fresh model-sized allocation).
-    pub sum_buffer: Vec<u32>,
     /// Checks the survivors' signatures against their certificates.
     pub verifier: Arc<dyn PeerVerifier + Send + Sync>,
 }
@@ -227,9 +225,6 @@ pub struct Gathered {
     pub privacy: Vec<NodePrivacy>,
     /// Nodes that declined because their privacy budget is spent.
     pub budget_spent: Vec<String>,
-    /// The buffer the encoded sum was unmasked in, for the next collection (empty without
-    /// secure aggregation).
-    pub sum_buffer: Vec<u32>,
 }
 
 impl Gathered {
@@ -264,7 +259,6 @@ enum Stage {
 struct Secure {
     encoding: VectorEncoding,
     verifier: Arc<dyn PeerVerifier + Send + Sync>,
-    sum_buffer: Vec<u32>,
 }
 
 /// One collection in progress.
@@ -392,7 +386,6 @@ impl Collection {
         self.secure = Some(Secure {
             encoding,
             verifier: plan.verifier,
-            sum_buffer: plan.sum_buffer,
         });
         Ok(SecAggSetup {
             params,
@@ -418,11 +411,19 @@ impl Collection {
     /// and keeps only its message's header: the coordinator holds the sum and the inputs in
     /// flight, never every hospital's input (its memory does not grow with the hospitals). An
     /// input from a participant a peer has already accused of a bad share is not summed.
+    ///
+    /// Without secure aggregation, likewise, each contribution is checked and added to the
+    /// running sum as it arrives, and kept without its figures.
     fn sum_on_arrival(
         &mut self,
         index: u16,
         answer: Result<Message, LeftOut>,
     ) -> Result<Message, LeftOut> {
+        if matches!(self.stage, Stage::Plain) {
+            let contribution = self.sum_plain_figures(answer?)?;
+            self.summed.insert(index);
+            return Ok(Message::Contribution(contribution));
+        }
         if !matches!(self.stage, Stage::Inputs(_)) {
             return answer;
         }
@@ -444,11 +445,14 @@ impl Collection {
     }
 
     /// Takes one piece of participant `index`'s masked input in secure aggregation's phase 3
-    /// (a node sends its input as [`MaskedInputChunk`]s, in order): it is added to the running
-    /// sum at once and not kept. The last piece completes the node's answer; a bad piece is its
+    /// (a node sends its input as [`MaskedInputChunk`](crate::secagg::MaskedInputChunk)s, in
+    /// order; the driver hands each over
+    /// decoded or, without a copy, as its frame's bytes: an
+    /// [`InputPieceFrame`](crate::codec::InputPieceFrame)): it is added to the running sum at
+    /// once and not kept. The last piece completes the node's answer; a bad piece is its
     /// answer, why it is left out. Pieces from anyone not awaited, or already answered, are
     /// ignored.
-    pub fn handle_input_chunk(&mut self, index: u16, chunk: &MaskedInputChunk) -> Progress {
+    pub fn handle_input_chunk(&mut self, index: u16, chunk: &impl InputPiece) -> Progress {
         if !self.awaiting.contains(&index) || self.answers.contains_key(&index) {
             return Progress::Waiting;
         }
@@ -467,8 +471,8 @@ impl Collection {
                 Ok(()) if server.has_input(index) => {
                     self.summed.insert(index);
                     Ok(Message::SecAggInput(MaskedInput {
-                        session: chunk.session,
-                        round: chunk.round,
+                        session: chunk.header().session,
+                        round: chunk.header().round,
                         values: Vec::new(),
                     }))
                 }
@@ -593,10 +597,12 @@ impl Collection {
         answers: BTreeMap<u16, Result<Message, LeftOut>>,
     ) -> Result<Progress, AttemptFailure> {
         let asked = answers.len();
-        let (session, round, kind, len) = (self.session, self.round, self.kind, self.value_len);
+        // Each in the nodes' order, though their figures were summed as they arrived.
         self.take(answers, |this, index, message| {
-            let contribution = check_contribution(message, session, round, kind, len)?;
-            add_into(&mut this.gathered.sum, &contribution.values);
+            let contribution = match message {
+                Message::Contribution(summed) if this.summed.remove(&index) => summed,
+                other => this.sum_plain_figures(other)?,
+            };
             let identity = this.identity(index).unwrap_or_default().to_owned();
             this.gathered.declare(&identity, contribution.privacy);
             this.gathered.participants.push(identity);
@@ -605,6 +611,16 @@ impl Collection {
         check_budgets(asked, &self.gathered.budget_spent, self.min_nodes)?;
         self.gathered.participants.sort();
         Ok(self.finish())
+    }
+
+    /// Checks a contribution summed in the clear and adds its figures to the running sum;
+    /// returns it without them.
+    fn sum_plain_figures(&mut self, answer: Message) -> Result<Contribution, LeftOut> {
+        let (session, round, kind, len) = (self.session, self.round, self.kind, self.value_len);
+        let mut contribution = check_contribution(answer, session, round, kind, len)?;
+        add_into(&mut self.gathered.sum, &contribution.values);
+        contribution.values = PlainFigures::Double(Vec::new());
+        Ok(contribution)
     }
 
     /// Phase 1 over: the key directory for everyone who sent keys.
@@ -654,12 +670,7 @@ impl Collection {
             }
             other => Err(LeftOut::from_unexpected(other, "secagg_shares")),
         });
-        let buffer = self
-            .secure
-            .as_mut()
-            .map(|s| std::mem::take(&mut s.sum_buffer))
-            .unwrap_or_default();
-        let (server, mut deliveries) = server.finish_into(buffer)?;
+        let (server, mut deliveries) = server.finish()?;
         let participants = server.participants();
         self.stage = Stage::Inputs(server);
         let (session, round) = (self.session, self.round);
@@ -820,8 +831,9 @@ impl Collection {
         let survivors = server.survivors();
         let sum = server.finish()?;
         let secure = self.secure.as_ref().ok_or(AttemptFailure::Over)?;
-        self.gathered.sum = secure.encoding.decode_sum(&sum, survivors.len())?;
-        self.gathered.sum_buffer = sum;
+        // The words are released as they are decoded: the coordinator never holds the encoded
+        // sum and the decoded one (twice its size) both whole.
+        self.gathered.sum = secure.encoding.decode_sum_releasing(sum, survivors.len())?;
         let mut participants: Vec<String> = survivors
             .iter()
             .filter_map(|&i| self.identity(i).map(str::to_owned))

@@ -223,6 +223,58 @@ impl VectorEncoding {
     /// masked inputs prove nothing about what a node encoded; only zero-knowledge range proofs
     /// on each input, which this protocol does not have, would.
     pub fn decode_sum(&self, sum: &[u32], summed_inputs: usize) -> Result<Vec<f64>, SecAggError> {
+        self.check_sum(sum, summed_inputs)?;
+        let mut out = vec![0.0; self.value_len()];
+        let (mut words, mut values) = (sum, out.as_mut_slice());
+        for (len, encoding) in &self.blocks {
+            let (block, rest) = words.split_at(len * words_per_value(encoding));
+            let (decoded, more) = values.split_at_mut(*len);
+            decode_block(encoding, block, summed_inputs, decoded);
+            (words, values) = (rest, more);
+        }
+        Ok(out)
+    }
+
+    /// [`Self::decode_sum`] of a sum it takes over, whose words are released as they are
+    /// decoded: the blocks are decoded from the last, a piece at a time, and the words of each
+    /// piece dropped from the end of `sum` (its allocation shrunk) before the next. The sum's
+    /// words and its decoded figures (twice their size) are never both held whole, so decoding
+    /// a model's sum needs the figures' memory and a piece, not the figures' and the words'.
+    /// Same checks, same errors, same figures.
+    pub fn decode_sum_releasing(
+        &self,
+        mut sum: Vec<u32>,
+        summed_inputs: usize,
+    ) -> Result<Vec<f64>, SecAggError> {
+        self.check_sum(&sum, summed_inputs)?;
+        // Zeroed pages are only mapped as they are written.
+        let mut out = vec![0.0; self.value_len()];
+        let (mut word_end, mut value_end) = (sum.len(), out.len());
+        for (len, encoding) in self.blocks.iter().rev() {
+            let per = words_per_value(encoding);
+            let (word_start, value_start) = (word_end - len * per, value_end - len);
+            let mut end = value_end;
+            while end > value_start {
+                let start = end.saturating_sub(RELEASE_PIECE).max(value_start);
+                let words = word_start + (start - value_start) * per;
+                let block = sum.get(words..word_start + (end - value_start) * per);
+                let decoded = out.get_mut(start..end);
+                if let (Some(block), Some(decoded)) = (block, decoded) {
+                    decode_block(encoding, block, summed_inputs, decoded);
+                }
+                sum.truncate(words);
+                if sum.capacity() - sum.len() >= RELEASE_PIECE {
+                    sum.shrink_to_fit();
+                }
+                end = start;
+            }
+            (word_end, value_end) = (word_start, value_start);
+        }
+        Ok(out)
+    }
+
+    /// The checks of [`Self::decode_sum`]: the sum's length, and every word in range.
+    fn check_sum(&self, sum: &[u32], summed_inputs: usize) -> Result<(), SecAggError> {
         if summed_inputs >= 1 << LIMB_BITS {
             return Err(SecAggError::BadParams(format!(
                 "a sum of {summed_inputs} inputs exceeds the limb encodings' 65535"
@@ -244,16 +296,14 @@ impl VectorEncoding {
             most,
             summed_inputs,
         };
-        let mut out = Vec::with_capacity(self.value_len());
         let mut rest = sum;
         let mut position = 0;
         for (len, encoding) in &self.blocks {
+            let (block, tail) = rest.split_at(len * words_per_value(encoding));
             let start = position;
+            (rest, position) = (tail, position + block.len());
             match encoding {
                 BlockEncoding::Clipped(fixed) => {
-                    let (block, tail) = rest.split_at(*len);
-                    rest = tail;
-                    position += len;
                     let most = k.saturating_mul(
                         fixed
                             .max_encoded()
@@ -267,42 +317,56 @@ impl VectorEncoding {
                         let value = u64::from((*word as i32).unsigned_abs());
                         return Err(out_of_range(start + i, value, most));
                     }
-                    out.extend(fixed.decode_sum(block));
                 }
-                BlockEncoding::Wide => {
-                    let (block, tail) = rest.split_at(len * LIMBS);
-                    rest = tail;
-                    position += len * LIMBS;
+                // Each limb sum in range: no limb sum wrapped; for a count, T < 2^48 and
+                // T − k · 2^31 fits i64 and f64 exactly.
+                BlockEncoding::Wide | BlockEncoding::Count => {
                     check_limbs(block, start, most_limb, &out_of_range)?;
-                    for limbs in block.chunks_exact(LIMBS) {
-                        let total = limbs.iter().enumerate().fold(0u64, |acc, (i, &s)| {
-                            acc.wrapping_add(u64::from(s) << (LIMB_BITS * i as u32))
-                        });
-                        out.push(total as i64 as f64 / f64::from(1u32 << WIDE_FRACTIONAL_BITS));
-                    }
                 }
-                BlockEncoding::Count => {
-                    let (block, tail) = rest.split_at(len * COUNT_LIMBS);
-                    rest = tail;
-                    position += len * COUNT_LIMBS;
-                    // Each limb sum in range: no limb sum wrapped, T < 2^48 and T − k · 2^31
-                    // fits i64 and f64 exactly.
-                    check_limbs(block, start, most_limb, &out_of_range)?;
-                    for limbs in block.chunks_exact(COUNT_LIMBS) {
-                        let (low, high) = (u64::from(limbs[0]), u64::from(limbs[1]));
-                        let total = (low + (high << LIMB_BITS)) as i64;
-                        out.push((total - summed_inputs as i64 * COUNT_OFFSET) as f64);
-                    }
-                }
-                BlockEncoding::Words => {
-                    let (block, tail) = rest.split_at(*len);
-                    rest = tail;
-                    position += len;
-                    out.extend(block.iter().map(|&w| f64::from(w)));
-                }
+                BlockEncoding::Words => {}
             }
         }
-        Ok(out)
+        Ok(())
+    }
+}
+
+/// Figures decoded at a time by [`VectorEncoding::decode_sum_releasing`] before the words
+/// they came from are released (2 MiB of figures).
+const RELEASE_PIECE: usize = 1 << 18;
+
+/// Words each figure of a block takes.
+fn words_per_value(encoding: &BlockEncoding) -> usize {
+    match encoding {
+        BlockEncoding::Clipped(_) | BlockEncoding::Words => 1,
+        BlockEncoding::Wide => LIMBS,
+        BlockEncoding::Count => COUNT_LIMBS,
+    }
+}
+
+/// Decodes the (checked) words of whole figures of one block into `out`, a figure each.
+fn decode_block(encoding: &BlockEncoding, block: &[u32], summed_inputs: usize, out: &mut [f64]) {
+    match encoding {
+        BlockEncoding::Clipped(fixed) => fixed.decode_sum_into(block, out),
+        BlockEncoding::Wide => {
+            for (limbs, value) in block.chunks_exact(LIMBS).zip(out) {
+                let total = limbs.iter().enumerate().fold(0u64, |acc, (i, &s)| {
+                    acc.wrapping_add(u64::from(s) << (LIMB_BITS * i as u32))
+                });
+                *value = total as i64 as f64 / f64::from(1u32 << WIDE_FRACTIONAL_BITS);
+            }
+        }
+        BlockEncoding::Count => {
+            for (limbs, value) in block.chunks_exact(COUNT_LIMBS).zip(out) {
+                let (low, high) = (u64::from(limbs[0]), u64::from(limbs[1]));
+                let total = (low + (high << LIMB_BITS)) as i64;
+                *value = (total - summed_inputs as i64 * COUNT_OFFSET) as f64;
+            }
+        }
+        BlockEncoding::Words => {
+            for (word, value) in block.iter().zip(out) {
+                *value = f64::from(*word);
+            }
+        }
     }
 }
 
@@ -575,6 +639,55 @@ mod tests {
 
     /// Issue 12, attack 7: every word of every encoding is checked against the largest sum the
     /// inputs summed can give; one past it is refused, naming the word.
+    #[test]
+    fn a_sum_decoded_releasing_its_words_is_the_same_figures_and_errors() {
+        let fixed = FixedPoint {
+            clip: 8.0,
+            fractional_bits: 16,
+        };
+        // Blocks longer than a release piece, so each is decoded in several pieces.
+        let long = RELEASE_PIECE + 3;
+        let encoding = VectorEncoding::new(vec![
+            (3, BlockEncoding::Count),
+            (2, BlockEncoding::Wide),
+            (long, BlockEncoding::Clipped(fixed)),
+            (5, BlockEncoding::Words),
+            (long, BlockEncoding::Count),
+        ]);
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let mut sum = vec![0u32; encoding.encoded_len()];
+        for node in 0..3 {
+            let values: Vec<f64> = (0..encoding.value_len())
+                .map(|i| ((i * 7 + node * 13) % 17) as f64)
+                .collect();
+            add(&mut sum, &encoding.encode(&values, &mut rng).unwrap());
+        }
+        let whole = encoding.decode_sum(&sum, 3).unwrap();
+        assert_eq!(whole.len(), encoding.value_len());
+        assert_eq!(
+            encoding.decode_sum_releasing(sum.clone(), 3).unwrap(),
+            whole
+        );
+        // Out of range anywhere, a wrong count of inputs, a wrong length: the same error.
+        let mut bad = sum.clone();
+        bad[3 * COUNT_LIMBS + 2 * LIMBS + 5] = 1 << 31;
+        let last = bad.len() - 1;
+        bad[last] = u32::MAX;
+        let cases = [
+            (bad, 3),
+            (sum.clone(), 1 << 16),
+            (sum[1..].to_vec(), 3),
+            (Vec::new(), 3),
+        ];
+        for (words, inputs) in cases {
+            let expected = encoding.decode_sum(&words, inputs).unwrap_err();
+            assert_eq!(
+                encoding.decode_sum_releasing(words, inputs).unwrap_err(),
+                expected
+            );
+        }
+    }
+
     #[test]
     fn regression_issue_12_every_word_one_past_its_range_is_refused() {
         let fixed = FixedPoint {

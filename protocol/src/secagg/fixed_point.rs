@@ -91,10 +91,18 @@ impl FixedPoint {
 
     /// Reads a (possibly wrapped) sum as signed `i32` words and divides by `2^bits`.
     pub fn decode_sum(&self, sum: &[u32]) -> Vec<f64> {
+        let mut out = vec![0.0; sum.len()];
+        self.decode_sum_into(sum, &mut out);
+        out
+    }
+
+    /// [`Self::decode_sum`] into `out`, a figure per word (as many as both have): no vector of
+    /// the sum's size besides `out`.
+    pub fn decode_sum_into(&self, sum: &[u32], out: &mut [f64]) {
         let scale = self.scale();
-        sum.iter()
-            .map(|&word| f64::from(word as i32) / scale)
-            .collect()
+        for (word, value) in sum.iter().zip(out) {
+            *value = f64::from(*word as i32) / scale;
+        }
     }
 
     /// `2^fractional_bits` as an `f64` (infinite only for configurations `max_encoded` refuses).

@@ -221,6 +221,62 @@ impl MaskedInput {
     }
 }
 
+/// One consecutive piece of a masked input as the coordinator sums it: decoded
+/// ([`MaskedInputChunk`]) or read in place from the bytes of its frame
+/// ([`InputPieceFrame`](crate::codec::InputPieceFrame)).
+pub trait InputPiece {
+    /// Where the piece belongs.
+    fn header(&self) -> PieceHeader;
+    /// Words in the piece.
+    fn word_count(&self) -> usize;
+    /// Adds the piece's words into the first [`Self::word_count`] words of `sum`, wrapping in
+    /// Z(2^32); a shorter `sum` takes only as many words as it has.
+    fn add_to(&self, sum: &mut [u32]);
+}
+
+/// Where a piece of a masked input belongs: its round and its place in the whole vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PieceHeader {
+    /// Coordinator run.
+    pub session: u64,
+    /// Round.
+    pub round: u64,
+    /// Index of the piece's first word in the whole vector.
+    pub offset: u32,
+    /// Words in the whole vector.
+    pub total: u32,
+}
+
+impl InputPiece for MaskedInputChunk {
+    fn header(&self) -> PieceHeader {
+        PieceHeader {
+            session: self.session,
+            round: self.round,
+            offset: self.offset,
+            total: self.total,
+        }
+    }
+
+    fn word_count(&self) -> usize {
+        self.values.len()
+    }
+
+    fn add_to(&self, sum: &mut [u32]) {
+        for (s, v) in sum.iter_mut().zip(&self.values) {
+            *s = s.wrapping_add(*v);
+        }
+    }
+}
+
+/// Adds little-endian words read straight from `bytes` into `sum`, wrapping in Z(2^32) (a
+/// trailing partial word is ignored; the frame's parser refuses one). The loop compiles to
+/// vector loads and adds: no word is copied out first.
+pub fn add_le_words(sum: &mut [u32], bytes: &[u8]) {
+    for (s, w) in sum.iter_mut().zip(bytes.chunks_exact(4)) {
+        *s = s.wrapping_add(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+    }
+}
+
 mod le_words {
     use serde::{Deserializer, Serializer};
 

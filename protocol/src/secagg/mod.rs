@@ -79,8 +79,8 @@ pub use client::{
 pub use consistency::survivors_signed_bytes;
 pub use messages::{
     ConsistencyRequest, ConsistencySignature, DirectoryEntry, EncryptedShare, INPUT_CHUNK_WORDS,
-    KeyAdvertisement, KeyDirectory, MaskedInput, MaskedInputChunk, ShareDelivery, SharePackage,
-    UnmaskRequest, UnmaskResponse,
+    InputPiece, KeyAdvertisement, KeyDirectory, MaskedInput, MaskedInputChunk, PieceHeader,
+    ShareDelivery, SharePackage, UnmaskRequest, UnmaskResponse, add_le_words,
 };
 pub use params::{MAX_PAIRINGS, Participant, RoundParams};
 pub use server::{ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures, ExpectUnmasking};

@@ -10,8 +10,8 @@ use super::client::PeerVerifier;
 use super::consistency::survivors_signed_bytes;
 use super::crypto::{AgreementKeyPair, add_mask, subtract_mask};
 use super::messages::{
-    ConsistencyRequest, ConsistencySignature, DirectoryEntry, EncryptedShare, KeyAdvertisement,
-    KeyDirectory, MaskedInput, MaskedInputChunk, ShareDelivery, SharePackage, UnmaskRequest,
+    ConsistencyRequest, ConsistencySignature, DirectoryEntry, EncryptedShare, InputPiece,
+    KeyAdvertisement, KeyDirectory, MaskedInput, ShareDelivery, SharePackage, UnmaskRequest,
     UnmaskResponse,
 };
 use super::params::RoundParams;
@@ -291,30 +291,30 @@ impl ExpectMaskedInputs {
     pub fn handle_input_chunk(
         &mut self,
         from: u16,
-        chunk: &MaskedInputChunk,
+        chunk: &impl InputPiece,
     ) -> Result<(), SecAggError> {
-        self.check_sender(from, chunk.session, chunk.round)?;
+        let header = chunk.header();
+        self.check_sender(from, header.session, header.round)?;
         let len = self.params.vector_len;
         let done = self.partial.get(&from).copied().unwrap_or(0);
-        let offset = chunk.offset as usize;
-        if chunk.total as usize != len
+        let offset = header.offset as usize;
+        let words = chunk.word_count();
+        if header.total as usize != len
             || offset != done
-            || offset + chunk.values.len() > len
-            || (chunk.values.is_empty() && len > 0)
+            || offset + words > len
+            || (words == 0 && len > 0)
         {
             return Err(violation(
                 from,
                 &format!(
                     "input piece of words {offset}..{} of {}, expected the piece from word {done} of {len}",
-                    offset + chunk.values.len(),
-                    chunk.total
+                    offset + words,
+                    header.total
                 ),
             ));
         }
-        for (s, v) in self.sum[offset..].iter_mut().zip(&chunk.values) {
-            *s = s.wrapping_add(*v);
-        }
-        let done = offset + chunk.values.len();
+        chunk.add_to(&mut self.sum[offset..offset + words]);
+        let done = offset + words;
         if done == len {
             self.partial.remove(&from);
             self.survivors.insert(from);
