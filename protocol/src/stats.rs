@@ -348,6 +348,10 @@ pub enum StandardizationFault {
     /// The standard deviation is positive but below [`MIN_STD`].
     #[error("the standard deviation is below the floor of {MIN_STD:e}")]
     StdBelowFloor,
+    /// A one-hot level, a missing-value indicator or a pixel, which are left as they are, given
+    /// another mean or standard deviation than 0 and 1.
+    #[error("a one-hot, missing-indicator or pixel feature must keep mean 0 and std 1")]
+    NotIdentity,
 }
 
 /// The consortium-wide description of the data that the coordinator logs: no hospital's own
@@ -501,7 +505,9 @@ impl Standardization {
     }
     /// Checks that this standardisation can be applied to data encoded by `schema`: one mean and
     /// one standard deviation per encoded feature, every mean finite, every standard deviation
-    /// finite and at least [`MIN_STD`]. The first fault found is named with its feature.
+    /// finite and at least [`MIN_STD`], and the identity (0 and 1) on one-hot levels,
+    /// missing-value indicators and pixels, which the statistics round leaves as they are. The
+    /// first fault found is named with its feature.
     ///
     /// This rules out the standardisations that turn every value of a feature into NaN or
     /// infinity. It cannot rule out every overflow (a mean near the edge of `f32` can still make
@@ -516,6 +522,25 @@ impl Standardization {
                 stds: self.std.len(),
             });
         }
+        // Features the statistics round never standardises: one-hot levels, missing-value
+        // indicators and pixels. A coordinator that sent anything else for them would be
+        // transforming a hospital's data in a way the manifest's schema does not say.
+        let mut left_as_is = vec![false; expected];
+        let mut offset = 0;
+        for column in schema.columns() {
+            let width = column.width();
+            match column.kind() {
+                ColumnKind::Numeric { .. } => {
+                    if column.missing() == MissingMode::Impute {
+                        left_as_is[offset + 1] = true;
+                    }
+                }
+                ColumnKind::Categorical { .. } | ColumnKind::Image(_) => {
+                    left_as_is[offset..offset + width].fill(true);
+                }
+            }
+            offset += width;
+        }
         for (feature, (&mean, &std)) in self.mean.iter().zip(&self.std).enumerate() {
             let fault = if !mean.is_finite() {
                 StandardizationFault::NonFiniteMean
@@ -525,6 +550,8 @@ impl Standardization {
                 StandardizationFault::NonPositiveStd
             } else if std < MIN_STD {
                 StandardizationFault::StdBelowFloor
+            } else if left_as_is[feature] && (mean != 0.0 || std != 1.0) {
+                StandardizationFault::NotIdentity
             } else {
                 continue;
             };
@@ -1097,10 +1124,11 @@ range = [0, 10]
         let st = Standardization::from_summed_stats(&schema, &sum).unwrap();
         assert_eq!(st.validate(&schema), Ok(()));
         assert_eq!(Standardization::identity(width).validate(&schema), Ok(()));
-        let floor = Standardization {
-            std: vec![MIN_STD; width],
-            ..st
-        };
+        // Every numeric column (age, chol, site) at the floor; the one-hot levels as they are.
+        let mut floor = st;
+        for feature in [0, 3, 4] {
+            floor.std[feature] = MIN_STD;
+        }
         assert_eq!(floor.validate(&schema), Ok(()));
     }
 
@@ -1132,11 +1160,15 @@ range = [0, 10]
         assert_eq!(with(3, f32::INFINITY, 1.0), bad(3, NonFiniteMean));
         assert_eq!(with(4, 0.0, f32::NAN), bad(4, NonFiniteStd));
         assert_eq!(with(1, 0.0, f32::NEG_INFINITY), bad(1, NonFiniteStd));
-        assert_eq!(with(2, 5.0, 0.0), bad(2, NonPositiveStd));
-        assert_eq!(with(2, 5.0, -0.0), bad(2, NonPositiveStd));
+        assert_eq!(with(3, 5.0, 0.0), bad(3, NonPositiveStd));
+        assert_eq!(with(3, 5.0, -0.0), bad(3, NonPositiveStd));
         assert_eq!(with(0, 5.0, -3.0), bad(0, NonPositiveStd));
         assert_eq!(with(3, 0.0, 1e-13), bad(3, StdBelowFloor));
         assert_eq!(with(3, 0.0, f32::MIN_POSITIVE), bad(3, StdBelowFloor));
+        // A one-hot level (sex=M, feature 2) is left as it is: the coordinator may not shift or
+        // scale it.
+        assert_eq!(with(2, 0.5, 1.0), bad(2, NotIdentity));
+        assert_eq!(with(2, 0.0, 3.0), bad(2, NotIdentity));
         // The first fault is named.
         let mut two = good.clone();
         two.std[1] = 0.0;
