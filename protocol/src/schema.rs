@@ -564,6 +564,14 @@ pub enum SchemaError {
         /// The width.
         width: i64,
     },
+    /// The columns together encode more features per row than any model takes.
+    #[error("the columns encode {features} features per row, more than the {max} allowed")]
+    TooManyFeatures {
+        /// The encoded features per row.
+        features: usize,
+        /// The cap, [`crate::architecture::MAX_ACTIVATION`].
+        max: usize,
+    },
     /// An image column's `mean` or `std` does not list one value per channel.
     #[error(
         "image column \"{column}\": `{key}` lists {found} values, one per channel ({channels}) is needed"
@@ -1268,6 +1276,15 @@ impl RawSchema {
             intersections,
             audit_only,
         };
+        // Each image column is within the cap; several of them together must be too, or one
+        // row's features could outgrow what any model takes.
+        let features = schema.columns.iter().map(Column::width).sum::<usize>();
+        if features > crate::architecture::MAX_ACTIVATION {
+            return Err(SchemaError::TooManyFeatures {
+                features,
+                max: crate::architecture::MAX_ACTIVATION,
+            });
+        }
         schema.check_feature_names()?;
         // Group names are keys of the audit: two groups of one attribute must not share a name
         // (possible only when a level itself contains ", ").
@@ -2635,6 +2652,19 @@ age = [40.0, 60.0]
         for (text, expected) in cases {
             assert_eq!(parse_err(&text), expected, "for:\n{text}");
         }
+        // Two images each at the cap: together more than any model takes, refused before a
+        // feature name is built for them.
+        let two_images = format!(
+            "{}\n[[columns]]\nname = \"scan2\"\ntype = \"image\"\nchannels = 1\nheight = 4096\nwidth = 4096\n",
+            with_image("channels = 1\nheight = 4096\nwidth = 4096\n")
+        );
+        assert_eq!(
+            parse_err(&two_images),
+            SchemaError::TooManyFeatures {
+                features: 1 + 2 * (1 << 24) + 2,
+                max: 1 << 24,
+            }
+        );
         for (std, reason) in [
             ("0", "positive"),
             ("-0.5", "positive"),
@@ -2675,11 +2705,13 @@ age = [40.0, 60.0]
             let text = WITH_IMAGE.replace("name = \"age\"", &format!("name = \"{name}\""));
             assert!(Schema::parse(&text).is_ok(), "{name}");
         }
-        // The cap is the architecture's: one example's input may hold MAX_ACTIVATION values.
-        let side = 1 << 12; // 4096 × 4096 = 2^24 = MAX_ACTIVATION
+        // The cap is the architecture's: one example's input may hold MAX_ACTIVATION values,
+        // the image's and the other columns' together (here age and sex's two levels).
+        let side = 1 << 12; // 4096 × 4095 + 3 ≤ 2^24 = MAX_ACTIVATION
         assert!(
             Schema::parse(&with_image(&format!(
-                "channels = 1\nheight = {side}\nwidth = {side}\n"
+                "channels = 1\nheight = {side}\nwidth = {}\n",
+                side - 1
             )))
             .is_ok()
         );

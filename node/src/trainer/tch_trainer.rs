@@ -66,11 +66,10 @@ impl Trainer for TchTrainer {
         plan: &TrainingPlan,
         progress: &mut dyn FnMut(TrainProgress),
     ) -> Result<TrainOutcome, TrainError> {
+        check_inputs(spec, initial, data)?;
         if let ModelKind::Layers(architecture) = &spec.kind {
-            check_inputs(spec, initial, data)?;
             return self.train_layers(architecture, initial, data, plan, progress);
         }
-        check_inputs(spec, initial, data)?;
         check_plan(plan)?;
         if data.is_empty() {
             return Err(TrainError::EmptyData);
