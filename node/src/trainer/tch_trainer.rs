@@ -66,10 +66,13 @@ impl Trainer for TchTrainer {
         plan: &TrainingPlan,
         progress: &mut dyn FnMut(TrainProgress),
     ) -> Result<TrainOutcome, TrainError> {
-        check_inputs(spec, initial, data)?;
         if let ModelKind::Layers(architecture) = &spec.kind {
+            // The spec's own rules (its input width, no embedding first); the layer trainer
+            // checks the parameters and the data against the architecture itself.
+            spec.validate()?;
             return self.train_layers(architecture, initial, data, plan, progress);
         }
+        check_inputs(spec, initial, data)?;
         check_plan(plan)?;
         if data.is_empty() {
             return Err(TrainError::EmptyData);
@@ -115,7 +118,7 @@ impl Trainer for TchTrainer {
         progress: &mut dyn FnMut(TrainProgress),
     ) -> Result<PrivateTrainOutcome, TrainError> {
         if let ModelKind::Layers(architecture) = &spec.kind {
-            check_inputs(spec, initial, data)?;
+            spec.validate()?;
             return self.train_layers_private(
                 architecture,
                 initial,
@@ -156,10 +159,11 @@ impl Trainer for TchTrainer {
         params: &[f32],
         data: &Examples,
     ) -> Result<Vec<f32>, TrainError> {
-        check_inputs(spec, params, data)?;
         if let ModelKind::Layers(architecture) = &spec.kind {
+            spec.validate()?;
             return self.predict_layers(architecture, params, data);
         }
+        check_inputs(spec, params, data)?;
         let _no_grad = tch::no_grad_guard();
         let model = Mlp::from_flat(spec, params, self.device, false)?;
         let width = data.num_features;
