@@ -35,6 +35,21 @@ use super::{
 };
 use crate::examples::Examples;
 
+/// What every DP-SGD run checks besides its model's own inputs: a plan it can follow, DP
+/// parameters that describe a run, and data to sample from.
+pub(crate) fn check_private_run(
+    plan: &TrainingPlan,
+    dp: &DpConfig,
+    data: &Examples,
+) -> Result<(), TrainError> {
+    check_plan(plan)?;
+    dp.validate()?;
+    if data.is_empty() {
+        return Err(TrainError::EmptyData);
+    }
+    Ok(())
+}
+
 /// [`Trainer::train_private`](super::Trainer::train_private) on `device`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn train_private(
@@ -48,11 +63,7 @@ pub(super) fn train_private(
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<PrivateTrainOutcome, TrainError> {
     check_inputs(spec, initial, data)?;
-    check_plan(plan)?;
-    dp.validate()?;
-    if data.is_empty() {
-        return Err(TrainError::EmptyData);
-    }
+    check_private_run(plan, dp, data)?;
     // Gradients are computed by hand; autograd would only cost time.
     let _no_grad = tch::no_grad_guard();
     let model = Mlp::from_flat(spec, initial, device, false)?;

@@ -12,7 +12,7 @@ use super::network::{Masks, Network};
 use super::per_example::{clipped_gradient_sum, per_example_losses};
 use super::rows_per_pass;
 use crate::examples::Examples;
-use crate::trainer::dp_sgd::{ClippedSum, dp_sgd_loop};
+use crate::trainer::dp_sgd::{ClippedSum, check_private_run, dp_sgd_loop};
 use crate::trainer::tch_trainer::{sgd_loop, to_tensors};
 use crate::trainer::{
     DpConfig, PrivateTrainOutcome, TchTrainer, TrainError, TrainOutcome, TrainProgress, check_plan,
@@ -81,11 +81,7 @@ impl TchTrainer {
         progress: &mut dyn FnMut(TrainProgress),
     ) -> Result<PrivateTrainOutcome, TrainError> {
         check_layer_inputs(arch, initial, data)?;
-        check_plan(plan)?;
-        dp.validate()?;
-        if data.is_empty() {
-            return Err(TrainError::EmptyData);
-        }
+        check_private_run(plan, dp, data)?;
         let device = self.device();
         let net = Network::from_flat(arch, initial, Kind::Float, device, true)?;
         let (features, labels) = to_tensors(data, device)?;
