@@ -38,10 +38,18 @@ const BOOL: i64 = 9;
 /// its inputs are encoded.
 pub fn to_onnx(file: &ModelFile) -> Result<Vec<u8>, OnnxError> {
     let scoring = file.scoring.as_ref().ok_or(OnnxError::NoScoring)?;
-    if let ModelKind::Layers(architecture) = &file.model.spec.kind {
-        return Err(OnnxError::DeclaredLayers {
-            layers: architecture.layers().len(),
-        });
+    match &file.model.spec.kind {
+        ModelKind::Layers(architecture) => {
+            return Err(OnnxError::DeclaredLayers {
+                layers: architecture.layers().len(),
+            });
+        }
+        ModelKind::TorchScript(module) => {
+            return Err(OnnxError::TorchScript {
+                sha256: module.sha256.to_hex(),
+            });
+        }
+        ModelKind::LogisticRegression | ModelKind::Mlp { .. } => {}
     }
     if let Some(column) = scoring
         .schema
@@ -105,6 +113,15 @@ pub enum OnnxError {
     DeclaredLayers {
         /// Its number of layers.
         layers: usize,
+    },
+    /// The consortium's own TorchScript module: its graph is the module's code, which the
+    /// export does not translate.
+    #[error(
+        "the model is the TorchScript module {sha256}; ONNX export covers the MLP and logistic regression only (score it with `medfed-node predict`, or export the module from PyTorch with the model file's weights)"
+    )]
+    TorchScript {
+        /// The module file's SHA-256.
+        sha256: String,
     },
     /// The schema has an image column, whose files the graph cannot read.
     #[error(

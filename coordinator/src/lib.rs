@@ -29,6 +29,7 @@ pub mod registry;
 pub mod status;
 pub mod store;
 pub mod strategy;
+pub mod task_model;
 pub mod training;
 
 pub use config::CoordinatorConfig;

@@ -10,11 +10,11 @@ use medfed_protocol::manifest::{
     Digest32, FractionalBitsRule, MANIFEST_FORMAT, ManifestError, ReleasePlan,
     SecureAggregationPlan, SignedManifest, StrategyRecord, TaskManifest, ThresholdRule,
 };
-use medfed_protocol::model::{ModelError, ModelSpec};
 use medfed_protocol::schema::Schema;
 
 use crate::config::CoordinatorConfig;
 use crate::strategy::StrategyConfig;
+use crate::task_model::{TaskModelError, task_model};
 
 /// The file the signed manifest is written to, in the coordinator's data folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -26,7 +26,7 @@ pub fn task_manifest(
     members: &MemberList,
 ) -> Result<TaskManifest, ManifestBuildError> {
     let task = &config.task;
-    let model = ModelSpec::from_config(task.model.clone(), schema.num_features())?;
+    let model = task_model(&task.model, schema.num_features(), task.seed)?.spec;
     let params = model.layout().len();
     let secure = &config.secure_aggregation;
     Ok(TaskManifest {
@@ -160,7 +160,7 @@ pub enum ManifestBuildError {
     Key(#[from] medfed_certs::CertError),
     /// The model configuration is not usable.
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(#[from] TaskModelError),
     /// The manifest is not valid.
     #[error(transparent)]
     Manifest(#[from] ManifestError),

@@ -84,11 +84,13 @@ fn configuration_md_documents_exactly_the_keys_coordinator_toml_accepts() {
         .and_then(toml::Value::as_table_mut)
         .expect("the example has a [task] table")
         .insert("model".into(), toml::Value::Table(toml::Table::new()));
-    let keys = accepted_keys(&declared, &base, "task.model", &[("kind", "layers")]);
-    accepted
-        .entry("task.model".into())
-        .or_default()
-        .extend(keys);
+    for kind in ["layers", "torchscript"] {
+        let keys = accepted_keys(&declared, &base, "task.model", &[("kind", kind)]);
+        accepted
+            .entry("task.model".into())
+            .or_default()
+            .extend(keys);
+    }
     // Tags of internally tagged tables: the variant's error lists its fields, not the tag.
     accepted
         .entry("strategy".into())

@@ -814,6 +814,9 @@ impl Hospital {
         let digest = signed.verify(coordinator_key)?;
         let manifest = &signed.manifest;
         let forecast = self.check_plan(manifest)?;
+        self.trainer
+            .check_model(&manifest.model)
+            .map_err(|e| ManifestRefusal::Model(e.to_string()))?;
         if previous.is_some_and(|p| p != digest) {
             tracing::info!(previous = %previous.unwrap_or(digest), manifest = %digest, "the coordinator presents a different task manifest; checked from scratch");
         }

@@ -27,6 +27,7 @@ pub mod hospital;
 pub mod journal;
 pub mod ledger;
 pub mod manifest;
+pub mod modules;
 pub mod plan;
 pub mod policy;
 pub mod predict;
@@ -69,6 +70,8 @@ pub fn prepare(
         &schema,
         &data::ReadOptions::default(),
     )?;
+    let mut trainer = trainer;
+    trainer.approve_modules(config.policy.approved_modules.clone());
     Ok(Hospital::new(schema, train, held_out, trainer))
 }
 

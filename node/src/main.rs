@@ -626,7 +626,9 @@ fn scoring_trainer(config: Option<&NodeConfig>) -> anyhow::Result<Box<dyn Traine
     #[cfg(feature = "torch")]
     {
         if let Some(config) = config {
-            return libtorch_trainer(config, "predict");
+            let mut trainer = libtorch_trainer(config, "predict")?;
+            trainer.approve_modules(config.policy.approved_modules.clone());
+            return Ok(trainer);
         }
         let trainer = TchTrainer::new(medfed_node::trainer::ComputeDevice::Cpu)
             .context("cannot start libtorch")?;

@@ -8,7 +8,7 @@ use medfed_certs::MemberList;
 use medfed_protocol::manifest::{
     Digest32, ManifestError, PrivacyMode, ReleasePlan, TaskManifest, ThresholdRule,
 };
-use medfed_protocol::model::ModelError;
+use medfed_protocol::model::{ModelError, ModelKind};
 use medfed_protocol::schema::Schema;
 
 use crate::policy::{Fraction, NodePolicy};
@@ -94,6 +94,14 @@ const MAX_HOLDERS: usize = u16::MAX as usize;
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManifestRefusal {
+    /// The task's model is a TorchScript module the hospital did not approve.
+    #[error(
+        "the task's TorchScript module (SHA-256 {sha256}) is not one the hospital approved (policy.approved_modules)"
+    )]
+    ModuleNotApproved {
+        /// The module the manifest names.
+        sha256: Digest32,
+    },
     /// The coordinator's report key cannot be taken from the certificate it presented.
     #[error("the coordinator's certificate gives no key to check the manifest with: {0}")]
     CoordinatorKey(String),
@@ -221,6 +229,13 @@ pub fn check_manifest(
         .model
         .validate()
         .map_err(|e: ModelError| ManifestRefusal::Model(e.to_string()))?;
+    if let ModelKind::TorchScript(module) = &manifest.model.kind
+        && policy.approved_modules.find(&module.sha256).is_none()
+    {
+        return Err(ManifestRefusal::ModuleNotApproved {
+            sha256: module.sha256,
+        });
+    }
     // The schedule, the histograms' bins and the decision threshold are the consortium's
     // choice (the schedule's cost is in the forecast; the bins were checked with the manifest;
     // the threshold only moves counts between cells of the same confusion matrix; the

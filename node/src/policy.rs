@@ -13,7 +13,12 @@
 //! max_attempts_per_round = 3         # releases per round (a restarted round is a new attempt)
 //! max_retries_per_task = 10          # releases beyond the first of each round, in all
 //! release_site_figures = "no"        # "noised" | "exact": this site's own final figure
+//! approved_modules = ["risk.pt"]     # TorchScript modules the hospital reviewed (by file)
 //! ```
+//!
+//! `approved_modules` names the only TorchScript modules the node runs: each file is hashed
+//! when the configuration is read, and a task whose manifest names any other module's SHA-256
+//! is refused before anything is computed.
 //!
 //! `release_site_figures` opts the hospital into external validation per site: after the final
 //! evaluation, and only when the signed task manifest also lists it, it releases the very
@@ -27,6 +32,8 @@ use medfed_certs::MemberList;
 use medfed_protocol::messages::PolicyViolation;
 use medfed_protocol::secagg::{PeerVerifier, RoundParams};
 use serde::Deserialize;
+
+use crate::modules::ApprovedModules;
 
 /// The hospital's policy, as configured (`[policy]` in `node.toml`).
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +54,9 @@ pub struct NodePolicy {
     pub max_retries_per_task: u32,
     /// Whether the hospital releases its own site figure of the final evaluation.
     pub release_site_figures: SiteFigures,
+    /// The TorchScript modules the hospital approved, by file and SHA-256; a task naming any
+    /// other module is refused.
+    pub approved_modules: ApprovedModules,
 }
 
 /// Whether, and how, a hospital releases its own site figure of the final evaluation
@@ -91,6 +101,7 @@ impl Default for NodePolicy {
             max_attempts_per_round: 3,
             max_retries_per_task: 10,
             release_site_figures: SiteFigures::No,
+            approved_modules: ApprovedModules::default(),
         }
     }
 }
@@ -153,6 +164,8 @@ pub(crate) struct RawPolicy {
     max_retries_per_task: Option<u32>,
     #[serde(default)]
     release_site_figures: SiteFigures,
+    #[serde(default)]
+    approved_modules: Vec<PathBuf>,
 }
 
 impl RawPolicy {
@@ -201,6 +214,10 @@ impl RawPolicy {
                 .max_retries_per_task
                 .unwrap_or(defaults.max_retries_per_task),
             release_site_figures: self.release_site_figures,
+            approved_modules: ApprovedModules::load(
+                self.approved_modules.into_iter().map(&resolve).collect(),
+            )
+            .map_err(|e| format!("policy.approved_modules: {e}"))?,
         })
     }
 }

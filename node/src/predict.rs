@@ -51,7 +51,12 @@ pub fn score(
         Vec::new()
     } else {
         match trainer.predict(&model.spec, &model.params, &examples) {
-            Err(TrainError::Unavailable) if matches!(model.spec.kind, ModelKind::Layers(_)) => {
+            Err(TrainError::Unavailable)
+                if matches!(
+                    model.spec.kind,
+                    ModelKind::Layers(_) | ModelKind::TorchScript(_)
+                ) =>
+            {
                 return Err(PredictError::NeedsLibtorch);
             }
             Err(TrainError::Unavailable) => {
@@ -190,7 +195,7 @@ pub enum PredictError {
     },
     /// A declared architecture, in a build without libtorch, which alone scores one.
     #[error(
-        "the model is a declared architecture, which only libtorch scores: use a medfed-node built with the `torch` feature (the default)"
+        "the model is a declared architecture or a TorchScript module, which only libtorch scores: use a medfed-node built with the `torch` feature (the default)"
     )]
     NeedsLibtorch,
     /// The rows could not be imputed and standardised.

@@ -37,4 +37,5 @@ pub mod secagg;
 pub mod stats;
 pub mod stats_release;
 pub mod task;
+pub mod torchscript;
 pub mod transfer;

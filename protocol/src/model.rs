@@ -6,6 +6,7 @@
 //! index), so a checkpoint loads into the equivalent PyTorch module unchanged.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -13,6 +14,9 @@ use ring::digest;
 use serde::{Deserialize, Serialize};
 
 use crate::architecture::{Architecture, ArchitectureError, CheckedArchitecture, LayerSpec, Shape};
+use crate::torchscript::{
+    TorchScriptError, TorchScriptModule, module_digest, read_initial_parameters,
+};
 
 /// Most parameters a model may have: 2^28, 1 GiB as `f32`. Far above any model the consortium
 /// trains, and low enough that an architecture received from a peer can neither overflow the
@@ -37,6 +41,10 @@ pub enum ModelKind {
     /// normalisation, embeddings, residual blocks and the rest, over the input shape it
     /// declares, whose size is the spec's `input_dim`.
     Layers(Box<CheckedArchitecture>),
+    /// The consortium's own TorchScript module, named by the SHA-256 of its file, with its
+    /// parameters' names and shapes (see [`crate::torchscript`]). Its input is the spec's
+    /// `input_dim` features per row.
+    TorchScript(Box<TorchScriptModule>),
 }
 
 /// An architecture as written in a configuration file: `{ kind = "mlp", hidden = [32, 16] }`,
@@ -70,20 +78,47 @@ pub enum ModelConfig {
         /// The layers, input side first.
         layers: Vec<LayerSpec>,
     },
+    /// The consortium's own TorchScript module: the module file (`torch.jit.save` output),
+    /// whose SHA-256 the manifest carries, and the safetensors file of its parameters (names,
+    /// shapes, initial values) written beside it. Read by the coordinator
+    /// ([`ModelSpec::torchscript`]), which never runs the module.
+    #[serde(rename = "torchscript")]
+    TorchScript {
+        /// The module file.
+        module: PathBuf,
+        /// Its parameters, as safetensors.
+        parameters: PathBuf,
+    },
+}
+
+impl ModelConfig {
+    /// The configuration with its file paths passed through `resolve` (a configuration file's
+    /// relative paths are relative to the file).
+    pub fn resolve_paths(self, resolve: impl Fn(PathBuf) -> PathBuf) -> Self {
+        match self {
+            Self::TorchScript { module, parameters } => Self::TorchScript {
+                module: resolve(module),
+                parameters: resolve(parameters),
+            },
+            other => other,
+        }
+    }
 }
 
 impl TryFrom<ModelConfig> for ModelKind {
-    type Error = ArchitectureError;
+    type Error = ModelError;
 
     /// The architecture a configuration declares; a declared one only once
-    /// [`Architecture::check`] accepts it.
-    fn try_from(config: ModelConfig) -> Result<Self, ArchitectureError> {
+    /// [`Architecture::check`] accepts it. A TorchScript module is named by its files, which
+    /// [`ModelSpec::torchscript`] reads: [`ModelError::TorchScriptFiles`] here.
+    fn try_from(config: ModelConfig) -> Result<Self, ModelError> {
         Ok(match config {
             ModelConfig::LogisticRegression => Self::LogisticRegression,
             ModelConfig::Mlp { hidden } => Self::Mlp { hidden },
             ModelConfig::Layers { input, layers } => {
                 Self::Layers(Box::new(Architecture { input, layers }.check()?))
             }
+            ModelConfig::TorchScript { .. } => return Err(ModelError::TorchScriptFiles),
         })
     }
 }
@@ -191,13 +226,33 @@ impl ModelSpec {
         Ok(spec)
     }
 
+    /// The spec of a TorchScript module over `input_dim` features, from the bytes of its
+    /// module file (hashed, never run) and of its parameters' safetensors file, with the
+    /// initial parameter vector that file holds.
+    pub fn torchscript(
+        module: &[u8],
+        parameters: &[u8],
+        input_dim: usize,
+    ) -> Result<(Self, Vec<f32>), ModelError> {
+        let (tensors, initial) = read_initial_parameters(parameters)?;
+        let spec = Self {
+            kind: ModelKind::TorchScript(Box::new(TorchScriptModule {
+                sha256: module_digest(module),
+                tensors,
+            })),
+            input_dim,
+        };
+        spec.validate()?;
+        Ok((spec, initial))
+    }
+
     /// Widths of the linear layers' outputs, input side first; the last is always 1 (one
     /// logit). Empty for a declared architecture, which is not a stack of linear layers.
     fn widths(&self) -> Vec<usize> {
         let mut widths = match &self.kind {
             ModelKind::LogisticRegression => Vec::new(),
             ModelKind::Mlp { hidden } => hidden.clone(),
-            ModelKind::Layers(_) => return Vec::new(),
+            ModelKind::Layers(_) | ModelKind::TorchScript(_) => return Vec::new(),
         };
         widths.push(1);
         widths
@@ -207,6 +262,16 @@ impl ModelSpec {
     /// parameters; for a declared architecture (checked when it was built or decoded), that
     /// its input shape holds `input_dim` values.
     pub fn validate(&self) -> Result<(), ModelError> {
+        if let ModelKind::TorchScript(module) = &self.kind {
+            module.validate()?;
+            return if self.input_dim == 0 || self.input_dim > MAX_PARAMS {
+                Err(ModelError::ZeroWidth {
+                    what: "input".into(),
+                })
+            } else {
+                Ok(())
+            };
+        }
         if let ModelKind::Layers(architecture) = &self.kind {
             // An embedding reads category indices, and no schema column encodes one yet (a
             // categorical is one-hot). A task whose features are standardised numbers would
@@ -251,11 +316,20 @@ impl ModelSpec {
 
     /// The parameter layout of this architecture.
     pub fn layout(&self) -> ParamLayout {
-        if let ModelKind::Layers(architecture) = &self.kind {
-            return ParamLayout {
-                tensors: architecture.tensors().cloned().collect(),
-                layers: Vec::new(),
-            };
+        match &self.kind {
+            ModelKind::Layers(architecture) => {
+                return ParamLayout {
+                    tensors: architecture.tensors().cloned().collect(),
+                    layers: Vec::new(),
+                };
+            }
+            ModelKind::TorchScript(module) => {
+                return ParamLayout {
+                    tensors: module.tensors.clone(),
+                    layers: Vec::new(),
+                };
+            }
+            ModelKind::LogisticRegression | ModelKind::Mlp { .. } => {}
         }
         let widths = self.widths();
         let mut tensors = Vec::new();
@@ -284,9 +358,15 @@ impl ModelSpec {
 
     /// Initial parameters, as PyTorch's `nn.Linear` draws them (uniform in ±1/√fan_in for weights
     /// and biases), from a ChaCha20 stream seeded with `seed`: every party derives the same model.
+    ///
+    /// Empty for a TorchScript module, whose initial values come with it (its safetensors
+    /// file, [`Self::torchscript`]); a model built from an empty vector is refused for its
+    /// length.
     pub fn initial_parameters(&self, seed: u64) -> Vec<f32> {
-        if let ModelKind::Layers(architecture) = &self.kind {
-            return architecture.initial_parameters(seed);
+        match &self.kind {
+            ModelKind::Layers(architecture) => return architecture.initial_parameters(seed),
+            ModelKind::TorchScript(_) => return Vec::new(),
+            ModelKind::LogisticRegression | ModelKind::Mlp { .. } => {}
         }
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let layout = self.layout();
@@ -314,13 +394,21 @@ impl ModelHash {
     pub fn of(spec: &ModelSpec, params: &[f32]) -> Option<Self> {
         let layout = spec.layout();
         let mut ctx = digest::Context::new(&digest::SHA256);
-        if let ModelKind::Layers(architecture) = &spec.kind {
-            let text = serde_json::to_vec(architecture.architecture()).ok()?;
-            ctx.update(b"medfed-model-layers-v1\n");
-            ctx.update(&(text.len() as u64).to_le_bytes());
-            ctx.update(&text);
-        } else {
-            ctx.update(b"medfed-model-v1\n");
+        match &spec.kind {
+            ModelKind::Layers(architecture) => {
+                let text = serde_json::to_vec(architecture.architecture()).ok()?;
+                ctx.update(b"medfed-model-layers-v1\n");
+                ctx.update(&(text.len() as u64).to_le_bytes());
+                ctx.update(&text);
+            }
+            ModelKind::TorchScript(module) => {
+                // The module's code is its file's digest; its tensors follow as any model's.
+                ctx.update(b"medfed-model-torchscript-v1\n");
+                ctx.update(&module.sha256.0);
+            }
+            ModelKind::LogisticRegression | ModelKind::Mlp { .. } => {
+                ctx.update(b"medfed-model-v1\n");
+            }
         }
         for (tensor, values) in layout.split(params)? {
             ctx.update(tensor.name.as_bytes());
@@ -399,7 +487,10 @@ impl Model {
         let width = self.spec.input_dim;
         if width == 0
             || !features.len().is_multiple_of(width)
-            || matches!(self.spec.kind, ModelKind::Layers(_))
+            || matches!(
+                self.spec.kind,
+                ModelKind::Layers(_) | ModelKind::TorchScript(_)
+            )
         {
             return None;
         }
@@ -474,6 +565,13 @@ pub enum ModelError {
         /// The spec's input width (the schema's encoded features).
         input_dim: usize,
     },
+    /// A TorchScript module whose declared parameters are refused.
+    #[error("{0}")]
+    TorchScript(#[from] TorchScriptError),
+    /// A TorchScript module configured by its files where only a declared architecture can
+    /// be read ([`ModelSpec::torchscript`] reads the files).
+    #[error("a TorchScript model is read from its module and parameter files")]
+    TorchScriptFiles,
     /// A parameter is NaN or infinite.
     #[error("model parameter {index} is not finite")]
     NonFinite {

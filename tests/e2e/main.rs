@@ -21,4 +21,5 @@ mod privacy;
 mod real_data;
 mod secure_aggregation;
 mod state_folder;
+mod torchscript;
 mod training;

@@ -271,6 +271,15 @@ schema = {schema}
         policy.max_attempts_per_round,
         policy.max_retries_per_task,
     ));
+    let modules: Vec<String> = policy
+        .approved_modules
+        .modules()
+        .iter()
+        .map(|m| path(&m.path))
+        .collect();
+    if !modules.is_empty() {
+        text.push_str(&format!("approved_modules = [{}]\n", modules.join(", ")));
+    }
     text
 }
 

@@ -544,6 +544,7 @@ pub fn architecture(spec: &ModelSpec) -> String {
         ModelKind::LogisticRegression => &[],
         ModelKind::Mlp { hidden } => hidden,
         ModelKind::Layers(architecture) => return architecture.describe(),
+        ModelKind::TorchScript(module) => return module.describe(),
     };
     let mut layers = Vec::new();
     let mut width = spec.input_dim;

@@ -19,7 +19,9 @@ use medfed_protocol::manifest::{
     DistributedDpPlan, FINAL_EVALUATION_ONLY, FractionalBitsRule, SecureAggregationPlan,
     ThresholdRule, TrainingRule,
 };
-use medfed_protocol::model::{ModelConfig, ModelKind};
+use medfed_protocol::model::ModelConfig;
+
+use crate::task_model::check_model_config;
 use medfed_protocol::secagg::fixed_point::FixedPoint;
 use medfed_protocol::task::TrainingPlan;
 use serde::Deserialize;
@@ -459,7 +461,10 @@ impl CoordinatorConfig {
                 crl: raw.tls.crl.map(resolve),
                 allow_expired_crl: raw.tls.allow_expired_crl,
             },
-            task: raw.task,
+            task: TaskConfig {
+                model: raw.task.model.resolve_paths(resolve),
+                ..raw.task
+            },
             strategy: raw.strategy.unwrap_or_default(),
             secure_aggregation: raw.secure_aggregation,
             fairness: raw.fairness,
@@ -523,7 +528,7 @@ impl CoordinatorConfig {
         if task.round_attempts == 0 {
             return invalid("task.round_attempts must be at least 1");
         }
-        if let Err(e) = ModelKind::try_from(task.model.clone()) {
+        if let Err(e) = check_model_config(&task.model) {
             return invalid(&format!("task.model: {e}"));
         }
         if let Some(dashboard) = &self.dashboard

@@ -253,3 +253,48 @@ fn a_dashboard_off_loopback_needs_tls_and_a_token() {
             .is_err()
     );
 }
+
+#[test]
+fn a_torchscript_model_is_read_from_its_files_relative_to_the_configuration() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let config_for = |parameters: &str| {
+        EXAMPLE.replace(
+            "model = { kind = \"mlp\", hidden = [16, 8] }",
+            &format!(
+                "model = {{ kind = \"torchscript\", module = \"torchscript/risk_model.pt\", parameters = \"{parameters}\" }}"
+            ),
+        )
+    };
+    let config =
+        CoordinatorConfig::parse(&config_for("torchscript/risk_model.safetensors"), &fixtures)
+            .unwrap();
+    assert_eq!(
+        config.task.model,
+        ModelConfig::TorchScript {
+            module: fixtures.join("torchscript/risk_model.pt"),
+            parameters: fixtures.join("torchscript/risk_model.safetensors"),
+        }
+    );
+    let model = crate::task_model::task_model(&config.task.model, 6, 0).unwrap();
+    // The committed gated model: a, g (8 × 6 and 8 each) and out (1 × 8 and 1).
+    assert_eq!(model.spec.layout().len(), 2 * (48 + 8) + 9);
+    assert_eq!(model.initial.len(), model.spec.layout().len());
+
+    // A missing parameters file, and a module file given as the parameters, are refused at
+    // load, naming the file.
+    for (parameters, says) in [
+        ("torchscript/absent.safetensors", "absent.safetensors"),
+        (
+            "torchscript/risk_model.pt",
+            "risk_model.pt: not a readable safetensors file",
+        ),
+    ] {
+        let error = CoordinatorConfig::parse(&config_for(parameters), &fixtures)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("task.model") && error.contains(says),
+            "{error}"
+        );
+    }
+}

@@ -81,6 +81,9 @@ pub enum CoordinatorError {
     /// The model does not fit its architecture.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The task's model cannot be built from its configuration or files.
+    #[error(transparent)]
+    TaskModel(#[from] crate::task_model::TaskModelError),
     /// The statistics could not be turned into a standardisation.
     #[error(transparent)]
     Stats(#[from] StatsError),

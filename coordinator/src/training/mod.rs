@@ -28,7 +28,7 @@ use medfed_protocol::distributed_dp::DdpParams;
 use medfed_protocol::evaluation::EvalMetrics;
 use medfed_protocol::manifest::TaskManifest;
 use medfed_protocol::messages::CLOSE_TASK_STOPPED;
-use medfed_protocol::model::{Model, ModelSpec};
+use medfed_protocol::model::Model;
 use medfed_protocol::report::NodePrivacy;
 use medfed_protocol::round::{Exclusions, LeftOut};
 use medfed_protocol::schema::Schema;
@@ -47,6 +47,7 @@ use crate::manifest::{ManifestBuildError, signed_manifest, write_manifest};
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::strategy::{ServerOptimizer, build_optimizer};
+use crate::task_model::{TaskModel, task_model};
 
 /// Key of the federated standardisation in the state store.
 const STANDARDIZATION_KEY: &str = "standardization";
@@ -170,7 +171,8 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         }
     })?;
     let store = Store::open(&config.data_dir.join("state.sqlite"))?;
-    let spec = ModelSpec::from_config(config.task.model.clone(), schema.num_features())?;
+    let TaskModel { spec, initial } =
+        task_model(&config.task.model, schema.num_features(), config.task.seed)?;
 
     let resumed = store.last_completed_round()?;
     let (round, model) = match &resumed {
@@ -191,7 +193,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Coor
         None => {
             // Its checkpoint is written once the statistics round has given the
             // standardisation that the file carries (`Trainer::checkpoint_initial_model`).
-            let initial = Model::new(spec.clone(), spec.initial_parameters(config.task.seed))?;
+            let initial = Model::new(spec.clone(), initial)?;
             (0, initial)
         }
     };
@@ -434,6 +436,7 @@ fn describe_model(kind: &medfed_protocol::model::ModelKind) -> String {
             architecture.layers().len(),
             architecture.architecture().input
         ),
+        ModelKind::TorchScript(module) => module.describe(),
     }
 }
 

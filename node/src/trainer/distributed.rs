@@ -18,15 +18,17 @@ use medfed_protocol::distributed_dp::DdpParams;
 use medfed_protocol::model::{ModelKind, ModelSpec};
 use rand::{CryptoRng, Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use tch::{Device, Kind, TchError, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::dp_sgd::{clip_per_example, per_example_gradients};
 use super::layers::{self, Masks, Network};
 use super::tch_trainer::{Mlp, to_tensors};
+use super::torchscript::TorchScriptModel;
 use super::{
     DistributedOutcome, DistributedRound, TrainError, check_inputs, check_pos_weight, noise,
 };
 use crate::examples::Examples;
+use crate::modules::ApprovedModules;
 
 /// Most examples whose full per-example gradients are held at once (`CHUNK × P` floats).
 const CHUNK: usize = 256;
@@ -36,8 +38,10 @@ const CHUNK: usize = 256;
 const PASS_VALUES: usize = 1 << 25;
 
 /// [`Trainer::distributed_sum`](super::Trainer::distributed_sum) on `device`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn distributed_sum(
     device: Device,
+    modules: &ApprovedModules,
     spec: &ModelSpec,
     params: &[f32],
     data: &Examples,
@@ -66,7 +70,7 @@ pub(super) fn distributed_sum(
     let (features, labels) = to_tensors(data, device)?;
     let clip = ddp.config().clip_norm;
     let batch = noise::poisson_sample(rng, data.len(), sample_rate);
-    let mut gradients = PerExample::new(spec, params, device, rng)?;
+    let mut gradients = PerExample::new(spec, params, device, modules, rng)?;
     let mut sum = ddp.node_sum();
     let mut non_finite_examples = 0u64;
     let mut example = vec![0.0f64; params.len()];
@@ -104,6 +108,8 @@ enum PerExample {
     /// caller's CSPRNG: the masks, like the sample, stay secret) and the rows one of its passes
     /// takes.
     Layers(Network, Box<ChaCha20Rng>, usize),
+    /// A TorchScript module: one pass per example.
+    TorchScript(Box<TorchScriptModel>),
 }
 
 impl PerExample {
@@ -111,9 +117,13 @@ impl PerExample {
         spec: &ModelSpec,
         params: &[f32],
         device: Device,
+        modules: &ApprovedModules,
         rng: &mut dyn CryptoRng,
     ) -> Result<Self, TrainError> {
         Ok(match &spec.kind {
+            ModelKind::TorchScript(module) => Self::TorchScript(Box::new(TorchScriptModel::load(
+                modules, module, params, device,
+            )?)),
             ModelKind::Layers(architecture) => Self::Layers(
                 Network::from_flat(architecture, params, Kind::Float, device, true)?,
                 Box::new(ChaCha20Rng::from_seed(rng.random())),
@@ -131,14 +141,16 @@ impl PerExample {
         let by_model = match self {
             Self::Mlp(_) => CHUNK,
             Self::Layers(_, _, rows) => *rows,
+            Self::TorchScript(_) => CHUNK,
         };
         CHUNK.min(by_gradients).min(by_model)
     }
 
     /// The `[B, P]` per-example gradients of the batch `(x, y)`.
-    fn of(&mut self, x: &Tensor, y: &Tensor, pos_weight: f64) -> Result<Tensor, TchError> {
+    fn of(&mut self, x: &Tensor, y: &Tensor, pos_weight: f64) -> Result<Tensor, TrainError> {
         match self {
-            Self::Mlp(model) => per_example_gradients(model, x, y, pos_weight),
+            Self::TorchScript(model) => model.per_example_gradients(x, y, pos_weight),
+            Self::Mlp(model) => Ok(per_example_gradients(model, x, y, pos_weight)?),
             Self::Layers(net, masks, _) => {
                 Ok(
                     layers::per_example_gradients(net, x, y, pos_weight, &mut Masks::Draw(masks))?
@@ -240,10 +252,16 @@ mod tests {
             let _no_grad = tch::no_grad_guard();
             let (x, y) = to_tensors(&data, Device::Cpu).unwrap();
             let mut unused = ChaCha20Rng::seed_from_u64(0);
-            let grads = PerExample::new(&spec, &params, Device::Cpu, &mut unused)
-                .unwrap()
-                .of(&x, &y, 1.0)
-                .unwrap();
+            let grads = PerExample::new(
+                &spec,
+                &params,
+                Device::Cpu,
+                &ApprovedModules::default(),
+                &mut unused,
+            )
+            .unwrap()
+            .of(&x, &y, 1.0)
+            .unwrap();
             // Clipping at the median norm binds for half the examples, so both paths are
             // exercised.
             let mut norms = Vec::<f64>::try_from(&grads.f_square().unwrap().sum_dim_intlist(

@@ -77,7 +77,15 @@ pub(super) fn train_private(
         dp,
         rng,
         progress,
-        &mut |x, y| clipped_gradient_sum(&model, x, y, dp.max_grad_norm, plan.pos_weight),
+        &mut |x, y| {
+            Ok(clipped_gradient_sum(
+                &model,
+                x,
+                y,
+                dp.max_grad_norm,
+                plan.pos_weight,
+            )?)
+        },
         &mut |grad, scale| sgd_step(&model, grad, scale),
     )?;
     Ok(PrivateTrainOutcome {
@@ -113,7 +121,7 @@ pub(crate) fn dp_sgd_loop(
     dp: &DpConfig,
     rng: &mut dyn CryptoRng,
     progress: &mut dyn FnMut(TrainProgress),
-    clipped_sum: &mut dyn FnMut(&Tensor, &Tensor) -> Result<ClippedSum, TchError>,
+    clipped_sum: &mut dyn FnMut(&Tensor, &Tensor) -> Result<ClippedSum, TrainError>,
     step: &mut dyn FnMut(&Tensor, f64) -> Result<(), TchError>,
 ) -> Result<DpRun, TrainError> {
     let rows = usize::try_from(features.size().first().copied().unwrap_or(0)).unwrap_or(0);

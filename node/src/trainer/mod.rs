@@ -39,6 +39,8 @@ mod layers;
 mod noise;
 #[cfg(feature = "torch")]
 mod tch_trainer;
+#[cfg(feature = "torch")]
+mod torchscript;
 mod unavailable;
 
 use medfed_protocol::distributed_dp::{DdpError, DdpParams};
@@ -48,6 +50,7 @@ use rand::CryptoRng;
 use serde::{Deserialize, Serialize};
 
 use crate::examples::Examples;
+use crate::modules::ApprovedModules;
 
 #[cfg(feature = "torch")]
 pub use tch_trainer::{TchTrainer, set_torch_threads};
@@ -56,6 +59,22 @@ pub use unavailable::NoTrainer;
 /// Runs a node's local computation on its own data. Behind a trait so protocol-level tests can
 /// run without libtorch.
 pub trait Trainer: Send {
+    /// Gives the trainer the TorchScript modules the hospital approved (`[policy]
+    /// approved_modules`), the only ones it may run. The default, for a trainer that runs no
+    /// module, ignores them.
+    fn approve_modules(&mut self, modules: ApprovedModules) {
+        let _ = modules;
+    }
+
+    /// Checks, before the hospital approves a task, that this trainer can run `spec`, on no
+    /// patient data: for a TorchScript module, that it is one the hospital approved, that it
+    /// loads, has exactly the declared parameters and gives one logit per row. The default
+    /// (a trainer that computes nothing, or a built-in architecture) accepts.
+    fn check_model(&mut self, spec: &ModelSpec) -> Result<(), TrainError> {
+        let _ = spec;
+        Ok(())
+    }
+
     /// Trains from `initial` for `plan.local_epochs` epochs of mini-batch SGD on BCE-with-logits
     /// loss; returns the new flat params.
     ///
@@ -324,6 +343,24 @@ pub enum TrainError {
         column: usize,
         /// The embedding's number of categories.
         categories: usize,
+    },
+    /// The task's TorchScript module cannot be had: not approved, unreadable or changed.
+    #[error("TorchScript module: {0}")]
+    Module(String),
+    /// The TorchScript module's parameters are not the ones the task declares.
+    #[error("the TorchScript module does not match the task: {0}")]
+    ModuleMismatch(String),
+    /// The TorchScript module returned something other than one `float32` logit per row.
+    #[error(
+        "the TorchScript module returned a {kind} tensor of shape {shape:?} for {rows} rows; it must return one float32 logit per row"
+    )]
+    ModuleOutput {
+        /// The output's shape.
+        shape: Vec<i64>,
+        /// Its element type.
+        kind: String,
+        /// Rows in.
+        rows: i64,
     },
     /// The training plan cannot be followed.
     #[error("invalid training plan: {0}")]

@@ -16,9 +16,10 @@ use super::{
     TrainOutcome, TrainProgress, Trainer, check_inputs, check_plan, distributed, dp_sgd,
 };
 use crate::examples::Examples;
+use crate::modules::ApprovedModules;
 
 /// Rows scored per forward pass in [`Trainer::predict`].
-const PREDICT_BATCH: usize = 8192;
+pub(super) const PREDICT_BATCH: usize = 8192;
 
 /// A [`Trainer`] that computes with libtorch, on the CPU or a CUDA device.
 ///
@@ -29,6 +30,8 @@ const PREDICT_BATCH: usize = 8192;
 pub struct TchTrainer {
     /// Where tensors live and computation happens.
     device: Device,
+    /// The TorchScript modules the hospital approved, which alone it runs.
+    modules: ApprovedModules,
 }
 
 impl TchTrainer {
@@ -40,7 +43,15 @@ impl TchTrainer {
             ComputeDevice::Cuda => return Err(TrainError::CudaUnavailable),
             ComputeDevice::Auto => Device::cuda_if_available(),
         };
-        Ok(Self { device })
+        Ok(Self {
+            device,
+            modules: ApprovedModules::default(),
+        })
+    }
+
+    /// The TorchScript modules this trainer may run.
+    pub fn modules(&self) -> &ApprovedModules {
+        &self.modules
     }
 
     /// The device this trainer computes on.
@@ -58,6 +69,17 @@ pub fn set_torch_threads(threads: NonZeroUsize) {
 }
 
 impl Trainer for TchTrainer {
+    fn approve_modules(&mut self, modules: ApprovedModules) {
+        self.modules = modules;
+    }
+
+    fn check_model(&mut self, spec: &ModelSpec) -> Result<(), TrainError> {
+        match &spec.kind {
+            ModelKind::TorchScript(module) => self.check_module(spec, module),
+            _ => Ok(()),
+        }
+    }
+
     fn train(
         &mut self,
         spec: &ModelSpec,
@@ -66,11 +88,17 @@ impl Trainer for TchTrainer {
         plan: &TrainingPlan,
         progress: &mut dyn FnMut(TrainProgress),
     ) -> Result<TrainOutcome, TrainError> {
-        if let ModelKind::Layers(architecture) = &spec.kind {
-            // The spec's own rules (its input width, no embedding first); the layer trainer
-            // checks the parameters and the data against the architecture itself.
-            spec.validate()?;
-            return self.train_layers(architecture, initial, data, plan, progress);
+        match &spec.kind {
+            ModelKind::Layers(architecture) => {
+                // The spec's own rules (its input width, no embedding first); the layer
+                // trainer checks the parameters and the data against the architecture itself.
+                spec.validate()?;
+                return self.train_layers(architecture, initial, data, plan, progress);
+            }
+            ModelKind::TorchScript(module) => {
+                return self.train_module(spec, module, initial, data, plan, progress);
+            }
+            ModelKind::LogisticRegression | ModelKind::Mlp { .. } => {}
         }
         check_inputs(spec, initial, data)?;
         check_plan(plan)?;
@@ -117,17 +145,25 @@ impl Trainer for TchTrainer {
         noise_rng: &mut dyn CryptoRng,
         progress: &mut dyn FnMut(TrainProgress),
     ) -> Result<PrivateTrainOutcome, TrainError> {
-        if let ModelKind::Layers(architecture) = &spec.kind {
-            spec.validate()?;
-            return self.train_layers_private(
-                architecture,
-                initial,
-                data,
-                plan,
-                dp,
-                noise_rng,
-                progress,
-            );
+        match &spec.kind {
+            ModelKind::Layers(architecture) => {
+                spec.validate()?;
+                return self.train_layers_private(
+                    architecture,
+                    initial,
+                    data,
+                    plan,
+                    dp,
+                    noise_rng,
+                    progress,
+                );
+            }
+            ModelKind::TorchScript(module) => {
+                return self.train_module_private(
+                    spec, module, initial, data, plan, dp, noise_rng, progress,
+                );
+            }
+            ModelKind::LogisticRegression | ModelKind::Mlp { .. } => {}
         }
         dp_sgd::train_private(
             self.device,
@@ -150,7 +186,16 @@ impl Trainer for TchTrainer {
         ddp: &DdpParams,
         rng: &mut dyn CryptoRng,
     ) -> Result<DistributedOutcome, TrainError> {
-        distributed::distributed_sum(self.device, spec, params, data, round, ddp, rng)
+        distributed::distributed_sum(
+            self.device,
+            &self.modules,
+            spec,
+            params,
+            data,
+            round,
+            ddp,
+            rng,
+        )
     }
 
     fn predict(
@@ -159,9 +204,15 @@ impl Trainer for TchTrainer {
         params: &[f32],
         data: &Examples,
     ) -> Result<Vec<f32>, TrainError> {
-        if let ModelKind::Layers(architecture) = &spec.kind {
-            spec.validate()?;
-            return self.predict_layers(architecture, params, data);
+        match &spec.kind {
+            ModelKind::Layers(architecture) => {
+                spec.validate()?;
+                return self.predict_layers(architecture, params, data);
+            }
+            ModelKind::TorchScript(module) => {
+                return self.predict_module(spec, module, params, data);
+            }
+            ModelKind::LogisticRegression | ModelKind::Mlp { .. } => {}
         }
         check_inputs(spec, params, data)?;
         let _no_grad = tch::no_grad_guard();

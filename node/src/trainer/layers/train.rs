@@ -104,14 +104,14 @@ impl TchTrainer {
             &mut |x, y| {
                 // In passes sized by the model alone, so that no batch the sampling draws makes
                 // memory, and so success, depend on its size.
-                clipped_sum_in_passes(
+                Ok(clipped_sum_in_passes(
                     &net,
                     (x, y),
                     rows_per_pass(arch),
                     dp.max_grad_norm,
                     plan.pos_weight,
                     &mut Masks::Draw(&mut dropout_rng),
-                )
+                )?)
             },
             &mut |grad, scale| net.step(grad, scale),
         )?;
