@@ -8,7 +8,10 @@ values in `named_parameters()` order; the coordinator never runs the module).
 writes, for the tests' six encoded features:
 - risk_model.pt / risk_model.safetensors: a gated risk model, logit = out(tanh(a(x)) * sigmoid(g(x)));
 - risk_model_v2.pt: the same parameters with another forward pass (a module a hospital did not
-  approve: its SHA-256 differs, so a node refuses it whatever its parameters).
+  approve: its SHA-256 differs, so a node refuses it whatever its parameters);
+- fails_on_large_values.pt: v1's function, raising on any row with a value above 3 (the node's
+  tests: a module failing on some patients only changes neither whether a DP release happens
+  nor whether an evaluation completes).
 
 Needs torch (the PyPI wheel `scripts/setup` downloads). medfed itself never runs Python.
 """
@@ -40,6 +43,17 @@ class GatedRiskV2(GatedRisk):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.a(x)) * torch.sigmoid(self.g(x))
+        return self.out(h).squeeze(-1)
+
+
+class FailsOnLargeValues(GatedRisk):
+    """v1's function, except that it raises on any row holding a value above 3: a module
+    whose code fails on some patients only (the node must neither fail nor decline for it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x > 3.0).any()):
+            raise ValueError("a value above 3")
+        h = torch.tanh(self.a(x)) * torch.sigmoid(self.g(x))
         return self.out(h).squeeze(-1)
 
 
@@ -77,11 +91,14 @@ def main() -> None:
     other = GatedRiskV2(features=6, hidden=8)
     other.load_state_dict(model.state_dict())
     torch.jit.script(other).save(os.path.join(out, "risk_model_v2.pt"))
+    failing = FailsOnLargeValues(features=6, hidden=8)
+    failing.load_state_dict(model.state_dict())
+    torch.jit.script(failing).save(os.path.join(out, "fails_on_large_values.pt"))
     # A check that the saved module computes what the Python one does.
     x = torch.randn(5, 6)
     loaded = torch.jit.load(os.path.join(out, "risk_model.pt"))
     assert torch.allclose(loaded(x), model(x))
-    print(f"wrote {out}/risk_model.pt, risk_model.safetensors, risk_model_v2.pt")
+    print(f"wrote {out}/risk_model.pt, risk_model.safetensors, risk_model_v2.pt, fails_on_large_values.pt")
 
 
 if __name__ == "__main__":

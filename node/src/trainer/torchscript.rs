@@ -197,7 +197,28 @@ impl TorchScriptModel {
         Ok((loss, self.take_flat_grad()?))
     }
 
-    /// Every example's gradient of its own loss, `[B, P]`, one pass per example.
+    /// [`Self::example_gradient`], or `None` where the module's pass fails on this example
+    /// (its gradients cleared): a module's code may fail on some patients' values, and whether
+    /// a DP release happens must never depend on them, so such an example counts as one whose
+    /// gradient is not finite.
+    fn example_gradient_or_none(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        i: i64,
+        pos_weight: Option<&Tensor>,
+    ) -> Result<Option<(f64, Tensor)>, TrainError> {
+        match self.example_gradient(x, y, i, pos_weight) {
+            Ok(example) => Ok(Some(example)),
+            Err(_) => {
+                self.take_flat_grad()?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Every example's gradient of its own loss, `[B, P]`, one pass per example; a row of NaN
+    /// for an example the module fails on (which distributed DP then counts as not finite).
     pub(crate) fn per_example_gradients(
         &self,
         x: &Tensor,
@@ -207,14 +228,21 @@ impl TorchScriptModel {
         let weight = self.pos_weight(pos_weight)?;
         let rows = x.size().first().copied().unwrap_or(0);
         let mut out = Vec::with_capacity(usize::try_from(rows).unwrap_or(0));
+        let total: i64 = self.sizes.iter().sum();
         for i in 0..rows {
-            out.push(self.example_gradient(x, y, i, weight.as_ref())?.1);
+            out.push(
+                match self.example_gradient_or_none(x, y, i, weight.as_ref())? {
+                    Some((_, grad)) => grad,
+                    None => Tensor::f_full([total], f64::NAN, (Kind::Float, self.device))?,
+                },
+            );
         }
         Ok(Tensor::f_stack(&out, 0)?)
     }
 
     /// The sum of the batch's per-example gradients, each clipped to L2 norm `max_norm`; an
-    /// example whose loss or gradient is not finite contributes zero and is counted as skipped
+    /// example whose loss or gradient is not finite, or on which the module fails, contributes
+    /// zero and is counted as skipped
     /// (as in `dp_sgd::clipped_gradient_sum`).
     pub(crate) fn clipped_sum(
         &self,
@@ -229,7 +257,11 @@ impl TorchScriptModel {
         let mut sum = Tensor::f_zeros([total], (Kind::Float, self.device))?;
         let (mut loss_sum, mut skipped) = (0.0, 0u64);
         for i in 0..rows {
-            let (loss, grad) = self.example_gradient(x, y, i, weight.as_ref())?;
+            let Some((loss, grad)) = self.example_gradient_or_none(x, y, i, weight.as_ref())?
+            else {
+                skipped += 1;
+                continue;
+            };
             let norm = grad.f_norm()?.f_double_value(&[])?;
             if !(loss.is_finite() && norm.is_finite()) {
                 skipped += 1;
@@ -388,18 +420,34 @@ impl TchTrainer {
         let mut model = TorchScriptModel::load(self.modules(), module, params, self.device())?;
         model.set_training(false)?;
         let width = data.num_features;
+        let scores = |x: &Tensor| -> Result<Vec<f32>, TrainError> {
+            let p = model
+                .forward(x)?
+                .f_sigmoid()?
+                .f_view([-1])?
+                .f_to_device(Device::Cpu)?;
+            Ok(Vec::<f32>::try_from(&p)?)
+        };
         let mut out = Vec::with_capacity(data.len());
         for chunk in data.features.chunks(PREDICT_BATCH * width) {
             let rows = chunk.len() / width;
             let x = Tensor::f_from_slice(chunk)?
                 .f_view([rows as i64, width as i64])?
                 .f_to_device(self.device())?;
-            let p = model
-                .forward(&x)?
-                .f_sigmoid()?
-                .f_view([-1])?
-                .f_to_device(Device::Cpu)?;
-            out.extend(Vec::<f32>::try_from(&p)?);
+            match scores(&x) {
+                Ok(chunk) => out.extend(chunk),
+                // The module's code failed on some row: each row alone, and an undefined score
+                // (NaN, as for a row whose output is not finite) where it fails, so that
+                // whether the evaluation completes never depends on the patients' values.
+                Err(_) => {
+                    for row in 0..rows as i64 {
+                        let score = scores(&x.f_narrow(0, row, 1)?)
+                            .ok()
+                            .and_then(|s| s.first().copied());
+                        out.push(score.unwrap_or(f32::NAN));
+                    }
+                }
+            }
         }
         Ok(out)
     }
@@ -611,6 +659,79 @@ mod tests {
         assert!(after > 0.85, "{before} → {after}");
     }
 
+    /// A module whose code raises on some patients' values (any feature above 3): DP-SGD,
+    /// distributed DP's gradients and scoring all complete, the failing example counting as
+    /// one whose gradient is not finite and its score undefined, so that neither a release nor
+    /// an evaluation depends on whether such a patient is in the data.
+    #[test]
+    fn a_module_that_fails_on_some_patients_fails_no_release() {
+        let path = std::path::Path::new(FIXTURES).join("fails_on_large_values.pt");
+        let (spec, initial, _) = risk_model();
+        let mut module = declared(&spec).clone();
+        module.sha256 = module_digest(&std::fs::read(&path).unwrap());
+        let spec = ModelSpec {
+            kind: ModelKind::TorchScript(Box::new(module.clone())),
+            input_dim: 6,
+        };
+        let mut trainer = TchTrainer::new(ComputeDevice::Cpu).unwrap();
+        trainer.approve_modules(ApprovedModules::load(vec![path]).unwrap());
+        assert_eq!(trainer.check_model(&spec), Ok(()));
+        let mut data = examples(40, 7);
+        data.features[3 * 6 + 2] = 5.0;
+        let scores = trainer.predict(&spec, &initial, &data).unwrap();
+        assert_eq!(scores.len(), 40);
+        assert!(scores[3].is_nan());
+        assert!(
+            scores
+                .iter()
+                .enumerate()
+                .all(|(i, s)| i == 3 || s.is_finite())
+        );
+
+        let model =
+            TorchScriptModel::load(trainer.modules(), &module, &initial, Device::Cpu).unwrap();
+        let (x, y) = to_tensors(&data, Device::Cpu).unwrap();
+        let sum = model.clipped_sum(&x, &y, 1.0, 1.0).unwrap();
+        assert_eq!(sum.skipped, 1);
+        // The others' clipped sum is what it is without the failing patient.
+        let without: Vec<i64> = (0..40).filter(|&i| i != 3).collect();
+        let index = Tensor::from_slice(&without);
+        let clean = model
+            .clipped_sum(
+                &x.index_select(0, &index),
+                &y.index_select(0, &index),
+                1.0,
+                1.0,
+            )
+            .unwrap();
+        assert_eq!(clean.skipped, 0);
+        let diff = f64::try_from((&sum.sum - &clean.sum).abs().max()).unwrap();
+        assert!(diff < 1e-6, "{diff}");
+        let grads = model.per_example_gradients(&x, &y, 1.0).unwrap();
+        let finite = grads.isfinite().all_dim(1, false);
+        let finite = Vec::<bool>::try_from(&finite).unwrap();
+        assert!(finite.iter().enumerate().all(|(i, f)| *f == (i != 3)));
+
+        let dp = DpConfig {
+            noise_multiplier: 1.0,
+            max_grad_norm: 1.0,
+            sample_rate: 1.0,
+        };
+        let mut rng = ChaCha20Rng::seed_from_u64(8);
+        let outcome = trainer
+            .train_private(
+                &spec,
+                &initial,
+                &data,
+                &plan(1, 0.1),
+                &dp,
+                &mut rng,
+                &mut |_| {},
+            )
+            .unwrap();
+        assert_eq!(outcome.non_finite_examples, 1);
+    }
+
     #[test]
     fn a_module_that_is_not_the_declared_one_is_refused() {
         let (spec, initial, mut trainer) = risk_model();
@@ -666,7 +787,9 @@ mod tests {
             matches!(&refused, TrainError::ModuleMismatch(m) if m.contains("a.weight")),
             "{refused}"
         );
-        // The wrong input width reaches the module, which fails; an error, not a panic.
+        // A task of another input width: the module fails on any row, which the check before
+        // approval finds on rows of zeros; scoring, were it asked, leaves every row undefined
+        // rather than fail (and panics on nothing).
         let wide = ModelSpec {
             input_dim: 5,
             ..spec.clone()
@@ -676,6 +799,8 @@ mod tests {
             features: vec![0.0; 10],
             labels: vec![0.0, 1.0],
         };
-        assert!(trainer.predict(&wide, &initial, &five).is_err());
+        assert!(trainer.check_model(&wide).is_err());
+        let scores = trainer.predict(&wide, &initial, &five).unwrap();
+        assert!(scores.len() == 2 && scores.iter().all(|s| s.is_nan()));
     }
 }
