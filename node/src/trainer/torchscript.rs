@@ -211,7 +211,7 @@ impl TorchScriptModel {
         match self.example_gradient(x, y, i, pos_weight) {
             Ok(example) => Ok(Some(example)),
             Err(_) => {
-                self.take_flat_grad()?;
+                let _cleared = self.take_flat_grad()?;
                 Ok(None)
             }
         }
