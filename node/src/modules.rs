@@ -78,7 +78,8 @@ fn read_module(path: &Path) -> Result<Vec<u8>, ModuleError> {
             path: path.to_owned(),
         });
     }
-    let file = std::fs::File::open(path).map_err(io)?;
+    // Without blocking, should the file become a FIFO after the check above.
+    let file = open_nonblocking(path).map_err(io)?;
     if !file.metadata().map_err(io)?.is_file() {
         return Err(ModuleError::NotAFile {
             path: path.to_owned(),
@@ -94,6 +95,20 @@ fn read_module(path: &Path) -> Result<Vec<u8>, ModuleError> {
         });
     }
     Ok(bytes)
+}
+
+#[cfg(unix)]
+fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
 }
 
 /// Why a module cannot be used.
@@ -173,5 +188,14 @@ mod tests {
             ApprovedModules::load(vec![dir.path().to_owned()]),
             Err(ModuleError::NotAFile { .. })
         ));
+        // A FIFO is refused, never opened for a read that would wait for a writer.
+        let fifo = dir.path().join("fifo.pt");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            assert!(matches!(
+                ApprovedModules::load(vec![fifo]),
+                Err(ModuleError::NotAFile { .. })
+            ));
+        }
     }
 }

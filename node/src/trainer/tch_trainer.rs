@@ -14,12 +14,13 @@ use tch::{Device, Reduction, TchError, Tensor};
 use super::{
     ComputeDevice, DistributedOutcome, DistributedRound, DpConfig, PrivateTrainOutcome, TrainError,
     TrainOutcome, TrainProgress, Trainer, check_inputs, check_plan, distributed, dp_sgd,
+    torchscript,
 };
 use crate::examples::Examples;
 use crate::modules::ApprovedModules;
 
 /// Rows scored per forward pass in [`Trainer::predict`].
-pub(super) const PREDICT_BATCH: usize = 8192;
+const PREDICT_BATCH: usize = 8192;
 
 /// A [`Trainer`] that computes with libtorch, on the CPU or a CUDA device.
 ///
@@ -186,16 +187,11 @@ impl Trainer for TchTrainer {
         ddp: &DdpParams,
         rng: &mut dyn CryptoRng,
     ) -> Result<DistributedOutcome, TrainError> {
-        distributed::distributed_sum(
-            self.device,
-            &self.modules,
-            spec,
-            params,
-            data,
-            round,
-            ddp,
-            rng,
-        )
+        let device = match spec.kind {
+            ModelKind::TorchScript(_) => torchscript::MODULE_DEVICE,
+            _ => self.device,
+        };
+        distributed::distributed_sum(device, &self.modules, spec, params, data, round, ddp, rng)
     }
 
     fn predict(

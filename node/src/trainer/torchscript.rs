@@ -22,13 +22,19 @@ use rand::CryptoRng;
 use tch::{CModule, Device, Kind, Reduction, TchError, Tensor};
 
 use super::dp_sgd::{ClippedSum, check_private_run, dp_sgd_loop};
-use super::tch_trainer::{PREDICT_BATCH, sgd_loop, to_tensors};
+use super::tch_trainer::{sgd_loop, to_tensors};
 use super::{
     DpConfig, PrivateTrainOutcome, TchTrainer, TrainError, TrainOutcome, TrainProgress,
     check_inputs, check_plan,
 };
 use crate::examples::Examples;
 use crate::modules::ApprovedModules;
+
+/// Where a module runs: the CPU, whatever the node's device. On CUDA, a module's failing index
+/// or probability check is a device-side assert that breaks the whole context and surfaces on
+/// a later call, outside the per-example handling that keeps failures from depending on the
+/// data.
+pub(crate) const MODULE_DEVICE: Device = Device::Cpu;
 
 /// A loaded module whose parameters hold a given flat vector.
 pub(crate) struct TorchScriptModel {
@@ -118,10 +124,12 @@ impl TorchScriptModel {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor, TrainError> {
         let rows = x.size().first().copied().unwrap_or(0);
         let out = self.module.forward_ts(&[x])?;
-        if out.numel() as i64 != rows || out.kind() != Kind::Float {
+        // `f_kind`, not `kind`, which panics on a type tch does not name.
+        let kind = out.f_kind();
+        if out.numel() as i64 != rows || !matches!(kind, Ok(Kind::Float)) {
             return Err(TrainError::ModuleOutput {
                 shape: out.size(),
-                kind: format!("{:?}", out.kind()),
+                kind: kind.map_or_else(|e| e.to_string(), |k| format!("{k:?}")),
                 rows,
             });
         }
@@ -321,7 +329,7 @@ impl TchTrainer {
         if data.is_empty() {
             return Err(TrainError::EmptyData);
         }
-        let device = self.device();
+        let device = MODULE_DEVICE;
         let mut model = TorchScriptModel::load(self.modules(), module, initial, device)?;
         model.set_training(true)?;
         let (features, labels) = to_tensors(data, device)?;
@@ -365,7 +373,7 @@ impl TchTrainer {
     ) -> Result<PrivateTrainOutcome, TrainError> {
         check_inputs(spec, initial, data)?;
         check_private_run(plan, dp, data)?;
-        let device = self.device();
+        let device = MODULE_DEVICE;
         let mut model = TorchScriptModel::load(self.modules(), module, initial, device)?;
         model.set_training(true)?;
         let (features, labels) = to_tensors(data, device)?;
@@ -389,7 +397,8 @@ impl TchTrainer {
     }
 
     /// [`Trainer::check_model`](super::Trainer::check_model) for a TorchScript module: loads
-    /// it with zero parameters and runs it on two rows of zeros, in both modes.
+    /// it with zero parameters, scores one row of zeros and trains on it (forward and backward
+    /// in training mode, as DP-SGD does each example).
     pub(super) fn check_module(
         &mut self,
         spec: &ModelSpec,
@@ -397,13 +406,13 @@ impl TchTrainer {
     ) -> Result<(), TrainError> {
         spec.validate()?;
         let zeros = vec![0.0; spec.layout().len()];
-        let mut model = TorchScriptModel::load(self.modules(), module, &zeros, self.device())?;
-        let _no_grad = tch::no_grad_guard();
-        let x = Tensor::f_zeros([2, spec.input_dim as i64], (Kind::Float, self.device()))?;
-        for training in [false, true] {
-            model.set_training(training)?;
-            let _logits = model.forward(&x)?;
-        }
+        let mut model = TorchScriptModel::load(self.modules(), module, &zeros, MODULE_DEVICE)?;
+        let x = Tensor::f_zeros([1, spec.input_dim as i64], (Kind::Float, MODULE_DEVICE))?;
+        let y = Tensor::f_zeros([1, 1], (Kind::Float, MODULE_DEVICE))?;
+        model.set_training(false)?;
+        let _scored = tch::no_grad(|| model.forward(&x))?;
+        model.set_training(true)?;
+        let _trained = model.example_gradient(&x, &y, 0, None)?;
         Ok(())
     }
 
@@ -417,37 +426,27 @@ impl TchTrainer {
     ) -> Result<Vec<f32>, TrainError> {
         check_inputs(spec, params, data)?;
         let _no_grad = tch::no_grad_guard();
-        let mut model = TorchScriptModel::load(self.modules(), module, params, self.device())?;
+        let mut model = TorchScriptModel::load(self.modules(), module, params, MODULE_DEVICE)?;
         model.set_training(false)?;
-        let width = data.num_features;
-        let scores = |x: &Tensor| -> Result<Vec<f32>, TrainError> {
+        let width = data.num_features.max(1);
+        let features = Tensor::f_from_slice(&data.features)?
+            .f_view([data.len() as i64, width as i64])?
+            .f_to_device(MODULE_DEVICE)?;
+        let score = |row: i64| -> Result<f32, TrainError> {
             let p = model
-                .forward(x)?
+                .forward(&features.f_narrow(0, row, 1)?)?
                 .f_sigmoid()?
-                .f_view([-1])?
-                .f_to_device(Device::Cpu)?;
-            Ok(Vec::<f32>::try_from(&p)?)
+                .f_double_value(&[0, 0])?;
+            Ok(p as f32)
         };
+        // One row per pass: a module's code may mix the rows of a batch (a mean over it, eval-
+        // mode batch statistics), which would let one patient move every other's score, and
+        // the evaluation's noise assumes one patient moves one row. A row the module fails on
+        // gets an undefined score (NaN, as for a row whose output is not finite), so that
+        // whether an evaluation completes never depends on the patients' values.
         let mut out = Vec::with_capacity(data.len());
-        for chunk in data.features.chunks(PREDICT_BATCH * width) {
-            let rows = chunk.len() / width;
-            let x = Tensor::f_from_slice(chunk)?
-                .f_view([rows as i64, width as i64])?
-                .f_to_device(self.device())?;
-            match scores(&x) {
-                Ok(chunk) => out.extend(chunk),
-                // The module's code failed on some row: each row alone, and an undefined score
-                // (NaN, as for a row whose output is not finite) where it fails, so that
-                // whether the evaluation completes never depends on the patients' values.
-                Err(_) => {
-                    for row in 0..rows as i64 {
-                        let score = scores(&x.f_narrow(0, row, 1)?)
-                            .ok()
-                            .and_then(|s| s.first().copied());
-                        out.push(score.unwrap_or(f32::NAN));
-                    }
-                }
-            }
+        for row in 0..data.len() as i64 {
+            out.push(score(row).unwrap_or(f32::NAN));
         }
         Ok(out)
     }
