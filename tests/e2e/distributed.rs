@@ -14,7 +14,7 @@ use medfed_node::ledger::{PrivacyLedger, Release, epsilon_of, local_epsilon_of};
 use medfed_protocol::accounting::{self, Accountant, Mechanism};
 
 /// A hospital in distributed mode: the central ε is capped at 50, the local one not.
-fn distributed_policy() -> PrivacyConfig {
+pub(crate) fn distributed_policy() -> PrivacyConfig {
     PrivacyConfig {
         target_epsilon: 50.0,
         delta: 1e-5,
@@ -32,7 +32,7 @@ fn distributed_policy() -> PrivacyConfig {
 }
 
 /// q = 0.2, z = 1, C = 1, threshold `t` of at most 3.
-fn plan(threshold: usize) -> DistributedDpConfig {
+pub(crate) fn plan(threshold: usize) -> DistributedDpConfig {
     DistributedDpConfig {
         sample_rate: 0.2,
         noise_multiplier: 1.0,

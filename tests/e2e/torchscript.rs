@@ -14,6 +14,7 @@ use medfed_e2e::{Consortium, dp_sgd_policy, subscribe};
 use medfed_node::NodeError;
 use medfed_node::config::NodeConfig;
 use medfed_node::egress::EgressLog;
+use medfed_node::ledger::{PrivacyLedger, Release};
 use medfed_node::manifest::ManifestRefusal;
 use medfed_node::modules::ApprovedModules;
 use medfed_protocol::evaluation::DecisionThreshold;
@@ -120,4 +121,41 @@ async fn a_node_refuses_a_module_whose_hash_is_not_the_one_it_approved() {
         .collect();
     assert_eq!(kinds, ["hello"]);
     coordinator.abort();
+}
+
+/// Distributed DP with the module: each hospital's noised integer sum of per-example gradients
+/// (one pass per example through the module) under secure aggregation, every round charged to
+/// each ledger, and the model moves and its pooled loss falls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_torchscript_module_trains_under_distributed_dp() {
+    subscribe();
+    let consortium = Consortium::new(&NODES, 200);
+    let rounds = 12;
+    let mut config = consortium.coordinator_config(rounds, 3);
+    config.task.model = torchscript_task("risk_model.pt");
+    config.task.distributed_dp = Some(crate::distributed::plan(3));
+    config.task.training.learning_rate = 0.5;
+    let (report, nodes) = consortium
+        .train_with(config, &NODES, |node| {
+            approve_v1(node);
+            node.privacy = Some(crate::distributed::distributed_policy());
+        })
+        .await;
+    assert_eq!(report.rounds.len() as u64, rounds);
+    assert!(report.rounds.iter().all(|r| r.participants.len() == 3));
+    let first = report.rounds[0]
+        .start_model_evaluation
+        .clone()
+        .expect("round 1 evaluates the initial model");
+    let last = report.final_evaluation.clone().expect("final evaluation");
+    assert!(last.loss < first.loss, "{first:?} then {last:?}");
+    for node in &nodes {
+        let ledger = PrivacyLedger::read(&node.state_dir).unwrap();
+        let charged: Vec<u64> = ledger
+            .iter()
+            .filter(|e| e.release == Release::DistributedTraining)
+            .map(|e| e.round)
+            .collect();
+        assert_eq!(charged, (1..=rounds).collect::<Vec<_>>());
+    }
 }
