@@ -29,6 +29,16 @@ pub fn task_manifest(
     let model = task_model(&task.model, schema.num_features(), task.seed)?.spec;
     let params = model.layout().len();
     let secure = &config.secure_aggregation;
+    // Quantised uploads must leave a round of every member (the most a round can have) at
+    // least one level bit.
+    if secure.enabled
+        && let Err(e) = config
+            .secure_aggregation
+            .plan()
+            .check_quantization(members.names().count())
+    {
+        return Err(ManifestError::Invalid(format!("secure_aggregation.{e}")).into());
+    }
     Ok(TaskManifest {
         format: MANIFEST_FORMAT.to_owned(),
         schema_digest: Digest32(schema.digest()),
@@ -52,6 +62,7 @@ pub fn task_manifest(
             fractional_bits: secure
                 .fractional_bits
                 .map_or(FractionalBitsRule::Fit, FractionalBitsRule::Fixed),
+            upload_bits: secure.upload_bits,
         }),
         releases: {
             let mut site_figures = config.task.site_figures.clone();

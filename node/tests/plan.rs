@@ -106,6 +106,7 @@ fn manifest(schema: &Schema, members: &MemberList) -> TaskManifest {
             threshold: ThresholdRule::TwoThirdsPlusOne,
             update_clip: 1024.0,
             fractional_bits: FractionalBitsRule::Fit,
+            upload_bits: None,
         }),
         distributed_dp: None,
     }
