@@ -229,6 +229,36 @@ max_nodes = 4
     }
 
     #[test]
+    fn quantised_uploads_go_into_the_manifest_and_a_member_list_without_a_level_bit_is_refused() {
+        let text = CONFIG
+            .replace("min_nodes = 3\n", "min_nodes = 2\n")
+            .split("[task.distributed_dp]")
+            .next()
+            .unwrap()
+            .to_owned()
+            + "[secure_aggregation]\nupload_bits = 2\n";
+        let config = CoordinatorConfig::parse(&text, Path::new("/site")).unwrap();
+        let schema = Schema::parse(SCHEMA).unwrap();
+        // 2-bit lanes: a round of the one member, or of two, has a level bit.
+        let m = task_manifest(&config, &schema, &members()).unwrap();
+        assert_eq!(m.secure_aggregation.unwrap().upload_bits, Some(2));
+        // Four members could meet in one round, which would have none.
+        let four = MemberList::parse(
+            &(1..=4)
+                .map(|i| format!("[[member]]\nname = \"h{i}\"\nkey_sha256 = \"{i:064x}\"\n"))
+                .collect::<String>(),
+        )
+        .unwrap();
+        let error = task_manifest(&config, &schema, &four)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("upload_bits = 2 leaves a round of 4 hospitals no level bit"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn the_site_figure_hospitals_go_into_the_manifest_sorted_and_once() {
         assert!(manifest("").unwrap().releases.site_figures.is_empty());
         let text = CONFIG.replace(
