@@ -691,7 +691,7 @@ def flower_bytes_per_param(root):
     """Flower's measured upload per node per round divided by the parameters, at 10^6 and 4
     nodes, without and with SecAgg+: from run/bench/results.json when it holds those runs, else
     the recorded figures (FLOWER_1E6); and where they come from."""
-    found, source = {}, f"the full `scripts/bench` run of {FLOWER_1E6['when']} (section 1)"
+    found, source = {}, f"the full `scripts/bench` run of {FLOWER_1E6['when']}, section 1 above"
     results = root / "results.json"
     if results.exists():
         for row in json.loads(results.read_text()):
@@ -713,9 +713,10 @@ def quantized_section(auc_rows, upload_rows, flower, flower_source, bits, clip, 
          f"`update_clip = {clip:g}` in both runs of a pair; quantised: `upload_bits = {bits}` "
          f"({32 // bits} values a word, {Quantized_levels(bits, 4)} levels for 4 hospitals). "
          "Upload: each node's egress log over the training rounds (every message it sent: keys, "
-         "shares, masked input, signature, unmasking shares), per node and round. Flower's upload "
-         f"is its measured bytes per parameter at 10^6 parameters ({flower_source}; Flower was not "
-         "rerun here) times the model's parameters: "
+         "shares, masked input with the round's evaluation and audit counts, signature, unmasking "
+         "shares), per node and round; Flower's carries no evaluation counts. Flower's upload is "
+         f"its measured bytes per parameter at 10^6 parameters, from {flower_source} (Flower was "
+         "not rerun for this section), times the model's parameters: "
          f"{flower['plain']:.2f} B/param without secure aggregation, {flower['secagg']:.2f} with "
          "its SecAgg+. Goal: at most ¼ of Flower's.",
          "",
@@ -1084,8 +1085,8 @@ def main():
                                                              source=source), indent=1))
         section = quantized_section(auc_rows, upload_rows, flower, source, bits, clip, auc_rounds)
         print("\n".join(section[2:-2]))
-        written = ["", f"Written by `{args.command} --quantized-only` on "
-                       f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+        written = [f"Written by `{args.command} --quantized-only` on "
+                   f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
         splice_section(Path(args.out), "quantized", section[:-1] + written + section[-1:])
         log(f"wrote {args.out}")
         return
