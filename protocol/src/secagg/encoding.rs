@@ -1,7 +1,7 @@
 //! How a node's figures become words of Z(2^32) for secure aggregation, and how the masked sum
 //! turns back into figures.
 //!
-//! Three encodings share one vector, block by block:
+//! These encodings share one vector, block by block:
 //! - the model update uses the clipped fixed point of [`FixedPoint`] (one word per value, with
 //!   the capacity check `n · B · 2^bits < 2^31`), or, when the task quantises uploads, the
 //!   packed encoding of [`Quantized`] (`32 / lane_bits` values a word, each lane with the
@@ -85,14 +85,6 @@ impl UpdateEncoding {
         match *self {
             Self::Fixed(fixed) => BlockEncoding::Clipped(fixed),
             Self::Quantized(quantized) => BlockEncoding::Packed(quantized),
-        }
-    }
-
-    /// The clip bound B of each value.
-    pub fn clip(&self) -> f64 {
-        match self {
-            Self::Fixed(fixed) => fixed.clip,
-            Self::Quantized(quantized) => quantized.clip,
         }
     }
 }
@@ -202,8 +194,9 @@ impl VectorEncoding {
 
     /// SHA-256 over a canonical encoding of the blocks (a domain label, the number of blocks,
     /// then each block's length, kind, and for a clipped block its clip bound's bits and its
-    /// fractional bits, for a packed one its clip bound's bits, level bits and lane bits). [`RoundParams::encoding_digest`](super::RoundParams::encoding_digest)
-    /// carries it, so that every participant encodes alike.
+    /// fractional bits, for a packed one its clip bound's bits, level bits and lane bits).
+    /// [`RoundParams::encoding_digest`](super::RoundParams::encoding_digest) carries it, so
+    /// that every participant encodes alike.
     pub fn digest(&self) -> [u8; 32] {
         let mut context = ring::digest::Context::new(&ring::digest::SHA256);
         context.update(b"medfed-secagg-encoding-v1");
@@ -261,14 +254,15 @@ impl VectorEncoding {
     /// each limb sum of a [`BlockEncoding::Wide`] or [`BlockEncoding::Count`] value at most
     /// `summed_inputs × (2^16 − 1)`, each clipped word at most `summed_inputs × ⌈B·2^bits⌉` in
     /// magnitude, each lane sum of a packed word at most `summed_inputs × L` (and its unused
-    /// lanes and bits 0). A word beyond it is refused ([`SecAggError::LimbOutOfRange`]) and the round
-    /// fails rather than publish a wrong figure.
+    /// lanes and bits 0). A word beyond it is refused ([`SecAggError::LimbOutOfRange`]) and the
+    /// round fails rather than publish a wrong figure.
     ///
     /// What this detects: a wrong `summed_inputs`, a sum garbled or unmasked wrongly, and an
     /// input with a word far out of its range (a limb of 2^31, say), which leaves the sum out of
     /// range whatever the others sent. What it cannot detect: an out-of-range word of a
     /// dishonest node that still lands in range once summed (a limb of 2^17 among small limbs,
-    /// or one that wraps round to a small value), nor false figures encoded in range. The
+    /// one that wraps round to a small value, or a packed lane above `L` that carries into the
+    /// next lane and leaves both in range), nor false figures encoded in range. The
     /// masked inputs prove nothing about what a node encoded; only zero-knowledge range proofs
     /// on each input, which this protocol does not have, would.
     pub fn decode_sum(&self, sum: &[u32], summed_inputs: usize) -> Result<Vec<f64>, SecAggError> {
