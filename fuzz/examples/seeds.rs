@@ -185,6 +185,7 @@ fn every_message() -> Vec<Message> {
                         threshold: ThresholdRule::TwoThirdsPlusOne,
                         update_clip: 1024.0,
                         fractional_bits: FractionalBitsRule::Fit,
+                        upload_bits: None,
                     }),
                     distributed_dp: None,
                 },

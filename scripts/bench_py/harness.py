@@ -752,6 +752,53 @@ def Quantized_levels(bits, nodes):
     return (1 << b) - 1
 
 
+def run_quantized(out, command):
+    """Quantised uploads against the fixed point (the AUC on the demo model) and against
+    Flower (the upload per node), medfed with secure aggregation on 4 nodes; splices the
+    page's section on them."""
+    root = REPO / "run" / "bench"
+    root.mkdir(parents=True, exist_ok=True)
+    bits = int(os.environ.get("BENCH_UPLOAD_BITS", "8"))
+    clip = float(os.environ.get("BENCH_UPDATE_CLIP", "64"))
+    auc_rounds = int(os.environ.get("BENCH_AUC_ROUNDS", "20"))
+    data_dir, names, width = prepare_data(4, root)
+
+    def cfg_for(model, rounds, upload, tag):
+        return dict(id=f"quant-{tag}-{model}-{'q' + str(upload) if upload else 'fixed'}", nodes=4,
+                    hidden=MODELS[model], secagg=True, rounds=rounds, epochs=2, lr=0.05, batch=32,
+                    shares=4, threshold=3, timeout=1800, model=model,
+                    params=param_count(width, MODELS[model]), update_clip=clip, upload_bits=upload)
+
+    auc_rows, upload_rows = [], []
+    for repeat in range(int(os.environ.get("BENCH_REPEATS", "3"))):
+        row = {}
+        for upload in (None, bits):
+            cfg = cfg_for("demo", auc_rounds, upload, f"auc{repeat}")
+            log(f"medfed {cfg['id']}")
+            figures = run_medfed(cfg, data_dir, names, root, 19300 + 10 * len(auc_rows))
+            log("  ", json.dumps({k: figures[k] for k in ("auc", "up_per_node_round", "wall_per_round")}))
+            row["quantized" if upload else "fixed"] = figures["auc"]
+        auc_rows.append(row)
+    for model in os.environ.get("BENCH_MODELS", "1e6,1e7").split(","):
+        row = dict(model=model, params=param_count(width, MODELS[model]))
+        for upload in (None, bits):
+            cfg = cfg_for(model, int(os.environ.get("BENCH_ROUNDS", "1")), upload, "up")
+            log(f"medfed {cfg['id']}")
+            figures = run_medfed(cfg, data_dir, names, root, 19500 + 10 * len(upload_rows))
+            log("  ", json.dumps({k: figures[k] for k in ("auc", "up_per_node_round", "wall_per_round")}))
+            row["quantized" if upload else "fixed"] = figures["up_per_node_round"]
+        upload_rows.append(row)
+    flower, source = flower_bytes_per_param(root)
+    (root / "quantized.json").write_text(json.dumps(dict(auc=auc_rows, upload=upload_rows, flower=flower,
+                                                         source=source), indent=1))
+    section = quantized_section(auc_rows, upload_rows, flower, source, bits, clip, auc_rounds)
+    print("\n".join(section[2:-2]))
+    written = [f"Written by `{command}` on "
+               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+    splice_section(out, "quantized", section[:-1] + written + section[-1:])
+    log(f"wrote {out}")
+
+
 def splice_section(page, tag, section):
     """Puts `section` (between `<!-- tag -->` markers) into the page text: in place of its
     earlier version, or before section 2."""
@@ -1048,47 +1095,7 @@ def main():
         log(f"wrote {args.out}")
         return
     if args.quantized_only:
-        root = REPO / "run" / "bench"
-        root.mkdir(parents=True, exist_ok=True)
-        bits = int(os.environ.get("BENCH_UPLOAD_BITS", "8"))
-        clip = float(os.environ.get("BENCH_UPDATE_CLIP", "64"))
-        auc_rounds = int(os.environ.get("BENCH_AUC_ROUNDS", "20"))
-        data_dir, names, width = prepare_data(4, root)
-
-        def cfg_for(model, rounds, upload, tag):
-            return dict(id=f"quant-{tag}-{model}-{'q' + str(upload) if upload else 'fixed'}", nodes=4,
-                        hidden=MODELS[model], secagg=True, rounds=rounds, epochs=2, lr=0.05, batch=32,
-                        shares=4, threshold=3, timeout=1800, model=model,
-                        params=param_count(width, MODELS[model]), update_clip=clip, upload_bits=upload)
-
-        auc_rows, upload_rows = [], []
-        for repeat in range(int(os.environ.get("BENCH_REPEATS", "3"))):
-            row = {}
-            for upload in (None, bits):
-                cfg = cfg_for("demo", auc_rounds, upload, f"auc{repeat}")
-                log(f"medfed {cfg['id']}")
-                figures = run_medfed(cfg, data_dir, names, root, 19300 + 10 * len(auc_rows))
-                log("  ", json.dumps({k: figures[k] for k in ("auc", "up_per_node_round", "wall_per_round")}))
-                row["quantized" if upload else "fixed"] = figures["auc"]
-            auc_rows.append(row)
-        for model in os.environ.get("BENCH_MODELS", "1e6,1e7").split(","):
-            row = dict(model=model, params=param_count(width, MODELS[model]))
-            for upload in (None, bits):
-                cfg = cfg_for(model, int(os.environ.get("BENCH_ROUNDS", "1")), upload, "up")
-                log(f"medfed {cfg['id']}")
-                figures = run_medfed(cfg, data_dir, names, root, 19500 + 10 * len(upload_rows))
-                log("  ", json.dumps({k: figures[k] for k in ("auc", "up_per_node_round", "wall_per_round")}))
-                row["quantized" if upload else "fixed"] = figures["up_per_node_round"]
-            upload_rows.append(row)
-        flower, source = flower_bytes_per_param(root)
-        (root / "quantized.json").write_text(json.dumps(dict(auc=auc_rows, upload=upload_rows, flower=flower,
-                                                             source=source), indent=1))
-        section = quantized_section(auc_rows, upload_rows, flower, source, bits, clip, auc_rounds)
-        print("\n".join(section[2:-2]))
-        written = [f"Written by `{args.command} --quantized-only` on "
-                   f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
-        splice_section(Path(args.out), "quantized", section[:-1] + written + section[-1:])
-        log(f"wrote {args.out}")
+        run_quantized(Path(args.out), f"{args.command} --quantized-only")
         return
     if args.console_only:
         root = REPO / "run" / "bench"
@@ -1194,6 +1201,9 @@ def main():
         when=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))))
     write_markdown(Path(args.out), args.command, rows, limits, rounds, quick, time.time() - began)
     log(f"wrote {args.out}")
+    if os.environ.get("BENCH_QUANTIZED", "1") == "1" and not quick:
+        # With the Flower runs just saved, its bytes per parameter come from this run.
+        run_quantized(Path(args.out), args.command)
 
 
 def machine():
