@@ -29,6 +29,16 @@ pub fn task_manifest(
     let model = task_model(&task.model, schema.num_features(), task.seed)?.spec;
     let params = model.layout().len();
     let secure = &config.secure_aggregation;
+    // Quantised uploads must leave a round of every member (the most a round can have) at
+    // least one level bit.
+    if secure.enabled
+        && let Err(e) = config
+            .secure_aggregation
+            .plan()
+            .check_quantization(members.names().count())
+    {
+        return Err(ManifestError::Invalid(format!("secure_aggregation.{e}")).into());
+    }
     Ok(TaskManifest {
         format: MANIFEST_FORMAT.to_owned(),
         schema_digest: Digest32(schema.digest()),
@@ -52,6 +62,7 @@ pub fn task_manifest(
             fractional_bits: secure
                 .fractional_bits
                 .map_or(FractionalBitsRule::Fit, FractionalBitsRule::Fixed),
+            upload_bits: secure.upload_bits,
         }),
         releases: {
             let mut site_figures = config.task.site_figures.clone();
@@ -215,6 +226,36 @@ max_nodes = 4
         let config =
             CoordinatorConfig::parse(&format!("{CONFIG}{extra}"), Path::new("/site")).unwrap();
         task_manifest(&config, &Schema::parse(SCHEMA).unwrap(), &members())
+    }
+
+    #[test]
+    fn quantised_uploads_go_into_the_manifest_and_a_member_list_without_a_level_bit_is_refused() {
+        let text = CONFIG
+            .replace("min_nodes = 3\n", "min_nodes = 2\n")
+            .split("[task.distributed_dp]")
+            .next()
+            .unwrap()
+            .to_owned()
+            + "[secure_aggregation]\nupload_bits = 2\n";
+        let config = CoordinatorConfig::parse(&text, Path::new("/site")).unwrap();
+        let schema = Schema::parse(SCHEMA).unwrap();
+        // 2-bit lanes: a round of the one member, or of two, has a level bit.
+        let m = task_manifest(&config, &schema, &members()).unwrap();
+        assert_eq!(m.secure_aggregation.unwrap().upload_bits, Some(2));
+        // Four members could meet in one round, which would have none.
+        let four = MemberList::parse(
+            &(1..=4)
+                .map(|i| format!("[[member]]\nname = \"h{i}\"\nkey_sha256 = \"{i:064x}\"\n"))
+                .collect::<String>(),
+        )
+        .unwrap();
+        let error = task_manifest(&config, &schema, &four)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("upload_bits = 2 leaves a round of 4 hospitals no level bit"),
+            "{error}"
+        );
     }
 
     #[test]

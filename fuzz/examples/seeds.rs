@@ -28,6 +28,7 @@ use medfed_protocol::model::{Model, ModelKind, ModelSpec};
 use medfed_protocol::report::{
     AttributeFairness, AuditReport, NodePrivacy, REPORT_FORMAT, SignedReport, file_sha256,
 };
+use medfed_protocol::secagg::encoding::UpdateEncoding;
 use medfed_protocol::secagg::fixed_point::FixedPoint;
 use medfed_protocol::secagg::shamir::{SHARE_VALUE_LEN, Share};
 use medfed_protocol::secagg::{ExpectDirectory, ExpectKeys, ParticipantState};
@@ -145,10 +146,10 @@ fn every_message() -> Vec<Message> {
     let params = round_params(3, 2);
     let setup = SecAggSetup {
         params: params.clone(),
-        update_encoding: FixedPoint {
+        update_encoding: UpdateEncoding::Fixed(FixedPoint {
             clip: 1.0,
             fractional_bits: 16,
-        },
+        }),
     };
     let mut messages = vec![
         Message::Hello(Hello {
@@ -184,6 +185,7 @@ fn every_message() -> Vec<Message> {
                         threshold: ThresholdRule::TwoThirdsPlusOne,
                         update_clip: 1024.0,
                         fractional_bits: FractionalBitsRule::Fit,
+                        upload_bits: None,
                     }),
                     distributed_dp: None,
                 },

@@ -371,6 +371,7 @@ key_sha256 = "0000000000000000000000000000000000000000000000000000000000000004"
                 threshold: ThresholdRule::TwoThirdsPlusOne,
                 update_clip: 1024.0,
                 fractional_bits: FractionalBitsRule::Fit,
+                upload_bits: None,
             }),
             distributed_dp: None,
         }

@@ -290,14 +290,18 @@ pub fn forecast(
         min_nodes: manifest.min_nodes,
         transport: match secure {
             Some(plan) => format!(
-                "secure aggregation (threshold {}, neighbours {}, update clipped to ±{})",
+                "secure aggregation (threshold {}, neighbours {}, update clipped to ±{}{})",
                 match plan.threshold {
                     ThresholdRule::TwoThirdsPlusOne => "⌊2h/3⌋+1 of h holders".to_owned(),
                     ThresholdRule::Fixed(t) => t.to_string(),
                 },
                 plan.neighbours
                     .map_or_else(|| "all".to_owned(), |k| k.to_string()),
-                plan.update_clip
+                plan.update_clip,
+                plan.upload_bits.map_or_else(String::new, |bits| format!(
+                    " and quantised to {bits} bits a value, {} values a word",
+                    32 / bits.max(1)
+                )),
             ),
             None => "in the clear".to_owned(),
         },

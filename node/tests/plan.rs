@@ -106,6 +106,7 @@ fn manifest(schema: &Schema, members: &MemberList) -> TaskManifest {
             threshold: ThresholdRule::TwoThirdsPlusOne,
             update_clip: 1024.0,
             fractional_bits: FractionalBitsRule::Fit,
+            upload_bits: None,
         }),
         distributed_dp: None,
     }
@@ -464,4 +465,45 @@ fn a_local_cap_below_one_distributed_round_refuses_the_task() {
     let refusal = json["refusal"].as_str().unwrap();
     assert!(refusal.contains("local privacy cap"), "{refusal}");
     assert_eq!(json["privacy"]["local"]["max_local_epsilon"], 0.01);
+}
+
+/// Quantised uploads: each training round's bytes are those of its packed words, the update
+/// block ⌈params / 4⌉ words in 8-bit lanes, and the plan says so.
+#[test]
+fn a_quantised_plan_forecasts_the_packed_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let (schema, members) = hospital(dir.path(), "");
+    let mut manifest = manifest(&schema, &members);
+    manifest.model.kind = ModelKind::Mlp { hidden: vec![64] };
+    manifest.releases = ReleasePlan::for_task(
+        schema.stats_len(),
+        schema.audit_groups().len(),
+        manifest.model.layout().len(),
+        ScoreBins::FINE,
+    );
+    let fixed = manifest.clone();
+    manifest.secure_aggregation.as_mut().unwrap().upload_bits = Some(8);
+    let bytes = |manifest: TaskManifest| {
+        write(dir.path(), manifest);
+        let output = plan(dir.path(), &["--json"]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let training = &json["exchanges"][1];
+        assert_eq!(training["kind"], "training");
+        (
+            training["wire_bytes"].as_u64().unwrap(),
+            json["transport"].as_str().unwrap().to_owned(),
+        )
+    };
+    let params = manifest.model.layout().len();
+    let (quantised, transport) = bytes(manifest);
+    let (unquantised, _) = bytes(fixed);
+    assert_eq!(
+        unquantised - quantised,
+        4 * (params - params.div_ceil(4)) as u64
+    );
+    assert!(
+        transport.contains("quantised to 8 bits a value, 4 values a word"),
+        "{transport}"
+    );
 }

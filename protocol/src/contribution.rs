@@ -27,8 +27,7 @@
 
 use crate::evaluation::{EvalCounts, ScoreBins};
 use crate::fairness::GroupCounts;
-use crate::secagg::encoding::{BlockEncoding, VectorEncoding};
-use crate::secagg::fixed_point::FixedPoint;
+use crate::secagg::encoding::{BlockEncoding, UpdateEncoding, VectorEncoding};
 
 /// Shape of a round vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,13 +118,13 @@ impl RoundLayout {
     /// How the vector is encoded for secure aggregation: the counts exactly as integers (two
     /// words each), the evaluation's `loss_sum` (a real) and the weight exactly in the wide
     /// fixed point (four words each), the update clipped to `update`'s bound in its fixed point
-    /// (one word each):
+    /// (one word each) or, quantised, packed several values a word:
     ///
     /// ```text
-    /// [ n     | loss_sum | confusion, histograms, groups | update           | weight ]
-    ///   Count   Wide       Count                           Clipped(update)    Wide
+    /// [ n     | loss_sum | confusion, histograms, groups | update            | weight ]
+    ///   Count   Wide       Count                           Clipped or Packed   Wide
     /// ```
-    pub fn encoding(&self, update: &FixedPoint) -> VectorEncoding {
+    pub fn encoding(&self, update: &UpdateEncoding) -> VectorEncoding {
         // `EvalCounts::write_vector` puts `n` first and `loss_sum` second; all else is counts.
         let mut blocks = Vec::new();
         if self.evaluate {
@@ -138,7 +137,7 @@ impl RoundLayout {
         if self.train && self.distributed {
             blocks.push((self.params, BlockEncoding::Words));
         } else if self.train {
-            blocks.push((self.params, BlockEncoding::Clipped(*update)));
+            blocks.push((self.params, update.block()));
             blocks.push((1, BlockEncoding::Wide));
         }
         VectorEncoding::new(blocks)
@@ -251,6 +250,7 @@ impl RoundLayout {
 mod tests {
     use super::*;
     use crate::evaluation::MAX_SCORE_BINS;
+    use crate::secagg::fixed_point::FixedPoint;
 
     #[test]
     fn a_distributed_update_block_is_words_without_a_weight() {
@@ -266,10 +266,10 @@ mod tests {
             distributed: true,
         };
         assert_eq!(layout.len(), 3);
-        let encoding = layout.encoding(&FixedPoint {
+        let encoding = layout.encoding(&UpdateEncoding::Fixed(FixedPoint {
             clip: 1.0,
             fractional_bits: 8,
-        });
+        }));
         assert_eq!(encoding.encoded_len(), 3);
         // Two nodes' noised sums, through the secure-aggregation encoding and the layout, decode
         // to the sum of their examples within the noise.
@@ -410,10 +410,10 @@ mod tests {
         assert!(evaluating.encode(&bare).is_none());
         assert_eq!(
             layout
-                .encoding(&FixedPoint {
+                .encoding(&UpdateEncoding::Fixed(FixedPoint {
                     clip: 4.0,
                     fractional_bits: 8
-                })
+                }))
                 .value_len(),
             3
         );
@@ -561,7 +561,7 @@ mod tests {
             bins: ScoreBins::FINE,
             distributed: false,
         };
-        let encoding = layout.encoding(&fixed);
+        let encoding = layout.encoding(&fixed.into());
         assert_eq!(encoding.value_len(), layout.len());
         // The demo round vector: 4 861 counts in 2 words, loss_sum and the weight in 4, the
         // update in 1.

@@ -25,7 +25,9 @@ use crate::evaluation::{DecisionThreshold, ScoreBins};
 use crate::messages::{RoundStart, SecAggSetup, StatsRequest};
 use crate::model::ModelSpec;
 use crate::secagg::RoundParams;
+use crate::secagg::encoding::UpdateEncoding;
 use crate::secagg::fixed_point::FixedPoint;
+use crate::secagg::quantized::{MAX_LANE_BITS, MIN_LANE_BITS, Quantized};
 use crate::task::TrainingPlan;
 
 /// The manifest format this code writes and reads. Format 2 added
@@ -238,6 +240,12 @@ pub struct SecureAggregationPlan {
     pub update_clip: f64,
     /// Fractional bits of the update's fixed point.
     pub fractional_bits: FractionalBitsRule,
+    /// Quantised uploads: the update's values are clipped to `update_clip`, quantised with
+    /// stochastic rounding and packed `32 / upload_bits` a word, each in a lane of this many
+    /// bits ([`Quantized`]), instead of one fixed-point word each (`fractional_bits` is then
+    /// unused). In the canonical bytes like every field (`null` when `None`).
+    #[serde(default)]
+    pub upload_bits: Option<u32>,
 }
 
 /// How a round's threshold follows from the holders `h` of each secret.
@@ -272,8 +280,45 @@ pub enum FractionalBitsRule {
 }
 
 impl SecureAggregationPlan {
+    /// The update's encoding for a round of `participants`: its fixed point, or, with
+    /// [`Self::upload_bits`], its quantisation with as many level bits as a sum of
+    /// `participants` inputs fits ([`Quantized::fit`]: the largest `b` with
+    /// `participants · (2^b − 1) < 2^upload_bits`), the same round size the fixed point's
+    /// [`FractionalBitsRule::Fit`] follows.
+    pub fn update_encoding(&self, participants: usize) -> UpdateEncoding {
+        match self.upload_bits {
+            Some(lane_bits) => {
+                UpdateEncoding::Quantized(Quantized::fit(self.update_clip, lane_bits, participants))
+            }
+            None => UpdateEncoding::Fixed(self.fixed_point(participants)),
+        }
+    }
+
+    /// Refuses quantised uploads whose lanes are outside [`MIN_LANE_BITS`,
+    /// [`MAX_LANE_BITS`]] or leave a round of `participants` less than one level bit.
+    pub fn check_quantization(&self, participants: usize) -> Result<(), String> {
+        let Some(bits) = self.upload_bits else {
+            return Ok(());
+        };
+        if !(MIN_LANE_BITS..=MAX_LANE_BITS).contains(&bits) {
+            return Err(format!(
+                "upload_bits = {bits} is not in {MIN_LANE_BITS}..={MAX_LANE_BITS} (bits per \
+                 quantised value, at least two values a 32-bit word)"
+            ));
+        }
+        let fit = Quantized::fit(self.update_clip, bits, participants);
+        if fit.level_bits == 0 {
+            return Err(format!(
+                "upload_bits = {bits} leaves a round of {participants} hospitals no level bit: \
+                 {participants} · (2^1 − 1) ≥ 2^{bits} (raise upload_bits or lower the number \
+                 of hospitals)"
+            ));
+        }
+        Ok(())
+    }
+
     /// The update's fixed point for a round of `participants`.
-    pub fn update_encoding(&self, participants: usize) -> FixedPoint {
+    fn fixed_point(&self, participants: usize) -> FixedPoint {
         let fractional_bits = match self.fractional_bits {
             FractionalBitsRule::Fixed(bits) => bits,
             FractionalBitsRule::Fit => {
@@ -493,6 +538,18 @@ impl TaskManifest {
             && !(secure.update_clip.is_finite() && secure.update_clip > 0.0)
         {
             return invalid("the update clip must be a positive number");
+        }
+        if let Some(secure) = &self.secure_aggregation {
+            let fewest = usize::try_from(self.min_nodes).unwrap_or(usize::MAX);
+            secure
+                .check_quantization(fewest)
+                .map_err(ManifestError::Invalid)?;
+            if secure.upload_bits.is_some() && self.distributed_dp.is_some() {
+                return invalid(
+                    "quantised uploads (upload_bits) and distributed DP cannot be combined: \
+                     distributed DP's update block is already integer words",
+                );
+            }
         }
         if let Some(plan) = &self.distributed_dp {
             self.validate_distributed(plan)?;
@@ -869,9 +926,9 @@ pub enum Departure {
     #[error("update encoding {got:?}, the manifest's rule gives {planned:?}")]
     UpdateEncoding {
         /// Sent.
-        got: FixedPoint,
+        got: UpdateEncoding,
         /// Planned.
-        planned: FixedPoint,
+        planned: UpdateEncoding,
     },
 }
 
@@ -912,6 +969,7 @@ pub(crate) mod tests {
                 threshold: ThresholdRule::TwoThirdsPlusOne,
                 update_clip: 1024.0,
                 fractional_bits: FractionalBitsRule::Fit,
+                upload_bits: None,
             }),
             releases: ReleasePlan::for_task(13, 4, 65, ScoreBins::FINE),
             distributed_dp: None,
@@ -984,6 +1042,7 @@ pub(crate) mod tests {
                 with(&|m| m.secure_aggregation = None),
             ),
             ("neighbours", secure(&|s| s.neighbours = Some(4))),
+            ("upload bits", secure(&|s| s.upload_bits = Some(8))),
             (
                 "threshold",
                 secure(&|s| s.threshold = ThresholdRule::Fixed(3)),
@@ -1072,6 +1131,52 @@ pub(crate) mod tests {
             ..signed
         };
         assert_eq!(not_hex.verify(&public), Err(ManifestError::BadSignature));
+    }
+
+    #[test]
+    fn quantised_uploads_need_a_level_bit_for_the_fewest_hospitals_and_no_distributed_dp() {
+        let quantised = |bits: u32, min_nodes: u64| {
+            let mut m = example();
+            m.min_nodes = min_nodes;
+            m.secure_aggregation.as_mut().unwrap().upload_bits = Some(bits);
+            m
+        };
+        assert_eq!(quantised(8, 3).validate(), Ok(()));
+        assert_eq!(quantised(2, 3).validate(), Ok(()));
+        // 4-bit lanes: 15 hospitals get one level bit (15 · 1 < 16), 16 none.
+        assert_eq!(quantised(4, 15).validate(), Ok(()));
+        match quantised(4, 16).validate() {
+            Err(ManifestError::Invalid(reason)) => {
+                assert!(reason.contains("16 hospitals no level bit"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        for bits in [0, 1, 17, 32] {
+            assert!(
+                matches!(
+                    quantised(bits, 3).validate(),
+                    Err(ManifestError::Invalid(_))
+                ),
+                "{bits}"
+            );
+        }
+        let mut distributed = quantised(8, 3);
+        distributed.distributed_dp = Some(DistributedDpPlan {
+            sample_rate: 0.1,
+            noise_multiplier: 1.0,
+            clip_norm: 1.0,
+            scale: 16384.0,
+            rounding_beta: 2f64.powi(-20),
+            threshold: 2,
+            max_nodes: 3,
+        });
+        distributed.secure_aggregation.as_mut().unwrap().threshold = ThresholdRule::Fixed(2);
+        match distributed.validate() {
+            Err(ManifestError::Invalid(reason)) => {
+                assert!(reason.contains("distributed DP"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -1425,14 +1530,46 @@ pub(crate) mod tests {
             Departure::Neighbours { .. }
         ));
         assert!(matches!(
-            departs(&|s| s
-                .secure_aggregation
-                .as_mut()
-                .unwrap()
-                .update_encoding
-                .fractional_bits += 1),
+            departs(
+                &|s| s.secure_aggregation.as_mut().unwrap().update_encoding =
+                    UpdateEncoding::Fixed(FixedPoint {
+                        clip: 1024.0,
+                        fractional_bits: 1,
+                    })
+            ),
             Departure::UpdateEncoding { .. }
         ));
+        // A coordinator that sends the fixed point where the manifest quantises, or other
+        // lanes or levels than the manifest's rule gives for the round, is caught.
+        let mut quantised = m.clone();
+        quantised.secure_aggregation.as_mut().unwrap().upload_bits = Some(8);
+        let planned = start(&quantised, 2, true);
+        assert_eq!(quantised.check_round_start(&planned), Ok(()));
+        assert_eq!(
+            planned.secure_aggregation.as_ref().unwrap().update_encoding,
+            UpdateEncoding::Quantized(Quantized {
+                clip: 1024.0,
+                level_bits: 6,
+                lane_bits: 8
+            })
+        );
+        assert!(matches!(
+            quantised.check_round_start(&start(&m, 2, true)),
+            Err(Departure::UpdateEncoding { .. })
+        ));
+        for (level_bits, lane_bits) in [(7, 8), (5, 8), (14, 16)] {
+            let mut other = planned.clone();
+            other.secure_aggregation.as_mut().unwrap().update_encoding =
+                UpdateEncoding::Quantized(Quantized {
+                    clip: 1024.0,
+                    level_bits,
+                    lane_bits,
+                });
+            assert!(matches!(
+                quantised.check_round_start(&other),
+                Err(Departure::UpdateEncoding { .. })
+            ));
+        }
         assert!(matches!(
             departs(&|s| s.secure_aggregation = Some(setup(&m, 2))),
             Departure::TooFewParticipants {

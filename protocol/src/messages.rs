@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::evaluation::{DecisionThreshold, ScoreBins};
 use crate::manifest::{PrivacyMode, SignedManifest};
 use crate::model::{ModelHash, ModelSpec};
-use crate::secagg::fixed_point::FixedPoint;
+use crate::secagg::encoding::UpdateEncoding;
 use crate::secagg::{
     ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyDirectory, MaskedInput,
     MaskedInputChunk, RoundParams, ShareDelivery, SharePackage, UnmaskRequest, UnmaskResponse,
@@ -20,7 +20,7 @@ use crate::stats::Standardization;
 use crate::task::TrainingPlan;
 
 /// Version of the wire protocol; part of the ALPN string.
-pub const PROTOCOL_VERSION: u32 = 11;
+pub const PROTOCOL_VERSION: u32 = 12;
 
 /// QUIC application close code with which a coordinator that has given up its task closes
 /// every connection (the close reason says why): a node stops there, with that reason, instead of
@@ -29,7 +29,7 @@ pub const CLOSE_TASK_STOPPED: u32 = 4;
 
 /// ALPN identifier negotiated in the TLS handshake. A peer speaking another version fails the
 /// handshake with TLS's `no_application_protocol` alert.
-pub const ALPN: &[u8] = b"medfed/11";
+pub const ALPN: &[u8] = b"medfed/12";
 
 /// Size of one model chunk on the model stream.
 pub const MODEL_CHUNK_LEN: usize = 1 << 20;
@@ -293,9 +293,9 @@ pub struct StatsRequest {
 pub struct SecAggSetup {
     /// The participants, threshold and neighbour graph.
     pub params: RoundParams,
-    /// Clipping bound and fixed-point bits of the model update (other figures are encoded
-    /// exactly).
-    pub update_encoding: FixedPoint,
+    /// Clipping bound and fixed-point bits, or quantisation, of the model update (other figures
+    /// are encoded exactly).
+    pub update_encoding: UpdateEncoding,
 }
 
 /// Announces a model, whose chunks from [`ModelOffer::first_chunk`] on follow on the same stream.
@@ -676,6 +676,7 @@ mod tests {
     use super::*;
     use crate::codec::{FrameDecoder, MAX_FRAME_LEN, frame};
     use crate::model::{Model, ModelKind};
+    use crate::secagg::fixed_point::FixedPoint;
     use crate::transfer::split_model;
 
     /// One message of every kind, with every nested type filled in.
@@ -701,10 +702,10 @@ mod tests {
                 vector_len: 10,
                 encoding_digest: [2; 32],
             },
-            update_encoding: FixedPoint {
+            update_encoding: UpdateEncoding::Fixed(FixedPoint {
                 clip: 1.0,
                 fractional_bits: 16,
-            },
+            }),
         };
         let standardization = Standardization {
             mean: vec![1.5, 0.0],

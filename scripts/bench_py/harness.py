@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / "target" / "release"
-SPLIT = REPO / "target" / "release" / "medfed-bench-split"
+# The release binaries, under CARGO_TARGET_DIR when it is set (as cargo puts them).
+BIN = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target") / "release"
+SPLIT = BIN / "medfed-bench-split"
 HEART = REPO / ".deps" / "data" / "heart"
 SCHEMA = REPO / "config" / "heart" / "schema.toml"
 HOSPITALS = ["cleveland", "hungary", "switzerland", "va_long_beach"]
@@ -361,6 +362,10 @@ def run_medfed(cfg, data_dir, names, root, port):
     sa = f"enabled = {'true' if secagg else 'false'}\n"
     if secagg:
         sa += f"neighbours = {cfg['shares'] - 1}\nthreshold = {cfg['threshold']}\n"
+    if cfg.get("update_clip"):
+        sa += f"update_clip = {float(cfg['update_clip'])}\n"
+    if cfg.get("upload_bits"):
+        sa += f"upload_bits = {cfg['upload_bits']}\n"
     hidden_toml = ", ".join(str(h) for h in hidden)
     (run / "coordinator.toml").write_text(f"""listen = "127.0.0.1:{port}"
 data_dir = "coordinator"
@@ -675,6 +680,125 @@ def console_section(pairs, rounds):
     return L
 
 
+# Flower's upload per node per round at 10^6 parameters (1,004,417), 4 nodes, measured by the
+# full `scripts/bench` run of 2026-11-25 (docs/BENCHMARKS.md, section 1): without and with its
+# SecAgg+. Used when run/bench/results.json holds no Flower run of that configuration.
+FLOWER_1E6 = {"params": 1_004_417, "plain": 4.1e6, "secagg": 8.1e6, "when": "2026-11-25"}
+AUC_GOAL = 0.005
+
+
+def flower_bytes_per_param(root):
+    """Flower's measured upload per node per round divided by the parameters, at 10^6 and 4
+    nodes, without and with SecAgg+: from run/bench/results.json when it holds those runs, else
+    the recorded figures (FLOWER_1E6); and where they come from."""
+    found, source = {}, f"the full `scripts/bench` run of {FLOWER_1E6['when']}, section 1 above"
+    results = root / "results.json"
+    if results.exists():
+        for row in json.loads(results.read_text()):
+            c = row["cfg"]
+            if c["nodes"] == 4 and c["model"] == "1e6" and "flower" in row:
+                found["secagg" if c["secagg"] else "plain"] = row["flower"]["up_per_node_round"] / c["params"]
+    if len(found) == 2:
+        return found, "run/bench/results.json"
+    return {k: FLOWER_1E6[k] / FLOWER_1E6["params"] for k in ("plain", "secagg")}, source
+
+
+def quantized_section(auc_rows, upload_rows, flower, flower_source, bits, clip, rounds):
+    """Lines of the page's section on quantised uploads: the pooled AUC of quantised against
+    fixed-point training on the demo data, and each model's upload per node against Flower's."""
+    L = ["<!-- quantized -->", "",
+         "### Quantised uploads (issue 18): bytes against Flower's, AUC against the fixed point",
+         "",
+         f"medfed with secure aggregation, 4 hospitals (the demo's data, one node per hospital), "
+         f"`update_clip = {clip:g}` in both runs of a pair; quantised: `upload_bits = {bits}` "
+         f"({32 // bits} values a word, {Quantized_levels(bits, 4)} levels for 4 hospitals). "
+         "Upload: each node's egress log over the training rounds (every message it sent: keys, "
+         "shares, masked input with the round's evaluation and audit counts, signature, unmasking "
+         "shares), per node and round; Flower's carries no evaluation counts. Flower's upload is "
+         f"its measured bytes per parameter at 10^6 parameters, from {flower_source} (Flower was "
+         "not rerun for this section), times the model's parameters: "
+         f"{flower['plain']:.2f} B/param without secure aggregation, {flower['secagg']:.2f} with "
+         "its SecAgg+. Goal: at most ¼ of Flower's.",
+         "",
+         "| Model (params) | medfed fixed point | medfed quantised | quantised / fixed | Flower (plain) | "
+         "quantised / Flower plain | Flower (SecAgg+) | quantised / Flower SecAgg+ |",
+         "|---|---|---|---|---|---|---|---|"]
+    for r in upload_rows:
+        p = r["params"]
+        fp, fs = flower["plain"] * p, flower["secagg"] * p
+        q, f = r["quantized"], r["fixed"]
+        L.append(f"| {r['model']} ({p:,}) | {fmt_bytes(f)} | {fmt_bytes(q)} | {q / f:.3f} | "
+                 f"{fmt_bytes(fp)} | **{q / fp:.3f}** | {fmt_bytes(fs)} | **{q / fs:.3f}** |")
+    L += ["",
+          f"Pooled held-out AUC of the final model, demo MLP, {rounds} rounds of FedAvg (2 local "
+          "epochs, learning rate 0.05, batch 32), fixed point against quantised, each pair from "
+          f"the same initial model and data; goal: within {AUC_GOAL}.",
+          "",
+          "| Repeat | fixed point AUC | quantised AUC | difference |",
+          "|---|---|---|---|"]
+    for i, r in enumerate(auc_rows):
+        L.append(f"| {i + 1} | {r['fixed']:.4f} | {r['quantized']:.4f} | {r['quantized'] - r['fixed']:+.4f} |")
+    if auc_rows:
+        mf = sum(r["fixed"] for r in auc_rows) / len(auc_rows)
+        mq = sum(r["quantized"] for r in auc_rows) / len(auc_rows)
+        L.append(f"| mean | {mf:.4f} | {mq:.4f} | **{mq - mf:+.4f}** |")
+    L += ["", "<!-- /quantized -->"]
+    return L
+
+
+def Quantized_levels(bits, nodes):
+    """L = 2^b − 1 for the largest b with nodes · L < 2^bits (protocol's Quantized::fit)."""
+    b = max(b for b in range(0, bits) if nodes * ((1 << b) - 1) < (1 << bits))
+    return (1 << b) - 1
+
+
+def run_quantized(out, command):
+    """Quantised uploads against the fixed point (the AUC on the demo model) and against
+    Flower (the upload per node), medfed with secure aggregation on 4 nodes; splices the
+    page's section on them."""
+    root = REPO / "run" / "bench"
+    root.mkdir(parents=True, exist_ok=True)
+    bits = int(os.environ.get("BENCH_UPLOAD_BITS", "8"))
+    clip = float(os.environ.get("BENCH_UPDATE_CLIP", "64"))
+    auc_rounds = int(os.environ.get("BENCH_AUC_ROUNDS", "20"))
+    data_dir, names, width = prepare_data(4, root)
+
+    def cfg_for(model, rounds, upload, tag):
+        return dict(id=f"quant-{tag}-{model}-{'q' + str(upload) if upload else 'fixed'}", nodes=4,
+                    hidden=MODELS[model], secagg=True, rounds=rounds, epochs=2, lr=0.05, batch=32,
+                    shares=4, threshold=3, timeout=1800, model=model,
+                    params=param_count(width, MODELS[model]), update_clip=clip, upload_bits=upload)
+
+    auc_rows, upload_rows = [], []
+    for repeat in range(int(os.environ.get("BENCH_REPEATS", "3"))):
+        row = {}
+        for upload in (None, bits):
+            cfg = cfg_for("demo", auc_rounds, upload, f"auc{repeat}")
+            log(f"medfed {cfg['id']}")
+            figures = run_medfed(cfg, data_dir, names, root, 19300 + 10 * len(auc_rows))
+            log("  ", json.dumps({k: figures[k] for k in ("auc", "up_per_node_round", "wall_per_round")}))
+            row["quantized" if upload else "fixed"] = figures["auc"]
+        auc_rows.append(row)
+    for model in os.environ.get("BENCH_MODELS", "1e6,1e7").split(","):
+        row = dict(model=model, params=param_count(width, MODELS[model]))
+        for upload in (None, bits):
+            cfg = cfg_for(model, int(os.environ.get("BENCH_ROUNDS", "1")), upload, "up")
+            log(f"medfed {cfg['id']}")
+            figures = run_medfed(cfg, data_dir, names, root, 19500 + 10 * len(upload_rows))
+            log("  ", json.dumps({k: figures[k] for k in ("auc", "up_per_node_round", "wall_per_round")}))
+            row["quantized" if upload else "fixed"] = figures["up_per_node_round"]
+        upload_rows.append(row)
+    flower, source = flower_bytes_per_param(root)
+    (root / "quantized.json").write_text(json.dumps(dict(auc=auc_rows, upload=upload_rows, flower=flower,
+                                                         source=source), indent=1))
+    section = quantized_section(auc_rows, upload_rows, flower, source, bits, clip, auc_rounds)
+    print("\n".join(section[2:-2]))
+    written = [f"Written by `{command}` on "
+               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+    splice_section(out, "quantized", section[:-1] + written + section[-1:])
+    log(f"wrote {out}")
+
+
 def splice_section(page, tag, section):
     """Puts `section` (between `<!-- tag -->` markers) into the page text: in place of its
     earlier version, or before section 2."""
@@ -902,6 +1026,12 @@ def main():
     ap.add_argument("--console-only", action="store_true",
                     help="run only medfed on the demo's task with the dashboard off and on, "
                          "alternately, and rewrite the page's section on the dashboard's cost")
+    ap.add_argument("--quantized-only", action="store_true",
+                    help="run only medfed with secure aggregation on 4 nodes, fixed point against "
+                         "quantised uploads (BENCH_UPLOAD_BITS, default 8; BENCH_UPDATE_CLIP, default "
+                         "64): the pooled AUC on the demo model (BENCH_AUC_ROUNDS, default 20; "
+                         "BENCH_REPEATS, default 3) and the upload per node (BENCH_MODELS, default "
+                         "1e6,1e7; BENCH_ROUNDS, default 1) against Flower's")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the page from run/bench/results.json and limits.json")
     args = ap.parse_args()
@@ -963,6 +1093,9 @@ def main():
         print("\n".join(section[2:-2]))
         splice_section(Path(args.out), "memory", section[:-1] + written + ["", section[-1]])
         log(f"wrote {args.out}")
+        return
+    if args.quantized_only:
+        run_quantized(Path(args.out), f"{args.command} --quantized-only")
         return
     if args.console_only:
         root = REPO / "run" / "bench"
@@ -1068,6 +1201,9 @@ def main():
         when=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))))
     write_markdown(Path(args.out), args.command, rows, limits, rounds, quick, time.time() - began)
     log(f"wrote {args.out}")
+    if os.environ.get("BENCH_QUANTIZED", "1") == "1" and not quick:
+        # With the Flower runs just saved, its bytes per parameter come from this run.
+        run_quantized(Path(args.out), args.command)
 
 
 def machine():

@@ -7,6 +7,7 @@ use medfed_e2e::load::{expected_fedavg, spawn_light_node};
 use medfed_e2e::{Consortium, SCHEMA, subscribe, synthetic_csv};
 use medfed_protocol::model::ModelSpec;
 use medfed_protocol::schema::Schema;
+use medfed_protocol::secagg::encoding::UpdateEncoding;
 
 const NODES: usize = 20;
 
@@ -32,7 +33,9 @@ async fn twenty_light_nodes_finish_a_secagg_plus_round_with_the_predicted_fedavg
     )
     .expect("the task's model");
     let initial = spec.initial_parameters(config.task.seed);
-    let fixed = config.secure_aggregation.update_encoding(NODES);
+    let UpdateEncoding::Fixed(fixed) = config.secure_aggregation.update_encoding(NODES) else {
+        panic!("the default update encoding is a fixed point");
+    };
     let resolution = 0.5f64.powi(fixed.fractional_bits as i32);
 
     let coordinator = consortium.start_coordinator(config).await;

@@ -18,6 +18,7 @@ mod model_file;
 mod networks;
 mod pki;
 mod privacy;
+mod quantized;
 mod real_data;
 mod secure_aggregation;
 mod state_folder;

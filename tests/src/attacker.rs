@@ -38,8 +38,7 @@ use medfed_protocol::messages::{
 use medfed_protocol::model::{Model, ModelKind, ModelSpec};
 use medfed_protocol::schema::Schema;
 use medfed_protocol::secagg::MaskedInput;
-use medfed_protocol::secagg::encoding::{BlockEncoding, VectorEncoding};
-use medfed_protocol::secagg::fixed_point::FixedPoint;
+use medfed_protocol::secagg::encoding::{BlockEncoding, UpdateEncoding, VectorEncoding};
 use medfed_protocol::secagg::{
     ConsistencyRequest, DirectoryEntry, ExpectDirectory, ExpectKeys, ExpectMaskedInputs,
     ExpectShares, ExpectSignatures, ExpectUnmasking, KeyDirectory, Participant, ParticipantState,
@@ -437,7 +436,7 @@ pub enum Figures {
 
 impl Figures {
     /// The secure-aggregation encoding of these figures, with `update` for a model update.
-    pub fn encoding(&self, update: &FixedPoint) -> VectorEncoding {
+    pub fn encoding(&self, update: &UpdateEncoding) -> VectorEncoding {
         match self {
             Self::Stats { len } => VectorEncoding::new(vec![(*len, BlockEncoding::Wide)]),
             Self::Round(layout) => layout.encoding(update),

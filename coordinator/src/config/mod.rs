@@ -22,7 +22,7 @@ use medfed_protocol::manifest::{
 use medfed_protocol::model::ModelConfig;
 
 use crate::task_model::check_model_config;
-use medfed_protocol::secagg::fixed_point::FixedPoint;
+use medfed_protocol::secagg::encoding::UpdateEncoding;
 use medfed_protocol::task::TrainingPlan;
 use serde::Deserialize;
 
@@ -99,6 +99,14 @@ pub struct SecureAggregationConfig {
     /// 2^31, with one bit of margin).
     #[serde(default)]
     pub fractional_bits: Option<u32>,
+    /// Quantised uploads: each value of the update clipped to `update_clip`, quantised with
+    /// stochastic rounding and packed into a lane of this many bits, `32 / upload_bits` values
+    /// a word (8: four, a quarter of the fixed point's upload). The levels per value follow
+    /// each round's number of hospitals `n`, as many bits `b` as keep `n · (2^b − 1) <
+    /// 2^upload_bits`. Default: none (one fixed-point word per value). Not with
+    /// `[task.distributed_dp]`.
+    #[serde(default)]
+    pub upload_bits: Option<u32>,
 }
 
 impl Default for SecureAggregationConfig {
@@ -109,14 +117,20 @@ impl Default for SecureAggregationConfig {
             neighbours: None,
             update_clip: default_update_clip(),
             fractional_bits: None,
+            upload_bits: None,
         }
     }
 }
 
 impl SecureAggregationConfig {
-    /// The update's fixed point for `participants` nodes (the manifest's rule,
+    /// The update's encoding for `participants` nodes (the manifest's rule,
     /// [`SecureAggregationPlan::update_encoding`]).
-    pub fn update_encoding(&self, participants: usize) -> FixedPoint {
+    pub fn update_encoding(&self, participants: usize) -> UpdateEncoding {
+        self.plan().update_encoding(participants)
+    }
+
+    /// The plan's update encoding rule (neighbours and threshold left at their defaults).
+    pub(crate) fn plan(&self) -> SecureAggregationPlan {
         SecureAggregationPlan {
             neighbours: None,
             threshold: ThresholdRule::TwoThirdsPlusOne,
@@ -124,8 +138,8 @@ impl SecureAggregationConfig {
             fractional_bits: self
                 .fractional_bits
                 .map_or(FractionalBitsRule::Fit, FractionalBitsRule::Fixed),
+            upload_bits: self.upload_bits,
         }
-        .update_encoding(participants)
     }
 }
 
@@ -546,6 +560,23 @@ impl CoordinatorConfig {
         }
         if secure.threshold.is_some_and(|t| t < 2) {
             return invalid("secure_aggregation.threshold must be at least 2");
+        }
+        if let Some(bits) = secure.upload_bits {
+            if !secure.enabled {
+                return invalid(&format!(
+                    "secure_aggregation.upload_bits = {bits} quantises the masked uploads, but secure aggregation is off (turn it on or remove upload_bits)"
+                ));
+            }
+            if task.distributed_dp.is_some() {
+                return invalid(&format!(
+                    "secure_aggregation.upload_bits = {bits} cannot be combined with [task.distributed_dp]: distributed DP's update block is already integer words of Z(2^32), its noise sized for them (remove one of the two)"
+                ));
+            }
+            // The fewest hospitals a round can have must leave at least one level bit; the
+            // member list's size, the most, is checked when the manifest is built.
+            if let Err(e) = secure.plan().check_quantization(task.min_nodes) {
+                return invalid(&format!("secure_aggregation.{e}"));
+            }
         }
         // Settings that parse but can never run a round: refused now, not after round 0 has
         // failed round_attempts times.

@@ -298,3 +298,50 @@ fn a_torchscript_model_is_read_from_its_files_relative_to_the_configuration() {
         );
     }
 }
+
+#[test]
+fn quantised_uploads_are_read_and_refused_without_a_level_bit_secure_aggregation_or_with_ddp() {
+    let parse =
+        |extra: &str| CoordinatorConfig::parse(&format!("{EXAMPLE}{extra}"), Path::new("."));
+    let config = parse("\n[secure_aggregation]\nupload_bits = 8\nupdate_clip = 64.0\n").unwrap();
+    assert_eq!(
+        config.secure_aggregation.update_encoding(4),
+        UpdateEncoding::Quantized(medfed_protocol::secagg::quantized::Quantized {
+            clip: 64.0,
+            level_bits: 6,
+            lane_bits: 8,
+        })
+    );
+    let refused = |extra: &str, needle: &str| {
+        let error = parse(extra).unwrap_err().to_string();
+        assert!(error.contains(needle), "{error}");
+    };
+    // 2-bit lanes: 2 hospitals · (2^1 − 1) < 4, 4 hospitals leave no level bit.
+    assert!(parse("\n[secure_aggregation]\nupload_bits = 2\n").is_ok());
+    let four = EXAMPLE.replace("min_nodes = 2", "min_nodes = 4");
+    let error = CoordinatorConfig::parse(
+        &format!("{four}\n[secure_aggregation]\nupload_bits = 2\n"),
+        Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains(
+            "secure_aggregation.upload_bits = 2 leaves a round of 4 hospitals no level bit"
+        ),
+        "{error}"
+    );
+    refused(
+        "\n[secure_aggregation]\nupload_bits = 17\n",
+        "upload_bits = 17 is not in 2..=16",
+    );
+    refused(
+        "\n[secure_aggregation]\nenabled = false\nupload_bits = 8\n",
+        "secure aggregation is off",
+    );
+    refused(
+        "\n[task.distributed_dp]\nsample_rate = 0.1\nnoise_multiplier = 1.0\nclip_norm = 1.0\n\
+         threshold = 2\nmax_nodes = 3\n[secure_aggregation]\nupload_bits = 8\n",
+        "cannot be combined with [task.distributed_dp]",
+    );
+}

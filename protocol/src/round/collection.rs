@@ -20,8 +20,7 @@ use crate::messages::{
     RoundKeys, RoundStart, SecAggSetup, StatsRequest,
 };
 use crate::report::NodePrivacy;
-use crate::secagg::encoding::{BlockEncoding, VectorEncoding};
-use crate::secagg::fixed_point::FixedPoint;
+use crate::secagg::encoding::{BlockEncoding, UpdateEncoding, VectorEncoding};
 use crate::secagg::{
     ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures, ExpectUnmasking, InputPiece,
     MaskedInput, Participant, PeerVerifier, RoundParams, SecAggError, ShareDelivery,
@@ -103,10 +102,10 @@ impl FigureLayout {
         self.len() == 0
     }
 
-    fn encoding(&self, fixed: &FixedPoint) -> VectorEncoding {
+    fn encoding(&self, update: &UpdateEncoding) -> VectorEncoding {
         match self {
             Self::Stats { len } => VectorEncoding::new(vec![(*len, BlockEncoding::Wide)]),
-            Self::Round(layout) => layout.encoding(fixed),
+            Self::Round(layout) => layout.encoding(update),
         }
     }
 }
@@ -355,8 +354,8 @@ impl Collection {
         plan: SecurePlan,
         layout: &FigureLayout,
     ) -> Result<SecAggSetup, SecAggError> {
-        let fixed = plan.settings.update_encoding(self.nodes.len());
-        let encoding = layout.encoding(&fixed);
+        let update = plan.settings.update_encoding(self.nodes.len());
+        let encoding = layout.encoding(&update);
         encoding.check_capacity(self.nodes.len())?;
         let participants = self
             .nodes
@@ -389,7 +388,7 @@ impl Collection {
         });
         Ok(SecAggSetup {
             params,
-            update_encoding: fixed,
+            update_encoding: update,
         })
     }
 

@@ -123,6 +123,7 @@ impl Consortium {
                     threshold: ThresholdRule::Fixed(3),
                     update_clip: 1.0,
                     fractional_bits: FractionalBitsRule::Fit,
+                    upload_bits: None,
                 },
                 manifest_digest: [3; 32],
                 graph_seed: [4; 32],

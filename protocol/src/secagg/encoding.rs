@@ -1,9 +1,12 @@
 //! How a node's figures become words of Z(2^32) for secure aggregation, and how the masked sum
 //! turns back into figures.
 //!
-//! Three encodings share one vector, block by block:
+//! These encodings share one vector, block by block:
 //! - the model update uses the clipped fixed point of [`FixedPoint`] (one word per value, with
-//!   the capacity check `n · B · 2^bits < 2^31`);
+//!   the capacity check `n · B · 2^bits < 2^31`), or, when the task quantises uploads, the
+//!   packed encoding of [`Quantized`] (`32 / lane_bits` values a word, each lane with the
+//!   headroom `n · L < 2^lane_bits` so lane sums never carry into each other, as the count
+//!   encoding's 16-bit limbs do); [`UpdateEncoding`] names which;
 //! - integer counts (possibly negative, after a node's discrete-Gaussian noise) use an exact
 //!   count encoding: a node's count `v`, an integer with `−2^31 ≤ v < 2^31`, is sent as
 //!   `u = v + 2^31` in [0, 2^32), split into two 16-bit limbs, each summed in its own word.
@@ -29,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SecAggError;
 use super::fixed_point::FixedPoint;
+use super::quantized::Quantized;
 
 /// Fractional bits of the wide encoding (resolution 2^-16 ≈ 1.5·10^-5).
 pub const WIDE_FRACTIONAL_BITS: u32 = 16;
@@ -59,6 +63,36 @@ pub enum BlockEncoding {
     /// [0, 2^32)) and checks no range: what the words mean, and the range check, belong to
     /// the block's own decoder (distributed DP's `DdpParams::decode_sum`).
     Words,
+    /// Clipped, quantised with stochastic rounding and packed `32 / lane_bits` values a word
+    /// ([`Quantized`]); `⌈len / lanes⌉` words.
+    Packed(Quantized),
+}
+
+/// How the model update is encoded, as the task manifest plans it for a round
+/// ([`crate::manifest::SecureAggregationPlan::update_encoding`]) and the round's
+/// [`SecAggSetup`](crate::messages::SecAggSetup) carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum UpdateEncoding {
+    /// Clipped fixed point, one word per value.
+    Fixed(FixedPoint),
+    /// Clipped and quantised, several values a word.
+    Quantized(Quantized),
+}
+
+impl UpdateEncoding {
+    /// The update block's encoding.
+    pub fn block(&self) -> BlockEncoding {
+        match *self {
+            Self::Fixed(fixed) => BlockEncoding::Clipped(fixed),
+            Self::Quantized(quantized) => BlockEncoding::Packed(quantized),
+        }
+    }
+}
+
+impl From<FixedPoint> for UpdateEncoding {
+    fn from(fixed: FixedPoint) -> Self {
+        Self::Fixed(fixed)
+    }
 }
 
 /// The encoding of a whole vector: blocks of `(values, encoding)` in order.
@@ -82,12 +116,7 @@ impl VectorEncoding {
     pub fn encoded_len(&self) -> usize {
         self.blocks
             .iter()
-            .map(|(len, encoding)| match encoding {
-                BlockEncoding::Clipped(_) => *len,
-                BlockEncoding::Wide => len * LIMBS,
-                BlockEncoding::Count => len * COUNT_LIMBS,
-                BlockEncoding::Words => *len,
-            })
+            .map(|(len, encoding)| block_words(encoding, *len))
             .sum()
     }
 
@@ -99,10 +128,12 @@ impl VectorEncoding {
             )));
         }
         for (_, encoding) in &self.blocks {
-            if let BlockEncoding::Clipped(fixed) = encoding {
-                fixed
+            match encoding {
+                BlockEncoding::Clipped(fixed) => fixed
                     .check_capacity(participants)
-                    .map_err(|e| SecAggError::BadParams(e.to_string()))?;
+                    .map_err(|e| SecAggError::BadParams(e.to_string()))?,
+                BlockEncoding::Packed(quantized) => quantized.check_capacity(participants)?,
+                BlockEncoding::Wide | BlockEncoding::Count | BlockEncoding::Words => {}
             }
         }
         Ok(())
@@ -153,6 +184,9 @@ impl VectorEncoding {
                         out.push(word(value, start + i)?);
                     }
                 }
+                BlockEncoding::Packed(quantized) => {
+                    quantized.encode_into(block, start, rng, &mut out)?;
+                }
             }
         }
         Ok(out)
@@ -160,8 +194,9 @@ impl VectorEncoding {
 
     /// SHA-256 over a canonical encoding of the blocks (a domain label, the number of blocks,
     /// then each block's length, kind, and for a clipped block its clip bound's bits and its
-    /// fractional bits). [`RoundParams::encoding_digest`](super::RoundParams::encoding_digest)
-    /// carries it, so that every participant encodes alike.
+    /// fractional bits, for a packed one its clip bound's bits, level bits and lane bits).
+    /// [`RoundParams::encoding_digest`](super::RoundParams::encoding_digest) carries it, so
+    /// that every participant encodes alike.
     pub fn digest(&self) -> [u8; 32] {
         let mut context = ring::digest::Context::new(&ring::digest::SHA256);
         context.update(b"medfed-secagg-encoding-v1");
@@ -177,6 +212,12 @@ impl VectorEncoding {
                 BlockEncoding::Wide => context.update(&[1]),
                 BlockEncoding::Count => context.update(&[2]),
                 BlockEncoding::Words => context.update(&[3]),
+                BlockEncoding::Packed(quantized) => {
+                    context.update(&[4]);
+                    context.update(&quantized.clip.to_bits().to_be_bytes());
+                    context.update(&quantized.level_bits.to_be_bytes());
+                    context.update(&quantized.lane_bits.to_be_bytes());
+                }
             }
         }
         let mut out = [0; 32];
@@ -212,14 +253,16 @@ impl VectorEncoding {
     /// Every word is checked against the largest value `summed_inputs` honest inputs can give:
     /// each limb sum of a [`BlockEncoding::Wide`] or [`BlockEncoding::Count`] value at most
     /// `summed_inputs × (2^16 − 1)`, each clipped word at most `summed_inputs × ⌈B·2^bits⌉` in
-    /// magnitude. A word beyond it is refused ([`SecAggError::LimbOutOfRange`]) and the round
-    /// fails rather than publish a wrong figure.
+    /// magnitude, each lane sum of a packed word at most `summed_inputs × L` (and its unused
+    /// lanes and bits 0). A word beyond it is refused ([`SecAggError::LimbOutOfRange`]) and the
+    /// round fails rather than publish a wrong figure.
     ///
     /// What this detects: a wrong `summed_inputs`, a sum garbled or unmasked wrongly, and an
     /// input with a word far out of its range (a limb of 2^31, say), which leaves the sum out of
     /// range whatever the others sent. What it cannot detect: an out-of-range word of a
     /// dishonest node that still lands in range once summed (a limb of 2^17 among small limbs,
-    /// or one that wraps round to a small value), nor false figures encoded in range. The
+    /// one that wraps round to a small value, or a packed lane above `L` that carries into the
+    /// next lane and leaves both in range), nor false figures encoded in range. The
     /// masked inputs prove nothing about what a node encoded; only zero-knowledge range proofs
     /// on each input, which this protocol does not have, would.
     pub fn decode_sum(&self, sum: &[u32], summed_inputs: usize) -> Result<Vec<f64>, SecAggError> {
@@ -227,7 +270,7 @@ impl VectorEncoding {
         let mut out = vec![0.0; self.value_len()];
         let (mut words, mut values) = (sum, out.as_mut_slice());
         for (len, encoding) in &self.blocks {
-            let (block, rest) = words.split_at(len * words_per_value(encoding));
+            let (block, rest) = words.split_at(block_words(encoding, *len));
             let (decoded, more) = values.split_at_mut(*len);
             decode_block(encoding, block, summed_inputs, decoded);
             (words, values) = (rest, more);
@@ -251,14 +294,19 @@ impl VectorEncoding {
         let mut out = vec![0.0; self.value_len()];
         let (mut word_end, mut value_end) = (sum.len(), out.len());
         for (len, encoding) in self.blocks.iter().rev() {
-            let per = words_per_value(encoding);
-            let (word_start, value_start) = (word_end - len * per, value_end - len);
-            let mut end = value_end;
-            while end > value_start {
-                let start = end.saturating_sub(RELEASE_PIECE).max(value_start);
-                let words = word_start + (start - value_start) * per;
-                let block = sum.get(words..word_start + (end - value_start) * per);
-                let decoded = out.get_mut(start..end);
+            // Pieces of whole units (a packed word's values decode together).
+            let (unit_values, unit_words) = unit(encoding);
+            let units = len.div_ceil(unit_values);
+            let (word_start, value_start) = (word_end - units * unit_words, value_end - len);
+            let piece = (RELEASE_PIECE / unit_values).max(1);
+            let mut end = units;
+            while end > 0 {
+                let start = end.saturating_sub(piece);
+                let words = word_start + start * unit_words;
+                let block = sum.get(words..word_start + end * unit_words);
+                let values = value_start + start * unit_values
+                    ..value_end.min(value_start + end * unit_values);
+                let decoded = out.get_mut(values);
                 if let (Some(block), Some(decoded)) = (block, decoded) {
                     decode_block(encoding, block, summed_inputs, decoded);
                 }
@@ -299,7 +347,7 @@ impl VectorEncoding {
         let mut rest = sum;
         let mut position = 0;
         for (len, encoding) in &self.blocks {
-            let (block, tail) = rest.split_at(len * words_per_value(encoding));
+            let (block, tail) = rest.split_at(block_words(encoding, *len));
             let start = position;
             (rest, position) = (tail, position + block.len());
             match encoding {
@@ -324,6 +372,14 @@ impl VectorEncoding {
                     check_limbs(block, start, most_limb, &out_of_range)?;
                 }
                 BlockEncoding::Words => {}
+                BlockEncoding::Packed(quantized) => {
+                    quantized.check_capacity(summed_inputs.max(1))?;
+                    if let Some((i, value, most)) =
+                        quantized.out_of_range(block, *len, summed_inputs)
+                    {
+                        return Err(out_of_range(start + i, value, most));
+                    }
+                }
             }
         }
         Ok(())
@@ -334,13 +390,21 @@ impl VectorEncoding {
 /// they came from are released (2 MiB of figures).
 const RELEASE_PIECE: usize = 1 << 18;
 
-/// Words each figure of a block takes.
-fn words_per_value(encoding: &BlockEncoding) -> usize {
+/// The smallest run of a block's figures that fills whole words, as `(figures, words)`: a
+/// figure for one, two or four words, or a packed word's figures for one word.
+fn unit(encoding: &BlockEncoding) -> (usize, usize) {
     match encoding {
-        BlockEncoding::Clipped(_) | BlockEncoding::Words => 1,
-        BlockEncoding::Wide => LIMBS,
-        BlockEncoding::Count => COUNT_LIMBS,
+        BlockEncoding::Clipped(_) | BlockEncoding::Words => (1, 1),
+        BlockEncoding::Wide => (1, LIMBS),
+        BlockEncoding::Count => (1, COUNT_LIMBS),
+        BlockEncoding::Packed(quantized) => (quantized.lanes(), 1),
     }
+}
+
+/// Words a block of `len` figures takes (a packed block's last word may be partial).
+fn block_words(encoding: &BlockEncoding, len: usize) -> usize {
+    let (figures, words) = unit(encoding);
+    len.div_ceil(figures) * words
 }
 
 /// Decodes the (checked) words of whole figures of one block into `out`, a figure each.
@@ -367,6 +431,7 @@ fn decode_block(encoding: &BlockEncoding, block: &[u32], summed_inputs: usize, o
                 *value = f64::from(*word);
             }
         }
+        BlockEncoding::Packed(quantized) => quantized.decode_sum_into(block, summed_inputs, out),
     }
 }
 
@@ -653,6 +718,10 @@ mod tests {
             (long, BlockEncoding::Clipped(fixed)),
             (5, BlockEncoding::Words),
             (long, BlockEncoding::Count),
+            // Five values a word (6-bit lanes): pieces of 2^18 values are not whole words, so
+            // the pieces are of whole words; the last word is partial.
+            (long, BlockEncoding::Packed(Quantized::fit(8.0, 6, 3))),
+            (2, BlockEncoding::Wide),
         ]);
         let mut rng = ChaCha20Rng::seed_from_u64(9);
         let mut sum = vec![0u32; encoding.encoded_len()];
@@ -664,6 +733,15 @@ mod tests {
         }
         let whole = encoding.decode_sum(&sum, 3).unwrap();
         assert_eq!(whole.len(), encoding.value_len());
+        // The packed block decodes each value within three steps of its sum.
+        let packed_start = encoding.value_len() - 2 - long;
+        let step = 16.0 / 15.0;
+        for (i, got) in whole.iter().enumerate().skip(packed_start).take(long) {
+            let exact: f64 = (0..3)
+                .map(|node| (((i * 7 + node * 13) % 17) as f64).min(8.0))
+                .sum();
+            assert!((got - exact).abs() <= 3.0 * step, "{i}");
+        }
         assert_eq!(
             encoding.decode_sum_releasing(sum.clone(), 3).unwrap(),
             whole
@@ -760,6 +838,13 @@ mod tests {
                 fractional_bits,
             })
         };
+        let packed = |clip, level_bits, lane_bits| {
+            BlockEncoding::Packed(Quantized {
+                clip,
+                level_bits,
+                lane_bits,
+            })
+        };
         let encodings = [
             VectorEncoding::new(vec![]),
             VectorEncoding::new(vec![(2, BlockEncoding::Count)]),
@@ -770,6 +855,10 @@ mod tests {
             VectorEncoding::new(vec![(2, fixed(2.0, 16))]),
             VectorEncoding::new(vec![(1, BlockEncoding::Count), (1, BlockEncoding::Count)]),
             VectorEncoding::new(vec![(2, BlockEncoding::Count), (1, fixed(1.0, 16))]),
+            VectorEncoding::new(vec![(2, packed(1.0, 6, 8))]),
+            VectorEncoding::new(vec![(2, packed(1.0, 5, 8))]),
+            VectorEncoding::new(vec![(2, packed(1.0, 6, 10))]),
+            VectorEncoding::new(vec![(2, packed(2.0, 6, 8))]),
         ];
         let digests: std::collections::HashSet<[u8; 32]> =
             encodings.iter().map(VectorEncoding::digest).collect();

@@ -67,6 +67,7 @@ pub mod fixed_point;
 pub mod graph;
 mod messages;
 mod params;
+pub mod quantized;
 mod server;
 pub mod shamir;
 #[cfg(test)]
@@ -157,6 +158,28 @@ pub enum SecAggError {
         position: usize,
         /// The figure.
         value: f64,
+    },
+    /// A figure of a quantised block that is NaN or infinite.
+    #[error("figure {position} is not finite")]
+    NotFinite {
+        /// Its position in the vector.
+        position: usize,
+    },
+    /// A quantised encoding whose lanes could carry into each other in a sum of this many
+    /// inputs: it needs `participants · (2^level_bits − 1) < 2^lane_bits`, and one level bit at
+    /// least.
+    #[error(
+        "{participants} participants do not fit {lane_bits}-bit lanes with {level_bits} level \
+         bits (need participants · (2^level_bits − 1) < 2^lane_bits and at least 1 level bit): \
+         widen the lanes (upload_bits) or have fewer hospitals a round"
+    )]
+    QuantizationCapacity {
+        /// Inputs in the sum.
+        participants: usize,
+        /// Bits of a value's level.
+        level_bits: u32,
+        /// Bits of a lane.
+        lane_bits: u32,
     },
     /// Too few shares to reconstruct a participant's secret.
     #[error("only {have} shares of participant {index}'s secret arrived, {threshold} needed")]

@@ -577,6 +577,70 @@ fn the_coordinator_never_holds_an_unmasked_update() {
 }
 
 #[test]
+fn quantised_updates_packed_under_real_masks_decode_to_the_survivors_sum() {
+    use super::encoding::{BlockEncoding, VectorEncoding};
+    use super::quantized::Quantized;
+
+    // 8-bit lanes for 5 participants: 5 level bits (5 · 31 < 256 ≤ 5 · 63), four values a word; 1001
+    // values, so the last word holds one. Counts before, a weight after, as in a round vector.
+    let quantized = Quantized::fit(2.0, 8, 5);
+    assert_eq!(quantized.level_bits, 5);
+    let encoding = VectorEncoding::new(vec![
+        (3, BlockEncoding::Count),
+        (1001, BlockEncoding::Packed(quantized)),
+        (1, BlockEncoding::Wide),
+    ]);
+    assert_eq!(encoding.encoded_len(), 3 * 2 + 251 + 4);
+    encoding.check_capacity(5).unwrap();
+    let values: Vec<Vec<f64>> = (0..5)
+        .map(|node| {
+            let mut v = vec![f64::from(node), 7.0, -1.0];
+            v.extend((0..1001).map(|i| ((i * 13 + node * 7) % 29) as f64 / 7.0 - 2.0));
+            v.push(10.5);
+            v
+        })
+        .collect();
+    // Participant 3 drops before its masked input: the sum is the other four's.
+    let mut federation = Federation::new(5, None, encoding.encoded_len(), 21);
+    let mut rng = ChaCha20Rng::seed_from_u64(21);
+    federation.inputs = values
+        .iter()
+        .map(|v| encoding.encode(v, &mut rng).unwrap())
+        .collect();
+    let (sum, survivors) = federation
+        .run(&[DropAfter::Nothing, DropAfter::Nothing, DropAfter::Keys])
+        .unwrap();
+    assert_eq!(survivors, vec![1, 2, 4, 5]);
+    assert_eq!(sum, federation.expected_sum(&survivors));
+    let decoded = encoding
+        .decode_sum_releasing(sum.clone(), survivors.len())
+        .unwrap();
+    assert_eq!(decoded, encoding.decode_sum(&sum, survivors.len()).unwrap());
+    let summed = |i: usize| -> f64 {
+        survivors
+            .iter()
+            .map(|&s| values[usize::from(s) - 1][i])
+            .sum()
+    };
+    assert_eq!(&decoded[..3], &[summed(0), 28.0, -4.0]);
+    assert_eq!(decoded[1004], 42.0);
+    // Each input is off by less than a step, 2B/L.
+    let step = 4.0 / 31.0;
+    for (i, got) in decoded.iter().enumerate().take(1004).skip(3) {
+        assert!(
+            (got - summed(i)).abs() < 4.0 * step,
+            "value {i}: {got} vs {}",
+            summed(i)
+        );
+    }
+    // Read as the sum of one input, the words are out of range: refused.
+    assert!(matches!(
+        encoding.decode_sum(&sum, 1),
+        Err(SecAggError::LimbOutOfRange { .. })
+    ));
+}
+
+#[test]
 fn counts_decode_exactly_with_the_number_of_inputs_summed_whatever_phase_a_node_drops_in() {
     use super::encoding::{BlockEncoding, VectorEncoding};
 
