@@ -241,6 +241,49 @@ pub enum PrivateFileError {
     Exposed(u32),
 }
 
+/// Why [`read_regular_file`] read nothing.
+#[derive(Debug)]
+pub enum BoundedFileError {
+    /// It could not be opened or read.
+    Read(io::Error),
+    /// Not a regular file (a FIFO or a device would block or never end).
+    NotAFile,
+    /// Larger than the caller's bound.
+    TooLarge,
+}
+
+/// Reads a whole regular file of at most `max_bytes`: a FIFO, a device or a folder is refused
+/// before it is opened (and the file is opened without blocking, should it become one in
+/// between), and a file that grows past the bound is refused without reading more than one
+/// byte beyond it. Each caller words the error for what the file is.
+pub fn read_regular_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, BoundedFileError> {
+    if !fs::metadata(path)
+        .map_err(BoundedFileError::Read)?
+        .is_file()
+    {
+        return Err(BoundedFileError::NotAFile);
+    }
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(BoundedFileError::Read)?;
+    if !file.metadata().map_err(BoundedFileError::Read)?.is_file() {
+        return Err(BoundedFileError::NotAFile);
+    }
+    let mut bytes = Vec::new();
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(BoundedFileError::Read)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(BoundedFileError::TooLarge);
+    }
+    Ok(bytes)
+}
+
 /// Reads a whole file that must be private to its owner (no permission bit for group or
 /// others): keys, tokens, credentials. Each caller words the error for what the file is.
 ///

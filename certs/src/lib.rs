@@ -55,7 +55,10 @@ pub use dev::{
     dev_node_names, make_dev_consortium,
 };
 pub use error::CertError;
-pub use files::{PrivateFileError, read_owner_only, replace_file, replace_file_with};
+pub use files::{
+    BoundedFileError, PrivateFileError, read_owner_only, read_regular_file, replace_file,
+    replace_file_with,
+};
 pub use members::{MemberList, MemberListError, MembershipError, key_fingerprint};
 pub use report_keys::{
     coordinator_report_key, coordinator_report_key_der, load_report_signing_key,

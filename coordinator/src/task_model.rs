@@ -3,9 +3,9 @@
 //! consortium's TorchScript module from its two files, the module (hashed, never run: the
 //! coordinator does not link libtorch) and the safetensors file of its initial parameters.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use medfed_certs::{BoundedFileError, read_regular_file};
 use medfed_protocol::model::{ModelConfig, ModelError, ModelKind, ModelSpec};
 use medfed_protocol::torchscript::MAX_MODULE_BYTES;
 
@@ -55,27 +55,14 @@ pub fn check_model_config(config: &ModelConfig) -> Result<(), TaskModelError> {
 
 /// A file of at most [`MAX_MODULE_BYTES`].
 fn read_file(path: &Path) -> Result<Vec<u8>, TaskModelError> {
-    let io = |source| TaskModelError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    if !std::fs::metadata(path).map_err(io)?.is_file() {
-        return Err(TaskModelError::NotAFile {
-            path: path.to_owned(),
-        });
-    }
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(io)?
-        .take(MAX_MODULE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_MODULE_BYTES {
-        return Err(TaskModelError::TooLarge {
-            path: path.to_owned(),
-        });
-    }
-    Ok(bytes)
+    read_regular_file(path, MAX_MODULE_BYTES).map_err(|e| {
+        let path = path.to_owned();
+        match e {
+            BoundedFileError::Read(source) => TaskModelError::Read { path, source },
+            BoundedFileError::NotAFile => TaskModelError::NotAFile { path },
+            BoundedFileError::TooLarge => TaskModelError::TooLarge { path },
+        }
+    })
 }
 
 /// Why the task's model cannot be built.

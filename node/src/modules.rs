@@ -7,9 +7,9 @@
 //! and hashed again at each load, so a file changed after the node started is refused, never
 //! run.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use medfed_certs::{BoundedFileError, read_regular_file};
 use medfed_protocol::manifest::Digest32;
 use medfed_protocol::torchscript::{MAX_MODULE_BYTES, module_digest};
 
@@ -68,47 +68,14 @@ impl ApprovedModules {
 
 /// A module file's bytes, at most [`MAX_MODULE_BYTES`].
 fn read_module(path: &Path) -> Result<Vec<u8>, ModuleError> {
-    let io = |source| ModuleError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    // Checked before opening too: opening a FIFO would block.
-    if !std::fs::metadata(path).map_err(io)?.is_file() {
-        return Err(ModuleError::NotAFile {
-            path: path.to_owned(),
-        });
-    }
-    // Without blocking, should the file become a FIFO after the check above.
-    let file = open_nonblocking(path).map_err(io)?;
-    if !file.metadata().map_err(io)?.is_file() {
-        return Err(ModuleError::NotAFile {
-            path: path.to_owned(),
-        });
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_MODULE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_MODULE_BYTES {
-        return Err(ModuleError::TooLarge {
-            path: path.to_owned(),
-        });
-    }
-    Ok(bytes)
-}
-
-#[cfg(unix)]
-fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::File::open(path)
+    read_regular_file(path, MAX_MODULE_BYTES).map_err(|e| {
+        let path = path.to_owned();
+        match e {
+            BoundedFileError::Read(source) => ModuleError::Read { path, source },
+            BoundedFileError::NotAFile => ModuleError::NotAFile { path },
+            BoundedFileError::TooLarge => ModuleError::TooLarge { path },
+        }
+    })
 }
 
 /// Why a module cannot be used.

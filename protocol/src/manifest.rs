@@ -300,6 +300,13 @@ impl SecureAggregationPlan {
         let Some(bits) = self.upload_bits else {
             return Ok(());
         };
+        if !(self.update_clip > 0.0 && (2.0 * self.update_clip).is_finite()) {
+            return Err(format!(
+                "update_clip = {} cannot be quantised: it must be positive, with 2 · update_clip \
+                 finite",
+                self.update_clip
+            ));
+        }
         if !(MIN_LANE_BITS..=MAX_LANE_BITS).contains(&bits) {
             return Err(format!(
                 "upload_bits = {bits} is not in {MIN_LANE_BITS}..={MAX_LANE_BITS} (bits per \
@@ -361,6 +368,11 @@ impl SecureAggregationPlan {
                 got: setup.update_encoding,
                 planned: encoding,
             });
+        }
+        // A round of more hospitals than the quantisation has room for (a member list longer
+        // than `min_nodes` allows): declined now, before the node trains for nothing.
+        if let Err(reason) = self.check_quantization(params.n()) {
+            return Err(Departure::Quantization { reason });
         }
         Ok(())
     }
@@ -929,6 +941,12 @@ pub enum Departure {
         got: UpdateEncoding,
         /// Planned.
         planned: UpdateEncoding,
+    },
+    /// A round the manifest's quantisation has no room for.
+    #[error("{reason}")]
+    Quantization {
+        /// Which numbers do not fit.
+        reason: String,
     },
 }
 
@@ -1570,6 +1588,16 @@ pub(crate) mod tests {
                 Err(Departure::UpdateEncoding { .. })
             ));
         }
+        // Two-bit lanes hold a sum of three one-bit levels, not four: a round of four
+        // hospitals (a member list longer than min_nodes lets through) is declined before
+        // anything is trained, even with the encoding the rule gives (no level bit).
+        let mut narrow = m.clone();
+        narrow.secure_aggregation.as_mut().unwrap().upload_bits = Some(2);
+        let four = start(&narrow, 2, true);
+        assert!(matches!(
+            narrow.check_round_start(&four),
+            Err(Departure::Quantization { .. })
+        ));
         assert!(matches!(
             departs(&|s| s.secure_aggregation = Some(setup(&m, 2))),
             Departure::TooFewParticipants {

@@ -108,26 +108,13 @@ impl Trainer for TchTrainer {
         }
         let model = Mlp::from_flat(spec, initial, self.device, true)?;
         let (features, labels) = to_tensors(data, self.device)?;
-        // PyTorch's own `pos_weight`; none at 1, so that plain BCE computes as it always did.
-        let pos_weight = (plan.pos_weight != 1.0)
-            .then(|| Tensor::f_from_slice(&[plan.pos_weight as f32])?.f_to_device(self.device))
-            .transpose()?;
-
+        let pos_weight = pos_weight_tensor(plan.pos_weight, self.device)?;
         let outcome = sgd_loop(
             self.device,
             (&features, &labels),
             plan,
             progress,
-            &mut |x, y| {
-                Ok(model
-                    .forward(x)?
-                    .f_binary_cross_entropy_with_logits::<&Tensor>(
-                        y,
-                        None,
-                        pos_weight.as_ref(),
-                        Reduction::Mean,
-                    )?)
-            },
+            &mut |x, y| Ok(mean_bce(&model.forward(x)?, y, pos_weight.as_ref())?),
             &mut || Ok(model.sgd_step(plan.learning_rate)?),
         )?;
         Ok(TrainOutcome {
@@ -335,6 +322,26 @@ pub(super) fn to_tensors(data: &Examples, device: Device) -> Result<(Tensor, Ten
         .f_view([rows, 1])?
         .f_to_device(device)?;
     Ok((features, labels))
+}
+
+/// PyTorch's own `pos_weight` as a tensor on `device`; none at 1, so that plain BCE computes
+/// as it always did.
+pub(super) fn pos_weight_tensor(
+    pos_weight: f64,
+    device: Device,
+) -> Result<Option<Tensor>, TchError> {
+    (pos_weight != 1.0)
+        .then(|| Tensor::f_from_slice(&[pos_weight as f32])?.f_to_device(device))
+        .transpose()
+}
+
+/// Plain SGD's batch loss: the mean BCE-with-logits of `logits` against `y`.
+pub(super) fn mean_bce(
+    logits: &Tensor,
+    y: &Tensor,
+    pos_weight: Option<&Tensor>,
+) -> Result<Tensor, TchError> {
+    logits.f_binary_cross_entropy_with_logits::<&Tensor>(y, None, pos_weight, Reduction::Mean)
 }
 
 /// Plain mini-batch SGD's loop, whatever the model: `plan.local_epochs` epochs over the rows in

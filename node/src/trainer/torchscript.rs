@@ -22,7 +22,7 @@ use rand::CryptoRng;
 use tch::{CModule, Device, Kind, Reduction, TchError, Tensor};
 
 use super::dp_sgd::{ClippedSum, check_private_run, dp_sgd_loop};
-use super::tch_trainer::{sgd_loop, to_tensors};
+use super::tch_trainer::{mean_bce, pos_weight_tensor, sgd_loop, to_tensors};
 use super::{
     DpConfig, PrivateTrainOutcome, TchTrainer, TrainError, TrainOutcome, TrainProgress,
     check_inputs, check_plan,
@@ -233,7 +233,7 @@ impl TorchScriptModel {
         y: &Tensor,
         pos_weight: f64,
     ) -> Result<Tensor, TrainError> {
-        let weight = self.pos_weight(pos_weight)?;
+        let weight = pos_weight_tensor(pos_weight, self.device)?;
         let rows = x.size().first().copied().unwrap_or(0);
         let mut out = Vec::with_capacity(usize::try_from(rows).unwrap_or(0));
         let total: i64 = self.sizes.iter().sum();
@@ -259,7 +259,7 @@ impl TorchScriptModel {
         max_norm: f64,
         pos_weight: f64,
     ) -> Result<ClippedSum, TrainError> {
-        let weight = self.pos_weight(pos_weight)?;
+        let weight = pos_weight_tensor(pos_weight, self.device)?;
         let rows = x.size().first().copied().unwrap_or(0);
         let total: i64 = self.sizes.iter().sum();
         let mut sum = Tensor::f_zeros([total], (Kind::Float, self.device))?;
@@ -303,13 +303,6 @@ impl TorchScriptModel {
         }
         Ok(flat)
     }
-
-    /// PyTorch's `pos_weight` as a tensor; none at 1.
-    fn pos_weight(&self, pos_weight: f64) -> Result<Option<Tensor>, TchError> {
-        (pos_weight != 1.0)
-            .then(|| Tensor::f_from_slice(&[pos_weight as f32])?.f_to_device(self.device))
-            .transpose()
-    }
 }
 
 impl TchTrainer {
@@ -333,22 +326,13 @@ impl TchTrainer {
         let mut model = TorchScriptModel::load(self.modules(), module, initial, device)?;
         model.set_training(true)?;
         let (features, labels) = to_tensors(data, device)?;
-        let pos_weight = model.pos_weight(plan.pos_weight)?;
+        let pos_weight = pos_weight_tensor(plan.pos_weight, device)?;
         let outcome = sgd_loop(
             device,
             (&features, &labels),
             plan,
             progress,
-            &mut |x, y| {
-                Ok(model
-                    .forward(x)?
-                    .f_binary_cross_entropy_with_logits::<&Tensor>(
-                        y,
-                        None,
-                        pos_weight.as_ref(),
-                        Reduction::Mean,
-                    )?)
-            },
+            &mut |x, y| Ok(mean_bce(&model.forward(x)?, y, pos_weight.as_ref())?),
             &mut || Ok(model.sgd_step(plan.learning_rate)?),
         )?;
         Ok(TrainOutcome {

@@ -262,7 +262,9 @@ impl VectorEncoding {
     /// range whatever the others sent. What it cannot detect: an out-of-range word of a
     /// dishonest node that still lands in range once summed (a limb of 2^17 among small limbs,
     /// one that wraps round to a small value, or a packed lane above `L` that carries into the
-    /// next lane and leaves both in range), nor false figures encoded in range. The
+    /// next lane and leaves both in range, or past the word's top: with lanes dividing 32 a
+    /// dishonest node can add any offset to any coordinate that keeps its sum in range), nor
+    /// false figures encoded in range. The
     /// masked inputs prove nothing about what a node encoded; only zero-knowledge range proofs
     /// on each input, which this protocol does not have, would.
     pub fn decode_sum(&self, sum: &[u32], summed_inputs: usize) -> Result<Vec<f64>, SecAggError> {

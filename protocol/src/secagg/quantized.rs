@@ -69,11 +69,12 @@ impl Quantized {
         len.div_ceil(self.lanes())
     }
 
-    /// Refuses an unusable configuration (a clip bound that is not finite and positive, lanes
+    /// Refuses an unusable configuration (a clip bound that is not positive with `2B` finite, lanes
     /// outside [`MIN_LANE_BITS`, `MAX_LANE_BITS`], no level bit, or no headroom) and a sum of
     /// `participants` inputs whose lanes could carry: `participants · L ≥ 2^lane_bits`.
     pub fn check_capacity(&self, participants: usize) -> Result<(), SecAggError> {
-        let usable = self.clip.is_finite()
+        // `2B` finite too: beyond, every value would quantise to 0 and decode to NaN.
+        let usable = (2.0 * self.clip).is_finite()
             && self.clip > 0.0
             && (MIN_LANE_BITS..=MAX_LANE_BITS).contains(&self.lane_bits)
             && self.level_bits < self.lane_bits;
@@ -236,6 +237,11 @@ mod tests {
                 ..q
             },
             Quantized { clip: 0.0, ..q },
+            // 2B overflows: every value would quantise to 0 and the sum decode to NaN.
+            Quantized {
+                clip: f64::MAX,
+                ..q
+            },
             Quantized {
                 lane_bits: 17,
                 level_bits: 6,
