@@ -121,9 +121,12 @@ impl PerExample {
         rng: &mut dyn CryptoRng,
     ) -> Result<Self, TrainError> {
         Ok(match &spec.kind {
-            ModelKind::TorchScript(module) => Self::TorchScript(Box::new(TorchScriptModel::load(
-                modules, module, params, device,
-            )?)),
+            ModelKind::TorchScript(module) => {
+                let mut model = TorchScriptModel::load(modules, module, params, device)?;
+                // Training mode, as DP-SGD's passes: not whatever mode the file was saved in.
+                model.set_training(true)?;
+                Self::TorchScript(Box::new(model))
+            }
             ModelKind::Layers(architecture) => Self::Layers(
                 Network::from_flat(architecture, params, Kind::Float, device, true)?,
                 Box::new(ChaCha20Rng::from_seed(rng.random())),
