@@ -122,7 +122,7 @@ impl PerExample {
     ) -> Result<Self, TrainError> {
         Ok(match &spec.kind {
             ModelKind::TorchScript(module) => {
-                let mut model = TorchScriptModel::load(modules, module, params, device)?;
+                let mut model = TorchScriptModel::load(modules, module, params)?;
                 // Training mode, as DP-SGD's passes: not whatever mode the file was saved in.
                 model.set_training(true)?;
                 Self::TorchScript(Box::new(model))

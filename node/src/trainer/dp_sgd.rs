@@ -29,6 +29,7 @@ use medfed_protocol::task::TrainingPlan;
 use rand::CryptoRng;
 use tch::{Device, Kind, Reduction, TchError, Tensor};
 
+use super::params::step_by_flat;
 use super::tch_trainer::{Mlp, to_tensors};
 use super::{
     DpConfig, PrivateTrainOutcome, TrainError, TrainProgress, check_inputs, check_plan, noise,
@@ -86,7 +87,7 @@ pub(super) fn train_private(
                 plan.pos_weight,
             )?)
         },
-        &mut |grad, scale| sgd_step(&model, grad, scale),
+        &mut |grad, scale| step_by_flat(&model.params(), grad, scale),
     )?;
     Ok(PrivateTrainOutcome {
         params: model.to_flat()?,
@@ -358,23 +359,6 @@ pub(crate) fn clip_factors(norms: &Tensor, max_norm: f64) -> Result<Tensor, TchE
 /// The squared L2 norm of each row of a `[B, d]` matrix.
 fn row_sq_norms(m: &Tensor) -> Result<Tensor, TchError> {
     m.f_square()?.f_sum_dim_intlist(1, false, Kind::Float)
-}
-
-/// `p ← p − scale·g` for every parameter, where `grad` is flat in layout order.
-fn sgd_step(model: &Mlp, grad: &Tensor, scale: f64) -> Result<(), TchError> {
-    let mut offset = 0;
-    for (w, b, _) in &model.layers {
-        for p in [w, b] {
-            let n = p.numel() as i64;
-            let step = grad
-                .f_narrow(0, offset, n)?
-                .f_view_as(p)?
-                .f_mul_scalar(scale)?;
-            let _ = p.shallow_clone().f_sub_(&step)?;
-            offset += n;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

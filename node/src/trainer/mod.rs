@@ -38,6 +38,8 @@ mod layers;
 #[cfg(feature = "torch")]
 mod noise;
 #[cfg(feature = "torch")]
+mod params;
+#[cfg(feature = "torch")]
 mod tch_trainer;
 #[cfg(feature = "torch")]
 mod torchscript;

@@ -11,6 +11,7 @@ use rand::{CryptoRng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tch::{Device, Reduction, TchError, Tensor};
 
+use super::params::{flat_values, step_by_grads};
 use super::{
     ComputeDevice, DistributedOutcome, DistributedRound, DpConfig, PrivateTrainOutcome, TrainError,
     TrainOutcome, TrainProgress, Trainer, check_inputs, check_plan, distributed, dp_sgd,
@@ -115,7 +116,7 @@ impl Trainer for TchTrainer {
             plan,
             progress,
             &mut |x, y| Ok(mean_bce(&model.forward(x)?, y, pos_weight.as_ref())?),
-            &mut || Ok(model.sgd_step(plan.learning_rate)?),
+            &mut || Ok(step_by_grads(&model.params(), plan.learning_rate)?),
         )?;
         Ok(TrainOutcome {
             params: model.to_flat()?,
@@ -267,34 +268,14 @@ impl Mlp {
         Ok(h)
     }
 
-    /// `p ← p − lr·∇p` for every parameter, then clears the gradients.
-    fn sgd_step(&self, learning_rate: f64) -> Result<(), TchError> {
-        let _no_grad = tch::no_grad_guard();
-        for (w, b, _) in &self.layers {
-            for p in [w, b] {
-                let mut grad = p.f_grad()?;
-                let mut p = p.shallow_clone();
-                let _ = p.f_sub_(&grad.f_mul_scalar(learning_rate)?)?;
-                let _ = grad.f_zero_()?;
-            }
-        }
-        Ok(())
+    /// The parameter tensors in layout order: each layer's weight, then its bias.
+    pub(super) fn params(&self) -> Vec<&Tensor> {
+        self.layers.iter().flat_map(|(w, b, _)| [w, b]).collect()
     }
 
     /// The parameters as one flat vector in layout order.
     pub(super) fn to_flat(&self) -> Result<Vec<f32>, TrainError> {
-        let mut flat = Vec::new();
-        for (w, b, _) in &self.layers {
-            for p in [w, b] {
-                let p = p
-                    .f_detach()?
-                    .f_to_device(Device::Cpu)?
-                    .f_contiguous()?
-                    .f_view([-1])?;
-                flat.extend(Vec::<f32>::try_from(&p)?);
-            }
-        }
-        Ok(flat)
+        Ok(flat_values(&self.params())?)
     }
 }
 

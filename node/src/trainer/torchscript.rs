@@ -23,6 +23,7 @@ use rand::CryptoRng;
 use tch::{CModule, Device, Kind, Reduction, TchError, Tensor};
 
 use super::dp_sgd::{ClippedSum, check_private_run, dp_sgd_loop};
+use super::params::{flat_values, step_by_flat, step_by_grads};
 use super::tch_trainer::{mean_bce, pos_weight_tensor, sgd_loop, to_tensors};
 use super::{
     DpConfig, PrivateTrainOutcome, TchTrainer, TrainError, TrainOutcome, TrainProgress,
@@ -42,20 +43,18 @@ pub(crate) struct TorchScriptModel {
     module: CModule,
     /// The module's parameters in the manifest's order (the flat vector's).
     params: Vec<Tensor>,
-    /// Their sizes, in that order.
-    sizes: Vec<i64>,
-    device: Device,
 }
 
 impl TorchScriptModel {
-    /// Loads the approved module `declared` names, checks that its parameters are exactly the
-    /// declared ones, and gives them the values of `flat` (whose length the caller checked).
+    /// Loads the approved module `declared` names on [`MODULE_DEVICE`], checks that its
+    /// parameters are exactly the declared ones, and gives them the values of `flat` (whose
+    /// length the caller checked).
     pub(crate) fn load(
         modules: &ApprovedModules,
         declared: &TorchScriptModule,
         flat: &[f32],
-        device: Device,
     ) -> Result<Self, TrainError> {
+        let device = MODULE_DEVICE;
         let bytes = modules
             .bytes(&declared.sha256)
             .map_err(|e| TrainError::Module(e.to_string()))?;
@@ -72,7 +71,6 @@ impl TorchScriptModel {
         }
         let _no_grad = tch::no_grad_guard();
         let mut params = Vec::with_capacity(declared.tensors.len());
-        let mut sizes = Vec::with_capacity(declared.tensors.len());
         let mut rest = flat;
         for tensor in &declared.tensors {
             let Some(p) = named.remove(&tensor.name) else {
@@ -99,16 +97,19 @@ impl TorchScriptModel {
             // reads these values and its backward pass fills this tensor's gradient.
             let mut p = p;
             p.f_copy_(&values)?;
-            let p = p.f_set_requires_grad(true)?;
-            sizes.push(p.numel() as i64);
-            params.push(p);
+            params.push(p.f_set_requires_grad(true)?);
         }
-        Ok(Self {
-            module,
-            params,
-            sizes,
-            device,
-        })
+        Ok(Self { module, params })
+    }
+
+    /// The parameter tensors, in the flat vector's order.
+    pub(crate) fn params(&self) -> Vec<&Tensor> {
+        self.params.iter().collect()
+    }
+
+    /// Number of parameters, the flat vector's length.
+    fn num_params(&self) -> i64 {
+        self.params.iter().map(|p| p.numel() as i64).sum()
     }
 
     /// Training mode (dropout on) or evaluation mode.
@@ -137,34 +138,6 @@ impl TorchScriptModel {
         Ok(out.f_reshape([rows, 1])?)
     }
 
-    /// `p ← p − lr·∇p` for every parameter with a gradient, then clears the gradients.
-    pub(crate) fn sgd_step(&self, learning_rate: f64) -> Result<(), TchError> {
-        let _no_grad = tch::no_grad_guard();
-        for p in &self.params {
-            let mut grad = p.f_grad()?;
-            if grad.defined() {
-                let mut p = p.shallow_clone();
-                let _ = p.f_sub_(&grad.f_mul_scalar(learning_rate)?)?;
-                let _ = grad.f_zero_()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// `p ← p − scale·g` for the flat gradient `g` (`[P]`, in the flat vector's order).
-    pub(crate) fn step(&self, grad: &Tensor, scale: f64) -> Result<(), TchError> {
-        let _no_grad = tch::no_grad_guard();
-        for (p, g) in self
-            .params
-            .iter()
-            .zip(grad.f_split_with_sizes(&self.sizes, 0)?)
-        {
-            let mut p = p.shallow_clone();
-            let _ = p.f_sub_(&g.f_view(p.size().as_slice())?.f_mul_scalar(scale)?)?;
-        }
-        Ok(())
-    }
-
     /// The gradients as one flat `[P]` vector (zero for a parameter the loss did not reach),
     /// and clears them.
     fn take_flat_grad(&self) -> Result<Tensor, TchError> {
@@ -177,7 +150,7 @@ impl TorchScriptModel {
             } else {
                 parts.push(Tensor::f_zeros(
                     [p.numel() as i64],
-                    (Kind::Float, self.device),
+                    (Kind::Float, MODULE_DEVICE),
                 )?);
             }
         }
@@ -234,15 +207,15 @@ impl TorchScriptModel {
         y: &Tensor,
         pos_weight: f64,
     ) -> Result<Tensor, TrainError> {
-        let weight = pos_weight_tensor(pos_weight, self.device)?;
+        let weight = pos_weight_tensor(pos_weight, MODULE_DEVICE)?;
         let rows = x.size().first().copied().unwrap_or(0);
         let mut out = Vec::with_capacity(usize::try_from(rows).unwrap_or(0));
-        let total: i64 = self.sizes.iter().sum();
+        let total = self.num_params();
         for i in 0..rows {
             out.push(
                 match self.example_gradient_or_none(x, y, i, weight.as_ref())? {
                     Some((_, grad)) => grad,
-                    None => Tensor::f_full([total], f64::NAN, (Kind::Float, self.device))?,
+                    None => Tensor::f_full([total], f64::NAN, (Kind::Float, MODULE_DEVICE))?,
                 },
             );
         }
@@ -260,10 +233,10 @@ impl TorchScriptModel {
         max_norm: f64,
         pos_weight: f64,
     ) -> Result<ClippedSum, TrainError> {
-        let weight = pos_weight_tensor(pos_weight, self.device)?;
+        let weight = pos_weight_tensor(pos_weight, MODULE_DEVICE)?;
         let rows = x.size().first().copied().unwrap_or(0);
-        let total: i64 = self.sizes.iter().sum();
-        let mut sum = Tensor::f_zeros([total], (Kind::Float, self.device))?;
+        let total = self.num_params();
+        let mut sum = Tensor::f_zeros([total], (Kind::Float, MODULE_DEVICE))?;
         let (mut loss_sum, mut skipped) = (0.0, 0u64);
         for i in 0..rows {
             let Some((loss, grad)) = self.example_gradient_or_none(x, y, i, weight.as_ref())?
@@ -293,16 +266,7 @@ impl TorchScriptModel {
 
     /// The parameters as one flat vector in the manifest's order.
     pub(crate) fn to_flat(&self) -> Result<Vec<f32>, TrainError> {
-        let mut flat = Vec::new();
-        for p in &self.params {
-            let p = p
-                .f_detach()?
-                .f_to_device(Device::Cpu)?
-                .f_contiguous()?
-                .f_view([-1])?;
-            flat.extend(Vec::<f32>::try_from(&p)?);
-        }
-        Ok(flat)
+        Ok(flat_values(&self.params())?)
     }
 }
 
@@ -324,7 +288,7 @@ impl TchTrainer {
             return Err(TrainError::EmptyData);
         }
         let device = MODULE_DEVICE;
-        let mut model = TorchScriptModel::load(self.modules(), module, initial, device)?;
+        let mut model = TorchScriptModel::load(self.modules(), module, initial)?;
         model.set_training(true)?;
         let (features, labels) = to_tensors(data, device)?;
         let pos_weight = pos_weight_tensor(plan.pos_weight, device)?;
@@ -334,7 +298,7 @@ impl TchTrainer {
             plan,
             progress,
             &mut |x, y| Ok(mean_bce(&model.forward(x)?, y, pos_weight.as_ref())?),
-            &mut || Ok(model.sgd_step(plan.learning_rate)?),
+            &mut || Ok(step_by_grads(&model.params(), plan.learning_rate)?),
         )?;
         Ok(TrainOutcome {
             params: model.to_flat()?,
@@ -359,7 +323,7 @@ impl TchTrainer {
         check_inputs(spec, initial, data)?;
         check_private_run(plan, dp, data)?;
         let device = MODULE_DEVICE;
-        let mut model = TorchScriptModel::load(self.modules(), module, initial, device)?;
+        let mut model = TorchScriptModel::load(self.modules(), module, initial)?;
         model.set_training(true)?;
         let (features, labels) = to_tensors(data, device)?;
         let run = dp_sgd_loop(
@@ -371,7 +335,7 @@ impl TchTrainer {
             noise_rng,
             progress,
             &mut |x, y| model.clipped_sum(x, y, dp.max_grad_norm, plan.pos_weight),
-            &mut |grad, scale| model.step(grad, scale),
+            &mut |grad, scale| step_by_flat(&model.params(), grad, scale),
         )?;
         Ok(PrivateTrainOutcome {
             params: model.to_flat()?,
@@ -391,7 +355,7 @@ impl TchTrainer {
     ) -> Result<(), TrainError> {
         spec.validate()?;
         let zeros = vec![0.0; spec.layout().len()];
-        let mut model = TorchScriptModel::load(self.modules(), module, &zeros, MODULE_DEVICE)?;
+        let mut model = TorchScriptModel::load(self.modules(), module, &zeros)?;
         let x = Tensor::f_zeros([1, spec.input_dim as i64], (Kind::Float, MODULE_DEVICE))?;
         let y = Tensor::f_zeros([1, 1], (Kind::Float, MODULE_DEVICE))?;
         model.set_training(false)?;
@@ -411,7 +375,7 @@ impl TchTrainer {
     ) -> Result<Vec<f32>, TrainError> {
         check_inputs(spec, params, data)?;
         let _no_grad = tch::no_grad_guard();
-        let mut model = TorchScriptModel::load(self.modules(), module, params, MODULE_DEVICE)?;
+        let mut model = TorchScriptModel::load(self.modules(), module, params)?;
         model.set_training(false)?;
         let width = data.num_features.max(1);
         let features = Tensor::f_from_slice(&data.features)?
@@ -539,9 +503,7 @@ mod tests {
     fn per_example_gradients_are_each_examples_own_pass_and_sum_to_the_batch_gradient() {
         let (spec, initial, trainer) = risk_model();
         let data = examples(7, 2);
-        let model =
-            TorchScriptModel::load(trainer.modules(), declared(&spec), &initial, Device::Cpu)
-                .unwrap();
+        let model = TorchScriptModel::load(trainer.modules(), declared(&spec), &initial).unwrap();
         let (x, y) = to_tensors(&data, Device::Cpu).unwrap();
         let grads = model.per_example_gradients(&x, &y, 2.0).unwrap();
         assert_eq!(grads.size(), [7, initial.len() as i64]);
@@ -580,9 +542,7 @@ mod tests {
     fn the_clipped_sum_clips_each_example_to_the_bound() {
         let (spec, initial, trainer) = risk_model();
         let data = examples(9, 3);
-        let model =
-            TorchScriptModel::load(trainer.modules(), declared(&spec), &initial, Device::Cpu)
-                .unwrap();
+        let model = TorchScriptModel::load(trainer.modules(), declared(&spec), &initial).unwrap();
         let (x, y) = to_tensors(&data, Device::Cpu).unwrap();
         let grads = model.per_example_gradients(&x, &y, 1.0).unwrap();
         let bound = 0.05;
@@ -672,8 +632,7 @@ mod tests {
                 .all(|(i, s)| i == 3 || s.is_finite())
         );
 
-        let model =
-            TorchScriptModel::load(trainer.modules(), &module, &initial, Device::Cpu).unwrap();
+        let model = TorchScriptModel::load(trainer.modules(), &module, &initial).unwrap();
         let (x, y) = to_tensors(&data, Device::Cpu).unwrap();
         let sum = model.clipped_sum(&x, &y, 1.0, 1.0).unwrap();
         assert_eq!(sum.skipped, 1);

@@ -7,6 +7,8 @@ use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 use tch::{Device, Kind, TchError, Tensor};
 
+use crate::trainer::params::{flat_values, step_by_flat};
+
 /// The model as tensors, layer by layer.
 pub(crate) struct Network {
     /// The shape of one example, to reshape the flat feature rows.
@@ -171,33 +173,12 @@ impl Network {
 
     /// The parameters as one flat `f32` vector in layout order.
     pub(crate) fn to_flat(&self) -> Result<Vec<f32>, TchError> {
-        let mut flat = Vec::new();
-        for p in self.params() {
-            let p = p
-                .f_detach()?
-                .f_to_kind(Kind::Float)?
-                .f_to_device(Device::Cpu)?
-                .f_contiguous()?
-                .f_view([-1])?;
-            flat.extend(Vec::<f32>::try_from(&p)?);
-        }
-        Ok(flat)
+        flat_values(&self.params())
     }
 
     /// `p ← p − scale·g` for every parameter, where `grad` is flat in layout order.
     pub(crate) fn step(&self, grad: &Tensor, scale: f64) -> Result<(), TchError> {
-        let _no_grad = tch::no_grad_guard();
-        let mut offset = 0;
-        for p in self.params() {
-            let n = p.numel() as i64;
-            let step = grad
-                .f_narrow(0, offset, n)?
-                .f_view_as(p)?
-                .f_mul_scalar(scale)?;
-            let _ = p.shallow_clone().f_sub_(&step)?;
-            offset += n;
-        }
-        Ok(())
+        step_by_flat(&self.params(), grad, scale)
     }
 }
 

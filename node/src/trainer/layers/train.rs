@@ -13,6 +13,7 @@ use super::per_example::{clipped_gradient_sum, per_example_losses};
 use super::rows_per_pass;
 use crate::examples::Examples;
 use crate::trainer::dp_sgd::{ClippedSum, check_private_run, dp_sgd_loop};
+use crate::trainer::params::step_by_grads;
 use crate::trainer::tch_trainer::{sgd_loop, to_tensors};
 use crate::trainer::{
     DpConfig, PrivateTrainOutcome, TchTrainer, TrainError, TrainOutcome, TrainProgress, check_plan,
@@ -56,7 +57,7 @@ impl TchTrainer {
                 let logits = net.forward(x, &mut Masks::Draw(&mut dropout_rng), None)?;
                 Ok(per_example_losses(&logits, y, plan.pos_weight)?.f_mean(Kind::Float)?)
             },
-            &mut || sgd_step_on_grads(&net, plan.learning_rate),
+            &mut || Ok(step_by_grads(&net.params(), plan.learning_rate)?),
         )?;
         Ok(TrainOutcome {
             params: net.to_flat()?,
@@ -240,22 +241,6 @@ fn has_dropout(arch: &CheckedArchitecture) -> bool {
     arch.layers()
         .iter()
         .any(|l| matches!(arch.spec_at(&l.path), Some(LayerSpec::Dropout { .. })))
-}
-
-/// `p ← p − lr·∇p` for every parameter of `net`, then clears the gradients.
-fn sgd_step_on_grads(net: &Network, learning_rate: f64) -> Result<(), TrainError> {
-    let _no_grad = tch::no_grad_guard();
-    for p in net.params() {
-        let mut grad = p.f_grad()?;
-        if !grad.defined() {
-            continue;
-        }
-        let _ = p
-            .shallow_clone()
-            .f_sub_(&grad.f_mul_scalar(learning_rate)?)?;
-        let _ = grad.f_zero_()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
