@@ -136,7 +136,8 @@ enum Command {
         /// its held-out file).
         #[arg(long, conflicts_with = "csv", requires = "config")]
         held_out: bool,
-        /// The node configuration (TOML), for `--held-out`.
+        /// The node configuration (TOML): required with `--held-out`; with `--csv`, its device,
+        /// threads and approved TorchScript modules (a TorchScript model needs it).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Where to write the scores (CSV: row, id, score, class[, label]).
@@ -524,10 +525,13 @@ fn predict_patients(
         })
     };
     let (dataset, problems, mut trainer, source, id_column) = match (csv, config) {
-        (Some(csv), _) => {
+        (Some(csv), config) => {
             let options = options(csv, LabelColumn::Optional)?;
             let (dataset, problems) = read_rows(csv, schema, &options)?;
-            let trainer = scoring_trainer(None)?;
+            // With `--config`, its device, threads and approved TorchScript modules: a
+            // TorchScript model scores only through a module the hospital approved.
+            let config = config.map(NodeConfig::load).transpose()?;
+            let trainer = scoring_trainer(config.as_ref())?;
             (
                 dataset,
                 problems,

@@ -21,7 +21,7 @@ use medfed_protocol::evaluation::DecisionThreshold;
 use medfed_protocol::model::{ModelConfig, ModelKind};
 use medfed_protocol::torchscript::module_digest;
 
-use crate::model_file::assert_predict_reproduces;
+use crate::model_file::{assert_predict_reproduces, medfed_node};
 
 const NODES: [&str; 3] = ["hospital-a", "hospital-b", "hospital-c"];
 
@@ -91,6 +91,27 @@ async fn the_consortiums_torchscript_module_trains_under_dp_and_secure_aggregati
         })
         .collect();
     assert_predict_reproduces(&consortium, &nodes, &report, DecisionThreshold::default()).await;
+
+    // A file of patients (here hospital-a's own CSV) scores with `--csv` and the node's
+    // configuration, whose approved module the model needs.
+    let (released, _) = report.released.clone().expect("a released model");
+    let scores = consortium.dir.path().join("hospital-a-csv-scores.csv");
+    let output = medfed_node(&[
+        "predict".as_ref(),
+        "--model".as_ref(),
+        released.as_os_str(),
+        "--csv".as_ref(),
+        nodes[0].data.csv.as_os_str(),
+        "--config".as_ref(),
+        consortium.dir.path().join("hospital-a.toml").as_os_str(),
+        "--out".as_ref(),
+        scores.as_os_str(),
+    ])
+    .await;
+    assert!(
+        output.contains("scored 200 rows") && output.contains("0 rows not scored"),
+        "{output}"
+    );
 }
 
 /// A coordinator that names another module (the v2 file: the same parameters, another forward
