@@ -23,12 +23,12 @@
 //! for people and tools.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use medfed_protocol::model::{Model, ModelError, ModelHash, ModelSpec};
-use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError};
 
 use crate::model_file::{AuditLink, ModelFile, Scoring};
 
@@ -96,12 +96,20 @@ pub fn write_released_model(path: &Path, file: &ModelFile) -> Result<(), Checkpo
 }
 
 /// Reads a model file (a round's checkpoint or the released model), with everything it carries.
+///
+/// The file is read a piece at a time straight into the parameters: reading a model takes the
+/// model's memory, not its file's bytes as well.
 pub fn read_model_file(path: &Path) -> Result<ModelFile, CheckpointError> {
-    let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
+    let io_error = |source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    decode_model_file(&bytes)
+    };
+    let mut file = File::open(path).map_err(io_error)?;
+    let len = file.metadata().map_err(io_error)?.len();
+    read_model_from(&mut file, len).map_err(|e| match e {
+        ReadError::Io(source) => io_error(source),
+        ReadError::Checkpoint(e) => e,
+    })
 }
 
 /// Reads a checkpoint written by [`write_checkpoint`] and returns its round and model.
@@ -110,11 +118,7 @@ pub fn read_model_file(path: &Path) -> Result<ModelFile, CheckpointError> {
 /// shape, no other tensor may be present, and the hash of the rebuilt model must equal the
 /// recorded one.
 pub fn read_checkpoint(path: &Path) -> Result<(u64, Model), CheckpointError> {
-    let bytes = fs::read(path).map_err(|source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    decode_checkpoint(&bytes)
+    read_model_file(path).map(|file| (file.round, file.model))
 }
 
 /// Serialises a model as the bytes of a checkpoint file for `round` (see the module docs).
@@ -276,10 +280,68 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<(u64, Model), CheckpointError> 
 /// recorded digest, encodes the model's input width and the recorded feature names, and the
 /// standardisation and threshold are valid for it).
 pub fn decode_model_file(bytes: &[u8]) -> Result<ModelFile, CheckpointError> {
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(CheckpointError::Safetensors)?;
-    let tensors = SafeTensors::deserialize(bytes).map_err(CheckpointError::Safetensors)?;
+    read_model_from(&mut io::Cursor::new(bytes), bytes.len() as u64).map_err(|e| match e {
+        ReadError::Checkpoint(e) => e,
+        // Every read is within the length the header and the tensors were checked against.
+        ReadError::Io(e) => CheckpointError::Safetensors(SafeTensorError::IoError(e)),
+    })
+}
+
+/// Why reading a model file failed: its source, or what it holds.
+enum ReadError {
+    Io(io::Error),
+    Checkpoint(CheckpointError),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<CheckpointError> for ReadError {
+    fn from(e: CheckpointError) -> Self {
+        Self::Checkpoint(e)
+    }
+}
+
+impl From<SafeTensorError> for ReadError {
+    fn from(e: SafeTensorError) -> Self {
+        Self::Checkpoint(CheckpointError::Safetensors(e))
+    }
+}
+
+/// Bytes of tensor data read at a time.
+const READ_PIECE: usize = 1 << 20;
+
+/// Reads a model file of `len` bytes from `source`: the safetensors header (with the checks
+/// the `safetensors` crate makes of a whole file: the header's size, its JSON, tensors back to
+/// back with sizes that fit their shapes and dtypes, and data that ends where the file does),
+/// then each tensor of the model's layout, a piece at a time, into the parameters.
+fn read_model_from<R: Read + Seek>(source: &mut R, len: u64) -> Result<ModelFile, ReadError> {
+    let mut prefix = [0u8; 8];
+    if len < prefix.len() as u64 {
+        return Err(SafeTensorError::HeaderTooSmall.into());
+    }
+    source.read_exact(&mut prefix)?;
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > MAX_HEADER_BYTES {
+        return Err(SafeTensorError::HeaderTooLarge.into());
+    }
+    let data_start = 8 + header_len;
+    if data_start > len {
+        return Err(SafeTensorError::InvalidHeaderLength.into());
+    }
+    let mut header = Vec::new();
+    source.take(header_len).read_to_end(&mut header)?;
+    let header = std::str::from_utf8(&header).map_err(SafeTensorError::InvalidHeader)?;
+    let metadata: Metadata =
+        serde_json::from_str(header).map_err(SafeTensorError::InvalidHeaderDeserialization)?;
+    if data_start.checked_add(metadata.data_len() as u64) != Some(len) {
+        return Err(SafeTensorError::MetadataIncompleteBuffer.into());
+    }
     let empty = HashMap::new();
-    let meta = header.metadata().as_ref().unwrap_or(&empty);
+    let meta = metadata.metadata().as_ref().unwrap_or(&empty);
     let field = |key: &'static str| {
         meta.get(key)
             .map(String::as_str)
@@ -302,47 +364,54 @@ pub fn decode_model_file(bytes: &[u8]) -> Result<ModelFile, CheckpointError> {
     let recorded = parse_hash(field(META_MODEL_HASH)?)?;
 
     let layout = spec.layout();
-    let mut params = Vec::with_capacity(layout.len());
+    // No more than the file's tensors hold, whatever the spec says.
+    let mut params = Vec::with_capacity(layout.len().min(metadata.data_len() / 4));
+    let mut piece = Vec::new();
     for tensor in layout.tensors() {
-        let view = match tensors.tensor(&tensor.name) {
-            Ok(view) => view,
-            Err(SafeTensorError::TensorNotFound(_)) => {
-                return Err(CheckpointError::MissingTensor {
-                    name: tensor.name.clone(),
-                });
+        let Some(info) = metadata.info(&tensor.name) else {
+            return Err(CheckpointError::MissingTensor {
+                name: tensor.name.clone(),
             }
-            Err(e) => return Err(CheckpointError::Safetensors(e)),
+            .into());
         };
-        if view.dtype() != Dtype::F32 {
+        if info.dtype != Dtype::F32 {
             return Err(CheckpointError::WrongDtype {
                 name: tensor.name.clone(),
-                dtype: view.dtype().to_string(),
-            });
+                dtype: info.dtype.to_string(),
+            }
+            .into());
         }
-        if view.shape() != tensor.shape.as_slice() {
+        if info.shape != tensor.shape {
             return Err(CheckpointError::WrongShape {
                 name: tensor.name.clone(),
                 expected: tensor.shape.clone(),
-                actual: view.shape().to_vec(),
-            });
+                actual: info.shape.clone(),
+            }
+            .into());
         }
-        // The library checked that the data length matches shape × 4 bytes.
-        params.extend(
-            view.data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
+        // The metadata's checks: the data is shape × 4 bytes, within the file.
+        let (start, end) = info.data_offsets;
+        source.seek(SeekFrom::Start(data_start + start as u64))?;
+        let mut left = end - start;
+        while left > 0 {
+            piece.resize(left.min(READ_PIECE), 0);
+            source.read_exact(&mut piece)?;
+            params.extend(
+                piece
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+            left -= piece.len();
+        }
     }
-    if tensors.len() != layout.tensors().len() {
+    if metadata.tensors().len() != layout.tensors().len() {
         let known: Vec<&str> = layout.tensors().iter().map(|t| t.name.as_str()).collect();
-        let extra = tensors
-            .names()
+        let extra = metadata
+            .offset_keys()
             .into_iter()
-            .find(|n| !known.contains(n))
+            .find(|n| !known.contains(&n.as_str()))
             .unwrap_or_default();
-        return Err(CheckpointError::UnexpectedTensor {
-            name: extra.to_owned(),
-        });
+        return Err(CheckpointError::UnexpectedTensor { name: extra }.into());
     }
 
     let actual = ModelHash::of(&spec, &params).ok_or(CheckpointError::InvalidModel(
@@ -352,7 +421,7 @@ pub fn decode_model_file(bytes: &[u8]) -> Result<ModelFile, CheckpointError> {
         },
     ))?;
     if actual != recorded {
-        return Err(CheckpointError::HashMismatch { recorded, actual });
+        return Err(CheckpointError::HashMismatch { recorded, actual }.into());
     }
     let scoring = Scoring::read_metadata(meta, &spec)?;
     let audit = AuditLink::read_metadata(meta)?;
@@ -483,7 +552,8 @@ fn parse_hash(hex_str: &str) -> Result<ModelHash, CheckpointError> {
 mod tests {
     use super::*;
     use medfed_protocol::model::ModelKind;
-    use safetensors::tensor::TensorView;
+    use safetensors::tensor::{SafeTensors, TensorView};
+    use std::fs;
 
     fn model() -> Model {
         let spec = ModelSpec {
@@ -528,6 +598,35 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    #[test]
+    fn a_model_of_several_read_pieces_is_read_from_disk_as_its_bytes_decode() {
+        // A first tensor of 1.4 MB: read in two pieces.
+        let spec = ModelSpec {
+            kind: ModelKind::Mlp { hidden: vec![600] },
+            input_dim: 600,
+        };
+        let m = Model::new(spec.clone(), spec.initial_parameters(7)).unwrap();
+        const { assert!(4 * 600 * 600 > READ_PIECE) };
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_checkpoint(dir.path(), 2, &m).unwrap();
+        let read = read_model_file(&path).unwrap();
+        assert_eq!((read.round, &read.model), (2, &m));
+        assert_eq!(read, decode_model_file(&fs::read(&path).unwrap()).unwrap());
+        // A file that grows after its header was written is refused as a truncated one is.
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&[0; 4])
+            .unwrap();
+        assert!(matches!(
+            read_model_file(&path),
+            Err(CheckpointError::Safetensors(
+                SafeTensorError::MetadataIncompleteBuffer
+            ))
+        ));
     }
 
     #[test]

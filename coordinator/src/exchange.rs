@@ -1,12 +1,15 @@
 //! One request/answer exchange with a node, on a fresh bidirectional stream.
 
+use std::time::Duration;
+
+use bytes::Bytes;
 use medfed_protocol::codec::{self, CodecError, InputPieceFrame, MAX_FRAME_LEN};
 use medfed_protocol::messages::{Message, ModelOffer, ModelReceived, RefusalReason};
 use medfed_protocol::model::{Model, ModelHash};
 use medfed_protocol::round::LeftOut;
 use medfed_protocol::secagg::{InputPiece, MaskedInput, PieceHeader};
 use medfed_protocol::transfer::{model_chunk, model_offer};
-use medfed_transport::{ChannelError, MessageReader, RecvStream, send_frame, send_message};
+use medfed_transport::{ChannelError, MessageReader, RecvStream, send_message, send_shared_frames};
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -36,14 +39,20 @@ pub async fn request(
     let mut reader = Counted::new(node, MessageReader::new(recv, MAX_FRAME_LEN));
     let answer = match pieces {
         // A masked input's pieces are read in place, not decoded into vectors.
-        Some((pieces, index)) => match reader.next_piece().await? {
-            Answer::Piece(first) => return pass_on_pieces(&mut reader, first, pieces, index).await,
-            Answer::Message(answer) => *answer,
+        Some((pieces, index)) => match reader.next_piece(pieces).await? {
+            (Answer::Piece(first), slot) => {
+                return pass_on_pieces(&mut reader, (first, slot), pieces, index).await;
+            }
+            (Answer::Message(answer), _) => *answer,
         },
         None => reader.next().await?.ok_or(ChannelError::StreamEnded)?,
     };
     reader.end_of_stream().await.map(|()| answer)
 }
+
+/// How long a node may take to send a frame of its masked input once the coordinator has
+/// given it a slot (a 256 KiB piece takes 2 s at 1 Mbit/s).
+const PIECE_READ_LIMIT: Duration = Duration::from_secs(60);
 
 /// A frame of an answer that may come in pieces.
 enum Answer {
@@ -80,20 +89,39 @@ impl<'a> Counted<'a> {
     }
 
     /// The next frame, which must be there: a masked input's piece read in place, or else
-    /// the message decoded. Its bytes counted.
-    async fn next_piece(&mut self) -> Result<Answer, ExchangeError> {
-        let next = self.reader.next_frame().await;
+    /// the message decoded, with the slot in `pieces` it is to go to. Its bytes counted.
+    ///
+    /// The slot is taken once the frame's first bytes are in and before the rest is read: the
+    /// pieces held by the coordinator, being read or waiting to be summed, are as many as
+    /// `pieces` has slots, whatever the number of nodes (the rest of each node's input waits
+    /// in its stream, under flow control). A node must then send the frame within
+    /// [`PIECE_READ_LIMIT`], so that nodes that stall inside a piece hold the slots no longer.
+    async fn next_piece<'p>(
+        &mut self,
+        pieces: &'p InputPieces,
+    ) -> Result<(Answer, mpsc::Permit<'p, (u16, InputPieceFrame)>), ExchangeError> {
+        let arrived = self.reader.wait_for_bytes().await;
+        let slot = match arrived {
+            Ok(()) => pieces.reserve().await.map_err(|_| round_moved_on())?,
+            Err(e) => return Err(e.into()),
+        };
+        let next = tokio::time::timeout(PIECE_READ_LIMIT, self.reader.next_frame()).await;
         let read = self.reader.bytes_received();
         self.node.add_received(read - self.counted);
         self.counted = read;
+        let next = next.map_err(|_| {
+            ExchangeError::Connection(format!(
+                "a frame of the masked input took over {} s to arrive",
+                PIECE_READ_LIMIT.as_secs()
+            ))
+        })?;
         let body = next?.ok_or(ChannelError::StreamEnded)?;
         let framing = |e: CodecError| ExchangeError::Channel(ChannelError::Codec(e));
-        match InputPieceFrame::parse(body.clone()).map_err(framing)? {
-            Some(piece) => Ok(Answer::Piece(piece)),
-            None => Ok(Answer::Message(Box::new(
-                codec::decode_body(&body).map_err(framing)?,
-            ))),
-        }
+        let answer = match InputPieceFrame::parse(body.clone()).map_err(framing)? {
+            Some(piece) => Answer::Piece(piece),
+            None => Answer::Message(Box::new(codec::decode_body(&body).map_err(framing)?)),
+        };
+        Ok((answer, slot))
     }
 
     /// Expects the end of the stream: anything more is a violation.
@@ -108,29 +136,26 @@ impl<'a> Counted<'a> {
     }
 }
 
-/// Passes a masked input's pieces on, from `first`, until the last, then expects the end of
-/// the stream; returns the input's header.
+/// Passes a masked input's pieces on, from `first` (with its slot), until the last, then
+/// expects the end of the stream; returns the input's header.
 async fn pass_on_pieces(
     reader: &mut Counted<'_>,
-    first: InputPieceFrame,
+    first: (InputPieceFrame, mpsc::Permit<'_, (u16, InputPieceFrame)>),
     pieces: &InputPieces,
     index: u16,
 ) -> Result<Message, ExchangeError> {
-    let PieceHeader { session, round, .. } = first.header();
-    let mut piece = first;
+    let PieceHeader { session, round, .. } = first.0.header();
+    let (mut piece, mut slot) = first;
     loop {
         let header = piece.header();
         let last = header.offset as usize + piece.word_count() >= header.total as usize;
-        pieces
-            .send((index, piece))
-            .await
-            .map_err(|_| ExchangeError::Connection("the round moved on".into()))?;
+        slot.send((index, piece));
         if last {
             break;
         }
-        piece = match reader.next_piece().await? {
-            Answer::Piece(next) => next,
-            Answer::Message(other) => {
+        (piece, slot) = match reader.next_piece(pieces).await? {
+            (Answer::Piece(next), slot) => (next, slot),
+            (Answer::Message(other), _) => {
                 return Err(ExchangeError::Unexpected {
                     got: other.kind(),
                     expected: "secagg_input_chunk",
@@ -146,6 +171,11 @@ async fn pass_on_pieces(
     }))
 }
 
+/// The round no longer takes pieces: it ended (its deadline passed, or it failed).
+fn round_moved_on() -> ExchangeError {
+    ExchangeError::Connection("the round moved on".into())
+}
+
 /// A model split into its offer and chunks and framed once, to be pushed to every node that
 /// lacks it: one hash and one encoding per round rather than one per node (with 100 nodes and
 /// 10^5 parameters, the per-node copies were a third of the coordinator's CPU time and 40 MB).
@@ -157,7 +187,9 @@ pub struct ModelPush {
     offer: ModelOffer,
     /// Each chunk's frame, back to back, and where each starts; `Err` holds why the model could
     /// not be framed (a chunk over the frame cap: not with the chunk size `model_chunk` uses).
-    chunks: Result<(Vec<u8>, Vec<usize>), String>,
+    /// The frames are shared by every node's stream, not copied into each (a QUIC stream keeps
+    /// the bytes it has not had acknowledged: 20 pushes at once held 38 MB of copies).
+    chunks: Result<(Bytes, Vec<usize>), String>,
 }
 
 impl ModelPush {
@@ -173,7 +205,7 @@ impl ModelPush {
                 codec::encode_frame(&Message::ModelChunk(chunk), MAX_FRAME_LEN, &mut out)?;
                 Ok::<_, CodecError>(starts)
             })
-            .map(|starts| (out, starts))
+            .map(|starts| (Bytes::from(out), starts))
             .map_err(|e| e.to_string());
         Self { offer, chunks }
     }
@@ -209,7 +241,7 @@ pub async fn push_model(node: &NodeHandle, model: &ModelPush) -> Result<(), Exch
         .await
         .map_err(|e| ExchangeError::Connection(e.to_string()))?;
     send_message(&mut send, &Message::ModelOffer(offer)).await?;
-    send_frame(&mut send, &frames[from..]).await?;
+    send_shared_frames(&mut send, frames.slice(from..)).await?;
     send.finish().await;
     match read_answer(node, recv).await? {
         Message::ModelReceived(ModelReceived {

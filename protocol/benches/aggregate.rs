@@ -18,11 +18,11 @@
 //!   (`codec::InputPieceFrame::parse`: the header decoded, the words left where they are) and
 //!   added straight from those bytes into the sum (`ExpectMaskedInputs::handle_input_chunk`),
 //!   into a reused sum and into a fresh one (`ExpectShares::finish`): the coordinator's own
-//!   path, since it releases each round's sum while decoding it rather than hold it for the
-//!   next round;
+//!   path, since it drops each round's sum once the round is applied rather than hold it for
+//!   the next round;
 //! - **plain aggregation**: the coordinator's `sum += values` over round vectors sent as `f32`
 //!   (`PlainFigures::add_to` into the round's `f64` sum, zeroed for the first node, as
-//!   `add_into` in coordinator/src/training.rs does);
+//!   `RoundSum::add` in the round engine does);
 //! - **memory copy**: `copy_from_slice` of the same bytes (each node's update copied into one
 //!   destination buffer), the limit an aggregation that reads every update once cannot beat by
 //!   much.

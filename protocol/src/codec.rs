@@ -127,6 +127,11 @@ impl FrameDecoder {
         Ok(Some(frame.freeze()))
     }
 
+    /// Bytes buffered and not yet taken as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Call at end of stream: an incomplete frame left in the buffer is an error.
     pub fn finish(&self) -> Result<(), CodecError> {
         if self.buf.is_empty() {

@@ -25,8 +25,11 @@
 //!                                          params words
 //! ```
 
+use std::ops::Range;
+
 use crate::evaluation::{EvalCounts, ScoreBins};
 use crate::fairness::GroupCounts;
+use crate::round::RoundSum;
 use crate::secagg::encoding::{BlockEncoding, UpdateEncoding, VectorEncoding};
 
 /// Shape of a round vector.
@@ -73,16 +76,17 @@ pub struct LocalUpdate<'a> {
     pub weight: f64,
 }
 
-/// Sums of all nodes' round vectors, split back into their parts (the update block borrowed
-/// from the sum, not copied: it is the size of the model).
+/// Sums of all nodes' round vectors, split back into their parts but the update block, which is
+/// the size of the model and read in place ([`RoundLayout::update_range`]).
 #[derive(Clone, Debug, PartialEq)]
-pub struct RoundTotals<'a> {
+pub struct RoundTotals {
     /// Pooled evaluation counts, in rounds that evaluate.
     pub eval: Option<EvalCounts>,
     /// Pooled per-group counts, one per audit group (none in rounds that do not evaluate).
     pub groups: Vec<GroupCounts>,
-    /// `Σ n_k (w_k − w)` and `Σ n_k`, in training rounds that are not distributed.
-    pub update: Option<(&'a [f64], f64)>,
+    /// `Σ n_k`, the weight of the summed update `Σ n_k (w_k − w)`, in training rounds that are
+    /// not distributed.
+    pub update_weight: Option<f64>,
     /// The summed words of a distributed-DP update block, in training rounds that are (read
     /// them with [`crate::distributed_dp::DdpParams::decode_sum`]).
     pub distributed_sum: Option<Vec<u32>>,
@@ -199,24 +203,47 @@ impl RoundLayout {
         Some(out)
     }
 
-    /// The update block of a summed vector of a training round that is not distributed,
-    /// `Σ n_k (w_k − w)`, to be turned into the mean in place, and its weight `Σ n_k`; `None`
-    /// if the layout has no such block or the vector's length does not fit it.
-    pub fn update_block_mut<'a>(&self, sum: &'a mut [f64]) -> Option<(&'a mut [f64], f64)> {
-        if sum.len() != self.len() || !self.train || self.distributed {
-            return None;
-        }
-        let (_, rest) = sum.split_at_mut(self.counts_len());
-        let (delta, weight) = rest.split_at_mut(self.params);
-        Some((delta, *weight.first()?))
+    /// Where a summed vector of a training round that is not distributed holds its update
+    /// block `Σ n_k (w_k − w)` (the weight follows it); `None` if the layout has no such block.
+    pub fn update_range(&self) -> Option<Range<usize>> {
+        let start = self.counts_len();
+        (self.train && !self.distributed).then(|| start..start + self.params)
     }
 
-    /// Splits a summed vector; `None` if its length does not fit the layout.
-    pub fn decode<'a>(&self, sum: &'a [f64]) -> Option<RoundTotals<'a>> {
+    /// Splits a summed vector held whole; `None` if its length does not fit the layout.
+    pub fn decode(&self, sum: &[f64]) -> Option<RoundTotals> {
         if sum.len() != self.len() {
             return None;
         }
         let (counts, rest) = sum.split_at(self.counts_len());
+        self.totals(counts, rest.get(self.params).copied(), || {
+            // Each figure of a words block is a word the secure sum decoded as it is.
+            Some(rest.iter().map(|&w| w as u32).collect())
+        })
+    }
+
+    /// Splits a round's sum, decoding its counts and the update's weight but not the update
+    /// block; `None` if its length does not fit the layout.
+    pub fn decode_sum(&self, sum: &RoundSum) -> Option<RoundTotals> {
+        if sum.len() != self.len() {
+            return None;
+        }
+        let counts = sum.figures(0..self.counts_len())?;
+        let update_end = self.counts_len() + self.params;
+        let weight = sum
+            .figures(update_end..update_end + 1)
+            .and_then(|w| w.first().copied());
+        self.totals(&counts, weight, || sum.words(self.counts_len()..self.len()))
+    }
+
+    /// The totals of a sum from its counts block, the figure after the update block (its
+    /// weight, when it has one) and a reader of its distributed-DP words.
+    fn totals(
+        &self,
+        counts: &[f64],
+        weight: Option<f64>,
+        distributed_words: impl FnOnce() -> Option<Vec<u32>>,
+    ) -> Option<RoundTotals> {
         let (eval, groups) = if self.evaluate {
             let (eval, group_block) = counts.split_at(self.bins.evaluation_len());
             let groups = group_block
@@ -228,19 +255,15 @@ impl RoundLayout {
         } else {
             (None, Vec::new())
         };
-        let (update, distributed_sum) = match (self.train, self.distributed) {
+        let (update_weight, distributed_sum) = match (self.train, self.distributed) {
             (false, _) => (None, None),
-            (true, false) => {
-                let (delta, weight) = rest.split_at(self.params);
-                (Some((delta, *weight.first()?)), None)
-            }
-            // Each figure of a words block is a word the secure sum decoded as it is.
-            (true, true) => (None, Some(rest.iter().map(|&w| w as u32).collect())),
+            (true, false) => (Some(weight?), None),
+            (true, true) => (None, Some(distributed_words()?)),
         };
         Some(RoundTotals {
             eval,
             groups,
-            update,
+            update_weight,
             distributed_sum,
         })
     }
@@ -296,7 +319,7 @@ mod tests {
         }
         let summed = encoding.decode_sum(&sum, 2).unwrap();
         let totals = layout.decode(&summed).unwrap();
-        assert_eq!(totals.update, None);
+        assert_eq!((totals.update_weight, layout.update_range()), (None, None));
         let words = totals.distributed_sum.unwrap();
         let decoded = params.decode_sum(&words, 2).unwrap();
         let sd = params.noise_std_of_sum(2);
@@ -361,7 +384,10 @@ mod tests {
         let (va, vb) = (layout.encode(&a).unwrap(), layout.encode(&b).unwrap());
         let sum: Vec<f64> = va.iter().zip(&vb).map(|(x, y)| x + y).collect();
         let totals = layout.decode(&sum).unwrap();
-        let (delta, weight) = totals.update.unwrap();
+        let (delta, weight) = (
+            &sum[layout.update_range().unwrap()],
+            totals.update_weight.unwrap(),
+        );
         assert_eq!(weight, 4.0);
         // FedAvg: (3·[2,-1] + 1·[1,1]) / 4 = [1.75, -0.5]; minus start = [0.75, 0.5].
         assert_eq!([delta[0] / weight, delta[1] / weight], [0.75, 0.5]);
@@ -393,7 +419,8 @@ mod tests {
         assert_eq!(values, [2.0, -2.0, 2.0]);
         let totals = layout.decode(&values).unwrap();
         assert_eq!((totals.eval, totals.groups.len()), (None, 0));
-        assert_eq!(totals.update, Some((&[2.0, -2.0][..], 2.0)));
+        assert_eq!(totals.update_weight, Some(2.0));
+        assert_eq!(values[layout.update_range().unwrap()], [2.0, -2.0]);
         // Counts in a round that does not evaluate do not fit, nor their absence in one that
         // does.
         let counted = RoundResult {

@@ -39,7 +39,8 @@ async fn a_node_killed_after_sharing_keys_leaves_the_exact_fedavg_of_the_survivo
 
     // Plain FedAvg over the three survivors, each training exactly as it did in the round.
     let (initial, layout, sum) = run.plain_round_sum(&NODES[..3]);
-    let (delta, weight) = layout.decode(&sum).unwrap().update.unwrap();
+    let weight = layout.decode(&sum).unwrap().update_weight.unwrap();
+    let delta = &sum[layout.update_range().unwrap()];
     let expected: Vec<f32> = initial
         .params
         .iter()

@@ -180,6 +180,18 @@ pub async fn send_frame(stream: &mut SendStream, frame: &[u8]) -> Result<(), Cha
         .map_err(|e| ChannelError::Write(e.to_string()))
 }
 
+/// Writes frames already encoded, shared with other streams rather than copied
+/// ([`SendStream::write_shared`]).
+pub async fn send_shared_frames(
+    stream: &mut SendStream,
+    frames: Bytes,
+) -> Result<(), ChannelError> {
+    stream
+        .write_shared(frames)
+        .await
+        .map_err(|e| ChannelError::Write(e.to_string()))
+}
+
 /// Writes one message as a frame; returns the number of bytes put on the stream.
 pub async fn send_message(
     stream: &mut SendStream,
@@ -236,6 +248,25 @@ impl MessageReader {
                 }
                 Err(e) => return Err(ChannelError::Read(e.to_string())),
             }
+        }
+    }
+
+    /// Waits until bytes of the next frame are buffered, reading them in, or the stream has
+    /// ended: a reader that takes a scarce slot before reading a frame whole (a masked input's
+    /// piece) takes it only once the frame is coming, not while the peer is still computing.
+    pub async fn wait_for_bytes(&mut self) -> Result<(), ChannelError> {
+        if self.decoder.buffered() > 0 {
+            return Ok(());
+        }
+        match self.stream.read_chunk(READ_CHUNK).await {
+            Ok(Some(bytes)) => {
+                self.received += bytes.len() as u64;
+                self.decoder.feed(&bytes);
+                Ok(())
+            }
+            // The next read sees the end again.
+            Ok(None) => Ok(()),
+            Err(e) => Err(ChannelError::Read(e.to_string())),
         }
     }
 

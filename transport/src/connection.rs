@@ -173,6 +173,19 @@ impl SendStream {
         }
     }
 
+    /// Writes all of `bytes`, shared rather than copied: a QUIC stream keeps a reference to
+    /// them until the peer acknowledges them, so streams that send slices of one buffer hold it
+    /// once between them (a TCP stream copies as [`Self::write_all`] does).
+    pub async fn write_shared(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        match self {
+            Self::Quic(s) => s
+                .write_chunk(bytes)
+                .await
+                .map_err(|e| StreamError(e.to_string())),
+            Self::Tcp(s) => s.write_all(&bytes).await.map_err(StreamError::io),
+        }
+    }
+
     /// Ends the stream: the peer reads its end after the bytes written. Errors are ignored (a
     /// peer that already reset the stream needs no end).
     pub async fn finish(&mut self) {

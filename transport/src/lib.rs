@@ -37,7 +37,7 @@ mod tcp;
 pub use address::{AddressError, PeerAddress, ResolveError};
 pub use channel::{
     ChannelError, MessageReader, client_endpoint, peer_identity, send_frame, send_message,
-    server_endpoint,
+    send_shared_frames, server_endpoint,
 };
 pub use connection::{
     Connection, ConnectionError, RecvStream, SendStream, StreamError, TransportKind,

@@ -19,6 +19,9 @@ mod optimizers;
 #[cfg(test)]
 mod tests;
 
+use std::ops::Range;
+
+use medfed_protocol::round::RoundSum;
 use serde::{Deserialize, Serialize};
 
 use optimizers::{Adaptive, AdaptiveRule, FedAvg};
@@ -84,17 +87,35 @@ impl Default for StrategyConfig {
 
 /// A server optimiser: applies the mean pseudo-gradient of a round to the global model.
 pub trait ServerOptimizer: Send {
-    /// Applies `mean_delta` (see [`mean_delta`]) to `global` in place.
+    /// Applies a piece of a round's mean update (see [`mean_delta`]): `mean_delta` is the
+    /// update of parameters `start..start + mean_delta.len()` of `global`, which are changed in
+    /// place. A round applies each parameter's piece once, then calls [`Self::end_round`].
     ///
-    /// Arithmetic is done in `f64` and the result rounded to `f32`. Both slices must have the
-    /// length the optimiser was built for ([`Self::param_count`]); [`Self::try_apply`] checks
-    /// this and is the one to call with lengths not already known to match.
+    /// Arithmetic is done in `f64` and the result rounded to `f32`.
     ///
     /// # Panics
     ///
-    /// If a length differs from [`Self::param_count`] (a bug in the caller: both come from the
-    /// coordinator's own model, never from a peer).
-    fn apply(&mut self, global: &mut [f32], mean_delta: &[f64]);
+    /// If `global`'s length differs from [`Self::param_count`] or the piece goes past it (a
+    /// bug in the caller: both come from the coordinator's own model, never from a peer).
+    fn apply_piece(&mut self, global: &mut [f32], start: usize, mean_delta: &[f64]);
+
+    /// Counts a round applied, once all its pieces are.
+    fn end_round(&mut self);
+
+    /// Applies `mean_delta` (see [`mean_delta`]) to `global` in place, as one piece.
+    ///
+    /// Both slices must have the length the optimiser was built for ([`Self::param_count`]);
+    /// [`Self::try_apply`] checks this and is the one to call with lengths not already known
+    /// to match.
+    ///
+    /// # Panics
+    ///
+    /// If a length differs from [`Self::param_count`].
+    fn apply(&mut self, global: &mut [f32], mean_delta: &[f64]) {
+        assert_lengths(self.param_count(), global, mean_delta);
+        self.apply_piece(global, 0, mean_delta);
+        self.end_round();
+    }
 
     /// The state to persist after a round, to resume with [`build_optimizer`].
     fn state(&self) -> OptimizerState;
@@ -209,23 +230,58 @@ pub fn build_optimizer(
 ///
 /// `sum_n` must be positive and finite, and every `sum_delta` value finite.
 pub fn mean_delta(sum_delta: &[f64], sum_n: f64) -> Result<Vec<f64>, StrategyError> {
-    let mut mean = sum_delta.to_vec();
-    mean_delta_in_place(&mut mean, sum_n)?;
-    Ok(mean)
-}
-
-/// [`mean_delta`] in place: `sum_delta` becomes the mean, without a second vector of the
-/// model's size. On error `sum_delta` is left as it was.
-pub fn mean_delta_in_place(sum_delta: &mut [f64], sum_n: f64) -> Result<(), StrategyError> {
     if !(sum_n.is_finite() && sum_n > 0.0) {
         return Err(StrategyError::NoExamples { sum_n });
     }
     if let Some(index) = sum_delta.iter().position(|d| !d.is_finite()) {
         return Err(StrategyError::NonFinite { index });
     }
-    for d in sum_delta {
-        *d /= sum_n;
+    Ok(sum_delta.iter().map(|d| d / sum_n).collect())
+}
+
+/// Applies the mean of a round's summed update to `global`: `sum`'s figures `update` are
+/// `Σ n_k (w_k − w)` and `weight` is `Σ n_k`. The sum is read a piece at a time, so no vector
+/// of the model's size is made: one pass checks every figure finite, a second applies each
+/// piece's mean. On error nothing is changed.
+pub fn apply_summed_update(
+    optimizer: &mut dyn ServerOptimizer,
+    global: &mut [f32],
+    sum: &RoundSum,
+    update: Range<usize>,
+    weight: f64,
+) -> Result<(), StrategyError> {
+    let expected = optimizer.param_count();
+    for actual in [global.len(), update.len()] {
+        if actual != expected {
+            return Err(StrategyError::LengthMismatch { expected, actual });
+        }
     }
+    if update.end > sum.len() {
+        return Err(StrategyError::LengthMismatch {
+            expected: update.end,
+            actual: sum.len(),
+        });
+    }
+    if !(weight.is_finite() && weight > 0.0) {
+        return Err(StrategyError::NoExamples { sum_n: weight });
+    }
+    sum.visit(
+        update.clone(),
+        &mut |first, piece| match piece.iter().position(|d| !d.is_finite()) {
+            Some(i) => Err(StrategyError::NonFinite {
+                index: first - update.start + i,
+            }),
+            None => Ok(()),
+        },
+    )?;
+    let mut mean = Vec::new();
+    sum.visit::<StrategyError>(update.clone(), &mut |first, piece| {
+        mean.clear();
+        mean.extend(piece.iter().map(|d| d / weight));
+        optimizer.apply_piece(global, first - update.start, &mean);
+        Ok(())
+    })?;
+    optimizer.end_round();
     Ok(())
 }
 
@@ -334,6 +390,27 @@ fn check_lr(lr: f64) -> Result<(), StrategyError> {
             requirement: "finite and > 0",
         })
     }
+}
+
+/// The parameters of `global` that a piece of a mean update starting at `start` updates.
+///
+/// # Panics
+///
+/// If `global` is not of `expected` parameters or the piece goes past its end.
+fn piece_of<'a>(
+    expected: usize,
+    global: &'a mut [f32],
+    start: usize,
+    mean_delta: &[f64],
+) -> &'a mut [f32] {
+    assert!(
+        global.len() == expected && start + mean_delta.len() <= expected,
+        "server optimiser built for {expected} parameters got a model of {} and an update of \
+         {} from {start}",
+        global.len(),
+        mean_delta.len()
+    );
+    &mut global[start..start + mean_delta.len()]
 }
 
 /// Checks a length against the optimiser's, panicking on a caller bug (see

@@ -1,6 +1,6 @@
 //! The server optimisers: FedAvg with a server learning rate, and FedAdam and FedYogi.
 
-use super::{OptimizerState, ServerOptimizer, StrategyError, assert_lengths, check_lr};
+use super::{OptimizerState, ServerOptimizer, StrategyError, check_lr, piece_of};
 
 /// FedAvg with a server learning rate.
 pub(super) struct FedAvg {
@@ -13,11 +13,14 @@ pub(super) struct FedAvg {
 }
 
 impl ServerOptimizer for FedAvg {
-    fn apply(&mut self, global: &mut [f32], mean_delta: &[f64]) {
-        assert_lengths(self.len, global, mean_delta);
+    fn apply_piece(&mut self, global: &mut [f32], start: usize, mean_delta: &[f64]) {
+        let global = piece_of(self.len, global, start, mean_delta);
         for (x, d) in global.iter_mut().zip(mean_delta) {
             *x = (f64::from(*x) + self.lr * d) as f32;
         }
+    }
+
+    fn end_round(&mut self) {
         self.step += 1;
     }
 
@@ -145,14 +148,15 @@ impl Adaptive {
 }
 
 impl ServerOptimizer for Adaptive {
-    fn apply(&mut self, global: &mut [f32], mean_delta: &[f64]) {
-        assert_lengths(self.m.len(), global, mean_delta);
+    fn apply_piece(&mut self, global: &mut [f32], start: usize, mean_delta: &[f64]) {
+        let global = piece_of(self.m.len(), global, start, mean_delta);
+        let end = start + mean_delta.len();
         let (b1, b2) = (self.beta1, self.beta2);
         for (((x, &d), m), v) in global
             .iter_mut()
             .zip(mean_delta)
-            .zip(&mut self.m)
-            .zip(&mut self.v)
+            .zip(&mut self.m[start..end])
+            .zip(&mut self.v[start..end])
         {
             *m = b1 * *m + (1.0 - b1) * d;
             let d2 = d * d;
@@ -162,6 +166,9 @@ impl ServerOptimizer for Adaptive {
             };
             *x = (f64::from(*x) + self.lr * *m / (v.sqrt() + self.tau)) as f32;
         }
+    }
+
+    fn end_round(&mut self) {
         self.step += 1;
     }
 

@@ -308,3 +308,76 @@ fn try_apply_checks_lengths_and_leaves_the_model_alone() {
     assert_eq!(x, [1.0; 3]);
     assert_eq!(opt.state().step, 0);
 }
+
+#[test]
+fn a_summed_update_read_in_pieces_moves_the_model_as_its_whole_mean_does() {
+    // Longer than a piece, after a block of counts: several pieces, each at its offset.
+    let len = (1 << 18) + 7;
+    let counts = [5.0, 6.0, 7.0];
+    let delta: Vec<f64> = (0..len).map(|i| ((i % 13) as f64 - 6.0) * 0.5).collect();
+    let weight = 4.0;
+    let sum = RoundSum::Figures([&counts[..], &delta, &[weight]].concat());
+    let update = counts.len()..counts.len() + len;
+    let yogi = StrategyConfig::FedYogi {
+        server_learning_rate: 0.1,
+        beta1: 0.9,
+        beta2: 0.99,
+        tau: 1e-3,
+    };
+    let start: Vec<f32> = (0..len).map(|i| (i % 5) as f32).collect();
+    let (mut whole, mut pieces) = (start.clone(), start.clone());
+    let mut by_whole = build_optimizer(&yogi, len, None).unwrap();
+    let mut by_pieces = build_optimizer(&yogi, len, None).unwrap();
+    for _ in 0..2 {
+        by_whole
+            .try_apply(&mut whole, &mean_delta(&delta, weight).unwrap())
+            .unwrap();
+        apply_summed_update(
+            by_pieces.as_mut(),
+            &mut pieces,
+            &sum,
+            update.clone(),
+            weight,
+        )
+        .unwrap();
+    }
+    assert_eq!(pieces, whole);
+    assert_ne!(pieces, start);
+    assert_eq!(by_pieces.state(), by_whole.state());
+
+    // A figure that is not finite in the last piece: nothing changes.
+    let mut bad = sum.to_vec();
+    bad[update.end - 1] = f64::INFINITY;
+    let before = by_pieces.state();
+    let result = apply_summed_update(
+        by_pieces.as_mut(),
+        &mut pieces,
+        &RoundSum::Figures(bad),
+        update.clone(),
+        weight,
+    );
+    assert_eq!(result, Err(StrategyError::NonFinite { index: len - 1 }));
+    assert_eq!((pieces, by_pieces.state()), (whole, before));
+    let mut model = start.clone();
+    for (weight, range, expected) in [
+        (
+            0.0,
+            update.clone(),
+            StrategyError::NoExamples { sum_n: 0.0 },
+        ),
+        (
+            weight,
+            update.start..update.end - 1,
+            StrategyError::LengthMismatch {
+                expected: len,
+                actual: len - 1,
+            },
+        ),
+    ] {
+        assert_eq!(
+            apply_summed_update(by_pieces.as_mut(), &mut model, &sum, range, weight),
+            Err(expected)
+        );
+    }
+    assert_eq!(model, start);
+}

@@ -16,7 +16,7 @@ use medfed_protocol::model::{Model, ModelHash};
 use medfed_protocol::report::{
     AuditReport, NodePrivacy, NotEvaluated, REPORT_FORMAT, SiteEvaluation,
 };
-use medfed_protocol::round::Gathered;
+use medfed_protocol::round::{Gathered, RoundSum};
 use medfed_protocol::stats::FederatedSummary;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -29,7 +29,7 @@ use crate::console::{self, FairnessVerdict, PooledEvaluation};
 use crate::exchange;
 use crate::faults;
 use crate::store::CompletedRound;
-use crate::strategy::{distributed_delta, mean_delta_in_place};
+use crate::strategy::{apply_summed_update, distributed_delta};
 
 /// What an audit report says of its model: the pooled evaluation, the fairness audit, and
 /// the opted-in hospitals' own site figures.
@@ -56,7 +56,7 @@ impl Trainer {
             distributed_delta,
         } = collected;
         let totals = layout
-            .decode(&gathered.sum)
+            .decode_sum(&gathered.sum)
             .ok_or_else(|| CoordinatorError::Internal("sum length".into()))?;
         let evaluation = totals.eval.as_ref().and_then(EvalCounts::metrics);
         // Without held-out examples there is nothing to audit (the report says so).
@@ -72,10 +72,10 @@ impl Trainer {
         };
         audit::log(&fairness);
         let eval_counts = totals.eval;
-        // The model is updated in place, and every model-sized vector dropped as soon as it
-        // has served: the coordinator holds the model, the round's sum and the sum's buffer,
-        // never a copy of each (an error here ends the run, which resumes from the last
-        // completed round).
+        // The model is updated in place from the sum read a piece at a time, and every
+        // model-sized vector dropped as soon as it has served: the coordinator holds the model
+        // and the round's sum (under secure aggregation, its words), never a decoded copy (an
+        // error here ends the run, which resumes from the last completed round).
         let start_hash = self.model.hash();
         let mut params = std::mem::take(&mut self.model.params);
         let optimizer = self
@@ -85,14 +85,20 @@ impl Trainer {
         match distributed_delta {
             Some(delta) => optimizer.try_apply(&mut params, &delta)?,
             None => {
-                let (delta, weight) = layout
-                    .update_block_mut(&mut gathered.sum)
-                    .ok_or_else(|| CoordinatorError::Internal("no update block".into()))?;
-                mean_delta_in_place(delta, weight)?;
-                optimizer.try_apply(&mut params, delta)?;
+                let (Some(update), Some(weight)) = (layout.update_range(), totals.update_weight)
+                else {
+                    return Err(CoordinatorError::Internal("no update block".into()));
+                };
+                apply_summed_update(
+                    optimizer.as_mut(),
+                    &mut params,
+                    &gathered.sum,
+                    update,
+                    weight,
+                )?;
             }
         }
-        gathered.sum = Vec::new();
+        gathered.sum = RoundSum::default();
         let optimizer_state = optimizer.state();
         let file = self.model_file(round, Model::new(self.model.spec.clone(), params)?);
         let checkpoint_started = Instant::now();
@@ -234,7 +240,7 @@ impl Trainer {
             .as_ref()
             .ok_or_else(|| RoundFailure::Store("no distributed-DP decoder".into()))?;
         let words = layout
-            .decode(&gathered.sum)
+            .decode_sum(&gathered.sum)
             .and_then(|totals| totals.distributed_sum)
             .ok_or_else(|| RoundFailure::Store("the sum does not fit the round layout".into()))?;
         let gradient_sum = decoder

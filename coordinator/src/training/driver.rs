@@ -20,8 +20,10 @@ use crate::faults;
 use crate::phases::PhaseClock;
 use crate::registry::NodeHandle;
 
-/// Pieces of masked inputs queued between the nodes' streams and the sum (1 MiB each).
-const INPUT_PIECES_IN_FLIGHT: usize = 4;
+/// Pieces of masked inputs (256 KiB each) the coordinator holds at once, being read from the
+/// nodes' streams or waiting to be summed, whatever the number of nodes: enough for as many
+/// nodes to upload at full speed at once (a piece is summed in well under a millisecond).
+const INPUT_PIECES_IN_FLIGHT: usize = 8;
 
 /// The network side of one collection.
 pub(super) struct Driver<'a> {
@@ -110,7 +112,7 @@ impl Driver<'_> {
         let deadline = tokio::time::Instant::now() + self.phase_deadline;
         let mut tasks = JoinSet::new();
         // Pieces of masked inputs, added to the sum here as they arrive: a few in flight,
-        // whatever the number of nodes (a node's stream waits, under QUIC's flow control).
+        // whatever the number of nodes (a node's stream waits for a slot, under flow control).
         let (pieces, mut arriving) = mpsc::channel(INPUT_PIECES_IN_FLIGHT);
         // Who has not answered yet, for the console when the deadline passes.
         let mut pending: BTreeSet<u16> = sends.iter().map(|send| send.index).collect();

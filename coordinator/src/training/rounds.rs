@@ -141,9 +141,10 @@ impl Trainer {
                 };
                 match self.gather(request, layout, None).await {
                     Ok(g) => {
+                        let sum = g.sum.to_vec();
                         let standardization =
-                            Standardization::from_summed_stats(&self.schema, &g.sum)?;
-                        let summary = FederatedSummary::from_summed_stats(&self.schema, &g.sum)?;
+                            Standardization::from_summed_stats(&self.schema, &sum)?;
+                        let summary = FederatedSummary::from_summed_stats(&self.schema, &sum)?;
                         {
                             // The standardisation goes last: once it is stored, a restarted
                             // coordinator skips this round, so the summary must already be there.
@@ -383,7 +384,7 @@ impl Trainer {
         if counted != gathered.participants {
             return Ok(());
         }
-        let declared = gathered.sum.last().copied().unwrap_or(f64::NAN);
+        let declared = gathered.sum.last().unwrap_or(f64::NAN);
         Ok(check_example_count(
             declared,
             summary.n,
@@ -409,7 +410,7 @@ impl Trainer {
                     .await
                 {
                     Ok(Collected { gathered, layout, .. }) => {
-                        let totals = layout.decode(&gathered.sum);
+                        let totals = layout.decode_sum(&gathered.sum);
                         let metrics = totals
                             .as_ref()
                             .and_then(|t| t.eval.as_ref())

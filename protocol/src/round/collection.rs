@@ -23,10 +23,11 @@ use crate::report::NodePrivacy;
 use crate::secagg::encoding::{BlockEncoding, UpdateEncoding, VectorEncoding};
 use crate::secagg::{
     ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures, ExpectUnmasking, InputPiece,
-    MaskedInput, Participant, PeerVerifier, RoundParams, SecAggError, ShareDelivery,
+    MaskedInput, Participant, PeerVerifier, RoundParams, SecAggError, SecureSum, ShareDelivery,
 };
 
 use super::rules::check_budgets;
+use super::sum::RoundSum;
 use super::{AttemptFailure, LeftOut, check_contribution};
 
 /// What the nodes are asked for.
@@ -214,8 +215,8 @@ pub struct Outcome {
 /// The sum of one collection.
 #[derive(Debug, Default)]
 pub struct Gathered {
-    /// The summed figures, decoded.
-    pub sum: Vec<f64>,
+    /// The summed figures: in the clear, or the unmasked secure sum read a piece at a time.
+    pub sum: RoundSum,
     /// The nodes whose figures are in the sum, sorted.
     pub participants: Vec<String>,
     /// Nodes asked (or left out before) whose figures are not in it, with why.
@@ -617,7 +618,12 @@ impl Collection {
     fn sum_plain_figures(&mut self, answer: Message) -> Result<Contribution, LeftOut> {
         let (session, round, kind, len) = (self.session, self.round, self.kind, self.value_len);
         let mut contribution = check_contribution(answer, session, round, kind, len)?;
-        add_into(&mut self.gathered.sum, &contribution.values);
+        if !self.gathered.sum.add(&contribution.values) {
+            return Err(LeftOut::from_unexpected(
+                Message::Contribution(contribution),
+                "secagg_input",
+            ));
+        }
         contribution.values = PlainFigures::Double(Vec::new());
         Ok(contribution)
     }
@@ -830,9 +836,13 @@ impl Collection {
         let survivors = server.survivors();
         let sum = server.finish()?;
         let secure = self.secure.as_ref().ok_or(AttemptFailure::Over)?;
-        // The words are released as they are decoded: the coordinator never holds the encoded
-        // sum and the decoded one (twice its size) both whole.
-        self.gathered.sum = secure.encoding.decode_sum_releasing(sum, survivors.len())?;
+        // Kept as words, range-checked now and decoded a piece at a time as it is read: the
+        // decoded figures (twice the words' size) are never held whole.
+        self.gathered.sum = RoundSum::Secure(SecureSum::new(
+            secure.encoding.clone(),
+            sum,
+            survivors.len(),
+        )?);
         let mut participants: Vec<String> = survivors
             .iter()
             .filter_map(|&i| self.identity(i).map(str::to_owned))
@@ -878,12 +888,4 @@ fn violation(error: SecAggError) -> LeftOut {
     LeftOut::SecureAggregation {
         detail: error.to_string(),
     }
-}
-
-/// Adds checked figures into the collection's `f64` sum, which starts empty.
-pub(super) fn add_into(sum: &mut Vec<f64>, values: &PlainFigures) {
-    if sum.is_empty() {
-        sum.resize(values.len(), 0.0);
-    }
-    values.add_to(sum);
 }

@@ -12,6 +12,7 @@ mod check;
 mod collection;
 mod left_out;
 mod rules;
+mod sum;
 #[cfg(test)]
 mod tests;
 
@@ -25,3 +26,4 @@ pub use rules::{
     AfterFailure, AttemptFailure, COUNT_NOISE_TOLERANCE, EvaluationDecision, Exclusions,
     check_budgets, check_example_count, decide_evaluation,
 };
+pub use sum::RoundSum;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
-use super::collection::add_into;
 use super::*;
 use crate::manifest::{FractionalBitsRule, SecureAggregationPlan, ThresholdRule};
 use crate::messages::{
@@ -385,7 +384,7 @@ fn an_honest_secure_collection_passes_every_phase_and_unmasks_the_exact_sum() {
             Phase::Consistency
         ]
     );
-    assert_eq!(gathered.sum, consortium.sum_of(&[1, 2, 3, 4]));
+    assert_eq!(gathered.sum.to_vec(), consortium.sum_of(&[1, 2, 3, 4]));
     assert_eq!(gathered.participants, names(&[1, 2, 3, 4]));
     assert!(gathered.dropped.is_empty());
     assert!(outcome.inputs_received && outcome.accused.is_empty());
@@ -400,7 +399,7 @@ fn a_plain_collection_sums_in_the_clear_without_phases() {
     let (outcome, phases) = consortium.run(consortium.plan(false, 3));
     let gathered = outcome.result.unwrap();
     assert!(phases.is_empty());
-    assert_eq!(gathered.sum, consortium.sum_of(&[1, 2, 3]));
+    assert_eq!(gathered.sum.to_vec(), consortium.sum_of(&[1, 2, 3]));
     assert_eq!(gathered.participants, names(&[1, 2, 3]));
 }
 
@@ -429,7 +428,11 @@ fn a_node_silent_after_sending_its_input_is_timed_out_and_its_masks_removed() {
         } else {
             &[1, 3, 4, 5]
         };
-        assert_eq!(gathered.sum, consortium.sum_of(summed), "{phase:?}");
+        assert_eq!(
+            gathered.sum.to_vec(),
+            consortium.sum_of(summed),
+            "{phase:?}"
+        );
         assert_eq!(gathered.participants, names(summed), "{phase:?}");
     }
 }
@@ -485,7 +488,7 @@ fn every_kind_of_bad_answer_leaves_its_node_out_with_a_typed_reason() {
         why(&gathered, "hospital-7"),
         LeftOut::Framing { .. }
     ));
-    assert_eq!(gathered.sum, consortium.sum_of(&[1, 8, 9, 10]));
+    assert_eq!(gathered.sum.to_vec(), consortium.sum_of(&[1, 8, 9, 10]));
     assert_eq!(gathered.participants, names(&[1, 8, 9, 10]));
     assert!(gathered.budget_spent.is_empty());
 }
@@ -513,7 +516,7 @@ fn a_share_that_fails_authentication_leaves_its_sender_out_of_the_sum_and_the_re
         }
     );
     // Never a wrong sum: both are out, their masks removed.
-    assert_eq!(gathered.sum, consortium.sum_of(&[3, 4, 5]));
+    assert_eq!(gathered.sum.to_vec(), consortium.sum_of(&[3, 4, 5]));
 
     // The round's next attempt leaves the accused out, and says why.
     let mut exclusions = Exclusions::default();
@@ -548,7 +551,7 @@ fn an_accusation_after_the_accused_input_was_summed_leaves_only_the_accuser_out_
     assert!(outcome.accused.is_empty(), "{:?}", outcome.accused);
     let gathered = outcome.result.unwrap();
     assert_eq!(gathered.participants, names(&[1, 2, 4, 5]));
-    assert_eq!(gathered.sum, consortium.sum_of(&[1, 2, 4, 5]));
+    assert_eq!(gathered.sum.to_vec(), consortium.sum_of(&[1, 2, 4, 5]));
     assert_eq!(
         *why(&gathered, "hospital-3"),
         LeftOut::Refused {
@@ -559,7 +562,7 @@ fn an_accusation_after_the_accused_input_was_summed_leaves_only_the_accuser_out_
     let mut consortium = Consortium::new(&behaviours);
     let (outcome, _) = consortium.run_in_pieces(consortium.plan(true, 3), 1, None);
     let gathered = outcome.result.unwrap();
-    assert_eq!(gathered.sum, consortium.sum_of(&[1, 2, 4, 5]));
+    assert_eq!(gathered.sum.to_vec(), consortium.sum_of(&[1, 2, 4, 5]));
 }
 
 #[test]
@@ -569,7 +572,7 @@ fn inputs_sent_in_pieces_sum_to_the_same_as_whole_ones() {
         let (outcome, phases) = consortium.run_in_pieces(consortium.plan(true, 3), words, None);
         let gathered = outcome.result.unwrap();
         assert_eq!(
-            gathered.sum,
+            gathered.sum.to_vec(),
             consortium.sum_of(&[1, 2, 3, 4]),
             "{words} words"
         );
@@ -720,7 +723,7 @@ fn answers_from_nodes_not_asked_or_given_twice_are_ignored() {
     let Progress::Done(outcome) = collection.handle_answer(3, Ok(contribution(0))) else {
         panic!("every node answered");
     };
-    assert_eq!(outcome.result.unwrap().sum, vec![3.0; LEN]);
+    assert_eq!(outcome.result.unwrap().sum.to_vec(), vec![3.0; LEN]);
     // Driving the engine after its end fails loudly rather than summing anything.
     let Progress::Done(outcome) = collection.handle_deadline() else {
         panic!("over");
@@ -752,7 +755,7 @@ fn plain_answers_of_another_round_or_precision_are_rejected() {
         LeftOut::Rejected { reason: RefusalReason::BadContribution { detail } }
             if detail.contains("statistics must be sent as f64")
     ));
-    assert_eq!(gathered.sum, consortium.sum_of(&[1, 4]));
+    assert_eq!(gathered.sum.to_vec(), consortium.sum_of(&[1, 4]));
 }
 
 #[test]
@@ -865,7 +868,7 @@ fn rejection(result: Result<Contribution, LeftOut>) -> String {
 
 #[test]
 fn round_vectors_are_accepted_at_either_precision_and_summed_in_f64() {
-    let mut sum = Vec::new();
+    let mut sum = RoundSum::default();
     for values in [
         PlainFigures::Single(vec![1.0, 0.5, f32::MAX]),
         PlainFigures::Double(vec![2.0, 0.25, 1.0]),
@@ -873,10 +876,13 @@ fn round_vectors_are_accepted_at_either_precision_and_summed_in_f64() {
     ] {
         let message = contribution(ContributionKind::Round, values);
         let checked = check_contribution(message, 7, 2, ContributionKind::Round, 3).unwrap();
-        add_into(&mut sum, &checked.values);
+        assert!(sum.add(&checked.values));
     }
     // Twice f32::MAX overflows f32, not the f64 sum.
-    assert_eq!(sum, vec![6.0, 0.875, 2.0 * f64::from(f32::MAX) + 1.0]);
+    assert_eq!(
+        sum.to_vec(),
+        vec![6.0, 0.875, 2.0 * f64::from(f32::MAX) + 1.0]
+    );
 }
 
 #[test]

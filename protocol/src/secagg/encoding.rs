@@ -30,9 +30,9 @@
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::SecAggError;
 use super::fixed_point::FixedPoint;
 use super::quantized::Quantized;
+use super::{PieceVisitor, SecAggError};
 
 /// Fractional bits of the wide encoding (resolution 2^-16 ≈ 1.5·10^-5).
 pub const WIDE_FRACTIONAL_BITS: u32 = 16;
@@ -280,51 +280,62 @@ impl VectorEncoding {
         Ok(out)
     }
 
-    /// [`Self::decode_sum`] of a sum it takes over, whose words are released as they are
-    /// decoded: the blocks are decoded from the last, a piece at a time, and the words of each
-    /// piece dropped from the end of `sum` (its allocation shrunk) before the next. The sum's
-    /// words and its decoded figures (twice their size) are never both held whole, so decoding
-    /// a model's sum needs the figures' memory and a piece, not the figures' and the words'.
-    /// Same checks, same errors, same figures.
-    pub fn decode_sum_releasing(
+    /// Decodes figures `range` of a sum [`Self::check_sum`] accepted, a piece of at most
+    /// [`DECODE_PIECE`] figures at a time, handing each piece to `visit` with the index of its
+    /// first figure: a model's sum is read without ever holding its decoded figures (twice the
+    /// words' size) whole. The figures are those [`Self::decode_sum`] gives; a range past the
+    /// end stops at the end.
+    pub(super) fn decode_range<E>(
         &self,
-        mut sum: Vec<u32>,
+        sum: &[u32],
         summed_inputs: usize,
-    ) -> Result<Vec<f64>, SecAggError> {
-        self.check_sum(&sum, summed_inputs)?;
-        // Zeroed pages are only mapped as they are written.
-        let mut out = vec![0.0; self.value_len()];
-        let (mut word_end, mut value_end) = (sum.len(), out.len());
-        for (len, encoding) in self.blocks.iter().rev() {
+        range: std::ops::Range<usize>,
+        visit: &mut PieceVisitor<'_, E>,
+    ) -> Result<(), E> {
+        let mut scratch = Vec::new();
+        let (mut word_start, mut value_start) = (0, 0);
+        for (len, encoding) in &self.blocks {
+            let (lo, hi) = (
+                range.start.max(value_start),
+                range.end.min(value_start + len),
+            );
             // Pieces of whole units (a packed word's values decode together).
             let (unit_values, unit_words) = unit(encoding);
-            let units = len.div_ceil(unit_values);
-            let (word_start, value_start) = (word_end - units * unit_words, value_end - len);
-            let piece = (RELEASE_PIECE / unit_values).max(1);
-            let mut end = units;
-            while end > 0 {
-                let start = end.saturating_sub(piece);
-                let words = word_start + start * unit_words;
-                let block = sum.get(words..word_start + end * unit_words);
-                let values = value_start + start * unit_values
-                    ..value_end.min(value_start + end * unit_values);
-                let decoded = out.get_mut(values);
-                if let (Some(block), Some(decoded)) = (block, decoded) {
-                    decode_block(encoding, block, summed_inputs, decoded);
+            let piece = (DECODE_PIECE / unit_values).max(1);
+            let (mut first, end) = if lo < hi {
+                (
+                    (lo - value_start) / unit_values,
+                    (hi - value_start).div_ceil(unit_values),
+                )
+            } else {
+                (0, 0)
+            };
+            while first < end {
+                let last = (first + piece).min(end);
+                let values = (first * unit_values)..(last * unit_values).min(*len);
+                let words =
+                    sum.get(word_start + first * unit_words..word_start + last * unit_words);
+                if let Some(words) = words {
+                    scratch.clear();
+                    scratch.resize(values.len(), 0.0);
+                    decode_block(encoding, words, summed_inputs, &mut scratch);
+                    // The part of the piece inside `range`.
+                    let from = lo.max(value_start + values.start) - (value_start + values.start);
+                    let to = hi.min(value_start + values.end) - (value_start + values.start);
+                    if let Some(wanted) = scratch.get(from..to) {
+                        visit(value_start + values.start + from, wanted)?;
+                    }
                 }
-                sum.truncate(words);
-                if sum.capacity() - sum.len() >= RELEASE_PIECE {
-                    sum.shrink_to_fit();
-                }
-                end = start;
+                first = last;
             }
-            (word_end, value_end) = (word_start, value_start);
+            (word_start, value_start) =
+                (word_start + block_words(encoding, *len), value_start + len);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The checks of [`Self::decode_sum`]: the sum's length, and every word in range.
-    fn check_sum(&self, sum: &[u32], summed_inputs: usize) -> Result<(), SecAggError> {
+    pub(super) fn check_sum(&self, sum: &[u32], summed_inputs: usize) -> Result<(), SecAggError> {
         if summed_inputs >= 1 << LIMB_BITS {
             return Err(SecAggError::BadParams(format!(
                 "a sum of {summed_inputs} inputs exceeds the limb encodings' 65535"
@@ -388,9 +399,8 @@ impl VectorEncoding {
     }
 }
 
-/// Figures decoded at a time by [`VectorEncoding::decode_sum_releasing`] before the words
-/// they came from are released (2 MiB of figures).
-const RELEASE_PIECE: usize = 1 << 18;
+/// Figures decoded at a time by [`VectorEncoding::decode_range`] (2 MiB of figures).
+pub(crate) const DECODE_PIECE: usize = 1 << 18;
 
 /// The smallest run of a block's figures that fills whole words, as `(figures, words)`: a
 /// figure for one, two or four words, or a packed word's figures for one word.
@@ -706,68 +716,6 @@ mod tests {
 
     /// Issue 12, attack 7: every word of every encoding is checked against the largest sum the
     /// inputs summed can give; one past it is refused, naming the word.
-    #[test]
-    fn a_sum_decoded_releasing_its_words_is_the_same_figures_and_errors() {
-        let fixed = FixedPoint {
-            clip: 8.0,
-            fractional_bits: 16,
-        };
-        // Blocks longer than a release piece, so each is decoded in several pieces.
-        let long = RELEASE_PIECE + 3;
-        let encoding = VectorEncoding::new(vec![
-            (3, BlockEncoding::Count),
-            (2, BlockEncoding::Wide),
-            (long, BlockEncoding::Clipped(fixed)),
-            (5, BlockEncoding::Words),
-            (long, BlockEncoding::Count),
-            // Five values a word (6-bit lanes): pieces of 2^18 values are not whole words, so
-            // the pieces are of whole words; the last word is partial.
-            (long, BlockEncoding::Packed(Quantized::fit(8.0, 6, 3))),
-            (2, BlockEncoding::Wide),
-        ]);
-        let mut rng = ChaCha20Rng::seed_from_u64(9);
-        let mut sum = vec![0u32; encoding.encoded_len()];
-        for node in 0..3 {
-            let values: Vec<f64> = (0..encoding.value_len())
-                .map(|i| ((i * 7 + node * 13) % 17) as f64)
-                .collect();
-            add(&mut sum, &encoding.encode(&values, &mut rng).unwrap());
-        }
-        let whole = encoding.decode_sum(&sum, 3).unwrap();
-        assert_eq!(whole.len(), encoding.value_len());
-        // The packed block decodes each value within three steps of its sum.
-        let packed_start = encoding.value_len() - 2 - long;
-        let step = 16.0 / 15.0;
-        for (i, got) in whole.iter().enumerate().skip(packed_start).take(long) {
-            let exact: f64 = (0..3)
-                .map(|node| (((i * 7 + node * 13) % 17) as f64).min(8.0))
-                .sum();
-            assert!((got - exact).abs() <= 3.0 * step, "{i}");
-        }
-        assert_eq!(
-            encoding.decode_sum_releasing(sum.clone(), 3).unwrap(),
-            whole
-        );
-        // Out of range anywhere, a wrong count of inputs, a wrong length: the same error.
-        let mut bad = sum.clone();
-        bad[3 * COUNT_LIMBS + 2 * LIMBS + 5] = 1 << 31;
-        let last = bad.len() - 1;
-        bad[last] = u32::MAX;
-        let cases = [
-            (bad, 3),
-            (sum.clone(), 1 << 16),
-            (sum[1..].to_vec(), 3),
-            (Vec::new(), 3),
-        ];
-        for (words, inputs) in cases {
-            let expected = encoding.decode_sum(&words, inputs).unwrap_err();
-            assert_eq!(
-                encoding.decode_sum_releasing(words, inputs).unwrap_err(),
-                expected
-            );
-        }
-    }
-
     #[test]
     fn regression_issue_12_every_word_one_past_its_range_is_refused() {
         let fixed = FixedPoint {

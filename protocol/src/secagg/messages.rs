@@ -197,8 +197,8 @@ pub struct MaskedInputChunk {
     pub values: Vec<u32>,
 }
 
-/// Words in each [`MaskedInputChunk`] a node sends (1 MiB), the last one shorter.
-pub const INPUT_CHUNK_WORDS: usize = 256 * 1024;
+/// Words in each [`MaskedInputChunk`] a node sends (256 KiB), the last one shorter.
+pub const INPUT_CHUNK_WORDS: usize = 64 * 1024;
 
 impl MaskedInput {
     /// The input as consecutive pieces of `words` words each (a node sends pieces of

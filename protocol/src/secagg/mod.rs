@@ -68,6 +68,7 @@ pub mod graph;
 mod messages;
 mod params;
 pub mod quantized;
+mod secure_sum;
 mod server;
 pub mod shamir;
 #[cfg(test)]
@@ -84,6 +85,7 @@ pub use messages::{
     ShareDelivery, SharePackage, UnmaskRequest, UnmaskResponse, add_le_words,
 };
 pub use params::{MAX_PAIRINGS, Participant, RoundParams};
+pub use secure_sum::{PieceVisitor, SecureSum};
 pub use server::{ExpectKeys, ExpectMaskedInputs, ExpectShares, ExpectSignatures, ExpectUnmasking};
 
 use crypto::CryptoError;
