@@ -7,7 +7,7 @@ use medfed_protocol::codec::{self, CodecError, InputPieceFrame, MAX_FRAME_LEN};
 use medfed_protocol::messages::{Message, ModelOffer, ModelReceived, RefusalReason};
 use medfed_protocol::model::{Model, ModelHash};
 use medfed_protocol::round::LeftOut;
-use medfed_protocol::secagg::{InputPiece, MaskedInput, PieceHeader};
+use medfed_protocol::secagg::{INPUT_CHUNK_WORDS, InputPiece, MaskedInput, PieceHeader};
 use medfed_protocol::transfer::{model_chunk, model_offer};
 use medfed_transport::{ChannelError, MessageReader, RecvStream, send_message, send_shared_frames};
 use tokio::sync::mpsc;
@@ -51,8 +51,13 @@ pub async fn request(
 }
 
 /// How long a node may take to send a frame of its masked input once the coordinator has
-/// given it a slot (a 256 KiB piece takes 2 s at 1 Mbit/s).
-const PIECE_READ_LIMIT: Duration = Duration::from_secs(60);
+/// given it a slot: a piece of 256 KiB needs 140 kbit/s.
+const PIECE_READ_LIMIT: Duration = Duration::from_secs(15);
+
+/// The longest frame that may answer a share delivery: a masked input's piece of
+/// [`INPUT_CHUNK_WORDS`] words and its header (a whole masked input, a refusal or a decline
+/// fit too, if no longer).
+const MAX_PIECE_FRAME: usize = 4 * INPUT_CHUNK_WORDS + 1024;
 
 /// A frame of an answer that may come in pieces.
 enum Answer {
@@ -79,36 +84,48 @@ impl<'a> Counted<'a> {
         }
     }
 
-    /// The next message (`None` at the end of the stream), its bytes counted.
-    async fn next(&mut self) -> Result<Option<Message>, ExchangeError> {
-        let next = self.reader.next().await;
+    /// Adds the bytes read since the last count to the node's.
+    fn count(&mut self) {
         let read = self.reader.bytes_received();
         self.node.add_received(read - self.counted);
         self.counted = read;
+    }
+
+    /// The next message (`None` at the end of the stream), its bytes counted.
+    async fn next(&mut self) -> Result<Option<Message>, ExchangeError> {
+        let next = self.reader.next().await;
+        self.count();
         Ok(next?)
     }
 
     /// The next frame, which must be there: a masked input's piece read in place, or else
     /// the message decoded, with the slot in `pieces` it is to go to. Its bytes counted.
     ///
-    /// The slot is taken once the frame's first bytes are in and before the rest is read: the
-    /// pieces held by the coordinator, being read or waiting to be summed, are as many as
-    /// `pieces` has slots, whatever the number of nodes (the rest of each node's input waits
-    /// in its stream, under flow control). A node must then send the frame within
-    /// [`PIECE_READ_LIMIT`], so that nodes that stall inside a piece hold the slots no longer.
+    /// The slot is taken once the frame's header is in and before the rest is read: the
+    /// frames held by the coordinator, being read or waiting to be summed, are as many as
+    /// `pieces` has slots whatever the number of nodes, and none is longer than a piece's
+    /// ([`MAX_PIECE_FRAME`]; a longer one is refused unread). The rest of each node's input
+    /// waits in its stream, under flow control (up to the stream's receive window). A node
+    /// must then send the frame within [`PIECE_READ_LIMIT`], so that a node stalling inside a
+    /// piece holds its slot no longer.
     async fn next_piece<'p>(
         &mut self,
         pieces: &'p InputPieces,
     ) -> Result<(Answer, mpsc::Permit<'p, (u16, InputPieceFrame)>), ExchangeError> {
-        let arrived = self.reader.wait_for_bytes().await;
-        let slot = match arrived {
-            Ok(()) => pieces.reserve().await.map_err(|_| round_moved_on())?,
-            Err(e) => return Err(e.into()),
-        };
+        let declared = self.reader.next_frame_len().await;
+        self.count();
+        let len = declared?.ok_or(ChannelError::StreamEnded)?;
+        if len > MAX_PIECE_FRAME {
+            return Err(ExchangeError::Channel(ChannelError::Codec(
+                CodecError::FrameTooLarge {
+                    len,
+                    max: MAX_PIECE_FRAME,
+                },
+            )));
+        }
+        let slot = pieces.reserve().await.map_err(|_| round_moved_on())?;
         let next = tokio::time::timeout(PIECE_READ_LIMIT, self.reader.next_frame()).await;
-        let read = self.reader.bytes_received();
-        self.node.add_received(read - self.counted);
-        self.counted = read;
+        self.count();
         let next = next.map_err(|_| {
             ExchangeError::Connection(format!(
                 "a frame of the masked input took over {} s to arrive",

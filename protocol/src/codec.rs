@@ -127,9 +127,10 @@ impl FrameDecoder {
         Ok(Some(frame.freeze()))
     }
 
-    /// Bytes buffered and not yet taken as frames.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
+    /// The body length the next frame's header declares, once its 4 bytes are buffered.
+    pub fn declared_len(&self) -> Option<usize> {
+        let header: [u8; HEADER_LEN] = self.buf.get(..HEADER_LEN)?.try_into().ok()?;
+        Some(u32::from_be_bytes(header) as usize)
     }
 
     /// Call at end of stream: an incomplete frame left in the buffer is an error.
@@ -304,15 +305,22 @@ mod tests {
             }))
             .unwrap(),
         );
+        let first_len = frame(&sample()).unwrap().len() - HEADER_LEN;
         let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
         let mut out = Vec::new();
-        for b in bytes {
+        for (i, b) in bytes.into_iter().enumerate() {
+            // The first frame's length is known from its header's fourth byte on.
+            let declared = (i >= HEADER_LEN).then_some(first_len);
+            if out.is_empty() {
+                assert_eq!(decoder.declared_len(), declared, "byte {i}");
+            }
             decoder.feed(&[b]);
             while let Some(m) = decoder.next_message().unwrap() {
                 out.push(m);
             }
         }
         decoder.finish().unwrap();
+        assert_eq!(decoder.declared_len(), None);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0], sample());
     }

@@ -251,22 +251,24 @@ impl MessageReader {
         }
     }
 
-    /// Waits until bytes of the next frame are buffered, reading them in, or the stream has
-    /// ended: a reader that takes a scarce slot before reading a frame whole (a masked input's
-    /// piece) takes it only once the frame is coming, not while the peer is still computing.
-    pub async fn wait_for_bytes(&mut self) -> Result<(), ChannelError> {
-        if self.decoder.buffered() > 0 {
-            return Ok(());
-        }
-        match self.stream.read_chunk(READ_CHUNK).await {
-            Ok(Some(bytes)) => {
-                self.received += bytes.len() as u64;
-                self.decoder.feed(&bytes);
-                Ok(())
+    /// Waits until the next frame's header is buffered, reading it in, and returns the body
+    /// length it declares; `None` if the stream ends first (the next read sees the end again).
+    /// A reader that takes a scarce slot before reading a frame whole (a masked input's piece)
+    /// takes it only once the frame is coming, not while the peer is still computing, and can
+    /// refuse a frame too long for the slot before reading it.
+    pub async fn next_frame_len(&mut self) -> Result<Option<usize>, ChannelError> {
+        loop {
+            if let Some(len) = self.decoder.declared_len() {
+                return Ok(Some(len));
             }
-            // The next read sees the end again.
-            Ok(None) => Ok(()),
-            Err(e) => Err(ChannelError::Read(e.to_string())),
+            match self.stream.read_chunk(READ_CHUNK).await {
+                Ok(Some(bytes)) => {
+                    self.received += bytes.len() as u64;
+                    self.decoder.feed(&bytes);
+                }
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(ChannelError::Read(e.to_string())),
+            }
         }
     }
 

@@ -241,8 +241,8 @@ pub fn mean_delta(sum_delta: &[f64], sum_n: f64) -> Result<Vec<f64>, StrategyErr
 
 /// Applies the mean of a round's summed update to `global`: `sum`'s figures `update` are
 /// `Σ n_k (w_k − w)` and `weight` is `Σ n_k`. The sum is read a piece at a time, so no vector
-/// of the model's size is made: one pass checks every figure finite, a second applies each
-/// piece's mean. On error nothing is changed.
+/// of the model's size is made: one pass checks every figure of the mean finite, a second
+/// applies each piece's mean. On error nothing is changed.
 pub fn apply_summed_update(
     optimizer: &mut dyn ServerOptimizer,
     global: &mut [f32],
@@ -265,15 +265,15 @@ pub fn apply_summed_update(
     if !(weight.is_finite() && weight > 0.0) {
         return Err(StrategyError::NoExamples { sum_n: weight });
     }
-    sum.visit(
-        update.clone(),
-        &mut |first, piece| match piece.iter().position(|d| !d.is_finite()) {
-            Some(i) => Err(StrategyError::NonFinite {
-                index: first - update.start + i,
-            }),
-            None => Ok(()),
-        },
-    )?;
+    sum.visit(update.clone(), &mut |first, piece| match piece
+        .iter()
+        .position(|d| !(d / weight).is_finite())
+    {
+        Some(i) => Err(StrategyError::NonFinite {
+            index: first - update.start + i,
+        }),
+        None => Ok(()),
+    })?;
     let mut mean = Vec::new();
     sum.visit::<StrategyError>(update.clone(), &mut |first, piece| {
         mean.clear();

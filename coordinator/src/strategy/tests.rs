@@ -357,7 +357,22 @@ fn a_summed_update_read_in_pieces_moves_the_model_as_its_whole_mean_does() {
         weight,
     );
     assert_eq!(result, Err(StrategyError::NonFinite { index: len - 1 }));
-    assert_eq!((pieces, by_pieces.state()), (whole, before));
+    assert_eq!((&pieces, by_pieces.state()), (&whole, before.clone()));
+    // A finite sum whose mean is not (a tiny weight, as a node could send without secure
+    // aggregation): nothing changes either.
+    let mut huge = vec![0.0; counts.len() + len + 1];
+    huge[counts.len() + 5] = 1e300;
+    assert_eq!(
+        apply_summed_update(
+            by_pieces.as_mut(),
+            &mut pieces,
+            &RoundSum::Figures(huge),
+            update.clone(),
+            1e-300,
+        ),
+        Err(StrategyError::NonFinite { index: 5 })
+    );
+    assert_eq!((&pieces, by_pieces.state()), (&whole, before));
     let mut model = start.clone();
     for (weight, range, expected) in [
         (
