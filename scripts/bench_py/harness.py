@@ -600,8 +600,8 @@ def memory_section(rows, aggregate=None):
     if aggregate:
         fresh = ""
         if "ratio_decode_fresh" in aggregate:
-            fresh = (f"; into a fresh sum each round, as the coordinator now sums (it releases "
-                     f"each round's sum while decoding it): **{aggregate['ratio_decode_fresh']:.2f}** "
+            fresh = (f"; into a fresh sum each round, as the coordinator now sums (it drops "
+                     f"each round's sum once the round is applied): **{aggregate['ratio_decode_fresh']:.2f}** "
                      f"({aggregate['decode_fresh']:.2f} GB/s, {aggregate['faults_decode_fresh']} "
                      "minor page faults a round)")
         L.append(f"Decode + sum against memcpy (goal ≥ 0.8), {aggregate['nodes']} nodes × "
@@ -1081,7 +1081,8 @@ def main():
         (root / "consistency.json").write_text(json.dumps(rows, indent=1, default=str))
         written = ["", f"Written by `{args.command} --consistency-only` on "
                        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."]
-        splice_section(Path(args.out), "consistency", consistency_section(rows) + written)
+        section = consistency_section(rows)
+        splice_section(Path(args.out), "consistency", section[:-1] + written + ["", section[-1]])
         aggregate = None
         if os.environ.get("BENCH_AGGREGATE", "1") == "1":
             log("decode + sum against memcpy (protocol/benches/aggregate.rs)")
@@ -1119,9 +1120,9 @@ def main():
         (root / "console.json").write_text(json.dumps(pairs, indent=1, default=str))
         section = console_section(pairs, rounds)
         print("\n".join(section[2:-2]))
-        splice_section(Path(args.out), "console", section
-                       + ["", f"Written by `{args.command} --console-only` on "
-                          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."])
+        written = ["", f"Written by `{args.command} --console-only` on "
+                       f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."]
+        splice_section(Path(args.out), "console", section[:-1] + written + ["", section[-1]])
         log(f"wrote {args.out}")
         return
     if args.render_only:

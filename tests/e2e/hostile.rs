@@ -27,7 +27,8 @@ use medfed_protocol::model::{Model, ModelKind, ModelSpec};
 use medfed_protocol::round::LeftOut;
 use medfed_protocol::schema::Schema;
 use medfed_protocol::secagg::{
-    ExpectDirectory, KeyAdvertisement, MaskedInput, ParticipantState, ShareDelivery,
+    ExpectDirectory, KeyAdvertisement, MaskedInput, ParticipantState, RoundParams, ShareDelivery,
+    SharePackage,
 };
 use medfed_protocol::stats::Standardization;
 use medfed_protocol::task::TrainingPlan;
@@ -395,64 +396,26 @@ async fn second_connection_with_the_same_certificate_replaces_the_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn share_that_fails_authentication_leaves_its_sender_out() {
-    subscribe();
-    let consortium = Consortium::new(&WITH_MALLORY, 100);
-    let coordinator = consortium
-        .start_coordinator(all_four_from_the_start(&consortium))
-        .await;
-    let addr = coordinator.local_addr();
-    let (mallory, _) = admit(&consortium, "mallory", addr).await;
-    let credentials = medfed_node::credentials(&consortium.node_config("mallory", addr)).unwrap();
     // Mallory follows the protocol with the participant state machine, except that it flips a
     // byte of the ciphertext of the share it sends hospital-a.
-    let mut state = ParticipantState::Done;
-    let mut victim = None;
-    let mallory = serve(mallory, move |request| {
-        let mut rng = rand::rng();
-        let round = request.round().unwrap_or(0);
-        let answer = match request {
-            Message::ModelOffer(offer) => Ok(model_received(&offer)),
-            Message::StatsRequest(medfed_protocol::messages::StatsRequest {
-                secure_aggregation: Some(setup),
-                ..
-            })
-            | Message::RoundStart(RoundStart {
-                secure_aggregation: Some(setup),
-                ..
-            }) => {
-                let (next, keys) = round_keys(&setup, "mallory", credentials.signer.as_ref());
-                state = ParticipantState::Directory(next);
-                victim = setup.params.index_of("hospital-a");
-                Ok(keys_message(keys))
-            }
-            Message::SecAggDirectory(directory) => state
-                .handle_directory(&directory, credentials.verifier.as_ref(), &mut rng)
-                .map(|mut package| {
-                    for share in &mut package.shares {
-                        if Some(share.to) == victim {
-                            share.ciphertext[0] ^= 1;
-                        }
+    let report = train_beside_mallory(|mallory| {
+        mallory
+            .on_shares(|params, package| {
+                for share in &mut package.shares {
+                    if Some(share.to) == params.index_of("hospital-a") {
+                        share.ciphertext[0] ^= 1;
                     }
-                    Message::SecAggShares(package)
-                }),
-            Message::SecAggDelivery(delivery) => {
+                }
+            })
+            .on_delivery(|honest| {
                 // Its masked input comes after hospital-a's report of the bad share: an
                 // accusation against a node whose input is already in the running sum is not
                 // acted on (the protocol tests cover that case), this one is.
                 std::thread::sleep(Duration::from_secs(2));
-                state.handle_delivery(&delivery).map(Message::SecAggInput)
-            }
-            Message::SecAggConsistency(request) => state
-                .handle_consistency(&request, credentials.signer.as_ref(), &mut |_| Ok(()))
-                .map(Message::SecAggSignature),
-            Message::SecAggUnmask(request) => state
-                .handle_unmask(&request, credentials.verifier.as_ref(), &mut |_| Ok(()))
-                .map(Message::SecAggUnmaskShares),
-            other => Ok(other),
-        };
-        frame(&answer.unwrap_or_else(|_| decline(0, round)))
-    });
-    let report = honest_nodes_train(&consortium, coordinator).await;
+                (honest.to_vec(), None)
+            })
+    })
+    .await;
     // Hospital-a could not authenticate mallory's share and said whose it was: mallory is left
     // out of the round (its masks removed as a dropout's; the first attempt, which lost both,
     // was restarted without it) and the honest three complete it.
@@ -462,11 +425,164 @@ async fn share_that_fails_authentication_leaves_its_sender_out() {
             peer: "hospital-a".into()
         }
     );
-    // Never a wrong sum: the pooled held-out counts are exactly the honest nodes' (3 × 25).
+    assert_eq!(report.final_evaluation.as_ref().unwrap().examples, 75);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A masked input's frames: the coordinator holds a few, of a piece's size, whatever the nodes.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn masked_input_frame_longer_than_a_piece_is_refused_unread_and_the_others_train() {
+    // A header announcing a frame of 2 MiB (four pieces' worth), then a little of it: the
+    // coordinator refuses it from the header, before it takes a slot or reads the body.
+    let mut bytes = (2u32 << 20).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&[0u8; 1024]);
+    let why = mallory_answers_its_delivery_with(move |_| (bytes.clone(), None)).await;
+    assert!(
+        matches!(&why, LeftOut::Framing { detail } if detail.contains("2097152 bytes exceeds")),
+        "mallory left out because: {why:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_stalling_inside_a_piece_is_cut_off_and_the_others_train() {
+    // Mallory sends the first 100 bytes of its honest masked input and then nothing for 20 s
+    // (the phase deadline is 60 s; after the 20 s its stream ends, inside the frame): the
+    // coordinator cuts it off 15 s after giving it a slot, before any piece of it is summed,
+    // and sums the honest three.
+    let why = mallory_answers_its_delivery_with(|honest| {
+        (honest[..100].to_vec(), Some(Duration::from_secs(20)))
+    })
+    .await;
+    assert!(
+        matches!(&why, LeftOut::Connection { detail } if detail.contains("took over 15 s")),
+        "mallory left out because: {why:?}"
+    );
+}
+
+/// Mallory follows the protocol until its share delivery, which it answers with what `answer`
+/// makes of its honest masked input's frame; the honest three train. Returns why mallory was
+/// left out.
+async fn mallory_answers_its_delivery_with(
+    answer: impl FnMut(&[u8]) -> (Vec<u8>, Option<Duration>) + Send + 'static,
+) -> LeftOut {
+    let report = train_beside_mallory(|mallory| mallory.on_delivery(answer)).await;
+    dropped(&report, "mallory").clone()
+}
+
+/// The honest three train for a round, with all four members asked from the start, beside a
+/// mallory that `configure` gives its hooks. Checks the round never summed a wrong figure: its
+/// pooled held-out counts are exactly the honest nodes' (3 × 25).
+async fn train_beside_mallory(configure: impl FnOnce(Mallory) -> Mallory) -> TrainingReport {
+    subscribe();
+    let consortium = Consortium::new(&WITH_MALLORY, 100);
+    let coordinator = consortium
+        .start_coordinator(all_four_from_the_start(&consortium))
+        .await;
+    let mallory = configure(Mallory::new(&consortium, coordinator.local_addr()).await).serve();
+    let report = honest_nodes_train(&consortium, coordinator).await;
     let start = report.rounds[0].start_model_evaluation.as_ref().unwrap();
     assert_eq!(start.examples, 75);
-    assert_eq!(report.final_evaluation.as_ref().unwrap().examples, 75);
     mallory.abort();
+    report
+}
+
+/// What mallory makes of its share package (given the round's parameters).
+type SharesHook = Box<dyn FnMut(&RoundParams, &mut SharePackage) + Send>;
+/// What mallory answers a share delivery with, given its honest masked input's frame: the bytes
+/// to send, and how long to stall after them before ending the stream.
+type DeliveryHook = Box<dyn FnMut(&[u8]) -> (Vec<u8>, Option<Duration>) + Send>;
+
+/// An admitted mallory that follows the protocol with the participant state machine, except
+/// where a hook changes what it sends.
+struct Mallory {
+    connection: quinn::Connection,
+    credentials: medfed_node::hospital::Credentials,
+    shares: SharesHook,
+    delivery: DeliveryHook,
+}
+
+impl Mallory {
+    async fn new(consortium: &Consortium, addr: SocketAddr) -> Self {
+        let (connection, _) = admit(consortium, "mallory", addr).await;
+        let credentials =
+            medfed_node::credentials(&consortium.node_config("mallory", addr)).unwrap();
+        Self {
+            connection,
+            credentials,
+            shares: Box::new(|_, _| {}),
+            delivery: Box::new(|honest| (honest.to_vec(), None)),
+        }
+    }
+
+    fn on_shares(
+        mut self,
+        hook: impl FnMut(&RoundParams, &mut SharePackage) + Send + 'static,
+    ) -> Self {
+        self.shares = Box::new(hook);
+        self
+    }
+
+    fn on_delivery(
+        mut self,
+        hook: impl FnMut(&[u8]) -> (Vec<u8>, Option<Duration>) + Send + 'static,
+    ) -> Self {
+        self.delivery = Box::new(hook);
+        self
+    }
+
+    /// Answers the coordinator's requests until the connection ends.
+    fn serve(self) -> tokio::task::JoinHandle<()> {
+        let Self {
+            connection,
+            credentials,
+            mut shares,
+            mut delivery,
+        } = self;
+        let mut state = ParticipantState::Done;
+        let mut params = None;
+        serve_stalling(connection, move |request| {
+            let mut rng = rand::rng();
+            let round = request.round().unwrap_or(0);
+            let answer = match request {
+                Message::ModelOffer(offer) => Ok(model_received(&offer)),
+                Message::StatsRequest(medfed_protocol::messages::StatsRequest {
+                    secure_aggregation: Some(setup),
+                    ..
+                })
+                | Message::RoundStart(RoundStart {
+                    secure_aggregation: Some(setup),
+                    ..
+                }) => {
+                    let (next, keys) = round_keys(&setup, "mallory", credentials.signer.as_ref());
+                    state = ParticipantState::Directory(next);
+                    params = Some(setup.params);
+                    Ok(keys_message(keys))
+                }
+                Message::SecAggDirectory(directory) => state
+                    .handle_directory(&directory, credentials.verifier.as_ref(), &mut rng)
+                    .map(|mut package| {
+                        if let Some(params) = &params {
+                            shares(params, &mut package);
+                        }
+                        Message::SecAggShares(package)
+                    }),
+                Message::SecAggDelivery(request) => {
+                    let input = state.handle_delivery(&request).map(Message::SecAggInput);
+                    return delivery(&frame(&input.unwrap_or_else(|_| decline(0, round))));
+                }
+                Message::SecAggConsistency(request) => state
+                    .handle_consistency(&request, credentials.signer.as_ref(), &mut |_| Ok(()))
+                    .map(Message::SecAggSignature),
+                Message::SecAggUnmask(request) => state
+                    .handle_unmask(&request, credentials.verifier.as_ref(), &mut |_| Ok(()))
+                    .map(Message::SecAggUnmaskShares),
+                other => Ok(other),
+            };
+            (frame(&answer.unwrap_or_else(|_| decline(0, round))), None)
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -773,6 +889,15 @@ fn serve(
     connection: quinn::Connection,
     mut answer: impl FnMut(Message) -> Vec<u8> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
+    serve_stalling(connection, move |request| (answer(request), None))
+}
+
+/// [`serve`], except that an answer may stall after its bytes, for the time it names, before
+/// its stream ends.
+fn serve_stalling(
+    connection: quinn::Connection,
+    mut answer: impl FnMut(Message) -> (Vec<u8>, Option<Duration>) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Ok((mut send, recv)) = connection.accept_bi().await {
             let mut reader = MessageReader::new(recv, MAX_FRAME_LEN);
@@ -782,8 +907,11 @@ fn serve(
             if matches!(request, Message::ModelOffer(_)) {
                 while let Ok(Some(_)) = reader.next().await {}
             }
-            let bytes = answer(request);
+            let (bytes, stall) = answer(request);
             let _ = send.write_all(&bytes).await;
+            if let Some(stall) = stall {
+                tokio::time::sleep(stall).await;
+            }
             let _ = send.finish();
         }
     })
