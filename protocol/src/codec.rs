@@ -93,11 +93,9 @@ impl FrameDecoder {
     /// Whether a whole frame is buffered: `Ok(Some(total_len))` if so, `Ok(None)` if more bytes
     /// are needed, and an error as soon as the header declares a frame over the cap.
     pub fn check(&self) -> Result<Option<usize>, CodecError> {
-        if self.buf.len() < HEADER_LEN {
+        let Some(declared) = self.declared_len() else {
             return Ok(None);
-        }
-        let declared =
-            u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        };
         if declared > self.max_len {
             return Err(CodecError::FrameTooLarge {
                 len: declared,

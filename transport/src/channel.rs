@@ -237,16 +237,9 @@ impl MessageReader {
             if let Some(body) = self.decoder.next_frame()? {
                 return Ok(Some(body));
             }
-            match self.stream.read_chunk(READ_CHUNK).await {
-                Ok(Some(bytes)) => {
-                    self.received += bytes.len() as u64;
-                    self.decoder.feed(&bytes);
-                }
-                Ok(None) => {
-                    self.decoder.finish()?;
-                    return Ok(None);
-                }
-                Err(e) => return Err(ChannelError::Read(e.to_string())),
+            if !self.read_more().await? {
+                self.decoder.finish()?;
+                return Ok(None);
             }
         }
     }
@@ -261,14 +254,23 @@ impl MessageReader {
             if let Some(len) = self.decoder.declared_len() {
                 return Ok(Some(len));
             }
-            match self.stream.read_chunk(READ_CHUNK).await {
-                Ok(Some(bytes)) => {
-                    self.received += bytes.len() as u64;
-                    self.decoder.feed(&bytes);
-                }
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(ChannelError::Read(e.to_string())),
+            if !self.read_more().await? {
+                return Ok(None);
             }
+        }
+    }
+
+    /// Reads the next chunk of the stream into the decoder, counting its bytes; `false` at the
+    /// end of the stream.
+    async fn read_more(&mut self) -> Result<bool, ChannelError> {
+        match self.stream.read_chunk(READ_CHUNK).await {
+            Ok(Some(bytes)) => {
+                self.received += bytes.len() as u64;
+                self.decoder.feed(&bytes);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(ChannelError::Read(e.to_string())),
         }
     }
 

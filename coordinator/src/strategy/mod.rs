@@ -2,13 +2,15 @@
 //!
 //! The coordinator never sees one node's update, only sums over nodes. Node `k`, holding `n_k`
 //! training examples, contributes `n_k · (w_k − w_global)` and `n_k`; secure aggregation yields
-//! `sum_delta = Σ n_k (w_k − w_global)` and `sum_n = Σ n_k`. [`mean_delta`] turns these into the
-//! example-weighted FedAvg pseudo-gradient `Δ = sum_delta / sum_n`, and a [`ServerOptimizer`]
-//! applies `Δ` to the global model:
+//! `sum_delta = Σ n_k (w_k − w_global)` and `sum_n = Σ n_k`. The example-weighted FedAvg
+//! pseudo-gradient is `Δ = sum_delta / sum_n` ([`mean_delta`] for a vector held whole), and a
+//! [`ServerOptimizer`] applies `Δ` to the global model. A round's sum is the size of the model,
+//! so the coordinator never makes `Δ` whole: [`apply_summed_update`] reads the sum a piece at a
+//! time and applies each piece's mean ([`ServerOptimizer::apply_piece`]):
 //!
 //! ```text
-//!   sum_delta, sum_n ──mean_delta──▶ Δ ──ServerOptimizer::apply──▶ global model
-//!                                          (FedAvg | FedAdam | FedYogi)
+//!   round sum (pieces), sum_n ──apply_summed_update──▶ Δ piece ──apply_piece──▶ global model
+//!                                                               (FedAvg | FedAdam | FedYogi)
 //! ```
 //!
 //! FedAdam and FedYogi follow Algorithm 2 of Reddi et al., "Adaptive Federated Optimization"
